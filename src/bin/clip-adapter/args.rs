@@ -1,0 +1,150 @@
+//! Command-line arguments. Each doc comment is the `--help` text of its flag.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use clip_adapter::zero_shot::DEFAULT_TEMPLATE;
+
+/// Few-shot adaptation of CLIP vision-language models.
+///
+/// Models (`--model`) are a local directory in the Hugging Face `transformers` layout
+/// (config.json + model.safetensors or pytorch_model.bin) or a hub id such as
+/// `openai/clip-vit-base-patch32[@revision]`, looked up in the Hugging Face cache
+/// (HF_HUB_CACHE / HF_HOME) and downloaded there when the hub is reachable and HF_HUB_OFFLINE
+/// is not set.
+#[derive(Parser)]
+#[command(name = "clip-adapter", version, about, long_about)]
+pub struct Cli {
+    /// Worker threads for image decoding and tensor math [default: all cores].
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// No progress bars (they are drawn only on a terminal anyway).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Turn texts into CLIP token ids (start token, BPE ids, end token, zero padding).
+    ///
+    /// Example: clip-adapter tokenize --json "a photo of a cat." "a photo of a dog."
+    Tokenize(TokenizeArgs),
+    /// Print the projected (not normalised) embeddings of images and texts.
+    ///
+    /// Example: clip-adapter embed --model openai/clip-vit-base-patch32 --image cat.jpg --text "a cat" --json
+    Embed(EmbedArgs),
+    /// Zero-shot classification of images among class names.
+    ///
+    /// Each class name is put into every template; with several templates the normalised prompt
+    /// embeddings are averaged per class and normalised again (prompt ensembling).
+    ///
+    /// Example: clip-adapter classify --model openai/clip-vit-base-patch32 --labels cat,dog photos/*.jpg
+    Classify(ClassifyArgs),
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Texts to tokenize.
+    #[arg(required = true, value_name = "TEXT")]
+    pub texts: Vec<String>,
+
+    /// Use this model's tokenizer files and context length instead of the embedded OpenAI
+    /// vocabulary (49,408 tokens, 77 positions).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: Option<String>,
+
+    /// Tokens per text, including start and end tokens; longer texts are cut, keeping the end
+    /// token [default: the model's, or 77].
+    #[arg(long, value_name = "N")]
+    pub context_length: Option<usize>,
+
+    /// Print `[[id, ...], ...]` instead of one tab-separated line per text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// Model directory or hub id.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+
+    /// An image to embed (repeatable). JPEG, PNG, WebP, BMP and GIF (first frame) are read.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+
+    /// A text to embed (repeatable), tokenized as `tokenize` does.
+    #[arg(long = "text", value_name = "TEXT")]
+    pub texts: Vec<String>,
+
+    /// Images per forward pass.
+    #[arg(long, default_value_t = clip_adapter::encode::DEFAULT_BATCH, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Print `{"images":[{"path","embedding"}],"texts":[{"text","embedding"}]}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// Model directory or hub id.
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+
+    /// Class names, separated by commas.
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',', required_unless_present = "labels_file")]
+    pub labels: Vec<String>,
+
+    /// A file with one class name per line (instead of --labels; blank lines are skipped).
+    #[arg(long, value_name = "FILE", conflicts_with = "labels")]
+    pub labels_file: Option<PathBuf>,
+
+    /// Prompt template with `{}` for the class name (repeatable: prompt ensembling).
+    #[arg(long = "template", value_name = "TEMPLATE", default_value = DEFAULT_TEMPLATE)]
+    pub templates: Vec<String>,
+
+    /// Classes to show per image.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub top_k: usize,
+
+    /// Images per forward pass.
+    #[arg(long, default_value_t = clip_adapter::encode::DEFAULT_BATCH, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Print JSON: `{"labels", "logit_scale", "results": [{"path", "predictions": [{"label",
+    /// "index", "probability", "logit"}]}]}`.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Images to classify.
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+}
+
+impl ClassifyArgs {
+    pub fn labels(&self) -> Result<Vec<String>> {
+        let raw: Vec<String> = match &self.labels_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading labels from {}", path.display()))?
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            None => self.labels.clone(),
+        };
+        Ok(raw
+            .iter()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
+    pub fn templates(&self) -> Vec<String> {
+        self.templates.clone()
+    }
+}

@@ -1,0 +1,131 @@
+//! The `clip-adapter` command: argument parsing and printing only; the library does the work.
+
+mod args;
+mod output;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use clip_adapter::clip::hub::{self, HubOptions};
+use clip_adapter::clip::{Clip, ModelFiles};
+use clip_adapter::encode::{display_paths, encode_image_files};
+use clip_adapter::tokenizer::Tokenizer;
+use clip_adapter::zero_shot::ZeroShotClassifier;
+
+use args::{Cli, ClassifyArgs, Command, EmbedArgs, TokenizeArgs};
+use output::Progress;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting up the thread pool")?;
+    }
+    let progress = Progress::new(cli.quiet);
+    match cli.command {
+        Command::Tokenize(a) => tokenize(a),
+        Command::Embed(a) => embed(a, &progress),
+        Command::Classify(a) => classify(a, &progress),
+    }
+}
+
+fn resolve_model(spec: &str, progress: &Progress) -> Result<ModelFiles> {
+    let mut on_download = progress.download();
+    hub::resolve(spec, &HubOptions::from_env(), &mut on_download)
+        .with_context(|| format!("finding model `{spec}`"))
+}
+
+fn load_model(spec: &str, progress: &Progress) -> Result<Clip> {
+    let files = resolve_model(spec, progress)?;
+    Clip::load(&files, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading model from {}", files.dir.display()))
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let (tokenizer, context_length) = match &a.model {
+        Some(spec) => {
+            let files = resolve_model(spec, &Progress::new(true))?;
+            let config = clip_adapter::clip::ClipConfig::from_hf_file(&files.config)?;
+            let tokenizer = match Tokenizer::from_model_dir(&files.dir)? {
+                Some(t) => t,
+                None => Tokenizer::openai()?,
+            };
+            (tokenizer, config.text.context_length)
+        }
+        None => (Tokenizer::openai()?, clip_adapter::tokenizer::CONTEXT_LENGTH),
+    };
+    let context_length = a.context_length.unwrap_or(context_length);
+    let ids: Vec<Vec<u32>> = a
+        .texts
+        .iter()
+        .map(|t| tokenizer.tokenize(t, context_length))
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string(&ids)?);
+    } else {
+        for (text, ids) in a.texts.iter().zip(&ids) {
+            let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+            println!("{text}\t{}", ids.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn embed(a: EmbedArgs, progress: &Progress) -> Result<()> {
+    if a.images.is_empty() && a.texts.is_empty() {
+        anyhow::bail!("nothing to embed: give at least one --image or --text");
+    }
+    let clip = load_model(&a.model, progress)?;
+    let images = if a.images.is_empty() {
+        Vec::new()
+    } else {
+        let bar = progress.bar("encoding images", a.images.len());
+        let t = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| bar.set_position(d as u64))?;
+        bar.finish_and_clear();
+        t.to_vec2::<f32>()?
+    };
+    let texts = if a.texts.is_empty() {
+        Vec::new()
+    } else {
+        clip.encode_text(&a.texts)?.to_vec2::<f32>()?
+    };
+    output::print_embeddings(&display_paths(&a.images), &images, &a.texts, &texts, a.json)
+}
+
+fn classify(a: ClassifyArgs, progress: &Progress) -> Result<()> {
+    let labels = a.labels()?;
+    if labels.is_empty() {
+        anyhow::bail!("the label list is empty: give class names with --labels a,b,c or --labels-file");
+    }
+    if a.images.is_empty() {
+        anyhow::bail!("no images to classify");
+    }
+    let clip = load_model(&a.model, progress)?;
+    let templates = a.templates();
+    let bar = progress.bar("encoding prompts", labels.len() * templates.len());
+    let classifier = ZeroShotClassifier::build(&clip, &labels, &templates, &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    let bar = progress.bar("encoding images", a.images.len());
+    let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    let predictions = classifier.predict(&features, a.top_k.max(1))?;
+    output::print_predictions(&display_paths(&a.images), &predictions, &classifier, a.json)
+}

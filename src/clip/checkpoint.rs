@@ -1,0 +1,177 @@
+//! Reading checkpoint tensors, and accounting for every one of them.
+//!
+//! A model asks for each tensor by name and shape; a missing tensor or a wrong shape is an error
+//! that names the file and the key, and after loading, any tensor the model did not ask for is
+//! an error too (unless it is a known buffer), so a checkpoint that does not match its config is
+//! never silently half-used.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Buffers that PyTorch saves beside the parameters but that carry no learned value.
+const IGNORED_SUFFIXES: &[&str] = &["position_ids", "attn_mask", "num_batches_tracked"];
+
+enum Source {
+    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Pth(candle_core::pickle::PthTensors),
+}
+
+/// The tensors of one checkpoint file, loaded on demand as f32.
+pub struct Checkpoint {
+    file: PathBuf,
+    source: Source,
+    shapes: BTreeMap<String, Vec<usize>>,
+    used: RefCell<BTreeSet<String>>,
+    device: Device,
+}
+
+impl Checkpoint {
+    /// Opens a `.safetensors` file, or a PyTorch `torch.save` zip (`.bin`, `.pt`, `.pth`).
+    pub fn open(file: &Path, device: &Device) -> Result<Self> {
+        let bad = |msg: String| Error::Checkpoint {
+            file: file.into(),
+            msg,
+        };
+        let meta = std::fs::metadata(file).map_err(|e| Error::io(file, e))?;
+        if meta.len() == 0 {
+            return Err(bad("the file is empty".into()));
+        }
+        let is_safetensors = file.extension().is_some_and(|e| e == "safetensors");
+        let (source, shapes) = if is_safetensors {
+            // SAFETY: the map lives only while tensors are copied out of it at load time; a file
+            // changed underneath us during that window gives wrong numbers, as with any reader.
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }
+                .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+            let shapes = st
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| (name, view.shape().to_vec()))
+                .collect();
+            (Source::Safetensors(st), shapes)
+        } else {
+            let pth = candle_core::pickle::PthTensors::new(file, None)
+                .map_err(|e| bad(format!("not a readable PyTorch state dict ({e})")))?;
+            let shapes = pth
+                .tensor_infos()
+                .iter()
+                .map(|(name, info)| (name.clone(), info.layout.dims().to_vec()))
+                .collect();
+            (Source::Pth(pth), shapes)
+        };
+        Ok(Checkpoint {
+            file: file.into(),
+            source,
+            shapes,
+            used: RefCell::new(BTreeSet::new()),
+            device: device.clone(),
+        })
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.shapes.keys().map(String::as_str)
+    }
+
+    /// The tensor `name`, which must have shape `expected`, converted to f32.
+    pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let Some(actual) = self.shapes.get(name) else {
+            return Err(Error::MissingTensor {
+                file: self.file.clone(),
+                name: name.into(),
+                expected: expected.to_vec(),
+            });
+        };
+        if actual != expected {
+            return Err(Error::TensorShape {
+                file: self.file.clone(),
+                name: name.into(),
+                expected: expected.to_vec(),
+                actual: actual.clone(),
+            });
+        }
+        let bad = |e: candle_core::Error| Error::Checkpoint {
+            file: self.file.clone(),
+            msg: format!("tensor `{name}`: {e}"),
+        };
+        let tensor = match &self.source {
+            Source::Safetensors(st) => st.load(name, &self.device).map_err(bad)?,
+            Source::Pth(pth) => pth
+                .get(name)
+                .map_err(bad)?
+                .ok_or_else(|| Error::MissingTensor {
+                    file: self.file.clone(),
+                    name: name.into(),
+                    expected: expected.to_vec(),
+                })?
+                .to_device(&self.device)?,
+        };
+        self.used.borrow_mut().insert(name.into());
+        Ok(tensor.to_dtype(DType::F32)?.contiguous()?)
+    }
+
+    /// A view that prefixes every name with `prefix.`, as the model tree descends.
+    pub fn scope(&self, prefix: &str) -> Scope<'_> {
+        Scope {
+            checkpoint: self,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Fails when the checkpoint holds learned tensors that nobody asked for: the sign of a
+    /// config that describes a smaller model than the weights, or of a different architecture.
+    pub fn ensure_all_used(&self) -> Result<()> {
+        let used = self.used.borrow();
+        let unused: Vec<&String> = self
+            .shapes
+            .keys()
+            .filter(|name| !used.contains(*name))
+            .filter(|name| !IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s)))
+            .collect();
+        match unused.first() {
+            None => Ok(()),
+            Some(example) => Err(Error::UnusedTensors {
+                file: self.file.clone(),
+                count: unused.len(),
+                example: example.to_string(),
+            }),
+        }
+    }
+}
+
+/// A position in the checkpoint's key tree, like candle's `VarBuilder::pp`.
+#[derive(Clone)]
+pub struct Scope<'a> {
+    checkpoint: &'a Checkpoint,
+    prefix: String,
+}
+
+impl<'a> Scope<'a> {
+    pub fn pp(&self, name: impl std::fmt::Display) -> Scope<'a> {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Scope {
+            checkpoint: self.checkpoint,
+            prefix,
+        }
+    }
+
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.checkpoint.get(&self.pp(name).prefix, shape)
+    }
+}

@@ -1,0 +1,288 @@
+//! Model configuration, parsed from the checkpoint's own `config.json` (Hugging Face
+//! `transformers` layout) and validated once into typed values.
+//!
+//! Defaults are those of `transformers`' `CLIPTextConfig` / `CLIPVisionConfig`, so a config that
+//! leaves a field out means what it means to `transformers`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The activation inside each transformer MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`: every OpenAI CLIP checkpoint.
+    QuickGelu,
+    /// The exact, erf-based GELU.
+    Gelu,
+    /// The tanh approximation of GELU (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "quick_gelu" => Some(Activation::QuickGelu),
+            "gelu" => Some(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            _ => None,
+        }
+    }
+}
+
+/// Where the text tower reads its pooled output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The first occurrence of the largest id. OpenAI's `text.argmax(dim=-1)`; `transformers`
+    /// keeps it for configs whose `eos_token_id` is the legacy value 2.
+    Argmax,
+    /// The first occurrence of this end-of-text id (`transformers` since PR #24773).
+    FirstToken(u32),
+}
+
+/// The text tower: token embedding, learned positions, a causal pre-LN transformer, pooling at
+/// the end-of-text token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub width: usize,
+    pub intermediate_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub context_length: usize,
+    pub activation: Activation,
+    pub layer_norm_eps: f64,
+    pub pooling: Pooling,
+}
+
+/// The ViT image tower: patch embedding, class token, learned positions, pre-LN transformer,
+/// post-LN on the class token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionConfig {
+    pub width: usize,
+    pub intermediate_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    pub activation: Activation,
+    pub layer_norm_eps: f64,
+}
+
+impl VisionConfig {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    pub fn num_positions(&self) -> usize {
+        self.grid() * self.grid() + 1
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipConfig {
+    pub text: TextConfig,
+    pub vision: VisionConfig,
+    /// Size of the joint embedding space (`projection_dim`).
+    pub embed_dim: usize,
+}
+
+// The raw JSON shapes of `transformers`' config classes. Unknown fields are ignored: real
+// configs carry dozens of generation-related keys that do not concern the model.
+#[derive(Deserialize)]
+#[serde(default)]
+struct HfTextConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    max_position_embeddings: usize,
+    hidden_act: String,
+    layer_norm_eps: f64,
+    eos_token_id: Option<i64>,
+}
+
+impl Default for HfTextConfig {
+    fn default() -> Self {
+        // transformers/models/clip/configuration_clip.py, CLIPTextConfig.__init__
+        HfTextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            eos_token_id: Some(49407),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct HfVisionConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_channels: usize,
+    image_size: usize,
+    patch_size: usize,
+    hidden_act: String,
+    layer_norm_eps: f64,
+}
+
+impl Default for HfVisionConfig {
+    fn default() -> Self {
+        // transformers/models/clip/configuration_clip.py, CLIPVisionConfig.__init__
+        HfVisionConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct HfClipConfig {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default = "default_projection_dim")]
+    projection_dim: usize,
+    text_config: Option<HfTextConfig>,
+    // Configs written by older transformers versions keep the sub-configs under `*_dict`.
+    text_config_dict: Option<HfTextConfig>,
+    vision_config: Option<HfVisionConfig>,
+    vision_config_dict: Option<HfVisionConfig>,
+}
+
+fn default_projection_dim() -> usize {
+    512
+}
+
+impl ClipConfig {
+    /// Reads a `transformers` `CLIPModel` `config.json`.
+    pub fn from_hf_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_hf_json(&text, path)
+    }
+
+    /// Parses the text of a `config.json`; `path` only names the file in errors.
+    pub fn from_hf_json(json: &str, path: &Path) -> Result<Self> {
+        let raw: HfClipConfig = serde_json::from_str(json).map_err(|source| Error::Json {
+            path: path.into(),
+            source,
+        })?;
+        let err = |msg: String| Error::Config {
+            path: path.into(),
+            msg,
+        };
+        if let Some(kind) = raw.model_type.as_deref() {
+            if kind != "clip" {
+                return Err(err(format!(
+                    "unknown architecture: model_type is `{kind}`, expected `clip` (a transformers CLIPModel)"
+                )));
+            }
+        }
+        if let Some(arch) = raw.architectures.iter().find(|a| a.as_str() != "CLIPModel") {
+            return Err(err(format!(
+                "unknown architecture `{arch}`, expected `CLIPModel`"
+            )));
+        }
+        let t = raw.text_config.or(raw.text_config_dict).unwrap_or_default();
+        let v = raw
+            .vision_config
+            .or(raw.vision_config_dict)
+            .unwrap_or_default();
+        let activation = |name: &str, tower: &str| {
+            Activation::parse(name).ok_or_else(|| {
+                err(format!(
+                    "{tower}: unknown hidden_act `{name}`, expected quick_gelu, gelu or gelu_new"
+                ))
+            })
+        };
+        // transformers/models/clip/modeling_clip.py, CLIPTextTransformer.forward:
+        // `if self.eos_token_id == 2:` use argmax (configs written before PR #24773).
+        let pooling = match t.eos_token_id {
+            None | Some(2) => Pooling::Argmax,
+            Some(id) => Pooling::FirstToken(u32::try_from(id).map_err(|_| {
+                err(format!("text_config.eos_token_id {id} is not a token id"))
+            })?),
+        };
+        let config = ClipConfig {
+            text: TextConfig {
+                vocab_size: t.vocab_size,
+                width: t.hidden_size,
+                intermediate_size: t.intermediate_size,
+                layers: t.num_hidden_layers,
+                heads: t.num_attention_heads,
+                context_length: t.max_position_embeddings,
+                activation: activation(&t.hidden_act, "text_config")?,
+                layer_norm_eps: t.layer_norm_eps,
+                pooling,
+            },
+            vision: VisionConfig {
+                width: v.hidden_size,
+                intermediate_size: v.intermediate_size,
+                layers: v.num_hidden_layers,
+                heads: v.num_attention_heads,
+                image_size: v.image_size,
+                patch_size: v.patch_size,
+                num_channels: v.num_channels,
+                activation: activation(&v.hidden_act, "vision_config")?,
+                layer_norm_eps: v.layer_norm_eps,
+            },
+            embed_dim: raw.projection_dim,
+        };
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let (t, v) = (&self.text, &self.vision);
+        let positive = [
+            ("text_config.hidden_size", t.width),
+            ("text_config.num_attention_heads", t.heads),
+            ("text_config.max_position_embeddings", t.context_length),
+            ("text_config.vocab_size", t.vocab_size),
+            ("vision_config.hidden_size", v.width),
+            ("vision_config.num_attention_heads", v.heads),
+            ("vision_config.patch_size", v.patch_size),
+            ("vision_config.image_size", v.image_size),
+            ("projection_dim", self.embed_dim),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        if t.width % t.heads != 0 {
+            return Err(format!(
+                "text_config.hidden_size {} is not divisible by num_attention_heads {}",
+                t.width, t.heads
+            ));
+        }
+        if v.width % v.heads != 0 {
+            return Err(format!(
+                "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
+                v.width, v.heads
+            ));
+        }
+        if v.image_size % v.patch_size != 0 {
+            return Err(format!(
+                "vision_config.image_size {} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,252 @@
+//! Resolving `--model`: a local directory, or a Hugging Face hub id looked up in (and, when the
+//! hub is reachable, downloaded into) the standard Hugging Face cache.
+//!
+//! The cache layout is `huggingface_hub`'s: `<cache>/models--<org>--<name>/refs/<revision>` holds
+//! a commit hash and `snapshots/<commit>/<file>` the files, so a cache filled by Python tools is
+//! used as is, and one filled by us is readable by them. We store files directly in the snapshot
+//! folder rather than as links into `blobs/`, which both read the same way.
+//!
+//! Environment, as `huggingface_hub` reads it: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
+//! `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`; `HF_HUB_OFFLINE=1` never
+//! touches the network; `HF_ENDPOINT` (default `https://huggingface.co`); `HF_TOKEN`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{ModelFiles, WEIGHT_FILES};
+use crate::error::{Error, Result};
+
+/// Where and how to look for hub models.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub cache: PathBuf,
+    pub endpoint: String,
+    pub offline: bool,
+    pub token: Option<String>,
+}
+
+impl HubOptions {
+    /// The options `huggingface_hub` would use in this environment.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let cache = var("HF_HUB_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| var("HF_HOME").map(|h| Path::new(&h).join("hub")))
+            .or_else(|| var("XDG_CACHE_HOME").map(|x| Path::new(&x).join("huggingface/hub")))
+            .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache/huggingface/hub")))
+            .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
+        HubOptions {
+            cache,
+            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
+            offline,
+            token: var("HF_TOKEN"),
+        }
+    }
+}
+
+/// A hub model id with its revision: `org/name` or `org/name@revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubId {
+    pub repo: String,
+    pub revision: String,
+}
+
+impl HubId {
+    /// Parses `org/name[@revision]`; `None` when `spec` cannot be a hub id.
+    pub fn parse(spec: &str) -> Option<Self> {
+        let (repo, revision) = match spec.split_once('@') {
+            Some((r, rev)) if !rev.is_empty() => (r, rev),
+            Some(_) => return None,
+            None => (spec, "main"),
+        };
+        let (org, name) = repo.split_once('/')?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('.')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        (valid(org) && valid(name)).then(|| HubId {
+            repo: repo.into(),
+            revision: revision.into(),
+        })
+    }
+
+    fn cache_dir(&self, cache: &Path) -> PathBuf {
+        cache.join(format!("models--{}", self.repo.replace('/', "--")))
+    }
+
+    fn is_commit(&self) -> bool {
+        self.revision.len() == 40 && self.revision.chars().all(|c| c.is_ascii_hexdigit())
+    }
+}
+
+/// Reports download progress: file name, bytes so far, total bytes when known.
+pub type OnDownload<'a> = &'a mut dyn FnMut(&str, u64, Option<u64>);
+
+/// Turns a `--model` argument into model files: an existing directory is used as is; otherwise
+/// the argument must be a hub id, found in the cache or downloaded into it.
+pub fn resolve(spec: &str, opts: &HubOptions, on_download: OnDownload) -> Result<ModelFiles> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return ModelFiles::in_dir(path);
+    }
+    let Some(id) = HubId::parse(spec) else {
+        return Err(Error::ModelNotFound {
+            spec: spec.into(),
+            msg: "no such directory, and not a hub id of the form `org/name[@revision]`".into(),
+        });
+    };
+    if let Some(files) = cached(&id, &opts.cache) {
+        return Ok(files);
+    }
+    let missing = format!(
+        "not in the Hugging Face cache {} (needs config.json and one of {})",
+        id.cache_dir(&opts.cache).display(),
+        WEIGHT_FILES.join(", ")
+    );
+    if opts.offline {
+        return Err(Error::ModelNotFound {
+            spec: spec.into(),
+            msg: format!(
+                "{missing}, and HF_HUB_OFFLINE forbids downloading. Download it where the hub is \
+                 reachable (`huggingface-cli download {}`) and copy the cache, or pass a local directory",
+                id.repo
+            ),
+        });
+    }
+    download(&id, opts, on_download).map_err(|e| Error::ModelNotFound {
+        spec: spec.into(),
+        msg: format!(
+            "{missing}, and downloading from {} failed: {e}. Pass a local directory, or fill the \
+             cache where the hub is reachable (`huggingface-cli download {}`)",
+            opts.endpoint, id.repo
+        ),
+    })
+}
+
+/// The snapshot folder of `id` in the cache, when it holds a complete model.
+pub fn cached(id: &HubId, cache: &Path) -> Option<ModelFiles> {
+    let repo = id.cache_dir(cache);
+    let commit = if id.is_commit() {
+        id.revision.clone()
+    } else {
+        std::fs::read_to_string(repo.join("refs").join(&id.revision))
+            .ok()?
+            .trim()
+            .to_string()
+    };
+    ModelFiles::in_dir(&repo.join("snapshots").join(commit)).ok()
+}
+
+fn download(id: &HubId, opts: &HubOptions, on_download: OnDownload) -> std::result::Result<ModelFiles, String> {
+    let repo = id.cache_dir(&opts.cache);
+    let (config, commit) = fetch(id, "config.json", opts, None, on_download)?
+        .ok_or("the repository has no config.json")?;
+    let snapshot = repo.join("snapshots").join(&commit);
+    let mut weights = None;
+    for file in WEIGHT_FILES {
+        if let Some((path, _)) = fetch(id, file, opts, Some(&snapshot), on_download)? {
+            weights = Some(path);
+            break;
+        }
+    }
+    let weights = weights.ok_or_else(|| format!("the repository has none of {}", WEIGHT_FILES.join(", ")))?;
+    for file in ["tokenizer.json", "vocab.json", "merges.txt"] {
+        fetch(id, file, opts, Some(&snapshot), on_download)?;
+    }
+    if !id.is_commit() {
+        let refs = repo.join("refs");
+        std::fs::create_dir_all(&refs).map_err(|e| format!("{}: {e}", refs.display()))?;
+        crate::fsutil::write_atomic(&refs.join(&id.revision), commit.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(ModelFiles {
+        dir: snapshot,
+        config,
+        weights,
+    })
+}
+
+/// Downloads one file into the snapshot folder; `Ok(None)` when the hub says it does not exist.
+/// The snapshot folder comes from the commit the hub reports for the first file.
+fn fetch(
+    id: &HubId,
+    file: &str,
+    opts: &HubOptions,
+    snapshot: Option<&Path>,
+    on_download: OnDownload,
+) -> std::result::Result<Option<(PathBuf, String)>, String> {
+    let url = format!(
+        "{}/{}/resolve/{}/{file}",
+        opts.endpoint.trim_end_matches('/'),
+        id.repo,
+        id.revision
+    );
+    let mut request = ureq::get(&url).timeout(std::time::Duration::from_secs(60));
+    if let Some(token) = &opts.token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(404, _)) => return Ok(None),
+        Err(ureq::Error::Status(code, _)) => return Err(format!("{url}: HTTP {code}")),
+        Err(e) => return Err(format!("{url}: {e}")),
+    };
+    let commit = response
+        .header("x-repo-commit")
+        .map(str::to_string)
+        .or_else(|| id.is_commit().then(|| id.revision.clone()))
+        .ok_or_else(|| format!("{url}: the response names no commit (x-repo-commit)"))?;
+    let total = response.header("content-length").and_then(|v| v.parse().ok());
+    let dir = match snapshot {
+        Some(s) => s.to_path_buf(),
+        None => id.cache_dir(&opts.cache).join("snapshots").join(&commit),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let target = dir.join(file);
+    let mut body = response.into_reader();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    crate::fsutil::write_atomic_with(&target, |out| {
+        loop {
+            let n = body.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])?;
+            done += n as u64;
+            on_download(file, done, total);
+        }
+        if let Some(total) = total {
+            if done != total {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {done} of {total} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Some((target, commit)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hub_ids() {
+        let id = HubId::parse("openai/clip-vit-base-patch32").unwrap();
+        assert_eq!(id.repo, "openai/clip-vit-base-patch32");
+        assert_eq!(id.revision, "main");
+        assert_eq!(HubId::parse("timm/resnet50_clip.openai@v1.0").unwrap().revision, "v1.0");
+        for bad in ["clip", "a/b/c", "./x/y", "a/", "/b", "a/b@", "../a/b"] {
+            assert_eq!(HubId::parse(bad), None, "{bad}");
+        }
+    }
+}

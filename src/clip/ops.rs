@@ -1,0 +1,160 @@
+//! CPU kernels for the inference hot path that candle runs serially or through many small ops:
+//! bias + activation fused in place on a matmul's output, and multi-head attention computed
+//! straight from the fused QKV projection, parallel over (batch, head).
+//!
+//! These ops record no backward pass: they serve the frozen encoders only. Trained paths use
+//! candle's composite ops (see docs/tensor-library.md).
+
+use candle_core::{CpuStorage, CustomOp1, InplaceOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::config::Activation;
+
+fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+#[inline]
+fn activate(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        Activation::Gelu => 0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+            0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+        }
+    }
+}
+
+/// `x[.., c] = act(x[.., c] + bias[c])`, in place, rows in parallel.
+pub struct BiasAct {
+    pub bias: Option<Vec<f32>>,
+    pub act: Option<Activation>,
+}
+
+impl InplaceOp1 for BiasAct {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bias-act: input must be contiguous");
+        };
+        let cols = layout.dims().last().copied().unwrap_or(1).max(1);
+        let data = match storage {
+            CpuStorage::F32(data) => &mut data[start..end],
+            _ => candle_core::bail!("bias-act: expected f32"),
+        };
+        let (bias, act) = (self.bias.as_deref(), self.act);
+        // Rows of at least ~16k values per task keep rayon's overhead negligible.
+        let rows_per_task = (16384 / cols).max(1);
+        data.par_chunks_mut(cols * rows_per_task).for_each(|chunk| {
+            for row in chunk.chunks_mut(cols) {
+                match (bias, act) {
+                    (Some(b), Some(a)) => row.iter_mut().zip(b).for_each(|(x, b)| *x = activate(*x + b, a)),
+                    (Some(b), None) => row.iter_mut().zip(b).for_each(|(x, b)| *x += b),
+                    (None, Some(a)) => row.iter_mut().for_each(|x| *x = activate(*x, a)),
+                    (None, None) => {}
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Scaled dot-product attention over `qkv` of shape (B, L, 3·D) laid out as [q | k | v], each
+/// split into `heads` heads of D/heads; returns (B, L, D). `causal` masks future positions as
+/// the text tower requires.
+pub struct FusedAttention {
+    pub heads: usize,
+    pub causal: bool,
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators let the compiler vectorise without reassociation flags.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = contiguous(storage, layout, "fused-attention")?;
+        let (b, l, d3) = layout.shape().dims3()?;
+        let d = d3 / 3;
+        if d3 % 3 != 0 || d % self.heads != 0 {
+            candle_core::bail!("fused-attention: last dim {d3} does not split into 3 x {} heads", self.heads);
+        }
+        let hd = d / self.heads;
+        let scale = (hd as f32).powf(-0.5);
+        let heads = self.heads;
+        let causal = self.causal;
+        let per_head: Vec<Vec<f32>> = (0..b * heads)
+            .into_par_iter()
+            .map(|bh| {
+                let (bi, h) = (bh / heads, bh % heads);
+                let row = |i: usize, part: usize| {
+                    let at = (bi * l + i) * d3 + part * d + h * hd;
+                    &qkv[at..at + hd]
+                };
+                let mut out = vec![0f32; l * hd];
+                let mut scores = vec![0f32; l];
+                for i in 0..l {
+                    let keys = if causal { i + 1 } else { l };
+                    let q = row(i, 0);
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores[..keys].iter_mut().enumerate() {
+                        *s = dot(q, row(j, 1)) * scale;
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0f32;
+                    for s in &mut scores[..keys] {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let o = &mut out[i * hd..(i + 1) * hd];
+                    for (j, s) in scores[..keys].iter().enumerate() {
+                        let p = s / sum;
+                        o.iter_mut().zip(row(j, 2)).for_each(|(o, v)| *o += p * v);
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut out = vec![0f32; b * l * d];
+        for (bh, head) in per_head.iter().enumerate() {
+            let (bi, h) = (bh / heads, bh % heads);
+            for i in 0..l {
+                let at = (bi * l + i) * d + h * hd;
+                out[at..at + hd].copy_from_slice(&head[i * hd..(i + 1) * hd]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
+    }
+}
+
+/// Applies [`BiasAct`] to a fresh (uniquely owned) tensor and returns it.
+pub fn bias_act(x: Tensor, op: &BiasAct) -> candle_core::Result<Tensor> {
+    if op.bias.is_none() && op.act.is_none() {
+        return Ok(x);
+    }
+    let x = x.contiguous()?;
+    x.inplace_op1(op)?;
+    Ok(x)
+}

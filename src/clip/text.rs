@@ -1,0 +1,123 @@
+//! The text tower of CLIP, with `transformers`' `CLIPTextTransformer` parameter names
+//! (`embeddings.token_embedding`, `embeddings.position_embedding`, `final_layer_norm`).
+//!
+//! Reference: transformers/models/clip/modeling_clip.py, `CLIPTextTransformer.forward`: a causal
+//! transformer whose pooled output is the hidden state at the end-of-text token.
+
+use candle_core::{Device, Tensor};
+
+use super::checkpoint::Scope;
+use super::config::{Pooling, TextConfig};
+use super::transformer::{Encoder, EncoderShape, LayerNorm};
+use crate::error::{Error, Result};
+
+pub struct TextTransformer {
+    config: TextConfig,
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    encoder: Encoder,
+    final_layer_norm: LayerNorm,
+}
+
+/// The pooled position of each sequence.
+///
+/// CLIP's end-of-text token has the largest id of its vocabulary, so OpenAI's `argmax` over the
+/// ids finds it (`x[torch.arange(x.shape[0]), text.argmax(dim=-1)]` in OpenAI's model.py);
+/// `torch.argmax` returns the first maximum, as does this. A sequence without the configured
+/// end-of-text id is an error, where `transformers` silently pools position 0.
+pub fn eot_positions(ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<usize>> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, seq)| {
+            let target = match pooling {
+                Pooling::Argmax => seq.iter().copied().max().unwrap_or(0),
+                Pooling::FirstToken(id) => id,
+            };
+            seq.iter().position(|&id| id == target).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "token sequence {} has no end-of-text token (id {target})",
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+impl TextTransformer {
+    pub fn load(vb: &Scope, config: &TextConfig) -> Result<Self> {
+        let d = config.width;
+        let emb = vb.pp("embeddings");
+        let encoder_shape = EncoderShape {
+            width: d,
+            hidden: config.intermediate_size,
+            layers: config.layers,
+            heads: config.heads,
+            activation: config.activation,
+            eps: config.layer_norm_eps,
+            causal: true,
+        };
+        Ok(TextTransformer {
+            config: config.clone(),
+            token_embedding: emb
+                .pp("token_embedding")
+                .get("weight", &[config.vocab_size, d])?,
+            position_embedding: emb
+                .pp("position_embedding")
+                .get("weight", &[config.context_length, d])?,
+            encoder: Encoder::load(&vb.pp("encoder"), &encoder_shape)?,
+            final_layer_norm: LayerNorm::load(&vb.pp("final_layer_norm"), d, config.layer_norm_eps)?,
+        })
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.config.context_length
+    }
+
+    /// The pooled (end-of-text) output, before the projection.
+    ///
+    /// Sequences are cut after the last end-of-text position of the batch: attention is causal,
+    /// so later tokens never influence an earlier position, and the result is identical to
+    /// running all `context_length` positions, at a fraction of the cost for short prompts.
+    ///
+    /// # Shapes
+    /// `B sequences of L ≤ context_length ids -> (B, D)`
+    pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let c = &self.config;
+        if ids.is_empty() {
+            return Err(Error::InvalidInput("no text to encode".into()));
+        }
+        let len = ids[0].len();
+        if len == 0 || len > c.context_length || ids.iter().any(|s| s.len() != len) {
+            return Err(Error::InvalidInput(format!(
+                "token sequences must all have the same length between 1 and {}",
+                c.context_length
+            )));
+        }
+        if let Some(bad) = ids.iter().flatten().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the model's vocabulary of {} tokens",
+                c.vocab_size
+            )));
+        }
+        let eot = eot_positions(ids, c.pooling)?;
+        let used = eot.iter().max().map_or(len, |&p| p + 1);
+        let flat: Vec<u32> = ids.iter().flat_map(|s| s[..used].iter().copied()).collect();
+        let b = ids.len();
+        let tokens = Tensor::from_vec(flat, (b * used,), device)?;
+        let x = self
+            .token_embedding
+            .index_select(&tokens, 0)?
+            .reshape((b, used, c.width))?;
+        let x = x.broadcast_add(&self.position_embedding.narrow(0, 0, used)?)?;
+        let x = self.encoder.forward(&x)?;
+        // Pool before the final LayerNorm: it is per-position, so the order does not matter.
+        let index: Vec<u32> = eot
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (i * used + p) as u32)
+            .collect();
+        let index = Tensor::from_vec(index, (b,), device)?;
+        let pooled = x.reshape((b * used, c.width))?.index_select(&index, 0)?;
+        self.final_layer_norm.forward(&pooled)
+    }
+}

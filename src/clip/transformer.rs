@@ -1,0 +1,199 @@
+//! The pre-LayerNorm transformer shared by the image and text towers, with the parameter names
+//! of `transformers`' `CLIPEncoder` (`layers.N.self_attn.q_proj`, `layer_norm1`, `mlp.fc1`, ...).
+//!
+//! Reference: transformers/models/clip/modeling_clip.py, `CLIPEncoderLayer`:
+//! `x = x + attn(layer_norm1(x)); x = x + mlp(layer_norm2(x))`.
+
+use candle_core::{Tensor, D};
+
+use super::checkpoint::Scope;
+use super::config::Activation;
+use super::ops::{bias_act, BiasAct, FusedAttention};
+use crate::error::Result;
+
+/// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
+pub struct Linear {
+    weight: Tensor,
+    epilogue: BiasAct,
+}
+
+impl Linear {
+    pub fn load(vb: &Scope, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get("weight", &[out_dim, in_dim])?;
+        let bias = match bias {
+            true => Some(vb.get("bias", &[out_dim])?.to_vec1::<f32>()?),
+            false => None,
+        };
+        Ok(Self::new(weight, bias, None))
+    }
+
+    pub fn new(weight: Tensor, bias: Option<Vec<f32>>, act: Option<Activation>) -> Self {
+        Linear {
+            weight,
+            epilogue: BiasAct { bias, act },
+        }
+    }
+
+    /// # Shapes
+    /// `(.., in) -> (.., out)`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // One 2-D GEMM over all leading dimensions: candle's broadcast batched matmul splits
+        // the same work into one small GEMM per batch element.
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = bias_act(y, &self.epilogue)?;
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.weight.dim(0)?;
+        }
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn load(vb: &Scope, dim: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get("weight", &[dim])?,
+            bias: vb.get("bias", &[dim])?,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The fused kernel is parallel and exact in f32; it has no backward pass, which is
+        // fine for frozen encoders (see docs/tensor-library.md for trained paths).
+        Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
+    }
+}
+
+/// Multi-head self-attention; q, k and v are fused into one projection at load time.
+pub struct Attention {
+    qkv: Linear,
+    out_proj: Linear,
+    kernel: FusedAttention,
+}
+
+impl Attention {
+    pub fn load(vb: &Scope, dim: usize, heads: usize, causal: bool) -> Result<Self> {
+        let mut weights = Vec::with_capacity(3);
+        let mut biases = Vec::with_capacity(3 * dim);
+        for name in ["q_proj", "k_proj", "v_proj"] {
+            weights.push(vb.pp(name).get("weight", &[dim, dim])?);
+            biases.extend(vb.pp(name).get("bias", &[dim])?.to_vec1::<f32>()?);
+        }
+        Ok(Attention {
+            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(biases), None),
+            out_proj: Linear::load(&vb.pp("out_proj"), dim, dim, true)?,
+            kernel: FusedAttention { heads, causal },
+        })
+    }
+
+    /// # Shapes
+    /// `(B, L, D) -> (B, L, D)`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?; // (B, L, 3D)
+        let attended = qkv.apply_op1_no_bwd(&self.kernel)?; // (B, L, D)
+        self.out_proj.forward(&attended)
+    }
+}
+
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    pub fn load(vb: &Scope, dim: usize, hidden: usize, act: Activation) -> Result<Self> {
+        let fc1 = vb.pp("fc1");
+        Ok(Mlp {
+            fc1: Linear::new(
+                fc1.get("weight", &[hidden, dim])?,
+                Some(fc1.get("bias", &[hidden])?.to_vec1::<f32>()?),
+                Some(act),
+            ),
+            fc2: Linear::load(&vb.pp("fc2"), hidden, dim, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?)
+    }
+}
+
+pub struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: Attention,
+    layer_norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+/// The shape of one transformer stack.
+pub struct EncoderShape {
+    pub width: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub activation: Activation,
+    pub eps: f64,
+    pub causal: bool,
+}
+
+impl EncoderLayer {
+    pub fn load(vb: &Scope, s: &EncoderShape) -> Result<Self> {
+        Ok(EncoderLayer {
+            layer_norm1: LayerNorm::load(&vb.pp("layer_norm1"), s.width, s.eps)?,
+            self_attn: Attention::load(&vb.pp("self_attn"), s.width, s.heads, s.causal)?,
+            layer_norm2: LayerNorm::load(&vb.pp("layer_norm2"), s.width, s.eps)?,
+            mlp: Mlp::load(&vb.pp("mlp"), s.width, s.hidden, s.activation)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let residual = x;
+        let x = (residual + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
+        let residual = &x;
+        Ok((residual + self.mlp.forward(&self.layer_norm2.forward(&x)?)?)?)
+    }
+}
+
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn load(vb: &Scope, s: &EncoderShape) -> Result<Self> {
+        let layers = (0..s.layers)
+            .map(|i| EncoderLayer::load(&vb.pp("layers").pp(i), s))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder { layers })
+    }
+
+    /// # Shapes
+    /// `(B, L, D) -> (B, L, D)`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+}
+
+/// L2-normalises the last dimension.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    Ok(x.broadcast_div(&norm)?)
+}

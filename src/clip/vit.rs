@@ -1,0 +1,83 @@
+//! The Vision Transformer image tower of CLIP, with `transformers`' `CLIPVisionTransformer`
+//! parameter names (`embeddings.patch_embedding`, `pre_layrnorm` — sic —, `post_layernorm`).
+//!
+//! Reference: transformers/models/clip/modeling_clip.py, `CLIPVisionEmbeddings` and
+//! `CLIPVisionTransformer.forward` (`pooled_output = last_hidden_state[:, 0, :]`).
+
+use candle_core::{IndexOp, Tensor};
+
+use super::checkpoint::Scope;
+use super::config::VisionConfig;
+use super::transformer::{Encoder, EncoderShape, LayerNorm, Linear};
+use crate::error::{Error, Result};
+
+pub struct VisionTransformer {
+    config: VisionConfig,
+    /// The patch convolution (stride = kernel = patch, no bias) as a matrix over flattened
+    /// patches: a convolution whose windows never overlap is exactly one GEMM.
+    patch_embedding: Linear,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    encoder: Encoder,
+    post_layernorm: LayerNorm,
+}
+
+impl VisionTransformer {
+    pub fn load(vb: &Scope, config: &VisionConfig) -> Result<Self> {
+        let (d, p, c) = (config.width, config.patch_size, config.num_channels);
+        let emb = vb.pp("embeddings");
+        let conv = emb.pp("patch_embedding").get("weight", &[d, c, p, p])?;
+        let encoder_shape = EncoderShape {
+            width: d,
+            hidden: config.intermediate_size,
+            layers: config.layers,
+            heads: config.heads,
+            activation: config.activation,
+            eps: config.layer_norm_eps,
+            causal: false,
+        };
+        Ok(VisionTransformer {
+            config: config.clone(),
+            patch_embedding: Linear::new(conv.reshape((d, c * p * p))?, None, None),
+            class_embedding: emb.get("class_embedding", &[d])?,
+            position_embedding: emb
+                .pp("position_embedding")
+                .get("weight", &[config.num_positions(), d])?,
+            pre_layrnorm: LayerNorm::load(&vb.pp("pre_layrnorm"), d, config.layer_norm_eps)?,
+            encoder: Encoder::load(&vb.pp("encoder"), &encoder_shape)?,
+            post_layernorm: LayerNorm::load(&vb.pp("post_layernorm"), d, config.layer_norm_eps)?,
+        })
+    }
+
+    /// The pooled (class-token) output, before the projection.
+    ///
+    /// # Shapes
+    /// `(B, C, S, S) -> (B, D)` where S is the configured image size.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, channels, h, w) = pixels.dims4()?;
+        if (channels, h, w) != (c.num_channels, c.image_size, c.image_size) {
+            return Err(Error::InvalidInput(format!(
+                "image tensor has shape ({channels}, {h}, {w}), the model expects ({}, {s}, {s})",
+                c.num_channels,
+                s = c.image_size
+            )));
+        }
+        let (g, p, d) = (c.grid(), c.patch_size, c.width);
+        // (B, C, g, P, g, P) -> (B, g, g, C, P, P): row-major patches in the conv weight's order.
+        let patches = pixels
+            .reshape((b, channels, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, channels * p * p))?;
+        let patches = self.patch_embedding.forward(&patches)?; // (B, g², D)
+        let class = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+        let x = Tensor::cat(&[&class, &patches], 1)?; // (B, g² + 1, D)
+        let x = x.broadcast_add(&self.position_embedding)?;
+        let x = self.pre_layrnorm.forward(&x)?;
+        let x = self.encoder.forward(&x)?;
+        let pooled = x.i((.., 0, ..))?; // (B, D)
+        self.post_layernorm.forward(&pooled)
+    }
+}

@@ -1,0 +1,50 @@
+//! Batched encoding of image files: decode and preprocess a batch in parallel, then run the
+//! image tower on it. Progress is reported through a callback; the library never prints.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use crate::clip::Clip;
+use crate::error::Result;
+use crate::image::Preprocess;
+
+/// Images per image-tower call unless the caller says otherwise.
+pub const DEFAULT_BATCH: usize = 32;
+
+/// Projected, un-normalised embeddings of `paths`, in order, `(N, E)`.
+///
+/// The first unreadable image stops the work with an error naming its file.
+/// `on_progress(done, total)` is called after each batch.
+pub fn encode_image_files<P: AsRef<Path> + Sync>(
+    clip: &Clip,
+    paths: &[P],
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    let preprocess = Preprocess::clip(clip.image_size());
+    let s = clip.image_size();
+    let mut done = 0;
+    let mut out = Vec::new();
+    for batch in paths.chunks(batch_size.max(1)) {
+        let pixels: Vec<Vec<f32>> = batch
+            .par_iter()
+            .map(|p| preprocess.load(p.as_ref()))
+            .collect::<std::result::Result<_, _>>()?;
+        let flat: Vec<f32> = pixels.into_iter().flatten().collect();
+        let pixels = Tensor::from_vec(flat, (batch.len(), 3, s, s), clip.device())?;
+        out.push(clip.encode_image(&pixels)?);
+        done += batch.len();
+        on_progress(done, paths.len());
+    }
+    if out.is_empty() {
+        return Err(crate::Error::InvalidInput("no images given".into()));
+    }
+    Ok(Tensor::cat(&out, 0)?)
+}
+
+/// Paths as given, for reports: `PathBuf`s printed the way the user typed them.
+pub fn display_paths(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.display().to_string()).collect()
+}

@@ -1,0 +1,75 @@
+//! The crate's error type. Library errors are data: each variant carries the file, tensor key or
+//! value at fault and what was expected, so the command line can print a complete story.
+
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+
+    #[error("{file}: tensor `{name}` is missing (expected shape {expected:?})")]
+    MissingTensor {
+        file: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+    },
+
+    #[error("{file}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        file: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    #[error("{file}: {count} tensor(s) not used by the model, e.g. `{example}`: the checkpoint does not match its config")]
+    UnusedTensors {
+        file: PathBuf,
+        count: usize,
+        example: String,
+    },
+
+    #[error("{file}: cannot read checkpoint: {msg}")]
+    Checkpoint { file: PathBuf, msg: String },
+
+    #[error("model `{spec}`: {msg}")]
+    ModelNotFound { spec: String, msg: String },
+
+    #[error("{0}")]
+    InvalidInput(String),
+
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

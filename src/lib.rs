@@ -1,0 +1,20 @@
+//! clip-adapter: few-shot adaptation of CLIP vision-language models.
+//!
+//! The pipeline, in the order a user meets it:
+//! 1. [`clip::hub::resolve`] finds a checkpoint (a directory or a hub id in the Hugging Face cache);
+//! 2. [`clip::Clip::load`] reads it, accounting for every tensor;
+//! 3. [`tokenizer::Tokenizer`] turns prompts into CLIP's BPE ids, exactly as the references do;
+//! 4. [`image::Preprocess`] decodes and resizes images exactly as PIL + torchvision do;
+//! 5. [`clip::Clip::encode_image`] / [`clip::Clip::encode_text`] give the embeddings;
+//! 6. [`zero_shot::ZeroShotClassifier`] turns class names and templates into a classifier.
+
+pub mod clip;
+pub mod encode;
+pub mod error;
+pub mod fsutil;
+pub mod image;
+pub mod tokenizer;
+pub mod zero_shot;
+
+pub use clip::Clip;
+pub use error::{Error, Result};

@@ -1,0 +1,584 @@
+//! CLIP's text tokenizer: byte-level BPE over a 49,408-token vocabulary, context 77.
+//!
+//! Token ids match both references exactly (checked on a corpus of several hundred strings in
+//! `tests/tokenizer.rs`; see `docs/tokenizer.md`):
+//!
+//! * open_clip 3.3.0, `src/open_clip/tokenizer.py` (`SimpleTokenizer`, a copy of OpenAI's
+//!   `clip/simple_tokenizer.py`): [`Cleaning::OpenClip`], the default, and what the paper's code
+//!   runs. Text goes through ftfy's `fix_text`, `html.unescape` twice, whitespace collapsing
+//!   and Python's `str.lower`.
+//! * transformers 5.23, `src/transformers/models/clip/tokenization_clip.py` (`CLIPTokenizer`,
+//!   backed by `tokenizers`): [`Cleaning::Transformers`]. Text is only NFC-normalised,
+//!   whitespace-collapsed and lower-cased character by character.
+//!
+//! The two differ on text that needs cleaning (HTML entities, curly quotes, full-width letters,
+//! control characters, mojibake, a final capital sigma) and on literal special tokens:
+//! open_clip recognises `<start_of_text>` / `<end_of_text>`, transformers `<|startoftext|>` /
+//! `<|endoftext|>`. On ordinary prompts they agree.
+//!
+//! The OpenAI vocabulary (`bpe_simple_vocab_16e6.txt.gz`, as shipped in the open_clip wheel) is
+//! embedded in the binary, because open_clip checkpoints carry none; Hugging Face layouts
+//! (`tokenizer.json`, or `vocab.json` + `merges.txt`) load from files.
+//!
+//! ```
+//! use clip_adapter::tokenizer::{Tokenizer, CONTEXT_LENGTH};
+//!
+//! let tokenizer = Tokenizer::openai()?;
+//! assert_eq!(
+//!     tokenizer.encode("a photo of a cat."),
+//!     [320, 1125, 539, 320, 2368, 269]
+//! );
+//! let row = tokenizer.tokenize("a photo of a cat.", CONTEXT_LENGTH);
+//! assert_eq!(row[..8], [49406, 320, 1125, 539, 320, 2368, 269, 49407]);
+//! assert!(row[8..].iter().all(|&id| id == 0));
+//! assert_eq!(tokenizer.decode(&row[1..7]), "a photo of a cat . ");
+//! # Ok::<(), clip_adapter::tokenizer::TokenizerError>(())
+//! ```
+
+mod bpe;
+mod clean;
+mod html;
+mod mojibake;
+mod tables;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use regex::Regex;
+use serde::Deserialize;
+
+use bpe::{byte_tokens_in_vocab_order, bytes_to_unicode, Bpe, Merge, END_OF_WORD};
+use clean::Cleaner;
+
+/// CLIP's text context: start token, at most 75 BPE tokens, end token.
+pub const CONTEXT_LENGTH: usize = 77;
+
+/// The start and end tokens as the Hugging Face vocabularies (and this crate) name them.
+pub const START_OF_TEXT: &str = "<|startoftext|>";
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+const EMBEDDED_VOCAB: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
+const EMBEDDED_VOCAB_NAME: &str = "assets/bpe_simple_vocab_16e6.txt.gz (embedded)";
+
+/// The OpenAI file has 262,145 merge lines; CLIP uses the first 49152 - 256 - 2 of them, so that
+/// 256 byte tokens, their 256 end-of-word forms, the merges and the 2 special tokens make 49,408.
+const OPENAI_MERGES: usize = 49152 - 256 - 2;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenizerError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The file parsed but does not hold what a CLIP BPE tokenizer needs.
+    #[error("{path}: {location}: expected {expected}")]
+    Format {
+        path: PathBuf,
+        location: String,
+        expected: String,
+    },
+
+    #[error("{path}: the vocabulary has no token `{token}`, which CLIP's byte-level BPE needs")]
+    MissingToken { path: PathBuf, token: String },
+
+    /// Data compiled into the binary is unreadable: a build problem, not a user error.
+    #[error("{asset}: {msg}")]
+    EmbeddedAsset { asset: &'static str, msg: String },
+}
+
+/// Which reference's text clean-up and special-token handling to reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cleaning {
+    /// open_clip / OpenAI CLIP: ftfy + HTML unescaping + whitespace collapsing + `str.lower`;
+    /// the literals `<start_of_text>` and `<end_of_text>` become the start and end ids.
+    #[default]
+    OpenClip,
+    /// transformers' `CLIPTokenizer`: NFC + whitespace collapsing + per-character lower-casing;
+    /// the literal `<|endoftext|>` (matched before normalisation) and `<|startoftext|>` (after)
+    /// become the end and start ids.
+    Transformers,
+}
+
+/// transformers' added-token flag: whether a special token is matched in the normalised text
+/// (`normalized: true`) or in the raw input.
+#[derive(Debug, Clone, Copy)]
+struct Special {
+    id: u32,
+    normalized: bool,
+}
+
+/// A CLIP tokenizer. Cloning is cheap (the vocabulary is shared).
+#[derive(Clone)]
+pub struct Tokenizer {
+    bpe: Arc<Bpe>,
+    cleaner: Arc<Cleaner>,
+    patterns: Arc<Patterns>,
+    cleaning: Cleaning,
+    sot: Special,
+    eot: Special,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("cleaning", &self.cleaning)
+            .field("sot_id", &self.sot.id)
+            .field("eot_id", &self.eot.id)
+            .finish()
+    }
+}
+
+/// The pre-tokenisation regexes.
+struct Patterns {
+    /// open_clip: the special alternatives are its own names, and `re.IGNORECASE` is set, so
+    /// `'ſ` (long s) counts as the contraction `'s`. On the classes the flag changes only one
+    /// character in the `regex` module: U+0345 COMBINING GREEK YPOGEGRAMMENI, whose case
+    /// variants are letters, drops out of `[^\s\p{L}\p{N}]` without joining `[\p{L}]`, so
+    /// open_clip skips it like a space (checked over all code points with regex 2026.11.19).
+    open_clip: Regex,
+    /// transformers: the `Split` pre-tokenizer's pattern, case-sensitive (Oniguruma default).
+    transformers: Regex,
+}
+
+impl Patterns {
+    fn get() -> Result<Arc<Patterns>, TokenizerError> {
+        static PATTERNS: OnceLock<Result<Arc<Patterns>, String>> = OnceLock::new();
+        const CONTRACTIONS: &str = "'s|'t|'re|'ve|'m|'ll|'d";
+        PATTERNS
+            .get_or_init(|| {
+                let compile = |p: String| Regex::new(&p).map_err(|e| e.to_string());
+                Ok(Arc::new(Patterns {
+                    open_clip: compile(format!(
+                        r"(?i:<start_of_text>|<end_of_text>|{CONTRACTIONS})|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}\x{{345}}]+"
+                    ))?,
+                    transformers: compile(format!(
+                        r"<\|startoftext\|>|<\|endoftext\|>|{CONTRACTIONS}|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+"
+                    ))?,
+                }))
+            })
+            .clone()
+            .map_err(|msg| TokenizerError::EmbeddedAsset {
+                asset: "pre-tokenizer pattern",
+                msg,
+            })
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenizerJson {
+    model: ModelJson,
+    #[serde(default)]
+    added_tokens: Vec<AddedTokenJson>,
+}
+
+#[derive(Deserialize)]
+struct ModelJson {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    vocab: HashMap<String, u32>,
+    merges: Vec<MergeJson>,
+    #[serde(default)]
+    end_of_word_suffix: Option<String>,
+}
+
+/// `tokenizers` writes merges as "a b" (older files) or as ["a", "b"] (0.20 and later).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MergeJson {
+    Joined(String),
+    Pair(String, String),
+}
+
+#[derive(Deserialize)]
+struct AddedTokenJson {
+    id: u32,
+    content: String,
+    #[serde(default)]
+    normalized: Option<bool>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TokenizerError> {
+    fs::read(path).map_err(|source| TokenizerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn utf8(path: &Path, bytes: Vec<u8>) -> Result<String, TokenizerError> {
+    String::from_utf8(bytes).map_err(|e| TokenizerError::Format {
+        path: path.to_path_buf(),
+        location: format!("byte {}", e.utf8_error().valid_up_to()),
+        expected: "UTF-8 text".to_string(),
+    })
+}
+
+fn split_merge(path: &Path, line: &str, location: String) -> Result<Merge, TokenizerError> {
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(left), Some(right), None) if !left.is_empty() && !right.is_empty() => Ok(Merge {
+            left: left.to_string(),
+            right: right.to_string(),
+            location,
+        }),
+        _ => Err(TokenizerError::Format {
+            path: path.to_path_buf(),
+            location,
+            expected: format!("a merge `LEFT RIGHT` (two tokens, one space), found {line:?}"),
+        }),
+    }
+}
+
+impl Tokenizer {
+    fn assemble(
+        bpe: Arc<Bpe>,
+        path: &Path,
+        added: &[AddedTokenJson],
+    ) -> Result<Tokenizer, TokenizerError> {
+        // Defaults are the flags of the hub's openai/clip-vit-* tokenizer configs.
+        let special = |name: &str, normalized: bool| {
+            let entry = added.iter().find(|t| t.content == name);
+            let id = entry.map(|t| t.id).or_else(|| bpe.id(name));
+            id.map(|id| Special {
+                id,
+                normalized: entry.and_then(|t| t.normalized).unwrap_or(normalized),
+            })
+            .ok_or_else(|| TokenizerError::MissingToken {
+                path: path.to_path_buf(),
+                token: name.to_string(),
+            })
+        };
+        Ok(Tokenizer {
+            sot: special(START_OF_TEXT, true)?,
+            eot: special(END_OF_TEXT, false)?,
+            bpe,
+            cleaner: Cleaner::get()?,
+            patterns: Patterns::get()?,
+            cleaning: Cleaning::default(),
+        })
+    }
+
+    /// The OpenAI CLIP vocabulary, embedded in the binary; decompressed once per process.
+    pub fn openai() -> Result<Tokenizer, TokenizerError> {
+        static OPENAI: OnceLock<Result<Arc<Bpe>, String>> = OnceLock::new();
+        let bpe = OPENAI
+            .get_or_init(|| openai_bpe().map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|msg| TokenizerError::EmbeddedAsset {
+                asset: EMBEDDED_VOCAB_NAME,
+                msg,
+            })?;
+        Tokenizer::assemble(bpe, Path::new(EMBEDDED_VOCAB_NAME), &[])
+    }
+
+    /// The Hugging Face pair `vocab.json` (token → id) and `merges.txt` (one `a b` per line,
+    /// after an optional `#version` header).
+    pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<Tokenizer, TokenizerError> {
+        let vocab: HashMap<String, u32> =
+            serde_json::from_slice(&read(vocab_json)?).map_err(|source| TokenizerError::Json {
+                path: vocab_json.to_path_buf(),
+                source,
+            })?;
+        let text = utf8(merges_txt, read(merges_txt)?)?;
+        let mut merges = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.starts_with("#version") || line.is_empty() {
+                continue;
+            }
+            merges.push(split_merge(merges_txt, line, format!("line {}", i + 1))?);
+        }
+        let bpe = Bpe::new(vocab_json, vocab, merges_txt, merges)?;
+        Tokenizer::assemble(Arc::new(bpe), vocab_json, &[])
+    }
+
+    /// A `tokenizers` `tokenizer.json` whose model is CLIP's BPE (`end_of_word_suffix` `</w>`).
+    /// Only the vocabulary, the merges and the special tokens' ids and `normalized` flags are
+    /// read; the text pipeline is CLIP's whatever the file's normalizer says.
+    pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let json: TokenizerJson =
+            serde_json::from_slice(&read(path)?).map_err(|source| TokenizerError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let format = |location: &str, expected: String| TokenizerError::Format {
+            path: path.to_path_buf(),
+            location: location.to_string(),
+            expected,
+        };
+        let model = json.model;
+        if let Some(kind) = model.kind.as_deref().filter(|k| *k != "BPE") {
+            return Err(format("model.type", format!("\"BPE\", found {kind:?}")));
+        }
+        if model.end_of_word_suffix.as_deref() != Some(END_OF_WORD) {
+            return Err(format(
+                "model.end_of_word_suffix",
+                format!(
+                    "{END_OF_WORD:?} (CLIP's byte-level BPE), found {:?}",
+                    model.end_of_word_suffix
+                ),
+            ));
+        }
+        let merges = model
+            .merges
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let location = format!("model.merges[{i}]");
+                match m {
+                    MergeJson::Joined(s) => split_merge(path, &s, location),
+                    MergeJson::Pair(left, right) => Ok(Merge {
+                        left,
+                        right,
+                        location,
+                    }),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut vocab = model.vocab;
+        for t in &json.added_tokens {
+            vocab.entry(t.content.clone()).or_insert(t.id);
+        }
+        let bpe = Bpe::new(path, vocab, path, merges)?;
+        Tokenizer::assemble(Arc::new(bpe), path, &json.added_tokens)
+    }
+
+    /// The tokenizer a model directory carries: `tokenizer.json` if present, else
+    /// `vocab.json` + `merges.txt`; `None` when it has neither (open_clip checkpoints), in
+    /// which case the caller falls back to [`Tokenizer::openai`]. The cleaning is
+    /// [`Cleaning::OpenClip`] like every constructor's; pick another with
+    /// [`Tokenizer::with_cleaning`].
+    pub fn from_model_dir(dir: &Path) -> Result<Option<Tokenizer>, TokenizerError> {
+        let tokenizer_json = dir.join("tokenizer.json");
+        if tokenizer_json.is_file() {
+            return Tokenizer::from_tokenizer_json(&tokenizer_json).map(Some);
+        }
+        let vocab = dir.join("vocab.json");
+        let merges = dir.join("merges.txt");
+        match (vocab.is_file(), merges.is_file()) {
+            (false, false) => Ok(None),
+            // from_files reports whichever of the two is missing.
+            _ => Tokenizer::from_files(&vocab, &merges).map(Some),
+        }
+    }
+
+    /// The same vocabulary with another reference's text handling.
+    pub fn with_cleaning(mut self, cleaning: Cleaning) -> Tokenizer {
+        self.cleaning = cleaning;
+        self
+    }
+
+    pub fn cleaning(&self) -> Cleaning {
+        self.cleaning
+    }
+
+    pub fn sot_id(&self) -> u32 {
+        self.sot.id
+    }
+
+    pub fn eot_id(&self) -> u32 {
+        self.eot.id
+    }
+
+    /// Number of tokens, special tokens included (49,408 for OpenAI's vocabulary).
+    pub fn vocab_size(&self) -> usize {
+        self.bpe.len()
+    }
+
+    /// BPE ids of `text` after the clean-up, without start/end tokens and without truncation.
+    /// Literal special tokens in the text (see [`Cleaning`]) give their ids.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        match self.cleaning {
+            Cleaning::OpenClip => self.encode_open_clip(text, &mut ids),
+            Cleaning::Transformers => self.encode_transformers(text, &mut ids),
+        }
+        ids
+    }
+
+    fn encode_open_clip(&self, text: &str, ids: &mut Vec<u32>) {
+        let text = self.cleaner.open_clip(text);
+        for piece in self.patterns.open_clip.find_iter(&text) {
+            // open_clip seeds its BPE cache with these two exact strings; `<ſtart_of_text>`
+            // matches the case-insensitive pattern but is ordinary text.
+            match piece.as_str() {
+                "<start_of_text>" => ids.push(self.sot.id),
+                "<end_of_text>" => ids.push(self.eot.id),
+                word => self.bpe.encode_word(word, ids),
+            }
+        }
+    }
+
+    fn encode_transformers(&self, text: &str, ids: &mut Vec<u32>) {
+        // `tokenizers` extracts added tokens in two rounds: raw-text tokens first, then, in
+        // each normalised remainder, the `normalized` ones.
+        let raw: Vec<(&str, u32)> = [(START_OF_TEXT, self.sot), (END_OF_TEXT, self.eot)]
+            .into_iter()
+            .filter(|(_, s)| !s.normalized)
+            .map(|(name, s)| (name, s.id))
+            .collect();
+        let normalized: Vec<(&str, u32)> = [(START_OF_TEXT, self.sot), (END_OF_TEXT, self.eot)]
+            .into_iter()
+            .filter(|(_, s)| s.normalized)
+            .map(|(name, s)| (name, s.id))
+            .collect();
+        split_specials(text, &raw, ids, &mut |segment, ids| {
+            let segment = Cleaner::transformers(segment);
+            split_specials(&segment, &normalized, ids, &mut |rest, ids| {
+                for piece in self.patterns.transformers.find_iter(rest) {
+                    match piece.as_str() {
+                        // An unextracted special-token literal: the ByteLevel pre-tokenizer's
+                        // GPT-2 regex splits it again.
+                        special @ (START_OF_TEXT | END_OF_TEXT) => {
+                            let name = &special[2..special.len() - 2];
+                            for part in ["<|", name, "|>"] {
+                                self.bpe.encode_word(part, ids);
+                            }
+                        }
+                        word => self.bpe.encode_word(word, ids),
+                    }
+                }
+            });
+        });
+    }
+
+    /// One row of model input, open_clip's convention: start id, the BPE ids truncated so the
+    /// end id stays last, then 0 up to `context_length`.
+    pub fn tokenize(&self, text: &str, context_length: usize) -> Vec<u32> {
+        self.tokenize_padded(text, context_length, 0)
+    }
+
+    /// As [`Tokenizer::tokenize`], padding with `pad_id` (transformers pads CLIP with the end
+    /// id, 49407; the padding never reaches the end-token embedding either way).
+    pub fn tokenize_padded(&self, text: &str, context_length: usize, pad_id: u32) -> Vec<u32> {
+        let mut row = Vec::with_capacity(context_length.max(2));
+        row.push(self.sot.id);
+        match self.cleaning {
+            Cleaning::OpenClip => self.encode_open_clip(text, &mut row),
+            Cleaning::Transformers => self.encode_transformers(text, &mut row),
+        }
+        row.push(self.eot.id);
+        if row.len() > context_length {
+            row.truncate(context_length);
+            if let Some(last) = row.last_mut() {
+                *last = self.eot.id;
+            }
+        }
+        row.resize(context_length, pad_id);
+        row
+    }
+
+    /// [`Tokenizer::tokenize`] for each text.
+    pub fn tokenize_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        context_length: usize,
+    ) -> Vec<Vec<u32>> {
+        texts
+            .iter()
+            .map(|t| self.tokenize(t.as_ref(), context_length))
+            .collect()
+    }
+
+    /// Text for ids, open_clip's way: token strings joined, bytes restored (invalid UTF-8
+    /// replaced), `</w>` read as a space. Every id is rendered, special and padding ids too;
+    /// ids outside the vocabulary are skipped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        static BYTE_DECODER: OnceLock<HashMap<char, u8>> = OnceLock::new();
+        let decoder = BYTE_DECODER.get_or_init(|| {
+            bytes_to_unicode()
+                .iter()
+                .enumerate()
+                .map(|(b, &c)| (c, b as u8))
+                .collect()
+        });
+        let mut bytes = Vec::new();
+        for token in ids.iter().filter_map(|&id| self.bpe.token(id)) {
+            for c in token.chars() {
+                match decoder.get(&c) {
+                    Some(&b) => bytes.push(b),
+                    None => bytes.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).replace(END_OF_WORD, " ")
+    }
+}
+
+/// Splits `text` on the leftmost (then longest) occurrence of any special token, pushing the
+/// special ids and handing the text between them to `rest`.
+fn split_specials(
+    text: &str,
+    specials: &[(&str, u32)],
+    ids: &mut Vec<u32>,
+    rest: &mut dyn FnMut(&str, &mut Vec<u32>),
+) {
+    let mut pos = 0;
+    loop {
+        let next = specials
+            .iter()
+            .filter_map(|&(name, id)| text[pos..].find(name).map(|at| (pos + at, name.len(), id)))
+            .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)));
+        let Some((at, len, id)) = next else {
+            break;
+        };
+        if at > pos {
+            rest(&text[pos..at], ids);
+        }
+        ids.push(id);
+        pos = at + len;
+    }
+    if pos < text.len() {
+        rest(&text[pos..], ids);
+    }
+}
+
+/// Vocabulary and merges from the embedded OpenAI file, laid out as open_clip does: byte
+/// tokens, byte tokens with `</w>`, one token per merge, then the two special tokens.
+fn openai_bpe() -> Result<Bpe, TokenizerError> {
+    let path = Path::new(EMBEDDED_VOCAB_NAME);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(EMBEDDED_VOCAB)
+        .read_to_string(&mut text)
+        .map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut merges = Vec::with_capacity(OPENAI_MERGES);
+    // Line 1 is the `#version` header.
+    for (i, line) in text.split('\n').enumerate().skip(1).take(OPENAI_MERGES) {
+        merges.push(split_merge(path, line, format!("line {}", i + 1))?);
+    }
+    if merges.len() != OPENAI_MERGES {
+        return Err(TokenizerError::Format {
+            path: path.to_path_buf(),
+            location: "merges".to_string(),
+            expected: format!("{OPENAI_MERGES} merges, found {}", merges.len()),
+        });
+    }
+    let bytes: Vec<String> = byte_tokens_in_vocab_order()
+        .iter()
+        .map(char::to_string)
+        .collect();
+    let tokens = bytes
+        .iter()
+        .cloned()
+        .chain(bytes.iter().map(|b| format!("{b}{END_OF_WORD}")))
+        .chain(merges.iter().map(|m| format!("{}{}", m.left, m.right)))
+        .chain([START_OF_TEXT.to_string(), END_OF_TEXT.to_string()]);
+    let vocab: HashMap<String, u32> = tokens.enumerate().map(|(i, t)| (t, i as u32)).collect();
+    Bpe::new(path, vocab, path, merges)
+}

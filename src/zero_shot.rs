@@ -1,0 +1,119 @@
+//! Zero-shot CLIP: a classifier whose weights are the text embeddings of the class names put
+//! into prompt templates (PAPER.md §2). With several templates each prompt embedding is
+//! normalised, the templates are averaged per class and the mean is normalised again, as in
+//! CLIP's prompt ensembling (OpenAI's `zeroshot_classifier` notebook, open_clip's
+//! `build_zero_shot_classifier`).
+
+use candle_core::{Tensor, D};
+
+use crate::clip::transformer::l2_normalize;
+use crate::clip::Clip;
+use crate::error::{Error, Result};
+
+/// The template CLIP uses for generic images.
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
+/// Prompts encoded per text-tower call: bounds memory for large label sets.
+const PROMPT_BATCH: usize = 256;
+
+/// Puts a class name into a template at its `{}`.
+pub fn format_prompt(template: &str, label: &str) -> Result<String> {
+    match template.matches("{}").count() {
+        1 => Ok(template.replacen("{}", label, 1)),
+        n => Err(Error::InvalidInput(format!(
+            "template `{template}` must contain exactly one `{{}}` for the class name, found {n}"
+        ))),
+    }
+}
+
+pub struct ZeroShotClassifier {
+    pub labels: Vec<String>,
+    /// Normalised class embeddings, `(K, E)`.
+    pub weights: Tensor,
+    pub logit_scale: f32,
+}
+
+/// One ranked class for one image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Prediction {
+    pub label: String,
+    pub index: usize,
+    pub probability: f32,
+    pub logit: f32,
+}
+
+impl ZeroShotClassifier {
+    /// Encodes `labels × templates` prompts and ensembles them per class.
+    ///
+    /// `on_progress(done, total)` is called after each batch of prompts.
+    pub fn build(
+        clip: &Clip,
+        labels: &[String],
+        templates: &[String],
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        if labels.is_empty() {
+            return Err(Error::InvalidInput("the label list is empty: give at least one class name".into()));
+        }
+        if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
+            return Err(Error::InvalidInput(format!("label {} is empty", i + 1)));
+        }
+        if templates.is_empty() {
+            return Err(Error::InvalidInput("no prompt template given".into()));
+        }
+        let prompts: Vec<String> = templates
+            .iter()
+            .flat_map(|t| labels.iter().map(move |l| format_prompt(t, l)))
+            .collect::<Result<_>>()?;
+        let mut embeddings = Vec::new();
+        let mut done = 0;
+        for chunk in prompts.chunks(PROMPT_BATCH) {
+            embeddings.push(l2_normalize(&clip.encode_text(chunk)?)?);
+            done += chunk.len();
+            on_progress(done, prompts.len());
+        }
+        let (k, t) = (labels.len(), templates.len());
+        let all = Tensor::cat(&embeddings, 0)?; // (T·K, E), template-major
+        let e = all.dim(1)?;
+        let mean = all.reshape((t, k, e))?.mean(0)?; // (K, E)
+        Ok(ZeroShotClassifier {
+            labels: labels.to_vec(),
+            weights: l2_normalize(&mean)?,
+            logit_scale: clip.logit_scale(),
+        })
+    }
+
+    /// `logit_scale · cos(image, class)`.
+    ///
+    /// # Shapes
+    /// `(B, E) -> (B, K)`
+    pub fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
+        let f = l2_normalize(image_features)?;
+        Ok((f.matmul(&self.weights.t()?)? * self.logit_scale as f64)?)
+    }
+
+    /// The `k` most probable classes of each image, best first.
+    pub fn predict(&self, image_features: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
+        let logits = self.logits(image_features)?;
+        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        let (logits, probs) = (logits.to_vec2::<f32>()?, probs.to_vec2::<f32>()?);
+        Ok(logits
+            .iter()
+            .zip(&probs)
+            .map(|(l, p)| {
+                let mut order: Vec<usize> = (0..l.len()).collect();
+                order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+                order
+                    .into_iter()
+                    .take(k)
+                    .map(|i| Prediction {
+                        label: self.labels[i].clone(),
+                        index: i,
+                        probability: p[i],
+                        logit: l[i],
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}

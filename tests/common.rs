@@ -1,0 +1,38 @@
+//! Helpers shared by the integration tests.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+/// `tests/fixtures/<rel>`; a missing fixture fails the test that needs it.
+pub fn fixture(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
+    assert!(p.exists(), "missing fixture {} (regenerate with scripts/fixtures/)", p.display());
+    p
+}
+
+pub fn load_expected(model: &str) -> HashMap<String, Tensor> {
+    let path = fixture(&format!("models/{model}/expected.safetensors"));
+    candle_core::safetensors::load(&path, &Device::Cpu).expect("reading expected outputs")
+}
+
+pub fn inputs(model: &str) -> serde_json::Value {
+    let path = fixture(&format!("models/{model}/inputs.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Largest absolute difference; panics on a shape mismatch.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Asserts `max |a - b| <= tol` and prints the difference, so logs show the margin.
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    let d = max_abs_diff(a, b);
+    println!("{what}: max abs diff {d:.3e} (tolerance {tol:.0e})");
+    assert!(d <= tol, "{what}: max abs diff {d} > {tol}");
+}

@@ -1,0 +1,8 @@
+//! The single integration-test binary (one link step for all tests).
+
+mod common;
+mod checkpoint_errors;
+mod cli;
+mod parity_clip;
+mod preprocess;
+mod tokenizer;
