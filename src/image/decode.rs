@@ -381,7 +381,8 @@ fn jpeg_markers(b: &[u8]) -> Result<JpegMarkers, ()> {
 /// alone does); libjpeg's own "Premature end of JPEG file" warning is not enough, because
 /// libjpeg reports only the first warning and an earlier one (junk between markers) hides it.
 fn jpeg_truncated(b: &[u8], sos: usize) -> bool {
-    !b[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+    // From the end: EOI is normally the last two bytes, so this costs nothing on good files.
+    !b[sos..].windows(2).rev().any(|w| w == [0xFF, 0xD9])
 }
 
 /// The first messages of libjpeg's non-fatal warnings (`JWRN_*` in libjpeg-turbo's

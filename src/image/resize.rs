@@ -4,7 +4,7 @@
 //! (`image` and `fast_image_resize` differ in 9-22 % of bytes, see docs/preprocessing.md): the
 //! differences come from the filter support, the tap window rounding and Pillow's fixed-point
 //! arithmetic, all of which are re-derived below from Pillow 13.0.0's
-//! `src/libImaging/Resample.c` (https://github.com/python-pillow/Pillow/blob/13.0.0/src/libImaging/Resample.c),
+//! `src/libImaging/Resample.c` (<https://github.com/python-pillow/Pillow/blob/13.0.0/src/libImaging/Resample.c>),
 //! functions `bicubic_filter`, `precompute_coeffs`, `normalize_coeffs_8bpc`,
 //! `ImagingResampleHorizontal_8bpc`, `ImagingResampleVertical_8bpc`, `ImagingResampleInner`.
 //! Every floating-point step is done in `f64` in the same order as the C code, so the
