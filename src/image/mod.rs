@@ -2,7 +2,7 @@
 //! bit-compatible with the Python reference that CoOp/Dassl (and so CLIP-Adapter) run:
 //!
 //! ```text
-//! PIL.Image.open(path).convert("RGB")       decode.rs      (JPEG via libjpeg-turbo, as Pillow)
+//! PIL.Image.open(path).convert("RGB")       decode.rs      (JPEG: jpeg.rs, libjpeg-turbo as Pillow)
 //! Resize(n, InterpolationMode.BICUBIC)      resize.rs      (Pillow's resampler, fixed point)
 //! CenterCrop(n)                             preprocess.rs  (torchvision's rounding)
 //! ToTensor(); Normalize(mean, std)          preprocess.rs  (f32, CHW)
@@ -15,6 +15,7 @@
 //! Every failure is an [`ImageError`] naming the file and what was expected; no input panics.
 
 mod decode;
+mod jpeg;
 mod preprocess;
 mod resize;
 
