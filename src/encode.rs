@@ -8,7 +8,6 @@ use rayon::prelude::*;
 
 use crate::clip::Clip;
 use crate::error::Result;
-use crate::image::Preprocess;
 
 /// Images per image-tower call unless the caller says otherwise.
 pub const DEFAULT_BATCH: usize = 32;
@@ -23,7 +22,7 @@ pub fn encode_image_files<P: AsRef<Path> + Sync>(
     batch_size: usize,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
-    let preprocess = Preprocess::clip(clip.image_size());
+    let preprocess = clip.preprocess();
     let s = clip.image_size();
     let mut done = 0;
     let mut out = Vec::new();

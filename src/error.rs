@@ -63,6 +63,9 @@ pub enum Error {
 
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
 }
 
 impl Error {

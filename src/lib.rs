@@ -9,6 +9,7 @@
 //! 6. [`zero_shot::ZeroShotClassifier`] turns class names and templates into a classifier.
 
 pub mod clip;
+pub mod data;
 pub mod encode;
 pub mod error;
 pub mod fsutil;

@@ -6,3 +6,4 @@ mod cli;
 mod parity_clip;
 mod preprocess;
 mod tokenizer;
+mod few_shot;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::layout::{source_key, Layout, Transform};
 use crate::error::{Error, Result};
 
 /// Buffers that PyTorch saves beside the parameters but that carry no learned value.
@@ -21,9 +22,11 @@ enum Source {
     Pth(candle_core::pickle::PthTensors),
 }
 
-/// The tensors of one checkpoint file, loaded on demand as f32.
+/// The tensors of one checkpoint file, loaded on demand as f32, asked for by their
+/// `transformers` names whatever the file's [`Layout`].
 pub struct Checkpoint {
     file: PathBuf,
+    layout: Layout,
     source: Source,
     shapes: BTreeMap<String, Vec<usize>>,
     used: RefCell<BTreeSet<String>>,
@@ -32,7 +35,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Opens a `.safetensors` file, or a PyTorch `torch.save` zip (`.bin`, `.pt`, `.pth`).
-    pub fn open(file: &Path, device: &Device) -> Result<Self> {
+    pub fn open(file: &Path, layout: Layout, device: &Device) -> Result<Self> {
         let bad = |msg: String| Error::Checkpoint {
             file: file.into(),
             msg,
@@ -65,6 +68,7 @@ impl Checkpoint {
         };
         Ok(Checkpoint {
             file: file.into(),
+            layout,
             source,
             shapes,
             used: RefCell::new(BTreeSet::new()),
@@ -85,41 +89,69 @@ impl Checkpoint {
         self.shapes.keys().map(String::as_str)
     }
 
-    /// The tensor `name`, which must have shape `expected`, converted to f32.
+    /// The shape of the tensor the model calls `name`, when the checkpoint has it.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let (key, transform) = source_key(self.layout, name);
+        let stored = self.shapes.get(&key)?;
+        Some(match transform {
+            Transform::Identity => stored.clone(),
+            Transform::Transpose => stored.iter().rev().copied().collect(),
+            Transform::Third { .. } => {
+                let mut s = stored.clone();
+                if let Some(rows) = s.first_mut() {
+                    *rows /= 3;
+                }
+                s
+            }
+        })
+    }
+
+    /// The tensor the model calls `name`, which must have shape `expected`, as f32.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
-        let Some(actual) = self.shapes.get(name) else {
+        let (key, transform) = source_key(self.layout, name);
+        let Some(stored) = self.shapes.get(&key) else {
             return Err(Error::MissingTensor {
                 file: self.file.clone(),
-                name: name.into(),
-                expected: expected.to_vec(),
+                name: key,
+                expected: stored_shape(expected, transform),
             });
         };
-        if actual != expected {
+        let wanted = stored_shape(expected, transform);
+        if *stored != wanted {
             return Err(Error::TensorShape {
                 file: self.file.clone(),
-                name: name.into(),
-                expected: expected.to_vec(),
-                actual: actual.clone(),
+                name: key,
+                expected: wanted,
+                actual: stored.clone(),
             });
         }
         let bad = |e: candle_core::Error| Error::Checkpoint {
             file: self.file.clone(),
-            msg: format!("tensor `{name}`: {e}"),
+            msg: format!("tensor `{key}`: {e}"),
         };
         let tensor = match &self.source {
-            Source::Safetensors(st) => st.load(name, &self.device).map_err(bad)?,
+            Source::Safetensors(st) => st.load(&key, &self.device).map_err(bad)?,
             Source::Pth(pth) => pth
-                .get(name)
+                .get(&key)
                 .map_err(bad)?
                 .ok_or_else(|| Error::MissingTensor {
                     file: self.file.clone(),
-                    name: name.into(),
-                    expected: expected.to_vec(),
+                    name: key.clone(),
+                    expected: wanted.clone(),
                 })?
                 .to_device(&self.device)?,
         };
-        self.used.borrow_mut().insert(name.into());
-        Ok(tensor.to_dtype(DType::F32)?.contiguous()?)
+        self.used.borrow_mut().insert(key);
+        let tensor = tensor.to_dtype(DType::F32)?;
+        let tensor = match transform {
+            Transform::Identity => tensor,
+            Transform::Transpose => tensor.t()?,
+            Transform::Third { index } => {
+                let rows = expected.first().copied().unwrap_or(0);
+                tensor.narrow(0, index * rows, rows)?
+            }
+        };
+        Ok(tensor.contiguous()?)
     }
 
     /// A view that prefixes every name with `prefix.`, as the model tree descends.
@@ -151,6 +183,21 @@ impl Checkpoint {
     }
 }
 
+/// The stored shape of a tensor that `transform` turns into `expected`.
+fn stored_shape(expected: &[usize], transform: Transform) -> Vec<usize> {
+    match transform {
+        Transform::Identity => expected.to_vec(),
+        Transform::Transpose => expected.iter().rev().copied().collect(),
+        Transform::Third { .. } => {
+            let mut s = expected.to_vec();
+            if let Some(rows) = s.first_mut() {
+                *rows *= 3;
+            }
+            s
+        }
+    }
+}
+
 /// A position in the checkpoint's key tree, like candle's `VarBuilder::pp`.
 #[derive(Clone)]
 pub struct Scope<'a> {
@@ -173,5 +220,9 @@ impl<'a> Scope<'a> {
 
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.checkpoint.get(&self.pp(name).prefix, shape)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.checkpoint.shape(&self.pp(name).prefix)
     }
 }

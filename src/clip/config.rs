@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::layout::Layout;
 use crate::error::{Error, Result};
 
 /// The activation inside each transformer MLP.
@@ -81,12 +82,67 @@ impl VisionConfig {
     }
 }
 
+/// OpenAI's ModifiedResNet image tower: 3-convolution stem, anti-aliased bottleneck stages,
+/// attention pooling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResNetConfig {
+    /// Bottleneck blocks per stage.
+    pub layers: [usize; 4],
+    /// Channels of the stem; stage i has `width · 2^i` bottleneck planes.
+    pub width: usize,
+    /// Heads of the attention pool (open_clip: `width · 32 / head_width`).
+    pub heads: usize,
+    pub image_size: usize,
+}
+
+impl ResNetConfig {
+    /// Channels of the last stage, the attention pool's width.
+    pub fn feature_dim(&self) -> usize {
+        self.width * 32
+    }
+    /// Side of the last stage's feature map: the tower downsamples by 32.
+    pub fn grid(&self) -> usize {
+        self.image_size / 32
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VisionTower {
+    Vit(VisionConfig),
+    ResNet(ResNetConfig),
+}
+
+impl VisionTower {
+    pub fn image_size(&self) -> usize {
+        match self {
+            VisionTower::Vit(v) => v.image_size,
+            VisionTower::ResNet(r) => r.image_size,
+        }
+    }
+    /// The width of the pooled feature before the projection.
+    pub fn width(&self) -> usize {
+        match self {
+            VisionTower::Vit(v) => v.width,
+            VisionTower::ResNet(r) => r.feature_dim(),
+        }
+    }
+}
+
+/// CLIP's normalisation statistics (OpenAI's `_transform`).
+pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipConfig {
     pub text: TextConfig,
-    pub vision: VisionConfig,
-    /// Size of the joint embedding space (`projection_dim`).
+    pub vision: VisionTower,
+    /// Size of the joint embedding space (`projection_dim`, open_clip's `embed_dim`).
     pub embed_dim: usize,
+    /// Key layout of the weights that go with this config.
+    pub layout: Layout,
+    /// Image normalisation of the preprocessing the model was trained with.
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
 }
 
 // The raw JSON shapes of `transformers`' config classes. Unknown fields are ignored: real
@@ -232,7 +288,7 @@ impl ClipConfig {
                 layer_norm_eps: t.layer_norm_eps,
                 pooling,
             },
-            vision: VisionConfig {
+            vision: VisionTower::Vit(VisionConfig {
                 width: v.hidden_size,
                 intermediate_size: v.intermediate_size,
                 layers: v.num_hidden_layers,
@@ -242,46 +298,64 @@ impl ClipConfig {
                 num_channels: v.num_channels,
                 activation: activation(&v.hidden_act, "vision_config")?,
                 layer_norm_eps: v.layer_norm_eps,
-            },
+            }),
             embed_dim: raw.projection_dim,
+            layout: Layout::Transformers,
+            image_mean: CLIP_MEAN,
+            image_std: CLIP_STD,
         };
         config.validate().map_err(err)?;
         Ok(config)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
-        let (t, v) = (&self.text, &self.vision);
-        let positive = [
-            ("text_config.hidden_size", t.width),
-            ("text_config.num_attention_heads", t.heads),
-            ("text_config.max_position_embeddings", t.context_length),
-            ("text_config.vocab_size", t.vocab_size),
-            ("vision_config.hidden_size", v.width),
-            ("vision_config.num_attention_heads", v.heads),
-            ("vision_config.patch_size", v.patch_size),
-            ("vision_config.image_size", v.image_size),
-            ("projection_dim", self.embed_dim),
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.text;
+        let mut positive = vec![
+            ("text width", t.width),
+            ("text heads", t.heads),
+            ("text context length", t.context_length),
+            ("text vocab size", t.vocab_size),
+            ("embed dim", self.embed_dim),
+            ("image size", self.vision.image_size()),
         ];
+        match &self.vision {
+            VisionTower::Vit(v) => positive.extend([
+                ("vision width", v.width),
+                ("vision heads", v.heads),
+                ("vision patch size", v.patch_size),
+            ]),
+            VisionTower::ResNet(r) => positive.extend([("resnet width", r.width), ("resnet heads", r.heads)]),
+        }
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
         }
         if t.width % t.heads != 0 {
-            return Err(format!(
-                "text_config.hidden_size {} is not divisible by num_attention_heads {}",
-                t.width, t.heads
-            ));
+            return Err(format!("text width {} is not divisible by its {} heads", t.width, t.heads));
         }
-        if v.width % v.heads != 0 {
-            return Err(format!(
-                "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
-                v.width, v.heads
-            ));
-        }
-        if v.image_size % v.patch_size != 0 {
-            return Err(format!(
-                "vision_config.image_size {} is not a multiple of patch_size {}",
-                v.image_size, v.patch_size
-            ));
+        match &self.vision {
+            VisionTower::Vit(v) => {
+                if v.width % v.heads != 0 {
+                    return Err(format!("vision width {} is not divisible by its {} heads", v.width, v.heads));
+                }
+                if v.image_size % v.patch_size != 0 {
+                    return Err(format!(
+                        "image size {} is not a multiple of the patch size {}",
+                        v.image_size, v.patch_size
+                    ));
+                }
+            }
+            VisionTower::ResNet(r) => {
+                if r.feature_dim() % r.heads != 0 {
+                    return Err(format!(
+                        "resnet feature width {} is not divisible by its {} attention-pool heads",
+                        r.feature_dim(),
+                        r.heads
+                    ));
+                }
+                if r.image_size % 32 != 0 {
+                    return Err(format!("resnet image size {} is not a multiple of 32", r.image_size));
+                }
+            }
         }
         Ok(())
     }

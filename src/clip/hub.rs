@@ -13,7 +13,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{ModelFiles, WEIGHT_FILES};
+use super::{ModelFiles, LAYOUT_FILES};
 use crate::error::{Error, Result};
 
 /// Where and how to look for hub models.
@@ -104,9 +104,9 @@ pub fn resolve(spec: &str, opts: &HubOptions, on_download: OnDownload) -> Result
         return Ok(files);
     }
     let missing = format!(
-        "not in the Hugging Face cache {} (needs config.json and one of {})",
+        "not in the Hugging Face cache {} (needs {})",
         id.cache_dir(&opts.cache).display(),
-        WEIGHT_FILES.join(", ")
+        needed_files()
     );
     if opts.offline {
         return Err(Error::ModelNotFound {
@@ -142,19 +142,36 @@ pub fn cached(id: &HubId, cache: &Path) -> Option<ModelFiles> {
     ModelFiles::in_dir(&repo.join("snapshots").join(commit)).ok()
 }
 
+/// What a complete model directory holds, in words, for error messages.
+fn needed_files() -> String {
+    LAYOUT_FILES
+        .iter()
+        .map(|(_, config, weights)| format!("{config} with one of {}", weights.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; or ")
+}
+
 fn download(id: &HubId, opts: &HubOptions, on_download: OnDownload) -> std::result::Result<ModelFiles, String> {
     let repo = id.cache_dir(&opts.cache);
-    let (config, commit) = fetch(id, "config.json", opts, None, on_download)?
-        .ok_or("the repository has no config.json")?;
-    let snapshot = repo.join("snapshots").join(&commit);
-    let mut weights = None;
-    for file in WEIGHT_FILES {
-        if let Some((path, _)) = fetch(id, file, opts, Some(&snapshot), on_download)? {
-            weights = Some(path);
+    let mut found = None;
+    for (layout, config, weights) in LAYOUT_FILES {
+        if let Some((_, commit)) = fetch(id, config, opts, None, on_download)? {
+            found = Some((*layout, *weights, commit));
             break;
         }
     }
-    let weights = weights.ok_or_else(|| format!("the repository has none of {}", WEIGHT_FILES.join(", ")))?;
+    let (_, weight_files, commit) = found.ok_or_else(|| format!("the repository has none of {}", needed_files()))?;
+    let snapshot = repo.join("snapshots").join(&commit);
+    let mut has_weights = false;
+    for file in weight_files {
+        if fetch(id, file, opts, Some(&snapshot), on_download)?.is_some() {
+            has_weights = true;
+            break;
+        }
+    }
+    if !has_weights {
+        return Err(format!("the repository has none of {}", weight_files.join(", ")));
+    }
     for file in ["tokenizer.json", "vocab.json", "merges.txt"] {
         fetch(id, file, opts, Some(&snapshot), on_download)?;
     }
@@ -164,11 +181,7 @@ fn download(id: &HubId, opts: &HubOptions, on_download: OnDownload) -> std::resu
         crate::fsutil::write_atomic(&refs.join(&id.revision), commit.as_bytes())
             .map_err(|e| e.to_string())?;
     }
-    Ok(ModelFiles {
-        dir: snapshot,
-        config,
-        weights,
-    })
+    ModelFiles::in_dir(&snapshot).map_err(|e| e.to_string())
 }
 
 /// Downloads one file into the snapshot folder; `Ok(None)` when the hub says it does not exist.

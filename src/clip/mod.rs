@@ -1,14 +1,21 @@
 //! CLIP: an image tower and a text tower projected into one embedding space, compared by cosine
 //! similarity scaled by the checkpoint's learned temperature.
 //!
-//! [`Clip::load`] reads a model directory in the Hugging Face `transformers` layout
-//! (`config.json` + `model.safetensors` or `pytorch_model.bin`); [`hub::resolve`] turns a
-//! `--model` argument (a directory or a hub id such as `openai/clip-vit-base-patch32`) into one.
+//! [`Clip::load`] reads a model directory in either checkpoint layout — Hugging Face
+//! `transformers` (`config.json` + `model.safetensors` or `pytorch_model.bin`) or open_clip
+//! (`open_clip_config.json` + `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`) —
+//! with a ViT or a ModifiedResNet image tower; the user never says which.
+//! [`hub::resolve`] turns a `--model` argument (a directory or a hub id such as
+//! `openai/clip-vit-base-patch32` or `timm/resnet50_clip.openai`) into one.
 
 pub mod checkpoint;
 pub mod config;
+pub mod conv;
 pub mod hub;
+pub mod layout;
+pub mod open_clip_config;
 mod ops;
+pub mod resnet;
 pub mod text;
 pub mod transformer;
 pub mod vit;
@@ -18,66 +25,98 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::image::Preprocess;
 use crate::tokenizer::Tokenizer;
 use checkpoint::Checkpoint;
-pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use config::{Activation, ClipConfig, ResNetConfig, TextConfig, VisionConfig, VisionTower};
+pub use layout::Layout;
+use resnet::ModifiedResNet;
 use text::TextTransformer;
 use transformer::Linear;
 use vit::VisionTransformer;
 
-/// Weight files we can read, in order of preference.
-pub const WEIGHT_FILES: &[&str] = &["model.safetensors", "pytorch_model.bin"];
+/// Config and weight file names of each layout, weights in order of preference.
+pub const LAYOUT_FILES: &[(Layout, &str, &[&str])] = &[
+    (Layout::Transformers, "config.json", &["model.safetensors", "pytorch_model.bin"]),
+    (
+        Layout::OpenClip,
+        "open_clip_config.json",
+        &["open_clip_model.safetensors", "open_clip_pytorch_model.bin"],
+    ),
+];
 
 /// The files of one model on disk.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     pub dir: PathBuf,
+    pub layout: Layout,
     pub config: PathBuf,
     pub weights: PathBuf,
 }
 
 impl ModelFiles {
-    /// Finds the config and weight files in a `transformers`-layout directory.
+    /// Finds the config and weight files in a model directory of either layout.
     pub fn in_dir(dir: &Path) -> Result<Self> {
+        let not_found = |msg: String| Error::ModelNotFound {
+            spec: dir.display().to_string(),
+            msg,
+        };
         if !dir.is_dir() {
-            return Err(Error::ModelNotFound {
-                spec: dir.display().to_string(),
-                msg: "not a directory".into(),
-            });
+            return Err(not_found("not a directory".into()));
         }
-        let config = dir.join("config.json");
-        if !config.is_file() {
-            let hint = if dir.join("open_clip_config.json").is_file() {
-                " (this is an open_clip checkpoint; only the transformers layout is supported so far)"
-            } else {
-                ""
-            };
-            return Err(Error::ModelNotFound {
-                spec: dir.display().to_string(),
-                msg: format!("no config.json in the directory{hint}"),
-            });
-        }
-        let weights = WEIGHT_FILES
+        let Some((layout, config, weights)) = LAYOUT_FILES
+            .iter()
+            .find(|(_, config, _)| dir.join(config).is_file())
+        else {
+            return Err(not_found(
+                "no config.json (transformers layout) or open_clip_config.json (open_clip layout) in the directory".into(),
+            ));
+        };
+        let weights = weights
             .iter()
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
-            .ok_or_else(|| Error::ModelNotFound {
-                spec: dir.display().to_string(),
-                msg: format!("no weights in the directory (expected one of {})", WEIGHT_FILES.join(", ")),
-            })?;
+            .ok_or_else(|| not_found(format!("{config} but no weights (expected one of {})", weights.join(", "))))?;
         Ok(ModelFiles {
             dir: dir.into(),
-            config,
+            layout: *layout,
+            config: dir.join(config),
             weights,
         })
+    }
+
+    /// The model's config, from whichever config file the layout has.
+    pub fn read_config(&self) -> Result<ClipConfig> {
+        match self.layout {
+            Layout::Transformers => ClipConfig::from_hf_file(&self.config),
+            Layout::OpenClip => open_clip_config::from_file(&self.config),
+        }
+    }
+}
+
+/// The image tower with its projection into the joint space.
+enum ImageEncoder {
+    Vit { tower: VisionTransformer, projection: Linear },
+    ResNet(ModifiedResNet),
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Fold ResNet batch norms into the convolutions (faster; identical up to rounding).
+    pub fold_batch_norm: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { fold_batch_norm: true }
     }
 }
 
 pub struct Clip {
     config: ClipConfig,
-    vision: VisionTransformer,
+    image: ImageEncoder,
     text: TextTransformer,
-    visual_projection: Linear,
     text_projection: Linear,
     logit_scale: f32,
     tokenizer: Tokenizer,
@@ -88,32 +127,45 @@ impl Clip {
     /// Loads a model directory: config, weights (every tensor accounted for) and tokenizer (the
     /// directory's own when it has one, else the embedded OpenAI vocabulary).
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
-        let config = ClipConfig::from_hf_file(&files.config)?;
-        let ckpt = Checkpoint::open(&files.weights, device)?;
+        Self::load_with(files, device, LoadOptions::default())
+    }
+
+    pub fn load_with(files: &ModelFiles, device: &Device, options: LoadOptions) -> Result<Self> {
+        let config = files.read_config()?;
+        let ckpt = Checkpoint::open(&files.weights, files.layout, device)?;
         let tokenizer = match Tokenizer::from_model_dir(&files.dir)? {
             Some(t) => t,
             None => Tokenizer::openai()?,
         };
-        let clip = Self::from_checkpoint(&config, &ckpt, tokenizer, device)?;
+        let clip = Self::from_checkpoint(&config, &ckpt, tokenizer, device, options)?;
         ckpt.ensure_all_used()?;
         Ok(clip)
     }
 
-    /// Builds the model from an opened checkpoint in the `transformers` key layout.
+    /// Builds the model from an opened checkpoint.
     pub fn from_checkpoint(
         config: &ClipConfig,
         ckpt: &Checkpoint,
         tokenizer: Tokenizer,
         device: &Device,
+        options: LoadOptions,
     ) -> Result<Self> {
         let root = ckpt.scope("");
         let e = config.embed_dim;
         // `logit_scale` is stored as a log; never assume the 100 of OpenAI's checkpoints.
         let logit_scale = root.get("logit_scale", &[])?.to_scalar::<f32>()?.exp();
+        let image = match &config.vision {
+            VisionTower::Vit(v) => ImageEncoder::Vit {
+                tower: VisionTransformer::load(&root.pp("vision_model"), v)?,
+                projection: Linear::load(&root.pp("visual_projection"), v.width, e, false)?,
+            },
+            VisionTower::ResNet(r) => {
+                ImageEncoder::ResNet(ModifiedResNet::load(&root.pp("visual"), r, e, options.fold_batch_norm)?)
+            }
+        };
         Ok(Clip {
-            vision: VisionTransformer::load(&root.pp("vision_model"), &config.vision)?,
+            image,
             text: TextTransformer::load(&root.pp("text_model"), &config.text)?,
-            visual_projection: Linear::load(&root.pp("visual_projection"), config.vision.width, e, false)?,
             text_projection: Linear::load(&root.pp("text_projection"), config.text.width, e, false)?,
             logit_scale,
             tokenizer,
@@ -141,7 +193,16 @@ impl Clip {
 
     /// The input side length of the image tower.
     pub fn image_size(&self) -> usize {
-        self.config.vision.image_size
+        self.config.vision.image_size()
+    }
+
+    /// The preprocessing this model expects: its input size and normalisation.
+    pub fn preprocess(&self) -> Preprocess {
+        Preprocess {
+            mean: self.config.image_mean,
+            std: self.config.image_std,
+            ..Preprocess::clip(self.image_size())
+        }
     }
 
     /// Projected, un-normalised image embeddings (`get_image_features`).
@@ -149,7 +210,10 @@ impl Clip {
     /// # Shapes
     /// `(B, 3, S, S) -> (B, E)`
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.visual_projection.forward(&self.vision.forward(pixels)?)
+        match &self.image {
+            ImageEncoder::Vit { tower, projection } => projection.forward(&tower.forward(pixels)?),
+            ImageEncoder::ResNet(resnet) => resnet.forward(pixels),
+        }
     }
 
     /// Projected, un-normalised text embeddings (`get_text_features`) of token sequences.

@@ -61,7 +61,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     let (tokenizer, context_length) = match &a.model {
         Some(spec) => {
             let files = resolve_model(spec, &Progress::new(true))?;
-            let config = clip_adapter::clip::ClipConfig::from_hf_file(&files.config)?;
+            let config = files.read_config()?;
             let tokenizer = match Tokenizer::from_model_dir(&files.dir)? {
                 Some(t) => t,
                 None => Tokenizer::openai()?,

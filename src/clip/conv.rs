@@ -1,0 +1,267 @@
+//! Convolution kernels for the ResNet tower, on channels-last (NHWC) f32 feature maps.
+//!
+//! In NHWC a 1×1 convolution is one GEMM over all pixels of the batch, and a k×k convolution is
+//! a GEMM over patches whose rows are gathered with one `memcpy` of C channels per tap. The
+//! patch matrix is built a bounded chunk of output pixels at a time, so memory stays flat at
+//! batch 32, and the GEMM writes straight into the output; bias (a folded batch norm) and ReLU
+//! are applied in the same parallel pass afterwards.
+
+use rayon::prelude::*;
+
+/// A batch of feature maps, `(N, H, W, C)` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nhwc {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+impl Nhwc {
+    /// From an `(N, C, H, W)` buffer, as image tensors come.
+    pub fn from_nchw(data: &[f32], n: usize, c: usize, h: usize, w: usize) -> Self {
+        let mut out = vec![0f32; n * h * w * c];
+        out.par_chunks_mut(h * w * c).enumerate().for_each(|(i, img)| {
+            let src = &data[i * c * h * w..(i + 1) * c * h * w];
+            for (p, px) in img.chunks_mut(c).enumerate() {
+                for (ch, v) in px.iter_mut().enumerate() {
+                    *v = src[ch * h * w + p];
+                }
+            }
+        });
+        Nhwc { n, h, w, c, data: out }
+    }
+}
+
+/// Patch-matrix chunks are kept under this many floats (16 MiB).
+const PATCH_BUDGET: usize = 4 << 20;
+
+/// `C = A · B` for row-major `A (m×k)`, `B (k×n)` into `C (m×n)`, parallel when large.
+pub fn gemm_rowmajor(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm: buffer too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].fill(0.0);
+        return;
+    }
+    let parallelism = if m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index gemm touches: dst m×n with row stride n,
+    // lhs m×k with row stride k, rhs k×n with row stride n, all unit column stride.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, n as isize, false,
+            a.as_ptr(), 1, k as isize,
+            b.as_ptr(), 1, n as isize,
+            0.0, 1.0, false, false, false,
+            parallelism,
+        );
+    }
+}
+
+/// Per-channel epilogue after a convolution.
+#[derive(Debug, Clone)]
+pub enum Epilogue {
+    /// `y = x + bias` (a batch norm folded into the weights).
+    Bias(Vec<f32>),
+    /// `y = (x - mean) / sqrt(var + eps) * gamma + beta`, literally (unfolded batch norm).
+    BatchNorm { mean: Vec<f32>, var: Vec<f32>, gamma: Vec<f32>, beta: Vec<f32>, eps: f32 },
+}
+
+/// A 2-D convolution without bias, followed by an [`Epilogue`] and optionally ReLU.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    /// `(k·k·C_in, C_out)`, rows ordered (ky, kx, c_in) to match NHWC patches.
+    weight: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    epilogue: Epilogue,
+    relu: bool,
+}
+
+impl Conv2d {
+    /// From a PyTorch weight `(C_out, C_in, k, k)`.
+    pub fn new(torch_weight: &[f32], c_out: usize, c_in: usize, kernel: usize, stride: usize, padding: usize, epilogue: Epilogue, relu: bool) -> Self {
+        let kk = kernel * kernel;
+        let mut weight = vec![0f32; kk * c_in * c_out];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for t in 0..kk {
+                    weight[(t * c_in + ci) * c_out + co] = torch_weight[(co * c_in + ci) * kk + t];
+                }
+            }
+        }
+        Conv2d { weight, c_in, c_out, kernel, stride, padding, epilogue, relu }
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    pub fn forward(&self, x: &Nhwc) -> Nhwc {
+        assert_eq!(x.c, self.c_in, "conv: channel mismatch");
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let ho = (x.h + 2 * p - k) / s + 1;
+        let wo = (x.w + 2 * p - k) / s + 1;
+        let rows = x.n * ho * wo;
+        let depth = k * k * x.c;
+        let mut out = vec![0f32; rows * self.c_out];
+        if k == 1 && s == 1 && p == 0 {
+            gemm_rowmajor(&x.data, &self.weight, &mut out, rows, depth, self.c_out);
+        } else {
+            let chunk = (PATCH_BUDGET / depth).clamp(1, rows);
+            let mut patches = vec![0f32; chunk * depth];
+            for start in (0..rows).step_by(chunk) {
+                let m = chunk.min(rows - start);
+                self.gather(x, ho, wo, start, &mut patches[..m * depth]);
+                gemm_rowmajor(&patches, &self.weight, &mut out[start * self.c_out..], m, depth, self.c_out);
+            }
+        }
+        self.finish(&mut out);
+        Nhwc { n: x.n, h: ho, w: wo, c: self.c_out, data: out }
+    }
+
+    /// Fills one patch row per output pixel `start..start + rows`, zeros where the window
+    /// leaves the image (zero padding).
+    fn gather(&self, x: &Nhwc, ho: usize, wo: usize, start: usize, patches: &mut [f32]) {
+        let (k, s, p, c) = (self.kernel, self.stride, self.padding as isize, x.c);
+        patches.par_chunks_mut(k * k * c).enumerate().for_each(|(i, row)| {
+            let r = start + i;
+            let (img, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
+            for ky in 0..k {
+                let iy = (oy * s + ky) as isize - p;
+                for kx in 0..k {
+                    let ix = (ox * s + kx) as isize - p;
+                    let dst = &mut row[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                    if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
+                        dst.fill(0.0);
+                    } else {
+                        let at = ((img * x.h + iy as usize) * x.w + ix as usize) * c;
+                        dst.copy_from_slice(&x.data[at..at + c]);
+                    }
+                }
+            }
+        });
+    }
+
+    fn finish(&self, out: &mut [f32]) {
+        let c = self.c_out;
+        let relu = self.relu;
+        let rows_per_task = (16384 / c).max(1);
+        out.par_chunks_mut(c * rows_per_task).for_each(|chunk| {
+            for px in chunk.chunks_mut(c) {
+                match &self.epilogue {
+                    Epilogue::Bias(b) => px.iter_mut().zip(b).for_each(|(v, b)| *v += b),
+                    Epilogue::BatchNorm { mean, var, gamma, beta, eps } => {
+                        for (i, v) in px.iter_mut().enumerate() {
+                            *v = (*v - mean[i]) / (var[i] + eps).sqrt() * gamma[i] + beta[i];
+                        }
+                    }
+                }
+                if relu {
+                    px.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+            }
+        });
+    }
+}
+
+/// `AvgPool2d(k)` (kernel = stride = k, no padding, output size rounded down).
+pub fn avg_pool(x: &Nhwc, k: usize) -> Nhwc {
+    if k == 1 {
+        return x.clone();
+    }
+    let (ho, wo, c) = (x.h / k, x.w / k, x.c);
+    let mut out = vec![0f32; x.n * ho * wo * c];
+    let scale = 1.0 / (k * k) as f32;
+    out.par_chunks_mut(wo * c).enumerate().for_each(|(row, dst)| {
+        let (img, oy) = (row / ho, row % ho);
+        for ox in 0..wo {
+            let d = &mut dst[ox * c..(ox + 1) * c];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let at = ((img * x.h + oy * k + ky) * x.w + ox * k + kx) * c;
+                    d.iter_mut().zip(&x.data[at..at + c]).for_each(|(d, v)| *d += v);
+                }
+            }
+            d.iter_mut().for_each(|v| *v *= scale);
+        }
+    });
+    Nhwc { n: x.n, h: ho, w: wo, c, data: out }
+}
+
+/// `relu(a + b)` in place into `a`.
+pub fn add_relu(a: &mut Nhwc, b: &Nhwc) {
+    assert_eq!((a.n, a.h, a.w, a.c), (b.n, b.h, b.w, b.c), "residual shape mismatch");
+    a.data.par_chunks_mut(16384).zip(b.data.par_chunks(16384)).for_each(|(a, b)| {
+        a.iter_mut().zip(b).for_each(|(a, b)| *a = (*a + b).max(0.0));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution in NCHW, the textbook definition, as the reference.
+    fn direct(x: &[f32], w: &[f32], n: usize, c: usize, h: usize, wd: usize, co: usize, k: usize, s: usize, p: usize) -> Vec<f32> {
+        let ho = (h + 2 * p - k) / s + 1;
+        let wo = (wd + 2 * p - k) / s + 1;
+        let mut out = vec![0f32; n * ho * wo * co]; // NHWC
+        for b in 0..n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    for o in 0..co {
+                        let mut acc = 0f32;
+                        for ci in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s + ky) as isize - p as isize;
+                                    let ix = (ox * s + kx) as isize - p as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                        acc += x[((b * c + ci) * h + iy as usize) * wd + ix as usize]
+                                            * w[((o * c + ci) * k + ky) * k + kx];
+                                    }
+                                }
+                            }
+                        }
+                        out[((b * ho + oy) * wo + ox) * co + o] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn im2col_gemm_matches_direct_convolution() {
+        for &(n, c, h, w, co, k, s, p) in &[(2, 3, 9, 7, 5, 3, 2, 1), (1, 4, 6, 6, 3, 3, 1, 1), (3, 8, 5, 4, 6, 1, 1, 0)] {
+            let x = pseudo(n * c * h * w, 1);
+            let wt = pseudo(co * c * k * k, 2);
+            let conv = Conv2d::new(&wt, co, c, k, s, p, Epilogue::Bias(vec![0.0; co]), false);
+            let ours = conv.forward(&Nhwc::from_nchw(&x, n, c, h, w));
+            let want = direct(&x, &wt, n, c, h, w, co, k, s, p);
+            let diff = ours.data.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "({n},{c},{h},{w}) k{k} s{s}: {diff}");
+        }
+    }
+
+    #[test]
+    fn avg_pool_averages_windows() {
+        let x = Nhwc { n: 1, h: 2, w: 4, c: 1, data: vec![1., 2., 3., 4., 5., 6., 7., 8.] };
+        assert_eq!(avg_pool(&x, 2).data, vec![3.5, 5.5]);
+    }
+}

@@ -1,0 +1,369 @@
+//! The user's own data: a folder with one sub-folder per class, or a manifest listing
+//! `path,label[,split]` (CSV) / `[{"path", "label", "split"?}]` (JSON).
+//!
+//! A split is either given (sub-folders `train/`, `val/`, `test/` each holding the class
+//! folders; a manifest's `split` column) or made with a seed, the way CoOp splits DTD, EuroSAT
+//! and the others without an official split (Dassl `DTD.read_and_split_data`): per class, in
+//! class order, shuffle the images with Python's `random.shuffle` and cut
+//! `round(n * p_train)` train, `round(n * p_val)` val, the rest test.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::benchmarks::sorted_entries;
+use super::python_random::PyRandom;
+use super::{DataError, Dataset, Parts, Sample, Split};
+use crate::zero_shot::DEFAULT_TEMPLATE;
+
+/// Image file extensions a class folder is scanned for (lower case).
+pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "jfif"];
+
+/// How to split images that come without a split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeededSplit {
+    pub seed: i64,
+    /// Fraction of each class for training (CoOp: 0.5).
+    pub train: f64,
+    /// Fraction of each class for validation (CoOp: 0.2); the rest is the test set.
+    pub val: f64,
+}
+
+impl Default for SeededSplit {
+    fn default() -> Self {
+        SeededSplit {
+            seed: 1,
+            train: 0.5,
+            val: 0.2,
+        }
+    }
+}
+
+/// Reads a class-per-folder dataset at `root`. With `train/` (and `val/`, `test/`) sub-folders
+/// the split is theirs; otherwise every class folder is split with `split`.
+pub fn from_class_folders(root: &Path, split: SeededSplit) -> Result<Dataset, DataError> {
+    let given = root.join("train").is_dir();
+    let name = dataset_name(root);
+    if given {
+        let classes = sorted_entries(&root.join("train"), true)?;
+        let mut parts: [Vec<Sample>; 3] = Default::default();
+        for (i, part) in Split::ALL.iter().enumerate() {
+            let dir = root.join(part.name());
+            if !dir.is_dir() {
+                continue;
+            }
+            for folder in sorted_entries(&dir, true)? {
+                let label =
+                    classes
+                        .iter()
+                        .position(|c| *c == folder)
+                        .ok_or_else(|| DataError::Format {
+                            path: dir.join(&folder),
+                            msg: format!("class folder `{folder}` has no counterpart in train/"),
+                        })?;
+                for file in image_files(&dir.join(&folder))? {
+                    parts[i].push(Sample {
+                        impath: format!("{}/{folder}/{file}", part.name()),
+                        label,
+                    });
+                }
+            }
+        }
+        let [train, val, test] = parts;
+        return finish(root, name, &classes, train, val, test);
+    }
+    let classes = sorted_entries(root, true)?;
+    let per_class = classes
+        .iter()
+        .map(|c| {
+            Ok(image_files(&root.join(c))?
+                .into_iter()
+                .map(|f| format!("{c}/{f}"))
+                .collect())
+        })
+        .collect::<Result<Vec<Vec<String>>, DataError>>()?;
+    let (train, val, test) = seeded_split(root, &classes, per_class, split)?;
+    finish(root, name, &classes, train, val, test)
+}
+
+/// Reads a manifest (`.csv`, or `.json`): `path,label[,split]` rows (a header row naming
+/// `path` is skipped) or `[{"path", "label", "split"?}]`. Paths are relative to the manifest's
+/// folder unless absolute. Labels are class names; classes are sorted by name. Without a split
+/// column, each class is split with `split`.
+pub fn from_manifest(path: &Path, split: SeededSplit) -> Result<Dataset, DataError> {
+    let rows = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        read_json_manifest(path)?
+    } else {
+        read_csv_manifest(path)?
+    };
+    if rows.is_empty() {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            msg: "the manifest lists no images".into(),
+        });
+    }
+    let classes: Vec<String> = rows
+        .iter()
+        .map(|r| r.label.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let label_of = |name: &str| classes.iter().position(|c| c == name).unwrap_or(0);
+    let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "manifest".into());
+    let with_split = rows.iter().filter(|r| r.split.is_some()).count();
+    if with_split == rows.len() {
+        let mut parts: [Vec<Sample>; 3] = Default::default();
+        for r in &rows {
+            let i = Split::ALL
+                .iter()
+                .position(|s| Some(*s) == r.split)
+                .unwrap_or(0);
+            parts[i].push(Sample {
+                impath: r.path.clone(),
+                label: label_of(&r.label),
+            });
+        }
+        let [train, val, test] = parts;
+        return finish(&root, name, &classes, train, val, test);
+    }
+    if with_split > 0 {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            msg: format!(
+                "{with_split} of {} rows give a split; give it for every row or for none",
+                rows.len()
+            ),
+        });
+    }
+    let mut per_class = vec![Vec::new(); classes.len()];
+    for r in rows {
+        per_class[label_of(&r.label)].push(r.path);
+    }
+    let (train, val, test) = seeded_split(path, &classes, per_class, split)?;
+    finish(&root, name, &classes, train, val, test)
+}
+
+struct Row {
+    path: String,
+    label: String,
+    split: Option<Split>,
+}
+
+fn parse_split(path: &Path, line: usize, s: &str) -> Result<Option<Split>, DataError> {
+    match s.trim() {
+        "" => Ok(None),
+        "train" => Ok(Some(Split::Train)),
+        "val" => Ok(Some(Split::Val)),
+        "test" => Ok(Some(Split::Test)),
+        other => Err(DataError::Line {
+            path: path.to_path_buf(),
+            line,
+            msg: format!("split `{other}` is not train, val or test"),
+        }),
+    }
+}
+
+fn read_csv_manifest(path: &Path) -> Result<Vec<Row>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_csv_line(line);
+        if n == 0
+            && fields
+                .first()
+                .is_some_and(|f| f.trim().eq_ignore_ascii_case("path"))
+        {
+            continue;
+        }
+        if fields.len() < 2 || fields.len() > 3 {
+            return Err(DataError::Line {
+                path: path.to_path_buf(),
+                line: n + 1,
+                msg: format!(
+                    "expected `path,label[,split]`, got {} field(s)",
+                    fields.len()
+                ),
+            });
+        }
+        let split = match fields.get(2) {
+            Some(s) => parse_split(path, n + 1, s)?,
+            None => None,
+        };
+        rows.push(Row {
+            path: fields[0].trim().to_string(),
+            label: fields[1].trim().to_string(),
+            split,
+        });
+    }
+    Ok(rows)
+}
+
+/// Splits one CSV line on commas outside double quotes; `""` inside quotes is a quote.
+fn split_csv_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                if let Some(f) = fields.last_mut() {
+                    f.push('"');
+                }
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => {
+                if let Some(f) = fields.last_mut() {
+                    f.push(c)
+                }
+            }
+        }
+    }
+    fields
+}
+
+#[derive(Deserialize)]
+struct JsonRow {
+    path: String,
+    label: String,
+    #[serde(default)]
+    split: Option<String>,
+}
+
+fn read_json_manifest(path: &Path) -> Result<Vec<Row>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let raw: Vec<JsonRow> = serde_json::from_str(&text).map_err(|source| DataError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Ok(Row {
+                split: parse_split(path, i + 1, r.split.as_deref().unwrap_or(""))?,
+                path: r.path,
+                label: r.label,
+            })
+        })
+        .collect()
+}
+
+/// Dassl's `read_and_split_data`: one `random.Random(seed)` stream across classes in label
+/// order; each class's files shuffled, then cut with Python's round-half-to-even.
+fn seeded_split(
+    source: &Path,
+    classes: &[String],
+    per_class: Vec<Vec<String>>,
+    split: SeededSplit,
+) -> Result<Parts, DataError> {
+    if !(split.train > 0.0 && split.val >= 0.0 && split.train + split.val <= 1.0) {
+        return Err(DataError::Invalid {
+            what: "split fractions".into(),
+            msg: format!(
+                "train {} and val {} must be > 0, >= 0 and sum to at most 1",
+                split.train, split.val
+            ),
+        });
+    }
+    let mut rng = PyRandom::new(split.seed);
+    let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    for (label, mut files) in per_class.into_iter().enumerate() {
+        rng.shuffle(&mut files);
+        let n = files.len();
+        let n_train = (n as f64 * split.train).round_ties_even() as usize;
+        let n_val = ((n as f64 * split.val).round_ties_even() as usize).min(n - n_train.min(n));
+        if n_train == 0 || n_train > n {
+            return Err(DataError::Format {
+                path: source.to_path_buf(),
+                msg: format!(
+                    "class `{}` has {n} image(s): too few to split {:.0}% / {:.0}% / rest",
+                    classes[label],
+                    100.0 * split.train,
+                    100.0 * split.val
+                ),
+            });
+        }
+        for (i, impath) in files.into_iter().enumerate() {
+            let s = Sample { impath, label };
+            if i < n_train {
+                train.push(s);
+            } else if i < n_train + n_val {
+                val.push(s);
+            } else {
+                test.push(s);
+            }
+        }
+    }
+    Ok((train, val, test))
+}
+
+fn image_files(dir: &Path) -> Result<Vec<String>, DataError> {
+    Ok(sorted_entries(dir, false)?
+        .into_iter()
+        .filter(|f| {
+            Path::new(f).extension().is_some_and(|e| {
+                IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str())
+            })
+        })
+        .collect())
+}
+
+fn dataset_name(root: &Path) -> String {
+    root.canonicalize()
+        .unwrap_or_else(|_| root.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "folder".into())
+}
+
+fn finish(
+    root: &Path,
+    name: String,
+    classes: &[String],
+    train: Vec<Sample>,
+    val: Vec<Sample>,
+    test: Vec<Sample>,
+) -> Result<Dataset, DataError> {
+    if classes.is_empty() || train.is_empty() {
+        return Err(DataError::Format {
+            path: root.to_path_buf(),
+            msg: "no training images found (expected one sub-folder of images per class)".into(),
+        });
+    }
+    Ok(Dataset {
+        name,
+        // The folder name is the class name, with `_` read as a space.
+        classnames: classes.iter().map(|c| c.replace('_', " ")).collect(),
+        image_root: PathBuf::from(root),
+        train,
+        val,
+        test,
+        templates: vec![DEFAULT_TEMPLATE.to_string()],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_honour_quotes() {
+        assert_eq!(split_csv_line(r#"a.jpg,cat"#), ["a.jpg", "cat"]);
+        assert_eq!(
+            split_csv_line(r#""a,b.jpg","big ""cat""",train"#),
+            ["a,b.jpg", r#"big "cat""#, "train"]
+        );
+    }
+}

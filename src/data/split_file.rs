@@ -1,0 +1,126 @@
+//! CoOp's fixed splits, `split_zhou_<Dataset>.json`:
+//! `{"train" | "val" | "test": [[impath, label, classname], ...]}`, `impath` relative to the
+//! dataset's image folder, labels 0-based. (CoOp `datasets/oxford_pets.py` `read_split`.)
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{DataError, Sample};
+
+/// The three lists of a split file and the class names its entries give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitFile {
+    pub train: Vec<Sample>,
+    pub val: Vec<Sample>,
+    pub test: Vec<Sample>,
+    /// Class names by label, as the entries name them.
+    pub classnames: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(default)]
+    train: Vec<(String, u64, String)>,
+    #[serde(default)]
+    val: Vec<(String, u64, String)>,
+    #[serde(default)]
+    test: Vec<(String, u64, String)>,
+}
+
+/// Reads and validates a split file: each label must carry one class name everywhere, and the
+/// labels must be `0..C` without gaps (Dassl derives the class list from them).
+pub fn read(path: &Path) -> Result<SplitFile, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let raw: Raw = serde_json::from_str(&text).map_err(|source| DataError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if raw.train.is_empty() {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            msg: "no \"train\" entries; expected {\"train\": [[impath, label, classname], ...], \
+                  \"val\": [...], \"test\": [...]}"
+                .into(),
+        });
+    }
+    let mut names: Vec<Option<String>> = Vec::new();
+    let mut convert = |items: Vec<(String, u64, String)>| -> Result<Vec<Sample>, DataError> {
+        items
+            .into_iter()
+            .map(|(impath, label, classname)| {
+                let label = usize::try_from(label).map_err(|_| DataError::Format {
+                    path: path.to_path_buf(),
+                    msg: format!("label {label} of `{impath}` is too large"),
+                })?;
+                if names.len() <= label {
+                    names.resize(label + 1, None);
+                }
+                match &names[label] {
+                    None => names[label] = Some(classname),
+                    Some(first) if *first != classname => {
+                        return Err(DataError::LabelNamedTwice {
+                            path: path.to_path_buf(),
+                            label,
+                            first: first.clone(),
+                            second: classname,
+                        })
+                    }
+                    Some(_) => {}
+                }
+                Ok(Sample { impath, label })
+            })
+            .collect()
+    };
+    let train = convert(raw.train)?;
+    let val = convert(raw.val)?;
+    let test = convert(raw.test)?;
+    let classes = names.len();
+    let classnames = names
+        .into_iter()
+        .enumerate()
+        .map(|(label, n)| {
+            n.ok_or(DataError::LabelGap {
+                path: path.to_path_buf(),
+                label,
+                classes,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(SplitFile {
+        train,
+        val,
+        test,
+        classnames,
+    })
+}
+
+/// Refuses a split whose class names are not `expected` (a benchmark's shipped names): a split
+/// of another dataset, or one with another class order, would silently mislabel every image.
+pub fn check_classnames(
+    path: &Path,
+    dataset: &str,
+    in_split: &[String],
+    expected: &[String],
+) -> Result<(), DataError> {
+    if in_split.len() != expected.len() {
+        return Err(DataError::ClassCount {
+            path: path.to_path_buf(),
+            dataset: dataset.to_string(),
+            in_split: in_split.len(),
+            expected: expected.len(),
+        });
+    }
+    for (label, (a, b)) in in_split.iter().zip(expected).enumerate() {
+        if a != b {
+            return Err(DataError::ClassNameMismatch {
+                path: path.to_path_buf(),
+                dataset: dataset.to_string(),
+                label,
+                in_split: a.clone(),
+                expected: b.clone(),
+            });
+        }
+    }
+    Ok(())
+}
