@@ -4,6 +4,7 @@ mod common;
 mod checkpoint_errors;
 mod cli;
 mod parity_clip;
+mod parity_open_clip;
 mod preprocess;
 mod tokenizer;
 mod few_shot;
