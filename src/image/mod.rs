@@ -14,6 +14,7 @@
 //!
 //! Every failure is an [`ImageError`] naming the file and what was expected; no input panics.
 
+pub mod augment;
 mod decode;
 mod jpeg;
 mod preprocess;
