@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# Side-by-side encoder benchmark: ours vs PyTorch transformers, same random full-size ViT-B/32
-# weights, same inputs, same thread count, one after the other on the same machine.
+# Side-by-side encoder benchmark: ours vs PyTorch (transformers for ViT-B/32, open_clip for RN50),
+# same random full-size weights, same inputs, same thread count, one after the other.
 #
-#   bench/run.sh [THREADS]        (default 2; needs the venv of scripts/fixtures/requirements.txt)
+#   bench/run.sh [THREADS] [MODELS...]   (default: 2 vit-b-32 rn50; needs the venv of
+#                                         scripts/fixtures/requirements.txt, PYTHON=its python)
 #
-# Writes bench/out/encoders.md. Set PYTHON to the venv's python (default: venv/bin/python).
+# Writes bench/out/encoders-<model>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
+shift || true
+MODELS=${*:-vit-b-32 rn50}
 PYTHON=${PYTHON:-venv/bin/python}
-MODEL=bench/out/vit-b-32
 mkdir -p bench/out
-[ -f "$MODEL/model.safetensors" ] || "$PYTHON" bench/make_weights.py "$MODEL"
 cargo bench --bench encoders --no-run -q
-ours=$(RAYON_NUM_THREADS=$THREADS cargo bench -q --bench encoders -- "$MODEL" "$THREADS")
-theirs=$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PYTHON" bench/torch_encoders.py "$MODEL" "$THREADS")
-"$PYTHON" - "$ours" "$theirs" <<'PY' | tee bench/out/encoders.md
+for m in $MODELS; do
+  dir=bench/out/$m
+  [ -f "$dir/check.safetensors" ] || "$PYTHON" bench/make_weights.py "$m" "$dir"
+  ours=$(RAYON_NUM_THREADS=$THREADS cargo bench -q --bench encoders -- "$dir" "$THREADS")
+  theirs=$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PYTHON" bench/torch_encoders.py "$dir" "$THREADS")
+  "$PYTHON" - "$m" "$ours" "$theirs" <<'PY' | tee "bench/out/encoders-$m.md"
 import json, sys
-ours, theirs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"ViT-B/32, random weights, f32, {ours['threads']} threads")
+name, ours, theirs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(f"{name}, random weights, f32, {ours['threads']} threads")
+if ours.get("parity"):
+    p = ours["parity"]
+    print(f"full-size parity: max abs diff {p['max_abs_diff']:.3e} on embeddings up to {p['max_abs_reference']:.3e}")
 print(f"| case | {ours['impl']} (/s) | {theirs['impl']} (/s) | ratio |")
 print("|---|---|---|---|")
 for case, v in ours["per_s"].items():
@@ -26,3 +33,4 @@ for case, v in ours["per_s"].items():
     print(f"| {case} | {v:.2f} | {t:.2f} | {v / t:.2f} |")
 print(f"| peak RSS (MiB) | {ours['peak_rss_mib']:.0f} | {theirs['peak_rss_mib']:.0f} | |")
 PY
+done

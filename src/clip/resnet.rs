@@ -268,7 +268,8 @@ impl ModifiedResNet {
         for block in self.stages.iter().flatten() {
             x = block.forward(&x);
         }
-        let tokens = Tensor::from_vec(x.data, (b, x.h * x.w, x.c), &Device::Cpu)?.to_device(pixels.device())?;
+        let (hw, c) = (x.h * x.w, x.c);
+        let tokens = Tensor::from_vec(x.into_data(), (b, hw, c), &Device::Cpu)?.to_device(pixels.device())?;
         self.attnpool.forward(&tokens)
     }
 }

@@ -9,8 +9,10 @@ use clip_adapter::zero_shot::DEFAULT_TEMPLATE;
 /// Few-shot adaptation of CLIP vision-language models.
 ///
 /// Models (`--model`) are a local directory in the Hugging Face `transformers` layout
-/// (config.json + model.safetensors or pytorch_model.bin) or a hub id such as
-/// `openai/clip-vit-base-patch32[@revision]`, looked up in the Hugging Face cache
+/// (config.json + model.safetensors or pytorch_model.bin) or the open_clip layout
+/// (open_clip_config.json + open_clip_model.safetensors or open_clip_pytorch_model.bin), with a
+/// ViT or ResNet image tower, or a hub id such as `openai/clip-vit-base-patch32[@revision]` or
+/// `timm/resnet50_clip.openai`, looked up in the Hugging Face cache
 /// (HF_HUB_CACHE / HF_HOME) and downloaded there when the hub is reachable and HF_HUB_OFFLINE
 /// is not set.
 #[derive(Parser)]
