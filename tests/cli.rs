@@ -232,3 +232,21 @@ fn hub_id_is_downloaded_into_the_cache() {
     );
     assert_eq!(stdout_json(&out)["images"], doc["images"]);
 }
+
+#[test]
+fn open_clip_hub_id_is_downloaded_and_classifies() {
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    // config.json (404), open_clip_config.json, open_clip_model.safetensors, 3 tokenizer files (404).
+    let endpoint = serve(fixture("models/tiny-rn"), commit, 6);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().display().to_string();
+    let out = clip_adapter_env(
+        &["classify", "--model", "timm/tiny-rn.openai", "--labels", "cat,dog", "--json", &image("noise.jpg")],
+        &[("HF_HUB_CACHE", &cache_dir), ("HF_ENDPOINT", &endpoint)],
+    );
+    let doc = stdout_json(&out);
+    assert_eq!(doc["results"][0]["predictions"].as_array().unwrap().len(), 2);
+    let snapshot = cache.path().join("models--timm--tiny-rn.openai/snapshots").join(commit);
+    assert!(snapshot.join("open_clip_model.safetensors").is_file());
+    assert!(!snapshot.join("config.json").exists());
+}
