@@ -84,10 +84,14 @@ impl Bottleneck {
 
     pub fn forward(&self, x: &Nhwc) -> Nhwc {
         let out = self.conv2.forward(&self.conv1.forward(x));
-        let mut out = self.conv3.forward(&avg_pool(&out, self.stride));
-        match &self.downsample {
-            Some(down) => add_relu(&mut out, &down.forward(&avg_pool(x, self.stride))),
-            None => add_relu(&mut out, x),
+        let mut out = match self.stride {
+            1 => self.conv3.forward(&out),
+            s => self.conv3.forward(&avg_pool(&out, s)),
+        };
+        match (&self.downsample, self.stride) {
+            (Some(down), 1) => add_relu(&mut out, &down.forward(x)),
+            (Some(down), s) => add_relu(&mut out, &down.forward(&avg_pool(x, s))),
+            (None, _) => add_relu(&mut out, x),
         }
         out
     }
