@@ -114,3 +114,28 @@ fn text_pooling_ignores_positions_after_the_end_token() {
     let b = clip.encode_tokens(&[noisy]).unwrap();
     assert_close("padding invariance", &a, &b, 1e-6);
 }
+
+#[test]
+fn every_openai_vit_config_shape_is_read() {
+    use clip_adapter::clip::config::Pooling;
+    use clip_adapter::clip::{ClipConfig, VisionTower};
+    // (hub name, vision width, layers, heads, patch, image size, positions, text width, embed dim)
+    let shapes = [
+        ("clip-vit-base-patch32", 768, 12, 12, 32, 224, 50, 512, 512),
+        ("clip-vit-base-patch16", 768, 12, 12, 16, 224, 197, 512, 512),
+        ("clip-vit-large-patch14", 1024, 24, 16, 14, 224, 257, 768, 768),
+        ("clip-vit-large-patch14-336", 1024, 24, 16, 14, 336, 577, 768, 768),
+    ];
+    for (name, width, layers, heads, patch, size, positions, text, embed) in shapes {
+        let c = ClipConfig::from_hf_file(&fixture(&format!("configs/{name}.json"))).unwrap();
+        let VisionTower::Vit(v) = &c.vision else { panic!("{name}: not a ViT") };
+        assert_eq!(
+            (v.width, v.layers, v.heads, v.patch_size, v.image_size, v.num_positions()),
+            (width, layers, heads, patch, size, positions),
+            "{name}"
+        );
+        assert_eq!((c.text.width, c.text.context_length, c.text.vocab_size, c.embed_dim), (text, 77, 49408, embed), "{name}");
+        assert_eq!(c.text.pooling, Pooling::Argmax, "{name}: legacy eos_token_id 2 pools at the argmax");
+        assert_eq!(c.text.activation, clip_adapter::clip::Activation::QuickGelu, "{name}");
+    }
+}
