@@ -66,6 +66,9 @@ pub enum Error {
 
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+
+    #[error(transparent)]
+    Features(#[from] crate::features::FeatureError),
 }
 
 impl Error {

@@ -12,6 +12,7 @@ pub mod clip;
 pub mod data;
 pub mod encode;
 pub mod error;
+pub mod features;
 pub mod fsutil;
 pub mod image;
 pub mod tokenizer;

@@ -8,3 +8,5 @@ mod parity_open_clip;
 mod preprocess;
 mod tokenizer;
 mod few_shot;
+mod features;
+mod cli_data;

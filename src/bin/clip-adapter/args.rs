@@ -47,6 +47,23 @@ pub enum Command {
     ///
     /// Example: clip-adapter classify --model openai/clip-vit-base-patch32 --labels cat,dog photos/*.jpg
     Classify(ClassifyArgs),
+    /// List the 11 benchmarks, or check the ones under --root against their splits.
+    ///
+    /// Example: clip-adapter datasets --root $DATA
+    Datasets(crate::data::DatasetsArgs),
+    /// Print CoOp's K-shot draw (train K per class, val min(K, 4)) for a seed.
+    ///
+    /// Example: clip-adapter fewshot --split split_zhou_EuroSAT.json --shots 16 --seed 1 --json
+    Fewshot(crate::data::FewShotArgs),
+    /// Encode a dataset's images (few-shot train, val, test, augmented views) and class-name
+    /// prompts into the feature cache; resumes an interrupted run.
+    ///
+    /// Example: clip-adapter extract --model openai/clip-vit-base-patch32 --dataset eurosat --root $DATA --shots 16 --seed 1
+    Extract(crate::data::ExtractArgs),
+    /// Join the shard files of `extract --shard i/n` runs into complete feature files.
+    ///
+    /// Example: clip-adapter merge --cache clip-adapter-cache
+    Merge(crate::data::MergeArgs),
 }
 
 #[derive(Args)]

@@ -1,6 +1,7 @@
 //! The `clip-adapter` command: argument parsing and printing only; the library does the work.
 
 mod args;
+mod data;
 mod output;
 
 use std::process::ExitCode;
@@ -42,10 +43,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize(a),
         Command::Embed(a) => embed(a, &progress),
         Command::Classify(a) => classify(a, &progress),
+        Command::Datasets(a) => data::datasets(a),
+        Command::Fewshot(a) => data::fewshot(a),
+        Command::Extract(a) => data::extract(a, &progress),
+        Command::Merge(a) => data::merge_cmd(a),
     }
 }
 
-fn resolve_model(spec: &str, progress: &Progress) -> Result<ModelFiles> {
+pub(crate) fn resolve_model(spec: &str, progress: &Progress) -> Result<ModelFiles> {
     let mut on_download = progress.download();
     hub::resolve(spec, &HubOptions::from_env(), &mut on_download)
         .with_context(|| format!("finding model `{spec}`"))

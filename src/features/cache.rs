@@ -1,0 +1,447 @@
+//! The feature cache on disk: one safetensors file per feature set, with everything that
+//! determined its rows in the metadata, named by a key derived from those, written atomically.
+//!
+//! ```text
+//! <cache>/<dataset>/<part>.<view>.<key>.safetensors            a complete set
+//! <cache>/<dataset>/<part>.<view>.<key>.shard-<i>-of-<n>.safetensors   one shard's rows
+//! <cache>/<dataset>/<...>.safetensors.partial/chunk-<start>-<end>.safetensors   resume state
+//! ```
+//!
+//! Tensors: `features` f32 `(M, E)` (projected, un-normalised), `labels` i64 `(M)`, `index`
+//! i64 `(M)`: the row's position in the set's sample list (rows of unreadable images skipped
+//! with `--skip-bad` are absent, and listed in the `skipped` metadata). Metadata values are
+//! strings (JSON where structured), so `safetensors.safe_open(f).metadata()` shows them in
+//! Python. See `docs/data-pipeline.md`.
+//!
+//! Files are serialised here rather than by the `safetensors` crate, whose header map has a
+//! random order: ours sorts the header, so the same rows always give the same bytes and a
+//! resumed cache is byte-identical to an uninterrupted one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::FeatureError;
+use crate::data::Sample;
+use crate::image::augment::Augment;
+use crate::image::Preprocess;
+
+/// The `format` metadata value of every file this module writes.
+pub const FORMAT: &str = "clip-adapter-features";
+/// Bumped whenever the file layout or the meaning of a field changes.
+pub const VERSION: u32 = 1;
+
+/// How an image becomes the model's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Transform {
+    /// Resize the shorter side, centre crop, normalise (CLIP's evaluation view).
+    Eval { preprocess: Preprocess },
+    /// RandomResizedCrop + flip seeded by `seed`, then normalise with `preprocess`'s mean/std.
+    Augment {
+        augment: Augment,
+        preprocess: Preprocess,
+        seed: u64,
+    },
+}
+
+impl Transform {
+    /// A short tag for file names: `eval`, or `aug<view>`.
+    pub fn tag(&self, view: u32) -> String {
+        match self {
+            Transform::Eval { .. } => "eval".into(),
+            Transform::Augment { .. } => format!("aug{view}"),
+        }
+    }
+}
+
+/// Everything that determines a feature set's rows. Two sets share a file only when all of
+/// these are equal; the file name carries [`SetKey::id`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetKey {
+    /// [`model_fingerprint`](super::model_fingerprint) of the checkpoint.
+    pub model: String,
+    pub dataset: String,
+    /// Which samples: `train`, `val`, `test`, or `train-16shot-seed1` for a few-shot draw.
+    pub part: String,
+    /// Hash of the ordered `(impath, label)` list, so an edited split is a different set.
+    pub samples: String,
+    pub transform: Transform,
+    /// View number of an augmented set (0 for the evaluation view).
+    pub view: u32,
+}
+
+impl SetKey {
+    /// 16 hex digits identifying the key.
+    pub fn id(&self) -> String {
+        let mut h = super::ContentHash::default();
+        // Struct fields serialise in declaration order: the JSON is canonical.
+        h.field(serde_json::to_string(self).unwrap_or_default().as_bytes());
+        h.hex()
+    }
+
+    /// `<part>.<view tag>.<id>.safetensors`.
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}.{}.{}.safetensors",
+            self.part,
+            self.transform.tag(self.view),
+            self.id()
+        )
+    }
+}
+
+/// Hash of an ordered sample list (part of [`SetKey`]).
+pub fn samples_digest(samples: &[Sample]) -> String {
+    let mut h = super::ContentHash::default();
+    for s in samples {
+        h.field(s.impath.as_bytes());
+        h.update(&(s.label as u64).to_le_bytes());
+    }
+    h.hex()
+}
+
+/// The metadata of a feature file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    pub key: SetKey,
+    /// Class names by label.
+    pub classnames: Vec<String>,
+    /// The sample positions this file covers, `start..end` of the set's list.
+    pub rows: std::ops::Range<usize>,
+    /// Number of samples in the whole set.
+    pub total: usize,
+    /// Images per forward pass; resumed chunks must match it to be reused (batch composition
+    /// can change the last bits of a matrix product).
+    pub batch: usize,
+    /// `impath`s of the covered samples that could not be read and were skipped.
+    pub skipped: Vec<String>,
+    /// The whole set's `impath`s (complete files only; empty in chunks and shards).
+    pub impaths: Vec<String>,
+    /// The model as the user named it (informational, not part of the key).
+    pub model_name: String,
+}
+
+impl Meta {
+    fn to_map(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("format".into(), FORMAT.into());
+        m.insert("version".into(), VERSION.to_string());
+        m.insert("key".into(), self.key.id());
+        m.insert("model".into(), self.key.model.clone());
+        m.insert("model_name".into(), self.model_name.clone());
+        m.insert("dataset".into(), self.key.dataset.clone());
+        m.insert("part".into(), self.key.part.clone());
+        m.insert("samples".into(), self.key.samples.clone());
+        m.insert("transform".into(), json(&self.key.transform));
+        m.insert("view".into(), self.key.view.to_string());
+        m.insert("classnames".into(), json(&self.classnames));
+        m.insert(
+            "rows".into(),
+            format!("{}..{}", self.rows.start, self.rows.end),
+        );
+        m.insert("total".into(), self.total.to_string());
+        m.insert("batch".into(), self.batch.to_string());
+        m.insert("skipped".into(), json(&self.skipped));
+        m.insert("impaths".into(), json(&self.impaths));
+        m
+    }
+
+    fn from_map(
+        path: &Path,
+        m: &std::collections::HashMap<String, String>,
+    ) -> Result<Self, FeatureError> {
+        let bad = |msg: String| FeatureError::Format {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let get = |k: &str| m.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
+        if get("format")? != FORMAT {
+            return Err(bad(format!(
+                "not a clip-adapter feature file (format `{}`)",
+                get("format")?
+            )));
+        }
+        let version: u32 = get("version")?
+            .parse()
+            .map_err(|_| bad("bad `version`".into()))?;
+        if version != VERSION {
+            return Err(FeatureError::Version {
+                path: path.to_path_buf(),
+                found: version,
+                expected: VERSION,
+            });
+        }
+        let list = |k: &str| -> Result<Vec<String>, FeatureError> {
+            serde_json::from_str(get(k)?).map_err(|e| bad(format!("metadata `{k}`: {e}")))
+        };
+        let num = |k: &str| -> Result<usize, FeatureError> {
+            get(k)?
+                .parse()
+                .map_err(|_| bad(format!("metadata `{k}` is not a number")))
+        };
+        let (a, b) = get("rows")?
+            .split_once("..")
+            .ok_or_else(|| bad("metadata `rows` is not `start..end`".into()))?;
+        let rows = a.parse().map_err(|_| bad("bad `rows`".into()))?
+            ..b.parse().map_err(|_| bad("bad `rows`".into()))?;
+        let key = SetKey {
+            model: get("model")?.clone(),
+            dataset: get("dataset")?.clone(),
+            part: get("part")?.clone(),
+            samples: get("samples")?.clone(),
+            transform: serde_json::from_str(get("transform")?)
+                .map_err(|e| bad(format!("metadata `transform`: {e}")))?,
+            view: num("view")? as u32,
+        };
+        if key.id() != *get("key")? {
+            return Err(bad("metadata `key` does not match the other fields".into()));
+        }
+        Ok(Meta {
+            key,
+            classnames: list("classnames")?,
+            rows,
+            total: num("total")?,
+            batch: num("batch")?,
+            skipped: list("skipped")?,
+            impaths: list("impaths")?,
+            model_name: get("model_name")?.clone(),
+        })
+    }
+}
+
+/// A metadata value: any serialisable value as JSON.
+fn json<T: Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// A feature file in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureFile {
+    pub meta: Meta,
+    /// Embedding width `E`.
+    pub dim: usize,
+    /// `(M, E)` row-major.
+    pub features: Vec<f32>,
+    pub labels: Vec<i64>,
+    /// Position of each row in the set's sample list.
+    pub index: Vec<i64>,
+}
+
+impl FeatureFile {
+    pub fn rows(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// The features as a `(M, E)` tensor.
+    pub fn features_tensor(
+        &self,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        candle_core::Tensor::from_slice(&self.features, (self.rows(), self.dim), device)
+    }
+
+    /// Serialises to safetensors bytes, header sorted so equal content gives equal bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let m = self.rows();
+        let le = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let tensors: [(&str, &str, Vec<usize>, Vec<u8>); 3] = [
+            (
+                "features",
+                "F32",
+                vec![m, self.dim],
+                self.features.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            ("index", "I64", vec![m], le(&self.index)),
+            ("labels", "I64", vec![m], le(&self.labels)),
+        ];
+        write_safetensors(&self.meta.to_map(), &tensors)
+    }
+
+    /// Writes atomically (temp file + rename): a reader never sees a part.
+    pub fn write(&self, path: &Path) -> Result<(), FeatureError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| FeatureError::io(dir, e))?;
+        }
+        crate::fsutil::write_atomic(path, &self.to_bytes()).map_err(|e| FeatureError::Write {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// Reads and checks a feature file.
+    pub fn read(path: &Path) -> Result<Self, FeatureError> {
+        let bytes = std::fs::read(path).map_err(|e| FeatureError::io(path, e))?;
+        let bad = |msg: String| FeatureError::Format {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let map = header.metadata().clone().unwrap_or_default();
+        let meta = Meta::from_map(path, &map)?;
+        let tensor = |name: &str, dtype: safetensors::Dtype| {
+            let t = st
+                .tensor(name)
+                .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+            if t.dtype() != dtype {
+                return Err(bad(format!(
+                    "tensor `{name}` is {:?}, expected {dtype:?}",
+                    t.dtype()
+                )));
+            }
+            Ok((t.shape().to_vec(), t.data().to_vec()))
+        };
+        let (shape, data) = tensor("features", safetensors::Dtype::F32)?;
+        let [m, dim] = shape[..] else {
+            return Err(bad(format!(
+                "`features` has shape {shape:?}, expected (rows, dim)"
+            )));
+        };
+        let features = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let ints = |name: &str| -> Result<Vec<i64>, FeatureError> {
+            let (shape, data) = tensor(name, safetensors::Dtype::I64)?;
+            if shape != [m] {
+                return Err(bad(format!("`{name}` has shape {shape:?}, expected [{m}]")));
+            }
+            Ok(data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .collect())
+        };
+        Ok(FeatureFile {
+            labels: ints("labels")?,
+            index: ints("index")?,
+            meta,
+            dim,
+            features,
+        })
+    }
+}
+
+/// safetensors bytes: u64 header length, JSON header (keys sorted), padding, data.
+pub(crate) fn write_safetensors(
+    metadata: &BTreeMap<String, String>,
+    tensors: &[(&str, &str, Vec<usize>, Vec<u8>)],
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).unwrap_or_default(),
+    );
+    let mut sorted: Vec<_> = tensors.iter().collect();
+    sorted.sort_by_key(|t| t.0);
+    let mut offset = 0;
+    for (name, dtype, shape, data) in &sorted {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+        );
+        offset += data.len();
+    }
+    // serde_json's Map is a BTreeMap (no `preserve_order` feature): keys come out sorted.
+    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    for (_, _, _, data) in sorted {
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// Where an interrupted run keeps its finished chunks: `<target>.partial/`.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    pub dir: PathBuf,
+}
+
+impl Partial {
+    pub fn for_target(target: &Path) -> Self {
+        let mut name = target.file_name().unwrap_or_default().to_os_string();
+        name.push(".partial");
+        Partial {
+            dir: target.with_file_name(name),
+        }
+    }
+
+    pub fn chunk_path(&self, rows: &std::ops::Range<usize>) -> PathBuf {
+        self.dir.join(format!(
+            "chunk-{:09}-{:09}.safetensors",
+            rows.start, rows.end
+        ))
+    }
+
+    /// A finished chunk for exactly these rows, key and batch size, if one is on disk and
+    /// reads back whole; anything else there is ignored (and replaced when re-encoded).
+    pub fn load(
+        &self,
+        key: &SetKey,
+        batch: usize,
+        rows: &std::ops::Range<usize>,
+    ) -> Option<FeatureFile> {
+        let path = self.chunk_path(rows);
+        if !path.is_file() {
+            return None;
+        }
+        let f = FeatureFile::read(&path).ok()?;
+        (f.meta.key == *key && f.meta.batch == batch && f.meta.rows == *rows).then_some(f)
+    }
+
+    pub fn remove(&self) -> Result<(), FeatureError> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(FeatureError::io(&self.dir, e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Joins files covering consecutive rows of one set into one (chunks into a shard or a set,
+/// shards into a set). `impaths` is the whole set's list when the result is complete.
+pub fn join(parts: &[FeatureFile], impaths: Vec<String>) -> Result<FeatureFile, String> {
+    let first = parts.first().ok_or("nothing to join")?;
+    let mut out = FeatureFile {
+        meta: Meta {
+            rows: first.meta.rows.start..first.meta.rows.start,
+            skipped: Vec::new(),
+            impaths,
+            ..first.meta.clone()
+        },
+        dim: first.dim,
+        features: Vec::new(),
+        labels: Vec::new(),
+        index: Vec::new(),
+    };
+    for p in parts {
+        if p.meta.key != first.meta.key || p.meta.batch != first.meta.batch || p.dim != first.dim {
+            return Err(format!(
+                "rows {:?} were made with other settings (key {} batch {}, expected key {} batch {})",
+                p.meta.rows,
+                p.meta.key.id(),
+                p.meta.batch,
+                first.meta.key.id(),
+                first.meta.batch
+            ));
+        }
+        if p.meta.rows.start != out.meta.rows.end {
+            return Err(format!(
+                "rows {}..{} are missing",
+                out.meta.rows.end, p.meta.rows.start
+            ));
+        }
+        out.meta.rows.end = p.meta.rows.end;
+        out.meta.skipped.extend(p.meta.skipped.iter().cloned());
+        out.features.extend_from_slice(&p.features);
+        out.labels.extend_from_slice(&p.labels);
+        out.index.extend_from_slice(&p.index);
+    }
+    Ok(out)
+}

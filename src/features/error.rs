@@ -1,0 +1,75 @@
+//! Why features could not be extracted, cached or merged. Every variant names the file.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeatureError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: {msg}", path.display())]
+    Write { path: PathBuf, msg: String },
+
+    #[error("{}: not a valid feature file: {msg}; delete it and extract again", path.display())]
+    Format { path: PathBuf, msg: String },
+
+    #[error(
+        "{}: feature file version {found}, this clip-adapter reads version {expected}; delete it \
+         and extract again",
+        path.display()
+    )]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+
+    #[error(
+        "{count} image(s) could not be read (rerun with --skip-bad to leave them out):\n  {}",
+        details.join("\n  ")
+    )]
+    BadImages { count: usize, details: Vec<String> },
+
+    #[error(
+        "{}: made with --skip-bad, it lacks {count} unreadable image(s) (first: {first}); rerun \
+         with --skip-bad to use it, or delete it",
+        path.display()
+    )]
+    SkippedInCache {
+        path: PathBuf,
+        count: usize,
+        first: String,
+    },
+
+    #[error(
+        "stopped after {done} of {total} images of {set}; the finished chunks are kept in {} and \
+         the same command resumes from there",
+        partial.display()
+    )]
+    Interrupted {
+        set: String,
+        done: usize,
+        total: usize,
+        partial: PathBuf,
+    },
+
+    #[error("shard `{0}`: expected i/n with 0 <= i < n, e.g. 0/4")]
+    BadShard(String),
+
+    #[error("{}: cannot merge: {msg}", path.display())]
+    Merge { path: PathBuf, msg: String },
+}
+
+impl FeatureError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        FeatureError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

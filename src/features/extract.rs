@@ -1,0 +1,508 @@
+//! What a run needs, encoded: the few-shot train set (evaluation view and N augmented views),
+//! its val set and the full test set, each a [`FeatureSet`] cached in its own file.
+//!
+//! Work is cut into *chunks* of `chunk_batches` batches, aligned from the set's first row. A
+//! finished chunk is written (atomically) into `<target>.partial/` at once, so a run killed at
+//! any point resumes at its first unfinished chunk; when every chunk is there they are joined
+//! into the target and the partial folder is removed. Because chunks and batches always start
+//! at the same rows, a resumed, sharded or uninterrupted run encodes exactly the same batches
+//! and writes byte-identical files.
+//!
+//! Decoding runs in a producer thread (each batch decoded in parallel with rayon) one to two
+//! batches ahead of the image tower, so decoding overlaps encoding. Progress goes to a
+//! callback; the library never prints.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+use rayon::prelude::*;
+
+use super::cache::{join, samples_digest, FeatureFile, Meta, Partial, SetKey, Transform};
+use super::FeatureError;
+use crate::clip::Clip;
+use crate::data::{Dataset, FewShot, Sample, Split};
+use crate::error::Result;
+use crate::image::augment::{Augment, ViewRng};
+use crate::image::{decode_file, ImageError, Preprocess};
+
+/// Batches per resumable chunk unless the caller says otherwise.
+pub const DEFAULT_CHUNK_BATCHES: usize = 4;
+
+/// One of `count` processes that split the work: `index` in `0..count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = FeatureError;
+
+    /// `i/n`, e.g. `0/4`.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let bad = || FeatureError::BadShard(s.to_string());
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// How to extract.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// Root of the cache (`<cache>/<dataset>/<file>`).
+    pub cache_dir: PathBuf,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Batches per resumable chunk.
+    pub chunk_batches: usize,
+    /// Leave unreadable images out (listed in the file's `skipped` metadata) instead of
+    /// stopping.
+    pub skip_bad: bool,
+    /// Encode only this shard's chunks into a shard file.
+    pub shard: Option<Shard>,
+    /// The model as the user named it, recorded in the files.
+    pub model_name: String,
+}
+
+/// One set of images to encode with one transform.
+#[derive(Debug, Clone)]
+pub struct FeatureSet {
+    pub key: SetKey,
+    pub classnames: Vec<String>,
+    pub samples: Vec<Sample>,
+    pub image_root: PathBuf,
+}
+
+impl FeatureSet {
+    /// A readable name: `train-16shot-seed1.aug3`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}.{}",
+            self.key.part,
+            self.key.transform.tag(self.key.view)
+        )
+    }
+
+    /// The complete set's file.
+    pub fn path(&self, cache_dir: &Path) -> PathBuf {
+        cache_dir.join(&self.key.dataset).join(self.key.file_name())
+    }
+
+    /// Shard `s`'s file.
+    pub fn shard_path(&self, cache_dir: &Path, s: Shard) -> PathBuf {
+        let full = self.key.file_name();
+        let stem = full.trim_end_matches(".safetensors");
+        cache_dir.join(&self.key.dataset).join(format!(
+            "{stem}.shard-{}-of-{}.safetensors",
+            s.index, s.count
+        ))
+    }
+}
+
+/// The sets a run on `dataset` needs: train (or its few-shot draw) in the evaluation view and
+/// in `views` augmented views (`augment`, seeded by `seed`), val likewise without views, and
+/// the full test set. Empty parts (ImageNet's val) are left out.
+pub fn plan(
+    dataset: &Dataset,
+    few_shot: Option<&FewShot>,
+    model: &str,
+    preprocess: &Preprocess,
+    views: u32,
+    augment: Augment,
+    seed: u64,
+) -> Vec<FeatureSet> {
+    let pick = |split: Split| -> (String, Vec<Sample>) {
+        match (few_shot, split) {
+            (Some(f), Split::Train | Split::Val) => (
+                format!("{split}-{}shot-seed{}", f.shots, f.seed),
+                f.samples(dataset, split).into_iter().cloned().collect(),
+            ),
+            _ => (split.name().to_string(), dataset.split(split).to_vec()),
+        }
+    };
+    let eval = Transform::Eval {
+        preprocess: preprocess.clone(),
+    };
+    let mut sets = Vec::new();
+    for split in crate::data::Split::ALL {
+        let (part, samples) = pick(split);
+        if samples.is_empty() {
+            continue;
+        }
+        let set = |transform: Transform, view: u32| FeatureSet {
+            key: SetKey {
+                model: model.to_string(),
+                dataset: dataset.name.clone(),
+                part: part.clone(),
+                samples: samples_digest(&samples),
+                transform,
+                view,
+            },
+            classnames: dataset.classnames.clone(),
+            samples: samples.clone(),
+            image_root: dataset.image_root.clone(),
+        };
+        sets.push(set(eval.clone(), 0));
+        if split == Split::Train {
+            for view in 0..views {
+                let transform = Transform::Augment {
+                    augment,
+                    preprocess: preprocess.clone(),
+                    seed,
+                };
+                sets.push(set(transform, view));
+            }
+        }
+    }
+    sets
+}
+
+/// What extraction reports, in order, per set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Starting `set`; `done` images come from an earlier, interrupted run.
+    Start {
+        set: String,
+        total: usize,
+        done: usize,
+    },
+    /// `done` of `total` images encoded (counting resumed ones).
+    Progress {
+        set: String,
+        done: usize,
+        total: usize,
+    },
+    /// The set's file is complete: freshly written, or `reused` from an earlier run.
+    Done {
+        set: String,
+        path: PathBuf,
+        reused: bool,
+        skipped: Vec<String>,
+    },
+}
+
+/// Hooks into a running extraction.
+pub struct Hooks<'a> {
+    pub on_event: &'a mut dyn FnMut(&Event),
+    /// Asked before each chunk; `true` stops the run cleanly (as Ctrl-C or a kill would,
+    /// minus the unfinished chunk). Tests use it to interrupt at a chosen point.
+    pub should_stop: &'a dyn Fn() -> bool,
+}
+
+/// Chunks of `0..total`, each `chunk` rows, aligned from row 0.
+fn chunks(total: usize, chunk: usize) -> Vec<Range<usize>> {
+    (0..total)
+        .step_by(chunk.max(1))
+        .map(|s| s..(s + chunk).min(total))
+        .collect()
+}
+
+/// Encodes `set` (or this shard's part of it) into the cache, resuming from any finished
+/// chunks, and returns the file written or found.
+pub fn extract_set(
+    clip: &Clip,
+    set: &FeatureSet,
+    opts: &ExtractOptions,
+    hooks: &mut Hooks,
+) -> Result<PathBuf> {
+    let name = set.name();
+    let total = set.samples.len();
+    let all_chunks = chunks(total, opts.batch.max(1) * opts.chunk_batches.max(1));
+    let (target, my_chunks) = match opts.shard {
+        None => (set.path(&opts.cache_dir), all_chunks),
+        Some(s) => {
+            let n = all_chunks.len();
+            let mine = all_chunks[s.index * n / s.count..(s.index + 1) * n / s.count].to_vec();
+            (set.shard_path(&opts.cache_dir, s), mine)
+        }
+    };
+    let rows = match (my_chunks.first(), my_chunks.last()) {
+        (Some(a), Some(b)) => a.start..b.end,
+        // A shard with no rows (more shards than chunks) still writes its empty file, so
+        // `merge` can tell that every shard ran.
+        _ => {
+            let at = opts
+                .shard
+                .map_or(0, |s| if s.index == 0 { 0 } else { total });
+            at..at
+        }
+    };
+    let impaths = || {
+        set.samples
+            .iter()
+            .map(|s| s.impath.clone())
+            .collect::<Vec<_>>()
+    };
+    let meta = |rows: Range<usize>| Meta {
+        key: set.key.clone(),
+        classnames: set.classnames.clone(),
+        rows,
+        total,
+        batch: opts.batch,
+        skipped: Vec::new(),
+        impaths: Vec::new(),
+        model_name: opts.model_name.clone(),
+    };
+
+    if let Some(found) = reuse(&target, set, &rows, opts)? {
+        (hooks.on_event)(&Event::Done {
+            set: name,
+            path: target.clone(),
+            reused: true,
+            skipped: found,
+        });
+        return Ok(target);
+    }
+
+    let partial = Partial::for_target(&target);
+    let todo: Vec<Range<usize>> = my_chunks
+        .iter()
+        .filter(|c| partial.load(&set.key, opts.batch, c).is_none())
+        .cloned()
+        .collect();
+    let my_total: usize = my_chunks.iter().map(|c| c.len()).sum();
+    let mut done = my_total - todo.iter().map(|c| c.len()).sum::<usize>();
+    (hooks.on_event)(&Event::Start {
+        set: name.clone(),
+        total: my_total,
+        done,
+    });
+
+    encode_chunks(
+        clip,
+        set,
+        &todo,
+        opts,
+        &mut |chunk: FeatureFile| {
+            let path = partial.chunk_path(&chunk.meta.rows);
+            done += chunk.meta.rows.len();
+            chunk.write(&path)?;
+            (hooks.on_event)(&Event::Progress {
+                set: name.clone(),
+                done,
+                total: my_total,
+            });
+            Ok(())
+        },
+        hooks.should_stop,
+    )
+    .map_err(|e| match e {
+        crate::Error::Features(FeatureError::Interrupted { .. }) => FeatureError::Interrupted {
+            set: name.clone(),
+            done,
+            total: my_total,
+            partial: partial.dir.clone(),
+        }
+        .into(),
+        e => e,
+    })?;
+
+    // Every chunk is on disk: join them into the target.
+    let mut parts = Vec::with_capacity(my_chunks.len());
+    for c in &my_chunks {
+        let f = partial
+            .load(&set.key, opts.batch, c)
+            .ok_or_else(|| FeatureError::Format {
+                path: partial.chunk_path(c),
+                msg: "a finished chunk vanished or changed while the set was being joined".into(),
+            })?;
+        parts.push(f);
+    }
+    let whole = if parts.is_empty() {
+        FeatureFile {
+            meta: meta(rows.clone()),
+            dim: clip.config().embed_dim,
+            features: Vec::new(),
+            labels: Vec::new(),
+            index: Vec::new(),
+        }
+    } else {
+        join(&parts, impaths()).map_err(|msg| FeatureError::Merge {
+            path: target.clone(),
+            msg,
+        })?
+    };
+    whole.write(&target)?;
+    partial.remove()?;
+    (hooks.on_event)(&Event::Done {
+        set: name,
+        path: target.clone(),
+        reused: false,
+        skipped: whole.meta.skipped.clone(),
+    });
+    Ok(target)
+}
+
+/// An existing target made for exactly this set and these rows: `Some(skipped)`; a file for
+/// something else never matches (its name carries the key; the key inside is checked too).
+fn reuse(
+    target: &Path,
+    set: &FeatureSet,
+    rows: &Range<usize>,
+    opts: &ExtractOptions,
+) -> Result<Option<Vec<String>>> {
+    if !target.is_file() {
+        return Ok(None);
+    }
+    let f = FeatureFile::read(target)?;
+    // The batch size is not compared: it only decides the last bits of a complete file.
+    if f.meta.key != set.key || f.meta.rows != *rows {
+        return Ok(None);
+    }
+    if !f.meta.skipped.is_empty() && !opts.skip_bad {
+        return Err(FeatureError::SkippedInCache {
+            path: target.to_path_buf(),
+            count: f.meta.skipped.len(),
+            first: f.meta.skipped[0].clone(),
+        }
+        .into());
+    }
+    Ok(Some(f.meta.skipped))
+}
+
+/// One decoded batch, on its way from the producer thread to the encoder.
+struct Decoded {
+    chunk: usize,
+    rows: Range<usize>,
+    pixels: Vec<std::result::Result<Vec<f32>, ImageError>>,
+}
+
+/// The model input of `sample` under the set's transform.
+fn load(set: &FeatureSet, sample: &Sample) -> std::result::Result<Vec<f32>, ImageError> {
+    let path = set.image_root.join(&sample.impath);
+    match &set.key.transform {
+        Transform::Eval { preprocess } => preprocess.load(&path),
+        Transform::Augment {
+            augment,
+            preprocess,
+            seed,
+        } => {
+            let img = decode_file(&path)?;
+            let mut rng = ViewRng::new(*seed, set.key.view, &sample.impath);
+            Ok(preprocess.to_tensor_normalized(&augment.apply(&img, &mut rng)))
+        }
+    }
+}
+
+/// Encodes `todo` chunks, decoding in a producer thread, handing each finished chunk to
+/// `on_chunk`.
+fn encode_chunks(
+    clip: &Clip,
+    set: &FeatureSet,
+    todo: &[Range<usize>],
+    opts: &ExtractOptions,
+    on_chunk: &mut dyn FnMut(FeatureFile) -> Result<()>,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<()> {
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let batch = opts.batch.max(1);
+    let size = match &set.key.transform {
+        Transform::Eval { preprocess } | Transform::Augment { preprocess, .. } => preprocess.size,
+    };
+    std::thread::scope(|scope| {
+        // Two decoded batches in flight: one being encoded, one ready.
+        let (tx, rx) = sync_channel::<Decoded>(1);
+        scope.spawn(move || {
+            for (chunk, range) in todo.iter().enumerate() {
+                for start in range.clone().step_by(batch) {
+                    let rows = start..(start + batch).min(range.end);
+                    let pixels = set.samples[rows.clone()]
+                        .par_iter()
+                        .map(|s| load(set, s))
+                        .collect();
+                    if tx
+                        .send(Decoded {
+                            chunk,
+                            rows,
+                            pixels,
+                        })
+                        .is_err()
+                    {
+                        return; // the encoder stopped
+                    }
+                }
+            }
+        });
+        let mut current: Option<FeatureFile> = None;
+        let mut stop_checked = usize::MAX;
+        for d in rx {
+            if stop_checked != d.chunk {
+                stop_checked = d.chunk;
+                if should_stop() {
+                    return Err(FeatureError::Interrupted {
+                        set: String::new(),
+                        done: 0,
+                        total: 0,
+                        partial: PathBuf::new(),
+                    }
+                    .into());
+                }
+            }
+            let range = &todo[d.chunk];
+            let file = current.get_or_insert_with(|| FeatureFile {
+                meta: Meta {
+                    key: set.key.clone(),
+                    classnames: set.classnames.clone(),
+                    rows: range.clone(),
+                    total: set.samples.len(),
+                    batch: opts.batch,
+                    skipped: Vec::new(),
+                    impaths: Vec::new(),
+                    model_name: opts.model_name.clone(),
+                },
+                dim: clip.config().embed_dim,
+                features: Vec::new(),
+                labels: Vec::new(),
+                index: Vec::new(),
+            });
+            let mut good = Vec::new();
+            let mut bad = Vec::new();
+            for (row, px) in d.rows.clone().zip(d.pixels) {
+                match px {
+                    Ok(px) => good.push((row, px)),
+                    Err(e) => bad.push((row, e)),
+                }
+            }
+            if !bad.is_empty() && !opts.skip_bad {
+                return Err(FeatureError::BadImages {
+                    count: bad.len(),
+                    details: bad.iter().map(|(_, e)| e.to_string()).collect(),
+                }
+                .into());
+            }
+            file.meta
+                .skipped
+                .extend(bad.iter().map(|(row, _)| set.samples[*row].impath.clone()));
+            if !good.is_empty() {
+                let n = good.len();
+                let flat: Vec<f32> = good.iter().flat_map(|(_, px)| px.iter().copied()).collect();
+                let pixels =
+                    candle_core::Tensor::from_vec(flat, (n, 3, size, size), clip.device())?;
+                let emb = clip
+                    .encode_image(&pixels)?
+                    .to_dtype(candle_core::DType::F32)?;
+                file.features.extend(emb.flatten_all()?.to_vec1::<f32>()?);
+                for (row, _) in &good {
+                    file.labels.push(set.samples[*row].label as i64);
+                    file.index.push(*row as i64);
+                }
+            }
+            if d.rows.end == range.end {
+                if let Some(f) = current.take() {
+                    on_chunk(f)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,24 @@
+//! From images on disk to cached CLIP features, the input of every method.
+//!
+//! ```text
+//! fingerprint.rs  a model's identity: a hash of its config, weight and tokenizer files
+//! cache.rs        the safetensors feature files: key, metadata, atomic writes, resume chunks
+//! extract.rs      which sets a run needs; batched encoding with decoding in a second thread
+//! text.rs         class-name prompt embeddings (the zero-shot classifier) in the cache
+//! merge.rs        joining the shards that `--shard i/n` processes wrote
+//! ```
+//!
+//! The design, the file format and the Slurm / Kubernetes recipe are in
+//! `docs/data-pipeline.md`.
+
+pub mod cache;
+mod error;
+pub mod extract;
+mod fingerprint;
+pub mod merge;
+pub mod text;
+
+pub use cache::{FeatureFile, SetKey, Transform};
+pub use error::FeatureError;
+pub use extract::{plan, Event, ExtractOptions, FeatureSet, Shard};
+pub use fingerprint::{hash_file, model_fingerprint, ContentHash};

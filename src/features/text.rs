@@ -1,0 +1,128 @@
+//! The class-name side of the cache: each class name put into the dataset's templates,
+//! encoded, normalised, averaged over templates and normalised again (the zero-shot
+//! classifier's weights, `(C, E)`), stored beside the image features.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::cache::write_safetensors;
+use super::{ContentHash, FeatureError};
+use crate::clip::Clip;
+use crate::data::{prompt_name, Dataset};
+use crate::error::Result;
+use crate::zero_shot::ZeroShotClassifier;
+
+/// The `format` metadata value of text feature files.
+pub const TEXT_FORMAT: &str = "clip-adapter-text";
+
+/// Prompt embeddings read back from the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextFeatures {
+    pub classnames: Vec<String>,
+    pub templates: Vec<String>,
+    pub logit_scale: f32,
+    pub dim: usize,
+    /// `(C, E)` row-major, each row unit-norm.
+    pub weights: Vec<f32>,
+}
+
+/// `<cache>/<dataset>/text.<key>.safetensors`, the key hashing model, class names and
+/// templates.
+pub fn text_path(
+    cache_dir: &Path,
+    dataset: &Dataset,
+    model: &str,
+    templates: &[String],
+) -> PathBuf {
+    let mut h = ContentHash::default();
+    h.field(model.as_bytes());
+    for c in &dataset.classnames {
+        h.field(c.as_bytes());
+    }
+    h.field(b"templates");
+    for t in templates {
+        h.field(t.as_bytes());
+    }
+    cache_dir
+        .join(&dataset.name)
+        .join(format!("text.{}.safetensors", h.hex()))
+}
+
+/// Encodes the class-name prompts of `dataset` unless the cache has them; returns the file and
+/// whether it was reused.
+pub fn extract_text(
+    clip: &Clip,
+    dataset: &Dataset,
+    model: &str,
+    model_name: &str,
+    templates: &[String],
+    cache_dir: &Path,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<(PathBuf, bool)> {
+    let path = text_path(cache_dir, dataset, model, templates);
+    if path.is_file() && read_text(&path).is_ok_and(|t| t.classnames == dataset.classnames) {
+        return Ok((path, true));
+    }
+    let names: Vec<String> = dataset.classnames.iter().map(|c| prompt_name(c)).collect();
+    let zs = ZeroShotClassifier::build(clip, &names, templates, on_progress)?;
+    let (c, e) = zs.weights.dims2()?;
+    let weights: Vec<f32> = zs
+        .weights
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), TEXT_FORMAT.to_string());
+    meta.insert("version".into(), super::cache::VERSION.to_string());
+    meta.insert("model".into(), model.to_string());
+    meta.insert("model_name".into(), model_name.to_string());
+    meta.insert("dataset".into(), dataset.name.clone());
+    meta.insert("classnames".into(), json(&dataset.classnames));
+    meta.insert("templates".into(), json(templates));
+    meta.insert("logit_scale".into(), zs.logit_scale.to_string());
+    let data: Vec<u8> = weights.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let bytes = write_safetensors(&meta, &[("text_features", "F32", vec![c, e], data)]);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| FeatureError::io(dir, e))?;
+    }
+    crate::fsutil::write_atomic(&path, &bytes)?;
+    Ok((path, false))
+}
+
+/// Reads a text feature file.
+pub fn read_text(path: &Path) -> Result<TextFeatures> {
+    let bytes = std::fs::read(path).map_err(|e| FeatureError::io(path, e))?;
+    let bad = |msg: String| FeatureError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let m = header.metadata().clone().unwrap_or_default();
+    let get = |k: &str| m.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
+    if get("format")? != TEXT_FORMAT {
+        return Err(bad("not a clip-adapter text feature file".into()).into());
+    }
+    let list = |k: &str| -> std::result::Result<Vec<String>, FeatureError> {
+        serde_json::from_str(get(k)?).map_err(|e| bad(format!("metadata `{k}`: {e}")))
+    };
+    let t = st.tensor("text_features").map_err(|e| bad(e.to_string()))?;
+    let [_, dim] = t.shape()[..] else {
+        return Err(bad(format!("`text_features` has shape {:?}", t.shape())).into());
+    };
+    Ok(TextFeatures {
+        classnames: list("classnames")?,
+        templates: list("templates")?,
+        logit_scale: get("logit_scale")?
+            .parse()
+            .map_err(|_| bad("bad `logit_scale`".into()))?,
+        dim,
+        weights: t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    })
+}
