@@ -10,3 +10,4 @@ mod tokenizer;
 mod few_shot;
 mod features;
 mod cli_data;
+mod datasets;
