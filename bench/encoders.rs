@@ -14,7 +14,13 @@ use clip_adapter::clip::{Clip, ModelFiles};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SHORT: &[&str] = &["cat", "dog", "red car", "tabby kitten", "satellite image of a river"];
+const SHORT: &[&str] = &[
+    "cat",
+    "dog",
+    "red car",
+    "tabby kitten",
+    "satellite image of a river",
+];
 
 fn timed(mut f: impl FnMut(), repeats: usize) -> f64 {
     f(); // warm-up
@@ -39,12 +45,17 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let dir = args.first().map_or("bench/out/vit-b-32", String::as_str);
     let threads: usize = args.get(1).map_or(Ok(2), |t| t.parse())?;
     let only = args.get(2).cloned().unwrap_or_default();
     let wanted = |case: &str| case.contains(only.as_str());
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()?;
     let clip = Clip::load(&ModelFiles::in_dir(dir.as_ref())?, &Device::Cpu)?;
     // Full-size parity: the reference's embeddings of two random images (bench/make_weights.py).
     let check_file = std::path::Path::new(dir).join("check.safetensors");
@@ -52,16 +63,25 @@ fn main() -> anyhow::Result<()> {
         let t = candle_core::safetensors::load(&check_file, &Device::Cpu)?;
         let ours = clip.encode_image(&t["pixel_values"])?;
         let want = &t["image_embeds"];
-        let diff = (ours - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = (ours - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        eprintln!("full-size parity: max |ours - reference| = {diff:.3e} (max |reference| = {scale:.3e})");
+        eprintln!(
+            "full-size parity: max |ours - reference| = {diff:.3e} (max |reference| = {scale:.3e})"
+        );
         serde_json::json!({"max_abs_diff": diff, "max_abs_reference": scale})
     } else {
         serde_json::Value::Null
     };
     let s = clip.image_size();
     let short: Vec<String> = SHORT.iter().map(|w| format!("a photo of a {w}.")).collect();
-    let long = vec![format!("a photo of {}", "a very long description ".repeat(30))];
+    let long = vec![format!(
+        "a photo of {}",
+        "a very long description ".repeat(30)
+    )];
     let mut results = serde_json::Map::new();
     for (batch, repeats) in [(1, 10), (32, 3)] {
         if !wanted(&format!("image b{batch}")) {
@@ -78,9 +98,15 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             let batch_texts: Vec<&String> = (0..batch).map(|i| &texts[i % texts.len()]).collect();
-            let secs = timed(|| drop(clip.encode_text(&batch_texts).expect("encode")), repeats);
+            let secs = timed(
+                || drop(clip.encode_text(&batch_texts).expect("encode")),
+                repeats,
+            );
             eprintln!("text {name} b{batch}: {:.2}/s", batch as f64 / secs);
-            results.insert(format!("text {name} b{batch}"), (batch as f64 / secs).into());
+            results.insert(
+                format!("text {name} b{batch}"),
+                (batch as f64 / secs).into(),
+            );
         }
     }
     let doc = serde_json::json!({

@@ -53,7 +53,9 @@ impl ZeroShotClassifier {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         if labels.is_empty() {
-            return Err(Error::InvalidInput("the label list is empty: give at least one class name".into()));
+            return Err(Error::InvalidInput(
+                "the label list is empty: give at least one class name".into(),
+            ));
         }
         if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
             return Err(Error::InvalidInput(format!("label {} is empty", i + 1)));

@@ -48,10 +48,18 @@ fn missing_tensor_is_named() {
     let key = "vision_model.encoder.layers.1.mlp.fc2.bias";
     tensors.remove(key).unwrap();
     save(dir.path(), &tensors);
-    let err = load(dir.path()).err().expect("must fail");
-    assert!(matches!(err, Error::MissingTensor { ref name, .. } if name == key), "{err}");
+    let err = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
+    assert!(
+        matches!(err, Error::MissingTensor { ref name, .. } if name == key),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains(key) && msg.contains("model.safetensors") && msg.contains("[48]"), "{msg}");
+    assert!(
+        msg.contains(key) && msg.contains("model.safetensors") && msg.contains("[48]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -59,20 +67,36 @@ fn misshaped_tensor_is_named_with_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let mut tensors = copy_model(dir.path());
     let key = "text_projection.weight";
-    tensors.insert(key.into(), Tensor::zeros((24, 31), candle_core::DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        key.into(),
+        Tensor::zeros((24, 31), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     save(dir.path(), &tensors);
-    let msg = load(dir.path()).err().expect("must fail").to_string();
-    assert!(msg.contains(key) && msg.contains("[24, 31]") && msg.contains("[24, 32]"), "{msg}");
+    let msg = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
+    assert!(
+        msg.contains(key) && msg.contains("[24, 31]") && msg.contains("[24, 32]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn config_with_fewer_layers_than_the_weights_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
-    edit_config(dir.path(), |c| c["vision_config"]["num_hidden_layers"] = 1.into());
-    let err = load(dir.path()).err().expect("must fail");
+    edit_config(dir.path(), |c| {
+        c["vision_config"]["num_hidden_layers"] = 1.into()
+    });
+    let err = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"));
     assert!(matches!(err, Error::UnusedTensors { .. }), "{err}");
-    assert!(err.to_string().contains("vision_model.encoder.layers.1"), "{err}");
+    assert!(
+        err.to_string().contains("vision_model.encoder.layers.1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -80,8 +104,14 @@ fn config_with_other_widths_than_the_weights_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
     edit_config(dir.path(), |c| c["text_config"]["hidden_size"] = 64.into());
-    let msg = load(dir.path()).err().expect("must fail").to_string();
-    assert!(msg.contains("text_model.") && msg.contains("expected [49408, 64]"), "{msg}");
+    let msg = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
+    assert!(
+        msg.contains("text_model.") && msg.contains("expected [49408, 64]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -89,14 +119,25 @@ fn unknown_architecture_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
     edit_config(dir.path(), |c| c["model_type"] = "siglip".into());
-    let msg = load(dir.path()).err().expect("must fail").to_string();
-    assert!(msg.contains("config.json") && msg.contains("unknown architecture") && msg.contains("siglip"), "{msg}");
+    let msg = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
+    assert!(
+        msg.contains("config.json")
+            && msg.contains("unknown architecture")
+            && msg.contains("siglip"),
+        "{msg}"
+    );
 
     edit_config(dir.path(), |c| {
         c["model_type"] = "clip".into();
         c["text_config"]["hidden_act"] = "swish".into();
     });
-    let msg = load(dir.path()).err().expect("must fail").to_string();
+    let msg = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
     assert!(msg.contains("hidden_act") && msg.contains("swish"), "{msg}");
 }
 
@@ -107,22 +148,47 @@ fn empty_or_truncated_weights_are_refused() {
     let weights = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-    let msg = load(dir.path()).err().expect("must fail").to_string();
-    assert!(msg.contains("model.safetensors") && msg.contains("not a valid safetensors"), "{msg}");
+    let msg = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("not a valid safetensors"),
+        "{msg}"
+    );
 
     std::fs::write(&weights, b"").unwrap();
-    let msg = load(dir.path()).err().expect("must fail").to_string();
-    assert!(msg.contains("model.safetensors") && msg.contains("empty"), "{msg}");
+    let msg = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("empty"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn directory_without_config_or_weights_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let msg = ModelFiles::in_dir(dir.path()).err().expect("must fail").to_string();
+    let msg = ModelFiles::in_dir(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
     assert!(msg.contains("no config.json"), "{msg}");
-    std::fs::copy(fixture("models/tiny-clip/config.json"), dir.path().join("config.json")).unwrap();
-    let msg = ModelFiles::in_dir(dir.path()).err().expect("must fail").to_string();
-    assert!(msg.contains("model.safetensors") && msg.contains("pytorch_model.bin"), "{msg}");
+    std::fs::copy(
+        fixture("models/tiny-clip/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let msg = ModelFiles::in_dir(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("pytorch_model.bin"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -130,6 +196,12 @@ fn malformed_config_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
     std::fs::write(dir.path().join("config.json"), "{\"text_config\": ").unwrap();
-    let msg = load(dir.path()).err().expect("must fail").to_string();
-    assert!(msg.contains("config.json") && msg.contains("invalid JSON"), "{msg}");
+    let msg = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
+    assert!(
+        msg.contains("config.json") && msg.contains("invalid JSON"),
+        "{msg}"
+    );
 }

@@ -13,7 +13,9 @@ fn clip_adapter(args: &[&str]) -> Output {
 
 fn clip_adapter_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip-adapter"));
-    cmd.args(args).env_remove("HF_HUB_OFFLINE").env_remove("HF_ENDPOINT");
+    cmd.args(args)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_ENDPOINT");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -33,7 +35,11 @@ fn stdout_json(out: &Output) -> serde_json::Value {
 /// A failure: non-zero exit, no panic, and a message mentioning every `needle`.
 fn assert_fails_with(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     for n in needles {
         assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
@@ -45,7 +51,9 @@ fn model() -> String {
 }
 
 fn image(name: &str) -> String {
-    fixture(&format!("models/images/{name}")).display().to_string()
+    fixture(&format!("models/images/{name}"))
+        .display()
+        .to_string()
 }
 
 #[test]
@@ -62,14 +70,29 @@ fn tokenize_json_prints_77_ids_per_text() {
 fn embed_json_matches_the_reference() {
     let expected = load_expected("tiny-clip");
     let out = clip_adapter(&[
-        "embed", "--model", &model(), "--image", &image("red_square.png"), "--text", "a photo of a cat.", "--json",
+        "embed",
+        "--model",
+        &model(),
+        "--image",
+        &image("red_square.png"),
+        "--text",
+        "a photo of a cat.",
+        "--json",
     ]);
     let doc = stdout_json(&out);
     assert_eq!(doc["images"][0]["path"], image("red_square.png"));
     assert_eq!(doc["texts"][0]["text"], "a photo of a cat.");
     let vec = |v: &serde_json::Value| -> Vec<f32> { serde_json::from_value(v.clone()).unwrap() };
-    let img = candle_core::Tensor::new(vec(&doc["images"][0]["embedding"]), &candle_core::Device::Cpu).unwrap();
-    let txt = candle_core::Tensor::new(vec(&doc["texts"][0]["embedding"]), &candle_core::Device::Cpu).unwrap();
+    let img = candle_core::Tensor::new(
+        vec(&doc["images"][0]["embedding"]),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let txt = candle_core::Tensor::new(
+        vec(&doc["texts"][0]["embedding"]),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     // red_square.png is the first fixture image and "a photo of a cat." the first text.
     let want_img = expected["image_embeds"].get(0).unwrap();
     let want_txt = expected["text_embeds"].get(0).unwrap();
@@ -80,8 +103,20 @@ fn embed_json_matches_the_reference() {
 #[test]
 fn classify_json_ranks_all_labels() {
     let out = clip_adapter(&[
-        "classify", "--model", &model(), "--labels", "cat,dog,red square", "--template", "a photo of a {}.",
-        "--template", "a drawing of a {}.", "--top-k", "3", "--json", &image("red_square.png"), &image("noise.jpg"),
+        "classify",
+        "--model",
+        &model(),
+        "--labels",
+        "cat,dog,red square",
+        "--template",
+        "a photo of a {}.",
+        "--template",
+        "a drawing of a {}.",
+        "--top-k",
+        "3",
+        "--json",
+        &image("red_square.png"),
+        &image("noise.jpg"),
     ]);
     let doc = stdout_json(&out);
     let results = doc["results"].as_array().unwrap();
@@ -89,20 +124,42 @@ fn classify_json_ranks_all_labels() {
     for r in results {
         let preds = r["predictions"].as_array().unwrap();
         assert_eq!(preds.len(), 3);
-        let p: Vec<f64> = preds.iter().map(|p| p["probability"].as_f64().unwrap()).collect();
+        let p: Vec<f64> = preds
+            .iter()
+            .map(|p| p["probability"].as_f64().unwrap())
+            .collect();
         assert!(p.windows(2).all(|w| w[0] >= w[1]), "not sorted: {p:?}");
-        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "3 of 3 labels sum to 1: {p:?}");
+        assert!(
+            (p.iter().sum::<f64>() - 1.0).abs() < 1e-4,
+            "3 of 3 labels sum to 1: {p:?}"
+        );
     }
-    let want = crate::common::inputs("tiny-clip")["logit_scale"].as_f64().unwrap();
+    let want = crate::common::inputs("tiny-clip")["logit_scale"]
+        .as_f64()
+        .unwrap();
     assert!((doc["logit_scale"].as_f64().unwrap() / want - 1.0).abs() < 1e-5);
 }
 
 #[test]
 fn classify_table_output() {
-    let out = clip_adapter(&["classify", "--model", &model(), "--labels", "cat,dog", &image("red_square.png")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = clip_adapter(&[
+        "classify",
+        "--model",
+        &model(),
+        "--labels",
+        "cat,dog",
+        &image("red_square.png"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("red_square.png") && text.contains(" 1. ") && text.contains('%'), "{text}");
+    assert!(
+        text.contains("red_square.png") && text.contains(" 1. ") && text.contains('%'),
+        "{text}"
+    );
 }
 
 #[test]
@@ -118,7 +175,14 @@ fn bad_images_are_named() {
     std::fs::write(&truncated, &jpeg[..jpeg.len() / 2]).unwrap();
     for bad in [&missing, &empty, &text, &truncated] {
         let path = bad.display().to_string();
-        let out = clip_adapter(&["classify", "--model", &model(), "--labels", "cat,dog", &path]);
+        let out = clip_adapter(&[
+            "classify",
+            "--model",
+            &model(),
+            "--labels",
+            "cat,dog",
+            &path,
+        ]);
         assert_fails_with(&out, &[&path]);
         let out = clip_adapter(&["embed", "--model", &model(), "--image", &path]);
         assert_fails_with(&out, &[&path]);
@@ -128,10 +192,26 @@ fn bad_images_are_named() {
 #[test]
 fn empty_label_list_is_refused() {
     for labels in ["", ",", " , "] {
-        let out = clip_adapter(&["classify", "--model", &model(), "--labels", labels, &image("noise.jpg")]);
+        let out = clip_adapter(&[
+            "classify",
+            "--model",
+            &model(),
+            "--labels",
+            labels,
+            &image("noise.jpg"),
+        ]);
         assert_fails_with(&out, &["label list is empty"]);
     }
-    let out = clip_adapter(&["classify", "--model", &model(), "--labels", "cat", "--template", "no placeholder", &image("noise.jpg")]);
+    let out = clip_adapter(&[
+        "classify",
+        "--model",
+        &model(),
+        "--labels",
+        "cat",
+        "--template",
+        "no placeholder",
+        &image("noise.jpg"),
+    ]);
     assert_fails_with(&out, &["no placeholder", "{}"]);
 }
 
@@ -140,10 +220,24 @@ fn missing_model_is_explained() {
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().display().to_string();
     let out = clip_adapter_env(
-        &["embed", "--model", "openai/clip-vit-base-patch32", "--text", "x"],
+        &[
+            "embed",
+            "--model",
+            "openai/clip-vit-base-patch32",
+            "--text",
+            "x",
+        ],
         &[("HF_HUB_CACHE", &cache_dir), ("HF_HUB_OFFLINE", "1")],
     );
-    assert_fails_with(&out, &["openai/clip-vit-base-patch32", &cache_dir, "config.json", "HF_HUB_OFFLINE"]);
+    assert_fails_with(
+        &out,
+        &[
+            "openai/clip-vit-base-patch32",
+            &cache_dir,
+            "config.json",
+            "HF_HUB_OFFLINE",
+        ],
+    );
 
     let out = clip_adapter(&["embed", "--model", "/no/such/model/dir", "--text", "x"]);
     assert_fails_with(&out, &["/no/such/model/dir", "no such directory"]);
@@ -165,11 +259,22 @@ fn fill_cache(cache: &Path, repo: &str, commit: &str, files: &[PathBuf]) {
 fn hub_id_is_read_from_the_cache_offline() {
     let cache = tempfile::tempdir().unwrap();
     let src = fixture("models/tiny-clip");
-    fill_cache(cache.path(), "openai/clip-vit-base-patch32", "0123456789abcdef0123456789abcdef01234567",
-        &[src.join("config.json"), src.join("model.safetensors")]);
+    fill_cache(
+        cache.path(),
+        "openai/clip-vit-base-patch32",
+        "0123456789abcdef0123456789abcdef01234567",
+        &[src.join("config.json"), src.join("model.safetensors")],
+    );
     let cache_dir = cache.path().display().to_string();
     let out = clip_adapter_env(
-        &["embed", "--model", "openai/clip-vit-base-patch32", "--text", "a photo of a cat.", "--json"],
+        &[
+            "embed",
+            "--model",
+            "openai/clip-vit-base-patch32",
+            "--text",
+            "a photo of a cat.",
+            "--json",
+        ],
         &[("HF_HUB_CACHE", &cache_dir), ("HF_HUB_OFFLINE", "1")],
     );
     let doc = stdout_json(&out);
@@ -200,7 +305,11 @@ fn serve(dir: PathBuf, commit: &'static str, requests: usize) -> String {
                     stream.write_all(&body).unwrap();
                 }
                 _ => {
-                    write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+                    write!(
+                        stream,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .unwrap();
                 }
             }
         }
@@ -216,18 +325,39 @@ fn hub_id_is_downloaded_into_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().display().to_string();
     let out = clip_adapter_env(
-        &["embed", "--model", "someone/tiny-clip", "--image", &image("noise.jpg"), "--json"],
+        &[
+            "embed",
+            "--model",
+            "someone/tiny-clip",
+            "--image",
+            &image("noise.jpg"),
+            "--json",
+        ],
         &[("HF_HUB_CACHE", &cache_dir), ("HF_ENDPOINT", &endpoint)],
     );
     let doc = stdout_json(&out);
     assert_eq!(doc["images"][0]["embedding"].as_array().unwrap().len(), 16);
     let repo = cache.path().join("models--someone--tiny-clip");
-    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), commit);
-    assert!(repo.join("snapshots").join(commit).join("pytorch_model.bin").is_file());
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        commit
+    );
+    assert!(repo
+        .join("snapshots")
+        .join(commit)
+        .join("pytorch_model.bin")
+        .is_file());
 
     // The server is gone now: the cache alone must serve the model, offline.
     let out = clip_adapter_env(
-        &["embed", "--model", "someone/tiny-clip", "--image", &image("noise.jpg"), "--json"],
+        &[
+            "embed",
+            "--model",
+            "someone/tiny-clip",
+            "--image",
+            &image("noise.jpg"),
+            "--json",
+        ],
         &[("HF_HUB_CACHE", &cache_dir), ("HF_HUB_OFFLINE", "1")],
     );
     assert_eq!(stdout_json(&out)["images"], doc["images"]);
@@ -241,12 +371,26 @@ fn open_clip_hub_id_is_downloaded_and_classifies() {
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().display().to_string();
     let out = clip_adapter_env(
-        &["classify", "--model", "timm/tiny-rn.openai", "--labels", "cat,dog", "--json", &image("noise.jpg")],
+        &[
+            "classify",
+            "--model",
+            "timm/tiny-rn.openai",
+            "--labels",
+            "cat,dog",
+            "--json",
+            &image("noise.jpg"),
+        ],
         &[("HF_HUB_CACHE", &cache_dir), ("HF_ENDPOINT", &endpoint)],
     );
     let doc = stdout_json(&out);
-    assert_eq!(doc["results"][0]["predictions"].as_array().unwrap().len(), 2);
-    let snapshot = cache.path().join("models--timm--tiny-rn.openai/snapshots").join(commit);
+    assert_eq!(
+        doc["results"][0]["predictions"].as_array().unwrap().len(),
+        2
+    );
+    let snapshot = cache
+        .path()
+        .join("models--timm--tiny-rn.openai/snapshots")
+        .join(commit);
     assert!(snapshot.join("open_clip_model.safetensors").is_file());
     assert!(!snapshot.join("config.json").exists());
 }

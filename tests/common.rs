@@ -7,8 +7,14 @@ use candle_core::{Device, Tensor};
 
 /// `tests/fixtures/<rel>`; a missing fixture fails the test that needs it.
 pub fn fixture(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
-    assert!(p.exists(), "missing fixture {} (regenerate with scripts/fixtures/)", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "missing fixture {} (regenerate with scripts/fixtures/)",
+        p.display()
+    );
     p
 }
 
@@ -27,7 +33,10 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Asserts `max |a - b| <= tol` and prints the difference, so logs show the margin.

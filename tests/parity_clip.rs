@@ -31,7 +31,11 @@ fn logit_scale_is_read_from_the_weights() {
     for model in ["tiny-clip", "tiny-clip-bin"] {
         let clip = load(model);
         let want = inputs(model)["logit_scale"].as_f64().unwrap() as f32;
-        assert!((clip.logit_scale() / want - 1.0).abs() < 1e-5, "{model}: {}", clip.logit_scale());
+        assert!(
+            (clip.logit_scale() / want - 1.0).abs() < 1e-5,
+            "{model}: {}",
+            clip.logit_scale()
+        );
     }
 }
 
@@ -41,7 +45,12 @@ fn image_embeddings_match_transformers() {
         let clip = load(model);
         let expected = load_expected(model);
         let ours = clip.encode_image(&expected["pixel_values"]).unwrap();
-        assert_close(&format!("{model} image embeds"), &ours, &expected["image_embeds"], TOL);
+        assert_close(
+            &format!("{model} image embeds"),
+            &ours,
+            &expected["image_embeds"],
+            TOL,
+        );
     }
 }
 
@@ -51,7 +60,12 @@ fn text_embeddings_match_transformers() {
         let clip = load(model);
         let expected = load_expected(model);
         let ours = clip.encode_tokens(&ids(&expected)).unwrap();
-        assert_close(&format!("{model} text embeds"), &ours, &expected["text_embeds"], TOL);
+        assert_close(
+            &format!("{model} text embeds"),
+            &ours,
+            &expected["text_embeds"],
+            TOL,
+        );
     }
 }
 
@@ -62,7 +76,12 @@ fn end_to_end_from_texts_and_image_files() {
     let inputs = inputs("tiny-clip");
     let texts: Vec<String> = serde_json::from_value(inputs["texts"].clone()).unwrap();
     let ours = clip.encode_text(&texts).unwrap();
-    assert_close("tiny-clip text from strings", &ours, &expected["text_embeds"], TOL);
+    assert_close(
+        "tiny-clip text from strings",
+        &ours,
+        &expected["text_embeds"],
+        TOL,
+    );
 
     let dir = fixture("models/tiny-clip");
     let paths: Vec<_> = inputs["images"]
@@ -72,7 +91,12 @@ fn end_to_end_from_texts_and_image_files() {
         .map(|p| dir.join(p.as_str().unwrap()))
         .collect();
     let ours = encode_image_files(&clip, &paths, 3, &mut |_, _| {}).unwrap();
-    assert_close("tiny-clip image from files", &ours, &expected["image_embeds"], TOL);
+    assert_close(
+        "tiny-clip image from files",
+        &ours,
+        &expected["image_embeds"],
+        TOL,
+    );
 }
 
 #[test]
@@ -92,11 +116,21 @@ fn logits_and_prompt_ensembling_match_the_reference() {
         logit_scale: clip.logit_scale(),
     };
     let logits = single.logits(&images).unwrap();
-    assert_close("logits_per_image", &logits, &expected["logits_per_image"], TOL * 10.0);
+    assert_close(
+        "logits_per_image",
+        &logits,
+        &expected["logits_per_image"],
+        TOL * 10.0,
+    );
 
     let ensemble = ZeroShotClassifier::build(&clip, &labels, &templates, &mut |_, _| {}).unwrap();
     let logits = ensemble.logits(&images).unwrap();
-    assert_close("ensembled zero-shot logits", &logits, &expected["zero_shot_logits"], TOL * 10.0);
+    assert_close(
+        "ensembled zero-shot logits",
+        &logits,
+        &expected["zero_shot_logits"],
+        TOL * 10.0,
+    );
 }
 
 #[test]
@@ -106,7 +140,10 @@ fn text_pooling_ignores_positions_after_the_end_token() {
     let clip = load("tiny-clip");
     let short = clip.tokenizer().tokenize("a photo of a cat.", 77);
     let mut noisy = short.clone();
-    let eot = short.iter().position(|&t| t == clip.tokenizer().eot_id()).unwrap();
+    let eot = short
+        .iter()
+        .position(|&t| t == clip.tokenizer().eot_id())
+        .unwrap();
     for (i, t) in noisy.iter_mut().enumerate().skip(eot + 1) {
         *t = 100 + i as u32;
     }
@@ -123,19 +160,65 @@ fn every_openai_vit_config_shape_is_read() {
     let shapes = [
         ("clip-vit-base-patch32", 768, 12, 12, 32, 224, 50, 512, 512),
         ("clip-vit-base-patch16", 768, 12, 12, 16, 224, 197, 512, 512),
-        ("clip-vit-large-patch14", 1024, 24, 16, 14, 224, 257, 768, 768),
-        ("clip-vit-large-patch14-336", 1024, 24, 16, 14, 336, 577, 768, 768),
+        (
+            "clip-vit-large-patch14",
+            1024,
+            24,
+            16,
+            14,
+            224,
+            257,
+            768,
+            768,
+        ),
+        (
+            "clip-vit-large-patch14-336",
+            1024,
+            24,
+            16,
+            14,
+            336,
+            577,
+            768,
+            768,
+        ),
     ];
     for (name, width, layers, heads, patch, size, positions, text, embed) in shapes {
         let c = ClipConfig::from_hf_file(&fixture(&format!("configs/{name}.json"))).unwrap();
-        let VisionTower::Vit(v) = &c.vision else { panic!("{name}: not a ViT") };
+        let VisionTower::Vit(v) = &c.vision else {
+            panic!("{name}: not a ViT")
+        };
         assert_eq!(
-            (v.width, v.layers, v.heads, v.patch_size, v.image_size, v.num_positions()),
+            (
+                v.width,
+                v.layers,
+                v.heads,
+                v.patch_size,
+                v.image_size,
+                v.num_positions()
+            ),
             (width, layers, heads, patch, size, positions),
             "{name}"
         );
-        assert_eq!((c.text.width, c.text.context_length, c.text.vocab_size, c.embed_dim), (text, 77, 49408, embed), "{name}");
-        assert_eq!(c.text.pooling, Pooling::Argmax, "{name}: legacy eos_token_id 2 pools at the argmax");
-        assert_eq!(c.text.activation, clip_adapter::clip::Activation::QuickGelu, "{name}");
+        assert_eq!(
+            (
+                c.text.width,
+                c.text.context_length,
+                c.text.vocab_size,
+                c.embed_dim
+            ),
+            (text, 77, 49408, embed),
+            "{name}"
+        );
+        assert_eq!(
+            c.text.pooling,
+            Pooling::Argmax,
+            "{name}: legacy eos_token_id 2 pools at the argmax"
+        );
+        assert_eq!(
+            c.text.activation,
+            clip_adapter::clip::Activation::QuickGelu,
+            "{name}"
+        );
     }
 }

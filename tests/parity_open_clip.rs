@@ -18,14 +18,30 @@ fn files(model: &str) -> ModelFiles {
 }
 
 fn ids(t: &Tensor) -> Vec<Vec<u32>> {
-    t.to_vec2::<i64>().unwrap().into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect()
+    t.to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(|x| x as u32).collect())
+        .collect()
 }
 
 /// `max |a - b| / max |b| <= tol`.
 fn assert_close_relative(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
-    let scale = b.abs().unwrap().max_keepdim(0).unwrap().max_keepdim(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_keepdim(0)
+        .unwrap()
+        .max_keepdim(1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
     let d = max_abs_diff(a, b) / scale.max(1e-12);
-    println!("{what}: max abs diff / max |reference| = {d:.3e} (scale {scale:.3e}, tolerance {tol:.0e})");
+    println!(
+        "{what}: max abs diff / max |reference| = {d:.3e} (scale {scale:.3e}, tolerance {tol:.0e})"
+    );
     assert!(d <= tol, "{what}: relative diff {d} > {tol}");
 }
 
@@ -43,25 +59,59 @@ fn resnet_matches_open_clip() {
     let want = inputs("tiny-rn")["logit_scale"].as_f64().unwrap() as f32;
     assert!((clip.logit_scale() / want - 1.0).abs() < 1e-5);
     let image = clip.encode_image(&expected["pixel_values"]).unwrap();
-    assert_close_relative("tiny-rn image embeds", &image, &expected["image_embeds"], TOL);
+    assert_close_relative(
+        "tiny-rn image embeds",
+        &image,
+        &expected["image_embeds"],
+        TOL,
+    );
     let text = clip.encode_tokens(&ids(&expected["input_ids"])).unwrap();
     assert_close("tiny-rn text embeds", &text, &expected["text_embeds"], TOL);
 
     // From strings and files, through our tokenizer and preprocessing.
     let inputs = inputs("tiny-rn");
     let texts: Vec<String> = serde_json::from_value(inputs["texts"].clone()).unwrap();
-    assert_close("tiny-rn text from strings", &clip.encode_text(&texts).unwrap(), &expected["text_embeds"], TOL);
+    assert_close(
+        "tiny-rn text from strings",
+        &clip.encode_text(&texts).unwrap(),
+        &expected["text_embeds"],
+        TOL,
+    );
     let dir = fixture("models/tiny-rn");
-    let paths: Vec<_> = inputs["images"].as_array().unwrap().iter().map(|p| dir.join(p.as_str().unwrap())).collect();
+    let paths: Vec<_> = inputs["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| dir.join(p.as_str().unwrap()))
+        .collect();
     let from_files = encode_image_files(&clip, &paths, 2, &mut |_, _| {}).unwrap();
-    assert_close_relative("tiny-rn image from files", &from_files, &expected["image_embeds"], TOL);
+    assert_close_relative(
+        "tiny-rn image from files",
+        &from_files,
+        &expected["image_embeds"],
+        TOL,
+    );
 }
 
 #[test]
 fn folded_and_unfolded_batch_norm_agree() {
     let expected = load_expected("tiny-rn");
-    let folded = Clip::load_with(&files("tiny-rn"), &Device::Cpu, LoadOptions { fold_batch_norm: true }).unwrap();
-    let unfolded = Clip::load_with(&files("tiny-rn"), &Device::Cpu, LoadOptions { fold_batch_norm: false }).unwrap();
+    let folded = Clip::load_with(
+        &files("tiny-rn"),
+        &Device::Cpu,
+        LoadOptions {
+            fold_batch_norm: true,
+        },
+    )
+    .unwrap();
+    let unfolded = Clip::load_with(
+        &files("tiny-rn"),
+        &Device::Cpu,
+        LoadOptions {
+            fold_batch_norm: false,
+        },
+    )
+    .unwrap();
     let a = folded.encode_image(&expected["pixel_values"]).unwrap();
     let b = unfolded.encode_image(&expected["pixel_values"]).unwrap();
     assert_close_relative("folded vs unfolded", &a, &b, 1e-5);
@@ -76,14 +126,20 @@ fn attention_pool_positions_are_resized_for_another_input_size() {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
     let cfg_path = dir.path().join("open_clip_config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["model_cfg"]["vision_cfg"]["image_size"] = 96.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let clip = Clip::load(&ModelFiles::in_dir(dir.path()).unwrap(), &Device::Cpu).unwrap();
     assert_eq!(clip.image_size(), 96);
     let expected = load_expected("tiny-rn");
     let image = clip.encode_image(&expected["pixel_values_96"]).unwrap();
-    assert_close_relative("tiny-rn at 96 px", &image, &expected["image_embeds_96"], TOL);
+    assert_close_relative(
+        "tiny-rn at 96 px",
+        &image,
+        &expected["image_embeds_96"],
+        TOL,
+    );
 }
 
 #[test]
@@ -91,17 +147,33 @@ fn open_clip_vit_matches_open_clip() {
     let clip = Clip::load(&files("tiny-openclip-vit"), &Device::Cpu).unwrap();
     let expected = load_expected("tiny-openclip-vit");
     let image = clip.encode_image(&expected["pixel_values"]).unwrap();
-    assert_close("tiny-openclip-vit image embeds", &image, &expected["image_embeds"], TOL);
+    assert_close(
+        "tiny-openclip-vit image embeds",
+        &image,
+        &expected["image_embeds"],
+        TOL,
+    );
     let text = clip.encode_tokens(&ids(&expected["input_ids"])).unwrap();
-    assert_close("tiny-openclip-vit text embeds", &text, &expected["text_embeds"], TOL);
+    assert_close(
+        "tiny-openclip-vit text embeds",
+        &text,
+        &expected["text_embeds"],
+        TOL,
+    );
 }
 
 #[test]
 fn open_clip_checkpoint_errors_name_the_open_clip_key() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("models/tiny-rn");
-    std::fs::copy(src.join("open_clip_config.json"), dir.path().join("open_clip_config.json")).unwrap();
-    let mut tensors = candle_core::safetensors::load(src.join("open_clip_model.safetensors"), &Device::Cpu).unwrap();
+    std::fs::copy(
+        src.join("open_clip_config.json"),
+        dir.path().join("open_clip_config.json"),
+    )
+    .unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(src.join("open_clip_model.safetensors"), &Device::Cpu)
+            .unwrap();
     tensors.remove("visual.layer2.1.bn2.running_var").unwrap();
     tensors.insert(
         "transformer.resblocks.0.attn.in_proj_weight".into(),
@@ -109,22 +181,49 @@ fn open_clip_checkpoint_errors_name_the_open_clip_key() {
     );
     let weights = dir.path().join("open_clip_model.safetensors");
     candle_core::safetensors::save(&tensors, &weights).unwrap();
-    let msg = Clip::load(&ModelFiles::in_dir(dir.path()).unwrap(), &Device::Cpu).err().unwrap().to_string();
-    assert!(msg.contains("visual.layer2.1.bn2.running_var") && msg.contains("missing"), "{msg}");
+    let msg = Clip::load(&ModelFiles::in_dir(dir.path()).unwrap(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("visual.layer2.1.bn2.running_var") && msg.contains("missing"),
+        "{msg}"
+    );
 
-    tensors.insert("visual.layer2.1.bn2.running_var".into(), Tensor::ones(16, candle_core::DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        "visual.layer2.1.bn2.running_var".into(),
+        Tensor::ones(16, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&tensors, &weights).unwrap();
-    let msg = Clip::load(&ModelFiles::in_dir(dir.path()).unwrap(), &Device::Cpu).err().unwrap().to_string();
-    assert!(msg.contains("transformer.resblocks.0.attn.in_proj_weight") && msg.contains("[47, 16]") && msg.contains("[48, 16]"), "{msg}");
+    let msg = Clip::load(&ModelFiles::in_dir(dir.path()).unwrap(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("transformer.resblocks.0.attn.in_proj_weight")
+            && msg.contains("[47, 16]")
+            && msg.contains("[48, 16]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_model_cfg_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("models/tiny-rn");
-    std::fs::copy(src.join("open_clip_model.safetensors"), dir.path().join("open_clip_model.safetensors")).unwrap();
+    std::fs::copy(
+        src.join("open_clip_model.safetensors"),
+        dir.path().join("open_clip_model.safetensors"),
+    )
+    .unwrap();
     let cfg = r#"{"model_cfg": {"embed_dim": 24, "vision_cfg": {"timm_model_name": "convnext_base", "width": 8}, "text_cfg": {}}}"#;
     std::fs::write(dir.path().join("open_clip_config.json"), cfg).unwrap();
-    let msg = Clip::load(&ModelFiles::in_dir(dir.path()).unwrap(), &Device::Cpu).err().unwrap().to_string();
-    assert!(msg.contains("open_clip_config.json") && msg.contains("vision_cfg.timm_model_name"), "{msg}");
+    let msg = Clip::load(&ModelFiles::in_dir(dir.path()).unwrap(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("open_clip_config.json") && msg.contains("vision_cfg.timm_model_name"),
+        "{msg}"
+    );
 }

@@ -128,8 +128,10 @@ impl VisionTower {
     }
 }
 
-/// CLIP's normalisation statistics (OpenAI's `_transform`).
+/// CLIP's normalisation statistics (OpenAI's `_transform`), verbatim.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -272,9 +274,10 @@ impl ClipConfig {
         // `if self.eos_token_id == 2:` use argmax (configs written before PR #24773).
         let pooling = match t.eos_token_id {
             None | Some(2) => Pooling::Argmax,
-            Some(id) => Pooling::FirstToken(u32::try_from(id).map_err(|_| {
-                err(format!("text_config.eos_token_id {id} is not a token id"))
-            })?),
+            Some(id) => Pooling::FirstToken(
+                u32::try_from(id)
+                    .map_err(|_| err(format!("text_config.eos_token_id {id} is not a token id")))?,
+            ),
         };
         let config = ClipConfig {
             text: TextConfig {
@@ -324,18 +327,26 @@ impl ClipConfig {
                 ("vision heads", v.heads),
                 ("vision patch size", v.patch_size),
             ]),
-            VisionTower::ResNet(r) => positive.extend([("resnet width", r.width), ("resnet heads", r.heads)]),
+            VisionTower::ResNet(r) => {
+                positive.extend([("resnet width", r.width), ("resnet heads", r.heads)])
+            }
         }
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
         }
         if t.width % t.heads != 0 {
-            return Err(format!("text width {} is not divisible by its {} heads", t.width, t.heads));
+            return Err(format!(
+                "text width {} is not divisible by its {} heads",
+                t.width, t.heads
+            ));
         }
         match &self.vision {
             VisionTower::Vit(v) => {
                 if v.width % v.heads != 0 {
-                    return Err(format!("vision width {} is not divisible by its {} heads", v.width, v.heads));
+                    return Err(format!(
+                        "vision width {} is not divisible by its {} heads",
+                        v.width, v.heads
+                    ));
                 }
                 if v.image_size % v.patch_size != 0 {
                     return Err(format!(
@@ -353,7 +364,10 @@ impl ClipConfig {
                     ));
                 }
                 if r.image_size % 32 != 0 {
-                    return Err(format!("resnet image size {} is not a multiple of 32", r.image_size));
+                    return Err(format!(
+                        "resnet image size {} is not a multiple of 32",
+                        r.image_size
+                    ));
                 }
             }
         }

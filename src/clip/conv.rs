@@ -56,7 +56,12 @@ fn give_buffer(v: Vec<f32>) {
         let mut pool = pool.borrow_mut();
         pool.push(v);
         if pool.len() > KEEP {
-            if let Some(i) = pool.iter().enumerate().min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i) {
+            if let Some(i) = pool
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i)
+            {
                 pool.swap_remove(i);
             }
         }
@@ -84,7 +89,13 @@ impl Clone for Nhwc {
     fn clone(&self) -> Self {
         let mut data = take_buffer(self.data.len());
         data.copy_from_slice(&self.data);
-        Nhwc { n: self.n, h: self.h, w: self.w, c: self.c, data }
+        Nhwc {
+            n: self.n,
+            h: self.h,
+            w: self.w,
+            c: self.c,
+            data,
+        }
     }
 }
 
@@ -97,15 +108,23 @@ impl Nhwc {
     /// From an `(N, C, H, W)` buffer, as image tensors come.
     pub fn from_nchw(data: &[f32], n: usize, c: usize, h: usize, w: usize) -> Self {
         let mut out = take_buffer(n * h * w * c);
-        out.par_chunks_mut(h * w * c).enumerate().for_each(|(i, img)| {
-            let src = &data[i * c * h * w..(i + 1) * c * h * w];
-            for (p, px) in img.chunks_mut(c).enumerate() {
-                for (ch, v) in px.iter_mut().enumerate() {
-                    *v = src[ch * h * w + p];
+        out.par_chunks_mut(h * w * c)
+            .enumerate()
+            .for_each(|(i, img)| {
+                let src = &data[i * c * h * w..(i + 1) * c * h * w];
+                for (p, px) in img.chunks_mut(c).enumerate() {
+                    for (ch, v) in px.iter_mut().enumerate() {
+                        *v = src[ch * h * w + p];
+                    }
                 }
-            }
-        });
-        Nhwc { n, h, w, c, data: out }
+            });
+        Nhwc {
+            n,
+            h,
+            w,
+            c,
+            data: out,
+        }
     }
 }
 
@@ -114,7 +133,10 @@ const PATCH_BUDGET: usize = 4 << 20;
 
 /// `C = A · B` for row-major `A (m×k)`, `B (k×n)` into `C (m×n)`, parallel when large.
 pub fn gemm_rowmajor(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm: buffer too small");
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm: buffer too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -131,11 +153,24 @@ pub fn gemm_rowmajor(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n:
     // lhs m×k with row stride k, rhs k×n with row stride n, all unit column stride.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, n as isize, false,
-            a.as_ptr(), 1, k as isize,
-            b.as_ptr(), 1, n as isize,
-            0.0, 1.0, false, false, false,
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
             parallelism,
         );
     }
@@ -147,7 +182,23 @@ pub enum Epilogue {
     /// `y = x + bias` (a batch norm folded into the weights).
     Bias(Vec<f32>),
     /// `y = (x - mean) / sqrt(var + eps) * gamma + beta`, literally (unfolded batch norm).
-    BatchNorm { mean: Vec<f32>, var: Vec<f32>, gamma: Vec<f32>, beta: Vec<f32>, eps: f32 },
+    BatchNorm {
+        mean: Vec<f32>,
+        var: Vec<f32>,
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        eps: f32,
+    },
+}
+
+/// The geometry of a square convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub c_out: usize,
+    pub c_in: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
 }
 
 /// A 2-D convolution without bias, followed by an [`Epilogue`] and optionally ReLU.
@@ -166,7 +217,14 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// From a PyTorch weight `(C_out, C_in, k, k)`.
-    pub fn new(torch_weight: &[f32], c_out: usize, c_in: usize, kernel: usize, stride: usize, padding: usize, epilogue: Epilogue, relu: bool) -> Self {
+    pub fn new(torch_weight: &[f32], shape: ConvShape, epilogue: Epilogue, relu: bool) -> Self {
+        let ConvShape {
+            c_out,
+            c_in,
+            kernel,
+            stride,
+            padding,
+        } = shape;
         let kk = kernel * kernel;
         let mut weight = vec![0f32; kk * c_in * c_out];
         for co in 0..c_out {
@@ -176,7 +234,16 @@ impl Conv2d {
                 }
             }
         }
-        Conv2d { weight, c_in, c_out, kernel, stride, padding, epilogue, relu }
+        Conv2d {
+            weight,
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            epilogue,
+            relu,
+        }
     }
 
     pub fn c_out(&self) -> usize {
@@ -199,35 +266,51 @@ impl Conv2d {
             for start in (0..rows).step_by(chunk) {
                 let m = chunk.min(rows - start);
                 self.gather(x, ho, wo, start, &mut patches[..m * depth]);
-                gemm_rowmajor(&patches, &self.weight, &mut out[start * self.c_out..], m, depth, self.c_out);
+                gemm_rowmajor(
+                    &patches,
+                    &self.weight,
+                    &mut out[start * self.c_out..],
+                    m,
+                    depth,
+                    self.c_out,
+                );
             }
             give_buffer(patches);
         }
         self.finish(&mut out);
-        Nhwc { n: x.n, h: ho, w: wo, c: self.c_out, data: out }
+        Nhwc {
+            n: x.n,
+            h: ho,
+            w: wo,
+            c: self.c_out,
+            data: out,
+        }
     }
 
     /// Fills one patch row per output pixel `start..start + rows`, zeros where the window
     /// leaves the image (zero padding).
     fn gather(&self, x: &Nhwc, ho: usize, wo: usize, start: usize, patches: &mut [f32]) {
         let (k, s, p, c) = (self.kernel, self.stride, self.padding as isize, x.c);
-        patches.par_chunks_mut(k * k * c).enumerate().for_each(|(i, row)| {
-            let r = start + i;
-            let (img, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
-            for ky in 0..k {
-                let iy = (oy * s + ky) as isize - p;
-                for kx in 0..k {
-                    let ix = (ox * s + kx) as isize - p;
-                    let dst = &mut row[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                    if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
-                        dst.fill(0.0);
-                    } else {
-                        let at = ((img * x.h + iy as usize) * x.w + ix as usize) * c;
-                        dst.copy_from_slice(&x.data[at..at + c]);
+        patches
+            .par_chunks_mut(k * k * c)
+            .enumerate()
+            .for_each(|(i, row)| {
+                let r = start + i;
+                let (img, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
+                for ky in 0..k {
+                    let iy = (oy * s + ky) as isize - p;
+                    for kx in 0..k {
+                        let ix = (ox * s + kx) as isize - p;
+                        let dst = &mut row[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                        if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            let at = ((img * x.h + iy as usize) * x.w + ix as usize) * c;
+                            dst.copy_from_slice(&x.data[at..at + c]);
+                        }
                     }
                 }
-            }
-        });
+            });
     }
 
     fn finish(&self, out: &mut [f32]) {
@@ -238,7 +321,13 @@ impl Conv2d {
             for px in chunk.chunks_mut(c) {
                 match &self.epilogue {
                     Epilogue::Bias(b) => px.iter_mut().zip(b).for_each(|(v, b)| *v += b),
-                    Epilogue::BatchNorm { mean, var, gamma, beta, eps } => {
+                    Epilogue::BatchNorm {
+                        mean,
+                        var,
+                        gamma,
+                        beta,
+                        eps,
+                    } => {
                         for (i, v) in px.iter_mut().enumerate() {
                             *v = (*v - mean[i]) / (var[i] + eps).sqrt() * gamma[i] + beta[i];
                         }
@@ -257,28 +346,47 @@ pub fn avg_pool(x: &Nhwc, k: usize) -> Nhwc {
     let (ho, wo, c) = (x.h / k, x.w / k, x.c);
     let mut out = take_zeroed(x.n * ho * wo * c);
     let scale = 1.0 / (k * k) as f32;
-    out.par_chunks_mut(wo * c).enumerate().for_each(|(row, dst)| {
-        let (img, oy) = (row / ho, row % ho);
-        for ox in 0..wo {
-            let d = &mut dst[ox * c..(ox + 1) * c];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let at = ((img * x.h + oy * k + ky) * x.w + ox * k + kx) * c;
-                    d.iter_mut().zip(&x.data[at..at + c]).for_each(|(d, v)| *d += v);
+    out.par_chunks_mut(wo * c)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (img, oy) = (row / ho, row % ho);
+            for ox in 0..wo {
+                let d = &mut dst[ox * c..(ox + 1) * c];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let at = ((img * x.h + oy * k + ky) * x.w + ox * k + kx) * c;
+                        d.iter_mut()
+                            .zip(&x.data[at..at + c])
+                            .for_each(|(d, v)| *d += v);
+                    }
                 }
+                d.iter_mut().for_each(|v| *v *= scale);
             }
-            d.iter_mut().for_each(|v| *v *= scale);
-        }
-    });
-    Nhwc { n: x.n, h: ho, w: wo, c, data: out }
+        });
+    Nhwc {
+        n: x.n,
+        h: ho,
+        w: wo,
+        c,
+        data: out,
+    }
 }
 
 /// `relu(a + b)` in place into `a`.
 pub fn add_relu(a: &mut Nhwc, b: &Nhwc) {
-    assert_eq!((a.n, a.h, a.w, a.c), (b.n, b.h, b.w, b.c), "residual shape mismatch");
-    a.data.par_chunks_mut(16384).zip(b.data.par_chunks(16384)).for_each(|(a, b)| {
-        a.iter_mut().zip(b).for_each(|(a, b)| *a = (*a + b).max(0.0));
-    });
+    assert_eq!(
+        (a.n, a.h, a.w, a.c),
+        (b.n, b.h, b.w, b.c),
+        "residual shape mismatch"
+    );
+    a.data
+        .par_chunks_mut(16384)
+        .zip(b.data.par_chunks(16384))
+        .for_each(|(a, b)| {
+            a.iter_mut()
+                .zip(b)
+                .for_each(|(a, b)| *a = (*a + b).max(0.0));
+        });
 }
 
 #[cfg(test)]
@@ -286,7 +394,19 @@ mod tests {
     use super::*;
 
     /// Direct convolution in NCHW, the textbook definition, as the reference.
-    fn direct(x: &[f32], w: &[f32], n: usize, c: usize, h: usize, wd: usize, co: usize, k: usize, s: usize, p: usize) -> Vec<f32> {
+    #[allow(clippy::too_many_arguments)]
+    fn direct(
+        x: &[f32],
+        w: &[f32],
+        n: usize,
+        c: usize,
+        h: usize,
+        wd: usize,
+        co: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> Vec<f32> {
         let ho = (h + 2 * p - k) / s + 1;
         let wo = (wd + 2 * p - k) / s + 1;
         let mut out = vec![0f32; n * ho * wo * co]; // NHWC
@@ -300,8 +420,10 @@ mod tests {
                                 for kx in 0..k {
                                     let iy = (oy * s + ky) as isize - p as isize;
                                     let ix = (ox * s + kx) as isize - p as isize;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                        acc += x[((b * c + ci) * h + iy as usize) * wd + ix as usize]
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd
+                                    {
+                                        acc += x
+                                            [((b * c + ci) * h + iy as usize) * wd + ix as usize]
                                             * w[((o * c + ci) * k + ky) * k + kx];
                                     }
                                 }
@@ -316,25 +438,53 @@ mod tests {
     }
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
+                    / 500.0
+                    - 1.0
+            })
+            .collect()
     }
 
     #[test]
     fn im2col_gemm_matches_direct_convolution() {
-        for &(n, c, h, w, co, k, s, p) in &[(2, 3, 9, 7, 5, 3, 2, 1), (1, 4, 6, 6, 3, 3, 1, 1), (3, 8, 5, 4, 6, 1, 1, 0)] {
+        for &(n, c, h, w, co, k, s, p) in &[
+            (2, 3, 9, 7, 5, 3, 2, 1),
+            (1, 4, 6, 6, 3, 3, 1, 1),
+            (3, 8, 5, 4, 6, 1, 1, 0),
+        ] {
             let x = pseudo(n * c * h * w, 1);
             let wt = pseudo(co * c * k * k, 2);
-            let conv = Conv2d::new(&wt, co, c, k, s, p, Epilogue::Bias(vec![0.0; co]), false);
+            let shape = ConvShape {
+                c_out: co,
+                c_in: c,
+                kernel: k,
+                stride: s,
+                padding: p,
+            };
+            let conv = Conv2d::new(&wt, shape, Epilogue::Bias(vec![0.0; co]), false);
             let ours = conv.forward(&Nhwc::from_nchw(&x, n, c, h, w));
             let want = direct(&x, &wt, n, c, h, w, co, k, s, p);
-            let diff = ours.data.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let diff = ours
+                .data
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-4, "({n},{c},{h},{w}) k{k} s{s}: {diff}");
         }
     }
 
     #[test]
     fn avg_pool_averages_windows() {
-        let x = Nhwc { n: 1, h: 2, w: 4, c: 1, data: vec![1., 2., 3., 4., 5., 6., 7., 8.] };
+        let x = Nhwc {
+            n: 1,
+            h: 2,
+            w: 4,
+            c: 1,
+            data: vec![1., 2., 3., 4., 5., 6., 7., 8.],
+        };
         assert_eq!(avg_pool(&x, 2).data, vec![3.5, 5.5]);
     }
 }

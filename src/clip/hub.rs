@@ -151,7 +151,11 @@ fn needed_files() -> String {
         .join("; or ")
 }
 
-fn download(id: &HubId, opts: &HubOptions, on_download: OnDownload) -> std::result::Result<ModelFiles, String> {
+fn download(
+    id: &HubId,
+    opts: &HubOptions,
+    on_download: OnDownload,
+) -> std::result::Result<ModelFiles, String> {
     let repo = id.cache_dir(&opts.cache);
     let mut found = None;
     for (layout, config, weights) in LAYOUT_FILES {
@@ -160,7 +164,8 @@ fn download(id: &HubId, opts: &HubOptions, on_download: OnDownload) -> std::resu
             break;
         }
     }
-    let (_, weight_files, commit) = found.ok_or_else(|| format!("the repository has none of {}", needed_files()))?;
+    let (_, weight_files, commit) =
+        found.ok_or_else(|| format!("the repository has none of {}", needed_files()))?;
     let snapshot = repo.join("snapshots").join(&commit);
     let mut has_weights = false;
     for file in weight_files {
@@ -170,7 +175,10 @@ fn download(id: &HubId, opts: &HubOptions, on_download: OnDownload) -> std::resu
         }
     }
     if !has_weights {
-        return Err(format!("the repository has none of {}", weight_files.join(", ")));
+        return Err(format!(
+            "the repository has none of {}",
+            weight_files.join(", ")
+        ));
     }
     for file in ["tokenizer.json", "vocab.json", "merges.txt"] {
         fetch(id, file, opts, Some(&snapshot), on_download)?;
@@ -214,7 +222,9 @@ fn fetch(
         .map(str::to_string)
         .or_else(|| id.is_commit().then(|| id.revision.clone()))
         .ok_or_else(|| format!("{url}: the response names no commit (x-repo-commit)"))?;
-    let total = response.header("content-length").and_then(|v| v.parse().ok());
+    let total = response
+        .header("content-length")
+        .and_then(|v| v.parse().ok());
     let dir = match snapshot {
         Some(s) => s.to_path_buf(),
         None => id.cache_dir(&opts.cache).join("snapshots").join(&commit),
@@ -257,7 +267,12 @@ mod tests {
         let id = HubId::parse("openai/clip-vit-base-patch32").unwrap();
         assert_eq!(id.repo, "openai/clip-vit-base-patch32");
         assert_eq!(id.revision, "main");
-        assert_eq!(HubId::parse("timm/resnet50_clip.openai@v1.0").unwrap().revision, "v1.0");
+        assert_eq!(
+            HubId::parse("timm/resnet50_clip.openai@v1.0")
+                .unwrap()
+                .revision,
+            "v1.0"
+        );
         for bad in ["clip", "a/b/c", "./x/y", "a/", "/b", "a/b@", "../a/b"] {
             assert_eq!(HubId::parse(bad), None, "{bad}");
         }

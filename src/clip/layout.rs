@@ -23,7 +23,9 @@ pub enum Transform {
     /// A 2-D matrix stored the other way round.
     Transpose,
     /// Part `index` of 3 equal blocks of rows (q, k, v of a fused projection).
-    Third { index: usize },
+    Third {
+        index: usize,
+    },
 }
 
 /// Where the tensor a model asks for (by its `transformers` name) lives in a checkpoint.
@@ -77,8 +79,14 @@ fn encoder_key(rest: &str, prefix: &str) -> (String, Transform) {
     let (index, key) = layer.split_once('.').unwrap_or((layer, ""));
     let renamed = |k: &str| format!("{prefix}{index}.{k}");
     let qkv = |param: &str, which: &str| {
-        let part = ["q_proj", "k_proj", "v_proj"].iter().position(|p| *p == which).unwrap_or(0);
-        (renamed(&format!("attn.in_proj_{param}")), Transform::Third { index: part })
+        let part = ["q_proj", "k_proj", "v_proj"]
+            .iter()
+            .position(|p| *p == which)
+            .unwrap_or(0);
+        (
+            renamed(&format!("attn.in_proj_{param}")),
+            Transform::Third { index: part },
+        )
     };
     let pairs = [
         ("layer_norm1.", "ln_1."),
@@ -92,7 +100,10 @@ fn encoder_key(rest: &str, prefix: &str) -> (String, Transform) {
             return (renamed(&format!("{theirs}{p}")), Transform::Identity);
         }
     }
-    if let Some((which, param)) = key.strip_prefix("self_attn.").and_then(|k| k.split_once('.')) {
+    if let Some((which, param)) = key
+        .strip_prefix("self_attn.")
+        .and_then(|k| k.split_once('.'))
+    {
         if matches!(which, "q_proj" | "k_proj" | "v_proj") {
             return qkv(param, which);
         }
@@ -112,27 +123,102 @@ mod tests {
             ("logit_scale", "logit_scale", Identity),
             ("text_projection.weight", "text_projection", Transpose),
             ("visual_projection.weight", "visual.proj", Transpose),
-            ("text_model.embeddings.token_embedding.weight", "token_embedding.weight", Identity),
-            ("text_model.embeddings.position_embedding.weight", "positional_embedding", Identity),
-            ("text_model.final_layer_norm.bias", "ln_final.bias", Identity),
-            ("text_model.encoder.layers.11.layer_norm1.weight", "transformer.resblocks.11.ln_1.weight", Identity),
-            ("text_model.encoder.layers.0.self_attn.k_proj.weight", "transformer.resblocks.0.attn.in_proj_weight", Third { index: 1 }),
-            ("text_model.encoder.layers.0.self_attn.v_proj.bias", "transformer.resblocks.0.attn.in_proj_bias", Third { index: 2 }),
-            ("text_model.encoder.layers.0.self_attn.out_proj.bias", "transformer.resblocks.0.attn.out_proj.bias", Identity),
-            ("text_model.encoder.layers.3.mlp.fc1.weight", "transformer.resblocks.3.mlp.c_fc.weight", Identity),
-            ("text_model.encoder.layers.3.mlp.fc2.bias", "transformer.resblocks.3.mlp.c_proj.bias", Identity),
-            ("text_model.encoder.layers.3.layer_norm2.bias", "transformer.resblocks.3.ln_2.bias", Identity),
-            ("vision_model.embeddings.class_embedding", "visual.class_embedding", Identity),
-            ("vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight", Identity),
-            ("vision_model.embeddings.position_embedding.weight", "visual.positional_embedding", Identity),
-            ("vision_model.pre_layrnorm.weight", "visual.ln_pre.weight", Identity),
-            ("vision_model.post_layernorm.bias", "visual.ln_post.bias", Identity),
-            ("vision_model.encoder.layers.2.self_attn.q_proj.weight", "visual.transformer.resblocks.2.attn.in_proj_weight", Third { index: 0 }),
-            ("visual.layer1.0.downsample.0.weight", "visual.layer1.0.downsample.0.weight", Identity),
+            (
+                "text_model.embeddings.token_embedding.weight",
+                "token_embedding.weight",
+                Identity,
+            ),
+            (
+                "text_model.embeddings.position_embedding.weight",
+                "positional_embedding",
+                Identity,
+            ),
+            (
+                "text_model.final_layer_norm.bias",
+                "ln_final.bias",
+                Identity,
+            ),
+            (
+                "text_model.encoder.layers.11.layer_norm1.weight",
+                "transformer.resblocks.11.ln_1.weight",
+                Identity,
+            ),
+            (
+                "text_model.encoder.layers.0.self_attn.k_proj.weight",
+                "transformer.resblocks.0.attn.in_proj_weight",
+                Third { index: 1 },
+            ),
+            (
+                "text_model.encoder.layers.0.self_attn.v_proj.bias",
+                "transformer.resblocks.0.attn.in_proj_bias",
+                Third { index: 2 },
+            ),
+            (
+                "text_model.encoder.layers.0.self_attn.out_proj.bias",
+                "transformer.resblocks.0.attn.out_proj.bias",
+                Identity,
+            ),
+            (
+                "text_model.encoder.layers.3.mlp.fc1.weight",
+                "transformer.resblocks.3.mlp.c_fc.weight",
+                Identity,
+            ),
+            (
+                "text_model.encoder.layers.3.mlp.fc2.bias",
+                "transformer.resblocks.3.mlp.c_proj.bias",
+                Identity,
+            ),
+            (
+                "text_model.encoder.layers.3.layer_norm2.bias",
+                "transformer.resblocks.3.ln_2.bias",
+                Identity,
+            ),
+            (
+                "vision_model.embeddings.class_embedding",
+                "visual.class_embedding",
+                Identity,
+            ),
+            (
+                "vision_model.embeddings.patch_embedding.weight",
+                "visual.conv1.weight",
+                Identity,
+            ),
+            (
+                "vision_model.embeddings.position_embedding.weight",
+                "visual.positional_embedding",
+                Identity,
+            ),
+            (
+                "vision_model.pre_layrnorm.weight",
+                "visual.ln_pre.weight",
+                Identity,
+            ),
+            (
+                "vision_model.post_layernorm.bias",
+                "visual.ln_post.bias",
+                Identity,
+            ),
+            (
+                "vision_model.encoder.layers.2.self_attn.q_proj.weight",
+                "visual.transformer.resblocks.2.attn.in_proj_weight",
+                Third { index: 0 },
+            ),
+            (
+                "visual.layer1.0.downsample.0.weight",
+                "visual.layer1.0.downsample.0.weight",
+                Identity,
+            ),
         ];
         for (ours, theirs, transform) in cases {
-            assert_eq!(source_key(Layout::OpenClip, ours), (theirs.to_string(), transform), "{ours}");
-            assert_eq!(source_key(Layout::Transformers, ours), (ours.to_string(), Identity));
+            assert_eq!(
+                source_key(Layout::OpenClip, ours),
+                (theirs.to_string(), transform),
+                "{ours}"
+            );
+            assert_eq!(
+                source_key(Layout::Transformers, ours),
+                (ours.to_string(), Identity)
+            );
         }
     }
 }

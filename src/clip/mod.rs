@@ -37,7 +37,11 @@ use vit::VisionTransformer;
 
 /// Config and weight file names of each layout, weights in order of preference.
 pub const LAYOUT_FILES: &[(Layout, &str, &[&str])] = &[
-    (Layout::Transformers, "config.json", &["model.safetensors", "pytorch_model.bin"]),
+    (
+        Layout::Transformers,
+        "config.json",
+        &["model.safetensors", "pytorch_model.bin"],
+    ),
     (
         Layout::OpenClip,
         "open_clip_config.json",
@@ -76,7 +80,12 @@ impl ModelFiles {
             .iter()
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
-            .ok_or_else(|| not_found(format!("{config} but no weights (expected one of {})", weights.join(", "))))?;
+            .ok_or_else(|| {
+                not_found(format!(
+                    "{config} but no weights (expected one of {})",
+                    weights.join(", ")
+                ))
+            })?;
         Ok(ModelFiles {
             dir: dir.into(),
             layout: *layout,
@@ -96,8 +105,11 @@ impl ModelFiles {
 
 /// The image tower with its projection into the joint space.
 enum ImageEncoder {
-    Vit { tower: VisionTransformer, projection: Linear },
-    ResNet(ModifiedResNet),
+    Vit {
+        tower: Box<VisionTransformer>,
+        projection: Linear,
+    },
+    ResNet(Box<ModifiedResNet>),
 }
 
 /// How to load a model.
@@ -109,7 +121,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { fold_batch_norm: true }
+        LoadOptions {
+            fold_batch_norm: true,
+        }
     }
 }
 
@@ -156,17 +170,25 @@ impl Clip {
         let logit_scale = root.get("logit_scale", &[])?.to_scalar::<f32>()?.exp();
         let image = match &config.vision {
             VisionTower::Vit(v) => ImageEncoder::Vit {
-                tower: VisionTransformer::load(&root.pp("vision_model"), v)?,
+                tower: Box::new(VisionTransformer::load(&root.pp("vision_model"), v)?),
                 projection: Linear::load(&root.pp("visual_projection"), v.width, e, false)?,
             },
-            VisionTower::ResNet(r) => {
-                ImageEncoder::ResNet(ModifiedResNet::load(&root.pp("visual"), r, e, options.fold_batch_norm)?)
-            }
+            VisionTower::ResNet(r) => ImageEncoder::ResNet(Box::new(ModifiedResNet::load(
+                &root.pp("visual"),
+                r,
+                e,
+                options.fold_batch_norm,
+            )?)),
         };
         Ok(Clip {
             image,
             text: TextTransformer::load(&root.pp("text_model"), &config.text)?,
-            text_projection: Linear::load(&root.pp("text_projection"), config.text.width, e, false)?,
+            text_projection: Linear::load(
+                &root.pp("text_projection"),
+                config.text.width,
+                e,
+                false,
+            )?,
             logit_scale,
             tokenizer,
             config: config.clone(),
@@ -235,7 +257,10 @@ impl Clip {
         }
         let ids: Vec<Vec<u32>> = texts
             .iter()
-            .map(|t| self.tokenizer.tokenize(t.as_ref(), self.text.context_length()))
+            .map(|t| {
+                self.tokenizer
+                    .tokenize(t.as_ref(), self.text.context_length())
+            })
             .collect();
         self.encode_tokens(&ids)
     }

@@ -11,40 +11,96 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::config::{
-    Activation, ClipConfig, Pooling, ResNetConfig, TextConfig, VisionConfig, VisionTower, CLIP_MEAN, CLIP_STD,
+    Activation, ClipConfig, Pooling, ResNetConfig, TextConfig, VisionConfig, VisionTower,
+    CLIP_MEAN, CLIP_STD,
 };
 use super::layout::Layout;
 use crate::error::{Error, Result};
 
 /// open_clip's `model_configs/<name>.json` for the OpenAI architectures (open_clip_torch 3.3.0).
 pub const PRESETS: &[(&str, &str)] = &[
-    ("RN50", r#"{"embed_dim":1024,"vision_cfg":{"image_size":224,"layers":[3,4,6,3],"width":64},"text_cfg":{"width":512,"heads":8,"layers":12}}"#),
-    ("RN101", r#"{"embed_dim":512,"vision_cfg":{"image_size":224,"layers":[3,4,23,3],"width":64},"text_cfg":{"width":512,"heads":8,"layers":12}}"#),
-    ("RN50x4", r#"{"embed_dim":640,"vision_cfg":{"image_size":288,"layers":[4,6,10,6],"width":80},"text_cfg":{"width":640,"heads":10,"layers":12}}"#),
-    ("RN50x16", r#"{"embed_dim":768,"vision_cfg":{"image_size":384,"layers":[6,8,18,8],"width":96},"text_cfg":{"width":768,"heads":12,"layers":12}}"#),
-    ("RN50x64", r#"{"embed_dim":1024,"vision_cfg":{"image_size":448,"layers":[3,15,36,10],"width":128},"text_cfg":{"width":1024,"heads":16,"layers":12}}"#),
-    ("ViT-B-32", r#"{"embed_dim":512,"vision_cfg":{"image_size":224,"layers":12,"width":768,"patch_size":32},"text_cfg":{"width":512,"heads":8,"layers":12}}"#),
-    ("ViT-B-16", r#"{"embed_dim":512,"vision_cfg":{"image_size":224,"layers":12,"width":768,"patch_size":16},"text_cfg":{"width":512,"heads":8,"layers":12}}"#),
-    ("ViT-L-14", r#"{"embed_dim":768,"vision_cfg":{"image_size":224,"layers":24,"width":1024,"patch_size":14},"text_cfg":{"width":768,"heads":12,"layers":12}}"#),
-    ("ViT-L-14-336", r#"{"embed_dim":768,"vision_cfg":{"image_size":336,"layers":24,"width":1024,"patch_size":14},"text_cfg":{"width":768,"heads":12,"layers":12}}"#),
+    (
+        "RN50",
+        r#"{"embed_dim":1024,"vision_cfg":{"image_size":224,"layers":[3,4,6,3],"width":64},"text_cfg":{"width":512,"heads":8,"layers":12}}"#,
+    ),
+    (
+        "RN101",
+        r#"{"embed_dim":512,"vision_cfg":{"image_size":224,"layers":[3,4,23,3],"width":64},"text_cfg":{"width":512,"heads":8,"layers":12}}"#,
+    ),
+    (
+        "RN50x4",
+        r#"{"embed_dim":640,"vision_cfg":{"image_size":288,"layers":[4,6,10,6],"width":80},"text_cfg":{"width":640,"heads":10,"layers":12}}"#,
+    ),
+    (
+        "RN50x16",
+        r#"{"embed_dim":768,"vision_cfg":{"image_size":384,"layers":[6,8,18,8],"width":96},"text_cfg":{"width":768,"heads":12,"layers":12}}"#,
+    ),
+    (
+        "RN50x64",
+        r#"{"embed_dim":1024,"vision_cfg":{"image_size":448,"layers":[3,15,36,10],"width":128},"text_cfg":{"width":1024,"heads":16,"layers":12}}"#,
+    ),
+    (
+        "ViT-B-32",
+        r#"{"embed_dim":512,"vision_cfg":{"image_size":224,"layers":12,"width":768,"patch_size":32},"text_cfg":{"width":512,"heads":8,"layers":12}}"#,
+    ),
+    (
+        "ViT-B-16",
+        r#"{"embed_dim":512,"vision_cfg":{"image_size":224,"layers":12,"width":768,"patch_size":16},"text_cfg":{"width":512,"heads":8,"layers":12}}"#,
+    ),
+    (
+        "ViT-L-14",
+        r#"{"embed_dim":768,"vision_cfg":{"image_size":224,"layers":24,"width":1024,"patch_size":14},"text_cfg":{"width":768,"heads":12,"layers":12}}"#,
+    ),
+    (
+        "ViT-L-14-336",
+        r#"{"embed_dim":768,"vision_cfg":{"image_size":336,"layers":24,"width":1024,"patch_size":14},"text_cfg":{"width":768,"heads":12,"layers":12}}"#,
+    ),
 ];
 
 /// Options that do not change the computation at inference, with any value.
 const NEUTRAL: &[&str] = &[
-    "patch_dropout", "output_tokens", "timm_model_pretrained", "timm_drop", "timm_drop_path",
-    "hf_model_pretrained", "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "pad_id", "eos_id",
-    "init_logit_scale", "cast_dtype", "custom_text_cfg_note",
+    "patch_dropout",
+    "output_tokens",
+    "timm_model_pretrained",
+    "timm_drop",
+    "timm_drop_path",
+    "hf_model_pretrained",
+    "hf_tokenizer_name",
+    "tokenizer_mode",
+    "tokenizer_kwargs",
+    "pad_id",
+    "eos_id",
+    "init_logit_scale",
+    "cast_dtype",
+    "custom_text_cfg_note",
 ];
 
 /// Architecture options we accept only at their default value.
 const DEFAULTS: &[(&str, &str)] = &[
-    ("ls_init_value", "null"), ("attentional_pool", "false"), ("no_ln_pre", "false"),
-    ("pos_embed_type", "\"learnable\""), ("final_ln_after_pool", "false"), ("pool_type", "\"tok\""),
-    ("act_kwargs", "null"), ("norm_kwargs", "null"), ("block_type", "null"), ("qk_norm", "false"),
-    ("scaled_cosine_attn", "false"), ("scale_heads", "false"), ("scale_attn_inner", "false"),
-    ("scale_attn", "false"), ("scale_fc", "false"), ("timm_model_name", "null"), ("hf_model_name", "null"),
-    ("embed_cls", "false"), ("no_causal_mask", "false"), ("proj_bias", "false"), ("proj_type", "\"linear\""),
-    ("custom_text", "false"), ("init_logit_bias", "null"), ("nonscalar_logit_scale", "false"),
+    ("ls_init_value", "null"),
+    ("attentional_pool", "false"),
+    ("no_ln_pre", "false"),
+    ("pos_embed_type", "\"learnable\""),
+    ("final_ln_after_pool", "false"),
+    ("pool_type", "\"tok\""),
+    ("act_kwargs", "null"),
+    ("norm_kwargs", "null"),
+    ("block_type", "null"),
+    ("qk_norm", "false"),
+    ("scaled_cosine_attn", "false"),
+    ("scale_heads", "false"),
+    ("scale_attn_inner", "false"),
+    ("scale_attn", "false"),
+    ("scale_fc", "false"),
+    ("timm_model_name", "null"),
+    ("hf_model_name", "null"),
+    ("embed_cls", "false"),
+    ("no_causal_mask", "false"),
+    ("proj_bias", "false"),
+    ("proj_type", "\"linear\""),
+    ("custom_text", "false"),
+    ("init_logit_bias", "null"),
+    ("nonscalar_logit_scale", "false"),
 ];
 
 /// Reads an `open_clip_config.json`.
@@ -86,14 +142,50 @@ pub fn preset(name: &str) -> Option<ClipConfig> {
 /// Builds a validated config from a `model_cfg` object.
 pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, String> {
     let top = object(cfg, "model_cfg")?;
-    check_options(top, "model_cfg", &["embed_dim", "vision_cfg", "text_cfg", "quick_gelu"])?;
-    let vision = object(top.get("vision_cfg").unwrap_or(&Value::Null), "model_cfg.vision_cfg")?;
-    let text = object(top.get("text_cfg").unwrap_or(&Value::Null), "model_cfg.text_cfg")?;
-    check_options(vision, "vision_cfg", &["layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size"])?;
-    check_options(text, "text_cfg", &["context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"])?;
+    check_options(
+        top,
+        "model_cfg",
+        &["embed_dim", "vision_cfg", "text_cfg", "quick_gelu"],
+    )?;
+    let vision = object(
+        top.get("vision_cfg").unwrap_or(&Value::Null),
+        "model_cfg.vision_cfg",
+    )?;
+    let text = object(
+        top.get("text_cfg").unwrap_or(&Value::Null),
+        "model_cfg.text_cfg",
+    )?;
+    check_options(
+        vision,
+        "vision_cfg",
+        &[
+            "layers",
+            "width",
+            "head_width",
+            "mlp_ratio",
+            "patch_size",
+            "image_size",
+        ],
+    )?;
+    check_options(
+        text,
+        "text_cfg",
+        &[
+            "context_length",
+            "vocab_size",
+            "width",
+            "heads",
+            "layers",
+            "mlp_ratio",
+        ],
+    )?;
 
     // open_clip/model.py: `act_layer = QuickGELU if quick_gelu else nn.GELU`
-    let activation = match top.get("quick_gelu").and_then(Value::as_bool).unwrap_or(false) {
+    let activation = match top
+        .get("quick_gelu")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
         true => Activation::QuickGelu,
         false => Activation::Gelu,
     };
@@ -108,9 +200,9 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, String> {
                 .map(|v| v.as_u64().map(|n| n as usize))
                 .collect::<Option<_>>()
                 .ok_or("vision_cfg.layers must be 4 integers for a ResNet")?;
-            let layers: [usize; 4] = stages
-                .try_into()
-                .map_err(|s: Vec<usize>| format!("vision_cfg.layers has {} stages, a ResNet has 4", s.len()))?;
+            let layers: [usize; 4] = stages.try_into().map_err(|s: Vec<usize>| {
+                format!("vision_cfg.layers has {} stages, a ResNet has 4", s.len())
+            })?;
             // open_clip/model.py: `vision_heads = vision_cfg.width * 32 // vision_cfg.head_width`
             VisionTower::ResNet(ResNetConfig {
                 layers,
@@ -139,7 +231,8 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, String> {
         text: TextConfig {
             vocab_size: uint(text, "vocab_size", Some(49408), "text_cfg")?,
             width: text_width,
-            intermediate_size: (text_width as f64 * float(text, "mlp_ratio", 4.0, "text_cfg")?) as usize,
+            intermediate_size: (text_width as f64 * float(text, "mlp_ratio", 4.0, "text_cfg")?)
+                as usize,
             layers: uint(text, "layers", Some(12), "text_cfg")?,
             heads: uint(text, "heads", Some(8), "text_cfg")?,
             context_length: uint(text, "context_length", Some(77), "text_cfg")?,
@@ -158,11 +251,16 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, String> {
 }
 
 fn object<'a>(v: &'a Value, what: &str) -> std::result::Result<&'a Map<String, Value>, String> {
-    v.as_object().ok_or_else(|| format!("`{what}` must be a JSON object"))
+    v.as_object()
+        .ok_or_else(|| format!("`{what}` must be a JSON object"))
 }
 
 /// Refuses any key that is neither read (`known`), neutral, nor at its default value.
-fn check_options(obj: &Map<String, Value>, what: &str, known: &[&str]) -> std::result::Result<(), String> {
+fn check_options(
+    obj: &Map<String, Value>,
+    what: &str,
+    known: &[&str],
+) -> std::result::Result<(), String> {
     for (key, value) in obj {
         if known.contains(&key.as_str()) || NEUTRAL.contains(&key.as_str()) {
             continue;
@@ -181,7 +279,12 @@ fn check_options(obj: &Map<String, Value>, what: &str, known: &[&str]) -> std::r
     Ok(())
 }
 
-fn uint(obj: &Map<String, Value>, key: &str, default: Option<usize>, what: &str) -> std::result::Result<usize, String> {
+fn uint(
+    obj: &Map<String, Value>,
+    key: &str,
+    default: Option<usize>,
+    what: &str,
+) -> std::result::Result<usize, String> {
     match obj.get(key) {
         None | Some(Value::Null) => default.ok_or_else(|| format!("{what}.{key} is required")),
         Some(v) => v
@@ -191,10 +294,17 @@ fn uint(obj: &Map<String, Value>, key: &str, default: Option<usize>, what: &str)
     }
 }
 
-fn float(obj: &Map<String, Value>, key: &str, default: f64, what: &str) -> std::result::Result<f64, String> {
+fn float(
+    obj: &Map<String, Value>,
+    key: &str,
+    default: f64,
+    what: &str,
+) -> std::result::Result<f64, String> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_f64().ok_or_else(|| format!("{what}.{key} must be a number, found {v}")),
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| format!("{what}.{key} must be a number, found {v}")),
     }
 }
 
@@ -225,7 +335,11 @@ mod tests {
                 VisionTower::Vit(v) => v.heads,
             };
             assert_eq!(h, heads, "{name}");
-            assert_eq!(c.text.activation, Activation::Gelu, "open_clip presets without -quickgelu");
+            assert_eq!(
+                c.text.activation,
+                Activation::Gelu,
+                "open_clip presets without -quickgelu"
+            );
         }
     }
 
@@ -237,10 +351,15 @@ mod tests {
         assert!(msg.contains("vision_cfg.attentional_pool"), "{msg}");
         let mut cfg: Value = serde_json::from_str(PRESETS[0].1).unwrap();
         cfg["text_cfg"]["frobnicate"] = 3.into();
-        assert!(from_model_cfg(&cfg).unwrap_err().contains("unknown model_cfg option text_cfg.frobnicate"));
+        assert!(from_model_cfg(&cfg)
+            .unwrap_err()
+            .contains("unknown model_cfg option text_cfg.frobnicate"));
         let mut cfg: Value = serde_json::from_str(PRESETS[0].1).unwrap();
         cfg["quick_gelu"] = true.into();
         cfg["vision_cfg"]["patch_dropout"] = 0.5.into();
-        assert_eq!(from_model_cfg(&cfg).unwrap().text.activation, Activation::QuickGelu);
+        assert_eq!(
+            from_model_cfg(&cfg).unwrap().text.activation,
+            Activation::QuickGelu
+        );
     }
 }

@@ -10,7 +10,11 @@ use rayon::prelude::*;
 
 use super::config::Activation;
 
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+fn contiguous<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -22,7 +26,9 @@ fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_
 fn activate(x: f32, act: Activation) -> f32 {
     match act {
         Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
-        Activation::Gelu => 0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::Gelu => {
+            0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+        }
         Activation::GeluTanh => {
             const SQRT_2_OVER_PI: f32 = 0.797_884_6;
             0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
@@ -56,7 +62,10 @@ impl InplaceOp1 for BiasAct {
         data.par_chunks_mut(cols * rows_per_task).for_each(|chunk| {
             for row in chunk.chunks_mut(cols) {
                 match (bias, act) {
-                    (Some(b), Some(a)) => row.iter_mut().zip(b).for_each(|(x, b)| *x = activate(*x + b, a)),
+                    (Some(b), Some(a)) => row
+                        .iter_mut()
+                        .zip(b)
+                        .for_each(|(x, b)| *x = activate(*x + b, a)),
                     (Some(b), None) => row.iter_mut().zip(b).for_each(|(x, b)| *x += b),
                     (None, Some(a)) => row.iter_mut().for_each(|x| *x = activate(*x, a)),
                     (None, None) => {}
@@ -80,7 +89,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent accumulators let the compiler vectorise without reassociation flags.
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -94,12 +108,19 @@ impl CustomOp1 for FusedAttention {
         "fused-attention"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = contiguous(storage, layout, "fused-attention")?;
         let (b, l, d3) = layout.shape().dims3()?;
         let d = d3 / 3;
         if d3 % 3 != 0 || d % self.heads != 0 {
-            candle_core::bail!("fused-attention: last dim {d3} does not split into 3 x {} heads", self.heads);
+            candle_core::bail!(
+                "fused-attention: last dim {d3} does not split into 3 x {} heads",
+                self.heads
+            );
         }
         let hd = d / self.heads;
         let scale = (hd as f32).powf(-0.5);

@@ -17,7 +17,7 @@ use candle_core::{Device, Tensor, D};
 
 use super::checkpoint::Scope;
 use super::config::ResNetConfig;
-use super::conv::{add_relu, avg_pool, Conv2d, Epilogue, Nhwc};
+use super::conv::{add_relu, avg_pool, Conv2d, ConvShape, Epilogue, Nhwc};
 use super::transformer::Linear;
 use crate::error::{Error, Result};
 
@@ -28,8 +28,14 @@ fn vec1(vb: &Scope, name: &str, len: usize) -> Result<Vec<f32>> {
     Ok(vb.get(name, &[len])?.to_vec1::<f32>()?)
 }
 
-/// A bias-free convolution followed by batch norm (and ReLU when `relu`).
-fn conv_bn(conv: &Scope, bn: &Scope, c_out: usize, c_in: usize, kernel: usize, stride: usize, relu: bool, fold: bool) -> Result<Conv2d> {
+/// A bias-free convolution (padding k/2) followed by batch norm, and ReLU when `relu`.
+fn conv_bn(
+    conv: &Scope,
+    bn: &Scope,
+    (c_out, c_in, kernel, stride): (usize, usize, usize, usize),
+    relu: bool,
+    fold: bool,
+) -> Result<Conv2d> {
     let mut weight = conv
         .get("weight", &[c_out, c_in, kernel, kernel])?
         .flatten_all()?
@@ -43,14 +49,29 @@ fn conv_bn(conv: &Scope, bn: &Scope, c_out: usize, c_in: usize, kernel: usize, s
         let mut bias = vec![0f32; c_out];
         for o in 0..c_out {
             let scale = gamma[o] / (var[o] + BN_EPS).sqrt();
-            weight[o * per_out..(o + 1) * per_out].iter_mut().for_each(|w| *w *= scale);
+            weight[o * per_out..(o + 1) * per_out]
+                .iter_mut()
+                .for_each(|w| *w *= scale);
             bias[o] = beta[o] - mean[o] * scale;
         }
         Epilogue::Bias(bias)
     } else {
-        Epilogue::BatchNorm { mean, var, gamma, beta, eps: BN_EPS }
+        Epilogue::BatchNorm {
+            mean,
+            var,
+            gamma,
+            beta,
+            eps: BN_EPS,
+        }
     };
-    Ok(Conv2d::new(&weight, c_out, c_in, kernel, stride, kernel / 2, epilogue, relu))
+    let shape = ConvShape {
+        c_out,
+        c_in,
+        kernel,
+        stride,
+        padding: kernel / 2,
+    };
+    Ok(Conv2d::new(&weight, shape, epilogue, relu))
 }
 
 pub struct Bottleneck {
@@ -66,18 +87,48 @@ pub struct Bottleneck {
 impl Bottleneck {
     const EXPANSION: usize = 4;
 
-    pub fn load(vb: &Scope, inplanes: usize, planes: usize, stride: usize, fold: bool) -> Result<Self> {
+    pub fn load(
+        vb: &Scope,
+        inplanes: usize,
+        planes: usize,
+        stride: usize,
+        fold: bool,
+    ) -> Result<Self> {
         let out = planes * Self::EXPANSION;
         let downsample = if stride > 1 || inplanes != out {
-            Some(conv_bn(&vb.pp("downsample.0"), &vb.pp("downsample.1"), out, inplanes, 1, 1, false, fold)?)
+            Some(conv_bn(
+                &vb.pp("downsample.0"),
+                &vb.pp("downsample.1"),
+                (out, inplanes, 1, 1),
+                false,
+                fold,
+            )?)
         } else {
             None
         };
         Ok(Bottleneck {
-            conv1: conv_bn(&vb.pp("conv1"), &vb.pp("bn1"), planes, inplanes, 1, 1, true, fold)?,
-            conv2: conv_bn(&vb.pp("conv2"), &vb.pp("bn2"), planes, planes, 3, 1, true, fold)?,
+            conv1: conv_bn(
+                &vb.pp("conv1"),
+                &vb.pp("bn1"),
+                (planes, inplanes, 1, 1),
+                true,
+                fold,
+            )?,
+            conv2: conv_bn(
+                &vb.pp("conv2"),
+                &vb.pp("bn2"),
+                (planes, planes, 3, 1),
+                true,
+                fold,
+            )?,
             stride,
-            conv3: conv_bn(&vb.pp("conv3"), &vb.pp("bn3"), out, planes, 1, 1, false, fold)?,
+            conv3: conv_bn(
+                &vb.pp("conv3"),
+                &vb.pp("bn3"),
+                (out, planes, 1, 1),
+                false,
+                fold,
+            )?,
             downsample,
         })
     }
@@ -144,8 +195,16 @@ impl AttentionPool {
         let q = self.q_proj.forward(&x.narrow(1, 0, 1)?)?; // (B, 1, C)
         let kv = self.kv_proj.forward(&x)?; // (B, L, 2C)
         let q = (q.reshape((b, h, 1, hd))? * (hd as f64).powf(-0.5))?;
-        let k = kv.narrow(2, 0, c)?.reshape((b, l, h, hd))?.transpose(1, 2)?.contiguous()?; // (B, H, L, hd)
-        let v = kv.narrow(2, c, c)?.reshape((b, l, h, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = kv
+            .narrow(2, 0, c)?
+            .reshape((b, l, h, hd))?
+            .transpose(1, 2)?
+            .contiguous()?; // (B, H, L, hd)
+        let v = kv
+            .narrow(2, c, c)?
+            .reshape((b, l, h, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?; // (B, H, 1, L)
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let pooled = weights.matmul(&v)?.reshape((b, c))?; // (B, C)
@@ -165,15 +224,18 @@ pub fn resize_positions(pos: &Tensor, grid: usize) -> Result<Tensor> {
         )));
     }
     let data = pos.to_vec2::<f32>()?;
-    let (rows_w, cols_w) = (cubic_weights(old, grid), cubic_weights(old, grid));
+    let taps = cubic_weights(old, grid);
+    let (rows_w, cols_w) = (&taps, &taps);
     let mut out = vec![data[0].clone()];
-    for oy in 0..grid {
-        for ox in 0..grid {
+    for row in rows_w {
+        for col in cols_w {
             let mut acc = vec![0f32; c];
-            for &(iy, wy) in &rows_w[oy] {
-                for &(ix, wx) in &cols_w[ox] {
+            for &(iy, wy) in row {
+                for &(ix, wx) in col {
                     let w = (wy * wx) as f32;
-                    acc.iter_mut().zip(&data[1 + iy * old + ix]).for_each(|(a, v)| *a += w * v);
+                    acc.iter_mut()
+                        .zip(&data[1 + iy * old + ix])
+                        .for_each(|(a, v)| *a += w * v);
                 }
             }
             out.push(acc);
@@ -225,9 +287,15 @@ impl ModifiedResNet {
     pub fn load(vb: &Scope, config: &ResNetConfig, output_dim: usize, fold: bool) -> Result<Self> {
         let w = config.width;
         let stem = [
-            conv_bn(&vb.pp("conv1"), &vb.pp("bn1"), w / 2, 3, 3, 2, true, fold)?,
-            conv_bn(&vb.pp("conv2"), &vb.pp("bn2"), w / 2, w / 2, 3, 1, true, fold)?,
-            conv_bn(&vb.pp("conv3"), &vb.pp("bn3"), w, w / 2, 3, 1, true, fold)?,
+            conv_bn(&vb.pp("conv1"), &vb.pp("bn1"), (w / 2, 3, 3, 2), true, fold)?,
+            conv_bn(
+                &vb.pp("conv2"),
+                &vb.pp("bn2"),
+                (w / 2, w / 2, 3, 1),
+                true,
+                fold,
+            )?,
+            conv_bn(&vb.pp("conv3"), &vb.pp("bn3"), (w, w / 2, 3, 1), true, fold)?,
         ];
         let mut inplanes = w;
         let mut stages = Vec::with_capacity(4);
@@ -273,7 +341,8 @@ impl ModifiedResNet {
             x = block.forward(&x);
         }
         let (hw, c) = (x.h * x.w, x.c);
-        let tokens = Tensor::from_vec(x.into_data(), (b, hw, c), &Device::Cpu)?.to_device(pixels.device())?;
+        let tokens = Tensor::from_vec(x.into_data(), (b, hw, c), &Device::Cpu)?
+            .to_device(pixels.device())?;
         self.attnpool.forward(&tokens)
     }
 }

@@ -65,7 +65,11 @@ impl TextTransformer {
                 .pp("position_embedding")
                 .get("weight", &[config.context_length, d])?,
             encoder: Encoder::load(&vb.pp("encoder"), &encoder_shape)?,
-            final_layer_norm: LayerNorm::load(&vb.pp("final_layer_norm"), d, config.layer_norm_eps)?,
+            final_layer_norm: LayerNorm::load(
+                &vb.pp("final_layer_norm"),
+                d,
+                config.layer_norm_eps,
+            )?,
         })
     }
 
@@ -93,7 +97,11 @@ impl TextTransformer {
                 c.context_length
             )));
         }
-        if let Some(bad) = ids.iter().flatten().find(|&&id| id as usize >= c.vocab_size) {
+        if let Some(bad) = ids
+            .iter()
+            .flatten()
+            .find(|&&id| id as usize >= c.vocab_size)
+        {
             return Err(Error::InvalidInput(format!(
                 "token id {bad} is outside the model's vocabulary of {} tokens",
                 c.vocab_size

@@ -72,7 +72,10 @@ impl VisionTransformer {
             .contiguous()?
             .reshape((b, g * g, channels * p * p))?;
         let patches = self.patch_embedding.forward(&patches)?; // (B, g², D)
-        let class = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&class, &patches], 1)?; // (B, g² + 1, D)
         let x = x.broadcast_add(&self.position_embedding)?;
         let x = self.pre_layrnorm.forward(&x)?;

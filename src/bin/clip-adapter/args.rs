@@ -117,7 +117,12 @@ pub struct ClassifyArgs {
     pub model: String,
 
     /// Class names, separated by commas.
-    #[arg(long, value_name = "A,B,C", value_delimiter = ',', required_unless_present = "labels_file")]
+    #[arg(
+        long,
+        value_name = "A,B,C",
+        value_delimiter = ',',
+        required_unless_present = "labels_file"
+    )]
     pub labels: Vec<String>,
 
     /// A file with one class name per line (instead of --labels; blank lines are skipped).

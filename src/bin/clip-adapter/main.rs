@@ -14,7 +14,7 @@ use clip_adapter::encode::{display_paths, encode_image_files};
 use clip_adapter::tokenizer::Tokenizer;
 use clip_adapter::zero_shot::ZeroShotClassifier;
 
-use args::{Cli, ClassifyArgs, Command, EmbedArgs, TokenizeArgs};
+use args::{ClassifyArgs, Cli, Command, EmbedArgs, TokenizeArgs};
 use output::Progress;
 
 #[global_allocator]
@@ -73,7 +73,10 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
             };
             (tokenizer, config.text.context_length)
         }
-        None => (Tokenizer::openai()?, clip_adapter::tokenizer::CONTEXT_LENGTH),
+        None => (
+            Tokenizer::openai()?,
+            clip_adapter::tokenizer::CONTEXT_LENGTH,
+        ),
     };
     let context_length = a.context_length.unwrap_or(context_length);
     let ids: Vec<Vec<u32>> = a
@@ -101,7 +104,9 @@ fn embed(a: EmbedArgs, progress: &Progress) -> Result<()> {
         Vec::new()
     } else {
         let bar = progress.bar("encoding images", a.images.len());
-        let t = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| bar.set_position(d as u64))?;
+        let t = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| {
+            bar.set_position(d as u64)
+        })?;
         bar.finish_and_clear();
         t.to_vec2::<f32>()?
     };
@@ -116,7 +121,9 @@ fn embed(a: EmbedArgs, progress: &Progress) -> Result<()> {
 fn classify(a: ClassifyArgs, progress: &Progress) -> Result<()> {
     let labels = a.labels()?;
     if labels.is_empty() {
-        anyhow::bail!("the label list is empty: give class names with --labels a,b,c or --labels-file");
+        anyhow::bail!(
+            "the label list is empty: give class names with --labels a,b,c or --labels-file"
+        );
     }
     if a.images.is_empty() {
         anyhow::bail!("no images to classify");
@@ -129,7 +136,9 @@ fn classify(a: ClassifyArgs, progress: &Progress) -> Result<()> {
     })?;
     bar.finish_and_clear();
     let bar = progress.bar("encoding images", a.images.len());
-    let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| bar.set_position(d as u64))?;
+    let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
     bar.finish_and_clear();
     let predictions = classifier.predict(&features, a.top_k.max(1))?;
     output::print_predictions(&display_paths(&a.images), &predictions, &classifier, a.json)

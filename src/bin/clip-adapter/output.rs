@@ -24,7 +24,9 @@ impl Progress {
             return ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
         }
         let bar = ProgressBar::new(total as u64);
-        if let Ok(style) = ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(what.to_string());
@@ -41,7 +43,9 @@ impl Progress {
             }
             if current.as_ref().is_none_or(|(f, _)| f != file) {
                 let bar = ProgressBar::new(total.unwrap_or(0));
-                if let Ok(style) = ProgressStyle::with_template("{msg} {bytes}/{total_bytes} ({bytes_per_sec})") {
+                if let Ok(style) =
+                    ProgressStyle::with_template("{msg} {bytes}/{total_bytes} ({bytes_per_sec})")
+                {
                     bar.set_style(style);
                 }
                 bar.set_message(format!("downloading {file}"));
@@ -76,7 +80,12 @@ pub fn print_embeddings(
         writeln!(out, "{}", json!({"images": images, "texts": texts}))?;
         return Ok(());
     }
-    let row = |e: &Vec<f32>| e.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(" ");
+    let row = |e: &Vec<f32>| {
+        e.iter()
+            .map(|v| format!("{v:.6}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     for (p, e) in paths.iter().zip(images) {
         writeln!(out, "image\t{p}\t{}", row(e))?;
     }
@@ -107,7 +116,13 @@ pub fn print_predictions(
         writeln!(out, "{doc}")?;
         return Ok(());
     }
-    let width = classifier.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(5);
+    let width = classifier
+        .labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     for (path, preds) in paths.iter().zip(predictions) {
         writeln!(out, "{path}")?;
         for (rank, p) in preds.iter().enumerate() {
