@@ -15,6 +15,7 @@ pub mod error;
 pub mod features;
 pub mod fsutil;
 pub mod image;
+pub mod methods;
 pub mod tokenizer;
 pub mod zero_shot;
 

@@ -1,0 +1,63 @@
+//! Errors of the methods: each names the value at fault and what was expected.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MethodError {
+    #[error("{what} has {found} columns, expected {expected} (the feature width)")]
+    Width {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+
+    #[error("{what} has {found} rows but {labels} labels")]
+    Rows {
+        what: &'static str,
+        found: usize,
+        labels: usize,
+    },
+
+    #[error("{what}: label {label} is out of range, the task has {classes} classes")]
+    Label {
+        what: &'static str,
+        label: usize,
+        classes: usize,
+    },
+
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+
+    #[error("option `{name}` = {value}: {why}")]
+    Option {
+        name: &'static str,
+        value: String,
+        why: &'static str,
+    },
+
+    #[error("training diverged at epoch {epoch}: the loss is {loss}; lower the learning rate")]
+    Diverged { epoch: usize, loss: f32 },
+
+    #[error("{what} is not positive definite even after shrinkage")]
+    NotPositiveDefinite { what: &'static str },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: not a clip-adapter head: {msg}")]
+    HeadFormat { path: PathBuf, msg: String },
+}
+
+impl MethodError {
+    pub fn option(name: &'static str, value: impl ToString, why: &'static str) -> Self {
+        MethodError::Option {
+            name,
+            value: value.to_string(),
+            why,
+        }
+    }
+}
