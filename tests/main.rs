@@ -11,3 +11,4 @@ mod few_shot;
 mod features;
 mod cli_data;
 mod datasets;
+mod methods;
