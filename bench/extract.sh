@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# End-to-end extraction benchmark (decode + preprocess + encode, images/s), ours vs PyTorch
+# (PIL + torchvision transforms + transformers' CLIPModel, DataLoader with WORKERS workers),
+# same random ViT-B/32 weights (bench/out/vit-b-32, from bench/make_weights.py), same JPEGs,
+# same thread count, one after the other.
+#
+#   bench/extract.sh [THREADS] [WORKERS] [N_IMAGES]    (default: 2 2 256; PYTHON=venv python)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${1:-2}
+WORKERS=${2:-2}
+N=${3:-256}
+PYTHON=${PYTHON:-venv/bin/python}
+MODEL=bench/out/vit-b-32
+IMAGES=bench/out/jpegs-$N
+[ -f "$MODEL/model.safetensors" ] || "$PYTHON" bench/make_weights.py vit-b-32 "$MODEL"
+[ -d "$IMAGES" ] || "$PYTHON" bench/make_jpegs.py "$IMAGES" "$N"
+cargo build --release -q --bin clip-adapter
+CACHE=$(mktemp -d)
+trap 'rm -rf "$CACHE"' EXIT
+# All images are the "test" part of a given split: one feature set, no few-shot draw.
+"$PYTHON" - "$IMAGES" > "$CACHE/split.json" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+rows = [[os.path.join(c, f), int(c.split("_")[1]), c] for c in sorted(os.listdir(root))
+        for f in sorted(os.listdir(os.path.join(root, c)))]
+rows.sort(key=lambda r: r[1])
+print(json.dumps({"train": rows[:1], "test": rows}))
+PY
+start=$(date +%s.%N)
+RAYON_NUM_THREADS=$THREADS target/release/clip-adapter --quiet --threads "$THREADS" extract \
+  --model "$MODEL" --split "$CACHE/split.json" --root "$IMAGES" --cache "$CACHE/c" --batch-size 32 >/dev/null
+end=$(date +%s.%N)
+ours=$("$PYTHON" -c "print($N / ($end - $start))")
+theirs=$(OMP_NUM_THREADS=$THREADS "$PYTHON" bench/torch_extract.py "$MODEL" "$IMAGES" "$THREADS" "$WORKERS" 32)
+"$PYTHON" - "$ours" "$theirs" "$THREADS" "$WORKERS" "$N" <<'PY'
+import json, sys
+ours, theirs = float(sys.argv[1]), json.loads(sys.argv[2])
+print(f"{sys.argv[5]} JPEGs, ViT-B/32 (random weights), batch 32, {sys.argv[3]} threads, {sys.argv[4]} DataLoader workers")
+print("| pipeline | images/s |")
+print("|---|---|")
+print(f"| clip-adapter extract (whole command: model load, hashing, 1 train image, text, test set) | {ours:.2f} |")
+print(f"| {theirs['impl']} (encoding loop only) | {theirs['per_s']:.2f} |")
+print(f"| ratio | {ours / theirs['per_s']:.2f} |")
+PY
