@@ -155,3 +155,65 @@ fn head_files_round_trip() {
     let err = head::load(&bad).unwrap_err().to_string();
     assert!(err.contains("bad.safetensors") && err.contains("not a clip-adapter head"), "{err}");
 }
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_clip-adapter")).args(args).output().expect("running clip-adapter")
+}
+
+fn ok_json(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "exit {:?}; stderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+/// extract (tiny-clip) → fit every method → save → predict, through the command line.
+#[test]
+fn fit_run_and_predict_from_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    crate::features::image_folder(&data, 2, 6);
+    let model = crate::common::fixture("models/tiny-clip").display().to_string();
+    let cache = tmp.path().join("cache");
+    let (cache_s, data_s) = (cache.to_str().unwrap(), data.to_str().unwrap());
+    let doc = ok_json(&cli(&["extract", "--model", &model, "--folder", data_s, "--shots", "2", "--views", "2", "--cache", cache_s, "--json"]));
+    let first = std::path::PathBuf::from(doc["sets"][0]["path"].as_str().unwrap());
+    let dataset = first.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let head_path = tmp.path().join("head.safetensors");
+    for method in ["zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "gda"] {
+        let mut args = vec!["fit", "--method", method, "--dataset", &dataset, "--shots", "2", "--cache", cache_s, "--epochs", "3", "--json"];
+        if method == "clip-adapter" {
+            args.extend(["--save", head_path.to_str().unwrap(), "--ratio", "hyper", "--branch", "both"]);
+        }
+        let r = ok_json(&cli(&args));
+        assert_eq!(r["method"], method);
+        assert!(r["test_accuracy"].as_f64().unwrap() >= 0.0, "{method}: {r}");
+    }
+    let images: Vec<String> = std::fs::read_dir(data.join(std::fs::read_dir(&data).unwrap().next().unwrap().unwrap().file_name()))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .take(2)
+        .collect();
+    let mut args = vec!["predict", "--adapter", head_path.to_str().unwrap(), "--model", &model, "--top-k", "2", "--json"];
+    args.extend(images.iter().map(String::as_str));
+    let p = ok_json(&cli(&args));
+    assert_eq!(p["results"].as_array().unwrap().len(), 2);
+    let preds = p["results"][0]["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2);
+    let total: f64 = preds.iter().map(|x| x["probability"].as_f64().unwrap()).sum();
+    assert!(total > 0.0 && total <= 1.0 + 1e-5);
+
+    // A grid, then the same command again: nothing re-runs (resume), the table is written.
+    let out = tmp.path().join("results");
+    let grid = ["run", "--methods", "zero-shot,gda", "--datasets", &dataset, "--shots", "2", "--seeds", "1", "--cache", cache_s, "--out", out.to_str().unwrap()];
+    assert!(cli(&grid).status.success());
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let again = cli(&grid);
+    assert!(again.status.success());
+    assert_eq!(std::fs::read_to_string(out.join("results.csv")).unwrap(), csv);
+    assert!(std::fs::read_to_string(out.join("results.md")).unwrap().contains("### gda"));
+
+    // Missing features: a clear error naming the cache and the extract command, no panic.
+    let miss = cli(&["fit", "--method", "gda", "--dataset", &dataset, "--shots", "16", "--cache", cache_s]);
+    let err = String::from_utf8_lossy(&miss.stderr);
+    assert!(!miss.status.success() && err.contains("clip-adapter extract") && !err.contains("panicked"), "{err}");
+}

@@ -50,6 +50,12 @@ pub enum MethodError {
 
     #[error("{path}: not a clip-adapter head: {msg}")]
     HeadFormat { path: PathBuf, msg: String },
+
+    #[error("feature cache {dir}: {msg}")]
+    Cache { dir: PathBuf, msg: String },
+
+    #[error(transparent)]
+    Features(#[from] crate::features::FeatureError),
 }
 
 impl MethodError {

@@ -13,6 +13,7 @@
 //! tip_adapter.rs    Tip-Adapter (training-free cache) and Tip-Adapter-F (trainable keys)
 //! gda.rs            Gaussian discriminant analysis with a shared, shrunk covariance
 //! eval.rs           accuracy, mean ± std
+//! from_cache.rs     a FewShotTask from the feature cache of `clip-adapter extract`
 //! head.rs           a trained head: logits on new features; safetensors file with metadata
 //! ```
 //!
@@ -23,6 +24,7 @@
 pub mod clip_adapter;
 mod error;
 pub mod eval;
+pub mod from_cache;
 pub mod gda;
 pub mod head;
 pub mod hyper_network;
@@ -161,6 +163,32 @@ impl Method {
             Method::TipAdapter(_) => "tip-adapter",
             Method::TipAdapterF(_) => "tip-adapter-f",
             Method::Gda(_) => "gda",
+        }
+    }
+
+    /// The options as one stable `key=value` string (results rows, head metadata).
+    pub fn describe(&self) -> String {
+        match self {
+            Method::ZeroShot => String::new(),
+            Method::LinearProbe(o) => format!("grid={:?} steps={}", o.grid, o.steps),
+            Method::ClipAdapter(o) => format!(
+                "branch={} form={} reduction={} alpha={} beta={} ratio={} lr={} epochs={} batch={} search={:?}",
+                o.branch.as_str(),
+                o.form.as_str(),
+                o.reduction,
+                o.alpha,
+                o.beta,
+                o.ratio.as_str(),
+                o.lr,
+                o.epochs.map_or("by-shots".to_string(), |e| e.to_string()),
+                o.batch_size,
+                o.search
+            ),
+            Method::TipAdapter(o) | Method::TipAdapterF(o) => format!(
+                "alpha={} beta={} scale={:?} steps={:?} lr={} epochs={} batch={}",
+                o.alpha, o.beta, o.search_scale, o.search_steps, o.lr, o.epochs, o.batch_size
+            ),
+            Method::Gda(o) => format!("alphas={:?}", o.alphas),
         }
     }
 }

@@ -64,6 +64,20 @@ pub enum Command {
     ///
     /// Example: clip-adapter merge --cache clip-adapter-cache
     Merge(crate::data::MergeArgs),
+    /// Train one method on cached features (one dataset, shots, seed); report validation and
+    /// test accuracy; optionally save the head for `predict`.
+    ///
+    /// Example: clip-adapter fit --method clip-adapter --dataset eurosat --shots 16 --seed 1 --save eurosat.safetensors
+    Fit(crate::methods::FitArgs),
+    /// Run a grid (methods × datasets × shots × seeds) on cached features; resumable; writes
+    /// results.csv and a Markdown table of mean ± std with published numbers beside ours.
+    ///
+    /// Example: clip-adapter run --methods clip-adapter,tip-adapter --datasets eurosat,dtd --reported reported_results_rn50.csv
+    Run(crate::methods::RunArgs),
+    /// Classify images with a head saved by `fit --save`.
+    ///
+    /// Example: clip-adapter predict --adapter eurosat.safetensors --top-k 3 photo.jpg
+    Predict(crate::methods::PredictArgs),
 }
 
 #[derive(Args)]

@@ -2,6 +2,7 @@
 
 mod args;
 mod data;
+mod methods;
 mod output;
 
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fewshot(a) => data::fewshot(a),
         Command::Extract(a) => data::extract(a, &progress),
         Command::Merge(a) => data::merge_cmd(a),
+        Command::Fit(a) => methods::fit(a, &progress),
+        Command::Run(a) => methods::run(a, &progress),
+        Command::Predict(a) => methods::predict(a, &progress),
     }
 }
 
@@ -56,7 +60,7 @@ pub(crate) fn resolve_model(spec: &str, progress: &Progress) -> Result<ModelFile
         .with_context(|| format!("finding model `{spec}`"))
 }
 
-fn load_model(spec: &str, progress: &Progress) -> Result<Clip> {
+pub(crate) fn load_model(spec: &str, progress: &Progress) -> Result<Clip> {
     let files = resolve_model(spec, progress)?;
     Clip::load(&files, &candle_core::Device::Cpu)
         .with_context(|| format!("loading model from {}", files.dir.display()))
