@@ -3,48 +3,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use crate::common::{fixture, load_expected, max_abs_diff};
-
-fn clip_adapter(args: &[&str]) -> Output {
-    clip_adapter_env(args, &[])
-}
-
-fn clip_adapter_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip-adapter"));
-    cmd.args(args)
-        .env_remove("HF_HUB_OFFLINE")
-        .env_remove("HF_ENDPOINT");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("running clip-adapter")
-}
-
-fn stdout_json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}; stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
-}
-
-/// A failure: non-zero exit, no panic, and a message mentioning every `needle`.
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "should fail; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
-    }
-}
+use crate::common::{
+    assert_fails_with, clip_adapter, clip_adapter_env, fixture, load_expected, max_abs_diff,
+    stdout_json,
+};
 
 fn model() -> String {
     fixture("models/tiny-clip").display().to_string()

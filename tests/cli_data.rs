@@ -1,39 +1,7 @@
 //! The data subcommands as scripts use them: `datasets`, `fewshot`, `extract`, `merge`.
 
-use std::process::{Command, Output};
-
-use crate::common::fixture;
+use crate::common::{assert_fails_with as fails_with, clip_adapter, fixture, stdout_json as json};
 use crate::features::image_folder;
-
-fn clip_adapter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip-adapter"))
-        .args(args)
-        .output()
-        .expect("running clip-adapter")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}; stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
-}
-
-fn fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "should fail; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
-    }
-}
 
 #[test]
 fn datasets_lists_the_eleven_benchmarks() {

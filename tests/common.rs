@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 
@@ -44,4 +45,45 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     let d = max_abs_diff(a, b);
     println!("{what}: max abs diff {d:.3e} (tolerance {tol:.0e})");
     assert!(d <= tol, "{what}: max abs diff {d} > {tol}");
+}
+
+/// Runs the `clip-adapter` binary with `env` set and the hub variables of this shell removed.
+pub fn clip_adapter_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip-adapter"));
+    cmd.args(args)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_ENDPOINT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running clip-adapter")
+}
+
+pub fn clip_adapter(args: &[&str]) -> Output {
+    clip_adapter_env(args, &[])
+}
+
+/// A success whose stdout is JSON.
+pub fn stdout_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+/// A failure: non-zero exit, no panic, and a message mentioning every `needle`.
+pub fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
+    }
 }
