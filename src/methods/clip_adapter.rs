@@ -15,9 +15,10 @@
 //! check every gradient against central finite differences.
 
 use super::hyper_network::{row_mean, with_summary, RatioCache, RatioNet};
-use super::linalg::{cross_entropy_backward, gemm, normalize_rows_backward, Matrix, Rng};
+use super::linalg::{
+    cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward, Matrix, Rng,
+};
 use super::optim::{Sgd, WarmupCosine};
-use super::zero_shot::cosine_logits_in_place;
 use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress, TextClassifier};
 
 /// Which features get an adapter (the paper's three variants, §3.3).
@@ -156,7 +157,13 @@ impl Bottleneck {
     pub fn new(dim: usize, hidden: usize, form: Form, rng: &mut Rng) -> Self {
         let w1 = rng.uniform_vec(dim * hidden, 1.0 / (dim as f32).sqrt());
         let w2 = rng.uniform_vec(hidden * dim, 1.0 / (hidden as f32).sqrt());
-        Bottleneck { dim, hidden, w1, w2, relu_out: form == Form::Official }
+        Bottleneck {
+            dim,
+            hidden,
+            w1,
+            w2,
+            relu_out: form == Form::Official,
+        }
     }
 
     /// From PyTorch weights: `fc[0].weight` (H × D) and `fc[2].weight` (D × H).
@@ -171,7 +178,11 @@ impl Bottleneck {
     }
 
     fn zeros_like(&self) -> Self {
-        Bottleneck { w1: vec![0.0; self.w1.len()], w2: vec![0.0; self.w2.len()], ..self.clone() }
+        Bottleneck {
+            w1: vec![0.0; self.w1.len()],
+            w2: vec![0.0; self.w2.len()],
+            ..self.clone()
+        }
     }
 
     fn forward(&self, x: &Matrix) -> BottleneckCache {
@@ -188,7 +199,13 @@ impl Bottleneck {
     }
 
     /// Accumulates `∂L/∂W1`, `∂L/∂W2` into `grad` given `∂L/∂A(x)`.
-    fn backward(&self, x: &Matrix, cache: &BottleneckCache, mut d_out: Vec<f32>, grad: &mut Bottleneck) {
+    fn backward(
+        &self,
+        x: &Matrix,
+        cache: &BottleneckCache,
+        mut d_out: Vec<f32>,
+        grad: &mut Bottleneck,
+    ) {
         let (n, d, h) = (x.rows, self.dim, self.hidden);
         if self.relu_out {
             // ReLU passes the gradient where its output is positive.
@@ -245,7 +262,11 @@ impl Ratio {
     }
 
     /// One ratio per row of `input`; `input` is only read by the hyper-network.
-    fn values(&self, rows: usize, input: impl FnOnce() -> Matrix) -> (Vec<f32>, Option<(Matrix, RatioCache)>) {
+    fn values(
+        &self,
+        rows: usize,
+        input: impl FnOnce() -> Matrix,
+    ) -> (Vec<f32>, Option<(Matrix, RatioCache)>) {
         match self {
             Ratio::Fixed(v) => (vec![*v; rows], None),
             Ratio::Scalar(v) => (vec![v[0]; rows], None),
@@ -315,18 +336,26 @@ pub struct AdapterModel {
     pub logit_scale: f32,
 }
 
+/// One branch's intermediates: the adapter's, the ratios, and the hyper-network's input and
+/// intermediates when it predicts the ratios.
+type BranchCache = (BottleneckCache, Vec<f32>, Option<(Matrix, RatioCache)>);
+
 /// Forward-pass intermediates for one batch.
 struct Forward {
-    visual: Option<(BottleneckCache, Vec<f32>, Option<(Matrix, RatioCache)>)>,
-    text: Option<(BottleneckCache, Vec<f32>, Option<(Matrix, RatioCache)>)>,
+    visual: Option<BranchCache>,
+    text: Option<BranchCache>,
     /// Normalised `f*` and its pre-normalisation norms.
     f: Matrix,
     f_norms: Vec<f32>,
-    /// Normalised `W*` and norms.
-    w: Matrix,
-    w_norms: Vec<f32>,
+    /// Normalised `W*` and norms, when the text adapter is on (otherwise the frozen
+    /// normalised classifier of [`FrozenText`] is used).
+    w: Option<(Matrix, Vec<f32>)>,
     logits: Matrix,
 }
+
+/// The normalised class embeddings, computed once per training run or prediction when the
+/// text side is frozen (re-normalising K×D every step would cost as much as the adapter).
+struct FrozenText(Option<Matrix>);
 
 /// `r_i·a_i + (1 − r_i)·x_i` row-wise.
 fn mix(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> Matrix {
@@ -349,81 +378,162 @@ fn mix_backward(adapted: &Matrix, x: &Matrix, ratios: &[f32], g: &[f32]) -> (Vec
         for (o, &v) in d_adapted[i * d..(i + 1) * d].iter_mut().zip(gi) {
             *o = r * v;
         }
-        d_ratio[i] = gi.iter().zip(adapted.row(i)).zip(x.row(i)).map(|((g, a), v)| g * (a - v)).sum();
+        d_ratio[i] = gi
+            .iter()
+            .zip(adapted.row(i))
+            .zip(x.row(i))
+            .map(|((g, a), v)| g * (a - v))
+            .sum();
     }
     (d_adapted, d_ratio)
 }
 
 impl AdapterModel {
     /// A fresh model for `task` with ratios α, β.
-    pub fn new(text: &TextClassifier, opts: &AdapterOptions, alpha: f32, beta: f32, rng: &mut Rng) -> Self {
+    pub fn new(
+        text: &TextClassifier,
+        opts: &AdapterOptions,
+        alpha: f32,
+        beta: f32,
+        rng: &mut Rng,
+    ) -> Self {
         let d = text.weights.cols;
         let hidden = (d / opts.reduction.max(1)).max(1);
-        let visual = matches!(opts.branch, Branch::Visual | Branch::Both).then(|| Bottleneck::new(d, hidden, opts.form, rng));
-        let text_b = matches!(opts.branch, Branch::Text | Branch::Both).then(|| Bottleneck::new(d, hidden, opts.form, rng));
+        let visual = matches!(opts.branch, Branch::Visual | Branch::Both)
+            .then(|| Bottleneck::new(d, hidden, opts.form, rng));
+        let text_b = matches!(opts.branch, Branch::Text | Branch::Both)
+            .then(|| Bottleneck::new(d, hidden, opts.form, rng));
         let alpha = Ratio::new(opts.ratio, alpha, 2 * d, opts.hyper_hidden, rng);
         let beta = Ratio::new(opts.ratio, beta, 2 * d, opts.hyper_hidden, rng);
         AdapterModel {
-            params: AdapterParams { visual, text: text_b, alpha, beta },
+            params: AdapterParams {
+                visual,
+                text: text_b,
+                alpha,
+                beta,
+            },
             classes: text.weights.clone(),
             logit_scale: text.logit_scale,
         }
     }
 
-    fn forward(&self, x: &Matrix) -> Forward {
+    fn frozen_text(&self) -> FrozenText {
+        FrozenText(
+            self.params
+                .text
+                .is_none()
+                .then(|| self.classes.normalized()),
+        )
+    }
+
+    fn forward(&self, x: &Matrix, frozen: &FrozenText) -> Forward {
         let summary = || row_mean(&self.classes.normalized());
         let (mut f, visual) = match &self.params.visual {
             None => (x.clone(), None),
             Some(b) => {
                 let cache = b.forward(x);
-                let (ratios, hyper) = self.params.alpha.values(x.rows, || with_summary(&x.normalized(), &summary()));
+                let (ratios, hyper) = self
+                    .params
+                    .alpha
+                    .values(x.rows, || with_summary(&x.normalized(), &summary()));
                 (mix(&cache.out, x, &ratios), Some((cache, ratios, hyper)))
             }
         };
         let t = &self.classes;
-        let (mut w, text) = match &self.params.text {
-            None => (t.clone(), None),
+        let (w, text) = match &self.params.text {
+            None => (None, None),
             Some(b) => {
                 let cache = b.forward(t);
-                let (ratios, hyper) = self.params.beta.values(t.rows, || with_summary(&t.normalized(), &summary()));
-                (mix(&cache.out, t, &ratios), Some((cache, ratios, hyper)))
+                let (ratios, hyper) = self
+                    .params
+                    .beta
+                    .values(t.rows, || with_summary(&t.normalized(), &summary()));
+                let mut w = mix(&cache.out, t, &ratios);
+                let norms = normalize_rows(&mut w.data, w.cols);
+                (Some((w, norms)), Some((cache, ratios, hyper)))
             }
         };
+        // The same operations, in the same order, as `zero_shot::cosine_logits`.
+        let f_norms = normalize_rows(&mut f.data, f.cols);
+        let w_mat = match (&w, &frozen.0) {
+            (Some((w, _)), _) => w,
+            (None, Some(w)) => w,
+            (None, None) => unreachable!("FrozenText is built for a model without a text adapter"),
+        };
         let mut logits = Matrix::zeros(x.rows, t.rows);
-        let (f_norms, w_norms) = cosine_logits_in_place(&mut f, &mut w, self.logit_scale, &mut logits);
-        Forward { visual, text, f, f_norms, w, w_norms, logits }
+        gemm(
+            &f.data,
+            false,
+            &w_mat.data,
+            true,
+            &mut logits.data,
+            f.rows,
+            f.cols,
+            w_mat.rows,
+            false,
+        );
+        logits.data.iter_mut().for_each(|v| *v *= self.logit_scale);
+        Forward {
+            visual,
+            text,
+            f,
+            f_norms,
+            w,
+            logits,
+        }
     }
 
     /// Gradients of the loss given `∂L/∂logits` (B × K), accumulated into `grad`.
-    fn backward(&self, x: &Matrix, fw: &Forward, d_logits: &[f32], grad: &mut AdapterParams) {
+    fn backward(
+        &self,
+        x: &Matrix,
+        fw: &Forward,
+        frozen: &FrozenText,
+        d_logits: &[f32],
+        grad: &mut AdapterParams,
+    ) {
         let (b, k, d, s) = (x.rows, self.classes.rows, x.cols, self.logit_scale);
-        if let (Some(bn), Some((cache, ratios, hyper)), Some(g)) = (&self.params.visual, &fw.visual, grad.visual.as_mut()) {
+        let w = match (&fw.w, &frozen.0) {
+            (Some((w, _)), _) => w,
+            (None, Some(w)) => w,
+            (None, None) => return,
+        };
+        if let (Some(bn), Some((cache, ratios, hyper)), Some(g)) =
+            (&self.params.visual, &fw.visual, grad.visual.as_mut())
+        {
             let mut du = vec![0f32; b * d];
-            gemm(d_logits, false, &fw.w.data, false, &mut du, b, k, d, false);
+            gemm(d_logits, false, &w.data, false, &mut du, b, k, d, false);
             du.iter_mut().for_each(|v| *v *= s);
             let df = normalize_rows_backward(&fw.f.data, &fw.f_norms, &du, d);
             let (d_adapted, d_ratio) = mix_backward(&cache.out, x, ratios, &df);
             bn.backward(x, cache, d_adapted, g);
-            self.params.alpha.backward(hyper.as_ref(), &d_ratio, &mut grad.alpha);
+            self.params
+                .alpha
+                .backward(hyper.as_ref(), &d_ratio, &mut grad.alpha);
         }
-        if let (Some(bn), Some((cache, ratios, hyper)), Some(g)) = (&self.params.text, &fw.text, grad.text.as_mut()) {
+        if let (Some(bn), Some((cache, ratios, hyper)), Some(g), Some((_, w_norms))) =
+            (&self.params.text, &fw.text, grad.text.as_mut(), &fw.w)
+        {
             let mut dv = vec![0f32; k * d];
             gemm(d_logits, true, &fw.f.data, false, &mut dv, k, b, d, false);
             dv.iter_mut().for_each(|v| *v *= s);
-            let dw = normalize_rows_backward(&fw.w.data, &fw.w_norms, &dv, d);
+            let dw = normalize_rows_backward(&w.data, w_norms, &dv, d);
             let (d_adapted, d_ratio) = mix_backward(&cache.out, &self.classes, ratios, &dw);
             bn.backward(&self.classes, cache, d_adapted, g);
-            self.params.beta.backward(hyper.as_ref(), &d_ratio, &mut grad.beta);
+            self.params
+                .beta
+                .backward(hyper.as_ref(), &d_ratio, &mut grad.beta);
         }
     }
 
     /// Mean cross-entropy on `(x, labels)` and its gradient.
     pub fn loss_and_grad(&self, x: &Matrix, labels: &[usize]) -> (f32, AdapterParams) {
-        let mut fw = self.forward(x);
-        let mut d_logits = std::mem::replace(&mut fw.logits.data, Vec::new());
+        let frozen = self.frozen_text();
+        let mut fw = self.forward(x, &frozen);
+        let mut d_logits = std::mem::take(&mut fw.logits.data);
         let loss = cross_entropy_backward(&mut d_logits, labels, self.classes.rows);
         let mut grad = self.params.zeros_like();
-        self.backward(x, &fw, &d_logits, &mut grad);
+        self.backward(x, &fw, &frozen, &d_logits, &mut grad);
         (loss, grad)
     }
 
@@ -431,11 +541,12 @@ impl AdapterModel {
     pub fn logits(&self, x: &Matrix) -> Matrix {
         const CHUNK: usize = 1024;
         let mut out = Matrix::zeros(x.rows, self.classes.rows);
+        let frozen = self.frozen_text();
         let mut start = 0;
         while start < x.rows {
             let end = (start + CHUNK).min(x.rows);
             let idx: Vec<usize> = (start..end).collect();
-            let l = self.forward(&x.gather_rows(&idx)).logits;
+            let l = self.forward(&x.gather_rows(&idx), &frozen).logits;
             out.data[start * out.cols..end * out.cols].copy_from_slice(&l.data);
             start = end;
         }
@@ -468,6 +579,7 @@ pub fn train(
     };
     let mut sgd = Sgd::new(opts.momentum, opts.weight_decay);
     let mut grad = model.params.zeros_like();
+    let frozen = model.frozen_text();
     let mut losses = Vec::with_capacity(epochs);
     for epoch in 0..epochs {
         let lr = schedule.lr(epoch);
@@ -482,11 +594,11 @@ pub fn train(
             }
             let x = x_all.gather_rows(batch);
             let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
-            let mut fw = model.forward(&x);
+            let mut fw = model.forward(&x, &frozen);
             let mut d_logits = std::mem::take(&mut fw.logits.data);
             let loss = cross_entropy_backward(&mut d_logits, &y, model.classes.rows);
             grad.fill_zero();
-            model.backward(&x, &fw, &d_logits, &mut grad);
+            model.backward(&x, &fw, &frozen, &d_logits, &mut grad);
             let grads: Vec<&[f32]> = grad.params_mut().into_iter().map(|g| &*g).collect();
             sgd.step(&mut model.params.params_mut(), &grads, lr);
             sum += loss as f64;
@@ -497,7 +609,11 @@ pub fn train(
             return Err(MethodError::Diverged { epoch, loss });
         }
         losses.push(loss);
-        progress(Progress::Epoch { epoch, epochs, loss });
+        progress(Progress::Epoch {
+            epoch,
+            epochs,
+            loss,
+        });
     }
     Ok(losses)
 }
@@ -510,11 +626,19 @@ pub fn shots(task: &FewShotTask) -> usize {
 }
 
 /// Trains CLIP-Adapter, searching the ratio on validation when `opts.search` is not empty.
-pub fn fit(task: &FewShotTask, opts: &AdapterOptions, progress: &mut dyn FnMut(Progress)) -> Result<Fitted, MethodError> {
+pub fn fit(
+    task: &FewShotTask,
+    opts: &AdapterOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, MethodError> {
     if opts.reduction == 0 || opts.reduction > task.dim() {
-        return Err(MethodError::option("reduction", opts.reduction, "must be between 1 and the feature width"));
+        return Err(MethodError::option(
+            "reduction",
+            opts.reduction,
+            "must be between 1 and the feature width",
+        ));
     }
-    if !(opts.lr > 0.0) {
+    if opts.lr.is_nan() || opts.lr <= 0.0 {
         return Err(MethodError::option("lr", opts.lr, "must be positive"));
     }
     let epochs = opts.epochs.unwrap_or_else(|| epochs_for_shots(shots(task)));
@@ -531,7 +655,9 @@ pub fn fit(task: &FewShotTask, opts: &AdapterOptions, progress: &mut dyn FnMut(P
             })
             .collect()
     };
-    let mut best: Option<(f32, AdapterModel, Vec<f32>, (f32, f32))> = None;
+    // (validation accuracy, model, epoch losses, (α, β))
+    type Candidate = (f32, AdapterModel, Vec<f32>, (f32, f32));
+    let mut best: Option<Candidate> = None;
     for (i, &(alpha, beta)) in candidates.iter().enumerate() {
         let mut rng = Rng::new(opts.seed);
         let mut model = AdapterModel::new(&task.text, opts, alpha, beta, &mut rng);
@@ -540,19 +666,28 @@ pub fn fit(task: &FewShotTask, opts: &AdapterOptions, progress: &mut dyn FnMut(P
         let losses = train(task, opts, epochs, &mut model, &mut order, progress)?;
         let val = eval::accuracy(&model.logits(&task.val.features), &task.val.labels);
         if candidates.len() > 1 {
-            progress(Progress::Search { done: i + 1, total: candidates.len() });
+            progress(Progress::Search {
+                done: i + 1,
+                total: candidates.len(),
+            });
         }
         if best.as_ref().is_none_or(|b| val > b.0) {
             best = Some((val, model, losses, (alpha, beta)));
         }
     }
-    let (_, model, losses, (alpha, beta)) = best.ok_or(MethodError::Empty { what: "the ratio search list" })?;
+    let (_, model, losses, (alpha, beta)) = best.ok_or(MethodError::Empty {
+        what: "the ratio search list",
+    })?;
     let mut chosen = vec![("epochs".to_string(), epochs.to_string())];
     if candidates.len() > 1 {
         chosen.push(("alpha".into(), alpha.to_string()));
         chosen.push(("beta".into(), beta.to_string()));
     }
-    Ok(Fitted { head: Head::ClipAdapter(model), chosen, losses })
+    Ok(Fitted {
+        head: Head::ClipAdapter(model),
+        chosen,
+        losses,
+    })
 }
 
 #[cfg(test)]
@@ -560,16 +695,31 @@ mod tests {
     use super::*;
 
     /// A small random task: `k` classes in `d` dimensions, `n` training images.
-    pub(crate) fn toy(n: usize, k: usize, d: usize, seed: u64) -> (Matrix, Vec<usize>, TextClassifier) {
+    pub(crate) fn toy(
+        n: usize,
+        k: usize,
+        d: usize,
+        seed: u64,
+    ) -> (Matrix, Vec<usize>, TextClassifier) {
         let mut rng = Rng::new(seed);
         let x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).unwrap();
         let labels = (0..n).map(|i| i % k).collect();
-        let w = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0)).unwrap().normalized();
-        (x, labels, TextClassifier { weights: w, logit_scale: 20.0 })
+        let w = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0))
+            .unwrap()
+            .normalized();
+        (
+            x,
+            labels,
+            TextClassifier {
+                weights: w,
+                logit_scale: 20.0,
+            },
+        )
     }
 
     /// Central finite differences in f64 would need an f64 model; in f32 a step of 1e-2 on a
     /// loss of order 1 keeps rounding error near 1e-5, well under the 2 % tolerance used.
+    #[allow(clippy::needless_range_loop)] // `p` indexes the probe's parameters too
     fn check_gradients(model: &AdapterModel, x: &Matrix, y: &[usize]) {
         let (base, grad) = model.loss_and_grad(x, y);
         let mut grad = grad;
@@ -597,7 +747,10 @@ mod tests {
                 }
                 let a = analytic[p][j];
                 let tol = 2e-2 * a.abs().max(numeric.abs()) + 2e-4;
-                assert!((a - numeric).abs() <= tol, "param {p}[{j}]: analytic {a} vs numeric {numeric}");
+                assert!(
+                    (a - numeric).abs() <= tol,
+                    "param {p}[{j}]: analytic {a} vs numeric {numeric}"
+                );
                 checked += 1;
             }
         }
@@ -606,9 +759,20 @@ mod tests {
         assert!(norm > 1e-8, "all gradients are zero");
     }
 
-    fn model_for(branch: Branch, form: Form, ratio: RatioMode) -> (AdapterModel, Matrix, Vec<usize>) {
+    fn model_for(
+        branch: Branch,
+        form: Form,
+        ratio: RatioMode,
+    ) -> (AdapterModel, Matrix, Vec<usize>) {
         let (x, y, text) = toy(6, 3, 8, 7);
-        let opts = AdapterOptions { branch, form, ratio, reduction: 2, hyper_hidden: 4, ..Default::default() };
+        let opts = AdapterOptions {
+            branch,
+            form,
+            ratio,
+            reduction: 2,
+            hyper_hidden: 4,
+            ..Default::default()
+        };
         let model = AdapterModel::new(&text, &opts, 0.4, 0.3, &mut Rng::new(3));
         (model, x, y)
     }
@@ -638,7 +802,10 @@ mod tests {
         let (x, _, text) = toy(10, 4, 16, 11);
         let zs = super::super::zero_shot::ZeroShot::new(&text).logits(&x);
         for branch in [Branch::Visual, Branch::Text, Branch::Both] {
-            let opts = AdapterOptions { branch, ..Default::default() };
+            let opts = AdapterOptions {
+                branch,
+                ..Default::default()
+            };
             let model = AdapterModel::new(&text, &opts, 0.0, 0.0, &mut Rng::new(5));
             assert_eq!(model.logits(&x).data, zs.data, "{branch:?}");
         }
@@ -646,7 +813,10 @@ mod tests {
 
     #[test]
     fn epochs_follow_coop() {
-        assert_eq!([1, 2, 4, 8, 16].map(epochs_for_shots), [50, 100, 100, 200, 200]);
+        assert_eq!(
+            [1, 2, 4, 8, 16].map(epochs_for_shots),
+            [50, 100, 100, 200, 200]
+        );
     }
 
     #[test]
@@ -654,6 +824,9 @@ mod tests {
         for b in [Branch::Visual, Branch::Text, Branch::Both] {
             assert_eq!(b.as_str().parse::<Branch>().unwrap(), b);
         }
-        assert!("sideways".parse::<Form>().unwrap_err().contains("official, paper"));
+        assert!("sideways"
+            .parse::<Form>()
+            .unwrap_err()
+            .contains("official, paper"));
     }
 }

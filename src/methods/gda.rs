@@ -25,7 +25,10 @@ pub struct GdaOptions {
 
 impl Default for GdaOptions {
     fn default() -> Self {
-        GdaOptions { alphas: vec![1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0], alpha: 0.1 }
+        GdaOptions {
+            alphas: vec![1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0],
+            alpha: 0.1,
+        }
     }
 }
 
@@ -44,7 +47,10 @@ impl GdaHead {
     pub fn logits(&self, x: &Matrix) -> Matrix {
         let mut out = cosine_logits(x, &self.classes, self.logit_scale);
         let gda = self.discriminant(&x.normalized());
-        out.data.iter_mut().zip(&gda.data).for_each(|(o, g)| *o += self.alpha * g);
+        out.data
+            .iter_mut()
+            .zip(&gda.data)
+            .for_each(|(o, g)| *o += self.alpha * g);
         out
     }
 
@@ -52,16 +58,27 @@ impl GdaHead {
     fn discriminant(&self, f: &Matrix) -> Matrix {
         let mut out = f.matmul(false, &self.weight, true);
         for i in 0..out.rows {
-            out.row_mut(i).iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b);
+            out.row_mut(i)
+                .iter_mut()
+                .zip(&self.bias)
+                .for_each(|(o, b)| *o += b);
         }
         out
     }
 }
 
 /// Estimates the discriminant from the training features and searches α on validation.
-pub fn fit(task: &FewShotTask, opts: &GdaOptions, progress: &mut dyn FnMut(Progress)) -> Result<Fitted, MethodError> {
+pub fn fit(
+    task: &FewShotTask,
+    opts: &GdaOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, MethodError> {
     let (k, d) = (task.classes(), task.dim());
-    let views: Vec<Matrix> = task.training_views().iter().map(|v| v.normalized()).collect();
+    let views: Vec<Matrix> = task
+        .training_views()
+        .iter()
+        .map(|v| v.normalized())
+        .collect();
     let labels = &task.train.labels;
     // Class means over every view.
     let mut mu = vec![0f64; k * d];
@@ -69,14 +86,23 @@ pub fn fit(task: &FewShotTask, opts: &GdaOptions, progress: &mut dyn FnMut(Progr
     for v in &views {
         for (i, &y) in labels.iter().enumerate() {
             count[y] += 1;
-            mu[y * d..(y + 1) * d].iter_mut().zip(v.row(i)).for_each(|(m, &x)| *m += x as f64);
+            mu[y * d..(y + 1) * d]
+                .iter_mut()
+                .zip(v.row(i))
+                .for_each(|(m, &x)| *m += x as f64);
         }
     }
     if let Some(c) = count.iter().position(|&c| c == 0) {
-        return Err(MethodError::Label { what: "GDA needs every class in the training set; missing", label: c, classes: k });
+        return Err(MethodError::Label {
+            what: "GDA needs every class in the training set; missing",
+            label: c,
+            classes: k,
+        });
     }
     for c in 0..k {
-        mu[c * d..(c + 1) * d].iter_mut().for_each(|m| *m /= count[c] as f64);
+        mu[c * d..(c + 1) * d]
+            .iter_mut()
+            .for_each(|m| *m /= count[c] as f64);
     }
     // Centred samples, then S = Xcᵀ Xc in f32 GEMM (accumulated in f64 below for the solve).
     let n = views.len() * labels.len();
@@ -90,7 +116,17 @@ pub fn fit(task: &FewShotTask, opts: &GdaOptions, progress: &mut dyn FnMut(Progr
         }
     }
     let mut s32 = vec![0f32; d * d];
-    gemm(&centred.data, true, &centred.data, false, &mut s32, d, n, d, false);
+    gemm(
+        &centred.data,
+        true,
+        &centred.data,
+        false,
+        &mut s32,
+        d,
+        n,
+        d,
+        false,
+    );
     let mut s: Vec<f64> = s32.iter().map(|&v| v as f64).collect();
     // tr(Σ̂) with Σ̂ = S / (n − 1) (torch.cov's unbiased estimate; a single sample gives S = 0).
     let trace = (0..d).map(|i| s[i * d + i]).sum::<f64>() / (n.saturating_sub(1).max(1)) as f64;
@@ -106,7 +142,9 @@ pub fn fit(task: &FewShotTask, opts: &GdaOptions, progress: &mut dyn FnMut(Progr
         }
     }
     if !cholesky_solve(&mut s, d, &mut rhs, k) {
-        return Err(MethodError::NotPositiveDefinite { what: "the shrunk GDA covariance" });
+        return Err(MethodError::NotPositiveDefinite {
+            what: "the shrunk GDA covariance",
+        });
     }
     let mut weight = Matrix::zeros(k, d);
     let mut bias = vec![0f32; k];
@@ -137,10 +175,17 @@ pub fn fit(task: &FewShotTask, opts: &GdaOptions, progress: &mut dyn FnMut(Progr
             if acc > best.0 {
                 best = (acc, alpha);
             }
-            progress(Progress::Search { done: i + 1, total: opts.alphas.len() });
+            progress(Progress::Search {
+                done: i + 1,
+                total: opts.alphas.len(),
+            });
         }
         head.alpha = best.1;
     }
     chosen.push(("alpha".to_string(), head.alpha.to_string()));
-    Ok(Fitted { head: Head::Gda(head), chosen, losses: Vec::new() })
+    Ok(Fitted {
+        head: Head::Gda(head),
+        chosen,
+        losses: Vec::new(),
+    })
 }

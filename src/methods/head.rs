@@ -24,6 +24,9 @@ use super::{MethodError, TextClassifier};
 pub const FORMAT: &str = "clip-adapter-head";
 pub const VERSION: u32 = 1;
 
+// A head is built once per run and used by reference; boxing the large variants would only add
+// indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Head {
     ZeroShot(ZeroShot),
@@ -147,7 +150,11 @@ pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
             t.scalar("logit_scale", h.logit_scale);
             t.matrix("keys", &h.keys);
             // Class indices are exact in f32 up to 2^24 classes.
-            t.put("values", vec![h.values.len()], h.values.iter().map(|&v| v as f32).collect());
+            t.put(
+                "values",
+                vec![h.values.len()],
+                h.values.iter().map(|&v| v as f32).collect(),
+            );
             t.scalar("alpha", h.alpha);
             t.scalar("beta", h.beta);
         }
@@ -161,12 +168,18 @@ pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
     }
     // safetensors: u64 header length, JSON header (sorted keys), then the raw little-endian data.
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::to_value(&meta).unwrap_or_default());
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(&meta).unwrap_or_default(),
+    );
     let mut offset = 0usize;
     t.0.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, shape, data) in &t.0 {
         let end = offset + 4 * data.len();
-        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+        );
         offset = end;
     }
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
@@ -177,7 +190,8 @@ pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
     out.extend_from_slice(&(h.len() as u64).to_le_bytes());
     out.extend_from_slice(&h);
     for (_, _, data) in &t.0 {
-        data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        data.iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
     }
     out
 }
@@ -192,8 +206,14 @@ pub fn save(path: &Path, head: &Head, info: &HeadInfo) -> Result<(), MethodError
 
 /// Reads a head file back.
 pub fn load(path: &Path) -> Result<(Head, HeadInfo), MethodError> {
-    let bytes = std::fs::read(path).map_err(|source| MethodError::Io { path: path.to_path_buf(), source })?;
-    from_bytes(&bytes).map_err(|msg| MethodError::HeadFormat { path: path.to_path_buf(), msg })
+    let bytes = std::fs::read(path).map_err(|source| MethodError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_bytes(&bytes).map_err(|msg| MethodError::HeadFormat {
+        path: path.to_path_buf(),
+        msg,
+    })
 }
 
 /// Parses head bytes; the error says what is wrong.
@@ -201,14 +221,26 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), String> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let get = |k: &str| meta.get(k).cloned().ok_or_else(|| format!("metadata lacks `{k}`"));
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| format!("metadata lacks `{k}`"))
+    };
     if get("format")? != FORMAT {
-        return Err(format!("format is `{}`, expected `{FORMAT}`", get("format")?));
+        return Err(format!(
+            "format is `{}`, expected `{FORMAT}`",
+            get("format")?
+        ));
     }
     if get("version")? != VERSION.to_string() {
-        return Err(format!("version {} is not supported (expected {VERSION})", get("version")?));
+        return Err(format!(
+            "version {} is not supported (expected {VERSION})",
+            get("version")?
+        ));
     }
-    let list = |k: &str| -> Result<Vec<String>, String> { serde_json::from_str(&get(k)?).map_err(|e| format!("metadata `{k}`: {e}")) };
+    let list = |k: &str| -> Result<Vec<String>, String> {
+        serde_json::from_str(&get(k)?).map_err(|e| format!("metadata `{k}`: {e}"))
+    };
     let info = HeadInfo {
         model: get("model")?,
         classnames: list("classnames")?,
@@ -216,32 +248,52 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), String> {
         method: get("method")?,
         options: get("options")?,
     };
-    let has = |name: &str| st.names().iter().any(|n| *n == name);
+    let has = |name: &str| st.names().contains(&name);
     let tensor = |name: &str| -> Result<(Vec<usize>, Vec<f32>), String> {
-        let t = st.tensor(name).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        let t = st
+            .tensor(name)
+            .map_err(|e| format!("tensor `{name}`: {e}"))?;
         if t.dtype() != safetensors::Dtype::F32 {
             return Err(format!("tensor `{name}` is {:?}, expected F32", t.dtype()));
         }
-        let data = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Ok((t.shape().to_vec(), data))
     };
     let matrix = |name: &str| -> Result<Matrix, String> {
         match tensor(name)? {
-            (s, d) if s.len() == 2 => Ok(Matrix { rows: s[0], cols: s[1], data: d }),
-            (s, _) => Err(format!("tensor `{name}` has shape {s:?}, expected 2 dimensions")),
+            (s, d) if s.len() == 2 => Ok(Matrix {
+                rows: s[0],
+                cols: s[1],
+                data: d,
+            }),
+            (s, _) => Err(format!(
+                "tensor `{name}` has shape {s:?}, expected 2 dimensions"
+            )),
         }
     };
     let scalar = |name: &str| -> Result<f32, String> {
         match tensor(name)? {
             (_, d) if d.len() == 1 => Ok(d[0]),
-            (s, _) => Err(format!("tensor `{name}` has shape {s:?}, expected one value")),
+            (s, _) => Err(format!(
+                "tensor `{name}` has shape {s:?}, expected one value"
+            )),
         }
     };
     let vector = |name: &str| tensor(name).map(|t| t.1);
     let kind = get("head")?;
     let head = match kind.as_str() {
-        "zero-shot" => Head::ZeroShot(ZeroShot::new(&TextClassifier { weights: matrix("classes")?, logit_scale: scalar("logit_scale")? })),
-        "linear" => Head::Linear(LinearHead { weight: matrix("weight")?, bias: vector("bias")? }),
+        "zero-shot" => Head::ZeroShot(ZeroShot::new(&TextClassifier {
+            weights: matrix("classes")?,
+            logit_scale: scalar("logit_scale")?,
+        })),
+        "linear" => Head::Linear(LinearHead {
+            weight: matrix("weight")?,
+            bias: vector("bias")?,
+        }),
         "gda" => Head::Gda(GdaHead {
             weight: matrix("weight")?,
             bias: vector("bias")?,
@@ -265,7 +317,13 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), String> {
                 }
                 let w1 = matrix(&format!("{name}.w1"))?;
                 let w2 = matrix(&format!("{name}.w2"))?;
-                Ok(Some(Bottleneck { dim: w1.rows, hidden: w1.cols, w1: w1.data, w2: w2.data, relu_out }))
+                Ok(Some(Bottleneck {
+                    dim: w1.rows,
+                    hidden: w1.cols,
+                    w1: w1.data,
+                    w2: w2.data,
+                    relu_out,
+                }))
             };
             let ratio = |name: &str| -> Result<Ratio, String> {
                 if has(&format!("{name}.u")) {
@@ -282,7 +340,12 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), String> {
                 Ok(Ratio::Fixed(scalar(name)?))
             };
             Head::ClipAdapter(AdapterModel {
-                params: AdapterParams { visual: bottleneck("visual")?, text: bottleneck("text")?, alpha: ratio("alpha")?, beta: ratio("beta")? },
+                params: AdapterParams {
+                    visual: bottleneck("visual")?,
+                    text: bottleneck("text")?,
+                    alpha: ratio("alpha")?,
+                    beta: ratio("beta")?,
+                },
                 classes: matrix("classes")?,
                 logit_scale: scalar("logit_scale")?,
             })

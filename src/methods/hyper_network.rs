@@ -73,7 +73,17 @@ impl RatioNet {
     pub fn forward(&self, x: &Matrix) -> RatioCache {
         let (n, h) = (x.rows, self.hidden);
         let mut hidden = vec![0f32; n * h];
-        gemm(&x.data, false, &self.u, false, &mut hidden, n, self.input, h, false);
+        gemm(
+            &x.data,
+            false,
+            &self.u,
+            false,
+            &mut hidden,
+            n,
+            self.input,
+            h,
+            false,
+        );
         for row in hidden.chunks_mut(h) {
             for (v, c) in row.iter_mut().zip(&self.c) {
                 *v = (*v + c).max(0.0);
@@ -107,7 +117,17 @@ impl RatioNet {
                 }
             }
         }
-        gemm(&x.data, true, &d_hidden, false, &mut grad.u, self.input, n, h, true);
+        gemm(
+            &x.data,
+            true,
+            &d_hidden,
+            false,
+            &mut grad.u,
+            self.input,
+            n,
+            h,
+            true,
+        );
     }
 }
 

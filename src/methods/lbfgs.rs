@@ -18,13 +18,22 @@ pub struct LbfgsOptions {
 
 impl Default for LbfgsOptions {
     fn default() -> Self {
-        LbfgsOptions { memory: 10, max_iter: 1000, gtol: 1e-4, ftol: 2.220446049250313e-9 }
+        LbfgsOptions {
+            memory: 10,
+            max_iter: 1000,
+            gtol: 1e-4,
+            ftol: 2.220446049250313e-9,
+        }
     }
 }
 
 /// Minimises `f` from `x` (updated in place); `f(x, grad)` returns the value and writes the
 /// gradient. Returns the final value and the number of iterations.
-pub fn minimize(x: &mut [f64], opts: &LbfgsOptions, f: &mut dyn FnMut(&[f64], &mut [f64]) -> f64) -> (f64, usize) {
+pub fn minimize(
+    x: &mut [f64],
+    opts: &LbfgsOptions,
+    f: &mut dyn FnMut(&[f64], &mut [f64]) -> f64,
+) -> (f64, usize) {
     let n = x.len();
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
     let mut g = vec![0f64; n];
@@ -43,7 +52,9 @@ pub fn minimize(x: &mut [f64], opts: &LbfgsOptions, f: &mut dyn FnMut(&[f64], &m
         let mut a = vec![0f64; s_hist.len()];
         for i in (0..s_hist.len()).rev() {
             a[i] = rho[i] * dot(&s_hist[i], &q);
-            q.iter_mut().zip(&y_hist[i]).for_each(|(q, y)| *q -= a[i] * y);
+            q.iter_mut()
+                .zip(&y_hist[i])
+                .for_each(|(q, y)| *q -= a[i] * y);
         }
         let gamma = match (s_hist.last(), y_hist.last()) {
             (Some(s), Some(y)) => dot(s, y) / dot(y, y),
@@ -53,7 +64,9 @@ pub fn minimize(x: &mut [f64], opts: &LbfgsOptions, f: &mut dyn FnMut(&[f64], &m
         q.iter_mut().for_each(|v| *v *= gamma);
         for i in 0..s_hist.len() {
             let b = rho[i] * dot(&y_hist[i], &q);
-            q.iter_mut().zip(&s_hist[i]).for_each(|(q, s)| *q += (a[i] - b) * s);
+            q.iter_mut()
+                .zip(&s_hist[i])
+                .for_each(|(q, s)| *q += (a[i] - b) * s);
         }
         let d: Vec<f64> = q.iter().map(|v| -v).collect();
         let mut slope = dot(&g, &d);
@@ -72,7 +85,11 @@ pub fn minimize(x: &mut [f64], opts: &LbfgsOptions, f: &mut dyn FnMut(&[f64], &m
         let mut f_new;
         let mut tries = 0;
         loop {
-            x_new.iter_mut().zip(x.iter()).zip(&d).for_each(|((xn, &xo), &di)| *xn = xo + step * di);
+            x_new
+                .iter_mut()
+                .zip(x.iter())
+                .zip(&d)
+                .for_each(|((xn, &xo), &di)| *xn = xo + step * di);
             f_new = f(&x_new, &mut g_new);
             if f_new <= fx + 1e-4 * step * slope || tries >= 40 {
                 break;
@@ -114,13 +131,20 @@ mod tests {
     #[test]
     fn minimises_rosenbrock() {
         let mut x = vec![-1.2, 1.0];
-        let opts = LbfgsOptions { gtol: 1e-8, ftol: 0.0, ..Default::default() };
+        let opts = LbfgsOptions {
+            gtol: 1e-8,
+            ftol: 0.0,
+            ..Default::default()
+        };
         let (fx, _) = minimize(&mut x, &opts, &mut |x, g| {
             let (a, b) = (x[0], x[1]);
             g[0] = -2.0 * (1.0 - a) - 400.0 * a * (b - a * a);
             g[1] = 200.0 * (b - a * a);
             (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2)
         });
-        assert!(fx < 1e-10 && (x[0] - 1.0).abs() < 1e-4 && (x[1] - 1.0).abs() < 1e-4, "{x:?} {fx}");
+        assert!(
+            fx < 1e-10 && (x[0] - 1.0).abs() < 1e-4 && (x[1] - 1.0).abs() < 1e-4,
+            "{x:?} {fx}"
+        );
     }
 }

@@ -13,7 +13,11 @@ pub struct Matrix {
 
 impl Matrix {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Matrix { rows, cols, data: vec![0.0; rows * cols] }
+        Matrix {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
 
     /// Wraps `data`; `None` when its length is not `rows · cols`.
@@ -57,11 +61,29 @@ impl Matrix {
 
     /// `self · other` (or with either transposed).
     pub fn matmul(&self, ta: bool, other: &Matrix, tb: bool) -> Matrix {
-        let (m, k) = if ta { (self.cols, self.rows) } else { (self.rows, self.cols) };
-        let (k2, n) = if tb { (other.cols, other.rows) } else { (other.rows, other.cols) };
+        let (m, k) = if ta {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        };
+        let (k2, n) = if tb {
+            (other.cols, other.rows)
+        } else {
+            (other.rows, other.cols)
+        };
         assert_eq!(k, k2, "matmul: inner dimensions differ");
         let mut out = Matrix::zeros(m, n);
-        gemm(&self.data, ta, &other.data, tb, &mut out.data, m, k, n, false);
+        gemm(
+            &self.data,
+            ta,
+            &other.data,
+            tb,
+            &mut out.data,
+            m,
+            k,
+            n,
+            false,
+        );
         out
     }
 }
@@ -70,8 +92,21 @@ impl Matrix {
 /// `m×k` row-major, or `k×m` when `ta` (and likewise `b`, `k×n` or `n×k` when `tb`). Transposes
 /// are strides, never copies.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32], m: usize, k: usize, n: usize, accumulate: bool) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm: buffer too small");
+pub fn gemm(
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm: buffer too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -280,7 +315,9 @@ impl Rng {
     /// `n` values uniform in `[-bound, bound)`: PyTorch's default `nn.Linear` initialisation
     /// uses `bound = 1/√fan_in`.
     pub fn uniform_vec(&mut self, n: usize, bound: f32) -> Vec<f32> {
-        (0..n).map(|_| (2.0 * self.uniform() - 1.0) * bound).collect()
+        (0..n)
+            .map(|_| (2.0 * self.uniform() - 1.0) * bound)
+            .collect()
     }
 }
 
@@ -296,7 +333,10 @@ mod tests {
         assert_eq!(ab.data, vec![10., 6., 22., 12.]);
         assert_eq!(a.transposed().matmul(true, &b, false).data, ab.data);
         assert_eq!(a.matmul(false, &b.transposed(), true).data, ab.data);
-        assert_eq!(a.transposed().matmul(true, &b.transposed(), true).data, ab.data);
+        assert_eq!(
+            a.transposed().matmul(true, &b.transposed(), true).data,
+            ab.data
+        );
     }
 
     #[test]

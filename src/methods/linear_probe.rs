@@ -45,7 +45,10 @@ impl LinearHead {
     pub fn logits(&self, x: &Matrix) -> Matrix {
         let mut out = x.normalized().matmul(false, &self.weight, true);
         for i in 0..out.rows {
-            out.row_mut(i).iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b);
+            out.row_mut(i)
+                .iter_mut()
+                .zip(&self.bias)
+                .for_each(|(o, b)| *o += b);
         }
         out
     }
@@ -60,10 +63,14 @@ pub fn train(f: &Matrix, labels: &[usize], k: usize, c: f64, solver: &LbfgsOptio
     let mut logits = vec![0f32; n * k];
     let mut gw32 = vec![0f32; k * d];
     minimize(&mut x, solver, &mut |x, g| {
-        w32.iter_mut().zip(&x[..k * d]).for_each(|(w, &v)| *w = v as f32);
+        w32.iter_mut()
+            .zip(&x[..k * d])
+            .for_each(|(w, &v)| *w = v as f32);
         gemm(&f.data, false, &w32, true, &mut logits, n, d, k, false);
         for row in logits.chunks_mut(k) {
-            row.iter_mut().zip(&x[k * d..]).for_each(|(l, &b)| *l += b as f32);
+            row.iter_mut()
+                .zip(&x[k * d..])
+                .for_each(|(l, &b)| *l += b as f32);
         }
         let loss = cross_entropy_backward(&mut logits, labels, k) as f64;
         // ∂/∂W = Gᵀ f (G already divided by n), ∂/∂b = column sums of G.
@@ -79,14 +86,19 @@ pub fn train(f: &Matrix, labels: &[usize], k: usize, c: f64, solver: &LbfgsOptio
         loss + 0.5 * lambda * reg
     });
     LinearHead {
-        weight: Matrix::from_vec(k, d, x[..k * d].iter().map(|&v| v as f32).collect()).expect("k·d weights"),
+        weight: Matrix::from_vec(k, d, x[..k * d].iter().map(|&v| v as f32).collect())
+            .expect("k·d weights"),
         bias: x[k * d..].iter().map(|&v| v as f32).collect(),
     }
 }
 
 /// The CoOp search: grid, then bisection in log space; returns the final C.
-pub fn fit(task: &FewShotTask, opts: &LinearProbeOptions, progress: &mut dyn FnMut(Progress)) -> Result<Fitted, MethodError> {
-    if let Some(&c) = opts.grid.iter().find(|&&c| !(c > 0.0)) {
+pub fn fit(
+    task: &FewShotTask,
+    opts: &LinearProbeOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, MethodError> {
+    if let Some(&c) = opts.grid.iter().find(|&&c| c.is_nan() || c <= 0.0) {
         return Err(MethodError::option("c-grid", c, "every C must be positive"));
     }
     let k = task.classes();
@@ -105,7 +117,11 @@ pub fn fit(task: &FewShotTask, opts: &LinearProbeOptions, progress: &mut dyn FnM
     };
     if task.val.labels.is_empty() || opts.grid.is_empty() {
         let head = train(&f, labels, k, opts.c, &opts.solver);
-        return Ok(Fitted { head: Head::Linear(head), chosen: vec![("C".into(), opts.c.to_string())], losses: Vec::new() });
+        return Ok(Fitted {
+            head: Head::Linear(head),
+            chosen: vec![("C".into(), opts.c.to_string())],
+            losses: Vec::new(),
+        });
     }
     let mut accs = Vec::new();
     for &c in &opts.grid {
@@ -134,7 +150,11 @@ pub fn fit(task: &FewShotTask, opts: &LinearProbeOptions, progress: &mut dyn FnM
         }
     }
     let head = final_head.unwrap_or_else(|| train(&f, labels, k, final_c, &opts.solver));
-    Ok(Fitted { head: Head::Linear(head), chosen: vec![("C".into(), final_c.to_string())], losses: Vec::new() })
+    Ok(Fitted {
+        head: Head::Linear(head),
+        chosen: vec![("C".into(), final_c.to_string())],
+        losses: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -152,12 +172,23 @@ mod tests {
             x.data[i * d + y] += 1.0;
         }
         let f = x.normalized();
-        let head = train(&f, &labels, k, 1.0, &LbfgsOptions { gtol: 1e-7, ..Default::default() });
+        let head = train(
+            &f,
+            &labels,
+            k,
+            1.0,
+            &LbfgsOptions {
+                gtol: 1e-7,
+                ..Default::default()
+            },
+        );
         assert_eq!(eval::accuracy(&head.logits(&x), &labels), 100.0);
         // Stationarity: (1/n) Σ (p − y) f + W/(C n) = 0 for each class row.
         let mut logits = head.logits(&x).data;
         cross_entropy_backward(&mut logits, &labels, k);
-        let grad = Matrix::from_vec(n, k, logits).unwrap().matmul(true, &f, false);
+        let grad = Matrix::from_vec(n, k, logits)
+            .unwrap()
+            .matmul(true, &f, false);
         for (g, w) in grad.data.iter().zip(&head.weight.data) {
             assert!((g + w / n as f32).abs() < 1e-4, "{g} {w}");
         }

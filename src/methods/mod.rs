@@ -95,18 +95,30 @@ impl FewShotTask {
     pub fn validate(&self) -> Result<(), MethodError> {
         let (k, d) = (self.classes(), self.dim());
         if k == 0 {
-            return Err(MethodError::Empty { what: "the text classifier" });
+            return Err(MethodError::Empty {
+                what: "the text classifier",
+            });
         }
         if self.train.labels.is_empty() {
-            return Err(MethodError::Empty { what: "the training set" });
+            return Err(MethodError::Empty {
+                what: "the training set",
+            });
         }
-        let sets = [("train", &self.train), ("val", &self.val), ("test", &self.test)];
+        let sets = [
+            ("train", &self.train),
+            ("val", &self.val),
+            ("test", &self.test),
+        ];
         for (what, s) in sets {
             check_set(what, s, k, d)?;
         }
         for v in &self.train_views {
             if v.cols != d {
-                return Err(MethodError::Width { what: "an augmented view", expected: d, found: v.cols });
+                return Err(MethodError::Width {
+                    what: "an augmented view",
+                    expected: d,
+                    found: v.cols,
+                });
             }
             if v.rows != self.train.labels.len() {
                 return Err(MethodError::Rows {
@@ -122,13 +134,25 @@ impl FewShotTask {
 
 fn check_set(what: &'static str, s: &LabelledSet, k: usize, d: usize) -> Result<(), MethodError> {
     if s.features.cols != d {
-        return Err(MethodError::Width { what, expected: d, found: s.features.cols });
+        return Err(MethodError::Width {
+            what,
+            expected: d,
+            found: s.features.cols,
+        });
     }
     if s.features.rows != s.labels.len() {
-        return Err(MethodError::Rows { what, found: s.features.rows, labels: s.labels.len() });
+        return Err(MethodError::Rows {
+            what,
+            found: s.features.rows,
+            labels: s.labels.len(),
+        });
     }
     if let Some(&label) = s.labels.iter().find(|&&l| l >= k) {
-        return Err(MethodError::Label { what, label, classes: k });
+        return Err(MethodError::Label {
+            what,
+            label,
+            classes: k,
+        });
     }
     Ok(())
 }
@@ -137,7 +161,11 @@ fn check_set(what: &'static str, s: &LabelledSet, k: usize, d: usize) -> Result<
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
     /// An epoch of gradient training ended with this mean batch loss.
-    Epoch { epoch: usize, epochs: usize, loss: f32 },
+    Epoch {
+        epoch: usize,
+        epochs: usize,
+        loss: f32,
+    },
     /// One candidate of a validation search was evaluated.
     Search { done: usize, total: usize },
 }
@@ -204,7 +232,11 @@ pub struct Fitted {
 }
 
 /// Trains `method` on `task.train` (choosing hyper-parameters on `task.val`).
-pub fn fit(method: &Method, task: &FewShotTask, progress: &mut dyn FnMut(Progress)) -> Result<Fitted, MethodError> {
+pub fn fit(
+    method: &Method,
+    task: &FewShotTask,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, MethodError> {
     task.validate()?;
     match method {
         Method::ZeroShot => Ok(Fitted {

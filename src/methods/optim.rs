@@ -22,7 +22,11 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(momentum: f32, weight_decay: f32) -> Self {
-        Sgd { momentum, weight_decay, buffers: Vec::new() }
+        Sgd {
+            momentum,
+            weight_decay,
+            buffers: Vec::new(),
+        }
     }
 
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f32) {
@@ -33,7 +37,11 @@ impl Sgd {
         for ((p, g), buf) in params.iter_mut().zip(grads).zip(&mut self.buffers) {
             for ((p, &g), b) in p.iter_mut().zip(g.iter()).zip(buf.iter_mut()) {
                 let g = g + self.weight_decay * *p;
-                *b = if first || self.momentum == 0.0 { g } else { self.momentum * *b + g };
+                *b = if first || self.momentum == 0.0 {
+                    g
+                } else {
+                    self.momentum * *b + g
+                };
                 *p -= lr * *b;
             }
         }
@@ -57,7 +65,15 @@ impl AdamW {
     /// PyTorch's defaults are betas (0.9, 0.999), eps 1e-8, weight decay 0.01; Tip-Adapter-F
     /// passes eps 1e-4 and keeps the default decay.
     pub fn new(eps: f32, weight_decay: f32) -> Self {
-        AdamW { beta1: 0.9, beta2: 0.999, eps, weight_decay, t: 0, m: Vec::new(), v: Vec::new() }
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps,
+            weight_decay,
+            t: 0,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
     }
 
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f32) {
@@ -99,7 +115,12 @@ pub struct WarmupCosine {
 impl WarmupCosine {
     /// The reference protocol's schedule: one warm-up epoch at 1e-5.
     pub fn coop(base_lr: f32, epochs: usize) -> Self {
-        WarmupCosine { base_lr, epochs, warmup_epochs: 1, warmup_lr: 1e-5 }
+        WarmupCosine {
+            base_lr,
+            epochs,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+        }
     }
 
     /// The learning rate of epoch `epoch` (0-based).
@@ -108,13 +129,15 @@ impl WarmupCosine {
             return self.warmup_lr;
         }
         let t = (epoch - self.warmup_epochs) as f64;
-        (0.5 * self.base_lr as f64 * (1.0 + (std::f64::consts::PI * t / self.epochs as f64).cos())) as f32
+        (0.5 * self.base_lr as f64 * (1.0 + (std::f64::consts::PI * t / self.epochs as f64).cos()))
+            as f32
     }
 }
 
 /// `CosineAnnealingLR(T_max = total, eta_min = 0)` after `step` calls.
 pub fn cosine_annealing(base_lr: f32, step: usize, total: usize) -> f32 {
-    (0.5 * base_lr as f64 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos())) as f32
+    (0.5 * base_lr as f64 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos()))
+        as f32
 }
 
 #[cfg(test)]
@@ -150,9 +173,18 @@ mod tests {
         // Dassl, MAX_EPOCH 4, lr 0.002, constant warm-up 1 epoch at 1e-5, traced by hand:
         // epoch 0: 1e-5; 1: 0.002; 2: 0.001·(1 + cos(π/4)); 3: 0.001·(1 + cos(π/2)) = 0.001.
         let s = WarmupCosine::coop(0.002, 4);
-        let expect = [1e-5, 0.002, 0.001 * (1.0 + std::f32::consts::FRAC_1_SQRT_2), 0.001];
+        let expect = [
+            1e-5,
+            0.002,
+            0.001 * (1.0 + std::f32::consts::FRAC_1_SQRT_2),
+            0.001,
+        ];
         for (e, want) in expect.iter().enumerate() {
-            assert!((s.lr(e) - want).abs() < 1e-9, "epoch {e}: {} vs {want}", s.lr(e));
+            assert!(
+                (s.lr(e) - want).abs() < 1e-9,
+                "epoch {e}: {} vs {want}",
+                s.lr(e)
+            );
         }
     }
 

@@ -65,7 +65,12 @@ impl TipOptions {
             // imagenet, oxford_pets and anything else.
             _ => ((7.0, 3.0), 1.17, 20),
         };
-        TipOptions { alpha, search_scale: scale, epochs, ..Default::default() }
+        TipOptions {
+            alpha,
+            search_scale: scale,
+            epochs,
+            ..Default::default()
+        }
     }
 }
 
@@ -118,7 +123,17 @@ impl TipHead {
 
     fn affinity(&self, f: &Matrix) -> Vec<f32> {
         let mut a = vec![0f32; f.rows * self.keys.rows];
-        gemm(&f.data, false, &self.keys.data, true, &mut a, f.rows, f.cols, self.keys.rows, false);
+        gemm(
+            &f.data,
+            false,
+            &self.keys.data,
+            true,
+            &mut a,
+            f.rows,
+            f.cols,
+            self.keys.rows,
+            false,
+        );
         a
     }
 
@@ -126,20 +141,34 @@ impl TipHead {
         let mut out = cosine_logits(x, &self.classes, self.logit_scale);
         let f = x.normalized();
         let cache = self.cache_logits(&self.affinity(&f), self.beta, x.rows);
-        out.data.iter_mut().zip(&cache.data).for_each(|(o, c)| *o += self.alpha * c);
+        out.data
+            .iter_mut()
+            .zip(&cache.data)
+            .for_each(|(o, c)| *o += self.alpha * c);
         out
     }
 
     /// Grid search of (α, β) on `(x, labels)`; keeps the current values when the set is
     /// empty. Returns the best accuracy.
-    pub fn search(&mut self, x: &Matrix, labels: &[usize], opts: &TipOptions, progress: &mut dyn FnMut(Progress)) -> f32 {
+    pub fn search(
+        &mut self,
+        x: &Matrix,
+        labels: &[usize],
+        opts: &TipOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> f32 {
         if labels.is_empty() {
             return f32::NAN;
         }
         let grid = |max: f32, steps: usize| -> Vec<f32> {
-            (0..steps).map(|i| i as f32 * (max - 0.1) / steps as f32 + 0.1).collect()
+            (0..steps)
+                .map(|i| i as f32 * (max - 0.1) / steps as f32 + 0.1)
+                .collect()
         };
-        let (betas, alphas) = (grid(opts.search_scale.0, opts.search_steps.0), grid(opts.search_scale.1, opts.search_steps.1));
+        let (betas, alphas) = (
+            grid(opts.search_scale.0, opts.search_steps.0),
+            grid(opts.search_scale.1, opts.search_steps.1),
+        );
         let clip = cosine_logits(x, &self.classes, self.logit_scale);
         let affinity = self.affinity(&x.normalized());
         let mut best = (0f32, self.alpha, self.beta);
@@ -151,13 +180,17 @@ impl TipHead {
                     *o = z + c * alpha;
                 }
                 let pred = argmax_rows(&combined.data, combined.cols);
-                let acc = 100.0 * pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f32 / labels.len() as f32;
+                let acc = 100.0 * pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f32
+                    / labels.len() as f32;
                 // Strictly better only, as the reference: the first best (β, α) wins.
                 if acc > best.0 {
                     best = (acc, alpha, beta);
                 }
             }
-            progress(Progress::Search { done: bi + 1, total: betas.len() });
+            progress(Progress::Search {
+                done: bi + 1,
+                total: betas.len(),
+            });
         }
         self.alpha = best.1;
         self.beta = best.2;
@@ -169,7 +202,10 @@ impl TipHead {
         let (b, n, k) = (f.rows, self.keys.rows, self.classes.rows);
         let affinity = self.affinity(f);
         let mut logits = cosine_logits(f, &self.classes, self.logit_scale);
-        let exp: Vec<f32> = affinity.iter().map(|&a| (-(self.beta - self.beta * a)).exp()).collect();
+        let exp: Vec<f32> = affinity
+            .iter()
+            .map(|&a| (-(self.beta - self.beta * a)).exp())
+            .collect();
         for i in 0..b {
             for (j, &class) in self.values.iter().enumerate() {
                 logits.data[i * k + class] += self.alpha * exp[i * n + j];
@@ -180,19 +216,39 @@ impl TipHead {
         let mut d_aff = vec![0f32; b * n];
         for i in 0..b {
             for (j, &class) in self.values.iter().enumerate() {
-                d_aff[i * n + j] = self.alpha * logits.data[i * k + class] * self.beta * exp[i * n + j];
+                d_aff[i * n + j] =
+                    self.alpha * logits.data[i * k + class] * self.beta * exp[i * n + j];
             }
         }
         let mut grad = Matrix::zeros(n, f.cols);
-        gemm(&d_aff, true, &f.data, false, &mut grad.data, n, b, f.cols, false);
+        gemm(
+            &d_aff,
+            true,
+            &f.data,
+            false,
+            &mut grad.data,
+            n,
+            b,
+            f.cols,
+            false,
+        );
         (loss, grad)
     }
 }
 
 /// Tip-Adapter (`finetune = false`) or Tip-Adapter-F.
-pub fn fit(task: &FewShotTask, opts: &TipOptions, finetune: bool, progress: &mut dyn FnMut(Progress)) -> Result<Fitted, MethodError> {
+pub fn fit(
+    task: &FewShotTask,
+    opts: &TipOptions,
+    finetune: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, MethodError> {
     if opts.search_steps.0 == 0 || opts.search_steps.1 == 0 {
-        return Err(MethodError::option("search-steps", format!("{:?}", opts.search_steps), "both grids need at least one step"));
+        return Err(MethodError::option(
+            "search-steps",
+            format!("{:?}", opts.search_steps),
+            "both grids need at least one step",
+        ));
     }
     let mut head = TipHead::build(task, opts);
     let mut losses = Vec::new();
@@ -201,7 +257,11 @@ pub fn fit(task: &FewShotTask, opts: &TipOptions, finetune: bool, progress: &mut
         if opts.batch_size == 0 {
             return Err(MethodError::option("batch-size", 0, "must be at least 1"));
         }
-        let views: Vec<Matrix> = task.training_views().iter().map(|v| v.normalized()).collect();
+        let views: Vec<Matrix> = task
+            .training_views()
+            .iter()
+            .map(|v| v.normalized())
+            .collect();
         let n = task.train.labels.len();
         let per_epoch = n.div_ceil(opts.batch_size);
         let total = opts.epochs * per_epoch;
@@ -217,7 +277,11 @@ pub fn fit(task: &FewShotTask, opts: &TipOptions, finetune: bool, progress: &mut
                 let f = view.gather_rows(batch);
                 let y: Vec<usize> = batch.iter().map(|&i| task.train.labels[i]).collect();
                 let (loss, grad) = head.loss_and_key_grad(&f, &y);
-                adamw.step(&mut [&mut head.keys.data], &[&grad.data], cosine_annealing(opts.lr, step, total));
+                adamw.step(
+                    &mut [&mut head.keys.data],
+                    &[&grad.data],
+                    cosine_annealing(opts.lr, step, total),
+                );
                 step += 1;
                 sum += loss as f64;
             }
@@ -226,7 +290,11 @@ pub fn fit(task: &FewShotTask, opts: &TipOptions, finetune: bool, progress: &mut
                 return Err(MethodError::Diverged { epoch, loss });
             }
             losses.push(loss);
-            progress(Progress::Epoch { epoch, epochs: opts.epochs, loss });
+            progress(Progress::Epoch {
+                epoch,
+                epochs: opts.epochs,
+                loss,
+            });
             // The best epoch on validation (the last one when there is no validation set).
             let val = eval::accuracy(&head.logits(&task.val.features), &task.val.labels);
             if val.is_nan() || val > best.0 {
@@ -239,12 +307,29 @@ pub fn fit(task: &FewShotTask, opts: &TipOptions, finetune: bool, progress: &mut
     head.search(&task.val.features, &task.val.labels, opts, progress);
     chosen.push(("alpha".into(), head.alpha.to_string()));
     chosen.push(("beta".into(), head.beta.to_string()));
-    Ok(Fitted { head: Head::Tip(head), chosen, losses })
+    Ok(Fitted {
+        head: Head::Tip(head),
+        chosen,
+        losses,
+    })
 }
 
 /// Builds a head directly (for tests and for callers with their own cache).
-pub fn head(keys: Matrix, values: Vec<usize>, alpha: f32, beta: f32, text: &TextClassifier) -> TipHead {
-    TipHead { keys, values, alpha, beta, classes: text.weights.clone(), logit_scale: text.logit_scale }
+pub fn head(
+    keys: Matrix,
+    values: Vec<usize>,
+    alpha: f32,
+    beta: f32,
+    text: &TextClassifier,
+) -> TipHead {
+    TipHead {
+        keys,
+        values,
+        alpha,
+        beta,
+        classes: text.weights.clone(),
+        logit_scale: text.logit_scale,
+    }
 }
 
 #[cfg(test)]
@@ -255,18 +340,34 @@ mod tests {
     fn toy() -> (TipHead, Matrix, Vec<usize>) {
         let mut rng = Rng::new(9);
         let (n, k, d) = (6, 3, 8);
-        let keys = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).unwrap().normalized();
-        let w = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0)).unwrap().normalized();
-        let text = TextClassifier { weights: w, logit_scale: 10.0 };
-        let f = Matrix::from_vec(5, d, rng.uniform_vec(5 * d, 1.0)).unwrap().normalized();
-        (head(keys, (0..n).map(|i| i % k).collect(), 1.5, 2.0, &text), f, vec![0, 1, 2, 0, 1])
+        let keys = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0))
+            .unwrap()
+            .normalized();
+        let w = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0))
+            .unwrap()
+            .normalized();
+        let text = TextClassifier {
+            weights: w,
+            logit_scale: 10.0,
+        };
+        let f = Matrix::from_vec(5, d, rng.uniform_vec(5 * d, 1.0))
+            .unwrap()
+            .normalized();
+        (
+            head(keys, (0..n).map(|i| i % k).collect(), 1.5, 2.0, &text),
+            f,
+            vec![0, 1, 2, 0, 1],
+        )
     }
 
     #[test]
     fn alpha_zero_is_exactly_zero_shot() {
         let (mut h, f, _) = toy();
         h.alpha = 0.0;
-        let zs = ZeroShot::new(&TextClassifier { weights: h.classes.clone(), logit_scale: h.logit_scale });
+        let zs = ZeroShot::new(&TextClassifier {
+            weights: h.classes.clone(),
+            logit_scale: h.logit_scale,
+        });
         assert_eq!(h.logits(&f).data, zs.logits(&f).data);
     }
 
@@ -285,7 +386,10 @@ mod tests {
             probe.keys.data[j] = orig;
             let numeric = (up - down) / (2.0 * e);
             let a = grad.data[j];
-            assert!((a - numeric).abs() <= 2e-2 * a.abs().max(numeric.abs()) + 2e-4, "{j}: {a} vs {numeric}");
+            assert!(
+                (a - numeric).abs() <= 2e-2 * a.abs().max(numeric.abs()) + 2e-4,
+                "{j}: {a} vs {numeric}"
+            );
         }
         assert!(grad.data.iter().any(|&g| g.abs() > 1e-6));
     }

@@ -2,7 +2,7 @@
 //! The prompt ensemble itself is built once from the text tower
 //! ([`crate::zero_shot::ZeroShotClassifier`]); here it is only applied.
 
-use super::linalg::{gemm, normalize_rows, Matrix};
+use super::linalg::{gemm, Matrix};
 use super::TextClassifier;
 
 /// `scale · û v̂ᵀ` with `û`, `v̂` the row-normalised `image` (B×D) and `classes` (K×D). Every
@@ -11,19 +11,19 @@ use super::TextClassifier;
 pub fn cosine_logits(image: &Matrix, classes: &Matrix, scale: f32) -> Matrix {
     let (u, v) = (image.normalized(), classes.normalized());
     let mut out = Matrix::zeros(image.rows, classes.rows);
-    gemm(&u.data, false, &v.data, true, &mut out.data, u.rows, u.cols, v.rows, false);
+    gemm(
+        &u.data,
+        false,
+        &v.data,
+        true,
+        &mut out.data,
+        u.rows,
+        u.cols,
+        v.rows,
+        false,
+    );
     out.data.iter_mut().for_each(|x| *x *= scale);
     out
-}
-
-/// In-place variant for the training loops: normalises `image` and `classes` (returning their
-/// norms for the backward pass) and writes the logits into `out`.
-pub fn cosine_logits_in_place(image: &mut Matrix, classes: &mut Matrix, scale: f32, out: &mut Matrix) -> (Vec<f32>, Vec<f32>) {
-    let ni = normalize_rows(&mut image.data, image.cols);
-    let nc = normalize_rows(&mut classes.data, classes.cols);
-    gemm(&image.data, false, &classes.data, true, &mut out.data, image.rows, image.cols, classes.rows, false);
-    out.data.iter_mut().for_each(|x| *x *= scale);
-    (ni, nc)
 }
 
 /// The zero-shot head.

@@ -11,7 +11,10 @@ use clip_adapter::encode::{display_paths, encode_image_files};
 use clip_adapter::methods::clip_adapter::{AdapterOptions, Branch, Form, RatioMode};
 use clip_adapter::methods::from_cache::{load_task, CacheQuery};
 use clip_adapter::methods::head::{self, HeadInfo};
-use clip_adapter::methods::{self, eval, gda::GdaOptions, linear_probe::LinearProbeOptions, tip_adapter::TipOptions, Matrix, Method};
+use clip_adapter::methods::{
+    self, eval, gda::GdaOptions, linear_probe::LinearProbeOptions, tip_adapter::TipOptions, Matrix,
+    Method,
+};
 
 use crate::output::Progress;
 
@@ -59,7 +62,10 @@ impl MethodArgs {
     fn label(&self, method: &str) -> String {
         let mut s = Vec::new();
         if method == "clip-adapter" {
-            s.push(format!("branch={} form={} reduction={} ratio={}", self.branch, self.form, self.reduction, self.ratio));
+            s.push(format!(
+                "branch={} form={} reduction={} ratio={}",
+                self.branch, self.form, self.reduction, self.ratio
+            ));
             if !self.search.is_empty() {
                 s.push(format!("search={:?}", self.search));
             }
@@ -103,21 +109,35 @@ impl MethodArgs {
                     reduction: self.reduction,
                     alpha: self.alpha.unwrap_or(d.alpha),
                     beta: self.beta.unwrap_or(d.beta),
-                    ratio: self.ratio.parse::<RatioMode>().map_err(anyhow::Error::msg)?,
+                    ratio: self
+                        .ratio
+                        .parse::<RatioMode>()
+                        .map_err(anyhow::Error::msg)?,
                     lr: self.lr.unwrap_or(d.lr),
-                    epochs: self.epochs,
+                    // CoOp trains ImageNet 50 epochs at every shot count.
+                    epochs: self.epochs.or((dataset == "imagenet").then_some(50)),
                     batch_size: self.batch_size.unwrap_or(d.batch_size),
                     seed,
                     search: self.search.clone(),
                     ..d
                 })
             }
-            other => bail!("unknown method `{other}`; expected one of: {}", METHODS.join(", ")),
+            other => bail!(
+                "unknown method `{other}`; expected one of: {}",
+                METHODS.join(", ")
+            ),
         })
     }
 }
 
-const METHODS: [&str; 6] = ["zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f", "gda"];
+const METHODS: [&str; 6] = [
+    "zero-shot",
+    "linear-probe",
+    "clip-adapter",
+    "tip-adapter",
+    "tip-adapter-f",
+    "gda",
+];
 
 #[derive(Args, Debug)]
 pub struct FitArgs {
@@ -156,12 +176,22 @@ struct RunResult {
     losses: Vec<f32>,
 }
 
-fn fit_one(method: &Method, q: &CacheQuery, save: Option<&Path>, progress: &Progress) -> Result<RunResult> {
-    let (task, source) = load_task(q).with_context(|| format!("loading {} {}-shot seed {}", q.dataset, q.shots, q.seed))?;
+fn fit_one(
+    method: &Method,
+    q: &CacheQuery,
+    save: Option<&Path>,
+    progress: &Progress,
+) -> Result<RunResult> {
+    let (task, source) = load_task(q)
+        .with_context(|| format!("loading {} {}-shot seed {}", q.dataset, q.shots, q.seed))?;
     let bar = progress.bar(method.name(), 0);
     let start = Instant::now();
     let fitted = methods::fit(method, &task, &mut |p| match p {
-        methods::Progress::Epoch { epoch, epochs, loss } => {
+        methods::Progress::Epoch {
+            epoch,
+            epochs,
+            loss,
+        } => {
             bar.set_length(epochs as u64);
             bar.set_position(epoch as u64 + 1);
             bar.set_message(format!("loss {loss:.4}"));
@@ -190,12 +220,24 @@ fn fit_one(method: &Method, q: &CacheQuery, save: Option<&Path>, progress: &Prog
         };
         head::save(path, &fitted.head, &info)?;
     }
-    Ok(RunResult { val, test, seconds, chosen: fitted.chosen, losses: fitted.losses })
+    Ok(RunResult {
+        val,
+        test,
+        seconds,
+        chosen: fitted.chosen,
+        losses: fitted.losses,
+    })
 }
 
 pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     let method = a.options.method(&a.method, &a.dataset, a.seed)?;
-    let q = CacheQuery { cache: a.cache.clone(), dataset: a.dataset.clone(), shots: a.shots, seed: a.seed, model: a.model.clone() };
+    let q = CacheQuery {
+        cache: a.cache.clone(),
+        dataset: a.dataset.clone(),
+        shots: a.shots,
+        seed: a.seed,
+        model: a.model.clone(),
+    };
     let r = fit_one(&method, &q, a.save.as_deref(), progress)?;
     let chosen: BTreeMap<_, _> = r.chosen.iter().cloned().collect();
     if a.json {
@@ -206,7 +248,16 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
         });
         println!("{v}");
     } else {
-        println!("{} on {} ({}-shot, seed {}): val {:.2} %, test {:.2} % ({:.1} s)", method.name(), a.dataset, a.shots, a.seed, r.val, r.test, r.seconds);
+        println!(
+            "{} on {} ({}-shot, seed {}): val {:.2} %, test {:.2} % ({:.1} s)",
+            method.name(),
+            a.dataset,
+            a.shots,
+            a.seed,
+            r.val,
+            r.test,
+            r.seconds
+        );
         if !chosen.is_empty() {
             let c: Vec<String> = chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("chosen on validation: {}", c.join(", "));
@@ -241,7 +292,8 @@ pub struct RunArgs {
     pub options: MethodArgs,
 }
 
-const HEADER: &str = "method,options,dataset,shots,seed,val_accuracy,test_accuracy,train_seconds,chosen";
+const HEADER: &str =
+    "method,options,dataset,shots,seed,val_accuracy,test_accuracy,train_seconds,chosen";
 
 fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -249,7 +301,8 @@ fn csv_field(s: &str) -> String {
 
 /// Splits one CSV line (quoted fields may hold commas and doubled quotes).
 fn csv_split(line: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quoted, mut chars) = (Vec::new(), String::new(), false, line.chars().peekable());
+    let (mut out, mut cur, mut quoted, mut chars) =
+        (Vec::new(), String::new(), false, line.chars().peekable());
     while let Some(c) = chars.next() {
         match (c, quoted) {
             ('"', true) if chars.peek() == Some(&'"') => {
@@ -270,14 +323,25 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     let csv = a.out.join("results.csv");
     let mut done = BTreeSet::new();
     if csv.is_file() {
-        for line in std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?.lines().skip(1) {
+        for line in std::fs::read_to_string(&csv)
+            .with_context(|| format!("reading {}", csv.display()))?
+            .lines()
+            .skip(1)
+        {
             let f = csv_split(line);
             if f.len() >= 5 {
-                done.insert((f[0].clone(), f[1].clone(), f[2].clone(), f[3].clone(), f[4].clone()));
+                done.insert((
+                    f[0].clone(),
+                    f[1].clone(),
+                    f[2].clone(),
+                    f[3].clone(),
+                    f[4].clone(),
+                ));
             }
         }
     } else {
-        std::fs::write(&csv, format!("{HEADER}\n")).with_context(|| format!("writing {}", csv.display()))?;
+        std::fs::write(&csv, format!("{HEADER}\n"))
+            .with_context(|| format!("writing {}", csv.display()))?;
     }
     let mut model_name = None;
     let total_start = Instant::now();
@@ -286,17 +350,30 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         for dataset in &a.datasets {
             for &shots in &a.shots {
                 for &seed in &a.seeds {
-                    let key = (name.clone(), label.clone(), dataset.clone(), shots.to_string(), seed.to_string());
+                    let key = (
+                        name.clone(),
+                        label.clone(),
+                        dataset.clone(),
+                        shots.to_string(),
+                        seed.to_string(),
+                    );
                     if done.contains(&key) {
                         continue;
                     }
                     let method = a.options.method(name, dataset, seed)?;
-                    let q = CacheQuery { cache: a.cache.clone(), dataset: dataset.clone(), shots, seed, model: a.model.clone() };
+                    let q = CacheQuery {
+                        cache: a.cache.clone(),
+                        dataset: dataset.clone(),
+                        shots,
+                        seed,
+                        model: a.model.clone(),
+                    };
                     if model_name.is_none() {
                         model_name = load_task(&q).ok().map(|(_, s)| s.model_name);
                     }
                     let r = fit_one(&method, &q, None, progress)?;
-                    let chosen: Vec<String> = r.chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let chosen: Vec<String> =
+                        r.chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     let row = format!(
                         "{},{},{},{},{},{:.4},{:.4},{:.3},{}\n",
                         name,
@@ -310,25 +387,42 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
                         csv_field(&chosen.join(" "))
                     );
                     // Appended row by row, so an interrupted grid resumes where it stopped.
-                    let mut f = std::fs::OpenOptions::new().append(true).open(&csv).with_context(|| format!("opening {}", csv.display()))?;
-                    f.write_all(row.as_bytes()).with_context(|| format!("writing {}", csv.display()))?;
-                    eprintln!("{name} {dataset} {shots}-shot seed {seed}: test {:.2} % ({:.1} s)", r.test, r.seconds);
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&csv)
+                        .with_context(|| format!("opening {}", csv.display()))?;
+                    f.write_all(row.as_bytes())
+                        .with_context(|| format!("writing {}", csv.display()))?;
+                    eprintln!(
+                        "{name} {dataset} {shots}-shot seed {seed}: test {:.2} % ({:.1} s)",
+                        r.test, r.seconds
+                    );
                 }
             }
         }
     }
     let reported = match &a.reported {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
         None => String::new(),
     };
     let rn50 = model_name.as_deref().is_some_and(|m| {
         let m = m.to_lowercase();
-        (m.contains("rn50") || m.contains("resnet50")) && !m.contains("rn50x") && !m.contains("resnet50x")
+        (m.contains("rn50") || m.contains("resnet50"))
+            && !m.contains("rn50x")
+            && !m.contains("resnet50x")
     });
-    let table = markdown(&std::fs::read_to_string(&csv)?, if rn50 { &reported } else { "" });
+    let table = markdown(
+        &std::fs::read_to_string(&csv)?,
+        if rn50 { &reported } else { "" },
+    );
     clip_adapter::fsutil::write_atomic(&a.out.join("results.md"), table.as_bytes())?;
     print!("{table}");
-    eprintln!("grid finished in {:.1} s", total_start.elapsed().as_secs_f64());
+    eprintln!(
+        "grid finished in {:.1} s",
+        total_start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -374,14 +468,24 @@ fn markdown(csv: &str, reported: &str) -> String {
         }
     }
     // (method, options) → dataset → shots → test accuracies.
-    let mut groups: BTreeMap<(String, String), BTreeMap<String, BTreeMap<usize, Vec<f32>>>> = BTreeMap::new();
+    type PerDataset = BTreeMap<String, BTreeMap<usize, Vec<f32>>>;
+    let mut groups: BTreeMap<(String, String), PerDataset> = BTreeMap::new();
     for line in csv.lines().skip(1) {
         let f = csv_split(line);
         if f.len() < 7 {
             continue;
         }
-        let (Ok(shots), Ok(test)) = (f[3].parse::<usize>(), f[6].parse::<f32>()) else { continue };
-        groups.entry((f[0].clone(), f[1].clone())).or_default().entry(f[2].clone()).or_default().entry(shots).or_default().push(test);
+        let (Ok(shots), Ok(test)) = (f[3].parse::<usize>(), f[6].parse::<f32>()) else {
+            continue;
+        };
+        groups
+            .entry((f[0].clone(), f[1].clone()))
+            .or_default()
+            .entry(f[2].clone())
+            .or_default()
+            .entry(shots)
+            .or_default()
+            .push(test);
     }
     let mut out = String::from("Test accuracy (%), mean ± std over seeds; hyper-parameters chosen on the validation sets only.");
     if !published.is_empty() {
@@ -391,7 +495,9 @@ fn markdown(csv: &str, reported: &str) -> String {
     for ((method, options), datasets) in &groups {
         let shots: BTreeSet<usize> = datasets.values().flat_map(|s| s.keys().copied()).collect();
         out.push_str(&format!("\n### {method} {options}\n\n| dataset |"));
-        shots.iter().for_each(|s| out.push_str(&format!(" {s}-shot |")));
+        shots
+            .iter()
+            .for_each(|s| out.push_str(&format!(" {s}-shot |")));
         out.push_str("\n|---|");
         shots.iter().for_each(|_| out.push_str("---|"));
         out.push('\n');
@@ -404,7 +510,9 @@ fn markdown(csv: &str, reported: &str) -> String {
             for s in &shots {
                 match per_shot.get(s) {
                     Some(v) => {
-                        let paper = published_method(method).zip(published_dataset(dataset)).and_then(|(m, d)| published.get(&(m.to_string(), d.to_string(), *s)));
+                        let paper = published_method(method)
+                            .zip(published_dataset(dataset))
+                            .and_then(|(m, d)| published.get(&(m.to_string(), d.to_string(), *s)));
                         out.push_str(&cell(eval::mean_std(v), paper));
                     }
                     None => out.push_str(" |"),
@@ -415,10 +523,23 @@ fn markdown(csv: &str, reported: &str) -> String {
         // Average over datasets of the per-dataset means, where every dataset has the shot.
         out.push_str(&format!("| average ({} datasets) |", datasets.len()));
         for s in &shots {
-            let means: Vec<f32> = datasets.values().filter_map(|d| d.get(s)).map(|v| eval::mean_std(v).0).collect();
+            let means: Vec<f32> = datasets
+                .values()
+                .filter_map(|d| d.get(s))
+                .map(|v| eval::mean_std(v).0)
+                .collect();
             if means.len() == datasets.len() {
-                let paper = (datasets.len() == 11).then(|| published_method(method).and_then(|m| published.get(&(m.to_string(), "AVG11".to_string(), *s)))).flatten();
-                out.push_str(&cell(eval::mean_std(&means), paper).replace(" ± ", " (sd over datasets ").replacen(" |", ") |", 1));
+                let paper = (datasets.len() == 11)
+                    .then(|| {
+                        published_method(method)
+                            .and_then(|m| published.get(&(m.to_string(), "AVG11".to_string(), *s)))
+                    })
+                    .flatten();
+                out.push_str(
+                    &cell(eval::mean_std(&means), paper)
+                        .replace(" ± ", " (sd over datasets ")
+                        .replacen(" |", ") |", 1),
+                );
             } else {
                 out.push_str(" |");
             }
@@ -452,13 +573,20 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
     let spec = a.model.clone().unwrap_or_else(|| info.model.clone());
     let clip = crate::load_model(&spec, progress)?;
     let bar = progress.bar("encoding images", a.images.len());
-    let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| bar.set_position(d as u64))?;
+    let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
     bar.finish_and_clear();
     let (n, d) = features.dims2()?;
     if d != head.dim() {
-        bail!("{}: the head expects {}-wide features but model `{spec}` gives {d}", a.adapter.display(), head.dim());
+        bail!(
+            "{}: the head expects {}-wide features but model `{spec}` gives {d}",
+            a.adapter.display(),
+            head.dim()
+        );
     }
-    let x = Matrix::from_vec(n, d, features.flatten_all()?.to_vec1::<f32>()?).context("feature matrix")?;
+    let x = Matrix::from_vec(n, d, features.flatten_all()?.to_vec1::<f32>()?)
+        .context("feature matrix")?;
     let logits = head.logits(&x);
     let paths = display_paths(&a.images);
     let k = a.top_k.max(1).min(logits.cols);
@@ -472,7 +600,11 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
         let preds: Vec<_> = idx[..k]
             .iter()
             .map(|&j| {
-                let label = info.classnames.get(j).cloned().unwrap_or_else(|| j.to_string());
+                let label = info
+                    .classnames
+                    .get(j)
+                    .cloned()
+                    .unwrap_or_else(|| j.to_string());
                 (label, j, (row[j] - max).exp() / z, row[j])
             })
             .collect();
@@ -486,7 +618,10 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
                 serde_json::json!({"path": p, "predictions": preds})
             })
             .collect();
-        println!("{}", serde_json::json!({"adapter": a.adapter.display().to_string(), "method": info.method, "labels": info.classnames, "results": v}));
+        println!(
+            "{}",
+            serde_json::json!({"adapter": a.adapter.display().to_string(), "method": info.method, "labels": info.classnames, "results": v})
+        );
     } else {
         for (p, preds) in &results {
             println!("{p}");

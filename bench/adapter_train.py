@@ -1,0 +1,47 @@
+"""PyTorch reference for bench/adapter_train.rs: the same CLIP-Adapter training on synthetic
+cached features (visual adapter, official form, r = 4, ratio 0.2, SGD momentum 0.9 + weight
+decay 5e-4, per-epoch warm-up + cosine), one JSON line with the seconds per epoch.
+
+python bench/adapter_train.py N D K EPOCHS BATCH
+"""
+
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def main():
+    n, d, k, epochs, batch = (int(a) for a in (sys.argv[1:] + ["16000", "1024", "1000", "2", "32"][len(sys.argv) - 1:])[:5])
+    torch.manual_seed(0)
+    x = torch.rand(n, d) * 2 - 1
+    labels = torch.arange(n) % k
+    w = torch.rand(k, d) * 2 - 1
+    w = w / w.norm(dim=-1, keepdim=True)
+    adapter = nn.Sequential(nn.Linear(d, d // 4, bias=False), nn.ReLU(inplace=True), nn.Linear(d // 4, d, bias=False), nn.ReLU(inplace=True))
+    optim = torch.optim.SGD(adapter.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        lr = 1e-5 if epoch < 1 else 0.001 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+        for g in optim.param_groups:
+            g["lr"] = lr
+        order = torch.randperm(n)
+        for s in range(0, n - batch + 1 if n >= batch else 1, batch):
+            idx = order[s:s + batch]
+            f = x[idx]
+            f = 0.2 * adapter(f) + 0.8 * f
+            f = f / f.norm(dim=-1, keepdim=True)
+            loss = F.cross_entropy(100.0 * f @ w.t(), labels[idx])
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+    s = (time.perf_counter() - start) / epochs
+    print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(), "n": n, "d": d, "k": k, "epochs": epochs, "batch": batch, "s_per_epoch": round(s, 5)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+//! CLIP-Adapter training speed on synthetic cached features (ours; the PyTorch side is
+//! bench/adapter_train.py, both run by bench/adapter_train.sh).
+//!
+//! `cargo bench --bench adapter_train -- N D K EPOCHS BATCH` trains the default adapter
+//! (visual, official form, r = 4, SGD momentum + warm-up cosine) and prints one JSON line with
+//! the seconds per epoch. `cargo bench --bench adapter_train -- grid` times one epoch of every
+//! (dataset, shots) size of the 11-dataset grid and extrapolates the whole grid.
+
+use std::time::Instant;
+
+use clip_adapter::methods::clip_adapter::{
+    self as ca, epochs_for_shots, AdapterModel, AdapterOptions,
+};
+use clip_adapter::methods::linalg::Rng;
+use clip_adapter::methods::{FewShotTask, LabelledSet, Matrix, TextClassifier};
+
+fn task(n: usize, d: usize, k: usize) -> FewShotTask {
+    let mut rng = Rng::new(0);
+    let x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).expect("shape");
+    let labels = (0..n).map(|i| i % k).collect();
+    let w = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0))
+        .expect("shape")
+        .normalized();
+    let empty = LabelledSet {
+        features: Matrix::zeros(0, d),
+        labels: Vec::new(),
+    };
+    FewShotTask {
+        classnames: (0..k).map(|i| i.to_string()).collect(),
+        train: LabelledSet {
+            features: x,
+            labels,
+        },
+        train_views: Vec::new(),
+        val: empty.clone(),
+        test: empty,
+        text: TextClassifier {
+            weights: w,
+            logit_scale: 100.0,
+        },
+    }
+}
+
+/// Seconds per epoch over `epochs` epochs.
+fn time(n: usize, d: usize, k: usize, epochs: usize, batch: usize) -> f64 {
+    let t = task(n, d, k);
+    let opts = AdapterOptions {
+        batch_size: batch,
+        ..Default::default()
+    };
+    let mut rng = Rng::new(1);
+    let mut model = AdapterModel::new(&t.text, &opts, opts.alpha, opts.beta, &mut rng);
+    let mut order = |_| rng.permutation(n);
+    let start = Instant::now();
+    ca::train(&t, &opts, epochs, &mut model, &mut order, &mut |_| {}).expect("training");
+    start.elapsed().as_secs_f64() / epochs as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.first().map(String::as_str) == Some("grid") {
+        // (dataset, classes); D = 1024 (RN50). ImageNet trains 50 epochs at every shot (CoOp).
+        let datasets = [
+            ("imagenet", 1000),
+            ("caltech101", 100),
+            ("dtd", 47),
+            ("eurosat", 10),
+            ("fgvc_aircraft", 100),
+            ("oxford_flowers", 102),
+            ("food101", 101),
+            ("oxford_pets", 37),
+            ("sun397", 397),
+            ("stanford_cars", 196),
+            ("ucf101", 101),
+        ];
+        let mut total = 0.0;
+        for (name, k) in datasets {
+            for shots in [1, 2, 4, 8, 16] {
+                let epochs = if name == "imagenet" {
+                    50
+                } else {
+                    epochs_for_shots(shots)
+                };
+                let n = k * shots;
+                let per_epoch = time(n, 1024, k, 2, 32);
+                let secs = per_epoch * epochs as f64 * 3.0;
+                total += secs;
+                println!("{{\"dataset\":\"{name}\",\"shots\":{shots},\"epochs\":{epochs},\"s_per_epoch\":{per_epoch:.5},\"s_3_seeds\":{secs:.2}}}");
+            }
+        }
+        println!("{{\"grid_seconds\":{total:.1}}}");
+        return;
+    }
+    let num =
+        |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (n, d, k, epochs, batch) = (
+        num(0, 16000),
+        num(1, 1024),
+        num(2, 1000),
+        num(3, 2),
+        num(4, 32),
+    );
+    let s = time(n, d, k, epochs, batch);
+    println!("{{\"impl\":\"rust\",\"n\":{n},\"d\":{d},\"k\":{k},\"epochs\":{epochs},\"batch\":{batch},\"s_per_epoch\":{s:.5}}}");
+}

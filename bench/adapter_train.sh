@@ -1,0 +1,15 @@
+#!/bin/sh
+# CLIP-Adapter training on synthetic cached features, ours vs PyTorch, same sizes and epochs.
+# Usage: bench/adapter_train.sh [python]   (default python: /work/venv/bin/python)
+set -e
+PY=${1:-/work/venv/bin/python}
+cd "$(dirname "$0")/.."
+cargo build --release --bench adapter_train 2>/dev/null || true
+for size in "16000 1024 1000" "160 1024 10"; do
+  for batch in 32 256; do
+    epochs=2; case "$size" in 160*) epochs=50;; esac
+    cargo bench --bench adapter_train -- $size $epochs $batch 2>/dev/null
+    "$PY" bench/adapter_train.py $size $epochs $batch
+  done
+done
+cargo bench --bench adapter_train -- grid 2>/dev/null | tail -1
