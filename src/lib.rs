@@ -10,13 +10,16 @@
 
 pub mod clip;
 pub mod data;
+pub mod demo;
 pub mod encode;
 pub mod error;
 pub mod features;
 pub mod fsutil;
 pub mod image;
 pub mod methods;
+pub mod pretrain;
 pub mod tokenizer;
+pub mod world;
 pub mod zero_shot;
 
 pub use clip::Clip;

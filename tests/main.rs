@@ -12,3 +12,5 @@ mod features;
 mod cli_data;
 mod datasets;
 mod methods;
+mod pretrain;
+mod world;

@@ -17,6 +17,7 @@ pub mod open_clip_config;
 mod ops;
 pub mod resnet;
 pub mod text;
+pub mod train;
 pub mod transformer;
 pub mod vit;
 

@@ -78,6 +78,15 @@ pub enum Command {
     ///
     /// Example: clip-adapter predict --adapter eurosat.safetensors --top-k 3 photo.jpg
     Predict(crate::methods::PredictArgs),
+    /// Pretrain a small CLIP on generated image-caption pairs (the demo's embedded model).
+    ///
+    /// Example: clip-adapter pretrain --out assets/tiny-world-clip --seed 0 --steps 3000
+    Pretrain(crate::pretrain::PretrainArgs),
+    /// Run the paper's protocol offline on the embedded world model: generated tasks close to
+    /// and far from pretraining, every method, 1-16 shots, 3 seeds; prints the result table.
+    ///
+    /// Example: clip-adapter demo
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Args)]

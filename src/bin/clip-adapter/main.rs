@@ -2,8 +2,10 @@
 
 mod args;
 mod data;
+mod demo;
 mod methods;
 mod output;
+mod pretrain;
 
 use std::process::ExitCode;
 
@@ -51,6 +53,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fit(a) => methods::fit(a, &progress),
         Command::Run(a) => methods::run(a, &progress),
         Command::Predict(a) => methods::predict(a, &progress),
+        Command::Pretrain(a) => pretrain::run(a, cli.quiet),
+        Command::Demo(a) => demo::run(a, &progress),
     }
 }
 

@@ -1,0 +1,72 @@
+//! `clip-adapter demo`: the command line of [`clip_adapter::demo`].
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use clip_adapter::demo::{run_demo, DemoEvent, DemoOptions};
+use clip_adapter::fsutil::write_atomic;
+
+use crate::output::Progress;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where the generated tasks (tasks/), results.md and results.csv go.
+    #[arg(long, value_name = "DIR", default_value = "clip-adapter-demo")]
+    pub out: PathBuf,
+
+    /// The model [default: the embedded assets/tiny-world-clip].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+
+    /// Shot counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub shots: Vec<usize>,
+
+    /// Seeds of the few-shot draws (and of the trained methods).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub seeds: Vec<u64>,
+
+    /// Only these tasks (shapes, colours, sketches, textures, new_shapes) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+}
+
+pub fn run(a: DemoArgs, progress: &Progress) -> Result<()> {
+    let defaults = DemoOptions::default();
+    let options = DemoOptions {
+        model_dir: a.model.unwrap_or(defaults.model_dir.clone()),
+        out: a.out.clone(),
+        shots: a.shots,
+        seeds: a.seeds,
+        tasks: a.tasks,
+        ..defaults
+    };
+    let mut bar = None;
+    let report = run_demo(&options, &mut |event| match event {
+        DemoEvent::TaskReady { .. } => {}
+        DemoEvent::Fitted { done, total } => {
+            let b = bar.get_or_insert_with(|| progress.bar("fitting", total));
+            b.set_position(done as u64);
+        }
+    })
+    .with_context(|| {
+        format!(
+            "running the demo with the model in {}",
+            options.model_dir.display()
+        )
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let markdown = report.markdown();
+    write_atomic(&a.out.join("results.md"), markdown.as_bytes())?;
+    write_atomic(&a.out.join("results.csv"), report.csv().as_bytes())?;
+    println!("{markdown}");
+    println!(
+        "Written: {} and {}",
+        a.out.join("results.md").display(),
+        a.out.join("results.csv").display()
+    );
+    Ok(())
+}

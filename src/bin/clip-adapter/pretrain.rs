@@ -1,0 +1,83 @@
+//! `clip-adapter pretrain`: the command line of [`clip_adapter::pretrain`].
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use clip_adapter::pretrain::{pretrain, PretrainEvent, PretrainOptions};
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// Output model directory (config.json, model.safetensors, tokenizer.json, pretrain.json).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Seed of the initialisation and of the generated pairs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Optimiser steps; each sees a fresh batch of generated pairs.
+    #[arg(long, default_value_t = PretrainOptions::default().steps)]
+    pub steps: usize,
+
+    /// Image-caption pairs per step.
+    #[arg(long, default_value_t = PretrainOptions::default().batch_size)]
+    pub batch_size: usize,
+
+    /// Peak AdamW learning rate (after the linear warm-up; cosine decay to 0).
+    #[arg(long, default_value_t = PretrainOptions::default().lr)]
+    pub lr: f64,
+
+    /// Warm-up steps.
+    #[arg(long, default_value_t = PretrainOptions::default().warmup)]
+    pub warmup: usize,
+
+    /// Print a progress line every N steps.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub log_every: usize,
+}
+
+pub fn run(a: PretrainArgs, quiet: bool) -> Result<()> {
+    let options = PretrainOptions {
+        seed: a.seed,
+        steps: a.steps,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        warmup: a.warmup.min(a.steps / 2),
+        ..PretrainOptions::default()
+    };
+    let every = a.log_every.max(1);
+    let report = pretrain(&a.out, &options, &mut |event| {
+        if quiet {
+            return;
+        }
+        match event {
+            PretrainEvent::Tokenizer { vocab_size } => {
+                eprintln!("tokenizer: {vocab_size} tokens")
+            }
+            PretrainEvent::Step { step, steps, loss, lr, logit_scale, seconds } => {
+                if step % every == 0 || step == steps {
+                    eprintln!(
+                        "step {step}/{steps}  loss {loss:.4}  lr {lr:.2e}  scale {logit_scale:.1}  {seconds:.0}s"
+                    );
+                }
+            }
+            PretrainEvent::Eval { step, eval } => eprintln!(
+                "eval @ {step}: retrieval top-1 image->text {:.1}%  text->image {:.1}%  loss {:.4}",
+                eval.image_to_text, eval.text_to_image, eval.loss
+            ),
+            PretrainEvent::Saved { dir } => eprintln!("saved {}", dir.display()),
+        }
+    })
+    .with_context(|| format!("pretraining into {}", a.out.display()))?;
+    println!(
+        "{} parameters, {} steps in {:.0} s: final loss {:.4}, held-out retrieval top-1 {:.1}% (image->text), {:.1}% (text->image)",
+        report.parameters,
+        report.options.steps,
+        report.seconds,
+        report.final_loss,
+        report.retrieval.image_to_text,
+        report.retrieval.text_to_image
+    );
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The differentiable CLIP used for pretraining: its gradients equal finite differences (the
+//! fused inference kernels would give silent zeros), and what it saves loads with `Clip::load`
+//! and gives the same embeddings.
+
+use candle_core::{Device, Tensor};
+use clip_adapter::clip::train::TrainableClip;
+use clip_adapter::clip::{Clip, ClipConfig, ModelFiles};
+use clip_adapter::pretrain::{batch, hf_config, write_tokenizer, ModelShape};
+use clip_adapter::world::Domain;
+
+fn tiny_shape() -> ModelShape {
+    ModelShape {
+        patch_size: 8,
+        vision_width: 16,
+        vision_layers: 2,
+        text_width: 16,
+        text_layers: 2,
+        heads: 2,
+        embed_dim: 8,
+        context_length: 24,
+        max_merges: 100,
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    model: TrainableClip,
+    tokenizer: clip_adapter::tokenizer::Tokenizer,
+    config_json: String,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokenizer, vocab) = write_tokenizer(dir.path(), 0, 100).unwrap();
+    let config_json = serde_json::to_string(&hf_config(&tiny_shape(), vocab)).unwrap();
+    let config = ClipConfig::from_hf_json(&config_json, &dir.path().join("config.json")).unwrap();
+    let model = TrainableClip::new(&config, 7, &Device::Cpu).unwrap();
+    Fixture {
+        dir,
+        model,
+        tokenizer,
+        config_json,
+    }
+}
+
+#[test]
+fn pretraining_gradients_match_finite_differences() {
+    let f = fixture();
+    let b = batch(
+        &Domain::pretraining(),
+        3,
+        0,
+        6,
+        &f.tokenizer,
+        24,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss = |m: &TrainableClip| -> f64 {
+        m.contrastive_loss(&b.pixels, &b.ids)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let grads = f
+        .model
+        .contrastive_loss(&b.pixels, &b.ids)
+        .unwrap()
+        .backward()
+        .unwrap();
+    // Parameters at the very start of each tower (everything after them must carry the
+    // gradient back), inside the blocks, and the temperature.
+    let names = [
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.class_embedding",
+        "vision_model.pre_layrnorm.weight",
+        "vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        "vision_model.encoder.layers.0.layer_norm1.bias",
+        "text_model.embeddings.token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight",
+        "text_model.encoder.layers.0.self_attn.k_proj.weight",
+        "text_model.encoder.layers.1.mlp.fc1.weight",
+        "text_model.final_layer_norm.weight",
+        "visual_projection.weight",
+        "logit_scale",
+    ];
+    let vars = f.model.vars().data().lock().unwrap().clone();
+    for name in names {
+        let var = &vars[name];
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        // The entry with the largest gradient: finite differences resolve it best in f32.
+        let (i, &gi) = g
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap();
+        assert!(gi.abs() > 1e-5, "{name}: gradient is zero everywhere");
+        let original = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let eps = 1e-3f32;
+        let mut at = |delta: f32| {
+            let mut v = original.clone();
+            v[i] += delta;
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            loss(&f.model)
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        at(0.0);
+        let err = (numeric - gi as f64).abs();
+        assert!(
+            err <= 0.03 * numeric.abs() + 2e-3,
+            "{name}[{i}]: autograd {gi}, finite differences {numeric}"
+        );
+    }
+}
+
+#[test]
+fn saved_pretraining_model_loads_and_embeds_identically() {
+    let f = fixture();
+    let dir = f.dir.path();
+    f.model
+        .save_weights(&dir.join("model.safetensors"))
+        .unwrap();
+    std::fs::write(dir.join("config.json"), &f.config_json).unwrap();
+    let clip = Clip::load(&ModelFiles::in_dir(dir).unwrap(), &Device::Cpu).unwrap();
+    let b = batch(
+        &Domain::pretraining(),
+        5,
+        0,
+        4,
+        &f.tokenizer,
+        24,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let trained = f.model.encode_image(&b.pixels).unwrap();
+    let loaded = clip.encode_image(&b.pixels).unwrap();
+    assert!(
+        max_diff(&trained, &loaded) < 1e-4,
+        "image embeddings differ"
+    );
+    let captions = [
+        "a photo of two small red circles.",
+        "a striped background.",
+        "a hexagon.",
+    ];
+    let ids: Vec<Vec<u32>> = captions
+        .iter()
+        .map(|c| clip.tokenizer().tokenize(c, 24))
+        .collect();
+    assert_eq!(
+        ids,
+        captions
+            .iter()
+            .map(|c| f.tokenizer.tokenize(c, 24))
+            .collect::<Vec<_>>()
+    );
+    let trained = f.model.encode_tokens(&ids).unwrap();
+    let loaded = clip.encode_text(&captions).unwrap();
+    assert!(max_diff(&trained, &loaded) < 1e-4, "text embeddings differ");
+}
+
+#[test]
+fn world_tokenizer_round_trips_captions_and_splits_unseen_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tok, vocab) = write_tokenizer(dir.path(), 0, 400).unwrap();
+    assert_eq!(tok.vocab_size(), vocab);
+    assert_eq!(tok.eot_id() as usize, vocab - 1);
+    let seen = tok.encode("a photo of two small red circles on a striped background.");
+    // Every word of the pretraining captions is one token; the full stop is one more.
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    assert_eq!(
+        tok.decode(&seen).trim(),
+        "a photo of two small red circles on a striped background ."
+    );
+    // A held-out class name is spelled out in smaller pieces.
+    assert!(tok.encode("hexagon").len() > 1);
+}
