@@ -14,3 +14,4 @@ mod datasets;
 mod methods;
 mod pretrain;
 mod world;
+mod demo;
