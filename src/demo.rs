@@ -27,7 +27,7 @@ use crate::world::tasks::{demo_tasks, load_task, write_task, Gap, TaskSizes, Tas
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Clip(#[from] Error),
+    Clip(#[from] Box<Error>),
     #[error("unknown demo task `{task}` (tasks: {known})")]
     UnknownTask { task: String, known: String },
     #[error("{method} on {task} ({shots}-shot, seed {seed}): {source}")]
@@ -36,19 +36,25 @@ pub enum DemoError {
         method: String,
         shots: usize,
         seed: u64,
-        source: MethodError,
+        source: Box<MethodError>,
     },
+}
+
+impl From<Error> for DemoError {
+    fn from(e: Error) -> Self {
+        DemoError::Clip(Box::new(e))
+    }
 }
 
 impl From<candle_core::Error> for DemoError {
     fn from(e: candle_core::Error) -> Self {
-        DemoError::Clip(e.into())
+        DemoError::Clip(Box::new(e.into()))
     }
 }
 
 impl From<crate::data::DataError> for DemoError {
     fn from(e: crate::data::DataError) -> Self {
-        DemoError::Clip(e.into())
+        DemoError::Clip(Box::new(e.into()))
     }
 }
 
@@ -298,7 +304,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
                             method: m.label.clone(),
                             shots,
                             seed,
-                            source,
+                            source: Box::new(source),
                         }
                     })?;
                     let (val, test) = methods::evaluate(&fitted.head, &task);

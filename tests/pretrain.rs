@@ -105,7 +105,7 @@ fn pretraining_gradients_match_finite_differences() {
             .to_vec1::<f32>()
             .unwrap();
         let eps = 1e-3f32;
-        let mut at = |delta: f32| {
+        let at = |delta: f32| {
             let mut v = original.clone();
             v[i] += delta;
             var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
