@@ -5,7 +5,7 @@
 //! These ops record no backward pass: they serve the frozen encoders only. Trained paths use
 //! candle's composite ops (see docs/tensor-library.md).
 
-use candle_core::{CpuStorage, CustomOp1, InplaceOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::config::Activation;
@@ -170,6 +170,116 @@ impl CustomOp1 for FusedAttention {
     }
 }
 
+/// `x · wᵀ` for few rows of `x` (M×K) and a weight `w` in PyTorch's (N×K) layout.
+///
+/// General GEMM kernels tile the rows in blocks of 16 to 64, so with a handful of rows (one
+/// image's 50 tokens, a batch of short prompts) most of their work is padding, and the AVX-512
+/// path of the `gemm` crate was measured 2–3× slower here than this: every output is a dot
+/// product of two contiguous rows, so each task streams one block of weight rows once and
+/// reuses it for all M inputs.
+pub struct FewRowMatmul;
+
+/// Up to this many rows (a short prompt, a few class embeddings) the dot-product kernel beats
+/// the blocked GEMM; at 50 rows (one ViT-B/32 image) it no longer does (measured with
+/// `bench/encoders.rs`, docs/benchmarks.md).
+pub const FEW_ROWS: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY (for the loads below): i + 32 <= n <= len of both slices.
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let x = _mm256_loadu_ps(pa.add(i + 8 * j));
+            let y = _mm256_loadu_ps(pb.add(i + 8 * j));
+            *acc = _mm256_fmadd_ps(x, y, *acc);
+        }
+        i += 32;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    let mut total: f32 = lanes.iter().sum();
+    while i < n {
+        total += a[i] * b[i];
+        i += 1;
+    }
+    total
+}
+
+fn few_row_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    let fast =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fast = false;
+    let dot_rows = |a: &[f32], b: &[f32]| -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { dot_avx2(a, b) };
+        }
+        dot(a, b)
+    };
+    // Blocks of 32 weight rows (32·K floats, 64 KiB at K = 512) stay in L2 while all M inputs
+    // pass over them; the output is written per block and transposed back at the end.
+    const BLOCK: usize = 32;
+    let blocks: Vec<Vec<f32>> = w
+        .par_chunks(BLOCK * k)
+        .map(|wb| {
+            let rows = wb.len() / k;
+            let mut out = vec![0f32; m * rows];
+            for i in 0..m {
+                let xi = &x[i * k..(i + 1) * k];
+                for r in 0..rows {
+                    out[i * rows + r] = dot_rows(xi, &wb[r * k..(r + 1) * k]);
+                }
+            }
+            out
+        })
+        .collect();
+    let mut y = vec![0f32; m * n];
+    for (b, block) in blocks.iter().enumerate() {
+        let rows = block.len() / m.max(1);
+        for i in 0..m {
+            y[i * n + b * BLOCK..i * n + b * BLOCK + rows]
+                .copy_from_slice(&block[i * rows..(i + 1) * rows]);
+        }
+    }
+    y
+}
+
+impl CustomOp2 for FewRowMatmul {
+    fn name(&self) -> &'static str {
+        "few-row-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(xs, xl, "few-row-matmul")?;
+        let w = contiguous(ws, wl, "few-row-matmul")?;
+        let (m, k) = xl.shape().dims2()?;
+        let (n, k2) = wl.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("few-row-matmul: x has {k} columns, w has {k2}");
+        }
+        Ok((
+            CpuStorage::F32(few_row_matmul(x, w, m, k, n)),
+            Shape::from((m, n)),
+        ))
+    }
+}
+
 /// Applies [`BiasAct`] to a fresh (uniquely owned) tensor and returns it.
 pub fn bias_act(x: Tensor, op: &BiasAct) -> candle_core::Result<Tensor> {
     if op.bias.is_none() && op.act.is_none() {
@@ -178,4 +288,24 @@ pub fn bias_act(x: Tensor, op: &BiasAct) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
     x.inplace_op1(op)?;
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_row_matmul_matches_the_definition() {
+        for &(m, k, n) in &[(1, 7, 3), (5, 64, 70), (10, 100, 33), (3, 513, 65)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let y = few_row_matmul(&x, &w, m, k, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum();
+                    assert!((y[i * n + j] - want).abs() < 1e-3, "({m},{k},{n}) [{i},{j}]");
+                }
+            }
+        }
+    }
 }

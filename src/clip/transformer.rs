@@ -8,7 +8,7 @@ use candle_core::{Tensor, D};
 
 use super::checkpoint::Scope;
 use super::config::Activation;
-use super::ops::{bias_act, BiasAct, FusedAttention};
+use super::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention, FEW_ROWS};
 use crate::error::Result;
 
 /// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
@@ -42,7 +42,13 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, in_dim))?;
+        let y = if rows <= FEW_ROWS && x.device().is_cpu() {
+            x.contiguous()?
+                .apply_op2_no_bwd(&self.weight, &FewRowMatmul)?
+        } else {
+            x.matmul(&self.weight.t()?)?
+        };
         let y = bias_act(y, &self.epilogue)?;
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
