@@ -15,7 +15,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DIR", default_value = "clip-adapter-demo")]
     pub out: PathBuf,
 
-    /// The model [default: the embedded assets/tiny-world-clip].
+    /// The model [default: tiny-world-clip, embedded in the binary].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
 
