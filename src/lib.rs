@@ -15,6 +15,7 @@ pub mod encode;
 pub mod error;
 pub mod features;
 pub mod fsutil;
+pub mod matmul;
 pub mod image;
 pub mod methods;
 pub mod pretrain;

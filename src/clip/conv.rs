@@ -131,51 +131,6 @@ impl Nhwc {
 /// Patch-matrix chunks are kept under this many floats (16 MiB).
 const PATCH_BUDGET: usize = 4 << 20;
 
-/// `C = A · B` for row-major `A (m×k)`, `B (k×n)` into `C (m×n)`, parallel when large.
-pub fn gemm_rowmajor(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "gemm: buffer too small"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        c[..m * n].fill(0.0);
-        return;
-    }
-    let parallelism = if m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above bound every index gemm touches: dst m×n with row stride n,
-    // lhs m×k with row stride k, rhs k×n with row stride n, all unit column stride.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 /// Per-channel epilogue after a convolution.
 #[derive(Debug, Clone)]
 pub enum Epilogue {
@@ -259,20 +214,33 @@ impl Conv2d {
         let depth = k * k * x.c;
         let mut out = take_buffer(rows * self.c_out);
         if k == 1 && s == 1 && p == 0 {
-            gemm_rowmajor(&x.data, &self.weight, &mut out, rows, depth, self.c_out);
+            crate::matmul::gemm(
+                &x.data,
+                false,
+                &self.weight,
+                false,
+                &mut out,
+                rows,
+                depth,
+                self.c_out,
+                false,
+            );
         } else {
             let chunk = (PATCH_BUDGET / depth).clamp(1, rows);
             let mut patches = take_buffer(chunk * depth);
             for start in (0..rows).step_by(chunk) {
                 let m = chunk.min(rows - start);
                 self.gather(x, ho, wo, start, &mut patches[..m * depth]);
-                gemm_rowmajor(
+                crate::matmul::gemm(
                     &patches,
+                    false,
                     &self.weight,
+                    false,
                     &mut out[start * self.c_out..],
                     m,
                     depth,
                     self.c_out,
+                    false,
                 );
             }
             give_buffer(patches);
