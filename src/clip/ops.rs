@@ -180,8 +180,8 @@ impl CustomOp1 for FusedAttention {
 pub struct FewRowMatmul;
 
 /// Up to this many rows (one ViT-B/32 image's 50 tokens, one 77-token prompt, a batch of short
-/// prompts) the dot-product kernel is as fast as the blocked GEMM or faster (ViT-B/32 batch 1:
-/// 11.3 vs 9.7 images/s; short prompts: 105 vs 22 per second; measured with
+/// prompts) the tiled dot-product kernel is faster than the blocked GEMM (ViT-B/32 batch 1:
+/// 16.6 vs 9.7 images/s; one 77-token prompt: 24.0 vs 17.3 per second; measured with
 /// `bench/encoders.rs`, docs/benchmarks.md).
 pub const FEW_ROWS: usize = 80;
 
