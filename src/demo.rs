@@ -66,9 +66,18 @@ pub const EMBEDDED_MODEL: &str = "assets/tiny-world-clip";
 /// The embedded model's files, compiled into the binary so that `clip-adapter demo` works from
 /// anywhere, without the source tree.
 const EMBEDDED_FILES: [(&str, &[u8]); 3] = [
-    ("config.json", include_bytes!("../assets/tiny-world-clip/config.json")),
-    ("model.safetensors", include_bytes!("../assets/tiny-world-clip/model.safetensors")),
-    ("tokenizer.json", include_bytes!("../assets/tiny-world-clip/tokenizer.json")),
+    (
+        "config.json",
+        include_bytes!("../assets/tiny-world-clip/config.json"),
+    ),
+    (
+        "model.safetensors",
+        include_bytes!("../assets/tiny-world-clip/model.safetensors"),
+    ),
+    (
+        "tokenizer.json",
+        include_bytes!("../assets/tiny-world-clip/tokenizer.json"),
+    ),
 ];
 
 /// A directory holding the embedded model: its files are written once (atomically) to a folder

@@ -1,17 +1,17 @@
 //! The single integration-test binary (one link step for all tests).
 
-mod common;
 mod checkpoint_errors;
 mod cli;
+mod cli_data;
+mod common;
+mod datasets;
+mod demo;
+mod features;
+mod few_shot;
+mod methods;
 mod parity_clip;
 mod parity_open_clip;
 mod preprocess;
-mod tokenizer;
-mod few_shot;
-mod features;
-mod cli_data;
-mod datasets;
-mod methods;
 mod pretrain;
+mod tokenizer;
 mod world;
-mod demo;
