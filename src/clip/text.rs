@@ -43,6 +43,29 @@ pub fn eot_positions(ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// Checks a batch of token sequences against the text tower: all of one length between 1 and
+/// the context length, every id inside the vocabulary.
+pub(crate) fn check_ids(ids: &[Vec<u32>], c: &TextConfig) -> Result<()> {
+    let len = ids.first().map_or(0, Vec::len);
+    if len == 0 || len > c.context_length || ids.iter().any(|s| s.len() != len) {
+        return Err(Error::InvalidInput(format!(
+            "token sequences must all have the same length between 1 and {}",
+            c.context_length
+        )));
+    }
+    if let Some(bad) = ids
+        .iter()
+        .flatten()
+        .find(|&&id| id as usize >= c.vocab_size)
+    {
+        return Err(Error::InvalidInput(format!(
+            "token id {bad} is outside the model's vocabulary of {} tokens",
+            c.vocab_size
+        )));
+    }
+    Ok(())
+}
+
 impl TextTransformer {
     pub fn load(vb: &Scope, config: &TextConfig) -> Result<Self> {
         let d = config.width;
@@ -87,26 +110,8 @@ impl TextTransformer {
     /// `B sequences of L ≤ context_length ids -> (B, D)`
     pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
         let c = &self.config;
-        if ids.is_empty() {
-            return Err(Error::InvalidInput("no text to encode".into()));
-        }
+        check_ids(ids, c)?;
         let len = ids[0].len();
-        if len == 0 || len > c.context_length || ids.iter().any(|s| s.len() != len) {
-            return Err(Error::InvalidInput(format!(
-                "token sequences must all have the same length between 1 and {}",
-                c.context_length
-            )));
-        }
-        if let Some(bad) = ids
-            .iter()
-            .flatten()
-            .find(|&&id| id as usize >= c.vocab_size)
-        {
-            return Err(Error::InvalidInput(format!(
-                "token id {bad} is outside the model's vocabulary of {} tokens",
-                c.vocab_size
-            )));
-        }
         let eot = eot_positions(ids, c.pooling)?;
         let used = eot.iter().max().map_or(len, |&p| p + 1);
         let flat: Vec<u32> = ids.iter().flat_map(|s| s[..used].iter().copied()).collect();

@@ -319,23 +319,8 @@ impl TextTower {
 
     fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
         let c = &self.config;
-        let len = ids.first().map_or(0, Vec::len);
-        if len == 0 || len > c.context_length || ids.iter().any(|s| s.len() != len) {
-            return Err(Error::InvalidInput(format!(
-                "token sequences must all have the same length between 1 and {}",
-                c.context_length
-            )));
-        }
-        if let Some(bad) = ids
-            .iter()
-            .flatten()
-            .find(|&&id| id as usize >= c.vocab_size)
-        {
-            return Err(Error::InvalidInput(format!(
-                "token id {bad} is outside the model's vocabulary of {} tokens",
-                c.vocab_size
-            )));
-        }
+        super::text::check_ids(ids, c)?;
+        let len = ids[0].len();
         let eot = eot_positions(ids, c.pooling)?;
         // Positions after the last end token never reach a pooled output (causal mask).
         let used = eot.iter().max().map_or(len, |&p| p + 1);

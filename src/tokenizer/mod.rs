@@ -35,7 +35,7 @@
 //! # Ok::<(), clip_adapter::tokenizer::TokenizerError>(())
 //! ```
 
-mod bpe;
+pub(crate) mod bpe;
 mod clean;
 mod html;
 mod mojibake;

@@ -173,23 +173,10 @@ fn pre_tokenize(text: &str) -> Vec<String> {
     out
 }
 
-/// GPT-2's byte → printable character map, as CLIP uses it. (The tokenizer module keeps its
-/// copy private; this one must stay identical, which the round-trip test checks.)
+/// GPT-2's byte → printable character map, shared with the CLIP tokenizer so that a
+/// vocabulary trained here is read back byte for byte.
 fn byte_symbols() -> [char; 256] {
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
-    let mut map = ['\0'; 256];
-    let mut extra = 0;
-    for (b, slot) in map.iter_mut().enumerate() {
-        let b = b as u32;
-        let c = if printable(b) {
-            b
-        } else {
-            extra += 1;
-            0xff + extra
-        };
-        *slot = char::from_u32(c).unwrap_or('\u{fffd}');
-    }
-    map
+    crate::tokenizer::bpe::bytes_to_unicode()
 }
 
 /// Printable bytes first, then the remapped ones: CLIP's vocabulary order.
