@@ -153,6 +153,28 @@ fn bad_images_are_named() {
 }
 
 #[test]
+fn zero_sized_and_unsupported_images_are_named() {
+    for name in [
+        "zero_width.png",
+        "zero_height.bmp",
+        "zero_size.gif",
+        "tiff.png",
+        "twelve_bit.jpg",
+    ] {
+        let path = fixture(&format!("images/bad/{name}")).display().to_string();
+        let out = clip_adapter(&[
+            "classify",
+            "--model",
+            &model(),
+            "--labels",
+            "cat,dog",
+            &path,
+        ]);
+        assert_fails_with(&out, &[&path]);
+    }
+}
+
+#[test]
 fn empty_label_list_is_refused() {
     for labels in ["", ",", " , "] {
         let out = clip_adapter(&[
