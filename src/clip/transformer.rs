@@ -8,8 +8,9 @@ use candle_core::{Tensor, D};
 
 use super::checkpoint::Scope;
 use super::config::Activation;
-use super::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention, FEW_ROWS};
+use super::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention};
 use crate::error::Result;
+use crate::matmul::FEW_ROWS;
 
 /// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
 pub struct Linear {
