@@ -19,6 +19,7 @@ pub mod image;
 pub mod matmul;
 pub mod methods;
 pub mod pretrain;
+pub mod splitmix;
 pub mod tokenizer;
 pub mod world;
 pub mod zero_shot;

@@ -219,24 +219,22 @@ pub fn cholesky_solve(a: &mut [f64], n: usize, b: &mut [f64], m: usize) -> bool 
 /// A small, seeded generator (SplitMix64) for weight initialisation and shuffling: the methods
 /// need reproducibility, not cryptographic quality, and the crate has no `rand` dependency.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(crate::splitmix::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x853c_49e6_748f_ea9b)
+        Rng(crate::splitmix::SplitMix64::from_state(
+            seed ^ 0x853c_49e6_748f_ea9b,
+        ))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
     pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.0.uniform()
     }
 
     /// Fisher–Yates shuffle of `0..n`.

@@ -3,11 +3,13 @@
 
 /// A small, fast, seedable generator (SplitMix64).
 #[derive(Debug, Clone)]
-pub struct WorldRng(u64);
+pub struct WorldRng(crate::splitmix::SplitMix64);
 
 impl WorldRng {
     pub fn new(seed: u64) -> Self {
-        WorldRng(seed ^ 0x6a09_e667_f3bc_c908)
+        WorldRng(crate::splitmix::SplitMix64::from_state(
+            seed ^ 0x6a09_e667_f3bc_c908,
+        ))
     }
 
     /// A generator for item `index` of stream `seed`: items can be drawn in any order, or in
@@ -19,16 +21,12 @@ impl WorldRng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
     pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.0.uniform()
     }
 
     /// Uniform in `[lo, hi)`.
