@@ -66,6 +66,21 @@ pub(crate) fn check_ids(ids: &[Vec<u32>], c: &TextConfig) -> Result<()> {
     Ok(())
 }
 
+/// Row `positions[i]` of sequence `i` of `x`.
+///
+/// # Shapes
+/// `(B, L, D) -> (B, D)`
+pub(crate) fn gather_positions(x: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    let index: Vec<u32> = positions
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i * l + p) as u32)
+        .collect();
+    let index = Tensor::from_vec(index, (b,), x.device())?;
+    Ok(x.reshape((b * l, d))?.index_select(&index, 0)?)
+}
+
 impl TextTransformer {
     pub fn load(vb: &Scope, config: &TextConfig) -> Result<Self> {
         let d = config.width;
@@ -124,13 +139,6 @@ impl TextTransformer {
         let x = x.broadcast_add(&self.position_embedding.narrow(0, 0, used)?)?;
         let x = self.encoder.forward(&x)?;
         // Pool before the final LayerNorm: it is per-position, so the order does not matter.
-        let index: Vec<u32> = eot
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| (i * used + p) as u32)
-            .collect();
-        let index = Tensor::from_vec(index, (b,), device)?;
-        let pooled = x.reshape((b * used, c.width))?.index_select(&index, 0)?;
-        self.final_layer_norm.forward(&pooled)
+        self.final_layer_norm.forward(&gather_positions(&x, &eot)?)
     }
 }

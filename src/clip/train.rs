@@ -336,13 +336,7 @@ impl TextTower {
         for layer in &self.layers {
             x = layer.forward(&x, Some(&mask))?;
         }
-        let index: Vec<u32> = eot
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| (i * used + p) as u32)
-            .collect();
-        let index = Tensor::from_vec(index, (b,), device)?;
-        let pooled = x.reshape((b * used, c.width))?.index_select(&index, 0)?;
+        let pooled = super::text::gather_positions(&x, &eot)?;
         self.final_layer_norm.forward(&pooled)
     }
 }

@@ -277,10 +277,7 @@ impl FeatureFile {
             path: path.to_path_buf(),
             msg,
         };
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let map = header.metadata().clone().unwrap_or_default();
+        let (st, map) = parse_safetensors(path, &bytes)?;
         let meta = Meta::from_map(path, &map)?;
         let tensor = |name: &str, dtype: safetensors::Dtype| {
             let t = st
@@ -444,4 +441,24 @@ pub fn join(parts: &[FeatureFile], impaths: Vec<String>) -> Result<FeatureFile, 
         out.index.extend_from_slice(&p.index);
     }
     Ok(out)
+}
+
+/// The tensors and the `__metadata__` map of a safetensors file read into `bytes`.
+pub(crate) fn parse_safetensors<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<
+    (
+        safetensors::SafeTensors<'a>,
+        std::collections::HashMap<String, String>,
+    ),
+    FeatureError,
+> {
+    let bad = |e: safetensors::SafeTensorError| FeatureError::Format {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(bad)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(bad)?;
+    Ok((st, header.metadata().clone().unwrap_or_default()))
 }

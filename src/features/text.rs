@@ -97,10 +97,7 @@ pub fn read_text(path: &Path) -> Result<TextFeatures> {
         path: path.to_path_buf(),
         msg,
     };
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let m = header.metadata().clone().unwrap_or_default();
+    let (st, m) = super::cache::parse_safetensors(path, &bytes)?;
     let get = |k: &str| m.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
     if get("format")? != TEXT_FORMAT {
         return Err(bad("not a clip-adapter text feature file".into()).into());
