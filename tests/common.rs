@@ -29,6 +29,17 @@ pub fn inputs(model: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The image files listed in a model fixture's `inputs.json`, as paths.
+pub fn input_images(model: &str) -> Vec<PathBuf> {
+    let dir = fixture(&format!("models/{model}"));
+    inputs(model)["images"]
+        .as_array()
+        .expect("inputs.json lists images")
+        .iter()
+        .map(|p| dir.join(p.as_str().expect("image path")))
+        .collect()
+}
+
 /// Largest absolute difference; panics on a shape mismatch.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");

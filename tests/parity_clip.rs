@@ -8,7 +8,7 @@ use clip_adapter::clip::{Clip, ModelFiles};
 use clip_adapter::encode::encode_image_files;
 use clip_adapter::zero_shot::ZeroShotClassifier;
 
-use crate::common::{assert_close, fixture, inputs, load_expected};
+use crate::common::{assert_close, fixture, input_images, inputs, load_expected};
 
 const TOL: f32 = 1e-4;
 
@@ -83,13 +83,7 @@ fn end_to_end_from_texts_and_image_files() {
         TOL,
     );
 
-    let dir = fixture("models/tiny-clip");
-    let paths: Vec<_> = inputs["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| dir.join(p.as_str().unwrap()))
-        .collect();
+    let paths = input_images("tiny-clip");
     let ours = encode_image_files(&clip, &paths, 3, &mut |_, _| {}).unwrap();
     assert_close(
         "tiny-clip image from files",

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use clip_adapter::clip::{Clip, Layout, LoadOptions, ModelFiles};
 use clip_adapter::encode::encode_image_files;
 
-use crate::common::{assert_close, fixture, inputs, load_expected, max_abs_diff};
+use crate::common::{assert_close, fixture, input_images, inputs, load_expected, max_abs_diff};
 
 const TOL: f32 = 1e-4;
 
@@ -77,13 +77,7 @@ fn resnet_matches_open_clip() {
         &expected["text_embeds"],
         TOL,
     );
-    let dir = fixture("models/tiny-rn");
-    let paths: Vec<_> = inputs["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| dir.join(p.as_str().unwrap()))
-        .collect();
+    let paths = input_images("tiny-rn");
     let from_files = encode_image_files(&clip, &paths, 2, &mut |_, _| {}).unwrap();
     assert_close_relative(
         "tiny-rn image from files",
