@@ -3,7 +3,7 @@
 //! It writes the world's downstream tasks in CoOp's layout, encodes every image once with the
 //! model, draws CoOp's K-shot splits with the real sampler, fits every method of
 //! [`crate::methods`] on them and tabulates test accuracy (mean ± std over seeds) per task,
-//! method and shot count, as Markdown and CSV.
+//! method and shot count, as Markdown and CSV, and plots it against shots ([`DemoReport::plot`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use crate::methods::linear_probe::LinearProbeOptions;
 use crate::methods::tip_adapter::TipOptions;
 use crate::methods::MethodError;
 use crate::methods::{self, eval, FewShotTask, LabelledSet, Matrix, Method, TextClassifier};
+use crate::plot::{Colour, Figure, Panel, Series};
 use crate::world::tasks::{demo_tasks, load_task, write_task, Gap, TaskSizes, TaskSpec};
 
 /// What can stop the demo.
@@ -153,6 +154,27 @@ pub fn all_methods() -> Vec<DemoMethod> {
         m("tip-adapter-f", Method::TipAdapterF(TipOptions::default())),
         m("gda", Method::Gda(GdaOptions::default())),
     ]
+}
+
+/// The line style of a method in [`DemoReport::plot`]: zero-shot is the dashed dark reference,
+/// every other method keeps one colour in every panel (and across runs).
+pub fn method_style(label: &str) -> (Colour, bool) {
+    let colour = match label {
+        "zero-shot" => return ([40, 40, 40], true),
+        "linear-probe" => [140, 86, 75],
+        "clip-adapter" => [214, 39, 40],
+        "clip-adapter-text" => [255, 127, 14],
+        "clip-adapter-both" => [148, 103, 189],
+        "tip-adapter" => [23, 190, 207],
+        "tip-adapter-f" => [31, 119, 180],
+        "gda" => [44, 160, 44],
+        // Another method: a colour that depends on its name only.
+        other => {
+            let spare: [Colour; 3] = [[227, 119, 194], [188, 189, 34], [127, 127, 127]];
+            spare[other.bytes().map(usize::from).sum::<usize>() % spare.len()]
+        }
+    };
+    (colour, false)
 }
 
 /// What to run.
@@ -431,6 +453,55 @@ impl DemoReport {
             }
         }
         counts.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a)
+    }
+
+    /// Mean test accuracy over seeds against shots (log2 axis), one panel per task, then the
+    /// mean over the close and over the far tasks; one line per method.
+    pub fn plot(&self) -> Figure {
+        let x_ticks: Vec<f32> = self.shots.iter().map(|&k| k as f32).collect();
+        let panel = |title: String, value: &dyn Fn(&str, usize) -> Option<f32>| Panel {
+            title,
+            series: (self.methods.iter())
+                .map(|m| {
+                    let (colour, dashed) = method_style(m);
+                    let points = (self.shots.iter())
+                        .map(|&k| (k as f32, value(m, k).unwrap_or(f32::NAN)))
+                        .collect();
+                    Series {
+                        label: m.clone(),
+                        colour,
+                        dashed,
+                        points,
+                    }
+                })
+                .collect(),
+            x_ticks: x_ticks.clone(),
+            y_range: None,
+        };
+        let mut panels: Vec<Panel> = (self.tasks.iter())
+            .map(|(task, gap, _)| {
+                let title = format!("{task} ({})", gap.as_str());
+                panel(title, &|m, k| self.cell(task, m, k).map(|c| c.0))
+            })
+            .collect();
+        for gap in [Gap::Close, Gap::Far] {
+            if self.tasks.iter().any(|(_, g, _)| *g == gap) {
+                let title = format!("mean {}", gap.as_str());
+                panels.push(panel(title, &|m, k| self.gap_mean(gap, m, k)));
+            }
+        }
+        Figure {
+            // Up to four across, leaving a cell free for the legend.
+            columns: (panels.len() + 1).min(4),
+            panels,
+            x_label: "shots".into(),
+            y_label: "accuracy (%)".into(),
+        }
+    }
+
+    /// [`DemoReport::plot`] as a PNG file's bytes.
+    pub fn png(&self) -> std::result::Result<Vec<u8>, ::image::ImageError> {
+        self.plot().to_png_bytes()
     }
 
     /// Every fit, one CSV line each.

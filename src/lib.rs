@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod image;
 pub mod matmul;
 pub mod methods;
+pub mod plot;
 pub mod pretrain;
 pub mod splitmix;
 pub mod tokenizer;

@@ -11,7 +11,7 @@ use crate::output::Progress;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Where the generated tasks (tasks/), results.md and results.csv go.
+    /// Where the generated tasks (tasks/), results.md, results.csv and accuracy_vs_shots.png go.
     #[arg(long, value_name = "DIR", default_value = "clip-adapter-demo")]
     pub out: PathBuf,
 
@@ -62,11 +62,14 @@ pub fn run(a: DemoArgs, progress: &Progress) -> Result<()> {
     let markdown = report.markdown();
     write_atomic(&a.out.join("results.md"), markdown.as_bytes())?;
     write_atomic(&a.out.join("results.csv"), report.csv().as_bytes())?;
+    let png = report.png().context("drawing the accuracy-vs-shots plot")?;
+    write_atomic(&a.out.join("accuracy_vs_shots.png"), &png)?;
     println!("{markdown}");
     println!(
-        "Written: {} and {}",
+        "Written: {}, {} and {}",
         a.out.join("results.md").display(),
-        a.out.join("results.csv").display()
+        a.out.join("results.csv").display(),
+        a.out.join("accuracy_vs_shots.png").display()
     );
     Ok(())
 }
