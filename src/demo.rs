@@ -360,7 +360,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
             for &seed in &o.seeds {
                 let task = draw_task(d, enc, text, shots, seed)?;
                 for m in &o.methods {
-                    let method = with_seed(&m.method, seed);
+                    let method = for_draw(&m.method, seed, clip.logit_scale());
                     let fitted = methods::fit(&method, &task, &mut |_| {}).map_err(|source| {
                         DemoError::Method {
                             task: spec.name.into(),
@@ -407,10 +407,26 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     })
 }
 
-/// The method with its training seed set to the draw's, as the paper's 3-seed protocol does.
-fn with_seed(m: &Method, seed: u64) -> Method {
+/// The logit scale CLIP's checkpoints end with, for which the protocol's learning rates
+/// were tuned.
+const CLIP_LOGIT_SCALE: f32 = 100.0;
+
+/// The method for one draw: its training seed set to the draw's, as the paper's 3-seed
+/// protocol does, and CLIP-Adapter's SGD learning rate multiplied by
+/// `CLIP_LOGIT_SCALE / logit_scale`.
+///
+/// The adapter's gradients are proportional to the logit scale, so on a model whose
+/// temperature stopped at 22 (the shipped world model) the protocol's 0.002 would take
+/// steps 4.5× shorter than on CLIP, and the adapter would barely move in CoOp's epochs;
+/// the rescaled rate takes CLIP's steps. On CLIP itself it is the protocol's rate.
+/// Tip-Adapter-F trains with AdamW, whose steps do not depend on the gradients' scale.
+fn for_draw(m: &Method, seed: u64, logit_scale: f32) -> Method {
     match m {
-        Method::ClipAdapter(o) => Method::ClipAdapter(AdapterOptions { seed, ..o.clone() }),
+        Method::ClipAdapter(o) => Method::ClipAdapter(AdapterOptions {
+            seed,
+            lr: o.lr * CLIP_LOGIT_SCALE / logit_scale,
+            ..o.clone()
+        }),
         Method::TipAdapterF(o) => Method::TipAdapterF(TipOptions { seed, ..o.clone() }),
         other => other.clone(),
     }

@@ -1,24 +1,19 @@
-//! The demo on a reduced grid with the embedded model: it runs offline end to end, and what
-//! it shows holds. Only what is true of the shipped checkpoint is asserted (docs/demo.md has
-//! the full table): zero-shot is well above chance on the tasks close to pretraining. The
-//! command writes the report as Markdown, CSV and an accuracy-vs-shots PNG.
+//! The demo with the embedded model runs offline end to end, and the paper's story holds on
+//! the 16-shot column (all tasks, seeds 1-3, zero-shot and the visual CLIP-Adapter): zero-shot
+//! well above chance on the tasks close to pretraining, CLIP-Adapter above zero-shot on
+//! average, and a larger gain on the far tasks than on the close ones. The command writes the
+//! report as Markdown, CSV and an accuracy-vs-shots PNG.
 
 use clip_adapter::demo::{all_methods, method_style, run_demo, DemoOptions};
 use clip_adapter::plot::{PANEL_H, PANEL_W};
-use clip_adapter::world::tasks::{demo_tasks, Gap, TaskSizes};
+use clip_adapter::world::tasks::{demo_tasks, Gap};
 
 #[test]
-fn demo_on_a_reduced_grid_shows_zero_shot_transfer_on_close_tasks() {
+fn demo_at_16_shots_tells_the_papers_story() {
     let out = tempfile::tempdir().unwrap();
     let o = DemoOptions {
         out: out.path().to_path_buf(),
         shots: vec![16],
-        seeds: vec![1],
-        sizes: TaskSizes {
-            train: 16,
-            val: 4,
-            test: 24,
-        },
         methods: all_methods()
             .into_iter()
             .filter(|m| m.label == "zero-shot" || m.label == "clip-adapter")
@@ -27,26 +22,52 @@ fn demo_on_a_reduced_grid_shows_zero_shot_transfer_on_close_tasks() {
     };
     let report = run_demo(&o, &mut |_| {}).unwrap();
     let tasks = demo_tasks();
-    assert_eq!(report.rows.len(), tasks.len() * 2);
+    assert_eq!(report.rows.len(), tasks.len() * o.seeds.len() * 2);
+    let acc = |task: &str, method: &str| report.cell(task, method, 16).unwrap().0;
+    let mean = |v: Vec<f32>| v.iter().sum::<f32>() / v.len() as f32;
+
+    // Zero-shot transfer: above chance on every close task, and well above on average.
     let close: Vec<_> = tasks.iter().filter(|t| t.gap == Gap::Close).collect();
-    let mut sum = (0.0, 0.0);
     for t in &close {
         let chance = 100.0 / t.classes.len() as f32;
-        let (zs, _) = report.cell(t.name, "zero-shot", 16).unwrap();
-        // Shapes are the hard close task for this small model (about 1.6x chance).
         assert!(
-            zs > 1.3 * chance,
-            "{}: zero-shot {zs:.1}% vs chance {chance:.1}%",
-            t.name
+            acc(t.name, "zero-shot") > chance + 5.0,
+            "{}: zero-shot {:.1}% vs chance {chance:.1}%",
+            t.name,
+            acc(t.name, "zero-shot")
         );
-        sum = (sum.0 + zs, sum.1 + chance);
     }
-    assert!(
-        sum.0 > 3.0 * sum.1,
-        "close tasks: zero-shot {:.1} vs chance {:.1} (sums)",
-        sum.0,
-        sum.1
+    let zs_close = mean(close.iter().map(|t| acc(t.name, "zero-shot")).collect());
+    let chance_close = mean(
+        close
+            .iter()
+            .map(|t| 100.0 / t.classes.len() as f32)
+            .collect(),
     );
+    assert!(
+        zs_close > 2.0 * chance_close,
+        "close tasks: zero-shot {zs_close:.1}% vs chance {chance_close:.1}%"
+    );
+
+    // CLIP-Adapter above zero-shot on average over all tasks.
+    let all = |m: &str| mean(tasks.iter().map(|t| acc(t.name, m)).collect());
+    let (zs, ca) = (all("zero-shot"), all("clip-adapter"));
+    assert!(
+        ca > zs,
+        "mean over tasks: CLIP-Adapter {ca:.1}% vs zero-shot {zs:.1}%"
+    );
+
+    // The gain grows with the domain gap.
+    let gain = |gap: Gap| {
+        report.gap_mean(gap, "clip-adapter", 16).unwrap()
+            - report.gap_mean(gap, "zero-shot", 16).unwrap()
+    };
+    let (close_gain, far_gain) = (gain(Gap::Close), gain(Gap::Far));
+    assert!(
+        far_gain > close_gain,
+        "gain over zero-shot: far {far_gain:+.1} vs close {close_gain:+.1}"
+    );
+
     let md = report.markdown();
     assert!(md.contains("### shapes") && md.contains("| clip-adapter |"));
     assert_eq!(report.csv().lines().count(), report.rows.len() + 1);

@@ -65,6 +65,9 @@ attribute!(
         Orange => "orange", true;
         White => "white", true;
         Black => "black", true;
+        Pink => "pink", false;
+        Teal => "teal", false;
+        Brown => "brown", false;
     }
 );
 
@@ -120,6 +123,9 @@ impl Colour {
             Colour::Orange => [245.0, 135.0, 25.0],
             Colour::White => [245.0, 245.0, 245.0],
             Colour::Black => [20.0, 20.0, 20.0],
+            Colour::Pink => [250.0, 140.0, 190.0],
+            Colour::Teal => [20.0, 150.0, 150.0],
+            Colour::Brown => [130.0, 80.0, 35.0],
         }
     }
 }

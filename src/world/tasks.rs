@@ -3,8 +3,8 @@
 //! `fewshot`, `extract`, `run`, the demo — reads them like any benchmark.
 //!
 //! Like the paper's 11 datasets, some tasks sit close to what the model was pretrained on
-//! (zero-shot already works) and some far from it: a new drawing style under heavy noise, a
-//! texture family and shape names the pretraining captions never contained.
+//! (zero-shot already works) and some far from it: a new drawing style under heavy noise, and
+//! texture, shape and colour names the pretraining captions never contained.
 
 use std::path::{Path, PathBuf};
 
@@ -109,15 +109,28 @@ pub fn demo_tasks() -> Vec<TaskSpec> {
                 .collect(),
         },
         TaskSpec {
+            name: "counts",
+            gap: Gap::Close,
+            about: "the pretraining distribution, count the shapes",
+            classes: (1..=3usize)
+                .map(|n| {
+                    (
+                        format!("{}_shapes", super::attributes::COUNT_WORDS[n - 1]),
+                        with(&pre, |d| d.counts = vec![n]),
+                    )
+                })
+                .collect(),
+        },
+        TaskSpec {
             name: "sketches",
             gap: Gap::Far,
-            about: "sketched shapes (new style) on new textures under heavy noise",
-            classes: seen_shapes
+            about: "the colour of sketched shapes (new style) on new textures under heavy noise",
+            classes: Colour::seen()
                 .iter()
-                .map(|&s| {
+                .map(|&c| {
                     (
-                        s.word().to_string(),
-                        with(&far_domain, |d| d.shapes = vec![s]),
+                        format!("{}_shape", c.word()),
+                        with(&far_domain, |d| d.colours = vec![c]),
                     )
                 })
                 .collect(),
@@ -144,6 +157,20 @@ pub fn demo_tasks() -> Vec<TaskSpec> {
                 .iter()
                 .filter(|s| !s.in_pretraining())
                 .map(|&s| (s.word().to_string(), with(&pre, |d| d.shapes = vec![s])))
+                .collect(),
+        },
+        TaskSpec {
+            name: "new_colours",
+            gap: Gap::Far,
+            about: "colours whose names pretraining never saw",
+            classes: Colour::ALL
+                .iter()
+                .map(|&c| {
+                    (
+                        format!("{}_shape", c.word()),
+                        with(&pre, |d| d.colours = vec![c]),
+                    )
+                })
                 .collect(),
         },
     ]

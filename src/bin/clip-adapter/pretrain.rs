@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use clip_adapter::pretrain::{pretrain, PretrainEvent, PretrainOptions};
+use clip_adapter::pretrain::{pretrain, ModelShape, PretrainEvent, PretrainOptions};
 
 #[derive(Args)]
 pub struct PretrainArgs {
@@ -32,6 +32,34 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = PretrainOptions::default().warmup)]
     pub warmup: usize,
 
+    /// Side of the square image patches (the image is 32 pixels wide; must divide it).
+    #[arg(long, default_value_t = ModelShape::default().patch_size)]
+    pub patch_size: usize,
+
+    /// Width of the vision transformer.
+    #[arg(long, default_value_t = ModelShape::default().vision_width)]
+    pub vision_width: usize,
+
+    /// Layers of the vision transformer.
+    #[arg(long, default_value_t = ModelShape::default().vision_layers)]
+    pub vision_layers: usize,
+
+    /// Width of the text transformer.
+    #[arg(long, default_value_t = ModelShape::default().text_width)]
+    pub text_width: usize,
+
+    /// Layers of the text transformer.
+    #[arg(long, default_value_t = ModelShape::default().text_layers)]
+    pub text_layers: usize,
+
+    /// Attention heads in both towers (must divide both widths).
+    #[arg(long, default_value_t = ModelShape::default().heads)]
+    pub heads: usize,
+
+    /// Dimension of the joint image-text embedding space.
+    #[arg(long, default_value_t = ModelShape::default().embed_dim)]
+    pub embed_dim: usize,
+
     /// Print a progress line every N steps.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub log_every: usize,
@@ -44,6 +72,16 @@ pub fn run(a: PretrainArgs, quiet: bool) -> Result<()> {
         batch_size: a.batch_size,
         lr: a.lr,
         warmup: a.warmup.min(a.steps / 2),
+        shape: ModelShape {
+            patch_size: a.patch_size,
+            vision_width: a.vision_width,
+            vision_layers: a.vision_layers,
+            text_width: a.text_width,
+            text_layers: a.text_layers,
+            heads: a.heads,
+            embed_dim: a.embed_dim,
+            ..ModelShape::default()
+        },
         ..PretrainOptions::default()
     };
     let every = a.log_every.max(1);
