@@ -23,9 +23,22 @@ use crate::tokenizer::Tokenizer;
 use crate::world::vocabulary::Vocabulary;
 use crate::world::{self, Domain, IMAGE_SIDE};
 
+/// The image tower of a ModifiedResNet model (open_clip layout).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ResNetShape {
+    /// Bottleneck blocks per stage.
+    pub layers: [usize; 4],
+    /// Stem channels; the last stage has `32 · width`.
+    pub width: usize,
+    /// Channels per head of the attention pool.
+    pub head_width: usize,
+}
+
 /// The model's shape. The defaults are the shipped `assets/tiny-world-clip`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelShape {
+    /// A ModifiedResNet image tower instead of the ViT (whose shape is the `vision_*` fields).
+    pub resnet: Option<ResNetShape>,
     pub patch_size: usize,
     pub vision_width: usize,
     pub vision_layers: usize,
@@ -41,6 +54,7 @@ pub struct ModelShape {
 impl Default for ModelShape {
     fn default() -> Self {
         ModelShape {
+            resnet: None,
             patch_size: 8,
             vision_width: 64,
             vision_layers: 3,
@@ -172,6 +186,57 @@ pub fn hf_config(shape: &ModelShape, vocab_size: usize) -> serde_json::Value {
     })
 }
 
+/// The `open_clip_config.json` of a ResNet shape (quick-GELU text tower, CLIP's preprocessing).
+pub fn open_clip_config(
+    shape: &ModelShape,
+    r: &ResNetShape,
+    vocab_size: usize,
+) -> serde_json::Value {
+    let s = shape;
+    json!({
+        "model_cfg": {
+            "embed_dim": s.embed_dim,
+            "quick_gelu": true,
+            "vision_cfg": {
+                "image_size": IMAGE_SIDE,
+                "layers": r.layers,
+                "width": r.width,
+                "head_width": r.head_width,
+            },
+            "text_cfg": {
+                "context_length": s.context_length,
+                "vocab_size": vocab_size,
+                "width": s.text_width,
+                "heads": s.heads,
+                "layers": s.text_layers,
+            },
+        },
+        "preprocess_cfg": {
+            "mean": crate::clip::config::CLIP_MEAN,
+            "std": crate::clip::config::CLIP_STD,
+        },
+    })
+}
+
+/// The config file name, its contents and the weights file name of a shape's layout.
+fn model_files(
+    shape: &ModelShape,
+    vocab_size: usize,
+) -> (&'static str, serde_json::Value, &'static str) {
+    match &shape.resnet {
+        None => (
+            "config.json",
+            hf_config(shape, vocab_size),
+            "model.safetensors",
+        ),
+        Some(r) => (
+            "open_clip_config.json",
+            open_clip_config(shape, r, vocab_size),
+            "open_clip_model.safetensors",
+        ),
+    }
+}
+
 /// A batch of pretraining pairs as model inputs.
 pub struct Batch {
     pub pixels: Tensor,
@@ -246,12 +311,25 @@ pub fn evaluate(
     context_length: usize,
 ) -> Result<Retrieval> {
     let domain = Domain::pretraining();
+    model.set_training(false);
+    let result = retrieval(model, tokenizer, seed, context_length, &domain);
+    model.set_training(true);
+    result
+}
+
+fn retrieval(
+    model: &TrainableClip,
+    tokenizer: &Tokenizer,
+    seed: u64,
+    context_length: usize,
+    domain: &Domain,
+) -> Result<Retrieval> {
     let (mut i2t, mut t2i, mut loss) = (0.0, 0.0, 0.0);
     for b in 0..EVAL_BATCHES {
         let start = (b * EVAL_BATCH) as u64;
         let eval_seed = seed + EVAL_SEED_OFFSET;
         let batch = batch(
-            &domain,
+            domain,
             eval_seed,
             start,
             EVAL_BATCH,
@@ -299,7 +377,8 @@ fn parameter_groups(model: &TrainableClip) -> Result<(Vec<Var>, Vec<Var>)> {
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     let (mut decay, mut keep) = (Vec::new(), Vec::new());
-    for name in names {
+    // Running statistics of batch norm are updated by the forward pass, not the optimiser.
+    for name in names.into_iter().filter(|n| !n.contains("running_")) {
         let var = data[name].clone();
         if var.as_tensor().rank() >= 2 && !name.contains("embedding") {
             decay.push(var);
@@ -328,10 +407,18 @@ pub fn pretrain(
     let device = Device::Cpu;
     let (tokenizer, vocab_size) = write_tokenizer(out, o.seed, o.shape.max_merges)?;
     progress(PretrainEvent::Tokenizer { vocab_size });
-    let config_json = serde_json::to_string_pretty(&hf_config(&o.shape, vocab_size))
-        .map_err(|e| Error::InvalidInput(format!("serialising config.json: {e}")))?;
-    let config_path = out.join("config.json");
-    let config = ClipConfig::from_hf_json(&config_json, &config_path)?;
+    let (config_name, config_value, weights_name) = model_files(&o.shape, vocab_size);
+    let config_json = serde_json::to_string_pretty(&config_value)
+        .map_err(|e| Error::InvalidInput(format!("serialising {config_name}: {e}")))?;
+    let config_path = out.join(config_name);
+    let config = match &o.shape.resnet {
+        None => ClipConfig::from_hf_json(&config_json, &config_path)?,
+        Some(_) => crate::clip::open_clip_config::from_model_cfg(&config_value["model_cfg"])
+            .map_err(|msg| Error::Config {
+                path: config_path.clone(),
+                msg,
+            })?,
+    };
     let model = TrainableClip::new(&config, o.seed, &device)?;
     let (decay, keep) = parameter_groups(&model)?;
     let parameters = decay.iter().chain(&keep).map(|v| v.elem_count()).sum();
@@ -388,7 +475,7 @@ pub fn pretrain(
             });
             retrieval = Some(eval);
             // A checkpoint at every evaluation: an interrupted run still leaves a model.
-            model.save_weights(&out.join("model.safetensors"))?;
+            model.save_weights(&out.join(weights_name))?;
             crate::fsutil::write_atomic(&config_path, config_json.as_bytes())?;
         }
     }

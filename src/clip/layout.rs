@@ -7,6 +7,10 @@
 //! split here at load time), the projections are stored as `[D, E]` matrices applied as `x @ P`
 //! (transposed here into `[E, D]` Linear weights), and positional embeddings are bare parameters.
 
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
 /// The key layout of a checkpoint file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -109,6 +113,38 @@ fn encoder_key(rest: &str, prefix: &str) -> (String, Transform) {
         }
     }
     (renamed(key), Transform::Identity)
+}
+
+/// The tensors of a checkpoint file in `layout`, from tensors named as the model asks for them
+/// (the inverse of [`source_key`]): fused q/k/v are concatenated back in q, k, v order and
+/// transposed projections transposed back. Used to save what pretraining made.
+pub fn to_checkpoint(
+    layout: Layout,
+    tensors: &HashMap<String, Tensor>,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    let mut thirds: HashMap<String, [Option<Tensor>; 3]> = HashMap::new();
+    for (name, t) in tensors {
+        let (key, transform) = source_key(layout, name);
+        match transform {
+            Transform::Identity => {
+                out.insert(key, t.clone());
+            }
+            Transform::Transpose => {
+                out.insert(key, t.t()?.contiguous()?);
+            }
+            Transform::Third { index } => {
+                thirds.entry(key).or_default()[index] = Some(t.clone());
+            }
+        }
+    }
+    for (key, parts) in thirds {
+        let parts: Vec<Tensor> = parts.into_iter().collect::<Option<_>>().ok_or_else(|| {
+            candle_core::Error::Msg(format!("{key}: q, k and v are not all present"))
+        })?;
+        out.insert(key, Tensor::cat(&parts, 0)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

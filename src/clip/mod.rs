@@ -18,6 +18,7 @@ mod ops;
 pub mod resnet;
 pub mod text;
 pub mod train;
+pub mod train_resnet;
 pub mod transformer;
 pub mod vit;
 

@@ -1,5 +1,6 @@
-//! A differentiable CLIP (ViT image tower + text tower) for pretraining, with the parameter
-//! names of `transformers`' `CLIPModel`, so that what it saves loads with [`Clip::load`].
+//! A differentiable CLIP (ViT or ModifiedResNet image tower + text tower) for pretraining, with
+//! the parameter names of `transformers`' `CLIPModel` (the ResNet: open_clip's, in
+//! [`super::train_resnet`]), saved in the config's layout so that it loads with [`Clip::load`].
 //!
 //! Why not reuse the inference towers: they run fused kernels (layer norm, attention, bias +
 //! activation epilogues) that record no backward pass, so everything upstream of them would
@@ -15,7 +16,9 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
 use super::config::{Activation, ClipConfig, TextConfig, VisionConfig, VisionTower};
+use super::layout::to_checkpoint;
 use super::text::eot_positions;
+use super::train_resnet::{self, ResNetTower};
 use crate::error::{Error, Result};
 use crate::world::WorldRng;
 
@@ -348,12 +351,20 @@ fn causal_mask(len: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(mask, (len, len), device)?)
 }
 
+/// The image side: a ViT and its projection, or a ModifiedResNet (projected by its pool).
+enum Vision {
+    Vit {
+        tower: ImageTower,
+        projection: Linear,
+    },
+    ResNet(ResNetTower),
+}
+
 /// A CLIP whose every parameter is a trainable [`candle_core::Var`] in [`TrainableClip::vars`].
 pub struct TrainableClip {
     config: ClipConfig,
     vars: VarMap,
-    vision: ImageTower,
-    visual_projection: Linear,
+    vision: Vision,
     text: TextTower,
     text_projection: Linear,
     logit_scale: Tensor,
@@ -364,17 +375,20 @@ impl TrainableClip {
     /// A freshly initialised model (`transformers`' initialisation scale); `seed` seeds the
     /// device's generator.
     pub fn new(config: &ClipConfig, seed: u64, device: &Device) -> Result<Self> {
-        let VisionTower::Vit(vision) = &config.vision else {
-            return Err(Error::InvalidInput(
-                "pretraining supports the ViT image tower only".into(),
-            ));
-        };
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
         let e = config.embed_dim;
+        let vision = match &config.vision {
+            VisionTower::Vit(v) => Vision::Vit {
+                tower: ImageTower::new(&vb.pp("vision_model"), v)?,
+                projection: Linear::new(&vb.pp("visual_projection"), v.width, e, false)?,
+            },
+            VisionTower::ResNet(r) => {
+                Vision::ResNet(ResNetTower::new(&vars, &vb.pp("visual"), r, e)?)
+            }
+        };
         let model = TrainableClip {
-            vision: ImageTower::new(&vb.pp("vision_model"), vision)?,
-            visual_projection: Linear::new(&vb.pp("visual_projection"), vision.width, e, false)?,
+            vision,
             text: TextTower::new(&vb.pp("text_model"), &config.text)?,
             text_projection: Linear::new(&vb.pp("text_projection"), config.text.width, e, false)?,
             logit_scale: vb.get_with_hints((), "logit_scale", Init::Const(LOGIT_SCALE_INIT))?,
@@ -394,7 +408,13 @@ impl TrainableClip {
             Error::InvalidInput("a training thread panicked while holding the weights".into())
         })?;
         for (name, var) in data.iter() {
-            let Some(std) = init_std(name, &self.config) else {
+            let std = match &self.config.vision {
+                VisionTower::ResNet(r) if name.starts_with("visual.") => {
+                    train_resnet::init_std(name, var.dims(), r)
+                }
+                _ => init_std(name, &self.config),
+            };
+            let Some(std) = std else {
                 continue;
             };
             let mut rng = WorldRng::for_item(seed, name_hash(name));
@@ -421,8 +441,19 @@ impl TrainableClip {
 
     /// `(B, 3, S, S) -> (B, E)`, projected and un-normalised, like [`super::Clip::encode_image`].
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.visual_projection
-            .forward(&self.vision.forward(pixels)?)
+        match &self.vision {
+            Vision::Vit { tower, projection } => projection.forward(&tower.forward(pixels)?),
+            Vision::ResNet(tower) => tower.forward(pixels),
+        }
+    }
+
+    /// Training mode (the default) normalises a ResNet's batches with their own statistics and
+    /// updates the running ones; evaluation mode uses the running statistics, as inference
+    /// does. The ViT has no batch-dependent layer.
+    pub fn set_training(&self, training: bool) {
+        if let Vision::ResNet(tower) = &self.vision {
+            tower.set_training(training);
+        }
     }
 
     /// Token rows (same length, each with an end token) `-> (B, E)`.
@@ -451,7 +482,8 @@ impl TrainableClip {
         Ok(((l_img + l_txt)? * 0.5)?)
     }
 
-    /// Writes `model.safetensors` (every parameter, `transformers` names) atomically.
+    /// Writes every parameter (and running statistic) atomically to `path`, with the names and
+    /// shapes of the config's checkpoint layout.
     pub fn save_weights(&self, path: &Path) -> Result<()> {
         let data = self.vars.data().lock().map_err(|_| {
             Error::InvalidInput("a training thread panicked while holding the weights".into())
@@ -461,6 +493,7 @@ impl TrainableClip {
             .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
             .collect();
         drop(data);
+        let tensors = to_checkpoint(self.config.layout, &tensors)?;
         // candle writes the file; renaming it into place keeps readers from a half-written one.
         let name = path
             .file_name()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use clip_adapter::pretrain::{pretrain, ModelShape, PretrainEvent, PretrainOptions};
+use clip_adapter::pretrain::{pretrain, ModelShape, PretrainEvent, PretrainOptions, ResNetShape};
 
 #[derive(Args)]
 pub struct PretrainArgs {
@@ -31,6 +31,20 @@ pub struct PretrainArgs {
     /// Warm-up steps.
     #[arg(long, default_value_t = PretrainOptions::default().warmup)]
     pub warmup: usize,
+
+    /// A ModifiedResNet image tower (the paper's backbone, saved in open_clip's layout) with
+    /// this many bottleneck blocks in each of its 4 stages, e.g. 1,1,1,1; the ViT options
+    /// below are then unused.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,N,N")]
+    pub resnet_layers: Option<Vec<usize>>,
+
+    /// Stem channels of the ResNet (its last stage has 32x as many).
+    #[arg(long, default_value_t = 16)]
+    pub resnet_width: usize,
+
+    /// Channels per head of the ResNet's attention pool.
+    #[arg(long, default_value_t = 64)]
+    pub resnet_head_width: usize,
 
     /// Side of the square image patches (the image is 32 pixels wide; must divide it).
     #[arg(long, default_value_t = ModelShape::default().patch_size)]
@@ -73,6 +87,18 @@ pub fn run(a: PretrainArgs, quiet: bool) -> Result<()> {
         lr: a.lr,
         warmup: a.warmup.min(a.steps / 2),
         shape: ModelShape {
+            resnet: match a.resnet_layers {
+                Some(l) => Some(ResNetShape {
+                    layers: l.as_slice().try_into().map_err(|_| {
+                        anyhow::anyhow!(
+                            "--resnet-layers takes 4 block counts (one per stage), got {l:?}"
+                        )
+                    })?,
+                    width: a.resnet_width,
+                    head_width: a.resnet_head_width,
+                }),
+                None => None,
+            },
             patch_size: a.patch_size,
             vision_width: a.vision_width,
             vision_layers: a.vision_layers,
