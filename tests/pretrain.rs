@@ -7,7 +7,8 @@ use clip_adapter::clip::open_clip_config;
 use clip_adapter::clip::train::TrainableClip;
 use clip_adapter::clip::{Clip, ClipConfig, ModelFiles};
 use clip_adapter::pretrain::{
-    batch, hf_config, open_clip_config as resnet_config, write_tokenizer, ModelShape, ResNetShape,
+    batch, hf_config, open_clip_config as resnet_config, write_tokenizer, Batch, ModelShape,
+    ResNetShape,
 };
 use clip_adapter::world::Domain;
 
@@ -81,6 +82,20 @@ fn fixture_of(shape: &ModelShape) -> Fixture {
     }
 }
 
+/// `n` pretraining pairs of stream `seed`, as model inputs.
+fn pairs(f: &Fixture, seed: u64, n: usize) -> Batch {
+    batch(
+        &Domain::pretraining(),
+        seed,
+        0,
+        n,
+        &f.tokenizer,
+        24,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
 /// Sets every batch-norm scale of a ResNet to 1: open_clip starts each block's last one at 0,
 /// which leaves the block's convolutions without a gradient until the first step.
 fn wake_batch_norms(model: &TrainableClip) {
@@ -147,16 +162,7 @@ fn resnet_pretraining_gradients_match_finite_differences() {
 /// Compares autograd with central differences of step `eps` for the largest-gradient entry
 /// of each named parameter.
 fn check_gradients(f: &Fixture, names: &[&str], eps: f32) {
-    let b = batch(
-        &Domain::pretraining(),
-        3,
-        0,
-        6,
-        &f.tokenizer,
-        24,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let b = pairs(f, 3, 6);
     let loss = |m: &TrainableClip| -> f64 {
         m.contrastive_loss(&b.pixels, &b.ids)
             .unwrap()
@@ -217,16 +223,7 @@ fn saved_resnet_model_loads_in_open_clip_layout_and_embeds_identically() {
     wake_batch_norms(&f.model);
     // Training-mode passes move the running statistics away from (0, 1), so the loaded model's
     // folded batch norms are tested with real values.
-    let b = batch(
-        &Domain::pretraining(),
-        9,
-        0,
-        8,
-        &f.tokenizer,
-        24,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let b = pairs(&f, 9, 8);
     for _ in 0..3 {
         f.model.encode_image(&b.pixels).unwrap();
     }
@@ -249,16 +246,7 @@ fn check_save_and_load(f: &Fixture) {
     f.model.save_weights(&dir.join(f.weights_file)).unwrap();
     std::fs::write(dir.join(f.config_file.0), &f.config_file.1).unwrap();
     let clip = Clip::load(&ModelFiles::in_dir(dir).unwrap(), &Device::Cpu).unwrap();
-    let b = batch(
-        &Domain::pretraining(),
-        5,
-        0,
-        4,
-        &f.tokenizer,
-        24,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let b = pairs(f, 5, 4);
     let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
         (a - b)
             .unwrap()
