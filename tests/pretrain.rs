@@ -302,3 +302,46 @@ fn world_tokenizer_round_trips_captions_and_splits_unseen_words() {
     // A held-out class name is spelled out in smaller pieces.
     assert!(tok.encode("hexagon").len() > 1);
 }
+
+#[test]
+fn pretrain_command_writes_a_resnet_model_that_loads() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("model");
+    let d = dir.display().to_string();
+    let run = crate::common::clip_adapter(&[
+        "pretrain",
+        "--quiet",
+        "--out",
+        &d,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--resnet-layers",
+        "1,1,1,1",
+        "--resnet-width",
+        "4",
+    ]);
+    assert!(
+        run.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for file in [
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+        "tokenizer.json",
+        "pretrain.json",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    let files = ModelFiles::in_dir(&dir).unwrap();
+    let clip = Clip::load(&files, &Device::Cpu).unwrap();
+    assert_eq!(
+        clip.encode_text(&["a red circle."]).unwrap().dims(),
+        &[1, 64]
+    );
+
+    let bad = crate::common::clip_adapter(&["pretrain", "--out", &d, "--resnet-layers", "1,1,1"]);
+    crate::common::assert_fails_with(&bad, &["--resnet-layers", "4 block counts"]);
+}
