@@ -237,6 +237,8 @@ pub struct DemoReport {
     pub shots: Vec<usize>,
     pub methods: Vec<String>,
     pub seconds: f64,
+    /// The model's logit scale, which set CLIP-Adapter's learning rate (see `for_draw`).
+    pub logit_scale: f32,
 }
 
 /// Encoded images of one task, in split order.
@@ -404,6 +406,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         shots: o.shots.clone(),
         methods: o.methods.iter().map(|m| m.label.clone()).collect(),
         seconds: started.elapsed().as_secs_f64(),
+        logit_scale: clip.logit_scale(),
     })
 }
 
@@ -593,6 +596,12 @@ impl DemoReport {
                 s.push_str(&format!("| {task} | {} | {a} |\n", gap.as_str()));
             }
         }
+        s.push_str(&format!(
+            "\nCLIP-Adapter's SGD learning rate: the protocol's, scaled by 100 / logit scale \
+             ({:.1}) = ×{:.2}.\n",
+            self.logit_scale,
+            CLIP_LOGIT_SCALE / self.logit_scale
+        ));
         s.push_str(&format!(
             "\n{} fits in {:.1} s.\n",
             self.rows.len(),
