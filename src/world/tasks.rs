@@ -73,6 +73,19 @@ fn with<F: Fn(&mut Domain)>(base: &Domain, f: F) -> Domain {
     d
 }
 
+/// One class per colour (`red_shape`, ...), each drawn from `domain` in that colour only.
+fn colour_classes(colours: &[Colour], domain: &Domain) -> Vec<(String, Domain)> {
+    colours
+        .iter()
+        .map(|&c| {
+            (
+                format!("{}_shape", c.word()),
+                with(domain, |d| d.colours = vec![c]),
+            )
+        })
+        .collect()
+}
+
 /// The demo's tasks, close ones first.
 pub fn demo_tasks() -> Vec<TaskSpec> {
     let pre = Domain::pretraining();
@@ -98,15 +111,7 @@ pub fn demo_tasks() -> Vec<TaskSpec> {
             name: "colours",
             gap: Gap::Close,
             about: "the pretraining distribution, classify the colour",
-            classes: Colour::seen()
-                .iter()
-                .map(|&c| {
-                    (
-                        format!("{}_shape", c.word()),
-                        with(&pre, |d| d.colours = vec![c]),
-                    )
-                })
-                .collect(),
+            classes: colour_classes(&Colour::seen(), &pre),
         },
         TaskSpec {
             name: "counts",
@@ -125,15 +130,7 @@ pub fn demo_tasks() -> Vec<TaskSpec> {
             name: "sketches",
             gap: Gap::Far,
             about: "the colour of sketched shapes (new style) on new textures under heavy noise",
-            classes: Colour::seen()
-                .iter()
-                .map(|&c| {
-                    (
-                        format!("{}_shape", c.word()),
-                        with(&far_domain, |d| d.colours = vec![c]),
-                    )
-                })
-                .collect(),
+            classes: colour_classes(&Colour::seen(), &far_domain),
         },
         TaskSpec {
             name: "textures",
@@ -162,16 +159,8 @@ pub fn demo_tasks() -> Vec<TaskSpec> {
         TaskSpec {
             name: "new_colours",
             gap: Gap::Far,
-            about: "colours whose names pretraining never saw",
-            classes: Colour::ALL
-                .iter()
-                .map(|&c| {
-                    (
-                        format!("{}_shape", c.word()),
-                        with(&pre, |d| d.colours = vec![c]),
-                    )
-                })
-                .collect(),
+            about: "classify the colour; 3 of 11 colours never drawn nor named",
+            classes: colour_classes(Colour::ALL, &pre),
         },
     ]
 }
