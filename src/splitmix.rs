@@ -1,6 +1,6 @@
 //! SplitMix64, the one seedable generator behind the crate's own random streams (the generated
-//! world, the initial weights and sample orders of trained heads). Each user salts the seed with
-//! its own constant, so streams of the same seed differ.
+//! world, augmented views, the initial weights and sample orders of trained heads). Each user
+//! salts the seed with its own constant, so streams of the same seed differ.
 
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
@@ -8,6 +8,11 @@ pub struct SplitMix64(u64);
 impl SplitMix64 {
     pub fn from_state(state: u64) -> Self {
         SplitMix64(state)
+    }
+
+    /// The current state (a generator derived by mixing outputs back into it starts here).
+    pub fn state(&self) -> u64 {
+        self.0
     }
 
     pub fn next_u64(&mut self) -> u64 {

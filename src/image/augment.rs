@@ -11,6 +11,7 @@
 //! Each image's view `v` draws from a stream seeded by `(seed, v, image key)`, so a view does
 //! not depend on batch order, sharding or which other images are in the set.
 
+use crate::splitmix::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use super::{crop, resize_bicubic, RgbImage};
@@ -132,23 +133,20 @@ pub fn hflip(img: &RgbImage) -> RgbImage {
 /// The random stream of one view of one image: SplitMix64 seeded from `(seed, view, key)`.
 /// Small, fast, and the same on every platform.
 #[derive(Debug, Clone)]
-pub struct ViewRng(u64);
+pub struct ViewRng(SplitMix64);
 
 impl ViewRng {
     /// `key` identifies the image (e.g. its path relative to the dataset root).
     pub fn new(seed: u64, view: u32, key: &str) -> Self {
-        let mut s = ViewRng(seed ^ 0x9e37_79b9_7f4a_7c15);
-        s.0 ^= s.next_u64().wrapping_add(u64::from(view));
-        s.0 ^= s.next_u64() ^ fnv1a(key.as_bytes());
-        s
+        let mut s = SplitMix64::from_state(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let first = s.next_u64().wrapping_add(u64::from(view));
+        let mut s = SplitMix64::from_state(s.state() ^ first);
+        let second = s.next_u64() ^ fnv1a(key.as_bytes());
+        ViewRng(SplitMix64::from_state(s.state() ^ second))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[lo, hi)` from 53 random bits.
