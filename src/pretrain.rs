@@ -212,8 +212,8 @@ pub fn open_clip_config(
             },
         },
         "preprocess_cfg": {
-            "mean": crate::clip::config::CLIP_MEAN,
-            "std": crate::clip::config::CLIP_STD,
+            "mean": crate::clip::load::config::CLIP_MEAN,
+            "std": crate::clip::load::config::CLIP_STD,
         },
     })
 }
@@ -337,10 +337,12 @@ fn retrieval(
             context_length,
             model.device(),
         )?;
-        let img =
-            crate::clip::transformer::l2_normalize(&model.encode_image(&batch.pixels)?.detach())?;
-        let txt =
-            crate::clip::transformer::l2_normalize(&model.encode_tokens(&batch.ids)?.detach())?;
+        let img = crate::clip::model::transformer::l2_normalize(
+            &model.encode_image(&batch.pixels)?.detach(),
+        )?;
+        let txt = crate::clip::model::transformer::l2_normalize(
+            &model.encode_tokens(&batch.ids)?.detach(),
+        )?;
         let sim = img.matmul(&txt.t()?)?;
         i2t += top1(&sim)?;
         t2i += top1(&sim.t()?.contiguous()?)?;
@@ -413,7 +415,7 @@ pub fn pretrain(
     let config_path = out.join(config_name);
     let config = match &o.shape.resnet {
         None => ClipConfig::from_hf_json(&config_json, &config_path)?,
-        Some(_) => crate::clip::open_clip_config::from_model_cfg(&config_value["model_cfg"])
+        Some(_) => crate::clip::load::open_clip_config::from_model_cfg(&config_value["model_cfg"])
             .map_err(|msg| Error::Config {
                 path: config_path.clone(),
                 msg,

@@ -6,7 +6,7 @@
 
 use candle_core::{Tensor, D};
 
-use crate::clip::transformer::l2_normalize;
+use crate::clip::model::transformer::l2_normalize;
 use crate::clip::Clip;
 use crate::error::{Error, Result};
 

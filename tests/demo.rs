@@ -5,7 +5,7 @@
 //! report as Markdown, CSV and an accuracy-vs-shots PNG.
 
 use clip_adapter::demo::{all_methods, method_style, run_demo, DemoOptions};
-use clip_adapter::plot::{PANEL_H, PANEL_W};
+use clip_adapter::demo::{PANEL_H, PANEL_W};
 use clip_adapter::world::tasks::{demo_tasks, Gap};
 
 #[test]

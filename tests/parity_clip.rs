@@ -106,7 +106,7 @@ fn logits_and_prompt_ensembling_match_the_reference() {
     let texts = clip.encode_tokens(&ids(&expected)).unwrap();
     let single = ZeroShotClassifier {
         labels: vec![String::new(); texts.dim(0).unwrap()],
-        weights: clip_adapter::clip::transformer::l2_normalize(&texts).unwrap(),
+        weights: clip_adapter::clip::model::transformer::l2_normalize(&texts).unwrap(),
         logit_scale: clip.logit_scale(),
     };
     let logits = single.logits(&images).unwrap();
@@ -148,7 +148,7 @@ fn text_pooling_ignores_positions_after_the_end_token() {
 
 #[test]
 fn every_openai_vit_config_shape_is_read() {
-    use clip_adapter::clip::config::Pooling;
+    use clip_adapter::clip::load::config::Pooling;
     use clip_adapter::clip::{ClipConfig, VisionTower};
     // (hub name, vision width, layers, heads, patch, image size, positions, text width, embed dim)
     let shapes = [

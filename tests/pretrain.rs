@@ -3,7 +3,7 @@
 //! and what it saves loads with `Clip::load` and gives the same embeddings.
 
 use candle_core::{Device, Tensor};
-use clip_adapter::clip::open_clip_config;
+use clip_adapter::clip::load::open_clip_config;
 use clip_adapter::clip::train::TrainableClip;
 use clip_adapter::clip::{Clip, ClipConfig, ModelFiles};
 use clip_adapter::pretrain::{

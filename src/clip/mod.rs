@@ -8,19 +8,10 @@
 //! [`hub::resolve`] turns a `--model` argument (a directory or a hub id such as
 //! `openai/clip-vit-base-patch32` or `timm/resnet50_clip.openai`) into one.
 
-pub mod checkpoint;
-pub mod config;
-pub mod conv;
 pub mod hub;
-pub mod layout;
-pub mod open_clip_config;
-mod ops;
-pub mod resnet;
-pub mod text;
+pub mod load;
+pub mod model;
 pub mod train;
-pub mod train_resnet;
-pub mod transformer;
-pub mod vit;
 
 use std::path::{Path, PathBuf};
 
@@ -29,13 +20,15 @@ use candle_core::{Device, Tensor};
 use crate::error::{Error, Result};
 use crate::image::Preprocess;
 use crate::tokenizer::Tokenizer;
-use checkpoint::Checkpoint;
-pub use config::{Activation, ClipConfig, ResNetConfig, TextConfig, VisionConfig, VisionTower};
-pub use layout::Layout;
-use resnet::ModifiedResNet;
-use text::TextTransformer;
-use transformer::Linear;
-use vit::VisionTransformer;
+use load::checkpoint::Checkpoint;
+pub use load::config::{
+    Activation, ClipConfig, ResNetConfig, TextConfig, VisionConfig, VisionTower,
+};
+pub use load::layout::Layout;
+use model::resnet::ModifiedResNet;
+use model::text::TextTransformer;
+use model::transformer::Linear;
+use model::vit::VisionTransformer;
 
 /// Config and weight file names of each layout, weights in order of preference.
 pub const LAYOUT_FILES: &[(Layout, &str, &[&str])] = &[
@@ -100,7 +93,7 @@ impl ModelFiles {
     pub fn read_config(&self) -> Result<ClipConfig> {
         match self.layout {
             Layout::Transformers => ClipConfig::from_hf_file(&self.config),
-            Layout::OpenClip => open_clip_config::from_file(&self.config),
+            Layout::OpenClip => load::open_clip_config::from_file(&self.config),
         }
     }
 }

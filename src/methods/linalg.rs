@@ -3,7 +3,7 @@
 //! they are written here on plain slices (no autograd graph, no per-op allocation) and their
 //! gradients are derived by hand and checked against finite differences in the tests.
 
-pub use crate::matmul::gemm;
+pub use crate::kernels::matmul::gemm;
 
 /// A row-major `rows × cols` matrix.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::config::Activation;
+use crate::clip::load::config::Activation;
 
 fn contiguous<'a>(
     storage: &'a CpuStorage,
@@ -122,7 +122,7 @@ impl CustomOp1 for FusedAttention {
                     let q = row(i, 0);
                     let mut max = f32::NEG_INFINITY;
                     for (j, s) in scores[..keys].iter_mut().enumerate() {
-                        *s = crate::matmul::dot(q, row(j, 1)) * scale;
+                        *s = super::matmul::dot(q, row(j, 1)) * scale;
                         max = max.max(*s);
                     }
                     let mut sum = 0f32;
@@ -180,7 +180,7 @@ impl CustomOp2 for FewRowMatmul {
             candle_core::bail!("few-row-matmul: x has {k} columns, w has {k2}");
         }
         Ok((
-            CpuStorage::F32(crate::matmul::few_rows_abt(x, w, m, k, n)),
+            CpuStorage::F32(super::matmul::few_rows_abt(x, w, m, k, n)),
             Shape::from((m, n)),
         ))
     }

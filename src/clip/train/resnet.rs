@@ -1,5 +1,5 @@
 //! A differentiable ModifiedResNet image tower (the paper's backbone; inference in
-//! [`super::resnet`]) for pretraining, with open_clip's parameter names (`visual.layer1.0.bn3`),
+//! [`crate::clip::model::resnet`]) for pretraining, with open_clip's parameter names (`visual.layer1.0.bn3`),
 //! so that what it saves loads with [`Clip::load`](super::Clip::load).
 //!
 //! Why a second ResNet: the inference tower folds batch norm into the convolutions and runs our
@@ -13,7 +13,7 @@ use std::cell::Cell;
 use candle_core::{DType, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use super::config::ResNetConfig;
+use crate::clip::load::config::ResNetConfig;
 use crate::error::{Error, Result};
 
 /// PyTorch's `BatchNorm2d` defaults.

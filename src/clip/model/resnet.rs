@@ -15,10 +15,10 @@
 
 use candle_core::{Device, Tensor, D};
 
-use super::checkpoint::Scope;
-use super::config::ResNetConfig;
 use super::conv::{add_relu, avg_pool, Conv2d, ConvShape, Epilogue, Nhwc};
 use super::transformer::Linear;
+use crate::clip::load::checkpoint::Scope;
+use crate::clip::load::config::ResNetConfig;
 use crate::error::{Error, Result};
 
 /// PyTorch's `BatchNorm2d` default.

@@ -214,7 +214,7 @@ impl Conv2d {
         let depth = k * k * x.c;
         let mut out = take_buffer(rows * self.c_out);
         if k == 1 && s == 1 && p == 0 {
-            crate::matmul::gemm(
+            crate::kernels::matmul::gemm(
                 &x.data,
                 false,
                 &self.weight,
@@ -231,7 +231,7 @@ impl Conv2d {
             for start in (0..rows).step_by(chunk) {
                 let m = chunk.min(rows - start);
                 self.gather(x, ho, wo, start, &mut patches[..m * depth]);
-                crate::matmul::gemm(
+                crate::kernels::matmul::gemm(
                     &patches,
                     false,
                     &self.weight,

@@ -6,11 +6,11 @@
 
 use candle_core::{Tensor, D};
 
-use super::checkpoint::Scope;
-use super::config::Activation;
-use super::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention};
+use crate::clip::load::checkpoint::Scope;
+use crate::clip::load::config::Activation;
 use crate::error::Result;
-use crate::matmul::FEW_ROWS;
+use crate::kernels::matmul::FEW_ROWS;
+use crate::kernels::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention};
 
 /// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
 pub struct Linear {

@@ -6,9 +6,9 @@
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::Scope;
-use super::config::{Pooling, TextConfig};
 use super::transformer::{Encoder, EncoderShape, LayerNorm};
+use crate::clip::load::checkpoint::Scope;
+use crate::clip::load::config::{Pooling, TextConfig};
 use crate::error::{Error, Result};
 
 pub struct TextTransformer {

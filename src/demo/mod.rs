@@ -5,13 +5,17 @@
 //! [`crate::methods`] on them and tabulates test accuracy (mean ± std over seeds) per task,
 //! method and shot count, as Markdown and CSV, and plots it against shots ([`DemoReport::plot`]).
 
+mod plot;
+
+pub use plot::{PANEL_H, PANEL_W};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use crate::clip::transformer::l2_normalize;
+use crate::clip::model::transformer::l2_normalize;
 use crate::clip::{Clip, ModelFiles};
 use crate::data::{prompt_name, Dataset, FewShot, Sample};
 use crate::error::Error;
@@ -21,8 +25,8 @@ use crate::methods::linear_probe::LinearProbeOptions;
 use crate::methods::tip_adapter::TipOptions;
 use crate::methods::MethodError;
 use crate::methods::{self, eval, FewShotTask, LabelledSet, Matrix, Method, TextClassifier};
-use crate::plot::{Colour, Figure, Panel, Series};
 use crate::world::tasks::{demo_tasks, load_task, write_task, Gap, TaskSizes, TaskSpec};
+use plot::{Colour, Figure, Panel, Series};
 
 /// What can stop the demo.
 #[derive(Debug, thiserror::Error)]
@@ -69,15 +73,15 @@ pub const EMBEDDED_MODEL: &str = "assets/tiny-world-clip";
 const EMBEDDED_FILES: [(&str, &[u8]); 3] = [
     (
         "config.json",
-        include_bytes!("../assets/tiny-world-clip/config.json"),
+        include_bytes!("../../assets/tiny-world-clip/config.json"),
     ),
     (
         "model.safetensors",
-        include_bytes!("../assets/tiny-world-clip/model.safetensors"),
+        include_bytes!("../../assets/tiny-world-clip/model.safetensors"),
     ),
     (
         "tokenizer.json",
-        include_bytes!("../assets/tiny-world-clip/tokenizer.json"),
+        include_bytes!("../../assets/tiny-world-clip/tokenizer.json"),
     ),
 ];
 

@@ -6,9 +6,9 @@
 
 use candle_core::{IndexOp, Tensor};
 
-use super::checkpoint::Scope;
-use super::config::VisionConfig;
 use super::transformer::{Encoder, EncoderShape, LayerNorm, Linear};
+use crate::clip::load::checkpoint::Scope;
+use crate::clip::load::config::VisionConfig;
 use crate::error::{Error, Result};
 
 pub struct VisionTransformer {

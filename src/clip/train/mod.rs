@@ -1,6 +1,6 @@
 //! A differentiable CLIP (ViT or ModifiedResNet image tower + text tower) for pretraining, with
 //! the parameter names of `transformers`' `CLIPModel` (the ResNet: open_clip's, in
-//! [`super::train_resnet`]), saved in the config's layout so that it loads with [`Clip::load`].
+//! [`resnet`]), saved in the config's layout so that it loads with [`Clip::load`].
 //!
 //! Why not reuse the inference towers: they run fused kernels (layer norm, attention, bias +
 //! activation epilogues) that record no backward pass, so everything upstream of them would
@@ -10,17 +10,19 @@
 //!
 //! [`Clip::load`]: super::Clip::load
 
+pub mod resnet;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use super::config::{Activation, ClipConfig, TextConfig, VisionConfig, VisionTower};
-use super::layout::to_checkpoint;
-use super::text::eot_positions;
-use super::train_resnet::{self, ResNetTower};
+use crate::clip::load::config::{Activation, ClipConfig, TextConfig, VisionConfig, VisionTower};
+use crate::clip::load::layout::to_checkpoint;
+use crate::clip::model::text::eot_positions;
 use crate::error::{Error, Result};
 use crate::world::WorldRng;
+use resnet::ResNetTower;
 
 /// `ln(1 / 0.07)`: CLIP's initial temperature.
 pub const LOGIT_SCALE_INIT: f64 = 2.659_26;
@@ -322,7 +324,7 @@ impl TextTower {
 
     fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
         let c = &self.config;
-        super::text::check_ids(ids, c)?;
+        crate::clip::model::text::check_ids(ids, c)?;
         let len = ids[0].len();
         let eot = eot_positions(ids, c.pooling)?;
         // Positions after the last end token never reach a pooled output (causal mask).
@@ -339,7 +341,7 @@ impl TextTower {
         for layer in &self.layers {
             x = layer.forward(&x, Some(&mask))?;
         }
-        let pooled = super::text::gather_positions(&x, &eot)?;
+        let pooled = crate::clip::model::text::gather_positions(&x, &eot)?;
         self.final_layer_norm.forward(&pooled)
     }
 }
@@ -410,7 +412,7 @@ impl TrainableClip {
         for (name, var) in data.iter() {
             let std = match &self.config.vision {
                 VisionTower::ResNet(r) if name.starts_with("visual.") => {
-                    train_resnet::init_std(name, var.dims(), r)
+                    resnet::init_std(name, var.dims(), r)
                 }
                 _ => init_std(name, &self.config),
             };
