@@ -88,13 +88,12 @@ const EMBEDDED_FILES: [(&str, &[u8]); 3] = [
 /// A directory holding the embedded model: its files are written once (atomically) to a folder
 /// of the system's temp dir named after their content, and reused by later runs.
 pub fn embedded_model_dir() -> PathBuf {
-    // FNV-1a over the files: a changed model gets a new folder rather than stale files.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (_, bytes) in EMBEDDED_FILES {
-        for &b in bytes {
-            hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    // Named after the files' content: a changed model gets a new folder rather than stale files.
+    let hash = EMBEDDED_FILES
+        .iter()
+        .fold(crate::hash::FNV1A64_OFFSET, |h, (_, bytes)| {
+            crate::hash::fnv1a64_extend(h, bytes)
+        });
     let dir = std::env::temp_dir().join(format!("clip-adapter-tiny-world-clip-{hash:016x}"));
     let materialize = || -> std::result::Result<(), Error> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;

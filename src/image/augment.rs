@@ -11,7 +11,7 @@
 //! Each image's view `v` draws from a stream seeded by `(seed, v, image key)`, so a view does
 //! not depend on batch order, sharding or which other images are in the set.
 
-use crate::splitmix::SplitMix64;
+use crate::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use super::{crop, resize_bicubic, RgbImage};
@@ -141,7 +141,7 @@ impl ViewRng {
         let mut s = SplitMix64::from_state(seed ^ 0x9e37_79b9_7f4a_7c15);
         let first = s.next_u64().wrapping_add(u64::from(view));
         let mut s = SplitMix64::from_state(s.state() ^ first);
-        let second = s.next_u64() ^ fnv1a(key.as_bytes());
+        let second = s.next_u64() ^ crate::hash::fnv1a64(key.as_bytes());
         ViewRng(SplitMix64::from_state(s.state() ^ second))
     }
 
@@ -166,12 +166,6 @@ impl ViewRng {
             }
         }
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

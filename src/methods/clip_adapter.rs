@@ -16,10 +16,11 @@
 
 use super::hyper_network::{row_mean, with_summary, RatioCache, RatioNet};
 use super::linalg::{
-    cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward, Matrix, Rng,
+    cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward, seeded_rng, Matrix,
 };
 use super::optim::{Sgd, WarmupCosine};
 use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress, TextClassifier};
+use crate::rng::SplitMix64;
 
 /// Which features get an adapter (the paper's three variants, §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +155,7 @@ struct BottleneckCache {
 
 impl Bottleneck {
     /// PyTorch's default `nn.Linear` initialisation, uniform ±1/√fan_in.
-    pub fn new(dim: usize, hidden: usize, form: Form, rng: &mut Rng) -> Self {
+    pub fn new(dim: usize, hidden: usize, form: Form, rng: &mut SplitMix64) -> Self {
         let w1 = rng.uniform_vec(dim * hidden, 1.0 / (dim as f32).sqrt());
         let w2 = rng.uniform_vec(hidden * dim, 1.0 / (hidden as f32).sqrt());
         Bottleneck {
@@ -237,7 +238,7 @@ pub enum Ratio {
 }
 
 impl Ratio {
-    fn new(mode: RatioMode, value: f32, input: usize, hidden: usize, rng: &mut Rng) -> Self {
+    fn new(mode: RatioMode, value: f32, input: usize, hidden: usize, rng: &mut SplitMix64) -> Self {
         match mode {
             RatioMode::Fixed => Ratio::Fixed(value),
             RatioMode::Learnable => Ratio::Scalar(vec![value]),
@@ -395,7 +396,7 @@ impl AdapterModel {
         opts: &AdapterOptions,
         alpha: f32,
         beta: f32,
-        rng: &mut Rng,
+        rng: &mut SplitMix64,
     ) -> Self {
         let d = text.weights.cols;
         let hidden = (d / opts.reduction.max(1)).max(1);
@@ -659,7 +660,7 @@ pub fn fit(
     type Candidate = (f32, AdapterModel, Vec<f32>, (f32, f32));
     let mut best: Option<Candidate> = None;
     for (i, &(alpha, beta)) in candidates.iter().enumerate() {
-        let mut rng = Rng::new(opts.seed);
+        let mut rng = seeded_rng(opts.seed);
         let mut model = AdapterModel::new(&task.text, opts, alpha, beta, &mut rng);
         let n = task.train.labels.len();
         let mut order = |_epoch: usize| rng.permutation(n);
@@ -701,7 +702,7 @@ mod tests {
         d: usize,
         seed: u64,
     ) -> (Matrix, Vec<usize>, TextClassifier) {
-        let mut rng = Rng::new(seed);
+        let mut rng = seeded_rng(seed);
         let x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).unwrap();
         let labels = (0..n).map(|i| i % k).collect();
         let w = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0))
@@ -773,7 +774,7 @@ mod tests {
             hyper_hidden: 4,
             ..Default::default()
         };
-        let model = AdapterModel::new(&text, &opts, 0.4, 0.3, &mut Rng::new(3));
+        let model = AdapterModel::new(&text, &opts, 0.4, 0.3, &mut seeded_rng(3));
         (model, x, y)
     }
 
@@ -806,7 +807,7 @@ mod tests {
                 branch,
                 ..Default::default()
             };
-            let model = AdapterModel::new(&text, &opts, 0.0, 0.0, &mut Rng::new(5));
+            let model = AdapterModel::new(&text, &opts, 0.0, 0.0, &mut seeded_rng(5));
             assert_eq!(model.logits(&x).data, zs.data, "{branch:?}");
         }
     }

@@ -13,7 +13,8 @@
 //! Only `Q`'s weights are trained; its inputs are frozen CLIP features, so no gradient flows
 //! into them.
 
-use super::linalg::{gemm, Matrix, Rng};
+use super::linalg::{gemm, Matrix};
+use crate::rng::SplitMix64;
 
 /// `Q`: `in → hidden → 1`, ReLU then sigmoid.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +39,7 @@ pub struct RatioCache {
 
 impl RatioNet {
     /// PyTorch's `nn.Linear` initialisation (uniform ±1/√fan_in), output bias at `logit(ratio)`.
-    pub fn new(input: usize, hidden: usize, ratio: f32, rng: &mut Rng) -> Self {
+    pub fn new(input: usize, hidden: usize, ratio: f32, rng: &mut SplitMix64) -> Self {
         let r = ratio.clamp(1e-3, 1.0 - 1e-3);
         RatioNet {
             input,

@@ -4,6 +4,7 @@
 //! gradients are derived by hand and checked against finite differences in the tests.
 
 pub use crate::kernels::matmul::gemm;
+use crate::rng::SplitMix64;
 
 /// A row-major `rows × cols` matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,44 +217,10 @@ pub fn cholesky_solve(a: &mut [f64], n: usize, b: &mut [f64], m: usize) -> bool 
     true
 }
 
-/// A small, seeded generator (SplitMix64) for weight initialisation and shuffling: the methods
-/// need reproducibility, not cryptographic quality, and the crate has no `rand` dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(crate::splitmix::SplitMix64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(crate::splitmix::SplitMix64::from_state(
-            seed ^ 0x853c_49e6_748f_ea9b,
-        ))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn uniform(&mut self) -> f32 {
-        self.0.uniform()
-    }
-
-    /// Fisher–Yates shuffle of `0..n`.
-    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
-        let mut p: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            p.swap(i, j);
-        }
-        p
-    }
-
-    /// `n` values uniform in `[-bound, bound)`: PyTorch's default `nn.Linear` initialisation
-    /// uses `bound = 1/√fan_in`.
-    pub fn uniform_vec(&mut self, n: usize, bound: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (2.0 * self.uniform() - 1.0) * bound)
-            .collect()
-    }
+/// The methods' random stream (weight initialisation, shuffling): the crate's SplitMix64 with the
+/// methods' salt; the methods need reproducibility, not cryptographic quality.
+pub fn seeded_rng(seed: u64) -> SplitMix64 {
+    SplitMix64::salted(seed, 0x853c_49e6_748f_ea9b)
 }
 
 #[cfg(test)]

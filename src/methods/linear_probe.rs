@@ -160,11 +160,11 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::methods::linalg::Rng;
+    use crate::methods::linalg::seeded_rng;
 
     #[test]
     fn gradient_is_zero_at_the_solution_and_separable_data_is_fitted() {
-        let mut rng = Rng::new(4);
+        let mut rng = seeded_rng(4);
         let (n, k, d) = (30, 3, 5);
         let labels: Vec<usize> = (0..n).map(|i| i % k).collect();
         let mut x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 0.3)).unwrap();

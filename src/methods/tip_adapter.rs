@@ -12,7 +12,7 @@
 //!   training; the best epoch is chosen on validation (the authors use the test set, their
 //!   issue #11), then α, β are searched again.
 
-use super::linalg::{argmax_rows, cross_entropy_backward, gemm, Matrix, Rng};
+use super::linalg::{argmax_rows, cross_entropy_backward, gemm, seeded_rng, Matrix};
 use super::optim::{cosine_annealing, AdamW};
 use super::zero_shot::cosine_logits;
 use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress, TextClassifier};
@@ -266,7 +266,7 @@ pub fn fit(
         let per_epoch = n.div_ceil(opts.batch_size);
         let total = opts.epochs * per_epoch;
         let mut adamw = AdamW::new(1e-4, 0.01);
-        let mut rng = Rng::new(opts.seed);
+        let mut rng = seeded_rng(opts.seed);
         let mut step = 0;
         let mut best = (f32::NEG_INFINITY, head.keys.clone(), 0usize);
         for epoch in 0..opts.epochs {
@@ -338,7 +338,7 @@ mod tests {
     use crate::methods::zero_shot::ZeroShot;
 
     fn toy() -> (TipHead, Matrix, Vec<usize>) {
-        let mut rng = Rng::new(9);
+        let mut rng = seeded_rng(9);
         let (n, k, d) = (6, 3, 8);
         let keys = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0))
             .unwrap()

@@ -54,9 +54,7 @@ pub fn pair(domain: &Domain, seed: u64, index: u64) -> Pair {
     }
 }
 
-/// FNV-1a of a name: gives each task its own image stream.
+/// A name's stream id: gives each task its own image stream.
 pub(crate) fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::hash::fnv1a64(name.as_bytes())
 }

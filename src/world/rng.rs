@@ -1,57 +1,35 @@
-//! The world's own random numbers: SplitMix64, so that a seed names the same images forever,
-//! whatever happens to the generators other modules use.
+//! The world's own random stream: SplitMix64 with the world's salt, so that a seed names the
+//! same images forever, whatever happens to the streams other modules draw.
 
-/// A small, fast, seedable generator (SplitMix64).
+use crate::rng::SplitMix64;
+
+/// The world's salt (the first 64 bits of SHA-512's initial value).
+pub const WORLD_SALT: u64 = 0x6a09_e667_f3bc_c908;
+
+/// The generator of the world: [`SplitMix64`] with the world's salt.
 #[derive(Debug, Clone)]
-pub struct WorldRng(crate::splitmix::SplitMix64);
+pub struct WorldRng(SplitMix64);
 
 impl WorldRng {
     pub fn new(seed: u64) -> Self {
-        WorldRng(crate::splitmix::SplitMix64::from_state(
-            seed ^ 0x6a09_e667_f3bc_c908,
-        ))
+        WorldRng(SplitMix64::salted(seed, WORLD_SALT))
     }
 
-    /// A generator for item `index` of stream `seed`: items can be drawn in any order, or in
-    /// parallel, and still be the same.
+    /// A generator for item `index` of stream `seed` (items can be drawn in any order).
     pub fn for_item(seed: u64, index: u64) -> Self {
-        let mut r = WorldRng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index);
-        r.next_u64();
-        r
+        WorldRng(SplitMix64::for_item(seed, WORLD_SALT, index))
     }
+}
 
-    pub fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
+impl std::ops::Deref for WorldRng {
+    type Target = SplitMix64;
+    fn deref(&self) -> &SplitMix64 {
+        &self.0
     }
+}
 
-    /// Uniform in `[0, 1)`.
-    pub fn uniform(&mut self) -> f32 {
-        self.0.uniform()
-    }
-
-    /// Uniform in `[lo, hi)`.
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-
-    pub fn chance(&mut self, p: f32) -> bool {
-        self.uniform() < p
-    }
-
-    /// One element of a non-empty slice.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f32 {
-        let u1 = self.uniform().max(1e-7);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+impl std::ops::DerefMut for WorldRng {
+    fn deref_mut(&mut self) -> &mut SplitMix64 {
+        &mut self.0
     }
 }

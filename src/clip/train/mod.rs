@@ -21,7 +21,7 @@ use crate::clip::load::config::{Activation, ClipConfig, TextConfig, VisionConfig
 use crate::clip::load::layout::to_checkpoint;
 use crate::clip::model::text::eot_positions;
 use crate::error::{Error, Result};
-use crate::world::WorldRng;
+use crate::rng::SplitMix64;
 use resnet::ResNetTower;
 
 /// `ln(1 / 0.07)`: CLIP's initial temperature.
@@ -30,6 +30,9 @@ pub const LOGIT_SCALE_INIT: f64 = 2.659_26;
 pub const LOGIT_SCALE_MAX: f64 = 100.0;
 
 const INIT_STD: f64 = 0.02;
+/// Salt of the initialisation stream: the world's, so that a seed initialises a model exactly
+/// as it did when the shipped world model was trained.
+const INIT_SALT: u64 = 0x6a09_e667_f3bc_c908;
 
 /// Placeholder for tensors [`TrainableClip::reinitialise`] fills with seeded normals.
 fn normal() -> Init {
@@ -62,13 +65,6 @@ fn init_std(name: &str, c: &ClipConfig) -> Option<f64> {
         },
         "text_projection.weight" => (c.text.width as f64).powf(-0.5),
         _ => INIT_STD,
-    })
-}
-
-/// FNV-1a of a parameter name.
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
@@ -419,7 +415,8 @@ impl TrainableClip {
             let Some(std) = std else {
                 continue;
             };
-            let mut rng = WorldRng::for_item(seed, name_hash(name));
+            let mut rng =
+                SplitMix64::for_item(seed, INIT_SALT, crate::hash::fnv1a64(name.as_bytes()));
             let values: Vec<f32> = (0..var.elem_count())
                 .map(|_| std as f32 * rng.normal())
                 .collect();
