@@ -69,6 +69,9 @@ pub enum Error {
 
     #[error(transparent)]
     Features(#[from] crate::features::FeatureError),
+
+    #[error(transparent)]
+    Write(#[from] crate::fsutil::WriteError),
 }
 
 impl Error {

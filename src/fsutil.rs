@@ -1,18 +1,26 @@
 //! File helpers: writes that never leave a half-written file behind.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+/// A file that could not be written; `source` says why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}", path.display())]
+pub struct WriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
 
 /// Streams into a temp file beside `path` and renames it into place only when `fill` succeeds,
-/// so a reader sees the old file or the complete new one, never a part.
-pub fn write_atomic_with<F>(path: &Path, fill: F) -> Result<()>
+/// so a reader sees the old file or the complete new one, never a part. The file gets the
+/// permissions a plain `File::create` would (the umask decides).
+pub fn write_atomic_with<F>(path: &Path, fill: F) -> Result<(), WriteError>
 where
     F: FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 {
@@ -29,9 +37,12 @@ where
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = result {
+    if let Err(source) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+        return Err(WriteError {
+            path: path.to_path_buf(),
+            source,
+        });
     }
     Ok(())
 }

@@ -13,10 +13,12 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rayon::prelude::*;
 use serde::Serialize;
-use serde_json::json;
 
+use crate::clip::load::config::{Pooling, CLIP_MEAN, CLIP_STD};
 use crate::clip::train::TrainableClip;
-use crate::clip::ClipConfig;
+use crate::clip::{
+    Activation, ClipConfig, Layout, ResNetConfig, TextConfig, VisionConfig, VisionTower,
+};
 use crate::error::{Error, Result};
 use crate::image::Preprocess;
 use crate::tokenizer::Tokenizer;
@@ -81,6 +83,9 @@ pub struct PretrainOptions {
     /// Evaluate retrieval every this many steps (and at the end).
     pub eval_every: usize,
     pub shape: ModelShape,
+    /// Replace a model already in the output folder (otherwise that is an error).
+    #[serde(skip)]
+    pub overwrite: bool,
 }
 
 impl Default for PretrainOptions {
@@ -94,6 +99,7 @@ impl Default for PretrainOptions {
             warmup: 200,
             eval_every: 250,
             shape: ModelShape::default(),
+            overwrite: false,
         }
     }
 }
@@ -149,91 +155,89 @@ pub struct PretrainReport {
     pub parameters: usize,
 }
 
-/// The HF `config.json` of a shape (quick-GELU, CLIP's init values).
-pub fn hf_config(shape: &ModelShape, vocab_size: usize) -> serde_json::Value {
-    let s = shape;
-    json!({
-        "architectures": ["CLIPModel"],
-        "model_type": "clip",
-        "projection_dim": s.embed_dim,
-        "logit_scale_init_value": crate::clip::train::LOGIT_SCALE_INIT,
-        "text_config": {
-            "model_type": "clip_text_model",
-            "vocab_size": vocab_size,
-            "hidden_size": s.text_width,
-            "intermediate_size": 4 * s.text_width,
-            "num_hidden_layers": s.text_layers,
-            "num_attention_heads": s.heads,
-            "max_position_embeddings": s.context_length,
-            "hidden_act": "quick_gelu",
-            "layer_norm_eps": 1e-5,
-            "bos_token_id": vocab_size - 2,
-            "eos_token_id": vocab_size - 1,
-            "pad_token_id": 0,
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": s.vision_width,
-            "intermediate_size": 4 * s.vision_width,
-            "num_hidden_layers": s.vision_layers,
-            "num_attention_heads": s.heads,
-            "num_channels": 3,
-            "image_size": IMAGE_SIDE,
-            "patch_size": s.patch_size,
-            "hidden_act": "quick_gelu",
-            "layer_norm_eps": 1e-5,
-        },
-    })
-}
-
-/// The `open_clip_config.json` of a ResNet shape (quick-GELU text tower, CLIP's preprocessing).
-pub fn open_clip_config(
-    shape: &ModelShape,
-    r: &ResNetShape,
-    vocab_size: usize,
-) -> serde_json::Value {
-    let s = shape;
-    json!({
-        "model_cfg": {
-            "embed_dim": s.embed_dim,
-            "quick_gelu": true,
-            "vision_cfg": {
-                "image_size": IMAGE_SIDE,
-                "layers": r.layers,
-                "width": r.width,
-                "head_width": r.head_width,
+impl ModelShape {
+    /// The model this shape describes, with the world tokenizer's `vocab_size`: a ViT in the
+    /// `transformers` layout, or a ModifiedResNet in open_clip's; quick-GELU and CLIP's
+    /// normalisation either way, as OpenAI's models.
+    pub fn config(&self, vocab_size: usize) -> ClipConfig {
+        let s = self;
+        let (vision, layout, pooling) = match &s.resnet {
+            None => (
+                VisionTower::Vit(VisionConfig {
+                    width: s.vision_width,
+                    intermediate_size: 4 * s.vision_width,
+                    layers: s.vision_layers,
+                    heads: s.heads,
+                    image_size: IMAGE_SIDE as usize,
+                    patch_size: s.patch_size,
+                    num_channels: 3,
+                    activation: Activation::QuickGelu,
+                    layer_norm_eps: 1e-5,
+                }),
+                Layout::Transformers,
+                // The world vocabulary ends with its start and end tokens.
+                Pooling::FirstToken(vocab_size.saturating_sub(1) as u32),
+            ),
+            Some(r) => (
+                VisionTower::ResNet(ResNetConfig {
+                    layers: r.layers,
+                    width: r.width,
+                    heads: (32 * r.width) / r.head_width.max(1),
+                    image_size: IMAGE_SIDE as usize,
+                }),
+                Layout::OpenClip,
+                Pooling::Argmax,
+            ),
+        };
+        ClipConfig {
+            text: TextConfig {
+                vocab_size,
+                width: s.text_width,
+                intermediate_size: 4 * s.text_width,
+                layers: s.text_layers,
+                heads: s.heads,
+                context_length: s.context_length,
+                activation: Activation::QuickGelu,
+                layer_norm_eps: 1e-5,
+                pooling,
             },
-            "text_cfg": {
-                "context_length": s.context_length,
-                "vocab_size": vocab_size,
-                "width": s.text_width,
-                "heads": s.heads,
-                "layers": s.text_layers,
-            },
-        },
-        "preprocess_cfg": {
-            "mean": crate::clip::load::config::CLIP_MEAN,
-            "std": crate::clip::load::config::CLIP_STD,
-        },
-    })
-}
+            vision,
+            embed_dim: s.embed_dim,
+            layout,
+            image_mean: CLIP_MEAN,
+            image_std: CLIP_STD,
+        }
+    }
 
-/// The config file name, its contents and the weights file name of a shape's layout.
-fn model_files(
-    shape: &ModelShape,
-    vocab_size: usize,
-) -> (&'static str, serde_json::Value, &'static str) {
-    match &shape.resnet {
-        None => (
-            "config.json",
-            hf_config(shape, vocab_size),
-            "model.safetensors",
-        ),
-        Some(r) => (
-            "open_clip_config.json",
-            open_clip_config(shape, r, vocab_size),
-            "open_clip_model.safetensors",
-        ),
+    /// Checks the shape before anything is trained or written: the same rules as a loaded
+    /// config's, with a vocabulary size standing in for the tokenizer's.
+    pub fn validate(&self) -> std::result::Result<(), PretrainError> {
+        if let Some(r) = &self.resnet {
+            if r.head_width == 0 || (32 * r.width) % r.head_width != 0 {
+                return Err(PretrainError::Shape(format!(
+                    "the attention pool's width {} is not a multiple of its head width {}",
+                    32 * r.width,
+                    r.head_width
+                )));
+            }
+        }
+        if self.context_length < 3 {
+            return Err(PretrainError::Shape(format!(
+                "the context length must hold a start token, a word and an end token (got {})",
+                self.context_length
+            )));
+        }
+        self.config(self.max_merges + 512)
+            .validate()
+            .map_err(PretrainError::Shape)
+    }
+
+    /// The weights file of the shape's layout.
+    fn weights_file(&self) -> &'static str {
+        match self.resnet {
+            None => "model.safetensors",
+            Some(_) => "open_clip_model.safetensors",
+        }
     }
 }
 
@@ -276,7 +280,11 @@ pub fn batch(
 }
 
 /// Trains the world tokenizer and writes `tokenizer.json` into `dir`; returns it loaded.
-pub fn write_tokenizer(dir: &Path, seed: u64, max_merges: usize) -> Result<(Tokenizer, usize)> {
+pub fn write_tokenizer(
+    dir: &Path,
+    seed: u64,
+    max_merges: usize,
+) -> std::result::Result<(Tokenizer, usize), PretrainError> {
     let domain = Domain::pretraining();
     let corpus: Vec<String> = (0..TOKENIZER_CORPUS)
         .map(|i| {
@@ -287,10 +295,9 @@ pub fn write_tokenizer(dir: &Path, seed: u64, max_merges: usize) -> Result<(Toke
         .collect();
     let vocab = Vocabulary::train(&corpus, max_merges);
     let path = dir.join("tokenizer.json");
-    let text = serde_json::to_string_pretty(&vocab.to_tokenizer_json())
-        .map_err(|e| Error::InvalidInput(format!("serialising tokenizer.json: {e}")))?;
+    let text = to_json(&vocab.to_tokenizer_json(), &path)?;
     crate::fsutil::write_atomic(&path, text.as_bytes())?;
-    let tokenizer = Tokenizer::from_tokenizer_json(&path)?;
+    let tokenizer = Tokenizer::from_tokenizer_json(&path).map_err(Error::from)?;
     Ok((tokenizer, vocab.len()))
 }
 
@@ -391,36 +398,64 @@ fn parameter_groups(model: &TrainableClip) -> Result<(Vec<Var>, Vec<Var>)> {
     Ok((decay, keep))
 }
 
-/// Pretrains a model into `out` (created if needed): tokenizer first, then `steps` AdamW
-/// steps, then the weights, config and report, each written atomically.
-pub fn pretrain(
-    out: &Path,
-    o: &PretrainOptions,
-    progress: &mut dyn FnMut(PretrainEvent),
-) -> Result<PretrainReport> {
+/// The model files an earlier run may have left in a folder.
+const MODEL_FILES: [&str; 5] = [
+    "config.json",
+    "model.safetensors",
+    "open_clip_config.json",
+    "open_clip_model.safetensors",
+    "tokenizer.json",
+];
+
+/// Checks everything a run needs before it starts, so a bad option leaves nothing behind.
+fn check_options(out: &Path, o: &PretrainOptions) -> std::result::Result<(), PretrainError> {
     if o.steps == 0 || o.batch_size < 2 {
-        return Err(Error::InvalidInput(format!(
+        return Err(PretrainError::Options(format!(
             "pretraining needs at least 1 step and batches of 2 pairs (got {} steps, batch {})",
             o.steps, o.batch_size
         )));
     }
+    if o.eval_every == 0 {
+        return Err(PretrainError::Options(
+            "the evaluation interval must be at least 1 step".into(),
+        ));
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        return Err(PretrainError::Options(format!(
+            "the learning rate must be a positive number (got {})",
+            o.lr
+        )));
+    }
+    o.shape.validate()?;
+    if !o.overwrite {
+        if let Some(existing) = MODEL_FILES.iter().map(|f| out.join(f)).find(|p| p.exists()) {
+            return Err(PretrainError::WouldOverwrite { existing });
+        }
+    }
+    Ok(())
+}
+
+/// Pretrains a model into `out` (created if needed): tokenizer first, then `steps` AdamW
+/// steps, then the weights, config and report, each written atomically. Options are checked
+/// before anything is written; an existing model in `out` is kept unless `o.overwrite`.
+pub fn pretrain(
+    out: &Path,
+    o: &PretrainOptions,
+    progress: &mut dyn FnMut(PretrainEvent),
+) -> std::result::Result<PretrainReport, PretrainError> {
+    check_options(out, o)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let started = Instant::now();
     let device = Device::Cpu;
     let (tokenizer, vocab_size) = write_tokenizer(out, o.seed, o.shape.max_merges)?;
     progress(PretrainEvent::Tokenizer { vocab_size });
-    let (config_name, config_value, weights_name) = model_files(&o.shape, vocab_size);
-    let config_json = serde_json::to_string_pretty(&config_value)
-        .map_err(|e| Error::InvalidInput(format!("serialising {config_name}: {e}")))?;
+    let config = o.shape.config(vocab_size);
+    config.validate().map_err(PretrainError::Shape)?;
+    let (config_name, config_value) =
+        crate::clip::load::write::config_file(&config, crate::clip::train::LOGIT_SCALE_INIT)?;
     let config_path = out.join(config_name);
-    let config = match &o.shape.resnet {
-        None => ClipConfig::from_hf_json(&config_json, &config_path)?,
-        Some(_) => crate::clip::load::open_clip_config::from_model_cfg(&config_value["model_cfg"])
-            .map_err(|msg| Error::Config {
-                path: config_path.clone(),
-                msg,
-            })?,
-    };
+    let config_json = to_json(&config_value, &config_path)?;
+    let weights_path = out.join(o.shape.weights_file());
     let model = TrainableClip::new(&config, o.seed, &device)?;
     let (decay, keep) = parameter_groups(&model)?;
     let parameters = decay.iter().chain(&keep).map(|v| v.elem_count()).sum();
@@ -431,8 +466,8 @@ pub fn pretrain(
         eps: 1e-6,
         weight_decay: wd,
     };
-    let mut opt_decay = AdamW::new(decay, params(o.weight_decay))?;
-    let mut opt_keep = AdamW::new(keep, params(0.0))?;
+    let mut opt_decay = AdamW::new(decay, params(o.weight_decay)).map_err(Error::from)?;
+    let mut opt_keep = AdamW::new(keep, params(0.0)).map_err(Error::from)?;
     let domain = Domain::pretraining();
     let ctx = o.shape.context_length;
     let mut last_loss = f32::NAN;
@@ -451,22 +486,20 @@ pub fn pretrain(
             ctx,
             &device,
         )?;
-        let loss = model.contrastive_loss(&b.pixels, &b.ids)?;
-        let grads = loss.backward()?;
-        opt_decay.step(&grads)?;
-        opt_keep.step(&grads)?;
-        last_loss = loss.to_scalar::<f32>()?;
+        let (loss, logit_scale) = train_step(&model, &b, &mut opt_decay, &mut opt_keep)?;
+        last_loss = loss;
         if !last_loss.is_finite() {
-            return Err(Error::InvalidInput(format!(
-                "the loss diverged at step {step} ({last_loss}); try a smaller --lr"
-            )));
+            return Err(PretrainError::Diverged {
+                step,
+                loss: last_loss,
+            });
         }
         progress(PretrainEvent::Step {
             step: step + 1,
             steps: o.steps,
             loss: last_loss,
             lr,
-            logit_scale: model.logit_scale().to_scalar::<f32>()?.exp(),
+            logit_scale,
             seconds: started.elapsed().as_secs_f64(),
         });
         if (step + 1) % o.eval_every == 0 || step + 1 == o.steps {
@@ -477,7 +510,7 @@ pub fn pretrain(
             });
             retrieval = Some(eval);
             // A checkpoint at every evaluation: an interrupted run still leaves a model.
-            model.save_weights(&out.join(weights_name))?;
+            model.save_weights(&weights_path)?;
             crate::fsutil::write_atomic(&config_path, config_json.as_bytes())?;
         }
     }
@@ -493,11 +526,66 @@ pub fn pretrain(
         vocab_size,
         parameters,
     };
-    let text = serde_json::to_string_pretty(&report)
-        .map_err(|e| Error::InvalidInput(format!("serialising pretrain.json: {e}")))?;
-    crate::fsutil::write_atomic(&out.join("pretrain.json"), text.as_bytes())?;
+    let report_path = out.join("pretrain.json");
+    let text = to_json(&report, &report_path)?;
+    crate::fsutil::write_atomic(&report_path, text.as_bytes())?;
     progress(PretrainEvent::Saved {
         dir: out.to_path_buf(),
     });
     Ok(report)
+}
+
+/// One AdamW step on a batch; returns the loss and the temperature before the step.
+fn train_step(
+    model: &TrainableClip,
+    b: &Batch,
+    opt_decay: &mut AdamW,
+    opt_keep: &mut AdamW,
+) -> Result<(f32, f32)> {
+    let loss = model.contrastive_loss(&b.pixels, &b.ids)?;
+    let grads = loss.backward()?;
+    opt_decay.step(&grads)?;
+    opt_keep.step(&grads)?;
+    Ok((
+        loss.to_scalar::<f32>()?,
+        model.logit_scale().to_scalar::<f32>()?.exp(),
+    ))
+}
+
+fn to_json<T: Serialize>(value: &T, path: &Path) -> std::result::Result<String, PretrainError> {
+    serde_json::to_string_pretty(value).map_err(|source| PretrainError::Serialize {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// What can stop pretraining.
+#[derive(Debug, thiserror::Error)]
+pub enum PretrainError {
+    #[error("{0}")]
+    Options(String),
+    #[error("invalid model shape: {0}")]
+    Shape(String),
+    #[error("{} already exists: pretraining would overwrite a model (choose another --out, or pass --force)", existing.display())]
+    WouldOverwrite { existing: PathBuf },
+    #[error("the loss diverged at step {step} ({loss}); try a smaller --lr")]
+    Diverged { step: usize, loss: f32 },
+    #[error("cannot serialise {}", path.display())]
+    Serialize {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write the model's config")]
+    Config(#[from] crate::clip::load::write::WriteConfigError),
+    #[error(transparent)]
+    Clip(#[from] Error),
+    #[error(transparent)]
+    Write(#[from] crate::fsutil::WriteError),
+}
+
+impl From<candle_core::Error> for PretrainError {
+    fn from(e: candle_core::Error) -> Self {
+        PretrainError::Clip(e.into())
+    }
 }

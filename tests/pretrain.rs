@@ -3,11 +3,11 @@
 //! and what it saves loads with `Clip::load` and gives the same embeddings.
 
 use candle_core::{Device, Tensor};
-use clip_adapter::clip::load::open_clip_config;
-use clip_adapter::clip::train::TrainableClip;
+use clip_adapter::clip::load::{open_clip_config, write};
+use clip_adapter::clip::train::{TrainableClip, LOGIT_SCALE_INIT};
 use clip_adapter::clip::{Clip, ClipConfig, ModelFiles};
 use clip_adapter::pretrain::{
-    batch, hf_config, open_clip_config as resnet_config, write_tokenizer, Batch, ModelShape,
+    batch, pretrain, write_tokenizer, Batch, ModelShape, PretrainError, PretrainOptions,
     ResNetShape,
 };
 use clip_adapter::world::Domain;
@@ -55,22 +55,12 @@ fn fixture() -> Fixture {
 fn fixture_of(shape: &ModelShape) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let (tokenizer, vocab) = write_tokenizer(dir.path(), 0, 100).unwrap();
-    let (config, config_file, weights_file) = match &shape.resnet {
-        None => {
-            let json = serde_json::to_string(&hf_config(shape, vocab)).unwrap();
-            let config = ClipConfig::from_hf_json(&json, &dir.path().join("config.json")).unwrap();
-            (config, ("config.json", json), "model.safetensors")
-        }
-        Some(r) => {
-            let value = resnet_config(shape, r, vocab);
-            let config = open_clip_config::from_model_cfg(&value["model_cfg"]).unwrap();
-            let json = serde_json::to_string(&value).unwrap();
-            (
-                config,
-                ("open_clip_config.json", json),
-                "open_clip_model.safetensors",
-            )
-        }
+    let config = shape.config(vocab);
+    let (name, value) = write::config_file(&config, LOGIT_SCALE_INIT).unwrap();
+    let config_file = (name, serde_json::to_string(&value).unwrap());
+    let weights_file = match shape.resnet {
+        None => "model.safetensors",
+        Some(_) => "open_clip_model.safetensors",
     };
     let model = TrainableClip::new(&config, 7, &Device::Cpu).unwrap();
     Fixture {
@@ -344,4 +334,99 @@ fn pretrain_command_writes_a_resnet_model_that_loads() {
 
     let bad = crate::common::clip_adapter(&["pretrain", "--out", &d, "--resnet-layers", "1,1,1"]);
     crate::common::assert_fails_with(&bad, &["--resnet-layers", "4 block counts"]);
+}
+
+/// The written config reads back as the same model, in both layouts.
+#[test]
+fn written_configs_read_back_identically() {
+    for shape in [tiny_shape(), tiny_resnet_shape()] {
+        let config = shape.config(300);
+        let (name, value) = write::config_file(&config, LOGIT_SCALE_INIT).unwrap();
+        let read = match name {
+            "config.json" => {
+                ClipConfig::from_hf_json(&value.to_string(), std::path::Path::new(name)).unwrap()
+            }
+            _ => open_clip_config::from_model_cfg(&value["model_cfg"]).unwrap(),
+        };
+        assert_eq!(read, config, "{name}");
+    }
+}
+
+/// The writer reproduces the shipped world model's config.json byte for byte, so pretraining
+/// with the documented command still makes the same files.
+#[test]
+fn writer_reproduces_the_shipped_config() {
+    let shipped = std::fs::read_to_string("assets/tiny-world-clip/config.json").unwrap();
+    let vocab = serde_json::from_str::<serde_json::Value>(&shipped).unwrap()["text_config"]
+        ["vocab_size"]
+        .as_u64()
+        .unwrap() as usize;
+    let config = ModelShape::default().config(vocab);
+    let (_, value) = write::config_file(&config, LOGIT_SCALE_INIT).unwrap();
+    assert_eq!(serde_json::to_string_pretty(&value).unwrap(), shipped);
+}
+
+fn options(shape: ModelShape) -> PretrainOptions {
+    PretrainOptions {
+        steps: 1,
+        batch_size: 4,
+        eval_every: 1,
+        shape,
+        ..PretrainOptions::default()
+    }
+}
+
+/// Bad options stop the run before anything is written.
+#[test]
+fn bad_pretraining_options_write_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("model");
+    let mut bad_heads = tiny_shape();
+    bad_heads.heads = 3;
+    let err = pretrain(&dir, &options(bad_heads), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, PretrainError::Shape(_)), "{err}");
+    assert!(
+        err.to_string().contains("not divisible by its 3 heads"),
+        "{err}"
+    );
+    let mut no_eval = options(tiny_shape());
+    no_eval.eval_every = 0;
+    let err = pretrain(&dir, &no_eval, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, PretrainError::Options(_)), "{err}");
+    assert!(!dir.exists(), "a refused run created {}", dir.display());
+}
+
+/// An existing model is kept unless the run is told to replace it; the weights file gets the
+/// permissions of any file the user creates.
+#[test]
+fn pretraining_keeps_an_existing_model_unless_told() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("model");
+    pretrain(&dir, &options(tiny_shape()), &mut |_| {}).unwrap();
+    let weights = dir.join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let err = pretrain(&dir, &options(tiny_shape()), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, PretrainError::WouldOverwrite { .. }), "{err}");
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    let mut again = options(tiny_shape());
+    again.overwrite = true;
+    pretrain(&dir, &again, &mut |_| {}).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = out.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&weights), mode(&plain));
+    }
+}
+
+/// The weights writer lays tensors out exactly as the shipped model's file (written by candle's
+/// safetensors writer before), so a reproduction of that model can be compared byte for byte.
+#[test]
+fn weights_writer_reproduces_the_shipped_file() {
+    let path = "assets/tiny-world-clip/model.safetensors";
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let bytes = safetensors::tensor::serialize(&tensors, None).unwrap();
+    assert!(bytes == std::fs::read(path).unwrap(), "{path} differs");
 }

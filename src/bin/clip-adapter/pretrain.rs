@@ -12,6 +12,10 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 
+    /// Replace a model already in --out (without it, an existing model is an error).
+    #[arg(long)]
+    pub force: bool,
+
     /// Seed of the initialisation and of the generated pairs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -108,6 +112,7 @@ pub fn run(a: PretrainArgs, quiet: bool) -> Result<()> {
             embed_dim: a.embed_dim,
             ..ModelShape::default()
         },
+        overwrite: a.force,
         ..PretrainOptions::default()
     };
     let every = a.log_every.max(1);

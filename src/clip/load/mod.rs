@@ -5,3 +5,4 @@ pub mod checkpoint;
 pub mod config;
 pub mod layout;
 pub mod open_clip_config;
+pub mod write;

@@ -493,14 +493,12 @@ impl TrainableClip {
             .collect();
         drop(data);
         let tensors = to_checkpoint(self.config.layout, &tensors)?;
-        // candle writes the file; renaming it into place keeps readers from a half-written one.
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        let bytes =
+            safetensors::tensor::serialize(&tensors, None).map_err(|e| Error::Checkpoint {
+                file: path.to_path_buf(),
+                msg: format!("cannot serialise the weights ({e})"),
+            })?;
+        Ok(crate::fsutil::write_atomic(path, &bytes)?)
     }
 }
 
