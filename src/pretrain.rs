@@ -1,4 +1,4 @@
-//! Contrastive pretraining of a small CLIP on the generated world (issue 6; PAPER.md §1): the
+//! Contrastive pretraining of a small CLIP on the generated world, as Radford et al. 2021: the
 //! symmetric InfoNCE loss with a learnable temperature, AdamW with warm-up and cosine decay,
 //! fresh image-caption pairs every step (the world is endless, so nothing is seen twice).
 //!

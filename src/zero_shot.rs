@@ -1,5 +1,5 @@
 //! Zero-shot CLIP: a classifier whose weights are the text embeddings of the class names put
-//! into prompt templates (PAPER.md §2). With several templates each prompt embedding is
+//! into prompt templates (Radford et al. 2021). With several templates each prompt embedding is
 //! normalised, the templates are averaged per class and the mean is normalised again, as in
 //! CLIP's prompt ensembling (OpenAI's `zeroshot_classifier` notebook, open_clip's
 //! `build_zero_shot_classifier`).

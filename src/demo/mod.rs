@@ -1,4 +1,4 @@
-//! The demo (issue 6): the paper's whole protocol, offline, on the embedded world model.
+//! The demo: the paper's whole protocol, offline, on the embedded world model.
 //!
 //! It writes the world's downstream tasks in CoOp's layout, encodes every image once with the
 //! model, draws CoOp's K-shot splits with the real sampler, fits every method of

@@ -1,4 +1,4 @@
-//! CLIP-Adapter (PAPER.md §3): a bottleneck MLP on the frozen image feature and/or on the
+//! CLIP-Adapter (Gao et al. 2021): a bottleneck MLP on the frozen image feature and/or on the
 //! frozen class embeddings, mixed back with a residual ratio, then CLIP's cosine classifier.
 //!
 //! - visual: `f* = α·A_v(f) + (1 − α)·f`; text: `W* = β·A_t(W) + (1 − β)·W` (the paper's
@@ -22,7 +22,7 @@ use super::optim::{Sgd, WarmupCosine};
 use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress, TextClassifier};
 use crate::rng::SplitMix64;
 
-/// Which features get an adapter (the paper's three variants, §3.3).
+/// Which features get an adapter (the paper's three variants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Branch {
     Visual,

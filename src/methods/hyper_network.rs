@@ -1,5 +1,5 @@
 //! The ratio hyper-network of CLIP-Adapter's learnable-ratio variant: "alpha, beta = Q(f, W)"
-//! (PAPER.md §3). The paper gives no architecture and no code, so this is our design
+//! (Gao et al. 2021). The paper gives no architecture and no code, so this is our design
 //! (docs/methods.md):
 //!
 //! - visual ratio, one per image: `alpha_i = σ(q · ReLU([f̂_i ; w̄] U + c) + b)`, where `f̂_i` is

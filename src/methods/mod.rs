@@ -1,5 +1,5 @@
 //! The few-shot methods, all trained and evaluated on cached CLIP features so that results
-//! compare like for like (issue 5; PAPER.md §2-3).
+//! compare like for like (the comparison of Gao et al. 2021).
 //!
 //! ```text
 //! mod.rs            FewShotTask (features + labels + text classifier), Method, fit()

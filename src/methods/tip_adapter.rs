@@ -9,8 +9,8 @@
 //!   on its test set, which we never do (without a validation set the initial values are kept);
 //! - Tip-Adapter-F: the keys become trainable (AdamW lr 1e-3, eps 1e-4, weight decay 0.01,
 //!   cosine over all iterations, batch 256, 20 epochs), with α, β at their initial values while
-//!   training; the best epoch is chosen on validation (the authors use the test set, their
-//!   issue #11), then α, β are searched again.
+//!   training; the best epoch is chosen on validation (the authors' script uses the test set,
+//!   as an issue on their repository points out), then α, β are searched again.
 
 use super::linalg::{argmax_rows, cross_entropy_backward, gemm, seeded_rng, Matrix};
 use super::optim::{cosine_annealing, AdamW};

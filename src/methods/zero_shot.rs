@@ -1,4 +1,4 @@
-//! Zero-shot CLIP on cached features (PAPER.md §2): logits = scale · cos(image, class prompt).
+//! Zero-shot CLIP on cached features (Radford et al. 2021): logits = scale · cos(image, class prompt).
 //! The prompt ensemble itself is built once from the text tower
 //! ([`crate::zero_shot::ZeroShotClassifier`]); here it is only applied.
 

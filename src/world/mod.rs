@@ -1,5 +1,5 @@
 //! A generated image-text world: small RGB pictures of shapes with natural captions, from which
-//! the embedded demo model is pretrained (issue 6) and the demo's few-shot tasks are drawn.
+//! the embedded demo model is pretrained and the demo's few-shot tasks are drawn.
 //!
 //! ```text
 //! rng.rs             SplitMix64: a seed names the same images forever

@@ -4,7 +4,7 @@
 //!
 //! Why not reuse the inference towers: they run fused kernels (layer norm, attention, bias +
 //! activation epilogues) that record no backward pass, so everything upstream of them would
-//! get a silent zero gradient (candle 0.11; docs/… rust-ecosystem §2.3). Here every step is a
+//! get a silent zero gradient (candle 0.11; docs/tensor-library.md). Here every step is a
 //! composite candle op with a backward: mean/variance layer norm, `ops::softmax` (not
 //! `softmax_last_dim`), plain matmuls, an explicit quick-GELU.
 //!
