@@ -54,6 +54,12 @@ pub struct ClapOptions {
     pub warmup_epochs: usize,
     pub warmup_lr: f32,
     pub seed: u64,
+    /// The norm the zero-shot prototypes are scaled to before training. The reference trains
+    /// on the un-normalised mean text embedding; the logits ignore a prototype's norm, but the
+    /// effective step (∝ 1/‖p‖²) and the penalty's weight relative to the cross-entropy
+    /// (∝ ‖p‖²) do not. Our classifier is unit-norm, so 1 by default; set the checkpoint's
+    /// text-embedding norm to reproduce the reference's dynamics.
+    pub text_norm: f32,
 }
 
 impl Default for ClapOptions {
@@ -67,6 +73,7 @@ impl Default for ClapOptions {
             warmup_epochs: 1,
             warmup_lr: 1e-5,
             seed: 1,
+            text_norm: 1.0,
         }
     }
 }
@@ -99,8 +106,15 @@ pub struct ClapModel {
 }
 
 impl ClapModel {
-    /// Prototypes at the zero-shot classifier; multipliers from its training-set softmax.
-    pub fn new(task: &FewShotTask, pool: &Matrix, labels: &[usize], constraint: Constraint) -> Self {
+    /// Prototypes at the zero-shot classifier scaled to `text_norm`; multipliers from its
+    /// training-set softmax.
+    pub fn new(
+        task: &FewShotTask,
+        pool: &Matrix,
+        labels: &[usize],
+        constraint: Constraint,
+        text_norm: f32,
+    ) -> Self {
         let k = task.classes();
         let multipliers = if constraint == Constraint::None {
             vec![0.0; k]
@@ -120,9 +134,11 @@ impl ClapModel {
                 .map(|(s, &c)| if c == 0 { 0.0 } else { (s / c as f64) as f32 })
                 .collect()
         };
+        let mut anchors = task.text.weights.clone();
+        anchors.data.iter_mut().for_each(|v| *v *= text_norm);
         ClapModel {
-            prototypes: task.text.weights.clone(),
-            anchors: task.text.weights.clone(),
+            prototypes: anchors.clone(),
+            anchors,
             multipliers,
             penalty: vec![0.0; k],
             logit_scale: task.text.logit_scale,
@@ -286,7 +302,14 @@ pub fn fit(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Fitted, MethodError> {
     let (pool, labels) = pool(task);
-    let mut model = ClapModel::new(task, &pool, &labels, opts.constraint);
+    if !(opts.text_norm > 0.0 && opts.text_norm.is_finite()) {
+        return Err(MethodError::option(
+            "text-norm",
+            opts.text_norm,
+            "must be a positive number",
+        ));
+    }
+    let mut model = ClapModel::new(task, &pool, &labels, opts.constraint, opts.text_norm);
     let mut rng = Rng::new(opts.seed);
     let n = pool.rows;
     let mut order = |_: usize| rng.permutation(n);

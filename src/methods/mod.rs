@@ -241,8 +241,8 @@ impl Method {
                 o.epochs, o.alpha_every, o.init_alpha_scale, o.accumulate_alpha_grad
             ),
             Method::Clap(o) => format!(
-                "constraint={} lr={} epochs={} batch={}",
-                o.constraint.as_str(), o.lr, o.epochs, o.batch_size
+                "constraint={} lr={} epochs={} batch={} text_norm={}",
+                o.constraint.as_str(), o.lr, o.epochs, o.batch_size, o.text_norm
             ),
         }
     }
