@@ -41,7 +41,10 @@ fn num(v: &Value) -> f32 {
 }
 
 fn task(f: &Value) -> FewShotTask {
-    let (k, d) = (f["classes"].as_u64().unwrap() as usize, f["dim"].as_u64().unwrap() as usize);
+    let (k, d) = (
+        f["classes"].as_u64().unwrap() as usize,
+        f["dim"].as_u64().unwrap() as usize,
+    );
     let m = |v: &Value| {
         let data = floats(v);
         Matrix::from_vec(data.len() / d, d, data).unwrap()
@@ -110,7 +113,13 @@ fn ape_matches_the_reference() {
     assert_eq!(head.channels, usizes(&r["indices"]), "refined channels");
     assert_close("div", &div, &floats(&r["div"]), 1e-5, 1e-4);
     let logits = head.logits(&task.test.features);
-    assert_close("logits", &logits.data, &floats(&r["test_logits"]), 1e-3, 1e-5);
+    assert_close(
+        "logits",
+        &logits.data,
+        &floats(&r["test_logits"]),
+        1e-3,
+        1e-5,
+    );
 
     let fitted = fit(&Method::Ape(opts), &task, &mut |_| {}).unwrap();
     let chosen = |name: &str| -> f32 {
@@ -181,7 +190,11 @@ fn ape_t_training_matches_the_reference() {
     )
     .unwrap();
     assert_close("losses", &losses, &floats(&r["losses"]), 1e-4, 1e-4);
-    assert_eq!(val_acc, floats(&r["val_accuracy"]), "validation accuracy per epoch");
+    assert_eq!(
+        val_acc,
+        floats(&r["val_accuracy"]),
+        "validation accuracy per epoch"
+    );
     assert_close(
         "residual",
         &model.params.residual.data,
@@ -197,12 +210,19 @@ fn ape_t_training_matches_the_reference() {
         0.0,
     );
     let logits = model.head().logits(&task.test.features);
-    assert_close("logits", &logits.data, &floats(&r["test_logits"]), 1e-3, 1e-5);
+    assert_close(
+        "logits",
+        &logits.data,
+        &floats(&r["test_logits"]),
+        1e-3,
+        1e-5,
+    );
 }
 
 /// LP++ (the paper's fresh α gradient, and the released code's accumulated one): step sizes
 /// and initial α within 1e-5 relative, per-epoch loss within 1e-4 + 1e-4·loss, final weights,
-/// bias and α within 1e-3 + 1e-4 relative (30 full-batch steps of size 4N/λ_max), the
+/// bias within 1e-3 + 1e-4 relative (30 full-batch steps of size 4N/λ_max), α within
+/// 2e-5 + 2e-6 relative (its steps are small on this separable set), the
 /// validation accuracy of every epoch equal.
 #[test]
 fn lp_plus_plus_matches_the_reference() {
@@ -222,7 +242,13 @@ fn lp_plus_plus_matches_the_reference() {
         assert_close(&name, &[start.lr_w], &[num(&r["lr_w"])], 0.0, 1e-5);
         assert_close(&name, &[start.lr_alpha], &[num(&r["lr_alpha"])], 0.0, 1e-5);
         assert_close(&name, &[start.alpha], &[num(&r["init_alpha"])], 0.0, 1e-5);
-        assert_close(&name, &start.weight.data, &floats(&r["init_weight"]), 1e-6, 1e-6);
+        assert_close(
+            &name,
+            &start.weight.data,
+            &floats(&r["init_weight"]),
+            1e-6,
+            1e-6,
+        );
         let mut head = LpPlusPlusHead {
             weight: start.weight.clone(),
             bias: floats(&r["init_bias"]),
@@ -249,8 +275,13 @@ fn lp_plus_plus_matches_the_reference() {
         assert_close(&name, &losses, &floats(&r["losses"]), 1e-4, 1e-4);
         assert_close(&name, &head.weight.data, &floats(&r["weight"]), 1e-3, 1e-4);
         assert_close(&name, &head.bias, &floats(&r["bias"]), 1e-3, 1e-4);
-        assert_close(&name, &head.alpha, &floats(&r["alpha"]), 1e-3, 1e-4);
-        assert_eq!(val_acc, floats(&r["val_accuracy"]), "{name}: validation accuracy");
+        // α moves by ~1e-3 with the fresh gradient: a tolerance far below that.
+        assert_close(&name, &head.alpha, &floats(&r["alpha"]), 2e-5, 2e-6);
+        assert_eq!(
+            val_acc,
+            floats(&r["val_accuracy"]),
+            "{name}: validation accuracy"
+        );
     }
 }
 
@@ -278,9 +309,14 @@ fn clap_training_matches_the_reference() {
             ..Default::default()
         };
         let mut model = ClapModel::new(&task, &pool, &labels, constraint, opts.text_norm);
-        assert_close(name, &model.multipliers, &floats(&r["multipliers"]), 1e-5, 0.0);
-        let orders: Vec<Vec<usize>> =
-            r["orders"].as_array().unwrap().iter().map(usizes).collect();
+        assert_close(
+            name,
+            &model.multipliers,
+            &floats(&r["multipliers"]),
+            1e-5,
+            0.0,
+        );
+        let orders: Vec<Vec<usize>> = r["orders"].as_array().unwrap().iter().map(usizes).collect();
         let losses = clap::train(
             &mut model,
             &pool,
@@ -292,7 +328,13 @@ fn clap_training_matches_the_reference() {
         )
         .unwrap();
         assert_close(name, &losses, &floats(&r["losses"]), 1e-4, 1e-4);
-        assert_close(name, &model.prototypes.data, &floats(&r["prototypes"]), 1e-4, 1e-4);
+        assert_close(
+            name,
+            &model.prototypes.data,
+            &floats(&r["prototypes"]),
+            1e-4,
+            1e-4,
+        );
         assert_close(
             name,
             &model.multipliers,
@@ -310,7 +352,11 @@ fn clap_training_matches_the_reference() {
 #[test]
 fn no_adaptation_is_zero_shot() {
     let task = task(&fixture());
-    let zs = cosine_logits(&task.test.features, &task.text.weights, task.text.logit_scale);
+    let zs = cosine_logits(
+        &task.test.features,
+        &task.text.weights,
+        task.text.logit_scale,
+    );
     let (mut head, _) = ape::build(
         &task,
         &ApeOptions {
@@ -320,10 +366,22 @@ fn no_adaptation_is_zero_shot() {
     )
     .unwrap();
     head.alpha = 0.0;
-    assert_close("APE α = 0", &head.logits(&task.test.features).data, &zs.data, 1e-4, 1e-6);
+    assert_close(
+        "APE α = 0",
+        &head.logits(&task.test.features).data,
+        &zs.data,
+        1e-4,
+        1e-6,
+    );
     let (pool, labels) = clap::pool(&task);
     let model = ClapModel::new(&task, &pool, &labels, Constraint::L2, 3.0);
-    assert_close("CLAP start", &model.head().logits(&task.test.features).data, &zs.data, 1e-4, 1e-6);
+    assert_close(
+        "CLAP start",
+        &model.head().logits(&task.test.features).data,
+        &zs.data,
+        1e-4,
+        1e-6,
+    );
 }
 
 /// Every new method fits through `fit`, beats chance on the fixture's test set, and its head

@@ -83,21 +83,127 @@ impl ApeOptions {
     pub fn for_dataset(key: &str) -> Self {
         let d = ApeOptions::default();
         // (search_scale, steps γ, α, eps, (Q trained, Q free), w_free, lr, epochs)
-        type Row = ((f32, f32, f32), usize, f32, f32, (usize, usize), (f32, f32), f32, usize);
+        type Row = (
+            (f32, f32, f32),
+            usize,
+            f32,
+            f32,
+            (usize, usize),
+            (f32, f32),
+            f32,
+            usize,
+        );
         let row: Row = match key {
-            "imagenet" => ((7.0, 7.0, 0.5), 5, 2.0, 1e-3, (500, 500), (0.7, 0.3), 1e-4, 20),
-            "caltech101" => ((7.0, 7.0, 1.0), 20, 1.0, 1e-3, (900, 800), (0.5, 0.5), 1e-3, 30),
-            "dtd" => ((7.0, 7.0, 1.0), 20, 3.0, 1e-3, (800, 800), (0.7, 0.3), 1e-3, 20),
-            "eurosat" => ((30.0, 5.0, 1.5), 20, 1.0, 1e-3, (900, 700), (0.9, 0.1), 1e-3, 200),
-            "fgvc_aircraft" | "fgvc" => {
-                ((20.0, 10.0, 1.0), 20, 5.0, 1e-3, (900, 800), (0.1, 0.9), 1e-3, 30)
-            }
-            "food101" => ((7.0, 7.0, 1.0), 20, 0.8, 1e-3, (900, 700), (0.3, 0.7), 1e-4, 30),
-            "oxford_flowers" => ((7.0, 7.0, 1.0), 20, 3.0, 1e-3, (800, 700), (0.4, 0.6), 1e-3, 60),
-            "oxford_pets" => ((7.0, 7.0, 1.0), 20, 2.0, 2e-3, (800, 800), (0.7, 0.3), 1e-4, 30),
-            "stanford_cars" => ((7.0, 7.0, 1.0), 20, 1.0, 1e-3, (500, 500), (0.7, 0.3), 1e-3, 30),
-            "sun397" => ((7.0, 7.0, 1.0), 20, 1.0, 1e-3, (800, 800), (0.7, 0.3), 1e-4, 30),
-            "ucf101" => ((7.0, 7.0, 1.5), 20, 1.0, 1e-3, (800, 800), (0.2, 0.8), 1e-3, 30),
+            "imagenet" => (
+                (7.0, 7.0, 0.5),
+                5,
+                2.0,
+                1e-3,
+                (500, 500),
+                (0.7, 0.3),
+                1e-4,
+                20,
+            ),
+            "caltech101" => (
+                (7.0, 7.0, 1.0),
+                20,
+                1.0,
+                1e-3,
+                (900, 800),
+                (0.5, 0.5),
+                1e-3,
+                30,
+            ),
+            "dtd" => (
+                (7.0, 7.0, 1.0),
+                20,
+                3.0,
+                1e-3,
+                (800, 800),
+                (0.7, 0.3),
+                1e-3,
+                20,
+            ),
+            "eurosat" => (
+                (30.0, 5.0, 1.5),
+                20,
+                1.0,
+                1e-3,
+                (900, 700),
+                (0.9, 0.1),
+                1e-3,
+                200,
+            ),
+            "fgvc_aircraft" | "fgvc" => (
+                (20.0, 10.0, 1.0),
+                20,
+                5.0,
+                1e-3,
+                (900, 800),
+                (0.1, 0.9),
+                1e-3,
+                30,
+            ),
+            "food101" => (
+                (7.0, 7.0, 1.0),
+                20,
+                0.8,
+                1e-3,
+                (900, 700),
+                (0.3, 0.7),
+                1e-4,
+                30,
+            ),
+            "oxford_flowers" => (
+                (7.0, 7.0, 1.0),
+                20,
+                3.0,
+                1e-3,
+                (800, 700),
+                (0.4, 0.6),
+                1e-3,
+                60,
+            ),
+            "oxford_pets" => (
+                (7.0, 7.0, 1.0),
+                20,
+                2.0,
+                2e-3,
+                (800, 800),
+                (0.7, 0.3),
+                1e-4,
+                30,
+            ),
+            "stanford_cars" => (
+                (7.0, 7.0, 1.0),
+                20,
+                1.0,
+                1e-3,
+                (500, 500),
+                (0.7, 0.3),
+                1e-3,
+                30,
+            ),
+            "sun397" => (
+                (7.0, 7.0, 1.0),
+                20,
+                1.0,
+                1e-3,
+                (800, 800),
+                (0.7, 0.3),
+                1e-4,
+                30,
+            ),
+            "ucf101" => (
+                (7.0, 7.0, 1.5),
+                20,
+                1.0,
+                1e-3,
+                (800, 800),
+                (0.2, 0.8),
+                1e-3,
+                30,
+            ),
             _ => return d,
         };
         let (scale, gamma_steps, alpha, eps, (q_trained, q_free), w_free, lr, epochs) = row;
@@ -277,7 +383,12 @@ pub fn cache_keys(task: &FewShotTask) -> Matrix {
 /// `div_i = Σ_k Y_ik log₂((Y_ik + 1e-6)/(s_ik + 1e-6))` with `s_i = softmax_k(k'_i·w'_k)` on the
 /// refined channels (no temperature, as the reference). For one-hot `Y` only the label's term
 /// is non-zero.
-pub fn key_divergence(keys: &Matrix, labels: &[usize], text: &Matrix, channels: &[usize]) -> Vec<f32> {
+pub fn key_divergence(
+    keys: &Matrix,
+    labels: &[usize],
+    text: &Matrix,
+    channels: &[usize],
+) -> Vec<f32> {
     let affinity = refine(keys, channels).matmul(false, &refine(text, channels), true);
     let k = text.rows;
     affinity
@@ -347,10 +458,7 @@ pub fn search(
     let betas = grid(opts.search_scale.0, opts.search_steps.0, 0.1);
     let alphas = grid(opts.search_scale.1, opts.search_steps.1, 0.1);
     let gammas = grid(opts.search_scale.2, opts.search_steps.2, 0.0);
-    let weights: Vec<Vec<f32>> = gammas
-        .iter()
-        .map(|g| weights_for(base, div, *g))
-        .collect();
+    let weights: Vec<Vec<f32>> = gammas.iter().map(|g| weights_for(base, div, *g)).collect();
     let f = x.normalized();
     let clip = head.clip_logits(&f);
     let affinity = head.affinity(&f);
@@ -676,4 +784,118 @@ pub fn fit_trained(
         chosen,
         losses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> (ApeTModel, Matrix, Vec<usize>) {
+        let mut rng = Rng::new(5);
+        let (n, k, d, q) = (6, 3, 8, 5);
+        let m = |r: usize, c: usize, rng: &mut Rng| {
+            Matrix::from_vec(r, c, rng.uniform_vec(r * c, 1.0))
+                .unwrap()
+                .normalized()
+        };
+        let keys = m(n, d, &mut rng);
+        let text = m(k, d, &mut rng);
+        let f = m(4, d, &mut rng);
+        let model = ApeTModel {
+            base_keys: keys,
+            base_text: text,
+            values: (0..n).map(|i| i % k).collect(),
+            channels: vec![6, 1, 3, 0, 5],
+            params: ApeTParams {
+                residual: Matrix::from_vec(k, q, rng.uniform_vec(k * q, 0.2)).unwrap(),
+                value_weights: (0..n).map(|_| 0.5 + rng.uniform()).collect(),
+            },
+            alpha: 1.5,
+            beta: 2.0,
+            logit_scale: 10.0,
+        };
+        (model, f, vec![0, 1, 2, 1])
+    }
+
+    #[test]
+    fn ape_t_gradient_matches_finite_differences() {
+        let (model, f, y) = toy();
+        let (_, grad) = model.loss_and_grad(&f, &y);
+        let e = 1e-2f32;
+        let check = |analytic: f32, up: f32, down: f32, what: &str| {
+            let numeric = (up - down) / (2.0 * e);
+            assert!(
+                (analytic - numeric).abs() <= 2e-2 * analytic.abs().max(numeric.abs()) + 2e-4,
+                "{what}: {analytic} vs {numeric}"
+            );
+        };
+        let mut probe = model.clone();
+        for j in 0..grad.residual.data.len() {
+            let orig = probe.params.residual.data[j];
+            probe.params.residual.data[j] = orig + e;
+            let up = probe.loss_and_grad(&f, &y).0;
+            probe.params.residual.data[j] = orig - e;
+            let down = probe.loss_and_grad(&f, &y).0;
+            probe.params.residual.data[j] = orig;
+            check(grad.residual.data[j], up, down, &format!("residual {j}"));
+        }
+        for j in 0..grad.value_weights.len() {
+            let orig = probe.params.value_weights[j];
+            probe.params.value_weights[j] = orig + e;
+            let up = probe.loss_and_grad(&f, &y).0;
+            probe.params.value_weights[j] = orig - e;
+            let down = probe.loss_and_grad(&f, &y).0;
+            probe.params.value_weights[j] = orig;
+            check(
+                grad.value_weights[j],
+                up,
+                down,
+                &format!("value weight {j}"),
+            );
+        }
+        assert!(grad.residual.data.iter().any(|g| g.abs() > 1e-4));
+    }
+
+    #[test]
+    fn criterion_equals_the_reference_quadruple_loop() {
+        let (model, _, _) = toy();
+        let (text, keys, labels) = (&model.base_text, &model.base_keys, &model.values);
+        let (k, d) = (text.rows, text.cols);
+        let w = (0.7f32, 0.3f32);
+        // The reference: every pair of features (text + keys) of different classes.
+        let feats: Vec<Vec<&[f32]>> = (0..k)
+            .map(|c| {
+                let mut v = vec![text.row(c)];
+                v.extend(
+                    (0..keys.rows)
+                        .filter(|&i| labels[i] == c)
+                        .map(|i| keys.row(i)),
+                );
+                v
+            })
+            .collect();
+        let mut crit = vec![0f64; d];
+        for (ch, out) in crit.iter_mut().enumerate() {
+            let (mut sum, mut count) = (0f64, 0f64);
+            for i in 0..k {
+                for j in (0..k).filter(|&j| j != i) {
+                    for a in &feats[i] {
+                        for b in &feats[j] {
+                            sum += a[ch] as f64 * b[ch] as f64;
+                            count += 1.0;
+                        }
+                    }
+                }
+            }
+            let col: Vec<f64> = (0..k).map(|c| text.data[c * d + ch] as f64).collect();
+            let mean = col.iter().sum::<f64>() / k as f64;
+            let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1) as f64;
+            *out = -(w.0 as f64) * sum / count + w.1 as f64 * var;
+        }
+        let mut want: Vec<usize> = (0..d).collect();
+        want.sort_by(|&a, &b| crit[b].total_cmp(&crit[a]));
+        let got = select_channels(text, keys, labels, w, d).unwrap();
+        assert_eq!(got, want);
+        assert!(select_channels(text, keys, labels, w, d + 1).is_err());
+    }
 }

@@ -176,7 +176,17 @@ impl ClapModel {
         g.data.iter_mut().for_each(|v| *v *= self.logit_scale);
         // d p̂ = Gᵀ f̂, then back through the row normalisation.
         let mut d_unit = vec![0f32; k * d];
-        gemm(&g.data, true, &f.data, false, &mut d_unit, k, f.rows, d, false);
+        gemm(
+            &g.data,
+            true,
+            &f.data,
+            false,
+            &mut d_unit,
+            k,
+            f.rows,
+            d,
+            false,
+        );
         let mut grad = Matrix {
             rows: k,
             cols: d,
@@ -318,10 +328,86 @@ pub fn fit(
         &mut model, &pool, &labels, images, opts, &mut order, progress,
     )?;
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
-    let chosen = vec![("mean_multiplier".to_string(), mean(&model.multipliers).to_string())];
+    let chosen = vec![(
+        "mean_multiplier".to_string(),
+        mean(&model.multipliers).to_string(),
+    )];
     Ok(Fitted {
         head: Head::Clap(model.head()),
         chosen,
         losses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut rng = Rng::new(3);
+        let (b, k, d) = (5, 3, 6);
+        let anchors = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0)).unwrap();
+        let mut prototypes = anchors.clone();
+        prototypes
+            .data
+            .iter_mut()
+            .zip(rng.uniform_vec(k * d, 0.3))
+            .for_each(|(p, n)| *p += n);
+        let model = ClapModel {
+            prototypes,
+            anchors,
+            multipliers: vec![0.9, 0.4, 0.1],
+            penalty: vec![0.0; k],
+            logit_scale: 5.0,
+            constraint: Constraint::L2,
+        };
+        let x = Matrix::from_vec(b, d, rng.uniform_vec(b * d, 2.0)).unwrap();
+        let y = vec![0, 1, 2, 0, 2];
+        let (_, grad) = model.loss_and_grad(&x, &y);
+        let e = 1e-2f32;
+        let mut probe = model.clone();
+        for j in 0..k * d {
+            let orig = probe.prototypes.data[j];
+            probe.prototypes.data[j] = orig + e;
+            let up = probe.loss_and_grad(&x, &y).0;
+            probe.prototypes.data[j] = orig - e;
+            let down = probe.loss_and_grad(&x, &y).0;
+            probe.prototypes.data[j] = orig;
+            let numeric = (up - down) / (2.0 * e);
+            let a = grad.data[j];
+            assert!(
+                (a - numeric).abs() <= 2e-2 * a.abs().max(numeric.abs()) + 2e-4,
+                "{j}: {a} vs {numeric}"
+            );
+        }
+    }
+
+    #[test]
+    fn outer_step_is_the_phr_update() {
+        let anchors = Matrix::from_vec(2, 1, vec![0.0, 0.0]).unwrap();
+        let mut model = ClapModel {
+            prototypes: Matrix::from_vec(2, 1, vec![2.0, 1.0]).unwrap(),
+            anchors,
+            multipliers: vec![0.5, 0.25],
+            penalty: vec![0.0, 0.0],
+            logit_scale: 1.0,
+            constraint: Constraint::Adaptive,
+        };
+        // ρ = 0 first: λ unchanged, ρ ← h = (4, 1); then λ ← λ + ρ·h = (0.5 + 16, 0.25 + 1).
+        model.outer_step();
+        assert_eq!(
+            (model.multipliers.clone(), model.penalty.clone()),
+            (vec![0.5, 0.25], vec![4.0, 1.0])
+        );
+        model.outer_step();
+        assert_eq!(model.multipliers, vec![16.5, 1.25]);
+    }
+
+    #[test]
+    fn batches_follow_the_image_loader() {
+        assert_eq!(batches_per_epoch(20, 8), 2);
+        assert_eq!(batches_per_epoch(5, 8), 1);
+        assert_eq!(batches_per_epoch(512, 256), 2);
+    }
 }

@@ -443,7 +443,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), String> {
                 return Err(format!("APE value {v} is not one of the {k} classes"));
             }
             if let Some(c) = h.channels.iter().find(|&&c| c >= d) {
-                return Err(format!("APE channel {c} is outside the {d} feature channels"));
+                return Err(format!(
+                    "APE channel {c} is outside the {d} feature channels"
+                ));
             }
             Head::Ape(h)
         }

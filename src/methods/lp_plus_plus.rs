@@ -310,3 +310,59 @@ pub fn fit(
         losses,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::linalg::Rng;
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut rng = Rng::new(11);
+        let (n, k, d) = (7, 3, 6);
+        let m = |r: usize, c: usize, rng: &mut Rng| {
+            Matrix::from_vec(r, c, rng.uniform_vec(r * c, 1.0))
+                .unwrap()
+                .normalized()
+        };
+        let f = m(n, d, &mut rng);
+        let head = LpPlusPlusHead {
+            weight: Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0)).unwrap(),
+            bias: rng.uniform_vec(k, 0.5),
+            alpha: rng.uniform_vec(k, 2.0),
+            text: m(k, d, &mut rng),
+        };
+        let labels: Vec<usize> = (0..n).map(|i| i % k).collect();
+        let (_, gw, gb, ga) = head.loss_and_grad(&f, &labels);
+        let e = 1e-2f32;
+        let loss = |h: &LpPlusPlusHead| h.loss_and_grad(&f, &labels).0;
+        let numeric = |field: &dyn Fn(&mut LpPlusPlusHead) -> &mut f32| {
+            let mut h = head.clone();
+            *field(&mut h) += e;
+            let up = loss(&h);
+            *field(&mut h) -= 2.0 * e;
+            (up - loss(&h)) / (2.0 * e)
+        };
+        let close = |a: f32, b: f32| (a - b).abs() <= 2e-2 * a.abs().max(b.abs()) + 2e-4;
+        for j in 0..k * d {
+            let num = numeric(&|h| &mut h.weight.data[j]);
+            assert!(close(gw.data[j], num), "W {j}: {} vs {num}", gw.data[j]);
+        }
+        for c in 0..k {
+            let num = numeric(&|h| &mut h.bias[c]);
+            assert!(close(gb[c], num), "b {c}: {} vs {num}", gb[c]);
+            let num = numeric(&|h| &mut h.alpha[c]);
+            assert!(close(ga[c], num), "α {c}: {} vs {num}", ga[c]);
+        }
+    }
+
+    #[test]
+    fn power_iteration_finds_the_largest_eigenvalue() {
+        // Rows e1·3 and e2·1 (and e1 again): FᵀF = diag(9 + 1, 1) → 10.
+        let f = Matrix::from_vec(3, 2, vec![3.0, 0.0, 0.0, 1.0, 1.0, 0.0]).unwrap();
+        assert!((max_eigenvalue(&f) - 10.0).abs() < 1e-9);
+        // N > D takes the D×D Gram matrix: the same value.
+        let wide = f.transposed();
+        assert!((max_eigenvalue(&wide) - 10.0).abs() < 1e-9);
+    }
+}
