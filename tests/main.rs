@@ -9,6 +9,7 @@ mod demo;
 mod features;
 mod few_shot;
 mod methods;
+mod new_methods;
 mod parity_clip;
 mod parity_open_clip;
 mod preprocess;

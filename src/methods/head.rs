@@ -7,15 +7,21 @@
 //! `visual.w1`, `visual.w2`, `text.w1`, `text.w2`, `alpha`, `beta`, `alpha.u|c|q|b`,
 //! `beta.u|c|q|b` (CLIP-Adapter; W1 is D×H, W2 is H×D), `weight`, `bias` (linear probe, GDA),
 //! `keys`, `values` (Tip-Adapter), `alpha` (Tip, GDA), `beta` (Tip).
+//! APE / APE-T: `classes`, `logit_scale`, `keys`, `values`, `value_weights`, `alpha`, `beta`,
+//! `channels` (APE's refined channels; absent for APE-T). LP++: `weight`, `bias`, `alpha` (one
+//! per class), `text`. CLAP: `prototypes`, `logit_scale`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::ape::ApeHead;
+use super::clap::ClapHead;
 use super::clip_adapter::{AdapterModel, AdapterParams, Bottleneck, Ratio};
 use super::gda::GdaHead;
 use super::hyper_network::RatioNet;
 use super::linalg::Matrix;
 use super::linear_probe::LinearHead;
+use super::lp_plus_plus::LpPlusPlusHead;
 use super::tip_adapter::TipHead;
 use super::zero_shot::ZeroShot;
 use super::{MethodError, TextClassifier};
@@ -34,6 +40,9 @@ pub enum Head {
     Linear(LinearHead),
     Tip(TipHead),
     Gda(GdaHead),
+    Ape(ApeHead),
+    LpPlusPlus(LpPlusPlusHead),
+    Clap(ClapHead),
 }
 
 impl Head {
@@ -45,6 +54,9 @@ impl Head {
             Head::Linear(h) => h.logits(x),
             Head::Tip(h) => h.logits(x),
             Head::Gda(h) => h.logits(x),
+            Head::Ape(h) => h.logits(x),
+            Head::LpPlusPlus(h) => h.logits(x),
+            Head::Clap(h) => h.logits(x),
         }
     }
 
@@ -56,6 +68,9 @@ impl Head {
             Head::Linear(h) => h.weight.cols,
             Head::Tip(h) => h.classes.cols,
             Head::Gda(h) => h.classes.cols,
+            Head::Ape(h) => h.classes.cols,
+            Head::LpPlusPlus(h) => h.weight.cols,
+            Head::Clap(h) => h.prototypes.cols,
         }
     }
 
@@ -66,6 +81,9 @@ impl Head {
             Head::Linear(_) => "linear",
             Head::Tip(_) => "tip-adapter",
             Head::Gda(_) => "gda",
+            Head::Ape(_) => "ape",
+            Head::LpPlusPlus(_) => "lp++",
+            Head::Clap(_) => "clap",
         }
     }
 }
@@ -164,6 +182,41 @@ pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
             t.matrix("weight", &h.weight);
             t.put("bias", vec![h.bias.len()], h.bias.clone());
             t.scalar("alpha", h.alpha);
+        }
+        Head::Ape(h) => {
+            t.matrix("classes", &h.classes);
+            t.scalar("logit_scale", h.logit_scale);
+            t.matrix("keys", &h.keys);
+            t.put(
+                "values",
+                vec![h.values.len()],
+                h.values.iter().map(|&v| v as f32).collect(),
+            );
+            t.put(
+                "value_weights",
+                vec![h.value_weights.len()],
+                h.value_weights.clone(),
+            );
+            t.scalar("alpha", h.alpha);
+            t.scalar("beta", h.beta);
+            if !h.channels.is_empty() {
+                // Channel indices are exact in f32 up to 2^24 channels.
+                t.put(
+                    "channels",
+                    vec![h.channels.len()],
+                    h.channels.iter().map(|&c| c as f32).collect(),
+                );
+            }
+        }
+        Head::LpPlusPlus(h) => {
+            t.matrix("weight", &h.weight);
+            t.put("bias", vec![h.bias.len()], h.bias.clone());
+            t.put("alpha", vec![h.alpha.len()], h.alpha.clone());
+            t.matrix("text", &h.text);
+        }
+        Head::Clap(h) => {
+            t.matrix("prototypes", &h.prototypes);
+            t.scalar("logit_scale", h.logit_scale);
         }
     }
     // safetensors: u64 header length, JSON header (sorted keys), then the raw little-endian data.
@@ -350,6 +403,62 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), String> {
                 logit_scale: scalar("logit_scale")?,
             })
         }
+        "ape" => {
+            let indices = |name: &str| -> Result<Vec<usize>, String> {
+                vector(name)?
+                    .into_iter()
+                    .map(|v| {
+                        if v >= 0.0 && v.fract() == 0.0 {
+                            Ok(v as usize)
+                        } else {
+                            Err(format!("tensor `{name}` holds {v}, expected an index"))
+                        }
+                    })
+                    .collect()
+            };
+            let h = ApeHead {
+                classes: matrix("classes")?,
+                keys: matrix("keys")?,
+                values: indices("values")?,
+                value_weights: vector("value_weights")?,
+                channels: if has("channels") {
+                    indices("channels")?
+                } else {
+                    Vec::new()
+                },
+                alpha: scalar("alpha")?,
+                beta: scalar("beta")?,
+                logit_scale: scalar("logit_scale")?,
+            };
+            let (k, d, n) = (h.classes.rows, h.classes.cols, h.keys.rows);
+            if h.keys.cols != d || h.values.len() != n || h.value_weights.len() != n {
+                return Err(format!(
+                    "APE tensors disagree: classes {k}×{d}, keys {n}×{}, {} values, {} value weights",
+                    h.keys.cols,
+                    h.values.len(),
+                    h.value_weights.len()
+                ));
+            }
+            if let Some(v) = h.values.iter().find(|&&v| v >= k) {
+                return Err(format!("APE value {v} is not one of the {k} classes"));
+            }
+            if let Some(c) = h.channels.iter().find(|&&c| c >= d) {
+                return Err(format!(
+                    "APE channel {c} is outside the {d} feature channels"
+                ));
+            }
+            Head::Ape(h)
+        }
+        "lp++" => Head::LpPlusPlus(LpPlusPlusHead {
+            weight: matrix("weight")?,
+            bias: vector("bias")?,
+            alpha: vector("alpha")?,
+            text: matrix("text")?,
+        }),
+        "clap" => Head::Clap(ClapHead {
+            prototypes: matrix("prototypes")?,
+            logit_scale: scalar("logit_scale")?,
+        }),
         other => return Err(format!("unknown head kind `{other}`")),
     };
     Ok((head, info))

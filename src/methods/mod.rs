@@ -12,6 +12,9 @@
 //! lbfgs.rs          the L-BFGS minimiser the linear probe uses
 //! tip_adapter.rs    Tip-Adapter (training-free cache) and Tip-Adapter-F (trainable keys)
 //! gda.rs            Gaussian discriminant analysis with a shared, shrunk covariance
+//! ape.rs            APE (refined cache, training-free) and APE-T (trained category residuals)
+//! lp_plus_plus.rs   LP++: text-blended linear probe, block majorize-minimize steps
+//! clap.rs           CLAP: zero-shot-initialised probe with a class-adaptive constraint
 //! eval.rs           accuracy, mean ± std
 //! from_cache.rs     a FewShotTask from the feature cache of `clip-adapter extract`
 //! head.rs           a trained head: logits on new features; safetensors file with metadata
@@ -21,6 +24,8 @@
 //! normalises where its reference implementation does. Hyper-parameters are chosen on the
 //! validation set only; the test set is evaluated once, with the chosen values.
 
+pub mod ape;
+pub mod clap;
 pub mod clip_adapter;
 mod error;
 pub mod eval;
@@ -31,6 +36,7 @@ pub mod hyper_network;
 pub mod lbfgs;
 pub mod linalg;
 pub mod linear_probe;
+pub mod lp_plus_plus;
 pub mod optim;
 pub mod tip_adapter;
 pub mod zero_shot;
@@ -179,6 +185,10 @@ pub enum Method {
     TipAdapter(tip_adapter::TipOptions),
     TipAdapterF(tip_adapter::TipOptions),
     Gda(gda::GdaOptions),
+    Ape(ape::ApeOptions),
+    ApeT(ape::ApeOptions),
+    LpPlusPlus(lp_plus_plus::LpPlusPlusOptions),
+    Clap(clap::ClapOptions),
 }
 
 impl Method {
@@ -191,6 +201,10 @@ impl Method {
             Method::TipAdapter(_) => "tip-adapter",
             Method::TipAdapterF(_) => "tip-adapter-f",
             Method::Gda(_) => "gda",
+            Method::Ape(_) => "ape",
+            Method::ApeT(_) => "ape-t",
+            Method::LpPlusPlus(_) => "lp++",
+            Method::Clap(_) => "clap",
         }
     }
 
@@ -217,6 +231,19 @@ impl Method {
                 o.alpha, o.beta, o.search_scale, o.search_steps, o.lr, o.epochs, o.batch_size
             ),
             Method::Gda(o) => format!("alphas={:?}", o.alphas),
+            Method::Ape(o) | Method::ApeT(o) => format!(
+                "w_free={:?} w_trained={:?} channels={},{} alpha={} beta={} gamma={} scale={:?} steps={:?} lr={} eps={} epochs={} batch={}",
+                o.weights_free, o.weights_trained, o.channels_free, o.channels_trained, o.alpha,
+                o.beta, o.gamma, o.search_scale, o.search_steps, o.lr, o.eps, o.epochs, o.batch_size
+            ),
+            Method::LpPlusPlus(o) => format!(
+                "epochs={} alpha_every={} init_alpha_scale={} accumulate_alpha_grad={}",
+                o.epochs, o.alpha_every, o.init_alpha_scale, o.accumulate_alpha_grad
+            ),
+            Method::Clap(o) => format!(
+                "constraint={} lr={} epochs={} batch={} text_norm={}",
+                o.constraint.as_str(), o.lr, o.epochs, o.batch_size, o.text_norm
+            ),
         }
     }
 }
@@ -249,6 +276,10 @@ pub fn fit(
         Method::TipAdapter(o) => tip_adapter::fit(task, o, false, progress),
         Method::TipAdapterF(o) => tip_adapter::fit(task, o, true, progress),
         Method::Gda(o) => gda::fit(task, o, progress),
+        Method::Ape(o) => ape::fit(task, o, progress),
+        Method::ApeT(o) => ape::fit_trained(task, o, progress),
+        Method::LpPlusPlus(o) => lp_plus_plus::fit(task, o, progress),
+        Method::Clap(o) => clap::fit(task, o, progress),
     }
 }
 

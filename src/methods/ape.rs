@@ -1,0 +1,901 @@
+//! APE and APE-T (Zhu et al., "Not All Features Matter: Enhancing Few-shot CLIP with Adaptive
+//! Prior Refinement", ICCV 2023; yangyangyang127/APE `main.py`, `utils.py` @6ee66e8).
+//!
+//! - Prior refinement (`cal_criterion`): for every channel c, the inter-class similarity
+//!   `S_c` = mean of `x_c·y_c` over all pairs (x, y) of features of *different* classes, where
+//!   the features of a class are its text embedding and its cache keys; the variance `V_c` of
+//!   the text embeddings across classes (unbiased, `torch.var`). The Q channels with the
+//!   largest `−w₀·S_c + w₁·V_c` are kept: small inter-class similarity, large spread.
+//! - APE (training-free): keys are Tip-Adapter's (views averaged, normalised); on the Q
+//!   channels, image features, keys and text embeddings are renormalised; the key–text
+//!   affinity `softmax_k(k'_i·w'_k)` gives each key the KL divergence (base 2) of its one-hot
+//!   label from it, and the key's value is weighted by `exp(γ·div_i)`;
+//!   `logits = scale·f Wᵀ + α · exp(−β(1 − f'K'ᵀ)) · (Y ⊙ exp(γ div))`.
+//!   β, α, γ are searched on the validation set (β outer, α, γ inner; the first strictly
+//!   better wins).
+//! - APE-T: a residual `R` (K×Q, zeros) is added on the Q channels to every class's text
+//!   embedding and to every key of that class, and each key's value gets a trainable weight
+//!   (ones), as `APE_Training` does; the affinity uses all channels without renormalising.
+//!   AdamW (weight decay 0.1), cosine per iteration, batch 256; the best epoch on validation,
+//!   then α, β searched on validation.
+
+use super::linalg::{argmax_rows, cross_entropy_backward, gemm, normalize_rows, Matrix, Rng};
+use super::optim::{cosine_annealing, AdamW};
+use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress};
+
+/// The feature width the authors' channel counts are given for (RN50).
+pub const REFERENCE_DIM: usize = 1024;
+
+/// APE and APE-T options; the authors' per-dataset values in [`ApeOptions::for_dataset`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApeOptions {
+    /// Criterion weights `(w_sim, w_var)` of training-free APE (`w_training_free`).
+    pub weights_free: (f32, f32),
+    /// Criterion weights of APE-T (`w_training`).
+    pub weights_trained: (f32, f32),
+    /// Q of training-free APE (`training_free_feat_num`).
+    pub channels_free: usize,
+    /// Q of APE-T (`training_feat_num`).
+    pub channels_trained: usize,
+    /// Initial α, β, γ (used while training APE-T, and when there is no validation set).
+    pub alpha: f32,
+    pub beta: f32,
+    pub gamma: f32,
+    /// Upper ends of the search grids `(β, α, γ)` (`search_scale`).
+    pub search_scale: (f32, f32, f32),
+    /// Grid sizes `(β, α, γ)` (`search_step`).
+    pub search_steps: (usize, usize, usize),
+    /// APE-T: AdamW learning rate, eps, weight decay; epochs, batch size, shuffling seed.
+    pub lr: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for ApeOptions {
+    /// The generic configuration (the `dtd`/`sun397` shape of the authors' configs).
+    fn default() -> Self {
+        ApeOptions {
+            weights_free: (0.7, 0.3),
+            weights_trained: (0.2, 0.8),
+            channels_free: 800,
+            channels_trained: 800,
+            alpha: 1.0,
+            beta: 1.0,
+            gamma: 0.1,
+            search_scale: (7.0, 7.0, 1.0),
+            search_steps: (200, 20, 20),
+            lr: 1e-3,
+            eps: 1e-3,
+            weight_decay: 0.1,
+            epochs: 30,
+            batch_size: 256,
+            seed: 1,
+        }
+    }
+}
+
+impl ApeOptions {
+    /// The authors' `configs/<dataset>.yaml` values (RN50), by CoOp dataset key. Configs that
+    /// give one `feat_num` use it for both variants.
+    pub fn for_dataset(key: &str) -> Self {
+        let d = ApeOptions::default();
+        // (search_scale, steps γ, α, eps, (Q trained, Q free), w_free, lr, epochs)
+        type Row = (
+            (f32, f32, f32),
+            usize,
+            f32,
+            f32,
+            (usize, usize),
+            (f32, f32),
+            f32,
+            usize,
+        );
+        let row: Row = match key {
+            "imagenet" => (
+                (7.0, 7.0, 0.5),
+                5,
+                2.0,
+                1e-3,
+                (500, 500),
+                (0.7, 0.3),
+                1e-4,
+                20,
+            ),
+            "caltech101" => (
+                (7.0, 7.0, 1.0),
+                20,
+                1.0,
+                1e-3,
+                (900, 800),
+                (0.5, 0.5),
+                1e-3,
+                30,
+            ),
+            "dtd" => (
+                (7.0, 7.0, 1.0),
+                20,
+                3.0,
+                1e-3,
+                (800, 800),
+                (0.7, 0.3),
+                1e-3,
+                20,
+            ),
+            "eurosat" => (
+                (30.0, 5.0, 1.5),
+                20,
+                1.0,
+                1e-3,
+                (900, 700),
+                (0.9, 0.1),
+                1e-3,
+                200,
+            ),
+            "fgvc_aircraft" | "fgvc" => (
+                (20.0, 10.0, 1.0),
+                20,
+                5.0,
+                1e-3,
+                (900, 800),
+                (0.1, 0.9),
+                1e-3,
+                30,
+            ),
+            "food101" => (
+                (7.0, 7.0, 1.0),
+                20,
+                0.8,
+                1e-3,
+                (900, 700),
+                (0.3, 0.7),
+                1e-4,
+                30,
+            ),
+            "oxford_flowers" => (
+                (7.0, 7.0, 1.0),
+                20,
+                3.0,
+                1e-3,
+                (800, 700),
+                (0.4, 0.6),
+                1e-3,
+                60,
+            ),
+            "oxford_pets" => (
+                (7.0, 7.0, 1.0),
+                20,
+                2.0,
+                2e-3,
+                (800, 800),
+                (0.7, 0.3),
+                1e-4,
+                30,
+            ),
+            "stanford_cars" => (
+                (7.0, 7.0, 1.0),
+                20,
+                1.0,
+                1e-3,
+                (500, 500),
+                (0.7, 0.3),
+                1e-3,
+                30,
+            ),
+            "sun397" => (
+                (7.0, 7.0, 1.0),
+                20,
+                1.0,
+                1e-3,
+                (800, 800),
+                (0.7, 0.3),
+                1e-4,
+                30,
+            ),
+            "ucf101" => (
+                (7.0, 7.0, 1.5),
+                20,
+                1.0,
+                1e-3,
+                (800, 800),
+                (0.2, 0.8),
+                1e-3,
+                30,
+            ),
+            _ => return d,
+        };
+        let (scale, gamma_steps, alpha, eps, (q_trained, q_free), w_free, lr, epochs) = row;
+        ApeOptions {
+            weights_free: w_free,
+            channels_free: q_free,
+            channels_trained: q_trained,
+            alpha,
+            search_scale: scale,
+            search_steps: (200, 20, gamma_steps),
+            lr,
+            eps,
+            epochs,
+            ..d
+        }
+    }
+
+    /// The channel counts scaled from RN50's 1024-wide features to `dim` (at least one).
+    pub fn scaled_to(self, dim: usize) -> Self {
+        let scale = |q: usize| ((q * dim + REFERENCE_DIM / 2) / REFERENCE_DIM).max(1);
+        ApeOptions {
+            channels_free: scale(self.channels_free),
+            channels_trained: scale(self.channels_trained),
+            ..self
+        }
+    }
+}
+
+/// The refined channels: the `q` channels with the largest `−w₀·S_c + w₁·V_c`, best first
+/// (ties: the lower channel first). `text` is K×D, `keys` N×D with class `labels`.
+pub fn select_channels(
+    text: &Matrix,
+    keys: &Matrix,
+    labels: &[usize],
+    weights: (f32, f32),
+    q: usize,
+) -> Result<Vec<usize>, MethodError> {
+    let (k, d) = (text.rows, text.cols);
+    if k < 2 {
+        return Err(MethodError::Empty {
+            what: "APE's inter-class criterion (it needs two classes at least)",
+        });
+    }
+    if q == 0 || q > d {
+        return Err(MethodError::option(
+            "channels",
+            q,
+            "must be between 1 and the feature width (see ApeOptions::scaled_to)",
+        ));
+    }
+    // Per class: the sum of its features (text + keys) and their count. The sum over pairs of
+    // different classes of x_c·y_c is (Σ_k s_kc)² − Σ_k s_kc², and the pair count
+    // M² − Σ_k M_k²: the reference's quadruple loop in O(N·D).
+    let mut sums = vec![0f64; k * d];
+    let mut counts = vec![1usize; k];
+    for c in 0..k {
+        for (s, &t) in sums[c * d..(c + 1) * d].iter_mut().zip(text.row(c)) {
+            *s = t as f64;
+        }
+    }
+    for (i, &y) in labels.iter().enumerate() {
+        counts[y] += 1;
+        for (s, &x) in sums[y * d..(y + 1) * d].iter_mut().zip(keys.row(i)) {
+            *s += x as f64;
+        }
+    }
+    let total: usize = counts.iter().sum();
+    let pairs = (total * total - counts.iter().map(|m| m * m).sum::<usize>()) as f64;
+    let mut criterion = vec![0f64; d];
+    for (c, out) in criterion.iter_mut().enumerate() {
+        let (mut all, mut squares) = (0f64, 0f64);
+        let (mut t_sum, mut t_sq) = (0f64, 0f64);
+        for class in 0..k {
+            let s = sums[class * d + c];
+            all += s;
+            squares += s * s;
+            let t = text.data[class * d + c] as f64;
+            t_sum += t;
+            t_sq += t * t;
+        }
+        let sim = (all * all - squares) / pairs;
+        let var = (t_sq - t_sum * t_sum / k as f64) / (k - 1) as f64;
+        *out = -(weights.0 as f64) * sim + weights.1 as f64 * var;
+    }
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| criterion[b].total_cmp(&criterion[a]));
+    order.truncate(q);
+    Ok(order)
+}
+
+/// The columns `channels` of `m`, rows renormalised.
+fn refine(m: &Matrix, channels: &[usize]) -> Matrix {
+    let mut out = Matrix::zeros(m.rows, channels.len());
+    for i in 0..m.rows {
+        let (src, dst) = (m.row(i), out.row_mut(i));
+        for (o, &c) in dst.iter_mut().zip(channels) {
+            *o = src[c];
+        }
+    }
+    normalize_rows(&mut out.data, out.cols);
+    out
+}
+
+/// An APE or APE-T head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApeHead {
+    /// K×D class embeddings, used as they are (APE: the unit-norm text classifier; APE-T:
+    /// with the trained residual added, not renormalised, as the reference).
+    pub classes: Matrix,
+    /// N×D cache keys (APE: normalised; APE-T: with the residual added).
+    pub keys: Matrix,
+    /// The class of each key (the one-hot values).
+    pub values: Vec<usize>,
+    /// The weight of each key's one-hot value (APE: `exp(γ·div)`; APE-T: trained).
+    pub value_weights: Vec<f32>,
+    /// APE: the refined channels the image–key affinity is computed on (renormalised);
+    /// empty for APE-T, whose affinity uses every channel.
+    pub channels: Vec<usize>,
+    pub alpha: f32,
+    pub beta: f32,
+    pub logit_scale: f32,
+}
+
+impl ApeHead {
+    /// `scale · f̂ Wᵀ` (W used as stored).
+    fn clip_logits(&self, f: &Matrix) -> Matrix {
+        let mut out = f.matmul(false, &self.classes, true);
+        out.data.iter_mut().for_each(|x| *x *= self.logit_scale);
+        out
+    }
+
+    /// Image–key affinity (B×N) of normalised features.
+    fn affinity(&self, f: &Matrix) -> Matrix {
+        if self.channels.is_empty() {
+            f.matmul(false, &self.keys, true)
+        } else {
+            refine(f, &self.channels).matmul(false, &refine(&self.keys, &self.channels), true)
+        }
+    }
+
+    /// `Σ_i exp(−β(1 − A_bi))·w_i` into the class of key i.
+    fn cache_logits(&self, affinity: &Matrix, beta: f32, weights: &[f32]) -> Matrix {
+        let k = self.classes.rows;
+        let mut out = Matrix::zeros(affinity.rows, k);
+        for b in 0..affinity.rows {
+            let o = out.row_mut(b);
+            for ((&a, &class), &w) in affinity.row(b).iter().zip(&self.values).zip(weights) {
+                o[class] += (-(beta - beta * a)).exp() * w;
+            }
+        }
+        out
+    }
+
+    pub fn logits(&self, x: &Matrix) -> Matrix {
+        let f = x.normalized();
+        let mut out = self.clip_logits(&f);
+        let cache = self.cache_logits(&self.affinity(&f), self.beta, &self.value_weights);
+        out.data
+            .iter_mut()
+            .zip(&cache.data)
+            .for_each(|(o, c)| *o += self.alpha * c);
+        out
+    }
+}
+
+/// Tip-Adapter's cache keys: the training views averaged, then normalised.
+pub fn cache_keys(task: &FewShotTask) -> Matrix {
+    let views = task.training_views();
+    let mut keys = Matrix::zeros(task.train.features.rows, task.dim());
+    for v in &views {
+        keys.data.iter_mut().zip(&v.data).for_each(|(k, x)| *k += x);
+    }
+    keys.data.iter_mut().for_each(|k| *k /= views.len() as f32);
+    keys.normalized()
+}
+
+/// `div_i = Σ_k Y_ik log₂((Y_ik + 1e-6)/(s_ik + 1e-6))` with `s_i = softmax_k(k'_i·w'_k)` on the
+/// refined channels (no temperature, as the reference). For one-hot `Y` only the label's term
+/// is non-zero.
+pub fn key_divergence(
+    keys: &Matrix,
+    labels: &[usize],
+    text: &Matrix,
+    channels: &[usize],
+) -> Vec<f32> {
+    let affinity = refine(keys, channels).matmul(false, &refine(text, channels), true);
+    let k = text.rows;
+    affinity
+        .data
+        .chunks(k)
+        .zip(labels)
+        .map(|(row, &y)| {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+            let s = ((row[y] - max) as f64).exp() / sum;
+            ((1.0 + 1e-6) / (s + 1e-6)).log2() as f32
+        })
+        .collect()
+}
+
+/// Builds training-free APE with the initial α, β, γ.
+pub fn build(task: &FewShotTask, opts: &ApeOptions) -> Result<(ApeHead, Vec<f32>), MethodError> {
+    let keys = cache_keys(task);
+    let labels = &task.train.labels;
+    let channels = select_channels(
+        &task.text.weights,
+        &keys,
+        labels,
+        opts.weights_free,
+        opts.channels_free,
+    )?;
+    let div = key_divergence(&keys, labels, &task.text.weights, &channels);
+    let head = ApeHead {
+        classes: task.text.weights.clone(),
+        value_weights: div.iter().map(|d| (opts.gamma * d).exp()).collect(),
+        keys,
+        values: labels.clone(),
+        channels,
+        alpha: opts.alpha,
+        beta: opts.beta,
+        logit_scale: task.text.logit_scale,
+    };
+    Ok((head, div))
+}
+
+/// `0.1 + i·(max − 0.1)/steps` (β, α) or `i·max/steps` (γ), `i < steps`, as the reference.
+fn grid(max: f32, steps: usize, from: f32) -> Vec<f32> {
+    (0..steps)
+        .map(|i| i as f32 * (max - from) / steps as f32 + from)
+        .collect()
+}
+
+fn accuracy_of(logits: &[f32], k: usize, labels: &[usize]) -> f32 {
+    let pred = argmax_rows(logits, k);
+    100.0 * pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f32 / labels.len() as f32
+}
+
+/// APE's search of (β, α, γ) on `(x, labels)`: key i's value weight is `base_i·exp(γ·div_i)`.
+/// Keeps the current values when the set is empty. Returns the best accuracy and γ.
+pub fn search(
+    head: &mut ApeHead,
+    base: &[f32],
+    div: &[f32],
+    x: &Matrix,
+    labels: &[usize],
+    opts: &ApeOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> (f32, f32) {
+    if labels.is_empty() {
+        return (f32::NAN, opts.gamma);
+    }
+    let betas = grid(opts.search_scale.0, opts.search_steps.0, 0.1);
+    let alphas = grid(opts.search_scale.1, opts.search_steps.1, 0.1);
+    let gammas = grid(opts.search_scale.2, opts.search_steps.2, 0.0);
+    let weights: Vec<Vec<f32>> = gammas.iter().map(|g| weights_for(base, div, *g)).collect();
+    let f = x.normalized();
+    let clip = head.clip_logits(&f);
+    let affinity = head.affinity(&f);
+    let mut best = (0f32, head.alpha, head.beta, opts.gamma);
+    let mut combined = clip.clone();
+    for (bi, &beta) in betas.iter().enumerate() {
+        let caches: Vec<Matrix> = weights
+            .iter()
+            .map(|w| head.cache_logits(&affinity, beta, w))
+            .collect();
+        for &alpha in &alphas {
+            for (gi, cache) in caches.iter().enumerate() {
+                for ((o, c), z) in combined.data.iter_mut().zip(&cache.data).zip(&clip.data) {
+                    *o = z + c * alpha;
+                }
+                let acc = accuracy_of(&combined.data, combined.cols, labels);
+                if acc > best.0 {
+                    best = (acc, alpha, beta, gammas[gi]);
+                }
+            }
+        }
+        progress(Progress::Search {
+            done: bi + 1,
+            total: betas.len(),
+        });
+    }
+    head.alpha = best.1;
+    head.beta = best.2;
+    head.value_weights = weights_for(base, div, best.3);
+    (best.0, best.3)
+}
+
+fn weights_for(base: &[f32], div: &[f32], gamma: f32) -> Vec<f32> {
+    base.iter()
+        .zip(div)
+        .map(|(b, d)| b * (gamma * d).exp())
+        .collect()
+}
+
+fn check_grid(steps: &[usize]) -> Result<(), MethodError> {
+    if steps.contains(&0) {
+        return Err(MethodError::option(
+            "search-steps",
+            format!("{steps:?}"),
+            "every grid needs at least one step",
+        ));
+    }
+    Ok(())
+}
+
+/// Training-free APE: refined cache, (β, α, γ) chosen on validation.
+pub fn fit(
+    task: &FewShotTask,
+    opts: &ApeOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, MethodError> {
+    let s = opts.search_steps;
+    check_grid(&[s.0, s.1, s.2])?;
+    let (mut head, div) = build(task, opts)?;
+    let ones = vec![1f32; div.len()];
+    let (_, gamma) = search(
+        &mut head,
+        &ones,
+        &div,
+        &task.val.features,
+        &task.val.labels,
+        opts,
+        progress,
+    );
+    let chosen = vec![
+        ("alpha".to_string(), head.alpha.to_string()),
+        ("beta".to_string(), head.beta.to_string()),
+        ("gamma".to_string(), gamma.to_string()),
+        ("channels".to_string(), head.channels.len().to_string()),
+    ];
+    Ok(Fitted {
+        head: Head::Ape(head),
+        chosen,
+        losses: Vec::new(),
+    })
+}
+
+/// APE-T's trainable parts: the category residuals and the per-key value weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApeTParams {
+    /// K×Q, added on the refined channels to the class's text embedding and to its keys.
+    pub residual: Matrix,
+    /// One weight per key, multiplying its one-hot value.
+    pub value_weights: Vec<f32>,
+}
+
+/// APE-T before materialisation: frozen base keys and text, the refined channels, the
+/// trainable parameters.
+#[derive(Debug, Clone)]
+pub struct ApeTModel {
+    pub base_keys: Matrix,
+    pub base_text: Matrix,
+    pub values: Vec<usize>,
+    pub channels: Vec<usize>,
+    pub params: ApeTParams,
+    pub alpha: f32,
+    pub beta: f32,
+    pub logit_scale: f32,
+}
+
+impl ApeTModel {
+    /// The reference's initialisation: residual zeros, value weights ones.
+    pub fn new(task: &FewShotTask, opts: &ApeOptions) -> Result<Self, MethodError> {
+        let keys = cache_keys(task);
+        let channels = select_channels(
+            &task.text.weights,
+            &keys,
+            &task.train.labels,
+            opts.weights_trained,
+            opts.channels_trained,
+        )?;
+        Ok(ApeTModel {
+            params: ApeTParams {
+                residual: Matrix::zeros(task.classes(), channels.len()),
+                value_weights: vec![1.0; keys.rows],
+            },
+            base_keys: keys,
+            base_text: task.text.weights.clone(),
+            values: task.train.labels.clone(),
+            channels,
+            alpha: opts.alpha,
+            beta: opts.beta,
+            logit_scale: task.text.logit_scale,
+        })
+    }
+
+    /// The head with the residuals added (`APE_Training.forward`).
+    pub fn head(&self) -> ApeHead {
+        let r = &self.params.residual;
+        let mut keys = self.base_keys.clone();
+        for (i, &y) in self.values.iter().enumerate() {
+            let row = keys.row_mut(i);
+            for (q, &c) in self.channels.iter().enumerate() {
+                row[c] += r.data[y * r.cols + q];
+            }
+        }
+        let mut classes = self.base_text.clone();
+        for k in 0..classes.rows {
+            let row = classes.row_mut(k);
+            for (q, &c) in self.channels.iter().enumerate() {
+                row[c] += r.data[k * r.cols + q];
+            }
+        }
+        ApeHead {
+            classes,
+            keys,
+            values: self.values.clone(),
+            value_weights: self.params.value_weights.clone(),
+            channels: Vec::new(),
+            alpha: self.alpha,
+            beta: self.beta,
+            logit_scale: self.logit_scale,
+        }
+    }
+
+    /// Mean cross-entropy on a batch of normalised features and its gradient.
+    pub fn loss_and_grad(&self, f: &Matrix, labels: &[usize]) -> (f32, ApeTParams) {
+        let head = self.head();
+        let (b, n, k, d) = (f.rows, head.keys.rows, head.classes.rows, f.cols);
+        let affinity = f.matmul(false, &head.keys, true);
+        let exp: Vec<f32> = affinity
+            .data
+            .iter()
+            .map(|&a| (-(self.beta - self.beta * a)).exp())
+            .collect();
+        let mut logits = head.clip_logits(f);
+        for i in 0..b {
+            for (j, (&class, &w)) in head.values.iter().zip(&head.value_weights).enumerate() {
+                logits.data[i * k + class] += self.alpha * exp[i * n + j] * w;
+            }
+        }
+        let loss = cross_entropy_backward(&mut logits.data, labels, k);
+        let g = &logits.data;
+        // logits[b, y_j] += α·E_bj·v_j: dv_j = α Σ_b G[b,y_j] E_bj, dA_bj = α G[b,y_j] v_j β E_bj.
+        let mut d_weights = vec![0f32; n];
+        let mut d_aff = vec![0f32; b * n];
+        for i in 0..b {
+            for (j, (&class, &w)) in head.values.iter().zip(&head.value_weights).enumerate() {
+                let ge = self.alpha * g[i * k + class] * exp[i * n + j];
+                d_weights[j] += ge;
+                d_aff[i * n + j] = ge * w * self.beta;
+            }
+        }
+        let mut d_keys = vec![0f32; n * d];
+        gemm(&d_aff, true, &f.data, false, &mut d_keys, n, b, d, false);
+        let mut d_text = vec![0f32; k * d];
+        gemm(g, true, &f.data, false, &mut d_text, k, b, d, false);
+        let q = self.channels.len();
+        let mut d_res = Matrix::zeros(k, q);
+        for class in 0..k {
+            for (qi, &c) in self.channels.iter().enumerate() {
+                d_res.data[class * q + qi] = self.logit_scale * d_text[class * d + c];
+            }
+        }
+        for (j, &y) in self.values.iter().enumerate() {
+            for (qi, &c) in self.channels.iter().enumerate() {
+                d_res.data[y * q + qi] += d_keys[j * d + c];
+            }
+        }
+        (
+            loss,
+            ApeTParams {
+                residual: d_res,
+                value_weights: d_weights,
+            },
+        )
+    }
+}
+
+/// Trains APE-T's parameters on the task's training views (view `epoch mod V`, normalised).
+/// `order(epoch)` gives the sample order; `after_epoch` sees the model after each epoch.
+/// Returns the mean batch loss of each epoch.
+pub fn train(
+    task: &FewShotTask,
+    opts: &ApeOptions,
+    model: &mut ApeTModel,
+    order: &mut dyn FnMut(usize) -> Vec<usize>,
+    after_epoch: &mut dyn FnMut(usize, &ApeTModel),
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<f32>, MethodError> {
+    if opts.batch_size == 0 {
+        return Err(MethodError::option("batch-size", 0, "must be at least 1"));
+    }
+    let views: Vec<Matrix> = task
+        .training_views()
+        .iter()
+        .map(|v| v.normalized())
+        .collect();
+    let labels = &task.train.labels;
+    let n = labels.len();
+    let per_epoch = n.div_ceil(opts.batch_size);
+    let total = opts.epochs * per_epoch;
+    let mut adamw = AdamW::new(opts.eps, opts.weight_decay);
+    let mut step = 0;
+    let mut losses = Vec::with_capacity(opts.epochs);
+    for epoch in 0..opts.epochs {
+        let view = &views[epoch % views.len()];
+        let idx = order(epoch);
+        let mut sum = 0f64;
+        for batch in idx.chunks(opts.batch_size) {
+            let f = view.gather_rows(batch);
+            let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
+            let (loss, grad) = model.loss_and_grad(&f, &y);
+            let p = &mut model.params;
+            adamw.step(
+                &mut [&mut p.residual.data, &mut p.value_weights],
+                &[&grad.residual.data, &grad.value_weights],
+                cosine_annealing(opts.lr, step, total),
+            );
+            step += 1;
+            sum += loss as f64;
+        }
+        let loss = (sum / per_epoch.max(1) as f64) as f32;
+        if !loss.is_finite() {
+            return Err(MethodError::Diverged { epoch, loss });
+        }
+        losses.push(loss);
+        progress(Progress::Epoch {
+            epoch,
+            epochs: opts.epochs,
+            loss,
+        });
+        after_epoch(epoch, model);
+    }
+    Ok(losses)
+}
+
+/// APE-T: residuals and value weights trained, best epoch and then (β, α) chosen on validation.
+pub fn fit_trained(
+    task: &FewShotTask,
+    opts: &ApeOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, MethodError> {
+    let s = opts.search_steps;
+    check_grid(&[s.0, s.1])?;
+    let mut model = ApeTModel::new(task, opts)?;
+    let n = task.train.labels.len();
+    let mut rng = Rng::new(opts.seed);
+    let mut order = |_: usize| rng.permutation(n);
+    let mut best = (f32::NEG_INFINITY, model.params.clone(), 0usize);
+    let mut keep_best = |epoch: usize, m: &ApeTModel| {
+        let val = eval::accuracy(&m.head().logits(&task.val.features), &task.val.labels);
+        // The last epoch when there is no validation set.
+        if val.is_nan() || val > best.0 {
+            best = (val, m.params.clone(), epoch);
+        }
+    };
+    let losses = train(task, opts, &mut model, &mut order, &mut keep_best, progress)?;
+    model.params = best.1;
+    let mut head = model.head();
+    if !task.val.labels.is_empty() {
+        // No γ in APE-T (its value weights are trained): a one-point γ grid at 0.
+        let search_opts = ApeOptions {
+            search_steps: (s.0, s.1, 1),
+            search_scale: (opts.search_scale.0, opts.search_scale.1, 0.0),
+            ..opts.clone()
+        };
+        let trained = head.value_weights.clone();
+        let zeros = vec![0f32; n];
+        search(
+            &mut head,
+            &trained,
+            &zeros,
+            &task.val.features,
+            &task.val.labels,
+            &search_opts,
+            progress,
+        );
+    }
+    let chosen = vec![
+        ("best_epoch".to_string(), best.2.to_string()),
+        ("alpha".to_string(), head.alpha.to_string()),
+        ("beta".to_string(), head.beta.to_string()),
+        ("channels".to_string(), model.channels.len().to_string()),
+    ];
+    Ok(Fitted {
+        head: Head::Ape(head),
+        chosen,
+        losses,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> (ApeTModel, Matrix, Vec<usize>) {
+        let mut rng = Rng::new(5);
+        let (n, k, d, q) = (6, 3, 8, 5);
+        let m = |r: usize, c: usize, rng: &mut Rng| {
+            Matrix::from_vec(r, c, rng.uniform_vec(r * c, 1.0))
+                .unwrap()
+                .normalized()
+        };
+        let keys = m(n, d, &mut rng);
+        let text = m(k, d, &mut rng);
+        let f = m(4, d, &mut rng);
+        let model = ApeTModel {
+            base_keys: keys,
+            base_text: text,
+            values: (0..n).map(|i| i % k).collect(),
+            channels: vec![6, 1, 3, 0, 5],
+            params: ApeTParams {
+                residual: Matrix::from_vec(k, q, rng.uniform_vec(k * q, 0.2)).unwrap(),
+                value_weights: (0..n).map(|_| 0.5 + rng.uniform()).collect(),
+            },
+            alpha: 1.5,
+            beta: 2.0,
+            logit_scale: 10.0,
+        };
+        (model, f, vec![0, 1, 2, 1])
+    }
+
+    #[test]
+    fn ape_t_gradient_matches_finite_differences() {
+        let (model, f, y) = toy();
+        let (_, grad) = model.loss_and_grad(&f, &y);
+        let e = 1e-2f32;
+        let check = |analytic: f32, up: f32, down: f32, what: &str| {
+            let numeric = (up - down) / (2.0 * e);
+            assert!(
+                (analytic - numeric).abs() <= 2e-2 * analytic.abs().max(numeric.abs()) + 2e-4,
+                "{what}: {analytic} vs {numeric}"
+            );
+        };
+        let mut probe = model.clone();
+        for j in 0..grad.residual.data.len() {
+            let orig = probe.params.residual.data[j];
+            probe.params.residual.data[j] = orig + e;
+            let up = probe.loss_and_grad(&f, &y).0;
+            probe.params.residual.data[j] = orig - e;
+            let down = probe.loss_and_grad(&f, &y).0;
+            probe.params.residual.data[j] = orig;
+            check(grad.residual.data[j], up, down, &format!("residual {j}"));
+        }
+        for j in 0..grad.value_weights.len() {
+            let orig = probe.params.value_weights[j];
+            probe.params.value_weights[j] = orig + e;
+            let up = probe.loss_and_grad(&f, &y).0;
+            probe.params.value_weights[j] = orig - e;
+            let down = probe.loss_and_grad(&f, &y).0;
+            probe.params.value_weights[j] = orig;
+            check(
+                grad.value_weights[j],
+                up,
+                down,
+                &format!("value weight {j}"),
+            );
+        }
+        assert!(grad.residual.data.iter().any(|g| g.abs() > 1e-4));
+    }
+
+    #[test]
+    fn criterion_equals_the_reference_quadruple_loop() {
+        let (model, _, _) = toy();
+        let (text, keys, labels) = (&model.base_text, &model.base_keys, &model.values);
+        let (k, d) = (text.rows, text.cols);
+        let w = (0.7f32, 0.3f32);
+        // The reference: every pair of features (text + keys) of different classes.
+        let feats: Vec<Vec<&[f32]>> = (0..k)
+            .map(|c| {
+                let mut v = vec![text.row(c)];
+                v.extend(
+                    (0..keys.rows)
+                        .filter(|&i| labels[i] == c)
+                        .map(|i| keys.row(i)),
+                );
+                v
+            })
+            .collect();
+        let mut crit = vec![0f64; d];
+        for (ch, out) in crit.iter_mut().enumerate() {
+            let (mut sum, mut count) = (0f64, 0f64);
+            for i in 0..k {
+                for j in (0..k).filter(|&j| j != i) {
+                    for a in &feats[i] {
+                        for b in &feats[j] {
+                            sum += a[ch] as f64 * b[ch] as f64;
+                            count += 1.0;
+                        }
+                    }
+                }
+            }
+            let col: Vec<f64> = (0..k).map(|c| text.data[c * d + ch] as f64).collect();
+            let mean = col.iter().sum::<f64>() / k as f64;
+            let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1) as f64;
+            *out = -(w.0 as f64) * sum / count + w.1 as f64 * var;
+        }
+        let mut want: Vec<usize> = (0..d).collect();
+        want.sort_by(|&a, &b| crit[b].total_cmp(&crit[a]));
+        let got = select_channels(text, keys, labels, w, d).unwrap();
+        assert_eq!(got, want);
+        assert!(select_channels(text, keys, labels, w, d + 1).is_err());
+    }
+}

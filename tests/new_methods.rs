@@ -1,0 +1,467 @@
+//! APE / APE-T, LP++ and CLAP against their references (`scripts/fixtures/new_methods.py`,
+//! PyTorch in float64, written from the papers and the authors' code): same features, same
+//! initial values and sample orders; our f32 results must agree within the stated tolerances.
+
+use clip_adapter::methods::ape::{self, ApeOptions, ApeTModel};
+use clip_adapter::methods::clap::{self, ClapModel, ClapOptions, Constraint};
+use clip_adapter::methods::head::{self, HeadInfo};
+use clip_adapter::methods::lp_plus_plus::{self as lpp, LpPlusPlusHead, LpPlusPlusOptions};
+use clip_adapter::methods::zero_shot::cosine_logits;
+use clip_adapter::methods::{
+    eval, evaluate, fit, FewShotTask, Head, LabelledSet, Matrix, Method, TextClassifier,
+};
+use serde_json::Value;
+
+use crate::common;
+
+fn fixture() -> Value {
+    let path = common::fixture("methods/new_methods.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("reading the fixture"))
+        .expect("fixture JSON")
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+fn usizes(v: &Value) -> Vec<usize> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("index") as usize)
+        .collect()
+}
+
+fn num(v: &Value) -> f32 {
+    v.as_f64().expect("number") as f32
+}
+
+fn task(f: &Value) -> FewShotTask {
+    let (k, d) = (
+        f["classes"].as_u64().unwrap() as usize,
+        f["dim"].as_u64().unwrap() as usize,
+    );
+    let m = |v: &Value| {
+        let data = floats(v);
+        Matrix::from_vec(data.len() / d, d, data).unwrap()
+    };
+    FewShotTask {
+        classnames: (0..k).map(|i| format!("class {i}")).collect(),
+        train: LabelledSet {
+            features: m(&f["train"]),
+            labels: usizes(&f["labels"]),
+        },
+        train_views: f["views"].as_array().unwrap().iter().map(m).collect(),
+        val: LabelledSet {
+            features: m(&f["val"]),
+            labels: usizes(&f["val_labels"]),
+        },
+        test: LabelledSet {
+            features: m(&f["test"]),
+            labels: usizes(&f["test_labels"]),
+        },
+        text: TextClassifier {
+            weights: m(&f["text"]),
+            logit_scale: num(&f["logit_scale"]),
+        },
+    }
+}
+
+/// `|a − b| ≤ abs + rel·|b|` element-wise.
+fn assert_close(what: &str, ours: &[f32], theirs: &[f32], abs: f32, rel: f32) {
+    assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        assert!(
+            (a - b).abs() <= abs + rel * b.abs(),
+            "{what}[{i}]: ours {a} vs reference {b}"
+        );
+    }
+}
+
+fn ape_options(r: &Value) -> ApeOptions {
+    let w = floats(&r["weights"]);
+    let s = floats(&r["search_scale"]);
+    let st = usizes(&r["search_steps"]);
+    ApeOptions {
+        weights_free: (w[0], w[1]),
+        channels_free: r["channels"].as_u64().unwrap() as usize,
+        alpha: num(&r["alpha"]),
+        beta: num(&r["beta"]),
+        gamma: num(&r["gamma"]),
+        search_scale: (s[0], s[1], s[2]),
+        search_steps: (st[0], st[1], st[2]),
+        ..Default::default()
+    }
+}
+
+/// Keys within 1e-6; the refined channels identical, in the reference's order; divergences
+/// within 1e-4 relative; logits (magnitude ~100) within 1e-3 + 1e-5 relative, before and after
+/// the validation search, whose (α, β, γ) must be the reference's.
+#[test]
+fn ape_matches_the_reference() {
+    let f = fixture();
+    let task = task(&f);
+    let r = &f["ape"];
+    let opts = ape_options(r);
+    let keys = ape::cache_keys(&task);
+    assert_close("keys", &keys.data, &floats(&r["keys"]), 1e-6, 0.0);
+    let (head, div) = ape::build(&task, &opts).unwrap();
+    assert_eq!(head.channels, usizes(&r["indices"]), "refined channels");
+    assert_close("div", &div, &floats(&r["div"]), 1e-5, 1e-4);
+    let logits = head.logits(&task.test.features);
+    assert_close(
+        "logits",
+        &logits.data,
+        &floats(&r["test_logits"]),
+        1e-3,
+        1e-5,
+    );
+
+    let fitted = fit(&Method::Ape(opts), &task, &mut |_| {}).unwrap();
+    let chosen = |name: &str| -> f32 {
+        fitted
+            .chosen
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap()
+    };
+    let best = &r["best"];
+    for name in ["alpha", "beta", "gamma"] {
+        assert!(
+            (chosen(name) - num(&best[name])).abs() < 1e-4,
+            "{name}: ours {} vs reference {}",
+            chosen(name),
+            best[name]
+        );
+    }
+    let (val, _) = evaluate(&fitted.head, &task);
+    assert_eq!(val, num(&best["val_accuracy"]), "validation accuracy");
+    let searched = fitted.head.logits(&task.test.features);
+    assert_close(
+        "searched logits",
+        &searched.data,
+        &floats(&r["test_logits_searched"]),
+        1e-3,
+        1e-5,
+    );
+}
+
+/// APE-T from the reference's initialisation and batch orders: per-epoch loss within
+/// 1e-4 + 1e-4·loss, the residual and value weights within 1e-4, the validation accuracy of
+/// every epoch equal, test logits within 1e-3 + 1e-5 relative.
+#[test]
+fn ape_t_training_matches_the_reference() {
+    let f = fixture();
+    let task = task(&f);
+    let r = &f["ape_t"];
+    let w = floats(&r["weights"]);
+    let opts = ApeOptions {
+        weights_trained: (w[0], w[1]),
+        channels_trained: r["channels"].as_u64().unwrap() as usize,
+        alpha: num(&r["alpha"]),
+        beta: num(&r["beta"]),
+        lr: num(&r["lr"]),
+        eps: num(&r["eps"]),
+        epochs: r["epochs"].as_u64().unwrap() as usize,
+        batch_size: r["batch_size"].as_u64().unwrap() as usize,
+        ..Default::default()
+    };
+    let mut model = ApeTModel::new(&task, &opts).unwrap();
+    assert_eq!(model.channels, usizes(&r["indices"]), "refined channels");
+    let orders: Vec<Vec<usize>> = r["orders"].as_array().unwrap().iter().map(usizes).collect();
+    let mut val_acc = Vec::new();
+    let losses = ape::train(
+        &task,
+        &opts,
+        &mut model,
+        &mut |e| orders[e].clone(),
+        &mut |_, m| {
+            val_acc.push(eval::accuracy(
+                &m.head().logits(&task.val.features),
+                &task.val.labels,
+            ))
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_close("losses", &losses, &floats(&r["losses"]), 1e-4, 1e-4);
+    assert_eq!(
+        val_acc,
+        floats(&r["val_accuracy"]),
+        "validation accuracy per epoch"
+    );
+    assert_close(
+        "residual",
+        &model.params.residual.data,
+        &floats(&r["residual"]),
+        1e-4,
+        0.0,
+    );
+    assert_close(
+        "value weights",
+        &model.params.value_weights,
+        &floats(&r["value_weights"]),
+        1e-4,
+        0.0,
+    );
+    let logits = model.head().logits(&task.test.features);
+    assert_close(
+        "logits",
+        &logits.data,
+        &floats(&r["test_logits"]),
+        1e-3,
+        1e-5,
+    );
+}
+
+/// LP++ (the paper's fresh α gradient, and the released code's accumulated one): step sizes
+/// and initial α within 1e-5 relative, per-epoch loss within 1e-4 + 1e-4·loss, final weights,
+/// bias within 1e-3 + 1e-4 relative (30 full-batch steps of size 4N/λ_max), α within
+/// 2e-5 + 2e-6 relative (its steps are small on this separable set), the
+/// validation accuracy of every epoch equal.
+#[test]
+fn lp_plus_plus_matches_the_reference() {
+    let f = fixture();
+    let task = task(&f);
+    let k = task.classes();
+    let feats = task.training_views()[0].normalized();
+    for r in f["lp_plus_plus"].as_array().unwrap() {
+        let opts = LpPlusPlusOptions {
+            epochs: r["epochs"].as_u64().unwrap() as usize,
+            alpha_every: r["alpha_every"].as_u64().unwrap() as usize,
+            accumulate_alpha_grad: r["accumulate_alpha_grad"].as_bool().unwrap(),
+            ..Default::default()
+        };
+        let name = format!("accumulate={}", opts.accumulate_alpha_grad);
+        let start = lpp::init(&feats, &task.train.labels, &task.text.weights, &opts).unwrap();
+        assert_close(&name, &[start.lr_w], &[num(&r["lr_w"])], 0.0, 1e-5);
+        assert_close(&name, &[start.lr_alpha], &[num(&r["lr_alpha"])], 0.0, 1e-5);
+        assert_close(&name, &[start.alpha], &[num(&r["init_alpha"])], 0.0, 1e-5);
+        assert_close(
+            &name,
+            &start.weight.data,
+            &floats(&r["init_weight"]),
+            1e-6,
+            1e-6,
+        );
+        let mut head = LpPlusPlusHead {
+            weight: start.weight.clone(),
+            bias: floats(&r["init_bias"]),
+            alpha: vec![start.alpha; k],
+            text: task.text.weights.clone(),
+        };
+        let mut val_acc = Vec::new();
+        let losses = lpp::train(
+            &mut head,
+            &feats,
+            &task.train.labels,
+            start.lr_w,
+            start.lr_alpha,
+            &opts,
+            &mut |_, h| {
+                val_acc.push(eval::accuracy(
+                    &h.logits(&task.val.features),
+                    &task.val.labels,
+                ))
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_close(&name, &losses, &floats(&r["losses"]), 1e-4, 1e-4);
+        assert_close(&name, &head.weight.data, &floats(&r["weight"]), 1e-3, 1e-4);
+        assert_close(&name, &head.bias, &floats(&r["bias"]), 1e-3, 1e-4);
+        // α moves by ~1e-3 with the fresh gradient: a tolerance far below that.
+        assert_close(&name, &head.alpha, &floats(&r["alpha"]), 2e-5, 2e-6);
+        assert_eq!(
+            val_acc,
+            floats(&r["val_accuracy"]),
+            "{name}: validation accuracy"
+        );
+    }
+}
+
+/// CLAP with no constraint (ZS-LP), the released fixed multipliers and the adaptive outer
+/// step: multipliers within 1e-5, per-epoch loss within 1e-4 + 1e-4·loss, prototypes within
+/// 1e-4 + 1e-4 relative, test logits within 1e-3 + 1e-5 relative.
+#[test]
+fn clap_training_matches_the_reference() {
+    let f = fixture();
+    let task = task(&f);
+    let (pool, labels) = clap::pool(&task);
+    for r in f["clap"].as_array().unwrap() {
+        let constraint = match r["constraint"].as_str().unwrap() {
+            "none" => Constraint::None,
+            "l2" => Constraint::L2,
+            _ => Constraint::Adaptive,
+        };
+        let name = constraint.as_str();
+        let opts = ClapOptions {
+            constraint,
+            lr: num(&r["lr"]),
+            epochs: r["epochs"].as_u64().unwrap() as usize,
+            batch_size: r["batch_size"].as_u64().unwrap() as usize,
+            text_norm: num(&r["text_norm"]),
+            ..Default::default()
+        };
+        let mut model = ClapModel::new(&task, &pool, &labels, constraint, opts.text_norm);
+        assert_close(
+            name,
+            &model.multipliers,
+            &floats(&r["multipliers"]),
+            1e-5,
+            0.0,
+        );
+        let orders: Vec<Vec<usize>> = r["orders"].as_array().unwrap().iter().map(usizes).collect();
+        let losses = clap::train(
+            &mut model,
+            &pool,
+            &labels,
+            task.train.labels.len(),
+            &opts,
+            &mut |e| orders[e].clone(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_close(name, &losses, &floats(&r["losses"]), 1e-4, 1e-4);
+        assert_close(
+            name,
+            &model.prototypes.data,
+            &floats(&r["prototypes"]),
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            name,
+            &model.multipliers,
+            &floats(&r["final_multipliers"]),
+            1e-4,
+            1e-4,
+        );
+        let logits = model.head().logits(&task.test.features);
+        assert_close(name, &logits.data, &floats(&r["test_logits"]), 1e-3, 1e-5);
+    }
+}
+
+/// Switching the adaptation off gives the zero-shot logits: APE with α = 0, CLAP before any
+/// epoch.
+#[test]
+fn no_adaptation_is_zero_shot() {
+    let task = task(&fixture());
+    let zs = cosine_logits(
+        &task.test.features,
+        &task.text.weights,
+        task.text.logit_scale,
+    );
+    let (mut head, _) = ape::build(
+        &task,
+        &ApeOptions {
+            channels_free: 12,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    head.alpha = 0.0;
+    assert_close(
+        "APE α = 0",
+        &head.logits(&task.test.features).data,
+        &zs.data,
+        1e-4,
+        1e-6,
+    );
+    let (pool, labels) = clap::pool(&task);
+    let model = ClapModel::new(&task, &pool, &labels, Constraint::L2, 3.0);
+    assert_close(
+        "CLAP start",
+        &model.head().logits(&task.test.features).data,
+        &zs.data,
+        1e-4,
+        1e-6,
+    );
+}
+
+/// Every new method fits through `fit`, beats chance on the fixture's test set, and its head
+/// survives a save/load round trip with identical logits.
+#[test]
+fn new_methods_fit_save_and_reload() {
+    let task = task(&fixture());
+    let small_ape = ApeOptions {
+        channels_free: 16,
+        channels_trained: 16,
+        search_steps: (20, 5, 4),
+        epochs: 5,
+        batch_size: 8,
+        ..Default::default()
+    };
+    let methods = [
+        Method::Ape(small_ape.clone()),
+        Method::ApeT(small_ape),
+        Method::LpPlusPlus(LpPlusPlusOptions {
+            epochs: 40,
+            ..Default::default()
+        }),
+        Method::Clap(ClapOptions {
+            epochs: 10,
+            batch_size: 8,
+            lr: 0.01,
+            text_norm: 4.0,
+            ..Default::default()
+        }),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let chance = 100.0 / task.classes() as f32;
+    for m in &methods {
+        let fitted = fit(m, &task, &mut |_| {}).unwrap();
+        let (_, test) = evaluate(&fitted.head, &task);
+        assert!(test > chance + 10.0, "{}: test accuracy {test}", m.name());
+        let path = dir.path().join(format!("{}.safetensors", m.name()));
+        let info = HeadInfo {
+            model: "fixture".into(),
+            classnames: task.classnames.clone(),
+            templates: vec!["a photo of a {}.".into()],
+            method: m.name().into(),
+            options: m.describe(),
+        };
+        head::save(&path, &fitted.head, &info).unwrap();
+        let (loaded, loaded_info) = head::load(&path).unwrap();
+        assert_eq!(loaded_info, info);
+        assert_eq!(
+            loaded.logits(&task.test.features).data,
+            fitted.head.logits(&task.test.features).data,
+            "{}: reloaded head",
+            m.name()
+        );
+        assert!(matches!(
+            (&fitted.head, &loaded),
+            (Head::Ape(_), Head::Ape(_))
+                | (Head::LpPlusPlus(_), Head::LpPlusPlus(_))
+                | (Head::Clap(_), Head::Clap(_))
+        ));
+    }
+}
+
+/// Bad options are errors naming the option, never a panic.
+#[test]
+fn bad_options_are_errors() {
+    let task = task(&fixture());
+    let too_many = ApeOptions {
+        channels_free: 33,
+        ..Default::default()
+    };
+    let err = fit(&Method::Ape(too_many), &task, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("channels"), "{err}");
+    let err = fit(
+        &Method::Clap(ClapOptions {
+            text_norm: 0.0,
+            ..Default::default()
+        }),
+        &task,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("text-norm"), "{err}");
+}
