@@ -19,7 +19,9 @@
 //!   AdamW (weight decay 0.1), cosine per iteration, batch 256; the best epoch on validation,
 //!   then α, β searched on validation.
 
-use super::linalg::{argmax_rows, cross_entropy_backward, gemm, normalize_rows, Matrix, Rng};
+use super::linalg::{
+    argmax_rows, cross_entropy_backward, gemm, normalize_rows, seeded_rng, Matrix,
+};
 use super::optim::{cosine_annealing, AdamW};
 use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress};
 
@@ -741,7 +743,7 @@ pub fn fit_trained(
     check_grid(&[s.0, s.1])?;
     let mut model = ApeTModel::new(task, opts)?;
     let n = task.train.labels.len();
-    let mut rng = Rng::new(opts.seed);
+    let mut rng = seeded_rng(opts.seed);
     let mut order = |_: usize| rng.permutation(n);
     let mut best = (f32::NEG_INFINITY, model.params.clone(), 0usize);
     let mut keep_best = |epoch: usize, m: &ApeTModel| {
@@ -791,9 +793,9 @@ mod tests {
     use super::*;
 
     fn toy() -> (ApeTModel, Matrix, Vec<usize>) {
-        let mut rng = Rng::new(5);
+        let mut rng = seeded_rng(5);
         let (n, k, d, q) = (6, 3, 8, 5);
-        let m = |r: usize, c: usize, rng: &mut Rng| {
+        let m = |r: usize, c: usize, rng: &mut crate::rng::SplitMix64| {
             Matrix::from_vec(r, c, rng.uniform_vec(r * c, 1.0))
                 .unwrap()
                 .normalized()

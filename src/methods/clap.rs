@@ -18,7 +18,7 @@
 //! [`Constraint::Adaptive`].
 
 use super::linalg::{cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward};
-use super::linalg::{Matrix, Rng};
+use super::linalg::{seeded_rng, Matrix};
 use super::optim::{Sgd, WarmupCosine};
 use super::zero_shot::cosine_logits;
 use super::{FewShotTask, Fitted, Head, MethodError, Progress};
@@ -320,7 +320,7 @@ pub fn fit(
         ));
     }
     let mut model = ClapModel::new(task, &pool, &labels, opts.constraint, opts.text_norm);
-    let mut rng = Rng::new(opts.seed);
+    let mut rng = seeded_rng(opts.seed);
     let n = pool.rows;
     let mut order = |_: usize| rng.permutation(n);
     let images = task.train.labels.len();
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let mut rng = Rng::new(3);
+        let mut rng = seeded_rng(3);
         let (b, k, d) = (5, 3, 6);
         let anchors = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0)).unwrap();
         let mut prototypes = anchors.clone();

@@ -314,13 +314,13 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::methods::linalg::Rng;
+    use crate::methods::linalg::seeded_rng;
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let mut rng = Rng::new(11);
+        let mut rng = seeded_rng(11);
         let (n, k, d) = (7, 3, 6);
-        let m = |r: usize, c: usize, rng: &mut Rng| {
+        let m = |r: usize, c: usize, rng: &mut crate::rng::SplitMix64| {
             Matrix::from_vec(r, c, rng.uniform_vec(r * c, 1.0))
                 .unwrap()
                 .normalized()
