@@ -75,7 +75,7 @@ fn a_split_that_names_classes_differently_is_refused() {
         .collect();
     std::fs::write(
         dir.join("split_zhou_EuroSAT.json"),
-        serde_json::json!({"train": rows}).to_string(),
+        serde_json::json!({"train": rows, "val": [], "test": []}).to_string(),
     )
     .unwrap();
     let out = clip_adapter(&[
@@ -202,7 +202,7 @@ fn extract_caches_reuses_reports_bad_images_and_merges_shards() {
     // A listed image that is not on disk is named before any encoding.
     let split = tmp.path().join("split.json");
     let rows = serde_json::json!({"train": [["class_0/img_00.png", 0, "a"], ["class_1/img_00.png", 1, "b"]],
-                                  "test": [["class_1/gone.png", 1, "b"]]});
+                                  "val": [], "test": [["class_1/gone.png", 1, "b"]]});
     std::fs::write(&split, rows.to_string()).unwrap();
     let out = clip_adapter(&[
         "extract",

@@ -8,6 +8,7 @@ mod datasets;
 mod demo;
 mod features;
 mod few_shot;
+mod input_limits;
 mod methods;
 mod parity_clip;
 mod parity_open_clip;

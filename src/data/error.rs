@@ -80,6 +80,18 @@ pub enum DataError {
         classes: usize,
     },
 
+    #[error(
+        "{}: {classes} class(es) ({}); a classifier needs at least 2 classes",
+        path.display(),
+        names.join(", ")
+    )]
+    TooFewClasses {
+        path: PathBuf,
+        classes: usize,
+        /// The class names found (display-capped).
+        names: Vec<String>,
+    },
+
     #[error("unknown dataset `{name}`; known: {known}")]
     UnknownDataset { name: String, known: String },
 

@@ -71,7 +71,7 @@ pub fn from_class_folders(root: &Path, split: SeededSplit) -> Result<Dataset, Da
             }
         }
         let [train, val, test] = parts;
-        return finish(root, name, &classes, train, val, test);
+        return finish(root, root, name, &classes, train, val, test);
     }
     let classes = sorted_entries(root, true)?;
     let per_class = classes
@@ -84,7 +84,7 @@ pub fn from_class_folders(root: &Path, split: SeededSplit) -> Result<Dataset, Da
         })
         .collect::<Result<Vec<Vec<String>>, DataError>>()?;
     let (train, val, test) = seeded_split(root, &classes, per_class, split)?;
-    finish(root, name, &classes, train, val, test)
+    finish(root, root, name, &classes, train, val, test)
 }
 
 /// Reads a manifest (`.csv`, or `.json`): `path,label[,split]` rows (a header row naming
@@ -132,7 +132,7 @@ pub fn from_manifest(path: &Path, split: SeededSplit) -> Result<Dataset, DataErr
             });
         }
         let [train, val, test] = parts;
-        return finish(&root, name, &classes, train, val, test);
+        return finish(path, &root, name, &classes, train, val, test);
     }
     if with_split > 0 {
         return Err(DataError::Format {
@@ -148,7 +148,7 @@ pub fn from_manifest(path: &Path, split: SeededSplit) -> Result<Dataset, DataErr
         per_class[label_of(&r.label)].push(r.path);
     }
     let (train, val, test) = seeded_split(path, &classes, per_class, split)?;
-    finish(&root, name, &classes, train, val, test)
+    finish(path, &root, name, &classes, train, val, test)
 }
 
 struct Row {
@@ -328,7 +328,9 @@ fn dataset_name(root: &Path) -> String {
         .unwrap_or_else(|| "folder".into())
 }
 
+/// Builds the dataset; `source` (the folder or the manifest) is what errors name.
 fn finish(
+    source: &Path,
     root: &Path,
     name: String,
     classes: &[String],
@@ -338,10 +340,11 @@ fn finish(
 ) -> Result<Dataset, DataError> {
     if classes.is_empty() || train.is_empty() {
         return Err(DataError::Format {
-            path: root.to_path_buf(),
-            msg: "no training images found (expected one sub-folder of images per class)".into(),
+            path: source.to_path_buf(),
+            msg: "no training images found".into(),
         });
     }
+    super::require_classes(source, classes)?;
     Ok(Dataset {
         name,
         // The folder name is the class name, with `_` read as a space.

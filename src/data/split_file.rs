@@ -18,15 +18,19 @@ pub struct SplitFile {
     pub classnames: Vec<String>,
 }
 
+type RawItem = (String, u64, String);
+
+/// CoOp's `read_split` reads all three keys, so a file without one is not a split file (an
+/// empty list is allowed: a dataset may have no val).
 #[derive(Deserialize)]
 struct Raw {
-    #[serde(default)]
-    train: Vec<(String, u64, String)>,
-    #[serde(default)]
-    val: Vec<(String, u64, String)>,
-    #[serde(default)]
-    test: Vec<(String, u64, String)>,
+    train: Option<Vec<RawItem>>,
+    val: Option<Vec<RawItem>>,
+    test: Option<Vec<RawItem>>,
 }
+
+const EXPECTED: &str =
+    "expected {\"train\": [[impath, label, classname], ...], \"val\": [...], \"test\": [...]}";
 
 /// Reads and validates a split file: each label must carry one class name everywhere, and the
 /// labels must be `0..C` without gaps (Dassl derives the class list from them).
@@ -36,16 +40,21 @@ pub fn read(path: &Path) -> Result<SplitFile, DataError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if raw.train.is_empty() {
+    let missing = |key: &str| DataError::Format {
+        path: path.to_path_buf(),
+        msg: format!("no \"{key}\" key; {EXPECTED}"),
+    };
+    let raw_train = raw.train.ok_or_else(|| missing("train"))?;
+    let raw_val = raw.val.ok_or_else(|| missing("val"))?;
+    let raw_test = raw.test.ok_or_else(|| missing("test"))?;
+    if raw_train.is_empty() {
         return Err(DataError::Format {
             path: path.to_path_buf(),
-            msg: "no \"train\" entries; expected {\"train\": [[impath, label, classname], ...], \
-                  \"val\": [...], \"test\": [...]}"
-                .into(),
+            msg: format!("no \"train\" entries; {EXPECTED}"),
         });
     }
     let mut names: Vec<Option<String>> = Vec::new();
-    let mut convert = |items: Vec<(String, u64, String)>| -> Result<Vec<Sample>, DataError> {
+    let mut convert = |items: Vec<RawItem>| -> Result<Vec<Sample>, DataError> {
         items
             .into_iter()
             .map(|(impath, label, classname)| {
@@ -72,9 +81,9 @@ pub fn read(path: &Path) -> Result<SplitFile, DataError> {
             })
             .collect()
     };
-    let train = convert(raw.train)?;
-    let val = convert(raw.val)?;
-    let test = convert(raw.test)?;
+    let train = convert(raw_train)?;
+    let val = convert(raw_val)?;
+    let test = convert(raw_test)?;
     let classes = names.len();
     let classnames = names
         .into_iter()
@@ -86,7 +95,8 @@ pub fn read(path: &Path) -> Result<SplitFile, DataError> {
                 classes,
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    super::require_classes(path, &classnames)?;
     Ok(SplitFile {
         train,
         val,
