@@ -327,3 +327,227 @@ fn a_split_file_without_one_of_its_keys_is_refused_when_read() {
         );
     }
 }
+
+#[test]
+fn huge_labels_in_a_split_file_are_refused_before_any_allocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    for huge in [u64::MAX, 1 << 63, 1_000_000_000, 100_000_000, 2] {
+        let path = tmp.path().join(format!("split_{huge}.json"));
+        // Labels 0 and `huge`: two distinct labels, so they must be 0 and 1.
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"train": [["a.jpg", 0, "cat"], ["b.jpg", {huge}, "dog"]], "val": [], "test": []}}"#
+            ),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let msg = chain(&split_file::read(&path).unwrap_err());
+        assert!(
+            msg.contains(&format!(
+                "`b.jpg` has label {huge}, but no image is labelled 1"
+            )) && msg.contains("2 distinct labels"),
+            "{msg}"
+        );
+        assert!(
+            started.elapsed().as_secs() < 2,
+            "{huge}: {:?}",
+            started.elapsed()
+        );
+        // The command line says the same, without a panic.
+        let out = clip_adapter(&["fewshot", "--split", path.to_str().unwrap(), "--shots", "1"]);
+        assert_fails_with(&out, &["no image is labelled 1"]);
+    }
+    // Negative and fractional labels are not labels.
+    let path = tmp.path().join("negative.json");
+    std::fs::write(
+        &path,
+        r#"{"train": [["a.jpg", -1, "cat"]], "val": [], "test": []}"#,
+    )
+    .unwrap();
+    assert!(chain(&split_file::read(&path).unwrap_err()).contains("invalid JSON"));
+}
+
+#[test]
+fn long_class_names_are_cut_for_display_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = "x".repeat(70_000);
+    // Named twice: the message shows both names cut, with their lengths.
+    let path = tmp.path().join("twice.json");
+    std::fs::write(
+        &path,
+        json!({"train": [["a.jpg", 0, long], ["b.jpg", 0, "y"]], "val": [], "test": []})
+            .to_string(),
+    )
+    .unwrap();
+    let msg = chain(&split_file::read(&path).unwrap_err());
+    assert!(
+        msg.contains("… (70000 characters)") && msg.len() < 500,
+        "{}",
+        msg.len()
+    );
+
+    // A valid split keeps the name whole (it goes into prompts and keys).
+    std::fs::write(
+        &path,
+        json!({"train": [["a.jpg", 0, long], ["b.jpg", 1, "y"]], "val": [], "test": []})
+            .to_string(),
+    )
+    .unwrap();
+    assert_eq!(split_file::read(&path).unwrap().classnames[0], long);
+
+    // The zero-shot table used to panic ("Formatting argument out of range") on such a label.
+    let model = crate::common::fixture("models/tiny-clip");
+    let image = &crate::common::input_images("tiny-clip")[0];
+    let labels = format!("{},short", "y".repeat(65_536));
+    let out = clip_adapter(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--labels",
+        &labels,
+        image.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("… (65536 characters)") && stdout.len() < 2000,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn manifests_with_a_byte_order_mark_crlf_quotes_and_non_ascii_parse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("list.csv");
+    let text = "\u{feff}path,label,split\r\n\
+                \"images/a, b.jpg\",\"big \"\"cat\"\"\",train\r\n\
+                images/ça/é.jpg,dog,train\r\n\
+                images/日本/猫.png,dog,test\r\n\
+                \r\n\
+                images/c.jpg,\"big \"\"cat\"\"\",val\r\n";
+    std::fs::write(&csv, text).unwrap();
+    let m = from_manifest(&csv, SeededSplit::default()).unwrap();
+    assert_eq!(m.classnames, ["big \"cat\"", "dog"]);
+    let paths: Vec<&str> = m.train.iter().map(|s| s.impath.as_str()).collect();
+    assert_eq!(paths, ["images/a, b.jpg", "images/ça/é.jpg"]);
+    assert_eq!(m.test[0].impath, "images/日本/猫.png");
+    assert_eq!(
+        (m.train[0].label, m.val[0].label, m.test[0].label),
+        (0, 0, 1)
+    );
+
+    // Without a header, with a BOM: the first row is data, not a class called `label`.
+    std::fs::write(&csv, "\u{feff}a.jpg,cat\nb.jpg,dog\nc.jpg,cat\nd.jpg,dog\n").unwrap();
+    let m = from_manifest(&csv, SeededSplit::default()).unwrap();
+    assert_eq!(m.classnames, ["cat", "dog"]);
+
+    // A malformed record names the line.
+    std::fs::write(&csv, "path,label\na.jpg,cat\nb.jpg,,\n").unwrap();
+    let msg = chain(&from_manifest(&csv, SeededSplit::default()).unwrap_err());
+    assert!(
+        msg.contains("list.csv:3") && msg.contains("empty path or label"),
+        "{msg}"
+    );
+    std::fs::write(&csv, "a.jpg,cat\nb.jpg,dog,train,extra\n").unwrap();
+    let msg = chain(&from_manifest(&csv, SeededSplit::default()).unwrap_err());
+    assert!(
+        msg.contains("list.csv:2") && msg.contains("got 4 field(s)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn out_of_range_values_are_argument_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let split = tmp.path().join("s.json");
+    std::fs::write(
+        &split,
+        r#"{"train": [["a.jpg", 0, "a"], ["b.jpg", 1, "b"]], "val": [], "test": []}"#,
+    )
+    .unwrap();
+    let s = split.to_str().unwrap();
+    let extract = |extra: &[&str]| {
+        let mut args = vec!["extract", "--model", "unused", "--split", s];
+        args.extend(extra);
+        clip_adapter(&args)
+    };
+    let cases = [
+        (
+            clip_adapter(&["fewshot", "--split", s, "--shots", "0"]),
+            "--shots",
+        ),
+        (extract(&["--crop-scale", "2,1"]), "--crop-scale"),
+        (extract(&["--crop-scale", "0.5"]), "--crop-scale"),
+        (extract(&["--shard", "3/3"]), "--shard"),
+        (extract(&["--batch-size", "0"]), "--batch-size"),
+        (extract(&["--chunk-batches", "0"]), "--chunk-batches"),
+        (extract(&["--shots", "0"]), "--shots"),
+        (extract(&["--name", "a/b"]), "--name"),
+        (
+            clip_adapter(&[
+                "fewshot",
+                "--split",
+                s,
+                "--shots",
+                "1",
+                "--train-fraction",
+                "1.5",
+            ]),
+            "--train-fraction",
+        ),
+        (
+            clip_adapter(&[
+                "fewshot",
+                "--split",
+                s,
+                "--shots",
+                "1",
+                "--train-fraction",
+                "0.7",
+                "--val-fraction",
+                "0.5",
+            ]),
+            "add up to more than 1",
+        ),
+    ];
+    for (out, needle) in cases {
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{needle}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_fails_with(&out, &[needle]);
+    }
+}
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gone = tmp.path().join("gone");
+    for args in [
+        vec![
+            "fewshot",
+            "--folder",
+            gone.to_str().unwrap(),
+            "--shots",
+            "1",
+        ],
+        vec!["fewshot", "--split", gone.to_str().unwrap(), "--shots", "1"],
+        vec!["datasets", "--manifest", gone.to_str().unwrap()],
+    ] {
+        let out = clip_adapter(&args);
+        assert_fails_with(&out, &["gone", "No such file or directory"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "{stderr}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! `{"train" | "val" | "test": [[impath, label, classname], ...]}`, `impath` relative to the
 //! dataset's image folder, labels 0-based. (CoOp `datasets/oxford_pets.py` `read_split`.)
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -53,18 +54,30 @@ pub fn read(path: &Path) -> Result<SplitFile, DataError> {
             msg: format!("no \"train\" entries; {EXPECTED}"),
         });
     }
-    let mut names: Vec<Option<String>> = Vec::new();
+    // The class count is the number of distinct labels; every label must be below it (so the
+    // labels are exactly 0..C), which is checked before anything is sized by a label.
+    let all = || raw_train.iter().chain(&raw_val).chain(&raw_test);
+    let distinct: BTreeSet<u64> = all().map(|(_, label, _)| *label).collect();
+    let classes = distinct.len();
+    if let Some((impath, label, _)) = all().find(|(_, label, _)| *label >= classes as u64) {
+        let missing = (0..classes)
+            .find(|l| !distinct.contains(&(*l as u64)))
+            .unwrap_or(classes);
+        return Err(DataError::LabelGap {
+            path: path.to_path_buf(),
+            impath: impath.clone(),
+            found: *label,
+            label: missing,
+            classes,
+        });
+    }
+    let mut names: Vec<Option<String>> = vec![None; classes];
     let mut convert = |items: Vec<RawItem>| -> Result<Vec<Sample>, DataError> {
         items
             .into_iter()
             .map(|(impath, label, classname)| {
-                let label = usize::try_from(label).map_err(|_| DataError::Format {
-                    path: path.to_path_buf(),
-                    msg: format!("label {label} of `{impath}` is too large"),
-                })?;
-                if names.len() <= label {
-                    names.resize(label + 1, None);
-                }
+                // Below `classes` (checked above), so it fits.
+                let label = label as usize;
                 match &names[label] {
                     None => names[label] = Some(classname),
                     Some(first) if *first != classname => {
@@ -84,18 +97,8 @@ pub fn read(path: &Path) -> Result<SplitFile, DataError> {
     let train = convert(raw_train)?;
     let val = convert(raw_val)?;
     let test = convert(raw_test)?;
-    let classes = names.len();
-    let classnames = names
-        .into_iter()
-        .enumerate()
-        .map(|(label, n)| {
-            n.ok_or(DataError::LabelGap {
-                path: path.to_path_buf(),
-                label,
-                classes,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every label 0..C occurs, so every one has a name.
+    let classnames: Vec<String> = names.into_iter().map(Option::unwrap_or_default).collect();
     super::require_classes(path, &classnames)?;
     Ok(SplitFile {
         train,
