@@ -551,3 +551,27 @@ fn an_error_names_its_cause_once() {
         );
     }
 }
+
+#[test]
+fn json_manifests_with_a_byte_order_mark_parse_and_empty_labels_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("list.json");
+    std::fs::write(
+        &path,
+        "\u{feff}[{\"path\": \"a.jpg\", \"label\": \"cat\", \"split\": \"train\"}, \
+         {\"path\": \"b.jpg\", \"label\": \"dog\", \"split\": \"train\"}]",
+    )
+    .unwrap();
+    let m = from_manifest(&path, SeededSplit::default()).unwrap();
+    assert_eq!(m.classnames, ["cat", "dog"]);
+    std::fs::write(
+        &path,
+        r#"[{"path": "a.jpg", "label": "cat"}, {"path": "b.jpg", "label": " "}]"#,
+    )
+    .unwrap();
+    let msg = chain(&from_manifest(&path, SeededSplit::default()).unwrap_err());
+    assert!(
+        msg.contains("list.json: entry 2: empty path or label"),
+        "{msg}"
+    );
+}

@@ -249,13 +249,20 @@ struct JsonRow {
 
 fn read_json_manifest(path: &Path) -> Result<Vec<Row>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let raw: Vec<JsonRow> = serde_json::from_str(&text).map_err(|source| DataError::Json {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let raw: Vec<JsonRow> = serde_json::from_str(text).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         source,
     })?;
     raw.into_iter()
         .enumerate()
         .map(|(i, r)| {
+            if r.path.trim().is_empty() || r.label.trim().is_empty() {
+                return Err(DataError::Format {
+                    path: path.to_path_buf(),
+                    msg: format!("entry {}: empty path or label", i + 1),
+                });
+            }
             Ok(Row {
                 split: parse_split(path, i + 1, r.split.as_deref().unwrap_or(""))?,
                 path: r.path,
