@@ -50,7 +50,8 @@ fn fewshot_prints_the_draw_and_states_short_classes() {
     assert_eq!(doc["val"], serde_json::json!(["a/v.jpg", "b/v.jpg"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("class 1 `b` has 1 train image(s), fewer than the 4 asked for"),
+        stderr.contains("1 of 2 classes have fewer than the 4 train image(s) asked for")
+            && stderr.contains("1 `b` (1)"),
         "{stderr}"
     );
 }
@@ -75,7 +76,7 @@ fn a_split_that_names_classes_differently_is_refused() {
         .collect();
     std::fs::write(
         dir.join("split_zhou_EuroSAT.json"),
-        serde_json::json!({"train": rows}).to_string(),
+        serde_json::json!({"train": rows, "val": [], "test": []}).to_string(),
     )
     .unwrap();
     let out = clip_adapter(&[
@@ -202,7 +203,7 @@ fn extract_caches_reuses_reports_bad_images_and_merges_shards() {
     // A listed image that is not on disk is named before any encoding.
     let split = tmp.path().join("split.json");
     let rows = serde_json::json!({"train": [["class_0/img_00.png", 0, "a"], ["class_1/img_00.png", 1, "b"]],
-                                  "test": [["class_1/gone.png", 1, "b"]]});
+                                  "val": [], "test": [["class_1/gone.png", 1, "b"]]});
     std::fs::write(&split, rows.to_string()).unwrap();
     let out = clip_adapter(&[
         "extract",
@@ -222,5 +223,96 @@ fn extract_caches_reuses_reports_bad_images_and_merges_shards() {
             "class_1/gone.png",
             "--skip-bad",
         ],
+    );
+}
+
+#[test]
+fn datasets_checks_a_folder_or_manifest_and_decodes_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    image_folder(&data, 3, 4);
+    let folder = data.to_str().unwrap();
+    let doc = json(&clip_adapter(&[
+        "datasets", "--folder", folder, "--json", "--decode",
+    ]));
+    let r = &doc[0];
+    assert_eq!(
+        (r["dataset"].as_str(), r["classes"].as_u64()),
+        (Some("photos"), Some(3))
+    );
+    assert_eq!(r["decoded"], true);
+    assert_eq!(r["unreadable"].as_array().unwrap().len(), 0);
+    // 4 images per class: round(2) train, round(0.8) = 1 val, 1 test.
+    assert_eq!(
+        r["per_class"][1],
+        serde_json::json!({"label": 1, "name": "class 1", "train": 2, "val": 1, "test": 1})
+    );
+    let named = json(&clip_adapter(&[
+        "datasets", "--folder", folder, "--name", "holiday", "--json",
+    ]));
+    assert_eq!(named[0]["dataset"], "holiday");
+
+    // A corrupt image is found by --decode only; a missing one by the plain check.
+    std::fs::write(data.join("class_2/img_01.jpg"), b"\xff\xd8\xff truncated").unwrap();
+    let out = clip_adapter(&["datasets", "--folder", folder]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = clip_adapter(&["datasets", "--folder", folder, "--decode"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 image(s) do not decode") && stdout.contains("class_2/img_01.jpg"),
+        "{stdout}"
+    );
+    fails_with(&out, &["1 problem(s) found in photos"]);
+
+    let manifest = tmp.path().join("list.csv");
+    let mut rows = String::from("path,label\n");
+    for c in 0..3 {
+        rows.push_str(&format!(
+            "photos/class_{c}/img_00.png,c{c}\nphotos/class_{c}/img_02.png,c{c}\n"
+        ));
+    }
+    rows.push_str("photos/class_0/nope.jpg,c0\n");
+    std::fs::write(&manifest, rows).unwrap();
+    let out = clip_adapter(&["datasets", "--manifest", manifest.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("images missing: photos/class_0/nope.jpg"),
+        "{stdout}"
+    );
+    fails_with(&out, &["1 problem(s) found in list"]);
+}
+
+#[test]
+fn short_classes_are_summarised_in_one_note() {
+    let tmp = tempfile::tempdir().unwrap();
+    let split = tmp.path().join("split.json");
+    let train: Vec<_> = (0..12)
+        .map(|c| serde_json::json!([format!("{c}.jpg"), c, format!("c{c}")]))
+        .collect();
+    std::fs::write(
+        &split,
+        serde_json::json!({"train": train, "val": [], "test": []}).to_string(),
+    )
+    .unwrap();
+    let s = split.to_str().unwrap();
+    let out = clip_adapter(&["fewshot", "--split", s, "--shots", "4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("12 of 12 classes have fewer than the 4 train image(s)")
+            && stderr.contains("0 `c0` (1)")
+            && stderr.contains("and 7 more (--verbose lists all)"),
+        "{stderr}"
+    );
+    let out = clip_adapter(&["fewshot", "--split", s, "--shots", "4", "--verbose"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("11 `c11` (1)") && !stderr.contains("more"),
+        "{stderr}"
     );
 }

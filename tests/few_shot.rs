@@ -146,7 +146,7 @@ fn a_split_whose_labels_and_names_disagree_is_refused() {
     let twice = dir.path().join("twice.json");
     std::fs::write(
         &twice,
-        r#"{"train": [["a.jpg", 0, "face"], ["b.jpg", 0, "leopard"]]}"#,
+        r#"{"train": [["a.jpg", 0, "face"], ["b.jpg", 0, "leopard"]], "val": [], "test": []}"#,
     )
     .unwrap();
     let err = split_file::read(&twice).unwrap_err().to_string();
@@ -168,7 +168,11 @@ fn a_split_whose_labels_and_names_disagree_is_refused() {
         rows.push(serde_json::json!([format!("{label}.jpg"), label, name]));
     }
     let other = dir.path().join("split_zhou_Caltech101.json");
-    std::fs::write(&other, serde_json::json!({"train": rows}).to_string()).unwrap();
+    std::fs::write(
+        &other,
+        serde_json::json!({"train": rows, "val": [], "test": []}).to_string(),
+    )
+    .unwrap();
     let err = bench.load(dir.path(), None).unwrap_err().to_string();
     assert!(
         err.contains("label 3 `banjo`") && err.contains("`accordion`"),
@@ -177,7 +181,11 @@ fn a_split_whose_labels_and_names_disagree_is_refused() {
 
     // A label without a name anywhere.
     let gap = dir.path().join("gap.json");
-    std::fs::write(&gap, r#"{"train": [["a.jpg", 0, "x"], ["b.jpg", 2, "y"]]}"#).unwrap();
+    std::fs::write(
+        &gap,
+        r#"{"train": [["a.jpg", 0, "x"], ["b.jpg", 2, "y"]], "val": [], "test": []}"#,
+    )
+    .unwrap();
     let err = split_file::read(&gap).unwrap_err().to_string();
     assert!(err.contains("no image is labelled 1"), "{err}");
 }

@@ -8,6 +8,7 @@ mod datasets;
 mod demo;
 mod features;
 mod few_shot;
+mod input_limits;
 mod methods;
 mod new_methods;
 mod parity_clip;

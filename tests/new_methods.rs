@@ -424,7 +424,7 @@ fn new_methods_fit_save_and_reload() {
             classnames: task.classnames.clone(),
             templates: vec!["a photo of a {}.".into()],
             method: m.name().into(),
-            options: m.describe(),
+            options: serde_json::json!({ "options": m.describe() }).to_string(),
         };
         head::save(&path, &fitted.head, &info).unwrap();
         let (loaded, loaded_info) = head::load(&path).unwrap();

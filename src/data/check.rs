@@ -1,4 +1,8 @@
-//! What is on disk against what a split lists: counts, and which files are missing.
+//! What is on disk against what a split lists: counts per split and per class, which files are
+//! missing, and (on request) which ones do not decode.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -20,6 +24,23 @@ pub struct SplitCheck {
     pub missing: Vec<String>,
 }
 
+/// One class's images per split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClassCount {
+    pub label: usize,
+    pub name: String,
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+}
+
+/// An image on disk that the decoder refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub impath: String,
+    pub reason: String,
+}
+
 /// The whole dataset's tally.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckReport {
@@ -27,6 +48,12 @@ pub struct CheckReport {
     pub classes: usize,
     pub image_root: std::path::PathBuf,
     pub splits: Vec<SplitCheck>,
+    /// Images per class and split, in label order.
+    pub per_class: Vec<ClassCount>,
+    /// Whether every image on disk was decoded ([`decode_all`]); `unreadable` is empty
+    /// otherwise.
+    pub decoded: bool,
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl CheckReport {
@@ -36,6 +63,19 @@ impl CheckReport {
 
     pub fn listed(&self) -> usize {
         self.splits.iter().map(|s| s.listed).sum()
+    }
+
+    /// Classes without a training image: no method can learn them.
+    pub fn classes_without_train(&self) -> Vec<&ClassCount> {
+        self.per_class.iter().filter(|c| c.train == 0).collect()
+    }
+
+    /// Missing files, unreadable files and classes without training images.
+    pub fn problems(&self) -> usize {
+        self.missing()
+            + self.unreadable.len()
+            + self.classes_without_train().len()
+            + self.count_mismatches().len()
     }
 
     /// Splits whose size differs from the published one: `(split, listed, published)`.
@@ -93,10 +133,82 @@ pub fn check(dataset: &Dataset, published: Option<(usize, usize, usize)>) -> Che
             }
         })
         .collect();
+    let mut per_class: Vec<ClassCount> = dataset
+        .classnames
+        .iter()
+        .enumerate()
+        .map(|(label, name)| ClassCount {
+            label,
+            name: name.clone(),
+            train: 0,
+            val: 0,
+            test: 0,
+        })
+        .collect();
+    for split in Split::ALL {
+        for s in dataset.split(split) {
+            // Labels of a built dataset are below the class count; a hand-made one is not
+            // trusted to index.
+            if let Some(c) = per_class.get_mut(s.label) {
+                match split {
+                    Split::Train => c.train += 1,
+                    Split::Val => c.val += 1,
+                    Split::Test => c.test += 1,
+                }
+            }
+        }
+    }
     CheckReport {
         dataset: dataset.name.clone(),
         classes: dataset.num_classes(),
         image_root: dataset.image_root.clone(),
         splits,
+        per_class,
+        decoded: false,
+        unreadable: Vec::new(),
     }
+}
+
+/// Decodes every listed image that is on disk (each file once, in parallel), so that corrupt
+/// or truncated files are found before a long encoding run; `on_done` gets the count decoded
+/// so far. Fills `report.unreadable` in split-path order.
+pub fn decode_all(dataset: &Dataset, report: &mut CheckReport, on_done: &(dyn Fn(usize) + Sync)) {
+    let missing: BTreeSet<&str> = report
+        .splits
+        .iter()
+        .flat_map(|s| s.missing.iter().map(String::as_str))
+        .collect();
+    let files: Vec<&str> = Split::ALL
+        .iter()
+        .flat_map(|&split| dataset.split(split).iter().map(|s| s.impath.as_str()))
+        .filter(|p| !missing.contains(p))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let done = AtomicUsize::new(0);
+    let unreadable = files
+        .par_iter()
+        .filter_map(|&impath| {
+            let result = crate::image::decode_file(dataset.image_root.join(impath));
+            on_done(done.fetch_add(1, Ordering::Relaxed) + 1);
+            result.err().map(|e| Unreadable {
+                impath: impath.to_string(),
+                reason: chain(&e),
+            })
+        })
+        .collect();
+    report.unreadable = unreadable;
+    report.decoded = true;
+}
+
+/// An error and its causes on one line, for a report that stores the reason as text.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }

@@ -1,22 +1,36 @@
 //! Why a dataset could not be read or sampled. Every variant names the file and the value.
+//!
+//! A variant with a `source` does not repeat it in its own message: print these errors with
+//! their chain (anyhow's `{:#}`), which adds the cause once.
 
 use std::path::PathBuf;
+
+use super::display_name;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
-    #[error("{}: {source}", path.display())]
+    // The cause is the `source`, printed after this by an error chain (`{:#}`); putting it in
+    // the message too would print it twice.
+    #[error("{}: cannot read", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("{}: invalid JSON: {source}", path.display())]
+    #[error("{}: invalid JSON", path.display())]
     Json {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
+    },
+
+    #[error("{}: invalid CSV", path.display())]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
     },
 
     #[error("{}: {msg}", path.display())]
@@ -30,9 +44,11 @@ pub enum DataError {
     },
 
     #[error(
-        "{}: label {label} is called both `{first}` and `{second}`; a split file must give each \
-         label one class name",
-        path.display()
+        "{}: label {label} is called both `{}` and `{}`; a split file must give each label one \
+         class name",
+        path.display(),
+        display_name(first),
+        display_name(second)
     )]
     LabelNamedTwice {
         path: PathBuf,
@@ -42,9 +58,11 @@ pub enum DataError {
     },
 
     #[error(
-        "{}: the split calls label {label} `{in_split}`, but {dataset}'s class {label} is \
-         `{expected}`; is this the split file of another dataset (or another class order)?",
-        path.display()
+        "{}: the split calls label {label} `{}`, but {dataset}'s class {label} is `{}`; is this \
+         the split file of another dataset (or another class order)?",
+        path.display(),
+        display_name(in_split),
+        display_name(expected)
     )]
     ClassNameMismatch {
         path: PathBuf,
@@ -65,14 +83,25 @@ pub enum DataError {
         expected: usize,
     },
 
-    #[error("{}: no image is labelled {label} (labels must be 0..{classes} without gaps)", path.display())]
+    #[error(
+        "{}: `{}` has label {found}, but no image is labelled {label}: the split has {classes} \
+         distinct labels, which must be 0..{classes} without gaps",
+        path.display(),
+        display_name(impath)
+    )]
     LabelGap {
         path: PathBuf,
+        impath: String,
+        found: u64,
         label: usize,
         classes: usize,
     },
 
-    #[error("{}: `{impath}` has label {label}, but there are {classes} classes", path.display())]
+    #[error(
+        "{}: `{}` has label {label}, but there are {classes} classes",
+        path.display(),
+        display_name(impath)
+    )]
     LabelOutOfRange {
         path: PathBuf,
         impath: String,
@@ -80,13 +109,25 @@ pub enum DataError {
         classes: usize,
     },
 
-    #[error("unknown dataset `{name}`; known: {known}")]
+    #[error(
+        "{}: {classes} class(es) ({}); a classifier needs at least 2 classes",
+        path.display(),
+        names.join(", ")
+    )]
+    TooFewClasses {
+        path: PathBuf,
+        classes: usize,
+        /// The class names found (display-capped).
+        names: Vec<String>,
+    },
+
+    #[error("unknown dataset `{}`; known: {known}", display_name(name))]
     UnknownDataset { name: String, known: String },
 
     #[error(
         "{dataset}: {missing} of {total} images listed by the split are not under {} (first: {})",
         root.display(),
-        examples.join(", ")
+        examples.iter().map(|e| display_name(e)).collect::<Vec<_>>().join(", ")
     )]
     MissingImages {
         dataset: String,

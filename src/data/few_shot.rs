@@ -16,6 +16,8 @@
 //! train shots only (its val is the test set). [`PyRandom`] reproduces `random` bit for bit;
 //! `tests/few_shot.rs` reproduces every published draw that has its split file.
 
+use std::collections::HashMap;
+
 use super::python_random::PyRandom;
 use super::{DataError, Dataset, Sample, Split};
 
@@ -87,16 +89,13 @@ impl FewShot {
 /// appearance, positions in list order.
 pub fn group_by_label(samples: &[Sample]) -> Vec<(usize, Vec<usize>)> {
     let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-    // label -> position in `groups`; labels are small, dense integers.
-    let mut slot: Vec<Option<usize>> = Vec::new();
+    // label -> position in `groups` (a map: a label is not trusted to be small).
+    let mut slot: HashMap<usize, usize> = HashMap::new();
     for (i, s) in samples.iter().enumerate() {
-        if slot.len() <= s.label {
-            slot.resize(s.label + 1, None);
-        }
-        match slot[s.label] {
-            Some(g) => groups[g].1.push(i),
+        match slot.get(&s.label) {
+            Some(&g) => groups[g].1.push(i),
             None => {
-                slot[s.label] = Some(groups.len());
+                slot.insert(s.label, groups.len());
                 groups.push((s.label, vec![i]));
             }
         }

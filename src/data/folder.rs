@@ -7,14 +7,14 @@
 //! class order, shuffle the images with Python's `random.shuffle` and cut
 //! `round(n * p_train)` train, `round(n * p_val)` val, the rest test.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::benchmarks::sorted_entries;
 use super::python_random::PyRandom;
-use super::{DataError, Dataset, Parts, Sample, Split};
+use super::{display_name, DataError, Dataset, Parts, Sample, Split};
 use crate::zero_shot::DEFAULT_TEMPLATE;
 
 /// Image file extensions a class folder is scanned for (lower case).
@@ -60,7 +60,10 @@ pub fn from_class_folders(root: &Path, split: SeededSplit) -> Result<Dataset, Da
                         .position(|c| *c == folder)
                         .ok_or_else(|| DataError::Format {
                             path: dir.join(&folder),
-                            msg: format!("class folder `{folder}` has no counterpart in train/"),
+                            msg: format!(
+                                "class folder `{}` has no counterpart in train/",
+                                display_name(&folder)
+                            ),
                         })?;
                 for file in image_files(&dir.join(&folder))? {
                     parts[i].push(Sample {
@@ -71,7 +74,7 @@ pub fn from_class_folders(root: &Path, split: SeededSplit) -> Result<Dataset, Da
             }
         }
         let [train, val, test] = parts;
-        return finish(root, name, &classes, train, val, test);
+        return finish(root, root, name, &classes, train, val, test);
     }
     let classes = sorted_entries(root, true)?;
     let per_class = classes
@@ -84,7 +87,7 @@ pub fn from_class_folders(root: &Path, split: SeededSplit) -> Result<Dataset, Da
         })
         .collect::<Result<Vec<Vec<String>>, DataError>>()?;
     let (train, val, test) = seeded_split(root, &classes, per_class, split)?;
-    finish(root, name, &classes, train, val, test)
+    finish(root, root, name, &classes, train, val, test)
 }
 
 /// Reads a manifest (`.csv`, or `.json`): `path,label[,split]` rows (a header row naming
@@ -112,7 +115,13 @@ pub fn from_manifest(path: &Path, split: SeededSplit) -> Result<Dataset, DataErr
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let label_of = |name: &str| classes.iter().position(|c| c == name).unwrap_or(0);
+    let labels: BTreeMap<&str, usize> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    // Every row's label is one of `classes`, which were collected from the rows.
+    let label_of = |name: &str| labels.get(name).copied().unwrap_or_default();
     let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let name = path
         .file_stem()
@@ -132,7 +141,7 @@ pub fn from_manifest(path: &Path, split: SeededSplit) -> Result<Dataset, DataErr
             });
         }
         let [train, val, test] = parts;
-        return finish(&root, name, &classes, train, val, test);
+        return finish(path, &root, name, &classes, train, val, test);
     }
     if with_split > 0 {
         return Err(DataError::Format {
@@ -148,7 +157,7 @@ pub fn from_manifest(path: &Path, split: SeededSplit) -> Result<Dataset, DataErr
         per_class[label_of(&r.label)].push(r.path);
     }
     let (train, val, test) = seeded_split(path, &classes, per_class, split)?;
-    finish(&root, name, &classes, train, val, test)
+    finish(path, &root, name, &classes, train, val, test)
 }
 
 struct Row {
@@ -171,67 +180,63 @@ fn parse_split(path: &Path, line: usize, s: &str) -> Result<Option<Split>, DataE
     }
 }
 
+/// A CSV manifest as spreadsheets and scripts write them: an optional UTF-8 byte-order mark,
+/// `\n` or `\r\n` line ends, fields quoted when they hold commas or quotes (`""` is a quote),
+/// any UTF-8 in paths and labels, and an optional header row whose first field is `path`.
 fn read_csv_manifest(path: &Path) -> Result<Vec<Row>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(body);
     let mut rows = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+    for (n, record) in reader.records().enumerate() {
+        let record = record.map_err(|source| DataError::Csv {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let line = record.position().map_or(n as u64 + 1, |p| p.line()) as usize;
+        if record.iter().all(str::is_empty) {
             continue;
         }
-        let fields = split_csv_line(line);
         if n == 0
-            && fields
-                .first()
-                .is_some_and(|f| f.trim().eq_ignore_ascii_case("path"))
+            && record
+                .get(0)
+                .is_some_and(|f| f.eq_ignore_ascii_case("path"))
         {
             continue;
         }
-        if fields.len() < 2 || fields.len() > 3 {
+        if record.len() < 2 || record.len() > 3 {
             return Err(DataError::Line {
                 path: path.to_path_buf(),
-                line: n + 1,
+                line,
                 msg: format!(
                     "expected `path,label[,split]`, got {} field(s)",
-                    fields.len()
+                    record.len()
                 ),
             });
         }
-        let split = match fields.get(2) {
-            Some(s) => parse_split(path, n + 1, s)?,
+        let (file, label) = (&record[0], &record[1]);
+        if file.is_empty() || label.is_empty() {
+            return Err(DataError::Line {
+                path: path.to_path_buf(),
+                line,
+                msg: "empty path or label".into(),
+            });
+        }
+        let split = match record.get(2) {
+            Some(s) => parse_split(path, line, s)?,
             None => None,
         };
         rows.push(Row {
-            path: fields[0].trim().to_string(),
-            label: fields[1].trim().to_string(),
+            path: file.to_string(),
+            label: label.to_string(),
             split,
         });
     }
     Ok(rows)
-}
-
-/// Splits one CSV line on commas outside double quotes; `""` inside quotes is a quote.
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                if let Some(f) = fields.last_mut() {
-                    f.push('"');
-                }
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(String::new()),
-            c => {
-                if let Some(f) = fields.last_mut() {
-                    f.push(c)
-                }
-            }
-        }
-    }
-    fields
 }
 
 #[derive(Deserialize)]
@@ -244,13 +249,20 @@ struct JsonRow {
 
 fn read_json_manifest(path: &Path) -> Result<Vec<Row>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let raw: Vec<JsonRow> = serde_json::from_str(&text).map_err(|source| DataError::Json {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let raw: Vec<JsonRow> = serde_json::from_str(text).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         source,
     })?;
     raw.into_iter()
         .enumerate()
         .map(|(i, r)| {
+            if r.path.trim().is_empty() || r.label.trim().is_empty() {
+                return Err(DataError::Format {
+                    path: path.to_path_buf(),
+                    msg: format!("entry {}: empty path or label", i + 1),
+                });
+            }
             Ok(Row {
                 split: parse_split(path, i + 1, r.split.as_deref().unwrap_or(""))?,
                 path: r.path,
@@ -289,7 +301,7 @@ fn seeded_split(
                 path: source.to_path_buf(),
                 msg: format!(
                     "class `{}` has {n} image(s): too few to split {:.0}% / {:.0}% / rest",
-                    classes[label],
+                    display_name(&classes[label]),
                     100.0 * split.train,
                     100.0 * split.val
                 ),
@@ -328,7 +340,9 @@ fn dataset_name(root: &Path) -> String {
         .unwrap_or_else(|| "folder".into())
 }
 
+/// Builds the dataset; `source` (the folder or the manifest) is what errors name.
 fn finish(
+    source: &Path,
     root: &Path,
     name: String,
     classes: &[String],
@@ -338,10 +352,11 @@ fn finish(
 ) -> Result<Dataset, DataError> {
     if classes.is_empty() || train.is_empty() {
         return Err(DataError::Format {
-            path: root.to_path_buf(),
-            msg: "no training images found (expected one sub-folder of images per class)".into(),
+            path: source.to_path_buf(),
+            msg: "no training images found".into(),
         });
     }
+    super::require_classes(source, classes)?;
     Ok(Dataset {
         name,
         // The folder name is the class name, with `_` read as a space.
@@ -352,18 +367,4 @@ fn finish(
         test,
         templates: vec![DEFAULT_TEMPLATE.to_string()],
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_fields_honour_quotes() {
-        assert_eq!(split_csv_line(r#"a.jpg,cat"#), ["a.jpg", "cat"]);
-        assert_eq!(
-            split_csv_line(r#""a,b.jpg","big ""cat""",train"#),
-            ["a,b.jpg", r#"big "cat""#, "train"]
-        );
-    }
 }

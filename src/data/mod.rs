@@ -103,8 +103,10 @@ impl Dataset {
         self.classnames.len()
     }
 
-    /// Checks that every label names a class; datasets built by this module always pass.
+    /// Checks that there are at least two classes and that every label names a class;
+    /// datasets built by this module always pass.
     pub fn validate(&self, source: &Path) -> Result<(), DataError> {
+        require_classes(source, &self.classnames)?;
         for split in Split::ALL {
             if let Some(s) = self
                 .split(split)
@@ -121,6 +123,39 @@ impl Dataset {
         }
         Ok(())
     }
+}
+
+/// Classes a classifier needs at least: with one class every prediction is right, so every
+/// method would report 100 %.
+pub const MIN_CLASSES: usize = 2;
+
+/// Characters of a class name or path shown in a message or a table; longer ones are cut
+/// there (and only there: the data keeps them whole).
+pub const DISPLAY_CHARS: usize = 80;
+
+/// `s` cut to [`DISPLAY_CHARS`] characters, with `…` and the full length when cut.
+pub fn display_name(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(DISPLAY_CHARS) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((end, _)) => {
+            std::borrow::Cow::Owned(format!("{}… ({} characters)", &s[..end], s.chars().count()))
+        }
+    }
+}
+
+/// Refuses fewer than [`MIN_CLASSES`] classes, naming `source`.
+pub(crate) fn require_classes(source: &Path, classnames: &[String]) -> Result<(), DataError> {
+    if classnames.len() >= MIN_CLASSES {
+        return Ok(());
+    }
+    Err(DataError::TooFewClasses {
+        path: source.to_path_buf(),
+        classes: classnames.len(),
+        names: classnames
+            .iter()
+            .map(|n| format!("`{}`", display_name(n)))
+            .collect(),
+    })
 }
 
 /// The class name as prompts use it: CoOp and CLIP-Adapter replace `_` by a space

@@ -2,6 +2,7 @@
 //! `{"train" | "val" | "test": [[impath, label, classname], ...]}`, `impath` relative to the
 //! dataset's image folder, labels 0-based. (CoOp `datasets/oxford_pets.py` `read_split`.)
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -18,15 +19,19 @@ pub struct SplitFile {
     pub classnames: Vec<String>,
 }
 
+type RawItem = (String, u64, String);
+
+/// CoOp's `read_split` reads all three keys, so a file without one is not a split file (an
+/// empty list is allowed: a dataset may have no val).
 #[derive(Deserialize)]
 struct Raw {
-    #[serde(default)]
-    train: Vec<(String, u64, String)>,
-    #[serde(default)]
-    val: Vec<(String, u64, String)>,
-    #[serde(default)]
-    test: Vec<(String, u64, String)>,
+    train: Option<Vec<RawItem>>,
+    val: Option<Vec<RawItem>>,
+    test: Option<Vec<RawItem>>,
 }
+
+const EXPECTED: &str =
+    "expected {\"train\": [[impath, label, classname], ...], \"val\": [...], \"test\": [...]}";
 
 /// Reads and validates a split file: each label must carry one class name everywhere, and the
 /// labels must be `0..C` without gaps (Dassl derives the class list from them).
@@ -36,26 +41,43 @@ pub fn read(path: &Path) -> Result<SplitFile, DataError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if raw.train.is_empty() {
+    let missing = |key: &str| DataError::Format {
+        path: path.to_path_buf(),
+        msg: format!("no \"{key}\" key; {EXPECTED}"),
+    };
+    let raw_train = raw.train.ok_or_else(|| missing("train"))?;
+    let raw_val = raw.val.ok_or_else(|| missing("val"))?;
+    let raw_test = raw.test.ok_or_else(|| missing("test"))?;
+    if raw_train.is_empty() {
         return Err(DataError::Format {
             path: path.to_path_buf(),
-            msg: "no \"train\" entries; expected {\"train\": [[impath, label, classname], ...], \
-                  \"val\": [...], \"test\": [...]}"
-                .into(),
+            msg: format!("no \"train\" entries; {EXPECTED}"),
         });
     }
-    let mut names: Vec<Option<String>> = Vec::new();
-    let mut convert = |items: Vec<(String, u64, String)>| -> Result<Vec<Sample>, DataError> {
+    // The class count is the number of distinct labels; every label must be below it (so the
+    // labels are exactly 0..C), which is checked before anything is sized by a label.
+    let all = || raw_train.iter().chain(&raw_val).chain(&raw_test);
+    let distinct: BTreeSet<u64> = all().map(|(_, label, _)| *label).collect();
+    let classes = distinct.len();
+    if let Some((impath, label, _)) = all().find(|(_, label, _)| *label >= classes as u64) {
+        let missing = (0..classes)
+            .find(|l| !distinct.contains(&(*l as u64)))
+            .unwrap_or(classes);
+        return Err(DataError::LabelGap {
+            path: path.to_path_buf(),
+            impath: impath.clone(),
+            found: *label,
+            label: missing,
+            classes,
+        });
+    }
+    let mut names: Vec<Option<String>> = vec![None; classes];
+    let mut convert = |items: Vec<RawItem>| -> Result<Vec<Sample>, DataError> {
         items
             .into_iter()
             .map(|(impath, label, classname)| {
-                let label = usize::try_from(label).map_err(|_| DataError::Format {
-                    path: path.to_path_buf(),
-                    msg: format!("label {label} of `{impath}` is too large"),
-                })?;
-                if names.len() <= label {
-                    names.resize(label + 1, None);
-                }
+                // Below `classes` (checked above), so it fits.
+                let label = label as usize;
                 match &names[label] {
                     None => names[label] = Some(classname),
                     Some(first) if *first != classname => {
@@ -72,21 +94,12 @@ pub fn read(path: &Path) -> Result<SplitFile, DataError> {
             })
             .collect()
     };
-    let train = convert(raw.train)?;
-    let val = convert(raw.val)?;
-    let test = convert(raw.test)?;
-    let classes = names.len();
-    let classnames = names
-        .into_iter()
-        .enumerate()
-        .map(|(label, n)| {
-            n.ok_or(DataError::LabelGap {
-                path: path.to_path_buf(),
-                label,
-                classes,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let train = convert(raw_train)?;
+    let val = convert(raw_val)?;
+    let test = convert(raw_test)?;
+    // Every label 0..C occurs, so every one has a name.
+    let classnames: Vec<String> = names.into_iter().map(Option::unwrap_or_default).collect();
+    super::require_classes(path, &classnames)?;
     Ok(SplitFile {
         train,
         val,

@@ -48,8 +48,12 @@ pub enum MethodError {
         source: std::io::Error,
     },
 
-    #[error("{path}: not a clip-adapter head: {msg}")]
-    HeadFormat { path: PathBuf, msg: String },
+    #[error("{path}: not a clip-adapter head")]
+    HeadFormat {
+        path: PathBuf,
+        #[source]
+        source: super::head::HeadError,
+    },
 
     #[error("feature cache {dir}: {msg}")]
     Cache { dir: PathBuf, msg: String },

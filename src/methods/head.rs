@@ -257,209 +257,383 @@ pub fn save(path: &Path, head: &Head, info: &HeadInfo) -> Result<(), MethodError
     })
 }
 
-/// Reads a head file back.
+/// Reads a head file back, refusing one that is malformed or inconsistent (see
+/// [`from_bytes`]).
 pub fn load(path: &Path) -> Result<(Head, HeadInfo), MethodError> {
     let bytes = std::fs::read(path).map_err(|source| MethodError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    from_bytes(&bytes).map_err(|msg| MethodError::HeadFormat {
+    from_bytes(&bytes).map_err(|source| MethodError::HeadFormat {
         path: path.to_path_buf(),
-        msg,
+        source,
     })
 }
 
-/// Parses head bytes; the error says what is wrong.
-pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), String> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+/// Why head bytes are not a usable head.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadError {
+    #[error("not a safetensors file")]
+    Safetensors(#[from] safetensors::SafeTensorError),
+
+    #[error("metadata `{key}` is not valid JSON")]
+    MetadataJson {
+        key: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A tensor's expected shape: each dimension either a known size or free.
+type Dims<'a> = &'a [Option<usize>];
+
+/// Reads tensors out of a head file, checking dtype, shape and finiteness, and remembers which
+/// ones were read so that leftovers can be refused.
+struct Reader<'a> {
+    st: &'a safetensors::SafeTensors<'a>,
+    read: std::cell::RefCell<Vec<String>>,
+}
+
+impl Reader<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.st.names().contains(&name)
+    }
+
+    fn tensor(
+        &self,
+        name: &str,
+        dims: Dims,
+        what: &str,
+    ) -> Result<(Vec<usize>, Vec<f32>), HeadError> {
+        let t = self
+            .st
+            .tensor(name)
+            .map_err(|_| HeadError::Invalid(format!("tensor `{name}` ({what}) is missing")))?;
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(HeadError::Invalid(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        let shape = t.shape().to_vec();
+        let fits = shape.len() == dims.len()
+            && shape
+                .iter()
+                .zip(dims)
+                .all(|(s, d)| d.is_none_or(|d| d == *s));
+        if !fits {
+            let expected: Vec<String> = dims
+                .iter()
+                .map(|d| d.map_or("_".to_string(), |d| d.to_string()))
+                .collect();
+            return Err(HeadError::Invalid(format!(
+                "tensor `{name}` has shape {shape:?}, expected [{}] ({what})",
+                expected.join(", ")
+            )));
+        }
+        if let Some(&0) = shape.iter().find(|&&s| s == 0) {
+            return Err(HeadError::Invalid(format!(
+                "tensor `{name}` has shape {shape:?}: an empty dimension"
+            )));
+        }
+        let data: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(HeadError::Invalid(format!(
+                "tensor `{name}` holds {} at position {i}; a head's weights must be finite",
+                data[i]
+            )));
+        }
+        self.read.borrow_mut().push(name.to_string());
+        Ok((shape, data))
+    }
+
+    fn matrix(
+        &self,
+        name: &str,
+        rows: Option<usize>,
+        cols: Option<usize>,
+        what: &str,
+    ) -> Result<Matrix, HeadError> {
+        let (s, data) = self.tensor(name, &[rows, cols], what)?;
+        Ok(Matrix {
+            rows: s[0],
+            cols: s[1],
+            data,
+        })
+    }
+
+    fn vector(&self, name: &str, len: usize, what: &str) -> Result<Vec<f32>, HeadError> {
+        Ok(self.tensor(name, &[Some(len)], what)?.1)
+    }
+
+    fn scalar(&self, name: &str, what: &str) -> Result<f32, HeadError> {
+        Ok(self.tensor(name, &[Some(1)], what)?.1[0])
+    }
+
+    /// The positive `logit_scale`.
+    fn logit_scale(&self) -> Result<f32, HeadError> {
+        let v = self.scalar("logit_scale", "one value")?;
+        if v <= 0.0 {
+            return Err(HeadError::Invalid(format!(
+                "tensor `logit_scale` is {v}; CLIP's logit scale is positive"
+            )));
+        }
+        Ok(v)
+    }
+
+    /// Refuses tensors the head kind does not have (a file mixing two heads, or one whose
+    /// branches were renamed, would otherwise load with parts silently ignored).
+    fn no_leftovers(&self, kind: &str) -> Result<(), HeadError> {
+        let read = self.read.borrow();
+        let mut extra: Vec<&str> = self
+            .st
+            .names()
+            .into_iter()
+            .filter(|n| !read.iter().any(|r| r == *n))
+            .collect();
+        extra.sort_unstable();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        Err(HeadError::Invalid(format!(
+            "tensor(s) {} are not part of a `{kind}` head",
+            extra
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+/// Parses and validates head bytes: format and version, every tensor's dtype and shape against
+/// the others (`classes` K×D fixes K and D), finite weights, as many class names as the head has
+/// classes (at least two), and options parsed strictly.
+pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), HeadError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)?;
     let meta = header.metadata().clone().unwrap_or_default();
+    let bad = HeadError::Invalid;
     let get = |k: &str| {
         meta.get(k)
             .cloned()
-            .ok_or_else(|| format!("metadata lacks `{k}`"))
+            .ok_or_else(|| bad(format!("metadata lacks `{k}`")))
     };
-    if get("format")? != FORMAT {
-        return Err(format!(
-            "format is `{}`, expected `{FORMAT}`",
-            get("format")?
-        ));
+    let format = get("format")?;
+    if format != FORMAT {
+        return Err(bad(format!("format is `{format}`, expected `{FORMAT}`")));
     }
-    if get("version")? != VERSION.to_string() {
-        return Err(format!(
-            "version {} is not supported (expected {VERSION})",
-            get("version")?
-        ));
+    let version = get("version")?;
+    if version != VERSION.to_string() {
+        return Err(bad(format!(
+            "version `{version}` is not supported (expected {VERSION})"
+        )));
     }
-    let list = |k: &str| -> Result<Vec<String>, String> {
-        serde_json::from_str(&get(k)?).map_err(|e| format!("metadata `{k}`: {e}"))
+    let list = |key: &'static str| -> Result<Vec<String>, HeadError> {
+        serde_json::from_str(&get(key)?).map_err(|source| HeadError::MetadataJson { key, source })
     };
+    let options = get("options")?;
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&options).map_err(
+        |source| HeadError::MetadataJson {
+            key: "options",
+            source,
+        },
+    )?;
     let info = HeadInfo {
         model: get("model")?,
         classnames: list("classnames")?,
         templates: list("templates")?,
         method: get("method")?,
-        options: get("options")?,
+        options,
     };
-    let has = |name: &str| st.names().contains(&name);
-    let tensor = |name: &str| -> Result<(Vec<usize>, Vec<f32>), String> {
-        let t = st
-            .tensor(name)
-            .map_err(|e| format!("tensor `{name}`: {e}"))?;
-        if t.dtype() != safetensors::Dtype::F32 {
-            return Err(format!("tensor `{name}` is {:?}, expected F32", t.dtype()));
-        }
-        let data = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok((t.shape().to_vec(), data))
+    let r = Reader {
+        st: &st,
+        read: Default::default(),
     };
-    let matrix = |name: &str| -> Result<Matrix, String> {
-        match tensor(name)? {
-            (s, d) if s.len() == 2 => Ok(Matrix {
-                rows: s[0],
-                cols: s[1],
-                data: d,
-            }),
-            (s, _) => Err(format!(
-                "tensor `{name}` has shape {s:?}, expected 2 dimensions"
-            )),
-        }
-    };
-    let scalar = |name: &str| -> Result<f32, String> {
-        match tensor(name)? {
-            (_, d) if d.len() == 1 => Ok(d[0]),
-            (s, _) => Err(format!(
-                "tensor `{name}` has shape {s:?}, expected one value"
-            )),
-        }
-    };
-    let vector = |name: &str| tensor(name).map(|t| t.1);
     let kind = get("head")?;
+    // `classes` (or a linear head's `weight`) fixes the class count K and the feature width D;
+    // every other tensor is checked against them.
+    let (first, k_by_d) = match kind.as_str() {
+        "linear" | "lp++" => ("weight", "K × D, one row per class"),
+        "clap" => ("prototypes", "K × D, one prototype per class"),
+        _ => ("classes", "K × D, one class embedding per row"),
+    };
+    let anchor = r.matrix(first, None, None, k_by_d)?;
+    let (k, d) = (anchor.rows, anchor.cols);
+    let min = crate::data::MIN_CLASSES;
+    if k < min {
+        return Err(bad(format!(
+            "`{first}` has {k} row(s): the head scores {k} class(es), a classifier needs at least {min}"
+        )));
+    }
+    if info.classnames.len() != k {
+        return Err(bad(format!(
+            "metadata `classnames` names {} class(es), but the head scores {k} (`{first}` has {k} rows)",
+            info.classnames.len()
+        )));
+    }
     let head = match kind.as_str() {
         "zero-shot" => Head::ZeroShot(ZeroShot::new(&TextClassifier {
-            weights: matrix("classes")?,
-            logit_scale: scalar("logit_scale")?,
+            weights: anchor,
+            logit_scale: r.logit_scale()?,
         })),
         "linear" => Head::Linear(LinearHead {
-            weight: matrix("weight")?,
-            bias: vector("bias")?,
+            weight: anchor,
+            bias: r.vector("bias", k, "one per class")?,
         }),
         "gda" => Head::Gda(GdaHead {
-            weight: matrix("weight")?,
-            bias: vector("bias")?,
-            alpha: scalar("alpha")?,
-            classes: matrix("classes")?,
-            logit_scale: scalar("logit_scale")?,
+            weight: r.matrix("weight", Some(k), Some(d), "K × D, like `classes`")?,
+            bias: r.vector("bias", k, "one per class")?,
+            alpha: r.scalar("alpha", "one value")?,
+            classes: anchor,
+            logit_scale: r.logit_scale()?,
         }),
-        "tip-adapter" => Head::Tip(TipHead {
-            keys: matrix("keys")?,
-            values: vector("values")?.into_iter().map(|v| v as usize).collect(),
-            alpha: scalar("alpha")?,
-            beta: scalar("beta")?,
-            classes: matrix("classes")?,
-            logit_scale: scalar("logit_scale")?,
-        }),
+        "tip-adapter" => {
+            let keys = r.matrix("keys", None, Some(d), "N × D, one cache key per row")?;
+            let values = r.vector("values", keys.rows, "one class index per key")?;
+            let values = values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < k {
+                        Ok(v as usize)
+                    } else {
+                        Err(bad(format!(
+                            "tensor `values` holds {v} at position {i}; expected a class index \
+                             0..{k}"
+                        )))
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            Head::Tip(TipHead {
+                keys,
+                values,
+                alpha: r.scalar("alpha", "one value")?,
+                beta: r.scalar("beta", "one value")?,
+                classes: anchor,
+                logit_scale: r.logit_scale()?,
+            })
+        }
         "clip-adapter" => {
-            let relu_out = meta.get("relu_out").map(|v| v == "true").unwrap_or(true);
-            let bottleneck = |name: &str| -> Result<Option<Bottleneck>, String> {
-                if !has(&format!("{name}.w1")) {
+            let branches =
+                ["visual", "text"].map(|b| r.has(&format!("{b}.w1")) || r.has(&format!("{b}.w2")));
+            if !branches.contains(&true) {
+                return Err(bad(
+                    "a `clip-adapter` head needs `visual.w1`/`visual.w2` or `text.w1`/`text.w2`"
+                        .into(),
+                ));
+            }
+            let relu_out = match meta.get("relu_out").map(String::as_str) {
+                Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "metadata `relu_out` is `{other}`, expected `true` or `false`"
+                    )))
+                }
+                None => return Err(bad("metadata lacks `relu_out`".into())),
+            };
+            let bottleneck = |name: &str, on: bool| -> Result<Option<Bottleneck>, HeadError> {
+                if !on {
                     return Ok(None);
                 }
-                let w1 = matrix(&format!("{name}.w1"))?;
-                let w2 = matrix(&format!("{name}.w2"))?;
+                let w1 = r.matrix(&format!("{name}.w1"), Some(d), None, "D × H")?;
+                let h = w1.cols;
+                let w2 = r.matrix(
+                    &format!("{name}.w2"),
+                    Some(h),
+                    Some(d),
+                    "H × D, H from `.w1`",
+                )?;
                 Ok(Some(Bottleneck {
-                    dim: w1.rows,
-                    hidden: w1.cols,
+                    dim: d,
+                    hidden: h,
                     w1: w1.data,
                     w2: w2.data,
                     relu_out,
                 }))
             };
-            let ratio = |name: &str| -> Result<Ratio, String> {
-                if has(&format!("{name}.u")) {
-                    let u = matrix(&format!("{name}.u"))?;
-                    return Ok(Ratio::Hyper(RatioNet {
-                        input: u.rows,
-                        hidden: u.cols,
-                        u: u.data,
-                        c: vector(&format!("{name}.c"))?,
-                        q: vector(&format!("{name}.q"))?,
-                        b: vector(&format!("{name}.b"))?,
-                    }));
+            let ratio = |name: &str| -> Result<Ratio, HeadError> {
+                if !r.has(&format!("{name}.u")) {
+                    return Ok(Ratio::Fixed(r.scalar(name, "one value")?));
                 }
-                Ok(Ratio::Fixed(scalar(name)?))
+                // The hyper-network reads a feature and the classifier summary side by side.
+                let u = r.matrix(&format!("{name}.u"), Some(2 * d), None, "2D × hidden")?;
+                let hidden = u.cols;
+                Ok(Ratio::Hyper(RatioNet {
+                    input: u.rows,
+                    hidden,
+                    u: u.data,
+                    c: r.vector(&format!("{name}.c"), hidden, "hidden")?,
+                    q: r.vector(&format!("{name}.q"), hidden, "hidden")?,
+                    b: r.vector(&format!("{name}.b"), 1, "one value")?,
+                }))
             };
             Head::ClipAdapter(AdapterModel {
                 params: AdapterParams {
-                    visual: bottleneck("visual")?,
-                    text: bottleneck("text")?,
+                    visual: bottleneck("visual", branches[0])?,
+                    text: bottleneck("text", branches[1])?,
                     alpha: ratio("alpha")?,
                     beta: ratio("beta")?,
                 },
-                classes: matrix("classes")?,
-                logit_scale: scalar("logit_scale")?,
+                classes: anchor,
+                logit_scale: r.logit_scale()?,
             })
         }
         "ape" => {
-            let indices = |name: &str| -> Result<Vec<usize>, String> {
-                vector(name)?
-                    .into_iter()
-                    .map(|v| {
-                        if v >= 0.0 && v.fract() == 0.0 {
+            let keys = r.matrix("keys", None, Some(d), "N × D, one cache key per row")?;
+            let n = keys.rows;
+            let indices = |name: &str, len: Option<usize>, below: usize, what: &str| {
+                let (_, v) = r.tensor(name, &[len], what)?;
+                v.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        if v >= 0.0 && v.fract() == 0.0 && (v as usize) < below {
                             Ok(v as usize)
                         } else {
-                            Err(format!("tensor `{name}` holds {v}, expected an index"))
+                            Err(bad(format!(
+                                "tensor `{name}` holds {v} at position {i}; expected an index \
+                                 0..{below}"
+                            )))
                         }
                     })
-                    .collect()
+                    .collect::<Result<Vec<usize>, HeadError>>()
             };
-            let h = ApeHead {
-                classes: matrix("classes")?,
-                keys: matrix("keys")?,
-                values: indices("values")?,
-                value_weights: vector("value_weights")?,
-                channels: if has("channels") {
-                    indices("channels")?
+            Head::Ape(ApeHead {
+                values: indices("values", Some(n), k, "one class index per key")?,
+                value_weights: r.vector("value_weights", n, "one weight per key")?,
+                channels: if r.has("channels") {
+                    indices("channels", None, d, "the refined feature channels")?
                 } else {
                     Vec::new()
                 },
-                alpha: scalar("alpha")?,
-                beta: scalar("beta")?,
-                logit_scale: scalar("logit_scale")?,
-            };
-            let (k, d, n) = (h.classes.rows, h.classes.cols, h.keys.rows);
-            if h.keys.cols != d || h.values.len() != n || h.value_weights.len() != n {
-                return Err(format!(
-                    "APE tensors disagree: classes {k}×{d}, keys {n}×{}, {} values, {} value weights",
-                    h.keys.cols,
-                    h.values.len(),
-                    h.value_weights.len()
-                ));
-            }
-            if let Some(v) = h.values.iter().find(|&&v| v >= k) {
-                return Err(format!("APE value {v} is not one of the {k} classes"));
-            }
-            if let Some(c) = h.channels.iter().find(|&&c| c >= d) {
-                return Err(format!(
-                    "APE channel {c} is outside the {d} feature channels"
-                ));
-            }
-            Head::Ape(h)
+                alpha: r.scalar("alpha", "one value")?,
+                beta: r.scalar("beta", "one value")?,
+                keys,
+                classes: anchor,
+                logit_scale: r.logit_scale()?,
+            })
         }
         "lp++" => Head::LpPlusPlus(LpPlusPlusHead {
-            weight: matrix("weight")?,
-            bias: vector("bias")?,
-            alpha: vector("alpha")?,
-            text: matrix("text")?,
+            bias: r.vector("bias", k, "one per class")?,
+            alpha: r.vector("alpha", k, "one blending multiplier per class")?,
+            text: r.matrix("text", Some(k), Some(d), "K × D text embeddings")?,
+            weight: anchor,
         }),
         "clap" => Head::Clap(ClapHead {
-            prototypes: matrix("prototypes")?,
-            logit_scale: scalar("logit_scale")?,
+            prototypes: anchor,
+            logit_scale: r.logit_scale()?,
         }),
-        other => return Err(format!("unknown head kind `{other}`")),
+        other => return Err(bad(format!("unknown head kind `{other}`"))),
     };
+    r.no_leftovers(&kind)?;
     Ok((head, info))
 }

@@ -47,9 +47,13 @@ pub enum Command {
     ///
     /// Example: clip-adapter classify --model openai/clip-vit-base-patch32 --labels cat,dog photos/*.jpg
     Classify(ClassifyArgs),
-    /// List the 11 benchmarks, or check the ones under --root against their splits.
+    /// List the 11 benchmarks, or check data before extracting: the benchmarks under --root
+    /// against their published splits, or one --dataset, --folder, --manifest or --split
+    /// (classes, images per class, missing files; --decode also decodes every image).
     ///
     /// Example: clip-adapter datasets --root $DATA
+    ///
+    /// Example: clip-adapter datasets --folder photos/ --decode
     Datasets(crate::data::DatasetsArgs),
     /// Print CoOp's K-shot draw (train K per class, val min(K, 4)) for a seed.
     ///

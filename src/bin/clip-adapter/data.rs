@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
-use clip_adapter::data::check::check;
+use clip_adapter::data::check::{check, decode_all, CheckReport};
 use clip_adapter::data::folder::{self, SeededSplit};
-use clip_adapter::data::{split_file, Benchmark, Dataset, FewShot, Split};
+use clip_adapter::data::{display_name, split_file, Benchmark, Dataset, FewShot, Split};
 use clip_adapter::features::extract::{extract_set, Hooks, DEFAULT_CHUNK_BATCHES};
 use clip_adapter::features::{
     merge::merge, model_fingerprint, plan, text, Event, ExtractOptions, Shard,
@@ -60,17 +60,123 @@ pub struct SourceArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub split_seed: i64,
 
-    /// Fraction of each class for training in such a split (CoOp: 0.5).
-    #[arg(long, default_value_t = 0.5, value_name = "F")]
+    /// Fraction of each class for training in such a split (CoOp: 0.5), in (0, 1].
+    #[arg(long, default_value_t = 0.5, value_name = "F", value_parser = train_fraction)]
     pub train_fraction: f64,
 
-    /// Fraction of each class for validation in such a split (CoOp: 0.2); the rest is test.
-    #[arg(long, default_value_t = 0.2, value_name = "F")]
+    /// Fraction of each class for validation in such a split (CoOp: 0.2), in [0, 1); the rest
+    /// is test.
+    #[arg(long, default_value_t = 0.2, value_name = "F", value_parser = val_fraction)]
     pub val_fraction: f64,
+
+    /// The dataset's name in the cache (`<cache>/<NAME>/`) and in `fit --dataset`. Defaults:
+    /// the benchmark's key; the --folder's folder name; the --manifest's file name without
+    /// extension; the --split file's name without `split_zhou_`, lower case.
+    #[arg(long, value_name = "NAME", value_parser = dataset_name)]
+    pub name: Option<String>,
+}
+
+/// A value outside what an option allows is an argument error (exit status 2), found by clap
+/// before anything runs.
+fn fraction(s: &str, allow_zero: bool, allow_one: bool) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let low_ok = if allow_zero { v >= 0.0 } else { v > 0.0 };
+    let high_ok = if allow_one { v <= 1.0 } else { v < 1.0 };
+    if low_ok && high_ok {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is out of range; expected a fraction {}0, 1{}",
+            if allow_zero { "[" } else { "(" },
+            if allow_one { "]" } else { ")" }
+        ))
+    }
+}
+
+fn train_fraction(s: &str) -> Result<f64, String> {
+    fraction(s, false, true)
+}
+
+fn val_fraction(s: &str) -> Result<f64, String> {
+    fraction(s, true, false)
+}
+
+/// At least 1 (shots, batch sizes, chunk sizes).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// `min,max` with 0 < min <= max <= 1.
+fn crop_scale(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("`{s}`: expected MIN,MAX, e.g. 0.5,1"))?;
+    let num = |x: &str| {
+        x.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("`{x}` is not a number"))
+    };
+    let (a, b) = (num(a)?, num(b)?);
+    if !(0.0 < a && a <= b && b <= 1.0) {
+        return Err(format!("{a},{b}: expected 0 < MIN <= MAX <= 1"));
+    }
+    Ok((a, b))
+}
+
+/// A name that is one folder in the cache.
+fn dataset_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 100
+        && s != "."
+        && s != ".."
+        && !s.contains(['/', '\\'])
+        && !s.chars().any(char::is_control);
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{}`: expected a folder name (1-100 bytes, no `/`, `\\`, control characters, \
+             `.` or `..`)",
+            clip_adapter::data::display_name(s)
+        ))
+    }
 }
 
 impl SourceArgs {
+    /// The dataset and its benchmark, if it is one, renamed by --name.
     pub fn load(&self) -> Result<(Dataset, Option<&'static Benchmark>)> {
+        let (mut dataset, bench) = self.load_unnamed()?;
+        if let Some(name) = &self.name {
+            dataset.name = name.clone();
+        }
+        Ok((dataset, bench))
+    }
+
+    /// Whether any of --dataset, --folder, --manifest, --split was given.
+    pub fn given(&self) -> bool {
+        self.dataset.is_some()
+            || self.folder.is_some()
+            || self.manifest.is_some()
+            || self.split.is_some()
+    }
+
+    fn load_unnamed(&self) -> Result<(Dataset, Option<&'static Benchmark>)> {
+        if self.train_fraction + self.val_fraction > 1.0 {
+            use clap::CommandFactory;
+            crate::args::Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--train-fraction {} and --val-fraction {} add up to more than 1",
+                        self.train_fraction, self.val_fraction
+                    ),
+                )
+                .exit();
+        }
         let seeded = SeededSplit {
             seed: self.split_seed,
             train: self.train_fraction,
@@ -126,14 +232,21 @@ impl SourceArgs {
 
 #[derive(Args)]
 pub struct DatasetsArgs {
-    /// Check the benchmarks found under this folder (CoOp's $DATA): split sizes against the
-    /// published ones, and every listed image on disk.
-    #[arg(long, value_name = "DIR")]
-    pub root: Option<PathBuf>,
+    /// What to check: --root DIR alone checks every benchmark found under CoOp's $DATA;
+    /// --dataset NAME --root DIR one of them; --folder, --manifest or --split your own data.
+    /// Without any, the 11 benchmarks are listed.
+    #[command(flatten)]
+    pub source: SourceArgs,
 
-    /// Only this benchmark.
-    #[arg(long, value_name = "NAME", requires = "root")]
-    pub dataset: Option<String>,
+    /// Also decode every image (in parallel), so that corrupt or truncated files are found
+    /// before `extract` spends hours encoding.
+    #[arg(long)]
+    pub decode: bool,
+
+    /// List every class with too few images and every missing or unreadable file, not only
+    /// the first few.
+    #[arg(long, short)]
+    pub verbose: bool,
 
     /// Print JSON.
     #[arg(long)]
@@ -145,9 +258,13 @@ pub struct FewShotArgs {
     #[command(flatten)]
     pub source: SourceArgs,
 
-    /// Images per class to draw for training (validation gets min(K, 4)).
-    #[arg(long, value_name = "K")]
+    /// Images per class to draw for training (validation gets min(K, 4)); at least 1.
+    #[arg(long, value_name = "K", value_parser = positive)]
     pub shots: usize,
+
+    /// Name every class that has fewer than K images, not only the first few.
+    #[arg(long, short)]
+    pub verbose: bool,
 
     /// The run seed: Python's random.seed(S), as CoOp's --seed.
     #[arg(long, default_value_t = 1, value_name = "S")]
@@ -182,7 +299,7 @@ pub struct ExtractArgs {
 
     /// Encode a K-shot draw of train and val (CoOp's, seeded by --seed) instead of the whole
     /// splits. The test set is always encoded whole.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = positive)]
     pub shots: Option<usize>,
 
     /// Run seed: the few-shot draw and the augmented views.
@@ -194,8 +311,8 @@ pub struct ExtractArgs {
     pub views: u32,
 
     /// Area range of the random crops, as `min,max` (CoOp: 0.08,1; Tip-Adapter: 0.5,1).
-    #[arg(long, default_value = "0.5,1", value_name = "MIN,MAX")]
-    pub crop_scale: String,
+    #[arg(long, default_value = "0.5,1", value_name = "MIN,MAX", value_parser = crop_scale)]
+    pub crop_scale: (f64, f64),
 
     /// Prompt templates for the class-name embeddings.
     #[arg(long, value_enum, default_value = "custom")]
@@ -205,18 +322,22 @@ pub struct ExtractArgs {
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
     pub cache: PathBuf,
 
-    /// Images per forward pass.
-    #[arg(long, default_value_t = clip_adapter::encode::DEFAULT_BATCH, value_name = "N")]
+    /// Images per forward pass (at least 1).
+    #[arg(long, default_value_t = clip_adapter::encode::DEFAULT_BATCH, value_name = "N", value_parser = positive)]
     pub batch_size: usize,
 
-    /// Batches per resumable chunk (what an interruption can lose).
-    #[arg(long, default_value_t = DEFAULT_CHUNK_BATCHES, value_name = "N")]
+    /// Batches per resumable chunk (what an interruption can lose; at least 1).
+    #[arg(long, default_value_t = DEFAULT_CHUNK_BATCHES, value_name = "N", value_parser = positive)]
     pub chunk_batches: usize,
 
-    /// Encode only part i of n (0-based), e.g. one task of a Slurm job array; join the parts
-    /// with `clip-adapter merge`.
+    /// Encode only part i of n (0-based, 0 <= i < n), e.g. one task of a Slurm job array; join
+    /// the parts with `clip-adapter merge`.
     #[arg(long, value_name = "I/N")]
-    pub shard: Option<String>,
+    pub shard: Option<Shard>,
+
+    /// Name every class that has fewer than K images, not only the first few.
+    #[arg(long, short)]
+    pub verbose: bool,
 
     /// Leave out unreadable or missing images (counted and listed) instead of stopping.
     #[arg(long)]
@@ -239,8 +360,11 @@ pub struct MergeArgs {
     pub json: bool,
 }
 
-pub fn datasets(a: DatasetsArgs) -> Result<()> {
-    let Some(root) = &a.root else {
+pub fn datasets(a: DatasetsArgs, progress: &Progress) -> Result<()> {
+    if a.source.given() {
+        return check_one(&a, progress);
+    }
+    let Some(root) = &a.source.root else {
         let rows: Vec<_> = BENCHMARKS
             .iter()
             .map(|b| {
@@ -277,13 +401,10 @@ pub fn datasets(a: DatasetsArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let benches: Vec<&Benchmark> = match &a.dataset {
-        Some(name) => vec![Benchmark::find(name)?],
-        None => BENCHMARKS
-            .iter()
-            .filter(|b| root.join(b.folder).is_dir())
-            .collect(),
-    };
+    let benches: Vec<&Benchmark> = BENCHMARKS
+        .iter()
+        .filter(|b| root.join(b.folder).is_dir())
+        .collect();
     if benches.is_empty() {
         bail!(
             "no benchmark folder (caltech-101/, dtd/, ...) under {}",
@@ -293,47 +414,24 @@ pub fn datasets(a: DatasetsArgs) -> Result<()> {
     let mut reports = Vec::new();
     let mut problems = 0;
     for b in benches {
-        let report = match b.load(root, None) {
-            Ok(d) => check(&d, Some(b.published)),
+        let mut report = match b.load(root, None) {
+            Ok(d) => {
+                let mut r = check(&d, Some(b.published));
+                if a.decode {
+                    decode(&d, &mut r, progress);
+                }
+                r
+            }
             Err(e) => {
                 problems += 1;
-                eprintln!("{}: {e}", b.key);
+                eprintln!("{}: {:#}", b.key, anyhow::Error::new(e));
                 continue;
             }
         };
-        problems += report.missing() + report.count_mismatches().len();
+        report.dataset = b.key.to_string();
+        problems += report.problems();
         if !a.json {
-            let sizes: Vec<String> = report
-                .splits
-                .iter()
-                .map(|s| format!("{} {}", s.split, s.listed))
-                .collect();
-            outln!(
-                "{}: {} classes, {} in {}",
-                b.key,
-                report.classes,
-                sizes.join(", "),
-                report.image_root.display()
-            );
-            for (split, listed, published) in report.count_mismatches() {
-                outln!("  {split}: the split lists {listed} images, CoOp's has {published}");
-            }
-            for s in &report.splits {
-                if !s.missing.is_empty() {
-                    outln!(
-                        "  {}: {} of {} images missing, e.g. {}",
-                        s.split,
-                        s.missing.len(),
-                        s.listed,
-                        s.missing
-                            .iter()
-                            .take(3)
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                }
-            }
+            print_report(&report, a.verbose)?;
         }
         reports.push(report);
     }
@@ -346,11 +444,145 @@ pub fn datasets(a: DatasetsArgs) -> Result<()> {
     Ok(())
 }
 
-fn report_short(few: &FewShot, dataset: &Dataset) {
-    for s in &few.short {
+/// `datasets` with one source: a benchmark, a folder, a manifest or a split file.
+fn check_one(a: &DatasetsArgs, progress: &Progress) -> Result<()> {
+    let (dataset, bench) = a.source.load()?;
+    let mut report = check(&dataset, bench.map(|b| b.published));
+    if a.decode {
+        decode(&dataset, &mut report, progress);
+    }
+    if a.json {
+        outln!("{}", serde_json::to_string(&[&report])?);
+    } else {
+        print_report(&report, a.verbose)?;
+    }
+    let problems = report.problems();
+    if problems > 0 {
+        bail!("{problems} problem(s) found in {}", dataset.name);
+    }
+    Ok(())
+}
+
+fn decode(dataset: &Dataset, report: &mut CheckReport, progress: &Progress) {
+    let total = report.listed() - report.missing();
+    let bar = progress.bar("decoding", total);
+    decode_all(dataset, report, &|done| bar.set_position(done as u64));
+    bar.finish_and_clear();
+}
+
+/// Items listed in full with --verbose, else this many and a count.
+const FIRST: usize = 5;
+
+/// `a, b, c and 7 more` (everything with `verbose`).
+fn first_few<T: std::fmt::Display>(items: &[T], verbose: bool) -> String {
+    let shown = if verbose { items.len() } else { FIRST };
+    let mut s = items
+        .iter()
+        .take(shown)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > shown {
+        s.push_str(&format!(
+            " and {} more (--verbose lists all)",
+            items.len() - shown
+        ));
+    }
+    s
+}
+
+fn print_report(report: &CheckReport, verbose: bool) -> Result<()> {
+    let sizes: Vec<String> = report
+        .splits
+        .iter()
+        .map(|s| format!("{} {}", s.split, s.listed))
+        .collect();
+    outln!(
+        "{}: {} classes, {} in {}",
+        report.dataset,
+        report.classes,
+        sizes.join(", "),
+        report.image_root.display()
+    );
+    if let (Some(min), Some(max)) = (
+        report.per_class.iter().map(|c| c.train).min(),
+        report.per_class.iter().map(|c| c.train).max(),
+    ) {
+        outln!("  train images per class: {min} to {max}");
+    }
+    let empty: Vec<String> = report
+        .classes_without_train()
+        .iter()
+        .map(|c| format!("{} `{}`", c.label, display_name(&c.name)))
+        .collect();
+    if !empty.is_empty() {
+        outln!(
+            "  {} class(es) without a train image: {}",
+            empty.len(),
+            first_few(&empty, verbose)
+        );
+    }
+    for (split, listed, published) in report.count_mismatches() {
+        outln!("  {split}: the split lists {listed} images, CoOp's has {published}");
+    }
+    for s in &report.splits {
+        if !s.missing.is_empty() {
+            let names: Vec<_> = s.missing.iter().map(|m| display_name(m)).collect();
+            outln!(
+                "  {}: {} of {} images missing: {}",
+                s.split,
+                s.missing.len(),
+                s.listed,
+                first_few(&names, verbose)
+            );
+        }
+    }
+    if report.decoded {
+        if report.unreadable.is_empty() {
+            outln!("  every image on disk decodes");
+        } else {
+            outln!("  {} image(s) do not decode:", report.unreadable.len());
+            let shown = if verbose { usize::MAX } else { FIRST };
+            for u in report.unreadable.iter().take(shown) {
+                outln!("    {}", u.reason);
+            }
+            if report.unreadable.len() > shown {
+                outln!(
+                    "    and {} more (--verbose lists all)",
+                    report.unreadable.len() - shown
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The classes that had fewer images than asked for, on stderr: a count and the first few
+/// (all with `verbose`), one line per split.
+fn report_short(few: &FewShot, dataset: &Dataset, verbose: bool) {
+    for split in [Split::Train, Split::Val] {
+        let short: Vec<_> = few.short.iter().filter(|s| s.split == split).collect();
+        let Some(first) = short.first() else {
+            continue;
+        };
+        let classes: Vec<String> = short
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} `{}` ({})",
+                    s.label,
+                    display_name(&dataset.classnames[s.label]),
+                    s.available
+                )
+            })
+            .collect();
         eprintln!(
-            "note: class {} `{}` has {} {} image(s), fewer than the {} asked for; all are used (as CoOp does)",
-            s.label, dataset.classnames[s.label], s.available, s.split, s.requested
+            "note: {} of {} classes have fewer than the {} {split} image(s) asked for; all of \
+             theirs are used (as CoOp does): {}",
+            short.len(),
+            dataset.num_classes(),
+            first.requested,
+            first_few(&classes, verbose)
         );
     }
 }
@@ -358,7 +590,7 @@ fn report_short(few: &FewShot, dataset: &Dataset) {
 pub fn fewshot(a: FewShotArgs) -> Result<()> {
     let (dataset, _) = a.source.load()?;
     let few = FewShot::coop(&dataset, a.shots, a.seed)?;
-    report_short(&few, &dataset);
+    report_short(&few, &dataset, a.verbose);
     let list = |split: Split| -> Vec<String> {
         few.samples(&dataset, split)
             .iter()
@@ -385,27 +617,15 @@ pub fn fewshot(a: FewShotArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_scale(s: &str) -> Result<(f64, f64)> {
-    let (a, b) = s
-        .split_once(',')
-        .with_context(|| format!("--crop-scale `{s}`: expected MIN,MAX"))?;
-    let (a, b): (f64, f64) = (a.trim().parse()?, b.trim().parse()?);
-    if !(0.0 < a && a <= b && b <= 1.0) {
-        bail!("--crop-scale {a},{b}: expected 0 < MIN <= MAX <= 1");
-    }
-    Ok((a, b))
-}
-
 pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
-    let shard: Option<Shard> = a.shard.as_deref().map(str::parse).transpose()?;
-    let scale = parse_scale(&a.crop_scale)?;
+    let (shard, scale) = (a.shard, a.crop_scale);
     let (dataset, bench) = a.source.load()?;
     let few = a
         .shots
         .map(|k| FewShot::coop(&dataset, k, a.seed))
         .transpose()?;
     if let Some(f) = &few {
-        report_short(f, &dataset);
+        report_short(f, &dataset, a.verbose);
     }
     let report = check(&dataset, None);
     if let Err(e) = report.require_complete() {
@@ -437,8 +657,8 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
     );
     let opts = ExtractOptions {
         cache_dir: a.cache.clone(),
-        batch: a.batch_size.max(1),
-        chunk_batches: a.chunk_batches.max(1),
+        batch: a.batch_size,
+        chunk_batches: a.chunk_batches,
         skip_bad: a.skip_bad,
         shard,
         model_name: a.model.clone(),

@@ -46,7 +46,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize(a),
         Command::Embed(a) => embed(a, &progress),
         Command::Classify(a) => classify(a, &progress),
-        Command::Datasets(a) => data::datasets(a),
+        Command::Datasets(a) => data::datasets(a, &progress),
         Command::Fewshot(a) => data::fewshot(a),
         Command::Extract(a) => data::extract(a, &progress),
         Command::Merge(a) => data::merge_cmd(a),

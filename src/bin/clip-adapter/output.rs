@@ -4,8 +4,9 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
+use clip_adapter::data::{display_name, DISPLAY_CHARS};
 use clip_adapter::zero_shot::{Prediction, ZeroShotClassifier};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::json;
 
 pub struct Progress {
@@ -24,10 +25,20 @@ impl Progress {
             return ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
         }
         let bar = ProgressBar::new(total as u64);
+        // indicatif's `{per_sec}` prints four decimals and a thousands separator
+        // ("2,238.8918/s"); a rate is read at a glance, so one decimal.
         if let Ok(style) =
-            ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})")
+            ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} ({rate}, ETA {eta})")
         {
-            bar.set_style(style.progress_chars("=> "));
+            let style = style
+                .with_key(
+                    "rate",
+                    |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&rate(state.per_sec()));
+                    },
+                )
+                .progress_chars("=> ");
+            bar.set_style(style);
         }
         bar.set_message(what.to_string());
         bar
@@ -55,6 +66,18 @@ impl Progress {
                 bar.set_position(done);
             }
         }
+    }
+}
+
+/// Items per second with one decimal (`2238.9/s`), no decimals from 100,000 on.
+pub fn rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() {
+        return "-/s".into();
+    }
+    if per_sec >= 1e5 {
+        format!("{per_sec:.0}/s")
+    } else {
+        format!("{per_sec:.1}/s")
     }
 }
 
@@ -116,13 +139,15 @@ pub fn print_predictions(
         writeln!(out, "{doc}")?;
         return Ok(());
     }
+    // Labels are cut for the table only (JSON keeps them whole); an uncut 65,536-character
+    // label would also overflow the formatter's width.
     let width = classifier
         .labels
         .iter()
-        .map(|l| l.chars().count())
+        .map(|l| display_name(l).chars().count())
         .max()
         .unwrap_or(5)
-        .max(5);
+        .clamp(5, DISPLAY_CHARS + 32);
     for (path, preds) in paths.iter().zip(predictions) {
         writeln!(out, "{path}")?;
         for (rank, p) in preds.iter().enumerate() {
@@ -130,11 +155,24 @@ pub fn print_predictions(
                 out,
                 "  {:>2}. {:<width$}  {:>6.2}%  (logit {:.3})",
                 rank + 1,
-                p.label,
+                display_name(&p.label),
                 100.0 * p.probability,
                 p.logit
             )?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate;
+
+    #[test]
+    fn rates_have_one_decimal_and_no_separator() {
+        assert_eq!(rate(2_238.891_8), "2238.9/s");
+        assert_eq!(rate(0.25), "0.2/s");
+        assert_eq!(rate(123_456.7), "123457/s");
+        assert_eq!(rate(f64::INFINITY), "-/s");
+    }
 }

@@ -123,11 +123,23 @@ pub fn from_file(path: &Path) -> Result<ClipConfig> {
             match pre.get(key) {
                 None | Some(Value::Null) => Ok(default),
                 Some(v) => serde_json::from_value::<[f32; 3]>(v.clone())
-                    .map_err(|_| format!("preprocess_cfg.{key} must be three numbers, found {v}")),
+                    .ok()
+                    .filter(|t| t.iter().all(|x| x.is_finite()))
+                    .ok_or_else(|| {
+                        format!("preprocess_cfg.{key} must be three finite numbers, found {v}")
+                    }),
             }
         };
         config.image_mean = triple("mean", CLIP_MEAN).map_err(err)?;
         config.image_std = triple("std", CLIP_STD).map_err(err)?;
+        // Normalisation divides by the std: a zero (or negative) one gives infinite or
+        // mirrored pixels and embeddings that are silently wrong.
+        if config.image_std.iter().any(|&s| s <= 0.0) {
+            return Err(err(format!(
+                "preprocess_cfg.std must be three positive numbers, found {:?}",
+                config.image_std
+            )));
+        }
     }
     Ok(config)
 }
@@ -339,6 +351,52 @@ mod tests {
                 c.text.activation,
                 Activation::Gelu,
                 "open_clip presets without -quickgelu"
+            );
+        }
+    }
+
+    #[test]
+    fn mean_and_std_are_three_finite_numbers_and_std_is_positive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open_clip_config.json");
+        let model_cfg: Value = serde_json::from_str(PRESETS[0].1).unwrap();
+        let read = |pre: Value| {
+            let doc = serde_json::json!({"model_cfg": model_cfg, "preprocess_cfg": pre});
+            std::fs::write(&path, doc.to_string()).unwrap();
+            from_file(&path).map(|c| (c.image_mean, c.image_std))
+        };
+        let ok = read(serde_json::json!({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1.0]}));
+        assert_eq!(ok.unwrap(), ([0.5; 3], [0.25, 0.5, 1.0]));
+        for (pre, needle) in [
+            (
+                serde_json::json!({"std": [0, 0, 0]}),
+                "preprocess_cfg.std must be three positive",
+            ),
+            (
+                serde_json::json!({"std": [0.2, -0.1, 0.3]}),
+                "preprocess_cfg.std must be three positive",
+            ),
+            (
+                serde_json::json!({"std": [0.2, 0.3]}),
+                "preprocess_cfg.std must be three finite",
+            ),
+            (
+                serde_json::json!({"mean": [0.5, 0.5, 0.5, 0.5]}),
+                "preprocess_cfg.mean must be three finite",
+            ),
+            (
+                serde_json::json!({"mean": [1e300, 0.5, 0.5]}),
+                "preprocess_cfg.mean must be three finite",
+            ),
+            (
+                serde_json::json!({"mean": "0.5"}),
+                "preprocess_cfg.mean must be three finite",
+            ),
+        ] {
+            let msg = read(pre.clone()).unwrap_err().to_string();
+            assert!(
+                msg.contains(needle) && msg.contains("open_clip_config.json"),
+                "{pre}: {msg}"
             );
         }
     }
