@@ -236,6 +236,7 @@ fn head_files_round_trip() {
     ];
     let info = HeadInfo {
         model: "tiny".into(),
+        model_fingerprint: Some("0123456789abcdef".into()),
         classnames: task.classnames.clone(),
         templates: vec!["a photo of a {}.".into()],
         method: "clip-adapter".into(),

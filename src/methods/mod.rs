@@ -181,16 +181,127 @@ pub enum Method {
     Gda(gda::GdaOptions),
 }
 
+/// Which method, without its options: the names on the command line and in results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MethodKind {
+    ZeroShot,
+    LinearProbe,
+    ClipAdapter,
+    TipAdapter,
+    TipAdapterF,
+    Gda,
+}
+
+impl MethodKind {
+    /// Every method, in the order of the paper's comparison (zero-shot CLIP, the linear probe,
+    /// CLIP-Adapter), then the later methods (Tip-Adapter, Tip-Adapter-F, GDA). Tables list
+    /// methods in this order.
+    pub const ALL: [MethodKind; 6] = [
+        MethodKind::ZeroShot,
+        MethodKind::LinearProbe,
+        MethodKind::ClipAdapter,
+        MethodKind::TipAdapter,
+        MethodKind::TipAdapterF,
+        MethodKind::Gda,
+    ];
+
+    /// The name used on the command line and in results.
+    pub const fn name(self) -> &'static str {
+        match self {
+            MethodKind::ZeroShot => "zero-shot",
+            MethodKind::LinearProbe => "linear-probe",
+            MethodKind::ClipAdapter => "clip-adapter",
+            MethodKind::TipAdapter => "tip-adapter",
+            MethodKind::TipAdapterF => "tip-adapter-f",
+            MethodKind::Gda => "gda",
+        }
+    }
+
+    /// The method with its default options.
+    pub fn with_defaults(self) -> Method {
+        match self {
+            MethodKind::ZeroShot => Method::ZeroShot,
+            MethodKind::LinearProbe => Method::LinearProbe(Default::default()),
+            MethodKind::ClipAdapter => Method::ClipAdapter(Default::default()),
+            MethodKind::TipAdapter => Method::TipAdapter(Default::default()),
+            MethodKind::TipAdapterF => Method::TipAdapterF(Default::default()),
+            MethodKind::Gda => Method::Gda(Default::default()),
+        }
+    }
+}
+
+impl std::fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not one of [`MethodKind::ALL`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown method `{name}`; expected one of: {}", MethodKind::ALL.map(MethodKind::name).join(", "))]
+pub struct UnknownMethod {
+    pub name: String,
+}
+
+impl std::str::FromStr for MethodKind {
+    type Err = UnknownMethod;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        MethodKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownMethod { name: s.into() })
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = UnknownMethod;
+    /// A method name with the method's default options.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<MethodKind>().map(MethodKind::with_defaults)
+    }
+}
+
+impl std::fmt::Display for Method {
+    /// The method's name (its options: [`Method::describe`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Method {
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            Method::ZeroShot => MethodKind::ZeroShot,
+            Method::LinearProbe(_) => MethodKind::LinearProbe,
+            Method::ClipAdapter(_) => MethodKind::ClipAdapter,
+            Method::TipAdapter(_) => MethodKind::TipAdapter,
+            Method::TipAdapterF(_) => MethodKind::TipAdapterF,
+            Method::Gda(_) => MethodKind::Gda,
+        }
+    }
+
     /// The name used on the command line and in results.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The same method with its training seed set (the methods that draw random numbers).
+    pub fn with_seed(&self, seed: u64) -> Method {
         match self {
-            Method::ZeroShot => "zero-shot",
-            Method::LinearProbe(_) => "linear-probe",
-            Method::ClipAdapter(_) => "clip-adapter",
-            Method::TipAdapter(_) => "tip-adapter",
-            Method::TipAdapterF(_) => "tip-adapter-f",
-            Method::Gda(_) => "gda",
+            Method::ClipAdapter(o) => Method::ClipAdapter(clip_adapter::AdapterOptions {
+                seed,
+                ..o.clone()
+            }),
+            Method::TipAdapter(o) => Method::TipAdapter(tip_adapter::TipOptions {
+                seed,
+                ..o.clone()
+            }),
+            Method::TipAdapterF(o) => Method::TipAdapterF(tip_adapter::TipOptions {
+                seed,
+                ..o.clone()
+            }),
+            other => other.clone(),
         }
     }
 
