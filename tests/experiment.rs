@@ -77,8 +77,21 @@ impl Setup {
         cli_in(
             self.dir(),
             &[
-                "run", "--methods", methods, "--datasets", &self.dataset, "--shots", "2",
-                "--seeds", "1", "--cache", "cache", "--model", model, "--out", "results",
+                "run",
+                "--methods",
+                methods,
+                "--datasets",
+                &self.dataset,
+                "--shots",
+                "2",
+                "--seeds",
+                "1",
+                "--cache",
+                "cache",
+                "--model",
+                model,
+                "--out",
+                "results",
             ],
         )
     }
@@ -141,24 +154,61 @@ fn run_keeps_results_of_each_model_apart_and_validates_first() {
     let missing = cli_in(
         s.dir(),
         &[
-            "run", "--methods", "linear-probe", "--datasets", &format!("{},nope", s.dataset),
-            "--shots", "2", "--seeds", "1", "--cache", "cache", "--out", "results",
+            "run",
+            "--methods",
+            "linear-probe",
+            "--datasets",
+            &format!("{},nope", s.dataset),
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--out",
+            "results",
         ],
     );
     assert_fails_with(&missing, &["nope", "cache", &s.dataset]);
     let no_file = cli_in(
         s.dir(),
         &[
-            "run", "--methods", "linear-probe", "--datasets", &s.dataset, "--shots", "2",
-            "--seeds", "1", "--cache", "cache", "--out", "results", "--reported", "nope.csv",
+            "run",
+            "--methods",
+            "linear-probe",
+            "--datasets",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--out",
+            "results",
+            "--reported",
+            "nope.csv",
         ],
     );
     assert_fails_with(&no_file, &["nope.csv"]);
     let not_applicable = cli_in(
         s.dir(),
         &[
-            "run", "--methods", "tip-adapter", "--datasets", &s.dataset, "--shots", "2",
-            "--seeds", "1", "--cache", "cache", "--out", "results", "--reduction", "8",
+            "run",
+            "--methods",
+            "tip-adapter",
+            "--datasets",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--out",
+            "results",
+            "--reduction",
+            "8",
         ],
     );
     assert_fails_with(&not_applicable, &["--reduction", "tip-adapter"]);
@@ -179,8 +229,21 @@ fn run_keeps_results_of_each_model_apart_and_validates_first() {
     let refused = cli_in(
         s.dir(),
         &[
-            "run", "--methods", "zero-shot", "--datasets", &s.dataset, "--shots", "2",
-            "--seeds", "1", "--cache", "cache", "--model", "models/tiny-rn", "--out", "old",
+            "run",
+            "--methods",
+            "zero-shot",
+            "--datasets",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--model",
+            "models/tiny-rn",
+            "--out",
+            "old",
         ],
     );
     assert_fails_with(&refused, &["results.csv", "older version", "model"]);
@@ -193,9 +256,22 @@ fn predict_refuses_another_model_of_the_same_width() {
     let fit = cli_in(
         s.dir(),
         &[
-            "fit", "--method", "clip-adapter", "--dataset", &s.dataset, "--shots", "2",
-            "--cache", "cache", "--model", "models/tiny-clip", "--epochs", "2", "--save",
-            "head.safetensors", "--json",
+            "fit",
+            "--method",
+            "clip-adapter",
+            "--dataset",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--cache",
+            "cache",
+            "--model",
+            "models/tiny-clip",
+            "--epochs",
+            "2",
+            "--save",
+            "head.safetensors",
+            "--json",
         ],
     );
     let doc: serde_json::Value = serde_json::from_str(&ok(&fit)).unwrap();
@@ -217,7 +293,10 @@ fn predict_refuses_another_model_of_the_same_width() {
     // classify's layout: path, then `   1. label  probability%  (logit x)`.
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
-    assert!(lines[1].starts_with("   1. class") && lines[1].contains("%  (logit "), "{text}");
+    assert!(
+        lines[1].starts_with("   1. class") && lines[1].contains("%  (logit "),
+        "{text}"
+    );
 
     // Another model of the same width: refused, unless asked for.
     let other = fixture("models/tiny-rn").display().to_string();
@@ -225,16 +304,28 @@ fn predict_refuses_another_model_of_the_same_width() {
         elsewhere.path(),
         &["predict", "--adapter", head_s, "--model", &other, image],
     );
-    assert_fails_with(&refused, &["fingerprint", "--allow-model-mismatch", "tiny-rn"]);
+    assert_fails_with(
+        &refused,
+        &["fingerprint", "--allow-model-mismatch", "tiny-rn"],
+    );
     let forced = cli_in(
         elsewhere.path(),
         &[
-            "predict", "--adapter", head_s, "--model", &other, "--allow-model-mismatch", "--json",
+            "predict",
+            "--adapter",
+            head_s,
+            "--model",
+            &other,
+            "--allow-model-mismatch",
+            "--json",
             image,
         ],
     );
     let doc: serde_json::Value = serde_json::from_str(&ok(&forced)).unwrap();
-    assert_eq!(doc["results"][0]["predictions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        doc["results"][0]["predictions"].as_array().unwrap().len(),
+        2
+    );
     assert!(String::from_utf8_lossy(&forced.stderr).contains("warning"));
 
     // The same model at another path (same content): accepted.

@@ -13,7 +13,9 @@ use crate::clip::model::transformer::l2_normalize;
 use crate::clip::{Clip, ModelFiles};
 use crate::data::{prompt_name, Dataset, FewShot, Sample};
 use crate::error::Error;
-use crate::experiment::{run_grid, ExperimentError, Grid, GridEvent, GridMethod, ResultRow, RowSource};
+use crate::experiment::{
+    run_grid, ExperimentError, Grid, GridEvent, GridMethod, ResultRow, RowSource,
+};
 use crate::features::{model_fingerprint, ContentHash};
 use crate::methods::clip_adapter::{AdapterOptions, Branch};
 use crate::methods::gda::GdaOptions;
@@ -343,4 +345,3 @@ fn for_draw(m: &Method, seed: u64, logit_scale: f32) -> Method {
         other => other.clone(),
     }
 }
-

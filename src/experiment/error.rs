@@ -92,7 +92,6 @@ pub enum ExperimentError {
          `{given}` cannot be checked; pass --allow-model-mismatch to use it anyway"
     )]
     NoFingerprint { given: String },
-
 }
 
 impl From<crate::error::Error> for ExperimentError {

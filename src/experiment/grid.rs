@@ -117,7 +117,11 @@ pub fn fit_row(
     // Milliseconds are all a training time needs.
     let seconds = (start.elapsed().as_secs_f64() * 1e3).round() / 1e3;
     let (val, test) = methods::evaluate(&fitted.head, task);
-    let chosen: Vec<String> = fitted.chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let chosen: Vec<String> = fitted
+        .chosen
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let key = spec.key();
     let row = ResultRow {
         method: key.method,

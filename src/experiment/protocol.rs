@@ -169,7 +169,10 @@ mod tests {
             ..Default::default()
         };
         let err = o.check(&[MethodKind::TipAdapter]).unwrap_err().to_string();
-        assert!(err.contains("--reduction") && err.contains("tip-adapter"), "{err}");
+        assert!(
+            err.contains("--reduction") && err.contains("tip-adapter"),
+            "{err}"
+        );
         o.check(&[MethodKind::TipAdapter, MethodKind::ClipAdapter])
             .unwrap();
         assert_eq!(o.label(MethodKind::ClipAdapter), "reduction=8");

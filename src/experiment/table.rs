@@ -234,9 +234,16 @@ impl Summary {
     }
 
     /// `### heading`, then methods × shots averaged over `datasets`.
-    pub fn average_table(&self, heading: &str, datasets: &[String], published: &Published) -> String {
+    pub fn average_table(
+        &self,
+        heading: &str,
+        datasets: &[String],
+        published: &Published,
+    ) -> String {
         let all_benchmarks = datasets.len() == BENCHMARKS.len()
-            && BENCHMARKS.iter().all(|b| datasets.iter().any(|d| d == b.key));
+            && BENCHMARKS
+                .iter()
+                .all(|b| datasets.iter().any(|d| d == b.key));
         let mut s = format!("### {heading}\n\n{}", self.header());
         for (label, method) in &self.labels {
             s.push_str(&format!("| {label} |"));
@@ -335,6 +342,9 @@ mod tests {
         let md = s.markdown(&Published::default(), None);
         assert!(md.contains("### Average over 2 datasets"), "{md}");
         // gda: (55 + 30) / 2; zero-shot lacks dtd.
-        assert!(md.contains("| gda | 42.50 |") && md.contains("| zero-shot | – |"), "{md}");
+        assert!(
+            md.contains("| gda | 42.50 |") && md.contains("| zero-shot | – |"),
+            "{md}"
+        );
     }
 }

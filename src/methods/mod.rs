@@ -289,18 +289,15 @@ impl Method {
     /// The same method with its training seed set (the methods that draw random numbers).
     pub fn with_seed(&self, seed: u64) -> Method {
         match self {
-            Method::ClipAdapter(o) => Method::ClipAdapter(clip_adapter::AdapterOptions {
-                seed,
-                ..o.clone()
-            }),
-            Method::TipAdapter(o) => Method::TipAdapter(tip_adapter::TipOptions {
-                seed,
-                ..o.clone()
-            }),
-            Method::TipAdapterF(o) => Method::TipAdapterF(tip_adapter::TipOptions {
-                seed,
-                ..o.clone()
-            }),
+            Method::ClipAdapter(o) => {
+                Method::ClipAdapter(clip_adapter::AdapterOptions { seed, ..o.clone() })
+            }
+            Method::TipAdapter(o) => {
+                Method::TipAdapter(tip_adapter::TipOptions { seed, ..o.clone() })
+            }
+            Method::TipAdapterF(o) => {
+                Method::TipAdapterF(tip_adapter::TipOptions { seed, ..o.clone() })
+            }
             other => other.clone(),
         }
     }

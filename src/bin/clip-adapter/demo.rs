@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Args;
 use clap::builder::PossibleValuesParser;
+use clap::Args;
 use clip_adapter::demo::{run_demo, task_names, DemoEvent, DemoOptions};
 use clip_adapter::fsutil::write_atomic;
 

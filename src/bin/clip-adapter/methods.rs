@@ -9,8 +9,8 @@ use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, ValueEnum};
 use clip_adapter::encode::{display_paths, encode_image_files};
 use clip_adapter::experiment::{
-    self, fit_row, run_grid, Grid, GridEvent, GridMethod, MethodOverrides, Published,
-    ResultsFile, RowSource, RowSpec, Summary,
+    self, fit_row, run_grid, Grid, GridEvent, GridMethod, MethodOverrides, Published, ResultsFile,
+    RowSource, RowSpec, Summary,
 };
 use clip_adapter::features::model_fingerprint;
 use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
@@ -180,9 +180,7 @@ fn json_f32(x: f32) -> serde_json::Value {
         .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
-fn method_bar<'a>(
-    bar: &'a indicatif::ProgressBar,
-) -> impl FnMut(methods::Progress) + 'a {
+fn method_bar<'a>(bar: &'a indicatif::ProgressBar) -> impl FnMut(methods::Progress) + 'a {
     move |p| match p {
         methods::Progress::Epoch {
             epoch,
@@ -359,7 +357,10 @@ fn run_backbone(source: &TaskSource, progress: &Progress) -> Option<&'static str
             return None;
         }
     }
-    let backbone = files.read_config().ok().and_then(|c| experiment::backbone(&c));
+    let backbone = files
+        .read_config()
+        .ok()
+        .and_then(|c| experiment::backbone(&c));
     if backbone.is_none() {
         eprintln!(
             "note: no published numbers: {} is not one of OpenAI's CLIP backbones",
@@ -533,15 +534,21 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
     let x = Matrix::from_vec(n, d, features.flatten_all()?.to_vec1::<f32>()?)
         .context("feature matrix")?;
     let logits = head.logits(&x);
-    let logits = candle_core::Tensor::from_vec(logits.data, (logits.rows, logits.cols), &candle_core::Device::Cpu)?;
+    let logits = candle_core::Tensor::from_vec(
+        logits.data,
+        (logits.rows, logits.cols),
+        &candle_core::Device::Cpu,
+    )?;
     let predictions = rank(&info.classnames, &logits, a.top_k)?;
     let paths = display_paths(&a.images);
     if a.json {
         let results: Vec<_> = (paths.iter().zip(&predictions))
             .map(|(p, preds)| {
                 let preds: Vec<_> = (preds.iter())
-                    .map(|x| serde_json::json!({"label": x.label, "index": x.index,
-                        "probability": json_f32(x.probability), "logit": json_f32(x.logit)}))
+                    .map(|x| {
+                        serde_json::json!({"label": x.label, "index": x.index,
+                        "probability": json_f32(x.probability), "logit": json_f32(x.logit)})
+                    })
                     .collect();
                 serde_json::json!({"path": p, "predictions": preds})
             })
