@@ -32,7 +32,7 @@ pub enum DemoError {
     #[error("unknown demo task `{task}` (tasks: {known})")]
     UnknownTask { task: String, known: String },
     #[error(transparent)]
-    Experiment(#[from] ExperimentError),
+    Experiment(#[from] Box<ExperimentError>),
 }
 
 impl From<Error> for DemoError {
@@ -50,6 +50,12 @@ impl From<candle_core::Error> for DemoError {
 impl From<crate::data::DataError> for DemoError {
     fn from(e: crate::data::DataError) -> Self {
         DemoError::Clip(Box::new(e.into()))
+    }
+}
+
+impl From<ExperimentError> for DemoError {
+    fn from(e: ExperimentError) -> Self {
+        DemoError::Experiment(Box::new(e))
     }
 }
 

@@ -36,15 +36,6 @@ pub enum ExperimentError {
         hint: &'static str,
     },
 
-    #[error("loading {dataset} {shots}-shot seed {seed}")]
-    Load {
-        dataset: String,
-        shots: usize,
-        seed: u64,
-        #[source]
-        source: MethodError,
-    },
-
     #[error("training {method} on {dataset} ({shots}-shot, seed {seed})")]
     Fit {
         method: String,
@@ -52,7 +43,7 @@ pub enum ExperimentError {
         shots: usize,
         seed: u64,
         #[source]
-        source: MethodError,
+        source: Box<MethodError>,
     },
 
     #[error("--{option} does not apply to {methods}: {why}")]

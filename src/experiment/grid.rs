@@ -99,6 +99,9 @@ impl RowSpec<'_> {
     }
 }
 
+/// Gives the task of a draw `(dataset, shots, seed)` and where its features came from.
+pub type Loader<'a, E> = dyn FnMut(&str, usize, u64) -> Result<(FewShotTask, RowSource), E> + 'a;
+
 /// Fits `method` on `task`, evaluates it, and makes the row.
 pub fn fit_row(
     method: &Method,
@@ -112,7 +115,7 @@ pub fn fit_row(
         dataset: spec.dataset.to_string(),
         shots: spec.shots,
         seed: spec.seed,
-        source,
+        source: Box::new(source),
     })?;
     // Milliseconds are all a training time needs.
     let seconds = (start.elapsed().as_secs_f64() * 1e3).round() / 1e3;
@@ -147,7 +150,7 @@ pub fn fit_row(
 pub fn run_grid<E: From<ExperimentError>>(
     grid: &Grid,
     sink: &mut dyn RowSink,
-    load: &mut dyn FnMut(&str, usize, u64) -> Result<(FewShotTask, RowSource), E>,
+    load: &mut Loader<E>,
     configure: &mut dyn FnMut(usize, &str, u64) -> Method,
     events: &mut dyn FnMut(GridEvent),
 ) -> Result<GridOutcome, E> {

@@ -286,8 +286,8 @@ fn save_head(
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Methods to run, comma-separated (listed in this order in the tables: zero-shot,
-    /// linear-probe, clip-adapter, tip-adapter, tip-adapter-f, gda).
+    /// Methods to run, comma-separated; the tables list them in the order of the possible
+    /// values (the paper's comparison, then later methods).
     #[arg(long, value_delimiter = ',', required = true, value_parser = MethodParser)]
     pub methods: Vec<MethodKind>,
     /// Dataset folder names in the cache, comma-separated.
