@@ -13,6 +13,7 @@ pub mod data;
 pub mod demo;
 pub mod encode;
 pub mod error;
+pub mod experiment;
 pub mod features;
 pub mod fsutil;
 pub mod hash;

@@ -96,26 +96,31 @@ impl ZeroShotClassifier {
 
     /// The `k` most probable classes of each image, best first.
     pub fn predict(&self, image_features: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
-        let logits = self.logits(image_features)?;
-        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
-        let (logits, probs) = (logits.to_vec2::<f32>()?, probs.to_vec2::<f32>()?);
-        Ok(logits
-            .iter()
-            .zip(&probs)
-            .map(|(l, p)| {
-                let mut order: Vec<usize> = (0..l.len()).collect();
-                order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
-                order
-                    .into_iter()
-                    .take(k)
-                    .map(|i| Prediction {
-                        label: self.labels[i].clone(),
-                        index: i,
-                        probability: p[i],
-                        logit: l[i],
-                    })
-                    .collect()
-            })
-            .collect())
+        rank(&self.labels, &self.logits(image_features)?, k)
     }
+}
+
+/// The `k` most probable classes of each row of `logits` `(B, K)` (softmax over a row), best
+/// first; ties go to the lower index.
+pub fn rank(labels: &[String], logits: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
+    let probs = candle_nn::ops::softmax(logits, D::Minus1)?;
+    let (logits, probs) = (logits.to_vec2::<f32>()?, probs.to_vec2::<f32>()?);
+    Ok(logits
+        .iter()
+        .zip(&probs)
+        .map(|(l, p)| {
+            let mut order: Vec<usize> = (0..l.len()).collect();
+            order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+            order
+                .into_iter()
+                .take(k)
+                .map(|i| Prediction {
+                    label: labels.get(i).cloned().unwrap_or_else(|| i.to_string()),
+                    index: i,
+                    probability: p[i],
+                    logit: l[i],
+                })
+                .collect()
+        })
+        .collect())
 }

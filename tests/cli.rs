@@ -379,3 +379,47 @@ fn open_clip_hub_id_is_downloaded_and_classifies() {
     assert!(snapshot.join("open_clip_model.safetensors").is_file());
     assert!(!snapshot.join("config.json").exists());
 }
+
+#[test]
+fn counts_of_zero_are_refused_by_the_parser() {
+    for args in [
+        &["tokenize", "--context-length", "0", "a cat"][..],
+        &["tokenize", "--context-length", "1", "a cat"][..],
+        &[
+            "classify", "--model", "m", "--labels", "a,b", "--top-k", "0", "x.png",
+        ][..],
+        &["demo", "--shots", "0"][..],
+    ] {
+        let out = clip_adapter(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_lists_the_librarys_methods_and_tasks() {
+    let demo = String::from_utf8_lossy(&clip_adapter(&["demo", "--help"]).stdout).into_owned();
+    for t in clip_adapter::demo::task_names() {
+        assert!(demo.contains(t), "demo --help lacks task {t}: {demo}");
+    }
+    let run = String::from_utf8_lossy(&clip_adapter(&["run", "--help"]).stdout).into_owned();
+    for m in clip_adapter::methods::MethodKind::ALL {
+        assert!(run.contains(m.name()), "run --help lacks {m}: {run}");
+    }
+    // Every option of run, fit and predict says what it is.
+    for cmd in ["run", "fit", "predict"] {
+        let help = String::from_utf8_lossy(&clip_adapter(&[cmd, "--help"]).stdout).into_owned();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            if t.starts_with("--") && !t.contains("  ") {
+                let next = lines.get(i + 1).map_or("", |n| n.trim());
+                assert!(
+                    !next.is_empty() && !next.starts_with('-'),
+                    "{cmd}: `{t}` has no help text"
+                );
+            }
+        }
+    }
+}

@@ -71,7 +71,7 @@ fn demo_at_16_shots_tells_the_papers_story() {
     let md = report.markdown();
     assert!(md.contains("### shapes") && md.contains("| clip-adapter |"));
     assert!(md.contains("scaled by 100 / logit scale"), "{md}");
-    assert_eq!(report.csv().lines().count(), report.rows.len() + 1);
+    assert_eq!(report.csv().unwrap().lines().count(), report.rows.len() + 1);
 
     // The plot: a panel per task and per gap's mean; zero-shot, the reference drawn last, has
     // its marker where its mean accuracy maps.

@@ -58,6 +58,7 @@ fn adapter_head() -> (Head, HeadInfo) {
         templates: vec!["a photo of a {}.".into()],
         method: "clip-adapter".into(),
         options: "{}".into(),
+        model_fingerprint: None,
     };
     (head, info)
 }

@@ -6,6 +6,7 @@ mod cli_data;
 mod common;
 mod datasets;
 mod demo;
+mod experiment;
 mod features;
 mod few_shot;
 mod input_limits;

@@ -425,6 +425,7 @@ fn new_methods_fit_save_and_reload() {
             templates: vec!["a photo of a {}.".into()],
             method: m.name().into(),
             options: serde_json::json!({ "options": m.describe() }).to_string(),
+            model_fingerprint: Some("0123".into()),
         };
         head::save(&path, &fitted.head, &info).unwrap();
         let (loaded, loaded_info) = head::load(&path).unwrap();

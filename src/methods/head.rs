@@ -91,8 +91,12 @@ impl Head {
 /// What a head file says about how the head was made.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HeadInfo {
-    /// The CLIP model as the user named it (e.g. `timm/resnet50_clip.openai`).
+    /// The CLIP model it was trained on, as a reference that resolves from any directory: the
+    /// absolute path of a model directory, or a hub id (e.g. `timm/resnet50_clip.openai`).
     pub model: String,
+    /// The model's content fingerprint (`features::model_fingerprint`); `None` in heads saved
+    /// before it was recorded.
+    pub model_fingerprint: Option<String>,
     pub classnames: Vec<String>,
     pub templates: Vec<String>,
     /// Method name (`clip-adapter`, …).
@@ -137,6 +141,9 @@ pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
     meta.insert("version".to_string(), VERSION.to_string());
     meta.insert("head".to_string(), head.kind().to_string());
     meta.insert("model".to_string(), info.model.clone());
+    if let Some(f) = &info.model_fingerprint {
+        meta.insert("model_fingerprint".to_string(), f.clone());
+    }
     meta.insert("classnames".to_string(), json(&info.classnames));
     meta.insert("templates".to_string(), json(&info.templates));
     meta.insert("method".to_string(), info.method.clone());
@@ -449,6 +456,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), HeadError> {
     )?;
     let info = HeadInfo {
         model: get("model")?,
+        model_fingerprint: meta.get("model_fingerprint").cloned(),
         classnames: list("classnames")?,
         templates: list("templates")?,
         method: get("method")?,

@@ -191,20 +191,157 @@ pub enum Method {
     Clap(clap::ClapOptions),
 }
 
+/// Which method, without its options: the names on the command line and in results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MethodKind {
+    ZeroShot,
+    LinearProbe,
+    ClipAdapter,
+    TipAdapter,
+    TipAdapterF,
+    Gda,
+    Ape,
+    ApeT,
+    LpPlusPlus,
+    Clap,
+}
+
+impl MethodKind {
+    /// Every method, in the order of the paper's comparison (zero-shot CLIP, the linear probe,
+    /// CLIP-Adapter), then the later methods by year (Tip-Adapter, Tip-Adapter-F, APE, APE-T,
+    /// GDA, LP++, CLAP). Tables list methods in this order.
+    pub const ALL: [MethodKind; 10] = [
+        MethodKind::ZeroShot,
+        MethodKind::LinearProbe,
+        MethodKind::ClipAdapter,
+        MethodKind::TipAdapter,
+        MethodKind::TipAdapterF,
+        MethodKind::Ape,
+        MethodKind::ApeT,
+        MethodKind::Gda,
+        MethodKind::LpPlusPlus,
+        MethodKind::Clap,
+    ];
+
+    /// The name used on the command line and in results.
+    pub const fn name(self) -> &'static str {
+        match self {
+            MethodKind::ZeroShot => "zero-shot",
+            MethodKind::LinearProbe => "linear-probe",
+            MethodKind::ClipAdapter => "clip-adapter",
+            MethodKind::TipAdapter => "tip-adapter",
+            MethodKind::TipAdapterF => "tip-adapter-f",
+            MethodKind::Gda => "gda",
+            MethodKind::Ape => "ape",
+            MethodKind::ApeT => "ape-t",
+            MethodKind::LpPlusPlus => "lp++",
+            MethodKind::Clap => "clap",
+        }
+    }
+
+    /// The method with its default options.
+    pub fn with_defaults(self) -> Method {
+        match self {
+            MethodKind::ZeroShot => Method::ZeroShot,
+            MethodKind::LinearProbe => Method::LinearProbe(Default::default()),
+            MethodKind::ClipAdapter => Method::ClipAdapter(Default::default()),
+            MethodKind::TipAdapter => Method::TipAdapter(Default::default()),
+            MethodKind::TipAdapterF => Method::TipAdapterF(Default::default()),
+            MethodKind::Gda => Method::Gda(Default::default()),
+            MethodKind::Ape => Method::Ape(Default::default()),
+            MethodKind::ApeT => Method::ApeT(Default::default()),
+            MethodKind::LpPlusPlus => Method::LpPlusPlus(Default::default()),
+            MethodKind::Clap => Method::Clap(Default::default()),
+        }
+    }
+}
+
+impl std::fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not one of [`MethodKind::ALL`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown method `{name}`; expected one of: {}", MethodKind::ALL.map(MethodKind::name).join(", "))]
+pub struct UnknownMethod {
+    pub name: String,
+}
+
+impl std::str::FromStr for MethodKind {
+    type Err = UnknownMethod;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        MethodKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownMethod { name: s.into() })
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = UnknownMethod;
+    /// A method name with the method's default options.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<MethodKind>().map(MethodKind::with_defaults)
+    }
+}
+
+impl std::fmt::Display for Method {
+    /// The method's name (its options: [`Method::describe`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Method {
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            Method::ZeroShot => MethodKind::ZeroShot,
+            Method::LinearProbe(_) => MethodKind::LinearProbe,
+            Method::ClipAdapter(_) => MethodKind::ClipAdapter,
+            Method::TipAdapter(_) => MethodKind::TipAdapter,
+            Method::TipAdapterF(_) => MethodKind::TipAdapterF,
+            Method::Gda(_) => MethodKind::Gda,
+            Method::Ape(_) => MethodKind::Ape,
+            Method::ApeT(_) => MethodKind::ApeT,
+            Method::LpPlusPlus(_) => MethodKind::LpPlusPlus,
+            Method::Clap(_) => MethodKind::Clap,
+        }
+    }
+
     /// The name used on the command line and in results.
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The same method with its training seed set (the methods that draw random numbers).
+    pub fn with_seed(&self, seed: u64) -> Method {
         match self {
-            Method::ZeroShot => "zero-shot",
-            Method::LinearProbe(_) => "linear-probe",
-            Method::ClipAdapter(_) => "clip-adapter",
-            Method::TipAdapter(_) => "tip-adapter",
-            Method::TipAdapterF(_) => "tip-adapter-f",
-            Method::Gda(_) => "gda",
-            Method::Ape(_) => "ape",
-            Method::ApeT(_) => "ape-t",
-            Method::LpPlusPlus(_) => "lp++",
-            Method::Clap(_) => "clap",
+            Method::ClipAdapter(o) => {
+                Method::ClipAdapter(clip_adapter::AdapterOptions { seed, ..o.clone() })
+            }
+            Method::TipAdapter(o) => {
+                Method::TipAdapter(tip_adapter::TipOptions { seed, ..o.clone() })
+            }
+            Method::TipAdapterF(o) => {
+                Method::TipAdapterF(tip_adapter::TipOptions { seed, ..o.clone() })
+            }
+            Method::Ape(o) => Method::Ape(ape::ApeOptions { seed, ..o.clone() }),
+            Method::ApeT(o) => Method::ApeT(ape::ApeOptions { seed, ..o.clone() }),
+            Method::Clap(o) => Method::Clap(clap::ClapOptions { seed, ..o.clone() }),
+            other => other.clone(),
+        }
+    }
+
+    /// The protocol's method for features `dim` wide: APE's channel counts are the authors'
+    /// for RN50's 1024-wide features, and scale with the width.
+    pub fn for_feature_width(&self, dim: usize) -> Method {
+        match self {
+            Method::Ape(o) => Method::Ape(o.clone().scaled_to(dim)),
+            Method::ApeT(o) => Method::ApeT(o.clone().scaled_to(dim)),
+            other => other.clone(),
         }
     }
 

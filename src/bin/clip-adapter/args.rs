@@ -94,6 +94,35 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
 }
 
+/// A count that must be at least 1 (spaces around it ignored).
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}` is not a whole number: {e}")),
+    }
+}
+
+/// A value with the spaces around it ignored (`--methods "zero-shot, gda"`).
+pub fn trimmed<T: std::str::FromStr>(s: &str) -> std::result::Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty value in the list".into());
+    }
+    t.parse::<T>().map_err(|e| format!("`{t}`: {e}"))
+}
+
+/// Room for the start and end tokens at least.
+fn context_length(s: &str) -> std::result::Result<usize, String> {
+    match positive(s)? {
+        n if n < 2 => Err("must be at least 2 (the start and end tokens)".into()),
+        n => Ok(n),
+    }
+}
+
 #[derive(Args)]
 pub struct TokenizeArgs {
     /// Texts to tokenize.
@@ -107,7 +136,7 @@ pub struct TokenizeArgs {
 
     /// Tokens per text, including start and end tokens; longer texts are cut, keeping the end
     /// token [default: the model's, or 77].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = context_length)]
     pub context_length: Option<usize>,
 
     /// Print `[[id, ...], ...]` instead of one tab-separated line per text.
@@ -162,7 +191,7 @@ pub struct ClassifyArgs {
     pub templates: Vec<String>,
 
     /// Classes to show per image.
-    #[arg(long, default_value_t = 5, value_name = "K")]
+    #[arg(long, default_value_t = 5, value_name = "K", value_parser = positive)]
     pub top_k: usize,
 
     /// Images per forward pass.

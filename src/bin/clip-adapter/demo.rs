@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use clap::builder::PossibleValuesParser;
 use clap::Args;
-use clip_adapter::demo::{run_demo, DemoEvent, DemoOptions};
+use clip_adapter::demo::{run_demo, task_names, DemoEvent, DemoOptions};
 use clip_adapter::fsutil::write_atomic;
 
+use crate::args::{positive, trimmed};
 use crate::output::Progress;
 
 #[derive(Args)]
@@ -20,15 +22,15 @@ pub struct DemoArgs {
     pub model: Option<PathBuf>,
 
     /// Shot counts.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = positive)]
     pub shots: Vec<usize>,
 
     /// Seeds of the few-shot draws (and of the trained methods).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3", value_parser = trimmed::<u64>)]
     pub seeds: Vec<u64>,
 
-    /// Only these tasks (shapes, colours, sketches, textures, new_shapes) [default: all].
-    #[arg(long, value_delimiter = ',')]
+    /// Only these tasks, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(task_names()))]
     pub tasks: Vec<String>,
 }
 
@@ -61,7 +63,8 @@ pub fn run(a: DemoArgs, progress: &Progress) -> Result<()> {
     }
     let markdown = report.markdown();
     write_atomic(&a.out.join("results.md"), markdown.as_bytes())?;
-    write_atomic(&a.out.join("results.csv"), report.csv().as_bytes())?;
+    let csv = report.csv().context("writing the results as CSV")?;
+    write_atomic(&a.out.join("results.csv"), csv.as_bytes())?;
     let png = report.png().context("drawing the accuracy-vs-shots plot")?;
     write_atomic(&a.out.join("accuracy_vs_shots.png"), &png)?;
     println!("{markdown}");

@@ -148,6 +148,6 @@ fn classify(a: ClassifyArgs, progress: &Progress) -> Result<()> {
         bar.set_position(d as u64)
     })?;
     bar.finish_and_clear();
-    let predictions = classifier.predict(&features, a.top_k.max(1))?;
+    let predictions = classifier.predict(&features, a.top_k)?;
     output::print_predictions(&display_paths(&a.images), &predictions, &classifier, a.json)
 }

@@ -1,160 +1,163 @@
-//! `fit`, `run` and `predict`: the methods on cached features, and a trained head on new images.
+//! `fit`, `run` and `predict`: arguments onto [`clip_adapter::experiment`], and printing.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::{Args, ValueEnum};
 use clip_adapter::encode::{display_paths, encode_image_files};
-use clip_adapter::methods::clip_adapter::{AdapterOptions, Branch, Form, RatioMode};
-use clip_adapter::methods::from_cache::{load_task, CacheQuery};
-use clip_adapter::methods::head::{self, HeadInfo};
-use clip_adapter::methods::{
-    self, eval, gda::GdaOptions, linear_probe::LinearProbeOptions, tip_adapter::TipOptions, Matrix,
-    Method,
+use clip_adapter::experiment::{
+    self, fit_row, run_grid, Grid, GridEvent, GridMethod, MethodOverrides, Published, ResultsFile,
+    RowSource, RowSpec, Summary,
 };
+use clip_adapter::features::model_fingerprint;
+use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
+use clip_adapter::methods::from_cache::{load_task, CacheQuery, TaskSource};
+use clip_adapter::methods::head::{self, HeadInfo};
+use clip_adapter::methods::{self, Matrix, MethodKind};
+use clip_adapter::zero_shot::{rank, Prediction};
 
+use crate::args::{positive, trimmed};
 use crate::output::Progress;
 
-/// The method and its options (shared by `fit` and `run`).
+/// Parses a method name (surrounding spaces ignored) into the library's [`MethodKind`]; the
+/// names come from the library's list, so `--help` and the parser cannot disagree with it.
+#[derive(Clone)]
+pub struct MethodParser;
+
+impl TypedValueParser for MethodParser {
+    type Value = MethodKind;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> std::result::Result<MethodKind, clap::Error> {
+        let s = value.to_string_lossy();
+        s.parse::<MethodKind>().map_err(|e| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e}\n")).with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            MethodKind::ALL.iter().map(|k| PossibleValue::new(k.name())),
+        ))
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum BranchArg {
+    Visual,
+    Text,
+    Both,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum FormArg {
+    Official,
+    Paper,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum RatioArg {
+    Fixed,
+    Learnable,
+    Hyper,
+}
+
+/// The method's options (shared by `fit` and `run`). An option that applies to none of the
+/// chosen methods is refused; unset options keep the protocol's values.
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
-    /// CLIP-Adapter: which features get an adapter.
-    #[arg(long, default_value = "visual", value_parser = ["visual", "text", "both"])]
-    pub branch: String,
-    /// CLIP-Adapter: `official` (ReLU after both Linear layers, the released code) or `paper`.
-    #[arg(long, default_value = "official", value_parser = ["official", "paper"])]
-    pub form: String,
-    /// CLIP-Adapter: hidden width = feature width / reduction.
-    #[arg(long, default_value_t = 4)]
-    pub reduction: usize,
-    /// Residual ratio α: weight of the adapted image feature (CLIP-Adapter); Tip-Adapter's α
-    /// when there is no validation set (default: the authors' per-dataset value).
+    /// CLIP-Adapter: which features get an adapter [default: visual].
+    #[arg(long, value_enum)]
+    pub branch: Option<BranchArg>,
+    /// CLIP-Adapter: `official` (ReLU after both Linear layers, the released code) or `paper`
+    /// [default: official].
+    #[arg(long, value_enum)]
+    pub form: Option<FormArg>,
+    /// CLIP-Adapter: hidden width = feature width / reduction [default: 4].
+    #[arg(long, value_parser = positive)]
+    pub reduction: Option<usize>,
+    /// Residual ratio α: weight of the adapted image feature (CLIP-Adapter, default 0.2);
+    /// Tip-Adapter(-F)'s α when there is no validation set (default: the authors' per-dataset
+    /// value).
     #[arg(long)]
     pub alpha: Option<f32>,
-    /// Text ratio β (CLIP-Adapter), Tip-Adapter's β.
+    /// Text ratio β (CLIP-Adapter), Tip-Adapter(-F)'s β.
     #[arg(long)]
     pub beta: Option<f32>,
     /// CLIP-Adapter ratios: `fixed`, `learnable` (a scalar per branch) or `hyper` (predicted
-    /// by the hyper-network Q(f, W)).
-    #[arg(long, default_value = "fixed", value_parser = ["fixed", "learnable", "hyper"])]
-    pub ratio: String,
-    /// Search the CLIP-Adapter ratio on the validation set over these values (e.g.
+    /// by the hyper-network Q(f, W)) [default: fixed].
+    #[arg(long, value_enum)]
+    pub ratio: Option<RatioArg>,
+    /// CLIP-Adapter: search the ratio on the validation set over these values (e.g.
     /// 0.1,0.2,0.4,0.6,0.8).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = trimmed::<f32>)]
     pub search: Vec<f32>,
     /// Learning rate (CLIP-Adapter default 0.002 as CoOp; Tip-Adapter-F 0.001).
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Epochs (default: CLIP-Adapter by shots, 50/100/100/200/200; Tip-Adapter-F the authors'
-    /// per-dataset value).
-    #[arg(long)]
+    /// Epochs (default: CLIP-Adapter by shots, 50/100/100/200/200, and 50 on ImageNet;
+    /// Tip-Adapter-F the authors' per-dataset value).
+    #[arg(long, value_parser = positive)]
     pub epochs: Option<usize>,
     /// Batch size (CLIP-Adapter 32, Tip-Adapter-F 256).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub batch_size: Option<usize>,
 }
 
 impl MethodArgs {
-    /// The options the user gave, for results rows.
-    fn label(&self, method: &str) -> String {
-        let mut s = Vec::new();
-        if method == "clip-adapter" {
-            s.push(format!(
-                "branch={} form={} reduction={} ratio={}",
-                self.branch, self.form, self.reduction, self.ratio
-            ));
-            if !self.search.is_empty() {
-                s.push(format!("search={:?}", self.search));
-            }
+    fn overrides(&self) -> MethodOverrides {
+        MethodOverrides {
+            branch: self.branch.map(|b| match b {
+                BranchArg::Visual => Branch::Visual,
+                BranchArg::Text => Branch::Text,
+                BranchArg::Both => Branch::Both,
+            }),
+            form: self.form.map(|f| match f {
+                FormArg::Official => Form::Official,
+                FormArg::Paper => Form::Paper,
+            }),
+            reduction: self.reduction,
+            ratio: self.ratio.map(|r| match r {
+                RatioArg::Fixed => RatioMode::Fixed,
+                RatioArg::Learnable => RatioMode::Learnable,
+                RatioArg::Hyper => RatioMode::HyperNetwork,
+            }),
+            search: self.search.clone(),
+            alpha: self.alpha,
+            beta: self.beta,
+            lr: self.lr,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
         }
-        for (k, v) in [("alpha", self.alpha), ("beta", self.beta), ("lr", self.lr)] {
-            if let Some(v) = v {
-                s.push(format!("{k}={v}"));
-            }
-        }
-        for (k, v) in [("epochs", self.epochs), ("batch", self.batch_size)] {
-            if let Some(v) = v {
-                s.push(format!("{k}={v}"));
-            }
-        }
-        s.join(" ")
-    }
-
-    /// The method with its options for one dataset and seed.
-    fn method(&self, name: &str, dataset: &str, seed: u64) -> Result<Method> {
-        let tip = || {
-            let mut o = TipOptions::for_dataset(dataset);
-            o.alpha = self.alpha.unwrap_or(o.alpha);
-            o.beta = self.beta.unwrap_or(o.beta);
-            o.lr = self.lr.unwrap_or(o.lr);
-            o.epochs = self.epochs.unwrap_or(o.epochs);
-            o.batch_size = self.batch_size.unwrap_or(o.batch_size);
-            o.seed = seed;
-            o
-        };
-        Ok(match name {
-            "zero-shot" => Method::ZeroShot,
-            "linear-probe" => Method::LinearProbe(LinearProbeOptions::default()),
-            "gda" => Method::Gda(GdaOptions::default()),
-            "tip-adapter" => Method::TipAdapter(tip()),
-            "tip-adapter-f" => Method::TipAdapterF(tip()),
-            "clip-adapter" => {
-                let d = AdapterOptions::default();
-                Method::ClipAdapter(AdapterOptions {
-                    branch: self.branch.parse::<Branch>().map_err(anyhow::Error::msg)?,
-                    form: self.form.parse::<Form>().map_err(anyhow::Error::msg)?,
-                    reduction: self.reduction,
-                    alpha: self.alpha.unwrap_or(d.alpha),
-                    beta: self.beta.unwrap_or(d.beta),
-                    ratio: self
-                        .ratio
-                        .parse::<RatioMode>()
-                        .map_err(anyhow::Error::msg)?,
-                    lr: self.lr.unwrap_or(d.lr),
-                    // CoOp trains ImageNet 50 epochs at every shot count.
-                    epochs: self.epochs.or((dataset == "imagenet").then_some(50)),
-                    batch_size: self.batch_size.unwrap_or(d.batch_size),
-                    seed,
-                    search: self.search.clone(),
-                    ..d
-                })
-            }
-            other => bail!(
-                "unknown method `{other}`; expected one of: {}",
-                METHODS.join(", ")
-            ),
-        })
     }
 }
 
-const METHODS: [&str; 6] = [
-    "zero-shot",
-    "linear-probe",
-    "clip-adapter",
-    "tip-adapter",
-    "tip-adapter-f",
-    "gda",
-];
-
 #[derive(Args, Debug)]
 pub struct FitArgs {
-    /// zero-shot, linear-probe, clip-adapter, tip-adapter, tip-adapter-f or gda.
-    #[arg(long)]
-    pub method: String,
+    /// The method.
+    #[arg(long, value_parser = MethodParser)]
+    pub method: MethodKind,
     /// The dataset folder name in the cache (e.g. eurosat).
     #[arg(long)]
     pub dataset: String,
-    #[arg(long)]
+    /// Training images per class of the few-shot draw (as given to extract).
+    #[arg(long, value_parser = positive)]
     pub shots: usize,
+    /// Seed of the few-shot draw (as given to extract), also the training seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// The feature cache `extract` wrote.
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
     pub cache: PathBuf,
-    /// Pick the model's features when the cache holds several (the name given to extract).
+    /// Pick the model's features when the cache holds several (the name given to extract, or
+    /// the fingerprint).
     #[arg(long)]
     pub model: Option<String>,
     /// Save the trained head here (safetensors with its metadata) for `predict`.
@@ -167,26 +170,18 @@ pub struct FitArgs {
     pub json: bool,
 }
 
-/// One finished run.
-struct RunResult {
-    val: f32,
-    test: f32,
-    seconds: f64,
-    chosen: Vec<(String, String)>,
-    losses: Vec<f32>,
+/// An f32 as JSON in its shortest decimal form (`92.8`, not `92.80000305175781`); NaN (no
+/// validation set) as null.
+fn json_f32(x: f32) -> serde_json::Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
-fn fit_one(
-    method: &Method,
-    q: &CacheQuery,
-    save: Option<&Path>,
-    progress: &Progress,
-) -> Result<RunResult> {
-    let (task, source) = load_task(q)
-        .with_context(|| format!("loading {} {}-shot seed {}", q.dataset, q.shots, q.seed))?;
-    let bar = progress.bar(method.name(), 0);
-    let start = Instant::now();
-    let fitted = methods::fit(method, &task, &mut |p| match p {
+fn method_bar<'a>(bar: &'a indicatif::ProgressBar) -> impl FnMut(methods::Progress) + 'a {
+    move |p| match p {
         methods::Progress::Epoch {
             epoch,
             epochs,
@@ -200,37 +195,13 @@ fn fit_one(
             bar.set_length(total as u64);
             bar.set_position(done as u64);
         }
-    })
-    .with_context(|| format!("training {} on {}", method.name(), q.dataset))?;
-    let seconds = start.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    let (val, test) = methods::evaluate(&fitted.head, &task);
-    if let Some(path) = save {
-        let mut options: BTreeMap<String, String> = fitted.chosen.iter().cloned().collect();
-        options.insert("options".into(), method.describe());
-        options.insert("dataset".into(), q.dataset.clone());
-        options.insert("shots".into(), q.shots.to_string());
-        options.insert("seed".into(), q.seed.to_string());
-        let info = HeadInfo {
-            model: source.model_name.clone(),
-            classnames: task.classnames.clone(),
-            templates: source.templates.clone(),
-            method: method.name().to_string(),
-            options: serde_json::to_string(&options)?,
-        };
-        head::save(path, &fitted.head, &info)?;
     }
-    Ok(RunResult {
-        val,
-        test,
-        seconds,
-        chosen: fitted.chosen,
-        losses: fitted.losses,
-    })
 }
 
 pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
-    let method = a.options.method(&a.method, &a.dataset, a.seed)?;
+    let overrides = a.options.overrides();
+    overrides.check(&[a.method])?;
+    let method = overrides.method(a.method, &a.dataset, a.seed);
     let q = CacheQuery {
         cache: a.cache.clone(),
         dataset: a.dataset.clone(),
@@ -238,25 +209,47 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
         seed: a.seed,
         model: a.model.clone(),
     };
-    let r = fit_one(&method, &q, a.save.as_deref(), progress)?;
-    let chosen: BTreeMap<_, _> = r.chosen.iter().cloned().collect();
+    let (task, source) = load_task(&q)
+        .with_context(|| format!("loading {} {}-shot seed {}", q.dataset, q.shots, q.seed))?;
+    let row_source = RowSource::of_task(&source);
+    let grid_method = GridMethod {
+        label: a.method.name().to_string(),
+        options: overrides.label(a.method),
+    };
+    let spec = RowSpec {
+        method: &grid_method,
+        dataset: &a.dataset,
+        shots: a.shots,
+        seed: a.seed,
+        source: &row_source,
+    };
+    let bar = progress.bar(a.method.name(), 0);
+    let (fitted, row) = fit_row(&method, &task, &spec, &mut method_bar(&bar))?;
+    bar.finish_and_clear();
+    if let Some(path) = &a.save {
+        save_head(path, &method, &q, &task, &source, &fitted)?;
+    }
+    let chosen: BTreeMap<_, _> = fitted.chosen.iter().cloned().collect();
     if a.json {
         let v = serde_json::json!({
-            "method": method.name(), "options": method.describe(), "dataset": a.dataset, "shots": a.shots,
-            "seed": a.seed, "val_accuracy": r.val, "test_accuracy": r.test, "train_seconds": r.seconds,
-            "chosen_on_validation": chosen, "epoch_losses": r.losses,
+            "method": row.method, "options": method.describe(), "dataset": a.dataset,
+            "shots": a.shots, "seed": a.seed, "model": row.model,
+            "val_accuracy": json_f32(row.val_accuracy),
+            "test_accuracy": json_f32(row.test_accuracy), "train_seconds": row.train_seconds,
+            "chosen_on_validation": chosen,
+            "epoch_losses": fitted.losses.iter().map(|&l| json_f32(l)).collect::<Vec<_>>(),
         });
         println!("{v}");
     } else {
         println!(
             "{} on {} ({}-shot, seed {}): val {:.2} %, test {:.2} % ({:.1} s)",
-            method.name(),
+            row.method,
             a.dataset,
             a.shots,
             a.seed,
-            r.val,
-            r.test,
-            r.seconds
+            row.val_accuracy,
+            row.test_accuracy,
+            row.train_seconds
         );
         if !chosen.is_empty() {
             let c: Vec<String> = chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -266,287 +259,222 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     Ok(())
 }
 
+fn save_head(
+    path: &Path,
+    method: &methods::Method,
+    q: &CacheQuery,
+    task: &methods::FewShotTask,
+    source: &TaskSource,
+    fitted: &methods::Fitted,
+) -> Result<()> {
+    let mut options: BTreeMap<String, String> = fitted.chosen.iter().cloned().collect();
+    options.insert("options".into(), method.describe());
+    options.insert("dataset".into(), q.dataset.clone());
+    options.insert("shots".into(), q.shots.to_string());
+    options.insert("seed".into(), q.seed.to_string());
+    let info = HeadInfo {
+        model: experiment::model_reference(&source.model_name),
+        model_fingerprint: Some(source.model.clone()),
+        classnames: task.classnames.clone(),
+        templates: source.templates.clone(),
+        method: method.name().to_string(),
+        options: serde_json::to_string(&options)?,
+    };
+    head::save(path, &fitted.head, &info)?;
+    Ok(())
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Methods to run (comma-separated).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub methods: Vec<String>,
-    /// Dataset folder names in the cache (comma-separated).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Methods to run, comma-separated; the tables list them in the order of the possible
+    /// values (the paper's comparison, then later methods).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = MethodParser)]
+    pub methods: Vec<MethodKind>,
+    /// Dataset folder names in the cache, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = trimmed::<String>)]
     pub datasets: Vec<String>,
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    /// Shot counts of the few-shot draws (extracted beforehand).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16", value_parser = positive)]
     pub shots: Vec<usize>,
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    /// Seeds of the few-shot draws (extracted beforehand), also the training seeds.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3", value_parser = trimmed::<u64>)]
     pub seeds: Vec<u64>,
+    /// The feature cache `extract` wrote.
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
     pub cache: PathBuf,
+    /// Pick the model's features when the cache holds several (the name given to extract, or
+    /// the fingerprint).
     #[arg(long)]
     pub model: Option<String>,
-    /// Where results.csv and results.md go; rows already in results.csv are not run again.
+    /// Where results.csv and results.md go; rows already in results.csv (same method, options,
+    /// dataset, shots, seed, model and features) are not run again.
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub out: PathBuf,
-    /// Published numbers to print beside ours when the backbone is RN50.
+    /// Published numbers (CSV: method,backbone,dataset,shots,accuracy) to print beside ours,
+    /// those of the run's backbone (read from the model's config).
     #[arg(long, value_name = "CSV")]
     pub reported: Option<PathBuf>,
     #[command(flatten)]
     pub options: MethodArgs,
 }
 
-const HEADER: &str =
-    "method,options,dataset,shots,seed,val_accuracy,test_accuracy,train_seconds,chosen";
-
-fn csv_field(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
+/// The datasets the cache holds (its sub-folders).
+fn cached_datasets(cache: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    out.sort();
+    out
 }
 
-/// Splits one CSV line (quoted fields may hold commas and doubled quotes).
-fn csv_split(line: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quoted, mut chars) =
-        (Vec::new(), String::new(), false, line.chars().peekable());
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
+/// The backbone of the model behind `source`, from its config; `None` (with a note) when the
+/// model cannot be found or is not the one that made the features.
+fn run_backbone(source: &TaskSource, progress: &Progress) -> Option<&'static str> {
+    let files = match crate::resolve_model(&source.model_name, progress) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "note: no published numbers: cannot read the model behind the features to know \
+                 its backbone: {e:#}"
+            );
+            return None;
+        }
+    };
+    match model_fingerprint(&files) {
+        Ok(f) if f == source.model => {}
+        _ => {
+            eprintln!(
+                "note: no published numbers: {} is not the model that made the features \
+                 (fingerprint {})",
+                files.dir.display(),
+                source.model
+            );
+            return None;
         }
     }
-    out.push(cur);
-    out
+    let backbone = files
+        .read_config()
+        .ok()
+        .and_then(|c| experiment::backbone(&c));
+    if backbone.is_none() {
+        eprintln!(
+            "note: no published numbers: {} is not one of OpenAI's CLIP backbones",
+            files.dir.display()
+        );
+    }
+    backbone
 }
 
 pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let csv = a.out.join("results.csv");
-    let mut done = BTreeSet::new();
-    if csv.is_file() {
-        for line in std::fs::read_to_string(&csv)
-            .with_context(|| format!("reading {}", csv.display()))?
-            .lines()
-            .skip(1)
-        {
-            let f = csv_split(line);
-            if f.len() >= 5 {
-                done.insert((
-                    f[0].clone(),
-                    f[1].clone(),
-                    f[2].clone(),
-                    f[3].clone(),
-                    f[4].clone(),
-                ));
-            }
+    // Everything is checked before the first fit.
+    let overrides = a.options.overrides();
+    let mut kinds = a.methods.clone();
+    kinds.sort_by_key(|k| MethodKind::ALL.iter().position(|x| x == k));
+    kinds.dedup();
+    overrides.check(&kinds)?;
+    let available = cached_datasets(&a.cache);
+    if let Some(d) = a.datasets.iter().find(|d| !available.contains(d)) {
+        return Err(experiment::ExperimentError::UnknownDataset {
+            dataset: d.clone(),
+            cache: a.cache.clone(),
+            available: if available.is_empty() {
+                "nothing; run `clip-adapter extract` first".into()
+            } else {
+                available.join(", ")
+            },
         }
-    } else {
-        std::fs::write(&csv, format!("{HEADER}\n"))
-            .with_context(|| format!("writing {}", csv.display()))?;
-    }
-    let mut model_name = None;
-    let total_start = Instant::now();
-    for name in &a.methods {
-        let label = a.options.label(name);
-        for dataset in &a.datasets {
-            for &shots in &a.shots {
-                for &seed in &a.seeds {
-                    let key = (
-                        name.clone(),
-                        label.clone(),
-                        dataset.clone(),
-                        shots.to_string(),
-                        seed.to_string(),
-                    );
-                    if done.contains(&key) {
-                        continue;
-                    }
-                    let method = a.options.method(name, dataset, seed)?;
-                    let q = CacheQuery {
-                        cache: a.cache.clone(),
-                        dataset: dataset.clone(),
-                        shots,
-                        seed,
-                        model: a.model.clone(),
-                    };
-                    if model_name.is_none() {
-                        model_name = load_task(&q).ok().map(|(_, s)| s.model_name);
-                    }
-                    let r = fit_one(&method, &q, None, progress)?;
-                    let chosen: Vec<String> =
-                        r.chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    let row = format!(
-                        "{},{},{},{},{},{:.4},{:.4},{:.3},{}\n",
-                        name,
-                        csv_field(&label),
-                        dataset,
-                        shots,
-                        seed,
-                        r.val,
-                        r.test,
-                        r.seconds,
-                        csv_field(&chosen.join(" "))
-                    );
-                    // Appended row by row, so an interrupted grid resumes where it stopped.
-                    let mut f = std::fs::OpenOptions::new()
-                        .append(true)
-                        .open(&csv)
-                        .with_context(|| format!("opening {}", csv.display()))?;
-                    f.write_all(row.as_bytes())
-                        .with_context(|| format!("writing {}", csv.display()))?;
-                    eprintln!(
-                        "{name} {dataset} {shots}-shot seed {seed}: test {:.2} % ({:.1} s)",
-                        r.test, r.seconds
-                    );
-                }
-            }
-        }
+        .into());
     }
     let reported = match &a.reported {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-        }
-        None => String::new(),
+        Some(p) => Some(Published::read(p)?),
+        None => None,
     };
-    let rn50 = model_name.as_deref().is_some_and(|m| {
-        let m = m.to_lowercase();
-        (m.contains("rn50") || m.contains("resnet50"))
-            && !m.contains("rn50x")
-            && !m.contains("resnet50x")
-    });
-    let table = markdown(
-        &std::fs::read_to_string(&csv)?,
-        if rn50 { &reported } else { "" },
-    );
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut results = ResultsFile::open(&a.out.join("results.csv"))?;
+
+    let grid = Grid {
+        methods: (kinds.iter())
+            .map(|&k| GridMethod {
+                label: k.name().to_string(),
+                options: overrides.label(k),
+            })
+            .collect(),
+        datasets: a.datasets.clone(),
+        shots: a.shots.clone(),
+        seeds: a.seeds.clone(),
+    };
+    let started = std::time::Instant::now();
+    let mut first_source: Option<TaskSource> = None;
+    let grid_bar = progress.bar("grid", grid.cells());
+    let method_bar_ = progress.bar("", 0);
+    let mut on_method = method_bar(&method_bar_);
+    let outcome = run_grid::<anyhow::Error>(
+        &grid,
+        &mut results,
+        &mut |dataset, shots, seed| {
+            let q = CacheQuery {
+                cache: a.cache.clone(),
+                dataset: dataset.to_string(),
+                shots,
+                seed,
+                model: a.model.clone(),
+            };
+            let (task, source) = load_task(&q)
+                .with_context(|| format!("loading {dataset} {shots}-shot seed {seed}"))?;
+            let row_source = RowSource::of_task(&source);
+            first_source.get_or_insert(source);
+            Ok((task, row_source))
+        },
+        &mut |i, dataset, seed| overrides.method(kinds[i], dataset, seed),
+        &mut |event| match event {
+            GridEvent::Fitting { method, .. } => method_bar_.set_message(method.to_string()),
+            GridEvent::Method(p) => on_method(p),
+            GridEvent::Row {
+                row, skipped, done, ..
+            } => {
+                grid_bar.set_position(done as u64);
+                if !skipped {
+                    grid_bar.suspend(|| {
+                        eprintln!(
+                            "{} {} {}-shot seed {}: test {:.2} % ({:.1} s)",
+                            row.label(),
+                            row.dataset,
+                            row.shots,
+                            row.seed,
+                            row.test_accuracy,
+                            row.train_seconds
+                        )
+                    });
+                }
+            }
+        },
+    )?;
+    method_bar_.finish_and_clear();
+    grid_bar.finish_and_clear();
+
+    let (published, backbone) = match (&reported, &first_source) {
+        (Some(r), Some(source)) => match run_backbone(source, progress) {
+            Some(b) => (r.for_backbone(b), Some(b)),
+            None => (Published::default(), None),
+        },
+        _ => (Published::default(), None),
+    };
+    let table = Summary::new(&outcome.rows).markdown(&published, backbone);
     clip_adapter::fsutil::write_atomic(&a.out.join("results.md"), table.as_bytes())?;
     print!("{table}");
     eprintln!(
-        "grid finished in {:.1} s",
-        total_start.elapsed().as_secs_f64()
+        "grid finished in {:.1} s: {} fitted, {} already in {}",
+        started.elapsed().as_secs_f64(),
+        outcome.fitted,
+        outcome.rows.len() - outcome.fitted,
+        results.path().display()
     );
     Ok(())
-}
-
-/// Our dataset keys → the names in reported_results_rn50.csv.
-fn published_dataset(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "imagenet" => "ImageNet",
-        "caltech101" => "Caltech101",
-        "dtd" => "DTD",
-        "eurosat" => "EuroSAT",
-        "fgvc_aircraft" => "FGVCAircraft",
-        "oxford_flowers" => "Flowers102",
-        "food101" => "Food101",
-        "oxford_pets" => "OxfordPets",
-        "sun397" => "SUN397",
-        "stanford_cars" => "StanfordCars",
-        "ucf101" => "UCF101",
-        _ => return None,
-    })
-}
-
-fn published_method(m: &str) -> Option<&'static str> {
-    Some(match m {
-        "clip-adapter" => "CLIP-Adapter",
-        "tip-adapter" => "Tip-Adapter",
-        "tip-adapter-f" => "Tip-Adapter-F",
-        "gda" => "GDA",
-        "zero-shot" => "ZeroShot_CoOp",
-        _ => return None,
-    })
-}
-
-/// Mean ± std of test accuracy over seeds per method/options × dataset × shots, the average
-/// over the datasets, and published numbers in brackets when given.
-fn markdown(csv: &str, reported: &str) -> String {
-    let mut published: BTreeMap<(String, String, usize), String> = BTreeMap::new();
-    for line in reported.lines().skip(1) {
-        let f = csv_split(line);
-        if f.len() >= 5 {
-            if let Ok(s) = f[3].parse() {
-                published.insert((f[0].clone(), f[2].clone(), s), f[4].clone());
-            }
-        }
-    }
-    // (method, options) → dataset → shots → test accuracies.
-    type PerDataset = BTreeMap<String, BTreeMap<usize, Vec<f32>>>;
-    let mut groups: BTreeMap<(String, String), PerDataset> = BTreeMap::new();
-    for line in csv.lines().skip(1) {
-        let f = csv_split(line);
-        if f.len() < 7 {
-            continue;
-        }
-        let (Ok(shots), Ok(test)) = (f[3].parse::<usize>(), f[6].parse::<f32>()) else {
-            continue;
-        };
-        groups
-            .entry((f[0].clone(), f[1].clone()))
-            .or_default()
-            .entry(f[2].clone())
-            .or_default()
-            .entry(shots)
-            .or_default()
-            .push(test);
-    }
-    let mut out = String::from("Test accuracy (%), mean ± std over seeds; hyper-parameters chosen on the validation sets only.");
-    if !published.is_empty() {
-        out.push_str(" Published RN50 numbers in brackets.");
-    }
-    out.push('\n');
-    for ((method, options), datasets) in &groups {
-        let shots: BTreeSet<usize> = datasets.values().flat_map(|s| s.keys().copied()).collect();
-        out.push_str(&format!("\n### {method} {options}\n\n| dataset |"));
-        shots
-            .iter()
-            .for_each(|s| out.push_str(&format!(" {s}-shot |")));
-        out.push_str("\n|---|");
-        shots.iter().for_each(|_| out.push_str("---|"));
-        out.push('\n');
-        let cell = |m: (f32, f32), paper: Option<&String>| match paper {
-            Some(p) => format!(" {:.2} ± {:.2} ({p}) |", m.0, m.1),
-            None => format!(" {:.2} ± {:.2} |", m.0, m.1),
-        };
-        for (dataset, per_shot) in datasets {
-            out.push_str(&format!("| {dataset} |"));
-            for s in &shots {
-                match per_shot.get(s) {
-                    Some(v) => {
-                        let paper = published_method(method)
-                            .zip(published_dataset(dataset))
-                            .and_then(|(m, d)| published.get(&(m.to_string(), d.to_string(), *s)));
-                        out.push_str(&cell(eval::mean_std(v), paper));
-                    }
-                    None => out.push_str(" |"),
-                }
-            }
-            out.push('\n');
-        }
-        // Average over datasets of the per-dataset means, where every dataset has the shot.
-        out.push_str(&format!("| average ({} datasets) |", datasets.len()));
-        for s in &shots {
-            let means: Vec<f32> = datasets
-                .values()
-                .filter_map(|d| d.get(s))
-                .map(|v| eval::mean_std(v).0)
-                .collect();
-            if means.len() == datasets.len() {
-                let paper = (datasets.len() == 11)
-                    .then(|| {
-                        published_method(method)
-                            .and_then(|m| published.get(&(m.to_string(), "AVG11".to_string(), *s)))
-                    })
-                    .flatten();
-                out.push_str(
-                    &cell(eval::mean_std(&means), paper)
-                        .replace(" ± ", " (sd over datasets ")
-                        .replacen(" |", ") |", 1),
-                );
-            } else {
-                out.push_str(" |");
-            }
-        }
-        out.push('\n');
-    }
-    out
 }
 
 #[derive(Args, Debug)]
@@ -554,16 +482,24 @@ pub struct PredictArgs {
     /// A head saved by `fit --save`.
     #[arg(long, value_name = "FILE")]
     pub adapter: PathBuf,
-    /// The CLIP model (default: the one the head was trained on).
+    /// The CLIP model [default: the one the head was trained on, as the head records it].
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: Option<String>,
+    /// Use --model even when its content differs from the model the head was trained on (or
+    /// the head records no fingerprint); its predictions are then not to be trusted.
+    #[arg(long)]
+    pub allow_model_mismatch: bool,
     /// Images to classify.
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
-    #[arg(long, default_value_t = 5)]
+    /// Classes to show per image.
+    #[arg(long, default_value_t = 5, value_name = "K", value_parser = positive)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Images per forward pass.
+    #[arg(long, default_value_t = clip_adapter::encode::DEFAULT_BATCH, value_name = "N", value_parser = positive)]
     pub batch_size: usize,
+    /// Print JSON: `{"adapter", "method", "model", "labels", "results": [{"path",
+    /// "predictions": [{"label", "index", "probability", "logit"}]}]}`.
     #[arg(long)]
     pub json: bool,
 }
@@ -571,7 +507,17 @@ pub struct PredictArgs {
 pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
     let (head, info) = head::load(&a.adapter)?;
     let spec = a.model.clone().unwrap_or_else(|| info.model.clone());
-    let clip = crate::load_model(&spec, progress)?;
+    let files = crate::resolve_model(&spec, progress)?;
+    let fingerprint = model_fingerprint(&files)
+        .with_context(|| format!("fingerprinting model {}", files.dir.display()))?;
+    if let Err(e) = experiment::check_head_model(&info, &spec, &fingerprint) {
+        if !a.allow_model_mismatch {
+            return Err(anyhow::Error::new(e).context(format!("{}", a.adapter.display())));
+        }
+        eprintln!("warning: {e} (going on: --allow-model-mismatch)");
+    }
+    let clip = clip_adapter::Clip::load(&files, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading model from {}", files.dir.display()))?;
     let bar = progress.bar("encoding images", a.images.len());
     let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| {
         bar.set_position(d as u64)
@@ -588,47 +534,54 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
     let x = Matrix::from_vec(n, d, features.flatten_all()?.to_vec1::<f32>()?)
         .context("feature matrix")?;
     let logits = head.logits(&x);
+    let logits = candle_core::Tensor::from_vec(
+        logits.data,
+        (logits.rows, logits.cols),
+        &candle_core::Device::Cpu,
+    )?;
+    let predictions = rank(&info.classnames, &logits, a.top_k)?;
     let paths = display_paths(&a.images);
-    let k = a.top_k.max(1).min(logits.cols);
-    let mut results = Vec::new();
-    for (i, path) in paths.iter().enumerate() {
-        let row = logits.row(i);
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let z: f32 = row.iter().map(|v| (v - max).exp()).sum();
-        let mut idx: Vec<usize> = (0..row.len()).collect();
-        idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
-        let preds: Vec<_> = idx[..k]
-            .iter()
-            .map(|&j| {
-                let label = info
-                    .classnames
-                    .get(j)
-                    .cloned()
-                    .unwrap_or_else(|| j.to_string());
-                (label, j, (row[j] - max).exp() / z, row[j])
-            })
-            .collect();
-        results.push((path.clone(), preds));
-    }
     if a.json {
-        let v: Vec<_> = results
-            .iter()
+        let results: Vec<_> = (paths.iter().zip(&predictions))
             .map(|(p, preds)| {
-                let preds: Vec<_> = preds.iter().map(|(l, i, pr, lg)| serde_json::json!({"label": l, "index": i, "probability": pr, "logit": lg})).collect();
+                let preds: Vec<_> = (preds.iter())
+                    .map(|x| {
+                        serde_json::json!({"label": x.label, "index": x.index,
+                        "probability": json_f32(x.probability), "logit": json_f32(x.logit)})
+                    })
+                    .collect();
                 serde_json::json!({"path": p, "predictions": preds})
             })
             .collect();
         println!(
             "{}",
-            serde_json::json!({"adapter": a.adapter.display().to_string(), "method": info.method, "labels": info.classnames, "results": v})
+            serde_json::json!({"adapter": a.adapter.display().to_string(), "method": info.method,
+                "model": spec, "labels": info.classnames, "results": results})
         );
     } else {
-        for (p, preds) in &results {
-            println!("{p}");
-            for (l, _, pr, _) in preds {
-                println!("  {:6.2} %  {l}", 100.0 * pr);
-            }
-        }
+        print_table(&paths, &predictions, &info.classnames);
     }
     Ok(())
+}
+
+/// The layout `classify` prints: the path, then rank, label, probability and logit.
+fn print_table(paths: &[String], predictions: &[Vec<Prediction>], labels: &[String]) {
+    let width = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    for (path, preds) in paths.iter().zip(predictions) {
+        println!("{path}");
+        for (rank, p) in preds.iter().enumerate() {
+            println!(
+                "  {:>2}. {:<width$}  {:>6.2}%  (logit {:.3})",
+                rank + 1,
+                p.label,
+                100.0 * p.probability,
+                p.logit
+            );
+        }
+    }
 }

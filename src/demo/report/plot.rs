@@ -72,7 +72,7 @@ pub struct Axes {
 
 impl Axes {
     /// The pixel of a data point, or `None` where it cannot be placed (non-finite, `x <= 0`).
-    pub fn to_pixel(&self, x: f32, y: f32) -> Option<(i32, i32)> {
+    pub fn to_pixel(self, x: f32, y: f32) -> Option<(i32, i32)> {
         if !(x > 0.0 && x.is_finite() && y.is_finite()) {
             return None;
         }

@@ -1,0 +1,95 @@
+//! Errors of the experiment: each names the file or value at fault and what was expected.
+
+use std::path::PathBuf;
+
+use crate::methods::MethodError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: {source}")]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+
+    #[error(transparent)]
+    Write(#[from] crate::fsutil::WriteError),
+
+    /// Reading a model's files or config.
+    #[error(transparent)]
+    Clip(#[from] Box<crate::error::Error>),
+
+    #[error(
+        "{path}: its columns are `{found}`, expected `{expected}`{hint}; move the file aside or \
+         choose another output folder, so that results of different models or features are \
+         never mixed"
+    )]
+    Columns {
+        path: PathBuf,
+        found: String,
+        expected: String,
+        hint: &'static str,
+    },
+
+    #[error("training {method} on {dataset} ({shots}-shot, seed {seed})")]
+    Fit {
+        method: String,
+        dataset: String,
+        shots: usize,
+        seed: u64,
+        #[source]
+        source: Box<MethodError>,
+    },
+
+    #[error("--{option} does not apply to {methods}: {why}")]
+    NotApplicable {
+        option: &'static str,
+        methods: String,
+        why: &'static str,
+    },
+
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+
+    #[error("dataset `{dataset}` is not in the feature cache {cache} (it has: {available})")]
+    UnknownDataset {
+        dataset: String,
+        cache: PathBuf,
+        available: String,
+    },
+
+    #[error("{path}: published numbers: {msg}")]
+    Published { path: PathBuf, msg: String },
+
+    #[error(
+        "the head was trained on model {expected} (fingerprint {expected_fingerprint}) but \
+         `{given}` has fingerprint {found}: its predictions would be wrong; pass the model it \
+         was trained on, or --allow-model-mismatch to use this one anyway"
+    )]
+    ModelMismatch {
+        expected: String,
+        expected_fingerprint: String,
+        given: String,
+        found: String,
+    },
+
+    #[error(
+        "the head records no model fingerprint (it was saved by an older version), so model \
+         `{given}` cannot be checked; pass --allow-model-mismatch to use it anyway"
+    )]
+    NoFingerprint { given: String },
+}
+
+impl From<crate::error::Error> for ExperimentError {
+    fn from(e: crate::error::Error) -> Self {
+        ExperimentError::Clip(Box::new(e))
+    }
+}

@@ -1,0 +1,209 @@
+//! The grid: methods × datasets × shots × seeds. Each few-shot draw is loaded once and every
+//! method is fitted on it; a row already in the results (same identity, see [`RowKey`]) is
+//! not fitted again.
+
+use std::time::Instant;
+
+use super::{ExperimentError, ResultRow, RowKey, RowSource};
+use crate::methods::{self, FewShotTask, Fitted, Method};
+
+/// Where rows go, and what is already there.
+pub trait RowSink {
+    fn find(&self, key: &RowKey) -> Option<&ResultRow>;
+    fn push(&mut self, row: ResultRow) -> Result<(), ExperimentError>;
+}
+
+/// Rows kept in memory (the demo, which does not resume).
+impl RowSink for Vec<ResultRow> {
+    fn find(&self, key: &RowKey) -> Option<&ResultRow> {
+        self.iter().find(|r| r.key() == *key)
+    }
+    fn push(&mut self, row: ResultRow) -> Result<(), ExperimentError> {
+        Vec::push(self, row);
+        Ok(())
+    }
+}
+
+/// A method of the grid as rows name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridMethod {
+    /// The `method` column: a method name, or a labelled variant.
+    pub label: String,
+    /// The `options` column.
+    pub options: String,
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    pub methods: Vec<GridMethod>,
+    pub datasets: Vec<String>,
+    pub shots: Vec<usize>,
+    pub seeds: Vec<u64>,
+}
+
+impl Grid {
+    pub fn cells(&self) -> usize {
+        self.methods.len() * self.datasets.len() * self.shots.len() * self.seeds.len()
+    }
+}
+
+/// Progress of [`run_grid`].
+#[derive(Debug)]
+pub enum GridEvent<'a> {
+    /// A method starts training on a draw.
+    Fitting {
+        method: &'a str,
+        dataset: &'a str,
+        shots: usize,
+        seed: u64,
+    },
+    /// What the method reports while it trains.
+    Method(methods::Progress),
+    /// A row was fitted (`skipped: false`) or found in the results.
+    Row {
+        row: &'a ResultRow,
+        skipped: bool,
+        done: usize,
+        total: usize,
+    },
+}
+
+/// The rows of the grid, in grid order (found and new), and how many were fitted.
+#[derive(Debug, Clone)]
+pub struct GridOutcome {
+    pub rows: Vec<ResultRow>,
+    pub fitted: usize,
+}
+
+/// Row identity before fitting.
+pub struct RowSpec<'a> {
+    pub method: &'a GridMethod,
+    pub dataset: &'a str,
+    pub shots: usize,
+    pub seed: u64,
+    pub source: &'a RowSource,
+}
+
+impl RowSpec<'_> {
+    fn key(&self) -> RowKey {
+        RowKey {
+            method: self.method.label.clone(),
+            options: self.method.options.clone(),
+            dataset: self.dataset.to_string(),
+            shots: self.shots,
+            seed: self.seed,
+            model: self.source.model.clone(),
+            features: self.source.features.clone(),
+        }
+    }
+}
+
+/// Gives the task of a draw `(dataset, shots, seed)` and where its features came from.
+pub type Loader<'a, E> = dyn FnMut(&str, usize, u64) -> Result<(FewShotTask, RowSource), E> + 'a;
+
+/// Fits `method` on `task`, evaluates it, and makes the row.
+pub fn fit_row(
+    method: &Method,
+    task: &FewShotTask,
+    spec: &RowSpec,
+    progress: &mut dyn FnMut(methods::Progress),
+) -> Result<(Fitted, ResultRow), ExperimentError> {
+    let start = Instant::now();
+    let method = &method.for_feature_width(task.dim());
+    let fitted = methods::fit(method, task, progress).map_err(|source| ExperimentError::Fit {
+        method: spec.method.label.clone(),
+        dataset: spec.dataset.to_string(),
+        shots: spec.shots,
+        seed: spec.seed,
+        source: Box::new(source),
+    })?;
+    // Milliseconds are all a training time needs.
+    let seconds = (start.elapsed().as_secs_f64() * 1e3).round() / 1e3;
+    let (val, test) = methods::evaluate(&fitted.head, task);
+    let chosen: Vec<String> = fitted
+        .chosen
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let key = spec.key();
+    let row = ResultRow {
+        method: key.method,
+        options: key.options,
+        dataset: key.dataset,
+        shots: key.shots,
+        seed: key.seed,
+        model: key.model,
+        model_name: spec.source.model_name.clone(),
+        features: key.features,
+        val_accuracy: val,
+        test_accuracy: test,
+        train_seconds: seconds,
+        chosen: chosen.join(" "),
+    };
+    Ok((fitted, row))
+}
+
+/// Runs the grid: for each dataset, shot count and seed, `load` gives the draw's task and its
+/// source, and for each method `configure(method index, dataset, seed)` gives the method to fit.
+///
+/// The error type is the caller's, so that `load` reports its own failures unchanged.
+pub fn run_grid<E: From<ExperimentError>>(
+    grid: &Grid,
+    sink: &mut dyn RowSink,
+    load: &mut Loader<E>,
+    configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+    events: &mut dyn FnMut(GridEvent),
+) -> Result<GridOutcome, E> {
+    let total = grid.cells();
+    let mut out = GridOutcome {
+        rows: Vec::with_capacity(total),
+        fitted: 0,
+    };
+    for dataset in &grid.datasets {
+        for &shots in &grid.shots {
+            for &seed in &grid.seeds {
+                // Loaded even when every row is done: the rows' identity includes the features.
+                let (task, source) = load(dataset, shots, seed)?;
+                for (i, m) in grid.methods.iter().enumerate() {
+                    let spec = RowSpec {
+                        method: m,
+                        dataset,
+                        shots,
+                        seed,
+                        source: &source,
+                    };
+                    if let Some(row) = sink.find(&spec.key()) {
+                        out.rows.push(row.clone());
+                        events(GridEvent::Row {
+                            row,
+                            skipped: true,
+                            done: out.rows.len(),
+                            total,
+                        });
+                        continue;
+                    }
+                    events(GridEvent::Fitting {
+                        method: &m.label,
+                        dataset,
+                        shots,
+                        seed,
+                    });
+                    let method = configure(i, dataset, seed);
+                    let (_, row) =
+                        fit_row(&method, &task, &spec, &mut |p| events(GridEvent::Method(p)))?;
+                    sink.push(row.clone())?;
+                    out.fitted += 1;
+                    out.rows.push(row);
+                    events(GridEvent::Row {
+                        row: &out.rows[out.rows.len() - 1],
+                        skipped: false,
+                        done: out.rows.len(),
+                        total,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,30 @@
+//! The experiment: what `clip-adapter run`, `fit` and the demo share.
+//!
+//! ```text
+//! row.rs       one results row (CSV via serde), its identity, the results file and resume
+//! protocol.rs  the options a user sets, which methods they apply to, the protocol's rules
+//!              (per-dataset Tip-Adapter values, ImageNet's 50 epochs)
+//! grid.rs      methods × datasets × shots × seeds, one draw loaded once for all methods
+//! table.rs     mean ± std Markdown tables per dataset and averaged over datasets, with the
+//!              published numbers of the run's backbone beside ours
+//! model.rs     the backbone of a model from its config; the model a saved head records
+//! ```
+//!
+//! A row's identity is everything that produced it: method and options, dataset, shots, seed,
+//! the fingerprint of the model whose features it used and the identity of those features. A
+//! rerun skips a row only when all of these agree, so results of another model or another
+//! extraction are never mistaken for this one's.
+
+mod error;
+pub mod grid;
+pub mod model;
+pub mod protocol;
+pub mod row;
+pub mod table;
+
+pub use error::ExperimentError;
+pub use grid::{fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, RowSink, RowSpec};
+pub use model::{backbone, check_head_model, model_reference};
+pub use protocol::MethodOverrides;
+pub use row::{ResultRow, ResultsFile, RowKey, RowSource};
+pub use table::{Published, Summary};

@@ -1,0 +1,201 @@
+//! The options a user sets on top of the protocol's defaults, and the protocol's rules: the
+//! authors' per-dataset Tip-Adapter values, and CoOp's 50 epochs on ImageNet at every shot
+//! count for CLIP-Adapter.
+//!
+//! An option that applies to none of the chosen methods is refused rather than ignored (a
+//! `--reduction` given to Tip-Adapter would otherwise silently do nothing). With several
+//! methods, each gets the options that apply to it, and its rows record exactly those.
+
+use super::ExperimentError;
+use crate::methods::clip_adapter::{AdapterOptions, Branch, Form, RatioMode};
+use crate::methods::tip_adapter::TipOptions;
+use crate::methods::{Method, MethodKind};
+
+/// Options given by the user; `None` (or empty) keeps the protocol's value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MethodOverrides {
+    pub branch: Option<Branch>,
+    pub form: Option<Form>,
+    pub reduction: Option<usize>,
+    pub ratio: Option<RatioMode>,
+    pub search: Vec<f32>,
+    pub alpha: Option<f32>,
+    pub beta: Option<f32>,
+    pub lr: Option<f32>,
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+}
+
+/// The dataset on which CoOp trains 50 epochs whatever the shot count.
+pub const IMAGENET: &str = "imagenet";
+pub const IMAGENET_EPOCHS: usize = 50;
+
+/// Which methods an option applies to, and why not the others.
+fn applies(option: &str, kind: MethodKind) -> bool {
+    use MethodKind::*;
+    match option {
+        "branch" | "form" | "reduction" | "ratio" | "search" => kind == ClipAdapter,
+        "alpha" | "beta" => matches!(kind, ClipAdapter | TipAdapter | TipAdapterF),
+        "lr" | "epochs" | "batch-size" => matches!(kind, ClipAdapter | TipAdapterF),
+        _ => false,
+    }
+}
+
+fn why_not(option: &str) -> &'static str {
+    match option {
+        "branch" | "form" | "reduction" | "ratio" | "search" => {
+            "it is an option of CLIP-Adapter's adapter"
+        }
+        "alpha" | "beta" => "only CLIP-Adapter and Tip-Adapter(-F) have these ratios",
+        _ => "only CLIP-Adapter and Tip-Adapter-F are trained by gradient steps",
+    }
+}
+
+impl MethodOverrides {
+    /// The options that are set, as `(name, value)`, in a fixed order.
+    fn given(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        };
+        put("branch", self.branch.map(|b| b.as_str().to_string()));
+        put("form", self.form.map(|f| f.as_str().to_string()));
+        put("reduction", self.reduction.map(|r| r.to_string()));
+        put("ratio", self.ratio.map(|r| r.as_str().to_string()));
+        put(
+            "search",
+            (!self.search.is_empty()).then(|| {
+                let v: Vec<String> = self.search.iter().map(f32::to_string).collect();
+                v.join(",")
+            }),
+        );
+        put("alpha", self.alpha.map(|v| v.to_string()));
+        put("beta", self.beta.map(|v| v.to_string()));
+        put("lr", self.lr.map(|v| v.to_string()));
+        put("epochs", self.epochs.map(|v| v.to_string()));
+        put("batch-size", self.batch_size.map(|v| v.to_string()));
+        out
+    }
+
+    /// Refuses an option that applies to none of `kinds`.
+    pub fn check(&self, kinds: &[MethodKind]) -> Result<(), ExperimentError> {
+        if kinds.is_empty() {
+            return Err(ExperimentError::Empty {
+                what: "the method list",
+            });
+        }
+        for (option, _) in self.given() {
+            if !kinds.iter().any(|&k| applies(option, k)) {
+                let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+                return Err(ExperimentError::NotApplicable {
+                    option,
+                    methods: names.join(", "),
+                    why: why_not(option),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The options that apply to `kind`, as a row records them (`key=value`, space-separated).
+    pub fn label(&self, kind: MethodKind) -> String {
+        let parts: Vec<String> = self
+            .given()
+            .into_iter()
+            .filter(|(k, _)| applies(k, kind))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.join(" ")
+    }
+
+    /// The method with the protocol's values for `dataset`, these options on top, trained
+    /// with `seed`.
+    pub fn method(&self, kind: MethodKind, dataset: &str, seed: u64) -> Method {
+        let tip = || {
+            let d = TipOptions::for_dataset(dataset);
+            TipOptions {
+                alpha: self.alpha.unwrap_or(d.alpha),
+                beta: self.beta.unwrap_or(d.beta),
+                lr: self.lr.unwrap_or(d.lr),
+                epochs: self.epochs.unwrap_or(d.epochs),
+                batch_size: self.batch_size.unwrap_or(d.batch_size),
+                seed,
+                ..d
+            }
+        };
+        match kind {
+            MethodKind::TipAdapter => Method::TipAdapter(TipOptions {
+                // Training-free: the training options do not apply.
+                lr: TipOptions::for_dataset(dataset).lr,
+                epochs: TipOptions::for_dataset(dataset).epochs,
+                batch_size: TipOptions::for_dataset(dataset).batch_size,
+                ..tip()
+            }),
+            MethodKind::TipAdapterF => Method::TipAdapterF(tip()),
+            MethodKind::ClipAdapter => {
+                let d = AdapterOptions::default();
+                Method::ClipAdapter(AdapterOptions {
+                    branch: self.branch.unwrap_or(d.branch),
+                    form: self.form.unwrap_or(d.form),
+                    reduction: self.reduction.unwrap_or(d.reduction),
+                    alpha: self.alpha.unwrap_or(d.alpha),
+                    beta: self.beta.unwrap_or(d.beta),
+                    ratio: self.ratio.unwrap_or(d.ratio),
+                    lr: self.lr.unwrap_or(d.lr),
+                    epochs: self
+                        .epochs
+                        .or((dataset == IMAGENET).then_some(IMAGENET_EPOCHS)),
+                    batch_size: self.batch_size.unwrap_or(d.batch_size),
+                    search: self.search.clone(),
+                    seed,
+                    ..d
+                })
+            }
+            other => other.with_defaults().with_seed(seed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_for_no_chosen_method_are_refused() {
+        let o = MethodOverrides {
+            reduction: Some(8),
+            ..Default::default()
+        };
+        let err = o.check(&[MethodKind::TipAdapter]).unwrap_err().to_string();
+        assert!(
+            err.contains("--reduction") && err.contains("tip-adapter"),
+            "{err}"
+        );
+        o.check(&[MethodKind::TipAdapter, MethodKind::ClipAdapter])
+            .unwrap();
+        assert_eq!(o.label(MethodKind::ClipAdapter), "reduction=8");
+        assert_eq!(o.label(MethodKind::TipAdapter), "");
+    }
+
+    #[test]
+    fn imagenet_trains_50_epochs_unless_told() {
+        let o = MethodOverrides::default();
+        let epochs = |d: &str, o: &MethodOverrides| match o.method(MethodKind::ClipAdapter, d, 1) {
+            Method::ClipAdapter(a) => a.epochs,
+            _ => unreachable!(),
+        };
+        assert_eq!(epochs("imagenet", &o), Some(50));
+        assert_eq!(epochs("eurosat", &o), None);
+        let o = MethodOverrides {
+            epochs: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(epochs("imagenet", &o), Some(3));
+        match o.method(MethodKind::TipAdapterF, "eurosat", 2) {
+            Method::TipAdapterF(t) => assert_eq!((t.epochs, t.seed, t.alpha), (3, 2, 2.0)),
+            _ => unreachable!(),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! One results row per fit, its identity, and the results file (`results.csv`) that a grid
+//! resumes from.
+//!
+//! The CSV is read and written by the `csv` crate through serde (fields with commas, quotes or
+//! line breaks are quoted), with a fixed header. A file whose header differs (an older
+//! version's, without the model and feature columns) is refused, never read as if it matched.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ExperimentError;
+use crate::features::ContentHash;
+use crate::methods::from_cache::TaskSource;
+
+/// One fit: what produced it and what it measured. Accuracies are percentages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    /// The method's name (`clip-adapter`), or a labelled variant of it in the demo.
+    pub method: String,
+    /// The options the user set for the method (`key=value`, space-separated; empty: the
+    /// protocol's defaults).
+    pub options: String,
+    pub dataset: String,
+    pub shots: usize,
+    pub seed: u64,
+    /// Content fingerprint of the model whose features the fit used.
+    pub model: String,
+    /// The model as it was named when the features were made (for people; not identity).
+    pub model_name: String,
+    /// Identity of the features beyond the model (see [`RowSource`]).
+    pub features: String,
+    pub val_accuracy: f32,
+    pub test_accuracy: f32,
+    pub train_seconds: f64,
+    /// Hyper-parameters chosen on validation, `key=value`, space-separated.
+    pub chosen: String,
+}
+
+/// The CSV columns, in order (the fields of [`ResultRow`]).
+pub const COLUMNS: [&str; 12] = [
+    "method",
+    "options",
+    "dataset",
+    "shots",
+    "seed",
+    "model",
+    "model_name",
+    "features",
+    "val_accuracy",
+    "test_accuracy",
+    "train_seconds",
+    "chosen",
+];
+
+/// What makes two rows the same run: everything but the measurements and the model's name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowKey {
+    pub method: String,
+    pub options: String,
+    pub dataset: String,
+    pub shots: usize,
+    pub seed: u64,
+    pub model: String,
+    pub features: String,
+}
+
+impl ResultRow {
+    pub fn key(&self) -> RowKey {
+        RowKey {
+            method: self.method.clone(),
+            options: self.options.clone(),
+            dataset: self.dataset.clone(),
+            shots: self.shots,
+            seed: self.seed,
+            model: self.model.clone(),
+            features: self.features.clone(),
+        }
+    }
+
+    /// How tables name the row's method: the method, with its options when there are some.
+    pub fn label(&self) -> String {
+        if self.options.is_empty() {
+            self.method.clone()
+        } else {
+            format!("{} ({})", self.method, self.options)
+        }
+    }
+}
+
+/// Where a task's features came from, as rows record it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowSource {
+    /// Content fingerprint of the model.
+    pub model: String,
+    pub model_name: String,
+    /// A hash of everything else that determined the task's features.
+    pub features: String,
+}
+
+impl RowSource {
+    /// The row source of a task read from the feature cache.
+    pub fn of_task(source: &TaskSource) -> Self {
+        // Destructured, so that a field added to `TaskSource` cannot be left out of the
+        // identity without the compiler pointing here.
+        let TaskSource {
+            model_name,
+            model,
+            templates,
+        } = source;
+        let mut h = ContentHash::default();
+        h.field(b"clip-adapter task source v1");
+        h.field(model.as_bytes());
+        h.update(&(templates.len() as u64).to_le_bytes());
+        for t in templates {
+            h.field(t.as_bytes());
+        }
+        RowSource {
+            model: model.clone(),
+            model_name: model_name.clone(),
+            features: h.hex(),
+        }
+    }
+}
+
+/// Rows as CSV text with the header.
+pub fn to_csv(rows: &[ResultRow]) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    if rows.is_empty() {
+        w.write_record(COLUMNS)?;
+    }
+    for r in rows {
+        w.serialize(r)?;
+    }
+    w.into_inner()
+        .map_err(|e| csv::Error::from(std::io::Error::other(e.to_string())))
+}
+
+/// Writes rows to `path` atomically.
+pub fn write_csv(path: &Path, rows: &[ResultRow]) -> Result<(), ExperimentError> {
+    let bytes = to_csv(rows).map_err(|source| ExperimentError::Csv {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    crate::fsutil::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Reads a results file, refusing one whose columns are not [`COLUMNS`].
+pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>, ExperimentError> {
+    let csv_err = |source| ExperimentError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut r = csv::Reader::from_path(path).map_err(csv_err)?;
+    let found: Vec<String> = r
+        .headers()
+        .map_err(csv_err)?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    if found != COLUMNS {
+        let old = !found.iter().any(|c| c == "model") && found.iter().any(|c| c == "method");
+        return Err(ExperimentError::Columns {
+            path: path.to_path_buf(),
+            found: found.join(","),
+            expected: COLUMNS.join(","),
+            hint: if old {
+                " (an older version's results, which do not record the model or features \
+                 each row was computed from)"
+            } else {
+                ""
+            },
+        });
+    }
+    r.deserialize().collect::<Result<_, _>>().map_err(csv_err)
+}
+
+/// `results.csv` of a grid: the rows so far; each new row is saved at once (atomically), so an
+/// interrupted grid resumes where it stopped.
+#[derive(Debug)]
+pub struct ResultsFile {
+    path: PathBuf,
+    rows: Vec<ResultRow>,
+}
+
+impl ResultsFile {
+    /// Opens `path`, reading its rows when it exists.
+    pub fn open(path: &Path) -> Result<Self, ExperimentError> {
+        let rows = if path.exists() {
+            read_csv(path)?
+        } else {
+            Vec::new()
+        };
+        Ok(ResultsFile {
+            path: path.to_path_buf(),
+            rows,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn rows(&self) -> &[ResultRow] {
+        &self.rows
+    }
+}
+
+impl super::RowSink for ResultsFile {
+    fn find(&self, key: &RowKey) -> Option<&ResultRow> {
+        self.rows.iter().find(|r| r.key() == *key)
+    }
+
+    fn push(&mut self, row: ResultRow) -> Result<(), ExperimentError> {
+        self.rows.push(row);
+        write_csv(&self.path, &self.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &str, options: &str) -> ResultRow {
+        ResultRow {
+            method: method.into(),
+            options: options.into(),
+            dataset: "eurosat".into(),
+            shots: 16,
+            seed: 1,
+            model: "0123456789abcdef".into(),
+            model_name: "dir with, comma".into(),
+            features: "fedcba9876543210".into(),
+            val_accuracy: 92.8,
+            test_accuracy: f32::NAN,
+            train_seconds: 1.5,
+            chosen: "alpha=0.4 \"quoted\"".into(),
+        }
+    }
+
+    #[test]
+    fn csv_round_trips_with_quotes_and_commas() {
+        let rows = vec![row("clip-adapter", "branch=both, odd"), row("gda", "")];
+        let bytes = to_csv(&rows).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with(&COLUMNS.join(",")), "{text}");
+        assert!(text.contains("92.8,"), "shortest float form: {text}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        std::fs::write(&path, &bytes).unwrap();
+        let back = read_csv(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].key(), rows[0].key());
+        assert_eq!(back[0].chosen, rows[0].chosen);
+        assert!(back[0].test_accuracy.is_nan());
+    }
+
+    #[test]
+    fn old_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        std::fs::write(
+            &path,
+            "method,options,dataset,shots,seed,val_accuracy,test_accuracy,train_seconds,chosen\n",
+        )
+        .unwrap();
+        let err = ResultsFile::open(&path).unwrap_err().to_string();
+        assert!(err.contains("older version"), "{err}");
+    }
+}

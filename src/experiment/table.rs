@@ -1,0 +1,353 @@
+//! Mean ± std tables of test accuracy over seeds, as Markdown: one per dataset (methods ×
+//! shots), then the average over datasets (the mean of the per-dataset means, where every
+//! dataset has the cell). Published numbers of the run's backbone go in brackets.
+//!
+//! Methods are listed in [`MethodKind::ALL`]'s order (the paper's comparison, then later
+//! methods); variants of one method follow it in the order they first appear.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{ExperimentError, ResultRow};
+use crate::data::benchmarks::BENCHMARKS;
+use crate::methods::{eval, MethodKind};
+
+/// One line of a published-results CSV (`method,backbone,dataset,shots,accuracy,source`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct PublishedRow {
+    method: String,
+    backbone: String,
+    dataset: String,
+    shots: usize,
+    accuracy: f32,
+}
+
+/// Published accuracies, by (method, dataset, shots) in the publications' names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Published {
+    rows: Vec<PublishedRow>,
+}
+
+/// The publications' name of the average over the 11 benchmarks.
+const AVERAGE_11: &str = "AVG11";
+
+/// The publications' names of our methods (zero-shot: CoOp's reproduction of CLIP's prompt).
+fn published_method(m: &str) -> Option<&'static str> {
+    Some(match m.parse::<MethodKind>().ok()? {
+        MethodKind::ZeroShot => "ZeroShot_CoOp",
+        MethodKind::LinearProbe => return None,
+        MethodKind::ClipAdapter => "CLIP-Adapter",
+        MethodKind::TipAdapter => "Tip-Adapter",
+        MethodKind::TipAdapterF => "Tip-Adapter-F",
+        MethodKind::Gda => "GDA",
+        MethodKind::Ape => "APE",
+        MethodKind::ApeT => "APE-T",
+        MethodKind::LpPlusPlus | MethodKind::Clap => return None,
+    })
+}
+
+/// The publications' names of the CoOp dataset keys.
+fn published_dataset(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "imagenet" => "ImageNet",
+        "caltech101" => "Caltech101",
+        "dtd" => "DTD",
+        "eurosat" => "EuroSAT",
+        "fgvc_aircraft" => "FGVCAircraft",
+        "oxford_flowers" => "Flowers102",
+        "food101" => "Food101",
+        "oxford_pets" => "OxfordPets",
+        "sun397" => "SUN397",
+        "stanford_cars" => "StanfordCars",
+        "ucf101" => "UCF101",
+        _ => return None,
+    })
+}
+
+impl Published {
+    /// Reads a published-results CSV.
+    pub fn read(path: &Path) -> Result<Self, ExperimentError> {
+        let fail = |msg: String| ExperimentError::Published {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let mut r = csv::Reader::from_path(path).map_err(|source| ExperimentError::Csv {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut rows = Vec::new();
+        for (i, rec) in r.deserialize::<PublishedRow>().enumerate() {
+            let row = rec.map_err(|e| {
+                fail(format!(
+                    "line {}: {e} (expected columns method,backbone,dataset,shots,accuracy)",
+                    i + 2
+                ))
+            })?;
+            rows.push(row);
+        }
+        Ok(Published { rows })
+    }
+
+    /// The numbers published for one backbone (`RN50`, `ViT-B/16`, …).
+    pub fn for_backbone(&self, backbone: &str) -> Published {
+        Published {
+            rows: (self.rows.iter())
+                .filter(|r| r.backbone == backbone)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn get(&self, method: &str, dataset: &str, shots: usize) -> Option<f32> {
+        let m = published_method(method)?;
+        self.rows
+            .iter()
+            .find(|r| r.method == m && r.dataset == dataset && r.shots == shots)
+            .map(|r| r.accuracy)
+    }
+
+    fn for_dataset(&self, method: &str, dataset: &str, shots: usize) -> Option<f32> {
+        self.get(method, published_dataset(dataset)?, shots)
+    }
+}
+
+/// The results of a set of rows, ready to tabulate.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    rows: Vec<ResultRow>,
+    /// Row labels in table order, with the method each belongs to.
+    labels: Vec<(String, String)>,
+    datasets: Vec<String>,
+    shots: Vec<usize>,
+}
+
+/// Position of a method label in [`MethodKind::ALL`] (a variant label such as
+/// `clip-adapter-text` goes with the longest method name it starts with).
+fn method_rank(method: &str) -> usize {
+    MethodKind::ALL
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| method.starts_with(k.name()))
+        .max_by_key(|(_, k)| k.name().len())
+        .map_or(MethodKind::ALL.len(), |(i, _)| i)
+}
+
+fn cell_text(mean: f32, std: Option<f32>, paper: Option<f32>) -> String {
+    let mut s = format!("{mean:.2}");
+    if let Some(sd) = std {
+        s.push_str(&format!(" ± {sd:.2}"));
+    }
+    if let Some(p) = paper {
+        s.push_str(&format!(" ({p:.2})"));
+    }
+    s
+}
+
+impl Summary {
+    pub fn new(rows: &[ResultRow]) -> Self {
+        let mut labels: Vec<(String, String)> = Vec::new();
+        let mut datasets: Vec<String> = Vec::new();
+        let mut shots: Vec<usize> = Vec::new();
+        for r in rows {
+            let label = r.label();
+            if !labels.iter().any(|(l, _)| *l == label) {
+                labels.push((label, r.method.clone()));
+            }
+            if !datasets.contains(&r.dataset) {
+                datasets.push(r.dataset.clone());
+            }
+            if !shots.contains(&r.shots) {
+                shots.push(r.shots);
+            }
+        }
+        // Stable: variants keep their order of appearance within a method.
+        labels.sort_by_key(|(_, m)| method_rank(m));
+        shots.sort_unstable();
+        Summary {
+            rows: rows.to_vec(),
+            labels,
+            datasets,
+            shots,
+        }
+    }
+
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        self.labels.iter().map(|(l, _)| l.as_str())
+    }
+
+    pub fn datasets(&self) -> &[String] {
+        &self.datasets
+    }
+
+    pub fn shots(&self) -> &[usize] {
+        &self.shots
+    }
+
+    /// Mean and standard deviation over seeds of the test accuracy.
+    pub fn cell(&self, label: &str, dataset: &str, shots: usize) -> Option<(f32, f32)> {
+        let v: Vec<f32> = (self.rows.iter())
+            .filter(|r| r.dataset == dataset && r.shots == shots && r.label() == label)
+            .map(|r| r.test_accuracy)
+            .collect();
+        (!v.is_empty()).then(|| eval::mean_std(&v))
+    }
+
+    /// The mean over `datasets` of the per-dataset means; `None` unless every one has it.
+    pub fn average(&self, label: &str, datasets: &[String], shots: usize) -> Option<f32> {
+        let means: Option<Vec<f32>> = (datasets.iter())
+            .map(|d| self.cell(label, d, shots).map(|c| c.0))
+            .collect();
+        let means = means.filter(|m| !m.is_empty())?;
+        Some(means.iter().sum::<f32>() / means.len() as f32)
+    }
+
+    fn header(&self) -> String {
+        let mut s = String::from("| method |");
+        for k in &self.shots {
+            s.push_str(&format!(" {k}-shot |"));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---:|".repeat(self.shots.len()));
+        s.push('\n');
+        s
+    }
+
+    /// `### heading`, then methods × shots for one dataset.
+    pub fn dataset_table(&self, dataset: &str, heading: &str, published: &Published) -> String {
+        let mut s = format!("### {heading}\n\n{}", self.header());
+        for (label, method) in &self.labels {
+            s.push_str(&format!("| {label} |"));
+            for &k in &self.shots {
+                match self.cell(label, dataset, k) {
+                    Some((m, sd)) => {
+                        let paper = published.for_dataset(method, dataset, k);
+                        s.push_str(&format!(" {} |", cell_text(m, Some(sd), paper)));
+                    }
+                    None => s.push_str(" – |"),
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// `### heading`, then methods × shots averaged over `datasets`.
+    pub fn average_table(
+        &self,
+        heading: &str,
+        datasets: &[String],
+        published: &Published,
+    ) -> String {
+        let all_benchmarks = datasets.len() == BENCHMARKS.len()
+            && BENCHMARKS
+                .iter()
+                .all(|b| datasets.iter().any(|d| d == b.key));
+        let mut s = format!("### {heading}\n\n{}", self.header());
+        for (label, method) in &self.labels {
+            s.push_str(&format!("| {label} |"));
+            for &k in &self.shots {
+                match self.average(label, datasets, k) {
+                    Some(m) => {
+                        let paper = all_benchmarks
+                            .then(|| published.get(method, AVERAGE_11, k))
+                            .flatten();
+                        s.push_str(&format!(" {} |", cell_text(m, None, paper)));
+                    }
+                    None => s.push_str(" – |"),
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// What the numbers are, in one line.
+    pub fn caption(&self, published: &Published, backbone: Option<&str>) -> String {
+        let mut s = String::from(
+            "Test accuracy (%), mean ± std over seeds; hyper-parameters chosen on the validation \
+             sets only.",
+        );
+        if let (false, Some(b)) = (published.is_empty(), backbone) {
+            s.push_str(&format!(" Published {b} numbers in brackets."));
+        }
+        s.push('\n');
+        s
+    }
+
+    /// The caption, a table per dataset, and the average over datasets when there are several.
+    pub fn markdown(&self, published: &Published, backbone: Option<&str>) -> String {
+        let mut s = self.caption(published, backbone);
+        for d in &self.datasets {
+            s.push('\n');
+            s.push_str(&self.dataset_table(d, d, published));
+        }
+        if self.datasets.len() > 1 {
+            s.push('\n');
+            let heading = format!("Average over {} datasets", self.datasets.len());
+            s.push_str(&self.average_table(&heading, &self.datasets, published));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &str, dataset: &str, shots: usize, seed: u64, test: f32) -> ResultRow {
+        ResultRow {
+            method: method.into(),
+            options: String::new(),
+            dataset: dataset.into(),
+            shots,
+            seed,
+            model: "m".into(),
+            model_name: "m".into(),
+            features: "f".into(),
+            val_accuracy: test,
+            test_accuracy: test,
+            train_seconds: 0.0,
+            chosen: String::new(),
+        }
+    }
+
+    #[test]
+    fn tables_order_methods_and_average_only_several_datasets() {
+        let rows = vec![
+            row("gda", "eurosat", 1, 1, 50.0),
+            row("gda", "eurosat", 1, 2, 60.0),
+            row("zero-shot", "eurosat", 1, 1, 40.0),
+        ];
+        let published = Published {
+            rows: vec![PublishedRow {
+                method: "GDA".into(),
+                backbone: "RN50".into(),
+                dataset: "EuroSAT".into(),
+                shots: 1,
+                accuracy: 61.5,
+            }],
+        };
+        let md = Summary::new(&rows).markdown(&published, Some("RN50"));
+        let zs = md.find("| zero-shot |").unwrap();
+        let gda = md.find("| gda | 55.00 ± 5.00 (61.50) |").unwrap();
+        assert!(zs < gda, "{md}");
+        assert!(!md.contains("Average"), "{md}");
+        assert!(md.contains("Published RN50 numbers"), "{md}");
+
+        let mut rows = rows;
+        rows.push(row("gda", "dtd", 1, 1, 30.0));
+        let s = Summary::new(&rows);
+        let md = s.markdown(&Published::default(), None);
+        assert!(md.contains("### Average over 2 datasets"), "{md}");
+        // gda: (55 + 30) / 2; zero-shot lacks dtd.
+        assert!(
+            md.contains("| gda | 42.50 |") && md.contains("| zero-shot | – |"),
+            "{md}"
+        );
+    }
+}
