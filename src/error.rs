@@ -46,6 +46,13 @@ pub enum Error {
         example: String,
     },
 
+    #[error("{file}: cannot read PyTorch archive")]
+    Archive {
+        file: PathBuf,
+        #[source]
+        source: crate::clip::load::torch_archive::ArchiveError,
+    },
+
     #[error("{file}: cannot read checkpoint: {msg}")]
     Checkpoint { file: PathBuf, msg: String },
 

@@ -1,0 +1,831 @@
+//! A bounded reader for the pickles inside PyTorch archives (`data.pkl`), that executes nothing.
+//!
+//! PyTorch writes protocol-2 pickles (`torch.save` and `torch.jit.save` alike). Loading one with
+//! Python's `pickle` runs whatever callables it names; this reader instead runs a safe subset of
+//! the pickle virtual machine in which `GLOBAL`, `REDUCE`, `NEWOBJ` and `BUILD` only build inert
+//! values. The two calls PyTorch's own loader gives meaning to are interpreted here:
+//! `persistent_load` of a `('storage', torch.XStorage, key, location, numel)` id becomes a
+//! [`Storage`], and `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` becomes a
+//! [`TensorRef`] checked against its storage's declared length. `collections.OrderedDict()` is a
+//! dict; every other call is kept as an [`Object`] naming its class.
+//!
+//! A hostile or damaged file gets an error naming the byte offset and the opcode, never a panic
+//! or a large allocation: lengths are checked against the bytes that remain before anything is
+//! allocated, and the stack, the memo, the number of objects and the nesting depth are bounded.
+//! Containers are shared by reference (as in Python), so a pickle cannot multiply its size by
+//! fetching the same memo entry again and again.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Bounds on what one pickle may build. Real CLIP checkpoints stay far below them: OpenAI's
+/// ViT-L/14 archive pickles ~500 tensors in ~50k opcodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_stack: usize,
+    pub max_memo: usize,
+    /// Lists, dicts and objects, together.
+    pub max_objects: usize,
+    /// Items held by all lists and dicts, together.
+    pub max_items: usize,
+    /// Containers within containers (MARK frames, tuples, and the walk of a module tree).
+    pub max_depth: usize,
+    pub max_string: usize,
+    /// Dimensions of one tensor.
+    pub max_dims: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stack: 100_000,
+            max_memo: 1 << 20,
+            max_objects: 1 << 20,
+            max_items: 1 << 22,
+            max_depth: 64,
+            max_string: 1 << 20,
+            max_dims: 16,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PickleError {
+    #[error("byte {offset}: the pickle ends inside opcode {opcode:#04x}")]
+    Truncated { offset: usize, opcode: u8 },
+    #[error("byte {offset}: opcode {opcode:#04x} is not one PyTorch writes (not read, for safety)")]
+    UnsupportedOpcode { offset: usize, opcode: u8 },
+    #[error("byte {offset}: opcode {opcode:#04x} needs more values than the stack holds")]
+    StackUnderflow { offset: usize, opcode: u8 },
+    #[error("byte {offset}: more than {limit} {what}")]
+    Limit {
+        offset: usize,
+        what: &'static str,
+        limit: usize,
+    },
+    #[error("byte {offset}: memo entry {index} was never stored")]
+    MissingMemo { offset: usize, index: u64 },
+    #[error("byte {offset}: {msg}")]
+    Malformed { offset: usize, msg: String },
+    #[error("the pickle has no STOP opcode")]
+    NoStop,
+}
+
+/// A value on the pickle stack. Containers that pickle mutates (lists, dicts, objects) live in
+/// [`Pickle::objects`] and are referred to by index, as Python refers to them by identity.
+#[derive(Debug, Clone)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
+    Tuple(Rc<Tuple>),
+    Global(Rc<Global>),
+    Storage(Rc<Storage>),
+    Tensor(Rc<TensorRef>),
+    /// Index into [`Pickle::objects`].
+    Ref(usize),
+}
+
+#[derive(Debug)]
+pub struct Tuple {
+    pub items: Vec<Value>,
+    /// 1 + the deepest tuple inside; bounded so that dropping a tuple cannot overflow the stack.
+    depth: usize,
+}
+
+/// A `module.name` the pickle refers to; never imported, never called.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Global {
+    pub module: String,
+    pub name: String,
+}
+
+/// The element type of a storage, from its class name (`torch.HalfStorage`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl StorageType {
+    fn from_class(name: &str) -> Option<Self> {
+        Some(match name {
+            "DoubleStorage" => StorageType::F64,
+            "FloatStorage" => StorageType::F32,
+            "HalfStorage" => StorageType::F16,
+            "BFloat16Storage" => StorageType::BF16,
+            "LongStorage" => StorageType::I64,
+            "IntStorage" => StorageType::I32,
+            "ShortStorage" => StorageType::I16,
+            "CharStorage" => StorageType::I8,
+            "ByteStorage" => StorageType::U8,
+            "BoolStorage" => StorageType::Bool,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            StorageType::F64 | StorageType::I64 => 8,
+            StorageType::F32 | StorageType::I32 => 4,
+            StorageType::F16 | StorageType::BF16 | StorageType::I16 => 2,
+            StorageType::I8 | StorageType::U8 | StorageType::Bool => 1,
+        }
+    }
+}
+
+/// A storage named by a persistent id: its bytes are the archive entry `data/<key>`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Storage {
+    pub key: String,
+    pub dtype: StorageType,
+    /// Elements, as declared by the pickle (checked against the archive entry by its reader).
+    pub numel: u64,
+}
+
+/// A tensor: a strided view of a storage, all in elements.
+#[derive(Debug)]
+pub struct TensorRef {
+    pub storage: Rc<Storage>,
+    pub offset: u64,
+    pub shape: Vec<usize>,
+    pub stride: Vec<usize>,
+}
+
+impl TensorRef {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the view is the storage's elements `offset..offset + numel` in row-major order.
+    pub fn is_contiguous(&self) -> bool {
+        let mut expected = 1;
+        for (&size, &stride) in self.shape.iter().zip(&self.stride).rev() {
+            if size != 1 && stride != expected {
+                return false;
+            }
+            expected *= size;
+        }
+        true
+    }
+}
+
+/// A list, dict or object built by the pickle.
+#[derive(Debug)]
+pub enum Object {
+    List(Vec<Value>),
+    /// Insertion-ordered, as `dict` and `OrderedDict` are.
+    Dict(Vec<(Value, Value)>),
+    /// An instance of a class or the result of a call: kept, never run. `state` is what `BUILD`
+    /// gave it (a TorchScript module's attribute dict).
+    Instance {
+        class: Rc<Global>,
+        args: Value,
+        state: Option<Value>,
+    },
+}
+
+/// A parsed pickle: the value it returned and the objects it refers to.
+#[derive(Debug)]
+pub struct Pickle {
+    pub root: Value,
+    pub objects: Vec<Object>,
+}
+
+impl Pickle {
+    pub fn object(&self, value: &Value) -> Option<&Object> {
+        match value {
+            Value::Ref(i) => self.objects.get(*i),
+            _ => None,
+        }
+    }
+}
+
+mod op {
+    pub const PROTO: u8 = 0x80;
+    pub const FRAME: u8 = 0x95;
+    pub const STOP: u8 = b'.';
+    pub const MARK: u8 = b'(';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const DUP: u8 = b'2';
+    pub const NONE: u8 = b'N';
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const LONG1: u8 = 0x8a;
+    pub const LONG4: u8 = 0x8b;
+    pub const BINFLOAT: u8 = b'G';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE: u8 = b'X';
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const BINBYTES: u8 = b'B';
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const TUPLE: u8 = b't';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    pub const EMPTY_LIST: u8 = b']';
+    pub const LIST: u8 = b'l';
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const DICT: u8 = b'd';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    pub const GLOBAL: u8 = b'c';
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const REDUCE: u8 = b'R';
+    pub const NEWOBJ: u8 = 0x81;
+    pub const BUILD: u8 = b'b';
+    pub const BINPERSID: u8 = b'Q';
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const MEMOIZE: u8 = 0x94;
+}
+
+/// Parses a pickle, resolving `persistent_load` ids as PyTorch's loader does.
+pub fn parse(data: &[u8], limits: &Limits) -> Result<Pickle, PickleError> {
+    Machine {
+        data,
+        pos: 0,
+        start: 0,
+        opcode: 0,
+        limits,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        objects: Vec::new(),
+        items: 0,
+    }
+    .run()
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// Offset and value of the opcode being run, for errors.
+    start: usize,
+    opcode: u8,
+    limits: &'a Limits,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u64, Value>,
+    objects: Vec<Object>,
+    items: usize,
+}
+
+impl<'a> Machine<'a> {
+    fn run(mut self) -> Result<Pickle, PickleError> {
+        while self.pos < self.data.len() {
+            self.start = self.pos;
+            self.opcode = self.data[self.pos];
+            self.pos += 1;
+            if self.opcode == op::STOP {
+                let root = self.pop()?;
+                return Ok(Pickle {
+                    root,
+                    objects: self.objects,
+                });
+            }
+            self.step()?;
+            if self.stack.len() > self.limits.max_stack {
+                return Err(self.limit("values on the stack", self.limits.max_stack));
+            }
+        }
+        Err(PickleError::NoStop)
+    }
+
+    fn step(&mut self) -> Result<(), PickleError> {
+        match self.opcode {
+            op::PROTO => {
+                let version = self.take(1)?[0];
+                if version > 5 {
+                    return Err(self.malformed(format!("unknown pickle protocol {version}")));
+                }
+            }
+            op::FRAME => {
+                self.take(8)?;
+            }
+            op::MARK => {
+                if self.marks.len() >= self.limits.max_depth {
+                    return Err(self.limit("nested MARKs", self.limits.max_depth));
+                }
+                self.marks.push(self.stack.len());
+            }
+            op::POP => {
+                self.pop()?;
+            }
+            op::POP_MARK => {
+                self.pop_mark()?;
+            }
+            op::DUP => {
+                let top = self.stack.last().cloned().ok_or_else(|| self.underflow())?;
+                self.stack.push(top);
+            }
+            op::NONE => self.stack.push(Value::None),
+            op::NEWTRUE => self.stack.push(Value::Bool(true)),
+            op::NEWFALSE => self.stack.push(Value::Bool(false)),
+            op::BININT => {
+                let b = self.take(4)?;
+                let v = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                self.stack.push(Value::Int(v.into()));
+            }
+            op::BININT1 => {
+                let v = self.take(1)?[0];
+                self.stack.push(Value::Int(v.into()));
+            }
+            op::BININT2 => {
+                let b = self.take(2)?;
+                self.stack.push(Value::Int(u16::from_le_bytes([b[0], b[1]]).into()));
+            }
+            op::LONG1 | op::LONG4 => {
+                let n = if self.opcode == op::LONG1 {
+                    self.take(1)?[0] as usize
+                } else {
+                    self.length(4)?
+                };
+                let bytes = self.take(n)?;
+                let v = long(bytes).ok_or_else(|| {
+                    self.malformed(format!("an integer of {n} bytes does not fit 64 bits"))
+                })?;
+                self.stack.push(Value::Int(v));
+            }
+            op::BINFLOAT => {
+                let b = self.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                // Python writes floats big-endian.
+                self.stack.push(Value::Float(f64::from_be_bytes(a)));
+            }
+            op::SHORT_BINUNICODE | op::BINUNICODE | op::BINUNICODE8 => {
+                let n = match self.opcode {
+                    op::SHORT_BINUNICODE => self.take(1)?[0] as usize,
+                    op::BINUNICODE => self.length(4)?,
+                    _ => self.length(8)?,
+                };
+                let s = self.string(n)?;
+                self.stack.push(Value::Str(s.into()));
+            }
+            op::SHORT_BINBYTES | op::BINBYTES | op::BINBYTES8 => {
+                let n = match self.opcode {
+                    op::SHORT_BINBYTES => self.take(1)?[0] as usize,
+                    op::BINBYTES => self.length(4)?,
+                    _ => self.length(8)?,
+                };
+                self.check_string(n)?;
+                let b = self.take(n)?;
+                self.stack.push(Value::Bytes(b.into()));
+            }
+            op::EMPTY_TUPLE => self.stack.push(self.tuple(Vec::new())?),
+            op::TUPLE => {
+                let items = self.pop_mark()?;
+                let t = self.tuple(items)?;
+                self.stack.push(t);
+            }
+            op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
+                let n = (self.opcode - op::TUPLE1 + 1) as usize;
+                let at = self.stack.len().checked_sub(n).ok_or_else(|| self.underflow())?;
+                let items = self.stack.split_off(at);
+                let t = self.tuple(items)?;
+                self.stack.push(t);
+            }
+            op::EMPTY_LIST => self.push_object(Object::List(Vec::new()))?,
+            op::LIST => {
+                let items = self.pop_mark()?;
+                self.count_items(items.len())?;
+                self.push_object(Object::List(items))?;
+            }
+            op::APPEND | op::APPENDS => {
+                let items = if self.opcode == op::APPEND {
+                    vec![self.pop()?]
+                } else {
+                    self.pop_mark()?
+                };
+                self.count_items(items.len())?;
+                let target = self.top_object()?;
+                match &mut self.objects[target] {
+                    Object::List(list) => list.extend(items),
+                    _ => return Err(self.malformed("APPEND to something that is not a list".into())),
+                }
+            }
+            op::EMPTY_DICT => self.push_object(Object::Dict(Vec::new()))?,
+            op::DICT => {
+                let items = self.pop_mark()?;
+                let pairs = self.pairs(items)?;
+                self.push_object(Object::Dict(pairs))?;
+            }
+            op::SETITEM | op::SETITEMS => {
+                let items = if self.opcode == op::SETITEM {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    vec![k, v]
+                } else {
+                    self.pop_mark()?
+                };
+                let pairs = self.pairs(items)?;
+                let target = self.top_object()?;
+                match &mut self.objects[target] {
+                    Object::Dict(dict) => dict.extend(pairs),
+                    _ => return Err(self.malformed("SETITEM on something that is not a dict".into())),
+                }
+            }
+            op::GLOBAL => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.stack.push(Value::Global(Rc::new(Global { module, name })));
+            }
+            op::STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (module, name) {
+                    (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(Rc::new(Global {
+                        module: m.to_string(),
+                        name: n.to_string(),
+                    }))),
+                    _ => return Err(self.malformed("STACK_GLOBAL needs two strings".into())),
+                }
+            }
+            op::REDUCE => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                let v = self.reduce(callable, args)?;
+                self.stack.push(v);
+            }
+            op::NEWOBJ => {
+                let args = self.pop()?;
+                let class = match self.pop()? {
+                    Value::Global(g) => g,
+                    _ => return Err(self.malformed("NEWOBJ of something that is not a class".into())),
+                };
+                self.push_object(Object::Instance {
+                    class,
+                    args,
+                    state: None,
+                })?;
+            }
+            op::BUILD => {
+                let state = self.pop()?;
+                let target = self.stack.last().ok_or_else(|| self.underflow())?;
+                if let Value::Ref(i) = *target {
+                    match &mut self.objects[i] {
+                        Object::Instance { state: s, .. } => *s = Some(state),
+                        // `OrderedDict` instance attributes (a state dict's `_metadata`): no
+                        // tensors, nothing to keep.
+                        Object::Dict(_) => {}
+                        Object::List(_) => {
+                            return Err(self.malformed("BUILD on a list".into()));
+                        }
+                    }
+                }
+                // BUILD on an inert value (a tensor's empty state) changes nothing we read.
+            }
+            op::BINPERSID => {
+                let pid = self.pop()?;
+                let storage = self.persistent_load(pid)?;
+                self.stack.push(Value::Storage(Rc::new(storage)));
+            }
+            op::BINGET | op::LONG_BINGET => {
+                let index = if self.opcode == op::BINGET {
+                    self.take(1)?[0] as u64
+                } else {
+                    self.u32()? as u64
+                };
+                let v = self.memo.get(&index).cloned().ok_or(PickleError::MissingMemo {
+                    offset: self.start,
+                    index,
+                })?;
+                self.stack.push(v);
+            }
+            op::BINPUT | op::LONG_BINPUT | op::MEMOIZE => {
+                let index = match self.opcode {
+                    op::BINPUT => self.take(1)?[0] as u64,
+                    op::LONG_BINPUT => self.u32()? as u64,
+                    _ => self.memo.len() as u64,
+                };
+                let top = self.stack.last().cloned().ok_or_else(|| self.underflow())?;
+                if !self.memo.contains_key(&index) && self.memo.len() >= self.limits.max_memo {
+                    return Err(self.limit("memo entries", self.limits.max_memo));
+                }
+                self.memo.insert(index, top);
+            }
+            _ => {
+                return Err(PickleError::UnsupportedOpcode {
+                    offset: self.start,
+                    opcode: self.opcode,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// `callable(*args)` for the calls PyTorch's loader gives meaning to; anything else is kept
+    /// as an inert instance.
+    fn reduce(&mut self, callable: Value, args: Value) -> Result<Value, PickleError> {
+        let Value::Global(g) = callable else {
+            return Err(self.malformed("REDUCE of something that is not a global".into()));
+        };
+        let Value::Tuple(t) = &args else {
+            return Err(self.malformed(format!("REDUCE of {}.{} without an argument tuple", g.module, g.name)));
+        };
+        match (g.module.as_str(), g.name.as_str()) {
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+                Ok(Value::Tensor(Rc::new(self.rebuild_tensor(&t.items)?)))
+            }
+            // An `nn.Parameter` saved whole: its tensor is the first argument.
+            ("torch._utils", "_rebuild_parameter")
+            | ("torch._utils", "_rebuild_parameter_with_state") => match t.items.first() {
+                Some(v @ Value::Tensor(_)) => Ok(v.clone()),
+                _ => Err(self.malformed("_rebuild_parameter without a tensor".into())),
+            },
+            ("collections", "OrderedDict") => {
+                if !t.items.is_empty() {
+                    return Err(self.malformed("OrderedDict(...) with arguments".into()));
+                }
+                self.push_object(Object::Dict(Vec::new()))?;
+                self.pop()
+            }
+            _ => {
+                self.push_object(Object::Instance {
+                    class: g,
+                    args,
+                    state: None,
+                })?;
+                self.pop()
+            }
+        }
+    }
+
+    /// `torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+    /// backward_hooks[, metadata])`: the view must lie inside the storage's declared length.
+    fn rebuild_tensor(&self, args: &[Value]) -> Result<TensorRef, PickleError> {
+        let bad = |msg: String| self.malformed(format!("tensor: {msg}"));
+        let [storage, offset, size, stride, ..] = args else {
+            return Err(bad(format!("{} arguments, expected at least 4", args.len())));
+        };
+        let Value::Storage(storage) = storage else {
+            return Err(bad("the first argument is not a storage".into()));
+        };
+        let offset = match offset {
+            Value::Int(o) if *o >= 0 => *o as u64,
+            _ => return Err(bad("the storage offset is not a non-negative integer".into())),
+        };
+        let dims = |v: &Value, what: &str| -> Result<Vec<usize>, PickleError> {
+            let Value::Tuple(t) = v else {
+                return Err(bad(format!("the {what} is not a tuple")));
+            };
+            if t.items.len() > self.limits.max_dims {
+                return Err(bad(format!("{} dimensions (at most {})", t.items.len(), self.limits.max_dims)));
+            }
+            t.items
+                .iter()
+                .map(|d| match d {
+                    Value::Int(n) if *n >= 0 => usize::try_from(*n).map_err(|_| bad(format!("{what} {n} is too large"))),
+                    _ => Err(bad(format!("the {what} holds something other than a non-negative integer"))),
+                })
+                .collect()
+        };
+        let shape = dims(size, "size")?;
+        let stride = dims(stride, "stride")?;
+        if shape.len() != stride.len() {
+            return Err(bad(format!("size {shape:?} and stride {stride:?} differ in length")));
+        }
+        // The furthest element the view touches, computed without overflow.
+        let mut numel: u64 = 1;
+        let mut last: u64 = offset;
+        for (&n, &s) in shape.iter().zip(&stride) {
+            numel = numel
+                .checked_mul(n as u64)
+                .ok_or_else(|| bad(format!("size {shape:?} overflows")))?;
+            if n > 0 {
+                last = ((n as u64 - 1) as u128 * s as u128 + last as u128)
+                    .try_into()
+                    .map_err(|_| bad(format!("stride {stride:?} overflows")))?;
+            }
+        }
+        if numel > 0 && last >= storage.numel {
+            return Err(bad(format!(
+                "a view of size {shape:?}, stride {stride:?} at offset {offset} reaches element {last} \
+                 of storage `{}`, which declares {} elements",
+                storage.key, storage.numel
+            )));
+        }
+        Ok(TensorRef {
+            storage: storage.clone(),
+            offset,
+            shape,
+            stride,
+        })
+    }
+
+    /// PyTorch's `persistent_load`: `('storage', torch.XStorage, key, location, numel)`.
+    fn persistent_load(&self, pid: Value) -> Result<Storage, PickleError> {
+        let bad = |msg: &str| self.malformed(format!("persistent id: {msg}"));
+        let Value::Tuple(t) = pid else {
+            return Err(bad("not a tuple"));
+        };
+        let [Value::Str(kind), Value::Global(class), Value::Str(key), _location, Value::Int(numel)] =
+            t.items.as_slice()
+        else {
+            return Err(bad("expected ('storage', torch.<Type>Storage, key, location, numel)"));
+        };
+        if &**kind != "storage" {
+            return Err(bad(&format!("unknown kind `{kind}`, expected `storage`")));
+        }
+        let dtype = (class.module == "torch")
+            .then(|| StorageType::from_class(&class.name))
+            .flatten()
+            .ok_or_else(|| bad(&format!("unsupported storage type {}.{}", class.module, class.name)))?;
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(bad(&format!("storage key `{key}` is not a plain name")));
+        }
+        let numel = u64::try_from(*numel).map_err(|_| bad("negative storage length"))?;
+        Ok(Storage {
+            key: key.to_string(),
+            dtype,
+            numel,
+        })
+    }
+
+    fn tuple(&self, items: Vec<Value>) -> Result<Value, PickleError> {
+        let depth = 1 + items
+            .iter()
+            .map(|v| match v {
+                Value::Tuple(t) => t.depth,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        if depth > self.limits.max_depth {
+            return Err(self.limit("nested tuples", self.limits.max_depth));
+        }
+        Ok(Value::Tuple(Rc::new(Tuple { items, depth })))
+    }
+
+    fn pairs(&mut self, items: Vec<Value>) -> Result<Vec<(Value, Value)>, PickleError> {
+        if items.len() % 2 != 0 {
+            return Err(self.malformed("a dict update with an odd number of values".into()));
+        }
+        self.count_items(items.len() / 2)?;
+        let mut it = items.into_iter();
+        let mut pairs = Vec::new();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            pairs.push((k, v));
+        }
+        Ok(pairs)
+    }
+
+    fn count_items(&mut self, n: usize) -> Result<(), PickleError> {
+        self.items += n;
+        if self.items > self.limits.max_items {
+            return Err(self.limit("items in lists and dicts", self.limits.max_items));
+        }
+        Ok(())
+    }
+
+    fn push_object(&mut self, object: Object) -> Result<(), PickleError> {
+        if self.objects.len() >= self.limits.max_objects {
+            return Err(self.limit("lists, dicts and objects", self.limits.max_objects));
+        }
+        self.objects.push(object);
+        self.stack.push(Value::Ref(self.objects.len() - 1));
+        Ok(())
+    }
+
+    fn top_object(&self) -> Result<usize, PickleError> {
+        match self.stack.last() {
+            Some(Value::Ref(i)) => Ok(*i),
+            Some(_) => Err(self.malformed("adding items to something that is not a container".into())),
+            None => Err(self.underflow()),
+        }
+    }
+
+    fn pop(&mut self) -> Result<Value, PickleError> {
+        if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
+            return Err(self.underflow());
+        }
+        self.stack.pop().ok_or_else(|| self.underflow())
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+        let mark = self.marks.pop().ok_or_else(|| self.malformed("no MARK to pop to".into()))?;
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or(PickleError::Truncated {
+                offset: self.start,
+                opcode: self.opcode,
+            })?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, PickleError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A little-endian length of `width` bytes, checked against the bytes left.
+    fn length(&mut self, width: usize) -> Result<usize, PickleError> {
+        let b = self.take(width)?;
+        let mut a = [0u8; 8];
+        a[..width].copy_from_slice(b);
+        let n = u64::from_le_bytes(a);
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.data.len() - self.pos)
+            .ok_or(PickleError::Truncated {
+                offset: self.start,
+                opcode: self.opcode,
+            })
+    }
+
+    fn check_string(&self, n: usize) -> Result<(), PickleError> {
+        if n > self.limits.max_string {
+            return Err(self.limit("bytes in one string", self.limits.max_string));
+        }
+        Ok(())
+    }
+
+    fn string(&mut self, n: usize) -> Result<String, PickleError> {
+        self.check_string(n)?;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.malformed("a string is not UTF-8".into()))
+    }
+
+    /// A newline-terminated ASCII line (GLOBAL's operands).
+    fn line(&mut self) -> Result<String, PickleError> {
+        let rest = &self.data[self.pos..];
+        let limit = rest.len().min(self.limits.max_string);
+        let n = rest[..limit]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(PickleError::Truncated {
+                offset: self.start,
+                opcode: self.opcode,
+            })?;
+        let line = self.take(n + 1)?;
+        let s = std::str::from_utf8(&line[..n]).map_err(|_| self.malformed("a GLOBAL name is not UTF-8".into()))?;
+        Ok(s.to_string())
+    }
+
+    fn underflow(&self) -> PickleError {
+        PickleError::StackUnderflow {
+            offset: self.start,
+            opcode: self.opcode,
+        }
+    }
+
+    fn limit(&self, what: &'static str, limit: usize) -> PickleError {
+        PickleError::Limit {
+            offset: self.start,
+            what,
+            limit,
+        }
+    }
+
+    fn malformed(&self, msg: String) -> PickleError {
+        PickleError::Malformed {
+            offset: self.start,
+            msg,
+        }
+    }
+}
+
+/// A little-endian two's-complement integer of up to 8 bytes (LONG1 / LONG4).
+fn long(bytes: &[u8]) -> Option<i64> {
+    if bytes.is_empty() {
+        return Some(0);
+    }
+    if bytes.len() > 8 {
+        return None;
+    }
+    let fill = if bytes[bytes.len() - 1] & 0x80 != 0 { 0xff } else { 0 };
+    let mut a = [fill; 8];
+    a[..bytes.len()].copy_from_slice(bytes);
+    Some(i64::from_le_bytes(a))
+}
