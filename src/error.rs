@@ -49,8 +49,9 @@ pub enum Error {
     #[error("{file}: cannot read PyTorch archive")]
     Archive {
         file: PathBuf,
+        // Boxed: the archive's errors carry sizes and names, and `Error` travels by value.
         #[source]
-        source: crate::clip::load::torch_archive::ArchiveError,
+        source: Box<crate::clip::load::torch_archive::ArchiveError>,
     },
 
     #[error("{file}: cannot read checkpoint: {msg}")]

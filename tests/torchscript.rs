@@ -74,15 +74,38 @@ fn check_model(model: &str, relative_images: bool) -> Clip {
         let text = clip.encode_tokens(&tokens).unwrap();
         let name = format!("{model} {what}");
         if relative_images {
-            assert_close_relative(&format!("{name} image"), &image, &expected["image_embeds"], TOL);
+            assert_close_relative(
+                &format!("{name} image"),
+                &image,
+                &expected["image_embeds"],
+                TOL,
+            );
         } else {
-            assert_close(&format!("{name} image"), &image, &expected["image_embeds"], TOL);
+            assert_close(
+                &format!("{name} image"),
+                &image,
+                &expected["image_embeds"],
+                TOL,
+            );
         }
-        assert_close(&format!("{name} text"), &text, &expected["text_embeds"], TOL);
+        assert_close(
+            &format!("{name} text"),
+            &text,
+            &expected["text_embeds"],
+            TOL,
+        );
         embeds.push((image, text));
     }
-    assert_eq!(max_abs_diff(&embeds[0].0, &embeds[1].0), 0.0, "{model} images");
-    assert_eq!(max_abs_diff(&embeds[0].1, &embeds[1].1), 0.0, "{model} texts");
+    assert_eq!(
+        max_abs_diff(&embeds[0].0, &embeds[1].0),
+        0.0,
+        "{model} images"
+    );
+    assert_eq!(
+        max_abs_diff(&embeds[0].1, &embeds[1].1),
+        0.0,
+        "{model} texts"
+    );
     archive
 }
 
@@ -96,7 +119,10 @@ fn resnet_archive_and_state_dict_match_the_reference() {
     assert_eq!((c.text.context_length, c.text.vocab_size), (8, 64));
     match &c.vision {
         VisionTower::ResNet(r) => {
-            assert_eq!((r.layers, r.width, r.heads, r.image_size), ([1, 2, 1, 1], 4, 2, 64))
+            assert_eq!(
+                (r.layers, r.width, r.heads, r.image_size),
+                ([1, 2, 1, 1], 4, 2, 64)
+            )
         }
         other => panic!("expected a ResNet, inferred {other:?}"),
     }
@@ -104,7 +130,12 @@ fn resnet_archive_and_state_dict_match_the_reference() {
     let paths = input_images("openai-rn");
     let from_files = encode_image_files(&clip, &paths, 2, &mut |_, _| {}).unwrap();
     let expected = load_expected("openai-rn");
-    assert_close_relative("openai-rn from files", &from_files, &expected["image_embeds"], TOL);
+    assert_close_relative(
+        "openai-rn from files",
+        &from_files,
+        &expected["image_embeds"],
+        TOL,
+    );
 }
 
 #[test]
@@ -137,7 +168,11 @@ fn openai_cache(files: &[&str]) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("clip")).unwrap();
     for f in files {
-        std::fs::copy(file("openai-vit", "model.pt"), root.path().join("clip").join(f)).unwrap();
+        std::fs::copy(
+            file("openai-vit", "model.pt"),
+            root.path().join("clip").join(f),
+        )
+        .unwrap();
     }
     root
 }
@@ -181,13 +216,19 @@ fn cli_reads_openai_names_and_files() {
     let first = expected["image_embeds"].get(0).unwrap();
     let model_pt = file("openai-vit", "model.pt").display().to_string();
     for model in ["openai:ViT-B/32", model_pt.as_str()] {
-        let out = clip_adapter_env(&["embed", "--model", model, "--image", &image, "--json"], &env);
+        let out = clip_adapter_env(
+            &["embed", "--model", model, "--image", &image, "--json"],
+            &env,
+        );
         let json = stdout_json(&out);
         let got: Vec<f32> = serde_json::from_value(json["images"][0]["embedding"].clone()).unwrap();
         let got = Tensor::new(got, &Device::Cpu).unwrap();
         assert_close(&format!("cli {model}"), &got, &first, TOL);
     }
-    let out = clip_adapter_env(&["embed", "--model", "openai:RN101", "--image", &image], &env);
+    let out = clip_adapter_env(
+        &["embed", "--model", "openai:RN101", "--image", &image],
+        &env,
+    );
     assert_fails_with(&out, &["RN101.pt", "clip.load"]);
 }
 
@@ -196,8 +237,8 @@ fn cli_reads_openai_names_and_files() {
 /// A zip of `entries`, stored uncompressed as PyTorch writes them.
 fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in entries {
         zip.start_file(*name, opts).unwrap();
         zip.write_all(data).unwrap();
@@ -268,7 +309,7 @@ fn chain(e: &Error) -> String {
 
 fn archive_error(e: &Error) -> &ArchiveError {
     match e {
-        Error::Archive { source, .. } => source,
+        Error::Archive { source, .. } => source.as_ref(),
         other => panic!("expected an archive error, got {other}"),
     }
 }
@@ -282,10 +323,16 @@ fn a_hand_made_state_dict_reads_back() {
         .flat_map(|v| v.to_le_bytes())
         .collect();
     let pickle = state_dict_pickle(7, 1, &[2, 3]);
-    write_zip(&path, &[("archive/data.pkl", &pickle), ("archive/data/0", &values)]);
+    write_zip(
+        &path,
+        &[("archive/data.pkl", &pickle), ("archive/data/0", &values)],
+    );
     let ckpt = Checkpoint::open(&path, Layout::OpenClip, &Device::Cpu).unwrap();
     let w = ckpt.get("w", &[2, 3]).unwrap();
-    assert_eq!(w.to_vec2::<f32>().unwrap(), [[2.0, 3.0, 4.0], [5.0, 6.0, 7.0]]);
+    assert_eq!(
+        w.to_vec2::<f32>().unwrap(),
+        [[2.0, 3.0, 4.0], [5.0, 6.0, 7.0]]
+    );
 }
 
 #[test]
@@ -298,31 +345,58 @@ fn malformed_archives_give_clear_errors() {
     let whole = std::fs::read(file("openai-rn", "model.pt")).unwrap();
     std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
     let e = open_err(&path);
-    assert!(matches!(archive_error(&e), ArchiveError::Zip(_)), "{}", chain(&e));
-    assert!(chain(&e).contains("bad.pt") && chain(&e).contains("not a readable zip"), "{}", chain(&e));
+    assert!(
+        matches!(archive_error(&e), ArchiveError::Zip(_)),
+        "{}",
+        chain(&e)
+    );
+    assert!(
+        chain(&e).contains("bad.pt") && chain(&e).contains("not a readable zip"),
+        "{}",
+        chain(&e)
+    );
 
     // An opcode PyTorch never writes (protocol 0's INT) is refused, not interpreted.
-    write_zip(&path, &[("archive/data.pkl", b"\x80\x02I12\n."), ("archive/data/0", &four)]);
+    write_zip(
+        &path,
+        &[
+            ("archive/data.pkl", b"\x80\x02I12\n."),
+            ("archive/data/0", &four),
+        ],
+    );
     let e = open_err(&path);
     assert!(
         matches!(
             archive_error(&e),
             ArchiveError::Pickle {
-                source: PickleError::UnsupportedOpcode { offset: 2, opcode: b'I' },
+                source: PickleError::UnsupportedOpcode {
+                    offset: 2,
+                    opcode: b'I'
+                },
                 ..
             }
         ),
         "{}",
         chain(&e)
     );
-    assert!(chain(&e).contains("archive/data.pkl") && chain(&e).contains("byte 2"), "{}", chain(&e));
+    assert!(
+        chain(&e).contains("archive/data.pkl") && chain(&e).contains("byte 2"),
+        "{}",
+        chain(&e)
+    );
 
     // A storage that declares 2^31 - 1 floats (8 GiB) but holds 4 bytes: refused before reading.
     let pickle = state_dict_pickle(i32::MAX, 0, &[1]);
-    write_zip(&path, &[("archive/data.pkl", &pickle), ("archive/data/0", &four)]);
+    write_zip(
+        &path,
+        &[("archive/data.pkl", &pickle), ("archive/data/0", &four)],
+    );
     let e = open_err(&path);
     assert!(
-        matches!(archive_error(&e), ArchiveError::StorageSize { actual: 4, .. }),
+        matches!(
+            archive_error(&e),
+            ArchiveError::StorageSize { actual: 4, .. }
+        ),
         "{}",
         chain(&e)
     );
@@ -330,31 +404,53 @@ fn malformed_archives_give_clear_errors() {
 
     // A view reaching past its storage.
     let pickle = state_dict_pickle(1, 0, &[1000, 1000]);
-    write_zip(&path, &[("archive/data.pkl", &pickle), ("archive/data/0", &four)]);
+    write_zip(
+        &path,
+        &[("archive/data.pkl", &pickle), ("archive/data/0", &four)],
+    );
     let e = open_err(&path);
-    assert!(chain(&e).contains("reaches element 999999"), "{}", chain(&e));
+    assert!(
+        chain(&e).contains("reaches element 999999"),
+        "{}",
+        chain(&e)
+    );
 
     // A missing storage entry.
     let pickle = state_dict_pickle(1, 0, &[1]);
     write_zip(&path, &[("archive/data.pkl", &pickle)]);
     let e = open_err(&path);
-    assert!(matches!(archive_error(&e), ArchiveError::MissingStorage { .. }), "{}", chain(&e));
+    assert!(
+        matches!(archive_error(&e), ArchiveError::MissingStorage { .. }),
+        "{}",
+        chain(&e)
+    );
 
     // Deep nesting: a million MARKs, and tuples in tuples.
     let mut deep = b"\x80\x02".to_vec();
     deep.extend(std::iter::repeat_n(b'(', 1_000_000));
     write_zip(&path, &[("archive/data.pkl", &deep)]);
     let e = open_err(&path);
-    assert!(chain(&e).contains("more than 64 nested MARKs"), "{}", chain(&e));
+    assert!(
+        chain(&e).contains("more than 64 nested MARKs"),
+        "{}",
+        chain(&e)
+    );
     let mut deep = b"\x80\x02)".to_vec();
     deep.extend(std::iter::repeat_n(0x85u8, 100_000)); // TUPLE1
     deep.push(b'.');
     write_zip(&path, &[("archive/data.pkl", &deep)]);
     let e = open_err(&path);
-    assert!(chain(&e).contains("more than 64 nested tuples"), "{}", chain(&e));
+    assert!(
+        chain(&e).contains("more than 64 nested tuples"),
+        "{}",
+        chain(&e)
+    );
 
     // A string that claims 4 GiB.
-    write_zip(&path, &[("archive/data.pkl", b"\x80\x02X\xff\xff\xff\xffabc.")]);
+    write_zip(
+        &path,
+        &[("archive/data.pkl", b"\x80\x02X\xff\xff\xff\xffabc.")],
+    );
     let e = open_err(&path);
     assert!(
         matches!(
@@ -374,7 +470,10 @@ fn malformed_archives_give_clear_errors() {
     write_zip(&path, &[("archive/other", b"x")]);
     assert!(chain(&open_err(&path)).contains("no `*/data.pkl`"));
     std::fs::write(&path, b"\x80\x02}q\x00.").unwrap();
-    assert!(chain(&open_err(&path)).contains("not read"), "legacy format");
+    assert!(
+        chain(&open_err(&path)).contains("not read"),
+        "legacy format"
+    );
 }
 
 #[test]
@@ -382,7 +481,16 @@ fn a_state_dict_that_is_not_clip_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.pt");
     let pickle = state_dict_pickle(1, 0, &[1]);
-    write_zip(&path, &[("archive/data.pkl", &pickle), ("archive/data/0", &1f32.to_le_bytes())]);
+    write_zip(
+        &path,
+        &[
+            ("archive/data.pkl", &pickle),
+            ("archive/data/0", &1f32.to_le_bytes()),
+        ],
+    );
     let msg = chain(&load_file(&path).err().unwrap());
-    assert!(msg.contains("w.pt") && msg.contains("not an OpenAI CLIP checkpoint"), "{msg}");
+    assert!(
+        msg.contains("w.pt") && msg.contains("not an OpenAI CLIP checkpoint"),
+        "{msg}"
+    );
 }

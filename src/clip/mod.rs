@@ -157,9 +157,7 @@ fn check_openai_buffers(config: &ClipConfig, ckpt: &Checkpoint) -> Result<()> {
         if stored != expected as f32 {
             return Err(Error::Config {
                 path: ckpt.file().into(),
-                msg: format!(
-                    "buffer `{name}` is {stored}, but the tensor shapes give {expected}"
-                ),
+                msg: format!("buffer `{name}` is {stored}, but the tensor shapes give {expected}"),
             });
         }
     }

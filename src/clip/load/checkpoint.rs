@@ -66,7 +66,7 @@ impl Checkpoint {
         } else if is_zip {
             let archive = TorchArchive::open(file).map_err(|source| Error::Archive {
                 file: file.into(),
-                source,
+                source: Box::new(source),
             })?;
             let shapes = archive
                 .shapes()
@@ -161,7 +161,7 @@ impl Checkpoint {
                     .load(&key, &self.device)
                     .map_err(|source| Error::Archive {
                         file: self.file.clone(),
-                        source,
+                        source: Box::new(source),
                     })?
             }
         };

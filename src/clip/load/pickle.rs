@@ -53,7 +53,9 @@ impl Default for Limits {
 pub enum PickleError {
     #[error("byte {offset}: the pickle ends inside opcode {opcode:#04x}")]
     Truncated { offset: usize, opcode: u8 },
-    #[error("byte {offset}: opcode {opcode:#04x} is not one PyTorch writes (not read, for safety)")]
+    #[error(
+        "byte {offset}: opcode {opcode:#04x} is not one PyTorch writes (not read, for safety)"
+    )]
     UnsupportedOpcode { offset: usize, opcode: u8 },
     #[error("byte {offset}: opcode {opcode:#04x} needs more values than the stack holds")]
     StackUnderflow { offset: usize, opcode: u8 },
@@ -355,7 +357,8 @@ impl<'a> Machine<'a> {
             }
             op::BININT2 => {
                 let b = self.take(2)?;
-                self.stack.push(Value::Int(u16::from_le_bytes([b[0], b[1]]).into()));
+                self.stack
+                    .push(Value::Int(u16::from_le_bytes([b[0], b[1]]).into()));
             }
             op::LONG1 | op::LONG4 => {
                 let n = if self.opcode == op::LONG1 {
@@ -403,7 +406,11 @@ impl<'a> Machine<'a> {
             }
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = (self.opcode - op::TUPLE1 + 1) as usize;
-                let at = self.stack.len().checked_sub(n).ok_or_else(|| self.underflow())?;
+                let at = self
+                    .stack
+                    .len()
+                    .checked_sub(n)
+                    .ok_or_else(|| self.underflow())?;
                 let items = self.stack.split_off(at);
                 let t = self.tuple(items)?;
                 self.stack.push(t);
@@ -424,7 +431,9 @@ impl<'a> Machine<'a> {
                 let target = self.top_object()?;
                 match &mut self.objects[target] {
                     Object::List(list) => list.extend(items),
-                    _ => return Err(self.malformed("APPEND to something that is not a list".into())),
+                    _ => {
+                        return Err(self.malformed("APPEND to something that is not a list".into()))
+                    }
                 }
             }
             op::EMPTY_DICT => self.push_object(Object::Dict(Vec::new()))?,
@@ -445,22 +454,27 @@ impl<'a> Machine<'a> {
                 let target = self.top_object()?;
                 match &mut self.objects[target] {
                     Object::Dict(dict) => dict.extend(pairs),
-                    _ => return Err(self.malformed("SETITEM on something that is not a dict".into())),
+                    _ => {
+                        return Err(self.malformed("SETITEM on something that is not a dict".into()))
+                    }
                 }
             }
             op::GLOBAL => {
                 let module = self.line()?;
                 let name = self.line()?;
-                self.stack.push(Value::Global(Rc::new(Global { module, name })));
+                self.stack
+                    .push(Value::Global(Rc::new(Global { module, name })));
             }
             op::STACK_GLOBAL => {
                 let name = self.pop()?;
                 let module = self.pop()?;
                 match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => self.stack.push(Value::Global(Rc::new(Global {
-                        module: m.to_string(),
-                        name: n.to_string(),
-                    }))),
+                    (Value::Str(m), Value::Str(n)) => {
+                        self.stack.push(Value::Global(Rc::new(Global {
+                            module: m.to_string(),
+                            name: n.to_string(),
+                        })))
+                    }
                     _ => return Err(self.malformed("STACK_GLOBAL needs two strings".into())),
                 }
             }
@@ -474,7 +488,9 @@ impl<'a> Machine<'a> {
                 let args = self.pop()?;
                 let class = match self.pop()? {
                     Value::Global(g) => g,
-                    _ => return Err(self.malformed("NEWOBJ of something that is not a class".into())),
+                    _ => {
+                        return Err(self.malformed("NEWOBJ of something that is not a class".into()))
+                    }
                 };
                 self.push_object(Object::Instance {
                     class,
@@ -509,10 +525,14 @@ impl<'a> Machine<'a> {
                 } else {
                     self.u32()? as u64
                 };
-                let v = self.memo.get(&index).cloned().ok_or(PickleError::MissingMemo {
-                    offset: self.start,
-                    index,
-                })?;
+                let v = self
+                    .memo
+                    .get(&index)
+                    .cloned()
+                    .ok_or(PickleError::MissingMemo {
+                        offset: self.start,
+                        index,
+                    })?;
                 self.stack.push(v);
             }
             op::BINPUT | op::LONG_BINPUT | op::MEMOIZE => {
@@ -544,7 +564,10 @@ impl<'a> Machine<'a> {
             return Err(self.malformed("REDUCE of something that is not a global".into()));
         };
         let Value::Tuple(t) = &args else {
-            return Err(self.malformed(format!("REDUCE of {}.{} without an argument tuple", g.module, g.name)));
+            return Err(self.malformed(format!(
+                "REDUCE of {}.{} without an argument tuple",
+                g.module, g.name
+            )));
         };
         match (g.module.as_str(), g.name.as_str()) {
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
@@ -579,34 +602,51 @@ impl<'a> Machine<'a> {
     fn rebuild_tensor(&self, args: &[Value]) -> Result<TensorRef, PickleError> {
         let bad = |msg: String| self.malformed(format!("tensor: {msg}"));
         let [storage, offset, size, stride, ..] = args else {
-            return Err(bad(format!("{} arguments, expected at least 4", args.len())));
+            return Err(bad(format!(
+                "{} arguments, expected at least 4",
+                args.len()
+            )));
         };
         let Value::Storage(storage) = storage else {
             return Err(bad("the first argument is not a storage".into()));
         };
         let offset = match offset {
             Value::Int(o) if *o >= 0 => *o as u64,
-            _ => return Err(bad("the storage offset is not a non-negative integer".into())),
+            _ => {
+                return Err(bad(
+                    "the storage offset is not a non-negative integer".into()
+                ))
+            }
         };
         let dims = |v: &Value, what: &str| -> Result<Vec<usize>, PickleError> {
             let Value::Tuple(t) = v else {
                 return Err(bad(format!("the {what} is not a tuple")));
             };
             if t.items.len() > self.limits.max_dims {
-                return Err(bad(format!("{} dimensions (at most {})", t.items.len(), self.limits.max_dims)));
+                return Err(bad(format!(
+                    "{} dimensions (at most {})",
+                    t.items.len(),
+                    self.limits.max_dims
+                )));
             }
             t.items
                 .iter()
                 .map(|d| match d {
-                    Value::Int(n) if *n >= 0 => usize::try_from(*n).map_err(|_| bad(format!("{what} {n} is too large"))),
-                    _ => Err(bad(format!("the {what} holds something other than a non-negative integer"))),
+                    Value::Int(n) if *n >= 0 => {
+                        usize::try_from(*n).map_err(|_| bad(format!("{what} {n} is too large")))
+                    }
+                    _ => Err(bad(format!(
+                        "the {what} holds something other than a non-negative integer"
+                    ))),
                 })
                 .collect()
         };
         let shape = dims(size, "size")?;
         let stride = dims(stride, "stride")?;
         if shape.len() != stride.len() {
-            return Err(bad(format!("size {shape:?} and stride {stride:?} differ in length")));
+            return Err(bad(format!(
+                "size {shape:?} and stride {stride:?} differ in length"
+            )));
         }
         // The furthest element the view touches, computed without overflow.
         let mut numel: u64 = 1;
@@ -645,7 +685,9 @@ impl<'a> Machine<'a> {
         let [Value::Str(kind), Value::Global(class), Value::Str(key), _location, Value::Int(numel)] =
             t.items.as_slice()
         else {
-            return Err(bad("expected ('storage', torch.<Type>Storage, key, location, numel)"));
+            return Err(bad(
+                "expected ('storage', torch.<Type>Storage, key, location, numel)",
+            ));
         };
         if &**kind != "storage" {
             return Err(bad(&format!("unknown kind `{kind}`, expected `storage`")));
@@ -653,7 +695,12 @@ impl<'a> Machine<'a> {
         let dtype = (class.module == "torch")
             .then(|| StorageType::from_class(&class.name))
             .flatten()
-            .ok_or_else(|| bad(&format!("unsupported storage type {}.{}", class.module, class.name)))?;
+            .ok_or_else(|| {
+                bad(&format!(
+                    "unsupported storage type {}.{}",
+                    class.module, class.name
+                ))
+            })?;
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(bad(&format!("storage key `{key}` is not a plain name")));
         }
@@ -713,7 +760,9 @@ impl<'a> Machine<'a> {
     fn top_object(&self) -> Result<usize, PickleError> {
         match self.stack.last() {
             Some(Value::Ref(i)) => Ok(*i),
-            Some(_) => Err(self.malformed("adding items to something that is not a container".into())),
+            Some(_) => {
+                Err(self.malformed("adding items to something that is not a container".into()))
+            }
             None => Err(self.underflow()),
         }
     }
@@ -726,7 +775,10 @@ impl<'a> Machine<'a> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
-        let mark = self.marks.pop().ok_or_else(|| self.malformed("no MARK to pop to".into()))?;
+        let mark = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.malformed("no MARK to pop to".into()))?;
         Ok(self.stack.split_off(mark))
     }
 
@@ -789,7 +841,8 @@ impl<'a> Machine<'a> {
                 opcode: self.opcode,
             })?;
         let line = self.take(n + 1)?;
-        let s = std::str::from_utf8(&line[..n]).map_err(|_| self.malformed("a GLOBAL name is not UTF-8".into()))?;
+        let s = std::str::from_utf8(&line[..n])
+            .map_err(|_| self.malformed("a GLOBAL name is not UTF-8".into()))?;
         Ok(s.to_string())
     }
 
@@ -824,8 +877,111 @@ fn long(bytes: &[u8]) -> Option<i64> {
     if bytes.len() > 8 {
         return None;
     }
-    let fill = if bytes[bytes.len() - 1] & 0x80 != 0 { 0xff } else { 0 };
+    let fill = if bytes[bytes.len() - 1] & 0x80 != 0 {
+        0xff
+    } else {
+        0
+    };
     let mut a = [fill; 8];
     a[..bytes.len()].copy_from_slice(bytes);
     Some(i64::from_le_bytes(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(bytes: &[u8]) -> Result<Pickle, PickleError> {
+        parse(bytes, &Limits::default())
+    }
+
+    #[test]
+    fn reads_scalars_as_python_writes_them() {
+        // LONG1 of -2 (two's complement, little-endian), BINFLOAT 1.5 (big-endian), a tuple.
+        let p = run(b"\x80\x02\x8a\x01\xfeG\x3f\xf8\x00\x00\x00\x00\x00\x00\x86.").unwrap();
+        let Value::Tuple(t) = p.root else {
+            panic!("{:?}", p.root)
+        };
+        assert!(matches!(t.items[..], [Value::Int(-2), Value::Float(f)] if f == 1.5));
+    }
+
+    /// BUILD after BINPUT changes the object the memo refers to, as in Python: TorchScript
+    /// pickles memoize a module before giving it its state.
+    #[test]
+    fn memoized_objects_are_shared_not_copied() {
+        let p = run(b"\x80\x02c__torch__\nM\n)\x81q\x00}X\x01\x00\x00\x00aK\x01sb0h\x00.").unwrap();
+        match p.object(&p.root) {
+            Some(Object::Instance {
+                class,
+                state: Some(state),
+                ..
+            }) => {
+                assert_eq!(class.name, "M");
+                assert!(matches!(p.object(state), Some(Object::Dict(d)) if d.len() == 1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn damaged_pickles_are_refused_with_the_offset() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"\x80\x02R.", "byte 2: opcode 0x52 needs more values"),
+            (b"\x80\x02h\x05.", "byte 2: memo entry 5 was never stored"),
+            (b"\x80\x02K", "byte 2: the pickle ends inside opcode 0x4b"),
+            (
+                b"\x80\x02}K\x02a.",
+                "APPEND to something that is not a list",
+            ),
+            (b"\x80\x02K\x01(R.", "byte 5: opcode 0x52 needs more values"),
+            (b"\x80\x02", "no STOP"),
+            (
+                b"\x80\x02\x8a\x09\x01\x01\x01\x01\x01\x01\x01\x01\x01.",
+                "does not fit 64 bits",
+            ),
+            (b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.", ""),
+        ];
+        for (bytes, needle) in cases {
+            match run(bytes) {
+                Err(e) => assert!(e.to_string().contains(needle), "{e} lacks {needle}"),
+                // `os.system('ls')` is only a name and a tuple: an inert instance, never run.
+                Ok(p) => {
+                    assert!(needle.is_empty());
+                    assert!(matches!(
+                        p.object(&p.root),
+                        Some(Object::Instance { class, .. }) if class.module == "os"
+                    ));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn limits_hold() {
+        let small = Limits {
+            max_memo: 2,
+            max_objects: 2,
+            max_stack: 3,
+            ..Limits::default()
+        };
+        let e = parse(b"\x80\x02}}}.", &small).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("more than 2 lists, dicts and objects"),
+            "{e}"
+        );
+        let e = parse(b"\x80\x02K\x01q\x00q\x01q\x02.", &small).unwrap_err();
+        assert!(e.to_string().contains("more than 2 memo entries"), "{e}");
+        let e = parse(b"\x80\x02K\x01K\x01K\x01K\x01.", &small).unwrap_err();
+        assert!(
+            e.to_string().contains("more than 3 values on the stack"),
+            "{e}"
+        );
+        // Fetching one dict a hundred thousand times adds references, not copies.
+        let mut many = b"\x80\x02}q\x00(".to_vec();
+        many.extend(std::iter::repeat_n(*b"h\x00", 50_000).flatten());
+        many.extend(b"l.");
+        let p = run(&many).unwrap();
+        assert_eq!(p.objects.len(), 2);
+    }
 }

@@ -33,12 +33,18 @@ const HEAD_WIDTH: usize = 64;
 pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig, String> {
     let found = || {
         let examples: Vec<String> = shapes.keys().take(3).map(|k| format!("`{k}`")).collect();
-        format!("it has {} tensors, e.g. {}", shapes.len(), examples.join(", "))
+        format!(
+            "it has {} tensors, e.g. {}",
+            shapes.len(),
+            examples.join(", ")
+        )
     };
     let get = |key: &str, rank: usize| -> Result<&[usize], String> {
         match shapes.get(key) {
             Some(s) if s.len() == rank => Ok(s),
-            Some(s) => Err(format!("`{key}` has shape {s:?}, expected {rank} dimensions")),
+            Some(s) => Err(format!(
+                "`{key}` has shape {s:?}, expected {rank} dimensions"
+            )),
             None => Err(format!(
                 "no tensor `{key}`: not an OpenAI CLIP checkpoint ({})",
                 found()
@@ -147,7 +153,10 @@ mod tests {
         let mut s = BTreeMap::new();
         let t = &c.text;
         s.insert("token_embedding.weight".into(), vec![t.vocab_size, t.width]);
-        s.insert("positional_embedding".into(), vec![t.context_length, t.width]);
+        s.insert(
+            "positional_embedding".into(),
+            vec![t.context_length, t.width],
+        );
         s.insert("ln_final.weight".into(), vec![t.width]);
         s.insert("text_projection".into(), vec![t.width, c.embed_dim]);
         for i in 0..t.layers {
@@ -155,7 +164,10 @@ mod tests {
                 format!("transformer.resblocks.{i}.attn.in_proj_weight"),
                 vec![3 * t.width, t.width],
             );
-            s.insert(format!("transformer.resblocks.{i}.ln_1.weight"), vec![t.width]);
+            s.insert(
+                format!("transformer.resblocks.{i}.ln_1.weight"),
+                vec![t.width],
+            );
         }
         match &c.vision {
             VisionTower::Vit(v) => {
@@ -229,11 +241,17 @@ mod tests {
         assert!(msg.contains("no tensor `ln_final.weight`"), "{msg}");
 
         let mut s = shapes_of(&preset("RN50").unwrap());
-        s.insert("visual.attnpool.positional_embedding".into(), vec![48, 2048]);
+        s.insert(
+            "visual.attnpool.positional_embedding".into(),
+            vec![48, 2048],
+        );
         let msg = infer_config(&s).unwrap_err();
         assert!(msg.contains("48 positions"), "{msg}");
 
         let msg = infer_config(&BTreeMap::from([("w".to_string(), vec![3])])).unwrap_err();
-        assert!(msg.contains("not an OpenAI CLIP checkpoint") && msg.contains("`w`"), "{msg}");
+        assert!(
+            msg.contains("not an OpenAI CLIP checkpoint") && msg.contains("`w`"),
+            "{msg}"
+        );
     }
 }

@@ -50,7 +50,11 @@ pub enum ArchiveError {
     #[error("the tensors are stored big-endian (`byteorder` says `{0}`); re-save the file on a little-endian machine")]
     ByteOrder(String),
     #[error("`{entry}` is {size} bytes, more than the {limit} read")]
-    PickleTooLarge { entry: String, size: u64, limit: u64 },
+    PickleTooLarge {
+        entry: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("`{entry}`")]
     Pickle {
         entry: String,
@@ -65,7 +69,7 @@ pub enum ArchiveError {
     TooDeep(usize),
     #[error("tensor `{name}`: storage `{entry}` is missing from the archive")]
     MissingStorage { name: String, entry: String },
-    #[error("tensor `{name}`: storage `{entry}` holds {actual} bytes, but the pickle declares {expected} ({numel} elements of {elem} bytes)")]
+    #[error("tensor `{name}`: storage `{entry}` holds {actual} bytes, but the pickle declares {numel} elements of {elem} bytes ({expected} bytes)")]
     StorageSize {
         name: String,
         entry: String,
@@ -128,7 +132,10 @@ impl TorchArchive {
             }
         }
         let prefix = record.ok_or(ArchiveError::NoDataPickle)?;
-        let kind = if zip.index_for_name(&format!("{prefix}constants.pkl")).is_some() {
+        let kind = if zip
+            .index_for_name(&format!("{prefix}constants.pkl"))
+            .is_some()
+        {
             ArchiveKind::TorchScript
         } else {
             ArchiveKind::StateDict
@@ -140,7 +147,8 @@ impl TorchArchive {
             }
         }
         let entry = format!("{prefix}data.pkl");
-        let bytes = read_small(&mut zip, &entry, MAX_PICKLE_BYTES)?.ok_or(ArchiveError::NoDataPickle)?;
+        let bytes =
+            read_small(&mut zip, &entry, MAX_PICKLE_BYTES)?.ok_or(ArchiveError::NoDataPickle)?;
         let limits = Limits::default();
         let pickle = pickle::parse(&bytes, &limits)
             .map_err(|source| ArchiveError::Pickle { entry, source })?;
@@ -289,15 +297,22 @@ fn read_small(
         });
     }
     let mut buf = Vec::with_capacity(file.size() as usize);
-    file.read_to_end(&mut buf).map_err(|source| ArchiveError::Read {
-        entry: entry.to_string(),
-        source,
-    })?;
+    file.read_to_end(&mut buf)
+        .map_err(|source| ArchiveError::Read {
+            entry: entry.to_string(),
+            source,
+        })?;
     Ok(Some(buf))
 }
 
 /// Copies a strided view into row-major order, element by element.
-fn gather(storage: &[u8], elem: usize, offset: usize, shape: &[usize], stride: &[usize]) -> Vec<u8> {
+fn gather(
+    storage: &[u8],
+    elem: usize,
+    offset: usize,
+    shape: &[usize],
+    stride: &[usize],
+) -> Vec<u8> {
     let numel: usize = shape.iter().product();
     let mut out = Vec::with_capacity(numel * elem);
     let mut index = vec![0usize; shape.len()];
@@ -347,10 +362,11 @@ fn flatten(
             format!("{prefix}.{key}")
         };
         match v {
+            Value::Tensor(_) if out.contains_key(&name) => {
+                return Err(ArchiveError::Duplicate { name });
+            }
             Value::Tensor(t) => {
-                if out.insert(name.clone(), t.clone()).is_some() {
-                    return Err(ArchiveError::Duplicate { name });
-                }
+                out.insert(name, t.clone());
             }
             Value::Ref(_) => flatten(pickle, v, &name, depth + 1, max_depth, out)?,
             // Plain attributes (`training`, a `None` submodule slot): no tensors.
@@ -377,7 +393,10 @@ fn describe(pickle: &Pickle, value: &Value) -> String {
             Some(Object::List(_)) => "a list".into(),
             Some(Object::Dict(_)) => "a dict without tensors".into(),
             Some(Object::Instance { class, .. }) => {
-                format!("an object of {}.{} without tensors", class.module, class.name)
+                format!(
+                    "an object of {}.{} without tensors",
+                    class.module, class.name
+                )
             }
             None => "nothing".into(),
         },
