@@ -115,7 +115,7 @@ fn resnet_archive_and_state_dict_match_the_reference() {
     let c = clip.config();
     assert_eq!(c.layout, Layout::OpenClip);
     assert_eq!(c.embed_dim, 32);
-    assert_eq!((c.text.width, c.text.heads, c.text.layers), (64, 1, 2));
+    assert_eq!((c.text.width, c.text.heads, c.text.layers), (64, 1, 1));
     assert_eq!((c.text.context_length, c.text.vocab_size), (8, 64));
     match &c.vision {
         VisionTower::ResNet(r) => {
@@ -141,10 +141,11 @@ fn resnet_archive_and_state_dict_match_the_reference() {
 #[test]
 fn vit_archive_and_state_dict_match_the_reference() {
     let clip = check_model("openai-vit", false);
+    assert_eq!(clip.config().text.layers, 2);
     match &clip.config().vision {
         VisionTower::Vit(v) => assert_eq!(
             (v.width, v.layers, v.heads, v.patch_size, v.image_size),
-            (64, 2, 1, 8, 32)
+            (64, 1, 1, 8, 32)
         ),
         other => panic!("expected a ViT, inferred {other:?}"),
     }
@@ -492,5 +493,40 @@ fn a_state_dict_that_is_not_clip_is_named() {
     assert!(
         msg.contains("w.pt") && msg.contains("not an OpenAI CLIP checkpoint"),
         "{msg}"
+    );
+}
+
+/// A zip directory that claims a 2 GiB storage in a file of a few hundred bytes (and a pickle
+/// that agrees with it) is refused before anything is allocated.
+#[test]
+fn a_storage_larger_than_the_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.pt");
+    let numel = 0x1fff_ffff_i32;
+    let pickle = state_dict_pickle(numel, 0, &[1]);
+    write_zip(
+        &path,
+        &[("archive/data.pkl", &pickle), ("archive/data/0", &[0u8; 4])],
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The central directory record of `archive/data/0`: sizes at offsets 20 and 24.
+    let name = b"archive/data/0";
+    let at = (0..bytes.len() - 46)
+        .find(|&i| bytes[i..].starts_with(b"PK\x01\x02") && bytes[i + 46..].starts_with(name))
+        .expect("central directory record");
+    let size = (numel as u32 * 4).to_le_bytes();
+    bytes[at + 20..at + 24].copy_from_slice(&size);
+    bytes[at + 24..at + 28].copy_from_slice(&size);
+    std::fs::write(&path, &bytes).unwrap();
+    let e = open_err(&path);
+    assert!(
+        matches!(archive_error(&e), ArchiveError::EntryTooLarge { .. }),
+        "{}",
+        chain(&e)
+    );
+    assert!(
+        chain(&e).contains("more than the whole archive"),
+        "{}",
+        chain(&e)
     );
 }

@@ -103,7 +103,10 @@ impl ModelFiles {
                 msg: "not a file".into(),
             });
         }
-        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         Ok(ModelFiles {
             dir,
             layout: Layout::OpenClip,

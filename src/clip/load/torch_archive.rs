@@ -78,6 +78,16 @@ pub enum ArchiveError {
         numel: u64,
         elem: usize,
     },
+    #[error("`{entry}` is compressed ({method}); PyTorch stores archive entries uncompressed")]
+    Compressed { entry: String, method: String },
+    #[error(
+        "storage `{entry}` claims {size} bytes, more than the whole archive ({archive} bytes)"
+    )]
+    EntryTooLarge {
+        entry: String,
+        size: u64,
+        archive: u64,
+    },
     #[error("tensor `{name}`: storage type {dtype:?} is not supported")]
     UnsupportedType { name: String, dtype: StorageType },
     #[error("no tensor `{0}`")]
@@ -106,14 +116,18 @@ pub struct TorchArchive {
     prefix: String,
     kind: ArchiveKind,
     tensors: BTreeMap<String, Rc<TensorRef>>,
+    /// Bytes of the archive file: no stored entry can be larger.
+    file_len: u64,
 }
 
 impl TorchArchive {
     pub fn open(path: &Path) -> Result<Self, ArchiveError> {
-        let file = File::open(path).map_err(|source| ArchiveError::Read {
+        let read_err = |source| ArchiveError::Read {
             entry: path.display().to_string(),
             source,
-        })?;
+        };
+        let file = File::open(path).map_err(read_err)?;
+        let file_len = file.metadata().map_err(read_err)?.len();
         let mut zip = zip::ZipArchive::new(file).map_err(ArchiveError::Zip)?;
         let mut record: Option<String> = None;
         for name in zip.file_names() {
@@ -162,6 +176,7 @@ impl TorchArchive {
             prefix,
             kind,
             tensors,
+            file_len,
         };
         archive.check_storages()?;
         Ok(archive)
@@ -206,7 +221,9 @@ impl TorchArchive {
         let offset = t.offset as usize;
         // Bounds were checked against the storage's length when the pickle was read, and the
         // storage's length against the entry when the archive was opened.
-        let bytes = if t.is_contiguous() {
+        let bytes = if numel == 0 {
+            Vec::new()
+        } else if t.is_contiguous() {
             storage[offset * elem..(offset + numel) * elem].to_vec()
         } else {
             gather(&storage, elem, offset, &t.shape, &t.stride)
@@ -248,6 +265,20 @@ impl TorchArchive {
             }
             let entry = self.storage_entry(&s.key);
             let actual = match zip.by_name(&entry) {
+                Ok(f) if f.compression() != zip::CompressionMethod::Stored => {
+                    return Err(ArchiveError::Compressed {
+                        entry,
+                        method: f.compression().to_string(),
+                    })
+                }
+                // The zip directory's word alone must not size an allocation.
+                Ok(f) if f.size() > self.file_len => {
+                    return Err(ArchiveError::EntryTooLarge {
+                        entry,
+                        size: f.size(),
+                        archive: self.file_len,
+                    })
+                }
                 Ok(f) => f.size(),
                 Err(zip::result::ZipError::FileNotFound) => {
                     return Err(ArchiveError::MissingStorage {
@@ -289,6 +320,12 @@ fn read_small(
             })
         }
     };
+    if file.compression() != zip::CompressionMethod::Stored {
+        return Err(ArchiveError::Compressed {
+            entry: entry.to_string(),
+            method: file.compression().to_string(),
+        });
+    }
     if file.size() > limit {
         return Err(ArchiveError::PickleTooLarge {
             entry: entry.to_string(),
