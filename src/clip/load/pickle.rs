@@ -18,15 +18,16 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Bounds on what one pickle may build. Real CLIP checkpoints stay far below them: OpenAI's
-/// ViT-L/14 archive pickles ~500 tensors in ~50k opcodes.
+/// Bounds on what one pickle may build. Real CLIP checkpoints stay far below them: a traced CLIP
+/// of ViT-B/32's shape pickles 305 tensors in 11,651 opcodes, MARKs nested 9 deep.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_stack: usize,
     pub max_memo: usize,
     /// Lists, dicts and objects, together.
     pub max_objects: usize,
-    /// Items held by all lists and dicts, together.
+    /// Items ever put in tuples, lists and dicts, together: with the stack bound, this bounds
+    /// the memory a pickle can make us hold, however it reuses values.
     pub max_items: usize,
     /// Containers within containers (MARK frames, tuples, and the walk of a module tree).
     pub max_depth: usize,
@@ -398,7 +399,10 @@ impl<'a> Machine<'a> {
                 let b = self.take(n)?;
                 self.stack.push(Value::Bytes(b.into()));
             }
-            op::EMPTY_TUPLE => self.stack.push(self.tuple(Vec::new())?),
+            op::EMPTY_TUPLE => {
+                let t = self.tuple(Vec::new())?;
+                self.stack.push(t);
+            }
             op::TUPLE => {
                 let items = self.pop_mark()?;
                 let t = self.tuple(items)?;
@@ -712,7 +716,8 @@ impl<'a> Machine<'a> {
         })
     }
 
-    fn tuple(&self, items: Vec<Value>) -> Result<Value, PickleError> {
+    fn tuple(&mut self, items: Vec<Value>) -> Result<Value, PickleError> {
+        self.count_items(items.len())?;
         let depth = 1 + items
             .iter()
             .map(|v| match v {
@@ -743,7 +748,7 @@ impl<'a> Machine<'a> {
     fn count_items(&mut self, n: usize) -> Result<(), PickleError> {
         self.items += n;
         if self.items > self.limits.max_items {
-            return Err(self.limit("items in lists and dicts", self.limits.max_items));
+            return Err(self.limit("items in tuples, lists and dicts", self.limits.max_items));
         }
         Ok(())
     }
