@@ -10,3 +10,4 @@ pub mod open_clip_config;
 pub mod pickle;
 pub mod state_dict;
 pub mod torch_archive;
+pub mod torch_pickle;
