@@ -46,6 +46,14 @@ pub enum Error {
         example: String,
     },
 
+    #[error("{file}: cannot read PyTorch archive")]
+    Archive {
+        file: PathBuf,
+        // Boxed: the archive's errors carry sizes and names, and `Error` travels by value.
+        #[source]
+        source: Box<crate::clip::load::torch_archive::ArchiveError>,
+    },
+
     #[error("{file}: cannot read checkpoint: {msg}")]
     Checkpoint { file: PathBuf, msg: String },
 

@@ -17,4 +17,5 @@ mod parity_open_clip;
 mod preprocess;
 mod pretrain;
 mod tokenizer;
+mod torchscript;
 mod world;

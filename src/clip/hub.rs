@@ -1,5 +1,11 @@
-//! Resolving `--model`: a local directory, or a Hugging Face hub id looked up in (and, when the
-//! hub is reachable, downloaded into) the standard Hugging Face cache.
+//! Resolving `--model`: a local directory or checkpoint file, `openai:NAME` (a file of OpenAI's
+//! `clip` package cache), or a Hugging Face hub id looked up in (and, when the hub is reachable,
+//! downloaded into) the standard Hugging Face cache.
+//!
+//! `openai:NAME` takes the names of `clip.available_models()` (`RN50`, `ViT-B/32`,
+//! `ViT-L/14@336px`, ...) or their file stems (`ViT-B-32`), and reads `<root>/<file>.pt` where
+//! `clip.load` saves it: `download_root` defaults to `~/.cache/clip`; we honour
+//! `$XDG_CACHE_HOME/clip` first. Nothing is downloaded for these.
 //!
 //! The cache layout is `huggingface_hub`'s: `<cache>/models--<org>--<name>/refs/<revision>` holds
 //! a commit hash and `snapshots/<commit>/<file>` the files, so a cache filled by Python tools is
@@ -23,6 +29,8 @@ pub struct HubOptions {
     pub endpoint: String,
     pub offline: bool,
     pub token: Option<String>,
+    /// OpenAI's `clip` package cache, for `openai:NAME`.
+    pub openai_cache: PathBuf,
 }
 
 impl HubOptions {
@@ -43,6 +51,7 @@ impl HubOptions {
             endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
             offline,
             token: var("HF_TOKEN"),
+            openai_cache: openai_cache_from_env(),
         }
     }
 }
@@ -87,17 +96,81 @@ impl HubId {
 /// Reports download progress: file name, bytes so far, total bytes when known.
 pub type OnDownload<'a> = &'a mut dyn FnMut(&str, u64, Option<u64>);
 
-/// Turns a `--model` argument into model files: an existing directory is used as is; otherwise
-/// the argument must be a hub id, found in the cache or downloaded into it.
+/// OpenAI's released models: `clip.available_models()` names and the file names `clip.load`
+/// saves them under (the last component of their download URLs).
+pub const OPENAI_MODELS: &[(&str, &str)] = &[
+    ("RN50", "RN50.pt"),
+    ("RN101", "RN101.pt"),
+    ("RN50x4", "RN50x4.pt"),
+    ("RN50x16", "RN50x16.pt"),
+    ("RN50x64", "RN50x64.pt"),
+    ("ViT-B/32", "ViT-B-32.pt"),
+    ("ViT-B/16", "ViT-B-16.pt"),
+    ("ViT-L/14", "ViT-L-14.pt"),
+    ("ViT-L/14@336px", "ViT-L-14-336px.pt"),
+];
+
+/// The folder of OpenAI's `clip` package cache: `$XDG_CACHE_HOME/clip`, else `~/.cache/clip`.
+pub fn openai_cache_from_env() -> PathBuf {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    var("XDG_CACHE_HOME")
+        .map(|x| Path::new(&x).join("clip"))
+        .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache/clip")))
+        .unwrap_or_else(|| PathBuf::from(".cache/clip"))
+}
+
+/// The file of OpenAI model `name` (`RN50`, `ViT-B/32` or `ViT-B-32`) in the `clip` cache `root`.
+pub fn resolve_openai(name: &str, root: &Path) -> Result<ModelFiles> {
+    let spec = format!("openai:{name}");
+    let Some((canonical, file)) = OPENAI_MODELS
+        .iter()
+        .find(|(n, f)| *n == name || f.strip_suffix(".pt") == Some(name))
+    else {
+        let names: Vec<&str> = OPENAI_MODELS.iter().map(|(n, _)| *n).collect();
+        return Err(Error::ModelNotFound {
+            spec,
+            msg: format!(
+                "not one of OpenAI's models ({}); pass a checkpoint file's path instead",
+                names.join(", ")
+            ),
+        });
+    };
+    let path = root.join(file);
+    if !path.is_file() {
+        return Err(Error::ModelNotFound {
+            spec,
+            msg: format!(
+                "expected OpenAI's file {file} at {}, which does not exist. OpenAI's `clip` \
+                 package downloads it there (`clip.load(\"{canonical}\")`, whose download_root \
+                 defaults to ~/.cache/clip; we read $XDG_CACHE_HOME/clip when XDG_CACHE_HOME is \
+                 set); or pass the file's path",
+                path.display()
+            ),
+        });
+    }
+    ModelFiles::single_file(&path)
+}
+
+/// Turns a `--model` argument into model files: an existing directory or file is used as is,
+/// `openai:NAME` is looked up in the `clip` package's cache; otherwise the argument must be a
+/// hub id, found in the cache or downloaded into it.
 pub fn resolve(spec: &str, opts: &HubOptions, on_download: OnDownload) -> Result<ModelFiles> {
     let path = Path::new(spec);
     if path.is_dir() {
         return ModelFiles::in_dir(path);
     }
+    if path.is_file() {
+        return ModelFiles::single_file(path);
+    }
+    if let Some(name) = spec.strip_prefix("openai:") {
+        return resolve_openai(name, &opts.openai_cache);
+    }
     let Some(id) = HubId::parse(spec) else {
         return Err(Error::ModelNotFound {
             spec: spec.into(),
-            msg: "no such directory, and not a hub id of the form `org/name[@revision]`".into(),
+            msg: "no such directory or file, not `openai:NAME`, and not a hub id of the form \
+                  `org/name[@revision]`"
+                .into(),
         });
     };
     if let Some(files) = cached(&id, &opts.cache) {

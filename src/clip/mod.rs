@@ -4,9 +4,11 @@
 //! [`Clip::load`] reads a model directory in either checkpoint layout — Hugging Face
 //! `transformers` (`config.json` + `model.safetensors` or `pytorch_model.bin`) or open_clip
 //! (`open_clip_config.json` + `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`) —
-//! with a ViT or a ModifiedResNet image tower; the user never says which.
-//! [`hub::resolve`] turns a `--model` argument (a directory or a hub id such as
-//! `openai/clip-vit-base-patch32` or `timm/resnet50_clip.openai`) into one.
+//! with a ViT or a ModifiedResNet image tower; the user never says which. A single OpenAI file
+//! (the `clip` package's TorchScript `RN50.pt`, `ViT-B-32.pt`, ..., or a `torch.save`d state dict
+//! with OpenAI's names) is read too, its architecture inferred from its tensor shapes.
+//! [`hub::resolve`] turns a `--model` argument (a directory, a file, `openai:NAME`, or a hub id
+//! such as `openai/clip-vit-base-patch32` or `timm/resnet50_clip.openai`) into one.
 
 pub mod hub;
 pub mod load;
@@ -47,9 +49,12 @@ pub const LAYOUT_FILES: &[(Layout, &str, &[&str])] = &[
 /// The files of one model on disk.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
+    /// The model directory (for a single file, the folder it is in).
     pub dir: PathBuf,
     pub layout: Layout,
-    pub config: PathBuf,
+    /// The config file; `None` for a single OpenAI checkpoint file, whose architecture is
+    /// inferred from its tensor shapes ([`load::state_dict::infer_config`]).
+    pub config: Option<PathBuf>,
     pub weights: PathBuf,
 }
 
@@ -84,18 +89,82 @@ impl ModelFiles {
         Ok(ModelFiles {
             dir: dir.into(),
             layout: *layout,
-            config: dir.join(config),
+            config: Some(dir.join(config)),
             weights,
         })
     }
 
-    /// The model's config, from whichever config file the layout has.
+    /// A single checkpoint file with OpenAI's tensor names and no config: OpenAI's TorchScript
+    /// archives (`~/.cache/clip/RN50.pt`) and state dicts saved from them.
+    pub fn single_file(file: &Path) -> Result<Self> {
+        if !file.is_file() {
+            return Err(Error::ModelNotFound {
+                spec: file.display().to_string(),
+                msg: "not a file".into(),
+            });
+        }
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(ModelFiles {
+            dir,
+            layout: Layout::OpenClip,
+            config: None,
+            weights: file.into(),
+        })
+    }
+
+    /// The model's config, from whichever config file the layout has, or inferred from the
+    /// tensor shapes of a single file.
     pub fn read_config(&self) -> Result<ClipConfig> {
-        match self.layout {
-            Layout::Transformers => ClipConfig::from_hf_file(&self.config),
-            Layout::OpenClip => load::open_clip_config::from_file(&self.config),
+        match (&self.config, self.layout) {
+            (Some(c), Layout::Transformers) => ClipConfig::from_hf_file(c),
+            (Some(c), Layout::OpenClip) => load::open_clip_config::from_file(c),
+            (None, _) => {
+                let ckpt = Checkpoint::open(&self.weights, self.layout, &Device::Cpu)?;
+                infer_config(&ckpt)
+            }
         }
     }
+
+    /// The model's tokenizer: the directory's own files when it has them, else OpenAI's BPE
+    /// (always, for a single OpenAI file: a folder such as `~/.cache/clip` has no tokenizer).
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        if self.config.is_some() {
+            if let Some(t) = Tokenizer::from_model_dir(&self.dir)? {
+                return Ok(t);
+            }
+        }
+        Ok(Tokenizer::openai()?)
+    }
+}
+
+/// `build_model`'s config for a single OpenAI file; errors name the file.
+fn infer_config(ckpt: &Checkpoint) -> Result<ClipConfig> {
+    load::state_dict::infer_config(ckpt.stored_shapes()).map_err(|msg| Error::Config {
+        path: ckpt.file().into(),
+        msg,
+    })
+}
+
+/// OpenAI's archives carry `input_resolution`, `context_length` and `vocab_size` as scalar
+/// buffers; they must say what the shapes say.
+fn check_openai_buffers(config: &ClipConfig, ckpt: &Checkpoint) -> Result<()> {
+    for &name in load::state_dict::OPENAI_BUFFERS {
+        if !ckpt.contains(name) {
+            continue;
+        }
+        let stored = ckpt.get(name, &[])?.to_scalar::<f32>()?;
+        let expected = load::state_dict::buffer_value(config, name).unwrap_or(0);
+        if stored != expected as f32 {
+            return Err(Error::Config {
+                path: ckpt.file().into(),
+                msg: format!("buffer `{name}` is {stored}, but the tensor shapes give {expected}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The image tower with its projection into the joint space.
@@ -133,20 +202,20 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// Loads a model directory: config, weights (every tensor accounted for) and tokenizer (the
-    /// directory's own when it has one, else the embedded OpenAI vocabulary).
+    /// Loads a model directory or single file: config, weights (every tensor accounted for) and
+    /// tokenizer (the directory's own when it has one, else the embedded OpenAI vocabulary).
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
         Self::load_with(files, device, LoadOptions::default())
     }
 
     pub fn load_with(files: &ModelFiles, device: &Device, options: LoadOptions) -> Result<Self> {
-        let config = files.read_config()?;
         let ckpt = Checkpoint::open(&files.weights, files.layout, device)?;
-        let tokenizer = match Tokenizer::from_model_dir(&files.dir)? {
-            Some(t) => t,
-            None => Tokenizer::openai()?,
+        let config = match &files.config {
+            Some(_) => files.read_config()?,
+            None => infer_config(&ckpt)?,
         };
-        let clip = Self::from_checkpoint(&config, &ckpt, tokenizer, device, options)?;
+        let clip = Self::from_checkpoint(&config, &ckpt, files.tokenizer()?, device, options)?;
+        check_openai_buffers(&config, &ckpt)?;
         ckpt.ensure_all_used()?;
         Ok(clip)
     }

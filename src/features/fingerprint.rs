@@ -118,12 +118,13 @@ pub fn hash_file(h: &mut ContentHash, path: &Path) -> Result<()> {
 pub fn model_fingerprint(files: &ModelFiles) -> Result<String> {
     let mut h = ContentHash::default();
     h.field(b"clip-adapter model fingerprint v1");
-    for path in [&files.config, &files.weights] {
+    for path in files.config.iter().chain([&files.weights]) {
         hash_file(&mut h, path)?;
     }
     for name in ["vocab.json", "merges.txt", "tokenizer.json"] {
         let p = files.dir.join(name);
-        if p.is_file() {
+        // A single OpenAI file always uses the embedded vocabulary, whatever sits beside it.
+        if files.config.is_some() && p.is_file() {
             h.field(name.as_bytes());
             hash_file(&mut h, &p)?;
         }

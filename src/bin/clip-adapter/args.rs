@@ -11,7 +11,10 @@ use clip_adapter::zero_shot::DEFAULT_TEMPLATE;
 /// Models (`--model`) are a local directory in the Hugging Face `transformers` layout
 /// (config.json + model.safetensors or pytorch_model.bin) or the open_clip layout
 /// (open_clip_config.json + open_clip_model.safetensors or open_clip_pytorch_model.bin), with a
-/// ViT or ResNet image tower, or a hub id such as `openai/clip-vit-base-patch32[@revision]` or
+/// ViT or ResNet image tower; a single OpenAI checkpoint file (the `clip` package's TorchScript
+/// RN50.pt, ViT-B-32.pt, ..., or a torch.save'd state dict with OpenAI's names), by path or as
+/// `openai:NAME` (openai:RN50, openai:ViT-B/32: the file in $XDG_CACHE_HOME/clip, else
+/// ~/.cache/clip); or a hub id such as `openai/clip-vit-base-patch32[@revision]` or
 /// `timm/resnet50_clip.openai`, looked up in the Hugging Face cache
 /// (HF_HUB_CACHE / HF_HOME) and downloaded there when the hub is reachable and HF_HUB_OFFLINE
 /// is not set.
@@ -146,7 +149,7 @@ pub struct TokenizeArgs {
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// Model directory or hub id.
+    /// Model directory, OpenAI checkpoint file (RN50.pt), openai:NAME or hub id.
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: String,
 
@@ -169,7 +172,7 @@ pub struct EmbedArgs {
 
 #[derive(Args)]
 pub struct ClassifyArgs {
-    /// Model directory or hub id.
+    /// Model directory, OpenAI checkpoint file (RN50.pt), openai:NAME or hub id.
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: String,
 

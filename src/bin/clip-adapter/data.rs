@@ -290,7 +290,7 @@ pub enum Templates {
 
 #[derive(Args)]
 pub struct ExtractArgs {
-    /// Model directory or hub id.
+    /// Model directory, OpenAI checkpoint file (RN50.pt), openai:NAME or hub id.
     #[arg(long, value_name = "DIR|HUB_ID")]
     pub model: String,
 

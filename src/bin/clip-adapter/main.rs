@@ -75,11 +75,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
         Some(spec) => {
             let files = resolve_model(spec, &Progress::new(true))?;
             let config = files.read_config()?;
-            let tokenizer = match Tokenizer::from_model_dir(&files.dir)? {
-                Some(t) => t,
-                None => Tokenizer::openai()?,
-            };
-            (tokenizer, config.text.context_length)
+            (files.tokenizer()?, config.text.context_length)
         }
         None => (
             Tokenizer::openai()?,

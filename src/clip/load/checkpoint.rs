@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::layout::{source_key, Layout, Transform};
+use super::torch_archive::{ArchiveKind, TorchArchive};
 use crate::error::{Error, Result};
 
 /// Buffers that PyTorch saves beside the parameters but that carry no learned value.
@@ -19,8 +20,12 @@ const IGNORED_SUFFIXES: &[&str] = &["position_ids", "attn_mask", "num_batches_tr
 
 enum Source {
     Safetensors(candle_core::safetensors::MmapedSafetensors),
-    Pth(candle_core::pickle::PthTensors),
+    /// A `torch.save` zip or a TorchScript archive, read by our own bounded pickle reader.
+    Archive(TorchArchive),
 }
+
+/// The zip local-file-header signature that starts every PyTorch archive.
+const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
 
 /// The tensors of one checkpoint file, loaded on demand as f32, asked for by their
 /// `transformers` names whatever the file's [`Layout`].
@@ -34,7 +39,8 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a `.safetensors` file, or a PyTorch `torch.save` zip (`.bin`, `.pt`, `.pth`).
+    /// Opens a `.safetensors` file, a PyTorch `torch.save` zip (`.bin`, `.pt`, `.pth`) or a
+    /// TorchScript archive (OpenAI's `RN50.pt`, ...); archives are told apart by content.
     pub fn open(file: &Path, layout: Layout, device: &Device) -> Result<Self> {
         let bad = |msg: String| Error::Checkpoint {
             file: file.into(),
@@ -44,8 +50,9 @@ impl Checkpoint {
         if meta.len() == 0 {
             return Err(bad("the file is empty".into()));
         }
+        let is_zip = starts_with(file, ZIP_MAGIC)?;
         let is_safetensors = file.extension().is_some_and(|e| e == "safetensors");
-        let (source, shapes) = if is_safetensors {
+        let (source, shapes) = if is_safetensors && !is_zip {
             // SAFETY: the map lives only while tensors are copied out of it at load time; a file
             // changed underneath us during that window gives wrong numbers, as with any reader.
             let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }
@@ -56,15 +63,23 @@ impl Checkpoint {
                 .map(|(name, view)| (name, view.shape().to_vec()))
                 .collect();
             (Source::Safetensors(st), shapes)
-        } else {
-            let pth = candle_core::pickle::PthTensors::new(file, None)
-                .map_err(|e| bad(format!("not a readable PyTorch state dict ({e})")))?;
-            let shapes = pth
-                .tensor_infos()
-                .iter()
-                .map(|(name, info)| (name.clone(), info.layout.dims().to_vec()))
+        } else if is_zip {
+            let archive = TorchArchive::open(file).map_err(|source| Error::Archive {
+                file: file.into(),
+                source: Box::new(source),
+            })?;
+            let shapes = archive
+                .shapes()
+                .map(|(name, shape)| (name.to_string(), shape.to_vec()))
                 .collect();
-            (Source::Pth(pth), shapes)
+            (Source::Archive(archive), shapes)
+        } else {
+            return Err(bad(
+                "neither a safetensors file nor a PyTorch zip archive (files written by \
+                 torch.save before PyTorch 1.6 are not read: load and save them again with a \
+                 current PyTorch)"
+                    .into(),
+            ));
         };
         Ok(Checkpoint {
             file: file.into(),
@@ -78,6 +93,16 @@ impl Checkpoint {
 
     pub fn file(&self) -> &Path {
         &self.file
+    }
+
+    /// Whether the file is a TorchScript archive (a `torch.jit.save` module, as OpenAI ships).
+    pub fn is_torchscript(&self) -> bool {
+        matches!(&self.source, Source::Archive(a) if a.kind() == ArchiveKind::TorchScript)
+    }
+
+    /// Every tensor name with its shape as stored in the file.
+    pub fn stored_shapes(&self) -> &BTreeMap<String, Vec<usize>> {
+        &self.shapes
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -131,15 +156,14 @@ impl Checkpoint {
         };
         let tensor = match &self.source {
             Source::Safetensors(st) => st.load(&key, &self.device).map_err(bad)?,
-            Source::Pth(pth) => pth
-                .get(&key)
-                .map_err(bad)?
-                .ok_or_else(|| Error::MissingTensor {
-                    file: self.file.clone(),
-                    name: key.clone(),
-                    expected: wanted.clone(),
-                })?
-                .to_device(&self.device)?,
+            Source::Archive(archive) => {
+                archive
+                    .load(&key, &self.device)
+                    .map_err(|source| Error::Archive {
+                        file: self.file.clone(),
+                        source: Box::new(source),
+                    })?
+            }
         };
         self.used.borrow_mut().insert(key);
         let tensor = tensor.to_dtype(DType::F32)?;
@@ -181,6 +205,16 @@ impl Checkpoint {
             }),
         }
     }
+}
+
+/// Whether the file begins with `magic` (false for a shorter file).
+fn starts_with(file: &Path, magic: &[u8]) -> Result<bool> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(magic.len());
+    std::fs::File::open(file)
+        .and_then(|f| f.take(magic.len() as u64).read_to_end(&mut head))
+        .map_err(|e| Error::io(file, e))?;
+    Ok(head == magic)
 }
 
 /// The stored shape of a tensor that `transform` turns into `expected`.
