@@ -70,6 +70,7 @@ fn options(cache: &Path, shard: Option<Shard>) -> ExtractOptions {
         skip_bad: false,
         shard,
         model_name: "tiny-clip".into(),
+        source: None,
     }
 }
 

@@ -29,8 +29,10 @@ use crate::image::Preprocess;
 
 /// The `format` metadata value of every file this module writes.
 pub const FORMAT: &str = "clip-adapter-features";
-/// Bumped whenever the file layout or the meaning of a field changes.
-pub const VERSION: u32 = 1;
+/// Bumped whenever the file layout or the meaning of a field changes. Version 2: keys and
+/// hashes are xxHash3, keys carry the split identity, files carry `source` and a `checksum` of
+/// their data.
+pub const VERSION: u32 = 2;
 
 /// How an image becomes the model's input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +69,9 @@ pub struct SetKey {
     pub part: String,
     /// Hash of the ordered `(impath, label)` list, so an edited split is a different set.
     pub samples: String,
+    /// The extraction's split identity ([`split_digest`]): the whole train/val/test lists the
+    /// part was drawn from, so sets of two different splits never pass for one task.
+    pub split: String,
     pub transform: Transform,
     /// View number of an augmented set (0 for the evaluation view).
     pub view: u32,
@@ -102,6 +107,126 @@ pub fn samples_digest(samples: &[Sample]) -> String {
     h.hex()
 }
 
+/// The identity of a dataset's split: a hash of its class names and of the whole ordered
+/// train, val and test lists. Two extractions whose few-shot draws or test sets come from
+/// different splits (another `--split-seed`, another split file) differ here even where one
+/// part happens to coincide.
+pub fn split_digest(dataset: &crate::data::Dataset) -> String {
+    let mut h = super::ContentHash::default();
+    h.field(b"classnames");
+    for c in &dataset.classnames {
+        h.field(c.as_bytes());
+    }
+    for split in crate::data::Split::ALL {
+        h.field(split.name().as_bytes());
+        h.update(&(dataset.split(split).len() as u64).to_le_bytes());
+        for s in dataset.split(split) {
+            h.field(s.impath.as_bytes());
+            h.update(&(s.label as u64).to_le_bytes());
+        }
+    }
+    h.hex()
+}
+
+/// Where the images of an extraction came from, as the command line was told: recorded in each
+/// file (not part of the key) so that a message about missing features can print an `extract`
+/// command that runs as printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSource {
+    /// `--dataset NAME --root DIR [--split FILE]`.
+    Benchmark {
+        dataset: String,
+        root: PathBuf,
+        split: Option<PathBuf>,
+    },
+    /// `--folder DIR` (its own train/val/test sub-folders, or a seeded split).
+    Folder {
+        dir: PathBuf,
+        split_seed: i64,
+        train_fraction: f64,
+        val_fraction: f64,
+    },
+    /// `--manifest FILE`.
+    Manifest {
+        file: PathBuf,
+        split_seed: i64,
+        train_fraction: f64,
+        val_fraction: f64,
+    },
+    /// `--split FILE [--root DIR]`.
+    SplitFile {
+        file: PathBuf,
+        root: Option<PathBuf>,
+    },
+}
+
+impl DataSource {
+    /// The `extract` arguments that name this source, shell-quoted.
+    pub fn args(&self) -> String {
+        let p = |p: &Path| shell_quote(&p.display().to_string());
+        let seeded = |seed: &i64, train: &f64, val: &f64| {
+            let mut s = format!(" --split-seed {seed}");
+            if *train != 0.5 || *val != 0.2 {
+                s.push_str(&format!(" --train-fraction {train} --val-fraction {val}"));
+            }
+            s
+        };
+        match self {
+            DataSource::Benchmark {
+                dataset,
+                root,
+                split,
+            } => {
+                let mut s = format!("--dataset {} --root {}", shell_quote(dataset), p(root));
+                if let Some(f) = split {
+                    s.push_str(&format!(" --split {}", p(f)));
+                }
+                s
+            }
+            DataSource::Folder {
+                dir,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            } => format!(
+                "--folder {}{}",
+                p(dir),
+                seeded(split_seed, train_fraction, val_fraction)
+            ),
+            DataSource::Manifest {
+                file,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            } => format!(
+                "--manifest {}{}",
+                p(file),
+                seeded(split_seed, train_fraction, val_fraction)
+            ),
+            DataSource::SplitFile { file, root } => {
+                let mut s = format!("--split {}", p(file));
+                if let Some(r) = root {
+                    s.push_str(&format!(" --root {}", p(r)));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// `s` as one POSIX shell word.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// The metadata of a feature file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Meta {
@@ -121,6 +246,8 @@ pub struct Meta {
     pub impaths: Vec<String>,
     /// The model as the user named it (informational, not part of the key).
     pub model_name: String,
+    /// Where the images came from, when the caller said (informational, not part of the key).
+    pub source: Option<DataSource>,
 }
 
 impl Meta {
@@ -134,6 +261,11 @@ impl Meta {
         m.insert("dataset".into(), self.key.dataset.clone());
         m.insert("part".into(), self.key.part.clone());
         m.insert("samples".into(), self.key.samples.clone());
+        m.insert("split".into(), self.key.split.clone());
+        m.insert(
+            "source".into(),
+            self.source.as_ref().map(json).unwrap_or_default(),
+        );
         m.insert("transform".into(), json(&self.key.transform));
         m.insert("view".into(), self.key.view.to_string());
         m.insert("classnames".into(), json(&self.classnames));
@@ -191,6 +323,7 @@ impl Meta {
             dataset: get("dataset")?.clone(),
             part: get("part")?.clone(),
             samples: get("samples")?.clone(),
+            split: get("split")?.clone(),
             transform: serde_json::from_str(get("transform")?)
                 .map_err(|e| bad(format!("metadata `transform`: {e}")))?,
             view: num("view")? as u32,
@@ -207,6 +340,12 @@ impl Meta {
             skipped: list("skipped")?,
             impaths: list("impaths")?,
             model_name: get("model_name")?.clone(),
+            source: match get("source")?.as_str() {
+                "" => None,
+                s => Some(
+                    serde_json::from_str(s).map_err(|e| bad(format!("metadata `source`: {e}")))?,
+                ),
+            },
         })
     }
 }
@@ -270,6 +409,44 @@ impl FeatureFile {
         })
     }
 
+    /// Reads only the metadata of a feature file (its header), for choosing among many files
+    /// without reading their rows. The header length is checked against the file before
+    /// anything is allocated.
+    pub fn read_meta(path: &Path) -> Result<Meta, FeatureError> {
+        use std::io::Read;
+        let bad = |msg: String| FeatureError::Format {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| FeatureError::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| FeatureError::io(path, e))?
+            .len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n)
+            .map_err(|_| bad(format!("{len} bytes, too short for a safetensors header")))?;
+        let n = u64::from_le_bytes(n);
+        if n > len - 8 || n > MAX_HEADER {
+            return Err(bad(format!(
+                "the header claims {n} bytes, the file has {len} (at most {MAX_HEADER} allowed)"
+            )));
+        }
+        let mut head = vec![0u8; n as usize];
+        file.read_exact(&mut head)
+            .map_err(|e| FeatureError::io(path, e))?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&head).map_err(|e| bad(format!("header: {e}")))?;
+        let map = header
+            .get("__metadata__")
+            .cloned()
+            .map(serde_json::from_value::<std::collections::HashMap<String, String>>)
+            .transpose()
+            .map_err(|e| bad(format!("header `__metadata__`: {e}")))?
+            .ok_or_else(|| bad("the header has no `__metadata__`".into()))?;
+        Meta::from_map(path, &map)
+    }
+
     /// Reads and checks a feature file.
     pub fn read(path: &Path) -> Result<Self, FeatureError> {
         let bytes = std::fs::read(path).map_err(|e| FeatureError::io(path, e))?;
@@ -320,6 +497,9 @@ impl FeatureFile {
         })
     }
 }
+
+/// The largest header a reader accepts (the `safetensors` crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
 
 /// safetensors bytes: u64 header length, JSON header (keys sorted), padding, data.
 pub(crate) fn write_safetensors(

@@ -18,7 +18,9 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use super::cache::{join, samples_digest, FeatureFile, Meta, Partial, SetKey, Transform};
+use super::cache::{
+    join, samples_digest, split_digest, DataSource, FeatureFile, Meta, Partial, SetKey, Transform,
+};
 use super::FeatureError;
 use crate::clip::Clip;
 use crate::data::{Dataset, FewShot, Sample, Split};
@@ -70,6 +72,9 @@ pub struct ExtractOptions {
     pub shard: Option<Shard>,
     /// The model as the user named it, recorded in the files.
     pub model_name: String,
+    /// Where the images came from, recorded in the files so a later message can print an
+    /// `extract` command for missing sets.
+    pub source: Option<DataSource>,
 }
 
 /// One set of images to encode with one transform.
@@ -131,6 +136,7 @@ pub fn plan(
     let eval = Transform::Eval {
         preprocess: preprocess.clone(),
     };
+    let split_id = split_digest(dataset);
     let mut sets = Vec::new();
     for split in crate::data::Split::ALL {
         let (part, samples) = pick(split);
@@ -143,6 +149,7 @@ pub fn plan(
                 dataset: dataset.name.clone(),
                 part: part.clone(),
                 samples: samples_digest(&samples),
+                split: split_id.clone(),
                 transform,
                 view,
             },
@@ -250,6 +257,7 @@ pub fn extract_set(
         skipped: Vec::new(),
         impaths: Vec::new(),
         model_name: opts.model_name.clone(),
+        source: opts.source.clone(),
     };
 
     if let Some(found) = reuse(&target, set, &rows, opts)? {
@@ -459,6 +467,7 @@ fn encode_chunks(
                     skipped: Vec::new(),
                     impaths: Vec::new(),
                     model_name: opts.model_name.clone(),
+                    source: opts.source.clone(),
                 },
                 dim: clip.config().embed_dim,
                 features: Vec::new(),

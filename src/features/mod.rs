@@ -18,7 +18,7 @@ mod fingerprint;
 pub mod merge;
 pub mod text;
 
-pub use cache::{FeatureFile, SetKey, Transform};
+pub use cache::{DataSource, FeatureFile, SetKey, Transform};
 pub use error::FeatureError;
 pub use extract::{plan, Event, ExtractOptions, FeatureSet, Shard};
 pub use fingerprint::{hash_file, model_fingerprint, ContentHash};

@@ -11,7 +11,7 @@ use clip_adapter::data::folder::{self, SeededSplit};
 use clip_adapter::data::{split_file, Benchmark, Dataset, FewShot, Split};
 use clip_adapter::features::extract::{extract_set, Hooks, DEFAULT_CHUNK_BATCHES};
 use clip_adapter::features::{
-    merge::merge, model_fingerprint, plan, text, Event, ExtractOptions, Shard,
+    merge::merge, model_fingerprint, plan, text, DataSource, Event, ExtractOptions, Shard,
 };
 use clip_adapter::image::augment::{Augment, DEFAULT_RATIO};
 use serde_json::json;
@@ -121,6 +121,45 @@ impl SourceArgs {
             ));
         }
         bail!("say where the images are: --dataset NAME --root DIR, --folder DIR, --manifest FILE or --split FILE")
+    }
+
+    /// The source as the cache records it (absolute paths, so a printed command runs anywhere).
+    pub fn data_source(&self) -> Option<DataSource> {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let (split_seed, train_fraction, val_fraction) =
+            (self.split_seed, self.train_fraction, self.val_fraction);
+        if let (Some(dataset), Some(root)) = (&self.dataset, &self.root) {
+            let split = self.split.as_ref().map(abs);
+            let (dataset, root) = (dataset.clone(), abs(root));
+            return Some(DataSource::Benchmark {
+                dataset,
+                root,
+                split,
+            });
+        }
+        if let Some(dir) = &self.folder {
+            let dir = abs(dir);
+            return Some(DataSource::Folder {
+                dir,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            });
+        }
+        if let Some(file) = &self.manifest {
+            let file = abs(file);
+            return Some(DataSource::Manifest {
+                file,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            });
+        }
+        let file = abs(self.split.as_ref()?);
+        Some(DataSource::SplitFile {
+            file,
+            root: self.root.as_ref().map(abs),
+        })
     }
 }
 
@@ -442,6 +481,7 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
         skip_bad: a.skip_bad,
         shard,
         model_name: a.model.clone(),
+        source: a.source.data_source(),
     };
 
     // The class-name prompts are cheap: shard 0 (or an unsharded run) encodes them.

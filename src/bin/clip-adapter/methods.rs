@@ -234,9 +234,11 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     let q = CacheQuery {
         cache: a.cache.clone(),
         dataset: a.dataset.clone(),
-        shots: a.shots,
+        shots: a.shots.into(),
         seed: a.seed,
         model: a.model.clone(),
+        split: None,
+        crop_scale: None,
     };
     let r = fit_one(&method, &q, a.save.as_deref(), progress)?;
     let chosen: BTreeMap<_, _> = r.chosen.iter().cloned().collect();
@@ -364,9 +366,11 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
                     let q = CacheQuery {
                         cache: a.cache.clone(),
                         dataset: dataset.clone(),
-                        shots,
+                        shots: shots.into(),
                         seed,
                         model: a.model.clone(),
+                        split: None,
+                        crop_scale: None,
                     };
                     if model_name.is_none() {
                         model_name = load_task(&q).ok().map(|(_, s)| s.model_name);
