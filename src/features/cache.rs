@@ -31,7 +31,7 @@ use crate::image::Preprocess;
 pub const FORMAT: &str = "clip-adapter-features";
 /// Bumped whenever the file layout or the meaning of a field changes. Version 2: keys and
 /// hashes are xxHash3, keys carry the split identity, files carry `source` and a `checksum` of
-/// their data.
+/// their data (text files too).
 pub const VERSION: u32 = 2;
 
 /// How an image becomes the model's input.
@@ -295,16 +295,7 @@ impl Meta {
                 get("format")?
             )));
         }
-        let version: u32 = get("version")?
-            .parse()
-            .map_err(|_| bad("bad `version`".into()))?;
-        if version != VERSION {
-            return Err(FeatureError::Version {
-                path: path.to_path_buf(),
-                found: version,
-                expected: VERSION,
-            });
-        }
+        check_version(path, m)?;
         let list = |k: &str| -> Result<Vec<String>, FeatureError> {
             serde_json::from_str(get(k)?).map_err(|e| bad(format!("metadata `{k}`: {e}")))
         };
@@ -348,6 +339,29 @@ impl Meta {
             },
         })
     }
+}
+
+/// Refuses a file of another format version (before any other field is interpreted).
+pub(crate) fn check_version(
+    path: &Path,
+    m: &std::collections::HashMap<String, String>,
+) -> Result<(), FeatureError> {
+    let found = m.get("version").ok_or_else(|| FeatureError::Format {
+        path: path.to_path_buf(),
+        msg: "metadata lacks `version`".into(),
+    })?;
+    let found: u32 = found.parse().map_err(|_| FeatureError::Format {
+        path: path.to_path_buf(),
+        msg: format!("bad `version` `{found}`"),
+    })?;
+    if found != VERSION {
+        return Err(FeatureError::Version {
+            path: path.to_path_buf(),
+            found,
+            expected: VERSION,
+        });
+    }
+    Ok(())
 }
 
 /// A metadata value: any serialisable value as JSON.
@@ -403,10 +417,7 @@ impl FeatureFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| FeatureError::io(dir, e))?;
         }
-        crate::fsutil::write_atomic(path, &self.to_bytes()).map_err(|e| FeatureError::Write {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })
+        write_atomic(path, &self.to_bytes())
     }
 
     /// Reads only the metadata of a feature file (its header), for choosing among many files
@@ -488,31 +499,113 @@ impl FeatureFile {
                 .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
                 .collect())
         };
-        Ok(FeatureFile {
+        let f = FeatureFile {
             labels: ints("labels")?,
             index: ints("index")?,
             meta,
             dim,
             features,
-        })
+        };
+        f.check_consistent().map_err(bad)?;
+        Ok(f)
     }
+
+    /// Every count and label the metadata states, checked against the rows actually present,
+    /// so nothing downstream sizes an allocation or indexes by an unchecked header value.
+    fn check_consistent(&self) -> Result<(), String> {
+        let m = &self.meta;
+        let rows = &m.rows;
+        if rows.start > rows.end || rows.end > m.total {
+            return Err(format!(
+                "metadata `rows` {}..{} is not within the set's {} samples",
+                rows.start, rows.end, m.total
+            ));
+        }
+        if self.rows() + m.skipped.len() != rows.len() {
+            return Err(format!(
+                "{} rows and {} skipped images, but metadata `rows` {}..{} covers {}",
+                self.rows(),
+                m.skipped.len(),
+                rows.start,
+                rows.end,
+                rows.len()
+            ));
+        }
+        if !m.impaths.is_empty() && m.impaths.len() != m.total {
+            return Err(format!(
+                "metadata `impaths` lists {} images, `total` says {}",
+                m.impaths.len(),
+                m.total
+            ));
+        }
+        let classes = m.classnames.len() as i64;
+        if let Some(l) = self.labels.iter().find(|&&l| l < 0 || l >= classes) {
+            return Err(format!("label {l} is out of range for {classes} classes"));
+        }
+        let (lo, hi) = (rows.start as i64, rows.end as i64);
+        let mut last = lo - 1;
+        for &i in &self.index {
+            if i <= last || i >= hi {
+                return Err(format!(
+                    "`index` {i} is out of order or outside rows {lo}..{hi}"
+                ));
+            }
+            last = i;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file beside it (`.<name>.tmp-<pid>`, the name the
+/// clean-up of dead writers looks for), synced, then renamed: a reader sees the old file or the
+/// whole new one. The fault-injection points sit between the steps a crash can separate.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FeatureError> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        super::fault::point("write");
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(FeatureError::io(path, e));
+    }
+    super::fault::point("rename");
+    Ok(())
 }
 
 /// The largest header a reader accepts (the `safetensors` crate's own limit).
 const MAX_HEADER: u64 = 100_000_000;
 
-/// safetensors bytes: u64 header length, JSON header (keys sorted), padding, data.
+/// safetensors bytes: u64 header length, JSON header (keys sorted), padding, data. The
+/// metadata gains `checksum`: xxHash3-128 of the data section, which readers verify.
 pub(crate) fn write_safetensors(
     metadata: &BTreeMap<String, String>,
     tensors: &[(&str, &str, Vec<usize>, Vec<u8>)],
 ) -> Vec<u8> {
+    let mut sorted: Vec<_> = tensors.iter().collect();
+    sorted.sort_by_key(|t| t.0);
+    let mut sum = xxhash_rust::xxh3::Xxh3::new();
+    for (_, _, _, data) in &sorted {
+        sum.update(data);
+    }
+    let mut metadata = metadata.clone();
+    metadata.insert(
+        "checksum".into(),
+        format!("xxh3-128:{:032x}", sum.digest128()),
+    );
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
-        serde_json::to_value(metadata).unwrap_or_default(),
+        serde_json::to_value(&metadata).unwrap_or_default(),
     );
-    let mut sorted: Vec<_> = tensors.iter().collect();
-    sorted.sort_by_key(|t| t.0);
     let mut offset = 0;
     for (name, dtype, shape, data) in &sorted {
         header.insert(
@@ -571,11 +664,25 @@ impl Partial {
         (f.meta.key == *key && f.meta.batch == batch && f.meta.rows == *rows).then_some(f)
     }
 
+    /// Deletes the folder, file by file (a kill in between leaves a folder that the next run's
+    /// clean-up removes, see `lock.rs`).
     pub fn remove(&self) -> Result<(), FeatureError> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(FeatureError::io(&self.dir, e))
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let read = match std::fs::read_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(FeatureError::io(&self.dir, e)),
+        };
+        let mut files: Vec<PathBuf> = read.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            match std::fs::remove_file(&f) {
+                Err(e) if !gone(&e) => return Err(FeatureError::io(&f, e)),
+                _ => super::fault::point("unlink"),
             }
+        }
+        match std::fs::remove_dir(&self.dir) {
+            Err(e) if !gone(&e) => Err(FeatureError::io(&self.dir, e)),
             _ => Ok(()),
         }
     }
@@ -638,7 +745,37 @@ pub(crate) fn parse_safetensors<'a>(
         path: path.to_path_buf(),
         msg: e.to_string(),
     };
+    let damaged = |msg: String| FeatureError::Damaged {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (n, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let map = header.metadata().clone().unwrap_or_default();
+    // The version first: an old file is reported as old, not as damaged.
+    check_version(path, &map)?;
+    let data = &bytes[(8 + n).min(bytes.len())..];
+    let expected = map.get("checksum").ok_or_else(|| FeatureError::Format {
+        path: path.to_path_buf(),
+        msg: "metadata lacks `checksum`".into(),
+    })?;
+    let end = header
+        .tensors()
+        .values()
+        .map(|t| t.data_offsets.1)
+        .max()
+        .unwrap_or(0);
+    if data.len() != end {
+        return Err(damaged(format!(
+            "{} data bytes, the header describes {end}",
+            data.len()
+        )));
+    }
+    let found = super::checksum(data);
+    if *expected != found {
+        return Err(damaged(format!(
+            "the data's checksum is {found}, the header recorded {expected}"
+        )));
+    }
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(bad)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(bad)?;
-    Ok((st, header.metadata().clone().unwrap_or_default()))
+    Ok((st, map))
 }

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::cache::{
     join, samples_digest, split_digest, DataSource, FeatureFile, Meta, Partial, SetKey, Transform,
 };
-use super::FeatureError;
+use super::{lock, FeatureError};
 use crate::clip::Clip;
 use crate::data::{Dataset, FewShot, Sample, Split};
 use crate::error::Result;
@@ -194,6 +194,47 @@ pub enum Event {
         reused: bool,
         skipped: Vec<String>,
     },
+    /// The set's file was there but unusable (damaged, or of an older format): it is encoded
+    /// again. `reason` is the reader's message.
+    Rebuilding {
+        set: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// Another process (`holder`, when it has written its PID) is writing the set's file; this
+    /// one waits for it, then reuses or resumes what it left.
+    Waiting {
+        set: String,
+        path: PathBuf,
+        holder: Option<u32>,
+    },
+    /// Files that killed runs left behind were removed.
+    Cleaned { paths: Vec<PathBuf> },
+}
+
+impl Event {
+    /// A line for the user (stderr) for the events that are news rather than progress.
+    pub fn notice(&self) -> Option<String> {
+        match self {
+            Event::Rebuilding { set, reason, .. } => {
+                Some(format!("{reason}\nencoding {set} again"))
+            }
+            Event::Waiting { set, path, holder } => Some(format!(
+                "{set}: {} is being written by {} (another extract on this cache); waiting for it",
+                path.display(),
+                holder.map_or("another process".to_string(), |p| format!("PID {p}"))
+            )),
+            Event::Cleaned { paths } => Some(format!(
+                "removed {} file(s) left by an interrupted run, e.g. {}",
+                paths.len(),
+                paths
+                    .first()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Hooks into a running extraction.
@@ -260,7 +301,33 @@ pub fn extract_set(
         source: opts.source.clone(),
     };
 
-    if let Some(found) = reuse(&target, set, &rows, opts)? {
+    // Leftovers of killed runs on this cache folder, then this file's lock: from here on no
+    // other process writes `target` or its resume chunks.
+    if let Some(dir) = target.parent() {
+        let removed = lock::sweep(dir)?;
+        if !removed.is_empty() {
+            (hooks.on_event)(&Event::Cleaned { paths: removed });
+        }
+    }
+    let held = lock::lock(&target, &mut |holder| {
+        (hooks.on_event)(&Event::Waiting {
+            set: name.clone(),
+            path: target.clone(),
+            holder,
+        })
+    })?;
+    let removed = lock::clean(&target, &held)?;
+    if !removed.is_empty() {
+        (hooks.on_event)(&Event::Cleaned { paths: removed });
+    }
+
+    if let Some(found) = reuse(&target, set, &rows, opts, &mut |reason| {
+        (hooks.on_event)(&Event::Rebuilding {
+            set: name.clone(),
+            path: target.clone(),
+            reason,
+        })
+    })? {
         (hooks.on_event)(&Event::Done {
             set: name,
             path: target.clone(),
@@ -320,7 +387,10 @@ pub fn extract_set(
             .load(&set.key, opts.batch, c)
             .ok_or_else(|| FeatureError::Format {
                 path: partial.chunk_path(c),
-                msg: "a finished chunk vanished or changed while the set was being joined".into(),
+                msg: "a finished chunk vanished or changed while the set was being joined \
+                      (something outside clip-adapter changed the resume folder); run the same \
+                      command again"
+                    .into(),
             })?;
         parts.push(f);
     }
@@ -340,6 +410,7 @@ pub fn extract_set(
     };
     whole.write(&target)?;
     partial.remove()?;
+    drop(held);
     (hooks.on_event)(&Event::Done {
         set: name,
         path: target.clone(),
@@ -350,17 +421,27 @@ pub fn extract_set(
 }
 
 /// An existing target made for exactly this set and these rows: `Some(skipped)`; a file for
-/// something else never matches (its name carries the key; the key inside is checked too).
+/// something else never matches (its name carries the key; the key inside is checked too). A
+/// file that cannot be read back whole (damaged data, a truncated or foreign header, an older
+/// format) is reported through `rebuilding` and encoded again.
 fn reuse(
     target: &Path,
     set: &FeatureSet,
     rows: &Range<usize>,
     opts: &ExtractOptions,
+    rebuilding: &mut dyn FnMut(String),
 ) -> Result<Option<Vec<String>>> {
     if !target.is_file() {
         return Ok(None);
     }
-    let f = FeatureFile::read(target)?;
+    let f = match FeatureFile::read(target) {
+        Ok(f) => f,
+        Err(e @ FeatureError::Io { .. }) => return Err(e.into()),
+        Err(e) => {
+            rebuilding(e.to_string());
+            return Ok(None);
+        }
+    };
     // The batch size is not compared: it only decides the last bits of a complete file.
     if f.meta.key != set.key || f.meta.rows != *rows {
         return Ok(None);

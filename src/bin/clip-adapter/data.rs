@@ -542,6 +542,11 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
                 }
                 done_info = Some((path.clone(), *reused, skipped.clone()));
             }
+            other => {
+                if let Some(note) = other.notice() {
+                    eprintln!("note: {note}");
+                }
+            }
         };
         let mut hooks = Hooks {
             on_event: &mut on_event,
