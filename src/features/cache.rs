@@ -5,6 +5,8 @@
 //! <cache>/<dataset>/<part>.<view>.<key>.safetensors            a complete set
 //! <cache>/<dataset>/<part>.<view>.<key>.shard-<i>-of-<n>.safetensors   one shard's rows
 //! <cache>/<dataset>/<...>.safetensors.partial/chunk-<start>-<end>.safetensors   resume state
+//! <cache>/<dataset>/.<file>.lock              the file's writer lock (`lock.rs`)
+//! <cache>/<dataset>/.<file>.tmp-<pid>         a write in progress (or a killed one's leftover)
 //! ```
 //!
 //! Tensors: `features` f32 `(M, E)` (projected, un-normalised), `labels` i64 `(M)`, `index`
