@@ -512,6 +512,22 @@ fn damaged_files_are_rebuilt_and_said_so_old_ones_refused_with_advice() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("encoding test.eval again"));
     assert!(listing(&cache) == expected);
 
+    // The text file too.
+    let text = file("text.");
+    let text_bytes = std::fs::read(&text).unwrap();
+    let mut bad = text_bytes.clone();
+    let n = bad.len();
+    bad[n - 10..].fill(0x5a);
+    std::fs::write(&text, &bad).unwrap();
+    let out = clip_adapter(&args);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("damaged") && stderr.contains("encoding the class prompts again"),
+        "{stderr}"
+    );
+    assert!(listing(&cache) == expected);
+
     // A file of the previous format version: the loader says so and what to do.
     let head_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
     let head = String::from_utf8(good[8..8 + head_len].to_vec()).unwrap();

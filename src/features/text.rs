@@ -49,8 +49,20 @@ pub fn text_path(
         .join(format!("text.{}.safetensors", h.hex()))
 }
 
+/// What [`extract_text`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextOutcome {
+    /// The cached file was whole and for these class names.
+    Reused,
+    /// There was none: encoded.
+    Encoded,
+    /// A file was there but unreadable (damaged, older format); `reason` is the reader's
+    /// message. Encoded again.
+    Rebuilt { reason: String },
+}
+
 /// Encodes the class-name prompts of `dataset` unless the cache has them; returns the file and
-/// whether it was reused.
+/// what was done.
 pub fn extract_text(
     clip: &Clip,
     dataset: &Dataset,
@@ -59,13 +71,23 @@ pub fn extract_text(
     templates: &[String],
     cache_dir: &Path,
     on_progress: &mut dyn FnMut(usize, usize),
-) -> Result<(PathBuf, bool)> {
+) -> Result<(PathBuf, TextOutcome)> {
     let path = text_path(cache_dir, dataset, model, templates);
     // One writer at a time; a damaged or older file is simply encoded again (it is cheap).
     let held = super::lock::lock(&path, &mut |_| {})?;
     super::lock::clean(&path, &held)?;
-    if path.is_file() && read_text(&path).is_ok_and(|t| t.classnames == dataset.classnames) {
-        return Ok((path, true));
+    let mut outcome = TextOutcome::Encoded;
+    if path.is_file() {
+        match read_text(&path) {
+            // The key hashes the class names; equal names are checked all the same.
+            Ok(t) if t.classnames == dataset.classnames => return Ok((path, TextOutcome::Reused)),
+            Ok(_) => {}
+            Err(e) => {
+                outcome = TextOutcome::Rebuilt {
+                    reason: e.to_string(),
+                }
+            }
+        }
     }
     let names: Vec<String> = dataset.classnames.iter().map(|c| prompt_name(c)).collect();
     let zs = ZeroShotClassifier::build(clip, &names, templates, on_progress)?;
@@ -89,7 +111,7 @@ pub fn extract_text(
     let bytes = write_safetensors(&meta, &[("text_features", "F32", vec![c, e], data)]);
     super::cache::write_atomic(&path, &bytes)?;
     drop(held);
-    Ok((path, false))
+    Ok((path, outcome))
 }
 
 /// Reads a text feature file.

@@ -281,8 +281,13 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodErro
     let mut known = Vec::new();
     let mut sets: Vec<Candidate> = Vec::new();
     for e in all.into_iter().filter(|e| e.part != "text") {
-        let meta = FeatureFile::read_meta(&e.path)?;
         let wanted = e.part == train_part || e.part == val_part || e.part == "test";
+        // Other draws' files only inform the hint: one of them unreadable does not matter here.
+        let meta = match FeatureFile::read_meta(&e.path) {
+            Ok(m) => m,
+            Err(_) if !wanted => continue,
+            Err(err) => return Err(err.into()),
+        };
         if wanted && matches_model(&q.model, &meta.key.model, &meta.model_name) {
             sets.push(Candidate {
                 entry: e,

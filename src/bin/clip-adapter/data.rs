@@ -500,7 +500,7 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
             None => Benchmark::find("imagenet")?.templates(set),
         };
         let bar = progress.bar("class prompts", dataset.classnames.len() * templates.len());
-        let (path, _) = text::extract_text(
+        let (path, outcome) = text::extract_text(
             &clip,
             &dataset,
             &fingerprint,
@@ -510,6 +510,9 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
             &mut |d, _| bar.set_position(d as u64),
         )?;
         bar.finish_and_clear();
+        if let text::TextOutcome::Rebuilt { reason } = outcome {
+            eprintln!("note: {reason}\nencoding the class prompts again");
+        }
         Some(path)
     } else {
         None
