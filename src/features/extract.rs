@@ -9,8 +9,10 @@
 //! and writes byte-identical files.
 //!
 //! Decoding runs in a producer thread (each batch decoded in parallel with rayon) one to two
-//! batches ahead of the image tower, so decoding overlaps encoding. Progress goes to a
-//! callback; the library never prints.
+//! batches ahead of the image tower, so decoding overlaps encoding. Sets of the same images
+//! (a train set's evaluation view and its augmented views) are encoded together from one
+//! decoding of each image; a batch then holds `1 + views` model inputs per image. Each file is
+//! written under its lock (`lock.rs`). Progress goes to a callback; the library never prints.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
