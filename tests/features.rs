@@ -10,7 +10,7 @@ use candle_core::Device;
 use clip_adapter::clip::{Clip, ModelFiles};
 use clip_adapter::data::folder::{from_class_folders, SeededSplit};
 use clip_adapter::data::{Dataset, FewShot};
-use clip_adapter::features::extract::{extract_set, Hooks};
+use clip_adapter::features::extract::{extract_set, extract_sets, Hooks};
 use clip_adapter::features::{
     merge::merge, model_fingerprint, plan, Event, ExtractOptions, FeatureError, FeatureFile,
     FeatureSet, Shard,
@@ -70,6 +70,7 @@ fn options(cache: &Path, shard: Option<Shard>) -> ExtractOptions {
         skip_bad: false,
         shard,
         model_name: "tiny-clip".into(),
+        source: None,
     }
 }
 
@@ -139,7 +140,12 @@ fn an_interrupted_extraction_resumes_to_identical_files() {
         chunks.set(chunks.get() + 1);
         chunks.get() > 3
     };
-    let err = run(&clip, &sets, &options(&resumed, None), &stop).unwrap_err();
+    let mut on_event = |_: &Event| {};
+    let mut hooks = Hooks {
+        on_event: &mut on_event,
+        should_stop: &stop,
+    };
+    let err = extract_sets(&clip, &sets, &options(&resumed, None), &mut hooks).unwrap_err();
     let msg = err.to_string();
     assert!(
         matches!(
@@ -156,10 +162,24 @@ fn an_interrupted_extraction_resumes_to_identical_files() {
         !sets[0].path(&resumed).exists(),
         "no complete file after an interruption"
     );
-    let partial = walk(&resumed);
-    assert_eq!(partial.len(), 3, "three finished chunks kept: {partial:?}");
+    // The evaluation view and its two augmented views are encoded together (each image decoded
+    // once): three finished chunks of each are kept. Lock files (`features/lock.rs`) aside.
+    let mut partial: Vec<PathBuf> = walk(&resumed)
+        .into_iter()
+        .filter(|p| p.extension().is_none_or(|x| x != "lock"))
+        .collect();
+    partial.sort();
+    assert_eq!(
+        partial.len(),
+        9,
+        "three finished chunks per set kept: {partial:?}"
+    );
     // A chunk damaged on disk is not trusted: it is encoded again.
-    std::fs::write(&partial[0], b"not a safetensors file").unwrap();
+    let eval_chunk = partial
+        .iter()
+        .find(|p| p.to_string_lossy().contains(".eval."))
+        .unwrap();
+    std::fs::write(eval_chunk, b"not a safetensors file").unwrap();
 
     let mut events = Vec::new();
     let mut on_event = |e: &Event| events.push(e.clone());
@@ -418,4 +438,32 @@ fn unreadable_images_stop_the_run_with_their_paths_or_are_skipped_and_counted() 
         err.contains("made with --skip-bad") && err.contains("class_1/img_03.jpg"),
         "{err}"
     );
+}
+
+#[test]
+fn views_decoded_once_give_the_same_bytes_as_one_set_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    image_folder(&data, 3, 8);
+    let dataset = from_class_folders(&data, SeededSplit::default()).unwrap();
+    let (clip, fp) = model();
+    let sets = sets(&clip, &fp, &dataset, 3);
+    // One set per call: every set decodes its images itself.
+    let single = tmp.path().join("single");
+    run(&clip, &sets, &options(&single, None), &|| false).unwrap();
+    // All at once: the evaluation view and the three views share one decoding per image.
+    let grouped = tmp.path().join("grouped");
+    let mut decoded = Vec::new();
+    let mut on_event = |e: &Event| {
+        if let Event::Start { set, .. } = e {
+            decoded.push(set.clone())
+        }
+    };
+    let mut hooks = Hooks {
+        on_event: &mut on_event,
+        should_stop: &|| false,
+    };
+    extract_sets(&clip, &sets, &options(&grouped, None), &mut hooks).unwrap();
+    assert_eq!(decoded.len(), 6, "train eval + 3 views, val, test");
+    assert_eq!(files_under(&single), files_under(&grouped));
 }

@@ -107,10 +107,12 @@ impl RowSource {
             model_name,
             model,
             templates,
+            split,
         } = source;
         let mut h = ContentHash::default();
-        h.field(b"clip-adapter task source v1");
+        h.field(b"clip-adapter task source v2");
         h.field(model.as_bytes());
+        h.field(split.as_bytes());
         h.update(&(templates.len() as u64).to_le_bytes());
         for t in templates {
             h.field(t.as_bytes());

@@ -5,6 +5,8 @@
 //! <cache>/<dataset>/<part>.<view>.<key>.safetensors            a complete set
 //! <cache>/<dataset>/<part>.<view>.<key>.shard-<i>-of-<n>.safetensors   one shard's rows
 //! <cache>/<dataset>/<...>.safetensors.partial/chunk-<start>-<end>.safetensors   resume state
+//! <cache>/<dataset>/.<file>.lock              the file's writer lock (`lock.rs`)
+//! <cache>/<dataset>/.<file>.tmp-<pid>         a write in progress (or a killed one's leftover)
 //! ```
 //!
 //! Tensors: `features` f32 `(M, E)` (projected, un-normalised), `labels` i64 `(M)`, `index`
@@ -29,8 +31,10 @@ use crate::image::Preprocess;
 
 /// The `format` metadata value of every file this module writes.
 pub const FORMAT: &str = "clip-adapter-features";
-/// Bumped whenever the file layout or the meaning of a field changes.
-pub const VERSION: u32 = 1;
+/// Bumped whenever the file layout or the meaning of a field changes. Version 2: keys and
+/// hashes are xxHash3, keys carry the split identity, files carry `source` and a `checksum` of
+/// their data (text files too).
+pub const VERSION: u32 = 2;
 
 /// How an image becomes the model's input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +71,9 @@ pub struct SetKey {
     pub part: String,
     /// Hash of the ordered `(impath, label)` list, so an edited split is a different set.
     pub samples: String,
+    /// The extraction's split identity ([`split_digest`]): the whole train/val/test lists the
+    /// part was drawn from, so sets of two different splits never pass for one task.
+    pub split: String,
     pub transform: Transform,
     /// View number of an augmented set (0 for the evaluation view).
     pub view: u32,
@@ -102,6 +109,126 @@ pub fn samples_digest(samples: &[Sample]) -> String {
     h.hex()
 }
 
+/// The identity of a dataset's split: a hash of its class names and of the whole ordered
+/// train, val and test lists. Two extractions whose few-shot draws or test sets come from
+/// different splits (another `--split-seed`, another split file) differ here even where one
+/// part happens to coincide.
+pub fn split_digest(dataset: &crate::data::Dataset) -> String {
+    let mut h = super::ContentHash::default();
+    h.field(b"classnames");
+    for c in &dataset.classnames {
+        h.field(c.as_bytes());
+    }
+    for split in crate::data::Split::ALL {
+        h.field(split.name().as_bytes());
+        h.update(&(dataset.split(split).len() as u64).to_le_bytes());
+        for s in dataset.split(split) {
+            h.field(s.impath.as_bytes());
+            h.update(&(s.label as u64).to_le_bytes());
+        }
+    }
+    h.hex()
+}
+
+/// Where the images of an extraction came from, as the command line was told: recorded in each
+/// file (not part of the key) so that a message about missing features can print an `extract`
+/// command that runs as printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSource {
+    /// `--dataset NAME --root DIR [--split FILE]`.
+    Benchmark {
+        dataset: String,
+        root: PathBuf,
+        split: Option<PathBuf>,
+    },
+    /// `--folder DIR` (its own train/val/test sub-folders, or a seeded split).
+    Folder {
+        dir: PathBuf,
+        split_seed: i64,
+        train_fraction: f64,
+        val_fraction: f64,
+    },
+    /// `--manifest FILE`.
+    Manifest {
+        file: PathBuf,
+        split_seed: i64,
+        train_fraction: f64,
+        val_fraction: f64,
+    },
+    /// `--split FILE [--root DIR]`.
+    SplitFile {
+        file: PathBuf,
+        root: Option<PathBuf>,
+    },
+}
+
+impl DataSource {
+    /// The `extract` arguments that name this source, shell-quoted.
+    pub fn args(&self) -> String {
+        let p = |p: &Path| shell_quote(&p.display().to_string());
+        let seeded = |seed: &i64, train: &f64, val: &f64| {
+            let mut s = format!(" --split-seed {seed}");
+            if *train != 0.5 || *val != 0.2 {
+                s.push_str(&format!(" --train-fraction {train} --val-fraction {val}"));
+            }
+            s
+        };
+        match self {
+            DataSource::Benchmark {
+                dataset,
+                root,
+                split,
+            } => {
+                let mut s = format!("--dataset {} --root {}", shell_quote(dataset), p(root));
+                if let Some(f) = split {
+                    s.push_str(&format!(" --split {}", p(f)));
+                }
+                s
+            }
+            DataSource::Folder {
+                dir,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            } => format!(
+                "--folder {}{}",
+                p(dir),
+                seeded(split_seed, train_fraction, val_fraction)
+            ),
+            DataSource::Manifest {
+                file,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            } => format!(
+                "--manifest {}{}",
+                p(file),
+                seeded(split_seed, train_fraction, val_fraction)
+            ),
+            DataSource::SplitFile { file, root } => {
+                let mut s = format!("--split {}", p(file));
+                if let Some(r) = root {
+                    s.push_str(&format!(" --root {}", p(r)));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// `s` as one POSIX shell word.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// The metadata of a feature file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Meta {
@@ -121,6 +248,8 @@ pub struct Meta {
     pub impaths: Vec<String>,
     /// The model as the user named it (informational, not part of the key).
     pub model_name: String,
+    /// Where the images came from, when the caller said (informational, not part of the key).
+    pub source: Option<DataSource>,
 }
 
 impl Meta {
@@ -134,6 +263,11 @@ impl Meta {
         m.insert("dataset".into(), self.key.dataset.clone());
         m.insert("part".into(), self.key.part.clone());
         m.insert("samples".into(), self.key.samples.clone());
+        m.insert("split".into(), self.key.split.clone());
+        m.insert(
+            "source".into(),
+            self.source.as_ref().map(json).unwrap_or_default(),
+        );
         m.insert("transform".into(), json(&self.key.transform));
         m.insert("view".into(), self.key.view.to_string());
         m.insert("classnames".into(), json(&self.classnames));
@@ -163,16 +297,7 @@ impl Meta {
                 get("format")?
             )));
         }
-        let version: u32 = get("version")?
-            .parse()
-            .map_err(|_| bad("bad `version`".into()))?;
-        if version != VERSION {
-            return Err(FeatureError::Version {
-                path: path.to_path_buf(),
-                found: version,
-                expected: VERSION,
-            });
-        }
+        check_version(path, m)?;
         let list = |k: &str| -> Result<Vec<String>, FeatureError> {
             serde_json::from_str(get(k)?).map_err(|e| bad(format!("metadata `{k}`: {e}")))
         };
@@ -191,6 +316,7 @@ impl Meta {
             dataset: get("dataset")?.clone(),
             part: get("part")?.clone(),
             samples: get("samples")?.clone(),
+            split: get("split")?.clone(),
             transform: serde_json::from_str(get("transform")?)
                 .map_err(|e| bad(format!("metadata `transform`: {e}")))?,
             view: num("view")? as u32,
@@ -207,8 +333,37 @@ impl Meta {
             skipped: list("skipped")?,
             impaths: list("impaths")?,
             model_name: get("model_name")?.clone(),
+            source: match get("source")?.as_str() {
+                "" => None,
+                s => Some(
+                    serde_json::from_str(s).map_err(|e| bad(format!("metadata `source`: {e}")))?,
+                ),
+            },
         })
     }
+}
+
+/// Refuses a file of another format version (before any other field is interpreted).
+pub(crate) fn check_version(
+    path: &Path,
+    m: &std::collections::HashMap<String, String>,
+) -> Result<(), FeatureError> {
+    let found = m.get("version").ok_or_else(|| FeatureError::Format {
+        path: path.to_path_buf(),
+        msg: "metadata lacks `version`".into(),
+    })?;
+    let found: u32 = found.parse().map_err(|_| FeatureError::Format {
+        path: path.to_path_buf(),
+        msg: format!("bad `version` `{found}`"),
+    })?;
+    if found != VERSION {
+        return Err(FeatureError::Version {
+            path: path.to_path_buf(),
+            found,
+            expected: VERSION,
+        });
+    }
+    Ok(())
 }
 
 /// A metadata value: any serialisable value as JSON.
@@ -264,10 +419,45 @@ impl FeatureFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| FeatureError::io(dir, e))?;
         }
-        crate::fsutil::write_atomic(path, &self.to_bytes()).map_err(|e| FeatureError::Write {
+        write_atomic(path, &self.to_bytes())
+    }
+
+    /// Reads only the metadata of a feature file (its header), for choosing among many files
+    /// without reading their rows. The header length is checked against the file before
+    /// anything is allocated.
+    pub fn read_meta(path: &Path) -> Result<Meta, FeatureError> {
+        use std::io::Read;
+        let bad = |msg: String| FeatureError::Format {
             path: path.to_path_buf(),
-            msg: e.to_string(),
-        })
+            msg,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| FeatureError::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| FeatureError::io(path, e))?
+            .len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n)
+            .map_err(|_| bad(format!("{len} bytes, too short for a safetensors header")))?;
+        let n = u64::from_le_bytes(n);
+        if n > len - 8 || n > MAX_HEADER {
+            return Err(bad(format!(
+                "the header claims {n} bytes, the file has {len} (at most {MAX_HEADER} allowed)"
+            )));
+        }
+        let mut head = vec![0u8; n as usize];
+        file.read_exact(&mut head)
+            .map_err(|e| FeatureError::io(path, e))?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&head).map_err(|e| bad(format!("header: {e}")))?;
+        let map = header
+            .get("__metadata__")
+            .cloned()
+            .map(serde_json::from_value::<std::collections::HashMap<String, String>>)
+            .transpose()
+            .map_err(|e| bad(format!("header `__metadata__`: {e}")))?
+            .ok_or_else(|| bad("the header has no `__metadata__`".into()))?;
+        Meta::from_map(path, &map)
     }
 
     /// Reads and checks a feature file.
@@ -311,28 +501,113 @@ impl FeatureFile {
                 .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
                 .collect())
         };
-        Ok(FeatureFile {
+        let f = FeatureFile {
             labels: ints("labels")?,
             index: ints("index")?,
             meta,
             dim,
             features,
-        })
+        };
+        f.check_consistent().map_err(bad)?;
+        Ok(f)
+    }
+
+    /// Every count and label the metadata states, checked against the rows actually present,
+    /// so nothing downstream sizes an allocation or indexes by an unchecked header value.
+    fn check_consistent(&self) -> Result<(), String> {
+        let m = &self.meta;
+        let rows = &m.rows;
+        if rows.start > rows.end || rows.end > m.total {
+            return Err(format!(
+                "metadata `rows` {}..{} is not within the set's {} samples",
+                rows.start, rows.end, m.total
+            ));
+        }
+        if self.rows() + m.skipped.len() != rows.len() {
+            return Err(format!(
+                "{} rows and {} skipped images, but metadata `rows` {}..{} covers {}",
+                self.rows(),
+                m.skipped.len(),
+                rows.start,
+                rows.end,
+                rows.len()
+            ));
+        }
+        if !m.impaths.is_empty() && m.impaths.len() != m.total {
+            return Err(format!(
+                "metadata `impaths` lists {} images, `total` says {}",
+                m.impaths.len(),
+                m.total
+            ));
+        }
+        let classes = m.classnames.len() as i64;
+        if let Some(l) = self.labels.iter().find(|&&l| l < 0 || l >= classes) {
+            return Err(format!("label {l} is out of range for {classes} classes"));
+        }
+        let (lo, hi) = (rows.start as i64, rows.end as i64);
+        let mut last = lo - 1;
+        for &i in &self.index {
+            if i <= last || i >= hi {
+                return Err(format!(
+                    "`index` {i} is out of order or outside rows {lo}..{hi}"
+                ));
+            }
+            last = i;
+        }
+        Ok(())
     }
 }
 
-/// safetensors bytes: u64 header length, JSON header (keys sorted), padding, data.
+/// Writes `bytes` to `path` through a temp file beside it (`.<name>.tmp-<pid>`, the name the
+/// clean-up of dead writers looks for), synced, then renamed: a reader sees the old file or the
+/// whole new one. The fault-injection points sit between the steps a crash can separate.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FeatureError> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        super::fault::point("write");
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(FeatureError::io(path, e));
+    }
+    super::fault::point("rename");
+    Ok(())
+}
+
+/// The largest header a reader accepts (the `safetensors` crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// safetensors bytes: u64 header length, JSON header (keys sorted), padding, data. The
+/// metadata gains `checksum`: xxHash3-128 of the data section, which readers verify.
 pub(crate) fn write_safetensors(
     metadata: &BTreeMap<String, String>,
     tensors: &[(&str, &str, Vec<usize>, Vec<u8>)],
 ) -> Vec<u8> {
+    let mut sorted: Vec<_> = tensors.iter().collect();
+    sorted.sort_by_key(|t| t.0);
+    let mut sum = xxhash_rust::xxh3::Xxh3::new();
+    for (_, _, _, data) in &sorted {
+        sum.update(data);
+    }
+    let mut metadata = metadata.clone();
+    metadata.insert(
+        "checksum".into(),
+        format!("xxh3-128:{:032x}", sum.digest128()),
+    );
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
-        serde_json::to_value(metadata).unwrap_or_default(),
+        serde_json::to_value(&metadata).unwrap_or_default(),
     );
-    let mut sorted: Vec<_> = tensors.iter().collect();
-    sorted.sort_by_key(|t| t.0);
     let mut offset = 0;
     for (name, dtype, shape, data) in &sorted {
         header.insert(
@@ -391,11 +666,25 @@ impl Partial {
         (f.meta.key == *key && f.meta.batch == batch && f.meta.rows == *rows).then_some(f)
     }
 
+    /// Deletes the folder, file by file (a kill in between leaves a folder that the next run's
+    /// clean-up removes, see `lock.rs`).
     pub fn remove(&self) -> Result<(), FeatureError> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(FeatureError::io(&self.dir, e))
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let read = match std::fs::read_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(FeatureError::io(&self.dir, e)),
+        };
+        let mut files: Vec<PathBuf> = read.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            match std::fs::remove_file(&f) {
+                Err(e) if !gone(&e) => return Err(FeatureError::io(&f, e)),
+                _ => super::fault::point("unlink"),
             }
+        }
+        match std::fs::remove_dir(&self.dir) {
+            Err(e) if !gone(&e) => Err(FeatureError::io(&self.dir, e)),
             _ => Ok(()),
         }
     }
@@ -458,7 +747,37 @@ pub(crate) fn parse_safetensors<'a>(
         path: path.to_path_buf(),
         msg: e.to_string(),
     };
+    let damaged = |msg: String| FeatureError::Damaged {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (n, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let map = header.metadata().clone().unwrap_or_default();
+    // The version first: an old file is reported as old, not as damaged.
+    check_version(path, &map)?;
+    let data = &bytes[(8 + n).min(bytes.len())..];
+    let expected = map.get("checksum").ok_or_else(|| FeatureError::Format {
+        path: path.to_path_buf(),
+        msg: "metadata lacks `checksum`".into(),
+    })?;
+    let end = header
+        .tensors()
+        .values()
+        .map(|t| t.data_offsets.1)
+        .max()
+        .unwrap_or(0);
+    if data.len() != end {
+        return Err(damaged(format!(
+            "{} data bytes, the header describes {end}",
+            data.len()
+        )));
+    }
+    let found = super::checksum(data);
+    if *expected != found {
+        return Err(damaged(format!(
+            "the data's checksum is {found}, the header recorded {expected}"
+        )));
+    }
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(bad)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(bad)?;
-    Ok((st, header.metadata().clone().unwrap_or_default()))
+    Ok((st, map))
 }

@@ -12,15 +12,12 @@ pub enum FeatureError {
         source: std::io::Error,
     },
 
-    #[error("{}: {msg}", path.display())]
-    Write { path: PathBuf, msg: String },
-
     #[error("{}: not a valid feature file: {msg}; delete it and extract again", path.display())]
     Format { path: PathBuf, msg: String },
 
     #[error(
-        "{}: feature file version {found}, this clip-adapter reads version {expected}; delete it \
-         and extract again",
+        "{}: feature file version {found}, this clip-adapter reads version {expected} (the \
+         format changed); delete the old files (or the whole cache folder) and extract again",
         path.display()
     )]
     Version {
@@ -28,6 +25,10 @@ pub enum FeatureError {
         found: u32,
         expected: u32,
     },
+
+    /// The data no longer matches the checksum its header recorded (overwritten, truncated).
+    #[error("{}: damaged: {msg}; extracting again rebuilds it", path.display())]
+    Damaged { path: PathBuf, msg: String },
 
     #[error(
         "{count} image(s) could not be read (rerun with --skip-bad to leave them out):\n  {}",

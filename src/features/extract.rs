@@ -9,8 +9,10 @@
 //! and writes byte-identical files.
 //!
 //! Decoding runs in a producer thread (each batch decoded in parallel with rayon) one to two
-//! batches ahead of the image tower, so decoding overlaps encoding. Progress goes to a
-//! callback; the library never prints.
+//! batches ahead of the image tower, so decoding overlaps encoding. Sets of the same images
+//! (a train set's evaluation view and its augmented views) are encoded together from one
+//! decoding of each image; a batch then holds `1 + views` model inputs per image. Each file is
+//! written under its lock (`lock.rs`). Progress goes to a callback; the library never prints.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -18,8 +20,10 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use super::cache::{join, samples_digest, FeatureFile, Meta, Partial, SetKey, Transform};
-use super::FeatureError;
+use super::cache::{
+    join, samples_digest, split_digest, DataSource, FeatureFile, Meta, Partial, SetKey, Transform,
+};
+use super::{lock, FeatureError};
 use crate::clip::Clip;
 use crate::data::{Dataset, FewShot, Sample, Split};
 use crate::error::Result;
@@ -70,6 +74,9 @@ pub struct ExtractOptions {
     pub shard: Option<Shard>,
     /// The model as the user named it, recorded in the files.
     pub model_name: String,
+    /// Where the images came from, recorded in the files so a later message can print an
+    /// `extract` command for missing sets.
+    pub source: Option<DataSource>,
 }
 
 /// One set of images to encode with one transform.
@@ -131,6 +138,7 @@ pub fn plan(
     let eval = Transform::Eval {
         preprocess: preprocess.clone(),
     };
+    let split_id = split_digest(dataset);
     let mut sets = Vec::new();
     for split in crate::data::Split::ALL {
         let (part, samples) = pick(split);
@@ -143,6 +151,7 @@ pub fn plan(
                 dataset: dataset.name.clone(),
                 part: part.clone(),
                 samples: samples_digest(&samples),
+                split: split_id.clone(),
                 transform,
                 view,
             },
@@ -187,6 +196,47 @@ pub enum Event {
         reused: bool,
         skipped: Vec<String>,
     },
+    /// The set's file was there but unusable (damaged, or of an older format): it is encoded
+    /// again. `reason` is the reader's message.
+    Rebuilding {
+        set: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// Another process (`holder`, when it has written its PID) is writing the set's file; this
+    /// one waits for it, then reuses or resumes what it left.
+    Waiting {
+        set: String,
+        path: PathBuf,
+        holder: Option<u32>,
+    },
+    /// Files that killed runs left behind were removed.
+    Cleaned { paths: Vec<PathBuf> },
+}
+
+impl Event {
+    /// A line for the user (stderr) for the events that are news rather than progress.
+    pub fn notice(&self) -> Option<String> {
+        match self {
+            Event::Rebuilding { set, reason, .. } => {
+                Some(format!("{reason}\nencoding {set} again"))
+            }
+            Event::Waiting { set, path, holder } => Some(format!(
+                "{set}: {} is being written by {} (another extract on this cache); waiting for it",
+                path.display(),
+                holder.map_or("another process".to_string(), |p| format!("PID {p}"))
+            )),
+            Event::Cleaned { paths } => Some(format!(
+                "removed {} file(s) left by an interrupted run, e.g. {}",
+                paths.len(),
+                paths
+                    .first()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Hooks into a running extraction.
@@ -213,16 +263,70 @@ pub fn extract_set(
     opts: &ExtractOptions,
     hooks: &mut Hooks,
 ) -> Result<PathBuf> {
-    let name = set.name();
-    let total = set.samples.len();
+    let mut paths = extract_sets(clip, std::slice::from_ref(set), opts, hooks)?;
+    Ok(paths.remove(0))
+}
+
+/// [`extract_set`] for each of `sets`, in order, returning their files. Consecutive sets of
+/// the same images (the evaluation view and the augmented views of a train set, as [`plan`]
+/// lists them) are encoded together: each image is read and decoded once, and every view is
+/// cropped from that decoded image. The files are the same, byte for byte, as one set at a
+/// time would write.
+pub fn extract_sets(
+    clip: &Clip,
+    sets: &[FeatureSet],
+    opts: &ExtractOptions,
+    hooks: &mut Hooks,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::with_capacity(sets.len());
+    let mut i = 0;
+    while i < sets.len() {
+        let same = |s: &FeatureSet| {
+            s.key.part == sets[i].key.part
+                && s.key.samples == sets[i].key.samples
+                && s.key.split == sets[i].key.split
+                && s.key.dataset == sets[i].key.dataset
+                && s.image_root == sets[i].image_root
+                && s.samples == sets[i].samples
+        };
+        let j = i + sets[i..].iter().take_while(|s| same(s)).count();
+        out.extend(extract_group(clip, &sets[i..j], opts, hooks)?);
+        i = j;
+    }
+    Ok(out)
+}
+
+/// A set of a group that has to be encoded (not reused).
+struct Member<'a> {
+    set: &'a FeatureSet,
+    name: String,
+    target: PathBuf,
+    partial: Partial,
+    /// Held until the member's file is complete.
+    lock: Option<lock::FileLock>,
+    done: usize,
+}
+
+/// Sets of the same samples (`sets` non-empty), decoded once.
+fn extract_group(
+    clip: &Clip,
+    sets: &[FeatureSet],
+    opts: &ExtractOptions,
+    hooks: &mut Hooks,
+) -> Result<Vec<PathBuf>> {
+    let first = &sets[0];
+    let total = first.samples.len();
     let all_chunks = chunks(total, opts.batch.max(1) * opts.chunk_batches.max(1));
-    let (target, my_chunks) = match opts.shard {
-        None => (set.path(&opts.cache_dir), all_chunks),
+    let my_chunks = match opts.shard {
+        None => all_chunks,
         Some(s) => {
             let n = all_chunks.len();
-            let mine = all_chunks[s.index * n / s.count..(s.index + 1) * n / s.count].to_vec();
-            (set.shard_path(&opts.cache_dir, s), mine)
+            all_chunks[s.index * n / s.count..(s.index + 1) * n / s.count].to_vec()
         }
+    };
+    let target_of = |set: &FeatureSet| match opts.shard {
+        None => set.path(&opts.cache_dir),
+        Some(s) => set.shard_path(&opts.cache_dir, s),
     };
     let rows = match (my_chunks.first(), my_chunks.last()) {
         (Some(a), Some(b)) => a.start..b.end,
@@ -235,124 +339,201 @@ pub fn extract_set(
             at..at
         }
     };
-    let impaths = || {
-        set.samples
-            .iter()
-            .map(|s| s.impath.clone())
-            .collect::<Vec<_>>()
-    };
-    let meta = |rows: Range<usize>| Meta {
-        key: set.key.clone(),
-        classnames: set.classnames.clone(),
-        rows,
-        total,
-        batch: opts.batch,
-        skipped: Vec::new(),
-        impaths: Vec::new(),
-        model_name: opts.model_name.clone(),
-    };
 
-    if let Some(found) = reuse(&target, set, &rows, opts)? {
-        (hooks.on_event)(&Event::Done {
-            set: name,
-            path: target.clone(),
-            reused: true,
-            skipped: found,
+    // Leftovers of killed runs on this cache folder, then each file's lock (always in plan
+    // order, so two runs cannot deadlock): from then on no other process writes the file or
+    // its resume chunks.
+    if let Some(dir) = target_of(first).parent() {
+        let removed = lock::sweep(dir)?;
+        if !removed.is_empty() {
+            (hooks.on_event)(&Event::Cleaned { paths: removed });
+        }
+    }
+    let mut paths = Vec::with_capacity(sets.len());
+    let mut work: Vec<Member> = Vec::new();
+    for set in sets {
+        let name = set.name();
+        let target = target_of(set);
+        paths.push(target.clone());
+        let held = lock::lock(&target, &mut |holder| {
+            (hooks.on_event)(&Event::Waiting {
+                set: name.clone(),
+                path: target.clone(),
+                holder,
+            })
+        })?;
+        let removed = lock::clean(&target, &held)?;
+        if !removed.is_empty() {
+            (hooks.on_event)(&Event::Cleaned { paths: removed });
+        }
+        if let Some(found) = reuse(&target, set, &rows, opts, &mut |reason| {
+            (hooks.on_event)(&Event::Rebuilding {
+                set: name.clone(),
+                path: target.clone(),
+                reason,
+            })
+        })? {
+            (hooks.on_event)(&Event::Done {
+                set: name,
+                path: target,
+                reused: true,
+                skipped: found,
+            });
+            continue;
+        }
+        work.push(Member {
+            set,
+            name,
+            partial: Partial::for_target(&target),
+            target,
+            lock: Some(held),
+            done: 0,
         });
-        return Ok(target);
+    }
+    if work.is_empty() {
+        return Ok(paths);
     }
 
-    let partial = Partial::for_target(&target);
-    let todo: Vec<Range<usize>> = my_chunks
-        .iter()
-        .filter(|c| partial.load(&set.key, opts.batch, c).is_none())
-        .cloned()
-        .collect();
+    // Per chunk, the members that still need it (the others resume from their chunk files).
     let my_total: usize = my_chunks.iter().map(|c| c.len()).sum();
-    let mut done = my_total - todo.iter().map(|c| c.len()).sum::<usize>();
-    (hooks.on_event)(&Event::Start {
-        set: name.clone(),
-        total: my_total,
-        done,
-    });
-
-    encode_chunks(
+    let mut needs: Vec<Vec<usize>> = vec![Vec::new(); my_chunks.len()];
+    for (m, member) in work.iter_mut().enumerate() {
+        for (c, chunk) in my_chunks.iter().enumerate() {
+            if member
+                .partial
+                .load(&member.set.key, opts.batch, chunk)
+                .is_none()
+            {
+                needs[c].push(m);
+            } else {
+                member.done += chunk.len();
+            }
+        }
+        (hooks.on_event)(&Event::Start {
+            set: member.name.clone(),
+            total: my_total,
+            done: member.done,
+        });
+    }
+    let todo: Vec<(Range<usize>, Vec<usize>)> = my_chunks
+        .iter()
+        .cloned()
+        .zip(needs)
+        .filter(|(_, n)| !n.is_empty())
+        .collect();
+    let member_sets: Vec<&FeatureSet> = work.iter().map(|m| m.set).collect();
+    let encoded = encode_chunks(
         clip,
-        set,
+        &member_sets,
         &todo,
         opts,
-        &mut |chunk: FeatureFile| {
-            let path = partial.chunk_path(&chunk.meta.rows);
-            done += chunk.meta.rows.len();
+        &mut |m: usize, chunk: FeatureFile| {
+            let member = &mut work[m];
+            let path = member.partial.chunk_path(&chunk.meta.rows);
+            member.done += chunk.meta.rows.len();
             chunk.write(&path)?;
             (hooks.on_event)(&Event::Progress {
-                set: name.clone(),
-                done,
+                set: member.name.clone(),
+                done: member.done,
                 total: my_total,
             });
             Ok(())
         },
         hooks.should_stop,
-    )
-    .map_err(|e| match e {
-        crate::Error::Features(FeatureError::Interrupted { .. }) => FeatureError::Interrupted {
-            set: name.clone(),
-            done,
-            total: my_total,
-            partial: partial.dir.clone(),
-        }
-        .into(),
-        e => e,
-    })?;
-
-    // Every chunk is on disk: join them into the target.
-    let mut parts = Vec::with_capacity(my_chunks.len());
-    for c in &my_chunks {
-        let f = partial
-            .load(&set.key, opts.batch, c)
-            .ok_or_else(|| FeatureError::Format {
-                path: partial.chunk_path(c),
-                msg: "a finished chunk vanished or changed while the set was being joined".into(),
-            })?;
-        parts.push(f);
+    );
+    if let Err(e) = encoded {
+        return Err(match e {
+            crate::Error::Features(FeatureError::Interrupted { .. }) => {
+                let m = work.iter().find(|m| m.done < my_total).unwrap_or(&work[0]);
+                FeatureError::Interrupted {
+                    set: m.name.clone(),
+                    done: m.done,
+                    total: my_total,
+                    partial: m.partial.dir.clone(),
+                }
+                .into()
+            }
+            e => e,
+        });
     }
-    let whole = if parts.is_empty() {
-        FeatureFile {
-            meta: meta(rows.clone()),
-            dim: clip.config().embed_dim,
-            features: Vec::new(),
-            labels: Vec::new(),
-            index: Vec::new(),
+
+    // Every chunk is on disk: join each member's into its file.
+    for member in &mut work {
+        let set = member.set;
+        let mut parts = Vec::with_capacity(my_chunks.len());
+        for c in &my_chunks {
+            let f = member
+                .partial
+                .load(&set.key, opts.batch, c)
+                .ok_or_else(|| FeatureError::Format {
+                    path: member.partial.chunk_path(c),
+                    msg: "a finished chunk vanished or changed while the set was being joined \
+                          (something outside clip-adapter changed the resume folder); run the \
+                          same command again"
+                        .into(),
+                })?;
+            parts.push(f);
         }
-    } else {
-        join(&parts, impaths()).map_err(|msg| FeatureError::Merge {
-            path: target.clone(),
-            msg,
-        })?
-    };
-    whole.write(&target)?;
-    partial.remove()?;
-    (hooks.on_event)(&Event::Done {
-        set: name,
-        path: target.clone(),
-        reused: false,
-        skipped: whole.meta.skipped.clone(),
-    });
-    Ok(target)
+        let impaths = set.samples.iter().map(|s| s.impath.clone()).collect();
+        let whole = if parts.is_empty() {
+            FeatureFile {
+                meta: Meta {
+                    key: set.key.clone(),
+                    classnames: set.classnames.clone(),
+                    rows: rows.clone(),
+                    total,
+                    batch: opts.batch,
+                    skipped: Vec::new(),
+                    impaths: Vec::new(),
+                    model_name: opts.model_name.clone(),
+                    source: opts.source.clone(),
+                },
+                dim: clip.config().embed_dim,
+                features: Vec::new(),
+                labels: Vec::new(),
+                index: Vec::new(),
+            }
+        } else {
+            join(&parts, impaths).map_err(|msg| FeatureError::Merge {
+                path: member.target.clone(),
+                msg,
+            })?
+        };
+        whole.write(&member.target)?;
+        member.partial.remove()?;
+        member.lock.take();
+        (hooks.on_event)(&Event::Done {
+            set: member.name.clone(),
+            path: member.target.clone(),
+            reused: false,
+            skipped: whole.meta.skipped.clone(),
+        });
+    }
+    Ok(paths)
 }
 
 /// An existing target made for exactly this set and these rows: `Some(skipped)`; a file for
-/// something else never matches (its name carries the key; the key inside is checked too).
+/// something else never matches (its name carries the key; the key inside is checked too). A
+/// file that cannot be read back whole (damaged data, a truncated or foreign header, an older
+/// format) is reported through `rebuilding` and encoded again.
 fn reuse(
     target: &Path,
     set: &FeatureSet,
     rows: &Range<usize>,
     opts: &ExtractOptions,
+    rebuilding: &mut dyn FnMut(String),
 ) -> Result<Option<Vec<String>>> {
     if !target.is_file() {
         return Ok(None);
     }
-    let f = FeatureFile::read(target)?;
+    let f = match FeatureFile::read(target) {
+        Ok(f) => f,
+        Err(e @ FeatureError::Io { .. }) => return Err(e.into()),
+        Err(e) => {
+            rebuilding(e.to_string());
+            return Ok(None);
+        }
+    };
     // The batch size is not compared: it only decides the last bits of a complete file.
     if f.meta.key != set.key || f.meta.rows != *rows {
         return Ok(None);
@@ -368,57 +549,65 @@ fn reuse(
     Ok(Some(f.meta.skipped))
 }
 
-/// One decoded batch, on its way from the producer thread to the encoder.
+/// One decoded batch, on its way from the producer thread to the encoder: per image, the
+/// model input of every member that needs the chunk (in `needs` order), or why the image
+/// could not be read.
 struct Decoded {
     chunk: usize,
     rows: Range<usize>,
-    pixels: Vec<std::result::Result<Vec<f32>, ImageError>>,
+    pixels: Vec<std::result::Result<Vec<Vec<f32>>, ImageError>>,
 }
 
-/// The model input of `sample` under the set's transform.
-fn load(set: &FeatureSet, sample: &Sample) -> std::result::Result<Vec<f32>, ImageError> {
-    let path = set.image_root.join(&sample.impath);
-    match &set.key.transform {
-        Transform::Eval { preprocess } => preprocess.load(&path),
-        Transform::Augment {
-            augment,
-            preprocess,
-            seed,
-        } => {
-            let img = decode_file(&path)?;
-            let mut rng = ViewRng::new(*seed, set.key.view, &sample.impath);
-            Ok(preprocess.to_tensor_normalized(&augment.apply(&img, &mut rng)))
-        }
-    }
+/// The model inputs of `sample` under the transforms of `sets[m]` for each `m` in `members`,
+/// from one decoding of the image.
+fn load(
+    sets: &[&FeatureSet],
+    members: &[usize],
+    sample: &Sample,
+) -> std::result::Result<Vec<Vec<f32>>, ImageError> {
+    let root = &sets[members[0]].image_root;
+    let img = decode_file(root.join(&sample.impath))?;
+    Ok(members
+        .iter()
+        .map(|&m| match &sets[m].key.transform {
+            Transform::Eval { preprocess } => preprocess.apply(&img),
+            Transform::Augment {
+                augment,
+                preprocess,
+                seed,
+            } => {
+                let mut rng = ViewRng::new(*seed, sets[m].key.view, &sample.impath);
+                preprocess.to_tensor_normalized(&augment.apply(&img, &mut rng))
+            }
+        })
+        .collect())
 }
 
-/// Encodes `todo` chunks, decoding in a producer thread, handing each finished chunk to
-/// `on_chunk`.
+/// Encodes the `todo` chunks (each with the members that need it), decoding in a producer
+/// thread, handing each member's finished chunk to `on_chunk(member, chunk)`.
 fn encode_chunks(
     clip: &Clip,
-    set: &FeatureSet,
-    todo: &[Range<usize>],
+    sets: &[&FeatureSet],
+    todo: &[(Range<usize>, Vec<usize>)],
     opts: &ExtractOptions,
-    on_chunk: &mut dyn FnMut(FeatureFile) -> Result<()>,
+    on_chunk: &mut dyn FnMut(usize, FeatureFile) -> Result<()>,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<()> {
     if todo.is_empty() {
         return Ok(());
     }
     let batch = opts.batch.max(1);
-    let size = match &set.key.transform {
-        Transform::Eval { preprocess } | Transform::Augment { preprocess, .. } => preprocess.size,
-    };
+    let samples = &sets[0].samples;
     std::thread::scope(|scope| {
         // Two decoded batches in flight: one being encoded, one ready.
         let (tx, rx) = sync_channel::<Decoded>(1);
         scope.spawn(move || {
-            for (chunk, range) in todo.iter().enumerate() {
+            for (chunk, (range, members)) in todo.iter().enumerate() {
                 for start in range.clone().step_by(batch) {
                     let rows = start..(start + batch).min(range.end);
-                    let pixels = set.samples[rows.clone()]
+                    let pixels = samples[rows.clone()]
                         .par_iter()
-                        .map(|s| load(set, s))
+                        .map(|s| load(sets, members, s))
                         .collect();
                     if tx
                         .send(Decoded {
@@ -433,7 +622,7 @@ fn encode_chunks(
                 }
             }
         });
-        let mut current: Option<FeatureFile> = None;
+        let mut current: Vec<Option<FeatureFile>> = vec![None; sets.len()];
         let mut stop_checked = usize::MAX;
         for d in rx {
             if stop_checked != d.chunk {
@@ -448,23 +637,7 @@ fn encode_chunks(
                     .into());
                 }
             }
-            let range = &todo[d.chunk];
-            let file = current.get_or_insert_with(|| FeatureFile {
-                meta: Meta {
-                    key: set.key.clone(),
-                    classnames: set.classnames.clone(),
-                    rows: range.clone(),
-                    total: set.samples.len(),
-                    batch: opts.batch,
-                    skipped: Vec::new(),
-                    impaths: Vec::new(),
-                    model_name: opts.model_name.clone(),
-                },
-                dim: clip.config().embed_dim,
-                features: Vec::new(),
-                labels: Vec::new(),
-                index: Vec::new(),
-            });
+            let (range, members) = &todo[d.chunk];
             let mut good = Vec::new();
             let mut bad = Vec::new();
             for (row, px) in d.rows.clone().zip(d.pixels) {
@@ -480,26 +653,56 @@ fn encode_chunks(
                 }
                 .into());
             }
-            file.meta
-                .skipped
-                .extend(bad.iter().map(|(row, _)| set.samples[*row].impath.clone()));
-            if !good.is_empty() {
-                let n = good.len();
-                let flat: Vec<f32> = good.iter().flat_map(|(_, px)| px.iter().copied()).collect();
-                let pixels =
-                    candle_core::Tensor::from_vec(flat, (n, 3, size, size), clip.device())?;
-                let emb = clip
-                    .encode_image(&pixels)?
-                    .to_dtype(candle_core::DType::F32)?;
-                file.features.extend(emb.flatten_all()?.to_vec1::<f32>()?);
-                for (row, _) in &good {
-                    file.labels.push(set.samples[*row].label as i64);
-                    file.index.push(*row as i64);
+            for (k, &m) in members.iter().enumerate() {
+                let set = sets[m];
+                let size = match &set.key.transform {
+                    Transform::Eval { preprocess } | Transform::Augment { preprocess, .. } => {
+                        preprocess.size
+                    }
+                };
+                let file = current[m].get_or_insert_with(|| FeatureFile {
+                    meta: Meta {
+                        key: set.key.clone(),
+                        classnames: set.classnames.clone(),
+                        rows: range.clone(),
+                        total: set.samples.len(),
+                        batch: opts.batch,
+                        skipped: Vec::new(),
+                        impaths: Vec::new(),
+                        model_name: opts.model_name.clone(),
+                        source: opts.source.clone(),
+                    },
+                    dim: clip.config().embed_dim,
+                    features: Vec::new(),
+                    labels: Vec::new(),
+                    index: Vec::new(),
+                });
+                file.meta
+                    .skipped
+                    .extend(bad.iter().map(|(row, _)| set.samples[*row].impath.clone()));
+                if !good.is_empty() {
+                    let n = good.len();
+                    let flat: Vec<f32> = good
+                        .iter()
+                        .flat_map(|(_, px)| px[k].iter().copied())
+                        .collect();
+                    let pixels =
+                        candle_core::Tensor::from_vec(flat, (n, 3, size, size), clip.device())?;
+                    let emb = clip
+                        .encode_image(&pixels)?
+                        .to_dtype(candle_core::DType::F32)?;
+                    file.features.extend(emb.flatten_all()?.to_vec1::<f32>()?);
+                    for (row, _) in &good {
+                        file.labels.push(set.samples[*row].label as i64);
+                        file.index.push(*row as i64);
+                    }
                 }
             }
             if d.rows.end == range.end {
-                if let Some(f) = current.take() {
-                    on_chunk(f)?;
+                for &m in members {
+                    if let Some(f) = current[m].take() {
+                        on_chunk(m, f)?;
+                    }
                 }
             }
         }

@@ -99,7 +99,9 @@ pub fn merge(cache_dir: &Path) -> Result<Vec<Merged>, FeatureError> {
                 ),
             });
         }
+        let held = super::lock::lock(&target, &mut |_| {})?;
         whole.write(&target)?;
+        drop(held);
         out.push(Merged {
             path: target,
             shards: n,

@@ -6,6 +6,8 @@
 //! extract.rs      which sets a run needs; batched encoding with decoding in a second thread
 //! text.rs         class-name prompt embeddings (the zero-shot classifier) in the cache
 //! merge.rs        joining the shards that `--shard i/n` processes wrote
+//! lock.rs         one writer per file (advisory locks) and clean-up after killed writers
+//! fault.rs        test-only fault injection (`CLIP_ADAPTER_FAULT`), inert unless set
 //! ```
 //!
 //! The design, the file format and the Slurm / Kubernetes recipe are in
@@ -14,11 +16,13 @@
 pub mod cache;
 mod error;
 pub mod extract;
+mod fault;
 mod fingerprint;
+pub mod lock;
 pub mod merge;
 pub mod text;
 
-pub use cache::{FeatureFile, SetKey, Transform};
+pub use cache::{DataSource, FeatureFile, SetKey, Transform};
 pub use error::FeatureError;
 pub use extract::{plan, Event, ExtractOptions, FeatureSet, Shard};
-pub use fingerprint::{hash_file, model_fingerprint, ContentHash};
+pub use fingerprint::{checksum, hash_file, model_fingerprint, ContentHash};

@@ -35,6 +35,7 @@ pub fn text_path(
     templates: &[String],
 ) -> PathBuf {
     let mut h = ContentHash::default();
+    h.field(b"text v2");
     h.field(model.as_bytes());
     for c in &dataset.classnames {
         h.field(c.as_bytes());
@@ -48,8 +49,20 @@ pub fn text_path(
         .join(format!("text.{}.safetensors", h.hex()))
 }
 
+/// What [`extract_text`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextOutcome {
+    /// The cached file was whole and for these class names.
+    Reused,
+    /// There was none: encoded.
+    Encoded,
+    /// A file was there but unreadable (damaged, older format); `reason` is the reader's
+    /// message. Encoded again.
+    Rebuilt { reason: String },
+}
+
 /// Encodes the class-name prompts of `dataset` unless the cache has them; returns the file and
-/// whether it was reused.
+/// what was done.
 pub fn extract_text(
     clip: &Clip,
     dataset: &Dataset,
@@ -58,10 +71,23 @@ pub fn extract_text(
     templates: &[String],
     cache_dir: &Path,
     on_progress: &mut dyn FnMut(usize, usize),
-) -> Result<(PathBuf, bool)> {
+) -> Result<(PathBuf, TextOutcome)> {
     let path = text_path(cache_dir, dataset, model, templates);
-    if path.is_file() && read_text(&path).is_ok_and(|t| t.classnames == dataset.classnames) {
-        return Ok((path, true));
+    // One writer at a time; a damaged or older file is simply encoded again (it is cheap).
+    let held = super::lock::lock(&path, &mut |_| {})?;
+    super::lock::clean(&path, &held)?;
+    let mut outcome = TextOutcome::Encoded;
+    if path.is_file() {
+        match read_text(&path) {
+            // The key hashes the class names; equal names are checked all the same.
+            Ok(t) if t.classnames == dataset.classnames => return Ok((path, TextOutcome::Reused)),
+            Ok(_) => {}
+            Err(e) => {
+                outcome = TextOutcome::Rebuilt {
+                    reason: e.to_string(),
+                }
+            }
+        }
     }
     let names: Vec<String> = dataset.classnames.iter().map(|c| prompt_name(c)).collect();
     let zs = ZeroShotClassifier::build(clip, &names, templates, on_progress)?;
@@ -83,11 +109,9 @@ pub fn extract_text(
     meta.insert("logit_scale".into(), zs.logit_scale.to_string());
     let data: Vec<u8> = weights.iter().flat_map(|x| x.to_le_bytes()).collect();
     let bytes = write_safetensors(&meta, &[("text_features", "F32", vec![c, e], data)]);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| FeatureError::io(dir, e))?;
-    }
-    crate::fsutil::write_atomic(&path, &bytes)?;
-    Ok((path, false))
+    super::cache::write_atomic(&path, &bytes)?;
+    drop(held);
+    Ok((path, outcome))
 }
 
 /// Reads a text feature file.
@@ -106,11 +130,21 @@ pub fn read_text(path: &Path) -> Result<TextFeatures> {
         serde_json::from_str(get(k)?).map_err(|e| bad(format!("metadata `{k}`: {e}")))
     };
     let t = st.tensor("text_features").map_err(|e| bad(e.to_string()))?;
-    let [_, dim] = t.shape()[..] else {
+    let classnames = list("classnames")?;
+    let [c, dim] = t.shape()[..] else {
         return Err(bad(format!("`text_features` has shape {:?}", t.shape())).into());
     };
+    if t.dtype() != safetensors::Dtype::F32 || c != classnames.len() {
+        return Err(bad(format!(
+            "`text_features` is {:?} {:?}, expected F32 [{}, dim] (one row per class name)",
+            t.dtype(),
+            t.shape(),
+            classnames.len()
+        ))
+        .into());
+    }
     Ok(TextFeatures {
-        classnames: list("classnames")?,
+        classnames,
         templates: list("templates")?,
         logit_scale: get("logit_scale")?
             .parse()

@@ -9,9 +9,9 @@ use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
 use clip_adapter::data::check::{check, decode_all, CheckReport};
 use clip_adapter::data::folder::{self, SeededSplit};
 use clip_adapter::data::{display_name, split_file, Benchmark, Dataset, FewShot, Split};
-use clip_adapter::features::extract::{extract_set, Hooks, DEFAULT_CHUNK_BATCHES};
+use clip_adapter::features::extract::{extract_sets, Hooks, DEFAULT_CHUNK_BATCHES};
 use clip_adapter::features::{
-    merge::merge, model_fingerprint, plan, text, Event, ExtractOptions, Shard,
+    merge::merge, model_fingerprint, plan, text, DataSource, Event, ExtractOptions, Shard,
 };
 use clip_adapter::image::augment::{Augment, DEFAULT_RATIO};
 use serde_json::json;
@@ -227,6 +227,45 @@ impl SourceArgs {
             ));
         }
         bail!("say where the images are: --dataset NAME --root DIR, --folder DIR, --manifest FILE or --split FILE")
+    }
+
+    /// The source as the cache records it (absolute paths, so a printed command runs anywhere).
+    pub fn data_source(&self) -> Option<DataSource> {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let (split_seed, train_fraction, val_fraction) =
+            (self.split_seed, self.train_fraction, self.val_fraction);
+        if let (Some(dataset), Some(root)) = (&self.dataset, &self.root) {
+            let split = self.split.as_ref().map(abs);
+            let (dataset, root) = (dataset.clone(), abs(root));
+            return Some(DataSource::Benchmark {
+                dataset,
+                root,
+                split,
+            });
+        }
+        if let Some(dir) = &self.folder {
+            let dir = abs(dir);
+            return Some(DataSource::Folder {
+                dir,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            });
+        }
+        if let Some(file) = &self.manifest {
+            let file = abs(file);
+            return Some(DataSource::Manifest {
+                file,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            });
+        }
+        let file = abs(self.split.as_ref()?);
+        Some(DataSource::SplitFile {
+            file,
+            root: self.root.as_ref().map(abs),
+        })
     }
 }
 
@@ -662,6 +701,7 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
         skip_bad: a.skip_bad,
         shard,
         model_name: a.model.clone(),
+        source: a.source.data_source(),
     };
 
     // The class-name prompts are cheap: shard 0 (or an unsharded run) encodes them.
@@ -680,7 +720,7 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
             None => Benchmark::find("imagenet")?.templates(set),
         };
         let bar = progress.bar("class prompts", dataset.classnames.len() * templates.len());
-        let (path, _) = text::extract_text(
+        let (path, outcome) = text::extract_text(
             &clip,
             &dataset,
             &fingerprint,
@@ -690,57 +730,69 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
             &mut |d, _| bar.set_position(d as u64),
         )?;
         bar.finish_and_clear();
+        if let text::TextOutcome::Rebuilt { reason } = outcome {
+            eprintln!("note: {reason}\nencoding the class prompts again");
+        }
         Some(path)
     } else {
         None
     };
 
-    let mut summary = Vec::new();
-    for set in &sets {
-        let mut bar = None;
-        let mut done_info = None;
-        let mut on_event = |e: &Event| match e {
-            Event::Start { set, total, done } => {
-                let b = progress.bar(set, *total);
-                b.set_position(*done as u64);
-                b.reset_eta();
-                bar = Some(b);
-            }
-            Event::Progress { done, .. } => {
-                if let Some(b) = &bar {
-                    b.set_position(*done as u64);
-                }
-            }
-            Event::Done {
-                path,
-                reused,
-                skipped,
-                ..
-            } => {
+    // Sets of the same images (a train set's views) are encoded together, each image decoded
+    // once; one bar counts the images of the sets in progress.
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut counts: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut finished = Vec::new();
+    let mut on_event = |e: &Event| match e {
+        Event::Start { set, total, done } | Event::Progress { set, total, done } => {
+            counts.insert(set.clone(), (*done, *total));
+            let (d, t) = counts.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+            let b = bar.get_or_insert_with(|| progress.bar(set, t));
+            b.set_length(t as u64);
+            b.set_position(d as u64);
+        }
+        Event::Done {
+            set,
+            path,
+            reused,
+            skipped,
+        } => {
+            counts.remove(set);
+            if counts.is_empty() {
                 if let Some(b) = bar.take() {
                     b.finish_and_clear();
                 }
-                done_info = Some((path.clone(), *reused, skipped.clone()));
             }
-        };
-        let mut hooks = Hooks {
-            on_event: &mut on_event,
-            should_stop: &|| false,
-        };
-        extract_set(&clip, set, &opts, &mut hooks)
-            .with_context(|| format!("encoding {} of {}", set.name(), dataset.name))?;
-        if let Some((path, reused, skipped)) = done_info {
-            if !skipped.is_empty() {
-                eprintln!(
-                    "warning: {}: skipped {} unreadable image(s), e.g. {}",
-                    set.name(),
-                    skipped.len(),
-                    skipped[0]
-                );
-            }
-            summary.push((set.name(), path, reused, skipped, set.samples.len()));
+            finished.push((set.clone(), path.clone(), *reused, skipped.clone()));
         }
+        other => {
+            if let Some(note) = other.notice() {
+                eprintln!("note: {note}");
+            }
+        }
+    };
+    let mut hooks = Hooks {
+        on_event: &mut on_event,
+        should_stop: &|| false,
+    };
+    extract_sets(&clip, &sets, &opts, &mut hooks)
+        .with_context(|| format!("encoding {}", dataset.name))?;
+    let mut summary = Vec::new();
+    for (name, path, reused, skipped) in finished {
+        if !skipped.is_empty() {
+            eprintln!(
+                "warning: {name}: skipped {} unreadable image(s), e.g. {}",
+                skipped.len(),
+                skipped[0]
+            );
+        }
+        let rows = sets
+            .iter()
+            .find(|s| s.name() == name)
+            .map_or(0, |s| s.samples.len());
+        summary.push((name, path, reused, skipped, rows));
     }
+    summary.sort_by_key(|(name, ..)| sets.iter().position(|s| s.name() == *name));
     if a.json {
         let sets: Vec<_> = summary
             .iter()

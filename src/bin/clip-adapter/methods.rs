@@ -14,7 +14,7 @@ use clip_adapter::experiment::{
 };
 use clip_adapter::features::model_fingerprint;
 use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
-use clip_adapter::methods::from_cache::{load_task, CacheQuery, TaskSource};
+use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots, TaskSource};
 use clip_adapter::methods::head::{self, HeadInfo};
 use clip_adapter::methods::{self, Matrix, MethodKind};
 use clip_adapter::zero_shot::{rank, Prediction};
@@ -147,9 +147,10 @@ pub struct FitArgs {
     /// The dataset folder name in the cache (e.g. eurosat).
     #[arg(long)]
     pub dataset: String,
-    /// Training images per class of the few-shot draw (as given to extract).
-    #[arg(long, value_parser = positive)]
-    pub shots: usize,
+    /// Training images per class of the few-shot draw (as given to extract), or `all` for the
+    /// whole training split (features of `extract` without --shots).
+    #[arg(long, value_parser = shots_arg)]
+    pub shots: Shots,
     /// Seed of the few-shot draw (as given to extract), also the training seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -198,6 +199,16 @@ fn method_bar<'a>(bar: &'a indicatif::ProgressBar) -> impl FnMut(methods::Progre
     }
 }
 
+/// `--shots`: a positive count or `all`.
+fn shots_arg(s: &str) -> std::result::Result<Shots, String> {
+    match s.parse::<Shots>() {
+        Ok(Shots::K(0)) | Err(_) => Err(format!(
+            "`{s}` is not a shot count: give a positive number, or `all` for the whole training split"
+        )),
+        Ok(shots) => Ok(shots),
+    }
+}
+
 pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     let overrides = a.options.overrides();
     overrides.check(&[a.method])?;
@@ -208,6 +219,8 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
         shots: a.shots,
         seed: a.seed,
         model: a.model.clone(),
+        split: None,
+        crop_scale: None,
     };
     let (task, source) = load_task(&q)
         .with_context(|| format!("loading {} {}-shot seed {}", q.dataset, q.shots, q.seed))?;
@@ -219,7 +232,11 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     let spec = RowSpec {
         method: &grid_method,
         dataset: &a.dataset,
-        shots: a.shots,
+        // The whole split is recorded as 0 shots.
+        shots: match a.shots {
+            Shots::K(k) => k,
+            Shots::All => 0,
+        },
         seed: a.seed,
         source: &row_source,
     };
@@ -233,7 +250,11 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "method": row.method, "options": method.describe(), "dataset": a.dataset,
-            "shots": a.shots, "seed": a.seed, "model": row.model,
+            "shots": match a.shots {
+                Shots::K(k) => serde_json::json!(k),
+                Shots::All => serde_json::json!("all"),
+            },
+            "seed": a.seed, "model": row.model,
             "val_accuracy": json_f32(row.val_accuracy),
             "test_accuracy": json_f32(row.test_accuracy), "train_seconds": row.train_seconds,
             "chosen_on_validation": chosen,
@@ -418,11 +439,9 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         &mut results,
         &mut |dataset, shots, seed| {
             let q = CacheQuery {
-                cache: a.cache.clone(),
-                dataset: dataset.to_string(),
-                shots,
-                seed,
+                shots: Shots::K(shots),
                 model: a.model.clone(),
+                ..CacheQuery::new(a.cache.clone(), dataset, Shots::K(shots), seed)
             };
             let (task, source) = load_task(&q)
                 .with_context(|| format!("loading {dataset} {shots}-shot seed {seed}"))?;
