@@ -5,7 +5,8 @@
 //! log-space bisection around the best value (`binary_search`).
 //!
 //! The objective, scaled by `1/n` (same minimiser as scikit-learn's `C·Σ loss + ½‖W‖²`):
-//! `(1/n) Σ_i CE(W f_i + b, y_i) + ‖W‖² / (2 C n)`.
+//! `(1/n) Σ_i CE(W f_i + b, y_i) + ‖W‖² / (2 C n)`; with two classes the penalty is doubled,
+//! which gives scikit-learn's binomial classifier (it fits one vector `w₁ − w₀` there).
 
 use super::lbfgs::{minimize, LbfgsOptions};
 use super::linalg::{cross_entropy_backward, gemm, Matrix};
@@ -58,7 +59,10 @@ impl LinearHead {
 pub fn train(f: &Matrix, labels: &[usize], k: usize, c: f64, solver: &LbfgsOptions) -> LinearHead {
     let (n, d) = (f.rows, f.cols);
     let mut x = vec![0f64; k * d + k];
-    let lambda = 1.0 / (c * n as f64);
+    // With two classes scikit-learn fits one binomial vector `w` (penalty ‖w‖²/2), not two
+    // softmax rows. Softmax rows penalised twice as hard reach the same classifier: at the
+    // optimum `w₀ = −w₁ = −w/2`, so `‖W‖² = ‖w‖²/2`, and `w₁ − w₀ = w`, `b₁ − b₀` its intercept.
+    let lambda = if k == 2 { 2.0 } else { 1.0 } / (c * n as f64);
     let mut w32 = vec![0f32; k * d];
     let mut logits = vec![0f32; n * k];
     let mut gw32 = vec![0f32; k * d];
