@@ -197,4 +197,43 @@ mod tests {
             assert!((g + w / n as f32).abs() < 1e-4, "{g} {w}");
         }
     }
+
+    /// Two classes: the doubled penalty keeps the two rows opposite (`w₀ = −w₁`), and the
+    /// stationarity condition of scikit-learn's binomial objective holds for `w = w₁ − w₀`:
+    /// `(1/n) Σ (σ(w·f + b) − y) f + w/(C n) = 0`.
+    #[test]
+    fn two_classes_solve_the_binomial_problem() {
+        let mut rng = Rng::new(11);
+        let (n, d, c) = (24, 4, 0.5);
+        let labels: Vec<usize> = (0..n).map(|i| i % 2).collect();
+        let mut x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).unwrap();
+        for (i, &y) in labels.iter().enumerate() {
+            x.data[i * d] += if y == 1 { 0.5 } else { -0.5 };
+        }
+        let f = x.normalized();
+        let opts = LbfgsOptions {
+            gtol: 1e-7,
+            ..Default::default()
+        };
+        let head = train(&f, &labels, 2, c, &opts);
+        let w: Vec<f32> = (0..d)
+            .map(|j| head.weight.data[d + j] - head.weight.data[j])
+            .collect();
+        for j in 0..d {
+            assert!((head.weight.data[j] + head.weight.data[d + j]).abs() < 1e-5);
+        }
+        let b = head.bias[1] - head.bias[0];
+        let mut grad = vec![0f32; d];
+        for (i, &y) in labels.iter().enumerate() {
+            let z: f32 = f.row(i).iter().zip(&w).map(|(a, b)| a * b).sum::<f32>() + b;
+            let r = 1.0 / (1.0 + (-z).exp()) - y as f32;
+            grad.iter_mut()
+                .zip(f.row(i))
+                .for_each(|(g, &v)| *g += r * v / n as f32);
+        }
+        for (g, wj) in grad.iter().zip(&w) {
+            let total = g + wj / (c as f32 * n as f32);
+            assert!(total.abs() < 1e-4, "binomial gradient {total}");
+        }
+    }
 }

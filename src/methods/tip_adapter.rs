@@ -439,4 +439,63 @@ mod tests {
         }
         assert!((l.data[1] - (zs.data[1] + h.alpha * cache)).abs() < 1e-4);
     }
+
+    /// Without a validation set the last epoch's keys are kept; the written order is followed
+    /// (an order that omits a row never trains on it, which changes the result).
+    #[test]
+    fn train_keys_keeps_the_last_epoch_without_validation() {
+        let (h, f, y) = toy();
+        let task = FewShotTask {
+            classnames: vec!["a".into(), "b".into(), "c".into()],
+            train: crate::methods::LabelledSet {
+                features: f.clone(),
+                labels: y.clone(),
+            },
+            train_views: Vec::new(),
+            val: crate::methods::LabelledSet {
+                features: Matrix::zeros(0, f.cols),
+                labels: Vec::new(),
+            },
+            test: crate::methods::LabelledSet {
+                features: f,
+                labels: y,
+            },
+            text: TextClassifier {
+                weights: h.classes.clone(),
+                logit_scale: h.logit_scale,
+            },
+        };
+        let opts = TipOptions {
+            epochs: 3,
+            batch_size: 2,
+            lr: 1e-2,
+            ..Default::default()
+        };
+        let mut full = h.clone();
+        let trained = train_keys(
+            &mut full,
+            &task,
+            &opts,
+            &mut |_| (0..5).collect(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(trained.best_epoch, 2);
+        assert_eq!(trained.losses.len(), 3);
+        assert_ne!(full.keys, h.keys);
+        let mut partial = h.clone();
+        train_keys(&mut partial, &task, &opts, &mut |_| vec![0, 1], &mut |_| {}).unwrap();
+        assert_ne!(partial.keys, full.keys);
+        let err = train_keys(
+            &mut h.clone(),
+            &task,
+            &TipOptions {
+                batch_size: 0,
+                ..opts
+            },
+            &mut |_| Vec::new(),
+            &mut |_| {},
+        );
+        assert!(err.is_err());
+    }
 }
