@@ -247,9 +247,10 @@ mod tests {
     #[test]
     fn golden_stream() {
         let (w, h) = (500u32, 375u32);
-        // (seed, view, key, scale) -> (top, left, height, width, flipped)
+        // (seed, view, key, Tip-Adapter's scale?) -> (top, left, height, width, flipped)
+        type Golden<'a> = (u64, u32, &'a str, bool, (u32, u32, u32, u32, bool));
         #[rustfmt::skip]
-        let golden: [(u64, u32, &str, bool, (u32, u32, u32, u32, bool)); 6] = [
+        let golden: [Golden; 6] = [
             (1, 0, "a.jpg", false, (32, 153, 250, 285, false)),
             (1, 1, "a.jpg", false, (117, 30, 205, 227, false)),
             (1, 0, "class_3/img 0042.png", false, (44, 175, 271, 285, false)),

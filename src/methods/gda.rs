@@ -321,14 +321,14 @@ mod tests {
         let mut r = t.clone();
         r.train.labels = t.train.labels.iter().map(|&y| perm[y]).collect();
         let mut text = Matrix::zeros(3, 6);
-        for c in 0..3 {
-            text.row_mut(perm[c]).copy_from_slice(t.text.weights.row(c));
+        for (c, &p) in perm.iter().enumerate() {
+            text.row_mut(p).copy_from_slice(t.text.weights.row(c));
         }
         r.text.weights = text;
         let hr = gda_head(&r);
-        for c in 0..3 {
-            assert_close(hr.weight.row(perm[c]), h.weight.row(c), 1e-5, "row");
-            assert!((hr.bias[perm[c]] - h.bias[c]).abs() < 1e-5);
+        for (c, &p) in perm.iter().enumerate() {
+            assert_close(hr.weight.row(p), h.weight.row(c), 1e-5, "row");
+            assert!((hr.bias[p] - h.bias[c]).abs() < 1e-5);
         }
     }
 
