@@ -1,8 +1,9 @@
 #!/bin/sh
 # CLIP-Adapter training on synthetic cached features, ours vs PyTorch, same sizes and epochs.
-# Usage: bench/adapter_train.sh [python]   (default python: /work/venv/bin/python)
+# Usage: bench/adapter_train.sh [PYTHON]   (default: $PYTHON, else venv/bin/python, the venv of
+# scripts/fixtures/requirements.txt, as bench/run.sh)
 set -e
-PY=${1:-/work/venv/bin/python}
+PY=${1:-${PYTHON:-venv/bin/python}}
 cd "$(dirname "$0")/.."
 cargo build --release --bench adapter_train 2>/dev/null || true
 for size in "16000 1024 1000" "160 1024 10"; do

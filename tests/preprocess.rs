@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clip_adapter::image::{decode_bytes, decode_file, ImageError, Preprocess, RgbImage};
 use serde::Deserialize;
@@ -468,90 +467,5 @@ fn decoding_is_by_content_not_extension() {
     assert_eq!(
         decode_file(&renamed).unwrap(),
         decode_file(fixture("good/rgb_37x53.png")).unwrap()
-    );
-}
-
-/// How far decoders other than ours are from PIL on the JPEG fixtures, on the decoded pixels and
-/// after resize + crop (numbers for docs/preprocessing.md). Prints only; run with
-/// `cargo test --test tests preprocess::jpeg_decoder_comparison -- --ignored --nocapture`.
-#[test]
-#[ignore = "measurement for docs/preprocessing.md, prints only"]
-fn jpeg_decoder_comparison() {
-    let m = manifest();
-    let pct = |(n, max): (usize, u8), len: usize| {
-        format!("{:6.2} % (max {max:2})", 100.0 * n as f64 / len as f64)
-    };
-    println!(
-        "{:24} {:>20} {:>20} {:>20}",
-        "file (decoded bytes)", "turbojpeg (ours)", "zune-jpeg decoded", "zune, after crop"
-    );
-    for g in m.images.iter().filter(|g| g.file.ends_with(".jpg")) {
-        let reference = reference_png(
-            g.decoded
-                .as_deref()
-                .expect("JPEG fixtures store PIL's decode"),
-        );
-        let len = reference.as_raw().len();
-        let bytes = std::fs::read(fixture(&g.file)).unwrap();
-        let ours = decode_bytes(&bytes, &g.file).unwrap();
-        let zune = ::image::load_from_memory_with_format(&bytes, ::image::ImageFormat::Jpeg)
-            .map(|i| i.to_rgb8())
-            .map(|i| RgbImage::from_raw(i.width(), i.height(), i.into_raw()).unwrap())
-            .expect("zune-jpeg decodes the fixture");
-        assert_eq!(zune.as_raw().len(), len);
-        let mut after = Vec::new();
-        for t in &g.targets {
-            let p = Preprocess::clip(t.size);
-            let crop = p.center_crop(&p.resize_shorter(&zune));
-            let theirs = reference_png(&t.crop);
-            after.push(pct(
-                diff(crop.as_raw(), theirs.as_raw()),
-                theirs.as_raw().len(),
-            ));
-        }
-        println!(
-            "{:24} {:>20} {:>20} {:>20}",
-            g.file.trim_start_matches("good/"),
-            pct(diff(ours.as_raw(), reference.as_raw()), len),
-            pct(diff(zune.as_raw(), reference.as_raw()), len),
-            after.join(", ")
-        );
-    }
-}
-
-/// Decode + resize + crop (+ normalise) time of a 500x375 JPEG, one thread. Run in release:
-/// `cargo test --release --test tests preprocess::speed -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing for docs/preprocessing.md, prints only"]
-fn speed_photo_500x375() {
-    let path = fixture("good/photo_500x375.jpg");
-    let bytes = std::fs::read(&path).unwrap();
-    let p = Preprocess::clip(224);
-    let reps = 200;
-    let time = |f: &mut dyn FnMut()| {
-        f(); // warm up
-        let t = Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        t.elapsed().as_secs_f64() * 1e3 / reps as f64
-    };
-    let img = decode_bytes(&bytes, "photo").unwrap();
-    let decode_ms = time(&mut || {
-        std::hint::black_box(decode_bytes(&bytes, "photo").unwrap());
-    });
-    let resize_ms = time(&mut || {
-        std::hint::black_box(p.center_crop(&p.resize_shorter(&img)));
-    });
-    let crop = p.center_crop(&p.resize_shorter(&img));
-    let norm_ms = time(&mut || {
-        std::hint::black_box(p.to_tensor_normalized(&crop));
-    });
-    let total_ms = time(&mut || {
-        std::hint::black_box(p.load(&path).unwrap());
-    });
-    println!(
-        "photo_500x375.jpg -> 224: decode {decode_ms:.2} ms, resize+crop {resize_ms:.2} ms, \
-         normalise {norm_ms:.2} ms, load() total {total_ms:.2} ms per image (1 thread)"
     );
 }

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clip_adapter::tokenizer::{Cleaning, Tokenizer, TokenizerError, CONTEXT_LENGTH};
 use serde::Deserialize;
@@ -346,72 +345,5 @@ fn errors_name_the_file_and_the_problem() {
     assert!(
         msg.contains("tokenizer.json") && msg.contains("JSON"),
         "{msg}"
-    );
-}
-
-/// Throughput for docs/tokenizer.md:
-/// `cargo test --release --test tests tokenizer::speed -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing, run in release by hand"]
-fn speed_10k_prompts() {
-    let classes = [
-        "tench",
-        "goldfish",
-        "great white shark",
-        "tiger shark",
-        "hammerhead",
-        "electric ray",
-        "stingray",
-        "cock",
-        "hen",
-        "ostrich",
-        "brambling",
-        "goldfinch",
-        "house finch",
-        "junco",
-    ];
-    let templates = [
-        "a photo of a {}.",
-        "a bad photo of the {}.",
-        "a sculpture of a {}.",
-        "itap of my {}.",
-        "a rendering of a {}.",
-        "graffiti of the {}.",
-        "a tattoo of a {}.",
-        "the origami {}.",
-    ];
-    let start = Instant::now();
-    let first = openai();
-    println!(
-        "first Tokenizer::openai() (decompress + build): {:?}",
-        start.elapsed()
-    );
-    let start = Instant::now();
-    let _ = openai();
-    println!("second Tokenizer::openai(): {:?}", start.elapsed());
-    let prompts: Vec<String> = (0..10_000)
-        .map(|i| {
-            let class = format!("{} {}", classes[i % classes.len()], i / 97);
-            templates[i % templates.len()].replace("{}", &class)
-        })
-        .collect();
-    for cleaning in [Cleaning::OpenClip, Cleaning::Transformers] {
-        let t = first.clone().with_cleaning(cleaning);
-        let start = Instant::now();
-        let rows = t.tokenize_batch(&prompts, CONTEXT_LENGTH);
-        let elapsed = start.elapsed();
-        assert_eq!(rows.len(), prompts.len());
-        println!("{cleaning:?}: 10k prompts in {elapsed:?}");
-    }
-    // Distinct long words defeat the word cache: every one goes through the merge loop.
-    let words: Vec<String> = (0..10_000)
-        .map(|i| format!("a photo of a xq{i}zv{}wy{}.", i * 7919 % 10007, i % 13))
-        .collect();
-    let start = Instant::now();
-    let rows = first.tokenize_batch(&words, CONTEXT_LENGTH);
-    assert_eq!(rows.len(), words.len());
-    println!(
-        "OpenClip, 10k prompts with uncached words: {:?}",
-        start.elapsed()
     );
 }

@@ -231,4 +231,61 @@ mod tests {
         assert_eq!(f.pixel(0, 1), img.pixel(2, 1));
         assert_eq!(hflip(&f), img);
     }
+
+    /// The first views of a few seeded streams, frozen: a change of the generator, of its
+    /// seeding from (seed, view, key) or of the order of the draws changes these boxes and
+    /// flips, and so every cached augmented feature; such a change must be deliberate (raise
+    /// the feature cache's `VERSION` so old files are refused, then update this table). The
+    /// flip is checked
+    /// through `apply`: its output must be the frozen box resized, mirrored when frozen so.
+    #[test]
+    fn golden_stream() {
+        let (w, h) = (500u32, 375u32);
+        // (seed, view, key, Tip-Adapter's scale?) -> (top, left, height, width, flipped)
+        type Golden<'a> = (u64, u32, &'a str, bool, (u32, u32, u32, u32, bool));
+        #[rustfmt::skip]
+        let golden: [Golden; 6] = [
+            (1, 0, "a.jpg", false, (32, 153, 250, 285, false)),
+            (1, 1, "a.jpg", false, (117, 30, 205, 227, false)),
+            (1, 0, "class_3/img 0042.png", false, (44, 175, 271, 285, false)),
+            (2, 0, "a.jpg", true, (32, 71, 339, 379, true)),
+            (2, 5, "n\u{f6}rd/\u{df}.jpg", true, (10, 28, 363, 360, true)),
+            (7, 9, "", true, (8, 14, 314, 349, false)),
+        ];
+        let img = gradient(w, h);
+        let mut seen = Vec::new();
+        for (seed, view, key, tip, want) in golden {
+            let aug = if tip {
+                Augment::tip_adapter(24)
+            } else {
+                Augment::coop(24)
+            };
+            let mut rng = ViewRng::new(seed, view, key);
+            let b = aug.crop_box(w, h, &mut rng);
+            let flipped = rng.uniform(0.0, 1.0) < 0.5;
+            seen.push(format!(
+                "({seed}, {view}, {key:?}, {tip}, ({}, {}, {}, {}, {flipped})),",
+                b.top, b.left, b.height, b.width
+            ));
+            let out = aug.apply(&img, &mut ViewRng::new(seed, view, key));
+            let c = crop(&img, i64::from(want.0), i64::from(want.1), want.2, want.3);
+            let resized = resize_bicubic(&c, 24, 24);
+            let expected = if want.4 { hflip(&resized) } else { resized };
+            assert!(
+                out == expected,
+                "apply() for {key:?} view {view} left the frozen stream"
+            );
+        }
+        let got = seen.join("\n");
+        let want: Vec<String> = golden
+            .iter()
+            .map(|(seed, view, key, tip, g)| {
+                format!(
+                    "({seed}, {view}, {key:?}, {tip}, ({}, {}, {}, {}, {})),",
+                    g.0, g.1, g.2, g.3, g.4
+                )
+            })
+            .collect();
+        assert_eq!(got, want.join("\n"), "the augmentation stream changed");
+    }
 }

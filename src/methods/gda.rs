@@ -189,3 +189,156 @@ pub fn fit(
         losses: Vec::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::linalg::seeded_rng;
+    use crate::methods::{LabelledSet, TextClassifier};
+
+    fn task(train: Matrix, labels: Vec<usize>, text: Matrix) -> FewShotTask {
+        let k = text.rows;
+        FewShotTask {
+            classnames: (0..k).map(|i| format!("c{i}")).collect(),
+            train: LabelledSet {
+                features: train.clone(),
+                labels: labels.clone(),
+            },
+            train_views: Vec::new(),
+            // No validation set: α stays at its default, the estimator alone is tested.
+            val: LabelledSet {
+                features: Matrix::zeros(0, train.cols),
+                labels: Vec::new(),
+            },
+            test: LabelledSet {
+                features: train,
+                labels,
+            },
+            text: TextClassifier {
+                weights: text,
+                logit_scale: 100.0,
+            },
+        }
+    }
+
+    fn gda_head(t: &FewShotTask) -> GdaHead {
+        match fit(t, &GdaOptions::default(), &mut |_| {}).unwrap().head {
+            Head::Gda(h) => h,
+            _ => unreachable!("GDA fits a GDA head"),
+        }
+    }
+
+    fn random_task(seed: u64, k: usize, per_class: usize, d: usize) -> FewShotTask {
+        let mut rng = seeded_rng(seed);
+        let n = k * per_class;
+        let labels: Vec<usize> = (0..n).map(|i| i % k).collect();
+        let mut x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).unwrap();
+        for (i, &y) in labels.iter().enumerate() {
+            x.data[i * d + y] += 1.5;
+        }
+        let text = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0))
+            .unwrap()
+            .normalized();
+        task(x, labels, text)
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol, "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    /// Two classes in two dimensions, unit-norm features, worked by hand:
+    /// class 0 = (1, 0), (0.6, 0.8); class 1 = (0, 1), (0.8, 0.6);
+    /// μ₀ = (0.8, 0.4), μ₁ = (0.4, 0.8); centred rows ±(0.2, −0.4), ±(−0.4, 0.2);
+    /// S = [[0.4, −0.32], [−0.32, 0.4]]; tr Σ̂ = tr S / (n − 1) = 0.8 / 3;
+    /// M = S + tr Σ̂·I = [[2/3, −0.32], [−0.32, 2/3]]; Σ⁻¹ = D·M⁻¹ = 2·M⁻¹;
+    /// W_c = μ_c Σ⁻¹, b_c = ln ½ − ½ W_c·μ_c.
+    #[test]
+    fn closed_form_on_a_hand_worked_case() {
+        let x = Matrix::from_vec(4, 2, vec![1.0, 0.0, 0.6, 0.8, 0.0, 1.0, 0.8, 0.6]).unwrap();
+        let t = task(
+            x,
+            vec![0, 0, 1, 1],
+            Matrix::from_vec(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap(),
+        );
+        let h = gda_head(&t);
+        let (a, b) = (2.0 / 3.0, -0.32f64);
+        let det = a * a - b * b;
+        // 2·M⁻¹ = 2/det · [[a, −b], [−b, a]].
+        let p = [2.0 * a / det, -2.0 * b / det, -2.0 * b / det, 2.0 * a / det];
+        let mus = [[0.8, 0.4], [0.4, 0.8f64]];
+        for (c, mu) in mus.iter().enumerate() {
+            let w = [mu[0] * p[0] + mu[1] * p[2], mu[0] * p[1] + mu[1] * p[3]];
+            let bias = 0.5f64.ln() - 0.5 * (w[0] * mu[0] + w[1] * mu[1]);
+            assert_close(h.weight.row(c), &[w[0] as f32, w[1] as f32], 1e-5, "weight");
+            assert!((h.bias[c] - bias as f32).abs() < 1e-5, "bias {c}");
+        }
+        // By symmetry (swap the axes and the classes) W₁ is W₀ mirrored and b₀ = b₁.
+        assert!((h.weight.data[0] - h.weight.data[3]).abs() < 1e-6);
+        assert!((h.bias[0] - h.bias[1]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn alpha_zero_is_exactly_zero_shot() {
+        let t = random_task(3, 3, 5, 6);
+        let mut h = gda_head(&t);
+        h.alpha = 0.0;
+        let zs = cosine_logits(&t.test.features, &t.text.weights, t.text.logit_scale);
+        assert_eq!(h.logits(&t.test.features).data, zs.data);
+    }
+
+    /// Features are normalised first: rescaling an image's feature changes nothing; the
+    /// estimator is a sum over samples: their order changes nothing.
+    #[test]
+    fn invariant_to_feature_scale_and_sample_order() {
+        let t = random_task(5, 3, 6, 8);
+        let h = gda_head(&t);
+        let mut scaled = t.clone();
+        for (i, row) in scaled.train.features.data.chunks_mut(8).enumerate() {
+            row.iter_mut().for_each(|v| *v *= 0.3 + i as f32);
+        }
+        let hs = gda_head(&scaled);
+        assert_close(&hs.weight.data, &h.weight.data, 1e-4, "scaled W");
+        assert_close(&hs.bias, &h.bias, 1e-4, "scaled b");
+
+        let order: Vec<usize> = (0..t.train.labels.len()).rev().collect();
+        let mut shuffled = t.clone();
+        shuffled.train.features = t.train.features.gather_rows(&order);
+        shuffled.train.labels = order.iter().map(|&i| t.train.labels[i]).collect();
+        let hp = gda_head(&shuffled);
+        assert_close(&hp.weight.data, &h.weight.data, 1e-4, "permuted W");
+        assert_close(&hp.bias, &h.bias, 1e-4, "permuted b");
+    }
+
+    /// Renaming the classes permutes the discriminant's rows and nothing else.
+    #[test]
+    fn relabelling_classes_permutes_the_discriminant() {
+        let t = random_task(7, 3, 5, 6);
+        let h = gda_head(&t);
+        let perm = [2usize, 0, 1];
+        let mut r = t.clone();
+        r.train.labels = t.train.labels.iter().map(|&y| perm[y]).collect();
+        let mut text = Matrix::zeros(3, 6);
+        for (c, &p) in perm.iter().enumerate() {
+            text.row_mut(p).copy_from_slice(t.text.weights.row(c));
+        }
+        r.text.weights = text;
+        let hr = gda_head(&r);
+        for (c, &p) in perm.iter().enumerate() {
+            assert_close(hr.weight.row(p), h.weight.row(c), 1e-5, "row");
+            assert!((hr.bias[p] - h.bias[c]).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn a_class_without_training_images_is_an_error() {
+        let mut t = random_task(9, 3, 4, 5);
+        t.train.labels.iter_mut().for_each(|y| *y = (*y).min(1));
+        match fit(&t, &GdaOptions::default(), &mut |_| {}) {
+            Err(MethodError::Label { label: 2, .. }) => {}
+            other => panic!("expected a missing-class error, got {other:?}"),
+        }
+    }
+}

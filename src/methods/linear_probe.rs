@@ -5,7 +5,8 @@
 //! log-space bisection around the best value (`binary_search`).
 //!
 //! The objective, scaled by `1/n` (same minimiser as scikit-learn's `C·Σ loss + ½‖W‖²`):
-//! `(1/n) Σ_i CE(W f_i + b, y_i) + ‖W‖² / (2 C n)`.
+//! `(1/n) Σ_i CE(W f_i + b, y_i) + ‖W‖² / (2 C n)`; with two classes the penalty is doubled,
+//! which gives scikit-learn's binomial classifier (it fits one vector `w₁ − w₀` there).
 
 use super::lbfgs::{minimize, LbfgsOptions};
 use super::linalg::{cross_entropy_backward, gemm, Matrix};
@@ -58,7 +59,10 @@ impl LinearHead {
 pub fn train(f: &Matrix, labels: &[usize], k: usize, c: f64, solver: &LbfgsOptions) -> LinearHead {
     let (n, d) = (f.rows, f.cols);
     let mut x = vec![0f64; k * d + k];
-    let lambda = 1.0 / (c * n as f64);
+    // With two classes scikit-learn fits one binomial vector `w` (penalty ‖w‖²/2), not two
+    // softmax rows. Softmax rows penalised twice as hard reach the same classifier: at the
+    // optimum `w₀ = −w₁ = −w/2`, so `‖W‖² = ‖w‖²/2`, and `w₁ − w₀ = w`, `b₁ − b₀` its intercept.
+    let lambda = if k == 2 { 2.0 } else { 1.0 } / (c * n as f64);
     let mut w32 = vec![0f32; k * d];
     let mut logits = vec![0f32; n * k];
     let mut gw32 = vec![0f32; k * d];
@@ -191,6 +195,45 @@ mod tests {
             .matmul(true, &f, false);
         for (g, w) in grad.data.iter().zip(&head.weight.data) {
             assert!((g + w / n as f32).abs() < 1e-4, "{g} {w}");
+        }
+    }
+
+    /// Two classes: the doubled penalty keeps the two rows opposite (`w₀ = −w₁`), and the
+    /// stationarity condition of scikit-learn's binomial objective holds for `w = w₁ − w₀`:
+    /// `(1/n) Σ (σ(w·f + b) − y) f + w/(C n) = 0`.
+    #[test]
+    fn two_classes_solve_the_binomial_problem() {
+        let mut rng = seeded_rng(11);
+        let (n, d, c) = (24, 4, 0.5);
+        let labels: Vec<usize> = (0..n).map(|i| i % 2).collect();
+        let mut x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).unwrap();
+        for (i, &y) in labels.iter().enumerate() {
+            x.data[i * d] += if y == 1 { 0.5 } else { -0.5 };
+        }
+        let f = x.normalized();
+        let opts = LbfgsOptions {
+            gtol: 1e-7,
+            ..Default::default()
+        };
+        let head = train(&f, &labels, 2, c, &opts);
+        let w: Vec<f32> = (0..d)
+            .map(|j| head.weight.data[d + j] - head.weight.data[j])
+            .collect();
+        for j in 0..d {
+            assert!((head.weight.data[j] + head.weight.data[d + j]).abs() < 1e-5);
+        }
+        let b = head.bias[1] - head.bias[0];
+        let mut grad = vec![0f32; d];
+        for (i, &y) in labels.iter().enumerate() {
+            let z: f32 = f.row(i).iter().zip(&w).map(|(a, b)| a * b).sum::<f32>() + b;
+            let r = 1.0 / (1.0 + (-z).exp()) - y as f32;
+            grad.iter_mut()
+                .zip(f.row(i))
+                .for_each(|(g, &v)| *g += r * v / n as f32);
+        }
+        for (g, wj) in grad.iter().zip(&w) {
+            let total = g + wj / (c as f32 * n as f32);
+            assert!(total.abs() < 1e-4, "binomial gradient {total}");
         }
     }
 }

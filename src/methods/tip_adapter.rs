@@ -236,6 +236,79 @@ impl TipHead {
     }
 }
 
+/// What Tip-Adapter-F's training left: the mean batch loss of each epoch and the epoch whose
+/// keys were kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainedKeys {
+    pub losses: Vec<f32>,
+    pub best_epoch: usize,
+}
+
+/// Tip-Adapter-F's training of the keys (`run_tip_adapter_F`), with α and β at the head's values:
+/// epoch `e` visits the training rows of view `e mod V` in the order `order(e)`, in batches of
+/// `batch_size`; AdamW with the cosine stepped per iteration; the keys of the best validation
+/// epoch are kept (the last epoch's without a validation set).
+pub fn train_keys(
+    head: &mut TipHead,
+    task: &FewShotTask,
+    opts: &TipOptions,
+    order: &mut dyn FnMut(usize) -> Vec<usize>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<TrainedKeys, MethodError> {
+    if opts.batch_size == 0 {
+        return Err(MethodError::option("batch-size", 0, "must be at least 1"));
+    }
+    let views: Vec<Matrix> = task
+        .training_views()
+        .iter()
+        .map(|v| v.normalized())
+        .collect();
+    let n = task.train.labels.len();
+    let per_epoch = n.div_ceil(opts.batch_size);
+    let total = opts.epochs * per_epoch;
+    let mut adamw = AdamW::new(1e-4, 0.01);
+    let mut step = 0;
+    let mut losses = Vec::new();
+    let mut best = (f32::NEG_INFINITY, head.keys.clone(), 0usize);
+    for epoch in 0..opts.epochs {
+        let view = &views[epoch % views.len()];
+        let mut sum = 0f64;
+        let order = order(epoch);
+        for batch in order.chunks(opts.batch_size) {
+            let f = view.gather_rows(batch);
+            let y: Vec<usize> = batch.iter().map(|&i| task.train.labels[i]).collect();
+            let (loss, grad) = head.loss_and_key_grad(&f, &y);
+            adamw.step(
+                &mut [&mut head.keys.data],
+                &[&grad.data],
+                cosine_annealing(opts.lr, step, total),
+            );
+            step += 1;
+            sum += loss as f64;
+        }
+        let loss = (sum / per_epoch as f64) as f32;
+        if !loss.is_finite() {
+            return Err(MethodError::Diverged { epoch, loss });
+        }
+        losses.push(loss);
+        progress(Progress::Epoch {
+            epoch,
+            epochs: opts.epochs,
+            loss,
+        });
+        // The best epoch on validation (the last one when there is no validation set).
+        let val = eval::accuracy(&head.logits(&task.val.features), &task.val.labels);
+        if val.is_nan() || val > best.0 {
+            best = (val, head.keys.clone(), epoch);
+        }
+    }
+    head.keys = best.1;
+    Ok(TrainedKeys {
+        losses,
+        best_epoch: best.2,
+    })
+}
+
 /// Tip-Adapter (`finetune = false`) or Tip-Adapter-F.
 pub fn fit(
     task: &FewShotTask,
@@ -254,55 +327,12 @@ pub fn fit(
     let mut losses = Vec::new();
     let mut chosen = Vec::new();
     if finetune {
-        if opts.batch_size == 0 {
-            return Err(MethodError::option("batch-size", 0, "must be at least 1"));
-        }
-        let views: Vec<Matrix> = task
-            .training_views()
-            .iter()
-            .map(|v| v.normalized())
-            .collect();
         let n = task.train.labels.len();
-        let per_epoch = n.div_ceil(opts.batch_size);
-        let total = opts.epochs * per_epoch;
-        let mut adamw = AdamW::new(1e-4, 0.01);
         let mut rng = seeded_rng(opts.seed);
-        let mut step = 0;
-        let mut best = (f32::NEG_INFINITY, head.keys.clone(), 0usize);
-        for epoch in 0..opts.epochs {
-            let view = &views[epoch % views.len()];
-            let mut sum = 0f64;
-            let order = rng.permutation(n);
-            for batch in order.chunks(opts.batch_size) {
-                let f = view.gather_rows(batch);
-                let y: Vec<usize> = batch.iter().map(|&i| task.train.labels[i]).collect();
-                let (loss, grad) = head.loss_and_key_grad(&f, &y);
-                adamw.step(
-                    &mut [&mut head.keys.data],
-                    &[&grad.data],
-                    cosine_annealing(opts.lr, step, total),
-                );
-                step += 1;
-                sum += loss as f64;
-            }
-            let loss = (sum / per_epoch as f64) as f32;
-            if !loss.is_finite() {
-                return Err(MethodError::Diverged { epoch, loss });
-            }
-            losses.push(loss);
-            progress(Progress::Epoch {
-                epoch,
-                epochs: opts.epochs,
-                loss,
-            });
-            // The best epoch on validation (the last one when there is no validation set).
-            let val = eval::accuracy(&head.logits(&task.val.features), &task.val.labels);
-            if val.is_nan() || val > best.0 {
-                best = (val, head.keys.clone(), epoch);
-            }
-        }
-        head.keys = best.1;
-        chosen.push(("best_epoch".to_string(), best.2.to_string()));
+        let mut order = |_epoch: usize| rng.permutation(n);
+        let trained = train_keys(&mut head, task, opts, &mut order, progress)?;
+        losses = trained.losses;
+        chosen.push(("best_epoch".to_string(), trained.best_epoch.to_string()));
     }
     head.search(&task.val.features, &task.val.labels, opts, progress);
     chosen.push(("alpha".into(), head.alpha.to_string()));
@@ -408,5 +438,64 @@ mod tests {
             }
         }
         assert!((l.data[1] - (zs.data[1] + h.alpha * cache)).abs() < 1e-4);
+    }
+
+    /// Without a validation set the last epoch's keys are kept; the written order is followed
+    /// (an order that omits a row never trains on it, which changes the result).
+    #[test]
+    fn train_keys_keeps_the_last_epoch_without_validation() {
+        let (h, f, y) = toy();
+        let task = FewShotTask {
+            classnames: vec!["a".into(), "b".into(), "c".into()],
+            train: crate::methods::LabelledSet {
+                features: f.clone(),
+                labels: y.clone(),
+            },
+            train_views: Vec::new(),
+            val: crate::methods::LabelledSet {
+                features: Matrix::zeros(0, f.cols),
+                labels: Vec::new(),
+            },
+            test: crate::methods::LabelledSet {
+                features: f,
+                labels: y,
+            },
+            text: TextClassifier {
+                weights: h.classes.clone(),
+                logit_scale: h.logit_scale,
+            },
+        };
+        let opts = TipOptions {
+            epochs: 3,
+            batch_size: 2,
+            lr: 1e-2,
+            ..Default::default()
+        };
+        let mut full = h.clone();
+        let trained = train_keys(
+            &mut full,
+            &task,
+            &opts,
+            &mut |_| (0..5).collect(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(trained.best_epoch, 2);
+        assert_eq!(trained.losses.len(), 3);
+        assert_ne!(full.keys, h.keys);
+        let mut partial = h.clone();
+        train_keys(&mut partial, &task, &opts, &mut |_| vec![0, 1], &mut |_| {}).unwrap();
+        assert_ne!(partial.keys, full.keys);
+        let err = train_keys(
+            &mut h.clone(),
+            &task,
+            &TipOptions {
+                batch_size: 0,
+                ..opts
+            },
+            &mut |_| Vec::new(),
+            &mut |_| {},
+        );
+        assert!(err.is_err());
     }
 }
