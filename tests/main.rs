@@ -12,6 +12,7 @@ mod methods;
 mod parity_clip;
 mod parity_open_clip;
 mod preprocess;
+mod preprocess_jpeg_simd;
 mod pretrain;
 mod tokenizer;
 mod world;
