@@ -127,3 +127,53 @@ fn jpeg_decode_dump() {
             .unwrap_or_else(|e| panic!("writing into {}: {e}", dir.display()));
     }
 }
+
+/// On-CPU time of this thread in ns (Linux `schedstat`): unlike wall time, it does not grow when
+/// other processes compete for the cores.
+fn thread_cpu_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Decode time per JPEG fixture, in CPU time of one thread. Run it once per code path:
+/// `cargo test --release --test tests preprocess_jpeg_simd::decode_cpu_time -- --ignored
+/// --nocapture`, again with `JSIMD_FORCENONE=1` (C code) or in a `LIBJPEG_TURBO_SIMD=off` build.
+#[test]
+#[ignore = "timing for docs/preprocessing.md, prints only"]
+fn decode_cpu_time() {
+    if thread_cpu_ns().is_none() {
+        println!("no /proc/thread-self/schedstat here: nothing measured");
+        return;
+    }
+    let forced: Vec<String> = SIMD_ENV
+        .iter()
+        .filter(|v| std::env::var(v).is_ok_and(|x| x == "1"))
+        .map(|v| format!("{v}=1"))
+        .collect();
+    println!(
+        "SIMD built: {}; run-time switches: {forced:?}",
+        libjpeg_turbo_sys::SIMD
+    );
+    for f in jpeg_fixtures() {
+        let bytes = std::fs::read(&f).expect("reading the fixture");
+        let name = f.file_name().expect("a file").to_string_lossy();
+        let img = clip_adapter::image::decode_bytes(&bytes, &name).expect("decodes");
+        let reps = 300;
+        let mut best = u64::MAX;
+        // The best of 5 rounds: the least disturbed by cache-evicting neighbours.
+        for _ in 0..5 {
+            let start = thread_cpu_ns().expect("checked above");
+            for _ in 0..reps {
+                std::hint::black_box(clip_adapter::image::decode_bytes(&bytes, &name).ok());
+            }
+            let end = thread_cpu_ns().expect("checked above");
+            best = best.min((end - start) / reps);
+        }
+        println!(
+            "{name:24} {}x{}: {:.3} ms per decode",
+            img.width(),
+            img.height(),
+            best as f64 / 1e6
+        );
+    }
+}
