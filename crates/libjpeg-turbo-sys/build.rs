@@ -192,7 +192,7 @@ fn main() {
                 panic!("LIBJPEG_TURBO_SIMD=on, but the SIMD code cannot be built: {why}")
             }
             Err(why) => println!(
-                "cargo:warning=libjpeg-turbo built without SIMD (JPEG decoding about 2.5x \
+                "cargo:warning=libjpeg-turbo built without SIMD (JPEG decoding 1.5-3x \
                  slower, same pixels): {why}. Install NASM, or set LIBJPEG_TURBO_SIMD=off to \
                  silence this."
             ),
