@@ -16,6 +16,7 @@ mod new_methods;
 mod parity_clip;
 mod parity_open_clip;
 mod preprocess;
+mod preprocess_jpeg_simd;
 mod pretrain;
 mod tokenizer;
 mod torchscript;

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use ::image::DynamicImage;
 
-use super::{jpeg, ImageError, RgbImage};
+use super::jpeg::{self, JpegError};
+use super::{ImageError, RgbImage};
 
 /// The formats we decode, for error messages.
 pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, WebP, BMP or GIF";
@@ -144,25 +145,32 @@ fn decode(bytes: &[u8], path: &Path) -> Result<RgbImage, ImageError> {
         ctx.check_size(width, height)?;
     }
     let img = match format {
-        Format::Jpeg => jpeg::decode(bytes, &ctx)?,
+        Format::Jpeg => decode_jpeg(bytes, &ctx)?,
         _ => decode_other(bytes, &ctx)?,
     };
     ctx.check_size(img.width(), img.height())?;
     Ok(img)
 }
 
+/// JPEG: the header first, so that the size is checked before the pixels are allocated.
+fn decode_jpeg(bytes: &[u8], ctx: &Ctx) -> Result<RgbImage, ImageError> {
+    let decoder = jpeg::open(bytes).map_err(|e| ctx.jpeg(e))?;
+    ctx.check_size(decoder.width(), decoder.height())?;
+    decoder.decode().map_err(|e| ctx.jpeg(e))
+}
+
 /// The file being decoded, to build errors.
-pub(super) struct Ctx<'a> {
+struct Ctx<'a> {
     path: &'a Path,
-    pub(super) format: Format,
+    format: Format,
 }
 
 impl Ctx<'_> {
-    pub(super) fn path(&self) -> PathBuf {
+    fn path(&self) -> PathBuf {
         self.path.to_path_buf()
     }
 
-    pub(super) fn check_size(&self, width: u32, height: u32) -> Result<(), ImageError> {
+    fn check_size(&self, width: u32, height: u32) -> Result<(), ImageError> {
         if width == 0 || height == 0 {
             return Err(ImageError::ZeroSized {
                 path: self.path(),
@@ -185,7 +193,7 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    pub(super) fn corrupt(&self, detail: impl Into<String>) -> ImageError {
+    fn corrupt(&self, detail: impl Into<String>) -> ImageError {
         ImageError::Corrupt {
             path: self.path(),
             format: self.format,
@@ -193,7 +201,7 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn truncated(&self, detail: impl Into<String>) -> ImageError {
+    fn truncated(&self, detail: impl Into<String>) -> ImageError {
         ImageError::Truncated {
             path: self.path(),
             format: self.format,
@@ -201,7 +209,15 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn unsupported_mode(&self, detail: impl Into<String>) -> ImageError {
+    fn jpeg(&self, e: JpegError) -> ImageError {
+        match e {
+            JpegError::Truncated(detail) => self.truncated(detail),
+            JpegError::Corrupt(detail) => self.corrupt(detail),
+            JpegError::UnsupportedMode(detail) => self.unsupported_mode(detail),
+        }
+    }
+
+    fn unsupported_mode(&self, detail: impl Into<String>) -> ImageError {
         ImageError::UnsupportedMode {
             path: self.path(),
             format: self.format,
@@ -231,12 +247,6 @@ fn describe_magic(bytes: &[u8]) -> String {
 // Header sizes
 // ------------------------------------------------------------------------------------------
 
-pub(super) fn be16(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from(u16::from_be_bytes(
-        b.get(at..at + 2)?.try_into().ok()?,
-    )))
-}
-
 fn le16(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from(u16::from_le_bytes(
         b.get(at..at + 2)?.try_into().ok()?,
@@ -265,7 +275,7 @@ fn header_size(format: Format, b: &[u8]) -> Option<(u32, u32)> {
                 _ => Some((le32(b, 18)?.unsigned_abs(), le32(b, 22)?.unsigned_abs())),
             }
         }
-        Format::Jpeg => jpeg::markers(b).ok()?.sof.map(|s| (s.width, s.height)),
+        Format::Jpeg => jpeg::frame_size(b),
         Format::Webp => {
             // RIFF header (12 bytes), then the first chunk. Only lossy VP8 can state a 0 size:
             // VP8L and VP8X store size - 1.

@@ -1,35 +1,58 @@
 //! JPEG through libjpeg-turbo, as Pillow decodes it.
 //!
-//! Pillow 13.0.0 links libjpeg-turbo 3.2.0; the `turbojpeg` crate builds the vendored 3.1.0.
-//! With TurboJPEG's defaults, which are Pillow's settings (accurate integer IDCT, smooth
-//! "fancy" chroma upsampling, no scaling), the pixels are bit-identical to PIL's;
+//! Pillow 13.0.0 links libjpeg-turbo 3.2.0; we build the vendored 3.1.0 (`libjpeg-turbo-sys`,
+//! a C compiler suffices; NASM adds the SIMD routines, which decode to the same pixels). With
+//! TurboJPEG's defaults, which are Pillow's settings (accurate integer IDCT, smooth "fancy"
+//! chroma upsampling, no scaling), the pixels are bit-identical to PIL's;
 //! `docs/preprocessing.md` has the measurements, and those of the `image` crate's zune-jpeg,
 //! which is not. This file also holds what Pillow does around the decoder: which files it
 //! refuses (truncated, not 8-bit), and its CMYK conversion.
+//!
+//! It knows nothing of files or paths: [`decode`](super::decode) opens a [`JpegDecoder`],
+//! checks the size it reports, decodes, and turns a [`JpegError`] into an `ImageError`.
 
-use super::decode::{be16, Ctx};
-use super::{ImageError, RgbImage};
+use std::ffi::{c_int, CStr};
+
+use libjpeg_turbo_sys as tj;
+
+use super::RgbImage;
+
+/// Why a JPEG was refused. The message is libjpeg's, or says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum JpegError {
+    /// The data ends before the image does (Pillow: "image file is truncated").
+    Truncated(String),
+    /// libjpeg-turbo gave up on the data.
+    Corrupt(String),
+    /// A layout Pillow does not open either (not 8-bit, odd component count).
+    UnsupportedMode(String),
+}
 
 /// The frame header (SOFn) of a JPEG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Sof {
+struct Sof {
     precision: u8,
-    pub(super) width: u32,
-    pub(super) height: u32,
+    width: u32,
+    height: u32,
     components: u8,
 }
 
 /// What the marker walk found before the first scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) struct JpegMarkers {
-    pub(super) sof: Option<Sof>,
+struct JpegMarkers {
+    sof: Option<Sof>,
     /// Offset of the first SOS marker: entropy-coded data follows it.
     sos: Option<usize>,
 }
 
+/// (width, height) from the frame header, when the marker walk reaches one.
+pub(super) fn frame_size(b: &[u8]) -> Option<(u32, u32)> {
+    markers(b).ok()?.sof.map(|s| (s.width, s.height))
+}
+
 /// Walks the markers up to the first scan, skipping junk between segments as libjpeg's
 /// `next_marker` does. `Err(())`: the data ends inside the header, i.e. the file is truncated.
-pub(super) fn markers(b: &[u8]) -> Result<JpegMarkers, ()> {
+fn markers(b: &[u8]) -> Result<JpegMarkers, ()> {
     let mut info = JpegMarkers::default();
     let mut i = 2; // after SOI
     loop {
@@ -75,6 +98,12 @@ pub(super) fn markers(b: &[u8]) -> Result<JpegMarkers, ()> {
     }
 }
 
+fn be16(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from(u16::from_be_bytes(
+        b.get(at..at + 2)?.try_into().ok()?,
+    )))
+}
+
 /// Whether the data ends before the image does: no EOI marker after the first scan. 0xFF 0xD9
 /// cannot occur inside entropy-coded data (0xFF is stuffed there), and trailing bytes after EOI
 /// are harmless. This is what makes Pillow raise "image file is truncated" (even a missing EOI
@@ -85,76 +114,83 @@ fn jpeg_truncated(b: &[u8], sos: usize) -> bool {
     !b[sos..].windows(2).rev().any(|w| w == [0xFF, 0xD9])
 }
 
-/// The first messages of libjpeg's non-fatal warnings (`JWRN_*` in libjpeg-turbo's
-/// `jerror.h`) other than "Premature end of JPEG file". Pillow's decoder ignores warnings, so
-/// we keep the pixels as it does. TurboJPEG keeps the first warning's message unless a fatal
-/// error follows (libjpeg prints only the first warning, and every fatal error), so a message
-/// from this list means that no fatal error happened.
-const LIBJPEG_WARNINGS: &[&str] = &[
-    "Corrupt JPEG data",
-    "Warning: unknown JFIF revision number",
-    "Inconsistent progression sequence",
-    "Invalid SOS parameters for sequential JPEG",
-    "Unknown Adobe color transform code",
-    "Application transferred too many scanlines",
-];
-
 /// libjpeg's `JWRN_JPEG_EOF`: the data ended before the image did. libjpeg would fill the rest
 /// with grey; Pillow raises "image file is truncated" (with `LOAD_TRUNCATED_IMAGES = False`, the
 /// default), so this is an error.
 const LIBJPEG_EOF: &str = "Premature end of JPEG file";
 
-pub(super) fn decode(bytes: &[u8], ctx: &Ctx) -> Result<RgbImage, ImageError> {
-    let info =
-        markers(bytes).map_err(|()| ctx.truncated("the data ends inside the JPEG header"))?;
+/// A JPEG whose header libjpeg-turbo has read: its size is known, no pixel memory is taken yet.
+pub(super) struct JpegDecoder<'a> {
+    bytes: &'a [u8],
+    turbo: Turbo,
+    header: JpegHeader,
+}
+
+/// Checks what Pillow checks before decoding, then reads the header with libjpeg-turbo.
+pub(super) fn open(bytes: &[u8]) -> Result<JpegDecoder<'_>, JpegError> {
+    let info = markers(bytes)
+        .map_err(|()| JpegError::Truncated("the data ends inside the JPEG header".into()))?;
     if let Some(sof) = info.sof {
         // Pillow's JpegImagePlugin accepts the same: 8-bit samples, 1, 3 or 4 components.
         if sof.precision != 8 {
-            return Err(ctx.unsupported_mode(format!(
+            return Err(JpegError::UnsupportedMode(format!(
                 "{}-bit samples; expected 8-bit (PIL cannot read them either)",
                 sof.precision
             )));
         }
         if !matches!(sof.components, 1 | 3 | 4) {
-            return Err(ctx.unsupported_mode(format!(
+            return Err(JpegError::UnsupportedMode(format!(
                 "{} colour components; expected 1 (grey), 3 (colour) or 4 (CMYK)",
                 sof.components
             )));
         }
     }
     if info.sos.is_some_and(|sos| jpeg_truncated(bytes, sos)) {
-        return Err(ctx.truncated("no end-of-image marker after the image data"));
+        return Err(JpegError::Truncated(
+            "no end-of-image marker after the image data".into(),
+        ));
     }
-    let fail = |msg: String| {
-        if msg.contains(LIBJPEG_EOF) {
-            ctx.truncated(msg)
-        } else {
-            ctx.corrupt(msg)
-        }
-    };
-    let mut tj = Turbo::new().map_err(fail)?;
-    let header = tj.header(bytes).map_err(fail)?;
-    ctx.check_size(header.width, header.height)?;
-    let channels = header.layout.channels();
-    let len = (header.width as usize)
-        .checked_mul(header.height as usize)
-        .and_then(|n| n.checked_mul(channels))
-        .ok_or_else(|| {
-            ctx.corrupt(format!(
-                "impossible size {}x{}",
-                header.width, header.height
-            ))
-        })?;
-    let mut pixels = vec![0u8; len];
-    tj.decompress(bytes, &header, &mut pixels).map_err(fail)?;
-    // Pillow's mode is L, RGB or CMYK; convert("RGB") from there.
-    let data = match header.layout {
-        JpegLayout::Grey => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
-        JpegLayout::Cmyk => cmyk_to_rgb(&pixels),
-        JpegLayout::Rgb => pixels,
-    };
-    RgbImage::from_raw(header.width, header.height, data)
-        .ok_or_else(|| ctx.corrupt("decoder returned a short buffer"))
+    let mut turbo = Turbo::new()?;
+    let header = turbo.header(bytes)?;
+    Ok(JpegDecoder {
+        bytes,
+        turbo,
+        header,
+    })
+}
+
+impl JpegDecoder<'_> {
+    pub(super) fn width(&self) -> u32 {
+        self.header.width
+    }
+
+    pub(super) fn height(&self) -> u32 {
+        self.header.height
+    }
+
+    /// Decodes to RGB as Pillow's `convert("RGB")` gives it. The caller has checked the size.
+    pub(super) fn decode(mut self) -> Result<RgbImage, JpegError> {
+        let JpegHeader {
+            width,
+            height,
+            layout,
+        } = self.header;
+        let len = (width as usize)
+            .checked_mul(height as usize)
+            .and_then(|n| n.checked_mul(layout.channels()))
+            .ok_or_else(|| JpegError::Corrupt(format!("impossible size {width}x{height}")))?;
+        let mut pixels = vec![0u8; len];
+        self.turbo
+            .decompress(self.bytes, &self.header, &mut pixels)?;
+        // Pillow's mode is L, RGB or CMYK; convert("RGB") from there.
+        let data = match layout {
+            JpegLayout::Grey => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
+            JpegLayout::Cmyk => cmyk_to_rgb(&pixels),
+            JpegLayout::Rgb => pixels,
+        };
+        RgbImage::from_raw(width, height, data)
+            .ok_or_else(|| JpegError::Corrupt("decoder returned a short buffer".into()))
+    }
 }
 
 /// The pixel layout we ask libjpeg-turbo for: the one Pillow's mode has.
@@ -174,82 +210,86 @@ impl JpegLayout {
         }
     }
 
-    fn pixel_format(self) -> turbojpeg::raw::TJPF {
+    fn pixel_format(self) -> c_int {
         match self {
-            JpegLayout::Grey => turbojpeg::raw::TJPF_TJPF_GRAY,
-            JpegLayout::Rgb => turbojpeg::raw::TJPF_TJPF_RGB,
-            JpegLayout::Cmyk => turbojpeg::raw::TJPF_TJPF_CMYK,
+            JpegLayout::Grey => tj::TJPF_GRAY,
+            JpegLayout::Rgb => tj::TJPF_RGB,
+            JpegLayout::Cmyk => tj::TJPF_CMYK,
         }
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 struct JpegHeader {
     width: u32,
     height: u32,
     layout: JpegLayout,
 }
 
-/// A TurboJPEG 3 decompressor, used through the raw API because the `turbojpeg` crate's safe
-/// `Decompressor` turns libjpeg *warnings* into errors before decoding (its `decompress` first
-/// re-reads the header and gives up on "Corrupt JPEG data: N extraneous bytes before marker"),
-/// while Pillow decodes such files. Defaults are Pillow's: accurate integer IDCT, smooth
-/// chroma upsampling, no scaling, top-down rows, continue on warnings.
-struct Turbo(turbojpeg::raw::tjhandle);
+/// A TurboJPEG 3 decompressor, used through the raw API: a libjpeg *warning* must not stop the
+/// decode (Pillow decodes e.g. "Corrupt JPEG data: N extraneous bytes before marker", junk
+/// between segments that is common in scraped data), and TurboJPEG reports warnings through the
+/// same -1 return as errors. Defaults are Pillow's: accurate integer IDCT, smooth chroma
+/// upsampling, no scaling, top-down rows, continue on warnings.
+struct Turbo(tj::tjhandle);
 
 impl Drop for Turbo {
     fn drop(&mut self) {
         // SAFETY: the handle came from tj3Init and is destroyed once.
-        unsafe { turbojpeg::raw::tj3Destroy(self.0) }
+        unsafe { tj::tj3Destroy(self.0) }
     }
 }
 
 impl Turbo {
-    fn new() -> Result<Self, String> {
+    fn new() -> Result<Self, JpegError> {
         // SAFETY: plain constructor; a null handle is checked below.
-        let h = unsafe { turbojpeg::raw::tj3Init(turbojpeg::raw::TJINIT_TJINIT_DECOMPRESS as _) };
+        let h = unsafe { tj::tj3Init(tj::TJINIT_DECOMPRESS) };
         if h.is_null() {
-            return Err("cannot initialise libjpeg-turbo".into());
+            return Err(JpegError::Corrupt("cannot initialise libjpeg-turbo".into()));
         }
         Ok(Self(h))
     }
 
-    /// The last error's message; `Ok` when it is only a libjpeg warning.
-    fn check(&mut self, rc: std::ffi::c_int) -> Result<(), String> {
+    /// `Ok` when the call succeeded or libjpeg only warned (TurboJPEG's `TJERR_WARNING`: no
+    /// fatal error followed), except for the warning that the data ended early.
+    fn check(&mut self, rc: c_int) -> Result<(), JpegError> {
         if rc == 0 {
             return Ok(());
         }
         // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle (or a
         // thread-local buffer), valid until the next call on this thread; it is copied at once.
-        let msg = unsafe { std::ffi::CStr::from_ptr(turbojpeg::raw::tj3GetErrorStr(self.0)) }
-            .to_string_lossy()
-            .into_owned();
-        if LIBJPEG_WARNINGS.iter().any(|w| msg.starts_with(w)) {
+        // tj3GetErrorCode only reads the handle.
+        let (msg, code) = unsafe {
+            let msg = CStr::from_ptr(tj::tj3GetErrorStr(self.0))
+                .to_string_lossy()
+                .into_owned();
+            (msg, tj::tj3GetErrorCode(self.0))
+        };
+        if msg.contains(LIBJPEG_EOF) {
+            Err(JpegError::Truncated(msg))
+        } else if code == tj::TJERR_WARNING {
             Ok(())
         } else {
-            Err(msg)
+            Err(JpegError::Corrupt(msg))
         }
     }
 
-    fn header(&mut self, jpeg: &[u8]) -> Result<JpegHeader, String> {
-        let len = jpeg
-            .len()
-            .try_into()
-            .map_err(|_| "file too large".to_string())?;
+    fn header(&mut self, jpeg: &[u8]) -> Result<JpegHeader, JpegError> {
         // SAFETY: the pointer and length describe `jpeg`, which outlives the call.
-        let rc = unsafe { turbojpeg::raw::tj3DecompressHeader(self.0, jpeg.as_ptr(), len) };
+        let rc = unsafe { tj::tj3DecompressHeader(self.0, jpeg.as_ptr(), jpeg.len()) };
         self.check(rc)?;
         // SAFETY: reading parameters of a valid handle.
-        let get = |p: turbojpeg::raw::TJPARAM| unsafe { turbojpeg::raw::tj3Get(self.0, p as _) };
-        let (w, h) = (
-            get(turbojpeg::raw::TJPARAM_TJPARAM_JPEGWIDTH),
-            get(turbojpeg::raw::TJPARAM_TJPARAM_JPEGHEIGHT),
-        );
-        let colorspace = get(turbojpeg::raw::TJPARAM_TJPARAM_COLORSPACE);
-        let layout = match u32::try_from(colorspace) {
-            Ok(turbojpeg::raw::TJCS_TJCS_GRAY) => JpegLayout::Grey,
-            Ok(turbojpeg::raw::TJCS_TJCS_CMYK | turbojpeg::raw::TJCS_TJCS_YCCK) => JpegLayout::Cmyk,
-            Ok(_) => JpegLayout::Rgb,
-            Err(_) => return Err(format!("unknown JPEG colour space {colorspace}")),
+        let get = |p: c_int| unsafe { tj::tj3Get(self.0, p) };
+        let (w, h) = (get(tj::TJPARAM_JPEGWIDTH), get(tj::TJPARAM_JPEGHEIGHT));
+        let layout = match get(tj::TJPARAM_COLORSPACE) {
+            tj::TJCS_GRAY => JpegLayout::Grey,
+            tj::TJCS_CMYK | tj::TJCS_YCCK => JpegLayout::Cmyk,
+            tj::TJCS_RGB | tj::TJCS_YCbCr => JpegLayout::Rgb,
+            other => {
+                return Err(JpegError::Corrupt(format!(
+                    "unknown JPEG colour space {other}"
+                )))
+            }
         };
         match (u32::try_from(w), u32::try_from(h)) {
             (Ok(width), Ok(height)) => Ok(JpegHeader {
@@ -257,31 +297,35 @@ impl Turbo {
                 height,
                 layout,
             }),
-            _ => Err(format!("invalid size {w}x{h} in the JPEG header")),
+            _ => Err(JpegError::Corrupt(format!(
+                "invalid size {w}x{h} in the JPEG header"
+            ))),
         }
     }
 
     /// Decodes into `out`, which holds `width * height * channels` bytes.
-    fn decompress(&mut self, jpeg: &[u8], hd: &JpegHeader, out: &mut [u8]) -> Result<(), String> {
+    fn decompress(
+        &mut self,
+        jpeg: &[u8],
+        hd: &JpegHeader,
+        out: &mut [u8],
+    ) -> Result<(), JpegError> {
         let channels = hd.layout.channels();
         if out.len() != hd.width as usize * hd.height as usize * channels {
-            return Err("output buffer does not match the image size".into());
+            return Err(JpegError::Corrupt(
+                "output buffer does not match the image size".into(),
+            ));
         }
-        let len = jpeg
-            .len()
-            .try_into()
-            .map_err(|_| "file too large".to_string())?;
-        let pitch = (hd.width as usize * channels)
-            .try_into()
-            .map_err(|_| format!("image too wide ({} pixels)", hd.width))?;
+        let pitch = c_int::try_from(hd.width as usize * channels)
+            .map_err(|_| JpegError::Corrupt(format!("image too wide ({} pixels)", hd.width)))?;
         // SAFETY: `out` holds exactly `height` rows of `pitch` bytes, which is what
         // tj3Decompress8 writes at scaling factor 1 (the default) for the size that
         // tj3DecompressHeader reported for this same `jpeg`.
         let rc = unsafe {
-            turbojpeg::raw::tj3Decompress8(
+            tj::tj3Decompress8(
                 self.0,
                 jpeg.as_ptr(),
-                len,
+                jpeg.len(),
                 out.as_mut_ptr(),
                 pitch,
                 hd.layout.pixel_format(),
