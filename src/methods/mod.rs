@@ -22,6 +22,7 @@
 //! validation set only; the test set is evaluated once, with the chosen values.
 
 pub mod clip_adapter;
+pub mod coop;
 mod error;
 pub mod eval;
 pub mod from_cache;

@@ -1,0 +1,68 @@
+//! Errors of CoOp: each names the value at fault and what was expected.
+
+use std::path::PathBuf;
+
+use crate::methods::MethodError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoopError {
+    #[error("n_ctx must be at least 1 (the number of learned context vectors)")]
+    NoContext,
+
+    #[error("CoOp needs at least one class name")]
+    NoClasses,
+
+    #[error(
+        "ctx_init `{text}` has {tokens} tokens: with the start and end tokens it does not fit \
+         the model's context length of {context}"
+    )]
+    InitTooLong {
+        text: String,
+        tokens: usize,
+        context: usize,
+    },
+
+    #[error(
+        "class {index} `{name}`: its prompt needs {need} tokens (start, {n_ctx} context vectors, \
+         the name and `.`, end) but the model's context length is {context}; use a smaller \
+         n_ctx or a shorter class name"
+    )]
+    ClassTooLong {
+        index: usize,
+        name: String,
+        n_ctx: usize,
+        need: usize,
+        context: usize,
+    },
+
+    #[error(
+        "{path}: this CoOp head was trained on model `{head_model}` (fingerprint {head_fingerprint}), \
+         not on `{model}` (fingerprint {fingerprint})"
+    )]
+    OtherModel {
+        path: PathBuf,
+        head_model: String,
+        head_fingerprint: String,
+        model: String,
+        fingerprint: String,
+    },
+
+    #[error("{path}: not a CoOp head: {msg}")]
+    HeadFormat { path: PathBuf, msg: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: crate::error::Error,
+    },
+
+    #[error(transparent)]
+    Method(#[from] MethodError),
+
+    #[error(transparent)]
+    Model(#[from] crate::error::Error),
+
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
