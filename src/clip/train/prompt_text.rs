@@ -78,7 +78,11 @@ impl PromptTextEncoder {
         Self::from_checkpoint(&config, &ckpt, device)
     }
 
-    pub fn from_checkpoint(config: &ClipConfig, ckpt: &Checkpoint, device: &Device) -> Result<Self> {
+    pub fn from_checkpoint(
+        config: &ClipConfig,
+        ckpt: &Checkpoint,
+        device: &Device,
+    ) -> Result<Self> {
         let c = &config.text;
         let mut tensors = HashMap::new();
         for (name, shape) in text_tensors(c, config.embed_dim) {
@@ -125,7 +129,10 @@ impl PromptTextEncoder {
     /// # Shapes
     /// `n ids -> (n, width)`
     pub fn token_embeddings(&self, ids: &[u32]) -> Result<Tensor> {
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
             return Err(Error::InvalidInput(format!(
                 "token id {bad} is outside the model's vocabulary of {} tokens",
                 self.config.vocab_size
@@ -207,7 +214,10 @@ fn block_forward(block: &Block, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         .reshape((b, l, d))?;
     let x = (x + linear2d(&block.out, &attended)?)?;
     let y = block.layer_norm2.forward(&x)?;
-    let y = linear2d(&block.fc2, &activate(&linear2d(&block.fc1, &y)?, block.act)?)?;
+    let y = linear2d(
+        &block.fc2,
+        &activate(&linear2d(&block.fc1, &y)?, block.act)?,
+    )?;
     Ok((x + y)?)
 }
 
@@ -254,7 +264,11 @@ mod tests {
                 .iter()
                 .map(|r| r.iter().position(|&t| t == eot_id).unwrap())
                 .collect();
-            let got = enc.encode_embeddings(&x, &eot).unwrap().to_vec2::<f32>().unwrap();
+            let got = enc
+                .encode_embeddings(&x, &eot)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
             for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
                 assert!((g - w).abs() < 1e-4 * (1.0 + w.abs()), "{name}: {g} vs {w}");
             }
@@ -296,7 +310,11 @@ mod tests {
                     let mut v = values.clone();
                     v[i] += delta;
                     let t = Tensor::from_vec(v, (b, l, width), &Device::Cpu).unwrap();
-                    loss(&t).to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+                    loss(&t)
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap()
                 };
                 let fd = ((at(eps) - at(-eps)) / (2.0 * eps as f64)) as f32;
                 assert!(

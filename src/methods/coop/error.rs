@@ -23,12 +23,13 @@ pub enum CoopError {
     },
 
     #[error(
-        "class {index} `{name}`: its prompt needs {need} tokens (start, {n_ctx} context vectors, \
+        "class {number} `{name}`: its prompt needs {need} tokens (start, {n_ctx} context vectors, \
          the name and `.`, end) but the model's context length is {context}; use a smaller \
          n_ctx or a shorter class name"
     )]
     ClassTooLong {
-        index: usize,
+        /// 1-based, as the class list is numbered for people.
+        number: usize,
         name: String,
         n_ctx: usize,
         need: usize,

@@ -42,8 +42,11 @@ impl CoopHead {
     /// Safetensors bytes of the head.
     pub fn to_bytes(&self) -> Result<Vec<u8>, safetensors::SafeTensorError> {
         let bytes: Vec<u8> = self.context.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, self.context_shape(), &bytes)?;
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            self.context_shape(),
+            &bytes,
+        )?;
         let classnames = serde_json::Value::from(self.classnames.clone()).to_string();
         let meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
@@ -104,7 +107,9 @@ impl CoopHead {
         }
         let version = get("version")?;
         if version != VERSION.to_string() {
-            return Err(format!("version {version} is not supported (expected {VERSION})"));
+            return Err(format!(
+                "version {version} is not supported (expected {VERSION})"
+            ));
         }
         let number = |k: &str| -> Result<usize, String> {
             let v = get(k)?;

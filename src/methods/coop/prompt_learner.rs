@@ -66,7 +66,7 @@ impl PromptLearner {
             let body = tokenizer.encode(&format!("{placeholders} {name}."));
             if body.len() + 2 > context {
                 return Err(CoopError::ClassTooLong {
-                    index,
+                    number: index + 1,
                     name: raw.clone(),
                     n_ctx,
                     need: body.len() + 2,
@@ -193,7 +193,10 @@ pub fn initial_context(
                     context,
                 });
             }
-            let one = encoder.token_embeddings(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+            let one = encoder
+                .token_embeddings(&ids)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             Ok((one.repeat(copies), ids.len()))
         }
         None => {
