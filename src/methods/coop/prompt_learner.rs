@@ -130,6 +130,11 @@ impl PromptLearner {
         self.classes
     }
 
+    /// Positions each prompt runs through the tower: the last end-of-text position + 1.
+    pub fn prompt_len(&self) -> usize {
+        self.len
+    }
+
     /// The shape of the context: `(M, width)` unified, `(K, M, width)` class-specific.
     pub fn context_shape(&self) -> Vec<usize> {
         match self.csc {
