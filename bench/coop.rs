@@ -31,7 +31,10 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let dir = Path::new(args.first().map_or("bench/out/coop/vit-b-32", String::as_str));
+    let dir = Path::new(
+        args.first()
+            .map_or("bench/out/coop/vit-b-32", String::as_str),
+    );
     let k: usize = args.get(1).map_or(Ok(10), |s| s.parse())?;
     let steps: usize = args.get(2).map_or(Ok(3), |s| s.parse())?;
     let names = std::fs::read_to_string(

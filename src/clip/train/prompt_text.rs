@@ -9,14 +9,15 @@
 //! would silently get a zero gradient through them.
 //!
 //! Two differences from the pretraining forward, both for speed and neither changing a value:
-//! the linear layers run as one 2-D matmul over all positions (a broadcast batched matmul would
-//! also materialise a per-sequence copy of every weight gradient, which nobody reads here), and
-//! sequences stop at the last end-of-text position of the batch (attention is causal, so later
-//! positions never reach a pooled output).
+//! the linear layers are one 2-D product over all positions whose backward forms only the input
+//! gradient `g W` ([`FrozenMatmul`]; candle's matmul backward also forms the weight gradient
+//! `xᵀ g`, a third of the step's arithmetic that nobody reads here), and sequences stop at the
+//! last end-of-text position of the batch (attention is causal, so later positions never reach
+//! a pooled output).
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::{activate, causal_mask, Block, Linear, TextTower};
@@ -177,12 +178,73 @@ impl PromptTextEncoder {
     }
 }
 
-/// `x Wᵀ + b` as one 2-D matmul over every leading dimension.
+/// `x Wᵀ` for a frozen `W` (`out × in`, contiguous f32 on the CPU). The backward returns the
+/// input gradient `g W` only; `W` gets none, being a constant.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = xs.as_slice::<f32>()?;
+        let Some((start, end)) = xl.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: the input must be contiguous");
+        };
+        let (m, k) = xl.shape().dims2()?;
+        let (n, k2) = self.weight.dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen-matmul: input has {k} columns, the weight {k2}");
+        }
+        let (storage, wl) = self.weight.storage_and_layout();
+        let w = match &*storage {
+            Storage::Cpu(s) => s.as_slice::<f32>()?,
+            _ => candle_core::bail!("frozen-matmul: the weight must be on the CPU"),
+        };
+        let Some((ws, we)) = wl.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: the weight must be contiguous");
+        };
+        let mut out = vec![0f32; m * n];
+        crate::kernels::matmul::gemm(
+            &x[start..end],
+            false,
+            &w[ws..we],
+            true,
+            &mut out,
+            m,
+            k,
+            n,
+            false,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+/// `x Wᵀ + b` as one 2-D product over every leading dimension.
 fn linear2d(l: &Linear, x: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_dim = dims[dims.len() - 1];
     let rows = x.elem_count() / in_dim.max(1);
-    let y = x.reshape((rows, in_dim))?.matmul(&l.weight.t()?)?;
+    let x = x.reshape((rows, in_dim))?.contiguous()?;
+    let y = if x.device().is_cpu() && l.weight.is_contiguous() && x.dtype() == DType::F32 {
+        x.apply_op1(FrozenMatmul {
+            weight: l.weight.clone(),
+        })?
+    } else {
+        x.matmul(&l.weight.t()?)?
+    };
     let y = match &l.bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
