@@ -172,7 +172,7 @@ impl PromptTextEncoder {
         for layer in &self.tower.layers {
             x = block_forward(layer, &x, &mask)?;
         }
-        let pooled = crate::clip::model::text::gather_positions(&x, &eot[..])?;
+        let pooled = crate::clip::model::text::gather_positions(&x, eot)?;
         let pooled = self.tower.final_layer_norm.forward(&pooled)?;
         linear2d(&self.text_projection, &pooled)
     }

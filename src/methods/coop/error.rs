@@ -36,16 +36,12 @@ pub enum CoopError {
         context: usize,
     },
 
-    #[error(
-        "{path}: this CoOp head was trained on model `{head_model}` (fingerprint {head_fingerprint}), \
-         not on `{model}` (fingerprint {fingerprint})"
-    )]
+    /// `head` and `model` read "`name` (fingerprint …)".
+    #[error("{path}: this CoOp head was trained on model {head}, not on {model}")]
     OtherModel {
         path: PathBuf,
-        head_model: String,
-        head_fingerprint: String,
+        head: String,
         model: String,
-        fingerprint: String,
     },
 
     #[error("{path}: not a CoOp head: {msg}")]
@@ -55,15 +51,22 @@ pub enum CoopError {
     Io {
         path: PathBuf,
         #[source]
-        source: crate::error::Error,
+        source: Box<crate::error::Error>,
     },
 
     #[error(transparent)]
     Method(#[from] MethodError),
 
     #[error(transparent)]
-    Model(#[from] crate::error::Error),
+    Model(Box<crate::error::Error>),
 
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+}
+
+// Boxed: the crate error is large, and every CoOp result would carry its size.
+impl From<crate::error::Error> for CoopError {
+    fn from(e: crate::error::Error) -> Self {
+        CoopError::Model(Box::new(e))
+    }
 }

@@ -75,14 +75,14 @@ impl CoopHead {
         })?;
         crate::fsutil::write_atomic(path, &bytes).map_err(|source| CoopError::Io {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
     }
 
     pub fn load(path: &Path) -> Result<Self, CoopError> {
         let bytes = std::fs::read(path).map_err(|e| CoopError::Io {
             path: path.to_path_buf(),
-            source: crate::Error::io(path, e),
+            source: Box::new(crate::Error::io(path, e)),
         })?;
         Self::from_bytes(&bytes).map_err(|msg| CoopError::HeadFormat {
             path: path.to_path_buf(),
@@ -163,10 +163,8 @@ impl CoopHead {
         if model.fingerprint != self.fingerprint || model.encoder.config().width != self.width {
             return Err(CoopError::OtherModel {
                 path: path.to_path_buf(),
-                head_model: self.model.clone(),
-                head_fingerprint: self.fingerprint.clone(),
-                model: model.name.clone(),
-                fingerprint: model.fingerprint.clone(),
+                head: format!("`{}` (fingerprint {})", self.model, self.fingerprint),
+                model: format!("`{}` (fingerprint {})", model.name, model.fingerprint),
             });
         }
         let learner = model.learner(&self.classnames, self.n_ctx, self.csc, self.position)?;
