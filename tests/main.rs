@@ -5,6 +5,7 @@ mod checkpoint_errors;
 mod cli;
 mod cli_data;
 mod common;
+mod coop;
 mod datasets;
 mod demo;
 mod experiment;

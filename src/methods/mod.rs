@@ -7,6 +7,7 @@
 //! optim.rs          SGD with momentum, AdamW, CoOp's warm-up + cosine schedule
 //! zero_shot.rs      zero-shot CLIP on features
 //! clip_adapter.rs   CLIP-Adapter: visual / text / both adapters, fixed or learnable ratios
+//! coop/             CoOp: learned prompt context trained through the frozen text tower
 //! hyper_network.rs  the ratio hyper-network Q(f, W) of the paper's learnable-ratio variant
 //! linear_probe.rs   L2 multinomial logistic regression, C searched on validation
 //! lbfgs.rs          the L-BFGS minimiser the linear probe uses
@@ -27,6 +28,7 @@
 pub mod ape;
 pub mod clap;
 pub mod clip_adapter;
+pub mod coop;
 mod error;
 pub mod eval;
 pub mod from_cache;

@@ -10,6 +10,7 @@
 //!
 //! [`Clip::load`]: super::Clip::load
 
+pub mod prompt_text;
 pub mod resnet;
 
 use std::path::Path;

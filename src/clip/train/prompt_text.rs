@@ -1,0 +1,395 @@
+//! The frozen text tower of a real checkpoint, differentiable with respect to its input token
+//! embeddings: what prompt learning (CoOp) trains through.
+//!
+//! It is the pretraining [`TextTower`](super::TextTower) with its weights read from the
+//! checkpoint (either layout) instead of initialised, run on embeddings rather than ids, as
+//! CoOp's `TextEncoder` does (`prompts + positional_embedding`, the transformer, `ln_final`, the
+//! row at `tokenized_prompts.argmax(-1)`, `@ text_projection`). Every step is a composite candle
+//! op with a backward: the inference tower's fused kernels record none, so the context vectors
+//! would silently get a zero gradient through them.
+//!
+//! Two differences from the pretraining forward, both for speed and neither changing a value:
+//! the linear layers are one 2-D product over all positions whose backward forms only the input
+//! gradient `g W` ([`FrozenMatmul`]; candle's matmul backward also forms the weight gradient
+//! `xᵀ g`, a third of the step's arithmetic that nobody reads here), and sequences stop at the
+//! last end-of-text position of the batch (attention is causal, so later positions never reach
+//! a pooled output).
+
+use std::collections::HashMap;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::{activate, causal_mask, Block, Linear, TextTower};
+use crate::clip::load::checkpoint::Checkpoint;
+use crate::clip::load::config::{ClipConfig, TextConfig};
+use crate::clip::ModelFiles;
+use crate::error::{Error, Result};
+
+/// A frozen CLIP text tower and projection that back-propagates into its input embeddings.
+pub struct PromptTextEncoder {
+    config: TextConfig,
+    embed_dim: usize,
+    tower: TextTower,
+    text_projection: Linear,
+    /// `exp(logit_scale)` of the checkpoint.
+    logit_scale: f32,
+    device: Device,
+}
+
+/// The `transformers` names and shapes of every text-side tensor.
+fn text_tensors(c: &TextConfig, embed_dim: usize) -> Vec<(String, Vec<usize>)> {
+    let (d, h) = (c.width, c.intermediate_size);
+    let mut out = vec![
+        (
+            "text_model.embeddings.token_embedding.weight".to_string(),
+            vec![c.vocab_size, d],
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight".into(),
+            vec![c.context_length, d],
+        ),
+        ("text_model.final_layer_norm.weight".into(), vec![d]),
+        ("text_model.final_layer_norm.bias".into(), vec![d]),
+        ("text_projection.weight".into(), vec![embed_dim, d]),
+    ];
+    for i in 0..c.layers {
+        let p = format!("text_model.encoder.layers.{i}");
+        for norm in ["layer_norm1", "layer_norm2"] {
+            out.push((format!("{p}.{norm}.weight"), vec![d]));
+            out.push((format!("{p}.{norm}.bias"), vec![d]));
+        }
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            out.push((format!("{p}.self_attn.{proj}.weight"), vec![d, d]));
+            out.push((format!("{p}.self_attn.{proj}.bias"), vec![d]));
+        }
+        out.push((format!("{p}.mlp.fc1.weight"), vec![h, d]));
+        out.push((format!("{p}.mlp.fc1.bias"), vec![h]));
+        out.push((format!("{p}.mlp.fc2.weight"), vec![d, h]));
+        out.push((format!("{p}.mlp.fc2.bias"), vec![d]));
+    }
+    out
+}
+
+impl PromptTextEncoder {
+    /// Reads the text tower of a model directory (either layout; the image tower is not read).
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self> {
+        let config = files.read_config()?;
+        let ckpt = Checkpoint::open(&files.weights, files.layout, device)?;
+        Self::from_checkpoint(&config, &ckpt, device)
+    }
+
+    pub fn from_checkpoint(
+        config: &ClipConfig,
+        ckpt: &Checkpoint,
+        device: &Device,
+    ) -> Result<Self> {
+        let c = &config.text;
+        let mut tensors = HashMap::new();
+        for (name, shape) in text_tensors(c, config.embed_dim) {
+            let t = ckpt.get(&name, &shape)?;
+            tensors.insert(name, t);
+        }
+        let logit_scale = ckpt.get("logit_scale", &[])?.to_scalar::<f32>()?.exp();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Ok(PromptTextEncoder {
+            tower: TextTower::new(&vb.pp("text_model"), c)?,
+            text_projection: Linear::new(
+                &vb.pp("text_projection"),
+                c.width,
+                config.embed_dim,
+                false,
+            )?,
+            config: c.clone(),
+            embed_dim: config.embed_dim,
+            logit_scale,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TextConfig {
+        &self.config
+    }
+
+    /// The width of the joint embedding space.
+    pub fn embed_dim(&self) -> usize {
+        self.embed_dim
+    }
+
+    /// `exp(logit_scale)` of the checkpoint.
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Rows of the token embedding table.
+    ///
+    /// # Shapes
+    /// `n ids -> (n, width)`
+    pub fn token_embeddings(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the model's vocabulary of {} tokens",
+                self.config.vocab_size
+            )));
+        }
+        let index = Tensor::from_slice(ids, (ids.len(),), &self.device)?;
+        Ok(self.tower.token_embedding.index_select(&index, 0)?)
+    }
+
+    /// Projected, un-normalised text features of embedded token sequences (positions not yet
+    /// added), pooled at `eot[i]` for sequence `i`. Gradients flow back into `x`.
+    ///
+    /// # Shapes
+    /// `(B, L, width), B positions -> (B, embed_dim)`, `L ≤ context_length`
+    pub fn encode_embeddings(&self, x: &Tensor, eot: &[usize]) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, len, width) = x.dims3()?;
+        if width != c.width || len == 0 || len > c.context_length || eot.len() != b {
+            return Err(Error::InvalidInput(format!(
+                "prompt embeddings of shape ({b}, {len}, {width}) with {} end positions do not \
+                 fit a text tower of width {} and context length {}",
+                eot.len(),
+                c.width,
+                c.context_length
+            )));
+        }
+        if let Some(&p) = eot.iter().find(|&&p| p >= len) {
+            return Err(Error::InvalidInput(format!(
+                "end-of-text position {p} is outside sequences of length {len}"
+            )));
+        }
+        let used = eot.iter().max().map_or(len, |&p| p + 1);
+        let x = x.narrow(1, 0, used)?;
+        let mut x = x.broadcast_add(&self.tower.position_embedding.narrow(0, 0, used)?)?;
+        let mask = causal_mask(used, &self.device)?;
+        for layer in &self.tower.layers {
+            x = block_forward(layer, &x, &mask)?;
+        }
+        let pooled = crate::clip::model::text::gather_positions(&x, eot)?;
+        let pooled = self.tower.final_layer_norm.forward(&pooled)?;
+        linear2d(&self.text_projection, &pooled)
+    }
+}
+
+/// `x Wᵀ` for a frozen `W` (`out × in`, contiguous f32 on the CPU). The backward returns the
+/// input gradient `g W` only; `W` gets none, being a constant.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = xs.as_slice::<f32>()?;
+        let Some((start, end)) = xl.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: the input must be contiguous");
+        };
+        let (m, k) = xl.shape().dims2()?;
+        let (n, k2) = self.weight.dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen-matmul: input has {k} columns, the weight {k2}");
+        }
+        let (storage, wl) = self.weight.storage_and_layout();
+        let w = match &*storage {
+            Storage::Cpu(s) => s.as_slice::<f32>()?,
+            _ => candle_core::bail!("frozen-matmul: the weight must be on the CPU"),
+        };
+        let Some((ws, we)) = wl.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: the weight must be contiguous");
+        };
+        let mut out = vec![0f32; m * n];
+        crate::kernels::matmul::gemm(
+            &x[start..end],
+            false,
+            &w[ws..we],
+            true,
+            &mut out,
+            m,
+            k,
+            n,
+            false,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+/// `x Wᵀ + b` as one 2-D product over every leading dimension.
+fn linear2d(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let in_dim = dims[dims.len() - 1];
+    let rows = x.elem_count() / in_dim.max(1);
+    let x = x.reshape((rows, in_dim))?.contiguous()?;
+    let y = if x.device().is_cpu() && l.weight.is_contiguous() && x.dtype() == DType::F32 {
+        x.apply_op1(FrozenMatmul {
+            weight: l.weight.clone(),
+        })?
+    } else {
+        x.matmul(&l.weight.t()?)?
+    };
+    let y = match &l.bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    if let Some(last) = out.last_mut() {
+        *last = l.weight.dim(0)?;
+    }
+    Ok(y.reshape(out)?)
+}
+
+/// [`Block::forward`] with [`linear2d`] layers and the causal mask.
+fn block_forward(block: &Block, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    let (h, hd) = (block.heads, d / block.heads);
+    let y = block.layer_norm1.forward(x)?;
+    let split = |t: Tensor| -> Result<Tensor> {
+        Ok(t.reshape((b, l, h, hd))?.transpose(1, 2)?.contiguous()?)
+    };
+    let q = (split(linear2d(&block.q, &y)?)? * (hd as f64).powf(-0.5))?;
+    let k = split(linear2d(&block.k, &y)?)?;
+    let v = split(linear2d(&block.v, &y)?)?;
+    let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(mask)?;
+    let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let attended = attn
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, l, d))?;
+    let x = (x + linear2d(&block.out, &attended)?)?;
+    let y = block.layer_norm2.forward(&x)?;
+    let y = linear2d(
+        &block.fc2,
+        &activate(&linear2d(&block.fc1, &y)?, block.act)?,
+    )?;
+    Ok((x + y)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::Clip;
+    use candle_core::Var;
+    use std::path::Path;
+
+    fn model_dir(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name)
+    }
+
+    /// Embedding the ids and running the differentiable tower gives the inference tower's
+    /// features (both layouts).
+    #[test]
+    fn matches_the_inference_tower_on_ids() {
+        for name in ["tiny-clip", "tiny-openclip-vit"] {
+            let files = ModelFiles::in_dir(&model_dir(name)).unwrap();
+            let dev = Device::Cpu;
+            let enc = PromptTextEncoder::load(&files, &dev).unwrap();
+            let clip = Clip::load(&files, &dev).unwrap();
+            let ctx = enc.config().context_length;
+            let eot_id = (enc.config().vocab_size - 1) as u32;
+            let mut rows = Vec::new();
+            for (i, n) in [3usize, 7, 1].iter().enumerate() {
+                let mut r = vec![eot_id - 1];
+                r.extend((0..*n).map(|j| (11 + 37 * (i + j)) as u32 % (eot_id - 1)));
+                r.push(eot_id);
+                r.resize(ctx, 0);
+                rows.push(r);
+            }
+            let want = clip.encode_tokens(&rows).unwrap().to_vec2::<f32>().unwrap();
+            let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+            let x = enc
+                .token_embeddings(&flat)
+                .unwrap()
+                .reshape((rows.len(), ctx, enc.config().width))
+                .unwrap();
+            let eot: Vec<usize> = rows
+                .iter()
+                .map(|r| r.iter().position(|&t| t == eot_id).unwrap())
+                .collect();
+            let got = enc
+                .encode_embeddings(&x, &eot)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!((g - w).abs() < 1e-4 * (1.0 + w.abs()), "{name}: {g} vs {w}");
+            }
+        }
+    }
+
+    /// The gradient with respect to the input embeddings against central finite differences
+    /// (f32: a step of 1e-2 keeps rounding in the quotient near 1e-4, the tolerance is 2e-3).
+    #[test]
+    fn input_gradient_matches_finite_differences() {
+        for name in ["tiny-clip", "tiny-openclip-vit"] {
+            let files = ModelFiles::in_dir(&model_dir(name)).unwrap();
+            let enc = PromptTextEncoder::load(&files, &Device::Cpu).unwrap();
+            let width = enc.config().width;
+            let (b, l) = (2usize, 5usize);
+            let values: Vec<f32> = (0..b * l * width)
+                .map(|i| ((i as f32 * 0.618).fract() - 0.5) * 2.0)
+                .collect();
+            let eot = [4usize, 2];
+            let loss = |x: &Tensor| -> Tensor {
+                let f = enc.encode_embeddings(x, &eot).unwrap();
+                // A non-symmetric scalar so that every output coordinate matters.
+                let w = Tensor::arange(0f32, f.elem_count() as f32, &Device::Cpu)
+                    .unwrap()
+                    .reshape(f.shape())
+                    .unwrap();
+                ((f.sin().unwrap() * ((w * 0.1).unwrap() + 1.0).unwrap()).unwrap())
+                    .sum_all()
+                    .unwrap()
+            };
+            let x = Var::from_vec(values.clone(), (b, l, width), &Device::Cpu).unwrap();
+            let grads = loss(x.as_tensor()).backward().unwrap();
+            let g = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+            let g = g.to_vec1::<f32>().unwrap();
+            let eps = 1e-2f32;
+            let mut checked = 0;
+            for i in (0..values.len()).step_by(7) {
+                let at = |delta: f32| {
+                    let mut v = values.clone();
+                    v[i] += delta;
+                    let t = Tensor::from_vec(v, (b, l, width), &Device::Cpu).unwrap();
+                    loss(&t)
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap()
+                };
+                let fd = ((at(eps) - at(-eps)) / (2.0 * eps as f64)) as f32;
+                assert!(
+                    (g[i] - fd).abs() < 2e-3 * (1.0 + fd.abs()),
+                    "{name} [{i}]: {} vs {fd}",
+                    g[i]
+                );
+                checked += 1;
+            }
+            assert!(checked > 10);
+            // Positions after a sequence's end token never reach its pooled output.
+            let after_end = &g[(l + eot[1] + 1) * width..2 * l * width];
+            assert!(after_end.iter().all(|v| v.abs() < 1e-12), "{name}");
+        }
+    }
+}
