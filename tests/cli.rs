@@ -423,3 +423,19 @@ fn help_lists_the_librarys_methods_and_tasks() {
         }
     }
 }
+
+/// An error names its cause once, even where a library error both quotes its source in its
+/// message and returns it as its source.
+#[test]
+fn error_causes_are_printed_once() {
+    let out = crate::common::clip_adapter(&[
+        "predict",
+        "--adapter",
+        "/nonexistent/head.safetensors",
+        "x.jpg",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
