@@ -11,11 +11,11 @@ use std::time::Instant;
 use clip_adapter::methods::clip_adapter::{
     self as ca, epochs_for_shots, AdapterModel, AdapterOptions,
 };
-use clip_adapter::methods::linalg::Rng;
+use clip_adapter::methods::linalg::seeded_rng;
 use clip_adapter::methods::{FewShotTask, LabelledSet, Matrix, TextClassifier};
 
 fn task(n: usize, d: usize, k: usize) -> FewShotTask {
-    let mut rng = Rng::new(0);
+    let mut rng = seeded_rng(0);
     let x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).expect("shape");
     let labels = (0..n).map(|i| i % k).collect();
     let w = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0))
@@ -48,7 +48,7 @@ fn time(n: usize, d: usize, k: usize, epochs: usize, batch: usize) -> f64 {
         batch_size: batch,
         ..Default::default()
     };
-    let mut rng = Rng::new(1);
+    let mut rng = seeded_rng(1);
     let mut model = AdapterModel::new(&t.text, &opts, opts.alpha, opts.beta, &mut rng);
     let mut order = |_| rng.permutation(n);
     let start = Instant::now();

@@ -13,7 +13,7 @@ use candle_core::Device;
 use clip_adapter::clip::ModelFiles;
 use clip_adapter::methods::coop::prompt_learner::initial_context;
 use clip_adapter::methods::coop::{loss_and_grad, ClassPosition, PromptModel};
-use clip_adapter::methods::linalg::Rng;
+use clip_adapter::methods::linalg::seeded_rng;
 use clip_adapter::methods::optim::Sgd;
 use clip_adapter::methods::Matrix;
 
@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let (mut ctx, n_ctx) = initial_context(&model.encoder, &model.tokenizer, None, 16, None, 1)?;
     let learner = model.learner(&classnames, n_ctx, false, ClassPosition::End)?;
     let e = model.encoder.embed_dim();
-    let mut rng = Rng::new(0);
+    let mut rng = seeded_rng(0);
     let images = Matrix::from_vec(32, e, rng.uniform_vec(32 * e, 1.0))
         .ok_or_else(|| anyhow::anyhow!("image matrix shape"))?;
     let labels: Vec<usize> = (0..32).map(|i| i % k).collect();
