@@ -1,7 +1,7 @@
 //! The frozen text tower of a real checkpoint, differentiable with respect to its input token
 //! embeddings: what prompt learning (CoOp) trains through.
 //!
-//! It is the pretraining [`TextTower`](super::TextTower) with its weights read from the
+//! It is the pretraining `TextTower` with its weights read from the
 //! checkpoint (either layout) instead of initialised, run on embeddings rather than ids, as
 //! CoOp's `TextEncoder` does (`prompts + positional_embedding`, the transformer, `ln_final`, the
 //! row at `tokenized_prompts.argmax(-1)`, `@ text_projection`). Every step is a composite candle
@@ -10,7 +10,7 @@
 //!
 //! Two differences from the pretraining forward, both for speed and neither changing a value:
 //! the linear layers are one 2-D product over all positions whose backward forms only the input
-//! gradient `g W` ([`FrozenMatmul`]; candle's matmul backward also forms the weight gradient
+//! gradient `g W` (`FrozenMatmul`; candle's matmul backward also forms the weight gradient
 //! `xᵀ g`, a third of the step's arithmetic that nobody reads here), and sequences stop at the
 //! last end-of-text position of the batch (attention is causal, so later positions never reach
 //! a pooled output).

@@ -1,6 +1,6 @@
 //! A differentiable ModifiedResNet image tower (the paper's backbone; inference in
 //! [`crate::clip::model::resnet`]) for pretraining, with open_clip's parameter names (`visual.layer1.0.bn3`),
-//! so that what it saves loads with [`Clip::load`](super::Clip::load).
+//! so that what it saves loads with [`Clip::load`](crate::clip::Clip::load).
 //!
 //! Why a second ResNet: the inference tower folds batch norm into the convolutions and runs our
 //! own NHWC kernels, which record no backward. Here everything is a composite candle op on
