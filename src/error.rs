@@ -60,6 +60,16 @@ pub enum Error {
     #[error("model `{spec}`: {msg}")]
     ModelNotFound { spec: String, msg: String },
 
+    #[error("model `{spec}`: {missing}, and downloading from {endpoint} failed (pass a local directory, or fill the cache where the hub is reachable: `huggingface-cli download {repo}`)")]
+    Download {
+        spec: String,
+        missing: String,
+        endpoint: String,
+        repo: String,
+        #[source]
+        source: Box<crate::clip::hub::HubError>,
+    },
+
     #[error("{0}")]
     InvalidInput(String),
 

@@ -191,13 +191,12 @@ pub fn resolve(spec: &str, opts: &HubOptions, on_download: OnDownload) -> Result
             ),
         });
     }
-    download(&id, opts, on_download).map_err(|e| Error::ModelNotFound {
+    download(&id, opts, on_download).map_err(|source| Error::Download {
         spec: spec.into(),
-        msg: format!(
-            "{missing}, and downloading from {} failed: {e}. Pass a local directory, or fill the \
-             cache where the hub is reachable (`huggingface-cli download {}`)",
-            opts.endpoint, id.repo
-        ),
+        missing,
+        endpoint: opts.endpoint.clone(),
+        repo: id.repo.clone(),
+        source: Box::new(source),
     })
 }
 
@@ -224,11 +223,38 @@ fn needed_files() -> String {
         .join("; or ")
 }
 
+/// Why a download from the hub failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("the repository has none of {0}")]
+    Missing(String),
+    #[error("{url}: HTTP {code}")]
+    Status { url: String, code: u16 },
+    #[error("{url}")]
+    Request {
+        url: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    #[error("{url}: the response names no commit (x-repo-commit)")]
+    NoCommit { url: String },
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] crate::fsutil::WriteError),
+    #[error("the downloaded snapshot is not a complete model")]
+    Snapshot(#[source] Box<Error>),
+}
+
 fn download(
     id: &HubId,
     opts: &HubOptions,
     on_download: OnDownload,
-) -> std::result::Result<ModelFiles, String> {
+) -> std::result::Result<ModelFiles, HubError> {
     let repo = id.cache_dir(&opts.cache);
     let mut found = None;
     for (layout, config, weights) in LAYOUT_FILES {
@@ -237,8 +263,7 @@ fn download(
             break;
         }
     }
-    let (_, weight_files, commit) =
-        found.ok_or_else(|| format!("the repository has none of {}", needed_files()))?;
+    let (_, weight_files, commit) = found.ok_or_else(|| HubError::Missing(needed_files()))?;
     let snapshot = repo.join("snapshots").join(&commit);
     let mut has_weights = false;
     for file in weight_files {
@@ -248,21 +273,20 @@ fn download(
         }
     }
     if !has_weights {
-        return Err(format!(
-            "the repository has none of {}",
-            weight_files.join(", ")
-        ));
+        return Err(HubError::Missing(weight_files.join(", ")));
     }
     for file in ["tokenizer.json", "vocab.json", "merges.txt"] {
         fetch(id, file, opts, Some(&snapshot), on_download)?;
     }
     if !id.is_commit() {
         let refs = repo.join("refs");
-        std::fs::create_dir_all(&refs).map_err(|e| format!("{}: {e}", refs.display()))?;
-        crate::fsutil::write_atomic(&refs.join(&id.revision), commit.as_bytes())
-            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&refs).map_err(|source| HubError::CreateDir {
+            path: refs.clone(),
+            source,
+        })?;
+        crate::fsutil::write_atomic(&refs.join(&id.revision), commit.as_bytes())?;
     }
-    ModelFiles::in_dir(&snapshot).map_err(|e| e.to_string())
+    ModelFiles::in_dir(&snapshot).map_err(|e| HubError::Snapshot(Box::new(e)))
 }
 
 /// Downloads one file into the snapshot folder; `Ok(None)` when the hub says it does not exist.
@@ -273,7 +297,7 @@ fn fetch(
     opts: &HubOptions,
     snapshot: Option<&Path>,
     on_download: OnDownload,
-) -> std::result::Result<Option<(PathBuf, String)>, String> {
+) -> std::result::Result<Option<(PathBuf, String)>, HubError> {
     let url = format!(
         "{}/{}/resolve/{}/{file}",
         opts.endpoint.trim_end_matches('/'),
@@ -287,14 +311,19 @@ fn fetch(
     let response = match request.call() {
         Ok(r) => r,
         Err(ureq::Error::Status(404, _)) => return Ok(None),
-        Err(ureq::Error::Status(code, _)) => return Err(format!("{url}: HTTP {code}")),
-        Err(e) => return Err(format!("{url}: {e}")),
+        Err(ureq::Error::Status(code, _)) => return Err(HubError::Status { url, code }),
+        Err(e) => {
+            return Err(HubError::Request {
+                url,
+                source: Box::new(e),
+            })
+        }
     };
     let commit = response
         .header("x-repo-commit")
         .map(str::to_string)
         .or_else(|| id.is_commit().then(|| id.revision.clone()))
-        .ok_or_else(|| format!("{url}: the response names no commit (x-repo-commit)"))?;
+        .ok_or_else(|| HubError::NoCommit { url: url.clone() })?;
     let total = response
         .header("content-length")
         .and_then(|v| v.parse().ok());
@@ -302,7 +331,10 @@ fn fetch(
         Some(s) => s.to_path_buf(),
         None => id.cache_dir(&opts.cache).join("snapshots").join(&commit),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| HubError::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
     let target = dir.join(file);
     let mut body = response.into_reader();
     let mut buf = vec![0u8; 1 << 20];
@@ -326,8 +358,7 @@ fn fetch(
             }
         }
         Ok(())
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(Some((target, commit)))
 }
 

@@ -60,6 +60,16 @@ pub enum MethodError {
 
     #[error(transparent)]
     Features(#[from] crate::features::FeatureError),
+
+    #[error(transparent)]
+    Write(#[from] crate::fsutil::WriteError),
+
+    #[error("cannot read the class prompts' features {}", path.display())]
+    TextFeatures {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::error::Error>,
+    },
 }
 
 impl MethodError {

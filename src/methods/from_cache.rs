@@ -474,7 +474,10 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodErro
     let text_path = text
         .ok_or_else(|| fail(format!("no text features for model {model_name}; {hint}")))?
         .1;
-    let t = read_text(&text_path).map_err(|e| fail(e.to_string()))?;
+    let t = read_text(&text_path).map_err(|source| MethodError::TextFeatures {
+        path: text_path.clone(),
+        source: Box::new(source),
+    })?;
     if t.classnames != train.meta.classnames {
         return Err(fail(format!(
             "{}: class names differ from the image features'",

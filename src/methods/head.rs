@@ -258,10 +258,7 @@ pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
 
 /// Writes the head atomically (temp file + rename).
 pub fn save(path: &Path, head: &Head, info: &HeadInfo) -> Result<(), MethodError> {
-    crate::fsutil::write_atomic(path, &to_bytes(head, info)).map_err(|e| MethodError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    Ok(crate::fsutil::write_atomic(path, &to_bytes(head, info))?)
 }
 
 /// Reads a head file back, refusing one that is malformed or inconsistent (see
