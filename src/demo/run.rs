@@ -3,6 +3,7 @@
 //! experiment's grid.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -14,7 +15,7 @@ use crate::clip::{Clip, ModelFiles};
 use crate::data::{prompt_name, Dataset, FewShot, Sample};
 use crate::error::Error;
 use crate::experiment::{
-    run_grid, ExperimentError, Grid, GridEvent, GridMethod, ResultRow, RowSource,
+    self, run_grid, ExperimentError, Grid, GridEvent, GridMethod, ResultRow, RowSource,
 };
 use crate::features::{model_fingerprint, ContentHash};
 use crate::methods::clip_adapter::{AdapterOptions, Branch};
@@ -295,6 +296,8 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     };
     let logit_scale = clip.logit_scale();
     let mut rows: Vec<ResultRow> = Vec::new();
+    // Loaded on CoOp's first fit only: the other methods never need the text tower's graph.
+    let mut prompt_model = None;
     let outcome = run_grid::<DemoError>(
         &grid,
         &mut rows,
@@ -306,6 +309,19 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
                     known: task_names().join(", "),
                 })?;
             Ok((draw_task(d, enc, text, shots, seed)?, source.clone()))
+        },
+        &mut |source| {
+            if let Some(m) = &prompt_model {
+                return Ok(Rc::clone(m));
+            }
+            let files = ModelFiles::in_dir(&o.model_dir)?;
+            let m = Rc::new(experiment::prompt_model(
+                &files,
+                &source.model_name,
+                source,
+            )?);
+            prompt_model = Some(Rc::clone(&m));
+            Ok(m)
         },
         &mut |i, _, seed| for_draw(&o.methods[i].method, seed, logit_scale),
         &mut |event| {

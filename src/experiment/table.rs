@@ -38,6 +38,8 @@ fn published_method(m: &str) -> Option<&'static str> {
         MethodKind::ZeroShot => "ZeroShot_CoOp",
         MethodKind::LinearProbe => return None,
         MethodKind::ClipAdapter => "CLIP-Adapter",
+        // CoOp's RN50 numbers as the APE authors list them in their results notebook.
+        MethodKind::Coop => "CoOp(APE nb)",
         MethodKind::TipAdapter => "Tip-Adapter",
         MethodKind::TipAdapterF => "Tip-Adapter-F",
         MethodKind::Gda => "GDA",
