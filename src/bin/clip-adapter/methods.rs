@@ -598,7 +598,8 @@ pub struct PredictArgs {
 
 /// A head file: one on features, or CoOp's context (encoded through the model to classify).
 enum Loaded {
-    Features(methods::Head),
+    // Boxed: a head on features is several times a CoOp head's size.
+    Features(Box<methods::Head>),
     Coop(CoopHead),
 }
 
@@ -609,7 +610,7 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
         (Loaded::Coop(c), info)
     } else {
         let (h, info) = head::load(&a.adapter)?;
-        (Loaded::Features(h), info)
+        (Loaded::Features(Box::new(h)), info)
     };
     let spec = a.model.clone().unwrap_or_else(|| info.model.clone());
     let files = crate::resolve_model(&spec, progress)?;
@@ -622,7 +623,7 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
         eprintln!("warning: {e} (going on: --allow-model-mismatch)");
     }
     let head = match loaded {
-        Loaded::Features(h) => h,
+        Loaded::Features(h) => *h,
         // The learned prompts encoded through the model, now that it is checked.
         Loaded::Coop(c) => {
             let model = PromptModel::load(&files, &spec, &candle_core::Device::Cpu)
