@@ -114,7 +114,10 @@ fn demo_command_writes_markdown_csv_and_png() {
     assert_eq!(coop.len(), 2, "{csv}");
     for row in &coop {
         let seconds: f64 = row.split(',').nth(10).unwrap().parse().unwrap();
-        assert!(seconds < 5.0, "a demo CoOp fit takes seconds at most: {row}");
+        assert!(
+            seconds < 5.0,
+            "a demo CoOp fit takes seconds at most: {row}"
+        );
     }
     assert!(md.contains("| coop |"), "{md}");
     assert!(md.contains("CoOp: demo-sized"), "{md}");

@@ -352,4 +352,30 @@ mod tests {
             "{md}"
         );
     }
+
+    #[test]
+    fn coop_sits_after_clip_adapter_with_its_published_numbers() {
+        let rows = vec![
+            row("tip-adapter", "eurosat", 16, 1, 70.0),
+            row("coop", "eurosat", 16, 1, 80.0),
+            row("clip-adapter", "eurosat", 16, 1, 75.0),
+        ];
+        let published = Published {
+            rows: vec![PublishedRow {
+                method: "CoOp(APE nb)".into(),
+                backbone: "RN50".into(),
+                dataset: "EuroSAT".into(),
+                shots: 16,
+                accuracy: 83.53,
+            }],
+        };
+        let md = Summary::new(&rows).markdown(&published, Some("RN50"));
+        let at = |m: &str| md.find(m).unwrap_or_else(|| panic!("no `{m}` in {md}"));
+        let (ca, coop, tip) = (
+            at("| clip-adapter |"),
+            at("| coop | 80.00 ± 0.00 (83.53) |"),
+            at("| tip-adapter |"),
+        );
+        assert!(ca < coop && coop < tip, "{md}");
+    }
 }
