@@ -545,5 +545,28 @@ fn coop_bad_input_is_refused_and_nothing_is_written() {
         &changed,
         &["fingerprint", "the features were made by", "CoOp trains"],
     );
+    // run checks it before any fit: no results are written, not even the other methods'.
+    let run = cli_in(
+        s.dir(),
+        &[
+            "run",
+            "--methods",
+            "zero-shot,coop",
+            "--datasets",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--model",
+            "models/tiny-clip",
+            "--out",
+            "results",
+        ],
+    );
+    assert_fails_with(&run, &["fingerprint", "the features were made by"]);
+    assert!(!s.dir().join("results").exists());
     assert!(!written());
 }

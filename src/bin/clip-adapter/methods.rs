@@ -474,6 +474,24 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         Some(p) => Some(Published::read(p)?),
         None => None,
     };
+    // CoOp's model is loaded and checked against the features before anything is fitted or
+    // written; one model per run, as every draw of a run comes from the same model's features.
+    let mut prompt_model: Option<std::rc::Rc<PromptModel>> = None;
+    if let (true, Some(d), Some(&k), Some(&seed)) = (
+        kinds.contains(&MethodKind::Coop),
+        a.datasets.first(),
+        a.shots.first(),
+        a.seeds.first(),
+    ) {
+        let q = CacheQuery {
+            model: a.model.clone(),
+            ..CacheQuery::new(a.cache.clone(), d, Shots::K(k), seed)
+        };
+        let (_, source) =
+            load_task(&q).with_context(|| format!("loading {d} {k}-shot seed {seed}"))?;
+        let m = coop_model(a.model.as_deref(), &RowSource::of_task(&source), progress)?;
+        prompt_model = Some(std::rc::Rc::new(m));
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut results = ResultsFile::open(&a.out.join("results.csv"))?;
 
@@ -490,8 +508,6 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let mut first_source: Option<TaskSource> = None;
-    // One model per run: every draw of a run comes from the same model's features.
-    let mut prompt_model: Option<std::rc::Rc<PromptModel>> = None;
     let grid_bar = progress.bar("grid", grid.cells());
     let method_bar_ = progress.bar("", 0);
     let mut on_method = method_bar(&method_bar_);
