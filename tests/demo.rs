@@ -109,6 +109,18 @@ fn demo_command_writes_markdown_csv_and_png() {
     assert!(md.contains("### colours"));
     let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 2 * all_methods().len());
+    // CoOp is in the grid, demo-sized: its rows, the report says so, and a fit is quick.
+    let coop: Vec<&str> = csv.lines().filter(|l| l.starts_with("coop,")).collect();
+    assert_eq!(coop.len(), 2, "{csv}");
+    for row in &coop {
+        let seconds: f64 = row.split(',').nth(10).unwrap().parse().unwrap();
+        assert!(
+            seconds < 5.0,
+            "a demo CoOp fit takes seconds at most: {row}"
+        );
+    }
+    assert!(md.contains("| coop |"), "{md}");
+    assert!(md.contains("CoOp: demo-sized"), "{md}");
     let png = image::open(out.path().join("accuracy_vs_shots.png")).unwrap();
     // One task panel, its gap's mean, the legend's cell.
     assert_eq!((png.width(), png.height()), (3 * PANEL_W, PANEL_H));

@@ -342,3 +342,231 @@ fn predict_refuses_another_model_of_the_same_width() {
     );
     assert_eq!(zero.status.code(), Some(2));
 }
+
+/// `fit --method coop` with the options after `coop`, in the setup's folder.
+fn fit_coop(s: &Setup, model: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "fit",
+        "--method",
+        "coop",
+        "--dataset",
+        &s.dataset,
+        "--shots",
+        "2",
+        "--cache",
+        "cache",
+        "--model",
+        model,
+        "--epochs",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--n-ctx") {
+        args.extend_from_slice(&["--n-ctx", "4"]);
+    }
+    cli_in(s.dir(), &args)
+}
+
+#[test]
+fn coop_fits_runs_saves_and_predicts_through_the_features_model() {
+    let s = Setup::new();
+    let fit = fit_coop(
+        &s,
+        "models/tiny-clip",
+        &["--save", "coop.safetensors", "--json"],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&ok(&fit)).unwrap();
+    assert_eq!(doc["method"], "coop", "{doc}");
+    assert_eq!(doc["epoch_losses"].as_array().unwrap().len(), 2, "{doc}");
+    assert_eq!(doc["chosen_on_validation"]["n_ctx"], "4", "{doc}");
+    assert!(
+        doc["options"].as_str().unwrap().contains("n_ctx=4"),
+        "{doc}"
+    );
+    let head = s.dir().join("coop.safetensors");
+    let saved = clip_adapter::methods::coop::CoopHead::load(&head).unwrap();
+    assert_eq!(saved.n_ctx, 4);
+    assert_eq!(saved.classnames.len(), 2);
+    assert!(
+        Path::new(&saved.model).is_absolute(),
+        "a head names its model from anywhere: {}",
+        saved.model
+    );
+
+    // predict recognises the CoOp head, finds its model from elsewhere, and classifies.
+    let image = s.dir().join("data/class_0/img_00.png");
+    let image = image.to_str().unwrap();
+    let head_s = head.to_str().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = ok(&cli_in(
+        elsewhere.path(),
+        &[
+            "predict",
+            "--adapter",
+            head_s,
+            "--top-k",
+            "2",
+            "--json",
+            image,
+        ],
+    ));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["method"], "coop", "{doc}");
+    let preds = doc["results"][0]["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2, "{doc}");
+    let p: f64 = preds
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (p - 1.0).abs() < 1e-5,
+        "two classes' probabilities sum to 1: {doc}"
+    );
+    // A head from another model (same width): refused.
+    let other = fixture("models/tiny-rn").display().to_string();
+    let refused = cli_in(
+        elsewhere.path(),
+        &["predict", "--adapter", head_s, "--model", &other, image],
+    );
+    assert_fails_with(
+        &refused,
+        &["fingerprint", "--allow-model-mismatch", "tiny-rn"],
+    );
+
+    // run: CoOp's rows beside the others, in the table after CLIP-Adapter's place.
+    let run = cli_in(
+        s.dir(),
+        &[
+            "run",
+            "--methods",
+            "coop,zero-shot",
+            "--datasets",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--model",
+            "models/tiny-clip",
+            "--out",
+            "results",
+            "--epochs",
+            "2",
+            "--n-ctx",
+            "4",
+        ],
+    );
+    let table = ok(&run);
+    let all = rows(&s.dir().join("results/results.csv"));
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[1]["method"], "coop");
+    assert_eq!(all[1]["options"], "epochs=2 n-ctx=4");
+    let at = |m: &str| {
+        table
+            .find(m)
+            .unwrap_or_else(|| panic!("no `{m}` in {table}"))
+    };
+    let (zs, coop) = (at("| zero-shot |"), at("| coop (epochs=2 n-ctx=4) |"));
+    assert!(zs < coop, "{table}");
+}
+
+#[test]
+fn coop_bad_input_is_refused_and_nothing_is_written() {
+    let s = Setup::new();
+    let written = || s.dir().join("coop.safetensors").exists();
+    let zero = cli_in(
+        s.dir(),
+        &[
+            "fit",
+            "--method",
+            "coop",
+            "--dataset",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--cache",
+            "cache",
+            "--n-ctx",
+            "0",
+            "--save",
+            "coop.safetensors",
+        ],
+    );
+    assert_fails_with(&zero, &["--n-ctx", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
+    let long = vec!["word"; 80].join(" ");
+    let init = fit_coop(
+        &s,
+        "models/tiny-clip",
+        &["--ctx-init", &long, "--save", "coop.safetensors"],
+    );
+    assert_fails_with(&init, &["ctx_init", "80 tokens", "77"]);
+    // 74 context vectors leave one position between start and end: no room for a class name.
+    let overflow = fit_coop(
+        &s,
+        "models/tiny-clip",
+        &["--n-ctx", "74", "--save", "coop.safetensors"],
+    );
+    assert_fails_with(&overflow, &["class 1 `class 0`", "context length is 77"]);
+    // A CoOp option for a method that has no prompt.
+    let other = cli_in(
+        s.dir(),
+        &[
+            "fit",
+            "--method",
+            "clip-adapter",
+            "--dataset",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--cache",
+            "cache",
+            "--model",
+            "models/tiny-clip",
+            "--csc",
+            "--save",
+            "coop.safetensors",
+        ],
+    );
+    assert_fails_with(&other, &["--csc", "CoOp"]);
+    // The model at the features' path now has other content: refused, CoOp would train
+    // prompts for another embedding space.
+    let clip = s.dir().join("models/tiny-clip");
+    std::fs::remove_dir_all(&clip).unwrap();
+    std::fs::create_dir_all(&clip).unwrap();
+    for e in std::fs::read_dir(s.dir().join("models/tiny-rn")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), clip.join(e.file_name())).unwrap();
+    }
+    let changed = fit_coop(&s, "models/tiny-clip", &["--save", "coop.safetensors"]);
+    assert_fails_with(
+        &changed,
+        &["fingerprint", "the features were made by", "CoOp trains"],
+    );
+    // run checks it before any fit: no results are written, not even the other methods'.
+    let run = cli_in(
+        s.dir(),
+        &[
+            "run",
+            "--methods",
+            "zero-shot,coop",
+            "--datasets",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--model",
+            "models/tiny-clip",
+            "--out",
+            "results",
+        ],
+    );
+    assert_fails_with(&run, &["fingerprint", "the features were made by"]);
+    assert!(!s.dir().join("results").exists());
+    assert!(!written());
+}

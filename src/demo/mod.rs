@@ -15,5 +15,6 @@ mod run;
 pub use model::{embedded_model_dir, EMBEDDED_MODEL};
 pub use report::{method_style, Colour, DemoReport, Figure, PANEL_H, PANEL_W};
 pub use run::{
-    all_methods, run_demo, task_names, DemoError, DemoEvent, DemoMethod, DemoOptions, ALPHAS,
+    all_methods, demo_coop, run_demo, task_names, DemoError, DemoEvent, DemoMethod, DemoOptions,
+    ALPHAS, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX,
 };

@@ -7,7 +7,7 @@ pub use plot::{Colour, Figure, PANEL_H, PANEL_W};
 
 use std::collections::BTreeMap;
 
-use super::run::CLIP_LOGIT_SCALE;
+use super::run::{CLIP_LOGIT_SCALE, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX};
 use crate::experiment::row::to_csv;
 use crate::experiment::{Published, ResultRow, Summary};
 use crate::world::tasks::Gap;
@@ -22,12 +22,13 @@ pub fn method_style(label: &str) -> (Colour, bool) {
         "clip-adapter" => [214, 39, 40],
         "clip-adapter-text" => [255, 127, 14],
         "clip-adapter-both" => [148, 103, 189],
+        "coop" => [227, 119, 194],
         "tip-adapter" => [23, 190, 207],
         "tip-adapter-f" => [31, 119, 180],
         "gda" => [44, 160, 44],
         // Another method: a colour that depends on its name only.
         other => {
-            let spare: [Colour; 3] = [[227, 119, 194], [188, 189, 34], [127, 127, 127]];
+            let spare: [Colour; 3] = [[188, 189, 34], [127, 127, 127], [255, 187, 120]];
             spare[other.bytes().map(usize::from).sum::<usize>() % spare.len()]
         }
     };
@@ -177,6 +178,13 @@ impl DemoReport {
             self.logit_scale,
             CLIP_LOGIT_SCALE / self.logit_scale
         ));
+        if self.methods.iter().any(|m| m == "coop") {
+            s.push_str(&format!(
+                "\nCoOp: demo-sized, {DEMO_COOP_EPOCHS} epochs at every shot count (CoOp's own: \
+                 50-200) and {DEMO_COOP_N_CTX} context vectors (the model's context is 24 \
+                 tokens); its learning rate scaled as CLIP-Adapter's.\n"
+            ));
+        }
         s.push_str(&format!(
             "\n{} fits in {:.1} s.\n",
             self.rows.len(),

@@ -3,6 +3,7 @@
 //! experiment's grid.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -14,10 +15,11 @@ use crate::clip::{Clip, ModelFiles};
 use crate::data::{prompt_name, Dataset, FewShot, Sample};
 use crate::error::Error;
 use crate::experiment::{
-    run_grid, ExperimentError, Grid, GridEvent, GridMethod, ResultRow, RowSource,
+    self, run_grid, ExperimentError, Grid, GridEvent, GridMethod, ResultRow, RowSource,
 };
 use crate::features::{model_fingerprint, ContentHash};
 use crate::methods::clip_adapter::{AdapterOptions, Branch};
+use crate::methods::coop::CoopOptions;
 use crate::methods::gda::GdaOptions;
 use crate::methods::linear_probe::LinearProbeOptions;
 use crate::methods::tip_adapter::TipOptions;
@@ -72,7 +74,7 @@ pub struct DemoMethod {
 }
 
 /// The full method list: zero-shot, linear probe, CLIP-Adapter (visual with α searched,
-/// text, both), Tip-Adapter(-F), GDA.
+/// text, both), CoOp (demo-sized, [`demo_coop`]), Tip-Adapter(-F), GDA.
 pub fn all_methods() -> Vec<DemoMethod> {
     let adapter = |branch, search: Vec<f32>| AdapterOptions {
         branch,
@@ -101,10 +103,29 @@ pub fn all_methods() -> Vec<DemoMethod> {
             "clip-adapter-both",
             Method::ClipAdapter(adapter(Branch::Both, Vec::new())),
         ),
+        m("coop", Method::Coop(demo_coop())),
         m("tip-adapter", Method::TipAdapter(TipOptions::default())),
         m("tip-adapter-f", Method::TipAdapterF(TipOptions::default())),
         m("gda", Method::Gda(GdaOptions::default())),
     ]
+}
+
+/// CoOp's context vectors in the demo: the world model's context is 24 tokens, not CLIP's 77,
+/// so CoOp's 16 would leave room for little else; 4 is the length of the world's prompt prefix
+/// "a photo of a", the paper's shorter setting.
+pub const DEMO_COOP_N_CTX: usize = 4;
+
+/// CoOp's epochs in the demo at every shot count, in place of CoOp's 50-200: every step runs
+/// the text tower forward and backward, and the demo's grid must stay seconds long.
+pub const DEMO_COOP_EPOCHS: usize = 20;
+
+/// CoOp as the demo runs it: the protocol's options but for the context length and epochs.
+pub fn demo_coop() -> CoopOptions {
+    CoopOptions {
+        n_ctx: DEMO_COOP_N_CTX,
+        epochs: Some(DEMO_COOP_EPOCHS),
+        ..CoopOptions::default()
+    }
 }
 
 /// What to run.
@@ -295,6 +316,8 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     };
     let logit_scale = clip.logit_scale();
     let mut rows: Vec<ResultRow> = Vec::new();
+    // Loaded on CoOp's first fit only: the other methods never need the text tower's graph.
+    let mut prompt_model = None;
     let outcome = run_grid::<DemoError>(
         &grid,
         &mut rows,
@@ -306,6 +329,19 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
                     known: task_names().join(", "),
                 })?;
             Ok((draw_task(d, enc, text, shots, seed)?, source.clone()))
+        },
+        &mut |source| {
+            if let Some(m) = &prompt_model {
+                return Ok(Rc::clone(m));
+            }
+            let files = ModelFiles::in_dir(&o.model_dir)?;
+            let m = Rc::new(experiment::prompt_model(
+                &files,
+                &source.model_name,
+                source,
+            )?);
+            prompt_model = Some(Rc::clone(&m));
+            Ok(m)
         },
         &mut |i, _, seed| for_draw(&o.methods[i].method, seed, logit_scale),
         &mut |event| {
@@ -332,17 +368,23 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
 pub(super) const CLIP_LOGIT_SCALE: f32 = 100.0;
 
 /// The method for one draw: its training seed set to the draw's, as the paper's 3-seed
-/// protocol does, and CLIP-Adapter's SGD learning rate multiplied by
+/// protocol does, and the SGD learning rates of CLIP-Adapter and CoOp multiplied by
 /// `CLIP_LOGIT_SCALE / logit_scale`.
 ///
 /// The adapter's gradients are proportional to the logit scale, so on a model whose
 /// temperature stopped at 22 (the shipped world model) the protocol's 0.002 would take
 /// steps 4.5× shorter than on CLIP, and the adapter would barely move in CoOp's epochs;
-/// the rescaled rate takes CLIP's steps. On CLIP itself it is the protocol's rate.
+/// the rescaled rate takes CLIP's steps. On CLIP itself it is the protocol's rate. CoOp's
+/// context gradients carry the same factor.
 /// Tip-Adapter-F trains with AdamW, whose steps do not depend on the gradients' scale.
 fn for_draw(m: &Method, seed: u64, logit_scale: f32) -> Method {
     match m {
         Method::ClipAdapter(o) => Method::ClipAdapter(AdapterOptions {
+            seed,
+            lr: o.lr * CLIP_LOGIT_SCALE / logit_scale,
+            ..o.clone()
+        }),
+        Method::Coop(o) => Method::Coop(CoopOptions {
             seed,
             lr: o.lr * CLIP_LOGIT_SCALE / logit_scale,
             ..o.clone()

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::methods::MethodError;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
     #[error("{path}: {source}")]
@@ -45,8 +43,9 @@ pub enum ExperimentError {
         dataset: String,
         shots: usize,
         seed: u64,
+        /// A `MethodError`, or CoOp's `CoopError`.
         #[source]
-        source: Box<MethodError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     #[error("--{option} does not apply to {methods}: {why}")]
@@ -80,6 +79,22 @@ pub enum ExperimentError {
         given: String,
         found: String,
     },
+
+    #[error(
+        "model `{given}` has fingerprint {found}, but the features were made by `{expected}` \
+         (fingerprint {expected_fingerprint}): CoOp trains its prompts against those features \
+         through the text tower of the same model; pass that model"
+    )]
+    FeaturesModel {
+        given: String,
+        found: String,
+        expected: String,
+        expected_fingerprint: String,
+    },
+
+    /// Loading the model CoOp trains through.
+    #[error(transparent)]
+    Coop(Box<crate::methods::coop::CoopError>),
 
     #[error(
         "the head records no model fingerprint (it was saved by an older version), so model \

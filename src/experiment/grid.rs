@@ -2,9 +2,11 @@
 //! method is fitted on it; a row already in the results (same identity, see [`RowKey`]) is
 //! not fitted again.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::{ExperimentError, ResultRow, RowKey, RowSource};
+use crate::methods::coop::{self, CoopHead, PromptModel};
 use crate::methods::{self, FewShotTask, Fitted, Method};
 
 /// Where rows go, and what is already there.
@@ -102,22 +104,50 @@ impl RowSpec<'_> {
 /// Gives the task of a draw `(dataset, shots, seed)` and where its features came from.
 pub type Loader<'a, E> = dyn FnMut(&str, usize, u64) -> Result<(FewShotTask, RowSource), E> + 'a;
 
-/// Fits `method` on `task`, evaluates it, and makes the row.
+/// Gives the model a CoOp fit trains through: the one that made the features of `source`.
+/// Called only when a CoOp row is fitted; the caller loads it once.
+pub type ModelLoader<'a, E> = dyn FnMut(&RowSource) -> Result<Rc<PromptModel>, E> + 'a;
+
+/// A fitted method: the head on features, and CoOp's own head (what `fit --save` writes for
+/// CoOp: the learned context, re-encoded through the model when used).
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub fitted: Fitted,
+    pub coop: Option<CoopHead>,
+}
+
+/// Fits `method` on `task`, evaluates it, and makes the row. CoOp needs `model`, the model
+/// that made the task's features.
 pub fn fit_row(
     method: &Method,
     task: &FewShotTask,
     spec: &RowSpec,
+    model: Option<&PromptModel>,
     progress: &mut dyn FnMut(methods::Progress),
-) -> Result<(Fitted, ResultRow), ExperimentError> {
+) -> Result<(Trained, ResultRow), ExperimentError> {
     let start = Instant::now();
     let method = &method.for_feature_width(task.dim());
-    let fitted = methods::fit(method, task, progress).map_err(|source| ExperimentError::Fit {
+    let fit_error = |source: Box<dyn std::error::Error + Send + Sync>| ExperimentError::Fit {
         method: spec.method.label.clone(),
         dataset: spec.dataset.to_string(),
         shots: spec.shots,
         seed: spec.seed,
-        source: Box::new(source),
-    })?;
+        source,
+    };
+    let trained = match (method, model) {
+        (Method::Coop(o), Some(model)) => {
+            let c = coop::fit(task, model, o, progress).map_err(|e| fit_error(Box::new(e)))?;
+            Trained {
+                fitted: c.fitted,
+                coop: Some(c.head),
+            }
+        }
+        _ => Trained {
+            fitted: methods::fit(method, task, progress).map_err(|e| fit_error(Box::new(e)))?,
+            coop: None,
+        },
+    };
+    let fitted = &trained.fitted;
     // Milliseconds are all a training time needs.
     let seconds = (start.elapsed().as_secs_f64() * 1e3).round() / 1e3;
     let (val, test) = methods::evaluate(&fitted.head, task);
@@ -141,17 +171,19 @@ pub fn fit_row(
         train_seconds: seconds,
         chosen: chosen.join(" "),
     };
-    Ok((fitted, row))
+    Ok((trained, row))
 }
 
 /// Runs the grid: for each dataset, shot count and seed, `load` gives the draw's task and its
-/// source, and for each method `configure(method index, dataset, seed)` gives the method to fit.
+/// source, and for each method `configure(method index, dataset, seed)` gives the method to fit;
+/// `model` gives CoOp the model behind a draw's features.
 ///
 /// The error type is the caller's, so that `load` reports its own failures unchanged.
 pub fn run_grid<E: From<ExperimentError>>(
     grid: &Grid,
     sink: &mut dyn RowSink,
     load: &mut Loader<E>,
+    model: &mut ModelLoader<E>,
     configure: &mut dyn FnMut(usize, &str, u64) -> Method,
     events: &mut dyn FnMut(GridEvent),
 ) -> Result<GridOutcome, E> {
@@ -190,8 +222,14 @@ pub fn run_grid<E: From<ExperimentError>>(
                         seed,
                     });
                     let method = configure(i, dataset, seed);
+                    let prompt_model = match method {
+                        Method::Coop(_) => Some(model(&source)?),
+                        _ => None,
+                    };
                     let (_, row) =
-                        fit_row(&method, &task, &spec, &mut |p| events(GridEvent::Method(p)))?;
+                        fit_row(&method, &task, &spec, prompt_model.as_deref(), &mut |p| {
+                            events(GridEvent::Method(p))
+                        })?;
                     sink.push(row.clone())?;
                     out.fitted += 1;
                     out.rows.push(row);

@@ -23,8 +23,11 @@ pub mod row;
 pub mod table;
 
 pub use error::ExperimentError;
-pub use grid::{fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, RowSink, RowSpec};
-pub use model::{backbone, check_head_model, model_reference};
+pub use grid::{
+    fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, ModelLoader, RowSink, RowSpec,
+    Trained,
+};
+pub use model::{backbone, check_head_model, model_reference, prompt_model};
 pub use protocol::MethodOverrides;
 pub use row::{ResultRow, ResultsFile, RowKey, RowSource};
 pub use table::{Published, Summary};

@@ -1,10 +1,13 @@
 //! The model behind a run: its backbone (read from its config, for printing the published
-//! numbers of the same backbone), and the model a saved head records and checks.
+//! numbers of the same backbone), the model a saved head records and checks, and the model
+//! CoOp trains through (the one that made the features).
 
 use std::path::Path;
 
-use super::ExperimentError;
+use super::{ExperimentError, RowSource};
 use crate::clip::load::config::{ClipConfig, VisionTower};
+use crate::clip::ModelFiles;
+use crate::methods::coop::PromptModel;
 use crate::methods::head::HeadInfo;
 
 /// OpenAI's name for the image tower of `config` (`RN50`, `ViT-B/32`, …), when it has the
@@ -60,4 +63,25 @@ pub fn check_head_model(
             found: fingerprint.to_string(),
         }),
     }
+}
+
+/// The text side of model `given` (resolved to `files`) for CoOp, refused unless it is the model
+/// that made the features of `source`: CoOp's prompts are scored against those image features,
+/// so another model's text tower would train prompts for the wrong embedding space.
+pub fn prompt_model(
+    files: &ModelFiles,
+    given: &str,
+    source: &RowSource,
+) -> Result<PromptModel, ExperimentError> {
+    let model = PromptModel::load(files, &model_reference(given), &candle_core::Device::Cpu)
+        .map_err(|e| ExperimentError::Coop(Box::new(e)))?;
+    if model.fingerprint != source.model {
+        return Err(ExperimentError::FeaturesModel {
+            given: given.to_string(),
+            found: model.fingerprint,
+            expected: source.model_name.clone(),
+            expected_fingerprint: source.model.clone(),
+        });
+    }
+    Ok(model)
 }

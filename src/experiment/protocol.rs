@@ -1,6 +1,6 @@
 //! The options a user sets on top of the protocol's defaults, and the protocol's rules: the
 //! authors' per-dataset Tip-Adapter values, and CoOp's 50 epochs on ImageNet at every shot
-//! count for CLIP-Adapter.
+//! count (for CoOp itself and for CLIP-Adapter, which follows CoOp's schedule).
 //!
 //! An option that applies to none of the chosen methods is refused rather than ignored (a
 //! `--reduction` given to Tip-Adapter would otherwise silently do nothing). With several
@@ -8,6 +8,7 @@
 
 use super::ExperimentError;
 use crate::methods::clip_adapter::{AdapterOptions, Branch, Form, RatioMode};
+use crate::methods::coop::{ClassPosition, CoopOptions};
 use crate::methods::tip_adapter::TipOptions;
 use crate::methods::{Method, MethodKind};
 
@@ -24,6 +25,13 @@ pub struct MethodOverrides {
     pub lr: Option<f32>,
     pub epochs: Option<usize>,
     pub batch_size: Option<usize>,
+    /// CoOp: number of learned context vectors.
+    pub n_ctx: Option<usize>,
+    /// CoOp: initialise the context from this phrase.
+    pub ctx_init: Option<String>,
+    /// CoOp: one context per class.
+    pub csc: bool,
+    pub class_token_position: Option<ClassPosition>,
 }
 
 /// The dataset on which CoOp trains 50 epochs whatever the shot count.
@@ -36,7 +44,8 @@ fn applies(option: &str, kind: MethodKind) -> bool {
     match option {
         "branch" | "form" | "reduction" | "ratio" | "search" => kind == ClipAdapter,
         "alpha" | "beta" => matches!(kind, ClipAdapter | TipAdapter | TipAdapterF),
-        "lr" | "epochs" | "batch-size" => matches!(kind, ClipAdapter | TipAdapterF),
+        "lr" | "epochs" | "batch-size" => matches!(kind, ClipAdapter | Coop | TipAdapterF),
+        "n-ctx" | "ctx-init" | "csc" | "class-token-position" => kind == Coop,
         _ => false,
     }
 }
@@ -47,7 +56,10 @@ fn why_not(option: &str) -> &'static str {
             "it is an option of CLIP-Adapter's adapter"
         }
         "alpha" | "beta" => "only CLIP-Adapter and Tip-Adapter(-F) have these ratios",
-        _ => "only CLIP-Adapter and Tip-Adapter-F are trained by gradient steps",
+        "n-ctx" | "ctx-init" | "csc" | "class-token-position" => {
+            "it is an option of CoOp's learned prompt"
+        }
+        _ => "only CLIP-Adapter, CoOp and Tip-Adapter-F are trained by gradient steps",
     }
 }
 
@@ -76,6 +88,14 @@ impl MethodOverrides {
         put("lr", self.lr.map(|v| v.to_string()));
         put("epochs", self.epochs.map(|v| v.to_string()));
         put("batch-size", self.batch_size.map(|v| v.to_string()));
+        put("n-ctx", self.n_ctx.map(|v| v.to_string()));
+        // Quoted: a phrase has spaces, and the options column is space-separated.
+        put("ctx-init", self.ctx_init.as_ref().map(|v| format!("{v:?}")));
+        put("csc", self.csc.then(|| "true".to_string()));
+        put(
+            "class-token-position",
+            self.class_token_position.map(|p| p.as_str().to_string()),
+        );
         out
     }
 
@@ -153,6 +173,22 @@ impl MethodOverrides {
                     ..d
                 })
             }
+            MethodKind::Coop => {
+                let d = CoopOptions::default();
+                Method::Coop(CoopOptions {
+                    n_ctx: self.n_ctx.unwrap_or(d.n_ctx),
+                    ctx_init: self.ctx_init.clone(),
+                    csc: self.csc,
+                    position: self.class_token_position.unwrap_or(d.position),
+                    lr: self.lr.unwrap_or(d.lr),
+                    epochs: self
+                        .epochs
+                        .or((dataset == IMAGENET).then_some(IMAGENET_EPOCHS)),
+                    batch_size: self.batch_size.unwrap_or(d.batch_size),
+                    seed,
+                    ..d
+                })
+            }
             other => other.with_defaults().with_seed(seed),
         }
     }
@@ -180,6 +216,31 @@ mod tests {
     }
 
     #[test]
+    fn coop_options_apply_to_coop_only() {
+        let o = MethodOverrides {
+            n_ctx: Some(4),
+            ctx_init: Some("a photo of a".into()),
+            lr: Some(0.01),
+            ..Default::default()
+        };
+        let err = o.check(&[MethodKind::ClipAdapter]).unwrap_err().to_string();
+        assert!(err.contains("--n-ctx") && err.contains("CoOp"), "{err}");
+        o.check(&[MethodKind::Coop]).unwrap();
+        assert_eq!(
+            o.label(MethodKind::Coop),
+            "lr=0.01 n-ctx=4 ctx-init=\"a photo of a\""
+        );
+        assert_eq!(o.label(MethodKind::ClipAdapter), "lr=0.01");
+        match o.method(MethodKind::Coop, "eurosat", 2) {
+            Method::Coop(c) => {
+                assert_eq!((c.n_ctx, c.lr, c.seed), (4, 0.01, 2));
+                assert_eq!(c.ctx_init.as_deref(), Some("a photo of a"));
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
     fn imagenet_trains_50_epochs_unless_told() {
         let o = MethodOverrides::default();
         let epochs = |d: &str, o: &MethodOverrides| match o.method(MethodKind::ClipAdapter, d, 1) {
@@ -193,6 +254,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(epochs("imagenet", &o), Some(3));
+        let coop = |d: &str, o: &MethodOverrides| match o.method(MethodKind::Coop, d, 4) {
+            Method::Coop(c) => (c.epochs, c.seed),
+            _ => unreachable!(),
+        };
+        assert_eq!(coop("imagenet", &MethodOverrides::default()), (Some(50), 4));
+        assert_eq!(coop("eurosat", &MethodOverrides::default()), (None, 4));
+        assert_eq!(coop("imagenet", &o), (Some(3), 4));
         match o.method(MethodKind::TipAdapterF, "eurosat", 2) {
             Method::TipAdapterF(t) => assert_eq!((t.epochs, t.seed, t.alpha), (3, 2, 2.0)),
             _ => unreachable!(),

@@ -38,6 +38,8 @@ fn published_method(m: &str) -> Option<&'static str> {
         MethodKind::ZeroShot => "ZeroShot_CoOp",
         MethodKind::LinearProbe => return None,
         MethodKind::ClipAdapter => "CLIP-Adapter",
+        // CoOp's RN50 numbers as the APE authors list them in their results notebook.
+        MethodKind::Coop => "CoOp(APE nb)",
         MethodKind::TipAdapter => "Tip-Adapter",
         MethodKind::TipAdapterF => "Tip-Adapter-F",
         MethodKind::Gda => "GDA",
@@ -349,5 +351,31 @@ mod tests {
             md.contains("| gda | 42.50 |") && md.contains("| zero-shot | – |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn coop_sits_after_clip_adapter_with_its_published_numbers() {
+        let rows = vec![
+            row("tip-adapter", "eurosat", 16, 1, 70.0),
+            row("coop", "eurosat", 16, 1, 80.0),
+            row("clip-adapter", "eurosat", 16, 1, 75.0),
+        ];
+        let published = Published {
+            rows: vec![PublishedRow {
+                method: "CoOp(APE nb)".into(),
+                backbone: "RN50".into(),
+                dataset: "EuroSAT".into(),
+                shots: 16,
+                accuracy: 83.53,
+            }],
+        };
+        let md = Summary::new(&rows).markdown(&published, Some("RN50"));
+        let at = |m: &str| md.find(m).unwrap_or_else(|| panic!("no `{m}` in {md}"));
+        let (ca, coop, tip) = (
+            at("| clip-adapter |"),
+            at("| coop | 80.00 ± 0.00 (83.53) |"),
+            at("| tip-adapter |"),
+        );
+        assert!(ca < coop && coop < tip, "{md}");
     }
 }

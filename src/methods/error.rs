@@ -28,6 +28,9 @@ pub enum MethodError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
 
+    #[error("{method} trains through the model's text tower: fit it with the model loaded")]
+    NeedsModel { method: &'static str },
+
     #[error("option `{name}` = {value}: {why}")]
     Option {
         name: &'static str,

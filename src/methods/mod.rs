@@ -184,6 +184,8 @@ pub enum Method {
     ZeroShot,
     LinearProbe(linear_probe::LinearProbeOptions),
     ClipAdapter(clip_adapter::AdapterOptions),
+    /// Trained through the model's text tower: [`coop::fit`], not [`fit`].
+    Coop(coop::CoopOptions),
     TipAdapter(tip_adapter::TipOptions),
     TipAdapterF(tip_adapter::TipOptions),
     Gda(gda::GdaOptions),
@@ -199,6 +201,7 @@ pub enum MethodKind {
     ZeroShot,
     LinearProbe,
     ClipAdapter,
+    Coop,
     TipAdapter,
     TipAdapterF,
     Gda,
@@ -210,12 +213,13 @@ pub enum MethodKind {
 
 impl MethodKind {
     /// Every method, in the order of the paper's comparison (zero-shot CLIP, the linear probe,
-    /// CLIP-Adapter), then the later methods by year (Tip-Adapter, Tip-Adapter-F, APE, APE-T,
+    /// CLIP-Adapter, CoOp), then the later methods by year (Tip-Adapter, Tip-Adapter-F, APE, APE-T,
     /// GDA, LP++, CLAP). Tables list methods in this order.
-    pub const ALL: [MethodKind; 10] = [
+    pub const ALL: [MethodKind; 11] = [
         MethodKind::ZeroShot,
         MethodKind::LinearProbe,
         MethodKind::ClipAdapter,
+        MethodKind::Coop,
         MethodKind::TipAdapter,
         MethodKind::TipAdapterF,
         MethodKind::Ape,
@@ -231,6 +235,7 @@ impl MethodKind {
             MethodKind::ZeroShot => "zero-shot",
             MethodKind::LinearProbe => "linear-probe",
             MethodKind::ClipAdapter => "clip-adapter",
+            MethodKind::Coop => "coop",
             MethodKind::TipAdapter => "tip-adapter",
             MethodKind::TipAdapterF => "tip-adapter-f",
             MethodKind::Gda => "gda",
@@ -247,6 +252,7 @@ impl MethodKind {
             MethodKind::ZeroShot => Method::ZeroShot,
             MethodKind::LinearProbe => Method::LinearProbe(Default::default()),
             MethodKind::ClipAdapter => Method::ClipAdapter(Default::default()),
+            MethodKind::Coop => Method::Coop(Default::default()),
             MethodKind::TipAdapter => Method::TipAdapter(Default::default()),
             MethodKind::TipAdapterF => Method::TipAdapterF(Default::default()),
             MethodKind::Gda => Method::Gda(Default::default()),
@@ -303,6 +309,7 @@ impl Method {
             Method::ZeroShot => MethodKind::ZeroShot,
             Method::LinearProbe(_) => MethodKind::LinearProbe,
             Method::ClipAdapter(_) => MethodKind::ClipAdapter,
+            Method::Coop(_) => MethodKind::Coop,
             Method::TipAdapter(_) => MethodKind::TipAdapter,
             Method::TipAdapterF(_) => MethodKind::TipAdapterF,
             Method::Gda(_) => MethodKind::Gda,
@@ -324,6 +331,7 @@ impl Method {
             Method::ClipAdapter(o) => {
                 Method::ClipAdapter(clip_adapter::AdapterOptions { seed, ..o.clone() })
             }
+            Method::Coop(o) => Method::Coop(coop::CoopOptions { seed, ..o.clone() }),
             Method::TipAdapter(o) => {
                 Method::TipAdapter(tip_adapter::TipOptions { seed, ..o.clone() })
             }
@@ -365,6 +373,7 @@ impl Method {
                 o.batch_size,
                 o.search
             ),
+            Method::Coop(o) => o.describe(),
             Method::TipAdapter(o) | Method::TipAdapterF(o) => format!(
                 "alpha={} beta={} scale={:?} steps={:?} lr={} epochs={} batch={}",
                 o.alpha, o.beta, o.search_scale, o.search_steps, o.lr, o.epochs, o.batch_size
@@ -397,7 +406,8 @@ pub struct Fitted {
     pub losses: Vec<f32>,
 }
 
-/// Trains `method` on `task.train` (choosing hyper-parameters on `task.val`).
+/// Trains `method` on `task.train` (choosing hyper-parameters on `task.val`). CoOp trains
+/// through the model's text tower, which a task does not hold: it goes through [`coop::fit`].
 pub fn fit(
     method: &Method,
     task: &FewShotTask,
@@ -412,6 +422,7 @@ pub fn fit(
         }),
         Method::LinearProbe(o) => linear_probe::fit(task, o, progress),
         Method::ClipAdapter(o) => clip_adapter::fit(task, o, progress),
+        Method::Coop(_) => Err(MethodError::NeedsModel { method: "coop" }),
         Method::TipAdapter(o) => tip_adapter::fit(task, o, false, progress),
         Method::TipAdapterF(o) => tip_adapter::fit(task, o, true, progress),
         Method::Gda(o) => gda::fit(task, o, progress),

@@ -14,6 +14,7 @@ use clip_adapter::experiment::{
 };
 use clip_adapter::features::model_fingerprint;
 use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
+use clip_adapter::methods::coop::{self, ClassPosition, CoopHead, PromptModel};
 use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots, TaskSource};
 use clip_adapter::methods::head::{self, HeadInfo};
 use clip_adapter::methods::{self, Matrix, MethodKind};
@@ -63,6 +64,13 @@ pub enum FormArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum PositionArg {
+    End,
+    Middle,
+    Front,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum RatioArg {
     Fixed,
     Learnable,
@@ -99,16 +107,29 @@ pub struct MethodArgs {
     /// 0.1,0.2,0.4,0.6,0.8).
     #[arg(long, value_delimiter = ',', value_parser = trimmed::<f32>)]
     pub search: Vec<f32>,
-    /// Learning rate (CLIP-Adapter default 0.002 as CoOp; Tip-Adapter-F 0.001).
+    /// Learning rate (CLIP-Adapter and CoOp default 0.002; Tip-Adapter-F 0.001).
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Epochs (default: CLIP-Adapter by shots, 50/100/100/200/200, and 50 on ImageNet;
-    /// Tip-Adapter-F the authors' per-dataset value).
+    /// Epochs (default: CLIP-Adapter and CoOp by shots, 50/100/100/200/200, and 50 on
+    /// ImageNet; Tip-Adapter-F the authors' per-dataset value).
     #[arg(long, value_parser = positive)]
     pub epochs: Option<usize>,
-    /// Batch size (CLIP-Adapter 32, Tip-Adapter-F 256).
+    /// Batch size (CLIP-Adapter and CoOp 32, Tip-Adapter-F 256).
     #[arg(long, value_parser = positive)]
     pub batch_size: Option<usize>,
+    /// CoOp: number of learned context vectors M [default: 16].
+    #[arg(long, value_parser = positive)]
+    pub n_ctx: Option<usize>,
+    /// CoOp: initialise the context from this phrase's token embeddings (e.g. "a photo of a");
+    /// M becomes its token count.
+    #[arg(long, value_name = "PHRASE")]
+    pub ctx_init: Option<String>,
+    /// CoOp: one context per class (class-specific context) instead of one shared by all.
+    #[arg(long)]
+    pub csc: bool,
+    /// CoOp: where the class name sits among the context vectors [default: end].
+    #[arg(long, value_enum)]
+    pub class_token_position: Option<PositionArg>,
 }
 
 impl MethodArgs {
@@ -135,8 +156,29 @@ impl MethodArgs {
             lr: self.lr,
             epochs: self.epochs,
             batch_size: self.batch_size,
+            n_ctx: self.n_ctx,
+            ctx_init: self.ctx_init.clone(),
+            csc: self.csc,
+            class_token_position: self.class_token_position.map(|p| match p {
+                PositionArg::End => ClassPosition::End,
+                PositionArg::Middle => ClassPosition::Middle,
+                PositionArg::Front => ClassPosition::Front,
+            }),
         }
     }
+}
+
+/// The model CoOp trains through: `--model` when it names one (rather than a fingerprint),
+/// else the one the cache records as having made the features; refused unless its fingerprint
+/// is theirs.
+fn coop_model(given: Option<&str>, source: &RowSource, progress: &Progress) -> Result<PromptModel> {
+    let spec = match given {
+        Some(g) if g != source.model => g.to_string(),
+        _ => source.model_name.clone(),
+    };
+    let files = crate::resolve_model(&spec, progress)?;
+    experiment::prompt_model(&files, &spec, source)
+        .with_context(|| format!("loading the text tower of model `{spec}` for CoOp"))
 }
 
 #[derive(Args, Debug)]
@@ -158,10 +200,12 @@ pub struct FitArgs {
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
     pub cache: PathBuf,
     /// Pick the model's features when the cache holds several (the name given to extract, or
-    /// the fingerprint).
+    /// the fingerprint). CoOp trains through this model's text tower [default: the model the
+    /// cache records]; one whose content differs from the features' model is refused.
     #[arg(long)]
     pub model: Option<String>,
-    /// Save the trained head here (safetensors with its metadata) for `predict`.
+    /// Save the trained head here (safetensors with its metadata) for `predict`; CoOp saves its
+    /// learned context and class names, with the model they are encoded through.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
     #[command(flatten)]
@@ -240,11 +284,25 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
         seed: a.seed,
         source: &row_source,
     };
+    let prompt_model = match a.method {
+        MethodKind::Coop => Some(coop_model(a.model.as_deref(), &row_source, progress)?),
+        _ => None,
+    };
     let bar = progress.bar(a.method.name(), 0);
-    let (fitted, row) = fit_row(&method, &task, &spec, &mut method_bar(&bar))?;
+    let (trained, row) = fit_row(
+        &method,
+        &task,
+        &spec,
+        prompt_model.as_ref(),
+        &mut method_bar(&bar),
+    )?;
     bar.finish_and_clear();
+    let fitted = &trained.fitted;
     if let Some(path) = &a.save {
-        save_head(path, &method, &q, &task, &source, &fitted)?;
+        match &trained.coop {
+            Some(coop_head) => coop_head.save(path)?,
+            None => save_head(path, &method, &q, &task, &source, fitted)?,
+        }
     }
     let chosen: BTreeMap<_, _> = fitted.chosen.iter().cloned().collect();
     if a.json {
@@ -324,7 +382,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
     pub cache: PathBuf,
     /// Pick the model's features when the cache holds several (the name given to extract, or
-    /// the fingerprint).
+    /// the fingerprint). CoOp trains through this model's text tower [default: the model the
+    /// cache records]; one whose content differs from the features' model is refused.
     #[arg(long)]
     pub model: Option<String>,
     /// Where results.csv and results.md go; rows already in results.csv (same method, options,
@@ -415,6 +474,24 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         Some(p) => Some(Published::read(p)?),
         None => None,
     };
+    // CoOp's model is loaded and checked against the features before anything is fitted or
+    // written; one model per run, as every draw of a run comes from the same model's features.
+    let mut prompt_model: Option<std::rc::Rc<PromptModel>> = None;
+    if let (true, Some(d), Some(&k), Some(&seed)) = (
+        kinds.contains(&MethodKind::Coop),
+        a.datasets.first(),
+        a.shots.first(),
+        a.seeds.first(),
+    ) {
+        let q = CacheQuery {
+            model: a.model.clone(),
+            ..CacheQuery::new(a.cache.clone(), d, Shots::K(k), seed)
+        };
+        let (_, source) =
+            load_task(&q).with_context(|| format!("loading {d} {k}-shot seed {seed}"))?;
+        let m = coop_model(a.model.as_deref(), &RowSource::of_task(&source), progress)?;
+        prompt_model = Some(std::rc::Rc::new(m));
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut results = ResultsFile::open(&a.out.join("results.csv"))?;
 
@@ -448,6 +525,17 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
             let row_source = RowSource::of_task(&source);
             first_source.get_or_insert(source);
             Ok((task, row_source))
+        },
+        &mut |source| {
+            if let Some(m) = prompt_model
+                .as_ref()
+                .filter(|m| m.fingerprint == source.model)
+            {
+                return Ok(std::rc::Rc::clone(m));
+            }
+            let m = std::rc::Rc::new(coop_model(a.model.as_deref(), source, progress)?);
+            prompt_model = Some(std::rc::Rc::clone(&m));
+            Ok(m)
         },
         &mut |i, dataset, seed| overrides.method(kinds[i], dataset, seed),
         &mut |event| match event {
@@ -498,7 +586,8 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// A head saved by `fit --save`.
+    /// A head saved by `fit --save` (a CoOp head is recognised by its format, and its learned
+    /// prompts are encoded through the model).
     #[arg(long, value_name = "FILE")]
     pub adapter: PathBuf,
     /// The CLIP model [default: the one the head was trained on, as the head records it].
@@ -523,8 +612,22 @@ pub struct PredictArgs {
     pub json: bool,
 }
 
+/// A head file: one on features, or CoOp's context (encoded through the model to classify).
+enum Loaded {
+    // Boxed: a head on features is several times a CoOp head's size.
+    Features(Box<methods::Head>),
+    Coop(CoopHead),
+}
+
 pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
-    let (head, info) = head::load(&a.adapter)?;
+    let (loaded, info) = if coop::head::is_coop_head(&a.adapter) {
+        let c = CoopHead::load(&a.adapter)?;
+        let info = c.info();
+        (Loaded::Coop(c), info)
+    } else {
+        let (h, info) = head::load(&a.adapter)?;
+        (Loaded::Features(Box::new(h)), info)
+    };
     let spec = a.model.clone().unwrap_or_else(|| info.model.clone());
     let files = crate::resolve_model(&spec, progress)?;
     let fingerprint = model_fingerprint(&files)
@@ -535,6 +638,19 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
         }
         eprintln!("warning: {e} (going on: --allow-model-mismatch)");
     }
+    let head = match loaded {
+        Loaded::Features(h) => *h,
+        // The learned prompts encoded through the model, now that it is checked.
+        Loaded::Coop(c) => {
+            let model = PromptModel::load(&files, &spec, &candle_core::Device::Cpu)
+                .with_context(|| format!("loading the text tower of {}", files.dir.display()))?;
+            let learner = model.learner(&c.classnames, c.n_ctx, c.csc, c.position)?;
+            let text = model
+                .classifier(&learner, &c.context)
+                .with_context(|| format!("{}: encoding its prompts", a.adapter.display()))?;
+            methods::Head::ZeroShot(methods::zero_shot::ZeroShot::new(&text))
+        }
+    };
     let clip = clip_adapter::Clip::load(&files, &candle_core::Device::Cpu)
         .with_context(|| format!("loading model from {}", files.dir.display()))?;
     let bar = progress.bar("encoding images", a.images.len());

@@ -31,7 +31,34 @@ pub struct CoopHead {
     pub options: String,
 }
 
+/// Whether `path` holds a CoOp head (by its `format` metadata); anything unreadable is not one,
+/// and is left to the other head loader to report.
+pub fn is_coop_head(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        safetensors::SafeTensors::read_metadata(&bytes).is_ok_and(|(_, header)| {
+            header
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .is_some_and(|f| f == FORMAT)
+        })
+    })
+}
+
 impl CoopHead {
+    /// What the head records, as the other heads' metadata reads (for the model check of
+    /// `predict`); a CoOp head has no templates, its prompts are learned.
+    pub fn info(&self) -> crate::methods::head::HeadInfo {
+        crate::methods::head::HeadInfo {
+            model: self.model.clone(),
+            model_fingerprint: Some(self.fingerprint.clone()),
+            classnames: self.classnames.clone(),
+            templates: Vec::new(),
+            method: "coop".to_string(),
+            options: self.options.clone(),
+        }
+    }
+
     fn context_shape(&self) -> Vec<usize> {
         match self.csc {
             true => vec![self.classnames.len(), self.n_ctx, self.width],
