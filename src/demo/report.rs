@@ -26,6 +26,10 @@ pub fn method_style(label: &str) -> (Colour, bool) {
         "tip-adapter" => [23, 190, 207],
         "tip-adapter-f" => [31, 119, 180],
         "gda" => [44, 160, 44],
+        "ape" => [188, 189, 34],
+        "ape-t" => [127, 127, 127],
+        "lp++" => [255, 187, 120],
+        "clap" => [0, 0, 128],
         // Another method: a colour that depends on its name only.
         other => {
             let spare: [Colour; 3] = [[188, 189, 34], [127, 127, 127], [255, 187, 120]];

@@ -106,7 +106,11 @@ pub fn all_methods() -> Vec<DemoMethod> {
         m("coop", Method::Coop(demo_coop())),
         m("tip-adapter", Method::TipAdapter(TipOptions::default())),
         m("tip-adapter-f", Method::TipAdapterF(TipOptions::default())),
+        m("ape", Method::Ape(Default::default())),
+        m("ape-t", Method::ApeT(Default::default())),
         m("gda", Method::Gda(GdaOptions::default())),
+        m("lp++", Method::LpPlusPlus(Default::default())),
+        m("clap", Method::Clap(Default::default())),
     ]
 }
 
