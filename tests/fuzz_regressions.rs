@@ -67,8 +67,8 @@ fn fuzz_image_decode() {
 
 #[test]
 fn fuzz_feature_file() {
-    replay("feature_file", |p, b| FeatureFile::from_bytes(p, b));
-    replay("feature_file", |p, b| text_from_bytes(p, b));
+    replay("feature_file", FeatureFile::from_bytes);
+    replay("feature_file", text_from_bytes);
 }
 
 #[test]
