@@ -11,6 +11,7 @@ mod demo;
 mod experiment;
 mod features;
 mod few_shot;
+mod fuzz_regressions;
 mod input_limits;
 mod methods;
 mod new_methods;

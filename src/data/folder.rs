@@ -95,14 +95,45 @@ pub fn from_class_folders(root: &Path, split: SeededSplit) -> Result<Dataset, Da
 /// folder unless absolute. Labels are class names; classes are sorted by name. Without a split
 /// column, each class is split with `split`.
 pub fn from_manifest(path: &Path, split: SeededSplit) -> Result<Dataset, DataError> {
-    let rows = if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-    {
+    let rows = if is_json(path) {
         read_json_manifest(path)?
     } else {
         read_csv_manifest(path)?
     };
+    dataset_from_rows(path, rows, split)
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+}
+
+/// [`from_manifest`] on a manifest's bytes already in memory: `path` names it in errors, its
+/// extension picks JSON or CSV, and its folder is the root of relative image paths (nothing is
+/// read from it).
+#[doc(hidden)]
+pub fn manifest_from_bytes(
+    path: &Path,
+    bytes: &[u8],
+    split: SeededSplit,
+) -> Result<Dataset, DataError> {
+    let rows = if is_json(path) {
+        let text = std::str::from_utf8(bytes).map_err(|e| DataError::Format {
+            path: path.to_path_buf(),
+            msg: format!("not UTF-8 text: {e}"),
+        })?;
+        parse_json_manifest(path, text)?
+    } else {
+        parse_csv_manifest(path, bytes)?
+    };
+    dataset_from_rows(path, rows, split)
+}
+
+fn dataset_from_rows(
+    path: &Path,
+    rows: Vec<Row>,
+    split: SeededSplit,
+) -> Result<Dataset, DataError> {
     if rows.is_empty() {
         return Err(DataError::Format {
             path: path.to_path_buf(),
@@ -185,7 +216,11 @@ fn parse_split(path: &Path, line: usize, s: &str) -> Result<Option<Split>, DataE
 /// any UTF-8 in paths and labels, and an optional header row whose first field is `path`.
 fn read_csv_manifest(path: &Path) -> Result<Vec<Row>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    parse_csv_manifest(path, &bytes)
+}
+
+fn parse_csv_manifest(path: &Path, bytes: &[u8]) -> Result<Vec<Row>, DataError> {
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -249,7 +284,11 @@ struct JsonRow {
 
 fn read_json_manifest(path: &Path) -> Result<Vec<Row>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    parse_json_manifest(path, &text)
+}
+
+fn parse_json_manifest(path: &Path, text: &str) -> Result<Vec<Row>, DataError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw: Vec<JsonRow> = serde_json::from_str(text).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         source,

@@ -37,7 +37,13 @@ const EXPECTED: &str =
 /// labels must be `0..C` without gaps (Dassl derives the class list from them).
 pub fn read(path: &Path) -> Result<SplitFile, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let raw: Raw = serde_json::from_str(&text).map_err(|source| DataError::Json {
+    parse(path, &text)
+}
+
+/// [`read`] on a file's text already in memory; `path` only names it in errors.
+#[doc(hidden)]
+pub fn parse(path: &Path, text: &str) -> Result<SplitFile, DataError> {
+    let raw: Raw = serde_json::from_str(text).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         source,
     })?;

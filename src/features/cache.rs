@@ -463,11 +463,18 @@ impl FeatureFile {
     /// Reads and checks a feature file.
     pub fn read(path: &Path) -> Result<Self, FeatureError> {
         let bytes = std::fs::read(path).map_err(|e| FeatureError::io(path, e))?;
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// [`FeatureFile::read`] on the file's bytes already in memory; `path` only names it in
+    /// errors.
+    #[doc(hidden)]
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, FeatureError> {
         let bad = |msg: String| FeatureError::Format {
             path: path.to_path_buf(),
             msg,
         };
-        let (st, map) = parse_safetensors(path, &bytes)?;
+        let (st, map) = parse_safetensors(path, bytes)?;
         let meta = Meta::from_map(path, &map)?;
         let tensor = |name: &str, dtype: safetensors::Dtype| {
             let t = st

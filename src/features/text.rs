@@ -117,11 +117,17 @@ pub fn extract_text(
 /// Reads a text feature file.
 pub fn read_text(path: &Path) -> Result<TextFeatures> {
     let bytes = std::fs::read(path).map_err(|e| FeatureError::io(path, e))?;
+    text_from_bytes(path, &bytes)
+}
+
+/// [`read_text`] on the file's bytes already in memory; `path` only names it in errors.
+#[doc(hidden)]
+pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
     let bad = |msg: String| FeatureError::Format {
         path: path.to_path_buf(),
         msg,
     };
-    let (st, m) = super::cache::parse_safetensors(path, &bytes)?;
+    let (st, m) = super::cache::parse_safetensors(path, bytes)?;
     let get = |k: &str| m.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
     if get("format")? != TEXT_FORMAT {
         return Err(bad("not a clip-adapter text feature file".into()).into());

@@ -24,6 +24,13 @@ use output::Progress;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `RUST_BACKTRACE=1` is for panics. anyhow would also capture a backtrace for every error
+    // created (time and memory per error, even for errors that are handled), and errors are
+    // printed as one line anyway: library backtraces stay off unless asked for by name.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the first statement of `main`, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -106,7 +106,12 @@ const DEFAULTS: &[(&str, &str)] = &[
 /// Reads an `open_clip_config.json`.
 pub fn from_file(path: &Path) -> Result<ClipConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let doc: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+    from_json(&text, path)
+}
+
+/// [`from_file`] on the file's text already in memory; `path` only names it in errors.
+pub fn from_json(text: &str, path: &Path) -> Result<ClipConfig> {
+    let doc: Value = serde_json::from_str(text).map_err(|source| Error::Json {
         path: path.into(),
         source,
     })?;

@@ -334,10 +334,13 @@ impl<'a> Machine<'a> {
             }
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = (self.opcode - op::TUPLE1 + 1) as usize;
+                // As pickle's own stack does, items under the last MARK are out of reach.
+                let floor = self.marks.last().copied().unwrap_or(0);
                 let at = self
                     .stack
                     .len()
                     .checked_sub(n)
+                    .filter(|&at| at >= floor)
                     .ok_or_else(|| self.underflow())?;
                 let items = self.stack.split_off(at);
                 let t = self.tuple(items)?;
@@ -595,6 +598,9 @@ impl<'a> Machine<'a> {
             .marks
             .pop()
             .ok_or_else(|| self.malformed("no MARK to pop to".into()))?;
+        if mark > self.stack.len() {
+            return Err(self.underflow());
+        }
         Ok(self.stack.split_off(mark))
     }
 

@@ -16,13 +16,17 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::pickle::{self, Limits, Object, Pickle, PickleError, StorageType, TensorRef, Value};
+
+/// What an archive is read from: its file, or bytes already in memory.
+trait Source: Read + Seek {}
+impl<T: Read + Seek> Source for T {}
 
 /// The largest `data.pkl` read. A traced CLIP of ViT-B/32's shape has one of 38 KB.
 const MAX_PICKLE_BYTES: u64 = 16 << 20;
@@ -111,7 +115,7 @@ pub enum ArchiveKind {
 
 /// An opened archive: tensor names and views, storages read on demand.
 pub struct TorchArchive {
-    zip: RefCell<zip::ZipArchive<File>>,
+    zip: RefCell<zip::ZipArchive<Box<dyn Source>>>,
     /// The top folder, with its trailing `/`.
     prefix: String,
     kind: ArchiveKind,
@@ -128,7 +132,19 @@ impl TorchArchive {
         };
         let file = File::open(path).map_err(read_err)?;
         let file_len = file.metadata().map_err(read_err)?.len();
-        let mut zip = zip::ZipArchive::new(file).map_err(ArchiveError::Zip)?;
+        Self::from_source(Box::new(file), file_len)
+    }
+
+    /// Reads an archive already in memory (the same checks as [`TorchArchive::open`]); used by
+    /// the fuzz targets, which must not touch the filesystem.
+    #[doc(hidden)]
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, ArchiveError> {
+        let len = bytes.len() as u64;
+        Self::from_source(Box::new(std::io::Cursor::new(bytes)), len)
+    }
+
+    fn from_source(source: Box<dyn Source>, file_len: u64) -> Result<Self, ArchiveError> {
+        let mut zip = zip::ZipArchive::new(source).map_err(ArchiveError::Zip)?;
         let mut record: Option<String> = None;
         for name in zip.file_names() {
             // A name that is not valid text cannot be one of PyTorch's entries.
@@ -306,7 +322,7 @@ impl TorchArchive {
 
 /// Reads a whole entry of at most `limit` bytes; `None` when it does not exist.
 fn read_small(
-    zip: &mut zip::ZipArchive<File>,
+    zip: &mut zip::ZipArchive<Box<dyn Source>>,
     entry: &str,
     limit: u64,
 ) -> Result<Option<Vec<u8>>, ArchiveError> {
