@@ -42,6 +42,9 @@ pub enum SweepError {
     Options(#[from] super::ExperimentError),
 }
 
+/// A table cell: the mean, and the std over seeds (none for a mean over datasets).
+type Cell = Option<(f32, Option<f32>)>;
+
 /// The option a sweep varies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SweepParam {
@@ -254,7 +257,7 @@ impl Sweep {
         let average = datasets.len() > 1;
         for &k in &shots {
             // columns[j][i]: the cell of value i in column j (datasets, then their mean).
-            let mut columns: Vec<Vec<Option<(f32, Option<f32>)>>> = (datasets.iter())
+            let mut columns: Vec<Vec<Cell>> = (datasets.iter())
                 .map(|d| {
                     (methods.iter())
                         .map(|m| cell(m, d, k).map(|(mean, sd)| (mean, Some(sd))))
