@@ -7,6 +7,7 @@
 //! grid.rs      methods × datasets × shots × seeds, one draw loaded once for all methods
 //! table.rs     mean ± std Markdown tables per dataset and averaged over datasets, with the
 //!              published numbers of the run's backbone beside ours
+//! sweep.rs     the paper's ablations: CLIP-Adapter over bottleneck widths or fixed ratios α
 //! model.rs     the backbone of a model from its config; the model a saved head records
 //! ```
 //!
@@ -20,6 +21,7 @@ pub mod grid;
 pub mod model;
 pub mod protocol;
 pub mod row;
+pub mod sweep;
 pub mod table;
 
 pub use error::ExperimentError;

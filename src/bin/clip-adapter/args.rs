@@ -81,6 +81,12 @@ pub enum Command {
     ///
     /// Example: clip-adapter run --methods clip-adapter,tip-adapter --datasets eurosat,dtd --reported reported_results_rn50.csv
     Run(crate::methods::RunArgs),
+    /// The paper's ablations: CLIP-Adapter over bottleneck widths (`--over reduction`) or
+    /// fixed residual ratios (`--over alpha`) on cached features; resumable (results.csv as
+    /// `run`); writes a table of a line per value and a column per dataset.
+    ///
+    /// Example: clip-adapter sweep --over reduction --datasets dtd,imagenet --shots 16
+    Sweep(crate::sweep::SweepArgs),
     /// Classify images with a head saved by `fit --save`.
     ///
     /// Example: clip-adapter predict --adapter eurosat.safetensors --top-k 3 photo.jpg

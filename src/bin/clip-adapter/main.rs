@@ -6,6 +6,7 @@ mod demo;
 mod methods;
 mod output;
 mod pretrain;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -78,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fit(a) => methods::fit(a, &progress),
         Command::Run(a) => methods::run(a, &progress),
         Command::Predict(a) => methods::predict(a, &progress),
+        Command::Sweep(a) => sweep::run(a, &progress),
         Command::Pretrain(a) => pretrain::run(a, cli.quiet),
         Command::Demo(a) => demo::run(a, &progress),
     }

@@ -133,7 +133,7 @@ pub struct MethodArgs {
 }
 
 impl MethodArgs {
-    fn overrides(&self) -> MethodOverrides {
+    pub(crate) fn overrides(&self) -> MethodOverrides {
         MethodOverrides {
             branch: self.branch.map(|b| match b {
                 BranchArg::Visual => Branch::Visual,
@@ -225,7 +225,9 @@ fn json_f32(x: f32) -> serde_json::Value {
         .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
-fn method_bar<'a>(bar: &'a indicatif::ProgressBar) -> impl FnMut(methods::Progress) + 'a {
+pub(crate) fn method_bar<'a>(
+    bar: &'a indicatif::ProgressBar,
+) -> impl FnMut(methods::Progress) + 'a {
     move |p| match p {
         methods::Progress::Epoch {
             epoch,
@@ -399,7 +401,7 @@ pub struct RunArgs {
 }
 
 /// The datasets the cache holds (its sub-folders).
-fn cached_datasets(cache: &Path) -> Vec<String> {
+pub(crate) fn cached_datasets(cache: &Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(cache)
         .into_iter()
         .flatten()
