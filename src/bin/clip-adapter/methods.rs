@@ -452,6 +452,29 @@ fn run_backbone(source: &TaskSource, progress: &Progress) -> Option<&'static str
     backbone
 }
 
+/// A finished grid cell: the grid's bar moves on, and a fitted row is reported on stderr.
+pub(crate) fn report_row(
+    bar: &indicatif::ProgressBar,
+    row: &clip_adapter::experiment::ResultRow,
+    skipped: bool,
+    done: usize,
+) {
+    bar.set_position(done as u64);
+    if !skipped {
+        bar.suspend(|| {
+            eprintln!(
+                "{} {} {}-shot seed {}: test {:.2} % ({:.1} s)",
+                row.label(),
+                row.dataset,
+                row.shots,
+                row.seed,
+                row.test_accuracy,
+                row.train_seconds
+            )
+        });
+    }
+}
+
 pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     // Everything is checked before the first fit.
     let overrides = a.options.overrides();
@@ -545,22 +568,7 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
             GridEvent::Method(p) => on_method(p),
             GridEvent::Row {
                 row, skipped, done, ..
-            } => {
-                grid_bar.set_position(done as u64);
-                if !skipped {
-                    grid_bar.suspend(|| {
-                        eprintln!(
-                            "{} {} {}-shot seed {}: test {:.2} % ({:.1} s)",
-                            row.label(),
-                            row.dataset,
-                            row.shots,
-                            row.seed,
-                            row.test_accuracy,
-                            row.train_seconds
-                        )
-                    });
-                }
-            }
+            } => report_row(&grid_bar, row, skipped, done),
         },
     )?;
     method_bar_.finish_and_clear();

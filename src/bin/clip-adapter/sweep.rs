@@ -10,7 +10,7 @@ use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots};
 use clip_adapter::methods::MethodKind;
 
 use crate::args::{positive, trimmed};
-use crate::methods::{cached_datasets, method_bar, MethodArgs};
+use crate::methods::{cached_datasets, method_bar, report_row, MethodArgs};
 use crate::output::Progress;
 
 #[derive(Args, Debug)]
@@ -107,22 +107,7 @@ pub fn run(a: SweepArgs, progress: &Progress) -> Result<()> {
             GridEvent::Method(p) => on_method(p),
             GridEvent::Row {
                 row, skipped, done, ..
-            } => {
-                grid_bar.set_position(done as u64);
-                if !skipped {
-                    grid_bar.suspend(|| {
-                        eprintln!(
-                            "{} {} {}-shot seed {}: test {:.2} % ({:.1} s)",
-                            row.label(),
-                            row.dataset,
-                            row.shots,
-                            row.seed,
-                            row.test_accuracy,
-                            row.train_seconds
-                        )
-                    });
-                }
-            }
+            } => report_row(&grid_bar, row, skipped, done),
         },
     )?;
     method_bar_.finish_and_clear();
