@@ -28,7 +28,7 @@ fn corpus() -> Vec<Row> {
     let path = repo().join("tests/fixtures/tokenizer/corpus.json");
     let bytes = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e}; regenerate it with `/work/venv/bin/python scripts/fixtures/tokenizer.py`",
+            "{}: {e}; regenerate it with `scripts/fixtures/regenerate.sh tokenizer`",
             path.display()
         )
     });
