@@ -98,3 +98,25 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
         assert!(stderr.contains(n), "stderr lacks `{n}`: {stderr}");
     }
 }
+
+/// Runs the command quietly in `dir`, offline.
+pub fn cli_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clip-adapter"))
+        .args(args)
+        .arg("--quiet")
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("running clip-adapter")
+}
+
+/// The standard output of a command that must have succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -3,29 +3,9 @@
 //! second call, α = 0 equal to zero-shot CLIP, and bad input refused before any fit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::common::{assert_fails_with, fixture};
-
-fn cli_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip-adapter"))
-        .args(args)
-        .arg("--quiet")
-        .current_dir(dir)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("running clip-adapter")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}; stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::common::{assert_fails_with, cli_in, fixture, ok};
 
 /// A two-class image folder and its 2-shot features from tiny-clip; the dataset's name.
 fn setup(dir: &Path) -> String {
