@@ -541,7 +541,6 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         &mut results,
         &mut |dataset, shots, seed| {
             let q = CacheQuery {
-                shots: Shots::K(shots),
                 model: a.model.clone(),
                 ..CacheQuery::new(a.cache.clone(), dataset, Shots::K(shots), seed)
             };
