@@ -15,6 +15,7 @@ pub mod encode;
 pub mod error;
 pub mod experiment;
 pub mod features;
+pub mod figure;
 pub mod fsutil;
 pub mod hash;
 pub mod image;
