@@ -10,6 +10,7 @@
 //!
 //! [`Clip::load`]: super::Clip::load
 
+mod fused;
 pub mod prompt_text;
 pub mod resnet;
 

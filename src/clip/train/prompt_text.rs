@@ -17,11 +17,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{activate, causal_mask, Block, Linear, TextTower};
+use super::fused::{FrozenLayerNorm, QuickGelu, Softmax};
+use super::{activate, Block, LayerNorm, Linear, TextTower};
 use crate::clip::load::checkpoint::Checkpoint;
+use crate::clip::load::config::Activation;
 use crate::clip::load::config::{ClipConfig, TextConfig};
 use crate::clip::ModelFiles;
 use crate::error::{Error, Result};
@@ -31,6 +33,9 @@ pub struct PromptTextEncoder {
     config: TextConfig,
     embed_dim: usize,
     tower: TextTower,
+    /// The tower's layer norms as fused frozen ops: `[layer_norm1, layer_norm2]` per layer.
+    norms: Vec<[FrozenLayerNorm; 2]>,
+    final_norm: FrozenLayerNorm,
     text_projection: Linear,
     /// `exp(logit_scale)` of the checkpoint.
     logit_scale: f32,
@@ -92,8 +97,15 @@ impl PromptTextEncoder {
         }
         let logit_scale = ckpt.get("logit_scale", &[])?.to_scalar::<f32>()?.exp();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let tower = TextTower::new(&vb.pp("text_model"), c)?;
+        let frozen = |n: &LayerNorm| FrozenLayerNorm::new(&n.weight, &n.bias, n.eps);
+        let norms = (tower.layers.iter())
+            .map(|b| Ok([frozen(&b.layer_norm1)?, frozen(&b.layer_norm2)?]))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(PromptTextEncoder {
-            tower: TextTower::new(&vb.pp("text_model"), c)?,
+            final_norm: frozen(&tower.final_layer_norm)?,
+            norms,
+            tower,
             text_projection: Linear::new(
                 &vb.pp("text_projection"),
                 c.width,
@@ -168,12 +180,11 @@ impl PromptTextEncoder {
         let used = eot.iter().max().map_or(len, |&p| p + 1);
         let x = x.narrow(1, 0, used)?;
         let mut x = x.broadcast_add(&self.tower.position_embedding.narrow(0, 0, used)?)?;
-        let mask = causal_mask(used, &self.device)?;
-        for layer in &self.tower.layers {
-            x = block_forward(layer, &x, &mask)?;
+        for (layer, norms) in self.tower.layers.iter().zip(&self.norms) {
+            x = block_forward(layer, norms, &x)?;
         }
         let pooled = crate::clip::model::text::gather_positions(&x, eot)?;
-        let pooled = self.tower.final_layer_norm.forward(&pooled)?;
+        let pooled = self.final_norm.forward(&pooled)?;
         linear2d(&self.text_projection, &pooled)
     }
 }
@@ -256,31 +267,32 @@ fn linear2d(l: &Linear, x: &Tensor) -> Result<Tensor> {
     Ok(y.reshape(out)?)
 }
 
-/// [`Block::forward`] with [`linear2d`] layers and the causal mask.
-fn block_forward(block: &Block, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+/// [`Block::forward`] with [`linear2d`] layers, causal attention and the fused ops.
+fn block_forward(block: &Block, norms: &[FrozenLayerNorm; 2], x: &Tensor) -> Result<Tensor> {
     let (b, l, d) = x.dims3()?;
     let (h, hd) = (block.heads, d / block.heads);
-    let y = block.layer_norm1.forward(x)?;
+    let y = norms[0].forward(x)?;
     let split = |t: Tensor| -> Result<Tensor> {
         Ok(t.reshape((b, l, h, hd))?.transpose(1, 2)?.contiguous()?)
     };
     let q = (split(linear2d(&block.q, &y)?)? * (hd as f64).powf(-0.5))?;
     let k = split(linear2d(&block.k, &y)?)?;
     let v = split(linear2d(&block.v, &y)?)?;
-    let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(mask)?;
-    let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let scores = q.matmul(&k.t()?.contiguous()?)?;
+    let attn = Softmax { causal: true }.forward(&scores)?;
     let attended = attn
         .matmul(&v)?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((b, l, d))?;
     let x = (x + linear2d(&block.out, &attended)?)?;
-    let y = block.layer_norm2.forward(&x)?;
-    let y = linear2d(
-        &block.fc2,
-        &activate(&linear2d(&block.fc1, &y)?, block.act)?,
-    )?;
-    Ok((x + y)?)
+    let y = norms[1].forward(&x)?;
+    let hidden = linear2d(&block.fc1, &y)?;
+    let hidden = match block.act {
+        Activation::QuickGelu => QuickGelu::forward(&hidden)?,
+        other => activate(&hidden, other)?,
+    };
+    Ok((x + linear2d(&block.fc2, &hidden)?)?)
 }
 
 #[cfg(test)]
