@@ -14,8 +14,10 @@ use crate::clip::model::transformer::l2_normalize;
 use crate::clip::{Clip, ModelFiles};
 use crate::data::{prompt_name, Dataset, FewShot, Sample};
 use crate::error::Error;
+use crate::experiment::sweep::{Sweep, SweepParam};
 use crate::experiment::{
-    self, run_grid, ExperimentError, Grid, GridEvent, GridMethod, ResultRow, RowSource,
+    self, run_grid, ExperimentError, Grid, GridEvent, GridMethod, MethodOverrides, ResultRow,
+    RowSource,
 };
 use crate::features::{model_fingerprint, ContentHash};
 use crate::methods::clip_adapter::{AdapterOptions, Branch};
@@ -23,7 +25,7 @@ use crate::methods::coop::CoopOptions;
 use crate::methods::gda::GdaOptions;
 use crate::methods::linear_probe::LinearProbeOptions;
 use crate::methods::tip_adapter::TipOptions;
-use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, TextClassifier};
+use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind, TextClassifier};
 use crate::world::tasks::{demo_tasks, load_task, write_task, TaskSizes, TaskSpec};
 
 /// What can stop the demo.
@@ -70,6 +72,8 @@ pub const ALPHAS: [f32; 4] = [0.2, 0.4, 0.6, 0.8];
 #[derive(Debug, Clone)]
 pub struct DemoMethod {
     pub label: String,
+    /// The options its rows record (`alpha=0.4` for a point of an ablation; empty otherwise).
+    pub options: String,
     pub method: Method,
 }
 
@@ -83,6 +87,7 @@ pub fn all_methods() -> Vec<DemoMethod> {
     };
     let m = |label: &str, method| DemoMethod {
         label: label.into(),
+        options: String::new(),
         method,
     };
     vec![
@@ -112,6 +117,36 @@ pub fn all_methods() -> Vec<DemoMethod> {
         m("lp++", Method::LpPlusPlus(Default::default())),
         m("clap", Method::Clap(Default::default())),
     ]
+}
+
+/// The paper's two ablations of the visual CLIP-Adapter (Gao et al., 2021, Tables 1 and 2),
+/// run by the demo at its largest shot count: the residual ratio α fixed at 0, 0.2, …, 1 (no
+/// search), and the bottleneck width D/r for r = 1, …, 32 with α searched as in the main grid.
+/// Each point is a CLIP-Adapter row whose options name the swept value, as `sweep` writes it.
+pub fn ablation_methods() -> Vec<DemoMethod> {
+    let bases = [
+        (SweepParam::Alpha, MethodOverrides::default()),
+        (
+            SweepParam::Reduction,
+            MethodOverrides {
+                search: ALPHAS.to_vec(),
+                ..MethodOverrides::default()
+            },
+        ),
+    ];
+    let mut out = Vec::new();
+    for (param, base) in bases {
+        let sweep = Sweep::paper(param);
+        for (i, g) in sweep.grid_methods(&base).into_iter().enumerate() {
+            out.push(DemoMethod {
+                label: g.label,
+                options: g.options,
+                // The seed is the draw's, set per fit by `for_draw`.
+                method: sweep.point(&base, i).method(MethodKind::ClipAdapter, "", 1),
+            });
+        }
+    }
+    out
 }
 
 /// CoOp's context vectors in the demo: the world model's context is 24 tokens, not CLIP's 77,
@@ -144,6 +179,8 @@ pub struct DemoOptions {
     /// Task names to run (empty: all).
     pub tasks: Vec<String>,
     pub methods: Vec<DemoMethod>,
+    /// Run [`ablation_methods`] at the largest shot count (empty: none).
+    pub ablations: Vec<DemoMethod>,
     /// Seed of the generated task images.
     pub world_seed: u64,
 }
@@ -158,6 +195,7 @@ impl Default for DemoOptions {
             sizes: TaskSizes::default(),
             tasks: Vec::new(),
             methods: all_methods(),
+            ablations: ablation_methods(),
             world_seed: 2021,
         }
     }
@@ -307,55 +345,68 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         });
         prepared.push((spec, d, enc, text));
     }
-    let grid = Grid {
-        methods: (o.methods.iter())
+    let datasets: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
+    let grid_of = |methods: &[DemoMethod], shots: Vec<usize>| Grid {
+        methods: (methods.iter())
             .map(|m| GridMethod {
                 label: m.label.clone(),
-                options: String::new(),
+                options: m.options.clone(),
             })
             .collect(),
-        datasets: specs.iter().map(|s| s.name.to_string()).collect(),
-        shots: o.shots.clone(),
+        datasets: datasets.clone(),
+        shots,
         seeds: o.seeds.clone(),
     };
+    let mut grids = vec![(grid_of(&o.methods, o.shots.clone()), &o.methods)];
+    if let (Some(&top), false) = (o.shots.iter().max(), o.ablations.is_empty()) {
+        grids.push((grid_of(&o.ablations, vec![top]), &o.ablations));
+    }
+    let total: usize = grids.iter().map(|(g, _)| g.cells()).sum();
     let logit_scale = clip.logit_scale();
     let mut rows: Vec<ResultRow> = Vec::new();
     // Loaded on CoOp's first fit only: the other methods never need the text tower's graph.
     let mut prompt_model = None;
-    let outcome = run_grid::<DemoError>(
-        &grid,
-        &mut rows,
-        &mut |task, shots, seed| {
-            let (_, d, enc, text) = (prepared.iter())
-                .find(|(s, ..)| s.name == task)
-                .ok_or_else(|| DemoError::UnknownTask {
-                    task: task.to_string(),
-                    known: task_names().join(", "),
-                })?;
-            Ok((draw_task(d, enc, text, shots, seed)?, source.clone()))
-        },
-        &mut |source| {
-            if let Some(m) = &prompt_model {
-                return Ok(Rc::clone(m));
-            }
-            let files = ModelFiles::in_dir(&o.model_dir)?;
-            let m = Rc::new(experiment::prompt_model(
-                &files,
-                &source.model_name,
-                source,
-            )?);
-            prompt_model = Some(Rc::clone(&m));
-            Ok(m)
-        },
-        &mut |i, _, seed| for_draw(&o.methods[i].method, seed, logit_scale),
-        &mut |event| {
-            if let GridEvent::Row { done, total, .. } = event {
-                progress(DemoEvent::Fitted { done, total });
-            }
-        },
-    )?;
+    let mut finished = 0;
+    for (grid, methods) in &grids {
+        run_grid::<DemoError>(
+            grid,
+            &mut rows,
+            &mut |task, shots, seed| {
+                let (_, d, enc, text) = (prepared.iter())
+                    .find(|(s, ..)| s.name == task)
+                    .ok_or_else(|| DemoError::UnknownTask {
+                        task: task.to_string(),
+                        known: task_names().join(", "),
+                    })?;
+                Ok((draw_task(d, enc, text, shots, seed)?, source.clone()))
+            },
+            &mut |source| {
+                if let Some(m) = &prompt_model {
+                    return Ok(Rc::clone(m));
+                }
+                let files = ModelFiles::in_dir(&o.model_dir)?;
+                let m = Rc::new(experiment::prompt_model(
+                    &files,
+                    &source.model_name,
+                    source,
+                )?);
+                prompt_model = Some(Rc::clone(&m));
+                Ok(m)
+            },
+            &mut |i, _, seed| for_draw(&methods[i].method, seed, logit_scale),
+            &mut |event| {
+                if let GridEvent::Row { done, .. } = event {
+                    progress(DemoEvent::Fitted {
+                        done: finished + done,
+                        total,
+                    });
+                }
+            },
+        )?;
+        finished += grid.cells();
+    }
     Ok(DemoReport {
-        rows: outcome.rows,
+        rows,
         tasks: specs
             .iter()
             .map(|s| (s.name.to_string(), s.gap, s.about.to_string()))
