@@ -196,6 +196,45 @@ fn coop_matches_pytorch_open_clip_csc_front() {
     replay("openclip-csc-front");
 }
 
+/// Classes in chunks (a no-graph forward for the loss's gradient, then each chunk's backward)
+/// give the gradient of one backward over all classes, unified and class-specific context.
+#[test]
+fn coop_gradient_in_class_chunks_equals_the_whole_backward() {
+    for name in ["hf-unified-end", "openclip-csc-front"] {
+        let c = case(name);
+        let s = &c.spec;
+        let m = model(s["model"].as_str().unwrap());
+        let task = task(&c);
+        let n_ctx = s["n_ctx"].as_u64().unwrap() as usize;
+        let csc = s["csc"].as_bool().unwrap();
+        let position: ClassPosition = s["position"].as_str().unwrap().parse().unwrap();
+        let learner = m.learner(&task.classnames, n_ctx, csc, position).unwrap();
+        let k = learner.classes();
+        assert!(k >= 3, "{name}: {k} classes");
+        let context = flat(&c.tensors["ctx_init"]);
+        let (x, y) = (&task.train.features, &task.train.labels);
+        let (loss, whole) = coop::loss_and_grad_in_chunks(&m, &learner, &context, x, y, k).unwrap();
+        let scale = whole.iter().fold(0f32, |a, g| a.max(g.abs()));
+        assert!(scale > 0.0, "{name}: zero gradient");
+        for chunk in [1, 2] {
+            let (l, g) =
+                coop::loss_and_grad_in_chunks(&m, &learner, &context, x, y, chunk).unwrap();
+            assert!(
+                (l - loss).abs() <= 1e-6 * loss.abs().max(1.0),
+                "{name}: loss {l} vs {loss}"
+            );
+            let d = g
+                .iter()
+                .zip(&whole)
+                .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+            assert!(
+                d <= 1e-5 * scale,
+                "{name}, chunks of {chunk}: gradients differ by {d} (max {scale})"
+            );
+        }
+    }
+}
+
 #[test]
 fn coop_fit_saves_a_head_that_reencodes_to_the_same_classifier() {
     let c = case("hf-unified-end");

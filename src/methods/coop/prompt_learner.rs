@@ -12,6 +12,8 @@
 //! the context (its backward is an `index_add`). Every prompt stops at the last end-of-text
 //! position of the classes, as the inference tower does.
 
+use std::ops::Range;
+
 use candle_core::{Tensor, D};
 
 use super::{ClassPosition, CoopError};
@@ -153,11 +155,19 @@ impl PromptLearner {
     /// # Shapes
     /// context `(M, width)` or `(K, M, width)` `-> (K, len, width)`
     pub fn prompts(&self, ctx: &Tensor) -> Result<Tensor, CoopError> {
+        self.prompts_of(ctx, 0..self.classes)
+    }
+
+    /// The embedded prompts of the classes in `classes`, `(|classes|, len, width)`.
+    fn prompts_of(&self, ctx: &Tensor, classes: Range<usize>) -> Result<Tensor, CoopError> {
         let rows = ctx.reshape((ctx.elem_count() / self.width, self.width))?;
         let table = Tensor::cat(&[&rows, &self.constants], 0)?;
+        let index = self
+            .index
+            .narrow(0, classes.start * self.len, classes.len() * self.len)?;
         Ok(table
-            .index_select(&self.index, 0)?
-            .reshape((self.classes, self.len, self.width))?)
+            .index_select(&index, 0)?
+            .reshape((classes.len(), self.len, self.width))?)
     }
 
     /// Unit-norm text features of every class, `(K, E)`.
@@ -166,7 +176,19 @@ impl PromptLearner {
         encoder: &PromptTextEncoder,
         ctx: &Tensor,
     ) -> Result<Tensor, CoopError> {
-        let features = encoder.encode_embeddings(&self.prompts(ctx)?, &self.eot)?;
+        self.text_features_of(encoder, ctx, 0..self.classes)
+    }
+
+    /// Unit-norm text features of the classes in `classes`, `(|classes|, E)`; each chunk is
+    /// cut after its own last end token.
+    pub fn text_features_of(
+        &self,
+        encoder: &PromptTextEncoder,
+        ctx: &Tensor,
+        classes: Range<usize>,
+    ) -> Result<Tensor, CoopError> {
+        let eot = &self.eot[classes.clone()];
+        let features = encoder.encode_embeddings(&self.prompts_of(ctx, classes)?, eot)?;
         let norm = features.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
         Ok(features.broadcast_div(&norm)?)
     }
