@@ -320,7 +320,7 @@ mod tests {
     fn random(shape: &[usize], seed: u64) -> Tensor {
         let mut rng = crate::rng::SplitMix64::from_state(seed);
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
