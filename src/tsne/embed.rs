@@ -8,8 +8,11 @@
 //! algorithm: the nearest neighbours come from an exact search of our own (brute force, ties by
 //! index, handed over through `barnes_hut_with_neighbors`), and the initial map is drawn from
 //! our seeded generator with bhtsne's (and scikit-learn's `init="random"`) distribution,
-//! N(0, 10⁻⁴·I). The rest of the fit is deterministic (its parallel loops write per point and
-//! sum in a fixed order), so one seed gives one map.
+//! N(0, 10⁻⁴·I). The fit itself runs on a pool of one thread: bhtsne sums the affinities and
+//! recentres the map every iteration with rayon reductions, whose grouping of float additions
+//! follows work stealing when several threads run, and t-SNE amplifies such last-bit
+//! differences into another map. On one thread the grouping is fixed, so one seed gives one map
+//! on any machine; the two maps of [`super::adapter_tsne`] run side by side instead.
 //!
 //! Features are L2-normalised first; euclidean distance between unit vectors is
 //! `√(2 − 2 cos)`, so the neighbours are those of CLIP's cosine similarity.
@@ -76,11 +79,16 @@ impl TsneOptions {
         }
         let k = self.neighbours();
         if points < k + 1 {
+            let most = points.saturating_sub(1) / 3;
+            let fix = if most >= 1 {
+                format!("use a perplexity of at most {most}, or embed more points")
+            } else {
+                "t-SNE needs at least 4 points".to_string()
+            };
             return bad(format!(
                 "perplexity {} takes the {k} nearest neighbours of each point, but there are \
-                 only {points} points: lower the perplexity below {} or embed more points",
-                self.perplexity,
-                (points.saturating_sub(1) / 3).max(1)
+                 only {points} points: {fix}",
+                self.perplexity
             ));
         }
         Ok(())
@@ -115,12 +123,18 @@ pub fn embed(features: &Matrix, opts: &TsneOptions) -> Result<Matrix, TsneError>
     let init: Vec<f32> = (0..2 * n).map(|_| 1e-4 * rng.normal()).collect();
     // bhtsne only counts the samples when it is given their neighbours.
     let samples: Vec<usize> = (0..n).collect();
-    let mut tsne: tSNE<f32, usize> = tSNE::new(&samples);
-    tsne.perplexity(opts.perplexity)
-        .epochs(opts.epochs)
-        .initial_embedding(init)
-        .barnes_hut_with_neighbors(opts.theta, &knn);
-    let map = tsne.embedding();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(TsneError::ThreadPool)?;
+    let map = pool.install(|| {
+        let mut tsne: tSNE<f32, usize> = tSNE::new(&samples);
+        tsne.perplexity(opts.perplexity)
+            .epochs(opts.epochs)
+            .initial_embedding(init)
+            .barnes_hut_with_neighbors(opts.theta, &knn);
+        tsne.embedding()
+    });
     if let Some(i) = map.iter().position(|v| !v.is_finite()) {
         return Err(TsneError::Diverged { row: i / 2 });
     }

@@ -47,6 +47,12 @@ pub enum TsneError {
     )]
     Neighbours { k: usize, points: usize },
 
+    #[error(
+        "only {points} points: the {KNN_K}-NN numbers and the trustworthiness of a map need at \
+         least {needed}"
+    )]
+    TooFewPoints { points: usize, needed: usize },
+
     #[error("feature row {row} holds a value that is not finite")]
     NonFinite { row: usize },
 
@@ -102,6 +108,16 @@ pub enum TsneError {
         path: PathBuf,
         head: usize,
         features: usize,
+    },
+
+    #[error("cannot start the t-SNE's thread")]
+    ThreadPool(#[source] rayon::ThreadPoolBuildError),
+
+    #[error("cannot create the folder {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 
     #[error(transparent)]
@@ -172,18 +188,30 @@ pub fn adapter_tsne(
             features.cols, adapter.classes.cols
         )));
     }
+    let needed = 2 * KNN_K + 1;
+    if features.rows < needed {
+        return Err(TsneError::TooFewPoints {
+            points: features.rows,
+            needed,
+        });
+    }
     opts.check(features.rows)?;
     let adapted = adapter.adapted_features(features).ok_or_else(|| {
         TsneError::Options(
             "the adapter has no visual branch: the image features would not change".into(),
         )
     })?;
+    // Each map is fitted on one thread (see `embed`): the two run side by side.
+    let (before, after) = rayon::join(
+        || SpaceView::new(features, labels, opts),
+        || SpaceView::new(&adapted, labels, opts),
+    );
     Ok(AdapterTsne {
         classnames: classnames.to_vec(),
         labels: labels.to_vec(),
         options: opts.clone(),
-        before: SpaceView::new(features, labels, opts)?,
-        after: SpaceView::new(&adapted, labels, opts)?,
+        before: before?,
+        after: after?,
     })
 }
 
@@ -359,8 +387,14 @@ impl AdapterTsne {
         }
     }
 
-    /// Writes `STEM.svg` and `STEM.png`.
+    /// Writes `STEM.svg` and `STEM.png`, creating their folder if needed.
     pub fn write_figure(&self, stem: &Path) -> Result<[PathBuf; 2], TsneError> {
+        if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| TsneError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
         Ok(crate::figure::write_figure(&self.chart(), stem)?)
     }
 }
