@@ -83,7 +83,8 @@ fn range(values: impl Iterator<Item = f32>) -> std::ops::Range<f32> {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
             (lo.min(v), hi.max(v))
         });
-    if !(lo < hi) {
+    // No finite value leaves lo = +∞ > hi = −∞.
+    if lo >= hi {
         let mid = if lo.is_finite() { lo } else { 0.0 };
         return mid - 1.0..mid + 1.0;
     }

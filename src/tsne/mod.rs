@@ -72,21 +72,8 @@ pub enum TsneError {
     )]
     NotVisualAdapter { path: PathBuf, kind: String },
 
-    #[error(
-        "{}: the head was trained on features of model {head_model} (fingerprint \
-         {head_fingerprint}), but the cached features of `{dataset}` are from {features_model} \
-         (fingerprint {features_fingerprint}): the adapter would be applied to another model's \
-         features",
-        path.display()
-    )]
-    ModelMismatch {
-        path: PathBuf,
-        dataset: String,
-        head_model: String,
-        head_fingerprint: String,
-        features_model: String,
-        features_fingerprint: String,
-    },
+    #[error(transparent)]
+    ModelMismatch(Box<ModelMismatch>),
 
     #[error(
         "{}: the head records no model fingerprint (it was saved by an older version), so it \
@@ -125,6 +112,24 @@ pub enum TsneError {
 
     #[error(transparent)]
     Figure(#[from] FigureError),
+}
+
+/// A head trained on another model's features than the cache's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: the head was trained on features of model {head_model} (fingerprint \
+     {head_fingerprint}), but the cached features of `{dataset}` are from {features_model} \
+     (fingerprint {features_fingerprint}): the adapter would be applied to another model's \
+     features",
+    path.display()
+)]
+pub struct ModelMismatch {
+    pub path: PathBuf,
+    pub dataset: String,
+    pub head_model: String,
+    pub head_fingerprint: String,
+    pub features_model: String,
+    pub features_fingerprint: String,
 }
 
 /// One space (before or after the adapter): its map and its numbers.
@@ -332,14 +337,14 @@ fn check_head(
             })
         }
         Some(f) if *f != source.model => {
-            return Err(TsneError::ModelMismatch {
+            return Err(TsneError::ModelMismatch(Box::new(ModelMismatch {
                 path: path.to_path_buf(),
                 dataset: dataset.to_string(),
                 head_model: info.model.clone(),
                 head_fingerprint: f.clone(),
                 features_model: source.model_name.clone(),
                 features_fingerprint: source.model.clone(),
-            })
+            })))
         }
         Some(_) => {}
     }
