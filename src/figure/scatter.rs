@@ -134,7 +134,7 @@ fn draw_legend<DB: DrawingBackend>(
     for (c, name) in classnames.iter().enumerate() {
         let x = 20 + (c % LEGEND_COLUMNS) as i32 * column;
         let y = 10 + (c / LEGEND_COLUMNS) as i32 * LEGEND_ROW as i32;
-        area.draw(&Circle::new((x + 6, y + 9), 6, class_colour(c, k).filled()))?;
+        area.draw(&Circle::new((x + 6, y + 5), 6, class_colour(c, k).filled()))?;
         area.draw(&Text::new(name.as_str(), (x + 18, y), style.clone()))?;
     }
     Ok(())

@@ -30,7 +30,7 @@ use crate::methods::MethodError;
 /// Why a t-SNE could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TsneError {
-    #[error("t-SNE: {0}")]
+    #[error("{0}")]
     Options(String),
 
     #[error("{0}")]
