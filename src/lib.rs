@@ -24,6 +24,7 @@ pub mod methods;
 pub mod pretrain;
 pub mod rng;
 pub mod tokenizer;
+pub mod tsne;
 pub mod world;
 pub mod zero_shot;
 

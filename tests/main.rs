@@ -23,4 +23,5 @@ mod pretrain;
 mod sweep;
 mod tokenizer;
 mod torchscript;
+mod tsne;
 mod world;

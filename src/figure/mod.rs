@@ -14,6 +14,8 @@ use plotters::prelude::*;
 
 use crate::fsutil::{write_atomic, WriteError};
 
+pub mod scatter;
+
 /// DejaVu Sans (Bitstream Vera licence, see `assets/fonts/DejaVuSans-LICENSE.txt`).
 const DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 

@@ -427,17 +427,31 @@ impl AdapterModel {
         )
     }
 
+    /// The visual branch: `f* = α·A_v(f) + (1 − α)·f` (before normalisation) and its
+    /// intermediates.
+    fn adapt_visual(&self, b: &Bottleneck, x: &Matrix) -> (Matrix, BranchCache) {
+        let cache = b.forward(x);
+        let (ratios, hyper) = self.params.alpha.values(x.rows, || {
+            with_summary(&x.normalized(), &row_mean(&self.classes.normalized()))
+        });
+        (mix(&cache.out, x, &ratios), (cache, ratios, hyper))
+    }
+
+    /// The adapted image features `α·A_v(f) + (1 − α)·f` (N×D, before the normalisation the
+    /// classifier applies), computed as the logits compute them; `None` for a head without a
+    /// visual adapter.
+    pub fn adapted_features(&self, x: &Matrix) -> Option<Matrix> {
+        let b = self.params.visual.as_ref()?;
+        Some(self.adapt_visual(b, x).0)
+    }
+
     fn forward(&self, x: &Matrix, frozen: &FrozenText) -> Forward {
         let summary = || row_mean(&self.classes.normalized());
         let (mut f, visual) = match &self.params.visual {
             None => (x.clone(), None),
             Some(b) => {
-                let cache = b.forward(x);
-                let (ratios, hyper) = self
-                    .params
-                    .alpha
-                    .values(x.rows, || with_summary(&x.normalized(), &summary()));
-                (mix(&cache.out, x, &ratios), Some((cache, ratios, hyper)))
+                let (f, cache) = self.adapt_visual(b, x);
+                (f, Some(cache))
             }
         };
         let t = &self.classes;

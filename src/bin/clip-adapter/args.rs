@@ -91,6 +91,12 @@ pub enum Command {
     ///
     /// Example: clip-adapter predict --adapter eurosat.safetensors --top-k 3 photo.jpg
     Predict(crate::methods::PredictArgs),
+    /// Map a split's image features before and after a CLIP-Adapter head's visual adapter to
+    /// 2-D with t-SNE (the paper's Fig. 5); draw the two maps side by side, coloured by class
+    /// (SVG + PNG), and report 5-NN accuracy and silhouette of the classes in both spaces.
+    ///
+    /// Example: clip-adapter tsne --dataset eurosat --shots 16 --seed 1 --adapter eurosat.safetensors --out eurosat-tsne
+    Tsne(crate::tsne::TsneArgs),
     /// Pretrain a small CLIP on generated image-caption pairs (the demo's embedded model).
     ///
     /// Example: clip-adapter pretrain --out assets/tiny-world-clip --seed 0 --steps 3000

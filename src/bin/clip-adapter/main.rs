@@ -7,6 +7,7 @@ mod methods;
 mod output;
 mod pretrain;
 mod sweep;
+mod tsne;
 
 use std::process::ExitCode;
 
@@ -80,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => methods::run(a, &progress),
         Command::Predict(a) => methods::predict(a, &progress),
         Command::Sweep(a) => sweep::run(a, &progress),
+        Command::Tsne(a) => tsne::run(a),
         Command::Pretrain(a) => pretrain::run(a, cli.quiet),
         Command::Demo(a) => demo::run(a, &progress),
     }

@@ -246,7 +246,7 @@ pub(crate) fn method_bar<'a>(
 }
 
 /// `--shots`: a positive count or `all`.
-fn shots_arg(s: &str) -> std::result::Result<Shots, String> {
+pub(crate) fn shots_arg(s: &str) -> std::result::Result<Shots, String> {
     match s.parse::<Shots>() {
         Ok(Shots::K(0)) | Err(_) => Err(format!(
             "`{s}` is not a shot count: give a positive number, or `all` for the whole training split"

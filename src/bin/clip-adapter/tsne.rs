@@ -1,0 +1,119 @@
+//! `tsne`: arguments onto [`clip_adapter::tsne`], and printing.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use clip_adapter::methods::from_cache::{CacheQuery, Shots};
+use clip_adapter::tsne::{self, SpaceView, Split, TsneOptions, KNN_K};
+
+use crate::args::{positive, trimmed};
+use crate::methods::shots_arg;
+
+#[derive(Args, Debug)]
+pub struct TsneArgs {
+    /// The feature cache `extract` wrote.
+    #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
+    pub cache: PathBuf,
+    /// The dataset folder name in the cache (e.g. eurosat).
+    #[arg(long)]
+    pub dataset: String,
+    /// Shots of the few-shot draw the head was fitted on (as given to extract and fit), or
+    /// `all`; it picks the extraction, whose test split is the same for every draw.
+    #[arg(long, value_parser = shots_arg)]
+    pub shots: Shots,
+    /// Seed of that draw (as given to extract and fit); also seeds the t-SNE's initial map.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// A CLIP-Adapter head with a visual adapter, saved by `fit --method clip-adapter --save`.
+    #[arg(long, value_name = "FILE")]
+    pub adapter: PathBuf,
+    /// The set to map: `test` (the whole test split, as the paper's figure), `val` or `train`
+    /// (the few-shot draw).
+    #[arg(long, default_value = "test", value_parser = trimmed::<Split>)]
+    pub split: Split,
+    /// t-SNE perplexity: about the number of neighbours each point keeps close; needs at least
+    /// 3 × perplexity + 1 points.
+    #[arg(long, default_value_t = 30.0, value_parser = trimmed::<f32>)]
+    pub perplexity: f32,
+    /// t-SNE iterations.
+    #[arg(long, default_value_t = 1000, value_parser = positive)]
+    pub epochs: usize,
+    /// Pick the model's features when the cache holds several (the name given to extract, or
+    /// the fingerprint); it must be the model the head was trained on.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Where the figure goes: FILE_STEM.svg and FILE_STEM.png (an extension given is replaced).
+    #[arg(long, value_name = "FILE_STEM")]
+    pub out: PathBuf,
+    /// Print JSON: `{"dataset", "split", "adapter", "model", "classnames", "labels",
+    /// "options", "before", "after", "figure"}`, where `before` and `after` are `{"coordinates":
+    /// [[x, y], ...], "features": {"knn_accuracy", "silhouette"}, "map": {...},
+    /// "trustworthiness"}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: TsneArgs) -> Result<()> {
+    let opts = TsneOptions {
+        perplexity: a.perplexity,
+        epochs: a.epochs,
+        seed: a.seed,
+        ..TsneOptions::default()
+    };
+    let query = CacheQuery {
+        model: a.model.clone(),
+        ..CacheQuery::new(&a.cache, &a.dataset, a.shots, a.seed)
+    };
+    let made =
+        tsne::adapter_tsne_from_cache(&query, &a.adapter, a.split, &opts).with_context(|| {
+            format!(
+                "t-SNE of the {} features of {} ({}-shot seed {})",
+                a.split.as_str(),
+                a.dataset,
+                a.shots,
+                a.seed
+            )
+        })?;
+    let figure = made.tsne.write_figure(&a.out)?;
+    let figure: Vec<String> = figure.iter().map(|p| p.display().to_string()).collect();
+    let t = &made.tsne;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "dataset": a.dataset, "split": a.split, "adapter": a.adapter.display().to_string(),
+                "model": made.source.model_name, "classnames": t.classnames, "labels": t.labels,
+                "options": t.options, "before": t.before, "after": t.after, "figure": figure,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "t-SNE of {} {} features of {} (perplexity {}, seed {}); {KNN_K}-NN: leave-one-out \
+         accuracy; features: cosine, map: euclidean",
+        t.labels.len(),
+        a.split.as_str(),
+        a.dataset,
+        opts.perplexity,
+        opts.seed
+    );
+    println!(
+        "{:<22} {:>14} {:>20} {:>10} {:>15} {:>16}",
+        "", "5-NN features", "silhouette features", "5-NN map", "silhouette map", "trustworthiness"
+    );
+    let line = |name: &str, v: &SpaceView| {
+        println!(
+            "{name:<22} {:>12.1} % {:>20.3} {:>8.1} % {:>15.3} {:>16.3}",
+            100.0 * v.features.knn_accuracy,
+            v.features.silhouette,
+            100.0 * v.map.knn_accuracy,
+            v.map.silhouette,
+            v.trustworthiness
+        )
+    };
+    line("before (CLIP)", &t.before);
+    line("after (CLIP-Adapter)", &t.after);
+    println!("wrote {}", figure.join(", "));
+    Ok(())
+}
