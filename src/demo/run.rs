@@ -317,6 +317,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         datasets: specs.iter().map(|s| s.name.to_string()).collect(),
         shots: o.shots.clone(),
         seeds: o.seeds.clone(),
+        validation: Default::default(),
     };
     let logit_scale = clip.logit_scale();
     let mut rows: Vec<ResultRow> = Vec::new();
