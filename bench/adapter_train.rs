@@ -26,6 +26,7 @@ fn task(n: usize, d: usize, k: usize) -> FewShotTask {
         labels: Vec::new(),
     };
     FewShotTask {
+        pre_projection: None,
         classnames: (0..k).map(|i| i.to_string()).collect(),
         train: LabelledSet {
             features: x,

@@ -50,6 +50,7 @@ fn task(f: &Value) -> FewShotTask {
         Matrix::from_vec(data.len() / d, d, data).unwrap()
     };
     FewShotTask {
+        pre_projection: None,
         classnames: (0..k).map(|i| format!("class {i}")).collect(),
         train: LabelledSet {
             features: m(&f["train"]),

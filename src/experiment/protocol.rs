@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::ExperimentError;
 use crate::methods::clip_adapter::{AdapterOptions, Branch, Form, RatioMode};
 use crate::methods::coop::{ClassPosition, CoopOptions};
+use crate::methods::prolip::ProlipOptions;
 use crate::methods::tip_adapter::TipOptions;
 use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind};
 use std::borrow::Cow;
@@ -130,7 +131,8 @@ fn applies(option: &str, kind: MethodKind) -> bool {
     match option {
         "branch" | "form" | "reduction" | "ratio" | "search" => kind == ClipAdapter,
         "alpha" | "beta" => matches!(kind, ClipAdapter | TipAdapter | TipAdapterF),
-        "lr" | "epochs" | "batch-size" => matches!(kind, ClipAdapter | Coop | TipAdapterF),
+        "lr" | "epochs" => matches!(kind, ClipAdapter | Coop | TipAdapterF | Prolip),
+        "batch-size" => matches!(kind, ClipAdapter | Coop | TipAdapterF),
         "n-ctx" | "ctx-init" | "csc" | "class-token-position" => kind == Coop,
         _ => false,
     }
@@ -145,7 +147,8 @@ fn why_not(option: &str) -> &'static str {
         "n-ctx" | "ctx-init" | "csc" | "class-token-position" => {
             "it is an option of CoOp's learned prompt"
         }
-        _ => "only CLIP-Adapter, CoOp and Tip-Adapter-F are trained by gradient steps",
+        "batch-size" => "only CLIP-Adapter, CoOp and Tip-Adapter-F train in mini-batches",
+        _ => "only CLIP-Adapter, CoOp, Tip-Adapter-F and ProLIP are trained by gradient steps",
     }
 }
 
@@ -288,6 +291,20 @@ impl MethodOverrides {
                     ..d
                 })
             }
+            MethodKind::Prolip => {
+                let d = ProlipOptions::default();
+                Method::Prolip(ProlipOptions {
+                    // A learning rate given by the user is used as is, without a search.
+                    search: if self.lr.is_some() {
+                        Vec::new()
+                    } else {
+                        d.search.clone()
+                    },
+                    lr: self.lr.unwrap_or(d.lr),
+                    epochs: self.epochs.unwrap_or(d.epochs),
+                    ..d
+                })
+            }
             other => other.with_defaults().with_seed(seed),
         }
     }
@@ -374,6 +391,7 @@ mod tests {
             labels: vec![0; rows],
         };
         let task = FewShotTask {
+            pre_projection: None,
             classnames: vec!["a".into(), "b".into()],
             train: set(2),
             train_views: Vec::new(),

@@ -45,7 +45,7 @@ fn published_method(m: &str) -> Option<&'static str> {
         MethodKind::Gda => "GDA",
         MethodKind::Ape => "APE",
         MethodKind::ApeT => "APE-T",
-        MethodKind::LpPlusPlus | MethodKind::Clap => return None,
+        MethodKind::LpPlusPlus | MethodKind::Clap | MethodKind::Prolip => return None,
     })
 }
 

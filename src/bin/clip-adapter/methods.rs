@@ -687,7 +687,12 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
     let clip = clip_adapter::Clip::load(&files, &candle_core::Device::Cpu)
         .with_context(|| format!("loading model from {}", files.dir.display()))?;
     let bar = progress.bar("encoding images", a.images.len());
-    let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| {
+    // A ProLIP head holds the trained projection: it scores the tower's output before it.
+    let encode = match &head {
+        methods::Head::Prolip(_) => clip_adapter::encode::encode_image_files_pre_projection,
+        _ => encode_image_files,
+    };
+    let features = encode(&clip, &a.images, a.batch_size, &mut |d, _| {
         bar.set_position(d as u64)
     })?;
     bar.finish_and_clear();
