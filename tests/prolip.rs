@@ -192,3 +192,158 @@ fn fit_uses_the_pre_projection_features() {
     assert_eq!(back.dim(), c.pre.projection.input_dim());
     assert_eq!(back.logits(&c.pre.test).data, logits.data);
 }
+
+/// `extract --pre-projection` on both fixture towers (tiny-clip: ViT, `visual_projection`
+/// without bias; tiny-rn: ModifiedResNet, `attnpool.c_proj` with bias): the cached
+/// pre-projection features, projected with the cached projection, give the cached embeddings;
+/// a second extraction reuses every file; `fit --method prolip --save` then `predict` work on
+/// them, and without them ProLIP is refused naming the flag.
+#[test]
+fn pre_projection_features_reproduce_the_embeddings_and_train_prolip() {
+    use crate::common::{assert_fails_with, cli_in, fixture, ok};
+    use clip_adapter::features::projection::read_projection;
+    use clip_adapter::features::{FeatureFile, Output};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::features::image_folder(&dir.join("data"), 2, 6);
+    for m in ["tiny-clip", "tiny-rn"] {
+        let model = fixture(&format!("models/{m}")).display().to_string();
+        let cache = format!("cache-{m}");
+        let extract = |extra: &[&str]| {
+            let mut args = vec![
+                "extract", "--model", &model, "--folder", "data", "--shots", "2", "--seed", "1",
+                "--views", "2", "--cache", &cache, "--json",
+            ];
+            args.extend_from_slice(extra);
+            serde_json::from_str::<serde_json::Value>(&ok(&cli_in(dir, &args))).unwrap()
+        };
+        // Without the flag first: ProLIP is refused, naming what to run.
+        extract(&[]);
+        let fit = |extra: &[&str]| {
+            let mut args = vec![
+                "fit",
+                "--method",
+                "prolip",
+                "--dataset",
+                "data",
+                "--shots",
+                "2",
+                "--cache",
+                &cache,
+                "--epochs",
+                "5",
+                "--json",
+            ];
+            args.extend_from_slice(extra);
+            cli_in(dir, &args)
+        };
+        assert_fails_with(&fit(&[]), &["pre-projection", "--pre-projection"]);
+
+        let doc = extract(&["--pre-projection"]);
+        let sets = doc["sets"].as_array().unwrap();
+        // train eval + 2 views, val, test: each with its twin; the projected ones reused.
+        assert_eq!(sets.len(), 10, "{doc}");
+        let reused = |s: &serde_json::Value| s["reused"].as_bool().unwrap();
+        for s in sets {
+            let name = s["name"].as_str().unwrap();
+            assert_eq!(reused(s), !name.contains(".pre-"), "{m}: {s}");
+        }
+        let again = extract(&["--pre-projection"]);
+        assert!(
+            again["sets"].as_array().unwrap().iter().all(reused),
+            "{m}: {again}"
+        );
+
+        let data_dir = dir.join(&cache).join("data");
+        let files: Vec<std::path::PathBuf> = std::fs::read_dir(&data_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let projection_file = files
+            .iter()
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("projection.")
+            })
+            .expect("a projection file");
+        let p = read_projection(projection_file).unwrap();
+        assert_eq!(p.bias.is_some(), m == "tiny-rn", "{m}");
+        let projection = Projection {
+            weight: Matrix::from_vec(p.rows, p.cols, p.weight).unwrap(),
+            bias: p.bias,
+        };
+        let mut twins = 0;
+        for f in files
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".safetensors"))
+        {
+            let Ok(pre) = FeatureFile::read(f) else {
+                continue;
+            };
+            if pre.meta.key.output != Output::PreProjection {
+                continue;
+            }
+            let key = clip_adapter::features::SetKey {
+                output: Output::Projected,
+                ..pre.meta.key.clone()
+            };
+            let projected = FeatureFile::read(&data_dir.join(key.file_name())).unwrap();
+            assert_eq!(pre.index, projected.index);
+            assert_eq!(pre.dim, projection.input_dim());
+            let z = projection.apply(&Matrix::from_vec(pre.rows(), pre.dim, pre.features).unwrap());
+            let scale = projected.features.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let worst = (z.data.iter().zip(&projected.features))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // The same f32 product summed in another order: within 1e-5 of the largest value.
+            assert!(
+                worst <= 1e-5 * scale.max(1.0),
+                "{m} {}: {worst} (scale {scale})",
+                f.display()
+            );
+            twins += 1;
+        }
+        assert_eq!(twins, 5, "{m}");
+
+        let head = format!("{m}.prolip.safetensors");
+        let fitted: serde_json::Value =
+            serde_json::from_str(&ok(&fit(&["--save", &head]))).unwrap();
+        assert_eq!(
+            fitted["epoch_losses"].as_array().unwrap().len(),
+            5,
+            "{fitted}"
+        );
+        assert!(fitted["test_accuracy"].is_number(), "{fitted}");
+        let image = dir
+            .join("data/class_0")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let predicted: serde_json::Value = serde_json::from_str(&ok(&cli_in(
+            dir,
+            &[
+                "predict",
+                "--adapter",
+                &head,
+                "--json",
+                &image.display().to_string(),
+            ],
+        )))
+        .unwrap();
+        assert_eq!(predicted["method"], "prolip", "{predicted}");
+        assert_eq!(
+            predicted["results"][0]["predictions"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2,
+            "{predicted}"
+        );
+    }
+}
