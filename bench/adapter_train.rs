@@ -27,6 +27,7 @@ fn task(n: usize, d: usize, k: usize) -> FewShotTask {
     };
     FewShotTask {
         pre_projection: None,
+        text_mean: None,
         classnames: (0..k).map(|i| i.to_string()).collect(),
         train: LabelledSet {
             features: x,

@@ -74,6 +74,7 @@ fn task(c: &Case) -> FewShotTask {
     let text = matrix(&c.tensors["text_final"]);
     FewShotTask {
         pre_projection: None,
+        text_mean: None,
         classnames: strings(&c.spec["classnames"]),
         train: LabelledSet {
             features: train_views[0].clone(),

@@ -59,6 +59,7 @@ fn task(f: &Value) -> FewShotTask {
     };
     FewShotTask {
         pre_projection: None,
+        text_mean: None,
         classnames: (0..k).map(|i| format!("class {i}")).collect(),
         train: LabelledSet {
             features: m(&f["train"]),
@@ -428,6 +429,7 @@ fn baseline_task() -> FewShotTask {
     };
     FewShotTask {
         pre_projection: None,
+        text_mean: None,
         classnames: (0..k).map(|i| format!("class {i}")).collect(),
         train: LabelledSet {
             features: m(&f["train"]),

@@ -145,6 +145,7 @@ fn fit_uses_the_pre_projection_features() {
         test: set(&c.pre.test, &c.test_labels),
         text: c.text.clone(),
         pre_projection: None,
+        text_mean: None,
     };
     let opts = ProlipOptions {
         epochs: n(&c.f["epochs"]),

@@ -196,17 +196,23 @@ fn encode_split(clip: &Clip, d: &Dataset, samples: &[Sample]) -> Result<(Matrix,
     Ok((to_matrix(&t)?, to_matrix(&pre)?))
 }
 
-fn text_classifier(clip: &Clip, d: &Dataset) -> Result<TextClassifier> {
+/// The zero-shot classifier of the world's one prompt, and the un-normalised prompt
+/// embeddings (CLAP's zero-shot prototypes).
+fn text_classifier(clip: &Clip, d: &Dataset) -> Result<(TextClassifier, Matrix)> {
     let prompts: Vec<String> = d
         .classnames
         .iter()
         .map(|c| crate::world::PROMPT.replace("{}", &prompt_name(c)))
         .collect();
-    let w = l2_normalize(&clip.encode_text(&prompts)?)?;
-    Ok(TextClassifier {
-        weights: to_matrix(&w)?,
-        logit_scale: clip.logit_scale(),
-    })
+    let raw = clip.encode_text(&prompts)?;
+    let w = l2_normalize(&raw)?;
+    Ok((
+        TextClassifier {
+            weights: to_matrix(&w)?,
+            logit_scale: clip.logit_scale(),
+        },
+        to_matrix(&raw)?,
+    ))
 }
 
 fn rows_of(m: &Matrix, idx: &[usize]) -> Matrix {
@@ -232,7 +238,7 @@ fn labelled(m: &Matrix, samples: &[Sample], idx: &[usize]) -> LabelledSet {
 fn draw_task(
     d: &Dataset,
     enc: &Encoded,
-    text: &TextClassifier,
+    (text, text_mean): &(TextClassifier, Matrix),
     projection: &Projection,
     shots: usize,
     seed: u64,
@@ -241,6 +247,7 @@ fn draw_task(
     let all_test: Vec<usize> = (0..d.test.len()).collect();
     let [pre_train, pre_val, pre_test] = &enc.pre;
     Ok(FewShotTask {
+        text_mean: Some(text_mean.clone()),
         pre_projection: Some(Box::new(PreProjection {
             projection: projection.clone(),
             train: rows_of(pre_train, &draw.train),

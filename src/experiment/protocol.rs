@@ -392,6 +392,7 @@ mod tests {
         };
         let task = FewShotTask {
             pre_projection: None,
+            text_mean: None,
             classnames: vec!["a".into(), "b".into()],
             train: set(2),
             train_views: Vec::new(),

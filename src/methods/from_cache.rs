@@ -557,6 +557,11 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodErro
     }
     let task = FewShotTask {
         pre_projection,
+        text_mean: t.mean.clone().map(|data| Matrix {
+            rows: t.classnames.len(),
+            cols: t.dim,
+            data,
+        }),
         classnames: t.classnames.clone(),
         train: LabelledSet {
             features: matrix(&train),

@@ -200,6 +200,7 @@ mod tests {
         let k = text.rows;
         FewShotTask {
             pre_projection: None,
+            text_mean: None,
             classnames: (0..k).map(|i| format!("c{i}")).collect(),
             train: LabelledSet {
                 features: train.clone(),

@@ -84,6 +84,9 @@ pub struct FewShotTask {
     /// The same images before the image tower's last projection, with that projection: what
     /// ProLIP trains on (`None` when the cache holds no pre-projection features).
     pub pre_projection: Option<Box<prolip::PreProjection>>,
+    /// `K × D`: the mean over templates of the un-normalised prompt embeddings, the zero-shot
+    /// prototypes CLAP's reference trains from (`None` when the cache predates it).
+    pub text_mean: Option<Matrix>,
 }
 
 impl FewShotTask {
@@ -402,8 +405,9 @@ impl Method {
                 o.epochs, o.alpha_every, o.init_alpha_scale, o.accumulate_alpha_grad
             ),
             Method::Clap(o) => format!(
-                "constraint={} lr={} epochs={} batch={} text_norm={}",
-                o.constraint.as_str(), o.lr, o.epochs, o.batch_size, o.text_norm
+                "constraint={} lr={} epochs={} batch={} prototypes={}",
+                o.constraint.as_str(), o.lr, o.epochs, o.batch_size,
+                if o.prompt_mean { "prompt-mean".to_string() } else { format!("unit*{}", o.text_norm) }
             ),
             Method::Prolip(o) => format!(
                 "lr={} search={:?} lambda={} epochs={} eps={}",

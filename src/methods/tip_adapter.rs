@@ -447,6 +447,7 @@ mod tests {
         let (h, f, y) = toy();
         let task = FewShotTask {
             pre_projection: None,
+            text_mean: None,
             classnames: vec!["a".into(), "b".into(), "c".into()],
             train: crate::methods::LabelledSet {
                 features: f.clone(),
