@@ -109,7 +109,7 @@ pub fn read_projection(path: &Path) -> std::result::Result<StoredProjection, Fea
             "`weight` has shape {shape:?}, expected [E, W]"
         )));
     };
-    let bias = match st.names().iter().any(|n| *n == "bias") {
+    let bias = match st.names().contains(&"bias") {
         false => None,
         true => {
             let (shape, b) = tensor("bias")?;

@@ -179,7 +179,7 @@ pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()
     };
-    let mean = match st.names().iter().any(|n| *n == "text_features_mean") {
+    let mean = match st.names().contains(&"text_features_mean") {
         false => None,
         true => {
             let m = (st.tensor("text_features_mean")).map_err(|e| bad(e.to_string()))?;

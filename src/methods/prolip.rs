@@ -295,7 +295,7 @@ pub fn fit(
     if opts.epochs == 0 {
         return Err(MethodError::option("epochs", 0, "at least one epoch"));
     }
-    if let Some(&lr) = (opts.search.iter().chain([&opts.lr])).find(|&&l| !(l > 0.0)) {
+    if let Some(&lr) = (opts.search.iter().chain([&opts.lr])).find(|&&l| l.is_nan() || l <= 0.0) {
         return Err(MethodError::option(
             "lr",
             lr,
