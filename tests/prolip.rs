@@ -309,6 +309,47 @@ fn pre_projection_features_reproduce_the_embeddings_and_train_prolip() {
         }
         assert_eq!(twins, 5, "{m}");
 
+        // Two shards merged give the same pre-projection files, byte for byte.
+        let sharded = format!("sharded-{m}");
+        for shard in ["0/2", "1/2"] {
+            ok(&cli_in(
+                dir,
+                &[
+                    "extract",
+                    "--model",
+                    &model,
+                    "--folder",
+                    "data",
+                    "--shots",
+                    "2",
+                    "--seed",
+                    "1",
+                    "--views",
+                    "2",
+                    "--cache",
+                    &sharded,
+                    "--pre-projection",
+                    "--shard",
+                    shard,
+                ],
+            ));
+        }
+        ok(&cli_in(dir, &["merge", "--cache", &sharded]));
+        let mut compared = 0;
+        for f in &files {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains(".pre-") && !name.starts_with('.') {
+                let merged = dir.join(&sharded).join("data").join(&name);
+                assert_eq!(
+                    std::fs::read(f).unwrap(),
+                    std::fs::read(&merged).unwrap(),
+                    "{name}"
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 5, "{m}");
+
         let head = format!("{m}.prolip.safetensors");
         let fitted: serde_json::Value =
             serde_json::from_str(&ok(&fit(&["--save", &head]))).unwrap();

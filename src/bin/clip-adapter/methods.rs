@@ -107,11 +107,12 @@ pub struct MethodArgs {
     /// 0.1,0.2,0.4,0.6,0.8).
     #[arg(long, value_delimiter = ',', value_parser = trimmed::<f32>)]
     pub search: Vec<f32>,
-    /// Learning rate (CLIP-Adapter and CoOp default 0.002; Tip-Adapter-F 0.001).
+    /// Learning rate (CLIP-Adapter and CoOp default 0.002; Tip-Adapter-F 0.001; ProLIP: used
+    /// as is instead of its validation search over 1e-2..1e-5, default 1e-5 without validation).
     #[arg(long)]
     pub lr: Option<f32>,
     /// Epochs (default: CLIP-Adapter and CoOp by shots, 50/100/100/200/200, and 50 on
-    /// ImageNet; Tip-Adapter-F the authors' per-dataset value).
+    /// ImageNet; Tip-Adapter-F the authors' per-dataset value; ProLIP 300).
     #[arg(long, value_parser = positive)]
     pub epochs: Option<usize>,
     /// Batch size (CLIP-Adapter and CoOp 32, Tip-Adapter-F 256).
