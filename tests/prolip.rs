@@ -353,11 +353,18 @@ fn pre_projection_features_reproduce_the_embeddings_and_train_prolip() {
         let head = format!("{m}.prolip.safetensors");
         let fitted: serde_json::Value =
             serde_json::from_str(&ok(&fit(&["--save", &head]))).unwrap();
+        // With validation, 4 learning rates × 5 epochs; the losses are the chosen one's.
         assert_eq!(
             fitted["epoch_losses"].as_array().unwrap().len(),
             5,
             "{fitted}"
         );
+        assert_eq!(fitted["chosen_on_validation"]["lambda"], "0.5", "{fitted}");
+        // Without: the authors' default rate, λ = 1/N, no validation accuracy.
+        let none: serde_json::Value =
+            serde_json::from_str(&ok(&fit(&["--validation", "none"]))).unwrap();
+        assert_eq!(none["chosen_on_validation"]["lr"], "0.00001", "{none}");
+        assert!(none["val_accuracy"].is_null(), "{none}");
         assert!(fitted["test_accuracy"].is_number(), "{fitted}");
         let image = dir
             .join("data/class_0")

@@ -49,16 +49,7 @@ impl Validation {
     /// The task a method sees under this protocol: without `None`'s validation set.
     pub fn task<'a>(self, task: &'a FewShotTask) -> Cow<'a, FewShotTask> {
         match self {
-            Validation::None if !task.val.labels.is_empty() => {
-                let d = task.dim();
-                Cow::Owned(FewShotTask {
-                    val: LabelledSet {
-                        features: Matrix::zeros(0, d),
-                        labels: Vec::new(),
-                    },
-                    ..task.clone()
-                })
-            }
+            Validation::None if !task.val.labels.is_empty() => Cow::Owned(self.apply(task.clone())),
             _ => Cow::Borrowed(task),
         }
     }
@@ -70,6 +61,10 @@ impl Validation {
                 features: Matrix::zeros(0, task.dim()),
                 labels: Vec::new(),
             };
+            // ProLIP's view of the same validation images goes too.
+            if let Some(pre) = &mut task.pre_projection {
+                pre.val = Matrix::zeros(0, pre.val.cols);
+            }
         }
         task
     }
@@ -408,6 +403,22 @@ mod tests {
         assert_eq!((none.val.features.rows, none.val.labels.len()), (0, 0));
         assert_eq!((none.val.features.cols, none.test.labels.len()), (2, 4));
         assert_eq!(Validation::None.apply(task.clone()).val.labels.len(), 0);
+        let mut with_pre = task.clone();
+        with_pre.pre_projection = Some(Box::new(crate::methods::prolip::PreProjection {
+            projection: crate::methods::prolip::Projection {
+                // E = 2 (the task's width) from W = 3.
+                weight: Matrix::zeros(2, 3),
+                bias: None,
+            },
+            train: Matrix::zeros(2, 3),
+            train_views: Vec::new(),
+            val: Matrix::zeros(3, 3),
+            test: Matrix::zeros(4, 3),
+        }));
+        let dropped = Validation::None.task(&with_pre);
+        let pre = dropped.pre_projection.as_deref().unwrap();
+        assert_eq!((pre.val.rows, pre.val.cols, pre.test.rows), (0, 3, 4));
+        pre.validate(&dropped).unwrap();
         assert_eq!(Validation::Val.apply(task).val.labels.len(), 3);
 
         assert_eq!("none".parse::<Validation>().unwrap(), Validation::None);
