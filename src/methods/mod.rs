@@ -456,9 +456,13 @@ pub fn fit(
 }
 
 /// Validation and test accuracy (percent) of a fitted head. A ProLIP head scores the
-/// pre-projection features of the same images.
+/// pre-projection features of the same images; on a task without them there is nothing it
+/// can score, and both accuracies are NaN (absent), never a guess.
 pub fn evaluate(head: &Head, task: &FewShotTask) -> (f32, f32) {
     let pre = task.pre_projection.as_deref();
+    if let (Head::Prolip(_), None) = (head, pre) {
+        return (f32::NAN, f32::NAN);
+    }
     let acc = |s: &LabelledSet, pre_x: Option<&Matrix>| {
         let x = match (head, pre_x) {
             (Head::Prolip(_), Some(x)) => x,
