@@ -272,6 +272,28 @@ fn pre_projection_features_reproduce_the_embeddings_and_train_prolip() {
             .expect("a projection file");
         let p = read_projection(projection_file).unwrap();
         assert_eq!(p.bias.is_some(), m == "tiny-rn", "{m}");
+        // It is the checkpoint's tensor (f16 there), widened exactly.
+        let (weights, name) = match m {
+            "tiny-clip" => ("model.safetensors", "visual_projection"),
+            _ => ("open_clip_model.safetensors", "visual.attnpool.c_proj"),
+        };
+        let ckpt = candle_core::safetensors::load(
+            fixture(&format!("models/{m}/{weights}")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let flat = |t: &candle_core::Tensor| -> Vec<f32> {
+            (t.to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap())
+            .to_vec1()
+            .unwrap()
+        };
+        assert_eq!(p.weight, flat(&ckpt[&format!("{name}.weight")]), "{m}");
+        if let Some(b) = &p.bias {
+            assert_eq!(*b, flat(&ckpt[&format!("{name}.bias")]), "{m}");
+        }
         let projection = Projection {
             weight: Matrix::from_vec(p.rows, p.cols, p.weight).unwrap(),
             bias: p.bias,
