@@ -331,6 +331,34 @@ fn pre_projection_features_reproduce_the_embeddings_and_train_prolip() {
         }
         assert_eq!(twins, 5, "{m}");
 
+        // `run` grids ProLIP beside the other methods; its rows are ordinary rows.
+        let table = ok(&cli_in(
+            dir,
+            &[
+                "run",
+                "--methods",
+                "prolip,zero-shot",
+                "--datasets",
+                "data",
+                "--shots",
+                "2",
+                "--seeds",
+                "1",
+                "--cache",
+                &cache,
+                "--epochs",
+                "3",
+                "--validation",
+                "none",
+                "--out",
+                &format!("results-{m}"),
+            ],
+        ));
+        assert!(
+            table.contains("| prolip (epochs=3) [no validation] |"),
+            "{table}"
+        );
+
         // Two shards merged give the same pre-projection files, byte for byte.
         let sharded = format!("sharded-{m}");
         for shard in ["0/2", "1/2"] {
