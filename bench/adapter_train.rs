@@ -26,6 +26,8 @@ fn task(n: usize, d: usize, k: usize) -> FewShotTask {
         labels: Vec::new(),
     };
     FewShotTask {
+        pre_projection: None,
+        text_mean: None,
         classnames: (0..k).map(|i| i.to_string()).collect(),
         train: LabelledSet {
             features: x,

@@ -22,6 +22,48 @@ pub fn encode_image_files<P: AsRef<Path> + Sync>(
     batch_size: usize,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
+    encode_files(clip, paths, batch_size, on_progress, &|p| {
+        clip.encode_image(p)
+    })
+}
+
+/// [`encode_image_files`], but the image tower's output before its last projection, `(N, W)`
+/// (what a ProLIP head scores).
+pub fn encode_image_files_pre_projection<P: AsRef<Path> + Sync>(
+    clip: &Clip,
+    paths: &[P],
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    encode_files(clip, paths, batch_size, on_progress, &|p| {
+        Ok(clip.encode_image_parts(p)?.0)
+    })
+}
+
+/// [`encode_image_files`] and [`encode_image_files_pre_projection`] from one forward pass:
+/// `((N, W), (N, E))`, the projected rows bit-identical to [`encode_image_files`]'.
+pub fn encode_image_files_both<P: AsRef<Path> + Sync>(
+    clip: &Clip,
+    paths: &[P],
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, Tensor)> {
+    let width = clip.config().vision.width();
+    let both = encode_files(clip, paths, batch_size, on_progress, &|p| {
+        let (pre, projected) = clip.encode_image_parts(p)?;
+        Ok(Tensor::cat(&[&pre, &projected], 1)?)
+    })?;
+    let e = both.dims2()?.1 - width;
+    Ok((both.narrow(1, 0, width)?, both.narrow(1, width, e)?))
+}
+
+fn encode_files<P: AsRef<Path> + Sync>(
+    clip: &Clip,
+    paths: &[P],
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize),
+    encode: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let preprocess = clip.preprocess();
     let s = clip.image_size();
     let mut done = 0;
@@ -33,7 +75,7 @@ pub fn encode_image_files<P: AsRef<Path> + Sync>(
             .collect::<std::result::Result<_, _>>()?;
         let flat: Vec<f32> = pixels.into_iter().flatten().collect();
         let pixels = Tensor::from_vec(flat, (batch.len(), 3, s, s), clip.device())?;
-        out.push(clip.encode_image(&pixels)?);
+        out.push(encode(&pixels)?);
         done += batch.len();
         on_progress(done, paths.len());
     }

@@ -30,6 +30,9 @@ pub struct ZeroShotClassifier {
     pub labels: Vec<String>,
     /// Normalised class embeddings, `(K, E)`.
     pub weights: Tensor,
+    /// The mean over templates of the *un-normalised* prompt embeddings, `(K, E)`: the
+    /// zero-shot prototypes CLAP's reference (`_get_base_text_features`) trains from.
+    pub mean: Tensor,
     pub logit_scale: f32,
 }
 
@@ -68,9 +71,12 @@ impl ZeroShotClassifier {
             .flat_map(|t| labels.iter().map(move |l| format_prompt(t, l)))
             .collect::<Result<_>>()?;
         let mut embeddings = Vec::new();
+        let mut raw = Vec::new();
         let mut done = 0;
         for chunk in prompts.chunks(PROMPT_BATCH) {
-            embeddings.push(l2_normalize(&clip.encode_text(chunk)?)?);
+            let e = clip.encode_text(chunk)?;
+            embeddings.push(l2_normalize(&e)?);
+            raw.push(e);
             done += chunk.len();
             on_progress(done, prompts.len());
         }
@@ -78,9 +84,11 @@ impl ZeroShotClassifier {
         let all = Tensor::cat(&embeddings, 0)?; // (T·K, E), template-major
         let e = all.dim(1)?;
         let mean = all.reshape((t, k, e))?.mean(0)?; // (K, E)
+        let raw_mean = Tensor::cat(&raw, 0)?.reshape((t, k, e))?.mean(0)?;
         Ok(ZeroShotClassifier {
             labels: labels.to_vec(),
             weights: l2_normalize(&mean)?,
+            mean: raw_mean,
             logit_scale: clip.logit_scale(),
         })
     }

@@ -73,6 +73,8 @@ fn task(c: &Case) -> FewShotTask {
     let train_views: Vec<Matrix> = (0..v).map(|i| matrix(&views.get(i).unwrap())).collect();
     let text = matrix(&c.tensors["text_final"]);
     FewShotTask {
+        pre_projection: None,
+        text_mean: None,
         classnames: strings(&c.spec["classnames"]),
         train: LabelledSet {
             features: train_views[0].clone(),

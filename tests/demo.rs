@@ -112,8 +112,11 @@ fn demo_command_writes_markdown_csv_and_png() {
     // CoOp is in the grid, demo-sized: its rows, the report says so, and a fit is quick.
     let coop: Vec<&str> = csv.lines().filter(|l| l.starts_with("coop,")).collect();
     assert_eq!(coop.len(), 2, "{csv}");
+    let seconds_at = (csv.lines().next().unwrap().split(','))
+        .position(|c| c == "train_seconds")
+        .unwrap();
     for row in &coop {
-        let seconds: f64 = row.split(',').nth(10).unwrap().parse().unwrap();
+        let seconds: f64 = row.split(',').nth(seconds_at).unwrap().parse().unwrap();
         assert!(
             seconds < 5.0,
             "a demo CoOp fit takes seconds at most: {row}"

@@ -550,3 +550,112 @@ fn coop_bad_input_is_refused_and_nothing_is_written() {
     assert!(!s.dir().join("results").exists());
     assert!(!written());
 }
+
+#[test]
+fn no_validation_rows_sit_beside_validation_rows() {
+    let s = Setup::new();
+    let csv = s.dir().join("results/results.csv");
+    let run = |validation: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--methods",
+            "gda,linear-probe",
+            "--datasets",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--model",
+            "models/tiny-clip",
+            "--out",
+            "results",
+            "--validation",
+            validation,
+        ];
+        args.extend_from_slice(extra);
+        cli_in(s.dir(), &args)
+    };
+    ok(&run("val", &[]));
+    let table = ok(&run("none", &[]));
+    let all = rows(&csv);
+    assert_eq!(all.len(), 4, "{all:?}");
+    let protocols: Vec<&str> = all
+        .iter()
+        .map(|r| r["validation"].as_str().unwrap())
+        .collect();
+    assert_eq!(protocols, ["val", "val", "none", "none"]);
+    // Without a validation set: no validation accuracy, and the documented defaults.
+    assert_eq!(all[2]["val_accuracy"], "NaN");
+    // Methods in table order: the linear probe, then GDA.
+    assert_eq!(all[2]["chosen"], "C=1");
+    assert_eq!(all[3]["chosen"], "alpha=0.1");
+    assert_ne!(all[0]["val_accuracy"], "NaN");
+    for label in [
+        "| gda |",
+        "| gda [no validation] |",
+        "| linear-probe [no validation] |",
+    ] {
+        assert!(table.contains(label), "{label} in {table}");
+    }
+    // Both protocols resume.
+    let again = run("none", &[]);
+    ok(&again);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 fitted"));
+
+    // A search needs a validation set; an unknown protocol is an argument error.
+    let before = std::fs::read_to_string(&csv).unwrap();
+    let search = cli_in(
+        s.dir(),
+        &[
+            "run",
+            "--methods",
+            "clip-adapter",
+            "--datasets",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--out",
+            "results",
+            "--validation",
+            "none",
+            "--search",
+            "0.2,0.4",
+        ],
+    );
+    assert_fails_with(&search, &["--search", "--validation none"]);
+    let unknown = run("test", &[]);
+    assert_fails_with(&unknown, &["test", "val", "none"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), before);
+
+    let fit = ok(&cli_in(
+        s.dir(),
+        &[
+            "fit",
+            "--method",
+            "tip-adapter",
+            "--dataset",
+            &s.dataset,
+            "--shots",
+            "2",
+            "--cache",
+            "cache",
+            "--model",
+            "models/tiny-clip",
+            "--validation",
+            "none",
+            "--json",
+        ],
+    ));
+    let doc: serde_json::Value = serde_json::from_str(&fit).unwrap();
+    assert_eq!(doc["validation"], "none");
+    assert!(doc["val_accuracy"].is_null(), "{doc}");
+    assert!(doc["test_accuracy"].is_number(), "{doc}");
+}

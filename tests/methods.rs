@@ -58,6 +58,8 @@ fn task(f: &Value) -> FewShotTask {
         Matrix::from_vec(data.len() / d, d, data).unwrap()
     };
     FewShotTask {
+        pre_projection: None,
+        text_mean: None,
         classnames: (0..k).map(|i| format!("class {i}")).collect(),
         train: LabelledSet {
             features: m(&f["train"]),
@@ -426,6 +428,8 @@ fn baseline_task() -> FewShotTask {
         Matrix::from_vec(data.len() / d, d, data).unwrap()
     };
     FewShotTask {
+        pre_projection: None,
+        text_mean: None,
         classnames: (0..k).map(|i| format!("class {i}")).collect(),
         train: LabelledSet {
             features: m(&f["train"]),

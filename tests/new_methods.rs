@@ -50,6 +50,8 @@ fn task(f: &Value) -> FewShotTask {
         Matrix::from_vec(data.len() / d, d, data).unwrap()
     };
     FewShotTask {
+        pre_projection: None,
+        text_mean: None,
         classnames: (0..k).map(|i| format!("class {i}")).collect(),
         train: LabelledSet {
             features: m(&f["train"]),
@@ -308,7 +310,11 @@ fn clap_training_matches_the_reference() {
             text_norm: num(&r["text_norm"]),
             ..Default::default()
         };
-        let mut model = ClapModel::new(&task, &pool, &labels, constraint, opts.text_norm);
+        // The reference trains from the mean un-normalised prompt embedding, which the fixture
+        // writes as the unit text embedding times `text_norm`: what `fit` starts from.
+        let mut mean = task.text.weights.clone();
+        mean.data.iter_mut().for_each(|v| *v *= opts.text_norm);
+        let mut model = ClapModel::from_prompt_mean(&task, &pool, &labels, constraint, &mean);
         assert_close(
             name,
             &model.multipliers,
@@ -408,6 +414,7 @@ fn new_methods_fit_save_and_reload() {
             epochs: 10,
             batch_size: 8,
             lr: 0.01,
+            prompt_mean: false,
             text_norm: 4.0,
             ..Default::default()
         }),
@@ -465,4 +472,71 @@ fn bad_options_are_errors() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("text-norm"), "{err}");
+}
+
+/// CLAP starts from the task's mean un-normalised prompt embeddings, as the reference does;
+/// without them (text features of an older cache) it is refused, naming what to run.
+#[test]
+fn clap_starts_from_the_mean_prompt_embedding() {
+    let mut task = task(&fixture());
+    let opts = ClapOptions {
+        epochs: 3,
+        batch_size: 8,
+        lr: 0.01,
+        ..Default::default()
+    };
+    let err = fit(&Method::Clap(opts.clone()), &task, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("extract"), "{err}");
+    let mut mean = task.text.weights.clone();
+    mean.data.iter_mut().for_each(|v| *v *= 4.0);
+    task.text_mean = Some(mean);
+    let from_mean = fit(&Method::Clap(opts.clone()), &task, &mut |_| {}).unwrap();
+    let scaled = ClapOptions {
+        prompt_mean: false,
+        text_norm: 4.0,
+        ..opts
+    };
+    let from_unit = fit(&Method::Clap(scaled), &task, &mut |_| {}).unwrap();
+    // The same start: the same training, up to the rounding of the scaled rows.
+    assert_close("losses", &from_mean.losses, &from_unit.losses, 1e-5, 1e-5);
+}
+
+/// The classifier's mean prompt embedding is the plain mean over templates of the projected,
+/// un-normalised text embeddings (`_get_base_text_features`), and the unit classifier is
+/// unchanged by computing it.
+#[test]
+fn the_mean_prompt_embedding_is_the_mean_of_unnormalised_embeddings() {
+    use clip_adapter::zero_shot::ZeroShotClassifier;
+    let files =
+        clip_adapter::clip::ModelFiles::in_dir(&common::fixture("models/tiny-clip")).unwrap();
+    let clip = clip_adapter::Clip::load(&files, &candle_core::Device::Cpu).unwrap();
+    let labels = ["red square".to_string(), "blue circle".to_string()];
+    let templates = [
+        "a photo of a {}.".to_string(),
+        "a drawing of the {}.".to_string(),
+    ];
+    let zs = ZeroShotClassifier::build(&clip, &labels, &templates, &mut |_, _| {}).unwrap();
+    let mean: Vec<f32> = zs.mean.flatten_all().unwrap().to_vec1().unwrap();
+    let e = mean.len() / 2;
+    for (k, label) in labels.iter().enumerate() {
+        let prompts: Vec<String> = templates.iter().map(|t| t.replace("{}", label)).collect();
+        let raw: Vec<f32> = clip
+            .encode_text(&prompts)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for j in 0..e {
+            let want = (raw[j] + raw[e + j]) / 2.0;
+            assert!(
+                (mean[k * e + j] - want).abs() <= 1e-5,
+                "class {k} channel {j}"
+            );
+        }
+    }
+    let norm: f32 = mean[..e].iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() > 1e-3, "not a unit vector: {norm}");
 }

@@ -107,6 +107,7 @@ fn logits_and_prompt_ensembling_match_the_reference() {
     let single = ZeroShotClassifier {
         labels: vec![String::new(); texts.dim(0).unwrap()],
         weights: clip_adapter::clip::model::transformer::l2_normalize(&texts).unwrap(),
+        mean: texts.clone(),
         logit_scale: clip.logit_scale(),
     };
     let logits = single.logits(&images).unwrap();

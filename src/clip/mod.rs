@@ -302,6 +302,41 @@ impl Clip {
         }
     }
 
+    /// The image tower's output before its last projection (ViT: the pooled, post-LayerNorm
+    /// class token; ModifiedResNet: the attention pool before `c_proj`) and the projected
+    /// embedding [`Clip::encode_image`] gives, computed once (bit-identical to it).
+    ///
+    /// # Shapes
+    /// `(B, 3, S, S) -> ((B, W), (B, E))`
+    pub fn encode_image_parts(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
+        let pre = match &self.image {
+            ImageEncoder::Vit { tower, .. } => tower.forward(pixels)?,
+            ImageEncoder::ResNet(resnet) => resnet.forward_pre_projection(pixels)?,
+        };
+        let projected = self.image_projection_layer().forward(&pre)?;
+        Ok((pre, projected))
+    }
+
+    fn image_projection_layer(&self) -> &Linear {
+        match &self.image {
+            ImageEncoder::Vit { projection, .. } => projection,
+            ImageEncoder::ResNet(resnet) => resnet.projection(),
+        }
+    }
+
+    /// The image tower's last projection as `(weight, bias)`: `weight` is `E × W` row-major
+    /// (output × input; a ViT's `visual.proj` transposed), `bias` the ModifiedResNet's.
+    pub fn image_projection(&self) -> Result<(Vec<f32>, usize, Option<Vec<f32>>)> {
+        let layer = self.image_projection_layer();
+        let w = layer.weight().to_dtype(candle_core::DType::F32)?;
+        let (_, input) = w.dims2()?;
+        Ok((
+            w.flatten_all()?.to_vec1::<f32>()?,
+            input,
+            layer.bias().map(<[f32]>::to_vec),
+        ))
+    }
+
     /// Projected, un-normalised text embeddings (`get_text_features`) of token sequences.
     pub fn encode_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
         self.text_projection

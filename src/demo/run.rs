@@ -24,6 +24,7 @@ use crate::methods::clip_adapter::{AdapterOptions, Branch};
 use crate::methods::coop::CoopOptions;
 use crate::methods::gda::GdaOptions;
 use crate::methods::linear_probe::LinearProbeOptions;
+use crate::methods::prolip::{PreProjection, Projection};
 use crate::methods::tip_adapter::TipOptions;
 use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind, TextClassifier};
 use crate::world::tasks::{demo_tasks, load_task, write_task, TaskSizes, TaskSpec};
@@ -116,6 +117,7 @@ pub fn all_methods() -> Vec<DemoMethod> {
         m("gda", Method::Gda(GdaOptions::default())),
         m("lp++", Method::LpPlusPlus(Default::default())),
         m("clap", Method::Clap(Default::default())),
+        m("prolip", Method::Prolip(Default::default())),
     ]
 }
 
@@ -208,11 +210,12 @@ pub enum DemoEvent {
     Fitted { done: usize, total: usize },
 }
 
-/// Encoded images of one task, in split order.
+/// Encoded images of one task, in split order: projected, and before the projection (ProLIP).
 struct Encoded {
     train: Matrix,
     val: Matrix,
     test: Matrix,
+    pre: [Matrix; 3],
 }
 
 fn to_matrix(t: &Tensor) -> Result<Matrix> {
@@ -224,23 +227,30 @@ fn to_matrix(t: &Tensor) -> Result<Matrix> {
     })
 }
 
-fn encode_split(clip: &Clip, d: &Dataset, samples: &[Sample]) -> Result<Matrix> {
+/// The split's projected features and those before the projection, from one forward pass.
+fn encode_split(clip: &Clip, d: &Dataset, samples: &[Sample]) -> Result<(Matrix, Matrix)> {
     let paths: Vec<PathBuf> = samples.iter().map(|s| d.path(s)).collect();
-    let t = crate::encode::encode_image_files(clip, &paths, 256, &mut |_, _| {})?;
-    to_matrix(&t)
+    let (pre, t) = crate::encode::encode_image_files_both(clip, &paths, 256, &mut |_, _| {})?;
+    Ok((to_matrix(&t)?, to_matrix(&pre)?))
 }
 
-fn text_classifier(clip: &Clip, d: &Dataset) -> Result<TextClassifier> {
+/// The zero-shot classifier of the world's one prompt, and the un-normalised prompt
+/// embeddings (CLAP's zero-shot prototypes).
+fn text_classifier(clip: &Clip, d: &Dataset) -> Result<(TextClassifier, Matrix)> {
     let prompts: Vec<String> = d
         .classnames
         .iter()
         .map(|c| crate::world::PROMPT.replace("{}", &prompt_name(c)))
         .collect();
-    let w = l2_normalize(&clip.encode_text(&prompts)?)?;
-    Ok(TextClassifier {
-        weights: to_matrix(&w)?,
-        logit_scale: clip.logit_scale(),
-    })
+    let raw = clip.encode_text(&prompts)?;
+    let w = l2_normalize(&raw)?;
+    Ok((
+        TextClassifier {
+            weights: to_matrix(&w)?,
+            logit_scale: clip.logit_scale(),
+        },
+        to_matrix(&raw)?,
+    ))
 }
 
 fn rows_of(m: &Matrix, idx: &[usize]) -> Matrix {
@@ -266,13 +276,23 @@ fn labelled(m: &Matrix, samples: &[Sample], idx: &[usize]) -> LabelledSet {
 fn draw_task(
     d: &Dataset,
     enc: &Encoded,
-    text: &TextClassifier,
+    (text, text_mean): &(TextClassifier, Matrix),
+    projection: &Projection,
     shots: usize,
     seed: u64,
 ) -> Result<FewShotTask> {
     let draw = FewShot::coop(d, shots, seed as i64)?;
     let all_test: Vec<usize> = (0..d.test.len()).collect();
+    let [pre_train, pre_val, pre_test] = &enc.pre;
     Ok(FewShotTask {
+        text_mean: Some(text_mean.clone()),
+        pre_projection: Some(Box::new(PreProjection {
+            projection: projection.clone(),
+            train: rows_of(pre_train, &draw.train),
+            train_views: Vec::new(),
+            val: rows_of(pre_val, &draw.val),
+            test: rows_of(pre_test, &all_test),
+        })),
         classnames: d.classnames.clone(),
         train: labelled(&enc.train, &d.train, &draw.train),
         train_views: Vec::new(),
@@ -333,10 +353,14 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     for spec in &specs {
         let split = write_task(spec, &o.out.join("tasks"), o.world_seed, o.sizes)?;
         let d = load_task(&split, spec.name)?;
+        let (train, pre_train) = encode_split(&clip, &d, &d.train)?;
+        let (val, pre_val) = encode_split(&clip, &d, &d.val)?;
+        let (test, pre_test) = encode_split(&clip, &d, &d.test)?;
         let enc = Encoded {
-            train: encode_split(&clip, &d, &d.train)?,
-            val: encode_split(&clip, &d, &d.val)?,
-            test: encode_split(&clip, &d, &d.test)?,
+            train,
+            val,
+            test,
+            pre: [pre_train, pre_val, pre_test],
         };
         let text = text_classifier(&clip, &d)?;
         progress(DemoEvent::TaskReady {
@@ -356,6 +380,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         datasets: datasets.clone(),
         shots,
         seeds: o.seeds.clone(),
+        validation: Default::default(),
     };
     let mut grids = vec![(grid_of(&o.methods, o.shots.clone()), &o.methods)];
     if let (Some(&top), false) = (o.shots.iter().max(), o.ablations.is_empty()) {
@@ -363,6 +388,17 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     }
     let total: usize = grids.iter().map(|(g, _)| g.cells()).sum();
     let logit_scale = clip.logit_scale();
+    let projection = {
+        let (weight, cols, bias) = clip.image_projection()?;
+        Projection {
+            weight: Matrix {
+                rows: weight.len() / cols.max(1),
+                cols,
+                data: weight,
+            },
+            bias,
+        }
+    };
     let mut rows: Vec<ResultRow> = Vec::new();
     // Loaded on CoOp's first fit only: the other methods never need the text tower's graph.
     let mut prompt_model = None;
@@ -378,7 +414,10 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
                         task: task.to_string(),
                         known: task_names().join(", "),
                     })?;
-                Ok((draw_task(d, enc, text, shots, seed)?, source.clone()))
+                Ok((
+                    draw_task(d, enc, text, &projection, shots, seed)?,
+                    source.clone(),
+                ))
             },
             &mut |source| {
                 if let Some(m) = &prompt_model {

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::{ExperimentError, ResultRow, RowKey, RowSource};
+use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::methods::coop::{self, CoopHead, PromptModel};
 use crate::methods::{self, FewShotTask, Fitted, Method};
 
@@ -42,6 +42,8 @@ pub struct Grid {
     pub datasets: Vec<String>,
     pub shots: Vec<usize>,
     pub seeds: Vec<u64>,
+    /// Every row of the grid is fitted under this protocol.
+    pub validation: Validation,
 }
 
 impl Grid {
@@ -84,6 +86,7 @@ pub struct RowSpec<'a> {
     pub dataset: &'a str,
     pub shots: usize,
     pub seed: u64,
+    pub validation: Validation,
     pub source: &'a RowSource,
 }
 
@@ -95,6 +98,7 @@ impl RowSpec<'_> {
             dataset: self.dataset.to_string(),
             shots: self.shots,
             seed: self.seed,
+            validation: self.validation,
             model: self.source.model.clone(),
             features: self.source.features.clone(),
         }
@@ -116,8 +120,9 @@ pub struct Trained {
     pub coop: Option<CoopHead>,
 }
 
-/// Fits `method` on `task`, evaluates it, and makes the row. CoOp needs `model`, the model
-/// that made the task's features.
+/// Fits `method` on `task` under the protocol of `spec` (without the validation set for
+/// [`Validation::None`]), evaluates it, and makes the row. CoOp needs `model`, the model that
+/// made the task's features.
 pub fn fit_row(
     method: &Method,
     task: &FewShotTask,
@@ -125,6 +130,7 @@ pub fn fit_row(
     model: Option<&PromptModel>,
     progress: &mut dyn FnMut(methods::Progress),
 ) -> Result<(Trained, ResultRow), ExperimentError> {
+    let task = &*spec.validation.task(task);
     let start = Instant::now();
     let method = &method.for_feature_width(task.dim());
     let fit_error = |source: Box<dyn std::error::Error + Send + Sync>| ExperimentError::Fit {
@@ -163,6 +169,7 @@ pub fn fit_row(
         dataset: key.dataset,
         shots: key.shots,
         seed: key.seed,
+        validation: key.validation,
         model: key.model,
         model_name: spec.source.model_name.clone(),
         features: key.features,
@@ -197,12 +204,15 @@ pub fn run_grid<E: From<ExperimentError>>(
             for &seed in &grid.seeds {
                 // Loaded even when every row is done: the rows' identity includes the features.
                 let (task, source) = load(dataset, shots, seed)?;
+                // Dropped once for every method of the draw.
+                let task = grid.validation.apply(task);
                 for (i, m) in grid.methods.iter().enumerate() {
                     let spec = RowSpec {
                         method: m,
                         dataset,
                         shots,
                         seed,
+                        validation: grid.validation,
                         source: &source,
                     };
                     if let Some(row) = sink.find(&spec.key()) {

@@ -3,7 +3,8 @@
 //! ```text
 //! row.rs       one results row (CSV via serde), its identity, the results file and resume
 //! protocol.rs  the options a user sets, which methods they apply to, the protocol's rules
-//!              (per-dataset Tip-Adapter values, ImageNet's 50 epochs)
+//!              (per-dataset Tip-Adapter values, ImageNet's 50 epochs), with or without a
+//!              validation set
 //! grid.rs      methods × datasets × shots × seeds, one draw loaded once for all methods
 //! table.rs     mean ± std Markdown tables per dataset and averaged over datasets, with the
 //!              published numbers of the run's backbone beside ours
@@ -30,6 +31,6 @@ pub use grid::{
     Trained,
 };
 pub use model::{backbone, check_head_model, model_reference, prompt_model};
-pub use protocol::MethodOverrides;
+pub use protocol::{MethodOverrides, Validation};
 pub use row::{ResultRow, ResultsFile, RowKey, RowSource};
 pub use table::{Published, Summary};

@@ -6,11 +6,93 @@
 //! `--reduction` given to Tip-Adapter would otherwise silently do nothing). With several
 //! methods, each gets the options that apply to it, and its rows record exactly those.
 
+use serde::{Deserialize, Serialize};
+
 use super::ExperimentError;
 use crate::methods::clip_adapter::{AdapterOptions, Branch, Form, RatioMode};
 use crate::methods::coop::{ClassPosition, CoopOptions};
+use crate::methods::prolip::ProlipOptions;
 use crate::methods::tip_adapter::TipOptions;
-use crate::methods::{Method, MethodKind};
+use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind};
+use std::borrow::Cow;
+
+/// Whether hyper-parameters and best epochs are chosen on the few-shot validation set.
+///
+/// `None` is the setting of a user with one to four labelled images per class, who has no
+/// validation set: the validation features are dropped before fitting, so every method falls
+/// back on its documented default (its initial α/β/γ, the last epoch, C = 1, ...) or on its
+/// own validation-free rule (LP++'s step sizes, CLAP's class-adaptive penalty), exactly as it
+/// does on ImageNet, which has no validation split. The test set is never used for a choice.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Validation {
+    /// Choices on the few-shot validation set (the protocol of every published comparison).
+    #[default]
+    Val,
+    /// No validation set: defaults and validation-free rules only.
+    None,
+}
+
+impl Validation {
+    pub const ALL: [Validation; 2] = [Validation::Val, Validation::None];
+
+    /// The name on the command line and in the `validation` column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Validation::Val => "val",
+            Validation::None => "none",
+        }
+    }
+
+    /// The task a method sees under this protocol: without `None`'s validation set.
+    pub fn task<'a>(self, task: &'a FewShotTask) -> Cow<'a, FewShotTask> {
+        match self {
+            Validation::None if !task.val.labels.is_empty() => Cow::Owned(self.apply(task.clone())),
+            _ => Cow::Borrowed(task),
+        }
+    }
+
+    /// [`Validation::task`] on an owned task, without copying it.
+    pub fn apply(self, mut task: FewShotTask) -> FewShotTask {
+        if self == Validation::None {
+            task.val = LabelledSet {
+                features: Matrix::zeros(0, task.dim()),
+                labels: Vec::new(),
+            };
+            // ProLIP's view of the same validation images goes too.
+            if let Some(pre) = &mut task.pre_projection {
+                pre.val = Matrix::zeros(0, pre.val.cols);
+            }
+        }
+        task
+    }
+}
+
+impl std::fmt::Display for Validation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A protocol name other than `val` or `none`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown validation protocol `{name}`; expected `val` (choices on the validation set) or `none` (defaults, no validation set)")]
+pub struct UnknownValidation {
+    pub name: String,
+}
+
+impl std::str::FromStr for Validation {
+    type Err = UnknownValidation;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Validation::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownValidation { name: s.into() })
+    }
+}
 
 /// Options given by the user; `None` (or empty) keeps the protocol's value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,7 +126,8 @@ fn applies(option: &str, kind: MethodKind) -> bool {
     match option {
         "branch" | "form" | "reduction" | "ratio" | "search" => kind == ClipAdapter,
         "alpha" | "beta" => matches!(kind, ClipAdapter | TipAdapter | TipAdapterF),
-        "lr" | "epochs" | "batch-size" => matches!(kind, ClipAdapter | Coop | TipAdapterF),
+        "lr" | "epochs" => matches!(kind, ClipAdapter | Coop | TipAdapterF | Prolip),
+        "batch-size" => matches!(kind, ClipAdapter | Coop | TipAdapterF),
         "n-ctx" | "ctx-init" | "csc" | "class-token-position" => kind == Coop,
         _ => false,
     }
@@ -59,7 +142,8 @@ fn why_not(option: &str) -> &'static str {
         "n-ctx" | "ctx-init" | "csc" | "class-token-position" => {
             "it is an option of CoOp's learned prompt"
         }
-        _ => "only CLIP-Adapter, CoOp and Tip-Adapter-F are trained by gradient steps",
+        "batch-size" => "only CLIP-Adapter, CoOp and Tip-Adapter-F train in mini-batches",
+        _ => "only CLIP-Adapter, CoOp, Tip-Adapter-F and ProLIP are trained by gradient steps",
     }
 }
 
@@ -115,6 +199,19 @@ impl MethodOverrides {
                     why: why_not(option),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses an option that only means something with a validation set (CLIP-Adapter's
+    /// `--search`) under `--validation none`, where it would be silently ignored.
+    pub fn check_validation(&self, validation: Validation) -> Result<(), ExperimentError> {
+        if validation == Validation::None && !self.search.is_empty() {
+            return Err(ExperimentError::NotApplicable {
+                option: "search",
+                methods: "--validation none".into(),
+                why: "a search chooses on the validation set, and this protocol has none",
+            });
         }
         Ok(())
     }
@@ -186,6 +283,20 @@ impl MethodOverrides {
                         .or((dataset == IMAGENET).then_some(IMAGENET_EPOCHS)),
                     batch_size: self.batch_size.unwrap_or(d.batch_size),
                     seed,
+                    ..d
+                })
+            }
+            MethodKind::Prolip => {
+                let d = ProlipOptions::default();
+                Method::Prolip(ProlipOptions {
+                    // A learning rate given by the user is used as is, without a search.
+                    search: if self.lr.is_some() {
+                        Vec::new()
+                    } else {
+                        d.search.clone()
+                    },
+                    lr: self.lr.unwrap_or(d.lr),
+                    epochs: self.epochs.unwrap_or(d.epochs),
                     ..d
                 })
             }
@@ -265,5 +376,66 @@ mod tests {
             Method::TipAdapterF(t) => assert_eq!((t.epochs, t.seed, t.alpha), (3, 2, 2.0)),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn no_validation_drops_the_validation_set_and_refuses_a_search() {
+        let m = |rows: usize| Matrix::zeros(rows, 2);
+        let set = |rows: usize| LabelledSet {
+            features: m(rows),
+            labels: vec![0; rows],
+        };
+        let task = FewShotTask {
+            pre_projection: None,
+            text_mean: None,
+            classnames: vec!["a".into(), "b".into()],
+            train: set(2),
+            train_views: Vec::new(),
+            val: set(3),
+            test: set(4),
+            text: crate::methods::TextClassifier {
+                weights: m(2),
+                logit_scale: 100.0,
+            },
+        };
+        assert!(matches!(Validation::Val.task(&task), Cow::Borrowed(_)));
+        let none = Validation::None.task(&task);
+        assert_eq!((none.val.features.rows, none.val.labels.len()), (0, 0));
+        assert_eq!((none.val.features.cols, none.test.labels.len()), (2, 4));
+        assert_eq!(Validation::None.apply(task.clone()).val.labels.len(), 0);
+        let mut with_pre = task.clone();
+        with_pre.pre_projection = Some(Box::new(crate::methods::prolip::PreProjection {
+            projection: crate::methods::prolip::Projection {
+                // E = 2 (the task's width) from W = 3.
+                weight: Matrix::zeros(2, 3),
+                bias: None,
+            },
+            train: Matrix::zeros(2, 3),
+            train_views: Vec::new(),
+            val: Matrix::zeros(3, 3),
+            test: Matrix::zeros(4, 3),
+        }));
+        let dropped = Validation::None.task(&with_pre);
+        let pre = dropped.pre_projection.as_deref().unwrap();
+        assert_eq!((pre.val.rows, pre.val.cols, pre.test.rows), (0, 3, 4));
+        pre.validate(&dropped).unwrap();
+        assert_eq!(Validation::Val.apply(task).val.labels.len(), 3);
+
+        assert_eq!("none".parse::<Validation>().unwrap(), Validation::None);
+        assert_eq!(" val ".parse::<Validation>().unwrap(), Validation::Val);
+        assert!("test".parse::<Validation>().is_err());
+        let o = MethodOverrides {
+            search: vec![0.2, 0.4],
+            ..Default::default()
+        };
+        o.check_validation(Validation::Val).unwrap();
+        let err = o
+            .check_validation(Validation::None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--search") && err.contains("--validation none"),
+            "{err}"
+        );
     }
 }

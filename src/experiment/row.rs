@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::ExperimentError;
+use super::{ExperimentError, Validation};
 use crate::features::ContentHash;
 use crate::methods::from_cache::TaskSource;
 
@@ -24,6 +24,11 @@ pub struct ResultRow {
     pub dataset: String,
     pub shots: usize,
     pub seed: u64,
+    /// Whether choices were made on the validation set (`val`) or not (`none`). Files written
+    /// before this column existed hold only `val` rows (the one protocol there was), so a
+    /// missing column reads as `val`.
+    #[serde(default)]
+    pub validation: Validation,
     /// Content fingerprint of the model whose features the fit used.
     pub model: String,
     /// The model as it was named when the features were made (for people; not identity).
@@ -38,7 +43,24 @@ pub struct ResultRow {
 }
 
 /// The CSV columns, in order (the fields of [`ResultRow`]).
-pub const COLUMNS: [&str; 12] = [
+pub const COLUMNS: [&str; 13] = [
+    "method",
+    "options",
+    "dataset",
+    "shots",
+    "seed",
+    "validation",
+    "model",
+    "model_name",
+    "features",
+    "val_accuracy",
+    "test_accuracy",
+    "train_seconds",
+    "chosen",
+];
+
+/// The columns of the version before the `validation` column: read as `val` rows.
+pub const COLUMNS_BEFORE_VALIDATION: [&str; 12] = [
     "method",
     "options",
     "dataset",
@@ -61,6 +83,7 @@ pub struct RowKey {
     pub dataset: String,
     pub shots: usize,
     pub seed: u64,
+    pub validation: Validation,
     pub model: String,
     pub features: String,
 }
@@ -73,18 +96,23 @@ impl ResultRow {
             dataset: self.dataset.clone(),
             shots: self.shots,
             seed: self.seed,
+            validation: self.validation,
             model: self.model.clone(),
             features: self.features.clone(),
         }
     }
 
-    /// How tables name the row's method: the method, with its options when there are some.
+    /// How tables name the row's method: the method, with its options when there are some,
+    /// and `[no validation]` for rows of that protocol (so both protocols can share a table).
     pub fn label(&self) -> String {
-        if self.options.is_empty() {
-            self.method.clone()
-        } else {
-            format!("{} ({})", self.method, self.options)
+        let mut s = self.method.clone();
+        if !self.options.is_empty() {
+            s.push_str(&format!(" ({})", self.options));
         }
+        if self.validation == Validation::None {
+            s.push_str(" [no validation]");
+        }
+        s
     }
 }
 
@@ -148,7 +176,8 @@ pub fn write_csv(path: &Path, rows: &[ResultRow]) -> Result<(), ExperimentError>
     Ok(())
 }
 
-/// Reads a results file, refusing one whose columns are not [`COLUMNS`].
+/// Reads a results file, refusing one whose columns are not [`COLUMNS`] (or the previous
+/// version's [`COLUMNS_BEFORE_VALIDATION`], whose rows are all `val`).
 pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>, ExperimentError> {
     let csv_err = |source| ExperimentError::Csv {
         path: path.to_path_buf(),
@@ -161,7 +190,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>, ExperimentError> {
         .iter()
         .map(str::to_string)
         .collect();
-    if found != COLUMNS {
+    if found != COLUMNS && found != COLUMNS_BEFORE_VALIDATION {
         let old = !found.iter().any(|c| c == "model") && found.iter().any(|c| c == "method");
         return Err(ExperimentError::Columns {
             path: path.to_path_buf(),
@@ -207,6 +236,25 @@ impl ResultsFile {
     pub fn rows(&self) -> &[ResultRow] {
         &self.rows
     }
+
+    /// `rows` (a grid's), followed by the rows of this file that are the same runs under the
+    /// other validation protocol: the table of a run shows both protocols once both were run.
+    pub fn with_other_protocol(&self, rows: &[ResultRow]) -> Vec<ResultRow> {
+        let mut out = rows.to_vec();
+        for r in rows {
+            for v in Validation::ALL.into_iter().filter(|&v| v != r.validation) {
+                let key = RowKey {
+                    validation: v,
+                    ..r.key()
+                };
+                let already = out.iter().any(|o| o.key() == key);
+                if let (false, Some(other)) = (already, self.rows.iter().find(|o| o.key() == key)) {
+                    out.push(other.clone());
+                }
+            }
+        }
+        out
+    }
 }
 
 impl super::RowSink for ResultsFile {
@@ -231,6 +279,7 @@ mod tests {
             dataset: "eurosat".into(),
             shots: 16,
             seed: 1,
+            validation: Validation::Val,
             model: "0123456789abcdef".into(),
             model_name: "dir with, comma".into(),
             features: "fedcba9876543210".into(),
@@ -269,5 +318,54 @@ mod tests {
         .unwrap();
         let err = ResultsFile::open(&path).unwrap_err().to_string();
         assert!(err.contains("older version"), "{err}");
+    }
+
+    #[test]
+    fn rows_before_the_validation_column_read_as_val() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        std::fs::write(
+            &path,
+            format!(
+                "{}\ngda,,eurosat,16,1,0123,m,f,90,80.5,0.25,alpha=1\n",
+                COLUMNS_BEFORE_VALIDATION.join(",")
+            ),
+        )
+        .unwrap();
+        let rows = read_csv(&path).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].validation, Validation::Val);
+        assert_eq!(
+            (rows[0].test_accuracy, rows[0].chosen.as_str()),
+            (80.5, "alpha=1")
+        );
+        // Rewritten with the column, the row keeps its identity.
+        write_csv(&path, &rows).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(&COLUMNS.join(",")), "{text}");
+        assert!(text.contains("gda,,eurosat,16,1,val,0123,"), "{text}");
+        assert_eq!(read_csv(&path).unwrap()[0].key(), rows[0].key());
+    }
+
+    #[test]
+    fn both_protocols_are_distinct_rows_with_distinct_labels() {
+        let val = row("gda", "");
+        let none = ResultRow {
+            validation: Validation::None,
+            ..val.clone()
+        };
+        assert_ne!(val.key(), none.key());
+        assert_eq!(val.label(), "gda");
+        assert_eq!(none.label(), "gda [no validation]");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        write_csv(&path, &[val.clone(), none.clone()]).unwrap();
+        let back = read_csv(&path).unwrap();
+        assert_eq!(back[1].validation, Validation::None);
+        assert_eq!(back[1].key(), none.key());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let bad = text.replacen(",none,", ",maybe,", 1);
+        std::fs::write(&path, bad).unwrap();
+        assert!(read_csv(&path).is_err(), "an unknown protocol is refused");
     }
 }

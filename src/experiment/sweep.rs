@@ -422,6 +422,7 @@ mod tests {
             dataset: dataset.into(),
             shots: 16,
             seed,
+            validation: Default::default(),
             model: "m".into(),
             model_name: "m".into(),
             features: "f".into(),

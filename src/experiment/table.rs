@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ExperimentError, ResultRow};
+use super::{ExperimentError, ResultRow, Validation};
 use crate::data::benchmarks::BENCHMARKS;
 use crate::methods::{eval, MethodKind};
 
@@ -45,7 +45,7 @@ fn published_method(m: &str) -> Option<&'static str> {
         MethodKind::Gda => "GDA",
         MethodKind::Ape => "APE",
         MethodKind::ApeT => "APE-T",
-        MethodKind::LpPlusPlus | MethodKind::Clap => return None,
+        MethodKind::LpPlusPlus | MethodKind::Clap | MethodKind::Prolip => return None,
     })
 }
 
@@ -274,6 +274,12 @@ impl Summary {
             "Test accuracy (%), mean ± std over seeds; hyper-parameters chosen on the validation \
              sets only.",
         );
+        if self.rows.iter().any(|r| r.validation == Validation::None) {
+            s.push_str(
+                " Rows marked [no validation]: no validation set, each method's documented \
+                 defaults and validation-free rules.",
+            );
+        }
         if let (false, Some(b)) = (published.is_empty(), backbone) {
             s.push_str(&format!(" Published {b} numbers in brackets."));
         }
@@ -308,6 +314,7 @@ mod tests {
             dataset: dataset.into(),
             shots,
             seed,
+            validation: Default::default(),
             model: "m".into(),
             model_name: "m".into(),
             features: "f".into(),
@@ -377,5 +384,21 @@ mod tests {
             at("| tip-adapter |"),
         );
         assert!(ca < coop && coop < tip, "{md}");
+    }
+
+    #[test]
+    fn both_protocols_share_a_table_with_the_no_validation_rows_labelled() {
+        let mut none = row("gda", "eurosat", 1, 1, 50.0);
+        none.validation = Validation::None;
+        let rows = vec![row("gda", "eurosat", 1, 1, 60.0), none];
+        let md = Summary::new(&rows).markdown(&Published::default(), None);
+        assert!(md.contains("| gda | 60.00 ± 0.00 |"), "{md}");
+        assert!(
+            md.contains("| gda [no validation] | 50.00 ± 0.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("Rows marked [no validation]"), "{md}");
+        let md = Summary::new(&rows[..1]).markdown(&Published::default(), None);
+        assert!(!md.contains("no validation"), "{md}");
     }
 }

@@ -60,6 +60,23 @@ impl Transform {
     }
 }
 
+/// Which output of the image tower a set holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// The projected embedding (`get_image_features`): what every method uses.
+    #[default]
+    Projected,
+    /// The tower's output before its last projection (ProLIP trains that projection).
+    PreProjection,
+}
+
+impl Output {
+    fn is_projected(&self) -> bool {
+        *self == Output::Projected
+    }
+}
+
 /// Everything that determines a feature set's rows. Two sets share a file only when all of
 /// these are equal; the file name carries [`SetKey::id`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +94,10 @@ pub struct SetKey {
     pub transform: Transform,
     /// View number of an augmented set (0 for the evaluation view).
     pub view: u32,
+    /// Left out of the key when projected, so the keys (and files) of projected sets are
+    /// those of versions that had only them.
+    #[serde(default, skip_serializing_if = "Output::is_projected")]
+    pub output: Output,
 }
 
 impl SetKey {
@@ -88,14 +109,19 @@ impl SetKey {
         h.hex()
     }
 
+    /// The view tag of file names: `eval`, `aug<view>`, or `pre-eval`, `pre-aug<view>` for
+    /// pre-projection features.
+    pub fn tag(&self) -> String {
+        let tag = self.transform.tag(self.view);
+        match self.output {
+            Output::Projected => tag,
+            Output::PreProjection => format!("pre-{tag}"),
+        }
+    }
+
     /// `<part>.<view tag>.<id>.safetensors`.
     pub fn file_name(&self) -> String {
-        format!(
-            "{}.{}.{}.safetensors",
-            self.part,
-            self.transform.tag(self.view),
-            self.id()
-        )
+        format!("{}.{}.{}.safetensors", self.part, self.tag(), self.id())
     }
 }
 
@@ -270,6 +296,10 @@ impl Meta {
         );
         m.insert("transform".into(), json(&self.key.transform));
         m.insert("view".into(), self.key.view.to_string());
+        // Only pre-projection sets say so: projected files stay byte-identical to older ones.
+        if self.key.output == Output::PreProjection {
+            m.insert("output".into(), "pre_projection".into());
+        }
         m.insert("classnames".into(), json(&self.classnames));
         m.insert(
             "rows".into(),
@@ -320,6 +350,15 @@ impl Meta {
             transform: serde_json::from_str(get("transform")?)
                 .map_err(|e| bad(format!("metadata `transform`: {e}")))?,
             view: num("view")? as u32,
+            output: match m.get("output").map(String::as_str) {
+                None => Output::Projected,
+                Some("pre_projection") => Output::PreProjection,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "metadata `output` is `{other}`, expected `pre_projection`"
+                    )))
+                }
+            },
         };
         if key.id() != *get("key")? {
             return Err(bad("metadata `key` does not match the other fields".into()));

@@ -21,7 +21,8 @@ use std::sync::mpsc::sync_channel;
 use rayon::prelude::*;
 
 use super::cache::{
-    join, samples_digest, split_digest, DataSource, FeatureFile, Meta, Partial, SetKey, Transform,
+    join, samples_digest, split_digest, DataSource, FeatureFile, Meta, Output, Partial, SetKey,
+    Transform,
 };
 use super::{lock, FeatureError};
 use crate::clip::Clip;
@@ -91,11 +92,7 @@ pub struct FeatureSet {
 impl FeatureSet {
     /// A readable name: `train-16shot-seed1.aug3`.
     pub fn name(&self) -> String {
-        format!(
-            "{}.{}",
-            self.key.part,
-            self.key.transform.tag(self.key.view)
-        )
+        format!("{}.{}", self.key.part, self.key.tag())
     }
 
     /// The complete set's file.
@@ -154,6 +151,7 @@ pub fn plan(
                 split: split_id.clone(),
                 transform,
                 view,
+                output: Output::Projected,
             },
             classnames: dataset.classnames.clone(),
             samples: samples.clone(),
@@ -172,6 +170,20 @@ pub fn plan(
         }
     }
     sets
+}
+
+/// `sets` with, right after each, its twin holding the image tower's output before the last
+/// projection (`extract --pre-projection`, for ProLIP). A twin is keyed, resumed, sharded and
+/// locked like any set, and is encoded from the same forward pass as its projected set.
+pub fn with_pre_projection(sets: Vec<FeatureSet>) -> Vec<FeatureSet> {
+    let mut out = Vec::with_capacity(2 * sets.len());
+    for set in sets {
+        let mut pre = set.clone();
+        pre.key.output = Output::PreProjection;
+        out.push(set);
+        out.push(pre);
+    }
+    out
 }
 
 /// What extraction reports, in order, per set.
@@ -488,7 +500,7 @@ fn extract_group(
                     model_name: opts.model_name.clone(),
                     source: opts.source.clone(),
                 },
-                dim: clip.config().embed_dim,
+                dim: output_dim(clip, set.key.output),
                 features: Vec::new(),
                 labels: Vec::new(),
                 index: Vec::new(),
@@ -510,6 +522,14 @@ fn extract_group(
         });
     }
     Ok(paths)
+}
+
+/// The width of a set's rows.
+fn output_dim(clip: &Clip, output: Output) -> usize {
+    match output {
+        Output::Projected => clip.config().embed_dim,
+        Output::PreProjection => clip.config().vision.width(),
+    }
 }
 
 /// An existing target made for exactly this set and these rows: `Some(skipped)`; a file for
@@ -653,6 +673,10 @@ fn encode_chunks(
                 }
                 .into());
             }
+            // Both outputs of each view of this batch, from one forward pass: a projected set
+            // and its pre-projection twin share it.
+            let mut forwards: Vec<(&Transform, u32, candle_core::Tensor, candle_core::Tensor)> =
+                Vec::new();
             for (k, &m) in members.iter().enumerate() {
                 let set = sets[m];
                 let size = match &set.key.transform {
@@ -672,7 +696,7 @@ fn encode_chunks(
                         model_name: opts.model_name.clone(),
                         source: opts.source.clone(),
                     },
-                    dim: clip.config().embed_dim,
+                    dim: output_dim(clip, set.key.output),
                     features: Vec::new(),
                     labels: Vec::new(),
                     index: Vec::new(),
@@ -686,11 +710,25 @@ fn encode_chunks(
                         .iter()
                         .flat_map(|(_, px)| px[k].iter().copied())
                         .collect();
-                    let pixels =
-                        candle_core::Tensor::from_vec(flat, (n, 3, size, size), clip.device())?;
-                    let emb = clip
-                        .encode_image(&pixels)?
-                        .to_dtype(candle_core::DType::F32)?;
+                    let view = (&set.key.transform, set.key.view);
+                    let at = match forwards.iter().position(|f| (f.0, f.1) == view) {
+                        Some(at) => at,
+                        None => {
+                            let pixels = candle_core::Tensor::from_vec(
+                                flat,
+                                (n, 3, size, size),
+                                clip.device(),
+                            )?;
+                            let (pre, projected) = clip.encode_image_parts(&pixels)?;
+                            forwards.push((view.0, view.1, pre, projected));
+                            forwards.len() - 1
+                        }
+                    };
+                    let emb = match set.key.output {
+                        Output::Projected => &forwards[at].3,
+                        Output::PreProjection => &forwards[at].2,
+                    }
+                    .to_dtype(candle_core::DType::F32)?;
                     file.features.extend(emb.flatten_all()?.to_vec1::<f32>()?);
                     for (row, _) in &good {
                         file.labels.push(set.samples[*row].label as i64);

@@ -5,6 +5,7 @@
 //! cache.rs        the safetensors feature files: key, metadata, atomic writes, resume chunks
 //! extract.rs      which sets a run needs; batched encoding with decoding in a second thread
 //! text.rs         class-name prompt embeddings (the zero-shot classifier) in the cache
+//! projection.rs   the image tower's last projection, beside pre-projection features
 //! merge.rs        joining the shards that `--shard i/n` processes wrote
 //! lock.rs         one writer per file (advisory locks) and clean-up after killed writers
 //! fault.rs        test-only fault injection (`CLIP_ADAPTER_FAULT`), inert unless set
@@ -20,9 +21,10 @@ mod fault;
 mod fingerprint;
 pub mod lock;
 pub mod merge;
+pub mod projection;
 pub mod text;
 
-pub use cache::{DataSource, FeatureFile, SetKey, Transform};
+pub use cache::{DataSource, FeatureFile, Output, SetKey, Transform};
 pub use error::FeatureError;
-pub use extract::{plan, Event, ExtractOptions, FeatureSet, Shard};
+pub use extract::{plan, with_pre_projection, Event, ExtractOptions, FeatureSet, Shard};
 pub use fingerprint::{checksum, hash_file, model_fingerprint, ContentHash};

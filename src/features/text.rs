@@ -24,6 +24,9 @@ pub struct TextFeatures {
     pub dim: usize,
     /// `(C, E)` row-major, each row unit-norm.
     pub weights: Vec<f32>,
+    /// `(C, E)`: the mean over templates of the un-normalised prompt embeddings (tensor
+    /// `text_features_mean`; CLAP's zero-shot prototypes). `None` in files written before it.
+    pub mean: Option<Vec<f32>>,
 }
 
 /// `<cache>/<dataset>/text.<key>.safetensors`, the key hashing model, class names and
@@ -80,7 +83,17 @@ pub fn extract_text(
     if path.is_file() {
         match read_text(&path) {
             // The key hashes the class names; equal names are checked all the same.
-            Ok(t) if t.classnames == dataset.classnames => return Ok((path, TextOutcome::Reused)),
+            Ok(t) if t.classnames == dataset.classnames && t.mean.is_some() => {
+                return Ok((path, TextOutcome::Reused))
+            }
+            Ok(t) if t.mean.is_none() => {
+                outcome = TextOutcome::Rebuilt {
+                    reason: format!(
+                        "{}: written before the mean prompt embedding was stored",
+                        path.display()
+                    ),
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 outcome = TextOutcome::Rebuilt {
@@ -108,7 +121,18 @@ pub fn extract_text(
     meta.insert("templates".into(), json(templates));
     meta.insert("logit_scale".into(), zs.logit_scale.to_string());
     let data: Vec<u8> = weights.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let bytes = write_safetensors(&meta, &[("text_features", "F32", vec![c, e], data)]);
+    let mean: Vec<u8> = (zs.mean.to_dtype(candle_core::DType::F32)?.flatten_all()?)
+        .to_vec1::<f32>()?
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let bytes = write_safetensors(
+        &meta,
+        &[
+            ("text_features", "F32", vec![c, e], data),
+            ("text_features_mean", "F32", vec![c, e], mean),
+        ],
+    );
     super::cache::write_atomic(&path, &bytes)?;
     drop(held);
     Ok((path, outcome))
@@ -149,7 +173,33 @@ pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
         ))
         .into());
     }
+    let floats = |t: &safetensors::tensor::TensorView| -> Vec<f32> {
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let mean = match st.names().contains(&"text_features_mean") {
+        false => None,
+        true => {
+            let m = (st.tensor("text_features_mean")).map_err(|e| bad(e.to_string()))?;
+            if m.dtype() != safetensors::Dtype::F32 || m.shape() != [c, dim] {
+                return Err(bad(format!(
+                    "`text_features_mean` is {:?} {:?}, expected F32 [{c}, {dim}] (like `text_features`)",
+                    m.dtype(),
+                    m.shape()
+                ))
+                .into());
+            }
+            let v = floats(&m);
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(bad("`text_features_mean` holds a non-finite value".into()).into());
+            }
+            Some(v)
+        }
+    };
     Ok(TextFeatures {
+        mean,
         classnames,
         templates: list("templates")?,
         logit_scale: get("logit_scale")?

@@ -54,11 +54,14 @@ pub struct ClapOptions {
     pub warmup_epochs: usize,
     pub warmup_lr: f32,
     pub seed: u64,
-    /// The norm the zero-shot prototypes are scaled to before training. The reference trains
-    /// on the un-normalised mean text embedding; the logits ignore a prototype's norm, but the
-    /// effective step (∝ 1/‖p‖²) and the penalty's weight relative to the cross-entropy
-    /// (∝ ‖p‖²) do not. Our classifier is unit-norm, so 1 by default; set the checkpoint's
-    /// text-embedding norm to reproduce the reference's dynamics.
+    /// Start from the task's mean un-normalised prompt embeddings (`FewShotTask::text_mean`),
+    /// as the reference's `_get_base_text_features` does (default). The logits ignore a
+    /// prototype's norm, but the effective step (∝ 1/‖p‖²) and the penalty's weight against
+    /// the cross-entropy (∝ ‖p‖²) do not, and CLIP's text embeddings are not unit vectors:
+    /// unit prototypes train ‖t‖² times faster under a penalty ‖t‖² times weaker than the
+    /// reference's. `false`: the unit-norm classifier scaled to `text_norm`.
+    pub prompt_mean: bool,
+    /// The prototypes' norm when `prompt_mean` is off.
     pub text_norm: f32,
 }
 
@@ -73,6 +76,7 @@ impl Default for ClapOptions {
             warmup_epochs: 1,
             warmup_lr: 1e-5,
             seed: 1,
+            prompt_mean: true,
             text_norm: 1.0,
         }
     }
@@ -115,11 +119,37 @@ impl ClapModel {
         constraint: Constraint,
         text_norm: f32,
     ) -> Self {
+        let mut anchors = task.text.weights.clone();
+        anchors.data.iter_mut().for_each(|v| *v *= text_norm);
+        Self::with_anchors(task, pool, labels, constraint, &task.text.weights, anchors)
+    }
+
+    /// The reference's start: prototypes at `mean`, the mean over templates of the
+    /// un-normalised prompt embeddings, and multipliers from the softmax of their cosine
+    /// logits (the model's zero-shot logits at initialisation).
+    pub fn from_prompt_mean(
+        task: &FewShotTask,
+        pool: &Matrix,
+        labels: &[usize],
+        constraint: Constraint,
+        mean: &Matrix,
+    ) -> Self {
+        Self::with_anchors(task, pool, labels, constraint, mean, mean.clone())
+    }
+
+    fn with_anchors(
+        task: &FewShotTask,
+        pool: &Matrix,
+        labels: &[usize],
+        constraint: Constraint,
+        zero_shot: &Matrix,
+        anchors: Matrix,
+    ) -> Self {
         let k = task.classes();
         let multipliers = if constraint == Constraint::None {
             vec![0.0; k]
         } else {
-            let mut probs = cosine_logits(pool, &task.text.weights, task.text.logit_scale);
+            let mut probs = cosine_logits(pool, zero_shot, task.text.logit_scale);
             let mut sum = vec![0f64; k];
             let mut count = vec![0usize; k];
             for (row, &y) in probs.data.chunks_mut(k).zip(labels) {
@@ -134,8 +164,6 @@ impl ClapModel {
                 .map(|(s, &c)| if c == 0 { 0.0 } else { (s / c as f64) as f32 })
                 .collect()
         };
-        let mut anchors = task.text.weights.clone();
-        anchors.data.iter_mut().for_each(|v| *v *= text_norm);
         ClapModel {
             prototypes: anchors.clone(),
             anchors,
@@ -319,7 +347,27 @@ pub fn fit(
             "must be a positive number",
         ));
     }
-    let mut model = ClapModel::new(task, &pool, &labels, opts.constraint, opts.text_norm);
+    let mut model = match (opts.prompt_mean, &task.text_mean) {
+        (false, _) => ClapModel::new(task, &pool, &labels, opts.constraint, opts.text_norm),
+        (true, Some(mean)) => {
+            if (mean.rows, mean.cols) != (task.classes(), task.dim()) {
+                return Err(MethodError::option(
+                    "prompt-mean",
+                    format!("{} × {}", mean.rows, mean.cols),
+                    "the mean prompt embeddings must be K × D, like the text classifier",
+                ));
+            }
+            ClapModel::from_prompt_mean(task, &pool, &labels, opts.constraint, mean)
+        }
+        (true, None) => {
+            return Err(MethodError::option(
+                "prompt-mean",
+                true,
+                "the task lacks the mean un-normalised prompt embeddings CLAP starts from \
+                 (text features cached by an older version: run `clip-adapter extract` again)",
+            ))
+        }
+    };
     let mut rng = seeded_rng(opts.seed);
     let n = pool.rows;
     let mut order = |_: usize| rng.permutation(n);

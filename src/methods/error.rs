@@ -28,6 +28,9 @@ pub enum MethodError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
 
+    #[error("{method} trains the image tower's last projection: it needs the pre-projection features (`clip-adapter extract --pre-projection`) and the checkpoint's projection")]
+    NeedsPreProjection { method: &'static str },
+
     #[error("{method} trains through the model's text tower: fit it with the model loaded")]
     NeedsModel { method: &'static str },
 

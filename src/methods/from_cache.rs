@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use super::linalg::Matrix;
 use super::{FewShotTask, LabelledSet, MethodError, TextClassifier};
 use crate::features::cache::{shell_quote, DataSource, FeatureFile, Meta};
+use crate::features::projection::{projection_path, read_projection};
 use crate::features::text::read_text;
-use crate::features::Transform;
+use crate::features::{Output, Transform};
 
 /// How many training images per class: a K-shot draw, or the whole train split (what
 /// `extract` without `--shots` writes).
@@ -280,7 +281,7 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodErro
     // Headers of every image-feature file of the dataset (for the hint), and of this draw.
     let mut known = Vec::new();
     let mut sets: Vec<Candidate> = Vec::new();
-    for e in all.into_iter().filter(|e| e.part != "text") {
+    for e in (all.into_iter()).filter(|e| e.part != "text" && e.part != "projection") {
         let wanted = e.part == train_part || e.part == val_part || e.part == "test";
         // Other draws' files only inform the hint: one of them unreadable does not matter here.
         let meta = match FeatureFile::read_meta(&e.path) {
@@ -431,8 +432,9 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodErro
     }
     let mut view_files: Vec<&Candidate> = families.into_values().next().unwrap_or_default();
     view_files.sort_by_key(|c| c.meta.key.view);
+    let view_keys: Vec<&crate::features::SetKey> = view_files.iter().map(|c| &c.meta.key).collect();
     let mut views = Vec::with_capacity(view_files.len());
-    for c in view_files {
+    for c in view_files.iter().copied() {
         let v = read(c)?;
         if v.index != train.index {
             return Err(fail(format!(
@@ -442,7 +444,8 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodErro
         }
         views.push(v);
     }
-    let val = match &val {
+    let val_file = val;
+    let val = match &val_file {
         Some(v) => LabelledSet {
             features: matrix(v),
             labels: labels(v)?,
@@ -484,7 +487,81 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodErro
             text_path.display()
         )));
     }
+    // ProLIP's inputs when the extraction kept them: the pre-projection twin of every set the
+    // task uses, and the model's projection.
+    let twin = |key: &crate::features::SetKey| {
+        group.iter().find(|c| {
+            c.meta.key.output == Output::PreProjection
+                && crate::features::SetKey {
+                    output: Output::Projected,
+                    ..c.meta.key.clone()
+                } == *key
+        })
+    };
+    let read_twin = |of: &FeatureFile| -> Result<Option<Matrix>, MethodError> {
+        let Some(c) = twin(&of.meta.key) else {
+            return Ok(None);
+        };
+        let f = read(c)?;
+        if f.index != of.index {
+            return Err(fail(format!(
+                "{}: the pre-projection features do not cover the same images as {}",
+                c.entry.path.display(),
+                of.meta.key.file_name()
+            )));
+        }
+        Ok(Some(matrix(&f)))
+    };
+    let projection_file = projection_path(&q.cache, &q.dataset, &fingerprint);
+    let mut pre_projection = None;
+    if let (Some(pre_train), Some(pre_test), true) = (
+        read_twin(&train)?,
+        read_twin(&test)?,
+        projection_file.is_file(),
+    ) {
+        let pre_val = match &val_file {
+            Some(v) => read_twin(v)?,
+            None => Some(Matrix::zeros(0, pre_train.cols)),
+        };
+        let mut pre_views = Vec::with_capacity(views.len());
+        for (key, v) in view_keys.iter().zip(&views) {
+            debug_assert_eq!(*key, &v.meta.key);
+            if let Some(m) = read_twin(v)? {
+                pre_views.push(m);
+            }
+        }
+        if let (Some(pre_val), true) = (pre_val, pre_views.len() == views.len()) {
+            let p = read_projection(&projection_file)?;
+            if p.model != fingerprint {
+                return Err(fail(format!(
+                    "{} holds the projection of model {}, not {fingerprint}",
+                    projection_file.display(),
+                    p.model
+                )));
+            }
+            pre_projection = Some(Box::new(super::prolip::PreProjection {
+                projection: super::prolip::Projection {
+                    weight: Matrix {
+                        rows: p.rows,
+                        cols: p.cols,
+                        data: p.weight,
+                    },
+                    bias: p.bias,
+                },
+                train: pre_train,
+                train_views: pre_views,
+                val: pre_val,
+                test: pre_test,
+            }));
+        }
+    }
     let task = FewShotTask {
+        pre_projection,
+        text_mean: t.mean.clone().map(|data| Matrix {
+            rows: t.classnames.len(),
+            cols: t.dim,
+            data,
+        }),
         classnames: t.classnames.clone(),
         train: LabelledSet {
             features: matrix(&train),
@@ -506,6 +583,9 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodErro
         },
     };
     task.validate()?;
+    if let Some(p) = &task.pre_projection {
+        p.validate(&task)?;
+    }
     Ok((
         task,
         TaskSource {

@@ -199,6 +199,8 @@ mod tests {
     fn task(train: Matrix, labels: Vec<usize>, text: Matrix) -> FewShotTask {
         let k = text.rows;
         FewShotTask {
+            pre_projection: None,
+            text_mean: None,
             classnames: (0..k).map(|i| format!("c{i}")).collect(),
             train: LabelledSet {
                 features: train.clone(),

@@ -9,7 +9,9 @@
 //! `keys`, `values` (Tip-Adapter), `alpha` (Tip, GDA), `beta` (Tip).
 //! APE / APE-T: `classes`, `logit_scale`, `keys`, `values`, `value_weights`, `alpha`, `beta`,
 //! `channels` (APE's refined channels; absent for APE-T). LP++: `weight`, `bias`, `alpha` (one
-//! per class), `text`. CLAP: `prototypes`, `logit_scale`.
+//! per class), `text`. CLAP: `prototypes`, `logit_scale`. ProLIP: `classes`, `logit_scale`,
+//! `projection.weight` (E × W, output × input: it scores pre-projection features) and
+//! `projection.bias` (ModifiedResNet towers).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +24,7 @@ use super::hyper_network::RatioNet;
 use super::linalg::Matrix;
 use super::linear_probe::LinearHead;
 use super::lp_plus_plus::LpPlusPlusHead;
+use super::prolip::{Projection, ProlipHead};
 use super::tip_adapter::TipHead;
 use super::zero_shot::ZeroShot;
 use super::{MethodError, TextClassifier};
@@ -43,6 +46,8 @@ pub enum Head {
     Ape(ApeHead),
     LpPlusPlus(LpPlusPlusHead),
     Clap(ClapHead),
+    /// Scores *pre-projection* features (its `dim` is the projection's input width).
+    Prolip(ProlipHead),
 }
 
 impl Head {
@@ -57,6 +62,7 @@ impl Head {
             Head::Ape(h) => h.logits(x),
             Head::LpPlusPlus(h) => h.logits(x),
             Head::Clap(h) => h.logits(x),
+            Head::Prolip(h) => h.logits(x),
         }
     }
 
@@ -71,6 +77,7 @@ impl Head {
             Head::Ape(h) => h.classes.cols,
             Head::LpPlusPlus(h) => h.weight.cols,
             Head::Clap(h) => h.prototypes.cols,
+            Head::Prolip(h) => h.projection.input_dim(),
         }
     }
 
@@ -84,6 +91,7 @@ impl Head {
             Head::Ape(_) => "ape",
             Head::LpPlusPlus(_) => "lp++",
             Head::Clap(_) => "clap",
+            Head::Prolip(_) => "prolip",
         }
     }
 }
@@ -224,6 +232,14 @@ pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
         Head::Clap(h) => {
             t.matrix("prototypes", &h.prototypes);
             t.scalar("logit_scale", h.logit_scale);
+        }
+        Head::Prolip(h) => {
+            t.matrix("classes", &h.text.weights);
+            t.scalar("logit_scale", h.text.logit_scale);
+            t.matrix("projection.weight", &h.projection.weight);
+            if let Some(b) = &h.projection.bias {
+                t.put("projection.bias", vec![b.len()], b.clone());
+            }
         }
     }
     // safetensors: u64 header length, JSON header (sorted keys), then the raw little-endian data.
@@ -637,6 +653,26 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), HeadError> {
             prototypes: anchor,
             logit_scale: r.logit_scale()?,
         }),
+        "prolip" => {
+            let weight = r.matrix(
+                "projection.weight",
+                Some(d),
+                None,
+                "D × W, the projection from the image tower's W-wide output (output × input)",
+            )?;
+            let bias = if r.has("projection.bias") {
+                Some(r.vector("projection.bias", d, "one per embedding channel")?)
+            } else {
+                None
+            };
+            Head::Prolip(ProlipHead {
+                projection: Projection { weight, bias },
+                text: TextClassifier {
+                    weights: anchor,
+                    logit_scale: r.logit_scale()?,
+                },
+            })
+        }
         other => return Err(bad(format!("unknown head kind `{other}`"))),
     };
     r.no_leftovers(&kind)?;

@@ -16,6 +16,8 @@
 //! ape.rs            APE (refined cache, training-free) and APE-T (trained category residuals)
 //! lp_plus_plus.rs   LP++: text-blended linear probe, block majorize-minimize steps
 //! clap.rs           CLAP: zero-shot-initialised probe with a class-adaptive constraint
+//! prolip.rs         ProLIP: the image tower's last projection fine-tuned on pre-projection
+//!                   features, regularised towards the pretrained one
 //! eval.rs           accuracy, mean ± std
 //! from_cache.rs     a FewShotTask from the feature cache of `clip-adapter extract`
 //! head.rs           a trained head: logits on new features; safetensors file with metadata
@@ -40,6 +42,7 @@ pub mod linalg;
 pub mod linear_probe;
 pub mod lp_plus_plus;
 pub mod optim;
+pub mod prolip;
 pub mod tip_adapter;
 pub mod zero_shot;
 
@@ -78,6 +81,12 @@ pub struct FewShotTask {
     pub val: LabelledSet,
     pub test: LabelledSet,
     pub text: TextClassifier,
+    /// The same images before the image tower's last projection, with that projection: what
+    /// ProLIP trains on (`None` when the cache holds no pre-projection features).
+    pub pre_projection: Option<Box<prolip::PreProjection>>,
+    /// `K × D`: the mean over templates of the un-normalised prompt embeddings, the zero-shot
+    /// prototypes CLAP's reference trains from (`None` when the cache predates it).
+    pub text_mean: Option<Matrix>,
 }
 
 impl FewShotTask {
@@ -193,6 +202,8 @@ pub enum Method {
     ApeT(ape::ApeOptions),
     LpPlusPlus(lp_plus_plus::LpPlusPlusOptions),
     Clap(clap::ClapOptions),
+    /// Trained on the task's pre-projection features.
+    Prolip(prolip::ProlipOptions),
 }
 
 /// Which method, without its options: the names on the command line and in results.
@@ -209,13 +220,14 @@ pub enum MethodKind {
     ApeT,
     LpPlusPlus,
     Clap,
+    Prolip,
 }
 
 impl MethodKind {
     /// Every method, in the order of the paper's comparison (zero-shot CLIP, the linear probe,
     /// CLIP-Adapter, CoOp), then the later methods by year (Tip-Adapter, Tip-Adapter-F, APE, APE-T,
-    /// GDA, LP++, CLAP). Tables list methods in this order.
-    pub const ALL: [MethodKind; 11] = [
+    /// GDA, LP++, CLAP, ProLIP). Tables list methods in this order.
+    pub const ALL: [MethodKind; 12] = [
         MethodKind::ZeroShot,
         MethodKind::LinearProbe,
         MethodKind::ClipAdapter,
@@ -227,6 +239,7 @@ impl MethodKind {
         MethodKind::Gda,
         MethodKind::LpPlusPlus,
         MethodKind::Clap,
+        MethodKind::Prolip,
     ];
 
     /// The name used on the command line and in results.
@@ -243,6 +256,7 @@ impl MethodKind {
             MethodKind::ApeT => "ape-t",
             MethodKind::LpPlusPlus => "lp++",
             MethodKind::Clap => "clap",
+            MethodKind::Prolip => "prolip",
         }
     }
 
@@ -260,6 +274,7 @@ impl MethodKind {
             MethodKind::ApeT => Method::ApeT(Default::default()),
             MethodKind::LpPlusPlus => Method::LpPlusPlus(Default::default()),
             MethodKind::Clap => Method::Clap(Default::default()),
+            MethodKind::Prolip => Method::Prolip(Default::default()),
         }
     }
 }
@@ -317,6 +332,7 @@ impl Method {
             Method::ApeT(_) => MethodKind::ApeT,
             Method::LpPlusPlus(_) => MethodKind::LpPlusPlus,
             Method::Clap(_) => MethodKind::Clap,
+            Method::Prolip(_) => MethodKind::Prolip,
         }
     }
 
@@ -389,8 +405,13 @@ impl Method {
                 o.epochs, o.alpha_every, o.init_alpha_scale, o.accumulate_alpha_grad
             ),
             Method::Clap(o) => format!(
-                "constraint={} lr={} epochs={} batch={} text_norm={}",
-                o.constraint.as_str(), o.lr, o.epochs, o.batch_size, o.text_norm
+                "constraint={} lr={} epochs={} batch={} prototypes={}",
+                o.constraint.as_str(), o.lr, o.epochs, o.batch_size,
+                if o.prompt_mean { "prompt-mean".to_string() } else { format!("unit*{}", o.text_norm) }
+            ),
+            Method::Prolip(o) => format!(
+                "lr={} search={:?} lambda={} epochs={} eps={}",
+                o.lr, o.search, o.lambda.describe(), o.epochs, o.eps
             ),
         }
     }
@@ -430,11 +451,27 @@ pub fn fit(
         Method::ApeT(o) => ape::fit_trained(task, o, progress),
         Method::LpPlusPlus(o) => lp_plus_plus::fit(task, o, progress),
         Method::Clap(o) => clap::fit(task, o, progress),
+        Method::Prolip(o) => prolip::fit(task, o, progress),
     }
 }
 
-/// Validation and test accuracy (percent) of a fitted head.
+/// Validation and test accuracy (percent) of a fitted head. A ProLIP head scores the
+/// pre-projection features of the same images; on a task without them there is nothing it
+/// can score, and both accuracies are NaN (absent), never a guess.
 pub fn evaluate(head: &Head, task: &FewShotTask) -> (f32, f32) {
-    let acc = |s: &LabelledSet| eval::accuracy(&head.logits(&s.features), &s.labels);
-    (acc(&task.val), acc(&task.test))
+    let pre = task.pre_projection.as_deref();
+    if let (Head::Prolip(_), None) = (head, pre) {
+        return (f32::NAN, f32::NAN);
+    }
+    let acc = |s: &LabelledSet, pre_x: Option<&Matrix>| {
+        let x = match (head, pre_x) {
+            (Head::Prolip(_), Some(x)) => x,
+            _ => &s.features,
+        };
+        eval::accuracy(&head.logits(x), &s.labels)
+    };
+    (
+        acc(&task.val, pre.map(|p| &p.val)),
+        acc(&task.test, pre.map(|p| &p.test)),
+    )
 }

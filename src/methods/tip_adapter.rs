@@ -446,6 +446,8 @@ mod tests {
     fn train_keys_keeps_the_last_epoch_without_validation() {
         let (h, f, y) = toy();
         let task = FewShotTask {
+            pre_projection: None,
+            text_mean: None,
             classnames: vec!["a".into(), "b".into(), "c".into()],
             train: crate::methods::LabelledSet {
                 features: f.clone(),

@@ -349,6 +349,12 @@ pub struct ExtractArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub views: u32,
 
+    /// Also keep the image tower's output before its last projection, for every set (files
+    /// `<part>.pre-<view>.<key>.safetensors`), and the projection itself
+    /// (`projection.<key>.safetensors`): what ProLIP trains on. One forward pass gives both.
+    #[arg(long)]
+    pub pre_projection: bool,
+
     /// Area range of the random crops, as `min,max` (CoOp: 0.08,1; Tip-Adapter: 0.5,1).
     #[arg(long, default_value = "0.5,1", value_name = "MIN,MAX", value_parser = crop_scale)]
     pub crop_scale: (f64, f64),
@@ -694,6 +700,11 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
         augment,
         a.seed.unsigned_abs(),
     );
+    let sets = if a.pre_projection {
+        clip_adapter::features::with_pre_projection(sets)
+    } else {
+        sets
+    };
     let opts = ExtractOptions {
         cache_dir: a.cache.clone(),
         batch: a.batch_size,
@@ -732,6 +743,15 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
         bar.finish_and_clear();
         if let text::TextOutcome::Rebuilt { reason } = outcome {
             eprintln!("note: {reason}\nencoding the class prompts again");
+        }
+        if a.pre_projection {
+            clip_adapter::features::projection::extract_projection(
+                &clip,
+                &dataset.name,
+                &fingerprint,
+                &a.model,
+                &a.cache,
+            )?;
         }
         Some(path)
     } else {

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use clip_adapter::encode::{display_paths, encode_image_files};
 use clip_adapter::experiment::{
     self, fit_row, run_grid, Grid, GridEvent, GridMethod, MethodOverrides, Published, ResultsFile,
-    RowSource, RowSpec, Summary,
+    RowSource, RowSpec, Summary, Validation,
 };
 use clip_adapter::features::model_fingerprint;
 use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
@@ -107,11 +107,12 @@ pub struct MethodArgs {
     /// 0.1,0.2,0.4,0.6,0.8).
     #[arg(long, value_delimiter = ',', value_parser = trimmed::<f32>)]
     pub search: Vec<f32>,
-    /// Learning rate (CLIP-Adapter and CoOp default 0.002; Tip-Adapter-F 0.001).
+    /// Learning rate (CLIP-Adapter and CoOp default 0.002; Tip-Adapter-F 0.001; ProLIP: used
+    /// as is instead of its validation search over 1e-2..1e-5, default 1e-5 without validation).
     #[arg(long)]
     pub lr: Option<f32>,
     /// Epochs (default: CLIP-Adapter and CoOp by shots, 50/100/100/200/200, and 50 on
-    /// ImageNet; Tip-Adapter-F the authors' per-dataset value).
+    /// ImageNet; Tip-Adapter-F the authors' per-dataset value; ProLIP 300).
     #[arg(long, value_parser = positive)]
     pub epochs: Option<usize>,
     /// Batch size (CLIP-Adapter and CoOp 32, Tip-Adapter-F 256).
@@ -168,6 +169,11 @@ impl MethodArgs {
     }
 }
 
+/// `--validation val|none`, parsed by the library's [`Validation`].
+pub(crate) fn validation_arg(s: &str) -> std::result::Result<Validation, String> {
+    s.parse::<Validation>().map_err(|e| e.to_string())
+}
+
 /// The model CoOp trains through: `--model` when it names one (rather than a fingerprint),
 /// else the one the cache records as having made the features; refused unless its fingerprint
 /// is theirs.
@@ -208,6 +214,11 @@ pub struct FitArgs {
     /// learned context and class names, with the model they are encoded through.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+    /// `val`: hyper-parameters and best epochs chosen on the few-shot validation set; `none`:
+    /// no validation set (as a user with a few labelled images has), each method keeps its
+    /// documented default or uses its own validation-free rule (docs/methods.md).
+    #[arg(long, default_value = "val", value_parser = validation_arg, value_name = "val|none")]
+    pub validation: Validation,
     #[command(flatten)]
     pub options: MethodArgs,
     /// Print one JSON object.
@@ -258,6 +269,7 @@ pub(crate) fn shots_arg(s: &str) -> std::result::Result<Shots, String> {
 pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     let overrides = a.options.overrides();
     overrides.check(&[a.method])?;
+    overrides.check_validation(a.validation)?;
     let method = overrides.method(a.method, &a.dataset, a.seed);
     let q = CacheQuery {
         cache: a.cache.clone(),
@@ -284,6 +296,7 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
             Shots::All => 0,
         },
         seed: a.seed,
+        validation: a.validation,
         source: &row_source,
     };
     let prompt_model = match a.method {
@@ -314,7 +327,7 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
                 Shots::K(k) => serde_json::json!(k),
                 Shots::All => serde_json::json!("all"),
             },
-            "seed": a.seed, "model": row.model,
+            "seed": a.seed, "validation": a.validation.as_str(), "model": row.model,
             "val_accuracy": json_f32(row.val_accuracy),
             "test_accuracy": json_f32(row.test_accuracy), "train_seconds": row.train_seconds,
             "chosen_on_validation": chosen,
@@ -334,7 +347,11 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
         );
         if !chosen.is_empty() {
             let c: Vec<String> = chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("chosen on validation: {}", c.join(", "));
+            let how = match a.validation {
+                Validation::Val => "chosen on validation",
+                Validation::None => "defaults (no validation set)",
+            };
+            println!("{how}: {}", c.join(", "));
         }
     }
     Ok(())
@@ -396,6 +413,11 @@ pub struct RunArgs {
     /// those of the run's backbone (read from the model's config).
     #[arg(long, value_name = "CSV")]
     pub reported: Option<PathBuf>,
+    /// `val`: hyper-parameters and best epochs chosen on the few-shot validation set; `none`:
+    /// no validation set (as a user with a few labelled images has), each method keeps its
+    /// documented default or uses its own validation-free rule (docs/methods.md).
+    #[arg(long, default_value = "val", value_parser = validation_arg, value_name = "val|none")]
+    pub validation: Validation,
     #[command(flatten)]
     pub options: MethodArgs,
 }
@@ -482,6 +504,7 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     kinds.sort_by_key(|k| MethodKind::ALL.iter().position(|x| x == k));
     kinds.dedup();
     overrides.check(&kinds)?;
+    overrides.check_validation(a.validation)?;
     let available = cached_datasets(&a.cache);
     if let Some(d) = a.datasets.iter().find(|d| !available.contains(d)) {
         return Err(experiment::ExperimentError::UnknownDataset {
@@ -530,6 +553,7 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         datasets: a.datasets.clone(),
         shots: a.shots.clone(),
         seeds: a.seeds.clone(),
+        validation: a.validation,
     };
     let started = std::time::Instant::now();
     let mut first_source: Option<TaskSource> = None;
@@ -580,7 +604,8 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         },
         _ => (Published::default(), None),
     };
-    let table = Summary::new(&outcome.rows).markdown(&published, backbone);
+    let table =
+        Summary::new(&results.with_other_protocol(&outcome.rows)).markdown(&published, backbone);
     clip_adapter::fsutil::write_atomic(&a.out.join("results.md"), table.as_bytes())?;
     print!("{table}");
     eprintln!(
@@ -663,7 +688,12 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
     let clip = clip_adapter::Clip::load(&files, &candle_core::Device::Cpu)
         .with_context(|| format!("loading model from {}", files.dir.display()))?;
     let bar = progress.bar("encoding images", a.images.len());
-    let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| {
+    // A ProLIP head holds the trained projection: it scores the tower's output before it.
+    let encode = match &head {
+        methods::Head::Prolip(_) => clip_adapter::encode::encode_image_files_pre_projection,
+        _ => encode_image_files,
+    };
+    let features = encode(&clip, &a.images, a.batch_size, &mut |d, _| {
         bar.set_position(d as u64)
     })?;
     bar.finish_and_clear();

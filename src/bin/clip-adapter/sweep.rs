@@ -43,6 +43,10 @@ pub struct SweepArgs {
     /// sweep-<option>.md go.
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub out: PathBuf,
+    /// `val`: hyper-parameters chosen on the few-shot validation set; `none`: no validation
+    /// set (each point keeps its defaults; `--search` is then refused).
+    #[arg(long, default_value = "val", value_parser = crate::methods::validation_arg, value_name = "val|none")]
+    pub validation: clip_adapter::experiment::Validation,
     /// CLIP-Adapter's other options, the same at every point.
     #[command(flatten)]
     pub options: MethodArgs,
@@ -57,6 +61,7 @@ pub fn run(a: SweepArgs, progress: &Progress) -> Result<()> {
     };
     let base = a.options.overrides();
     sweep.check(&base)?;
+    base.check_validation(a.validation)?;
     let available = cached_datasets(&a.cache);
     if let Some(d) = a.datasets.iter().find(|d| !available.contains(d)) {
         return Err(experiment::ExperimentError::UnknownDataset {
@@ -78,6 +83,7 @@ pub fn run(a: SweepArgs, progress: &Progress) -> Result<()> {
         datasets: a.datasets.clone(),
         shots: a.shots.clone(),
         seeds: a.seeds.clone(),
+        validation: a.validation,
     };
     let started = std::time::Instant::now();
     let grid_bar = progress.bar("sweep", grid.cells());

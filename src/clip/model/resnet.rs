@@ -186,6 +186,14 @@ impl AttentionPool {
     /// # Shapes
     /// `(B, HW, C) -> (B, output_dim)`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.c_proj.forward(&self.pool(x)?)
+    }
+
+    /// The attention output before `c_proj` (what ProLIP's `AttentionPool2d` returns).
+    ///
+    /// # Shapes
+    /// `(B, HW, C) -> (B, C)`
+    pub fn pool(&self, x: &Tensor) -> Result<Tensor> {
         let (b, hw, c) = x.dims3()?;
         let (h, hd) = (self.heads, c / self.heads);
         let x = Tensor::cat(&[&x.mean_keepdim(1)?, x], 1)?; // (B, HW+1, C)
@@ -207,8 +215,7 @@ impl AttentionPool {
             .contiguous()?;
         let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?; // (B, H, 1, L)
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let pooled = weights.matmul(&v)?.reshape((b, c))?; // (B, C)
-        self.c_proj.forward(&pooled)
+        Ok(weights.matmul(&v)?.reshape((b, c))?) // (B, C)
     }
 }
 
@@ -324,6 +331,20 @@ impl ModifiedResNet {
     /// # Shapes
     /// `(B, 3, S, S) -> (B, E)`
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.projection()
+            .forward(&self.forward_pre_projection(pixels)?)
+    }
+
+    /// The attention pool's `c_proj`: the tower's last projection.
+    pub fn projection(&self) -> &Linear {
+        &self.attnpool.c_proj
+    }
+
+    /// The attention-pooled feature before `c_proj`.
+    ///
+    /// # Shapes
+    /// `(B, 3, S, S) -> (B, C)` (C = width · 32)
+    pub fn forward_pre_projection(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = pixels.dims4()?;
         let s = self.config.image_size;
         if (c, h, w) != (3, s, s) {
@@ -343,6 +364,6 @@ impl ModifiedResNet {
         let (hw, c) = (x.h * x.w, x.c);
         let tokens = Tensor::from_vec(x.into_data(), (b, hw, c), &Device::Cpu)?
             .to_device(pixels.device())?;
-        self.attnpool.forward(&tokens)
+        self.attnpool.pool(&tokens)
     }
 }

@@ -35,6 +35,15 @@ impl Linear {
         }
     }
 
+    /// `(out, in)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.epilogue.bias.as_deref()
+    }
+
     /// # Shapes
     /// `(.., in) -> (.., out)`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
