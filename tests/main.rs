@@ -20,6 +20,7 @@ mod parity_open_clip;
 mod preprocess;
 mod preprocess_jpeg_simd;
 mod pretrain;
+mod report;
 mod sweep;
 mod tokenizer;
 mod torchscript;

@@ -6,6 +6,7 @@ mod demo;
 mod methods;
 mod output;
 mod pretrain;
+mod report;
 mod sweep;
 
 use std::process::ExitCode;
@@ -80,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => methods::run(a, &progress),
         Command::Predict(a) => methods::predict(a, &progress),
         Command::Sweep(a) => sweep::run(a, &progress),
+        Command::Report(a) => report::run(a, &progress),
         Command::Pretrain(a) => pretrain::run(a, cli.quiet),
         Command::Demo(a) => demo::run(a, &progress),
     }
