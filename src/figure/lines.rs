@@ -410,8 +410,10 @@ mod tests {
 
     #[test]
     fn ranges_are_round_and_leave_room_above() {
-        let (a, b, step) = nice_range(41.3, 78.9);
-        assert_eq!((a, b, step), (40.0, 80.0, 10.0));
+        assert_eq!(nice_range(41.3, 76.0), (40.0, 80.0, 5.0));
+        assert_eq!(nice_range(12.0, 61.0), (10.0, 70.0, 10.0));
+        // A point just under a grid line gets another step above it.
+        assert_eq!(nice_range(41.3, 79.5), (40.0, 90.0, 10.0));
         let (a, b, step) = nice_range(50.0, 50.0);
         assert!(a < 50.0 && b > 50.0 && step > 0.0);
         assert_eq!(decimals(0.2), 1);
