@@ -115,6 +115,13 @@ impl LineChart {
         n.div_ceil(per_row) as u32 * LEGEND_ROW + 2 * LEGEND_PAD
     }
 
+    /// The width of a one-column legend beside the panels, for figures of one or two panels
+    /// across (below them it would be a tall list or squeezed).
+    fn legend_beside(&self) -> Option<u32> {
+        let n = self.legend().len();
+        (self.columns() < 3 && n > 0).then(|| self.legend_grid(0).0 + 2 * LEGEND_PAD)
+    }
+
     /// Where the legend goes: the free cells right of the last row's panels when it fits
     /// there (`x`, `y`, width), below the panels otherwise (`None`).
     fn legend_in_grid(&self) -> Option<(u32, u32, u32)> {
@@ -249,6 +256,13 @@ pub fn faint(c: RGBColor, t: f64) -> RGBColor {
 impl Chart for LineChart {
     fn size(&self) -> (u32, u32) {
         let w = PANEL_W * self.columns() as u32;
+        if let Some(side) = self.legend_beside() {
+            let h = PANEL_H * self.rows() as u32;
+            return (
+                w + side,
+                h.max(self.legend().len() as u32 * LEGEND_ROW + 2 * LEGEND_PAD),
+            );
+        }
         let below = match self.legend_in_grid() {
             Some(_) => 0,
             None => self.legend_height(w),
@@ -260,16 +274,28 @@ impl Chart for LineChart {
         &self,
         area: &DrawingArea<DB, Shift>,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-        let (w, _) = self.size();
-        let (plots, below) = area.split_vertically(PANEL_H * self.rows() as u32);
-        let (legend, legend_w) = match self.legend_in_grid() {
-            Some((x, y, width)) => {
+        let (w, h) = self.size();
+        let grid_w = PANEL_W * self.columns() as u32;
+        let grid_h = PANEL_H * self.rows() as u32;
+        let (plots, below) = area.split_vertically(grid_h);
+        let (legend, legend_w) = match (self.legend_beside(), self.legend_in_grid()) {
+            (Some(side), _) => {
+                let lh = self.legend().len() as u32 * LEGEND_ROW + 2 * LEGEND_PAD;
+                let top = (h.min(grid_h.max(lh)) - lh) / 2;
+                (area.clone().shrink((grid_w, top), (side, lh)), side)
+            }
+            (None, Some((x, y, width))) => {
                 // Centred in the free cells' height.
                 let h = self.legend_height(width);
                 let top = y + (PANEL_H - h) / 2;
                 (area.clone().shrink((x, top), (width, h)), width)
             }
-            None => (below, w),
+            (None, None) => (below, w),
+        };
+        let plots = if self.legend_beside().is_some() {
+            plots.shrink((0, 0), (grid_w, grid_h))
+        } else {
+            plots
         };
         let cells = plots.split_evenly((self.rows(), self.columns()));
         let (xa, xb) = self.x_range();
