@@ -322,6 +322,12 @@ impl Chart for LineChart {
             );
             let (ylo, yhi) = span(ys.filter(|y| y.is_finite())).unwrap_or((0.0, 1.0));
             let (ya, yb, step) = nice_range(ylo, yhi);
+            // Room below the lowest point too (a flat reference would sit on the axis).
+            let ya = if ylo - ya < step * 0.15 {
+                ya - step
+            } else {
+                ya
+            };
             let y_ticks: Vec<f64> = (0..)
                 .map(|k| ya + f64::from(k) * step)
                 .take_while(|y| *y <= yb + step * 1e-6)
