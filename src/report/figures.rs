@@ -257,3 +257,65 @@ pub(super) fn ablation_chart(found: &FoundSweep, rows: &[ResultRow]) -> LineChar
         markers_label: String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn variants_are_found_in_both_namings_in_paper_order() {
+        let demo = strings(&["zero-shot", "clip-adapter-both", "clip-adapter", "coop"]);
+        assert_eq!(
+            variants(&demo),
+            strings(&["clip-adapter", "clip-adapter-both"])
+        );
+        let run = strings(&[
+            "clip-adapter (branch=text)",
+            "clip-adapter (branch=visual)",
+            "clip-adapter (reduction=8)",
+        ]);
+        assert_eq!(
+            variants(&run),
+            strings(&["clip-adapter (branch=visual)", "clip-adapter (branch=text)"])
+        );
+    }
+
+    #[test]
+    fn gains_use_the_largest_shot_count_both_methods_have_and_are_sorted() {
+        let row = |method: &str, dataset: &str, shots: usize, acc: f32| ResultRow {
+            method: method.into(),
+            options: String::new(),
+            dataset: dataset.into(),
+            shots,
+            seed: 1,
+            model: "m".into(),
+            model_name: "m".into(),
+            features: "f".into(),
+            val_accuracy: acc,
+            test_accuracy: acc,
+            train_seconds: 0.0,
+            chosen: String::new(),
+        };
+        let rows = vec![
+            row("zero-shot", "a", 16, 50.0),
+            row("clip-adapter", "a", 16, 49.0),
+            row("zero-shot", "b", 8, 30.0),
+            row("zero-shot", "b", 16, 30.0),
+            row("clip-adapter", "b", 8, 40.0),
+        ];
+        let g = gains(&Summary::new(&rows), "clip-adapter");
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            (g[0].dataset.as_str(), g[0].shots, g[0].gain()),
+            ("b", 8, 10.0)
+        );
+        assert_eq!((g[1].dataset.as_str(), g[1].gain()), ("a", -1.0));
+        let chart = gain_chart(&g, "clip-adapter");
+        assert_eq!(chart.bars[0].label, "b (8-shot)");
+        assert_eq!(chart.bars[1].text, "-1.00");
+    }
+}
