@@ -22,6 +22,7 @@ pub mod image;
 pub mod kernels;
 pub mod methods;
 pub mod pretrain;
+pub mod report;
 pub mod rng;
 pub mod tokenizer;
 pub mod tsne;

@@ -2,10 +2,10 @@
 //! the 16-shot column (all tasks, seeds 1-3, zero-shot and the visual CLIP-Adapter): zero-shot
 //! well above chance on the tasks close to pretraining, CLIP-Adapter above zero-shot on
 //! average, and a larger gain on the far tasks than on the close ones. The command writes the
-//! report as Markdown, CSV and an accuracy-vs-shots PNG.
+//! results as CSV and the folder's report (Markdown, figures as SVG and PNG).
 
-use clip_adapter::demo::{all_methods, method_style, run_demo, DemoOptions};
-use clip_adapter::demo::{PANEL_H, PANEL_W};
+use clip_adapter::demo::{all_methods, run_demo, DemoOptions};
+use clip_adapter::figure::lines::{PANEL_H, PANEL_W};
 use clip_adapter::world::tasks::{demo_tasks, Gap};
 
 #[test]
@@ -73,20 +73,29 @@ fn demo_at_16_shots_tells_the_papers_story() {
     assert!(md.contains("scaled by 100 / logit scale"), "{md}");
     assert_eq!(report.csv().unwrap().lines().count(), report.rows.len() + 1);
 
-    // The plot: a panel per task and per gap's mean; zero-shot, the reference drawn last, has
-    // its marker where its mean accuracy maps.
-    let figure = report.plot();
-    assert_eq!(figure.panels.len(), tasks.len() + 2);
-    assert_eq!(figure.panels[0].title, format!("{} (close)", tasks[0].name));
-    let png = image::load_from_memory(&report.png().unwrap()).unwrap();
-    assert_eq!((png.width(), png.height()), figure.size());
-    let png = png.to_rgb8();
-    let axes = figure.axes(0).unwrap();
-    let (acc, _) = report.cell(tasks[0].name, "zero-shot", 16).unwrap();
-    let (x, y) = axes.to_pixel(16.0, acc).unwrap();
+    // The report: a panel per task, per gap's mean and the mean of all; the gap groups.
+    let md = report.markdown();
+    assert!(md.contains("### Mean over the far tasks"), "{md}");
+    assert!(
+        md.contains("## Gain of CLIP-Adapter over zero-shot CLIP"),
+        "{md}"
+    );
+    let files =
+        clip_adapter::report::write_report(out.path(), &report.rows, &report.report_options())
+            .unwrap();
+    let svg = std::fs::read_to_string(out.path().join("figures/accuracy_vs_shots.svg")).unwrap();
+    for (task, gap) in tasks.iter().map(|t| (t.name, t.gap)) {
+        assert!(
+            svg.contains(&format!("\n{task} ({})\n", gap.as_str())),
+            "{task}"
+        );
+    }
+    assert!(svg.contains("\nmean far\n") && svg.contains("\nmean all\n"));
     assert_eq!(
-        png.get_pixel(x as u32, y as u32).0,
-        method_style("zero-shot").0
+        files.figures.len(),
+        4,
+        "accuracy and gain figures: {:?}",
+        files.figures
     );
 }
 
@@ -104,8 +113,8 @@ fn demo_command_writes_markdown_csv_and_png() {
         String::from_utf8_lossy(&run.stderr)
     );
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(stdout.contains("accuracy_vs_shots.png"), "{stdout}");
-    let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(stdout.contains("figures"), "{stdout}");
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("### colours"));
     let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 2 * all_methods().len());
@@ -124,9 +133,16 @@ fn demo_command_writes_markdown_csv_and_png() {
     }
     assert!(md.contains("| coop |"), "{md}");
     assert!(md.contains("CoOp: demo-sized"), "{md}");
-    let png = image::open(out.path().join("accuracy_vs_shots.png")).unwrap();
-    // One task panel, its gap's mean, the legend's cell; a legend longer than a panel grows the
-    // figure downwards.
-    assert_eq!(png.width(), 3 * PANEL_W);
-    assert!(png.height() >= PANEL_H, "{}", png.height());
+    // One task panel and the legend beside it; the variants have their own figure.
+    let png = image::open(out.path().join("figures/accuracy_vs_shots.png")).unwrap();
+    assert!(
+        png.width() > PANEL_W && png.height() >= PANEL_H,
+        "{}x{}",
+        png.width(),
+        png.height()
+    );
+    for stem in ["gain_over_zero_shot", "clip_adapter_variants"] {
+        let svg = std::fs::read_to_string(out.path().join(format!("figures/{stem}.svg"))).unwrap();
+        assert!(svg.contains("colours"), "{stem}");
+    }
 }

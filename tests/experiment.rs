@@ -123,6 +123,17 @@ fn run_keeps_results_of_each_model_apart_and_validates_first() {
         table.contains(&format!("| zero-shot | {rn_zero_shot:.2} ± 0.00 |")),
         "the table shows tiny-rn's rows: {table}"
     );
+    // The folder's report: the latest model's rows only, saying so, with its figure.
+    let report = std::fs::read_to_string(s.dir().join("results/report.md")).unwrap();
+    assert!(
+        report.contains(&format!("| zero-shot | {rn_zero_shot:.2} ± 0.00 |"))
+            && report.contains("2 rows of other models in the results file are left out"),
+        "{report}"
+    );
+    assert!(s
+        .dir()
+        .join("results/figures/accuracy_vs_shots.png")
+        .is_file());
     // One dataset: no average over datasets.
     assert!(!table.contains("Average"), "{table}");
 

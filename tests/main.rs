@@ -21,6 +21,7 @@ mod preprocess;
 mod preprocess_jpeg_simd;
 mod pretrain;
 mod prolip;
+mod report;
 mod sweep;
 mod tokenizer;
 mod torchscript;

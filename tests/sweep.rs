@@ -109,6 +109,16 @@ fn sweep_writes_a_row_per_value_resumes_and_refuses_bad_input() {
     }
     let written = std::fs::read_to_string(dir.join("results/sweep-reduction.md")).unwrap();
     assert_eq!(written, table);
+    // The folder's report: the same ablation table, and its curve.
+    let report = std::fs::read_to_string(dir.join("results/report.md")).unwrap();
+    assert!(report.contains("## Ablation: bottleneck width"), "{report}");
+    let first_value = table.lines().find(|l| l.starts_with("| D |")).unwrap();
+    assert!(report.contains(first_value), "{report}");
+    for ext in ["svg", "png"] {
+        assert!(dir
+            .join(format!("results/figures/ablation_reduction.{ext}"))
+            .is_file());
+    }
 
     // Again, with one more value: only that one is fitted.
     let again = sweep(

@@ -1,43 +1,14 @@
-//! The demo's report: the experiment's rows and tables, the close/far grouping of the world's
-//! tasks, the α CLIP-Adapter chose, and the accuracy-vs-shots plot.
-
-mod plot;
-
-pub use plot::{Colour, Figure, PANEL_H, PANEL_W};
+//! The demo's report: the experiment's rows, the close/far grouping of the world's tasks and
+//! the α CLIP-Adapter chose, handed to the report every results folder gets
+//! ([`crate::report`]: the same tables and figures as `run`'s).
 
 use std::collections::BTreeMap;
 
 use super::run::{CLIP_LOGIT_SCALE, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX};
 use crate::experiment::row::to_csv;
-use crate::experiment::{Published, ResultRow, Summary};
+use crate::experiment::{ResultRow, Summary};
+use crate::report::{DatasetGroup, Report, ReportOptions};
 use crate::world::tasks::Gap;
-use plot::{Panel, Series};
-
-/// The line style of a method in [`DemoReport::plot`]: zero-shot is the dashed dark reference,
-/// every other method keeps one colour in every panel (and across runs).
-pub fn method_style(label: &str) -> (Colour, bool) {
-    let colour = match label {
-        "zero-shot" => return ([40, 40, 40], true),
-        "linear-probe" => [140, 86, 75],
-        "clip-adapter" => [214, 39, 40],
-        "clip-adapter-text" => [255, 127, 14],
-        "clip-adapter-both" => [148, 103, 189],
-        "coop" => [227, 119, 194],
-        "tip-adapter" => [23, 190, 207],
-        "tip-adapter-f" => [31, 119, 180],
-        "gda" => [44, 160, 44],
-        "ape" => [188, 189, 34],
-        "ape-t" => [127, 127, 127],
-        "lp++" => [255, 187, 120],
-        "clap" => [0, 0, 128],
-        // Another method: a colour that depends on its name only.
-        other => {
-            let spare: [Colour; 3] = [[188, 189, 34], [127, 127, 127], [255, 187, 120]];
-            spare[other.bytes().map(usize::from).sum::<usize>() % spare.len()]
-        }
-    };
-    (colour, false)
-}
 
 /// Everything the demo measured.
 #[derive(Debug, Clone)]
@@ -89,86 +60,58 @@ impl DemoReport {
         counts.into_iter().max_by_key(|(_, n)| *n).map(|(a, _)| a)
     }
 
-    /// Mean test accuracy over seeds against shots (log2 axis), one panel per task, then the
-    /// mean over the close and over the far tasks; one line per method.
-    pub fn plot(&self) -> Figure {
-        let x_ticks: Vec<f32> = self.shots.iter().map(|&k| k as f32).collect();
-        let panel = |title: String, value: &dyn Fn(&str, usize) -> Option<f32>| Panel {
-            title,
-            series: (self.methods.iter())
-                .map(|m| {
-                    let (colour, dashed) = method_style(m);
-                    let points = (self.shots.iter())
-                        .map(|&k| (k as f32, value(m, k).unwrap_or(f32::NAN)))
-                        .collect();
-                    Series {
-                        label: m.clone(),
-                        colour,
-                        dashed,
-                        points,
-                    }
-                })
-                .collect(),
-            x_ticks: x_ticks.clone(),
-            y_range: None,
-        };
-        let mut panels: Vec<Panel> = (self.tasks.iter())
-            .map(|(task, gap, _)| {
-                let title = format!("{task} ({})", gap.as_str());
-                panel(title, &|m, k| self.cell(task, m, k).map(|c| c.0))
-            })
-            .collect();
-        for gap in [Gap::Close, Gap::Far] {
-            if self.tasks.iter().any(|(_, g, _)| *g == gap) {
-                let title = format!("mean {}", gap.as_str());
-                panels.push(panel(title, &|m, k| self.gap_mean(gap, m, k)));
-            }
-        }
-        Figure {
-            // Up to four across, leaving a cell free for the legend.
-            columns: (panels.len() + 1).min(4),
-            panels,
-            x_label: "shots".into(),
-            y_label: "accuracy (%)".into(),
-        }
-    }
-
-    /// [`DemoReport::plot`] as a PNG file's bytes.
-    pub fn png(&self) -> std::result::Result<Vec<u8>, ::image::ImageError> {
-        self.plot().to_png_bytes()
-    }
-
     /// Every fit, one CSV line each: the columns of `clip-adapter run`'s results.csv.
     pub fn csv(&self) -> Result<String, csv::Error> {
         let bytes = to_csv(&self.rows)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// The experiment's tables (one per task, then the means over the close, the far and all
-    /// tasks), the α CLIP-Adapter chose, and how the learning rate was set.
-    pub fn markdown(&self) -> String {
-        let summary = Summary::new(&self.rows);
-        let none = Published::default();
-        let mut s = summary.caption(&none, None);
-        for (task, gap, about) in &self.tasks {
-            s.push('\n');
-            let heading = format!("{task} ({} — {about})", gap.as_str());
-            s.push_str(&summary.dataset_table(task, &heading, &none));
-        }
+    /// What the report adds to the rows: task titles and headings with their gap, the means
+    /// over the close, the far and all tasks, and the notes on the α chosen and the settings.
+    pub fn report_options(&self) -> ReportOptions {
+        let mut groups = Vec::new();
         for gap in [Gap::Close, Gap::Far] {
             let tasks = self.tasks_of(gap);
             if !tasks.is_empty() && self.tasks.len() > 1 {
-                let heading = format!("Mean over the {} tasks ({})", gap.as_str(), tasks.len());
-                s.push('\n');
-                s.push_str(&summary.average_table(&heading, &tasks, &none));
+                groups.push(DatasetGroup {
+                    title: format!("mean {}", gap.as_str()),
+                    heading: format!("Mean over the {} tasks ({})", gap.as_str(), tasks.len()),
+                    datasets: tasks,
+                });
             }
         }
         if self.tasks.len() > 1 {
             let all: Vec<String> = self.tasks.iter().map(|(t, _, _)| t.clone()).collect();
-            let heading = format!("Mean over all {} tasks", all.len());
-            s.push('\n');
-            s.push_str(&summary.average_table(&heading, &all, &none));
+            groups.push(DatasetGroup {
+                title: "mean all".into(),
+                heading: format!("Mean over all {} tasks", all.len()),
+                datasets: all,
+            });
         }
+        ReportOptions {
+            titles: (self.tasks.iter())
+                .map(|(t, gap, _)| (t.clone(), format!("{t} ({})", gap.as_str())))
+                .collect(),
+            headings: (self.tasks.iter())
+                .map(|(t, gap, about)| (t.clone(), format!("{t} ({} — {about})", gap.as_str())))
+                .collect(),
+            groups,
+            notes: self.notes(),
+            ..ReportOptions::default()
+        }
+    }
+
+    /// The report's Markdown (what `report.md` holds).
+    pub fn markdown(&self) -> String {
+        Report::new(&self.rows, &self.report_options()).markdown
+    }
+
+    /// The α CLIP-Adapter chose, and how the learning rates were set.
+    fn notes(&self) -> String {
+        let mut s = String::from(
+            "## Settings
+",
+        );
         if self.methods.iter().any(|m| m == "clip-adapter") {
             s.push_str("\n### CLIP-Adapter: α chosen on validation at the largest shot count\n\n| task | gap | α |\n|---|---|---:|\n");
             for (task, gap, _) in &self.tasks {
@@ -189,11 +132,6 @@ impl DemoReport {
                  tokens); its learning rate scaled as CLIP-Adapter's.\n"
             ));
         }
-        s.push_str(&format!(
-            "\n{} fits in {:.1} s.\n",
-            self.rows.len(),
-            self.seconds
-        ));
         s
     }
 }

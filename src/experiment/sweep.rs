@@ -225,11 +225,21 @@ impl Sweep {
     /// (mean ± std of test accuracy over seeds), then the mean over datasets when there are
     /// several; the best value of each column in bold.
     pub fn markdown(&self, base: &MethodOverrides, rows: &[ResultRow]) -> String {
-        let methods = self.grid_methods(base);
+        let options: Vec<String> = (self.grid_methods(base).into_iter())
+            .map(|m| m.options)
+            .collect();
+        self.table(&options, rows)
+    }
+
+    /// [`Sweep::markdown`] for points whose rows carry `options[i]` (the `i`-th value's).
+    pub fn table(&self, options: &[String], rows: &[ResultRow]) -> String {
         let clip_adapter = MethodKind::ClipAdapter.name();
+        let rows: Vec<&ResultRow> = (rows.iter())
+            .filter(|r| r.method == clip_adapter && options.contains(&r.options))
+            .collect();
         let mut datasets: Vec<&str> = Vec::new();
         let mut shots: Vec<usize> = Vec::new();
-        for r in rows {
+        for r in &rows {
             if !datasets.contains(&r.dataset.as_str()) {
                 datasets.push(&r.dataset);
             }
@@ -238,10 +248,9 @@ impl Sweep {
             }
         }
         shots.sort_unstable();
-        let cell = |m: &GridMethod, dataset: &str, k: usize| {
+        let cell = |o: &String, dataset: &str, k: usize| {
             let v: Vec<f32> = (rows.iter())
-                .filter(|r| r.method == clip_adapter && r.options == m.options)
-                .filter(|r| r.dataset == dataset && r.shots == k)
+                .filter(|r| r.options == *o && r.dataset == dataset && r.shots == k)
                 .map(|r| r.test_accuracy)
                 .collect();
             (!v.is_empty()).then(|| eval::mean_std(&v))
@@ -259,13 +268,13 @@ impl Sweep {
             // columns[j][i]: the cell of value i in column j (datasets, then their mean).
             let mut columns: Vec<Vec<Cell>> = (datasets.iter())
                 .map(|d| {
-                    (methods.iter())
-                        .map(|m| cell(m, d, k).map(|(mean, sd)| (mean, Some(sd))))
+                    (options.iter())
+                        .map(|o| cell(o, d, k).map(|(mean, sd)| (mean, Some(sd))))
                         .collect()
                 })
                 .collect();
             if average {
-                let means = (0..methods.len())
+                let means = (0..options.len())
                     .map(|i| {
                         let v: Option<Vec<f32>> =
                             columns.iter().map(|c| c[i].map(|x| x.0)).collect();
@@ -287,7 +296,7 @@ impl Sweep {
             let best: Vec<Option<f32>> = (columns.iter())
                 .map(|c| c.iter().flatten().map(|x| x.0).reduce(f32::max))
                 .collect();
-            for i in 0..methods.len() {
+            for i in 0..options.len() {
                 s.push_str(&format!("| {} |", self.display(i)));
                 for (c, b) in columns.iter().zip(&best) {
                     match c[i] {
@@ -309,6 +318,83 @@ impl Sweep {
         }
         s
     }
+}
+
+/// A sweep found among results rows: CLIP-Adapter rows with the same other options and at
+/// least two values of the swept one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundSweep {
+    /// Its values, ascending.
+    pub sweep: Sweep,
+    /// The options every point shares (`key=value`, space-separated; empty: none).
+    pub base: String,
+    /// The options column of the `i`-th value's rows.
+    pub options: Vec<String>,
+}
+
+impl FoundSweep {
+    /// The mean over seeds of the test accuracy of the `i`-th value.
+    pub fn cell(&self, rows: &[ResultRow], i: usize, dataset: &str, shots: usize) -> Option<f32> {
+        let clip_adapter = MethodKind::ClipAdapter.name();
+        let v: Vec<f32> = (rows.iter())
+            .filter(|r| r.method == clip_adapter && r.options == self.options[i])
+            .filter(|r| r.dataset == dataset && r.shots == shots)
+            .map(|r| r.test_accuracy)
+            .collect();
+        (!v.is_empty()).then(|| eval::mean_std(&v).0)
+    }
+}
+
+/// The sweeps among `rows`: over the bottleneck first, then over α among the rows left, each
+/// base's points in ascending order of value; sweeps ordered by parameter, then base. A row
+/// belongs to one sweep at most.
+pub fn find_sweeps(rows: &[ResultRow]) -> Vec<FoundSweep> {
+    let clip_adapter = MethodKind::ClipAdapter.name();
+    let mut options: Vec<&str> = Vec::new();
+    for r in rows.iter().filter(|r| r.method == clip_adapter) {
+        if !options.contains(&r.options.as_str()) {
+            options.push(&r.options);
+        }
+    }
+    let mut found = Vec::new();
+    for param in SweepParam::ALL {
+        let prefix = format!("{}=", param.name());
+        // base -> (value, options) of each point.
+        let mut groups: std::collections::BTreeMap<String, Vec<(f64, String, String)>> =
+            Default::default();
+        for o in &options {
+            let tokens: Vec<&str> = o.split(' ').collect();
+            let Some(v) = tokens.iter().find_map(|t| t.strip_prefix(prefix.as_str())) else {
+                continue;
+            };
+            let Ok(x) = v.parse::<f64>() else { continue };
+            let base: Vec<&str> = (tokens.iter().copied())
+                .filter(|t| !t.starts_with(prefix.as_str()))
+                .collect();
+            groups
+                .entry(base.join(" "))
+                .or_default()
+                .push((x, v.to_string(), o.to_string()));
+        }
+        for (base, mut points) in groups {
+            if points.len() < 2 {
+                continue;
+            }
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let values: Vec<String> = points.iter().map(|p| p.1.clone()).collect();
+            let Ok(sweep) = Sweep::parse(param, &values) else {
+                continue;
+            };
+            let point_options: Vec<String> = points.into_iter().map(|p| p.2).collect();
+            options.retain(|o| !point_options.iter().any(|p| p == o));
+            found.push(FoundSweep {
+                sweep,
+                base,
+                options: point_options,
+            });
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -410,6 +496,45 @@ mod tests {
         };
         assert_eq!(m[1].options, run.label(MethodKind::ClipAdapter));
         assert_eq!(m[1].options, "reduction=8 epochs=5");
+    }
+
+    #[test]
+    fn sweeps_are_found_among_rows() {
+        let row = |options: &str| ResultRow {
+            method: "clip-adapter".into(),
+            options: options.into(),
+            dataset: "dtd".into(),
+            shots: 16,
+            seed: 1,
+            model: "m".into(),
+            model_name: "m".into(),
+            features: "f".into(),
+            val_accuracy: 50.0,
+            test_accuracy: 50.0,
+            train_seconds: 0.0,
+            chosen: String::new(),
+        };
+        let rows = vec![
+            row("reduction=8 epochs=3"),
+            row("reduction=2 epochs=3"),
+            row("reduction=16"),
+            row("alpha=0.6"),
+            row("alpha=0"),
+            row(""),
+            row("branch=text"),
+        ];
+        let found = find_sweeps(&rows);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].sweep, Sweep::Reduction(vec![2, 8]));
+        assert_eq!(found[0].base, "epochs=3");
+        assert_eq!(
+            found[0].options,
+            ["reduction=2 epochs=3", "reduction=8 epochs=3"]
+        );
+        assert_eq!(found[1].sweep, Sweep::Alpha(vec![0.0, 0.6]));
+        assert_eq!(found[1].base, "");
+        assert_eq!(found[1].cell(&rows, 1, "dtd", 16), Some(50.0));
+        assert_eq!(found[1].cell(&rows, 1, "dtd", 8), None);
     }
 
     #[test]

@@ -116,6 +116,23 @@ impl Published {
     fn for_dataset(&self, method: &str, dataset: &str, shots: usize) -> Option<f32> {
         self.get(method, published_dataset(dataset)?, shots)
     }
+
+    /// The published accuracy of `method` (our name) on benchmark `dataset` (its CoOp key).
+    pub fn dataset_value(&self, method: &str, dataset: &str, shots: usize) -> Option<f32> {
+        self.for_dataset(method, dataset, shots)
+    }
+
+    /// The published average of `method` over `datasets`, which exists only for the 11
+    /// benchmarks together.
+    pub fn average_value(&self, method: &str, datasets: &[String], shots: usize) -> Option<f32> {
+        let all_benchmarks = datasets.len() == BENCHMARKS.len()
+            && BENCHMARKS
+                .iter()
+                .all(|b| datasets.iter().any(|d| d == b.key));
+        all_benchmarks
+            .then(|| self.get(method, AVERAGE_11, shots))
+            .flatten()
+    }
 }
 
 /// The results of a set of rows, ready to tabulate.
@@ -245,19 +262,13 @@ impl Summary {
         datasets: &[String],
         published: &Published,
     ) -> String {
-        let all_benchmarks = datasets.len() == BENCHMARKS.len()
-            && BENCHMARKS
-                .iter()
-                .all(|b| datasets.iter().any(|d| d == b.key));
         let mut s = format!("### {heading}\n\n{}", self.header());
         for (label, method) in &self.labels {
             s.push_str(&format!("| {label} |"));
             for &k in &self.shots {
                 match self.average(label, datasets, k) {
                     Some(m) => {
-                        let paper = all_benchmarks
-                            .then(|| published.get(method, AVERAGE_11, k))
-                            .flatten();
+                        let paper = published.average_value(method, datasets, k);
                         s.push_str(&format!(" {} |", cell_text(m, None, paper)));
                     }
                     None => s.push_str(" – |"),

@@ -4,6 +4,16 @@
 //! plotters' `ab_glyph` backend, so no system font is looked up and a figure has the same bytes
 //! on every machine. A chart implements [`Chart`] (one generic `draw` over any plotters backend);
 //! [`write_figure`] renders it to `STEM.svg` and `STEM.png`, each written atomically.
+//!
+//! ```text
+//! style.rs  ink, grid, font sizes, the palette, one colour per method
+//! lines.rs  panels of lines on a shared legend (log2 or linear x), faint reference markers
+//! bars.rs   horizontal bars with their values (gains per dataset)
+//! ```
+
+pub mod bars;
+pub mod lines;
+pub mod style;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -77,16 +77,25 @@ pub enum Command {
     /// Example: clip-adapter fit --method clip-adapter --dataset eurosat --shots 16 --seed 1 --save eurosat.safetensors
     Fit(crate::methods::FitArgs),
     /// Run a grid (methods × datasets × shots × seeds) on cached features; resumable; writes
-    /// results.csv and a Markdown table of mean ± std with published numbers beside ours.
+    /// results.csv, a Markdown table of mean ± std with published numbers beside ours, and
+    /// the folder's report with its figures (`report`).
     ///
     /// Example: clip-adapter run --methods clip-adapter,tip-adapter --datasets eurosat,dtd --reported reported_results_rn50.csv
     Run(crate::methods::RunArgs),
     /// The paper's ablations: CLIP-Adapter over bottleneck widths (`--over reduction`) or
     /// fixed residual ratios (`--over alpha`) on cached features; resumable (results.csv as
-    /// `run`); writes a table of a line per value and a column per dataset.
+    /// `run`); writes a table of a line per value and a column per dataset, and the folder's
+    /// report (`report`).
     ///
     /// Example: clip-adapter sweep --over reduction --datasets dtd,imagenet --shots 16
     Sweep(crate::sweep::SweepArgs),
+    /// Write a results folder's report: DIR/report.md (tables of mean ± std, gains over
+    /// zero-shot, ablations) and DIR/figures/ (accuracy vs shots, gains, CLIP-Adapter's
+    /// variants, ablation curves; each as SVG and PNG). `run`, `sweep` and `demo` write the
+    /// same report at their end.
+    ///
+    /// Example: clip-adapter report results --reported reported_results_rn50.csv
+    Report(crate::report::ReportArgs),
     /// Classify images with a head saved by `fit --save`.
     ///
     /// Example: clip-adapter predict --adapter eurosat.safetensors --top-k 3 photo.jpg

@@ -7,13 +7,15 @@ use clap::builder::PossibleValuesParser;
 use clap::Args;
 use clip_adapter::demo::{run_demo, task_names, DemoEvent, DemoOptions};
 use clip_adapter::fsutil::write_atomic;
+use clip_adapter::report::{Report, FIGURES_DIR, RESULTS_CSV};
 
 use crate::args::{positive, trimmed};
 use crate::output::Progress;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Where the generated tasks (tasks/), results.md, results.csv and accuracy_vs_shots.png go.
+    /// Where the generated tasks (tasks/), results.csv and the report (report.md, figures/:
+    /// accuracy vs shots, gains, CLIP-Adapter's variants; SVG and PNG) go.
     #[arg(long, value_name = "DIR", default_value = "clip-adapter-demo")]
     pub out: PathBuf,
 
@@ -61,18 +63,19 @@ pub fn run(a: DemoArgs, progress: &Progress) -> Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let markdown = report.markdown();
-    write_atomic(&a.out.join("results.md"), markdown.as_bytes())?;
     let csv = report.csv().context("writing the results as CSV")?;
-    write_atomic(&a.out.join("results.csv"), csv.as_bytes())?;
-    let png = report.png().context("drawing the accuracy-vs-shots plot")?;
-    write_atomic(&a.out.join("accuracy_vs_shots.png"), &png)?;
-    println!("{markdown}");
+    write_atomic(&a.out.join(RESULTS_CSV), csv.as_bytes())?;
+    let written = Report::new(&report.rows, &report.report_options());
+    let files = written.write(&a.out)?;
+    println!("{}", written.markdown);
     println!(
-        "Written: {}, {} and {}",
-        a.out.join("results.md").display(),
-        a.out.join("results.csv").display(),
-        a.out.join("accuracy_vs_shots.png").display()
+        "{} fits in {:.1} s. Written: {}, {} and {} figures in {}",
+        report.rows.len(),
+        report.seconds,
+        a.out.join(RESULTS_CSV).display(),
+        files.report.display(),
+        files.figures.len() / 2,
+        a.out.join(FIGURES_DIR).display()
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ mod demo;
 mod methods;
 mod output;
 mod pretrain;
+mod report;
 mod sweep;
 mod tsne;
 
@@ -82,6 +83,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => methods::predict(a, &progress),
         Command::Sweep(a) => sweep::run(a, &progress),
         Command::Tsne(a) => tsne::run(a),
+        Command::Report(a) => report::run(a, &progress),
         Command::Pretrain(a) => pretrain::run(a, cli.quiet),
         Command::Demo(a) => demo::run(a, &progress),
     }

@@ -18,6 +18,7 @@ use clip_adapter::methods::coop::{self, ClassPosition, CoopHead, PromptModel};
 use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots, TaskSource};
 use clip_adapter::methods::head::{self, HeadInfo};
 use clip_adapter::methods::{self, Matrix, MethodKind};
+use clip_adapter::report::{write_report, ReportOptions};
 use clip_adapter::zero_shot::{rank, Prediction};
 
 use crate::args::{positive, trimmed};
@@ -405,8 +406,9 @@ pub struct RunArgs {
     /// cache records]; one whose content differs from the features' model is refused.
     #[arg(long)]
     pub model: Option<String>,
-    /// Where results.csv and results.md go; rows already in results.csv (same method, options,
-    /// dataset, shots, seed, model and features) are not run again.
+    /// Where results.csv, results.md and the folder's report (report.md, figures/) go; rows
+    /// already in results.csv (same method, options, dataset, shots, seed, model and
+    /// features) are not run again.
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub out: PathBuf,
     /// Published numbers (CSV: method,backbone,dataset,shots,accuracy) to print beside ours,
@@ -436,10 +438,25 @@ pub(crate) fn cached_datasets(cache: &Path) -> Vec<String> {
     out
 }
 
-/// The backbone of the model behind `source`, from its config; `None` (with a note) when the
+/// The published numbers of the backbone of the model `model_name` (content fingerprint
+/// `fingerprint`), and the backbone's name; none (with a note) when the model cannot be
+/// found, is not the one with that fingerprint, or is not one of OpenAI's backbones.
+pub(crate) fn published_for(
+    reported: Option<&Published>,
+    model_name: &str,
+    fingerprint: &str,
+    progress: &Progress,
+) -> (Published, Option<String>) {
+    match reported.map(|r| (r, run_backbone(model_name, fingerprint, progress))) {
+        Some((r, Some(b))) => (r.for_backbone(b), Some(b.to_string())),
+        _ => (Published::default(), None),
+    }
+}
+
+/// The backbone of the model `model_name`, from its config; `None` (with a note) when the
 /// model cannot be found or is not the one that made the features.
-fn run_backbone(source: &TaskSource, progress: &Progress) -> Option<&'static str> {
-    let files = match crate::resolve_model(&source.model_name, progress) {
+fn run_backbone(model_name: &str, fingerprint: &str, progress: &Progress) -> Option<&'static str> {
+    let files = match crate::resolve_model(model_name, progress) {
         Ok(f) => f,
         Err(e) => {
             eprintln!(
@@ -450,13 +467,12 @@ fn run_backbone(source: &TaskSource, progress: &Progress) -> Option<&'static str
         }
     };
     match model_fingerprint(&files) {
-        Ok(f) if f == source.model => {}
+        Ok(f) if f == fingerprint => {}
         _ => {
             eprintln!(
                 "note: no published numbers: {} is not the model that made the features \
-                 (fingerprint {})",
+                 (fingerprint {fingerprint})",
                 files.dir.display(),
-                source.model
             );
             return None;
         }
@@ -597,17 +613,27 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     method_bar_.finish_and_clear();
     grid_bar.finish_and_clear();
 
-    let (published, backbone) = match (&reported, &first_source) {
-        (Some(r), Some(source)) => match run_backbone(source, progress) {
-            Some(b) => (r.for_backbone(b), Some(b)),
-            None => (Published::default(), None),
-        },
-        _ => (Published::default(), None),
+    let (published, backbone) = match &first_source {
+        Some(source) => published_for(
+            reported.as_ref(),
+            &source.model_name,
+            &source.model,
+            progress,
+        ),
+        None => (Published::default(), None),
     };
-    let table =
-        Summary::new(&results.with_other_protocol(&outcome.rows)).markdown(&published, backbone);
+    let table = Summary::new(&results.with_other_protocol(&outcome.rows))
+        .markdown(&published, backbone.as_deref());
     clip_adapter::fsutil::write_atomic(&a.out.join("results.md"), table.as_bytes())?;
     print!("{table}");
+    // The folder's report covers every row in it (earlier runs and sweeps too).
+    let options = ReportOptions {
+        published,
+        backbone,
+        ..ReportOptions::default()
+    };
+    let files = write_report(&a.out, results.rows(), &options)?;
+    crate::report::print_written(&files);
     eprintln!(
         "grid finished in {:.1} s: {} fitted, {} already in {}",
         started.elapsed().as_secs_f64(),

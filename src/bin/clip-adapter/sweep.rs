@@ -8,6 +8,7 @@ use clip_adapter::experiment::sweep::{Sweep, SweepParam};
 use clip_adapter::experiment::{self, run_grid, Grid, GridEvent, ResultsFile, RowSource};
 use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots};
 use clip_adapter::methods::MethodKind;
+use clip_adapter::report::{write_report, ReportOptions};
 
 use crate::args::{positive, trimmed};
 use crate::methods::{cached_datasets, method_bar, report_row, MethodArgs};
@@ -39,8 +40,8 @@ pub struct SweepArgs {
     /// the fingerprint).
     #[arg(long)]
     pub model: Option<String>,
-    /// Where results.csv (shared with `run`: rows already there are not fitted again) and
-    /// sweep-<option>.md go.
+    /// Where results.csv (shared with `run`: rows already there are not fitted again),
+    /// sweep-<option>.md and the folder's report (report.md, figures/) go.
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub out: PathBuf,
     /// `val`: hyper-parameters chosen on the few-shot validation set; `none`: no validation
@@ -123,6 +124,8 @@ pub fn run(a: SweepArgs, progress: &Progress) -> Result<()> {
     let path = a.out.join(format!("sweep-{}.md", sweep.param().name()));
     clip_adapter::fsutil::write_atomic(&path, table.as_bytes())?;
     print!("{table}");
+    let files = write_report(&a.out, results.rows(), &ReportOptions::default())?;
+    crate::report::print_written(&files);
     eprintln!(
         "sweep finished in {:.1} s: {} fitted, {} already in {}; table in {}",
         started.elapsed().as_secs_f64(),

@@ -1,0 +1,73 @@
+//! `report`: a results folder's report through [`clip_adapter::report`], and printing.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use clip_adapter::experiment::Published;
+use clip_adapter::report::{read_results, Report, ReportFiles, ReportOptions};
+
+use crate::methods::published_for;
+use crate::output::Progress;
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A results folder: the --out of `run`, `sweep` or `demo`, with its results.csv. The
+    /// report goes into it: DIR/report.md and DIR/figures/*.svg + *.png.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Published numbers (CSV: method,backbone,dataset,shots,accuracy), drawn as faint markers
+    /// and printed in brackets where the backbone is the rows' model's (read from its config,
+    /// so the model must be found as the rows name it).
+    #[arg(long, value_name = "CSV")]
+    pub reported: Option<PathBuf>,
+    /// Print JSON: `{"report": PATH, "figures": [PATH, ...], "rows": N}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: ReportArgs, progress: &Progress) -> Result<()> {
+    let reported = match &a.reported {
+        Some(p) => Some(Published::read(p)?),
+        None => None,
+    };
+    let rows = read_results(&a.dir)?;
+    let (published, backbone) = match rows.last() {
+        Some(r) => published_for(reported.as_ref(), &r.model_name, &r.model, progress),
+        None => (Published::default(), None),
+    };
+    let options = ReportOptions {
+        published,
+        backbone,
+        ..ReportOptions::default()
+    };
+    let files = Report::new(&rows, &options).write(&a.dir)?;
+    if a.json {
+        let doc = serde_json::json!({
+            "report": files.report,
+            "figures": files.figures,
+            "rows": rows.len(),
+        });
+        println!("{doc}");
+    } else {
+        println!("{}", files.report.display());
+        for f in &files.figures {
+            println!("{}", f.display());
+        }
+    }
+    Ok(())
+}
+
+/// One line on stderr after a command wrote its folder's report.
+pub fn print_written(files: &ReportFiles) {
+    let dir = files.figures.first().and_then(|f| f.parent());
+    match dir {
+        Some(d) => eprintln!(
+            "report: {} and {} figures in {}",
+            files.report.display(),
+            files.figures.len() / 2,
+            d.display()
+        ),
+        None => eprintln!("report: {}", files.report.display()),
+    }
+}
