@@ -1,10 +1,11 @@
 //! The demo with the embedded model runs offline end to end, and the paper's story holds on
-//! the 16-shot column (all tasks, seeds 1-3, zero-shot and the visual CLIP-Adapter): zero-shot
-//! well above chance on the tasks close to pretraining, CLIP-Adapter above zero-shot on
-//! average, and a larger gain on the far tasks than on the close ones. The command writes the
-//! results as CSV and the folder's report (Markdown, figures as SVG and PNG).
+//! the 16-shot column (all tasks, seeds 1-3, zero-shot, the visual CLIP-Adapter and its α
+//! ablation): zero-shot well above chance on the tasks close to pretraining, CLIP-Adapter above
+//! zero-shot on average, a larger gain on the far tasks than on the close ones, and on the far
+//! tasks a fixed α above 0 better than α = 0 (zero-shot). The command writes the results as CSV
+//! and the folder's report (Markdown, figures as SVG and PNG).
 
-use clip_adapter::demo::{all_methods, run_demo, DemoOptions};
+use clip_adapter::demo::{ablation_methods, all_methods, run_demo, DemoOptions};
 use clip_adapter::figure::lines::{PANEL_H, PANEL_W};
 use clip_adapter::world::tasks::{demo_tasks, Gap};
 
@@ -18,11 +19,17 @@ fn demo_at_16_shots_tells_the_papers_story() {
             .into_iter()
             .filter(|m| m.label == "zero-shot" || m.label == "clip-adapter")
             .collect(),
+        ablations: ablation_methods()
+            .into_iter()
+            .filter(|m| m.options.starts_with("alpha="))
+            .collect(),
         ..DemoOptions::default()
     };
+    let alphas: Vec<String> = o.ablations.iter().map(|m| m.options.clone()).collect();
+    assert_eq!(alphas.len(), 6, "{alphas:?}");
     let report = run_demo(&o, &mut |_| {}).unwrap();
     let tasks = demo_tasks();
-    assert_eq!(report.rows.len(), tasks.len() * o.seeds.len() * 2);
+    assert_eq!(report.rows.len(), tasks.len() * o.seeds.len() * (2 + 6));
     let acc = |task: &str, method: &str| report.cell(task, method, 16).unwrap().0;
     let mean = |v: Vec<f32>| v.iter().sum::<f32>() / v.len() as f32;
 
@@ -68,6 +75,33 @@ fn demo_at_16_shots_tells_the_papers_story() {
         "gain over zero-shot: far {far_gain:+.1} vs close {close_gain:+.1}"
     );
 
+    // The α ablation (Table 2): on the far tasks the best fixed α is above 0, and better than
+    // α = 0 (the zero-shot classifier) on their mean.
+    let far: Vec<_> = tasks.iter().filter(|t| t.gap == Gap::Far).collect();
+    let at_alpha = |task: &str, options: &str| {
+        let v: Vec<f32> = (report.rows.iter())
+            .filter(|r| r.dataset == task && r.options == options)
+            .map(|r| r.test_accuracy)
+            .collect();
+        v.iter().sum::<f32>() / v.len() as f32
+    };
+    let far_curve: Vec<f32> = (alphas.iter())
+        .map(|a| mean(far.iter().map(|t| at_alpha(t.name, a)).collect()))
+        .collect();
+    let best = (0..far_curve.len())
+        .max_by(|&a, &b| far_curve[a].total_cmp(&far_curve[b]))
+        .unwrap();
+    assert_eq!(alphas[0], "alpha=0");
+    assert!(
+        best > 0 && far_curve[best] > far_curve[0] + 1.0,
+        "far tasks, accuracy against α {alphas:?}: {far_curve:?}"
+    );
+    for t in &far {
+        let curve: Vec<f32> = alphas.iter().map(|a| at_alpha(t.name, a)).collect();
+        let top = curve.iter().copied().fold(f32::MIN, f32::max);
+        assert!(top > curve[0], "{}: {curve:?}", t.name);
+    }
+
     let md = report.markdown();
     assert!(md.contains("### shapes") && md.contains("| clip-adapter |"));
     assert!(md.contains("scaled by 100 / logit scale"), "{md}");
@@ -93,10 +127,12 @@ fn demo_at_16_shots_tells_the_papers_story() {
     assert!(svg.contains("\nmean far\n") && svg.contains("\nmean all\n"));
     assert_eq!(
         files.figures.len(),
-        4,
-        "accuracy and gain figures: {:?}",
+        6,
+        "accuracy, gain and α ablation figures: {:?}",
         files.figures
     );
+    let ablation = std::fs::read_to_string(out.path().join("figures/ablation_alpha.svg")).unwrap();
+    assert!(ablation.contains("new_colours"), "{ablation}");
 }
 
 #[test]
@@ -117,7 +153,11 @@ fn demo_command_writes_markdown_csv_and_png() {
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("### colours"));
     let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 2 * all_methods().len());
+    // Two shot counts of every method, and the ablations at the larger one.
+    assert_eq!(
+        csv.lines().count(),
+        1 + 2 * all_methods().len() + ablation_methods().len()
+    );
     // CoOp is in the grid, demo-sized: its rows, the report says so, and a fit is quick.
     let coop: Vec<&str> = csv.lines().filter(|l| l.starts_with("coop,")).collect();
     assert_eq!(coop.len(), 2, "{csv}");

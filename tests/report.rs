@@ -25,6 +25,7 @@ fn row(method: &str, options: &str, dataset: &str, shots: usize, seed: u64, acc:
         dataset: dataset.into(),
         shots,
         seed,
+        validation: Default::default(),
         model: "0123456789abcdef".into(),
         model_name: "not-a-model-on-this-machine".into(),
         features: "fedcba9876543210".into(),

@@ -15,6 +15,6 @@ mod run;
 pub use model::{embedded_model_dir, EMBEDDED_MODEL};
 pub use report::DemoReport;
 pub use run::{
-    all_methods, demo_coop, run_demo, task_names, DemoError, DemoEvent, DemoMethod, DemoOptions,
-    ALPHAS, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX,
+    ablation_methods, all_methods, demo_coop, run_demo, task_names, DemoError, DemoEvent,
+    DemoMethod, DemoOptions, ALPHAS, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX,
 };

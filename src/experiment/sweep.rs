@@ -506,6 +506,7 @@ mod tests {
             dataset: "dtd".into(),
             shots: 16,
             seed: 1,
+            validation: Default::default(),
             model: "m".into(),
             model_name: "m".into(),
             features: "f".into(),

@@ -292,6 +292,7 @@ mod tests {
             dataset: dataset.into(),
             shots,
             seed: 1,
+            validation: Default::default(),
             model: "m".into(),
             model_name: "m".into(),
             features: "f".into(),

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::experiment::protocol::Validation;
 use crate::experiment::row::read_csv;
 use crate::experiment::sweep::{find_sweeps, FoundSweep, SweepParam};
 use crate::experiment::{ExperimentError, Published, ResultRow, Summary};
@@ -172,10 +173,22 @@ impl Report {
         let all = rows.len();
         let rows: Vec<ResultRow> = rows.iter().filter(|r| r.model == model).cloned().collect();
         let others = all - rows.len();
-        let sweeps = find_sweeps(&rows);
+        // Sweeps are found per protocol: the same options without validation are another point.
+        let sweeps: Vec<(Validation, FoundSweep, Vec<ResultRow>)> =
+            [Validation::Val, Validation::None]
+                .into_iter()
+                .flat_map(|v| {
+                    let of_v: Vec<ResultRow> =
+                        rows.iter().filter(|r| r.validation == v).cloned().collect();
+                    (find_sweeps(&of_v).into_iter())
+                        .map(|f| (v, f, of_v.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
         let in_sweep = |r: &ResultRow| {
             r.method == MethodKind::ClipAdapter.name()
-                && sweeps.iter().any(|s| s.options.contains(&r.options))
+                && (sweeps.iter())
+                    .any(|(v, s, _)| *v == r.validation && s.options.contains(&r.options))
         };
         let method_rows: Vec<ResultRow> = rows.iter().filter(|r| !in_sweep(r)).cloned().collect();
         let summary = Summary::new(&method_rows);
@@ -299,7 +312,7 @@ impl Report {
         }
 
         let mut seen: Vec<SweepParam> = Vec::new();
-        for found in &sweeps {
+        for (validation, found, rows) in &sweeps {
             let param = found.sweep.param();
             let n = seen.iter().filter(|p| **p == param).count();
             seen.push(param);
@@ -307,8 +320,8 @@ impl Report {
                 0 => format!("ablation_{}", param.name()),
                 n => format!("ablation_{}_{}", param.name(), n + 1),
             };
-            md.push_str(&ablation_section(found, &rows, &stem));
-            let chart = figures::ablation_chart(found, &rows);
+            md.push_str(&ablation_section(found, *validation, rows, &stem));
+            let chart = figures::ablation_chart(found, rows);
             figures.push((stem, Figure::Lines(chart)));
         }
 
@@ -360,7 +373,12 @@ impl Report {
     }
 }
 
-fn ablation_section(found: &FoundSweep, rows: &[ResultRow], stem: &str) -> String {
+fn ablation_section(
+    found: &FoundSweep,
+    validation: Validation,
+    rows: &[ResultRow],
+    stem: &str,
+) -> String {
     let what = match found.sweep.param() {
         SweepParam::Reduction => "bottleneck width",
         SweepParam::Alpha => "residual ratio α",
@@ -368,6 +386,9 @@ fn ablation_section(found: &FoundSweep, rows: &[ResultRow], stem: &str) -> Strin
     let mut s = format!("\n## Ablation: {what}");
     if !found.base.is_empty() {
         s.push_str(&format!(" ({})", found.base));
+    }
+    if validation == Validation::None {
+        s.push_str(" [no validation]");
     }
     s.push_str("\n\n");
     s.push_str(&figure_link(
