@@ -102,8 +102,21 @@ fn demo_at_16_shots_tells_the_papers_story() {
         assert!(top > curve[0], "{}: {curve:?}", t.name);
     }
 
+    // Fig. 5: on the far task the adapted features separate the classes better, as numbers.
+    let tsne = report.tsne.as_ref().expect("a far task was run");
+    assert_eq!(tsne.task, "new_colours");
+    let (before, after) = (&tsne.maps.before, &tsne.maps.after);
+    assert!(
+        after.features.knn_accuracy > before.features.knn_accuracy
+            && after.features.silhouette > before.features.silhouette,
+        "5-NN / silhouette before {:?}, after {:?}",
+        before.features,
+        after.features
+    );
+
     let md = report.markdown();
     assert!(md.contains("### shapes") && md.contains("| clip-adapter |"));
+    assert!(md.contains("t-SNE of `new_colours`"), "{md}");
     assert!(md.contains("scaled by 100 / logit scale"), "{md}");
     assert_eq!(report.csv().unwrap().lines().count(), report.rows.len() + 1);
 

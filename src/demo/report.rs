@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::run::{CLIP_LOGIT_SCALE, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX};
+use super::run::{DemoTsne, CLIP_LOGIT_SCALE, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX};
 use crate::experiment::row::to_csv;
 use crate::experiment::{ResultRow, Summary};
 use crate::report::{DatasetGroup, Report, ReportOptions};
@@ -20,6 +20,8 @@ pub struct DemoReport {
     pub shots: Vec<usize>,
     pub methods: Vec<String>,
     pub seconds: f64,
+    /// The t-SNE of one far task before and after the adapter (none when no far task ran).
+    pub tsne: Option<DemoTsne>,
     /// The model's logit scale, which set CLIP-Adapter's learning rate.
     pub logit_scale: f32,
 }
@@ -125,6 +127,9 @@ impl DemoReport {
             self.logit_scale,
             CLIP_LOGIT_SCALE / self.logit_scale
         ));
+        if let Some(t) = &self.tsne {
+            s.push_str(&t.markdown());
+        }
         if self.methods.iter().any(|m| m == "coop") {
             s.push_str(&format!(
                 "\nCoOp: demo-sized, {DEMO_COOP_EPOCHS} epochs at every shot count (CoOp's own: \

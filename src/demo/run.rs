@@ -23,11 +23,13 @@ use crate::features::{model_fingerprint, ContentHash};
 use crate::methods::clip_adapter::{AdapterOptions, Branch};
 use crate::methods::coop::CoopOptions;
 use crate::methods::gda::GdaOptions;
+use crate::methods::head::Head;
 use crate::methods::linear_probe::LinearProbeOptions;
 use crate::methods::prolip::{PreProjection, Projection};
 use crate::methods::tip_adapter::TipOptions;
 use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind, TextClassifier};
-use crate::world::tasks::{demo_tasks, load_task, write_task, TaskSizes, TaskSpec};
+use crate::tsne::{adapter_tsne, AdapterTsne, TsneOptions};
+use crate::world::tasks::{demo_tasks, load_task, write_task, Gap, TaskSizes, TaskSpec};
 
 /// What can stop the demo.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,12 @@ pub enum DemoError {
     UnknownTask { task: String, known: String },
     #[error(transparent)]
     Experiment(#[from] Box<ExperimentError>),
+    #[error("the t-SNE of task `{task}`")]
+    Tsne {
+        task: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl From<Error> for DemoError {
@@ -183,6 +191,9 @@ pub struct DemoOptions {
     pub methods: Vec<DemoMethod>,
     /// Run [`ablation_methods`] at the largest shot count (empty: none).
     pub ablations: Vec<DemoMethod>,
+    /// Map the test features of one far task before and after the visual CLIP-Adapter
+    /// (the paper's Fig. 5), when a far task is run.
+    pub tsne: bool,
     /// Seed of the generated task images.
     pub world_seed: u64,
 }
@@ -198,6 +209,7 @@ impl Default for DemoOptions {
             tasks: Vec::new(),
             methods: all_methods(),
             ablations: ablation_methods(),
+            tsne: true,
             world_seed: 2021,
         }
     }
@@ -444,7 +456,19 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         )?;
         finished += grid.cells();
     }
+    let tsne = match (o.tsne, o.shots.iter().max(), o.seeds.first()) {
+        (true, Some(&shots), Some(&seed)) => (prepared.iter())
+            .filter(|(s, ..)| s.gap == Gap::Far)
+            .max_by_key(|(s, ..)| s.name == TSNE_TASK)
+            .map(|(spec, d, enc, text)| {
+                let task = draw_task(d, enc, text, &projection, shots, seed)?;
+                demo_tsne(spec.name, &task, shots, seed, logit_scale)
+            })
+            .transpose()?,
+        _ => None,
+    };
     Ok(DemoReport {
+        tsne,
         rows,
         tasks: specs
             .iter()
@@ -454,6 +478,108 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         methods: o.methods.iter().map(|m| m.label.clone()).collect(),
         seconds: started.elapsed().as_secs_f64(),
         logit_scale,
+    })
+}
+
+/// The far task the demo maps by default: the one with the largest domain gap in colour,
+/// where the adapter gains most.
+pub const TSNE_TASK: &str = "new_colours";
+
+/// The t-SNE of one task's test features before and after the demo's visual CLIP-Adapter.
+#[derive(Debug, Clone)]
+pub struct DemoTsne {
+    pub task: String,
+    pub shots: usize,
+    pub seed: u64,
+    /// The α the adapter chose on validation.
+    pub alpha: String,
+    pub maps: AdapterTsne,
+}
+
+impl DemoTsne {
+    /// The figure's file stem inside the figures folder.
+    pub fn stem(&self) -> String {
+        format!("tsne_{}", self.task)
+    }
+
+    /// The report's section: what was mapped, the numbers that back the picture, the figure.
+    pub fn markdown(&self) -> String {
+        let (b, a) = (&self.maps.before, &self.maps.after);
+        let pct = |v: f32| format!("{:.1}", 100.0 * v);
+        format!(
+            "\n### t-SNE of `{task}` before and after CLIP-Adapter (the paper's Fig. 5)\n\n\
+             The test features of `{task}` ({n} images), frozen and adapted \
+             (α·A(f) + (1 − α)·f, α = {alpha} chosen on validation; {shots} shots, seed {seed}), \
+             mapped by t-SNE (perplexity {perplexity}, seed {seed}). How well the classes \
+             separate, as numbers:\n\n\
+             | space | {k}-NN accuracy (%) | silhouette | map {k}-NN (%) | map silhouette | trustworthiness |\n\
+             |---|---:|---:|---:|---:|---:|\n\
+             | CLIP features | {b_knn} | {b_sil:.3} | {b_mknn} | {b_msil:.3} | {b_trust:.3} |\n\
+             | adapted | {a_knn} | {a_sil:.3} | {a_mknn} | {a_msil:.3} | {a_trust:.3} |\n\n\
+             ![t-SNE of {task} before and after the adapter](figures/{stem}.svg)\n",
+            task = self.task,
+            n = self.maps.labels.len(),
+            alpha = self.alpha,
+            shots = self.shots,
+            seed = self.seed,
+            perplexity = self.maps.options.perplexity,
+            k = crate::tsne::KNN_K,
+            b_knn = pct(b.features.knn_accuracy),
+            b_sil = b.features.silhouette,
+            b_mknn = pct(b.map.knn_accuracy),
+            b_msil = b.map.silhouette,
+            b_trust = b.trustworthiness,
+            a_knn = pct(a.features.knn_accuracy),
+            a_sil = a.features.silhouette,
+            a_mknn = pct(a.map.knn_accuracy),
+            a_msil = a.map.silhouette,
+            a_trust = a.trustworthiness,
+            stem = self.stem(),
+        )
+    }
+}
+
+fn demo_tsne(
+    name: &str,
+    task: &FewShotTask,
+    shots: usize,
+    seed: u64,
+    logit_scale: f32,
+) -> Result<DemoTsne> {
+    let fail = |source: Box<dyn std::error::Error + Send + Sync>| DemoError::Tsne {
+        task: name.to_string(),
+        source,
+    };
+    let adapter = Method::ClipAdapter(AdapterOptions {
+        branch: Branch::Visual,
+        search: ALPHAS.to_vec(),
+        ..AdapterOptions::default()
+    });
+    let fitted = crate::methods::fit(&for_draw(&adapter, seed, logit_scale), task, &mut |_| {})
+        .map_err(|e| fail(Box::new(e)))?;
+    let alpha = (fitted.chosen.iter())
+        .find(|(k, _)| k == "alpha")
+        .map_or_else(|| "–".to_string(), |(_, v)| v.clone());
+    let Head::ClipAdapter(model) = fitted.head else {
+        return Err(fail("CLIP-Adapter did not return an adapter head".into()));
+    };
+    let maps = adapter_tsne(
+        &task.test.features,
+        &task.test.labels,
+        &task.classnames,
+        &model,
+        &TsneOptions {
+            seed,
+            ..TsneOptions::default()
+        },
+    )
+    .map_err(|e| fail(Box::new(e)))?;
+    Ok(DemoTsne {
+        task: name.to_string(),
+        shots,
+        seed,
+        alpha,
+        maps,
     })
 }
 

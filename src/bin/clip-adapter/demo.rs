@@ -67,6 +67,11 @@ pub fn run(a: DemoArgs, progress: &Progress) -> Result<()> {
     write_atomic(&a.out.join(RESULTS_CSV), csv.as_bytes())?;
     let written = Report::new(&report.rows, &report.report_options());
     let files = written.write(&a.out)?;
+    if let Some(t) = &report.tsne {
+        t.maps
+            .write_figure(&a.out.join(FIGURES_DIR).join(t.stem()))
+            .with_context(|| format!("drawing the t-SNE of {}", t.task))?;
+    }
     println!("{}", written.markdown);
     println!(
         "{} fits in {:.1} s. Written: {}, {} and {} figures in {}",
