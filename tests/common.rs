@@ -120,3 +120,35 @@ pub fn ok(out: &Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Extracts 2-shot features (seed 1) of the image folder `dir/data` with tiny-clip into
+/// `dir/cache`; returns the dataset's name, as the cache names it.
+pub fn extract_two_shots(dir: &std::path::Path) -> String {
+    let model = fixture("models/tiny-clip");
+    let doc: serde_json::Value = serde_json::from_str(&ok(&cli_in(
+        dir,
+        &[
+            "extract",
+            "--model",
+            model.to_str().unwrap(),
+            "--folder",
+            "data",
+            "--shots",
+            "2",
+            "--seed",
+            "1",
+            "--cache",
+            "cache",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    let first = std::path::PathBuf::from(doc["sets"][0]["path"].as_str().unwrap());
+    first
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}

@@ -2,41 +2,15 @@
 //! embeddings): a point per value in results.csv (the rows `run` would make), resumed on a
 //! second call, α = 0 equal to zero-shot CLIP, and bad input refused before any fit.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use crate::common::{assert_fails_with, cli_in, fixture, ok};
+use crate::common::{assert_fails_with, cli_in, ok};
 
 /// A two-class image folder and its 2-shot features from tiny-clip; the dataset's name.
 fn setup(dir: &Path) -> String {
     crate::features::image_folder(&dir.join("data"), 2, 6);
-    let model = fixture("models/tiny-clip");
-    let doc: serde_json::Value = serde_json::from_str(&ok(&cli_in(
-        dir,
-        &[
-            "extract",
-            "--model",
-            model.to_str().unwrap(),
-            "--folder",
-            "data",
-            "--shots",
-            "2",
-            "--seed",
-            "1",
-            "--cache",
-            "cache",
-            "--json",
-        ],
-    )))
-    .unwrap();
-    let first = PathBuf::from(doc["sets"][0]["path"].as_str().unwrap());
-    first
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
+    crate::common::extract_two_shots(dir)
 }
 
 /// `(method, options, test_accuracy)` of each row.

@@ -2,7 +2,7 @@
 //! against scikit-learn on a committed fixture (`scripts/fixtures/tsne.py`), the adapted feature
 //! being the one the head classifies, and `clip-adapter tsne` end to end on tiny-clip features.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clip_adapter::methods::clip_adapter::{AdapterModel, AdapterParams, Bottleneck, Ratio};
 use clip_adapter::methods::from_cache::CacheQuery;
@@ -299,33 +299,7 @@ fn a_zero_ratio_adapter_leaves_the_map_unchanged() {
 /// on them; the dataset's name.
 fn setup(dir: &Path) -> String {
     crate::features::image_folder(&dir.join("data"), 3, 20);
-    let model = fixture("models/tiny-clip");
-    let doc: serde_json::Value = serde_json::from_str(&ok(&cli_in(
-        dir,
-        &[
-            "extract",
-            "--model",
-            model.to_str().unwrap(),
-            "--folder",
-            "data",
-            "--shots",
-            "2",
-            "--seed",
-            "1",
-            "--cache",
-            "cache",
-            "--json",
-        ],
-    )))
-    .unwrap();
-    let first = PathBuf::from(doc["sets"][0]["path"].as_str().unwrap());
-    let dataset = first
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let dataset = crate::common::extract_two_shots(dir);
     for (method, file, extra) in [
         ("clip-adapter", "head.safetensors", vec!["--epochs", "3"]),
         (

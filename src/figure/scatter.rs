@@ -2,24 +2,11 @@
 //! points coloured by class, one legend of class names under the panels. Map axes carry no
 //! units, so panels have a frame and no ticks.
 
+use super::style::PALETTE;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::{Chart, FONT};
-
-/// matplotlib's "tab10", the colours readers know from t-SNE figures.
-const TAB10: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
 
 const PANEL: u32 = 560;
 const LEGEND_ROW: u32 = 26;
@@ -43,8 +30,8 @@ pub struct Scatter {
 
 /// The colour of class `c` among `k`: tab10 up to ten classes, evenly spaced hues beyond.
 pub fn class_colour(c: usize, k: usize) -> RGBColor {
-    if k <= TAB10.len() {
-        return TAB10[c % TAB10.len()];
+    if k <= PALETTE.len() {
+        return PALETTE[c % PALETTE.len()];
     }
     let (r, g, b) = HSLColor(c as f64 / k as f64, 0.7, 0.45).rgb();
     RGBColor(r, g, b)
@@ -194,6 +181,6 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
-        assert_eq!(class_colour(3, 4), TAB10[3]);
+        assert_eq!(class_colour(3, 4), PALETTE[3]);
     }
 }

@@ -49,6 +49,39 @@ fn map_rows(out_len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) 
     out
 }
 
+/// `f(row_index, x_row, out_row)` over the rows of a contiguous input's last dimension.
+fn rowwise(
+    op: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = contiguous(s, l, op)?;
+    let d = last_dim(l, op)?;
+    let y = map_rows(x.len(), d, |r, out| f(r, &x[r * d..(r + 1) * d], out));
+    Ok((CpuStorage::F32(y), l.shape().clone()))
+}
+
+/// `f(a_row, g_row, out_row)` over the rows of two same-shaped contiguous inputs: the
+/// backward passes, `a` being the op's input or output and `g` the gradient.
+fn rowwise2(
+    op: &str,
+    (a_s, a_l): (&CpuStorage, &Layout),
+    (g_s, g_l): (&CpuStorage, &Layout),
+    f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let a = contiguous(a_s, a_l, op)?;
+    let g = contiguous(g_s, g_l, op)?;
+    if a.len() != g.len() {
+        candle_core::bail!("{op}: {} values against a gradient of {}", a.len(), g.len());
+    }
+    let d = last_dim(a_l, op)?;
+    let out = map_rows(a.len(), d, |r, out| {
+        f(&a[r * d..(r + 1) * d], &g[r * d..(r + 1) * d], out)
+    });
+    Ok((CpuStorage::F32(out), a_l.shape().clone()))
+}
+
 /// Mean and `1 / sqrt(var + eps)` of a row (two passes, as the composite computes them).
 fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
@@ -85,24 +118,17 @@ impl CustomOp1 for FrozenLayerNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, self.name())?;
         let d = last_dim(l, self.name())?;
         if d != self.weight.len() {
             candle_core::bail!("frozen-layer-norm: width {d}, weight {}", self.weight.len());
         }
-        let y = map_rows(x.len(), d, |r, out| {
-            let row = &x[r * d..(r + 1) * d];
+        rowwise(self.name(), s, l, |_, row, out| {
             let (mean, inv) = moments(row, self.eps);
-            for (((o, v), w), b) in out
-                .iter_mut()
-                .zip(row)
-                .zip(self.weight.iter())
-                .zip(self.bias.iter())
-            {
+            let params = self.weight.iter().zip(self.bias.iter());
+            for ((o, v), (w, b)) in out.iter_mut().zip(row).zip(params) {
                 *o = (v - mean) * inv * w + b;
             }
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        })
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -133,12 +159,8 @@ impl CustomOp2 for LayerNormInputGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(xs, xl, self.name())?;
-        let g = contiguous(gs, gl, self.name())?;
-        let d = last_dim(xl, self.name())?;
-        let n = d as f32;
-        let dx = map_rows(x.len(), d, |r, out| {
-            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+        rowwise2(self.name(), (xs, xl), (gs, gl), |xr, gr, out| {
+            let n = xr.len() as f32;
             let (mean, inv) = moments(xr, self.eps);
             let (mut sum_h, mut sum_hx) = (0f32, 0f32);
             for ((xv, gv), w) in xr.iter().zip(gr).zip(self.weight.iter()) {
@@ -151,8 +173,7 @@ impl CustomOp2 for LayerNormInputGrad {
                 let xhat = (xv - mean) * inv;
                 *o = (gv * w - mean_h - xhat * mean_hx) * inv;
             }
-        });
-        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+        })
     }
 }
 
@@ -168,15 +189,6 @@ impl Softmax {
             causal: self.causal,
         })
     }
-
-    /// How many leading entries of row `r` take part: all, or up to the query's position.
-    fn visible(&self, r: usize, d: usize) -> usize {
-        if self.causal {
-            r % d + 1
-        } else {
-            d
-        }
-    }
 }
 
 impl CustomOp1 for Softmax {
@@ -185,7 +197,6 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, self.name())?;
         let d = last_dim(l, self.name())?;
         let square = l.dims().len() >= 2 && l.dims()[l.dims().len() - 2] == d;
         if self.causal && !square {
@@ -194,19 +205,18 @@ impl CustomOp1 for Softmax {
                 l.dims()
             );
         }
-        let y = map_rows(x.len(), d, |r, out| {
-            let n = self.visible(r, d);
-            let row = &x[r * d..r * d + n];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        rowwise(self.name(), s, l, |r, row, out| {
+            // Row r is query r mod L: it sees keys 0..=r mod L when causal.
+            let n = if self.causal { r % d + 1 } else { d };
+            let max = row[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
-            for (o, v) in out.iter_mut().zip(row) {
+            for (o, v) in out.iter_mut().zip(&row[..n]) {
                 *o = (v - max).exp();
                 sum += *o;
             }
             let inv = 1.0 / sum;
             out[..n].iter_mut().for_each(|o| *o *= inv);
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        })
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -231,17 +241,12 @@ impl CustomOp2 for SoftmaxInputGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = contiguous(ys, yl, self.name())?;
-        let g = contiguous(gs, gl, self.name())?;
-        let d = last_dim(yl, self.name())?;
-        let dx = map_rows(y.len(), d, |r, out| {
-            let (yr, gr) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+        rowwise2(self.name(), (ys, yl), (gs, gl), |yr, gr, out| {
             let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
             for ((o, yv), gv) in out.iter_mut().zip(yr).zip(gr) {
                 *o = yv * (gv - dot);
             }
-        });
-        Ok((CpuStorage::F32(dx), yl.shape().clone()))
+        })
     }
 }
 
@@ -266,14 +271,11 @@ impl CustomOp1 for QuickGelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l, self.name())?;
-        let d = last_dim(l, self.name())?;
-        let y = map_rows(x.len(), d, |r, out| {
-            for (o, v) in out.iter_mut().zip(&x[r * d..(r + 1) * d]) {
+        rowwise(self.name(), s, l, |_, row, out| {
+            for (o, v) in out.iter_mut().zip(row) {
                 *o = v * sigmoid(QUICK_GELU_K * v);
             }
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        })
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -298,17 +300,12 @@ impl CustomOp2 for QuickGeluInputGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(xs, xl, self.name())?;
-        let g = contiguous(gs, gl, self.name())?;
-        let d = last_dim(xl, self.name())?;
-        let dx = map_rows(x.len(), d, |r, out| {
-            let (xr, gr) = (&x[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+        rowwise2(self.name(), (xs, xl), (gs, gl), |xr, gr, out| {
             for ((o, v), gv) in out.iter_mut().zip(xr).zip(gr) {
                 let s = sigmoid(QUICK_GELU_K * v);
                 *o = gv * (s + QUICK_GELU_K * v * s * (1.0 - s));
             }
-        });
-        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+        })
     }
 }
 
