@@ -2,6 +2,7 @@
 //! GEMM wrapper and few-row kernels shared by the encoders, the convolutions and the trained
 //! heads, the fused transformer ops, and vectorised element-wise math.
 
+pub mod alloc;
 pub mod matmul;
 pub(crate) mod ops;
 pub(crate) mod vmath;
