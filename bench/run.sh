@@ -7,7 +7,7 @@
 #
 # ROUNDS=N (default 1) alternates the two sides N times and keeps each side's best throughput
 # per case: on a machine shared with other work, the best round is the one least disturbed.
-# Writes bench/out/encoders-<model>.md.
+# Writes bench/out/encoders-<model>.md (and the raw rounds to bench/out/encoders-<model>.rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
@@ -25,6 +25,9 @@ for m in $MODELS; do
     ours+=("$(RAYON_NUM_THREADS=$THREADS cargo bench -q --bench encoders -- "$dir" "$THREADS")")
     theirs+=("$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PYTHON" bench/torch_encoders.py "$dir" "$THREADS")")
   done
+  # The raw rounds, kept so that the table can be rebuilt or checked.
+  printf 'ours %s\n' "${ours[@]}" > "bench/out/encoders-$m.rounds"
+  printf 'theirs %s\n' "${theirs[@]}" >> "bench/out/encoders-$m.rounds"
   "$PYTHON" - "$m" "$(printf '%s\n' "${ours[@]}")" "$(printf '%s\n' "${theirs[@]}")" "${loads[*]}" <<'PY' | tee "bench/out/encoders-$m.md"
 import json, sys
 def best(lines):

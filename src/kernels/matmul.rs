@@ -327,6 +327,8 @@ pub(crate) unsafe fn dot_block(
 /// Up to 4×4 dot products of `rows` rows at `x` with `cols` rows at `w` (both k long, row
 /// stride k): 16 accumulators, each 16-float step loads 8 vectors for 16 FMAs; the tail is a
 /// masked load, so no scalar loop.
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_tile_avx512(
@@ -361,6 +363,8 @@ unsafe fn dot_tile_avx512(
     }
 }
 
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -410,6 +414,8 @@ unsafe fn dot_tile_avx512_n<const R: usize, const C: usize>(
 }
 
 /// The AVX2 tile: up to 2×4 dot products, 8 accumulators of 8 floats (16 registers in all).
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_tile_avx2(
@@ -437,6 +443,8 @@ unsafe fn dot_tile_avx2(
     }
 }
 
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -672,6 +680,8 @@ unsafe fn broadcast_tile_avx512(t: Tile, rows: usize) {
 
 /// R rows × 64 columns: 4R accumulators (24 of the 32 registers at R = 6); per step 4 loads of
 /// `b` and R broadcasts of `a` feed 4R FMAs. Columns past `cols` are masked off.
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -738,6 +748,8 @@ unsafe fn broadcast_tile_avx2(t: Tile, rows: usize) {
 }
 
 /// R rows × 16 columns: 2R accumulators; columns past `cols` through AVX2's masked loads.
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
