@@ -58,7 +58,12 @@ fn time(n: usize, d: usize, k: usize, epochs: usize, batch: usize) -> f64 {
     start.elapsed().as_secs_f64() / epochs as f64
 }
 
+// As the command line: mimalloc, keeping freed memory.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    clip_adapter::kernels::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

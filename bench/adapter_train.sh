@@ -5,10 +5,11 @@
 set -e
 PY=${1:-${PYTHON:-venv/bin/python}}
 cd "$(dirname "$0")/.."
-cargo build --release --bench adapter_train 2>/dev/null || true
+cargo bench --bench adapter_train --no-run -q
 for size in "16000 1024 1000" "160 1024 10"; do
   for batch in 32 256; do
-    epochs=2; case "$size" in 160*) epochs=50;; esac
+    epochs=2; case "$size" in "160 "*) epochs=50;; esac
+    echo "# load average $(cut -d' ' -f1-3 /proc/loadavg)"
     cargo bench --bench adapter_train -- $size $epochs $batch 2>/dev/null
     "$PY" bench/adapter_train.py $size $epochs $batch
   done

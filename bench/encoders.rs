@@ -4,12 +4,15 @@
 //!     cargo bench --bench encoders -- MODEL_DIR THREADS
 //! An optional third argument runs only the cases whose name contains it (for profiling).
 //! With `MODEL_DIR/check.safetensors` (bench/make_weights.py) it first checks full-size parity.
-//! Prints one JSON object: throughput per case (median over repeats) and peak RSS.
+//! Prints one JSON object: throughput per case (median over repeats), the GEMM rate of the
+//! machine on a large square product and on the encoders' own shapes (GFLOP/s, best of repeats),
+//! the CPU model and SIMD level, and peak RSS.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clip_adapter::clip::{Clip, ModelFiles};
+use clip_adapter::kernels::matmul::{gemm, simd_level};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,8 +25,11 @@ const SHORT: &[&str] = &[
     "satellite image of a river",
 ];
 
-fn timed(mut f: impl FnMut(), repeats: usize) -> f64 {
+/// Median seconds per call after a warm-up call, and minor page faults per timed call (memory the
+/// kernel had to hand out, zeroed, during the steady state).
+fn timed(mut f: impl FnMut(), repeats: usize) -> (f64, f64) {
     f(); // warm-up
+    let faults = minor_faults();
     let mut times: Vec<f64> = (0..repeats)
         .map(|_| {
             let t = Instant::now();
@@ -31,8 +37,67 @@ fn timed(mut f: impl FnMut(), repeats: usize) -> f64 {
             t.elapsed().as_secs_f64()
         })
         .collect();
+    let faults = (minor_faults() - faults) as f64 / repeats as f64;
     times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    (times[times.len() / 2], faults)
+}
+
+/// The process's minor page faults so far (`minflt`, field 10 of /proc/self/stat).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(7))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// GEMM shapes (M, K, N, `b` transposed): a large square product (the machine's rate), one
+/// ViT-B/32 batch-32 MLP product, one image's tokens through a 768×768 projection, and a
+/// CLIP-Adapter step's logits against 1000 class embeddings.
+const GEMMS: &[(&str, usize, usize, usize, bool)] = &[
+    ("gemm 2048x2048x2048", 2048, 2048, 2048, false),
+    ("gemm 1600x768x3072 (x.wT)", 1600, 768, 3072, true),
+    ("gemm 50x768x768 (x.wT)", 50, 768, 768, true),
+    ("gemm 32x1024x1000 (x.wT)", 32, 1024, 1000, true),
+];
+
+/// Best GFLOP/s of `c = a · op(b)` over calls that fill about a second.
+fn gemm_rate(m: usize, k: usize, n: usize, tb: bool) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
+    let mut c = vec![0f32; m * n];
+    let mut call = || gemm(&a, false, &b, tb, &mut c, m, k, n, false);
+    call();
+    let t = Instant::now();
+    call();
+    let once = t.elapsed().as_secs_f64().max(1e-6);
+    let repeats = ((1.0 / once) as usize).clamp(3, 1000);
+    let best = (0..repeats)
+        .map(|_| {
+            let t = Instant::now();
+            call();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+/// `model name` of /proc/cpuinfo with its family, e.g. "AMD EPYC (family 26, model 2)".
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{} (family {}, model {})",
+        field("model name"),
+        field("cpu family"),
+        field("model")
+    )
 }
 
 fn peak_rss_mib() -> f64 {
@@ -45,6 +110,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    clip_adapter::kernels::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
@@ -82,15 +148,27 @@ fn main() -> anyhow::Result<()> {
         "a photo of {}",
         "a very long description ".repeat(30)
     )];
-    let mut results = serde_json::Map::new();
+    let mut gflops = serde_json::Map::new();
+    for &(name, m, k, n, tb) in GEMMS {
+        if wanted(name) {
+            let rate = gemm_rate(m, k, n, tb);
+            eprintln!("{name}: {rate:.1} GFLOP/s");
+            gflops.insert(name.to_string(), rate.into());
+        }
+    }
+    let (mut results, mut faults) = (serde_json::Map::new(), serde_json::Map::new());
     for (batch, repeats) in [(1, 10), (32, 3)] {
         if !wanted(&format!("image b{batch}")) {
             continue;
         }
         let x = Tensor::randn(0f32, 1f32, (batch, 3, s, s), &Device::Cpu)?;
-        let secs = timed(|| drop(clip.encode_image(&x).expect("encode")), repeats);
-        eprintln!("image b{batch}: {:.2}/s", batch as f64 / secs);
+        let (secs, f) = timed(|| drop(clip.encode_image(&x).expect("encode")), repeats);
+        eprintln!(
+            "image b{batch}: {:.2}/s, {f:.0} page faults/call",
+            batch as f64 / secs
+        );
         results.insert(format!("image b{batch}"), (batch as f64 / secs).into());
+        faults.insert(format!("image b{batch}"), f.into());
     }
     for (name, texts) in [("short", &short), ("77-token", &long)] {
         for (batch, repeats) in [(1, 10), (32, 3)] {
@@ -98,11 +176,15 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             let batch_texts: Vec<&String> = (0..batch).map(|i| &texts[i % texts.len()]).collect();
-            let secs = timed(
+            let (secs, f) = timed(
                 || drop(clip.encode_text(&batch_texts).expect("encode")),
                 repeats,
             );
-            eprintln!("text {name} b{batch}: {:.2}/s", batch as f64 / secs);
+            eprintln!(
+                "text {name} b{batch}: {:.2}/s, {f:.0} page faults/call",
+                batch as f64 / secs
+            );
+            faults.insert(format!("text {name} b{batch}"), f.into());
             results.insert(
                 format!("text {name} b{batch}"),
                 (batch as f64 / secs).into(),
@@ -113,6 +195,10 @@ fn main() -> anyhow::Result<()> {
         "impl": format!("clip-adapter {}", env!("CARGO_PKG_VERSION")),
         "threads": threads,
         "per_s": results,
+        "gflops": gflops,
+        "page_faults_per_call": faults,
+        "cpu": cpu_model(),
+        "simd": simd_level().name(),
         "peak_rss_mib": peak_rss_mib(),
         "parity": check,
     });

@@ -2,7 +2,9 @@
 a transformers-layout directory, open_clip's CLIP for an open_clip-layout one.
 
     venv/bin/python bench/torch_encoders.py MODEL_DIR THREADS
-Prints one JSON object: throughput per case (median over repeats) and peak RSS.
+Prints one JSON object: throughput per case (median over repeats), the GEMM rate on the shapes
+of bench/encoders.rs (GFLOP/s, best of repeats), the floating-point operations of one item of each
+case (torch.utils.flop_counter: matmuls and convolutions), and peak RSS.
 """
 
 import json
@@ -49,17 +51,64 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
-results = {}
+GEMMS = [
+    ("gemm 2048x2048x2048", 2048, 2048, 2048, False),
+    ("gemm 1600x768x3072 (x.wT)", 1600, 768, 3072, True),
+    ("gemm 50x768x768 (x.wT)", 50, 768, 768, True),
+    ("gemm 32x1024x1000 (x.wT)", 32, 1024, 1000, True),
+]
+
+
+def gemm_rate(m, k, n, tb):
+    a = torch.rand(m, k)
+    b = torch.rand(n, k) if tb else torch.rand(k, n)
+    call = (lambda: a @ b.t()) if tb else (lambda: a @ b)
+    call()
+    t = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - t, 1e-6)
+    best = float("inf")
+    for _ in range(min(max(int(1.0 / once), 3), 1000)):
+        t = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t)
+    return 2 * m * k * n / best / 1e9
+
+
+def flops_per_item(fn, batch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops() / batch
+
+
+results, flops = {}, {}
 with torch.inference_mode():
+    gflops = {name: gemm_rate(m, k, n, tb) for name, m, k, n, tb in GEMMS}
     for batch, repeats in ((1, 10), (32, 3)):
         x = torch.randn(batch, 3, size, size)
         s = timed(lambda: encode_image(x), repeats)
         results[f"image b{batch}"] = batch / s
+        flops[f"image b{batch}"] = flops_per_item(lambda: encode_image(x), batch)
         print(f"image b{batch}: {batch / s:.2f}/s", file=sys.stderr)
     for name, texts in (("short", SHORT), ("77-token", LONG)):
         for batch, repeats in ((1, 10), (32, 3)):
             ids = tok([texts[i % len(texts)] for i in range(batch)])
             s = timed(lambda: encode_text(ids), repeats)
             results[f"text {name} b{batch}"] = batch / s
+            flops[f"text {name} b{batch}"] = flops_per_item(lambda: encode_text(ids), batch)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"impl": impl, "threads": threads, "per_s": results, "peak_rss_mib": peak}))
+print(
+    json.dumps(
+        {
+            "impl": impl,
+            "threads": threads,
+            "per_s": results,
+            "gflops": gflops,
+            "flops_per_item": flops,
+            "peak_rss_mib": peak,
+        }
+    )
+)

@@ -74,7 +74,7 @@ fn edit(
     let mut data = bytes[8 + n..].to_vec();
     f(&mut header, &mut data);
     let mut h = Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

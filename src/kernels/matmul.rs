@@ -1,14 +1,74 @@
 //! The one wrapper around the `gemm` crate: row-major f32 products with optional transposes, used
-//! by the ResNet convolutions and by the heads trained on cached features. (candle's own matmul
-//! calls the same crate for the transformer towers.)
+//! by the ResNet convolutions and by the heads trained on cached features (candle's own matmul
+//! calls the same crate for the transformer towers), and our few-row kernels, which take over the
+//! products the blocked GEMM pads to its tiles.
+//!
+//! Two register-tiled kernels, each with an AVX-512 path (16-float vectors, 32 registers), an
+//! AVX2 + FMA path and a portable one, chosen once at run time ([`simd_level`]):
+//!
+//! - dot tiles, for `x · wᵀ` with few rows of `x`: every output is a dot product of two
+//!   contiguous rows (a linear layer's input against PyTorch's `out × in` weight);
+//! - broadcast tiles, for `a · b` with `b` row-major and either few rows of `op(a)` or a short
+//!   inner dimension (a head's `dY · W`, and the weight gradients `dYᵀ · X`): each step broadcasts
+//!   one element of `a` per row against a row segment of `b`, so `a` may have any strides.
+
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-/// Up to this many rows (one ViT-B/32 image's 50 tokens, one 77-token prompt, a batch of short
-/// prompts) the tiled dot-product kernel is faster than the blocked GEMM (ViT-B/32 batch 1:
-/// 16.6 vs 9.7 images/s; one 77-token prompt: 24.0 vs 17.3 per second; measured with
-/// `bench/encoders.rs`, docs/benchmarks.md).
+/// Up to this many rows (one ViT-B/32 image's 50 tokens, one 77-token prompt, a batch of
+/// features) the few-row kernels are faster than the blocked GEMM, whose AVX-512 tiles are 48 or
+/// 64 rows tall (see docs/benchmarks.md).
 pub const FEW_ROWS: usize = 80;
+
+/// The vector instructions the few-row kernels use on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// AVX-512F (x86-64-v4): 16 floats per vector, 32 vector registers.
+    Avx512,
+    /// AVX2 + FMA (x86-64-v3): 8 floats per vector, 16 registers.
+    Avx2,
+    /// Plain Rust, left to the compiler's auto-vectoriser.
+    Portable,
+}
+
+impl Simd {
+    /// Whether this CPU can run kernels of this level.
+    pub fn available(self) -> bool {
+        match self {
+            Simd::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The name benchmark tables print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Avx512 => "AVX-512",
+            Simd::Avx2 => "AVX2 + FMA",
+            Simd::Portable => "portable",
+        }
+    }
+}
+
+/// The widest level this CPU runs, detected once.
+pub fn simd_level() -> Simd {
+    static LEVEL: OnceLock<Simd> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        [Simd::Avx512, Simd::Avx2]
+            .into_iter()
+            .find(|s| s.available())
+            .unwrap_or(Simd::Portable)
+    })
+}
 
 /// `c (m×n) = op(a) · op(b)`, or `c += …` when `accumulate`. `op(a)` is `m×k`: `a` is stored
 /// `m×k` row-major, or `k×m` when `ta` (and likewise `b`, `k×n` or `n×k` when `tb`). Transposes
@@ -38,14 +98,22 @@ pub fn gemm(
         }
         return;
     }
-    // `x · wᵀ` with few rows (a batch of 32 features against a classifier, one image's tokens):
-    // blocked kernels pad such products to their 64-row tiles; dot products do not.
-    if !ta && tb && !accumulate && m <= FEW_ROWS {
-        c[..m * n].copy_from_slice(&few_rows_abt(a, b, m, k, n));
+    // (row stride, column stride) of op(a) and op(b).
+    let (a_rs, a_cs) = if ta { (1, m) } else { (k, 1) };
+    let simd = simd_level();
+    // `x · wᵀ` with few rows (a batch of features against a classifier, one image's tokens):
+    // blocked kernels pad such products to their tall tiles; dot products do not.
+    if !ta && tb && m <= FEW_ROWS {
+        few_rows_abt_into(simd, a, b, c, m, k, n, accumulate);
         return;
     }
-    // (row stride, column stride) of op(a) and op(b).
-    let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
+    // `b` row-major with few rows of op(a) (`dY · W`, a bottleneck's `x · W1`) or a short inner
+    // dimension with a transposed `a` (the weight gradients `dYᵀ · X` over a batch).
+    if !tb && (m <= FEW_ROWS || (ta && k <= FEW_ROWS)) {
+        broadcast_gemm(simd, a, (a_rs, a_cs), b, c, m, k, n, accumulate);
+        return;
+    }
+    let (a_rs, a_cs) = (a_rs as isize, a_cs as isize);
     let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
     // Below ~1 MFLOP the thread hand-off costs more than it saves.
     let parallelism = if m * n * k >= 1 << 20 {
@@ -101,159 +169,802 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY (for the loads below): i + 32 <= n <= len of both slices.
-    while i + 32 <= n {
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let x = _mm256_loadu_ps(pa.add(i + 8 * j));
-            let y = _mm256_loadu_ps(pb.add(i + 8 * j));
-            *acc = _mm256_fmadd_ps(x, y, *acc);
-        }
-        i += 32;
+/// The output of a parallel kernel, shared by tasks that write disjoint tiles of it.
+#[derive(Clone, Copy)]
+pub(crate) struct Out(pub *mut f32);
+
+impl Out {
+    /// The element `offset` places further (a method, so that closures capture the whole `Out`).
+    ///
+    /// # Safety
+    /// As `pointer::add`: the result must stay inside the allocation.
+    pub(crate) unsafe fn add(self, offset: usize) -> Out {
+        Out(self.0.add(offset))
     }
-    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-    let mut total: f32 = lanes.iter().sum();
-    while i < n {
-        total += a[i] * b[i];
-        i += 1;
-    }
-    total
+}
+// SAFETY: every task writes only its own tile (disjoint index sets), and the owning `&mut [f32]`
+// outlives the parallel loop that uses the pointer.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `x · wᵀ` for few rows of `x` (M×K) and `w` (N×K): see [`FEW_ROWS`].
+pub fn few_rows_abt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    few_rows_abt_into(simd_level(), x, w, &mut y, m, k, n, false);
+    y
 }
 
-/// Dot products of two input rows with four weight rows at once (a 2×4 register tile): each
-/// 8-float step loads 6 vectors for 8 FMAs, against 2 loads per FMA for one dot product at a
-/// time, so the kernel is bound by arithmetic rather than loads.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_2x4_avx2(x: [&[f32]; 2], w: [&[f32]; 4]) -> [[f32; 4]; 2] {
-    use std::arch::x86_64::*;
-    let k = x[0].len();
-    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-    let mut i = 0;
-    // SAFETY (for the loads below): every row has k elements and i + 8 <= k.
-    while i + 8 <= k {
-        let xv = [
-            _mm256_loadu_ps(x[0].as_ptr().add(i)),
-            _mm256_loadu_ps(x[1].as_ptr().add(i)),
-        ];
-        for (j, wr) in w.iter().enumerate() {
-            let wv = _mm256_loadu_ps(wr.as_ptr().add(i));
-            acc[0][j] = _mm256_fmadd_ps(xv[0], wv, acc[0][j]);
-            acc[1][j] = _mm256_fmadd_ps(xv[1], wv, acc[1][j]);
-        }
-        i += 8;
+/// Rows of `w` per parallel task: 32 rows of K = 768 floats (96 KiB) stay in L2 while all
+/// M inputs pass over them.
+const DOT_BLOCK: usize = 32;
+
+/// `c (m×n) = x · wᵀ` (or `+=`) with the dot-tile kernel of level `simd`.
+///
+/// # Panics
+/// If a buffer is too small or `simd` is not [`Simd::available`] on this CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn few_rows_abt_into(
+    simd: Simd,
+    x: &[f32],
+    w: &[f32],
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && c.len() >= m * n,
+        "few-row matmul: buffer too small"
+    );
+    assert!(simd.available(), "few-row matmul: {simd:?} not available");
+    if m == 0 || n == 0 {
+        return;
     }
-    let mut out = [[0f32; 4]; 2];
-    for r in 0..2 {
-        for j in 0..4 {
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][j]);
-            let tail: f32 = (i..k).map(|t| x[r][t] * w[j][t]).sum();
-            out[r][j] = lanes.iter().sum::<f32>() + tail;
+    let out = Out(c.as_mut_ptr());
+    let blocks = n.div_ceil(DOT_BLOCK);
+    let task = |blk: usize| {
+        let (j0, j1) = (blk * DOT_BLOCK, ((blk + 1) * DOT_BLOCK).min(n));
+        let rows = Strided {
+            x: x.as_ptr(),
+            ldx: k,
+            w: w.as_ptr(),
+            ldw: k,
+            c: out,
+            ldc: n,
+            k,
+        };
+        // SAFETY: rows i < m and columns j0..j1 < n of x, w and c are inside the buffers (checked
+        // above); this task alone writes columns j0..j1 of c; `simd` is available.
+        unsafe { dot_block(simd, rows, m, (j0, j1), accumulate) }
+    };
+    // One task per block, unless the whole product is too small to be worth a hand-off.
+    if m * n * k < 1 << 18 || blocks == 1 {
+        (0..blocks).for_each(task);
+    } else {
+        (0..blocks).into_par_iter().for_each(task);
+    }
+}
+
+/// Rows of length `k` of `x` and `w`, and the output `c`, each with its own row stride.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided {
+    pub x: *const f32,
+    pub ldx: usize,
+    pub w: *const f32,
+    pub ldw: usize,
+    pub c: Out,
+    pub ldc: usize,
+    pub k: usize,
+}
+
+/// Columns `j0..j1` of `c = x · wᵀ` for rows `0..m`.
+///
+/// # Safety
+/// Rows `0..m` of `x`, `j0..j1` of `w` (each `k` long) and the tile of `c` must be inside their
+/// allocations, no other thread may touch that tile, and `simd` must be available.
+pub(crate) unsafe fn dot_block(
+    simd: Simd,
+    s: Strided,
+    m: usize,
+    (j0, j1): (usize, usize),
+    accumulate: bool,
+) {
+    let Strided {
+        x,
+        ldx,
+        w,
+        ldw,
+        c,
+        ldc,
+        k,
+    } = s;
+    let (mr, nr) = match simd {
+        Simd::Avx512 => (4, 4),
+        Simd::Avx2 => (2, 4),
+        Simd::Portable => (1, 1),
+    };
+    // Weight rows outside, input rows inside: a tile's weight rows stay in L1 while the inputs
+    // stream from L2.
+    for j in (j0..j1).step_by(nr) {
+        let cols = nr.min(j1 - j);
+        for i in (0..m).step_by(mr) {
+            let rows = mr.min(m - i);
+            let xi = x.add(i * ldx);
+            let wj = w.add(j * ldw);
+            let tile = match simd {
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => dot_tile_avx512(xi, ldx, wj, ldw, k, rows, cols),
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => dot_tile_avx2(xi, ldx, wj, ldw, k, rows, cols),
+                _ => {
+                    let mut t = [[0f32; 4]; 4];
+                    for (r, row) in t.iter_mut().enumerate().take(rows) {
+                        for (q, v) in row.iter_mut().enumerate().take(cols) {
+                            *v = dot(
+                                std::slice::from_raw_parts(xi.add(r * ldx), k),
+                                std::slice::from_raw_parts(wj.add(q * ldw), k),
+                            );
+                        }
+                    }
+                    t
+                }
+            };
+            for (r, row) in tile.iter().enumerate().take(rows) {
+                let dst = c.0.add((i + r) * ldc + j);
+                for (q, v) in row.iter().enumerate().take(cols) {
+                    if accumulate {
+                        *dst.add(q) += v;
+                    } else {
+                        *dst.add(q) = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Up to 4×4 dot products of `rows` rows at `x` with `cols` rows at `w` (both k long, row
+/// stride k): 16 accumulators, each 16-float step loads 8 vectors for 16 FMAs; the tail is a
+/// masked load, so no scalar loop.
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_tile_avx512(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    k: usize,
+    rows: usize,
+    cols: usize,
+) -> [[f32; 4]; 4] {
+    match (rows, cols) {
+        (4, 4) => dot_tile_avx512_n::<4, 4>(x, ldx, w, ldw, k),
+        (4, 3) => dot_tile_avx512_n::<4, 3>(x, ldx, w, ldw, k),
+        (4, 2) => dot_tile_avx512_n::<4, 2>(x, ldx, w, ldw, k),
+        (4, 1) => dot_tile_avx512_n::<4, 1>(x, ldx, w, ldw, k),
+        (3, 4) => dot_tile_avx512_n::<3, 4>(x, ldx, w, ldw, k),
+        (2, 4) => dot_tile_avx512_n::<2, 4>(x, ldx, w, ldw, k),
+        (1, 4) => dot_tile_avx512_n::<1, 4>(x, ldx, w, ldw, k),
+        (r, c) => {
+            // Corner tiles: at most one per product, so one general shape serves them.
+            let mut t = [[0f32; 4]; 4];
+            for a in 0..r {
+                for b in 0..c {
+                    t[a][b] =
+                        dot_tile_avx512_n::<1, 1>(x.add(a * ldx), ldx, w.add(b * ldw), ldw, k)[0]
+                            [0];
+                }
+            }
+            t
+        }
+    }
+}
+
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn dot_tile_avx512_n<const R: usize, const C: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    k: usize,
+) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut p = 0;
+    while p + 16 <= k {
+        let mut xv = [_mm512_setzero_ps(); R];
+        for (r, v) in xv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(x.add(r * ldx + p));
+        }
+        for q in 0..C {
+            let wv = _mm512_loadu_ps(w.add(q * ldw + p));
+            for r in 0..R {
+                acc[r][q] = _mm512_fmadd_ps(xv[r], wv, acc[r][q]);
+            }
+        }
+        p += 16;
+    }
+    if p < k {
+        let mask = ((1u32 << (k - p)) - 1) as __mmask16;
+        let mut xv = [_mm512_setzero_ps(); R];
+        for (r, v) in xv.iter_mut().enumerate() {
+            *v = _mm512_maskz_loadu_ps(mask, x.add(r * ldx + p));
+        }
+        for q in 0..C {
+            let wv = _mm512_maskz_loadu_ps(mask, w.add(q * ldw + p));
+            for r in 0..R {
+                acc[r][q] = _mm512_fmadd_ps(xv[r], wv, acc[r][q]);
+            }
+        }
+    }
+    let mut out = [[0f32; 4]; 4];
+    for r in 0..R {
+        for q in 0..C {
+            out[r][q] = _mm512_reduce_add_ps(acc[r][q]);
         }
     }
     out
 }
 
-/// `x · wᵀ` for few rows of `x` (M×K) and `w` (N×K): see [`FEW_ROWS`].
-pub fn few_rows_abt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    let fast =
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let fast = false;
-    let dot_rows = |a: &[f32], b: &[f32]| -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if fast {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { dot_avx2(a, b) };
-        }
-        dot(a, b)
-    };
-    // Blocks of 32 weight rows (32·K floats, 64 KiB at K = 512) stay in L2 while all M inputs
-    // pass over them; the output is written per block and transposed back at the end.
-    const BLOCK: usize = 32;
-    let blocks: Vec<Vec<f32>> = w
-        .par_chunks(BLOCK * k)
-        .map(|wb| {
-            let rows = wb.len() / k;
-            let mut out = vec![0f32; m * rows];
-            let xr = |i: usize| &x[i * k..(i + 1) * k];
-            let wr = |r: usize| &wb[r * k..(r + 1) * k];
-            // The 2×4 tiles where the CPU has AVX2 + FMA; single dot products for the edges.
-            let (mut i0, mut r0) = (0, 0);
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                (i0, r0) = (m - m % 2, rows - rows % 4);
-                for i in (0..i0).step_by(2) {
-                    for r in (0..r0).step_by(4) {
-                        // SAFETY: the CPU has AVX2 and FMA (checked above); all rows have k floats.
-                        let t = unsafe {
-                            tile_2x4_avx2(
-                                [xr(i), xr(i + 1)],
-                                [wr(r), wr(r + 1), wr(r + 2), wr(r + 3)],
-                            )
-                        };
-                        for (a, row) in t.iter().enumerate() {
-                            out[(i + a) * rows + r..(i + a) * rows + r + 4].copy_from_slice(row);
-                        }
-                    }
+/// The AVX2 tile: up to 2×4 dot products, 8 accumulators of 8 floats (16 registers in all).
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_tile_avx2(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    k: usize,
+    rows: usize,
+    cols: usize,
+) -> [[f32; 4]; 4] {
+    match (rows, cols) {
+        (2, 4) => dot_tile_avx2_n::<2, 4>(x, ldx, w, ldw, k),
+        (1, 4) => dot_tile_avx2_n::<1, 4>(x, ldx, w, ldw, k),
+        (r, c) => {
+            let mut t = [[0f32; 4]; 4];
+            for a in 0..r {
+                for b in 0..c {
+                    t[a][b] =
+                        dot_tile_avx2_n::<1, 1>(x.add(a * ldx), ldx, w.add(b * ldw), ldw, k)[0][0];
                 }
             }
-            for i in 0..m {
-                for r in 0..rows {
-                    if i < i0 && r < r0 {
-                        continue;
-                    }
-                    out[i * rows + r] = dot_rows(xr(i), wr(r));
-                }
-            }
-            out
-        })
-        .collect();
-    let mut y = vec![0f32; m * n];
-    for (b, block) in blocks.iter().enumerate() {
-        let rows = block.len() / m.max(1);
-        for i in 0..m {
-            y[i * n + b * BLOCK..i * n + b * BLOCK + rows]
-                .copy_from_slice(&block[i * rows..(i + 1) * rows]);
+            t
         }
     }
-    y
+}
+
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot_tile_avx2_n<const R: usize, const C: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const f32,
+    ldw: usize,
+    k: usize,
+) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut p = 0;
+    while p + 8 <= k {
+        let mut xv = [_mm256_setzero_ps(); R];
+        for (r, v) in xv.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(x.add(r * ldx + p));
+        }
+        for q in 0..C {
+            let wv = _mm256_loadu_ps(w.add(q * ldw + p));
+            for r in 0..R {
+                acc[r][q] = _mm256_fmadd_ps(xv[r], wv, acc[r][q]);
+            }
+        }
+        p += 8;
+    }
+    let mut out = [[0f32; 4]; 4];
+    for r in 0..R {
+        for q in 0..C {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][q]);
+            let tail: f32 = (p..k)
+                .map(|t| *x.add(r * ldx + t) * *w.add(q * ldw + t))
+                .sum();
+            out[r][q] = lanes.iter().sum::<f32>() + tail;
+        }
+    }
+    out
+}
+
+/// Columns of `b` (and `c`) per parallel task of the broadcast kernel.
+const BROADCAST_COLS: usize = 256;
+/// Rows of `op(a)` per parallel task when there are many (a weight gradient's `d` rows).
+const BROADCAST_ROWS: usize = 48;
+/// Steps of the inner dimension per pass: 512 rows of a 64-column panel of `b` are 128 KiB, which
+/// stay in L2 while every row tile passes over them.
+const BROADCAST_DEPTH: usize = 512;
+
+/// `c (m×n) = op(a) · b` (or `+=`), `op(a)` with strides `(a_rs, a_cs)`, `b` row-major `k×n`,
+/// with the broadcast-tile kernel of level `simd`.
+///
+/// # Panics
+/// If a stride reaches outside `a`, a buffer is too small, or `simd` is not available.
+#[allow(clippy::too_many_arguments)]
+pub fn broadcast_gemm(
+    simd: Simd,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    assert!(simd.available(), "broadcast matmul: {simd:?} not available");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        a.len() > (m - 1) * a_rs + k.saturating_sub(1) * a_cs
+            && b.len() >= k * n
+            && c.len() >= m * n,
+        "broadcast matmul: buffer too small"
+    );
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let out = Out(c.as_mut_ptr());
+    let (row_blocks, col_blocks) = (m.div_ceil(BROADCAST_ROWS), n.div_ceil(BROADCAST_COLS));
+    let task = |t: usize| {
+        let (ib, jb) = (t / col_blocks, t % col_blocks);
+        let (i0, i1) = (ib * BROADCAST_ROWS, ((ib + 1) * BROADCAST_ROWS).min(m));
+        let (j0, j1) = (jb * BROADCAST_COLS, ((jb + 1) * BROADCAST_COLS).min(n));
+        // SAFETY: every index is inside the buffers (checked above); this task alone writes rows
+        // i0..i1 × columns j0..j1 of c; `simd` is available.
+        unsafe {
+            broadcast_block(
+                simd,
+                Operands {
+                    a: a.as_ptr(),
+                    a_rs,
+                    a_cs,
+                    b: b.as_ptr(),
+                    ldb: n,
+                    c: out,
+                    ldc: n,
+                    k,
+                },
+                (i0, i1),
+                (j0, j1),
+                accumulate,
+            )
+        }
+    };
+    let tasks = row_blocks * col_blocks;
+    if m * n * k < 1 << 18 || tasks == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// `op(a)` (`m×k`, any strides), `b` (`k×n`, row stride `ldb`) and `c` (row stride `ldc`).
+#[derive(Clone, Copy)]
+pub(crate) struct Operands {
+    pub a: *const f32,
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub c: Out,
+    pub ldc: usize,
+    pub k: usize,
+}
+
+/// Rows `i0..i1` × columns `j0..j1` of `c = op(a) · b` (or `+=`).
+///
+/// # Safety
+/// Every element of those rows of `op(a)`, columns of `b` and the tile of `c` must be inside its
+/// allocation, no other thread may touch that tile, and `simd` must be available.
+pub(crate) unsafe fn broadcast_block(
+    simd: Simd,
+    o: Operands,
+    (i0, i1): (usize, usize),
+    (j0, j1): (usize, usize),
+    accumulate: bool,
+) {
+    let Operands {
+        a,
+        a_rs,
+        a_cs,
+        b,
+        ldb,
+        c,
+        ldc,
+        k,
+    } = o;
+    let (mr, nr) = match simd {
+        Simd::Avx512 => (6, 64),
+        Simd::Avx2 => (4, 16),
+        Simd::Portable => (4, 16),
+    };
+    for p0 in (0..k).step_by(BROADCAST_DEPTH) {
+        let depth = BROADCAST_DEPTH.min(k - p0);
+        // The first pass over the inner dimension stores, the later ones add.
+        let add = accumulate || p0 > 0;
+        for j in (j0..j1).step_by(nr) {
+            let cols = nr.min(j1 - j);
+            for i in (i0..i1).step_by(mr) {
+                let rows = mr.min(i1 - i);
+                let ai = a.add(i * a_rs + p0 * a_cs);
+                let bj = b.add(p0 * ldb + j);
+                let cij = c.0.add(i * ldc + j);
+                let t = Tile {
+                    a: ai,
+                    a_rs,
+                    a_cs,
+                    b: bj,
+                    ldb,
+                    c: cij,
+                    ldc,
+                    depth,
+                    cols,
+                    add,
+                };
+                match simd {
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512 => broadcast_tile_avx512(t, rows),
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2 => broadcast_tile_avx2(t, rows),
+                    _ => broadcast_tile_portable(t, rows),
+                }
+            }
+        }
+    }
+}
+
+/// One output tile of the broadcast kernel: `c[r][q] (+)= Σ_p a[r·a_rs + p·a_cs] · b[p·ldb + q]`.
+#[derive(Clone, Copy)]
+struct Tile {
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    depth: usize,
+    cols: usize,
+    add: bool,
+}
+
+unsafe fn broadcast_tile_portable(t: Tile, rows: usize) {
+    for r in 0..rows {
+        let crow = std::slice::from_raw_parts_mut(t.c.add(r * t.ldc), t.cols);
+        if !t.add {
+            crow.fill(0.0);
+        }
+        for p in 0..t.depth {
+            let av = *t.a.add(r * t.a_rs + p * t.a_cs);
+            let brow = std::slice::from_raw_parts(t.b.add(p * t.ldb), t.cols);
+            crow.iter_mut().zip(brow).for_each(|(c, b)| *c += av * b);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn broadcast_tile_avx512(t: Tile, rows: usize) {
+    match rows {
+        6 => broadcast_tile_avx512_n::<6>(t),
+        5 => broadcast_tile_avx512_n::<5>(t),
+        4 => broadcast_tile_avx512_n::<4>(t),
+        3 => broadcast_tile_avx512_n::<3>(t),
+        2 => broadcast_tile_avx512_n::<2>(t),
+        _ => broadcast_tile_avx512_n::<1>(t),
+    }
+}
+
+/// R rows × 64 columns: 4R accumulators (24 of the 32 registers at R = 6); per step 4 loads of
+/// `b` and R broadcasts of `a` feed 4R FMAs. Columns past `cols` are masked off.
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn broadcast_tile_avx512_n<const R: usize>(t: Tile) {
+    use std::arch::x86_64::*;
+    let mut mask = [0 as __mmask16; 4];
+    for (q, m) in mask.iter_mut().enumerate() {
+        let left = t.cols.saturating_sub(16 * q).min(16);
+        *m = ((1u32 << left) - 1) as __mmask16;
+    }
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    if t.cols == 64 {
+        for p in 0..t.depth {
+            let brow = t.b.add(p * t.ldb);
+            let bv = [
+                _mm512_loadu_ps(brow),
+                _mm512_loadu_ps(brow.add(16)),
+                _mm512_loadu_ps(brow.add(32)),
+                _mm512_loadu_ps(brow.add(48)),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
+                for q in 0..4 {
+                    acc[q] = _mm512_fmadd_ps(av, bv[q], acc[q]);
+                }
+            }
+        }
+    } else {
+        for p in 0..t.depth {
+            let brow = t.b.add(p * t.ldb);
+            let mut bv = [_mm512_setzero_ps(); 4];
+            for q in 0..4 {
+                bv[q] = _mm512_maskz_loadu_ps(mask[q], brow.add(16 * q));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
+                for q in 0..4 {
+                    acc[q] = _mm512_fmadd_ps(av, bv[q], acc[q]);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let crow = t.c.add(r * t.ldc);
+        for q in 0..4 {
+            let mut v = acc[q];
+            if t.add {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[q], crow.add(16 * q)));
+            }
+            _mm512_mask_storeu_ps(crow.add(16 * q), mask[q], v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn broadcast_tile_avx2(t: Tile, rows: usize) {
+    match rows {
+        4 => broadcast_tile_avx2_n::<4>(t),
+        3 => broadcast_tile_avx2_n::<3>(t),
+        2 => broadcast_tile_avx2_n::<2>(t),
+        _ => broadcast_tile_avx2_n::<1>(t),
+    }
+}
+
+/// R rows × 16 columns: 2R accumulators; columns past `cols` through AVX2's masked loads.
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn broadcast_tile_avx2_n<const R: usize>(t: Tile) {
+    use std::arch::x86_64::*;
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mask = [
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(t.cols.min(8) as i32), lane),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(t.cols.saturating_sub(8) as i32), lane),
+    ];
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for p in 0..t.depth {
+        let brow = t.b.add(p * t.ldb);
+        let bv = [
+            _mm256_maskload_ps(brow, mask[0]),
+            _mm256_maskload_ps(brow.add(8), mask[1]),
+        ];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = _mm256_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
+            acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
+            acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let crow = t.c.add(r * t.ldc);
+        for q in 0..2 {
+            let mut v = acc[q];
+            if t.add {
+                v = _mm256_add_ps(v, _mm256_maskload_ps(crow.add(8 * q), mask[q]));
+            }
+            _mm256_maskstore_ps(crow.add(8 * q), mask[q], v);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::SplitMix64::from_state(seed);
+        (0..len).map(|_| rng.range(-1.0, 1.0)).collect()
+    }
+
+    /// The reference: the `gemm` crate, unthreaded, on the same strides.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        a: &[f32],
+        ta: bool,
+        b: &[f32],
+        tb: bool,
+        c: &mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) {
+        let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
+        let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
+        // SAFETY: buffers of the sizes the strides address (the callers allocate them so).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    fn levels() -> Vec<Simd> {
+        [Simd::Avx512, Simd::Avx2, Simd::Portable]
+            .into_iter()
+            .filter(|s| s.available())
+            .collect()
+    }
+
+    /// Tolerance for sums of k products of values in [-1, 1): a few ulps of the magnitude the
+    /// partial sums reach (√k for random signs, bounded by k).
+    fn close(got: f32, want: f32, k: usize) -> bool {
+        (got - want).abs() <= 1e-5 * (k as f32).max(1.0) + 1e-6
+    }
+
     #[test]
-    fn few_row_matmul_matches_the_definition() {
-        for &(m, k, n) in &[(1, 7, 3), (5, 64, 70), (10, 100, 33), (3, 513, 65)] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-                .collect();
-            let y = few_rows_abt(&x, &w, m, k, n);
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum();
-                    assert!(
-                        (y[i * n + j] - want).abs() < 1e-3,
-                        "({m},{k},{n}) [{i},{j}]"
-                    );
+    fn dot_tiles_match_the_gemm_crate_on_odd_shapes() {
+        let shapes = [
+            (1, 1, 1),
+            (1, 7, 3),
+            (3, 15, 5),
+            (4, 16, 4),
+            (5, 17, 9),
+            (7, 33, 31),
+            (50, 768, 97),
+            (13, 1000, 33),
+            (80, 129, 65),
+            (32, 1024, 1000),
+        ];
+        for simd in levels() {
+            for (s, &(m, k, n)) in shapes.iter().enumerate() {
+                let x = values(m * k, s as u64);
+                let w = values(n * k, 100 + s as u64);
+                for accumulate in [false, true] {
+                    let start = values(m * n, 200 + s as u64);
+                    let mut want = start.clone();
+                    reference(&x, false, &w, true, &mut want, m, k, n, accumulate);
+                    let mut got = start.clone();
+                    few_rows_abt_into(simd, &x, &w, &mut got, m, k, n, accumulate);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            close(*g, *w, k),
+                            "{simd:?} ({m},{k},{n}) acc={accumulate} [{i}]: {g} vs {w}"
+                        );
+                    }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn broadcast_tiles_match_the_gemm_crate_on_odd_shapes_and_strides() {
+        // (m, k, n): few rows, short inner dimensions, column tails of every width, several
+        // depth passes (k > 512).
+        let shapes = [
+            (1, 1, 1),
+            (1, 5, 17),
+            (3, 7, 63),
+            (6, 16, 64),
+            (7, 33, 65),
+            (13, 600, 130),
+            (32, 1000, 1024),
+            (49, 1153, 257),
+            (257, 32, 1024),
+            (1024, 32, 255),
+        ];
+        for simd in levels() {
+            for (s, &(m, k, n)) in shapes.iter().enumerate() {
+                let b = values(k * n, 300 + s as u64);
+                for ta in [false, true] {
+                    let a = values(m * k, s as u64);
+                    let strides = if ta { (1, m) } else { (k, 1) };
+                    for accumulate in [false, true] {
+                        let start = values(m * n, 400 + s as u64);
+                        let mut want = start.clone();
+                        reference(&a, ta, &b, false, &mut want, m, k, n, accumulate);
+                        let mut got = start.clone();
+                        broadcast_gemm(simd, &a, strides, &b, &mut got, m, k, n, accumulate);
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                close(*g, *w, k),
+                                "{simd:?} ({m},{k},{n}) ta={ta} acc={accumulate} [{i}]: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_wrapper_matches_the_gemm_crate_for_every_transpose() {
+        // Shapes on both sides of the few-row routing.
+        for (s, &(m, k, n)) in [(5, 70, 9), (32, 1024, 256), (81, 40, 77), (200, 33, 150)]
+            .iter()
+            .enumerate()
+        {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = values(m * k, s as u64);
+                let b = values(k * n, 50 + s as u64);
+                for accumulate in [false, true] {
+                    let start = values(m * n, 90 + s as u64);
+                    let mut want = start.clone();
+                    reference(&a, ta, &b, tb, &mut want, m, k, n, accumulate);
+                    let mut got = start.clone();
+                    gemm(&a, ta, &b, tb, &mut got, m, k, n, accumulate);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            close(*g, *w, k),
+                            "({m},{k},{n}) ta={ta} tb={tb} acc={accumulate} [{i}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_tile_kernels_leave_memory_outside_the_output_alone() {
+        // A sub-block written into a larger buffer: the masked tails must not touch the rest.
+        let (m, k, n) = (3, 20, 21);
+        let a = values(m * k, 1);
+        let b = values(k * n, 2);
+        for simd in levels() {
+            let mut c = vec![7.0f32; m * n + 40];
+            broadcast_gemm(simd, &a, (k, 1), &b, &mut c, m, k, n, false);
+            assert!(c[m * n..].iter().all(|&v| v == 7.0), "{simd:?}");
+            let w = values(n * k, 3);
+            let mut c = vec![7.0f32; m * n + 40];
+            few_rows_abt_into(simd, &a, &w, &mut c, m, k, n, false);
+            assert!(c[m * n..].iter().all(|&v| v == 7.0), "{simd:?}");
         }
     }
 }

@@ -1,5 +1,8 @@
 //! The CPU kernels we own because the tensor library's are slower or record no gradient: the
-//! GEMM wrapper shared by the convolutions and the trained heads, and the fused transformer ops.
+//! GEMM wrapper and few-row kernels shared by the encoders, the convolutions and the trained
+//! heads, the fused transformer ops, and vectorised element-wise math.
 
+pub mod alloc;
 pub mod matmul;
 pub(crate) mod ops;
+pub(crate) mod vmath;

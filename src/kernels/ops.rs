@@ -8,6 +8,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::matmul::{broadcast_block, dot_block, simd_level, Operands, Out, Strided};
+use super::vmath::{bias_quick_gelu, exp_scaled_sum};
 use crate::clip::load::config::Activation;
 
 fn contiguous<'a>(
@@ -25,7 +27,7 @@ fn contiguous<'a>(
 #[inline]
 fn activate(x: f32, act: Activation) -> f32 {
     match act {
-        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        Activation::QuickGelu => super::vmath::quick_gelu(x),
         Activation::Gelu => {
             0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
         }
@@ -62,6 +64,7 @@ impl InplaceOp1 for BiasAct {
         data.par_chunks_mut(cols * rows_per_task).for_each(|chunk| {
             for row in chunk.chunks_mut(cols) {
                 match (bias, act) {
+                    (_, Some(Activation::QuickGelu)) => bias_quick_gelu(row, bias),
                     (Some(b), Some(a)) => row
                         .iter_mut()
                         .zip(b)
@@ -79,6 +82,10 @@ impl InplaceOp1 for BiasAct {
 /// Scaled dot-product attention over `qkv` of shape (B, L, 3·D) laid out as [q | k | v], each
 /// split into `heads` heads of D/heads; returns (B, L, D). `causal` masks future positions as
 /// the text tower requires.
+///
+/// One task per (batch element, head): `q · kᵀ` through the few-row dot tiles (reading q and k in
+/// place, row stride 3·D), the softmax with the vectorised `exp`, and `p · v` through the
+/// broadcast tiles, written straight into the head's columns of the output.
 pub struct FusedAttention {
     pub heads: usize,
     pub causal: bool,
@@ -105,48 +112,53 @@ impl CustomOp1 for FusedAttention {
         }
         let hd = d / self.heads;
         let scale = (hd as f32).powf(-0.5);
-        let heads = self.heads;
-        let causal = self.causal;
-        let per_head: Vec<Vec<f32>> = (0..b * heads)
-            .into_par_iter()
-            .map(|bh| {
-                let (bi, h) = (bh / heads, bh % heads);
-                let row = |i: usize, part: usize| {
-                    let at = (bi * l + i) * d3 + part * d + h * hd;
-                    &qkv[at..at + hd]
-                };
-                let mut out = vec![0f32; l * hd];
-                let mut scores = vec![0f32; l];
-                for i in 0..l {
-                    let keys = if causal { i + 1 } else { l };
-                    let q = row(i, 0);
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores[..keys].iter_mut().enumerate() {
-                        *s = super::matmul::dot(q, row(j, 1)) * scale;
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0f32;
-                    for s in &mut scores[..keys] {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let o = &mut out[i * hd..(i + 1) * hd];
-                    for (j, s) in scores[..keys].iter().enumerate() {
-                        let p = s / sum;
-                        o.iter_mut().zip(row(j, 2)).for_each(|(o, v)| *o += p * v);
-                    }
-                }
-                out
-            })
-            .collect();
+        let (heads, causal) = (self.heads, self.causal);
+        let simd = simd_level();
         let mut out = vec![0f32; b * l * d];
-        for (bh, head) in per_head.iter().enumerate() {
+        let dst = Out(out.as_mut_ptr());
+        (0..b * heads).into_par_iter().for_each(|bh| {
             let (bi, h) = (bh / heads, bh % heads);
-            for i in 0..l {
-                let at = (bi * l + i) * d + h * hd;
-                out[at..at + hd].copy_from_slice(&head[i * hd..(i + 1) * hd]);
+            let part = |p: usize| qkv[bi * l * d3 + p * d + h * hd..].as_ptr();
+            let mut probs = vec![0f32; l * l];
+            // SAFETY: q, k and v of this head are l rows of hd floats at row stride 3·D inside
+            // `qkv` (its shape was checked above); `probs` is l×l; this task alone writes the
+            // columns h·hd.. of batch element bi's rows of `out`; `simd` is available.
+            unsafe {
+                let scores = Strided {
+                    x: part(0),
+                    ldx: d3,
+                    w: part(1),
+                    ldw: d3,
+                    c: Out(probs.as_mut_ptr()),
+                    ldc: l,
+                    k: hd,
+                };
+                dot_block(simd, scores, l, (0, l), false);
             }
-        }
+            for (i, row) in probs.chunks_exact_mut(l).enumerate() {
+                let keys = if causal { i + 1 } else { l };
+                let (live, masked) = row.split_at_mut(keys);
+                let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum = exp_scaled_sum(live, scale, max * scale);
+                let inv = 1.0 / sum;
+                live.iter_mut().for_each(|p| *p *= inv);
+                masked.fill(0.0);
+            }
+            // SAFETY: as above; `probs` is l×l with row stride l.
+            unsafe {
+                let values = Operands {
+                    a: probs.as_ptr(),
+                    a_rs: l,
+                    a_cs: 1,
+                    b: part(2),
+                    ldb: d3,
+                    c: dst.add(bi * l * d + h * hd),
+                    ldc: d,
+                    k: l,
+                };
+                broadcast_block(simd, values, (0, l), (0, hd), false);
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
     }
 }
@@ -157,7 +169,7 @@ impl CustomOp1 for FusedAttention {
 /// image's 50 tokens, a batch of short prompts) most of their work is padding, and the AVX-512
 /// path of the `gemm` crate was measured 2–3× slower here than this: every output is a dot
 /// product of two contiguous rows, so each task streams one block of weight rows once and
-/// reuses it for all M inputs.
+/// reuses it for all M inputs (AVX-512 or AVX2 tiles, see `kernels::matmul`).
 pub struct FewRowMatmul;
 
 impl CustomOp2 for FewRowMatmul {

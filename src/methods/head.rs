@@ -259,7 +259,7 @@ pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
         offset = end;
     }
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + offset);

@@ -334,7 +334,7 @@ impl ClipConfig {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if t.width % t.heads != 0 {
+        if !t.width.is_multiple_of(t.heads) {
             return Err(format!(
                 "text width {} is not divisible by its {} heads",
                 t.width, t.heads

@@ -547,7 +547,7 @@ impl<'a> Machine<'a> {
     }
 
     fn pairs(&mut self, items: Vec<Value>) -> Result<Vec<(Value, Value)>, PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.malformed("a dict update with an odd number of values".into()));
         }
         self.count_items(items.len() / 2)?;
