@@ -79,7 +79,7 @@ pub fn run(a: DemoArgs, progress: &Progress) -> Result<()> {
         report.seconds,
         a.out.join(RESULTS_CSV).display(),
         files.report.display(),
-        files.figures.len() / 2,
+        files.figures.len() / 2 + usize::from(report.tsne.is_some()),
         a.out.join(FIGURES_DIR).display()
     );
     Ok(())
