@@ -15,7 +15,8 @@ use crate::output::Progress;
 #[derive(Args)]
 pub struct DemoArgs {
     /// Where the generated tasks (tasks/), results.csv and the report (report.md, figures/:
-    /// accuracy vs shots, gains, CLIP-Adapter's variants; SVG and PNG) go.
+    /// accuracy vs shots, gains, CLIP-Adapter's variants, its α and bottleneck ablations, the
+    /// t-SNE of a far task; SVG and PNG) go.
     #[arg(long, value_name = "DIR", default_value = "clip-adapter-demo")]
     pub out: PathBuf,
 
