@@ -25,7 +25,7 @@ root = sys.argv[1]
 rows = [[os.path.join(c, f), int(c.split("_")[1]), c] for c in sorted(os.listdir(root))
         for f in sorted(os.listdir(os.path.join(root, c)))]
 rows.sort(key=lambda r: r[1])
-print(json.dumps({"train": rows[:1], "test": rows}))
+print(json.dumps({"train": rows[:1], "val": [], "test": rows}))
 PY
 start=$(date +%s.%N)
 RAYON_NUM_THREADS=$THREADS target/release/clip-adapter --quiet --threads "$THREADS" extract \
