@@ -1,6 +1,6 @@
 //! How CLIP-Adapter reshapes the image feature space (Fig. 5 of Gao et al. 2021): the features
 //! of a labelled set before and after the visual adapter, `f` and `α·A(f) + (1 − α)·f` (the
-//! feature the head classifies), each mapped to 2-D by t-SNE ([`embed`]), with numbers that say
+//! feature the head classifies), each mapped to 2-D by t-SNE ([`embed()`]), with numbers that say
 //! what the picture shows ([`metrics`]): leave-one-out 5-NN accuracy and silhouette of the
 //! classes in the feature space (cosine) and in the map (euclidean), and the map's
 //! trustworthiness.
