@@ -54,26 +54,30 @@ impl Setup {
     }
 
     fn run(&self, model: &str, methods: &str) -> Output {
-        cli_in(
-            self.dir(),
-            &[
-                "run",
-                "--methods",
-                methods,
-                "--datasets",
-                &self.dataset,
-                "--shots",
-                "2",
-                "--seeds",
-                "1",
-                "--cache",
-                "cache",
-                "--model",
-                model,
-                "--out",
-                "results",
-            ],
-        )
+        self.run_with(model, methods, &[])
+    }
+
+    /// `run` of `methods` on the 2-shot draw of seed 1 into `results`, with `extra` options.
+    fn run_with(&self, model: &str, methods: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "run",
+            "--methods",
+            methods,
+            "--datasets",
+            &self.dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--model",
+            model,
+            "--out",
+            "results",
+        ];
+        args.extend_from_slice(extra);
+        cli_in(self.dir(), &args)
     }
 }
 
@@ -425,29 +429,10 @@ fn coop_fits_runs_saves_and_predicts_through_the_features_model() {
     );
 
     // run: CoOp's rows beside the others, in the table after CLIP-Adapter's place.
-    let run = cli_in(
-        s.dir(),
-        &[
-            "run",
-            "--methods",
-            "coop,zero-shot",
-            "--datasets",
-            &s.dataset,
-            "--shots",
-            "2",
-            "--seeds",
-            "1",
-            "--cache",
-            "cache",
-            "--model",
-            "models/tiny-clip",
-            "--out",
-            "results",
-            "--epochs",
-            "2",
-            "--n-ctx",
-            "4",
-        ],
+    let run = s.run_with(
+        "models/tiny-clip",
+        "coop,zero-shot",
+        &["--epochs", "2", "--n-ctx", "4"],
     );
     let table = ok(&run);
     let all = rows(&s.dir().join("results/results.csv"));
@@ -567,27 +552,9 @@ fn no_validation_rows_sit_beside_validation_rows() {
     let s = Setup::new();
     let csv = s.dir().join("results/results.csv");
     let run = |validation: &str, extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--methods",
-            "gda,linear-probe",
-            "--datasets",
-            &s.dataset,
-            "--shots",
-            "2",
-            "--seeds",
-            "1",
-            "--cache",
-            "cache",
-            "--model",
-            "models/tiny-clip",
-            "--out",
-            "results",
-            "--validation",
-            validation,
-        ];
-        args.extend_from_slice(extra);
-        cli_in(s.dir(), &args)
+        let mut options = vec!["--validation", validation];
+        options.extend_from_slice(extra);
+        s.run_with("models/tiny-clip", "gda,linear-probe", &options)
     };
     ok(&run("val", &[]));
     let table = ok(&run("none", &[]));
