@@ -1,9 +1,20 @@
 //! The grid: methods × datasets × shots × seeds. Each few-shot draw is loaded once and every
 //! method is fitted on it; a row already in the results (same identity, see [`RowKey`]) is
 //! not fitted again.
+//!
+//! The fits of one dataset and shot count (every seed and method) run concurrently, one per
+//! core: a head's training step is a few products of 32 rows, too small to keep two cores busy
+//! by itself, while fits are independent. Every kernel splits its work the same way whatever
+//! the other fits do, so the rows are identical to fitting one at a time, and they reach the
+//! sink in grid order, each as soon as the ones before it are done.
 
+use std::collections::BTreeSet;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
+
+use rayon::prelude::*;
 
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::methods::coop::{self, CoopHead, PromptModel};
@@ -185,6 +196,10 @@ pub fn fit_row(
 /// source, and for each method `configure(method index, dataset, seed)` gives the method to fit;
 /// `model` gives CoOp the model behind a draw's features.
 ///
+/// The draws of one dataset and shot count are loaded first, then their fits run concurrently
+/// (CoOp's, which train through a model on this thread, before the others, one at a time).
+/// `events` sees the progress of the earliest unfinished fit and every row in grid order.
+///
 /// The error type is the caller's, so that `load` reports its own failures unchanged.
 pub fn run_grid<E: From<ExperimentError>>(
     grid: &Grid,
@@ -194,64 +209,400 @@ pub fn run_grid<E: From<ExperimentError>>(
     configure: &mut dyn FnMut(usize, &str, u64) -> Method,
     events: &mut dyn FnMut(GridEvent),
 ) -> Result<GridOutcome, E> {
-    let total = grid.cells();
     let mut out = GridOutcome {
-        rows: Vec::with_capacity(total),
+        rows: Vec::with_capacity(grid.cells()),
         fitted: 0,
     };
     for dataset in &grid.datasets {
         for &shots in &grid.shots {
+            let mut draws = Vec::with_capacity(grid.seeds.len());
             for &seed in &grid.seeds {
                 // Loaded even when every row is done: the rows' identity includes the features.
                 let (task, source) = load(dataset, shots, seed)?;
                 // Dropped once for every method of the draw.
-                let task = grid.validation.apply(task);
-                for (i, m) in grid.methods.iter().enumerate() {
-                    let spec = RowSpec {
-                        method: m,
-                        dataset,
-                        shots,
-                        seed,
-                        validation: grid.validation,
-                        source: &source,
-                    };
-                    if let Some(row) = sink.find(&spec.key()) {
-                        out.rows.push(row.clone());
-                        events(GridEvent::Row {
-                            row,
-                            skipped: true,
-                            done: out.rows.len(),
-                            total,
-                        });
-                        continue;
-                    }
-                    events(GridEvent::Fitting {
-                        method: &m.label,
-                        dataset,
-                        shots,
-                        seed,
-                    });
-                    let method = configure(i, dataset, seed);
-                    let prompt_model = match method {
-                        Method::Coop(_) => Some(model(&source)?),
-                        _ => None,
-                    };
-                    let (_, row) =
-                        fit_row(&method, &task, &spec, prompt_model.as_deref(), &mut |p| {
-                            events(GridEvent::Method(p))
-                        })?;
-                    sink.push(row.clone())?;
-                    out.fitted += 1;
-                    out.rows.push(row);
-                    events(GridEvent::Row {
-                        row: &out.rows[out.rows.len() - 1],
-                        skipped: false,
-                        done: out.rows.len(),
-                        total,
-                    });
-                }
+                draws.push(Draw {
+                    seed,
+                    task: grid.validation.apply(task),
+                    source,
+                });
             }
+            let group = Group {
+                grid,
+                dataset,
+                shots,
+                draws: &draws,
+            };
+            group.run(sink, model, configure, events, &mut out)?;
         }
     }
     Ok(out)
+}
+
+/// One few-shot draw of a group.
+struct Draw {
+    seed: u64,
+    task: FewShotTask,
+    source: RowSource,
+}
+
+/// The cells of one dataset and shot count: every draw × every method, in grid order (draw,
+/// then method).
+struct Group<'a> {
+    grid: &'a Grid,
+    dataset: &'a str,
+    shots: usize,
+    draws: &'a [Draw],
+}
+
+/// What a concurrent fit tells the thread that owns the sink and the events.
+enum Message {
+    Started(usize),
+    Progress(usize, methods::Progress),
+    Finished(usize, Result<ResultRow, ExperimentError>),
+}
+
+impl Group<'_> {
+    fn cells(&self) -> usize {
+        self.draws.len() * self.grid.methods.len()
+    }
+
+    /// Cell `c`'s draw and method index.
+    fn cell(&self, c: usize) -> (&Draw, usize) {
+        let m = self.grid.methods.len();
+        (&self.draws[c / m], c % m)
+    }
+
+    fn spec(&self, c: usize) -> RowSpec<'_> {
+        let (draw, m) = self.cell(c);
+        RowSpec {
+            method: &self.grid.methods[m],
+            dataset: self.dataset,
+            shots: self.shots,
+            seed: draw.seed,
+            validation: self.grid.validation,
+            source: &draw.source,
+        }
+    }
+
+    fn fitting_event(&self, c: usize) -> GridEvent<'_> {
+        let (draw, m) = self.cell(c);
+        GridEvent::Fitting {
+            method: &self.grid.methods[m].label,
+            dataset: self.dataset,
+            shots: self.shots,
+            seed: draw.seed,
+        }
+    }
+
+    fn run<E: From<ExperimentError>>(
+        &self,
+        sink: &mut dyn RowSink,
+        model: &mut ModelLoader<E>,
+        configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+        events: &mut dyn FnMut(GridEvent),
+        out: &mut GridOutcome,
+    ) -> Result<(), E> {
+        // Each cell's row once it is known: (row, found in the sink).
+        let mut rows: Vec<Option<(ResultRow, bool)>> = (0..self.cells())
+            .map(|c| sink.find(&self.spec(c).key()).map(|r| (r.clone(), true)))
+            .collect();
+        let mut sequential = Vec::new();
+        let mut concurrent = Vec::new();
+        for (c, row) in rows.iter().enumerate() {
+            if row.is_none() {
+                let (draw, m) = self.cell(c);
+                match configure(m, self.dataset, draw.seed) {
+                    method @ Method::Coop(_) => sequential.push((c, method)),
+                    method => concurrent.push((c, method)),
+                }
+            }
+        }
+        let mut committed = 0;
+        self.commit(&mut rows, &mut committed, sink, events, out)?;
+        for (c, method) in sequential {
+            events(self.fitting_event(c));
+            let (draw, _) = self.cell(c);
+            let prompt_model = model(&draw.source)?;
+            let (_, row) = fit_row(
+                &method,
+                &draw.task,
+                &self.spec(c),
+                Some(&prompt_model),
+                &mut |p| events(GridEvent::Method(p)),
+            )?;
+            rows[c] = Some((row, false));
+            self.commit(&mut rows, &mut committed, sink, events, out)?;
+        }
+        if concurrent.is_empty() {
+            return Ok(());
+        }
+        // Cells after the first failure in grid order are not started, those before it are
+        // fitted: the rows a one-at-a-time grid would have written before failing.
+        let stop = AtomicUsize::new(usize::MAX);
+        let (tx, rx) = mpsc::channel();
+        let mut failure = None;
+        std::thread::scope(|scope| -> Result<(), E> {
+            let (stop, concurrent) = (&stop, &concurrent);
+            scope.spawn(move || {
+                concurrent.par_iter().for_each_with(tx, |tx, (c, method)| {
+                    let c = *c;
+                    if c > stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    // A send fails only when the receiver stopped listening; the fit then
+                    // finishes unobserved.
+                    let _ = tx.send(Message::Started(c));
+                    let (draw, _) = self.cell(c);
+                    let result = fit_row(method, &draw.task, &self.spec(c), None, &mut |p| {
+                        let _ = tx.send(Message::Progress(c, p));
+                    });
+                    if result.is_err() {
+                        stop.fetch_min(c, Ordering::Relaxed);
+                    }
+                    let _ = tx.send(Message::Finished(c, result.map(|(_, row)| row)));
+                });
+            });
+            // Progress is shown for the earliest running fit only.
+            let mut running = BTreeSet::new();
+            for message in rx {
+                match message {
+                    Message::Started(c) => {
+                        if running.first().is_none_or(|&first| c < first) {
+                            events(self.fitting_event(c));
+                        }
+                        running.insert(c);
+                    }
+                    Message::Progress(c, p) => {
+                        if running.first() == Some(&c) {
+                            events(GridEvent::Method(p));
+                        }
+                    }
+                    Message::Finished(c, result) => {
+                        running.remove(&c);
+                        if let Some(&next) = running.first() {
+                            if next > c {
+                                events(self.fitting_event(next));
+                            }
+                        }
+                        match result {
+                            Ok(row) => rows[c] = Some((row, false)),
+                            Err(e) => {
+                                // The first failure in grid order is the one reported.
+                                if failure.as_ref().is_none_or(|(f, _)| c < *f) {
+                                    failure = Some((c, e));
+                                }
+                            }
+                        }
+                        if let Err(e) = self.commit(&mut rows, &mut committed, sink, events, out) {
+                            stop.store(0, Ordering::Relaxed);
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        match failure {
+            Some((_, e)) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the rows known from `committed` on to the sink and the events, in grid order,
+    /// up to the first cell still fitting.
+    fn commit(
+        &self,
+        rows: &mut [Option<(ResultRow, bool)>],
+        committed: &mut usize,
+        sink: &mut dyn RowSink,
+        events: &mut dyn FnMut(GridEvent),
+        out: &mut GridOutcome,
+    ) -> Result<(), ExperimentError> {
+        while let Some((row, skipped)) = rows.get_mut(*committed).and_then(Option::take) {
+            if !skipped {
+                sink.push(row.clone())?;
+                out.fitted += 1;
+            }
+            out.rows.push(row);
+            *committed += 1;
+            let done = out.rows.len();
+            events(GridEvent::Row {
+                row: &out.rows[done - 1],
+                skipped,
+                done,
+                total: self.grid.cells(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::clip_adapter::AdapterOptions;
+    use crate::methods::linalg::seeded_rng;
+    use crate::methods::{LabelledSet, Matrix, TextClassifier};
+
+    /// A separable draw of 4 classes × 8 images in 32 dimensions; `seed` draws it.
+    fn draw(seed: u64) -> FewShotTask {
+        let (k, n, d) = (4, 32, 32);
+        let mut rng = seeded_rng(seed);
+        let labels: Vec<usize> = (0..n).map(|i| i % k).collect();
+        let mut x = Matrix::from_vec(n, d, rng.uniform_vec(n * d, 1.0)).unwrap();
+        for (i, &y) in labels.iter().enumerate() {
+            x.data[i * d + y] += 1.0;
+        }
+        let set = LabelledSet {
+            features: x,
+            labels,
+        };
+        FewShotTask {
+            pre_projection: None,
+            text_mean: None,
+            classnames: (0..k).map(|i| format!("c{i}")).collect(),
+            train: set.clone(),
+            train_views: Vec::new(),
+            val: set.clone(),
+            test: set,
+            text: TextClassifier {
+                weights: Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0))
+                    .unwrap()
+                    .normalized(),
+                logit_scale: 100.0,
+            },
+        }
+    }
+
+    fn grid() -> Grid {
+        let method = |label: &str| GridMethod {
+            label: label.into(),
+            options: String::new(),
+        };
+        Grid {
+            methods: vec![method("zero-shot"), method("clip-adapter")],
+            datasets: vec!["toy".into()],
+            shots: vec![8],
+            seeds: vec![1, 2, 3],
+            validation: Validation::Val,
+        }
+    }
+
+    fn method(i: usize, seed: u64, reduction: usize) -> Method {
+        match i {
+            0 => Method::ZeroShot,
+            _ => Method::ClipAdapter(AdapterOptions {
+                epochs: Some(3),
+                batch_size: 8,
+                reduction,
+                seed,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Runs the grid in a pool of `threads` threads; `reduction` of seed 2's adapter (0 fails).
+    /// Returns the outcome and the rows in the order the sink and the events saw them.
+    fn run(
+        threads: usize,
+        reduction_seed_2: usize,
+        sink: &mut Vec<ResultRow>,
+    ) -> (Result<GridOutcome, ExperimentError>, Vec<usize>) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let source = RowSource {
+            model: "m".into(),
+            model_name: "m".into(),
+            features: "f".into(),
+        };
+        let mut done = Vec::new();
+        let outcome = pool.install(|| {
+            run_grid::<ExperimentError>(
+                &grid(),
+                sink,
+                &mut |_, _, seed| Ok((draw(seed), source.clone())),
+                &mut |_| unreachable!("no CoOp in this grid"),
+                &mut |i, _, seed| {
+                    let r = if seed == 2 { reduction_seed_2 } else { 4 };
+                    method(i, seed, r)
+                },
+                &mut |event| {
+                    if let GridEvent::Row { done: d, .. } = event {
+                        done.push(d)
+                    }
+                },
+            )
+        });
+        (outcome, done)
+    }
+
+    /// Accuracy and identity, without the training time (which differs between runs).
+    fn strip(rows: &[ResultRow]) -> Vec<(String, u64, f32, f32, String)> {
+        rows.iter()
+            .map(|r| {
+                let c = r.clone();
+                (c.method, c.seed, c.val_accuracy, c.test_accuracy, c.chosen)
+            })
+            .collect()
+    }
+
+    /// Fits running side by side give the rows of fitting one at a time, in grid order.
+    #[test]
+    fn concurrent_fits_give_the_sequential_rows_in_grid_order() {
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        let (a, done_a) = run(1, 4, &mut one);
+        let (b, done_b) = run(2, 4, &mut two);
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!((a.fitted, b.fitted), (6, 6));
+        assert_eq!(strip(&one), strip(&two));
+        assert_eq!(strip(&a.rows), strip(&one));
+        let order: Vec<(String, u64)> = one.iter().map(|r| (r.method.clone(), r.seed)).collect();
+        let expected: Vec<(String, u64)> = [1, 2, 3]
+            .into_iter()
+            .flat_map(|s| {
+                [
+                    ("zero-shot".to_string(), s),
+                    ("clip-adapter".to_string(), s),
+                ]
+            })
+            .collect();
+        assert_eq!(order, expected);
+        assert_eq!(done_a, (1..=6).collect::<Vec<_>>());
+        assert_eq!(done_b, done_a);
+        // A second run finds every row and fits nothing.
+        let (again, _) = run(2, 4, &mut two);
+        assert_eq!(again.unwrap().fitted, 0);
+        assert_eq!(two.len(), 6);
+    }
+
+    /// A failing fit is reported, and the rows before it in grid order reach the sink.
+    #[test]
+    fn a_failing_fit_keeps_the_rows_before_it() {
+        for threads in [1, 2] {
+            let mut sink = Vec::new();
+            let (outcome, _) = run(threads, 0, &mut sink);
+            let err = outcome.unwrap_err();
+            let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(
+                chain.contains("clip-adapter")
+                    && chain.contains("seed 2")
+                    && chain.contains("reduction"),
+                "{chain}"
+            );
+            let kept: Vec<(String, u64)> =
+                sink.iter().map(|r| (r.method.clone(), r.seed)).collect();
+            // seed 1's two rows and seed 2's zero-shot precede the failing cell.
+            assert_eq!(
+                kept,
+                [
+                    ("zero-shot".to_string(), 1),
+                    ("clip-adapter".to_string(), 1),
+                    ("zero-shot".to_string(), 2)
+                ],
+                "{threads} threads"
+            );
+        }
+    }
 }
