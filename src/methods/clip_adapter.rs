@@ -199,7 +199,8 @@ impl Bottleneck {
         BottleneckCache { a1, out }
     }
 
-    /// Accumulates `∂L/∂W1`, `∂L/∂W2` into `grad` given `∂L/∂A(x)`.
+    /// Writes `∂L/∂W1`, `∂L/∂W2` into `grad` given `∂L/∂A(x)` (overwriting: each weight's
+    /// gradient is one product, so a training step never clears the 2·D·H gradient first).
     fn backward(
         &self,
         x: &Matrix,
@@ -216,7 +217,7 @@ impl Bottleneck {
                 }
             });
         }
-        gemm(&cache.a1, true, &d_out, false, &mut grad.w2, h, n, d, true);
+        gemm(&cache.a1, true, &d_out, false, &mut grad.w2, h, n, d, false);
         let mut d_a1 = vec![0f32; n * h];
         gemm(&d_out, false, &self.w2, true, &mut d_a1, n, d, h, false);
         d_a1.iter_mut().zip(&cache.a1).for_each(|(g, &a)| {
@@ -224,7 +225,7 @@ impl Bottleneck {
                 *g = 0.0
             }
         });
-        gemm(&x.data, true, &d_a1, false, &mut grad.w1, d, n, h, true);
+        gemm(&x.data, true, &d_a1, false, &mut grad.w1, d, n, h, false);
     }
 }
 
@@ -323,8 +324,12 @@ impl AdapterParams {
         out
     }
 
-    fn fill_zero(&mut self) {
-        self.params_mut().into_iter().for_each(|p| p.fill(0.0));
+    /// Clears the gradients that [`AdapterModel::backward`] accumulates (the ratios'; the
+    /// bottlenecks' are overwritten).
+    fn clear_ratio_grads(&mut self) {
+        let mut ratios = self.alpha.params_mut();
+        ratios.extend(self.beta.params_mut());
+        ratios.into_iter().for_each(|p| p.fill(0.0));
     }
 }
 
@@ -498,7 +503,8 @@ impl AdapterModel {
         }
     }
 
-    /// Gradients of the loss given `∂L/∂logits` (B × K), accumulated into `grad`.
+    /// Gradients of the loss given `∂L/∂logits` (B × K): the bottlenecks' written into `grad`,
+    /// the ratios' added to it.
     fn backward(
         &self,
         x: &Matrix,
@@ -612,7 +618,7 @@ pub fn train(
             let mut fw = model.forward(&x, &frozen);
             let mut d_logits = std::mem::take(&mut fw.logits.data);
             let loss = cross_entropy_backward(&mut d_logits, &y, model.classes.rows);
-            grad.fill_zero();
+            grad.clear_ratio_grads();
             model.backward(&x, &fw, &frozen, &d_logits, &mut grad);
             let grads: Vec<&[f32]> = grad.params_mut().into_iter().map(|g| &*g).collect();
             sgd.step(&mut model.params.params_mut(), &grads, lr);
