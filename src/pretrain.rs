@@ -36,7 +36,8 @@ pub struct ResNetShape {
     pub head_width: usize,
 }
 
-/// The model's shape. The defaults are the shipped `assets/tiny-world-clip`.
+/// The model's shape. The defaults are the ViT world model; the shipped `assets/tiny-world-clip`
+/// replaces its image tower with a ModifiedResNet (`resnet`: one block per stage, width 16).
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelShape {
     /// A ModifiedResNet image tower instead of the ViT (whose shape is the `vision_*` fields).

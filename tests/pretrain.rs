@@ -352,18 +352,32 @@ fn written_configs_read_back_identically() {
     }
 }
 
-/// The writer reproduces the shipped world model's config.json byte for byte, so pretraining
-/// with the documented command still makes the same files.
+/// The writer reproduces the shipped world model's `open_clip_config.json` byte for byte, so
+/// pretraining with the documented command (assets/tiny-world-clip/README.md) still makes the
+/// same files.
 #[test]
 fn writer_reproduces_the_shipped_config() {
-    let shipped = std::fs::read_to_string("assets/tiny-world-clip/config.json").unwrap();
-    let vocab = serde_json::from_str::<serde_json::Value>(&shipped).unwrap()["text_config"]
-        ["vocab_size"]
+    let path = "assets/tiny-world-clip/open_clip_config.json";
+    let shipped = std::fs::read_to_string(path).unwrap();
+    let vocab = serde_json::from_str::<serde_json::Value>(&shipped).unwrap()["model_cfg"]
+        ["text_cfg"]["vocab_size"]
         .as_u64()
         .unwrap() as usize;
-    let config = ModelShape::default().config(vocab);
-    let (_, value) = write::config_file(&config, LOGIT_SCALE_INIT).unwrap();
-    assert_eq!(serde_json::to_string_pretty(&value).unwrap(), shipped);
+    let shape = ModelShape {
+        resnet: Some(ResNetShape {
+            layers: [1, 1, 1, 1],
+            width: 16,
+            head_width: 64,
+        }),
+        ..ModelShape::default()
+    };
+    let (name, value) = write::config_file(&shape.config(vocab), LOGIT_SCALE_INIT).unwrap();
+    assert_eq!(name, "open_clip_config.json");
+    assert_eq!(
+        serde_json::to_string_pretty(&value).unwrap(),
+        shipped,
+        "{path}"
+    );
 }
 
 fn options(shape: ModelShape) -> PretrainOptions {
@@ -421,11 +435,11 @@ fn pretraining_keeps_an_existing_model_unless_told() {
     }
 }
 
-/// The weights writer lays tensors out exactly as the shipped model's file (written by candle's
-/// safetensors writer before), so a reproduction of that model can be compared byte for byte.
+/// The weights writer lays tensors out exactly as the shipped model's file, so a reproduction of
+/// that model can be compared byte for byte.
 #[test]
 fn weights_writer_reproduces_the_shipped_file() {
-    let path = "assets/tiny-world-clip/model.safetensors";
+    let path = "assets/tiny-world-clip/open_clip_model.safetensors";
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
     let bytes = safetensors::tensor::serialize(&tensors, None).unwrap();
     assert!(bytes == std::fs::read(path).unwrap(), "{path} differs");

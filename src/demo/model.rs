@@ -10,12 +10,12 @@ pub const EMBEDDED_MODEL: &str = "assets/tiny-world-clip";
 
 const EMBEDDED_FILES: [(&str, &[u8]); 3] = [
     (
-        "config.json",
-        include_bytes!("../../assets/tiny-world-clip/config.json"),
+        "open_clip_config.json",
+        include_bytes!("../../assets/tiny-world-clip/open_clip_config.json"),
     ),
     (
-        "model.safetensors",
-        include_bytes!("../../assets/tiny-world-clip/model.safetensors"),
+        "open_clip_model.safetensors",
+        include_bytes!("../../assets/tiny-world-clip/open_clip_model.safetensors"),
     ),
     (
         "tokenizer.json",

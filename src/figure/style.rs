@@ -77,6 +77,7 @@ pub fn method_style(label: &str) -> SeriesStyle {
         "ape-t" => RGBColor(127, 127, 127),
         "lp++" => RGBColor(255, 187, 120),
         "clap" => RGBColor(0, 0, 128),
+        "prolip" => RGBColor(0, 150, 136),
         // Another method: a colour that depends on its name only.
         other => palette(crate::hash::fnv1a64(other.as_bytes()) as usize),
     };
@@ -101,5 +102,35 @@ mod tests {
             method_style("clip-adapter")
         );
         assert_eq!(method_style("new-method"), method_style("new-method"));
+    }
+
+    /// Every method of the demo's figures is told apart by its colour.
+    #[test]
+    fn every_method_has_its_own_colour() {
+        let names = [
+            "zero-shot",
+            "linear-probe",
+            "clip-adapter",
+            "clip-adapter-text",
+            "clip-adapter-both",
+            "coop",
+            "tip-adapter",
+            "tip-adapter-f",
+            "gda",
+            "ape",
+            "ape-t",
+            "lp++",
+            "clap",
+            "prolip",
+        ];
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                assert_ne!(
+                    method_style(a).colour,
+                    method_style(b).colour,
+                    "{a} and {b}"
+                );
+            }
+        }
     }
 }

@@ -109,7 +109,7 @@ pub enum Command {
     /// Pretrain a small CLIP on generated image-caption pairs (the demo's embedded model).
     ///
     /// Example: clip-adapter pretrain --out assets/tiny-world-clip --seed 0 --steps 3000
-    /// --batch-size 128 --lr 1e-3 --warmup 150
+    /// --batch-size 128 --lr 1e-3 --warmup 150 --resnet-layers 1,1,1,1 --resnet-width 16
     Pretrain(crate::pretrain::PretrainArgs),
     /// Run the paper's protocol offline on the embedded world model: generated tasks close to
     /// and far from pretraining, every method, 1-16 shots, 3 seeds; prints the result table.
