@@ -209,22 +209,20 @@ impl Bottleneck {
         grad: &mut Bottleneck,
     ) {
         let (n, d, h) = (x.rows, self.dim, self.hidden);
+        // ReLU passes the gradient where its output is positive. Written as a select rather
+        // than a conditional store, so that it compiles to vector blends.
+        let relu_mask = |g: &mut [f32], out: &[f32]| {
+            g.iter_mut()
+                .zip(out)
+                .for_each(|(g, &o)| *g = if o <= 0.0 { 0.0 } else { *g });
+        };
         if self.relu_out {
-            // ReLU passes the gradient where its output is positive.
-            d_out.iter_mut().zip(&cache.out.data).for_each(|(g, &o)| {
-                if o <= 0.0 {
-                    *g = 0.0
-                }
-            });
+            relu_mask(&mut d_out, &cache.out.data);
         }
         gemm(&cache.a1, true, &d_out, false, &mut grad.w2, h, n, d, false);
         let mut d_a1 = vec![0f32; n * h];
         gemm(&d_out, false, &self.w2, true, &mut d_a1, n, d, h, false);
-        d_a1.iter_mut().zip(&cache.a1).for_each(|(g, &a)| {
-            if a <= 0.0 {
-                *g = 0.0
-            }
-        });
+        relu_mask(&mut d_a1, &cache.a1);
         gemm(&x.data, true, &d_a1, false, &mut grad.w1, d, n, h, false);
     }
 }
