@@ -78,7 +78,8 @@ pub enum Command {
     Fit(crate::methods::FitArgs),
     /// Run a grid (methods × datasets × shots × seeds) on cached features; resumable; writes
     /// results.csv, a Markdown table of mean ± std with published numbers beside ours, and
-    /// the folder's report with its figures (`report`).
+    /// the folder's report with its figures (`report`). The fits of one dataset and shot count
+    /// run side by side, one per core (`--threads`), with the rows of fitting one at a time.
     ///
     /// Example: clip-adapter run --methods clip-adapter,tip-adapter --datasets eurosat,dtd --reported reported_results_rn50.csv
     Run(crate::methods::RunArgs),
