@@ -2,8 +2,8 @@
 //! method is fitted on it; a row already in the results (same identity, see [`RowKey`]) is
 //! not fitted again.
 //!
-//! The fits of one dataset and shot count (every seed and method) run concurrently, one per
-//! core: a head's training step is a few products of 32 rows, too small to keep two cores busy
+//! The fits of one dataset and shot count (every seed and method) run concurrently on rayon's
+//! pool, one per thread: a head's training step is a few products of 32 rows, too small to keep two cores busy
 //! by itself, while fits are independent. Every kernel splits its work the same way whatever
 //! the other fits do, so the rows are identical to fitting one at a time, and they reach the
 //! sink in grid order, each as soon as the ones before it are done.
@@ -13,8 +13,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
-
-use rayon::prelude::*;
 
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::methods::coop::{self, CoopHead, PromptModel};
@@ -256,6 +254,8 @@ struct Group<'a> {
 
 /// What a concurrent fit tells the thread that owns the sink and the events.
 enum Message {
+    /// Not started: a cell before it in grid order failed.
+    Skipped,
     Started(usize),
     Progress(usize, methods::Progress),
     Finished(usize, Result<ResultRow, ExperimentError>),
@@ -340,17 +340,20 @@ impl Group<'_> {
         // fitted: the rows a one-at-a-time grid would have written before failing.
         let stop = AtomicUsize::new(usize::MAX);
         let (tx, rx) = mpsc::channel();
-        let mut failure = None;
-        std::thread::scope(|scope| -> Result<(), E> {
-            let (stop, concurrent) = (&stop, &concurrent);
-            scope.spawn(move || {
-                concurrent.par_iter().for_each_with(tx, |tx, (c, method)| {
-                    let c = *c;
+        let mut failure: Option<(usize, ExperimentError)> = None;
+        let mut sink_error = None;
+        // The fits go to the pool this thread belongs to (rayon's global pool from outside
+        // any), and this thread keeps the sink and the events.
+        rayon::in_place_scope(|scope| {
+            for (c, method) in &concurrent {
+                let (c, tx, stop) = (*c, tx.clone(), &stop);
+                scope.spawn(move |_| {
+                    // A send fails only when the receiver is gone; the fit then finishes
+                    // unobserved.
                     if c > stop.load(Ordering::Relaxed) {
+                        let _ = tx.send(Message::Skipped);
                         return;
                     }
-                    // A send fails only when the receiver stopped listening; the fit then
-                    // finishes unobserved.
                     let _ = tx.send(Message::Started(c));
                     let (draw, _) = self.cell(c);
                     let result = fit_row(method, &draw.task, &self.spec(c), None, &mut |p| {
@@ -361,11 +364,31 @@ impl Group<'_> {
                     }
                     let _ = tx.send(Message::Finished(c, result.map(|(_, row)| row)));
                 });
-            });
+            }
+            let mut pending = concurrent.len();
             // Progress is shown for the earliest running fit only.
             let mut running = BTreeSet::new();
-            for message in rx {
+            while pending > 0 {
+                let message = match rx.try_recv() {
+                    Ok(m) => m,
+                    // A worker of the pool (a grid run inside `ThreadPool::install`) runs
+                    // pending fits itself rather than sit on a thread the fits need.
+                    Err(_) => match rayon::yield_now() {
+                        Some(rayon::Yield::Executed) => continue,
+                        Some(rayon::Yield::Idle) => {
+                            match rx.recv_timeout(std::time::Duration::from_millis(1)) {
+                                Ok(m) => m,
+                                Err(_) => continue,
+                            }
+                        }
+                        None => match rx.recv() {
+                            Ok(m) => m,
+                            Err(_) => break,
+                        },
+                    },
+                };
                 match message {
+                    Message::Skipped => pending -= 1,
                     Message::Started(c) => {
                         if running.first().is_none_or(|&first| c < first) {
                             events(self.fitting_event(c));
@@ -378,6 +401,7 @@ impl Group<'_> {
                         }
                     }
                     Message::Finished(c, result) => {
+                        pending -= 1;
                         running.remove(&c);
                         if let Some(&next) = running.first() {
                             if next > c {
@@ -386,24 +410,25 @@ impl Group<'_> {
                         }
                         match result {
                             Ok(row) => rows[c] = Some((row, false)),
+                            // The first failure in grid order is the one reported.
                             Err(e) => {
-                                // The first failure in grid order is the one reported.
                                 if failure.as_ref().is_none_or(|(f, _)| c < *f) {
                                     failure = Some((c, e));
                                 }
                             }
                         }
                         if let Err(e) = self.commit(&mut rows, &mut committed, sink, events, out) {
+                            // Nothing more is started; the scope waits for the running fits.
                             stop.store(0, Ordering::Relaxed);
-                            return Err(e.into());
+                            sink_error = Some(e);
+                            break;
                         }
                     }
                 }
             }
-            Ok(())
-        })?;
-        match failure {
-            Some((_, e)) => Err(e.into()),
+        });
+        match sink_error.or(failure.map(|(_, e)| e)) {
+            Some(e) => Err(e.into()),
             None => Ok(()),
         }
     }
