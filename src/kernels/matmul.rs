@@ -21,9 +21,10 @@ use rayon::prelude::*;
 /// 64 rows tall (see docs/benchmarks.md).
 pub const FEW_ROWS: usize = 80;
 
-/// Up to this many rows, `x · wᵀ` runs through the dot tiles in blocks of [`FEW_ROWS`] (a
-/// training batch of 256 features against 1000 classes: 400 GFLOP/s against the blocked GEMM's
-/// 210 on Zen 5); beyond, the blocked GEMM's reuse of each packed panel wins.
+/// Up to this many rows, `x · wᵀ` runs through the AVX-512 dot tiles in blocks of [`FEW_ROWS`]
+/// (a training batch of 256 features against 1000 classes: 400 GFLOP/s against the blocked
+/// GEMM's 210 on Zen 5); beyond, the blocked GEMM's reuse of each packed panel wins. Measured
+/// with AVX-512 only, so the AVX2 and portable tiles stop at [`FEW_ROWS`].
 pub const DOT_ROWS: usize = 512;
 
 /// The vector instructions the few-row kernels use on this CPU.
@@ -110,7 +111,12 @@ pub fn gemm(
     // blocked kernels pad such products to their tall tiles; dot products do not. Up to a few
     // hundred rows, blocks of them through the dot tiles still beat the blocked GEMM, whose
     // packing of a transposed `b` costs it half its rate at these sizes (docs/benchmarks.md).
-    if !ta && tb && m <= DOT_ROWS {
+    let dot_rows = if simd == Simd::Avx512 {
+        DOT_ROWS
+    } else {
+        FEW_ROWS
+    };
+    if !ta && tb && m <= dot_rows {
         for i0 in (0..m).step_by(FEW_ROWS) {
             let rows = FEW_ROWS.min(m - i0);
             few_rows_abt_into(
