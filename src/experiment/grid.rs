@@ -3,10 +3,10 @@
 //! not fitted again.
 //!
 //! The fits of one dataset and shot count (every seed and method) run concurrently on rayon's
-//! pool, one per thread: a head's training step is a few products of 32 rows, too small to keep two cores busy
-//! by itself, while fits are independent. Every kernel splits its work the same way whatever
-//! the other fits do, so the rows are identical to fitting one at a time, and they reach the
-//! sink in grid order, each as soon as the ones before it are done.
+//! pool, one per thread: a head's training step is a few products of 32 rows, too small to
+//! keep two cores busy by itself, while fits are independent. Every kernel splits its work the
+//! same way whatever the other fits do, so the rows are identical to fitting one at a time, and
+//! they reach the sink in grid order, each as soon as the ones before it are done.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -319,28 +319,32 @@ impl Group<'_> {
         }
         let mut committed = 0;
         self.commit(&mut rows, &mut committed, sink, events, out)?;
+        // The first failing cell in grid order, and its error.
+        let mut failure: Option<(usize, ExperimentError)> = None;
         for (c, method) in sequential {
             events(self.fitting_event(c));
             let (draw, _) = self.cell(c);
             let prompt_model = model(&draw.source)?;
-            let (_, row) = fit_row(
+            let fitted = fit_row(
                 &method,
                 &draw.task,
                 &self.spec(c),
                 Some(&prompt_model),
                 &mut |p| events(GridEvent::Method(p)),
-            )?;
-            rows[c] = Some((row, false));
+            );
+            match fitted {
+                Ok((_, row)) => rows[c] = Some((row, false)),
+                Err(e) => {
+                    failure = Some((c, e));
+                    break;
+                }
+            }
             self.commit(&mut rows, &mut committed, sink, events, out)?;
-        }
-        if concurrent.is_empty() {
-            return Ok(());
         }
         // Cells after the first failure in grid order are not started, those before it are
         // fitted: the rows a one-at-a-time grid would have written before failing.
-        let stop = AtomicUsize::new(usize::MAX);
+        let stop = AtomicUsize::new(failure.as_ref().map_or(usize::MAX, |(c, _)| *c));
         let (tx, rx) = mpsc::channel();
-        let mut failure: Option<(usize, ExperimentError)> = None;
         let mut sink_error = None;
         // The fits go to the pool this thread belongs to (rayon's global pool from outside
         // any), and this thread keeps the sink and the events.
