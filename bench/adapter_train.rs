@@ -12,11 +12,15 @@ use std::time::Instant;
 use clip_adapter::experiment::{
     run_grid, ExperimentError, Grid, GridMethod, RowSource, Validation,
 };
+use clip_adapter::kernels::matmul::simd_level;
 use clip_adapter::methods::clip_adapter::{
     self as ca, epochs_for_shots, AdapterModel, AdapterOptions,
 };
 use clip_adapter::methods::linalg::seeded_rng;
 use clip_adapter::methods::{FewShotTask, LabelledSet, Matrix, Method, TextClassifier};
+
+#[path = "cpu.rs"]
+mod cpu;
 
 /// Synthetic features of `n` images in `k` classes; `seed` draws them.
 fn task(n: usize, d: usize, k: usize, seed: u64) -> FewShotTask {
@@ -146,7 +150,11 @@ fn main() {
                 println!("{{\"dataset\":\"{name}\",\"shots\":{shots},\"epochs\":{epochs},\"s_3_seeds\":{secs:.2}}}");
             }
         }
-        println!("{{\"grid_seconds\":{total:.1}}}");
+        println!(
+            "{{\"grid_seconds\":{total:.1},\"cpu\":\"{}\",\"simd\":\"{}\"}}",
+            cpu::cpu_model(),
+            simd_level().name()
+        );
         return;
     }
     let num =
@@ -159,5 +167,9 @@ fn main() {
         num(4, 32),
     );
     let s = time(n, d, k, epochs, batch);
-    println!("{{\"impl\":\"rust\",\"n\":{n},\"d\":{d},\"k\":{k},\"epochs\":{epochs},\"batch\":{batch},\"s_per_epoch\":{s:.5}}}");
+    println!(
+        "{{\"impl\":\"rust\",\"n\":{n},\"d\":{d},\"k\":{k},\"epochs\":{epochs},\"batch\":{batch},\"s_per_epoch\":{s:.5},\"cpu\":\"{}\",\"simd\":\"{}\"}}",
+        cpu::cpu_model(),
+        simd_level().name()
+    );
 }

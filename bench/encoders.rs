@@ -14,6 +14,10 @@ use candle_core::{Device, Tensor};
 use clip_adapter::clip::{Clip, ModelFiles};
 use clip_adapter::kernels::matmul::{gemm, simd_level};
 
+#[path = "cpu.rs"]
+mod cpu;
+use cpu::cpu_model;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -80,24 +84,6 @@ fn gemm_rate(m: usize, k: usize, n: usize, tb: bool) -> f64 {
         })
         .fold(f64::INFINITY, f64::min);
     2.0 * (m * k * n) as f64 / best / 1e9
-}
-
-/// `model name` of /proc/cpuinfo with its family, e.g. "AMD EPYC (family 26, model 2)".
-fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.split(':').next().map(str::trim) == Some(name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    format!(
-        "{} (family {}, model {})",
-        field("model name"),
-        field("cpu family"),
-        field("model")
-    )
 }
 
 fn peak_rss_mib() -> f64 {

@@ -9,6 +9,9 @@ use std::time::Instant;
 
 use clip_adapter::kernels::matmul::{gemm, simd_level};
 
+#[path = "cpu.rs"]
+mod cpu;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -63,7 +66,8 @@ fn values(n: usize, salt: usize) -> Vec<f32> {
 fn main() {
     clip_adapter::kernels::alloc::keep_freed_memory();
     println!(
-        "# {} SIMD, {} threads",
+        "# {}, {} SIMD, {} threads",
+        cpu::cpu_model(),
         simd_level().name(),
         rayon::current_num_threads()
     );
