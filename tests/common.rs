@@ -152,3 +152,21 @@ pub fn extract_two_shots(dir: &std::path::Path) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// A JSON array of numbers as f32 (the fixtures' vectors).
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+/// A JSON array of non-negative integers (the fixtures' labels and indices).
+pub fn usizes(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("index") as usize)
+        .collect()
+}

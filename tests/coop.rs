@@ -15,7 +15,7 @@ use clip_adapter::methods::{
     eval, zero_shot::ZeroShot, FewShotTask, LabelledSet, Matrix, TextClassifier,
 };
 
-use crate::common::fixture;
+use crate::common::{fixture, usizes};
 
 struct Case {
     spec: serde_json::Value,
@@ -44,14 +44,6 @@ fn matrix(t: &Tensor) -> Matrix {
 
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn usizes(v: &serde_json::Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
 }
 
 fn strings(v: &serde_json::Value) -> Vec<String> {

@@ -522,26 +522,7 @@ fn coop_bad_input_is_refused_and_nothing_is_written() {
         &["fingerprint", "the features were made by", "CoOp trains"],
     );
     // run checks it before any fit: no results are written, not even the other methods'.
-    let run = cli_in(
-        s.dir(),
-        &[
-            "run",
-            "--methods",
-            "zero-shot,coop",
-            "--datasets",
-            &s.dataset,
-            "--shots",
-            "2",
-            "--seeds",
-            "1",
-            "--cache",
-            "cache",
-            "--model",
-            "models/tiny-clip",
-            "--out",
-            "results",
-        ],
-    );
+    let run = s.run_with("models/tiny-clip", "zero-shot,coop", &[]);
     assert_fails_with(&run, &["fingerprint", "the features were made by"]);
     assert!(!s.dir().join("results").exists());
     assert!(!written());
@@ -585,27 +566,10 @@ fn no_validation_rows_sit_beside_validation_rows() {
 
     // A search needs a validation set; an unknown protocol is an argument error.
     let before = std::fs::read_to_string(&csv).unwrap();
-    let search = cli_in(
-        s.dir(),
-        &[
-            "run",
-            "--methods",
-            "clip-adapter",
-            "--datasets",
-            &s.dataset,
-            "--shots",
-            "2",
-            "--seeds",
-            "1",
-            "--cache",
-            "cache",
-            "--out",
-            "results",
-            "--validation",
-            "none",
-            "--search",
-            "0.2,0.4",
-        ],
+    let search = s.run_with(
+        "models/tiny-clip",
+        "clip-adapter",
+        &["--validation", "none", "--search", "0.2,0.4"],
     );
     assert_fails_with(&search, &["--search", "--validation none"]);
     let unknown = run("test", &[]);

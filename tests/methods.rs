@@ -11,6 +11,8 @@ use clip_adapter::methods::{
 };
 use serde_json::Value;
 
+use crate::common::{floats, usizes};
+
 fn fixture() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -20,22 +22,6 @@ fn fixture() -> Value {
         &std::fs::read_to_string(path).expect("fixture: run scripts/fixtures/methods.py"),
     )
     .expect("fixture JSON")
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("index") as usize)
-        .collect()
 }
 
 fn tensor(v: &Value) -> Matrix {

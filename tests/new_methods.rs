@@ -12,28 +12,12 @@ use clip_adapter::methods::{
 };
 use serde_json::Value;
 
-use crate::common;
+use crate::common::{self, floats, usizes};
 
 fn fixture() -> Value {
     let path = common::fixture("methods/new_methods.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("reading the fixture"))
         .expect("fixture JSON")
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("index") as usize)
-        .collect()
 }
 
 fn num(v: &Value) -> f32 {

@@ -9,23 +9,7 @@ use clip_adapter::methods::{
 };
 use serde_json::Value;
 
-use crate::common;
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("index") as usize)
-        .collect()
-}
+use crate::common::{self, floats, usizes};
 
 fn n(v: &Value) -> usize {
     v.as_u64().expect("count") as usize

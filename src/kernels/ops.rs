@@ -12,7 +12,8 @@ use super::matmul::{broadcast_block, dot_block, simd_level, Operands, Out, Strid
 use super::vmath::{bias_quick_gelu, exp_scaled_sum};
 use crate::clip::load::config::Activation;
 
-fn contiguous<'a>(
+/// The f32 elements of a contiguous input of custom op `op`; an error names the op otherwise.
+pub(crate) fn contiguous<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,
@@ -20,7 +21,7 @@ fn contiguous<'a>(
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
     }
 }
 

@@ -14,20 +14,10 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
+use crate::kernels::ops::contiguous;
+
 /// Rows per rayon task: small rows are cheap, and too fine a split costs more than it saves.
 const ROWS_PER_TASK: usize = 16;
-
-fn contiguous<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
 
 fn last_dim(layout: &Layout, op: &str) -> candle_core::Result<usize> {
     match layout.dims().last() {
