@@ -135,12 +135,6 @@ pub fn read_results(dir: &Path) -> Result<Vec<ResultRow>, ReportError> {
     Ok(rows)
 }
 
-/// Reads `dir/results.csv` and writes the report beside it.
-pub fn report_folder(dir: &Path, options: &ReportOptions) -> Result<ReportFiles, ReportError> {
-    let rows = read_results(dir)?;
-    Report::new(&rows, options).write(dir)
-}
-
 /// Writes the report of `rows` into `dir` (`report.md`, `figures/`).
 pub fn write_report(
     dir: &Path,
@@ -333,11 +327,6 @@ impl Report {
             markdown: md,
             figures,
         }
-    }
-
-    /// The figures' file stems, in the report's order.
-    pub fn figure_stems(&self) -> impl Iterator<Item = &str> {
-        self.figures.iter().map(|(s, _)| s.as_str())
     }
 
     /// Renders every figure, then writes them and `report.md` (each file atomically; nothing
