@@ -100,7 +100,7 @@ fn time_group(name: &str, n: usize, d: usize, k: usize, shots: usize, epochs: us
         },
         &mut |_| unreachable!("no CoOp in this grid"),
         &mut |_, _, seed| {
-            Method::ClipAdapter(AdapterOptions {
+            Method::new(AdapterOptions {
                 epochs: Some(epochs),
                 seed,
                 ..Default::default()

@@ -24,6 +24,7 @@ pub mod methods;
 pub mod pretrain;
 pub mod report;
 pub mod rng;
+pub mod safetensors_file;
 pub mod tokenizer;
 pub mod tsne;
 pub mod world;

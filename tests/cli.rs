@@ -404,7 +404,7 @@ fn help_lists_the_librarys_methods_and_tasks() {
         assert!(demo.contains(t), "demo --help lacks task {t}: {demo}");
     }
     let run = String::from_utf8_lossy(&clip_adapter(&["run", "--help"]).stdout).into_owned();
-    for m in clip_adapter::methods::MethodKind::ALL {
+    for m in clip_adapter::methods::MethodKind::all() {
         assert!(run.contains(m.name()), "run --help lacks {m}: {run}");
     }
     // Every option of run, fit and predict says what it is.

@@ -36,7 +36,7 @@ fn matrix(rows: usize, cols: usize, seed: f32) -> Matrix {
 /// A 6-class CLIP-Adapter head on 8-wide features with a 2-wide visual bottleneck.
 fn adapter_head() -> (Head, HeadInfo) {
     let (k, d, h) = (6, 8, 2);
-    let head = Head::ClipAdapter(AdapterModel {
+    let head = Head::new(AdapterModel {
         params: AdapterParams {
             visual: Some(Bottleneck {
                 dim: d,
@@ -73,6 +73,17 @@ fn edit(
         serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let mut data = bytes[8 + n..].to_vec();
     f(&mut header, &mut data);
+    // The edited data gets its checksum again, so that the check under test is the one that
+    // refuses it (a damaged file is refused by the checksum: see `damaged_heads_are_refused`).
+    if let Some(meta) = header
+        .get_mut("__metadata__")
+        .and_then(Value::as_object_mut)
+    {
+        if meta.contains_key("checksum") {
+            let sum = clip_adapter::safetensors_file::checksum(&data);
+            meta.insert("checksum".into(), Value::String(sum));
+        }
+    }
     let mut h = Value::Object(header).to_string().into_bytes();
     while !h.len().is_multiple_of(8) {
         h.push(b' ');
@@ -178,6 +189,21 @@ fn options_are_parsed_strictly() {
     assert!(msg.contains("unknown head kind `mystery`"), "{msg}");
 }
 
+/// A head whose bytes changed after it was written (a bit flip, a truncated copy) is refused by
+/// its checksum before anything is read from it.
+#[test]
+fn damaged_heads_are_refused() {
+    let (h, info) = adapter_head();
+    let mut bytes = head::to_bytes(&h, &info);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    let msg = load_err(&bytes);
+    assert!(msg.contains("the data's checksum is"), "{msg}");
+    let bytes = head::to_bytes(&h, &info);
+    let msg = load_err(&bytes[..bytes.len() - 4]);
+    assert!(msg.contains("not a clip-adapter head"), "{msg}");
+}
+
 #[test]
 fn non_finite_weights_are_refused() {
     let (h, info) = adapter_head();
@@ -216,7 +242,7 @@ fn tensors_the_head_does_not_have_and_bad_cache_labels_are_refused() {
         "{msg}"
     );
 
-    let tip = Head::Tip(TipHead {
+    let tip = Head::new(TipHead {
         keys: matrix(4, 8, 5.0),
         values: vec![0, 1, 1, 0],
         alpha: 1.0,
@@ -241,7 +267,7 @@ fn tensors_the_head_does_not_have_and_bad_cache_labels_are_refused() {
     );
 
     // A head that scores one class is always right: refused like a one-class dataset.
-    let one = Head::Tip(TipHead {
+    let one = Head::new(TipHead {
         keys: matrix(1, 8, 5.0),
         values: vec![0],
         alpha: 1.0,

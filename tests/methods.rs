@@ -6,6 +6,7 @@ use clip_adapter::methods::clip_adapter::{
     self as ca, AdapterModel, AdapterOptions, AdapterParams, Bottleneck, Branch, Form, Ratio,
 };
 use clip_adapter::methods::head::{self, HeadInfo};
+use clip_adapter::methods::zero_shot::ZeroShotMethod;
 use clip_adapter::methods::{
     eval, fit, FewShotTask, Head, LabelledSet, Matrix, Method, TextClassifier,
 };
@@ -165,11 +166,9 @@ fn head_files_round_trip() {
         ..Default::default()
     };
     let heads = [
-        fit(&Method::ClipAdapter(opts), &task, &mut |_| {})
-            .unwrap()
-            .head,
+        fit(&Method::new(opts), &task, &mut |_| {}).unwrap().head,
         fit(
-            &Method::ClipAdapter(AdapterOptions {
+            &Method::new(AdapterOptions {
                 epochs: Some(2),
                 ..Default::default()
             }),
@@ -178,13 +177,19 @@ fn head_files_round_trip() {
         )
         .unwrap()
         .head,
-        fit(&Method::Gda(Default::default()), &task, &mut |_| {})
+        fit(&Method::new(GdaOptions::default()), &task, &mut |_| {})
             .unwrap()
             .head,
-        fit(&Method::TipAdapter(Default::default()), &task, &mut |_| {})
+        fit(
+            &Method::new(TipAdapter(Default::default())),
+            &task,
+            &mut |_| {},
+        )
+        .unwrap()
+        .head,
+        fit(&Method::new(ZeroShotMethod), &task, &mut |_| {})
             .unwrap()
             .head,
-        fit(&Method::ZeroShot, &task, &mut |_| {}).unwrap().head,
     ];
     let info = HeadInfo {
         model: "tiny".into(),
@@ -391,10 +396,10 @@ fn fit_run_and_predict_from_the_cache() {
 // decision, and records such samples as "fragile"; a count may differ by at most its fragile
 // samples.
 
-use clip_adapter::methods::gda::GdaOptions;
+use clip_adapter::methods::gda::{GdaHead, GdaOptions};
 use clip_adapter::methods::lbfgs::LbfgsOptions;
 use clip_adapter::methods::linear_probe::{self, LinearProbeOptions};
-use clip_adapter::methods::tip_adapter::{self, TipHead, TipOptions};
+use clip_adapter::methods::tip_adapter::{self, TipAdapter, TipHead, TipOptions};
 
 fn methods_fixture(name: &str) -> Value {
     let path = crate::common::fixture(&format!("methods/{name}"));
@@ -615,7 +620,7 @@ fn linear_probe_search_matches_lpclip() {
         solver: tight(),
         ..Default::default()
     };
-    let fitted = fit(&Method::LinearProbe(opts), &task, &mut |_| {}).unwrap();
+    let fitted = fit(&Method::new(opts), &task, &mut |_| {}).unwrap();
     let c: f64 = fitted.chosen[0].1.parse().unwrap();
     let want = fx["search"]["c"].as_f64().unwrap();
     assert!(
@@ -681,7 +686,7 @@ fn tip_adapter_matches_the_reference() {
     assert!(dl <= 1e-5 * max_abs(&want), "logits differ by {dl}");
     check_tip_search(&head, &task, &opts, &fx["search"]);
 
-    let fitted = fit(&Method::TipAdapter(opts), &task, &mut |_| {}).unwrap();
+    let fitted = fit(&Method::new(TipAdapter(opts)), &task, &mut |_| {}).unwrap();
     let want = floats(&fx["test_logits"]);
     let dl = max_abs_diff(&fitted.head.logits(&task.test.features).data, &want);
     println!("Tip-Adapter: keys {dk:.1e}, test logits {dl:.1e}");
@@ -759,8 +764,8 @@ fn tip_adapter_f_matches_the_reference() {
 fn gda_matches_the_reference() {
     let fx = methods_fixture("gda.json");
     let task = baseline_task();
-    let fitted = fit(&Method::Gda(GdaOptions::default()), &task, &mut |_| {}).unwrap();
-    let Head::Gda(head) = &fitted.head else {
+    let fitted = fit(&Method::new(GdaOptions::default()), &task, &mut |_| {}).unwrap();
+    let Some(head) = fitted.head.downcast_ref::<GdaHead>() else {
         panic!("GDA fits a GDA head")
     };
     let (w, b) = (floats(&fx["weight"]), floats(&fx["bias"]));

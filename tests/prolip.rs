@@ -3,9 +3,11 @@
 //! initial projection and view order; our f32 training must agree within the stated
 //! tolerances, for a ModifiedResNet-like projection (with a frozen bias) and a ViT-like one.
 
-use clip_adapter::methods::prolip::{self, Lambda, PreProjection, Projection, ProlipOptions};
+use clip_adapter::methods::prolip::{
+    self, Lambda, PreProjection, Projection, ProlipHead, ProlipOptions,
+};
 use clip_adapter::methods::{
-    evaluate, fit, FewShotTask, Head, LabelledSet, Matrix, Method, TextClassifier,
+    evaluate, fit, FewShotTask, LabelledSet, Matrix, Method, TextClassifier,
 };
 use serde_json::Value;
 
@@ -136,12 +138,12 @@ fn fit_uses_the_pre_projection_features() {
         lr: c.f["lr"].as_f64().unwrap() as f32,
         ..Default::default()
     };
-    let err = fit(&Method::Prolip(opts.clone()), &task, &mut |_| {})
+    let err = fit(&Method::new(opts.clone()), &task, &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("pre-projection"), "{err}");
     task.pre_projection = Some(Box::new(c.pre.clone()));
-    let fitted = fit(&Method::Prolip(opts), &task, &mut |_| {}).unwrap();
+    let fitted = fit(&Method::new(opts), &task, &mut |_| {}).unwrap();
     // No validation set: the given learning rate, λ = 1/N.
     let chosen: Vec<String> = fitted
         .chosen
@@ -155,7 +157,7 @@ fn fit_uses_the_pre_projection_features() {
             format!("lambda={}", 1.0f32 / 3.0)
         ]
     );
-    let Head::Prolip(h) = &fitted.head else {
+    let Some(h) = fitted.head.downcast_ref::<ProlipHead>() else {
         panic!("not a ProLIP head")
     };
     let (val, test) = evaluate(&fitted.head, &task);

@@ -20,13 +20,10 @@ use crate::experiment::{
     RowSource,
 };
 use crate::features::{model_fingerprint, ContentHash};
-use crate::methods::clip_adapter::{AdapterOptions, Branch};
+use crate::methods::clip_adapter::{AdapterModel, AdapterOptions, Branch};
 use crate::methods::coop::CoopOptions;
-use crate::methods::gda::GdaOptions;
-use crate::methods::head::Head;
-use crate::methods::linear_probe::LinearProbeOptions;
 use crate::methods::prolip::{PreProjection, Projection};
-use crate::methods::tip_adapter::TipOptions;
+use crate::methods::registry::{CLIP_ADAPTER, COOP};
 use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind, TextClassifier};
 use crate::tsne::{adapter_tsne, AdapterTsne, TsneOptions};
 use crate::world::tasks::{demo_tasks, load_task, write_task, Gap, TaskSizes, TaskSpec};
@@ -86,47 +83,39 @@ pub struct DemoMethod {
     pub method: Method,
 }
 
-/// The full method list: zero-shot, linear probe, CLIP-Adapter (visual with α searched,
-/// text, both), CoOp (demo-sized, [`demo_coop`]), Tip-Adapter(-F), GDA.
+/// The full method list: every registered method with its defaults, in the registry's
+/// order, except CLIP-Adapter (visual with α searched, then the text and both-branch
+/// variants) and CoOp (demo-sized, [`demo_coop`]).
 pub fn all_methods() -> Vec<DemoMethod> {
-    let adapter = |branch, search: Vec<f32>| AdapterOptions {
-        branch,
-        search,
-        ..AdapterOptions::default()
-    };
-    let m = |label: &str, method| DemoMethod {
+    let adapter = |label: &str, branch, search: Vec<f32>| DemoMethod {
         label: label.into(),
         options: String::new(),
-        method,
+        method: Method::new(AdapterOptions {
+            branch,
+            search,
+            ..AdapterOptions::default()
+        }),
     };
-    vec![
-        m("zero-shot", Method::ZeroShot),
-        m(
-            "linear-probe",
-            Method::LinearProbe(LinearProbeOptions::default()),
-        ),
-        m(
-            "clip-adapter",
-            Method::ClipAdapter(adapter(Branch::Visual, ALPHAS.to_vec())),
-        ),
-        m(
-            "clip-adapter-text",
-            Method::ClipAdapter(adapter(Branch::Text, Vec::new())),
-        ),
-        m(
-            "clip-adapter-both",
-            Method::ClipAdapter(adapter(Branch::Both, Vec::new())),
-        ),
-        m("coop", Method::Coop(demo_coop())),
-        m("tip-adapter", Method::TipAdapter(TipOptions::default())),
-        m("tip-adapter-f", Method::TipAdapterF(TipOptions::default())),
-        m("ape", Method::Ape(Default::default())),
-        m("ape-t", Method::ApeT(Default::default())),
-        m("gda", Method::Gda(GdaOptions::default())),
-        m("lp++", Method::LpPlusPlus(Default::default())),
-        m("clap", Method::Clap(Default::default())),
-        m("prolip", Method::Prolip(Default::default())),
-    ]
+    let mut out = Vec::new();
+    for &kind in MethodKind::all() {
+        if kind == CLIP_ADAPTER {
+            out.push(adapter(kind.name(), Branch::Visual, ALPHAS.to_vec()));
+            out.push(adapter("clip-adapter-text", Branch::Text, Vec::new()));
+            out.push(adapter("clip-adapter-both", Branch::Both, Vec::new()));
+            continue;
+        }
+        let method = if kind == COOP {
+            Method::new(demo_coop())
+        } else {
+            kind.with_defaults()
+        };
+        out.push(DemoMethod {
+            label: kind.name().into(),
+            options: String::new(),
+            method,
+        });
+    }
+    out
 }
 
 /// The paper's two ablations of the visual CLIP-Adapter (Gao et al., 2021, Tables 1 and 2),
@@ -152,7 +141,7 @@ pub fn ablation_methods() -> Vec<DemoMethod> {
                 label: g.label,
                 options: g.options,
                 // The seed is the draw's, set per fit by `for_draw`.
-                method: sweep.point(&base, i).method(MethodKind::ClipAdapter, "", 1),
+                method: sweep.point(&base, i).method(CLIP_ADAPTER, "", 1),
             });
         }
     }
@@ -550,7 +539,7 @@ fn demo_tsne(
         task: name.to_string(),
         source,
     };
-    let adapter = Method::ClipAdapter(AdapterOptions {
+    let adapter = Method::new(AdapterOptions {
         branch: Branch::Visual,
         search: ALPHAS.to_vec(),
         ..AdapterOptions::default()
@@ -560,14 +549,14 @@ fn demo_tsne(
     let alpha = (fitted.chosen.iter())
         .find(|(k, _)| k == "alpha")
         .map_or_else(|| "–".to_string(), |(_, v)| v.clone());
-    let Head::ClipAdapter(model) = fitted.head else {
+    let Some(model) = fitted.head.downcast_ref::<AdapterModel>() else {
         return Err(fail("CLIP-Adapter did not return an adapter head".into()));
     };
     let maps = adapter_tsne(
         &task.test.features,
         &task.test.labels,
         &task.classnames,
-        &model,
+        model,
         &TsneOptions {
             seed,
             ..TsneOptions::default()
@@ -598,18 +587,6 @@ pub(super) const CLIP_LOGIT_SCALE: f32 = 100.0;
 /// context gradients carry the same factor.
 /// Tip-Adapter-F trains with AdamW, whose steps do not depend on the gradients' scale.
 fn for_draw(m: &Method, seed: u64, logit_scale: f32) -> Method {
-    match m {
-        Method::ClipAdapter(o) => Method::ClipAdapter(AdapterOptions {
-            seed,
-            lr: o.lr * CLIP_LOGIT_SCALE / logit_scale,
-            ..o.clone()
-        }),
-        Method::Coop(o) => Method::Coop(CoopOptions {
-            seed,
-            lr: o.lr * CLIP_LOGIT_SCALE / logit_scale,
-            ..o.clone()
-        }),
-        Method::TipAdapterF(o) => Method::TipAdapterF(TipOptions { seed, ..o.clone() }),
-        other => other.clone(),
-    }
+    m.with_seed(seed)
+        .with_sgd_lr_scaled(CLIP_LOGIT_SCALE / logit_scale)
 }

@@ -52,7 +52,7 @@ pub enum ExperimentError {
     NotApplicable {
         option: &'static str,
         methods: String,
-        why: &'static str,
+        why: String,
     },
 
     #[error("{what} is empty")]

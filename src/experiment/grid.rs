@@ -15,8 +15,8 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
-use crate::methods::coop::{self, CoopHead, PromptModel};
-use crate::methods::{self, FewShotTask, Fitted, Method};
+use crate::methods::coop::PromptModel;
+use crate::methods::{self, FewShotTask, Fit, FitContext, Method, Needs};
 
 /// Where rows go, and what is already there.
 pub trait RowSink {
@@ -121,24 +121,16 @@ pub type Loader<'a, E> = dyn FnMut(&str, usize, u64) -> Result<(FewShotTask, Row
 /// Called only when a CoOp row is fitted; the caller loads it once.
 pub type ModelLoader<'a, E> = dyn FnMut(&RowSource) -> Result<Rc<PromptModel>, E> + 'a;
 
-/// A fitted method: the head on features, and CoOp's own head (what `fit --save` writes for
-/// CoOp: the learned context, re-encoded through the model when used).
-#[derive(Debug, Clone)]
-pub struct Trained {
-    pub fitted: Fitted,
-    pub coop: Option<CoopHead>,
-}
-
 /// Fits `method` on `task` under the protocol of `spec` (without the validation set for
 /// [`Validation::None`]), evaluates it, and makes the row. CoOp needs `model`, the model that
-/// made the task's features.
+/// made the task's features (CoOp's own head comes back in [`Fit::prompt`]).
 pub fn fit_row(
     method: &Method,
     task: &FewShotTask,
     spec: &RowSpec,
     model: Option<&PromptModel>,
     progress: &mut dyn FnMut(methods::Progress),
-) -> Result<(Trained, ResultRow), ExperimentError> {
+) -> Result<(Fit, ResultRow), ExperimentError> {
     let task = &*spec.validation.task(task);
     let start = Instant::now();
     let method = &method.for_feature_width(task.dim());
@@ -149,19 +141,13 @@ pub fn fit_row(
         seed: spec.seed,
         source,
     };
-    let trained = match (method, model) {
-        (Method::Coop(o), Some(model)) => {
-            let c = coop::fit(task, model, o, progress).map_err(|e| fit_error(Box::new(e)))?;
-            Trained {
-                fitted: c.fitted,
-                coop: Some(c.head),
-            }
-        }
-        _ => Trained {
-            fitted: methods::fit(method, task, progress).map_err(|e| fit_error(Box::new(e)))?,
-            coop: None,
-        },
+    let mut cx = FitContext {
+        progress,
+        text_tower: model,
     };
+    let trained = method
+        .fit(task, &mut cx)
+        .map_err(|e| fit_error(Box::new(e)))?;
     let fitted = &trained.fitted;
     // Milliseconds are all a training time needs.
     let seconds = (start.elapsed().as_secs_f64() * 1e3).round() / 1e3;
@@ -311,9 +297,12 @@ impl Group<'_> {
         for (c, row) in rows.iter().enumerate() {
             if row.is_none() {
                 let (draw, m) = self.cell(c);
-                match configure(m, self.dataset, draw.seed) {
-                    method @ Method::Coop(_) => sequential.push((c, method)),
-                    method => concurrent.push((c, method)),
+                // A method that trains through the text tower runs on this thread, which
+                // holds the model.
+                let method = configure(m, self.dataset, draw.seed);
+                match method.card().needs {
+                    Needs::TextTower => sequential.push((c, method)),
+                    _ => concurrent.push((c, method)),
                 }
             }
         }
@@ -519,8 +508,8 @@ mod tests {
 
     fn method(i: usize, seed: u64, reduction: usize) -> Method {
         match i {
-            0 => Method::ZeroShot,
-            _ => Method::ClipAdapter(AdapterOptions {
+            0 => Method::new(crate::methods::zero_shot::ZeroShotMethod),
+            _ => Method::new(AdapterOptions {
                 epochs: Some(3),
                 batch_size: 8,
                 reduction,

@@ -28,7 +28,6 @@ pub mod table;
 pub use error::ExperimentError;
 pub use grid::{
     fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, ModelLoader, RowSink, RowSpec,
-    Trained,
 };
 pub use model::{backbone, check_head_model, model_reference, prompt_model};
 pub use protocol::{MethodOverrides, Validation};

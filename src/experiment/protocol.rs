@@ -9,10 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ExperimentError;
-use crate::methods::clip_adapter::{AdapterOptions, Branch, Form, RatioMode};
-use crate::methods::coop::{ClassPosition, CoopOptions};
-use crate::methods::prolip::ProlipOptions;
-use crate::methods::tip_adapter::TipOptions;
+pub use crate::methods::MethodOverrides;
 use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind};
 use std::borrow::Cow;
 
@@ -94,95 +91,28 @@ impl std::str::FromStr for Validation {
     }
 }
 
-/// Options given by the user; `None` (or empty) keeps the protocol's value.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MethodOverrides {
-    pub branch: Option<Branch>,
-    pub form: Option<Form>,
-    pub reduction: Option<usize>,
-    pub ratio: Option<RatioMode>,
-    pub search: Vec<f32>,
-    pub alpha: Option<f32>,
-    pub beta: Option<f32>,
-    pub lr: Option<f32>,
-    pub epochs: Option<usize>,
-    pub batch_size: Option<usize>,
-    /// CoOp: number of learned context vectors.
-    pub n_ctx: Option<usize>,
-    /// CoOp: initialise the context from this phrase.
-    pub ctx_init: Option<String>,
-    /// CoOp: one context per class.
-    pub csc: bool,
-    pub class_token_position: Option<ClassPosition>,
-}
+pub use crate::methods::overrides::{IMAGENET, IMAGENET_EPOCHS};
 
-/// The dataset on which CoOp trains 50 epochs whatever the shot count.
-pub const IMAGENET: &str = "imagenet";
-pub const IMAGENET_EPOCHS: usize = 50;
-
-/// Which methods an option applies to, and why not the others.
+/// Whether `option` (a name on the command line) is one `kind` takes.
 fn applies(option: &str, kind: MethodKind) -> bool {
-    use MethodKind::*;
-    match option {
-        "branch" | "form" | "reduction" | "ratio" | "search" => kind == ClipAdapter,
-        "alpha" | "beta" => matches!(kind, ClipAdapter | TipAdapter | TipAdapterF),
-        "lr" | "epochs" => matches!(kind, ClipAdapter | Coop | TipAdapterF | Prolip),
-        "batch-size" => matches!(kind, ClipAdapter | Coop | TipAdapterF),
-        "n-ctx" | "ctx-init" | "csc" | "class-token-position" => kind == Coop,
-        _ => false,
-    }
+    kind.card().options.contains(&option)
 }
 
-fn why_not(option: &str) -> &'static str {
-    match option {
-        "branch" | "form" | "reduction" | "ratio" | "search" => {
-            "it is an option of CLIP-Adapter's adapter"
-        }
-        "alpha" | "beta" => "only CLIP-Adapter and Tip-Adapter(-F) have these ratios",
-        "n-ctx" | "ctx-init" | "csc" | "class-token-position" => {
-            "it is an option of CoOp's learned prompt"
-        }
-        "batch-size" => "only CLIP-Adapter, CoOp and Tip-Adapter-F train in mini-batches",
-        _ => "only CLIP-Adapter, CoOp, Tip-Adapter-F and ProLIP are trained by gradient steps",
+/// The methods that take `option`, for the error that refuses it.
+fn taken_by(option: &str) -> String {
+    let titles: Vec<&str> = MethodKind::all()
+        .iter()
+        .filter(|k| applies(option, **k))
+        .map(|k| k.card().title)
+        .collect();
+    match titles.as_slice() {
+        [] => "no method takes it".to_string(),
+        [one] => format!("it is an option of {one} only"),
+        many => format!("only {} take it", many.join(", ")),
     }
 }
 
 impl MethodOverrides {
-    /// The options that are set, as `(name, value)`, in a fixed order.
-    fn given(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        let mut put = |k: &'static str, v: Option<String>| {
-            if let Some(v) = v {
-                out.push((k, v));
-            }
-        };
-        put("branch", self.branch.map(|b| b.as_str().to_string()));
-        put("form", self.form.map(|f| f.as_str().to_string()));
-        put("reduction", self.reduction.map(|r| r.to_string()));
-        put("ratio", self.ratio.map(|r| r.as_str().to_string()));
-        put(
-            "search",
-            (!self.search.is_empty()).then(|| {
-                let v: Vec<String> = self.search.iter().map(f32::to_string).collect();
-                v.join(",")
-            }),
-        );
-        put("alpha", self.alpha.map(|v| v.to_string()));
-        put("beta", self.beta.map(|v| v.to_string()));
-        put("lr", self.lr.map(|v| v.to_string()));
-        put("epochs", self.epochs.map(|v| v.to_string()));
-        put("batch-size", self.batch_size.map(|v| v.to_string()));
-        put("n-ctx", self.n_ctx.map(|v| v.to_string()));
-        // Quoted: a phrase has spaces, and the options column is space-separated.
-        put("ctx-init", self.ctx_init.as_ref().map(|v| format!("{v:?}")));
-        put("csc", self.csc.then(|| "true".to_string()));
-        put(
-            "class-token-position",
-            self.class_token_position.map(|p| p.as_str().to_string()),
-        );
-        out
-    }
-
     /// Refuses an option that applies to none of `kinds`.
     pub fn check(&self, kinds: &[MethodKind]) -> Result<(), ExperimentError> {
         if kinds.is_empty() {
@@ -196,7 +126,7 @@ impl MethodOverrides {
                 return Err(ExperimentError::NotApplicable {
                     option,
                     methods: names.join(", "),
-                    why: why_not(option),
+                    why: taken_by(option),
                 });
             }
         }
@@ -210,7 +140,7 @@ impl MethodOverrides {
             return Err(ExperimentError::NotApplicable {
                 option: "search",
                 methods: "--validation none".into(),
-                why: "a search chooses on the validation set, and this protocol has none",
+                why: "a search chooses on the validation set, and this protocol has none".into(),
             });
         }
         Ok(())
@@ -230,84 +160,21 @@ impl MethodOverrides {
     /// The method with the protocol's values for `dataset`, these options on top, trained
     /// with `seed`.
     pub fn method(&self, kind: MethodKind, dataset: &str, seed: u64) -> Method {
-        let tip = || {
-            let d = TipOptions::for_dataset(dataset);
-            TipOptions {
-                alpha: self.alpha.unwrap_or(d.alpha),
-                beta: self.beta.unwrap_or(d.beta),
-                lr: self.lr.unwrap_or(d.lr),
-                epochs: self.epochs.unwrap_or(d.epochs),
-                batch_size: self.batch_size.unwrap_or(d.batch_size),
-                seed,
-                ..d
-            }
-        };
-        match kind {
-            MethodKind::TipAdapter => Method::TipAdapter(TipOptions {
-                // Training-free: the training options do not apply.
-                lr: TipOptions::for_dataset(dataset).lr,
-                epochs: TipOptions::for_dataset(dataset).epochs,
-                batch_size: TipOptions::for_dataset(dataset).batch_size,
-                ..tip()
-            }),
-            MethodKind::TipAdapterF => Method::TipAdapterF(tip()),
-            MethodKind::ClipAdapter => {
-                let d = AdapterOptions::default();
-                Method::ClipAdapter(AdapterOptions {
-                    branch: self.branch.unwrap_or(d.branch),
-                    form: self.form.unwrap_or(d.form),
-                    reduction: self.reduction.unwrap_or(d.reduction),
-                    alpha: self.alpha.unwrap_or(d.alpha),
-                    beta: self.beta.unwrap_or(d.beta),
-                    ratio: self.ratio.unwrap_or(d.ratio),
-                    lr: self.lr.unwrap_or(d.lr),
-                    epochs: self
-                        .epochs
-                        .or((dataset == IMAGENET).then_some(IMAGENET_EPOCHS)),
-                    batch_size: self.batch_size.unwrap_or(d.batch_size),
-                    search: self.search.clone(),
-                    seed,
-                    ..d
-                })
-            }
-            MethodKind::Coop => {
-                let d = CoopOptions::default();
-                Method::Coop(CoopOptions {
-                    n_ctx: self.n_ctx.unwrap_or(d.n_ctx),
-                    ctx_init: self.ctx_init.clone(),
-                    csc: self.csc,
-                    position: self.class_token_position.unwrap_or(d.position),
-                    lr: self.lr.unwrap_or(d.lr),
-                    epochs: self
-                        .epochs
-                        .or((dataset == IMAGENET).then_some(IMAGENET_EPOCHS)),
-                    batch_size: self.batch_size.unwrap_or(d.batch_size),
-                    seed,
-                    ..d
-                })
-            }
-            MethodKind::Prolip => {
-                let d = ProlipOptions::default();
-                Method::Prolip(ProlipOptions {
-                    // A learning rate given by the user is used as is, without a search.
-                    search: if self.lr.is_some() {
-                        Vec::new()
-                    } else {
-                        d.search.clone()
-                    },
-                    lr: self.lr.unwrap_or(d.lr),
-                    epochs: self.epochs.unwrap_or(d.epochs),
-                    ..d
-                })
-            }
-            other => other.with_defaults().with_seed(seed),
-        }
+        (kind.card().configure)(self, dataset, seed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::methods::clip_adapter::{self, AdapterOptions};
+    use crate::methods::coop::{self, CoopOptions};
+    use crate::methods::tip_adapter::{self, TipAdapterF};
+
+    const CLIP_ADAPTER: MethodKind = MethodKind(&clip_adapter::CARD);
+    const COOP: MethodKind = MethodKind(&coop::CARD);
+    const TIP: MethodKind = MethodKind(&tip_adapter::CARD);
+    const TIP_F: MethodKind = MethodKind(&tip_adapter::CARD_F);
 
     #[test]
     fn options_for_no_chosen_method_are_refused() {
@@ -315,15 +182,14 @@ mod tests {
             reduction: Some(8),
             ..Default::default()
         };
-        let err = o.check(&[MethodKind::TipAdapter]).unwrap_err().to_string();
+        let err = o.check(&[TIP]).unwrap_err().to_string();
         assert!(
             err.contains("--reduction") && err.contains("tip-adapter"),
             "{err}"
         );
-        o.check(&[MethodKind::TipAdapter, MethodKind::ClipAdapter])
-            .unwrap();
-        assert_eq!(o.label(MethodKind::ClipAdapter), "reduction=8");
-        assert_eq!(o.label(MethodKind::TipAdapter), "");
+        o.check(&[TIP, CLIP_ADAPTER]).unwrap();
+        assert_eq!(o.label(CLIP_ADAPTER), "reduction=8");
+        assert_eq!(o.label(TIP), "");
     }
 
     #[test]
@@ -334,29 +200,23 @@ mod tests {
             lr: Some(0.01),
             ..Default::default()
         };
-        let err = o.check(&[MethodKind::ClipAdapter]).unwrap_err().to_string();
+        let err = o.check(&[CLIP_ADAPTER]).unwrap_err().to_string();
         assert!(err.contains("--n-ctx") && err.contains("CoOp"), "{err}");
-        o.check(&[MethodKind::Coop]).unwrap();
-        assert_eq!(
-            o.label(MethodKind::Coop),
-            "lr=0.01 n-ctx=4 ctx-init=\"a photo of a\""
-        );
-        assert_eq!(o.label(MethodKind::ClipAdapter), "lr=0.01");
-        match o.method(MethodKind::Coop, "eurosat", 2) {
-            Method::Coop(c) => {
-                assert_eq!((c.n_ctx, c.lr, c.seed), (4, 0.01, 2));
-                assert_eq!(c.ctx_init.as_deref(), Some("a photo of a"));
-            }
-            _ => unreachable!(),
-        }
+        o.check(&[COOP]).unwrap();
+        assert_eq!(o.label(COOP), "lr=0.01 n-ctx=4 ctx-init=\"a photo of a\"");
+        assert_eq!(o.label(CLIP_ADAPTER), "lr=0.01");
+        let m = o.method(COOP, "eurosat", 2);
+        let c = m.options::<CoopOptions>().unwrap();
+        assert_eq!((c.n_ctx, c.lr, c.seed), (4, 0.01, 2));
+        assert_eq!(c.ctx_init.as_deref(), Some("a photo of a"));
     }
 
     #[test]
     fn imagenet_trains_50_epochs_unless_told() {
         let o = MethodOverrides::default();
-        let epochs = |d: &str, o: &MethodOverrides| match o.method(MethodKind::ClipAdapter, d, 1) {
-            Method::ClipAdapter(a) => a.epochs,
-            _ => unreachable!(),
+        let epochs = |d: &str, o: &MethodOverrides| {
+            let m = o.method(CLIP_ADAPTER, d, 1);
+            m.options::<AdapterOptions>().unwrap().epochs
         };
         assert_eq!(epochs("imagenet", &o), Some(50));
         assert_eq!(epochs("eurosat", &o), None);
@@ -365,17 +225,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(epochs("imagenet", &o), Some(3));
-        let coop = |d: &str, o: &MethodOverrides| match o.method(MethodKind::Coop, d, 4) {
-            Method::Coop(c) => (c.epochs, c.seed),
-            _ => unreachable!(),
+        let coop = |d: &str, o: &MethodOverrides| {
+            let m = o.method(COOP, d, 4);
+            let c = m.options::<CoopOptions>().unwrap();
+            (c.epochs, c.seed)
         };
         assert_eq!(coop("imagenet", &MethodOverrides::default()), (Some(50), 4));
         assert_eq!(coop("eurosat", &MethodOverrides::default()), (None, 4));
         assert_eq!(coop("imagenet", &o), (Some(3), 4));
-        match o.method(MethodKind::TipAdapterF, "eurosat", 2) {
-            Method::TipAdapterF(t) => assert_eq!((t.epochs, t.seed, t.alpha), (3, 2, 2.0)),
-            _ => unreachable!(),
-        }
+        let m = o.method(TIP_F, "eurosat", 2);
+        let t = &m.options::<TipAdapterF>().unwrap().0;
+        assert_eq!((t.epochs, t.seed, t.alpha), (3, 2, 2.0));
     }
 
     #[test]

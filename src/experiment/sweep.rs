@@ -9,7 +9,8 @@
 
 use super::{GridMethod, MethodOverrides, ResultRow};
 use crate::methods::clip_adapter::{Branch, RatioMode};
-use crate::methods::{eval, MethodKind};
+use crate::methods::eval;
+use crate::methods::registry::CLIP_ADAPTER;
 
 /// Errors of a sweep's description.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +198,7 @@ impl Sweep {
             }
             _ => {}
         }
-        base.check(&[MethodKind::ClipAdapter])?;
+        base.check(&[CLIP_ADAPTER])?;
         Ok(())
     }
 
@@ -215,8 +216,8 @@ impl Sweep {
     pub fn grid_methods(&self, base: &MethodOverrides) -> Vec<GridMethod> {
         (0..self.len())
             .map(|i| GridMethod {
-                label: MethodKind::ClipAdapter.name().to_string(),
-                options: self.point(base, i).label(MethodKind::ClipAdapter),
+                label: CLIP_ADAPTER.name().to_string(),
+                options: self.point(base, i).label(CLIP_ADAPTER),
             })
             .collect()
     }
@@ -233,7 +234,7 @@ impl Sweep {
 
     /// [`Sweep::markdown`] for points whose rows carry `options[i]` (the `i`-th value's).
     pub fn table(&self, options: &[String], rows: &[ResultRow]) -> String {
-        let clip_adapter = MethodKind::ClipAdapter.name();
+        let clip_adapter = CLIP_ADAPTER.name();
         let rows: Vec<&ResultRow> = (rows.iter())
             .filter(|r| r.method == clip_adapter && options.contains(&r.options))
             .collect();
@@ -335,7 +336,7 @@ pub struct FoundSweep {
 impl FoundSweep {
     /// The mean over seeds of the test accuracy of the `i`-th value.
     pub fn cell(&self, rows: &[ResultRow], i: usize, dataset: &str, shots: usize) -> Option<f32> {
-        let clip_adapter = MethodKind::ClipAdapter.name();
+        let clip_adapter = CLIP_ADAPTER.name();
         let v: Vec<f32> = (rows.iter())
             .filter(|r| r.method == clip_adapter && r.options == self.options[i])
             .filter(|r| r.dataset == dataset && r.shots == shots)
@@ -349,7 +350,7 @@ impl FoundSweep {
 /// base's points in ascending order of value; sweeps ordered by parameter, then base. A row
 /// belongs to one sweep at most.
 pub fn find_sweeps(rows: &[ResultRow]) -> Vec<FoundSweep> {
-    let clip_adapter = MethodKind::ClipAdapter.name();
+    let clip_adapter = CLIP_ADAPTER.name();
     let mut options: Vec<&str> = Vec::new();
     for r in rows.iter().filter(|r| r.method == clip_adapter) {
         if !options.contains(&r.options.as_str()) {
@@ -494,7 +495,7 @@ mod tests {
             reduction: Some(8),
             ..base.clone()
         };
-        assert_eq!(m[1].options, run.label(MethodKind::ClipAdapter));
+        assert_eq!(m[1].options, run.label(CLIP_ADAPTER));
         assert_eq!(m[1].options, "reduction=8 epochs=5");
     }
 

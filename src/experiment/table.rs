@@ -2,7 +2,7 @@
 //! shots), then the average over datasets (the mean of the per-dataset means, where every
 //! dataset has the cell). Published numbers of the run's backbone go in brackets.
 //!
-//! Methods are listed in [`MethodKind::ALL`]'s order (the paper's comparison, then later
+//! Methods are listed in [`MethodKind::all`]'s order (the paper's comparison, then later
 //! methods); variants of one method follow it in the order they first appear.
 
 use std::path::Path;
@@ -32,21 +32,9 @@ pub struct Published {
 /// The publications' name of the average over the 11 benchmarks.
 const AVERAGE_11: &str = "AVG11";
 
-/// The publications' names of our methods (zero-shot: CoOp's reproduction of CLIP's prompt).
+/// The publications' name of one of our methods (its card's `reported_as`).
 fn published_method(m: &str) -> Option<&'static str> {
-    Some(match m.parse::<MethodKind>().ok()? {
-        MethodKind::ZeroShot => "ZeroShot_CoOp",
-        MethodKind::LinearProbe => return None,
-        MethodKind::ClipAdapter => "CLIP-Adapter",
-        // CoOp's RN50 numbers as the APE authors list them in their results notebook.
-        MethodKind::Coop => "CoOp(APE nb)",
-        MethodKind::TipAdapter => "Tip-Adapter",
-        MethodKind::TipAdapterF => "Tip-Adapter-F",
-        MethodKind::Gda => "GDA",
-        MethodKind::Ape => "APE",
-        MethodKind::ApeT => "APE-T",
-        MethodKind::LpPlusPlus | MethodKind::Clap | MethodKind::Prolip => return None,
-    })
+    m.parse::<MethodKind>().ok()?.card().reported_as
 }
 
 /// The publications' names of the CoOp dataset keys.
@@ -145,15 +133,15 @@ pub struct Summary {
     shots: Vec<usize>,
 }
 
-/// Position of a method label in [`MethodKind::ALL`] (a variant label such as
+/// Position of a method label in [`MethodKind::all`] (a variant label such as
 /// `clip-adapter-text` goes with the longest method name it starts with).
 fn method_rank(method: &str) -> usize {
-    MethodKind::ALL
+    MethodKind::all()
         .iter()
         .enumerate()
         .filter(|(_, k)| method.starts_with(k.name()))
         .max_by_key(|(_, k)| k.name().len())
-        .map_or(MethodKind::ALL.len(), |(i, _)| i)
+        .map_or(MethodKind::all().len(), |(i, _)| i)
 }
 
 fn cell_text(mean: f32, std: Option<f32>, paper: Option<f32>) -> String {

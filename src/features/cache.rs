@@ -632,46 +632,23 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FeatureError
 /// The largest header a reader accepts (the `safetensors` crate's own limit).
 const MAX_HEADER: u64 = 100_000_000;
 
-/// safetensors bytes: u64 header length, JSON header (keys sorted), padding, data. The
-/// metadata gains `checksum`: xxHash3-128 of the data section, which readers verify.
+/// safetensors bytes through the crate's one writer (sorted, checksummed).
 pub(crate) fn write_safetensors(
     metadata: &BTreeMap<String, String>,
-    tensors: &[(&str, &str, Vec<usize>, Vec<u8>)],
+    tensors: &[(&str, &'static str, Vec<usize>, Vec<u8>)],
 ) -> Vec<u8> {
-    let mut sorted: Vec<_> = tensors.iter().collect();
-    sorted.sort_by_key(|t| t.0);
-    let mut sum = xxhash_rust::xxh3::Xxh3::new();
-    for (_, _, _, data) in &sorted {
-        sum.update(data);
-    }
-    let mut metadata = metadata.clone();
-    metadata.insert(
-        "checksum".into(),
-        format!("xxh3-128:{:032x}", sum.digest128()),
-    );
-    let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::to_value(&metadata).unwrap_or_default(),
-    );
-    let mut offset = 0;
-    for (name, dtype, shape, data) in &sorted {
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
-        );
-        offset += data.len();
-    }
-    // serde_json's Map is a BTreeMap (no `preserve_order` feature): keys come out sorted.
-    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
-    head.resize(head.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + head.len() + offset);
-    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
-    out.extend_from_slice(&head);
-    for (_, _, _, data) in sorted {
-        out.extend_from_slice(data);
-    }
-    out
+    let raw = tensors
+        .iter()
+        .map(
+            |(name, dtype, shape, data)| crate::safetensors_file::RawTensor {
+                name: name.to_string(),
+                dtype,
+                shape: shape.clone(),
+                data: data.clone(),
+            },
+        )
+        .collect();
+    crate::safetensors_file::write(raw, metadata.clone())
 }
 
 /// Where an interrupted run keeps its finished chunks: `<target>.partial/`.

@@ -3,6 +3,9 @@
 
 use plotters::style::RGBColor;
 
+use crate::methods::registry::ZERO_SHOT;
+use crate::methods::MethodKind;
+
 /// Text and axes.
 pub const INK: RGBColor = RGBColor(40, 40, 40);
 /// Grid lines: light enough to read data over them.
@@ -58,28 +61,25 @@ pub fn method_style(label: &str) -> SeriesStyle {
         ("clip-adapter", Some("both")) => "clip-adapter-both",
         (m, _) => m,
     };
-    let colour = match key {
-        "zero-shot" => {
-            return SeriesStyle {
-                colour: INK,
-                dashed: true,
-            }
+    if key == ZERO_SHOT.name() {
+        return SeriesStyle {
+            colour: INK,
+            dashed: true,
+        };
+    }
+    let registered = MethodKind::all().iter().find_map(|k| {
+        let card = k.card();
+        if card.name == key {
+            return Some(card.colour);
         }
-        "linear-probe" => RGBColor(140, 86, 75),
-        "clip-adapter" => RGBColor(214, 39, 40),
-        "clip-adapter-text" => RGBColor(255, 127, 14),
-        "clip-adapter-both" => RGBColor(148, 103, 189),
-        "coop" => RGBColor(227, 119, 194),
-        "tip-adapter" => RGBColor(23, 190, 207),
-        "tip-adapter-f" => RGBColor(31, 119, 180),
-        "gda" => RGBColor(44, 160, 44),
-        "ape" => RGBColor(188, 189, 34),
-        "ape-t" => RGBColor(127, 127, 127),
-        "lp++" => RGBColor(255, 187, 120),
-        "clap" => RGBColor(0, 0, 128),
-        "prolip" => RGBColor(0, 150, 136),
+        (card.variant_colours.iter())
+            .find(|(name, _)| *name == key)
+            .map(|(_, c)| *c)
+    });
+    let colour = match registered {
+        Some((r, g, b)) => RGBColor(r, g, b),
         // Another method: a colour that depends on its name only.
-        other => palette(crate::hash::fnv1a64(other.as_bytes()) as usize),
+        None => palette(crate::hash::fnv1a64(key.as_bytes()) as usize),
     };
     SeriesStyle {
         colour,
@@ -104,25 +104,14 @@ mod tests {
         assert_eq!(method_style("new-method"), method_style("new-method"));
     }
 
-    /// Every method of the demo's figures is told apart by its colour.
+    /// Every registered method and variant is told apart by its colour.
     #[test]
     fn every_method_has_its_own_colour() {
-        let names = [
-            "zero-shot",
-            "linear-probe",
-            "clip-adapter",
-            "clip-adapter-text",
-            "clip-adapter-both",
-            "coop",
-            "tip-adapter",
-            "tip-adapter-f",
-            "gda",
-            "ape",
-            "ape-t",
-            "lp++",
-            "clap",
-            "prolip",
-        ];
+        let mut names: Vec<&str> = Vec::new();
+        for k in MethodKind::all() {
+            names.push(k.name());
+            names.extend(k.card().variant_colours.iter().map(|(n, _)| *n));
+        }
         for (i, a) in names.iter().enumerate() {
             for b in &names[i + 1..] {
                 assert_ne!(

@@ -19,11 +19,16 @@
 //!   AdamW (weight decay 0.1), cosine per iteration, batch 256; the best epoch on validation,
 //!   then α, β searched on validation.
 
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{
     argmax_rows, cross_entropy_backward, gemm, normalize_rows, seeded_rng, Matrix,
 };
+use super::method::method_boilerplate;
 use super::optim::{cosine_annealing, AdamW};
-use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress};
+use super::{
+    eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
+    MethodCard, MethodError, Needs, Progress,
+};
 
 /// The feature width the authors' channel counts are given for (RN50).
 pub const REFERENCE_DIM: usize = 1024;
@@ -537,7 +542,7 @@ pub fn fit(
         ("channels".to_string(), head.channels.len().to_string()),
     ];
     Ok(Fitted {
-        head: Head::Ape(head),
+        head: Head::new(head),
         chosen,
         losses: Vec::new(),
     })
@@ -782,10 +787,171 @@ pub fn fit_trained(
         ("channels".to_string(), model.channels.len().to_string()),
     ];
     Ok(Fitted {
-        head: Head::Ape(head),
+        head: Head::new(head),
         chosen,
         losses,
     })
+}
+
+// The methods' cards, options and head codec.
+
+/// Training-free APE.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ape(pub ApeOptions);
+
+/// APE-T: category residuals and value weights trained.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApeT(pub ApeOptions);
+
+/// The authors build the cache as Tip-Adapter does, from augmented passes.
+const APE_AUGMENTATION: Augmentation = Augmentation::RandomResizedCrop {
+    scale: (0.5, 1.0),
+    flip: true,
+    source:
+        "APE `main.py`: Tip-Adapter's RandomResizedCrop(scale=(0.5, 1)) + flip passes for the cache",
+};
+
+pub static CARD: MethodCard = MethodCard {
+    name: "ape",
+    title: "APE",
+    paper: "Zhu et al., ICCV 2023",
+    code: "yangyangyang127/APE",
+    colour: (188, 189, 34),
+    variant_colours: &[],
+    reported_as: Some("APE"),
+    without_validation:
+        "the authors' initial α, β, γ for the dataset instead of the validation search",
+    augmentation: APE_AUGMENTATION,
+    needs: Needs::Features,
+    options: &[],
+    configure: |_, dataset, seed| {
+        Method::new(Ape(ApeOptions {
+            seed,
+            ..ApeOptions::for_dataset(dataset)
+        }))
+    },
+    head: &CODEC,
+};
+
+pub static CARD_T: MethodCard = MethodCard {
+    name: "ape-t",
+    title: "APE-T",
+    paper: "Zhu et al., ICCV 2023",
+    code: "yangyangyang127/APE",
+    colour: (127, 127, 127),
+    variant_colours: &[],
+    reported_as: Some("APE-T"),
+    without_validation: "the last epoch and the authors' initial α, β for the dataset",
+    augmentation: APE_AUGMENTATION,
+    needs: Needs::Features,
+    options: &[],
+    configure: |_, dataset, seed| {
+        Method::new(ApeT(ApeOptions {
+            seed,
+            ..ApeOptions::for_dataset(dataset)
+        }))
+    },
+    head: &CODEC,
+};
+
+fn describe(o: &ApeOptions) -> String {
+    format!(
+        "w_free={:?} w_trained={:?} channels={},{} alpha={} beta={} gamma={} scale={:?} steps={:?} lr={} eps={} epochs={} batch={}",
+        o.weights_free, o.weights_trained, o.channels_free, o.channels_trained, o.alpha,
+        o.beta, o.gamma, o.search_scale, o.search_steps, o.lr, o.eps, o.epochs, o.batch_size
+    )
+}
+
+impl FewShotMethod for Ape {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        describe(&self.0)
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, &self.0, cx.progress).map(Fit::from)
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.0.seed = seed;
+    }
+
+    fn set_feature_width(&mut self, dim: usize) {
+        self.0 = self.0.clone().scaled_to(dim);
+    }
+}
+
+impl FewShotMethod for ApeT {
+    method_boilerplate!(CARD_T);
+
+    fn describe(&self) -> String {
+        describe(&self.0)
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit_trained(task, &self.0, cx.progress).map(Fit::from)
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.0.seed = seed;
+    }
+
+    fn set_feature_width(&mut self, dim: usize) {
+        self.0 = self.0.clone().scaled_to(dim);
+    }
+}
+
+/// Tensors: `classes` (K×D), `logit_scale`, `keys` (N×D), `values` (N class indices),
+/// `value_weights` (N), `alpha`, `beta`, `channels` (APE's refined channels; absent for APE-T).
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "ape",
+    anchor: ("classes", "K × D, one class embedding per row"),
+    input: FeatureSpace::Projected,
+    read: |r, classes| {
+        let (k, d) = (classes.rows, classes.cols);
+        let keys = r.matrix("keys", None, Some(d), "N × D, one cache key per row")?;
+        let n = keys.rows;
+        Ok(Box::new(ApeHead {
+            values: r.indices("values", Some(n), k, "a class index")?,
+            value_weights: r.vector("value_weights", n, "one weight per key")?,
+            channels: if r.has("channels") {
+                r.indices("channels", None, d, "a feature channel")?
+            } else {
+                Vec::new()
+            },
+            alpha: r.scalar("alpha", "one value")?,
+            beta: r.scalar("beta", "one value")?,
+            keys,
+            logit_scale: r.logit_scale()?,
+            classes,
+        }))
+    },
+};
+
+impl HeadModel for ApeHead {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        ApeHead::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.classes.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("classes", &self.classes);
+        w.scalar("logit_scale", self.logit_scale);
+        w.matrix("keys", &self.keys);
+        w.indices("values", &self.values);
+        w.vector("value_weights", &self.value_weights);
+        w.scalar("alpha", self.alpha);
+        w.scalar("beta", self.beta);
+        if !self.channels.is_empty() {
+            w.indices("channels", &self.channels);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,11 +17,16 @@
 //! epoch the PHR update `λ ← max(0, λ + ρ h)`, `ρ ← h` with `h_k = ‖p_k − t_k‖²`) is
 //! [`Constraint::Adaptive`].
 
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward};
 use super::linalg::{seeded_rng, Matrix};
+use super::method::method_boilerplate;
 use super::optim::{Sgd, WarmupCosine};
 use super::zero_shot::cosine_logits;
-use super::{FewShotTask, Fitted, Head, MethodError, Progress};
+use super::{
+    Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method, MethodCard,
+    MethodError, Needs, Progress,
+};
 
 /// The penalty towards the zero-shot prototypes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,10 +386,95 @@ pub fn fit(
         mean(&model.multipliers).to_string(),
     )];
     Ok(Fitted {
-        head: Head::Clap(model.head()),
+        head: Head::new(model.head()),
         chosen,
         losses,
     })
+}
+
+// The method's card, options and head codec.
+
+pub static CARD: MethodCard = MethodCard {
+    name: "clap",
+    title: "CLAP",
+    paper: "Silva-Rodríguez et al., CVPR 2024",
+    code: "jusiro/CLAP",
+    colour: (0, 0, 128),
+    variant_colours: &[],
+    reported_as: None,
+    without_validation:
+        "uses no validation set in any protocol (the last epoch, class-adaptive multipliers)",
+    augmentation: Augmentation::RandomResizedCrop {
+        scale: (0.08, 1.0),
+        flip: true,
+        source: "CLAP's Dassl config: random_resized_crop + random_flip, the views pooled",
+    },
+    needs: Needs::Features,
+    options: &[],
+    configure: |_, _, seed| {
+        Method::new(ClapOptions {
+            seed,
+            ..ClapOptions::default()
+        })
+    },
+    head: &CODEC,
+};
+
+impl FewShotMethod for ClapOptions {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        format!(
+            "constraint={} lr={} epochs={} batch={} prototypes={}",
+            self.constraint.as_str(),
+            self.lr,
+            self.epochs,
+            self.batch_size,
+            if self.prompt_mean {
+                "prompt-mean".to_string()
+            } else {
+                format!("unit*{}", self.text_norm)
+            }
+        )
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, self, cx.progress).map(Fit::from)
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+}
+
+/// Tensors: `prototypes` (K×D) and `logit_scale`.
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "clap",
+    anchor: ("prototypes", "K × D, one prototype per class"),
+    input: FeatureSpace::Projected,
+    read: |r, prototypes| {
+        Ok(Box::new(ClapHead {
+            prototypes,
+            logit_scale: r.logit_scale()?,
+        }))
+    },
+};
+
+impl HeadModel for ClapHead {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        ClapHead::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.prototypes.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("prototypes", &self.prototypes);
+        w.scalar("logit_scale", self.logit_scale);
+    }
 }
 
 #[cfg(test)]

@@ -14,12 +14,19 @@
 //! Forward and backward are written by hand on f32 slices (a few GEMMs per step); the tests
 //! check every gradient against central finite differences.
 
+use super::head::{
+    head_boilerplate, FeatureSpace, HeadCodec, HeadError, HeadModel, HeadReader, HeadWriter,
+};
 use super::hyper_network::{row_mean, with_summary, RatioCache, RatioNet};
 use super::linalg::{
     cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward, seeded_rng, Matrix,
 };
+use super::method::method_boilerplate;
 use super::optim::{Sgd, WarmupCosine};
-use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress, TextClassifier};
+use super::{
+    eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
+    MethodCard, MethodError, MethodOverrides, Needs, Progress, TextClassifier,
+};
 use crate::rng::SplitMix64;
 
 /// Which features get an adapter (the paper's three variants).
@@ -703,10 +710,217 @@ pub fn fit(
         chosen.push(("beta".into(), beta.to_string()));
     }
     Ok(Fitted {
-        head: Head::ClipAdapter(model),
+        head: Head::new(model),
         chosen,
         losses,
     })
+}
+
+// The method's card, options and head codec.
+
+pub static CARD: MethodCard = MethodCard {
+    name: "clip-adapter",
+    title: "CLIP-Adapter",
+    paper: "Gao et al., IJCV 2024 (arXiv 2021)",
+    code: "gaopengcuhk/CLIP-Adapter (training as CoOp's Dassl trainer)",
+    colour: (214, 39, 40),
+    variant_colours: &[
+        ("clip-adapter-text", (255, 127, 14)),
+        ("clip-adapter-both", (148, 103, 189)),
+    ],
+    reported_as: Some("CLIP-Adapter"),
+    without_validation:
+        "the last epoch and the given ratio (α = β = 0.2) instead of the validation search",
+    augmentation: Augmentation::RandomResizedCrop {
+        scale: (0.08, 1.0),
+        flip: true,
+        source: "Dassl's `random_resized_crop` + `random_flip`, a fresh crop every epoch",
+    },
+    needs: Needs::Features,
+    options: &[
+        "branch",
+        "form",
+        "reduction",
+        "ratio",
+        "search",
+        "alpha",
+        "beta",
+        "lr",
+        "epochs",
+        "batch-size",
+    ],
+    configure,
+    head: &CODEC,
+};
+
+/// The protocol's CLIP-Adapter: the defaults, CoOp's 50 epochs on ImageNet, the user's options.
+fn configure(o: &MethodOverrides, dataset: &str, seed: u64) -> Method {
+    let d = AdapterOptions::default();
+    Method::new(AdapterOptions {
+        branch: o.branch.unwrap_or(d.branch),
+        form: o.form.unwrap_or(d.form),
+        reduction: o.reduction.unwrap_or(d.reduction),
+        alpha: o.alpha.unwrap_or(d.alpha),
+        beta: o.beta.unwrap_or(d.beta),
+        ratio: o.ratio.unwrap_or(d.ratio),
+        lr: o.lr.unwrap_or(d.lr),
+        epochs: o.coop_epochs(dataset),
+        batch_size: o.batch_size.unwrap_or(d.batch_size),
+        search: o.search.clone(),
+        seed,
+        ..d
+    })
+}
+
+impl FewShotMethod for AdapterOptions {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        format!(
+            "branch={} form={} reduction={} alpha={} beta={} ratio={} lr={} epochs={} batch={} search={:?}",
+            self.branch.as_str(),
+            self.form.as_str(),
+            self.reduction,
+            self.alpha,
+            self.beta,
+            self.ratio.as_str(),
+            self.lr,
+            self.epochs.map_or("by-shots".to_string(), |e| e.to_string()),
+            self.batch_size,
+            self.search
+        )
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, self, cx.progress).map(Fit::from)
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
+    fn scale_sgd_lr(&mut self, factor: f32) {
+        self.lr *= factor;
+    }
+}
+
+/// Tensors: `classes` (K×D) and `logit_scale`; `visual.w1` (D×H), `visual.w2` (H×D), the same
+/// for `text`; `alpha`, `beta` (one value, or a hyper-network's `alpha.u|c|q|b`). Metadata
+/// `relu_out` (the official form's ReLU after the second layer).
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "clip-adapter",
+    anchor: ("classes", "K × D, one class embedding per row"),
+    input: FeatureSpace::Projected,
+    read: read_head,
+};
+
+fn read_head(r: &HeadReader, classes: Matrix) -> Result<Box<dyn HeadModel>, HeadError> {
+    let d = classes.cols;
+    let branches =
+        ["visual", "text"].map(|b| r.has(&format!("{b}.w1")) || r.has(&format!("{b}.w2")));
+    if !branches.contains(&true) {
+        return Err(HeadError::Incomplete {
+            kind: "clip-adapter",
+            what: "`visual.w1`/`visual.w2` or `text.w1`/`text.w2`",
+        });
+    }
+    let relu_out = match r.metadata("relu_out") {
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(HeadError::Metadata {
+                key: "relu_out",
+                value: other.to_string(),
+                expected: "`true` or `false`".into(),
+            })
+        }
+        None => return Err(HeadError::MissingMetadata { key: "relu_out" }),
+    };
+    let bottleneck = |name: &str, on: bool| -> Result<Option<Bottleneck>, HeadError> {
+        if !on {
+            return Ok(None);
+        }
+        let w1 = r.matrix(&format!("{name}.w1"), Some(d), None, "D × H")?;
+        let h = w1.cols;
+        let w2 = r.matrix(
+            &format!("{name}.w2"),
+            Some(h),
+            Some(d),
+            "H × D, H from `.w1`",
+        )?;
+        Ok(Some(Bottleneck {
+            dim: d,
+            hidden: h,
+            w1: w1.data,
+            w2: w2.data,
+            relu_out,
+        }))
+    };
+    let ratio = |name: &str| -> Result<Ratio, HeadError> {
+        if !r.has(&format!("{name}.u")) {
+            return Ok(Ratio::Fixed(r.scalar(name, "one value")?));
+        }
+        // The hyper-network reads a feature and the classifier summary side by side.
+        let u = r.matrix(&format!("{name}.u"), Some(2 * d), None, "2D × hidden")?;
+        let hidden = u.cols;
+        Ok(Ratio::Hyper(RatioNet {
+            input: u.rows,
+            hidden,
+            u: u.data,
+            c: r.vector(&format!("{name}.c"), hidden, "hidden")?,
+            q: r.vector(&format!("{name}.q"), hidden, "hidden")?,
+            b: r.vector(&format!("{name}.b"), 1, "one value")?,
+        }))
+    };
+    Ok(Box::new(AdapterModel {
+        params: AdapterParams {
+            visual: bottleneck("visual", branches[0])?,
+            text: bottleneck("text", branches[1])?,
+            alpha: ratio("alpha")?,
+            beta: ratio("beta")?,
+        },
+        classes,
+        logit_scale: r.logit_scale()?,
+    }))
+}
+
+fn write_ratio(w: &mut HeadWriter, name: &str, r: &Ratio) {
+    match r {
+        Ratio::Fixed(v) => w.scalar(name, *v),
+        Ratio::Scalar(v) => w.scalar(name, v[0]),
+        Ratio::Hyper(n) => {
+            w.put(&format!("{name}.u"), vec![n.input, n.hidden], n.u.clone());
+            w.vector(&format!("{name}.c"), &n.c);
+            w.vector(&format!("{name}.q"), &n.q);
+            w.vector(&format!("{name}.b"), &n.b);
+        }
+    }
+}
+
+impl HeadModel for AdapterModel {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        AdapterModel::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.classes.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("classes", &self.classes);
+        w.scalar("logit_scale", self.logit_scale);
+        for (name, b) in [("visual", &self.params.visual), ("text", &self.params.text)] {
+            if let Some(b) = b {
+                w.put(&format!("{name}.w1"), vec![b.dim, b.hidden], b.w1.clone());
+                w.put(&format!("{name}.w2"), vec![b.hidden, b.dim], b.w2.clone());
+                w.meta("relu_out", b.relu_out.to_string());
+            }
+        }
+        write_ratio(w, "alpha", &self.params.alpha);
+        write_ratio(w, "beta", &self.params.beta);
+    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub enum MethodError {
     HeadFormat {
         path: PathBuf,
         #[source]
-        source: super::head::HeadError,
+        source: Box<super::head::HeadError>,
     },
 
     #[error("feature cache {dir}: {msg}")]
@@ -69,6 +69,9 @@ pub enum MethodError {
 
     #[error(transparent)]
     Write(#[from] crate::fsutil::WriteError),
+
+    #[error(transparent)]
+    Coop(Box<super::coop::CoopError>),
 
     #[error("cannot read the class prompts' features {}", path.display())]
     TextFeatures {

@@ -11,9 +11,14 @@
 //! - `W = μ Σ⁻¹`, `b_k = log(1/K) − ½ μ_kᵀ Σ⁻¹ μ_k` (uniform prior);
 //! - `logits = scale·f Tᵀ + α (f Wᵀ + b)`, α searched on validation over 1e-4 … 100.
 
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{cholesky_solve, gemm, Matrix};
+use super::method::method_boilerplate;
 use super::zero_shot::cosine_logits;
-use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress};
+use super::{
+    eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
+    MethodCard, MethodError, Needs, Progress,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GdaOptions {
@@ -184,10 +189,81 @@ pub fn fit(
     }
     chosen.push(("alpha".to_string(), head.alpha.to_string()));
     Ok(Fitted {
-        head: Head::Gda(head),
+        head: Head::new(head),
         chosen,
         losses: Vec::new(),
     })
+}
+
+// The method's card, options and head codec.
+
+pub static CARD: MethodCard = MethodCard {
+    name: "gda",
+    title: "GDA",
+    paper: "Wang et al., ICLR 2024",
+    code: "mrflogs/ICLR24",
+    colour: (44, 160, 44),
+    variant_colours: &[],
+    reported_as: Some("GDA"),
+    without_validation: "α = 0.1 (the reference's initial value) instead of the validation search",
+    augmentation: Augmentation::RandomResizedCrop {
+        scale: (0.5, 1.0),
+        flip: true,
+        source: "mrflogs/ICLR24: Tip-Adapter's 10 augmented passes, pooled into the class means and covariance",
+    },
+    needs: Needs::Features,
+    options: &[],
+    configure: |_, _, _| Method::new(GdaOptions::default()),
+    head: &CODEC,
+};
+
+impl FewShotMethod for GdaOptions {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        format!("alphas={:?}", self.alphas)
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, self, cx.progress).map(Fit::from)
+    }
+}
+
+/// Tensors: `classes` (K×D), `logit_scale`, `weight` (K×D), `bias` (K), `alpha`.
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "gda",
+    anchor: ("classes", "K × D, one class embedding per row"),
+    input: FeatureSpace::Projected,
+    read: |r, classes| {
+        let (k, d) = (classes.rows, classes.cols);
+        Ok(Box::new(GdaHead {
+            weight: r.matrix("weight", Some(k), Some(d), "K × D, like `classes`")?,
+            bias: r.vector("bias", k, "one per class")?,
+            alpha: r.scalar("alpha", "one value")?,
+            logit_scale: r.logit_scale()?,
+            classes,
+        }))
+    },
+};
+
+impl HeadModel for GdaHead {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        GdaHead::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.classes.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("classes", &self.classes);
+        w.scalar("logit_scale", self.logit_scale);
+        w.matrix("weight", &self.weight);
+        w.vector("bias", &self.bias);
+        w.scalar("alpha", self.alpha);
+    }
 }
 
 #[cfg(test)]
@@ -224,10 +300,10 @@ mod tests {
     }
 
     fn gda_head(t: &FewShotTask) -> GdaHead {
-        match fit(t, &GdaOptions::default(), &mut |_| {}).unwrap().head {
-            Head::Gda(h) => h,
-            _ => unreachable!("GDA fits a GDA head"),
-        }
+        let head = fit(t, &GdaOptions::default(), &mut |_| {}).unwrap().head;
+        head.downcast_ref::<GdaHead>()
+            .expect("GDA fits a GDA head")
+            .clone()
     }
 
     fn random_task(seed: u64, k: usize, per_class: usize, d: usize) -> FewShotTask {

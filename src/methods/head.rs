@@ -3,98 +3,124 @@
 //! the model it was trained on, the class names, the prompt templates, the method and its
 //! options, all as string metadata next to the tensors.
 //!
-//! Tensor names: `classes` (K×D class embeddings) and `logit_scale` in every head, then
-//! `visual.w1`, `visual.w2`, `text.w1`, `text.w2`, `alpha`, `beta`, `alpha.u|c|q|b`,
-//! `beta.u|c|q|b` (CLIP-Adapter; W1 is D×H, W2 is H×D), `weight`, `bias` (linear probe, GDA),
-//! `keys`, `values` (Tip-Adapter), `alpha` (Tip, GDA), `beta` (Tip).
-//! APE / APE-T: `classes`, `logit_scale`, `keys`, `values`, `value_weights`, `alpha`, `beta`,
-//! `channels` (APE's refined channels; absent for APE-T). LP++: `weight`, `bias`, `alpha` (one
-//! per class), `text`. CLAP: `prototypes`, `logit_scale`. ProLIP: `classes`, `logit_scale`,
-//! `projection.weight` (E × W, output × input: it scores pre-projection features) and
-//! `projection.bias` (ModifiedResNet towers).
+//! Each head type lives with its method and implements [`HeadModel`]; its [`HeadCodec`] (the
+//! `head` metadata value, the tensor that fixes the class count K and width D, and its reader)
+//! is on the method's card, so this file knows no method. Every head file has `classes` (or the
+//! tensor its codec names) K×D; the tensors of each head are listed in its method's file.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
-use super::ape::ApeHead;
-use super::clap::ClapHead;
-use super::clip_adapter::{AdapterModel, AdapterParams, Bottleneck, Ratio};
-use super::gda::GdaHead;
-use super::hyper_network::RatioNet;
 use super::linalg::Matrix;
-use super::linear_probe::LinearHead;
-use super::lp_plus_plus::LpPlusPlusHead;
-use super::prolip::{Projection, ProlipHead};
-use super::tip_adapter::TipHead;
-use super::zero_shot::ZeroShot;
-use super::{MethodError, TextClassifier};
+use super::MethodError;
 
 /// The `format` metadata value of head files.
 pub const FORMAT: &str = "clip-adapter-head";
 pub const VERSION: u32 = 1;
 
-// A head is built once per run and used by reference; boxing the large variants would only add
-// indirection.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum Head {
-    ZeroShot(ZeroShot),
-    ClipAdapter(AdapterModel),
-    Linear(LinearHead),
-    Tip(TipHead),
-    Gda(GdaHead),
-    Ape(ApeHead),
-    LpPlusPlus(LpPlusPlusHead),
-    Clap(ClapHead),
-    /// Scores *pre-projection* features (its `dim` is the projection's input width).
-    Prolip(ProlipHead),
+/// Which features a head scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureSpace {
+    /// The projected image embeddings the cache stores.
+    Projected,
+    /// The image tower's output before its last projection (ProLIP trains that projection).
+    PreProjection,
 }
+
+/// A trained head.
+pub trait HeadModel: fmt::Debug + Send + Sync + 'static {
+    fn codec(&self) -> &'static HeadCodec;
+    /// Class logits for image features (N×D, un-normalised as the cache stores them).
+    fn logits(&self, x: &Matrix) -> Matrix;
+    /// The feature width the head expects.
+    fn dim(&self) -> usize;
+    /// Its tensors and any metadata of its own.
+    fn write(&self, w: &mut HeadWriter);
+    fn clone_box(&self) -> Box<dyn HeadModel>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Reads a head's tensors, given its anchor tensor.
+pub type ReadHead = fn(&HeadReader, Matrix) -> Result<Box<dyn HeadModel>, HeadError>;
+
+/// How a head type is named in files and read back.
+pub struct HeadCodec {
+    /// The `head` metadata value.
+    pub kind: &'static str,
+    /// The tensor that fixes K and D (`classes` unless the head has none), and what it holds.
+    pub anchor: (&'static str, &'static str),
+    pub input: FeatureSpace,
+    /// Reads the rest of the head, given the anchor tensor (already checked: K ≥ 2 rows).
+    pub read: ReadHead,
+}
+
+impl fmt::Debug for HeadCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HeadCodec({})", self.kind)
+    }
+}
+
+/// A trained head of any method.
+pub struct Head(Box<dyn HeadModel>);
 
 impl Head {
-    /// Class logits for image features (N×D, un-normalised as the cache stores them).
+    pub fn new(head: impl HeadModel) -> Self {
+        Head(Box::new(head))
+    }
+
     pub fn logits(&self, x: &Matrix) -> Matrix {
-        match self {
-            Head::ZeroShot(h) => h.logits(x),
-            Head::ClipAdapter(h) => h.logits(x),
-            Head::Linear(h) => h.logits(x),
-            Head::Tip(h) => h.logits(x),
-            Head::Gda(h) => h.logits(x),
-            Head::Ape(h) => h.logits(x),
-            Head::LpPlusPlus(h) => h.logits(x),
-            Head::Clap(h) => h.logits(x),
-            Head::Prolip(h) => h.logits(x),
-        }
+        self.0.logits(x)
     }
 
-    /// The feature width the head expects.
     pub fn dim(&self) -> usize {
-        match self {
-            Head::ZeroShot(h) => h.text.weights.cols,
-            Head::ClipAdapter(h) => h.classes.cols,
-            Head::Linear(h) => h.weight.cols,
-            Head::Tip(h) => h.classes.cols,
-            Head::Gda(h) => h.classes.cols,
-            Head::Ape(h) => h.classes.cols,
-            Head::LpPlusPlus(h) => h.weight.cols,
-            Head::Clap(h) => h.prototypes.cols,
-            Head::Prolip(h) => h.projection.input_dim(),
-        }
+        self.0.dim()
     }
 
-    fn kind(&self) -> &'static str {
-        match self {
-            Head::ZeroShot(_) => "zero-shot",
-            Head::ClipAdapter(_) => "clip-adapter",
-            Head::Linear(_) => "linear",
-            Head::Tip(_) => "tip-adapter",
-            Head::Gda(_) => "gda",
-            Head::Ape(_) => "ape",
-            Head::LpPlusPlus(_) => "lp++",
-            Head::Clap(_) => "clap",
-            Head::Prolip(_) => "prolip",
-        }
+    /// The `head` value of its files.
+    pub fn kind(&self) -> &'static str {
+        self.0.codec().kind
+    }
+
+    /// Which features it scores.
+    pub fn input(&self) -> FeatureSpace {
+        self.0.codec().input
+    }
+
+    /// The head as its concrete type (`None` for another head).
+    pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
     }
 }
+
+impl Clone for Head {
+    fn clone(&self) -> Self {
+        Head(self.0.clone_box())
+    }
+}
+
+impl fmt::Debug for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Implements `codec`, `clone_box` and `as_any` of [`HeadModel`] for a `Clone` head.
+macro_rules! head_boilerplate {
+    ($codec:expr) => {
+        fn codec(&self) -> &'static $crate::methods::head::HeadCodec {
+            &$codec
+        }
+        fn clone_box(&self) -> Box<dyn $crate::methods::head::HeadModel> {
+            Box::new(self.clone())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    };
+}
+pub(crate) use head_boilerplate;
 
 /// What a head file says about how the head was made.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -113,163 +139,56 @@ pub struct HeadInfo {
     pub options: String,
 }
 
-struct Tensors(Vec<(String, Vec<usize>, Vec<f32>)>);
+/// The tensors and metadata of a head being written.
+#[derive(Default)]
+pub struct HeadWriter {
+    tensors: Vec<crate::safetensors_file::F32Tensor>,
+    meta: BTreeMap<String, String>,
+}
 
-impl Tensors {
-    fn put(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {
-        self.0.push((name.to_string(), shape, data));
+impl HeadWriter {
+    pub fn put(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {
+        self.tensors.push(crate::safetensors_file::F32Tensor {
+            name: name.to_string(),
+            shape,
+            data,
+        });
     }
-    fn matrix(&mut self, name: &str, m: &Matrix) {
+    pub fn matrix(&mut self, name: &str, m: &Matrix) {
         self.put(name, vec![m.rows, m.cols], m.data.clone());
     }
-    fn scalar(&mut self, name: &str, v: f32) {
+    pub fn vector(&mut self, name: &str, v: &[f32]) {
+        self.put(name, vec![v.len()], v.to_vec());
+    }
+    pub fn scalar(&mut self, name: &str, v: f32) {
         self.put(name, vec![1], vec![v]);
     }
-}
-
-fn put_ratio(t: &mut Tensors, name: &str, r: &Ratio) {
-    match r {
-        Ratio::Fixed(v) => t.scalar(name, *v),
-        Ratio::Scalar(v) => t.scalar(name, v[0]),
-        Ratio::Hyper(n) => {
-            t.put(&format!("{name}.u"), vec![n.input, n.hidden], n.u.clone());
-            t.put(&format!("{name}.c"), vec![n.hidden], n.c.clone());
-            t.put(&format!("{name}.q"), vec![n.hidden], n.q.clone());
-            t.put(&format!("{name}.b"), vec![1], n.b.clone());
-        }
+    /// Indices (class or channel numbers), exact in f32 up to 2^24.
+    pub fn indices(&mut self, name: &str, v: &[usize]) {
+        self.put(name, vec![v.len()], v.iter().map(|&i| i as f32).collect());
+    }
+    pub fn meta(&mut self, key: &str, value: String) {
+        self.meta.insert(key.to_string(), value);
     }
 }
 
-/// Serialises `head` with `info` as safetensors bytes.
+/// Serialises `head` with `info` as safetensors bytes (sorted tensors, a checksum).
 pub fn to_bytes(head: &Head, info: &HeadInfo) -> Vec<u8> {
-    let mut t = Tensors(Vec::new());
-    let mut meta = BTreeMap::new();
+    let mut w = HeadWriter::default();
     let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
-    meta.insert("format".to_string(), FORMAT.to_string());
-    meta.insert("version".to_string(), VERSION.to_string());
-    meta.insert("head".to_string(), head.kind().to_string());
-    meta.insert("model".to_string(), info.model.clone());
+    w.meta("format", FORMAT.to_string());
+    w.meta("version", VERSION.to_string());
+    w.meta("head", head.kind().to_string());
+    w.meta("model", info.model.clone());
     if let Some(f) = &info.model_fingerprint {
-        meta.insert("model_fingerprint".to_string(), f.clone());
+        w.meta("model_fingerprint", f.clone());
     }
-    meta.insert("classnames".to_string(), json(&info.classnames));
-    meta.insert("templates".to_string(), json(&info.templates));
-    meta.insert("method".to_string(), info.method.clone());
-    meta.insert("options".to_string(), info.options.clone());
-    match head {
-        Head::ZeroShot(h) => {
-            t.matrix("classes", &h.text.weights);
-            t.scalar("logit_scale", h.text.logit_scale);
-        }
-        Head::ClipAdapter(h) => {
-            t.matrix("classes", &h.classes);
-            t.scalar("logit_scale", h.logit_scale);
-            for (name, b) in [("visual", &h.params.visual), ("text", &h.params.text)] {
-                if let Some(b) = b {
-                    t.put(&format!("{name}.w1"), vec![b.dim, b.hidden], b.w1.clone());
-                    t.put(&format!("{name}.w2"), vec![b.hidden, b.dim], b.w2.clone());
-                    meta.insert("relu_out".to_string(), b.relu_out.to_string());
-                }
-            }
-            put_ratio(&mut t, "alpha", &h.params.alpha);
-            put_ratio(&mut t, "beta", &h.params.beta);
-        }
-        Head::Linear(h) => {
-            t.matrix("weight", &h.weight);
-            t.put("bias", vec![h.bias.len()], h.bias.clone());
-        }
-        Head::Tip(h) => {
-            t.matrix("classes", &h.classes);
-            t.scalar("logit_scale", h.logit_scale);
-            t.matrix("keys", &h.keys);
-            // Class indices are exact in f32 up to 2^24 classes.
-            t.put(
-                "values",
-                vec![h.values.len()],
-                h.values.iter().map(|&v| v as f32).collect(),
-            );
-            t.scalar("alpha", h.alpha);
-            t.scalar("beta", h.beta);
-        }
-        Head::Gda(h) => {
-            t.matrix("classes", &h.classes);
-            t.scalar("logit_scale", h.logit_scale);
-            t.matrix("weight", &h.weight);
-            t.put("bias", vec![h.bias.len()], h.bias.clone());
-            t.scalar("alpha", h.alpha);
-        }
-        Head::Ape(h) => {
-            t.matrix("classes", &h.classes);
-            t.scalar("logit_scale", h.logit_scale);
-            t.matrix("keys", &h.keys);
-            t.put(
-                "values",
-                vec![h.values.len()],
-                h.values.iter().map(|&v| v as f32).collect(),
-            );
-            t.put(
-                "value_weights",
-                vec![h.value_weights.len()],
-                h.value_weights.clone(),
-            );
-            t.scalar("alpha", h.alpha);
-            t.scalar("beta", h.beta);
-            if !h.channels.is_empty() {
-                // Channel indices are exact in f32 up to 2^24 channels.
-                t.put(
-                    "channels",
-                    vec![h.channels.len()],
-                    h.channels.iter().map(|&c| c as f32).collect(),
-                );
-            }
-        }
-        Head::LpPlusPlus(h) => {
-            t.matrix("weight", &h.weight);
-            t.put("bias", vec![h.bias.len()], h.bias.clone());
-            t.put("alpha", vec![h.alpha.len()], h.alpha.clone());
-            t.matrix("text", &h.text);
-        }
-        Head::Clap(h) => {
-            t.matrix("prototypes", &h.prototypes);
-            t.scalar("logit_scale", h.logit_scale);
-        }
-        Head::Prolip(h) => {
-            t.matrix("classes", &h.text.weights);
-            t.scalar("logit_scale", h.text.logit_scale);
-            t.matrix("projection.weight", &h.projection.weight);
-            if let Some(b) = &h.projection.bias {
-                t.put("projection.bias", vec![b.len()], b.clone());
-            }
-        }
-    }
-    // safetensors: u64 header length, JSON header (sorted keys), then the raw little-endian data.
-    let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::to_value(&meta).unwrap_or_default(),
-    );
-    let mut offset = 0usize;
-    t.0.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, shape, data) in &t.0 {
-        let end = offset + 4 * data.len();
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
-    }
-    let mut h = serde_json::Value::Object(header).to_string().into_bytes();
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + h.len() + offset);
-    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-    out.extend_from_slice(&h);
-    for (_, _, data) in &t.0 {
-        data.iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-    }
-    out
+    w.meta("classnames", json(&info.classnames));
+    w.meta("templates", json(&info.templates));
+    w.meta("method", info.method.clone());
+    w.meta("options", info.options.clone());
+    head.0.write(&mut w);
+    crate::safetensors_file::to_bytes(w.tensors, w.meta)
 }
 
 /// Writes the head atomically (temp file + rename).
@@ -286,7 +205,7 @@ pub fn load(path: &Path) -> Result<(Head, HeadInfo), MethodError> {
     })?;
     from_bytes(&bytes).map_err(|source| MethodError::HeadFormat {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -297,6 +216,9 @@ pub enum HeadError {
     #[error("not a safetensors file")]
     Safetensors(#[from] safetensors::SafeTensorError),
 
+    #[error(transparent)]
+    Checksum(#[from] crate::safetensors_file::ChecksumError),
+
     #[error("metadata `{key}` is not valid JSON")]
     MetadataJson {
         key: &'static str,
@@ -304,8 +226,85 @@ pub enum HeadError {
         source: serde_json::Error,
     },
 
-    #[error("{0}")]
-    Invalid(String),
+    #[error("metadata lacks `{key}`")]
+    MissingMetadata { key: &'static str },
+
+    #[error("metadata `{key}` is `{value}`, expected {expected}")]
+    Metadata {
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
+
+    #[error("format is `{found}`, expected `{FORMAT}`")]
+    Format { found: String },
+
+    #[error("version `{found}` is not supported (expected {VERSION})")]
+    Version { found: String },
+
+    #[error("unknown head kind `{kind}`")]
+    UnknownKind { kind: String },
+
+    #[error("tensor `{name}` ({what}) is missing")]
+    MissingTensor { name: String, what: String },
+
+    #[error("tensor `{name}` is {dtype}, expected F32")]
+    Dtype { name: String, dtype: String },
+
+    #[error("tensor `{name}` has shape {shape:?}, expected [{expected}] ({what})")]
+    Shape {
+        name: String,
+        shape: Vec<usize>,
+        expected: String,
+        what: String,
+    },
+
+    #[error("tensor `{name}` has shape {shape:?}: an empty dimension")]
+    EmptyDimension { name: String, shape: Vec<usize> },
+
+    #[error(
+        "tensor `{name}` holds {value} at position {position}; a head's weights must be finite"
+    )]
+    NotFinite {
+        name: String,
+        value: f32,
+        position: usize,
+    },
+
+    #[error("tensor `{name}` is {value}; CLIP's logit scale is positive")]
+    NotPositive { name: String, value: f32 },
+
+    #[error("tensor `{name}` holds {value} at position {position}; expected {what} 0..{below}")]
+    Index {
+        name: String,
+        value: f32,
+        position: usize,
+        what: &'static str,
+        below: usize,
+    },
+
+    #[error("`{anchor}` has {classes} row(s): the head scores {classes} class(es), a classifier needs at least {min}")]
+    TooFewClasses {
+        anchor: &'static str,
+        classes: usize,
+        min: usize,
+    },
+
+    #[error("metadata `classnames` names {names} class(es), but the head scores {classes} (`{anchor}` has {classes} rows)")]
+    ClassNames {
+        names: usize,
+        classes: usize,
+        anchor: &'static str,
+    },
+
+    #[error("tensor(s) {} are not part of a `{kind}` head", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
+    Leftover { names: Vec<String>, kind: String },
+
+    #[error("a `{kind}` head needs {what}")]
+    Incomplete {
+        kind: &'static str,
+        what: &'static str,
+    },
 }
 
 /// A tensor's expected shape: each dimension either a known size or free.
@@ -313,31 +312,37 @@ type Dims<'a> = &'a [Option<usize>];
 
 /// Reads tensors out of a head file, checking dtype, shape and finiteness, and remembers which
 /// ones were read so that leftovers can be refused.
-struct Reader<'a> {
+pub struct HeadReader<'a> {
     st: &'a safetensors::SafeTensors<'a>,
+    meta: &'a std::collections::HashMap<String, String>,
     read: std::cell::RefCell<Vec<String>>,
 }
 
-impl Reader<'_> {
-    fn has(&self, name: &str) -> bool {
+impl HeadReader<'_> {
+    pub fn has(&self, name: &str) -> bool {
         self.st.names().contains(&name)
     }
 
-    fn tensor(
+    /// A metadata value of the head's own.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.meta.get(key).map(String::as_str)
+    }
+
+    pub fn tensor(
         &self,
         name: &str,
         dims: Dims,
         what: &str,
     ) -> Result<(Vec<usize>, Vec<f32>), HeadError> {
-        let t = self
-            .st
-            .tensor(name)
-            .map_err(|_| HeadError::Invalid(format!("tensor `{name}` ({what}) is missing")))?;
+        let t = self.st.tensor(name).map_err(|_| HeadError::MissingTensor {
+            name: name.to_string(),
+            what: what.to_string(),
+        })?;
         if t.dtype() != safetensors::Dtype::F32 {
-            return Err(HeadError::Invalid(format!(
-                "tensor `{name}` is {:?}, expected F32",
-                t.dtype()
-            )));
+            return Err(HeadError::Dtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", t.dtype()),
+            });
         }
         let shape = t.shape().to_vec();
         let fits = shape.len() == dims.len()
@@ -350,15 +355,18 @@ impl Reader<'_> {
                 .iter()
                 .map(|d| d.map_or("_".to_string(), |d| d.to_string()))
                 .collect();
-            return Err(HeadError::Invalid(format!(
-                "tensor `{name}` has shape {shape:?}, expected [{}] ({what})",
-                expected.join(", ")
-            )));
+            return Err(HeadError::Shape {
+                name: name.to_string(),
+                shape,
+                expected: expected.join(", "),
+                what: what.to_string(),
+            });
         }
-        if let Some(&0) = shape.iter().find(|&&s| s == 0) {
-            return Err(HeadError::Invalid(format!(
-                "tensor `{name}` has shape {shape:?}: an empty dimension"
-            )));
+        if shape.contains(&0) {
+            return Err(HeadError::EmptyDimension {
+                name: name.to_string(),
+                shape,
+            });
         }
         let data: Vec<f32> = t
             .data()
@@ -366,16 +374,17 @@ impl Reader<'_> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(HeadError::Invalid(format!(
-                "tensor `{name}` holds {} at position {i}; a head's weights must be finite",
-                data[i]
-            )));
+            return Err(HeadError::NotFinite {
+                name: name.to_string(),
+                value: data[i],
+                position: i,
+            });
         }
         self.read.borrow_mut().push(name.to_string());
         Ok((shape, data))
     }
 
-    fn matrix(
+    pub fn matrix(
         &self,
         name: &str,
         rows: Option<usize>,
@@ -390,21 +399,49 @@ impl Reader<'_> {
         })
     }
 
-    fn vector(&self, name: &str, len: usize, what: &str) -> Result<Vec<f32>, HeadError> {
+    pub fn vector(&self, name: &str, len: usize, what: &str) -> Result<Vec<f32>, HeadError> {
         Ok(self.tensor(name, &[Some(len)], what)?.1)
     }
 
-    fn scalar(&self, name: &str, what: &str) -> Result<f32, HeadError> {
+    pub fn scalar(&self, name: &str, what: &str) -> Result<f32, HeadError> {
         Ok(self.tensor(name, &[Some(1)], what)?.1[0])
     }
 
+    /// Indices stored as f32, each a whole number below `below`.
+    pub fn indices(
+        &self,
+        name: &str,
+        len: Option<usize>,
+        below: usize,
+        what: &'static str,
+    ) -> Result<Vec<usize>, HeadError> {
+        let (_, v) = self.tensor(name, &[len], what)?;
+        v.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                if v >= 0.0 && v.fract() == 0.0 && (v as usize) < below {
+                    Ok(v as usize)
+                } else {
+                    Err(HeadError::Index {
+                        name: name.to_string(),
+                        value: v,
+                        position: i,
+                        what,
+                        below,
+                    })
+                }
+            })
+            .collect()
+    }
+
     /// The positive `logit_scale`.
-    fn logit_scale(&self) -> Result<f32, HeadError> {
+    pub fn logit_scale(&self) -> Result<f32, HeadError> {
         let v = self.scalar("logit_scale", "one value")?;
         if v <= 0.0 {
-            return Err(HeadError::Invalid(format!(
-                "tensor `logit_scale` is {v}; CLIP's logit scale is positive"
-            )));
+            return Err(HeadError::NotPositive {
+                name: "logit_scale".into(),
+                value: v,
+            });
         }
         Ok(v)
     }
@@ -413,49 +450,38 @@ impl Reader<'_> {
     /// branches were renamed, would otherwise load with parts silently ignored).
     fn no_leftovers(&self, kind: &str) -> Result<(), HeadError> {
         let read = self.read.borrow();
-        let mut extra: Vec<&str> = self
+        let mut extra: Vec<String> = self
             .st
             .names()
             .into_iter()
             .filter(|n| !read.iter().any(|r| r == *n))
+            .map(str::to_string)
             .collect();
         extra.sort_unstable();
         if extra.is_empty() {
             return Ok(());
         }
-        Err(HeadError::Invalid(format!(
-            "tensor(s) {} are not part of a `{kind}` head",
-            extra
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )))
+        Err(HeadError::Leftover {
+            names: extra,
+            kind: kind.to_string(),
+        })
     }
 }
 
-/// Parses and validates head bytes: format and version, every tensor's dtype and shape against
-/// the others (`classes` K×D fixes K and D), finite weights, as many class names as the head has
-/// classes (at least two), and options parsed strictly.
-pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), HeadError> {
-    let st = safetensors::SafeTensors::deserialize(bytes)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let bad = HeadError::Invalid;
-    let get = |k: &str| {
-        meta.get(k)
+/// The metadata every head file has, parsed.
+fn read_info(meta: &std::collections::HashMap<String, String>) -> Result<HeadInfo, HeadError> {
+    let get = |key: &'static str| {
+        meta.get(key)
             .cloned()
-            .ok_or_else(|| bad(format!("metadata lacks `{k}`")))
+            .ok_or(HeadError::MissingMetadata { key })
     };
     let format = get("format")?;
     if format != FORMAT {
-        return Err(bad(format!("format is `{format}`, expected `{FORMAT}`")));
+        return Err(HeadError::Format { found: format });
     }
     let version = get("version")?;
     if version != VERSION.to_string() {
-        return Err(bad(format!(
-            "version `{version}` is not supported (expected {VERSION})"
-        )));
+        return Err(HeadError::Version { found: version });
     }
     let list = |key: &'static str| -> Result<Vec<String>, HeadError> {
         serde_json::from_str(&get(key)?).map_err(|source| HeadError::MetadataJson { key, source })
@@ -467,214 +493,55 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), HeadError> {
             source,
         },
     )?;
-    let info = HeadInfo {
+    Ok(HeadInfo {
         model: get("model")?,
         model_fingerprint: meta.get("model_fingerprint").cloned(),
         classnames: list("classnames")?,
         templates: list("templates")?,
         method: get("method")?,
         options,
-    };
-    let r = Reader {
+    })
+}
+
+/// Parses and validates head bytes: format and version, every tensor's dtype and shape against
+/// the others (the anchor K×D fixes K and D), finite weights, as many class names as the head
+/// has classes (at least two), and options parsed strictly.
+pub fn from_bytes(bytes: &[u8]) -> Result<(Head, HeadInfo), HeadError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    crate::safetensors_file::verify_checksum(bytes, &meta)?;
+    let info = read_info(&meta)?;
+    let kind = meta
+        .get("head")
+        .cloned()
+        .ok_or(HeadError::MissingMetadata { key: "head" })?;
+    let codec = super::registry::head_codec(&kind)
+        .ok_or_else(|| HeadError::UnknownKind { kind: kind.clone() })?;
+    let r = HeadReader {
         st: &st,
+        meta: &meta,
         read: Default::default(),
     };
-    let kind = get("head")?;
-    // `classes` (or a linear head's `weight`) fixes the class count K and the feature width D;
-    // every other tensor is checked against them.
-    let (first, k_by_d) = match kind.as_str() {
-        "linear" | "lp++" => ("weight", "K × D, one row per class"),
-        "clap" => ("prototypes", "K × D, one prototype per class"),
-        _ => ("classes", "K × D, one class embedding per row"),
-    };
-    let anchor = r.matrix(first, None, None, k_by_d)?;
-    let (k, d) = (anchor.rows, anchor.cols);
+    let (anchor_name, anchor_what) = codec.anchor;
+    let anchor = r.matrix(anchor_name, None, None, anchor_what)?;
+    let k = anchor.rows;
     let min = crate::data::MIN_CLASSES;
     if k < min {
-        return Err(bad(format!(
-            "`{first}` has {k} row(s): the head scores {k} class(es), a classifier needs at least {min}"
-        )));
+        return Err(HeadError::TooFewClasses {
+            anchor: anchor_name,
+            classes: k,
+            min,
+        });
     }
     if info.classnames.len() != k {
-        return Err(bad(format!(
-            "metadata `classnames` names {} class(es), but the head scores {k} (`{first}` has {k} rows)",
-            info.classnames.len()
-        )));
+        return Err(HeadError::ClassNames {
+            names: info.classnames.len(),
+            classes: k,
+            anchor: anchor_name,
+        });
     }
-    let head = match kind.as_str() {
-        "zero-shot" => Head::ZeroShot(ZeroShot::new(&TextClassifier {
-            weights: anchor,
-            logit_scale: r.logit_scale()?,
-        })),
-        "linear" => Head::Linear(LinearHead {
-            weight: anchor,
-            bias: r.vector("bias", k, "one per class")?,
-        }),
-        "gda" => Head::Gda(GdaHead {
-            weight: r.matrix("weight", Some(k), Some(d), "K × D, like `classes`")?,
-            bias: r.vector("bias", k, "one per class")?,
-            alpha: r.scalar("alpha", "one value")?,
-            classes: anchor,
-            logit_scale: r.logit_scale()?,
-        }),
-        "tip-adapter" => {
-            let keys = r.matrix("keys", None, Some(d), "N × D, one cache key per row")?;
-            let values = r.vector("values", keys.rows, "one class index per key")?;
-            let values = values
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < k {
-                        Ok(v as usize)
-                    } else {
-                        Err(bad(format!(
-                            "tensor `values` holds {v} at position {i}; expected a class index \
-                             0..{k}"
-                        )))
-                    }
-                })
-                .collect::<Result<_, _>>()?;
-            Head::Tip(TipHead {
-                keys,
-                values,
-                alpha: r.scalar("alpha", "one value")?,
-                beta: r.scalar("beta", "one value")?,
-                classes: anchor,
-                logit_scale: r.logit_scale()?,
-            })
-        }
-        "clip-adapter" => {
-            let branches =
-                ["visual", "text"].map(|b| r.has(&format!("{b}.w1")) || r.has(&format!("{b}.w2")));
-            if !branches.contains(&true) {
-                return Err(bad(
-                    "a `clip-adapter` head needs `visual.w1`/`visual.w2` or `text.w1`/`text.w2`"
-                        .into(),
-                ));
-            }
-            let relu_out = match meta.get("relu_out").map(String::as_str) {
-                Some("true") => true,
-                Some("false") => false,
-                Some(other) => {
-                    return Err(bad(format!(
-                        "metadata `relu_out` is `{other}`, expected `true` or `false`"
-                    )))
-                }
-                None => return Err(bad("metadata lacks `relu_out`".into())),
-            };
-            let bottleneck = |name: &str, on: bool| -> Result<Option<Bottleneck>, HeadError> {
-                if !on {
-                    return Ok(None);
-                }
-                let w1 = r.matrix(&format!("{name}.w1"), Some(d), None, "D × H")?;
-                let h = w1.cols;
-                let w2 = r.matrix(
-                    &format!("{name}.w2"),
-                    Some(h),
-                    Some(d),
-                    "H × D, H from `.w1`",
-                )?;
-                Ok(Some(Bottleneck {
-                    dim: d,
-                    hidden: h,
-                    w1: w1.data,
-                    w2: w2.data,
-                    relu_out,
-                }))
-            };
-            let ratio = |name: &str| -> Result<Ratio, HeadError> {
-                if !r.has(&format!("{name}.u")) {
-                    return Ok(Ratio::Fixed(r.scalar(name, "one value")?));
-                }
-                // The hyper-network reads a feature and the classifier summary side by side.
-                let u = r.matrix(&format!("{name}.u"), Some(2 * d), None, "2D × hidden")?;
-                let hidden = u.cols;
-                Ok(Ratio::Hyper(RatioNet {
-                    input: u.rows,
-                    hidden,
-                    u: u.data,
-                    c: r.vector(&format!("{name}.c"), hidden, "hidden")?,
-                    q: r.vector(&format!("{name}.q"), hidden, "hidden")?,
-                    b: r.vector(&format!("{name}.b"), 1, "one value")?,
-                }))
-            };
-            Head::ClipAdapter(AdapterModel {
-                params: AdapterParams {
-                    visual: bottleneck("visual", branches[0])?,
-                    text: bottleneck("text", branches[1])?,
-                    alpha: ratio("alpha")?,
-                    beta: ratio("beta")?,
-                },
-                classes: anchor,
-                logit_scale: r.logit_scale()?,
-            })
-        }
-        "ape" => {
-            let keys = r.matrix("keys", None, Some(d), "N × D, one cache key per row")?;
-            let n = keys.rows;
-            let indices = |name: &str, len: Option<usize>, below: usize, what: &str| {
-                let (_, v) = r.tensor(name, &[len], what)?;
-                v.iter()
-                    .enumerate()
-                    .map(|(i, &v)| {
-                        if v >= 0.0 && v.fract() == 0.0 && (v as usize) < below {
-                            Ok(v as usize)
-                        } else {
-                            Err(bad(format!(
-                                "tensor `{name}` holds {v} at position {i}; expected an index \
-                                 0..{below}"
-                            )))
-                        }
-                    })
-                    .collect::<Result<Vec<usize>, HeadError>>()
-            };
-            Head::Ape(ApeHead {
-                values: indices("values", Some(n), k, "one class index per key")?,
-                value_weights: r.vector("value_weights", n, "one weight per key")?,
-                channels: if r.has("channels") {
-                    indices("channels", None, d, "the refined feature channels")?
-                } else {
-                    Vec::new()
-                },
-                alpha: r.scalar("alpha", "one value")?,
-                beta: r.scalar("beta", "one value")?,
-                keys,
-                classes: anchor,
-                logit_scale: r.logit_scale()?,
-            })
-        }
-        "lp++" => Head::LpPlusPlus(LpPlusPlusHead {
-            bias: r.vector("bias", k, "one per class")?,
-            alpha: r.vector("alpha", k, "one blending multiplier per class")?,
-            text: r.matrix("text", Some(k), Some(d), "K × D text embeddings")?,
-            weight: anchor,
-        }),
-        "clap" => Head::Clap(ClapHead {
-            prototypes: anchor,
-            logit_scale: r.logit_scale()?,
-        }),
-        "prolip" => {
-            let weight = r.matrix(
-                "projection.weight",
-                Some(d),
-                None,
-                "D × W, the projection from the image tower's W-wide output (output × input)",
-            )?;
-            let bias = if r.has("projection.bias") {
-                Some(r.vector("projection.bias", d, "one per embedding channel")?)
-            } else {
-                None
-            };
-            Head::Prolip(ProlipHead {
-                projection: Projection { weight, bias },
-                text: TextClassifier {
-                    weights: anchor,
-                    logit_scale: r.logit_scale()?,
-                },
-            })
-        }
-        other => return Err(bad(format!("unknown head kind `{other}`"))),
-    };
+    let head = (codec.read)(&r, anchor)?;
     r.no_leftovers(&kind)?;
-    Ok((head, info))
+    Ok((Head(head), info))
 }

@@ -8,9 +8,14 @@
 //! `(1/n) Σ_i CE(W f_i + b, y_i) + ‖W‖² / (2 C n)`; with two classes the penalty is doubled,
 //! which gives scikit-learn's binomial classifier (it fits one vector `w₁ − w₀` there).
 
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::lbfgs::{minimize, LbfgsOptions};
 use super::linalg::{cross_entropy_backward, gemm, Matrix};
-use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress};
+use super::method::method_boilerplate;
+use super::{
+    eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
+    MethodCard, MethodError, Needs, Progress,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearProbeOptions {
@@ -122,7 +127,7 @@ pub fn fit(
     if task.val.labels.is_empty() || opts.grid.is_empty() {
         let head = train(&f, labels, k, opts.c, &opts.solver);
         return Ok(Fitted {
-            head: Head::Linear(head),
+            head: Head::new(head),
             chosen: vec![("C".into(), opts.c.to_string())],
             losses: Vec::new(),
         });
@@ -155,10 +160,70 @@ pub fn fit(
     }
     let head = final_head.unwrap_or_else(|| train(&f, labels, k, final_c, &opts.solver));
     Ok(Fitted {
-        head: Head::Linear(head),
+        head: Head::new(head),
         chosen: vec![("C".into(), final_c.to_string())],
         losses: Vec::new(),
     })
+}
+
+// The method's card, options and head codec.
+
+pub static CARD: MethodCard = MethodCard {
+    name: "linear-probe",
+    title: "Linear probe",
+    paper: "Radford et al., ICML 2021 (as CoOp runs it, Zhou et al., IJCV 2022)",
+    code: "KaiyangZhou/CoOp lpclip/linear_probe.py",
+    colour: (140, 86, 75),
+    variant_colours: &[],
+    reported_as: None,
+    without_validation: "C = 1 (scikit-learn's default) instead of the validation search",
+    augmentation: Augmentation::None,
+    needs: Needs::Features,
+    options: &[],
+    configure: |_, _, _| Method::new(LinearProbeOptions::default()),
+    head: &CODEC,
+};
+
+impl FewShotMethod for LinearProbeOptions {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        format!("grid={:?} steps={}", self.grid, self.steps)
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, self, cx.progress).map(Fit::from)
+    }
+}
+
+/// Tensors: `weight` (K×D) and `bias` (K).
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "linear",
+    anchor: ("weight", "K × D, one row per class"),
+    input: FeatureSpace::Projected,
+    read: |r, weight| {
+        Ok(Box::new(LinearHead {
+            bias: r.vector("bias", weight.rows, "one per class")?,
+            weight,
+        }))
+    },
+};
+
+impl HeadModel for LinearHead {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        LinearHead::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.weight.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("weight", &self.weight);
+        w.vector("bias", &self.bias);
+    }
 }
 
 #[cfg(test)]

@@ -12,9 +12,14 @@
 //!   gradient step on `α` with `η_α`;
 //! - the best epoch on the validation set (`≥`: the later of equal epochs), 300 epochs.
 
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{cross_entropy_backward, gemm, Matrix};
+use super::method::method_boilerplate;
 use super::optim::Sgd;
-use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress};
+use super::{
+    eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
+    MethodCard, MethodError, Needs, Progress,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LpPlusPlusOptions {
@@ -305,10 +310,82 @@ pub fn fit(
         ("init_alpha".to_string(), start.alpha.to_string()),
     ];
     Ok(Fitted {
-        head: Head::LpPlusPlus(best.1),
+        head: Head::new(best.1),
         chosen,
         losses,
     })
+}
+
+// The method's card, options and head codec.
+
+pub static CARD: MethodCard = MethodCard {
+    name: "lp++",
+    title: "LP++",
+    paper: "Huang et al., CVPR 2024",
+    code: "FereshteShakeri/FewShot-CLIP-Strong-Baseline",
+    colour: (255, 187, 120),
+    variant_colours: &[],
+    reported_as: None,
+    without_validation: "the last epoch; its step sizes need no validation (Lipschitz bounds)",
+    augmentation: Augmentation::RandomResizedCrop {
+        scale: (0.5, 1.0),
+        flip: true,
+        source: "FewShot-CLIP-Strong-Baseline: one augmented pass over the training set (Tip-Adapter's transform)",
+    },
+    needs: Needs::Features,
+    options: &[],
+    configure: |_, _, _| Method::new(LpPlusPlusOptions::default()),
+    head: &CODEC,
+};
+
+impl FewShotMethod for LpPlusPlusOptions {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        format!(
+            "epochs={} alpha_every={} init_alpha_scale={} accumulate_alpha_grad={}",
+            self.epochs, self.alpha_every, self.init_alpha_scale, self.accumulate_alpha_grad
+        )
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, self, cx.progress).map(Fit::from)
+    }
+}
+
+/// Tensors: `weight` (K×D), `bias` (K), `alpha` (one per class), `text` (K×D).
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "lp++",
+    anchor: ("weight", "K × D, one row per class"),
+    input: FeatureSpace::Projected,
+    read: |r, weight| {
+        let (k, d) = (weight.rows, weight.cols);
+        Ok(Box::new(LpPlusPlusHead {
+            bias: r.vector("bias", k, "one per class")?,
+            alpha: r.vector("alpha", k, "one blending multiplier per class")?,
+            text: r.matrix("text", Some(k), Some(d), "K × D text embeddings")?,
+            weight,
+        }))
+    },
+};
+
+impl HeadModel for LpPlusPlusHead {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        LpPlusPlusHead::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.weight.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("weight", &self.weight);
+        w.vector("bias", &self.bias);
+        w.vector("alpha", &self.alpha);
+        w.matrix("text", &self.text);
+    }
 }
 
 #[cfg(test)]

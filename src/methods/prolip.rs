@@ -16,9 +16,14 @@
 //! differences.
 
 use super::eval;
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{cross_entropy_backward, normalize_rows, normalize_rows_backward, Matrix};
+use super::method::method_boilerplate;
 use super::optim::{cosine_annealing, AdamW};
-use super::{FewShotTask, Fitted, Head, MethodError, Progress, TextClassifier};
+use super::{
+    Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method, MethodCard,
+    MethodError, MethodOverrides, Needs, Progress, TextClassifier,
+};
 
 /// The image tower's last projection: `z = W x + b` (W is `E × W_in`, output × input, as a
 /// `Linear` stores it; a ViT's `proj` is its transpose, and has no bias).
@@ -322,13 +327,120 @@ pub fn fit(
         what: "the learning-rate list",
     })?;
     Ok(Fitted {
-        head: Head::Prolip(head),
+        head: Head::new(head),
         chosen: vec![
             ("lr".to_string(), lr.to_string()),
             ("lambda".to_string(), lambda.to_string()),
         ],
         losses,
     })
+}
+
+// The method's card, options and head codec.
+
+pub static CARD: MethodCard = MethodCard {
+    name: "prolip",
+    title: "ProLIP",
+    paper: "Fahes et al., 2024",
+    code: "astra-vision/ProLIP",
+    colour: (0, 150, 136),
+    variant_colours: &[],
+    reported_as: None,
+    without_validation:
+        "lr = 1e-5 (`configs/base.yaml`) and λ = 1/N, the paper's validation-free rule",
+    augmentation: Augmentation::RandomResizedCrop {
+        scale: (0.08, 1.0),
+        flip: true,
+        source: "ProLIP: CoOp's augmentation (random resized crop + flip), one view per epoch",
+    },
+    needs: Needs::PreProjection,
+    options: &["lr", "epochs"],
+    configure,
+    head: &CODEC,
+};
+
+/// A learning rate given by the user is used as is, without a search.
+fn configure(o: &MethodOverrides, _: &str, _: u64) -> Method {
+    let d = ProlipOptions::default();
+    Method::new(ProlipOptions {
+        search: if o.lr.is_some() {
+            Vec::new()
+        } else {
+            d.search.clone()
+        },
+        lr: o.lr.unwrap_or(d.lr),
+        epochs: o.epochs.unwrap_or(d.epochs),
+        ..d
+    })
+}
+
+impl FewShotMethod for ProlipOptions {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        format!(
+            "lr={} search={:?} lambda={} epochs={} eps={}",
+            self.lr,
+            self.search,
+            self.lambda.describe(),
+            self.epochs,
+            self.eps
+        )
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, self, cx.progress).map(Fit::from)
+    }
+}
+
+/// Tensors: `classes` (K×E), `logit_scale`, `projection.weight` (E × W, output × input: the
+/// head scores pre-projection features) and `projection.bias` (ModifiedResNet towers).
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "prolip",
+    anchor: ("classes", "K × D, one class embedding per row"),
+    input: FeatureSpace::PreProjection,
+    read: |r, classes| {
+        let d = classes.cols;
+        let weight = r.matrix(
+            "projection.weight",
+            Some(d),
+            None,
+            "D × W, the projection from the image tower's W-wide output (output × input)",
+        )?;
+        let bias = if r.has("projection.bias") {
+            Some(r.vector("projection.bias", d, "one per embedding channel")?)
+        } else {
+            None
+        };
+        Ok(Box::new(ProlipHead {
+            projection: Projection { weight, bias },
+            text: TextClassifier {
+                weights: classes,
+                logit_scale: r.logit_scale()?,
+            },
+        }))
+    },
+};
+
+impl HeadModel for ProlipHead {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        ProlipHead::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.projection.input_dim()
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("classes", &self.text.weights);
+        w.scalar("logit_scale", self.text.logit_scale);
+        w.matrix("projection.weight", &self.projection.weight);
+        if let Some(b) = &self.projection.bias {
+            w.vector("projection.bias", b);
+        }
+    }
 }
 
 #[cfg(test)]

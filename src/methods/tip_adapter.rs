@@ -12,10 +12,15 @@
 //!   training; the best epoch is chosen on validation (the authors' script uses the test set,
 //!   as an issue on their repository points out), then α, β are searched again.
 
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{argmax_rows, cross_entropy_backward, gemm, seeded_rng, Matrix};
+use super::method::method_boilerplate;
 use super::optim::{cosine_annealing, AdamW};
 use super::zero_shot::cosine_logits;
-use super::{eval, FewShotTask, Fitted, Head, MethodError, Progress, TextClassifier};
+use super::{
+    eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
+    MethodCard, MethodError, MethodOverrides, Needs, Progress, TextClassifier,
+};
 
 /// Options, with the authors' per-dataset values in [`TipOptions::for_dataset`].
 #[derive(Debug, Clone, PartialEq)]
@@ -338,7 +343,7 @@ pub fn fit(
     chosen.push(("alpha".into(), head.alpha.to_string()));
     chosen.push(("beta".into(), head.beta.to_string()));
     Ok(Fitted {
-        head: Head::Tip(head),
+        head: Head::new(head),
         chosen,
         losses,
     })
@@ -359,6 +364,163 @@ pub fn head(
         beta,
         classes: text.weights.clone(),
         logit_scale: text.logit_scale,
+    }
+}
+
+// The methods' cards, options and head codec.
+
+/// Training-free Tip-Adapter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TipAdapter(pub TipOptions);
+
+/// Tip-Adapter-F: the cache keys fine-tuned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TipAdapterF(pub TipOptions);
+
+/// The authors' augmentation: the cache averages 10 augmented passes over the training set,
+/// and Tip-Adapter-F trains on augmented images.
+const TIP_AUGMENTATION: Augmentation = Augmentation::RandomResizedCrop {
+    scale: (0.5, 1.0),
+    flip: true,
+    source: "Tip-Adapter `main.py`: RandomResizedCrop(scale=(0.5, 1)) + RandomHorizontalFlip, 10 passes for the cache",
+};
+
+pub static CARD: MethodCard = MethodCard {
+    name: "tip-adapter",
+    title: "Tip-Adapter",
+    paper: "Zhang et al., ECCV 2022",
+    code: "gaopengcuhk/Tip-Adapter",
+    colour: (23, 190, 207),
+    variant_colours: &[],
+    reported_as: Some("Tip-Adapter"),
+    without_validation: "the authors' initial α and β instead of the validation search",
+    augmentation: TIP_AUGMENTATION,
+    needs: Needs::Features,
+    options: &["alpha", "beta"],
+    configure: |o, dataset, seed| Method::new(TipAdapter(tip_options(o, dataset, seed, false))),
+    head: &CODEC,
+};
+
+pub static CARD_F: MethodCard = MethodCard {
+    name: "tip-adapter-f",
+    title: "Tip-Adapter-F",
+    paper: "Zhang et al., ECCV 2022",
+    code: "gaopengcuhk/Tip-Adapter",
+    colour: (31, 119, 180),
+    variant_colours: &[],
+    reported_as: Some("Tip-Adapter-F"),
+    without_validation: "the last epoch and the authors' initial α and β",
+    augmentation: TIP_AUGMENTATION,
+    needs: Needs::Features,
+    options: &["alpha", "beta", "lr", "epochs", "batch-size"],
+    configure: |o, dataset, seed| Method::new(TipAdapterF(tip_options(o, dataset, seed, true))),
+    head: &CODEC,
+};
+
+/// The authors' values for `dataset` with the user's on top (the training options only for
+/// Tip-Adapter-F, which trains).
+fn tip_options(o: &MethodOverrides, dataset: &str, seed: u64, trains: bool) -> TipOptions {
+    let d = TipOptions::for_dataset(dataset);
+    TipOptions {
+        alpha: o.alpha.unwrap_or(d.alpha),
+        beta: o.beta.unwrap_or(d.beta),
+        lr: if trains { o.lr.unwrap_or(d.lr) } else { d.lr },
+        epochs: if trains {
+            o.epochs.unwrap_or(d.epochs)
+        } else {
+            d.epochs
+        },
+        batch_size: if trains {
+            o.batch_size.unwrap_or(d.batch_size)
+        } else {
+            d.batch_size
+        },
+        seed,
+        ..d
+    }
+}
+
+fn describe(o: &TipOptions) -> String {
+    format!(
+        "alpha={} beta={} scale={:?} steps={:?} lr={} epochs={} batch={}",
+        o.alpha, o.beta, o.search_scale, o.search_steps, o.lr, o.epochs, o.batch_size
+    )
+}
+
+impl FewShotMethod for TipAdapter {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        describe(&self.0)
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, &self.0, false, cx.progress).map(Fit::from)
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.0.seed = seed;
+    }
+}
+
+impl FewShotMethod for TipAdapterF {
+    method_boilerplate!(CARD_F);
+
+    fn describe(&self) -> String {
+        describe(&self.0)
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        fit(task, &self.0, true, cx.progress).map(Fit::from)
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.0.seed = seed;
+    }
+}
+
+/// Tensors: `classes` (K×D), `logit_scale`, `keys` (N×D), `values` (N class indices), `alpha`,
+/// `beta`.
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "tip-adapter",
+    anchor: ("classes", "K × D, one class embedding per row"),
+    input: FeatureSpace::Projected,
+    read: |r, classes| {
+        let keys = r.matrix(
+            "keys",
+            None,
+            Some(classes.cols),
+            "N × D, one cache key per row",
+        )?;
+        Ok(Box::new(TipHead {
+            values: r.indices("values", Some(keys.rows), classes.rows, "a class index")?,
+            keys,
+            alpha: r.scalar("alpha", "one value")?,
+            beta: r.scalar("beta", "one value")?,
+            logit_scale: r.logit_scale()?,
+            classes,
+        }))
+    },
+};
+
+impl HeadModel for TipHead {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        TipHead::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.classes.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("classes", &self.classes);
+        w.scalar("logit_scale", self.logit_scale);
+        w.matrix("keys", &self.keys);
+        w.indices("values", &self.values);
+        w.scalar("alpha", self.alpha);
+        w.scalar("beta", self.beta);
     }
 }
 

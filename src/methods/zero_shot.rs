@@ -2,8 +2,13 @@
 //! The prompt ensemble itself is built once from the text tower
 //! ([`crate::zero_shot::ZeroShotClassifier`]); here it is only applied.
 
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{gemm, Matrix};
-use super::TextClassifier;
+use super::method::method_boilerplate;
+use super::{
+    Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method, MethodCard,
+    MethodError, Needs, TextClassifier,
+};
 
 /// `scale · û v̂ᵀ` with `û`, `v̂` the row-normalised `image` (B×D) and `classes` (K×D). Every
 /// head ends with this function, so a head whose adaptation is switched off (ratio 0) gives
@@ -39,5 +44,72 @@ impl ZeroShot {
 
     pub fn logits(&self, features: &Matrix) -> Matrix {
         cosine_logits(features, &self.text.weights, self.text.logit_scale)
+    }
+}
+
+/// Zero-shot CLIP as a method: nothing to train, no options.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ZeroShotMethod;
+
+pub static CARD: MethodCard = MethodCard {
+    name: "zero-shot",
+    title: "Zero-shot CLIP",
+    paper: "Radford et al., ICML 2021",
+    code: "openai/CLIP (prompt ensembles as CoOp reproduces them)",
+    colour: (0, 0, 0),
+    variant_colours: &[],
+    reported_as: Some("ZeroShot_CoOp"),
+    without_validation: "chooses nothing",
+    augmentation: Augmentation::None,
+    needs: Needs::Features,
+    options: &[],
+    configure: |_, _, _| Method::new(ZeroShotMethod),
+    head: &CODEC,
+};
+
+impl FewShotMethod for ZeroShotMethod {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        String::new()
+    }
+
+    fn fit(&self, task: &FewShotTask, _: &mut FitContext) -> Result<Fit, MethodError> {
+        Ok(Fitted {
+            head: Head::new(ZeroShot::new(&task.text)),
+            chosen: Vec::new(),
+            losses: Vec::new(),
+        }
+        .into())
+    }
+}
+
+/// Tensors: `classes` (K×D unit-norm prompt embeddings) and `logit_scale`.
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "zero-shot",
+    anchor: ("classes", "K × D, one class embedding per row"),
+    input: FeatureSpace::Projected,
+    read: |r, classes| {
+        Ok(Box::new(ZeroShot::new(&TextClassifier {
+            weights: classes,
+            logit_scale: r.logit_scale()?,
+        })))
+    },
+};
+
+impl HeadModel for ZeroShot {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        ZeroShot::logits(self, x)
+    }
+
+    fn dim(&self) -> usize {
+        self.text.weights.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("classes", &self.text.weights);
+        w.scalar("logit_scale", self.text.logit_scale);
     }
 }

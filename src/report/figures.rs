@@ -8,6 +8,7 @@ use crate::experiment::{Published, Summary};
 use crate::figure::bars::{Bar, BarChart};
 use crate::figure::lines::{faint, Line, LineChart, LinePanel, Markers, XScale};
 use crate::figure::style::{method_style, palette, SeriesStyle, INK};
+use crate::methods::registry::{CLIP_ADAPTER, ZERO_SHOT};
 use crate::methods::MethodKind;
 
 /// Panels across before a figure wraps to a new row.
@@ -112,7 +113,7 @@ impl Gain {
 
 /// The gains of `label` over zero-shot per dataset, largest first.
 pub(super) fn gains(summary: &Summary, label: &str) -> Vec<Gain> {
-    let zero_shot = MethodKind::ZeroShot.name();
+    let zero_shot = ZERO_SHOT.name();
     let mut out: Vec<Gain> = (summary.datasets().iter())
         .filter_map(|d| {
             summary.shots().iter().rev().find_map(|&k| {
@@ -160,7 +161,7 @@ pub(super) fn gain_chart(gains: &[Gain], label: &str) -> BarChart {
 /// The CLIP-Adapter variants among `labels`: visual, text and both, in that order, as the demo
 /// (`clip-adapter-text`) or `run` (`clip-adapter (branch=text)`) names them.
 pub(super) fn variants(labels: &[String]) -> Vec<String> {
-    let ca = MethodKind::ClipAdapter.name();
+    let ca = CLIP_ADAPTER.name();
     let names = |branch: &str| [format!("{ca}-{branch}"), format!("{ca} (branch={branch})")];
     let mut out = Vec::new();
     for (branch, default) in [("visual", true), ("text", false), ("both", false)] {
@@ -176,7 +177,7 @@ pub(super) fn variants(labels: &[String]) -> Vec<String> {
 /// The ablation of `found`: accuracy against the swept value, a panel per shot count, a line
 /// per dataset and their mean.
 pub(super) fn ablation_chart(found: &FoundSweep, rows: &[ResultRow]) -> LineChart {
-    let ca = MethodKind::ClipAdapter.name();
+    let ca = CLIP_ADAPTER.name();
     let mine: Vec<&ResultRow> = (rows.iter())
         .filter(|r| r.method == ca && found.options.contains(&r.options))
         .collect();

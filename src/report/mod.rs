@@ -28,7 +28,7 @@ use crate::figure::bars::BarChart;
 use crate::figure::lines::LineChart;
 use crate::figure::{render_png, render_svg, FigureError};
 use crate::fsutil::{write_atomic, WriteError};
-use crate::methods::MethodKind;
+use crate::methods::registry::{CLIP_ADAPTER, ZERO_SHOT};
 use figures::{PanelSpec, ACCURACY_Y};
 
 /// The folder's results file.
@@ -180,7 +180,7 @@ impl Report {
                 })
                 .collect();
         let in_sweep = |r: &ResultRow| {
-            r.method == MethodKind::ClipAdapter.name()
+            r.method == CLIP_ADAPTER.name()
                 && (sweeps.iter())
                     .any(|(v, s, _)| *v == r.validation && s.options.contains(&r.options))
         };
@@ -256,7 +256,7 @@ impl Report {
             }
         }
 
-        let ca = MethodKind::ClipAdapter.name();
+        let ca = CLIP_ADAPTER.name();
         let gains = figures::gains(&summary, ca);
         if !gains.is_empty() {
             let stem = "gain_over_zero_shot";
@@ -287,8 +287,8 @@ impl Report {
             md.push_str(&figure_link("CLIP-Adapter variants against shots", stem));
             md.push_str("\nTheir numbers are the tables' rows above.\n");
             let mut lines = variants.clone();
-            if labels.iter().any(|l| l == MethodKind::ZeroShot.name()) {
-                lines.push(MethodKind::ZeroShot.name().to_string());
+            if labels.iter().any(|l| l == ZERO_SHOT.name()) {
+                lines.push(ZERO_SHOT.name().to_string());
             }
             let panels: Vec<PanelSpec> = (datasets.iter())
                 .map(|d| PanelSpec {

@@ -23,7 +23,7 @@ use crate::figure::scatter::{Panel, Scatter};
 use crate::figure::FigureError;
 use crate::methods::clip_adapter::AdapterModel;
 use crate::methods::from_cache::{load_task, CacheQuery, TaskSource};
-use crate::methods::head::{self, Head};
+use crate::methods::head;
 use crate::methods::linalg::Matrix;
 use crate::methods::MethodError;
 
@@ -310,13 +310,13 @@ fn load_adapter(path: &Path) -> Result<(AdapterModel, head::HeadInfo), TsneError
         });
     }
     let (head, info) = head::load(path)?;
-    match head {
-        Head::ClipAdapter(a) if a.params.visual.is_some() => Ok((a, info)),
-        Head::ClipAdapter(_) => Err(TsneError::NotVisualAdapter {
+    match head.downcast_ref::<AdapterModel>() {
+        Some(a) if a.params.visual.is_some() => Ok((a.clone(), info)),
+        Some(_) => Err(TsneError::NotVisualAdapter {
             path: path.to_path_buf(),
             kind: "clip-adapter (text branch only)".into(),
         }),
-        _ => Err(TsneError::NotVisualAdapter {
+        None => Err(TsneError::NotVisualAdapter {
             path: path.to_path_buf(),
             kind: info.method,
         }),

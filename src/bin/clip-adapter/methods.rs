@@ -17,7 +17,7 @@ use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
 use clip_adapter::methods::coop::{self, ClassPosition, CoopHead, PromptModel};
 use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots, TaskSource};
 use clip_adapter::methods::head::{self, HeadInfo};
-use clip_adapter::methods::{self, Matrix, MethodKind};
+use clip_adapter::methods::{self, FeatureSpace, Matrix, MethodKind, Needs};
 use clip_adapter::report::{write_report, ReportOptions};
 use clip_adapter::zero_shot::{rank, Prediction};
 
@@ -46,7 +46,9 @@ impl TypedValueParser for MethodParser {
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
         Some(Box::new(
-            MethodKind::ALL.iter().map(|k| PossibleValue::new(k.name())),
+            MethodKind::all()
+                .iter()
+                .map(|k| PossibleValue::new(k.name())),
         ))
     }
 }
@@ -300,8 +302,8 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
         validation: a.validation,
         source: &row_source,
     };
-    let prompt_model = match a.method {
-        MethodKind::Coop => Some(coop_model(a.model.as_deref(), &row_source, progress)?),
+    let prompt_model = match a.method.card().needs {
+        Needs::TextTower => Some(coop_model(a.model.as_deref(), &row_source, progress)?),
         _ => None,
     };
     let bar = progress.bar(a.method.name(), 0);
@@ -315,7 +317,7 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     bar.finish_and_clear();
     let fitted = &trained.fitted;
     if let Some(path) = &a.save {
-        match &trained.coop {
+        match &trained.prompt {
             Some(coop_head) => coop_head.save(path)?,
             None => save_head(path, &method, &q, &task, &source, fitted)?,
         }
@@ -517,7 +519,7 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     // Everything is checked before the first fit.
     let overrides = a.options.overrides();
     let mut kinds = a.methods.clone();
-    kinds.sort_by_key(|k| MethodKind::ALL.iter().position(|x| x == k));
+    kinds.sort();
     kinds.dedup();
     overrides.check(&kinds)?;
     overrides.check_validation(a.validation)?;
@@ -542,7 +544,7 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     // written; one model per run, as every draw of a run comes from the same model's features.
     let mut prompt_model: Option<std::rc::Rc<PromptModel>> = None;
     if let (true, Some(d), Some(&k), Some(&seed)) = (
-        kinds.contains(&MethodKind::Coop),
+        kinds.iter().any(|k| k.card().needs == Needs::TextTower),
         a.datasets.first(),
         a.shots.first(),
         a.seeds.first(),
@@ -708,16 +710,16 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
             let text = model
                 .classifier(&learner, &c.context)
                 .with_context(|| format!("{}: encoding its prompts", a.adapter.display()))?;
-            methods::Head::ZeroShot(methods::zero_shot::ZeroShot::new(&text))
+            methods::Head::new(methods::zero_shot::ZeroShot::new(&text))
         }
     };
     let clip = clip_adapter::Clip::load(&files, &candle_core::Device::Cpu)
         .with_context(|| format!("loading model from {}", files.dir.display()))?;
     let bar = progress.bar("encoding images", a.images.len());
     // A ProLIP head holds the trained projection: it scores the tower's output before it.
-    let encode = match &head {
-        methods::Head::Prolip(_) => clip_adapter::encode::encode_image_files_pre_projection,
-        _ => encode_image_files,
+    let encode = match head.input() {
+        FeatureSpace::PreProjection => clip_adapter::encode::encode_image_files_pre_projection,
+        FeatureSpace::Projected => encode_image_files,
     };
     let features = encode(&clip, &a.images, a.batch_size, &mut |d, _| {
         bar.set_position(d as u64)

@@ -7,7 +7,7 @@ use clap::Args;
 use clip_adapter::experiment::sweep::{Sweep, SweepParam};
 use clip_adapter::experiment::{self, run_grid, Grid, GridEvent, ResultsFile, RowSource};
 use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots};
-use clip_adapter::methods::MethodKind;
+use clip_adapter::methods::registry::CLIP_ADAPTER;
 use clip_adapter::report::{write_report, ReportOptions};
 
 use crate::args::{positive, trimmed};
@@ -104,11 +104,7 @@ pub fn run(a: SweepArgs, progress: &Progress) -> Result<()> {
         },
         // Only CoOp asks for the model's text tower, and a sweep fits CLIP-Adapter alone.
         &mut |_| anyhow::bail!("a sweep fits CLIP-Adapter only, which needs no text tower"),
-        &mut |i, dataset, seed| {
-            sweep
-                .point(&base, i)
-                .method(MethodKind::ClipAdapter, dataset, seed)
-        },
+        &mut |i, dataset, seed| sweep.point(&base, i).method(CLIP_ADAPTER, dataset, seed),
         &mut |event| match event {
             GridEvent::Fitting { .. } => {}
             GridEvent::Method(p) => on_method(p),

@@ -44,8 +44,12 @@ pub enum CoopError {
         model: String,
     },
 
-    #[error("{path}: not a CoOp head: {msg}")]
-    HeadFormat { path: PathBuf, msg: String },
+    #[error("{path}: not a CoOp head: {source}")]
+    HeadFormat {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::methods::head::HeadError>,
+    },
 
     #[error("{path}: {source}")]
     Io {

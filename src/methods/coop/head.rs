@@ -3,7 +3,9 @@
 //! are re-encoded through the same model when the head is used ([`CoopHead::text_classifier`]),
 //! so the file is small (M·width or K·M·width values) and cannot drift from the model.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+
+use crate::methods::head::HeadError;
 use std::path::Path;
 
 use super::{ClassPosition, CoopError, PromptModel};
@@ -66,16 +68,10 @@ impl CoopHead {
         }
     }
 
-    /// Safetensors bytes of the head.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, safetensors::SafeTensorError> {
-        let bytes: Vec<u8> = self.context.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            self.context_shape(),
-            &bytes,
-        )?;
+    /// Safetensors bytes of the head (the crate's one writer: sorted, checksummed).
+    pub fn to_bytes(&self) -> Vec<u8> {
         let classnames = serde_json::Value::from(self.classnames.clone()).to_string();
-        let meta: HashMap<String, String> = [
+        let meta: BTreeMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("version", VERSION.to_string()),
             ("method", "coop".to_string()),
@@ -91,16 +87,17 @@ impl CoopHead {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        safetensors::serialize([("ctx", view)], Some(meta))
+        let ctx = crate::safetensors_file::F32Tensor {
+            name: "ctx".into(),
+            shape: self.context_shape(),
+            data: self.context.clone(),
+        };
+        crate::safetensors_file::to_bytes(vec![ctx], meta)
     }
 
     /// Writes the head atomically: the old file or the complete new one, never a part.
     pub fn save(&self, path: &Path) -> Result<(), CoopError> {
-        let bytes = self.to_bytes().map_err(|e| CoopError::HeadFormat {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        Ok(crate::fsutil::write_atomic(path, &bytes)?)
+        Ok(crate::fsutil::write_atomic(path, &self.to_bytes())?)
     }
 
     pub fn load(path: &Path) -> Result<Self, CoopError> {
@@ -108,66 +105,88 @@ impl CoopHead {
             path: path.to_path_buf(),
             source: Box::new(crate::Error::io(path, e)),
         })?;
-        Self::from_bytes(&bytes).map_err(|msg| CoopError::HeadFormat {
+        Self::from_bytes(&bytes).map_err(|source| CoopError::HeadFormat {
             path: path.to_path_buf(),
-            msg,
+            source: Box::new(source),
         })
     }
 
     /// Parses head bytes; the error says what is wrong.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeadError> {
+        let st = safetensors::SafeTensors::deserialize(bytes)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)?;
         let meta = header.metadata().clone().unwrap_or_default();
-        let get = |k: &str| {
-            meta.get(k)
+        crate::safetensors_file::verify_checksum(bytes, &meta)?;
+        let get = |key: &'static str| {
+            meta.get(key)
                 .cloned()
-                .ok_or_else(|| format!("metadata lacks `{k}`"))
+                .ok_or(HeadError::MissingMetadata { key })
+        };
+        let bad = |key: &'static str, value: String, expected: &str| HeadError::Metadata {
+            key,
+            value,
+            expected: expected.to_string(),
         };
         let format = get("format")?;
         if format != FORMAT {
-            return Err(format!("format is `{format}`, expected `{FORMAT}`"));
+            return Err(bad("format", format, &format!("`{FORMAT}`")));
         }
         let version = get("version")?;
         if version != VERSION.to_string() {
-            return Err(format!(
-                "version {version} is not supported (expected {VERSION})"
-            ));
+            return Err(bad("version", version, &VERSION.to_string()));
         }
-        let number = |k: &str| -> Result<usize, String> {
-            let v = get(k)?;
-            v.parse()
-                .map_err(|_| format!("metadata `{k}` = `{v}` is not a count"))
+        let number = |key: &'static str| -> Result<usize, HeadError> {
+            let v = get(key)?;
+            v.parse().map_err(|_| bad(key, v, "a count"))
         };
-        let classnames: Vec<String> = serde_json::from_str(&get("classnames")?)
-            .map_err(|e| format!("metadata `classnames`: {e}"))?;
+        let classnames: Vec<String> =
+            serde_json::from_str(&get("classnames")?).map_err(|source| {
+                HeadError::MetadataJson {
+                    key: "classnames",
+                    source,
+                }
+            })?;
         let csc = match get("csc")?.as_str() {
             "true" => true,
             "false" => false,
-            v => return Err(format!("metadata `csc` = `{v}`, expected true or false")),
+            v => return Err(bad("csc", v.to_string(), "true or false")),
         };
+        let position = get("position")?;
         let head = CoopHead {
             model: get("model")?,
             fingerprint: get("fingerprint")?,
             classnames,
             n_ctx: number("n_ctx")?,
             csc,
-            position: get("position")?.parse()?,
+            position: position
+                .parse()
+                .map_err(|_| bad("position", position.clone(), "end, middle or front"))?,
             context: Vec::new(),
             width: number("width")?,
             options: get("options")?,
         };
-        let t = st.tensor("ctx").map_err(|e| format!("tensor `ctx`: {e}"))?;
+        let t = st.tensor("ctx").map_err(|_| HeadError::MissingTensor {
+            name: "ctx".into(),
+            what: "the learned context".into(),
+        })?;
         if t.dtype() != safetensors::Dtype::F32 {
-            return Err(format!("tensor `ctx` is {:?}, expected F32", t.dtype()));
+            return Err(HeadError::Dtype {
+                name: "ctx".into(),
+                dtype: format!("{:?}", t.dtype()),
+            });
         }
-        if t.shape() != head.context_shape().as_slice() {
-            return Err(format!(
-                "tensor `ctx` has shape {:?}, expected {:?} from the metadata",
-                t.shape(),
-                head.context_shape()
-            ));
+        let expected = head.context_shape();
+        if t.shape() != expected.as_slice() {
+            return Err(HeadError::Shape {
+                name: "ctx".into(),
+                shape: t.shape().to_vec(),
+                expected: expected
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                what: "from the metadata's n_ctx, csc and width".into(),
+            });
         }
         let context = t
             .data()

@@ -28,9 +28,13 @@ pub use head::CoopHead;
 use prompt_learner::{initial_context, PromptLearner};
 
 use super::clip_adapter::{epochs_for_shots, shots};
+use super::method::method_boilerplate;
 use super::optim::{Sgd, WarmupCosine};
 use super::zero_shot::ZeroShot;
-use super::{eval, FewShotTask, Fitted, Head, Matrix, MethodError, Progress, TextClassifier};
+use super::{
+    eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Matrix, Method,
+    MethodCard, MethodError, MethodOverrides, Needs, Progress, TextClassifier,
+};
 use crate::clip::train::prompt_text::PromptTextEncoder;
 use crate::clip::ModelFiles;
 use crate::tokenizer::Tokenizer;
@@ -417,7 +421,7 @@ pub fn fit(
     Ok(CoopFitted {
         head,
         fitted: Fitted {
-            head: Head::ZeroShot(ZeroShot::new(&text)),
+            head: Head::new(ZeroShot::new(&text)),
             chosen: vec![
                 ("epochs".to_string(), epochs.to_string()),
                 ("n_ctx".to_string(), n_ctx.to_string()),
@@ -443,4 +447,78 @@ pub fn load_classifier(
     let head = CoopHead::load(path)?;
     let text = head.text_classifier(path, model)?;
     Ok((head, text))
+}
+
+// The method's card: CoOp trains through the text tower, which the fit context holds.
+
+pub static CARD: MethodCard = MethodCard {
+    name: "coop",
+    title: "CoOp",
+    paper: "Zhou et al., IJCV 2022",
+    code: "KaiyangZhou/CoOp",
+    colour: (227, 119, 194),
+    variant_colours: &[],
+    // CoOp's RN50 numbers as the APE authors list them in their results notebook.
+    reported_as: Some("CoOp(APE nb)"),
+    without_validation: "uses no validation set in any protocol (the last epoch)",
+    augmentation: Augmentation::RandomResizedCrop {
+        scale: (0.08, 1.0),
+        flip: true,
+        source: "Dassl's `random_resized_crop` + `random_flip`, a fresh crop every epoch",
+    },
+    needs: Needs::TextTower,
+    options: &[
+        "lr",
+        "epochs",
+        "batch-size",
+        "n-ctx",
+        "ctx-init",
+        "csc",
+        "class-token-position",
+    ],
+    configure,
+    head: &super::zero_shot::CODEC,
+};
+
+/// The protocol's CoOp: `rn50.yaml`, 50 epochs on ImageNet, the user's options.
+fn configure(o: &MethodOverrides, dataset: &str, seed: u64) -> Method {
+    let d = CoopOptions::default();
+    Method::new(CoopOptions {
+        n_ctx: o.n_ctx.unwrap_or(d.n_ctx),
+        ctx_init: o.ctx_init.clone(),
+        csc: o.csc,
+        position: o.class_token_position.unwrap_or(d.position),
+        lr: o.lr.unwrap_or(d.lr),
+        epochs: o.coop_epochs(dataset),
+        batch_size: o.batch_size.unwrap_or(d.batch_size),
+        seed,
+        ..d
+    })
+}
+
+impl FewShotMethod for CoopOptions {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        CoopOptions::describe(self)
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        let model = cx
+            .text_tower
+            .ok_or(MethodError::NeedsModel { method: "coop" })?;
+        let c = fit(task, model, self, cx.progress).map_err(|e| MethodError::Coop(Box::new(e)))?;
+        Ok(Fit {
+            fitted: c.fitted,
+            prompt: Some(c.head),
+        })
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
+    fn scale_sgd_lr(&mut self, factor: f32) {
+        self.lr *= factor;
+    }
 }
