@@ -24,6 +24,7 @@ use super::linalg::{
     argmax_rows, cross_entropy_backward, gemm, normalize_rows, seeded_rng, Matrix,
 };
 use super::method::method_boilerplate;
+use super::epochs::{BestEpoch, Batching, EpochLoop, Ties};
 use super::optim::{cosine_annealing, AdamW};
 use super::{
     eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
@@ -691,9 +692,6 @@ pub fn train(
     after_epoch: &mut dyn FnMut(usize, &ApeTModel),
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<f32>, MethodError> {
-    if opts.batch_size == 0 {
-        return Err(MethodError::option("batch-size", 0, "must be at least 1"));
-    }
     let views: Vec<Matrix> = task
         .training_views()
         .iter()
@@ -701,41 +699,35 @@ pub fn train(
         .collect();
     let labels = &task.train.labels;
     let n = labels.len();
-    let per_epoch = n.div_ceil(opts.batch_size);
-    let total = opts.epochs * per_epoch;
+    let total = opts.epochs * n.div_ceil(opts.batch_size.max(1));
     let mut adamw = AdamW::new(opts.eps, opts.weight_decay);
-    let mut step = 0;
-    let mut losses = Vec::with_capacity(opts.epochs);
-    for epoch in 0..opts.epochs {
-        let view = &views[epoch % views.len()];
-        let idx = order(epoch);
-        let mut sum = 0f64;
-        for batch in idx.chunks(opts.batch_size) {
-            let f = view.gather_rows(batch);
+    let mut steps = 0;
+    let epoch_loop = EpochLoop {
+        epochs: opts.epochs,
+        batching: Batching::KeepLast {
+            size: opts.batch_size,
+        },
+    };
+    epoch_loop.run(
+        model,
+        n,
+        order,
+        &mut |model, epoch, batch| {
+            let f = views[epoch % views.len()].gather_rows(batch);
             let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
             let (loss, grad) = model.loss_and_grad(&f, &y);
             let p = &mut model.params;
             adamw.step(
                 &mut [&mut p.residual.data, &mut p.value_weights],
                 &[&grad.residual.data, &grad.value_weights],
-                cosine_annealing(opts.lr, step, total),
+                cosine_annealing(opts.lr, steps, total),
             );
-            step += 1;
-            sum += loss as f64;
-        }
-        let loss = (sum / per_epoch.max(1) as f64) as f32;
-        if !loss.is_finite() {
-            return Err(MethodError::Diverged { epoch, loss });
-        }
-        losses.push(loss);
-        progress(Progress::Epoch {
-            epoch,
-            epochs: opts.epochs,
-            loss,
-        });
-        after_epoch(epoch, model);
-    }
-    Ok(losses)
+            steps += 1;
+            loss
+        },
+        &mut |model, epoch| after_epoch(epoch, model),
+        progress,
+    )
 }
 
 /// APE-T: residuals and value weights trained, best epoch and then (β, α) chosen on validation.
@@ -750,16 +742,13 @@ pub fn fit_trained(
     let n = task.train.labels.len();
     let mut rng = seeded_rng(opts.seed);
     let mut order = |_: usize| rng.permutation(n);
-    let mut best = (f32::NEG_INFINITY, model.params.clone(), 0usize);
+    let mut best = BestEpoch::new(model.params.clone());
     let mut keep_best = |epoch: usize, m: &ApeTModel| {
         let val = eval::accuracy(&m.head().logits(&task.val.features), &task.val.labels);
-        // The last epoch when there is no validation set.
-        if val.is_nan() || val > best.0 {
-            best = (val, m.params.clone(), epoch);
-        }
+        best.offer(epoch, val, Ties::KeepFirst, || m.params.clone());
     };
     let losses = train(task, opts, &mut model, &mut order, &mut keep_best, progress)?;
-    model.params = best.1;
+    model.params = best.value;
     let mut head = model.head();
     if !task.val.labels.is_empty() {
         // No γ in APE-T (its value weights are trained): a one-point γ grid at 0.
@@ -781,7 +770,7 @@ pub fn fit_trained(
         );
     }
     let chosen = vec![
-        ("best_epoch".to_string(), best.2.to_string()),
+        ("best_epoch".to_string(), best.epoch.to_string()),
         ("alpha".to_string(), head.alpha.to_string()),
         ("beta".to_string(), head.beta.to_string()),
         ("channels".to_string(), model.channels.len().to_string()),

@@ -21,6 +21,7 @@ use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWrit
 use super::linalg::{cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward};
 use super::linalg::{seeded_rng, Matrix};
 use super::method::method_boilerplate;
+use super::epochs::{Batching, EpochLoop};
 use super::optim::{Sgd, WarmupCosine};
 use super::zero_shot::cosine_logits;
 use super::{
@@ -291,9 +292,6 @@ pub fn train(
     order: &mut dyn FnMut(usize) -> Vec<usize>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<f32>, MethodError> {
-    if opts.batch_size == 0 {
-        return Err(MethodError::option("batch-size", 0, "must be at least 1"));
-    }
     let schedule = WarmupCosine {
         base_lr: opts.lr,
         epochs: opts.epochs,
@@ -301,41 +299,32 @@ pub fn train(
         warmup_lr: opts.warmup_lr,
     };
     let mut sgd = Sgd::new(opts.momentum, 0.0);
-    let batches = batches_per_epoch(images, opts.batch_size);
-    let mut losses = Vec::with_capacity(opts.epochs);
-    for epoch in 0..opts.epochs {
-        let lr = schedule.lr(epoch);
-        let idx = order(epoch);
-        let mut sum = 0f64;
-        let mut done = 0usize;
-        for b in 0..batches {
-            let start = b * opts.batch_size;
-            if start >= idx.len() {
-                break;
-            }
-            let batch = &idx[start..(start + opts.batch_size).min(idx.len())];
+    let epoch_loop = EpochLoop {
+        epochs: opts.epochs,
+        batching: Batching::Count {
+            size: opts.batch_size,
+            count: batches_per_epoch(images, opts.batch_size.max(1)),
+        },
+    };
+    epoch_loop.run(
+        model,
+        pool.rows,
+        order,
+        &mut |model, epoch, batch| {
             let x = pool.gather_rows(batch);
             let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
             let (loss, grad) = model.loss_and_grad(&x, &y);
-            sgd.step(&mut [&mut model.prototypes.data], &[&grad.data], lr);
-            sum += loss as f64;
-            done += 1;
-        }
-        let loss = (sum / done.max(1) as f64) as f32;
-        if !loss.is_finite() {
-            return Err(MethodError::Diverged { epoch, loss });
-        }
-        if model.constraint == Constraint::Adaptive {
-            model.outer_step();
-        }
-        losses.push(loss);
-        progress(Progress::Epoch {
-            epoch,
-            epochs: opts.epochs,
-            loss,
-        });
-    }
-    Ok(losses)
+            sgd.step(&mut [&mut model.prototypes.data], &[&grad.data], schedule.lr(epoch));
+            loss
+        },
+        // The outer step of the augmented Lagrangian follows each epoch.
+        &mut |model, _| {
+            if model.constraint == Constraint::Adaptive {
+                model.outer_step();
+            }
+        },
+        progress,
+    )
 }
 
 /// CLAP on the task; the validation set is not used.

@@ -22,6 +22,7 @@ use super::linalg::{
     cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward, seeded_rng, Matrix,
 };
 use super::method::method_boilerplate;
+use super::epochs::{Batching, EpochLoop};
 use super::optim::{Sgd, WarmupCosine};
 use super::{
     eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
@@ -591,12 +592,8 @@ pub fn train(
     order: &mut dyn FnMut(usize) -> Vec<usize>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<f32>, MethodError> {
-    if opts.batch_size == 0 {
-        return Err(MethodError::option("batch-size", 0, "must be at least 1"));
-    }
     let views = task.training_views();
     let labels = &task.train.labels;
-    let n = labels.len();
     let schedule = WarmupCosine {
         base_lr: opts.lr,
         epochs,
@@ -606,42 +603,25 @@ pub fn train(
     let mut sgd = Sgd::new(opts.momentum, opts.weight_decay);
     let mut grad = model.params.zeros_like();
     let frozen = model.frozen_text();
-    let mut losses = Vec::with_capacity(epochs);
-    for epoch in 0..epochs {
-        let lr = schedule.lr(epoch);
-        let x_all = views[epoch % views.len()];
-        let idx = order(epoch);
-        let mut sum = 0f64;
-        let mut batches = 0usize;
-        for batch in idx.chunks(opts.batch_size) {
-            // Dassl drops the last incomplete batch only when the set holds a full one.
-            if batch.len() < opts.batch_size && n >= opts.batch_size {
-                continue;
-            }
-            let x = x_all.gather_rows(batch);
-            let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
-            let mut fw = model.forward(&x, &frozen);
-            let mut d_logits = std::mem::take(&mut fw.logits.data);
-            let loss = cross_entropy_backward(&mut d_logits, &y, model.classes.rows);
-            grad.clear_ratio_grads();
-            model.backward(&x, &fw, &frozen, &d_logits, &mut grad);
-            let grads: Vec<&[f32]> = grad.params_mut().into_iter().map(|g| &*g).collect();
-            sgd.step(&mut model.params.params_mut(), &grads, lr);
-            sum += loss as f64;
-            batches += 1;
-        }
-        let loss = (sum / batches.max(1) as f64) as f32;
-        if !loss.is_finite() {
-            return Err(MethodError::Diverged { epoch, loss });
-        }
-        losses.push(loss);
-        progress(Progress::Epoch {
-            epoch,
-            epochs,
-            loss,
-        });
-    }
-    Ok(losses)
+    let epoch_loop = EpochLoop {
+        epochs,
+        batching: Batching::DropLast {
+            size: opts.batch_size,
+        },
+    };
+    let mut step = |model: &mut AdapterModel, epoch: usize, batch: &[usize]| {
+        let x = views[epoch % views.len()].gather_rows(batch);
+        let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
+        let mut fw = model.forward(&x, &frozen);
+        let mut d_logits = std::mem::take(&mut fw.logits.data);
+        let loss = cross_entropy_backward(&mut d_logits, &y, model.classes.rows);
+        grad.clear_ratio_grads();
+        model.backward(&x, &fw, &frozen, &d_logits, &mut grad);
+        let grads: Vec<&[f32]> = grad.params_mut().into_iter().map(|g| &*g).collect();
+        sgd.step(&mut model.params.params_mut(), &grads, schedule.lr(epoch));
+        loss
+    };
+    epoch_loop.run(model, labels.len(), order, &mut step, &mut |_, _| {}, progress)
 }
 
 /// The largest number of training images of one class.

@@ -15,6 +15,7 @@
 use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{cross_entropy_backward, gemm, Matrix};
 use super::method::method_boilerplate;
+use super::epochs::{BestEpoch, Batching, EpochLoop, Ties};
 use super::optim::Sgd;
 use super::{
     eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
@@ -235,37 +236,37 @@ pub fn train(
     }
     let mut sgd = Sgd::new(opts.momentum, 0.0);
     let mut alpha_grad = vec![0f32; head.alpha.len()];
-    let mut losses = Vec::with_capacity(opts.epochs);
-    for epoch in 0..opts.epochs {
-        let (loss, gw, gb, ga) = head.loss_and_grad(f, labels);
-        if !loss.is_finite() {
-            return Err(MethodError::Diverged { epoch, loss });
-        }
-        sgd.step(
-            &mut [&mut head.weight.data, &mut head.bias],
-            &[&gw.data, &gb],
-            lr_w,
-        );
-        if opts.accumulate_alpha_grad {
-            alpha_grad.iter_mut().zip(&ga).for_each(|(a, g)| *a += g);
-        } else {
-            alpha_grad.copy_from_slice(&ga);
-        }
-        if (epoch + 1) % opts.alpha_every == 0 {
-            head.alpha
-                .iter_mut()
-                .zip(&alpha_grad)
-                .for_each(|(a, g)| *a -= lr_alpha * g);
-        }
-        losses.push(loss);
-        progress(Progress::Epoch {
-            epoch,
-            epochs: opts.epochs,
-            loss,
-        });
-        after_epoch(epoch, head);
-    }
-    Ok(losses)
+    let epoch_loop = EpochLoop {
+        epochs: opts.epochs,
+        batching: Batching::Full,
+    };
+    epoch_loop.run(
+        head,
+        labels.len(),
+        &mut |_| Vec::new(),
+        &mut |head, epoch, _| {
+            let (loss, gw, gb, ga) = head.loss_and_grad(f, labels);
+            sgd.step(
+                &mut [&mut head.weight.data, &mut head.bias],
+                &[&gw.data, &gb],
+                lr_w,
+            );
+            if opts.accumulate_alpha_grad {
+                alpha_grad.iter_mut().zip(&ga).for_each(|(a, g)| *a += g);
+            } else {
+                alpha_grad.copy_from_slice(&ga);
+            }
+            if (epoch + 1) % opts.alpha_every == 0 {
+                head.alpha
+                    .iter_mut()
+                    .zip(&alpha_grad)
+                    .for_each(|(a, g)| *a -= lr_alpha * g);
+            }
+            loss
+        },
+        &mut |head, epoch| after_epoch(epoch, head),
+        progress,
+    )
 }
 
 /// LP++ on the task: the first training view (the reference extracts one augmented pass), the
@@ -286,12 +287,10 @@ pub fn fit(
         alpha: vec![start.alpha; k],
         text: task.text.weights.clone(),
     };
-    let mut best = (f32::NEG_INFINITY, head.clone(), 0usize);
+    let mut best = BestEpoch::new(head.clone());
     let mut keep_best = |epoch: usize, h: &LpPlusPlusHead| {
         let val = eval::accuracy(&h.logits(&task.val.features), &task.val.labels);
-        if val.is_nan() || val >= best.0 {
-            best = (val, h.clone(), epoch);
-        }
+        best.offer(epoch, val, Ties::KeepLast, || h.clone());
     };
     let losses = train(
         &mut head,
@@ -304,13 +303,13 @@ pub fn fit(
         progress,
     )?;
     let chosen = vec![
-        ("best_epoch".to_string(), best.2.to_string()),
+        ("best_epoch".to_string(), best.epoch.to_string()),
         ("lr_w".to_string(), start.lr_w.to_string()),
         ("lr_alpha".to_string(), start.lr_alpha.to_string()),
         ("init_alpha".to_string(), start.alpha.to_string()),
     ];
     Ok(Fitted {
-        head: Head::new(best.1),
+        head: Head::new(best.value),
         chosen,
         losses,
     })

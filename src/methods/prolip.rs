@@ -19,6 +19,7 @@ use super::eval;
 use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{cross_entropy_backward, normalize_rows, normalize_rows_backward, Matrix};
 use super::method::method_boilerplate;
+use super::epochs::{Batching, EpochLoop};
 use super::optim::{cosine_annealing, AdamW};
 use super::{
     Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method, MethodCard,
@@ -254,22 +255,25 @@ pub fn train(
     let mut projection = pre.projection.clone();
     // `torch.optim.Adam` is AdamW without decay.
     let mut adam = AdamW::new(opts.eps, 0.0);
-    let mut losses = Vec::with_capacity(opts.epochs);
-    for epoch in 0..opts.epochs {
-        let x = views[(epoch + 1) % views.len()];
-        let (loss, grad) = loss_and_grad(&projection, &initial, x, labels, text, lambda);
-        if !loss.is_finite() {
-            return Err(MethodError::Diverged { epoch, loss });
-        }
-        let step_lr = cosine_annealing(lr, epoch, opts.epochs);
-        adam.step(&mut [&mut projection.weight.data], &[&grad.data], step_lr);
-        losses.push(loss);
-        progress(Progress::Epoch {
-            epoch,
-            epochs: opts.epochs,
-            loss,
-        });
-    }
+    let epoch_loop = EpochLoop {
+        epochs: opts.epochs,
+        batching: Batching::Full,
+    };
+    let losses = epoch_loop.run(
+        &mut projection,
+        labels.len(),
+        &mut |_| Vec::new(),
+        &mut |projection, epoch, _| {
+            // The reference's view counter moves before its first use.
+            let x = views[(epoch + 1) % views.len()];
+            let (loss, grad) = loss_and_grad(projection, &initial, x, labels, text, lambda);
+            let step_lr = cosine_annealing(lr, epoch, opts.epochs);
+            adam.step(&mut [&mut projection.weight.data], &[&grad.data], step_lr);
+            loss
+        },
+        &mut |_, _| {},
+        progress,
+    )?;
     Ok((
         ProlipHead {
             projection,

@@ -15,6 +15,7 @@
 use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{argmax_rows, cross_entropy_backward, gemm, seeded_rng, Matrix};
 use super::method::method_boilerplate;
+use super::epochs::{BestEpoch, Batching, EpochLoop, Ties};
 use super::optim::{cosine_annealing, AdamW};
 use super::zero_shot::cosine_logits;
 use super::{
@@ -260,57 +261,49 @@ pub fn train_keys(
     order: &mut dyn FnMut(usize) -> Vec<usize>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<TrainedKeys, MethodError> {
-    if opts.batch_size == 0 {
-        return Err(MethodError::option("batch-size", 0, "must be at least 1"));
-    }
     let views: Vec<Matrix> = task
         .training_views()
         .iter()
         .map(|v| v.normalized())
         .collect();
-    let n = task.train.labels.len();
-    let per_epoch = n.div_ceil(opts.batch_size);
-    let total = opts.epochs * per_epoch;
+    let labels = &task.train.labels;
+    let n = labels.len();
+    let total = opts.epochs * n.div_ceil(opts.batch_size.max(1));
     let mut adamw = AdamW::new(1e-4, 0.01);
-    let mut step = 0;
-    let mut losses = Vec::new();
-    let mut best = (f32::NEG_INFINITY, head.keys.clone(), 0usize);
-    for epoch in 0..opts.epochs {
-        let view = &views[epoch % views.len()];
-        let mut sum = 0f64;
-        let order = order(epoch);
-        for batch in order.chunks(opts.batch_size) {
-            let f = view.gather_rows(batch);
-            let y: Vec<usize> = batch.iter().map(|&i| task.train.labels[i]).collect();
+    let mut steps = 0;
+    let mut best = BestEpoch::new(head.keys.clone());
+    let epoch_loop = EpochLoop {
+        epochs: opts.epochs,
+        batching: Batching::KeepLast {
+            size: opts.batch_size,
+        },
+    };
+    let losses = epoch_loop.run(
+        head,
+        n,
+        order,
+        &mut |head, epoch, batch| {
+            let f = views[epoch % views.len()].gather_rows(batch);
+            let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
             let (loss, grad) = head.loss_and_key_grad(&f, &y);
             adamw.step(
                 &mut [&mut head.keys.data],
                 &[&grad.data],
-                cosine_annealing(opts.lr, step, total),
+                cosine_annealing(opts.lr, steps, total),
             );
-            step += 1;
-            sum += loss as f64;
-        }
-        let loss = (sum / per_epoch as f64) as f32;
-        if !loss.is_finite() {
-            return Err(MethodError::Diverged { epoch, loss });
-        }
-        losses.push(loss);
-        progress(Progress::Epoch {
-            epoch,
-            epochs: opts.epochs,
-            loss,
-        });
-        // The best epoch on validation (the last one when there is no validation set).
-        let val = eval::accuracy(&head.logits(&task.val.features), &task.val.labels);
-        if val.is_nan() || val > best.0 {
-            best = (val, head.keys.clone(), epoch);
-        }
-    }
-    head.keys = best.1;
+            steps += 1;
+            loss
+        },
+        &mut |head, epoch| {
+            let val = eval::accuracy(&head.logits(&task.val.features), &task.val.labels);
+            best.offer(epoch, val, Ties::KeepFirst, || head.keys.clone());
+        },
+        progress,
+    )?;
+    head.keys = best.value;
     Ok(TrainedKeys {
         losses,
-        best_epoch: best.2,
+        best_epoch: best.epoch,
     })
 }
 
