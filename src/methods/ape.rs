@@ -723,7 +723,7 @@ pub fn train(
                 cosine_annealing(opts.lr, steps, total),
             );
             steps += 1;
-            loss
+            Ok(loss)
         },
         &mut |model, epoch| after_epoch(epoch, model),
         progress,

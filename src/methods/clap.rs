@@ -315,7 +315,7 @@ pub fn train(
             let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
             let (loss, grad) = model.loss_and_grad(&x, &y);
             sgd.step(&mut [&mut model.prototypes.data], &[&grad.data], schedule.lr(epoch));
-            loss
+            Ok(loss)
         },
         // The outer step of the augmented Lagrangian follows each epoch.
         &mut |model, _| {

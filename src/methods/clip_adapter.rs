@@ -619,7 +619,7 @@ pub fn train(
         model.backward(&x, &fw, &frozen, &d_logits, &mut grad);
         let grads: Vec<&[f32]> = grad.params_mut().into_iter().map(|g| &*g).collect();
         sgd.step(&mut model.params.params_mut(), &grads, schedule.lr(epoch));
-        loss
+        Ok(loss)
     };
     epoch_loop.run(model, labels.len(), order, &mut step, &mut |_, _| {}, progress)
 }

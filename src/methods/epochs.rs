@@ -46,6 +46,9 @@ impl Batching {
     }
 }
 
+/// One training step: `(state, epoch, batch indices)` to the batch loss.
+pub type Step<'a, S, E> = dyn FnMut(&mut S, usize, &[usize]) -> Result<f32, E> + 'a;
+
 /// A training run's epochs and batching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpochLoop {
@@ -57,19 +60,20 @@ impl EpochLoop {
     /// Runs the epochs over `n` samples, training `state`. Each epoch takes its order from
     /// `order(epoch)` (not called for [`Batching::Full`], whose one batch is every sample in
     /// index order), calls `step(state, epoch, batch)` with the sample indices of each batch,
-    /// which returns the batch loss, then `end(state, epoch)`. Returns the mean batch loss of
-    /// every epoch; a loss that is not finite stops training with [`MethodError::Diverged`].
-    pub fn run<S>(
+    /// which returns the batch loss (or the step's error, which stops training), then
+    /// `end(state, epoch)`. Returns the mean batch loss of every epoch; a loss that is not
+    /// finite stops training with [`MethodError::Diverged`].
+    pub fn run<S: ?Sized, E: From<MethodError>>(
         &self,
         state: &mut S,
         n: usize,
         order: &mut dyn FnMut(usize) -> Vec<usize>,
-        step: &mut dyn FnMut(&mut S, usize, &[usize]) -> f32,
+        step: &mut Step<S, E>,
         end: &mut dyn FnMut(&mut S, usize),
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<Vec<f32>, MethodError> {
+    ) -> Result<Vec<f32>, E> {
         if self.batching.size() == Some(0) {
-            return Err(MethodError::option("batch-size", 0, "must be at least 1"));
+            return Err(MethodError::option("batch-size", 0, "must be at least 1").into());
         }
         let mut losses = Vec::with_capacity(self.epochs);
         for epoch in 0..self.epochs {
@@ -80,12 +84,12 @@ impl EpochLoop {
             let mut sum = 0f64;
             let mut batches = 0usize;
             for range in self.batching.batches(idx.len()) {
-                sum += step(state, epoch, &idx[range]) as f64;
+                sum += step(state, epoch, &idx[range])? as f64;
                 batches += 1;
             }
             let loss = (sum / batches.max(1) as f64) as f32;
             if !loss.is_finite() {
-                return Err(MethodError::Diverged { epoch, loss });
+                return Err(MethodError::Diverged { epoch, loss }.into());
             }
             losses.push(loss);
             progress(Progress::Epoch {
@@ -184,7 +188,9 @@ mod tests {
                 &mut (),
                 5,
                 &mut |_| vec![4, 3, 2, 1, 0],
-                &mut |_, e, batch| if e == 1 { loss } else { batch.len() as f32 },
+                &mut |_, e, batch| {
+                    Ok::<_, MethodError>(if e == 1 { loss } else { batch.len() as f32 })
+                },
                 &mut |_, _| {},
                 &mut |_| {},
             )
@@ -202,7 +208,7 @@ mod tests {
             &mut (),
             3,
             &mut |_| vec![],
-            &mut |_, _, _| 0.0,
+            &mut |_, _, _| Ok::<_, MethodError>(0.0),
             &mut |_, _| {},
             &mut |_| {},
         );

@@ -262,7 +262,7 @@ pub fn train(
                     .zip(&alpha_grad)
                     .for_each(|(a, g)| *a -= lr_alpha * g);
             }
-            loss
+            Ok(loss)
         },
         &mut |head, epoch| after_epoch(epoch, head),
         progress,

@@ -259,7 +259,7 @@ pub fn train(
         epochs: opts.epochs,
         batching: Batching::Full,
     };
-    let losses = epoch_loop.run(
+    let losses = epoch_loop.run::<_, MethodError>(
         &mut projection,
         labels.len(),
         &mut |_| Vec::new(),
@@ -269,7 +269,7 @@ pub fn train(
             let (loss, grad) = loss_and_grad(projection, &initial, x, labels, text, lambda);
             let step_lr = cosine_annealing(lr, epoch, opts.epochs);
             adam.step(&mut [&mut projection.weight.data], &[&grad.data], step_lr);
-            loss
+            Ok(loss)
         },
         &mut |_, _| {},
         progress,

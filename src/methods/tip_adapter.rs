@@ -278,7 +278,7 @@ pub fn train_keys(
             size: opts.batch_size,
         },
     };
-    let losses = epoch_loop.run(
+    let losses = epoch_loop.run::<_, MethodError>(
         head,
         n,
         order,
@@ -292,7 +292,7 @@ pub fn train_keys(
                 cosine_annealing(opts.lr, steps, total),
             );
             steps += 1;
-            loss
+            Ok(loss)
         },
         &mut |head, epoch| {
             let val = eval::accuracy(&head.logits(&task.val.features), &task.val.labels);

@@ -29,6 +29,7 @@ use prompt_learner::{initial_context, PromptLearner};
 
 use super::clip_adapter::{epochs_for_shots, shots};
 use super::method::method_boilerplate;
+use super::epochs::{Batching, EpochLoop};
 use super::optim::{Sgd, WarmupCosine};
 use super::zero_shot::ZeroShot;
 use super::{
@@ -318,12 +319,8 @@ pub fn train(
     order: &mut dyn FnMut(usize) -> Vec<usize>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<f32>, CoopError> {
-    if opts.batch_size == 0 {
-        return Err(MethodError::option("batch-size", 0, "must be at least 1").into());
-    }
     let views = task.training_views();
     let labels = &task.train.labels;
-    let n = labels.len();
     let schedule = WarmupCosine {
         base_lr: opts.lr,
         epochs,
@@ -331,36 +328,26 @@ pub fn train(
         warmup_lr: opts.warmup_lr,
     };
     let mut sgd = Sgd::new(opts.momentum, opts.weight_decay);
-    let mut losses = Vec::with_capacity(epochs);
-    for epoch in 0..epochs {
-        let lr = schedule.lr(epoch);
-        let x_all = views[epoch % views.len()];
-        let idx = order(epoch);
-        let (mut sum, mut batches) = (0f64, 0usize);
-        for batch in idx.chunks(opts.batch_size) {
-            // Dassl drops the last incomplete batch only when the set holds a full one.
-            if batch.len() < opts.batch_size && n >= opts.batch_size {
-                continue;
-            }
-            let x = x_all.gather_rows(batch);
+    let epoch_loop = EpochLoop {
+        epochs,
+        batching: Batching::DropLast {
+            size: opts.batch_size,
+        },
+    };
+    epoch_loop.run(
+        context,
+        labels.len(),
+        order,
+        &mut |context, epoch, batch| {
+            let x = views[epoch % views.len()].gather_rows(batch);
             let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
             let (loss, grad) = loss_and_grad(model, learner, context, &x, &y)?;
-            sgd.step(&mut [&mut *context], &[&grad], lr);
-            sum += loss as f64;
-            batches += 1;
-        }
-        let loss = (sum / batches.max(1) as f64) as f32;
-        if !loss.is_finite() {
-            return Err(MethodError::Diverged { epoch, loss }.into());
-        }
-        losses.push(loss);
-        progress(Progress::Epoch {
-            epoch,
-            epochs,
-            loss,
-        });
-    }
-    Ok(losses)
+            sgd.step(&mut [&mut *context], &[&grad], schedule.lr(epoch));
+            Ok(loss)
+        },
+        &mut |_, _| {},
+        progress,
+    )
 }
 
 /// Trains CoOp on `task` through `model`'s frozen text tower.
