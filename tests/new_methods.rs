@@ -139,7 +139,8 @@ fn ape_matches_the_reference() {
 
 /// APE-T from the reference's initialisation and batch orders: per-epoch loss within
 /// 1e-4 + 1e-4·loss, the residual and value weights within 1e-4, the validation accuracy of
-/// every epoch equal, test logits within 1e-3 + 1e-5 relative.
+/// every epoch equal, test logits within 1e-3 + 1e-5 relative; then the best epoch and the
+/// (β, α) searched after training.
 #[test]
 fn ape_t_training_matches_the_reference() {
     let f = fixture();
@@ -161,16 +162,19 @@ fn ape_t_training_matches_the_reference() {
     assert_eq!(model.channels, usizes(&r["indices"]), "refined channels");
     let orders: Vec<Vec<usize>> = r["orders"].as_array().unwrap().iter().map(usizes).collect();
     let mut val_acc = Vec::new();
+    // As `fit_trained` (and `main.py`): the first strictly best validation epoch is kept.
+    let mut best = (f32::NEG_INFINITY, 0usize, model.params.clone());
     let losses = ape::train(
         &task,
         &opts,
         &mut model,
         &mut |e| orders[e].clone(),
-        &mut |_, m| {
-            val_acc.push(eval::accuracy(
-                &m.head().logits(&task.val.features),
-                &task.val.labels,
-            ))
+        &mut |epoch, m| {
+            let acc = eval::accuracy(&m.head().logits(&task.val.features), &task.val.labels);
+            if acc > best.0 {
+                best = (acc, epoch, m.params.clone());
+            }
+            val_acc.push(acc)
         },
         &mut |_| {},
     )
@@ -200,6 +204,55 @@ fn ape_t_training_matches_the_reference() {
         "logits",
         &logits.data,
         &floats(&r["test_logits"]),
+        1e-3,
+        1e-5,
+    );
+
+    // Then (β, α) searched on validation with the best epoch's parameters and the trained
+    // value weights (a one-point γ grid at 0, as `fit_trained`): the same best epoch, the same
+    // (α, β) within 1e-4, the same validation accuracy, test logits within 1e-3 + 1e-5 relative.
+    assert_eq!(
+        best.1 as u64,
+        r["best_epoch"].as_u64().unwrap(),
+        "best epoch"
+    );
+    model.params = best.2;
+    let mut head = model.head();
+    let s = floats(&r["search_scale"]);
+    let st = usizes(&r["search_steps"]);
+    let search_opts = ApeOptions {
+        search_scale: (s[0], s[1], 0.0),
+        search_steps: (st[0], st[1], 1),
+        ..opts
+    };
+    let trained = head.value_weights.clone();
+    let zeros = vec![0f32; trained.len()];
+    let (val, _) = ape::search(
+        &mut head,
+        &trained,
+        &zeros,
+        &task.val.features,
+        &task.val.labels,
+        &search_opts,
+        &mut |_| {},
+    );
+    let want = &r["best"];
+    assert_eq!(
+        val,
+        num(&want["val_accuracy"]),
+        "searched validation accuracy"
+    );
+    for (name, ours) in [("alpha", head.alpha), ("beta", head.beta)] {
+        assert!(
+            (ours - num(&want[name])).abs() < 1e-4,
+            "{name}: ours {ours} vs reference {}",
+            want[name]
+        );
+    }
+    assert_close(
+        "searched logits",
+        &head.logits(&task.test.features).data,
+        &floats(&r["test_logits_searched"]),
         1e-3,
         1e-5,
     );

@@ -4,8 +4,10 @@
 //! The class weights are a function of the text embeddings, blended per class:
 //! `logits_k = w_kᵀ f + b_k + α_k · t_kᵀ f` on normalised features. Training is full-batch and
 //! needs no learning-rate search, as the paper's block majorize–minimize scheme:
-//! - `W` starts at the class sums of the features (`compute_centroids`), `α_k` at
-//!   `250 · mean_{c,k} mean_{i∈c} t_kᵀ f_i` (`calculate_init_alpha`: the shots cancel);
+//! - `W` starts at the class sums of the features (`compute_centroids`), every `α_k` at
+//!   `250 · mean_k mean_{i∈k} t_kᵀ f_i`, the mean similarity of each training image to its own
+//!   class's text embedding (`calculate_init_alpha` through `compute_centroids_alpha`, whose
+//!   one-hot product is element-wise; the shots cancel);
 //! - step sizes from Lipschitz bounds: `η_W = 4N / λ_max(FᵀF)` (`calculate_lr_w`) and
 //!   `η_α = N / (4 · max_k Σ_i (t_kᵀ f_i)²)` (`calculate_lr_alpha`);
 //! - every epoch one SGD step (momentum 0.9, no decay) on `W, b` with `η_W`; every 10th epoch one
@@ -189,14 +191,14 @@ pub fn init(
         });
     }
     let text_logits = f.matmul(false, text, true);
-    // mean over (class c, text k) of the class-c mean of t_kᵀ f.
-    let mut per_class = vec![0f64; k * k];
+    // `calculate_init_alpha`: `compute_centroids_alpha` multiplies the one-hot labels with the
+    // N×K text logits element by element, so each class keeps only its own images' similarity
+    // to its own text embedding: α = scale · mean_k mean_{i∈k} t_kᵀ f_i (the shots cancel).
+    let mut own = vec![0f64; k];
     for (row, &y) in text_logits.data.chunks(k).zip(labels) {
-        for (j, &t) in row.iter().enumerate() {
-            per_class[y * k + j] += t as f64 / count[y] as f64;
-        }
+        own[y] += row[y] as f64 / count[y] as f64;
     }
-    let alpha = opts.init_alpha_scale as f64 * per_class.iter().sum::<f64>() / (k * k) as f64;
+    let alpha = opts.init_alpha_scale as f64 * own.iter().sum::<f64>() / k as f64;
     let mut col_sq = vec![0f64; k];
     for row in text_logits.data.chunks(k) {
         for (s, &t) in col_sq.iter_mut().zip(row) {
@@ -440,5 +442,28 @@ mod tests {
         // N > D takes the D×D Gram matrix: the same value.
         let wide = f.transposed();
         assert!((max_eigenvalue(&wide) - 10.0).abs() < 1e-9);
+    }
+
+    /// Two classes, text embeddings e₁, e₂; class 0 holds (1, 0), class 1 holds (0.6, 0.8).
+    /// Own-class similarities 1 and 0.8: α = 250·0.9 = 225 (the mean over every class pair,
+    /// (1 + 0 + 0.6 + 0.8)/4, would give 150). η_α = N/(4·max(1 + 0.36, 0 + 0.64)) = 2/5.44;
+    /// FᵀF = [[1.36, 0.48], [0.48, 0.64]] has λ_max 1.6, so η_W = 4·2/1.6 = 5.
+    #[test]
+    fn init_follows_the_authors_code_on_a_hand_worked_case() {
+        let f = Matrix::from_vec(2, 2, vec![1.0, 0.0, 0.6, 0.8]).unwrap();
+        let text = Matrix::from_vec(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
+        let start = init(&f, &[0, 1], &text, &LpPlusPlusOptions::default()).unwrap();
+        assert!((start.alpha - 225.0).abs() < 1e-4, "α {}", start.alpha);
+        assert!(
+            (start.lr_alpha - 2.0 / 5.44).abs() < 1e-6,
+            "η_α {}",
+            start.lr_alpha
+        );
+        assert!((start.lr_w - 5.0).abs() < 1e-5, "η_W {}", start.lr_w);
+        assert_eq!(start.weight.data, vec![1.0, 0.0, 0.6, 0.8]);
+        // Unequal class sizes: each class's own mean, then the mean over classes.
+        let f = Matrix::from_vec(3, 2, vec![1.0, 0.0, 0.0, 1.0, 0.6, 0.8]).unwrap();
+        let start = init(&f, &[0, 1, 1], &text, &LpPlusPlusOptions::default()).unwrap();
+        assert!((start.alpha - 250.0 * (1.0 + 0.9) / 2.0).abs() < 1e-4);
     }
 }

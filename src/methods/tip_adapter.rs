@@ -56,7 +56,10 @@ impl Default for TipOptions {
 }
 
 impl TipOptions {
-    /// The authors' `configs/<dataset>.yaml` values, by CoOp dataset key.
+    /// The authors' `configs/<dataset>.yaml` values (gaopengcuhk/Tip-Adapter, RN50), by CoOp
+    /// dataset key: `search_scale`, `init_alpha`, `train_epoch`; every config has `init_beta`
+    /// 1, `search_step` (200, 20), lr 1e-3, and `main.py` batches 256. ImageNet's and
+    /// oxford_pets' equal the default; an unknown dataset gets the default.
     pub fn for_dataset(key: &str) -> Self {
         let (scale, alpha, epochs) = match key {
             "caltech101" => ((12.0, 5.0), 3.0, 20),
@@ -654,5 +657,44 @@ mod tests {
             &mut |_| {},
         );
         assert!(err.is_err());
+    }
+
+    /// Every benchmark against the authors' `configs/<dataset>.yaml`: (β_max, α_max), α, epochs.
+    #[test]
+    fn each_benchmark_gets_the_authors_config() {
+        let want: [(&str, (f32, f32), f32, usize); 11] = [
+            ("imagenet", (7.0, 3.0), 1.17, 20),
+            ("caltech101", (12.0, 5.0), 3.0, 20),
+            ("dtd", (13.0, 13.0), 2.0, 20),
+            ("eurosat", (12.0, 10.0), 2.0, 100),
+            ("fgvc_aircraft", (30.0, 30.0), 5.0, 20),
+            ("food101", (10.0, 10.0), 1.17, 20),
+            ("oxford_flowers", (50.0, 50.0), 10.0, 20),
+            ("oxford_pets", (7.0, 3.0), 1.17, 20),
+            ("stanford_cars", (20.0, 10.0), 3.0, 20),
+            ("sun397", (12.0, 10.0), 1.17, 20),
+            ("ucf101", (7.0, 3.0), 3.0, 20),
+        ];
+        for b in crate::data::benchmarks::BENCHMARKS.iter() {
+            assert!(want.iter().any(|w| w.0 == b.key), "{} not checked", b.key);
+        }
+        for (key, scale, alpha, epochs) in want {
+            let o = TipOptions::for_dataset(key);
+            assert_eq!(
+                (o.search_scale, o.alpha, o.epochs),
+                (scale, alpha, epochs),
+                "{key}"
+            );
+            assert_eq!(
+                (o.beta, o.search_steps, o.lr),
+                (1.0, (200, 20), 1e-3),
+                "{key}"
+            );
+            assert_eq!(o.batch_size, 256, "{key}");
+        }
+        assert_eq!(TipOptions::for_dataset("imagenet"), TipOptions::default());
+        for unknown in ["shapes", "", "ImageNet"] {
+            assert_eq!(TipOptions::for_dataset(unknown), TipOptions::default());
+        }
     }
 }
