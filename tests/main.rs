@@ -21,6 +21,7 @@ mod preprocess;
 mod preprocess_jpeg_simd;
 mod pretrain;
 mod prolip;
+mod registry;
 mod report;
 mod sweep;
 mod tokenizer;

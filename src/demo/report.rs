@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::run::{DemoTsne, CLIP_LOGIT_SCALE, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX};
 use crate::experiment::row::to_csv;
 use crate::experiment::{ResultRow, Summary};
+use crate::methods::registry::CLIP_ADAPTER;
 use crate::report::{DatasetGroup, Report, ReportOptions};
 use crate::world::tasks::Gap;
 
@@ -53,7 +54,13 @@ impl DemoReport {
         let top = *self.shots.iter().max()?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for r in (self.rows.iter())
-            .filter(|r| r.dataset == task && r.method == "clip-adapter" && r.shots == top)
+            // The main grid's row: the ablations' CLIP-Adapter rows carry their swept option.
+            .filter(|r| {
+                r.dataset == task
+                    && r.method == CLIP_ADAPTER.name()
+                    && r.options.is_empty()
+                    && r.shots == top
+            })
         {
             if let Some(a) = r.chosen.split(' ').find_map(|kv| kv.strip_prefix("alpha=")) {
                 *counts.entry(a.to_string()).or_default() += 1;

@@ -917,8 +917,7 @@ pub static CARD: MethodCard = MethodCard {
     colour: (188, 189, 34),
     variant_colours: &[],
     reported_as: Some("APE"),
-    without_validation:
-        "the authors' initial α, β, γ for the dataset instead of the validation search",
+    without_validation: "the per-dataset initial α, β, γ of the authors' configs",
     augmentation: APE_AUGMENTATION,
     needs: Needs::Features,
     options: &[],
@@ -939,7 +938,7 @@ pub static CARD_T: MethodCard = MethodCard {
     colour: (127, 127, 127),
     variant_colours: &[],
     reported_as: Some("APE-T"),
-    without_validation: "the last epoch and the authors' initial α, β for the dataset",
+    without_validation: "the last epoch, then the initial α, β",
     augmentation: APE_AUGMENTATION,
     needs: Needs::Features,
     options: &[],

@@ -391,8 +391,7 @@ pub static CARD: MethodCard = MethodCard {
     colour: (0, 0, 128),
     variant_colours: &[],
     reported_as: None,
-    without_validation:
-        "uses no validation set in any protocol (the last epoch, class-adaptive multipliers)",
+    without_validation: "unchanged: its class-adaptive penalty is set from the training data, and the last epoch is kept",
     augmentation: Augmentation::RandomResizedCrop {
         scale: (0.08, 1.0),
         flip: true,

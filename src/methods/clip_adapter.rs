@@ -709,8 +709,7 @@ pub static CARD: MethodCard = MethodCard {
         ("clip-adapter-both", (148, 103, 189)),
     ],
     reported_as: Some("CLIP-Adapter"),
-    without_validation:
-        "the last epoch and the given ratio (α = β = 0.2) instead of the validation search",
+    without_validation: "α = 0.2 (`clip_adapter.py`'s constant), the last epoch; a ratio search is refused",
     augmentation: Augmentation::RandomResizedCrop {
         scale: (0.08, 1.0),
         flip: true,

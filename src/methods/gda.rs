@@ -205,7 +205,7 @@ pub static CARD: MethodCard = MethodCard {
     colour: (44, 160, 44),
     variant_colours: &[],
     reported_as: Some("GDA"),
-    without_validation: "α = 0.1 (the reference's initial value) instead of the validation search",
+    without_validation: "α = 0.1 (`GdaOptions::default`; the reference only searches)",
     augmentation: Augmentation::RandomResizedCrop {
         scale: (0.5, 1.0),
         flip: true,

@@ -176,7 +176,7 @@ pub static CARD: MethodCard = MethodCard {
     colour: (140, 86, 75),
     variant_colours: &[],
     reported_as: None,
-    without_validation: "C = 1 (scikit-learn's default) instead of the validation search",
+    without_validation: "C = 1 (no C search; scikit-learn's default)",
     augmentation: Augmentation::None,
     needs: Needs::Features,
     options: &[],

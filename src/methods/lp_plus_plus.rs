@@ -327,7 +327,7 @@ pub static CARD: MethodCard = MethodCard {
     colour: (255, 187, 120),
     variant_colours: &[],
     reported_as: None,
-    without_validation: "the last epoch; its step sizes need no validation (Lipschitz bounds)",
+    without_validation: "its own rule: the Lipschitz step sizes need no search; the last of its 300 epochs instead of the best on validation",
     augmentation: Augmentation::RandomResizedCrop {
         scale: (0.5, 1.0),
         flip: true,

@@ -350,8 +350,7 @@ pub static CARD: MethodCard = MethodCard {
     colour: (0, 150, 136),
     variant_colours: &[],
     reported_as: None,
-    without_validation:
-        "lr = 1e-5 (`configs/base.yaml`) and λ = 1/N, the paper's validation-free rule",
+    without_validation: "its own rule: λ = 1/N and the learning rate of `configs/base.yaml` (1e-5), the last of 300 epochs",
     augmentation: Augmentation::RandomResizedCrop {
         scale: (0.08, 1.0),
         flip: true,

@@ -59,7 +59,7 @@ pub static CARD: MethodCard = MethodCard {
     colour: (0, 0, 0),
     variant_colours: &[],
     reported_as: Some("ZeroShot_CoOp"),
-    without_validation: "chooses nothing",
+    without_validation: "unchanged (nothing to choose)",
     augmentation: Augmentation::None,
     needs: Needs::Features,
     options: &[],

@@ -403,16 +403,20 @@ pub fn fit(
         position: opts.position,
         context,
         width: model.encoder.config().width,
-        options: opts.describe(),
+        // The context length actually trained (a `ctx_init` phrase sets it, not `n_ctx`).
+        options: CoopOptions {
+            n_ctx,
+            ..opts.clone()
+        }
+        .describe(),
     };
     Ok(CoopFitted {
         head,
         fitted: Fitted {
             head: Head::new(ZeroShot::new(&text)),
-            chosen: vec![
-                ("epochs".to_string(), epochs.to_string()),
-                ("n_ctx".to_string(), n_ctx.to_string()),
-            ],
+            // CoOp chooses nothing on validation: its epochs follow the shot count and its
+            // context length the options, both recorded in the head's options.
+            chosen: Vec::new(),
             losses,
         },
     })
@@ -447,7 +451,7 @@ pub static CARD: MethodCard = MethodCard {
     variant_colours: &[],
     // CoOp's RN50 numbers as the APE authors list them in their results notebook.
     reported_as: Some("CoOp(APE nb)"),
-    without_validation: "uses no validation set in any protocol (the last epoch)",
+    without_validation: "unchanged: the last epoch (CoOp never selects on validation)",
     augmentation: Augmentation::RandomResizedCrop {
         scale: (0.08, 1.0),
         flip: true,
