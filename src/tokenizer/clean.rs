@@ -49,7 +49,7 @@ impl Cleaner {
         let tables = Tables::get().map_err(|e| e.to_string())?;
         Ok(Cleaner {
             html: HtmlUnescaper::new().map_err(|e| e.to_string())?,
-            mojibake: Mojibake::new(&tables)?,
+            mojibake: Mojibake::new(&tables).map_err(|e| e.to_string())?,
             // ftfy fixes.ANSI_RE = "\033\\[((?:\\d|;)*)([a-zA-Z])"; Python's \d is Unicode Nd.
             ansi: Regex::new(r"\x1b\[(?:\d|;)*[a-zA-Z]").map_err(|e| e.to_string())?,
             tables,

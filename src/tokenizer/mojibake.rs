@@ -11,7 +11,7 @@
 use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
 
-use super::tables::{Charmap, Ranges, Tables};
+use super::tables::{AssetError, Charmap, Ranges, Tables};
 
 pub(crate) struct Mojibake {
     badness: Regex,
@@ -51,7 +51,7 @@ fn contains(ranges: &[(u32, u32)], c: char) -> bool {
 }
 
 impl Mojibake {
-    pub fn new(tables: &Tables) -> Result<Self, String> {
+    pub fn new(tables: &Tables) -> Result<Self, AssetError> {
         let cat = |name: &str| tables.class(name).map(|r| body(r));
         let c1 = cat("c1")?;
         let bad = cat("bad")?;
@@ -129,7 +129,7 @@ impl Mojibake {
             ),
             l("ā€"),
         ];
-        let badness = Regex::new(&alternatives.join("|")).map_err(|e| e.to_string())?;
+        let badness = Regex::new(&alternatives.join("|")).map_err(|e| pattern("badness", e))?;
 
         let first2 = cat("utf8_first_of_2")?;
         let first3 = cat("utf8_first_of_3")?;
@@ -139,11 +139,11 @@ impl Mojibake {
         let utf8_detector = Regex::new(&format!(
             "(?:[{first2}][{cont}]|[{first3}][{cont}]{{2}}|[{first4}][{cont}]{{3}})+"
         ))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| pattern("UTF-8 detector", e))?;
         let altered_utf8 = BytesRegex::new(
             r"(?-u)[\xc2\xc3\xc5\xce\xd0\xd9][ ]|[\xe2\xe3][ ][\x80-\x84\x86-\x9f\xa1-\xbf]|[\xe0-\xe3][\x80-\x84\x86-\x9f\xa1-\xbf][ ]|[\xf0][ ][\x80-\xbf][\x80-\xbf]|[\xf0][\x80-\xbf][ ][\x80-\xbf]|[\xf0][\x80-\xbf][\x80-\xbf][ ]",
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| pattern("altered UTF-8", e))?;
         let lossy_utf8 = BytesRegex::new(concat!(
             r"(?-u)[\xc2-\xdf][\x1a]",
             r"|[\xc2-\xc3][?]",
@@ -156,14 +156,14 @@ impl Mojibake {
             r"|[\xf0-\xf4][\x1a\x80-\xbf][\x1a\x80-\xbf][\x1a?]",
             r"|\x1a",
         ))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| pattern("lossy UTF-8", e))?;
         Ok(Mojibake {
             badness,
             utf8_detector,
             utf8_continuation_strict: tables.class("utf8_continuation_strict")?.clone(),
             altered_utf8,
             lossy_utf8,
-            c1: Regex::new(r"[\x{80}-\x{9F}]").map_err(|e| e.to_string())?,
+            c1: Regex::new(r"[\x{80}-\x{9F}]").map_err(|e| pattern("C1 control", e))?,
         })
     }
 
@@ -386,4 +386,11 @@ fn decode_utf8_variants(bytes: &[u8]) -> Option<String> {
         i += len;
     }
     Some(out)
+}
+
+fn pattern(what: &'static str, e: regex::Error) -> AssetError {
+    AssetError::Pattern {
+        what,
+        msg: e.to_string(),
+    }
 }

@@ -151,10 +151,21 @@ impl Tables {
     }
 
     /// A category from ftfy's badness or UTF-8-clue tables; the fixture script writes all of them.
-    pub fn class(&self, name: &str) -> Result<&Ranges, String> {
+    pub fn class(&self, name: &str) -> Result<&Ranges, AssetError> {
         self.badness
             .get(name)
             .or_else(|| self.utf8_clues.get(name))
-            .ok_or_else(|| format!("no character class `{name}`"))
+            .ok_or_else(|| AssetError::MissingClass {
+                name: name.to_string(),
+            })
     }
+}
+
+/// Why the embedded text clean-up tables cannot be used (only a broken build can cause it).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AssetError {
+    #[error("no character class `{name}`")]
+    MissingClass { name: String },
+    #[error("the {what} pattern does not compile: {msg}")]
+    Pattern { what: &'static str, msg: String },
 }

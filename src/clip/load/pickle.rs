@@ -73,6 +73,12 @@ pub enum PickleError {
     MissingMemo { offset: usize, index: u64 },
     #[error("byte {offset}: {msg}")]
     Malformed { offset: usize, msg: String },
+    #[error("byte {offset}: {source}")]
+    Torch {
+        offset: usize,
+        #[source]
+        source: Box<super::torch_pickle::TorchObjectError>,
+    },
     #[error("the pickle has no STOP opcode")]
     NoStop,
 }
@@ -447,7 +453,7 @@ impl<'a> Machine<'a> {
             }
             op::BINPERSID => {
                 let pid = self.pop()?;
-                let storage = persistent_load(&pid).map_err(|m| self.malformed(m))?;
+                let storage = persistent_load(&pid).map_err(|e| self.torch(e))?;
                 self.stack.push(Value::Storage(Rc::new(storage)));
             }
             op::BINGET | op::LONG_BINGET => {
@@ -502,8 +508,8 @@ impl<'a> Machine<'a> {
         };
         match (g.module.as_str(), g.name.as_str()) {
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                let tensor = rebuild_tensor(&t.items, self.limits.max_dims)
-                    .map_err(|m| self.malformed(m))?;
+                let tensor =
+                    rebuild_tensor(&t.items, self.limits.max_dims).map_err(|e| self.torch(e))?;
                 Ok(Value::Tensor(Rc::new(tensor)))
             }
             // An `nn.Parameter` saved whole: its tensor is the first argument.
@@ -687,6 +693,13 @@ impl<'a> Machine<'a> {
         PickleError::Malformed {
             offset: self.start,
             msg,
+        }
+    }
+
+    fn torch(&self, source: super::torch_pickle::TorchObjectError) -> PickleError {
+        PickleError::Torch {
+            offset: self.start,
+            source: Box::new(source),
         }
     }
 }
