@@ -32,6 +32,13 @@ pub enum Error {
         limit: crate::limits::LimitError,
     },
 
+    #[error("{file}: tensor `{name}` is stored as {dtype}, expected a float type (F32, F16, BF16 or F64): its values would be read as numbers it does not hold")]
+    TensorDtype {
+        file: PathBuf,
+        name: String,
+        dtype: String,
+    },
+
     #[error("{file}: tensor `{name}` is missing (expected shape {expected:?})")]
     MissingTensor {
         file: PathBuf,

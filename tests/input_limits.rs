@@ -761,6 +761,90 @@ fn the_command_refuses_an_open_clip_image_size_of_a_billion() {
     );
 }
 
+/// A safetensors file of one 2 × 3 tensor `w` stored as `dtype` (4-byte elements).
+fn one_tensor_safetensors(dtype: &str) -> Vec<u8> {
+    let header = json!({"w": {"dtype": dtype, "shape": [2, 3], "data_offsets": [0, 24]}});
+    let mut h = header.to_string().into_bytes();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend((1..=6).flat_map(|v: i32| (v as f32).to_le_bytes()));
+    out
+}
+
+#[test]
+fn integer_weights_are_refused_naming_tensor_and_dtype() {
+    use clip_adapter::clip::load::checkpoint::Checkpoint;
+    use clip_adapter::clip::Layout;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let cpu = candle_core::Device::Cpu;
+    std::fs::write(&path, one_tensor_safetensors("F32")).unwrap();
+    let w = Checkpoint::open(&path, Layout::Transformers, &cpu)
+        .unwrap()
+        .get("w", &[2, 3])
+        .unwrap();
+    assert_eq!(
+        w.to_vec2::<f32>().unwrap(),
+        [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    );
+    // The same bytes labelled I32: they used to load, as the integers those bits spell.
+    std::fs::write(&path, one_tensor_safetensors("I32")).unwrap();
+    let err = Checkpoint::open(&path, Layout::Transformers, &cpu)
+        .unwrap()
+        .get("w", &[2, 3])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "w.safetensors: tensor `w` is stored as I32, expected a float type (F32, F16, BF16 or F64)"
+        ),
+        "{err}"
+    );
+
+    // A whole model (f16 weights) with one of them relabelled I16, the same byte size: refused
+    // by the command; relabelled BF16 (a float type of that size) it still loads.
+    let src = crate::common::fixture("models/tiny-clip");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let weights = dir.path().join("model.safetensors");
+    let original = std::fs::read(&weights).unwrap();
+    let relabel = |dtype: &str| {
+        let mut tensor = String::new();
+        let bytes = edit(&original, |h, _| {
+            let (name, entry) = h
+                .iter_mut()
+                .find(|(n, v)| n.ends_with("q_proj.weight") && v["dtype"] == "F16")
+                .expect("an F16 weight");
+            tensor = name.clone();
+            entry["dtype"] = json!(dtype);
+        });
+        std::fs::write(&weights, bytes).unwrap();
+        tensor
+    };
+    let tensor = relabel("I16");
+    let out = clip_adapter(&[
+        "embed",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--text",
+        "a",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_fails_with(
+        &out,
+        &[&format!(
+            "tensor `{tensor}` is stored as I16, expected a float type"
+        )],
+    );
+    relabel("BF16");
+    let files = clip_adapter::clip::ModelFiles::in_dir(dir.path()).unwrap();
+    assert!(clip_adapter::Clip::load(&files, &cpu).is_ok());
+}
+
 #[test]
 fn tokenize_refuses_a_context_length_above_the_limit() {
     let out = clip_adapter(&["tokenize", "--context-length", "100000000", "a cat"]);
