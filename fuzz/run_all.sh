@@ -19,7 +19,8 @@ for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     # -s none: panics, timeouts and out-of-memory are what we look for (safe Rust); the
     # address sanitizer's build of every dependency does not fit the machine's time.
-    RUSTC_BOOTSTRAP=1 cargo fuzz run -s none "$t" "corpus/$t" -- \
+    # New inputs go to corpus/<t> (the first folder); the committed seeds/<t> is read only.
+    RUSTC_BOOTSTRAP=1 cargo fuzz run -s none "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
         -max_len=1048576 -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
         > "logs/$t.log" 2>&1

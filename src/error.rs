@@ -24,6 +24,21 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Config { path: PathBuf, msg: String },
 
+    /// A size in a file above its limit. The limit error is kept whole, not as `#[source]`:
+    /// its text is the message, and a source would print it twice in the command's chain.
+    #[error("{path}: {limit}")]
+    Limit {
+        path: PathBuf,
+        limit: crate::limits::LimitError,
+    },
+
+    #[error("{file}: tensor `{name}` is stored as {dtype}, expected a float type (F32, F16, BF16 or F64): its values would be read as numbers it does not hold")]
+    TensorDtype {
+        file: PathBuf,
+        name: String,
+        dtype: String,
+    },
+
     #[error("{file}: tensor `{name}` is missing (expected shape {expected:?})")]
     MissingTensor {
         file: PathBuf,
@@ -72,6 +87,10 @@ pub enum Error {
 
     #[error("{0}")]
     InvalidInput(String),
+
+    /// A size an option asks for, above its limit.
+    #[error(transparent)]
+    SizeLimit(#[from] crate::limits::LimitError),
 
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),

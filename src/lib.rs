@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod hash;
 pub mod image;
 pub mod kernels;
+pub mod limits;
 pub mod methods;
 pub mod pretrain;
 pub mod report;

@@ -21,6 +21,7 @@ use crate::clip::{
 };
 use crate::error::{Error, Result};
 use crate::image::Preprocess;
+use crate::limits::{self, LimitError};
 use crate::tokenizer::Tokenizer;
 use crate::world::vocabulary::Vocabulary;
 use crate::world::{self, Domain, IMAGE_SIDE};
@@ -213,6 +214,23 @@ impl ModelShape {
     /// Checks the shape before anything is trained or written: the same rules as a loaded
     /// config's, with a vocabulary size standing in for the tokenizer's.
     pub fn validate(&self) -> std::result::Result<(), PretrainError> {
+        // Sizes are bounded (named by their flags) before the products below are formed.
+        limits::PATCH_SIZE.check("--patch-size", self.patch_size)?;
+        limits::WIDTH.check("--vision-width", self.vision_width)?;
+        limits::LAYERS.check("--vision-layers", self.vision_layers)?;
+        limits::WIDTH.check("--text-width", self.text_width)?;
+        limits::LAYERS.check("--text-layers", self.text_layers)?;
+        limits::HEADS.check("--heads", self.heads)?;
+        limits::WIDTH.check("--embed-dim", self.embed_dim)?;
+        limits::CONTEXT_LENGTH.check("context length", self.context_length)?;
+        limits::VOCABULARY.check("BPE merges", self.max_merges)?;
+        if let Some(r) = &self.resnet {
+            for &blocks in &r.layers {
+                limits::LAYERS.check("--resnet-layers", blocks)?;
+            }
+            limits::WIDTH.check("--resnet-width", r.width)?;
+            limits::WIDTH.check("--resnet-head-width", r.head_width)?;
+        }
         if let Some(r) = &self.resnet {
             if r.head_width == 0 || (32 * r.width) % r.head_width != 0 {
                 return Err(PretrainError::Shape(format!(
@@ -416,6 +434,7 @@ fn check_options(out: &Path, o: &PretrainOptions) -> std::result::Result<(), Pre
             o.steps, o.batch_size
         )));
     }
+    limits::BATCH.check("--batch-size", o.batch_size)?;
     if o.eval_every == 0 {
         return Err(PretrainError::Options(
             "the evaluation interval must be at least 1 step".into(),
@@ -567,6 +586,8 @@ pub enum PretrainError {
     Options(String),
     #[error("invalid model shape: {0}")]
     Shape(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error("{} already exists: pretraining would overwrite a model (choose another --out, or pass --force)", existing.display())]
     WouldOverwrite { existing: PathBuf },
     #[error("the loss diverged at step {step} ({loss}); try a smaller --lr")]

@@ -60,6 +60,7 @@ fn sets(clip: &Clip, fp: &str, dataset: &Dataset, views: u32) -> Vec<FeatureSet>
         Augment::coop(32),
         1,
     )
+    .unwrap()
 }
 
 fn options(cache: &Path, shard: Option<Shard>) -> ExtractOptions {
@@ -290,7 +291,8 @@ fn files_carry_their_key_and_metadata_and_different_settings_never_share_a_file(
         2,
         Augment::coop(32),
         1,
-    );
+    )
+    .unwrap();
     let other_seed = plan(
         &dataset,
         Some(&FewShot::coop(&dataset, 4, 2).unwrap()),
@@ -299,7 +301,8 @@ fn files_carry_their_key_and_metadata_and_different_settings_never_share_a_file(
         2,
         Augment::coop(32),
         2,
-    );
+    )
+    .unwrap();
     let other_scale = plan(
         &dataset,
         Some(&FewShot::coop(&dataset, 4, 1).unwrap()),
@@ -308,7 +311,8 @@ fn files_carry_their_key_and_metadata_and_different_settings_never_share_a_file(
         2,
         Augment::tip_adapter(32),
         1,
-    );
+    )
+    .unwrap();
     for (x, y) in a.iter().zip(&other_model) {
         assert_ne!(x.key.file_name(), y.key.file_name());
     }
@@ -392,6 +396,7 @@ fn unreadable_images_stop_the_run_with_their_paths_or_are_skipped_and_counted() 
         Augment::coop(32),
         1,
     )
+    .unwrap()
     .into_iter()
     .find(|s| s.samples.iter().any(|x| x.impath == "class_1/img_03.jpg"))
     .expect("the bad image is in some split");

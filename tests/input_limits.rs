@@ -602,3 +602,339 @@ fn json_manifests_with_a_byte_order_mark_parse_and_empty_labels_are_refused() {
         "{msg}"
     );
 }
+
+// ---- sizes stated by model configs, tokenizer flags and data options ---------------------
+
+/// A copy of fixture model `name` (every file) in a temp dir, with `config` (the file name
+/// in the model's layout) replaced by `edit` of its JSON.
+fn model_with_config(name: &str, config: &str, edit: impl FnOnce(&mut Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = crate::common::fixture(&format!("models/{name}"));
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let path = dir.path().join(config);
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut doc);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    dir
+}
+
+/// The message of a config read by the library, which must be refused.
+fn hf_config_err(edit: impl FnOnce(&mut Value)) -> String {
+    let path = crate::common::fixture("models/tiny-clip/config.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut doc);
+    let err = clip_adapter::clip::load::config::ClipConfig::from_hf_json(
+        &doc.to_string(),
+        Path::new("config.json"),
+    )
+    .expect_err("the config must be refused");
+    assert!(
+        matches!(err, clip_adapter::Error::Limit { .. }),
+        "a limit error expected: {err}"
+    );
+    err.to_string()
+}
+
+fn open_clip_err(edit: impl FnOnce(&mut Value)) -> String {
+    let path = crate::common::fixture("models/tiny-rn/open_clip_config.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut doc);
+    let err = clip_adapter::clip::load::open_clip_config::from_json(
+        &doc.to_string(),
+        Path::new("open_clip_config.json"),
+    )
+    .expect_err("the config must be refused");
+    err.to_string()
+}
+
+#[test]
+fn absurd_sizes_in_a_transformers_config_are_refused_naming_the_field() {
+    for (edit, needle) in [
+        (
+            json!(["vision_config", "intermediate_size", 1_000_000_000_000u64]),
+            "config.json: vision_config.intermediate_size = 1000000000000 is above the limit of 65536",
+        ),
+        (
+            json!(["vision_config", "image_size", 1u64 << 31]),
+            "config.json: vision_config.image_size = 2147483648 is above the limit of 2048",
+        ),
+        (
+            json!(["text_config", "num_hidden_layers", 1_000_000_000u64]),
+            "config.json: text_config.num_hidden_layers = 1000000000 is above the limit of 256",
+        ),
+        (
+            json!(["text_config", "vocab_size", 1u64 << 40]),
+            "config.json: text_config.vocab_size = 1099511627776 is above the limit of 1048576",
+        ),
+        (
+            json!(["text_config", "max_position_embeddings", 100_000]),
+            "text_config.max_position_embeddings = 100000 is above the limit of 2048",
+        ),
+        (
+            json!(["vision_config", "patch_size", 4096]),
+            "vision_config.patch_size = 4096 is above the limit of 256",
+        ),
+    ] {
+        let (tower, key, value) = (edit[0].as_str().unwrap(), edit[1].as_str().unwrap(), edit[2].clone());
+        let msg = hf_config_err(|doc| doc[tower][key] = value);
+        assert!(msg.contains(needle), "{msg}");
+    }
+    let msg = hf_config_err(|doc| doc["projection_dim"] = json!(1u64 << 40));
+    assert!(
+        msg.contains("projection_dim = 1099511627776 is above the limit of 16384"),
+        "{msg}"
+    );
+    // A small patch on a large image: each size passes, the patch grid does not.
+    let path = crate::common::fixture("models/tiny-clip/config.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    doc["vision_config"]["image_size"] = json!(2048);
+    doc["vision_config"]["patch_size"] = json!(2);
+    let msg = clip_adapter::clip::load::config::ClipConfig::from_hf_json(
+        &doc.to_string(),
+        Path::new("config.json"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("vision positions = 1048577 is above the limit of 65537"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn absurd_sizes_in_an_open_clip_config_are_refused_naming_the_field() {
+    for (edit, needle) in [
+        (
+            (
+                &["model_cfg", "vision_cfg", "image_size"][..],
+                json!(1_000_000_000u64),
+            ),
+            "open_clip_config.json: vision_cfg.image_size = 1000000000 is above the limit of 2048",
+        ),
+        (
+            (
+                &["model_cfg", "vision_cfg", "image_size"][..],
+                json!(1u64 << 31),
+            ),
+            "vision_cfg.image_size = 2147483648 is above the limit of 2048",
+        ),
+        (
+            (&["model_cfg", "embed_dim"][..], json!(1u64 << 40)),
+            "model_cfg.embed_dim = 1099511627776 is above the limit of 16384",
+        ),
+        (
+            (
+                &["model_cfg", "text_cfg", "layers"][..],
+                json!(1_000_000_000u64),
+            ),
+            "text_cfg.layers = 1000000000 is above the limit of 256",
+        ),
+        (
+            (
+                &["model_cfg", "vision_cfg", "layers"][..],
+                json!([1, 2, 1_000_000_000u64, 1]),
+            ),
+            "vision_cfg.layers[2] = 1000000000 is above the limit of 256",
+        ),
+        (
+            (&["model_cfg", "vision_cfg", "width"][..], json!(1u64 << 62)),
+            "vision_cfg.width = 4611686018427387904 is above the limit of 16384",
+        ),
+        (
+            (&["model_cfg", "text_cfg", "mlp_ratio"][..], json!(1e12)),
+            "text_cfg.width x text_cfg.mlp_ratio = 16000000000000 is above the limit of 65536",
+        ),
+        (
+            (
+                &["model_cfg", "text_cfg", "context_length"][..],
+                json!(100_000_000u64),
+            ),
+            "text_cfg.context_length = 100000000 is above the limit of 2048",
+        ),
+    ] {
+        let ((keys, value), needle) = (edit, needle);
+        let msg = open_clip_err(|doc| {
+            let mut v = doc;
+            for k in &keys[..keys.len() - 1] {
+                v = &mut v[*k];
+            }
+            v[keys[keys.len() - 1]] = value;
+        });
+        assert!(msg.contains(needle), "{msg}");
+    }
+    let msg = open_clip_err(|doc| doc["model_cfg"]["text_cfg"]["mlp_ratio"] = json!(-1.0));
+    assert!(
+        msg.contains("text_cfg.mlp_ratio must be a positive number"),
+        "{msg}"
+    );
+}
+
+/// The reported case: the command aborted with "memory allocation of 1024 bytes failed".
+#[test]
+fn the_command_refuses_an_open_clip_image_size_of_a_billion() {
+    let dir = model_with_config("tiny-rn", "open_clip_config.json", |doc| {
+        doc["model_cfg"]["vision_cfg"]["image_size"] = json!(1_000_000_000u64);
+    });
+    let model = dir.path().to_str().unwrap();
+    let out = clip_adapter(&["embed", "--model", model, "--text", "a"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_fails_with(
+        &out,
+        &["open_clip_config.json: vision_cfg.image_size = 1000000000 is above the limit of 2048"],
+    );
+}
+
+/// A safetensors file of one 2 × 3 tensor `w` stored as `dtype` (4-byte elements).
+fn one_tensor_safetensors(dtype: &str) -> Vec<u8> {
+    let header = json!({"w": {"dtype": dtype, "shape": [2, 3], "data_offsets": [0, 24]}});
+    let mut h = header.to_string().into_bytes();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend((1..=6).flat_map(|v: i32| (v as f32).to_le_bytes()));
+    out
+}
+
+#[test]
+fn integer_weights_are_refused_naming_tensor_and_dtype() {
+    use clip_adapter::clip::load::checkpoint::Checkpoint;
+    use clip_adapter::clip::Layout;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let cpu = candle_core::Device::Cpu;
+    std::fs::write(&path, one_tensor_safetensors("F32")).unwrap();
+    let w = Checkpoint::open(&path, Layout::Transformers, &cpu)
+        .unwrap()
+        .get("w", &[2, 3])
+        .unwrap();
+    assert_eq!(
+        w.to_vec2::<f32>().unwrap(),
+        [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    );
+    // The same bytes labelled I32: they used to load, as the integers those bits spell.
+    std::fs::write(&path, one_tensor_safetensors("I32")).unwrap();
+    let err = Checkpoint::open(&path, Layout::Transformers, &cpu)
+        .unwrap()
+        .get("w", &[2, 3])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "w.safetensors: tensor `w` is stored as I32, expected a float type (F32, F16, BF16 or F64)"
+        ),
+        "{err}"
+    );
+
+    // A whole model (f16 weights) with one of them relabelled I16, the same byte size: refused
+    // by the command; relabelled BF16 (a float type of that size) it still loads.
+    let src = crate::common::fixture("models/tiny-clip");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let weights = dir.path().join("model.safetensors");
+    let original = std::fs::read(&weights).unwrap();
+    let relabel = |dtype: &str| {
+        let mut tensor = String::new();
+        let bytes = edit(&original, |h, _| {
+            let (name, entry) = h
+                .iter_mut()
+                .find(|(n, v)| n.ends_with("q_proj.weight") && v["dtype"] == "F16")
+                .expect("an F16 weight");
+            tensor = name.clone();
+            entry["dtype"] = json!(dtype);
+        });
+        std::fs::write(&weights, bytes).unwrap();
+        tensor
+    };
+    let tensor = relabel("I16");
+    let out = clip_adapter(&[
+        "embed",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--text",
+        "a",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_fails_with(
+        &out,
+        &[&format!(
+            "tensor `{tensor}` is stored as I16, expected a float type"
+        )],
+    );
+    relabel("BF16");
+    let files = clip_adapter::clip::ModelFiles::in_dir(dir.path()).unwrap();
+    assert!(clip_adapter::Clip::load(&files, &cpu).is_ok());
+}
+
+#[test]
+fn tokenize_refuses_a_context_length_above_the_limit() {
+    let out = clip_adapter(&["tokenize", "--context-length", "100000000", "a cat"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_fails_with(
+        &out,
+        &["--context-length = 100000000 is above the limit of 2048"],
+    );
+    // The limit itself is accepted.
+    let out = clip_adapter(&["tokenize", "--context-length", "2048", "--json", "a cat"]);
+    assert!(out.status.success(), "{out:?}");
+    let ids: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids[0].len(), 2048);
+}
+
+#[test]
+fn data_options_above_their_limits_are_refused() {
+    let split = split_file::parse(
+        Path::new("split.json"),
+        r#"{"train": [["a.jpg", 0, "cat"], ["b.jpg", 1, "dog"]], "val": [], "test": []}"#,
+    )
+    .unwrap();
+    let dataset = clip_adapter::data::Dataset {
+        name: "d".into(),
+        classnames: split.classnames,
+        image_root: "/nonexistent".into(),
+        train: split.train,
+        val: split.val,
+        test: split.test,
+        templates: vec!["a photo of a {}.".into()],
+    };
+    let err = clip_adapter::data::FewShot::coop(&dataset, 1_000_000, 1).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("shots = 1000000 is above the limit of 100000"),
+        "{err}"
+    );
+    let err = clip_adapter::features::plan(
+        &dataset,
+        None,
+        "m",
+        &clip_adapter::image::Preprocess::clip(32),
+        1_000_000,
+        clip_adapter::image::augment::Augment::coop(32),
+        1,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("--views = 1000000 is above the limit of 1000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pretraining_shapes_above_the_limits_are_refused_naming_the_flag() {
+    use clip_adapter::pretrain::ModelShape;
+    let shape = ModelShape {
+        vision_width: 1 << 40,
+        ..ModelShape::default()
+    };
+    let msg = shape.validate().unwrap_err().to_string();
+    assert!(
+        msg.contains("--vision-width = 1099511627776 is above the limit of 16384"),
+        "{msg}"
+    );
+}

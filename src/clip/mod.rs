@@ -155,7 +155,7 @@ fn check_openai_buffers(config: &ClipConfig, ckpt: &Checkpoint) -> Result<()> {
         if !ckpt.contains(name) {
             continue;
         }
-        let stored = ckpt.get(name, &[])?.to_scalar::<f32>()?;
+        let stored = ckpt.get_count(name, &[])?.to_scalar::<f32>()?;
         let expected = load::state_dict::buffer_value(config, name).unwrap_or(0);
         if stored != expected as f32 {
             return Err(Error::Config {

@@ -139,6 +139,18 @@ pub enum DataError {
 
     #[error("{what}: {msg}")]
     Invalid { what: String, msg: String },
+
+    /// A size a file states, above its limit. Kept whole rather than as `#[source]`: its text
+    /// is the message.
+    #[error("{}: {limit}", path.display())]
+    LimitIn {
+        path: PathBuf,
+        limit: crate::limits::LimitError,
+    },
+
+    /// A size an option asks for, above its limit.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 impl DataError {

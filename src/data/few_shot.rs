@@ -54,6 +54,7 @@ impl FewShot {
                 msg: "must be at least 1 (CoOp's 0 means the whole split: use no --shots)".into(),
             });
         }
+        crate::limits::SHOTS.check("shots", shots)?;
         let mut rng = PyRandom::new(seed);
         let mut short = Vec::new();
         let train = draw(&dataset.train, shots, &mut rng, Split::Train, &mut short);

@@ -145,6 +145,12 @@ pub fn display_name(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Refuses fewer than [`MIN_CLASSES`] classes, naming `source`.
 pub(crate) fn require_classes(source: &Path, classnames: &[String]) -> Result<(), DataError> {
+    crate::limits::CLASSES
+        .check("classes", classnames.len())
+        .map_err(|limit| DataError::LimitIn {
+            path: source.to_path_buf(),
+            limit,
+        })?;
     if classnames.len() >= MIN_CLASSES {
         return Ok(());
     }

@@ -12,7 +12,7 @@ mod model;
 mod report;
 mod run;
 
-pub use model::{embedded_model_dir, EMBEDDED_MODEL};
+pub use model::{embedded_model_dir, materialize_embedded_model, EMBEDDED_MODEL};
 pub use report::DemoReport;
 pub use run::{
     ablation_methods, all_methods, demo_coop, run_demo, task_names, DemoError, DemoEvent,

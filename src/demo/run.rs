@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use super::model::embedded_model_dir;
+use super::model::{embedded_model_dir, materialize_embedded_model};
 use super::report::DemoReport;
 use crate::clip::model::transformer::l2_normalize;
 use crate::clip::{Clip, ModelFiles};
@@ -347,6 +347,10 @@ fn world_source(model_dir: &std::path::Path, o: &DemoOptions) -> Result<RowSourc
 /// Runs the demo; writes nothing but the task images (the caller writes the reports).
 pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport> {
     let started = Instant::now();
+    // The default model folder is only a name until the embedded files are written there.
+    if o.model_dir == embedded_model_dir() {
+        materialize_embedded_model()?;
+    }
     let clip = Clip::load(&ModelFiles::in_dir(&o.model_dir)?, &Device::Cpu)?;
     let specs = selected(o)?;
     let source = world_source(&o.model_dir, o)?;

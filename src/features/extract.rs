@@ -122,7 +122,9 @@ pub fn plan(
     views: u32,
     augment: Augment,
     seed: u64,
-) -> Vec<FeatureSet> {
+) -> Result<Vec<FeatureSet>> {
+    // Each view is a set holding its own copy of the samples: bound them before the loop.
+    crate::limits::VIEWS.check("--views", views)?;
     let pick = |split: Split| -> (String, Vec<Sample>) {
         match (few_shot, split) {
             (Some(f), Split::Train | Split::Val) => (
@@ -169,7 +171,7 @@ pub fn plan(
             }
         }
     }
-    sets
+    Ok(sets)
 }
 
 /// `sets` with, right after each, its twin holding the image tower's output before the last
@@ -290,6 +292,7 @@ pub fn extract_sets(
     opts: &ExtractOptions,
     hooks: &mut Hooks,
 ) -> Result<Vec<PathBuf>> {
+    crate::limits::BATCH.check("--batch-size", opts.batch)?;
     let mut out = Vec::with_capacity(sets.len());
     let mut i = 0;
     while i < sets.len() {

@@ -4,48 +4,68 @@
 //! during clean-up). Several faults are separated by commas. Without the variable every point is
 //! a no-op. The crash harness (`tests/cache_safety.rs`) uses it to kill an extraction exactly
 //! between the steps a crash can separate, and checks the next run recovers byte for byte.
+//!
+//! Compiled only where the harness runs: builds with debug assertions (`cargo test`, `cargo
+//! build`) or with the `fault-injection` feature (`cargo test --release --features
+//! fault-injection`). A release build has no fault points at all (the points are empty inline
+//! functions and the variable's name is not in the binary), so no environment can make the
+//! shipped command abort.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+/// Whether this build has fault points; the crash harness skips itself, saying why, without.
+pub const ENABLED: bool = cfg!(any(debug_assertions, feature = "fault-injection"));
 
-/// The sites, in the order their counters are kept.
-const SITES: [&str; 3] = ["write", "rename", "unlink"];
+/// Without fault points: nothing to do, and nothing left once inlined.
+#[cfg(not(any(debug_assertions, feature = "fault-injection")))]
+#[inline(always)]
+pub(crate) fn point(_site: &str) {}
 
-static COUNTS: [AtomicUsize; 3] = [
-    AtomicUsize::new(0),
-    AtomicUsize::new(0),
-    AtomicUsize::new(0),
-];
+#[cfg(any(debug_assertions, feature = "fault-injection"))]
+pub(crate) use active::point;
 
-/// `(site index, n)` pairs parsed from the environment once; malformed entries are ignored, so
-/// a typo can never make a normal run abort.
-fn plan() -> &'static [(usize, usize)] {
-    static PLAN: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
-    PLAN.get_or_init(|| {
-        let Ok(spec) = std::env::var("CLIP_ADAPTER_FAULT") else {
-            return Vec::new();
-        };
-        spec.split(',')
-            .filter_map(|f| {
-                let (site, n) = f.trim().split_once(':')?;
-                let i = SITES.iter().position(|s| *s == site)?;
-                Some((i, n.parse().ok()?))
-            })
-            .collect()
-    })
-}
+#[cfg(any(debug_assertions, feature = "fault-injection"))]
+mod active {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
 
-/// Marks one pass through `site`; aborts (no clean-up, as a kill would) when the plan says so.
-pub(crate) fn point(site: &str) {
-    let plan = plan();
-    if plan.is_empty() {
-        return;
+    /// The sites, in the order their counters are kept.
+    const SITES: [&str; 3] = ["write", "rename", "unlink"];
+
+    static COUNTS: [AtomicUsize; 3] = [
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ];
+
+    /// `(site index, n)` pairs parsed from the environment once; malformed entries are ignored, so
+    /// a typo can never make a normal run abort.
+    fn plan() -> &'static [(usize, usize)] {
+        static PLAN: OnceLock<Vec<(usize, usize)>> = OnceLock::new();
+        PLAN.get_or_init(|| {
+            let Ok(spec) = std::env::var("CLIP_ADAPTER_FAULT") else {
+                return Vec::new();
+            };
+            spec.split(',')
+                .filter_map(|f| {
+                    let (site, n) = f.trim().split_once(':')?;
+                    let i = SITES.iter().position(|s| *s == site)?;
+                    Some((i, n.parse().ok()?))
+                })
+                .collect()
+        })
     }
-    let Some(i) = SITES.iter().position(|s| *s == site) else {
-        return;
-    };
-    let n = COUNTS[i].fetch_add(1, Ordering::SeqCst) + 1;
-    if plan.iter().any(|&(s, at)| s == i && at == n) {
-        std::process::abort();
+
+    /// Marks one pass through `site`; aborts (no clean-up, as a kill would) when the plan says so.
+    pub(crate) fn point(site: &str) {
+        let plan = plan();
+        if plan.is_empty() {
+            return;
+        }
+        let Some(i) = SITES.iter().position(|s| *s == site) else {
+            return;
+        };
+        let n = COUNTS[i].fetch_add(1, Ordering::SeqCst) + 1;
+        if plan.iter().any(|&(s, at)| s == i && at == n) {
+            std::process::abort();
+        }
     }
 }

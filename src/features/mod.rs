@@ -8,7 +8,8 @@
 //! projection.rs   the image tower's last projection, beside pre-projection features
 //! merge.rs        joining the shards that `--shard i/n` processes wrote
 //! lock.rs         one writer per file (advisory locks) and clean-up after killed writers
-//! fault.rs        test-only fault injection (`CLIP_ADAPTER_FAULT`), inert unless set
+//! fault.rs        test-only fault injection (`CLIP_ADAPTER_FAULT`), inert unless set, absent
+//!                 from release builds
 //! ```
 //!
 //! The design, the file format and the Slurm / Kubernetes recipe are in
@@ -17,7 +18,7 @@
 pub mod cache;
 mod error;
 pub mod extract;
-mod fault;
+pub mod fault;
 mod fingerprint;
 pub mod lock;
 pub mod merge;

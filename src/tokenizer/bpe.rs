@@ -100,6 +100,12 @@ impl Bpe {
             table.insert(pair, (rank as u32, merged));
         }
         let len = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        crate::limits::VOCABULARY
+            .check("vocabulary size (largest id + 1)", len)
+            .map_err(|limit| TokenizerError::Limit {
+                path: vocab_path.to_path_buf(),
+                limit,
+            })?;
         if len > 4 * vocab.len() + 1024 {
             return Err(TokenizerError::Format {
                 path: vocab_path.to_path_buf(),

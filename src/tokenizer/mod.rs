@@ -92,6 +92,13 @@ pub enum TokenizerError {
         expected: String,
     },
 
+    /// Kept whole rather than as `#[source]`: its text is the message.
+    #[error("{path}: {limit}")]
+    Limit {
+        path: PathBuf,
+        limit: crate::limits::LimitError,
+    },
+
     #[error("{path}: the vocabulary has no token `{token}`, which CLIP's byte-level BPE needs")]
     MissingToken { path: PathBuf, token: String },
 

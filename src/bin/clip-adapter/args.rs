@@ -140,11 +140,13 @@ where
     t.parse::<T>().map_err(|e| format!("`{t}`: {e}"))
 }
 
-/// Room for the start and end tokens at least.
+/// Room for the start and end tokens at least, and within the library's limit.
 fn context_length(s: &str) -> std::result::Result<usize, String> {
     match positive(s)? {
         n if n < 2 => Err("must be at least 2 (the start and end tokens)".into()),
-        n => Ok(n),
+        n => clip_adapter::limits::CONTEXT_LENGTH
+            .check("--context-length", n)
+            .map_err(|e| e.to_string()),
     }
 }
 

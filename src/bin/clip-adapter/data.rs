@@ -699,7 +699,7 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
         a.views,
         augment,
         a.seed.unsigned_abs(),
-    );
+    )?;
     let sets = if a.pre_projection {
         clip_adapter::features::with_pre_projection(sets)
     } else {

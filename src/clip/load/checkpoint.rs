@@ -131,8 +131,19 @@ impl Checkpoint {
         })
     }
 
-    /// The tensor the model calls `name`, which must have shape `expected`, as f32.
+    /// The weight the model calls `name`, which must have shape `expected` and a float type,
+    /// as f32.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        self.load(name, expected, false)
+    }
+
+    /// A buffer that holds a count rather than a weight (OpenAI's `input_resolution`,
+    /// `context_length`, `vocab_size`, stored as integers), as f32.
+    pub fn get_count(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        self.load(name, expected, true)
+    }
+
+    fn load(&self, name: &str, expected: &[usize], integers: bool) -> Result<Tensor> {
         let (key, transform) = source_key(self.layout, name);
         let Some(stored) = self.shapes.get(&key) else {
             return Err(Error::MissingTensor {
@@ -165,6 +176,20 @@ impl Checkpoint {
                     })?
             }
         };
+        // Integer storage converts to f32 without complaint, but a weight stored as integers
+        // (a wrong dtype written by a broken converter) holds nothing a model can use.
+        if !integers
+            && !matches!(
+                tensor.dtype(),
+                DType::F32 | DType::F16 | DType::BF16 | DType::F64
+            )
+        {
+            return Err(Error::TensorDtype {
+                file: self.file.clone(),
+                name: key,
+                dtype: format!("{:?}", tensor.dtype()),
+            });
+        }
         self.used.borrow_mut().insert(key);
         let tensor = tensor.to_dtype(DType::F32)?;
         let tensor = match transform {

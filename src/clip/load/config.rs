@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::layout::Layout;
 use crate::error::{Error, Result};
+use crate::limits::{self, LimitError};
 
 /// The activation inside each transformer MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +230,33 @@ fn default_projection_dim() -> usize {
     512
 }
 
+/// The sizes of a `config.json`, under their keys, before anything is built from them.
+fn check_hf_limits(
+    t: &HfTextConfig,
+    t_key: &str,
+    v: &HfVisionConfig,
+    v_key: &str,
+    projection_dim: usize,
+) -> std::result::Result<(), LimitError> {
+    let text = |field: &str| format!("{t_key}.{field}");
+    let vision = |field: &str| format!("{v_key}.{field}");
+    limits::VOCABULARY.check(&text("vocab_size"), t.vocab_size)?;
+    limits::WIDTH.check(&text("hidden_size"), t.hidden_size)?;
+    limits::MLP_WIDTH.check(&text("intermediate_size"), t.intermediate_size)?;
+    limits::LAYERS.check(&text("num_hidden_layers"), t.num_hidden_layers)?;
+    limits::HEADS.check(&text("num_attention_heads"), t.num_attention_heads)?;
+    limits::CONTEXT_LENGTH.check(&text("max_position_embeddings"), t.max_position_embeddings)?;
+    limits::WIDTH.check(&vision("hidden_size"), v.hidden_size)?;
+    limits::MLP_WIDTH.check(&vision("intermediate_size"), v.intermediate_size)?;
+    limits::LAYERS.check(&vision("num_hidden_layers"), v.num_hidden_layers)?;
+    limits::HEADS.check(&vision("num_attention_heads"), v.num_attention_heads)?;
+    limits::CHANNELS.check(&vision("num_channels"), v.num_channels)?;
+    limits::IMAGE_SIZE.check(&vision("image_size"), v.image_size)?;
+    limits::PATCH_SIZE.check(&vision("patch_size"), v.patch_size)?;
+    limits::WIDTH.check("projection_dim", projection_dim)?;
+    Ok(())
+}
+
 impl ClipConfig {
     /// Reads a `transformers` `CLIPModel` `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
@@ -258,11 +286,26 @@ impl ClipConfig {
                 "unknown architecture `{arch}`, expected `CLIPModel`"
             )));
         }
+        // Errors name the key the file used (older files: `*_dict`).
+        let t_key = match raw.text_config {
+            None if raw.text_config_dict.is_some() => "text_config_dict",
+            _ => "text_config",
+        };
+        let v_key = match raw.vision_config {
+            None if raw.vision_config_dict.is_some() => "vision_config_dict",
+            _ => "vision_config",
+        };
         let t = raw.text_config.or(raw.text_config_dict).unwrap_or_default();
         let v = raw
             .vision_config
             .or(raw.vision_config_dict)
             .unwrap_or_default();
+        check_hf_limits(&t, t_key, &v, v_key, raw.projection_dim).map_err(|limit| {
+            Error::Limit {
+                path: path.into(),
+                limit,
+            }
+        })?;
         let activation = |name: &str, tower: &str| {
             Activation::parse(name).ok_or_else(|| {
                 err(format!(
@@ -311,6 +354,43 @@ impl ClipConfig {
         Ok(config)
     }
 
+    /// Every size against [`crate::limits`], by its role (configs read from files are checked
+    /// earlier, under their own keys; this covers configs inferred from tensor shapes and built
+    /// from flags). Call after the sizes are known to be positive.
+    pub(crate) fn check_limits(&self) -> std::result::Result<(), LimitError> {
+        let t = &self.text;
+        limits::VOCABULARY.check("text vocab size", t.vocab_size)?;
+        limits::WIDTH.check("text width", t.width)?;
+        limits::MLP_WIDTH.check("text MLP width", t.intermediate_size)?;
+        limits::LAYERS.check("text layers", t.layers)?;
+        limits::HEADS.check("text heads", t.heads)?;
+        limits::CONTEXT_LENGTH.check("text context length", t.context_length)?;
+        limits::WIDTH.check("embed dim", self.embed_dim)?;
+        limits::IMAGE_SIZE.check("image size", self.vision.image_size())?;
+        match &self.vision {
+            VisionTower::Vit(v) => {
+                limits::WIDTH.check("vision width", v.width)?;
+                limits::MLP_WIDTH.check("vision MLP width", v.intermediate_size)?;
+                limits::LAYERS.check("vision layers", v.layers)?;
+                limits::HEADS.check("vision heads", v.heads)?;
+                limits::PATCH_SIZE.check("vision patch size", v.patch_size)?;
+                limits::CHANNELS.check("vision channels", v.num_channels)?;
+                // Both factors are bounded above, so the product cannot overflow.
+                limits::VISION_POSITIONS.check("vision positions", v.num_positions())?;
+            }
+            VisionTower::ResNet(r) => {
+                for (stage, &blocks) in r.layers.iter().enumerate() {
+                    limits::LAYERS.check(&format!("resnet stage {} blocks", stage + 1), blocks)?;
+                }
+                // The stem width times 32 is the feature width: bound the factor first.
+                limits::WIDTH.check("resnet width", r.width)?;
+                limits::WIDTH.check("resnet feature width", r.feature_dim())?;
+                limits::HEADS.check("resnet heads", r.heads)?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.text;
         let mut positive = vec![
@@ -334,6 +414,7 @@ impl ClipConfig {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
         }
+        self.check_limits().map_err(|e| e.to_string())?;
         if !t.width.is_multiple_of(t.heads) {
             return Err(format!(
                 "text width {} is not divisible by its {} heads",

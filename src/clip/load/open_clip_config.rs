@@ -16,6 +16,28 @@ use super::config::{
 };
 use super::layout::Layout;
 use crate::error::{Error, Result};
+use crate::limits::{self, Limit, LimitError};
+
+/// Why a `model_cfg` was refused: a size above its limit (kept typed), or anything else.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelCfgError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+}
+
+impl From<String> for ModelCfgError {
+    fn from(msg: String) -> Self {
+        ModelCfgError::Invalid(msg)
+    }
+}
+
+impl From<&str> for ModelCfgError {
+    fn from(msg: &str) -> Self {
+        ModelCfgError::Invalid(msg.to_string())
+    }
+}
 
 /// open_clip's `model_configs/<name>.json` for the OpenAI architectures (open_clip_torch 3.3.0).
 pub const PRESETS: &[(&str, &str)] = &[
@@ -122,7 +144,13 @@ pub fn from_json(text: &str, path: &Path) -> Result<ClipConfig> {
     let model_cfg = doc
         .get("model_cfg")
         .ok_or_else(|| err("no `model_cfg` object (expected open_clip's {\"model_cfg\": ..., \"preprocess_cfg\": ...})".into()))?;
-    let mut config = from_model_cfg(model_cfg).map_err(err)?;
+    let mut config = from_model_cfg(model_cfg).map_err(|e| match e {
+        ModelCfgError::Invalid(msg) => err(msg),
+        ModelCfgError::Limit(limit) => Error::Limit {
+            path: path.into(),
+            limit,
+        },
+    })?;
     if let Some(pre) = doc.get("preprocess_cfg") {
         let triple = |key: &str, default: [f32; 3]| -> std::result::Result<[f32; 3], String> {
             match pre.get(key) {
@@ -157,7 +185,7 @@ pub fn preset(name: &str) -> Option<ClipConfig> {
 }
 
 /// Builds a validated config from a `model_cfg` object.
-pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, String> {
+pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, ModelCfgError> {
     let top = object(cfg, "model_cfg")?;
     check_options(
         top,
@@ -206,17 +234,30 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, String> {
         true => Activation::QuickGelu,
         false => Activation::Gelu,
     };
-    let embed_dim = uint(top, "embed_dim", None, "model_cfg")?;
-    let image_size = uint(vision, "image_size", Some(224), "vision_cfg")?;
-    let width = uint(vision, "width", Some(768), "vision_cfg")?;
-    let head_width = uint(vision, "head_width", Some(64), "vision_cfg")?.max(1);
+    // Every size is bounded before it is multiplied or divided (the heads and MLP widths
+    // below are products of two of them).
+    let embed_dim = uint(top, "embed_dim", None, "model_cfg", &limits::WIDTH)?;
+    let image_size = uint(
+        vision,
+        "image_size",
+        Some(224),
+        "vision_cfg",
+        &limits::IMAGE_SIZE,
+    )?;
+    let width = uint(vision, "width", Some(768), "vision_cfg", &limits::WIDTH)?;
+    let head_width = uint(vision, "head_width", Some(64), "vision_cfg", &limits::WIDTH)?.max(1);
     let tower = match vision.get("layers") {
         Some(Value::Array(stages)) => {
             let stages: Vec<usize> = stages
                 .iter()
-                .map(|v| v.as_u64().map(|n| n as usize))
-                .collect::<Option<_>>()
-                .ok_or("vision_cfg.layers must be 4 integers for a ResNet")?;
+                .map(|v| v.as_u64())
+                .collect::<Option<Vec<u64>>>()
+                .ok_or("vision_cfg.layers must be 4 integers for a ResNet")?
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| limits::LAYERS.check(&format!("vision_cfg.layers[{i}]"), n))
+                .map(|n| n.map(|n| n as usize))
+                .collect::<std::result::Result<_, _>>()?;
             let layers: [usize; 4] = stages.try_into().map_err(|s: Vec<usize>| {
                 format!("vision_cfg.layers has {} stages, a ResNet has 4", s.len())
             })?;
@@ -228,31 +269,45 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, String> {
                 image_size,
             })
         }
-        _ => {
-            let mlp_ratio = float(vision, "mlp_ratio", 4.0, "vision_cfg")?;
-            VisionTower::Vit(VisionConfig {
-                width,
-                intermediate_size: (width as f64 * mlp_ratio) as usize,
-                layers: uint(vision, "layers", Some(12), "vision_cfg")?,
-                heads: width / head_width,
-                image_size,
-                patch_size: uint(vision, "patch_size", Some(16), "vision_cfg")?,
-                num_channels: 3,
-                activation,
-                layer_norm_eps: 1e-5,
-            })
-        }
+        _ => VisionTower::Vit(VisionConfig {
+            width,
+            intermediate_size: mlp_width(vision, width, "vision_cfg")?,
+            layers: uint(vision, "layers", Some(12), "vision_cfg", &limits::LAYERS)?,
+            heads: width / head_width,
+            image_size,
+            patch_size: uint(
+                vision,
+                "patch_size",
+                Some(16),
+                "vision_cfg",
+                &limits::PATCH_SIZE,
+            )?,
+            num_channels: 3,
+            activation,
+            layer_norm_eps: 1e-5,
+        }),
     };
-    let text_width = uint(text, "width", Some(512), "text_cfg")?;
+    let text_width = uint(text, "width", Some(512), "text_cfg", &limits::WIDTH)?;
     let config = ClipConfig {
         text: TextConfig {
-            vocab_size: uint(text, "vocab_size", Some(49408), "text_cfg")?,
+            vocab_size: uint(
+                text,
+                "vocab_size",
+                Some(49408),
+                "text_cfg",
+                &limits::VOCABULARY,
+            )?,
             width: text_width,
-            intermediate_size: (text_width as f64 * float(text, "mlp_ratio", 4.0, "text_cfg")?)
-                as usize,
-            layers: uint(text, "layers", Some(12), "text_cfg")?,
-            heads: uint(text, "heads", Some(8), "text_cfg")?,
-            context_length: uint(text, "context_length", Some(77), "text_cfg")?,
+            intermediate_size: mlp_width(text, text_width, "text_cfg")?,
+            layers: uint(text, "layers", Some(12), "text_cfg", &limits::LAYERS)?,
+            heads: uint(text, "heads", Some(8), "text_cfg", &limits::HEADS)?,
+            context_length: uint(
+                text,
+                "context_length",
+                Some(77),
+                "text_cfg",
+                &limits::CONTEXT_LENGTH,
+            )?,
             activation,
             layer_norm_eps: 1e-5,
             pooling: Pooling::Argmax,
@@ -296,19 +351,39 @@ fn check_options(
     Ok(())
 }
 
+/// A size, within `limit`.
 fn uint(
     obj: &Map<String, Value>,
     key: &str,
     default: Option<usize>,
     what: &str,
-) -> std::result::Result<usize, String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => default.ok_or_else(|| format!("{what}.{key} is required")),
+    limit: &Limit,
+) -> std::result::Result<usize, ModelCfgError> {
+    let n = match obj.get(key) {
+        None | Some(Value::Null) => {
+            default.ok_or_else(|| format!("{what}.{key} is required"))? as u64
+        }
         Some(v) => v
             .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| format!("{what}.{key} must be a non-negative integer, found {v}")),
+            .ok_or_else(|| format!("{what}.{key} must be a non-negative integer, found {v}"))?,
+    };
+    // Within every limit, so it fits in usize.
+    Ok(limit.check(&format!("{what}.{key}"), n)? as usize)
+}
+
+/// `width · mlp_ratio`, open_clip's MLP width (`int(width * mlp_ratio)`), within its limit.
+fn mlp_width(
+    obj: &Map<String, Value>,
+    width: usize,
+    what: &str,
+) -> std::result::Result<usize, ModelCfgError> {
+    let ratio = float(obj, "mlp_ratio", 4.0, what)?;
+    if !(ratio.is_finite() && ratio > 0.0) {
+        return Err(format!("{what}.mlp_ratio must be a positive number, found {ratio}").into());
     }
+    // `as` saturates: a product beyond u64 becomes u64::MAX, which the limit refuses.
+    let n = (width as f64 * ratio) as u64;
+    Ok(limits::MLP_WIDTH.check(&format!("{what}.width x {what}.mlp_ratio"), n)? as usize)
 }
 
 fn float(
@@ -410,12 +485,13 @@ mod tests {
     fn architecture_changing_options_are_refused_by_name() {
         let mut cfg: Value = serde_json::from_str(PRESETS[0].1).unwrap();
         cfg["vision_cfg"]["attentional_pool"] = true.into();
-        let msg = from_model_cfg(&cfg).unwrap_err();
+        let msg = from_model_cfg(&cfg).unwrap_err().to_string();
         assert!(msg.contains("vision_cfg.attentional_pool"), "{msg}");
         let mut cfg: Value = serde_json::from_str(PRESETS[0].1).unwrap();
         cfg["text_cfg"]["frobnicate"] = 3.into();
         assert!(from_model_cfg(&cfg)
             .unwrap_err()
+            .to_string()
             .contains("unknown model_cfg option text_cfg.frobnicate"));
         let mut cfg: Value = serde_json::from_str(PRESETS[0].1).unwrap();
         cfg["quick_gelu"] = true.into();
