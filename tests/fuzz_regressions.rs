@@ -743,7 +743,7 @@ mod seeds {
             options: "{}".into(),
             model_fingerprint: None,
         };
-        let adapter = Head::ClipAdapter(AdapterModel {
+        let adapter = Head::new(AdapterModel {
             params: AdapterParams {
                 visual: Some(Bottleneck {
                     dim: d,
@@ -759,7 +759,7 @@ mod seeds {
             classes: matrix(k, d, 3.0),
             logit_scale: 100.0,
         });
-        let zero_shot = Head::ZeroShot(ZeroShot::new(&TextClassifier {
+        let zero_shot = Head::new(ZeroShot::new(&TextClassifier {
             weights: matrix(k, d, 4.0),
             logit_scale: 100.0,
         }));
@@ -792,7 +792,7 @@ mod seeds {
                 width,
                 options: "n_ctx=2".into(),
             };
-            out.push((format!("{name}.safetensors"), coop.to_bytes().unwrap()));
+            out.push((format!("{name}.safetensors"), coop.to_bytes()));
         }
         out
     }
