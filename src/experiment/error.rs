@@ -58,6 +58,9 @@ pub enum ExperimentError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
 
+    #[error("cannot start the threads that fit the grid")]
+    Threads(#[from] rayon::ThreadPoolBuildError),
+
     #[error("dataset `{dataset}` is not in the feature cache {cache} (it has: {available})")]
     UnknownDataset {
         dataset: String,

@@ -2,8 +2,9 @@
 //! method is fitted on it; a row already in the results (same identity, see [`RowKey`]) is
 //! not fitted again.
 //!
-//! The fits of one dataset and shot count (every seed and method) run concurrently on rayon's
-//! pool, one per thread: a head's training step is a few products of 32 rows, too small to
+//! The fits of one dataset and shot count (every seed and method) run concurrently on a rayon
+//! pool of the caller's size, one per thread, while the calling thread waits for their rows
+//! (blocking, no polling) and keeps the sink and the events: a head's training step is a few products of 32 rows, too small to
 //! keep two cores busy by itself, while fits are independent. Every kernel splits its work the
 //! same way whatever the other fits do, so the rows are identical to fitting one at a time, and
 //! they reach the sink in grid order, each as soon as the ones before it are done.
@@ -193,6 +194,13 @@ pub fn run_grid<E: From<ExperimentError>>(
     configure: &mut dyn FnMut(usize, &str, u64) -> Method,
     events: &mut dyn FnMut(GridEvent),
 ) -> Result<GridOutcome, E> {
+    // The fits run on a pool of their own, as many threads as the caller's, so that this
+    // thread (perhaps a worker of the caller's pool) can wait for their rows without polling.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("grid-fit-{i}"))
+        .build()
+        .map_err(ExperimentError::from)?;
     let mut out = GridOutcome {
         rows: Vec::with_capacity(grid.cells()),
         fitted: 0,
@@ -216,7 +224,7 @@ pub fn run_grid<E: From<ExperimentError>>(
                 shots,
                 draws: &draws,
             };
-            group.run(sink, model, configure, events, &mut out)?;
+            group.run(&pool, sink, model, configure, events, &mut out)?;
         }
     }
     Ok(out)
@@ -240,11 +248,18 @@ struct Group<'a> {
 
 /// What a concurrent fit tells the thread that owns the sink and the events.
 enum Message {
-    /// Not started: a cell before it in grid order failed.
-    Skipped,
     Started(usize),
     Progress(usize, methods::Progress),
     Finished(usize, Result<ResultRow, ExperimentError>),
+}
+
+/// Where a group's cells stand: their rows, how many were handed on, the first failure in
+/// grid order, and the concurrent fits running.
+struct Progress {
+    rows: Vec<Option<(ResultRow, bool)>>,
+    committed: usize,
+    failure: Option<(usize, ExperimentError)>,
+    running: BTreeSet<usize>,
 }
 
 impl Group<'_> {
@@ -282,6 +297,7 @@ impl Group<'_> {
 
     fn run<E: From<ExperimentError>>(
         &self,
+        pool: &rayon::ThreadPool,
         sink: &mut dyn RowSink,
         model: &mut ModelLoader<E>,
         configure: &mut dyn FnMut(usize, &str, u64) -> Method,
@@ -292,13 +308,43 @@ impl Group<'_> {
         let mut rows: Vec<Option<(ResultRow, bool)>> = (0..self.cells())
             .map(|c| sink.find(&self.spec(c).key()).map(|r| (r.clone(), true)))
             .collect();
-        let mut sequential = Vec::new();
-        let mut concurrent = Vec::new();
+        let (sequential, concurrent) = self.plan(&rows, configure);
+        let mut committed = 0;
+        self.commit(&mut rows, &mut committed, sink, events, out)?;
+        let mut failure = self.run_sequential(
+            sequential,
+            model,
+            &mut rows,
+            &mut committed,
+            sink,
+            events,
+            out,
+        )?;
+        let mut progress = Progress {
+            rows,
+            committed,
+            failure: failure.take(),
+            running: BTreeSet::new(),
+        };
+        let sink_error = self.run_concurrent(pool, &concurrent, &mut progress, sink, events, out);
+        match sink_error.or(progress.failure.map(|(_, e)| e)) {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The methods of the cells not in the sink yet: those that train through the text tower
+    /// (run on this thread, which holds the model), and the others (run on the pool).
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        rows: &[Option<(ResultRow, bool)>],
+        configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+    ) -> (Vec<(usize, Method)>, Vec<(usize, Method)>) {
+        let (mut sequential, mut concurrent) = (Vec::new(), Vec::new());
         for (c, row) in rows.iter().enumerate() {
             if row.is_none() {
                 let (draw, m) = self.cell(c);
-                // A method that trains through the text tower runs on this thread, which
-                // holds the model.
                 let method = configure(m, self.dataset, draw.seed);
                 match method.card().needs {
                     Needs::TextTower => sequential.push((c, method)),
@@ -306,11 +352,22 @@ impl Group<'_> {
                 }
             }
         }
-        let mut committed = 0;
-        self.commit(&mut rows, &mut committed, sink, events, out)?;
-        // The first failing cell in grid order, and its error.
-        let mut failure: Option<(usize, ExperimentError)> = None;
-        for (c, method) in sequential {
+        (sequential, concurrent)
+    }
+
+    /// Fits the text-tower methods one at a time on this thread; returns the first failure.
+    #[allow(clippy::too_many_arguments)]
+    fn run_sequential<E: From<ExperimentError>>(
+        &self,
+        cells: Vec<(usize, Method)>,
+        model: &mut ModelLoader<E>,
+        rows: &mut [Option<(ResultRow, bool)>],
+        committed: &mut usize,
+        sink: &mut dyn RowSink,
+        events: &mut dyn FnMut(GridEvent),
+        out: &mut GridOutcome,
+    ) -> Result<Option<(usize, ExperimentError)>, E> {
+        for (c, method) in cells {
             events(self.fitting_event(c));
             let (draw, _) = self.cell(c);
             let prompt_model = model(&draw.source)?;
@@ -323,107 +380,114 @@ impl Group<'_> {
             );
             match fitted {
                 Ok((_, row)) => rows[c] = Some((row, false)),
-                Err(e) => {
-                    failure = Some((c, e));
+                Err(e) => return Ok(Some((c, e))),
+            }
+            self.commit(rows, committed, sink, events, out)?;
+        }
+        Ok(None)
+    }
+
+    /// Fits the other cells on `pool` while this thread, which is not one of the pool's,
+    /// waits for their messages and hands rows on in grid order. Cells after the first failure
+    /// in grid order are not started; those before it are fitted: the rows a one-at-a-time
+    /// grid would have written before failing. Returns the sink's error, if writing failed.
+    fn run_concurrent(
+        &self,
+        pool: &rayon::ThreadPool,
+        cells: &[(usize, Method)],
+        progress: &mut Progress,
+        sink: &mut dyn RowSink,
+        events: &mut dyn FnMut(GridEvent),
+        out: &mut GridOutcome,
+    ) -> Option<ExperimentError> {
+        let stop = AtomicUsize::new(progress.failure.as_ref().map_or(usize::MAX, |(c, _)| *c));
+        let (tx, rx) = mpsc::channel();
+        let mut sink_error = None;
+        pool.in_place_scope(|scope| {
+            for (c, method) in cells {
+                let (c, tx, stop) = (*c, tx.clone(), &stop);
+                scope.spawn(move |_| self.fit_cell(c, method, stop, &tx));
+            }
+            drop(tx);
+            // Every sender is a spawned fit: the channel closes when the last one is done.
+            for message in rx.iter() {
+                if let Err(e) = self.receive(message, progress, sink, events, out) {
+                    // Nothing more is started; the scope waits for the running fits.
+                    stop.store(0, Ordering::Relaxed);
+                    sink_error = Some(e);
                     break;
                 }
             }
-            self.commit(&mut rows, &mut committed, sink, events, out)?;
+        });
+        sink_error
+    }
+
+    /// One concurrent fit, reporting to the thread that owns the sink. A send fails only
+    /// when the receiver is gone; the fit then finishes unobserved.
+    fn fit_cell(&self, c: usize, method: &Method, stop: &AtomicUsize, tx: &mpsc::Sender<Message>) {
+        if c > stop.load(Ordering::Relaxed) {
+            return;
         }
-        // Cells after the first failure in grid order are not started, those before it are
-        // fitted: the rows a one-at-a-time grid would have written before failing.
-        let stop = AtomicUsize::new(failure.as_ref().map_or(usize::MAX, |(c, _)| *c));
-        let (tx, rx) = mpsc::channel();
-        let mut sink_error = None;
-        // The fits go to the pool this thread belongs to (rayon's global pool from outside
-        // any), and this thread keeps the sink and the events.
-        rayon::in_place_scope(|scope| {
-            for (c, method) in &concurrent {
-                let (c, tx, stop) = (*c, tx.clone(), &stop);
-                scope.spawn(move |_| {
-                    // A send fails only when the receiver is gone; the fit then finishes
-                    // unobserved.
-                    if c > stop.load(Ordering::Relaxed) {
-                        let _ = tx.send(Message::Skipped);
-                        return;
-                    }
-                    let _ = tx.send(Message::Started(c));
-                    let (draw, _) = self.cell(c);
-                    let result = fit_row(method, &draw.task, &self.spec(c), None, &mut |p| {
-                        let _ = tx.send(Message::Progress(c, p));
-                    });
-                    if result.is_err() {
-                        stop.fetch_min(c, Ordering::Relaxed);
-                    }
-                    let _ = tx.send(Message::Finished(c, result.map(|(_, row)| row)));
-                });
+        let _ = tx.send(Message::Started(c));
+        let (draw, _) = self.cell(c);
+        let result = fit_row(method, &draw.task, &self.spec(c), None, &mut |p| {
+            let _ = tx.send(Message::Progress(c, p));
+        });
+        if result.is_err() {
+            stop.fetch_min(c, Ordering::Relaxed);
+        }
+        let _ = tx.send(Message::Finished(c, result.map(|(_, row)| row)));
+    }
+
+    /// Takes one message of a concurrent fit: progress of the earliest running fit, and rows
+    /// handed on in grid order as they complete.
+    fn receive(
+        &self,
+        message: Message,
+        progress: &mut Progress,
+        sink: &mut dyn RowSink,
+        events: &mut dyn FnMut(GridEvent),
+        out: &mut GridOutcome,
+    ) -> Result<(), ExperimentError> {
+        let running = &mut progress.running;
+        match message {
+            Message::Started(c) => {
+                if running.first().is_none_or(|&first| c < first) {
+                    events(self.fitting_event(c));
+                }
+                running.insert(c);
             }
-            let mut pending = concurrent.len();
-            // Progress is shown for the earliest running fit only.
-            let mut running = BTreeSet::new();
-            while pending > 0 {
-                let message = match rx.try_recv() {
-                    Ok(m) => m,
-                    // A worker of the pool (a grid run inside `ThreadPool::install`) runs
-                    // pending fits itself rather than sit on a thread the fits need.
-                    Err(_) => match rayon::yield_now() {
-                        Some(rayon::Yield::Executed) => continue,
-                        Some(rayon::Yield::Idle) => {
-                            match rx.recv_timeout(std::time::Duration::from_millis(1)) {
-                                Ok(m) => m,
-                                Err(_) => continue,
-                            }
-                        }
-                        None => match rx.recv() {
-                            Ok(m) => m,
-                            Err(_) => break,
-                        },
-                    },
-                };
-                match message {
-                    Message::Skipped => pending -= 1,
-                    Message::Started(c) => {
-                        if running.first().is_none_or(|&first| c < first) {
-                            events(self.fitting_event(c));
-                        }
-                        running.insert(c);
+            Message::Progress(c, p) => {
+                if running.first() == Some(&c) {
+                    events(GridEvent::Method(p));
+                }
+            }
+            Message::Finished(c, result) => {
+                running.remove(&c);
+                if let Some(&next) = running.first() {
+                    if next > c {
+                        events(self.fitting_event(next));
                     }
-                    Message::Progress(c, p) => {
-                        if running.first() == Some(&c) {
-                            events(GridEvent::Method(p));
-                        }
-                    }
-                    Message::Finished(c, result) => {
-                        pending -= 1;
-                        running.remove(&c);
-                        if let Some(&next) = running.first() {
-                            if next > c {
-                                events(self.fitting_event(next));
-                            }
-                        }
-                        match result {
-                            Ok(row) => rows[c] = Some((row, false)),
-                            // The first failure in grid order is the one reported.
-                            Err(e) => {
-                                if failure.as_ref().is_none_or(|(f, _)| c < *f) {
-                                    failure = Some((c, e));
-                                }
-                            }
-                        }
-                        if let Err(e) = self.commit(&mut rows, &mut committed, sink, events, out) {
-                            // Nothing more is started; the scope waits for the running fits.
-                            stop.store(0, Ordering::Relaxed);
-                            sink_error = Some(e);
-                            break;
+                }
+                match result {
+                    Ok(row) => progress.rows[c] = Some((row, false)),
+                    // The first failure in grid order is the one reported.
+                    Err(e) => {
+                        if progress.failure.as_ref().is_none_or(|(f, _)| c < *f) {
+                            progress.failure = Some((c, e));
                         }
                     }
                 }
+                self.commit(
+                    &mut progress.rows,
+                    &mut progress.committed,
+                    sink,
+                    events,
+                    out,
+                )?;
             }
-        });
-        match sink_error.or(failure.map(|(_, e)| e)) {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
         }
+        Ok(())
     }
 
     /// Hands the rows known from `committed` on to the sink and the events, in grid order,
