@@ -78,17 +78,49 @@ pub fn fit(
     opts: &GdaOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Fitted, MethodError> {
-    let (k, d) = (task.classes(), task.dim());
     let views: Vec<Matrix> = task
         .training_views()
         .iter()
         .map(|v| v.normalized())
         .collect();
-    let labels = &task.train.labels;
-    // Class means over every view.
+    let mu = class_means(&views, &task.train.labels, task.classes())?;
+    let (weight, bias) = discriminant(&views, &task.train.labels, &mu)?;
+    let mut head = GdaHead {
+        weight,
+        bias,
+        alpha: opts.alpha,
+        classes: task.text.weights.clone(),
+        logit_scale: task.text.logit_scale,
+    };
+    if !task.val.labels.is_empty() && !opts.alphas.is_empty() {
+        // The reference starts from best_acc = 0 and keeps the first strictly better α.
+        let mut best = (0f32, opts.alpha);
+        for (i, &alpha) in opts.alphas.iter().enumerate() {
+            head.alpha = alpha;
+            let acc = eval::accuracy(&head.logits(&task.val.features), &task.val.labels);
+            if acc > best.0 {
+                best = (acc, alpha);
+            }
+            progress(Progress::Search {
+                done: i + 1,
+                total: opts.alphas.len(),
+            });
+        }
+        head.alpha = best.1;
+    }
+    Ok(Fitted {
+        chosen: vec![("alpha".to_string(), head.alpha.to_string())],
+        head: Head::new(head),
+        losses: Vec::new(),
+    })
+}
+
+/// The class means `μ` (K × D, row-major, f64) over every view.
+fn class_means(views: &[Matrix], labels: &[usize], k: usize) -> Result<Vec<f64>, MethodError> {
+    let d = views[0].cols;
     let mut mu = vec![0f64; k * d];
     let mut count = vec![0usize; k];
-    for v in &views {
+    for v in views {
         for (i, &y) in labels.iter().enumerate() {
             count[y] += 1;
             mu[y * d..(y + 1) * d]
@@ -109,6 +141,17 @@ pub fn fit(
             .iter_mut()
             .for_each(|m| *m /= count[c] as f64);
     }
+    Ok(mu)
+}
+
+/// `W = D · μ (S + tr(Σ̂)·I)⁻¹` and `b_k = log(1/K) − ½ μ_kᵀ Wᵀ_k` from the views and means.
+fn discriminant(
+    views: &[Matrix],
+    labels: &[usize],
+    mu: &[f64],
+) -> Result<(Matrix, Vec<f32>), MethodError> {
+    let d = views[0].cols;
+    let k = mu.len() / d;
     // Centred samples, then S = Xcᵀ Xc in f32 GEMM (accumulated in f64 below for the solve).
     let n = views.len() * labels.len();
     let mut centred = Matrix::zeros(n, d);
@@ -163,36 +206,7 @@ pub fn fit(
         }
         bias[c] = (prior - 0.5 * quad) as f32;
     }
-    let mut head = GdaHead {
-        weight,
-        bias,
-        alpha: opts.alpha,
-        classes: task.text.weights.clone(),
-        logit_scale: task.text.logit_scale,
-    };
-    let mut chosen = Vec::new();
-    if !task.val.labels.is_empty() && !opts.alphas.is_empty() {
-        // The reference starts from best_acc = 0 and keeps the first strictly better α.
-        let mut best = (0f32, opts.alpha);
-        for (i, &alpha) in opts.alphas.iter().enumerate() {
-            head.alpha = alpha;
-            let acc = eval::accuracy(&head.logits(&task.val.features), &task.val.labels);
-            if acc > best.0 {
-                best = (acc, alpha);
-            }
-            progress(Progress::Search {
-                done: i + 1,
-                total: opts.alphas.len(),
-            });
-        }
-        head.alpha = best.1;
-    }
-    chosen.push(("alpha".to_string(), head.alpha.to_string()));
-    Ok(Fitted {
-        head: Head::new(head),
-        chosen,
-        losses: Vec::new(),
-    })
+    Ok((weight, bias))
 }
 
 // The method's card, options and head codec.

@@ -159,6 +159,52 @@ fn figure_link(alt: &str, stem: &str) -> String {
     format!("![{alt}]({FIGURES_DIR}/{stem}.svg)\n")
 }
 
+/// The sweeps among the rows, found per protocol: the same options without validation are
+/// another point.
+fn sweeps_of(rows: &[ResultRow]) -> Vec<(Validation, FoundSweep, Vec<ResultRow>)> {
+    Validation::ALL
+        .into_iter()
+        .flat_map(|v| {
+            let of_v: Vec<ResultRow> = rows.iter().filter(|r| r.validation == v).cloned().collect();
+            (find_sweeps(&of_v).into_iter())
+                .map(|f| (v, f, of_v.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The panels of the line figures: one per dataset, then one per group of datasets.
+struct Panels {
+    groups: Vec<DatasetGroup>,
+    specs: Vec<PanelSpec>,
+}
+
+impl Panels {
+    fn new(summary: &Summary, options: &ReportOptions) -> Self {
+        let datasets = summary.datasets();
+        let groups = if options.groups.is_empty() && datasets.len() > 1 {
+            vec![DatasetGroup {
+                title: "average".into(),
+                heading: format!("Average over {} datasets", datasets.len()),
+                datasets: datasets.to_vec(),
+            }]
+        } else {
+            options.groups.clone()
+        };
+        let specs = (datasets.iter())
+            .map(|d| PanelSpec {
+                title: lookup(&options.titles, d).to_string(),
+                datasets: vec![d.clone()],
+            })
+            .chain(groups.iter().map(|g| PanelSpec {
+                title: g.title.clone(),
+                datasets: g.datasets.clone(),
+            }))
+            .collect();
+        Panels { groups, specs }
+    }
+}
+
 impl Report {
     /// The report of `rows`. Rows of several models are never averaged together: the report
     /// is on the model of the last row (the latest), and says how many rows it left out.
@@ -167,18 +213,7 @@ impl Report {
         let all = rows.len();
         let rows: Vec<ResultRow> = rows.iter().filter(|r| r.model == model).cloned().collect();
         let others = all - rows.len();
-        // Sweeps are found per protocol: the same options without validation are another point.
-        let sweeps: Vec<(Validation, FoundSweep, Vec<ResultRow>)> =
-            [Validation::Val, Validation::None]
-                .into_iter()
-                .flat_map(|v| {
-                    let of_v: Vec<ResultRow> =
-                        rows.iter().filter(|r| r.validation == v).cloned().collect();
-                    (find_sweeps(&of_v).into_iter())
-                        .map(|f| (v, f, of_v.clone()))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+        let sweeps = sweeps_of(&rows);
         let in_sweep = |r: &ResultRow| {
             r.method == CLIP_ADAPTER.name()
                 && (sweeps.iter())
@@ -186,127 +221,127 @@ impl Report {
         };
         let method_rows: Vec<ResultRow> = rows.iter().filter(|r| !in_sweep(r)).cloned().collect();
         let summary = Summary::new(&method_rows);
-        let labels: Vec<String> = summary.labels().map(str::to_string).collect();
-        let datasets = summary.datasets().to_vec();
-        let groups = if options.groups.is_empty() && datasets.len() > 1 {
-            vec![DatasetGroup {
-                title: "average".into(),
-                heading: format!("Average over {} datasets", datasets.len()),
-                datasets: datasets.clone(),
-            }]
-        } else {
-            options.groups.clone()
+        let mut report = Report {
+            markdown: String::from("# Results\n\n"),
+            figures: Vec::new(),
         };
-        let published_label = match &options.backbone {
-            Some(b) => format!("published ({b})"),
-            None => "published".into(),
-        };
-
-        let mut md = String::from("# Results\n\n");
         if let Some(r) = rows.last() {
-            md.push_str(&format!(
+            report.markdown.push_str(&format!(
                 "Model: `{}` (fingerprint {}).",
                 r.model_name, r.model
             ));
             if others > 0 {
-                md.push_str(&format!(
+                report.markdown.push_str(&format!(
                     " {others} rows of other models in the results file are left out."
                 ));
             }
-            md.push_str("\n\n");
+            report.markdown.push_str("\n\n");
         }
-        let mut figures: Vec<(String, Figure)> = Vec::new();
-
+        let panels = Panels::new(&summary, options);
         if !method_rows.is_empty() {
-            md.push_str(&summary.caption(&options.published, options.backbone.as_deref()));
-            let mut panels: Vec<PanelSpec> = (datasets.iter())
-                .map(|d| PanelSpec {
-                    title: lookup(&options.titles, d).to_string(),
-                    datasets: vec![d.clone()],
-                })
-                .collect();
-            panels.extend(groups.iter().map(|g| PanelSpec {
-                title: g.title.clone(),
-                datasets: g.datasets.clone(),
-            }));
-            let stem = "accuracy_vs_shots";
+            report.methods_section(&summary, &panels, options);
+        }
+        report.gains_section(&summary);
+        report.variants_section(&summary, &panels);
+        report.sweep_sections(&sweeps);
+        if !options.notes.is_empty() {
+            report.markdown.push('\n');
+            report.markdown.push_str(&options.notes);
+        }
+        report
+    }
+
+    /// The accuracy-vs-shots figure and the tables per dataset and per group.
+    fn methods_section(&mut self, summary: &Summary, panels: &Panels, options: &ReportOptions) {
+        let published_label = match &options.backbone {
+            Some(b) => format!("published ({b})"),
+            None => "published".into(),
+        };
+        let md = &mut self.markdown;
+        md.push_str(&summary.caption(&options.published, options.backbone.as_deref()));
+        let stem = "accuracy_vs_shots";
+        md.push('\n');
+        md.push_str(&figure_link("Test accuracy against shots per class", stem));
+        if !options.published.is_empty() {
+            md.push_str(&format!(
+                "\nFaint hollow markers: the {published_label} numbers.\n"
+            ));
+        }
+        let labels: Vec<String> = summary.labels().map(str::to_string).collect();
+        let chart = figures::accuracy_vs_shots(
+            summary,
+            &labels,
+            &panels.specs,
+            &options.published,
+            &published_label,
+        );
+        self.figures.push((stem.into(), Figure::Lines(chart)));
+        for d in summary.datasets() {
             md.push('\n');
-            md.push_str(&figure_link("Test accuracy against shots per class", stem));
-            if !options.published.is_empty() {
-                md.push_str(&format!(
-                    "\nFaint hollow markers: the {published_label} numbers.\n"
-                ));
-            }
-            let chart = figures::accuracy_vs_shots(
-                &summary,
-                &labels,
-                &panels,
-                &options.published,
-                &published_label,
-            );
-            figures.push((stem.into(), Figure::Lines(chart)));
-            for d in &datasets {
-                md.push('\n');
-                let heading = lookup(&options.headings, d);
-                md.push_str(&summary.dataset_table(d, heading, &options.published));
-            }
-            for g in &groups {
-                md.push('\n');
-                md.push_str(&summary.average_table(&g.heading, &g.datasets, &options.published));
-            }
+            let heading = lookup(&options.headings, d);
+            md.push_str(&summary.dataset_table(d, heading, &options.published));
         }
+        for g in &panels.groups {
+            md.push('\n');
+            md.push_str(&summary.average_table(&g.heading, &g.datasets, &options.published));
+        }
+    }
 
+    /// CLIP-Adapter's gain over zero-shot per dataset (the paper's Fig. 3).
+    fn gains_section(&mut self, summary: &Summary) {
         let ca = CLIP_ADAPTER.name();
-        let gains = figures::gains(&summary, ca);
-        if !gains.is_empty() {
-            let stem = "gain_over_zero_shot";
-            md.push_str("\n## Gain of CLIP-Adapter over zero-shot CLIP\n\n");
-            md.push_str(&figure_link("Gain over zero-shot CLIP per dataset", stem));
-            md.push_str(
-                "\nAt the largest shot count with both methods, largest gain first; mean test \
-                 accuracy (%) over seeds.\n\n| dataset | shots | zero-shot | clip-adapter | gain \
-                 |\n|---|---:|---:|---:|---:|\n",
-            );
-            for g in &gains {
-                md.push_str(&format!(
-                    "| {} | {} | {:.2} | {:.2} | {:+.2} |\n",
-                    g.dataset,
-                    g.shots,
-                    g.zero_shot,
-                    g.method,
-                    g.gain()
-                ));
-            }
-            figures.push((stem.into(), Figure::Bars(figures::gain_chart(&gains, ca))));
+        let gains = figures::gains(summary, ca);
+        if gains.is_empty() {
+            return;
         }
+        let stem = "gain_over_zero_shot";
+        let md = &mut self.markdown;
+        md.push_str("\n## Gain of CLIP-Adapter over zero-shot CLIP\n\n");
+        md.push_str(&figure_link("Gain over zero-shot CLIP per dataset", stem));
+        md.push_str(
+            "\nAt the largest shot count with both methods, largest gain first; mean test \
+             accuracy (%) over seeds.\n\n| dataset | shots | zero-shot | clip-adapter | gain \
+             |\n|---|---:|---:|---:|---:|\n",
+        );
+        for g in &gains {
+            md.push_str(&format!(
+                "| {} | {} | {:.2} | {:.2} | {:+.2} |\n",
+                g.dataset,
+                g.shots,
+                g.zero_shot,
+                g.method,
+                g.gain()
+            ));
+        }
+        let chart = figures::gain_chart(&gains, ca);
+        self.figures.push((stem.into(), Figure::Bars(chart)));
+    }
 
+    /// CLIP-Adapter's visual, text and both adapters against shots (the paper's Fig. 4).
+    fn variants_section(&mut self, summary: &Summary, panels: &Panels) {
+        let labels: Vec<String> = summary.labels().map(str::to_string).collect();
         let variants = figures::variants(&labels);
-        if variants.len() > 1 {
-            let stem = "clip_adapter_variants";
-            md.push_str("\n## CLIP-Adapter: visual, text and both adapters\n\n");
-            md.push_str(&figure_link("CLIP-Adapter variants against shots", stem));
-            md.push_str("\nTheir numbers are the tables' rows above.\n");
-            let mut lines = variants.clone();
-            if labels.iter().any(|l| l == ZERO_SHOT.name()) {
-                lines.push(ZERO_SHOT.name().to_string());
-            }
-            let panels: Vec<PanelSpec> = (datasets.iter())
-                .map(|d| PanelSpec {
-                    title: lookup(&options.titles, d).to_string(),
-                    datasets: vec![d.clone()],
-                })
-                .chain(groups.iter().map(|g| PanelSpec {
-                    title: g.title.clone(),
-                    datasets: g.datasets.clone(),
-                }))
-                .collect();
-            let chart =
-                figures::accuracy_vs_shots(&summary, &lines, &panels, &Published::default(), "");
-            figures.push((stem.into(), Figure::Lines(chart)));
+        if variants.len() <= 1 {
+            return;
         }
+        let stem = "clip_adapter_variants";
+        let md = &mut self.markdown;
+        md.push_str("\n## CLIP-Adapter: visual, text and both adapters\n\n");
+        md.push_str(&figure_link("CLIP-Adapter variants against shots", stem));
+        md.push_str("\nTheir numbers are the tables' rows above.\n");
+        let mut lines = variants.clone();
+        if labels.iter().any(|l| l == ZERO_SHOT.name()) {
+            lines.push(ZERO_SHOT.name().to_string());
+        }
+        let chart =
+            figures::accuracy_vs_shots(summary, &lines, &panels.specs, &Published::default(), "");
+        self.figures.push((stem.into(), Figure::Lines(chart)));
+    }
 
+    /// The ablation tables and curves of the sweeps found among the rows.
+    fn sweep_sections(&mut self, sweeps: &[(Validation, FoundSweep, Vec<ResultRow>)]) {
         let mut seen: Vec<SweepParam> = Vec::new();
-        for (validation, found, rows) in &sweeps {
+        for (validation, found, rows) in sweeps {
             let param = found.sweep.param();
             let n = seen.iter().filter(|p| **p == param).count();
             seen.push(param);
@@ -314,18 +349,10 @@ impl Report {
                 0 => format!("ablation_{}", param.name()),
                 n => format!("ablation_{}_{}", param.name(), n + 1),
             };
-            md.push_str(&ablation_section(found, *validation, rows, &stem));
+            self.markdown
+                .push_str(&ablation_section(found, *validation, rows, &stem));
             let chart = figures::ablation_chart(found, rows);
-            figures.push((stem, Figure::Lines(chart)));
-        }
-
-        if !options.notes.is_empty() {
-            md.push('\n');
-            md.push_str(&options.notes);
-        }
-        Report {
-            markdown: md,
-            figures,
+            self.figures.push((stem, Figure::Lines(chart)));
         }
     }
 
