@@ -10,8 +10,7 @@ use crate::clip::model::transformer::l2_normalize;
 use crate::clip::Clip;
 use crate::error::{Error, Result};
 
-/// The template CLIP uses for generic images.
-pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+pub use crate::data::DEFAULT_TEMPLATE;
 
 /// Prompts encoded per text-tower call: bounds memory for large label sets.
 const PROMPT_BATCH: usize = 256;

@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use super::benchmarks::sorted_entries;
 use super::python_random::PyRandom;
+use super::DEFAULT_TEMPLATE;
 use super::{display_name, DataError, Dataset, Parts, Sample, Split};
-use crate::zero_shot::DEFAULT_TEMPLATE;
 
 /// Image file extensions a class folder is scanned for (lower case).
 pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "jfif"];

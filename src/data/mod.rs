@@ -21,6 +21,9 @@ pub mod folder;
 pub mod python_random;
 pub mod split_file;
 
+/// The template CLIP uses for generic images (a dataset without templates of its own).
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

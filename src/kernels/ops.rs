@@ -10,7 +10,18 @@ use rayon::prelude::*;
 
 use super::matmul::{broadcast_block, dot_block, simd_level, Operands, Out, Strided};
 use super::vmath::{bias_quick_gelu, exp_scaled_sum};
-use crate::clip::load::config::Activation;
+
+/// The activation inside each transformer MLP; the checkpoint's config names it
+/// (`clip::load::config` reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`: every OpenAI CLIP checkpoint.
+    QuickGelu,
+    /// The exact, erf-based GELU.
+    Gelu,
+    /// The tanh approximation of GELU (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+}
 
 /// The f32 elements of a contiguous input of custom op `op`; an error names the op otherwise.
 pub(crate) fn contiguous<'a>(

@@ -12,16 +12,8 @@ use super::layout::Layout;
 use crate::error::{Error, Result};
 use crate::limits::{self, LimitError};
 
-/// The activation inside each transformer MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `x * sigmoid(1.702 x)`: every OpenAI CLIP checkpoint.
-    QuickGelu,
-    /// The exact, erf-based GELU.
-    Gelu,
-    /// The tanh approximation of GELU (`gelu_new`, `gelu_pytorch_tanh`).
-    GeluTanh,
-}
+/// The activation inside each transformer MLP (defined with the kernels that fuse it).
+pub use crate::kernels::ops::Activation;
 
 impl Activation {
     pub fn parse(name: &str) -> Option<Self> {
