@@ -24,6 +24,14 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Config { path: PathBuf, msg: String },
 
+    /// An OpenAI checkpoint whose tensor shapes give no architecture (kept whole, not as a
+    /// source: its text is the message, as for `Limit`).
+    #[error("{path}: {why}")]
+    Architecture {
+        path: PathBuf,
+        why: crate::clip::load::state_dict::InferError,
+    },
+
     /// A size in a file above its limit. The limit error is kept whole, not as `#[source]`:
     /// its text is the message, and a source would print it twice in the command's chain.
     #[error("{path}: {limit}")]

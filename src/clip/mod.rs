@@ -142,9 +142,9 @@ impl ModelFiles {
 
 /// `build_model`'s config for a single OpenAI file; errors name the file.
 fn infer_config(ckpt: &Checkpoint) -> Result<ClipConfig> {
-    load::state_dict::infer_config(ckpt.stored_shapes()).map_err(|msg| Error::Config {
+    load::state_dict::infer_config(ckpt.stored_shapes()).map_err(|why| Error::Architecture {
         path: ckpt.file().into(),
-        msg,
+        why,
     })
 }
 

@@ -29,8 +29,30 @@ pub const OPENAI_BUFFERS: &[&str] = &["input_resolution", "context_length", "voc
 /// The head width of every OpenAI CLIP attention (`build_model`: `width // 64`).
 const HEAD_WIDTH: usize = 64;
 
+/// Why tensor shapes are not those of an OpenAI CLIP checkpoint.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InferError {
+    #[error("`{key}` has shape {shape:?}, expected {rank} dimensions")]
+    Rank {
+        key: String,
+        shape: Vec<usize>,
+        rank: usize,
+    },
+    #[error("no tensor `{key}`: not an OpenAI CLIP checkpoint ({found})")]
+    Missing { key: String, found: String },
+    #[error("`{key}` has {positions} positions, not a square grid plus one class position")]
+    Grid { key: String, positions: usize },
+    #[error(
+        "not an OpenAI CLIP checkpoint: no `visual.proj` (a ViT) and no `visual.layer{stage}.*` \
+         blocks (a ModifiedResNet); {found}"
+    )]
+    NoTower { stage: usize, found: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
 /// The config `build_model` would build for tensors of these shapes.
-pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig, String> {
+pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig, InferError> {
     let found = || {
         let examples: Vec<String> = shapes.keys().take(3).map(|k| format!("`{k}`")).collect();
         format!(
@@ -39,26 +61,29 @@ pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig,
             examples.join(", ")
         )
     };
-    let get = |key: &str, rank: usize| -> Result<&[usize], String> {
+    let get = |key: &str, rank: usize| -> Result<&[usize], InferError> {
         match shapes.get(key) {
             Some(s) if s.len() == rank => Ok(s),
-            Some(s) => Err(format!(
-                "`{key}` has shape {s:?}, expected {rank} dimensions"
-            )),
-            None => Err(format!(
-                "no tensor `{key}`: not an OpenAI CLIP checkpoint ({})",
-                found()
-            )),
+            Some(s) => Err(InferError::Rank {
+                key: key.to_string(),
+                shape: s.clone(),
+                rank,
+            }),
+            None => Err(InferError::Missing {
+                key: key.to_string(),
+                found: found(),
+            }),
         }
     };
     // `round((n - 1) ** 0.5)`, required to be exact (`build_model` asserts it for the ResNet).
-    let grid = |key: &str| -> Result<usize, String> {
+    let grid = |key: &str| -> Result<usize, InferError> {
         let n = get(key, 2)?[0];
         let g = ((n.saturating_sub(1)) as f64).sqrt().round() as usize;
         if g == 0 || g * g + 1 != n {
-            return Err(format!(
-                "`{key}` has {n} positions, not a square grid plus one class position"
-            ));
+            return Err(InferError::Grid {
+                key: key.to_string(),
+                positions: n,
+            });
         }
         Ok(g)
     };
@@ -94,12 +119,10 @@ pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig,
         for (stage, n) in layers.iter_mut().enumerate() {
             *n = blocks(&format!("visual.layer{}.", stage + 1));
             if *n == 0 {
-                return Err(format!(
-                    "not an OpenAI CLIP checkpoint: no `visual.proj` (a ViT) and no \
-                     `visual.layer{}.*` blocks (a ModifiedResNet); {}",
-                    stage + 1,
-                    found()
-                ));
+                return Err(InferError::NoTower {
+                    stage: stage + 1,
+                    found: found(),
+                });
             }
         }
         let width = get("visual.layer1.0.conv1.weight", 4)?[0];
@@ -129,7 +152,7 @@ pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig,
         image_mean: CLIP_MEAN,
         image_std: CLIP_STD,
     };
-    config.validate()?;
+    config.validate().map_err(InferError::Inconsistent)?;
     Ok(config)
 }
 
@@ -237,7 +260,9 @@ mod tests {
     fn names_what_is_missing_or_odd() {
         let mut s = shapes_of(&preset("ViT-B-32").unwrap());
         s.remove("ln_final.weight");
-        let msg = infer_config(&s).unwrap_err();
+        let err = infer_config(&s).unwrap_err();
+        assert!(matches!(&err, InferError::Missing { key, .. } if key == "ln_final.weight"));
+        let msg = err.to_string();
         assert!(msg.contains("no tensor `ln_final.weight`"), "{msg}");
 
         let mut s = shapes_of(&preset("RN50").unwrap());
@@ -245,10 +270,15 @@ mod tests {
             "visual.attnpool.positional_embedding".into(),
             vec![48, 2048],
         );
-        let msg = infer_config(&s).unwrap_err();
-        assert!(msg.contains("48 positions"), "{msg}");
+        let err = infer_config(&s).unwrap_err();
+        assert!(
+            matches!(err, InferError::Grid { positions: 48, .. }),
+            "{err}"
+        );
 
-        let msg = infer_config(&BTreeMap::from([("w".to_string(), vec![3])])).unwrap_err();
+        let msg = infer_config(&BTreeMap::from([("w".to_string(), vec![3])]))
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("not an OpenAI CLIP checkpoint") && msg.contains("`w`"),
             "{msg}"
