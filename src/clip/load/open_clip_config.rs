@@ -237,6 +237,25 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, ModelCfgEr
     // Every size is bounded before it is multiplied or divided (the heads and MLP widths
     // below are products of two of them).
     let embed_dim = uint(top, "embed_dim", None, "model_cfg", &limits::WIDTH)?;
+    // The vision tower first: its errors are reported before the text tower's, as they were.
+    let vision = vision_tower(vision, activation)?;
+    let config = ClipConfig {
+        text: text_tower(text, activation)?,
+        vision,
+        embed_dim,
+        layout: Layout::OpenClip,
+        image_mean: CLIP_MEAN,
+        image_std: CLIP_STD,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// `vision_cfg`: a ModifiedResNet when `layers` lists four stages, else a ViT.
+fn vision_tower(
+    vision: &Map<String, Value>,
+    activation: Activation,
+) -> std::result::Result<VisionTower, ModelCfgError> {
     let image_size = uint(
         vision,
         "image_size",
@@ -246,7 +265,7 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, ModelCfgEr
     )?;
     let width = uint(vision, "width", Some(768), "vision_cfg", &limits::WIDTH)?;
     let head_width = uint(vision, "head_width", Some(64), "vision_cfg", &limits::WIDTH)?.max(1);
-    let tower = match vision.get("layers") {
+    Ok(match vision.get("layers") {
         Some(Value::Array(stages)) => {
             let stages: Vec<usize> = stages
                 .iter()
@@ -286,40 +305,38 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, ModelCfgEr
             activation,
             layer_norm_eps: 1e-5,
         }),
-    };
-    let text_width = uint(text, "width", Some(512), "text_cfg", &limits::WIDTH)?;
-    let config = ClipConfig {
-        text: TextConfig {
-            vocab_size: uint(
-                text,
-                "vocab_size",
-                Some(49408),
-                "text_cfg",
-                &limits::VOCABULARY,
-            )?,
-            width: text_width,
-            intermediate_size: mlp_width(text, text_width, "text_cfg")?,
-            layers: uint(text, "layers", Some(12), "text_cfg", &limits::LAYERS)?,
-            heads: uint(text, "heads", Some(8), "text_cfg", &limits::HEADS)?,
-            context_length: uint(
-                text,
-                "context_length",
-                Some(77),
-                "text_cfg",
-                &limits::CONTEXT_LENGTH,
-            )?,
-            activation,
-            layer_norm_eps: 1e-5,
-            pooling: Pooling::Argmax,
-        },
-        vision: tower,
-        embed_dim,
-        layout: Layout::OpenClip,
-        image_mean: CLIP_MEAN,
-        image_std: CLIP_STD,
-    };
-    config.validate()?;
-    Ok(config)
+    })
+}
+
+/// `text_cfg`: the text transformer, pooled at the argmax (end) token.
+fn text_tower(
+    text: &Map<String, Value>,
+    activation: Activation,
+) -> std::result::Result<TextConfig, ModelCfgError> {
+    let width = uint(text, "width", Some(512), "text_cfg", &limits::WIDTH)?;
+    Ok(TextConfig {
+        vocab_size: uint(
+            text,
+            "vocab_size",
+            Some(49408),
+            "text_cfg",
+            &limits::VOCABULARY,
+        )?,
+        width,
+        intermediate_size: mlp_width(text, width, "text_cfg")?,
+        layers: uint(text, "layers", Some(12), "text_cfg", &limits::LAYERS)?,
+        heads: uint(text, "heads", Some(8), "text_cfg", &limits::HEADS)?,
+        context_length: uint(
+            text,
+            "context_length",
+            Some(77),
+            "text_cfg",
+            &limits::CONTEXT_LENGTH,
+        )?,
+        activation,
+        layer_norm_eps: 1e-5,
+        pooling: Pooling::Argmax,
+    })
 }
 
 fn object<'a>(v: &'a Value, what: &str) -> std::result::Result<&'a Map<String, Value>, String> {
