@@ -33,6 +33,7 @@ fn row(method: &str, options: &str, dataset: &str, shots: usize, seed: u64, acc:
         test_accuracy: acc,
         train_seconds: 0.5,
         chosen: String::new(),
+        augmentation: String::new(),
     }
 }
 

@@ -173,8 +173,22 @@ pub fn fit_row(
         test_accuracy: test,
         train_seconds: seconds,
         chosen: chosen.join(" "),
+        augmentation: augmentation(method, task),
     };
     Ok((trained, row))
+}
+
+/// What a fit trained on, as its row records it: its authors train without augmentation, or
+/// on the task's cached views, or (a cache without views) on the centre crop alone.
+pub fn augmentation(method: &Method, task: &FewShotTask) -> String {
+    match (
+        method.card().augmentation.augments(),
+        task.train_views.len(),
+    ) {
+        (false, _) => "none".into(),
+        (true, 0) => "centre crop only".into(),
+        (true, n) => format!("{n} augmented views"),
+    }
 }
 
 /// Runs the grid: for each dataset, shot count and seed, `load` gives the draw's task and its
@@ -250,7 +264,8 @@ struct Group<'a> {
 enum Message {
     Started(usize),
     Progress(usize, methods::Progress),
-    Finished(usize, Result<ResultRow, ExperimentError>),
+    // Boxed: a row is large beside the other messages.
+    Finished(usize, Box<Result<ResultRow, ExperimentError>>),
 }
 
 /// Where a group's cells stand: their rows, how many were handed on, the first failure in
@@ -436,7 +451,7 @@ impl Group<'_> {
         if result.is_err() {
             stop.fetch_min(c, Ordering::Relaxed);
         }
-        let _ = tx.send(Message::Finished(c, result.map(|(_, row)| row)));
+        let _ = tx.send(Message::Finished(c, Box::new(result.map(|(_, row)| row))));
     }
 
     /// Takes one message of a concurrent fit: progress of the earliest running fit, and rows
@@ -469,7 +484,7 @@ impl Group<'_> {
                         events(self.fitting_event(next));
                     }
                 }
-                match result {
+                match *result {
                     Ok(row) => progress.rows[c] = Some((row, false)),
                     // The first failure in grid order is the one reported.
                     Err(e) => {

@@ -40,10 +40,34 @@ pub struct ResultRow {
     pub train_seconds: f64,
     /// Hyper-parameters chosen on validation, `key=value`, space-separated.
     pub chosen: String,
+    /// What the method trained on: `none` (a method its authors train without augmentation),
+    /// `N augmented views` (the cached views, one per epoch or averaged, as the method does),
+    /// or `centre crop only` (a method its authors augment, on a cache without views). Files
+    /// written before this column read as empty: not recorded.
+    #[serde(default)]
+    pub augmentation: String,
 }
 
 /// The CSV columns, in order (the fields of [`ResultRow`]).
-pub const COLUMNS: [&str; 13] = [
+pub const COLUMNS: [&str; 14] = [
+    "method",
+    "options",
+    "dataset",
+    "shots",
+    "seed",
+    "validation",
+    "model",
+    "model_name",
+    "features",
+    "val_accuracy",
+    "test_accuracy",
+    "train_seconds",
+    "chosen",
+    "augmentation",
+];
+
+/// The columns of the version before the `augmentation` column: rows read with it empty.
+pub const COLUMNS_BEFORE_AUGMENTATION: [&str; 13] = [
     "method",
     "options",
     "dataset",
@@ -190,7 +214,10 @@ pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>, ExperimentError> {
         .iter()
         .map(str::to_string)
         .collect();
-    if found != COLUMNS && found != COLUMNS_BEFORE_VALIDATION {
+    if found != COLUMNS
+        && found != COLUMNS_BEFORE_AUGMENTATION
+        && found != COLUMNS_BEFORE_VALIDATION
+    {
         let old = !found.iter().any(|c| c == "model") && found.iter().any(|c| c == "method");
         return Err(ExperimentError::Columns {
             path: path.to_path_buf(),
@@ -287,6 +314,7 @@ mod tests {
             test_accuracy: f32::NAN,
             train_seconds: 1.5,
             chosen: "alpha=0.4 \"quoted\"".into(),
+            augmentation: String::new(),
         }
     }
 

@@ -515,6 +515,7 @@ mod tests {
             test_accuracy: 50.0,
             train_seconds: 0.0,
             chosen: String::new(),
+            augmentation: String::new(),
         };
         let rows = vec![
             row("reduction=8 epochs=3"),
@@ -557,6 +558,7 @@ mod tests {
             test_accuracy: test,
             train_seconds: 0.0,
             chosen: String::new(),
+            augmentation: String::new(),
         };
         let rows = vec![
             row("0", "dtd", 1, 40.0),

@@ -321,6 +321,7 @@ mod tests {
             test_accuracy: test,
             train_seconds: 0.0,
             chosen: String::new(),
+            augmentation: String::new(),
         }
     }
 

@@ -301,6 +301,7 @@ mod tests {
             test_accuracy: acc,
             train_seconds: 0.0,
             chosen: String::new(),
+            augmentation: String::new(),
         };
         let rows = vec![
             row("zero-shot", "a", 16, 50.0),
