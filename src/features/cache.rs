@@ -156,91 +156,36 @@ pub fn split_digest(dataset: &crate::data::Dataset) -> String {
     h.hex()
 }
 
-/// Where the images of an extraction came from, as the command line was told: recorded in each
-/// file (not part of the key) so that a message about missing features can print an `extract`
-/// command that runs as printed.
+/// Where the images of an extraction came from, with absolute paths: recorded in each file (not
+/// part of the key) so that a message about missing features can say how to extract them again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DataSource {
-    /// `--dataset NAME --root DIR [--split FILE]`.
+    /// A benchmark under CoOp's data folder, with its own split or another split file.
     Benchmark {
         dataset: String,
         root: PathBuf,
         split: Option<PathBuf>,
     },
-    /// `--folder DIR` (its own train/val/test sub-folders, or a seeded split).
+    /// A folder of class folders (its own train/val/test sub-folders, or a seeded split).
     Folder {
         dir: PathBuf,
         split_seed: i64,
         train_fraction: f64,
         val_fraction: f64,
     },
-    /// `--manifest FILE`.
+    /// A manifest of images and labels (its own split column, or a seeded split).
     Manifest {
         file: PathBuf,
         split_seed: i64,
         train_fraction: f64,
         val_fraction: f64,
     },
-    /// `--split FILE [--root DIR]`.
+    /// A split file, its image paths relative to `root` (default: the file's folder).
     SplitFile {
         file: PathBuf,
         root: Option<PathBuf>,
     },
-}
-
-impl DataSource {
-    /// The `extract` arguments that name this source, shell-quoted.
-    pub fn args(&self) -> String {
-        let p = |p: &Path| shell_quote(&p.display().to_string());
-        let seeded = |seed: &i64, train: &f64, val: &f64| {
-            let mut s = format!(" --split-seed {seed}");
-            if *train != 0.5 || *val != 0.2 {
-                s.push_str(&format!(" --train-fraction {train} --val-fraction {val}"));
-            }
-            s
-        };
-        match self {
-            DataSource::Benchmark {
-                dataset,
-                root,
-                split,
-            } => {
-                let mut s = format!("--dataset {} --root {}", shell_quote(dataset), p(root));
-                if let Some(f) = split {
-                    s.push_str(&format!(" --split {}", p(f)));
-                }
-                s
-            }
-            DataSource::Folder {
-                dir,
-                split_seed,
-                train_fraction,
-                val_fraction,
-            } => format!(
-                "--folder {}{}",
-                p(dir),
-                seeded(split_seed, train_fraction, val_fraction)
-            ),
-            DataSource::Manifest {
-                file,
-                split_seed,
-                train_fraction,
-                val_fraction,
-            } => format!(
-                "--manifest {}{}",
-                p(file),
-                seeded(split_seed, train_fraction, val_fraction)
-            ),
-            DataSource::SplitFile { file, root } => {
-                let mut s = format!("--split {}", p(file));
-                if let Some(r) = root {
-                    s.push_str(&format!(" --root {}", p(r)));
-                }
-                s
-            }
-        }
-    }
 }
 
 /// `s` as one POSIX shell word.

@@ -19,10 +19,10 @@ use serde::Serialize;
 pub use embed::{embed, TsneOptions};
 pub use metrics::{knn_preservation, separation, trustworthiness, Metric, Separation, KNN_K};
 
+use crate::features::task::{load_task, CacheQuery, TaskSource};
 use crate::figure::scatter::{Panel, Scatter};
 use crate::figure::FigureError;
 use crate::methods::clip_adapter::AdapterModel;
-use crate::methods::from_cache::{load_task, CacheQuery, TaskSource};
 use crate::methods::head;
 use crate::methods::linalg::Matrix;
 use crate::methods::MethodError;
