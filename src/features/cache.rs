@@ -188,6 +188,64 @@ pub enum DataSource {
     },
 }
 
+impl DataSource {
+    /// Reads the dataset: its images and their train/val/test split.
+    pub fn load(&self) -> crate::Result<crate::data::Dataset> {
+        use crate::data::folder::{self, SeededSplit};
+        let seeded = |seed: &i64, train: &f64, val: &f64| SeededSplit {
+            seed: *seed,
+            train: *train,
+            val: *val,
+        };
+        Ok(match self {
+            DataSource::Benchmark {
+                dataset,
+                root,
+                split,
+            } => crate::data::Benchmark::find(dataset)?.load(root, split.as_deref())?,
+            DataSource::Folder {
+                dir,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            } => folder::from_class_folders(dir, seeded(split_seed, train_fraction, val_fraction))?,
+            DataSource::Manifest {
+                file,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            } => folder::from_manifest(file, seeded(split_seed, train_fraction, val_fraction))?,
+            DataSource::SplitFile { file, root } => split_file_dataset(file, root.as_deref())?,
+        })
+    }
+}
+
+/// A split file's dataset, named after the file (`split_zhou_EuroSAT.json`: `eurosat`).
+fn split_file_dataset(path: &Path, root: Option<&Path>) -> crate::Result<crate::data::Dataset> {
+    let s = crate::data::split_file::read(path)?;
+    let root = match root {
+        Some(r) => r.to_path_buf(),
+        None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = name
+        .strip_prefix("split_zhou_")
+        .unwrap_or(&name)
+        .to_lowercase();
+    Ok(crate::data::Dataset {
+        name,
+        classnames: s.classnames,
+        image_root: root,
+        train: s.train,
+        val: s.val,
+        test: s.test,
+        templates: vec![crate::zero_shot::DEFAULT_TEMPLATE.to_string()],
+    })
+}
+
 /// `s` as one POSIX shell word.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()

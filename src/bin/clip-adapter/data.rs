@@ -1,15 +1,14 @@
 //! The data subcommands: `datasets`, `fewshot`, `extract`, `merge`. Arguments and printing
 //! only; the library does the work.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
 use clip_adapter::data::check::{check, decode_all, CheckReport};
-use clip_adapter::data::folder::{self, SeededSplit};
-use clip_adapter::data::{display_name, split_file, Benchmark, Dataset, FewShot, Split};
+use clip_adapter::data::{display_name, Benchmark, Dataset, FewShot, Split};
 use clip_adapter::features::extract::DEFAULT_CHUNK_BATCHES;
 use clip_adapter::features::job::{
     self, templates_for, ExtractJob, ExtractObserver, ExtractOutcome,
@@ -185,11 +184,6 @@ impl SourceArgs {
                 )
                 .exit();
         }
-        let seeded = SeededSplit {
-            seed: self.split_seed,
-            train: self.train_fraction,
-            val: self.val_fraction,
-        };
         if let Some(name) = &self.dataset {
             let bench = Benchmark::find(name)?;
             let root = self
@@ -201,45 +195,24 @@ impl SourceArgs {
                 .with_context(|| format!("reading {} from {}", bench.name, root.display()))?;
             return Ok((d, Some(bench)));
         }
-        if let Some(dir) = &self.folder {
-            return Ok((folder::from_class_folders(dir, seeded)?, None));
-        }
-        if let Some(file) = &self.manifest {
-            return Ok((folder::from_manifest(file, seeded)?, None));
-        }
-        if let Some(path) = &self.split {
-            let s = split_file::read(path)?;
-            let root = match &self.root {
-                Some(r) => r.clone(),
-                None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            };
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let name = name
-                .strip_prefix("split_zhou_")
-                .unwrap_or(&name)
-                .to_lowercase();
-            return Ok((
-                Dataset {
-                    name,
-                    classnames: s.classnames,
-                    image_root: root,
-                    train: s.train,
-                    val: s.val,
-                    test: s.test,
-                    templates: vec![clip_adapter::zero_shot::DEFAULT_TEMPLATE.to_string()],
-                },
-                None,
-            ));
-        }
-        bail!("say where the images are: --dataset NAME --root DIR, --folder DIR, --manifest FILE or --split FILE")
+        let source = self.source(false).context(
+            "say where the images are: --dataset NAME --root DIR, --folder DIR, --manifest FILE \
+             or --split FILE",
+        )?;
+        Ok((source.load()?, None))
     }
 
     /// The source as the cache records it (absolute paths, so a printed command runs anywhere).
     pub fn data_source(&self) -> Option<DataSource> {
-        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        self.source(true)
+    }
+
+    /// The source as given, or with absolute paths.
+    fn source(&self, absolute: bool) -> Option<DataSource> {
+        let abs = |p: &PathBuf| match absolute {
+            true => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+            false => p.clone(),
+        };
         let (split_seed, train_fraction, val_fraction) =
             (self.split_seed, self.train_fraction, self.val_fraction);
         if let (Some(dataset), Some(root)) = (&self.dataset, &self.root) {
