@@ -11,7 +11,7 @@
 //!
 //! Tensors: `features` f32 `(M, E)` (projected, un-normalised), `labels` i64 `(M)`, `index`
 //! i64 `(M)`: the row's position in the set's sample list (rows of unreadable images skipped
-//! with `--skip-bad` are absent, and listed in the `skipped` metadata). Metadata values are
+//! with `skip_bad` are absent, and listed in the `skipped` metadata). Metadata values are
 //! strings (JSON where structured), so `safetensors.safe_open(f).metadata()` shows them in
 //! Python. See `docs/data-pipeline.md`.
 //!
@@ -137,7 +137,7 @@ pub fn samples_digest(samples: &[Sample]) -> String {
 
 /// The identity of a dataset's split: a hash of its class names and of the whole ordered
 /// train, val and test lists. Two extractions whose few-shot draws or test sets come from
-/// different splits (another `--split-seed`, another split file) differ here even where one
+/// different splits (another split seed, another split file) differ here even where one
 /// part happens to coincide.
 pub fn split_digest(dataset: &crate::data::Dataset) -> String {
     let mut h = super::ContentHash::default();

@@ -175,7 +175,7 @@ pub fn plan(
 }
 
 /// `sets` with, right after each, its twin holding the image tower's output before the last
-/// projection (`extract --pre-projection`, for ProLIP). A twin is keyed, resumed, sharded and
+/// projection (pre-projection features, for ProLIP). A twin is keyed, resumed, sharded and
 /// locked like any set, and is encoded from the same forward pass as its projected set.
 pub fn with_pre_projection(sets: Vec<FeatureSet>) -> Vec<FeatureSet> {
     let mut out = Vec::with_capacity(2 * sets.len());

@@ -8,7 +8,7 @@
 //! text.rs         class-name prompt embeddings (the zero-shot classifier) in the cache
 //! projection.rs   the image tower's last projection, beside pre-projection features
 //! task.rs         a few-shot task (FewShotTask) read back from the cache: one extraction's sets
-//! merge.rs        joining the shards that `--shard i/n` processes wrote
+//! merge.rs        joining the shards that sharded processes (`i/n`) wrote
 //! lock.rs         one writer per file (advisory locks) and clean-up after killed writers
 //! fault.rs        test-only fault injection (`CLIP_ADAPTER_FAULT`), inert unless set, absent
 //!                 from release builds

@@ -1,5 +1,5 @@
-//! Builds a [`FewShotTask`] from the feature cache `clip-adapter extract` fills
-//! (docs/data-pipeline.md): for `--dataset D --shots K --seed S` it reads
+//! Builds a [`FewShotTask`] from the feature cache an extraction fills
+//! (docs/data-pipeline.md): for dataset D, K shots and seed S it reads
 //! `<cache>/D/train-Kshot-seedS.eval.*`, the `train-Kshot-seedS.augN.*` views,
 //! `val-Kshot-seedS.eval.*`, `test.eval.*` and `text.*`; with [`Shots::All`] the whole-split
 //! sets `train.eval.*`, `train.augN.*`, `val.eval.*`.
@@ -22,7 +22,7 @@ use crate::methods::prolip::{PreProjection, Projection};
 use crate::methods::{FewShotTask, LabelledSet, MethodError, TextClassifier};
 
 /// How many training images per class: a K-shot draw, or the whole train split (what
-/// `extract` without `--shots` writes).
+/// an extraction without a few-shot draw writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shots {
     K(usize),
@@ -79,8 +79,8 @@ pub struct CacheQuery {
     pub shots: Shots,
     /// The run seed: the few-shot draw and the augmented views' seed.
     pub seed: u64,
-    /// When the cache holds features of several models: the name given to `extract --model`,
-    /// or the fingerprint.
+    /// When the cache holds features of several models: the model's name as given to the
+    /// extraction, or its fingerprint.
     pub model: Option<String>,
     /// When the cache holds several extractions of the dataset (other splits): a prefix of
     /// the split identity the ambiguity error lists.

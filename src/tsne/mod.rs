@@ -66,8 +66,8 @@ pub enum TsneError {
 
     #[error(
         "{}: a `{kind}` head has no visual adapter; the t-SNE shows the image features before \
-         and after CLIP-Adapter's visual adapter (`fit --method clip-adapter --branch visual` \
-         or `both`)",
+         and after CLIP-Adapter's visual adapter (a CLIP-Adapter head with the visual branch or \
+         both)",
         path.display()
     )]
     NotVisualAdapter { path: PathBuf, kind: String },
@@ -77,7 +77,7 @@ pub enum TsneError {
 
     #[error(
         "{}: the head records no model fingerprint (it was saved by an older version), so it \
-         cannot be checked against the features' model; save it again with `fit --save`",
+         cannot be checked against the features' model; fit and save it again",
         path.display()
     )]
     NoFingerprint { path: PathBuf },

@@ -46,6 +46,9 @@ pub fn render(e: &(dyn Error + 'static)) -> String {
     if let Some(SweepError::Conflict { option, param, why }) = e.downcast_ref() {
         return format!("--{option} cannot be set in a sweep over {param}: {why}");
     }
+    if let Some(s) = others(e) {
+        return s;
+    }
     match e.downcast_ref::<FeatureError>() {
         Some(FeatureError::BadImages { count, details }) => format!(
             "{count} image(s) could not be read (rerun with --skip-bad to leave them out):\n  {}",
@@ -58,6 +61,42 @@ pub fn render(e: &(dyn Error + 'static)) -> String {
         ),
         _ => e.to_string(),
     }
+}
+
+/// The t-SNE's, the report's and pretraining's errors that say what to type.
+fn others(e: &(dyn Error + 'static)) -> Option<String> {
+    use clip_adapter::pretrain::PretrainError;
+    use clip_adapter::report::ReportError;
+    use clip_adapter::tsne::TsneError;
+    Some(match e.downcast_ref::<TsneError>() {
+        Some(TsneError::NotVisualAdapter { path, kind }) => format!(
+            "{}: a `{kind}` head has no visual adapter; the t-SNE shows the image features \
+             before and after CLIP-Adapter's visual adapter (`fit --method clip-adapter --branch \
+             visual` or `both`)",
+            path.display()
+        ),
+        Some(TsneError::NoFingerprint { path }) => format!(
+            "{}: the head records no model fingerprint (it was saved by an older version), so \
+             it cannot be checked against the features' model; save it again with `fit --save`",
+            path.display()
+        ),
+        _ => match (e.downcast_ref(), e.downcast_ref()) {
+            (Some(ReportError::NoResults { path }), _) => format!(
+                "{}: not found; a results folder is what `clip-adapter run`, `sweep` or `demo` \
+                 wrote with --out",
+                path.display()
+            ),
+            (_, Some(PretrainError::WouldOverwrite { existing })) => format!(
+                "{} already exists: pretraining would overwrite a model (choose another --out, \
+                 or pass --force)",
+                existing.display()
+            ),
+            (_, Some(PretrainError::Diverged { step, loss })) => {
+                format!("the loss diverged at step {step} ({loss}); try a smaller --lr")
+            }
+            _ => return None,
+        },
+    })
 }
 
 /// The error inside a wrapper that only forwards it (`#[error(transparent)]`), whose own
