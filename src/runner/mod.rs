@@ -210,3 +210,57 @@ fn create_out(out: &Path) -> Result<(), RunError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::{ExperimentError, MethodOverrides, NotApplicableTo, Validation};
+    use crate::methods::MethodKind;
+
+    fn spec(methods: &[&str], overrides: MethodOverrides) -> RunSpec {
+        RunSpec {
+            cache: std::env::temp_dir().join("clip-adapter-runner-test-no-such-cache"),
+            out: std::env::temp_dir().join("clip-adapter-runner-test-out"),
+            datasets: vec!["eurosat".into()],
+            shots: vec![1],
+            seeds: vec![1],
+            methods: (methods.iter())
+                .map(|m| m.parse::<MethodKind>().unwrap())
+                .collect(),
+            overrides,
+            validation: Validation::Val,
+            model: None,
+            reported: None,
+            hub: HubOptions::from_env(),
+        }
+    }
+
+    #[test]
+    fn a_run_is_checked_whole_before_anything_is_written() {
+        let overrides = MethodOverrides {
+            reduction: Some(8),
+            ..Default::default()
+        };
+        let err = run(&spec(&["tip-adapter"], overrides), &mut ()).unwrap_err();
+        let RunError::Experiment(e) = &err else {
+            panic!("{err}")
+        };
+        let ExperimentError::NotApplicable { option, to, .. } = e.as_ref() else {
+            panic!("{err}")
+        };
+        assert_eq!(*option, "reduction");
+        assert_eq!(*to, NotApplicableTo::Methods("tip-adapter".into()));
+
+        let s = spec(&["zero-shot", "zero-shot"], MethodOverrides::default());
+        assert_eq!(s.kinds().len(), 1);
+        let err = run(&s, &mut ()).unwrap_err();
+        let RunError::Experiment(e) = &err else {
+            panic!("{err}")
+        };
+        let ExperimentError::UnknownDataset { available, .. } = e.as_ref() else {
+            panic!("{err}")
+        };
+        assert!(available.is_empty());
+        assert!(!s.out.exists(), "nothing is written before the checks pass");
+    }
+}
