@@ -42,6 +42,12 @@ pub trait ExtractObserver {
     fn prompts_rebuilt(&mut self, _reason: &str) {}
     /// The image sets' progress and notices.
     fn event(&mut self, _event: &Event) {}
+    /// Bytes of the model downloaded from the hub.
+    fn download(&mut self, _file: &str, _done: u64, _total: Option<u64>) {}
+    /// The draw took all the images of classes that had fewer than asked for.
+    fn short_classes(&mut self, _few: &FewShot, _dataset: &Dataset) {}
+    /// Listed images are missing and will be left out, as asked.
+    fn skipping_missing(&mut self, _why: &crate::data::DataError) {}
 }
 
 /// What became of one image set.

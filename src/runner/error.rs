@@ -112,6 +112,17 @@ pub enum RunError {
     #[error("feature matrix")]
     FeatureMatrix,
 
+    /// Listed images are not on disk, and the extraction was not told to leave them out.
+    #[error("some listed images are missing (extract with skip_bad to leave them out)")]
+    MissingImages(#[source] Box<crate::data::DataError>),
+
+    #[error("encoding {dataset}")]
+    Encoding {
+        dataset: String,
+        #[source]
+        source: Box<crate::error::Error>,
+    },
+
     #[error("writing the head's metadata")]
     HeadInfo(#[source] serde_json::Error),
 }

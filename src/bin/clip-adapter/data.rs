@@ -6,16 +6,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
+use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
 use clip_adapter::data::check::{check, decode_all, CheckReport};
 use clip_adapter::data::{display_name, Benchmark, Dataset, FewShot, Split};
 use clip_adapter::features::extract::DEFAULT_CHUNK_BATCHES;
-use clip_adapter::features::job::{
-    self, templates_for, ExtractJob, ExtractObserver, ExtractOutcome,
-};
-use clip_adapter::features::{
-    merge::merge, model_fingerprint, DataSource, Event, ExtractOptions, Shard,
-};
+use clip_adapter::features::job::{ExtractObserver, ExtractOutcome};
+use clip_adapter::features::{merge::merge, DataSource, Event, ExtractOptions, Shard};
+use clip_adapter::runner::{self, ExtractSpec};
 use serde_json::json;
 
 use crate::output::Progress;
@@ -644,34 +642,15 @@ pub fn fewshot(a: FewShotArgs) -> Result<()> {
 }
 
 pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
-    let (dataset, bench) = a.source.load()?;
-    let few = a
-        .shots
-        .map(|k| FewShot::coop(&dataset, k, a.seed))
-        .transpose()?;
-    if let Some(f) = &few {
-        report_short(f, &dataset, a.verbose);
-    }
-    if let Err(e) = check(&dataset, None).require_complete() {
-        if !a.skip_bad {
-            return Err(anyhow::Error::new(e)
-                .context("rerun with --skip-bad to leave the missing images out"));
-        }
-        eprintln!("warning: {e}; they will be skipped");
-    }
-    let files = crate::resolve_model(&a.model, progress)?;
-    let fingerprint = model_fingerprint(&files)?;
-    let clip = clip_adapter::Clip::load(&files, &candle_core::Device::Cpu)
-        .with_context(|| format!("loading model from {}", files.dir.display()))?;
-    let job = ExtractJob {
-        clip: &clip,
-        fingerprint: &fingerprint,
-        dataset: &dataset,
-        few_shot: few.as_ref(),
-        templates: templates_for(a.templates, &dataset, bench)?,
+    let (dataset, benchmark) = a.source.load()?;
+    let spec = ExtractSpec {
+        dataset,
+        benchmark,
+        shots: a.shots,
+        seed: a.seed,
+        templates: a.templates,
         views: a.views,
         crop_scale: a.crop_scale,
-        seed: a.seed,
         pre_projection: a.pre_projection,
         options: ExtractOptions {
             cache_dir: a.cache.clone(),
@@ -682,27 +661,31 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
             model_name: a.model.clone(),
             source: a.source.data_source(),
         },
+        hub: HubOptions::from_env(),
     };
-    let mut bars = ExtractBars::new(progress);
-    let outcome = job::extract(&job, &mut bars);
+    let mut bars = ExtractBars::new(progress, a.verbose);
+    let outcome = runner::extract(&spec, &mut bars);
     bars.finish();
-    let outcome = outcome.with_context(|| format!("encoding {}", dataset.name))?;
-    print_extracted(&outcome, a.json)
+    print_extracted(&outcome?, a.json)
 }
 
 /// One bar for the class prompts, one for the images of the sets in progress (the sets of the
 /// same images, a train set's views, are encoded together, each image decoded once).
 struct ExtractBars<'a> {
     progress: &'a Progress,
+    verbose: bool,
+    download: Box<crate::output::OnDownload<'a>>,
     prompts: Option<indicatif::ProgressBar>,
     images: Option<indicatif::ProgressBar>,
     counts: std::collections::BTreeMap<String, (usize, usize)>,
 }
 
 impl<'a> ExtractBars<'a> {
-    fn new(progress: &'a Progress) -> Self {
+    fn new(progress: &'a Progress, verbose: bool) -> Self {
         ExtractBars {
             progress,
+            verbose,
+            download: Box::new(progress.download()),
             prompts: None,
             images: None,
             counts: Default::default(),
@@ -720,6 +703,18 @@ impl<'a> ExtractBars<'a> {
 }
 
 impl ExtractObserver for ExtractBars<'_> {
+    fn download(&mut self, file: &str, done: u64, total: Option<u64>) {
+        (self.download)(file, done, total)
+    }
+
+    fn short_classes(&mut self, few: &FewShot, dataset: &Dataset) {
+        report_short(few, dataset, self.verbose);
+    }
+
+    fn skipping_missing(&mut self, why: &clip_adapter::data::DataError) {
+        eprintln!("warning: {why}; they will be skipped");
+    }
+
     fn prompts(&mut self, done: usize, total: usize) {
         let bar = (self.prompts).get_or_insert_with(|| self.progress.bar("class prompts", total));
         bar.set_position(done as u64);

@@ -193,7 +193,7 @@ pub fn print_written(files: &ReportFiles) {
 }
 
 /// What draws a download's bar.
-type OnDownload<'a> = dyn FnMut(&str, u64, Option<u64>) + 'a;
+pub type OnDownload<'a> = dyn FnMut(&str, u64, Option<u64>) + 'a;
 
 /// The library's reports drawn as bars and notes: a bar for the grid's cells, one for the
 /// method in training (or the images being encoded), downloads, notes on stderr.

@@ -46,6 +46,9 @@ pub fn render(e: &(dyn Error + 'static)) -> String {
     if let Some(SweepError::Conflict { option, param, why }) = e.downcast_ref() {
         return format!("--{option} cannot be set in a sweep over {param}: {why}");
     }
+    if let Some(RunError::MissingImages(_)) = e.downcast_ref() {
+        return "rerun with --skip-bad to leave the missing images out".into();
+    }
     if let Some(s) = others(e) {
         return s;
     }
@@ -110,6 +113,9 @@ fn unwrap_transparent<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'sta
         return b.as_ref();
     }
     if let Some(b) = e.downcast_ref::<Box<RunError>>() {
+        return unwrap_transparent(b.as_ref());
+    }
+    if let Some(b) = e.downcast_ref::<Box<clip_adapter::Error>>() {
         return unwrap_transparent(b.as_ref());
     }
     if let Some(r) = e.downcast_ref::<RunError>() {
