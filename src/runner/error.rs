@@ -123,6 +123,23 @@ pub enum RunError {
         source: Box<crate::error::Error>,
     },
 
+    #[error("running the demo with the model in {}", model_dir.display())]
+    Demo {
+        model_dir: PathBuf,
+        #[source]
+        source: Box<crate::demo::DemoError>,
+    },
+
+    #[error("writing the results as CSV")]
+    DemoCsv(#[source] csv::Error),
+
+    #[error("drawing the t-SNE of {task}")]
+    DemoTsne {
+        task: String,
+        #[source]
+        source: Box<crate::tsne::TsneError>,
+    },
+
     #[error("writing the head's metadata")]
     HeadInfo(#[source] serde_json::Error),
 }

@@ -8,6 +8,7 @@
 //!           model behind the features, the published numbers of its backbone)
 //! run.rs    RunSpec → results.csv (resumable), results.md, the folder's report
 //! sweep.rs  SweepSpec → the same results.csv, sweep-<option>.md, the report
+//! demo.rs   the embedded demo, its results.csv, report and t-SNE figure written
 //! extract.rs  ExtractSpec → the draw checked, the model loaded, the extraction job run
 //! fit.rs    FitSpec → one row, and the head saved with what it was trained on
 //! predict.rs  PredictSpec → a saved head's ranked classes for images
@@ -15,6 +16,7 @@
 //!
 //! It sits above `report` (it writes the folder's report), which sits above `experiment`.
 
+pub mod demo;
 mod error;
 pub mod extract;
 pub mod fit;
@@ -24,6 +26,7 @@ pub mod sweep;
 
 use std::path::Path;
 
+pub use demo::{demo, DemoOutcome};
 pub use error::{NoPublished, RunError};
 pub use extract::{extract, ExtractSpec};
 pub use fit::{fit, FitOutcome, FitSpec};
