@@ -242,7 +242,7 @@ fn split_file_dataset(path: &Path, root: Option<&Path>) -> crate::Result<crate::
         train: s.train,
         val: s.val,
         test: s.test,
-        templates: vec![crate::zero_shot::DEFAULT_TEMPLATE.to_string()],
+        templates: vec![crate::data::DEFAULT_TEMPLATE.to_string()],
     })
 }
 
