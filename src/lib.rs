@@ -25,6 +25,7 @@ pub mod methods;
 pub mod pretrain;
 pub mod report;
 pub mod rng;
+pub mod runner;
 pub mod safetensors_file;
 pub mod tokenizer;
 pub mod tsne;

@@ -588,9 +588,9 @@ pub enum PretrainError {
     Shape(String),
     #[error(transparent)]
     Limit(#[from] LimitError),
-    #[error("{} already exists: pretraining would overwrite a model (choose another --out, or pass --force)", existing.display())]
+    #[error("{} already exists: pretraining would overwrite a model (choose another output folder, or allow overwriting)", existing.display())]
     WouldOverwrite { existing: PathBuf },
-    #[error("the loss diverged at step {step} ({loss}); try a smaller --lr")]
+    #[error("the loss diverged at step {step} ({loss}); try a smaller learning rate")]
     Diverged { step: usize, loss: f32 },
     #[error("cannot serialise {}", path.display())]
     Serialize {

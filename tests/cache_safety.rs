@@ -7,6 +7,7 @@ use std::process::Output;
 
 use clip_adapter::features::FeatureFile;
 use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots};
+use clip_adapter::methods::MethodError;
 
 use crate::common::{assert_fails_with, clip_adapter, fixture, stdout_json};
 use crate::features::image_folder;
@@ -47,6 +48,25 @@ fn fit(cache: &Path, shots: &str) -> Output {
         cache.to_str().unwrap(),
         "--json",
     ])
+}
+
+/// The error `fit` prints for a draw the cache lacks.
+fn missing_draw(cache: &Path, dataset: &str, shots: &str, seed: &str) -> String {
+    let out = clip_adapter(&[
+        "fit",
+        "--method",
+        "zero-shot",
+        "--dataset",
+        dataset,
+        "--shots",
+        shots,
+        "--seed",
+        seed,
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The image paths of the set named `name` in an `extract --json` summary.
@@ -179,9 +199,10 @@ fn whole_split_features_load_as_shots_all_and_missing_ones_print_a_runnable_comm
     assert_eq!("16".parse::<Shots>(), Ok(Shots::K(16)));
 
     // A draw that was never extracted: the hint names model, cache and source, and runs.
-    let err = load_task(&CacheQuery::new(&cache, "data", Shots::K(2), 3))
-        .unwrap_err()
-        .to_string();
+    // The library says what is missing as data; the command line prints the command.
+    let err = load_task(&CacheQuery::new(&cache, "data", Shots::K(2), 3)).unwrap_err();
+    assert!(matches!(err, MethodError::Cache { .. }), "{err}");
+    let err = missing_draw(&cache, "data", "2", "3");
     let command = err
         .split('`')
         .find(|s| s.starts_with("clip-adapter extract"))
@@ -213,16 +234,12 @@ fn whole_split_features_load_as_shots_all_and_missing_ones_print_a_runnable_comm
 
     // An empty cache: a benchmark name gets `--dataset NAME --root DIR`, others a folder.
     let empty = tmp.path().join("empty");
-    let err = load_task(&CacheQuery::new(&empty, "eurosat", Shots::K(1), 1))
-        .unwrap_err()
-        .to_string();
+    let err = missing_draw(&empty, "eurosat", "1", "1");
     assert!(
         err.contains("--dataset eurosat --root DIR") && err.contains("MODEL"),
         "{err}"
     );
-    let err = load_task(&CacheQuery::new(&empty, "mine", Shots::K(1), 1))
-        .unwrap_err()
-        .to_string();
+    let err = missing_draw(&empty, "mine", "1", "1");
     assert!(
         err.contains("--folder DIR") && err.contains("not a benchmark"),
         "{err}"

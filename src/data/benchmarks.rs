@@ -189,6 +189,34 @@ pub enum TemplateSet {
     ImageNet80,
 }
 
+impl TemplateSet {
+    /// Every set, with its name on the command line.
+    pub const ALL: [(TemplateSet, &'static str); 4] = [
+        (TemplateSet::Custom, "custom"),
+        (TemplateSet::TipAdapter, "tip"),
+        (TemplateSet::ImageNet7, "imagenet7"),
+        (TemplateSet::ImageNet80, "imagenet80"),
+    ];
+}
+
+impl std::str::FromStr for TemplateSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        TemplateSet::ALL
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(set, _)| *set)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TemplateSet::ALL.iter().map(|(_, n)| *n).collect();
+                format!(
+                    "unknown template set `{s}`; expected one of: {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Templates {
     #[serde(rename = "CUSTOM_TEMPLATES")]

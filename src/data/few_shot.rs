@@ -51,7 +51,7 @@ impl FewShot {
         if shots == 0 {
             return Err(DataError::Invalid {
                 what: "shots".into(),
-                msg: "must be at least 1 (CoOp's 0 means the whole split: use no --shots)".into(),
+                msg: "must be at least 1 (CoOp's 0 means the whole split: draw no shots)".into(),
             });
         }
         crate::limits::SHOTS.check("shots", shots)?;

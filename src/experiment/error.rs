@@ -48,10 +48,12 @@ pub enum ExperimentError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
-    #[error("--{option} does not apply to {methods}: {why}")]
+    /// An option (by its name, e.g. `reduction`) that none of the chosen methods takes, or
+    /// that means nothing under the protocol.
+    #[error("option `{option}` does not apply to {to}: {why}")]
     NotApplicable {
         option: &'static str,
-        methods: String,
+        to: NotApplicableTo,
         why: String,
     },
 
@@ -61,11 +63,16 @@ pub enum ExperimentError {
     #[error("cannot start the threads that fit the grid")]
     Threads(#[from] rayon::ThreadPoolBuildError),
 
-    #[error("dataset `{dataset}` is not in the feature cache {cache} (it has: {available})")]
+    #[error(
+        "dataset `{dataset}` is not in the feature cache {} (it has: {})",
+        cache.display(),
+        if available.is_empty() { "nothing".to_string() } else { available.join(", ") }
+    )]
     UnknownDataset {
         dataset: String,
         cache: PathBuf,
-        available: String,
+        /// The datasets the cache holds; none before the first extraction.
+        available: Vec<String>,
     },
 
     #[error("{path}: published numbers: {msg}")]
@@ -74,7 +81,7 @@ pub enum ExperimentError {
     #[error(
         "the head was trained on model {expected} (fingerprint {expected_fingerprint}) but \
          `{given}` has fingerprint {found}: its predictions would be wrong; pass the model it \
-         was trained on, or --allow-model-mismatch to use this one anyway"
+         was trained on, or allow the mismatch to use this one anyway"
     )]
     ModelMismatch {
         expected: String,
@@ -101,9 +108,27 @@ pub enum ExperimentError {
 
     #[error(
         "the head records no model fingerprint (it was saved by an older version), so model \
-         `{given}` cannot be checked; pass --allow-model-mismatch to use it anyway"
+         `{given}` cannot be checked; allow the mismatch to use it anyway"
     )]
     NoFingerprint { given: String },
+}
+
+/// What an option does not apply to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotApplicableTo {
+    /// The chosen methods, comma-separated.
+    Methods(String),
+    /// The protocol without a validation set.
+    NoValidation,
+}
+
+impl std::fmt::Display for NotApplicableTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotApplicableTo::Methods(m) => f.write_str(m),
+            NotApplicableTo::NoValidation => f.write_str("the protocol without a validation set"),
+        }
+    }
 }
 
 impl From<crate::error::Error> for ExperimentError {

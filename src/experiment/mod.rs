@@ -25,7 +25,7 @@ pub mod row;
 pub mod sweep;
 pub mod table;
 
-pub use error::ExperimentError;
+pub use error::{ExperimentError, NotApplicableTo};
 pub use grid::{
     fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, ModelLoader, RowSink, RowSpec,
 };

@@ -3,7 +3,7 @@
 //! count (for CoOp itself and for CLIP-Adapter, which follows CoOp's schedule).
 //!
 //! An option that applies to none of the chosen methods is refused rather than ignored (a
-//! `--reduction` given to Tip-Adapter would otherwise silently do nothing). With several
+//! reduction given to Tip-Adapter would otherwise silently do nothing). With several
 //! methods, each gets the options that apply to it, and its rows record exactly those.
 
 use serde::{Deserialize, Serialize};
@@ -125,7 +125,7 @@ impl MethodOverrides {
                 let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
                 return Err(ExperimentError::NotApplicable {
                     option,
-                    methods: names.join(", "),
+                    to: super::NotApplicableTo::Methods(names.join(", ")),
                     why: taken_by(option),
                 });
             }
@@ -134,12 +134,12 @@ impl MethodOverrides {
     }
 
     /// Refuses an option that only means something with a validation set (CLIP-Adapter's
-    /// `--search`) under `--validation none`, where it would be silently ignored.
+    /// search) under [`Validation::None`], where it would be silently ignored.
     pub fn check_validation(&self, validation: Validation) -> Result<(), ExperimentError> {
         if validation == Validation::None && !self.search.is_empty() {
             return Err(ExperimentError::NotApplicable {
                 option: "search",
-                methods: "--validation none".into(),
+                to: super::NotApplicableTo::NoValidation,
                 why: "a search chooses on the validation set, and this protocol has none".into(),
             });
         }
@@ -184,7 +184,7 @@ mod tests {
         };
         let err = o.check(&[TIP]).unwrap_err().to_string();
         assert!(
-            err.contains("--reduction") && err.contains("tip-adapter"),
+            err.contains("`reduction`") && err.contains("tip-adapter"),
             "{err}"
         );
         o.check(&[TIP, CLIP_ADAPTER]).unwrap();
@@ -201,7 +201,7 @@ mod tests {
             ..Default::default()
         };
         let err = o.check(&[CLIP_ADAPTER]).unwrap_err().to_string();
-        assert!(err.contains("--n-ctx") && err.contains("CoOp"), "{err}");
+        assert!(err.contains("`n-ctx`") && err.contains("CoOp"), "{err}");
         o.check(&[COOP]).unwrap();
         assert_eq!(o.label(COOP), "lr=0.01 n-ctx=4 ctx-init=\"a photo of a\"");
         assert_eq!(o.label(CLIP_ADAPTER), "lr=0.01");
@@ -294,7 +294,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--search") && err.contains("--validation none"),
+            err.contains("`search`") && err.contains("without a validation set"),
             "{err}"
         );
     }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ExperimentError, Validation};
+use crate::features::task::TaskSource;
 use crate::features::ContentHash;
-use crate::methods::from_cache::TaskSource;
 
 /// One fit: what produced it and what it measured. Accuracies are percentages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -31,7 +31,7 @@ pub enum SweepError {
     #[error("{param} value `{value}` is given twice")]
     Duplicate { param: &'static str, value: String },
 
-    #[error("--{option} cannot be set in a sweep over {param}: {why}")]
+    #[error("option `{option}` cannot be set in a sweep over {param}: {why}")]
     Conflict {
         option: &'static str,
         param: &'static str,

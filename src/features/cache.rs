@@ -11,7 +11,7 @@
 //!
 //! Tensors: `features` f32 `(M, E)` (projected, un-normalised), `labels` i64 `(M)`, `index`
 //! i64 `(M)`: the row's position in the set's sample list (rows of unreadable images skipped
-//! with `--skip-bad` are absent, and listed in the `skipped` metadata). Metadata values are
+//! with `skip_bad` are absent, and listed in the `skipped` metadata). Metadata values are
 //! strings (JSON where structured), so `safetensors.safe_open(f).metadata()` shows them in
 //! Python. See `docs/data-pipeline.md`.
 //!
@@ -137,7 +137,7 @@ pub fn samples_digest(samples: &[Sample]) -> String {
 
 /// The identity of a dataset's split: a hash of its class names and of the whole ordered
 /// train, val and test lists. Two extractions whose few-shot draws or test sets come from
-/// different splits (another `--split-seed`, another split file) differ here even where one
+/// different splits (another split seed, another split file) differ here even where one
 /// part happens to coincide.
 pub fn split_digest(dataset: &crate::data::Dataset) -> String {
     let mut h = super::ContentHash::default();
@@ -156,33 +156,32 @@ pub fn split_digest(dataset: &crate::data::Dataset) -> String {
     h.hex()
 }
 
-/// Where the images of an extraction came from, as the command line was told: recorded in each
-/// file (not part of the key) so that a message about missing features can print an `extract`
-/// command that runs as printed.
+/// Where the images of an extraction came from, with absolute paths: recorded in each file (not
+/// part of the key) so that a message about missing features can say how to extract them again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DataSource {
-    /// `--dataset NAME --root DIR [--split FILE]`.
+    /// A benchmark under CoOp's data folder, with its own split or another split file.
     Benchmark {
         dataset: String,
         root: PathBuf,
         split: Option<PathBuf>,
     },
-    /// `--folder DIR` (its own train/val/test sub-folders, or a seeded split).
+    /// A folder of class folders (its own train/val/test sub-folders, or a seeded split).
     Folder {
         dir: PathBuf,
         split_seed: i64,
         train_fraction: f64,
         val_fraction: f64,
     },
-    /// `--manifest FILE`.
+    /// A manifest of images and labels (its own split column, or a seeded split).
     Manifest {
         file: PathBuf,
         split_seed: i64,
         train_fraction: f64,
         val_fraction: f64,
     },
-    /// `--split FILE [--root DIR]`.
+    /// A split file, its image paths relative to `root` (default: the file's folder).
     SplitFile {
         file: PathBuf,
         root: Option<PathBuf>,
@@ -190,57 +189,61 @@ pub enum DataSource {
 }
 
 impl DataSource {
-    /// The `extract` arguments that name this source, shell-quoted.
-    pub fn args(&self) -> String {
-        let p = |p: &Path| shell_quote(&p.display().to_string());
-        let seeded = |seed: &i64, train: &f64, val: &f64| {
-            let mut s = format!(" --split-seed {seed}");
-            if *train != 0.5 || *val != 0.2 {
-                s.push_str(&format!(" --train-fraction {train} --val-fraction {val}"));
-            }
-            s
+    /// Reads the dataset: its images and their train/val/test split.
+    pub fn load(&self) -> crate::Result<crate::data::Dataset> {
+        use crate::data::folder::{self, SeededSplit};
+        let seeded = |seed: &i64, train: &f64, val: &f64| SeededSplit {
+            seed: *seed,
+            train: *train,
+            val: *val,
         };
-        match self {
+        Ok(match self {
             DataSource::Benchmark {
                 dataset,
                 root,
                 split,
-            } => {
-                let mut s = format!("--dataset {} --root {}", shell_quote(dataset), p(root));
-                if let Some(f) = split {
-                    s.push_str(&format!(" --split {}", p(f)));
-                }
-                s
-            }
+            } => crate::data::Benchmark::find(dataset)?.load(root, split.as_deref())?,
             DataSource::Folder {
                 dir,
                 split_seed,
                 train_fraction,
                 val_fraction,
-            } => format!(
-                "--folder {}{}",
-                p(dir),
-                seeded(split_seed, train_fraction, val_fraction)
-            ),
+            } => folder::from_class_folders(dir, seeded(split_seed, train_fraction, val_fraction))?,
             DataSource::Manifest {
                 file,
                 split_seed,
                 train_fraction,
                 val_fraction,
-            } => format!(
-                "--manifest {}{}",
-                p(file),
-                seeded(split_seed, train_fraction, val_fraction)
-            ),
-            DataSource::SplitFile { file, root } => {
-                let mut s = format!("--split {}", p(file));
-                if let Some(r) = root {
-                    s.push_str(&format!(" --root {}", p(r)));
-                }
-                s
-            }
-        }
+            } => folder::from_manifest(file, seeded(split_seed, train_fraction, val_fraction))?,
+            DataSource::SplitFile { file, root } => split_file_dataset(file, root.as_deref())?,
+        })
     }
+}
+
+/// A split file's dataset, named after the file (`split_zhou_EuroSAT.json`: `eurosat`).
+fn split_file_dataset(path: &Path, root: Option<&Path>) -> crate::Result<crate::data::Dataset> {
+    let s = crate::data::split_file::read(path)?;
+    let root = match root {
+        Some(r) => r.to_path_buf(),
+        None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = name
+        .strip_prefix("split_zhou_")
+        .unwrap_or(&name)
+        .to_lowercase();
+    Ok(crate::data::Dataset {
+        name,
+        classnames: s.classnames,
+        image_root: root,
+        train: s.train,
+        val: s.val,
+        test: s.test,
+        templates: vec![crate::data::DEFAULT_TEMPLATE.to_string()],
+    })
 }
 
 /// `s` as one POSIX shell word.

@@ -31,14 +31,14 @@ pub enum FeatureError {
     Damaged { path: PathBuf, msg: String },
 
     #[error(
-        "{count} image(s) could not be read (rerun with --skip-bad to leave them out):\n  {}",
+        "{count} image(s) could not be read (extract with skip_bad to leave them out):\n  {}",
         details.join("\n  ")
     )]
     BadImages { count: usize, details: Vec<String> },
 
     #[error(
-        "{}: made with --skip-bad, it lacks {count} unreadable image(s) (first: {first}); rerun \
-         with --skip-bad to use it, or delete it",
+        "{}: made with skip_bad, it lacks {count} unreadable image(s) (first: {first}); extract \
+         with skip_bad to use it, or delete it",
         path.display()
     )]
     SkippedInCache {

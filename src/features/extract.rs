@@ -175,7 +175,7 @@ pub fn plan(
 }
 
 /// `sets` with, right after each, its twin holding the image tower's output before the last
-/// projection (`extract --pre-projection`, for ProLIP). A twin is keyed, resumed, sharded and
+/// projection (pre-projection features, for ProLIP). A twin is keyed, resumed, sharded and
 /// locked like any set, and is encoded from the same forward pass as its projected set.
 pub fn with_pre_projection(sets: Vec<FeatureSet>) -> Vec<FeatureSet> {
     let mut out = Vec::with_capacity(2 * sets.len());
@@ -329,8 +329,22 @@ fn extract_group(
     opts: &ExtractOptions,
     hooks: &mut Hooks,
 ) -> Result<Vec<PathBuf>> {
-    let first = &sets[0];
-    let total = first.samples.len();
+    let total = sets[0].samples.len();
+    let (my_chunks, rows) = shard_chunks(total, opts);
+    let (paths, mut work) = claim(sets, &rows, opts, hooks)?;
+    if work.is_empty() {
+        return Ok(paths);
+    }
+    encode_members(clip, &mut work, &my_chunks, opts, hooks)?;
+    // Every chunk is on disk: join each member's into its file.
+    for member in &mut work {
+        join_member(clip, member, &my_chunks, &rows, total, opts, hooks)?;
+    }
+    Ok(paths)
+}
+
+/// The chunks of `0..total` this process encodes (its shard's), and the rows they span.
+fn shard_chunks(total: usize, opts: &ExtractOptions) -> (Vec<Range<usize>>, Range<usize>) {
     let all_chunks = chunks(total, opts.batch.max(1) * opts.chunk_batches.max(1));
     let my_chunks = match opts.shard {
         None => all_chunks,
@@ -338,10 +352,6 @@ fn extract_group(
             let n = all_chunks.len();
             all_chunks[s.index * n / s.count..(s.index + 1) * n / s.count].to_vec()
         }
-    };
-    let target_of = |set: &FeatureSet| match opts.shard {
-        None => set.path(&opts.cache_dir),
-        Some(s) => set.shard_path(&opts.cache_dir, s),
     };
     let rows = match (my_chunks.first(), my_chunks.last()) {
         (Some(a), Some(b)) => a.start..b.end,
@@ -354,11 +364,26 @@ fn extract_group(
             at..at
         }
     };
+    (my_chunks, rows)
+}
 
-    // Leftovers of killed runs on this cache folder, then each file's lock (always in plan
-    // order, so two runs cannot deadlock): from then on no other process writes the file or
-    // its resume chunks.
-    if let Some(dir) = target_of(first).parent() {
+fn target_of(set: &FeatureSet, opts: &ExtractOptions) -> PathBuf {
+    match opts.shard {
+        None => set.path(&opts.cache_dir),
+        Some(s) => set.shard_path(&opts.cache_dir, s),
+    }
+}
+
+/// Leftovers of killed runs on this cache folder, then each file's lock (always in plan
+/// order, so two runs cannot deadlock): from then on no other process writes the file or its
+/// resume chunks. Sets already cached are reported done; the others are returned as work.
+fn claim<'a>(
+    sets: &'a [FeatureSet],
+    rows: &Range<usize>,
+    opts: &ExtractOptions,
+    hooks: &mut Hooks,
+) -> Result<(Vec<PathBuf>, Vec<Member<'a>>)> {
+    if let Some(dir) = target_of(&sets[0], opts).parent() {
         let removed = lock::sweep(dir)?;
         if !removed.is_empty() {
             (hooks.on_event)(&Event::Cleaned { paths: removed });
@@ -368,7 +393,7 @@ fn extract_group(
     let mut work: Vec<Member> = Vec::new();
     for set in sets {
         let name = set.name();
-        let target = target_of(set);
+        let target = target_of(set, opts);
         paths.push(target.clone());
         let held = lock::lock(&target, &mut |holder| {
             (hooks.on_event)(&Event::Waiting {
@@ -381,7 +406,7 @@ fn extract_group(
         if !removed.is_empty() {
             (hooks.on_event)(&Event::Cleaned { paths: removed });
         }
-        if let Some(found) = reuse(&target, set, &rows, opts, &mut |reason| {
+        if let Some(found) = reuse(&target, set, rows, opts, &mut |reason| {
             (hooks.on_event)(&Event::Rebuilding {
                 set: name.clone(),
                 path: target.clone(),
@@ -405,11 +430,18 @@ fn extract_group(
             done: 0,
         });
     }
-    if work.is_empty() {
-        return Ok(paths);
-    }
+    Ok((paths, work))
+}
 
-    // Per chunk, the members that still need it (the others resume from their chunk files).
+/// Encodes the chunks some member still needs (the others resume from their chunk files),
+/// each written as a resume chunk.
+fn encode_members(
+    clip: &Clip,
+    work: &mut [Member],
+    my_chunks: &[Range<usize>],
+    opts: &ExtractOptions,
+    hooks: &mut Hooks,
+) -> Result<()> {
     let my_total: usize = my_chunks.iter().map(|c| c.len()).sum();
     let mut needs: Vec<Vec<usize>> = vec![Vec::new(); my_chunks.len()];
     for (m, member) in work.iter_mut().enumerate() {
@@ -456,75 +488,82 @@ fn extract_group(
         },
         hooks.should_stop,
     );
-    if let Err(e) = encoded {
-        return Err(match e {
-            crate::Error::Features(FeatureError::Interrupted { .. }) => {
-                let m = work.iter().find(|m| m.done < my_total).unwrap_or(&work[0]);
-                FeatureError::Interrupted {
-                    set: m.name.clone(),
-                    done: m.done,
-                    total: my_total,
-                    partial: m.partial.dir.clone(),
-                }
-                .into()
+    encoded.map_err(|e| match e {
+        // The interruption is reported on the first unfinished member, with its resume folder.
+        crate::Error::Features(FeatureError::Interrupted { .. }) => {
+            let m = work.iter().find(|m| m.done < my_total).unwrap_or(&work[0]);
+            FeatureError::Interrupted {
+                set: m.name.clone(),
+                done: m.done,
+                total: my_total,
+                partial: m.partial.dir.clone(),
             }
-            e => e,
-        });
-    }
-
-    // Every chunk is on disk: join each member's into its file.
-    for member in &mut work {
-        let set = member.set;
-        let mut parts = Vec::with_capacity(my_chunks.len());
-        for c in &my_chunks {
-            let f = member
-                .partial
-                .load(&set.key, opts.batch, c)
-                .ok_or_else(|| FeatureError::Format {
-                    path: member.partial.chunk_path(c),
-                    msg: "a finished chunk vanished or changed while the set was being joined \
-                          (something outside clip-adapter changed the resume folder); run the \
-                          same command again"
-                        .into(),
-                })?;
-            parts.push(f);
+            .into()
         }
-        let impaths = set.samples.iter().map(|s| s.impath.clone()).collect();
-        let whole = if parts.is_empty() {
-            FeatureFile {
-                meta: Meta {
-                    key: set.key.clone(),
-                    classnames: set.classnames.clone(),
-                    rows: rows.clone(),
-                    total,
-                    batch: opts.batch,
-                    skipped: Vec::new(),
-                    impaths: Vec::new(),
-                    model_name: opts.model_name.clone(),
-                    source: opts.source.clone(),
-                },
-                dim: output_dim(clip, set.key.output),
-                features: Vec::new(),
-                labels: Vec::new(),
-                index: Vec::new(),
-            }
-        } else {
-            join(&parts, impaths).map_err(|msg| FeatureError::Merge {
-                path: member.target.clone(),
-                msg,
-            })?
-        };
-        whole.write(&member.target)?;
-        member.partial.remove()?;
-        member.lock.take();
-        (hooks.on_event)(&Event::Done {
-            set: member.name.clone(),
-            path: member.target.clone(),
-            reused: false,
-            skipped: whole.meta.skipped.clone(),
-        });
+        e => e,
+    })
+}
+
+/// Joins a member's chunks into its file, removes its resume folder and releases its lock.
+fn join_member(
+    clip: &Clip,
+    member: &mut Member,
+    my_chunks: &[Range<usize>],
+    rows: &Range<usize>,
+    total: usize,
+    opts: &ExtractOptions,
+    hooks: &mut Hooks,
+) -> Result<()> {
+    let set = member.set;
+    let mut parts = Vec::with_capacity(my_chunks.len());
+    for c in my_chunks {
+        let f = member
+            .partial
+            .load(&set.key, opts.batch, c)
+            .ok_or_else(|| FeatureError::Format {
+                path: member.partial.chunk_path(c),
+                msg: "a finished chunk vanished or changed while the set was being joined \
+                      (something outside clip-adapter changed the resume folder); run the \
+                      same command again"
+                    .into(),
+            })?;
+        parts.push(f);
     }
-    Ok(paths)
+    let impaths = set.samples.iter().map(|s| s.impath.clone()).collect();
+    let whole = if parts.is_empty() {
+        FeatureFile {
+            meta: Meta {
+                key: set.key.clone(),
+                classnames: set.classnames.clone(),
+                rows: rows.clone(),
+                total,
+                batch: opts.batch,
+                skipped: Vec::new(),
+                impaths: Vec::new(),
+                model_name: opts.model_name.clone(),
+                source: opts.source.clone(),
+            },
+            dim: output_dim(clip, set.key.output),
+            features: Vec::new(),
+            labels: Vec::new(),
+            index: Vec::new(),
+        }
+    } else {
+        join(&parts, impaths).map_err(|msg| FeatureError::Merge {
+            path: member.target.clone(),
+            msg,
+        })?
+    };
+    whole.write(&member.target)?;
+    member.partial.remove()?;
+    member.lock.take();
+    (hooks.on_event)(&Event::Done {
+        set: member.name.clone(),
+        path: member.target.clone(),
+        reused: false,
+        skipped: whole.meta.skipped.clone(),
+    });
+    Ok(())
 }
 
 /// The width of a set's rows.

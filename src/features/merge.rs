@@ -1,4 +1,4 @@
-//! Joining shard files (`--shard i/n`) into complete feature files. Shards of one set carry the
+//! Joining shard files (a [`Shard`](super::Shard) `i/n` each) into complete feature files. Shards of one set carry the
 //! same key and consecutive rows; merging checks both and that all `n` are present.
 
 use std::collections::BTreeMap;

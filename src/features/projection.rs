@@ -1,5 +1,5 @@
 //! The image tower's last projection, stored beside the pre-projection features it applies to
-//! (`extract --pre-projection`): ProLIP starts from it and regularises towards it, and the
+//! (an extraction with pre-projection features): ProLIP starts from it and regularises towards it, and the
 //! cache can be used without the model.
 //!
 //! `<cache>/<dataset>/projection.<key>.safetensors`, the key hashing the model fingerprint;

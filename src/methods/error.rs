@@ -61,8 +61,12 @@ pub enum MethodError {
         source: Box<super::head::HeadError>,
     },
 
-    #[error("feature cache {dir}: {msg}")]
-    Cache { dir: PathBuf, msg: String },
+    /// What the cache lacks or holds twice (boxed: it carries lists).
+    #[error("feature cache {dir}: {problem}")]
+    Cache {
+        dir: PathBuf,
+        problem: Box<crate::features::task::CacheProblem>,
+    },
 
     #[error(transparent)]
     Features(#[from] crate::features::FeatureError),

@@ -11,7 +11,6 @@
 //! hyper_network.rs  the ratio hyper-network Q(f, W) of CLIP-Adapter's learnable-ratio variant
 //! lbfgs.rs          the L-BFGS minimiser the linear probe uses
 //! eval.rs           accuracy, mean ± std
-//! from_cache.rs     a FewShotTask from the feature cache of `clip-adapter extract`
 //! head.rs           a trained head (HeadModel): logits on new features; its file
 //! ```
 //!
@@ -25,7 +24,6 @@
 pub mod epochs;
 mod error;
 pub mod eval;
-pub mod from_cache;
 pub mod head;
 pub mod hyper_network;
 pub mod lbfgs;
@@ -34,6 +32,9 @@ pub mod method;
 pub mod optim;
 pub mod overrides;
 pub mod registry;
+
+/// The cache reader moved to [`crate::features::task`]; this path stays for older callers.
+pub use crate::features::task as from_cache;
 
 /// Declares the method modules and lists their cards in [`registry::ALL`], in the order of
 /// tables and figures.

@@ -44,8 +44,8 @@ pub enum ReportError {
     NoFolder { dir: PathBuf },
 
     #[error(
-        "{}: not found; a results folder is what `clip-adapter run`, `sweep` or `demo` wrote \
-         with --out",
+        "{}: not found; a results folder is what a run, a sweep or the demo wrote its results \
+         into",
         path.display()
     )]
     NoResults { path: PathBuf },

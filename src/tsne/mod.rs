@@ -19,10 +19,10 @@ use serde::Serialize;
 pub use embed::{embed, TsneOptions};
 pub use metrics::{knn_preservation, separation, trustworthiness, Metric, Separation, KNN_K};
 
+use crate::features::task::{load_task, CacheQuery, TaskSource};
 use crate::figure::scatter::{Panel, Scatter};
 use crate::figure::FigureError;
 use crate::methods::clip_adapter::AdapterModel;
-use crate::methods::from_cache::{load_task, CacheQuery, TaskSource};
 use crate::methods::head;
 use crate::methods::linalg::Matrix;
 use crate::methods::MethodError;
@@ -66,8 +66,8 @@ pub enum TsneError {
 
     #[error(
         "{}: a `{kind}` head has no visual adapter; the t-SNE shows the image features before \
-         and after CLIP-Adapter's visual adapter (`fit --method clip-adapter --branch visual` \
-         or `both`)",
+         and after CLIP-Adapter's visual adapter (a CLIP-Adapter head with the visual branch or \
+         both)",
         path.display()
     )]
     NotVisualAdapter { path: PathBuf, kind: String },
@@ -77,7 +77,7 @@ pub enum TsneError {
 
     #[error(
         "{}: the head records no model fingerprint (it was saved by an older version), so it \
-         cannot be checked against the features' model; save it again with `fit --save`",
+         cannot be checked against the features' model; fit and save it again",
         path.display()
     )]
     NoFingerprint { path: PathBuf },

@@ -1,19 +1,19 @@
 //! The data subcommands: `datasets`, `fewshot`, `extract`, `merge`. Arguments and printing
 //! only; the library does the work.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::Args;
+use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
 use clip_adapter::data::check::{check, decode_all, CheckReport};
-use clip_adapter::data::folder::{self, SeededSplit};
-use clip_adapter::data::{display_name, split_file, Benchmark, Dataset, FewShot, Split};
-use clip_adapter::features::extract::{extract_sets, Hooks, DEFAULT_CHUNK_BATCHES};
-use clip_adapter::features::{
-    merge::merge, model_fingerprint, plan, text, DataSource, Event, ExtractOptions, Shard,
-};
-use clip_adapter::image::augment::{Augment, DEFAULT_RATIO};
+use clip_adapter::data::{display_name, Benchmark, Dataset, FewShot, Split};
+use clip_adapter::features::extract::DEFAULT_CHUNK_BATCHES;
+use clip_adapter::features::job::{ExtractObserver, ExtractOutcome};
+use clip_adapter::features::{merge::merge, DataSource, Event, ExtractOptions, Shard};
+use clip_adapter::runner::{self, ExtractSpec};
 use serde_json::json;
 
 use crate::output::Progress;
@@ -25,6 +25,11 @@ macro_rules! outln {
         writeln!(std::io::stdout().lock(), $($t)*)?
     }};
 }
+
+/// CoOp's split of a dataset without one: half of each class for training, a fifth for
+/// validation.
+pub const TRAIN_FRACTION: f64 = 0.5;
+pub const VAL_FRACTION: f64 = 0.2;
 
 /// Where the images and their split come from (one of --dataset, --folder, --manifest,
 /// --split).
@@ -61,12 +66,12 @@ pub struct SourceArgs {
     pub split_seed: i64,
 
     /// Fraction of each class for training in such a split (CoOp: 0.5), in (0, 1].
-    #[arg(long, default_value_t = 0.5, value_name = "F", value_parser = train_fraction)]
+    #[arg(long, default_value_t = TRAIN_FRACTION, value_name = "F", value_parser = train_fraction)]
     pub train_fraction: f64,
 
     /// Fraction of each class for validation in such a split (CoOp: 0.2), in [0, 1); the rest
     /// is test.
-    #[arg(long, default_value_t = 0.2, value_name = "F", value_parser = val_fraction)]
+    #[arg(long, default_value_t = VAL_FRACTION, value_name = "F", value_parser = val_fraction)]
     pub val_fraction: f64,
 
     /// The dataset's name in the cache (`<cache>/<NAME>/`) and in `fit --dataset`. Defaults:
@@ -177,11 +182,6 @@ impl SourceArgs {
                 )
                 .exit();
         }
-        let seeded = SeededSplit {
-            seed: self.split_seed,
-            train: self.train_fraction,
-            val: self.val_fraction,
-        };
         if let Some(name) = &self.dataset {
             let bench = Benchmark::find(name)?;
             let root = self
@@ -193,45 +193,24 @@ impl SourceArgs {
                 .with_context(|| format!("reading {} from {}", bench.name, root.display()))?;
             return Ok((d, Some(bench)));
         }
-        if let Some(dir) = &self.folder {
-            return Ok((folder::from_class_folders(dir, seeded)?, None));
-        }
-        if let Some(file) = &self.manifest {
-            return Ok((folder::from_manifest(file, seeded)?, None));
-        }
-        if let Some(path) = &self.split {
-            let s = split_file::read(path)?;
-            let root = match &self.root {
-                Some(r) => r.clone(),
-                None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            };
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let name = name
-                .strip_prefix("split_zhou_")
-                .unwrap_or(&name)
-                .to_lowercase();
-            return Ok((
-                Dataset {
-                    name,
-                    classnames: s.classnames,
-                    image_root: root,
-                    train: s.train,
-                    val: s.val,
-                    test: s.test,
-                    templates: vec![clip_adapter::zero_shot::DEFAULT_TEMPLATE.to_string()],
-                },
-                None,
-            ));
-        }
-        bail!("say where the images are: --dataset NAME --root DIR, --folder DIR, --manifest FILE or --split FILE")
+        let source = self.source(false).context(
+            "say where the images are: --dataset NAME --root DIR, --folder DIR, --manifest FILE \
+             or --split FILE",
+        )?;
+        Ok((source.load()?, None))
     }
 
     /// The source as the cache records it (absolute paths, so a printed command runs anywhere).
     pub fn data_source(&self) -> Option<DataSource> {
-        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        self.source(true)
+    }
+
+    /// The source as given, or with absolute paths.
+    fn source(&self, absolute: bool) -> Option<DataSource> {
+        let abs = |p: &PathBuf| match absolute {
+            true => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+            false => p.clone(),
+        };
         let (split_seed, train_fraction, val_fraction) =
             (self.split_seed, self.train_fraction, self.val_fraction);
         if let (Some(dataset), Some(root)) = (&self.dataset, &self.root) {
@@ -314,17 +293,17 @@ pub struct FewShotArgs {
     pub json: bool,
 }
 
-/// Prompt template sets.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Templates {
-    /// The dataset's hand-written template (CLIP-Adapter / CoOp).
-    Custom,
-    /// Tip-Adapter's (ImageNet: 7 templates).
-    Tip,
-    /// The 7 selected ImageNet templates.
-    Imagenet7,
-    /// CLIP's 80 ImageNet templates.
-    Imagenet80,
+/// The prompt template sets, described as `--help` shows them.
+fn template_sets() -> impl clap::builder::TypedValueParser<Value = TemplateSet> {
+    let help = [
+        "The dataset's hand-written template (CLIP-Adapter / CoOp)",
+        "Tip-Adapter's (ImageNet: 7 templates)",
+        "The 7 selected ImageNet templates",
+        "CLIP's 80 ImageNet templates",
+    ];
+    let values =
+        (TemplateSet::ALL.iter().zip(help)).map(|((_, n), h)| PossibleValue::new(n).help(h));
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<TemplateSet>())
 }
 
 #[derive(Args)]
@@ -360,8 +339,8 @@ pub struct ExtractArgs {
     pub crop_scale: (f64, f64),
 
     /// Prompt templates for the class-name embeddings.
-    #[arg(long, value_enum, default_value = "custom")]
-    pub templates: Templates,
+    #[arg(long, value_parser = template_sets(), default_value = "custom")]
+    pub templates: TemplateSet,
 
     /// Cache folder.
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
@@ -663,177 +642,148 @@ pub fn fewshot(a: FewShotArgs) -> Result<()> {
 }
 
 pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
-    let (shard, scale) = (a.shard, a.crop_scale);
-    let (dataset, bench) = a.source.load()?;
-    let few = a
-        .shots
-        .map(|k| FewShot::coop(&dataset, k, a.seed))
-        .transpose()?;
-    if let Some(f) = &few {
-        report_short(f, &dataset, a.verbose);
-    }
-    let report = check(&dataset, None);
-    if let Err(e) = report.require_complete() {
-        if !a.skip_bad {
-            return Err(anyhow::Error::new(e)
-                .context("rerun with --skip-bad to leave the missing images out"));
-        }
-        eprintln!("warning: {e}; they will be skipped");
-    }
-    let files = crate::resolve_model(&a.model, progress)?;
-    let fingerprint = model_fingerprint(&files)?;
-    let clip = clip_adapter::Clip::load(&files, &candle_core::Device::Cpu)
-        .with_context(|| format!("loading model from {}", files.dir.display()))?;
-    let preprocess = clip.preprocess();
-    let augment = Augment {
-        size: preprocess.size as u32,
-        scale,
-        ratio: DEFAULT_RATIO,
-        flip: true,
+    let (dataset, benchmark) = a.source.load()?;
+    let spec = ExtractSpec {
+        dataset,
+        benchmark,
+        shots: a.shots,
+        seed: a.seed,
+        templates: a.templates,
+        views: a.views,
+        crop_scale: a.crop_scale,
+        pre_projection: a.pre_projection,
+        options: ExtractOptions {
+            cache_dir: a.cache.clone(),
+            batch: a.batch_size,
+            chunk_batches: a.chunk_batches,
+            skip_bad: a.skip_bad,
+            shard: a.shard,
+            model_name: a.model.clone(),
+            source: a.source.data_source(),
+        },
+        hub: HubOptions::from_env(),
     };
-    let sets = plan(
-        &dataset,
-        few.as_ref(),
-        &fingerprint,
-        &preprocess,
-        a.views,
-        augment,
-        a.seed.unsigned_abs(),
-    )?;
-    let sets = if a.pre_projection {
-        clip_adapter::features::with_pre_projection(sets)
-    } else {
-        sets
-    };
-    let opts = ExtractOptions {
-        cache_dir: a.cache.clone(),
-        batch: a.batch_size,
-        chunk_batches: a.chunk_batches,
-        skip_bad: a.skip_bad,
-        shard,
-        model_name: a.model.clone(),
-        source: a.source.data_source(),
-    };
+    let mut bars = ExtractBars::new(progress, a.verbose);
+    let outcome = runner::extract(&spec, &mut bars);
+    bars.finish();
+    print_extracted(&outcome?, a.json)
+}
 
-    // The class-name prompts are cheap: shard 0 (or an unsharded run) encodes them.
-    let text_path = if shard.is_none_or(|s| s.index == 0) {
-        let set = match (a.templates, bench) {
-            (Templates::Custom, _) => TemplateSet::Custom,
-            (Templates::Tip, _) => TemplateSet::TipAdapter,
-            (Templates::Imagenet7, _) => TemplateSet::ImageNet7,
-            (Templates::Imagenet80, _) => TemplateSet::ImageNet80,
-        };
-        let templates = match bench {
-            Some(b) => b.templates(set),
-            None if matches!(set, TemplateSet::Custom | TemplateSet::TipAdapter) => {
-                dataset.templates.clone()
+/// One bar for the class prompts, one for the images of the sets in progress (the sets of the
+/// same images, a train set's views, are encoded together, each image decoded once).
+struct ExtractBars<'a> {
+    progress: &'a Progress,
+    verbose: bool,
+    download: Box<crate::output::OnDownload<'a>>,
+    prompts: Option<indicatif::ProgressBar>,
+    images: Option<indicatif::ProgressBar>,
+    counts: std::collections::BTreeMap<String, (usize, usize)>,
+}
+
+impl<'a> ExtractBars<'a> {
+    fn new(progress: &'a Progress, verbose: bool) -> Self {
+        ExtractBars {
+            progress,
+            verbose,
+            download: Box::new(progress.download()),
+            prompts: None,
+            images: None,
+            counts: Default::default(),
+        }
+    }
+
+    fn finish(&mut self) {
+        for bar in [self.prompts.take(), self.images.take()]
+            .into_iter()
+            .flatten()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl ExtractObserver for ExtractBars<'_> {
+    fn download(&mut self, file: &str, done: u64, total: Option<u64>) {
+        (self.download)(file, done, total)
+    }
+
+    fn short_classes(&mut self, few: &FewShot, dataset: &Dataset) {
+        report_short(few, dataset, self.verbose);
+    }
+
+    fn skipping_missing(&mut self, why: &clip_adapter::data::DataError) {
+        eprintln!("warning: {why}; they will be skipped");
+    }
+
+    fn prompts(&mut self, done: usize, total: usize) {
+        let bar = (self.prompts).get_or_insert_with(|| self.progress.bar("class prompts", total));
+        bar.set_position(done as u64);
+    }
+
+    fn prompts_rebuilt(&mut self, reason: &str) {
+        eprintln!("note: {reason}\nencoding the class prompts again");
+    }
+
+    fn event(&mut self, e: &Event) {
+        if let Some(bar) = self.prompts.take() {
+            bar.finish_and_clear();
+        }
+        match e {
+            Event::Start { set, total, done } | Event::Progress { set, total, done } => {
+                self.counts.insert(set.clone(), (*done, *total));
+                let (d, t) = (self.counts.values()).fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+                let b = (self.images).get_or_insert_with(|| self.progress.bar(set, t));
+                b.set_length(t as u64);
+                b.set_position(d as u64);
             }
-            None => Benchmark::find("imagenet")?.templates(set),
-        };
-        let bar = progress.bar("class prompts", dataset.classnames.len() * templates.len());
-        let (path, outcome) = text::extract_text(
-            &clip,
-            &dataset,
-            &fingerprint,
-            &a.model,
-            &templates,
-            &a.cache,
-            &mut |d, _| bar.set_position(d as u64),
-        )?;
-        bar.finish_and_clear();
-        if let text::TextOutcome::Rebuilt { reason } = outcome {
-            eprintln!("note: {reason}\nencoding the class prompts again");
-        }
-        if a.pre_projection {
-            clip_adapter::features::projection::extract_projection(
-                &clip,
-                &dataset.name,
-                &fingerprint,
-                &a.model,
-                &a.cache,
-            )?;
-        }
-        Some(path)
-    } else {
-        None
-    };
-
-    // Sets of the same images (a train set's views) are encoded together, each image decoded
-    // once; one bar counts the images of the sets in progress.
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut counts: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-    let mut finished = Vec::new();
-    let mut on_event = |e: &Event| match e {
-        Event::Start { set, total, done } | Event::Progress { set, total, done } => {
-            counts.insert(set.clone(), (*done, *total));
-            let (d, t) = counts.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
-            let b = bar.get_or_insert_with(|| progress.bar(set, t));
-            b.set_length(t as u64);
-            b.set_position(d as u64);
-        }
-        Event::Done {
-            set,
-            path,
-            reused,
-            skipped,
-        } => {
-            counts.remove(set);
-            if counts.is_empty() {
-                if let Some(b) = bar.take() {
-                    b.finish_and_clear();
+            Event::Done { set, .. } => {
+                self.counts.remove(set);
+                if self.counts.is_empty() {
+                    if let Some(b) = self.images.take() {
+                        b.finish_and_clear();
+                    }
                 }
             }
-            finished.push((set.clone(), path.clone(), *reused, skipped.clone()));
-        }
-        other => {
-            if let Some(note) = other.notice() {
-                eprintln!("note: {note}");
+            other => {
+                if let Some(note) = other.notice() {
+                    eprintln!("note: {note}");
+                }
             }
         }
-    };
-    let mut hooks = Hooks {
-        on_event: &mut on_event,
-        should_stop: &|| false,
-    };
-    extract_sets(&clip, &sets, &opts, &mut hooks)
-        .with_context(|| format!("encoding {}", dataset.name))?;
-    let mut summary = Vec::new();
-    for (name, path, reused, skipped) in finished {
-        if !skipped.is_empty() {
-            eprintln!(
-                "warning: {name}: skipped {} unreadable image(s), e.g. {}",
-                skipped.len(),
-                skipped[0]
-            );
-        }
-        let rows = sets
-            .iter()
-            .find(|s| s.name() == name)
-            .map_or(0, |s| s.samples.len());
-        summary.push((name, path, reused, skipped, rows));
     }
-    summary.sort_by_key(|(name, ..)| sets.iter().position(|s| s.name() == *name));
-    if a.json {
-        let sets: Vec<_> = summary
-            .iter()
-            .map(|(name, path, reused, skipped, rows)| {
-                json!({"name": name, "path": path, "rows": rows - skipped.len(), "skipped": skipped, "reused": reused})
+}
+
+fn print_extracted(outcome: &ExtractOutcome, as_json: bool) -> Result<()> {
+    for s in outcome.sets.iter().filter(|s| !s.skipped.is_empty()) {
+        eprintln!(
+            "warning: {}: skipped {} unreadable image(s), e.g. {}",
+            s.name,
+            s.skipped.len(),
+            s.skipped[0]
+        );
+    }
+    if as_json {
+        let sets: Vec<_> = (outcome.sets.iter())
+            .map(|s| {
+                json!({"name": s.name, "path": s.path, "rows": s.rows, "skipped": s.skipped,
+                       "reused": s.reused})
             })
             .collect();
-        outln!("{}", json!({"text": text_path, "sets": sets}));
-    } else {
-        if let Some(p) = &text_path {
-            outln!("text\t{}", p.display());
-        }
-        for (name, path, reused, skipped, rows) in &summary {
-            let how = if *reused { "cached" } else { "encoded" };
-            outln!(
-                "{name}\t{}\t{} images {how}, {} skipped",
-                path.display(),
-                rows - skipped.len(),
-                skipped.len()
-            );
-        }
+        outln!("{}", json!({"text": outcome.text, "sets": sets}));
+        return Ok(());
+    }
+    if let Some(p) = &outcome.text {
+        outln!("text\t{}", p.display());
+    }
+    for s in &outcome.sets {
+        let how = if s.reused { "cached" } else { "encoded" };
+        outln!(
+            "{}\t{}\t{} images {how}, {} skipped",
+            s.name,
+            s.path.display(),
+            s.rows,
+            s.skipped.len()
+        );
     }
     Ok(())
 }

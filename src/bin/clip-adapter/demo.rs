@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::builder::PossibleValuesParser;
 use clap::Args;
-use clip_adapter::demo::{run_demo, task_names, DemoEvent, DemoOptions};
-use clip_adapter::fsutil::write_atomic;
-use clip_adapter::report::{Report, FIGURES_DIR, RESULTS_CSV};
+use clip_adapter::demo::{task_names, DemoEvent, DemoOptions};
+use clip_adapter::runner;
 
 use crate::args::{positive, trimmed};
 use crate::output::Progress;
@@ -48,40 +47,26 @@ pub fn run(a: DemoArgs, progress: &Progress) -> Result<()> {
         ..defaults
     };
     let mut bar = None;
-    let report = run_demo(&options, &mut |event| match event {
+    let outcome = runner::demo(&options, &mut |event| match event {
         DemoEvent::TaskReady { .. } => {}
         DemoEvent::Fitted { done, total } => {
             let b = bar.get_or_insert_with(|| progress.bar("fitting", total));
             b.set_position(done as u64);
         }
-    })
-    .with_context(|| {
-        format!(
-            "running the demo with the model in {}",
-            options.model_dir.display()
-        )
-    })?;
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let csv = report.csv().context("writing the results as CSV")?;
-    write_atomic(&a.out.join(RESULTS_CSV), csv.as_bytes())?;
-    let written = Report::new(&report.rows, &report.report_options());
-    let files = written.write(&a.out)?;
-    if let Some(t) = &report.tsne {
-        t.maps
-            .write_figure(&a.out.join(FIGURES_DIR).join(t.stem()))
-            .with_context(|| format!("drawing the t-SNE of {}", t.task))?;
-    }
-    println!("{}", written.markdown);
+    let outcome = outcome?;
+    println!("{}", outcome.markdown);
     println!(
         "{} fits in {:.1} s. Written: {}, {} and {} figures in {}",
-        report.rows.len(),
-        report.seconds,
-        a.out.join(RESULTS_CSV).display(),
-        files.report.display(),
-        files.figures.len() / 2 + usize::from(report.tsne.is_some()),
-        a.out.join(FIGURES_DIR).display()
+        outcome.report.rows.len(),
+        outcome.report.seconds,
+        outcome.results_csv.display(),
+        outcome.files.report.display(),
+        outcome.files.figures.len() / 2 + usize::from(outcome.tsne_figure),
+        outcome.figures_dir.display()
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ mod demo;
 mod methods;
 mod output;
 mod pretrain;
+mod render;
 mod report;
 mod sweep;
 mod tsne;
@@ -40,28 +41,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
+            eprintln!("error: {}", render::error_chain(&err));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, each said once: several library errors name their
-/// cause in their own message (so that they read whole when printed alone) and also return it
-/// as their source, which `{:#}` would print a second time.
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let msg = cause.to_string();
-        if msg.is_empty() || out.contains(&msg) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&msg);
-    }
-    out
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::experiment::Published;
-use clip_adapter::report::{read_results, Report, ReportFiles, ReportOptions};
+use clip_adapter::report::{read_results, Report, ReportOptions};
+use clip_adapter::runner::published_for_rows;
 
-use crate::methods::published_for;
-use crate::output::Progress;
+use crate::output::{Observer, Progress};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -32,10 +33,13 @@ pub fn run(a: ReportArgs, progress: &Progress) -> Result<()> {
         None => None,
     };
     let rows = read_results(&a.dir)?;
-    let (published, backbone) = match rows.last() {
-        Some(r) => published_for(reported.as_ref(), &r.model_name, &r.model, progress),
-        None => (Published::default(), None),
-    };
+    let mut observer = Observer::new(progress);
+    let (published, backbone) = published_for_rows(
+        reported.as_ref(),
+        &rows,
+        &HubOptions::from_env(),
+        &mut observer,
+    );
     let options = ReportOptions {
         published,
         backbone,
@@ -56,18 +60,4 @@ pub fn run(a: ReportArgs, progress: &Progress) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// One line on stderr after a command wrote its folder's report.
-pub fn print_written(files: &ReportFiles) {
-    let dir = files.figures.first().and_then(|f| f.parent());
-    match dir {
-        Some(d) => eprintln!(
-            "report: {} and {} figures in {}",
-            files.report.display(),
-            files.figures.len() / 2,
-            d.display()
-        ),
-        None => eprintln!("report: {}", files.report.display()),
-    }
 }

@@ -2,17 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use clip_adapter::experiment::sweep::{Sweep, SweepParam};
-use clip_adapter::experiment::{self, run_grid, Grid, GridEvent, ResultsFile, RowSource};
-use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots};
-use clip_adapter::methods::registry::CLIP_ADAPTER;
-use clip_adapter::report::{write_report, ReportOptions};
+use clip_adapter::experiment::sweep::SweepParam;
+use clip_adapter::runner::{self, SweepSpec};
 
 use crate::args::{positive, trimmed};
-use crate::methods::{cached_datasets, method_bar, report_row, MethodArgs};
-use crate::output::Progress;
+use crate::methods::MethodArgs;
+use crate::output::{print_written, Observer, Progress};
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
@@ -54,81 +51,31 @@ pub struct SweepArgs {
 }
 
 pub fn run(a: SweepArgs, progress: &Progress) -> Result<()> {
-    // Everything is checked before the first fit.
-    let sweep = if a.values.is_empty() {
-        Sweep::paper(a.over)
-    } else {
-        Sweep::parse(a.over, &a.values)?
-    };
-    let base = a.options.overrides();
-    sweep.check(&base)?;
-    base.check_validation(a.validation)?;
-    let available = cached_datasets(&a.cache);
-    if let Some(d) = a.datasets.iter().find(|d| !available.contains(d)) {
-        return Err(experiment::ExperimentError::UnknownDataset {
-            dataset: d.clone(),
-            cache: a.cache.clone(),
-            available: if available.is_empty() {
-                "nothing; run `clip-adapter extract` first".into()
-            } else {
-                available.join(", ")
-            },
-        }
-        .into());
-    }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut results = ResultsFile::open(&a.out.join("results.csv"))?;
-
-    let grid = Grid {
-        methods: sweep.grid_methods(&base),
-        datasets: a.datasets.clone(),
-        shots: a.shots.clone(),
-        seeds: a.seeds.clone(),
+    let spec = SweepSpec {
+        cache: a.cache,
+        out: a.out,
+        param: a.over,
+        values: a.values,
+        datasets: a.datasets,
+        shots: a.shots,
+        seeds: a.seeds,
+        overrides: a.options.overrides(),
         validation: a.validation,
+        model: a.model,
     };
-    let started = std::time::Instant::now();
-    let grid_bar = progress.bar("sweep", grid.cells());
-    let method_bar_ = progress.bar("", 0);
-    let mut on_method = method_bar(&method_bar_);
-    let outcome = run_grid::<anyhow::Error>(
-        &grid,
-        &mut results,
-        &mut |dataset, shots, seed| {
-            let q = CacheQuery {
-                model: a.model.clone(),
-                ..CacheQuery::new(a.cache.clone(), dataset, Shots::K(shots), seed)
-            };
-            let (task, source) = load_task(&q)
-                .with_context(|| format!("loading {dataset} {shots}-shot seed {seed}"))?;
-            Ok((task, RowSource::of_task(&source)))
-        },
-        // Only CoOp asks for the model's text tower, and a sweep fits CLIP-Adapter alone.
-        &mut |_| anyhow::bail!("a sweep fits CLIP-Adapter only, which needs no text tower"),
-        &mut |i, dataset, seed| sweep.point(&base, i).method(CLIP_ADAPTER, dataset, seed),
-        &mut |event| match event {
-            GridEvent::Fitting { .. } => {}
-            GridEvent::Method(p) => on_method(p),
-            GridEvent::Row {
-                row, skipped, done, ..
-            } => report_row(&grid_bar, row, skipped, done),
-        },
-    )?;
-    method_bar_.finish_and_clear();
-    grid_bar.finish_and_clear();
-
-    let table = sweep.markdown(&base, &outcome.rows);
-    let path = a.out.join(format!("sweep-{}.md", sweep.param().name()));
-    clip_adapter::fsutil::write_atomic(&path, table.as_bytes())?;
-    print!("{table}");
-    let files = write_report(&a.out, results.rows(), &ReportOptions::default())?;
-    crate::report::print_written(&files);
+    let mut observer = Observer::grid(progress, "sweep", 0, false);
+    let outcome = runner::sweep(&spec, &mut observer);
+    observer.finish();
+    let outcome = outcome?;
+    print!("{}", outcome.table);
+    print_written(&outcome.report);
     eprintln!(
         "sweep finished in {:.1} s: {} fitted, {} already in {}; table in {}",
-        started.elapsed().as_secs_f64(),
+        outcome.seconds,
         outcome.fitted,
         outcome.rows.len() - outcome.fitted,
-        results.path().display(),
-        path.display()
+        outcome.results_csv.display(),
+        outcome.table_path.display()
     );
     Ok(())
 }

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use clip_adapter::methods::from_cache::{CacheQuery, Shots};
+use clip_adapter::features::task::{CacheQuery, Shots};
 use clip_adapter::tsne::{self, SpaceView, Split, TsneOptions, KNN_K};
 
+use crate::args::shots_arg;
 use crate::args::{positive, trimmed};
-use crate::methods::shots_arg;
 
 #[derive(Args, Debug)]
 pub struct TsneArgs {

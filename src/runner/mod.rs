@@ -1,0 +1,272 @@
+//! The commands' work as functions: a grid of methods on cached features ([`run`]), the
+//! paper's ablations ([`sweep`]), one fit ([`fit`]), a saved head's predictions ([`predict`]), each taking plain structs and returning
+//! structured results, so that another program (or a Python binding) runs exactly what the
+//! command line runs. Nothing here prints: progress and notes go to a [`RunObserver`].
+//!
+//! ```text
+//! mod.rs    the observer, the errors, what run and sweep share (the cache's datasets, the
+//!           model behind the features, the published numbers of its backbone)
+//! run.rs    RunSpec → results.csv (resumable), results.md, the folder's report
+//! sweep.rs  SweepSpec → the same results.csv, sweep-<option>.md, the report
+//! demo.rs   the embedded demo, its results.csv, report and t-SNE figure written
+//! extract.rs  ExtractSpec → the draw checked, the model loaded, the extraction job run
+//! fit.rs    FitSpec → one row, and the head saved with what it was trained on
+//! predict.rs  PredictSpec → a saved head's ranked classes for images
+//! ```
+//!
+//! It sits above `report` (it writes the folder's report), which sits above `experiment`.
+
+pub mod demo;
+mod error;
+pub mod extract;
+pub mod fit;
+pub mod predict;
+pub mod run;
+pub mod sweep;
+
+use std::path::Path;
+
+pub use demo::{demo, DemoOutcome};
+pub use error::{NoPublished, RunError};
+pub use extract::{extract, ExtractSpec};
+pub use fit::{fit, FitOutcome, FitSpec};
+pub use predict::{predict, PredictSpec, Predictions};
+pub use run::{run, RunOutcome, RunSpec};
+pub use sweep::{sweep, SweepOutcome, SweepSpec};
+
+use crate::clip::hub::{self, HubOptions};
+use crate::clip::ModelFiles;
+use crate::experiment::{self, GridEvent, Published, ResultRow, RowSource};
+use crate::features::model_fingerprint;
+use crate::features::task::{load_task, CacheQuery, Shots};
+use crate::methods::coop::PromptModel;
+use crate::methods::FewShotTask;
+
+/// What a run reports while it works. Every method has a default that ignores the report.
+pub trait RunObserver {
+    /// Bytes of a model file downloaded from the hub (`total` when the server says it).
+    fn download(&mut self, _file: &str, _done: u64, _total: Option<u64>) {}
+    /// The grid's progress: a fit starts, a method's epochs, a row fitted or found.
+    fn grid(&mut self, _event: GridEvent) {}
+    /// Why the published numbers are left out of the tables.
+    fn no_published(&mut self, _why: &NoPublished) {}
+    /// Images encoded so far, of `total`.
+    fn encoding(&mut self, _done: usize, _total: usize) {}
+    /// Going on with a model other than the head's, as asked.
+    fn model_mismatch(&mut self, _why: &experiment::ExperimentError) {}
+}
+
+/// An observer that ignores everything.
+impl RunObserver for () {}
+
+/// Resolves a model name (a directory, a file, `openai:NAME`, a hub id), reporting downloads.
+pub fn resolve_model(
+    spec: &str,
+    hub: &HubOptions,
+    observer: &mut dyn RunObserver,
+) -> Result<ModelFiles, RunError> {
+    let mut on_download = |file: &str, done, total| observer.download(file, done, total);
+    hub::resolve(spec, hub, &mut on_download).map_err(|source| RunError::FindModel {
+        spec: spec.to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// The datasets the cache holds (its sub-folders), sorted.
+pub fn cached_datasets(cache: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Refuses the first of `datasets` the cache does not hold, naming those it does.
+fn check_cached(cache: &Path, datasets: &[String]) -> Result<(), RunError> {
+    let available = cached_datasets(cache);
+    match datasets.iter().find(|d| !available.contains(d)) {
+        Some(d) => Err(experiment::ExperimentError::UnknownDataset {
+            dataset: d.clone(),
+            cache: cache.to_path_buf(),
+            available,
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// The task of one draw from the cache, and where its features came from.
+fn load_draw(
+    cache: &Path,
+    model: Option<&str>,
+    dataset: &str,
+    shots: Shots,
+    seed: u64,
+) -> Result<(FewShotTask, crate::features::task::TaskSource), RunError> {
+    let q = CacheQuery {
+        model: model.map(str::to_string),
+        ..CacheQuery::new(cache, dataset, shots, seed)
+    };
+    load_task(&q).map_err(|source| RunError::LoadTask {
+        dataset: dataset.to_string(),
+        shots,
+        seed,
+        source: Box::new(source),
+    })
+}
+
+/// The model CoOp trains through: `given` when it names one (rather than a fingerprint), else
+/// the one the cache records as having made the features; refused unless its fingerprint is
+/// theirs.
+fn coop_model(
+    given: Option<&str>,
+    source: &RowSource,
+    hub: &HubOptions,
+    observer: &mut dyn RunObserver,
+) -> Result<PromptModel, RunError> {
+    let spec = match given {
+        Some(g) if g != source.model => g.to_string(),
+        _ => source.model_name.clone(),
+    };
+    let load = |observer: &mut dyn RunObserver| -> Result<PromptModel, RunError> {
+        let files = resolve_model(&spec, hub, observer)?;
+        Ok(experiment::prompt_model(&files, &spec, source)?)
+    };
+    load(observer).map_err(|e| RunError::PromptModel {
+        spec: spec.clone(),
+        source: Box::new(e),
+    })
+}
+
+/// The published numbers of the backbone of the model `model_name` (content fingerprint
+/// `fingerprint`), and the backbone's name; none (the observer told why) when the model cannot
+/// be found, is not the one with that fingerprint, or is not one of OpenAI's backbones.
+pub fn published_numbers(
+    reported: Option<&Published>,
+    model_name: &str,
+    fingerprint: &str,
+    hub: &HubOptions,
+    observer: &mut dyn RunObserver,
+) -> (Published, Option<String>) {
+    let Some(reported) = reported else {
+        return (Published::default(), None);
+    };
+    match backbone(model_name, fingerprint, hub, observer) {
+        Ok(b) => (reported.for_backbone(b), Some(b.to_string())),
+        Err(why) => {
+            observer.no_published(&why);
+            (Published::default(), None)
+        }
+    }
+}
+
+/// The published numbers for the model of the last of `rows` (the report's model).
+pub fn published_for_rows(
+    reported: Option<&Published>,
+    rows: &[ResultRow],
+    hub: &HubOptions,
+    observer: &mut dyn RunObserver,
+) -> (Published, Option<String>) {
+    match rows.last() {
+        Some(r) => published_numbers(reported, &r.model_name, &r.model, hub, observer),
+        None => (Published::default(), None),
+    }
+}
+
+/// The backbone of the model `model_name`, from its config, when it is the model that made
+/// the features.
+fn backbone(
+    model_name: &str,
+    fingerprint: &str,
+    hub: &HubOptions,
+    observer: &mut dyn RunObserver,
+) -> Result<&'static str, NoPublished> {
+    let files = resolve_model(model_name, hub, observer)
+        .map_err(|e| NoPublished::ModelNotFound(Box::new(e)))?;
+    match model_fingerprint(&files) {
+        Ok(f) if f == fingerprint => {}
+        _ => {
+            return Err(NoPublished::OtherModel {
+                dir: files.dir.clone(),
+                fingerprint: fingerprint.to_string(),
+            })
+        }
+    }
+    files
+        .read_config()
+        .ok()
+        .and_then(|c| experiment::backbone(&c))
+        .ok_or(NoPublished::NotOpenAi { dir: files.dir })
+}
+
+/// Reads the published numbers, if a file is given.
+fn read_published(path: Option<&Path>) -> Result<Option<Published>, RunError> {
+    Ok(path.map(Published::read).transpose()?)
+}
+
+/// Creates the results folder.
+fn create_out(out: &Path) -> Result<(), RunError> {
+    std::fs::create_dir_all(out).map_err(|source| RunError::CreateDir {
+        path: out.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::{ExperimentError, MethodOverrides, NotApplicableTo, Validation};
+    use crate::methods::MethodKind;
+
+    fn spec(methods: &[&str], overrides: MethodOverrides) -> RunSpec {
+        RunSpec {
+            cache: std::env::temp_dir().join("clip-adapter-runner-test-no-such-cache"),
+            out: std::env::temp_dir().join("clip-adapter-runner-test-out"),
+            datasets: vec!["eurosat".into()],
+            shots: vec![1],
+            seeds: vec![1],
+            methods: (methods.iter())
+                .map(|m| m.parse::<MethodKind>().unwrap())
+                .collect(),
+            overrides,
+            validation: Validation::Val,
+            model: None,
+            reported: None,
+            hub: HubOptions::from_env(),
+        }
+    }
+
+    #[test]
+    fn a_run_is_checked_whole_before_anything_is_written() {
+        let overrides = MethodOverrides {
+            reduction: Some(8),
+            ..Default::default()
+        };
+        let err = run(&spec(&["tip-adapter"], overrides), &mut ()).unwrap_err();
+        let RunError::Experiment(e) = &err else {
+            panic!("{err}")
+        };
+        let ExperimentError::NotApplicable { option, to, .. } = e.as_ref() else {
+            panic!("{err}")
+        };
+        assert_eq!(*option, "reduction");
+        assert_eq!(*to, NotApplicableTo::Methods("tip-adapter".into()));
+
+        let s = spec(&["zero-shot", "zero-shot"], MethodOverrides::default());
+        assert_eq!(s.kinds().len(), 1);
+        let err = run(&s, &mut ()).unwrap_err();
+        let RunError::Experiment(e) = &err else {
+            panic!("{err}")
+        };
+        let ExperimentError::UnknownDataset { available, .. } = e.as_ref() else {
+            panic!("{err}")
+        };
+        assert!(available.is_empty());
+        assert!(!s.out.exists(), "nothing is written before the checks pass");
+    }
+}

@@ -1,0 +1,160 @@
+//! Classifying images with a saved head: the head's file read (a head on features, or CoOp's
+//! learned context), checked against the model, the images encoded into the feature space the
+//! head scores, and the classes ranked.
+
+use std::path::{Path, PathBuf};
+
+use super::{resolve_model, RunError, RunObserver};
+use crate::clip::hub::HubOptions;
+use crate::clip::{Clip, ModelFiles};
+use crate::experiment;
+use crate::features::model_fingerprint;
+use crate::methods::coop::{self, CoopHead, PromptModel};
+use crate::methods::head::{self, HeadInfo};
+use crate::methods::{FeatureSpace, Head, Matrix};
+use crate::zero_shot::{rank, Prediction};
+
+/// What `clip-adapter predict` is told.
+#[derive(Debug, Clone)]
+pub struct PredictSpec {
+    /// A head saved by a fit.
+    pub head: PathBuf,
+    /// The model [default: the one the head records].
+    pub model: Option<String>,
+    /// Go on with a model other than the head's (the observer is told).
+    pub allow_model_mismatch: bool,
+    pub images: Vec<PathBuf>,
+    pub top_k: usize,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    pub hub: HubOptions,
+}
+
+/// The ranked classes of each image.
+#[derive(Debug, Clone)]
+pub struct Predictions {
+    /// The method that trained the head.
+    pub method: String,
+    /// The model the images were encoded with, as named.
+    pub model: String,
+    pub labels: Vec<String>,
+    /// Per image, best first.
+    pub predictions: Vec<Vec<Prediction>>,
+}
+
+/// A head file: one on features, or CoOp's context (encoded through the model to classify).
+enum Loaded {
+    // Boxed: a head on features is several times a CoOp head's size.
+    Features(Box<Head>),
+    Coop(CoopHead),
+}
+
+/// Reads the head, checks the model, encodes the images and ranks the classes.
+pub fn predict(
+    spec: &PredictSpec,
+    observer: &mut dyn RunObserver,
+) -> Result<Predictions, RunError> {
+    let (loaded, info) = read_head(&spec.head)?;
+    let model = spec.model.clone().unwrap_or_else(|| info.model.clone());
+    let files = resolve_model(&model, &spec.hub, observer)?;
+    let fingerprint = model_fingerprint(&files).map_err(|source| RunError::Fingerprint {
+        dir: files.dir.clone(),
+        source: Box::new(source),
+    })?;
+    if let Err(e) = experiment::check_head_model(&info, &model, &fingerprint) {
+        if !spec.allow_model_mismatch {
+            return Err(RunError::HeadModel {
+                head: spec.head.clone(),
+                source: Box::new(e),
+            });
+        }
+        observer.model_mismatch(&e);
+    }
+    let head = match loaded {
+        Loaded::Features(h) => *h,
+        // The learned prompts encoded through the model, now that it is checked.
+        Loaded::Coop(c) => coop_head(&c, &files, &model, &spec.head)?,
+    };
+    let clip =
+        Clip::load(&files, &candle_core::Device::Cpu).map_err(|source| RunError::LoadModel {
+            dir: files.dir.clone(),
+            source: Box::new(source),
+        })?;
+    let x = encode(&clip, &head, spec, observer)?;
+    if x.cols != head.dim() {
+        return Err(RunError::HeadWidth {
+            head: spec.head.clone(),
+            expected: head.dim(),
+            model,
+            found: x.cols,
+        });
+    }
+    let logits = head.logits(&x);
+    let logits = candle_core::Tensor::from_vec(
+        logits.data,
+        (logits.rows, logits.cols),
+        &candle_core::Device::Cpu,
+    )
+    .map_err(crate::error::Error::from)?;
+    let predictions = rank(&info.classnames, &logits, spec.top_k)?;
+    Ok(Predictions {
+        method: info.method,
+        model,
+        labels: info.classnames,
+        predictions,
+    })
+}
+
+fn read_head(path: &Path) -> Result<(Loaded, HeadInfo), RunError> {
+    if coop::head::is_coop_head(path) {
+        let c = CoopHead::load(path)?;
+        let info = c.info();
+        Ok((Loaded::Coop(c), info))
+    } else {
+        let (h, info) = head::load(path)?;
+        Ok((Loaded::Features(Box::new(h)), info))
+    }
+}
+
+/// CoOp's head as a zero-shot head: its prompts encoded through the model's text tower.
+fn coop_head(c: &CoopHead, files: &ModelFiles, model: &str, path: &Path) -> Result<Head, RunError> {
+    let prompt = PromptModel::load(files, model, &candle_core::Device::Cpu).map_err(|source| {
+        RunError::TextTower {
+            dir: files.dir.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    let learner = prompt.learner(&c.classnames, c.n_ctx, c.csc, c.position)?;
+    let text =
+        prompt
+            .classifier(&learner, &c.context)
+            .map_err(|source| RunError::EncodePrompts {
+                head: path.to_path_buf(),
+                source: Box::new(source),
+            })?;
+    Ok(Head::new(crate::methods::zero_shot::ZeroShot::new(&text)))
+}
+
+/// The images' features in the space the head scores: a ProLIP head holds the trained
+/// projection, so it scores the tower's output before it.
+fn encode(
+    clip: &Clip,
+    head: &Head,
+    spec: &PredictSpec,
+    observer: &mut dyn RunObserver,
+) -> Result<Matrix, RunError> {
+    let encode = match head.input() {
+        FeatureSpace::PreProjection => crate::encode::encode_image_files_pre_projection,
+        FeatureSpace::Projected => crate::encode::encode_image_files,
+    };
+    let total = spec.images.len();
+    let features = encode(clip, &spec.images, spec.batch_size, &mut |d, _| {
+        observer.encoding(d, total)
+    })?;
+    let to_err = crate::error::Error::from;
+    let (n, d) = features.dims2().map_err(to_err)?;
+    let data = (features.flatten_all())
+        .and_then(|f| f.to_vec1::<f32>())
+        .map_err(to_err)?;
+    Matrix::from_vec(n, d, data).ok_or(RunError::FeatureMatrix)
+}
