@@ -602,3 +602,21 @@ fn no_validation_rows_sit_beside_validation_rows() {
     assert!(doc["val_accuracy"].is_null(), "{doc}");
     assert!(doc["test_accuracy"].is_number(), "{doc}");
 }
+
+/// A default `extract --shots K` caches augmented views, and `run` trains the methods whose
+/// authors augment on them; each row says what it trained on.
+#[test]
+fn default_extraction_augments_and_rows_say_so() {
+    let s = Setup::new();
+    ok(&s.run("models/tiny-clip", "zero-shot,tip-adapter,clip-adapter"));
+    let rows = rows(&s.dir().join("results/results.csv"));
+    let of = |m: &str| {
+        rows.iter()
+            .find(|r| r["method"] == m)
+            .map(|r| r["augmentation"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(of("zero-shot"), "none");
+    assert_eq!(of("tip-adapter"), "10 augmented views");
+    assert_eq!(of("clip-adapter"), "10 augmented views");
+}

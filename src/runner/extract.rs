@@ -20,7 +20,9 @@ pub struct ExtractSpec {
     /// Run seed: the draw and the augmented views.
     pub seed: i64,
     pub templates: TemplateSet,
-    pub views: u32,
+    /// Augmented views of each training image besides the plain one; `None`:
+    /// [`default_views`] (the methods that augment get views by default).
+    pub views: Option<u32>,
     pub crop_scale: (f64, f64),
     pub pre_projection: bool,
     /// The model is `options.model_name`, found through `hub`.
@@ -71,7 +73,7 @@ pub fn extract(
         dataset,
         few_shot: few.as_ref(),
         templates: templates_for(spec.templates, dataset, spec.benchmark)?,
-        views: spec.views,
+        views: spec.views.unwrap_or_else(|| default_views(spec.shots)),
         crop_scale: spec.crop_scale,
         seed: spec.seed,
         pre_projection: spec.pre_projection,
@@ -81,4 +83,19 @@ pub fn extract(
         dataset: dataset.name.clone(),
         source: Box::new(source),
     })
+}
+
+/// Augmented views cached by default with a few-shot draw: Tip-Adapter's 10 augmented passes
+/// (its cache, APE's and GDA's average or pool them), and enough for the trained methods to
+/// see a new view each epoch for 10 epochs (CoOp and CLIP-Adapter draw a fresh crop every
+/// epoch; here view `epoch mod V`). The whole train split gets none by default: ten passes
+/// over a full benchmark's training set cost ten extractions.
+pub const DEFAULT_VIEWS: u32 = 10;
+
+/// The number of views an extraction caches when none is asked for.
+pub fn default_views(shots: Option<usize>) -> u32 {
+    match shots {
+        Some(_) => DEFAULT_VIEWS,
+        None => 0,
+    }
 }

@@ -324,9 +324,11 @@ pub struct ExtractArgs {
     #[arg(long, default_value_t = 1, value_name = "S")]
     pub seed: i64,
 
-    /// Augmented views of each training image (RandomResizedCrop + flip) besides the plain one.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub views: u32,
+    /// Augmented views of each training image (RandomResizedCrop + flip) besides the plain one
+    /// [default: 10 with --shots (Tip-Adapter's 10 augmented passes; the methods that augment
+    /// train on them), 0 for the whole train split].
+    #[arg(long, value_name = "N")]
+    pub views: Option<u32>,
 
     /// Also keep the image tower's output before its last projection, for every set (files
     /// `<part>.pre-<view>.<key>.safetensors`), and the projection itself
