@@ -66,22 +66,12 @@ pub const COLUMNS: [&str; 14] = [
     "augmentation",
 ];
 
-/// The columns of the version before the `augmentation` column: rows read with it empty.
-pub const COLUMNS_BEFORE_AUGMENTATION: [&str; 13] = [
-    "method",
-    "options",
-    "dataset",
-    "shots",
-    "seed",
-    "validation",
-    "model",
-    "model_name",
-    "features",
-    "val_accuracy",
-    "test_accuracy",
-    "train_seconds",
-    "chosen",
-];
+/// The columns of the version before the `augmentation` column (the last one): rows read
+/// with it empty.
+pub const COLUMNS_BEFORE_AUGMENTATION: &[&str] = match COLUMNS.split_last() {
+    Some((_, before)) => before,
+    None => &[],
+};
 
 /// The columns of the version before the `validation` column: read as `val` rows.
 pub const COLUMNS_BEFORE_VALIDATION: [&str; 12] = [

@@ -959,45 +959,32 @@ fn describe(o: &ApeOptions) -> String {
     )
 }
 
-impl FewShotMethod for Ape {
-    method_boilerplate!(CARD);
+/// APE and APE-T share their options; they differ in the card and the fit.
+macro_rules! ape_method {
+    ($method:ident, $card:ident, $fit:ident) => {
+        impl FewShotMethod for $method {
+            method_boilerplate!($card);
 
-    fn describe(&self) -> String {
-        describe(&self.0)
-    }
+            fn describe(&self) -> String {
+                describe(&self.0)
+            }
 
-    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
-        fit(task, &self.0, cx.progress).map(Fit::from)
-    }
+            fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+                $fit(task, &self.0, cx.progress).map(Fit::from)
+            }
 
-    fn set_seed(&mut self, seed: u64) {
-        self.0.seed = seed;
-    }
+            fn set_seed(&mut self, seed: u64) {
+                self.0.seed = seed;
+            }
 
-    fn set_feature_width(&mut self, dim: usize) {
-        self.0 = self.0.clone().scaled_to(dim);
-    }
+            fn set_feature_width(&mut self, dim: usize) {
+                self.0 = self.0.clone().scaled_to(dim);
+            }
+        }
+    };
 }
-
-impl FewShotMethod for ApeT {
-    method_boilerplate!(CARD_T);
-
-    fn describe(&self) -> String {
-        describe(&self.0)
-    }
-
-    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
-        fit_trained(task, &self.0, cx.progress).map(Fit::from)
-    }
-
-    fn set_seed(&mut self, seed: u64) {
-        self.0.seed = seed;
-    }
-
-    fn set_feature_width(&mut self, dim: usize) {
-        self.0 = self.0.clone().scaled_to(dim);
-    }
-}
+ape_method!(Ape, CARD, fit);
+ape_method!(ApeT, CARD_T, fit_trained);
 
 /// Tensors: `classes` (K×D), `logit_scale`, `keys` (N×D), `values` (N class indices),
 /// `value_weights` (N), `alpha`, `beta`, `channels` (APE's refined channels; absent for APE-T).

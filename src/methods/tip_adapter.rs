@@ -443,37 +443,28 @@ fn describe(o: &TipOptions) -> String {
     )
 }
 
-impl FewShotMethod for TipAdapter {
-    method_boilerplate!(CARD);
+/// Tip-Adapter and Tip-Adapter-F share their options; the latter fine-tunes the keys.
+macro_rules! tip_method {
+    ($method:ident, $card:ident, $finetune:expr) => {
+        impl FewShotMethod for $method {
+            method_boilerplate!($card);
 
-    fn describe(&self) -> String {
-        describe(&self.0)
-    }
+            fn describe(&self) -> String {
+                describe(&self.0)
+            }
 
-    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
-        fit(task, &self.0, false, cx.progress).map(Fit::from)
-    }
+            fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+                fit(task, &self.0, $finetune, cx.progress).map(Fit::from)
+            }
 
-    fn set_seed(&mut self, seed: u64) {
-        self.0.seed = seed;
-    }
+            fn set_seed(&mut self, seed: u64) {
+                self.0.seed = seed;
+            }
+        }
+    };
 }
-
-impl FewShotMethod for TipAdapterF {
-    method_boilerplate!(CARD_F);
-
-    fn describe(&self) -> String {
-        describe(&self.0)
-    }
-
-    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
-        fit(task, &self.0, true, cx.progress).map(Fit::from)
-    }
-
-    fn set_seed(&mut self, seed: u64) {
-        self.0.seed = seed;
-    }
-}
+tip_method!(TipAdapter, CARD, false);
+tip_method!(TipAdapterF, CARD_F, true);
 
 /// Tensors: `classes` (K×D), `logit_scale`, `keys` (N×D), `values` (N class indices), `alpha`,
 /// `beta`.
