@@ -716,10 +716,30 @@ impl Partial {
     }
 }
 
+/// Why files cannot be joined into one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JoinError {
+    #[error("nothing to join")]
+    Nothing,
+    #[error(
+        "rows {rows:?} were made with other settings (key {key} batch {batch}, expected key \
+         {expected_key} batch {expected_batch})"
+    )]
+    Settings {
+        rows: std::ops::Range<usize>,
+        key: String,
+        batch: usize,
+        expected_key: String,
+        expected_batch: usize,
+    },
+    #[error("rows {from}..{to} are missing")]
+    Gap { from: usize, to: usize },
+}
+
 /// Joins files covering consecutive rows of one set into one (chunks into a shard or a set,
 /// shards into a set). `impaths` is the whole set's list when the result is complete.
-pub fn join(parts: &[FeatureFile], impaths: Vec<String>) -> Result<FeatureFile, String> {
-    let first = parts.first().ok_or("nothing to join")?;
+pub fn join(parts: &[FeatureFile], impaths: Vec<String>) -> Result<FeatureFile, JoinError> {
+    let first = parts.first().ok_or(JoinError::Nothing)?;
     let mut out = FeatureFile {
         meta: Meta {
             rows: first.meta.rows.start..first.meta.rows.start,
@@ -734,20 +754,19 @@ pub fn join(parts: &[FeatureFile], impaths: Vec<String>) -> Result<FeatureFile, 
     };
     for p in parts {
         if p.meta.key != first.meta.key || p.meta.batch != first.meta.batch || p.dim != first.dim {
-            return Err(format!(
-                "rows {:?} were made with other settings (key {} batch {}, expected key {} batch {})",
-                p.meta.rows,
-                p.meta.key.id(),
-                p.meta.batch,
-                first.meta.key.id(),
-                first.meta.batch
-            ));
+            return Err(JoinError::Settings {
+                rows: p.meta.rows.clone(),
+                key: p.meta.key.id(),
+                batch: p.meta.batch,
+                expected_key: first.meta.key.id(),
+                expected_batch: first.meta.batch,
+            });
         }
         if p.meta.rows.start != out.meta.rows.end {
-            return Err(format!(
-                "rows {}..{} are missing",
-                out.meta.rows.end, p.meta.rows.start
-            ));
+            return Err(JoinError::Gap {
+                from: out.meta.rows.end,
+                to: p.meta.rows.start,
+            });
         }
         out.meta.rows.end = p.meta.rows.end;
         out.meta.skipped.extend(p.meta.skipped.iter().cloned());

@@ -64,6 +64,13 @@ pub enum FeatureError {
 
     #[error("{}: cannot merge: {msg}", path.display())]
     Merge { path: PathBuf, msg: String },
+
+    /// Parts that do not join (kept whole, not as a source: its text is the message).
+    #[error("{}: cannot merge: {why}", path.display())]
+    Join {
+        path: PathBuf,
+        why: super::cache::JoinError,
+    },
 }
 
 impl FeatureError {

@@ -549,9 +549,9 @@ fn join_member(
             index: Vec::new(),
         }
     } else {
-        join(&parts, impaths).map_err(|msg| FeatureError::Merge {
+        join(&parts, impaths).map_err(|why| FeatureError::Join {
             path: member.target.clone(),
-            msg,
+            why,
         })?
     };
     whole.write(&member.target)?;

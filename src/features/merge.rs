@@ -86,9 +86,9 @@ pub fn merge(cache_dir: &Path) -> Result<Vec<Merged>, FeatureError> {
             .first()
             .map(|f| f.meta.impaths.clone())
             .unwrap_or_default();
-        let whole = join(&files, impaths).map_err(|msg| FeatureError::Merge {
+        let whole = join(&files, impaths).map_err(|why| FeatureError::Join {
             path: target.clone(),
-            msg,
+            why,
         })?;
         if whole.meta.rows != (0..whole.meta.total) {
             return Err(FeatureError::Merge {
