@@ -354,26 +354,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     let clip = Clip::load(&ModelFiles::in_dir(&o.model_dir)?, &Device::Cpu)?;
     let specs = selected(o)?;
     let source = world_source(&o.model_dir, o)?;
-    let mut prepared = Vec::new();
-    for spec in &specs {
-        let split = write_task(spec, &o.out.join("tasks"), o.world_seed, o.sizes)?;
-        let d = load_task(&split, spec.name)?;
-        let (train, pre_train) = encode_split(&clip, &d, &d.train)?;
-        let (val, pre_val) = encode_split(&clip, &d, &d.val)?;
-        let (test, pre_test) = encode_split(&clip, &d, &d.test)?;
-        let enc = Encoded {
-            train,
-            val,
-            test,
-            pre: [pre_train, pre_val, pre_test],
-        };
-        let text = text_classifier(&clip, &d)?;
-        progress(DemoEvent::TaskReady {
-            task: spec.name.into(),
-            images: d.train.len() + d.val.len() + d.test.len(),
-        });
-        prepared.push((spec, d, enc, text));
-    }
+    let prepared = prepare_tasks(&clip, &specs, o, progress)?;
     let datasets: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
     let grid_of = |methods: &[DemoMethod], shots: Vec<usize>| Grid {
         methods: (methods.iter())
@@ -393,17 +374,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     }
     let total: usize = grids.iter().map(|(g, _)| g.cells()).sum();
     let logit_scale = clip.logit_scale();
-    let projection = {
-        let (weight, cols, bias) = clip.image_projection()?;
-        Projection {
-            weight: Matrix {
-                rows: weight.len() / cols.max(1),
-                cols,
-                data: weight,
-            },
-            bias,
-        }
-    };
+    let projection = image_projection(&clip)?;
     let mut rows: Vec<ResultRow> = Vec::new();
     // Loaded on CoOp's first fit only: the other methods never need the text tower's graph.
     let mut prompt_model = None;
@@ -471,6 +442,52 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         methods: o.methods.iter().map(|m| m.label.clone()).collect(),
         seconds: started.elapsed().as_secs_f64(),
         logit_scale,
+    })
+}
+
+/// A task of the demo, written and encoded, with its text classifier and mean prompt embeddings.
+type Prepared<'a> = (&'a TaskSpec, Dataset, Encoded, (TextClassifier, Matrix));
+
+/// Writes each task in CoOp's layout and encodes every image once.
+fn prepare_tasks<'a>(
+    clip: &Clip,
+    specs: &'a [TaskSpec],
+    o: &DemoOptions,
+    progress: &mut dyn FnMut(DemoEvent),
+) -> Result<Vec<Prepared<'a>>> {
+    let mut prepared = Vec::new();
+    for spec in specs {
+        let split = write_task(spec, &o.out.join("tasks"), o.world_seed, o.sizes)?;
+        let d = load_task(&split, spec.name)?;
+        let (train, pre_train) = encode_split(clip, &d, &d.train)?;
+        let (val, pre_val) = encode_split(clip, &d, &d.val)?;
+        let (test, pre_test) = encode_split(clip, &d, &d.test)?;
+        let enc = Encoded {
+            train,
+            val,
+            test,
+            pre: [pre_train, pre_val, pre_test],
+        };
+        let text = text_classifier(clip, &d)?;
+        progress(DemoEvent::TaskReady {
+            task: spec.name.into(),
+            images: d.train.len() + d.val.len() + d.test.len(),
+        });
+        prepared.push((spec, d, enc, text));
+    }
+    Ok(prepared)
+}
+
+/// The image tower's last projection (ProLIP's starting point).
+fn image_projection(clip: &Clip) -> Result<Projection> {
+    let (weight, cols, bias) = clip.image_projection()?;
+    Ok(Projection {
+        weight: Matrix {
+            rows: weight.len() / cols.max(1),
+            cols,
+            data: weight,
+        },
+        bias,
     })
 }
 
