@@ -645,6 +645,60 @@ fn load(
         .collect())
 }
 
+/// Decodes the chunks' batches on their own thread, each image once for every view of its
+/// members, and hands them to the encoder; stops when the encoder does.
+fn decode_batches(
+    sets: &[&FeatureSet],
+    todo: &[(Range<usize>, Vec<usize>)],
+    batch: usize,
+    tx: &std::sync::mpsc::SyncSender<Decoded>,
+) {
+    let samples = &sets[0].samples;
+    for (chunk, (range, members)) in todo.iter().enumerate() {
+        for start in range.clone().step_by(batch) {
+            let rows = start..(start + batch).min(range.end);
+            let pixels = samples[rows.clone()]
+                .par_iter()
+                .map(|s| load(sets, members, s))
+                .collect();
+            let decoded = Decoded {
+                chunk,
+                rows,
+                pixels,
+            };
+            if tx.send(decoded).is_err() {
+                return; // the encoder stopped
+            }
+        }
+    }
+}
+
+/// An empty chunk file of `set` for `rows`, filled batch by batch.
+fn chunk_file(
+    clip: &Clip,
+    set: &FeatureSet,
+    rows: Range<usize>,
+    opts: &ExtractOptions,
+) -> FeatureFile {
+    FeatureFile {
+        meta: Meta {
+            key: set.key.clone(),
+            classnames: set.classnames.clone(),
+            rows,
+            total: set.samples.len(),
+            batch: opts.batch,
+            skipped: Vec::new(),
+            impaths: Vec::new(),
+            model_name: opts.model_name.clone(),
+            source: opts.source.clone(),
+        },
+        dim: output_dim(clip, set.key.output),
+        features: Vec::new(),
+        labels: Vec::new(),
+        index: Vec::new(),
+    }
+}
+
 /// Encodes the `todo` chunks (each with the members that need it), decoding in a producer
 /// thread, handing each member's finished chunk to `on_chunk(member, chunk)`.
 fn encode_chunks(
@@ -659,31 +713,10 @@ fn encode_chunks(
         return Ok(());
     }
     let batch = opts.batch.max(1);
-    let samples = &sets[0].samples;
     std::thread::scope(|scope| {
         // Two decoded batches in flight: one being encoded, one ready.
         let (tx, rx) = sync_channel::<Decoded>(1);
-        scope.spawn(move || {
-            for (chunk, (range, members)) in todo.iter().enumerate() {
-                for start in range.clone().step_by(batch) {
-                    let rows = start..(start + batch).min(range.end);
-                    let pixels = samples[rows.clone()]
-                        .par_iter()
-                        .map(|s| load(sets, members, s))
-                        .collect();
-                    if tx
-                        .send(Decoded {
-                            chunk,
-                            rows,
-                            pixels,
-                        })
-                        .is_err()
-                    {
-                        return; // the encoder stopped
-                    }
-                }
-            }
-        });
+        scope.spawn(move || decode_batches(sets, todo, batch, &tx));
         let mut current: Vec<Option<FeatureFile>> = vec![None; sets.len()];
         let mut stop_checked = usize::MAX;
         for d in rx {
@@ -726,23 +759,8 @@ fn encode_chunks(
                         preprocess.size
                     }
                 };
-                let file = current[m].get_or_insert_with(|| FeatureFile {
-                    meta: Meta {
-                        key: set.key.clone(),
-                        classnames: set.classnames.clone(),
-                        rows: range.clone(),
-                        total: set.samples.len(),
-                        batch: opts.batch,
-                        skipped: Vec::new(),
-                        impaths: Vec::new(),
-                        model_name: opts.model_name.clone(),
-                        source: opts.source.clone(),
-                    },
-                    dim: output_dim(clip, set.key.output),
-                    features: Vec::new(),
-                    labels: Vec::new(),
-                    index: Vec::new(),
-                });
+                let file =
+                    current[m].get_or_insert_with(|| chunk_file(clip, set, range.clone(), opts));
                 file.meta
                     .skipped
                     .extend(bad.iter().map(|(row, _)| set.samples[*row].impath.clone()));
