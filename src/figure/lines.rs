@@ -298,103 +298,117 @@ impl Chart for LineChart {
             plots
         };
         let cells = plots.split_evenly((self.rows(), self.columns()));
-        let (xa, xb) = self.x_range();
         let ticks: Vec<(f64, String)> = (self.x_ticks.iter())
             .map(|(x, l)| (self.to_axis(*x), l.clone()))
             .filter(|(x, _)| x.is_finite())
             .collect();
+        for (i, (panel, cell)) in self.panels.iter().zip(&cells).enumerate() {
+            self.draw_panel(i, panel, cell, &ticks)?;
+        }
+        draw_legend(&legend, &self.legend(), self.legend_grid(legend_w))
+    }
+}
+
+impl LineChart {
+    /// One panel: its axes, the published markers, then the lines (references last).
+    fn draw_panel<DB: DrawingBackend>(
+        &self,
+        i: usize,
+        panel: &LinePanel,
+        cell: &DrawingArea<DB, Shift>,
+        ticks: &[(f64, String)],
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        let (xa, xb) = self.x_range();
         let tick_label = |v: &f64| {
             (ticks.iter())
                 .find(|(x, _)| (x - v).abs() < 1e-9)
                 .map_or_else(String::new, |(_, l)| l.clone())
         };
         let columns = self.columns();
-        for (i, (panel, cell)) in self.panels.iter().zip(&cells).enumerate() {
-            let ys = panel
-                .lines
+        let ys = panel
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.1));
+        let ys = ys.chain(
+            panel
+                .markers
                 .iter()
-                .flat_map(|l| l.points.iter().map(|p| p.1));
-            let ys = ys.chain(
-                panel
-                    .markers
-                    .iter()
-                    .flat_map(|m| m.points.iter().map(|p| p.1)),
-            );
-            let (ylo, yhi) = span(ys.filter(|y| y.is_finite())).unwrap_or((0.0, 1.0));
-            let (ya, yb, step) = nice_range(ylo, yhi);
-            // Room below the lowest point too (a flat reference would sit on the axis).
-            let ya = if ylo - ya < step * 0.15 {
-                ya - step
-            } else {
-                ya
-            };
-            let y_ticks: Vec<f64> = (0..)
-                .map(|k| ya + f64::from(k) * step)
-                .take_while(|y| *y <= yb + step * 1e-6)
-                .collect();
-            let digits = decimals(step);
-            let y_fmt = |v: &f64| format!("{v:.digits$}");
-            let last_row = i + columns >= self.panels.len();
-            let mut chart = ChartBuilder::on(cell)
-                .caption(&panel.title, (FONT, TITLE_SIZE).into_font().color(&INK))
-                .margin_top(6)
-                .margin_left(8)
-                .margin_right(18)
-                .margin_bottom(6)
-                .x_label_area_size(if last_row { 52 } else { 30 })
-                .y_label_area_size(if i % columns == 0 { 64 } else { 44 })
-                .build_cartesian_2d(
-                    Ticked::new(xa, xb, ticks.iter().map(|t| t.0).collect()),
-                    Ticked::new(ya, yb, y_ticks),
-                )?;
-            let mut mesh = chart.configure_mesh();
-            mesh.x_label_formatter(&tick_label)
-                .y_label_formatter(&y_fmt)
-                .label_style((FONT, TICK_SIZE).into_font().color(&INK))
-                .axis_desc_style((FONT, LABEL_SIZE).into_font().color(&INK))
-                .bold_line_style(GRID.stroke_width(1))
-                .light_line_style(TRANSPARENT)
-                .axis_style(INK.stroke_width(1));
-            if last_row {
-                mesh.x_desc(self.x_label.as_str());
-            }
-            if i % columns == 0 {
-                mesh.y_desc(self.y_label.as_str());
-            }
-            mesh.draw()?;
+                .flat_map(|m| m.points.iter().map(|p| p.1)),
+        );
+        let (ylo, yhi) = span(ys.filter(|y| y.is_finite())).unwrap_or((0.0, 1.0));
+        let (ya, yb, step) = nice_range(ylo, yhi);
+        // Room below the lowest point too (a flat reference would sit on the axis).
+        let ya = if ylo - ya < step * 0.15 {
+            ya - step
+        } else {
+            ya
+        };
+        let y_ticks: Vec<f64> = (0..)
+            .map(|k| ya + f64::from(k) * step)
+            .take_while(|y| *y <= yb + step * 1e-6)
+            .collect();
+        let digits = decimals(step);
+        let y_fmt = |v: &f64| format!("{v:.digits$}");
+        let last_row = i + columns >= self.panels.len();
+        let mut chart = ChartBuilder::on(cell)
+            .caption(&panel.title, (FONT, TITLE_SIZE).into_font().color(&INK))
+            .margin_top(6)
+            .margin_left(8)
+            .margin_right(18)
+            .margin_bottom(6)
+            .x_label_area_size(if last_row { 52 } else { 30 })
+            .y_label_area_size(if i.is_multiple_of(columns) { 64 } else { 44 })
+            .build_cartesian_2d(
+                Ticked::new(xa, xb, ticks.iter().map(|t| t.0).collect()),
+                Ticked::new(ya, yb, y_ticks),
+            )?;
+        let mut mesh = chart.configure_mesh();
+        mesh.x_label_formatter(&tick_label)
+            .y_label_formatter(&y_fmt)
+            .label_style((FONT, TICK_SIZE).into_font().color(&INK))
+            .axis_desc_style((FONT, LABEL_SIZE).into_font().color(&INK))
+            .bold_line_style(GRID.stroke_width(1))
+            .light_line_style(TRANSPARENT)
+            .axis_style(INK.stroke_width(1));
+        if last_row {
+            mesh.x_desc(self.x_label.as_str());
+        }
+        if i.is_multiple_of(columns) {
+            mesh.y_desc(self.y_label.as_str());
+        }
+        mesh.draw()?;
 
-            for m in &panel.markers {
-                let colour = faint(m.colour, 0.45);
-                let pts = (m.points.iter())
-                    .map(|&(x, y)| (self.to_axis(x), y))
-                    .filter(|(x, y)| x.is_finite() && y.is_finite());
-                chart.draw_series(pts.map(|p| Circle::new(p, 6, colour.stroke_width(2))))?;
-            }
-            // The references (dashed) last, so they stay visible where lines cross them.
-            let order = (panel.lines.iter().filter(|l| !l.style.dashed))
-                .chain(panel.lines.iter().filter(|l| l.style.dashed));
-            for line in order {
-                let pts: Vec<(f64, f64)> = (line.points.iter())
-                    .map(|&(x, y)| (self.to_axis(x), y))
-                    .collect();
-                let style = line.style.colour.stroke_width(LINE_WIDTH);
-                for seg in segments(&pts) {
-                    if line.style.dashed {
-                        chart.draw_series(std::iter::once(DashedPathElement::new(
-                            seg.clone(),
-                            9,
-                            6,
-                            style,
-                        )))?;
-                    } else {
-                        chart.draw_series(std::iter::once(PathElement::new(seg.clone(), style)))?;
-                    }
-                    let dot = line.style.colour.filled();
-                    chart.draw_series(seg.into_iter().map(|p| Circle::new(p, 3, dot)))?;
+        for m in &panel.markers {
+            let colour = faint(m.colour, 0.45);
+            let pts = (m.points.iter())
+                .map(|&(x, y)| (self.to_axis(x), y))
+                .filter(|(x, y)| x.is_finite() && y.is_finite());
+            chart.draw_series(pts.map(|p| Circle::new(p, 6, colour.stroke_width(2))))?;
+        }
+        // The references (dashed) last, so they stay visible where lines cross them.
+        let order = (panel.lines.iter().filter(|l| !l.style.dashed))
+            .chain(panel.lines.iter().filter(|l| l.style.dashed));
+        for line in order {
+            let pts: Vec<(f64, f64)> = (line.points.iter())
+                .map(|&(x, y)| (self.to_axis(x), y))
+                .collect();
+            let style = line.style.colour.stroke_width(LINE_WIDTH);
+            for seg in segments(&pts) {
+                if line.style.dashed {
+                    chart.draw_series(std::iter::once(DashedPathElement::new(
+                        seg.clone(),
+                        9,
+                        6,
+                        style,
+                    )))?;
+                } else {
+                    chart.draw_series(std::iter::once(PathElement::new(seg.clone(), style)))?;
                 }
+                let dot = line.style.colour.filled();
+                chart.draw_series(seg.into_iter().map(|p| Circle::new(p, 3, dot)))?;
             }
         }
-        draw_legend(&legend, &self.legend(), self.legend_grid(legend_w))
+        Ok(())
     }
 }
 
