@@ -248,6 +248,67 @@ impl<'a> Machine<'a> {
     }
 
     fn step(&mut self) -> Result<(), PickleError> {
+        // The opcodes PyTorch writes, by what they make: stack marks and scalars, containers,
+        // and objects with the memo; any other is refused unread.
+        match self.opcode {
+            op::PROTO
+            | op::FRAME
+            | op::MARK
+            | op::POP
+            | op::POP_MARK
+            | op::DUP
+            | op::NONE
+            | op::NEWTRUE
+            | op::NEWFALSE
+            | op::BININT
+            | op::BININT1
+            | op::BININT2
+            | op::LONG1
+            | op::LONG4
+            | op::BINFLOAT
+            | op::SHORT_BINUNICODE
+            | op::BINUNICODE
+            | op::BINUNICODE8
+            | op::SHORT_BINBYTES
+            | op::BINBYTES
+            | op::BINBYTES8 => self.stack_op(),
+            op::EMPTY_TUPLE
+            | op::TUPLE
+            | op::TUPLE1
+            | op::TUPLE2
+            | op::TUPLE3
+            | op::EMPTY_LIST
+            | op::LIST
+            | op::APPEND
+            | op::APPENDS
+            | op::EMPTY_DICT
+            | op::DICT
+            | op::SETITEM
+            | op::SETITEMS => self.container_op(),
+            op::GLOBAL
+            | op::STACK_GLOBAL
+            | op::REDUCE
+            | op::NEWOBJ
+            | op::BUILD
+            | op::BINPERSID
+            | op::BINGET
+            | op::LONG_BINGET
+            | op::BINPUT
+            | op::LONG_BINPUT
+            | op::MEMOIZE => self.object_op(),
+            _ => Err(self.unsupported()),
+        }
+    }
+
+    fn unsupported(&self) -> PickleError {
+        PickleError::UnsupportedOpcode {
+            offset: self.start,
+            opcode: self.opcode,
+        }
+    }
+
+    /// Framing, marks, the stack and scalars (numbers, strings, bytes).
+    fn stack_op(&mut self) -> Result<(), PickleError> {
         match self.opcode {
             op::PROTO => {
                 let version = self.take(1)?[0];
@@ -329,6 +390,14 @@ impl<'a> Machine<'a> {
                 let b = self.take(n)?;
                 self.stack.push(Value::Bytes(b.into()));
             }
+            _ => return Err(self.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// Tuples, lists and dicts.
+    fn container_op(&mut self) -> Result<(), PickleError> {
+        match self.opcode {
             op::EMPTY_TUPLE => {
                 let t = self.tuple(Vec::new())?;
                 self.stack.push(t);
@@ -396,6 +465,14 @@ impl<'a> Machine<'a> {
                     }
                 }
             }
+            _ => return Err(self.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// Globals, calls, persistent ids and the memo.
+    fn object_op(&mut self) -> Result<(), PickleError> {
+        match self.opcode {
             op::GLOBAL => {
                 let module = self.line()?;
                 let name = self.line()?;
@@ -484,12 +561,7 @@ impl<'a> Machine<'a> {
                 }
                 self.memo.insert(index, top);
             }
-            _ => {
-                return Err(PickleError::UnsupportedOpcode {
-                    offset: self.start,
-                    opcode: self.opcode,
-                })
-            }
+            _ => return Err(self.unsupported()),
         }
         Ok(())
     }
