@@ -933,22 +933,16 @@ pub static CARD: MethodCard = MethodCard {
 pub static CARD_T: MethodCard = MethodCard {
     name: "ape-t",
     title: "APE-T",
-    paper: "Zhu et al., ICCV 2023",
-    code: "yangyangyang127/APE",
     colour: (127, 127, 127),
-    variant_colours: &[],
     reported_as: Some("APE-T"),
     without_validation: "the last epoch, then the initial α, β",
-    augmentation: APE_AUGMENTATION,
-    needs: Needs::Features,
-    options: &[],
     configure: |_, dataset, seed| {
         Method::new(ApeT(ApeOptions {
             seed,
             ..ApeOptions::for_dataset(dataset)
         }))
     },
-    head: &CODEC,
+    ..CARD
 };
 
 fn describe(o: &ApeOptions) -> String {
