@@ -309,7 +309,7 @@ fn files_carry_their_key_and_metadata_and_different_settings_never_share_a_file(
         &fp,
         &clip.preprocess(),
         2,
-        Augment::tip_adapter(32),
+        Augment::half_area(32),
         1,
     )
     .unwrap();

@@ -50,7 +50,7 @@ macro_rules! bench {
 }
 
 /// The benchmarks, in the order of CoOp's dataset table. Folders and image folders are CoOp's
-/// (`datasets/*.py`: `dataset_dir`, `image_dir`); sizes from `shared/data/dataset_stats.json`.
+/// (`datasets/*.py`: `dataset_dir`, `image_dir`); split sizes as CoOp's published `split_zhou_*.json` files give them.
 pub const BENCHMARKS: [Benchmark; 11] = [
     bench!("ImageNet", "imagenet", "imagenet", "images", ImageNet, 1_281_167, 0, 50_000),
     bench!(

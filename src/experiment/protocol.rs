@@ -169,12 +169,14 @@ mod tests {
     use super::*;
     use crate::methods::clip_adapter::{self, AdapterOptions};
     use crate::methods::coop::{self, CoopOptions};
-    use crate::methods::tip_adapter::{self, TipAdapterF};
 
     const CLIP_ADAPTER: MethodKind = MethodKind(&clip_adapter::CARD);
     const COOP: MethodKind = MethodKind(&coop::CARD);
-    const TIP: MethodKind = MethodKind(&tip_adapter::CARD);
-    const TIP_F: MethodKind = MethodKind(&tip_adapter::CARD_F);
+
+    /// A method of the registry by its name.
+    fn kind(name: &str) -> MethodKind {
+        name.parse().unwrap()
+    }
 
     #[test]
     fn options_for_no_chosen_method_are_refused() {
@@ -182,14 +184,14 @@ mod tests {
             reduction: Some(8),
             ..Default::default()
         };
-        let err = o.check(&[TIP]).unwrap_err().to_string();
+        let err = o.check(&[kind("tip-adapter")]).unwrap_err().to_string();
         assert!(
             err.contains("`reduction`") && err.contains("tip-adapter"),
             "{err}"
         );
-        o.check(&[TIP, CLIP_ADAPTER]).unwrap();
+        o.check(&[kind("tip-adapter"), CLIP_ADAPTER]).unwrap();
         assert_eq!(o.label(CLIP_ADAPTER), "reduction=8");
-        assert_eq!(o.label(TIP), "");
+        assert_eq!(o.label(kind("tip-adapter")), "");
     }
 
     #[test]
@@ -233,9 +235,11 @@ mod tests {
         assert_eq!(coop("imagenet", &MethodOverrides::default()), (Some(50), 4));
         assert_eq!(coop("eurosat", &MethodOverrides::default()), (None, 4));
         assert_eq!(coop("imagenet", &o), (Some(3), 4));
-        let m = o.method(TIP_F, "eurosat", 2);
-        let t = &m.options::<TipAdapterF>().unwrap().0;
-        assert_eq!((t.epochs, t.seed, t.alpha), (3, 2, 2.0));
+        let tip_f = o.method(kind("tip-adapter-f"), "eurosat", 2).describe();
+        assert!(
+            tip_f.contains("alpha=2 ") && tip_f.contains("epochs=3 "),
+            "{tip_f}"
+        );
     }
 
     #[test]

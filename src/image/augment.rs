@@ -52,8 +52,8 @@ impl Augment {
         }
     }
 
-    /// Tip-Adapter's cached views: scale 0.5-1.
-    pub fn tip_adapter(size: u32) -> Self {
+    /// Crops of at least half the image's area (scale 0.5-1): Tip-Adapter's cached views.
+    pub fn half_area(size: u32) -> Self {
         Augment {
             scale: (0.5, 1.0),
             ..Self::coop(size)
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn boxes_respect_scale_ratio_and_bounds() {
-        let aug = Augment::tip_adapter(32);
+        let aug = Augment::half_area(32);
         for i in 0..500 {
             let mut rng = ViewRng::new(1, i, "x.jpg");
             let b = aug.crop_box(200, 100, &mut rng);
@@ -256,7 +256,7 @@ mod tests {
         let mut seen = Vec::new();
         for (seed, view, key, tip, want) in golden {
             let aug = if tip {
-                Augment::tip_adapter(24)
+                Augment::half_area(24)
             } else {
                 Augment::coop(24)
             };

@@ -400,17 +400,12 @@ pub static CARD: MethodCard = MethodCard {
 pub static CARD_F: MethodCard = MethodCard {
     name: "tip-adapter-f",
     title: "Tip-Adapter-F",
-    paper: "Zhang et al., ECCV 2022",
-    code: "gaopengcuhk/Tip-Adapter",
     colour: (31, 119, 180),
-    variant_colours: &[],
     reported_as: Some("Tip-Adapter-F"),
     without_validation: "the last epoch, then the initial α, β",
-    augmentation: TIP_AUGMENTATION,
-    needs: Needs::Features,
     options: &["alpha", "beta", "lr", "epochs", "batch-size"],
     configure: |o, dataset, seed| Method::new(TipAdapterF(tip_options(o, dataset, seed, true))),
-    head: &CODEC,
+    ..CARD
 };
 
 /// The authors' values for `dataset` with the user's on top (the training options only for
@@ -514,6 +509,22 @@ impl HeadModel for TipHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The protocol's Tip-Adapter-F: the authors' values for the dataset, the user's training
+    /// options and the draw's seed on top.
+    #[test]
+    fn configure_takes_the_datasets_values_and_the_users_options() {
+        let o = MethodOverrides {
+            epochs: Some(3),
+            ..Default::default()
+        };
+        let m = (CARD_F.configure)(&o, "eurosat", 2);
+        let t = &m.options::<TipAdapterF>().unwrap().0;
+        assert_eq!((t.epochs, t.seed, t.alpha), (3, 2, 2.0));
+        // Training-free Tip-Adapter keeps the dataset's training options.
+        let m = (CARD.configure)(&o, "eurosat", 2);
+        assert_eq!(m.options::<TipAdapter>().unwrap().0.epochs, 100);
+    }
     use crate::methods::zero_shot::ZeroShot;
 
     fn toy() -> (TipHead, Matrix, Vec<usize>) {
