@@ -22,7 +22,7 @@ use crate::experiment::{
 use crate::features::{model_fingerprint, ContentHash};
 use crate::methods::clip_adapter::{AdapterModel, AdapterOptions, Branch};
 use crate::methods::coop::CoopOptions;
-use crate::methods::prolip::{PreProjection, Projection};
+use crate::methods::pre_projection::{PreProjection, Projection};
 use crate::methods::registry::{CLIP_ADAPTER, COOP};
 use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind, TextClassifier};
 use crate::tsne::{adapter_tsne, AdapterTsne, TsneOptions};

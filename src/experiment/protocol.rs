@@ -268,8 +268,8 @@ mod tests {
         assert_eq!((none.val.features.cols, none.test.labels.len()), (2, 4));
         assert_eq!(Validation::None.apply(task.clone()).val.labels.len(), 0);
         let mut with_pre = task.clone();
-        with_pre.pre_projection = Some(Box::new(crate::methods::prolip::PreProjection {
-            projection: crate::methods::prolip::Projection {
+        with_pre.pre_projection = Some(Box::new(crate::methods::pre_projection::PreProjection {
+            projection: crate::methods::pre_projection::Projection {
                 // E = 2 (the task's width) from W = 3.
                 weight: Matrix::zeros(2, 3),
                 bias: None,

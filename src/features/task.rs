@@ -18,7 +18,7 @@ use crate::features::projection::{projection_path, read_projection};
 use crate::features::text::read_text;
 use crate::features::{Output, Transform};
 use crate::methods::linalg::Matrix;
-use crate::methods::prolip::{PreProjection, Projection};
+use crate::methods::pre_projection::{PreProjection, Projection};
 use crate::methods::{FewShotTask, LabelledSet, MethodError, TextClassifier};
 
 /// How many training images per class: a K-shot draw, or the whole train split (what

@@ -6,6 +6,7 @@
 //! method.rs         the method trait (FewShotMethod), its card (MethodCard), Method, MethodKind
 //! registry.rs       lookups over the registry below (head codecs; the paper's own methods)
 //! overrides.rs      the options a user sets on top of the protocol's values
+//! pre_projection.rs the features before the image tower's last projection, and that projection
 //! linalg.rs         row-major f32 kernels: GEMM, row normalisation, cross-entropy, Cholesky
 //! optim.rs          SGD with momentum, AdamW, CoOp's warm-up + cosine schedule
 //! hyper_network.rs  the ratio hyper-network Q(f, W) of CLIP-Adapter's learnable-ratio variant
@@ -31,6 +32,7 @@ pub mod linalg;
 pub mod method;
 pub mod optim;
 pub mod overrides;
+pub mod pre_projection;
 pub mod registry;
 
 /// The cache reader moved to [`crate::features::task`]; this path stays for older callers.
@@ -104,7 +106,7 @@ pub struct FewShotTask {
     pub text: TextClassifier,
     /// The same images before the image tower's last projection, with that projection: what
     /// ProLIP trains on (`None` when the cache holds no pre-projection features).
-    pub pre_projection: Option<Box<prolip::PreProjection>>,
+    pub pre_projection: Option<Box<pre_projection::PreProjection>>,
     /// `K × D`: the mean over templates of the un-normalised prompt embeddings, the zero-shot
     /// prototypes CLAP's reference trains from (`None` when the cache predates it).
     pub text_mean: Option<Matrix>,
