@@ -339,6 +339,26 @@ mod tests {
     }
 
     #[test]
+    fn rows_before_the_augmentation_column_read_it_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        std::fs::write(
+            &path,
+            format!(
+                "{}\ngda,,eurosat,16,1,none,0123,m,f,90,80.5,0.25,alpha=1\n",
+                COLUMNS_BEFORE_AUGMENTATION.join(",")
+            ),
+        )
+        .unwrap();
+        let rows = read_csv(&path).unwrap();
+        assert_eq!(rows[0].validation, Validation::None);
+        assert_eq!(
+            (rows[0].chosen.as_str(), rows[0].augmentation.as_str()),
+            ("alpha=1", "")
+        );
+    }
+
+    #[test]
     fn rows_before_the_validation_column_read_as_val() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.csv");
