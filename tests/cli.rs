@@ -424,6 +424,72 @@ fn help_lists_the_librarys_methods_and_tasks() {
     }
 }
 
+#[test]
+fn method_options_are_the_librarys_with_its_help_and_checks() {
+    use clip_adapter::methods::OPTIONS;
+    let help = String::from_utf8_lossy(&clip_adapter(&["run", "--help"]).stdout).into_owned();
+    for o in OPTIONS {
+        assert!(
+            help.contains(&format!("--{}", o.name)),
+            "run --help lacks --{}",
+            o.name
+        );
+        let first_words: String = o
+            .help
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            help.contains(&first_words),
+            "--{}: {first_words:?} not in {help}",
+            o.name
+        );
+    }
+    // A value the library refuses is an argument error, before anything runs.
+    let fit = [
+        "fit",
+        "--method",
+        "clip-adapter",
+        "--dataset",
+        "d",
+        "--shots",
+        "1",
+    ];
+    for (flag, value, says) in [
+        ("--epochs", "0", "at least 1"),
+        ("--alpha", "inf", "finite"),
+    ] {
+        let out = clip_adapter(&[&fit[..], &[flag, value]].concat());
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+}
+
+/// A reader that stops early (`clip-adapter tokenize ... | head -1`) is not an error: no panic,
+/// no message, exit status 0.
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::process::{Command, Stdio};
+    // More than a pipe's buffer (64 KiB), so that writing meets the closed end.
+    let texts: Vec<String> = (0..2000)
+        .map(|i| format!("a photo of cat number {i}"))
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clip-adapter"))
+        .arg("tokenize")
+        .args(&texts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
 /// An error names its cause once, even where a library error both quotes its source in its
 /// message and returns it as its source.
 #[test]

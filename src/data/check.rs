@@ -12,6 +12,18 @@ use super::{DataError, Dataset, Split};
 /// Missing files reported in an error, at most (the report itself lists them all).
 const EXAMPLES: usize = 5;
 
+/// `a, b, c and 7 more` with the first `shown` items; `more` follows the count.
+pub fn first_few<T: std::fmt::Display>(items: &[T], shown: usize, more: &str) -> String {
+    let mut s = (items.iter().take(shown))
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > shown {
+        s.push_str(&format!(" and {} more{more}", items.len() - shown));
+    }
+    s
+}
+
 /// One split's tally.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SplitCheck {
@@ -76,6 +88,70 @@ impl CheckReport {
             + self.unreadable.len()
             + self.classes_without_train().len()
             + self.count_mismatches().len()
+    }
+
+    /// The report for people: sizes, train images per class, then each problem with its first
+    /// `shown` items (`more` follows the count of the rest, e.g. how to list them all).
+    pub fn summary(&self, shown: usize, more: &str) -> String {
+        let sizes: Vec<String> = (self.splits.iter())
+            .map(|s| format!("{} {}", s.split, s.listed))
+            .collect();
+        let root = self.image_root.display();
+        let mut out = vec![format!(
+            "{}: {} classes, {} in {root}",
+            self.dataset,
+            self.classes,
+            sizes.join(", ")
+        )];
+        let train = || self.per_class.iter().map(|c| c.train);
+        if let (Some(min), Some(max)) = (train().min(), train().max()) {
+            out.push(format!("  train images per class: {min} to {max}"));
+        }
+        let empty: Vec<String> = (self.classes_without_train().iter())
+            .map(|c| format!("{} `{}`", c.label, super::display_name(&c.name)))
+            .collect();
+        if !empty.is_empty() {
+            let few = first_few(&empty, shown, more);
+            out.push(format!(
+                "  {} class(es) without a train image: {few}",
+                empty.len()
+            ));
+        }
+        for (split, listed, published) in self.count_mismatches() {
+            out.push(format!(
+                "  {split}: the split lists {listed} images, CoOp's has {published}"
+            ));
+        }
+        for s in self.splits.iter().filter(|s| !s.missing.is_empty()) {
+            let names: Vec<_> = s.missing.iter().map(|m| super::display_name(m)).collect();
+            let (n, few) = (s.missing.len(), first_few(&names, shown, more));
+            out.push(format!(
+                "  {}: {n} of {} images missing: {few}",
+                s.split, s.listed
+            ));
+        }
+        if self.decoded {
+            out.extend(self.decode_lines(shown, more));
+        }
+        out.join("\n")
+    }
+
+    fn decode_lines(&self, shown: usize, more: &str) -> Vec<String> {
+        if self.unreadable.is_empty() {
+            return vec!["  every image on disk decodes".into()];
+        }
+        let mut out = vec![format!(
+            "  {} image(s) do not decode:",
+            self.unreadable.len()
+        )];
+        out.extend((self.unreadable.iter().take(shown)).map(|u| format!("    {}", u.reason)));
+        if self.unreadable.len() > shown {
+            out.push(format!(
+                "    and {} more{more}",
+                self.unreadable.len() - shown
+            ));
+        }
+        out
     }
 
     /// Splits whose size differs from the published one: `(split, listed, published)`.

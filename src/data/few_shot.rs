@@ -74,6 +74,33 @@ impl FewShot {
         })
     }
 
+    /// A note per split in which classes had fewer images than asked for: how many, and the
+    /// first `shown` of them (`more` follows the count of the rest).
+    pub fn shortage_notes(&self, dataset: &Dataset, shown: usize, more: &str) -> Vec<String> {
+        let mut notes = Vec::new();
+        for split in [Split::Train, Split::Val] {
+            let short: Vec<_> = self.short.iter().filter(|s| s.split == split).collect();
+            let Some(first) = short.first() else {
+                continue;
+            };
+            let classes: Vec<String> = (short.iter())
+                .map(|s| {
+                    let name = super::display_name(&dataset.classnames[s.label]);
+                    format!("{} `{name}` ({})", s.label, s.available)
+                })
+                .collect();
+            notes.push(format!(
+                "{} of {} classes have fewer than the {} {split} image(s) asked for; all of \
+                 theirs are used (as CoOp does): {}",
+                short.len(),
+                dataset.num_classes(),
+                first.requested,
+                super::check::first_few(&classes, shown, more)
+            ));
+        }
+        notes
+    }
+
     /// The drawn samples of `split` (`Train` or `Val`; `Test` is never sampled: empty).
     pub fn samples<'a>(&self, dataset: &'a Dataset, split: Split) -> Vec<&'a Sample> {
         let idx = match split {

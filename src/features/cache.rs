@@ -189,6 +189,16 @@ pub enum DataSource {
 }
 
 impl DataSource {
+    /// The benchmark the source is, if it is one.
+    pub fn benchmark(&self) -> crate::Result<Option<&'static crate::data::Benchmark>> {
+        match self {
+            DataSource::Benchmark { dataset, .. } => {
+                Ok(Some(crate::data::Benchmark::find(dataset)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Reads the dataset: its images and their train/val/test split.
     pub fn load(&self) -> crate::Result<crate::data::Dataset> {
         use crate::data::folder::{self, SeededSplit};

@@ -51,7 +51,7 @@ pub trait ExtractObserver {
 }
 
 /// What became of one image set.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SetSummary {
     pub name: String,
     pub path: PathBuf,
@@ -64,7 +64,7 @@ pub struct SetSummary {
 }
 
 /// What an extraction wrote.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ExtractOutcome {
     /// The class-name prompt file (none for shards other than the first).
     pub text: Option<PathBuf>,

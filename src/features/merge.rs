@@ -8,7 +8,7 @@ use super::cache::{join, FeatureFile};
 use super::FeatureError;
 
 /// One set put together.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Merged {
     pub path: PathBuf,
     pub shards: usize,

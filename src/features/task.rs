@@ -44,6 +44,16 @@ impl std::fmt::Display for Shots {
     }
 }
 
+/// A count as a JSON number, the whole split as `"all"`.
+impl serde::Serialize for Shots {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shots::K(k) => s.serialize_u64(*k as u64),
+            Shots::All => s.serialize_str("all"),
+        }
+    }
+}
+
 impl std::str::FromStr for Shots {
     type Err = String;
 

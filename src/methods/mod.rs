@@ -71,7 +71,7 @@ pub use method::{
     Augmentation, FewShotMethod, Fit, FitContext, Method, MethodCard, MethodKind, Needs,
     UnknownMethod,
 };
-pub use overrides::MethodOverrides;
+pub use overrides::{MethodOverrides, OptionError, OptionSpec, OptionValue, OPTIONS};
 
 /// Image features with their class labels.
 #[derive(Debug, Clone)]

@@ -6,6 +6,148 @@
 use super::clip_adapter::{Branch, Form, RatioMode};
 use super::coop::ClassPosition;
 
+/// What an option's value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionValue {
+    /// A whole number, at least 1.
+    Count,
+    /// A finite number.
+    Number,
+    /// Finite numbers, comma-separated.
+    Numbers,
+    /// One of these names.
+    Choice(&'static [&'static str]),
+    /// Free text.
+    Phrase,
+    /// On or off (`true` / `false`).
+    Switch,
+}
+
+/// One option a user can set, with what it takes and what it does (the command line's
+/// `--help` and the Python package's docstrings read these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionSpec {
+    /// As the cards and results rows name it (`batch-size`).
+    pub name: &'static str,
+    pub value: OptionValue,
+    pub help: &'static str,
+}
+
+/// Every option, in the order rows list them.
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        name: "branch",
+        value: OptionValue::Choice(&["visual", "text", "both"]),
+        help: "CLIP-Adapter: which features get an adapter [default: visual].",
+    },
+    OptionSpec {
+        name: "form",
+        value: OptionValue::Choice(&["official", "paper"]),
+        help: "CLIP-Adapter: `official` (ReLU after both Linear layers, the released code) or \
+               `paper` [default: official].",
+    },
+    OptionSpec {
+        name: "reduction",
+        value: OptionValue::Count,
+        help: "CLIP-Adapter: hidden width = feature width / reduction [default: 4].",
+    },
+    OptionSpec {
+        name: "ratio",
+        value: OptionValue::Choice(&["fixed", "learnable", "hyper"]),
+        help: "CLIP-Adapter ratios: `fixed`, `learnable` (a scalar per branch) or `hyper` \
+               (predicted by the hyper-network Q(f, W)) [default: fixed].",
+    },
+    OptionSpec {
+        name: "search",
+        value: OptionValue::Numbers,
+        help: "CLIP-Adapter: search the ratio on the validation set over these values (e.g. \
+               0.1,0.2,0.4,0.6,0.8).",
+    },
+    OptionSpec {
+        name: "alpha",
+        value: OptionValue::Number,
+        help: "Residual ratio α: weight of the adapted image feature (CLIP-Adapter, default \
+               0.2); Tip-Adapter(-F)'s α when there is no validation set (default: the authors' \
+               per-dataset value).",
+    },
+    OptionSpec {
+        name: "beta",
+        value: OptionValue::Number,
+        help: "Text ratio β (CLIP-Adapter), Tip-Adapter(-F)'s β.",
+    },
+    OptionSpec {
+        name: "lr",
+        value: OptionValue::Number,
+        help: "Learning rate (CLIP-Adapter and CoOp default 0.002; Tip-Adapter-F 0.001; \
+               ProLIP: used as is instead of its validation search over 1e-2..1e-5, default \
+               1e-5 without validation).",
+    },
+    OptionSpec {
+        name: "epochs",
+        value: OptionValue::Count,
+        help: "Epochs (default: CLIP-Adapter and CoOp by shots, 50/100/100/200/200, and 50 on \
+               ImageNet; Tip-Adapter-F the authors' per-dataset value; ProLIP 300).",
+    },
+    OptionSpec {
+        name: "batch-size",
+        value: OptionValue::Count,
+        help: "Batch size (CLIP-Adapter and CoOp 32, Tip-Adapter-F 256).",
+    },
+    OptionSpec {
+        name: "n-ctx",
+        value: OptionValue::Count,
+        help: "CoOp: number of learned context vectors M [default: 16].",
+    },
+    OptionSpec {
+        name: "ctx-init",
+        value: OptionValue::Phrase,
+        help: "CoOp: initialise the context from this phrase's token embeddings (e.g. \"a photo \
+               of a\"); M becomes its token count.",
+    },
+    OptionSpec {
+        name: "csc",
+        value: OptionValue::Switch,
+        help: "CoOp: one context per class (class-specific context) instead of one shared by \
+               all.",
+    },
+    OptionSpec {
+        name: "class-token-position",
+        value: OptionValue::Choice(&["end", "middle", "front"]),
+        help: "CoOp: where the class name sits among the context vectors [default: end].",
+    },
+];
+
+/// An option set to something it does not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    #[error("unknown option `{given}`; the options are: {}", option_names().join(", "))]
+    Unknown { given: String },
+    #[error("option {name}: `{given}` is not {expected}")]
+    Invalid {
+        name: &'static str,
+        given: String,
+        expected: String,
+    },
+}
+
+fn option_names() -> Vec<&'static str> {
+    OPTIONS.iter().map(|o| o.name).collect()
+}
+
+impl OptionValue {
+    /// What a value must be, in words.
+    fn expected(self) -> String {
+        match self {
+            OptionValue::Count => "a whole number of at least 1".into(),
+            OptionValue::Number => "a finite number".into(),
+            OptionValue::Numbers => "a comma-separated list of finite numbers".into(),
+            OptionValue::Choice(names) => format!("one of: {}", names.join(", ")),
+            OptionValue::Phrase => "a non-empty phrase".into(),
+            OptionValue::Switch => "true or false".into(),
+        }
+    }
+}
+
 /// Options given by the user; `None` (or empty) keeps the protocol's value.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MethodOverrides {
@@ -69,10 +211,122 @@ impl MethodOverrides {
         out
     }
 
+    /// Sets an option from its text, as a command line or a keyword argument gives it; `name`
+    /// as [`OPTIONS`] spells it, `_` read as `-`.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), OptionError> {
+        let key = name.replace('_', "-");
+        let spec =
+            (OPTIONS.iter().find(|o| o.name == key)).ok_or_else(|| OptionError::Unknown {
+                given: name.to_string(),
+            })?;
+        let invalid = || OptionError::Invalid {
+            name: spec.name,
+            given: value.to_string(),
+            expected: spec.value.expected(),
+        };
+        let v = value.trim();
+        let count = || {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(invalid)
+        };
+        let number =
+            |x: &str| (x.trim().parse::<f32>().ok().filter(|x| x.is_finite())).ok_or_else(invalid);
+        let choice = |_| invalid();
+        match spec.name {
+            "branch" => self.branch = Some(v.parse().map_err(choice)?),
+            "form" => self.form = Some(v.parse().map_err(choice)?),
+            "reduction" => self.reduction = Some(count()?),
+            "ratio" => self.ratio = Some(v.parse().map_err(choice)?),
+            "search" => self.search = v.split(',').map(number).collect::<Result<_, _>>()?,
+            "alpha" => self.alpha = Some(number(v)?),
+            "beta" => self.beta = Some(number(v)?),
+            "lr" => self.lr = Some(number(v)?),
+            "epochs" => self.epochs = Some(count()?),
+            "batch-size" => self.batch_size = Some(count()?),
+            "n-ctx" => self.n_ctx = Some(count()?),
+            "ctx-init" if !v.is_empty() => self.ctx_init = Some(value.to_string()),
+            "csc" => self.csc = v.parse().map_err(|_| invalid())?,
+            "class-token-position" => self.class_token_position = Some(v.parse().map_err(choice)?),
+            _ => return Err(invalid()),
+        }
+        Ok(())
+    }
+
     /// The epochs CoOp's schedule gives on `dataset` unless the user set them: 50 on ImageNet,
     /// by shot count elsewhere (`None`).
     pub fn coop_epochs(&self, dataset: &str) -> Option<usize> {
         self.epochs
             .or((dataset == IMAGENET).then_some(IMAGENET_EPOCHS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value each kind of option takes.
+    fn sample(value: OptionValue) -> &'static str {
+        match value {
+            OptionValue::Count => "3",
+            OptionValue::Number => "0.5",
+            OptionValue::Numbers => "0.1, 0.2",
+            OptionValue::Choice(names) => names[names.len() - 1],
+            OptionValue::Phrase => "a photo of a",
+            OptionValue::Switch => "true",
+        }
+    }
+
+    #[test]
+    fn every_option_is_set_by_its_name_and_listed_under_it() {
+        for spec in OPTIONS {
+            let mut o = MethodOverrides::default();
+            o.set(spec.name, sample(spec.value)).unwrap();
+            let given: Vec<_> = o.given().into_iter().map(|(k, _)| k).collect();
+            assert_eq!(given, [spec.name], "{}", spec.name);
+            // A keyword argument's spelling.
+            let mut p = MethodOverrides::default();
+            p.set(&spec.name.replace('-', "_"), sample(spec.value))
+                .unwrap();
+            assert_eq!(o, p);
+        }
+    }
+
+    #[test]
+    fn values_are_parsed_as_the_flags_parse_them() {
+        let mut o = MethodOverrides::default();
+        o.set("search", "0.1,0.2, 0.4").unwrap();
+        o.set("batch_size", " 16 ").unwrap();
+        o.set("class-token-position", "middle").unwrap();
+        assert_eq!(o.search, [0.1, 0.2, 0.4]);
+        assert_eq!(o.batch_size, Some(16));
+        assert_eq!(o.class_token_position, Some(ClassPosition::Middle));
+    }
+
+    #[test]
+    fn bad_values_and_names_are_refused_with_what_was_expected() {
+        let mut o = MethodOverrides::default();
+        for (name, value, expected) in [
+            ("epochs", "0", "at least 1"),
+            ("reduction", "two", "whole number"),
+            ("alpha", "nan", "finite"),
+            ("search", "0.1,,0.2", "comma-separated"),
+            ("branch", "left", "visual, text, both"),
+            ("csc", "yes", "true or false"),
+            ("ctx-init", " ", "non-empty"),
+        ] {
+            let e = o.set(name, value).unwrap_err();
+            assert!(matches!(e, OptionError::Invalid { .. }), "{name}");
+            assert!(e.to_string().contains(expected), "{name}: {e}");
+        }
+        let e = o.set("alfa", "1").unwrap_err();
+        assert!(matches!(e, OptionError::Unknown { .. }));
+        assert!(e.to_string().contains("alpha"), "{e}");
+        assert_eq!(
+            o,
+            MethodOverrides::default(),
+            "a refused value leaves the options as they were"
+        );
     }
 }

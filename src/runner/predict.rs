@@ -31,7 +31,7 @@ pub struct PredictSpec {
 }
 
 /// The ranked classes of each image.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Predictions {
     /// The method that trained the head.
     pub method: String,

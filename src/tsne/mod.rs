@@ -367,6 +367,35 @@ fn check_head(
 }
 
 impl AdapterTsne {
+    /// The numbers of both spaces as a text table: a header and a line per space.
+    pub fn table(&self) -> String {
+        let head = [
+            "5-NN features",
+            "silhouette features",
+            "5-NN map",
+            "silhouette map",
+        ];
+        let mut out = format!(
+            "{:<22} {:>14} {:>20} {:>10} {:>15} {:>16}",
+            "", head[0], head[1], head[2], head[3], "trustworthiness"
+        );
+        for (name, v) in [
+            ("before (CLIP)", &self.before),
+            ("after (CLIP-Adapter)", &self.after),
+        ] {
+            let (f, m) = (&v.features, &v.map);
+            out.push_str(&format!(
+                "\n{name:<22} {:>12.1} % {:>20.3} {:>8.1} % {:>15.3} {:>16.3}",
+                100.0 * f.knn_accuracy,
+                f.silhouette,
+                100.0 * m.knn_accuracy,
+                m.silhouette,
+                v.trustworthiness
+            ));
+        }
+        out
+    }
+
     /// The panel title of one space, with its numbers in the map.
     fn title(&self, which: &str, view: &SpaceView) -> String {
         format!(

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use clip_adapter::experiment::Validation;
 use clip_adapter::features::task::Shots;
 use clip_adapter::zero_shot::DEFAULT_TEMPLATE;
 
@@ -161,6 +162,28 @@ fn context_length(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// Which cached features: the cache and, when it holds several models' features, which.
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// The feature cache `extract` wrote.
+    #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
+    pub cache: PathBuf,
+    /// Pick the model's features when the cache holds several (the name given to extract, or
+    /// the fingerprint). CoOp trains through this model's text tower [default: the model the
+    /// cache records]; one whose content differs from the features' model is refused.
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidationArg {
+    /// `val`: hyper-parameters and best epochs chosen on the few-shot validation set; `none`:
+    /// no validation set (as a user with a few labelled images has), each method keeps its
+    /// documented default or uses its own validation-free rule (docs/methods.md).
+    #[arg(long, default_value = "val", value_parser = |s: &str| s.parse::<Validation>().map_err(|e| e.to_string()), value_name = "val|none")]
+    pub validation: Validation,
+}
+
 #[derive(Args)]
 pub struct TokenizeArgs {
     /// Texts to tokenize.
@@ -247,13 +270,14 @@ pub struct ClassifyArgs {
 }
 
 impl ClassifyArgs {
+    /// The class names, trimmed, blank ones left out.
     pub fn labels(&self) -> Result<Vec<String>> {
-        let raw: Vec<String> = match &self.labels_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading labels from {}", path.display()))?
-                .lines()
-                .map(str::to_string)
-                .collect(),
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading labels from {}", p.display()))
+        };
+        let raw = match &self.labels_file {
+            Some(path) => read(path)?.lines().map(str::to_string).collect(),
             None => self.labels.clone(),
         };
         Ok(raw
@@ -261,9 +285,5 @@ impl ClassifyArgs {
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect())
-    }
-
-    pub fn templates(&self) -> Vec<String> {
-        self.templates.clone()
     }
 }

@@ -9,27 +9,24 @@ use clap::Args;
 use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
 use clip_adapter::data::check::{check, decode_all, CheckReport};
-use clip_adapter::data::{display_name, Benchmark, Dataset, FewShot, Split};
+use clip_adapter::data::{Benchmark, Dataset, FewShot, Split};
 use clip_adapter::features::extract::DEFAULT_CHUNK_BATCHES;
-use clip_adapter::features::job::{ExtractObserver, ExtractOutcome};
-use clip_adapter::features::{merge::merge, DataSource, Event, ExtractOptions, Shard};
+use clip_adapter::features::job::ExtractOutcome;
+use clip_adapter::features::{merge::merge, DataSource, ExtractOptions, Shard};
 use clip_adapter::runner::{self, ExtractSpec};
 use serde_json::json;
 
-use crate::output::Progress;
-
-/// `println!` that returns an error (a closed pipe) instead of panicking.
-macro_rules! outln {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($t)*)?
-    }};
-}
+use crate::args::positive;
+use crate::output::{outln, Observer, Progress};
 
 /// CoOp's split of a dataset without one: half of each class for training, a fifth for
 /// validation.
 pub const TRAIN_FRACTION: f64 = 0.5;
 pub const VAL_FRACTION: f64 = 0.2;
+
+/// Items of a list printed without --verbose; what follows the count of the rest.
+const FIRST: usize = 5;
+const MORE: &str = " (--verbose lists all)";
 
 /// Where the images and their split come from (one of --dataset, --folder, --manifest,
 /// --split).
@@ -66,12 +63,12 @@ pub struct SourceArgs {
     pub split_seed: i64,
 
     /// Fraction of each class for training in such a split (CoOp: 0.5), in (0, 1].
-    #[arg(long, default_value_t = TRAIN_FRACTION, value_name = "F", value_parser = train_fraction)]
+    #[arg(long, default_value_t = TRAIN_FRACTION, value_name = "F", value_parser = |s: &str| fraction(s, false, true))]
     pub train_fraction: f64,
 
     /// Fraction of each class for validation in such a split (CoOp: 0.2), in [0, 1); the rest
     /// is test.
-    #[arg(long, default_value_t = VAL_FRACTION, value_name = "F", value_parser = val_fraction)]
+    #[arg(long, default_value_t = VAL_FRACTION, value_name = "F", value_parser = |s: &str| fraction(s, true, false))]
     pub val_fraction: f64,
 
     /// The dataset's name in the cache (`<cache>/<NAME>/`) and in `fit --dataset`. Defaults:
@@ -87,39 +84,22 @@ fn fraction(s: &str, allow_zero: bool, allow_one: bool) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     let low_ok = if allow_zero { v >= 0.0 } else { v > 0.0 };
     let high_ok = if allow_one { v <= 1.0 } else { v < 1.0 };
-    if low_ok && high_ok {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{v} is out of range; expected a fraction {}0, 1{}",
-            if allow_zero { "[" } else { "(" },
-            if allow_one { "]" } else { ")" }
-        ))
-    }
-}
-
-fn train_fraction(s: &str) -> Result<f64, String> {
-    fraction(s, false, true)
-}
-
-fn val_fraction(s: &str) -> Result<f64, String> {
-    fraction(s, true, false)
-}
-
-/// At least 1 (shots, batch sizes, chunk sizes).
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("`{s}` is not a whole number")),
+    let (open, close) = (
+        ["(", "["][allow_zero as usize],
+        [")", "]"][allow_one as usize],
+    );
+    match low_ok && high_ok {
+        true => Ok(v),
+        false => Err(format!(
+            "{v} is out of range; expected a fraction {open}0, 1{close}"
+        )),
     }
 }
 
 /// `min,max` with 0 < min <= max <= 1.
 fn crop_scale(s: &str) -> Result<(f64, f64), String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| format!("`{s}`: expected MIN,MAX, e.g. 0.5,1"))?;
+    let (a, b) =
+        (s.split_once(',')).ok_or_else(|| format!("`{s}`: expected MIN,MAX, e.g. 0.5,1"))?;
     let num = |x: &str| {
         x.trim()
             .parse::<f64>()
@@ -134,27 +114,41 @@ fn crop_scale(s: &str) -> Result<(f64, f64), String> {
 
 /// A name that is one folder in the cache.
 fn dataset_name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 100
-        && s != "."
-        && s != ".."
-        && !s.contains(['/', '\\'])
-        && !s.chars().any(char::is_control);
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
+    let bad = s.is_empty() || s.len() > 100 || s == "." || s == "..";
+    if bad || s.contains(['/', '\\']) || s.chars().any(char::is_control) {
+        return Err(format!(
             "`{}`: expected a folder name (1-100 bytes, no `/`, `\\`, control characters, \
              `.` or `..`)",
             clip_adapter::data::display_name(s)
-        ))
+        ));
     }
+    Ok(s.to_string())
 }
 
 impl SourceArgs {
     /// The dataset and its benchmark, if it is one, renamed by --name.
     pub fn load(&self) -> Result<(Dataset, Option<&'static Benchmark>)> {
-        let (mut dataset, bench) = self.load_unnamed()?;
+        if self.train_fraction + self.val_fraction > 1.0 {
+            use clap::CommandFactory;
+            let why = format!(
+                "--train-fraction {} and --val-fraction {} add up to more than 1",
+                self.train_fraction, self.val_fraction
+            );
+            (crate::args::Cli::command().error(clap::error::ErrorKind::ArgumentConflict, why))
+                .exit();
+        }
+        if self.dataset.is_some() && self.root.is_none() {
+            bail!("--dataset needs --root DIR (CoOp's data folder)");
+        }
+        let source = self.source(false).context(
+            "say where the images are: --dataset NAME --root DIR, --folder DIR, --manifest FILE \
+             or --split FILE",
+        )?;
+        let bench = source.benchmark()?;
+        let mut dataset = (source.load()).with_context(|| match (bench, &self.root) {
+            (Some(b), Some(root)) => format!("reading {} from {}", b.name, root.display()),
+            _ => "reading the dataset".into(),
+        })?;
         if let Some(name) = &self.name {
             dataset.name = name.clone();
         }
@@ -169,82 +163,50 @@ impl SourceArgs {
             || self.split.is_some()
     }
 
-    fn load_unnamed(&self) -> Result<(Dataset, Option<&'static Benchmark>)> {
-        if self.train_fraction + self.val_fraction > 1.0 {
-            use clap::CommandFactory;
-            crate::args::Cli::command()
-                .error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    format!(
-                        "--train-fraction {} and --val-fraction {} add up to more than 1",
-                        self.train_fraction, self.val_fraction
-                    ),
-                )
-                .exit();
-        }
-        if let Some(name) = &self.dataset {
-            let bench = Benchmark::find(name)?;
-            let root = self
-                .root
-                .as_deref()
-                .context("--dataset needs --root DIR (CoOp's data folder)")?;
-            let d = bench
-                .load(root, self.split.as_deref())
-                .with_context(|| format!("reading {} from {}", bench.name, root.display()))?;
-            return Ok((d, Some(bench)));
-        }
-        let source = self.source(false).context(
-            "say where the images are: --dataset NAME --root DIR, --folder DIR, --manifest FILE \
-             or --split FILE",
-        )?;
-        Ok((source.load()?, None))
-    }
-
-    /// The source as the cache records it (absolute paths, so a printed command runs anywhere).
-    pub fn data_source(&self) -> Option<DataSource> {
-        self.source(true)
-    }
-
-    /// The source as given, or with absolute paths.
-    fn source(&self, absolute: bool) -> Option<DataSource> {
+    /// The source as given, or with absolute paths (as the cache records it, so that a printed
+    /// command runs anywhere).
+    pub fn source(&self, absolute: bool) -> Option<DataSource> {
         let abs = |p: &PathBuf| match absolute {
             true => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
             false => p.clone(),
         };
         let (split_seed, train_fraction, val_fraction) =
             (self.split_seed, self.train_fraction, self.val_fraction);
-        if let (Some(dataset), Some(root)) = (&self.dataset, &self.root) {
-            let split = self.split.as_ref().map(abs);
-            let (dataset, root) = (dataset.clone(), abs(root));
-            return Some(DataSource::Benchmark {
-                dataset,
-                root,
-                split,
-            });
-        }
-        if let Some(dir) = &self.folder {
-            let dir = abs(dir);
-            return Some(DataSource::Folder {
-                dir,
-                split_seed,
-                train_fraction,
-                val_fraction,
-            });
-        }
-        if let Some(file) = &self.manifest {
-            let file = abs(file);
-            return Some(DataSource::Manifest {
-                file,
-                split_seed,
-                train_fraction,
-                val_fraction,
-            });
-        }
-        let file = abs(self.split.as_ref()?);
-        Some(DataSource::SplitFile {
-            file,
-            root: self.root.as_ref().map(abs),
-        })
+        Some(
+            match (&self.dataset, &self.root, &self.folder, &self.manifest) {
+                (Some(dataset), Some(root), ..) => {
+                    let (dataset, root, split) =
+                        (dataset.clone(), abs(root), self.split.as_ref().map(abs));
+                    DataSource::Benchmark {
+                        dataset,
+                        root,
+                        split,
+                    }
+                }
+                (_, _, Some(dir), _) => {
+                    let dir = abs(dir);
+                    DataSource::Folder {
+                        dir,
+                        split_seed,
+                        train_fraction,
+                        val_fraction,
+                    }
+                }
+                (_, _, _, Some(file)) => {
+                    let file = abs(file);
+                    DataSource::Manifest {
+                        file,
+                        split_seed,
+                        train_fraction,
+                        val_fraction,
+                    }
+                }
+                _ => DataSource::SplitFile {
+                    file: abs(self.split.as_ref()?),
+                    root: self.root.as_ref().map(abs),
+                },
+            },
+        )
     }
 }
 
@@ -294,7 +256,7 @@ pub struct FewShotArgs {
 }
 
 /// The prompt template sets, described as `--help` shows them.
-fn template_sets() -> impl clap::builder::TypedValueParser<Value = TemplateSet> {
+fn template_sets() -> impl TypedValueParser<Value = TemplateSet> {
     let help = [
         "The dataset's hand-written template (CLIP-Adapter / CoOp)",
         "Tip-Adapter's (ImageNet: 7 templates)",
@@ -388,47 +350,13 @@ pub struct MergeArgs {
 
 pub fn datasets(a: DatasetsArgs, progress: &Progress) -> Result<()> {
     if a.source.given() {
-        return check_one(&a, progress);
+        let (dataset, bench) = a.source.load()?;
+        return print_checks(vec![check_one(&dataset, bench, &a, progress)], &a, 0);
     }
     let Some(root) = &a.source.root else {
-        let rows: Vec<_> = BENCHMARKS
-            .iter()
-            .map(|b| {
-                json!({"key": b.key, "name": b.name, "folder": b.folder, "classes": b.classnames().len(),
-                       "train": b.published.0, "val": b.published.1, "test": b.published.2,
-                       "templates": b.templates(TemplateSet::Custom)})
-            })
-            .collect();
-        if a.json {
-            outln!("{}", serde_json::Value::Array(rows));
-        } else {
-            outln!(
-                "{:<15} {:<16} {:>7} {:>9} {:>7} {:>7}  template",
-                "dataset",
-                "folder",
-                "classes",
-                "train",
-                "val",
-                "test"
-            );
-            for b in &BENCHMARKS {
-                let (t, v, s) = b.published;
-                let template = b.templates(TemplateSet::Custom).join(" | ");
-                outln!(
-                    "{:<15} {:<16} {:>7} {:>9} {:>7} {:>7}  {template}",
-                    b.key,
-                    b.folder,
-                    b.classnames().len(),
-                    t,
-                    v,
-                    s
-                );
-            }
-        }
-        return Ok(());
+        return list_benchmarks(a.json);
     };
-    let benches: Vec<&Benchmark> = BENCHMARKS
-        .iter()
+    let benches: Vec<&Benchmark> = (BENCHMARKS.iter())
         .filter(|b| root.join(b.folder).is_dir())
         .collect();
     if benches.is_empty() {
@@ -437,179 +365,93 @@ pub fn datasets(a: DatasetsArgs, progress: &Progress) -> Result<()> {
             root.display()
         );
     }
-    let mut reports = Vec::new();
-    let mut problems = 0;
+    let (mut reports, mut unreadable) = (Vec::new(), 0);
     for b in benches {
-        let mut report = match b.load(root, None) {
+        match b.load(root, None) {
             Ok(d) => {
-                let mut r = check(&d, Some(b.published));
-                if a.decode {
-                    decode(&d, &mut r, progress);
-                }
-                r
+                let mut report = check_one(&d, Some(b), &a, progress);
+                report.dataset = b.key.to_string();
+                reports.push(report);
             }
             Err(e) => {
-                problems += 1;
+                unreadable += 1;
                 eprintln!("{}: {:#}", b.key, anyhow::Error::new(e));
-                continue;
             }
-        };
-        report.dataset = b.key.to_string();
-        problems += report.problems();
-        if !a.json {
-            print_report(&report, a.verbose)?;
         }
-        reports.push(report);
     }
+    print_checks(reports, &a, unreadable)
+}
+
+fn check_one(
+    dataset: &Dataset,
+    bench: Option<&Benchmark>,
+    a: &DatasetsArgs,
+    progress: &Progress,
+) -> CheckReport {
+    let mut report = check(dataset, bench.map(|b| b.published));
+    if a.decode {
+        let bar = progress.bar("decoding", report.listed() - report.missing());
+        decode_all(dataset, &mut report, &|done| bar.set_position(done as u64));
+        bar.finish_and_clear();
+    }
+    report
+}
+
+fn print_checks(reports: Vec<CheckReport>, a: &DatasetsArgs, unreadable: usize) -> Result<()> {
     if a.json {
         outln!("{}", serde_json::to_string(&reports)?);
     }
-    if problems > 0 {
-        bail!("{problems} problem(s) found");
+    let shown = if a.verbose { usize::MAX } else { FIRST };
+    for r in reports.iter().filter(|_| !a.json) {
+        outln!("{}", r.summary(shown, MORE));
     }
-    Ok(())
+    let problems = unreadable + reports.iter().map(CheckReport::problems).sum::<usize>();
+    match (problems, reports.as_slice()) {
+        (0, _) => Ok(()),
+        (n, [one]) if a.source.given() => bail!("{n} problem(s) found in {}", one.dataset),
+        (n, _) => bail!("{n} problem(s) found"),
+    }
 }
 
-/// `datasets` with one source: a benchmark, a folder, a manifest or a split file.
-fn check_one(a: &DatasetsArgs, progress: &Progress) -> Result<()> {
-    let (dataset, bench) = a.source.load()?;
-    let mut report = check(&dataset, bench.map(|b| b.published));
-    if a.decode {
-        decode(&dataset, &mut report, progress);
-    }
-    if a.json {
-        outln!("{}", serde_json::to_string(&[&report])?);
-    } else {
-        print_report(&report, a.verbose)?;
-    }
-    let problems = report.problems();
-    if problems > 0 {
-        bail!("{problems} problem(s) found in {}", dataset.name);
-    }
-    Ok(())
-}
-
-fn decode(dataset: &Dataset, report: &mut CheckReport, progress: &Progress) {
-    let total = report.listed() - report.missing();
-    let bar = progress.bar("decoding", total);
-    decode_all(dataset, report, &|done| bar.set_position(done as u64));
-    bar.finish_and_clear();
-}
-
-/// Items listed in full with --verbose, else this many and a count.
-const FIRST: usize = 5;
-
-/// `a, b, c and 7 more` (everything with `verbose`).
-fn first_few<T: std::fmt::Display>(items: &[T], verbose: bool) -> String {
-    let shown = if verbose { items.len() } else { FIRST };
-    let mut s = items
-        .iter()
-        .take(shown)
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if items.len() > shown {
-        s.push_str(&format!(
-            " and {} more (--verbose lists all)",
-            items.len() - shown
-        ));
-    }
-    s
-}
-
-fn print_report(report: &CheckReport, verbose: bool) -> Result<()> {
-    let sizes: Vec<String> = report
-        .splits
-        .iter()
-        .map(|s| format!("{} {}", s.split, s.listed))
-        .collect();
-    outln!(
-        "{}: {} classes, {} in {}",
-        report.dataset,
-        report.classes,
-        sizes.join(", "),
-        report.image_root.display()
-    );
-    if let (Some(min), Some(max)) = (
-        report.per_class.iter().map(|c| c.train).min(),
-        report.per_class.iter().map(|c| c.train).max(),
-    ) {
-        outln!("  train images per class: {min} to {max}");
-    }
-    let empty: Vec<String> = report
-        .classes_without_train()
-        .iter()
-        .map(|c| format!("{} `{}`", c.label, display_name(&c.name)))
-        .collect();
-    if !empty.is_empty() {
-        outln!(
-            "  {} class(es) without a train image: {}",
-            empty.len(),
-            first_few(&empty, verbose)
-        );
-    }
-    for (split, listed, published) in report.count_mismatches() {
-        outln!("  {split}: the split lists {listed} images, CoOp's has {published}");
-    }
-    for s in &report.splits {
-        if !s.missing.is_empty() {
-            let names: Vec<_> = s.missing.iter().map(|m| display_name(m)).collect();
-            outln!(
-                "  {}: {} of {} images missing: {}",
-                s.split,
-                s.missing.len(),
-                s.listed,
-                first_few(&names, verbose)
-            );
-        }
-    }
-    if report.decoded {
-        if report.unreadable.is_empty() {
-            outln!("  every image on disk decodes");
-        } else {
-            outln!("  {} image(s) do not decode:", report.unreadable.len());
-            let shown = if verbose { usize::MAX } else { FIRST };
-            for u in report.unreadable.iter().take(shown) {
-                outln!("    {}", u.reason);
-            }
-            if report.unreadable.len() > shown {
-                outln!(
-                    "    and {} more (--verbose lists all)",
-                    report.unreadable.len() - shown
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The classes that had fewer images than asked for, on stderr: a count and the first few
-/// (all with `verbose`), one line per split.
-fn report_short(few: &FewShot, dataset: &Dataset, verbose: bool) {
-    for split in [Split::Train, Split::Val] {
-        let short: Vec<_> = few.short.iter().filter(|s| s.split == split).collect();
-        let Some(first) = short.first() else {
-            continue;
-        };
-        let classes: Vec<String> = short
-            .iter()
-            .map(|s| {
-                format!(
-                    "{} `{}` ({})",
-                    s.label,
-                    display_name(&dataset.classnames[s.label]),
-                    s.available
-                )
+fn list_benchmarks(as_json: bool) -> Result<()> {
+    if as_json {
+        let rows: Vec<_> = (BENCHMARKS.iter())
+            .map(|b| {
+                let (train, val, test) = b.published;
+                json!({"key": b.key, "name": b.name, "folder": b.folder, "classes": b.classnames().len(),
+                       "train": train, "val": val, "test": test, "templates": b.templates(TemplateSet::Custom)})
             })
             .collect();
-        eprintln!(
-            "note: {} of {} classes have fewer than the {} {split} image(s) asked for; all of \
-             theirs are used (as CoOp does): {}",
-            short.len(),
-            dataset.num_classes(),
-            first.requested,
-            first_few(&classes, verbose)
+        outln!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    let head = ("dataset", "folder", "classes", "train", "val", "test");
+    outln!(
+        "{:<15} {:<16} {:>7} {:>9} {:>7} {:>7}  template",
+        head.0,
+        head.1,
+        head.2,
+        head.3,
+        head.4,
+        head.5
+    );
+    for b in &BENCHMARKS {
+        let ((t, v, s), classes) = (b.published, b.classnames().len());
+        let template = b.templates(TemplateSet::Custom).join(" | ");
+        outln!(
+            "{:<15} {:<16} {classes:>7} {t:>9} {v:>7} {s:>7}  {template}",
+            b.key,
+            b.folder
         );
+    }
+    Ok(())
+}
+
+/// The classes that had fewer images than asked for, on stderr.
+pub fn report_short(few: &FewShot, dataset: &Dataset, verbose: bool) {
+    let shown = if verbose { usize::MAX } else { FIRST };
+    for note in few.shortage_notes(dataset, shown, MORE) {
+        eprintln!("note: {note}");
     }
 }
 
@@ -617,27 +459,27 @@ pub fn fewshot(a: FewShotArgs) -> Result<()> {
     let (dataset, _) = a.source.load()?;
     let few = FewShot::coop(&dataset, a.shots, a.seed)?;
     report_short(&few, &dataset, a.verbose);
-    let list = |split: Split| -> Vec<String> {
+    let paths = |split| -> Vec<&str> {
         few.samples(&dataset, split)
             .iter()
-            .map(|s| s.impath.clone())
+            .map(|s| s.impath.as_str())
             .collect()
     };
     if a.json {
         outln!(
             "{}",
-            json!({"train": list(Split::Train), "val": list(Split::Val)})
+            json!({"train": paths(Split::Train), "val": paths(Split::Val)})
         );
-    } else {
-        for split in [Split::Train, Split::Val] {
-            for s in few.samples(&dataset, split) {
-                outln!(
-                    "{split}\t{}\t{}\t{}",
-                    s.impath,
-                    s.label,
-                    dataset.classnames[s.label]
-                );
-            }
+        return Ok(());
+    }
+    for split in [Split::Train, Split::Val] {
+        for s in few.samples(&dataset, split) {
+            outln!(
+                "{split}\t{}\t{}\t{}",
+                s.impath,
+                s.label,
+                dataset.classnames[s.label]
+            );
         }
     }
     Ok(())
@@ -661,117 +503,26 @@ pub fn extract(a: ExtractArgs, progress: &Progress) -> Result<()> {
             skip_bad: a.skip_bad,
             shard: a.shard,
             model_name: a.model.clone(),
-            source: a.source.data_source(),
+            source: a.source.source(true),
         },
         hub: HubOptions::from_env(),
     };
-    let mut bars = ExtractBars::new(progress, a.verbose);
-    let outcome = runner::extract(&spec, &mut bars);
-    bars.finish();
+    let mut observer = Observer::new(progress).verbose(a.verbose);
+    let outcome = runner::extract(&spec, &mut observer);
+    observer.finish();
     print_extracted(&outcome?, a.json)
-}
-
-/// One bar for the class prompts, one for the images of the sets in progress (the sets of the
-/// same images, a train set's views, are encoded together, each image decoded once).
-struct ExtractBars<'a> {
-    progress: &'a Progress,
-    verbose: bool,
-    download: Box<crate::output::OnDownload<'a>>,
-    prompts: Option<indicatif::ProgressBar>,
-    images: Option<indicatif::ProgressBar>,
-    counts: std::collections::BTreeMap<String, (usize, usize)>,
-}
-
-impl<'a> ExtractBars<'a> {
-    fn new(progress: &'a Progress, verbose: bool) -> Self {
-        ExtractBars {
-            progress,
-            verbose,
-            download: Box::new(progress.download()),
-            prompts: None,
-            images: None,
-            counts: Default::default(),
-        }
-    }
-
-    fn finish(&mut self) {
-        for bar in [self.prompts.take(), self.images.take()]
-            .into_iter()
-            .flatten()
-        {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-impl ExtractObserver for ExtractBars<'_> {
-    fn download(&mut self, file: &str, done: u64, total: Option<u64>) {
-        (self.download)(file, done, total)
-    }
-
-    fn short_classes(&mut self, few: &FewShot, dataset: &Dataset) {
-        report_short(few, dataset, self.verbose);
-    }
-
-    fn skipping_missing(&mut self, why: &clip_adapter::data::DataError) {
-        eprintln!("warning: {why}; they will be skipped");
-    }
-
-    fn prompts(&mut self, done: usize, total: usize) {
-        let bar = (self.prompts).get_or_insert_with(|| self.progress.bar("class prompts", total));
-        bar.set_position(done as u64);
-    }
-
-    fn prompts_rebuilt(&mut self, reason: &str) {
-        eprintln!("note: {reason}\nencoding the class prompts again");
-    }
-
-    fn event(&mut self, e: &Event) {
-        if let Some(bar) = self.prompts.take() {
-            bar.finish_and_clear();
-        }
-        match e {
-            Event::Start { set, total, done } | Event::Progress { set, total, done } => {
-                self.counts.insert(set.clone(), (*done, *total));
-                let (d, t) = (self.counts.values()).fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
-                let b = (self.images).get_or_insert_with(|| self.progress.bar(set, t));
-                b.set_length(t as u64);
-                b.set_position(d as u64);
-            }
-            Event::Done { set, .. } => {
-                self.counts.remove(set);
-                if self.counts.is_empty() {
-                    if let Some(b) = self.images.take() {
-                        b.finish_and_clear();
-                    }
-                }
-            }
-            other => {
-                if let Some(note) = other.notice() {
-                    eprintln!("note: {note}");
-                }
-            }
-        }
-    }
 }
 
 fn print_extracted(outcome: &ExtractOutcome, as_json: bool) -> Result<()> {
     for s in outcome.sets.iter().filter(|s| !s.skipped.is_empty()) {
+        let (n, first) = (s.skipped.len(), &s.skipped[0]);
         eprintln!(
-            "warning: {}: skipped {} unreadable image(s), e.g. {}",
-            s.name,
-            s.skipped.len(),
-            s.skipped[0]
+            "warning: {}: skipped {n} unreadable image(s), e.g. {first}",
+            s.name
         );
     }
     if as_json {
-        let sets: Vec<_> = (outcome.sets.iter())
-            .map(|s| {
-                json!({"name": s.name, "path": s.path, "rows": s.rows, "skipped": s.skipped,
-                       "reused": s.reused})
-            })
-            .collect();
-        outln!("{}", json!({"text": outcome.text, "sets": sets}));
+        outln!("{}", serde_json::to_string(outcome)?);
         return Ok(());
     }
     if let Some(p) = &outcome.text {
@@ -799,20 +550,15 @@ pub fn merge_cmd(a: MergeArgs) -> Result<()> {
         );
     }
     if a.json {
-        let rows: Vec<_> = merged
-            .iter()
-            .map(|m| json!({"path": m.path, "shards": m.shards, "rows": m.rows}))
-            .collect();
-        outln!("{}", serde_json::Value::Array(rows));
-    } else {
-        for m in merged {
-            outln!(
-                "{}\t{} rows from {} shards",
-                m.path.display(),
-                m.rows,
-                m.shards
-            );
-        }
+        outln!("{}", serde_json::to_string(&merged)?);
+    }
+    for m in merged.iter().filter(|_| !a.json) {
+        outln!(
+            "{}\t{} rows from {} shards",
+            m.path.display(),
+            m.rows,
+            m.shards
+        );
     }
     Ok(())
 }

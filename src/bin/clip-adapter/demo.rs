@@ -58,8 +58,8 @@ pub fn run(a: DemoArgs, progress: &Progress) -> Result<()> {
         b.finish_and_clear();
     }
     let outcome = outcome?;
-    println!("{}", outcome.markdown);
-    println!(
+    crate::output::outln!("{}", outcome.markdown);
+    crate::output::outln!(
         "{} fits in {:.1} s. Written: {}, {} and {} figures in {}",
         outcome.report.rows.len(),
         outcome.report.seconds,

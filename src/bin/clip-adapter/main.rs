@@ -11,7 +11,10 @@ mod report;
 mod sweep;
 mod tsne;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use candle_core::Tensor;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -20,6 +23,8 @@ use clip_adapter::clip::{Clip, ModelFiles};
 use clip_adapter::encode::{display_paths, encode_image_files};
 use clip_adapter::tokenizer::Tokenizer;
 use clip_adapter::zero_shot::ZeroShotClassifier;
+use output::outln;
+use serde_json::json;
 
 use args::{ClassifyArgs, Cli, Command, EmbedArgs, TokenizeArgs};
 use output::Progress;
@@ -40,11 +45,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`| head`) is not a failure.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", render::error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    let io = err
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>());
+    io.into_iter()
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -90,8 +105,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     let (tokenizer, context_length) = match &a.model {
         Some(spec) => {
             let files = resolve_model(spec, &Progress::new(true))?;
-            let config = files.read_config()?;
-            (files.tokenizer()?, config.text.context_length)
+            (files.tokenizer()?, files.read_config()?.text.context_length)
         }
         None => (
             Tokenizer::openai()?,
@@ -105,14 +119,26 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
         .map(|t| tokenizer.tokenize(t, context_length))
         .collect();
     if a.json {
-        println!("{}", serde_json::to_string(&ids)?);
-    } else {
-        for (text, ids) in a.texts.iter().zip(&ids) {
-            let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
-            println!("{text}\t{}", ids.join(" "));
-        }
+        outln!("{}", serde_json::to_string(&ids)?);
+    }
+    for (text, ids) in a.texts.iter().zip(&ids).filter(|_| !a.json) {
+        let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+        outln!("{text}\t{}", ids.join(" "));
     }
     Ok(())
+}
+
+/// The images' features, with a bar.
+fn encode_images(
+    clip: &Clip,
+    images: &[PathBuf],
+    batch: usize,
+    progress: &Progress,
+) -> Result<Tensor> {
+    let bar = progress.bar("encoding images", images.len());
+    let features = encode_image_files(clip, images, batch, &mut |d, _| bar.set_position(d as u64));
+    bar.finish_and_clear();
+    Ok(features?)
 }
 
 fn embed(a: EmbedArgs, progress: &Progress) -> Result<()> {
@@ -120,22 +146,32 @@ fn embed(a: EmbedArgs, progress: &Progress) -> Result<()> {
         anyhow::bail!("nothing to embed: give at least one --image or --text");
     }
     let clip = load_model(&a.model, progress)?;
-    let images = if a.images.is_empty() {
-        Vec::new()
-    } else {
-        let bar = progress.bar("encoding images", a.images.len());
-        let t = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| {
-            bar.set_position(d as u64)
-        })?;
-        bar.finish_and_clear();
-        t.to_vec2::<f32>()?
+    let images = match a.images.is_empty() {
+        true => Vec::new(),
+        false => encode_images(&clip, &a.images, a.batch_size, progress)?.to_vec2::<f32>()?,
     };
-    let texts = if a.texts.is_empty() {
-        Vec::new()
-    } else {
-        clip.encode_text(&a.texts)?.to_vec2::<f32>()?
+    let texts = match a.texts.is_empty() {
+        true => Vec::new(),
+        false => clip.encode_text(&a.texts)?.to_vec2::<f32>()?,
     };
-    output::print_embeddings(&display_paths(&a.images), &images, &a.texts, &texts, a.json)
+    let paths = display_paths(&a.images);
+    if a.json {
+        let images = paths
+            .iter()
+            .zip(&images)
+            .map(|(p, e)| json!({"path": p, "embedding": e}));
+        let texts = a
+            .texts
+            .iter()
+            .zip(&texts)
+            .map(|(t, e)| json!({"text": t, "embedding": e}));
+        let (images, texts): (Vec<_>, Vec<_>) = (images.collect(), texts.collect());
+        outln!("{}", json!({"images": images, "texts": texts}));
+        return Ok(());
+    }
+    let rows = (paths.iter().zip(&images)).map(|(p, e)| ("image", p.as_str(), e.as_slice()));
+    let texts = (a.texts.iter().zip(&texts)).map(|(t, e)| ("text", t.as_str(), e.as_slice()));
+    output::print_embeddings(&rows.chain(texts).collect::<Vec<_>>())
 }
 
 fn classify(a: ClassifyArgs, progress: &Progress) -> Result<()> {
@@ -149,17 +185,22 @@ fn classify(a: ClassifyArgs, progress: &Progress) -> Result<()> {
         anyhow::bail!("no images to classify");
     }
     let clip = load_model(&a.model, progress)?;
-    let templates = a.templates();
-    let bar = progress.bar("encoding prompts", labels.len() * templates.len());
-    let classifier = ZeroShotClassifier::build(&clip, &labels, &templates, &mut |d, _| {
+    let bar = progress.bar("encoding prompts", labels.len() * a.templates.len());
+    let classifier = ZeroShotClassifier::build(&clip, &labels, &a.templates, &mut |d, _| {
         bar.set_position(d as u64)
-    })?;
+    });
     bar.finish_and_clear();
-    let bar = progress.bar("encoding images", a.images.len());
-    let features = encode_image_files(&clip, &a.images, a.batch_size, &mut |d, _| {
-        bar.set_position(d as u64)
-    })?;
-    bar.finish_and_clear();
+    let classifier = classifier?;
+    let features = encode_images(&clip, &a.images, a.batch_size, progress)?;
     let predictions = classifier.predict(&features, a.top_k)?;
-    output::print_predictions(&display_paths(&a.images), &predictions, &classifier, a.json)
+    let paths = display_paths(&a.images);
+    if !a.json {
+        return output::print_predictions(&paths, &predictions, &classifier.labels);
+    }
+    let results = output::prediction_results(&paths, &predictions);
+    outln!(
+        "{}",
+        json!({"labels": classifier.labels, "logit_scale": classifier.logit_scale, "results": results})
+    );
+    Ok(())
 }

@@ -1,23 +1,22 @@
-//! `fit`, `run` and `predict`: arguments onto [`clip_adapter::experiment`], and printing.
+//! `fit`, `run` and `predict`: arguments onto [`clip_adapter::runner`], and printing.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use clap::Args;
+use clap::{ArgAction, ArgMatches, Args, FromArgMatches};
 use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::encode::display_paths;
 use clip_adapter::experiment::{MethodOverrides, Validation};
 use clip_adapter::features::task::Shots;
-use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
-use clip_adapter::methods::coop::ClassPosition;
-use clip_adapter::methods::MethodKind;
+use clip_adapter::methods::{MethodKind, OptionSpec, OptionValue, OPTIONS};
 use clip_adapter::runner::{self, FitSpec, PredictSpec, RunSpec};
-use clip_adapter::zero_shot::Prediction;
 
-use crate::args::{positive, shots_arg, trimmed};
-use crate::output::{json_f32, print_written, Observer, Progress};
+use crate::args::{positive, shots_arg, trimmed, CacheArgs, ValidationArg};
+use crate::output::{
+    outln, prediction_results, print_predictions, print_written, Observer, Progress,
+};
 
 /// Parses a method name (surrounding spaces ignored) into the library's [`MethodKind`]; the
 /// names come from the library's list, so `--help` and the parser cannot disagree with it.
@@ -30,13 +29,14 @@ impl TypedValueParser for MethodParser {
     fn parse_ref(
         &self,
         cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
+        _: Option<&clap::Arg>,
         value: &OsStr,
-    ) -> std::result::Result<MethodKind, clap::Error> {
+    ) -> Result<MethodKind, clap::Error> {
         let s = value.to_string_lossy();
-        s.parse::<MethodKind>().map_err(|e| {
+        let invalid = |e| {
             clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e}\n")).with_cmd(cmd)
-        })
+        };
+        s.parse::<MethodKind>().map_err(invalid)
     }
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
@@ -48,95 +48,68 @@ impl TypedValueParser for MethodParser {
     }
 }
 
-/// One of `names`, parsed by the library's own `FromStr` (clap lists the names in `--help`
-/// and in its error).
-pub fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
-where
-    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
-{
-    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
-}
+/// The methods' options (shared by `fit`, `run` and `sweep`): a flag per option of the
+/// library's list, named, parsed and described as the library says. An option that applies to
+/// none of the chosen methods is refused; unset options keep the protocol's values.
+#[derive(Debug, Clone, Default)]
+pub struct MethodArgs(pub MethodOverrides);
 
-/// The method's options (shared by `fit` and `run`). An option that applies to none of the
-/// chosen methods is refused; unset options keep the protocol's values.
-#[derive(Args, Debug, Clone)]
-pub struct MethodArgs {
-    /// CLIP-Adapter: which features get an adapter [default: visual].
-    #[arg(long, value_parser = choice::<Branch>(&["visual", "text", "both"]))]
-    pub branch: Option<Branch>,
-    /// CLIP-Adapter: `official` (ReLU after both Linear layers, the released code) or `paper`
-    /// [default: official].
-    #[arg(long, value_parser = choice::<Form>(&["official", "paper"]))]
-    pub form: Option<Form>,
-    /// CLIP-Adapter: hidden width = feature width / reduction [default: 4].
-    #[arg(long, value_parser = positive)]
-    pub reduction: Option<usize>,
-    /// Residual ratio α: weight of the adapted image feature (CLIP-Adapter, default 0.2);
-    /// Tip-Adapter(-F)'s α when there is no validation set (default: the authors' per-dataset
-    /// value).
-    #[arg(long)]
-    pub alpha: Option<f32>,
-    /// Text ratio β (CLIP-Adapter), Tip-Adapter(-F)'s β.
-    #[arg(long)]
-    pub beta: Option<f32>,
-    /// CLIP-Adapter ratios: `fixed`, `learnable` (a scalar per branch) or `hyper` (predicted
-    /// by the hyper-network Q(f, W)) [default: fixed].
-    #[arg(long, value_parser = choice::<RatioMode>(&["fixed", "learnable", "hyper"]))]
-    pub ratio: Option<RatioMode>,
-    /// CLIP-Adapter: search the ratio on the validation set over these values (e.g.
-    /// 0.1,0.2,0.4,0.6,0.8).
-    #[arg(long, value_delimiter = ',', value_parser = trimmed::<f32>)]
-    pub search: Vec<f32>,
-    /// Learning rate (CLIP-Adapter and CoOp default 0.002; Tip-Adapter-F 0.001; ProLIP: used
-    /// as is instead of its validation search over 1e-2..1e-5, default 1e-5 without validation).
-    #[arg(long)]
-    pub lr: Option<f32>,
-    /// Epochs (default: CLIP-Adapter and CoOp by shots, 50/100/100/200/200, and 50 on
-    /// ImageNet; Tip-Adapter-F the authors' per-dataset value; ProLIP 300).
-    #[arg(long, value_parser = positive)]
-    pub epochs: Option<usize>,
-    /// Batch size (CLIP-Adapter and CoOp 32, Tip-Adapter-F 256).
-    #[arg(long, value_parser = positive)]
-    pub batch_size: Option<usize>,
-    /// CoOp: number of learned context vectors M [default: 16].
-    #[arg(long, value_parser = positive)]
-    pub n_ctx: Option<usize>,
-    /// CoOp: initialise the context from this phrase's token embeddings (e.g. "a photo of a");
-    /// M becomes its token count.
-    #[arg(long, value_name = "PHRASE")]
-    pub ctx_init: Option<String>,
-    /// CoOp: one context per class (class-specific context) instead of one shared by all.
-    #[arg(long)]
-    pub csc: bool,
-    /// CoOp: where the class name sits among the context vectors [default: end].
-    #[arg(long, value_parser = choice::<ClassPosition>(&["end", "middle", "front"]))]
-    pub class_token_position: Option<ClassPosition>,
-}
-
-impl MethodArgs {
-    pub(crate) fn overrides(&self) -> MethodOverrides {
-        MethodOverrides {
-            branch: self.branch,
-            form: self.form,
-            reduction: self.reduction,
-            ratio: self.ratio,
-            search: self.search.clone(),
-            alpha: self.alpha,
-            beta: self.beta,
-            lr: self.lr,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            n_ctx: self.n_ctx,
-            ctx_init: self.ctx_init.clone(),
-            csc: self.csc,
-            class_token_position: self.class_token_position,
+impl FromArgMatches for MethodArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut overrides = MethodOverrides::default();
+        for spec in OPTIONS {
+            let value = match spec.value {
+                OptionValue::Switch => m.get_flag(spec.name).then(|| "true".to_string()),
+                _ => (m.get_many::<String>(spec.name))
+                    .map(|v| v.cloned().collect::<Vec<_>>().join(",")),
+            };
+            if let Some(v) = value {
+                let e = |e: clip_adapter::methods::OptionError| {
+                    clap::Error::raw(clap::error::ErrorKind::InvalidValue, e)
+                };
+                overrides.set(spec.name, &v).map_err(e)?;
+            }
         }
+        Ok(MethodArgs(overrides))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
     }
 }
 
-/// `--validation val|none`, parsed by the library's [`Validation`].
-pub(crate) fn validation_arg(s: &str) -> std::result::Result<Validation, String> {
-    s.parse::<Validation>().map_err(|e| e.to_string())
+impl Args for MethodArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        OPTIONS
+            .iter()
+            .fold(cmd, |cmd, spec| cmd.arg(option_arg(spec)))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// An option's flag; its value is checked as it is parsed (a bad one is an argument error).
+fn option_arg(spec: &'static OptionSpec) -> clap::Arg {
+    let arg = clap::Arg::new(spec.name).long(spec.name).help(spec.help);
+    let check = move |s: &str| {
+        MethodOverrides::default()
+            .set(spec.name, s)
+            .map(|()| s.to_string())
+    };
+    match spec.value {
+        OptionValue::Switch => arg.action(ArgAction::SetTrue),
+        OptionValue::Choice(names) => arg.value_parser(PossibleValuesParser::new(names)),
+        OptionValue::Numbers => arg
+            .value_name("X,...")
+            .value_delimiter(',')
+            .value_parser(check),
+        OptionValue::Number => arg.value_name("X").value_parser(check),
+        OptionValue::Count => arg.value_name("N").value_parser(check),
+        OptionValue::Phrase => arg.value_name("PHRASE").value_parser(check),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -154,23 +127,14 @@ pub struct FitArgs {
     /// Seed of the few-shot draw (as given to extract), also the training seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// The feature cache `extract` wrote.
-    #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
-    pub cache: PathBuf,
-    /// Pick the model's features when the cache holds several (the name given to extract, or
-    /// the fingerprint). CoOp trains through this model's text tower [default: the model the
-    /// cache records]; one whose content differs from the features' model is refused.
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Save the trained head here (safetensors with its metadata) for `predict`; CoOp saves its
     /// learned context and class names, with the model they are encoded through.
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
-    /// `val`: hyper-parameters and best epochs chosen on the few-shot validation set; `none`:
-    /// no validation set (as a user with a few labelled images has), each method keeps its
-    /// documented default or uses its own validation-free rule (docs/methods.md).
-    #[arg(long, default_value = "val", value_parser = validation_arg, value_name = "val|none")]
-    pub validation: Validation,
+    #[command(flatten)]
+    pub validation: ValidationArg,
     #[command(flatten)]
     pub options: MethodArgs,
     /// Print one JSON object.
@@ -179,16 +143,17 @@ pub struct FitArgs {
 }
 
 pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
+    let validation = a.validation.validation;
     let spec = FitSpec {
         method: a.method,
         dataset: a.dataset.clone(),
         shots: a.shots,
         seed: a.seed,
-        cache: a.cache.clone(),
-        model: a.model.clone(),
-        save: a.save.clone(),
-        validation: a.validation,
-        overrides: a.options.overrides(),
+        cache: a.cache.cache,
+        model: a.cache.model,
+        save: a.save,
+        validation,
+        overrides: a.options.0,
         hub: HubOptions::from_env(),
     };
     let mut observer = Observer::fit(progress, a.method.name());
@@ -199,36 +164,28 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "method": row.method, "options": fitted.options, "dataset": a.dataset,
-            "shots": match a.shots {
-                Shots::K(k) => serde_json::json!(k),
-                Shots::All => serde_json::json!("all"),
-            },
-            "seed": a.seed, "validation": a.validation.as_str(), "model": row.model,
-            "val_accuracy": json_f32(row.val_accuracy),
-            "test_accuracy": json_f32(row.test_accuracy), "train_seconds": row.train_seconds,
-            "chosen_on_validation": chosen,
-            "epoch_losses": fitted.fit.fitted.losses.iter().map(|&l| json_f32(l)).collect::<Vec<_>>(),
+            "shots": a.shots, "seed": a.seed, "validation": validation.as_str(), "model": row.model,
+            "val_accuracy": row.val_accuracy, "test_accuracy": row.test_accuracy,
+            "train_seconds": row.train_seconds, "chosen_on_validation": chosen,
+            "epoch_losses": fitted.fit.fitted.losses,
         });
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
-    println!(
-        "{} on {} ({}-shot, seed {}): val {:.2} %, test {:.2} % ({:.1} s)",
+    let (val, test, seconds) = (row.val_accuracy, row.test_accuracy, row.train_seconds);
+    let draw = format!("{}-shot, seed {}", a.shots, a.seed);
+    outln!(
+        "{} on {} ({draw}): val {val:.2} %, test {test:.2} % ({seconds:.1} s)",
         row.method,
-        a.dataset,
-        a.shots,
-        a.seed,
-        row.val_accuracy,
-        row.test_accuracy,
-        row.train_seconds
+        a.dataset
     );
     if !chosen.is_empty() {
         let c: Vec<String> = chosen.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let how = match a.validation {
+        let how = match validation {
             Validation::Val => "chosen on validation",
             Validation::None => "defaults (no validation set)",
         };
-        println!("{how}: {}", c.join(", "));
+        outln!("{how}: {}", c.join(", "));
     }
     Ok(())
 }
@@ -248,14 +205,8 @@ pub struct RunArgs {
     /// Seeds of the few-shot draws (extracted beforehand), also the training seeds.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3", value_parser = trimmed::<u64>)]
     pub seeds: Vec<u64>,
-    /// The feature cache `extract` wrote.
-    #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
-    pub cache: PathBuf,
-    /// Pick the model's features when the cache holds several (the name given to extract, or
-    /// the fingerprint). CoOp trains through this model's text tower [default: the model the
-    /// cache records]; one whose content differs from the features' model is refused.
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Where results.csv, results.md and the folder's report (report.md, figures/) go; rows
     /// already in results.csv (same method, options, dataset, shots, seed, model and
     /// features) are not run again.
@@ -265,26 +216,23 @@ pub struct RunArgs {
     /// those of the run's backbone (read from the model's config).
     #[arg(long, value_name = "CSV")]
     pub reported: Option<PathBuf>,
-    /// `val`: hyper-parameters and best epochs chosen on the few-shot validation set; `none`:
-    /// no validation set (as a user with a few labelled images has), each method keeps its
-    /// documented default or uses its own validation-free rule (docs/methods.md).
-    #[arg(long, default_value = "val", value_parser = validation_arg, value_name = "val|none")]
-    pub validation: Validation,
+    #[command(flatten)]
+    pub validation: ValidationArg,
     #[command(flatten)]
     pub options: MethodArgs,
 }
 
 pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     let spec = RunSpec {
-        cache: a.cache,
+        cache: a.cache.cache,
         out: a.out,
         datasets: a.datasets,
         shots: a.shots,
         seeds: a.seeds,
         methods: a.methods,
-        overrides: a.options.overrides(),
-        validation: a.validation,
-        model: a.model,
+        overrides: a.options.0,
+        validation: a.validation.validation,
+        model: a.cache.model,
         reported: a.reported,
         hub: HubOptions::from_env(),
     };
@@ -293,15 +241,15 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     let outcome = runner::run(&spec, &mut observer);
     observer.finish();
     let outcome = outcome?;
-    print!("{}", outcome.table);
+    outln!("{}", outcome.table.trim_end());
     print_written(&outcome.report);
-    eprintln!(
-        "grid finished in {:.1} s: {} fitted, {} already in {}",
+    let (seconds, fitted, csv) = (
         outcome.seconds,
         outcome.fitted,
-        outcome.rows.len() - outcome.fitted,
-        outcome.results_csv.display()
+        outcome.results_csv.display(),
     );
+    let found = outcome.rows.len() - fitted;
+    eprintln!("grid finished in {seconds:.1} s: {fitted} fitted, {found} already in {csv}");
     Ok(())
 }
 
@@ -349,46 +297,10 @@ pub fn predict(a: PredictArgs, progress: &Progress) -> Result<()> {
     let out = out?;
     let paths = display_paths(&spec.images);
     if !a.json {
-        print_table(&paths, &out.predictions, &out.labels);
-        return Ok(());
+        return print_predictions(&paths, &out.predictions, &out.labels);
     }
-    let results: Vec<_> = (paths.iter().zip(&out.predictions))
-        .map(|(p, preds)| {
-            let preds: Vec<_> = (preds.iter())
-                .map(|x| {
-                    serde_json::json!({"label": x.label, "index": x.index,
-                    "probability": json_f32(x.probability), "logit": json_f32(x.logit)})
-                })
-                .collect();
-            serde_json::json!({"path": p, "predictions": preds})
-        })
-        .collect();
-    println!(
-        "{}",
-        serde_json::json!({"adapter": a.adapter.display().to_string(), "method": out.method,
-            "model": out.model, "labels": out.labels, "results": results})
-    );
+    let doc = serde_json::json!({"adapter": a.adapter.display().to_string(), "method": out.method,
+        "model": out.model, "labels": out.labels, "results": prediction_results(&paths, &out.predictions)});
+    outln!("{doc}");
     Ok(())
-}
-
-/// The layout `classify` prints: the path, then rank, label, probability and logit.
-fn print_table(paths: &[String], predictions: &[Vec<Prediction>], labels: &[String]) {
-    let width = labels
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    for (path, preds) in paths.iter().zip(predictions) {
-        println!("{path}");
-        for (rank, p) in preds.iter().enumerate() {
-            println!(
-                "  {:>2}. {:<width$}  {:>6.2}%  (logit {:.3})",
-                rank + 1,
-                p.label,
-                100.0 * p.probability,
-                p.logit
-            );
-        }
-    }
 }

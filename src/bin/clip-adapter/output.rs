@@ -1,17 +1,27 @@
 //! Everything the command prints: tables for people, JSON for scripts, progress bars on a
 //! terminal only.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
-use clip_adapter::data::{display_name, DISPLAY_CHARS};
+use clip_adapter::data::{display_name, DataError, Dataset, FewShot, DISPLAY_CHARS};
 use clip_adapter::experiment::{ExperimentError, GridEvent, ResultRow};
+use clip_adapter::features::{job::ExtractObserver, Event};
 use clip_adapter::methods;
 use clip_adapter::report::ReportFiles;
 use clip_adapter::runner::{NoPublished, RunObserver};
-use clip_adapter::zero_shot::{Prediction, ZeroShotClassifier};
+use clip_adapter::zero_shot::Prediction;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use serde_json::json;
+
+/// `println!` that returns an error (a closed pipe) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    }};
+}
+pub(crate) use outln;
 
 pub struct Progress {
     enabled: bool,
@@ -19,9 +29,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
-        Progress {
-            enabled: !quiet && std::io::stderr().is_terminal(),
-        }
+        let enabled = !quiet && std::io::stderr().is_terminal();
+        Progress { enabled }
     }
 
     pub fn bar(&self, what: &str, total: usize) -> ProgressBar {
@@ -31,18 +40,12 @@ impl Progress {
         let bar = ProgressBar::new(total as u64);
         // indicatif's `{per_sec}` prints four decimals and a thousands separator
         // ("2,238.8918/s"); a rate is read at a glance, so one decimal.
-        if let Ok(style) =
-            ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} ({rate}, ETA {eta})")
-        {
-            let style = style
-                .with_key(
-                    "rate",
-                    |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = w.write_str(&rate(state.per_sec()));
-                    },
-                )
-                .progress_chars("=> ");
-            bar.set_style(style);
+        let template = "{msg:>18} [{bar:30}] {pos}/{len} ({rate}, ETA {eta})";
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            let rate = |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&rate(s.per_sec()));
+            };
+            bar.set_style(style.with_key("rate", rate).progress_chars("=> "));
         }
         bar.set_message(what.to_string());
         bar
@@ -58,9 +61,8 @@ impl Progress {
             }
             if current.as_ref().is_none_or(|(f, _)| f != file) {
                 let bar = ProgressBar::new(total.unwrap_or(0));
-                if let Ok(style) =
-                    ProgressStyle::with_template("{msg} {bytes}/{total_bytes} ({bytes_per_sec})")
-                {
+                let template = "{msg} {bytes}/{total_bytes} ({bytes_per_sec})";
+                if let Ok(style) = ProgressStyle::with_template(template) {
                     bar.set_style(style);
                 }
                 bar.set_message(format!("downloading {file}"));
@@ -75,92 +77,42 @@ impl Progress {
 
 /// Items per second with one decimal (`2238.9/s`), no decimals from 100,000 on.
 pub fn rate(per_sec: f64) -> String {
-    if !per_sec.is_finite() {
-        return "-/s".into();
-    }
-    if per_sec >= 1e5 {
-        format!("{per_sec:.0}/s")
-    } else {
-        format!("{per_sec:.1}/s")
+    match per_sec {
+        x if !x.is_finite() => "-/s".into(),
+        x if x >= 1e5 => format!("{x:.0}/s"),
+        x => format!("{x:.1}/s"),
     }
 }
 
-pub fn print_embeddings(
-    paths: &[String],
-    images: &[Vec<f32>],
-    texts: &[String],
-    text_embeddings: &[Vec<f32>],
-    as_json: bool,
-) -> Result<()> {
+/// Embeddings as `image\tPATH\tv v v` / `text\tTEXT\tv v v` lines.
+pub fn print_embeddings(rows: &[(&str, &str, &[f32])]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    if as_json {
-        let images: Vec<_> = paths
-            .iter()
-            .zip(images)
-            .map(|(p, e)| json!({"path": p, "embedding": e}))
-            .collect();
-        let texts: Vec<_> = texts
-            .iter()
-            .zip(text_embeddings)
-            .map(|(t, e)| json!({"text": t, "embedding": e}))
-            .collect();
-        writeln!(out, "{}", json!({"images": images, "texts": texts}))?;
-        return Ok(());
-    }
-    let row = |e: &Vec<f32>| {
-        e.iter()
-            .map(|v| format!("{v:.6}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    for (p, e) in paths.iter().zip(images) {
-        writeln!(out, "image\t{p}\t{}", row(e))?;
-    }
-    for (t, e) in texts.iter().zip(text_embeddings) {
-        writeln!(out, "text\t{t}\t{}", row(e))?;
+    for (kind, name, e) in rows {
+        let values: Vec<String> = e.iter().map(|v| format!("{v:.6}")).collect();
+        writeln!(out, "{kind}\t{name}\t{}", values.join(" "))?;
     }
     Ok(())
 }
 
+/// Per image its path, then rank, label, probability and logit of its top classes.
 pub fn print_predictions(
     paths: &[String],
     predictions: &[Vec<Prediction>],
-    classifier: &ZeroShotClassifier,
-    as_json: bool,
+    labels: &[String],
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    if as_json {
-        let results: Vec<_> = paths
-            .iter()
-            .zip(predictions)
-            .map(|(p, preds)| json!({"path": p, "predictions": preds}))
-            .collect();
-        let doc = json!({
-            "labels": classifier.labels,
-            "logit_scale": classifier.logit_scale,
-            "results": results,
-        });
-        writeln!(out, "{doc}")?;
-        return Ok(());
-    }
     // Labels are cut for the table only (JSON keeps them whole); an uncut 65,536-character
     // label would also overflow the formatter's width.
-    let width = classifier
-        .labels
-        .iter()
-        .map(|l| display_name(l).chars().count())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, DISPLAY_CHARS + 32);
+    let widest = labels.iter().map(|l| display_name(l).chars().count()).max();
+    let width = widest.unwrap_or(5).clamp(5, DISPLAY_CHARS + 32);
     for (path, preds) in paths.iter().zip(predictions) {
         writeln!(out, "{path}")?;
         for (rank, p) in preds.iter().enumerate() {
+            let (label, percent) = (display_name(&p.label), 100.0 * p.probability);
+            let rank = rank + 1;
             writeln!(
                 out,
-                "  {:>2}. {:<width$}  {:>6.2}%  (logit {:.3})",
-                rank + 1,
-                display_name(&p.label),
-                100.0 * p.probability,
+                "  {rank:>2}. {label:<width$}  {percent:>6.2}%  (logit {:.3})",
                 p.logit
             )?;
         }
@@ -168,26 +120,19 @@ pub fn print_predictions(
     Ok(())
 }
 
-/// An f32 as JSON in its shortest decimal form (`92.8`, not `92.80000305175781`); NaN (no
-/// validation set) as null.
-pub fn json_f32(x: f32) -> serde_json::Value {
-    x.to_string()
-        .parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+/// `{"path", "predictions"}` per image, for the JSON of `classify` and `predict`.
+pub fn prediction_results(paths: &[String], predictions: &[Vec<Prediction>]) -> serde_json::Value {
+    let results = paths.iter().zip(predictions);
+    (results.map(|(p, preds)| serde_json::json!({"path": p, "predictions": preds}))).collect()
 }
 
 /// One line on stderr after a command wrote its folder's report.
 pub fn print_written(files: &ReportFiles) {
-    let dir = files.figures.first().and_then(|f| f.parent());
-    match dir {
-        Some(d) => eprintln!(
-            "report: {} and {} figures in {}",
-            files.report.display(),
-            files.figures.len() / 2,
-            d.display()
-        ),
+    match files.figures.first().and_then(|f| f.parent()) {
+        Some(d) => {
+            let (report, n) = (files.report.display(), files.figures.len() / 2);
+            eprintln!("report: {report} and {n} figures in {}", d.display())
+        }
         None => eprintln!("report: {}", files.report.display()),
     }
 }
@@ -195,48 +140,76 @@ pub fn print_written(files: &ReportFiles) {
 /// What draws a download's bar.
 pub type OnDownload<'a> = dyn FnMut(&str, u64, Option<u64>) + 'a;
 
-/// The library's reports drawn as bars and notes: a bar for the grid's cells, one for the
-/// method in training (or the images being encoded), downloads, notes on stderr.
+/// The library's reports drawn as bars and notes: a bar for the grid's cells, one for the work
+/// in progress (a method's training, images or prompts being encoded), downloads, notes on
+/// stderr.
 pub struct Observer<'a> {
     progress: &'a Progress,
-    /// The grid's bar; `None` for a single fit.
+    /// The grid's bar; `None` outside a grid.
     grid: Option<ProgressBar>,
-    method: Option<ProgressBar>,
+    work: Option<ProgressBar>,
     download: Box<OnDownload<'a>>,
-    /// Whether a fit starting names the method bar (run) or not (sweep).
+    /// Whether a fit starting names the work bar (run) or not (sweep).
     name_fits: bool,
+    /// Whether every short class is named (extract --verbose).
+    verbose: bool,
+    /// Encoded and total images of the sets being extracted.
+    sets: BTreeMap<String, (usize, usize)>,
 }
 
 impl<'a> Observer<'a> {
-    /// For a grid: `what` names its bar.
-    pub fn grid(progress: &'a Progress, what: &str, cells: usize, name_fits: bool) -> Self {
-        let mut o = Observer::new(progress);
-        o.grid = Some(progress.bar(what, cells));
-        o.method = Some(progress.bar("", 0));
-        o.name_fits = name_fits;
-        o
-    }
-
     pub fn new(progress: &'a Progress) -> Self {
         Observer {
             progress,
             grid: None,
-            method: None,
+            work: None,
             download: Box::new(progress.download()),
             name_fits: false,
+            verbose: false,
+            sets: BTreeMap::new(),
+        }
+    }
+
+    /// For a grid: `what` names its bar.
+    pub fn grid(progress: &'a Progress, what: &str, cells: usize, name_fits: bool) -> Self {
+        let grid = Some(progress.bar(what, cells));
+        let work = Some(progress.bar("", 0));
+        Observer {
+            grid,
+            work,
+            name_fits,
+            ..Observer::new(progress)
         }
     }
 
     /// A bar for one method's training, named `what`.
     pub fn fit(progress: &'a Progress, what: &str) -> Self {
-        let mut o = Observer::new(progress);
-        o.method = Some(progress.bar(what, 0));
-        o
+        Observer {
+            work: Some(progress.bar(what, 0)),
+            ..Observer::new(progress)
+        }
+    }
+
+    pub fn verbose(self, verbose: bool) -> Self {
+        Observer { verbose, ..self }
+    }
+
+    /// The work bar, made (named `what`, of `total`) if there is none.
+    fn work(&mut self, what: &str, total: usize) -> &ProgressBar {
+        self.work
+            .get_or_insert_with(|| self.progress.bar(what, total))
+    }
+
+    fn end_work(&mut self) {
+        if let Some(bar) = self.work.take() {
+            bar.finish_and_clear();
+        }
     }
 
     /// Clears the bars.
     pub fn finish(&mut self) {
-        for bar in [self.method.take(), self.grid.take()].into_iter().flatten() {
+        self.end_work();
+        if let Some(bar) = self.grid.take() {
             bar.finish_and_clear();
         }
     }
@@ -248,46 +221,39 @@ impl RunObserver for Observer<'_> {
     }
 
     fn grid(&mut self, event: GridEvent) {
-        match event {
-            GridEvent::Fitting { method, .. } if self.name_fits => {
-                if let Some(bar) = &self.method {
-                    bar.set_message(method.to_string())
-                }
+        match (event, &self.work) {
+            (GridEvent::Fitting { method, .. }, Some(bar)) if self.name_fits => {
+                bar.set_message(method.to_string())
             }
-            GridEvent::Fitting { .. } => {}
-            GridEvent::Method(p) => {
-                if let Some(bar) = &self.method {
-                    method_progress(bar, p)
-                }
-            }
-            GridEvent::Row {
-                row,
-                skipped,
-                done,
-                total,
-            } => {
+            (GridEvent::Method(p), Some(bar)) => method_progress(bar, p),
+            (
+                GridEvent::Row {
+                    row,
+                    skipped,
+                    done,
+                    total,
+                },
+                _,
+            ) => {
                 if let Some(bar) = &self.grid {
                     bar.set_length(total as u64);
-                    report_row(bar, row, skipped, done)
+                    bar.set_position(done as u64);
+                    if !skipped {
+                        bar.suspend(|| eprintln!("{}", row_line(row)));
+                    }
                 }
             }
+            _ => {}
         }
     }
 
     fn no_published(&mut self, why: &NoPublished) {
-        match why {
-            NoPublished::ModelNotFound(e) => eprintln!(
-                "note: no published numbers: cannot read the model behind the features to know \
-                 its backbone: {}",
-                full_chain(e.as_ref())
-            ),
-            other => eprintln!("note: no published numbers: {other}"),
-        }
+        eprintln!("note: no published numbers: {}", crate::render::chain(why));
     }
 
     fn encoding(&mut self, done: usize, total: usize) {
-        let bar = (self.method).get_or_insert_with(|| self.progress.bar("encoding images", total));
-        bar.set_position(done as u64);
+        self.work("encoding images", total)
+            .set_position(done as u64);
     }
 
     fn model_mismatch(&mut self, why: &ExperimentError) {
@@ -296,15 +262,52 @@ impl RunObserver for Observer<'_> {
     }
 }
 
-/// An error and all its causes, `: `-separated (anyhow's `{:#}`).
-fn full_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(&format!(": {c}"));
-        cause = c.source();
+impl ExtractObserver for Observer<'_> {
+    fn download(&mut self, file: &str, done: u64, total: Option<u64>) {
+        (self.download)(file, done, total)
     }
-    out
+
+    fn short_classes(&mut self, few: &FewShot, dataset: &Dataset) {
+        crate::data::report_short(few, dataset, self.verbose);
+    }
+
+    fn skipping_missing(&mut self, why: &DataError) {
+        eprintln!("warning: {why}; they will be skipped");
+    }
+
+    fn prompts(&mut self, done: usize, total: usize) {
+        self.work("class prompts", total).set_position(done as u64);
+    }
+
+    fn prompts_rebuilt(&mut self, reason: &str) {
+        eprintln!("note: {reason}\nencoding the class prompts again");
+    }
+
+    fn event(&mut self, e: &Event) {
+        if self.sets.is_empty() {
+            self.end_work(); // the prompts' bar
+        }
+        match e {
+            Event::Start { set, total, done } | Event::Progress { set, total, done } => {
+                self.sets.insert(set.clone(), (*done, *total));
+                let (d, t) = (self.sets.values()).fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+                let bar = self.work(set, t);
+                bar.set_length(t as u64);
+                bar.set_position(d as u64);
+            }
+            Event::Done { set, .. } => {
+                self.sets.remove(set);
+                if self.sets.is_empty() {
+                    self.end_work();
+                }
+            }
+            other => {
+                if let Some(note) = other.notice() {
+                    eprintln!("note: {note}");
+                }
+            }
+        }
+    }
 }
 
 fn method_progress(bar: &ProgressBar, p: methods::Progress) {
@@ -325,22 +328,11 @@ fn method_progress(bar: &ProgressBar, p: methods::Progress) {
     }
 }
 
-/// A finished grid cell: the grid's bar moves on, and a fitted row is reported on stderr.
-fn report_row(bar: &ProgressBar, row: &ResultRow, skipped: bool, done: usize) {
-    bar.set_position(done as u64);
-    if !skipped {
-        bar.suspend(|| {
-            eprintln!(
-                "{} {} {}-shot seed {}: test {:.2} % ({:.1} s)",
-                row.label(),
-                row.dataset,
-                row.shots,
-                row.seed,
-                row.test_accuracy,
-                row.train_seconds
-            )
-        });
-    }
+/// A fitted grid cell, as stderr reports it.
+fn row_line(row: &ResultRow) -> String {
+    let (label, dataset, shots, seed) = (row.label(), &row.dataset, row.shots, row.seed);
+    let (test, seconds) = (row.test_accuracy, row.train_seconds);
+    format!("{label} {dataset} {shots}-shot seed {seed}: test {test:.2} % ({seconds:.1} s)")
 }
 
 #[cfg(test)]

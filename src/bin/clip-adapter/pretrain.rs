@@ -139,7 +139,7 @@ pub fn run(a: PretrainArgs, quiet: bool) -> Result<()> {
         }
     })
     .with_context(|| format!("pretraining into {}", a.out.display()))?;
-    println!(
+    crate::output::outln!(
         "{} parameters, {} steps in {:.0} s: final loss {:.4}, held-out retrieval top-1 {:.1}% (image->text), {:.1}% (text->image)",
         report.parameters,
         report.options.steps,

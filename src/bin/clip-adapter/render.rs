@@ -16,8 +16,21 @@ use clip_adapter::runner::RunError;
 /// cause in their own message (so that they read whole when printed alone) and also return it
 /// as their source, which `{:#}` would print a second time.
 pub fn error_chain(err: &anyhow::Error) -> String {
+    join(err.chain())
+}
+
+/// The same for a library error and its sources.
+pub fn chain(err: &(dyn Error + 'static)) -> String {
+    let mut causes = vec![err];
+    while let Some(cause) = causes[causes.len() - 1].source() {
+        causes.push(cause);
+    }
+    join(causes.into_iter())
+}
+
+fn join<'a>(causes: impl Iterator<Item = &'a (dyn Error + 'static)>) -> String {
     let mut out = String::new();
-    for cause in err.chain() {
+    for cause in causes {
         let msg = render(cause);
         if msg.is_empty() || out.contains(&msg) {
             continue;

@@ -52,11 +52,11 @@ pub fn run(a: ReportArgs, progress: &Progress) -> Result<()> {
             "figures": files.figures,
             "rows": rows.len(),
         });
-        println!("{doc}");
+        crate::output::outln!("{doc}");
     } else {
-        println!("{}", files.report.display());
+        crate::output::outln!("{}", files.report.display());
         for f in &files.figures {
-            println!("{}", f.display());
+            crate::output::outln!("{}", f.display());
         }
     }
     Ok(())

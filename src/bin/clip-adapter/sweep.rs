@@ -7,9 +7,9 @@ use clap::Args;
 use clip_adapter::experiment::sweep::SweepParam;
 use clip_adapter::runner::{self, SweepSpec};
 
-use crate::args::{positive, trimmed};
+use crate::args::{positive, trimmed, CacheArgs, ValidationArg};
 use crate::methods::MethodArgs;
-use crate::output::{print_written, Observer, Progress};
+use crate::output::{outln, print_written, Observer, Progress};
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
@@ -30,21 +30,14 @@ pub struct SweepArgs {
     /// Seeds of the few-shot draws (extracted beforehand), also the training seeds.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3", value_parser = trimmed::<u64>)]
     pub seeds: Vec<u64>,
-    /// The feature cache `extract` wrote.
-    #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
-    pub cache: PathBuf,
-    /// Pick the model's features when the cache holds several (the name given to extract, or
-    /// the fingerprint).
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Where results.csv (shared with `run`: rows already there are not fitted again),
     /// sweep-<option>.md and the folder's report (report.md, figures/) go.
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub out: PathBuf,
-    /// `val`: hyper-parameters chosen on the few-shot validation set; `none`: no validation
-    /// set (each point keeps its defaults; `--search` is then refused).
-    #[arg(long, default_value = "val", value_parser = crate::methods::validation_arg, value_name = "val|none")]
-    pub validation: clip_adapter::experiment::Validation,
+    #[command(flatten)]
+    pub validation: ValidationArg,
     /// CLIP-Adapter's other options, the same at every point.
     #[command(flatten)]
     pub options: MethodArgs,
@@ -52,22 +45,22 @@ pub struct SweepArgs {
 
 pub fn run(a: SweepArgs, progress: &Progress) -> Result<()> {
     let spec = SweepSpec {
-        cache: a.cache,
+        cache: a.cache.cache,
         out: a.out,
         param: a.over,
         values: a.values,
         datasets: a.datasets,
         shots: a.shots,
         seeds: a.seeds,
-        overrides: a.options.overrides(),
-        validation: a.validation,
-        model: a.model,
+        overrides: a.options.0,
+        validation: a.validation.validation,
+        model: a.cache.model,
     };
     let mut observer = Observer::grid(progress, "sweep", 0, false);
     let outcome = runner::sweep(&spec, &mut observer);
     observer.finish();
     let outcome = outcome?;
-    print!("{}", outcome.table);
+    outln!("{}", outcome.table.trim_end());
     print_written(&outcome.report);
     eprintln!(
         "sweep finished in {:.1} s: {} fitted, {} already in {}; table in {}",

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use clip_adapter::features::task::{CacheQuery, Shots};
-use clip_adapter::tsne::{self, SpaceView, Split, TsneOptions, KNN_K};
+use clip_adapter::tsne::{self, Split, TsneOptions, KNN_K};
 
-use crate::args::shots_arg;
-use crate::args::{positive, trimmed};
+use crate::args::{positive, shots_arg, trimmed};
+use crate::output::outln;
 
 #[derive(Args, Debug)]
 pub struct TsneArgs {
@@ -79,7 +79,7 @@ pub fn run(a: TsneArgs) -> Result<()> {
     let figure: Vec<String> = figure.iter().map(|p| p.display().to_string()).collect();
     let t = &made.tsne;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "dataset": a.dataset, "split": a.split, "adapter": a.adapter.display().to_string(),
@@ -89,7 +89,7 @@ pub fn run(a: TsneArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "t-SNE of {} {} features of {} (perplexity {}, seed {}); {KNN_K}-NN: leave-one-out \
          accuracy; features: cosine, map: euclidean",
         t.labels.len(),
@@ -98,22 +98,7 @@ pub fn run(a: TsneArgs) -> Result<()> {
         opts.perplexity,
         opts.seed
     );
-    println!(
-        "{:<22} {:>14} {:>20} {:>10} {:>15} {:>16}",
-        "", "5-NN features", "silhouette features", "5-NN map", "silhouette map", "trustworthiness"
-    );
-    let line = |name: &str, v: &SpaceView| {
-        println!(
-            "{name:<22} {:>12.1} % {:>20.3} {:>8.1} % {:>15.3} {:>16.3}",
-            100.0 * v.features.knn_accuracy,
-            v.features.silhouette,
-            100.0 * v.map.knn_accuracy,
-            v.map.silhouette,
-            v.trustworthiness
-        )
-    };
-    line("before (CLIP)", &t.before);
-    line("after (CLIP-Adapter)", &t.after);
-    println!("wrote {}", figure.join(", "));
+    outln!("{}", t.table());
+    outln!("wrote {}", figure.join(", "));
     Ok(())
 }
