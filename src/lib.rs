@@ -29,6 +29,7 @@ pub mod runner;
 pub mod safetensors_file;
 pub mod tokenizer;
 pub mod tsne;
+pub mod unknown_name;
 pub mod world;
 pub mod zero_shot;
 

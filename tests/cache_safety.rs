@@ -197,6 +197,11 @@ fn whole_split_features_load_as_shots_all_and_missing_ones_print_a_runnable_comm
     assert_eq!(task.test.labels.len(), 4);
     assert_eq!("all".parse::<Shots>(), Ok(Shots::All));
     assert_eq!("16".parse::<Shots>(), Ok(Shots::K(16)));
+    for bad in ["0", "-1", "many", ""] {
+        let e = bad.parse::<Shots>().unwrap_err();
+        assert_eq!(e.given, bad);
+        assert!(e.to_string().contains("`all`"), "{e}");
+    }
 
     // A draw that was never extracted: the hint names model, cache and source, and runs.
     // The library says what is missing as data; the command line prints the command.

@@ -200,20 +200,14 @@ impl TemplateSet {
 }
 
 impl std::str::FromStr for TemplateSet {
-    type Err = String;
+    type Err = crate::unknown_name::UnknownName;
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        TemplateSet::ALL
-            .iter()
-            .find(|(_, name)| *name == s)
-            .map(|(set, _)| *set)
-            .ok_or_else(|| {
-                let names: Vec<&str> = TemplateSet::ALL.iter().map(|(_, n)| *n).collect();
-                format!(
-                    "unknown template set `{s}`; expected one of: {}",
-                    names.join(", ")
-                )
-            })
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let found = TemplateSet::ALL.iter().find(|(_, name)| *name == s);
+        found.map(|(set, _)| *set).ok_or_else(|| {
+            let names: Vec<&str> = TemplateSet::ALL.iter().map(|(_, n)| *n).collect();
+            crate::unknown_name::UnknownName::new("template set", s, &names)
+        })
     }
 }
 

@@ -54,17 +54,29 @@ impl serde::Serialize for Shots {
     }
 }
 
-impl std::str::FromStr for Shots {
-    type Err = String;
+/// Text that is neither a positive shot count nor `all`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{given}` is not a shot count: give a positive number, or `all` for the whole training split"
+)]
+pub struct NotShots {
+    pub given: String,
+}
 
-    /// `all`, or a number of images per class.
+impl std::str::FromStr for Shots {
+    type Err = NotShots;
+
+    /// `all`, or a positive number of images per class.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("all") {
             return Ok(Shots::All);
         }
-        s.parse()
-            .map(Shots::K)
-            .map_err(|_| format!("`{s}`: expected a number of shots or `all`"))
+        match s.parse() {
+            Ok(k) if k > 0 => Ok(Shots::K(k)),
+            _ => Err(NotShots {
+                given: s.to_string(),
+            }),
+        }
     }
 }
 

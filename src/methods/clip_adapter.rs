@@ -61,11 +61,11 @@ pub enum RatioMode {
 macro_rules! parse_enum {
     ($t:ty, $what:literal, $($s:literal => $v:expr),+) => {
         impl std::str::FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = crate::unknown_name::UnknownName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($s => Ok($v),)+
-                    _ => Err(format!(concat!("unknown ", $what, " `{}`; expected one of: {}"), s, [$($s),+].join(", "))),
+                    _ => Err(crate::unknown_name::UnknownName::new($what, s, &[$($s),+])),
                 }
             }
         }

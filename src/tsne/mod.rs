@@ -233,13 +233,17 @@ pub enum Split {
 }
 
 impl std::str::FromStr for Split {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::unknown_name::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "train" => Ok(Split::Train),
             "val" => Ok(Split::Val),
             "test" => Ok(Split::Test),
-            _ => Err(format!("unknown split `{s}`; expected train, val or test")),
+            _ => Err(crate::unknown_name::UnknownName::new(
+                "split",
+                s,
+                &["train", "val", "test"],
+            )),
         }
     }
 }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use clip_adapter::experiment::Validation;
-use clip_adapter::features::task::Shots;
 use clip_adapter::zero_shot::DEFAULT_TEMPLATE;
 
 /// Few-shot adaptation of CLIP vision-language models.
@@ -140,16 +139,6 @@ where
         return Err("empty value in the list".into());
     }
     t.parse::<T>().map_err(|e| format!("`{t}`: {e}"))
-}
-
-/// `--shots`: a positive count or `all`.
-pub fn shots_arg(s: &str) -> std::result::Result<Shots, String> {
-    match s.parse::<Shots>() {
-        Ok(Shots::K(0)) | Err(_) => Err(format!(
-            "`{s}` is not a shot count: give a positive number, or `all` for the whole training split"
-        )),
-        Ok(shots) => Ok(shots),
-    }
 }
 
 /// Room for the start and end tokens at least, and within the library's limit.

@@ -13,7 +13,7 @@ use clip_adapter::features::task::Shots;
 use clip_adapter::methods::{MethodKind, OptionSpec, OptionValue, OPTIONS};
 use clip_adapter::runner::{self, FitSpec, PredictSpec, RunSpec};
 
-use crate::args::{positive, shots_arg, trimmed, CacheArgs, ValidationArg};
+use crate::args::{positive, trimmed, CacheArgs, ValidationArg};
 use crate::output::{
     outln, prediction_results, print_predictions, print_written, Observer, Progress,
 };
@@ -122,7 +122,7 @@ pub struct FitArgs {
     pub dataset: String,
     /// Training images per class of the few-shot draw (as given to extract), or `all` for the
     /// whole training split (features of `extract` without --shots).
-    #[arg(long, value_parser = shots_arg)]
+    #[arg(long, value_parser = trimmed::<Shots>)]
     pub shots: Shots,
     /// Seed of the few-shot draw (as given to extract), also the training seed.
     #[arg(long, default_value_t = 1)]

@@ -7,7 +7,7 @@ use clap::Args;
 use clip_adapter::features::task::{CacheQuery, Shots};
 use clip_adapter::tsne::{self, Split, TsneOptions, KNN_K};
 
-use crate::args::{positive, shots_arg, trimmed};
+use crate::args::{positive, trimmed};
 use crate::output::outln;
 
 #[derive(Args, Debug)]
@@ -20,7 +20,7 @@ pub struct TsneArgs {
     pub dataset: String,
     /// Shots of the few-shot draw the head was fitted on (as given to extract and fit), or
     /// `all`; it picks the extraction, whose test split is the same for every draw.
-    #[arg(long, value_parser = shots_arg)]
+    #[arg(long, value_parser = trimmed::<Shots>)]
     pub shots: Shots,
     /// Seed of that draw (as given to extract and fit); also seeds the t-SNE's initial map.
     #[arg(long, default_value_t = 1)]

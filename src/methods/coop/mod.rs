@@ -59,15 +59,17 @@ impl ClassPosition {
 }
 
 impl std::str::FromStr for ClassPosition {
-    type Err = String;
+    type Err = crate::unknown_name::UnknownName;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "end" => Ok(ClassPosition::End),
             "middle" => Ok(ClassPosition::Middle),
             "front" => Ok(ClassPosition::Front),
-            _ => Err(format!(
-                "unknown class token position `{s}` (expected end, middle or front)"
+            _ => Err(crate::unknown_name::UnknownName::new(
+                "class token position",
+                s,
+                &["end", "middle", "front"],
             )),
         }
     }
