@@ -64,7 +64,7 @@ fn encode_files<P: AsRef<Path> + Sync>(
     on_progress: &mut dyn FnMut(usize, usize),
     encode: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    crate::limits::BATCH.check("--batch-size", batch_size)?;
+    crate::limits::BATCH.check_option("batch_size", batch_size)?;
     let preprocess = clip.preprocess();
     let s = clip.image_size();
     let mut done = 0;

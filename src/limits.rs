@@ -21,12 +21,15 @@ pub struct Limit {
     pub why: &'static str,
 }
 
-/// A value above its [`Limit`]: the field as the user wrote it (config key or flag), the value
-/// and the limit.
+/// A value above its [`Limit`]: the field (a file's key, or an option the caller set), the
+/// value and the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} = {value} is above the limit of {max} ({why})")]
 pub struct LimitError {
     pub field: String,
+    /// Whether `field` is an option's name as the library spells it (`batch_size`), which a
+    /// front end shows in its own spelling (`--batch-size`, `batch_size=`).
+    pub option: bool,
     pub value: u64,
     pub max: u64,
     pub what: &'static str,
@@ -34,6 +37,17 @@ pub struct LimitError {
 }
 
 impl Limit {
+    /// `value` of the option named `option` (as the library's structs name it) when it is
+    /// within the limit.
+    pub fn check_option<T: Copy + TryInto<u64>>(
+        &self,
+        option: &str,
+        value: T,
+    ) -> Result<T, LimitError> {
+        self.check(option, value)
+            .map_err(|e| LimitError { option: true, ..e })
+    }
+
     /// `value` when it is within the limit; otherwise an error naming `field`.
     pub fn check<T: Copy + TryInto<u64>>(&self, field: &str, value: T) -> Result<T, LimitError> {
         // A value that does not even fit in u64 is over every limit.
@@ -43,6 +57,7 @@ impl Limit {
         } else {
             Err(LimitError {
                 field: field.to_string(),
+                option: false,
                 value: wide,
                 max: self.max,
                 what: self.what,

@@ -215,21 +215,21 @@ impl ModelShape {
     /// config's, with a vocabulary size standing in for the tokenizer's.
     pub fn validate(&self) -> std::result::Result<(), PretrainError> {
         // Sizes are bounded (named by their flags) before the products below are formed.
-        limits::PATCH_SIZE.check("--patch-size", self.patch_size)?;
-        limits::WIDTH.check("--vision-width", self.vision_width)?;
-        limits::LAYERS.check("--vision-layers", self.vision_layers)?;
-        limits::WIDTH.check("--text-width", self.text_width)?;
-        limits::LAYERS.check("--text-layers", self.text_layers)?;
-        limits::HEADS.check("--heads", self.heads)?;
-        limits::WIDTH.check("--embed-dim", self.embed_dim)?;
+        limits::PATCH_SIZE.check_option("patch_size", self.patch_size)?;
+        limits::WIDTH.check_option("vision_width", self.vision_width)?;
+        limits::LAYERS.check_option("vision_layers", self.vision_layers)?;
+        limits::WIDTH.check_option("text_width", self.text_width)?;
+        limits::LAYERS.check_option("text_layers", self.text_layers)?;
+        limits::HEADS.check_option("heads", self.heads)?;
+        limits::WIDTH.check_option("embed_dim", self.embed_dim)?;
         limits::CONTEXT_LENGTH.check("context length", self.context_length)?;
         limits::VOCABULARY.check("BPE merges", self.max_merges)?;
         if let Some(r) = &self.resnet {
             for &blocks in &r.layers {
-                limits::LAYERS.check("--resnet-layers", blocks)?;
+                limits::LAYERS.check_option("resnet_layers", blocks)?;
             }
-            limits::WIDTH.check("--resnet-width", r.width)?;
-            limits::WIDTH.check("--resnet-head-width", r.head_width)?;
+            limits::WIDTH.check_option("resnet_width", r.width)?;
+            limits::WIDTH.check_option("resnet_head_width", r.head_width)?;
         }
         if let Some(r) = &self.resnet {
             if r.head_width == 0 || (32 * r.width) % r.head_width != 0 {
@@ -434,7 +434,7 @@ fn check_options(out: &Path, o: &PretrainOptions) -> std::result::Result<(), Pre
             o.steps, o.batch_size
         )));
     }
-    limits::BATCH.check("--batch-size", o.batch_size)?;
+    limits::BATCH.check_option("batch_size", o.batch_size)?;
     if o.eval_every == 0 {
         return Err(PretrainError::Options(
             "the evaluation interval must be at least 1 step".into(),

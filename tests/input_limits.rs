@@ -918,15 +918,20 @@ fn data_options_above_their_limits_are_refused() {
         1,
     )
     .unwrap_err();
+    // The library names the option as its structs do; the command line spells the flag.
     assert!(
         err.to_string()
-            .contains("--views = 1000000 is above the limit of 1000"),
+            .contains("views = 1000000 is above the limit of 1000"),
         "{err}"
+    );
+    assert!(
+        matches!(&err, clip_adapter::Error::SizeLimit(l) if l.option && l.field == "views"),
+        "{err:?}"
     );
 }
 
 #[test]
-fn pretraining_shapes_above_the_limits_are_refused_naming_the_flag() {
+fn pretraining_shapes_above_the_limits_are_refused_naming_the_option() {
     use clip_adapter::pretrain::ModelShape;
     let shape = ModelShape {
         vision_width: 1 << 40,
@@ -934,7 +939,23 @@ fn pretraining_shapes_above_the_limits_are_refused_naming_the_flag() {
     };
     let msg = shape.validate().unwrap_err().to_string();
     assert!(
-        msg.contains("--vision-width = 1099511627776 is above the limit of 16384"),
+        msg.contains("vision_width = 1099511627776 is above the limit of 16384"),
         "{msg}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("model");
+    let out_dir = out_dir.to_str().unwrap();
+    let out = clip_adapter(&[
+        "pretrain",
+        "--out",
+        out_dir,
+        "--vision-width",
+        "1099511627776",
+    ]);
+    assert!(!dir.path().join("model").exists(), "nothing is written");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--vision-width = 1099511627776 is above the limit of 16384"),
+        "{stderr}"
     );
 }

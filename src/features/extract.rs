@@ -124,7 +124,7 @@ pub fn plan(
     seed: u64,
 ) -> Result<Vec<FeatureSet>> {
     // Each view is a set holding its own copy of the samples: bound them before the loop.
-    crate::limits::VIEWS.check("--views", views)?;
+    crate::limits::VIEWS.check_option("views", views)?;
     let pick = |split: Split| -> (String, Vec<Sample>) {
         match (few_shot, split) {
             (Some(f), Split::Train | Split::Val) => (
@@ -292,7 +292,7 @@ pub fn extract_sets(
     opts: &ExtractOptions,
     hooks: &mut Hooks,
 ) -> Result<Vec<PathBuf>> {
-    crate::limits::BATCH.check("--batch-size", opts.batch)?;
+    crate::limits::BATCH.check_option("batch_size", opts.batch)?;
     let mut out = Vec::with_capacity(sets.len());
     let mut i = 0;
     while i < sets.len() {

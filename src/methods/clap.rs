@@ -358,7 +358,7 @@ pub fn fit(
                 "prompt-mean",
                 true,
                 "the task lacks the mean un-normalised prompt embeddings CLAP starts from \
-                 (text features cached by an older version: run `clip-adapter extract` again)",
+                 (text features cached by an older version: extract them again)",
             ))
         }
     };

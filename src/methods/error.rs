@@ -28,7 +28,7 @@ pub enum MethodError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
 
-    #[error("{method} trains the image tower's last projection: it needs the pre-projection features (`clip-adapter extract --pre-projection`) and the checkpoint's projection")]
+    #[error("{method} trains the image tower's last projection: it needs the image tower's pre-projection features and the checkpoint's projection, extracted with them")]
     NeedsPreProjection { method: &'static str },
 
     #[error("{method} trains through the model's text tower: fit it with the model loaded")]

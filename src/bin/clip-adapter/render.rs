@@ -9,6 +9,7 @@ use clip_adapter::experiment::{ExperimentError, NotApplicableTo};
 use clip_adapter::features::cache::shell_quote;
 use clip_adapter::features::task::{CacheProblem, ExtractHint, Extraction, HintSource, Missing};
 use clip_adapter::features::{DataSource, FeatureError};
+use clip_adapter::limits::LimitError;
 use clip_adapter::methods::MethodError;
 use clip_adapter::runner::RunError;
 
@@ -53,11 +54,25 @@ pub fn render(e: &(dyn Error + 'static)) -> String {
             cache_problem(problem)
         );
     }
+    if let Some(MethodError::NeedsPreProjection { .. }) = e.downcast_ref() {
+        return format!("{e} (`clip-adapter extract --pre-projection`)");
+    }
     if let Some(e) = e.downcast_ref::<ExperimentError>() {
         return experiment(e);
     }
     if let Some(SweepError::Conflict { option, param, why }) = e.downcast_ref() {
         return format!("--{option} cannot be set in a sweep over {param}: {why}");
+    }
+    if let Some(limit) = limit_error(e).filter(|l| l.option) {
+        let LimitError {
+            field,
+            value,
+            max,
+            why,
+            ..
+        } = limit;
+        let flag = field.replace('_', "-");
+        return format!("--{flag} = {value} is above the limit of {max} ({why})");
     }
     if let Some(RunError::MissingImages(_)) = e.downcast_ref() {
         return "rerun with --skip-bad to leave the missing images out".into();
@@ -113,6 +128,17 @@ fn others(e: &(dyn Error + 'static)) -> Option<String> {
             _ => return None,
         },
     })
+}
+
+/// A size limit, itself or forwarded by a wrapper.
+fn limit_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a LimitError> {
+    use clip_adapter::{data::DataError, pretrain::PretrainError};
+    match (e.downcast_ref(), e.downcast_ref(), e.downcast_ref()) {
+        (Some(clip_adapter::Error::SizeLimit(l)), ..) => Some(l),
+        (_, Some(DataError::Limit(l)), _) => Some(l),
+        (.., Some(PretrainError::Limit(l))) => Some(l),
+        _ => e.downcast_ref(),
+    }
 }
 
 /// The error inside a wrapper that only forwards it (`#[error(transparent)]`), whose own
