@@ -1036,9 +1036,8 @@ mod tests {
         for b in [Branch::Visual, Branch::Text, Branch::Both] {
             assert_eq!(b.as_str().parse::<Branch>().unwrap(), b);
         }
-        assert!("sideways"
-            .parse::<Form>()
-            .unwrap_err()
-            .contains("official, paper"));
+        let e = "sideways".parse::<Form>().unwrap_err();
+        assert_eq!((e.what, e.given.as_str()), ("adapter form", "sideways"));
+        assert!(e.to_string().contains("official, paper"), "{e}");
     }
 }
