@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use crate::clip::error::Result;
 use crate::clip::Clip;
-use crate::error::Result;
 
 /// Images per image-tower call unless the caller says otherwise.
 pub const DEFAULT_BATCH: usize = 32;

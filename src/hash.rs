@@ -2,7 +2,7 @@
 //! stream, a parameter's initialisation, an image's augmentation stream). It is fixed by
 //! definition: changing it would change every generated world and every augmented view, so it is
 //! not a place for a faster or stronger hash. Content fingerprints (cache keys, checksums) use a
-//! cryptographic hash instead (`features::fingerprint`).
+//! cryptographic hash instead (`clip::fingerprint`).
 
 const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const PRIME: u64 = 0x0000_0100_0000_01b3;

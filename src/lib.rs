@@ -12,7 +12,6 @@ pub mod clip;
 pub mod data;
 pub mod demo;
 pub mod encode;
-pub mod error;
 pub mod experiment;
 pub mod features;
 pub mod figure;
@@ -33,5 +32,5 @@ pub mod unknown_name;
 pub mod world;
 pub mod zero_shot;
 
+pub use clip::error::{Error, Result};
 pub use clip::Clip;
-pub use error::{Error, Result};

@@ -14,12 +14,12 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::clip::error::{Error, Result};
 use crate::clip::load::config::{Pooling, CLIP_MEAN, CLIP_STD};
 use crate::clip::train::TrainableClip;
 use crate::clip::{
     Activation, ClipConfig, Layout, ResNetConfig, TextConfig, VisionConfig, VisionTower,
 };
-use crate::error::{Error, Result};
 use crate::image::Preprocess;
 use crate::limits::{self, LimitError};
 use crate::tokenizer::Tokenizer;

@@ -6,9 +6,9 @@
 
 use candle_core::{Tensor, D};
 
+use crate::clip::error::{Error, Result};
 use crate::clip::model::transformer::l2_normalize;
 use crate::clip::Clip;
-use crate::error::{Error, Result};
 
 pub use crate::data::DEFAULT_TEMPLATE;
 

@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Output;
 
+use clip_adapter::features::task::{load_task, CacheQuery, Shots};
+use clip_adapter::features::FeatureError;
 use clip_adapter::features::FeatureFile;
-use clip_adapter::methods::from_cache::{load_task, CacheQuery, Shots};
-use clip_adapter::methods::MethodError;
 
 use crate::common::{assert_fails_with, clip_adapter, fixture, stdout_json};
 use crate::features::image_folder;
@@ -206,7 +206,7 @@ fn whole_split_features_load_as_shots_all_and_missing_ones_print_a_runnable_comm
     // A draw that was never extracted: the hint names model, cache and source, and runs.
     // The library says what is missing as data; the command line prints the command.
     let err = load_task(&CacheQuery::new(&cache, "data", Shots::K(2), 3)).unwrap_err();
-    assert!(matches!(err, MethodError::Cache { .. }), "{err}");
+    assert!(matches!(err, FeatureError::Cache { .. }), "{err}");
     let err = missing_draw(&cache, "data", "2", "3");
     let command = err
         .split('`')

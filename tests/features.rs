@@ -81,7 +81,7 @@ fn run(
     sets: &[FeatureSet],
     opts: &ExtractOptions,
     should_stop: &dyn Fn() -> bool,
-) -> clip_adapter::Result<Vec<PathBuf>> {
+) -> clip_adapter::features::Result<Vec<PathBuf>> {
     let mut on_event = |_: &Event| {};
     let mut hooks = Hooks {
         on_event: &mut on_event,
@@ -151,11 +151,11 @@ fn an_interrupted_extraction_resumes_to_identical_files() {
     assert!(
         matches!(
             err,
-            clip_adapter::Error::Features(FeatureError::Interrupted {
+            FeatureError::Interrupted {
                 done: 6,
                 total: 12,
                 ..
-            })
+            }
         ),
         "{msg}"
     );

@@ -925,7 +925,7 @@ fn data_options_above_their_limits_are_refused() {
         "{err}"
     );
     assert!(
-        matches!(&err, clip_adapter::Error::SizeLimit(l) if l.option && l.field == "views"),
+        matches!(&err, clip_adapter::features::FeatureError::Limit(l) if l.option && l.field == "views"),
         "{err:?}"
     );
 }

@@ -1,5 +1,6 @@
 //! The single integration-test binary (one link step for all tests).
 
+mod architecture;
 mod cache_safety;
 mod checkpoint_errors;
 mod cli;

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use clip_adapter::features::task::CacheQuery;
 use clip_adapter::methods::clip_adapter::{AdapterModel, AdapterParams, Bottleneck, Ratio};
-use clip_adapter::methods::from_cache::CacheQuery;
 use clip_adapter::methods::head;
 use clip_adapter::methods::Matrix;
 use clip_adapter::rng::SplitMix64;

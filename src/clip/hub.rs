@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{ModelFiles, LAYOUT_FILES};
-use crate::error::{Error, Result};
+use crate::clip::error::{Error, Result};
 
 /// Where and how to look for hub models.
 #[derive(Debug, Clone)]

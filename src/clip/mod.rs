@@ -10,6 +10,8 @@
 //! [`hub::resolve`] turns a `--model` argument (a directory, a file, `openai:NAME`, or a hub id
 //! such as `openai/clip-vit-base-patch32` or `timm/resnet50_clip.openai`) into one.
 
+pub mod error;
+pub mod fingerprint;
 pub mod hub;
 pub mod load;
 pub mod model;
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::error::{Error, Result};
+use crate::clip::error::{Error, Result};
 use crate::image::Preprocess;
 use crate::tokenizer::Tokenizer;
 use load::checkpoint::Checkpoint;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::error::Error;
+use crate::clip::error::Error;
 
 /// Where the embedded model's files live in the source tree (for documentation and tests; the
 /// binary never reads it).

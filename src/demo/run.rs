@@ -10,10 +10,10 @@ use candle_core::{Device, Tensor};
 
 use super::model::{embedded_model_dir, materialize_embedded_model};
 use super::report::DemoReport;
+use crate::clip::error::Error;
 use crate::clip::model::transformer::l2_normalize;
 use crate::clip::{Clip, ModelFiles};
 use crate::data::{prompt_name, Dataset, FewShot, Sample};
-use crate::error::Error;
 use crate::experiment::sweep::{Sweep, SweepParam};
 use crate::experiment::{
     self, run_grid, ExperimentError, Grid, GridEvent, GridMethod, MethodOverrides, ResultRow,
@@ -33,6 +33,10 @@ use crate::world::tasks::{demo_tasks, load_task, write_task, Gap, TaskSizes, Tas
 pub enum DemoError {
     #[error(transparent)]
     Clip(#[from] Box<Error>),
+    #[error(transparent)]
+    Data(Box<crate::data::DataError>),
+    #[error(transparent)]
+    Features(Box<crate::features::FeatureError>),
     #[error("unknown demo task `{task}` (tasks: {known})")]
     UnknownTask { task: String, known: String },
     #[error(transparent)]
@@ -59,7 +63,13 @@ impl From<candle_core::Error> for DemoError {
 
 impl From<crate::data::DataError> for DemoError {
     fn from(e: crate::data::DataError) -> Self {
-        DemoError::Clip(Box::new(e.into()))
+        DemoError::Data(Box::new(e))
+    }
+}
+
+impl From<crate::features::FeatureError> for DemoError {
+    fn from(e: crate::features::FeatureError) -> Self {
+        DemoError::Features(Box::new(e))
     }
 }
 

@@ -23,7 +23,7 @@ pub enum ExperimentError {
 
     /// Reading a model's files or config.
     #[error(transparent)]
-    Clip(#[from] Box<crate::error::Error>),
+    Clip(#[from] Box<crate::clip::error::Error>),
 
     #[error(
         "{path}: its columns are `{found}`, expected `{expected}`{hint}; move the file aside or \
@@ -131,8 +131,8 @@ impl std::fmt::Display for NotApplicableTo {
     }
 }
 
-impl From<crate::error::Error> for ExperimentError {
-    fn from(e: crate::error::Error) -> Self {
+impl From<crate::clip::error::Error> for ExperimentError {
+    fn from(e: crate::clip::error::Error) -> Self {
         ExperimentError::Clip(Box::new(e))
     }
 }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::FeatureError;
+use crate::data::DataError;
 use crate::data::Sample;
 use crate::image::augment::Augment;
 use crate::image::Preprocess;
@@ -190,7 +191,7 @@ pub enum DataSource {
 
 impl DataSource {
     /// The benchmark the source is, if it is one.
-    pub fn benchmark(&self) -> crate::Result<Option<&'static crate::data::Benchmark>> {
+    pub fn benchmark(&self) -> Result<Option<&'static crate::data::Benchmark>, DataError> {
         match self {
             DataSource::Benchmark { dataset, .. } => {
                 Ok(Some(crate::data::Benchmark::find(dataset)?))
@@ -200,7 +201,7 @@ impl DataSource {
     }
 
     /// Reads the dataset: its images and their train/val/test split.
-    pub fn load(&self) -> crate::Result<crate::data::Dataset> {
+    pub fn load(&self) -> Result<crate::data::Dataset, DataError> {
         use crate::data::folder::{self, SeededSplit};
         let seeded = |seed: &i64, train: &f64, val: &f64| SeededSplit {
             seed: *seed,
@@ -231,7 +232,7 @@ impl DataSource {
 }
 
 /// A split file's dataset, named after the file (`split_zhou_EuroSAT.json`: `eurosat`).
-fn split_file_dataset(path: &Path, root: Option<&Path>) -> crate::Result<crate::data::Dataset> {
+fn split_file_dataset(path: &Path, root: Option<&Path>) -> Result<crate::data::Dataset, DataError> {
     let s = crate::data::split_file::read(path)?;
     let root = match root {
         Some(r) => r.to_path_buf(),

@@ -71,7 +71,59 @@ pub enum FeatureError {
         path: PathBuf,
         why: super::cache::JoinError,
     },
+
+    /// The model failed to load or to encode (boxed: the model's errors are large).
+    #[error(transparent)]
+    Model(Box<crate::Error>),
+
+    /// What the cache lacks or holds twice, for a task (boxed: it carries lists).
+    #[error("feature cache {}: {problem}", dir.display())]
+    Cache {
+        dir: PathBuf,
+        problem: Box<super::task::CacheProblem>,
+    },
+
+    /// The cached features do not make a task (labels out of range, empty sets).
+    #[error(transparent)]
+    Task(#[from] Box<crate::methods::MethodError>),
+
+    /// A size an option asks for, above its limit.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
+
+    #[error(transparent)]
+    Write(#[from] crate::fsutil::WriteError),
+
+    /// The dataset could not be read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
 }
+
+impl From<crate::methods::MethodError> for FeatureError {
+    fn from(e: crate::methods::MethodError) -> Self {
+        FeatureError::Task(Box::new(e))
+    }
+}
+
+/// The feature layer's result.
+pub type Result<T> = std::result::Result<T, FeatureError>;
+
+/// The model layer's errors, and what it forwards (tensor math, images, sizes, writes).
+macro_rules! from_model {
+    ($($t:ty),+) => {$(
+        impl From<$t> for FeatureError {
+            fn from(e: $t) -> Self {
+                FeatureError::Model(Box::new(e.into()))
+            }
+        }
+    )+};
+}
+from_model!(
+    crate::Error,
+    candle_core::Error,
+    crate::image::ImageError,
+    crate::tokenizer::TokenizerError
+);
 
 impl FeatureError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

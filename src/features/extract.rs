@@ -24,10 +24,10 @@ use super::cache::{
     join, samples_digest, split_digest, DataSource, FeatureFile, Meta, Output, Partial, SetKey,
     Transform,
 };
+use super::error::Result;
 use super::{lock, FeatureError};
 use crate::clip::Clip;
 use crate::data::{Dataset, FewShot, Sample, Split};
-use crate::error::Result;
 use crate::image::augment::{Augment, ViewRng};
 use crate::image::{decode_file, ImageError, Preprocess};
 
@@ -490,7 +490,7 @@ fn encode_members(
     );
     encoded.map_err(|e| match e {
         // The interruption is reported on the first unfinished member, with its resume folder.
-        crate::Error::Features(FeatureError::Interrupted { .. }) => {
+        FeatureError::Interrupted { .. } => {
             let m = work.iter().find(|m| m.done < my_total).unwrap_or(&work[0]);
             FeatureError::Interrupted {
                 set: m.name.clone(),
@@ -498,7 +498,6 @@ fn encode_members(
                 total: my_total,
                 partial: m.partial.dir.clone(),
             }
-            .into()
         }
         e => e,
     })
@@ -590,7 +589,7 @@ fn reuse(
     }
     let f = match FeatureFile::read(target) {
         Ok(f) => f,
-        Err(e @ FeatureError::Io { .. }) => return Err(e.into()),
+        Err(e @ FeatureError::Io { .. }) => return Err(e),
         Err(e) => {
             rebuilding(e.to_string());
             return Ok(None);
@@ -605,8 +604,7 @@ fn reuse(
             path: target.to_path_buf(),
             count: f.meta.skipped.len(),
             first: f.meta.skipped[0].clone(),
-        }
-        .into());
+        });
     }
     Ok(Some(f.meta.skipped))
 }
@@ -728,8 +726,7 @@ fn encode_chunks(
                         done: 0,
                         total: 0,
                         partial: PathBuf::new(),
-                    }
-                    .into());
+                    });
                 }
             }
             let (range, members) = &todo[d.chunk];
@@ -745,8 +742,7 @@ fn encode_chunks(
                 return Err(FeatureError::BadImages {
                     count: bad.len(),
                     details: bad.iter().map(|(_, e)| e.to_string()).collect(),
-                }
-                .into());
+                });
             }
             // Both outputs of each view of this batch, from one forward pass: a projected set
             // and its pre-projection twin share it.

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::error::Result;
 use super::extract::{extract_sets, plan, with_pre_projection, Event, ExtractOptions, Hooks};
 use super::{projection, text};
 use crate::clip::Clip;
 use crate::data::benchmarks::TemplateSet;
 use crate::data::{Benchmark, Dataset, FewShot};
-use crate::error::Result;
 use crate::image::augment::{Augment, DEFAULT_RATIO};
 
 /// One extraction: the model is loaded and fingerprinted by the caller.

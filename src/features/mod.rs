@@ -21,7 +21,6 @@ pub mod cache;
 mod error;
 pub mod extract;
 pub mod fault;
-mod fingerprint;
 pub mod job;
 pub mod lock;
 pub mod merge;
@@ -29,7 +28,7 @@ pub mod projection;
 pub mod task;
 pub mod text;
 
+pub use crate::clip::fingerprint::{checksum, hash_file, model_fingerprint, ContentHash};
 pub use cache::{DataSource, FeatureFile, Output, SetKey, Transform};
-pub use error::FeatureError;
+pub use error::{FeatureError, Result};
 pub use extract::{plan, with_pre_projection, Event, ExtractOptions, FeatureSet, Shard};
-pub use fingerprint::{checksum, hash_file, model_fingerprint, ContentHash};

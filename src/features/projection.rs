@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::cache::write_safetensors;
+use super::error::Result;
 use super::{ContentHash, FeatureError};
 use crate::clip::Clip;
-use crate::error::Result;
 
 /// The `format` metadata value of projection files.
 pub const PROJECTION_FORMAT: &str = "clip-adapter-projection";

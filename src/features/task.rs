@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::features::cache::{DataSource, FeatureFile, Meta};
 use crate::features::projection::{projection_path, read_projection};
 use crate::features::text::read_text;
-use crate::features::{Output, Transform};
+use crate::features::{FeatureError, Output, Transform};
 use crate::methods::linalg::Matrix;
 use crate::methods::pre_projection::{PreProjection, Projection};
 use crate::methods::{FewShotTask, LabelledSet, MethodError, TextClassifier};
@@ -145,8 +145,8 @@ struct Entry {
     path: PathBuf,
 }
 
-fn entries(dir: &Path) -> Result<Vec<Entry>, MethodError> {
-    let read = std::fs::read_dir(dir).map_err(|source| MethodError::Io {
+fn entries(dir: &Path) -> Result<Vec<Entry>, FeatureError> {
+    let read = std::fs::read_dir(dir).map_err(|source| FeatureError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -178,14 +178,16 @@ fn matches_model(q: &Option<String>, fingerprint: &str, name: &str) -> bool {
     q.as_ref().is_none_or(|m| m == fingerprint || m == name)
 }
 
-fn labels(f: &FeatureFile) -> Result<Vec<usize>, MethodError> {
+fn labels(f: &FeatureFile) -> Result<Vec<usize>, FeatureError> {
     f.labels
         .iter()
         .map(|&l| {
-            usize::try_from(l).map_err(|_| MethodError::Label {
-                what: "a cached label",
-                label: 0,
-                classes: f.meta.classnames.len(),
+            usize::try_from(l).map_err(|_| {
+                FeatureError::from(MethodError::Label {
+                    what: "a cached label",
+                    label: 0,
+                    classes: f.meta.classnames.len(),
+                })
             })
         })
         .collect()
@@ -446,31 +448,31 @@ struct Survey {
 }
 
 impl Survey {
-    fn fail(&self, problem: CacheProblem) -> MethodError {
-        MethodError::Cache {
+    fn fail(&self, problem: CacheProblem) -> FeatureError {
+        FeatureError::Cache {
             dir: self.dir.clone(),
             problem: Box::new(problem),
         }
     }
 
-    fn missing(&self, missing: Missing) -> MethodError {
+    fn missing(&self, missing: Missing) -> FeatureError {
         self.fail(CacheProblem::Missing {
             missing,
             hint: self.hint.clone(),
         })
     }
 
-    fn inconsistent(&self, msg: String) -> MethodError {
+    fn inconsistent(&self, msg: String) -> FeatureError {
         self.fail(CacheProblem::Inconsistent(msg))
     }
 }
 
-fn survey(q: &CacheQuery) -> Result<Survey, MethodError> {
+fn survey(q: &CacheQuery) -> Result<Survey, FeatureError> {
     let dir = q.cache.join(&q.dataset);
     let (train_part, val_part) = q.shots.parts(q.seed);
     let all = match entries(&dir) {
         Ok(all) => all,
-        Err(MethodError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(FeatureError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             let s = Survey {
                 hint: extract_hint(q, &[]),
                 dir,
@@ -490,7 +492,7 @@ fn survey(q: &CacheQuery) -> Result<Survey, MethodError> {
         let meta = match FeatureFile::read_meta(&e.path) {
             Ok(m) => m,
             Err(_) if !wanted => continue,
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
         };
         if wanted && matches_model(&q.model, &meta.key.model, &meta.model_name) {
             sets.push(Candidate {
@@ -510,7 +512,7 @@ fn survey(q: &CacheQuery) -> Result<Survey, MethodError> {
 }
 
 /// The one model of the draw's files: `(fingerprint, name)`.
-fn one_model(s: &Survey) -> Result<(String, String), MethodError> {
+fn one_model(s: &Survey) -> Result<(String, String), FeatureError> {
     let models: BTreeSet<(String, String)> = (s.sets.iter())
         .map(|c| (c.meta.key.model.clone(), c.meta.model_name.clone()))
         .collect();
@@ -530,7 +532,7 @@ fn has_eval(g: &[&Candidate], part: &str) -> bool {
 fn one_extraction<'a>(
     q: &CacheQuery,
     s: &'a Survey,
-) -> Result<(&'a str, Vec<&'a Candidate>), MethodError> {
+) -> Result<(&'a str, Vec<&'a Candidate>), FeatureError> {
     let mut groups: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
     for c in &s.sets {
         if q.split
@@ -576,7 +578,7 @@ struct Sets {
     views: Vec<FeatureFile>,
 }
 
-fn read_sets(q: &CacheQuery, s: &Survey, group: &[&Candidate]) -> Result<Sets, MethodError> {
+fn read_sets(q: &CacheQuery, s: &Survey, group: &[&Candidate]) -> Result<Sets, FeatureError> {
     let pick = |part: &str| {
         group
             .iter()
@@ -613,7 +615,7 @@ fn view_files<'a>(
     q: &CacheQuery,
     s: &Survey,
     group: &[&'a Candidate],
-) -> Result<Vec<&'a Candidate>, MethodError> {
+) -> Result<Vec<&'a Candidate>, FeatureError> {
     let mut families: BTreeMap<String, Vec<&Candidate>> = BTreeMap::new();
     for c in group
         .iter()
@@ -661,10 +663,10 @@ fn read_text_for(
     fingerprint: &str,
     model_name: &str,
     classnames: &[String],
-) -> Result<crate::features::text::TextFeatures, MethodError> {
+) -> Result<crate::features::text::TextFeatures, FeatureError> {
     let mut text = None;
     for e in entries(&s.dir)?.into_iter().filter(|e| e.part == "text") {
-        let bytes = std::fs::read(&e.path).map_err(|source| MethodError::Io {
+        let bytes = std::fs::read(&e.path).map_err(|source| FeatureError::Io {
             path: e.path.clone(),
             source,
         })?;
@@ -681,10 +683,7 @@ fn read_text_for(
     }
     let model = model_name.to_string();
     let path = text.ok_or_else(|| s.missing(Missing::Text { model }))?.1;
-    let t = read_text(&path).map_err(|source| MethodError::TextFeatures {
-        path: path.clone(),
-        source: Box::new(source),
-    })?;
+    let t = read_text(&path)?;
     if t.classnames != classnames {
         return Err(s.inconsistent(format!(
             "{}: class names differ from the image features'",
@@ -702,8 +701,8 @@ fn read_pre_projection(
     group: &[&Candidate],
     sets: &Sets,
     fingerprint: &str,
-) -> Result<Option<Box<PreProjection>>, MethodError> {
-    let read_twin = |of: &FeatureFile| -> Result<Option<Matrix>, MethodError> {
+) -> Result<Option<Box<PreProjection>>, FeatureError> {
+    let read_twin = |of: &FeatureFile| -> Result<Option<Matrix>, FeatureError> {
         let twin = group.iter().find(|c| {
             c.meta.key.output == Output::PreProjection
                 && crate::features::SetKey {
@@ -770,7 +769,7 @@ fn read_pre_projection(
 }
 
 /// Reads the task; the error names the dataset folder and what is missing or ambiguous.
-pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), MethodError> {
+pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), FeatureError> {
     let s = survey(q)?;
     let (fingerprint, model_name) = one_model(&s)?;
     let (split, group) = one_extraction(q, &s)?;

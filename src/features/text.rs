@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::cache::write_safetensors;
+use super::error::Result;
 use super::{ContentHash, FeatureError};
 use crate::clip::Clip;
 use crate::data::{prompt_name, Dataset};
-use crate::error::Result;
 use crate::zero_shot::ZeroShotClassifier;
 
 /// The `format` metadata value of text feature files.
@@ -154,7 +154,7 @@ pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
     let (st, m) = super::cache::parse_safetensors(path, bytes)?;
     let get = |k: &str| m.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
     if get("format")? != TEXT_FORMAT {
-        return Err(bad("not a clip-adapter text feature file".into()).into());
+        return Err(bad("not a clip-adapter text feature file".into()));
     }
     let list = |k: &str| -> std::result::Result<Vec<String>, FeatureError> {
         serde_json::from_str(get(k)?).map_err(|e| bad(format!("metadata `{k}`: {e}")))
@@ -162,7 +162,7 @@ pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
     let t = st.tensor("text_features").map_err(|e| bad(e.to_string()))?;
     let classnames = list("classnames")?;
     let [c, dim] = t.shape()[..] else {
-        return Err(bad(format!("`text_features` has shape {:?}", t.shape())).into());
+        return Err(bad(format!("`text_features` has shape {:?}", t.shape())));
     };
     if t.dtype() != safetensors::Dtype::F32 || c != classnames.len() {
         return Err(bad(format!(
@@ -170,8 +170,7 @@ pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
             t.dtype(),
             t.shape(),
             classnames.len()
-        ))
-        .into());
+        )));
     }
     let floats = |t: &safetensors::tensor::TensorView| -> Vec<f32> {
         t.data()
@@ -188,12 +187,11 @@ pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
                     "`text_features_mean` is {:?} {:?}, expected F32 [{c}, {dim}] (like `text_features`)",
                     m.dtype(),
                     m.shape()
-                ))
-                .into());
+                )));
             }
             let v = floats(&m);
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(bad("`text_features_mean` holds a non-finite value".into()).into());
+                return Err(bad("`text_features_mean` holds a non-finite value".into()));
             }
             Some(v)
         }

@@ -61,28 +61,11 @@ pub enum MethodError {
         source: Box<super::head::HeadError>,
     },
 
-    /// What the cache lacks or holds twice (boxed: it carries lists).
-    #[error("feature cache {dir}: {problem}")]
-    Cache {
-        dir: PathBuf,
-        problem: Box<crate::features::task::CacheProblem>,
-    },
-
-    #[error(transparent)]
-    Features(#[from] crate::features::FeatureError),
-
     #[error(transparent)]
     Write(#[from] crate::fsutil::WriteError),
 
     #[error(transparent)]
     Coop(Box<super::coop::CoopError>),
-
-    #[error("cannot read the class prompts' features {}", path.display())]
-    TextFeatures {
-        path: PathBuf,
-        #[source]
-        source: Box<crate::error::Error>,
-    },
 }
 
 impl MethodError {

@@ -35,9 +35,6 @@ pub mod overrides;
 pub mod pre_projection;
 pub mod registry;
 
-/// The cache reader moved to [`crate::features::task`]; this path stays for older callers.
-pub use crate::features::task as from_cache;
-
 /// Declares the method modules and lists their cards in [`registry::ALL`], in the order of
 /// tables and figures.
 macro_rules! registry {

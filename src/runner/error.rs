@@ -33,7 +33,7 @@ pub enum RunError {
     FindModel {
         spec: String,
         #[source]
-        source: Box<crate::error::Error>,
+        source: Box<crate::clip::error::Error>,
     },
 
     #[error("loading {dataset} {shots}-shot seed {seed}")]
@@ -42,7 +42,7 @@ pub enum RunError {
         shots: Shots,
         seed: u64,
         #[source]
-        source: Box<MethodError>,
+        source: Box<crate::features::FeatureError>,
     },
 
     #[error("loading the text tower of model `{spec}` for CoOp")]
@@ -63,20 +63,20 @@ pub enum RunError {
     NoTextTower,
 
     #[error(transparent)]
-    Clip(Box<crate::error::Error>),
+    Clip(Box<crate::clip::error::Error>),
 
     #[error("fingerprinting model {}", dir.display())]
     Fingerprint {
         dir: PathBuf,
         #[source]
-        source: Box<crate::error::Error>,
+        source: Box<crate::clip::error::Error>,
     },
 
     #[error("loading model from {}", dir.display())]
     LoadModel {
         dir: PathBuf,
         #[source]
-        source: Box<crate::error::Error>,
+        source: Box<crate::clip::error::Error>,
     },
 
     /// The model is not the one the head was trained on (or cannot be checked).
@@ -120,8 +120,14 @@ pub enum RunError {
     Encoding {
         dataset: String,
         #[source]
-        source: Box<crate::error::Error>,
+        source: Box<crate::features::FeatureError>,
     },
+
+    #[error(transparent)]
+    Features(Box<crate::features::FeatureError>),
+
+    #[error(transparent)]
+    Data(Box<crate::data::DataError>),
 
     #[error("running the demo with the model in {}", model_dir.display())]
     Demo {
@@ -144,8 +150,20 @@ pub enum RunError {
     HeadInfo(#[source] serde_json::Error),
 }
 
-impl From<crate::error::Error> for RunError {
-    fn from(e: crate::error::Error) -> Self {
+impl From<crate::features::FeatureError> for RunError {
+    fn from(e: crate::features::FeatureError) -> Self {
+        RunError::Features(Box::new(e))
+    }
+}
+
+impl From<crate::data::DataError> for RunError {
+    fn from(e: crate::data::DataError) -> Self {
+        RunError::Data(Box::new(e))
+    }
+}
+
+impl From<crate::clip::error::Error> for RunError {
+    fn from(e: crate::clip::error::Error) -> Self {
         RunError::Clip(Box::new(e))
     }
 }

@@ -48,8 +48,7 @@ pub fn extract(
     let dataset = &spec.dataset;
     let few = (spec.shots)
         .map(|k| FewShot::coop(dataset, k, spec.seed))
-        .transpose()
-        .map_err(crate::Error::from)?;
+        .transpose()?;
     if let Some(f) = &few {
         observer.short_classes(f, dataset);
     }

@@ -95,7 +95,7 @@ pub fn predict(
         (logits.rows, logits.cols),
         &candle_core::Device::Cpu,
     )
-    .map_err(crate::error::Error::from)?;
+    .map_err(crate::clip::error::Error::from)?;
     let predictions = rank(&info.classnames, &logits, spec.top_k)?;
     Ok(Predictions {
         method: info.method,
@@ -151,7 +151,7 @@ fn encode(
     let features = encode(clip, &spec.images, spec.batch_size, &mut |d, _| {
         observer.encoding(d, total)
     })?;
-    let to_err = crate::error::Error::from;
+    let to_err = crate::clip::error::Error::from;
     let (n, d) = features.dims2().map_err(to_err)?;
     let data = (features.flatten_all())
         .and_then(|f| f.to_vec1::<f32>())

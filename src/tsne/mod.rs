@@ -33,6 +33,9 @@ pub enum TsneError {
     #[error("{0}")]
     Options(String),
 
+    #[error(transparent)]
+    Features(#[from] Box<crate::features::FeatureError>),
+
     #[error("{0}")]
     Shape(String),
 
@@ -275,7 +278,7 @@ pub fn adapter_tsne_from_cache(
     opts: &TsneOptions,
 ) -> Result<CachedTsne, TsneError> {
     let adapter = load_adapter(head_path)?;
-    let (task, source) = load_task(query)?;
+    let (task, source) = load_task(query).map_err(Box::new)?;
     check_head(
         head_path,
         &adapter.1,

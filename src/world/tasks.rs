@@ -16,8 +16,8 @@ use super::render::render;
 use super::rng::WorldRng;
 use super::scene::Domain;
 use super::IMAGE_SIDE;
+use crate::clip::error::{Error, Result};
 use crate::data::{split_file, Dataset};
-use crate::error::{Error, Result};
 
 /// How far a task is from the pretraining distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +220,10 @@ pub fn write_task(spec: &TaskSpec, root: &Path, seed: u64, sizes: TaskSizes) -> 
 }
 
 /// Reads a task written by [`write_task`] as the CLI's `--split FILE` does.
-pub fn load_task(split_path: &Path, name: &str) -> Result<Dataset> {
+pub fn load_task(
+    split_path: &Path,
+    name: &str,
+) -> std::result::Result<Dataset, crate::data::DataError> {
     let s = split_file::read(split_path)?;
     Ok(Dataset {
         name: name.to_string(),

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use clip_adapter::experiment::Validation;
 use clip_adapter::zero_shot::DEFAULT_TEMPLATE;
+
+use crate::shared::positive;
 
 /// Few-shot adaptation of CLIP vision-language models.
 ///
@@ -120,27 +121,6 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
 }
 
-/// A count that must be at least 1 (spaces around it ignored).
-pub fn positive(s: &str) -> std::result::Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("`{s}` is not a whole number: {e}")),
-    }
-}
-
-/// A value with the spaces around it ignored (`--methods "zero-shot, gda"`).
-pub fn trimmed<T: std::str::FromStr>(s: &str) -> std::result::Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("empty value in the list".into());
-    }
-    t.parse::<T>().map_err(|e| format!("`{t}`: {e}"))
-}
-
 /// Room for the start and end tokens at least, and within the library's limit.
 fn context_length(s: &str) -> std::result::Result<usize, String> {
     match positive(s)? {
@@ -149,28 +129,6 @@ fn context_length(s: &str) -> std::result::Result<usize, String> {
             .check("--context-length", n)
             .map_err(|e| e.to_string()),
     }
-}
-
-/// Which cached features: the cache and, when it holds several models' features, which.
-#[derive(Args, Debug)]
-pub struct CacheArgs {
-    /// The feature cache `extract` wrote.
-    #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
-    pub cache: PathBuf,
-    /// Pick the model's features when the cache holds several (the name given to extract, or
-    /// the fingerprint). CoOp trains through this model's text tower [default: the model the
-    /// cache records]; one whose content differs from the features' model is refused.
-    #[arg(long)]
-    pub model: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct ValidationArg {
-    /// `val`: hyper-parameters and best epochs chosen on the few-shot validation set; `none`:
-    /// no validation set (as a user with a few labelled images has), each method keeps its
-    /// documented default or uses its own validation-free rule (docs/methods.md).
-    #[arg(long, default_value = "val", value_parser = |s: &str| s.parse::<Validation>().map_err(|e| e.to_string()), value_name = "val|none")]
-    pub validation: Validation,
 }
 
 #[derive(Args)]

@@ -16,17 +16,8 @@ use clip_adapter::features::{merge::merge, DataSource, ExtractOptions, Shard};
 use clip_adapter::runner::{self, ExtractSpec};
 use serde_json::json;
 
-use crate::args::positive;
-use crate::output::{outln, Observer, Progress};
-
-/// CoOp's split of a dataset without one: half of each class for training, a fifth for
-/// validation.
-pub const TRAIN_FRACTION: f64 = 0.5;
-pub const VAL_FRACTION: f64 = 0.2;
-
-/// Items of a list printed without --verbose; what follows the count of the rest.
-const FIRST: usize = 5;
-const MORE: &str = " (--verbose lists all)";
+use crate::output::{outln, report_short, Observer, Progress, FIRST, MORE};
+use crate::shared::{crop_scale, dataset_name, fraction, positive, TRAIN_FRACTION, VAL_FRACTION};
 
 /// Where the images and their split come from (one of --dataset, --folder, --manifest,
 /// --split).
@@ -78,64 +69,15 @@ pub struct SourceArgs {
     pub name: Option<String>,
 }
 
-/// A value outside what an option allows is an argument error (exit status 2), found by clap
-/// before anything runs.
-fn fraction(s: &str, allow_zero: bool, allow_one: bool) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    let low_ok = if allow_zero { v >= 0.0 } else { v > 0.0 };
-    let high_ok = if allow_one { v <= 1.0 } else { v < 1.0 };
-    let (open, close) = (
-        ["(", "["][allow_zero as usize],
-        [")", "]"][allow_one as usize],
-    );
-    match low_ok && high_ok {
-        true => Ok(v),
-        false => Err(format!(
-            "{v} is out of range; expected a fraction {open}0, 1{close}"
-        )),
-    }
-}
-
-/// `min,max` with 0 < min <= max <= 1.
-fn crop_scale(s: &str) -> Result<(f64, f64), String> {
-    let (a, b) =
-        (s.split_once(',')).ok_or_else(|| format!("`{s}`: expected MIN,MAX, e.g. 0.5,1"))?;
-    let num = |x: &str| {
-        x.trim()
-            .parse::<f64>()
-            .map_err(|_| format!("`{x}` is not a number"))
-    };
-    let (a, b) = (num(a)?, num(b)?);
-    if !(0.0 < a && a <= b && b <= 1.0) {
-        return Err(format!("{a},{b}: expected 0 < MIN <= MAX <= 1"));
-    }
-    Ok((a, b))
-}
-
-/// A name that is one folder in the cache.
-fn dataset_name(s: &str) -> Result<String, String> {
-    let bad = s.is_empty() || s.len() > 100 || s == "." || s == "..";
-    if bad || s.contains(['/', '\\']) || s.chars().any(char::is_control) {
-        return Err(format!(
-            "`{}`: expected a folder name (1-100 bytes, no `/`, `\\`, control characters, \
-             `.` or `..`)",
-            clip_adapter::data::display_name(s)
-        ));
-    }
-    Ok(s.to_string())
-}
-
 impl SourceArgs {
     /// The dataset and its benchmark, if it is one, renamed by --name.
     pub fn load(&self) -> Result<(Dataset, Option<&'static Benchmark>)> {
         if self.train_fraction + self.val_fraction > 1.0 {
-            use clap::CommandFactory;
             let why = format!(
                 "--train-fraction {} and --val-fraction {} add up to more than 1",
                 self.train_fraction, self.val_fraction
             );
-            (crate::args::Cli::command().error(clap::error::ErrorKind::ArgumentConflict, why))
-                .exit();
+            clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{why}\n")).exit();
         }
         if self.dataset.is_some() && self.root.is_none() {
             bail!("--dataset needs --root DIR (CoOp's data folder)");
@@ -445,14 +387,6 @@ fn list_benchmarks(as_json: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The classes that had fewer images than asked for, on stderr.
-pub fn report_short(few: &FewShot, dataset: &Dataset, verbose: bool) {
-    let shown = if verbose { usize::MAX } else { FIRST };
-    for note in few.shortage_notes(dataset, shown, MORE) {
-        eprintln!("note: {note}");
-    }
 }
 
 pub fn fewshot(a: FewShotArgs) -> Result<()> {

@@ -8,8 +8,8 @@ use clap::Args;
 use clip_adapter::demo::{task_names, DemoEvent, DemoOptions};
 use clip_adapter::runner;
 
-use crate::args::{positive, trimmed};
 use crate::output::Progress;
+use crate::shared::{positive, trimmed};
 
 #[derive(Args)]
 pub struct DemoArgs {

@@ -8,6 +8,7 @@ mod output;
 mod pretrain;
 mod render;
 mod report;
+mod shared;
 mod sweep;
 mod tsne;
 

@@ -13,10 +13,10 @@ use clip_adapter::features::task::Shots;
 use clip_adapter::methods::{MethodKind, OptionSpec, OptionValue, OPTIONS};
 use clip_adapter::runner::{self, FitSpec, PredictSpec, RunSpec};
 
-use crate::args::{positive, trimmed, CacheArgs, ValidationArg};
 use crate::output::{
     outln, prediction_results, print_predictions, print_written, Observer, Progress,
 };
+use crate::shared::{positive, trimmed, CacheArgs, ValidationArg};
 
 /// Parses a method name (surrounding spaces ignored) into the library's [`MethodKind`]; the
 /// names come from the library's list, so `--help` and the parser cannot disagree with it.

@@ -126,6 +126,18 @@ pub fn prediction_results(paths: &[String], predictions: &[Vec<Prediction>]) -> 
     (results.map(|(p, preds)| serde_json::json!({"path": p, "predictions": preds}))).collect()
 }
 
+/// Items of a list printed without --verbose; what follows the count of the rest.
+pub const FIRST: usize = 5;
+pub const MORE: &str = " (--verbose lists all)";
+
+/// The classes that had fewer images than asked for, on stderr.
+pub fn report_short(few: &FewShot, dataset: &Dataset, verbose: bool) {
+    let shown = if verbose { usize::MAX } else { FIRST };
+    for note in few.shortage_notes(dataset, shown, MORE) {
+        eprintln!("note: {note}");
+    }
+}
+
 /// One line on stderr after a command wrote its folder's report.
 pub fn print_written(files: &ReportFiles) {
     match files.figures.first().and_then(|f| f.parent()) {
@@ -268,7 +280,7 @@ impl ExtractObserver for Observer<'_> {
     }
 
     fn short_classes(&mut self, few: &FewShot, dataset: &Dataset) {
-        crate::data::report_short(few, dataset, self.verbose);
+        report_short(few, dataset, self.verbose);
     }
 
     fn skipping_missing(&mut self, why: &DataError) {

@@ -47,7 +47,7 @@ fn join<'a>(causes: impl Iterator<Item = &'a (dyn Error + 'static)>) -> String {
 /// One error's own message, in the command line's words.
 pub fn render(e: &(dyn Error + 'static)) -> String {
     let e = unwrap_transparent(e);
-    if let Some(MethodError::Cache { dir, problem }) = e.downcast_ref() {
+    if let Some(FeatureError::Cache { dir, problem }) = e.downcast_ref() {
         return format!(
             "feature cache {}: {}",
             dir.display(),
@@ -137,7 +137,10 @@ fn limit_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a LimitError> {
         (Some(clip_adapter::Error::SizeLimit(l)), ..) => Some(l),
         (_, Some(DataError::Limit(l)), _) => Some(l),
         (.., Some(PretrainError::Limit(l))) => Some(l),
-        _ => e.downcast_ref(),
+        _ => match e.downcast_ref() {
+            Some(FeatureError::Limit(l)) => Some(l),
+            _ => e.downcast_ref(),
+        },
     }
 }
 
@@ -157,6 +160,9 @@ fn unwrap_transparent<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'sta
     if let Some(b) = e.downcast_ref::<Box<clip_adapter::Error>>() {
         return unwrap_transparent(b.as_ref());
     }
+    if let Some(b) = e.downcast_ref::<Box<FeatureError>>() {
+        return unwrap_transparent(b.as_ref());
+    }
     if let Some(r) = e.downcast_ref::<RunError>() {
         let inner: Option<&(dyn Error + 'static)> = match r {
             RunError::Experiment(x) => Some(x.as_ref()),
@@ -164,15 +170,16 @@ fn unwrap_transparent<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'sta
             RunError::Report(x) => Some(x.as_ref()),
             RunError::Method(x) => Some(x.as_ref()),
             RunError::Clip(x) => Some(x.as_ref()),
+            RunError::Features(x) => Some(x.as_ref()),
+            RunError::Data(x) => Some(x.as_ref()),
             _ => None,
         };
         return inner.map_or(e, unwrap_transparent);
     }
-    if let Some(clip_adapter::Error::Features(f)) = e.downcast_ref() {
-        return f;
-    }
-    if let Some(MethodError::Features(f)) = e.downcast_ref() {
-        return f;
+    match e.downcast_ref() {
+        Some(FeatureError::Task(x)) => return unwrap_transparent(x.as_ref()),
+        Some(FeatureError::Model(x)) => return unwrap_transparent(x.as_ref()),
+        _ => {}
     }
     if let Some(SweepError::Options(x)) = e.downcast_ref() {
         return x;
@@ -180,8 +187,10 @@ fn unwrap_transparent<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'sta
     if let Some(clip_adapter::report::ReportError::Experiment(x)) = e.downcast_ref() {
         return x;
     }
-    if let Some(clip_adapter::tsne::TsneError::Method(x)) = e.downcast_ref() {
-        return unwrap_transparent(x);
+    match e.downcast_ref() {
+        Some(clip_adapter::tsne::TsneError::Method(x)) => return unwrap_transparent(x),
+        Some(clip_adapter::tsne::TsneError::Features(x)) => return unwrap_transparent(x.as_ref()),
+        _ => {}
     }
     e
 }
@@ -336,7 +345,7 @@ pub fn source_args(source: &DataSource) -> String {
     // The fractions are printed only where they differ from the flags' defaults.
     let seeded = |seed: &i64, train: &f64, val: &f64| {
         let mut s = format!(" --split-seed {seed}");
-        if *train != crate::data::TRAIN_FRACTION || *val != crate::data::VAL_FRACTION {
+        if *train != crate::shared::TRAIN_FRACTION || *val != crate::shared::VAL_FRACTION {
             s.push_str(&format!(" --train-fraction {train} --val-fraction {val}"));
         }
         s

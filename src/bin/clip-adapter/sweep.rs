@@ -7,9 +7,9 @@ use clap::Args;
 use clip_adapter::experiment::sweep::SweepParam;
 use clip_adapter::runner::{self, SweepSpec};
 
-use crate::args::{positive, trimmed, CacheArgs, ValidationArg};
 use crate::methods::MethodArgs;
 use crate::output::{outln, print_written, Observer, Progress};
+use crate::shared::{positive, trimmed, CacheArgs, ValidationArg};
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {

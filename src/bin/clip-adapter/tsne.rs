@@ -7,8 +7,8 @@ use clap::Args;
 use clip_adapter::features::task::{CacheQuery, Shots};
 use clip_adapter::tsne::{self, Split, TsneOptions, KNN_K};
 
-use crate::args::{positive, trimmed};
 use crate::output::outln;
+use crate::shared::{positive, trimmed};
 
 #[derive(Args, Debug)]
 pub struct TsneArgs {

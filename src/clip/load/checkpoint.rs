@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::layout::{source_key, Layout, Transform};
 use super::torch_archive::{ArchiveKind, TorchArchive};
-use crate::error::{Error, Result};
+use crate::clip::error::{Error, Result};
 
 /// Buffers that PyTorch saves beside the parameters but that carry no learned value.
 const IGNORED_SUFFIXES: &[&str] = &["position_ids", "attn_mask", "num_batches_tracked"];

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::layout::Layout;
-use crate::error::{Error, Result};
+use crate::clip::error::{Error, Result};
 use crate::limits::{self, LimitError};
 
 /// The activation inside each transformer MLP (defined with the kernels that fuse it).

@@ -15,7 +15,7 @@ use super::config::{
     CLIP_MEAN, CLIP_STD,
 };
 use super::layout::Layout;
-use crate::error::{Error, Result};
+use crate::clip::error::{Error, Result};
 use crate::limits::{self, Limit, LimitError};
 
 /// Why a `model_cfg` was refused: a size above its limit (kept typed), or anything else.

@@ -17,9 +17,9 @@ use candle_core::{Device, Tensor, D};
 
 use super::conv::{add_relu, avg_pool, Conv2d, ConvShape, Epilogue, Nhwc};
 use super::transformer::Linear;
+use crate::clip::error::{Error, Result};
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::ResNetConfig;
-use crate::error::{Error, Result};
 
 /// PyTorch's `BatchNorm2d` default.
 const BN_EPS: f32 = 1e-5;

@@ -7,9 +7,9 @@
 use candle_core::{Device, Tensor};
 
 use super::transformer::{Encoder, EncoderShape, LayerNorm};
+use crate::clip::error::{Error, Result};
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::{Pooling, TextConfig};
-use crate::error::{Error, Result};
 
 pub struct TextTransformer {
     config: TextConfig,

@@ -6,9 +6,9 @@
 
 use candle_core::{Tensor, D};
 
+use crate::clip::error::Result;
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::Activation;
-use crate::error::Result;
 use crate::kernels::matmul::FEW_ROWS;
 use crate::kernels::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention};
 

@@ -7,9 +7,9 @@
 use candle_core::{IndexOp, Tensor};
 
 use super::transformer::{Encoder, EncoderShape, LayerNorm, Linear};
+use crate::clip::error::{Error, Result};
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::VisionConfig;
-use crate::error::{Error, Result};
 
 pub struct VisionTransformer {
     config: VisionConfig,

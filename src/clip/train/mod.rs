@@ -19,10 +19,10 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
+use crate::clip::error::{Error, Result};
 use crate::clip::load::config::{Activation, ClipConfig, TextConfig, VisionConfig, VisionTower};
 use crate::clip::load::layout::to_checkpoint;
 use crate::clip::model::text::eot_positions;
-use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use resnet::ResNetTower;
 

@@ -22,11 +22,11 @@ use candle_nn::VarBuilder;
 
 use super::fused::{FrozenLayerNorm, QuickGelu, Softmax};
 use super::{activate, Block, LayerNorm, Linear, TextTower};
+use crate::clip::error::{Error, Result};
 use crate::clip::load::checkpoint::Checkpoint;
 use crate::clip::load::config::Activation;
 use crate::clip::load::config::{ClipConfig, TextConfig};
 use crate::clip::ModelFiles;
-use crate::error::{Error, Result};
 
 /// A frozen CLIP text tower and projection that back-propagates into its input embeddings.
 pub struct PromptTextEncoder {

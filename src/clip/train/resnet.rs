@@ -13,8 +13,8 @@ use std::cell::Cell;
 use candle_core::{DType, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
+use crate::clip::error::{Error, Result};
 use crate::clip::load::config::ResNetConfig;
-use crate::error::{Error, Result};
 
 /// PyTorch's `BatchNorm2d` defaults.
 const BN_EPS: f64 = 1e-5;

@@ -55,7 +55,7 @@ pub enum CoopError {
     Io {
         path: PathBuf,
         #[source]
-        source: Box<crate::error::Error>,
+        source: Box<crate::clip::error::Error>,
     },
 
     #[error(transparent)]
@@ -65,15 +65,15 @@ pub enum CoopError {
     Method(#[from] MethodError),
 
     #[error(transparent)]
-    Model(Box<crate::error::Error>),
+    Model(Box<crate::clip::error::Error>),
 
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }
 
 // Boxed: the crate error is large, and every CoOp result would carry its size.
-impl From<crate::error::Error> for CoopError {
-    fn from(e: crate::error::Error) -> Self {
+impl From<crate::clip::error::Error> for CoopError {
+    fn from(e: crate::clip::error::Error) -> Self {
         CoopError::Model(Box::new(e))
     }
 }

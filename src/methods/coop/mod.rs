@@ -167,7 +167,7 @@ impl PromptModel {
         }
         Ok(PromptModel {
             name: name.to_string(),
-            fingerprint: crate::features::model_fingerprint(files)?,
+            fingerprint: crate::clip::fingerprint::model_fingerprint(files)?,
             encoder,
             tokenizer,
         })

@@ -1,5 +1,7 @@
-//! The crate's error type. Library errors are data: each variant carries the file, tensor key or
-//! value at fault and what was expected, so the command line can print a complete story.
+//! The model layer's error: loading a checkpoint, its config and tokenizer, finding it on the hub,
+//! running it. Library errors are data: each variant carries the file, tensor key or value at
+//! fault and what was expected, so the command line can print a complete story. The layers
+//! above (data, features, methods, experiment, runner) have their own errors and wrap this one.
 
 use std::path::PathBuf;
 
@@ -108,12 +110,6 @@ pub enum Error {
 
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
-
-    #[error(transparent)]
-    Data(#[from] crate::data::DataError),
-
-    #[error(transparent)]
-    Features(#[from] crate::features::FeatureError),
 
     #[error(transparent)]
     Write(#[from] crate::fsutil::WriteError),

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::clip::error::{Error, Result};
 use crate::clip::ModelFiles;
-use crate::error::{Error, Result};
 
 /// Streaming content hash: xxHash3, 64 bits for keys and 128 for data checksums.
 #[derive(Clone, Default)]
