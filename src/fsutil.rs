@@ -1,4 +1,6 @@
-//! File helpers: writes that never leave a half-written file behind.
+//! File helpers: writes that never leave a half-written file behind. Every file the library
+//! writes (feature caches, results, reports, figures, heads) goes through [`write_atomic_with`],
+//! which holds the crash harness's fault points (`crate::fault`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,9 +19,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
 
-/// Streams into a temp file beside `path` and renames it into place only when `fill` succeeds,
-/// so a reader sees the old file or the complete new one, never a part. The file gets the
-/// permissions a plain `File::create` would (the umask decides).
+/// Streams into a temp file beside `path` (`.<name>.tmp-<pid>`) and renames it into place only
+/// when `fill` succeeds, so a reader sees the old file or the complete new one, never a part.
+/// The file gets the permissions a plain `File::create` would (the umask decides). The fault
+/// points sit between the steps a crash can separate.
 pub fn write_atomic_with<F>(path: &Path, fill: F) -> Result<(), WriteError>
 where
     F: FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
@@ -35,6 +38,7 @@ where
         fill(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
+        crate::fault::point("write");
         std::fs::rename(&tmp, path)
     })();
     if let Err(source) = result {
@@ -44,5 +48,6 @@ where
             source,
         });
     }
+    crate::fault::point("rename");
     Ok(())
 }

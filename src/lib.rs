@@ -13,6 +13,7 @@ pub mod data;
 pub mod demo;
 pub mod encode;
 pub mod experiment;
+pub mod fault;
 pub mod features;
 pub mod figure;
 pub mod fsutil;

@@ -308,7 +308,7 @@ fn killed_by_signal(out: &Output) -> bool {
 
 #[test]
 fn crashes_at_every_write_rename_and_unlink_recover_to_identical_files() {
-    if !clip_adapter::features::fault::ENABLED {
+    if !clip_adapter::fault::ENABLED {
         // Release builds carry no fault points; the kills below need them.
         eprintln!(
             "SKIPPED crashes_at_every_write_rename_and_unlink_recover_to_identical_files: this \

@@ -7,6 +7,7 @@ mod cli;
 mod cli_data;
 mod common;
 mod coop;
+mod crash_experiment;
 mod datasets;
 mod demo;
 mod experiment;

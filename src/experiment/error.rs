@@ -21,6 +21,10 @@ pub enum ExperimentError {
     #[error(transparent)]
     Write(#[from] crate::fsutil::WriteError),
 
+    /// The results file's lock (another run writing the same folder is waited for).
+    #[error(transparent)]
+    Lock(Box<crate::features::FeatureError>),
+
     /// Reading a model's files or config.
     #[error(transparent)]
     Clip(#[from] Box<crate::clip::error::Error>),

@@ -225,7 +225,9 @@ pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>, ExperimentError> {
 }
 
 /// `results.csv` of a grid: the rows so far; each new row is saved at once (atomically), so an
-/// interrupted grid resumes where it stopped.
+/// interrupted grid resumes where it stopped. Runs that share a results folder take turns
+/// under the file's lock, and each adds its row to the rows on disk at that moment, so no run's
+/// rows are lost to another's write.
 #[derive(Debug)]
 pub struct ResultsFile {
     path: PathBuf,
@@ -280,7 +282,23 @@ impl super::RowSink for ResultsFile {
     }
 
     fn push(&mut self, row: ResultRow) -> Result<(), ExperimentError> {
-        self.rows.push(row);
+        use crate::features::lock;
+        let held =
+            lock::lock(&self.path, &mut |_| {}).map_err(|e| ExperimentError::Lock(Box::new(e)))?;
+        // Holding the lock, any temp file of results.csv is a killed writer's.
+        lock::clean(&self.path, &held).map_err(|e| ExperimentError::Lock(Box::new(e)))?;
+        // Another run writing this folder may have added rows since they were read.
+        let on_disk = match self.path.exists() {
+            true => read_csv(&self.path)?,
+            false => Vec::new(),
+        };
+        let mut rows = on_disk;
+        for r in self.rows.drain(..).chain([row]) {
+            if !rows.iter().any(|o| o.key() == r.key()) {
+                rows.push(r);
+            }
+        }
+        self.rows = rows;
         write_csv(&self.path, &self.rows)
     }
 }
@@ -323,6 +341,66 @@ mod tests {
         assert_eq!(back[0].key(), rows[0].key());
         assert_eq!(back[0].chosen, rows[0].chosen);
         assert!(back[0].test_accuracy.is_nan());
+    }
+
+    /// Two runs writing one results folder (each with its own view of the file, as two
+    /// processes have) keep every row of both, each once.
+    #[test]
+    fn runs_sharing_a_results_file_keep_each_others_rows() {
+        use crate::experiment::RowSink;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        let seeds = |first: u64| {
+            (first..first + 20).map(|seed| ResultRow {
+                seed,
+                test_accuracy: 50.0,
+                ..row("gda", "")
+            })
+        };
+        let (a, b): (Vec<_>, Vec<_>) = (seeds(0).collect(), seeds(100).collect());
+        let both = [a.clone(), b.clone()];
+        std::thread::scope(|s| {
+            for rows in &both {
+                let path = &path;
+                s.spawn(move || {
+                    let mut file = ResultsFile::open(path).unwrap();
+                    for r in rows {
+                        file.push(r.clone()).unwrap();
+                    }
+                });
+            }
+        });
+        let back = read_csv(&path).unwrap();
+        assert_eq!(
+            back.len(),
+            40,
+            "{:?}",
+            back.iter().map(|r| r.seed).collect::<Vec<_>>()
+        );
+        for r in a.iter().chain(&b) {
+            assert_eq!(
+                back.iter().filter(|o| o.key() == r.key()).count(),
+                1,
+                "seed {}",
+                r.seed
+            );
+        }
+        // A row both runs made is kept once, as the first write had it.
+        let mut late = ResultsFile::open(&path).unwrap();
+        let again = ResultRow {
+            test_accuracy: 1.0,
+            ..a[0].clone()
+        };
+        late.push(again).unwrap();
+        let back = read_csv(&path).unwrap();
+        assert_eq!(back.len(), 40);
+        assert_eq!(
+            back.iter()
+                .find(|o| o.key() == a[0].key())
+                .unwrap()
+                .test_accuracy,
+            a[0].test_accuracy
+        );
     }
 
     #[test]

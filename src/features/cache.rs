@@ -618,29 +618,10 @@ impl FeatureFile {
     }
 }
 
-/// Writes `bytes` to `path` through a temp file beside it (`.<name>.tmp-<pid>`, the name the
-/// clean-up of dead writers looks for), synced, then renamed: a reader sees the old file or the
-/// whole new one. The fault-injection points sit between the steps a crash can separate.
+/// Writes `bytes` to `path` atomically ([`crate::fsutil::write_atomic`]: the temp file's name
+/// is the one the clean-up of dead writers looks for), as a feature error.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FeatureError> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        super::fault::point("write");
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(FeatureError::io(path, e));
-    }
-    super::fault::point("rename");
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes).map_err(|e| FeatureError::io(path, e.source))
 }
 
 /// The largest header a reader accepts (the `safetensors` crate's own limit).
@@ -717,7 +698,7 @@ impl Partial {
         for f in files {
             match std::fs::remove_file(&f) {
                 Err(e) if !gone(&e) => return Err(FeatureError::io(&f, e)),
-                _ => super::fault::point("unlink"),
+                _ => crate::fault::point("unlink"),
             }
         }
         match std::fs::remove_dir(&self.dir) {

@@ -20,7 +20,6 @@
 pub mod cache;
 mod error;
 pub mod extract;
-pub mod fault;
 pub mod job;
 pub mod lock;
 pub mod merge;

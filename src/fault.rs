@@ -2,8 +2,9 @@
 //! time it reaches `site` (`write`: a file's bytes are in its temp file, not yet renamed;
 //! `rename`: a file was just renamed into place; `unlink`: a resume chunk was just deleted
 //! during clean-up). Several faults are separated by commas. Without the variable every point is
-//! a no-op. The crash harness (`tests/cache_safety.rs`) uses it to kill an extraction exactly
-//! between the steps a crash can separate, and checks the next run recovers byte for byte.
+//! a no-op. The crash harnesses (`tests/cache_safety.rs`, `tests/crash_experiment.rs`) use it
+//! to kill an extraction or a grid exactly between the steps a crash can separate, and check
+//! that the next run recovers: byte for byte for the cache, row for row for the results.
 //!
 //! Compiled only where the harness runs: builds with debug assertions (`cargo test`, `cargo
 //! build`) or with the `fault-injection` feature (`cargo test --release --features
