@@ -293,6 +293,10 @@ pub fn extract_sets(
     hooks: &mut Hooks,
 ) -> Result<Vec<PathBuf>> {
     crate::limits::BATCH.check("--batch-size", opts.batch)?;
+    // Features computed elsewhere have no images here to encode.
+    if let Some(set) = (sets.iter()).find(|s| s.key.transform == Transform::Imported) {
+        return Err(FeatureError::NotEncodable { set: set.name() }.into());
+    }
     let mut out = Vec::with_capacity(sets.len());
     let mut i = 0;
     while i < sets.len() {
@@ -542,6 +546,7 @@ fn join_member(
                 impaths: Vec::new(),
                 model_name: opts.model_name.clone(),
                 source: opts.source.clone(),
+                imported: None,
             },
             dim: output_dim(clip, set.key.output),
             features: Vec::new(),
@@ -641,6 +646,8 @@ fn load(
                 let mut rng = ViewRng::new(*seed, sets[m].key.view, &sample.impath);
                 preprocess.to_tensor_normalized(&augment.apply(&img, &mut rng))
             }
+            // `extract_sets` refuses imported sets before any image is decoded.
+            Transform::Imported => Vec::new(),
         })
         .collect())
 }
@@ -691,6 +698,7 @@ fn chunk_file(
             impaths: Vec::new(),
             model_name: opts.model_name.clone(),
             source: opts.source.clone(),
+            imported: None,
         },
         dim: output_dim(clip, set.key.output),
         features: Vec::new(),
@@ -758,6 +766,7 @@ fn encode_chunks(
                     Transform::Eval { preprocess } | Transform::Augment { preprocess, .. } => {
                         preprocess.size
                     }
+                    Transform::Imported => 0,
                 };
                 let file =
                     current[m].get_or_insert_with(|| chunk_file(clip, set, range.clone(), opts));
