@@ -419,6 +419,29 @@ fn every_container_and_encoding_reads_the_same_values() {
     );
     let missing = arrays::read_floats(&ArraySource::named(f("test.pt"), "x")).unwrap_err();
     assert!(matches!(missing, ArrayError::NoArray { .. }), "{missing}");
+    let named_npy = arrays::read_floats(&ArraySource::named(f("test_features_v2.npy"), "x"));
+    assert!(
+        matches!(named_npy, Err(ArrayError::NpyName { .. })),
+        "{named_npy:?}"
+    );
+    // A header that claims more than the file holds, and one numpy's simple arrays never have.
+    let tmp = tempfile::tempdir().unwrap();
+    let short = tmp.path().join("short.npy");
+    write_npy(&short, "<f4", &[1000, 24], &[0; 64], 2);
+    let err = arrays::read_floats(&ArraySource::new(&short)).unwrap_err();
+    assert!(matches!(err, ArrayError::Size { .. }), "{err}");
+    assert!(
+        err.to_string().contains("96000 bytes, the file holds 64"),
+        "{err}"
+    );
+    let huge = tmp.path().join("huge.npy");
+    write_npy(&huge, "<f4", &[usize::MAX, 3], &[0; 8], 3);
+    let err = arrays::read_floats(&ArraySource::new(&huge)).unwrap_err();
+    assert!(matches!(err, ArrayError::Size { .. }), "{err}");
+    let structured = tmp.path().join("structured.npy");
+    write_npy(&structured, "V8", &[2], &[0; 16], 1);
+    let err = arrays::read_floats(&ArraySource::new(&structured)).unwrap_err();
+    assert!(matches!(err, ArrayError::ElementType { .. }), "{err}");
     let floats_as_labels =
         arrays::read_integers(&ArraySource::new(open_clip("test_features.npy"))).unwrap_err();
     assert!(
@@ -427,7 +450,6 @@ fn every_container_and_encoding_reads_the_same_values() {
     );
 
     // Imported from one .npz and one torch.save dict, the files equal the .npy import's.
-    let tmp = tempfile::tempdir().unwrap();
     let base = open_clip_spec(tmp.path(), "npy");
     let a = import::import(&base, &mut ()).unwrap();
     let mut other = open_clip_spec(tmp.path(), "containers");
@@ -533,6 +555,11 @@ fn every_refusal_leaves_the_cache_untouched() {
             "width",
             Box::new(|s: &mut ImportSpec| s.parts[1].features = bad("w5.npy", 3, 5, &[0.1; 15])),
             &["test features", "5 wide", "4 wide"],
+        ),
+        (
+            "zero width",
+            Box::new(|s: &mut ImportSpec| s.parts[0].features = bad("w0.npy", 6, 0, &[])),
+            &["shape [6, 0]", "at least 1"],
         ),
         (
             "text width",

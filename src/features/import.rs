@@ -184,7 +184,7 @@ pub enum ImportError {
     DuplicatePart(Split),
     #[error("no {0} set was given (train and test are required, val is optional)")]
     MissingPart(Split),
-    #[error("{array}: {split} features have shape {shape:?}, expected (rows, width)")]
+    #[error("{array}: {split} features have shape {shape:?}, expected (rows, width) with a width of at least 1")]
     FeatureShape {
         split: Split,
         array: ArraySource,
@@ -432,7 +432,7 @@ fn read_parts(spec: &ImportSpec) -> Result<Vec<Part>, ImportError> {
 fn read_part(spec: &ImportSpec, p: &PartSpec) -> Result<Part, ImportError> {
     let split = p.split;
     let f = arrays::read_floats(&p.features)?;
-    let [rows, width] = f.shape[..] else {
+    let [rows, width @ (1..)] = f.shape[..] else {
         return Err(ImportError::FeatureShape {
             split,
             array: p.features.clone(),

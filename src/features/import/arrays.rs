@@ -81,6 +81,8 @@ pub enum ArrayError {
         name: String,
         available: Vec<String>,
     },
+    #[error("{}: a .npy file holds one array, without a name; there is no array `{name}` in it", path.display())]
+    NpyName { path: PathBuf, name: String },
     #[error("{}: holds {} arrays ({}); name the one to read", path.display(), available.len(), list(available))]
     Unnamed {
         path: PathBuf,
@@ -296,14 +298,13 @@ fn read_raw(source: &ArraySource, want: Want) -> Result<Raw, ArrayError> {
         .unwrap_or_default();
     let raw = match ext.as_str() {
         "npy" => {
-            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
             if let Some(name) = &source.name {
-                return Err(ArrayError::NoArray {
+                return Err(ArrayError::NpyName {
                     path: path.clone(),
                     name: name.clone(),
-                    available: Vec::new(),
                 });
             }
+            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
             parse_npy(path, &bytes)?
         }
         "npz" => read_npz(path, source.name.as_deref())?,
