@@ -289,6 +289,45 @@ fn extracted_features_imported_again_give_the_same_accuracies() {
             r.method
         );
     }
+
+    // The other commands on cached features: an ablation, the folder's report, t-SNE maps.
+    let cmd = |args: &[&str]| ok(&cli_in(dir, args));
+    let common = ["--shots", "2", "--cache", "cache"];
+    cmd(&[
+        &[
+            "sweep",
+            "--over",
+            "alpha",
+            "--datasets",
+            "again",
+            "--seeds",
+            "1",
+        ],
+        &common[..],
+        &["--out", "ablation", "--epochs", "2"],
+    ]
+    .concat());
+    cmd(&["report", "ablation"]);
+    assert!(dir.join("ablation/report.md").is_file());
+    cmd(&[
+        &["fit", "--method", "clip-adapter", "--dataset", "again"],
+        &common[..],
+        &["--epochs", "2", "--save", "head.safetensors"],
+    ]
+    .concat());
+    cmd(&[
+        &[
+            "tsne",
+            "--dataset",
+            "again",
+            "--adapter",
+            "head.safetensors",
+        ],
+        &common[..],
+        &["--out", "tsne", "--perplexity", "3"],
+    ]
+    .concat());
+    assert!(dir.join("tsne.svg").is_file() && dir.join("tsne.png").is_file());
 }
 
 /// The open_clip fixture's arrays.
