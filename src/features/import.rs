@@ -46,6 +46,16 @@ pub struct PartSpec {
     pub labels: ArraySource,
 }
 
+impl PartSpec {
+    pub fn new(split: Split, features: ArraySource, labels: ArraySource) -> Self {
+        PartSpec {
+            split,
+            features,
+            labels,
+        }
+    }
+}
+
 /// Where the class-name side (the zero-shot classifier) comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TextSpec {
@@ -66,6 +76,20 @@ pub enum TextSpec {
         model: String,
         templates: Vec<String>,
     },
+}
+
+impl TextSpec {
+    /// [`TextSpec::Encode`] with `templates`, or when there are none the ones `extract` would
+    /// use for `dataset` ([`default_templates`]).
+    pub fn encode(model: &str, templates: Vec<String>, dataset: &str) -> Self {
+        TextSpec::Encode {
+            model: model.to_string(),
+            templates: match templates.is_empty() {
+                true => default_templates(dataset),
+                false => templates,
+            },
+        }
+    }
 }
 
 /// What to import.

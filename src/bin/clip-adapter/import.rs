@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
 use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::data::Split;
@@ -83,29 +83,19 @@ fn array(arg: &str) -> std::result::Result<ArraySource, String> {
 }
 
 pub fn run(a: ImportArgs, progress: &Progress) -> Result<()> {
-    let part = |split, features, labels| PartSpec {
-        split,
-        features,
-        labels,
-    };
-    let mut parts = vec![part(Split::Train, a.train, a.train_labels)];
+    let mut parts = vec![PartSpec::new(Split::Train, a.train, a.train_labels)];
     if let (Some(v), Some(l)) = (a.val, a.val_labels) {
-        parts.push(part(Split::Val, v, l));
+        parts.push(PartSpec::new(Split::Val, v, l));
     }
-    parts.push(part(Split::Test, a.test, a.test_labels));
-    let text = match (a.text, a.model) {
+    parts.push(PartSpec::new(Split::Test, a.test, a.test_labels));
+    let text = match (a.text, &a.model) {
         (Some(array), _) => TextSpec::Features {
             array,
             logit_scale: a.logit_scale,
             templates: a.templates,
         },
-        (None, model) => TextSpec::Encode {
-            model: model.context("give the class embeddings (--text) or a model (--model)")?,
-            templates: match a.templates.is_empty() {
-                true => import::default_templates(&a.dataset),
-                false => a.templates,
-            },
-        },
+        (None, Some(model)) => TextSpec::encode(model, a.templates, &a.dataset),
+        (None, None) => anyhow::bail!("give the class embeddings (--text) or a model (--model)"),
     };
     let spec = ImportSpec {
         classnames: import::read_classnames(&a.classnames)?,
@@ -119,38 +109,28 @@ pub fn run(a: ImportArgs, progress: &Progress) -> Result<()> {
         fingerprint: a.fingerprint,
         hub: HubOptions::from_env(),
     };
+    let download = Box::new(progress.download());
     let mut bars = Bars {
-        download: Box::new(progress.download()),
+        download,
         prompts: None,
         progress,
     };
-    let outcome = import::import(&spec, &mut bars).map_err(hint);
+    let outcome = import::import(&spec, &mut bars);
     bars.prompts.take().inspect(|bar| bar.finish_and_clear());
-    let outcome = outcome?;
+    let outcome = outcome.map_err(|e| match e {
+        ImportError::Array(ArrayError::Unnamed { .. }) => anyhow!("{e}; pick one as FILE#NAME"),
+        e => e.into(),
+    })?;
     if a.json {
         println!("{}", serde_json::to_string(&outcome)?);
         return Ok(());
     }
-    for s in &outcome.sets {
-        println!("{:<28} {:>7} rows  {}", s.name, s.rows, s.path.display());
+    let text = ("text".to_string(), spec.classnames.len(), outcome.text);
+    let sets = outcome.sets.into_iter().map(|s| (s.name, s.rows, s.path));
+    for (name, rows, path) in sets.chain([text]) {
+        println!("{name:<28} {rows:>7}  {}", path.display());
     }
-    let classes = spec.classnames.len();
-    println!(
-        "{:<28} {classes:>7} classes  {}",
-        "text",
-        outcome.text.display()
-    );
     Ok(())
-}
-
-/// The library's error, with what to do in this command's terms where a flag is the fix.
-fn hint(e: ImportError) -> anyhow::Error {
-    let fix = match &e {
-        ImportError::Array(ArrayError::Unnamed { .. }) => "; pick one as FILE#NAME",
-        ImportError::Fingerprint { .. } => "; drop --fingerprint or use that model",
-        _ => return e.into(),
-    };
-    anyhow::anyhow!("{e}{fix}")
 }
 
 /// Downloads and the class prompts' progress.
