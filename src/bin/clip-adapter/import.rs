@@ -118,7 +118,7 @@ pub fn run(a: ImportArgs, progress: &Progress) -> Result<()> {
     let outcome = import::import(&spec, &mut bars);
     bars.prompts.take().inspect(|bar| bar.finish_and_clear());
     let outcome = outcome.map_err(|e| match e {
-        ImportError::Array(ArrayError::Unnamed { .. }) => anyhow!("{e}; pick one as FILE#NAME"),
+        ImportError::Array(ArrayError::Unnamed { .. }) => anyhow!("{e} (as FILE#NAME)"),
         e => e.into(),
     })?;
     if a.json {

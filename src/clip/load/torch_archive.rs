@@ -129,25 +129,23 @@ pub struct TorchArchive {
 
 impl TorchArchive {
     pub fn open(path: &Path) -> Result<Self, ArchiveError> {
-        let read_err = |source| ArchiveError::Read {
-            entry: path.display().to_string(),
-            source,
-        };
-        let file = File::open(path).map_err(read_err)?;
-        let file_len = file.metadata().map_err(read_err)?.len();
-        Self::from_source(Box::new(file), file_len, false)
+        Self::open_file(path, false)
     }
 
     /// [`TorchArchive::open`] of a file of tensors rather than a checkpoint: a lone tensor
     /// (`torch.save(t, path)`) is accepted too, under the name [`LONE_TENSOR`].
     pub fn open_tensors(path: &Path) -> Result<Self, ArchiveError> {
+        Self::open_file(path, true)
+    }
+
+    fn open_file(path: &Path, lone_tensor: bool) -> Result<Self, ArchiveError> {
         let read_err = |source| ArchiveError::Read {
             entry: path.display().to_string(),
             source,
         };
         let file = File::open(path).map_err(read_err)?;
         let file_len = file.metadata().map_err(read_err)?.len();
-        Self::from_source(Box::new(file), file_len, true)
+        Self::from_source(Box::new(file), file_len, lone_tensor)
     }
 
     /// Reads an archive already in memory (the same checks as [`TorchArchive::open`]); used by
