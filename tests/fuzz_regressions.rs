@@ -438,6 +438,7 @@ mod seeds {
                     impaths: set.samples.iter().map(|s| s.impath.clone()).collect(),
                     model_name: "seed-model".into(),
                     source: None,
+                    imported: None,
                 },
                 dim,
                 features: (0..rows * dim).map(|v| v as f32 * 0.25 - 1.0).collect(),

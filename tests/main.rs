@@ -14,6 +14,7 @@ mod experiment;
 mod features;
 mod few_shot;
 mod fuzz_regressions;
+mod import;
 mod input_limits;
 mod methods;
 mod new_methods;

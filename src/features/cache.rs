@@ -49,13 +49,16 @@ pub enum Transform {
         preprocess: Preprocess,
         seed: u64,
     },
+    /// Features another program computed (`import.rs`): how it made its model inputs is not
+    /// known here. They play the evaluation view; nothing encodes such a set.
+    Imported,
 }
 
 impl Transform {
     /// A short tag for file names: `eval`, or `aug<view>`.
     pub fn tag(&self, view: u32) -> String {
         match self {
-            Transform::Eval { .. } => "eval".into(),
+            Transform::Eval { .. } | Transform::Imported => "eval".into(),
             Transform::Augment { .. } => format!("aug{view}"),
         }
     }
@@ -290,6 +293,10 @@ pub struct Meta {
     pub model_name: String,
     /// Where the images came from, when the caller said (informational, not part of the key).
     pub source: Option<DataSource>,
+    /// For imported features: the files they were read from, with their hashes, and the model
+    /// as the importer named it (informational, not part of the key; metadata `imported`,
+    /// absent from extracted files, which stay byte-identical to older ones).
+    pub imported: Option<super::import::ImportRecord>,
 }
 
 impl Meta {
@@ -313,6 +320,9 @@ impl Meta {
         // Only pre-projection sets say so: projected files stay byte-identical to older ones.
         if self.key.output == Output::PreProjection {
             m.insert("output".into(), "pre_projection".into());
+        }
+        if let Some(record) = &self.imported {
+            m.insert("imported".into(), json(record));
         }
         m.insert("classnames".into(), json(&self.classnames));
         m.insert(
@@ -392,6 +402,10 @@ impl Meta {
                     serde_json::from_str(s).map_err(|e| bad(format!("metadata `source`: {e}")))?,
                 ),
             },
+            imported: (m.get("imported"))
+                .map(|s| serde_json::from_str(s))
+                .transpose()
+                .map_err(|e| bad(format!("metadata `imported`: {e}")))?,
         })
     }
 }

@@ -59,6 +59,10 @@ pub enum FeatureError {
         partial: PathBuf,
     },
 
+    /// A set of imported features was handed to the encoder.
+    #[error("{set}: imported features have no images to encode")]
+    NotEncodable { set: String },
+
     #[error("shard `{0}`: expected i/n with 0 <= i < n, e.g. 0/4")]
     BadShard(String),
 

@@ -293,6 +293,10 @@ pub fn extract_sets(
     hooks: &mut Hooks,
 ) -> Result<Vec<PathBuf>> {
     crate::limits::BATCH.check_option("batch_size", opts.batch)?;
+    // Features computed elsewhere have no images here to encode.
+    if let Some(set) = (sets.iter()).find(|s| s.key.transform == Transform::Imported) {
+        return Err(FeatureError::NotEncodable { set: set.name() });
+    }
     let mut out = Vec::with_capacity(sets.len());
     let mut i = 0;
     while i < sets.len() {
@@ -541,6 +545,7 @@ fn join_member(
                 impaths: Vec::new(),
                 model_name: opts.model_name.clone(),
                 source: opts.source.clone(),
+                imported: None,
             },
             dim: output_dim(clip, set.key.output),
             features: Vec::new(),
@@ -639,6 +644,8 @@ fn load(
                 let mut rng = ViewRng::new(*seed, sets[m].key.view, &sample.impath);
                 preprocess.to_tensor_normalized(&augment.apply(&img, &mut rng))
             }
+            // `extract_sets` refuses imported sets before any image is decoded.
+            Transform::Imported => Vec::new(),
         })
         .collect())
 }
@@ -689,6 +696,7 @@ fn chunk_file(
             impaths: Vec::new(),
             model_name: opts.model_name.clone(),
             source: opts.source.clone(),
+            imported: None,
         },
         dim: output_dim(clip, set.key.output),
         features: Vec::new(),
@@ -754,6 +762,7 @@ fn encode_chunks(
                     Transform::Eval { preprocess } | Transform::Augment { preprocess, .. } => {
                         preprocess.size
                     }
+                    Transform::Imported => 0,
                 };
                 let file =
                     current[m].get_or_insert_with(|| chunk_file(clip, set, range.clone(), opts));

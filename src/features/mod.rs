@@ -4,6 +4,8 @@
 //! fingerprint.rs  a model's identity: a hash of its config, weight and tokenizer files
 //! cache.rs        the safetensors feature files: key, metadata, atomic writes, resume chunks
 //! extract.rs      which sets a run needs; batched encoding with decoding in a second thread
+//! import.rs       features another program computed (numpy, safetensors, PyTorch), checked
+//!                 and written as `extract` writes its own
 //! job.rs          what `extract` orchestrates: prompts, projection, every set, as one call
 //! text.rs         class-name prompt embeddings (the zero-shot classifier) in the cache
 //! projection.rs   the image tower's last projection, beside pre-projection features
@@ -20,6 +22,7 @@
 pub mod cache;
 mod error;
 pub mod extract;
+pub mod import;
 pub mod job;
 pub mod lock;
 pub mod merge;

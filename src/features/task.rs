@@ -642,7 +642,7 @@ fn view_files<'a>(
                         augment.ratio.1,
                         augment.flip
                     ),
-                    Transform::Eval { .. } => String::new(),
+                    Transform::Eval { .. } | Transform::Imported => String::new(),
                 };
                 (g.len(), what, file_names(g))
             })

@@ -37,10 +37,27 @@ pub fn text_path(
     model: &str,
     templates: &[String],
 ) -> PathBuf {
+    text_path_for(
+        cache_dir,
+        &dataset.name,
+        &dataset.classnames,
+        model,
+        templates,
+    )
+}
+
+/// [`text_path`] of a dataset known by its name and class names only (imported features).
+pub fn text_path_for(
+    cache_dir: &Path,
+    dataset: &str,
+    classnames: &[String],
+    model: &str,
+    templates: &[String],
+) -> PathBuf {
     let mut h = ContentHash::default();
     h.field(b"text v2");
     h.field(model.as_bytes());
-    for c in &dataset.classnames {
+    for c in classnames {
         h.field(c.as_bytes());
     }
     h.field(b"templates");
@@ -48,8 +65,75 @@ pub fn text_path(
         h.field(t.as_bytes());
     }
     cache_dir
-        .join(&dataset.name)
+        .join(dataset)
         .join(format!("text.{}.safetensors", h.hex()))
+}
+
+/// Class-name prompt embeddings in memory, before they are written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptEmbeddings {
+    /// `(C, E)`: normalised per prompt, averaged over templates, normalised again.
+    pub weights: Vec<f32>,
+    /// `(C, E)`: the plain mean of the un-normalised prompt embeddings.
+    pub mean: Vec<f32>,
+    pub dim: usize,
+    pub logit_scale: f32,
+}
+
+/// Encodes each class name in every template with `clip` (the zero-shot classifier).
+pub fn encode_prompts(
+    clip: &Clip,
+    classnames: &[String],
+    templates: &[String],
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<PromptEmbeddings> {
+    let names: Vec<String> = classnames.iter().map(|c| prompt_name(c)).collect();
+    let zs = ZeroShotClassifier::build(clip, &names, templates, on_progress)?;
+    let (_, dim) = zs.weights.dims2()?;
+    let floats = |t: &candle_core::Tensor| -> Result<Vec<f32>> {
+        Ok((t.to_dtype(candle_core::DType::F32)?.flatten_all()?).to_vec1()?)
+    };
+    Ok(PromptEmbeddings {
+        weights: floats(&zs.weights)?,
+        mean: floats(&zs.mean)?,
+        dim,
+        logit_scale: zs.logit_scale,
+    })
+}
+
+/// What a text feature file records besides the embeddings.
+pub struct TextMeta<'a> {
+    /// The model's fingerprint (the key's model).
+    pub model: &'a str,
+    pub model_name: &'a str,
+    pub dataset: &'a str,
+    pub classnames: &'a [String],
+    pub templates: &'a [String],
+    /// Extra metadata entries (an import's record of its sources).
+    pub extra: BTreeMap<String, String>,
+}
+
+/// The bytes of a text feature file (sorted, checksummed, as every cache file).
+pub fn text_file_bytes(meta: &TextMeta, e: &PromptEmbeddings) -> Vec<u8> {
+    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+    let mut m = meta.extra.clone();
+    m.insert("format".to_string(), TEXT_FORMAT.to_string());
+    m.insert("version".into(), super::cache::VERSION.to_string());
+    m.insert("model".into(), meta.model.to_string());
+    m.insert("model_name".into(), meta.model_name.to_string());
+    m.insert("dataset".into(), meta.dataset.to_string());
+    m.insert("classnames".into(), json(meta.classnames));
+    m.insert("templates".into(), json(meta.templates));
+    m.insert("logit_scale".into(), e.logit_scale.to_string());
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let shape = vec![meta.classnames.len(), e.dim];
+    write_safetensors(
+        &m,
+        &[
+            ("text_features", "F32", shape.clone(), le(&e.weights)),
+            ("text_features_mean", "F32", shape, le(&e.mean)),
+        ],
+    )
 }
 
 /// What [`extract_text`] did.
@@ -102,37 +186,16 @@ pub fn extract_text(
             }
         }
     }
-    let names: Vec<String> = dataset.classnames.iter().map(|c| prompt_name(c)).collect();
-    let zs = ZeroShotClassifier::build(clip, &names, templates, on_progress)?;
-    let (c, e) = zs.weights.dims2()?;
-    let weights: Vec<f32> = zs
-        .weights
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
-    let mut meta = BTreeMap::new();
-    meta.insert("format".to_string(), TEXT_FORMAT.to_string());
-    meta.insert("version".into(), super::cache::VERSION.to_string());
-    meta.insert("model".into(), model.to_string());
-    meta.insert("model_name".into(), model_name.to_string());
-    meta.insert("dataset".into(), dataset.name.clone());
-    meta.insert("classnames".into(), json(&dataset.classnames));
-    meta.insert("templates".into(), json(templates));
-    meta.insert("logit_scale".into(), zs.logit_scale.to_string());
-    let data: Vec<u8> = weights.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let mean: Vec<u8> = (zs.mean.to_dtype(candle_core::DType::F32)?.flatten_all()?)
-        .to_vec1::<f32>()?
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    let bytes = write_safetensors(
-        &meta,
-        &[
-            ("text_features", "F32", vec![c, e], data),
-            ("text_features_mean", "F32", vec![c, e], mean),
-        ],
-    );
+    let embeddings = encode_prompts(clip, &dataset.classnames, templates, on_progress)?;
+    let meta = TextMeta {
+        model,
+        model_name,
+        dataset: &dataset.name,
+        classnames: &dataset.classnames,
+        templates,
+        extra: BTreeMap::new(),
+    };
+    let bytes = text_file_bytes(&meta, &embeddings);
     super::cache::write_atomic(&path, &bytes)?;
     drop(held);
     Ok((path, outcome))

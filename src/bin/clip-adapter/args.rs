@@ -73,6 +73,12 @@ pub enum Command {
     ///
     /// Example: clip-adapter merge --cache clip-adapter-cache
     Merge(crate::data::MergeArgs),
+    /// Write image features computed elsewhere (numpy, safetensors, PyTorch), with their labels
+    /// and the class names' text features (or a model to encode them), into the cache, checked
+    /// first; `fit`, `run`, `sweep`, `report` and `tsne` then use them like extracted ones.
+    ///
+    /// Example: clip-adapter import --dataset pets --shots 16 --seed 1 --train train.npy --train-labels train_labels.npy --test test.npy --test-labels test_labels.npy --classnames classes.txt --text text.npy
+    Import(crate::import::ImportArgs),
     /// Train one method on cached features (one dataset, shots, seed); report validation and
     /// test accuracy; optionally save the head for `predict`.
     ///

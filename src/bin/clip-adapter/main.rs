@@ -3,6 +3,7 @@
 mod args;
 mod data;
 mod demo;
+mod import;
 mod methods;
 mod output;
 mod pretrain;
@@ -79,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fewshot(a) => data::fewshot(a),
         Command::Extract(a) => data::extract(a, &progress),
         Command::Merge(a) => data::merge_cmd(a),
+        Command::Import(a) => import::run(a, &progress),
         Command::Fit(a) => methods::fit(a, &progress),
         Command::Run(a) => methods::run(a, &progress),
         Command::Predict(a) => methods::predict(a, &progress),

@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Write};
 use anyhow::Result;
 use clip_adapter::data::{display_name, DataError, Dataset, FewShot, DISPLAY_CHARS};
 use clip_adapter::experiment::{ExperimentError, GridEvent, ResultRow};
-use clip_adapter::features::{job::ExtractObserver, Event};
+use clip_adapter::features::{import::ImportObserver, job::ExtractObserver, Event};
 use clip_adapter::methods;
 use clip_adapter::report::ReportFiles;
 use clip_adapter::runner::{NoPublished, RunObserver};
@@ -319,6 +319,16 @@ impl ExtractObserver for Observer<'_> {
                 }
             }
         }
+    }
+}
+
+impl ImportObserver for Observer<'_> {
+    fn download(&mut self, file: &str, done: u64, total: Option<u64>) {
+        (self.download)(file, done, total)
+    }
+
+    fn prompts(&mut self, done: usize, total: usize) {
+        self.work("class prompts", total).set_position(done as u64);
     }
 }
 

@@ -28,6 +28,9 @@ use super::pickle::{self, Limits, Object, Pickle, PickleError, StorageType, Tens
 trait Source: Read + Seek {}
 impl<T: Read + Seek> Source for T {}
 
+/// The name [`TorchArchive::open_tensors`] gives a file's lone tensor.
+pub const LONE_TENSOR: &str = "tensor";
+
 /// The largest `data.pkl` read. A traced CLIP of ViT-B/32's shape has one of 38 KB.
 const MAX_PICKLE_BYTES: u64 = 16 << 20;
 
@@ -126,13 +129,23 @@ pub struct TorchArchive {
 
 impl TorchArchive {
     pub fn open(path: &Path) -> Result<Self, ArchiveError> {
+        Self::open_file(path, false)
+    }
+
+    /// [`TorchArchive::open`] of a file of tensors rather than a checkpoint: a lone tensor
+    /// (`torch.save(t, path)`) is accepted too, under the name [`LONE_TENSOR`].
+    pub fn open_tensors(path: &Path) -> Result<Self, ArchiveError> {
+        Self::open_file(path, true)
+    }
+
+    fn open_file(path: &Path, lone_tensor: bool) -> Result<Self, ArchiveError> {
         let read_err = |source| ArchiveError::Read {
             entry: path.display().to_string(),
             source,
         };
         let file = File::open(path).map_err(read_err)?;
         let file_len = file.metadata().map_err(read_err)?.len();
-        Self::from_source(Box::new(file), file_len)
+        Self::from_source(Box::new(file), file_len, lone_tensor)
     }
 
     /// Reads an archive already in memory (the same checks as [`TorchArchive::open`]); used by
@@ -140,10 +153,14 @@ impl TorchArchive {
     #[doc(hidden)]
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, ArchiveError> {
         let len = bytes.len() as u64;
-        Self::from_source(Box::new(std::io::Cursor::new(bytes)), len)
+        Self::from_source(Box::new(std::io::Cursor::new(bytes)), len, false)
     }
 
-    fn from_source(source: Box<dyn Source>, file_len: u64) -> Result<Self, ArchiveError> {
+    fn from_source(
+        source: Box<dyn Source>,
+        file_len: u64,
+        lone_tensor: bool,
+    ) -> Result<Self, ArchiveError> {
         let mut zip = zip::ZipArchive::new(source).map_err(ArchiveError::Zip)?;
         let mut record: Option<String> = None;
         for name in zip.file_names() {
@@ -183,7 +200,12 @@ impl TorchArchive {
         let pickle = pickle::parse(&bytes, &limits)
             .map_err(|source| ArchiveError::Pickle { entry, source })?;
         let mut tensors = BTreeMap::new();
-        flatten(&pickle, &pickle.root, "", 0, limits.max_depth, &mut tensors)?;
+        match &pickle.root {
+            Value::Tensor(t) if lone_tensor => {
+                tensors.insert(LONE_TENSOR.to_string(), t.clone());
+            }
+            root => flatten(&pickle, root, "", 0, limits.max_depth, &mut tensors)?,
+        }
         if tensors.is_empty() {
             return Err(ArchiveError::NotTensors(describe(&pickle, &pickle.root)));
         }
@@ -211,11 +233,8 @@ impl TorchArchive {
 
     /// Reads one tensor in its stored type (floats as `F16`/`BF16`/`F32`/`F64`).
     pub fn load(&self, name: &str, device: &Device) -> Result<Tensor, ArchiveError> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ArchiveError::NoTensor(name.to_string()))?;
-        let dtype = match t.storage.dtype {
+        let (stored, shape, bytes) = self.load_raw(name)?;
+        let dtype = match stored {
             StorageType::F64 => DType::F64,
             StorageType::F32 => DType::F32,
             StorageType::F16 => DType::F16,
@@ -231,6 +250,20 @@ impl TorchArchive {
                 })
             }
         };
+        Tensor::from_raw_buffer(&bytes, dtype, &shape, device).map_err(|source| {
+            ArchiveError::Tensor {
+                name: name.to_string(),
+                source,
+            }
+        })
+    }
+
+    /// One tensor's element type, shape and row-major little-endian bytes, as stored.
+    pub fn load_raw(&self, name: &str) -> Result<(StorageType, Vec<usize>, Vec<u8>), ArchiveError> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ArchiveError::NoTensor(name.to_string()))?;
         let storage = self.read_storage(&t.storage.key)?;
         let elem = t.storage.dtype.size();
         let numel = t.numel();
@@ -244,12 +277,7 @@ impl TorchArchive {
         } else {
             gather(&storage, elem, offset, &t.shape, &t.stride)
         };
-        Tensor::from_raw_buffer(&bytes, dtype, &t.shape, device).map_err(|source| {
-            ArchiveError::Tensor {
-                name: name.to_string(),
-                source,
-            }
-        })
+        Ok((t.storage.dtype, t.shape.clone(), bytes))
     }
 
     fn storage_entry(&self, key: &str) -> String {
