@@ -153,6 +153,21 @@ pub const BATCH: Limit = Limit {
     why: "encoders run 32 to 1,024 images at once; a head trains on cached features in batches of 32 to 256",
 };
 
+pub const LIST_FILE: Limit = Limit {
+    what: "bytes of a list file (split file, manifest, results.csv)",
+    max: 1 << 30,
+    why: "a split file of ImageNet-21k's 14 million images is about 0.7 GB; a results.csv of 100,000 rows about 30 MB",
+};
+
+/// The size of the list file at `path`, when it is within [`LIST_FILE`]: checked before the
+/// file is read whole into memory. A file that cannot be statted is left to the read to report.
+pub fn check_list_file(path: &std::path::Path) -> Result<(), LimitError> {
+    match std::fs::metadata(path) {
+        Ok(m) => LIST_FILE.check("file size", m.len()).map(|_| ()),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Every limit, in the order of the docs' table.
 pub const ALL: &[Limit] = &[
     IMAGE_SIZE,
@@ -169,6 +184,7 @@ pub const ALL: &[Limit] = &[
     SHOTS,
     VIEWS,
     BATCH,
+    LIST_FILE,
 ];
 
 #[cfg(test)]

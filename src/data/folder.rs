@@ -95,6 +95,10 @@ pub fn from_class_folders(root: &Path, split: SeededSplit) -> Result<Dataset, Da
 /// folder unless absolute. Labels are class names; classes are sorted by name. Without a split
 /// column, each class is split with `split`.
 pub fn from_manifest(path: &Path, split: SeededSplit) -> Result<Dataset, DataError> {
+    crate::limits::check_list_file(path).map_err(|limit| DataError::LimitIn {
+        path: path.to_path_buf(),
+        limit,
+    })?;
     let rows = if is_json(path) {
         read_json_manifest(path)?
     } else {

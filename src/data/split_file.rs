@@ -36,6 +36,10 @@ const EXPECTED: &str =
 /// Reads and validates a split file: each label must carry one class name everywhere, and the
 /// labels must be `0..C` without gaps (Dassl derives the class list from them).
 pub fn read(path: &Path) -> Result<SplitFile, DataError> {
+    crate::limits::check_list_file(path).map_err(|limit| DataError::LimitIn {
+        path: path.to_path_buf(),
+        limit,
+    })?;
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
     parse(path, &text)
 }

@@ -21,6 +21,14 @@ pub enum ExperimentError {
     #[error(transparent)]
     Write(#[from] crate::fsutil::WriteError),
 
+    /// A results file above the size the tool reads whole (kept whole, not as a source: its
+    /// text is the message).
+    #[error("{}: {limit}", path.display())]
+    TooLarge {
+        path: PathBuf,
+        limit: crate::limits::LimitError,
+    },
+
     /// The results file's lock (another run writing the same folder is waited for).
     #[error(transparent)]
     Lock(Box<crate::features::FeatureError>),

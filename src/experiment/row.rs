@@ -193,6 +193,10 @@ pub fn write_csv(path: &Path, rows: &[ResultRow]) -> Result<(), ExperimentError>
 /// Reads a results file, refusing one whose columns are not [`COLUMNS`] (or the previous
 /// version's [`COLUMNS_BEFORE_VALIDATION`], whose rows are all `val`).
 pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>, ExperimentError> {
+    crate::limits::check_list_file(path).map_err(|limit| ExperimentError::TooLarge {
+        path: path.to_path_buf(),
+        limit,
+    })?;
     let csv_err = |source| ExperimentError::Csv {
         path: path.to_path_buf(),
         source,
