@@ -620,3 +620,79 @@ fn default_extraction_augments_and_rows_say_so() {
     assert_eq!(of("tip-adapter"), "10 augmented views");
     assert_eq!(of("clip-adapter"), "10 augmented views");
 }
+
+/// On a cache made without augmented views, a method whose authors augment trains on the centre
+/// crop alone: its row says so, and `run` and `fit` warn once per method.
+#[test]
+fn training_without_the_authors_augmentation_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    crate::features::image_folder(&tmp.path().join("data"), 2, 6);
+    let model = fixture("models/tiny-clip");
+    let extract = [
+        "extract",
+        "--model",
+        model.to_str().unwrap(),
+        "--folder",
+        "data",
+        "--shots",
+        "2",
+        "--seed",
+        "1",
+        "--views",
+        "0",
+        "--cache",
+        "cache",
+    ];
+    ok(&cli_in(tmp.path(), &extract));
+    let grid = [
+        "run",
+        "--methods",
+        "zero-shot,tip-adapter,clip-adapter",
+        "--datasets",
+        "data",
+        "--shots",
+        "2",
+        "--seeds",
+        "1",
+        "--cache",
+        "cache",
+        "--out",
+        "results",
+    ];
+    let out = cli_in(tmp.path(), &grid);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warned = |m: &str| {
+        stderr
+            .matches(&format!("warning: {m} trained on the centre crop alone"))
+            .count()
+    };
+    assert_eq!(
+        (
+            warned("tip-adapter"),
+            warned("clip-adapter"),
+            warned("zero-shot")
+        ),
+        (1, 1, 0),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--views N"), "{stderr}");
+    let rows = rows(&tmp.path().join("results/results.csv"));
+    let clip_adapter = rows.iter().find(|r| r["method"] == "clip-adapter").unwrap();
+    assert_eq!(clip_adapter["augmentation"], "centre crop only");
+    let fit = [
+        "fit",
+        "--method",
+        "clip-adapter",
+        "--dataset",
+        "data",
+        "--shots",
+        "2",
+        "--cache",
+        "cache",
+    ];
+    let out = cli_in(tmp.path(), &fit);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("clip-adapter trained on the centre crop alone"));
+}

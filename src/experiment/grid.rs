@@ -173,21 +173,51 @@ pub fn fit_row(
         test_accuracy: test,
         train_seconds: seconds,
         chosen: chosen.join(" "),
-        augmentation: augmentation(method, task),
+        augmentation: TrainedOn::of(method, task).to_string(),
     };
     Ok((trained, row))
 }
 
-/// What a fit trained on, as its row records it: its authors train without augmentation, or
-/// on the task's cached views, or (a cache without views) on the centre crop alone.
-pub fn augmentation(method: &Method, task: &FewShotTask) -> String {
-    match (
-        method.card().augmentation.augments(),
-        task.train_views.len(),
-    ) {
-        (false, _) => "none".into(),
-        (true, 0) => "centre crop only".into(),
-        (true, n) => format!("{n} augmented views"),
+/// What a fit trained on, as its row's `augmentation` column records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainedOn {
+    /// Its authors train without augmentation.
+    NotAugmented,
+    /// Its authors augment, but the cache holds no augmented views: the centre crop alone.
+    CentreCropOnly,
+    /// Its authors augment, and it trained on this many cached views.
+    Views(usize),
+}
+
+impl TrainedOn {
+    pub fn of(method: &Method, task: &FewShotTask) -> Self {
+        match (
+            method.card().augmentation.augments(),
+            task.train_views.len(),
+        ) {
+            (false, _) => TrainedOn::NotAugmented,
+            (true, 0) => TrainedOn::CentreCropOnly,
+            (true, n) => TrainedOn::Views(n),
+        }
+    }
+
+    /// A row's column back (`None` for a row of a version before the column).
+    pub fn parse(column: &str) -> Option<Self> {
+        match column {
+            "none" => Some(TrainedOn::NotAugmented),
+            "centre crop only" => Some(TrainedOn::CentreCropOnly),
+            other => (other.strip_suffix(" augmented views")?.parse().ok()).map(TrainedOn::Views),
+        }
+    }
+}
+
+impl std::fmt::Display for TrainedOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainedOn::NotAugmented => f.write_str("none"),
+            TrainedOn::CentreCropOnly => f.write_str("centre crop only"),
+            TrainedOn::Views(n) => write!(f, "{n} augmented views"),
+        }
     }
 }
 
@@ -536,6 +566,20 @@ impl Group<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn what_a_fit_trained_on_reads_back_from_its_column() {
+        use super::TrainedOn;
+        for t in [
+            TrainedOn::NotAugmented,
+            TrainedOn::CentreCropOnly,
+            TrainedOn::Views(10),
+        ] {
+            assert_eq!(TrainedOn::parse(&t.to_string()), Some(t));
+        }
+        assert_eq!(TrainedOn::parse(""), None);
+        assert_eq!(TrainedOn::parse("many augmented views"), None);
+    }
+
     use super::*;
     use crate::methods::clip_adapter::AdapterOptions;
     use crate::methods::linalg::seeded_rng;

@@ -28,6 +28,7 @@ pub mod table;
 pub use error::{ExperimentError, NotApplicableTo};
 pub use grid::{
     fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, ModelLoader, RowSink, RowSpec,
+    TrainedOn,
 };
 pub use model::{backbone, check_head_model, model_reference, prompt_model};
 pub use protocol::{MethodOverrides, Validation};

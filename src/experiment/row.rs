@@ -116,6 +116,12 @@ impl ResultRow {
         }
     }
 
+    /// What the method trained on, read back from the `augmentation` column (`None` for a row
+    /// of a version before the column).
+    pub fn trained_on(&self) -> Option<super::grid::TrainedOn> {
+        super::grid::TrainedOn::parse(&self.augmentation)
+    }
+
     /// How tables name the row's method: the method, with its options when there are some,
     /// and `[no validation]` for rows of that protocol (so both protocols can share a table).
     pub fn label(&self) -> String {

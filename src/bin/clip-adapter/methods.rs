@@ -160,6 +160,7 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     let fitted = runner::fit(&spec, &mut observer);
     observer.finish();
     let fitted = fitted?;
+    observer.warn_unaugmented(&fitted.row);
     let (row, chosen) = (&fitted.row, &fitted.chosen);
     if a.json {
         let v = serde_json::json!({

@@ -1,12 +1,12 @@
 //! Everything the command prints: tables for people, JSON for scripts, progress bars on a
 //! terminal only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
 use clip_adapter::data::{display_name, DataError, Dataset, FewShot, DISPLAY_CHARS};
-use clip_adapter::experiment::{ExperimentError, GridEvent, ResultRow};
+use clip_adapter::experiment::{ExperimentError, GridEvent, ResultRow, TrainedOn};
 use clip_adapter::features::{import::ImportObserver, job::ExtractObserver, Event};
 use clip_adapter::methods;
 use clip_adapter::report::ReportFiles;
@@ -167,6 +167,8 @@ pub struct Observer<'a> {
     verbose: bool,
     /// Encoded and total images of the sets being extracted.
     sets: BTreeMap<String, (usize, usize)>,
+    /// The methods already warned about training without their authors' augmentation.
+    unaugmented: BTreeSet<String>,
 }
 
 impl<'a> Observer<'a> {
@@ -179,6 +181,7 @@ impl<'a> Observer<'a> {
             name_fits: false,
             verbose: false,
             sets: BTreeMap::new(),
+            unaugmented: BTreeSet::new(),
         }
     }
 
@@ -218,6 +221,25 @@ impl<'a> Observer<'a> {
         }
     }
 
+    /// Once per method: it trained on the centre crop alone where its authors augment.
+    pub fn warn_unaugmented(&mut self, row: &ResultRow) {
+        if row.trained_on() == Some(TrainedOn::CentreCropOnly)
+            && self.unaugmented.insert(row.method.clone())
+        {
+            let say = || {
+                eprintln!(
+                    "warning: {} trained on the centre crop alone: its authors augment the training \
+                     images, and the cache of {} holds no augmented views (extract with --views N)",
+                    row.method, row.dataset
+                )
+            };
+            match &self.grid {
+                Some(bar) => bar.suspend(say),
+                None => say(),
+            }
+        }
+    }
+
     /// Clears the bars.
     pub fn finish(&mut self) {
         self.end_work();
@@ -253,6 +275,9 @@ impl RunObserver for Observer<'_> {
                     if !skipped {
                         bar.suspend(|| eprintln!("{}", row_line(row)));
                     }
+                }
+                if !skipped {
+                    self.warn_unaugmented(row);
                 }
             }
             _ => {}
