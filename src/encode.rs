@@ -81,7 +81,7 @@ fn encode_files<P: AsRef<Path> + Sync>(
         on_progress(done, paths.len());
     }
     if out.is_empty() {
-        return Err(crate::Error::InvalidInput("no images given".into()));
+        return Err(crate::clip::error::InputError::NoImages.into());
     }
     Ok(Tensor::cat(&out, 0)?)
 }

@@ -399,9 +399,7 @@ fn top1(sim: &Tensor) -> Result<f32> {
 /// Splits parameters into those AdamW decays (matrices) and those it leaves alone (biases,
 /// norms, the temperature), as CLIP does.
 fn parameter_groups(model: &TrainableClip) -> Result<(Vec<Var>, Vec<Var>)> {
-    let data = model.vars().data().lock().map_err(|_| {
-        Error::InvalidInput("a training thread panicked while holding the weights".into())
-    })?;
+    let data = model.vars().data().lock().map_err(|_| Error::Poisoned)?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     let (mut decay, mut keep) = (Vec::new(), Vec::new());

@@ -6,7 +6,7 @@
 
 use candle_core::{Tensor, D};
 
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{InputError, Result};
 use crate::clip::model::transformer::l2_normalize;
 use crate::clip::Clip;
 
@@ -19,9 +19,11 @@ const PROMPT_BATCH: usize = 256;
 pub fn format_prompt(template: &str, label: &str) -> Result<String> {
     match template.matches("{}").count() {
         1 => Ok(template.replacen("{}", label, 1)),
-        n => Err(Error::InvalidInput(format!(
-            "template `{template}` must contain exactly one `{{}}` for the class name, found {n}"
-        ))),
+        found => Err(InputError::Template {
+            template: template.to_string(),
+            found,
+        }
+        .into()),
     }
 }
 
@@ -55,15 +57,13 @@ impl ZeroShotClassifier {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         if labels.is_empty() {
-            return Err(Error::InvalidInput(
-                "the label list is empty: give at least one class name".into(),
-            ));
+            return Err(InputError::NoLabels.into());
         }
         if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
-            return Err(Error::InvalidInput(format!("label {} is empty", i + 1)));
+            return Err(InputError::EmptyLabel { index: i + 1 }.into());
         }
         if templates.is_empty() {
-            return Err(Error::InvalidInput("no prompt template given".into()));
+            return Err(InputError::NoTemplates.into());
         }
         let prompts: Vec<String> = templates
             .iter()

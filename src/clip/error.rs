@@ -95,8 +95,14 @@ pub enum Error {
         source: Box<crate::clip::hub::HubError>,
     },
 
-    #[error("{0}")]
-    InvalidInput(String),
+    /// Input the model cannot take (the caller can correct it).
+    #[error(transparent)]
+    Input(#[from] InputError),
+
+    /// A training thread panicked while it held the weights' lock: the weights may be half
+    /// updated, so training stops.
+    #[error("a training thread panicked while holding the weights")]
+    Poisoned,
 
     /// A size an option asks for, above its limit.
     #[error(transparent)]
@@ -122,4 +128,73 @@ impl Error {
             source,
         }
     }
+}
+
+/// Input a model, its tokenizer or a zero-shot classifier cannot take: one variant per mistake,
+/// with what was given and what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error(
+        "template `{template}` must contain exactly one `{{}}` for the class name, found {found}"
+    )]
+    Template { template: String, found: usize },
+
+    #[error("the label list is empty: give at least one class name")]
+    NoLabels,
+
+    /// `index` counts from 1.
+    #[error("label {index} is empty")]
+    EmptyLabel { index: usize },
+
+    #[error("no prompt template given")]
+    NoTemplates,
+
+    #[error("no images given")]
+    NoImages,
+
+    #[error("image tensor has shape ({}, {}, {}), the model expects ({channels}, {size}, {size})", found[0], found[1], found[2])]
+    ImageShape {
+        found: [usize; 3],
+        channels: usize,
+        size: usize,
+    },
+
+    /// `index` counts from 1.
+    #[error("token sequence {index} has no end-of-text token (id {end_token})")]
+    NoEndToken { index: usize, end_token: u32 },
+
+    #[error("token sequences must all have the same length between 1 and {context_length}")]
+    TokenLengths { context_length: usize },
+
+    #[error("token id {id} is outside the model's vocabulary of {vocab_size} tokens")]
+    TokenId { id: u32, vocab_size: usize },
+
+    #[error(
+        "{}the tokenizer has {tokenizer} tokens but the model's text tower only {model}: put the \
+         model's own tokenizer files (tokenizer.json, or vocab.json + merges.txt) in its directory",
+        dir.as_ref().map(|d| format!("{}: ", d.display())).unwrap_or_default()
+    )]
+    TokenizerVocabulary {
+        /// The model's directory, where known.
+        dir: Option<PathBuf>,
+        tokenizer: usize,
+        model: usize,
+    },
+
+    #[error(
+        "prompt embeddings of shape {shape:?} with {ends} end positions do not fit a text tower of \
+         width {width} and context length {context_length}"
+    )]
+    PromptShape {
+        shape: [usize; 3],
+        ends: usize,
+        width: usize,
+        context_length: usize,
+    },
+
+    #[error("end-of-text position {position} is outside sequences of length {length}")]
+    EndPosition { position: usize, length: usize },
+
+    #[error("positional embedding has {rows} rows, not a square grid plus one")]
+    PositionGrid { rows: usize },
 }

@@ -349,12 +349,12 @@ impl Clip {
     pub fn encode_text<S: AsRef<str>>(&self, texts: &[S]) -> Result<Tensor> {
         if self.tokenizer.vocab_size() > self.config.text.vocab_size {
             // Images still work with such a model; only texts need a tokenizer that fits.
-            return Err(Error::InvalidInput(format!(
-                "the tokenizer has {} tokens but the model's text tower only {}: put the model's \
-                 own tokenizer files (tokenizer.json, or vocab.json + merges.txt) in its directory",
-                self.tokenizer.vocab_size(),
-                self.config.text.vocab_size
-            )));
+            return Err(error::InputError::TokenizerVocabulary {
+                dir: None,
+                tokenizer: self.tokenizer.vocab_size(),
+                model: self.config.text.vocab_size,
+            }
+            .into());
         }
         let ids: Vec<Vec<u32>> = texts
             .iter()

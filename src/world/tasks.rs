@@ -199,10 +199,13 @@ pub fn write_task(spec: &TaskSpec, root: &Path, seed: u64, sizes: TaskSizes) -> 
             let img = render(&scene, IMAGE_SIDE, &mut rng);
             let impath = format!("{class}/{split}_{i:04}.png");
             let path = dir.join(&impath);
+            let unwritten = |why: String| crate::fsutil::WriteError {
+                path: path.clone(),
+                source: std::io::Error::other(why),
+            };
             let buf = image::RgbImage::from_raw(IMAGE_SIDE, IMAGE_SIDE, img.into_raw())
-                .ok_or_else(|| Error::InvalidInput("rendered image has the wrong size".into()))?;
-            buf.save(&path)
-                .map_err(|e| Error::InvalidInput(format!("writing {}: {e}", path.display())))?;
+                .ok_or_else(|| unwritten("the rendered image has the wrong size".into()))?;
+            buf.save(&path).map_err(|e| unwritten(e.to_string()))?;
             Ok((label, split, impath))
         })
         .collect::<Result<_>>()?;

@@ -17,7 +17,7 @@ use candle_core::{Device, Tensor, D};
 
 use super::conv::{add_relu, avg_pool, Conv2d, ConvShape, Epilogue, Nhwc};
 use super::transformer::Linear;
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::ResNetConfig;
 
@@ -226,9 +226,7 @@ pub fn resize_positions(pos: &Tensor, grid: usize) -> Result<Tensor> {
     let (n, c) = pos.dims2()?;
     let old = ((n - 1) as f64).sqrt() as usize;
     if old * old + 1 != n {
-        return Err(Error::InvalidInput(format!(
-            "positional embedding has {n} rows, not a square grid plus one"
-        )));
+        return Err(InputError::PositionGrid { rows: n }.into());
     }
     let data = pos.to_vec2::<f32>()?;
     let taps = cubic_weights(old, grid);
@@ -348,9 +346,12 @@ impl ModifiedResNet {
         let (b, c, h, w) = pixels.dims4()?;
         let s = self.config.image_size;
         if (c, h, w) != (3, s, s) {
-            return Err(Error::InvalidInput(format!(
-                "image tensor has shape ({c}, {h}, {w}), the model expects (3, {s}, {s})"
-            )));
+            return Err(InputError::ImageShape {
+                found: [c, h, w],
+                channels: 3,
+                size: s,
+            }
+            .into());
         }
         let data = pixels.flatten_all()?.to_vec1::<f32>()?;
         let mut x = Nhwc::from_nchw(&data, b, c, h, w);

@@ -7,7 +7,7 @@
 use candle_core::{Device, Tensor};
 
 use super::transformer::{Encoder, EncoderShape, LayerNorm};
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{Error, InputError, Result};
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::{Pooling, TextConfig};
 
@@ -34,10 +34,10 @@ pub fn eot_positions(ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<usize>> {
                 Pooling::FirstToken(id) => id,
             };
             seq.iter().position(|&id| id == target).ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "token sequence {} has no end-of-text token (id {target})",
-                    i + 1
-                ))
+                Error::from(InputError::NoEndToken {
+                    index: i + 1,
+                    end_token: target,
+                })
             })
         })
         .collect()
@@ -48,20 +48,21 @@ pub fn eot_positions(ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<usize>> {
 pub(crate) fn check_ids(ids: &[Vec<u32>], c: &TextConfig) -> Result<()> {
     let len = ids.first().map_or(0, Vec::len);
     if len == 0 || len > c.context_length || ids.iter().any(|s| s.len() != len) {
-        return Err(Error::InvalidInput(format!(
-            "token sequences must all have the same length between 1 and {}",
-            c.context_length
-        )));
+        return Err(InputError::TokenLengths {
+            context_length: c.context_length,
+        }
+        .into());
     }
     if let Some(bad) = ids
         .iter()
         .flatten()
         .find(|&&id| id as usize >= c.vocab_size)
     {
-        return Err(Error::InvalidInput(format!(
-            "token id {bad} is outside the model's vocabulary of {} tokens",
-            c.vocab_size
-        )));
+        return Err(InputError::TokenId {
+            id: *bad,
+            vocab_size: c.vocab_size,
+        }
+        .into());
     }
     Ok(())
 }

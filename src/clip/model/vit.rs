@@ -7,7 +7,7 @@
 use candle_core::{IndexOp, Tensor};
 
 use super::transformer::{Encoder, EncoderShape, LayerNorm, Linear};
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::VisionConfig;
 
@@ -58,11 +58,12 @@ impl VisionTransformer {
         let c = &self.config;
         let (b, channels, h, w) = pixels.dims4()?;
         if (channels, h, w) != (c.num_channels, c.image_size, c.image_size) {
-            return Err(Error::InvalidInput(format!(
-                "image tensor has shape ({channels}, {h}, {w}), the model expects ({}, {s}, {s})",
-                c.num_channels,
-                s = c.image_size
-            )));
+            return Err(InputError::ImageShape {
+                found: [channels, h, w],
+                channels: c.num_channels,
+                size: c.image_size,
+            }
+            .into());
         }
         let (g, p, d) = (c.grid(), c.patch_size, c.width);
         // (B, C, g, P, g, P) -> (B, g, g, C, P, P): row-major patches in the conv weight's order.

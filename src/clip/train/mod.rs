@@ -19,7 +19,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{Error, InputError, Result};
 use crate::clip::load::config::{Activation, ClipConfig, TextConfig, VisionConfig, VisionTower};
 use crate::clip::load::layout::to_checkpoint;
 use crate::clip::model::text::eot_positions;
@@ -253,11 +253,12 @@ impl ImageTower {
         let c = &self.config;
         let (b, ch, hgt, w) = pixels.dims4()?;
         if (ch, hgt, w) != (c.num_channels, c.image_size, c.image_size) {
-            return Err(Error::InvalidInput(format!(
-                "image tensor has shape ({ch}, {hgt}, {w}), the model expects ({}, {s}, {s})",
-                c.num_channels,
-                s = c.image_size
-            )));
+            return Err(InputError::ImageShape {
+                found: [ch, hgt, w],
+                channels: c.num_channels,
+                size: c.image_size,
+            }
+            .into());
         }
         let (g, p, d) = (c.grid(), c.patch_size, c.width);
         // The stride-p convolution as a matmul over flattened patches.
@@ -404,9 +405,7 @@ impl TrainableClip {
     /// cannot be seeded, and a checkpoint must be reproducible from its seed. Each tensor's
     /// stream depends only on `seed` and its name, not on creation order.
     fn reinitialise(&self, seed: u64) -> Result<()> {
-        let data = self.vars.data().lock().map_err(|_| {
-            Error::InvalidInput("a training thread panicked while holding the weights".into())
-        })?;
+        let data = self.vars.data().lock().map_err(|_| Error::Poisoned)?;
         for (name, var) in data.iter() {
             let std = match &self.config.vision {
                 VisionTower::ResNet(r) if name.starts_with("visual.") => {
@@ -486,9 +485,7 @@ impl TrainableClip {
     /// Writes every parameter (and running statistic) atomically to `path`, with the names and
     /// shapes of the config's checkpoint layout.
     pub fn save_weights(&self, path: &Path) -> Result<()> {
-        let data = self.vars.data().lock().map_err(|_| {
-            Error::InvalidInput("a training thread panicked while holding the weights".into())
-        })?;
+        let data = self.vars.data().lock().map_err(|_| Error::Poisoned)?;
         let tensors: std::collections::HashMap<String, Tensor> = data
             .iter()
             .map(|(name, var)| (name.clone(), var.as_tensor().clone()))

@@ -22,7 +22,7 @@ use candle_nn::VarBuilder;
 
 use super::fused::{FrozenLayerNorm, QuickGelu, Softmax};
 use super::{activate, Block, LayerNorm, Linear, TextTower};
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Checkpoint;
 use crate::clip::load::config::Activation;
 use crate::clip::load::config::{ClipConfig, TextConfig};
@@ -146,10 +146,11 @@ impl PromptTextEncoder {
             .iter()
             .find(|&&id| id as usize >= self.config.vocab_size)
         {
-            return Err(Error::InvalidInput(format!(
-                "token id {bad} is outside the model's vocabulary of {} tokens",
-                self.config.vocab_size
-            )));
+            return Err(InputError::TokenId {
+                id: *bad,
+                vocab_size: self.config.vocab_size,
+            }
+            .into());
         }
         let index = Tensor::from_slice(ids, (ids.len(),), &self.device)?;
         Ok(self.tower.token_embedding.index_select(&index, 0)?)
@@ -164,18 +165,20 @@ impl PromptTextEncoder {
         let c = &self.config;
         let (b, len, width) = x.dims3()?;
         if width != c.width || len == 0 || len > c.context_length || eot.len() != b {
-            return Err(Error::InvalidInput(format!(
-                "prompt embeddings of shape ({b}, {len}, {width}) with {} end positions do not \
-                 fit a text tower of width {} and context length {}",
-                eot.len(),
-                c.width,
-                c.context_length
-            )));
+            return Err(InputError::PromptShape {
+                shape: [b, len, width],
+                ends: eot.len(),
+                width: c.width,
+                context_length: c.context_length,
+            }
+            .into());
         }
         if let Some(&p) = eot.iter().find(|&&p| p >= len) {
-            return Err(Error::InvalidInput(format!(
-                "end-of-text position {p} is outside sequences of length {len}"
-            )));
+            return Err(InputError::EndPosition {
+                position: p,
+                length: len,
+            }
+            .into());
         }
         let used = eot.iter().max().map_or(len, |&p| p + 1);
         let x = x.narrow(1, 0, used)?;

@@ -13,7 +13,7 @@ use std::cell::Cell;
 use candle_core::{DType, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{Error, InputError, Result};
 use crate::clip::load::config::ResNetConfig;
 
 /// PyTorch's `BatchNorm2d` defaults.
@@ -32,12 +32,10 @@ struct BatchNorm {
 /// place, not by the optimiser).
 fn var_of(vars: &VarMap, vb: &VarBuilder, name: &str) -> Result<Var> {
     let key = format!("{}.{name}", vb.prefix());
-    let data = vars.data().lock().map_err(|_| {
-        Error::InvalidInput("a training thread panicked while holding the weights".into())
-    })?;
+    let data = vars.data().lock().map_err(|_| Error::Poisoned)?;
     data.get(&key)
         .cloned()
-        .ok_or_else(|| Error::InvalidInput(format!("no variable {key}")))
+        .ok_or_else(|| candle_core::Error::Msg(format!("no variable {key}")).into())
 }
 
 impl BatchNorm {
@@ -349,9 +347,12 @@ impl ResNetTower {
         let (_, c, h, w) = pixels.dims4()?;
         let s = self.config.image_size;
         if (c, h, w) != (3, s, s) {
-            return Err(Error::InvalidInput(format!(
-                "image tensor has shape ({c}, {h}, {w}), the model expects (3, {s}, {s})"
-            )));
+            return Err(InputError::ImageShape {
+                found: [c, h, w],
+                channels: 3,
+                size: s,
+            }
+            .into());
         }
         let train = self.training.get();
         // Channels last: every convolution is then one matmul over rows of pixels.

@@ -156,13 +156,11 @@ impl PromptModel {
             None => Tokenizer::openai().map_err(crate::Error::from)?,
         };
         if tokenizer.vocab_size() > encoder.config().vocab_size {
-            return Err(crate::Error::InvalidInput(format!(
-                "{}: the tokenizer has {} tokens but the model's text tower only {}: put the \
-                 model's own tokenizer files in its directory",
-                files.dir.display(),
-                tokenizer.vocab_size(),
-                encoder.config().vocab_size
-            ))
+            return Err(crate::Error::from(crate::clip::error::InputError::TokenizerVocabulary {
+                dir: Some(files.dir.clone()),
+                tokenizer: tokenizer.vocab_size(),
+                model: encoder.config().vocab_size,
+            })
             .into());
         }
         Ok(PromptModel {
