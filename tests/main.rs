@@ -25,6 +25,7 @@ mod prolip;
 mod registry;
 mod report;
 mod sweep;
+mod taskres_crossmodal;
 mod tokenizer;
 mod torchscript;
 mod tsne;
