@@ -10,10 +10,12 @@
 //! As the authors' code runs it (`linear_probe.sh`: `--modality cross_modal --classifier_head
 //! linear --classifier_init zeroshot --logit 4.60517 --hyperparams linear`):
 //! - logits `scale · f̂ Wᵀ`: the features are normalised, the head is a plain linear map
-//!   without bias (`LogitHead` over `nn.Linear(bias=False)`), scale `exp(4.60517)` = 100;
+//!   without bias (`LogitHead` over `nn.Linear(bias=False)`), scale `exp(4.60517)` ≈ 100
+//!   (here the checkpoint's logit scale);
 //! - `W` starts at the normalised zero-shot weights (`get_zero_shot_weights`);
-//! - the image samples are the centre crops and their augmented views, pooled; the text
-//!   samples are the class prompts' embeddings, one per class here;
+//! - the image samples are the centre crops and a mirrored copy of each, pooled (here the
+//!   centre crops and every cached view); the text samples are the embeddings of the class
+//!   prompts (here one per class, the classifier's row);
 //! - two shuffled loaders with `drop_last`, each restarted when exhausted: `⌊B/2⌋` text
 //!   samples and the rest images per iteration;
 //! - AdamW, 12,800 iterations, a linear warm-up over 50 iterations from 1e-5 then a cosine per
@@ -38,9 +40,10 @@ use super::{
     Method, MethodCard, MethodError, Needs, Progress,
 };
 
-/// Without a validation set nothing can be searched or stopped early: the smaller learning
-/// rate of the grid (the larger one drifts furthest from the text initialisation over 12,800
-/// unsupervised-stop iterations) and AdamW's default weight decay.
+/// Without a validation set nothing can be searched or stopped early, and the authors give no
+/// rule: the grid's smaller learning rate (the larger one drifts furthest from the text
+/// initialisation over 12,800 iterations with no checkpoint to fall back on) and AdamW's
+/// default weight decay.
 pub const NO_VALIDATION_LR: f32 = 1e-4;
 pub const NO_VALIDATION_WEIGHT_DECAY: f32 = 0.01;
 
