@@ -28,6 +28,7 @@ mod prolip;
 mod registry;
 mod report;
 mod sweep;
+mod taskres_crossmodal;
 mod tokenizer;
 mod torchscript;
 mod tsne;

@@ -31,6 +31,9 @@ pub enum MethodError {
     #[error("{method} trains the image tower's last projection: it needs the image tower's pre-projection features and the checkpoint's projection, extracted with them")]
     NeedsPreProjection { method: &'static str },
 
+    #[error("{method} starts from the mean un-normalised prompt embeddings, which this cache's text features lack (cached by an older version): extract them again")]
+    NeedsTextMean { method: &'static str },
+
     #[error("{method} trains through the model's text tower: fit it with the model loaded")]
     NeedsModel { method: &'static str },
 

@@ -54,6 +54,8 @@ registry! {
     clip_adapter => [CARD],
     coop => [CARD],
     tip_adapter => [CARD, CARD_F],
+    taskres => [CARD],
+    cross_modal => [CARD],
     ape => [CARD, CARD_T],
     gda => [CARD],
     lp_plus_plus => [CARD],

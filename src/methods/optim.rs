@@ -3,10 +3,13 @@
 //!
 //! - [`Sgd`]: `torch.optim.SGD` (momentum, dampening 0, no Nesterov, L2 weight decay added to the
 //!   gradient), which Dassl builds for CoOp and CLIP-Adapter.
-//! - [`AdamW`]: `torch.optim.AdamW`, which Tip-Adapter-F uses.
+//! - [`AdamW`]: `torch.optim.AdamW`, which Tip-Adapter-F and the cross-modal linear probe use.
+//! - [`Adam`]: `torch.optim.Adam` with its L2 weight decay added to the gradient, which Dassl
+//!   builds for TaskRes (`OPTIM.NAME: adam`).
 //! - [`WarmupCosine`]: Dassl's `CosineAnnealingLR` wrapped in `ConstantWarmupScheduler`
 //!   (stepped once per epoch, `WARMUP_RECOUNT = True`).
 //! - [`cosine_annealing`]: `CosineAnnealingLR` stepped per iteration (Tip-Adapter-F).
+//! - [`LinearWarmupCosine`]: the cross-modal probe's linear warm-up before that cosine.
 //!
 //! Each optimiser works on a list of parameter slices and their gradients, in the same order at
 //! every step; its state is allocated on the first step.
@@ -122,6 +125,55 @@ impl AdamW {
     }
 }
 
+/// `torch.optim.Adam(params, lr, betas, eps, weight_decay)` (no amsgrad): the decay is an L2
+/// term added to the gradient (`g ← g + wd·p`) before the moments, unlike [`AdamW`]'s decoupled
+/// decay, so it is rescaled by the adaptive step like the rest of the gradient.
+#[derive(Debug, Clone)]
+pub struct Adam {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    t: i32,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl Adam {
+    /// PyTorch's betas (0.9, 0.999) and eps 1e-8; Dassl passes its `OPTIM.WEIGHT_DECAY`.
+    pub fn new(weight_decay: f32) -> Self {
+        Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            t: 0,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+
+    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f32) {
+        if self.m.is_empty() {
+            self.m = params.iter().map(|p| vec![0.0; p.len()]).collect();
+            self.v = self.m.clone();
+        }
+        self.t += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.t);
+        let bc2_sqrt = (1.0 - self.beta2.powi(self.t)).sqrt();
+        let step = lr / bc1;
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            for j in 0..p.len() {
+                let g = g[j] + self.weight_decay * p[j];
+                m[j] = self.beta1 * m[j] + (1.0 - self.beta1) * g;
+                v[j] = self.beta2 * v[j] + (1.0 - self.beta2) * g * g;
+                p[j] -= step * m[j] / (v[j].sqrt() / bc2_sqrt + self.eps);
+            }
+        }
+    }
+}
+
 /// CoOp's schedule: `warmup_epochs` epochs at the constant `warmup_lr`, then a cosine from
 /// `base_lr` to 0 over `epochs` epochs, restarted after the warm-up (Dassl `WARMUP_RECOUNT`), so
 /// epoch `e ≥ warmup` runs at `base_lr · (1 + cos(π (e − warmup) / epochs)) / 2`. The last epoch
@@ -157,6 +209,32 @@ impl WarmupCosine {
     }
 }
 
+/// The cross-modal probe's per-iteration schedule (`engine/optimizer/scheduler.py`,
+/// `LinearWarmupScheduler` wrapping `CosineAnnealingLR(T_max = total)`): iteration 0 runs at
+/// `floor_lr`, iteration `0 < i < w` at `base_lr·i/w`, and from `w` on the wrapped cosine takes
+/// over from its own start, `base_lr·(1 + cos(π (i − w)/total))/2`: the cosine is counted over
+/// every iteration although `w` of them went to the warm-up, so it never reaches 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearWarmupCosine {
+    pub base_lr: f32,
+    pub warmup_iters: usize,
+    pub floor_lr: f32,
+    pub total: usize,
+}
+
+impl LinearWarmupCosine {
+    /// The learning rate of iteration `i` (0-based).
+    pub fn lr(&self, i: usize) -> f32 {
+        if i == 0 && self.warmup_iters > 0 {
+            return self.floor_lr;
+        }
+        if i < self.warmup_iters {
+            return (self.base_lr as f64 * i as f64 / self.warmup_iters as f64) as f32;
+        }
+        cosine_annealing(self.base_lr, i - self.warmup_iters, self.total)
+    }
+}
+
 /// `CosineAnnealingLR(T_max = total, eta_min = 0)` after `step` calls.
 pub fn cosine_annealing(base_lr: f32, step: usize, total: usize) -> f32 {
     (0.5 * base_lr as f64 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos()))
@@ -189,6 +267,42 @@ mod tests {
         let mut p = vec![1.0f32];
         opt.step(&mut [&mut p], &[&[0.5]], 0.1);
         assert!((p[0] - 0.899).abs() < 1e-6, "{}", p[0]);
+    }
+
+    #[test]
+    fn adam_adds_its_decay_to_the_gradient() {
+        // p = 1, g = 0.5, wd 0.5: g' = 0.5 + 0.5·1 = 1; the first bias-corrected step is
+        // lr·m̂/√v̂ = lr whatever g' is, so p = 0.9 at lr 0.1. Step 2 with g = 0 (g' = 0.45):
+        // m = 0.9·0.1 + 0.1·0.45 = 0.135, v = 0.999·0.001 + 0.001·0.2025 = 0.0012015;
+        // m̂ = 0.135/0.19, v̂ = 0.0012015/0.001999 → p = 0.9 − 0.1·m̂/√v̂ ≈ 0.808351. AdamW's
+        // decoupled decay would give a different second step.
+        let mut opt = Adam::new(0.5);
+        let mut p = vec![1.0f32];
+        opt.step(&mut [&mut p], &[&[0.5]], 0.1);
+        assert!((p[0] - 0.9).abs() < 1e-6, "{}", p[0]);
+        opt.step(&mut [&mut p], &[&[0.0]], 0.1);
+        let m_hat = 0.135f64 / 0.19;
+        let v_hat = (0.999f64 * 0.001 + 0.001 * 0.2025) / (1.0 - 0.999f64.powi(2));
+        let want = 0.9 - 0.1 * m_hat / v_hat.sqrt();
+        assert!((p[0] as f64 - want).abs() < 1e-5, "{} vs {want}", p[0]);
+    }
+
+    /// `LinearWarmupScheduler` over `CosineAnnealingLR`, stepped per iteration, as the
+    /// cross-modal probe's `build_lr_scheduler` makes it: iteration 0 at the floor, then the
+    /// ramp `lr·i/w`, then the cosine from `lr`, counted from the end of the warm-up.
+    #[test]
+    fn linear_warmup_cosine_follows_the_wrapped_schedulers() {
+        let s = LinearWarmupCosine {
+            base_lr: 1e-3,
+            warmup_iters: 4,
+            floor_lr: 1e-5,
+            total: 8,
+        };
+        assert_eq!(s.lr(0), 1e-5);
+        assert!((s.lr(1) - 2.5e-4).abs() < 1e-9);
+        assert!((s.lr(3) - 7.5e-4).abs() < 1e-9);
+        assert!((s.lr(4) - 1e-3).abs() < 1e-9);
+        assert!((s.lr(8) - 5e-4).abs() < 1e-9, "{}", s.lr(8));
     }
 
     #[test]

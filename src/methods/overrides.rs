@@ -68,7 +68,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         value: OptionValue::Number,
         help: "Residual ratio α: weight of the adapted image feature (CLIP-Adapter, default \
                0.2); Tip-Adapter(-F)'s α when there is no validation set (default: the authors' \
-               per-dataset value).",
+               per-dataset value); TaskRes's residual scale (default 0.5, 1 on Flowers102).",
     },
     OptionSpec {
         name: "beta",
@@ -79,19 +79,23 @@ pub const OPTIONS: &[OptionSpec] = &[
         name: "lr",
         value: OptionValue::Number,
         help: "Learning rate (CLIP-Adapter and CoOp default 0.002; Tip-Adapter-F 0.001; \
-               ProLIP: used as is instead of its validation search over 1e-2..1e-5, default \
-               1e-5 without validation).",
+               TaskRes 0.002, 0.0002 on ImageNet; ProLIP and the cross-modal probe: used as is \
+               instead of their validation search, over 1e-2..1e-5 and {1e-3, 1e-4}, default \
+               1e-5 and 1e-4 without validation).",
     },
     OptionSpec {
         name: "epochs",
         value: OptionValue::Count,
         help: "Epochs (default: CLIP-Adapter and CoOp by shots, 50/100/100/200/200, and 50 on \
-               ImageNet; Tip-Adapter-F the authors' per-dataset value; ProLIP 300).",
+               ImageNet; TaskRes by shots, 100/100/100/200/200; Tip-Adapter-F the authors' \
+               per-dataset value; ProLIP 300).",
     },
     OptionSpec {
         name: "batch-size",
         value: OptionValue::Count,
-        help: "Batch size (CLIP-Adapter and CoOp 32, Tip-Adapter-F 256).",
+        help: "Batch size (CLIP-Adapter and CoOp 32, Tip-Adapter-F and TaskRes 256; the \
+               cross-modal probe: used instead of its search over 8 and 32, half text, half \
+               images).",
     },
     OptionSpec {
         name: "n-ctx",
