@@ -280,7 +280,7 @@ fn a_zero_ratio_adapter_leaves_the_map_unchanged() {
     assert!(svg.contains(&title), "no `{title}`");
     // Bad input is an error, not a panic.
     let err = adapter_tsne(&x, &labels[1..], &names, &adapter(6, 0.5, None), &opts).unwrap_err();
-    assert!(matches!(err, TsneError::Shape(_)), "{err}");
+    assert!(matches!(err, TsneError::Counts { .. }), "{err}");
     let err = adapter_tsne(&x, &labels, &names[..2], &adapter(6, 0.5, None), &opts).unwrap_err();
     assert!(err.to_string().contains("label 2 is out of range"), "{err}");
     let big = TsneOptions {

@@ -61,35 +61,23 @@ impl TsneOptions {
 
     /// Refuses settings bhtsne would panic on or that make no map, before any work.
     pub fn check(&self, points: usize) -> Result<(), TsneError> {
-        let bad = |msg: String| Err(TsneError::Options(msg));
         if !(self.perplexity.is_finite() && self.perplexity >= 1.0) {
-            return bad(format!(
-                "perplexity {} must be a number of at least 1",
-                self.perplexity
-            ));
+            return Err(TsneError::Perplexity(self.perplexity));
         }
         if !(self.theta.is_finite() && self.theta > 0.0) {
-            return bad(format!(
-                "theta {} must be above 0 (the exact t-SNE is theta → 0)",
-                self.theta
-            ));
+            return Err(TsneError::Theta(self.theta));
         }
         if self.epochs == 0 {
-            return bad("at least one iteration is needed".into());
+            return Err(TsneError::NoIterations);
         }
-        let k = self.neighbours();
-        if points < k + 1 {
-            let most = points.saturating_sub(1) / 3;
-            let fix = if most >= 1 {
-                format!("use a perplexity of at most {most}, or embed more points")
-            } else {
-                "t-SNE needs at least 4 points".to_string()
-            };
-            return bad(format!(
-                "perplexity {} takes the {k} nearest neighbours of each point, but there are \
-                 only {points} points: {fix}",
-                self.perplexity
-            ));
+        let neighbours = self.neighbours();
+        if points < neighbours + 1 {
+            let perplexity = self.perplexity;
+            return Err(TsneError::PerplexityTooLarge {
+                perplexity,
+                neighbours,
+                points,
+            });
         }
         Ok(())
     }

@@ -147,11 +147,12 @@ pub(crate) fn nearest(row: &[f32], k: usize) -> Vec<usize> {
 
 fn check_labels(points: &Matrix, labels: &[usize]) -> Result<usize, TsneError> {
     if labels.len() != points.rows {
-        return Err(TsneError::Shape(format!(
-            "{} labels for {} points",
-            labels.len(),
-            points.rows
-        )));
+        return Err(TsneError::Counts {
+            first: labels.len(),
+            first_what: "labels",
+            second: points.rows,
+            second_what: "points",
+        });
     }
     let mut present: Vec<usize> = labels.to_vec();
     present.sort_unstable();
@@ -222,10 +223,12 @@ pub fn separation(
 
 fn check_pair(input: &Matrix, map: &Matrix, k: usize) -> Result<(), TsneError> {
     if input.rows != map.rows {
-        return Err(TsneError::Shape(format!(
-            "{} input points but {} mapped points",
-            input.rows, map.rows
-        )));
+        return Err(TsneError::Counts {
+            first: input.rows,
+            first_what: "input points",
+            second: map.rows,
+            second_what: "mapped points",
+        });
     }
     // scikit-learn's bound: the normalisation of trustworthiness needs 2n − 3k − 1 > 0 with
     // room to spare.
@@ -374,7 +377,7 @@ mod tests {
         let p = m(&[[0.0, 0.0], [1.0, 0.0], [4.0, 0.0]]);
         assert!(matches!(
             separation(&p, &[0, 1], Metric::Euclidean, 1),
-            Err(TsneError::Shape(_))
+            Err(TsneError::Counts { .. })
         ));
         assert!(matches!(
             separation(&p, &[0, 0, 0], Metric::Euclidean, 1),

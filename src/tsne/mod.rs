@@ -30,14 +30,50 @@ use crate::methods::MethodError;
 /// Why a t-SNE could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TsneError {
-    #[error("{0}")]
-    Options(String),
+    #[error("perplexity {0} must be a number of at least 1")]
+    Perplexity(f32),
+
+    #[error("theta {0} must be above 0 (the exact t-SNE is theta → 0)")]
+    Theta(f32),
+
+    #[error("at least one iteration is needed")]
+    NoIterations,
+
+    /// The perplexity asks for more neighbours than the points have.
+    #[error(
+        "perplexity {perplexity} takes the {neighbours} nearest neighbours of each point, but there \
+         are only {points} points: {}",
+        match points.saturating_sub(1) / 3 {
+            0 => "t-SNE needs at least 4 points".to_string(),
+            most => format!("use a perplexity of at most {most}, or embed more points"),
+        }
+    )]
+    PerplexityTooLarge {
+        perplexity: f32,
+        neighbours: usize,
+        points: usize,
+    },
+
+    #[error("the adapter has no visual branch: the image features would not change")]
+    NoVisualBranch,
+
+    #[error("label {label} is out of range: there are {classes} class names")]
+    Label { label: usize, classes: usize },
+
+    #[error("the features are {found} wide, the adapter expects {expected}")]
+    FeatureWidth { found: usize, expected: usize },
+
+    /// Two lists that must have one entry per point do not.
+    #[error("{first} {first_what} but {second} {second_what}")]
+    Counts {
+        first: usize,
+        first_what: &'static str,
+        second: usize,
+        second_what: &'static str,
+    },
 
     #[error(transparent)]
     Features(#[from] Box<crate::features::FeatureError>),
-
-    #[error("{0}")]
-    Shape(String),
 
     #[error(
         "the points hold {classes} class(es) among {points} points: separation needs at least \
@@ -185,16 +221,16 @@ pub fn adapter_tsne(
     opts: &TsneOptions,
 ) -> Result<AdapterTsne, TsneError> {
     if let Some(&l) = labels.iter().find(|&&l| l >= classnames.len()) {
-        return Err(TsneError::Shape(format!(
-            "label {l} is out of range: there are {} class names",
-            classnames.len()
-        )));
+        return Err(TsneError::Label {
+            label: l,
+            classes: classnames.len(),
+        });
     }
     if features.cols != adapter.classes.cols {
-        return Err(TsneError::Shape(format!(
-            "the features are {} wide, the adapter expects {}",
-            features.cols, adapter.classes.cols
-        )));
+        return Err(TsneError::FeatureWidth {
+            found: features.cols,
+            expected: adapter.classes.cols,
+        });
     }
     let needed = 2 * KNN_K + 1;
     if features.rows < needed {
@@ -204,11 +240,7 @@ pub fn adapter_tsne(
         });
     }
     opts.check(features.rows)?;
-    let adapted = adapter.adapted_features(features).ok_or_else(|| {
-        TsneError::Options(
-            "the adapter has no visual branch: the image features would not change".into(),
-        )
-    })?;
+    let adapted = (adapter.adapted_features(features)).ok_or(TsneError::NoVisualBranch)?;
     // Each map is fitted on one thread (see `embed`): the two run side by side.
     let (before, after) = rayon::join(
         || SpaceView::new(features, labels, opts),
