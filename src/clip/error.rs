@@ -82,8 +82,8 @@ pub enum Error {
     #[error("{file}: cannot read checkpoint: {msg}")]
     Checkpoint { file: PathBuf, msg: String },
 
-    #[error("model `{spec}`: {msg}")]
-    ModelNotFound { spec: String, msg: String },
+    #[error("model `{spec}`: {why}")]
+    ModelNotFound { spec: String, why: NotFound },
 
     #[error("model `{spec}`: {missing}, and downloading from {endpoint} failed (pass a local directory, or fill the cache where the hub is reachable: `huggingface-cli download {repo}`)")]
     Download {
@@ -197,4 +197,55 @@ pub enum InputError {
 
     #[error("positional embedding has {rows} rows, not a square grid plus one")]
     PositionGrid { rows: usize },
+}
+
+/// Why a model argument names no model: what was looked for, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotFound {
+    #[error("not a directory")]
+    NotADirectory,
+
+    #[error("not a file")]
+    NotAFile,
+
+    #[error(
+        "no config.json (transformers layout) or open_clip_config.json (open_clip layout) in the \
+         directory"
+    )]
+    NoConfig,
+
+    #[error("{config} but no weights (expected one of {})", expected.join(", "))]
+    NoWeights {
+        config: &'static str,
+        expected: Vec<&'static str>,
+    },
+
+    #[error("not one of OpenAI's models ({}); pass a checkpoint file's path instead", known.join(", "))]
+    UnknownOpenAi { known: Vec<&'static str> },
+
+    #[error(
+        "expected OpenAI's file {file} at {}, which does not exist. OpenAI's `clip` package \
+         downloads it there (`clip.load(\"{canonical}\")`, whose download_root defaults to \
+         ~/.cache/clip; we read $XDG_CACHE_HOME/clip when XDG_CACHE_HOME is set); or pass the \
+         file's path",
+        path.display()
+    )]
+    OpenAiFileMissing {
+        file: &'static str,
+        canonical: &'static str,
+        path: PathBuf,
+    },
+
+    #[error(
+        "no such directory or file, not `openai:NAME`, and not a hub id of the form \
+         `org/name[@revision]`"
+    )]
+    Unrecognised,
+
+    #[error(
+        "{missing}, and HF_HUB_OFFLINE forbids downloading. Download it where the hub is \
+         reachable (`huggingface-cli download {repo}`) and copy the cache, or pass a local \
+         directory"
+    )]
+    Offline { missing: String, repo: String },
 }

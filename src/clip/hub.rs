@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{ModelFiles, LAYOUT_FILES};
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{Error, NotFound, Result};
 
 /// Where and how to look for hub models.
 #[derive(Debug, Clone)]
@@ -129,23 +129,18 @@ pub fn resolve_openai(name: &str, root: &Path) -> Result<ModelFiles> {
         let names: Vec<&str> = OPENAI_MODELS.iter().map(|(n, _)| *n).collect();
         return Err(Error::ModelNotFound {
             spec,
-            msg: format!(
-                "not one of OpenAI's models ({}); pass a checkpoint file's path instead",
-                names.join(", ")
-            ),
+            why: NotFound::UnknownOpenAi { known: names },
         });
     };
     let path = root.join(file);
     if !path.is_file() {
         return Err(Error::ModelNotFound {
             spec,
-            msg: format!(
-                "expected OpenAI's file {file} at {}, which does not exist. OpenAI's `clip` \
-                 package downloads it there (`clip.load(\"{canonical}\")`, whose download_root \
-                 defaults to ~/.cache/clip; we read $XDG_CACHE_HOME/clip when XDG_CACHE_HOME is \
-                 set); or pass the file's path",
-                path.display()
-            ),
+            why: NotFound::OpenAiFileMissing {
+                file,
+                canonical,
+                path,
+            },
         });
     }
     ModelFiles::single_file(&path)
@@ -168,9 +163,7 @@ pub fn resolve(spec: &str, opts: &HubOptions, on_download: OnDownload) -> Result
     let Some(id) = HubId::parse(spec) else {
         return Err(Error::ModelNotFound {
             spec: spec.into(),
-            msg: "no such directory or file, not `openai:NAME`, and not a hub id of the form \
-                  `org/name[@revision]`"
-                .into(),
+            why: NotFound::Unrecognised,
         });
     };
     if let Some(files) = cached(&id, &opts.cache) {
@@ -184,11 +177,10 @@ pub fn resolve(spec: &str, opts: &HubOptions, on_download: OnDownload) -> Result
     if opts.offline {
         return Err(Error::ModelNotFound {
             spec: spec.into(),
-            msg: format!(
-                "{missing}, and HF_HUB_OFFLINE forbids downloading. Download it where the hub is \
-                 reachable (`huggingface-cli download {}`) and copy the cache, or pass a local directory",
-                id.repo
-            ),
+            why: NotFound::Offline {
+                missing,
+                repo: id.repo.clone(),
+            },
         });
     }
     download(&id, opts, on_download).map_err(|source| Error::Download {
@@ -365,6 +357,38 @@ fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each way a model argument can name nothing is its own `NotFound`, which a caller can
+    /// match on (the Python package maps them to its exceptions).
+    #[test]
+    fn a_model_that_is_not_found_says_why_as_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = HubOptions {
+            cache: tmp.path().join("hub"),
+            endpoint: "http://127.0.0.1:9".into(),
+            offline: true,
+            token: None,
+            openai_cache: tmp.path().join("clip"),
+        };
+        let why = |spec: &str| match resolve(spec, &opts, &mut |_, _, _| {}) {
+            Err(Error::ModelNotFound { why, .. }) => why,
+            other => panic!("{spec}: {other:?}"),
+        };
+        assert_eq!(why("no such thing"), NotFound::Unrecognised);
+        assert!(matches!(
+            why("openai:RN9000"),
+            NotFound::UnknownOpenAi { .. }
+        ));
+        assert!(matches!(
+            why("openai:RN50"),
+            NotFound::OpenAiFileMissing {
+                file: "RN50.pt",
+                ..
+            }
+        ));
+        assert!(matches!(why("org/model"), NotFound::Offline { repo, .. } if repo == "org/model"));
+        assert_eq!(why(tmp.path().to_str().unwrap()), NotFound::NoConfig);
+    }
 
     #[test]
     fn parses_hub_ids() {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{Error, NotFound, Result};
 use crate::image::Preprocess;
 use crate::tokenizer::Tokenizer;
 use load::checkpoint::Checkpoint;
@@ -63,30 +63,28 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Finds the config and weight files in a model directory of either layout.
     pub fn in_dir(dir: &Path) -> Result<Self> {
-        let not_found = |msg: String| Error::ModelNotFound {
+        let not_found = |why| Error::ModelNotFound {
             spec: dir.display().to_string(),
-            msg,
+            why,
         };
         if !dir.is_dir() {
-            return Err(not_found("not a directory".into()));
+            return Err(not_found(NotFound::NotADirectory));
         }
         let Some((layout, config, weights)) = LAYOUT_FILES
             .iter()
             .find(|(_, config, _)| dir.join(config).is_file())
         else {
-            return Err(not_found(
-                "no config.json (transformers layout) or open_clip_config.json (open_clip layout) in the directory".into(),
-            ));
+            return Err(not_found(NotFound::NoConfig));
         };
         let weights = weights
             .iter()
             .map(|f| dir.join(f))
             .find(|p| p.is_file())
             .ok_or_else(|| {
-                not_found(format!(
-                    "{config} but no weights (expected one of {})",
-                    weights.join(", ")
-                ))
+                not_found(NotFound::NoWeights {
+                    config,
+                    expected: weights.to_vec(),
+                })
             })?;
         Ok(ModelFiles {
             dir: dir.into(),
@@ -102,7 +100,7 @@ impl ModelFiles {
         if !file.is_file() {
             return Err(Error::ModelNotFound {
                 spec: file.display().to_string(),
-                msg: "not a file".into(),
+                why: NotFound::NotAFile,
             });
         }
         let dir = match file.parent() {
