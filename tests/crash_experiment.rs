@@ -6,12 +6,12 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::{cli_in, extract_two_shots, ok};
+use crate::common::{extract_two_shots, ok};
 
 const METHODS: &str = "zero-shot,linear-probe,tip-adapter,gda";
 
-/// `run` of `methods` on the 2-shot draw into `out`, with the fault plan `fault` if any.
-fn run(dir: &Path, dataset: &str, methods: &str, out: &str, fault: Option<&str>) -> Output {
+/// The command `run` of `methods` on the 2-shot draw into `out`, with the fault plan `fault`.
+fn grid(dir: &Path, dataset: &str, methods: &str, out: &str, fault: Option<&str>) -> Command {
     let args = [
         "run",
         "--methods",
@@ -33,7 +33,11 @@ fn run(dir: &Path, dataset: &str, methods: &str, out: &str, fault: Option<&str>)
     if let Some(f) = fault {
         cmd.env("CLIP_ADAPTER_FAULT", f);
     }
-    cmd.output().expect("running clip-adapter")
+    cmd
+}
+
+fn run(dir: &Path, dataset: &str, methods: &str, out: &str, fault: Option<&str>) -> Output {
+    (grid(dir, dataset, methods, out, fault).output()).expect("running clip-adapter")
 }
 
 /// A results file's rows by identity, without the one column that differs between runs (the
@@ -150,27 +154,9 @@ fn two_runs_writing_one_folder_keep_the_rows_of_both() {
     let dataset = extract_two_shots(tmp.path());
     let (a, b) = ("zero-shot,tip-adapter", "linear-probe,gda");
     let spawn = |methods: &str| {
-        let args = [
-            "run",
-            "--methods",
-            methods,
-            "--datasets",
-            &dataset,
-            "--shots",
-            "2",
-            "--seeds",
-            "1",
-            "--cache",
-            "cache",
-            "--out",
-            "shared",
-            "--quiet",
-        ];
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clip-adapter"));
-        cmd.args(args)
-            .current_dir(tmp.path())
-            .env("HF_HUB_OFFLINE", "1");
-        cmd.spawn().unwrap()
+        grid(tmp.path(), &dataset, methods, "shared", None)
+            .spawn()
+            .unwrap()
     };
     let (ra, rb) = (spawn(a), spawn(b));
     for child in [ra, rb] {
@@ -181,24 +167,7 @@ fn two_runs_writing_one_folder_keep_the_rows_of_both() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    ok(&cli_in(
-        tmp.path(),
-        &[
-            "run",
-            "--methods",
-            METHODS,
-            "--datasets",
-            &dataset,
-            "--shots",
-            "2",
-            "--seeds",
-            "1",
-            "--cache",
-            "cache",
-            "--out",
-            "alone",
-        ],
-    ));
+    ok(&run(tmp.path(), &dataset, METHODS, "alone", None));
     let shared = rows(&tmp.path().join("shared/results.csv"));
     assert_eq!(
         shared,

@@ -18,7 +18,7 @@
 //! [`Constraint::Adaptive`].
 
 use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
-use super::linalg::{cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward};
+use super::linalg::cosine_cross_entropy;
 use super::linalg::{seeded_rng, Matrix};
 use super::method::method_boilerplate;
 use super::epochs::{Batching, EpochLoop};
@@ -200,32 +200,8 @@ impl ClapModel {
     /// Cross-entropy + `mean_k λ_k h_k` on a batch of raw features, and its gradient with
     /// respect to the prototypes.
     pub fn loss_and_grad(&self, x: &Matrix, labels: &[usize]) -> (f32, Matrix) {
-        let (k, d) = (self.prototypes.rows, self.prototypes.cols);
-        let f = x.normalized();
-        let mut p = self.prototypes.clone();
-        let norms = normalize_rows(&mut p.data, d);
-        let mut g = f.matmul(false, &p, true);
-        g.data.iter_mut().for_each(|v| *v *= self.logit_scale);
-        let ce = cross_entropy_backward(&mut g.data, labels, k);
-        g.data.iter_mut().for_each(|v| *v *= self.logit_scale);
-        // d p̂ = Gᵀ f̂, then back through the row normalisation.
-        let mut d_unit = vec![0f32; k * d];
-        gemm(
-            &g.data,
-            true,
-            &f.data,
-            false,
-            &mut d_unit,
-            k,
-            f.rows,
-            d,
-            false,
-        );
-        let mut grad = Matrix {
-            rows: k,
-            cols: d,
-            data: normalize_rows_backward(&p.data, &norms, &d_unit, d),
-        };
+        let k = self.prototypes.rows;
+        let (ce, mut grad) = cosine_cross_entropy(x, &self.prototypes, labels, self.logit_scale);
         let mut penalty = 0f64;
         for (c, h) in self.distances().into_iter().enumerate() {
             let lambda = self.multipliers[c];

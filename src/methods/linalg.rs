@@ -123,6 +123,43 @@ pub fn normalize_rows_backward(u: &[f32], norms: &[f32], du: &[f32], cols: usize
     dx
 }
 
+/// The mean cross-entropy of the cosine logits `scale · f̂ ŵᵀ` of raw features `x` (B×D)
+/// against raw class weights `w` (K×D), and its gradient with respect to `w` (through the row
+/// normalisation): the training step of every head whose classifier is a set of class vectors
+/// scored by cosine (CLAP's prototypes, TaskRes's residual classifier).
+pub fn cosine_cross_entropy(x: &Matrix, w: &Matrix, labels: &[usize], scale: f32) -> (f32, Matrix) {
+    let (k, d) = (w.rows, w.cols);
+    let f = x.normalized();
+    let mut unit = w.clone();
+    let norms = normalize_rows(&mut unit.data, d);
+    let mut g = f.matmul(false, &unit, true);
+    g.data.iter_mut().for_each(|v| *v *= scale);
+    let loss = cross_entropy_backward(&mut g.data, labels, k);
+    g.data.iter_mut().for_each(|v| *v *= scale);
+    // dŵ = Gᵀ f̂, then back through the row normalisation.
+    let mut d_unit = vec![0f32; k * d];
+    gemm(
+        &g.data,
+        true,
+        &f.data,
+        false,
+        &mut d_unit,
+        k,
+        f.rows,
+        d,
+        false,
+    );
+    let data = normalize_rows_backward(&unit.data, &norms, &d_unit, d);
+    (
+        loss,
+        Matrix {
+            rows: k,
+            cols: d,
+            data,
+        },
+    )
+}
+
 /// Mean cross-entropy of `logits` (B×K) against `labels`; turns `logits` into the gradient of
 /// that mean, `(softmax − onehot) / B`. Sums in f64 so the loss is stable across batch sizes.
 pub fn cross_entropy_backward(logits: &mut [f32], labels: &[usize], k: usize) -> f32 {

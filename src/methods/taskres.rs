@@ -24,7 +24,7 @@
 
 use super::epochs::{Batching, EpochLoop};
 use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
-use super::linalg::{cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward};
+use super::linalg::cosine_cross_entropy;
 use super::linalg::{seeded_rng, Matrix};
 use super::method::method_boilerplate;
 use super::optim::{Adam, WarmupCosine};
@@ -127,37 +127,10 @@ impl TaskResHead {
     /// The mean cross-entropy on a batch of raw features and its gradient with respect to the
     /// residual (the weight decay is the optimiser's, as in PyTorch).
     pub fn loss_and_grad(&self, x: &Matrix, labels: &[usize]) -> (f32, Matrix) {
-        let (k, d) = (self.base.rows, self.base.cols);
-        let f = x.normalized();
-        let mut w = self.classifier();
-        let norms = normalize_rows(&mut w.data, d);
-        let mut g = f.matmul(false, &w, true);
-        g.data.iter_mut().for_each(|v| *v *= self.logit_scale);
-        let loss = cross_entropy_backward(&mut g.data, labels, k);
-        g.data.iter_mut().for_each(|v| *v *= self.logit_scale);
-        // dŵ = Gᵀ f̂, back through the row normalisation to w, and dx = α dw.
-        let mut d_unit = vec![0f32; k * d];
-        gemm(
-            &g.data,
-            true,
-            &f.data,
-            false,
-            &mut d_unit,
-            k,
-            f.rows,
-            d,
-            false,
-        );
-        let mut grad = normalize_rows_backward(&w.data, &norms, &d_unit, d);
-        grad.iter_mut().for_each(|v| *v *= self.alpha);
-        (
-            loss,
-            Matrix {
-                rows: k,
-                cols: d,
-                data: grad,
-            },
-        )
+        let (loss, mut grad) = cosine_cross_entropy(x, &self.classifier(), labels, self.logit_scale);
+        // w = t + α·x: dx = α dw.
+        grad.data.iter_mut().for_each(|v| *v *= self.alpha);
+        (loss, grad)
     }
 }
 
