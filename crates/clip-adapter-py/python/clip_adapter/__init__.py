@@ -1,0 +1,139 @@
+"""clip-adapter from Python: few-shot adaptation of CLIP on cached features.
+
+The same library as the ``clip-adapter`` command, with the same numbers::
+
+    import clip_adapter as ca
+
+    clip = ca.Clip.load("openai/clip-vit-base-patch32")
+    x = clip.encode_images(["cat.jpg", "dog.jpg"])          # (2, 512) float32
+    w = clip.text_classifier(["cat", "dog"])               # (2, 512), unit rows
+    head = ca.fit("tip-adapter", x, [0, 1], text_features=w, logit_scale=clip.logit_scale)
+    head.predict(x)
+
+Every computation releases the GIL. Errors are ``ClipAdapterError`` subclasses
+(``InputError``, ``ModelError``, ``CacheError``, ``MethodError``) whose message is the whole
+chain of causes (also in ``err.causes``). See docs/python.md for a walk-through.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from . import _native
+from ._native import (
+    METHOD_OPTIONS,
+    CacheError,
+    Clip,
+    ClipAdapterError,
+    Dataset,
+    Head,
+    InputError,
+    MethodError,
+    ModelError,
+    Task,
+    benchmarks,
+    extract,
+    fit,
+    fit_cached,
+    load_cached_task,
+    method_options,
+    methods,
+    read_results,
+    tokenize,
+)
+
+__version__: str = _native.__version__
+
+__all__ = [
+    "METHOD_OPTIONS",
+    "CacheError",
+    "Clip",
+    "ClipAdapterError",
+    "Dataset",
+    "Head",
+    "InputError",
+    "MethodError",
+    "ModelError",
+    "Results",
+    "Task",
+    "benchmarks",
+    "extract",
+    "fit",
+    "fit_cached",
+    "load_cached_task",
+    "method_options",
+    "methods",
+    "read_results",
+    "report",
+    "rows_frame",
+    "run",
+    "sweep",
+    "tokenize",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def rows_frame(rows: Sequence[Dict[str, Any]]) -> Any:
+    """The rows as a ``pandas.DataFrame`` (columns of results.csv); needs pandas."""
+    try:
+        import pandas as pd
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("rows_frame needs pandas: pip install pandas") from e
+    return pd.DataFrame(list(rows))
+
+
+@dataclass
+class Results:
+    """What ``run``, ``sweep`` and ``report`` give: the rows (dicts with the columns of
+    results.csv) and the files written."""
+
+    rows: List[Dict[str, Any]]
+    report: Path
+    figures: List[Path]
+    results_csv: Optional[Path] = None
+    #: The tables of the run or sweep (also in results.md / sweep-<option>.md).
+    table: Optional[str] = None
+    #: Rows fitted by this call (the others were already in results.csv).
+    fitted: Optional[int] = None
+    seconds: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def frame(self) -> Any:
+        """The rows as a ``pandas.DataFrame``; needs pandas."""
+        return rows_frame(self.rows)
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> "Results":
+        return cls(
+            rows=list(d["rows"]),
+            report=Path(d["report"]),
+            figures=[Path(f) for f in d["figures"]],
+            results_csv=Path(d["results_csv"]) if d.get("results_csv") else None,
+            table=d.get("table"),
+            fitted=d.get("fitted"),
+            seconds=d.get("seconds"),
+        )
+
+
+def run(methods: Sequence[str], datasets: Sequence[str], **kwargs: Any) -> Results:
+    """Runs the grid (``clip-adapter run``); see ``_native.run`` for the arguments."""
+    return Results._from(_native.run(list(methods), list(datasets), **kwargs))
+
+
+def sweep(over: str, datasets: Sequence[str], **kwargs: Any) -> Results:
+    """The paper's ablations of CLIP-Adapter (``clip-adapter sweep``)."""
+    return Results._from(_native.sweep(over, list(datasets), **kwargs))
+
+
+def report(folder: PathLike, **kwargs: Any) -> Results:
+    """Writes a results folder's report (``clip-adapter report``): report.md and figures/."""
+    return Results._from(_native.report(folder, **kwargs))
+
+
+run.__doc__ = _native.run.__doc__
+sweep.__doc__ = _native.sweep.__doc__
+report.__doc__ = _native.report.__doc__
