@@ -188,7 +188,7 @@ impl PyHead {
             };
             out.extend_from_slice(&self.head.logits(&m).data);
         }
-        let k = if n == 0 { k } else { out.len() / n };
+        let k = out.len().checked_div(n).unwrap_or(k);
         Ok(Matrix {
             rows: n,
             cols: k,
@@ -680,10 +680,10 @@ pub struct PyTask {
     task: FewShotTask,
 }
 
-fn set_out<'py>(
-    py: Python<'py>,
-    s: &LabelledSet,
-) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<i64>>)> {
+/// A labelled set as numpy: features `(N, D)` float32 and labels `(N,)` int64.
+type LabelledArrays<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<i64>>);
+
+fn set_out<'py>(py: Python<'py>, s: &LabelledSet) -> PyResult<LabelledArrays<'py>> {
     let f = &s.features;
     Ok((
         matrix_out(py, f.rows, f.cols, f.data.clone())?,
@@ -700,27 +700,18 @@ impl PyTask {
 
     /// `(features (N, D) float32, labels (N,) int64)` of the few-shot training images.
     #[getter]
-    fn train<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<i64>>)> {
+    fn train<'py>(&self, py: Python<'py>) -> PyResult<LabelledArrays<'py>> {
         set_out(py, &self.task.train)
     }
 
     /// The few-shot validation set (empty arrays without one).
     #[getter]
-    fn val<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<i64>>)> {
+    fn val<'py>(&self, py: Python<'py>) -> PyResult<LabelledArrays<'py>> {
         set_out(py, &self.task.val)
     }
 
     #[getter]
-    fn test<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<i64>>)> {
+    fn test<'py>(&self, py: Python<'py>) -> PyResult<LabelledArrays<'py>> {
         set_out(py, &self.task.test)
     }
 
