@@ -252,10 +252,10 @@ impl PyDataset {
     }
 }
 
-/// The 11 benchmarks' names (for `Dataset.benchmark`).
+/// The 11 benchmarks, by the names the cache and `Dataset.benchmark` use (`eurosat`).
 #[pyfunction]
 pub fn benchmarks() -> Vec<&'static str> {
-    BENCHMARKS.iter().map(|b| b.name).collect()
+    BENCHMARKS.iter().map(|b| b.key).collect()
 }
 
 /// Encodes a dataset into the feature cache (`clip-adapter extract`): the few-shot draw of

@@ -7,7 +7,9 @@ use std::error::Error;
 use clip_adapter::experiment::sweep::SweepError;
 use clip_adapter::experiment::ExperimentError;
 use clip_adapter::features::FeatureError;
+use clip_adapter::methods::coop::CoopError;
 use clip_adapter::methods::{MethodError as LibMethodError, UnknownMethod};
+use clip_adapter::report::ReportError;
 use clip_adapter::runner::RunError;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -60,12 +62,57 @@ pub enum Kind {
 fn kind_of(err: &(dyn Error + 'static), fallback: Kind) -> Kind {
     let mut next = Some(err);
     while let Some(e) = next {
+        let e = inner(e);
         if let Some(k) = own_kind(e) {
             return k;
         }
         next = e.source();
     }
     fallback
+}
+
+/// The error a transparent wrapper holds (its `source()` is its inner error's source, so
+/// walking the chain would skip the inner error itself).
+fn inner<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
+    let next: Option<&'a (dyn Error + 'static)> = if let Some(r) = e.downcast_ref::<RunError>() {
+        match r {
+            RunError::Experiment(x) => Some(x.as_ref()),
+            RunError::Sweep(x) => Some(x.as_ref()),
+            RunError::Report(x) => Some(x.as_ref()),
+            RunError::Method(x) => Some(x.as_ref()),
+            RunError::Coop(x) => Some(x.as_ref()),
+            RunError::Clip(x) => Some(x.as_ref()),
+            _ => None,
+        }
+    } else if let Some(x) = e.downcast_ref::<ExperimentError>() {
+        match x {
+            ExperimentError::Clip(x) => Some(x.as_ref()),
+            ExperimentError::Coop(x) => Some(x.as_ref()),
+            _ => None,
+        }
+    } else if let Some(x) = e.downcast_ref::<LibMethodError>() {
+        match x {
+            LibMethodError::Features(x) => Some(x),
+            LibMethodError::Coop(x) => Some(x.as_ref()),
+            _ => None,
+        }
+    } else if let Some(x) = e.downcast_ref::<CoopError>() {
+        match x {
+            CoopError::Method(x) => Some(x),
+            CoopError::Model(x) => Some(x.as_ref()),
+            _ => None,
+        }
+    } else if let Some(x) = e.downcast_ref::<ReportError>() {
+        match x {
+            ReportError::Experiment(x) => Some(x),
+            _ => None,
+        }
+    } else if let Some(SweepError::Options(x)) = e.downcast_ref::<SweepError>() {
+        Some(x)
+    } else {
+        None
+    };
+    next.map_or(e, inner)
 }
 
 fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
@@ -95,7 +142,9 @@ fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
             ExperimentError::ModelMismatch { .. }
             | ExperimentError::FeaturesModel { .. }
             | ExperimentError::NoFingerprint { .. } => Some(Kind::Model),
-            ExperimentError::Fit { .. } => Some(Kind::Method),
+            // "training M on D": the cause says whether the data or the method is at fault;
+            // a cause that says neither is the method's failure.
+            ExperimentError::Fit { source, .. } => Some(kind_of(source.as_ref(), Kind::Method)),
             _ => None,
         };
     }
@@ -108,7 +157,7 @@ fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
             | LibMethodError::Option { .. }
             | LibMethodError::NeedsPreProjection { .. }
             | LibMethodError::NeedsModel { .. } => Some(Kind::Input),
-            LibMethodError::Cache { .. } | LibMethodError::Features(_) => Some(Kind::Cache),
+            LibMethodError::Cache { .. } => Some(Kind::Cache),
             LibMethodError::Diverged { .. } | LibMethodError::NotPositiveDefinite { .. } => {
                 Some(Kind::Method)
             }

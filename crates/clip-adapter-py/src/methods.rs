@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor, D};
 use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::experiment::{
-    fit_row, model_reference, GridMethod, MethodOverrides, RowSource, RowSpec, Validation,
+    fit_row, model_reference, ExperimentError, GridMethod, MethodOverrides, RowSource, RowSpec,
+    Validation,
 };
 use clip_adapter::features::task::{load_task, CacheQuery, Shots};
 use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
@@ -24,7 +25,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::arrays::{float_rows, indices_out, labels, matrix_out};
-use crate::errors::{input, Kind, OrRaise};
+use crate::errors::{input, to_py, Kind, OrRaise};
 use crate::model::PyClip;
 use crate::progress::Progress;
 
@@ -567,7 +568,13 @@ pub fn fit(
             prompt.as_ref(),
             &mut epochs(&mut p),
         )
-        .or_raise(Kind::Method)
+        .map_err(|e| {
+            match e {
+                // "training M on  (0-shot, seed 1)" names nothing of arrays: the cause alone.
+                ExperimentError::Fit { source, .. } => to_py(source.as_ref(), Kind::Method),
+                other => to_py(&other, Kind::Method),
+            }
+        })
     });
     p.finish(py)?;
     let (fit, row) = fitted?;
