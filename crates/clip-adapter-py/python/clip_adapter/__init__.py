@@ -119,21 +119,57 @@ class Results:
         )
 
 
-def run(methods: Sequence[str], datasets: Sequence[str], **kwargs: Any) -> Results:
-    """Runs the grid (``clip-adapter run``); see ``_native.run`` for the arguments."""
-    return Results._from(_native.run(list(methods), list(datasets), **kwargs))
+def run(
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    *,
+    shots: Sequence[int] = (1, 2, 4, 8, 16),
+    seeds: Sequence[int] = (1, 2, 3),
+    cache: PathLike = "clip-adapter-cache",
+    out: PathLike = "results",
+    model: Optional[str] = None,
+    reported: Optional[PathLike] = None,
+    validation: str = "val",
+    progress: Any = None,
+    **options: Any,
+) -> Results:
+    """Runs the grid (``clip-adapter run``): every method on every dataset × shots × seed draw
+    of the cache. Rows already in ``out``/results.csv are kept, not fitted again; results.md
+    and the folder's report (report.md, figures/) are written. Options are keyword arguments
+    (``METHOD_OPTIONS``), as for ``fit``; ``validation="none"`` fits without a validation set.
+    """
+    return Results._from(
+        _native.run(list(methods), list(datasets), shots=list(shots), seeds=list(seeds),
+                    cache=cache, out=out, model=model, reported=reported,
+                    validation=validation, progress=progress, **options)
+    )
 
 
-def sweep(over: str, datasets: Sequence[str], **kwargs: Any) -> Results:
-    """The paper's ablations of CLIP-Adapter (``clip-adapter sweep``)."""
-    return Results._from(_native.sweep(over, list(datasets), **kwargs))
+def sweep(
+    over: str,
+    datasets: Sequence[str],
+    *,
+    values: Sequence[Union[int, float, str]] = (),
+    shots: Sequence[int] = (16,),
+    seeds: Sequence[int] = (1, 2, 3),
+    cache: PathLike = "clip-adapter-cache",
+    out: PathLike = "results",
+    model: Optional[str] = None,
+    validation: str = "val",
+    progress: Any = None,
+    **options: Any,
+) -> Results:
+    """The paper's ablations of CLIP-Adapter (``clip-adapter sweep``): ``over="reduction"``
+    or ``"alpha"``, ``values`` the swept values (default: the paper's)."""
+    return Results._from(
+        _native.sweep(over, list(datasets), values=list(values), shots=list(shots),
+                      seeds=list(seeds), cache=cache, out=out, model=model,
+                      validation=validation, progress=progress, **options)
+    )
 
 
-def report(folder: PathLike, **kwargs: Any) -> Results:
-    """Writes a results folder's report (``clip-adapter report``): report.md and figures/."""
-    return Results._from(_native.report(folder, **kwargs))
-
-
-run.__doc__ = _native.run.__doc__
-sweep.__doc__ = _native.sweep.__doc__
-report.__doc__ = _native.report.__doc__
+def report(folder: PathLike, *, reported: Optional[PathLike] = None,
+           progress: Any = None) -> Results:
+    """Writes a results folder's report (``clip-adapter report``): report.md and the figures
+    (SVG and PNG) in figures/. ``reported``: a CSV of published numbers to show beside."""
+    return Results._from(_native.report(folder, reported=reported, progress=progress))
