@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clip_adapter::clip::hub::HubOptions;
+use clip_adapter::demo::{task_names, DemoEvent, DemoOptions};
 use clip_adapter::experiment::sweep::SweepParam;
 use clip_adapter::experiment::{Published, ResultRow};
 use clip_adapter::report::{read_results as read_rows, Report, ReportOptions};
@@ -215,4 +216,61 @@ pub fn report<'py>(
 pub fn read_results(py: Python<'_>, folder: PathBuf) -> PyResult<Bound<'_, PyList>> {
     let rows = py.detach(|| read_rows(&folder)).or_raise(Kind::Input)?;
     rows_list(py, &rows)
+}
+
+/// The embedded demo (`clip-adapter demo`): tasks generated close to and far from the world
+/// the embedded model was pretrained on, encoded, every method fitted at `shots` × `seeds`,
+/// the report and the t-SNE figure written into `out`. Returns what `run` returns, and
+/// `markdown` (the report).
+#[pyfunction]
+#[pyo3(signature = (
+    out = PathBuf::from("clip-adapter-demo"), *, model = None, shots = vec![1, 2, 4, 8, 16],
+    seeds = vec![1, 2, 3], tasks = Vec::new(), progress = None
+))]
+pub fn demo<'py>(
+    py: Python<'py>,
+    out: PathBuf,
+    model: Option<PathBuf>,
+    shots: Vec<usize>,
+    seeds: Vec<u64>,
+    tasks: Vec<String>,
+    progress: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    if shots.is_empty() || shots.contains(&0) {
+        return Err(input("shots: give shot counts of at least 1"));
+    }
+    let known = task_names();
+    if let Some(t) = tasks.iter().find(|t| !known.contains(&t.as_str())) {
+        return Err(input(format!(
+            "unknown demo task `{t}`; expected one of: {}",
+            known.join(", ")
+        )));
+    }
+    let defaults = DemoOptions::default();
+    let options = DemoOptions {
+        model_dir: model.unwrap_or(defaults.model_dir.clone()),
+        out,
+        shots,
+        seeds,
+        tasks,
+        ..defaults
+    };
+    let mut p = Progress::new(py, progress)?;
+    let outcome = py.detach(|| {
+        runner::demo(&options, &mut |event| {
+            if let DemoEvent::Fitted { done, total } = event {
+                p.report("fits", done as u64, Some(total as u64));
+            }
+        })
+    });
+    p.finish(py)?;
+    let o = outcome.or_raise(Kind::Method)?;
+    let d = PyDict::new(py);
+    d.set_item("rows", rows_list(py, &o.report.rows)?)?;
+    d.set_item("fitted", o.report.rows.len())?;
+    d.set_item("results_csv", &o.results_csv)?;
+    d.set_item("table", &o.markdown)?;
+    files_dict(&d, &o.files)?;
+    d.set_item("seconds", o.report.seconds)?;
+    Ok(d)
 }

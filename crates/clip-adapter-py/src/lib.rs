@@ -36,5 +36,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(experiment::sweep, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::report, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::read_results, m)?)?;
+    m.add_function(wrap_pyfunction!(experiment::demo, m)?)?;
     Ok(())
 }

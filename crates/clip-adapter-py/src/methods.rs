@@ -421,8 +421,13 @@ fn given_model(model: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Py<PyClip>>>
 /// `text_features` `(K, D)` the zero-shot classifier (rows are normalised, e.g.
 /// `Clip.text_classifier(classnames)`). With `val_features`/`val_labels` hyper-parameters are
 /// chosen on them (the protocol's `val`); without, each method keeps its defaults (`none`).
-/// `test_features`/`test_labels` only give `head.test_accuracy`. Options are keyword
-/// arguments (`alpha=0.3`, `epochs=50`, ...; see `method_options(method)`).
+/// `test_features`/`test_labels` only give `head.test_accuracy`. `train_views` are augmented
+/// views of the training images (same rows), `text_mean` the mean prompt embedding per class
+/// (CLAP's start). `logit_scale` defaults to the model's, else CLIP's 100. `dataset` and
+/// `seed` pick the protocol's values (per-dataset defaults, the training seed). `model` (a
+/// `Clip` or a model name) is recorded in the head, and CoOp trains through it (with
+/// `classnames`). Options are keyword arguments (`alpha=0.3`, `epochs=50`, ...; see
+/// `method_options(method)`); an unknown one is a `TypeError`.
 #[pyfunction]
 #[pyo3(signature = (
     method, features, labels, *, text_features, val_features = None, val_labels = None,

@@ -73,3 +73,15 @@ def test_grid_errors(workdir):
                out=workdir / "x", progress=False)
     with pytest.raises(TypeError, match="method options are"):
         ca.run(["zero-shot"], [DATASET], reductoin=4, cache=workdir / "cache")
+
+
+def test_the_demo_gives_the_command_lines_rows(tmp_path, cli):
+    cli("demo", "--out", tmp_path / "cli-demo", "--tasks", "colours", "--shots", 1,
+        "--seeds", 1)
+    res = ca.demo(tmp_path / "py-demo", tasks=["colours"], shots=[1], seeds=[1],
+                  progress=False)
+    want = strip_seconds(csv_rows(tmp_path / "cli-demo" / "results.csv"))
+    assert strip_seconds(csv_rows(res.results_csv)) == want
+    assert res.report.exists() and "colours" in res.table
+    with pytest.raises(ca.InputError, match="unknown demo task"):
+        ca.demo(tmp_path / "x", tasks=["nope"])

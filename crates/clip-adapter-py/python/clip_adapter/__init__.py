@@ -60,6 +60,7 @@ __all__ = [
     "Results",
     "Task",
     "benchmarks",
+    "demo",
     "extract",
     "fit",
     "fit_cached",
@@ -173,3 +174,13 @@ def report(folder: PathLike, *, reported: Optional[PathLike] = None,
     """Writes a results folder's report (``clip-adapter report``): report.md and the figures
     (SVG and PNG) in figures/. ``reported``: a CSV of published numbers to show beside."""
     return Results._from(_native.report(folder, reported=reported, progress=progress))
+
+
+def demo(out: PathLike = "clip-adapter-demo", *, model: Optional[PathLike] = None,
+         shots: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (1, 2, 3),
+         tasks: Sequence[str] = (), progress: Any = None) -> Results:
+    """The embedded demo (``clip-adapter demo``): generated tasks near and far from the
+    embedded model's world, every method at ``shots`` × ``seeds``, the report in ``out``.
+    ``Results.table`` is the report's Markdown."""
+    return Results._from(_native.demo(out, model=model, shots=list(shots), seeds=list(seeds),
+                                      tasks=list(tasks), progress=progress))

@@ -327,3 +327,13 @@ def report(
 ) -> Dict[str, Any]: ...
 def read_results(folder: PathLike) -> List[Dict[str, Any]]:
     """The rows of a results folder's results.csv."""
+def demo(
+    out: PathLike = "clip-adapter-demo",
+    *,
+    model: Optional[PathLike] = None,
+    shots: Sequence[int] = ...,
+    seeds: Sequence[int] = ...,
+    tasks: Sequence[str] = ...,
+    progress: ProgressArg = None,
+) -> Dict[str, Any]:
+    """The embedded demo (``clip-adapter demo``)."""
