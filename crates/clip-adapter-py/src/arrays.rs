@@ -85,7 +85,7 @@ pub fn labels(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<usize>> {
 }
 
 /// `numpy.ascontiguousarray(obj, dtype=dtype)`, its failure an `InputError` naming `what`.
-fn ascontiguous<'py>(
+pub fn ascontiguous<'py>(
     obj: &Bound<'py, PyAny>,
     dtype: &str,
     what: &str,

@@ -14,6 +14,7 @@ use clip_adapter::features::task::{load_task, CacheQuery, Shots};
 use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
 use clip_adapter::methods::coop::{ClassPosition, CoopHead, PromptModel};
 use clip_adapter::methods::head::{self, HeadInfo};
+use clip_adapter::methods::pre_projection::{PreProjection, Projection};
 use clip_adapter::methods::{
     FeatureSpace, FewShotTask, Head, LabelledSet, Matrix, MethodKind, Progress as MethodProgress,
     TextClassifier,
@@ -432,8 +433,8 @@ fn given_model(model: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Py<PyClip>>>
 #[pyo3(signature = (
     method, features, labels, *, text_features, val_features = None, val_labels = None,
     test_features = None, test_labels = None, train_views = None, text_mean = None,
-    logit_scale = None, classnames = None, dataset = "", seed = 1, model = None,
-    progress = None, **options
+    pre_projection = None, logit_scale = None, classnames = None, dataset = "", seed = 1,
+    model = None, progress = None, **options
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
@@ -448,6 +449,7 @@ pub fn fit(
     test_labels: Option<&Bound<'_, PyAny>>,
     train_views: Option<&Bound<'_, PyAny>>,
     text_mean: Option<&Bound<'_, PyAny>>,
+    pre_projection: Option<&Bound<'_, PyDict>>,
     logit_scale: Option<f32>,
     classnames: Option<Vec<String>>,
     dataset: &str,
@@ -527,6 +529,13 @@ pub fn fit(
         text: TextClassifier::from_embeddings(text, logit_scale.or(clip_scale).unwrap_or(100.0)),
         pre_projection: None,
         text_mean,
+    };
+    let task = FewShotTask {
+        pre_projection: pre_projection
+            .map(|p| pre_projection_arg(p, model.as_ref().map(|m| &m.get().clip)))
+            .transpose()?
+            .map(Box::new),
+        ..task
     };
     overrides.check(&[kind]).or_raise(Kind::Input)?;
     overrides
@@ -615,6 +624,79 @@ pub fn fit(
         val_accuracy: Some(row.val_accuracy),
         test_accuracy: Some(row.test_accuracy),
         row: None,
+    })
+}
+
+/// ProLIP's input from a dict of arrays: `train` (and `val`, `test`, `train_views`) features
+/// before the image tower's last projection, the projection's `weight` `(E, W)` and `bias`
+/// (default: the model's own).
+fn pre_projection_arg(
+    d: &Bound<'_, PyDict>,
+    model: Option<&clip_adapter::Clip>,
+) -> PyResult<PreProjection> {
+    const KEYS: [&str; 6] = ["train", "val", "test", "train_views", "weight", "bias"];
+    for key in d.keys() {
+        let key: String = key.extract()?;
+        if !KEYS.contains(&key.as_str()) {
+            return Err(PyTypeError::new_err(format!(
+                "pre_projection: unexpected key `{key}`; expected: {}",
+                KEYS.join(", ")
+            )));
+        }
+    }
+    let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        Ok(d.get_item(k)?.filter(|v| !v.is_none()))
+    };
+    let matrix = |k: &str| -> PyResult<Option<Matrix>> {
+        get(k)?
+            .map(|v| float_rows(&v, &format!("pre_projection[{k:?}]")).map(|r| r.to_matrix()))
+            .transpose()
+    };
+    let train = matrix("train")?.ok_or_else(|| input("pre_projection needs `train`"))?;
+    let empty = || Matrix::zeros(0, train.cols);
+    let projection = match (matrix("weight")?, model) {
+        (Some(weight), _) => {
+            let bias = get("bias")?
+                .map(|b| -> PyResult<Vec<f32>> {
+                    let b = crate::arrays::ascontiguous(&b, "float32", "pre_projection[\"bias\"]")?;
+                    Ok(b.call_method0("tolist")?.extract()?)
+                })
+                .transpose()?;
+            Projection { weight, bias }
+        }
+        (None, Some(clip)) => {
+            let (weight, input, bias) = clip.image_projection().or_raise(Kind::Model)?;
+            let rows = weight.len() / input.max(1);
+            Projection {
+                weight: Matrix {
+                    rows,
+                    cols: input,
+                    data: weight,
+                },
+                bias,
+            }
+        }
+        (None, None) => {
+            return Err(input(
+                "pre_projection needs the projection: its `weight` (and `bias`), or model=",
+            ))
+        }
+    };
+    let train_views = match get("train_views")? {
+        Some(v) => (v.try_iter()?)
+            .enumerate()
+            .map(|(i, m)| {
+                Ok(float_rows(&m?, &format!("pre_projection[\"train_views\"][{i}]"))?.to_matrix())
+            })
+            .collect::<PyResult<_>>()?,
+        None => Vec::new(),
+    };
+    Ok(PreProjection {
+        projection,
+        val: matrix("val")?.unwrap_or_else(empty),
+        test: matrix("test")?.unwrap_or_else(empty),
+        train,
+        train_views,
     })
 }
 
@@ -756,6 +838,27 @@ impl PyTask {
         self.task.text.logit_scale
     }
 
+    /// The features before the image tower's last projection (`train`, `val`, `test`,
+    /// `train_views`) and the projection (`weight` `(E, W)`, `bias`), when the cache holds
+    /// them (`extract(..., pre_projection=True)`): what ProLIP trains on.
+    #[getter]
+    fn pre_projection<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(p) = self.task.pre_projection.as_deref() else {
+            return Ok(None);
+        };
+        let m = |x: &Matrix| matrix_out(py, x.rows, x.cols, x.data.clone());
+        let d = PyDict::new(py);
+        d.set_item("train", m(&p.train)?)?;
+        d.set_item("val", m(&p.val)?)?;
+        d.set_item("test", m(&p.test)?)?;
+        let views = p.train_views.iter().map(m).collect::<PyResult<Vec<_>>>()?;
+        d.set_item("train_views", PyList::new(py, views)?)?;
+        d.set_item("weight", m(&p.projection.weight)?)?;
+        let bias = (p.projection.bias.as_ref()).map(|b| numpy::PyArray1::from_slice(py, b));
+        d.set_item("bias", bias)?;
+        Ok(Some(d))
+    }
+
     /// The keyword arguments of `fit` that give it this task.
     fn fit_arguments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
@@ -773,6 +876,7 @@ impl PyTask {
         d.set_item("test_labels", y)?;
         d.set_item("train_views", self.train_views(py)?)?;
         d.set_item("text_mean", self.text_mean(py)?)?;
+        d.set_item("pre_projection", self.pre_projection(py)?)?;
         d.set_item("logit_scale", self.task.text.logit_scale)?;
         d.set_item("classnames", self.classnames())?;
         Ok(d)

@@ -11,7 +11,7 @@ use clip_adapter::encode::DEFAULT_BATCH;
 use clip_adapter::features::model_fingerprint;
 use clip_adapter::runner::encode::{self, ImageSource};
 use clip_adapter::zero_shot::DEFAULT_TEMPLATE;
-use numpy::{PyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
@@ -323,6 +323,21 @@ impl PyClip {
         p.finish(py)?;
         let (probabilities, raw) = scores.or_raise(Kind::Input)?;
         tensor_out(py, if logits { &raw } else { &probabilities })
+    }
+
+    /// The image tower's last projection: `(weight (E, W), bias (E,) or None)`, what ProLIP
+    /// trains (`encode_images(..., pre_projection=True) @ weight.T + bias` gives the
+    /// embeddings).
+    fn image_projection<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray1<f32>>>)> {
+        let (weight, input, bias) = self.clip.image_projection().or_raise(Kind::Model)?;
+        let rows = weight.len() / input.max(1);
+        Ok((
+            matrix_out(py, rows, input, weight)?,
+            bias.map(|b| PyArray1::from_vec(py, b)),
+        ))
     }
 
     fn __repr__(&self) -> String {

@@ -48,10 +48,12 @@ def test_a_fit_gives_the_command_lines_numbers(method, workdir, cli, clip, tmp_p
     from_file = ca.Head.load(saved, progress=False)
     assert from_file.method == method and from_file.classnames == task.classnames
     if method == "prolip":
-        # ProLIP scores the features before the projection; arrays carry none.
+        # ProLIP scores the features before the projection.
+        test_x = task.pre_projection["test"]
+        args = task.fit_arguments()
+        del args["pre_projection"]
         with pytest.raises(ca.InputError, match="pre-projection"):
-            ca.fit(method, **task.fit_arguments(), dataset=DATASET, seed=1, **options)
-        return
+            ca.fit(method, **args, dataset=DATASET, seed=1, **options)
     np.testing.assert_array_equal(from_file.logits(test_x), head.logits(test_x))
 
     extra = {"model": clip} if method == "coop" else {}
@@ -153,3 +155,21 @@ def test_large_inputs_are_read_in_place(workdir):
     # products of other sizes, as in the library).
     np.testing.assert_allclose(logits[:1000], head.logits(x[:1000]), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logits[-5:], head.logits(x[-5:]), rtol=1e-5, atol=1e-5)
+
+
+def test_prolip_takes_the_models_projection(workdir, clip):
+    task = ca.load_cached_task(DATASET, 2, 1, cache=workdir / "cache")
+    args = task.fit_arguments()
+    pre = args["pre_projection"]
+    weight, bias = clip.image_projection()
+    np.testing.assert_array_equal(pre["weight"], weight)
+    # The embeddings are the pre-projection features through the projection.
+    z = pre["test"] @ weight.T + (0 if bias is None else bias)
+    np.testing.assert_allclose(z, args["test_features"], rtol=1e-4, atol=1e-4)
+    del pre["weight"], pre["bias"]
+    with pytest.raises(ca.InputError, match="needs the projection"):
+        ca.fit("prolip", **args, epochs=2)
+    a = ca.fit("prolip", **args, model=clip, epochs=2, progress=False)
+    assert a.input == "pre-projection"
+    b = ca.fit("prolip", **task.fit_arguments(), epochs=2, progress=False)
+    np.testing.assert_array_equal(a.logits(pre["test"]), b.logits(pre["test"]))

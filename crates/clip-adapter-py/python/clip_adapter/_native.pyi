@@ -96,6 +96,8 @@ class Clip:
     ) -> F32:
         """Zero-shot probabilities (N, K) (``logits=True``: the logits), as
         ``clip-adapter classify``."""
+    def image_projection(self) -> Tuple[F32, Optional[npt.NDArray[np.float32]]]:
+        """The image tower's last projection: ``(weight (E, W), bias (E,) or None)``."""
 
 def tokenize(
     texts: Sequence[str], *, model: Optional[str] = None, context_length: Optional[int] = None
@@ -237,6 +239,9 @@ class Task:
     def text_mean(self) -> Optional[F32]: ...
     @property
     def logit_scale(self) -> float: ...
+    @property
+    def pre_projection(self) -> Optional[Dict[str, Any]]:
+        """ProLIP's input: features before the projection, and the projection."""
     def fit_arguments(self) -> Dict[str, Any]:
         """The keyword arguments of ``fit`` that give it this task."""
 
@@ -252,6 +257,7 @@ def fit(
     test_labels: Optional[npt.ArrayLike] = None,
     train_views: Optional[Sequence[FloatMatrix]] = None,
     text_mean: Optional[FloatMatrix] = None,
+    pre_projection: Optional[Dict[str, Any]] = None,
     logit_scale: Optional[float] = None,
     classnames: Optional[Sequence[str]] = None,
     dataset: str = "",
