@@ -659,7 +659,7 @@ fn pre_projection_arg(
             let bias = get("bias")?
                 .map(|b| -> PyResult<Vec<f32>> {
                     let b = crate::arrays::ascontiguous(&b, "float32", "pre_projection[\"bias\"]")?;
-                    Ok(b.call_method0("tolist")?.extract()?)
+                    b.call_method0("tolist")?.extract()
                 })
                 .transpose()?;
             Projection { weight, bias }

@@ -114,6 +114,9 @@ fn dim_u32(n: usize, image: usize) -> PyResult<u32> {
     u32::try_from(n).map_err(|_| input(format!("image {image}: side of {n} pixels is too large")))
 }
 
+/// A projection as numpy: its weight `(E, W)` and bias `(E,)`, if any.
+type Projection<'py> = (Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray1<f32>>>);
+
 /// A `(N, E)` tensor as a float32 array.
 pub fn tensor_out<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let (n, e) = t
@@ -328,10 +331,7 @@ impl PyClip {
     /// The image tower's last projection: `(weight (E, W), bias (E,) or None)`, what ProLIP
     /// trains (`encode_images(..., pre_projection=True) @ weight.T + bias` gives the
     /// embeddings).
-    fn image_projection<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Option<Bound<'py, PyArray1<f32>>>)> {
+    fn image_projection<'py>(&self, py: Python<'py>) -> PyResult<Projection<'py>> {
         let (weight, input, bias) = self.clip.image_projection().or_raise(Kind::Model)?;
         let rows = weight.len() / input.max(1);
         Ok((
