@@ -54,3 +54,42 @@ def test_method_options_are_the_librarys():
     for m in ca.methods():
         assert set(ca.method_options(m)) <= set(ca.METHOD_OPTIONS), m
     assert "alpha" in ca.method_options("clip-adapter")
+
+
+def test_progress_bars_follow_each_stage(clip):
+    from clip_adapter import _progress
+
+    class FakeBar:
+        bars = []
+
+        def __init__(self, total, desc, **_):
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+            FakeBar.bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    bars = _progress.TqdmProgress(FakeBar)
+    images = [str(p) for p in __import__("conftest").IMAGES]
+    clip.classify(images, ["a", "b"], progress=bars)
+    assert [(b.desc, b.n, b.total, b.closed) for b in FakeBar.bars] == [
+        ("encoding prompts", 2, 2, True),
+        ("encoding images", len(images), len(images), True),
+    ]
+    # Under pytest stderr is captured, not a terminal: no bars by default.
+    assert _progress.auto() is None
+
+
+def test_a_failing_progress_callback_is_raised_after_the_work(clip):
+    def progress(stage, done, total):
+        raise KeyboardInterrupt
+
+    try:
+        clip.encode_images([str(p) for p in __import__("conftest").IMAGES], progress=progress)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the callback's exception is raised")
