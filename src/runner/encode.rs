@@ -10,9 +10,9 @@ use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
 use super::{resolve_model, RunError, RunObserver};
+use crate::clip::error::{Error, Result};
 use crate::clip::hub::HubOptions;
 use crate::clip::{Clip, ModelFiles};
-use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::tokenizer::{Tokenizer, CONTEXT_LENGTH};
 use crate::zero_shot::ZeroShotClassifier;

@@ -82,6 +82,8 @@ fn inner<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
             RunError::Method(x) => Some(x.as_ref()),
             RunError::Coop(x) => Some(x.as_ref()),
             RunError::Clip(x) => Some(x.as_ref()),
+            RunError::Features(x) => Some(x.as_ref()),
+            RunError::Data(x) => Some(x.as_ref()),
             _ => None,
         }
     } else if let Some(x) = e.downcast_ref::<ExperimentError>() {
@@ -92,8 +94,15 @@ fn inner<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
         }
     } else if let Some(x) = e.downcast_ref::<LibMethodError>() {
         match x {
-            LibMethodError::Features(x) => Some(x),
             LibMethodError::Coop(x) => Some(x.as_ref()),
+            _ => None,
+        }
+    } else if let Some(x) = e.downcast_ref::<FeatureError>() {
+        match x {
+            FeatureError::Model(x) => Some(x.as_ref()),
+            FeatureError::Task(x) => Some(x.as_ref()),
+            FeatureError::Limit(x) => Some(x),
+            FeatureError::Data(x) => Some(x),
             _ => None,
         }
     } else if let Some(x) = e.downcast_ref::<CoopError>() {
@@ -157,15 +166,21 @@ fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
             | LibMethodError::Option { .. }
             | LibMethodError::NeedsPreProjection { .. }
             | LibMethodError::NeedsModel { .. } => Some(Kind::Input),
-            LibMethodError::Cache { .. } => Some(Kind::Cache),
             LibMethodError::Diverged { .. } | LibMethodError::NotPositiveDefinite { .. } => {
                 Some(Kind::Method)
             }
             _ => None,
         };
     }
-    if e.is::<FeatureError>() {
-        return Some(Kind::Cache);
+    if let Some(e) = e.downcast_ref::<FeatureError>() {
+        return match e {
+            FeatureError::BadImages { .. } | FeatureError::BadShard(_) => Some(Kind::Input),
+            FeatureError::Write(_) => None,
+            _ => Some(Kind::Cache),
+        };
+    }
+    if e.is::<clip_adapter::limits::LimitError>() {
+        return Some(Kind::Input);
     }
     if e.is::<SweepError>() || e.is::<UnknownMethod>() {
         return Some(Kind::Input);

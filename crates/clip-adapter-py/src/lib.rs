@@ -31,7 +31,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(methods::load_cached_task, m)?)?;
     m.add_function(wrap_pyfunction!(methods::methods, m)?)?;
     m.add_function(wrap_pyfunction!(methods::method_options, m)?)?;
-    m.add("METHOD_OPTIONS", methods::OPTIONS.to_vec())?;
+    m.add("METHOD_OPTIONS", methods::option_names())?;
     m.add_function(wrap_pyfunction!(experiment::run, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::sweep, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::report, m)?)?;

@@ -11,49 +11,32 @@ use clip_adapter::experiment::{
     Validation,
 };
 use clip_adapter::features::task::{load_task, CacheQuery, Shots};
-use clip_adapter::methods::clip_adapter::{Branch, Form, RatioMode};
-use clip_adapter::methods::coop::{ClassPosition, CoopHead, PromptModel};
+use clip_adapter::methods::coop::{CoopHead, PromptModel};
 use clip_adapter::methods::head::{self, HeadInfo};
 use clip_adapter::methods::pre_projection::{PreProjection, Projection};
 use clip_adapter::methods::{
-    FeatureSpace, FewShotTask, Head, LabelledSet, Matrix, MethodKind, Progress as MethodProgress,
-    TextClassifier,
+    FeatureSpace, FewShotTask, Head, LabelledSet, Matrix, MethodKind, OptionError,
+    Progress as MethodProgress, TextClassifier, OPTIONS,
 };
 use clip_adapter::runner::{self, FitSpec};
 use numpy::{PyArray1, PyArray2};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBool, PyDict, PyList, PyString};
 
 use crate::arrays::{float_rows, indices_out, labels, matrix_out};
 use crate::errors::{input, to_py, Kind, OrRaise};
 use crate::model::PyClip;
 use crate::progress::Progress;
 
-/// The keyword arguments that set a method's options, as `MethodOverrides` names them.
-pub const OPTIONS: &[&str] = &[
-    "branch",
-    "form",
-    "reduction",
-    "ratio",
-    "search",
-    "alpha",
-    "beta",
-    "lr",
-    "epochs",
-    "batch_size",
-    "n_ctx",
-    "ctx_init",
-    "csc",
-    "class_token_position",
-];
-
 /// Rows scored per chunk: bounds the copy a head's scoring makes of a large input.
 const CHUNK_ROWS: usize = 4096;
 
 /// The method options given as keyword arguments, onto the library's `MethodOverrides` (the
-/// flags of `fit`, `run` and `sweep`). An unknown keyword is a `TypeError` naming the allowed
-/// ones; a value of the wrong kind an `InputError` naming the option.
+/// flags of `fit`, `run` and `sweep`), each value parsed by the library as the command line
+/// parses its flag: `alpha=0.3` is `--alpha 0.3`, `search=[0.1, 0.2]` is `--search 0.1,0.2`,
+/// `csc=True` is `--csc`. An unknown keyword is a `TypeError` naming the options; a value the
+/// option does not take an `InputError` naming both.
 pub fn overrides(options: Option<&Bound<'_, PyDict>>) -> PyResult<MethodOverrides> {
     let mut o = MethodOverrides::default();
     let Some(options) = options else {
@@ -64,78 +47,33 @@ pub fn overrides(options: Option<&Bound<'_, PyDict>>) -> PyResult<MethodOverride
         if value.is_none() {
             continue;
         }
-        let bad = |expected: &str| {
-            let got = value.repr().map(|r| r.to_string()).unwrap_or_default();
-            input(format!("option `{key}` = {got}: expected {expected}"))
+        let text = if value.is_instance_of::<PyBool>() {
+            // Python spells them `True`/`False`; the flags' parser `true`/`false`.
+            value.is_truthy()?.to_string()
+        } else if value.is_instance_of::<PyString>() {
+            value.extract::<String>()?
+        } else if let Ok(items) = value.try_iter() {
+            let items = items
+                .map(|v| Ok(v?.str()?.to_string()))
+                .collect::<PyResult<Vec<String>>>()?;
+            items.join(",")
+        } else {
+            value.str()?.to_string()
         };
-        let positive = |v: &Bound<'_, PyAny>| -> PyResult<usize> {
-            match v.extract::<usize>() {
-                Ok(n) if n > 0 && !v.is_instance_of::<pyo3::types::PyBool>() => Ok(n),
-                _ => Err(bad("a positive integer")),
-            }
-        };
-        let float = |v: &Bound<'_, PyAny>| -> PyResult<f32> {
-            match v.extract::<f64>() {
-                Ok(x) if x.is_finite() => Ok(x as f32),
-                _ => Err(bad("a finite number")),
-            }
-        };
-        let text = |v: &Bound<'_, PyAny>| -> PyResult<String> {
-            v.extract::<String>().map_err(|_| bad("a string"))
-        };
-        let choice = |names: &str| bad(&format!("one of {names}"));
-        match key.as_str() {
-            "branch" => {
-                o.branch = Some(
-                    text(&value)?
-                        .parse::<Branch>()
-                        .map_err(|_| choice("visual, text, both"))?,
-                )
-            }
-            "form" => {
-                o.form = Some(
-                    text(&value)?
-                        .parse::<Form>()
-                        .map_err(|_| choice("official, paper"))?,
-                )
-            }
-            "reduction" => o.reduction = Some(positive(&value)?),
-            "ratio" => {
-                o.ratio = Some(
-                    (text(&value)?.parse::<RatioMode>())
-                        .map_err(|_| choice("fixed, learnable, hyper"))?,
-                )
-            }
-            "search" => {
-                let values: Vec<Bound<'_, PyAny>> = match value.try_iter() {
-                    Ok(it) => it.collect::<PyResult<_>>()?,
-                    Err(_) => return Err(bad("a list of numbers")),
-                };
-                o.search = values.iter().map(float).collect::<PyResult<_>>()?;
-            }
-            "alpha" => o.alpha = Some(float(&value)?),
-            "beta" => o.beta = Some(float(&value)?),
-            "lr" => o.lr = Some(float(&value)?),
-            "epochs" => o.epochs = Some(positive(&value)?),
-            "batch_size" => o.batch_size = Some(positive(&value)?),
-            "n_ctx" => o.n_ctx = Some(positive(&value)?),
-            "ctx_init" => o.ctx_init = Some(text(&value)?),
-            "csc" => o.csc = value.extract::<bool>().map_err(|_| bad("True or False"))?,
-            "class_token_position" => {
-                o.class_token_position = Some(
-                    (text(&value)?.parse::<ClassPosition>())
-                        .map_err(|_| choice("end, middle, front"))?,
-                )
-            }
-            _ => {
-                return Err(PyTypeError::new_err(format!(
-                    "unexpected keyword argument `{key}`; the method options are: {}",
-                    OPTIONS.join(", ")
-                )))
-            }
-        }
+        o.set(&key, &text).map_err(|e| match e {
+            OptionError::Unknown { .. } => PyTypeError::new_err(format!(
+                "unexpected keyword argument `{key}`; the method options are: {}",
+                option_names().join(", ")
+            )),
+            invalid => to_py(&invalid, Kind::Input),
+        })?;
     }
     Ok(o)
+}
+
+/// The options as keyword arguments spell them (`batch_size`).
+pub fn option_names() -> Vec<String> {
+    OPTIONS.iter().map(|o| o.name.replace('-', "_")).collect()
 }
 
 pub fn method_kind(name: &str) -> PyResult<MethodKind> {

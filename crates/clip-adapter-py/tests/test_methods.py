@@ -114,7 +114,7 @@ def test_errors_are_the_documented_exceptions(workdir):
         ca.fit("tip-adapter", x[0], y, text_features=w)
     with pytest.raises(ca.InputError, match="label 7 is out of range"):
         ca.fit("tip-adapter", x, [0, 1, 7, 0, 1, 2], text_features=w)
-    with pytest.raises(ca.InputError, match="option `alpha`"):
+    with pytest.raises(ca.InputError, match="option alpha: `much` is not a finite number"):
         ca.fit("tip-adapter", x, y, text_features=w, alpha="much")
     with pytest.raises(ca.InputError, match="`reduction` does not apply to tip-adapter"):
         ca.fit("tip-adapter", x, y, text_features=w, reduction=4)
