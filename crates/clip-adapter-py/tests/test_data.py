@@ -51,3 +51,28 @@ def test_data_errors(tmp_path):
     with pytest.raises(ca.InputError, match="unknown"):
         ca.Dataset.benchmark("no-such-benchmark", tmp_path)
     assert "eurosat" in ca.benchmarks()
+
+
+def test_manifests_and_split_files_are_read_as_the_command_line_reads_them(workdir, cli):
+    import json
+
+    data = workdir / "data"
+    files = sorted(data.glob("*/*.bmp"))
+    rows = ["path,label"] + [f"{f.relative_to(workdir)},{f.parent.name}" for f in files]
+    (workdir / "list.csv").write_text("\n".join(rows) + "\n")
+    m = ca.Dataset.manifest(workdir / "list.csv", split_seed=3)
+    assert m.name == "list" and len(m) == len(files)
+    want = cli("fewshot", "--manifest", "list.csv", "--split-seed", 3, "--shots", 2,
+               "--json", cwd=workdir)
+    got = m.few_shot(2)
+    assert [str(p.relative_to(workdir)) for p, _ in got["train"]] == want["train"]
+
+    parts = {"train": files[::3], "val": files[1::3], "test": files[2::3]}
+    classes = sorted({f.parent.name for f in files})
+    split = {k: [[str(f.relative_to(data)), classes.index(f.parent.name), f.parent.name]
+                 for f in v] for k, v in parts.items()}
+    (data / "split_zhou_Mine.json").write_text(json.dumps(split))
+    s = ca.Dataset.split_file(data / "split_zhou_Mine.json", name="mine")
+    assert s.name == "mine" and [p for p, _ in s.test] == parts["test"]
+    want = cli("fewshot", "--split", data / "split_zhou_Mine.json", "--shots", 1, "--json")
+    assert [str(p.relative_to(data)) for p, _ in s.few_shot(1)["train"]] == want["train"]
