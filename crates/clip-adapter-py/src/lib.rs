@@ -15,10 +15,29 @@ mod progress;
 
 use pyo3::prelude::*;
 
+/// Sets the number of worker threads for image decoding and tensor math (the command line's
+/// `--threads`); call it before anything else computes (the pool starts once, with all cores
+/// by default).
+#[pyfunction]
+fn set_threads(threads: usize) -> PyResult<()> {
+    if threads == 0 {
+        return Err(errors::input("threads = 0: expected at least 1"));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| {
+            errors::input(format!(
+                "set_threads({threads}): {e} (call it before anything else computes)"
+            ))
+        })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_class::<model::PyClip>()?;
     m.add_function(wrap_pyfunction!(model::tokenize, m)?)?;
     m.add_class::<data::PyDataset>()?;

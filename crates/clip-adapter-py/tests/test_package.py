@@ -93,3 +93,13 @@ def test_a_failing_progress_callback_is_raised_after_the_work(clip):
         pass
     else:
         raise AssertionError("the callback's exception is raised")
+
+
+def test_threads_are_set_before_the_pool_starts(clip):
+    import pytest
+
+    clip.encode_images([str(p) for p in __import__("conftest").IMAGES])
+    with pytest.raises(ca.InputError, match="before anything else computes"):
+        ca.set_threads(2)
+    with pytest.raises(ca.InputError, match="at least 1"):
+        ca.set_threads(0)

@@ -42,6 +42,7 @@ from ._native import (
     method_options,
     methods,
     read_results,
+    set_threads,
     tokenize,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "report",
     "rows_frame",
     "run",
+    "set_threads",
     "sweep",
     "tokenize",
 ]

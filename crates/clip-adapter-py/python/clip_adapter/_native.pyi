@@ -343,3 +343,5 @@ def demo(
     progress: ProgressArg = None,
 ) -> Dict[str, Any]:
     """The embedded demo (``clip-adapter demo``)."""
+def set_threads(threads: int) -> None:
+    """Worker threads for decoding and tensor math (``--threads``); before anything computes."""
