@@ -10,7 +10,7 @@ use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
 use super::{resolve_model, RunError, RunObserver};
-use crate::clip::error::{Error, Result};
+use crate::clip::error::{Error, InputError};
 use crate::clip::hub::HubOptions;
 use crate::clip::{Clip, ModelFiles};
 use crate::image::RgbImage;
@@ -72,9 +72,51 @@ pub enum ImageSource<'a> {
     },
 }
 
+/// Why images in memory or on disk could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// `index` counts from 0, as the caller's list does.
+    #[error("image {index}: {found} bytes of pixels for a {width}×{height} RGB image, expected {expected}")]
+    PixelCount {
+        index: usize,
+        found: usize,
+        width: u32,
+        height: u32,
+        expected: usize,
+    },
+
+    #[error("image {index} is empty ({width}×{height})")]
+    EmptyImage {
+        index: usize,
+        width: u32,
+        height: u32,
+    },
+
+    #[error(transparent)]
+    Model(#[from] Error),
+}
+
+impl From<InputError> for EncodeError {
+    fn from(e: InputError) -> Self {
+        EncodeError::Model(e.into())
+    }
+}
+
+impl From<candle_core::Error> for EncodeError {
+    fn from(e: candle_core::Error) -> Self {
+        EncodeError::Model(e.into())
+    }
+}
+
+impl From<crate::image::ImageError> for EncodeError {
+    fn from(e: crate::image::ImageError) -> Self {
+        EncodeError::Model(e.into())
+    }
+}
+
 impl ImageSource<'_> {
     /// The model's input tensor of this image, `3 × S × S` flattened.
-    fn preprocess(&self, clip: &Clip, index: usize) -> Result<Vec<f32>> {
+    fn preprocess(&self, clip: &Clip, index: usize) -> Result<Vec<f32>, EncodeError> {
         let preprocess = clip.preprocess();
         match *self {
             ImageSource::File(path) => Ok(preprocess.load(path)?),
@@ -83,21 +125,23 @@ impl ImageSource<'_> {
                 height,
                 pixels,
             } => {
-                // The preprocessing reads an owned image; the copy lives for one image only.
-                let image =
-                    RgbImage::from_raw(width, height, pixels.to_vec()).ok_or_else(|| {
-                        Error::InvalidInput(format!(
-                            "image {index}: {} bytes of pixels for a {width}×{height} RGB image, \
-                         expected {}",
-                            pixels.len(),
-                            3 * width as usize * height as usize
-                        ))
-                    })?;
                 if width == 0 || height == 0 {
-                    return Err(Error::InvalidInput(format!(
-                        "image {index} is empty ({width}×{height})"
-                    )));
+                    return Err(EncodeError::EmptyImage {
+                        index,
+                        width,
+                        height,
+                    });
                 }
+                // The preprocessing reads an owned image; the copy lives for one image only.
+                let image = RgbImage::from_raw(width, height, pixels.to_vec()).ok_or(
+                    EncodeError::PixelCount {
+                        index,
+                        found: pixels.len(),
+                        width,
+                        height,
+                        expected: 3 * width as usize * height as usize,
+                    },
+                )?;
                 Ok(preprocess.apply(&image))
             }
         }
@@ -115,10 +159,12 @@ pub fn encode_images(
     batch_size: usize,
     pre_projection: bool,
     on_progress: &mut dyn FnMut(usize, usize),
-) -> Result<Tensor> {
-    crate::limits::BATCH.check("batch_size", batch_size)?;
+) -> Result<Tensor, EncodeError> {
+    crate::limits::BATCH
+        .check_option("batch_size", batch_size)
+        .map_err(Error::from)?;
     if images.is_empty() {
-        return Err(Error::InvalidInput("no images given".into()));
+        return Err(InputError::NoImages.into());
     }
     let s = clip.image_size();
     let mut out = Vec::new();
@@ -129,7 +175,7 @@ pub fn encode_images(
             .par_iter()
             .enumerate()
             .map(|(i, image)| image.preprocess(clip, first + i))
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, EncodeError>>()?;
         let flat: Vec<f32> = pixels.into_iter().flatten().collect();
         let pixels = Tensor::from_vec(flat, (batch.len(), 3, s, s), clip.device())?;
         out.push(match pre_projection {
@@ -149,7 +195,7 @@ pub fn classifier(
     labels: &[String],
     templates: &[String],
     on_progress: &mut dyn FnMut(usize, usize),
-) -> Result<ZeroShotClassifier> {
+) -> Result<ZeroShotClassifier, Error> {
     ZeroShotClassifier::build(clip, labels, templates, on_progress)
 }
 
@@ -158,7 +204,7 @@ pub fn classifier(
 pub fn zero_shot_scores(
     classifier: &ZeroShotClassifier,
     features: &Tensor,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor), Error> {
     let logits = classifier.logits(features)?;
     let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?;
     Ok((probabilities, logits))

@@ -10,6 +10,7 @@ use clip_adapter::features::FeatureError;
 use clip_adapter::methods::coop::CoopError;
 use clip_adapter::methods::{MethodError as LibMethodError, UnknownMethod};
 use clip_adapter::report::ReportError;
+use clip_adapter::runner::encode::EncodeError;
 use clip_adapter::runner::RunError;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -116,6 +117,8 @@ fn inner<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
             ReportError::Experiment(x) => Some(x),
             _ => None,
         }
+    } else if let Some(EncodeError::Model(x)) = e.downcast_ref::<EncodeError>() {
+        Some(x)
     } else if let Some(SweepError::Options(x)) = e.downcast_ref::<SweepError>() {
         Some(x)
     } else {
@@ -187,10 +190,17 @@ fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
     }
     if let Some(e) = e.downcast_ref::<clip_adapter::Error>() {
         return match e {
-            clip_adapter::Error::InvalidInput(_) | clip_adapter::Error::Limit { .. } => {
-                Some(Kind::Input)
-            }
+            clip_adapter::Error::Input(_)
+            | clip_adapter::Error::SizeLimit(_)
+            | clip_adapter::Error::Image(_) => Some(Kind::Input),
+            clip_adapter::Error::ModelNotFound { .. } => Some(Kind::Model),
             _ => None,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<EncodeError>() {
+        return match e {
+            EncodeError::PixelCount { .. } | EncodeError::EmptyImage { .. } => Some(Kind::Input),
+            EncodeError::Model(_) => None,
         };
     }
     if e.is::<clip_adapter::image::ImageError>() || e.is::<clip_adapter::data::DataError>() {

@@ -321,7 +321,7 @@ impl PyClip {
             let f = encode::encode_images(&self.clip, &sources, batch_size, false, &mut |d, t| {
                 p.report("encoding images", d as u64, Some(t as u64))
             })?;
-            encode::zero_shot_scores(&c, &f)
+            Ok::<_, encode::EncodeError>(encode::zero_shot_scores(&c, &f)?)
         });
         p.finish(py)?;
         let (probabilities, raw) = scores.or_raise(Kind::Input)?;
