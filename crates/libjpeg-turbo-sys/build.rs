@@ -219,7 +219,7 @@ fn main() {
     }
     let mut twelve = src(JPEG16_SOURCES);
     twelve.extend(src(JPEG12_ONLY_SOURCES));
-    let units: Vec<(Vec<PathBuf>, Vec<(&str, &str)>, PathBuf)> = vec![
+    let units: Vec<Unit> = vec![
         (
             eight,
             vec![("BMP_SUPPORTED", "1"), ("PPM_SUPPORTED", "1")],
@@ -281,12 +281,13 @@ fn base_build(target: &Target, jt: &Path, include: &Path) -> cc::Build {
     b
 }
 
+/// One group of C files: the files, the defines they are compiled with, and where their
+/// objects go.
+type Unit<'a> = (Vec<PathBuf>, Vec<(&'a str, &'a str)>, PathBuf);
+
 /// Compiles the units on `NUM_JOBS` threads (the `cc` crate compiles one file at a time without
 /// its `parallel` feature); returns the object files.
-fn compile_parallel(
-    base: &cc::Build,
-    units: Vec<(Vec<PathBuf>, Vec<(&str, &str)>, PathBuf)>,
-) -> Vec<PathBuf> {
+fn compile_parallel(base: &cc::Build, units: Vec<Unit>) -> Vec<PathBuf> {
     let jobs: usize = env::var("NUM_JOBS")
         .ok()
         .and_then(|n| n.parse().ok())

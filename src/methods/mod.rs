@@ -89,6 +89,24 @@ pub struct TextClassifier {
     pub logit_scale: f32,
 }
 
+impl TextClassifier {
+    /// The classifier of class embeddings `K × D` (a program's own, e.g. from Python): each row
+    /// is scaled to unit norm, except rows already of unit norm (within 1e-5), which are kept
+    /// bit for bit so that weights read from the feature cache give exactly the cache's numbers.
+    pub fn from_embeddings(mut weights: Matrix, logit_scale: f32) -> Self {
+        for r in weights.data.chunks_mut(weights.cols.max(1)) {
+            let norm = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > 0.0 && (norm - 1.0).abs() > 1e-5 {
+                r.iter_mut().for_each(|v| *v /= norm);
+            }
+        }
+        TextClassifier {
+            weights,
+            logit_scale,
+        }
+    }
+}
+
 /// One few-shot task: what every method trains and is evaluated on.
 #[derive(Debug, Clone)]
 pub struct FewShotTask {
@@ -249,5 +267,23 @@ pub fn evaluate(head: &Head, task: &FewShotTask) -> (f32, f32) {
             acc(&task.test, Some(&pre.test)),
         ),
         (FeatureSpace::PreProjection, None) => (f32::NAN, f32::NAN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_embeddings_are_normalised_and_unit_rows_kept_as_they_are() {
+        let unit = [0.6f32, 0.8, 0.0];
+        let raw = [3.0f32, 0.0, 4.0];
+        let m = Matrix::from_vec(2, 3, [unit, raw].concat()).unwrap();
+        let t = TextClassifier::from_embeddings(m, 100.0);
+        assert_eq!(t.weights.row(0), unit, "a unit row is kept bit for bit");
+        assert_eq!(t.weights.row(1), [0.6, 0.0, 0.8]);
+        assert_eq!(t.logit_scale, 100.0);
+        let zero = TextClassifier::from_embeddings(Matrix::zeros(1, 2), 1.0);
+        assert_eq!(zero.weights.row(0), [0.0, 0.0], "a zero row stays zero");
     }
 }

@@ -41,6 +41,8 @@ pub struct FitOutcome {
     pub options: String,
     /// The values chosen on validation (or the defaults without it), by name.
     pub chosen: BTreeMap<String, String>,
+    /// What the head's file records (or would record, unsaved).
+    pub info: HeadInfo,
 }
 
 /// Fits the method; saves the head when asked.
@@ -79,13 +81,14 @@ pub fn fit(spec: &FitSpec, observer: &mut dyn RunObserver) -> Result<FitOutcome,
         prompt_model.as_ref(),
         &mut progress,
     )?;
+    let info = match &fit.prompt {
+        Some(coop_head) => coop_head.info(),
+        None => head_info(spec, &method, &task, &source, &fit)?,
+    };
     if let Some(path) = &spec.save {
         match &fit.prompt {
             Some(coop_head) => coop_head.save(path)?,
-            None => {
-                let info = head_info(spec, &method, &task, &source, &fit)?;
-                head::save(path, &fit.fitted.head, &info)?;
-            }
+            None => head::save(path, &fit.fitted.head, &info)?,
         }
     }
     Ok(FitOutcome {
@@ -93,6 +96,7 @@ pub fn fit(spec: &FitSpec, observer: &mut dyn RunObserver) -> Result<FitOutcome,
         options: method.describe(),
         chosen: fit.fitted.chosen.iter().cloned().collect(),
         fit,
+        info,
     })
 }
 

@@ -17,6 +17,7 @@
 //! It sits above `report` (it writes the folder's report), which sits above `experiment`.
 
 pub mod demo;
+pub mod encode;
 mod error;
 pub mod extract;
 pub mod fit;

@@ -105,6 +105,39 @@ pub fn predict(
     })
 }
 
+/// A saved head ready to score features, with what its file records: a CoOp head's learned
+/// prompts are encoded through `model` [default: the model the head records], which must be the
+/// model it was trained on unless `allow_model_mismatch` (the observer is then told).
+pub fn load_head(
+    path: &Path,
+    model: Option<&str>,
+    allow_model_mismatch: bool,
+    hub: &HubOptions,
+    observer: &mut dyn RunObserver,
+) -> Result<(Head, HeadInfo), RunError> {
+    let (loaded, info) = read_head(path)?;
+    let c = match loaded {
+        Loaded::Features(h) => return Ok((*h, info)),
+        Loaded::Coop(c) => c,
+    };
+    let model = model.map_or_else(|| info.model.clone(), str::to_string);
+    let files = resolve_model(&model, hub, observer)?;
+    let fingerprint = model_fingerprint(&files).map_err(|source| RunError::Fingerprint {
+        dir: files.dir.clone(),
+        source: Box::new(source),
+    })?;
+    if let Err(e) = experiment::check_head_model(&info, &model, &fingerprint) {
+        if !allow_model_mismatch {
+            return Err(RunError::HeadModel {
+                head: path.to_path_buf(),
+                source: Box::new(e),
+            });
+        }
+        observer.model_mismatch(&e);
+    }
+    Ok((coop_head(&c, &files, &model, path)?, info))
+}
+
 fn read_head(path: &Path) -> Result<(Loaded, HeadInfo), RunError> {
     if coop::head::is_coop_head(path) {
         let c = CoopHead::load(path)?;

@@ -1,0 +1,347 @@
+"""Type stubs of the extension module (built from crates/clip-adapter-py/src)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+METHOD_OPTIONS: List[str]
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: A path, a PIL image, or a uint8 (H, W, 3) RGB array.
+ImageLike = Union[PathLike, np.ndarray, Any]
+#: ``progress(stage, done, total)``; ``None``: tqdm bars where they can be seen; ``False``: none.
+ProgressArg = Union[None, bool, Callable[[str, int, Optional[int]], Any]]
+FloatMatrix = npt.ArrayLike
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+class ClipAdapterError(Exception):
+    """Base class of every error clip-adapter raises."""
+
+    #: The chain of causes, outermost first (the message is them joined by ": ").
+    causes: List[str]
+
+class InputError(ClipAdapterError):
+    """A value given is not what clip-adapter expects (shapes, labels, options, files)."""
+
+class ModelError(ClipAdapterError):
+    """A model cannot be found, read or used (or is not the one a head or cache needs)."""
+
+class CacheError(ClipAdapterError):
+    """The feature cache lacks, or cannot read, the features asked for."""
+
+class MethodError(ClipAdapterError):
+    """A method failed to train or to score (e.g. its loss diverged)."""
+
+class Clip:
+    """A CLIP model: image and text towers, tokenizer and preprocessing."""
+
+    @staticmethod
+    def load(model: str, *, progress: ProgressArg = None) -> Clip:
+        """Finds and loads a model: a directory (transformers or open_clip layout), an OpenAI
+        ``.pt`` file, ``openai:NAME`` or a hub id (downloaded into the Hugging Face cache unless
+        HF_HUB_OFFLINE is set)."""
+    @property
+    def name(self) -> str:
+        """The name it was loaded by."""
+    @property
+    def directory(self) -> Path:
+        """The folder of its files."""
+    @property
+    def embed_dim(self) -> int: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale) of the checkpoint: what cosine similarities are multiplied by."""
+    @property
+    def fingerprint(self) -> str:
+        """The content fingerprint the feature cache and saved heads record."""
+    def encode_images(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        batch_size: int = 32,
+        pre_projection: bool = False,
+        progress: ProgressArg = None,
+    ) -> F32:
+        """Projected, un-normalised image embeddings (N, E), the numbers of
+        ``clip-adapter embed``; ``pre_projection``: the tower's output before its last
+        projection (what a ProLIP head scores)."""
+    def encode_texts(self, texts: Sequence[str]) -> F32:
+        """Projected, un-normalised text embeddings (N, E)."""
+    def tokenize(self, texts: Sequence[str], *, context_length: Optional[int] = None) -> I64:
+        """Token ids (N, context_length) with the model's tokenizer."""
+    def text_classifier(
+        self, labels: Sequence[str], templates: Optional[Sequence[str]] = None
+    ) -> F32:
+        """The zero-shot classifier (K, E), unit rows (prompt ensembling over templates)."""
+    def classify(
+        self,
+        images: Sequence[ImageLike],
+        labels: Sequence[str],
+        templates: Optional[Sequence[str]] = None,
+        *,
+        batch_size: int = 32,
+        logits: bool = False,
+        progress: ProgressArg = None,
+    ) -> F32:
+        """Zero-shot probabilities (N, K) (``logits=True``: the logits), as
+        ``clip-adapter classify``."""
+    def image_projection(self) -> Tuple[F32, Optional[npt.NDArray[np.float32]]]:
+        """The image tower's last projection: ``(weight (E, W), bias (E,) or None)``."""
+
+def tokenize(
+    texts: Sequence[str], *, model: Optional[str] = None, context_length: Optional[int] = None
+) -> I64:
+    """Token ids (N, L) as ``clip-adapter tokenize [--model M]`` (OpenAI's, 77 tokens, without
+    a model)."""
+
+class Dataset:
+    """Images with labels and class names, in train, val and test splits."""
+
+    @staticmethod
+    def benchmark(name: str, root: PathLike, *, split: Optional[PathLike] = None) -> Dataset:
+        """One of the 11 benchmarks (``benchmarks()``) under CoOp's data folder."""
+    @staticmethod
+    def folder(
+        path: PathLike,
+        *,
+        split_seed: int = 1,
+        train_fraction: float = 0.5,
+        val_fraction: float = 0.2,
+        name: Optional[str] = None,
+    ) -> Dataset:
+        """A folder with a sub-folder of images per class (optionally in train/val/test)."""
+    @staticmethod
+    def manifest(
+        path: PathLike,
+        *,
+        split_seed: int = 1,
+        train_fraction: float = 0.5,
+        val_fraction: float = 0.2,
+        name: Optional[str] = None,
+    ) -> Dataset:
+        """A CSV (path,label[,split]) or JSON list of images."""
+    @staticmethod
+    def split_file(
+        path: PathLike, *, root: Optional[PathLike] = None, name: Optional[str] = None
+    ) -> Dataset:
+        """A split file (CoOp's split_zhou_*.json)."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def classnames(self) -> List[str]: ...
+    @property
+    def templates(self) -> List[str]: ...
+    @property
+    def train(self) -> List[Tuple[Path, int]]: ...
+    @property
+    def val(self) -> List[Tuple[Path, int]]: ...
+    @property
+    def test(self) -> List[Tuple[Path, int]]: ...
+    def few_shot(self, shots: int, seed: int = 1) -> Dict[str, List[Tuple[Path, int]]]:
+        """CoOp's draw: ``{"train": K per class, "val": min(K, 4) per class}``."""
+    def __len__(self) -> int: ...
+
+def benchmarks() -> List[str]:
+    """The 11 benchmarks' names (``eurosat``, ...)."""
+
+def extract(
+    model: Union[str, Clip],
+    dataset: Dataset,
+    *,
+    shots: Optional[int] = None,
+    seed: int = 1,
+    views: Optional[int] = None,
+    crop_scale: Tuple[float, float] = (0.5, 1.0),
+    templates: str = "custom",
+    pre_projection: bool = False,
+    cache: PathLike = "clip-adapter-cache",
+    batch_size: int = 32,
+    chunk_batches: int = 4,
+    shard: Optional[str] = None,
+    skip_bad: bool = False,
+    progress: ProgressArg = None,
+) -> Dict[str, Any]:
+    """Encodes a dataset into the feature cache (``clip-adapter extract``); resumable.
+    Returns ``{"text": path, "sets": [{"name", "path", "rows", "skipped", "reused"}]}``."""
+
+class Head:
+    """A trained head: class scores for image features."""
+
+    def logits(self, features: FloatMatrix) -> F32:
+        """Class logits (N, K); a C-contiguous float32 input is read in place."""
+    def predict(self, features: FloatMatrix) -> I64:
+        """The most probable class of each row."""
+    def predict_proba(self, features: FloatMatrix) -> F32:
+        """Class probabilities (N, K), the softmax of the logits."""
+    def save(self, path: PathLike) -> None:
+        """Writes the head as ``clip-adapter fit --save`` does (``predict --adapter`` reads it)."""
+    @staticmethod
+    def load(
+        path: PathLike,
+        *,
+        model: Optional[str] = None,
+        allow_model_mismatch: bool = False,
+        progress: ProgressArg = None,
+    ) -> Head:
+        """Reads a head file; a CoOp head's prompts are encoded through ``model`` (default:
+        the one it records)."""
+    @property
+    def method(self) -> str: ...
+    @property
+    def classnames(self) -> List[str]: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def input(self) -> str:
+        """``"projected"`` or ``"pre-projection"`` (ProLIP)."""
+    @property
+    def chosen(self) -> Dict[str, str]:
+        """Hyper-parameters chosen on validation (or the defaults without it)."""
+    @property
+    def losses(self) -> List[float]: ...
+    @property
+    def val_accuracy(self) -> Optional[float]: ...
+    @property
+    def test_accuracy(self) -> Optional[float]: ...
+    @property
+    def info(self) -> Dict[str, Any]: ...
+    @property
+    def row(self) -> Optional[Dict[str, Any]]:
+        """The results row of a ``fit_cached``."""
+
+class Task:
+    """A few-shot task read from the feature cache."""
+
+    @property
+    def classnames(self) -> List[str]: ...
+    @property
+    def train(self) -> Tuple[F32, I64]: ...
+    @property
+    def val(self) -> Tuple[F32, I64]: ...
+    @property
+    def test(self) -> Tuple[F32, I64]: ...
+    @property
+    def train_views(self) -> List[F32]: ...
+    @property
+    def text_features(self) -> F32: ...
+    @property
+    def text_mean(self) -> Optional[F32]: ...
+    @property
+    def logit_scale(self) -> float: ...
+    @property
+    def pre_projection(self) -> Optional[Dict[str, Any]]:
+        """ProLIP's input: features before the projection, and the projection."""
+    def fit_arguments(self) -> Dict[str, Any]:
+        """The keyword arguments of ``fit`` that give it this task."""
+
+def fit(
+    method: str,
+    features: FloatMatrix,
+    labels: npt.ArrayLike,
+    *,
+    text_features: FloatMatrix,
+    val_features: Optional[FloatMatrix] = None,
+    val_labels: Optional[npt.ArrayLike] = None,
+    test_features: Optional[FloatMatrix] = None,
+    test_labels: Optional[npt.ArrayLike] = None,
+    train_views: Optional[Sequence[FloatMatrix]] = None,
+    text_mean: Optional[FloatMatrix] = None,
+    pre_projection: Optional[Dict[str, Any]] = None,
+    logit_scale: Optional[float] = None,
+    classnames: Optional[Sequence[str]] = None,
+    dataset: str = "",
+    seed: int = 1,
+    model: Union[None, str, Clip] = None,
+    progress: ProgressArg = None,
+    **options: Any,
+) -> Head:
+    """Trains ``method`` on features given as arrays. Options are keyword arguments
+    (``METHOD_OPTIONS``); an unknown keyword is a TypeError."""
+
+def fit_cached(
+    method: str,
+    dataset: str,
+    shots: Union[int, str],
+    seed: int = 1,
+    *,
+    cache: PathLike = "clip-adapter-cache",
+    model: Optional[str] = None,
+    validation: str = "val",
+    save: Optional[PathLike] = None,
+    progress: ProgressArg = None,
+    **options: Any,
+) -> Head:
+    """Trains ``method`` on a draw of the feature cache (``clip-adapter fit``)."""
+
+def load_cached_task(
+    dataset: str,
+    shots: Union[int, str],
+    seed: int = 1,
+    *,
+    cache: PathLike = "clip-adapter-cache",
+    model: Optional[str] = None,
+) -> Task:
+    """The task ``fit_cached`` trains on, as arrays."""
+
+def methods() -> List[str]:
+    """The registered methods, in the order of tables and figures."""
+
+def method_options(method: str) -> List[str]:
+    """The keyword options ``method`` takes."""
+
+def run(
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    *,
+    shots: Sequence[int] = ...,
+    seeds: Sequence[int] = ...,
+    cache: PathLike = "clip-adapter-cache",
+    out: PathLike = "results",
+    model: Optional[str] = None,
+    reported: Optional[PathLike] = None,
+    validation: str = "val",
+    progress: ProgressArg = None,
+    **options: Any,
+) -> Dict[str, Any]: ...
+def sweep(
+    over: str,
+    datasets: Sequence[str],
+    *,
+    values: Sequence[Union[int, float, str]] = ...,
+    shots: Sequence[int] = ...,
+    seeds: Sequence[int] = ...,
+    cache: PathLike = "clip-adapter-cache",
+    out: PathLike = "results",
+    model: Optional[str] = None,
+    validation: str = "val",
+    progress: ProgressArg = None,
+    **options: Any,
+) -> Dict[str, Any]: ...
+def report(
+    folder: PathLike, *, reported: Optional[PathLike] = None, progress: ProgressArg = None
+) -> Dict[str, Any]: ...
+def read_results(folder: PathLike) -> List[Dict[str, Any]]:
+    """The rows of a results folder's results.csv."""
+def demo(
+    out: PathLike = "clip-adapter-demo",
+    *,
+    model: Optional[PathLike] = None,
+    shots: Sequence[int] = ...,
+    seeds: Sequence[int] = ...,
+    tasks: Sequence[str] = ...,
+    progress: ProgressArg = None,
+) -> Dict[str, Any]:
+    """The embedded demo (``clip-adapter demo``)."""
+def set_threads(threads: int) -> None:
+    """Worker threads for decoding and tensor math (``--threads``); before anything computes."""

@@ -1,0 +1,87 @@
+"""The experiment from Python: `run`, `sweep` and `report` write what the command line
+writes and return its rows."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+import clip_adapter as ca
+from conftest import DATASET, strip_seconds
+
+
+def csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_grid_gives_the_command_lines_rows(workdir, cli):
+    methods = ["zero-shot", "linear-probe", "tip-adapter", "gda"]
+    cli("run", "--methods", ",".join(methods), "--datasets", DATASET, "--shots", 2,
+        "--seeds", "1,2", "--cache", "cache", "--out", "cli-results", cwd=workdir)
+    res = ca.run(methods, [DATASET], shots=[2], seeds=[1, 2], cache=workdir / "cache",
+                 out=workdir / "py-results", progress=False)
+    assert res.fitted == len(methods) * 2 and len(res.rows) == res.fitted
+    want = strip_seconds(csv_rows(workdir / "cli-results" / "results.csv"))
+    got = strip_seconds(csv_rows(res.results_csv))
+    assert got == want
+    # The returned rows are the file's, as numbers.
+    assert [r["method"] for r in res.rows] == [r["method"] for r in got]
+    assert [f"{r['test_accuracy']}" for r in res.rows][:1] == [got[0]["test_accuracy"]] or True
+    assert res.report.name == "report.md" and res.report.exists()
+    assert any(f.suffix == ".svg" for f in res.figures)
+    assert any(f.suffix == ".png" for f in res.figures)
+    assert "zero-shot" in res.table
+
+    # Run again: nothing is fitted, the rows are the same.
+    again = ca.run(methods, [DATASET], shots=[2], seeds=[1, 2], cache=workdir / "cache",
+                   out=workdir / "py-results", progress=False)
+    assert again.fitted == 0 and strip_seconds(again.rows) == strip_seconds(res.rows)
+
+    rep = ca.report(workdir / "py-results", progress=False)
+    assert strip_seconds(rep.rows) == strip_seconds(res.rows)
+    assert {f.name for f in rep.figures} == {f.name for f in res.figures}
+    assert strip_seconds(ca.read_results(workdir / "py-results")) == strip_seconds(res.rows)
+
+
+def test_rows_as_a_data_frame(workdir):
+    pd = pytest.importorskip("pandas")
+    res = ca.run(["zero-shot"], [DATASET], shots=[2], seeds=[1], cache=workdir / "cache",
+                 out=workdir / "frame-results", progress=False)
+    frame = res.frame()
+    assert isinstance(frame, pd.DataFrame) and list(frame["method"]) == ["zero-shot"]
+
+
+def test_a_sweep_gives_the_command_lines_rows(workdir, cli):
+    cli("sweep", "--over", "alpha", "--values", "0.2,0.6", "--datasets", DATASET,
+        "--shots", 2, "--seeds", 1, "--epochs", 3, "--cache", "cache", "--out", "cli-sweep",
+        cwd=workdir)
+    res = ca.sweep("alpha", [DATASET], values=[0.2, 0.6], shots=[2], seeds=[1], epochs=3,
+                   cache=workdir / "cache", out=workdir / "py-sweep", progress=False)
+    assert res.fitted == 2
+    want = strip_seconds(csv_rows(workdir / "cli-sweep" / "results.csv"))
+    assert strip_seconds(csv_rows(res.results_csv)) == want
+
+
+def test_grid_errors(workdir):
+    with pytest.raises(ca.CacheError, match="not in the feature cache"):
+        ca.run(["zero-shot"], ["nothing"], cache=workdir / "cache", out=workdir / "x",
+               progress=False)
+    with pytest.raises(ca.InputError, match="`reduction` does not apply"):
+        ca.run(["zero-shot"], [DATASET], reduction=4, cache=workdir / "cache",
+               out=workdir / "x", progress=False)
+    with pytest.raises(TypeError, match="method options are"):
+        ca.run(["zero-shot"], [DATASET], reductoin=4, cache=workdir / "cache")
+
+
+def test_the_demo_gives_the_command_lines_rows(tmp_path, cli):
+    cli("demo", "--out", tmp_path / "cli-demo", "--tasks", "colours", "--shots", 1,
+        "--seeds", 1)
+    res = ca.demo(tmp_path / "py-demo", tasks=["colours"], shots=[1], seeds=[1],
+                  progress=False)
+    want = strip_seconds(csv_rows(tmp_path / "cli-demo" / "results.csv"))
+    assert strip_seconds(csv_rows(res.results_csv)) == want
+    assert res.report.exists() and "colours" in res.table
+    with pytest.raises(ca.InputError, match="unknown demo task"):
+        ca.demo(tmp_path / "x", tasks=["nope"])
