@@ -101,7 +101,9 @@ fn option_arg(spec: &'static OptionSpec) -> clap::Arg {
     };
     match spec.value {
         OptionValue::Switch => arg.action(ArgAction::SetTrue),
-        OptionValue::Choice(names) => arg.value_parser(PossibleValuesParser::new(names)),
+        OptionValue::Choice(names) => arg
+            .value_name("NAME")
+            .value_parser(PossibleValuesParser::new(names)),
         OptionValue::Numbers => arg
             .value_name("X,...")
             .value_delimiter(',')
