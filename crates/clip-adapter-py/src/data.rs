@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
-use clip_adapter::data::{Benchmark, Dataset, FewShot, Sample};
+use clip_adapter::data::{Benchmark, Dataset, FewShot, Sample, Split};
 use clip_adapter::encode::DEFAULT_BATCH;
 use clip_adapter::features::extract::DEFAULT_CHUNK_BATCHES;
+use clip_adapter::features::import::{self, ArraySource, ImportSpec, PartSpec, TextSpec};
+use clip_adapter::features::task::Shots;
 use clip_adapter::features::{DataSource, ExtractOptions, Shard};
 use clip_adapter::runner::{self, ExtractSpec};
 use pyo3::prelude::*;
@@ -352,4 +354,100 @@ pub fn extract<'py>(
     }
     out.set_item("sets", sets)?;
     Ok(out)
+}
+
+/// `"FILE"` or `"FILE#NAME"` (an array of an `.npz`, safetensors file or pickled dict), as the
+/// command line's `import` takes them.
+fn array_source(spec: &str) -> ArraySource {
+    match spec.rsplit_once('#') {
+        Some((path, name)) if !name.is_empty() => ArraySource::named(path, name),
+        _ => ArraySource::new(spec),
+    }
+}
+
+/// A `(features, labels)` pair of array files for one split.
+fn part(split: Split, files: Option<(String, String)>) -> Option<PartSpec> {
+    files.map(|(f, l)| PartSpec::new(split, array_source(&f), array_source(&l)))
+}
+
+/// Writes features computed elsewhere into the feature cache (`clip-adapter import`), as
+/// `extract` would have written them, so that `fit_cached`, `run`, `sweep` and `report` read
+/// them. Each split is a `(features, labels)` pair of files (`.npy`, `.npz`, safetensors or a
+/// `torch.save`d tensor; `"FILE#NAME"` names an array of a file of several). The class-name
+/// side is `text_features` (a `(C, E)` file, with the model's `logit_scale`) or `model`, whose
+/// text tower encodes the class names in `templates` (default: the dataset's). Everything is
+/// checked before anything is written. Returns `{"dataset", "model", "model_name", "width",
+/// "text", "sets": [{"name", "path", "rows"}]}`.
+#[pyfunction]
+#[pyo3(signature = (
+    dataset, classnames, *, train, test, val = None, shots = None, seed = 1,
+    text_features = None, logit_scale = 100.0, model = None, templates = Vec::new(),
+    model_name = None, fingerprint = None, cache = PathBuf::from("clip-adapter-cache"),
+    progress = None
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn import_features<'py>(
+    py: Python<'py>,
+    dataset: String,
+    classnames: Vec<String>,
+    train: (String, String),
+    test: (String, String),
+    val: Option<(String, String)>,
+    shots: Option<usize>,
+    seed: u64,
+    text_features: Option<String>,
+    logit_scale: f32,
+    model: Option<String>,
+    templates: Vec<String>,
+    model_name: Option<String>,
+    fingerprint: Option<String>,
+    cache: PathBuf,
+    progress: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let text = match (text_features, &model) {
+        (Some(array), None) => TextSpec::Features {
+            array: array_source(&array),
+            logit_scale,
+            templates,
+        },
+        (None, Some(m)) => TextSpec::encode(m, templates, &dataset),
+        _ => {
+            return Err(input(
+                "give text_features (a file) or model (to encode the class names), one of them",
+            ))
+        }
+    };
+    let shots = match shots {
+        Some(0) => {
+            return Err(input(
+                "shots = 0: expected at least 1 image per class, or None for the whole split",
+            ))
+        }
+        Some(k) => Shots::K(k),
+        None => Shots::All,
+    };
+    let parts = [
+        part(Split::Train, Some(train)),
+        part(Split::Val, val),
+        part(Split::Test, Some(test)),
+    ];
+    let spec = ImportSpec {
+        cache,
+        dataset,
+        shots,
+        seed,
+        parts: parts.into_iter().flatten().collect(),
+        classnames,
+        text,
+        model_name: model_name.or(model),
+        fingerprint,
+        hub: HubOptions::from_env(),
+    };
+    let mut p = Progress::new(py, progress)?;
+    // Boxed across the thread boundary (the error is large), unboxed so its kind is seen.
+    let outcome = py.detach(|| import::import(&spec, &mut p).map_err(Box::new));
+    p.finish(py)?;
+    let outcome = outcome.map_err(|e| *e).or_raise(Kind::Input)?;
+    let json = serde_json::to_string(&outcome).map_err(|e| input(e.to_string()))?;
+    py.import("json")?.call_method1("loads", (json,))
 }

@@ -182,6 +182,14 @@ fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
             _ => Some(Kind::Cache),
         };
     }
+    if let Some(e) = e.downcast_ref::<clip_adapter::features::import::ImportError>() {
+        use clip_adapter::features::import::ImportError;
+        return match e {
+            ImportError::Model { .. } => Some(Kind::Model),
+            ImportError::Write(_) => Some(Kind::Cache),
+            _ => Some(Kind::Input),
+        };
+    }
     if e.is::<clip_adapter::limits::LimitError>() {
         return Some(Kind::Input);
     }

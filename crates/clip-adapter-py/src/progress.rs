@@ -118,6 +118,16 @@ impl RunObserver for Progress {
     }
 }
 
+impl clip_adapter::features::import::ImportObserver for Progress {
+    fn download(&mut self, file: &str, done: u64, total: Option<u64>) {
+        self.report(&format!("downloading {file}"), done, total);
+    }
+
+    fn prompts(&mut self, done: usize, total: usize) {
+        self.report("class prompts", done as u64, Some(total as u64));
+    }
+}
+
 impl ExtractObserver for Progress {
     fn prompts(&mut self, done: usize, total: usize) {
         self.report("class prompts", done as u64, Some(total as u64));

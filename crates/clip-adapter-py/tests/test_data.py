@@ -76,3 +76,31 @@ def test_manifests_and_split_files_are_read_as_the_command_line_reads_them(workd
     assert s.name == "mine" and [p for p, _ in s.test] == parts["test"]
     want = cli("fewshot", "--split", data / "split_zhou_Mine.json", "--shots", 1, "--json")
     assert [str(p.relative_to(data)) for p, _ in s.few_shot(1)["train"]] == want["train"]
+
+
+def test_features_made_elsewhere_import_and_fit_as_extracted_ones(workdir, tmp_path):
+    """The command line's extraction, written out as `.npy` files the way another program
+    would, imported under another name: a method fitted on it gives the same accuracies."""
+    task = ca.load_cached_task(DATASET, 2, 1, cache=workdir / "cache")
+    files = {}
+    for part in ("train", "val", "test"):
+        features, labels = getattr(task, part)
+        files[part] = (str(tmp_path / f"{part}.npy"), str(tmp_path / f"{part}-labels.npy"))
+        np.save(files[part][0], features)
+        np.save(files[part][1], labels)
+    # The classifier rows, and a second model of the text side: the model that encodes them.
+    out = ca.import_features("elsewhere", task.classnames, train=files["train"],
+                             val=files["val"], test=files["test"], shots=2, seed=1,
+                             model=str(TINY_CLIP), cache=workdir / "cache", progress=False)
+    assert out["dataset"] == "elsewhere" and len(out["sets"]) == 3
+    ours = ca.fit_cached("tip-adapter", DATASET, 2, 1, cache=workdir / "cache")
+    imported = ca.fit_cached("tip-adapter", "elsewhere", 2, 1, cache=workdir / "cache")
+    assert imported.test_accuracy == ours.test_accuracy
+    # A label outside the class names is refused, and nothing is written.
+    bad = tmp_path / "bad-labels.npy"
+    np.save(bad, np.full(len(task.test[1]), 7, dtype=np.int64))
+    with pytest.raises(ca.InputError, match="label"):
+        ca.import_features("refused", task.classnames, train=files["train"],
+                           test=(files["test"][0], str(bad)), model=str(TINY_CLIP),
+                           cache=workdir / "cache", progress=False)
+    assert not (workdir / "cache" / "refused").exists()

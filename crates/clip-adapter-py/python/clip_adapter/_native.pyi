@@ -175,6 +175,30 @@ def extract(
     """Encodes a dataset into the feature cache (``clip-adapter extract``); resumable.
     Returns ``{"text": path, "sets": [{"name", "path", "rows", "skipped", "reused"}]}``."""
 
+def import_features(
+    dataset: str,
+    classnames: Sequence[str],
+    *,
+    train: Tuple[str, str],
+    test: Tuple[str, str],
+    val: Optional[Tuple[str, str]] = None,
+    shots: Optional[int] = None,
+    seed: int = 1,
+    text_features: Optional[str] = None,
+    logit_scale: float = 100.0,
+    model: Optional[str] = None,
+    templates: Sequence[str] = (),
+    model_name: Optional[str] = None,
+    fingerprint: Optional[str] = None,
+    cache: PathLike = "clip-adapter-cache",
+    progress: ProgressArg = None,
+) -> Dict[str, Any]:
+    """Writes features computed elsewhere into the feature cache (``clip-adapter import``).
+    Each split is a ``(features, labels)`` pair of files (``.npy``, ``.npz``, safetensors, a
+    ``torch.save``d tensor; ``"FILE#NAME"`` for an array of a file of several); the class-name
+    side is ``text_features`` (a ``(C, E)`` file) or ``model`` (encodes the class names).
+    Returns ``{"dataset", "model", "model_name", "width", "text", "sets"}``."""
+
 class Head:
     """A trained head: class scores for image features."""
 
