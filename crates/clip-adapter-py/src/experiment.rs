@@ -274,3 +274,55 @@ pub fn demo<'py>(
     d.set_item("seconds", o.report.seconds)?;
     Ok(d)
 }
+
+/// The paper's Fig. 5 (`clip-adapter tsne`): the features of a split of a cached task before
+/// and after a saved CLIP-Adapter head's visual adapter, mapped to 2-D with t-SNE, and the
+/// classes' separation in both spaces. `split` is `"test"` (the whole test split, as the
+/// paper), `"val"` or `"train"`. With `out`, the figure is written to `out.svg` and `out.png`.
+/// Returns `{"classnames", "labels", "options", "before", "after", "figure"}`, where `before` and
+/// `after` are `{"coordinates": [[x, y], ...], "features": {"knn_accuracy", "silhouette"},
+/// "map": {...}, "trustworthiness"}`.
+#[pyfunction]
+#[pyo3(signature = (
+    dataset, shots, seed, adapter, *, split = "test", perplexity = 30.0, epochs = 1000,
+    model = None, cache = PathBuf::from("clip-adapter-cache"), out = None
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn tsne<'py>(
+    py: Python<'py>,
+    dataset: &str,
+    shots: &Bound<'py, PyAny>,
+    seed: u64,
+    adapter: PathBuf,
+    split: &str,
+    perplexity: f32,
+    epochs: usize,
+    model: Option<String>,
+    cache: PathBuf,
+    out: Option<PathBuf>,
+) -> PyResult<Bound<'py, PyAny>> {
+    use clip_adapter::features::task::CacheQuery;
+    use clip_adapter::tsne::{adapter_tsne_from_cache, Split, TsneOptions};
+    let shots = crate::methods::shots_arg(shots)?;
+    let split: Split = split.parse().map_err(|e| input(format!("split: {e}")))?;
+    let opts = TsneOptions {
+        perplexity,
+        epochs,
+        seed,
+        ..TsneOptions::default()
+    };
+    let query = CacheQuery {
+        model,
+        ..CacheQuery::new(&cache, dataset, shots, seed)
+    };
+    let made = py.detach(|| adapter_tsne_from_cache(&query, &adapter, split, &opts));
+    let made = made.or_raise(Kind::Input)?;
+    let figure = match &out {
+        Some(stem) => made.tsne.write_figure(stem).or_raise(Kind::Input)?.to_vec(),
+        None => Vec::new(),
+    };
+    let json = serde_json::to_string(&made.tsne).map_err(|e| input(e.to_string()))?;
+    let doc = py.import("json")?.call_method1("loads", (json,))?;
+    doc.set_item("figure", figure)?;
+    Ok(doc)
+}

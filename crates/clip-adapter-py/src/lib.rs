@@ -44,6 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(data::benchmarks, m)?)?;
     m.add_function(wrap_pyfunction!(data::extract, m)?)?;
     m.add_function(wrap_pyfunction!(data::import_features, m)?)?;
+    m.add_function(wrap_pyfunction!(experiment::tsne, m)?)?;
     m.add_class::<methods::PyHead>()?;
     m.add_class::<methods::PyTask>()?;
     m.add_function(wrap_pyfunction!(methods::fit, m)?)?;

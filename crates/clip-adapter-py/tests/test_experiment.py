@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 
 import clip_adapter as ca
@@ -85,3 +86,32 @@ def test_the_demo_gives_the_command_lines_rows(tmp_path, cli):
     assert res.report.exists() and "colours" in res.table
     with pytest.raises(ca.InputError, match="unknown demo task"):
         ca.demo(tmp_path / "x", tasks=["nope"])
+
+
+def test_tsne_maps_as_the_command_line(tmp_path, cli):
+    """A CLIP-Adapter head's t-SNE from Python: the command line's maps and numbers."""
+    from conftest import TINY_CLIP, image_folder
+
+    image_folder(tmp_path / "data", classes=3, per_class=20)
+    cli("extract", "--model", TINY_CLIP, "--folder", "data", "--shots", 2, "--seed", 1,
+        "--views", 0, "--cache", "cache", "--json", cwd=tmp_path)
+    head = tmp_path / "head.safetensors"
+    cli("fit", "--method", "clip-adapter", "--dataset", "data", "--shots", 2, "--seed", 1,
+        "--cache", "cache", "--save", head, "--epochs", 2, "--json", cwd=tmp_path)
+    want = cli("tsne", "--dataset", "data", "--shots", 2, "--seed", 1, "--adapter", head,
+               "--cache", "cache", "--perplexity", 5, "--epochs", 250, "--out", "fig", "--json",
+               cwd=tmp_path)
+    got = ca.tsne("data", 2, 1, head, perplexity=5, epochs=250, cache=tmp_path / "cache",
+                  out=tmp_path / "py-fig")
+    assert got["labels"] == want["labels"] and got["classnames"] == want["classnames"]
+    # The same f32 values (the command line's JSON prints them widened to f64).
+    as_f32 = lambda v: np.asarray(v, dtype=np.float32)
+    for space in ("before", "after"):
+        np.testing.assert_array_equal(as_f32(got[space]["coordinates"]),
+                                      as_f32(want[space]["coordinates"]))
+        for k in ("knn_accuracy", "silhouette"):
+            assert as_f32(got[space]["features"][k]) == as_f32(want[space]["features"][k])
+    assert [p.suffix for p in got["figure"]] == [".svg", ".png"]
+    assert all(p.is_file() for p in got["figure"])
+    with pytest.raises(ca.InputError, match="perplexity"):
+        ca.tsne("data", 2, 1, head, perplexity=500, cache=tmp_path / "cache")

@@ -199,6 +199,23 @@ def import_features(
     side is ``text_features`` (a ``(C, E)`` file) or ``model`` (encodes the class names).
     Returns ``{"dataset", "model", "model_name", "width", "text", "sets"}``."""
 
+def tsne(
+    dataset: str,
+    shots: Union[int, str],
+    seed: int,
+    adapter: PathLike,
+    *,
+    split: str = "test",
+    perplexity: float = 30.0,
+    epochs: int = 1000,
+    model: Optional[str] = None,
+    cache: PathLike = "clip-adapter-cache",
+    out: Optional[PathLike] = None,
+) -> Dict[str, Any]:
+    """The features of a cached split before and after a CLIP-Adapter head's visual adapter,
+    mapped with t-SNE (``clip-adapter tsne``); ``out`` writes ``out.svg`` and ``out.png``.
+    Returns ``{"classnames", "labels", "options", "before", "after", "figure"}``."""
+
 class Head:
     """A trained head: class scores for image features."""
 
