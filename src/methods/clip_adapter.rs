@@ -624,13 +624,6 @@ pub fn train(
     epoch_loop.run(model, labels.len(), order, &mut step, &mut |_, _| {}, progress)
 }
 
-/// The largest number of training images of one class.
-pub fn shots(task: &FewShotTask) -> usize {
-    let mut count = vec![0usize; task.classes()];
-    task.train.labels.iter().for_each(|&l| count[l] += 1);
-    count.into_iter().max().unwrap_or(0)
-}
-
 /// Trains CLIP-Adapter, searching the ratio on validation when `opts.search` is not empty.
 pub fn fit(
     task: &FewShotTask,
@@ -647,7 +640,7 @@ pub fn fit(
     if opts.lr.is_nan() || opts.lr <= 0.0 {
         return Err(MethodError::option("lr", opts.lr, "must be positive"));
     }
-    let epochs = opts.epochs.unwrap_or_else(|| epochs_for_shots(shots(task)));
+    let epochs = opts.epochs.unwrap_or_else(|| epochs_for_shots(task.shots()));
     // Both branches share one searched value (the paper searches one ratio per dataset).
     let candidates: Vec<(f32, f32)> = if opts.search.is_empty() || task.val.labels.is_empty() {
         vec![(opts.alpha, opts.beta)]

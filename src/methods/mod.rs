@@ -129,9 +129,21 @@ pub struct FewShotTask {
     pub text_mean: Option<Matrix>,
 }
 
+/// The largest number of `labels` of one class among `classes`: a draw's shot count.
+pub fn shots_of(labels: &[usize], classes: usize) -> usize {
+    let mut counts = vec![0usize; classes];
+    labels.iter().for_each(|&l| counts[l] += 1);
+    counts.into_iter().max().unwrap_or(0)
+}
+
 impl FewShotTask {
     pub fn classes(&self) -> usize {
         self.text.weights.rows
+    }
+
+    /// The largest number of training images of one class (what the schedules key on).
+    pub fn shots(&self) -> usize {
+        shots_of(&self.train.labels, self.classes())
     }
 
     pub fn dim(&self) -> usize {

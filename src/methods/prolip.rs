@@ -183,12 +183,6 @@ pub fn train(
 }
 
 /// The largest number of training images of one class: the N of a CoOp few-shot draw.
-fn shots(labels: &[usize], k: usize) -> usize {
-    let mut counts = vec![0usize; k];
-    labels.iter().for_each(|&l| counts[l] += 1);
-    counts.into_iter().max().unwrap_or(0)
-}
-
 /// ProLIP on `task`, which must carry its pre-projection features.
 pub fn fit(
     task: &FewShotTask,
@@ -211,7 +205,7 @@ pub fn fit(
         ));
     }
     let labels = &task.train.labels;
-    let lambda = opts.lambda.value(shots(labels, task.classes()));
+    let lambda = opts.lambda.value(task.shots());
     let candidates = if task.val.labels.is_empty() || opts.search.is_empty() {
         vec![opts.lr]
     } else {
@@ -421,6 +415,6 @@ mod tests {
         assert_eq!(Lambda::InverseShots.value(4), 0.25);
         assert_eq!(Lambda::InverseShotsSquared.value(4), 1.0 / 16.0);
         assert_eq!(Lambda::Fixed(0.3).value(4), 0.3);
-        assert_eq!(shots(&[0, 0, 1, 2, 2, 2], 3), 3);
+        assert_eq!(crate::methods::shots_of(&[0, 0, 1, 2, 2, 2], 3), 3);
     }
 }

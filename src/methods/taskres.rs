@@ -31,7 +31,7 @@ use super::optim::{Adam, WarmupCosine};
 use super::overrides::{MethodOverrides, IMAGENET};
 use super::zero_shot::cosine_logits;
 use super::{
-    clip_adapter, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head,
+    Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head,
     Method, MethodCard, MethodError, Needs, Progress,
 };
 
@@ -217,7 +217,7 @@ pub fn fit(
     }
     let epochs = opts
         .epochs
-        .unwrap_or_else(|| epochs_for_shots(clip_adapter::shots(task)));
+        .unwrap_or_else(|| epochs_for_shots(task.shots()));
     let mut head = TaskResHead::new(base(task)?.clone(), opts.alpha, task.text.logit_scale);
     let mut rng = seeded_rng(opts.seed);
     let n = task.train.labels.len();

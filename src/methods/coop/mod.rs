@@ -27,7 +27,7 @@ pub use error::CoopError;
 pub use head::CoopHead;
 use prompt_learner::{initial_context, PromptLearner};
 
-use super::clip_adapter::{epochs_for_shots, shots};
+use super::clip_adapter::epochs_for_shots;
 use super::method::method_boilerplate;
 use super::epochs::{Batching, EpochLoop};
 use super::optim::{Sgd, WarmupCosine};
@@ -379,7 +379,7 @@ pub fn fit(
         opts.seed,
     )?;
     let learner = model.learner(&task.classnames, n_ctx, opts.csc, opts.position)?;
-    let epochs = opts.epochs.unwrap_or_else(|| epochs_for_shots(shots(task)));
+    let epochs = opts.epochs.unwrap_or_else(|| epochs_for_shots(task.shots()));
     let mut rng = super::linalg::seeded_rng(opts.seed);
     let n = task.train.labels.len();
     let mut order = |_epoch: usize| rng.permutation(n);
