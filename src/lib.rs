@@ -18,6 +18,7 @@ pub mod features;
 pub mod figure;
 pub mod fsutil;
 pub mod hash;
+pub mod hint;
 pub mod image;
 pub mod kernels;
 pub mod limits;

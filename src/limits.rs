@@ -24,7 +24,10 @@ pub struct Limit {
 /// A value above its [`Limit`]: the field (a file's key, or an option the caller set), the
 /// value and the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} = {value} is above the limit of {max} ({why})")]
+#[error(
+    "{} = {value} is above the limit of {max} ({why})",
+    if *option { crate::hint::opt(field) } else { field.clone() }
+)]
 pub struct LimitError {
     pub field: String,
     /// Whether `field` is an option's name as the library spells it (`batch_size`), which a

@@ -586,9 +586,17 @@ pub enum PretrainError {
     Shape(String),
     #[error(transparent)]
     Limit(#[from] LimitError),
-    #[error("{} already exists: pretraining would overwrite a model (choose another output folder, or allow overwriting)", existing.display())]
+    #[error(
+        "{} already exists: pretraining would overwrite a model (choose another {}, or pass {})",
+        existing.display(),
+        crate::hint::opt("out"),
+        crate::hint::switch("overwrite")
+    )]
     WouldOverwrite { existing: PathBuf },
-    #[error("the loss diverged at step {step} ({loss}); try a smaller learning rate")]
+    #[error(
+        "the loss diverged at step {step} ({loss}); try a smaller {}",
+        crate::hint::opt("lr")
+    )]
     Diverged { step: usize, loss: f32 },
     #[error("cannot serialise {}", path.display())]
     Serialize {

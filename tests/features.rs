@@ -440,7 +440,7 @@ fn unreadable_images_stop_the_run_with_their_paths_or_are_skipped_and_counted() 
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("made with skip_bad") && err.contains("class_1/img_03.jpg"),
+        err.contains("made with `skip_bad`") && err.contains("class_1/img_03.jpg"),
         "{err}"
     );
 }

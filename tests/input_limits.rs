@@ -921,7 +921,7 @@ fn data_options_above_their_limits_are_refused() {
     // The library names the option as its structs do; the command line spells the flag.
     assert!(
         err.to_string()
-            .contains("views = 1000000 is above the limit of 1000"),
+            .contains("`views` = 1000000 is above the limit of 1000"),
         "{err}"
     );
     assert!(
@@ -939,7 +939,7 @@ fn pretraining_shapes_above_the_limits_are_refused_naming_the_option() {
     };
     let msg = shape.validate().unwrap_err().to_string();
     assert!(
-        msg.contains("vision_width = 1099511627776 is above the limit of 16384"),
+        msg.contains("`vision_width` = 1099511627776 is above the limit of 16384"),
         "{msg}"
     );
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,11 @@ use super::{display_name, DataError, Dataset, Parts, Sample, Split};
 /// Image file extensions a class folder is scanned for (lower case).
 pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "jfif"];
 
+/// CoOp's split of a dataset without one: half of each class for training, a fifth for
+/// validation, the rest for testing.
+pub const COOP_TRAIN_FRACTION: f64 = 0.5;
+pub const COOP_VAL_FRACTION: f64 = 0.2;
+
 /// How to split images that come without a split.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SeededSplit {
@@ -34,8 +39,8 @@ impl Default for SeededSplit {
     fn default() -> Self {
         SeededSplit {
             seed: 1,
-            train: 0.5,
-            val: 0.2,
+            train: COOP_TRAIN_FRACTION,
+            val: COOP_VAL_FRACTION,
         }
     }
 }

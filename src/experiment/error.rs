@@ -62,7 +62,7 @@ pub enum ExperimentError {
 
     /// An option (by its name, e.g. `reduction`) that none of the chosen methods takes, or
     /// that means nothing under the protocol.
-    #[error("option `{option}` does not apply to {to}: {why}")]
+    #[error("{} does not apply to {to}: {why}", crate::hint::opt(option))]
     NotApplicable {
         option: &'static str,
         to: NotApplicableTo,
@@ -78,7 +78,11 @@ pub enum ExperimentError {
     #[error(
         "dataset `{dataset}` is not in the feature cache {} (it has: {})",
         cache.display(),
-        if available.is_empty() { "nothing".to_string() } else { available.join(", ") }
+        if available.is_empty() {
+            format!("nothing; run {} first", crate::hint::Command::new("extract"))
+        } else {
+            available.join(", ")
+        }
     )]
     UnknownDataset {
         dataset: String,
@@ -93,7 +97,8 @@ pub enum ExperimentError {
     #[error(
         "the head was trained on model {expected} (fingerprint {expected_fingerprint}) but \
          `{given}` has fingerprint {found}: its predictions would be wrong; pass the model it \
-         was trained on, or allow the mismatch to use this one anyway"
+         was trained on, or {} to use this one anyway",
+        crate::hint::switch("allow_model_mismatch")
     )]
     ModelMismatch {
         expected: String,
@@ -120,7 +125,8 @@ pub enum ExperimentError {
 
     #[error(
         "the head records no model fingerprint (it was saved by an older version), so model \
-         `{given}` cannot be checked; allow the mismatch to use it anyway"
+         `{given}` cannot be checked; pass {} to use it anyway",
+        crate::hint::switch("allow_model_mismatch")
     )]
     NoFingerprint { given: String },
 }
@@ -138,7 +144,9 @@ impl std::fmt::Display for NotApplicableTo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotApplicableTo::Methods(m) => f.write_str(m),
-            NotApplicableTo::NoValidation => f.write_str("the protocol without a validation set"),
+            NotApplicableTo::NoValidation => {
+                f.write_str(&crate::hint::opt_value("validation", "none"))
+            }
         }
     }
 }

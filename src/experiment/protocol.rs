@@ -298,7 +298,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("`search`") && err.contains("without a validation set"),
+            err.contains("`search`") && err.contains("`validation` = none"),
             "{err}"
         );
     }

@@ -31,7 +31,10 @@ pub enum SweepError {
     #[error("{param} value `{value}` is given twice")]
     Duplicate { param: &'static str, value: String },
 
-    #[error("option `{option}` cannot be set in a sweep over {param}: {why}")]
+    #[error(
+        "{} cannot be set in a sweep over {param}: {why}",
+        crate::hint::opt(option)
+    )]
     Conflict {
         option: &'static str,
         param: &'static str,

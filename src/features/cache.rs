@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::FeatureError;
 use crate::data::DataError;
-use crate::data::Sample;
+use crate::data::{folder, Sample};
+use crate::hint::Value;
 use crate::image::augment::Augment;
 use crate::image::Preprocess;
 
@@ -193,6 +194,55 @@ pub enum DataSource {
 }
 
 impl DataSource {
+    /// The `extract` options that name this source, in the order a hint shows them; the split
+    /// fractions only where they differ from CoOp's.
+    pub fn options(&self) -> Vec<(&'static str, Option<Value>)> {
+        let path = |p: &Path| Some(Value::Given(p.display().to_string()));
+        let seeded = |seed: &i64, train: &f64, val: &f64| {
+            let mut o = vec![("split_seed", Some(Value::Given(seed.to_string())))];
+            if *train != folder::COOP_TRAIN_FRACTION || *val != folder::COOP_VAL_FRACTION {
+                o.push(("train_fraction", Some(Value::Given(train.to_string()))));
+                o.push(("val_fraction", Some(Value::Given(val.to_string()))));
+            }
+            o
+        };
+        let mut o = Vec::new();
+        match self {
+            DataSource::Benchmark {
+                dataset,
+                root,
+                split,
+            } => {
+                o.push(("dataset", Some(Value::Given(dataset.clone()))));
+                o.push(("root", path(root)));
+                o.extend(split.as_deref().map(|s| ("split", path(s))));
+            }
+            DataSource::Folder {
+                dir,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            } => {
+                o.push(("folder", path(dir)));
+                o.extend(seeded(split_seed, train_fraction, val_fraction));
+            }
+            DataSource::Manifest {
+                file,
+                split_seed,
+                train_fraction,
+                val_fraction,
+            } => {
+                o.push(("manifest", path(file)));
+                o.extend(seeded(split_seed, train_fraction, val_fraction));
+            }
+            DataSource::SplitFile { file, root } => {
+                o.push(("split", path(file)));
+                o.extend(root.as_deref().map(|r| ("root", path(r))));
+            }
+        }
+        o
+    }
+
     /// The benchmark the source is, if it is one.
     pub fn benchmark(&self) -> Result<Option<&'static crate::data::Benchmark>, DataError> {
         match self {
@@ -205,7 +255,7 @@ impl DataSource {
 
     /// Reads the dataset: its images and their train/val/test split.
     pub fn load(&self) -> Result<crate::data::Dataset, DataError> {
-        use crate::data::folder::{self, SeededSplit};
+        use crate::data::folder::SeededSplit;
         let seeded = |seed: &i64, train: &f64, val: &f64| SeededSplit {
             seed: *seed,
             train: *train,
@@ -258,18 +308,6 @@ fn split_file_dataset(path: &Path, root: Option<&Path>) -> Result<crate::data::D
         test: s.test,
         templates: vec![crate::data::DEFAULT_TEMPLATE.to_string()],
     })
-}
-
-/// `s` as one POSIX shell word.
-pub fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c));
-    if plain {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 /// The metadata of a feature file.

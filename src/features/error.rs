@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::hint;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FeatureError {
@@ -31,15 +33,17 @@ pub enum FeatureError {
     Damaged { path: PathBuf, msg: String },
 
     #[error(
-        "{count} image(s) could not be read (extract with skip_bad to leave them out):\n  {}",
+        "{count} image(s) could not be read (rerun with {} to leave them out):\n  {}",
+        hint::switch("skip_bad"),
         details.join("\n  ")
     )]
     BadImages { count: usize, details: Vec<String> },
 
     #[error(
-        "{}: made with skip_bad, it lacks {count} unreadable image(s) (first: {first}); extract \
-         with skip_bad to use it, or delete it",
-        path.display()
+        "{}: made with {skip_bad}, it lacks {count} unreadable image(s) (first: {first}); rerun \
+         with {skip_bad} to use it, or delete it",
+        path.display(),
+        skip_bad = hint::switch("skip_bad")
     )]
     SkippedInCache {
         path: PathBuf,

@@ -17,6 +17,7 @@ use crate::features::cache::{DataSource, FeatureFile, Meta};
 use crate::features::projection::{projection_path, read_projection};
 use crate::features::text::read_text;
 use crate::features::{FeatureError, Output, Transform};
+use crate::hint::{self, Value};
 use crate::methods::linalg::Matrix;
 use crate::methods::pre_projection::{PreProjection, Projection};
 use crate::methods::{FewShotTask, LabelledSet, MethodError, TextClassifier};
@@ -300,25 +301,67 @@ pub enum HintSource {
     Unknown,
 }
 
+impl ExtractHint {
+    /// The `extract` call that writes what is missing, and what its stand-ins mean.
+    pub fn command(&self) -> (hint::Command, String) {
+        let mut note = String::new();
+        let source = match &self.source {
+            HintSource::Recorded(s) => s.options(),
+            HintSource::Benchmark => {
+                note.push_str(" (DIR: CoOp's data folder)");
+                vec![
+                    ("dataset", Some(Value::Given(self.dataset.clone()))),
+                    ("root", Some(Value::Placeholder("DIR"))),
+                ]
+            }
+            HintSource::Unknown => {
+                note.push_str(&format!(
+                    " (`{}` is not a benchmark: DIR is the folder of its images; for a list of \
+                     images use {}, for a split file {})",
+                    self.dataset,
+                    hint::opt_placeholder("manifest", "FILE"),
+                    hint::opt_placeholder("split", "FILE"),
+                ));
+                vec![("folder", Some(Value::Placeholder("DIR")))]
+            }
+        };
+        let command = match &self.model {
+            Some(m) => hint::Command::new("extract").given("model", m),
+            None => {
+                note.push_str(" (MODEL: the model directory or hub id)");
+                hint::Command::new("extract").placeholder("model", "MODEL")
+            }
+        };
+        let mut command = (command.given("cache", self.cache.display())).with(source);
+        if let Shots::K(k) = self.shots {
+            command = command.given("shots", k);
+        }
+        (command.given("seed", self.seed), note)
+    }
+}
+
+/// Keeping one of several extractions.
+fn keep_one() -> String {
+    format!(
+        "keep one: delete the files of the others, or extract each into its own {} folder",
+        hint::opt("cache")
+    )
+}
+
 impl std::fmt::Display for CacheProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CacheProblem::Missing { missing, hint } => write!(
-                f,
-                "{missing}; extract the features of `{}` ({}-shot draw, seed {}) into {} \
-                 with {} first",
-                hint.dataset,
-                hint.shots,
-                hint.seed,
-                hint.cache.display(),
-                hint.model.as_deref().unwrap_or("the model")
-            ),
+            CacheProblem::Missing { missing, hint } => {
+                let (command, note) = hint.command();
+                write!(f, "{missing}; run {command} first{note}")
+            }
             CacheProblem::SeveralModels { models } => {
                 let names: Vec<String> =
                     models.iter().map(|(n, fp)| format!("{n} ({fp})")).collect();
+                let model = hint::opt("model");
                 write!(
                     f,
-                    "features of several models: {}; choose one",
+                    "features of several models: {}; choose one with {model}",
                     names.join(", ")
                 )
             }
@@ -335,10 +378,10 @@ impl std::fmt::Display for CacheProblem {
                     f,
                     "ambiguous: {} extractions of `{dataset}` with different train/val/test \
                      splits hold {part}, and a task must come from one (a train set of one split \
-                     and the test set of another would share images):\n{}\nkeep one: delete the \
-                     files of the others, or extract each into its own cache folder",
+                     and the test set of another would share images):\n{}\n{}",
                     extractions.len(),
-                    list.join("\n")
+                    list.join("\n"),
+                    keep_one()
                 )
             }
             CacheProblem::SeveralViewRuns { part, runs } => {
@@ -348,10 +391,10 @@ impl std::fmt::Display for CacheProblem {
                 write!(
                     f,
                     "ambiguous: the augmented views of {part} come from {} runs with different \
-                     view transforms, and a task must use one:\n{}\nkeep one: delete the files \
-                     of the others, or extract each into its own cache folder",
+                     view transforms, and a task must use one:\n{}\n{}",
                     runs.len(),
-                    list.join("\n")
+                    list.join("\n"),
+                    keep_one()
                 )
             }
             CacheProblem::Inconsistent(msg) => f.write_str(msg),
@@ -380,11 +423,11 @@ impl std::fmt::Display for Missing {
     }
 }
 
-/// `from <source> (test set: N images)`, the source as recorded.
+/// `from <the extract options of its source> (test set: N images)`.
 impl std::fmt::Display for Extraction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.source {
-            Some(s) => write!(f, "from {s:?}")?,
+            Some(s) => write!(f, "from {}", hint::options(&s.options()))?,
             None => f.write_str("from `source not recorded`")?,
         }
         match self.test_images {

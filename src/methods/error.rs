@@ -28,7 +28,11 @@ pub enum MethodError {
     #[error("{what} is empty")]
     Empty { what: &'static str },
 
-    #[error("{method} trains the image tower's last projection: it needs the image tower's pre-projection features and the checkpoint's projection, extracted with them")]
+    #[error(
+        "{method} trains the image tower's last projection: it needs the image tower's \
+         pre-projection features and the checkpoint's projection, extracted with them ({})",
+        crate::hint::Command::new("extract").switch("pre_projection")
+    )]
     NeedsPreProjection { method: &'static str },
 
     #[error("{method} starts from the mean un-normalised prompt embeddings, which this cache's text features lack (cached by an older version): extract them again")]

@@ -44,9 +44,12 @@ pub enum ReportError {
     NoFolder { dir: PathBuf },
 
     #[error(
-        "{}: not found; a results folder is what a run, a sweep or the demo wrote its results \
-         into",
-        path.display()
+        "{}: not found; a results folder is what {}, {} or {} wrote with {}",
+        path.display(),
+        crate::hint::Command::new("run"),
+        crate::hint::Command::new("sweep"),
+        crate::hint::Command::new("demo"),
+        crate::hint::opt("out")
     )]
     NoResults { path: PathBuf },
 

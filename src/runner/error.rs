@@ -113,7 +113,10 @@ pub enum RunError {
     FeatureMatrix,
 
     /// Listed images are not on disk, and the extraction was not told to leave them out.
-    #[error("some listed images are missing (extract with skip_bad to leave them out)")]
+    #[error(
+        "rerun with {} to leave the missing images out",
+        crate::hint::switch("skip_bad")
+    )]
     MissingImages(#[source] Box<crate::data::DataError>),
 
     #[error("encoding {dataset}")]

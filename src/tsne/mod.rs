@@ -105,9 +105,9 @@ pub enum TsneError {
 
     #[error(
         "{}: a `{kind}` head has no visual adapter; the t-SNE shows the image features before \
-         and after CLIP-Adapter's visual adapter (a CLIP-Adapter head with the visual branch or \
-         both)",
-        path.display()
+         and after CLIP-Adapter's visual adapter ({} or `both`)",
+        path.display(),
+        crate::hint::Command::new("fit").given("method", "clip-adapter").given("branch", "visual")
     )]
     NotVisualAdapter { path: PathBuf, kind: String },
 
@@ -116,8 +116,9 @@ pub enum TsneError {
 
     #[error(
         "{}: the head records no model fingerprint (it was saved by an older version), so it \
-         cannot be checked against the features' model; fit and save it again",
-        path.display()
+         cannot be checked against the features' model; save it again with {}",
+        path.display(),
+        crate::hint::Command::new("fit").switch("save")
     )]
     NoFingerprint { path: PathBuf },
 

@@ -12,6 +12,7 @@ mod experiment;
 mod methods;
 mod model;
 mod progress;
+mod spelling;
 
 use pyo3::prelude::*;
 
@@ -36,6 +37,7 @@ fn set_threads(threads: usize) -> PyResult<()> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    spelling::install();
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_class::<model::PyClip>()?;

@@ -125,8 +125,19 @@ def test_errors_are_the_documented_exceptions(workdir):
     assert e.value.causes and str(e.value) == ": ".join(e.value.causes)
     with pytest.raises(ca.CacheError, match="no cached features of `nothing`"):
         ca.fit_cached("zero-shot", "nothing", 2, cache=workdir / "cache", progress=False)
-    with pytest.raises(ca.CacheError):
+    # The library's hint, in Python's words: the call that extracts what is missing.
+    with pytest.raises(ca.CacheError) as e:
         ca.load_cached_task(DATASET, 16, 1, cache=workdir / "cache")
+    data = str((workdir / "data").resolve())
+    assert (
+        f'run `clip_adapter.extract(model="{TINY_CLIP}", dataset=Dataset.folder("{data}", '
+        f'split_seed=1), cache="{workdir / "cache"}", shots=16, seed=1)` first'
+    ) in str(e.value), str(e.value)
+    with pytest.raises(ca.InputError, match=r"`search` does not apply to validation=\"none\""):
+        ca.fit_cached(
+            "clip-adapter", DATASET, 2, cache=workdir / "cache", validation="none",
+            search=[0.5, 1.0], progress=False,
+        )
     with pytest.raises(ca.MethodError, match="diverged"):
         ca.fit("clip-adapter", x * 1e3, y, text_features=w, lr=1e30, epochs=3, progress=False)
 

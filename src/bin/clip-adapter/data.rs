@@ -9,6 +9,7 @@ use clap::Args;
 use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
 use clip_adapter::data::check::{check, decode_all, CheckReport};
+use clip_adapter::data::folder::{COOP_TRAIN_FRACTION, COOP_VAL_FRACTION};
 use clip_adapter::data::{Benchmark, Dataset, FewShot, Split};
 use clip_adapter::features::extract::DEFAULT_CHUNK_BATCHES;
 use clip_adapter::features::job::ExtractOutcome;
@@ -17,7 +18,7 @@ use clip_adapter::runner::{self, ExtractSpec};
 use serde_json::json;
 
 use crate::output::{outln, report_short, Observer, Progress, FIRST, MORE};
-use crate::shared::{crop_scale, dataset_name, fraction, positive, TRAIN_FRACTION, VAL_FRACTION};
+use crate::shared::{crop_scale, dataset_name, fraction, positive};
 
 /// Where the images and their split come from (one of --dataset, --folder, --manifest,
 /// --split).
@@ -54,12 +55,12 @@ pub struct SourceArgs {
     pub split_seed: i64,
 
     /// Fraction of each class for training in such a split (CoOp: 0.5), in (0, 1].
-    #[arg(long, default_value_t = TRAIN_FRACTION, value_name = "F", value_parser = |s: &str| fraction(s, false, true))]
+    #[arg(long, default_value_t = COOP_TRAIN_FRACTION, value_name = "F", value_parser = |s: &str| fraction(s, false, true))]
     pub train_fraction: f64,
 
     /// Fraction of each class for validation in such a split (CoOp: 0.2), in [0, 1); the rest
     /// is test.
-    #[arg(long, default_value_t = VAL_FRACTION, value_name = "F", value_parser = |s: &str| fraction(s, true, false))]
+    #[arg(long, default_value_t = COOP_VAL_FRACTION, value_name = "F", value_parser = |s: &str| fraction(s, true, false))]
     pub val_fraction: f64,
 
     /// The dataset's name in the cache (`<cache>/<NAME>/`) and in `fit --dataset`. Defaults:

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     }
     // Freed activations stay mapped: no page faults in the encoders' steady state.
     clip_adapter::kernels::alloc::keep_freed_memory();
+    render::install();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -294,7 +294,6 @@ impl RunObserver for Observer<'_> {
     }
 
     fn model_mismatch(&mut self, why: &ExperimentError) {
-        let why = crate::render::render(why);
         eprintln!("warning: {why} (going on: --allow-model-mismatch)");
     }
 }

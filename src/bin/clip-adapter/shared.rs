@@ -6,11 +6,6 @@ use std::path::PathBuf;
 use clap::Args;
 use clip_adapter::experiment::Validation;
 
-/// CoOp's split of a dataset without one: half of each class for training, a fifth for
-/// validation.
-pub const TRAIN_FRACTION: f64 = 0.5;
-pub const VAL_FRACTION: f64 = 0.2;
-
 /// A count that must be at least 1 (spaces around it ignored).
 pub fn positive(s: &str) -> std::result::Result<usize, String> {
     match s.trim().parse::<usize>() {
