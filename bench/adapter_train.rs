@@ -79,6 +79,7 @@ fn time_group(name: &str, n: usize, d: usize, k: usize, shots: usize, epochs: us
         shots: vec![shots],
         seeds: vec![1, 2, 3],
         validation: Validation::None,
+        protocol: clip_adapter::experiment::Protocol::FewShot,
     };
     let source = RowSource {
         model: "synthetic".into(),

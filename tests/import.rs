@@ -271,6 +271,7 @@ fn extracted_features_imported_again_give_the_same_accuracies() {
             .collect(),
         overrides: MethodOverrides::default(),
         validation: Validation::Val,
+        protocol: clip_adapter::experiment::Protocol::FewShot,
         model: None,
         reported: None,
         hub: HubOptions::from_env(),

@@ -1,6 +1,7 @@
 //! The single integration-test binary (one link step for all tests).
 
 mod architecture;
+mod base_to_new;
 mod bombs;
 mod cache_safety;
 mod checkpoint_errors;

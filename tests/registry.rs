@@ -1,6 +1,7 @@
 //! One property test over the method registry: every registered method fits a toy task (with
 //! and without a validation set), saves and reloads its head with identical predictions, has a
-//! figure colour of its own, documents its validation-free rule and is listed by `run --help`.
+//! figure colour of its own, documents its validation-free rule, re-aims its head at other
+//! classes exactly when its card says it can (base-to-new), and is listed by `run --help`.
 //! A method added to the registry is checked here without a line of this file changing.
 
 use candle_core::Device;
@@ -10,9 +11,10 @@ use clip_adapter::methods::coop::{CoopHead, PromptModel};
 use clip_adapter::methods::head::{self, HeadInfo};
 use clip_adapter::methods::linalg::seeded_rng;
 use clip_adapter::methods::prolip::{PreProjection, Projection};
+use clip_adapter::methods::zero_shot::ZeroShot;
 use clip_adapter::methods::{
     eval, evaluate, FeatureSpace, FewShotTask, FitContext, LabelledSet, Matrix, MethodKind,
-    MethodOverrides, Needs, TextClassifier,
+    MethodOverrides, Needs, NewClasses, TextClassifier,
 };
 
 use crate::common::{clip_adapter, fixture};
@@ -169,6 +171,31 @@ fn every_registered_method_fits_saves_and_reloads() {
                 "{}: the reloaded head's accuracy",
                 card.name
             );
+            // Base-to-new: a head that scores classes from their text embeddings, re-aimed at
+            // its own classes, is itself; the others cannot be re-aimed.
+            let again = fit.fitted.head.for_classes(&t.text);
+            match (card.new_classes, card.needs, again) {
+                (NewClasses::FromText, Needs::TextTower, _) => {
+                    let prompt = fit.prompt.as_ref().unwrap();
+                    let text = prompt.text_classifier(&path, &model).unwrap();
+                    let logits = ZeroShot::new(&text).logits(x);
+                    assert_eq!(logits.data, b.data, "{}: prompt re-encoded", card.name);
+                }
+                (NewClasses::FromText, _, Some(h)) => {
+                    let logits = h.logits(x);
+                    assert_eq!(
+                        logits.data, b.data,
+                        "{}: re-aimed at its classes",
+                        card.name
+                    );
+                }
+                (NewClasses::No(why), _, None) => assert!(!why.is_empty()),
+                (n, _, h) => panic!(
+                    "{}: card says {n:?}, head re-aims: {}",
+                    card.name,
+                    h.is_some()
+                ),
+            }
             if let Some(prompt) = &fit.prompt {
                 let path = dir.path().join(format!("{}-prompt.safetensors", card.name));
                 prompt.save(&path).unwrap();

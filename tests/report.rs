@@ -34,6 +34,8 @@ fn row(method: &str, options: &str, dataset: &str, shots: usize, seed: u64, acc:
         train_seconds: 0.5,
         chosen: String::new(),
         augmentation: String::new(),
+        protocol: Default::default(),
+        new_accuracy: None,
     }
 }
 

@@ -367,6 +367,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     let prepared = prepare_tasks(&clip, &specs, o, progress)?;
     let datasets: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
     let grid_of = |methods: &[DemoMethod], shots: Vec<usize>| Grid {
+        protocol: crate::experiment::Protocol::FewShot,
         methods: (methods.iter())
             .map(|m| GridMethod {
                 label: m.label.clone(),

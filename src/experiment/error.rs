@@ -69,6 +69,18 @@ pub enum ExperimentError {
         why: String,
     },
 
+    /// A method whose head cannot be tested under the protocol (base-to-new: scoring classes
+    /// it never trained on).
+    #[error("{method} cannot run under the {protocol} protocol: {why}")]
+    Protocol {
+        method: &'static str,
+        protocol: super::Protocol,
+        why: &'static str,
+    },
+
+    #[error(transparent)]
+    TooFewClasses(#[from] super::base_to_new::TooFewClasses),
+
     #[error("{what} is empty")]
     Empty { what: &'static str },
 

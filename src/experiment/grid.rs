@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use super::base_to_new::{new_class_accuracy, BaseToNew, NewClassTest, Protocol};
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::methods::coop::PromptModel;
 use crate::methods::{self, FewShotTask, Fit, FitContext, Method, Needs};
@@ -54,6 +55,8 @@ pub struct Grid {
     pub seeds: Vec<u64>,
     /// Every row of the grid is fitted under this protocol.
     pub validation: Validation,
+    /// Few-shot, or base-to-new (each draw split into base and new classes).
+    pub protocol: Protocol,
 }
 
 impl Grid {
@@ -98,6 +101,8 @@ pub struct RowSpec<'a> {
     pub seed: u64,
     pub validation: Validation,
     pub source: &'a RowSource,
+    /// Base-to-new: the new classes' test (the task is then the base classes').
+    pub new: Option<&'a NewClassTest>,
 }
 
 impl RowSpec<'_> {
@@ -111,6 +116,10 @@ impl RowSpec<'_> {
             validation: self.validation,
             model: self.source.model.clone(),
             features: self.source.features.clone(),
+            protocol: match self.new {
+                Some(_) => Protocol::BaseToNew,
+                None => Protocol::FewShot,
+            },
         }
     }
 }
@@ -153,6 +162,12 @@ pub fn fit_row(
     // Milliseconds are all a training time needs.
     let seconds = (start.elapsed().as_secs_f64() * 1e3).round() / 1e3;
     let (val, test) = methods::evaluate(&fitted.head, task);
+    let new_accuracy = match spec.new {
+        Some(new) => {
+            Some(new_class_accuracy(&trained, new, model).map_err(|e| fit_error(Box::new(e)))?)
+        }
+        None => None,
+    };
     let chosen: Vec<String> = fitted
         .chosen
         .iter()
@@ -174,6 +189,8 @@ pub fn fit_row(
         train_seconds: seconds,
         chosen: chosen.join(" "),
         augmentation: TrainedOn::of(method, task).to_string(),
+        protocol: key.protocol,
+        new_accuracy,
     };
     Ok((trained, row))
 }
@@ -255,10 +272,19 @@ pub fn run_grid<E: From<ExperimentError>>(
             for &seed in &grid.seeds {
                 // Loaded even when every row is done: the rows' identity includes the features.
                 let (task, source) = load(dataset, shots, seed)?;
+                let (task, new) = match grid.protocol {
+                    Protocol::FewShot => (task, None),
+                    Protocol::BaseToNew => {
+                        let split =
+                            BaseToNew::split(&task, dataset).map_err(ExperimentError::from)?;
+                        (split.base, Some(split.new))
+                    }
+                };
                 // Dropped once for every method of the draw.
                 draws.push(Draw {
                     seed,
                     task: grid.validation.apply(task),
+                    new,
                     source,
                 });
             }
@@ -277,7 +303,10 @@ pub fn run_grid<E: From<ExperimentError>>(
 /// One few-shot draw of a group.
 struct Draw {
     seed: u64,
+    /// The task methods train on (base-to-new: the base classes').
     task: FewShotTask,
+    /// Base-to-new: the new classes' test.
+    new: Option<NewClassTest>,
     source: RowSource,
 }
 
@@ -327,6 +356,7 @@ impl Group<'_> {
             seed: draw.seed,
             validation: self.grid.validation,
             source: &draw.source,
+            new: draw.new.as_ref(),
         }
     }
 
@@ -626,6 +656,7 @@ mod tests {
             shots: vec![8],
             seeds: vec![1, 2, 3],
             validation: Validation::Val,
+            protocol: Protocol::FewShot,
         }
     }
 

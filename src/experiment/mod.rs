@@ -1,6 +1,8 @@
 //! The experiment: what `clip-adapter run`, `fit` and the demo share.
 //!
 //! ```text
+//! base_to_new.rs  CoCoOp's base-to-new protocol: the class split, the base task, the new
+//!              classes' test
 //! row.rs       one results row (CSV via serde), its identity, the results file and resume
 //! protocol.rs  the options a user sets, which methods they apply to, the protocol's rules
 //!              (per-dataset Tip-Adapter values, ImageNet's 50 epochs), with or without a
@@ -17,6 +19,7 @@
 //! rerun skips a row only when all of these agree, so results of another model or another
 //! extraction are never mistaken for this one's.
 
+pub mod base_to_new;
 mod error;
 pub mod grid;
 pub mod model;
@@ -25,6 +28,7 @@ pub mod row;
 pub mod sweep;
 pub mod table;
 
+pub use base_to_new::{BaseToNew, Protocol};
 pub use error::{ExperimentError, NotApplicableTo};
 pub use grid::{
     fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, ModelLoader, RowSink, RowSpec,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ExperimentError, Validation};
+use super::{ExperimentError, Protocol, Validation};
 use crate::features::task::TaskSource;
 use crate::features::ContentHash;
 
@@ -46,10 +46,18 @@ pub struct ResultRow {
     /// written before this column read as empty: not recorded.
     #[serde(default)]
     pub augmentation: String,
+    /// The protocol (`few-shot`, or `base-to-new`: trained on the base classes, with
+    /// `val_accuracy` and `test_accuracy` on base classes). Files written before this column
+    /// hold only few-shot rows.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Base-to-new only: the accuracy on the new classes' test images, among the new classes.
+    #[serde(default)]
+    pub new_accuracy: Option<f32>,
 }
 
 /// The CSV columns, in order (the fields of [`ResultRow`]).
-pub const COLUMNS: [&str; 14] = [
+pub const COLUMNS: [&str; 16] = [
     "method",
     "options",
     "dataset",
@@ -64,14 +72,16 @@ pub const COLUMNS: [&str; 14] = [
     "train_seconds",
     "chosen",
     "augmentation",
+    "protocol",
+    "new_accuracy",
 ];
 
-/// The columns of the version before the `augmentation` column (the last one): rows read
-/// with it empty.
-pub const COLUMNS_BEFORE_AUGMENTATION: &[&str] = match COLUMNS.split_last() {
-    Some((_, before)) => before,
-    None => &[],
-};
+/// The columns of the version before the `protocol` and `new_accuracy` columns (the last two):
+/// rows read as few-shot rows.
+pub const COLUMNS_BEFORE_PROTOCOL: &[&str] = COLUMNS.split_at(14).0;
+
+/// The columns of the version before the `augmentation` column: rows read with it empty.
+pub const COLUMNS_BEFORE_AUGMENTATION: &[&str] = COLUMNS.split_at(13).0;
 
 /// The columns of the version before the `validation` column: read as `val` rows.
 pub const COLUMNS_BEFORE_VALIDATION: [&str; 12] = [
@@ -100,6 +110,7 @@ pub struct RowKey {
     pub validation: Validation,
     pub model: String,
     pub features: String,
+    pub protocol: Protocol,
 }
 
 impl ResultRow {
@@ -113,6 +124,7 @@ impl ResultRow {
             validation: self.validation,
             model: self.model.clone(),
             features: self.features.clone(),
+            protocol: self.protocol,
         }
     }
 
@@ -131,6 +143,9 @@ impl ResultRow {
         }
         if self.validation == Validation::None {
             s.push_str(" [no validation]");
+        }
+        if self.protocol == Protocol::BaseToNew {
+            s.push_str(" [base-to-new]");
         }
         s
     }
@@ -215,6 +230,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<ResultRow>, ExperimentError> {
         .map(str::to_string)
         .collect();
     if found != COLUMNS
+        && found != COLUMNS_BEFORE_PROTOCOL
         && found != COLUMNS_BEFORE_AUGMENTATION
         && found != COLUMNS_BEFORE_VALIDATION
     {
@@ -333,6 +349,8 @@ mod tests {
             train_seconds: 1.5,
             chosen: "alpha=0.4 \"quoted\"".into(),
             augmentation: String::new(),
+            protocol: Protocol::FewShot,
+            new_accuracy: None,
         }
     }
 

@@ -519,6 +519,8 @@ mod tests {
             train_seconds: 0.0,
             chosen: String::new(),
             augmentation: String::new(),
+            protocol: Default::default(),
+            new_accuracy: None,
         };
         let rows = vec![
             row("reduction=8 epochs=3"),
@@ -562,6 +564,8 @@ mod tests {
             train_seconds: 0.0,
             chosen: String::new(),
             augmentation: String::new(),
+            protocol: Default::default(),
+            new_accuracy: None,
         };
         let rows = vec![
             row("0", "dtd", 1, 40.0),

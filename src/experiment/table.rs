@@ -322,6 +322,8 @@ mod tests {
             train_seconds: 0.0,
             chosen: String::new(),
             augmentation: String::new(),
+            protocol: Default::default(),
+            new_accuracy: None,
         }
     }
 

@@ -928,6 +928,7 @@ pub static CARD: MethodCard = MethodCard {
         }))
     },
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("its cache and its refined channels are built from the training classes' images and labels"),
 };
 
 pub static CARD_T: MethodCard = MethodCard {

@@ -382,6 +382,7 @@ pub static CARD: MethodCard = MethodCard {
         })
     },
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("it learns one weight vector per training class (a linear probe held near their text embeddings)"),
 };
 
 impl FewShotMethod for ClapOptions {

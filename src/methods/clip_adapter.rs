@@ -723,6 +723,7 @@ pub static CARD: MethodCard = MethodCard {
     ],
     configure,
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::FromText,
 };
 
 /// The protocol's CLIP-Adapter: the defaults, CoOp's 50 epochs on ImageNet, the user's options.
@@ -892,6 +893,17 @@ impl HeadModel for AdapterModel {
         }
         write_ratio(w, "alpha", &self.params.alpha);
         write_ratio(w, "beta", &self.params.beta);
+    }
+
+    /// The adapters and ratios act on one feature and one class embedding at a time (the
+    /// ratio network's input is a feature and a class embedding, 2·D wide), so they apply to
+    /// classes never trained on.
+    fn for_classes(&self, text: &TextClassifier) -> Option<Box<dyn HeadModel>> {
+        Some(Box::new(AdapterModel {
+            params: self.params.clone(),
+            classes: text.weights.clone(),
+            logit_scale: text.logit_scale,
+        }))
     }
 }
 

@@ -507,6 +507,7 @@ pub static CARD: MethodCard = MethodCard {
     options: &["lr", "batch-size"],
     configure,
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("its linear head learns one weight vector per training class, and has none for a class it never saw"),
 };
 
 /// The protocol's probe: the authors' search; a learning rate or batch size the user sets

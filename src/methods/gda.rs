@@ -229,6 +229,7 @@ pub static CARD: MethodCard = MethodCard {
     options: &[],
     configure: |_, _, _| Method::new(GdaOptions::default()),
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("its classifier is built from each training class's mean image feature, and a class it never saw has none"),
 };
 
 impl FewShotMethod for GdaOptions {

@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::Path;
 
 use super::linalg::Matrix;
-use super::MethodError;
+use super::{MethodError, TextClassifier};
 
 /// The `format` metadata value of head files.
 pub const FORMAT: &str = "clip-adapter-head";
@@ -40,6 +40,12 @@ pub trait HeadModel: fmt::Debug + Send + Sync + 'static {
     fn write(&self, w: &mut HeadWriter);
     fn clone_box(&self) -> Box<dyn HeadModel>;
     fn as_any(&self) -> &dyn Any;
+    /// The same head scoring other classes, given their text classifier: what its method's
+    /// card calls [`NewClasses::FromText`](super::NewClasses::FromText). `None` for a head
+    /// that holds something of each training class (every other method).
+    fn for_classes(&self, _text: &TextClassifier) -> Option<Box<dyn HeadModel>> {
+        None
+    }
 }
 
 /// Reads a head's tensors, given its anchor tensor.
@@ -86,6 +92,12 @@ impl Head {
     /// Which features it scores.
     pub fn input(&self) -> FeatureSpace {
         self.0.codec().input
+    }
+
+    /// The head scoring the classes of `text` instead of its training classes (`None`: it
+    /// cannot; see [`HeadModel::for_classes`]).
+    pub fn for_classes(&self, text: &TextClassifier) -> Option<Head> {
+        self.0.for_classes(text).map(Head)
     }
 
     /// The head as its concrete type (`None` for another head).

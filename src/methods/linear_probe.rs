@@ -182,6 +182,7 @@ pub static CARD: MethodCard = MethodCard {
     options: &[],
     configure: |_, _, _| Method::new(LinearProbeOptions::default()),
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("a logistic regression learns one weight vector per training class, and has none for a class it never saw"),
 };
 
 impl FewShotMethod for LinearProbeOptions {

@@ -337,6 +337,7 @@ pub static CARD: MethodCard = MethodCard {
     options: &[],
     configure: |_, _, _| Method::new(LpPlusPlusOptions::default()),
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("it learns visual weights and a blending factor for each training class"),
 };
 
 impl FewShotMethod for LpPlusPlusOptions {

@@ -82,6 +82,19 @@ pub struct MethodCard {
     pub configure: fn(&MethodOverrides, &str, u64) -> Method,
     /// The head it fits, and how that head is written and read.
     pub head: &'static HeadCodec,
+    /// Whether its head can score classes it never trained on (base-to-new generalisation).
+    pub new_classes: NewClasses,
+}
+
+/// Whether a method's head can score classes it never trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewClasses {
+    /// From their text embeddings: the head's own transform of the image features (or of the
+    /// text embeddings, or CoOp's learned context) applies to any class, as CoCoOp's
+    /// base-to-new protocol evaluates it.
+    FromText,
+    /// It cannot; why not.
+    No(&'static str),
 }
 
 impl fmt::Debug for MethodCard {

@@ -68,7 +68,7 @@ pub use head::{FeatureSpace, Head};
 pub use linalg::Matrix;
 pub use method::{
     Augmentation, FewShotMethod, Fit, FitContext, Method, MethodCard, MethodKind, Needs,
-    UnknownMethod,
+    NewClasses, UnknownMethod,
 };
 pub use overrides::{MethodOverrides, OptionError, OptionSpec, OptionValue, OPTIONS};
 

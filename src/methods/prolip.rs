@@ -253,6 +253,7 @@ pub static CARD: MethodCard = MethodCard {
     options: &["lr", "epochs"],
     configure,
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::FromText,
 };
 
 /// A learning rate given by the user is used as is, without a search.
@@ -336,6 +337,13 @@ impl HeadModel for ProlipHead {
         if let Some(b) = &self.projection.bias {
             w.vector("projection.bias", b);
         }
+    }
+
+    /// The trained projection applies to any image; the classes are the text's.
+    fn for_classes(&self, text: &TextClassifier) -> Option<Box<dyn HeadModel>> {
+        let projection = self.projection.clone();
+        let text = text.clone();
+        Some(Box::new(ProlipHead { projection, text }))
     }
 }
 

@@ -255,6 +255,7 @@ pub static CARD: MethodCard = MethodCard {
     options: &["alpha", "lr", "epochs", "batch-size"],
     configure,
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("it learns a residual for each training class's text embedding, and has none for a class it never saw"),
 };
 
 /// The protocol's TaskRes: the authors' values for the dataset, the user's options on top.

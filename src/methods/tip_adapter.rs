@@ -395,6 +395,7 @@ pub static CARD: MethodCard = MethodCard {
     options: &["alpha", "beta"],
     configure: |o, dataset, seed| Method::new(TipAdapter(tip_options(o, dataset, seed, false))),
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("its cache holds the training images with their one-hot labels, so it scores only the classes it was trained on"),
 };
 
 pub static CARD_F: MethodCard = MethodCard {

@@ -65,6 +65,7 @@ pub static CARD: MethodCard = MethodCard {
     options: &[],
     configure: |_, _, _| Method::new(ZeroShotMethod),
     head: &CODEC,
+    new_classes: crate::methods::NewClasses::FromText,
 };
 
 impl FewShotMethod for ZeroShotMethod {
@@ -111,5 +112,9 @@ impl HeadModel for ZeroShot {
     fn write(&self, w: &mut HeadWriter) {
         w.matrix("classes", &self.text.weights);
         w.scalar("logit_scale", self.text.logit_scale);
+    }
+
+    fn for_classes(&self, text: &TextClassifier) -> Option<Box<dyn HeadModel>> {
+        Some(Box::new(ZeroShot { text: text.clone() }))
     }
 }

@@ -302,6 +302,8 @@ mod tests {
             train_seconds: 0.0,
             chosen: String::new(),
             augmentation: String::new(),
+            protocol: Default::default(),
+            new_accuracy: None,
         };
         let rows = vec![
             row("zero-shot", "a", 16, 50.0),

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::experiment::protocol::Validation;
 use crate::experiment::row::read_csv;
 use crate::experiment::sweep::{find_sweeps, FoundSweep, SweepParam};
-use crate::experiment::{ExperimentError, Published, ResultRow, Summary};
+use crate::experiment::{ExperimentError, Protocol, Published, ResultRow, Summary};
 use crate::figure::bars::BarChart;
 use crate::figure::lines::LineChart;
 use crate::figure::{render_png, render_svg, FigureError};
@@ -216,6 +216,9 @@ impl Report {
         let all = rows.len();
         let rows: Vec<ResultRow> = rows.iter().filter(|r| r.model == model).cloned().collect();
         let others = all - rows.len();
+        // Base-to-new rows measure something else (base and new classes): their own section.
+        let (rows, base_to_new): (Vec<ResultRow>, Vec<ResultRow>) =
+            (rows.into_iter()).partition(|r| r.protocol == Protocol::FewShot);
         let sweeps = sweeps_of(&rows);
         let in_sweep = |r: &ResultRow| {
             r.method == CLIP_ADAPTER.name()
@@ -228,7 +231,7 @@ impl Report {
             markdown: String::from("# Results\n\n"),
             figures: Vec::new(),
         };
-        if let Some(r) = rows.last() {
+        if let Some(r) = rows.last().or(base_to_new.last()) {
             report.markdown.push_str(&format!(
                 "Model: `{}` (fingerprint {}).",
                 r.model_name, r.model
@@ -247,6 +250,10 @@ impl Report {
         report.gains_section(&summary);
         report.variants_section(&summary, &panels);
         report.sweep_sections(&sweeps);
+        if !base_to_new.is_empty() {
+            report.markdown.push('\n');
+            (report.markdown).push_str(&crate::experiment::base_to_new::markdown(&base_to_new));
+        }
         if !options.notes.is_empty() {
             report.markdown.push('\n');
             report.markdown.push_str(&options.notes);

@@ -236,6 +236,7 @@ mod tests {
                 .collect(),
             overrides,
             validation: Validation::Val,
+            protocol: crate::experiment::Protocol::FewShot,
             model: None,
             reported: None,
             hub: HubOptions::from_env(),

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::clip::hub::HubOptions;
 use crate::experiment::{
-    run_grid, Grid, GridMethod, MethodOverrides, Published, ResultRow, ResultsFile, RowSource,
-    Summary, Validation,
+    run_grid, ExperimentError, Grid, GridMethod, MethodOverrides, Protocol, Published, ResultRow,
+    ResultsFile, RowSource, Summary, Validation,
 };
 use crate::features::task::{Shots, TaskSource};
 use crate::methods::coop::PromptModel;
@@ -34,6 +34,8 @@ pub struct RunSpec {
     /// The user's options on top of the protocol's values.
     pub overrides: MethodOverrides,
     pub validation: Validation,
+    /// Few-shot, or base-to-new (train on the base classes, test on base and new).
+    pub protocol: Protocol,
     /// Which model's features, when the cache holds several (its name or fingerprint); CoOp
     /// trains through it.
     pub model: Option<String>,
@@ -78,6 +80,15 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
     let kinds = spec.kinds();
     spec.overrides.check(&kinds)?;
     spec.overrides.check_validation(spec.validation)?;
+    if let Some((k, why)) = (kinds.iter()).find_map(|&k| spec.protocol.refuses(k).map(|w| (k, w))) {
+        let (method, protocol) = (k.name(), spec.protocol);
+        return Err(ExperimentError::Protocol {
+            method,
+            protocol,
+            why,
+        }
+        .into());
+    }
     check_cached(&spec.cache, &spec.datasets)?;
     let reported = read_published(spec.reported.as_deref())?;
     let mut prompt_model = first_prompt_model(spec, &kinds, observer)?;
@@ -94,6 +105,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         shots: spec.shots.clone(),
         seeds: spec.seeds.clone(),
         validation: spec.validation,
+        protocol: spec.protocol,
     };
     let started = Instant::now();
     let mut first_source: Option<TaskSource> = None;
@@ -138,8 +150,11 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         ),
         None => (Published::default(), None),
     };
-    let table = Summary::new(&results.with_other_protocol(&outcome.rows))
-        .markdown(&published, backbone.as_deref());
+    let table = match spec.protocol {
+        Protocol::FewShot => Summary::new(&results.with_other_protocol(&outcome.rows))
+            .markdown(&published, backbone.as_deref()),
+        Protocol::BaseToNew => crate::experiment::base_to_new::markdown(&outcome.rows),
+    };
     let table_path = spec.out.join("results.md");
     crate::fsutil::write_atomic(&table_path, table.as_bytes())?;
     // The folder's report covers every row in it (earlier runs and sweeps too).

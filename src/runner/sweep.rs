@@ -57,6 +57,7 @@ pub fn sweep(spec: &SweepSpec, observer: &mut dyn RunObserver) -> Result<SweepOu
     create_out(&spec.out)?;
     let mut results = ResultsFile::open(&spec.out.join("results.csv"))?;
     let grid = Grid {
+        protocol: crate::experiment::Protocol::FewShot,
         methods: sweep.grid_methods(base),
         datasets: spec.datasets.clone(),
         shots: spec.shots.clone(),

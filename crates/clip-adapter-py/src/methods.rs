@@ -512,6 +512,7 @@ pub fn fit(
             seed,
             validation,
             source: &source,
+            new: None,
         };
         fit_row(
             &configured,

@@ -221,6 +221,12 @@ pub struct RunArgs {
     pub reported: Option<PathBuf>,
     #[command(flatten)]
     pub validation: ValidationArg,
+    /// few-shot: train and test on every class. base-to-new (CoCoOp's protocol): train on the
+    /// first half of the classes (rounded up), test on the base classes and on the new ones
+    /// the method never saw, and report their harmonic mean; methods whose head cannot score
+    /// an unseen class are refused, with the reason.
+    #[arg(long, default_value = "few-shot", value_name = "NAME", value_parser = ["few-shot", "base-to-new"])]
+    pub protocol: String,
     #[command(flatten)]
     pub options: MethodArgs,
 }
@@ -235,6 +241,7 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         methods: a.methods,
         overrides: a.options.0,
         validation: a.validation.validation,
+        protocol: a.protocol.parse()?,
         model: a.cache.model,
         reported: a.reported,
         hub: HubOptions::from_env(),

@@ -469,6 +469,7 @@ pub static CARD: MethodCard = MethodCard {
     ],
     configure,
     head: &super::zero_shot::CODEC,
+    new_classes: crate::methods::NewClasses::FromText,
 };
 
 /// The protocol's CoOp: `rn50.yaml`, 50 epochs on ImageNet, the user's options.

@@ -137,6 +137,7 @@ def run(
     model: Optional[str] = None,
     reported: Optional[PathLike] = None,
     validation: str = "val",
+    protocol: str = "few-shot",
     progress: Any = None,
     **options: Any,
 ) -> Results:
@@ -144,11 +145,14 @@ def run(
     of the cache. Rows already in ``out``/results.csv are kept, not fitted again; results.md
     and the folder's report (report.md, figures/) are written. Options are keyword arguments
     (``METHOD_OPTIONS``), as for ``fit``; ``validation="none"`` fits without a validation set.
+    ``protocol="base-to-new"`` trains on the first half of the classes and tests on both
+    halves (rows' ``test_accuracy`` is then the base classes', ``new_accuracy`` the new ones').
     """
     return Results._from(
         _native.run(list(methods), list(datasets), shots=list(shots), seeds=list(seeds),
                     cache=cache, out=out, model=model, reported=reported,
-                    validation=validation, progress=progress, **options)
+                    validation=validation, protocol=protocol, progress=progress,
+                    **options)
     )
 
 

@@ -352,6 +352,7 @@ def run(
     model: Optional[str] = None,
     reported: Optional[PathLike] = None,
     validation: str = "val",
+    protocol: str = "few-shot",
     progress: ProgressArg = None,
     **options: Any,
 ) -> Dict[str, Any]: ...
