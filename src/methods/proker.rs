@@ -49,8 +49,9 @@ impl Span {
     }
 }
 
-/// `torch.linspace(lo, hi, steps)` as PyTorch's CPU kernel computes it: the first half from
-/// `lo` up, the second from `hi` down, so that both ends are exact.
+/// `torch.linspace(lo, hi, steps)` by the formula of PyTorch's CPU kernel: the first half from
+/// `lo` up, the second from `hi` down, so that both ends are exact. (Its SIMD path computes
+/// some points from the start of their vector instead, one ulp away, by the CPU's vector width.)
 pub fn linspace(lo: f64, hi: f64, steps: usize) -> Vec<f64> {
     if steps <= 1 {
         return vec![lo; steps];
