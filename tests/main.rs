@@ -25,6 +25,7 @@ mod parity_open_clip;
 mod preprocess;
 mod preprocess_jpeg_simd;
 mod pretrain;
+mod proker;
 mod prolip;
 mod registry;
 mod report;

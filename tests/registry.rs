@@ -255,6 +255,7 @@ fn short_names() -> Vec<&'static str> {
         search: vec![0.5],
         alpha: Some(1.0),
         beta: Some(1.0),
+        lmbda: Some(0.1),
         lr: Some(0.1),
         epochs: Some(1),
         batch_size: Some(1),

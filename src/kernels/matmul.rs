@@ -174,6 +174,53 @@ pub fn gemm(
     }
 }
 
+/// `c (m×n) = a · bᵀ` in f64, `a` m×k and `b` n×k row-major: the products of the methods that
+/// keep double precision (ProKeR's kernel matrices), through the same blocked GEMM.
+pub fn gemm_f64_abt(a: &[f64], b: &[f64], c: &mut [f64], m: usize, k: usize, n: usize) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm_f64_abt: buffer too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].fill(0.0);
+        return;
+    }
+    let parallelism = if m * n * k >= 1 << 20 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assert above bounds every index gemm touches: dst m×n with row stride n, `a`
+    // m×k with row stride k, and bᵀ (k×n) read from `b` (n×k row-major) with row stride 1 and
+    // column stride k.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// A dot product written so that the compiler vectorises it without reassociation flags.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -996,6 +1043,30 @@ mod tests {
             let mut c = vec![7.0f32; m * n + 40];
             few_rows_abt_into(simd, &a, &w, &mut c, m, k, n, false);
             assert!(c[m * n..].iter().all(|&v| v == 7.0), "{simd:?}");
+        }
+    }
+
+    #[test]
+    fn f64_abt_matches_naive_products() {
+        for (m, k, n) in [(3, 5, 4), (70, 33, 90), (1, 1, 1), (4, 0, 2)] {
+            let a: Vec<f64> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f64 - 6.0) / 7.0)
+                .collect();
+            let b: Vec<f64> = (0..n * k)
+                .map(|i| ((i * 5 % 11) as f64 - 5.0) / 3.0)
+                .collect();
+            let mut c = vec![f64::NAN; m * n];
+            gemm_f64_abt(&a, &b, &mut c, m, k, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum();
+                    let got = c[i * n + j];
+                    assert!(
+                        (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                        "{m}x{k}x{n}"
+                    );
+                }
+            }
         }
     }
 }

@@ -51,6 +51,16 @@ pub enum MethodError {
     #[error("training diverged at epoch {epoch}: the loss is {loss}; lower the learning rate")]
     Diverged { epoch: usize, loss: f32 },
 
+    #[error(
+        "{what} would have {found} rows, above the {max} this method can hold in memory ({why})"
+    )]
+    TooLarge {
+        what: &'static str,
+        found: usize,
+        max: usize,
+        why: &'static str,
+    },
+
     #[error("{what} is not positive definite even after shrinkage")]
     NotPositiveDefinite { what: &'static str },
 

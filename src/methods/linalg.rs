@@ -3,7 +3,7 @@
 //! they are written here on plain slices (no autograd graph, no per-op allocation) and their
 //! gradients are derived by hand and checked against finite differences in the tests.
 
-pub use crate::kernels::matmul::gemm;
+pub use crate::kernels::matmul::{gemm, gemm_f64_abt};
 use crate::rng::SplitMix64;
 
 /// A row-major `rows × cols` matrix.

@@ -61,6 +61,7 @@ registry! {
     lp_plus_plus => [CARD],
     clap => [CARD],
     prolip => [CARD],
+    proker => [CARD],
 }
 
 pub use error::MethodError;

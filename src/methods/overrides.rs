@@ -73,7 +73,16 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "beta",
         value: OptionValue::Number,
-        help: "Text ratio β (CLIP-Adapter), Tip-Adapter(-F)'s β.",
+        help: "Text ratio β (CLIP-Adapter), Tip-Adapter(-F)'s β; ProKeR's RBF kernel width β, \
+               used as is instead of its validation grid (without validation, default: the \
+               authors' value for the shot count).",
+    },
+    OptionSpec {
+        name: "lmbda",
+        value: OptionValue::Number,
+        help: "ProKeR's proximal regularisation λ (the authors' `lmbda`, > 0), used as is \
+               instead of its validation grid (without validation, default: the authors' value \
+               for the shot count).",
     },
     OptionSpec {
         name: "lr",
@@ -162,6 +171,8 @@ pub struct MethodOverrides {
     pub search: Vec<f32>,
     pub alpha: Option<f32>,
     pub beta: Option<f32>,
+    /// ProKeR's λ.
+    pub lmbda: Option<f32>,
     pub lr: Option<f32>,
     pub epochs: Option<usize>,
     pub batch_size: Option<usize>,
@@ -201,6 +212,7 @@ impl MethodOverrides {
         );
         put("alpha", self.alpha.map(|v| v.to_string()));
         put("beta", self.beta.map(|v| v.to_string()));
+        put("lmbda", self.lmbda.map(|v| v.to_string()));
         put("lr", self.lr.map(|v| v.to_string()));
         put("epochs", self.epochs.map(|v| v.to_string()));
         put("batch-size", self.batch_size.map(|v| v.to_string()));
@@ -246,6 +258,7 @@ impl MethodOverrides {
             "search" => self.search = v.split(',').map(number).collect::<Result<_, _>>()?,
             "alpha" => self.alpha = Some(number(v)?),
             "beta" => self.beta = Some(number(v)?),
+            "lmbda" => self.lmbda = Some(number(v)?),
             "lr" => self.lr = Some(number(v)?),
             "epochs" => self.epochs = Some(count()?),
             "batch-size" => self.batch_size = Some(count()?),

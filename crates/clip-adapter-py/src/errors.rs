@@ -168,7 +168,8 @@ fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
             | LibMethodError::Empty { .. }
             | LibMethodError::Option { .. }
             | LibMethodError::NeedsPreProjection { .. }
-            | LibMethodError::NeedsModel { .. } => Some(Kind::Input),
+            | LibMethodError::NeedsModel { .. }
+            | LibMethodError::TooLarge { .. } => Some(Kind::Input),
             LibMethodError::Diverged { .. } | LibMethodError::NotPositiveDefinite { .. } => {
                 Some(Kind::Method)
             }
