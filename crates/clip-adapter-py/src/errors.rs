@@ -148,6 +148,8 @@ fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
         return match e {
             ExperimentError::UnknownDataset { .. } => Some(Kind::Cache),
             ExperimentError::NotApplicable { .. }
+            | ExperimentError::Protocol { .. }
+            | ExperimentError::TooFewClasses(_)
             | ExperimentError::Empty { .. }
             | ExperimentError::Columns { .. }
             | ExperimentError::Published { .. } => Some(Kind::Input),

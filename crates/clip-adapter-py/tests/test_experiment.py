@@ -74,6 +74,16 @@ def test_grid_errors(workdir):
                out=workdir / "x", progress=False)
     with pytest.raises(TypeError, match="method options are"):
         ca.run(["zero-shot"], [DATASET], reductoin=4, cache=workdir / "cache")
+    # Base-to-new: a head of the training classes is refused with the reason; the fixture's
+    # three classes are too few to split into two problems.
+    with pytest.raises(ca.InputError, match="linear-probe cannot run under the base-to-new"):
+        ca.run(["linear-probe"], [DATASET], protocol="base-to-new", cache=workdir / "cache",
+               out=workdir / "x", progress=False)
+    with pytest.raises(ca.InputError, match="base-to-new needs at least 4"):
+        ca.run(["zero-shot"], [DATASET], protocol="base-to-new", shots=[2], seeds=[1],
+               cache=workdir / "cache", out=workdir / "x", progress=False)
+    with pytest.raises(ca.InputError, match="unknown protocol"):
+        ca.run(["zero-shot"], [DATASET], protocol="base2new", cache=workdir / "cache")
 
 
 def test_the_demo_gives_the_command_lines_rows(tmp_path, cli):
