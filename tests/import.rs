@@ -272,6 +272,7 @@ fn extracted_features_imported_again_give_the_same_accuracies() {
         overrides: MethodOverrides::default(),
         validation: Validation::Val,
         protocol: clip_adapter::experiment::Protocol::FewShot,
+        source: None,
         model: None,
         reported: None,
         hub: HubOptions::from_env(),

@@ -33,5 +33,6 @@ mod sweep;
 mod taskres_crossmodal;
 mod tokenizer;
 mod torchscript;
+mod transfer;
 mod tsne;
 mod world;

@@ -36,6 +36,7 @@ fn row(method: &str, options: &str, dataset: &str, shots: usize, seed: u64, acc:
         augmentation: String::new(),
         protocol: Default::default(),
         new_accuracy: None,
+        source_dataset: String::new(),
     }
 }
 

@@ -36,25 +36,45 @@ pub enum Protocol {
     /// Train on the base classes; test on base and on new classes.
     #[serde(rename = "base-to-new")]
     BaseToNew,
+    /// Train on a source dataset; test the same head on other datasets, among their classes.
+    #[serde(rename = "cross-dataset")]
+    CrossDataset,
+    /// Train on a source dataset; test on shifted versions of it (the same classes, or a
+    /// subset of them, in other image domains).
+    #[serde(rename = "domain")]
+    Domain,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::FewShot, Protocol::BaseToNew];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::FewShot,
+        Protocol::BaseToNew,
+        Protocol::CrossDataset,
+        Protocol::Domain,
+    ];
 
     /// The name on the command line and in the `protocol` column.
     pub const fn as_str(self) -> &'static str {
         match self {
             Protocol::FewShot => "few-shot",
             Protocol::BaseToNew => "base-to-new",
+            Protocol::CrossDataset => "cross-dataset",
+            Protocol::Domain => "domain",
         }
     }
 
-    /// Why `method` cannot run under this protocol, if it cannot.
+    /// Why `method` cannot run under this protocol, if it cannot: base-to-new and
+    /// cross-dataset test on classes the head never trained on.
     pub fn refuses(self, method: MethodKind) -> Option<&'static str> {
         match (self, method.card().new_classes) {
-            (Protocol::BaseToNew, NewClasses::No(why)) => Some(why),
+            (Protocol::BaseToNew | Protocol::CrossDataset, NewClasses::No(why)) => Some(why),
             _ => None,
         }
+    }
+
+    /// Whether a head trained on one dataset is tested on others.
+    pub fn transfers(self) -> bool {
+        matches!(self, Protocol::CrossDataset | Protocol::Domain)
     }
 }
 
@@ -72,7 +92,8 @@ impl std::str::FromStr for Protocol {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
-                crate::unknown_name::UnknownName::new("protocol", s, &["few-shot", "base-to-new"])
+                let names = Protocol::ALL.map(Protocol::as_str);
+                crate::unknown_name::UnknownName::new("protocol", s, &names)
             })
     }
 }

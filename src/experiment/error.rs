@@ -78,6 +78,28 @@ pub enum ExperimentError {
         why: &'static str,
     },
 
+    #[error(
+        "the features of `{target}` come from model `{target_model}`, those of the source \
+         `{trained_on}` from `{source_model}`: a head trained on one model's features cannot score \
+         another's; extract both with the same model"
+    )]
+    TargetModel {
+        trained_on: String,
+        source_model: String,
+        target: String,
+        target_model: String,
+    },
+
+    /// A transfer protocol needs the dataset to train on; the others train on every dataset.
+    #[error("{}", match protocol {
+        super::Protocol::CrossDataset | super::Protocol::Domain => format!(
+            "the {protocol} protocol trains on one dataset and tests on the others: name it with {}",
+            crate::hint::opt("source")
+        ),
+        _ => format!("{} is for the cross-dataset and domain protocols only", crate::hint::opt("source")),
+    })]
+    Source { protocol: super::Protocol },
+
     #[error(transparent)]
     TooFewClasses(#[from] super::base_to_new::TooFewClasses),
 

@@ -101,12 +101,13 @@ pub struct RowSpec<'a> {
     pub seed: u64,
     pub validation: Validation,
     pub source: &'a RowSource,
+    pub protocol: Protocol,
     /// Base-to-new: the new classes' test (the task is then the base classes').
     pub new: Option<&'a NewClassTest>,
 }
 
 impl RowSpec<'_> {
-    fn key(&self) -> RowKey {
+    pub fn key(&self) -> RowKey {
         RowKey {
             method: self.method.label.clone(),
             options: self.method.options.clone(),
@@ -116,9 +117,11 @@ impl RowSpec<'_> {
             validation: self.validation,
             model: self.source.model.clone(),
             features: self.source.features.clone(),
-            protocol: match self.new {
-                Some(_) => Protocol::BaseToNew,
-                None => Protocol::FewShot,
+            protocol: self.protocol,
+            // A transfer protocol's source row names its own dataset as the source.
+            source_dataset: match self.protocol.transfers() {
+                true => self.dataset.to_string(),
+                false => String::new(),
             },
         }
     }
@@ -191,6 +194,7 @@ pub fn fit_row(
         augmentation: TrainedOn::of(method, task).to_string(),
         protocol: key.protocol,
         new_accuracy,
+        source_dataset: key.source_dataset,
     };
     Ok((trained, row))
 }
@@ -273,12 +277,12 @@ pub fn run_grid<E: From<ExperimentError>>(
                 // Loaded even when every row is done: the rows' identity includes the features.
                 let (task, source) = load(dataset, shots, seed)?;
                 let (task, new) = match grid.protocol {
-                    Protocol::FewShot => (task, None),
                     Protocol::BaseToNew => {
                         let split =
                             BaseToNew::split(&task, dataset).map_err(ExperimentError::from)?;
                         (split.base, Some(split.new))
                     }
+                    _ => (task, None),
                 };
                 // Dropped once for every method of the draw.
                 draws.push(Draw {
@@ -356,6 +360,7 @@ impl Group<'_> {
             seed: draw.seed,
             validation: self.grid.validation,
             source: &draw.source,
+            protocol: self.grid.protocol,
             new: draw.new.as_ref(),
         }
     }

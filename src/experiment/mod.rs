@@ -11,6 +11,8 @@
 //! table.rs     mean ± std Markdown tables per dataset and averaged over datasets, with the
 //!              published numbers of the run's backbone beside ours
 //! sweep.rs     the paper's ablations: CLIP-Adapter over bottleneck widths or fixed ratios α
+//! transfer.rs  cross-dataset transfer and domain generalisation: one head, tested on other
+//!              datasets
 //! model.rs     the backbone of a model from its config; the model a saved head records
 //! ```
 //!
@@ -27,6 +29,7 @@ pub mod protocol;
 pub mod row;
 pub mod sweep;
 pub mod table;
+pub mod transfer;
 
 pub use base_to_new::{BaseToNew, Protocol};
 pub use error::{ExperimentError, NotApplicableTo};

@@ -54,10 +54,14 @@ pub struct ResultRow {
     /// Base-to-new only: the accuracy on the new classes' test images, among the new classes.
     #[serde(default)]
     pub new_accuracy: Option<f32>,
+    /// Cross-dataset and domain rows: the dataset the head was trained on (`dataset` is the
+    /// one it was tested on; the same for the source's own row). Empty otherwise.
+    #[serde(default)]
+    pub source_dataset: String,
 }
 
 /// The CSV columns, in order (the fields of [`ResultRow`]).
-pub const COLUMNS: [&str; 16] = [
+pub const COLUMNS: [&str; 17] = [
     "method",
     "options",
     "dataset",
@@ -74,10 +78,11 @@ pub const COLUMNS: [&str; 16] = [
     "augmentation",
     "protocol",
     "new_accuracy",
+    "source_dataset",
 ];
 
-/// The columns of the version before the `protocol` and `new_accuracy` columns (the last two):
-/// rows read as few-shot rows.
+/// The columns of the version before the `protocol`, `new_accuracy` and `source_dataset`
+/// columns (the last three): rows read as few-shot rows.
 pub const COLUMNS_BEFORE_PROTOCOL: &[&str] = COLUMNS.split_at(14).0;
 
 /// The columns of the version before the `augmentation` column: rows read with it empty.
@@ -111,6 +116,7 @@ pub struct RowKey {
     pub model: String,
     pub features: String,
     pub protocol: Protocol,
+    pub source_dataset: String,
 }
 
 impl ResultRow {
@@ -125,6 +131,7 @@ impl ResultRow {
             model: self.model.clone(),
             features: self.features.clone(),
             protocol: self.protocol,
+            source_dataset: self.source_dataset.clone(),
         }
     }
 
@@ -144,8 +151,11 @@ impl ResultRow {
         if self.validation == Validation::None {
             s.push_str(" [no validation]");
         }
-        if self.protocol == Protocol::BaseToNew {
-            s.push_str(" [base-to-new]");
+        match self.protocol {
+            Protocol::FewShot => {}
+            Protocol::BaseToNew => s.push_str(" [base-to-new]"),
+            // The source is the table's heading.
+            Protocol::CrossDataset | Protocol::Domain => {}
         }
         s
     }
@@ -351,6 +361,7 @@ mod tests {
             augmentation: String::new(),
             protocol: Protocol::FewShot,
             new_accuracy: None,
+            source_dataset: String::new(),
         }
     }
 

@@ -521,6 +521,7 @@ mod tests {
             augmentation: String::new(),
             protocol: Default::default(),
             new_accuracy: None,
+            source_dataset: String::new(),
         };
         let rows = vec![
             row("reduction=8 epochs=3"),
@@ -566,6 +567,7 @@ mod tests {
             augmentation: String::new(),
             protocol: Default::default(),
             new_accuracy: None,
+            source_dataset: String::new(),
         };
         let rows = vec![
             row("0", "dtd", 1, 40.0),

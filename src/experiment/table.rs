@@ -324,6 +324,7 @@ mod tests {
             augmentation: String::new(),
             protocol: Default::default(),
             new_accuracy: None,
+            source_dataset: String::new(),
         }
     }
 

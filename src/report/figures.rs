@@ -304,6 +304,7 @@ mod tests {
             augmentation: String::new(),
             protocol: Default::default(),
             new_accuracy: None,
+            source_dataset: String::new(),
         };
         let rows = vec![
             row("zero-shot", "a", 16, 50.0),

@@ -253,6 +253,7 @@ impl Report {
         if !base_to_new.is_empty() {
             report.markdown.push('\n');
             (report.markdown).push_str(&crate::experiment::base_to_new::markdown(&base_to_new));
+            (report.markdown).push_str(&crate::experiment::transfer::markdown(&base_to_new));
         }
         if !options.notes.is_empty() {
             report.markdown.push('\n');

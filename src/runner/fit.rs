@@ -68,6 +68,7 @@ pub fn fit(spec: &FitSpec, observer: &mut dyn RunObserver) -> Result<FitOutcome,
         seed: spec.seed,
         validation: spec.validation,
         source: &row_source,
+        protocol: crate::experiment::Protocol::FewShot,
         new: None,
     };
     let prompt_model = match spec.method.card().needs {

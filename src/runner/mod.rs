@@ -237,6 +237,7 @@ mod tests {
             overrides,
             validation: Validation::Val,
             protocol: crate::experiment::Protocol::FewShot,
+            source: None,
             model: None,
             reported: None,
             hub: HubOptions::from_env(),

@@ -10,6 +10,8 @@ use super::{
     RunObserver,
 };
 use crate::clip::hub::HubOptions;
+use crate::experiment::transfer::{run_transfer, Transfer};
+use crate::experiment::GridEvent;
 use crate::experiment::{
     run_grid, ExperimentError, Grid, GridMethod, MethodOverrides, Protocol, Published, ResultRow,
     ResultsFile, RowSource, Summary, Validation,
@@ -34,8 +36,11 @@ pub struct RunSpec {
     /// The user's options on top of the protocol's values.
     pub overrides: MethodOverrides,
     pub validation: Validation,
-    /// Few-shot, or base-to-new (train on the base classes, test on base and new).
+    /// Few-shot, base-to-new (train on the base classes, test on base and new), or a transfer
+    /// protocol (train on `source`, test on `datasets`).
     pub protocol: Protocol,
+    /// The dataset a transfer protocol trains on.
+    pub source: Option<String>,
     /// Which model's features, when the cache holds several (its name or fingerprint); CoOp
     /// trains through it.
     pub model: Option<String>,
@@ -65,6 +70,15 @@ pub struct RunOutcome {
 }
 
 impl RunSpec {
+    /// The datasets the methods train on: the source of a transfer protocol, otherwise every
+    /// dataset.
+    pub fn trained_on(&self) -> Vec<String> {
+        match (self.protocol.transfers(), &self.source) {
+            (true, Some(source)) => vec![source.clone()],
+            _ => self.datasets.clone(),
+        }
+    }
+
     /// The methods in the registry's order, each once.
     pub fn kinds(&self) -> Vec<MethodKind> {
         let mut kinds = self.methods.clone();
@@ -78,66 +92,84 @@ impl RunSpec {
 /// before the first fit; each fitted row is saved at once, so an interrupted run resumes.
 pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome, RunError> {
     let kinds = spec.kinds();
-    spec.overrides.check(&kinds)?;
-    spec.overrides.check_validation(spec.validation)?;
-    if let Some((k, why)) = (kinds.iter()).find_map(|&k| spec.protocol.refuses(k).map(|w| (k, w))) {
-        let (method, protocol) = (k.name(), spec.protocol);
-        return Err(ExperimentError::Protocol {
-            method,
-            protocol,
-            why,
-        }
-        .into());
-    }
-    check_cached(&spec.cache, &spec.datasets)?;
+    check(spec, &kinds)?;
     let reported = read_published(spec.reported.as_deref())?;
     let mut prompt_model = first_prompt_model(spec, &kinds, observer)?;
     create_out(&spec.out)?;
     let mut results = ResultsFile::open(&spec.out.join("results.csv"))?;
-    let grid = Grid {
-        methods: (kinds.iter())
-            .map(|&k| GridMethod {
-                label: k.name().to_string(),
-                options: spec.overrides.label(k),
-            })
-            .collect(),
-        datasets: spec.datasets.clone(),
-        shots: spec.shots.clone(),
-        seeds: spec.seeds.clone(),
-        validation: spec.validation,
-        protocol: spec.protocol,
-    };
+    let methods: Vec<GridMethod> = (kinds.iter())
+        .map(|&k| GridMethod {
+            label: k.name().to_string(),
+            options: spec.overrides.label(k),
+        })
+        .collect();
     let started = Instant::now();
     let mut first_source: Option<TaskSource> = None;
     // The grid's callbacks share the observer: each borrows it only while it runs.
     let observer = std::cell::RefCell::new(observer);
-    let outcome = run_grid::<RunError>(
-        &grid,
-        &mut results,
-        &mut |dataset, shots, seed| {
-            let (task, source) = load_draw(
-                &spec.cache,
-                spec.model.as_deref(),
-                dataset,
-                Shots::K(shots),
-                seed,
-            )?;
-            let row_source = RowSource::of_task(&source);
-            first_source.get_or_insert(source);
-            Ok((task, row_source))
-        },
-        &mut |source| {
-            if let Some(m) = (prompt_model.as_ref()).filter(|m| m.fingerprint == source.model) {
-                return Ok(Rc::clone(m));
-            }
-            let obs = &mut **observer.borrow_mut();
-            let m = Rc::new(coop_model(spec.model.as_deref(), source, &spec.hub, obs)?);
-            prompt_model = Some(Rc::clone(&m));
-            Ok(m)
-        },
-        &mut |i, dataset, seed| spec.overrides.method(kinds[i], dataset, seed),
-        &mut |event| observer.borrow_mut().grid(event),
-    )?;
+    let mut load = |dataset: &str, shots, seed| {
+        let (task, source) = load_draw(
+            &spec.cache,
+            spec.model.as_deref(),
+            dataset,
+            Shots::K(shots),
+            seed,
+        )?;
+        let row_source = RowSource::of_task(&source);
+        first_source.get_or_insert(source);
+        Ok((task, row_source))
+    };
+    let mut model = |source: &RowSource| {
+        if let Some(m) = (prompt_model.as_ref()).filter(|m| m.fingerprint == source.model) {
+            return Ok(Rc::clone(m));
+        }
+        let obs = &mut **observer.borrow_mut();
+        let m = Rc::new(coop_model(spec.model.as_deref(), source, &spec.hub, obs)?);
+        prompt_model = Some(Rc::clone(&m));
+        Ok(m)
+    };
+    let mut configure =
+        |i: usize, dataset: &str, seed| spec.overrides.method(kinds[i], dataset, seed);
+    let mut events = |event: GridEvent| observer.borrow_mut().grid(event);
+    let outcome = match (spec.protocol.transfers(), &spec.source) {
+        (true, Some(source)) => {
+            let transfer = Transfer {
+                methods,
+                source: source.clone(),
+                targets: spec.datasets.clone(),
+                shots: spec.shots.clone(),
+                seeds: spec.seeds.clone(),
+                validation: spec.validation,
+                protocol: spec.protocol,
+            };
+            run_transfer::<RunError>(
+                &transfer,
+                &mut results,
+                &mut load,
+                &mut model,
+                &mut configure,
+                &mut events,
+            )?
+        }
+        _ => {
+            let grid = Grid {
+                methods,
+                datasets: spec.datasets.clone(),
+                shots: spec.shots.clone(),
+                seeds: spec.seeds.clone(),
+                validation: spec.validation,
+                protocol: spec.protocol,
+            };
+            run_grid::<RunError>(
+                &grid,
+                &mut results,
+                &mut load,
+                &mut model,
+                &mut configure,
+                &mut events,
+            )?
+        }
+    };
     let seconds = started.elapsed().as_secs_f64();
     let observer = observer.into_inner();
     let (published, backbone) = match &first_source {
@@ -154,6 +186,9 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         Protocol::FewShot => Summary::new(&results.with_other_protocol(&outcome.rows))
             .markdown(&published, backbone.as_deref()),
         Protocol::BaseToNew => crate::experiment::base_to_new::markdown(&outcome.rows),
+        Protocol::CrossDataset | Protocol::Domain => {
+            crate::experiment::transfer::markdown(&outcome.rows)
+        }
     };
     let table_path = spec.out.join("results.md");
     crate::fsutil::write_atomic(&table_path, table.as_bytes())?;
@@ -176,6 +211,29 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
     })
 }
 
+/// Everything that can be checked before anything is loaded: options, the protocol's methods
+/// and source, the datasets in the cache.
+fn check(spec: &RunSpec, kinds: &[MethodKind]) -> Result<(), RunError> {
+    spec.overrides.check(kinds)?;
+    spec.overrides.check_validation(spec.validation)?;
+    let protocol = spec.protocol;
+    if let Some((k, why)) = (kinds.iter()).find_map(|&k| protocol.refuses(k).map(|w| (k, w))) {
+        let method = k.name();
+        return Err(ExperimentError::Protocol {
+            method,
+            protocol,
+            why,
+        }
+        .into());
+    }
+    if protocol.transfers() != spec.source.is_some() {
+        return Err(ExperimentError::Source { protocol }.into());
+    }
+    let mut datasets = spec.datasets.clone();
+    datasets.extend(spec.source.iter().cloned());
+    check_cached(&spec.cache, &datasets)
+}
+
 /// CoOp's model, loaded and checked against the features of the grid's first draw before
 /// anything is fitted or written; one model per run, as every draw of a run comes from the
 /// same model's features. None when no chosen method trains through the text tower.
@@ -185,9 +243,10 @@ fn first_prompt_model(
     observer: &mut dyn RunObserver,
 ) -> Result<Option<Rc<PromptModel>>, RunError> {
     let needs_tower = kinds.iter().any(|k| k.card().needs == Needs::TextTower);
+    let trained_on = spec.trained_on();
     let (true, Some(d), Some(&k), Some(&seed)) = (
         needs_tower,
-        spec.datasets.first(),
+        trained_on.first(),
         spec.shots.first(),
         spec.seeds.first(),
     ) else {

@@ -66,7 +66,8 @@ fn validation(name: &str) -> PyResult<clip_adapter::experiment::Validation> {
 #[pyo3(signature = (
     methods, datasets, *, shots = vec![1, 2, 4, 8, 16], seeds = vec![1, 2, 3],
     cache = PathBuf::from("clip-adapter-cache"), out = PathBuf::from("results"), model = None,
-    reported = None, validation = "val", protocol = "few-shot", progress = None, **options
+    reported = None, validation = "val", protocol = "few-shot", source = None, progress = None,
+    **options
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn run<'py>(
@@ -81,6 +82,7 @@ pub fn run<'py>(
     reported: Option<PathBuf>,
     validation: &str,
     protocol: &str,
+    source: Option<String>,
     progress: Option<&Bound<'py, PyAny>>,
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
@@ -99,6 +101,7 @@ pub fn run<'py>(
         overrides: overrides(options)?,
         validation: self::validation(validation)?,
         protocol: protocol.parse().or_raise(Kind::Input)?,
+        source,
         model,
         reported,
         hub: HubOptions::from_env(),

@@ -512,6 +512,7 @@ pub fn fit(
             seed,
             validation,
             source: &source,
+            protocol: clip_adapter::experiment::Protocol::FewShot,
             new: None,
         };
         fit_row(

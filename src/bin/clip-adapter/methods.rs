@@ -223,10 +223,17 @@ pub struct RunArgs {
     pub validation: ValidationArg,
     /// few-shot: train and test on every class. base-to-new (CoCoOp's protocol): train on the
     /// first half of the classes (rounded up), test on the base classes and on the new ones
-    /// the method never saw, and report their harmonic mean; methods whose head cannot score
-    /// an unseen class are refused, with the reason.
-    #[arg(long, default_value = "few-shot", value_name = "NAME", value_parser = ["few-shot", "base-to-new"])]
+    /// the method never saw, and report their harmonic mean. cross-dataset: train on --source,
+    /// test the same head on each of --datasets among its own classes. domain: train on
+    /// --source, test on --datasets holding its classes (or a subset) in other image domains.
+    /// Methods whose head cannot score an unseen class are refused under base-to-new and
+    /// cross-dataset, with the reason.
+    #[arg(long, default_value = "few-shot", value_name = "NAME", value_parser = ["few-shot", "base-to-new", "cross-dataset", "domain"])]
     pub protocol: String,
+    /// The dataset the cross-dataset and domain protocols train on (e.g. imagenet); --datasets
+    /// are then the ones tested.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
     #[command(flatten)]
     pub options: MethodArgs,
 }
@@ -242,6 +249,7 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         overrides: a.options.0,
         validation: a.validation.validation,
         protocol: a.protocol.parse()?,
+        source: a.source,
         model: a.cache.model,
         reported: a.reported,
         hub: HubOptions::from_env(),

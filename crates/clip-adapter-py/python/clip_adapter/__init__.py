@@ -138,6 +138,7 @@ def run(
     reported: Optional[PathLike] = None,
     validation: str = "val",
     protocol: str = "few-shot",
+    source: Optional[str] = None,
     progress: Any = None,
     **options: Any,
 ) -> Results:
@@ -147,11 +148,14 @@ def run(
     (``METHOD_OPTIONS``), as for ``fit``; ``validation="none"`` fits without a validation set.
     ``protocol="base-to-new"`` trains on the first half of the classes and tests on both
     halves (rows' ``test_accuracy`` is then the base classes', ``new_accuracy`` the new ones').
+    ``protocol="cross-dataset"`` or ``"domain"`` trains on ``source`` and tests the same head
+    on each of ``datasets`` (rows name the source in ``source_dataset``).
     """
     return Results._from(
         _native.run(list(methods), list(datasets), shots=list(shots), seeds=list(seeds),
                     cache=cache, out=out, model=model, reported=reported,
-                    validation=validation, protocol=protocol, progress=progress,
+                    validation=validation, protocol=protocol, source=source,
+                    progress=progress,
                     **options)
     )
 

@@ -353,6 +353,7 @@ def run(
     reported: Optional[PathLike] = None,
     validation: str = "val",
     protocol: str = "few-shot",
+    source: Optional[str] = None,
     progress: ProgressArg = None,
     **options: Any,
 ) -> Dict[str, Any]: ...

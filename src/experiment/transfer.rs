@@ -1,0 +1,366 @@
+//! Cross-dataset transfer and domain generalisation, the protocols of CoOp's and CoCoOp's
+//! `xd` scripts: a head trained on a source dataset's few-shot draw (16 shots of ImageNet in
+//! the papers) is tested, unchanged, on other datasets' test sets.
+//!
+//! - **Cross-dataset**: the targets are other datasets with classes of their own. The head is
+//!   re-aimed at the target's class names, as for base-to-new's new classes, so only the
+//!   methods whose head scores a class from its text embedding run.
+//! - **Domain generalisation**: the targets hold the source's classes, all of them or a subset
+//!   (ImageNet-A and -R keep 200 of ImageNet's 1000), in other image domains. Every head runs;
+//!   its scores are kept for the target's classes, matched to the source's by name.
+//!
+//! One fit per method, shot count and seed; a row for the source's own test set and one per
+//! target, each resumable by its identity.
+
+use std::rc::Rc;
+
+use super::base_to_new::{new_class_accuracy, NewClassError, NewClassTest, Protocol};
+use super::grid::RowSpec;
+use super::grid::{fit_row, GridEvent, GridMethod, GridOutcome, Loader, ModelLoader, RowSink};
+use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
+use crate::features::ContentHash;
+use crate::methods::coop::PromptModel;
+use crate::methods::{eval, FeatureSpace, FewShotTask, Fit, Method, Needs};
+
+/// What to run: every method on the source's draws, tested on every target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transfer {
+    pub methods: Vec<GridMethod>,
+    pub source: String,
+    pub targets: Vec<String>,
+    pub shots: Vec<usize>,
+    pub seeds: Vec<u64>,
+    pub validation: Validation,
+    /// [`Protocol::CrossDataset`] or [`Protocol::Domain`].
+    pub protocol: Protocol,
+}
+
+impl Transfer {
+    /// Rows of a complete run: the source's and each target's, per fit.
+    pub fn rows(&self) -> usize {
+        let fits = self.methods.len() * self.shots.len() * self.seeds.len();
+        fits * (1 + self.targets.len())
+    }
+}
+
+/// Why a head could not be tested on a target.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(
+        "class `{class}` of `{target}` is not a class of the source `{trained_on}`: domain \
+         generalisation tests the source's classes in other domains (cross-dataset transfer \
+         tests other classes)"
+    )]
+    NotASourceClass {
+        class: String,
+        target: String,
+        trained_on: String,
+    },
+    #[error(transparent)]
+    NewClasses(#[from] NewClassError),
+}
+
+/// A target's whole test set with its classes.
+pub fn target_test(task: &FewShotTask) -> NewClassTest {
+    NewClassTest {
+        classnames: task.classnames.clone(),
+        test: task.test.clone(),
+        text: task.text.clone(),
+        pre_projection_test: task.pre_projection.as_ref().map(|p| p.test.clone()),
+    }
+}
+
+/// Accuracy (percent) of a head trained on classes `source_classes` on `target` (named
+/// `target_name`, trained on `source_name`), under `protocol`.
+pub fn target_accuracy(
+    protocol: Protocol,
+    fit: &Fit,
+    source_classes: &[String],
+    target: &NewClassTest,
+    names: (&str, &str),
+    text_tower: Option<&PromptModel>,
+) -> Result<f32, TransferError> {
+    if protocol != Protocol::Domain {
+        return Ok(new_class_accuracy(fit, target, text_tower)?);
+    }
+    let (source_name, target_name) = names;
+    let columns = (target.classnames.iter())
+        .map(|c| {
+            (source_classes.iter().position(|s| s == c)).ok_or(TransferError::NotASourceClass {
+                class: c.clone(),
+                target: target_name.to_string(),
+                trained_on: source_name.to_string(),
+            })
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let head = &fit.fitted.head;
+    let x = match (head.input(), &target.pre_projection_test) {
+        (FeatureSpace::Projected, _) => &target.test.features,
+        (FeatureSpace::PreProjection, Some(pre)) => pre,
+        (FeatureSpace::PreProjection, None) => return Ok(f32::NAN),
+    };
+    // The target's classes' columns, in the target's label order.
+    let logits = head
+        .logits(x)
+        .transposed()
+        .gather_rows(&columns)
+        .transposed();
+    Ok(eval::accuracy(&logits, &target.test.labels))
+}
+
+/// A draw of a target: its test and where its features came from.
+struct Target {
+    dataset: String,
+    test: NewClassTest,
+    source: RowSource,
+}
+
+/// The identity of a target's row: the source row's, tested on `target`, whose features
+/// join the source's in the row's feature identity.
+fn target_key(source_key: &RowKey, target: &Target) -> RowKey {
+    let mut h = ContentHash::default();
+    h.field(b"clip-adapter transfer target v1");
+    h.field(source_key.features.as_bytes());
+    h.field(target.source.features.as_bytes());
+    RowKey {
+        dataset: target.dataset.clone(),
+        features: h.hex(),
+        ..source_key.clone()
+    }
+}
+
+/// Runs `t`: rows already in `sink` are not fitted again (a fit runs when any of its rows is
+/// missing, and adds only those).
+pub fn run_transfer<E: From<ExperimentError>>(
+    t: &Transfer,
+    sink: &mut dyn RowSink,
+    load: &mut Loader<E>,
+    model: &mut ModelLoader<E>,
+    configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+    events: &mut dyn FnMut(GridEvent),
+) -> Result<GridOutcome, E> {
+    let mut out = GridOutcome {
+        rows: Vec::with_capacity(t.rows()),
+        fitted: 0,
+    };
+    for &shots in &t.shots {
+        for &seed in &t.seeds {
+            let (task, source) = load(&t.source, shots, seed)?;
+            let task = t.validation.apply(task);
+            let mut targets = Vec::with_capacity(t.targets.len());
+            for d in &t.targets {
+                let (target, target_source) = load(d, shots, seed)?;
+                check_same_model(&t.source, &source, d, &target_source)?;
+                targets.push(Target {
+                    dataset: d.clone(),
+                    test: target_test(&target),
+                    source: target_source,
+                });
+            }
+            for (m, gm) in t.methods.iter().enumerate() {
+                let spec = RowSpec {
+                    method: gm,
+                    dataset: &t.source,
+                    shots,
+                    seed,
+                    validation: t.validation,
+                    source: &source,
+                    protocol: t.protocol,
+                    new: None,
+                };
+                let cell = Cell {
+                    t,
+                    task: &task,
+                    targets: &targets,
+                    spec,
+                };
+                cell.run(m, sink, model, configure, events, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The rows of one fit.
+struct Cell<'a> {
+    t: &'a Transfer,
+    task: &'a FewShotTask,
+    targets: &'a [Target],
+    spec: RowSpec<'a>,
+}
+
+impl Cell<'_> {
+    fn run<E: From<ExperimentError>>(
+        &self,
+        m: usize,
+        sink: &mut dyn RowSink,
+        model: &mut ModelLoader<E>,
+        configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+        events: &mut dyn FnMut(GridEvent),
+        out: &mut GridOutcome,
+    ) -> Result<(), E> {
+        let source_key = self.spec.key();
+        let keys: Vec<RowKey> = std::iter::once(source_key.clone())
+            .chain(self.targets.iter().map(|tg| target_key(&source_key, tg)))
+            .collect();
+        let found: Vec<Option<ResultRow>> = keys.iter().map(|k| sink.find(k).cloned()).collect();
+        let rows: Vec<(ResultRow, bool)> = match found.iter().all(Option::is_some) {
+            true => found.into_iter().flatten().map(|r| (r, true)).collect(),
+            false => (self.fit(m, &keys, model, configure, events)?.into_iter())
+                .zip(found)
+                .map(|(new, old)| old.map_or((new, false), |o| (o, true)))
+                .collect(),
+        };
+        for (row, skipped) in rows {
+            if !skipped {
+                sink.push(row.clone())?;
+                out.fitted += 1;
+            }
+            out.rows.push(row);
+            let done = out.rows.len();
+            let (row, total) = (&out.rows[done - 1], self.t.rows());
+            events(GridEvent::Row {
+                row,
+                skipped,
+                done,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    /// Fits the method on the source and makes every row of `keys` (the source's first).
+    fn fit<E: From<ExperimentError>>(
+        &self,
+        m: usize,
+        keys: &[RowKey],
+        model: &mut ModelLoader<E>,
+        configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+        events: &mut dyn FnMut(GridEvent),
+    ) -> Result<Vec<ResultRow>, E> {
+        let (t, spec) = (self.t, &self.spec);
+        let method = configure(m, &t.source, spec.seed);
+        events(GridEvent::Fitting {
+            method: &spec.method.label,
+            dataset: &t.source,
+            shots: spec.shots,
+            seed: spec.seed,
+        });
+        let tower: Option<Rc<PromptModel>> = match method.card().needs {
+            Needs::TextTower => Some(model(spec.source)?),
+            _ => None,
+        };
+        let mut progress = |p| events(GridEvent::Method(p));
+        let (fit, row) = fit_row(&method, self.task, spec, tower.as_deref(), &mut progress)?;
+        let mut rows = vec![row.clone()];
+        for (target, key) in self.targets.iter().zip(&keys[1..]) {
+            let names = (t.source.as_str(), target.dataset.as_str());
+            let classes = &self.task.classnames;
+            let tested = target_accuracy(
+                t.protocol,
+                &fit,
+                classes,
+                &target.test,
+                names,
+                tower.as_deref(),
+            );
+            let accuracy = tested.map_err(|e| ExperimentError::Fit {
+                method: spec.method.label.clone(),
+                dataset: target.dataset.clone(),
+                shots: spec.shots,
+                seed: spec.seed,
+                source: Box::new(e),
+            })?;
+            rows.push(ResultRow {
+                dataset: key.dataset.clone(),
+                features: key.features.clone(),
+                val_accuracy: f32::NAN,
+                test_accuracy: accuracy,
+                ..row.clone()
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// A target's features must come from the source's model: a head scores its model's features.
+fn check_same_model(
+    source_name: &str,
+    source: &RowSource,
+    target_name: &str,
+    target: &RowSource,
+) -> Result<(), ExperimentError> {
+    match source.model == target.model {
+        true => Ok(()),
+        false => Err(ExperimentError::TargetModel {
+            trained_on: source_name.to_string(),
+            source_model: source.model_name.clone(),
+            target: target_name.to_string(),
+            target_model: target.model_name.clone(),
+        }),
+    }
+}
+
+/// The transfer rows of a results file as Markdown: per protocol, source and shot count, a
+/// line per method with the mean test accuracy over seeds on the source and on each target,
+/// and the mean over the targets (CoOp's cross-dataset and domain tables). Other rows are left
+/// out.
+pub fn markdown(rows: &[ResultRow]) -> String {
+    let rows: Vec<&ResultRow> = rows.iter().filter(|r| r.protocol.transfers()).collect();
+    let mut tables: Vec<(Protocol, &str, usize)> = Vec::new();
+    for r in &rows {
+        let t = (r.protocol, r.source_dataset.as_str(), r.shots);
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+    }
+    let mut md = String::new();
+    for (protocol, source, shots) in tables {
+        let of: Vec<&&ResultRow> = (rows.iter())
+            .filter(|r| r.protocol == protocol && r.source_dataset == source && r.shots == shots)
+            .collect();
+        let mut labels: Vec<String> = Vec::new();
+        let mut targets: Vec<&str> = Vec::new();
+        for r in &of {
+            if !labels.contains(&r.label()) {
+                labels.push(r.label());
+            }
+            if r.dataset != source && !targets.contains(&r.dataset.as_str()) {
+                targets.push(&r.dataset);
+            }
+        }
+        let title = match protocol {
+            Protocol::Domain => "Domain generalisation",
+            _ => "Cross-dataset transfer",
+        };
+        md.push_str(&format!(
+            "## {title} from {source}, {shots} shots\n\nTrained on `{source}`, tested \
+             unchanged on each dataset's test set; mean test accuracy over seeds (%).\n\n\
+             | method | {source} (source) | {} | average |\n|---|---:|{}---:|\n",
+            targets.join(" | "),
+            "---:|".repeat(targets.len())
+        ));
+        let mean = |label: &str, dataset: &str| {
+            let acc: Vec<f32> = (of.iter())
+                .filter(|r| r.label() == label && r.dataset == dataset)
+                .map(|r| r.test_accuracy)
+                .collect();
+            (!acc.is_empty()).then(|| acc.iter().sum::<f32>() / acc.len() as f32)
+        };
+        let cell = |v: Option<f32>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+        for l in &labels {
+            let on: Vec<Option<f32>> = targets.iter().map(|d| mean(l, d)).collect();
+            let average = (on.iter().all(Option::is_some) && !on.is_empty())
+                .then(|| on.iter().flatten().sum::<f32>() / on.len() as f32);
+            let cells: Vec<String> = on.into_iter().map(cell).collect();
+            md.push_str(&format!(
+                "| {l} | {} | {} | {} |\n",
+                cell(mean(l, source)),
+                cells.join(" | "),
+                cell(average)
+            ));
+        }
+        md.push('\n');
+    }
+    md
+}
