@@ -21,6 +21,7 @@ mod methods;
 mod new_methods;
 mod parity_clip;
 mod parity_open_clip;
+mod parity_siglip;
 mod preprocess;
 mod preprocess_jpeg_simd;
 mod pretrain;
