@@ -103,7 +103,8 @@ impl ZeroShotClassifier {
     pub fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
         let f = l2_normalize(image_features)?;
         let bias = f64::from(self.logit_bias.unwrap_or(0.0));
-        Ok(f.matmul(&self.weights.t()?)?.affine(self.logit_scale as f64, bias)?)
+        Ok(f.matmul(&self.weights.t()?)?
+            .affine(self.logit_scale as f64, bias)?)
     }
 
     /// How [`ZeroShotClassifier::logits`] become probabilities.
@@ -122,7 +123,12 @@ impl ZeroShotClassifier {
 
     /// The `k` most probable classes of each image, best first.
     pub fn predict(&self, image_features: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
-        rank_with(&self.labels, &self.logits(image_features)?, k, self.scores())
+        rank_with(
+            &self.labels,
+            &self.logits(image_features)?,
+            k,
+            self.scores(),
+        )
     }
 }
 

@@ -271,7 +271,12 @@ impl Clip {
         };
         // CLIP: `text_projection` (no bias); SigLIP: the text tower's `head` (with bias).
         let text_projection = match config.is_siglip() {
-            true => Linear::load(&root.pp("text_model").pp("head"), config.text.width, e, true)?,
+            true => Linear::load(
+                &root.pp("text_model").pp("head"),
+                config.text.width,
+                e,
+                true,
+            )?,
             false => Linear::load(&root.pp("text_projection"), config.text.width, e, false)?,
         };
         Ok(Clip {

@@ -38,9 +38,9 @@
 pub(crate) mod bpe;
 mod clean;
 mod html;
+mod mojibake;
 pub mod sentencepiece;
 mod spm_model;
-mod mojibake;
 mod tables;
 
 use std::collections::HashMap;
@@ -568,13 +568,17 @@ impl Tokenizer {
         let tokenizer_json = dir.join("tokenizer.json");
         if spiece.is_file() {
             let options = SiglipOptions::from_model_dir(dir)?;
-            return Ok(Some(SentencePiece::from_spiece_model(&spiece, &options)?.into()));
+            return Ok(Some(
+                SentencePiece::from_spiece_model(&spiece, &options)?.into(),
+            ));
         }
         if tokenizer_json.is_file() {
-            let json: serde_json::Value = serde_json::from_slice(&read(&tokenizer_json)?)
-                .map_err(|source| TokenizerError::Json {
-                    path: tokenizer_json.clone(),
-                    source,
+            let json: serde_json::Value =
+                serde_json::from_slice(&read(&tokenizer_json)?).map_err(|source| {
+                    TokenizerError::Json {
+                        path: tokenizer_json.clone(),
+                        source,
+                    }
                 })?;
             if json["model"]["type"] == "Unigram" {
                 let options = SiglipOptions::from_model_dir(dir)?;

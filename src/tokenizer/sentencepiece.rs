@@ -316,7 +316,10 @@ impl SentencePiece {
         let mut pieces = Vec::with_capacity(vocab.len());
         for (i, entry) in vocab.iter().enumerate() {
             let (Some(piece), Some(score)) = (entry[0].as_str(), entry[1].as_f64()) else {
-                return Err(format(&format!("model.vocab[{i}]"), "a [piece, score] pair"));
+                return Err(format(
+                    &format!("model.vocab[{i}]"),
+                    "a [piece, score] pair",
+                ));
             };
             let kind = match i as u64 {
                 i if Some(i) == unk => PieceType::Unknown,
@@ -382,12 +385,13 @@ impl SentencePiece {
                 "false (byte fallback is not supported)".into(),
             ));
         }
-        let charsmap = CharsMap::parse(&proto.normalizer.precompiled_charsmap).ok_or_else(|| {
-            format(
-                "normalizer_spec.precompiled_charsmap",
-                "a sentencepiece character map".into(),
-            )
-        })?;
+        let charsmap =
+            CharsMap::parse(&proto.normalizer.precompiled_charsmap).ok_or_else(|| {
+                format(
+                    "normalizer_spec.precompiled_charsmap",
+                    "a sentencepiece character map".into(),
+                )
+            })?;
         let unk = proto
             .pieces
             .iter()
@@ -491,7 +495,11 @@ impl SentencePiece {
             let next = self
                 .specials
                 .iter()
-                .filter_map(|(t, id)| text[pos..].find(t.as_str()).map(|at| (pos + at, t.len(), *id)))
+                .filter_map(|(t, id)| {
+                    text[pos..]
+                        .find(t.as_str())
+                        .map(|at| (pos + at, t.len(), *id))
+                })
                 .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)));
             let Some((at, len, id)) = next else { break };
             if at > pos {
@@ -569,8 +577,14 @@ mod tests {
 
     #[test]
     fn canonicalize_is_siglips() {
-        assert_eq!(canonicalize("  A Photo, of a CAT!!  ", true), "a photo of a cat");
-        assert_eq!(canonicalize("tab\tand\n\u{a0}newline", true), "tab and newline");
+        assert_eq!(
+            canonicalize("  A Photo, of a CAT!!  ", true),
+            "a photo of a cat"
+        );
+        assert_eq!(
+            canonicalize("tab\tand\n\u{a0}newline", true),
+            "tab and newline"
+        );
         assert_eq!(canonicalize("don't-stop", false), "dontstop");
         assert_eq!(canonicalize("!!!", true), "");
     }

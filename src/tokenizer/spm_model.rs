@@ -181,7 +181,8 @@ fn read_piece(buf: &[u8], base: usize) -> Result<Piece, ProtoError> {
             (1, Value::Bytes(b, at)) => piece.piece = utf8(b, at, "a piece that is not UTF-8")?,
             (2, Value::Fixed32(bits)) => piece.score = f32::from_bits(bits),
             (3, Value::Varint(v)) => {
-                piece.kind = PieceType::from_proto(v).ok_or_else(|| r.err("an unknown piece type"))?
+                piece.kind =
+                    PieceType::from_proto(v).ok_or_else(|| r.err("an unknown piece type"))?
             }
             _ => {}
         }
@@ -278,7 +279,10 @@ mod tests {
         model.extend_from_slice(&[0; 8]);
         let m = ModelProto::parse(&model).unwrap();
         assert_eq!(m.pieces.len(), 2);
-        assert_eq!((m.pieces[0].piece.as_str(), m.pieces[0].score), ("▁cat", -3.5));
+        assert_eq!(
+            (m.pieces[0].piece.as_str(), m.pieces[0].score),
+            ("▁cat", -3.5)
+        );
         assert_eq!(m.pieces[1].kind, PieceType::Control);
         assert_eq!(m.normalizer.precompiled_charsmap, [1, 2, 3]);
         assert!(!m.normalizer.add_dummy_prefix && m.normalizer.remove_extra_whitespaces);

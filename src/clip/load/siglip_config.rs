@@ -107,7 +107,11 @@ pub fn from_hf_json(json: &str, path: &Path) -> Result<ClipConfig> {
         path: path.into(),
         msg,
     };
-    if let Some(arch) = raw.architectures.iter().find(|a| a.as_str() != "SiglipModel") {
+    if let Some(arch) = raw
+        .architectures
+        .iter()
+        .find(|a| a.as_str() != "SiglipModel")
+    {
         return Err(err(format!(
             "unsupported architecture `{arch}` for model_type `siglip`; supported is `SiglipModel` \
              (both towers)"
@@ -138,7 +142,10 @@ pub fn from_hf_json(json: &str, path: &Path) -> Result<ClipConfig> {
         )));
     }
     limits::CONTEXT_LENGTH
-        .check("text_config.max_position_embeddings", t.max_position_embeddings)
+        .check(
+            "text_config.max_position_embeddings",
+            t.max_position_embeddings,
+        )
         .map_err(|limit| Error::Limit {
             path: path.into(),
             limit,

@@ -60,9 +60,18 @@ impl AttentionPoolingHead {
         let (b, l, d) = x.dims3()?;
         let (h, hd) = (self.heads, d / self.heads);
         let kv = self.kv.forward(x)?; // (B, L, 2D)
-        let k = kv.narrow(2, 0, d)?.reshape((b, l, h, hd))?.transpose(1, 2)?; // (B, H, L, hd)
-        let v = kv.narrow(2, d, d)?.reshape((b, l, h, hd))?.transpose(1, 2)?;
-        let q = self.query.reshape((1, h, 1, hd))?.broadcast_as((b, h, 1, hd))?;
+        let k = kv
+            .narrow(2, 0, d)?
+            .reshape((b, l, h, hd))?
+            .transpose(1, 2)?; // (B, H, L, hd)
+        let v = kv
+            .narrow(2, d, d)?
+            .reshape((b, l, h, hd))?
+            .transpose(1, 2)?;
+        let q = self
+            .query
+            .reshape((1, h, 1, hd))?
+            .broadcast_as((b, h, 1, hd))?;
         let scale = (hd as f64).powf(-0.5);
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?; // (B, H, 1, L)
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
