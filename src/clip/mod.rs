@@ -269,6 +269,8 @@ impl Clip {
                 options.fold_batch_norm,
             )?)),
         };
+        // The tower before its projection, so that a width mismatch names the tower's tensors.
+        let text = TextTransformer::load(&root.pp("text_model"), &config.text)?;
         // CLIP: `text_projection` (no bias); SigLIP: the text tower's `head` (with bias).
         let text_projection = match config.is_siglip() {
             true => Linear::load(
@@ -281,7 +283,7 @@ impl Clip {
         };
         Ok(Clip {
             image,
-            text: TextTransformer::load(&root.pp("text_model"), &config.text)?,
+            text,
             text_projection,
             logit_scale,
             logit_bias,

@@ -55,7 +55,7 @@ impl CharsMap {
         }
         let size = u32::from_le_bytes(blob.get(..4)?.try_into().ok()?) as usize;
         let trie_bytes = blob.get(4..4usize.checked_add(size)?)?;
-        if size % 4 != 0 {
+        if !size.is_multiple_of(4) {
             return None;
         }
         let trie = trie_bytes
@@ -106,7 +106,7 @@ fn spm_normalize(map: &CharsMap, spec: &NormalizerSpec, input: &str) -> String {
             return (len, rep.to_vec());
         }
         let len = match rest[0] {
-            b if b < 0xe0 && b >= 0xc0 => 2,
+            b if (0xc0..0xe0).contains(&b) => 2,
             b if (0xe0..0xf0).contains(&b) => 3,
             b if b >= 0xf0 => 4,
             _ => 1,
