@@ -28,6 +28,7 @@ mod pretrain;
 mod prolip;
 mod registry;
 mod report;
+mod resize_order;
 mod sweep;
 mod taskres_crossmodal;
 mod tokenizer;

@@ -116,13 +116,9 @@ fn text_from_strings_matches_transformers() {
     assert_rel("text embeds from strings", &text, &expected["text_embeds"]);
 }
 
-/// Known failure, not yet understood: three of the four images match (5e-7), but
-/// blue_circle.png (40 x 64 squashed to 32 x 32) differs by 5e-3 absolute, although the
-/// reference pixels equal `Image.resize((32, 32), BICUBIC)` exactly (checked in Python): our
-/// Pillow-exact resize disagrees with Pillow for that size pair. The CLIP path (shorter side,
-/// then crop) is unaffected (tests/preprocess.rs, tests/parity_clip.rs).
+/// The processor squashes each image to 32 x 32 with Pillow's bicubic resize; blue_circle.png
+/// (40 x 64) is a case where Pillow runs the vertical pass first (tests/resize_order.rs).
 #[test]
-#[ignore = "squash resize of 40x64 -> 32x32 differs from Pillow; see the comment"]
 fn image_files_match_transformers() {
     let clip = load();
     let expected = load_expected(MODEL);
