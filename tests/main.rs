@@ -29,6 +29,7 @@ mod prolip;
 mod registry;
 mod report;
 mod resize_order;
+mod siglip_methods;
 mod sweep;
 mod taskres_crossmodal;
 mod tokenizer;

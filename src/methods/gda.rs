@@ -309,6 +309,7 @@ mod tests {
             text: TextClassifier {
                 weights: text,
                 logit_scale: 100.0,
+                logit_bias: None,
             },
         }
     }

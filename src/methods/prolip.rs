@@ -313,6 +313,7 @@ pub static CODEC: HeadCodec = HeadCodec {
             text: TextClassifier {
                 weights: classes,
                 logit_scale: r.logit_scale()?,
+                logit_bias: None,
             },
         }))
     },
@@ -361,6 +362,7 @@ mod tests {
         let text = TextClassifier {
             weights: random(k, e, 4, 1.0).normalized(),
             logit_scale: 10.0,
+            logit_bias: None,
         };
         (projection, x, labels, text)
     }

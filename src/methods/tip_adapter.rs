@@ -539,6 +539,7 @@ mod tests {
         let text = TextClassifier {
             weights: w,
             logit_scale: 10.0,
+            logit_bias: None,
         };
         let f = Matrix::from_vec(5, d, rng.uniform_vec(5 * d, 1.0))
             .unwrap()
@@ -557,6 +558,7 @@ mod tests {
         let zs = ZeroShot::new(&TextClassifier {
             weights: h.classes.clone(),
             logit_scale: h.logit_scale,
+            logit_bias: None,
         });
         assert_eq!(h.logits(&f).data, zs.logits(&f).data);
     }
@@ -625,6 +627,7 @@ mod tests {
             text: TextClassifier {
                 weights: h.classes.clone(),
                 logit_scale: h.logit_scale,
+                logit_bias: None,
             },
         };
         let opts = TipOptions {
