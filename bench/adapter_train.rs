@@ -48,6 +48,7 @@ fn task(n: usize, d: usize, k: usize, seed: u64) -> FewShotTask {
         text: TextClassifier {
             weights: w,
             logit_scale: 100.0,
+            logit_bias: None,
         },
     }
 }

@@ -35,6 +35,9 @@ pub struct ZeroShotClassifier {
     /// zero-shot prototypes CLAP's reference (`_get_base_text_features`) trains from.
     pub mean: Tensor,
     pub logit_scale: f32,
+    /// SigLIP's learned bias, added to every logit; its probabilities are then per-class
+    /// sigmoids instead of a softmax over the classes. `None` for CLIP.
+    pub logit_bias: Option<f32>,
 }
 
 /// One ranked class for one image.
@@ -89,28 +92,80 @@ impl ZeroShotClassifier {
             weights: l2_normalize(&mean)?,
             mean: raw_mean,
             logit_scale: clip.logit_scale(),
+            logit_bias: clip.logit_bias(),
         })
     }
 
-    /// `logit_scale · cos(image, class)`.
+    /// `logit_scale · cos(image, class)`, plus `logit_bias` for SigLIP.
     ///
     /// # Shapes
     /// `(B, E) -> (B, K)`
     pub fn logits(&self, image_features: &Tensor) -> Result<Tensor> {
         let f = l2_normalize(image_features)?;
-        Ok((f.matmul(&self.weights.t()?)? * self.logit_scale as f64)?)
+        let bias = f64::from(self.logit_bias.unwrap_or(0.0));
+        Ok(f.matmul(&self.weights.t()?)?
+            .affine(self.logit_scale as f64, bias)?)
+    }
+
+    /// How [`ZeroShotClassifier::logits`] become probabilities.
+    pub fn scores(&self) -> Scores {
+        match self.logit_bias {
+            Some(_) => Scores::Sigmoid,
+            None => Scores::Softmax,
+        }
+    }
+
+    /// Class probabilities of each image `(B, K)`: a softmax over the classes (CLIP) or one
+    /// sigmoid per class (SigLIP).
+    pub fn probabilities(&self, image_features: &Tensor) -> Result<Tensor> {
+        self.scores().apply(&self.logits(image_features)?)
     }
 
     /// The `k` most probable classes of each image, best first.
     pub fn predict(&self, image_features: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
-        rank(&self.labels, &self.logits(image_features)?, k)
+        rank_with(
+            &self.labels,
+            &self.logits(image_features)?,
+            k,
+            self.scores(),
+        )
+    }
+}
+
+/// How logits become probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scores {
+    /// One distribution over the classes (CLIP, and every trained head).
+    Softmax,
+    /// An independent probability per class (SigLIP's sigmoid loss): they need not sum to 1.
+    Sigmoid,
+}
+
+impl Scores {
+    /// # Shapes
+    /// `(B, K) -> (B, K)`
+    pub fn apply(self, logits: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Scores::Softmax => candle_nn::ops::softmax(logits, D::Minus1)?,
+            Scores::Sigmoid => candle_nn::ops::sigmoid(logits)?,
+        })
     }
 }
 
 /// The `k` most probable classes of each row of `logits` `(B, K)` (softmax over a row), best
 /// first; ties go to the lower index.
 pub fn rank(labels: &[String], logits: &Tensor, k: usize) -> Result<Vec<Vec<Prediction>>> {
-    let probs = candle_nn::ops::softmax(logits, D::Minus1)?;
+    rank_with(labels, logits, k, Scores::Softmax)
+}
+
+/// [`rank`] with the probabilities `scores` gives; the order is the logits' either way.
+pub fn rank_with(
+    labels: &[String],
+    logits: &Tensor,
+    k: usize,
+    scores: Scores,
+) -> Result<Vec<Vec<Prediction>>> {
+    let probs = scores.apply(logits)?;
     let (logits, probs) = (logits.to_vec2::<f32>()?, probs.to_vec2::<f32>()?);
     Ok(logits
         .iter()

@@ -118,15 +118,26 @@ fn config_with_other_widths_than_the_weights_is_refused() {
 fn unknown_architecture_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
-    edit_config(dir.path(), |c| c["model_type"] = "siglip".into());
+    edit_config(dir.path(), |c| c["model_type"] = "siglip2".into());
     let msg = load(dir.path())
         .err()
         .unwrap_or_else(|| panic!("must fail"))
         .to_string();
     assert!(
         msg.contains("config.json")
-            && msg.contains("unknown architecture")
-            && msg.contains("siglip"),
+            && msg.contains("unsupported architecture")
+            && msg.contains("`siglip2`")
+            && msg.contains("`clip`"),
+        "{msg}"
+    );
+    // A known model type with another type's architecture names what it supports.
+    edit_config(dir.path(), |c| c["model_type"] = "siglip".into());
+    let msg = load(dir.path())
+        .err()
+        .unwrap_or_else(|| panic!("must fail"))
+        .to_string();
+    assert!(
+        msg.contains("`CLIPModel`") && msg.contains("SiglipModel"),
         "{msg}"
     );
 

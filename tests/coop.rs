@@ -84,6 +84,7 @@ fn task(c: &Case) -> FewShotTask {
         text: TextClassifier {
             weights: text,
             logit_scale: 1.0,
+            logit_bias: None,
         },
     }
 }

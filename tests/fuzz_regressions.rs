@@ -763,6 +763,7 @@ mod seeds {
         let zero_shot = Head::new(ZeroShot::new(&TextClassifier {
             weights: matrix(k, d, 4.0),
             logit_scale: 100.0,
+            logit_bias: None,
         }));
         let mut out = vec![
             (

@@ -64,6 +64,7 @@ fn task(f: &Value) -> FewShotTask {
         text: TextClassifier {
             weights: m(&f["text"]),
             logit_scale: f["logit_scale"].as_f64().unwrap() as f32,
+            logit_bias: None,
         },
     }
 }
@@ -438,6 +439,7 @@ fn baseline_task() -> FewShotTask {
         text: TextClassifier {
             weights: m(&f["text"]),
             logit_scale: f["logit_scale"].as_f64().unwrap() as f32,
+            logit_bias: None,
         },
     }
 }

@@ -109,6 +109,7 @@ fn logits_and_prompt_ensembling_match_the_reference() {
         weights: clip_adapter::clip::model::transformer::l2_normalize(&texts).unwrap(),
         mean: texts.clone(),
         logit_scale: clip.logit_scale(),
+        logit_bias: None,
     };
     let logits = single.logits(&images).unwrap();
     assert_close(

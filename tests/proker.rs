@@ -58,6 +58,7 @@ fn task(f: &Value) -> FewShotTask {
         text: TextClassifier {
             weights: m(&f["text"]),
             logit_scale: num(&f["logit_scale"]) as f32,
+            logit_bias: None,
         },
     }
 }

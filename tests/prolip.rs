@@ -57,6 +57,7 @@ fn cases() -> Vec<Case> {
             let text = TextClassifier {
                 weights: m(&f["text"], e),
                 logit_scale: f["logit_scale"].as_f64().unwrap() as f32,
+                logit_bias: None,
             };
             assert_eq!(text.weights.rows, k);
             Case {

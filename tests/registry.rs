@@ -74,6 +74,7 @@ fn toy_task(d: usize) -> FewShotTask {
         text: TextClassifier {
             weights: text,
             logit_scale: 100.0,
+            logit_bias: None,
         },
         pre_projection: Some(Box::new(PreProjection {
             projection: Projection { weight, bias: None },

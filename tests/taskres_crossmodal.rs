@@ -54,6 +54,7 @@ fn task(f: &Value) -> FewShotTask {
         text: TextClassifier {
             weights: m(&f["text"]),
             logit_scale: num(&f["logit_scale"]),
+            logit_bias: None,
         },
     }
 }

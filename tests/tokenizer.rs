@@ -102,7 +102,10 @@ fn tokenizer_is_shareable_across_threads() {
 #[test]
 fn special_ids_and_vocab_size() {
     let t = openai();
-    assert_eq!((t.sot_id(), t.eot_id(), t.vocab_size()), (SOT, EOT, 49408));
+    assert_eq!(
+        (t.sot_id(), t.eot_id(), t.vocab_size()),
+        (Some(SOT), EOT, 49408)
+    );
     assert_eq!(t.cleaning(), Cleaning::OpenClip);
 }
 

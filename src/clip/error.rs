@@ -99,6 +99,11 @@ pub enum Error {
     #[error(transparent)]
     Input(#[from] InputError),
 
+    /// A SigLIP model where only CLIP's architecture is implemented (training a model from
+    /// scratch, writing its config).
+    #[error("{what} is implemented for CLIP models only, not for SigLIP")]
+    SiglipUnsupported { what: &'static str },
+
     /// A training thread panicked while it held the weights' lock: the weights may be half
     /// updated, so training stops.
     #[error("a training thread panicked while holding the weights")]

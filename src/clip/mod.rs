@@ -30,6 +30,7 @@ pub use load::config::{
 };
 pub use load::layout::Layout;
 use model::resnet::ModifiedResNet;
+use model::siglip::SiglipVisionTransformer;
 use model::text::TextTransformer;
 use model::transformer::Linear;
 use model::vit::VisionTransformer;
@@ -140,6 +141,15 @@ impl ModelFiles {
     }
 }
 
+/// A learned scalar stored as `[]` (CLIP, open_clip) or `[1]` (`transformers`' SigLIP).
+fn scalar(ckpt: &Checkpoint, name: &str) -> Result<f32> {
+    let shape: &[usize] = match ckpt.shape(name).as_deref() {
+        Some([1]) => &[1],
+        _ => &[],
+    };
+    Ok(ckpt.get(name, shape)?.flatten_all()?.to_vec1::<f32>()?[0])
+}
+
 /// `build_model`'s config for a single OpenAI file; errors name the file.
 fn infer_config(ckpt: &Checkpoint) -> Result<ClipConfig> {
     load::state_dict::infer_config(ckpt.stored_shapes()).map_err(|why| Error::Architecture {
@@ -174,6 +184,12 @@ enum ImageEncoder {
         projection: Linear,
     },
     ResNet(Box<ModifiedResNet>),
+    /// SigLIP: the attention-pooled output is the embedding. `identity` stands for the last
+    /// projection it does not have (pre-projection features equal the embedding).
+    Siglip {
+        tower: Box<SiglipVisionTransformer>,
+        identity: Linear,
+    },
 }
 
 /// How to load a model.
@@ -197,6 +213,7 @@ pub struct Clip {
     text: TextTransformer,
     text_projection: Linear,
     logit_scale: f32,
+    logit_bias: Option<f32>,
     tokenizer: Tokenizer,
     device: Device,
 }
@@ -231,8 +248,16 @@ impl Clip {
         let root = ckpt.scope("");
         let e = config.embed_dim;
         // `logit_scale` is stored as a log; never assume the 100 of OpenAI's checkpoints.
-        let logit_scale = root.get("logit_scale", &[])?.to_scalar::<f32>()?.exp();
+        let logit_scale = scalar(ckpt, "logit_scale")?.exp();
+        let logit_bias = match config.is_siglip() {
+            true => Some(scalar(ckpt, "logit_bias")?),
+            false => None,
+        };
         let image = match &config.vision {
+            VisionTower::Siglip(v) => ImageEncoder::Siglip {
+                tower: Box::new(SiglipVisionTransformer::load(&root.pp("vision_model"), v)?),
+                identity: Linear::new(Tensor::eye(e, candle_core::DType::F32, device)?, None, None),
+            },
             VisionTower::Vit(v) => ImageEncoder::Vit {
                 tower: Box::new(VisionTransformer::load(&root.pp("vision_model"), v)?),
                 projection: Linear::load(&root.pp("visual_projection"), v.width, e, false)?,
@@ -244,16 +269,24 @@ impl Clip {
                 options.fold_batch_norm,
             )?)),
         };
-        Ok(Clip {
-            image,
-            text: TextTransformer::load(&root.pp("text_model"), &config.text)?,
-            text_projection: Linear::load(
-                &root.pp("text_projection"),
+        // The tower before its projection, so that a width mismatch names the tower's tensors.
+        let text = TextTransformer::load(&root.pp("text_model"), &config.text)?;
+        // CLIP: `text_projection` (no bias); SigLIP: the text tower's `head` (with bias).
+        let text_projection = match config.is_siglip() {
+            true => Linear::load(
+                &root.pp("text_model").pp("head"),
                 config.text.width,
                 e,
-                false,
+                true,
             )?,
+            false => Linear::load(&root.pp("text_projection"), config.text.width, e, false)?,
+        };
+        Ok(Clip {
+            image,
+            text,
+            text_projection,
             logit_scale,
+            logit_bias,
             tokenizer,
             config: config.clone(),
             device: device.clone(),
@@ -277,6 +310,12 @@ impl Clip {
         self.logit_scale
     }
 
+    /// SigLIP's learned logit bias: scores are `sigmoid(scale · cos + bias)`, one independent
+    /// probability per class. `None` for CLIP (softmax over the classes).
+    pub fn logit_bias(&self) -> Option<f32> {
+        self.logit_bias
+    }
+
     /// The input side length of the image tower.
     pub fn image_size(&self) -> usize {
         self.config.vision.image_size()
@@ -287,6 +326,8 @@ impl Clip {
         Preprocess {
             mean: self.config.image_mean,
             std: self.config.image_std,
+            // SigLIP resizes straight to the input size (its processor has no crop).
+            squash: self.config.is_siglip(),
             ..Preprocess::clip(self.image_size())
         }
     }
@@ -299,6 +340,7 @@ impl Clip {
         match &self.image {
             ImageEncoder::Vit { tower, projection } => projection.forward(&tower.forward(pixels)?),
             ImageEncoder::ResNet(resnet) => resnet.forward(pixels),
+            ImageEncoder::Siglip { tower, .. } => tower.forward(pixels),
         }
     }
 
@@ -312,6 +354,10 @@ impl Clip {
         let pre = match &self.image {
             ImageEncoder::Vit { tower, .. } => tower.forward(pixels)?,
             ImageEncoder::ResNet(resnet) => resnet.forward_pre_projection(pixels)?,
+            ImageEncoder::Siglip { tower, .. } => {
+                let pooled = tower.forward(pixels)?;
+                return Ok((pooled.clone(), pooled));
+            }
         };
         let projected = self.image_projection_layer().forward(&pre)?;
         Ok((pre, projected))
@@ -321,6 +367,7 @@ impl Clip {
         match &self.image {
             ImageEncoder::Vit { projection, .. } => projection,
             ImageEncoder::ResNet(resnet) => resnet.projection(),
+            ImageEncoder::Siglip { identity, .. } => identity,
         }
     }
 

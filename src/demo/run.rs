@@ -259,6 +259,7 @@ fn text_classifier(clip: &Clip, d: &Dataset) -> Result<(TextClassifier, Matrix)>
         TextClassifier {
             weights: to_matrix(&w)?,
             logit_scale: clip.logit_scale(),
+            logit_bias: None,
         },
         to_matrix(&raw)?,
     ))

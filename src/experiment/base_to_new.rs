@@ -407,6 +407,7 @@ mod tests {
             weights: Matrix::from_vec(classes, 2, (0..2 * classes).map(|i| i as f32).collect())
                 .unwrap(),
             logit_scale: 100.0,
+            logit_bias: None,
         };
         FewShotTask {
             classnames: (0..classes).map(|c| format!("c{c}")).collect(),

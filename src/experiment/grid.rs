@@ -646,6 +646,7 @@ mod tests {
                     .unwrap()
                     .normalized(),
                 logit_scale: 100.0,
+                logit_bias: None,
             },
         }
     }

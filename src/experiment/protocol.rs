@@ -260,6 +260,7 @@ mod tests {
             text: crate::methods::TextClassifier {
                 weights: m(2),
                 logit_scale: 100.0,
+                logit_bias: None,
             },
         };
         assert!(matches!(Validation::Val.task(&task), Cow::Borrowed(_)));

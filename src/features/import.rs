@@ -639,6 +639,8 @@ fn text_from_array(
         mean: t.values,
         dim,
         logit_scale,
+        // Imported text features carry a scale only: zero-shot on them is CLIP's softmax.
+        logit_bias: None,
     })
 }
 

@@ -855,6 +855,7 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), FeatureErr
                 data: t.weights,
             },
             logit_scale: t.logit_scale,
+            logit_bias: t.logit_bias,
         },
     };
     task.validate()?;

@@ -21,6 +21,8 @@ pub struct TextFeatures {
     pub classnames: Vec<String>,
     pub templates: Vec<String>,
     pub logit_scale: f32,
+    /// SigLIP's `logit_bias` (metadata `logit_bias`); `None` for CLIP and in older files.
+    pub logit_bias: Option<f32>,
     pub dim: usize,
     /// `(C, E)` row-major, each row unit-norm.
     pub weights: Vec<f32>,
@@ -78,6 +80,8 @@ pub struct PromptEmbeddings {
     pub mean: Vec<f32>,
     pub dim: usize,
     pub logit_scale: f32,
+    /// SigLIP's `logit_bias`; `None` for CLIP.
+    pub logit_bias: Option<f32>,
 }
 
 /// Encodes each class name in every template with `clip` (the zero-shot classifier).
@@ -98,6 +102,7 @@ pub fn encode_prompts(
         mean: floats(&zs.mean)?,
         dim,
         logit_scale: zs.logit_scale,
+        logit_bias: zs.logit_bias,
     })
 }
 
@@ -125,6 +130,9 @@ pub fn text_file_bytes(meta: &TextMeta, e: &PromptEmbeddings) -> Vec<u8> {
     m.insert("classnames".into(), json(meta.classnames));
     m.insert("templates".into(), json(meta.templates));
     m.insert("logit_scale".into(), e.logit_scale.to_string());
+    if let Some(bias) = e.logit_bias {
+        m.insert("logit_bias".into(), bias.to_string());
+    }
     let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let shape = vec![meta.classnames.len(), e.dim];
     write_safetensors(
@@ -259,6 +267,13 @@ pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
             Some(v)
         }
     };
+    let logit_bias = match m.get("logit_bias") {
+        None => None,
+        Some(v) => match v.parse::<f32>() {
+            Ok(b) if b.is_finite() => Some(b),
+            _ => return Err(bad(format!("bad `logit_bias` {v:?} (a finite number)"))),
+        },
+    };
     Ok(TextFeatures {
         mean,
         classnames,
@@ -266,6 +281,7 @@ pub fn text_from_bytes(path: &Path, bytes: &[u8]) -> Result<TextFeatures> {
         logit_scale: get("logit_scale")?
             .parse()
             .map_err(|_| bad("bad `logit_scale`".into()))?,
+        logit_bias,
         dim,
         weights: t
             .data()

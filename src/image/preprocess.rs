@@ -31,6 +31,11 @@ pub struct Preprocess {
     pub mean: [f32; 3],
     /// Per-channel (R, G, B) standard deviation divided by after subtracting the mean.
     pub std: [f32; 3],
+    /// Resize straight to `size` x `size` (PIL bicubic), ignoring the aspect ratio, with no
+    /// crop: SigLIP's processor (`do_resize` to `{height, width}`, no `do_center_crop`).
+    /// Absent from (and `false` in) the cache keys of CLIP's preprocessing, which are unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub squash: bool,
 }
 
 impl Preprocess {
@@ -42,6 +47,7 @@ impl Preprocess {
             size,
             mean: CLIP_MEAN.map(|v| v as f32),
             std: CLIP_STD.map(|v| v as f32),
+            squash: false,
         }
     }
 
@@ -92,8 +98,13 @@ impl Preprocess {
         out
     }
 
-    /// The whole evaluation view of a decoded image: resize, crop, normalise. `(3, size, size)`.
+    /// The whole evaluation view of a decoded image: resize, crop, normalise (or, when
+    /// [`squash`](Self::squash), resize to the square and normalise). `(3, size, size)`.
     pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
+        if self.squash {
+            let n = self.size_u32();
+            return self.to_tensor_normalized(&resize_bicubic(img, n, n));
+        }
         self.to_tensor_normalized(&self.center_crop(&self.resize_shorter(img)))
     }
 

@@ -9,6 +9,10 @@
 //! `ImagingResampleHorizontal_8bpc`, `ImagingResampleVertical_8bpc`, `ImagingResampleInner`.
 //! Every floating-point step is done in `f64` in the same order as the C code, so the
 //! coefficients are the same doubles and round to the same integers.
+//!
+//! The two passes do not commute (the first is rounded to 8 bits), so their order matters.
+//! Pillow 13 picks it in `ImagingResampleInner` (`vertical_first` below); the Resample.c of
+//! earlier releases always ran the horizontal pass first.
 
 use super::RgbImage;
 
@@ -101,9 +105,20 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Pillow 13's pass order: the vertical pass runs first when it removes more than twice as many
+/// rows as the horizontal pass removes columns, `in_h - out_h > 0 && in_h - out_h > 2 * (in_w -
+/// out_w)` (a signed comparison, so any horizontal upscale with a vertical downscale qualifies);
+/// otherwise the horizontal pass runs first. Read from `ImagingResampleInner` in Pillow 13.0.0's
+/// build and checked against `Image.resize` on random sizes (tests/resize_order.rs).
+fn vertical_first(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
+    let removed_rows = i64::from(in_h) - i64::from(out_h);
+    let removed_cols = i64::from(in_w) - i64::from(out_w);
+    removed_rows > 0 && removed_rows > 2 * removed_cols
+}
+
 /// Resizes to `width` x `height` exactly as `PIL.Image.resize((width, height), Image.BICUBIC)`
-/// does for an RGB image: a horizontal pass (rounded to 8 bits) followed by a vertical pass,
-/// each skipped when its dimension does not change.
+/// does for an RGB image: two separable passes, each rounded to 8 bits, each skipped when its
+/// dimension does not change, in the order `vertical_first` gives.
 ///
 /// A zero target dimension gives an empty image; an empty source gives a black one.
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
@@ -114,6 +129,26 @@ pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     if (width, height) == (in_w, in_h) {
         return img.clone();
     }
+    let data = if width != in_w && height != in_h && vertical_first(in_w, in_h, width, height) {
+        // The vertical pass over every column, then the horizontal pass over its rows.
+        let rows = vertical(img.as_raw(), in_w as usize, 0, &taps(in_h, height));
+        horizontal(
+            &rows,
+            in_w as usize,
+            0..height as usize,
+            &taps(in_w, width),
+            width,
+        )
+    } else {
+        horizontal_then_vertical(img, width, height)
+    };
+    // The length holds by construction; `new` is only the fallback that keeps this total.
+    RgbImage::from_raw(width, height, data).unwrap_or_else(|| RgbImage::new(width, height))
+}
+
+/// The horizontal pass (if the width changes), then the vertical one (if the height does).
+fn horizontal_then_vertical(img: &RgbImage, width: u32, height: u32) -> Vec<u8> {
+    let (in_w, in_h) = (img.width(), img.height());
     let need_horizontal = width != in_w;
     let need_vertical = height != in_h;
 
@@ -143,12 +178,10 @@ pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
         let bytes_per_row = in_w as usize * 3;
         &img.as_raw()[rows.start * bytes_per_row..rows.end * bytes_per_row]
     };
-    let data = match &vtaps {
+    match &vtaps {
         Some(v) => vertical(src, width as usize, rows.start, v),
         None => src.to_vec(),
-    };
-    // The length holds by construction; `new` is only the fallback that keeps this total.
-    RgbImage::from_raw(width, height, data).unwrap_or_else(|| RgbImage::new(width, height))
+    }
 }
 
 /// ImagingResampleHorizontal_8bpc over `rows` of an RGB image `src_w` pixels wide.
@@ -231,6 +264,27 @@ mod tests {
                     "{i}->{o}: {s}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn vertical_first_on_both_sides_of_pillows_rule() {
+        // (in_w, in_h, out_w, out_h, vertical first?)
+        for (iw, ih, ow, oh, want) in [
+            (40, 64, 32, 32, true),   // 32 rows > 2 * 8 columns
+            (60, 60, 32, 4, false),   // 56 rows = 2 * 28 columns
+            (60, 60, 33, 4, true),    // 56 rows > 2 * 27 columns
+            (40, 64, 64, 16, true),   // horizontal upscale, vertical downscale
+            (60, 60, 100, 90, false), // both upscaled: no rows removed
+            (60, 60, 30, 60, false),  // no rows removed
+            (500, 375, 298, 224, false),
+            (40, 100, 20, 50, true), // shorter side of a portrait taller than 2:1
+        ] {
+            assert_eq!(
+                vertical_first(iw, ih, ow, oh),
+                want,
+                "{iw}x{ih} -> {ow}x{oh}"
+            );
         }
     }
 

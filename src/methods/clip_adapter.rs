@@ -930,6 +930,7 @@ mod tests {
             TextClassifier {
                 weights: w,
                 logit_scale: 20.0,
+                logit_bias: None,
             },
         )
     }

@@ -310,6 +310,7 @@ mod tests {
             text: TextClassifier {
                 weights: text,
                 logit_scale: 100.0,
+                logit_bias: None,
             },
         }
     }

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use super::linalg::Matrix;
 use super::{MethodError, TextClassifier};
+use crate::zero_shot::Scores;
 
 /// The `format` metadata value of head files.
 pub const FORMAT: &str = "clip-adapter-head";
@@ -38,6 +39,11 @@ pub trait HeadModel: fmt::Debug + Send + Sync + 'static {
     fn dim(&self) -> usize;
     /// Its tensors and any metadata of its own.
     fn write(&self, w: &mut HeadWriter);
+    /// How its logits become probabilities: a softmax over the classes, except SigLIP's
+    /// zero-shot head (a sigmoid per class, as the model scores).
+    fn scores(&self) -> Scores {
+        Scores::Softmax
+    }
     fn clone_box(&self) -> Box<dyn HeadModel>;
     fn as_any(&self) -> &dyn Any;
     /// The same head scoring other classes, given their text classifier: what its method's
@@ -82,6 +88,11 @@ impl Head {
 
     pub fn dim(&self) -> usize {
         self.0.dim()
+    }
+
+    /// How [`Head::logits`] become probabilities.
+    pub fn scores(&self) -> Scores {
+        self.0.scores()
     }
 
     /// The `head` value of its files.

@@ -81,13 +81,18 @@ pub struct LabelledSet {
     pub labels: Vec<usize>,
 }
 
-/// The zero-shot classifier: one unit-norm text embedding per class and CLIP's logit scale.
+/// The zero-shot classifier: one unit-norm text embedding per class and the model's logit scale
+/// (and, for SigLIP, its logit bias).
 #[derive(Debug, Clone)]
 pub struct TextClassifier {
     /// `K × D`, unit-norm rows (prompt ensemble: normalise, average, normalise).
     pub weights: Matrix,
     /// `exp(logit_scale)` of the checkpoint (100 for OpenAI's weights).
     pub logit_scale: f32,
+    /// SigLIP's learned `logit_bias`: zero-shot logits are `scale · cos + bias`, scored with a
+    /// sigmoid per class. `None` for CLIP (softmax over classes). The heads the other methods
+    /// train ignore it: a constant added to every class moves no argmax.
+    pub logit_bias: Option<f32>,
 }
 
 impl TextClassifier {
@@ -104,6 +109,7 @@ impl TextClassifier {
         TextClassifier {
             weights,
             logit_scale,
+            logit_bias: None,
         }
     }
 }

@@ -314,6 +314,7 @@ pub static CODEC: HeadCodec = HeadCodec {
             text: TextClassifier {
                 weights: classes,
                 logit_scale: r.logit_scale()?,
+                logit_bias: None,
             },
         }))
     },
@@ -369,6 +370,7 @@ mod tests {
         let text = TextClassifier {
             weights: random(k, e, 4, 1.0).normalized(),
             logit_scale: 10.0,
+            logit_bias: None,
         };
         (projection, x, labels, text)
     }

@@ -540,6 +540,7 @@ mod tests {
         let text = TextClassifier {
             weights: w,
             logit_scale: 10.0,
+            logit_bias: None,
         };
         let f = Matrix::from_vec(5, d, rng.uniform_vec(5 * d, 1.0))
             .unwrap()
@@ -558,6 +559,7 @@ mod tests {
         let zs = ZeroShot::new(&TextClassifier {
             weights: h.classes.clone(),
             logit_scale: h.logit_scale,
+            logit_bias: None,
         });
         assert_eq!(h.logits(&f).data, zs.logits(&f).data);
     }
@@ -626,6 +628,7 @@ mod tests {
             text: TextClassifier {
                 weights: h.classes.clone(),
                 logit_scale: h.logit_scale,
+                logit_bias: None,
             },
         };
         let opts = TipOptions {

@@ -1,10 +1,12 @@
-//! Zero-shot CLIP on cached features (Radford et al. 2021): logits = scale · cos(image, class prompt).
-//! The prompt ensemble itself is built once from the text tower
+//! Zero-shot CLIP on cached features (Radford et al. 2021): logits = scale · cos(image, class prompt),
+//! plus the learned bias for SigLIP (whose probabilities are then a sigmoid per class, as
+//! `classify` scores with the model). The prompt ensemble itself is built once from the text tower
 //! ([`crate::zero_shot::ZeroShotClassifier`]); here it is only applied.
 
 use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
 use super::linalg::{gemm, Matrix};
 use super::method::method_boilerplate;
+use crate::zero_shot::Scores;
 use super::{
     Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method, MethodCard,
     MethodError, Needs, TextClassifier,
@@ -42,8 +44,13 @@ impl ZeroShot {
         ZeroShot { text: text.clone() }
     }
 
+    /// `scale · cos`, plus SigLIP's bias (which moves no argmax: accuracy is CLIP's rule).
     pub fn logits(&self, features: &Matrix) -> Matrix {
-        cosine_logits(features, &self.text.weights, self.text.logit_scale)
+        let mut out = cosine_logits(features, &self.text.weights, self.text.logit_scale);
+        if let Some(bias) = self.text.logit_bias {
+            out.data.iter_mut().for_each(|x| *x += bias);
+        }
+        out
     }
 }
 
@@ -85,15 +92,21 @@ impl FewShotMethod for ZeroShotMethod {
     }
 }
 
-/// Tensors: `classes` (K×D unit-norm prompt embeddings) and `logit_scale`.
+/// Tensors: `classes` (K×D unit-norm prompt embeddings) and `logit_scale`; SigLIP's also
+/// `logit_bias` (its presence makes the head's probabilities sigmoids).
 pub static CODEC: HeadCodec = HeadCodec {
     kind: "zero-shot",
     anchor: ("classes", "K × D, one class embedding per row"),
     input: FeatureSpace::Projected,
     read: |r, classes| {
+        let logit_bias = match r.has("logit_bias") {
+            false => None,
+            true => Some(r.scalar("logit_bias", "one finite value")?),
+        };
         Ok(Box::new(ZeroShot::new(&TextClassifier {
             weights: classes,
             logit_scale: r.logit_scale()?,
+            logit_bias,
         })))
     },
 };
@@ -112,6 +125,16 @@ impl HeadModel for ZeroShot {
     fn write(&self, w: &mut HeadWriter) {
         w.matrix("classes", &self.text.weights);
         w.scalar("logit_scale", self.text.logit_scale);
+        if let Some(bias) = self.text.logit_bias {
+            w.scalar("logit_bias", bias);
+        }
+    }
+
+    fn scores(&self) -> Scores {
+        match self.text.logit_bias {
+            Some(_) => Scores::Sigmoid,
+            None => Scores::Softmax,
+        }
     }
 
     fn for_classes(&self, text: &TextClassifier) -> Option<Box<dyn HeadModel>> {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::{resolve_model, RunError, RunObserver};
@@ -206,7 +206,7 @@ pub fn zero_shot_scores(
     features: &Tensor,
 ) -> Result<(Tensor, Tensor), Error> {
     let logits = classifier.logits(features)?;
-    let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?;
+    let probabilities = classifier.scores().apply(&logits)?;
     Ok((probabilities, logits))
 }
 

@@ -12,7 +12,7 @@ use crate::features::model_fingerprint;
 use crate::methods::coop::{self, CoopHead, PromptModel};
 use crate::methods::head::{self, HeadInfo};
 use crate::methods::{FeatureSpace, Head, Matrix};
-use crate::zero_shot::{rank, Prediction};
+use crate::zero_shot::{rank_with, Prediction};
 
 /// What `clip-adapter predict` is told.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ pub fn predict(
         &candle_core::Device::Cpu,
     )
     .map_err(crate::clip::error::Error::from)?;
-    let predictions = rank(&info.classnames, &logits, spec.top_k)?;
+    let predictions = rank_with(&info.classnames, &logits, spec.top_k, head.scores())?;
     Ok(Predictions {
         method: info.method,
         model,

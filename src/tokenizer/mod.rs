@@ -39,6 +39,8 @@ pub(crate) mod bpe;
 mod clean;
 mod html;
 mod mojibake;
+pub mod sentencepiece;
+mod spm_model;
 mod tables;
 
 use std::collections::HashMap;
@@ -52,6 +54,7 @@ use serde::Deserialize;
 
 use bpe::{byte_tokens_in_vocab_order, bytes_to_unicode, Bpe, Merge, END_OF_WORD};
 use clean::Cleaner;
+use sentencepiece::{SentencePiece, SiglipOptions};
 
 /// CLIP's text context: start token, at most 75 BPE tokens, end token.
 pub const CONTEXT_LENGTH: usize = 77;
@@ -129,8 +132,9 @@ struct Special {
 }
 
 /// A CLIP tokenizer. Cloning is cheap (the vocabulary is shared).
+/// CLIP's byte-level BPE with its text clean-up.
 #[derive(Clone)]
-pub struct Tokenizer {
+struct ClipBpe {
     bpe: Arc<Bpe>,
     cleaner: Arc<Cleaner>,
     patterns: Arc<Patterns>,
@@ -139,9 +143,9 @@ pub struct Tokenizer {
     eot: Special,
 }
 
-impl std::fmt::Debug for Tokenizer {
+impl std::fmt::Debug for ClipBpe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
+        f.debug_struct("ClipBpe")
             .field("vocab_size", &self.vocab_size())
             .field("cleaning", &self.cleaning)
             .field("sot_id", &self.sot.id)
@@ -250,12 +254,12 @@ fn split_merge(path: &Path, line: &str, location: String) -> Result<Merge, Token
     }
 }
 
-impl Tokenizer {
+impl ClipBpe {
     fn assemble(
         bpe: Arc<Bpe>,
         path: &Path,
         added: &[AddedTokenJson],
-    ) -> Result<Tokenizer, TokenizerError> {
+    ) -> Result<ClipBpe, TokenizerError> {
         // Defaults are the flags of the hub's openai/clip-vit-* tokenizer configs.
         let special = |name: &str, normalized: bool| {
             let entry = added.iter().find(|t| t.content == name);
@@ -269,7 +273,7 @@ impl Tokenizer {
                 token: name.to_string(),
             })
         };
-        Ok(Tokenizer {
+        Ok(ClipBpe {
             sot: special(START_OF_TEXT, true)?,
             eot: special(END_OF_TEXT, false)?,
             bpe,
@@ -280,7 +284,7 @@ impl Tokenizer {
     }
 
     /// The OpenAI CLIP vocabulary, embedded in the binary; decompressed once per process.
-    pub fn openai() -> Result<Tokenizer, TokenizerError> {
+    fn openai() -> Result<ClipBpe, TokenizerError> {
         static OPENAI: OnceLock<Result<Arc<Bpe>, String>> = OnceLock::new();
         let bpe = OPENAI
             .get_or_init(|| openai_bpe().map(Arc::new).map_err(|e| e.to_string()))
@@ -289,12 +293,12 @@ impl Tokenizer {
                 asset: EMBEDDED_VOCAB_NAME,
                 msg,
             })?;
-        Tokenizer::assemble(bpe, Path::new(EMBEDDED_VOCAB_NAME), &[])
+        ClipBpe::assemble(bpe, Path::new(EMBEDDED_VOCAB_NAME), &[])
     }
 
     /// The Hugging Face pair `vocab.json` (token → id) and `merges.txt` (one `a b` per line,
     /// after an optional `#version` header).
-    pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<Tokenizer, TokenizerError> {
+    fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<ClipBpe, TokenizerError> {
         let vocab: HashMap<String, u32> =
             serde_json::from_slice(&read(vocab_json)?).map_err(|source| TokenizerError::Json {
                 path: vocab_json.to_path_buf(),
@@ -309,13 +313,13 @@ impl Tokenizer {
             merges.push(split_merge(merges_txt, line, format!("line {}", i + 1))?);
         }
         let bpe = Bpe::new(vocab_json, vocab, merges_txt, merges)?;
-        Tokenizer::assemble(Arc::new(bpe), vocab_json, &[])
+        ClipBpe::assemble(Arc::new(bpe), vocab_json, &[])
     }
 
     /// A `tokenizers` `tokenizer.json` whose model is CLIP's BPE (`end_of_word_suffix` `</w>`).
     /// Only the vocabulary, the merges and the special tokens' ids and `normalized` flags are
     /// read; the text pipeline is CLIP's whatever the file's normalizer says.
-    pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
+    fn from_tokenizer_json(path: &Path) -> Result<ClipBpe, TokenizerError> {
         let json: TokenizerJson =
             serde_json::from_slice(&read(path)?).map_err(|source| TokenizerError::Json {
                 path: path.to_path_buf(),
@@ -360,54 +364,35 @@ impl Tokenizer {
             vocab.entry(t.content.clone()).or_insert(t.id);
         }
         let bpe = Bpe::new(path, vocab, path, merges)?;
-        Tokenizer::assemble(Arc::new(bpe), path, &json.added_tokens)
-    }
-
-    /// The tokenizer a model directory carries: `tokenizer.json` if present, else
-    /// `vocab.json` + `merges.txt`; `None` when it has neither (open_clip checkpoints), in
-    /// which case the caller falls back to [`Tokenizer::openai`]. The cleaning is
-    /// [`Cleaning::OpenClip`] like every constructor's; pick another with
-    /// [`Tokenizer::with_cleaning`].
-    pub fn from_model_dir(dir: &Path) -> Result<Option<Tokenizer>, TokenizerError> {
-        let tokenizer_json = dir.join("tokenizer.json");
-        if tokenizer_json.is_file() {
-            return Tokenizer::from_tokenizer_json(&tokenizer_json).map(Some);
-        }
-        let vocab = dir.join("vocab.json");
-        let merges = dir.join("merges.txt");
-        match (vocab.is_file(), merges.is_file()) {
-            (false, false) => Ok(None),
-            // from_files reports whichever of the two is missing.
-            _ => Tokenizer::from_files(&vocab, &merges).map(Some),
-        }
+        ClipBpe::assemble(Arc::new(bpe), path, &json.added_tokens)
     }
 
     /// The same vocabulary with another reference's text handling.
-    pub fn with_cleaning(mut self, cleaning: Cleaning) -> Tokenizer {
+    fn with_cleaning(mut self, cleaning: Cleaning) -> ClipBpe {
         self.cleaning = cleaning;
         self
     }
 
-    pub fn cleaning(&self) -> Cleaning {
+    fn cleaning(&self) -> Cleaning {
         self.cleaning
     }
 
-    pub fn sot_id(&self) -> u32 {
+    fn sot_id(&self) -> u32 {
         self.sot.id
     }
 
-    pub fn eot_id(&self) -> u32 {
+    fn eot_id(&self) -> u32 {
         self.eot.id
     }
 
     /// Number of tokens, special tokens included (49,408 for OpenAI's vocabulary).
-    pub fn vocab_size(&self) -> usize {
+    fn vocab_size(&self) -> usize {
         self.bpe.len()
     }
 
     /// BPE ids of `text` after the clean-up, without start/end tokens and without truncation.
     /// Literal special tokens in the text (see [`Cleaning`]) give their ids.
-    pub fn encode(&self, text: &str) -> Vec<u32> {
+    fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
         match self.cleaning {
             Cleaning::OpenClip => self.encode_open_clip(text, &mut ids),
@@ -464,13 +449,13 @@ impl Tokenizer {
 
     /// One row of model input, open_clip's convention: start id, the BPE ids truncated so the
     /// end id stays last, then 0 up to `context_length`.
-    pub fn tokenize(&self, text: &str, context_length: usize) -> Vec<u32> {
+    fn tokenize(&self, text: &str, context_length: usize) -> Vec<u32> {
         self.tokenize_padded(text, context_length, 0)
     }
 
-    /// As [`Tokenizer::tokenize`], padding with `pad_id` (transformers pads CLIP with the end
+    /// As [`ClipBpe::tokenize`], padding with `pad_id` (transformers pads CLIP with the end
     /// id, 49407; the padding never reaches the end-token embedding either way).
-    pub fn tokenize_padded(&self, text: &str, context_length: usize, pad_id: u32) -> Vec<u32> {
+    fn tokenize_padded(&self, text: &str, context_length: usize, pad_id: u32) -> Vec<u32> {
         let mut row = Vec::with_capacity(context_length.max(2));
         row.push(self.sot.id);
         match self.cleaning {
@@ -488,22 +473,10 @@ impl Tokenizer {
         row
     }
 
-    /// [`Tokenizer::tokenize`] for each text.
-    pub fn tokenize_batch<S: AsRef<str>>(
-        &self,
-        texts: &[S],
-        context_length: usize,
-    ) -> Vec<Vec<u32>> {
-        texts
-            .iter()
-            .map(|t| self.tokenize(t.as_ref(), context_length))
-            .collect()
-    }
-
     /// Text for ids, open_clip's way: token strings joined, bytes restored (invalid UTF-8
     /// replaced), `</w>` read as a space. Every id is rendered, special and padding ids too;
     /// ids outside the vocabulary are skipped.
-    pub fn decode(&self, ids: &[u32]) -> String {
+    fn decode(&self, ids: &[u32]) -> String {
         static BYTE_DECODER: OnceLock<HashMap<char, u8>> = OnceLock::new();
         let decoder = BYTE_DECODER.get_or_init(|| {
             bytes_to_unicode()
@@ -522,6 +495,220 @@ impl Tokenizer {
             }
         }
         String::from_utf8_lossy(&bytes).replace(END_OF_WORD, " ")
+    }
+}
+
+/// A model's tokenizer: CLIP's byte-level BPE, or SigLIP's SentencePiece. Cloning is cheap
+/// (the vocabulary is shared).
+#[derive(Clone)]
+pub struct Tokenizer {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Bpe(ClipBpe),
+    SentencePiece(Arc<SentencePiece>),
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Bpe(b) => b.fmt(f),
+            Kind::SentencePiece(s) => s.fmt(f),
+        }
+    }
+}
+
+impl From<ClipBpe> for Tokenizer {
+    fn from(b: ClipBpe) -> Self {
+        Tokenizer { kind: Kind::Bpe(b) }
+    }
+}
+
+impl Tokenizer {
+    /// The OpenAI CLIP vocabulary, embedded in the binary; decompressed once per process.
+    pub fn openai() -> Result<Tokenizer, TokenizerError> {
+        ClipBpe::openai().map(Tokenizer::from)
+    }
+
+    /// The Hugging Face pair `vocab.json` (token → id) and `merges.txt` (one `a b` per line,
+    /// after an optional `#version` header).
+    pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<Tokenizer, TokenizerError> {
+        ClipBpe::from_files(vocab_json, merges_txt).map(Tokenizer::from)
+    }
+
+    /// A `tokenizers` `tokenizer.json`: CLIP's BPE (`end_of_word_suffix` `</w>`; only the
+    /// vocabulary, the merges and the special tokens' ids and `normalized` flags are read, the
+    /// text pipeline is CLIP's), or a SentencePiece Unigram model (`model.type` `Unigram`),
+    /// run as SigLIP's tokenizer.
+    pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let json: serde_json::Value =
+            serde_json::from_slice(&read(path)?).map_err(|source| TokenizerError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if json["model"]["type"] == "Unigram" {
+            let options = SiglipOptions::default();
+            return Ok(SentencePiece::from_tokenizer_json(path, &json, &options)?.into());
+        }
+        ClipBpe::from_tokenizer_json(path).map(Tokenizer::from)
+    }
+
+    /// The tokenizer a model directory carries, `None` when it has none (open_clip
+    /// checkpoints; the caller falls back to [`Tokenizer::openai`]):
+    /// - SigLIP's SentencePiece: `spiece.model` (what `SiglipTokenizer` saves), else a
+    ///   `tokenizer.json` whose model is Unigram; `tokenizer_config.json`'s special tokens and
+    ///   `do_lower_case` apply;
+    /// - CLIP's BPE: `tokenizer.json`, else `vocab.json` + `merges.txt`, with
+    ///   [`Cleaning::OpenClip`] like every constructor's; pick another with
+    ///   [`Tokenizer::with_cleaning`].
+    pub fn from_model_dir(dir: &Path) -> Result<Option<Tokenizer>, TokenizerError> {
+        let spiece = dir.join("spiece.model");
+        let tokenizer_json = dir.join("tokenizer.json");
+        if spiece.is_file() {
+            let options = SiglipOptions::from_model_dir(dir)?;
+            return Ok(Some(
+                SentencePiece::from_spiece_model(&spiece, &options)?.into(),
+            ));
+        }
+        if tokenizer_json.is_file() {
+            let json: serde_json::Value =
+                serde_json::from_slice(&read(&tokenizer_json)?).map_err(|source| {
+                    TokenizerError::Json {
+                        path: tokenizer_json.clone(),
+                        source,
+                    }
+                })?;
+            if json["model"]["type"] == "Unigram" {
+                let options = SiglipOptions::from_model_dir(dir)?;
+                let sp = SentencePiece::from_tokenizer_json(&tokenizer_json, &json, &options)?;
+                return Ok(Some(sp.into()));
+            }
+            return ClipBpe::from_tokenizer_json(&tokenizer_json).map(|t| Some(t.into()));
+        }
+        let vocab = dir.join("vocab.json");
+        let merges = dir.join("merges.txt");
+        match (vocab.is_file(), merges.is_file()) {
+            (false, false) => Ok(None),
+            // from_files reports whichever of the two is missing.
+            _ => Tokenizer::from_files(&vocab, &merges).map(Some),
+        }
+    }
+
+    /// The same vocabulary with another reference's text handling (BPE only: SentencePiece
+    /// has one way, SigLIP's).
+    pub fn with_cleaning(self, cleaning: Cleaning) -> Tokenizer {
+        match self.kind {
+            Kind::Bpe(b) => b.with_cleaning(cleaning).into(),
+            other => Tokenizer { kind: other },
+        }
+    }
+
+    pub fn cleaning(&self) -> Cleaning {
+        match &self.kind {
+            Kind::Bpe(b) => b.cleaning(),
+            Kind::SentencePiece(_) => Cleaning::default(),
+        }
+    }
+
+    /// The SentencePiece tokenizer, when this is one (SigLIP).
+    pub fn sentencepiece(&self) -> Option<&SentencePiece> {
+        match &self.kind {
+            Kind::Bpe(_) => None,
+            Kind::SentencePiece(s) => Some(s),
+        }
+    }
+
+    /// The start-of-text id; SentencePiece (SigLIP) has none.
+    pub fn sot_id(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Bpe(b) => Some(b.sot_id()),
+            Kind::SentencePiece(_) => None,
+        }
+    }
+
+    /// The end-of-text id (SentencePiece: `</s>`).
+    pub fn eot_id(&self) -> u32 {
+        match &self.kind {
+            Kind::Bpe(b) => b.eot_id(),
+            Kind::SentencePiece(s) => s.eos_id(),
+        }
+    }
+
+    /// The id rows are padded with by [`Tokenizer::tokenize`]: 0 for CLIP's BPE (open_clip's
+    /// convention), the pad token's for SentencePiece.
+    pub fn pad_id(&self) -> u32 {
+        match &self.kind {
+            Kind::Bpe(_) => 0,
+            Kind::SentencePiece(s) => s.pad_id(),
+        }
+    }
+
+    /// Number of tokens, special tokens included (49,408 for OpenAI's vocabulary).
+    pub fn vocab_size(&self) -> usize {
+        match &self.kind {
+            Kind::Bpe(b) => b.vocab_size(),
+            Kind::SentencePiece(s) => s.vocab_size(),
+        }
+    }
+
+    /// Ids of `text` without start/end tokens and without truncation (BPE: after the clean-up;
+    /// literal special tokens in the text give their ids).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        match &self.kind {
+            Kind::Bpe(b) => b.encode(text),
+            Kind::SentencePiece(s) => s.encode(text),
+        }
+    }
+
+    /// One row of model input. BPE (open_clip's convention): start id, the ids truncated so the
+    /// end id stays last, then 0 up to `context_length`. SentencePiece (SigLIP's): the ids,
+    /// `</s>`, then the pad id up to `context_length`.
+    pub fn tokenize(&self, text: &str, context_length: usize) -> Vec<u32> {
+        match &self.kind {
+            Kind::Bpe(b) => b.tokenize(text, context_length),
+            Kind::SentencePiece(s) => s.tokenize(text, context_length),
+        }
+    }
+
+    /// As [`Tokenizer::tokenize`], padding with `pad_id` (transformers pads CLIP with the end
+    /// id, 49407; the padding never reaches the end-token embedding either way).
+    pub fn tokenize_padded(&self, text: &str, context_length: usize, pad_id: u32) -> Vec<u32> {
+        match &self.kind {
+            Kind::Bpe(b) => b.tokenize_padded(text, context_length, pad_id),
+            Kind::SentencePiece(s) => s.tokenize_padded(text, context_length, pad_id),
+        }
+    }
+
+    /// [`Tokenizer::tokenize`] for each text.
+    pub fn tokenize_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        context_length: usize,
+    ) -> Vec<Vec<u32>> {
+        texts
+            .iter()
+            .map(|t| self.tokenize(t.as_ref(), context_length))
+            .collect()
+    }
+
+    /// Text for ids. BPE, open_clip's way: token strings joined, bytes restored (invalid UTF-8
+    /// replaced), `</w>` read as a space; SentencePiece: pieces joined, `▁` read as a space.
+    /// Every id is rendered, special and padding ids too; ids outside the vocabulary are skipped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match &self.kind {
+            Kind::Bpe(b) => b.decode(ids),
+            Kind::SentencePiece(s) => s.decode(ids),
+        }
+    }
+}
+
+impl From<SentencePiece> for Tokenizer {
+    fn from(s: SentencePiece) -> Self {
+        Tokenizer {
+            kind: Kind::SentencePiece(Arc::new(s)),
+        }
     }
 }
 

@@ -34,6 +34,16 @@ pub enum Pooling {
     Argmax,
     /// The first occurrence of this end-of-text id (`transformers` since PR #24773).
     FirstToken(u32),
+    /// The last position of the sequence, padding included (SigLIP: `last_hidden_state[:, -1]`).
+    /// Such a tower attends bidirectionally (no causal mask), so every position counts.
+    Last,
+}
+
+impl Pooling {
+    /// Whether the text tower masks future positions: CLIP's towers do, SigLIP's does not.
+    pub fn causal(self) -> bool {
+        !matches!(self, Pooling::Last)
+    }
 }
 
 /// The text tower: token embedding, learned positions, a causal pre-LN transformer, pooling at
@@ -70,8 +80,13 @@ impl VisionConfig {
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
+    /// Patches plus the class token (CLIP's ViT).
     pub fn num_positions(&self) -> usize {
         self.grid() * self.grid() + 1
+    }
+    /// Patches only (SigLIP's ViT has no class token).
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
     }
 }
 
@@ -103,19 +118,23 @@ impl ResNetConfig {
 pub enum VisionTower {
     Vit(VisionConfig),
     ResNet(ResNetConfig),
+    /// SigLIP's ViT: patch convolution with bias, learned positions, no class token, no
+    /// pre-norm, post-norm over all tokens, then multihead attention pooling (a learned probe
+    /// attends over the tokens, then a residual MLP) whose output is the image embedding.
+    Siglip(VisionConfig),
 }
 
 impl VisionTower {
     pub fn image_size(&self) -> usize {
         match self {
-            VisionTower::Vit(v) => v.image_size,
+            VisionTower::Vit(v) | VisionTower::Siglip(v) => v.image_size,
             VisionTower::ResNet(r) => r.image_size,
         }
     }
-    /// The width of the pooled feature before the projection.
+    /// The width of the pooled feature before the projection (SigLIP has none: its width).
     pub fn width(&self) -> usize {
         match self {
-            VisionTower::Vit(v) => v.width,
+            VisionTower::Vit(v) | VisionTower::Siglip(v) => v.width,
             VisionTower::ResNet(r) => r.feature_dim(),
         }
     }
@@ -138,6 +157,13 @@ pub struct ClipConfig {
     /// Image normalisation of the preprocessing the model was trained with.
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+}
+
+impl ClipConfig {
+    /// A SigLIP model: sigmoid scores with a learned bias, images resized without a crop.
+    pub fn is_siglip(&self) -> bool {
+        matches!(self.vision, VisionTower::Siglip(_))
+    }
 }
 
 // The raw JSON shapes of `transformers`' config classes. Unknown fields are ignored: real
@@ -258,6 +284,17 @@ impl ClipConfig {
 
     /// Parses the text of a `config.json`; `path` only names the file in errors.
     pub fn from_hf_json(json: &str, path: &Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Kind {
+            model_type: Option<String>,
+        }
+        let kind: Kind = serde_json::from_str(json).map_err(|source| Error::Json {
+            path: path.into(),
+            source,
+        })?;
+        if kind.model_type.as_deref() == Some("siglip") {
+            return super::siglip_config::from_hf_json(json, path);
+        }
         let raw: HfClipConfig = serde_json::from_str(json).map_err(|source| Error::Json {
             path: path.into(),
             source,
@@ -266,16 +303,19 @@ impl ClipConfig {
             path: path.into(),
             msg,
         };
-        if let Some(kind) = raw.model_type.as_deref() {
-            if kind != "clip" {
+        match raw.model_type.as_deref() {
+            None | Some("clip") => {}
+            Some(kind) => {
                 return Err(err(format!(
-                    "unknown architecture: model_type is `{kind}`, expected `clip` (a transformers CLIPModel)"
-                )));
+                    "unsupported architecture: model_type is `{kind}`; supported are `clip` \
+                     (transformers CLIPModel) and `siglip` (SiglipModel)"
+                )))
             }
         }
         if let Some(arch) = raw.architectures.iter().find(|a| a.as_str() != "CLIPModel") {
             return Err(err(format!(
-                "unknown architecture `{arch}`, expected `CLIPModel`"
+                "unsupported architecture `{arch}`; supported are `CLIPModel` and `SiglipModel` \
+                 (model_type `clip` or `siglip`)"
             )));
         }
         // Errors name the key the file used (older files: `*_dict`).
@@ -360,7 +400,7 @@ impl ClipConfig {
         limits::WIDTH.check("embed dim", self.embed_dim)?;
         limits::IMAGE_SIZE.check("image size", self.vision.image_size())?;
         match &self.vision {
-            VisionTower::Vit(v) => {
+            VisionTower::Vit(v) | VisionTower::Siglip(v) => {
                 limits::WIDTH.check("vision width", v.width)?;
                 limits::MLP_WIDTH.check("vision MLP width", v.intermediate_size)?;
                 limits::LAYERS.check("vision layers", v.layers)?;
@@ -394,7 +434,7 @@ impl ClipConfig {
             ("image size", self.vision.image_size()),
         ];
         match &self.vision {
-            VisionTower::Vit(v) => positive.extend([
+            VisionTower::Vit(v) | VisionTower::Siglip(v) => positive.extend([
                 ("vision width", v.width),
                 ("vision heads", v.heads),
                 ("vision patch size", v.patch_size),
@@ -414,7 +454,7 @@ impl ClipConfig {
             ));
         }
         match &self.vision {
-            VisionTower::Vit(v) => {
+            VisionTower::Vit(v) | VisionTower::Siglip(v) => {
                 if v.width % v.heads != 0 {
                     return Err(format!(
                         "vision width {} is not divisible by its {} heads",

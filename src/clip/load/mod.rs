@@ -8,6 +8,7 @@ pub mod config;
 pub mod layout;
 pub mod open_clip_config;
 pub mod pickle;
+pub mod siglip_config;
 pub mod state_dict;
 pub mod torch_archive;
 pub mod torch_pickle;

@@ -441,7 +441,7 @@ mod tests {
             assert_eq!(c.text.width, text, "{name}");
             let h = match &c.vision {
                 VisionTower::ResNet(r) => r.heads,
-                VisionTower::Vit(v) => v.heads,
+                VisionTower::Vit(v) | VisionTower::Siglip(v) => v.heads,
             };
             assert_eq!(h, heads, "{name}");
             assert_eq!(

@@ -227,6 +227,9 @@ mod tests {
                     vec![r.grid() * r.grid() + 1, r.feature_dim()],
                 );
             }
+            // No open_clip preset used here is a SigLIP model (those load from transformers'
+            // layout, not an OpenAI state dict).
+            VisionTower::Siglip(_) => panic!("shapes_of: an OpenAI layout has no SigLIP tower"),
         }
         s
     }

@@ -16,6 +16,8 @@ pub enum WriteConfigError {
     ResNetInTransformers,
     #[error("transformers' config.json has no image mean/std (they live in preprocessor_config.json): only CLIP's own statistics can be written")]
     CustomStatistics,
+    #[error("writing a SigLIP model's config is not implemented (only CLIP's)")]
+    Siglip,
 }
 
 /// The config file's name and contents for `config`'s layout. `logit_scale_init` is the initial
@@ -26,6 +28,7 @@ pub fn config_file(
 ) -> Result<(&'static str, Value), WriteConfigError> {
     match config.layout {
         Layout::Transformers => Ok(("config.json", hf_config(config, logit_scale_init)?)),
+        Layout::OpenClip if config.is_siglip() => Err(WriteConfigError::Siglip),
         Layout::OpenClip => Ok(("open_clip_config.json", open_clip_config(config))),
     }
 }
@@ -40,8 +43,10 @@ fn activation_name(a: Activation) -> &'static str {
 
 /// `transformers`' `CLIPConfig` as `config.json`.
 pub fn hf_config(c: &ClipConfig, logit_scale_init: f64) -> Result<Value, WriteConfigError> {
-    let VisionTower::Vit(v) = &c.vision else {
-        return Err(WriteConfigError::ResNetInTransformers);
+    let v = match &c.vision {
+        VisionTower::Vit(v) => v,
+        VisionTower::ResNet(_) => return Err(WriteConfigError::ResNetInTransformers),
+        VisionTower::Siglip(_) => return Err(WriteConfigError::Siglip),
     };
     if c.image_mean != CLIP_MEAN || c.image_std != CLIP_STD {
         return Err(WriteConfigError::CustomStatistics);
@@ -52,6 +57,7 @@ pub fn hf_config(c: &ClipConfig, logit_scale_init: f64) -> Result<Value, WriteCo
     let eos = match t.pooling {
         Pooling::FirstToken(id) => id as usize,
         Pooling::Argmax => 2,
+        Pooling::Last => return Err(WriteConfigError::Siglip),
     };
     Ok(json!({
         "architectures": ["CLIPModel"],
@@ -97,7 +103,8 @@ pub fn open_clip_config(c: &ClipConfig) -> Value {
             "width": r.width,
             "head_width": r.feature_dim() / r.heads.max(1),
         }),
-        VisionTower::Vit(v) => json!({
+        // Refused by `config_file` before this point; written as the ViT it resembles.
+        VisionTower::Vit(v) | VisionTower::Siglip(v) => json!({
             "image_size": v.image_size,
             "layers": v.layers,
             "width": v.width,

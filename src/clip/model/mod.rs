@@ -3,6 +3,7 @@
 
 pub mod conv;
 pub mod resnet;
+pub mod siglip;
 pub mod text;
 pub mod transformer;
 pub mod vit;

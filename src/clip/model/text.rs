@@ -32,6 +32,7 @@ pub fn eot_positions(ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<usize>> {
             let target = match pooling {
                 Pooling::Argmax => seq.iter().copied().max().unwrap_or(0),
                 Pooling::FirstToken(id) => id,
+                Pooling::Last => return Ok(seq.len().saturating_sub(1)),
             };
             seq.iter().position(|&id| id == target).ok_or_else(|| {
                 Error::from(InputError::NoEndToken {
@@ -93,7 +94,7 @@ impl TextTransformer {
             heads: config.heads,
             activation: config.activation,
             eps: config.layer_norm_eps,
-            causal: true,
+            causal: config.pooling.causal(),
         };
         Ok(TextTransformer {
             config: config.clone(),
@@ -116,11 +117,12 @@ impl TextTransformer {
         self.config.context_length
     }
 
-    /// The pooled (end-of-text) output, before the projection.
+    /// The pooled (end-of-text, or for SigLIP last-position) output, before the projection.
     ///
-    /// Sequences are cut after the last end-of-text position of the batch: attention is causal,
-    /// so later tokens never influence an earlier position, and the result is identical to
+    /// With causal attention, sequences are cut after the last end-of-text position of the
+    /// batch: later tokens never influence an earlier position, and the result is identical to
     /// running all `context_length` positions, at a fraction of the cost for short prompts.
+    /// SigLIP's bidirectional tower sees every position, padding included, as it was trained.
     ///
     /// # Shapes
     /// `B sequences of L ≤ context_length ids -> (B, D)`

@@ -62,7 +62,7 @@ fn init_std(name: &str, c: &ClipConfig) -> Option<f64> {
         n if n.contains("fc1") => (2.0 * width).powf(-0.5),
         n if n.contains("fc2") => attn,
         "visual_projection.weight" => match &c.vision {
-            VisionTower::Vit(v) => (v.width as f64).powf(-0.5),
+            VisionTower::Vit(v) | VisionTower::Siglip(v) => (v.width as f64).powf(-0.5),
             VisionTower::ResNet(_) => INIT_STD,
         },
         "text_projection.weight" => (c.text.width as f64).powf(-0.5),
@@ -386,6 +386,11 @@ impl TrainableClip {
             },
             VisionTower::ResNet(r) => {
                 Vision::ResNet(ResNetTower::new(&vars, &vb.pp("visual"), r, e)?)
+            }
+            VisionTower::Siglip(_) => {
+                return Err(Error::SiglipUnsupported {
+                    what: "training a model from scratch",
+                })
             }
         };
         let model = TrainableClip {

@@ -89,6 +89,11 @@ impl PromptTextEncoder {
         ckpt: &Checkpoint,
         device: &Device,
     ) -> Result<Self> {
+        if config.is_siglip() {
+            return Err(crate::clip::error::Error::SiglipUnsupported {
+                what: "CoOp's prompt learning (CLIP's causal text tower)",
+            });
+        }
         let c = &config.text;
         let mut tensors = HashMap::new();
         for (name, shape) in text_tensors(c, config.embed_dim) {

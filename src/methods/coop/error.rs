@@ -13,6 +13,12 @@ pub enum CoopError {
     NoClasses,
 
     #[error(
+        "CoOp learns prompts through CLIP's causal text tower, whose prompts start with a \
+         start-of-text token; this model's tokenizer has none (a SigLIP model): use a CLIP model"
+    )]
+    NoStartToken,
+
+    #[error(
         "ctx_init `{text}` has {tokens} tokens: with the start and end tokens it does not fit \
          the model's context length of {context}"
     )]

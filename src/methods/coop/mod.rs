@@ -205,6 +205,7 @@ impl PromptModel {
                 data: t.flatten_all()?.to_vec1::<f32>()?,
             },
             logit_scale: self.encoder.logit_scale(),
+            logit_bias: None,
         })
     }
 }

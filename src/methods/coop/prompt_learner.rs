@@ -60,7 +60,8 @@ impl PromptLearner {
         }
         let config = encoder.config();
         let context = config.context_length;
-        let (sot, eot_id) = (tokenizer.sot_id(), tokenizer.eot_id());
+        let sot = tokenizer.sot_id().ok_or(CoopError::NoStartToken)?;
+        let eot_id = tokenizer.eot_id();
         let placeholders = vec!["X"; n_ctx].join(" ");
         let mut rows = Vec::with_capacity(classnames.len());
         let mut name_lens = Vec::with_capacity(classnames.len());
