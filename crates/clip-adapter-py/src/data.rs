@@ -238,6 +238,22 @@ impl PyDataset {
         Ok(d)
     }
 
+    /// Checks the dataset against the disk (`clip-adapter datasets`): images per split and
+    /// class, listed files that are missing, classes without a training image, split sizes
+    /// that differ from the published ones (benchmarks); with `decode=True` also decodes every
+    /// image on disk (in parallel, progress `("decoding images", done, total)`), so that
+    /// corrupt files are found before a long `extract`. Returns a `CheckReport`; its
+    /// `problems` is 0 when the dataset is ready.
+    #[pyo3(signature = (*, decode = false, progress = None))]
+    fn check(
+        &self,
+        py: Python<'_>,
+        decode: bool,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<crate::check::PyCheckReport> {
+        crate::check::check_dataset(py, self, decode, progress)
+    }
+
     fn __len__(&self) -> usize {
         self.dataset.train.len() + self.dataset.val.len() + self.dataset.test.len()
     }
@@ -448,6 +464,5 @@ pub fn import_features<'py>(
     let outcome = py.detach(|| import::import(&spec, &mut p).map_err(Box::new));
     p.finish(py)?;
     let outcome = outcome.map_err(|e| *e).or_raise(Kind::Input)?;
-    let json = serde_json::to_string(&outcome).map_err(|e| input(e.to_string()))?;
-    py.import("json")?.call_method1("loads", (json,))
+    crate::plain::to_python(py, &outcome)
 }

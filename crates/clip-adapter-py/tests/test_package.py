@@ -41,7 +41,7 @@ def test_everything_public_is_documented():
         obj = getattr(ca, name)
         if callable(obj):
             assert obj.__doc__, name
-    for cls in (ca.Clip, ca.Head, ca.Dataset, ca.Task):
+    for cls in (ca.Clip, ca.Head, ca.Dataset, ca.Task, ca.CheckReport):
         for name in dir(cls):
             if not name.startswith("_"):
                 assert getattr(cls, name).__doc__ or name in {
