@@ -248,16 +248,20 @@ def extract(
     """Encodes a dataset into the feature cache (``clip-adapter extract``); resumable.
     Returns ``{"text": path, "sets": [{"name", "path", "rows", "skipped", "reused"}]}``."""
 
+#: An array argument of ``import_features``: a numpy array (or anything ``numpy.asarray``
+#: takes) or a file (``"FILE"``, ``"FILE#NAME"``, an ``os.PathLike``).
+ArrayLike = Union[PathLike, npt.ArrayLike]
+
 def import_features(
     dataset: str,
     classnames: Sequence[str],
     *,
-    train: Tuple[str, str],
-    test: Tuple[str, str],
-    val: Optional[Tuple[str, str]] = None,
+    train: Tuple[ArrayLike, ArrayLike],
+    test: Tuple[ArrayLike, ArrayLike],
+    val: Optional[Tuple[ArrayLike, ArrayLike]] = None,
     shots: Optional[int] = None,
     seed: int = 1,
-    text_features: Optional[str] = None,
+    text_features: Optional[ArrayLike] = None,
     logit_scale: float = 100.0,
     model: Optional[str] = None,
     templates: Sequence[str] = (),
@@ -267,10 +271,12 @@ def import_features(
     progress: ProgressArg = None,
 ) -> Dict[str, Any]:
     """Writes features computed elsewhere into the feature cache (``clip-adapter import``).
-    Each split is a ``(features, labels)`` pair of files (``.npy``, ``.npz``, safetensors, a
-    ``torch.save``d tensor; ``"FILE#NAME"`` for an array of a file of several); the class-name
-    side is ``text_features`` (a ``(C, E)`` file) or ``model`` (encodes the class names).
-    Returns ``{"dataset", "model", "model_name", "width", "text", "sets"}``."""
+    Each split is a ``(features, labels)`` pair of numpy arrays (``(N, D)`` floats, ``(N,)``
+    integers) or files (``.npy``, ``.npz``, safetensors, a ``torch.save``d tensor;
+    ``"FILE#NAME"`` for an array of a file of several); the class-name side is
+    ``text_features`` (a ``(C, D)`` array or file) or ``model`` (encodes the class names).
+    Arrays and files get the same checks and write the same files; nothing is written when a
+    check fails. Returns ``{"dataset", "model", "model_name", "width", "text", "sets"}``."""
 
 def tsne(
     dataset: str,
