@@ -568,6 +568,117 @@ fn a_valid_import_reads_back_as_a_task() {
     assert_eq!(snapshot(&s.cache), before);
 }
 
+/// `path`'s `.npy` file as an array in memory: its type string, shape and data.
+fn in_memory(label: &str, path: &Path) -> ArraySource {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    let descr = header.split('\'').nth(3).unwrap();
+    let shape = header.split('(').nth(1).unwrap().split(')').next().unwrap();
+    let shape = (shape.split(',').map(str::trim).filter(|d| !d.is_empty()))
+        .map(|d| d.parse().unwrap())
+        .collect();
+    ArraySource::in_memory(label, descr, shape, bytes[10 + len..].to_vec()).unwrap()
+}
+
+#[test]
+fn arrays_in_memory_write_the_files_their_npy_files_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = synthetic(tmp.path());
+    let mut memory = files.clone();
+    memory.cache = tmp.path().join("memory-cache");
+    for p in &mut memory.parts {
+        p.features = in_memory(&format!("{} features", p.split), &p.features.path);
+        p.labels = in_memory(&format!("{} labels", p.split), &p.labels.path);
+    }
+    let TextSpec::Features { array, .. } = &mut memory.text else {
+        unreachable!()
+    };
+    *array = in_memory("text features", &array.path);
+    let a = import::import(&files, &mut ()).unwrap();
+    let b = import::import(&memory, &mut ()).unwrap();
+    assert_eq!((&a.model, a.width), (&b.model, b.width));
+    let names = |o: &import::ImportOutcome| -> Vec<String> {
+        let mut v: Vec<String> = (o.sets.iter())
+            .map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        v.push(o.text.file_name().unwrap().to_string_lossy().into_owned());
+        v
+    };
+    assert_eq!(names(&a), names(&b));
+    for (x, y) in a.sets.iter().zip(&b.sets) {
+        let (x, y) = (
+            FeatureFile::read(&x.path).unwrap(),
+            FeatureFile::read(&y.path).unwrap(),
+        );
+        assert_eq!(
+            (&x.features, &x.labels, &x.meta.key),
+            (&y.features, &y.labels, &y.meta.key)
+        );
+        // Only the record differs: a hash of each array, no path.
+        let record = y.meta.imported.unwrap();
+        assert!(record
+            .files
+            .iter()
+            .all(|f| f.path.is_none() && f.hash.starts_with("xxh3-128:")));
+        assert!(x
+            .meta
+            .imported
+            .unwrap()
+            .files
+            .iter()
+            .all(|f| f.path.is_some()));
+    }
+    let text =
+        |o: &import::ImportOutcome| clip_adapter::features::text::read_text(&o.text).unwrap();
+    assert_eq!(text(&a).weights, text(&b).weights);
+    assert_eq!(text(&a).mean, text(&b).mean);
+
+    // The same checks, naming the array: a NaN, a label out of range, a type numpy cannot
+    // save, bytes that are not the shape's. Nothing is written.
+    let before = snapshot(&memory.cache);
+    let mut nan = vec![0.5f32; 12];
+    nan[5] = f32::NAN;
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut s = memory.clone();
+    s.parts[1].features =
+        ArraySource::in_memory("test features", "<f4", vec![3, 4], f32_bytes(&nan)).unwrap();
+    let msg = import::import(&s, &mut ()).unwrap_err().to_string();
+    assert!(
+        msg.contains("test features (in memory)")
+            && msg.contains("NaN")
+            && msg.contains("row 1, column 1"),
+        "{msg}"
+    );
+    let mut s = memory.clone();
+    let labels: Vec<u8> = [0i64, 5, 1].iter().flat_map(|x| x.to_le_bytes()).collect();
+    s.parts[1].labels = ArraySource::in_memory("test labels", "<i8", vec![3], labels).unwrap();
+    let msg = import::import(&s, &mut ()).unwrap_err().to_string();
+    assert!(
+        msg.contains("test labels (in memory)") && msg.contains("label 5"),
+        "{msg}"
+    );
+    let mut s = memory.clone();
+    s.parts[0].labels = in_memory("train labels", &tmp.path().join("train.npy"));
+    let msg = import::import(&s, &mut ()).unwrap_err().to_string();
+    assert!(
+        msg.contains("train labels (in memory)") && msg.contains("an integer type"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&memory.cache), before);
+    let err = ArraySource::in_memory("text features", "<U5", vec![3], vec![0; 60]).unwrap_err();
+    assert!(matches!(err, ArrayError::ElementType { .. }), "{err}");
+    let err = ArraySource::in_memory("text features", "<f4", vec![3, 4], vec![0; 47]).unwrap_err();
+    assert!(err.to_string().contains("needs 48 bytes"), "{err}");
+    // Big-endian arrays are read as numpy reads them.
+    let be: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|x| x.to_be_bytes())
+        .collect();
+    let a = arrays::read_floats(&ArraySource::in_memory("x", ">f4", vec![2], be).unwrap()).unwrap();
+    assert_eq!(a.values, [1.5, -2.0]);
+}
+
 #[test]
 fn every_refusal_leaves_the_cache_untouched() {
     let tmp = tempfile::tempdir().unwrap();

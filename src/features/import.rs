@@ -20,6 +20,10 @@
 //! reused as, features this program encoded. What they were made from is recorded in the
 //! metadata `imported` ([`ImportRecord`]): each source file with its xxHash3-128, and the model
 //! as the caller named it.
+//!
+//! An array may also be handed over in memory ([`ArraySource::in_memory`]: numpy's type string,
+//! shape and bytes, as a program holding numpy arrays has them). It is read as the `.npy` file
+//! of that array would be and goes through the same checks, so it writes the same files.
 
 pub mod arrays;
 
@@ -129,20 +133,28 @@ pub trait ImportObserver {
 
 impl ImportObserver for () {}
 
-/// One file an import read, recorded in every file it writes.
+/// One file an import read (or one array it was given in memory), recorded in every file it
+/// writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceFile {
     /// What it gave: `train features`, `test labels`, `text features`, ...
     pub role: String,
-    pub path: PathBuf,
+    /// The file; `None` for an array given in memory ([`ArraySource::in_memory`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
     /// The array's name inside the file, when it holds several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub array: Option<String>,
-    /// `xxh3-128:` and the xxHash3-128 of the whole file.
+    /// `xxh3-128:` and the xxHash3-128 of the whole file (of an array in memory: of its type,
+    /// shape and bytes, [`ArraySource::memory_hash`]).
     pub hash: String,
 }
 
 /// Where imported features came from (metadata `imported`; not part of any key).
+///
+/// Arrays given in memory ([`ArraySource::in_memory`]) go through the same reading and checks
+/// as files (they are read as a `.npy` file with their type and shape would be) and write the
+/// same feature files; only this record differs (a hash of the array, no path).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportRecord {
     pub files: Vec<SourceFile>,
@@ -232,7 +244,8 @@ pub enum ImportError {
         array: ArraySource,
         width: usize,
         first: Split,
-        first_array: ArraySource,
+        /// Boxed: two arrays would make every import result large.
+        first_array: Box<ArraySource>,
         expected: usize,
     },
     #[error(
@@ -544,7 +557,7 @@ fn check_widths(parts: &[Part]) -> Result<usize, ImportError> {
                 array: p.spec.features.clone(),
                 width: p.width,
                 first: first.split,
-                first_array: first.spec.features.clone(),
+                first_array: Box::new(first.spec.features.clone()),
                 expected: first.width,
             });
         }
@@ -610,7 +623,7 @@ fn text_from_array(
             array: array.clone(),
             width: dim,
             first: first.split,
-            first_array: first.spec.features.clone(),
+            first_array: Box::new(first.spec.features.clone()),
             expected: width,
         });
     }
@@ -720,11 +733,19 @@ fn record(spec: &ImportSpec, text: &Text) -> Result<ImportRecord, ImportError> {
     }
     let mut files = Vec::new();
     for (role, s) in sources {
-        files.push(SourceFile {
-            role,
-            path: std::path::absolute(&s.path).unwrap_or_else(|_| s.path.clone()),
-            array: s.name.clone(),
-            hash: hash_file(&s.path)?,
+        files.push(match s.memory_hash() {
+            Some(hash) => SourceFile {
+                role,
+                path: None,
+                array: None,
+                hash,
+            },
+            None => SourceFile {
+                role,
+                path: Some(std::path::absolute(&s.path).unwrap_or_else(|_| s.path.clone())),
+                array: s.name.clone(),
+                hash: hash_file(&s.path)?,
+            },
         });
     }
     Ok(ImportRecord {

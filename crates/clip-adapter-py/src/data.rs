@@ -13,7 +13,7 @@ use clip_adapter::features::task::Shots;
 use clip_adapter::features::{DataSource, ExtractOptions, Shard};
 use clip_adapter::runner::{self, ExtractSpec};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::errors::{input, Kind, OrRaise};
 use crate::progress::Progress;
@@ -238,6 +238,22 @@ impl PyDataset {
         Ok(d)
     }
 
+    /// Checks the dataset against the disk (`clip-adapter datasets`): images per split and
+    /// class, listed files that are missing, classes without a training image, split sizes
+    /// that differ from the published ones (benchmarks); with `decode=True` also decodes every
+    /// image on disk (in parallel, progress `("decoding images", done, total)`), so that
+    /// corrupt files are found before a long `extract`. Returns a `CheckReport`; its
+    /// `problems` is 0 when the dataset is ready.
+    #[pyo3(signature = (*, decode = false, progress = None))]
+    fn check(
+        &self,
+        py: Python<'_>,
+        decode: bool,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<crate::check::PyCheckReport> {
+        crate::check::check_dataset(py, self, decode, progress)
+    }
+
     fn __len__(&self) -> usize {
         self.dataset.train.len() + self.dataset.val.len() + self.dataset.test.len()
     }
@@ -365,19 +381,50 @@ fn array_source(spec: &str) -> ArraySource {
     }
 }
 
-/// A `(features, labels)` pair of array files for one split.
-fn part(split: Split, files: Option<(String, String)>) -> Option<PartSpec> {
-    files.map(|(f, l)| PartSpec::new(split, array_source(&f), array_source(&l)))
+/// An array argument: a file (`str`: `"FILE"` or `"FILE#NAME"`; an `os.PathLike`: the file)
+/// or an array in memory (anything `numpy.asarray` takes), read as its `.npy` file would be.
+fn array_arg(value: &Bound<'_, PyAny>, label: &str) -> PyResult<ArraySource> {
+    let py = value.py();
+    if let Ok(s) = value.extract::<String>() {
+        return Ok(array_source(&s));
+    }
+    if value.hasattr("__fspath__")? {
+        let path: PathBuf = py
+            .import("os")?
+            .call_method1("fspath", (value,))?
+            .extract()?;
+        return Ok(ArraySource::new(path));
+    }
+    let array = py
+        .import("numpy")?
+        .call_method1("ascontiguousarray", (value,))?;
+    let dtype: String = array.getattr("dtype")?.getattr("str")?.extract()?;
+    let shape: Vec<usize> = array.getattr("shape")?.extract()?;
+    let bytes = array.call_method0("tobytes")?;
+    let bytes = bytes.cast::<PyBytes>()?.as_bytes().to_vec();
+    ArraySource::in_memory(label, &dtype, shape, bytes).or_raise(Kind::Input)
+}
+
+/// A `(features, labels)` pair of one split: files or arrays.
+fn part(
+    split: Split,
+    pair: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
+) -> PyResult<Option<PartSpec>> {
+    let Some((f, l)) = pair else { return Ok(None) };
+    let features = array_arg(&f, &format!("{split} features"))?;
+    let labels = array_arg(&l, &format!("{split} labels"))?;
+    Ok(Some(PartSpec::new(split, features, labels)))
 }
 
 /// Writes features computed elsewhere into the feature cache (`clip-adapter import`), as
 /// `extract` would have written them, so that `fit_cached`, `run`, `sweep` and `report` read
-/// them. Each split is a `(features, labels)` pair of files (`.npy`, `.npz`, safetensors or a
-/// `torch.save`d tensor; `"FILE#NAME"` names an array of a file of several). The class-name
-/// side is `text_features` (a `(C, E)` file, with the model's `logit_scale`) or `model`, whose
-/// text tower encodes the class names in `templates` (default: the dataset's). Everything is
-/// checked before anything is written. Returns `{"dataset", "model", "model_name", "width",
-/// "text", "sets": [{"name", "path", "rows"}]}`.
+/// them. Each split is a `(features, labels)` pair: numpy arrays (`(N, D)` floats, `(N,)`
+/// integers) or files (`.npy`, `.npz`, safetensors or a `torch.save`d tensor; `"FILE#NAME"`
+/// names an array of a file of several). The class-name side is `text_features` (a `(C, E)`
+/// array or file, with the model's `logit_scale`) or `model`, whose text tower encodes the
+/// class names in `templates` (default: the dataset's). Arrays and files get the same checks
+/// and write the same files; everything is checked before anything is written. Returns
+/// `{"dataset", "model", "model_name", "width", "text", "sets": [{"name", "path", "rows"}]}`.
 #[pyfunction]
 #[pyo3(signature = (
     dataset, classnames, *, train, test, val = None, shots = None, seed = 1,
@@ -390,12 +437,12 @@ pub fn import_features<'py>(
     py: Python<'py>,
     dataset: String,
     classnames: Vec<String>,
-    train: (String, String),
-    test: (String, String),
-    val: Option<(String, String)>,
+    train: (Bound<'py, PyAny>, Bound<'py, PyAny>),
+    test: (Bound<'py, PyAny>, Bound<'py, PyAny>),
+    val: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     shots: Option<usize>,
     seed: u64,
-    text_features: Option<String>,
+    text_features: Option<Bound<'py, PyAny>>,
     logit_scale: f32,
     model: Option<String>,
     templates: Vec<String>,
@@ -406,14 +453,14 @@ pub fn import_features<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let text = match (text_features, &model) {
         (Some(array), None) => TextSpec::Features {
-            array: array_source(&array),
+            array: array_arg(&array, "text features")?,
             logit_scale,
             templates,
         },
         (None, Some(m)) => TextSpec::encode(m, templates, &dataset),
         _ => {
             return Err(input(
-                "give text_features (a file) or model (to encode the class names), one of them",
+                "give text_features (an array or file) or model (to encode the class names), one of them",
             ))
         }
     };
@@ -427,9 +474,9 @@ pub fn import_features<'py>(
         None => Shots::All,
     };
     let parts = [
-        part(Split::Train, Some(train)),
-        part(Split::Val, val),
-        part(Split::Test, Some(test)),
+        part(Split::Train, Some(train))?,
+        part(Split::Val, val)?,
+        part(Split::Test, Some(test))?,
     ];
     let spec = ImportSpec {
         cache,
@@ -448,6 +495,5 @@ pub fn import_features<'py>(
     let outcome = py.detach(|| import::import(&spec, &mut p).map_err(Box::new));
     p.finish(py)?;
     let outcome = outcome.map_err(|e| *e).or_raise(Kind::Input)?;
-    let json = serde_json::to_string(&outcome).map_err(|e| input(e.to_string()))?;
-    py.import("json")?.call_method1("loads", (json,))
+    crate::plain::to_python(py, &outcome)
 }

@@ -9,6 +9,7 @@ use clip_adapter::experiment::ExperimentError;
 use clip_adapter::features::FeatureError;
 use clip_adapter::methods::coop::CoopError;
 use clip_adapter::methods::{MethodError as LibMethodError, UnknownMethod};
+use clip_adapter::pretrain::PretrainError;
 use clip_adapter::report::ReportError;
 use clip_adapter::runner::encode::EncodeError;
 use clip_adapter::runner::RunError;
@@ -117,6 +118,8 @@ fn inner<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
             ReportError::Experiment(x) => Some(x),
             _ => None,
         }
+    } else if let Some(PretrainError::Clip(x)) = e.downcast_ref::<PretrainError>() {
+        Some(x)
     } else if let Some(EncodeError::Model(x)) = e.downcast_ref::<EncodeError>() {
         Some(x)
     } else if let Some(SweepError::Options(x)) = e.downcast_ref::<SweepError>() {
@@ -191,6 +194,17 @@ fn own_kind(e: &(dyn Error + 'static)) -> Option<Kind> {
             ImportError::Model { .. } => Some(Kind::Model),
             ImportError::Write(_) => Some(Kind::Cache),
             _ => Some(Kind::Input),
+        };
+    }
+    if let Some(e) = e.downcast_ref::<PretrainError>() {
+        return match e {
+            PretrainError::Options(_)
+            | PretrainError::Shape(_)
+            | PretrainError::Limit(_)
+            | PretrainError::WouldOverwrite { .. } => Some(Kind::Input),
+            PretrainError::Diverged { .. } => Some(Kind::Method),
+            PretrainError::Clip(_) => None,
+            _ => Some(Kind::Other),
         };
     }
     if e.is::<clip_adapter::limits::LimitError>() {

@@ -326,8 +326,7 @@ pub fn tsne<'py>(
         Some(stem) => made.tsne.write_figure(stem).or_raise(Kind::Input)?.to_vec(),
         None => Vec::new(),
     };
-    let json = serde_json::to_string(&made.tsne).map_err(|e| input(e.to_string()))?;
-    let doc = py.import("json")?.call_method1("loads", (json,))?;
+    let doc = crate::plain::to_python(py, &made.tsne)?;
     doc.set_item("figure", figure)?;
     Ok(doc)
 }

@@ -6,11 +6,14 @@
 //! C-contiguous float32.
 
 mod arrays;
+mod check;
 mod data;
 mod errors;
 mod experiment;
 mod methods;
 mod model;
+mod plain;
+mod pretrain;
 mod progress;
 mod spelling;
 
@@ -46,6 +49,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(data::benchmarks, m)?)?;
     m.add_function(wrap_pyfunction!(data::extract, m)?)?;
     m.add_function(wrap_pyfunction!(data::import_features, m)?)?;
+    m.add_class::<check::PyCheckReport>()?;
+    m.add_function(wrap_pyfunction!(check::merge, m)?)?;
+    m.add_function(wrap_pyfunction!(pretrain::pretrain, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::tsne, m)?)?;
     m.add_class::<methods::PyHead>()?;
     m.add_class::<methods::PyTask>()?;

@@ -38,11 +38,12 @@ def cli():
             pytest.fail(f"{exe} is missing: run `cargo build` (or cargo test) first")
         pytest.skip(f"{exe} is missing: build it with `cargo build`")
 
-    def run(*args: Any, cwd: Path | None = None) -> Any:
+    def run(*args: Any, cwd: Path | None = None, fails: bool = False) -> Any:
+        """`fails=True`: the command must exit with an error (its output is still read)."""
         argv = [str(exe), *[str(a) for a in args], "--quiet"]
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         out = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-        if out.returncode != 0:
+        if (out.returncode != 0) != fails:
             raise AssertionError(f"{' '.join(argv)}: exit {out.returncode}: {out.stderr}")
         return json.loads(out.stdout) if "--json" in argv else out.stdout
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,66 @@ def test_features_made_elsewhere_import_and_fit_as_extracted_ones(workdir, tmp_p
                            test=(files["test"][0], str(bad)), model=str(TINY_CLIP),
                            cache=workdir / "cache", progress=False)
     assert not (workdir / "cache" / "refused").exists()
+
+
+def test_arrays_in_memory_import_as_their_npy_files(workdir, tmp_path):
+    """The same arrays, given in memory and saved as `.npy` files: the same cache files (names,
+    keys, features) and the same fits."""
+    task = ca.load_cached_task(DATASET, 2, 1, cache=workdir / "cache")
+    arrays = {p: getattr(task, p) for p in ("train", "val", "test")}
+    files = {}
+    for part, (x, y) in arrays.items():
+        files[part] = (tmp_path / f"{part}.npy", tmp_path / f"{part}-labels.npy")
+        np.save(files[part][0], x)
+        np.save(files[part][1], y)
+    np.save(tmp_path / "text.npy", task.text_features)
+    caches = {"files": tmp_path / "files-cache", "memory": tmp_path / "memory-cache"}
+    common = dict(shots=2, seed=1, logit_scale=task.logit_scale, progress=False)
+    from_files = ca.import_features("imported", task.classnames,
+                                    text_features=tmp_path / "text.npy", cache=caches["files"],
+                                    **files, **common)
+    # Features as float64, labels as int32 and as a list: converted as files of those types
+    # are.
+    memory = dict(arrays, train=(arrays["train"][0].astype(np.float64),
+                                 arrays["train"][1].astype(np.int32)),
+                  val=(arrays["val"][0], arrays["val"][1].tolist()))
+    in_memory = ca.import_features("imported", task.classnames, text_features=task.text_features,
+                                   cache=caches["memory"], **memory, **common)
+    assert in_memory["model"] == from_files["model"]
+
+    def names(out):
+        return [Path(s["path"]).name for s in out["sets"]] + [Path(out["text"]).name]
+
+    assert names(in_memory) == names(from_files) and len(names(in_memory)) == 4
+    a = ca.load_cached_task("imported", 2, 1, cache=caches["files"])
+    b = ca.load_cached_task("imported", 2, 1, cache=caches["memory"])
+    for part in ("train", "val", "test"):
+        for x, y in zip(getattr(a, part), getattr(b, part)):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.text_features, b.text_features)
+    for method in ("tip-adapter", "linear-probe"):
+        fa = ca.fit_cached(method, "imported", 2, 1, cache=caches["files"])
+        fb = ca.fit_cached(method, "imported", 2, 1, cache=caches["memory"])
+        assert (fa.val_accuracy, fa.test_accuracy) == (fb.val_accuracy, fb.test_accuracy)
+
+    # The files' checks, naming the array; nothing is written.
+    x, y = arrays["test"]
+    nan = x.copy()
+    nan[1, 3] = np.nan
+    wide = np.zeros((len(y), x.shape[1] + 1), np.float32)
+    cases = [
+        (dict(test=(nan, y)), ["test features (in memory)", "NaN", "row 1, column 3"]),
+        (dict(test=(x, np.full(len(y), 7))), ["test labels (in memory)", "label 7"]),
+        (dict(test=(wide, y)), ["test features", f"{x.shape[1] + 1} wide"]),
+        (dict(test=(x, y.astype(np.float32))), ["test labels (in memory)", "integer type"]),
+        (dict(test=(x, y[:-1])), ["test labels (in memory)", f"({len(y)},)"]),
+        (dict(test=(x, np.array(["a"] * len(y)))), ["test labels (in memory)", "<U1"]),
+    ]
+    for change, needles in cases:
+        args = dict(arrays, **change)
+        with pytest.raises(ca.InputError) as err:
+            ca.import_features("refused", task.classnames, text_features=task.text_features,
+                               cache=caches["memory"], **args, **common)
+        for n in needles:
+            assert n in str(err.value), (n, str(err.value))
+        assert not (caches["memory"] / "refused").exists()

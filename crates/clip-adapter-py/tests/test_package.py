@@ -41,7 +41,7 @@ def test_everything_public_is_documented():
         obj = getattr(ca, name)
         if callable(obj):
             assert obj.__doc__, name
-    for cls in (ca.Clip, ca.Head, ca.Dataset, ca.Task):
+    for cls in (ca.Clip, ca.Head, ca.Dataset, ca.Task, ca.CheckReport):
         for name in dir(cls):
             if not name.startswith("_"):
                 assert getattr(cls, name).__doc__ or name in {
@@ -103,3 +103,14 @@ def test_threads_are_set_before_the_pool_starts(clip):
         ca.set_threads(2)
     with pytest.raises(ca.InputError, match="at least 1"):
         ca.set_threads(0)
+
+
+def test_the_sources_parse_as_python_3_9():
+    """The wheel is abi3 from CPython 3.9: its Python sources (and stubs) must not use newer
+    syntax (`match`, parenthesised context managers, ...), whatever interpreter runs the tests.
+    """
+    package = Path(ca.__file__).parent
+    sources = sorted(package.glob("*.py")) + [STUBS]
+    assert len(sources) >= 3
+    for f in sources:
+        ast.parse(f.read_text(), filename=str(f), feature_version=(3, 9))

@@ -8,17 +8,23 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::clip::load::torch_archive::{ArchiveError, TorchArchive};
 use crate::clip::load::torch_pickle::StorageType;
 
-/// Where an array is: a file and, for a file of several arrays, its name there.
+/// Where an array is: a file and, for a file of several arrays, its name there; or an array
+/// the caller holds in memory ([`ArraySource::in_memory`]), read as a `.npy` file's would be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArraySource {
+    /// The file; for an array in memory, its label (`train features (in memory)`), which the
+    /// messages show in place of a file.
     pub path: PathBuf,
     /// The array's name in an `.npz` (without `.npy`), a safetensors file or a pickled dict;
     /// `None`: the file's only array.
     pub name: Option<String>,
+    /// The array's type, shape and bytes, when it is in memory rather than in `path`.
+    memory: Option<Arc<Raw>>,
 }
 
 impl ArraySource {
@@ -26,6 +32,7 @@ impl ArraySource {
         ArraySource {
             path: path.into(),
             name: None,
+            memory: None,
         }
     }
 
@@ -33,7 +40,55 @@ impl ArraySource {
         ArraySource {
             path: path.into(),
             name: Some(name.to_string()),
+            memory: None,
         }
+    }
+
+    /// An array in memory, as numpy describes it: its type string (`dtype.str`: `<f4`, `<i8`,
+    /// `|u1`, ...), its shape and its C-order bytes. What a `.npy` file with this header and
+    /// data would give, with the same checks: a type numpy writes for plain numbers, and bytes
+    /// that are exactly the shape's. `label` (`train features`) names it in messages.
+    pub fn in_memory(
+        label: &str,
+        dtype: &str,
+        shape: Vec<usize>,
+        mut bytes: Vec<u8>,
+    ) -> Result<Self, ArrayError> {
+        let path = PathBuf::from(format!("{label} (in memory)"));
+        let (big_endian, elem) = npy_elem(dtype).ok_or_else(|| ArrayError::ElementType {
+            path: path.clone(),
+            found: dtype.to_string(),
+            expected: NPY_TYPES,
+        })?;
+        if big_endian {
+            for c in bytes.chunks_exact_mut(elem.size()) {
+                c.reverse();
+            }
+        }
+        let raw = checked(&path, elem, shape, bytes)?;
+        Ok(ArraySource {
+            path,
+            name: None,
+            memory: Some(Arc::new(raw)),
+        })
+    }
+
+    /// Whether the array is in memory ([`ArraySource::in_memory`]) rather than in a file.
+    pub fn is_in_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// For an array in memory: `xxh3-128:` and the xxHash3-128 of its type, shape and
+    /// little-endian bytes (what an import records in place of a file's hash).
+    pub fn memory_hash(&self) -> Option<String> {
+        let raw = self.memory.as_deref()?;
+        let mut h = crate::features::ContentHash::default();
+        h.field(format!("{:?}", raw.elem).as_bytes());
+        for d in &raw.shape {
+            h.field(&(*d as u64).to_le_bytes());
+        }
+        h.field(&raw.bytes);
+        Some(format!("xxh3-128:{}", h.hex128()))
     }
 }
 
@@ -196,6 +251,7 @@ pub struct Array<T> {
 }
 
 /// A raw array: element type, shape, little-endian row-major bytes (checked against each other).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Raw {
     elem: Elem,
     shape: Vec<usize>,
@@ -293,6 +349,9 @@ fn f16_to_f32(h: u16) -> f32 {
 /// The array's type, shape and bytes, by the file's type.
 fn read_raw(source: &ArraySource, want: Want) -> Result<Raw, ArrayError> {
     let path = &source.path;
+    if let Some(raw) = &source.memory {
+        return check_want(path, Raw::clone(raw), want);
+    }
     let ext = (path.extension())
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
@@ -312,13 +371,18 @@ fn read_raw(source: &ArraySource, want: Want) -> Result<Raw, ArrayError> {
         "pt" | "pth" | "bin" => read_torch(path, source.name.as_deref())?,
         _ => return Err(ArrayError::UnknownType { path: path.clone() }),
     };
+    check_want(path, raw, want)
+}
+
+/// The array when its type is of the kind wanted (floats or integers).
+fn check_want(path: &Path, raw: Raw, want: Want) -> Result<Raw, ArrayError> {
     let ok = match want {
         Want::Floats => raw.elem.is_float(),
         Want::Integers => !raw.elem.is_float(),
     };
     if !ok {
         return Err(ArrayError::ElementType {
-            path: path.clone(),
+            path: path.to_path_buf(),
             found: format!("{:?}", raw.elem).to_lowercase(),
             expected: want.expected(),
         });
@@ -383,7 +447,7 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Raw, ArrayError> {
     let (big_endian, elem) = npy_elem(&descr).ok_or_else(|| ArrayError::ElementType {
         path: path.to_path_buf(),
         found: descr.clone(),
-        expected: "a plain number type (`<f4`, `<f2`, `<f8`, `<i8`, ...)",
+        expected: NPY_TYPES,
     })?;
     let mut data = bytes[start + len..].to_vec();
     if big_endian {
@@ -416,6 +480,9 @@ fn npy_header(header: &str) -> Option<(String, bool, Vec<usize>)> {
         .collect::<Option<Vec<usize>>>()?;
     Some((descr, fortran, dims))
 }
+
+/// What an npy type string must be.
+const NPY_TYPES: &str = "a plain number type (`<f4`, `<f2`, `<f8`, `<i8`, ...)";
 
 /// An npy type string (`<f4`, `|u1`, `>i8`): big-endian, element type.
 fn npy_elem(descr: &str) -> Option<(bool, Elem)> {

@@ -150,7 +150,80 @@ class Dataset:
     def test(self) -> List[Tuple[Path, int]]: ...
     def few_shot(self, shots: int, seed: int = 1) -> Dict[str, List[Tuple[Path, int]]]:
         """CoOp's draw: ``{"train": K per class, "val": min(K, 4) per class}``."""
+    def check(self, *, decode: bool = False, progress: ProgressArg = None) -> CheckReport:
+        """Checks the dataset against the disk (``clip-adapter datasets``): images per split
+        and class, missing files, classes without a training image, split sizes unlike the
+        published ones; ``decode=True`` also decodes every image on disk (progress
+        ``("decoding images", done, total)``). ``problems`` is 0 when it is ready."""
     def __len__(self) -> int: ...
+
+class CheckReport:
+    """A dataset's check (``Dataset.check``); ``to_dict()`` is ``clip-adapter datasets
+    --json``'s report, ``str()`` its text."""
+
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def classes(self) -> int: ...
+    @property
+    def image_root(self) -> Path: ...
+    @property
+    def splits(self) -> List[Dict[str, Any]]:
+        """``[{"split", "listed", "published", "missing": [path, ...]}]``: train, val, test."""
+    @property
+    def per_class(self) -> List[Dict[str, Any]]:
+        """``[{"label", "name", "train", "val", "test"}]``: images per class and split."""
+    @property
+    def decoded(self) -> bool:
+        """Whether every image on disk was decoded (``decode=True``)."""
+    @property
+    def unreadable(self) -> List[Dict[str, str]]:
+        """``[{"impath", "reason"}]``: images that do not decode."""
+    @property
+    def missing(self) -> int:
+        """Listed images not on disk."""
+    @property
+    def listed(self) -> int: ...
+    @property
+    def problems(self) -> int:
+        """Missing and unreadable files, classes without a training image, split sizes unlike
+        the published ones; 0 when the dataset is ready."""
+    def summary(self, verbose: bool = False) -> str:
+        """The command line's text: the first 5 items of each problem, all with ``verbose``."""
+    def to_dict(self) -> Dict[str, Any]: ...
+
+def merge(cache: PathLike = "clip-adapter-cache") -> List[Dict[str, Any]]:
+    """Joins the shards ``extract(..., shard="i/n")`` wrote under ``cache`` into complete
+    feature files (``clip-adapter merge``); shards are kept. Returns ``[{"path", "shards",
+    "rows"}]``, empty when there is no shard file."""
+
+def pretrain(
+    out: PathLike,
+    *,
+    force: bool = False,
+    seed: int = 0,
+    steps: int = 3000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    warmup: int = 200,
+    resnet_layers: Optional[Sequence[int]] = None,
+    resnet_width: int = 16,
+    resnet_head_width: int = 64,
+    patch_size: int = 8,
+    vision_width: int = 64,
+    vision_layers: int = 3,
+    text_width: int = 64,
+    text_layers: int = 2,
+    heads: int = 4,
+    embed_dim: int = 64,
+    progress: ProgressArg = None,
+) -> Dict[str, Any]:
+    """Pretrains a small CLIP on the generated image-text world into ``out``
+    (``clip-adapter pretrain``); ``Clip.load(out)`` reads it. ``resnet_layers`` (4 block
+    counts) makes a ModifiedResNet image tower instead of the ViT. Returns ``pretrain.json``
+    (``{"options", "seconds", "final_loss", "retrieval", "vocab_size", "parameters"}``) with
+    ``"history"`` (``[{"step", "loss", "lr", "logit_scale"}]``) and ``"evals"``
+    (``[{"step", "image_to_text", "text_to_image", "loss"}]``)."""
 
 def benchmarks() -> List[str]:
     """The 11 benchmarks' names (``eurosat``, ...)."""
@@ -175,16 +248,20 @@ def extract(
     """Encodes a dataset into the feature cache (``clip-adapter extract``); resumable.
     Returns ``{"text": path, "sets": [{"name", "path", "rows", "skipped", "reused"}]}``."""
 
+#: An array argument of ``import_features``: a numpy array (or anything ``numpy.asarray``
+#: takes) or a file (``"FILE"``, ``"FILE#NAME"``, an ``os.PathLike``).
+ArrayLike = Union[PathLike, npt.ArrayLike]
+
 def import_features(
     dataset: str,
     classnames: Sequence[str],
     *,
-    train: Tuple[str, str],
-    test: Tuple[str, str],
-    val: Optional[Tuple[str, str]] = None,
+    train: Tuple[ArrayLike, ArrayLike],
+    test: Tuple[ArrayLike, ArrayLike],
+    val: Optional[Tuple[ArrayLike, ArrayLike]] = None,
     shots: Optional[int] = None,
     seed: int = 1,
-    text_features: Optional[str] = None,
+    text_features: Optional[ArrayLike] = None,
     logit_scale: float = 100.0,
     model: Optional[str] = None,
     templates: Sequence[str] = (),
@@ -194,10 +271,12 @@ def import_features(
     progress: ProgressArg = None,
 ) -> Dict[str, Any]:
     """Writes features computed elsewhere into the feature cache (``clip-adapter import``).
-    Each split is a ``(features, labels)`` pair of files (``.npy``, ``.npz``, safetensors, a
-    ``torch.save``d tensor; ``"FILE#NAME"`` for an array of a file of several); the class-name
-    side is ``text_features`` (a ``(C, E)`` file) or ``model`` (encodes the class names).
-    Returns ``{"dataset", "model", "model_name", "width", "text", "sets"}``."""
+    Each split is a ``(features, labels)`` pair of numpy arrays (``(N, D)`` floats, ``(N,)``
+    integers) or files (``.npy``, ``.npz``, safetensors, a ``torch.save``d tensor;
+    ``"FILE#NAME"`` for an array of a file of several); the class-name side is
+    ``text_features`` (a ``(C, D)`` array or file) or ``model`` (encodes the class names).
+    Arrays and files get the same checks and write the same files; nothing is written when a
+    check fails. Returns ``{"dataset", "model", "model_name", "width", "text", "sets"}``."""
 
 def tsne(
     dataset: str,
