@@ -131,6 +131,8 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
     let mut configure =
         |i: usize, dataset: &str, seed| spec.overrides.method(kinds[i], dataset, seed);
     let mut events = |event: GridEvent| observer.borrow_mut().grid(event);
+    let (sink, load, model) = (&mut results, &mut load, &mut model);
+    let (configure, events) = (&mut configure, &mut events);
     let outcome = match (spec.protocol.transfers(), &spec.source) {
         (true, Some(source)) => {
             let transfer = Transfer {
@@ -142,14 +144,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
                 validation: spec.validation,
                 protocol: spec.protocol,
             };
-            run_transfer::<RunError>(
-                &transfer,
-                &mut results,
-                &mut load,
-                &mut model,
-                &mut configure,
-                &mut events,
-            )?
+            run_transfer::<RunError>(&transfer, sink, load, model, configure, events)?
         }
         _ => {
             let grid = Grid {
@@ -160,14 +155,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
                 validation: spec.validation,
                 protocol: spec.protocol,
             };
-            run_grid::<RunError>(
-                &grid,
-                &mut results,
-                &mut load,
-                &mut model,
-                &mut configure,
-                &mut events,
-            )?
+            run_grid::<RunError>(&grid, sink, load, model, configure, events)?
         }
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -182,14 +170,13 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         ),
         None => (Published::default(), None),
     };
-    let table = match spec.protocol {
-        Protocol::FewShot => Summary::new(&results.with_other_protocol(&outcome.rows))
-            .markdown(&published, backbone.as_deref()),
-        Protocol::BaseToNew => crate::experiment::base_to_new::markdown(&outcome.rows),
-        Protocol::CrossDataset | Protocol::Domain => {
-            crate::experiment::transfer::markdown(&outcome.rows)
-        }
-    };
+    let table = table(
+        spec.protocol,
+        &results,
+        &outcome.rows,
+        &published,
+        &backbone,
+    );
     let table_path = spec.out.join("results.md");
     crate::fsutil::write_atomic(&table_path, table.as_bytes())?;
     // The folder's report covers every row in it (earlier runs and sweeps too).
@@ -209,6 +196,22 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         backbone,
         seconds,
     })
+}
+
+/// The run's table (`results.md`), as its protocol reports it.
+fn table(
+    protocol: Protocol,
+    results: &ResultsFile,
+    rows: &[ResultRow],
+    published: &Published,
+    backbone: &Option<String>,
+) -> String {
+    match protocol {
+        Protocol::FewShot => Summary::new(&results.with_other_protocol(rows))
+            .markdown(published, backbone.as_deref()),
+        Protocol::BaseToNew => crate::experiment::base_to_new::markdown(rows),
+        Protocol::CrossDataset | Protocol::Domain => crate::experiment::transfer::markdown(rows),
+    }
 }
 
 /// Everything that can be checked before anything is loaded: options, the protocol's methods

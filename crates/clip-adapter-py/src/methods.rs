@@ -401,47 +401,14 @@ pub fn fit(
     let model = given_model(model)?;
     let text = float_rows(text_features, "text_features")?.to_matrix();
     let (k, d) = (text.rows, text.cols);
-    let set = |x: Option<&Bound<'_, PyAny>>,
-               y: Option<&Bound<'_, PyAny>>,
-               what: &str|
-     -> PyResult<LabelledSet> {
-        match (x, y) {
-            (Some(x), Some(y)) => Ok(LabelledSet {
-                features: float_rows(x, &format!("{what}_features"))?.to_matrix(),
-                labels: self::labels(y, &format!("{what}_labels"))?,
-            }),
-            (None, None) => Ok(LabelledSet {
-                features: Matrix::zeros(0, d),
-                labels: Vec::new(),
-            }),
-            _ => Err(input(format!(
-                "give both {what}_features and {what}_labels, or neither"
-            ))),
-        }
-    };
-    let train = set(Some(features), Some(labels), "train")?;
-    let val = set(val_features, val_labels, "val")?;
-    let test = set(test_features, test_labels, "test")?;
-    let train_views: Vec<Matrix> = match train_views {
-        Some(v) => (v.try_iter()?)
-            .enumerate()
-            .map(|(i, m)| Ok(float_rows(&m?, &format!("train_views[{i}]"))?.to_matrix()))
-            .collect::<PyResult<_>>()?,
-        None => Vec::new(),
-    };
+    let train = labelled(Some(features), Some(labels), "train", d)?;
+    let val = labelled(val_features, val_labels, "val", d)?;
+    let test = labelled(test_features, test_labels, "test", d)?;
+    let train_views = views(train_views)?;
     let text_mean = text_mean
         .map(|m| float_rows(m, "text_mean").map(|r| r.to_matrix()))
         .transpose()?;
-    let classnames = match classnames {
-        Some(c) if c.len() != k => {
-            return Err(input(format!(
-                "{} classnames for {k} rows of text_features",
-                c.len()
-            )))
-        }
-        Some(c) => c,
-        None => (0..k).map(|i| i.to_string()).collect(),
-    };
+    let classnames = classnames_of(classnames, k)?;
     let (clip_scale, model_name, fingerprint, files) = match &model {
         Some(m) => {
             let m = m.get();
@@ -565,6 +532,51 @@ pub fn fit(
         test_accuracy: Some(row.test_accuracy),
         row: None,
     })
+}
+
+/// A labelled set of `fit`'s arrays (`what`: train, val or test); both arrays or neither.
+fn labelled(
+    x: Option<&Bound<'_, PyAny>>,
+    y: Option<&Bound<'_, PyAny>>,
+    what: &str,
+    dim: usize,
+) -> PyResult<LabelledSet> {
+    match (x, y) {
+        (Some(x), Some(y)) => Ok(LabelledSet {
+            features: float_rows(x, &format!("{what}_features"))?.to_matrix(),
+            labels: self::labels(y, &format!("{what}_labels"))?,
+        }),
+        (None, None) => Ok(LabelledSet {
+            features: Matrix::zeros(0, dim),
+            labels: Vec::new(),
+        }),
+        _ => Err(input(format!(
+            "give both {what}_features and {what}_labels, or neither"
+        ))),
+    }
+}
+
+/// `train_views`: a sequence of `(N, D)` arrays.
+fn views(train_views: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Matrix>> {
+    let Some(v) = train_views else {
+        return Ok(Vec::new());
+    };
+    (v.try_iter()?)
+        .enumerate()
+        .map(|(i, m)| Ok(float_rows(&m?, &format!("train_views[{i}]"))?.to_matrix()))
+        .collect()
+}
+
+/// The class names, one per row of `text_features` (`"0"`, `"1"`, ... when not given).
+fn classnames_of(classnames: Option<Vec<String>>, k: usize) -> PyResult<Vec<String>> {
+    match classnames {
+        Some(c) if c.len() != k => Err(input(format!(
+            "{} classnames for {k} rows of text_features",
+            c.len()
+        ))),
+        Some(c) => Ok(c),
+        None => Ok((0..k).map(|i| i.to_string()).collect()),
+    }
 }
 
 /// ProLIP's input from a dict of arrays: `train` (and `val`, `test`, `train_views`) features
