@@ -151,6 +151,7 @@ fn report_writes_every_figure_with_its_series_and_regenerates_the_same_bytes() {
     assert_eq!(doc["rows"], rows().len());
     let stems = [
         "accuracy_vs_shots",
+        "all_methods_vs_shots",
         "gain_over_zero_shot",
         "clip_adapter_variants",
         "ablation_reduction",
@@ -177,12 +178,17 @@ fn report_writes_every_figure_with_its_series_and_regenerates_the_same_bytes() {
         );
     };
 
-    // Accuracy vs shots: a panel per dataset and the average, a line per method; the sweep's
-    // points are not methods.
+    // Accuracy vs shots, the paper's Fig. 2: a panel per dataset and the average, a line per
+    // method of the paper's comparison; every method in the next figure; the sweep's points
+    // are not methods.
+    let all = read("all_methods_vs_shots");
     let svg = read("accuracy_vs_shots");
     assert_eq!(svg_size(&svg).0, 3 * PANEL_W);
     for title in ["eurosat", "dtd", "average"] {
         assert!(has_text(&svg, title), "no panel `{title}`");
+    }
+    for label in ["zero-shot", "clip-adapter"] {
+        has_series(&svg, label, method_style(label).colour);
     }
     for label in [
         "zero-shot",
@@ -191,9 +197,20 @@ fn report_writes_every_figure_with_its_series_and_regenerates_the_same_bytes() {
         "clip-adapter (branch=both)",
         "tip-adapter",
     ] {
-        has_series(&svg, label, method_style(label).colour);
+        has_series(&all, label, method_style(label).colour);
     }
-    assert!(!svg.contains("reduction=") && !svg.contains("alpha="));
+    assert!(
+        !has_text(&svg, "tip-adapter"),
+        "not a method of the paper's figure"
+    );
+    for svg in [&svg, &all] {
+        assert!(!svg.contains("reduction=") && !svg.contains("alpha="));
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| rank | method | accuracy | vs zero-shot |"),
+        "{md}"
+    );
     let dashes = elements(
         &svg,
         "polyline",

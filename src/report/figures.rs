@@ -1,4 +1,5 @@
-//! The report's figures, built from results rows: accuracy against shots (the paper's Fig. 2),
+//! The report's figures, built from results rows: accuracy against shots (the paper's Fig. 2,
+//! and every method in a figure of its own with a ranking),
 //! the gain over zero-shot per dataset (Fig. 3), the CLIP-Adapter variants (Fig. 4) and the
 //! ablations (accuracy against the swept value).
 
@@ -8,7 +9,7 @@ use crate::experiment::{Published, Summary};
 use crate::figure::bars::{Bar, BarChart};
 use crate::figure::lines::{faint, Line, LineChart, LinePanel, Markers, XScale};
 use crate::figure::style::{method_style, palette, SeriesStyle, INK};
-use crate::methods::registry::{CLIP_ADAPTER, ZERO_SHOT};
+use crate::methods::registry::{CLIP_ADAPTER, COOP, LINEAR_PROBE, ZERO_SHOT};
 use crate::methods::MethodKind;
 
 /// Panels across before a figure wraps to a new row.
@@ -94,6 +95,55 @@ pub(super) fn accuracy_vs_shots(
         y_label: ACCURACY_Y.into(),
         markers_label: published_label.into(),
     }
+}
+
+/// The lines of the paper's Fig. 2 among `labels`: zero-shot, the linear probe, CoOp and
+/// CLIP-Adapter with their default options; all of `labels` when none of them is there.
+pub(super) fn paper_methods(labels: &[String]) -> Vec<String> {
+    let paper = [ZERO_SHOT, LINEAR_PROBE, COOP, CLIP_ADAPTER].map(MethodKind::name);
+    let found: Vec<String> = (labels.iter())
+        .filter(|l| paper.contains(&l.as_str()))
+        .cloned()
+        .collect();
+    match found.is_empty() {
+        true => labels.to_vec(),
+        false => found,
+    }
+}
+
+/// Every method ranked by its mean test accuracy over the datasets at the largest shot count
+/// where all of them have rows, with its gain over zero-shot (Markdown).
+pub(super) fn ranking(summary: &Summary, labels: &[String]) -> String {
+    let datasets = summary.datasets();
+    let at = |k: usize| -> Vec<(String, f32)> {
+        (labels.iter())
+            .filter_map(|l| Some((l.clone(), summary.average(l, datasets, k)?)))
+            .collect()
+    };
+    let Some((k, mut ranked)) = (summary.shots().iter().rev())
+        .map(|&k| (k, at(k)))
+        .find(|(_, r)| r.len() > 1)
+    else {
+        return String::new();
+    };
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let zero = ranked
+        .iter()
+        .find(|(l, _)| l == ZERO_SHOT.name())
+        .map(|r| r.1);
+    let over = match datasets.len() {
+        1 => datasets[0].clone(),
+        n => format!("the mean over {n} datasets"),
+    };
+    let mut md = format!(
+        "\nEvery method at {k} shots, ranked by test accuracy on {over} (mean over seeds, %):\n\n\
+         | rank | method | accuracy | vs zero-shot |\n|---:|---|---:|---:|\n"
+    );
+    for (i, (label, acc)) in ranked.iter().enumerate() {
+        let gain = zero.map_or("–".to_string(), |z| format!("{:+.2}", acc - z));
+        md.push_str(&format!("| {} | {label} | {acc:.2} | {gain} |\n", i + 1));
+    }
+    md
 }
 
 /// The gain of `label` over zero-shot on one dataset at the largest shot count both have.
@@ -323,5 +373,24 @@ mod tests {
         let chart = gain_chart(&g, "clip-adapter");
         assert_eq!(chart.bars[0].label, "b (8-shot)");
         assert_eq!(chart.bars[1].text, "-1.00");
+
+        // The ranking: at 8 shots, the largest count where both datasets have rows of two
+        // methods; best first, with the gain over zero-shot.
+        let labels = strings(&["zero-shot", "clip-adapter", "tip-adapter"]);
+        let mut rows = rows;
+        rows.extend([
+            row("zero-shot", "a", 8, 50.0),
+            row("clip-adapter", "a", 8, 52.0),
+        ]);
+        let md = ranking(&Summary::new(&rows), &labels);
+        assert!(md.contains("Every method at 8 shots"), "{md}");
+        let clip_adapter = md.find("| 1 | clip-adapter | 46.00 | +6.00 |");
+        assert!(clip_adapter.is_some(), "{md}");
+        assert!(md.contains("| 2 | zero-shot | 40.00 | +0.00 |"), "{md}");
+        assert_eq!(
+            paper_methods(&labels),
+            strings(&["zero-shot", "clip-adapter"])
+        );
+        assert_eq!(paper_methods(&strings(&["gda"])), strings(&["gda"]));
     }
 }

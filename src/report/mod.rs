@@ -262,31 +262,46 @@ impl Report {
         report
     }
 
-    /// The accuracy-vs-shots figure and the tables per dataset and per group.
+    /// The accuracy-vs-shots figures (the paper's four methods as its Fig. 2; every method in
+    /// a figure of its own and a ranking) and the tables per dataset and per group.
     fn methods_section(&mut self, summary: &Summary, panels: &Panels, options: &ReportOptions) {
         let published_label = match &options.backbone {
             Some(b) => format!("published ({b})"),
             None => "published".into(),
         };
+        let labels: Vec<String> = summary.labels().map(str::to_string).collect();
+        let paper = figures::paper_methods(&labels);
         let md = &mut self.markdown;
         md.push_str(&summary.caption(&options.published, options.backbone.as_deref()));
-        let stem = "accuracy_vs_shots";
         md.push('\n');
+        let stem = "accuracy_vs_shots";
         md.push_str(&figure_link("Test accuracy against shots per class", stem));
+        if paper.len() < labels.len() {
+            md.push_str(
+                "\nThe paper's comparison (its Fig. 2): zero-shot CLIP, the linear probe, CoOp and \
+                 CLIP-Adapter, as far as they were run; every method is in the next figure.\n",
+            );
+        }
         if !options.published.is_empty() {
             md.push_str(&format!(
                 "\nFaint hollow markers: the {published_label} numbers.\n"
             ));
         }
-        let labels: Vec<String> = summary.labels().map(str::to_string).collect();
-        let chart = figures::accuracy_vs_shots(
-            summary,
-            &labels,
-            &panels.specs,
-            &options.published,
-            &published_label,
-        );
-        self.figures.push((stem.into(), Figure::Lines(chart)));
+        let figure = |lines: &[String]| {
+            let (p, label) = (&options.published, published_label.as_str());
+            figures::accuracy_vs_shots(summary, lines, &panels.specs, p, label)
+        };
+        self.figures
+            .push((stem.into(), Figure::Lines(figure(&paper))));
+        if paper.len() < labels.len() {
+            let stem = "all_methods_vs_shots";
+            self.markdown.push('\n');
+            (self.markdown).push_str(&figure_link("Every method against shots per class", stem));
+            self.figures
+                .push((stem.into(), Figure::Lines(figure(&labels))));
+            self.markdown.push_str(&figures::ranking(summary, &labels));
+        }
+        let md = &mut self.markdown;
         for d in summary.datasets() {
             md.push('\n');
             let heading = lookup(&options.headings, d);
