@@ -1,7 +1,9 @@
 //! Test-only fault injection: `CLIP_ADAPTER_FAULT=<site>:<n>` aborts the process at the n-th
 //! time it reaches `site` (`write`: a file's bytes are in its temp file, not yet renamed;
 //! `rename`: a file was just renamed into place; `unlink`: a resume chunk was just deleted
-//! during clean-up). Several faults are separated by commas. Without the variable every point is
+//! during clean-up), except `full`, which makes the n-th file's write fail as on a full disk
+//! (`ENOSPC`) and lets the process go on handling the error. Several faults are separated by
+//! commas. Without the variable every point is
 //! a no-op. The crash harnesses (`tests/cache_safety.rs`, `tests/crash_experiment.rs`) use it
 //! to kill an extraction or a grid exactly between the steps a crash can separate, and check
 //! that the next run recovers: byte for byte for the cache, row for row for the results.
@@ -20,8 +22,15 @@ pub const ENABLED: bool = cfg!(any(debug_assertions, feature = "fault-injection"
 #[inline(always)]
 pub(crate) fn point(_site: &str) {}
 
+/// Without fault points: the disk is never full.
+#[cfg(not(any(debug_assertions, feature = "fault-injection")))]
+#[inline(always)]
+pub(crate) fn disk_full() -> std::io::Result<()> {
+    Ok(())
+}
+
 #[cfg(any(debug_assertions, feature = "fault-injection"))]
-pub(crate) use active::point;
+pub(crate) use active::{disk_full, point};
 
 #[cfg(any(debug_assertions, feature = "fault-injection"))]
 mod active {
@@ -29,9 +38,10 @@ mod active {
     use std::sync::OnceLock;
 
     /// The sites, in the order their counters are kept.
-    const SITES: [&str; 3] = ["write", "rename", "unlink"];
+    const SITES: [&str; 4] = ["write", "rename", "unlink", "full"];
 
-    static COUNTS: [AtomicUsize; 3] = [
+    static COUNTS: [AtomicUsize; 4] = [
+        AtomicUsize::new(0),
         AtomicUsize::new(0),
         AtomicUsize::new(0),
         AtomicUsize::new(0),
@@ -57,16 +67,30 @@ mod active {
 
     /// Marks one pass through `site`; aborts (no clean-up, as a kill would) when the plan says so.
     pub(crate) fn point(site: &str) {
-        let plan = plan();
-        if plan.is_empty() {
-            return;
-        }
-        let Some(i) = SITES.iter().position(|s| *s == site) else {
-            return;
-        };
-        let n = COUNTS[i].fetch_add(1, Ordering::SeqCst) + 1;
-        if plan.iter().any(|&(s, at)| s == i && at == n) {
+        if hit(site) {
             std::process::abort();
         }
+    }
+
+    /// Marks one file's write; fails it as a full disk would when the plan says so.
+    pub(crate) fn disk_full() -> std::io::Result<()> {
+        const ENOSPC: i32 = 28;
+        match hit("full") {
+            true => Err(std::io::Error::from_raw_os_error(ENOSPC)),
+            false => Ok(()),
+        }
+    }
+
+    /// Counts a pass through `site`: whether the plan names this one.
+    fn hit(site: &str) -> bool {
+        let plan = plan();
+        if plan.is_empty() {
+            return false;
+        }
+        let Some(i) = SITES.iter().position(|s| *s == site) else {
+            return false;
+        };
+        let n = COUNTS[i].fetch_add(1, Ordering::SeqCst) + 1;
+        plan.iter().any(|&(s, at)| s == i && at == n)
     }
 }

@@ -36,6 +36,7 @@ where
         let file = std::fs::File::create(&tmp)?;
         let mut out = std::io::BufWriter::new(file);
         fill(&mut out)?;
+        crate::fault::disk_full()?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         crate::fault::point("write");

@@ -123,6 +123,52 @@ fn a_grid_killed_at_any_write_resumes_to_the_same_rows() {
     assert!(killed_runs >= 12, "{killed_runs} kills");
 }
 
+#[test]
+fn a_full_disk_at_any_write_is_an_error_that_names_the_file_and_loses_nothing() {
+    if !clip_adapter::fault::ENABLED {
+        eprintln!("skipped: this build has no fault points (build with debug assertions)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    crate::features::image_folder(&tmp.path().join("data"), 2, 6);
+    let dataset = extract_two_shots(tmp.path());
+    ok(&run(tmp.path(), &dataset, METHODS, "reference", None));
+    let reference = rows(&tmp.path().join("reference/results.csv"));
+    let mut failed_runs = 0;
+    for n in 1.. {
+        let fault = format!("full:{n}");
+        let out = format!("full-{n}");
+        let full = run(tmp.path(), &dataset, METHODS, &out, Some(&fault));
+        if full.status.success() {
+            assert!(
+                n > 6,
+                "{fault}: a grid of 4 rows writes more than {n} files"
+            );
+            break;
+        }
+        failed_runs += 1;
+        // Exit 1 with an error naming the file it could not write and why; no abort.
+        let stderr = String::from_utf8_lossy(&full.stderr);
+        assert_eq!(full.status.code(), Some(1), "{fault}: {stderr}");
+        assert!(
+            stderr.contains("No space left on device"),
+            "{fault}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&out),
+            "{fault}: the file is named: {stderr}"
+        );
+        // The temp file of the failed write is gone; the rest resumes as after a kill.
+        let temps: Vec<String> = (std::fs::read_dir(tmp.path().join(&out)).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(temps.is_empty(), "{fault}: {temps:?}");
+        check_resumes(tmp.path(), &dataset, &out, &fault, &reference);
+    }
+    assert!(failed_runs >= 6, "{failed_runs} failed writes");
+}
+
 /// After a kill: every file whole, the rows so far among the reference's; the rerun gives the
 /// reference's rows and leaves no temp file of the results.
 fn check_resumes(work: &Path, dataset: &str, out: &str, fault: &str, reference: &[Vec<String>]) {
