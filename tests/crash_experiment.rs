@@ -159,10 +159,7 @@ fn a_full_disk_at_any_write_is_an_error_that_names_the_file_and_loses_nothing() 
             "{fault}: the file is named: {stderr}"
         );
         // The temp file of the failed write is gone; the rest resumes as after a kill.
-        let temps: Vec<String> = (std::fs::read_dir(tmp.path().join(&out)).unwrap().flatten())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp-"))
-            .collect();
+        let temps = temp_files(&tmp.path().join(&out), ".tmp-");
         assert!(temps.is_empty(), "{fault}: {temps:?}");
         check_resumes(tmp.path(), &dataset, &out, &fault, &reference);
     }
@@ -183,14 +180,19 @@ fn check_resumes(work: &Path, dataset: &str, out: &str, fault: &str, reference: 
     ok(&run(work, dataset, METHODS, out, None));
     assert_eq!(rows(&csv), reference, "{fault}: the resumed grid");
     assert_whole(&dir);
-    let left: Vec<_> = (std::fs::read_dir(&dir).unwrap().flatten())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".results.csv.tmp-"))
-        .collect();
+    let left = temp_files(&dir, ".results.csv.tmp-");
     assert!(
         left.is_empty(),
         "{fault}: the killed run's temp file stayed: {left:?}"
     );
+}
+
+/// The names in `dir` that contain `pattern`.
+fn temp_files(dir: &Path, pattern: &str) -> Vec<String> {
+    (std::fs::read_dir(dir).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(pattern))
+        .collect()
 }
 
 #[test]
