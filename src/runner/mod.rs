@@ -241,6 +241,7 @@ mod tests {
             model: None,
             reported: None,
             hub: HubOptions::from_env(),
+            shard: None,
         }
     }
 
