@@ -30,6 +30,7 @@ mod proker;
 mod prolip;
 mod registry;
 mod report;
+mod shards;
 mod resize_order;
 mod siglip_methods;
 mod sweep;
