@@ -41,8 +41,23 @@ const METHODS: &str = "zero-shot,tip-adapter,clip-adapter,coop";
 /// `run` of the few-shot grid (4 methods × 2 datasets × 2 seeds) into `out`, as `shard`.
 fn run(dir: &Path, out: &str, shard: Option<&str>) -> std::process::Output {
     let mut args = vec![
-        "run", "--methods", METHODS, "--datasets", "a,b", "--shots", "2", "--seeds", "1,2",
-        "--cache", "cache", "--out", out, "--epochs", "2", "--n-ctx", "4",
+        "run",
+        "--methods",
+        METHODS,
+        "--datasets",
+        "a,b",
+        "--shots",
+        "2",
+        "--seeds",
+        "1,2",
+        "--cache",
+        "cache",
+        "--out",
+        out,
+        "--epochs",
+        "2",
+        "--n-ctx",
+        "4",
     ];
     if let Some(s) = shard {
         args.extend_from_slice(&["--shard", s]);
@@ -84,7 +99,9 @@ fn three_shards_joined_equal_one_run() {
         let shard = format!("{i}/3");
         ok(&run(dir, "sharded", Some(&shard)));
         // A shard writes its own files, and no report.
-        assert!(dir.join(format!("sharded/results.shard-{i}-of-3.md")).is_file());
+        assert!(dir
+            .join(format!("sharded/results.shard-{i}-of-3.md"))
+            .is_file());
     }
     let sharded = dir.join("sharded");
     assert!(!sharded.join("results.csv").exists());
@@ -130,7 +147,10 @@ fn refusals(dir: &Path, sharded: &Path) {
     std::fs::create_dir_all(&copy).unwrap();
     for e in std::fs::read_dir(sharded).unwrap() {
         let e = e.unwrap();
-        if e.file_name().to_string_lossy().starts_with("results.shard-") {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("results.shard-")
+        {
             std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
         }
     }
@@ -168,7 +188,10 @@ fn refusals(dir: &Path, sharded: &Path) {
     let short: Vec<&str> = original[2].lines().collect();
     std::fs::write(csv(2), short[..short.len() - 1].join("\n") + "\n").unwrap();
     let out = cli_in(dir, &["merge", "--results", "copy"]);
-    assert_fails_with(&out, &["results.shard-2-of-3.csv", "has not finished", "1 of"]);
+    assert_fails_with(
+        &out,
+        &["results.shard-2-of-3.csv", "has not finished", "1 of"],
+    );
     assert!(!copy.join("results.csv").exists());
     // A shard that never started.
     std::fs::write(csv(2), &original[2]).unwrap();
@@ -194,9 +217,25 @@ fn transfer_shards_by_fit() {
     cache(dir);
     let args = |out: &str| {
         [
-            "run", "--protocol", "cross-dataset", "--source", "a", "--datasets", "b",
-            "--methods", "zero-shot,clip-adapter", "--shots", "2", "--seeds", "1,2", "--cache",
-            "cache", "--epochs", "2", "--out", out,
+            "run",
+            "--protocol",
+            "cross-dataset",
+            "--source",
+            "a",
+            "--datasets",
+            "b",
+            "--methods",
+            "zero-shot,clip-adapter",
+            "--shots",
+            "2",
+            "--seeds",
+            "1,2",
+            "--cache",
+            "cache",
+            "--epochs",
+            "2",
+            "--out",
+            out,
         ]
         .map(str::to_string)
         .to_vec()
@@ -238,9 +277,6 @@ fn a_bad_shard_is_an_argument_error() {
         assert_fails_with(&out, &["--shard", &format!("shard `{bad}`"), "0 <= i < n"]);
     }
     // `--results` is not the cache's merge.
-    let out = cli_in(
-        tmp.path(),
-        &["merge", "--results", "r", "--cache", "c"],
-    );
+    let out = cli_in(tmp.path(), &["merge", "--results", "r", "--cache", "c"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -83,7 +83,10 @@ pub fn join(dir: &Path) -> Result<Joined, ExperimentError> {
     check_finished(dir, &manifests, base.iter().chain(new.iter().map(|n| &n.3)))?;
     new.sort_by_key(|&(order, s, j, _)| (order, s, j));
     let added = new.len();
-    let rows: Vec<ResultRow> = base.into_iter().chain(new.into_iter().map(|n| n.3)).collect();
+    let rows: Vec<ResultRow> = base
+        .into_iter()
+        .chain(new.into_iter().map(|n| n.3))
+        .collect();
     row::write_csv(&target, &rows)?;
     drop(held);
     let mut grid_rows: Vec<(usize, ResultRow)> = (rows.iter())

@@ -27,11 +27,11 @@
 pub mod base_to_new;
 mod error;
 pub mod grid;
+pub mod join;
 pub mod model;
 pub mod protocol;
 pub mod row;
 pub mod shard;
-pub mod join;
 pub mod sweep;
 pub mod table;
 pub mod transfer;

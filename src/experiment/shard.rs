@@ -148,7 +148,8 @@ impl ShardManifest {
         }
         let s = self.shots.iter().position(|&k| k == r.shots)?;
         let e = self.seeds.iter().position(|&k| k == r.seed)?;
-        let m = (self.methods.iter()).position(|g| g.label == r.method && g.options == r.options)?;
+        let m =
+            (self.methods.iter()).position(|g| g.label == r.method && g.options == r.options)?;
         let (sh, se, me) = (self.shots.len(), self.seeds.len(), self.methods.len());
         if !self.protocol.transfers() {
             let d = self.datasets.iter().position(|d| *d == r.dataset)?;
@@ -204,10 +205,11 @@ impl ShardManifest {
 
     /// Writes the manifest atomically.
     pub fn write(&self, path: &Path) -> Result<(), ExperimentError> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| ExperimentError::ShardManifest {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| ExperimentError::ShardManifest {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         crate::fsutil::write_atomic(path, &bytes)?;
         Ok(())
     }
@@ -300,7 +302,11 @@ mod tests {
                 .map(|i| share(&costs, Shard { index: i, count: n }))
                 .collect();
             for c in 0..costs.len() {
-                assert_eq!(shares.iter().filter(|s| s[c]).count(), 1, "cell {c}, {n} shards");
+                assert_eq!(
+                    shares.iter().filter(|s| s[c]).count(),
+                    1,
+                    "cell {c}, {n} shards"
+                );
             }
             let mut loads = vec![0u64; n];
             for (c, &s) in a.iter().enumerate() {

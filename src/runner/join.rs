@@ -38,7 +38,10 @@ pub struct JoinOutcome {
 
 /// Joins the shards of `spec.dir` (refusing disagreeing rows and unfinished shards, with
 /// nothing written), then writes the table and the report.
-pub fn join_shards(spec: &JoinSpec, observer: &mut dyn RunObserver) -> Result<JoinOutcome, RunError> {
+pub fn join_shards(
+    spec: &JoinSpec,
+    observer: &mut dyn RunObserver,
+) -> Result<JoinOutcome, RunError> {
     let reported = read_published(spec.reported.as_deref())?;
     let joined = join(&spec.dir)?;
     let (published, backbone) =

@@ -14,8 +14,8 @@ use crate::experiment::grid::run_grid_share;
 use crate::experiment::shard::{self, Shard, ShardManifest, ShardSink};
 use crate::experiment::transfer::{run_transfer_share, Transfer};
 use crate::experiment::{
-    ExperimentError, Grid, GridEvent, GridMethod, MethodOverrides, Protocol, Published,
-    ResultRow, ResultsFile, RowKey, RowSink, RowSource, Summary, Validation,
+    ExperimentError, Grid, GridEvent, GridMethod, MethodOverrides, Protocol, Published, ResultRow,
+    ResultsFile, RowKey, RowSink, RowSource, Summary, Validation,
 };
 use crate::features::task::{draw_size, CacheQuery, Shots, TaskSource};
 use crate::methods::coop::PromptModel;
@@ -281,7 +281,10 @@ fn write_tables(
 /// order, from the headers of the draws' files: the method's weight × the draw's cost (a
 /// transfer fit adds the cost of scoring each target once).
 pub fn cell_costs(spec: &RunSpec, kinds: &[MethodKind]) -> Result<Vec<u64>, RunError> {
-    let weights: Vec<u64> = kinds.iter().map(|k| shard::method_weight(k.card())).collect();
+    let weights: Vec<u64> = kinds
+        .iter()
+        .map(|k| shard::method_weight(k.card()))
+        .collect();
     let size = |dataset: &str, k: usize, seed: u64| -> Result<u64, RunError> {
         let q = CacheQuery {
             model: spec.model.clone(),
@@ -296,9 +299,14 @@ pub fn cell_costs(spec: &RunSpec, kinds: &[MethodKind]) -> Result<Vec<u64>, RunE
         Ok(shard::draw_cost(&size))
     };
     let mut costs = Vec::new();
-    let cost = |w: &u64, trained: u64, tested: u64| w.saturating_mul(trained).saturating_add(tested);
+    let cost =
+        |w: &u64, trained: u64, tested: u64| w.saturating_mul(trained).saturating_add(tested);
     if let (true, Some(source)) = (spec.protocol.transfers(), &spec.source) {
-        for (&k, &seed) in spec.shots.iter().flat_map(|k| spec.seeds.iter().map(move |s| (k, s))) {
+        for (&k, &seed) in spec
+            .shots
+            .iter()
+            .flat_map(|k| spec.seeds.iter().map(move |s| (k, s)))
+        {
             let trained = size(source, k, seed)?;
             let mut tested = 0u64;
             for d in &spec.datasets {

@@ -10,8 +10,8 @@ use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::encode::display_paths;
 use clip_adapter::experiment::{MethodOverrides, Validation};
 use clip_adapter::features::task::Shots;
-use clip_adapter::methods::{MethodKind, OptionSpec, OptionValue, OPTIONS};
 use clip_adapter::features::Shard;
+use clip_adapter::methods::{MethodKind, OptionSpec, OptionValue, OPTIONS};
 use clip_adapter::runner::{self, FitSpec, PredictSpec, RunSpec};
 
 use crate::output::{
