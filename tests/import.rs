@@ -276,6 +276,7 @@ fn extracted_features_imported_again_give_the_same_accuracies() {
         model: None,
         reported: None,
         hub: HubOptions::from_env(),
+        shard: None,
     };
     let rows = clip_adapter::runner::run(&run, &mut ()).unwrap().rows;
     assert_eq!(rows.len(), 6);

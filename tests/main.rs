@@ -31,6 +31,7 @@ mod prolip;
 mod registry;
 mod report;
 mod resize_order;
+mod shards;
 mod siglip_methods;
 mod sweep;
 mod taskres_crossmodal;

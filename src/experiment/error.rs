@@ -21,6 +21,64 @@ pub enum ExperimentError {
     #[error(transparent)]
     Write(#[from] crate::fsutil::WriteError),
 
+    #[error("{}: {msg}", path.display())]
+    ShardManifest { path: PathBuf, msg: String },
+
+    #[error(
+        "{}: no shard results (results.shard-I-of-N.csv with its .json): `run --shard I/N \
+         --out` this folder first",
+        dir.display()
+    )]
+    NoShards { dir: PathBuf },
+
+    #[error(
+        "{}: shard files of different shard counts ({counts}): keep one run's shards in a \
+         folder",
+        dir.display()
+    )]
+    ShardCounts { dir: PathBuf, counts: String },
+
+    #[error("{}: missing: shard {index}/{count} has not started (a shard writes it first)", path.display())]
+    ShardMissing {
+        path: PathBuf,
+        index: usize,
+        count: usize,
+    },
+
+    #[error(
+        "{}: not the grid of {} (other methods, datasets, shots, seeds, protocol or cost \
+         estimate, e.g. another cache): the shards of one grid must be run with the same \
+         arguments on the same cache",
+        path.display(), other.display()
+    )]
+    ShardGrids { path: PathBuf, other: PathBuf },
+
+    #[error(
+        "{}: shard {index}/{count} has not finished: {missing} of its rows are missing (the \
+         first: {first}); run it again (it resumes) before joining",
+        path.display()
+    )]
+    ShardUnfinished {
+        path: PathBuf,
+        index: usize,
+        count: usize,
+        missing: usize,
+        first: String,
+    },
+
+    #[error(
+        "{}: row {row} disagrees with the same row in {} ({columns} differ): the same fit \
+         gave other measurements (another version, or other features under the same \
+         identity); nothing was written",
+        path.display(), other.display()
+    )]
+    RowsDisagree {
+        path: PathBuf,
+        other: PathBuf,
+        row: String,
+        columns: String,
+    },
+
     /// A results file above the size the tool reads whole (kept whole, not as a source: its
     /// text is the message).
     #[error("{}: {limit}", path.display())]

@@ -38,7 +38,7 @@ impl RowSink for Vec<ResultRow> {
 }
 
 /// A method of the grid as rows name it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GridMethod {
     /// The `method` column: a method name, or a labelled variant.
     pub label: String,
@@ -62,6 +62,13 @@ pub struct Grid {
 impl Grid {
     pub fn cells(&self) -> usize {
         self.methods.len() * self.datasets.len() * self.shots.len() * self.seeds.len()
+    }
+
+    /// The grid position of a cell: its index in the order a run fits and writes the cells
+    /// (dataset, then shots, then seed, then method; each axis in the grid's order).
+    pub fn position(&self, dataset: usize, shots: usize, seed: usize, method: usize) -> usize {
+        ((dataset * self.shots.len() + shots) * self.seeds.len() + seed) * self.methods.len()
+            + method
     }
 }
 
@@ -259,6 +266,22 @@ pub fn run_grid<E: From<ExperimentError>>(
     configure: &mut dyn FnMut(usize, &str, u64) -> Method,
     events: &mut dyn FnMut(GridEvent),
 ) -> Result<GridOutcome, E> {
+    run_grid_share(grid, None, sink, load, model, configure, events)
+}
+
+/// Runs the cells of `grid` that `mine` marks (by grid position, see [`Grid::position`]; all
+/// of them when `None`), as [`run_grid`] runs them all: in grid order, resumable, the fits of
+/// a group side by side. Draws with none of the cells are not loaded. This is one shard's
+/// share of a grid spread over machines ([`super::shard`]).
+pub fn run_grid_share<E: From<ExperimentError>>(
+    grid: &Grid,
+    mine: Option<&[bool]>,
+    sink: &mut dyn RowSink,
+    load: &mut Loader<E>,
+    model: &mut ModelLoader<E>,
+    configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+    events: &mut dyn FnMut(GridEvent),
+) -> Result<GridOutcome, E> {
     // The fits run on a pool of their own, as many threads as the caller's, so that this
     // thread (perhaps a worker of the caller's pool) can wait for their rows without polling.
     let pool = rayon::ThreadPoolBuilder::new()
@@ -266,14 +289,21 @@ pub fn run_grid<E: From<ExperimentError>>(
         .thread_name(|i| format!("grid-fit-{i}"))
         .build()
         .map_err(ExperimentError::from)?;
+    let share = Share::new(mine, grid.cells());
     let mut out = GridOutcome {
-        rows: Vec::with_capacity(grid.cells()),
+        rows: Vec::with_capacity(share.total),
         fitted: 0,
     };
+    let m = grid.methods.len();
+    let mut first = 0;
     for dataset in &grid.datasets {
         for &shots in &grid.shots {
             let mut draws = Vec::with_capacity(grid.seeds.len());
-            for &seed in &grid.seeds {
+            for (e, &seed) in grid.seeds.iter().enumerate() {
+                let first = first + e * m;
+                if !(first..first + m).any(|c| share.has(c)) {
+                    continue;
+                }
                 // Loaded even when every row is done: the rows' identity includes the features.
                 let (task, source) = load(dataset, shots, seed)?;
                 let (task, new) = match grid.protocol {
@@ -287,16 +317,19 @@ pub fn run_grid<E: From<ExperimentError>>(
                 // Dropped once for every method of the draw.
                 draws.push(Draw {
                     seed,
+                    first,
                     task: grid.validation.apply(task),
                     new,
                     source,
                 });
             }
+            first += grid.seeds.len() * m;
             let group = Group {
                 grid,
                 dataset,
                 shots,
                 draws: &draws,
+                share: &share,
             };
             group.run(&pool, sink, model, configure, events, &mut out)?;
         }
@@ -304,9 +337,29 @@ pub fn run_grid<E: From<ExperimentError>>(
     Ok(out)
 }
 
+/// Which cells of a grid (by grid position) a run fits, and how many.
+pub(crate) struct Share<'a> {
+    mine: Option<&'a [bool]>,
+    pub(crate) total: usize,
+}
+
+impl<'a> Share<'a> {
+    pub(crate) fn new(mine: Option<&'a [bool]>, cells: usize) -> Self {
+        let total = mine.map_or(cells, |v| v.iter().take(cells).filter(|&&b| b).count());
+        Share { mine, total }
+    }
+
+    pub(crate) fn has(&self, position: usize) -> bool {
+        self.mine
+            .is_none_or(|v| v.get(position).copied().unwrap_or(false))
+    }
+}
+
 /// One few-shot draw of a group.
 struct Draw {
     seed: u64,
+    /// The grid position of the draw's first cell (its first method's).
+    first: usize,
     /// The task methods train on (base-to-new: the base classes').
     task: FewShotTask,
     /// Base-to-new: the new classes' test.
@@ -320,7 +373,9 @@ struct Group<'a> {
     grid: &'a Grid,
     dataset: &'a str,
     shots: usize,
+    /// The draws that hold at least one cell of the share.
     draws: &'a [Draw],
+    share: &'a Share<'a>,
 }
 
 /// What a concurrent fit tells the thread that owns the sink and the events.
@@ -349,6 +404,12 @@ impl Group<'_> {
     fn cell(&self, c: usize) -> (&Draw, usize) {
         let m = self.grid.methods.len();
         (&self.draws[c / m], c % m)
+    }
+
+    /// Whether cell `c` is one of the run's share.
+    fn mine(&self, c: usize) -> bool {
+        let (draw, m) = self.cell(c);
+        self.share.has(draw.first + m)
     }
 
     fn spec(&self, c: usize) -> RowSpec<'_> {
@@ -386,7 +447,10 @@ impl Group<'_> {
     ) -> Result<(), E> {
         // Each cell's row once it is known: (row, found in the sink).
         let mut rows: Vec<Option<(ResultRow, bool)>> = (0..self.cells())
-            .map(|c| sink.find(&self.spec(c).key()).map(|r| (r.clone(), true)))
+            .map(|c| match self.mine(c) {
+                true => sink.find(&self.spec(c).key()).map(|r| (r.clone(), true)),
+                false => None,
+            })
             .collect();
         let (sequential, concurrent) = self.plan(&rows, configure);
         let mut committed = 0;
@@ -423,7 +487,7 @@ impl Group<'_> {
     ) -> (Vec<(usize, Method)>, Vec<(usize, Method)>) {
         let (mut sequential, mut concurrent) = (Vec::new(), Vec::new());
         for (c, row) in rows.iter().enumerate() {
-            if row.is_none() {
+            if row.is_none() && self.mine(c) {
                 let (draw, m) = self.cell(c);
                 let method = configure(m, self.dataset, draw.seed);
                 match method.card().needs {
@@ -571,7 +635,7 @@ impl Group<'_> {
     }
 
     /// Hands the rows known from `committed` on to the sink and the events, in grid order,
-    /// up to the first cell still fitting.
+    /// up to the first cell of the share still fitting (cells of other shards are passed).
     fn commit(
         &self,
         rows: &mut [Option<(ResultRow, bool)>],
@@ -580,7 +644,14 @@ impl Group<'_> {
         events: &mut dyn FnMut(GridEvent),
         out: &mut GridOutcome,
     ) -> Result<(), ExperimentError> {
-        while let Some((row, skipped)) = rows.get_mut(*committed).and_then(Option::take) {
+        loop {
+            if *committed < rows.len() && !self.mine(*committed) {
+                *committed += 1;
+                continue;
+            }
+            let Some((row, skipped)) = rows.get_mut(*committed).and_then(Option::take) else {
+                break;
+            };
             if !skipped {
                 sink.push(row.clone())?;
                 out.fitted += 1;
@@ -592,7 +663,7 @@ impl Group<'_> {
                 row: &out.rows[done - 1],
                 skipped,
                 done,
-                total: self.grid.cells(),
+                total: self.share.total,
             });
         }
         Ok(())

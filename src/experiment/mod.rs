@@ -13,6 +13,9 @@
 //! sweep.rs     the paper's ablations: CLIP-Adapter over bottleneck widths or fixed ratios α
 //! transfer.rs  cross-dataset transfer and domain generalisation: one head, tested on other
 //!              datasets
+//! shard.rs     a grid spread over machines: each cell's cost, the shards' cost-balanced
+//!              share, the files a shard writes
+//! join.rs      the shards' rows joined into the results.csv one run would have written
 //! model.rs     the backbone of a model from its config; the model a saved head records
 //! ```
 //!
@@ -24,9 +27,11 @@
 pub mod base_to_new;
 mod error;
 pub mod grid;
+pub mod join;
 pub mod model;
 pub mod protocol;
 pub mod row;
+pub mod shard;
 pub mod sweep;
 pub mod table;
 pub mod transfer;

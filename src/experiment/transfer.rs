@@ -16,7 +16,9 @@ use std::rc::Rc;
 
 use super::base_to_new::{new_class_accuracy, NewClassError, NewClassTest, Protocol};
 use super::grid::RowSpec;
-use super::grid::{fit_row, GridEvent, GridMethod, GridOutcome, Loader, ModelLoader, RowSink};
+use super::grid::{
+    fit_row, GridEvent, GridMethod, GridOutcome, Loader, ModelLoader, RowSink, Share,
+};
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::features::ContentHash;
 use crate::methods::coop::PromptModel;
@@ -36,10 +38,21 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// Fits of a complete run: one per method, shot count and seed.
+    pub fn fits(&self) -> usize {
+        self.methods.len() * self.shots.len() * self.seeds.len()
+    }
+
     /// Rows of a complete run: the source's and each target's, per fit.
     pub fn rows(&self) -> usize {
-        let fits = self.methods.len() * self.shots.len() * self.seeds.len();
-        fits * (1 + self.targets.len())
+        self.fits() * (1 + self.targets.len())
+    }
+
+    /// The position of a fit in the order a run fits them (shots, then seed, then method;
+    /// each axis in the run's order). Its rows follow one another in the results: the
+    /// source's, then each target's in the order of `targets`.
+    pub fn position(&self, shots: usize, seed: usize, method: usize) -> usize {
+        (shots * self.seeds.len() + seed) * self.methods.len() + method
     }
 }
 
@@ -139,12 +152,35 @@ pub fn run_transfer<E: From<ExperimentError>>(
     configure: &mut dyn FnMut(usize, &str, u64) -> Method,
     events: &mut dyn FnMut(GridEvent),
 ) -> Result<GridOutcome, E> {
+    run_transfer_share(t, None, sink, load, model, configure, events)
+}
+
+/// Runs the fits of `t` that `mine` marks (by fit position, see [`Transfer::position`]; all
+/// of them when `None`), each with all its rows, as [`run_transfer`] runs them all. Draws
+/// with none of the fits are not loaded.
+pub fn run_transfer_share<E: From<ExperimentError>>(
+    t: &Transfer,
+    mine: Option<&[bool]>,
+    sink: &mut dyn RowSink,
+    load: &mut Loader<E>,
+    model: &mut ModelLoader<E>,
+    configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+    events: &mut dyn FnMut(GridEvent),
+) -> Result<GridOutcome, E> {
+    let share = Share::new(mine, t.fits());
+    let total = share.total * (1 + t.targets.len());
     let mut out = GridOutcome {
-        rows: Vec::with_capacity(t.rows()),
+        rows: Vec::with_capacity(total),
         fitted: 0,
     };
-    for &shots in &t.shots {
-        for &seed in &t.seeds {
+    for (s, &shots) in t.shots.iter().enumerate() {
+        for (e, &seed) in t.seeds.iter().enumerate() {
+            let fits: Vec<usize> = (0..t.methods.len())
+                .filter(|&m| share.has(t.position(s, e, m)))
+                .collect();
+            if fits.is_empty() {
+                continue;
+            }
             let (task, source) = load(&t.source, shots, seed)?;
             let task = t.validation.apply(task);
             let mut targets = Vec::with_capacity(t.targets.len());
@@ -157,9 +193,9 @@ pub fn run_transfer<E: From<ExperimentError>>(
                     source: target_source,
                 });
             }
-            for (m, gm) in t.methods.iter().enumerate() {
+            for m in fits {
                 let spec = RowSpec {
-                    method: gm,
+                    method: &t.methods[m],
                     dataset: &t.source,
                     shots,
                     seed,
@@ -169,10 +205,10 @@ pub fn run_transfer<E: From<ExperimentError>>(
                     new: None,
                 };
                 let cell = Cell {
-                    t,
                     task: &task,
                     targets: &targets,
                     spec,
+                    total,
                 };
                 cell.run(m, sink, model, configure, events, &mut out)?;
             }
@@ -183,10 +219,11 @@ pub fn run_transfer<E: From<ExperimentError>>(
 
 /// The rows of one fit.
 struct Cell<'a> {
-    t: &'a Transfer,
     task: &'a FewShotTask,
     targets: &'a [Target],
     spec: RowSpec<'a>,
+    /// The rows of the run (of its share of the fits).
+    total: usize,
 }
 
 impl Cell<'_> {
@@ -218,7 +255,7 @@ impl Cell<'_> {
             }
             out.rows.push(row);
             let done = out.rows.len();
-            let (row, total) = (&out.rows[done - 1], self.t.rows());
+            let (row, total) = (&out.rows[done - 1], self.total);
             events(GridEvent::Row {
                 row,
                 skipped,
@@ -238,11 +275,12 @@ impl Cell<'_> {
         configure: &mut dyn FnMut(usize, &str, u64) -> Method,
         events: &mut dyn FnMut(GridEvent),
     ) -> Result<Vec<ResultRow>, E> {
-        let (t, spec) = (self.t, &self.spec);
-        let method = configure(m, &t.source, spec.seed);
+        let spec = &self.spec;
+        let trained_on = spec.dataset;
+        let method = configure(m, trained_on, spec.seed);
         events(GridEvent::Fitting {
             method: &spec.method.label,
-            dataset: &t.source,
+            dataset: trained_on,
             shots: spec.shots,
             seed: spec.seed,
         });
@@ -254,10 +292,10 @@ impl Cell<'_> {
         let (fit, row) = fit_row(&method, self.task, spec, tower.as_deref(), &mut progress)?;
         let mut rows = vec![row.clone()];
         for (target, key) in self.targets.iter().zip(&keys[1..]) {
-            let names = (t.source.as_str(), target.dataset.as_str());
+            let names = (trained_on, target.dataset.as_str());
             let classes = &self.task.classnames;
             let tested = target_accuracy(
-                t.protocol,
+                spec.protocol,
                 &fit,
                 classes,
                 &target.test,

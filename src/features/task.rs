@@ -811,6 +811,48 @@ fn read_pre_projection(
     })))
 }
 
+/// How large a draw is, read from its files' headers alone (no features are read): what a
+/// sharded grid weighs its cells by before fitting any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrawSize {
+    pub classes: usize,
+    /// Images of the few-shot training set, the validation set (0 without one) and the test
+    /// set.
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+}
+
+impl DrawSize {
+    /// Every image a fit of the draw reads.
+    pub fn images(&self) -> usize {
+        self.train + self.val + self.test
+    }
+}
+
+/// The size of the draw `q` asks for, from the headers of the files [`load_task`] would read;
+/// refused for the same reasons (missing, ambiguous).
+pub fn draw_size(q: &CacheQuery) -> Result<DrawSize, FeatureError> {
+    let s = survey(q)?;
+    one_model(&s)?;
+    let (_, group) = one_extraction(q, &s)?;
+    let meta = |part: &str| {
+        (group.iter())
+            .find(|c| c.entry.part == part && c.entry.view == "eval")
+            .map(|c| &c.meta)
+    };
+    let train_part = &s.train_part;
+    let train =
+        meta(train_part).ok_or_else(|| s.inconsistent(format!("no `{train_part}.eval` file")))?;
+    let test = meta("test").ok_or_else(|| s.inconsistent("no `test.eval` file".into()))?;
+    Ok(DrawSize {
+        classes: train.classnames.len(),
+        train: train.total,
+        val: meta(&s.val_part).map_or(0, |m| m.total),
+        test: test.total,
+    })
+}
+
 /// Reads the task; the error names the dataset folder and what is missing or ambiguous.
 pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), FeatureError> {
     let s = survey(q)?;

@@ -6,7 +6,9 @@
 //! ```text
 //! mod.rs    the observer, the errors, what run and sweep share (the cache's datasets, the
 //!           model behind the features, the published numbers of its backbone)
-//! run.rs    RunSpec → results.csv (resumable), results.md, the folder's report
+//! run.rs    RunSpec → results.csv (resumable), results.md, the folder's report; or one
+//!           shard's share of the grid (results.shard-I-of-N.csv)
+//! join.rs   JoinSpec → the shards' rows joined into results.csv, results.md, the report
 //! sweep.rs  SweepSpec → the same results.csv, sweep-<option>.md, the report
 //! demo.rs   the embedded demo, its results.csv, report and t-SNE figure written
 //! extract.rs  ExtractSpec → the draw checked, the model loaded, the extraction job run
@@ -21,6 +23,7 @@ pub mod encode;
 mod error;
 pub mod extract;
 pub mod fit;
+pub mod join;
 pub mod predict;
 pub mod run;
 pub mod sweep;
@@ -31,6 +34,7 @@ pub use demo::{demo, DemoOutcome};
 pub use error::{NoPublished, RunError};
 pub use extract::{extract, ExtractSpec};
 pub use fit::{fit, FitOutcome, FitSpec};
+pub use join::{join_shards, JoinOutcome, JoinSpec};
 pub use predict::{predict, PredictSpec, Predictions};
 pub use run::{run, RunOutcome, RunSpec};
 pub use sweep::{sweep, SweepOutcome, SweepSpec};
@@ -241,6 +245,7 @@ mod tests {
             model: None,
             reported: None,
             hub: HubOptions::from_env(),
+            shard: None,
         }
     }
 

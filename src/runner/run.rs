@@ -10,13 +10,14 @@ use super::{
     RunObserver,
 };
 use crate::clip::hub::HubOptions;
-use crate::experiment::transfer::{run_transfer, Transfer};
-use crate::experiment::GridEvent;
+use crate::experiment::grid::run_grid_share;
+use crate::experiment::shard::{self, Shard, ShardManifest, ShardSink};
+use crate::experiment::transfer::{run_transfer_share, Transfer};
 use crate::experiment::{
-    run_grid, ExperimentError, Grid, GridMethod, MethodOverrides, Protocol, Published, ResultRow,
-    ResultsFile, RowSource, Summary, Validation,
+    ExperimentError, Grid, GridEvent, GridMethod, MethodOverrides, Protocol, Published, ResultRow,
+    ResultsFile, RowKey, RowSink, RowSource, Summary, Validation,
 };
-use crate::features::task::{Shots, TaskSource};
+use crate::features::task::{draw_size, CacheQuery, Shots, TaskSource};
 use crate::methods::coop::PromptModel;
 use crate::methods::{MethodKind, Needs};
 use crate::report::{write_report, ReportFiles, ReportOptions};
@@ -48,6 +49,9 @@ pub struct RunSpec {
     pub reported: Option<PathBuf>,
     /// Where models are looked up (CoOp's text tower, the backbone of the published numbers).
     pub hub: HubOptions,
+    /// Run only this shard's share of the grid, into `results.shard-I-of-N.csv` (see
+    /// [`crate::experiment::shard`]); join the shards with [`crate::experiment::join`].
+    pub shard: Option<Shard>,
 }
 
 /// What a run did.
@@ -61,8 +65,8 @@ pub struct RunOutcome {
     /// The tables (also in `results.md`).
     pub table: String,
     pub table_path: PathBuf,
-    /// The folder's report, over every row of the folder.
-    pub report: ReportFiles,
+    /// The folder's report, over every row of the folder (none for a shard).
+    pub report: Option<ReportFiles>,
     /// The backbone whose published numbers the tables show.
     pub backbone: Option<String>,
     /// The grid's wall time.
@@ -90,19 +94,30 @@ impl RunSpec {
 
 /// Runs the grid. Options, datasets, the published numbers and CoOp's model are checked
 /// before the first fit; each fitted row is saved at once, so an interrupted run resumes.
+/// With a shard, only its share of the cells is fitted, into its own files (see
+/// [`crate::experiment::shard`]).
 pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome, RunError> {
     let kinds = spec.kinds();
     check(spec, &kinds)?;
     let reported = read_published(spec.reported.as_deref())?;
     let mut prompt_model = first_prompt_model(spec, &kinds, observer)?;
     create_out(&spec.out)?;
-    let mut results = ResultsFile::open(&spec.out.join("results.csv"))?;
     let methods: Vec<GridMethod> = (kinds.iter())
         .map(|&k| GridMethod {
             label: k.name().to_string(),
             options: spec.overrides.label(k),
         })
         .collect();
+    let (mut results, mine) = match spec.shard {
+        Some(s) => {
+            let mine = plan_shard(spec, &kinds, &methods, s)?;
+            (Results::Shard(ShardSink::open(&spec.out, s)?), Some(mine))
+        }
+        None => (
+            Results::Whole(ResultsFile::open(&spec.out.join("results.csv"))?),
+            None,
+        ),
+    };
     let started = Instant::now();
     let mut first_source: Option<TaskSource> = None;
     // The grid's callbacks share the observer: each borrows it only while it runs.
@@ -132,7 +147,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         |i: usize, dataset: &str, seed| spec.overrides.method(kinds[i], dataset, seed);
     let mut events = |event: GridEvent| observer.borrow_mut().grid(event);
     let (sink, load, model) = (&mut results, &mut load, &mut model);
-    let (configure, events) = (&mut configure, &mut events);
+    let (configure, events, mine) = (&mut configure, &mut events, mine.as_deref());
     let outcome = match (spec.protocol.transfers(), &spec.source) {
         (true, Some(source)) => {
             let transfer = Transfer {
@@ -144,7 +159,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
                 validation: spec.validation,
                 protocol: spec.protocol,
             };
-            run_transfer::<RunError>(&transfer, sink, load, model, configure, events)?
+            run_transfer_share::<RunError>(&transfer, mine, sink, load, model, configure, events)?
         }
         _ => {
             let grid = Grid {
@@ -155,7 +170,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
                 validation: spec.validation,
                 protocol: spec.protocol,
             };
-            run_grid::<RunError>(&grid, sink, load, model, configure, events)?
+            run_grid_share::<RunError>(&grid, mine, sink, load, model, configure, events)?
         }
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -170,45 +185,190 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         ),
         None => (Published::default(), None),
     };
-    let table = table(
-        spec.protocol,
-        &results,
-        &outcome.rows,
-        &published,
-        &backbone,
-    );
-    let table_path = spec.out.join("results.md");
-    crate::fsutil::write_atomic(&table_path, table.as_bytes())?;
-    // The folder's report covers every row in it (earlier runs and sweeps too).
-    let options = ReportOptions {
-        published,
-        backbone: backbone.clone(),
-        ..ReportOptions::default()
-    };
-    let report = write_report(&spec.out, results.rows(), &options)?;
+    let written = write_tables(spec, &results, &outcome.rows, published, &backbone)?;
     Ok(RunOutcome {
         rows: outcome.rows,
         fitted: outcome.fitted,
-        results_csv: results.path().to_path_buf(),
-        table,
-        table_path,
-        report,
+        results_csv: results.path(),
+        table: written.table,
+        table_path: written.table_path,
+        report: written.report,
         backbone,
         seconds,
     })
 }
 
-/// The run's table (`results.md`), as its protocol reports it.
-fn table(
+/// Where a run's rows go: the folder's `results.csv`, or a shard's own file.
+enum Results {
+    Whole(ResultsFile),
+    Shard(ShardSink),
+}
+
+impl Results {
+    fn path(&self) -> PathBuf {
+        match self {
+            Results::Whole(f) => f.path().to_path_buf(),
+            Results::Shard(s) => s.path(),
+        }
+    }
+}
+
+impl RowSink for Results {
+    fn find(&self, key: &RowKey) -> Option<&ResultRow> {
+        match self {
+            Results::Whole(f) => f.find(key),
+            Results::Shard(s) => s.find(key),
+        }
+    }
+
+    fn push(&mut self, row: ResultRow) -> Result<(), ExperimentError> {
+        match self {
+            Results::Whole(f) => f.push(row),
+            Results::Shard(s) => s.push(row),
+        }
+    }
+}
+
+/// The table and report a run wrote.
+struct Written {
+    table: String,
+    table_path: PathBuf,
+    report: Option<ReportFiles>,
+}
+
+/// Writes the run's table (`results.md`) and the folder's report, over every row in it
+/// (earlier runs and sweeps too). A shard writes its table as `results.shard-I-of-N.md` and
+/// no report: shards sharing a folder never write the same file.
+fn write_tables(
+    spec: &RunSpec,
+    results: &Results,
+    rows: &[ResultRow],
+    published: Published,
+    backbone: &Option<String>,
+) -> Result<Written, RunError> {
+    let (file, all) = match results {
+        Results::Whole(f) => (f, f.rows()),
+        Results::Shard(s) => {
+            let table = table(spec.protocol, None, rows, &published, backbone);
+            let name = shard::results_name(s.shard()).replace(".csv", ".md");
+            let table_path = spec.out.join(name);
+            crate::fsutil::write_atomic(&table_path, table.as_bytes())?;
+            let report = None;
+            return Ok(Written {
+                table,
+                table_path,
+                report,
+            });
+        }
+    };
+    let table = table(spec.protocol, Some(file), rows, &published, backbone);
+    let table_path = spec.out.join("results.md");
+    crate::fsutil::write_atomic(&table_path, table.as_bytes())?;
+    let options = ReportOptions {
+        published,
+        backbone: backbone.clone(),
+        ..ReportOptions::default()
+    };
+    let report = Some(write_report(&spec.out, all, &options)?);
+    Ok(Written {
+        table,
+        table_path,
+        report,
+    })
+}
+
+/// The estimated cost of every cell of the run (a transfer protocol: of every fit), in grid
+/// order, from the headers of the draws' files: the method's weight × the draw's cost (a
+/// transfer fit adds the cost of scoring each target once).
+pub fn cell_costs(spec: &RunSpec, kinds: &[MethodKind]) -> Result<Vec<u64>, RunError> {
+    let weights: Vec<u64> = kinds
+        .iter()
+        .map(|k| shard::method_weight(k.card()))
+        .collect();
+    let size = |dataset: &str, k: usize, seed: u64| -> Result<u64, RunError> {
+        let q = CacheQuery {
+            model: spec.model.clone(),
+            ..CacheQuery::new(&spec.cache, dataset, Shots::K(k), seed)
+        };
+        let size = draw_size(&q).map_err(|source| RunError::LoadTask {
+            dataset: dataset.to_string(),
+            shots: Shots::K(k),
+            seed,
+            source: Box::new(source),
+        })?;
+        Ok(shard::draw_cost(&size))
+    };
+    let mut costs = Vec::new();
+    let cost =
+        |w: &u64, trained: u64, tested: u64| w.saturating_mul(trained).saturating_add(tested);
+    if let (true, Some(source)) = (spec.protocol.transfers(), &spec.source) {
+        for (&k, &seed) in spec
+            .shots
+            .iter()
+            .flat_map(|k| spec.seeds.iter().map(move |s| (k, s)))
+        {
+            let trained = size(source, k, seed)?;
+            let mut tested = 0u64;
+            for d in &spec.datasets {
+                tested = tested.saturating_add(size(d, k, seed)?);
+            }
+            costs.extend(weights.iter().map(|w| cost(w, trained, tested)));
+        }
+        return Ok(costs);
+    }
+    for d in &spec.datasets {
+        for &k in &spec.shots {
+            for &seed in &spec.seeds {
+                let trained = size(d, k, seed)?;
+                costs.extend(weights.iter().map(|w| cost(w, trained, 0)));
+            }
+        }
+    }
+    Ok(costs)
+}
+
+/// Shard `s`'s cells of the run (by grid position), with its manifest written first.
+fn plan_shard(
+    spec: &RunSpec,
+    kinds: &[MethodKind],
+    methods: &[GridMethod],
+    s: Shard,
+) -> Result<Vec<bool>, RunError> {
+    let costs = cell_costs(spec, kinds)?;
+    let mine = shard::share(&costs, s);
+    let manifest = ShardManifest {
+        index: s.index,
+        count: s.count,
+        protocol: spec.protocol,
+        validation: spec.validation,
+        methods: methods.to_vec(),
+        datasets: spec.datasets.clone(),
+        source: spec.source.clone().filter(|_| spec.protocol.transfers()),
+        shots: spec.shots.clone(),
+        seeds: spec.seeds.clone(),
+        costs,
+        cells: (mine.iter().enumerate())
+            .filter_map(|(c, &m)| m.then_some(c))
+            .collect(),
+    };
+    manifest.write(&spec.out.join(shard::manifest_name(s)))?;
+    Ok(mine)
+}
+
+/// The run's table (`results.md`), as its protocol reports it; a few-shot table shows the
+/// rows of `results` that are the same runs under the other validation protocol too.
+pub fn table(
     protocol: Protocol,
-    results: &ResultsFile,
+    results: Option<&ResultsFile>,
     rows: &[ResultRow],
     published: &Published,
     backbone: &Option<String>,
 ) -> String {
     match protocol {
-        Protocol::FewShot => Summary::new(&results.with_other_protocol(rows))
-            .markdown(published, backbone.as_deref()),
+        Protocol::FewShot => {
+            let rows = results.map_or_else(|| rows.to_vec(), |r| r.with_other_protocol(rows));
+            Summary::new(&rows).markdown(published, backbone.as_deref())
+        }
         Protocol::BaseToNew => crate::experiment::base_to_new::markdown(rows),
         Protocol::CrossDataset | Protocol::Domain => crate::experiment::transfer::markdown(rows),
     }

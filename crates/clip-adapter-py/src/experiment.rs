@@ -1,5 +1,5 @@
 //! The experiment: `run` (methods × datasets × shots × seeds on cached features), `sweep` (the
-//! paper's ablations), `report` (a results folder's tables and figures), `read_results`. Each
+//! paper's ablations), `merge_results` (a grid's shards joined), `report` (a results folder's tables and figures), `read_results`. Each
 //! returns the rows as dicts with the columns of results.csv; the Python package wraps them
 //! into `Results`.
 
@@ -9,6 +9,7 @@ use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::demo::{task_names, DemoEvent, DemoOptions};
 use clip_adapter::experiment::sweep::SweepParam;
 use clip_adapter::experiment::{Published, ResultRow};
+use clip_adapter::features::Shard;
 use clip_adapter::report::{read_results as read_rows, Report, ReportOptions};
 use clip_adapter::runner::{self, published_for_rows, RunSpec, SweepSpec};
 use pyo3::prelude::*;
@@ -66,8 +67,8 @@ fn validation(name: &str) -> PyResult<clip_adapter::experiment::Validation> {
 #[pyo3(signature = (
     methods, datasets, *, shots = vec![1, 2, 4, 8, 16], seeds = vec![1, 2, 3],
     cache = PathBuf::from("clip-adapter-cache"), out = PathBuf::from("results"), model = None,
-    reported = None, validation = "val", protocol = "few-shot", source = None, progress = None,
-    **options
+    reported = None, validation = "val", protocol = "few-shot", source = None, shard = None,
+    progress = None, **options
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn run<'py>(
@@ -83,12 +84,17 @@ pub fn run<'py>(
     validation: &str,
     protocol: &str,
     source: Option<String>,
+    shard: Option<String>,
     progress: Option<&Bound<'py, PyAny>>,
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     if shots.contains(&0) {
         return Err(input("shots: every shot count must be at least 1"));
     }
+    let shard = (shard.as_deref())
+        .map(str::parse::<Shard>)
+        .transpose()
+        .or_raise(Kind::Input)?;
     let spec = RunSpec {
         cache,
         out,
@@ -105,6 +111,7 @@ pub fn run<'py>(
         model,
         reported,
         hub: HubOptions::from_env(),
+        shard,
     };
     let mut p = Progress::new(py, progress)?;
     let outcome = py.detach(|| runner::run(&spec, &mut p));
@@ -115,8 +122,46 @@ pub fn run<'py>(
     d.set_item("fitted", o.fitted)?;
     d.set_item("results_csv", &o.results_csv)?;
     d.set_item("table", &o.table)?;
-    files_dict(&d, &o.report)?;
+    match &o.report {
+        Some(report) => files_dict(&d, report)?,
+        // A shard writes no report.
+        None => {
+            d.set_item("report", py.None())?;
+            d.set_item("figures", PyList::empty(py))?;
+        }
+    }
     d.set_item("seconds", o.seconds)?;
+    Ok(d)
+}
+
+/// Joins the results of a grid's shards (`run(..., shard="i/n", out=folder)`) into
+/// `folder`/results.csv, in the order one run writes (`clip-adapter merge --results`),
+/// refusing unfinished shards and rows that disagree; then results.md and the folder's report.
+/// Returns `{"rows", "added", "shards", "results_csv", "table", "report", "figures"}`.
+#[pyfunction]
+#[pyo3(signature = (folder, *, reported = None, progress = None))]
+pub fn merge_results<'py>(
+    py: Python<'py>,
+    folder: PathBuf,
+    reported: Option<PathBuf>,
+    progress: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let spec = runner::JoinSpec {
+        dir: folder,
+        reported,
+        hub: HubOptions::from_env(),
+    };
+    let mut p = Progress::new(py, progress)?;
+    let outcome = py.detach(|| runner::join_shards(&spec, &mut p));
+    p.finish(py)?;
+    let o = outcome.or_raise(Kind::Input)?;
+    let d = PyDict::new(py);
+    d.set_item("rows", rows_list(py, &o.rows)?)?;
+    d.set_item("added", o.added)?;
+    d.set_item("shards", o.shards)?;
+    d.set_item("results_csv", &o.results_csv)?;
+    d.set_item("table", &o.table)?;
+    files_dict(&d, &o.report)?;
     Ok(d)
 }
 

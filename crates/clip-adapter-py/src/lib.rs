@@ -62,6 +62,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(methods::method_options, m)?)?;
     m.add("METHOD_OPTIONS", methods::option_names())?;
     m.add_function(wrap_pyfunction!(experiment::run, m)?)?;
+    m.add_function(wrap_pyfunction!(experiment::merge_results, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::sweep, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::report, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::read_results, m)?)?;

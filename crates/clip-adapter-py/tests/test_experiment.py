@@ -86,6 +86,32 @@ def test_grid_errors(workdir):
         ca.run(["zero-shot"], [DATASET], protocol="base2new", cache=workdir / "cache")
 
 
+def test_shards_joined_give_the_single_runs_rows(workdir, cli):
+    methods = ["zero-shot", "tip-adapter", "clip-adapter"]
+    cli("run", "--methods", ",".join(methods), "--datasets", DATASET, "--shots", 2,
+        "--seeds", "1,2", "--cache", "cache", "--out", "shard-whole", "--epochs", 2,
+        cwd=workdir)
+    out = workdir / "py-shards"
+    fitted = 0
+    for i in range(2):
+        res = ca.run(methods, [DATASET], shots=[2], seeds=[1, 2], cache=workdir / "cache",
+                     out=out, shard=f"{i}/2", epochs=2, progress=False)
+        assert res.report is None and res.results_csv.name == f"results.shard-{i}-of-2.csv"
+        fitted += res.fitted
+    assert fitted == len(methods) * 2
+    joined = ca.merge_results(out, progress=False)
+    assert joined.extra == {"added": fitted, "shards": 2}
+    want = strip_seconds(csv_rows(workdir / "shard-whole" / "results.csv"))
+    assert strip_seconds(csv_rows(joined.results_csv)) == want
+    assert joined.report is not None and joined.report.exists()
+    for bad in ["0/0", "3/2", "garbage"]:
+        with pytest.raises(ca.InputError, match="expected i/n"):
+            ca.run(methods, [DATASET], cache=workdir / "cache", out=out, shard=bad,
+                   progress=False)
+    with pytest.raises(ca.InputError, match="no shard results"):
+        ca.merge_results(workdir / "shard-whole", progress=False)
+
+
 def test_the_demo_gives_the_command_lines_rows(tmp_path, cli):
     cli("demo", "--out", tmp_path / "cli-demo", "--tasks", "colours", "--shots", 1,
         "--seeds", 1)

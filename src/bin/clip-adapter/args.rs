@@ -69,9 +69,12 @@ pub enum Command {
     ///
     /// Example: clip-adapter extract --model openai/clip-vit-base-patch32 --dataset eurosat --root $DATA --shots 16 --seed 1
     Extract(crate::data::ExtractArgs),
-    /// Join the shard files of `extract --shard i/n` runs into complete feature files.
+    /// Join the shard files of `extract --shard i/n` runs into complete feature files, or with
+    /// --results DIR the results of `run --shard i/n --out DIR` into DIR/results.csv.
     ///
     /// Example: clip-adapter merge --cache clip-adapter-cache
+    ///
+    /// Example: clip-adapter merge --results results
     Merge(crate::data::MergeArgs),
     /// Write image features computed elsewhere (numpy, safetensors, PyTorch), with their labels
     /// and the class names' text features (or a model to encode them), into the cache, checked

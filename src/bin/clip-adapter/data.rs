@@ -286,6 +286,16 @@ pub struct MergeArgs {
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
     pub cache: PathBuf,
 
+    /// Join the results of `run --shard I/N --out DIR` instead: DIR's results.shard-I-of-N.csv
+    /// files into DIR/results.csv, in the order one run writes, refusing unfinished shards and
+    /// rows that disagree; then results.md and the folder's report, as `run` writes them.
+    #[arg(long, value_name = "DIR", conflicts_with = "cache")]
+    pub results: Option<PathBuf>,
+
+    /// With --results: published numbers (CSV) to print beside ours, as `run --reported`.
+    #[arg(long, value_name = "CSV", requires = "results")]
+    pub reported: Option<PathBuf>,
+
     /// Print `[{"path", "shards", "rows"}]`.
     #[arg(long)]
     pub json: bool,
@@ -476,7 +486,10 @@ fn print_extracted(outcome: &ExtractOutcome, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn merge_cmd(a: MergeArgs) -> Result<()> {
+pub fn merge_cmd(a: MergeArgs, progress: &Progress) -> Result<()> {
+    if let Some(dir) = a.results {
+        return merge_results(dir, a.reported, a.json, progress);
+    }
     let merged = merge(&a.cache)?;
     if merged.is_empty() {
         bail!(
@@ -495,5 +508,36 @@ pub fn merge_cmd(a: MergeArgs) -> Result<()> {
             m.shards
         );
     }
+    Ok(())
+}
+
+/// `merge --results DIR`: prints the table, or `{"results_csv", "rows", "added", "shards",
+/// "table", "report", "figures"}` with --json.
+fn merge_results(
+    dir: PathBuf,
+    reported: Option<PathBuf>,
+    json: bool,
+    progress: &Progress,
+) -> Result<()> {
+    let spec = clip_adapter::runner::JoinSpec {
+        dir,
+        reported,
+        hub: clip_adapter::clip::hub::HubOptions::from_env(),
+    };
+    let mut observer = crate::output::Observer::new(progress);
+    let outcome = clip_adapter::runner::join_shards(&spec, &mut observer);
+    observer.finish();
+    let o = outcome?;
+    if json {
+        let doc = serde_json::json!({"results_csv": o.results_csv, "rows": o.rows.len(),
+            "added": o.added, "shards": o.shards, "table": o.table_path,
+            "report": o.report.report, "figures": o.report.figures});
+        outln!("{doc}");
+        return Ok(());
+    }
+    outln!("{}", o.table.trim_end());
+    crate::output::print_written(&o.report);
+    let (added, shards, csv) = (o.added, o.shards, o.results_csv.display());
+    eprintln!("joined {shards} shards: {added} rows added to {csv}");
     Ok(())
 }

@@ -80,7 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Datasets(a) => data::datasets(a, &progress),
         Command::Fewshot(a) => data::fewshot(a),
         Command::Extract(a) => data::extract(a, &progress),
-        Command::Merge(a) => data::merge_cmd(a),
+        Command::Merge(a) => data::merge_cmd(a, &progress),
         Command::Import(a) => import::run(a, &progress),
         Command::Fit(a) => methods::fit(a, &progress),
         Command::Run(a) => methods::run(a, &progress),

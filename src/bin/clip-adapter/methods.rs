@@ -10,6 +10,7 @@ use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::encode::display_paths;
 use clip_adapter::experiment::{MethodOverrides, Validation};
 use clip_adapter::features::task::Shots;
+use clip_adapter::features::Shard;
 use clip_adapter::methods::{MethodKind, OptionSpec, OptionValue, OPTIONS};
 use clip_adapter::runner::{self, FitSpec, PredictSpec, RunSpec};
 
@@ -234,6 +235,12 @@ pub struct RunArgs {
     /// are then the ones tested.
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
+    /// Run only shard I of N (0 <= I < N), e.g. one task of a Slurm job array: a share of the
+    /// grid's cells balanced by their estimated cost, the same on every machine. Writes
+    /// results.shard-I-of-N.csv, .json (the grid and the share) and .md in --out, and no
+    /// report; join the shards with `clip-adapter merge --results DIR`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
     #[command(flatten)]
     pub options: MethodArgs,
 }
@@ -253,6 +260,7 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
         model: a.cache.model,
         reported: a.reported,
         hub: HubOptions::from_env(),
+        shard: a.shard,
     };
     let cells = spec.kinds().len() * spec.datasets.len() * spec.shots.len() * spec.seeds.len();
     let mut observer = Observer::grid(progress, "grid", cells, true);
@@ -260,7 +268,9 @@ pub fn run(a: RunArgs, progress: &Progress) -> Result<()> {
     observer.finish();
     let outcome = outcome?;
     outln!("{}", outcome.table.trim_end());
-    print_written(&outcome.report);
+    if let Some(report) = &outcome.report {
+        print_written(report);
+    }
     let (seconds, fitted, csv) = (
         outcome.seconds,
         outcome.fitted,

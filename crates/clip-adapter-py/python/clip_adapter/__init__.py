@@ -75,6 +75,7 @@ __all__ = [
     "fit_cached",
     "load_cached_task",
     "merge",
+    "merge_results",
     "method_options",
     "methods",
     "pretrain",
@@ -105,7 +106,8 @@ class Results:
     results.csv) and the files written."""
 
     rows: List[Dict[str, Any]]
-    report: Path
+    #: The folder's report.md (``None`` for a shard, which writes no report).
+    report: Optional[Path]
     figures: List[Path]
     results_csv: Optional[Path] = None
     #: The tables of the run or sweep (also in results.md / sweep-<option>.md).
@@ -123,12 +125,13 @@ class Results:
     def _from(cls, d: Dict[str, Any]) -> "Results":
         return cls(
             rows=list(d["rows"]),
-            report=Path(d["report"]),
+            report=Path(d["report"]) if d.get("report") is not None else None,
             figures=[Path(f) for f in d["figures"]],
             results_csv=Path(d["results_csv"]) if d.get("results_csv") else None,
             table=d.get("table"),
             fitted=d.get("fitted"),
             seconds=d.get("seconds"),
+            extra={k: d[k] for k in ("added", "shards") if k in d},
         )
 
 
@@ -145,6 +148,7 @@ def run(
     validation: str = "val",
     protocol: str = "few-shot",
     source: Optional[str] = None,
+    shard: Optional[str] = None,
     progress: Any = None,
     **options: Any,
 ) -> Results:
@@ -156,13 +160,29 @@ def run(
     halves (rows' ``test_accuracy`` is then the base classes', ``new_accuracy`` the new ones').
     ``protocol="cross-dataset"`` or ``"domain"`` trains on ``source`` and tests the same head
     on each of ``datasets`` (rows name the source in ``source_dataset``).
+    ``shard="i/n"`` fits only shard i's cost-balanced share of the grid (the same on every
+    machine) into ``out``/results.shard-i-of-n.csv, with no report (``report`` is ``None``);
+    ``merge_results(out)`` then joins the shards.
     """
     return Results._from(
         _native.run(list(methods), list(datasets), shots=list(shots), seeds=list(seeds),
                     cache=cache, out=out, model=model, reported=reported,
-                    validation=validation, protocol=protocol, source=source,
+                    validation=validation, protocol=protocol, source=source, shard=shard,
                     progress=progress,
                     **options)
+    )
+
+
+def merge_results(
+    folder: PathLike, *, reported: Optional[PathLike] = None, progress: Any = None
+) -> Results:
+    """Joins the results of a grid's shards (``run(..., shard="i/n", out=folder)``) into
+    ``folder``/results.csv, row for row what one run writes (``clip-adapter merge --results``);
+    refuses, writing nothing, while a shard is unfinished or when two shards' rows of one fit
+    disagree. Then writes results.md and the folder's report. ``extra`` holds ``added`` (rows
+    added) and ``shards``."""
+    return Results._from(
+        _native.merge_results(folder, reported=reported, progress=progress)
     )
 
 

@@ -433,8 +433,15 @@ def run(
     validation: str = "val",
     protocol: str = "few-shot",
     source: Optional[str] = None,
+    shard: Optional[str] = None,
     progress: ProgressArg = None,
     **options: Any,
+) -> Dict[str, Any]: ...
+def merge_results(
+    folder: PathLike,
+    *,
+    reported: Optional[PathLike] = None,
+    progress: ProgressArg = None,
 ) -> Dict[str, Any]: ...
 def sweep(
     over: str,
