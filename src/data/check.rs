@@ -114,8 +114,14 @@ impl CheckReport {
             sizes.join(", ")
         )];
         let (part, count) = match self.test_only {
-            true => ("test", (|c: &ClassCount| c.test) as fn(&ClassCount) -> usize),
-            false => ("train", (|c: &ClassCount| c.train) as fn(&ClassCount) -> usize),
+            true => (
+                "test",
+                (|c: &ClassCount| c.test) as fn(&ClassCount) -> usize,
+            ),
+            false => (
+                "train",
+                (|c: &ClassCount| c.train) as fn(&ClassCount) -> usize,
+            ),
         };
         let counts = || self.per_class.iter().map(count);
         if let (Some(min), Some(max)) = (counts().min(), counts().max()) {
