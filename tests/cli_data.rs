@@ -4,10 +4,23 @@ use crate::common::{assert_fails_with as fails_with, clip_adapter, fixture, stdo
 use crate::features::image_folder;
 
 #[test]
-fn datasets_lists_the_eleven_benchmarks() {
+fn datasets_lists_the_eleven_benchmarks_and_the_imagenet_variants() {
     let doc = json(&clip_adapter(&["datasets", "--json"]));
     let rows = doc.as_array().unwrap();
-    assert_eq!(rows.len(), 11);
+    assert_eq!(rows.len(), 15);
+    let test_only: Vec<&str> = (rows.iter())
+        .filter(|r| r["test_only"] == true)
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        test_only,
+        ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+    );
+    let a = rows.iter().find(|r| r["key"] == "imagenet_a").unwrap();
+    assert_eq!(
+        (a["classes"].as_u64(), a["test"].as_u64()),
+        (Some(200), Some(7500))
+    );
     let eurosat = rows.iter().find(|r| r["key"] == "eurosat").unwrap();
     assert_eq!(eurosat["classes"], 10);
     assert_eq!(eurosat["templates"][0], "a centered satellite photo of {}.");

@@ -16,6 +16,7 @@ mod experiment;
 mod features;
 mod few_shot;
 mod fuzz_regressions;
+mod imagenet_variants;
 mod import;
 mod input_limits;
 mod methods;

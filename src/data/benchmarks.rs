@@ -3,11 +3,14 @@
 //! `split_zhou_<Name>.json`, except ImageNet (`classnames.txt` + `images/{train,val}/<wnid>/`,
 //! val used as the test set) and FGVC-Aircraft (`variants.txt` + `images_variant_*.txt`).
 //! Class names and prompt templates ship with the tool (`assets/datasets/`).
+//!
+//! Besides them, [`IMAGENET_VARIANTS`]: the test-only targets of domain generalisation
+//! (ImageNet-V2, -Sketch, -A, -R), read by `imagenet_variants.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use super::{split_file, DataError, Dataset, Parts, Sample};
+use super::{imagenet_variants, split_file, DataError, Dataset, Parts, Sample};
 
 /// How a benchmark's split is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +21,12 @@ pub enum Layout {
     ImageNet,
     /// `variants.txt` + `images_variant_{train,val,test}.txt` (`<image id> <variant>` lines).
     Fgvc,
+    /// Test only: `<image dir>/<class index 0..999>/*` (ImageNet-V2).
+    ImageNetV2,
+    /// Test only: `<image dir>/<wnid>/*`, ImageNet's classes (ImageNet-Sketch).
+    ImageNetSketch,
+    /// Test only: `<image dir>/<wnid>/*`, 200 of ImageNet's classes (ImageNet-A, -R).
+    ImageNetSubset,
 }
 
 /// One benchmark and where CoOp expects it.
@@ -32,7 +41,8 @@ pub struct Benchmark {
     /// The image folder inside it that split paths are relative to (`""`: the folder itself).
     pub image_dir: &'static str,
     pub layout: Layout,
-    /// CoOp's published split sizes (train, val, test), to check a split file against.
+    /// CoOp's published split sizes (train, val, test), to check a split file against; a
+    /// test-only dataset has (0, 0, test).
     pub published: (usize, usize, usize),
 }
 
@@ -128,8 +138,60 @@ pub const BENCHMARKS: [Benchmark; 11] = [
     ),
 ];
 
+/// The ImageNet variants of the domain-generalisation protocol (CoOp's and CoCoOp's domain
+/// table): test sets only, of ImageNet's classes. Folders and names are CoOp's
+/// (`datasets/imagenetv2.py`, `imagenet_sketch.py`, `imagenet_a.py`, `imagenet_r.py`); test
+/// sizes as published (ImageNet-V2 matched-frequency, ImageNet-Sketch, ImageNet-A, ImageNet-R).
+pub const IMAGENET_VARIANTS: [Benchmark; 4] = [
+    bench!(
+        "ImageNetV2",
+        "imagenet_v2",
+        "imagenetv2",
+        "imagenetv2-matched-frequency-format-val",
+        ImageNetV2,
+        0,
+        0,
+        10_000
+    ),
+    bench!(
+        "ImageNetSketch",
+        "imagenet_sketch",
+        "imagenet-sketch",
+        "images",
+        ImageNetSketch,
+        0,
+        0,
+        50_889
+    ),
+    bench!(
+        "ImageNetA",
+        "imagenet_a",
+        "imagenet-adversarial",
+        "imagenet-a",
+        ImageNetSubset,
+        0,
+        0,
+        7500
+    ),
+    bench!(
+        "ImageNetR",
+        "imagenet_r",
+        "imagenet-rendition",
+        "imagenet-r",
+        ImageNetSubset,
+        0,
+        0,
+        30_000
+    ),
+];
+
+/// Every dataset read in CoOp's layout: the 11 benchmarks, then the ImageNet variants.
+pub fn all_benchmarks() -> impl Iterator<Item = &'static Benchmark> {
+    BENCHMARKS.iter().chain(IMAGENET_VARIANTS.iter())
+}
+
 const TEMPLATES_JSON: &str = include_str!("../../assets/datasets/templates.json");
-const IMAGENET_CLASSNAMES: &str = include_str!("../../assets/datasets/imagenet_classnames.txt");
+use super::imagenet_variants::IMAGENET_CLASSNAMES;
 
 /// Shipped class-name lists, one name per line, by Dassl name.
 const CLASSNAMES: [(&str, &str); 10] = [
@@ -233,26 +295,43 @@ impl Benchmark {
     pub fn find(name: &str) -> Result<&'static Benchmark, DataError> {
         let norm = |s: &str| s.to_lowercase().replace(['-', '_'], "");
         let wanted = norm(name);
-        BENCHMARKS
-            .iter()
+        all_benchmarks()
             .find(|b| [b.name, b.key, b.folder].iter().any(|n| norm(n) == wanted))
             .ok_or_else(|| DataError::UnknownDataset {
                 name: name.to_string(),
-                known: BENCHMARKS
-                    .iter()
+                known: all_benchmarks()
                     .map(|b| b.key)
                     .collect::<Vec<_>>()
                     .join(", "),
             })
     }
 
-    /// The shipped class names in label order.
+    /// Whether the dataset is a test set only (the ImageNet variants): no training images,
+    /// so it is a domain-generalisation target, never a source.
+    pub fn test_only(&self) -> bool {
+        matches!(
+            self.layout,
+            Layout::ImageNetV2 | Layout::ImageNetSketch | Layout::ImageNetSubset
+        )
+    }
+
+    /// The shipped class names in label order (for ImageNet-A and -R: their 200 classes in
+    /// wnid order, the labels when every class folder is there).
     pub fn classnames(&self) -> Vec<String> {
-        if self.layout == Layout::ImageNet {
-            return IMAGENET_CLASSNAMES
-                .lines()
-                .filter_map(|l| l.split_once(' ').map(|(_, name)| name.trim().to_string()))
-                .collect();
+        match self.layout {
+            Layout::ImageNet | Layout::ImageNetV2 | Layout::ImageNetSketch => {
+                return imagenet_variants::imagenet_classes()
+                    .into_iter()
+                    .map(|(_, name)| name)
+                    .collect();
+            }
+            Layout::ImageNetSubset => {
+                let names = imagenet_variants::imagenet_classes();
+                return (imagenet_variants::subset_classes(self.key).into_iter())
+                    .filter_map(|(_, i)| names.get(i).map(|(_, n)| n.clone()))
+                    .collect();
+            }
+            Layout::SplitJson | Layout::Fgvc => {}
         }
         CLASSNAMES
             .iter()
@@ -290,10 +369,12 @@ impl Benchmark {
     }
 
     /// Reads the benchmark under `root` (`$DATA` or the dataset folder). `split` replaces the
-    /// split file CoOp would read. Class names must equal the shipped ones.
+    /// split file CoOp would read. Class names must equal the shipped ones, except for the
+    /// ImageNet variants' (the classes whose folders are there).
     pub fn load(&self, root: &Path, split: Option<&Path>) -> Result<Dataset, DataError> {
         let dir = self.dataset_dir(root);
         let image_root = dir.join(self.image_dir);
+        let mut classnames = self.classnames();
         let (train, val, test) = match (self.layout, split) {
             (Layout::SplitJson, _) | (_, Some(_)) => {
                 let path = match split {
@@ -306,10 +387,15 @@ impl Benchmark {
             }
             (Layout::Fgvc, None) => self.read_fgvc(&dir)?,
             (Layout::ImageNet, None) => self.read_imagenet(&dir, &image_root)?,
+            (Layout::ImageNetV2 | Layout::ImageNetSketch | Layout::ImageNetSubset, None) => {
+                let (names, test) = imagenet_variants::read_variant(self, &dir, &image_root)?;
+                classnames = names;
+                (Vec::new(), Vec::new(), test)
+            }
         };
         Ok(Dataset {
             name: self.key.to_string(),
-            classnames: self.classnames(),
+            classnames,
             image_root,
             train,
             val,
@@ -448,7 +534,7 @@ mod tests {
 
     #[test]
     fn every_benchmark_has_names_and_a_template() {
-        for b in &BENCHMARKS {
+        for b in all_benchmarks() {
             let names = b.classnames();
             assert!(!names.is_empty(), "{}", b.name);
             assert_eq!(b.templates(TemplateSet::Custom).len(), 1, "{}", b.name);
@@ -482,5 +568,21 @@ mod tests {
             100
         );
         assert!(Benchmark::find("mnist").is_err());
+        for (name, key, classes) in [
+            ("imagenetv2", "imagenet_v2", 1000),
+            ("ImageNet-Sketch", "imagenet_sketch", 1000),
+            ("imagenet-adversarial", "imagenet_a", 200),
+            ("ImageNetR", "imagenet_r", 200),
+        ] {
+            let b = Benchmark::find(name).unwrap();
+            assert_eq!((b.key, b.classnames().len()), (key, classes));
+            assert!(b.test_only() && b.published.0 == 0 && b.published.1 == 0);
+        }
+        assert!(!BENCHMARKS.iter().any(Benchmark::test_only));
+        // ImageNet-A's first class is ImageNet's 6th (0-based), the stingray.
+        assert_eq!(
+            Benchmark::find("imagenet_a").unwrap().classnames()[0],
+            Benchmark::find("imagenet").unwrap().classnames()[6]
+        );
     }
 }

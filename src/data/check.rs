@@ -60,6 +60,12 @@ pub struct CheckReport {
     pub classes: usize,
     pub image_root: std::path::PathBuf,
     pub splits: Vec<SplitCheck>,
+    /// A test set only (published train and val sizes 0: the ImageNet variants), whose
+    /// classes have no train images by design.
+    pub test_only: bool,
+    /// Class folders the dataset should hold and does not (the ImageNet variants': see
+    /// `imagenet_variants::missing_classes`); filled by the caller.
+    pub missing_classes: Vec<String>,
     /// Images per class and split, in label order.
     pub per_class: Vec<ClassCount>,
     /// Whether every image on disk was decoded ([`decode_all`]); `unreadable` is empty
@@ -79,12 +85,16 @@ impl CheckReport {
 
     /// Classes without a training image: no method can learn them.
     pub fn classes_without_train(&self) -> Vec<&ClassCount> {
+        if self.test_only {
+            return Vec::new();
+        }
         self.per_class.iter().filter(|c| c.train == 0).collect()
     }
 
     /// Missing files, unreadable files and classes without training images.
     pub fn problems(&self) -> usize {
         self.missing()
+            + self.missing_classes.len()
             + self.unreadable.len()
             + self.classes_without_train().len()
             + self.count_mismatches().len()
@@ -103,9 +113,26 @@ impl CheckReport {
             self.classes,
             sizes.join(", ")
         )];
-        let train = || self.per_class.iter().map(|c| c.train);
-        if let (Some(min), Some(max)) = (train().min(), train().max()) {
-            out.push(format!("  train images per class: {min} to {max}"));
+        let (part, count) = match self.test_only {
+            true => (
+                "test",
+                (|c: &ClassCount| c.test) as fn(&ClassCount) -> usize,
+            ),
+            false => (
+                "train",
+                (|c: &ClassCount| c.train) as fn(&ClassCount) -> usize,
+            ),
+        };
+        let counts = || self.per_class.iter().map(count);
+        if let (Some(min), Some(max)) = (counts().min(), counts().max()) {
+            out.push(format!("  {part} images per class: {min} to {max}"));
+        }
+        if !self.missing_classes.is_empty() {
+            let few = first_few(&self.missing_classes, shown, more);
+            out.push(format!(
+                "  {} class folder(s) missing: {few}",
+                self.missing_classes.len()
+            ));
         }
         let empty: Vec<String> = (self.classes_without_train().iter())
             .map(|c| format!("{} `{}`", c.label, super::display_name(&c.name)))
@@ -239,6 +266,8 @@ pub fn check(dataset: &Dataset, published: Option<(usize, usize, usize)>) -> Che
         classes: dataset.num_classes(),
         image_root: dataset.image_root.clone(),
         splits,
+        test_only: published.is_some_and(|(t, v, _)| t == 0 && v == 0),
+        missing_classes: Vec::new(),
         per_class,
         decoded: false,
         unreadable: Vec::new(),

@@ -4,6 +4,8 @@
 //! folder.rs       a folder per class, or a CSV/JSON manifest; seeded train/val/test split
 //! benchmarks.rs   the 11 CoOp benchmarks in their usual on-disk layout (split_zhou json,
 //!                 ImageNet's classnames.txt, FGVC's variant files) + shipped names and templates
+//! imagenet_variants.rs  ImageNet-V2, -Sketch, -A, -R: test-only targets of domain
+//!                 generalisation, with A's and R's 200 classes shipped
 //! split_file.rs   reading and validating CoOp's `split_zhou_*.json`
 //! few_shot.rs     K shots per class, drawn exactly as CoOp draws them
 //! python_random.rs  CPython's Mersenne Twister and `random.sample`, bit for bit
@@ -18,6 +20,7 @@ pub mod check;
 mod error;
 pub mod few_shot;
 pub mod folder;
+pub mod imagenet_variants;
 pub mod python_random;
 pub mod split_file;
 

@@ -451,9 +451,7 @@ fn extract_hint(q: &CacheQuery, known: &[Meta]) -> ExtractHint {
             sources.push(source);
         }
     }
-    let benchmark = crate::data::benchmarks::BENCHMARKS
-        .iter()
-        .any(|b| b.key == q.dataset);
+    let benchmark = crate::data::benchmarks::all_benchmarks().any(|b| b.key == q.dataset);
     let source = match (sources.as_slice(), benchmark) {
         ([one], _) => HintSource::Recorded((*one).clone()),
         (_, true) => HintSource::Benchmark,
@@ -488,6 +486,9 @@ struct Survey {
     sets: Vec<Candidate>,
     train_part: String,
     val_part: String,
+    /// Split identities with a training file of any draw: an extraction without one holds
+    /// a test set only (a test-only dataset, such as the ImageNet variants).
+    trained: BTreeSet<String>,
 }
 
 impl Survey {
@@ -522,6 +523,7 @@ fn survey(q: &CacheQuery) -> Result<Survey, FeatureError> {
                 sets: Vec::new(),
                 train_part,
                 val_part,
+                trained: BTreeSet::new(),
             };
             return Err(s.missing(Missing::Dataset(q.dataset.clone())));
         }
@@ -529,7 +531,13 @@ fn survey(q: &CacheQuery) -> Result<Survey, FeatureError> {
     };
     let mut known = Vec::new();
     let mut sets: Vec<Candidate> = Vec::new();
+    let mut trained = BTreeSet::new();
     for e in (all.into_iter()).filter(|e| e.part != "text" && e.part != "projection") {
+        if e.part == "train" || e.part.starts_with("train-") {
+            if let Ok(meta) = FeatureFile::read_meta(&e.path) {
+                trained.insert(meta.key.split);
+            }
+        }
         let wanted = e.part == train_part || e.part == val_part || e.part == "test";
         // Other draws' files only inform the hint: one of them unreadable does not matter here.
         let meta = match FeatureFile::read_meta(&e.path) {
@@ -551,6 +559,7 @@ fn survey(q: &CacheQuery) -> Result<Survey, FeatureError> {
         sets,
         train_part,
         val_part,
+        trained,
     })
 }
 
@@ -588,7 +597,10 @@ fn one_extraction<'a>(
     let train = s.train_part.as_str();
     let mut complete: Vec<(&str, Vec<&Candidate>)> = groups
         .iter()
-        .filter(|(_, g)| has_eval(g, train) && has_eval(g, "test"))
+        .filter(|(split, g)| {
+            let test_only = !s.trained.contains(**split);
+            (has_eval(g, train) || test_only) && has_eval(g, "test")
+        })
         .map(|(k, g)| (*k, g.clone()))
         .collect();
     match complete.len() {
@@ -615,7 +627,8 @@ fn one_extraction<'a>(
 
 /// The image files of one extraction, read.
 struct Sets {
-    train: FeatureFile,
+    /// `None` for a test-only extraction.
+    train: Option<FeatureFile>,
     val: Option<FeatureFile>,
     test: FeatureFile,
     views: Vec<FeatureFile>,
@@ -629,15 +642,18 @@ fn read_sets(q: &CacheQuery, s: &Survey, group: &[&Candidate]) -> Result<Sets, F
     };
     let read = |c: &Candidate| FeatureFile::read(&c.entry.path);
     let train_part = &s.train_part;
-    let train_c =
-        pick(train_part).ok_or_else(|| s.inconsistent(format!("no `{train_part}.eval` file")))?;
-    let train = read(train_c)?;
+    let test_only = group.iter().all(|c| !s.trained.contains(&c.meta.key.split));
+    let train = match (pick(train_part), test_only) {
+        (Some(c), _) => Some(read(c)?),
+        (None, true) => None,
+        (None, false) => return Err(s.inconsistent(format!("no `{train_part}.eval` file"))),
+    };
     let test = read(pick("test").ok_or_else(|| s.inconsistent("no `test.eval` file".into()))?)?;
     let val = pick(&s.val_part).map(|c| read(c)).transpose()?;
     let mut views = Vec::new();
     for c in view_files(q, s, group)? {
         let v = read(c)?;
-        if v.index != train.index {
+        if train.as_ref().is_none_or(|t| v.index != t.index) {
             return Err(s.inconsistent(format!(
                 "augmented view {} does not cover the same images as the evaluation view",
                 v.meta.key.view
@@ -767,11 +783,13 @@ fn read_pre_projection(
         Ok(Some(matrix(&f)))
     };
     let projection_file = projection_path(&q.cache, &q.dataset, fingerprint);
-    let (Some(train), Some(test), true) = (
-        read_twin(&sets.train)?,
-        read_twin(&sets.test)?,
-        projection_file.is_file(),
-    ) else {
+    let test = read_twin(&sets.test)?;
+    let train = match &sets.train {
+        Some(t) => read_twin(t)?,
+        // A test-only extraction: no training rows.
+        None => test.as_ref().map(|m| Matrix::zeros(0, m.cols)),
+    };
+    let (Some(train), Some(test), true) = (train, test, projection_file.is_file()) else {
         return Ok(None);
     };
     let val = match &sets.val {
@@ -859,7 +877,8 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), FeatureErr
     let (fingerprint, model_name) = one_model(&s)?;
     let (split, group) = one_extraction(q, &s)?;
     let sets = read_sets(q, &s, &group)?;
-    let t = read_text_for(&s, &fingerprint, &model_name, &sets.train.meta.classnames)?;
+    let classnames = &sets.train.as_ref().unwrap_or(&sets.test).meta.classnames;
+    let t = read_text_for(&s, &fingerprint, &model_name, classnames)?;
     let pre_projection = read_pre_projection(q, &s, &group, &sets, &fingerprint)?;
     let val = match &sets.val {
         Some(v) => LabelledSet {
@@ -868,7 +887,7 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), FeatureErr
         },
         // ImageNet has no validation split: searches keep their defaults.
         None => LabelledSet {
-            features: Matrix::zeros(0, sets.train.dim),
+            features: Matrix::zeros(0, sets.test.dim),
             labels: Vec::new(),
         },
     };
@@ -880,9 +899,15 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), FeatureErr
             data,
         }),
         classnames: t.classnames.clone(),
-        train: LabelledSet {
-            features: matrix(&sets.train),
-            labels: labels(&sets.train)?,
+        train: match &sets.train {
+            Some(train) => LabelledSet {
+                features: matrix(train),
+                labels: labels(train)?,
+            },
+            None => LabelledSet {
+                features: Matrix::zeros(0, sets.test.dim),
+                labels: Vec::new(),
+            },
         },
         train_views: sets.views.iter().map(matrix).collect(),
         val,
@@ -900,7 +925,11 @@ pub fn load_task(q: &CacheQuery) -> Result<(FewShotTask, TaskSource), FeatureErr
             logit_bias: t.logit_bias,
         },
     };
-    task.validate()?;
+    match sets.train {
+        Some(_) => task.validate()?,
+        // A test-only target: fitting it fails on its empty training set, testing works.
+        None => task.validate_sets()?,
+    }
     if let Some(p) = &task.pre_projection {
         p.validate(&task)?;
     }

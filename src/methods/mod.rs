@@ -169,15 +169,21 @@ impl FewShotTask {
     /// Checks that every matrix has the feature width, every label is a class, and rows and
     /// labels agree.
     pub fn validate(&self) -> Result<(), MethodError> {
+        if self.classes() > 0 && self.train.labels.is_empty() {
+            return Err(MethodError::Empty {
+                what: "the training set",
+            });
+        }
+        self.validate_sets()
+    }
+
+    /// [`FewShotTask::validate`] without requiring training images: what a test-only task (a
+    /// domain-generalisation target) must pass.
+    pub fn validate_sets(&self) -> Result<(), MethodError> {
         let (k, d) = (self.classes(), self.dim());
         if k == 0 {
             return Err(MethodError::Empty {
                 what: "the text classifier",
-            });
-        }
-        if self.train.labels.is_empty() {
-            return Err(MethodError::Empty {
-                what: "the training set",
             });
         }
         let sets = [

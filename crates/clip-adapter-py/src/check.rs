@@ -99,7 +99,7 @@ impl PyCheckReport {
     }
 
     /// The command line's `--json` report: `{"dataset", "classes", "image_root", "splits",
-    /// "per_class", "decoded", "unreadable"}`.
+    /// "test_only", "missing_classes", "per_class", "decoded", "unreadable"}`.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         to_python(py, &self.report)
     }

@@ -52,7 +52,7 @@ pub enum Command {
     ///
     /// Example: clip-adapter classify --model openai/clip-vit-base-patch32 --labels cat,dog photos/*.jpg
     Classify(ClassifyArgs),
-    /// List the 11 benchmarks, or check data before extracting: the benchmarks under --root
+    /// List the 11 benchmarks and the 4 test-only ImageNet variants, or check data before extracting: the benchmarks under --root
     /// against their published splits, or one --dataset, --folder, --manifest or --split
     /// (classes, images per class, missing files; --decode also decodes every image).
     ///

@@ -7,9 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use clip_adapter::clip::hub::HubOptions;
-use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
+use clip_adapter::data::benchmarks::{all_benchmarks, TemplateSet};
 use clip_adapter::data::check::{check, decode_all, CheckReport};
 use clip_adapter::data::folder::{COOP_TRAIN_FRACTION, COOP_VAL_FRACTION};
+use clip_adapter::data::imagenet_variants::missing_classes;
 use clip_adapter::data::{Benchmark, Dataset, FewShot, Split};
 use clip_adapter::features::extract::DEFAULT_CHUNK_BATCHES;
 use clip_adapter::features::job::ExtractOutcome;
@@ -25,7 +26,8 @@ use crate::shared::{crop_scale, dataset_name, fraction, positive};
 #[derive(Args)]
 pub struct SourceArgs {
     /// A benchmark (imagenet, caltech101, oxford_pets, stanford_cars, oxford_flowers, food101,
-    /// fgvc_aircraft, sun397, dtd, eurosat, ucf101) read from --root in CoOp's layout.
+    /// fgvc_aircraft, sun397, dtd, eurosat, ucf101) read from --root in CoOp's layout, or a
+    /// test-only ImageNet variant (imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["folder", "manifest"])]
     pub dataset: Option<String>,
 
@@ -157,7 +159,7 @@ impl SourceArgs {
 pub struct DatasetsArgs {
     /// What to check: --root DIR alone checks every benchmark found under CoOp's $DATA;
     /// --dataset NAME --root DIR one of them; --folder, --manifest or --split your own data.
-    /// Without any, the 11 benchmarks are listed.
+    /// Without any, the 11 benchmarks and the 4 ImageNet variants are listed.
     #[command(flatten)]
     pub source: SourceArgs,
 
@@ -304,12 +306,16 @@ pub struct MergeArgs {
 pub fn datasets(a: DatasetsArgs, progress: &Progress) -> Result<()> {
     if a.source.given() {
         let (dataset, bench) = a.source.load()?;
-        return print_checks(vec![check_one(&dataset, bench, &a, progress)], &a, 0);
+        let mut report = check_one(&dataset, bench, &a, progress);
+        if let (Some(b), Some(root), None) = (bench, &a.source.root, &a.source.split) {
+            report.missing_classes = missing_classes(b, root)?;
+        }
+        return print_checks(vec![report], &a, 0);
     }
     let Some(root) = &a.source.root else {
         return list_benchmarks(a.json);
     };
-    let benches: Vec<&Benchmark> = (BENCHMARKS.iter())
+    let benches: Vec<&Benchmark> = all_benchmarks()
         .filter(|b| root.join(b.folder).is_dir())
         .collect();
     if benches.is_empty() {
@@ -324,6 +330,7 @@ pub fn datasets(a: DatasetsArgs, progress: &Progress) -> Result<()> {
             Ok(d) => {
                 let mut report = check_one(&d, Some(b), &a, progress);
                 report.dataset = b.key.to_string();
+                report.missing_classes = missing_classes(b, root)?;
                 reports.push(report);
             }
             Err(e) => {
@@ -368,11 +375,12 @@ fn print_checks(reports: Vec<CheckReport>, a: &DatasetsArgs, unreadable: usize) 
 
 fn list_benchmarks(as_json: bool) -> Result<()> {
     if as_json {
-        let rows: Vec<_> = (BENCHMARKS.iter())
+        let rows: Vec<_> = all_benchmarks()
             .map(|b| {
                 let (train, val, test) = b.published;
                 json!({"key": b.key, "name": b.name, "folder": b.folder, "classes": b.classnames().len(),
-                       "train": train, "val": val, "test": test, "templates": b.templates(TemplateSet::Custom)})
+                       "train": train, "val": val, "test": test, "test_only": b.test_only(),
+                       "templates": b.templates(TemplateSet::Custom)})
             })
             .collect();
         outln!("{}", serde_json::Value::Array(rows));
@@ -388,7 +396,7 @@ fn list_benchmarks(as_json: bool) -> Result<()> {
         head.4,
         head.5
     );
-    for b in &BENCHMARKS {
+    for b in all_benchmarks() {
         let ((t, v, s), classes) = (b.published, b.classnames().len());
         let template = b.templates(TemplateSet::Custom).join(" | ");
         outln!(
@@ -397,6 +405,7 @@ fn list_benchmarks(as_json: bool) -> Result<()> {
             b.folder
         );
     }
+    outln!("(train and val 0: a test set only, a target of `run --protocol domain`)");
     Ok(())
 }
 
