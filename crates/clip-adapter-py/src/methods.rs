@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor, D};
 use clip_adapter::clip::hub::HubOptions;
+use clip_adapter::clip::ModelFiles;
 use clip_adapter::experiment::{
     fit_row, model_reference, ExperimentError, GridMethod, MethodOverrides, RowSource, RowSpec,
     Validation,
@@ -442,15 +443,7 @@ pub fn fit(
             .map(Box::new),
         ..task
     };
-    overrides.check(&[kind]).or_raise(Kind::Input)?;
-    overrides
-        .check_validation(validation)
-        .or_raise(Kind::Input)?;
-    let configured = overrides.method(kind, dataset, seed);
-    let grid_method = GridMethod {
-        label: kind.name().to_string(),
-        options: overrides.label(kind),
-    };
+    let (configured, grid_method) = configure(kind, &overrides, validation, dataset, seed)?;
     let source = RowSource {
         model: fingerprint.clone().unwrap_or_default(),
         model_name: model_name.clone(),
@@ -458,20 +451,7 @@ pub fn fit(
     };
     let mut p = Progress::new(py, progress)?;
     let fitted = py.detach(|| -> PyResult<_> {
-        let prompt = match (kind.card().needs, &files) {
-            (clip_adapter::methods::Needs::TextTower, Some(files)) => Some(
-                PromptModel::load(files, &model_reference(&model_name), &Device::Cpu)
-                    .or_raise(Kind::Model)?,
-            ),
-            (clip_adapter::methods::Needs::TextTower, None) => {
-                return Err(input(format!(
-                    "{} trains prompts through the model's text tower: pass model= (the Clip \
-                     that made the features) and classnames=",
-                    kind.name()
-                )))
-            }
-            _ => None,
-        };
+        let prompt = text_tower(kind, files.as_ref(), &model_name)?;
         let spec = RowSpec {
             method: &grid_method,
             dataset,
@@ -503,23 +483,14 @@ pub fn fit(
     let info = match &fit.prompt {
         Some(c) => c.info(),
         None => {
-            let mut options = chosen.clone();
-            options.insert("options".into(), configured.describe());
-            if !dataset.is_empty() {
-                options.insert("dataset".into(), dataset.to_string());
-            }
-            options.insert("seed".into(), seed.to_string());
-            HeadInfo {
-                model: match model_name.is_empty() {
-                    true => String::new(),
-                    false => model_reference(&model_name),
-                },
-                model_fingerprint: fingerprint,
-                classnames,
-                templates: Vec::new(),
-                method: kind.name().to_string(),
-                options: serde_json::to_string(&options).or_raise(Kind::Other)?,
-            }
+            let made = Made {
+                method: kind.name(),
+                options: configured.describe(),
+                dataset,
+                seed,
+                model_name: &model_name,
+            };
+            head_info(&made, &chosen, fingerprint, classnames)?
         }
     };
     Ok(PyHead {
@@ -531,6 +502,81 @@ pub fn fit(
         val_accuracy: Some(row.val_accuracy),
         test_accuracy: Some(row.test_accuracy),
         row: None,
+    })
+}
+
+/// The method with the user's options, checked, and the row label they give.
+fn configure(
+    kind: MethodKind,
+    overrides: &MethodOverrides,
+    validation: Validation,
+    dataset: &str,
+    seed: u64,
+) -> PyResult<(clip_adapter::methods::Method, GridMethod)> {
+    overrides.check(&[kind]).or_raise(Kind::Input)?;
+    overrides
+        .check_validation(validation)
+        .or_raise(Kind::Input)?;
+    let label = kind.name().to_string();
+    let options = overrides.label(kind);
+    Ok((
+        overrides.method(kind, dataset, seed),
+        GridMethod { label, options },
+    ))
+}
+
+/// The text tower a method trains through (CoOp), from the model given to `fit`.
+fn text_tower(
+    kind: MethodKind,
+    files: Option<&ModelFiles>,
+    model_name: &str,
+) -> PyResult<Option<PromptModel>> {
+    match (kind.card().needs, files) {
+        (clip_adapter::methods::Needs::TextTower, Some(files)) => Ok(Some(
+            PromptModel::load(files, &model_reference(model_name), &Device::Cpu)
+                .or_raise(Kind::Model)?,
+        )),
+        (clip_adapter::methods::Needs::TextTower, None) => Err(input(format!(
+            "{} trains prompts through the model's text tower: pass model= (the Clip that made \
+             the features) and classnames=",
+            kind.name()
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// How a head fitted on arrays was made, as its file records it.
+struct Made<'a> {
+    method: &'static str,
+    options: String,
+    dataset: &'a str,
+    seed: u64,
+    model_name: &'a str,
+}
+
+/// The head file's metadata of a head fitted on arrays.
+fn head_info(
+    made: &Made,
+    chosen: &BTreeMap<String, String>,
+    fingerprint: Option<String>,
+    classnames: Vec<String>,
+) -> PyResult<HeadInfo> {
+    let mut options = chosen.clone();
+    options.insert("options".into(), made.options.clone());
+    if !made.dataset.is_empty() {
+        options.insert("dataset".into(), made.dataset.to_string());
+    }
+    options.insert("seed".into(), made.seed.to_string());
+    Ok(HeadInfo {
+        model: match made.model_name.is_empty() {
+            true => String::new(),
+            false => model_reference(made.model_name),
+        },
+        model_fingerprint: fingerprint,
+        classnames,
+        templates: Vec::new(),
+        method: made.method.to_string(),
+        options: serde_json::to_string(&options).or_raise(Kind::Other)?,
     })
 }
 
