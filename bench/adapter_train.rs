@@ -13,9 +13,8 @@ use clip_adapter::experiment::{
     run_grid, ExperimentError, Grid, GridMethod, RowSource, Validation,
 };
 use clip_adapter::kernels::matmul::simd_level;
-use clip_adapter::methods::clip_adapter::{
-    self as ca, epochs_for_shots, AdapterModel, AdapterOptions,
-};
+use clip_adapter::methods::clip_adapter::{self as ca, AdapterModel, AdapterOptions};
+use clip_adapter::methods::epochs::epochs_for_shots;
 use clip_adapter::methods::linalg::seeded_rng;
 use clip_adapter::methods::{FewShotTask, LabelledSet, Matrix, Method, TextClassifier};
 

@@ -14,89 +14,13 @@
 use std::ops::Range;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
+use super::protocol::Protocol;
 use super::ResultRow;
 use crate::methods::coop::{CoopError, CoopHead, PromptModel};
 use crate::methods::zero_shot::ZeroShot;
 use crate::methods::{
-    eval, FeatureSpace, FewShotTask, Fit, Head, LabelledSet, Matrix, MethodKind, NewClasses,
-    TextClassifier,
+    eval, FeatureSpace, FewShotTask, Fit, Head, LabelledSet, Matrix, TextClassifier,
 };
-
-/// Which protocol a results row was measured under.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-pub enum Protocol {
-    /// Train and test on the same classes.
-    #[default]
-    #[serde(rename = "few-shot")]
-    FewShot,
-    /// Train on the base classes; test on base and on new classes.
-    #[serde(rename = "base-to-new")]
-    BaseToNew,
-    /// Train on a source dataset; test the same head on other datasets, among their classes.
-    #[serde(rename = "cross-dataset")]
-    CrossDataset,
-    /// Train on a source dataset; test on shifted versions of it (the same classes, or a
-    /// subset of them, in other image domains).
-    #[serde(rename = "domain")]
-    Domain,
-}
-
-impl Protocol {
-    pub const ALL: [Protocol; 4] = [
-        Protocol::FewShot,
-        Protocol::BaseToNew,
-        Protocol::CrossDataset,
-        Protocol::Domain,
-    ];
-
-    /// The name on the command line and in the `protocol` column.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Protocol::FewShot => "few-shot",
-            Protocol::BaseToNew => "base-to-new",
-            Protocol::CrossDataset => "cross-dataset",
-            Protocol::Domain => "domain",
-        }
-    }
-
-    /// Why `method` cannot run under this protocol, if it cannot: base-to-new and
-    /// cross-dataset test on classes the head never trained on.
-    pub fn refuses(self, method: MethodKind) -> Option<&'static str> {
-        match (self, method.card().new_classes) {
-            (Protocol::BaseToNew | Protocol::CrossDataset, NewClasses::No(why)) => Some(why),
-            _ => None,
-        }
-    }
-
-    /// Whether a head trained on one dataset is tested on others.
-    pub fn transfers(self) -> bool {
-        matches!(self, Protocol::CrossDataset | Protocol::Domain)
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = crate::unknown_name::UnknownName;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Protocol::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                let names = Protocol::ALL.map(Protocol::as_str);
-                crate::unknown_name::UnknownName::new("protocol", s, &names)
-            })
-    }
-}
 
 /// The base classes of `classes` (labels `0..base`) and the new ones (`base..classes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,7 +253,7 @@ pub fn markdown(rows: &[ResultRow]) -> String {
     md
 }
 
-fn push_new<T: PartialEq>(v: &mut Vec<T>, x: T) {
+pub(super) fn push_new<T: PartialEq>(v: &mut Vec<T>, x: T) {
     if !v.contains(&x) {
         v.push(x);
     }

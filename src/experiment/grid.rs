@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use super::base_to_new::{new_class_accuracy, BaseToNew, NewClassTest, Protocol};
+use super::base_to_new::{new_class_accuracy, BaseToNew, NewClassTest};
+use super::protocol::Protocol;
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::methods::coop::PromptModel;
 use crate::methods::{self, FewShotTask, Fit, FitContext, Method, Needs};

@@ -6,7 +6,7 @@
 //! row.rs       one results row (CSV via serde), its identity, the results file and resume
 //! protocol.rs  the options a user sets, which methods they apply to, the protocol's rules
 //!              (per-dataset Tip-Adapter values, ImageNet's 50 epochs), with or without a
-//!              validation set
+//!              validation set; the four protocols (`Protocol`) and the methods each admits
 //! grid.rs      methods × datasets × shots × seeds, one draw loaded once for all methods
 //! table.rs     mean ± std Markdown tables per dataset and averaged over datasets, with the
 //!              published numbers of the run's backbone beside ours
@@ -36,13 +36,13 @@ pub mod sweep;
 pub mod table;
 pub mod transfer;
 
-pub use base_to_new::{BaseToNew, Protocol};
+pub use base_to_new::BaseToNew;
 pub use error::{ExperimentError, NotApplicableTo};
 pub use grid::{
     fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, ModelLoader, RowSink, RowSpec,
     TrainedOn,
 };
 pub use model::{backbone, check_head_model, model_reference, prompt_model};
-pub use protocol::{MethodOverrides, Validation};
+pub use protocol::{MethodOverrides, Protocol, Validation};
 pub use row::{ResultRow, ResultsFile, RowKey, RowSource};
 pub use table::{Published, Summary};

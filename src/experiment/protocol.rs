@@ -1,6 +1,8 @@
 //! The options a user sets on top of the protocol's defaults, and the protocol's rules: the
 //! authors' per-dataset Tip-Adapter values, and CoOp's 50 epochs on ImageNet at every shot
-//! count (for CoOp itself and for CLIP-Adapter, which follows CoOp's schedule).
+//! count (for CoOp itself and for CLIP-Adapter, which follows CoOp's schedule); which
+//! protocol a grid runs (few-shot, base-to-new, cross-dataset, domain) and which methods each
+//! admits.
 //!
 //! An option that applies to none of the chosen methods is refused rather than ignored (a
 //! reduction given to Tip-Adapter would otherwise silently do nothing). With several
@@ -10,8 +12,82 @@ use serde::{Deserialize, Serialize};
 
 use super::ExperimentError;
 pub use crate::methods::MethodOverrides;
-use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind};
+use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind, NewClasses};
 use std::borrow::Cow;
+
+/// Which protocol a results row was measured under.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Protocol {
+    /// Train and test on the same classes.
+    #[default]
+    #[serde(rename = "few-shot")]
+    FewShot,
+    /// Train on the base classes; test on base and on new classes.
+    #[serde(rename = "base-to-new")]
+    BaseToNew,
+    /// Train on a source dataset; test the same head on other datasets, among their classes.
+    #[serde(rename = "cross-dataset")]
+    CrossDataset,
+    /// Train on a source dataset; test on shifted versions of it (the same classes, or a
+    /// subset of them, in other image domains).
+    #[serde(rename = "domain")]
+    Domain,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 4] = [
+        Protocol::FewShot,
+        Protocol::BaseToNew,
+        Protocol::CrossDataset,
+        Protocol::Domain,
+    ];
+
+    /// The name on the command line and in the `protocol` column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::FewShot => "few-shot",
+            Protocol::BaseToNew => "base-to-new",
+            Protocol::CrossDataset => "cross-dataset",
+            Protocol::Domain => "domain",
+        }
+    }
+
+    /// Why `method` cannot run under this protocol, if it cannot: base-to-new and
+    /// cross-dataset test on classes the head never trained on.
+    pub fn refuses(self, method: MethodKind) -> Option<&'static str> {
+        match (self, method.card().new_classes) {
+            (Protocol::BaseToNew | Protocol::CrossDataset, NewClasses::No(why)) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Whether a head trained on one dataset is tested on others.
+    pub fn transfers(self) -> bool {
+        matches!(self, Protocol::CrossDataset | Protocol::Domain)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = crate::unknown_name::UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let names = Protocol::ALL.map(Protocol::as_str);
+                crate::unknown_name::UnknownName::new("protocol", s, &names)
+            })
+    }
+}
 
 /// Whether hyper-parameters and best epochs are chosen on the few-shot validation set.
 ///

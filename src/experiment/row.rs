@@ -151,11 +151,9 @@ impl ResultRow {
         if self.validation == Validation::None {
             s.push_str(" [no validation]");
         }
-        match self.protocol {
-            Protocol::FewShot => {}
-            Protocol::BaseToNew => s.push_str(" [base-to-new]"),
-            // The source is the table's heading.
-            Protocol::CrossDataset | Protocol::Domain => {}
+        // A transfer row's source is its table's heading instead.
+        if self.protocol == Protocol::BaseToNew {
+            s.push_str(" [base-to-new]");
         }
         s
     }

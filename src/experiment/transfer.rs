@@ -14,11 +14,12 @@
 
 use std::rc::Rc;
 
-use super::base_to_new::{new_class_accuracy, NewClassError, NewClassTest, Protocol};
+use super::base_to_new::{new_class_accuracy, push_new, NewClassError, NewClassTest};
 use super::grid::RowSpec;
 use super::grid::{
     fit_row, GridEvent, GridMethod, GridOutcome, Loader, ModelLoader, RowSink, Share,
 };
+use super::protocol::Protocol;
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::features::ContentHash;
 use crate::methods::coop::PromptModel;
@@ -347,10 +348,10 @@ pub fn markdown(rows: &[ResultRow]) -> String {
     let rows: Vec<&ResultRow> = rows.iter().filter(|r| r.protocol.transfers()).collect();
     let mut tables: Vec<(Protocol, &str, usize)> = Vec::new();
     for r in &rows {
-        let t = (r.protocol, r.source_dataset.as_str(), r.shots);
-        if !tables.contains(&t) {
-            tables.push(t);
-        }
+        push_new(
+            &mut tables,
+            (r.protocol, r.source_dataset.as_str(), r.shots),
+        );
     }
     let mut md = String::new();
     for (protocol, source, shots) in tables {
@@ -360,11 +361,9 @@ pub fn markdown(rows: &[ResultRow]) -> String {
         let mut labels: Vec<String> = Vec::new();
         let mut targets: Vec<&str> = Vec::new();
         for r in &of {
-            if !labels.contains(&r.label()) {
-                labels.push(r.label());
-            }
-            if r.dataset != source && !targets.contains(&r.dataset.as_str()) {
-                targets.push(&r.dataset);
+            push_new(&mut labels, r.label());
+            if r.dataset != source {
+                push_new(&mut targets, r.dataset.as_str());
             }
         }
         let title = match protocol {

@@ -22,7 +22,7 @@ use super::linalg::{
     cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward, seeded_rng, Matrix,
 };
 use super::method::method_boilerplate;
-use super::epochs::{Batching, EpochLoop};
+use super::epochs::{epochs_for_shots, Batching, EpochLoop};
 use super::optim::{Sgd, WarmupCosine};
 use super::{
     eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
@@ -130,15 +130,6 @@ impl Default for AdapterOptions {
             seed: 1,
             search: Vec::new(),
         }
-    }
-}
-
-/// CoOp's epochs by shot count (`configs/trainers/CoOp/*.yaml`).
-pub fn epochs_for_shots(shots: usize) -> usize {
-    match shots {
-        0 | 1 => 50,
-        2..=4 => 100,
-        _ => 200,
     }
 }
 

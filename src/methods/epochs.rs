@@ -5,6 +5,16 @@
 
 use super::{MethodError, Progress};
 
+/// CoOp's epochs by shot count (`configs/trainers/CoOp/*.yaml`), which CLIP-Adapter's Dassl
+/// trainer uses too.
+pub fn epochs_for_shots(shots: usize) -> usize {
+    match shots {
+        0 | 1 => 50,
+        2..=4 => 100,
+        _ => 200,
+    }
+}
+
 /// How an epoch's shuffled sample order is cut into mini-batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Batching {

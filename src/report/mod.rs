@@ -216,8 +216,9 @@ impl Report {
         let all = rows.len();
         let rows: Vec<ResultRow> = rows.iter().filter(|r| r.model == model).cloned().collect();
         let others = all - rows.len();
-        // Base-to-new rows measure something else (base and new classes): their own section.
-        let (rows, base_to_new): (Vec<ResultRow>, Vec<ResultRow>) =
+        // Rows of the other protocols measure something else (new classes, other datasets):
+        // sections of their own.
+        let (rows, other_protocols): (Vec<ResultRow>, Vec<ResultRow>) =
             (rows.into_iter()).partition(|r| r.protocol == Protocol::FewShot);
         let sweeps = sweeps_of(&rows);
         let in_sweep = |r: &ResultRow| {
@@ -231,7 +232,7 @@ impl Report {
             markdown: String::from("# Results\n\n"),
             figures: Vec::new(),
         };
-        if let Some(r) = rows.last().or(base_to_new.last()) {
+        if let Some(r) = rows.last().or(other_protocols.last()) {
             report.markdown.push_str(&format!(
                 "Model: `{}` (fingerprint {}).",
                 r.model_name, r.model
@@ -250,10 +251,11 @@ impl Report {
         report.gains_section(&summary);
         report.variants_section(&summary, &panels);
         report.sweep_sections(&sweeps);
-        if !base_to_new.is_empty() {
-            report.markdown.push('\n');
-            (report.markdown).push_str(&crate::experiment::base_to_new::markdown(&base_to_new));
-            (report.markdown).push_str(&crate::experiment::transfer::markdown(&base_to_new));
+        if !other_protocols.is_empty() {
+            let md = &mut report.markdown;
+            md.push('\n');
+            md.push_str(&crate::experiment::base_to_new::markdown(&other_protocols));
+            md.push_str(&crate::experiment::transfer::markdown(&other_protocols));
         }
         if !options.notes.is_empty() {
             report.markdown.push('\n');

@@ -27,7 +27,7 @@ pub use error::CoopError;
 pub use head::CoopHead;
 use prompt_learner::{initial_context, PromptLearner};
 
-use super::clip_adapter::epochs_for_shots;
+use super::epochs::epochs_for_shots;
 use super::method::method_boilerplate;
 use super::epochs::{Batching, EpochLoop};
 use super::optim::{Sgd, WarmupCosine};
