@@ -7,6 +7,7 @@ mod cache_safety;
 mod checkpoint_errors;
 mod cli;
 mod cli_data;
+mod clip_lora;
 mod common;
 mod coop;
 mod crash_experiment;

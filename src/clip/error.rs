@@ -106,6 +106,9 @@ pub enum Error {
 
     /// A training thread panicked while it held the weights' lock: the weights may be half
     /// updated, so training stops.
+    #[error("CLIP-LoRA: {why}")]
+    Lora { why: String },
+
     #[error("a training thread panicked while holding the weights")]
     Poisoned,
 

@@ -83,6 +83,22 @@ pub enum MethodError {
 
     #[error(transparent)]
     Coop(Box<super::coop::CoopError>),
+
+    /// The model a method trains through (CLIP-LoRA) failed: loading, shapes, tensor work.
+    #[error(transparent)]
+    Model(Box<crate::clip::error::Error>),
+}
+
+impl From<crate::clip::error::Error> for MethodError {
+    fn from(e: crate::clip::error::Error) -> Self {
+        MethodError::Model(Box::new(e))
+    }
+}
+
+impl From<candle_core::Error> for MethodError {
+    fn from(e: candle_core::Error) -> Self {
+        MethodError::Model(Box::new(e.into()))
+    }
 }
 
 impl MethodError {

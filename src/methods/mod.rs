@@ -22,6 +22,7 @@
 //! normalises where its reference implementation does. Hyper-parameters are chosen on the
 //! validation set only; the test set is evaluated once, with the chosen values.
 
+pub mod clip_lora;
 pub mod epochs;
 mod error;
 pub mod eval;

@@ -10,7 +10,10 @@
 //!
 //! [`Clip::load`]: super::Clip::load
 
+mod frozen;
+pub mod frozen_vit;
 mod fused;
+pub mod lora;
 pub mod prompt_text;
 pub mod resnet;
 
@@ -201,6 +204,24 @@ impl Block {
             .forward(&activate(&self.fc1.forward(&y)?, self.act)?)?;
         Ok((x + y)?)
     }
+}
+
+/// The `transformers` names and shapes of one encoder layer's tensors (width `d`, MLP `h`).
+fn block_tensors(p: &str, d: usize, h: usize) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for norm in ["layer_norm1", "layer_norm2"] {
+        out.push((format!("{p}.{norm}.weight"), vec![d]));
+        out.push((format!("{p}.{norm}.bias"), vec![d]));
+    }
+    for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+        out.push((format!("{p}.self_attn.{proj}.weight"), vec![d, d]));
+        out.push((format!("{p}.self_attn.{proj}.bias"), vec![d]));
+    }
+    out.push((format!("{p}.mlp.fc1.weight"), vec![h, d]));
+    out.push((format!("{p}.mlp.fc1.bias"), vec![h]));
+    out.push((format!("{p}.mlp.fc2.weight"), vec![d, h]));
+    out.push((format!("{p}.mlp.fc2.bias"), vec![d]));
+    out
 }
 
 fn encoder(vb: &VarBuilder, layers: usize, s: &EncoderShape) -> Result<Vec<Block>> {

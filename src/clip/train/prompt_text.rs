@@ -17,14 +17,14 @@
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::fused::{FrozenLayerNorm, QuickGelu, Softmax};
-use super::{activate, Block, LayerNorm, Linear, TextTower};
+use super::frozen::{block_forward, linear2d, NoDelta, ProjectionDelta};
+use super::fused::FrozenLayerNorm;
+use super::{LayerNorm, Linear, TextTower};
 use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Checkpoint;
-use crate::clip::load::config::Activation;
 use crate::clip::load::config::{ClipConfig, TextConfig};
 use crate::clip::ModelFiles;
 
@@ -59,19 +59,11 @@ fn text_tensors(c: &TextConfig, embed_dim: usize) -> Vec<(String, Vec<usize>)> {
         ("text_projection.weight".into(), vec![embed_dim, d]),
     ];
     for i in 0..c.layers {
-        let p = format!("text_model.encoder.layers.{i}");
-        for norm in ["layer_norm1", "layer_norm2"] {
-            out.push((format!("{p}.{norm}.weight"), vec![d]));
-            out.push((format!("{p}.{norm}.bias"), vec![d]));
-        }
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            out.push((format!("{p}.self_attn.{proj}.weight"), vec![d, d]));
-            out.push((format!("{p}.self_attn.{proj}.bias"), vec![d]));
-        }
-        out.push((format!("{p}.mlp.fc1.weight"), vec![h, d]));
-        out.push((format!("{p}.mlp.fc1.bias"), vec![h]));
-        out.push((format!("{p}.mlp.fc2.weight"), vec![d, h]));
-        out.push((format!("{p}.mlp.fc2.bias"), vec![d]));
+        out.extend(super::block_tensors(
+            &format!("text_model.encoder.layers.{i}"),
+            d,
+            h,
+        ));
     }
     out
 }
@@ -167,6 +159,16 @@ impl PromptTextEncoder {
     /// # Shapes
     /// `(B, L, width), B positions -> (B, embed_dim)`, `L ≤ context_length`
     pub fn encode_embeddings(&self, x: &Tensor, eot: &[usize]) -> Result<Tensor> {
+        self.encode_embeddings_with(x, eot, &NoDelta)
+    }
+
+    /// [`Self::encode_embeddings`] with `delta` added to the attention projections.
+    pub(super) fn encode_embeddings_with(
+        &self,
+        x: &Tensor,
+        eot: &[usize],
+        delta: &dyn ProjectionDelta,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (b, len, width) = x.dims3()?;
         if width != c.width || len == 0 || len > c.context_length || eot.len() != b {
@@ -188,119 +190,13 @@ impl PromptTextEncoder {
         let used = eot.iter().max().map_or(len, |&p| p + 1);
         let x = x.narrow(1, 0, used)?;
         let mut x = x.broadcast_add(&self.tower.position_embedding.narrow(0, 0, used)?)?;
-        for (layer, norms) in self.tower.layers.iter().zip(&self.norms) {
-            x = block_forward(layer, norms, &x)?;
+        for (i, (layer, norms)) in self.tower.layers.iter().zip(&self.norms).enumerate() {
+            x = block_forward(layer, norms, &x, true, (i, delta))?;
         }
         let pooled = crate::clip::model::text::gather_positions(&x, eot)?;
         let pooled = self.final_norm.forward(&pooled)?;
         linear2d(&self.text_projection, &pooled)
     }
-}
-
-/// `x Wᵀ` for a frozen `W` (`out × in`, contiguous f32 on the CPU). The backward returns the
-/// input gradient `g W` only; `W` gets none, being a constant.
-struct FrozenMatmul {
-    weight: Tensor,
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = xs.as_slice::<f32>()?;
-        let Some((start, end)) = xl.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul: the input must be contiguous");
-        };
-        let (m, k) = xl.shape().dims2()?;
-        let (n, k2) = self.weight.dims2()?;
-        if k != k2 {
-            candle_core::bail!("frozen-matmul: input has {k} columns, the weight {k2}");
-        }
-        let (storage, wl) = self.weight.storage_and_layout();
-        let w = match &*storage {
-            Storage::Cpu(s) => s.as_slice::<f32>()?,
-            _ => candle_core::bail!("frozen-matmul: the weight must be on the CPU"),
-        };
-        let Some((ws, we)) = wl.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul: the weight must be contiguous");
-        };
-        let mut out = vec![0f32; m * n];
-        crate::kernels::matmul::gemm(
-            &x[start..end],
-            false,
-            &w[ws..we],
-            true,
-            &mut out,
-            m,
-            k,
-            n,
-            false,
-        );
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight)?))
-    }
-}
-
-/// `x Wᵀ + b` as one 2-D product over every leading dimension.
-fn linear2d(l: &Linear, x: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let in_dim = dims[dims.len() - 1];
-    let rows = x.elem_count() / in_dim.max(1);
-    let x = x.reshape((rows, in_dim))?.contiguous()?;
-    let y = if x.device().is_cpu() && l.weight.is_contiguous() && x.dtype() == DType::F32 {
-        x.apply_op1(FrozenMatmul {
-            weight: l.weight.clone(),
-        })?
-    } else {
-        x.matmul(&l.weight.t()?)?
-    };
-    let y = match &l.bias {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out = dims;
-    if let Some(last) = out.last_mut() {
-        *last = l.weight.dim(0)?;
-    }
-    Ok(y.reshape(out)?)
-}
-
-/// [`Block::forward`] with [`linear2d`] layers, causal attention and the fused ops.
-fn block_forward(block: &Block, norms: &[FrozenLayerNorm; 2], x: &Tensor) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    let (h, hd) = (block.heads, d / block.heads);
-    let y = norms[0].forward(x)?;
-    let split = |t: Tensor| -> Result<Tensor> {
-        Ok(t.reshape((b, l, h, hd))?.transpose(1, 2)?.contiguous()?)
-    };
-    let q = (split(linear2d(&block.q, &y)?)? * (hd as f64).powf(-0.5))?;
-    let k = split(linear2d(&block.k, &y)?)?;
-    let v = split(linear2d(&block.v, &y)?)?;
-    let scores = q.matmul(&k.t()?.contiguous()?)?;
-    let attn = Softmax { causal: true }.forward(&scores)?;
-    let attended = attn
-        .matmul(&v)?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b, l, d))?;
-    let x = (x + linear2d(&block.out, &attended)?)?;
-    let y = norms[1].forward(&x)?;
-    let hidden = linear2d(&block.fc1, &y)?;
-    let hidden = match block.act {
-        Activation::QuickGelu => QuickGelu::forward(&hidden)?,
-        other => activate(&hidden, other)?,
-    };
-    Ok((x + linear2d(&block.fc2, &hidden)?)?)
 }
 
 #[cfg(test)]

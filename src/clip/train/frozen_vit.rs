@@ -1,0 +1,137 @@
+//! The frozen ViT image tower of a real checkpoint, differentiable with respect to what is
+//! added to its attention projections: what CLIP-LoRA trains through on the image side.
+//!
+//! It is the pretraining `ImageTower` with its weights read from the checkpoint (any layout)
+//! and run with the frozen ops of [`super::frozen`]: patches (a stride-p convolution written as
+//! one product), class token and positions, `ln_pre`, the blocks, `ln_post` on the class token,
+//! the projection. The pixels get no gradient: nothing upstream of them is trained.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+
+use super::frozen::{block_forward, linear2d, ProjectionDelta};
+use super::fused::FrozenLayerNorm;
+use super::{ImageTower, LayerNorm, Linear};
+use crate::clip::error::{InputError, Result};
+use crate::clip::load::checkpoint::Checkpoint;
+use crate::clip::load::config::VisionConfig;
+
+/// A frozen CLIP ViT and its projection.
+pub struct FrozenVisionTower {
+    config: VisionConfig,
+    tower: ImageTower,
+    pre_norm: FrozenLayerNorm,
+    /// `[layer_norm1, layer_norm2]` per layer.
+    norms: Vec<[FrozenLayerNorm; 2]>,
+    post_norm: FrozenLayerNorm,
+    projection: Linear,
+}
+
+/// The `transformers` names and shapes of every image-side tensor of a ViT.
+fn vision_tensors(c: &VisionConfig, embed_dim: usize) -> Vec<(String, Vec<usize>)> {
+    let (d, h, p) = (c.width, c.intermediate_size, c.patch_size);
+    let emb = "vision_model.embeddings";
+    let mut out = vec![
+        (
+            format!("{emb}.patch_embedding.weight"),
+            vec![d, c.num_channels, p, p],
+        ),
+        (format!("{emb}.class_embedding"), vec![d]),
+        (
+            format!("{emb}.position_embedding.weight"),
+            vec![c.num_positions(), d],
+        ),
+        ("visual_projection.weight".into(), vec![embed_dim, d]),
+    ];
+    for norm in ["pre_layrnorm", "post_layernorm"] {
+        out.push((format!("vision_model.{norm}.weight"), vec![d]));
+        out.push((format!("vision_model.{norm}.bias"), vec![d]));
+    }
+    for i in 0..c.layers {
+        out.extend(super::block_tensors(
+            &format!("vision_model.encoder.layers.{i}"),
+            d,
+            h,
+        ));
+    }
+    out
+}
+
+impl FrozenVisionTower {
+    pub fn from_checkpoint(
+        c: &VisionConfig,
+        embed_dim: usize,
+        ckpt: &Checkpoint,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for (name, shape) in vision_tensors(c, embed_dim) {
+            let t = ckpt.get(&name, &shape)?;
+            tensors.insert(name, t);
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let tower = ImageTower::new(&vb.pp("vision_model"), c)?;
+        let frozen = |n: &LayerNorm| FrozenLayerNorm::new(&n.weight, &n.bias, n.eps);
+        let norms = (tower.layers.iter())
+            .map(|b| Ok([frozen(&b.layer_norm1)?, frozen(&b.layer_norm2)?]))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(FrozenVisionTower {
+            pre_norm: frozen(&tower.pre_layrnorm)?,
+            post_norm: frozen(&tower.post_layernorm)?,
+            norms,
+            tower,
+            projection: Linear::new(&vb.pp("visual_projection"), c.width, embed_dim, false)?,
+            config: c.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &VisionConfig {
+        &self.config
+    }
+
+    /// Projected, un-normalised image features with `delta` added to the attention
+    /// projections.
+    ///
+    /// # Shapes
+    /// `(B, 3, S, S) -> (B, embed_dim)`
+    pub(super) fn forward_with(
+        &self,
+        pixels: &Tensor,
+        delta: &dyn ProjectionDelta,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, ch, hgt, w) = pixels.dims4()?;
+        if (ch, hgt, w) != (c.num_channels, c.image_size, c.image_size) {
+            return Err(InputError::ImageShape {
+                found: [ch, hgt, w],
+                channels: c.num_channels,
+                size: c.image_size,
+            }
+            .into());
+        }
+        let (g, p, d) = (c.grid(), c.patch_size, c.width);
+        let patches = pixels
+            .reshape((b, ch, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, ch * p * p))?;
+        let kernel = Linear {
+            weight: self.tower.patch_embedding.reshape((d, ch * p * p))?,
+            bias: None,
+        };
+        let patches = linear2d(&kernel, &patches)?;
+        let class = (self.tower.class_embedding)
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
+        let x =
+            Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.tower.position_embedding)?;
+        let mut x = self.pre_norm.forward(&x)?;
+        for (i, (layer, norms)) in self.tower.layers.iter().zip(&self.norms).enumerate() {
+            x = block_forward(layer, norms, &x, false, (i, delta))?;
+        }
+        let pooled = self.post_norm.forward(&x.i((.., 0, ..))?.contiguous()?)?;
+        linear2d(&self.projection, &pooled)
+    }
+}

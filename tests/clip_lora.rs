@@ -1,0 +1,246 @@
+//! CLIP-LoRA against a PyTorch run of the reference's formulation
+//! (`scripts/fixtures/clip_lora.py`, tiny open_clip ViT): the loss of every step, the LoRA
+//! matrices after training and the evaluation logits; the gradients against finite differences.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use clip_adapter::clip::train::lora::{LoraClip, LoraOptions};
+use clip_adapter::clip::{Clip, ModelFiles};
+use clip_adapter::methods::clip_lora::{LoraTrainer, StepImages};
+
+use crate::common::{assert_close, fixture};
+
+/// Losses agree within this relative difference, matrices and logits within these absolute
+/// ones (f32 on both sides; the differences measured are printed).
+const LOSS_TOL: f32 = 1e-5;
+const MATRIX_TOL: f32 = 1e-6;
+const LOGIT_TOL: f32 = 1e-4;
+
+struct Case {
+    meta: serde_json::Value,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn case(name: &str) -> Case {
+    let dir = fixture("clip_lora");
+    let meta = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+    Case {
+        meta: serde_json::from_str(&meta).unwrap(),
+        tensors: candle_core::safetensors::load(
+            dir.join(format!("{name}.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap(),
+    }
+}
+
+fn model_files() -> ModelFiles {
+    ModelFiles::in_dir(&fixture("models/tiny-openclip-vit")).unwrap()
+}
+
+fn options(meta: &serde_json::Value) -> LoraOptions {
+    let params: Vec<&str> = (meta["params"].as_array().unwrap().iter())
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    LoraOptions {
+        rank: meta["rank"].as_u64().unwrap() as usize,
+        alpha: meta["alpha"].as_f64().unwrap(),
+        dropout: 0.0,
+        params: params.join(",").parse().unwrap(),
+        encoder: meta["encoder"].as_str().unwrap().parse().unwrap(),
+        position: meta["position"].as_str().unwrap().parse().unwrap(),
+    }
+}
+
+/// The fixture's `synthetic_pixels`: `1.5 sin(0.9 s + 2.1 b + 1.7 c + 0.31 y + 0.17 x +
+/// 0.013 x y + seed)` in f64, as f32.
+fn pixels(step: usize, batch: usize, size: usize, seed: f64) -> Tensor {
+    let mut v = Vec::with_capacity(batch * 3 * size * size);
+    for b in 0..batch {
+        for c in 0..3 {
+            for y in 0..size {
+                for x in 0..size {
+                    let (s, b, c, y, x) = (step as f64, b as f64, c as f64, y as f64, x as f64);
+                    let a =
+                        0.9 * s + 2.1 * b + 1.7 * c + 0.31 * y + 0.17 * x + 0.013 * x * y + seed;
+                    v.push((1.5 * a.sin()) as f32);
+                }
+            }
+        }
+    }
+    Tensor::from_vec(v, (batch, 3, size, size), &Device::Cpu).unwrap()
+}
+
+fn ids(case: &Case) -> Vec<Vec<u32>> {
+    let t = case.tensors["ids"]
+        .to_dtype(candle_core::DType::I64)
+        .unwrap();
+    (t.to_vec2::<i64>().unwrap().into_iter())
+        .map(|r| r.into_iter().map(|v| v as u32).collect())
+        .collect()
+}
+
+fn start_state(case: &Case) -> HashMap<String, Tensor> {
+    (case.tensors.iter())
+        .filter_map(|(k, v)| k.strip_prefix("start.").map(|n| (n.to_string(), v.clone())))
+        .collect()
+}
+
+fn model_at_start(case: &Case) -> LoraClip {
+    let model = LoraClip::load(&model_files(), &options(&case.meta), 7, &Device::Cpu).unwrap();
+    model.set_vars(&start_state(case)).unwrap();
+    model
+}
+
+#[test]
+fn training_matches_the_reference_step_by_step() {
+    let frozen = Clip::load(&model_files(), &Device::Cpu).unwrap();
+    for name in ["both-qkv", "vision-qkvo-up", "text-vo"] {
+        let case = case(name);
+        let meta = &case.meta;
+        let model = model_at_start(&case);
+        let steps = meta["steps"].as_u64().unwrap() as usize;
+        let seed = meta["seed"].as_f64().unwrap();
+        let size = model.config().vision.image_size();
+        let labels = case.tensors["labels"]
+            .to_dtype(candle_core::DType::I64)
+            .unwrap();
+        let labels = labels.to_vec2::<i64>().unwrap();
+        let prompts = ids(&case);
+        let lr = meta["lr"].as_f64().unwrap() as f32;
+        let mut trainer = LoraTrainer::new(&model, lr, steps);
+        let expected = case.tensors["losses"].to_vec1::<f64>().unwrap();
+        let image_input = |px: &Tensor| match model.options().encoder.vision() {
+            true => px.clone(),
+            false => frozen.encode_image(px).unwrap(),
+        };
+        for (s, want) in expected.iter().enumerate() {
+            let px = image_input(&pixels(s, labels[s].len(), size, seed));
+            let y: Vec<u32> = labels[s].iter().map(|&l| l as u32).collect();
+            let images = match model.options().encoder.vision() {
+                true => StepImages::Pixels(&px),
+                false => StepImages::Features(&px),
+            };
+            let loss = trainer.step(images, &prompts, &y).unwrap();
+            let rel = (loss as f64 - want).abs() / want.abs().max(1e-3);
+            println!("{name} step {s}: loss {loss:.6} reference {want:.6} (rel {rel:.1e})");
+            assert!(rel < LOSS_TOL as f64, "{name} step {s}: {loss} vs {want}");
+        }
+        for (var_name, var) in model.vars() {
+            let want = &case.tensors[&format!("end.{var_name}")];
+            assert_close(
+                &format!("{name} {var_name}"),
+                var.as_tensor(),
+                want,
+                MATRIX_TOL,
+            );
+        }
+        model.set_training(None).unwrap();
+        let test = image_input(&pixels(0, 4, size, seed + 100.0));
+        let images = match model.options().encoder.vision() {
+            true => StepImages::Pixels(&test),
+            false => StepImages::Features(&test),
+        };
+        let logits = trainer.logits(images, &prompts).unwrap();
+        assert_close(
+            &format!("{name} test logits"),
+            &logits,
+            &case.tensors["test_logits"],
+            LOGIT_TOL,
+        );
+    }
+}
+
+fn loss_of(model: &LoraClip, px: &Tensor, prompts: &[Vec<u32>], labels: &[u32]) -> Tensor {
+    let trainer = LoraTrainer::new(model, 0.0, 1);
+    let logits = trainer.logits(StepImages::Pixels(px), prompts).unwrap();
+    let targets = Tensor::from_slice(labels, labels.len(), &Device::Cpu).unwrap();
+    candle_nn::loss::cross_entropy(&logits, &targets).unwrap()
+}
+
+/// Every LoRA matrix of both towers gets the gradient central differences give (B started away
+/// from zero, so that A's gradient is not zero).
+#[test]
+fn gradients_match_finite_differences() {
+    let case = case("vision-qkvo-up");
+    let mut opts = options(&case.meta);
+    opts.encoder = "both".parse().unwrap();
+    opts.position = "all".parse().unwrap();
+    let model = LoraClip::load(&model_files(), &opts, 3, &Device::Cpu).unwrap();
+    // Non-zero B everywhere (fresh B is zero).
+    for (i, (_, var)) in model.vars().iter().enumerate() {
+        let n = var.elem_count();
+        let v: Vec<f32> = (0..n)
+            .map(|j| 0.05 * ((i * 31 + j * 7) as f32 * 0.37).sin())
+            .collect();
+        var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let px = pixels(0, 3, 48, 5.0);
+    let prompts = ids(&case);
+    let labels = [0u32, 2, 1];
+    let grads = loss_of(&model, &px, &prompts, &labels).backward().unwrap();
+    let mut checked = 0;
+    for (name, var) in model.vars() {
+        let g = grads
+            .get(var.as_tensor())
+            .expect("a gradient for every LoRA matrix");
+        let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let values = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for j in [0, values.len() / 2, values.len() - 1] {
+            let at = |delta: f32| {
+                let mut v = values.clone();
+                v[j] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss_of(&model, &px, &prompts, &labels)
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let eps = 1e-2;
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            at(0.0);
+            let diff = (numeric - g[j]).abs();
+            assert!(
+                diff <= 2e-3 + 2e-2 * numeric.abs(),
+                "{name}[{j}]: analytic {} numeric {numeric}",
+                g[j]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} entries checked");
+}
+
+/// Training mode drops a quarter of the low-rank path's inputs (scaled by 4/3); evaluation
+/// drops none, so it is deterministic and equals the merged weights.
+#[test]
+fn dropout_acts_in_training_only() {
+    let case = case("vision-qkvo-up");
+    let mut opts = options(&case.meta);
+    opts.dropout = 0.25;
+    let model = model_at_start(&case);
+    let model_dropout = LoraClip::load(&model_files(), &opts, 7, &Device::Cpu).unwrap();
+    model_dropout.set_vars(&start_state(&case)).unwrap();
+    let px = pixels(1, 2, 48, 0.5);
+    let plain = model.encode_image(&px).unwrap();
+    let eval = model_dropout.encode_image(&px).unwrap();
+    assert_close("evaluation without dropout", &eval, &plain, 1e-6);
+    model_dropout.set_training(Some(1)).unwrap();
+    let a = model_dropout.encode_image(&px).unwrap();
+    let b = model_dropout.encode_image(&px).unwrap();
+    assert!(
+        crate::common::max_abs_diff(&a, &plain) > 1e-4,
+        "training applies dropout"
+    );
+    assert!(
+        crate::common::max_abs_diff(&a, &b) > 1e-4,
+        "each forward draws new masks"
+    );
+}
