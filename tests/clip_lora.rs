@@ -244,3 +244,55 @@ fn dropout_acts_in_training_only() {
         "each forward draws new masks"
     );
 }
+
+/// The merged checkpoint, loaded as an ordinary model, encodes as the adapted model does in
+/// evaluation: both layouts (open_clip's fused `in_proj_weight`, `transformers`' q/k/v).
+#[test]
+fn a_merged_checkpoint_encodes_as_the_adapted_model() {
+    for (dir, size) in [("models/tiny-openclip-vit", 48), ("models/tiny-clip", 32)] {
+        let files = ModelFiles::in_dir(&fixture(dir)).unwrap();
+        let mut opts = LoraOptions::default();
+        opts.params = "q,k,v,o".parse().unwrap();
+        let model = LoraClip::load(&files, &opts, 11, &Device::Cpu).unwrap();
+        for (i, (_, var)) in model.vars().iter().enumerate() {
+            let n = var.elem_count();
+            let v: Vec<f32> = (0..n).map(|j| 0.2 * ((i * 13 + j) as f32 * 0.71).cos()).collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let merged = clip_adapter::clip::train::lora_merge::write_merged(
+            &files,
+            &model.deltas().unwrap(),
+            &tmp.path().join("merged"),
+        )
+        .unwrap();
+        let clip = Clip::load(&ModelFiles::in_dir(&merged).unwrap(), &Device::Cpu).unwrap();
+        let px = pixels(2, 3, size, 1.0);
+        let vocab = model.config().text.vocab_size as u32;
+        let ids: Vec<Vec<u32>> = (0..3)
+            .map(|k| {
+                let mut row = vec![0u32; 12];
+                (0..4 + k).for_each(|j| row[j] = 1 + (j as u32 * 37 + k as u32 * 11) % 300);
+                row[4 + k] = vocab - 1;
+                row
+            })
+            .collect();
+        assert_close(
+            &format!("{dir} merged image features"),
+            &clip.encode_image(&px).unwrap(),
+            &model.encode_image(&px).unwrap(),
+            2e-5,
+        );
+        assert_close(
+            &format!("{dir} merged text features"),
+            &clip.encode_tokens(&ids).unwrap(),
+            &model.encode_tokens(&ids).unwrap(),
+            2e-5,
+        );
+        let plain = Clip::load(&files, &Device::Cpu).unwrap();
+        assert!(
+            crate::common::max_abs_diff(&plain.encode_image(&px).unwrap(), &clip.encode_image(&px).unwrap()) > 1e-3,
+            "the updates changed the model"
+        );
+    }
+}

@@ -203,6 +203,22 @@ impl Checkpoint {
         Ok(tensor.contiguous()?)
     }
 
+    /// The tensor stored under `key` (the file's own name), as stored: its dtype and shape.
+    pub fn stored(&self, key: &str) -> Result<Tensor> {
+        match &self.source {
+            Source::Safetensors(st) => st.load(key, &self.device).map_err(|e| Error::Checkpoint {
+                file: self.file.clone(),
+                msg: format!("tensor `{key}`: {e}"),
+            }),
+            Source::Archive(archive) => {
+                (archive.load(key, &self.device)).map_err(|source| Error::Archive {
+                    file: self.file.clone(),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+
     /// A view that prefixes every name with `prefix.`, as the model tree descends.
     pub fn scope(&self, prefix: &str) -> Scope<'_> {
         Scope {

@@ -14,6 +14,7 @@ mod frozen;
 pub mod frozen_vit;
 mod fused;
 pub mod lora;
+pub mod lora_merge;
 pub mod prompt_text;
 pub mod resnet;
 
