@@ -57,7 +57,7 @@ pub fn encode_image_files_both<P: AsRef<Path> + Sync>(
     Ok((both.narrow(1, 0, width)?, both.narrow(1, width, e)?))
 }
 
-fn encode_files<P: AsRef<Path> + Sync>(
+pub(crate) fn encode_files<P: AsRef<Path> + Sync>(
     clip: &Clip,
     paths: &[P],
     batch_size: usize,

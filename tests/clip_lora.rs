@@ -256,8 +256,11 @@ fn a_merged_checkpoint_encodes_as_the_adapted_model() {
         let model = LoraClip::load(&files, &opts, 11, &Device::Cpu).unwrap();
         for (i, (_, var)) in model.vars().iter().enumerate() {
             let n = var.elem_count();
-            let v: Vec<f32> = (0..n).map(|j| 0.2 * ((i * 13 + j) as f32 * 0.71).cos()).collect();
-            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            let v: Vec<f32> = (0..n)
+                .map(|j| 0.2 * ((i * 13 + j) as f32 * 0.71).cos())
+                .collect();
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
         }
         let tmp = tempfile::tempdir().unwrap();
         let merged = clip_adapter::clip::train::lora_merge::write_merged(
@@ -291,8 +294,115 @@ fn a_merged_checkpoint_encodes_as_the_adapted_model() {
         );
         let plain = Clip::load(&files, &Device::Cpu).unwrap();
         assert!(
-            crate::common::max_abs_diff(&plain.encode_image(&px).unwrap(), &clip.encode_image(&px).unwrap()) > 1e-3,
+            crate::common::max_abs_diff(
+                &plain.encode_image(&px).unwrap(),
+                &clip.encode_image(&px).unwrap()
+            ) > 1e-3,
             "the updates changed the model"
         );
     }
+}
+
+/// `fit --method clip-lora` trains on the images the cache records, its row's test accuracy is
+/// the saved head's on those images through `predict`, and grids refuse it with the reason.
+#[test]
+fn fit_trains_on_the_images_and_predict_scores_as_the_fit_did() {
+    use crate::common::{cli_in, ok};
+    use clip_adapter::features::task::{draw_images, CacheQuery, Shots};
+    let tmp = tempfile::tempdir().unwrap();
+    crate::features::image_folder(&tmp.path().join("data"), 3, 8);
+    let dataset = crate::common::extract_two_shots(tmp.path());
+    let fit = |extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "--method",
+            "clip-lora",
+            "--dataset",
+            &dataset,
+            "--shots",
+            "2",
+            "--seed",
+            "1",
+            "--cache",
+            "cache",
+            "--iters-per-shot",
+            "10",
+            "--lr",
+            "0.005",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str::<serde_json::Value>(&ok(&cli_in(tmp.path(), &args))).unwrap()
+    };
+    let doc = fit(&["--save", "lora.safetensors"]);
+    let row = &doc;
+    assert_eq!(row["method"], "clip-lora", "{doc}");
+    let losses: Vec<f32> = crate::common::floats(&doc["epoch_losses"]);
+    assert_eq!(
+        losses.len(),
+        20,
+        "2 shots × 10 steps, one batch per epoch: {doc}"
+    );
+    let head_mean = losses[..5].iter().sum::<f32>() / 5.0;
+    let tail_mean = losses[15..].iter().sum::<f32>() / 5.0;
+    assert!(
+        tail_mean < head_mean,
+        "training lowers the loss: {losses:?}"
+    );
+    // The same fit again gives the same row (seeded crops, dropout, A).
+    assert_eq!(fit(&[])["epoch_losses"], row["epoch_losses"]);
+
+    let q = CacheQuery::new(tmp.path().join("cache"), &dataset, Shots::K(2), 1);
+    let images = draw_images(&q).unwrap();
+    let mut args = vec!["predict", "--adapter", "lora.safetensors", "--json"];
+    let paths: Vec<String> = images
+        .test
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+    let predicted: serde_json::Value =
+        serde_json::from_str(&ok(&cli_in(tmp.path(), &args))).unwrap();
+    // The folders `class_<c>` are labels c, in order.
+    let correct = (predicted["results"].as_array().unwrap().iter())
+        .zip(&images.test)
+        .filter(|(r, path)| {
+            let class = path
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy();
+            let label = class.trim_start_matches("class_").parse::<u64>().unwrap();
+            r["predictions"][0]["index"].as_u64() == Some(label)
+        })
+        .count();
+    let accuracy = 100.0 * correct as f64 / images.test.len() as f64;
+    let reported = row["test_accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - reported).abs() < 1e-3,
+        "predict {accuracy} vs fit {reported}"
+    );
+
+    let refused = cli_in(
+        tmp.path(),
+        &[
+            "run",
+            "--methods",
+            "clip-lora",
+            "--datasets",
+            &dataset,
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--cache",
+            "cache",
+            "--out",
+            "results",
+        ],
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("one fit at a time"), "{err}");
 }

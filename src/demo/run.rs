@@ -108,6 +108,11 @@ pub fn all_methods() -> Vec<DemoMethod> {
     };
     let mut out = Vec::new();
     for &kind in MethodKind::all() {
+        // Trained on the images through the model: its own documented demo-sized run, not a
+        // cell of the demo's grid of cached features.
+        if kind.card().needs == crate::methods::Needs::Images {
+            continue;
+        }
         if kind == CLIP_ADAPTER {
             out.push(adapter(kind.name(), Branch::Visual, ALPHAS.to_vec()));
             out.push(adapter("clip-adapter-text", Branch::Text, Vec::new()));

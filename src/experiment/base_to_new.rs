@@ -195,6 +195,8 @@ pub fn new_class_accuracy(
         (FeatureSpace::PreProjection, Some(pre)) => pre,
         // As on the base classes: nothing it can score, so no accuracy rather than a guess.
         (FeatureSpace::PreProjection, None) => return Ok(f32::NAN),
+        // Scoring other images needs them encoded through the head's own updates.
+        (FeatureSpace::Adapted, _) => return Ok(f32::NAN),
     };
     Ok(eval::accuracy(&head.logits(x), &new.test.labels))
 }

@@ -150,6 +150,7 @@ pub fn fit_row(
     task: &FewShotTask,
     spec: &RowSpec,
     model: Option<&PromptModel>,
+    images: Option<&methods::ImageContext>,
     progress: &mut dyn FnMut(methods::Progress),
 ) -> Result<(Fit, ResultRow), ExperimentError> {
     let task = &*spec.validation.task(task);
@@ -165,6 +166,7 @@ pub fn fit_row(
     let mut cx = FitContext {
         progress,
         text_tower: model,
+        images,
     };
     let trained = method
         .fit(task, &mut cx)
@@ -172,7 +174,7 @@ pub fn fit_row(
     let fitted = &trained.fitted;
     // Milliseconds are all a training time needs.
     let seconds = (start.elapsed().as_secs_f64() * 1e3).round() / 1e3;
-    let (val, test) = methods::evaluate(&fitted.head, task);
+    let (val, test) = methods::evaluate_fit(&trained, task);
     let new_accuracy = match spec.new {
         Some(new) => {
             Some(new_class_accuracy(&trained, new, model).map_err(|e| fit_error(Box::new(e)))?)
@@ -521,6 +523,7 @@ impl Group<'_> {
                 &draw.task,
                 &self.spec(c),
                 Some(&prompt_model),
+                None,
                 &mut |p| events(GridEvent::Method(p)),
             );
             match fitted {
@@ -575,7 +578,7 @@ impl Group<'_> {
         }
         let _ = tx.send(Message::Started(c));
         let (draw, _) = self.cell(c);
-        let result = fit_row(method, &draw.task, &self.spec(c), None, &mut |p| {
+        let result = fit_row(method, &draw.task, &self.spec(c), None, None, &mut |p| {
             let _ = tx.send(Message::Progress(c, p));
         });
         if result.is_err() {

@@ -112,6 +112,8 @@ pub fn target_accuracy(
         (FeatureSpace::Projected, _) => &target.test.features,
         (FeatureSpace::PreProjection, Some(pre)) => pre,
         (FeatureSpace::PreProjection, None) => return Ok(f32::NAN),
+        // Scoring other images needs them encoded through the head's own updates.
+        (FeatureSpace::Adapted, _) => return Ok(f32::NAN),
     };
     // The target's classes' columns, in the target's label order.
     let logits = head
@@ -290,7 +292,14 @@ impl Cell<'_> {
             _ => None,
         };
         let mut progress = |p| events(GridEvent::Method(p));
-        let (fit, row) = fit_row(&method, self.task, spec, tower.as_deref(), &mut progress)?;
+        let (fit, row) = fit_row(
+            &method,
+            self.task,
+            spec,
+            tower.as_deref(),
+            None,
+            &mut progress,
+        )?;
         let mut rows = vec![row.clone()];
         for (target, key) in self.targets.iter().zip(&keys[1..]) {
             let names = (trained_on, target.dataset.as_str());

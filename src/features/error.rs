@@ -67,6 +67,9 @@ pub enum FeatureError {
     #[error("{set}: imported features have no images to encode")]
     NotEncodable { set: String },
 
+    #[error("{}: {why}: a method that trains through the image tower needs the images the features were extracted from", path.display())]
+    NoImages { path: PathBuf, why: &'static str },
+
     #[error("shard `{0}`: expected i/n with 0 <= i < n, e.g. 0/4")]
     BadShard(String),
 

@@ -20,7 +20,7 @@ use crate::features::{FeatureError, Output, Transform};
 use crate::hint::{self, Value};
 use crate::methods::linalg::Matrix;
 use crate::methods::pre_projection::{PreProjection, Projection};
-use crate::methods::{FewShotTask, LabelledSet, MethodError, TextClassifier};
+use crate::methods::{DrawImages, FewShotTask, LabelledSet, MethodError, TextClassifier};
 
 /// How many training images per class: a K-shot draw, or the whole train split (what
 /// an extraction without a few-shot draw writes).
@@ -869,6 +869,54 @@ pub fn draw_size(q: &CacheQuery) -> Result<DrawSize, FeatureError> {
         val: meta(&s.val_part).map_or(0, |m| m.total),
         test: test.total,
     })
+}
+
+/// The images of the draw [`load_task`] reads, found through the cache's record of where they
+/// came from (`source` and `impaths`).
+pub fn draw_images(q: &CacheQuery) -> Result<DrawImages, FeatureError> {
+    let s = survey(q)?;
+    let (_, group) = one_extraction(q, &s)?;
+    let sets = read_sets(q, &s, &group)?;
+    let train = sets.train.as_ref().ok_or_else(|| FeatureError::NoImages {
+        path: sets.test.meta.key.dataset.clone().into(),
+        why: "the draw has no training images",
+    })?;
+    let preprocess = match &sets.test.meta.key.transform {
+        Transform::Eval { preprocess } => preprocess.clone(),
+        _ => {
+            return Err(FeatureError::NoImages {
+                path: q.cache.join(&q.dataset),
+                why: "the features were imported",
+            })
+        }
+    };
+    Ok(DrawImages {
+        train: image_paths(q, train)?,
+        test: image_paths(q, &sets.test)?,
+        preprocess,
+    })
+}
+
+/// The image file of each row of a feature file.
+fn image_paths(q: &CacheQuery, f: &FeatureFile) -> Result<Vec<PathBuf>, FeatureError> {
+    let dir = q.cache.join(&q.dataset);
+    let no = |why| FeatureError::NoImages {
+        path: dir.clone(),
+        why,
+    };
+    let source = f
+        .meta
+        .source
+        .as_ref()
+        .ok_or_else(|| no("the cache does not record where its images are"))?;
+    let root = source.load()?.image_root;
+    (f.index.iter())
+        .map(|&i| {
+            let rel = usize::try_from(i).ok().and_then(|i| f.meta.impaths.get(i));
+            rel.map(|r| root.join(r))
+                .ok_or_else(|| no("a row's image is not among the set's recorded images"))
+        })
+        .collect()
 }
 
 /// Reads the task; the error names the dataset folder and what is missing or ambiguous.

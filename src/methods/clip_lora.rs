@@ -12,11 +12,25 @@
 //!   over `500 × shots` steps of batch 32 (`n_iters × shots`), the schedule stepped every step;
 //! - the last step is kept: the reference's validation is switched off (`VALIDATION = False`).
 
-use candle_core::{Tensor, Var, D};
+use std::collections::HashMap;
+use std::path::PathBuf;
 
+use candle_core::{Device, Tensor, Var, D};
+use rayon::prelude::*;
+
+use super::head::{head_boilerplate, FeatureSpace, HeadCodec, HeadModel, HeadWriter};
+use super::linalg::{seeded_rng, Matrix};
+use super::method::method_boilerplate;
 use super::optim::AdamW;
-use super::MethodError;
-use crate::clip::train::lora::LoraClip;
+use super::overrides::MethodOverrides;
+use super::zero_shot::cosine_logits;
+use super::{
+    Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, ImageContext,
+    LabelledSet, Method, MethodCard, MethodError, Needs, Progress,
+};
+use crate::clip::train::lora::{LoraClip, LoraOptions};
+use crate::clip::Clip;
+use crate::image::augment::{Augment, ViewRng};
 
 /// The reference's AdamW weight decay.
 pub const WEIGHT_DECAY: f32 = 1e-2;
@@ -112,5 +126,370 @@ impl<'m> LoraTrainer<'m> {
         }
         self.steps += 1;
         Ok(loss.to_scalar::<f32>()?)
+    }
+}
+
+/// The reference's `--n_iters`: training runs `n_iters × shots` steps.
+pub const ITERS_PER_SHOT: usize = 500;
+/// Images encoded per forward pass when evaluating.
+const EVAL_BATCH: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipLoraOptions {
+    pub lora: LoraOptions,
+    pub lr: f32,
+    pub iters_per_shot: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for ClipLoraOptions {
+    fn default() -> Self {
+        ClipLoraOptions {
+            lora: LoraOptions::default(),
+            lr: 2e-4,
+            iters_per_shot: ITERS_PER_SHOT,
+            batch_size: 32,
+            seed: 1,
+        }
+    }
+}
+
+/// The frozen model beside the adapted one, when only the text tower is adapted: the image
+/// features are its own, as the reference computes them under `no_grad`.
+enum ImageSide {
+    Adapted,
+    Frozen(Box<Clip>),
+}
+
+/// The model inputs of a batch of images (`augment`: a fresh random crop and flip per image
+/// and step, as the reference's loader draws them).
+fn batch_pixels(
+    paths: &[&PathBuf],
+    cx: &ImageContext,
+    augment: Option<(&Augment, u64, u32)>,
+) -> Result<Tensor, MethodError> {
+    let p = &cx.images.preprocess;
+    let rows = paths
+        .par_iter()
+        .map(|path| {
+            let img = crate::image::decode_file(path).map_err(crate::clip::error::Error::from)?;
+            Ok(match augment {
+                Some((a, seed, step)) => {
+                    let mut rng = ViewRng::new(seed, step, &path.to_string_lossy());
+                    p.to_tensor_normalized(&a.apply(&img, &mut rng))
+                }
+                None => p.apply(&img),
+            })
+        })
+        .collect::<Result<Vec<Vec<f32>>, MethodError>>()?;
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    Ok(Tensor::from_vec(flat, (paths.len(), 3, p.size, p.size), &Device::Cpu)?)
+}
+
+/// Image features of a batch, through the adapted tower or the frozen one.
+fn image_features(model: &LoraClip, side: &ImageSide, pixels: &Tensor) -> Result<Tensor, MethodError> {
+    Ok(match side {
+        ImageSide::Adapted => model.encode_image(pixels)?,
+        ImageSide::Frozen(clip) => clip.encode_image(pixels)?,
+    })
+}
+
+/// The class prompts: the first template with each class name, `_` read as a space (the
+/// reference's `template[0].format(classname.replace('_', ' '))`).
+fn prompt_ids(cx: &ImageContext, model: &LoraClip, classnames: &[String]) -> Result<Vec<Vec<u32>>, MethodError> {
+    let template = cx.templates.first().map_or(crate::zero_shot::DEFAULT_TEMPLATE, |t| t.as_str());
+    let tokenizer = cx.model.tokenizer()?;
+    let ctx = model.config().text.context_length;
+    classnames
+        .iter()
+        .map(|c| {
+            let text = crate::zero_shot::format_prompt(template, &c.replace('_', " "))?;
+            Ok(tokenizer.tokenize(&text, ctx))
+        })
+        .collect()
+}
+
+fn to_matrix(t: &Tensor) -> Result<Matrix, MethodError> {
+    let (rows, cols) = t.dims2()?;
+    Ok(Matrix {
+        rows,
+        cols,
+        data: t.flatten_all()?.to_vec1::<f32>()?,
+    })
+}
+
+pub fn fit(
+    task: &FewShotTask,
+    opts: &ClipLoraOptions,
+    cx: &ImageContext,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fit, MethodError> {
+    if !(opts.lr > 0.0 && opts.lr.is_finite()) {
+        return Err(MethodError::option("lr", opts.lr, "must be positive"));
+    }
+    if !(0.0..1.0).contains(&opts.lora.dropout) {
+        return Err(MethodError::option("lora-dropout", opts.lora.dropout, "must be in [0, 1)"));
+    }
+    let (train, test) = (&cx.images.train, &cx.images.test);
+    if train.len() != task.train.labels.len() {
+        return Err(MethodError::Rows {
+            what: "the training images",
+            found: train.len(),
+            labels: task.train.labels.len(),
+        });
+    }
+    if test.len() != task.test.labels.len() {
+        return Err(MethodError::Rows {
+            what: "the test images",
+            found: test.len(),
+            labels: task.test.labels.len(),
+        });
+    }
+    let model = LoraClip::load(&cx.model, &opts.lora, opts.seed, &Device::Cpu)?;
+    let side = match opts.lora.encoder.vision() {
+        true => ImageSide::Adapted,
+        false => ImageSide::Frozen(Box::new(Clip::load(&cx.model, &Device::Cpu)?)),
+    };
+    let prompts = prompt_ids(cx, &model, &task.classnames)?;
+    let total = opts.iters_per_shot * task.shots().max(1);
+    let augment = Augment::coop(cx.images.preprocess.size as u32);
+    let n = train.len();
+    let batch = opts.batch_size.min(n).max(1);
+    // The reference's loader drops the last incomplete batch when a full one exists.
+    let per_epoch = (n / batch).max(1);
+    let epochs = total.div_ceil(per_epoch);
+    let mut trainer = LoraTrainer::new(&model, opts.lr, total);
+    let mut rng = seeded_rng(opts.seed);
+    model.set_training(Some(opts.seed))?;
+    let mut losses = Vec::with_capacity(epochs);
+    let mut step = 0usize;
+    for epoch in 0..epochs {
+        let order = rng.permutation(n);
+        let mut sum = 0.0;
+        let mut count = 0;
+        for rows in order.chunks_exact(batch).take(per_epoch) {
+            if step == total {
+                break;
+            }
+            let paths: Vec<&PathBuf> = rows.iter().map(|&i| &train[i]).collect();
+            let labels: Vec<u32> = rows.iter().map(|&i| task.train.labels[i] as u32).collect();
+            let pixels = batch_pixels(&paths, cx, Some((&augment, opts.seed, step as u32)))?;
+            let loss = match &side {
+                ImageSide::Adapted => trainer.step(StepImages::Pixels(&pixels), &prompts, &labels)?,
+                ImageSide::Frozen(_) => {
+                    let f = image_features(&model, &side, &pixels)?;
+                    trainer.step(StepImages::Features(&f), &prompts, &labels)?
+                }
+            };
+            if !loss.is_finite() {
+                return Err(MethodError::Diverged { epoch, loss });
+            }
+            sum += loss;
+            count += 1;
+            step += 1;
+        }
+        let mean = sum / count.max(1) as f32;
+        losses.push(mean);
+        progress(Progress::Epoch {
+            epoch: epoch + 1,
+            epochs,
+            loss: mean,
+        });
+    }
+    model.set_training(None)?;
+    let classes = unit_rows(&model.encode_tokens(&prompts)?)?;
+    let mut features = Vec::with_capacity(test.len() * classes.dim(1)?);
+    for chunk in test.chunks(EVAL_BATCH) {
+        let paths: Vec<&PathBuf> = chunk.iter().collect();
+        let pixels = batch_pixels(&paths, cx, None)?;
+        let f = image_features(&model, &side, &pixels)?.detach();
+        features.extend(f.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let dim = classes.dim(1)?;
+    let head = LoraHead {
+        classes: to_matrix(&classes)?,
+        logit_scale: model.logit_scale(),
+        lora: opts.lora,
+        updates: (model.vars().into_iter())
+            .map(|(name, v)| Ok((name, v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+            .collect::<Result<_, MethodError>>()?,
+    };
+    Ok(Fit {
+        fitted: Fitted {
+            head: Head::new(head),
+            chosen: vec![("steps".into(), step.to_string())],
+            losses,
+        },
+        prompt: None,
+        adapted_test: Some(Box::new(LabelledSet {
+            features: Matrix {
+                rows: test.len(),
+                cols: dim,
+                data: features,
+            },
+            labels: task.test.labels.clone(),
+        })),
+    })
+}
+
+/// A trained CLIP-LoRA: the class embeddings of its adapted text tower, and its updates, which
+/// make the image features it scores (`predict` encodes through them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraHead {
+    /// K×D, unit rows.
+    pub classes: Matrix,
+    pub logit_scale: f32,
+    pub lora: LoraOptions,
+    /// `(name, shape, values)` of every LoRA matrix, as [`LoraClip::vars`] names them.
+    pub updates: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl LoraHead {
+    /// The updates as tensors, for [`LoraClip::set_vars`].
+    pub fn tensors(&self) -> Result<HashMap<String, Tensor>, MethodError> {
+        (self.updates.iter())
+            .map(|(n, s, v)| Ok((n.clone(), Tensor::from_slice(v, s.as_slice(), &Device::Cpu)?)))
+            .collect()
+    }
+}
+
+pub static CODEC: HeadCodec = HeadCodec {
+    kind: "clip-lora",
+    anchor: ("classes", "K × D, the adapted text tower's class embeddings"),
+    input: FeatureSpace::Adapted,
+    read: |r, classes| {
+        let meta = |key: &str| {
+            r.metadata(key).ok_or_else(|| super::head::HeadError::MissingTensor {
+                name: key.to_string(),
+                what: "a CLIP-LoRA head's metadata".to_string(),
+            })
+        };
+        let bad = |key: &str, v: &str| super::head::HeadError::MissingTensor {
+            name: format!("{key}={v}"),
+            what: "a valid CLIP-LoRA option".to_string(),
+        };
+        let get = |key: &str| -> Result<String, super::head::HeadError> { Ok(meta(key)?.to_string()) };
+        let (rank, alpha) = (get("lora_rank")?, get("lora_alpha")?);
+        let (params, encoder, position) = (get("lora_params")?, get("lora_encoder")?, get("lora_position")?);
+        let lora = LoraOptions {
+            rank: rank.parse().map_err(|_| bad("lora_rank", &rank))?,
+            alpha: alpha.parse().map_err(|_| bad("lora_alpha", &alpha))?,
+            dropout: 0.0,
+            params: params.parse().map_err(|_| bad("lora_params", &params))?,
+            encoder: encoder.parse().map_err(|_| bad("lora_encoder", &encoder))?,
+            position: position.parse().map_err(|_| bad("lora_position", &position))?,
+        };
+        let names: Vec<String> = serde_json::from_str(meta("lora_tensors")?)
+            .map_err(|_| bad("lora_tensors", "not a JSON list"))?;
+        let mut updates = Vec::with_capacity(names.len());
+        for name in names {
+            let (shape, data) = r.tensor(&name, &[None, None], "a LoRA matrix")?;
+            updates.push((name, shape, data));
+        }
+        Ok(Box::new(LoraHead {
+            logit_scale: r.logit_scale()?,
+            classes,
+            lora,
+            updates,
+        }))
+    },
+};
+
+impl HeadModel for LoraHead {
+    head_boilerplate!(CODEC);
+
+    fn logits(&self, x: &Matrix) -> Matrix {
+        cosine_logits(x, &self.classes, self.logit_scale)
+    }
+
+    fn dim(&self) -> usize {
+        self.classes.cols
+    }
+
+    fn write(&self, w: &mut HeadWriter) {
+        w.matrix("classes", &self.classes);
+        w.scalar("logit_scale", self.logit_scale);
+        for (name, shape, data) in &self.updates {
+            w.put(name, shape.clone(), data.clone());
+        }
+        let names: Vec<&String> = self.updates.iter().map(|(n, _, _)| n).collect();
+        w.meta("lora_tensors", serde_json::to_string(&names).unwrap_or_default());
+        w.meta("lora_rank", self.lora.rank.to_string());
+        w.meta("lora_alpha", self.lora.alpha.to_string());
+        w.meta("lora_params", self.lora.params.to_string());
+        w.meta("lora_encoder", self.lora.encoder.to_string());
+        w.meta("lora_position", self.lora.position.to_string());
+    }
+}
+
+pub static CARD: MethodCard = MethodCard {
+    name: "clip-lora",
+    title: "CLIP-LoRA",
+    paper: "Zanella & Ben Ayed, CVPR Workshops 2024",
+    code: "MaxZanella/CLIP-LoRA",
+    colour: (31, 119, 180),
+    variant_colours: &[],
+    reported_as: None,
+    without_validation: "unchanged: the last step, as the reference keeps it (its validation is switched off)",
+    augmentation: Augmentation::RandomResizedCrop {
+        scale: (0.08, 1.0),
+        flip: true,
+        source: "CLIP-LoRA's `train_tranform`: RandomResizedCrop(scale (0.08, 1), bicubic) + flip, drawn afresh for every image at every step from the images themselves",
+    },
+    needs: Needs::Images,
+    options: &[
+        "lr",
+        "batch-size",
+        "lora-rank",
+        "lora-alpha",
+        "lora-dropout",
+        "lora-params",
+        "lora-encoder",
+        "lora-position",
+        "iters-per-shot",
+    ],
+    configure,
+    head: &CODEC,
+    new_classes: crate::methods::NewClasses::No("its image features are its own adapted tower's: scoring new classes needs their test images encoded through it, which the base-to-new runner does not do yet"),
+};
+
+fn configure(o: &MethodOverrides, _dataset: &str, seed: u64) -> Method {
+    let d = ClipLoraOptions::default();
+    let l = d.lora;
+    Method::new(ClipLoraOptions {
+        lora: LoraOptions {
+            rank: o.lora_rank.unwrap_or(l.rank),
+            alpha: o.lora_alpha.map_or(l.alpha, f64::from),
+            dropout: o.lora_dropout.unwrap_or(l.dropout),
+            params: o.lora_params.unwrap_or(l.params),
+            encoder: o.lora_encoder.unwrap_or(l.encoder),
+            position: o.lora_position.unwrap_or(l.position),
+        },
+        lr: o.lr.unwrap_or(d.lr),
+        iters_per_shot: o.iters_per_shot.unwrap_or(d.iters_per_shot),
+        batch_size: o.batch_size.unwrap_or(d.batch_size),
+        seed,
+    })
+}
+
+impl FewShotMethod for ClipLoraOptions {
+    method_boilerplate!(CARD);
+
+    fn describe(&self) -> String {
+        let l = &self.lora;
+        format!(
+            "rank={} alpha={} dropout={} params={} encoder={} position={} lr={} iters_per_shot={} batch={}",
+            l.rank, l.alpha, l.dropout, l.params, l.encoder, l.position, self.lr, self.iters_per_shot, self.batch_size
+        )
+    }
+
+    fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
+        let images = cx.images.ok_or(MethodError::NeedsModel { method: CARD.name })?;
+        fit(task, self, images, cx.progress)
+    }
+
+    fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
     }
 }

@@ -38,7 +38,7 @@ pub enum MethodError {
     #[error("{method} starts from the mean un-normalised prompt embeddings, which this cache's text features lack (cached by an older version): extract them again")]
     NeedsTextMean { method: &'static str },
 
-    #[error("{method} trains through the model's text tower: fit it with the model loaded")]
+    #[error("{method} trains through the model itself: fit it with the model loaded (and, for the image tower, the images the features came from)")]
     NeedsModel { method: &'static str },
 
     #[error("option `{name}` = {value}: {why}")]

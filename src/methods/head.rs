@@ -28,6 +28,9 @@ pub enum FeatureSpace {
     Projected,
     /// The image tower's output before its last projection (ProLIP trains that projection).
     PreProjection,
+    /// The projected embeddings of the model with the head's own updates (CLIP-LoRA): the
+    /// cached features are not what it scores.
+    Adapted,
 }
 
 /// A trained head.

@@ -53,6 +53,27 @@ pub enum Needs {
     PreProjection,
     /// The text tower of the model that made the features (prompts are trained through it).
     TextTower,
+    /// The model's files and the task's images themselves: it trains through the image tower
+    /// (CLIP-LoRA), so its test features are its own.
+    Images,
+}
+
+/// The images behind a draw: the files of its training rows and of its test rows, in the rows'
+/// order, and the evaluation transform they were encoded with.
+#[derive(Debug, Clone)]
+pub struct DrawImages {
+    pub train: Vec<std::path::PathBuf>,
+    pub test: Vec<std::path::PathBuf>,
+    pub preprocess: crate::image::Preprocess,
+}
+
+/// What a [`Needs::Images`] method reads besides the features.
+pub struct ImageContext {
+    /// The model that made the task's features.
+    pub model: crate::clip::ModelFiles,
+    pub images: DrawImages,
+    /// The prompt templates of the task's text features, in order.
+    pub templates: Vec<String>,
 }
 
 /// What the registry knows about a method before any option is set.
@@ -110,6 +131,8 @@ pub struct FitContext<'a> {
     pub progress: &'a mut dyn FnMut(Progress),
     /// The text tower of the model that made the task's features, for [`Needs::TextTower`].
     pub text_tower: Option<&'a PromptModel>,
+    /// The model's files and the task's images, for [`Needs::Images`].
+    pub images: Option<&'a ImageContext>,
 }
 
 /// A method with its options.
@@ -143,6 +166,9 @@ pub struct Fit {
     pub fitted: Fitted,
     /// CoOp's own head: the learned context, re-encoded through the model when used.
     pub prompt: Option<CoopHead>,
+    /// The test set as the method's own adapted image tower encodes it (CLIP-LoRA), which its
+    /// head scores instead of the cached features.
+    pub adapted_test: Option<Box<super::LabelledSet>>,
 }
 
 impl From<Fitted> for Fit {
@@ -150,6 +176,7 @@ impl From<Fitted> for Fit {
         Fit {
             fitted,
             prompt: None,
+            adapted_test: None,
         }
     }
 }
@@ -297,7 +324,12 @@ impl Method {
     /// Fits on `task` after checking it.
     pub fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {
         task.validate()?;
-        if self.card().needs == Needs::TextTower && cx.text_tower.is_none() {
+        let missing = match self.card().needs {
+            Needs::TextTower => cx.text_tower.is_none(),
+            Needs::Images => cx.images.is_none(),
+            Needs::Features | Needs::PreProjection => false,
+        };
+        if missing {
             return Err(MethodError::NeedsModel {
                 method: self.name(),
             });

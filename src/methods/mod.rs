@@ -22,7 +22,6 @@
 //! normalises where its reference implementation does. Hyper-parameters are chosen on the
 //! validation set only; the test set is evaluated once, with the chosen values.
 
-pub mod clip_lora;
 pub mod epochs;
 mod error;
 pub mod eval;
@@ -63,14 +62,15 @@ registry! {
     clap => [CARD],
     prolip => [CARD],
     proker => [CARD],
+    clip_lora => [CARD],
 }
 
 pub use error::MethodError;
 pub use head::{FeatureSpace, Head};
 pub use linalg::Matrix;
 pub use method::{
-    Augmentation, FewShotMethod, Fit, FitContext, Method, MethodCard, MethodKind, Needs,
-    NewClasses, UnknownMethod,
+    Augmentation, DrawImages, FewShotMethod, Fit, FitContext, ImageContext, Method, MethodCard,
+    MethodKind, Needs, NewClasses, UnknownMethod,
 };
 pub use overrides::{MethodOverrides, OptionError, OptionSpec, OptionValue, OPTIONS};
 
@@ -274,6 +274,7 @@ pub fn fit(
     let mut cx = FitContext {
         progress,
         text_tower: None,
+        images: None,
     };
     Ok(method.fit(task, &mut cx)?.fitted)
 }
@@ -293,6 +294,21 @@ pub fn evaluate(head: &Head, task: &FewShotTask) -> (f32, f32) {
             acc(&task.test, Some(&pre.test)),
         ),
         (FeatureSpace::PreProjection, None) => (f32::NAN, f32::NAN),
+        // Its features are its own: [`evaluate_fit`] scores the ones it encoded.
+        (FeatureSpace::Adapted, _) => (f32::NAN, f32::NAN),
+    }
+}
+
+/// [`evaluate`], with the test set a method encoded through its own adapted image tower when it
+/// did (its validation accuracy is not measured: it would mean encoding the validation images
+/// too, and nothing is chosen on them).
+pub fn evaluate_fit(fit: &Fit, task: &FewShotTask) -> (f32, f32) {
+    match &fit.adapted_test {
+        Some(test) => (
+            f32::NAN,
+            eval::accuracy(&fit.fitted.head.logits(&test.features), &test.labels),
+        ),
+        None => evaluate(&fit.fitted.head, task),
     }
 }
 

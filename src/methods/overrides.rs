@@ -5,6 +5,7 @@
 
 use super::clip_adapter::{Branch, Form, RatioMode};
 use super::coop::ClassPosition;
+use crate::clip::train::lora::{LoraEncoder, LoraParams, LoraPosition};
 
 /// What an option's value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,52 @@ pub const OPTIONS: &[OptionSpec] = &[
                images).",
     },
     OptionSpec {
+        name: "lora-rank",
+        value: OptionValue::Count,
+        help: "CLIP-LoRA: rank r of each update [default: 2].",
+    },
+    OptionSpec {
+        name: "lora-alpha",
+        value: OptionValue::Number,
+        help: "CLIP-LoRA: the updates are scaled by α/√r [default: 1].",
+    },
+    OptionSpec {
+        name: "lora-dropout",
+        value: OptionValue::Number,
+        help: "CLIP-LoRA: dropout rate on the low-rank path's input, in [0, 1) [default: 0.25].",
+    },
+    OptionSpec {
+        name: "lora-params",
+        value: OptionValue::Phrase,
+        help: "CLIP-LoRA: the attention projections adapted, comma-separated among q, k, v, o \
+               [default: q,k,v].",
+    },
+    OptionSpec {
+        name: "lora-encoder",
+        value: OptionValue::Choice(&["text", "vision", "both"]),
+        help: "CLIP-LoRA: the towers adapted [default: both].",
+    },
+    OptionSpec {
+        name: "lora-position",
+        value: OptionValue::Choice(&[
+            "bottom",
+            "mid",
+            "up",
+            "half-up",
+            "half-bottom",
+            "all",
+            "top3",
+        ]),
+        help: "CLIP-LoRA: the layers adapted (thirds and halves of the tower's depth, or its last \
+               3) [default: all].",
+    },
+    OptionSpec {
+        name: "iters-per-shot",
+        value: OptionValue::Count,
+        help: "CLIP-LoRA: training steps per shot, `n_iters` [default: 500, i.e. 8000 steps at 16 \
+               shots].",
+    },
+    OptionSpec {
         name: "n-ctx",
         value: OptionValue::Count,
         help: "CoOp: number of learned context vectors M [default: 16].",
@@ -183,6 +230,14 @@ pub struct MethodOverrides {
     /// CoOp: one context per class.
     pub csc: bool,
     pub class_token_position: Option<ClassPosition>,
+    pub lora_rank: Option<usize>,
+    pub lora_alpha: Option<f32>,
+    pub lora_dropout: Option<f32>,
+    pub lora_params: Option<LoraParams>,
+    pub lora_encoder: Option<LoraEncoder>,
+    pub lora_position: Option<LoraPosition>,
+    /// CLIP-LoRA's `n_iters`.
+    pub iters_per_shot: Option<usize>,
 }
 
 /// The dataset on which CoOp (and CLIP-Adapter, which follows CoOp's schedule) trains 50
@@ -216,6 +271,13 @@ impl MethodOverrides {
         put("lr", self.lr.map(|v| v.to_string()));
         put("epochs", self.epochs.map(|v| v.to_string()));
         put("batch-size", self.batch_size.map(|v| v.to_string()));
+        put("lora-rank", self.lora_rank.map(|v| v.to_string()));
+        put("lora-alpha", self.lora_alpha.map(|v| v.to_string()));
+        put("lora-dropout", self.lora_dropout.map(|v| v.to_string()));
+        put("lora-params", self.lora_params.map(|v| v.to_string()));
+        put("lora-encoder", self.lora_encoder.map(|v| v.to_string()));
+        put("lora-position", self.lora_position.map(|v| v.to_string()));
+        put("iters-per-shot", self.iters_per_shot.map(|v| v.to_string()));
         put("n-ctx", self.n_ctx.map(|v| v.to_string()));
         // Quoted: a phrase has spaces, and the options column is space-separated.
         put("ctx-init", self.ctx_init.as_ref().map(|v| format!("{v:?}")));
@@ -262,6 +324,18 @@ impl MethodOverrides {
             "lr" => self.lr = Some(number(v)?),
             "epochs" => self.epochs = Some(count()?),
             "batch-size" => self.batch_size = Some(count()?),
+            "lora-rank" => self.lora_rank = Some(count()?),
+            "lora-alpha" => self.lora_alpha = Some(number(v)?),
+            "lora-dropout" => {
+                self.lora_dropout = Some(number(v).and_then(|p| match (0.0..1.0).contains(&p) {
+                    true => Ok(p),
+                    false => Err(invalid()),
+                })?)
+            }
+            "lora-params" => self.lora_params = Some(v.parse().map_err(|_| invalid())?),
+            "lora-encoder" => self.lora_encoder = Some(v.parse().map_err(choice)?),
+            "lora-position" => self.lora_position = Some(v.parse().map_err(choice)?),
+            "iters-per-shot" => self.iters_per_shot = Some(count()?),
             "n-ctx" => self.n_ctx = Some(count()?),
             "ctx-init" if !v.is_empty() => self.ctx_init = Some(value.to_string()),
             "csc" => self.csc = v.parse().map_err(|_| invalid())?,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{coop_model, load_draw, RunError, RunObserver};
+use super::{coop_model, image_context, load_draw, RunError, RunObserver};
 use crate::clip::hub::HubOptions;
 use crate::experiment::{
     self, fit_row, GridEvent, GridMethod, MethodOverrides, ResultRow, RowSource, RowSpec,
@@ -75,12 +75,26 @@ pub fn fit(spec: &FitSpec, observer: &mut dyn RunObserver) -> Result<FitOutcome,
         Needs::TextTower => Some(coop_model(model, &row_source, &spec.hub, observer)?),
         _ => None,
     };
+    let images = match spec.method.card().needs {
+        Needs::Images => Some(image_context(
+            model,
+            &spec.cache,
+            &spec.dataset,
+            (spec.shots, spec.seed),
+            &row_source,
+            &source.templates,
+            &spec.hub,
+            observer,
+        )?),
+        _ => None,
+    };
     let mut progress = |p| observer.grid(GridEvent::Method(p));
     let (fit, row) = fit_row(
         &method,
         &task,
         &row_spec,
         prompt_model.as_ref(),
+        images.as_ref(),
         &mut progress,
     )?;
     let info = match &fit.prompt {

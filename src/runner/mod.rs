@@ -125,6 +125,57 @@ fn load_draw(
     })
 }
 
+/// What a method that trains through the image tower (CLIP-LoRA) reads: the model that made the
+/// draw's features (as [`coop_model`] finds it, refused unless its fingerprint is theirs) and
+/// the draw's images, which the cache records.
+#[allow(clippy::too_many_arguments)]
+fn image_context(
+    given: Option<&str>,
+    cache: &Path,
+    dataset: &str,
+    (shots, seed): (Shots, u64),
+    source: &RowSource,
+    templates: &[String],
+    hub: &HubOptions,
+    observer: &mut dyn RunObserver,
+) -> Result<crate::methods::ImageContext, RunError> {
+    let spec = match given {
+        Some(g) if g != source.model => g.to_string(),
+        _ => source.model_name.clone(),
+    };
+    let wrap = |e: RunError| RunError::PromptModel {
+        spec: spec.clone(),
+        source: Box::new(e),
+    };
+    let files = resolve_model(&spec, hub, observer).map_err(wrap)?;
+    let fingerprint = model_fingerprint(&files).map_err(|e| wrap(e.into()))?;
+    if fingerprint != source.model {
+        return Err(wrap(RunError::from(
+            experiment::ExperimentError::FeaturesModel {
+                given: spec.clone(),
+                found: fingerprint,
+                expected: source.model_name.clone(),
+                expected_fingerprint: source.model.clone(),
+            },
+        )));
+    }
+    let q = CacheQuery {
+        model: given.map(str::to_string),
+        ..CacheQuery::new(cache, dataset, shots, seed)
+    };
+    let images = crate::features::task::draw_images(&q).map_err(|source| RunError::LoadTask {
+        dataset: dataset.to_string(),
+        shots,
+        seed,
+        source: Box::new(source),
+    })?;
+    Ok(crate::methods::ImageContext {
+        model: files,
+        images,
+        templates: templates.to_vec(),
+    })
+}
+
 /// The model CoOp trains through: `given` when it names one (rather than a fingerprint), else
 /// the one the cache records as having made the features; refused unless its fingerprint is
 /// theirs.

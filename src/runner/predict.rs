@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::{resolve_model, RunError, RunObserver};
 use crate::clip::hub::HubOptions;
+use crate::clip::train::lora::LoraClip;
 use crate::clip::{Clip, ModelFiles};
 use crate::experiment;
 use crate::features::model_fingerprint;
+use crate::methods::clip_lora::LoraHead;
 use crate::methods::coop::{self, CoopHead, PromptModel};
 use crate::methods::head::{self, HeadInfo};
 use crate::methods::{FeatureSpace, Head, Matrix};
@@ -80,7 +82,12 @@ pub fn predict(
             dir: files.dir.clone(),
             source: Box::new(source),
         })?;
-    let x = encode(&clip, &head, spec, observer)?;
+    // A CLIP-LoRA head scores the features of the model with its own updates.
+    let lora = match head.downcast_ref::<LoraHead>() {
+        Some(h) => Some(lora_model(h, &files)?),
+        None => None,
+    };
+    let x = encode(&clip, &head, lora.as_ref(), spec, observer)?;
     if x.cols != head.dim() {
         return Err(RunError::HeadWidth {
             head: spec.head.clone(),
@@ -168,22 +175,44 @@ fn coop_head(c: &CoopHead, files: &ModelFiles, model: &str, path: &Path) -> Resu
     Ok(Head::new(crate::methods::zero_shot::ZeroShot::new(&text)))
 }
 
+/// The model with a CLIP-LoRA head's updates, in evaluation.
+fn lora_model(h: &LoraHead, files: &ModelFiles) -> Result<LoraClip, RunError> {
+    let load = || -> Result<LoraClip, crate::methods::MethodError> {
+        let model = LoraClip::load(files, &h.lora, 0, &candle_core::Device::Cpu)?;
+        model.set_vars(&h.tensors()?)?;
+        Ok(model)
+    };
+    Ok(load()?)
+}
+
 /// The images' features in the space the head scores: a ProLIP head holds the trained
-/// projection, so it scores the tower's output before it.
+/// projection, so it scores the tower's output before it; a CLIP-LoRA head scores the image
+/// tower with its updates, when it adapted that tower.
 fn encode(
     clip: &Clip,
     head: &Head,
+    lora: Option<&LoraClip>,
     spec: &PredictSpec,
     observer: &mut dyn RunObserver,
 ) -> Result<Matrix, RunError> {
-    let encode = match head.input() {
-        FeatureSpace::PreProjection => crate::encode::encode_image_files_pre_projection,
-        FeatureSpace::Projected => crate::encode::encode_image_files,
-    };
+    let pre = |p: &candle_core::Tensor| Ok(clip.encode_image_parts(p)?.0);
+    let projected = |p: &candle_core::Tensor| clip.encode_image(p);
+    let encode: &dyn Fn(&candle_core::Tensor) -> crate::clip::error::Result<candle_core::Tensor> =
+        match (head.input(), lora) {
+            (FeatureSpace::PreProjection, _) => &pre,
+            (FeatureSpace::Adapted, Some(l)) if l.options().encoder.vision() => {
+                &|p| l.encode_image(p)
+            }
+            (FeatureSpace::Adapted | FeatureSpace::Projected, _) => &projected,
+        };
     let total = spec.images.len();
-    let features = encode(clip, &spec.images, spec.batch_size, &mut |d, _| {
-        observer.encoding(d, total)
-    })?;
+    let features = crate::encode::encode_files(
+        clip,
+        &spec.images,
+        spec.batch_size,
+        &mut |d, _| observer.encoding(d, total),
+        encode,
+    )?;
     let to_err = crate::clip::error::Error::from;
     let (n, d) = features.dims2().map_err(to_err)?;
     let data = (features.flatten_all())

@@ -178,8 +178,13 @@ pub fn fit(a: FitArgs, progress: &Progress) -> Result<()> {
     }
     let (val, test, seconds) = (row.val_accuracy, row.test_accuracy, row.train_seconds);
     let draw = format!("{}-shot, seed {}", a.shots, a.seed);
+    // Not measured (a method scoring its own features has no cached validation ones): a dash.
+    let val = match val.is_nan() {
+        true => "-".to_string(),
+        false => format!("{val:.2} %"),
+    };
     outln!(
-        "{} on {} ({draw}): val {val:.2} %, test {test:.2} % ({seconds:.1} s)",
+        "{} on {} ({draw}): val {val}, test {test:.2} % ({seconds:.1} s)",
         row.method,
         a.dataset
     );

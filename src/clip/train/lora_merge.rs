@@ -93,7 +93,11 @@ fn add_deltas(
 /// Writes the model of `files` with `deltas` folded in under `out`, a new directory: the same
 /// file names as the source for a model directory (weights as safetensors, config and tokenizer
 /// files copied), `<stem>.safetensors` for a single OpenAI file. Returns what to load.
-pub fn write_merged(files: &ModelFiles, deltas: &[(String, Tensor)], out: &Path) -> Result<PathBuf> {
+pub fn write_merged(
+    files: &ModelFiles,
+    deltas: &[(String, Tensor)],
+    out: &Path,
+) -> Result<PathBuf> {
     let ckpt = Checkpoint::open(&files.weights, files.layout, &Device::Cpu)?;
     let tensors = merged_tensors(&ckpt, files.layout, deltas)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -101,7 +105,11 @@ pub fn write_merged(files: &ModelFiles, deltas: &[(String, Tensor)], out: &Path)
         (Some(_), Layout::Transformers) => (out.join("model.safetensors"), out.to_path_buf()),
         (Some(_), Layout::OpenClip) => (out.join("open_clip_model.safetensors"), out.to_path_buf()),
         (None, _) => {
-            let stem = files.weights.file_stem().unwrap_or_default().to_string_lossy();
+            let stem = files
+                .weights
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy();
             let file = out.join(format!("{stem}.safetensors"));
             (file.clone(), file)
         }

@@ -504,6 +504,7 @@ impl FewShotMethod for CoopOptions {
         Ok(Fit {
             fitted: c.fitted,
             prompt: Some(c.head),
+            adapted_test: None,
         })
     }
 
