@@ -428,7 +428,7 @@ pub static CARD: MethodCard = MethodCard {
     title: "CLIP-LoRA",
     paper: "Zanella & Ben Ayed, CVPR Workshops 2024",
     code: "MaxZanella/CLIP-LoRA",
-    colour: (31, 119, 180),
+    colour: (199, 21, 133),
     variant_colours: &[],
     reported_as: None,
     without_validation: "unchanged: the last step, as the reference keeps it (its validation is switched off)",

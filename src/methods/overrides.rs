@@ -18,6 +18,8 @@ pub enum OptionValue {
     Numbers,
     /// One of these names.
     Choice(&'static [&'static str]),
+    /// Some of these names, comma-separated.
+    Names(&'static [&'static str]),
     /// Free text.
     Phrase,
     /// On or off (`true` / `false`).
@@ -124,7 +126,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         name: "lora-params",
-        value: OptionValue::Phrase,
+        value: OptionValue::Names(&["q", "k", "v", "o"]),
         help: "CLIP-LoRA: the attention projections adapted, comma-separated among q, k, v, o \
                [default: q,k,v].",
     },
@@ -202,6 +204,9 @@ impl OptionValue {
             OptionValue::Number => "a finite number".into(),
             OptionValue::Numbers => "a comma-separated list of finite numbers".into(),
             OptionValue::Choice(names) => format!("one of: {}", names.join(", ")),
+            OptionValue::Names(names) => {
+                format!("comma-separated names among: {}", names.join(", "))
+            }
             OptionValue::Phrase => "a non-empty phrase".into(),
             OptionValue::Switch => "true or false".into(),
         }
@@ -364,6 +369,7 @@ mod tests {
             OptionValue::Number => "0.5",
             OptionValue::Numbers => "0.1, 0.2",
             OptionValue::Choice(names) => names[names.len() - 1],
+            OptionValue::Names(names) => names[0],
             OptionValue::Phrase => "a photo of a",
             OptionValue::Switch => "true",
         }

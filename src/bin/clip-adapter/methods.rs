@@ -112,6 +112,7 @@ fn option_arg(spec: &'static OptionSpec) -> clap::Arg {
         OptionValue::Number => arg.value_name("X").value_parser(check),
         OptionValue::Count => arg.value_name("N").value_parser(check),
         OptionValue::Phrase => arg.value_name("PHRASE").value_parser(check),
+        OptionValue::Names(_) => arg.value_name("NAME,...").value_parser(check),
     }
 }
 
