@@ -25,6 +25,7 @@ mod new_methods;
 mod parity_clip;
 mod parity_eva;
 mod parity_open_clip;
+mod parity_shape_rules;
 mod parity_siglip;
 mod parity_siglip_open_clip;
 mod preprocess;

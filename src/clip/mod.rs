@@ -305,7 +305,13 @@ impl Clip {
                 identity: Linear::new(Tensor::eye(e, candle_core::DType::F32, device)?, None, None),
             },
             VisionTower::Vit(v) => ImageEncoder::Vit {
-                tower: Box::new(VisionTransformer::load(&root.pp("vision_model"), v)?),
+                tower: Box::new(VisionTransformer::load(
+                    &root.pp("vision_model"),
+                    v,
+                    // open_clip resizes positions for another image size (`resize_pos_embed`).
+                    (config.layout == Layout::OpenClip)
+                        .then_some(model::positions::Interpolation::BicubicAntialias),
+                )?),
                 projection: Linear::load(&root.pp("visual_projection"), v.width, e, false)?,
             },
             VisionTower::ResNet(r) => ImageEncoder::ResNet(Box::new(ModifiedResNet::load(

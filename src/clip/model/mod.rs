@@ -3,6 +3,7 @@
 
 pub mod conv;
 pub mod eva;
+pub mod positions;
 pub mod resnet;
 pub mod siglip;
 pub mod text;
