@@ -12,7 +12,7 @@
 //! - SwiGLU MLP: `fc2(norm(silu(fc1_g(x)) * fc1_x(x)))` (`swiglu_mlp`, `scale_mlp`);
 //! - no pre-norm; the final `norm` is applied to every token and the class token is pooled.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::transformer::{LayerNorm, Linear};
 use crate::clip::error::{InputError, Result};
@@ -79,7 +79,7 @@ impl RotaryEmbedding {
     /// # Shapes
     /// `(B, prefix + N, D) -> (B, prefix + N, D)` with `D = heads · head_dim`
     pub fn apply(&self, x: &Tensor, prefix: usize) -> Result<Tensor> {
-        let (b, l, d) = x.dims3()?;
+        let (b, _, d) = x.dims3()?;
         let (_, n, _, hd) = self.sin.dims4()?;
         let h = d / hd;
         let patches = x.narrow(1, prefix, n)?.reshape((b, n, h, hd))?;
@@ -89,7 +89,6 @@ impl RotaryEmbedding {
             .reshape((b, n, h, hd))?;
         let out = (patches.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?
             .reshape((b, n, d))?;
-        debug_assert_eq!(l, prefix + n);
         Ok(Tensor::cat(&[&x.narrow(1, 0, prefix)?, &out], 1)?)
     }
 }
@@ -263,7 +262,6 @@ impl Eva {
         }
         let (g, p, d) = (c.grid(), c.patch_size, c.width);
         let patches = pixels
-            .to_dtype(DType::F32)?
             .reshape((b, 3, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
