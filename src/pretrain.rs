@@ -208,6 +208,7 @@ impl ModelShape {
             layout,
             image_mean: CLIP_MEAN,
             image_std: CLIP_STD,
+            squash: false,
         }
     }
 

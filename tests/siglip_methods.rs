@@ -14,11 +14,11 @@ use crate::common::{cli_in, fixture, ok};
 
 const LABELS: &str = "class 0,class 1,class 2";
 
-/// The cache of a 3-class folder, 2 shots (seed 1), extracted with tiny-siglip; the dataset's
-/// name as the cache names it.
-fn extract(dir: &Path) -> String {
+/// The cache of a 3-class folder, 2 shots (seed 1), extracted with the fixture model `model`;
+/// the dataset's name as the cache names it.
+pub fn extract(dir: &Path, model: &str) -> String {
     crate::features::image_folder(&dir.join("data"), 3, 6);
-    let model = fixture("models/tiny-siglip");
+    let model = fixture(&format!("models/{model}"));
     let doc: Value = serde_json::from_str(&ok(&cli_in(
         dir,
         &[
@@ -42,7 +42,7 @@ fn extract(dir: &Path) -> String {
     name.to_string_lossy().into_owned()
 }
 
-fn fit(dir: &Path, dataset: &str, method: &str, extra: &[&str]) -> Value {
+pub fn fit(dir: &Path, dataset: &str, method: &str, extra: &[&str]) -> Value {
     let save = format!("{method}.safetensors");
     let args = [
         &[
@@ -68,7 +68,7 @@ fn fit(dir: &Path, dataset: &str, method: &str, extra: &[&str]) -> Value {
 }
 
 /// `(label, probability, logit)` of every prediction of every image, in output order.
-fn scores(doc: &Value) -> Vec<Vec<(String, f64, f64)>> {
+pub fn scores(doc: &Value) -> Vec<Vec<(String, f64, f64)>> {
     doc["results"]
         .as_array()
         .unwrap()
@@ -92,7 +92,7 @@ fn scores(doc: &Value) -> Vec<Vec<(String, f64, f64)>> {
 fn methods_fit_on_siglip_features_and_zero_shot_scores_as_classify() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let dataset = extract(dir);
+    let dataset = extract(dir, "tiny-siglip");
     for (method, extra) in [
         ("zero-shot", &[][..]),
         ("linear-probe", &[][..]),

@@ -104,6 +104,11 @@ pub enum Error {
     #[error("{what} is implemented for CLIP models only, not for SigLIP")]
     SiglipUnsupported { what: &'static str },
 
+    /// An EVA02 image tower where only CLIP's ViT and ModifiedResNet are implemented (training
+    /// a model from scratch, writing its config).
+    #[error("{what} is implemented for CLIP's ViT and ResNet image towers only, not for EVA02")]
+    EvaUnsupported { what: &'static str },
+
     /// A training thread panicked while it held the weights' lock: the weights may be half
     /// updated, so training stops.
     #[error("CLIP-LoRA: {why}")]

@@ -26,9 +26,10 @@ use crate::image::Preprocess;
 use crate::tokenizer::Tokenizer;
 use load::checkpoint::Checkpoint;
 pub use load::config::{
-    Activation, ClipConfig, ResNetConfig, TextConfig, VisionConfig, VisionTower,
+    Activation, ClipConfig, EvaConfig, ResNetConfig, TextConfig, VisionConfig, VisionTower,
 };
 pub use load::layout::Layout;
+use model::eva::Eva;
 use model::resnet::ModifiedResNet;
 use model::siglip::SiglipVisionTransformer;
 use model::text::TextTransformer;
@@ -87,10 +88,16 @@ impl ModelFiles {
                     expected: weights.to_vec(),
                 })
             })?;
+        let config = dir.join(config);
+        // open_clip's SigLIP and EVA02 models keep their timm tower under other keys.
+        let layout = match layout {
+            Layout::OpenClip => load::open_clip_config::layout_of_file(&config),
+            other => *other,
+        };
         Ok(ModelFiles {
             dir: dir.into(),
-            layout: *layout,
-            config: Some(dir.join(config)),
+            layout,
+            config: Some(config),
             weights,
         })
     }
@@ -122,22 +129,59 @@ impl ModelFiles {
         match (&self.config, self.layout) {
             (Some(c), Layout::Transformers) => ClipConfig::from_hf_file(c),
             (Some(c), Layout::OpenClip) => load::open_clip_config::from_file(c),
-            (None, _) => {
+            (Some(_), Layout::OpenClipTimm) | (None, _) => {
                 let ckpt = Checkpoint::open(&self.weights, self.layout, &Device::Cpu)?;
-                infer_config(&ckpt)
+                self.config_with(&ckpt)
             }
+        }
+    }
+
+    /// [`ModelFiles::read_config`] with the checkpoint already open: a timm tower's sizes and a
+    /// single OpenAI file's whole architecture are read from its tensor shapes.
+    fn config_with(&self, ckpt: &Checkpoint) -> Result<ClipConfig> {
+        match (&self.config, self.layout) {
+            (Some(c), Layout::OpenClipTimm) => {
+                load::open_clip_config::from_file_with_tensors(c, ckpt.stored_shapes())
+            }
+            (None, _) => infer_config(ckpt),
+            _ => self.read_config(),
         }
     }
 
     /// The model's tokenizer: the directory's own files when it has them, else OpenAI's BPE
     /// (always, for a single OpenAI file: a folder such as `~/.cache/clip` has no tokenizer).
     pub fn tokenizer(&self) -> Result<Tokenizer> {
-        if self.config.is_some() {
+        if let Some(config) = &self.config {
             if let Some(t) = Tokenizer::from_model_dir(&self.dir)? {
+                if self.layout == Layout::OpenClipTimm && t.sentencepiece().is_some() {
+                    return open_clip_sentencepiece(t, config);
+                }
                 return Ok(t);
             }
         }
         Ok(Tokenizer::openai()?)
+    }
+}
+
+/// open_clip runs a hub tokenizer behind its own text cleaner (`text_cfg.tokenizer_kwargs.clean`,
+/// `whitespace` by default); its SigLIP models use `canonicalize`, the one reproduced.
+fn open_clip_sentencepiece(t: Tokenizer, config: &Path) -> Result<Tokenizer> {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).map_err(|e| Error::io(config, e))?)
+            .map_err(|source| Error::Json {
+            path: config.into(),
+            source,
+        })?;
+    let clean = &doc["model_cfg"]["text_cfg"]["tokenizer_kwargs"]["clean"];
+    match clean.as_str() {
+        Some("canonicalize") => Ok(t.with_open_clip_canonicalize()),
+        _ => Err(Error::Config {
+            path: config.into(),
+            msg: format!(
+                "text_cfg.tokenizer_kwargs.clean is {clean}: with a SentencePiece tokenizer only \
+                 \"canonicalize\" (open_clip's SigLIP models) is supported"
+            ),
+        }),
     }
 }
 
@@ -190,6 +234,11 @@ enum ImageEncoder {
         tower: Box<SiglipVisionTransformer>,
         identity: Linear,
     },
+    /// EVA02: the normed class token, then timm's `head` (a Linear with bias).
+    Eva {
+        tower: Box<Eva>,
+        projection: Linear,
+    },
 }
 
 /// How to load a model.
@@ -227,10 +276,7 @@ impl Clip {
 
     pub fn load_with(files: &ModelFiles, device: &Device, options: LoadOptions) -> Result<Self> {
         let ckpt = Checkpoint::open(&files.weights, files.layout, device)?;
-        let config = match &files.config {
-            Some(_) => files.read_config()?,
-            None => infer_config(&ckpt)?,
-        };
+        let config = files.config_with(&ckpt)?;
         let clip = Self::from_checkpoint(&config, &ckpt, files.tokenizer()?, device, options)?;
         check_openai_buffers(&config, &ckpt)?;
         ckpt.ensure_all_used()?;
@@ -259,7 +305,13 @@ impl Clip {
                 identity: Linear::new(Tensor::eye(e, candle_core::DType::F32, device)?, None, None),
             },
             VisionTower::Vit(v) => ImageEncoder::Vit {
-                tower: Box::new(VisionTransformer::load(&root.pp("vision_model"), v)?),
+                tower: Box::new(VisionTransformer::load(
+                    &root.pp("vision_model"),
+                    v,
+                    // open_clip resizes positions for another image size (`resize_pos_embed`).
+                    (config.layout == Layout::OpenClip)
+                        .then_some(model::positions::Interpolation::BicubicAntialias),
+                )?),
                 projection: Linear::load(&root.pp("visual_projection"), v.width, e, false)?,
             },
             VisionTower::ResNet(r) => ImageEncoder::ResNet(Box::new(ModifiedResNet::load(
@@ -268,6 +320,13 @@ impl Clip {
                 e,
                 options.fold_batch_norm,
             )?)),
+            VisionTower::Eva(v) => {
+                let trunk = root.pp("visual").pp("trunk");
+                ImageEncoder::Eva {
+                    tower: Box::new(Eva::load(&trunk, v, device)?),
+                    projection: Linear::load(&trunk.pp("head"), v.width, e, true)?,
+                }
+            }
         };
         // The tower before its projection, so that a width mismatch names the tower's tensors.
         let text = TextTransformer::load(&root.pp("text_model"), &config.text)?;
@@ -327,7 +386,7 @@ impl Clip {
             mean: self.config.image_mean,
             std: self.config.image_std,
             // SigLIP resizes straight to the input size (its processor has no crop).
-            squash: self.config.is_siglip(),
+            squash: self.config.squash,
             ..Preprocess::clip(self.image_size())
         }
     }
@@ -341,6 +400,7 @@ impl Clip {
             ImageEncoder::Vit { tower, projection } => projection.forward(&tower.forward(pixels)?),
             ImageEncoder::ResNet(resnet) => resnet.forward(pixels),
             ImageEncoder::Siglip { tower, .. } => tower.forward(pixels),
+            ImageEncoder::Eva { tower, projection } => projection.forward(&tower.forward(pixels)?),
         }
     }
 
@@ -358,6 +418,7 @@ impl Clip {
                 let pooled = tower.forward(pixels)?;
                 return Ok((pooled.clone(), pooled));
             }
+            ImageEncoder::Eva { tower, .. } => tower.forward(pixels)?,
         };
         let projected = self.image_projection_layer().forward(&pre)?;
         Ok((pre, projected))
@@ -368,6 +429,7 @@ impl Clip {
             ImageEncoder::Vit { projection, .. } => projection,
             ImageEncoder::ResNet(resnet) => resnet.projection(),
             ImageEncoder::Siglip { identity, .. } => identity,
+            ImageEncoder::Eva { projection, .. } => projection,
         }
     }
 

@@ -29,7 +29,7 @@ pub fn backbone(config: &ClipConfig) -> Option<&'static str> {
             (1024, 24, 14, 336) => "ViT-L/14@336px",
             _ => return None,
         },
-        VisionTower::Siglip(_) => return None,
+        VisionTower::Siglip(_) | VisionTower::Eva(_) => return None,
     })
 }
 

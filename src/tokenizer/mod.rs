@@ -596,6 +596,15 @@ impl Tokenizer {
         }
     }
 
+    /// The same SentencePiece model behind open_clip's canonicalising cleaner (see
+    /// [`SentencePiece::with_open_clip_canonicalize`]); a BPE tokenizer is returned unchanged.
+    pub fn with_open_clip_canonicalize(self) -> Tokenizer {
+        match self.kind {
+            Kind::SentencePiece(s) => Arc::unwrap_or_clone(s).with_open_clip_canonicalize().into(),
+            other => Tokenizer { kind: other },
+        }
+    }
+
     /// The same vocabulary with another reference's text handling (BPE only: SentencePiece
     /// has one way, SigLIP's).
     pub fn with_cleaning(self, cleaning: Cleaning) -> Tokenizer {

@@ -40,6 +40,7 @@ const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 
 /// sentencepiece's precompiled character map: a Darts double-array trie over UTF-8 byte
 /// strings whose values are offsets of NUL-terminated replacements in a string blob.
+#[derive(Clone)]
 struct CharsMap {
     trie: Vec<u32>,
     normalized: Vec<u8>,
@@ -197,6 +198,7 @@ pub fn canonicalize(text: &str, lower: bool) -> String {
 }
 
 /// A SentencePiece Unigram model with SigLIP's text handling.
+#[derive(Clone)]
 pub struct SentencePiece {
     model: Unigram,
     charsmap: CharsMap,
@@ -207,6 +209,9 @@ pub struct SentencePiece {
     pad: u32,
     unk_token: String,
     lower: bool,
+    /// open_clip's `HFTokenizer(clean='canonicalize')` cleans the whole text first (`_` made a
+    /// space, punctuation removed, lower-cased, whitespace collapsed), before the tokenizer.
+    open_clip_clean: bool,
     vocab_size: usize,
     /// Pieces of `"<unk>"` alone, dropped from every chunk's front.
     unk_len: usize,
@@ -443,6 +448,7 @@ impl SentencePiece {
             pad,
             unk_token: options.unk_token.clone(),
             lower: options.lower,
+            open_clip_clean: false,
             vocab_size: proto.pieces.len(),
             unk_len: 0,
             pieces: proto.pieces.into_iter().map(|p| p.piece).collect(),
@@ -514,8 +520,25 @@ impl SentencePiece {
         out
     }
 
+    /// The same model behind open_clip's `HFTokenizer` with `clean='canonicalize'` (open_clip's
+    /// SigLIP models): the raw text is canonicalised once more before anything else, `_` first
+    /// made a space, so special-token strings in the text lose their punctuation and are read
+    /// as words.
+    pub fn with_open_clip_canonicalize(mut self) -> Self {
+        self.open_clip_clean = true;
+        self
+    }
+
     /// The ids of `text` without the end token or padding.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        let cleaned;
+        let text = match self.open_clip_clean {
+            true => {
+                cleaned = canonicalize(&text.replace('_', " "), true);
+                cleaned.as_str()
+            }
+            false => text,
+        };
         let text = format!("{SPACE}{}", text.replace(SPACE, " "));
         let mut tokens: Vec<(Option<String>, u32)> = Vec::new();
         for chunk in self.split_specials(&text) {

@@ -121,13 +121,14 @@ impl Checkpoint {
         Some(match transform {
             Transform::Identity => stored.clone(),
             Transform::Transpose => stored.iter().rev().copied().collect(),
-            Transform::Third { .. } => {
+            Transform::Part { of, .. } => {
                 let mut s = stored.clone();
                 if let Some(rows) = s.first_mut() {
-                    *rows /= 3;
+                    *rows /= of.max(1);
                 }
                 s
             }
+            Transform::Unsqueezed => stored.iter().skip(1).copied().collect(),
         })
     }
 
@@ -195,10 +196,11 @@ impl Checkpoint {
         let tensor = match transform {
             Transform::Identity => tensor,
             Transform::Transpose => tensor.t()?,
-            Transform::Third { index } => {
+            Transform::Part { index, .. } => {
                 let rows = expected.first().copied().unwrap_or(0);
                 tensor.narrow(0, index * rows, rows)?
             }
+            Transform::Unsqueezed => tensor.squeeze(0)?,
         };
         Ok(tensor.contiguous()?)
     }
@@ -263,13 +265,14 @@ fn stored_shape(expected: &[usize], transform: Transform) -> Vec<usize> {
     match transform {
         Transform::Identity => expected.to_vec(),
         Transform::Transpose => expected.iter().rev().copied().collect(),
-        Transform::Third { .. } => {
+        Transform::Part { of, .. } => {
             let mut s = expected.to_vec();
             if let Some(rows) = s.first_mut() {
-                *rows *= 3;
+                *rows *= of;
             }
             s
         }
+        Transform::Unsqueezed => std::iter::once(1).chain(expected.iter().copied()).collect(),
     }
 }
 

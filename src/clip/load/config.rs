@@ -114,6 +114,41 @@ impl ResNetConfig {
     }
 }
 
+/// EVA02's image tower (timm's `Eva` as EVA02-CLIP configures it): patch convolution with bias,
+/// class token, learned absolute positions plus 2-D rotary embeddings on the patch tokens,
+/// pre-norm blocks whose attention has q and v biases but no k bias and a LayerNorm before its
+/// output projection, SwiGLU MLPs with a LayerNorm before their last layer, a final norm, and
+/// the class token as the pooled output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvaConfig {
+    pub width: usize,
+    /// The SwiGLU's hidden width (each of its two input projections).
+    pub intermediate_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub layer_norm_eps: f64,
+    /// The patch grid the rotary embeddings were trained at (timm's `ref_feat_shape`): positions
+    /// of any other grid are rescaled onto it.
+    pub rope_reference_grid: Option<[usize; 2]>,
+    /// The base of the rotary frequencies.
+    pub rope_temperature: f64,
+}
+
+impl EvaConfig {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    /// Patches plus the class token.
+    pub fn num_positions(&self) -> usize {
+        self.grid() * self.grid() + 1
+    }
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads.max(1)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum VisionTower {
     Vit(VisionConfig),
@@ -122,6 +157,8 @@ pub enum VisionTower {
     /// pre-norm, post-norm over all tokens, then multihead attention pooling (a learned probe
     /// attends over the tokens, then a residual MLP) whose output is the image embedding.
     Siglip(VisionConfig),
+    /// EVA02-CLIP's image tower (open_clip with timm's `eva02_*_clip_*`).
+    Eva(EvaConfig),
 }
 
 impl VisionTower {
@@ -129,6 +166,7 @@ impl VisionTower {
         match self {
             VisionTower::Vit(v) | VisionTower::Siglip(v) => v.image_size,
             VisionTower::ResNet(r) => r.image_size,
+            VisionTower::Eva(e) => e.image_size,
         }
     }
     /// The width of the pooled feature before the projection (SigLIP has none: its width).
@@ -136,6 +174,7 @@ impl VisionTower {
         match self {
             VisionTower::Vit(v) | VisionTower::Siglip(v) => v.width,
             VisionTower::ResNet(r) => r.feature_dim(),
+            VisionTower::Eva(e) => e.width,
         }
     }
 }
@@ -157,6 +196,9 @@ pub struct ClipConfig {
     /// Image normalisation of the preprocessing the model was trained with.
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+    /// Images are resized straight to the input size, without a crop (SigLIP's processor,
+    /// open_clip's `resize_mode: squash`); otherwise CLIP's resize-shortest-side and centre crop.
+    pub squash: bool,
 }
 
 impl ClipConfig {
@@ -381,6 +423,7 @@ impl ClipConfig {
             layout: Layout::Transformers,
             image_mean: CLIP_MEAN,
             image_std: CLIP_STD,
+            squash: false,
         };
         config.validate().map_err(err)?;
         Ok(config)
@@ -419,6 +462,14 @@ impl ClipConfig {
                 limits::WIDTH.check("resnet feature width", r.feature_dim())?;
                 limits::HEADS.check("resnet heads", r.heads)?;
             }
+            VisionTower::Eva(e) => {
+                limits::WIDTH.check("vision width", e.width)?;
+                limits::MLP_WIDTH.check("vision MLP width", e.intermediate_size)?;
+                limits::LAYERS.check("vision layers", e.layers)?;
+                limits::HEADS.check("vision heads", e.heads)?;
+                limits::PATCH_SIZE.check("vision patch size", e.patch_size)?;
+                limits::VISION_POSITIONS.check("vision positions", e.num_positions())?;
+            }
         }
         Ok(())
     }
@@ -442,6 +493,11 @@ impl ClipConfig {
             VisionTower::ResNet(r) => {
                 positive.extend([("resnet width", r.width), ("resnet heads", r.heads)])
             }
+            VisionTower::Eva(e) => positive.extend([
+                ("vision width", e.width),
+                ("vision heads", e.heads),
+                ("vision patch size", e.patch_size),
+            ]),
         }
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
@@ -480,6 +536,23 @@ impl ClipConfig {
                     return Err(format!(
                         "resnet image size {} is not a multiple of 32",
                         r.image_size
+                    ));
+                }
+            }
+            VisionTower::Eva(e) => {
+                // The rotary embedding splits each head into 4 equal parts (sin and cos of
+                // each of the two axes).
+                if e.width % e.heads != 0 || e.head_dim() % 4 != 0 {
+                    return Err(format!(
+                        "vision width {} over its {} heads is not a head width divisible by 4 \
+                         (rotary embeddings need one)",
+                        e.width, e.heads
+                    ));
+                }
+                if e.image_size % e.patch_size != 0 {
+                    return Err(format!(
+                        "image size {} is not a multiple of the patch size {}",
+                        e.image_size, e.patch_size
                     ));
                 }
             }

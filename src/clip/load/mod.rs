@@ -10,6 +10,7 @@ pub mod open_clip_config;
 pub mod pickle;
 pub mod siglip_config;
 pub mod state_dict;
+pub mod timm_config;
 pub mod torch_archive;
 pub mod torch_pickle;
 pub mod write;

@@ -6,6 +6,7 @@
 //! projections). An option that would change that architecture is refused by name rather than
 //! ignored, so a model we cannot run exactly is never run approximately.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -125,14 +126,44 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("nonscalar_logit_scale", "false"),
 ];
 
-/// Reads an `open_clip_config.json`.
+/// Reads an `open_clip_config.json` of an OpenAI-architecture model (no timm tower).
 pub fn from_file(path: &Path) -> Result<ClipConfig> {
+    from_file_with_tensors(path, &BTreeMap::new())
+}
+
+/// Reads an `open_clip_config.json`; `shapes` are the checkpoint's tensor shapes, from which a
+/// timm image tower's sizes are read (see [`super::timm_config`]).
+pub fn from_file_with_tensors(
+    path: &Path,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<ClipConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    from_json(&text, path)
+    from_json_with_tensors(&text, path, shapes)
+}
+
+/// The key layout of the weights that go with an `open_clip_config.json`: [`Layout::OpenClipTimm`]
+/// when it names a timm image tower, else [`Layout::OpenClip`] (also when the file cannot be
+/// read: reading the config then reports why).
+pub fn layout_of_file(path: &Path) -> Layout {
+    let doc = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+    match doc.as_ref().and_then(|d| d.get("model_cfg")) {
+        Some(cfg) if super::timm_config::has_timm_tower(cfg) => Layout::OpenClipTimm,
+        _ => Layout::OpenClip,
+    }
 }
 
 /// [`from_file`] on the file's text already in memory; `path` only names it in errors.
 pub fn from_json(text: &str, path: &Path) -> Result<ClipConfig> {
+    from_json_with_tensors(text, path, &BTreeMap::new())
+}
+
+fn from_json_with_tensors(
+    text: &str,
+    path: &Path,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<ClipConfig> {
     let doc: Value = serde_json::from_str(text).map_err(|source| Error::Json {
         path: path.into(),
         source,
@@ -144,7 +175,11 @@ pub fn from_json(text: &str, path: &Path) -> Result<ClipConfig> {
     let model_cfg = doc
         .get("model_cfg")
         .ok_or_else(|| err("no `model_cfg` object (expected open_clip's {\"model_cfg\": ..., \"preprocess_cfg\": ...})".into()))?;
-    let mut config = from_model_cfg(model_cfg).map_err(|e| match e {
+    let parsed = match super::timm_config::has_timm_tower(model_cfg) {
+        true => super::timm_config::from_model_cfg(model_cfg, shapes),
+        false => from_model_cfg(model_cfg),
+    };
+    let mut config = parsed.map_err(|e| match e {
         ModelCfgError::Invalid(msg) => err(msg),
         ModelCfgError::Limit(limit) => Error::Limit {
             path: path.into(),
@@ -171,6 +206,25 @@ pub fn from_json(text: &str, path: &Path) -> Result<ClipConfig> {
             return Err(err(format!(
                 "preprocess_cfg.std must be three positive numbers, found {:?}",
                 config.image_std
+            )));
+        }
+        // open_clip's `image_transform` at evaluation: `shortest` resizes the short side and
+        // crops the centre (CLIP's), `squash` resizes straight to the square (SigLIP's).
+        config.squash = match pre.get("resize_mode").and_then(Value::as_str) {
+            None | Some("shortest") => false,
+            Some("squash") => true,
+            Some(other) => {
+                return Err(err(format!(
+                    "preprocess_cfg.resize_mode `{other}` is not supported: only `shortest` \
+                     (resize and centre crop) and `squash` (resize to the square)"
+                )))
+            }
+        };
+        if let Some(other) =
+            (pre.get("interpolation").and_then(Value::as_str)).filter(|i| *i != "bicubic")
+        {
+            return Err(err(format!(
+                "preprocess_cfg.interpolation `{other}` is not supported: only `bicubic`"
             )));
         }
     }
@@ -246,6 +300,7 @@ pub fn from_model_cfg(cfg: &Value) -> std::result::Result<ClipConfig, ModelCfgEr
         layout: Layout::OpenClip,
         image_mean: CLIP_MEAN,
         image_std: CLIP_STD,
+        squash: false,
     };
     config.validate()?;
     Ok(config)
@@ -309,7 +364,7 @@ fn vision_tower(
 }
 
 /// `text_cfg`: the text transformer, pooled at the argmax (end) token.
-fn text_tower(
+pub(super) fn text_tower(
     text: &Map<String, Value>,
     activation: Activation,
 ) -> std::result::Result<TextConfig, ModelCfgError> {
@@ -339,13 +394,16 @@ fn text_tower(
     })
 }
 
-fn object<'a>(v: &'a Value, what: &str) -> std::result::Result<&'a Map<String, Value>, String> {
+pub(super) fn object<'a>(
+    v: &'a Value,
+    what: &str,
+) -> std::result::Result<&'a Map<String, Value>, String> {
     v.as_object()
         .ok_or_else(|| format!("`{what}` must be a JSON object"))
 }
 
 /// Refuses any key that is neither read (`known`), neutral, nor at its default value.
-fn check_options(
+pub(super) fn check_options(
     obj: &Map<String, Value>,
     what: &str,
     known: &[&str],
@@ -369,7 +427,7 @@ fn check_options(
 }
 
 /// A size, within `limit`.
-fn uint(
+pub(super) fn uint(
     obj: &Map<String, Value>,
     key: &str,
     default: Option<usize>,
@@ -442,6 +500,7 @@ mod tests {
             let h = match &c.vision {
                 VisionTower::ResNet(r) => r.heads,
                 VisionTower::Vit(v) | VisionTower::Siglip(v) => v.heads,
+                VisionTower::Eva(e) => e.heads,
             };
             assert_eq!(h, heads, "{name}");
             assert_eq!(

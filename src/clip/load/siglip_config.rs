@@ -178,6 +178,7 @@ pub fn from_hf_json(json: &str, path: &Path) -> Result<ClipConfig> {
         layout: Layout::Transformers,
         image_mean: mean,
         image_std: std,
+        squash: true,
     };
     config.validate().map_err(err)?;
     check_preprocessor_size(path, config.vision.image_size())?;

@@ -151,6 +151,7 @@ pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<ClipConfig,
         layout: Layout::OpenClip,
         image_mean: CLIP_MEAN,
         image_std: CLIP_STD,
+        squash: false,
     };
     config.validate().map_err(InferError::Inconsistent)?;
     Ok(config)
@@ -229,7 +230,9 @@ mod tests {
             }
             // No open_clip preset used here is a SigLIP model (those load from transformers'
             // layout, not an OpenAI state dict).
-            VisionTower::Siglip(_) => panic!("shapes_of: an OpenAI layout has no SigLIP tower"),
+            VisionTower::Siglip(_) | VisionTower::Eva(_) => {
+                panic!("shapes_of: an OpenAI layout has no SigLIP or EVA02 tower")
+            }
         }
         s
     }

@@ -18,6 +18,8 @@ pub enum WriteConfigError {
     CustomStatistics,
     #[error("writing a SigLIP model's config is not implemented (only CLIP's)")]
     Siglip,
+    #[error("writing the config of an open_clip model with a timm image tower (SigLIP, EVA02) is not implemented (only CLIP's)")]
+    TimmTower,
 }
 
 /// The config file's name and contents for `config`'s layout. `logit_scale_init` is the initial
@@ -30,6 +32,7 @@ pub fn config_file(
         Layout::Transformers => Ok(("config.json", hf_config(config, logit_scale_init)?)),
         Layout::OpenClip if config.is_siglip() => Err(WriteConfigError::Siglip),
         Layout::OpenClip => Ok(("open_clip_config.json", open_clip_config(config))),
+        Layout::OpenClipTimm => Err(WriteConfigError::TimmTower),
     }
 }
 
@@ -47,6 +50,7 @@ pub fn hf_config(c: &ClipConfig, logit_scale_init: f64) -> Result<Value, WriteCo
         VisionTower::Vit(v) => v,
         VisionTower::ResNet(_) => return Err(WriteConfigError::ResNetInTransformers),
         VisionTower::Siglip(_) => return Err(WriteConfigError::Siglip),
+        VisionTower::Eva(_) => return Err(WriteConfigError::TimmTower),
     };
     if c.image_mean != CLIP_MEAN || c.image_std != CLIP_STD {
         return Err(WriteConfigError::CustomStatistics);
@@ -111,6 +115,13 @@ pub fn open_clip_config(c: &ClipConfig) -> Value {
             "head_width": v.width / v.heads.max(1),
             "patch_size": v.patch_size,
             "mlp_ratio": v.intermediate_size as f64 / v.width.max(1) as f64,
+        }),
+        VisionTower::Eva(e) => json!({
+            "image_size": e.image_size,
+            "layers": e.layers,
+            "width": e.width,
+            "head_width": e.head_dim(),
+            "patch_size": e.patch_size,
         }),
     };
     json!({

@@ -16,6 +16,7 @@
 use candle_core::{Device, Tensor, D};
 
 use super::conv::{add_relu, avg_pool, Conv2d, ConvShape, Epilogue, Nhwc};
+use super::positions::{resize_positions, Interpolation};
 use super::transformer::Linear;
 use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Scope;
@@ -166,7 +167,9 @@ impl AttentionPool {
         let positional_embedding = match stored.as_deref() {
             Some([n, w]) if *n != tokens && *w == c => {
                 let old = vb.get("positional_embedding", &[*n, c])?;
-                resize_positions(&old, config.grid())?
+                // open_clip never resizes a ResNet's pool; PyTorch's plain bicubic, as one would
+                // by hand.
+                resize_positions(&old, 1, config.grid(), Interpolation::Bicubic)?
             }
             _ => vb.get("positional_embedding", &[tokens, c])?,
         };
@@ -217,66 +220,6 @@ impl AttentionPool {
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         Ok(weights.matmul(&v)?.reshape((b, c))?) // (B, C)
     }
-}
-
-/// Bicubic resize of a `(g0² + 1, C)` positional embedding to `(g² + 1, C)`, as open_clip's
-/// `resize_pos_embed` does for ViTs (`F.interpolate(mode='bicubic', align_corners=False)`); the
-/// first (pooled-token) row is kept as is.
-pub fn resize_positions(pos: &Tensor, grid: usize) -> Result<Tensor> {
-    let (n, c) = pos.dims2()?;
-    let old = ((n - 1) as f64).sqrt() as usize;
-    if old * old + 1 != n {
-        return Err(InputError::PositionGrid { rows: n }.into());
-    }
-    let data = pos.to_vec2::<f32>()?;
-    let taps = cubic_weights(old, grid);
-    let (rows_w, cols_w) = (&taps, &taps);
-    let mut out = vec![data[0].clone()];
-    for row in rows_w {
-        for col in cols_w {
-            let mut acc = vec![0f32; c];
-            for &(iy, wy) in row {
-                for &(ix, wx) in col {
-                    let w = (wy * wx) as f32;
-                    acc.iter_mut()
-                        .zip(&data[1 + iy * old + ix])
-                        .for_each(|(a, v)| *a += w * v);
-                }
-            }
-            out.push(acc);
-        }
-    }
-    let flat: Vec<f32> = out.into_iter().flatten().collect();
-    Ok(Tensor::from_vec(flat, (grid * grid + 1, c), pos.device())?)
-}
-
-/// PyTorch's bicubic interpolation taps (A = -0.75, align_corners=False, indices clamped).
-fn cubic_weights(input: usize, output: usize) -> Vec<Vec<(usize, f64)>> {
-    const A: f64 = -0.75;
-    let cubic = |x: f64| {
-        let x = x.abs();
-        if x <= 1.0 {
-            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-        } else if x < 2.0 {
-            ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
-        } else {
-            0.0
-        }
-    };
-    let scale = input as f64 / output as f64;
-    (0..output)
-        .map(|o| {
-            let src = (o as f64 + 0.5) * scale - 0.5;
-            let floor = src.floor();
-            let t = src - floor;
-            (-1..=2)
-                .map(|d| {
-                    let i = (floor as i64 + d).clamp(0, input as i64 - 1) as usize;
-                    (i, cubic(t - d as f64))
-                })
-                .collect()
-        })
-        .collect()
 }
 
 pub struct ModifiedResNet {

@@ -1,6 +1,8 @@
 //! SigLIP's image tower, with `transformers`' `SiglipVisionTransformer` parameter names
 //! (`embeddings.patch_embedding` with bias, `embeddings.position_embedding`, `encoder`,
-//! `post_layernorm`, `head`).
+//! `post_layernorm`, `head`). open_clip's SigLIP models (timm's `VisionTransformer` with
+//! `global_pool='map'`) are the same computation; their keys are renamed at load time
+//! (`src/clip/load/layout.rs`).
 //!
 //! Reference: transformers/models/siglip/modeling_siglip.py (5.23): `SiglipVisionEmbeddings`
 //! (patches plus learned positions, no class token), `SiglipVisionTransformer.forward` (the
@@ -19,7 +21,7 @@ use crate::clip::load::config::VisionConfig;
 pub struct AttentionPoolingHead {
     /// The probe's query projection, computed once at load time: `(heads, head_dim)`.
     query: Tensor,
-    /// k and v of `nn.MultiheadAttention`'s fused `in_proj` (rows D..3D).
+    /// k and v, fused into one projection at load time.
     kv: Linear,
     out_proj: Linear,
     layernorm: LayerNorm,
@@ -31,20 +33,27 @@ impl AttentionPoolingHead {
     pub fn load(vb: &Scope, c: &VisionConfig) -> Result<Self> {
         let d = c.width;
         let attn = vb.pp("attention");
-        let in_w = attn.get("in_proj_weight", &[3 * d, d])?;
-        let in_b = attn.get("in_proj_bias", &[3 * d])?;
+        // Asked for as three projections: `transformers` stores them fused (`in_proj_*`),
+        // timm as `q` and a fused `kv` (the layout map splits either).
+        let projection = |name: &str| -> Result<(Tensor, Vec<f32>)> {
+            let p = attn.pp(name);
+            Ok((
+                p.get("weight", &[d, d])?,
+                p.get("bias", &[d])?.to_vec1::<f32>()?,
+            ))
+        };
+        let (q_w, q_b) = projection("q_proj")?;
+        let (k_w, k_b) = projection("k_proj")?;
+        let (v_w, v_b) = projection("v_proj")?;
         let probe = vb.get("probe", &[1, 1, d])?.reshape((1, d))?;
-        let q_proj = Linear::new(
-            in_w.narrow(0, 0, d)?.contiguous()?,
-            Some(in_b.narrow(0, 0, d)?.to_vec1::<f32>()?),
-            None,
-        );
-        let query = q_proj.forward(&probe)?.reshape((c.heads, d / c.heads))?;
+        let query = Linear::new(q_w, Some(q_b), None)
+            .forward(&probe)?
+            .reshape((c.heads, d / c.heads))?;
         Ok(AttentionPoolingHead {
             query,
             kv: Linear::new(
-                in_w.narrow(0, d, 2 * d)?.contiguous()?,
-                Some(in_b.narrow(0, d, 2 * d)?.to_vec1::<f32>()?),
+                Tensor::cat(&[&k_w, &v_w], 0)?,
+                Some([k_b, v_b].concat()),
                 None,
             ),
             out_proj: Linear::load(&attn.pp("out_proj"), d, d, true)?,

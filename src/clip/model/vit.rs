@@ -2,10 +2,12 @@
 //! parameter names (`embeddings.patch_embedding`, `pre_layrnorm` — sic —, `post_layernorm`).
 //!
 //! Reference: transformers/models/clip/modeling_clip.py, `CLIPVisionEmbeddings` and
-//! `CLIPVisionTransformer.forward` (`pooled_output = last_hidden_state[:, 0, :]`).
+//! `CLIPVisionTransformer.forward` (`pooled_output = last_hidden_state[:, 0, :]`); for another
+//! input size than the positions were trained at, open_clip's `resize_pos_embed`.
 
 use candle_core::{IndexOp, Tensor};
 
+use super::positions::{resize_positions, Interpolation};
 use super::transformer::{Encoder, EncoderShape, LayerNorm, Linear};
 use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Scope;
@@ -24,9 +26,21 @@ pub struct VisionTransformer {
 }
 
 impl VisionTransformer {
-    pub fn load(vb: &Scope, config: &VisionConfig) -> Result<Self> {
+    /// `resize`: how positions trained at another grid are resized to the configured one (open_clip
+    /// does it when its config asks for another image size); `None` refuses such a checkpoint
+    /// as a shape mismatch, as `transformers` does.
+    pub fn load(vb: &Scope, config: &VisionConfig, resize: Option<Interpolation>) -> Result<Self> {
         let (d, p, c) = (config.width, config.patch_size, config.num_channels);
         let emb = vb.pp("embeddings");
+        let positions = emb.pp("position_embedding");
+        let tokens = config.num_positions();
+        let position_embedding = match (positions.shape("weight").as_deref(), resize) {
+            (Some([n, w]), Some(interpolation)) if *n != tokens && *w == d => {
+                let old = positions.get("weight", &[*n, d])?;
+                resize_positions(&old, 1, config.grid(), interpolation)?
+            }
+            _ => positions.get("weight", &[tokens, d])?,
+        };
         let conv = emb.pp("patch_embedding").get("weight", &[d, c, p, p])?;
         let encoder_shape = EncoderShape {
             width: d,
@@ -41,9 +55,7 @@ impl VisionTransformer {
             config: config.clone(),
             patch_embedding: Linear::new(conv.reshape((d, c * p * p))?, None, None),
             class_embedding: emb.get("class_embedding", &[d])?,
-            position_embedding: emb
-                .pp("position_embedding")
-                .get("weight", &[config.num_positions(), d])?,
+            position_embedding,
             pre_layrnorm: LayerNorm::load(&vb.pp("pre_layrnorm"), d, config.layer_norm_eps)?,
             encoder: Encoder::load(&vb.pp("encoder"), &encoder_shape)?,
             post_layernorm: LayerNorm::load(&vb.pp("post_layernorm"), d, config.layer_norm_eps)?,

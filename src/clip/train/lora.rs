@@ -395,7 +395,7 @@ impl LoraClip {
                 ckpt,
                 device,
             )?),
-            (VisionTower::ResNet(_) | VisionTower::Siglip(_), true) => {
+            (VisionTower::ResNet(_) | VisionTower::Siglip(_) | VisionTower::Eva(_), true) => {
                 return Err(Error::Lora {
                     why: format!(
                         "LoRA on the image tower adapts a ViT's attention, and this model's image \

@@ -63,7 +63,7 @@ fn add_deltas(
             Transform::Identity => (*delta).clone(),
             Transform::Transpose => delta.t()?.contiguous()?,
             // q, k, v stacked by rows (`in_proj_weight`): pad the update to its block.
-            Transform::Third { index } => {
+            Transform::Part { index, of } => {
                 let (rows, cols) = delta.dims2()?;
                 let zeros = |n| Tensor::zeros((n, cols), DType::F32, delta.device());
                 let mut blocks = Vec::new();
@@ -71,11 +71,12 @@ fn add_deltas(
                     blocks.push(zeros(index * rows)?);
                 }
                 blocks.push((*delta).clone());
-                if *index < 2 {
-                    blocks.push(zeros((2 - index) * rows)?);
+                if index + 1 < *of {
+                    blocks.push(zeros((of - index - 1) * rows)?);
                 }
                 Tensor::cat(&blocks, 0)?
             }
+            Transform::Unsqueezed => delta.unsqueeze(0)?,
         };
         if delta.dims() != w.dims() {
             return Err(Error::TensorShape {
@@ -103,7 +104,9 @@ pub fn write_merged(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let (weights, model) = match (&files.config, files.layout) {
         (Some(_), Layout::Transformers) => (out.join("model.safetensors"), out.to_path_buf()),
-        (Some(_), Layout::OpenClip) => (out.join("open_clip_model.safetensors"), out.to_path_buf()),
+        (Some(_), Layout::OpenClip | Layout::OpenClipTimm) => {
+            (out.join("open_clip_model.safetensors"), out.to_path_buf())
+        }
         (None, _) => {
             let stem = files
                 .weights

@@ -67,7 +67,7 @@ fn init_std(name: &str, c: &ClipConfig) -> Option<f64> {
         n if n.contains("fc2") => attn,
         "visual_projection.weight" => match &c.vision {
             VisionTower::Vit(v) | VisionTower::Siglip(v) => (v.width as f64).powf(-0.5),
-            VisionTower::ResNet(_) => INIT_STD,
+            VisionTower::ResNet(_) | VisionTower::Eva(_) => INIT_STD,
         },
         "text_projection.weight" => (c.text.width as f64).powf(-0.5),
         _ => INIT_STD,
@@ -411,6 +411,11 @@ impl TrainableClip {
             }
             VisionTower::Siglip(_) => {
                 return Err(Error::SiglipUnsupported {
+                    what: "training a model from scratch",
+                })
+            }
+            VisionTower::Eva(_) => {
+                return Err(Error::EvaUnsupported {
                     what: "training a model from scratch",
                 })
             }

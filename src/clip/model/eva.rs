@@ -1,0 +1,278 @@
+//! EVA02-CLIP's image tower: timm's `Eva` as `eva02_*_clip_*` configures it, with timm's
+//! parameter names (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N.attn.q_proj`,
+//! `blocks.N.mlp.fc1_g`, `norm`, `head`).
+//!
+//! Reference: timm/models/eva.py (1.0.31), `Eva.forward_features` / `forward_head`,
+//! `EvaBlock`, `EvaAttention`; timm/layers/mlp.py `SwiGLU`; timm/layers/pos_embed_sincos.py
+//! `RotaryEmbeddingCat`, `apply_rot_embed_cat`. Differences from the CLIP ViT:
+//! - learned absolute positions (class token included) and, inside every attention, 2-D rotary
+//!   embeddings on the patch tokens' queries and keys (not on the class token);
+//! - q and v projections have biases, k has none;
+//! - a LayerNorm over the attention's output before its projection (`scale_attn_inner`);
+//! - SwiGLU MLP: `fc2(norm(silu(fc1_g(x)) * fc1_x(x)))` (`swiglu_mlp`, `scale_mlp`);
+//! - no pre-norm; the final `norm` is applied to every token and the class token is pooled.
+
+use candle_core::{Device, Tensor};
+
+use super::transformer::{LayerNorm, Linear};
+use crate::clip::error::{InputError, Result};
+use crate::clip::load::checkpoint::Scope;
+use crate::clip::load::config::EvaConfig;
+use crate::kernels::ops::FusedAttention;
+
+/// timm's `RotaryEmbeddingCat` for a fixed patch grid, in its interleaved layout: channel pair
+/// `(2i, 2i + 1)` of each head is rotated by the angle `angles[i]`, where the first half of the
+/// pairs follow the row coordinate and the second half the column coordinate, each over
+/// `head_dim / 4` frequencies `temperature^(-j / (head_dim / 4))`.
+pub struct RotaryEmbedding {
+    /// `(1, N, 1, head_dim)`, each angle's value repeated for both channels of its pair.
+    sin: Tensor,
+    cos: Tensor,
+}
+
+impl RotaryEmbedding {
+    pub fn new(c: &EvaConfig, device: &Device) -> Result<Self> {
+        let (g, hd) = (c.grid(), c.head_dim());
+        let bands = hd / 4;
+        // f32 throughout, in timm's order of operations: the grid `arange(g) / g * ref` and the
+        // bands `1 / temperature ** (j / bands)` are float32 tensors there.
+        let freqs: Vec<f32> = (0..bands)
+            .map(|j| 1.0 / (c.rope_temperature as f32).powf(j as f32 / bands as f32))
+            .collect();
+        let coord = |i: usize, axis: usize| match c.rope_reference_grid {
+            Some(reference) => i as f32 / g as f32 * reference[axis] as f32,
+            None => i as f32,
+        };
+        let (mut sin, mut cos) = (
+            Vec::with_capacity(g * g * hd),
+            Vec::with_capacity(g * g * hd),
+        );
+        for row in 0..g {
+            for col in 0..g {
+                for t in [coord(row, 0), coord(col, 1)] {
+                    for f in &freqs {
+                        let angle = t * f;
+                        sin.extend([angle.sin(); 2]);
+                        cos.extend([angle.cos(); 2]);
+                    }
+                }
+            }
+        }
+        let shape = (1, g * g, 1, hd);
+        Ok(RotaryEmbedding {
+            sin: Tensor::from_vec(sin, shape, device)?,
+            cos: Tensor::from_vec(cos, shape, device)?,
+        })
+    }
+
+    /// The `(N, 2 · head_dim)` table timm's `get_embed()` returns: sines, then cosines.
+    pub fn table(&self) -> Result<Tensor> {
+        let (_, n, _, hd) = self.sin.dims4()?;
+        Ok(Tensor::cat(
+            &[self.sin.reshape((n, hd))?, self.cos.reshape((n, hd))?],
+            1,
+        )?)
+    }
+
+    /// Rotates the tokens after the first `prefix` (the class token), per head.
+    ///
+    /// # Shapes
+    /// `(B, prefix + N, D) -> (B, prefix + N, D)` with `D = heads · head_dim`
+    pub fn apply(&self, x: &Tensor, prefix: usize) -> Result<Tensor> {
+        let (b, _, d) = x.dims3()?;
+        let (_, n, _, hd) = self.sin.dims4()?;
+        let h = d / hd;
+        let patches = x.narrow(1, prefix, n)?.reshape((b, n, h, hd))?;
+        // [x0, x1, x2, x3, ...] -> [-x1, x0, -x3, x2, ...] (timm's `rot`).
+        let pairs = patches.reshape((b, n, h, hd / 2, 2))?;
+        let rotated = Tensor::cat(&[pairs.narrow(4, 1, 1)?.neg()?, pairs.narrow(4, 0, 1)?], 4)?
+            .reshape((b, n, h, hd))?;
+        let out = (patches.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?
+            .reshape((b, n, d))?;
+        Ok(Tensor::cat(&[&x.narrow(1, 0, prefix)?, &out], 1)?)
+    }
+}
+
+/// `EvaAttention` with separate q/k/v projections (`qkv_fused=False`), fused here at load time.
+pub struct EvaAttention {
+    qkv: Linear,
+    /// `scale_attn_inner`: a LayerNorm over the heads' concatenated output.
+    norm: LayerNorm,
+    proj: Linear,
+    kernel: FusedAttention,
+    width: usize,
+}
+
+impl EvaAttention {
+    pub fn load(vb: &Scope, c: &EvaConfig) -> Result<Self> {
+        let d = c.width;
+        let q = vb.pp("q_proj");
+        let v = vb.pp("v_proj");
+        let weights = [
+            q.get("weight", &[d, d])?,
+            vb.pp("k_proj").get("weight", &[d, d])?,
+            v.get("weight", &[d, d])?,
+        ];
+        // EVA's keys have no bias (softmax is invariant to it).
+        let bias = [
+            q.get("bias", &[d])?.to_vec1::<f32>()?,
+            vec![0.0; d],
+            v.get("bias", &[d])?.to_vec1::<f32>()?,
+        ]
+        .concat();
+        Ok(EvaAttention {
+            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(bias), None),
+            norm: LayerNorm::load(&vb.pp("norm"), d, c.layer_norm_eps)?,
+            proj: Linear::load(&vb.pp("proj"), d, d, true)?,
+            kernel: FusedAttention {
+                heads: c.heads,
+                causal: false,
+            },
+            width: d,
+        })
+    }
+
+    /// # Shapes
+    /// `(B, 1 + N, D) -> (B, 1 + N, D)`
+    pub fn forward(&self, x: &Tensor, rope: &RotaryEmbedding) -> Result<Tensor> {
+        let d = self.width;
+        let qkv = self.qkv.forward(x)?; // (B, L, 3D)
+        let q = rope.apply(&qkv.narrow(2, 0, d)?, 1)?;
+        let k = rope.apply(&qkv.narrow(2, d, d)?, 1)?;
+        let qkv = Tensor::cat(&[&q, &k, &qkv.narrow(2, 2 * d, d)?], 2)?.contiguous()?;
+        let attended = qkv.apply_op1_no_bwd(&self.kernel)?; // (B, L, D)
+        self.proj.forward(&self.norm.forward(&attended)?)
+    }
+}
+
+/// timm's `SwiGLU` with its inner norm: `fc2(norm(silu(fc1_g(x)) * fc1_x(x)))`.
+pub struct SwiGlu {
+    /// `fc1_g` and `fc1_x` as one projection (gate rows first).
+    fc1: Linear,
+    norm: LayerNorm,
+    fc2: Linear,
+    hidden: usize,
+}
+
+impl SwiGlu {
+    pub fn load(vb: &Scope, c: &EvaConfig) -> Result<Self> {
+        let (d, h) = (c.width, c.intermediate_size);
+        let (g, x) = (vb.pp("fc1_g"), vb.pp("fc1_x"));
+        let weight = Tensor::cat(&[g.get("weight", &[h, d])?, x.get("weight", &[h, d])?], 0)?;
+        let bias = [
+            g.get("bias", &[h])?.to_vec1::<f32>()?,
+            x.get("bias", &[h])?.to_vec1::<f32>()?,
+        ]
+        .concat();
+        Ok(SwiGlu {
+            fc1: Linear::new(weight, Some(bias), None),
+            norm: LayerNorm::load(&vb.pp("norm"), h, c.layer_norm_eps)?,
+            fc2: Linear::load(&vb.pp("fc2"), h, d, true)?,
+            hidden: h,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.hidden;
+        let both = self.fc1.forward(x)?;
+        let last = both.rank() - 1;
+        let gated = (both.narrow(last, 0, h)?.silu()? * both.narrow(last, h, h)?)?;
+        self.fc2.forward(&self.norm.forward(&gated)?)
+    }
+}
+
+pub struct EvaBlock {
+    norm1: LayerNorm,
+    attn: EvaAttention,
+    norm2: LayerNorm,
+    mlp: SwiGlu,
+}
+
+impl EvaBlock {
+    pub fn load(vb: &Scope, c: &EvaConfig) -> Result<Self> {
+        Ok(EvaBlock {
+            norm1: LayerNorm::load(&vb.pp("norm1"), c.width, c.layer_norm_eps)?,
+            attn: EvaAttention::load(&vb.pp("attn"), c)?,
+            norm2: LayerNorm::load(&vb.pp("norm2"), c.width, c.layer_norm_eps)?,
+            mlp: SwiGlu::load(&vb.pp("mlp"), c)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, rope: &RotaryEmbedding) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?, rope)?)?;
+        Ok((&x + self.mlp.forward(&self.norm2.forward(&x)?)?)?)
+    }
+}
+
+/// The tower up to its pooled, normed class token (`forward_head(..., pre_logits=True)`); the
+/// `head` Linear into the joint space is the model's image projection.
+pub struct Eva {
+    config: EvaConfig,
+    /// The patch convolution (stride = kernel) as a matrix over flattened patches, with bias.
+    patch_embed: Linear,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    rope: RotaryEmbedding,
+    blocks: Vec<EvaBlock>,
+    norm: LayerNorm,
+}
+
+impl Eva {
+    pub fn load(vb: &Scope, config: &EvaConfig, device: &Device) -> Result<Self> {
+        let (d, p) = (config.width, config.patch_size);
+        let conv = vb.pp("patch_embed").pp("proj");
+        let blocks = (0..config.layers)
+            .map(|i| EvaBlock::load(&vb.pp("blocks").pp(i), config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Eva {
+            config: config.clone(),
+            patch_embed: Linear::new(
+                conv.get("weight", &[d, 3, p, p])?.reshape((d, 3 * p * p))?,
+                Some(conv.get("bias", &[d])?.to_vec1::<f32>()?),
+                None,
+            ),
+            cls_token: vb.get("cls_token", &[1, 1, d])?,
+            pos_embed: vb
+                .get("pos_embed", &[1, config.num_positions(), d])?
+                .squeeze(0)?,
+            rope: RotaryEmbedding::new(config, device)?,
+            blocks,
+            norm: LayerNorm::load(&vb.pp("norm"), d, config.layer_norm_eps)?,
+        })
+    }
+
+    pub fn rope(&self) -> &RotaryEmbedding {
+        &self.rope
+    }
+
+    /// The pooled (class-token) output after the final norm, before the head.
+    ///
+    /// # Shapes
+    /// `(B, 3, S, S) -> (B, D)` where S is the configured image size.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, channels, h, w) = pixels.dims4()?;
+        if (channels, h, w) != (3, c.image_size, c.image_size) {
+            return Err(InputError::ImageShape {
+                found: [channels, h, w],
+                channels: 3,
+                size: c.image_size,
+            }
+            .into());
+        }
+        let (g, p, d) = (c.grid(), c.patch_size, c.width);
+        let patches = pixels
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, 3 * p * p))?;
+        let patches = self.patch_embed.forward(&patches)?;
+        let class = self.cls_token.broadcast_as((b, 1, d))?;
+        let mut x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.pos_embed)?;
+        for block in &self.blocks {
+            x = block.forward(&x, &self.rope)?;
+        }
+        // The norm is per token: normalising the pooled token alone is the same.
+        self.norm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)
+    }
+}
