@@ -384,6 +384,55 @@ fn fit_trains_on_the_images_and_predict_scores_as_the_fit_did() {
         "predict {accuracy} vs fit {reported}"
     );
 
+    // Merged into the model, the updates make an ordinary model whose zero-shot logits (the
+    // first template) are the head's.
+    let merged = ok(&cli_in(
+        tmp.path(),
+        &[
+            "merge",
+            "--lora",
+            "lora.safetensors",
+            "--out",
+            "merged",
+            "--json",
+        ],
+    ));
+    assert!(
+        merged.contains("\"merged\":12"),
+        "q, k, v of 2 + 2 layers: {merged}"
+    );
+    let mut args = vec![
+        "classify",
+        "--model",
+        "merged",
+        "--labels",
+        "class 0,class 1,class 2",
+        "--template",
+        "a photo of a {}.",
+        "--json",
+    ];
+    args.extend(paths.iter().map(String::as_str));
+    let classified: serde_json::Value =
+        serde_json::from_str(&ok(&cli_in(tmp.path(), &args))).unwrap();
+    let logits = |doc: &serde_json::Value| -> Vec<(u64, f64)> {
+        (doc["results"].as_array().unwrap().iter())
+            .flat_map(|r| r["predictions"].as_array().unwrap().clone())
+            .map(|p| (p["index"].as_u64().unwrap(), p["logit"].as_f64().unwrap()))
+            .collect()
+    };
+    for ((i, a), (j, b)) in logits(&classified).into_iter().zip(logits(&predicted)) {
+        assert_eq!(i, j);
+        assert!((a - b).abs() < 1e-3, "merged model {a} vs head {b}");
+    }
+    let again = cli_in(
+        tmp.path(),
+        &["merge", "--lora", "lora.safetensors", "--out", "merged"],
+    );
+    assert!(
+        !again.status.success(),
+        "an existing folder is not overwritten"
+    );
+
     let refused = cli_in(
         tmp.path(),
         &[

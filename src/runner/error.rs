@@ -112,6 +112,12 @@ pub enum RunError {
     #[error("feature matrix")]
     FeatureMatrix,
 
+    #[error("{}: a `{kind}` head; only a CLIP-LoRA head holds updates to merge into a model", head.display())]
+    NotLoraHead { head: PathBuf, kind: &'static str },
+
+    #[error("{} exists and is not empty: give a new folder for the merged model", path.display())]
+    OutExists { path: PathBuf },
+
     /// Listed images are not on disk, and the extraction was not told to leave them out.
     #[error(
         "rerun with {} to leave the missing images out",

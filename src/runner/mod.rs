@@ -14,6 +14,7 @@
 //! extract.rs  ExtractSpec → the draw checked, the model loaded, the extraction job run
 //! fit.rs    FitSpec → one row, and the head saved with what it was trained on
 //! predict.rs  PredictSpec → a saved head's ranked classes for images
+//! merge_lora.rs  MergeLoraSpec → a CLIP-LoRA head's updates folded into its model
 //! ```
 //!
 //! It sits above `report` (it writes the folder's report), which sits above `experiment`.
@@ -24,6 +25,7 @@ mod error;
 pub mod extract;
 pub mod fit;
 pub mod join;
+pub mod merge_lora;
 pub mod predict;
 pub mod run;
 pub mod sweep;
@@ -35,6 +37,7 @@ pub use error::{NoPublished, RunError};
 pub use extract::{extract, ExtractSpec};
 pub use fit::{fit, FitOutcome, FitSpec};
 pub use join::{join_shards, JoinOutcome, JoinSpec};
+pub use merge_lora::{merge_lora, MergeLoraSpec, MergedLora};
 pub use predict::{predict, PredictSpec, Predictions};
 pub use run::{run, RunOutcome, RunSpec};
 pub use sweep::{sweep, SweepOutcome, SweepSpec};

@@ -298,7 +298,21 @@ pub struct MergeArgs {
     #[arg(long, value_name = "CSV", requires = "results")]
     pub reported: Option<PathBuf>,
 
-    /// Print `[{"path", "shards", "rows"}]`.
+    /// Fold a CLIP-LoRA head's updates (`fit --method clip-lora --save FILE`) into the model
+    /// it was trained on instead, written to --out in the model's own layout: a model that
+    /// `classify`, `embed`, `extract` and every method load like any other.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cache", "results"], requires = "out")]
+    pub lora: Option<PathBuf>,
+
+    /// With --lora: a new folder for the merged model.
+    #[arg(long, value_name = "DIR", requires = "lora")]
+    pub out: Option<PathBuf>,
+
+    /// With --lora: the model [default: the one the head records].
+    #[arg(long, value_name = "MODEL", requires = "lora")]
+    pub model: Option<String>,
+
+    /// Print `[{"path", "shards", "rows"}]` (with --lora: `{"model", "merged"}`).
     #[arg(long)]
     pub json: bool,
 }
@@ -498,6 +512,27 @@ fn print_extracted(outcome: &ExtractOutcome, as_json: bool) -> Result<()> {
 pub fn merge_cmd(a: MergeArgs, progress: &Progress) -> Result<()> {
     if let Some(dir) = a.results {
         return merge_results(dir, a.reported, a.json, progress);
+    }
+    if let (Some(head), Some(out)) = (a.lora, a.out) {
+        let spec = clip_adapter::runner::MergeLoraSpec {
+            head,
+            model: a.model,
+            out,
+            hub: clip_adapter::clip::hub::HubOptions::from_env(),
+        };
+        let mut observer = crate::output::Observer::new(progress);
+        let merged = clip_adapter::runner::merge_lora(&spec, &mut observer);
+        observer.finish();
+        let merged = merged?;
+        match a.json {
+            true => outln!("{}", serde_json::to_string(&merged)?),
+            false => outln!(
+                "{}\t{} weight matrices merged",
+                merged.model.display(),
+                merged.merged
+            ),
+        }
+        return Ok(());
     }
     let merged = merge(&a.cache)?;
     if merged.is_empty() {
