@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use candle_core::{Device, Tensor, Var};
 
+use super::dropped_low_rank::DroppedLowRank;
 use super::frozen::{Projection, ProjectionDelta};
 use super::frozen_vit::FrozenVisionTower;
 use super::prompt_text::PromptTextEncoder;
@@ -310,24 +311,14 @@ impl TowerAdapters {
         })
     }
 
-    /// Inverted dropout (`nn.Dropout`): zero with probability `p`, else scale by `1/(1-p)`.
-    fn drop(&self, x: &Tensor) -> Result<Tensor> {
+    /// `(drop(x)) Aᵀ` for `x` of `rows × in`: inverted dropout (`nn.Dropout`: zero with
+    /// probability `p`, else scaled by `1/(1-p)`) in training, none in evaluation.
+    fn low_rank(&self, x: &Tensor, a: &Tensor) -> Result<Tensor> {
         let mut guard = self.training.lock().map_err(|_| Error::Poisoned)?;
-        let Some(rng) = guard.as_mut().filter(|_| self.dropout > 0.0) else {
-            return Ok(x.clone());
-        };
-        let keep = 1.0 / (1.0 - self.dropout);
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if rng.uniform() < self.dropout {
-                    0.0
-                } else {
-                    keep
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-        Ok((x * mask)?)
+        Ok(match guard.as_mut().filter(|_| self.dropout > 0.0) {
+            Some(rng) => DroppedLowRank::draw(x.elem_count(), self.dropout, rng).forward(x, a)?,
+            None => x.matmul(&a.t()?)?,
+        })
     }
 }
 
@@ -336,11 +327,10 @@ impl ProjectionDelta for TowerAdapters {
         let Some(adapter) = self.layers.get(layer).and_then(|s| s[p as usize].as_ref()) else {
             return Ok(None);
         };
-        let x = self.drop(x)?;
         let dims = x.dims().to_vec();
         let width = dims[dims.len() - 1];
         let rows = x.elem_count() / width.max(1);
-        let low = x.reshape((rows, width))?.matmul(&adapter.a.t()?)?;
+        let low = self.low_rank(&x.reshape((rows, width))?, adapter.a.as_tensor())?;
         let y = (low.matmul(&adapter.b.t()?)? * self.scaling)?;
         let mut out = dims;
         if let Some(last) = out.last_mut() {

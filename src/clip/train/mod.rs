@@ -10,6 +10,7 @@
 //!
 //! [`Clip::load`]: super::Clip::load
 
+mod dropped_low_rank;
 mod frozen;
 pub mod frozen_vit;
 mod fused;
