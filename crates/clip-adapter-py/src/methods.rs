@@ -113,6 +113,10 @@ impl PyHead {
                 FeatureSpace::PreProjection => {
                     "features before the image tower's last projection (pre_projection=True)"
                 }
+                FeatureSpace::Adapted => {
+                    "image features of the model with the head's CLIP-LoRA updates merged in \
+                     (`clip-adapter merge --lora`)"
+                }
             };
             return Err(input(format!(
                 "features have {d} columns, but the head scores {}-wide {space}",
@@ -263,13 +267,15 @@ impl PyHead {
         self.head.dim()
     }
 
-    /// `"projected"` (the embeddings `encode_images` gives) or `"pre-projection"` (ProLIP:
-    /// `encode_images(..., pre_projection=True)`).
+    /// `"projected"` (the embeddings `encode_images` gives), `"pre-projection"` (ProLIP:
+    /// `encode_images(..., pre_projection=True)`) or `"adapted"` (CLIP-LoRA: the embeddings of
+    /// the model with the head's updates merged in, `clip-adapter merge --lora`).
     #[getter]
     fn input(&self) -> &'static str {
         match self.head.input() {
             FeatureSpace::Projected => "projected",
             FeatureSpace::PreProjection => "pre-projection",
+            FeatureSpace::Adapted => "adapted",
         }
     }
 
