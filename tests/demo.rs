@@ -1,11 +1,17 @@
 //! The demo with the embedded model runs offline end to end, and the paper's story holds on
-//! the 16-shot column (all tasks, seeds 1-3, zero-shot, the visual CLIP-Adapter and its α
-//! ablation): zero-shot well above chance on the tasks close to pretraining, CLIP-Adapter above
-//! zero-shot on average, a larger gain on the far tasks than on the close ones, and on the far
-//! tasks a fixed α above 0 better than α = 0 (zero-shot). The command writes the results as CSV
-//! and the folder's report (Markdown, figures as SVG and PNG).
+//! the 16-shot column (all tasks, seeds 1-3, zero-shot, CoOp, the visual CLIP-Adapter and its
+//! α ablation): zero-shot well above chance on the tasks close to pretraining, CoOp and
+//! CLIP-Adapter above zero-shot, CoOp clearly so on the far tasks, a larger gain on the far
+//! tasks than on the close ones, and on the far tasks a fixed α above 0 better than α = 0
+//! (zero-shot); the four heads of Fig. 5 mapped, CoOp's panel its own; base-to-new and domain
+//! generalisation run beside. The command writes the results as CSV and the folder's report
+//! (Markdown, figures as SVG and PNG).
 
-use clip_adapter::demo::{ablation_methods, all_methods, run_demo, DemoOptions};
+use clip_adapter::demo::{
+    ablation_methods, all_methods, run_demo, DemoOptions, ADAPTER_PANEL, BASE_TO_NEW_TASK,
+    CLIP_PANEL, COOP_PANEL, DOMAIN_METHODS, NO_RESIDUAL_PANEL,
+};
+use clip_adapter::experiment::Protocol;
 use clip_adapter::figure::lines::{PANEL_H, PANEL_W};
 use clip_adapter::world::tasks::{demo_tasks, Gap};
 
@@ -17,7 +23,7 @@ fn demo_at_16_shots_tells_the_papers_story() {
         shots: vec![16],
         methods: all_methods()
             .into_iter()
-            .filter(|m| m.label == "zero-shot" || m.label == "clip-adapter")
+            .filter(|m| ["zero-shot", "clip-adapter", "coop"].contains(&m.label.as_str()))
             .collect(),
         ablations: ablation_methods()
             .into_iter()
@@ -29,7 +35,13 @@ fn demo_at_16_shots_tells_the_papers_story() {
     assert_eq!(alphas.len(), 6, "{alphas:?}");
     let report = run_demo(&o, &mut |_| {}).unwrap();
     let tasks = demo_tasks();
-    assert_eq!(report.rows.len(), tasks.len() * o.seeds.len() * (2 + 6));
+    let few_shot = report.few_shot_rows();
+    assert_eq!(few_shot.len(), tasks.len() * o.seeds.len() * (3 + 6));
+    // Base-to-new and domain generalisation: the three methods, one row per seed; the domain
+    // run's fits each give a row for the source and one per target (two).
+    let of = |p: Protocol| report.rows.iter().filter(|r| r.protocol == p).count();
+    assert_eq!(of(Protocol::BaseToNew), 3 * o.seeds.len());
+    assert_eq!(of(Protocol::Domain), 3 * o.seeds.len() * 3);
     let acc = |task: &str, method: &str| report.cell(task, method, 16).unwrap().0;
     let mean = |v: Vec<f32>| v.iter().sum::<f32>() / v.len() as f32;
 
@@ -62,6 +74,16 @@ fn demo_at_16_shots_tells_the_papers_story() {
     assert!(
         ca > zs,
         "mean over tasks: CLIP-Adapter {ca:.1}% vs zero-shot {zs:.1}%"
+    );
+
+    // CoOp, with the demo's setting, learns: clearly above zero-shot on the far tasks.
+    let (coop_far, zs_far) = (
+        report.gap_mean(Gap::Far, "coop", 16).unwrap(),
+        report.gap_mean(Gap::Far, "zero-shot", 16).unwrap(),
+    );
+    assert!(
+        coop_far > zs_far + 3.0,
+        "far tasks at 16 shots: CoOp {coop_far:.2}% vs zero-shot {zs_far:.2}%"
     );
 
     // The gain grows with the domain gap.
@@ -102,23 +124,79 @@ fn demo_at_16_shots_tells_the_papers_story() {
         assert!(top > curve[0], "{}: {curve:?}", t.name);
     }
 
-    // Fig. 5: on the far task the adapted features separate the classes better, as numbers.
+    // Fig. 5, its four panels: each head's class scores of the far task's test set (their
+    // numbers are checked against the heads in the library's tests). CoOp's learned prompts
+    // give a panel of their own, and CoOp and the adapter put more images on their class.
     let tsne = report.tsne.as_ref().expect("a far task was run");
     assert_eq!(tsne.task, "new_colours");
-    let (before, after) = (&tsne.maps.before, &tsne.maps.after);
-    assert!(
-        after.features.knn_accuracy > before.features.knn_accuracy
-            && after.features.silhouette > before.features.silhouette,
-        "5-NN / silhouette before {:?}, after {:?}",
-        before.features,
-        after.features
+    let names: Vec<&str> = tsne.maps.panels.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [CLIP_PANEL, COOP_PANEL, NO_RESIDUAL_PANEL, ADAPTER_PANEL]
     );
+    let panel = |name: &str| tsne.maps.panel(name).unwrap();
+    let (clip, coop, adapter) = (panel(CLIP_PANEL), panel(COOP_PANEL), panel(ADAPTER_PANEL));
+    assert_ne!(clip.view.features, coop.view.features);
+    assert_ne!(clip.view.coordinates, coop.view.coordinates);
+    assert!(
+        adapter.accuracy > clip.accuracy && coop.accuracy > clip.accuracy,
+        "accuracy: CLIP {}, CoOp {}, CLIP-Adapter {}",
+        clip.accuracy,
+        coop.accuracy,
+        adapter.accuracy
+    );
+    // In the paper's space, the image features each head scores, the adapted features
+    // separate the classes better than CLIP's.
+    let (before, after) = (&tsne.features[0], &tsne.features[3]);
+    assert!(
+        after.knn_accuracy > before.knn_accuracy && after.silhouette > before.silhouette,
+        "5-NN / silhouette of the features: CLIP {before:?}, CLIP-Adapter {after:?}"
+    );
+    assert_eq!(tsne.maps.chart().panels.len(), 4);
+
+    // Base-to-new on textures: every method scores the new classes (a texture family never
+    // seen) without an image of them, and CoOp, its prompts fitted to the base classes, loses
+    // on the new ones against the hand-written prompt (CoCoOp's finding).
+    let b2n = |m: &str| report.base_to_new(m).unwrap();
+    for m in ["zero-shot", "coop", "clip-adapter"] {
+        let r = b2n(m);
+        assert!(
+            r.new.is_finite() && r.new > 0.0 && r.h.is_finite(),
+            "{m}: {r:?}"
+        );
+    }
+    let (coop, zs) = (b2n("coop"), b2n("zero-shot"));
+    assert!(
+        coop.new < zs.new && coop.h < zs.h,
+        "new classes: CoOp {coop:?} vs zero-shot {zs:?}"
+    );
+
+    // Domain generalisation from colours: its classes in the sketch style pretraining never
+    // drew, alone and with new textures and noise; the shift costs every method accuracy.
+    for m in ["zero-shot", "coop", "clip-adapter"] {
+        let source = report.domain(m, "colours").unwrap();
+        for target in ["sketched_colours", "sketches"] {
+            let shifted = report.domain(m, target).unwrap();
+            assert!(
+                shifted < source,
+                "{m}: colours {source:.1}% vs {target} {shifted:.1}%"
+            );
+        }
+    }
+    assert_eq!(DOMAIN_METHODS.len(), 4);
 
     let md = report.markdown();
     assert!(md.contains("### shapes") && md.contains("| clip-adapter |"));
     assert!(md.contains("t-SNE of `new_colours`"), "{md}");
+    assert!(
+        md.contains("Base-to-new") && md.contains(BASE_TO_NEW_TASK),
+        "{md}"
+    );
+    assert!(md.contains("## Domain generalisation from colours"), "{md}");
     assert!(md.contains("scaled by 100 / logit scale"), "{md}");
     assert_eq!(report.csv().unwrap().lines().count(), report.rows.len() + 1);
+    // Base-to-new and domain rows stay out of the few-shot tables and figures.
+    assert!(!md.contains("### sketched_colours"), "{md}");
 
     // The report: a panel per task, per gap's mean and the mean of all; the gap groups.
     let md = report.markdown();
@@ -166,14 +244,15 @@ fn demo_command_writes_markdown_csv_and_png() {
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("### colours"));
     let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
-    // Two shot counts of every method, and the ablations at the larger one.
+    // Two shot counts of every method, the ablations at the larger one, and, as colours is the
+    // domain run's source, its methods' rows on colours and the two shifted targets there.
     assert_eq!(
         csv.lines().count(),
-        1 + 2 * all_methods().len() + ablation_methods().len()
+        1 + 2 * all_methods().len() + ablation_methods().len() + 3 * DOMAIN_METHODS.len()
     );
     // CoOp is in the grid, demo-sized: its rows, the report says so, and a fit is quick.
     let coop: Vec<&str> = csv.lines().filter(|l| l.starts_with("coop,")).collect();
-    assert_eq!(coop.len(), 2, "{csv}");
+    assert_eq!(coop.len(), 2 + 3, "{csv}");
     let seconds_at = (csv.lines().next().unwrap().split(','))
         .position(|c| c == "train_seconds")
         .unwrap();
@@ -185,7 +264,8 @@ fn demo_command_writes_markdown_csv_and_png() {
         );
     }
     assert!(md.contains("| coop |"), "{md}");
-    assert!(md.contains("CoOp: demo-sized"), "{md}");
+    assert!(md.contains("CoOp: our demo-sized setting"), "{md}");
+    assert!(md.contains("sketched_colours"), "{md}");
     // One task panel and the legend beside it; the variants have their own figure.
     let png = image::open(out.path().join("figures/accuracy_vs_shots.png")).unwrap();
     assert!(

@@ -4,12 +4,25 @@
 
 use std::collections::BTreeMap;
 
-use super::run::{DemoTsne, CLIP_LOGIT_SCALE, DEMO_COOP_EPOCHS, DEMO_COOP_N_CTX};
+use super::run::{
+    BASE_TO_NEW_TASK, CLIP_LOGIT_SCALE, DEMO_COOP_CTX_INIT, DEMO_COOP_EPOCHS, DEMO_COOP_LR,
+    DEMO_COOP_N_CTX,
+};
+use super::tsne::DemoTsne;
 use crate::experiment::row::to_csv;
-use crate::experiment::{ResultRow, Summary};
+use crate::experiment::{Protocol, ResultRow, Summary};
 use crate::methods::registry::CLIP_ADAPTER;
 use crate::report::{DatasetGroup, Report, ReportOptions};
 use crate::world::tasks::Gap;
+
+/// A method's base-to-new accuracies (%), means over seeds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BaseNew {
+    pub base: f32,
+    pub new: f32,
+    /// The harmonic mean of `base` and `new`.
+    pub h: f32,
+}
 
 /// Everything the demo measured.
 #[derive(Debug, Clone)]
@@ -18,6 +31,8 @@ pub struct DemoReport {
     pub rows: Vec<ResultRow>,
     /// `(name, gap, description)` of each task run.
     pub tasks: Vec<(String, Gap, String)>,
+    /// `(name, description)` of each target of the domain run (none when it did not run).
+    pub domain_targets: Vec<(String, String)>,
     pub shots: Vec<usize>,
     pub methods: Vec<String>,
     pub seconds: f64,
@@ -28,9 +43,44 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
-    /// Mean and standard deviation of test accuracy over seeds.
+    /// The rows of the few-shot protocol (the grid and the ablations).
+    pub fn few_shot_rows(&self) -> Vec<ResultRow> {
+        (self.rows.iter())
+            .filter(|r| r.protocol == Protocol::FewShot)
+            .cloned()
+            .collect()
+    }
+
+    /// Mean and standard deviation of few-shot test accuracy over seeds.
     pub fn cell(&self, task: &str, method: &str, shots: usize) -> Option<(f32, f32)> {
-        Summary::new(&self.rows).cell(method, task, shots)
+        Summary::new(&self.few_shot_rows()).cell(method, task, shots)
+    }
+
+    /// Base-to-new: the mean over seeds of a method's base and new accuracy, and their
+    /// harmonic mean (CoCoOp's H).
+    pub fn base_to_new(&self, method: &str) -> Option<BaseNew> {
+        let of: Vec<&ResultRow> = (self.rows.iter())
+            .filter(|r| r.protocol == Protocol::BaseToNew && r.method == method)
+            .collect();
+        let mean = |v: Vec<f32>| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
+        let base = mean(of.iter().map(|r| r.test_accuracy).collect())?;
+        let new = mean(of.iter().filter_map(|r| r.new_accuracy).collect())?;
+        Some(BaseNew {
+            base,
+            new,
+            h: 2.0 * base * new / (base + new),
+        })
+    }
+
+    /// Domain generalisation: a method's mean test accuracy over seeds on `dataset` (the
+    /// source or a target).
+    pub fn domain(&self, method: &str, dataset: &str) -> Option<f32> {
+        let v: Vec<f32> = (self.rows.iter())
+            .filter(|r| r.protocol == Protocol::Domain && r.method == method)
+            .filter(|r| r.dataset == dataset)
+            .map(|r| r.test_accuracy)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32)
     }
 
     fn tasks_of(&self, gap: Gap) -> Vec<String> {
@@ -42,7 +92,7 @@ impl DemoReport {
 
     /// Mean test accuracy of a method at `shots` over the tasks of one gap (those that have it).
     pub fn gap_mean(&self, gap: Gap, method: &str, shots: usize) -> Option<f32> {
-        let summary = Summary::new(&self.rows);
+        let summary = Summary::new(&self.few_shot_rows());
         let v: Vec<f32> = (self.tasks_of(gap).iter())
             .filter_map(|t| summary.cell(method, t, shots).map(|c| c.0))
             .collect();
@@ -57,6 +107,7 @@ impl DemoReport {
             // The main grid's row: the ablations' CLIP-Adapter rows carry their swept option.
             .filter(|r| {
                 r.dataset == task
+                    && r.protocol == Protocol::FewShot
                     && r.method == CLIP_ADAPTER.name()
                     && r.options.is_empty()
                     && r.shots == top
@@ -137,11 +188,30 @@ impl DemoReport {
         if let Some(t) = &self.tsne {
             s.push_str(&t.markdown());
         }
+        if self.rows.iter().any(|r| r.protocol == Protocol::BaseToNew) {
+            s.push_str(&format!(
+                "\nBase-to-new on `{BASE_TO_NEW_TASK}`: CoCoOp's split of its classes in label \
+                 order, the first half trains (the base classes, the backgrounds pretraining \
+                 knew), the second half (the held-out texture family, never drawn nor named) is \
+                 tested without a single training image; the methods that can score a class \
+                 from its name.\n"
+            ));
+        }
+        if !self.domain_targets.is_empty() {
+            s.push_str(
+                "\nDomain generalisation: trained on the source's draw, tested unchanged on its \
+                 classes drawn in other domains:\n\n",
+            );
+            for (name, about) in &self.domain_targets {
+                s.push_str(&format!("- `{name}`: {about}\n"));
+            }
+        }
         if self.methods.iter().any(|m| m == "coop") {
             s.push_str(&format!(
-                "\nCoOp: demo-sized, {DEMO_COOP_EPOCHS} epochs at every shot count (CoOp's own: \
-                 50-200) and {DEMO_COOP_N_CTX} context vectors (the model's context is 24 \
-                 tokens); its learning rate scaled as CLIP-Adapter's.\n"
+                "\nCoOp: our demo-sized setting, {DEMO_COOP_EPOCHS} epochs at every shot count \
+                 (CoOp's own: 50-200), its {DEMO_COOP_N_CTX} context vectors started from \
+                 \"{DEMO_COOP_CTX_INIT}\" (the model's context is 24 tokens), SGD rate \
+                 {DEMO_COOP_LR} (CoOp's: 0.002) scaled as CLIP-Adapter's.\n"
             ));
         }
         s

@@ -10,23 +10,28 @@ use candle_core::{Device, Tensor};
 
 use super::model::{embedded_model_dir, materialize_embedded_model};
 use super::report::DemoReport;
+use super::tsne::{demo_tsne, TSNE_TASK};
 use crate::clip::error::Error;
 use crate::clip::model::transformer::l2_normalize;
 use crate::clip::{Clip, ModelFiles};
 use crate::data::{prompt_name, Dataset, FewShot, Sample};
 use crate::experiment::sweep::{Sweep, SweepParam};
+use crate::experiment::transfer::{run_transfer, Transfer};
+use crate::experiment::Protocol;
 use crate::experiment::{
     self, run_grid, ExperimentError, Grid, GridEvent, GridMethod, MethodOverrides, ResultRow,
     RowSource,
 };
 use crate::features::{model_fingerprint, ContentHash};
-use crate::methods::clip_adapter::{AdapterModel, AdapterOptions, Branch};
+use crate::methods::clip_adapter::{AdapterOptions, Branch};
 use crate::methods::coop::CoopOptions;
+use crate::methods::coop::PromptModel;
 use crate::methods::pre_projection::{PreProjection, Projection};
 use crate::methods::registry::{CLIP_ADAPTER, COOP};
 use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind, TextClassifier};
-use crate::tsne::{adapter_tsne, AdapterTsne, TsneOptions};
-use crate::world::tasks::{demo_tasks, load_task, write_task, Gap, TaskSizes, TaskSpec};
+use crate::world::tasks::{
+    demo_domain_shift, demo_tasks, load_task, write_task, Gap, TaskSizes, TaskSpec,
+};
 
 /// What can stop the demo.
 #[derive(Debug, thiserror::Error)]
@@ -165,17 +170,34 @@ pub fn ablation_methods() -> Vec<DemoMethod> {
 
 /// CoOp's context vectors in the demo: the world model's context is 24 tokens, not CLIP's 77,
 /// so CoOp's 16 would leave room for little else; 4 is the length of the world's prompt prefix
-/// "a photo of a", the paper's shorter setting.
+/// "a photo of a", the paper's shorter setting, from which they start ([`DEMO_COOP_CTX_INIT`]).
 pub const DEMO_COOP_N_CTX: usize = 4;
+
+/// The phrase CoOp's context starts from in the demo (CoOp's `CTX_INIT`, its `ctxv1`
+/// configs): the world's zero-shot prompt prefix, so CoOp starts at zero-shot's classifier.
+/// From a random context the demo's CoOp hardly moves in the steps it has (a few per epoch on
+/// 4-11 classes × 16 shots in batches of 32, where CoOp's benchmarks have dozens): +1.9
+/// points over zero-shot on the far tasks at 16 shots with 20 epochs, +1.9 with 50 epochs at
+/// 5× the rate; from the prompt, +5.5 (docs/demo.md).
+pub const DEMO_COOP_CTX_INIT: &str = "a photo of a";
+
+/// CoOp's SGD rate in the demo before the logit-scale factor of [`for_draw`]: 5× CoOp's 0.002,
+/// because the demo's short schedule (20 epochs of a few steps each) is 20-100× fewer steps than
+/// CoOp's on its benchmarks.
+pub const DEMO_COOP_LR: f32 = 0.01;
 
 /// CoOp's epochs in the demo at every shot count, in place of CoOp's 50-200: every step runs
 /// the text tower forward and backward, and the demo's grid must stay seconds long.
 pub const DEMO_COOP_EPOCHS: usize = 20;
 
-/// CoOp as the demo runs it: the protocol's options but for the context length and epochs.
+/// CoOp as the demo runs it, our own documented setting: the protocol's options (batch 32,
+/// SGD with momentum 0.9, cosine schedule, one warm-up epoch) but for the context, which
+/// starts from the zero-shot prompt, the rate and the epochs.
 pub fn demo_coop() -> CoopOptions {
     CoopOptions {
         n_ctx: DEMO_COOP_N_CTX,
+        ctx_init: Some(DEMO_COOP_CTX_INIT.to_string()),
+        lr: DEMO_COOP_LR,
         epochs: Some(DEMO_COOP_EPOCHS),
         ..CoopOptions::default()
     }
@@ -195,9 +217,14 @@ pub struct DemoOptions {
     pub methods: Vec<DemoMethod>,
     /// Run [`ablation_methods`] at the largest shot count (empty: none).
     pub ablations: Vec<DemoMethod>,
-    /// Map the test features of one far task before and after the visual CLIP-Adapter
-    /// (the paper's Fig. 5), when a far task is run.
+    /// Map the test set of one far task as zero-shot CLIP, CoOp, CLIP-Adapter with α = 1 and
+    /// CLIP-Adapter score it (the paper's Fig. 5), when a far task is run.
     pub tsne: bool,
+    /// At the largest shot count, also run base-to-new on [`BASE_TO_NEW_TASK`] (the methods
+    /// that can score new classes) and domain generalisation from the source of
+    /// [`demo_domain_shift`] to its shifted targets ([`DOMAIN_METHODS`]), each when its task
+    /// is run.
+    pub generalisation: bool,
     /// Seed of the generated task images.
     pub world_seed: u64,
 }
@@ -214,6 +241,7 @@ impl Default for DemoOptions {
             methods: all_methods(),
             ablations: ablation_methods(),
             tsne: true,
+            generalisation: true,
             world_seed: 2021,
         }
     }
@@ -319,6 +347,36 @@ fn draw_task(
     })
 }
 
+/// The whole test set of a test-only task (a domain target), with no training images.
+fn test_task(
+    d: &Dataset,
+    enc: &Encoded,
+    (text, text_mean): &(TextClassifier, Matrix),
+    projection: &Projection,
+) -> FewShotTask {
+    let all_test: Vec<usize> = (0..d.test.len()).collect();
+    let none = LabelledSet {
+        features: empty_like(&enc.train),
+        labels: Vec::new(),
+    };
+    FewShotTask {
+        text_mean: Some(text_mean.clone()),
+        pre_projection: Some(Box::new(PreProjection {
+            projection: projection.clone(),
+            train: empty_like(&enc.pre[0]),
+            train_views: Vec::new(),
+            val: empty_like(&enc.pre[1]),
+            test: rows_of(&enc.pre[2], &all_test),
+        })),
+        classnames: d.classnames.clone(),
+        train: none.clone(),
+        train_views: Vec::new(),
+        val: none,
+        test: labelled(&enc.test, &d.test, &all_test),
+        text: text.clone(),
+    }
+}
+
 fn selected(o: &DemoOptions) -> Result<Vec<TaskSpec>> {
     let all = demo_tasks();
     if let Some(bad) = o
@@ -360,6 +418,15 @@ fn world_source(model_dir: &std::path::Path, o: &DemoOptions) -> Result<RowSourc
     })
 }
 
+/// The task the demo runs base-to-new on: its base classes are the four backgrounds
+/// pretraining drew and named, its new ones the held-out texture family (wavy, brick, grid),
+/// never drawn nor named, and never seen in training either.
+pub const BASE_TO_NEW_TASK: &str = "textures";
+
+/// The methods of the demo's domain-generalisation run: CoOp's domain table (zero-shot CLIP,
+/// the linear probe, CoOp) and CLIP-Adapter.
+pub const DOMAIN_METHODS: [&str; 4] = ["zero-shot", "linear-probe", "coop", "clip-adapter"];
+
 /// Runs the demo; writes nothing but the task images (the caller writes the reports).
 pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<DemoReport> {
     let started = Instant::now();
@@ -370,80 +437,148 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     let clip = Clip::load(&ModelFiles::in_dir(&o.model_dir)?, &Device::Cpu)?;
     let specs = selected(o)?;
     let source = world_source(&o.model_dir, o)?;
-    let prepared = prepare_tasks(&clip, &specs, o, progress)?;
-    let datasets: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
-    let grid_of = |methods: &[DemoMethod], shots: Vec<usize>| Grid {
-        protocol: crate::experiment::Protocol::FewShot,
-        methods: (methods.iter())
-            .map(|m| GridMethod {
-                label: m.label.clone(),
-                options: m.options.clone(),
+    let prepared = prepare_tasks(&clip, &specs, false, o, progress)?;
+    let top = o.shots.iter().max().copied();
+    // The domain run's targets are test sets only; one that is a task of the run is reused.
+    let (domain_source, domain_specs) = demo_domain_shift();
+    let domain = match (o.generalisation, top) {
+        (true, Some(top)) if specs.iter().any(|s| s.name == domain_source) => Some(top),
+        _ => None,
+    };
+    let target_specs: Vec<TaskSpec> = (domain_specs.iter())
+        .filter(|t| domain.is_some() && !specs.iter().any(|s| s.name == t.name))
+        .cloned()
+        .collect();
+    let targets = prepare_tasks(&clip, &target_specs, true, o, progress)?;
+    let find = |task: &str| {
+        (prepared.iter().chain(&targets))
+            .find(|(s, ..)| s.name == task)
+            .ok_or_else(|| DemoError::UnknownTask {
+                task: task.to_string(),
+                known: task_names().join(", "),
             })
-            .collect(),
-        datasets: datasets.clone(),
+    };
+    let datasets: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
+    let grid_of = |methods: &[DemoMethod], datasets: Vec<String>, shots, protocol| Grid {
+        protocol,
+        methods: grid_methods(methods),
+        datasets,
         shots,
         seeds: o.seeds.clone(),
         validation: Default::default(),
     };
-    let mut grids = vec![(grid_of(&o.methods, o.shots.clone()), &o.methods)];
-    if let (Some(&top), false) = (o.shots.iter().max(), o.ablations.is_empty()) {
-        grids.push((grid_of(&o.ablations, vec![top]), &o.ablations));
+    let mut grids = vec![(
+        grid_of(
+            &o.methods,
+            datasets.clone(),
+            o.shots.clone(),
+            Protocol::FewShot,
+        ),
+        o.methods.clone(),
+    )];
+    if let (Some(top), false) = (top, o.ablations.is_empty()) {
+        let grid = grid_of(&o.ablations, datasets.clone(), vec![top], Protocol::FewShot);
+        grids.push((grid, o.ablations.clone()));
     }
-    let total: usize = grids.iter().map(|(g, _)| g.cells()).sum();
+    let b2n_methods: Vec<DemoMethod> = (o.methods.iter())
+        .filter(|m| Protocol::BaseToNew.refuses(m.method.kind()).is_none())
+        .cloned()
+        .collect();
+    if let (true, Some(top)) = (o.generalisation, top) {
+        if datasets.iter().any(|d| d == BASE_TO_NEW_TASK) && !b2n_methods.is_empty() {
+            let on = vec![BASE_TO_NEW_TASK.to_string()];
+            let grid = grid_of(&b2n_methods, on, vec![top], Protocol::BaseToNew);
+            grids.push((grid, b2n_methods));
+        }
+    }
+    let domain_methods: Vec<DemoMethod> = (o.methods.iter())
+        .filter(|m| DOMAIN_METHODS.contains(&m.label.as_str()))
+        .cloned()
+        .collect();
+    let transfer = domain
+        .filter(|_| !domain_methods.is_empty())
+        .map(|top| Transfer {
+            methods: grid_methods(&domain_methods),
+            source: domain_source.to_string(),
+            targets: domain_specs.iter().map(|t| t.name.to_string()).collect(),
+            shots: vec![top],
+            seeds: o.seeds.clone(),
+            validation: Default::default(),
+            protocol: Protocol::Domain,
+        });
+    let total = grids.iter().map(|(g, _)| g.cells()).sum::<usize>()
+        + transfer.as_ref().map_or(0, Transfer::rows);
     let logit_scale = clip.logit_scale();
     let projection = image_projection(&clip)?;
     let mut rows: Vec<ResultRow> = Vec::new();
+    let mut load = |task: &str, shots, seed| -> Result<(FewShotTask, RowSource)> {
+        let (spec, d, enc, text) = find(task)?;
+        // A domain target that is no task of the run has its test set only.
+        let task = match target_specs.iter().any(|t| t.name == spec.name) {
+            true => test_task(d, enc, text, &projection),
+            false => draw_task(d, enc, text, &projection, shots, seed)?,
+        };
+        Ok((task, source.clone()))
+    };
     // Loaded on CoOp's first fit only: the other methods never need the text tower's graph.
-    let mut prompt_model = None;
+    let mut prompt_model: Option<Rc<PromptModel>> = None;
+    let mut model = |source: &RowSource| -> Result<Rc<PromptModel>> {
+        if let Some(m) = &prompt_model {
+            return Ok(Rc::clone(m));
+        }
+        let files = ModelFiles::in_dir(&o.model_dir)?;
+        let m = Rc::new(experiment::prompt_model(
+            &files,
+            &source.model_name,
+            source,
+        )?);
+        prompt_model = Some(Rc::clone(&m));
+        Ok(m)
+    };
     let mut finished = 0;
     for (grid, methods) in &grids {
         run_grid::<DemoError>(
             grid,
             &mut rows,
-            &mut |task, shots, seed| {
-                let (_, d, enc, text) = (prepared.iter())
-                    .find(|(s, ..)| s.name == task)
-                    .ok_or_else(|| DemoError::UnknownTask {
-                        task: task.to_string(),
-                        known: task_names().join(", "),
-                    })?;
-                Ok((
-                    draw_task(d, enc, text, &projection, shots, seed)?,
-                    source.clone(),
-                ))
-            },
-            &mut |source| {
-                if let Some(m) = &prompt_model {
-                    return Ok(Rc::clone(m));
-                }
-                let files = ModelFiles::in_dir(&o.model_dir)?;
-                let m = Rc::new(experiment::prompt_model(
-                    &files,
-                    &source.model_name,
-                    source,
-                )?);
-                prompt_model = Some(Rc::clone(&m));
-                Ok(m)
-            },
+            &mut load,
+            &mut model,
             &mut |i, _, seed| for_draw(&methods[i].method, seed, logit_scale),
             &mut |event| {
                 if let GridEvent::Row { done, .. } = event {
                     progress(DemoEvent::Fitted {
                         done: finished + done,
                         total,
-                    });
+                    })
                 }
             },
         )?;
         finished += grid.cells();
     }
-    let tsne = match (o.tsne, o.shots.iter().max(), o.seeds.first()) {
-        (true, Some(&shots), Some(&seed)) => (prepared.iter())
+    if let Some(t) = &transfer {
+        run_transfer::<DemoError>(
+            t,
+            &mut rows,
+            &mut load,
+            &mut model,
+            &mut |i, _, seed| for_draw(&domain_methods[i].method, seed, logit_scale),
+            &mut |event| {
+                if let GridEvent::Row { done, .. } = event {
+                    progress(DemoEvent::Fitted {
+                        done: finished + done,
+                        total,
+                    })
+                }
+            },
+        )?;
+    }
+    let tsne = match (o.tsne, top, o.seeds.first()) {
+        (true, Some(shots), Some(&seed)) => (prepared.iter())
             .filter(|(s, ..)| s.gap == Gap::Far)
             .max_by_key(|(s, ..)| s.name == TSNE_TASK)
             .map(|(spec, d, enc, text)| {
                 let task = draw_task(d, enc, text, &projection, shots, seed)?;
-                demo_tsne(spec.name, &task, shots, seed, logit_scale)
+                let tower = model(&source)?;
+                demo_tsne(spec.name, &task, (shots, seed), logit_scale, &tower)
             })
             .transpose()?,
         _ => None,
@@ -455,6 +590,10 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
             .iter()
             .map(|s| (s.name.to_string(), s.gap, s.about.to_string()))
             .collect(),
+        domain_targets: (transfer.iter())
+            .flat_map(|_| domain_specs.iter())
+            .map(|s| (s.name.to_string(), s.about.to_string()))
+            .collect(),
         shots: o.shots.clone(),
         methods: o.methods.iter().map(|m| m.label.clone()).collect(),
         seconds: started.elapsed().as_secs_f64(),
@@ -462,13 +601,24 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     })
 }
 
+fn grid_methods(methods: &[DemoMethod]) -> Vec<GridMethod> {
+    (methods.iter())
+        .map(|m| GridMethod {
+            label: m.label.clone(),
+            options: m.options.clone(),
+        })
+        .collect()
+}
+
 /// A task of the demo, written and encoded, with its text classifier and mean prompt embeddings.
 type Prepared<'a> = (&'a TaskSpec, Dataset, Encoded, (TextClassifier, Matrix));
 
-/// Writes each task in CoOp's layout and encodes every image once.
+/// Writes each task in CoOp's layout and encodes every image once, or, for `test_only` (the
+/// domain run's targets, of which only the test set is read), the test images.
 fn prepare_tasks<'a>(
     clip: &Clip,
     specs: &'a [TaskSpec],
+    test_only: bool,
     o: &DemoOptions,
     progress: &mut dyn FnMut(DemoEvent),
 ) -> Result<Vec<Prepared<'a>>> {
@@ -476,23 +626,35 @@ fn prepare_tasks<'a>(
     for spec in specs {
         let split = write_task(spec, &o.out.join("tasks"), o.world_seed, o.sizes)?;
         let d = load_task(&split, spec.name)?;
-        let (train, pre_train) = encode_split(clip, &d, &d.train)?;
-        let (val, pre_val) = encode_split(clip, &d, &d.val)?;
         let (test, pre_test) = encode_split(clip, &d, &d.test)?;
+        let encode = |samples: &[Sample]| match test_only {
+            true => Ok((empty_like(&test), empty_like(&pre_test))),
+            false => encode_split(clip, &d, samples),
+        };
+        let (train, pre_train) = encode(&d.train)?;
+        let (val, pre_val) = encode(&d.val)?;
         let enc = Encoded {
             train,
             val,
-            test,
             pre: [pre_train, pre_val, pre_test],
+            test,
         };
         let text = text_classifier(clip, &d)?;
         progress(DemoEvent::TaskReady {
             task: spec.name.into(),
-            images: d.train.len() + d.val.len() + d.test.len(),
+            images: enc.train.rows + enc.val.rows + enc.test.rows,
         });
         prepared.push((spec, d, enc, text));
     }
     Ok(prepared)
+}
+
+fn empty_like(m: &Matrix) -> Matrix {
+    Matrix {
+        rows: 0,
+        cols: m.cols,
+        data: Vec::new(),
+    }
 }
 
 /// The image tower's last projection (ProLIP's starting point).
@@ -505,108 +667,6 @@ fn image_projection(clip: &Clip) -> Result<Projection> {
             data: weight,
         },
         bias,
-    })
-}
-
-/// The far task the demo maps by default: the one with the largest domain gap in colour,
-/// where the adapter gains most.
-pub const TSNE_TASK: &str = "new_colours";
-
-/// The t-SNE of one task's test features before and after the demo's visual CLIP-Adapter.
-#[derive(Debug, Clone)]
-pub struct DemoTsne {
-    pub task: String,
-    pub shots: usize,
-    pub seed: u64,
-    /// The α the adapter chose on validation.
-    pub alpha: String,
-    pub maps: AdapterTsne,
-}
-
-impl DemoTsne {
-    /// The figure's file stem inside the figures folder.
-    pub fn stem(&self) -> String {
-        format!("tsne_{}", self.task)
-    }
-
-    /// The report's section: what was mapped, the numbers that back the picture, the figure.
-    pub fn markdown(&self) -> String {
-        let (b, a) = (&self.maps.before, &self.maps.after);
-        let pct = |v: f32| format!("{:.1}", 100.0 * v);
-        format!(
-            "\n### t-SNE of `{task}` before and after CLIP-Adapter (the paper's Fig. 5)\n\n\
-             The test features of `{task}` ({n} images), frozen and adapted \
-             (α·A(f) + (1 − α)·f, α = {alpha} chosen on validation; {shots} shots, seed {seed}), \
-             mapped by t-SNE (perplexity {perplexity}, seed {seed}). How well the classes \
-             separate, as numbers:\n\n\
-             | space | {k}-NN accuracy (%) | silhouette | map {k}-NN (%) | map silhouette | trustworthiness |\n\
-             |---|---:|---:|---:|---:|---:|\n\
-             | CLIP features | {b_knn} | {b_sil:.3} | {b_mknn} | {b_msil:.3} | {b_trust:.3} |\n\
-             | adapted | {a_knn} | {a_sil:.3} | {a_mknn} | {a_msil:.3} | {a_trust:.3} |\n\n\
-             ![t-SNE of {task} before and after the adapter](figures/{stem}.svg)\n",
-            task = self.task,
-            n = self.maps.labels.len(),
-            alpha = self.alpha,
-            shots = self.shots,
-            seed = self.seed,
-            perplexity = self.maps.options.perplexity,
-            k = crate::tsne::KNN_K,
-            b_knn = pct(b.features.knn_accuracy),
-            b_sil = b.features.silhouette,
-            b_mknn = pct(b.map.knn_accuracy),
-            b_msil = b.map.silhouette,
-            b_trust = b.trustworthiness,
-            a_knn = pct(a.features.knn_accuracy),
-            a_sil = a.features.silhouette,
-            a_mknn = pct(a.map.knn_accuracy),
-            a_msil = a.map.silhouette,
-            a_trust = a.trustworthiness,
-            stem = self.stem(),
-        )
-    }
-}
-
-fn demo_tsne(
-    name: &str,
-    task: &FewShotTask,
-    shots: usize,
-    seed: u64,
-    logit_scale: f32,
-) -> Result<DemoTsne> {
-    let fail = |source: Box<dyn std::error::Error + Send + Sync>| DemoError::Tsne {
-        task: name.to_string(),
-        source,
-    };
-    let adapter = Method::new(AdapterOptions {
-        branch: Branch::Visual,
-        search: ALPHAS.to_vec(),
-        ..AdapterOptions::default()
-    });
-    let fitted = crate::methods::fit(&for_draw(&adapter, seed, logit_scale), task, &mut |_| {})
-        .map_err(|e| fail(Box::new(e)))?;
-    let alpha = (fitted.chosen.iter())
-        .find(|(k, _)| k == "alpha")
-        .map_or_else(|| "–".to_string(), |(_, v)| v.clone());
-    let Some(model) = fitted.head.downcast_ref::<AdapterModel>() else {
-        return Err(fail("CLIP-Adapter did not return an adapter head".into()));
-    };
-    let maps = adapter_tsne(
-        &task.test.features,
-        &task.test.labels,
-        &task.classnames,
-        model,
-        &TsneOptions {
-            seed,
-            ..TsneOptions::default()
-        },
-    )
-    .map_err(|e| fail(Box::new(e)))?;
-    Ok(DemoTsne {
-        task: name.to_string(),
-        shots,
-        seed,
-        alpha,
-        maps,
     })
 }
 
@@ -624,7 +684,7 @@ pub(super) const CLIP_LOGIT_SCALE: f32 = 100.0;
 /// the rescaled rate takes CLIP's steps. On CLIP itself it is the protocol's rate. CoOp's
 /// context gradients carry the same factor.
 /// Tip-Adapter-F trains with AdamW, whose steps do not depend on the gradients' scale.
-fn for_draw(m: &Method, seed: u64, logit_scale: f32) -> Method {
+pub(super) fn for_draw(m: &Method, seed: u64, logit_scale: f32) -> Method {
     m.with_seed(seed)
         .with_sgd_lr_scaled(CLIP_LOGIT_SCALE / logit_scale)
 }

@@ -257,7 +257,8 @@ impl std::fmt::Display for TrainedOn {
 /// `model` gives CoOp the model behind a draw's features.
 ///
 /// The draws of one dataset and shot count are loaded first, then their fits run concurrently
-/// (CoOp's, which train through a model on this thread, before the others, one at a time).
+/// (CoOp's, which train through a model held by this thread, one at a time on it, beside the
+/// pool's).
 /// `events` sees the progress of the earliest unfinished fit and every row in grid order.
 ///
 /// The error type is the caller's, so that `load` reports its own failures unchanged.
@@ -458,22 +459,22 @@ impl Group<'_> {
         let (sequential, concurrent) = self.plan(&rows, configure);
         let mut committed = 0;
         self.commit(&mut rows, &mut committed, sink, events, out)?;
-        let mut failure = self.run_sequential(
+        let mut progress = Progress {
+            rows,
+            committed,
+            failure: None,
+            running: BTreeSet::new(),
+        };
+        let sink_error = self.run_concurrent(
+            pool,
+            &concurrent,
             sequential,
             model,
-            &mut rows,
-            &mut committed,
+            &mut progress,
             sink,
             events,
             out,
         )?;
-        let mut progress = Progress {
-            rows,
-            committed,
-            failure: failure.take(),
-            running: BTreeSet::new(),
-        };
-        let sink_error = self.run_concurrent(pool, &concurrent, &mut progress, sink, events, out);
         match sink_error.or(progress.failure.map(|(_, e)| e)) {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -502,72 +503,91 @@ impl Group<'_> {
         (sequential, concurrent)
     }
 
-    /// Fits the text-tower methods one at a time on this thread; returns the first failure.
+    /// Fits the cells of `concurrent` on `pool` while this thread, which is not one of the
+    /// pool's, fits those of `sequential` (the text-tower methods: the model stays on this
+    /// thread) one at a time, then waits for the pool's messages; rows are handed on in grid
+    /// order. Cells after the first failure in grid order are not started; those before it
+    /// are fitted: the rows a one-at-a-time grid would have written before failing. Returns
+    /// the sink's error, if writing failed, and the model loader's.
     #[allow(clippy::too_many_arguments)]
-    fn run_sequential<E: From<ExperimentError>>(
-        &self,
-        cells: Vec<(usize, Method)>,
-        model: &mut ModelLoader<E>,
-        rows: &mut [Option<(ResultRow, bool)>],
-        committed: &mut usize,
-        sink: &mut dyn RowSink,
-        events: &mut dyn FnMut(GridEvent),
-        out: &mut GridOutcome,
-    ) -> Result<Option<(usize, ExperimentError)>, E> {
-        for (c, method) in cells {
-            events(self.fitting_event(c));
-            let (draw, _) = self.cell(c);
-            let prompt_model = model(&draw.source)?;
-            let fitted = fit_row(
-                &method,
-                &draw.task,
-                &self.spec(c),
-                Some(&prompt_model),
-                None,
-                &mut |p| events(GridEvent::Method(p)),
-            );
-            match fitted {
-                Ok((_, row)) => rows[c] = Some((row, false)),
-                Err(e) => return Ok(Some((c, e))),
-            }
-            self.commit(rows, committed, sink, events, out)?;
-        }
-        Ok(None)
-    }
-
-    /// Fits the other cells on `pool` while this thread, which is not one of the pool's,
-    /// waits for their messages and hands rows on in grid order. Cells after the first failure
-    /// in grid order are not started; those before it are fitted: the rows a one-at-a-time
-    /// grid would have written before failing. Returns the sink's error, if writing failed.
-    fn run_concurrent(
+    fn run_concurrent<E: From<ExperimentError>>(
         &self,
         pool: &rayon::ThreadPool,
-        cells: &[(usize, Method)],
+        concurrent: &[(usize, Method)],
+        sequential: Vec<(usize, Method)>,
+        model: &mut ModelLoader<E>,
         progress: &mut Progress,
         sink: &mut dyn RowSink,
         events: &mut dyn FnMut(GridEvent),
         out: &mut GridOutcome,
-    ) -> Option<ExperimentError> {
-        let stop = AtomicUsize::new(progress.failure.as_ref().map_or(usize::MAX, |(c, _)| *c));
+    ) -> Result<Option<ExperimentError>, E> {
+        let stop = AtomicUsize::new(usize::MAX);
         let (tx, rx) = mpsc::channel();
         let mut sink_error = None;
         pool.in_place_scope(|scope| {
-            for (c, method) in cells {
+            for (c, method) in concurrent {
                 let (c, tx, stop) = (*c, tx.clone(), &stop);
                 scope.spawn(move |_| self.fit_cell(c, method, stop, &tx));
             }
             drop(tx);
-            // Every sender is a spawned fit: the channel closes when the last one is done.
-            for message in rx.iter() {
-                if let Err(e) = self.receive(message, progress, sink, events, out) {
-                    // Nothing more is started; the scope waits for the running fits.
-                    stop.store(0, Ordering::Relaxed);
-                    sink_error = Some(e);
+            // A text-tower fit would leave a core idle if the pool waited for it: it runs
+            // beside the pool's fits instead.
+            for (c, method) in sequential {
+                if c > stop.load(Ordering::Relaxed) {
                     break;
                 }
+                events(self.fitting_event(c));
+                let (draw, _) = self.cell(c);
+                let prompt_model = match model(&draw.source) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Nothing more is started; the scope waits for the running fits.
+                        stop.store(0, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                };
+                let fitted = fit_row(
+                    &method,
+                    &draw.task,
+                    &self.spec(c),
+                    Some(&prompt_model),
+                    None,
+                    &mut |p| events(GridEvent::Method(p)),
+                );
+                match fitted {
+                    Ok((_, row)) => progress.rows[c] = Some((row, false)),
+                    Err(e) => {
+                        stop.fetch_min(c, Ordering::Relaxed);
+                        if progress.failure.as_ref().is_none_or(|(f, _)| c < *f) {
+                            progress.failure = Some((c, e));
+                        }
+                    }
+                }
             }
-        });
-        sink_error
+            // The text-tower fits' rows may wait on none of the pool's; then every sender is
+            // a spawned fit, and the channel closes when the last one is done.
+            let mut handed = self.commit(
+                &mut progress.rows,
+                &mut progress.committed,
+                sink,
+                events,
+                out,
+            );
+            let mut messages = rx.iter();
+            while handed.is_ok() {
+                let Some(message) = messages.next() else {
+                    break;
+                };
+                handed = self.receive(message, progress, sink, events, out);
+            }
+            if let Err(e) = handed {
+                // Nothing more is started; the scope waits for the running fits.
+                stop.store(0, Ordering::Relaxed);
+                sink_error = Some(e);
+            }
+            Ok(())
+        })?;
+        Ok(sink_error)
     }
 
     /// One concurrent fit, reporting to the thread that owns the sink. A send fails only

@@ -7,10 +7,13 @@
 //!
 //! [`adapter_tsne`] works on features in memory (the demo's); [`adapter_tsne_from_cache`] loads
 //! a split of the feature cache and a head saved by `fit --save`, as `clip-adapter tsne` does.
-//! [`AdapterTsne::write_figure`] draws the two maps side by side.
+//! [`AdapterTsne::write_figure`] draws the two maps side by side. [`score_tsne`] maps the set in
+//! the class-score space of several heads, the paper's four (CLIP, CoOp, CLIP-Adapter with
+//! α = 1 and CLIP-Adapter) in the demo ([`scores`]).
 
 pub mod embed;
 pub mod metrics;
+pub mod scores;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +21,7 @@ use serde::Serialize;
 
 pub use embed::{embed, TsneOptions};
 pub use metrics::{knn_preservation, separation, trustworthiness, Metric, Separation, KNN_K};
+pub use scores::{centred_scores, score_tsne, NamedHead, ScorePanel, ScoreTsne};
 
 use crate::features::task::{load_task, CacheQuery, TaskSource};
 use crate::figure::scatter::{Panel, Scatter};
@@ -57,10 +61,23 @@ pub enum TsneError {
     #[error("the adapter has no visual branch: the image features would not change")]
     NoVisualBranch,
 
+    #[error(
+        "head `{name}` scores the image features before the projection: the panels map the \
+         class scores of heads on the projected features"
+    )]
+    PreProjectionHead { name: String },
+
+    #[error("head `{name}` scores {scored} classes, the set has {classes}")]
+    HeadClasses {
+        name: String,
+        scored: usize,
+        classes: usize,
+    },
+
     #[error("label {label} is out of range: there are {classes} class names")]
     Label { label: usize, classes: usize },
 
-    #[error("the features are {found} wide, the adapter expects {expected}")]
+    #[error("the features are {found} wide, the head expects {expected}")]
     FeatureWidth { found: usize, expected: usize },
 
     /// Two lists that must have one entry per point do not.
@@ -463,12 +480,18 @@ impl AdapterTsne {
 
     /// Writes `STEM.svg` and `STEM.png`, creating their folder if needed.
     pub fn write_figure(&self, stem: &Path) -> Result<[PathBuf; 2], TsneError> {
-        if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| TsneError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
+        create_parent(stem)?;
         Ok(crate::figure::write_figure(&self.chart(), stem)?)
     }
+}
+
+/// Creates the folder a figure's files go into.
+fn create_parent(stem: &Path) -> Result<(), TsneError> {
+    if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| TsneError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
 }

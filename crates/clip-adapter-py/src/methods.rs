@@ -473,6 +473,8 @@ pub fn fit(
             &task,
             &spec,
             prompt.as_ref(),
+            // Features in arrays carry no images: CLIP-LoRA is refused, `fit_cached` runs it.
+            None,
             &mut epochs(&mut p),
         )
         .map_err(|e| {

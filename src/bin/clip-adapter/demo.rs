@@ -15,7 +15,9 @@ use crate::shared::{positive, trimmed};
 pub struct DemoArgs {
     /// Where the generated tasks (tasks/), results.csv and the report (report.md, figures/:
     /// accuracy vs shots, gains, CLIP-Adapter's variants, its α and bottleneck ablations, the
-    /// t-SNE of a far task; SVG and PNG) go.
+    /// t-SNE of a far task as CLIP, CoOp, CLIP-Adapter with α = 1 and CLIP-Adapter score it;
+    /// SVG and PNG; base-to-new on new_colours and domain generalisation from colours to its
+    /// sketched versions at the largest shot count) go.
     #[arg(long, value_name = "DIR", default_value = "clip-adapter-demo")]
     pub out: PathBuf,
 
