@@ -251,8 +251,10 @@ fn dropout_acts_in_training_only() {
 fn a_merged_checkpoint_encodes_as_the_adapted_model() {
     for (dir, size) in [("models/tiny-openclip-vit", 48), ("models/tiny-clip", 32)] {
         let files = ModelFiles::in_dir(&fixture(dir)).unwrap();
-        let mut opts = LoraOptions::default();
-        opts.params = "q,k,v,o".parse().unwrap();
+        let opts = LoraOptions {
+            params: "q,k,v,o".parse().unwrap(),
+            ..LoraOptions::default()
+        };
         let model = LoraClip::load(&files, &opts, 11, &Device::Cpu).unwrap();
         for (i, (_, var)) in model.vars().iter().enumerate() {
             let n = var.elem_count();
