@@ -60,6 +60,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(methods::load_cached_task, m)?)?;
     m.add_function(wrap_pyfunction!(methods::methods, m)?)?;
     m.add_function(wrap_pyfunction!(methods::method_options, m)?)?;
+    m.add_function(wrap_pyfunction!(methods::merge_lora, m)?)?;
     m.add("METHOD_OPTIONS", methods::option_names())?;
     m.add_function(wrap_pyfunction!(experiment::run, m)?)?;
     m.add_function(wrap_pyfunction!(experiment::merge_results, m)?)?;

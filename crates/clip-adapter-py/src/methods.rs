@@ -549,6 +549,11 @@ fn text_tower(
              the features) and classnames=",
             kind.name()
         ))),
+        (clip_adapter::methods::Needs::Images, _) => Err(input(format!(
+            "{} trains on the images themselves through the model, which arrays of features do \
+             not carry: fit it with fit_cached(), which reads the images the cache records",
+            kind.name()
+        ))),
         _ => Ok(None),
     }
 }
@@ -936,4 +941,29 @@ pub fn method_options(method: &str) -> PyResult<Vec<String>> {
         .iter()
         .map(|o| o.replace('-', "_"))
         .collect())
+}
+
+/// Folds a CLIP-LoRA head's updates (`fit_cached("clip-lora", ...).save(path)`) into the model
+/// it was trained on (`clip-adapter merge --lora`): writes `out`, a new folder, in the model's
+/// own layout, and returns what to load (`Clip.load(path)`), a model whose embeddings are the
+/// adapted ones.
+#[pyfunction]
+#[pyo3(signature = (head, out, *, model = None, progress = None))]
+pub fn merge_lora(
+    py: Python<'_>,
+    head: PathBuf,
+    out: PathBuf,
+    model: Option<String>,
+    progress: Option<&Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let spec = runner::MergeLoraSpec {
+        head,
+        model,
+        out,
+        hub: HubOptions::from_env(),
+    };
+    let mut p = Progress::new(py, progress)?;
+    let merged = py.detach(|| runner::merge_lora(&spec, &mut p));
+    p.finish(py)?;
+    Ok(merged.or_raise(Kind::Input)?.model.display().to_string())
 }

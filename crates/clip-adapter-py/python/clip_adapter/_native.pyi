@@ -192,6 +192,12 @@ class CheckReport:
         """The command line's text: the first 5 items of each problem, all with ``verbose``."""
     def to_dict(self) -> Dict[str, Any]: ...
 
+def merge_lora(head: PathLike, out: PathLike, *, model: Optional[str] = None,
+               progress: ProgressArg = None) -> str:
+    """Folds a CLIP-LoRA head's updates into the model it was trained on (``clip-adapter merge
+    --lora``): writes ``out``, a new folder in the model's own layout, and returns the path to
+    load (``Clip.load(path)``)."""
+
 def merge(cache: PathLike = "clip-adapter-cache") -> List[Dict[str, Any]]:
     """Joins the shards ``extract(..., shard="i/n")`` wrote under ``cache`` into complete
     feature files (``clip-adapter merge``); shards are kept. Returns ``[{"path", "shards",
