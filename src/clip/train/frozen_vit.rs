@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use super::frozen::{block_forward, linear2d, ProjectionDelta};
 use super::fused::FrozenLayerNorm;
 use super::{ImageTower, LayerNorm, Linear};
-use crate::clip::error::{InputError, Result};
+use crate::clip::error::Result;
 use crate::clip::load::checkpoint::Checkpoint;
 use crate::clip::load::config::VisionConfig;
 
@@ -101,32 +101,12 @@ impl FrozenVisionTower {
         pixels: &Tensor,
         delta: &dyn ProjectionDelta,
     ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, ch, hgt, w) = pixels.dims4()?;
-        if (ch, hgt, w) != (c.num_channels, c.image_size, c.image_size) {
-            return Err(InputError::ImageShape {
-                found: [ch, hgt, w],
-                channels: c.num_channels,
-                size: c.image_size,
-            }
-            .into());
-        }
-        let (g, p, d) = (c.grid(), c.patch_size, c.width);
-        let patches = pixels
-            .reshape((b, ch, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b, g * g, ch * p * p))?;
+        let patches = self.tower.patches(pixels)?;
         let kernel = Linear {
-            weight: self.tower.patch_embedding.reshape((d, ch * p * p))?,
+            weight: (self.tower.patch_embedding).reshape((self.config.width, patches.dim(2)?))?,
             bias: None,
         };
-        let patches = linear2d(&kernel, &patches)?;
-        let class = (self.tower.class_embedding)
-            .reshape((1, 1, d))?
-            .broadcast_as((b, 1, d))?;
-        let x =
-            Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.tower.position_embedding)?;
+        let x = self.tower.tokens(&linear2d(&kernel, &patches)?)?;
         let mut x = self.pre_norm.forward(&x)?;
         for (i, (layer, norms)) in self.tower.layers.iter().zip(&self.norms).enumerate() {
             x = block_forward(layer, norms, &x, false, (i, delta))?;

@@ -272,7 +272,8 @@ impl ImageTower {
         })
     }
 
-    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+    /// Flattened patches `(B, g², 3·p²)` of pixels of the tower's shape, refused otherwise.
+    fn patches(&self, pixels: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, hgt, w) = pixels.dims4()?;
         if (ch, hgt, w) != (c.num_channels, c.image_size, c.image_size) {
@@ -283,20 +284,29 @@ impl ImageTower {
             }
             .into());
         }
-        let (g, p, d) = (c.grid(), c.patch_size, c.width);
-        // The stride-p convolution as a matmul over flattened patches.
-        let patches = pixels
+        let (g, p) = (c.grid(), c.patch_size);
+        Ok(pixels
             .reshape((b, ch, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
-            .reshape((b, g * g, ch * p * p))?;
-        let kernel = self.patch_embedding.reshape((d, ch * p * p))?;
-        let patches = patches.broadcast_matmul(&kernel.t()?)?;
+            .reshape((b, g * g, ch * p * p))?)
+    }
+
+    /// The class token before the projected patches, plus the positions.
+    fn tokens(&self, patches: &Tensor) -> Result<Tensor> {
+        let (b, _, d) = patches.dims3()?;
         let class = self
             .class_embedding
             .reshape((1, 1, d))?
             .broadcast_as((b, 1, d))?;
-        let mut x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position_embedding)?;
+        Ok(Tensor::cat(&[&class, patches], 1)?.broadcast_add(&self.position_embedding)?)
+    }
+
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let patches = self.patches(pixels)?;
+        // The stride-p convolution as a matmul over flattened patches.
+        let kernel = (self.patch_embedding).reshape((self.config.width, patches.dim(2)?))?;
+        let mut x = self.tokens(&patches.broadcast_matmul(&kernel.t()?)?)?;
         x = self.pre_layrnorm.forward(&x)?;
         for layer in &self.layers {
             x = layer.forward(&x, None)?;
