@@ -878,11 +878,18 @@ pub fn broadcast_gemm(
         return;
     }
     let out = Out(c.as_mut_ptr());
-    let (row_blocks, col_blocks) = (m.div_ceil(BROADCAST_ROWS), n.div_ceil(BROADCAST_COLS));
+    let row_blocks = m.div_ceil(BROADCAST_ROWS);
+    // Narrower column blocks when there would be fewer tasks than threads (a 32-row batch
+    // against 256 columns was one task, on one core, with the other idle).
+    let mut block_cols = BROADCAST_COLS;
+    while row_blocks * n.div_ceil(block_cols) < rayon::current_num_threads() && block_cols > 64 {
+        block_cols /= 2;
+    }
+    let col_blocks = n.div_ceil(block_cols);
     let task = |t: usize| {
         let (ib, jb) = (t / col_blocks, t % col_blocks);
         let (i0, i1) = (ib * BROADCAST_ROWS, ((ib + 1) * BROADCAST_ROWS).min(m));
-        let (j0, j1) = (jb * BROADCAST_COLS, ((jb + 1) * BROADCAST_COLS).min(n));
+        let (j0, j1) = (jb * block_cols, ((jb + 1) * block_cols).min(n));
         // SAFETY: every index is inside the buffers (checked above); this task alone writes rows
         // i0..i1 × columns j0..j1 of c; `simd` is available.
         unsafe {
@@ -949,7 +956,7 @@ pub(crate) unsafe fn broadcast_block(
     } = o;
     let (mr, nr) = match simd {
         Simd::Avx512 => (6, 64),
-        Simd::Avx2 => (4, 16),
+        Simd::Avx2 => (6, 16),
         Simd::Portable => (4, 16),
     };
     for p0 in (0..k).step_by(BROADCAST_DEPTH) {
@@ -1091,6 +1098,8 @@ unsafe fn broadcast_tile_avx512_n<const R: usize>(t: Tile) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn broadcast_tile_avx2(t: Tile, rows: usize) {
     match rows {
+        6 => broadcast_tile_avx2_n::<6>(t),
+        5 => broadcast_tile_avx2_n::<5>(t),
         4 => broadcast_tile_avx2_n::<4>(t),
         3 => broadcast_tile_avx2_n::<3>(t),
         2 => broadcast_tile_avx2_n::<2>(t),
@@ -1098,7 +1107,10 @@ unsafe fn broadcast_tile_avx2(t: Tile, rows: usize) {
     }
 }
 
-/// R rows × 16 columns: 2R accumulators; columns past `cols` through AVX2's masked loads.
+/// R rows × 16 columns: 2R accumulators (12 of the 16 registers at R = 6: with 8, as the first
+/// version had, the FMAs' latency left this tile at 60–70 % of the `gemm` crate's AVX2 rate on
+/// Zen 4); columns past `cols` through AVX2's masked loads, full tiles through plain ones (a
+/// masked load costs more than a plain one on AMD cores).
 // Indexed loops over register arrays unroll into named registers.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
@@ -1112,26 +1124,47 @@ unsafe fn broadcast_tile_avx2_n<const R: usize>(t: Tile) {
         _mm256_cmpgt_epi32(_mm256_set1_epi32(t.cols.saturating_sub(8) as i32), lane),
     ];
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for p in 0..t.depth {
-        let brow = t.b.add(p * t.ldb);
-        let bv = [
-            _mm256_maskload_ps(brow, mask[0]),
-            _mm256_maskload_ps(brow.add(8), mask[1]),
-        ];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let av = _mm256_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
-            acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
-            acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
+    if t.cols == 16 {
+        for p in 0..t.depth {
+            let brow = t.b.add(p * t.ldb);
+            let bv = [_mm256_loadu_ps(brow), _mm256_loadu_ps(brow.add(8))];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
+                acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
+            }
+        }
+    } else {
+        for p in 0..t.depth {
+            let brow = t.b.add(p * t.ldb);
+            let bv = [
+                _mm256_maskload_ps(brow, mask[0]),
+                _mm256_maskload_ps(brow.add(8), mask[1]),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
+                acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
+            }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
         let crow = t.c.add(r * t.ldc);
         for q in 0..2 {
             let mut v = acc[q];
-            if t.add {
-                v = _mm256_add_ps(v, _mm256_maskload_ps(crow.add(8 * q), mask[q]));
+            // A masked store is microcoded on AMD cores: with a short inner dimension (a weight
+            // gradient over a 32-row batch) it costs as much as the tile's FMAs.
+            if t.cols == 16 {
+                if t.add {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(crow.add(8 * q)));
+                }
+                _mm256_storeu_ps(crow.add(8 * q), v);
+            } else {
+                if t.add {
+                    v = _mm256_add_ps(v, _mm256_maskload_ps(crow.add(8 * q), mask[q]));
+                }
+                _mm256_maskstore_ps(crow.add(8 * q), mask[q], v);
             }
-            _mm256_maskstore_ps(crow.add(8 * q), mask[q], v);
         }
     }
 }
