@@ -18,13 +18,17 @@ use rayon::prelude::*;
 
 /// Up to this many rows (one ViT-B/32 image's 50 tokens, one 77-token prompt, a batch of
 /// features) the few-row kernels are faster than the blocked GEMM, whose AVX-512 tiles are 48 or
-/// 64 rows tall (see docs/benchmarks.md).
+/// 64 rows tall. Measured on AMD Zen 5 with AVX-512, and on AMD Zen 4 with AVX-512 and with
+/// AVX2 + FMA forced (`cargo bench --bench products`, docs/benchmarks.md); the portable tiles
+/// keep it unmeasured against a portable blocked GEMM, which no CPU of ours runs.
 pub const FEW_ROWS: usize = 80;
 
 /// Up to this many rows, `x · wᵀ` runs through the AVX-512 dot tiles in blocks of [`FEW_ROWS`]
 /// (a training batch of 256 features against 1000 classes: 400 GFLOP/s against the blocked
-/// GEMM's 210 on Zen 5); beyond, the blocked GEMM's reuse of each packed panel wins. Measured
-/// with AVX-512 only, so the AVX2 and portable tiles stop at [`FEW_ROWS`].
+/// GEMM's 210 on Zen 5); beyond, the blocked GEMM's reuse of each packed panel wins. Measured on
+/// Zen 5 with AVX-512. With AVX2 + FMA forced on Zen 4 the dot tiles at 256 rows were within
+/// the machine's noise of the `gemm` crate's AVX2 kernels (docs/benchmarks.md), so the AVX2 and
+/// portable tiles stop at [`FEW_ROWS`].
 pub const DOT_ROWS: usize = 512;
 
 /// The vector instructions the few-row kernels use on this CPU.
