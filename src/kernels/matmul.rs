@@ -18,9 +18,9 @@ use rayon::prelude::*;
 
 /// Up to this many rows (one ViT-B/32 image's 50 tokens, one 77-token prompt, a batch of
 /// features) the few-row kernels are faster than the blocked GEMM, whose AVX-512 tiles are 48 or
-/// 64 rows tall. Measured on AMD Zen 5 with AVX-512, and on AMD Zen 4 with AVX-512 and with
-/// AVX2 + FMA forced (`cargo bench --bench products`, docs/benchmarks.md); the portable tiles
-/// keep it unmeasured against a portable blocked GEMM, which no CPU of ours runs.
+/// 64 rows tall. Measured on AMD Zen 5 with AVX-512 and on AMD Zen 4 with AVX2 + FMA and the
+/// portable level forced (`cargo bench --bench products`, docs/benchmarks.md); no CPU of ours
+/// runs the portable level natively.
 pub const FEW_ROWS: usize = 80;
 
 /// Up to this many rows, `x · wᵀ` runs through the AVX-512 dot tiles in blocks of [`FEW_ROWS`]
