@@ -52,7 +52,8 @@ def main():
     n, d, k, epochs, batch = (int(a) for a in (sys.argv[1:] + ["16000", "1024", "1000", "2", "32"][len(sys.argv) - 1:])[:5])
     x, labels, w = synthetic(n, d, k)
     s = reference(x, labels, w, epochs, batch)
-    print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(), "n": n, "d": d, "k": k, "epochs": epochs, "batch": batch, "s_per_epoch": round(s, 5)}))
+    print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(), "n": n, "d": d, "k": k, "epochs": epochs, "batch": batch, "s_per_epoch": round(s, 5),
+                      "cpu_capability": torch.backends.cpu.get_cpu_capability()}))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ use std::time::Instant;
 use clip_adapter::experiment::{
     run_grid, ExperimentError, Grid, GridMethod, RowSource, Validation,
 };
-use clip_adapter::kernels::matmul::simd_level;
+use clip_adapter::kernels::matmul::simd_summary;
 use clip_adapter::methods::clip_adapter::{self as ca, AdapterModel, AdapterOptions};
 use clip_adapter::methods::epochs::epochs_for_shots;
 use clip_adapter::methods::linalg::seeded_rng;
@@ -154,7 +154,7 @@ fn main() {
         println!(
             "{{\"grid_seconds\":{total:.1},\"cpu\":\"{}\",\"simd\":\"{}\"}}",
             cpu::cpu_model(),
-            simd_level().name()
+            simd_summary()
         );
         return;
     }
@@ -171,6 +171,6 @@ fn main() {
     println!(
         "{{\"impl\":\"rust\",\"n\":{n},\"d\":{d},\"k\":{k},\"epochs\":{epochs},\"batch\":{batch},\"s_per_epoch\":{s:.5},\"cpu\":\"{}\",\"simd\":\"{}\"}}",
         cpu::cpu_model(),
-        simd_level().name()
+        simd_summary()
     );
 }

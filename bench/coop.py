@@ -108,7 +108,8 @@ def time_steps(d, k, threads, steps, batch=32, n_ctx=16):
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"impl": "pytorch", "model": os.path.basename(d.rstrip("/")), "k": k,
                       "threads": threads, "tokens": int(learner.tokenized.shape[1]),
-                      "s_per_step": statistics.median(times), "peak_rss_mib": round(rss)}))
+                      "s_per_step": statistics.median(times), "peak_rss_mib": round(rss),
+                      "cpu_capability": torch.backends.cpu.get_cpu_capability()}))
 
 
 if __name__ == "__main__":

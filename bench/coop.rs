@@ -71,10 +71,11 @@ fn main() -> anyhow::Result<()> {
     let median = times[times.len() / 2];
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(
-        "{{\"impl\":\"rust\",\"model\":\"{}\",\"k\":{k},\"threads\":\"{threads}\",\"tokens\":{},\"s_per_step\":{median:.4},\"peak_rss_mib\":{:.0}}}",
+        "{{\"impl\":\"rust\",\"model\":\"{}\",\"k\":{k},\"threads\":\"{threads}\",\"tokens\":{},\"s_per_step\":{median:.4},\"peak_rss_mib\":{:.0},\"simd\":\"{}\"}}",
         dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
         learner.prompt_len(),
-        peak_rss_mib()
+        peak_rss_mib(),
+        clip_adapter::kernels::matmul::simd_summary()
     );
     Ok(())
 }

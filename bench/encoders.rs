@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clip_adapter::clip::{Clip, ModelFiles};
-use clip_adapter::kernels::matmul::{gemm, simd_level};
+use clip_adapter::kernels::matmul::{gemm, simd_summary};
 
 #[path = "cpu.rs"]
 mod cpu;
@@ -184,7 +184,7 @@ fn main() -> anyhow::Result<()> {
         "gflops": gflops,
         "page_faults_per_call": faults,
         "cpu": cpu_model(),
-        "simd": simd_level().name(),
+        "simd": simd_summary(),
         "peak_rss_mib": peak_rss_mib(),
         "parity": check,
     });

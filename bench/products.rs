@@ -1,13 +1,18 @@
 //! The matrix products of the trained heads and of CoOp's text tower: our `kernels::matmul::gemm`
-//! (which routes each shape to the few-row tiles or the blocked GEMM) against the `gemm` crate
-//! called directly (AVX-512 when the CPU has it), same operands, both on rayon's pool (one thread
-//! per core), alternating, best of 30 calls each, GFLOP/s.
+//! (which routes each shape to the few-row tiles or the blocked GEMM) against each of its two
+//! routes forced (the `gemm` crate's blocked GEMM, and the few-row tiles), at the SIMD level of
+//! `kernels::matmul::simd_level`, same operands, all on rayon's pool (one thread per core),
+//! alternating, best of 30 calls each, GFLOP/s. The last two columns show where a routing
+//! threshold (`FEW_ROWS`, `DOT_ROWS`) belongs at this level on this CPU.
 //!
-//! `cargo bench --bench products`
+//!     cargo bench --bench products
+//!     CLIP_ADAPTER_SIMD=avx2 cargo bench --no-default-features --bench products
 
 use std::time::Instant;
 
-use clip_adapter::kernels::matmul::{gemm, simd_level};
+use clip_adapter::kernels::matmul::{
+    blocked_gemm, broadcast_gemm, few_rows_abt_into, gemm, simd_level, simd_summary, FEW_ROWS,
+};
 
 #[path = "cpu.rs"]
 mod cpu;
@@ -68,55 +73,50 @@ fn main() {
     println!(
         "# {}, {} SIMD, {} threads",
         cpu::cpu_model(),
-        simd_level().name(),
+        simd_summary(),
         rayon::current_num_threads()
     );
-    println!("| product | m × k × n | ours (GFLOP/s) | `gemm` crate (GFLOP/s) |");
-    println!("|---|---|---:|---:|");
+    println!(
+        "| product | m × k × n | ours (GFLOP/s) | blocked GEMM (GFLOP/s) | few-row tiles (GFLOP/s) |"
+    );
+    println!("|---|---|---:|---:|---:|");
+    let simd = simd_level();
     for (what, m, k, n, ta, tb) in SHAPES {
         let (a, b) = (values(m * k, 1), values(k * n, 2));
         let mut c = vec![0f32; m * n];
         let flop = 2.0 * (m * k * n) as f64;
-        let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
-        let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
-        let threads = rayon::current_num_threads();
-        let (mut ours, mut crate_) = (f64::MAX, f64::MAX);
+        let (mut ours, mut blocked, mut tiles) = (f64::MAX, f64::MAX, f64::MAX);
+        let best = |t: Instant, best: &mut f64| *best = best.min(t.elapsed().as_secs_f64());
         for _ in 0..30 {
             let t = Instant::now();
             gemm(&a, ta, &b, tb, &mut c, m, k, n, false);
-            ours = ours.min(t.elapsed().as_secs_f64());
+            best(t, &mut ours);
             let t = Instant::now();
-            // SAFETY: dst m×n with row stride n; op(a) m×k and op(b) k×n address exactly the
-            // elements of `a` and `b` through these strides.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    a_cs,
-                    a_rs,
-                    b.as_ptr(),
-                    b_cs,
-                    b_rs,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(threads),
-                )
-            };
-            crate_ = crate_.min(t.elapsed().as_secs_f64());
+            blocked_gemm(&a, ta, &b, tb, &mut c, m, k, n, false);
+            best(t, &mut blocked);
+            // The few-row kernel that `gemm` would route this shape to below its thresholds,
+            // whatever the shape: where it beats the blocked GEMM is where a threshold belongs.
+            let t = Instant::now();
+            if tb && !ta {
+                for i0 in (0..m).step_by(FEW_ROWS) {
+                    let rows = FEW_ROWS.min(m - i0);
+                    few_rows_abt_into(simd, &a[i0 * k..], &b, &mut c[i0 * n..], rows, k, n, false);
+                }
+            } else if !tb {
+                let strides = if ta { (1, m) } else { (k, 1) };
+                broadcast_gemm(simd, &a, strides, &b, &mut c, m, k, n, false);
+            }
+            best(t, &mut tiles);
         }
+        let tiles = if tb && ta {
+            "".to_string()
+        } else {
+            format!("{:.0}", flop / tiles / 1e9)
+        };
         println!(
-            "| {what} | {m} × {k} × {n} | {:.0} | {:.0} |",
+            "| {what} | {m} × {k} × {n} | {:.0} | {:.0} | {tiles} |",
             flop / ours / 1e9,
-            flop / crate_ / 1e9
+            flop / blocked / 1e9,
         );
     }
 }

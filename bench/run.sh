@@ -10,19 +10,20 @@
 # Writes bench/out/encoders-<model>.md (and the raw rounds to bench/out/encoders-<model>.rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/simd.sh
 THREADS=${1:-2}
 shift || true
 MODELS=${*:-vit-b-32 rn50}
 PYTHON=${PYTHON:-venv/bin/python}
 mkdir -p bench/out
-cargo bench --bench encoders --no-run -q
+cargo bench $CARGO_FEATURES --bench encoders --no-run -q
 for m in $MODELS; do
   dir=bench/out/$m
   [ -f "$dir/check.safetensors" ] || "$PYTHON" bench/make_weights.py "$m" "$dir"
   ours=() theirs=() loads=()
   for _ in $(seq "${ROUNDS:-1}"); do
     loads+=("$(cut -d' ' -f1 /proc/loadavg)")
-    ours+=("$(RAYON_NUM_THREADS=$THREADS cargo bench -q --bench encoders -- "$dir" "$THREADS")")
+    ours+=("$(RAYON_NUM_THREADS=$THREADS cargo bench $CARGO_FEATURES -q --bench encoders -- "$dir" "$THREADS")")
     theirs+=("$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PYTHON" bench/torch_encoders.py "$dir" "$THREADS")")
   done
   # The raw rounds, kept so that the table can be rebuilt or checked.
@@ -40,7 +41,7 @@ def best(lines):
     return out
 name, ours, theirs, loads = sys.argv[1], best(sys.argv[2]), best(sys.argv[3]), sys.argv[4].split()
 print(f"{name}, random weights, f32, {ours['threads']} threads, best of {ours['rounds']} alternating round(s)")
-print(f"CPU: {ours['cpu']}; our kernels: {ours['simd']}; 1-minute load average at each round's start: {', '.join(loads)}")
+print(f"CPU: {ours['cpu']}; our kernels: {ours['simd']}; torch's ATen: {theirs.get('cpu_capability', '?')}; 1-minute load average at each round's start: {', '.join(loads)}")
 if ours.get("parity"):
     p = ours["parity"]
     print(f"full-size parity: max abs diff {p['max_abs_diff']:.3e} on embeddings up to {p['max_abs_reference']:.3e}")

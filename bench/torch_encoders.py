@@ -109,6 +109,8 @@ print(
             "gflops": gflops,
             "flops_per_item": flops,
             "peak_rss_mib": peak,
+            # ATen's kernels (ATEN_CPU_CAPABILITY); MKL and oneDNN follow their own variables.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
     )
 )

@@ -18,13 +18,17 @@ use rayon::prelude::*;
 
 /// Up to this many rows (one ViT-B/32 image's 50 tokens, one 77-token prompt, a batch of
 /// features) the few-row kernels are faster than the blocked GEMM, whose AVX-512 tiles are 48 or
-/// 64 rows tall (see docs/benchmarks.md).
+/// 64 rows tall. Measured on AMD Zen 5 with AVX-512 and on AMD Zen 4 with AVX2 + FMA and the
+/// portable level forced (`cargo bench --bench products`, docs/benchmarks.md); no CPU of ours
+/// runs the portable level natively.
 pub const FEW_ROWS: usize = 80;
 
 /// Up to this many rows, `x · wᵀ` runs through the AVX-512 dot tiles in blocks of [`FEW_ROWS`]
 /// (a training batch of 256 features against 1000 classes: 400 GFLOP/s against the blocked
-/// GEMM's 210 on Zen 5); beyond, the blocked GEMM's reuse of each packed panel wins. Measured
-/// with AVX-512 only, so the AVX2 and portable tiles stop at [`FEW_ROWS`].
+/// GEMM's 210 on Zen 5); beyond, the blocked GEMM's reuse of each packed panel wins. Measured on
+/// Zen 5 with AVX-512. With AVX2 + FMA forced on Zen 4 the dot tiles at 256 rows were within
+/// the machine's noise of the `gemm` crate's AVX2 kernels (docs/benchmarks.md), so the AVX2 and
+/// portable tiles stop at [`FEW_ROWS`].
 pub const DOT_ROWS: usize = 512;
 
 /// The vector instructions the few-row kernels use on this CPU.
@@ -38,7 +42,15 @@ pub enum Simd {
     Portable,
 }
 
+/// The environment variable that forces a lower level than the CPU's widest: `avx512`, `avx2` or
+/// `portable`, read once by [`simd_level`], so that one machine can measure and test the paths
+/// of CPUs that lack its widest instructions.
+pub const SIMD_ENV: &str = "CLIP_ADAPTER_SIMD";
+
 impl Simd {
+    /// Every level, widest first.
+    pub const ALL: [Simd; 3] = [Simd::Avx512, Simd::Avx2, Simd::Portable];
+
     /// Whether this CPU can run kernels of this level.
     pub fn available(self) -> bool {
         match self {
@@ -63,17 +75,142 @@ impl Simd {
             Simd::Portable => "portable",
         }
     }
-}
 
-/// The widest level this CPU runs, detected once.
-pub fn simd_level() -> Simd {
-    static LEVEL: OnceLock<Simd> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        [Simd::Avx512, Simd::Avx2]
+    /// The name [`SIMD_ENV`] takes.
+    pub fn env_name(self) -> &'static str {
+        match self {
+            Simd::Avx512 => "avx512",
+            Simd::Avx2 => "avx2",
+            Simd::Portable => "portable",
+        }
+    }
+
+    /// The widest level this CPU runs.
+    pub fn widest() -> Simd {
+        Simd::ALL
             .into_iter()
             .find(|s| s.available())
             .unwrap_or(Simd::Portable)
+    }
+}
+
+/// The level a value of [`SIMD_ENV`] asks for, given which levels the CPU has (`available`) and
+/// its widest: the named level when the CPU has it; otherwise the widest, with the warning to
+/// print (an unknown name or a level the CPU lacks is refused, never half-honoured).
+pub fn requested_level(
+    value: Option<&str>,
+    available: impl Fn(Simd) -> bool,
+    widest: Simd,
+) -> (Simd, Option<String>) {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return (widest, None);
+    };
+    let names = || {
+        Simd::ALL
+            .iter()
+            .map(|s| s.env_name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match Simd::ALL
+        .into_iter()
+        .find(|s| s.env_name().eq_ignore_ascii_case(value))
+    {
+        Some(level) if available(level) => (level, None),
+        Some(level) => (
+            widest,
+            Some(format!(
+                "{SIMD_ENV}={value}: this CPU has no {}; using {}, its widest level",
+                level.name(),
+                widest.name()
+            )),
+        ),
+        None => (
+            widest,
+            Some(format!(
+                "{SIMD_ENV}={value} is not a SIMD level (one of: {}); using {}, this CPU's widest",
+                names(),
+                widest.name()
+            )),
+        ),
+    }
+}
+
+/// The level of our kernels: the widest this CPU runs, or the lower one [`SIMD_ENV`] names;
+/// decided once, with a warning on stderr if the variable's value is refused.
+pub fn simd_level() -> Simd {
+    static LEVEL: OnceLock<Simd> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let value = std::env::var_os(SIMD_ENV).map(|v| v.to_string_lossy().into_owned());
+        let (level, warning) = requested_level(value.as_deref(), Simd::available, Simd::widest());
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        let crate_level = gemm_crate_level();
+        if value.is_some() && level_rank(crate_level) < level_rank(level) {
+            // Stated, not silent: candle's matmul (the transformer towers' products above
+            // FEW_ROWS rows) goes through the crate's own dispatch, which nothing can lower.
+            let how = if cfg!(feature = "gemm-avx512") && crate_level == Simd::Avx512 {
+                "; build with --no-default-features to leave them out"
+            } else {
+                " (the crate runs nothing narrower on a CPU with FMA)"
+            };
+            eprintln!(
+                "warning: {SIMD_ENV}={}: candle's matrix products still run the gemm crate's {} \
+                 kernels{how}",
+                level.env_name(),
+                crate_level.name()
+            );
+        }
+        level
     })
+}
+
+/// Widest first: 0 for AVX-512.
+fn level_rank(s: Simd) -> usize {
+    Simd::ALL.iter().position(|&l| l == s).unwrap_or(0)
+}
+
+/// The level the `gemm` crate's own run-time dispatch picks (`gemm::gemm`, which candle's matmul
+/// calls): AVX-512 when it was built with those kernels (feature `gemm-avx512`) and the CPU has
+/// AVX-512F, else AVX2 + FMA, else its scalar kernels. It reads no setting of ours.
+pub fn gemm_crate_level() -> Simd {
+    if cfg!(feature = "gemm-avx512") && Simd::Avx512.available() {
+        Simd::Avx512
+    } else if Simd::Avx2.available() {
+        Simd::Avx2
+    } else {
+        Simd::Portable
+    }
+}
+
+/// The level of our blocked GEMM (the products [`gemm`] does not route to the few-row tiles):
+/// [`simd_level`], or AVX2 + FMA in a build without the `gemm` crate's AVX-512 kernels.
+pub fn blocked_level() -> Simd {
+    blocked_cap(simd_level())
+}
+
+/// The `gemm` crate's kernels closest to `level` in this build: it has no AVX-512 ones without
+/// the `gemm-avx512` feature.
+fn blocked_cap(level: Simd) -> Simd {
+    match level {
+        Simd::Avx512 if !cfg!(feature = "gemm-avx512") => Simd::Avx2,
+        level => level,
+    }
+}
+
+/// What a benchmark table prints as its SIMD level: ours, and the `gemm` crate's own dispatch
+/// (in candle's matmul) where that differs.
+pub fn simd_summary() -> String {
+    let (ours, blocked, crate_level) = (simd_level(), blocked_level(), gemm_crate_level());
+    let mut s = ours.name().to_string();
+    if blocked != ours {
+        s += &format!(", blocked GEMM {}", blocked.name());
+    }
+    if crate_level != blocked {
+        s += &format!(", candle's matmul {}", crate_level.name());
+    }
+    s
 }
 
 /// `c (m×n) = op(a) · op(b)`, or `c += …` when `accumulate`. `op(a)` is `m×k`: `a` is stored
@@ -138,7 +275,53 @@ pub fn gemm(
         broadcast_gemm(simd, a, (a_rs, a_cs), b, c, m, k, n, accumulate);
         return;
     }
-    let (a_rs, a_cs) = (a_rs as isize, a_cs as isize);
+    blocked_gemm(a, ta, b, tb, c, m, k, n, accumulate);
+}
+
+/// As [`gemm`], always through the `gemm` crate's blocked GEMM, with the microkernels of
+/// [`blocked_level`] (the few-row routing's alternative, which the products benchmark measures).
+#[allow(clippy::too_many_arguments)]
+pub fn blocked_gemm(
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    blocked_gemm_at(blocked_level(), a, ta, b, tb, c, m, k, n, accumulate);
+}
+
+/// [`blocked_gemm`] with the `gemm` crate's kernels of `level` (or the closest this build has).
+///
+/// # Panics
+/// If a buffer is too small or `level` is not [`Simd::available`] on this CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn blocked_gemm_at(
+    level: Simd,
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm: buffer too small"
+    );
+    assert!(level.available(), "blocked matmul: {level:?} not available");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let level = blocked_cap(level);
+    let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
     let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
     // Below ~1 MFLOP the thread hand-off costs more than it saves.
     let parallelism = if m * n * k >= 1 << 20 {
@@ -148,29 +331,129 @@ pub fn gemm(
     };
     // SAFETY: the assert above bounds every index gemm touches: dst m×n with row stride n; op(a)
     // m×k and op(b) k×n address exactly the m·k and k·n elements of their buffers through the
-    // strides chosen above.
+    // strides chosen above; `level` is available (checked above).
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+        if level == gemm_crate_level() {
+            // The crate's own dispatch picks the same kernels, already compiled (and optimised)
+            // in the crate itself.
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        } else {
+            let p = GemmArgs {
+                m,
+                n,
+                k,
+                dst: c.as_mut_ptr(),
+                dst_rs: n as isize,
+                read_dst: accumulate,
+                lhs: a.as_ptr(),
+                lhs_cs: a_cs,
+                lhs_rs: a_rs,
+                rhs: b.as_ptr(),
+                rhs_cs: b_cs,
+                rhs_rs: b_rs,
+                parallelism,
+            };
+            gemm_at_level(level, p);
+        }
+    }
+}
+
+/// The arguments of one call to the `gemm` crate's blocked f32 GEMM (unit column stride of dst,
+/// `alpha = beta = 1`, no conjugation).
+struct GemmArgs {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: *const f32,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    parallelism: gemm::Parallelism,
+}
+
+/// The `gemm` crate's blocked GEMM with the microkernels of `level`: its own dispatch
+/// (`gemm_f32::gemm::f32::get_gemm_fn`) always takes the widest the CPU has and cannot be told
+/// otherwise, but the pieces it assembles are public, so this assembles them as its
+/// `gemm_basic` does (`gemm_common::gemm::__inject_mod`: `N` floats per vector, the level's
+/// microkernel tables, `a * b + c`), with another level's tables.
+///
+/// # Safety
+/// As `gemm::gemm` for these arguments, and `level` must be available on this CPU.
+#[inline(never)]
+unsafe fn gemm_at_level(level: Simd, p: GemmArgs) {
+    macro_rules! call {
+        ($simd:ty, $kernels:ident, $n:expr) => {{
+            use gemm_f32::microkernel::$kernels::f32 as kernels;
+            const N: usize = $n;
+            gemm_common::gemm::gemm_basic_generic::<
+                _,
+                f32,
+                N,
+                { kernels::MR_DIV_N * N },
+                { kernels::NR },
+                { kernels::MR_DIV_N },
+                { kernels::H_M },
+                { kernels::H_N },
+            >(
+                <$simd as gemm_common::simd::MixedSimd<f32, f32, f32, f32>>::try_new()
+                    .expect("the SIMD level was checked available"),
+                p.m,
+                p.n,
+                p.k,
+                p.dst,
+                1,
+                p.dst_rs,
+                p.read_dst,
+                p.lhs,
+                p.lhs_cs,
+                p.lhs_rs,
+                p.rhs,
+                p.rhs_cs,
+                p.rhs_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                |a, b, c| a * b + c,
+                &kernels::UKR,
+                &kernels::H_UKR,
+                false,
+                p.parallelism,
+            )
+        }};
+    }
+    match level {
+        #[cfg(all(target_arch = "x86_64", feature = "gemm-avx512"))]
+        Simd::Avx512 => call!(gemm_common::simd::V4, avx512f, 16),
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => call!(gemm_common::simd::V3, fma, 8),
+        _ => call!(gemm_common::simd::Scalar, scalar, 1),
     }
 }
 
@@ -599,11 +882,18 @@ pub fn broadcast_gemm(
         return;
     }
     let out = Out(c.as_mut_ptr());
-    let (row_blocks, col_blocks) = (m.div_ceil(BROADCAST_ROWS), n.div_ceil(BROADCAST_COLS));
+    let row_blocks = m.div_ceil(BROADCAST_ROWS);
+    // Narrower column blocks when there would be fewer tasks than threads (a 32-row batch
+    // against 256 columns was one task, on one core, with the other idle).
+    let mut block_cols = BROADCAST_COLS;
+    while row_blocks * n.div_ceil(block_cols) < rayon::current_num_threads() && block_cols > 64 {
+        block_cols /= 2;
+    }
+    let col_blocks = n.div_ceil(block_cols);
     let task = |t: usize| {
         let (ib, jb) = (t / col_blocks, t % col_blocks);
         let (i0, i1) = (ib * BROADCAST_ROWS, ((ib + 1) * BROADCAST_ROWS).min(m));
-        let (j0, j1) = (jb * BROADCAST_COLS, ((jb + 1) * BROADCAST_COLS).min(n));
+        let (j0, j1) = (jb * block_cols, ((jb + 1) * block_cols).min(n));
         // SAFETY: every index is inside the buffers (checked above); this task alone writes rows
         // i0..i1 × columns j0..j1 of c; `simd` is available.
         unsafe {
@@ -670,7 +960,7 @@ pub(crate) unsafe fn broadcast_block(
     } = o;
     let (mr, nr) = match simd {
         Simd::Avx512 => (6, 64),
-        Simd::Avx2 => (4, 16),
+        Simd::Avx2 => (6, 16),
         Simd::Portable => (4, 16),
     };
     for p0 in (0..k).step_by(BROADCAST_DEPTH) {
@@ -812,6 +1102,8 @@ unsafe fn broadcast_tile_avx512_n<const R: usize>(t: Tile) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn broadcast_tile_avx2(t: Tile, rows: usize) {
     match rows {
+        6 => broadcast_tile_avx2_n::<6>(t),
+        5 => broadcast_tile_avx2_n::<5>(t),
         4 => broadcast_tile_avx2_n::<4>(t),
         3 => broadcast_tile_avx2_n::<3>(t),
         2 => broadcast_tile_avx2_n::<2>(t),
@@ -819,7 +1111,10 @@ unsafe fn broadcast_tile_avx2(t: Tile, rows: usize) {
     }
 }
 
-/// R rows × 16 columns: 2R accumulators; columns past `cols` through AVX2's masked loads.
+/// R rows × 16 columns: 2R accumulators (12 of the 16 registers at R = 6: with 8, as the first
+/// version had, the FMAs' latency left this tile at 60–70 % of the `gemm` crate's AVX2 rate on
+/// Zen 4); columns past `cols` through AVX2's masked loads, full tiles through plain ones (a
+/// masked load costs more than a plain one on AMD cores).
 // Indexed loops over register arrays unroll into named registers.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
@@ -833,26 +1128,47 @@ unsafe fn broadcast_tile_avx2_n<const R: usize>(t: Tile) {
         _mm256_cmpgt_epi32(_mm256_set1_epi32(t.cols.saturating_sub(8) as i32), lane),
     ];
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for p in 0..t.depth {
-        let brow = t.b.add(p * t.ldb);
-        let bv = [
-            _mm256_maskload_ps(brow, mask[0]),
-            _mm256_maskload_ps(brow.add(8), mask[1]),
-        ];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let av = _mm256_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
-            acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
-            acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
+    if t.cols == 16 {
+        for p in 0..t.depth {
+            let brow = t.b.add(p * t.ldb);
+            let bv = [_mm256_loadu_ps(brow), _mm256_loadu_ps(brow.add(8))];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
+                acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
+            }
+        }
+    } else {
+        for p in 0..t.depth {
+            let brow = t.b.add(p * t.ldb);
+            let bv = [
+                _mm256_maskload_ps(brow, mask[0]),
+                _mm256_maskload_ps(brow.add(8), mask[1]),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*t.a.add(r * t.a_rs + p * t.a_cs));
+                acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
+            }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
         let crow = t.c.add(r * t.ldc);
         for q in 0..2 {
             let mut v = acc[q];
-            if t.add {
-                v = _mm256_add_ps(v, _mm256_maskload_ps(crow.add(8 * q), mask[q]));
+            // A masked store is microcoded on AMD cores: with a short inner dimension (a weight
+            // gradient over a 32-row batch) it costs as much as the tile's FMAs.
+            if t.cols == 16 {
+                if t.add {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(crow.add(8 * q)));
+                }
+                _mm256_storeu_ps(crow.add(8 * q), v);
+            } else {
+                if t.add {
+                    v = _mm256_add_ps(v, _mm256_maskload_ps(crow.add(8 * q), mask[q]));
+                }
+                _mm256_maskstore_ps(crow.add(8 * q), mask[q], v);
             }
-            _mm256_maskstore_ps(crow.add(8 * q), mask[q], v);
         }
     }
 }
@@ -1043,6 +1359,184 @@ mod tests {
             let mut c = vec![7.0f32; m * n + 40];
             few_rows_abt_into(simd, &a, &w, &mut c, m, k, n, false);
             assert!(c[m * n..].iter().all(|&v| v == 7.0), "{simd:?}");
+        }
+    }
+
+    /// `op(a) · op(b)` (+ `start` when accumulating) in f64, with the worst-case error bound of
+    /// an f32 evaluation in any order: `(k + 2) · 2⁻²⁴ · (Σ_p |a b| + |c₀|)` per element (every
+    /// partial sum rounds once per addition; the `+ 2` covers the products and the final add).
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        a: &[f32],
+        ta: bool,
+        b: &[f32],
+        tb: bool,
+        start: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Vec<(f64, f64)> {
+        let mut out = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let (mut sum, mut abs) = (0f64, 0f64);
+                for p in 0..k {
+                    let x = if ta { a[p * m + i] } else { a[i * k + p] } as f64;
+                    let y = if tb { b[j * k + p] } else { b[p * n + j] } as f64;
+                    sum += x * y;
+                    abs += (x * y).abs();
+                }
+                if accumulate {
+                    sum += start[i * n + j] as f64;
+                    abs += (start[i * n + j] as f64).abs();
+                }
+                out.push((sum, (k + 2) as f64 * f64::from(f32::EPSILON) / 2.0 * abs));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_level_matches_a_plain_reference_on_odd_shapes() {
+        // Shapes around every vector width (1, 8, 16 floats), tile (4, 6, 16, 64) and block
+        // (32, 48, 256, 512) edge, and both sides of the routing thresholds.
+        let shapes = [
+            (1, 1, 1),
+            (2, 3, 5),
+            (5, 17, 9),
+            (7, 33, 65),
+            (13, 600, 31),
+            (49, 129, 257),
+            (81, 40, 77),
+            (97, 1031, 15),
+        ];
+        for simd in levels() {
+            for (s, &(m, k, n)) in shapes.iter().enumerate() {
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let a = values(m * k, 500 + s as u64);
+                    let b = values(k * n, 600 + s as u64);
+                    for accumulate in [false, true] {
+                        let start = values(m * n, 700 + s as u64);
+                        let want = naive(&a, ta, &b, tb, &start, m, k, n, accumulate);
+                        let check = |got: &[f32], what: &str| {
+                            for (i, (g, &(w, tol))) in got.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (*g as f64 - w).abs() <= tol,
+                                    "{what} {simd:?} ({m},{k},{n}) ta={ta} tb={tb} \
+                                     acc={accumulate} [{i}]: {g} vs {w} (tolerance {tol:e})"
+                                );
+                            }
+                        };
+                        let mut got = start.clone();
+                        blocked_gemm_at(simd, &a, ta, &b, tb, &mut got, m, k, n, accumulate);
+                        check(&got, "blocked");
+                        if !ta && tb {
+                            let mut got = start.clone();
+                            few_rows_abt_into(simd, &a, &b, &mut got, m, k, n, accumulate);
+                            check(&got, "dot tiles");
+                        }
+                        if !tb {
+                            let strides = if ta { (1, m) } else { (k, 1) };
+                            let mut got = start.clone();
+                            broadcast_gemm(simd, &a, strides, &b, &mut got, m, k, n, accumulate);
+                            check(&got, "broadcast tiles");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_level_variable_is_honoured_or_refused_with_its_value_named() {
+        let all = |_: Simd| true;
+        let no_avx512 = |s: Simd| s != Simd::Avx512;
+        assert_eq!(
+            requested_level(None, all, Simd::Avx512),
+            (Simd::Avx512, None)
+        );
+        assert_eq!(
+            requested_level(Some(" "), all, Simd::Avx512),
+            (Simd::Avx512, None)
+        );
+        for level in Simd::ALL {
+            assert_eq!(
+                requested_level(Some(level.env_name()), all, Simd::Avx512),
+                (level, None)
+            );
+        }
+        assert_eq!(
+            requested_level(Some("AVX2"), all, Simd::Avx512),
+            (Simd::Avx2, None)
+        );
+        let (level, warning) = requested_level(Some("avx512"), no_avx512, Simd::Avx2);
+        assert_eq!(level, Simd::Avx2);
+        let warning = warning.expect("a refused level warns");
+        assert!(
+            warning.contains("CLIP_ADAPTER_SIMD=avx512") && warning.contains("no AVX-512"),
+            "{warning}"
+        );
+        let (level, warning) = requested_level(Some("sse9"), all, Simd::Avx512);
+        assert_eq!(level, Simd::Avx512);
+        let warning = warning.expect("an unknown name warns");
+        assert!(
+            warning.contains("CLIP_ADAPTER_SIMD=sse9") && warning.contains("avx2"),
+            "{warning}"
+        );
+    }
+
+    /// Run in a child process by the test below (the level is read once per process): checks
+    /// that `simd_level` is the level the parent forced, and that products at it are right.
+    #[test]
+    fn child_reports_the_forced_level() {
+        let Ok(expected) = std::env::var("CLIP_ADAPTER_SIMD_EXPECT") else {
+            return;
+        };
+        assert_eq!(simd_level().env_name(), expected);
+        assert_eq!(blocked_level(), blocked_cap(simd_level()));
+        let (m, k, n) = (100, 70, 90);
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        let want = naive(&a, false, &b, true, &[], m, k, n, false);
+        let mut got = vec![0f32; m * n];
+        gemm(&a, false, &b, true, &mut got, m, k, n, false);
+        for (g, &(w, tol)) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= tol, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn a_forced_level_is_honoured_in_a_fresh_process() {
+        let exe = std::env::current_exe().expect("the test binary");
+        let run = |value: &str, expect: Simd| {
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "kernels::matmul::tests::child_reports_the_forced_level",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(SIMD_ENV, value)
+                .env("CLIP_ADAPTER_SIMD_EXPECT", expect.env_name())
+                .output()
+                .expect("the child test runs");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "{SIMD_ENV}={value}: {}\n{stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            stderr
+        };
+        for level in levels() {
+            run(level.env_name(), level);
+        }
+        let widest = Simd::widest();
+        let stderr = run("nonsense", widest);
+        assert!(stderr.contains("CLIP_ADAPTER_SIMD=nonsense"), "{stderr}");
+        if let Some(missing) = Simd::ALL.into_iter().find(|s| !s.available()) {
+            let stderr = run(missing.env_name(), widest);
+            assert!(stderr.contains(missing.env_name()), "{stderr}");
         }
     }
 

@@ -1,5 +1,6 @@
-//! Vectorised element-wise math for the encoders' epilogues: `exp` (softmax, QuickGELU) with an
-//! AVX-512 path, since the compiler cannot vectorise calls to the C library's `expf`.
+//! Vectorised element-wise math for the encoders' epilogues: `exp` (softmax, QuickGELU) with
+//! AVX-512 and AVX2 + FMA paths, since the compiler cannot vectorise calls to the C library's
+//! `expf`.
 //!
 //! The vector `exp` is Cephes' `expf` (range reduction by ln 2 split in two constants, a degree-6
 //! polynomial, scaling by 2ⁿ), accurate to about 2 ulp over the clamped range; results differ
@@ -13,33 +14,54 @@ const EXP_LO: f32 = -87.336_55;
 /// `xs[i] = exp(xs[i] · scale - shift)`, returning the sum of the results (a softmax's numerators
 /// and denominator).
 pub(crate) fn exp_scaled_sum(xs: &mut [f32], scale: f32, shift: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if simd_level() == Simd::Avx512 {
-        // SAFETY: the CPU has AVX-512F (detected).
-        return unsafe { avx512::exp_scaled_sum(xs, scale, shift) };
+    exp_scaled_sum_at(simd_level(), xs, scale, shift)
+}
+
+/// [`exp_scaled_sum`] at level `simd`, which must be available.
+pub(crate) fn exp_scaled_sum_at(simd: Simd, xs: &mut [f32], scale: f32, shift: f32) -> f32 {
+    assert!(simd.available(), "exp: {simd:?} not available");
+    match simd {
+        // SAFETY: the CPU has the level's features (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512::exp_scaled_sum(xs, scale, shift) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::exp_scaled_sum(xs, scale, shift) },
+        _ => {
+            let mut sum = 0f32;
+            for x in xs {
+                *x = (*x * scale - shift).exp();
+                sum += *x;
+            }
+            sum
+        }
     }
-    let mut sum = 0f32;
-    for x in xs {
-        *x = (*x * scale - shift).exp();
-        sum += *x;
-    }
-    sum
 }
 
 /// `row[i] = quick_gelu(row[i] + bias[i])` where `quick_gelu(x) = x · σ(1.702 x)`, as CLIP's
 /// `QuickGELU` (`x * torch.sigmoid(1.702 * x)`, here `x / (1 + exp(-1.702 x))`).
 pub(crate) fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
-    #[cfg(target_arch = "x86_64")]
-    if simd_level() == Simd::Avx512 {
-        // SAFETY: the CPU has AVX-512F (detected).
-        return unsafe { avx512::bias_quick_gelu(row, bias) };
+    bias_quick_gelu_at(simd_level(), row, bias)
+}
+
+/// [`bias_quick_gelu`] at level `simd`, which must be available.
+pub(crate) fn bias_quick_gelu_at(simd: Simd, row: &mut [f32], bias: Option<&[f32]>) {
+    assert!(simd.available(), "quick_gelu: {simd:?} not available");
+    if let Some(b) = bias {
+        assert!(b.len() >= row.len(), "bias shorter than the row");
     }
-    match bias {
-        Some(b) => row
-            .iter_mut()
-            .zip(b)
-            .for_each(|(x, b)| *x = quick_gelu(*x + b)),
-        None => row.iter_mut().for_each(|x| *x = quick_gelu(*x)),
+    match simd {
+        // SAFETY: the CPU has the level's features (checked above), the bias is long enough.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512::bias_quick_gelu(row, bias) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::bias_quick_gelu(row, bias) },
+        _ => match bias {
+            Some(b) => row
+                .iter_mut()
+                .zip(b)
+                .for_each(|(x, b)| *x = quick_gelu(*x + b)),
+            None => row.iter_mut().for_each(|x| *x = quick_gelu(*x)),
+        },
     }
 }
 
@@ -132,6 +154,110 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{EXP_HI, EXP_LO};
+
+    /// 2ⁿ for integral `n` in [-126, 127], built in the exponent field.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn pow2(n: __m256i) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            n,
+            _mm256_set1_epi32(127),
+        )))
+    }
+
+    /// The AVX-512 `exp` with 8 lanes. AVX2 has no `scalef`: 2ⁿ is built in the exponent field,
+    /// in two halves, since n reaches 128 at the top of the clamped range (2¹²⁸ is not a float,
+    /// 2⁶⁴ · 2⁶⁴ · y with y < 1 is).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn exp(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(EXP_LO)),
+            _mm256_set1_ps(EXP_HI),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_2e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let r2 = _mm256_mul_ps(r, r);
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
+        let n = _mm256_cvtps_epi32(n);
+        let half = _mm256_srai_epi32::<1>(n);
+        _mm256_mul_ps(
+            _mm256_mul_ps(y, pow2(half)),
+            pow2(_mm256_sub_epi32(n, half)),
+        )
+    }
+
+    /// Lanes `0..len` (at most 8) set.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn mask(len: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(len.min(8) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_scaled_sum(xs: &mut [f32], scale: f32, shift: f32) -> f32 {
+        let (a, s) = (_mm256_set1_ps(scale), _mm256_set1_ps(shift));
+        let mut acc = _mm256_setzero_ps();
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let v = exp(_mm256_fmsub_ps(_mm256_loadu_ps(c.as_ptr()), a, s));
+            _mm256_storeu_ps(c.as_mut_ptr(), v);
+            acc = _mm256_add_ps(acc, v);
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            let m = mask(tail.len());
+            let v = exp(_mm256_fmsub_ps(_mm256_maskload_ps(tail.as_ptr(), m), a, s));
+            _mm256_maskstore_ps(tail.as_mut_ptr(), m, v);
+            acc = _mm256_add_ps(acc, _mm256_and_ps(v, _mm256_castsi256_ps(m)));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes.iter().sum()
+    }
+
+    /// # Safety
+    /// `bias`, when given, is at least as long as `row`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
+        let n = row.len();
+        let mut i = 0;
+        while i < n {
+            let m = mask(n - i);
+            let p = row.as_mut_ptr().add(i);
+            let mut x = _mm256_maskload_ps(p, m);
+            if let Some(b) = bias {
+                x = _mm256_add_ps(x, _mm256_maskload_ps(b.as_ptr().add(i), m));
+            }
+            let e = exp(_mm256_mul_ps(x, _mm256_set1_ps(-1.702)));
+            let y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            _mm256_maskstore_ps(p, m, y);
+            i += 8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,42 +269,90 @@ mod tests {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
     }
 
+    fn levels() -> Vec<Simd> {
+        Simd::ALL.into_iter().filter(|s| s.available()).collect()
+    }
+
     #[test]
     fn vector_exp_is_within_a_few_ulp_of_expf() {
-        let xs: Vec<f32> = (0..20001).map(|i| -87.0 + i as f32 * 0.00875).collect();
-        let mut got = xs.clone();
-        let sum = exp_scaled_sum(&mut got, 1.0, 0.0);
-        for (x, g) in xs.iter().zip(&got) {
-            let want = x.exp();
-            assert!(ulps(*g, want) <= 4, "exp({x}) = {g}, expf says {want}");
+        for simd in levels() {
+            let xs: Vec<f32> = (0..20001).map(|i| -87.0 + i as f32 * 0.00875).collect();
+            let mut got = xs.clone();
+            let sum = exp_scaled_sum_at(simd, &mut got, 1.0, 0.0);
+            for (x, g) in xs.iter().zip(&got) {
+                let want = x.exp();
+                assert!(
+                    ulps(*g, want) <= 4,
+                    "{simd:?}: exp({x}) = {g}, expf says {want}"
+                );
+            }
+            assert!(sum.is_infinite(), "the sum of this range overflows f32");
+            // The top of the vector paths' clamped range, where 2ⁿ alone would overflow (the
+            // portable path is the C library's `expf`, which overflows to infinity there).
+            let mut top = vec![
+                88.3f32,
+                88.376,
+                88.5,
+                1000.0,
+                f32::MAX,
+                -88.0,
+                -1000.0,
+                0.0,
+                1.0,
+            ];
+            exp_scaled_sum_at(simd, &mut top, 1.0, 0.0);
+            assert!(ulps(top[0], 88.3f32.exp()) <= 4, "{simd:?}: {top:?}");
+            let clamped = simd != Simd::Portable;
+            assert!(
+                top[1..5]
+                    .iter()
+                    .all(|v| *v > 2e38 && (v.is_finite() || !clamped)),
+                "{simd:?}: {top:?}"
+            );
+            assert!(
+                top[5] < 1e-37 && top[6] < 1e-37 && top[7] == 1.0,
+                "{simd:?}: {top:?}"
+            );
+            // A softmax-sized range: the sum runs in 8 or 16 f32 lanes.
+            let mut got: Vec<f32> = (0..1001).map(|i| -20.0 + i as f32 * 0.02).collect();
+            let sum = exp_scaled_sum_at(simd, &mut got, 1.0, 0.0);
+            let want_sum: f64 = got.iter().map(|&g| g as f64).sum();
+            assert!(
+                ((sum as f64 - want_sum) / want_sum).abs() < 1e-5,
+                "{simd:?}"
+            );
+            // Scaled and shifted, with odd lengths (masked tails, which must not add their
+            // unused lanes) and extreme arguments clamped, not NaN.
+            for len in 1..=5 {
+                let mut v = vec![0.0f32, -1000.0, 0.5, 1.0, 1.5];
+                v.truncate(len);
+                let s = exp_scaled_sum_at(simd, &mut v, 2.0, 3.0);
+                assert!(ulps(v[0], (-3f32).exp()) <= 4, "{simd:?}");
+                assert!(v.get(1).is_none_or(|&x| x < 1e-37), "{simd:?}");
+                assert!(v.get(4).is_none_or(|&x| x == 1.0), "{simd:?}");
+                assert!((s - v.iter().sum::<f32>()).abs() < 1e-6, "{simd:?} {len}");
+            }
         }
-        assert!(sum.is_infinite(), "the sum of this range overflows f32");
-        // A softmax-sized range: the sum runs in 16 f32 lanes of at most 63 terms each.
-        let mut got: Vec<f32> = (0..1001).map(|i| -20.0 + i as f32 * 0.02).collect();
-        let sum = exp_scaled_sum(&mut got, 1.0, 0.0);
-        let want_sum: f64 = got.iter().map(|&g| g as f64).sum();
-        assert!(((sum as f64 - want_sum) / want_sum).abs() < 1e-5);
-        // Scaled and shifted, with an odd length (a masked tail) and extreme arguments clamped,
-        // not NaN.
-        let mut v = vec![0.0f32, -1000.0, 0.5, 1.0, 1.5];
-        let s = exp_scaled_sum(&mut v, 2.0, 3.0);
-        assert!(ulps(v[0], (-3f32).exp()) <= 4 && v[1] < 1e-37 && v[4] == 1.0);
-        assert!((s - v.iter().sum::<f32>()).abs() < 1e-6);
     }
 
     #[test]
     fn vector_quick_gelu_matches_the_scalar_definition() {
         let xs: Vec<f32> = (0..1003).map(|i| (i as f32 - 501.0) * 0.03).collect();
         let bias: Vec<f32> = (0..1003).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
-        for b in [None, Some(&bias[..])] {
-            let mut got = xs.clone();
-            bias_quick_gelu(&mut got, b);
-            for (i, (x, g)) in xs.iter().zip(&got).enumerate() {
-                let want = quick_gelu(x + b.map_or(0.0, |b| b[i]));
-                assert!(
-                    (g - want).abs() <= 1e-6 * want.abs().max(1.0),
-                    "quick_gelu({x}) = {g}, want {want}"
-                );
+        for simd in levels() {
+            for b in [None, Some(&bias[..])] {
+                // Every tail length of both vector widths.
+                for len in [1003, 17, 9, 8, 7, 1] {
+                    let mut got = xs[..len].to_vec();
+                    bias_quick_gelu_at(simd, &mut got, b.map(|b| &b[..len]));
+                    for (i, (x, g)) in xs.iter().zip(&got).enumerate() {
+                        let want = quick_gelu(x + b.map_or(0.0, |b| b[i]));
+                        assert!(
+                            (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                            "{simd:?}: quick_gelu({x}) = {g}, want {want}"
+                        );
+                    }
+                }
             }
         }
     }
