@@ -1111,10 +1111,11 @@ unsafe fn broadcast_tile_avx2(t: Tile, rows: usize) {
     }
 }
 
-/// R rows × 16 columns: 2R accumulators (12 of the 16 registers at R = 6: with 8, as the first
-/// version had, the FMAs' latency left this tile at 60–70 % of the `gemm` crate's AVX2 rate on
-/// Zen 4); columns past `cols` through AVX2's masked loads, full tiles through plain ones (a
-/// masked load costs more than a plain one on AMD cores).
+/// R rows × 16 columns: 2R accumulators (12 of the 16 registers at R = 6, enough independent
+/// FMAs to cover their latency); columns past `cols` through AVX2's masked loads, full tiles
+/// through plain ones (masked stores are microcoded on AMD cores). The first version, 4 rows and
+/// masked accesses on every tile, ran at 50–70 % of the `gemm` crate's AVX2 rate on Zen 4; the
+/// three changes were measured together (docs/benchmarks.md).
 // Indexed loops over register arrays unroll into named registers.
 #[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
