@@ -147,7 +147,7 @@ fn demo_at_16_shots_tells_the_papers_story() {
     );
     // In the paper's space, the image features each head scores, the adapted features
     // separate the classes better than CLIP's.
-    let (before, after) = (&tsne.features[0], &tsne.features[3]);
+    let (before, after) = (&clip.image_features, &adapter.image_features);
     assert!(
         after.knn_accuracy > before.knn_accuracy && after.silhouette > before.silhouette,
         "5-NN / silhouette of the features: CLIP {before:?}, CLIP-Adapter {after:?}"

@@ -446,3 +446,148 @@ fn tsne_command_maps_the_test_split_and_refuses_what_it_cannot_map() {
         &["0123456789abcdef", "another model's features"],
     );
 }
+
+/// `tsne --head ...` with the command's other arguments, in the setup's folder.
+fn heads_cli(dir: &Path, dataset: &str, heads: &[&str], extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "tsne",
+        "--cache",
+        "cache",
+        "--dataset",
+        dataset,
+        "--shots",
+        "2",
+        "--seed",
+        "1",
+        "--out",
+        "figs/heads",
+        "--perplexity",
+        "3",
+    ];
+    for h in heads {
+        args.extend(["--head", h]);
+    }
+    args.extend_from_slice(extra);
+    cli_in(dir, &args)
+}
+
+#[test]
+fn tsne_command_maps_saved_heads_one_panel_each_coop_included() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let dataset = setup(dir);
+    let model = fixture("models/tiny-clip");
+    let coop = ok(&cli_in(
+        dir,
+        &[
+            "fit",
+            "--method",
+            "coop",
+            "--dataset",
+            &dataset,
+            "--shots",
+            "2",
+            "--cache",
+            "cache",
+            "--model",
+            model.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--n-ctx",
+            "4",
+            "--save",
+            "coop.safetensors",
+            "--json",
+        ],
+    ));
+    let coop: serde_json::Value = serde_json::from_str(&coop).unwrap();
+
+    let heads = ["coop.safetensors", "head.safetensors", "linear.safetensors"];
+    let doc: serde_json::Value = serde_json::from_str(&ok(&heads_cli(
+        dir,
+        &dataset,
+        &heads,
+        &["--label", "CoOp (4 tokens)", "--json"],
+    )))
+    .unwrap();
+    let panels = doc["panels"].as_array().unwrap();
+    let names: Vec<&str> = panels.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["CLIP", "CoOp (4 tokens)", "CLIP-Adapter", "Linear probe"]
+    );
+    let n = doc["labels"].as_array().unwrap().len();
+    for p in panels {
+        assert_eq!(p["view"]["coordinates"].as_array().unwrap().len(), n);
+        assert!(p["view"]["trustworthiness"].as_f64().unwrap() > 0.0);
+    }
+    // CoOp's panel scores the test images as `fit` did: the same accuracy.
+    let coop_accuracy = 100.0 * panels[1]["accuracy"].as_f64().unwrap();
+    let fitted = coop["test_accuracy"].as_f64().unwrap();
+    assert!(
+        (coop_accuracy - fitted).abs() < 1e-3,
+        "{coop_accuracy} vs {fitted}"
+    );
+    // CoOp learned prompts, not features: its image features are CLIP's, its scores are not.
+    assert_eq!(panels[1]["image_features"], panels[0]["image_features"]);
+    assert_ne!(
+        panels[1]["view"]["coordinates"],
+        panels[0]["view"]["coordinates"]
+    );
+    // The adapter changes the features it scores.
+    assert_ne!(panels[2]["image_features"], panels[0]["image_features"]);
+    let svg = std::fs::read_to_string(dir.join("figs/heads.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 4 * n + 3);
+    assert!(svg.contains("CoOp (4 tokens): 5-NN"), "{svg:.200}");
+    let table = ok(&heads_cli(dir, &dataset, &heads, &[]));
+    assert!(
+        table.contains("Linear probe") && table.contains("5-NN features"),
+        "{table}"
+    );
+
+    // Two heads of one method are told apart by their files.
+    let doc: serde_json::Value = serde_json::from_str(&ok(&heads_cli(
+        dir,
+        &dataset,
+        &["head.safetensors", "text.safetensors"],
+        &["--json"],
+    )))
+    .unwrap();
+    let names: Vec<&str> = (doc["panels"].as_array().unwrap().iter())
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["CLIP", "CLIP-Adapter (head)", "CLIP-Adapter (text)"]
+    );
+
+    // Refused, naming why.
+    assert_fails_with(
+        &heads_cli(
+            dir,
+            &dataset,
+            &["head.safetensors"],
+            &["--label", "a", "--label", "b"],
+        ),
+        &["2 --label values for 1 --head files"],
+    );
+    let (h, mut info) = head::load(&dir.join("head.safetensors")).unwrap();
+    info.model_fingerprint = Some("0123456789abcdef".into());
+    head::save(&dir.join("other.safetensors"), &h, &info).unwrap();
+    assert_fails_with(
+        &heads_cli(
+            dir,
+            &dataset,
+            &["coop.safetensors", "other.safetensors"],
+            &[],
+        ),
+        &["0123456789abcdef", "another model's features"],
+    );
+    let both = heads_cli(
+        dir,
+        &dataset,
+        &["head.safetensors"],
+        &["--adapter", "head.safetensors"],
+    );
+    assert_eq!(both.status.code(), Some(2), "--adapter and --head together");
+}

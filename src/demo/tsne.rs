@@ -3,13 +3,11 @@
 //! validation), fitted on one draw with the demo's settings.
 
 use super::run::{demo_coop, for_draw, DemoError, ALPHAS};
-use crate::methods::clip_adapter::{AdapterModel, AdapterOptions, Branch};
+use crate::methods::clip_adapter::{AdapterOptions, Branch};
 use crate::methods::coop::PromptModel;
 use crate::methods::zero_shot::ZeroShot;
 use crate::methods::{FewShotTask, FitContext, Head, Method};
-use crate::tsne::{
-    score_tsne, separation, Metric, NamedHead, ScoreTsne, Separation, TsneOptions, KNN_K,
-};
+use crate::tsne::{score_tsne, NamedHead, ScoreTsne, TsneOptions, KNN_K};
 
 /// The far task the demo maps by default: the one with the largest domain gap in colour,
 /// where the adapter gains most.
@@ -30,10 +28,6 @@ pub struct DemoTsne {
     /// The α the adapter of the last panel chose on validation.
     pub alpha: String,
     pub maps: ScoreTsne,
-    /// Per panel, how well the image features the head scores separate the classes (cosine):
-    /// CLIP's and CoOp's are the frozen features, the adapters' the adapted ones, the space
-    /// of the paper's figure.
-    pub features: Vec<Separation>,
 }
 
 impl DemoTsne {
@@ -46,8 +40,8 @@ impl DemoTsne {
     pub fn markdown(&self) -> String {
         let pct = |v: f32| format!("{:.1}", 100.0 * v);
         let mut rows = String::new();
-        for (p, f) in self.maps.panels.iter().zip(&self.features) {
-            let (s, m) = (&p.view.features, &p.view.map);
+        for p in &self.maps.panels {
+            let (s, m, f) = (&p.view.features, &p.view.map, &p.image_features);
             rows.push_str(&format!(
                 "| {} | {} | {} | {:.3} | {} | {:.3} | {:.3} | {} | {:.3} |\n",
                 p.name,
@@ -154,28 +148,11 @@ pub(super) fn demo_tsne(
         },
     )
     .map_err(|e| fail(Box::new(e)))?;
-    let x = &task.test.features;
-    let image_features = |head: &Head| match head.downcast_ref::<AdapterModel>() {
-        Some(a) => a.adapted_features(x).unwrap_or_else(|| x.clone()),
-        None => x.clone(),
-    };
-    let features = (heads.iter())
-        .map(|h| {
-            separation(
-                &image_features(h.head),
-                &task.test.labels,
-                Metric::Cosine,
-                KNN_K,
-            )
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(Box::new(e)))?;
     Ok(DemoTsne {
         task: name.to_string(),
         shots,
         seed,
         alpha,
         maps,
-        features,
     })
 }

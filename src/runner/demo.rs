@@ -36,11 +36,9 @@ pub fn demo(
     let files = written.write(&options.out)?;
     let figures_dir = options.out.join(FIGURES_DIR);
     if let Some(t) = &report.tsne {
-        (t.maps.write_figure(&figures_dir.join(t.stem()))).map_err(|source| {
-            RunError::DemoTsne {
-                task: t.task.clone(),
-                source: Box::new(source),
-            }
+        (t.maps.write_figure(&figures_dir.join(t.stem()))).map_err(|source| RunError::Tsne {
+            task: t.task.clone(),
+            source: Box::new(source),
         })?;
     }
     Ok(DemoOutcome {

@@ -149,7 +149,7 @@ pub enum RunError {
     DemoCsv(#[source] csv::Error),
 
     #[error("drawing the t-SNE of {task}")]
-    DemoTsne {
+    Tsne {
         task: String,
         #[source]
         source: Box<crate::tsne::TsneError>,

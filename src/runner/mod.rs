@@ -15,6 +15,7 @@
 //! fit.rs    FitSpec → one row, and the head saved with what it was trained on
 //! predict.rs  PredictSpec → a saved head's ranked classes for images
 //! merge_lora.rs  MergeLoraSpec → a CLIP-LoRA head's updates folded into its model
+//! tsne.rs   HeadsTsneSpec → a cached split mapped as zero-shot CLIP and saved heads score it
 //! ```
 //!
 //! It sits above `report` (it writes the folder's report), which sits above `experiment`.
@@ -29,6 +30,7 @@ pub mod merge_lora;
 pub mod predict;
 pub mod run;
 pub mod sweep;
+pub mod tsne;
 
 use std::path::Path;
 

@@ -29,7 +29,7 @@ use crate::figure::FigureError;
 use crate::methods::clip_adapter::AdapterModel;
 use crate::methods::head;
 use crate::methods::linalg::Matrix;
-use crate::methods::MethodError;
+use crate::methods::{FewShotTask, LabelledSet, MethodError};
 
 /// Why a t-SNE could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +62,10 @@ pub enum TsneError {
     NoVisualBranch,
 
     #[error(
-        "head `{name}` scores the image features before the projection: the panels map the \
-         class scores of heads on the projected features"
+        "head `{name}` scores {space}: the panels map the class scores of heads on the cached \
+         image features"
     )]
-    PreProjectionHead { name: String },
+    OtherFeatureSpace { name: String, space: &'static str },
 
     #[error("head `{name}` scores {scored} classes, the set has {classes}")]
     HeadClasses {
@@ -302,6 +302,15 @@ impl std::str::FromStr for Split {
 }
 
 impl Split {
+    /// The task's set of that split.
+    pub fn of(self, task: &FewShotTask) -> &LabelledSet {
+        match self {
+            Split::Train => &task.train,
+            Split::Val => &task.val,
+            Split::Test => &task.test,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Split::Train => "train",
@@ -336,11 +345,7 @@ pub fn adapter_tsne_from_cache(
         &source,
         &query.dataset,
     )?;
-    let set = match split {
-        Split::Train => &task.train,
-        Split::Val => &task.val,
-        Split::Test => &task.test,
-    };
+    let set = split.of(&task);
     if set.features.cols != adapter.0.classes.cols {
         return Err(TsneError::Width {
             path: head_path.to_path_buf(),
@@ -380,7 +385,9 @@ fn load_adapter(path: &Path) -> Result<(AdapterModel, head::HeadInfo), TsneError
     }
 }
 
-fn check_head(
+/// Refuses a head saved without the model's fingerprint, trained on another model's features
+/// than the cache's, or on other classes.
+pub(crate) fn check_head(
     path: &Path,
     info: &head::HeadInfo,
     classnames: &[String],

@@ -16,8 +16,11 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{separation, trustworthiness, Metric, SpaceView, TsneError, TsneOptions, KNN_K};
+use super::{
+    separation, trustworthiness, Metric, Separation, SpaceView, TsneError, TsneOptions, KNN_K,
+};
 use crate::figure::scatter::{Panel, Scatter};
+use crate::methods::clip_adapter::AdapterModel;
 use crate::methods::head::Head;
 use crate::methods::linalg::Matrix;
 use crate::methods::FeatureSpace;
@@ -37,6 +40,10 @@ pub struct ScorePanel {
     /// separated classes need not be the right ones.
     pub accuracy: f32,
     pub view: SpaceView,
+    /// How well the image features the head scores separate the classes (cosine): the frozen
+    /// features for a head that leaves them as CLIP made them (zero-shot, CoOp), the adapted
+    /// ones for CLIP-Adapter: the space of the paper's figure.
+    pub image_features: Separation,
 }
 
 /// A labelled set in the class-score space of each of several heads, mapped and measured.
@@ -58,6 +65,17 @@ pub fn centred_scores(head: &Head, features: &Matrix) -> Matrix {
         row.iter_mut().for_each(|v| *v -= mean);
     }
     s
+}
+
+/// The image features `head` scores: CLIP-Adapter's adapted features, or `features` unchanged
+/// for a head that classifies the frozen features (zero-shot, CoOp, a linear probe, ...).
+pub fn image_features(head: &Head, features: &Matrix) -> Matrix {
+    match head.downcast_ref::<AdapterModel>() {
+        Some(a) => a
+            .adapted_features(features)
+            .unwrap_or_else(|| features.clone()),
+        None => features.clone(),
+    }
 }
 
 /// Maps `features` (N × D, as the cache stores them) in the class-score space of every head of
@@ -92,9 +110,15 @@ pub fn score_tsne(
         });
     }
     for h in heads {
-        if h.head.input() != FeatureSpace::Projected {
-            return Err(TsneError::PreProjectionHead {
+        let space = match h.head.input() {
+            FeatureSpace::Projected => None,
+            FeatureSpace::PreProjection => Some("the image features before the projection"),
+            FeatureSpace::Adapted => Some("images encoded through its own adapted image tower"),
+        };
+        if let Some(space) = space {
+            return Err(TsneError::OtherFeatureSpace {
                 name: h.name.to_string(),
+                space,
             });
         }
         if h.head.dim() != features.cols {
@@ -141,6 +165,12 @@ pub fn score_tsne(
                 // Centring keeps each row's order of classes.
                 accuracy: crate::methods::eval::accuracy(s, labels) / 100.0,
                 view: v?,
+                image_features: separation(
+                    &image_features(h.head, features),
+                    labels,
+                    Metric::Cosine,
+                    KNN_K,
+                )?,
             })
         })
         .collect::<Result<_, TsneError>>()?;
@@ -160,26 +190,30 @@ impl ScoreTsne {
             .unwrap_or(0)
             .max(6);
         let mut out = format!(
-            "{:<width$} {:>10} {:>12} {:>18} {:>10} {:>15} {:>16}",
+            "{:<width$} {:>10} {:>12} {:>18} {:>10} {:>15} {:>16} {:>15} {:>20}",
             "",
             "accuracy",
             "5-NN scores",
             "silhouette scores",
             "5-NN map",
             "silhouette map",
-            "trustworthiness"
+            "trustworthiness",
+            "5-NN features",
+            "silhouette features"
         );
         for p in &self.panels {
             let (s, m) = (&p.view.features, &p.view.map);
             out.push_str(&format!(
-                "\n{:<width$} {:>8.1} % {:>10.1} % {:>18.3} {:>8.1} % {:>15.3} {:>16.3}",
+                "\n{:<width$} {:>8.1} % {:>10.1} % {:>18.3} {:>8.1} % {:>15.3} {:>16.3} {:>13.1} % {:>20.3}",
                 p.name,
                 100.0 * p.accuracy,
                 100.0 * s.knn_accuracy,
                 s.silhouette,
                 100.0 * m.knn_accuracy,
                 m.silhouette,
-                p.view.trustworthiness
+                p.view.trustworthiness,
+                100.0 * p.image_features.knn_accuracy,
+                p.image_features.silhouette
             ));
         }
         out

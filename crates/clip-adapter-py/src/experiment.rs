@@ -325,17 +325,22 @@ pub fn demo<'py>(
     Ok(d)
 }
 
-/// The paper's Fig. 5 (`clip-adapter tsne`): the features of a split of a cached task before
-/// and after a saved CLIP-Adapter head's visual adapter, mapped to 2-D with t-SNE, and the
-/// classes' separation in both spaces. `split` is `"test"` (the whole test split, as the
-/// paper), `"val"` or `"train"`. With `out`, the figure is written to `out.svg` and `out.png`.
-/// Returns `{"classnames", "labels", "options", "before", "after", "figure"}`, where `before` and
-/// `after` are `{"coordinates": [[x, y], ...], "features": {"knn_accuracy", "silhouette"},
-/// "map": {...}, "trustworthiness"}`.
+/// The paper's Fig. 5 (`clip-adapter tsne`): a split of a cached task mapped to 2-D with
+/// t-SNE, and the classes' separation. With `adapter` (a saved CLIP-Adapter head with a visual
+/// adapter): the features before and after it; returns `{"classnames", "labels", "options",
+/// "before", "after", "figure"}`, where `before` and `after` are `{"coordinates": [[x, y], ...],
+/// "features": {"knn_accuracy", "silhouette"}, "map": {...}, "trustworthiness"}`. With `heads`
+/// instead (saved heads of any method on the cached features, CoOp's included): one panel for
+/// zero-shot CLIP and one per head of the images' centred class scores, titled by `labels`
+/// [default: the heads' methods]; returns `{"classnames", "labels", "options", "panels",
+/// "figure"}`, each panel `{"name", "accuracy", "view", "image_features"}`. `split` is `"test"`
+/// (the whole test split, as the paper), `"val"` or `"train"`. With `out`, the figure is
+/// written to `out.svg` and `out.png`.
 #[pyfunction]
 #[pyo3(signature = (
-    dataset, shots, seed, adapter, *, split = "test", perplexity = 30.0, epochs = 1000,
-    model = None, cache = PathBuf::from("clip-adapter-cache"), out = None
+    dataset, shots, seed, adapter = None, *, heads = None, labels = None, split = "test",
+    perplexity = 30.0, epochs = 1000, model = None, cache = PathBuf::from("clip-adapter-cache"),
+    out = None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn tsne<'py>(
@@ -343,7 +348,9 @@ pub fn tsne<'py>(
     dataset: &str,
     shots: &Bound<'py, PyAny>,
     seed: u64,
-    adapter: PathBuf,
+    adapter: Option<PathBuf>,
+    heads: Option<Vec<PathBuf>>,
+    labels: Option<Vec<String>>,
     split: &str,
     perplexity: f32,
     epochs: usize,
@@ -365,13 +372,52 @@ pub fn tsne<'py>(
         model,
         ..CacheQuery::new(&cache, dataset, shots, seed)
     };
-    let made = py.detach(|| adapter_tsne_from_cache(&query, &adapter, split, &opts));
-    let made = made.or_raise(Kind::Input)?;
-    let figure = match &out {
-        Some(stem) => made.tsne.write_figure(stem).or_raise(Kind::Input)?.to_vec(),
-        None => Vec::new(),
+    let (tsne, figure) = match (adapter, heads) {
+        (Some(adapter), None) => {
+            if labels.is_some() {
+                return Err(input(
+                    "labels title the panels of `heads`, not of `adapter`",
+                ));
+            }
+            let made = py.detach(|| adapter_tsne_from_cache(&query, &adapter, split, &opts));
+            let made = made.or_raise(Kind::Input)?;
+            let figure = match &out {
+                Some(stem) => made.tsne.write_figure(stem).or_raise(Kind::Input)?.to_vec(),
+                None => Vec::new(),
+            };
+            (crate::plain::to_python(py, &made.tsne)?, figure)
+        }
+        (None, Some(heads)) => {
+            let labels = labels.unwrap_or_default();
+            if labels.len() > heads.len() {
+                return Err(input(format!(
+                    "{} labels for {} heads: give at most one title per head",
+                    labels.len(),
+                    heads.len()
+                )));
+            }
+            let spec = runner::tsne::HeadsTsneSpec {
+                query,
+                heads: (heads.into_iter().enumerate())
+                    .map(|(i, path)| runner::tsne::PanelHead {
+                        path,
+                        label: labels.get(i).cloned(),
+                    })
+                    .collect(),
+                split,
+                options: opts,
+                hub: HubOptions::from_env(),
+            };
+            let made = py.detach(|| runner::tsne::heads_tsne(&spec, &mut ()));
+            let made = made.or_raise(Kind::Input)?;
+            let figure = match &out {
+                Some(stem) => made.tsne.write_figure(stem).or_raise(Kind::Input)?.to_vec(),
+                None => Vec::new(),
+            };
+            (crate::plain::to_python(py, &made.tsne)?, figure)
+        }
+        _ => return Err(input("give either `adapter` or `heads`")),
     };
-    let doc = crate::plain::to_python(py, &made.tsne)?;
-    doc.set_item("figure", figure)?;
-    Ok(doc)
+    tsne.set_item("figure", figure)?;
+    Ok(tsne)
 }

@@ -86,7 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => methods::run(a, &progress),
         Command::Predict(a) => methods::predict(a, &progress),
         Command::Sweep(a) => sweep::run(a, &progress),
-        Command::Tsne(a) => tsne::run(a),
+        Command::Tsne(a) => tsne::run(a, &progress),
         Command::Report(a) => report::run(a, &progress),
         Command::Pretrain(a) => pretrain::run(a, cli.quiet),
         Command::Demo(a) => demo::run(a, &progress),

@@ -288,8 +288,10 @@ def tsne(
     dataset: str,
     shots: Union[int, str],
     seed: int,
-    adapter: PathLike,
+    adapter: Optional[PathLike] = None,
     *,
+    heads: Optional[Sequence[PathLike]] = None,
+    labels: Optional[Sequence[str]] = None,
     split: str = "test",
     perplexity: float = 30.0,
     epochs: int = 1000,
@@ -297,9 +299,12 @@ def tsne(
     cache: PathLike = "clip-adapter-cache",
     out: Optional[PathLike] = None,
 ) -> Dict[str, Any]:
-    """The features of a cached split before and after a CLIP-Adapter head's visual adapter,
-    mapped with t-SNE (``clip-adapter tsne``); ``out`` writes ``out.svg`` and ``out.png``.
-    Returns ``{"classnames", "labels", "options", "before", "after", "figure"}``."""
+    """A cached split mapped with t-SNE (``clip-adapter tsne``): with ``adapter``, its features
+    before and after a CLIP-Adapter head's visual adapter (``{"classnames", "labels",
+    "options", "before", "after", "figure"}``); with ``heads`` (saved heads of any method on the
+    cached features, CoOp's included), the class scores of zero-shot CLIP and of each head, one
+    panel each titled by ``labels`` (``{"classnames", "labels", "options", "panels",
+    "figure"}``). ``out`` writes ``out.svg`` and ``out.png``."""
 
 class Head:
     """A trained head: class scores for image features."""
