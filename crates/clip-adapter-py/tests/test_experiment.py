@@ -151,3 +151,18 @@ def test_tsne_maps_as_the_command_line(tmp_path, cli):
     assert all(p.is_file() for p in got["figure"])
     with pytest.raises(ca.InputError, match="perplexity"):
         ca.tsne("data", 2, 1, head, perplexity=500, cache=tmp_path / "cache")
+
+    # Saved heads, one panel each after zero-shot CLIP's: the command line's panels.
+    want = cli("tsne", "--dataset", "data", "--shots", 2, "--seed", 1, "--head", head,
+               "--label", "adapter", "--cache", "cache", "--perplexity", 5, "--epochs", 250,
+               "--out", "fig4", "--json", cwd=tmp_path)
+    got = ca.tsne("data", 2, 1, heads=[head], labels=["adapter"], perplexity=5, epochs=250,
+                  cache=tmp_path / "cache")
+    assert [p["name"] for p in got["panels"]] == ["CLIP", "adapter"]
+    for g, w in zip(got["panels"], want["panels"]):
+        np.testing.assert_array_equal(as_f32(g["view"]["coordinates"]),
+                                      as_f32(w["view"]["coordinates"]))
+        assert as_f32(g["accuracy"]) == as_f32(w["accuracy"])
+    assert got["figure"] == []
+    with pytest.raises(ca.InputError, match="either `adapter` or `heads`"):
+        ca.tsne("data", 2, 1, cache=tmp_path / "cache")
