@@ -15,6 +15,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::protocol::Protocol;
+use super::table::{Published, PublishedBaseNew};
 use super::ResultRow;
 use crate::methods::coop::{CoopError, CoopHead, PromptModel};
 use crate::methods::zero_shot::ZeroShot;
@@ -222,15 +223,17 @@ pub struct BaseNewCell {
 
 /// The base-to-new rows of a results file as Markdown: per shot count, a table per dataset
 /// and one averaged over datasets, each a line per method with base, new and their harmonic
-/// mean (means over seeds). Rows of other protocols are left out.
-pub fn markdown(rows: &[ResultRow]) -> String {
+/// mean (means over seeds), the `published` numbers in brackets where they exist for the
+/// dataset (or the 11 benchmarks' average). Rows of other protocols are left out.
+pub fn markdown(rows: &[ResultRow], published: &Published) -> String {
     let rows: Vec<&ResultRow> = (rows.iter())
         .filter(|r| r.protocol == Protocol::BaseToNew)
         .collect();
-    let mut labels: Vec<String> = Vec::new();
+    // Each label with its method, whose published numbers it is shown beside.
+    let mut labels: Vec<(String, String)> = Vec::new();
     let (mut datasets, mut shots): (Vec<String>, Vec<usize>) = (Vec::new(), Vec::new());
     for r in &rows {
-        push_new(&mut labels, r.label());
+        push_new(&mut labels, (r.label(), r.method.clone()));
         push_new(&mut datasets, r.dataset.clone());
         push_new(&mut shots, r.shots);
     }
@@ -241,15 +244,25 @@ pub fn markdown(rows: &[ResultRow]) -> String {
             "## Base-to-new generalisation, {k} shots\n\nTrained on the base classes (the \
              first half in label order); base: accuracy on the base classes' test images among \
              the base classes; new: on the new classes' among the new classes, which the \
-             method never saw; H: their harmonic mean. Means over seeds (%).\n"
+             method never saw; H: their harmonic mean. Means over seeds (%){}.\n",
+            match published.is_empty() {
+                true => "",
+                false => "; in brackets, the published number where there is one",
+            }
         ));
+        let table = |heading: &str, of: &[String]| {
+            let cell = |l: &String| cell(&rows, l, of, k);
+            let paper = |l: &String| published.base_to_new(l, of, k);
+            table(heading, &labels, &cell, &paper)
+        };
         for d in &datasets {
-            let cell = |l: &String| cell(&rows, l, std::slice::from_ref(d), k);
-            md.push_str(&table(d, &labels, &cell));
+            md.push_str(&table(d, std::slice::from_ref(d)));
         }
         if datasets.len() > 1 {
-            let heading = format!("Average over {} datasets", datasets.len());
-            md.push_str(&table(&heading, &labels, &|l| cell(&rows, l, &datasets, k)));
+            md.push_str(&table(
+                &format!("Average over {} datasets", datasets.len()),
+                &datasets,
+            ));
         }
     }
     md
@@ -298,17 +311,26 @@ fn cell(
 
 fn table(
     heading: &str,
-    labels: &[String],
+    labels: &[(String, String)],
     cell: &dyn Fn(&String) -> Option<BaseNewCell>,
+    published: &dyn Fn(&String) -> Option<PublishedBaseNew>,
 ) -> String {
     let mut md = format!(
         "\n### {heading}\n\n| method | base | new | H | seeds |\n|---|---:|---:|---:|---:|\n"
     );
-    for l in labels {
+    for (l, method) in labels {
         if let Some(c) = cell(l) {
+            let p = published(method);
+            let with = |ours: f32, paper: Option<f32>| match paper {
+                Some(v) => format!("{ours:.2} ({v:.2})"),
+                None => format!("{ours:.2}"),
+            };
             md.push_str(&format!(
-                "| {l} | {:.2} | {:.2} | {:.2} | {} |\n",
-                c.base, c.new, c.harmonic, c.seeds
+                "| {l} | {} | {} | {} | {} |\n",
+                with(c.base, p.and_then(|p| p.base)),
+                with(c.new, p.and_then(|p| p.new)),
+                with(c.harmonic, p.and_then(|p| p.harmonic)),
+                c.seeds
             ));
         }
     }

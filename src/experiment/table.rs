@@ -9,11 +9,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ExperimentError, ResultRow, Validation};
+use super::{ExperimentError, Protocol, ResultRow, Validation};
 use crate::data::benchmarks::BENCHMARKS;
 use crate::methods::{eval, MethodKind};
 
-/// One line of a published-results CSV (`method,backbone,dataset,shots,accuracy,source`).
+/// One line of a published-results CSV (`method,backbone,dataset,shots,accuracy,source`, and
+/// optionally `protocol` and `metric`: `base-to-new` rows give `base`, `new` and `hm`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 struct PublishedRow {
     method: String,
@@ -21,6 +22,36 @@ struct PublishedRow {
     dataset: String,
     shots: usize,
     accuracy: f32,
+    /// Absent or empty: few-shot classification.
+    #[serde(default)]
+    protocol: Option<String>,
+    /// Absent or empty: the accuracy of the protocol's one number.
+    #[serde(default)]
+    metric: Option<String>,
+}
+
+impl PublishedRow {
+    /// Whether the row is a number of `protocol`'s `metric` (`None`: its one accuracy).
+    fn is(&self, protocol: Protocol, metric: Option<&str>) -> bool {
+        let row_protocol = given(&self.protocol).unwrap_or(Protocol::FewShot.as_str());
+        row_protocol == protocol.as_str() && given(&self.metric) == metric
+    }
+}
+
+/// An optional column's value, `None` when absent or empty.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+/// The base-to-new metrics of a published-results CSV, in its `metric` column.
+const BASE_NEW_METRICS: [&str; 3] = ["base", "new", "hm"];
+
+/// Published base, new and harmonic-mean accuracy of a method (each where published).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PublishedBaseNew {
+    pub base: Option<f32>,
+    pub new: Option<f32>,
+    pub harmonic: Option<f32>,
 }
 
 /// Published accuracies, by (method, dataset, shots) in the publications' names.
@@ -31,11 +62,6 @@ pub struct Published {
 
 /// The publications' name of the average over the 11 benchmarks.
 const AVERAGE_11: &str = "AVG11";
-
-/// The publications' name of one of our methods (its card's `reported_as`).
-fn published_method(m: &str) -> Option<&'static str> {
-    m.parse::<MethodKind>().ok()?.card().reported_as
-}
 
 /// The publications' names of the CoOp dataset keys.
 fn published_dataset(key: &str) -> Option<&'static str> {
@@ -70,10 +96,12 @@ impl Published {
         for (i, rec) in r.deserialize::<PublishedRow>().enumerate() {
             let row = rec.map_err(|e| {
                 fail(format!(
-                    "line {}: {e} (expected columns method,backbone,dataset,shots,accuracy)",
+                    "line {}: {e} (expected columns method,backbone,dataset,shots,accuracy and \
+                     optionally protocol,metric)",
                     i + 2
                 ))
             })?;
+            check_protocol(&row).map_err(|msg| fail(format!("line {}: {msg}", i + 2)))?;
             rows.push(row);
         }
         Ok(Published { rows })
@@ -94,11 +122,51 @@ impl Published {
     }
 
     fn get(&self, method: &str, dataset: &str, shots: usize) -> Option<f32> {
-        let m = published_method(method)?;
+        self.get_of(Protocol::FewShot, None, method, dataset, shots)
+    }
+
+    /// A number of `protocol`'s `metric`, the method known by its published name or its title.
+    fn get_of(
+        &self,
+        protocol: Protocol,
+        metric: Option<&str>,
+        method: &str,
+        dataset: &str,
+        shots: usize,
+    ) -> Option<f32> {
+        let kind = method.parse::<MethodKind>().ok()?;
+        let names = [kind.card().reported_as, Some(kind.card().title)];
         self.rows
             .iter()
-            .find(|r| r.method == m && r.dataset == dataset && r.shots == shots)
+            .find(|r| {
+                names.contains(&Some(r.method.as_str()))
+                    && r.dataset == dataset
+                    && r.shots == shots
+                    && r.is(protocol, metric)
+            })
             .map(|r| r.accuracy)
+    }
+
+    /// The published base-to-new numbers of `method` (our name) on `datasets` (CoOp keys): one
+    /// benchmark's, or the 11 benchmarks' average; `None` when none is published.
+    pub fn base_to_new(
+        &self,
+        method: &str,
+        datasets: &[String],
+        shots: usize,
+    ) -> Option<PublishedBaseNew> {
+        let dataset = match datasets {
+            [d] => published_dataset(d)?,
+            _ if is_all_benchmarks(datasets) => AVERAGE_11,
+            _ => return None,
+        };
+        let [base, new, harmonic] = BASE_NEW_METRICS
+            .map(|m| self.get_of(Protocol::BaseToNew, Some(m), method, dataset, shots));
+        (base.is_some() || new.is_some() || harmonic.is_some()).then_some(PublishedBaseNew {
+            base,
+            new,
+            harmonic,
+        })
     }
 
     fn for_dataset(&self, method: &str, dataset: &str, shots: usize) -> Option<f32> {
@@ -113,13 +181,39 @@ impl Published {
     /// The published average of `method` over `datasets`, which exists only for the 11
     /// benchmarks together.
     pub fn average_value(&self, method: &str, datasets: &[String], shots: usize) -> Option<f32> {
-        let all_benchmarks = datasets.len() == BENCHMARKS.len()
-            && BENCHMARKS
-                .iter()
-                .all(|b| datasets.iter().any(|d| d == b.key));
-        all_benchmarks
+        is_all_benchmarks(datasets)
             .then(|| self.get(method, AVERAGE_11, shots))
             .flatten()
+    }
+}
+
+/// Whether `datasets` are the 11 benchmarks, whose average is published.
+fn is_all_benchmarks(datasets: &[String]) -> bool {
+    datasets.len() == BENCHMARKS.len()
+        && BENCHMARKS
+            .iter()
+            .all(|b| datasets.iter().any(|d| d == b.key))
+}
+
+/// Refuses a protocol or metric the report would never read (a typo would hide the row).
+fn check_protocol(row: &PublishedRow) -> Result<(), String> {
+    let protocol = match given(&row.protocol) {
+        None => Protocol::FewShot,
+        Some(p) => p
+            .parse::<Protocol>()
+            .map_err(|e| format!("protocol: {e}"))?,
+    };
+    match (protocol, given(&row.metric)) {
+        (Protocol::BaseToNew, Some(m)) if BASE_NEW_METRICS.contains(&m) => Ok(()),
+        (Protocol::BaseToNew, m) => Err(format!(
+            "a base-to-new row's metric is one of {}, not `{}`",
+            BASE_NEW_METRICS.join(", "),
+            m.unwrap_or("")
+        )),
+        (_, None) => Ok(()),
+        (p, Some(m)) => Err(format!(
+            "metric `{m}`: only base-to-new rows have a metric ({p} rows give the accuracy)"
+        )),
     }
 }
 
@@ -342,6 +436,8 @@ mod tests {
                 dataset: "EuroSAT".into(),
                 shots: 1,
                 accuracy: 61.5,
+                protocol: None,
+                metric: None,
             }],
         };
         let md = Summary::new(&rows).markdown(&published, Some("RN50"));
@@ -377,6 +473,8 @@ mod tests {
                 dataset: "EuroSAT".into(),
                 shots: 16,
                 accuracy: 83.53,
+                protocol: None,
+                metric: None,
             }],
         };
         let md = Summary::new(&rows).markdown(&published, Some("RN50"));
@@ -403,5 +501,84 @@ mod tests {
         assert!(md.contains("Rows marked [no validation]"), "{md}");
         let md = Summary::new(&rows[..1]).markdown(&Published::default(), None);
         assert!(!md.contains("no validation"), "{md}");
+    }
+
+    /// The published base-to-new numbers the repository ships, read as `--reported` reads them.
+    fn shipped_base_to_new() -> Published {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets/published/base_to_new_vit_b16.csv"
+        );
+        Published::read(Path::new(path))
+            .unwrap()
+            .for_backbone("ViT-B/16")
+    }
+
+    #[test]
+    fn base_to_new_numbers_are_read_by_protocol_and_metric() {
+        let p = shipped_base_to_new();
+        let all: Vec<String> = BENCHMARKS.iter().map(|b| b.key.to_string()).collect();
+        let coop = p.base_to_new("coop", &all, 16).unwrap();
+        assert_eq!(
+            (coop.base, coop.new, coop.harmonic),
+            (Some(82.69), Some(63.22), Some(71.66))
+        );
+        // Published by its title, not the few-shot file's name.
+        assert_eq!(
+            p.base_to_new("zero-shot", &all, 16).unwrap().harmonic,
+            Some(71.70)
+        );
+        let lora = p.base_to_new("clip-lora", &all, 16).unwrap();
+        assert_eq!((lora.base, lora.harmonic), (None, Some(79.18)));
+        // Only the 11 benchmarks' average is published; other shots, none.
+        assert_eq!(p.base_to_new("coop", &all[..10], 16), None);
+        assert_eq!(p.base_to_new("coop", &["eurosat".into()], 16), None);
+        assert_eq!(p.base_to_new("coop", &all, 8), None);
+        // Base-to-new rows are not few-shot accuracies.
+        assert_eq!(p.average_value("coop", &all, 16), None);
+        // And the table shows them in brackets.
+        let rows: Vec<ResultRow> = (all.iter())
+            .map(|d| ResultRow {
+                protocol: Protocol::BaseToNew,
+                new_accuracy: Some(60.0),
+                ..row("coop", d, 16, 1, 80.0)
+            })
+            .collect();
+        let md = crate::experiment::base_to_new::markdown(&rows, &p);
+        assert!(
+            md.contains(
+                "| coop [base-to-new] | 80.00 (82.69) | 60.00 (63.22) | 68.57 (71.66) | 1 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| coop [base-to-new] | 80.00 | 60.00 | 68.57 | 1 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_published_row_of_an_unknown_protocol_or_metric_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = "method,backbone,dataset,shots,accuracy,protocol,metric\n";
+        for (line, want) in [
+            (
+                "CoOp,ViT-B/16,AVG11,16,1,base-to-new,novel",
+                "metric is one of base, new, hm",
+            ),
+            ("CoOp,ViT-B/16,AVG11,16,1,base2new,base", "protocol"),
+            (
+                "CoOp,ViT-B/16,AVG11,16,1,,base",
+                "only base-to-new rows have a metric",
+            ),
+        ] {
+            let path = dir.path().join("p.csv");
+            std::fs::write(&path, format!("{header}{line}\n")).unwrap();
+            let err = Published::read(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("line 2") && err.contains(want),
+                "{line}: {err}"
+            );
+        }
     }
 }

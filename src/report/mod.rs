@@ -254,7 +254,8 @@ impl Report {
         if !other_protocols.is_empty() {
             let md = &mut report.markdown;
             md.push('\n');
-            let base_to_new = crate::experiment::base_to_new::markdown(&other_protocols);
+            let base_to_new =
+                crate::experiment::base_to_new::markdown(&other_protocols, &options.published);
             md.push_str(&base_to_new);
             // Its last table ends the line, not the section.
             if !base_to_new.is_empty() {

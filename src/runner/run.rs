@@ -369,7 +369,7 @@ pub fn table(
             let rows = results.map_or_else(|| rows.to_vec(), |r| r.with_other_protocol(rows));
             Summary::new(&rows).markdown(published, backbone.as_deref())
         }
-        Protocol::BaseToNew => crate::experiment::base_to_new::markdown(rows),
+        Protocol::BaseToNew => crate::experiment::base_to_new::markdown(rows, published),
         Protocol::CrossDataset | Protocol::Domain => crate::experiment::transfer::markdown(rows),
     }
 }
