@@ -50,5 +50,63 @@ where
         });
     }
     crate::fault::point("rename");
+    remove_stale_temps(path, &name);
     Ok(())
+}
+
+/// Removes the temp files that writers of `path` killed before their rename left behind
+/// (`.<name>.tmp-<pid>` of a process that no longer exists), so that a rerun after a crash
+/// leaves the folder as an uninterrupted run does. A live process's temp file is kept: it may
+/// be another writer's, still filling. Where processes cannot be looked up (no `/proc`),
+/// nothing is removed.
+fn remove_stale_temps(path: &Path, name: &str) {
+    let (Some(dir), prefix) = (path.parent(), format!(".{name}.tmp-")) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let pid = (file.to_str())
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| pid != std::process::id() && process_is_gone(pid)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Whether no process `pid` exists (Linux: no `/proc/<pid>`); `false` where it cannot be told.
+fn process_is_gone(pid: u32) -> bool {
+    Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_write_removes_the_temp_files_of_dead_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.md");
+        // A pid above Linux's largest (2^22) never names a live process; pid 1 always does.
+        let dead = dir.path().join(".report.md.tmp-99999999");
+        let alive = dir.path().join(".report.md.tmp-1");
+        let other_file = dir.path().join(".results.csv.tmp-99999999");
+        for p in [&dead, &alive, &other_file] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        super::write_atomic(&path, b"whole\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole\n");
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(alive.exists(), "a live process's temp file is kept");
+        assert!(
+            other_file.exists(),
+            "another file's temp file is not touched"
+        );
+    }
 }

@@ -50,19 +50,19 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8], version: u8
     std::fs::write(path, out).unwrap();
 }
 
-fn npy_f32(path: &Path, rows: usize, cols: usize, values: &[f32]) {
+pub(crate) fn npy_f32(path: &Path, rows: usize, cols: usize, values: &[f32]) {
     assert_eq!(values.len(), rows * cols);
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(path, "<f4", &[rows, cols], &data, 1);
 }
 
-fn npy_i64(path: &Path, labels: &[i64]) {
+pub(crate) fn npy_i64(path: &Path, labels: &[i64]) {
     let data: Vec<u8> = labels.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(path, "<i8", &[labels.len()], &data, 1);
 }
 
 /// Every file under `dir` with its bytes (empty when `dir` does not exist).
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+pub(crate) fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;

@@ -10,6 +10,7 @@ mod cli_data;
 mod clip_lora;
 mod common;
 mod coop;
+mod crash_commands;
 mod crash_experiment;
 mod datasets;
 mod demo;

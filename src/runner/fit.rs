@@ -102,6 +102,10 @@ pub fn fit(spec: &FitSpec, observer: &mut dyn RunObserver) -> Result<FitOutcome,
         None => head_info(spec, &method, &task, &source, &fit)?,
     };
     if let Some(path) = &spec.save {
+        // `--save heads/x.safetensors` makes `heads/`, as `--out` makes its folder.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            super::create_out(dir)?;
+        }
         match &fit.prompt {
             Some(coop_head) => coop_head.save(path)?,
             None => head::save(path, &fit.fitted.head, &info)?,
