@@ -132,7 +132,10 @@ fn killed_at_every_write(base: &Path, args: &[&str], out: &str) -> usize {
             std::fs::remove_dir_all(&dir).unwrap();
         }
     }
-    eprintln!("{}: {kills} kills, each rerun to the uninterrupted run's files", args[0]);
+    eprintln!(
+        "{}: {kills} kills, each rerun to the uninterrupted run's files",
+        args[0]
+    );
     kills
 }
 

@@ -330,7 +330,9 @@ fn setup(dir: &Path) -> String {
     dataset
 }
 
-fn tsne_cli(dir: &Path, dataset: &str, adapter: &str, extra: &[&str]) -> std::process::Output {
+/// `tsne` of the setup's 2-shot draw with `heads` (`--adapter F` or `--head F ...`) and `extra`,
+/// writing `figs/tsne`.
+fn tsne_in(dir: &Path, dataset: &str, heads: &[&str], extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "tsne",
         "--cache",
@@ -339,19 +341,19 @@ fn tsne_cli(dir: &Path, dataset: &str, adapter: &str, extra: &[&str]) -> std::pr
         dataset,
         "--shots",
         "2",
-        "--seed",
-        "1",
-        "--adapter",
-        adapter,
-        "--out",
-        "figs/tsne",
     ];
+    args.extend(["--seed", "1", "--out", "figs/tsne"]);
+    args.extend_from_slice(heads);
     // The test split has 18 images: perplexity 3 (9 neighbours) unless the test sets one.
     if !extra.contains(&"--perplexity") {
         args.extend(["--perplexity", "3"]);
     }
     args.extend_from_slice(extra);
     cli_in(dir, &args)
+}
+
+fn tsne_cli(dir: &Path, dataset: &str, adapter: &str, extra: &[&str]) -> std::process::Output {
+    tsne_in(dir, dataset, &["--adapter", adapter], extra)
 }
 
 #[test]
@@ -447,28 +449,10 @@ fn tsne_command_maps_the_test_split_and_refuses_what_it_cannot_map() {
     );
 }
 
-/// `tsne --head ...` with the command's other arguments, in the setup's folder.
+/// `tsne --head H ...` for each of `heads`.
 fn heads_cli(dir: &Path, dataset: &str, heads: &[&str], extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "tsne",
-        "--cache",
-        "cache",
-        "--dataset",
-        dataset,
-        "--shots",
-        "2",
-        "--seed",
-        "1",
-        "--out",
-        "figs/heads",
-        "--perplexity",
-        "3",
-    ];
-    for h in heads {
-        args.extend(["--head", h]);
-    }
-    args.extend_from_slice(extra);
-    cli_in(dir, &args)
+    let heads: Vec<&str> = heads.iter().flat_map(|h| ["--head", h]).collect();
+    tsne_in(dir, dataset, &heads, extra)
 }
 
 #[test]
@@ -536,7 +520,7 @@ fn tsne_command_maps_saved_heads_one_panel_each_coop_included() {
     );
     // The adapter changes the features it scores.
     assert_ne!(panels[2]["image_features"], panels[0]["image_features"]);
-    let svg = std::fs::read_to_string(dir.join("figs/heads.svg")).unwrap();
+    let svg = std::fs::read_to_string(dir.join("figs/tsne.svg")).unwrap();
     assert_eq!(svg.matches("<circle").count(), 4 * n + 3);
     assert!(svg.contains("CoOp (4 tokens): 5-NN"), "{svg:.200}");
     let table = ok(&heads_cli(dir, &dataset, &heads, &[]));
