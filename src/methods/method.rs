@@ -111,8 +111,9 @@ pub struct MethodCard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NewClasses {
     /// From their text embeddings: the head's own transform of the image features (or of the
-    /// text embeddings, or CoOp's learned context) applies to any class, as CoCoOp's
-    /// base-to-new protocol evaluates it.
+    /// text embeddings, or CoOp's learned context, or CLIP-LoRA's updates of both towers,
+    /// through which the new class names and their images are encoded) applies to any class,
+    /// as CoCoOp's base-to-new protocol evaluates it.
     FromText,
     /// It cannot; why not.
     No(&'static str),
