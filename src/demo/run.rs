@@ -104,8 +104,8 @@ pub struct DemoMethod {
 
 /// The full method list: every registered method with its defaults, in the registry's
 /// order, except CLIP-Adapter (visual with α searched, then the text and both-branch
-/// variants), CoOp (demo-sized, [`demo_coop`]) and CLIP-LoRA (demo-sized,
-/// [`demo_clip_lora`]).
+/// variants), CoOp (demo-sized, [`demo_coop`]) and CLIP-LoRA, which the demo runs on a few
+/// tasks only ([`lora_methods`]).
 pub fn all_methods() -> Vec<DemoMethod> {
     let adapter = |label: &str, branch, search: Vec<f32>| DemoMethod {
         label: label.into(),
@@ -118,6 +118,10 @@ pub fn all_methods() -> Vec<DemoMethod> {
     };
     let mut out = Vec::new();
     for &kind in MethodKind::all() {
+        // Trained on the images through the model, the dearest fit by far: its own grid.
+        if kind.card().needs == crate::methods::Needs::Images {
+            continue;
+        }
         if kind == CLIP_ADAPTER {
             out.push(adapter(kind.name(), Branch::Visual, ALPHAS.to_vec()));
             out.push(adapter("clip-adapter-text", Branch::Text, Vec::new()));
@@ -126,8 +130,6 @@ pub fn all_methods() -> Vec<DemoMethod> {
         }
         let method = if kind == COOP {
             Method::new(demo_coop())
-        } else if kind == MethodKind(&crate::methods::clip_lora::CARD) {
-            Method::new(demo_clip_lora())
         } else {
             kind.with_defaults()
         };
@@ -229,6 +231,23 @@ pub fn demo_clip_lora() -> ClipLoraOptions {
     }
 }
 
+/// The methods the demo trains on the task images themselves: CLIP-LoRA in its demo-sized
+/// setting ([`demo_clip_lora`]), fitted at the largest shot count on [`LORA_TASKS`].
+pub fn lora_methods() -> Vec<DemoMethod> {
+    vec![DemoMethod {
+        label: crate::methods::clip_lora::CARD.name.into(),
+        options: String::new(),
+        method: Method::new(demo_clip_lora()),
+    }]
+}
+
+/// The tasks the demo fits [`lora_methods`] on, at the largest shot count (when they are run):
+/// a far task, where adaptation has the most to gain, and the base-to-new task, whose new
+/// classes it then scores through its adapted text tower. Every step of a CLIP-LoRA fit
+/// decodes, crops and encodes a batch of images and runs the text tower forward and backward:
+/// the grid of every task, shot count and seed would more than double the demo's time.
+pub const LORA_TASKS: [&str; 2] = ["new_colours", BASE_TO_NEW_TASK];
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -243,6 +262,9 @@ pub struct DemoOptions {
     pub methods: Vec<DemoMethod>,
     /// Run [`ablation_methods`] at the largest shot count (empty: none).
     pub ablations: Vec<DemoMethod>,
+    /// Run these ([`lora_methods`]) at the largest shot count on [`LORA_TASKS`] (empty: none),
+    /// and under base-to-new when it runs.
+    pub lora: Vec<DemoMethod>,
     /// Map the test set of one far task as zero-shot CLIP, CoOp, CLIP-Adapter with α = 1 and
     /// CLIP-Adapter score it (the paper's Fig. 5), when a far task is run.
     pub tsne: bool,
@@ -266,6 +288,7 @@ impl Default for DemoOptions {
             tasks: Vec::new(),
             methods: all_methods(),
             ablations: ablation_methods(),
+            lora: lora_methods(),
             tsne: true,
             generalisation: true,
             world_seed: 2021,
@@ -506,7 +529,17 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         let grid = grid_of(&o.ablations, datasets.clone(), vec![top], Protocol::FewShot);
         grids.push((grid, o.ablations.clone()));
     }
+    let lora_tasks: Vec<String> = (datasets.iter())
+        .filter(|d| LORA_TASKS.contains(&d.as_str()))
+        .cloned()
+        .collect();
+    if let (Some(top), false, false) = (top, o.lora.is_empty(), lora_tasks.is_empty()) {
+        let grid = grid_of(&o.lora, lora_tasks.clone(), vec![top], Protocol::FewShot);
+        grids.push((grid, o.lora.clone()));
+    }
+    let lora_b2n = lora_tasks.iter().any(|d| d == BASE_TO_NEW_TASK);
     let b2n_methods: Vec<DemoMethod> = (o.methods.iter())
+        .chain(o.lora.iter().filter(|_| lora_b2n))
         .filter(|m| Protocol::BaseToNew.refuses(m.method.kind()).is_none())
         .cloned()
         .collect();
