@@ -620,3 +620,59 @@ fn base_to_new_scores_clip_lora_new_classes_through_its_towers() {
     let new: f64 = lora["new_accuracy"].parse().unwrap();
     assert!((0.0..=100.0).contains(&new), "{lora:?}");
 }
+
+/// Cross-dataset and domain rows: CLIP-LoRA's updates tested on a target's test images and class
+/// names through its towers. With the source as its own target, the target's row is the
+/// source's accuracy: the same images, classes and prompt, encoded the same way.
+#[test]
+fn transfer_tests_clip_lora_through_its_towers() {
+    use crate::common::{cli_in, ok};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::features::image_folder(&dir.join("data"), 3, 8);
+    let dataset = crate::common::extract_two_shots(dir);
+    for protocol in ["cross-dataset", "domain"] {
+        let out = format!("results-{protocol}");
+        ok(&cli_in(
+            dir,
+            &[
+                "run",
+                "--protocol",
+                protocol,
+                "--source",
+                &dataset,
+                "--datasets",
+                &dataset,
+                "--methods",
+                "clip-lora",
+                "--shots",
+                "2",
+                "--seeds",
+                "1",
+                "--cache",
+                "cache",
+                "--out",
+                &out,
+                "--iters-per-shot",
+                "10",
+                "--lr",
+                "0.005",
+            ],
+        ));
+        let rows = csv_rows(&dir.join(&out).join("results.csv"));
+        assert_eq!(
+            rows.len(),
+            2,
+            "{protocol}: the source's row and the target's"
+        );
+        assert_eq!(rows[0]["source_dataset"], dataset);
+        let (a, b): (f32, f32) = (
+            rows[0]["test_accuracy"].parse().unwrap(),
+            rows[1]["test_accuracy"].parse().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-3,
+            "{protocol}: source {a} vs itself as a target {b}"
+        );
+    }
+}
