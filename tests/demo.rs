@@ -9,7 +9,8 @@
 
 use clip_adapter::demo::{
     ablation_methods, all_methods, lora_methods, run_demo, DemoOptions, ADAPTER_PANEL,
-    BASE_TO_NEW_TASK, CLIP_PANEL, COOP_PANEL, DOMAIN_METHODS, LORA_TASKS, NO_RESIDUAL_PANEL,
+    BASE_TO_NEW_TASK, CLIP_PANEL, COOP_PANEL, DEMO_LORA_ITERS_PER_SHOT, DOMAIN_METHODS, LORA_TASKS,
+    NO_RESIDUAL_PANEL,
 };
 use clip_adapter::experiment::Protocol;
 use clip_adapter::figure::lines::{PANEL_H, PANEL_W};
