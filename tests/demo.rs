@@ -326,4 +326,22 @@ fn demo_fits_clip_lora_on_its_tasks_images() {
     );
     let md = report.markdown();
     assert!(md.contains("CLIP-LoRA: our demo-sized setting"), "{md}");
+    // Its crops are seeded by each image's path within its task, not by where the demo
+    // writes: another folder gives the same rows.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let again = run_demo(
+        &DemoOptions {
+            out: elsewhere.path().join("deeper"),
+            ..o
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let accuracies = |rows: &[clip_adapter::experiment::ResultRow]| -> Vec<(f32, Option<f32>)> {
+        (rows.iter())
+            .filter(|r| r.method == "clip-lora")
+            .map(|r| (r.test_accuracy, r.new_accuracy))
+            .collect()
+    };
+    assert_eq!(accuracies(&again.rows), accuracies(&report.rows));
 }

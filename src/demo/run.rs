@@ -602,16 +602,17 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
     let preprocess = clip.preprocess();
     let mut images = |task: &str, shots, seed, _: &RowSource| -> Result<ImageContext> {
         let (spec, d, ..) = find(task)?;
-        let train = match target_specs.iter().any(|t| t.name == spec.name) {
+        let train: Vec<&Sample> = match target_specs.iter().any(|t| t.name == spec.name) {
             true => Vec::new(),
             false => (FewShot::coop(d, shots, seed as i64)?.train.iter())
-                .map(|&i| d.path(&d.train[i]))
+                .map(|&i| &d.train[i])
                 .collect(),
         };
         Ok(ImageContext {
             model: files.clone(),
             images: DrawImages {
-                train,
+                train: train.iter().map(|s| d.path(s)).collect(),
+                train_keys: train.iter().map(|s| s.impath.clone()).collect(),
                 test: d.test.iter().map(|s| d.path(s)).collect(),
                 preprocess: preprocess.clone(),
             },

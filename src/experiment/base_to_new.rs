@@ -93,6 +93,7 @@ impl SplitRows {
             model: whole.model.clone(),
             images: DrawImages {
                 train: Vec::new(),
+                train_keys: Vec::new(),
                 test: pick(&d.test, &self.new_test),
                 preprocess: d.preprocess.clone(),
             },
@@ -101,6 +102,11 @@ impl SplitRows {
         let base = ImageContext {
             images: DrawImages {
                 train: pick(&d.train, &self.train),
+                train_keys: self
+                    .train
+                    .iter()
+                    .map(|&r| d.train_keys[r].clone())
+                    .collect(),
                 test: pick(&d.test, &self.test),
                 preprocess: d.preprocess.clone(),
             },

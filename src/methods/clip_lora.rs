@@ -162,21 +162,21 @@ enum ImageSide {
     Frozen(Box<Clip>),
 }
 
-/// The model inputs of a batch of images (`augment`: a fresh random crop and flip per image
-/// and step, as the reference's loader draws them).
+/// The model inputs of a batch of images, each with the key that seeds its crops (`augment`: a
+/// fresh random crop and flip per image and step, as the reference's loader draws them).
 fn batch_pixels(
-    paths: &[&PathBuf],
+    paths: &[(&PathBuf, &str)],
     cx: &ImageContext,
     augment: Option<(&Augment, u64, u32)>,
 ) -> Result<Tensor, MethodError> {
     let p = &cx.images.preprocess;
     let rows = paths
         .par_iter()
-        .map(|path| {
+        .map(|&(path, key)| {
             let img = crate::image::decode_file(path).map_err(crate::clip::error::Error::from)?;
             Ok(match augment {
                 Some((a, seed, step)) => {
-                    let mut rng = ViewRng::new(seed, step, &path.to_string_lossy());
+                    let mut rng = ViewRng::new(seed, step, key);
                     p.to_tensor_normalized(&a.apply(&img, &mut rng))
                 }
                 None => p.apply(&img),
@@ -239,6 +239,13 @@ pub fn fit(
             labels: task.train.labels.len(),
         });
     }
+    if cx.images.train_keys.len() != train.len() {
+        return Err(MethodError::Rows {
+            what: "the training images' crop keys",
+            found: cx.images.train_keys.len(),
+            labels: train.len(),
+        });
+    }
     if test.len() != task.test.labels.len() {
         return Err(MethodError::Rows {
             what: "the test images",
@@ -272,7 +279,8 @@ pub fn fit(
             if step == total {
                 break;
             }
-            let paths: Vec<&PathBuf> = rows.iter().map(|&i| &train[i]).collect();
+            let keys = &cx.images.train_keys;
+            let paths: Vec<(&PathBuf, &str)> = rows.iter().map(|&i| (&train[i], keys[i].as_str())).collect();
             let labels: Vec<u32> = rows.iter().map(|&i| task.train.labels[i] as u32).collect();
             let pixels = batch_pixels(&paths, cx, Some((&augment, opts.seed, step as u32)))?;
             let loss = match &side {
@@ -329,7 +337,7 @@ fn test_features(model: &LoraClip, side: &ImageSide, cx: &ImageContext) -> Resul
     let mut data = Vec::new();
     let mut cols = 0;
     for chunk in test.chunks(EVAL_BATCH) {
-        let paths: Vec<&PathBuf> = chunk.iter().collect();
+        let paths: Vec<(&PathBuf, &str)> = chunk.iter().map(|p| (p, "")).collect();
         let pixels = batch_pixels(&paths, cx, None)?;
         let f = image_features(model, side, &pixels)?.detach();
         cols = f.dim(1)?;

@@ -63,6 +63,10 @@ pub enum Needs {
 #[derive(Debug, Clone)]
 pub struct DrawImages {
     pub train: Vec<std::path::PathBuf>,
+    /// What seeds each training image's random crops: its path relative to the dataset's image
+    /// root (as extraction seeds its cached views), so that a draw's crops, and the fit, do not
+    /// depend on where the images live.
+    pub train_keys: Vec<String>,
     pub test: Vec<std::path::PathBuf>,
     pub preprocess: crate::image::Preprocess,
 }
