@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use clip_adapter::experiment::{
-    run_grid, ExperimentError, Grid, GridMethod, RowSource, Validation,
+    run_grid, ExperimentError, Grid, GridIo, GridMethod, RowSource, Validation,
 };
 use clip_adapter::kernels::matmul::simd_summary;
 use clip_adapter::methods::clip_adapter::{self as ca, AdapterModel, AdapterOptions};
@@ -92,24 +92,23 @@ fn time_group(name: &str, n: usize, d: usize, k: usize, shots: usize, epochs: us
         .collect();
     let mut rows = Vec::new();
     let start = Instant::now();
-    run_grid::<ExperimentError>(
-        &grid,
-        &mut rows,
-        &mut |_, _, seed| {
+    let io = GridIo {
+        load: &mut |_, _, seed| {
             let t = tasks[seed as usize - 1].take().expect("one load per seed");
             Ok((t, source.clone()))
         },
-        &mut |_| unreachable!("no CoOp in this grid"),
-        &mut |_, _, seed| {
+        model: &mut |_| unreachable!("no CoOp in this grid"),
+        images: &mut |_, _, _, _| unreachable!("no CLIP-LoRA in this grid"),
+        configure: &mut |_, _, seed| {
             Method::new(AdapterOptions {
                 epochs: Some(epochs),
                 seed,
                 ..Default::default()
             })
         },
-        &mut |_| {},
-    )
-    .expect("grid");
+        events: &mut |_| {},
+    };
+    run_grid::<ExperimentError>(&grid, &mut rows, io).expect("grid");
     start.elapsed().as_secs_f64()
 }
 

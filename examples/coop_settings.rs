@@ -63,6 +63,7 @@ fn main() -> Result<()> {
         tasks: tasks.split(',').map(String::from).collect(),
         methods: methods.clone(),
         ablations: Vec::new(),
+        lora: Vec::new(),
         tsne: false,
         generalisation: false,
         ..DemoOptions::default()

@@ -306,7 +306,7 @@ fn a_merged_checkpoint_encodes_as_the_adapted_model() {
 }
 
 /// `fit --method clip-lora` trains on the images the cache records, its row's test accuracy is
-/// the saved head's on those images through `predict`, and grids refuse it with the reason.
+/// the saved head's on those images through `predict`.
 #[test]
 fn fit_trains_on_the_images_and_predict_scores_as_the_fit_did() {
     use crate::common::{cli_in, ok};
@@ -434,26 +434,245 @@ fn fit_trains_on_the_images_and_predict_scores_as_the_fit_did() {
         !again.status.success(),
         "an existing folder is not overwritten"
     );
+}
 
-    let refused = cli_in(
-        tmp.path(),
+/// `run` of CLIP-LoRA and zero-shot on the 3-class draw, with the options of `extra`.
+fn run_lora(
+    dir: &std::path::Path,
+    dataset: &str,
+    out: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "run",
+        "--methods",
+        "clip-lora,zero-shot",
+        "--datasets",
+        dataset,
+    ];
+    args.extend([
+        "--shots", "2", "--seeds", "1", "--cache", "cache", "--out", out,
+    ]);
+    args.extend(["--iters-per-shot", "10", "--lr", "0.005"]);
+    args.extend_from_slice(extra);
+    crate::common::cli_in(dir, &args)
+}
+
+/// The rows of a results file as maps from column to value.
+fn csv_rows(path: &std::path::Path) -> Vec<HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let h = r.headers().unwrap().clone();
+    (r.records().map(Result::unwrap))
+        .map(|rec| {
+            (h.iter().zip(rec.iter()))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// A grid cell of CLIP-LoRA is the fit of the same draw and seed: the same accuracy and losses'
+/// outcome, a row like every other method's; a second run finds it and fits nothing; a shard
+/// weighs it as the grid's most expensive cell.
+#[test]
+fn a_grid_of_clip_lora_gives_the_rows_of_fit_and_resumes() {
+    use crate::common::{cli_in, ok};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::features::image_folder(&dir.join("data"), 3, 8);
+    let dataset = crate::common::extract_two_shots(dir);
+    let started = std::time::Instant::now();
+    let out = run_lora(dir, &dataset, "results", &[]);
+    ok(&out);
+    println!("grid of 2 cells: {:.1} s", started.elapsed().as_secs_f64());
+    let rows = csv_rows(&dir.join("results/results.csv"));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let lora = rows.iter().find(|r| r["method"] == "clip-lora").unwrap();
+    let zero = rows.iter().find(|r| r["method"] == "zero-shot").unwrap();
+    let mut columns: Vec<&String> = lora.keys().collect();
+    let mut zero_columns: Vec<&String> = zero.keys().collect();
+    columns.sort();
+    zero_columns.sort();
+    assert_eq!(columns, zero_columns);
+    assert_eq!(lora["protocol"], "few-shot");
+    assert_eq!(lora["chosen"], "steps=20", "{lora:?}");
+    assert!(lora["options"].contains("iters-per-shot=10"), "{lora:?}");
+
+    let fitted = ok(&cli_in(
+        dir,
         &[
-            "run",
-            "--methods",
+            "fit",
+            "--method",
             "clip-lora",
-            "--datasets",
+            "--dataset",
             &dataset,
             "--shots",
             "2",
-            "--seeds",
+            "--seed",
             "1",
             "--cache",
             "cache",
-            "--out",
-            "results",
+            "--iters-per-shot",
+            "10",
+            "--lr",
+            "0.005",
+            "--json",
         ],
+    ));
+    let fitted: serde_json::Value = serde_json::from_str(&fitted).unwrap();
+    let accuracy: f32 = lora["test_accuracy"].parse().unwrap();
+    assert_eq!(
+        accuracy,
+        fitted["test_accuracy"].as_f64().unwrap() as f32,
+        "the grid's cell is the fit of the same draw and seed: {fitted}"
     );
-    assert!(!refused.status.success());
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("one fit at a time"), "{err}");
+
+    // Resumed: both rows found, nothing fitted, nothing added.
+    let again = run_lora(dir, &dataset, "results", &[]);
+    ok(&again);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("2 already in"), "{stderr}");
+    assert_eq!(csv_rows(&dir.join("results/results.csv")).len(), 2);
+
+    // Sharded in two: the CLIP-LoRA cell weighs 1000 zero-shot cells, and goes alone to the
+    // first shard (the largest first); the second gets zero-shot.
+    for i in 0..2 {
+        ok(&run_lora(
+            dir,
+            &dataset,
+            "sharded",
+            &["--shard", &format!("{i}/2")],
+        ));
+    }
+    let manifest = |i: usize| -> serde_json::Value {
+        let path = dir.join(format!("sharded/results.shard-{i}-of-2.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    // In the registry's order: zero-shot, then CLIP-LoRA.
+    let costs = crate::common::usizes(&manifest(0)["costs"]);
+    assert_eq!(costs[1], 1000 * costs[0], "{costs:?}");
+    assert_eq!(crate::common::usizes(&manifest(0)["cells"]), [1]);
+    assert_eq!(crate::common::usizes(&manifest(1)["cells"]), [0]);
+    let shard = csv_rows(&dir.join("sharded/results.shard-0-of-2.csv"));
+    assert_eq!(shard.len(), 1);
+    assert_eq!(shard[0]["test_accuracy"], lora["test_accuracy"]);
+}
+
+/// Base-to-new: CLIP-LoRA trains on the base classes' images and scores the new classes'
+/// names and test images through its towers. With updates too small to change anything (one
+/// step at a rate of 1e-9) it is zero-shot CLIP with the first template: its base and new
+/// accuracies are zero-shot's, which scores the cache's features.
+#[test]
+fn base_to_new_scores_clip_lora_new_classes_through_its_towers() {
+    use crate::common::{cli_in, ok};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::features::image_folder(&dir.join("data"), 6, 6);
+    let dataset = crate::common::extract_two_shots(dir);
+    let run = |out: &str, lr: &str| {
+        ok(&cli_in(
+            dir,
+            &[
+                "run",
+                "--protocol",
+                "base-to-new",
+                "--methods",
+                "clip-lora,zero-shot",
+                "--datasets",
+                &dataset,
+                "--shots",
+                "2",
+                "--seeds",
+                "1",
+                "--cache",
+                "cache",
+                "--out",
+                out,
+                "--iters-per-shot",
+                "1",
+                "--lr",
+                lr,
+            ],
+        ))
+    };
+    let table = run("still", "1e-9");
+    assert!(
+        table.contains("Base-to-new generalisation, 2 shots"),
+        "{table}"
+    );
+    let rows = csv_rows(&dir.join("still/results.csv"));
+    let of = |m: &str| rows.iter().find(|r| r["method"] == m).unwrap().clone();
+    let (lora, zero) = (of("clip-lora"), of("zero-shot"));
+    assert_eq!(lora["protocol"], "base-to-new");
+    for column in ["test_accuracy", "new_accuracy"] {
+        let (a, b): (f64, f64) = (lora[column].parse().unwrap(), zero[column].parse().unwrap());
+        assert!(
+            (a - b).abs() < 1e-3,
+            "{column}: clip-lora {a} vs zero-shot {b}"
+        );
+    }
+    assert!(table.contains("| clip-lora ("), "{table}");
+
+    // Trained, its updates move the new classes' accuracy too (both towers adapted).
+    run("trained", "0.005");
+    let rows = csv_rows(&dir.join("trained/results.csv"));
+    let lora = rows.iter().find(|r| r["method"] == "clip-lora").unwrap();
+    let new: f64 = lora["new_accuracy"].parse().unwrap();
+    assert!((0.0..=100.0).contains(&new), "{lora:?}");
+}
+
+/// Cross-dataset and domain rows: CLIP-LoRA's updates tested on a target's test images and class
+/// names through its towers. With the source as its own target, the target's row is the
+/// source's accuracy: the same images, classes and prompt, encoded the same way.
+#[test]
+fn transfer_tests_clip_lora_through_its_towers() {
+    use crate::common::{cli_in, ok};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::features::image_folder(&dir.join("data"), 3, 8);
+    let dataset = crate::common::extract_two_shots(dir);
+    for protocol in ["cross-dataset", "domain"] {
+        let out = format!("results-{protocol}");
+        ok(&cli_in(
+            dir,
+            &[
+                "run",
+                "--protocol",
+                protocol,
+                "--source",
+                &dataset,
+                "--datasets",
+                &dataset,
+                "--methods",
+                "clip-lora",
+                "--shots",
+                "2",
+                "--seeds",
+                "1",
+                "--cache",
+                "cache",
+                "--out",
+                &out,
+                "--iters-per-shot",
+                "10",
+                "--lr",
+                "0.005",
+            ],
+        ));
+        let rows = csv_rows(&dir.join(&out).join("results.csv"));
+        assert_eq!(
+            rows.len(),
+            2,
+            "{protocol}: the source's row and the target's"
+        );
+        assert_eq!(rows[0]["source_dataset"], dataset);
+        let (a, b): (f32, f32) = (
+            rows[0]["test_accuracy"].parse().unwrap(),
+            rows[1]["test_accuracy"].parse().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-3,
+            "{protocol}: source {a} vs itself as a target {b}"
+        );
+    }
 }

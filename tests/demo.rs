@@ -8,8 +8,9 @@
 //! (Markdown, figures as SVG and PNG).
 
 use clip_adapter::demo::{
-    ablation_methods, all_methods, run_demo, DemoOptions, ADAPTER_PANEL, BASE_TO_NEW_TASK,
-    CLIP_PANEL, COOP_PANEL, DOMAIN_METHODS, NO_RESIDUAL_PANEL,
+    ablation_methods, all_methods, lora_methods, run_demo, DemoOptions, ADAPTER_PANEL,
+    BASE_TO_NEW_TASK, CLIP_PANEL, COOP_PANEL, DEMO_LORA_ITERS_PER_SHOT, DOMAIN_METHODS, LORA_TASKS,
+    NO_RESIDUAL_PANEL,
 };
 use clip_adapter::experiment::Protocol;
 use clip_adapter::figure::lines::{PANEL_H, PANEL_W};
@@ -29,6 +30,8 @@ fn demo_at_16_shots_tells_the_papers_story() {
             .into_iter()
             .filter(|m| m.options.starts_with("alpha="))
             .collect(),
+        // Its own test below.
+        lora: Vec::new(),
         ..DemoOptions::default()
     };
     let alphas: Vec<String> = o.ablations.iter().map(|m| m.options.clone()).collect();
@@ -278,4 +281,67 @@ fn demo_command_writes_markdown_csv_and_png() {
         let svg = std::fs::read_to_string(out.path().join(format!("figures/{stem}.svg"))).unwrap();
         assert!(svg.contains("colours"), "{stem}");
     }
+}
+
+/// CLIP-LoRA in the demo: its demo-sized setting trains the text tower of the world model
+/// (whose image tower is a ResNet) on the images the demo wrote, at the largest shot count of
+/// its tasks, few-shot and base-to-new (its new classes through the adapted text tower).
+#[test]
+fn demo_fits_clip_lora_on_its_tasks_images() {
+    let out = tempfile::tempdir().unwrap();
+    let o = DemoOptions {
+        out: out.path().to_path_buf(),
+        shots: vec![1, 2],
+        seeds: vec![1],
+        tasks: LORA_TASKS.iter().map(|t| t.to_string()).collect(),
+        methods: all_methods()
+            .into_iter()
+            .filter(|m| m.label == "zero-shot")
+            .collect(),
+        ablations: Vec::new(),
+        lora: lora_methods(),
+        tsne: false,
+        ..DemoOptions::default()
+    };
+    let report = run_demo(&o, &mut |_| {}).unwrap();
+    let lora: Vec<_> = (report.rows.iter())
+        .filter(|r| r.method == "clip-lora")
+        .collect();
+    // Few-shot on each of its tasks at 2 shots (not 1), and base-to-new on its task.
+    assert_eq!(lora.len(), LORA_TASKS.len() + 1, "{lora:?}");
+    for r in &lora {
+        assert_eq!(r.shots, 2);
+        assert!((0.0..=100.0).contains(&r.test_accuracy), "{r:?}");
+        let steps = 2 * DEMO_LORA_ITERS_PER_SHOT;
+        assert_eq!(r.chosen, format!("steps={steps}"), "{r:?}");
+    }
+    let b2n = lora
+        .iter()
+        .find(|r| r.protocol == Protocol::BaseToNew)
+        .unwrap();
+    assert_eq!(b2n.dataset, BASE_TO_NEW_TASK);
+    assert!(
+        b2n.new_accuracy.is_some_and(|a| (0.0..=100.0).contains(&a)),
+        "{b2n:?}"
+    );
+    let md = report.markdown();
+    assert!(md.contains("CLIP-LoRA: our demo-sized setting"), "{md}");
+    // Its crops are seeded by each image's path within its task, not by where the demo
+    // writes: another folder gives the same rows.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let again = run_demo(
+        &DemoOptions {
+            out: elsewhere.path().join("deeper"),
+            ..o
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let accuracies = |rows: &[clip_adapter::experiment::ResultRow]| -> Vec<(f32, Option<f32>)> {
+        (rows.iter())
+            .filter(|r| r.method == "clip-lora")
+            .map(|r| (r.test_accuracy, r.new_accuracy))
+            .collect()
+    };
+    assert_eq!(accuracies(&again.rows), accuracies(&report.rows));
 }

@@ -18,8 +18,9 @@ mod tsne;
 pub use model::{embedded_model_dir, materialize_embedded_model, EMBEDDED_MODEL};
 pub use report::DemoReport;
 pub use run::{
-    ablation_methods, all_methods, demo_coop, run_demo, task_names, DemoError, DemoEvent,
-    DemoMethod, DemoOptions, ALPHAS, BASE_TO_NEW_TASK, DEMO_COOP_CTX_INIT, DEMO_COOP_EPOCHS,
-    DEMO_COOP_LR, DEMO_COOP_N_CTX, DOMAIN_METHODS,
+    ablation_methods, all_methods, demo_clip_lora, demo_coop, lora_methods, run_demo, task_names,
+    DemoError, DemoEvent, DemoMethod, DemoOptions, ALPHAS, BASE_TO_NEW_TASK, DEMO_COOP_CTX_INIT,
+    DEMO_COOP_EPOCHS, DEMO_COOP_LR, DEMO_COOP_N_CTX, DEMO_LORA_ITERS_PER_SHOT, DEMO_LORA_LR,
+    DOMAIN_METHODS, LORA_TASKS,
 };
 pub use tsne::{DemoTsne, ADAPTER_PANEL, CLIP_PANEL, COOP_PANEL, NO_RESIDUAL_PANEL, TSNE_TASK};

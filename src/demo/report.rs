@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::run::{
     BASE_TO_NEW_TASK, CLIP_LOGIT_SCALE, DEMO_COOP_CTX_INIT, DEMO_COOP_EPOCHS, DEMO_COOP_LR,
-    DEMO_COOP_N_CTX,
+    DEMO_COOP_N_CTX, DEMO_LORA_ITERS_PER_SHOT, DEMO_LORA_LR, LORA_TASKS,
 };
 use super::tsne::DemoTsne;
 use crate::experiment::row::to_csv;
@@ -205,6 +205,20 @@ impl DemoReport {
             for (name, about) in &self.domain_targets {
                 s.push_str(&format!("- `{name}`: {about}\n"));
             }
+        }
+        if self
+            .rows
+            .iter()
+            .any(|r| r.method == crate::methods::clip_lora::CARD.name)
+        {
+            s.push_str(&format!(
+                "\nCLIP-LoRA: our demo-sized setting, at the largest shot count on {} only, \
+                 its rank-2 updates of q, k, v in the text tower only (the model's image tower \
+                 is a ResNet, which has no attention to adapt: the images go through it frozen, \
+                 freshly cropped at every step), {DEMO_LORA_ITERS_PER_SHOT} steps per shot (the \
+                 reference's: 500) at AdamW rate {DEMO_LORA_LR} (the reference's: 2e-4).\n",
+                LORA_TASKS.map(|t| format!("`{t}`")).join(" and ")
+            ));
         }
         if self.methods.iter().any(|m| m == "coop") {
             s.push_str(&format!(

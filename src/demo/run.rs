@@ -13,22 +13,26 @@ use super::report::DemoReport;
 use super::tsne::{demo_tsne, TSNE_TASK};
 use crate::clip::error::Error;
 use crate::clip::model::transformer::l2_normalize;
+use crate::clip::train::lora::{LoraEncoder, LoraOptions};
 use crate::clip::{Clip, ModelFiles};
 use crate::data::{prompt_name, Dataset, FewShot, Sample};
 use crate::experiment::sweep::{Sweep, SweepParam};
 use crate::experiment::transfer::{run_transfer, Transfer};
 use crate::experiment::Protocol;
 use crate::experiment::{
-    self, run_grid, ExperimentError, Grid, GridEvent, GridMethod, MethodOverrides, ResultRow,
-    RowSource,
+    self, run_grid, ExperimentError, Grid, GridEvent, GridIo, GridMethod, MethodOverrides,
+    ResultRow, RowSource,
 };
 use crate::features::{model_fingerprint, ContentHash};
 use crate::methods::clip_adapter::{AdapterOptions, Branch};
+use crate::methods::clip_lora::ClipLoraOptions;
 use crate::methods::coop::CoopOptions;
 use crate::methods::coop::PromptModel;
 use crate::methods::pre_projection::{PreProjection, Projection};
 use crate::methods::registry::{CLIP_ADAPTER, COOP};
-use crate::methods::{FewShotTask, LabelledSet, Matrix, Method, MethodKind, TextClassifier};
+use crate::methods::{
+    DrawImages, FewShotTask, ImageContext, LabelledSet, Matrix, Method, MethodKind, TextClassifier,
+};
 use crate::world::tasks::{
     demo_domain_shift, demo_tasks, load_task, write_task, Gap, TaskSizes, TaskSpec,
 };
@@ -100,7 +104,8 @@ pub struct DemoMethod {
 
 /// The full method list: every registered method with its defaults, in the registry's
 /// order, except CLIP-Adapter (visual with α searched, then the text and both-branch
-/// variants) and CoOp (demo-sized, [`demo_coop`]).
+/// variants), CoOp (demo-sized, [`demo_coop`]) and CLIP-LoRA, which the demo runs on a few
+/// tasks only ([`lora_methods`]).
 pub fn all_methods() -> Vec<DemoMethod> {
     let adapter = |label: &str, branch, search: Vec<f32>| DemoMethod {
         label: label.into(),
@@ -113,8 +118,7 @@ pub fn all_methods() -> Vec<DemoMethod> {
     };
     let mut out = Vec::new();
     for &kind in MethodKind::all() {
-        // Trained on the images through the model: its own documented demo-sized run, not a
-        // cell of the demo's grid of cached features.
+        // Trained on the images through the model, the dearest fit by far: its own grid.
         if kind.card().needs == crate::methods::Needs::Images {
             continue;
         }
@@ -203,6 +207,49 @@ pub fn demo_coop() -> CoopOptions {
     }
 }
 
+/// CLIP-LoRA's steps per shot in the demo, in place of the reference's 500 (32 steps at 16
+/// shots): every step decodes, crops and encodes a batch of images and runs the text tower
+/// forward and backward, and the demo must stay seconds long. Measured with
+/// `examples/lora_settings.rs` (docs/demo.md): 10 steps per shot at 0.002 gained as much over
+/// zero-shot on the demo's CLIP-LoRA tasks for 5× the time.
+pub const DEMO_LORA_ITERS_PER_SHOT: usize = 2;
+
+/// CLIP-LoRA's AdamW rate in the demo: 50× the reference's 2e-4, for a schedule 250× shorter.
+pub const DEMO_LORA_LR: f32 = 0.01;
+
+/// CLIP-LoRA as the demo runs it, our own documented setting: the reference's rank, scaling,
+/// dropout, matrices (q, k, v), batch and schedule shape, but the updates in the text tower
+/// only (the world model's image tower is a ResNet, which has no attention blocks to adapt),
+/// [`DEMO_LORA_ITERS_PER_SHOT`] steps per shot and [`DEMO_LORA_LR`].
+pub fn demo_clip_lora() -> ClipLoraOptions {
+    ClipLoraOptions {
+        lora: LoraOptions {
+            encoder: LoraEncoder::Text,
+            ..LoraOptions::default()
+        },
+        lr: DEMO_LORA_LR,
+        iters_per_shot: DEMO_LORA_ITERS_PER_SHOT,
+        ..ClipLoraOptions::default()
+    }
+}
+
+/// The methods the demo trains on the task images themselves: CLIP-LoRA in its demo-sized
+/// setting ([`demo_clip_lora`]), fitted at the largest shot count on [`LORA_TASKS`].
+pub fn lora_methods() -> Vec<DemoMethod> {
+    vec![DemoMethod {
+        label: crate::methods::clip_lora::CARD.name.into(),
+        options: String::new(),
+        method: Method::new(demo_clip_lora()),
+    }]
+}
+
+/// The tasks the demo fits [`lora_methods`] on, at the largest shot count (when they are run):
+/// a far task, where adaptation has the most to gain, and the base-to-new task, whose new
+/// classes it then scores through its adapted text tower. Every step of a CLIP-LoRA fit
+/// decodes, crops and encodes a batch of images and runs the text tower forward and backward:
+/// the grid of every task, shot count and seed would more than double the demo's time.
+pub const LORA_TASKS: [&str; 2] = ["new_colours", BASE_TO_NEW_TASK];
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -217,6 +264,9 @@ pub struct DemoOptions {
     pub methods: Vec<DemoMethod>,
     /// Run [`ablation_methods`] at the largest shot count (empty: none).
     pub ablations: Vec<DemoMethod>,
+    /// Run these ([`lora_methods`]) at the largest shot count on [`LORA_TASKS`] (empty: none),
+    /// and under base-to-new when it runs.
+    pub lora: Vec<DemoMethod>,
     /// Map the test set of one far task as zero-shot CLIP, CoOp, CLIP-Adapter with α = 1 and
     /// CLIP-Adapter score it (the paper's Fig. 5), when a far task is run.
     pub tsne: bool,
@@ -240,6 +290,7 @@ impl Default for DemoOptions {
             tasks: Vec::new(),
             methods: all_methods(),
             ablations: ablation_methods(),
+            lora: lora_methods(),
             tsne: true,
             generalisation: true,
             world_seed: 2021,
@@ -480,7 +531,17 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         let grid = grid_of(&o.ablations, datasets.clone(), vec![top], Protocol::FewShot);
         grids.push((grid, o.ablations.clone()));
     }
+    let lora_tasks: Vec<String> = (datasets.iter())
+        .filter(|d| LORA_TASKS.contains(&d.as_str()))
+        .cloned()
+        .collect();
+    if let (Some(top), false, false) = (top, o.lora.is_empty(), lora_tasks.is_empty()) {
+        let grid = grid_of(&o.lora, lora_tasks.clone(), vec![top], Protocol::FewShot);
+        grids.push((grid, o.lora.clone()));
+    }
+    let lora_b2n = lora_tasks.iter().any(|d| d == BASE_TO_NEW_TASK);
     let b2n_methods: Vec<DemoMethod> = (o.methods.iter())
+        .chain(o.lora.iter().filter(|_| lora_b2n))
         .filter(|m| Protocol::BaseToNew.refuses(m.method.kind()).is_none())
         .cloned()
         .collect();
@@ -535,15 +596,37 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
         prompt_model = Some(Rc::clone(&m));
         Ok(m)
     };
+    // CLIP-LoRA trains on the task images themselves, which the demo wrote to disk: a draw's
+    // training images are the sampler's, its test images the whole test split.
+    let files = ModelFiles::in_dir(&o.model_dir)?;
+    let preprocess = clip.preprocess();
+    let mut images = |task: &str, shots, seed, _: &RowSource| -> Result<ImageContext> {
+        let (spec, d, ..) = find(task)?;
+        let train: Vec<&Sample> = match target_specs.iter().any(|t| t.name == spec.name) {
+            true => Vec::new(),
+            false => (FewShot::coop(d, shots, seed as i64)?.train.iter())
+                .map(|&i| &d.train[i])
+                .collect(),
+        };
+        Ok(ImageContext {
+            model: files.clone(),
+            images: DrawImages {
+                train: train.iter().map(|s| d.path(s)).collect(),
+                train_keys: train.iter().map(|s| s.impath.clone()).collect(),
+                test: d.test.iter().map(|s| d.path(s)).collect(),
+                preprocess: preprocess.clone(),
+            },
+            templates: vec![crate::world::PROMPT.to_string()],
+        })
+    };
     let mut finished = 0;
     for (grid, methods) in &grids {
-        run_grid::<DemoError>(
-            grid,
-            &mut rows,
-            &mut load,
-            &mut model,
-            &mut |i, _, seed| for_draw(&methods[i].method, seed, logit_scale),
-            &mut |event| {
+        let io = GridIo {
+            load: &mut load,
+            model: &mut model,
+            images: &mut images,
+            configure: &mut |i, _, seed| for_draw(&methods[i].method, seed, logit_scale),
+            events: &mut |event| {
                 if let GridEvent::Row { done, .. } = event {
                     progress(DemoEvent::Fitted {
                         done: finished + done,
@@ -551,17 +634,17 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
                     })
                 }
             },
-        )?;
+        };
+        run_grid::<DemoError>(grid, &mut rows, io)?;
         finished += grid.cells();
     }
     if let Some(t) = &transfer {
-        run_transfer::<DemoError>(
-            t,
-            &mut rows,
-            &mut load,
-            &mut model,
-            &mut |i, _, seed| for_draw(&domain_methods[i].method, seed, logit_scale),
-            &mut |event| {
+        let io = GridIo {
+            load: &mut load,
+            model: &mut model,
+            images: &mut images,
+            configure: &mut |i, _, seed| for_draw(&domain_methods[i].method, seed, logit_scale),
+            events: &mut |event| {
                 if let GridEvent::Row { done, .. } = event {
                     progress(DemoEvent::Fitted {
                         done: finished + done,
@@ -569,7 +652,8 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
                     })
                 }
             },
-        )?;
+        };
+        run_transfer::<DemoError>(t, &mut rows, io)?;
     }
     let tsne = match (o.tsne, top, o.seeds.first()) {
         (true, Some(shots), Some(&seed)) => (prepared.iter())

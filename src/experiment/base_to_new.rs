@@ -9,7 +9,10 @@
 //!
 //! Only a head that scores a class from its text embedding can be tested on new classes
 //! ([`NewClasses::FromText`]); the others are refused before anything runs, with their card's
-//! reason, never given zero-shot's number.
+//! reason, never given zero-shot's number. CLIP-LoRA, which trains on the images themselves,
+//! is trained on the base classes' training images, and its updates stay active for the new
+//! classes: their names through its adapted text tower, their test images through its adapted
+//! image tower, as the reference evaluates it.
 
 use std::ops::Range;
 use std::path::Path;
@@ -17,10 +20,12 @@ use std::path::Path;
 use super::protocol::Protocol;
 use super::table::{Published, PublishedBaseNew};
 use super::ResultRow;
+use crate::methods::clip_lora::{self, LoraHead};
 use crate::methods::coop::{CoopError, CoopHead, PromptModel};
 use crate::methods::zero_shot::ZeroShot;
 use crate::methods::{
-    eval, FeatureSpace, FewShotTask, Fit, Head, LabelledSet, Matrix, TextClassifier,
+    eval, DrawImages, FeatureSpace, FewShotTask, Fit, Head, ImageContext, LabelledSet, Matrix,
+    MethodError, TextClassifier,
 };
 
 /// The base classes of `classes` (labels `0..base`) and the new ones (`base..classes`).
@@ -64,6 +69,52 @@ pub struct NewClassTest {
 pub struct BaseToNew {
     pub base: FewShotTask,
     pub new: NewClassTest,
+    /// Which rows of the whole draw each part holds.
+    pub rows: SplitRows,
+}
+
+/// The rows of the whole draw that the base task's training and test sets and the new
+/// classes' test hold, in their order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitRows {
+    pub train: Vec<usize>,
+    pub test: Vec<usize>,
+    pub new_test: Vec<usize>,
+}
+
+impl SplitRows {
+    /// The images of a method that trains on them (CLIP-LoRA), split as the draw's features
+    /// are: the base task's, and the new classes' test images (no training images).
+    pub fn images(&self, whole: ImageContext) -> (ImageContext, ImageContext) {
+        let pick = |paths: &[std::path::PathBuf], rows: &[usize]| -> Vec<std::path::PathBuf> {
+            rows.iter().map(|&r| paths[r].clone()).collect()
+        };
+        let d = &whole.images;
+        let new = ImageContext {
+            model: whole.model.clone(),
+            images: DrawImages {
+                train: Vec::new(),
+                train_keys: Vec::new(),
+                test: pick(&d.test, &self.new_test),
+                preprocess: d.preprocess.clone(),
+            },
+            templates: whole.templates.clone(),
+        };
+        let base = ImageContext {
+            images: DrawImages {
+                train: pick(&d.train, &self.train),
+                train_keys: self
+                    .train
+                    .iter()
+                    .map(|&r| d.train_keys[r].clone())
+                    .collect(),
+                test: pick(&d.test, &self.test),
+                preprocess: d.preprocess.clone(),
+            },
+            ..whole
+        };
+        (base, new)
+    }
 }
 
 /// Too few classes to split into two classification problems.
@@ -123,6 +174,11 @@ impl BaseToNew {
         Ok(BaseToNew {
             base: base_task,
             new,
+            rows: SplitRows {
+                train: train_rows,
+                test: test_rows,
+                new_test: new_rows,
+            },
         })
     }
 }
@@ -162,19 +218,41 @@ pub enum NewClassError {
     ClassSpecificContext,
     #[error("CoOp's new classes are encoded through the text tower, which was not given")]
     NoTextTower,
+    #[error(
+        "CLIP-LoRA's new classes and their images are encoded through its adapted towers, whose \
+         model and images were not given"
+    )]
+    NoImages,
     #[error(transparent)]
     Coop(#[from] CoopError),
+    #[error(transparent)]
+    Method(#[from] MethodError),
+}
+
+/// What scoring new classes reads besides the head and their test features: CoOp's text tower
+/// (its learned context with the new class names), and for CLIP-LoRA the model and the new
+/// classes' test images, in the order of the test's rows (encoded through its updates).
+#[derive(Clone, Copy, Default)]
+pub struct Towers<'a> {
+    pub text: Option<&'a PromptModel>,
+    pub images: Option<&'a ImageContext>,
 }
 
 /// Accuracy (percent) of a fitted head on the new classes' test images, among the new classes:
-/// the head re-aimed at the new classes' text embeddings, or, for CoOp, the learned context
-/// with the new class names encoded through `text_tower`.
+/// the head re-aimed at the new classes' text embeddings; for CoOp, the learned context with
+/// the new class names encoded through the text tower; for CLIP-LoRA, the new class names and
+/// test images encoded through its adapted towers ([`clip_lora::accuracy_on`]).
 pub fn new_class_accuracy(
     fit: &Fit,
     new: &NewClassTest,
-    text_tower: Option<&PromptModel>,
+    towers: Towers,
 ) -> Result<f32, NewClassError> {
-    let head = match (&fit.prompt, text_tower) {
+    if let Some(lora) = fit.fitted.head.downcast_ref::<LoraHead>() {
+        let cx = towers.images.ok_or(NewClassError::NoImages)?;
+        let accuracy = clip_lora::accuracy_on(lora, cx, &new.classnames, &new.test.labels)?;
+        return Ok(accuracy);
+    }
+    let head = match (&fit.prompt, towers.text) {
         (Some(prompt), _) if prompt.csc => return Err(NewClassError::ClassSpecificContext),
         (Some(prompt), Some(model)) => {
             let prompt = CoopHead {
@@ -196,8 +274,8 @@ pub fn new_class_accuracy(
         (FeatureSpace::PreProjection, Some(pre)) => pre,
         // As on the base classes: nothing it can score, so no accuracy rather than a guess.
         (FeatureSpace::PreProjection, None) => return Ok(f32::NAN),
-        // Scoring other images needs them encoded through the head's own updates.
-        (FeatureSpace::Adapted, _) => return Ok(f32::NAN),
+        // Scored above, through the head's own updates.
+        (FeatureSpace::Adapted, _) => return Err(NewClassError::NoImages),
     };
     Ok(eval::accuracy(&head.logits(x), &new.test.labels))
 }

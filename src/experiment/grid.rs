@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use super::base_to_new::{new_class_accuracy, BaseToNew, NewClassTest};
+use super::base_to_new::{new_class_accuracy, BaseToNew, NewClassTest, SplitRows, Towers};
 use super::protocol::Protocol;
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::methods::coop::PromptModel;
-use crate::methods::{self, FewShotTask, Fit, FitContext, Method, Needs};
+use crate::methods::{self, FewShotTask, Fit, FitContext, ImageContext, Method, Needs};
 
 /// Where rows go, and what is already there.
 pub trait RowSink {
@@ -142,15 +142,48 @@ pub type Loader<'a, E> = dyn FnMut(&str, usize, u64) -> Result<(FewShotTask, Row
 /// Called only when a CoOp row is fitted; the caller loads it once.
 pub type ModelLoader<'a, E> = dyn FnMut(&RowSource) -> Result<Rc<PromptModel>, E> + 'a;
 
+/// Gives a fit that trains on the images themselves ([`Needs::Images`], CLIP-LoRA) what it
+/// reads besides the features of the draw `(dataset, shots, seed)`, whose features `source`
+/// made: that model's files, the draw's training and test images in the rows' order, and the
+/// prompt templates. Called only when such a row is fitted (or tested on a transfer target).
+pub type ImagesLoader<'a, E> =
+    dyn FnMut(&str, usize, u64, &RowSource) -> Result<ImageContext, E> + 'a;
+
+/// The caller's side of a grid: what it reads through and reports to. Every grid and transfer
+/// run takes these, whichever methods it fits.
+pub struct GridIo<'a, E> {
+    /// The task of a draw.
+    pub load: &'a mut Loader<'a, E>,
+    /// CoOp's text tower.
+    pub model: &'a mut ModelLoader<'a, E>,
+    /// CLIP-LoRA's model files and images.
+    pub images: &'a mut ImagesLoader<'a, E>,
+    /// The method to fit: `configure(method index, dataset, seed)`.
+    pub configure: &'a mut dyn FnMut(usize, &str, u64) -> Method,
+    /// The progress.
+    pub events: &'a mut dyn FnMut(GridEvent),
+}
+
+/// What a fit reads besides the task.
+#[derive(Clone, Copy, Default)]
+pub struct FitInputs<'a> {
+    /// CoOp's text tower: the model that made the task's features.
+    pub text_tower: Option<&'a PromptModel>,
+    /// CLIP-LoRA's model and the task's images.
+    pub images: Option<&'a ImageContext>,
+    /// Base-to-new, for CLIP-LoRA: the new classes' test images, in the rows' order.
+    pub new_images: Option<&'a ImageContext>,
+}
+
 /// Fits `method` on `task` under the protocol of `spec` (without the validation set for
-/// [`Validation::None`]), evaluates it, and makes the row. CoOp needs `model`, the model that
-/// made the task's features (CoOp's own head comes back in [`Fit::prompt`]).
+/// [`Validation::None`]), evaluates it, and makes the row. CoOp needs the text tower of the
+/// model that made the task's features (CoOp's own head comes back in [`Fit::prompt`]);
+/// CLIP-LoRA the model's files and the task's images.
 pub fn fit_row(
     method: &Method,
     task: &FewShotTask,
     spec: &RowSpec,
-    model: Option<&PromptModel>,
-    images: Option<&methods::ImageContext>,
+    inputs: FitInputs,
     progress: &mut dyn FnMut(methods::Progress),
 ) -> Result<(Fit, ResultRow), ExperimentError> {
     let task = &*spec.validation.task(task);
@@ -165,8 +198,8 @@ pub fn fit_row(
     };
     let mut cx = FitContext {
         progress,
-        text_tower: model,
-        images,
+        text_tower: inputs.text_tower,
+        images: inputs.images,
     };
     let trained = method
         .fit(task, &mut cx)
@@ -175,9 +208,13 @@ pub fn fit_row(
     // Milliseconds are all a training time needs.
     let seconds = (start.elapsed().as_secs_f64() * 1e3).round() / 1e3;
     let (val, test) = methods::evaluate_fit(&trained, task);
+    let towers = Towers {
+        text: inputs.text_tower,
+        images: inputs.new_images,
+    };
     let new_accuracy = match spec.new {
         Some(new) => {
-            Some(new_class_accuracy(&trained, new, model).map_err(|e| fit_error(Box::new(e)))?)
+            Some(new_class_accuracy(&trained, new, towers).map_err(|e| fit_error(Box::new(e)))?)
         }
         None => None,
     };
@@ -252,25 +289,23 @@ impl std::fmt::Display for TrainedOn {
     }
 }
 
-/// Runs the grid: for each dataset, shot count and seed, `load` gives the draw's task and its
-/// source, and for each method `configure(method index, dataset, seed)` gives the method to fit;
-/// `model` gives CoOp the model behind a draw's features.
+/// Runs the grid: for each dataset, shot count and seed, `io.load` gives the draw's task and
+/// its source, and for each method `io.configure(method index, dataset, seed)` gives the method
+/// to fit; `io.model` gives CoOp the model behind a draw's features, `io.images` CLIP-LoRA the
+/// model's files and the draw's images.
 ///
 /// The draws of one dataset and shot count are loaded first, then their fits run concurrently
-/// (CoOp's, which train through a model held by this thread, one at a time on it, beside the
-/// pool's).
-/// `events` sees the progress of the earliest unfinished fit and every row in grid order.
+/// (CoOp's and CLIP-LoRA's, which train through a model loaded by this thread, one at a time
+/// on it, beside the pool's).
+/// `io.events` sees the progress of the earliest unfinished fit and every row in grid order.
 ///
 /// The error type is the caller's, so that `load` reports its own failures unchanged.
 pub fn run_grid<E: From<ExperimentError>>(
     grid: &Grid,
     sink: &mut dyn RowSink,
-    load: &mut Loader<E>,
-    model: &mut ModelLoader<E>,
-    configure: &mut dyn FnMut(usize, &str, u64) -> Method,
-    events: &mut dyn FnMut(GridEvent),
+    io: GridIo<E>,
 ) -> Result<GridOutcome, E> {
-    run_grid_share(grid, None, sink, load, model, configure, events)
+    run_grid_share(grid, None, sink, io)
 }
 
 /// Runs the cells of `grid` that `mine` marks (by grid position, see [`Grid::position`]; all
@@ -281,10 +316,7 @@ pub fn run_grid_share<E: From<ExperimentError>>(
     grid: &Grid,
     mine: Option<&[bool]>,
     sink: &mut dyn RowSink,
-    load: &mut Loader<E>,
-    model: &mut ModelLoader<E>,
-    configure: &mut dyn FnMut(usize, &str, u64) -> Method,
-    events: &mut dyn FnMut(GridEvent),
+    mut io: GridIo<E>,
 ) -> Result<GridOutcome, E> {
     // The fits run on a pool of their own, as many threads as the caller's, so that this
     // thread (perhaps a worker of the caller's pool) can wait for their rows without polling.
@@ -309,14 +341,14 @@ pub fn run_grid_share<E: From<ExperimentError>>(
                     continue;
                 }
                 // Loaded even when every row is done: the rows' identity includes the features.
-                let (task, source) = load(dataset, shots, seed)?;
-                let (task, new) = match grid.protocol {
+                let (task, source) = (io.load)(dataset, shots, seed)?;
+                let (task, new, rows) = match grid.protocol {
                     Protocol::BaseToNew => {
                         let split =
                             BaseToNew::split(&task, dataset).map_err(ExperimentError::from)?;
-                        (split.base, Some(split.new))
+                        (split.base, Some(split.new), Some(split.rows))
                     }
-                    _ => (task, None),
+                    _ => (task, None, None),
                 };
                 // Dropped once for every method of the draw.
                 draws.push(Draw {
@@ -324,6 +356,7 @@ pub fn run_grid_share<E: From<ExperimentError>>(
                     first,
                     task: grid.validation.apply(task),
                     new,
+                    rows,
                     source,
                 });
             }
@@ -335,7 +368,7 @@ pub fn run_grid_share<E: From<ExperimentError>>(
                 draws: &draws,
                 share: &share,
             };
-            group.run(&pool, sink, model, configure, events, &mut out)?;
+            group.run(&pool, sink, &mut io, &mut out)?;
         }
     }
     Ok(out)
@@ -368,6 +401,8 @@ struct Draw {
     task: FewShotTask,
     /// Base-to-new: the new classes' test.
     new: Option<NewClassTest>,
+    /// Base-to-new: the whole draw's rows of the base task and of the new classes' test.
+    rows: Option<SplitRows>,
     source: RowSource,
 }
 
@@ -444,11 +479,10 @@ impl Group<'_> {
         &self,
         pool: &rayon::ThreadPool,
         sink: &mut dyn RowSink,
-        model: &mut ModelLoader<E>,
-        configure: &mut dyn FnMut(usize, &str, u64) -> Method,
-        events: &mut dyn FnMut(GridEvent),
+        io: &mut GridIo<E>,
         out: &mut GridOutcome,
     ) -> Result<(), E> {
+        let events = &mut *io.events;
         // Each cell's row once it is known: (row, found in the sink).
         let mut rows: Vec<Option<(ResultRow, bool)>> = (0..self.cells())
             .map(|c| match self.mine(c) {
@@ -456,7 +490,7 @@ impl Group<'_> {
                 false => None,
             })
             .collect();
-        let (sequential, concurrent) = self.plan(&rows, configure);
+        let (sequential, concurrent) = self.plan(&rows, io.configure);
         let mut committed = 0;
         self.commit(&mut rows, &mut committed, sink, events, out)?;
         let mut progress = Progress {
@@ -465,11 +499,12 @@ impl Group<'_> {
             failure: None,
             running: BTreeSet::new(),
         };
+        let loaders = (&mut *io.model, &mut *io.images);
         let sink_error = self.run_concurrent(
             pool,
             &concurrent,
             sequential,
-            model,
+            loaders,
             &mut progress,
             sink,
             events,
@@ -481,8 +516,8 @@ impl Group<'_> {
         }
     }
 
-    /// The methods of the cells not in the sink yet: those that train through the text tower
-    /// (run on this thread, which holds the model), and the others (run on the pool).
+    /// The methods of the cells not in the sink yet: those that train through the model's
+    /// towers (run on this thread, which loads the model), and the others (run on the pool).
     #[allow(clippy::type_complexity)]
     fn plan(
         &self,
@@ -495,8 +530,8 @@ impl Group<'_> {
                 let (draw, m) = self.cell(c);
                 let method = configure(m, self.dataset, draw.seed);
                 match method.card().needs {
-                    Needs::TextTower => sequential.push((c, method)),
-                    _ => concurrent.push((c, method)),
+                    Needs::TextTower | Needs::Images => sequential.push((c, method)),
+                    Needs::Features | Needs::PreProjection => concurrent.push((c, method)),
                 }
             }
         }
@@ -504,18 +539,18 @@ impl Group<'_> {
     }
 
     /// Fits the cells of `concurrent` on `pool` while this thread, which is not one of the
-    /// pool's, fits those of `sequential` (the text-tower methods: the model stays on this
-    /// thread) one at a time, then waits for the pool's messages; rows are handed on in grid
-    /// order. Cells after the first failure in grid order are not started; those before it
-    /// are fitted: the rows a one-at-a-time grid would have written before failing. Returns
-    /// the sink's error, if writing failed, and the model loader's.
+    /// pool's, fits those of `sequential` (the methods that train through the model's towers:
+    /// the model stays on this thread) one at a time, then waits for the pool's messages; rows
+    /// are handed on in grid order. Cells after the first failure in grid order are not
+    /// started; those before it are fitted: the rows a one-at-a-time grid would have written
+    /// before failing. Returns the sink's error, if writing failed, and the loaders'.
     #[allow(clippy::too_many_arguments)]
     fn run_concurrent<E: From<ExperimentError>>(
         &self,
         pool: &rayon::ThreadPool,
         concurrent: &[(usize, Method)],
         sequential: Vec<(usize, Method)>,
-        model: &mut ModelLoader<E>,
+        (model, images): (&mut ModelLoader<E>, &mut ImagesLoader<E>),
         progress: &mut Progress,
         sink: &mut dyn RowSink,
         events: &mut dyn FnMut(GridEvent),
@@ -538,22 +573,27 @@ impl Group<'_> {
                 }
                 events(self.fitting_event(c));
                 let (draw, _) = self.cell(c);
-                let prompt_model = match model(&draw.source) {
-                    Ok(m) => m,
+                let loaded = match method.card().needs {
+                    Needs::Images => images(self.dataset, self.shots, draw.seed, &draw.source)
+                        .map(|cx| (None, Some(self.split_images(draw, cx)))),
+                    _ => model(&draw.source).map(|m| (Some(m), None)),
+                };
+                let (prompt_model, cell_images) = match loaded {
+                    Ok(l) => l,
                     Err(e) => {
                         // Nothing more is started; the scope waits for the running fits.
                         stop.store(0, Ordering::Relaxed);
                         return Err(e);
                     }
                 };
-                let fitted = fit_row(
-                    &method,
-                    &draw.task,
-                    &self.spec(c),
-                    Some(&prompt_model),
-                    None,
-                    &mut |p| events(GridEvent::Method(p)),
-                );
+                let inputs = FitInputs {
+                    text_tower: prompt_model.as_deref(),
+                    images: cell_images.as_ref().map(|(fit, _)| fit),
+                    new_images: cell_images.as_ref().and_then(|(_, new)| new.as_ref()),
+                };
+                let fitted = fit_row(&method, &draw.task, &self.spec(c), inputs, &mut |p| {
+                    events(GridEvent::Method(p))
+                });
                 match fitted {
                     Ok((_, row)) => progress.rows[c] = Some((row, false)),
                     Err(e) => {
@@ -598,13 +638,30 @@ impl Group<'_> {
         }
         let _ = tx.send(Message::Started(c));
         let (draw, _) = self.cell(c);
-        let result = fit_row(method, &draw.task, &self.spec(c), None, None, &mut |p| {
+        let inputs = FitInputs::default();
+        let result = fit_row(method, &draw.task, &self.spec(c), inputs, &mut |p| {
             let _ = tx.send(Message::Progress(c, p));
         });
         if result.is_err() {
             stop.fetch_min(c, Ordering::Relaxed);
         }
         let _ = tx.send(Message::Finished(c, Box::new(result.map(|(_, row)| row))));
+    }
+
+    /// The images a draw's CLIP-LoRA fit trains and is tested on, from the whole draw's: under
+    /// base-to-new, the base task's and the new classes' test images.
+    fn split_images(
+        &self,
+        draw: &Draw,
+        whole: ImageContext,
+    ) -> (ImageContext, Option<ImageContext>) {
+        match &draw.rows {
+            Some(rows) => {
+                let (base, new) = rows.images(whole);
+                (base, Some(new))
+            }
+            None => (whole, None),
+        }
     }
 
     /// Takes one message of a concurrent fit: progress of the earliest running fit, and rows
@@ -792,21 +849,21 @@ mod tests {
         };
         let mut done = Vec::new();
         let outcome = pool.install(|| {
-            run_grid::<ExperimentError>(
-                &grid(),
-                sink,
-                &mut |_, _, seed| Ok((draw(seed), source.clone())),
-                &mut |_| unreachable!("no CoOp in this grid"),
-                &mut |i, _, seed| {
+            let io = GridIo {
+                load: &mut |_, _, seed| Ok((draw(seed), source.clone())),
+                model: &mut |_| unreachable!("no CoOp in this grid"),
+                images: &mut |_, _, _, _| unreachable!("no CLIP-LoRA in this grid"),
+                configure: &mut |i, _, seed| {
                     let r = if seed == 2 { reduction_seed_2 } else { 4 };
                     method(i, seed, r)
                 },
-                &mut |event| {
+                events: &mut |event| {
                     if let GridEvent::Row { done: d, .. } = event {
                         done.push(d)
                     }
                 },
-            )
+            };
+            run_grid::<ExperimentError>(&grid(), sink, io)
         });
         (outcome, done)
     }

@@ -39,8 +39,8 @@ pub mod transfer;
 pub use base_to_new::BaseToNew;
 pub use error::{ExperimentError, NotApplicableTo};
 pub use grid::{
-    fit_row, run_grid, Grid, GridEvent, GridMethod, GridOutcome, ModelLoader, RowSink, RowSpec,
-    TrainedOn,
+    fit_row, run_grid, FitInputs, Grid, GridEvent, GridIo, GridMethod, GridOutcome, ImagesLoader,
+    ModelLoader, RowSink, RowSpec, TrainedOn,
 };
 pub use model::{backbone, check_head_model, model_reference, prompt_model};
 pub use protocol::{MethodOverrides, Protocol, Validation};

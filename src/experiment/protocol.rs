@@ -55,14 +55,9 @@ impl Protocol {
     }
 
     /// Why `method` cannot run under this protocol, if it cannot: base-to-new and
-    /// cross-dataset test on classes the head never trained on.
+    /// cross-dataset test on classes the head never trained on, which only a head that scores
+    /// a class from its name can score.
     pub fn refuses(self, method: MethodKind) -> Option<&'static str> {
-        if method.card().needs == crate::methods::Needs::Images {
-            return Some(
-                "it trains through the model on the images themselves, one fit at a time: \
-                 `fit` runs it (grids of it are not supported yet)",
-            );
-        }
         match (self, method.card().new_classes) {
             (Protocol::BaseToNew | Protocol::CrossDataset, NewClasses::No(why)) => Some(why),
             _ => None,

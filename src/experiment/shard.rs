@@ -45,12 +45,16 @@ pub fn parse_name(name: &str, ext: &str) -> Option<(usize, usize)> {
 
 /// How much heavier a method's fit is than scoring a draw once: 1 for a method that trains
 /// nothing image by image (zero-shot, and the closed-form or search-only heads whose card
-/// lists no augmentation and no epochs), 10 for one that trains on the images (its card lists
-/// an augmentation or an `epochs` option), 100 for one that trains through the text tower
-/// (CoOp: every step encodes every class's prompt).
+/// lists no augmentation and no epochs), 10 for one that trains on the images' features (its
+/// card lists an augmentation or an `epochs` option), 100 for one that trains through the
+/// text tower (CoOp: every step encodes every class's prompt), 1000 for one that trains
+/// through the model on the images themselves (CLIP-LoRA: every step decodes and encodes a
+/// batch of images and every class's prompt, forward and backward, and its test images are
+/// encoded again through its updates).
 pub fn method_weight(card: &MethodCard) -> u64 {
     let trains = card.augmentation.augments() || card.options.contains(&"epochs");
     match card.needs {
+        Needs::Images => 1000,
         Needs::TextTower => 100,
         _ if trains => 10,
         _ => 1,
@@ -343,6 +347,7 @@ mod tests {
         assert_eq!(weight("zero-shot"), 1);
         assert_eq!(weight("clip-adapter"), 10);
         assert_eq!(weight("coop"), 100);
+        assert_eq!(weight("clip-lora"), 1000);
         let eurosat = DrawSize {
             classes: 10,
             train: 160,

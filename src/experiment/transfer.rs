@@ -11,19 +11,23 @@
 //!
 //! One fit per method, shot count and seed; a row for the source's own test set and one per
 //! target, each resumable by its identity.
+//!
+//! CLIP-LoRA, whose head scores its own adapted image tower's features, is tested by encoding
+//! each target's test images through its updated towers, and the class names through its
+//! adapted text tower (the target's own under cross-dataset transfer, the source's under
+//! domain generalisation, whose columns are then the target's classes).
 
 use std::rc::Rc;
 
-use super::base_to_new::{new_class_accuracy, push_new, NewClassError, NewClassTest};
+use super::base_to_new::{new_class_accuracy, push_new, NewClassError, NewClassTest, Towers};
 use super::grid::RowSpec;
-use super::grid::{
-    fit_row, GridEvent, GridMethod, GridOutcome, Loader, ModelLoader, RowSink, Share,
-};
+use super::grid::{fit_row, FitInputs, GridEvent, GridIo, GridMethod, GridOutcome, RowSink, Share};
 use super::protocol::Protocol;
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::features::ContentHash;
+use crate::methods::clip_lora::LoraHead;
 use crate::methods::coop::PromptModel;
-use crate::methods::{eval, FeatureSpace, FewShotTask, Fit, Method, Needs};
+use crate::methods::{eval, FeatureSpace, FewShotTask, Fit, ImageContext, Needs};
 
 /// What to run: every method on the source's draws, tested on every target.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,17 +89,18 @@ pub fn target_test(task: &FewShotTask) -> NewClassTest {
 }
 
 /// Accuracy (percent) of a head trained on classes `source_classes` on `target` (named
-/// `target_name`, trained on `source_name`), under `protocol`.
+/// `target_name`, trained on `source_name`), under `protocol`. `towers` holds what CoOp and
+/// CLIP-LoRA encode the target through (CLIP-LoRA: the target's test images).
 pub fn target_accuracy(
     protocol: Protocol,
     fit: &Fit,
     source_classes: &[String],
     target: &NewClassTest,
     names: (&str, &str),
-    text_tower: Option<&PromptModel>,
+    towers: Towers,
 ) -> Result<f32, TransferError> {
     if protocol != Protocol::Domain {
-        return Ok(new_class_accuracy(fit, target, text_tower)?);
+        return Ok(new_class_accuracy(fit, target, towers)?);
     }
     let (source_name, target_name) = names;
     let columns = (target.classnames.iter())
@@ -108,12 +113,18 @@ pub fn target_accuracy(
         })
         .collect::<Result<Vec<usize>, _>>()?;
     let head = &fit.fitted.head;
+    if head.downcast_ref::<LoraHead>().is_some() {
+        // Each class is scored by its own prompt's embedding: the source's columns of the
+        // target's classes are the target's class names encoded with the source's prompt
+        // (`towers` carries the source's templates).
+        return Ok(new_class_accuracy(fit, target, towers)?);
+    }
     let x = match (head.input(), &target.pre_projection_test) {
         (FeatureSpace::Projected, _) => &target.test.features,
         (FeatureSpace::PreProjection, Some(pre)) => pre,
         (FeatureSpace::PreProjection, None) => return Ok(f32::NAN),
-        // Scoring other images needs them encoded through the head's own updates.
-        (FeatureSpace::Adapted, _) => return Ok(f32::NAN),
+        // Scored above, through the head's own updates.
+        (FeatureSpace::Adapted, _) => return Err(NewClassError::NoImages.into()),
     };
     // The target's classes' columns, in the target's label order.
     let logits = head
@@ -150,12 +161,9 @@ fn target_key(source_key: &RowKey, target: &Target) -> RowKey {
 pub fn run_transfer<E: From<ExperimentError>>(
     t: &Transfer,
     sink: &mut dyn RowSink,
-    load: &mut Loader<E>,
-    model: &mut ModelLoader<E>,
-    configure: &mut dyn FnMut(usize, &str, u64) -> Method,
-    events: &mut dyn FnMut(GridEvent),
+    io: GridIo<E>,
 ) -> Result<GridOutcome, E> {
-    run_transfer_share(t, None, sink, load, model, configure, events)
+    run_transfer_share(t, None, sink, io)
 }
 
 /// Runs the fits of `t` that `mine` marks (by fit position, see [`Transfer::position`]; all
@@ -165,10 +173,7 @@ pub fn run_transfer_share<E: From<ExperimentError>>(
     t: &Transfer,
     mine: Option<&[bool]>,
     sink: &mut dyn RowSink,
-    load: &mut Loader<E>,
-    model: &mut ModelLoader<E>,
-    configure: &mut dyn FnMut(usize, &str, u64) -> Method,
-    events: &mut dyn FnMut(GridEvent),
+    mut io: GridIo<E>,
 ) -> Result<GridOutcome, E> {
     let share = Share::new(mine, t.fits());
     let total = share.total * (1 + t.targets.len());
@@ -184,11 +189,11 @@ pub fn run_transfer_share<E: From<ExperimentError>>(
             if fits.is_empty() {
                 continue;
             }
-            let (task, source) = load(&t.source, shots, seed)?;
+            let (task, source) = (io.load)(&t.source, shots, seed)?;
             let task = t.validation.apply(task);
             let mut targets = Vec::with_capacity(t.targets.len());
             for d in &t.targets {
-                let (target, target_source) = load(d, shots, seed)?;
+                let (target, target_source) = (io.load)(d, shots, seed)?;
                 check_same_model(&t.source, &source, d, &target_source)?;
                 targets.push(Target {
                     dataset: d.clone(),
@@ -213,7 +218,7 @@ pub fn run_transfer_share<E: From<ExperimentError>>(
                     spec,
                     total,
                 };
-                cell.run(m, sink, model, configure, events, &mut out)?;
+                cell.run(m, sink, &mut io, &mut out)?;
             }
         }
     }
@@ -234,9 +239,7 @@ impl Cell<'_> {
         &self,
         m: usize,
         sink: &mut dyn RowSink,
-        model: &mut ModelLoader<E>,
-        configure: &mut dyn FnMut(usize, &str, u64) -> Method,
-        events: &mut dyn FnMut(GridEvent),
+        io: &mut GridIo<E>,
         out: &mut GridOutcome,
     ) -> Result<(), E> {
         let source_key = self.spec.key();
@@ -246,7 +249,7 @@ impl Cell<'_> {
         let found: Vec<Option<ResultRow>> = keys.iter().map(|k| sink.find(k).cloned()).collect();
         let rows: Vec<(ResultRow, bool)> = match found.iter().all(Option::is_some) {
             true => found.into_iter().flatten().map(|r| (r, true)).collect(),
-            false => (self.fit(m, &keys, model, configure, events)?.into_iter())
+            false => (self.fit(m, &keys, io)?.into_iter())
                 .zip(found)
                 .map(|(new, old)| old.map_or((new, false), |o| (o, true)))
                 .collect(),
@@ -259,7 +262,7 @@ impl Cell<'_> {
             out.rows.push(row);
             let done = out.rows.len();
             let (row, total) = (&out.rows[done - 1], self.total);
-            events(GridEvent::Row {
+            (io.events)(GridEvent::Row {
                 row,
                 skipped,
                 done,
@@ -274,44 +277,51 @@ impl Cell<'_> {
         &self,
         m: usize,
         keys: &[RowKey],
-        model: &mut ModelLoader<E>,
-        configure: &mut dyn FnMut(usize, &str, u64) -> Method,
-        events: &mut dyn FnMut(GridEvent),
+        io: &mut GridIo<E>,
     ) -> Result<Vec<ResultRow>, E> {
         let spec = &self.spec;
         let trained_on = spec.dataset;
-        let method = configure(m, trained_on, spec.seed);
-        events(GridEvent::Fitting {
+        let method = (io.configure)(m, trained_on, spec.seed);
+        (io.events)(GridEvent::Fitting {
             method: &spec.method.label,
             dataset: trained_on,
             shots: spec.shots,
             seed: spec.seed,
         });
-        let tower: Option<Rc<PromptModel>> = match method.card().needs {
-            Needs::TextTower => Some(model(spec.source)?),
+        let needs = method.card().needs;
+        let tower: Option<Rc<PromptModel>> = match needs {
+            Needs::TextTower => Some((io.model)(spec.source)?),
             _ => None,
         };
+        let images: Option<ImageContext> = match needs {
+            Needs::Images => Some((io.images)(trained_on, spec.shots, spec.seed, spec.source)?),
+            _ => None,
+        };
+        let inputs = FitInputs {
+            text_tower: tower.as_deref(),
+            images: images.as_ref(),
+            new_images: None,
+        };
+        let events = &mut *io.events;
         let mut progress = |p| events(GridEvent::Method(p));
-        let (fit, row) = fit_row(
-            &method,
-            self.task,
-            spec,
-            tower.as_deref(),
-            None,
-            &mut progress,
-        )?;
+        let (fit, row) = fit_row(&method, self.task, spec, inputs, &mut progress)?;
         let mut rows = vec![row.clone()];
         for (target, key) in self.targets.iter().zip(&keys[1..]) {
             let names = (trained_on, target.dataset.as_str());
             let classes = &self.task.classnames;
-            let tested = target_accuracy(
-                spec.protocol,
-                &fit,
-                classes,
-                &target.test,
-                names,
-                tower.as_deref(),
-            );
+            let target_images = match &images {
+                Some(source_cx) => {
+                    let (d, k, seed) = (target.dataset.as_str(), spec.shots, spec.seed);
+                    let cx = (io.images)(d, k, seed, &target.source)?;
+                    Some(on_target(spec.protocol, source_cx, cx))
+                }
+                None => None,
+            };
+            let towers = Towers {
+                text: tower.as_deref(),
+                images: target_images.as_ref(),
+            };
+            let tested = target_accuracy(spec.protocol, &fit, classes, &target.test, names, towers);
             let accuracy = tested.map_err(|e| ExperimentError::Fit {
                 method: spec.method.label.clone(),
                 dataset: target.dataset.clone(),
@@ -328,6 +338,21 @@ impl Cell<'_> {
             });
         }
         Ok(rows)
+    }
+}
+
+/// What CLIP-LoRA's updates are tested on for a target: the target's test images through the
+/// source's model, with the target's prompt templates under cross-dataset transfer (its own
+/// classes, as CoOp's prompts are), the source's under domain generalisation (the source's
+/// classes, as every other head scores them).
+fn on_target(protocol: Protocol, source: &ImageContext, target: ImageContext) -> ImageContext {
+    ImageContext {
+        model: source.model.clone(),
+        templates: match protocol {
+            Protocol::Domain => source.templates.clone(),
+            _ => target.templates,
+        },
+        images: target.images,
     }
 }
 

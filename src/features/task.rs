@@ -890,15 +890,21 @@ pub fn draw_images(q: &CacheQuery) -> Result<DrawImages, FeatureError> {
             })
         }
     };
+    let (train, train_keys) = image_paths(q, train)?;
     Ok(DrawImages {
-        train: image_paths(q, train)?,
-        test: image_paths(q, &sets.test)?,
+        train,
+        train_keys,
+        test: image_paths(q, &sets.test)?.0,
         preprocess,
     })
 }
 
-/// The image file of each row of a feature file.
-fn image_paths(q: &CacheQuery, f: &FeatureFile) -> Result<Vec<PathBuf>, FeatureError> {
+/// The image file of each row of a feature file, and its path as the set records it (relative
+/// to the image root).
+fn image_paths(
+    q: &CacheQuery,
+    f: &FeatureFile,
+) -> Result<(Vec<PathBuf>, Vec<String>), FeatureError> {
     let dir = q.cache.join(&q.dataset);
     let no = |why| FeatureError::NoImages {
         path: dir.clone(),
@@ -913,10 +919,11 @@ fn image_paths(q: &CacheQuery, f: &FeatureFile) -> Result<Vec<PathBuf>, FeatureE
     (f.index.iter())
         .map(|&i| {
             let rel = usize::try_from(i).ok().and_then(|i| f.meta.impaths.get(i));
-            rel.map(|r| root.join(r))
+            rel.map(|r| (root.join(r), r.to_string()))
                 .ok_or_else(|| no("a row's image is not among the set's recorded images"))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(|rows| rows.into_iter().unzip())
 }
 
 /// Reads the task; the error names the dataset folder and what is missing or ambiguous.

@@ -162,21 +162,21 @@ enum ImageSide {
     Frozen(Box<Clip>),
 }
 
-/// The model inputs of a batch of images (`augment`: a fresh random crop and flip per image
-/// and step, as the reference's loader draws them).
+/// The model inputs of a batch of images, each with the key that seeds its crops (`augment`: a
+/// fresh random crop and flip per image and step, as the reference's loader draws them).
 fn batch_pixels(
-    paths: &[&PathBuf],
+    paths: &[(&PathBuf, &str)],
     cx: &ImageContext,
     augment: Option<(&Augment, u64, u32)>,
 ) -> Result<Tensor, MethodError> {
     let p = &cx.images.preprocess;
     let rows = paths
         .par_iter()
-        .map(|path| {
+        .map(|&(path, key)| {
             let img = crate::image::decode_file(path).map_err(crate::clip::error::Error::from)?;
             Ok(match augment {
                 Some((a, seed, step)) => {
-                    let mut rng = ViewRng::new(seed, step, &path.to_string_lossy());
+                    let mut rng = ViewRng::new(seed, step, key);
                     p.to_tensor_normalized(&a.apply(&img, &mut rng))
                 }
                 None => p.apply(&img),
@@ -239,6 +239,13 @@ pub fn fit(
             labels: task.train.labels.len(),
         });
     }
+    if cx.images.train_keys.len() != train.len() {
+        return Err(MethodError::Rows {
+            what: "the training images' crop keys",
+            found: cx.images.train_keys.len(),
+            labels: train.len(),
+        });
+    }
     if test.len() != task.test.labels.len() {
         return Err(MethodError::Rows {
             what: "the test images",
@@ -272,7 +279,8 @@ pub fn fit(
             if step == total {
                 break;
             }
-            let paths: Vec<&PathBuf> = rows.iter().map(|&i| &train[i]).collect();
+            let keys = &cx.images.train_keys;
+            let paths: Vec<(&PathBuf, &str)> = rows.iter().map(|&i| (&train[i], keys[i].as_str())).collect();
             let labels: Vec<u32> = rows.iter().map(|&i| task.train.labels[i] as u32).collect();
             let pixels = batch_pixels(&paths, cx, Some((&augment, opts.seed, step as u32)))?;
             let loss = match &side {
@@ -299,14 +307,7 @@ pub fn fit(
     }
     model.set_training(None)?;
     let classes = unit_rows(&model.encode_tokens(&prompts)?)?;
-    let mut features = Vec::with_capacity(test.len() * classes.dim(1)?);
-    for chunk in test.chunks(EVAL_BATCH) {
-        let paths: Vec<&PathBuf> = chunk.iter().collect();
-        let pixels = batch_pixels(&paths, cx, None)?;
-        let f = image_features(&model, &side, &pixels)?.detach();
-        features.extend(f.flatten_all()?.to_vec1::<f32>()?);
-    }
-    let dim = classes.dim(1)?;
+    let features = test_features(&model, &side, cx)?;
     let head = LoraHead {
         classes: to_matrix(&classes)?,
         logit_scale: model.logit_scale(),
@@ -323,14 +324,68 @@ pub fn fit(
         },
         prompt: None,
         adapted_test: Some(Box::new(LabelledSet {
-            features: Matrix {
-                rows: test.len(),
-                cols: dim,
-                data: features,
-            },
+            features,
             labels: task.test.labels.clone(),
         })),
     })
+}
+
+/// The features of `cx`'s test images through the adapted image tower (the frozen one when only
+/// the text tower is adapted), in evaluation, one row per image.
+fn test_features(model: &LoraClip, side: &ImageSide, cx: &ImageContext) -> Result<Matrix, MethodError> {
+    let test = &cx.images.test;
+    let mut data = Vec::new();
+    let mut cols = 0;
+    for chunk in test.chunks(EVAL_BATCH) {
+        let paths: Vec<(&PathBuf, &str)> = chunk.iter().map(|p| (p, "")).collect();
+        let pixels = batch_pixels(&paths, cx, None)?;
+        let f = image_features(model, side, &pixels)?.detach();
+        cols = f.dim(1)?;
+        data.extend(f.flatten_all()?.to_vec1::<f32>()?);
+    }
+    if test.is_empty() {
+        cols = model.config().embed_dim;
+    }
+    Ok(Matrix {
+        rows: test.len(),
+        cols,
+        data,
+    })
+}
+
+/// Accuracy (percent) of a trained CLIP-LoRA on classes and images it may never have seen, with
+/// its updates active on both sides, as the reference evaluates it: `classnames` through its
+/// adapted text tower (the first template, as in training), `cx`'s test images (labelled
+/// `labels`, among `classnames`) through its adapted image tower, or through the frozen one
+/// when it adapted the text tower only. Base-to-new's new classes and the transfer protocols'
+/// targets are scored so.
+pub fn accuracy_on(
+    head: &LoraHead,
+    cx: &ImageContext,
+    classnames: &[String],
+    labels: &[usize],
+) -> Result<f32, MethodError> {
+    if cx.images.test.len() != labels.len() {
+        return Err(MethodError::Rows {
+            what: "the test images",
+            found: cx.images.test.len(),
+            labels: labels.len(),
+        });
+    }
+    let model = LoraClip::load(&cx.model, &head.lora, 0, &Device::Cpu)?;
+    model.set_vars(&head.tensors()?)?;
+    let side = match head.lora.encoder.vision() {
+        true => ImageSide::Adapted,
+        false => ImageSide::Frozen(Box::new(Clip::load(&cx.model, &Device::Cpu)?)),
+    };
+    let prompts = prompt_ids(cx, &model, classnames)?;
+    let classes = to_matrix(&unit_rows(&model.encode_tokens(&prompts)?.detach())?)?;
+    let features = test_features(&model, &side, cx)?;
+    let scored = LoraHead {
+        classes,
+        ..head.clone()
+    };
+    Ok(super::eval::accuracy(&scored.logits(&features), labels))
 }
 
 /// A trained CLIP-LoRA: the class embeddings of its adapted text tower, and its updates, which
@@ -451,7 +506,9 @@ pub static CARD: MethodCard = MethodCard {
     ],
     configure,
     head: &CODEC,
-    new_classes: crate::methods::NewClasses::No("its image features are its own adapted tower's: scoring new classes needs their test images encoded through it, which the base-to-new runner does not do yet"),
+    // Its updates apply to any class: new class names go through its adapted text tower, their
+    // images through its adapted image tower ([`accuracy_on`]), as the reference evaluates it.
+    new_classes: crate::methods::NewClasses::FromText,
 };
 
 fn configure(o: &MethodOverrides, _dataset: &str, seed: u64) -> Method {

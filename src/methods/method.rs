@@ -63,6 +63,10 @@ pub enum Needs {
 #[derive(Debug, Clone)]
 pub struct DrawImages {
     pub train: Vec<std::path::PathBuf>,
+    /// What seeds each training image's random crops: its path relative to the dataset's image
+    /// root (as extraction seeds its cached views), so that a draw's crops, and the fit, do not
+    /// depend on where the images live.
+    pub train_keys: Vec<String>,
     pub test: Vec<std::path::PathBuf>,
     pub preprocess: crate::image::Preprocess,
 }
@@ -111,8 +115,9 @@ pub struct MethodCard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NewClasses {
     /// From their text embeddings: the head's own transform of the image features (or of the
-    /// text embeddings, or CoOp's learned context) applies to any class, as CoCoOp's
-    /// base-to-new protocol evaluates it.
+    /// text embeddings, or CoOp's learned context, or CLIP-LoRA's updates of both towers,
+    /// through which the new class names and their images are encoded) applies to any class,
+    /// as CoCoOp's base-to-new protocol evaluates it.
     FromText,
     /// It cannot; why not.
     No(&'static str),

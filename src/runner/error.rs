@@ -59,7 +59,7 @@ pub enum RunError {
         source: std::io::Error,
     },
 
-    #[error("a sweep fits CLIP-Adapter only, which needs no text tower")]
+    #[error("a sweep fits CLIP-Adapter only, which needs neither a text tower nor images")]
     NoTextTower,
 
     #[error(transparent)]

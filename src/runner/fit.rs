@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use super::{coop_model, image_context, load_draw, RunError, RunObserver};
 use crate::clip::hub::HubOptions;
 use crate::experiment::{
-    self, fit_row, GridEvent, GridMethod, MethodOverrides, ResultRow, RowSource, RowSpec,
-    Validation,
+    self, fit_row, FitInputs, GridEvent, GridMethod, MethodOverrides, ResultRow, RowSource,
+    RowSpec, Validation,
 };
 use crate::features::task::{Shots, TaskSource};
 use crate::methods::head::{self, HeadInfo};
@@ -89,14 +89,12 @@ pub fn fit(spec: &FitSpec, observer: &mut dyn RunObserver) -> Result<FitOutcome,
         _ => None,
     };
     let mut progress = |p| observer.grid(GridEvent::Method(p));
-    let (fit, row) = fit_row(
-        &method,
-        &task,
-        &row_spec,
-        prompt_model.as_ref(),
-        images.as_ref(),
-        &mut progress,
-    )?;
+    let inputs = FitInputs {
+        text_tower: prompt_model.as_ref(),
+        images: images.as_ref(),
+        new_images: None,
+    };
+    let (fit, row) = fit_row(&method, &task, &row_spec, inputs, &mut progress)?;
     let info = match &fit.prompt {
         Some(coop_head) => coop_head.info(),
         None => head_info(spec, &method, &task, &source, &fit)?,

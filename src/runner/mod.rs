@@ -138,12 +138,25 @@ fn image_context(
     given: Option<&str>,
     cache: &Path,
     dataset: &str,
-    (shots, seed): (Shots, u64),
+    draw: (Shots, u64),
     source: &RowSource,
     templates: &[String],
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<crate::methods::ImageContext, RunError> {
+    let files = features_model(given, source, hub, observer)?;
+    draw_context(files, given, cache, dataset, draw, templates)
+}
+
+/// The files of the model that made the features of `source`: `given` when it names one
+/// (rather than a fingerprint), else the one the cache records; refused unless its
+/// fingerprint is theirs.
+fn features_model(
+    given: Option<&str>,
+    source: &RowSource,
+    hub: &HubOptions,
+    observer: &mut dyn RunObserver,
+) -> Result<ModelFiles, RunError> {
     let spec = match given {
         Some(g) if g != source.model => g.to_string(),
         _ => source.model_name.clone(),
@@ -164,6 +177,19 @@ fn image_context(
             },
         )));
     }
+    Ok(files)
+}
+
+/// A draw's [`ImageContext`](crate::methods::ImageContext) with the model `files` (checked by
+/// [`features_model`]): the images the cache records for its rows.
+fn draw_context(
+    files: ModelFiles,
+    given: Option<&str>,
+    cache: &Path,
+    dataset: &str,
+    (shots, seed): (Shots, u64),
+    templates: &[String],
+) -> Result<crate::methods::ImageContext, RunError> {
     let q = CacheQuery {
         model: given.map(str::to_string),
         ..CacheQuery::new(cache, dataset, shots, seed)

@@ -1,21 +1,23 @@
 //! A grid of methods on cached features: checked whole before the first fit, resumable in
 //! `<out>/results.csv`, summarised in `<out>/results.md` and the folder's report.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
 use super::{
-    check_cached, coop_model, create_out, load_draw, published_numbers, read_published, RunError,
-    RunObserver,
+    check_cached, coop_model, create_out, draw_context, features_model, load_draw,
+    published_numbers, read_published, RunError, RunObserver,
 };
 use crate::clip::hub::HubOptions;
+use crate::clip::ModelFiles;
 use crate::experiment::grid::run_grid_share;
 use crate::experiment::shard::{self, Shard, ShardManifest, ShardSink};
 use crate::experiment::transfer::{run_transfer_share, Transfer};
 use crate::experiment::{
-    ExperimentError, Grid, GridEvent, GridMethod, MethodOverrides, Protocol, Published, ResultRow,
-    ResultsFile, RowKey, RowSink, RowSource, Summary, Validation,
+    ExperimentError, Grid, GridEvent, GridIo, GridMethod, MethodOverrides, Protocol, Published,
+    ResultRow, ResultsFile, RowKey, RowSink, RowSource, Summary, Validation,
 };
 use crate::features::task::{draw_size, CacheQuery, Shots, TaskSource};
 use crate::methods::coop::PromptModel;
@@ -101,6 +103,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
     check(spec, &kinds)?;
     let reported = read_published(spec.reported.as_deref())?;
     let mut prompt_model = first_prompt_model(spec, &kinds, observer)?;
+    let mut image_model = first_image_model(spec, &kinds, observer)?;
     create_out(&spec.out)?;
     let methods: Vec<GridMethod> = (kinds.iter())
         .map(|&k| GridMethod {
@@ -122,6 +125,8 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
     let mut first_source: Option<TaskSource> = None;
     // The grid's callbacks share the observer: each borrows it only while it runs.
     let observer = std::cell::RefCell::new(observer);
+    // Each dataset's prompt templates, from its loaded draws (CLIP-LoRA's prompts).
+    let templates = std::cell::RefCell::new(HashMap::<String, Vec<String>>::new());
     let mut load = |dataset: &str, shots, seed| {
         let (task, source) = load_draw(
             &spec.cache,
@@ -131,6 +136,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
             seed,
         )?;
         let row_source = RowSource::of_task(&source);
+        (templates.borrow_mut()).insert(dataset.to_string(), source.templates.clone());
         first_source.get_or_insert(source);
         Ok((task, row_source))
     };
@@ -143,11 +149,33 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         prompt_model = Some(Rc::clone(&m));
         Ok(m)
     };
+    // The model is checked once; each draw's images are read from the cache's record.
+    let mut images = |dataset: &str, shots, seed, source: &RowSource| {
+        let files = match image_model.as_ref().filter(|(f, _)| *f == source.model) {
+            Some((_, files)) => files.clone(),
+            None => {
+                let obs = &mut **observer.borrow_mut();
+                let files = features_model(spec.model.as_deref(), source, &spec.hub, obs)?;
+                image_model = Some((source.model.clone(), files.clone()));
+                files
+            }
+        };
+        let templates = templates.borrow().get(dataset).cloned().unwrap_or_default();
+        let draw = (Shots::K(shots), seed);
+        let model = spec.model.as_deref();
+        draw_context(files, model, &spec.cache, dataset, draw, &templates)
+    };
     let mut configure =
         |i: usize, dataset: &str, seed| spec.overrides.method(kinds[i], dataset, seed);
     let mut events = |event: GridEvent| observer.borrow_mut().grid(event);
-    let (sink, load, model) = (&mut results, &mut load, &mut model);
-    let (configure, events, mine) = (&mut configure, &mut events, mine.as_deref());
+    let io = GridIo {
+        load: &mut load,
+        model: &mut model,
+        images: &mut images,
+        configure: &mut configure,
+        events: &mut events,
+    };
+    let (sink, mine) = (&mut results, mine.as_deref());
     let outcome = match (spec.protocol.transfers(), &spec.source) {
         (true, Some(source)) => {
             let transfer = Transfer {
@@ -159,7 +187,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
                 validation: spec.validation,
                 protocol: spec.protocol,
             };
-            run_transfer_share::<RunError>(&transfer, mine, sink, load, model, configure, events)?
+            run_transfer_share::<RunError>(&transfer, mine, sink, io)?
         }
         _ => {
             let grid = Grid {
@@ -170,7 +198,7 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
                 validation: spec.validation,
                 protocol: spec.protocol,
             };
-            run_grid_share::<RunError>(&grid, mine, sink, load, model, configure, events)?
+            run_grid_share::<RunError>(&grid, mine, sink, io)?
         }
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -419,4 +447,39 @@ fn first_prompt_model(
     let source = RowSource::of_task(&source);
     let model = coop_model(spec.model.as_deref(), &source, &spec.hub, observer)?;
     Ok(Some(Rc::new(model)))
+}
+
+/// For a method that trains on the images themselves (CLIP-LoRA): the model that made the
+/// features, checked against them, and the grid's first draw's images found through the
+/// cache's record, before anything is fitted or written (features imported without their
+/// images are refused here). The model's fingerprint and files; none when no chosen method
+/// needs them.
+fn first_image_model(
+    spec: &RunSpec,
+    kinds: &[MethodKind],
+    observer: &mut dyn RunObserver,
+) -> Result<Option<(String, ModelFiles)>, RunError> {
+    let needs_images = kinds.iter().any(|k| k.card().needs == Needs::Images);
+    let trained_on = spec.trained_on();
+    let (true, Some(d), Some(&k), Some(&seed)) = (
+        needs_images,
+        trained_on.first(),
+        spec.shots.first(),
+        spec.seeds.first(),
+    ) else {
+        return Ok(None);
+    };
+    let model = spec.model.as_deref();
+    let (_, source) = load_draw(&spec.cache, model, d, Shots::K(k), seed)?;
+    let source = RowSource::of_task(&source);
+    let files = features_model(model, &source, &spec.hub, observer)?;
+    draw_context(
+        files.clone(),
+        model,
+        &spec.cache,
+        d,
+        (Shots::K(k), seed),
+        &[],
+    )?;
+    Ok(Some((source.model, files)))
 }

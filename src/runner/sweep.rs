@@ -7,7 +7,9 @@ use std::time::Instant;
 use super::{check_cached, create_out, load_draw, RunError, RunObserver};
 use crate::experiment::sweep::{Sweep, SweepParam};
 use crate::experiment::Validation;
-use crate::experiment::{run_grid, Grid, MethodOverrides, ResultRow, ResultsFile, RowSource};
+use crate::experiment::{
+    run_grid, Grid, GridIo, MethodOverrides, ResultRow, ResultsFile, RowSource,
+};
 use crate::features::task::Shots;
 use crate::methods::registry::CLIP_ADAPTER;
 use crate::report::{write_report, ReportFiles, ReportOptions};
@@ -65,20 +67,20 @@ pub fn sweep(spec: &SweepSpec, observer: &mut dyn RunObserver) -> Result<SweepOu
         validation: spec.validation,
     };
     let started = Instant::now();
-    let outcome = run_grid::<RunError>(
-        &grid,
-        &mut results,
-        &mut |dataset, shots, seed| {
+    let io = GridIo {
+        load: &mut |dataset, shots, seed| {
             let model = spec.model.as_deref();
             let (task, source) = load_draw(&spec.cache, model, dataset, Shots::K(shots), seed)?;
             Ok((task, RowSource::of_task(&source)))
         },
-        // Only a method that trains through the text tower asks for the model, and a sweep
-        // fits CLIP-Adapter alone.
-        &mut |_| Err(RunError::NoTextTower),
-        &mut |i, dataset, seed| sweep.point(base, i).method(CLIP_ADAPTER, dataset, seed),
-        &mut |event| observer.grid(event),
-    )?;
+        // Only a method that trains through the model's towers asks for the model or the
+        // images, and a sweep fits CLIP-Adapter alone.
+        model: &mut |_| Err(RunError::NoTextTower),
+        images: &mut |_, _, _, _| Err(RunError::NoTextTower),
+        configure: &mut |i, dataset, seed| sweep.point(base, i).method(CLIP_ADAPTER, dataset, seed),
+        events: &mut |event| observer.grid(event),
+    };
+    let outcome = run_grid::<RunError>(&grid, &mut results, io)?;
     let seconds = started.elapsed().as_secs_f64();
     let table = sweep.markdown(base, &outcome.rows);
     let table_path = spec.out.join(format!("sweep-{}.md", sweep.param().name()));

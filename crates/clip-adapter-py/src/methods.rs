@@ -8,8 +8,8 @@ use candle_core::{Device, Tensor, D};
 use clip_adapter::clip::hub::HubOptions;
 use clip_adapter::clip::ModelFiles;
 use clip_adapter::experiment::{
-    fit_row, model_reference, ExperimentError, GridMethod, MethodOverrides, RowSource, RowSpec,
-    Validation,
+    fit_row, model_reference, ExperimentError, FitInputs, GridMethod, MethodOverrides, RowSource,
+    RowSpec, Validation,
 };
 use clip_adapter::features::task::{load_task, CacheQuery, Shots};
 use clip_adapter::methods::coop::{CoopHead, PromptModel};
@@ -468,16 +468,13 @@ pub fn fit(
             protocol: clip_adapter::experiment::Protocol::FewShot,
             new: None,
         };
-        fit_row(
-            &configured,
-            &task,
-            &spec,
-            prompt.as_ref(),
+        let inputs = FitInputs {
+            text_tower: prompt.as_ref(),
             // Features in arrays carry no images: CLIP-LoRA is refused, `fit_cached` runs it.
-            None,
-            &mut epochs(&mut p),
-        )
-        .map_err(|e| {
+            images: None,
+            new_images: None,
+        };
+        fit_row(&configured, &task, &spec, inputs, &mut epochs(&mut p)).map_err(|e| {
             match e {
                 // "training M on  (0-shot, seed 1)" names nothing of arrays: the cause alone.
                 ExperimentError::Fit { source, .. } => to_py(source.as_ref(), Kind::Method),
