@@ -9,7 +9,7 @@
 //! inputs.json). Tolerance: embeddings and logits within 1e-5 relative to the largest reference
 //! magnitude; sigmoid probabilities within 1e-5 absolute; token ids exact.
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clip_adapter::clip::model::transformer::l2_normalize;
 use clip_adapter::clip::{Clip, Layout, ModelFiles};
 use clip_adapter::encode::encode_image_files;
