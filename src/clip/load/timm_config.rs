@@ -531,6 +531,24 @@ mod tests {
         assert_eq!(c.text.pooling, Pooling::Argmax);
     }
 
+    /// SigLIP 2's text towers: `act_kwargs: {"approximate": "tanh"}` is tanh GELU.
+    #[test]
+    fn text_act_kwargs_choose_the_gelu() {
+        let activation = |kwargs: Value| {
+            let mut cfg = siglip_cfg();
+            cfg["text_cfg"]["act_kwargs"] = kwargs;
+            from_model_cfg(&cfg, &shapes(true)).map(|c| c.text.activation)
+        };
+        let tanh = serde_json::json!({"approximate": "tanh"});
+        assert_eq!(activation(tanh).unwrap(), Activation::GeluTanh);
+        let none = serde_json::json!({"approximate": "none"});
+        assert_eq!(activation(none).unwrap(), Activation::Gelu);
+        assert_eq!(activation(Value::Null).unwrap(), Activation::Gelu);
+        let other = serde_json::json!({"inplace": true});
+        let msg = activation(other).unwrap_err().to_string();
+        assert!(msg.contains("act_kwargs.inplace"), "{msg}");
+    }
+
     #[test]
     fn what_we_do_not_run_is_refused_by_name() {
         let cases: [(&str, Value, &str); 7] = [
