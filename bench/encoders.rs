@@ -3,7 +3,10 @@
 //!
 //!     cargo bench --bench encoders -- MODEL_DIR THREADS
 //! An optional third argument runs only the cases whose name contains it (for profiling).
-//! With `MODEL_DIR/check.safetensors` (bench/make_weights.py) it first checks full-size parity.
+//! With `MODEL_DIR/check.safetensors` (bench/make_weights.py) it first checks full-size parity
+//! (image embeddings, and text embeddings when the file has token ids) and stops if the largest
+//! difference exceeds 1e-4 of the largest reference value. A filter matching no case
+//! (`parity-only`) runs the check alone.
 //! Prints one JSON object: throughput per case (median over repeats), the GEMM rate of the
 //! machine on a large square product and on the encoders' own shapes (GFLOP/s, best of repeats),
 //! the CPU model and SIMD level, and peak RSS.
@@ -86,6 +89,19 @@ fn gemm_rate(m: usize, k: usize, n: usize, tb: bool) -> f64 {
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
+/// Full-size parity bound: the largest difference relative to the largest reference magnitude.
+const PARITY_REL: f32 = 1e-4;
+
+fn check_parity(what: &str, diff: f32, scale: f32) -> anyhow::Result<()> {
+    let rel = diff / scale.max(f32::MIN_POSITIVE);
+    anyhow::ensure!(
+        rel <= PARITY_REL,
+        "full-size {what} parity failed: {diff:.3e} is {rel:.2e} of the largest reference value \
+         {scale:.3e} (bound {PARITY_REL:.0e})"
+    );
+    Ok(())
+}
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -124,7 +140,31 @@ fn main() -> anyhow::Result<()> {
         eprintln!(
             "full-size parity: max |ours - reference| = {diff:.3e} (max |reference| = {scale:.3e})"
         );
-        serde_json::json!({"max_abs_diff": diff, "max_abs_reference": scale})
+        check_parity("image", diff, scale)?;
+        let mut parity = serde_json::json!({"max_abs_diff": diff, "max_abs_reference": scale});
+        // Text embeddings of the reference's own token ids, when the file has them.
+        if let (Some(ids), Some(want)) = (t.get("input_ids"), t.get("text_embeds")) {
+            let rows: Vec<Vec<u32>> = ids
+                .to_vec2::<i64>()?
+                .into_iter()
+                .map(|r| r.into_iter().map(|i| i as u32).collect())
+                .collect();
+            let ours = clip.encode_tokens(&rows)?;
+            let diff = (ours - want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            eprintln!(
+                "full-size text parity: max |ours - reference| = {diff:.3e} (max |reference| = \
+                 {scale:.3e})"
+            );
+            check_parity("text", diff, scale)?;
+            parity["text_max_abs_diff"] = diff.into();
+            parity["text_max_abs_reference"] = scale.into();
+        }
+        parity
     } else {
         serde_json::Value::Null
     };

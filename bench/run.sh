@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side encoder benchmark: ours vs PyTorch (transformers for ViT-B/32, open_clip for RN50),
+# Side-by-side encoder benchmark: ours vs PyTorch (transformers for ViT-B/32 and SigLIP-B/16,
+# open_clip for RN50 and EVA02-B/16),
 # same random full-size weights, same inputs, same thread count, one after the other.
 #
-#   bench/run.sh [THREADS] [MODELS...]   (default: 2 vit-b-32 rn50; needs the venv of
-#                                         scripts/fixtures/requirements.txt, PYTHON=its python)
+#   bench/run.sh [THREADS] [MODELS...]   (default: 2 vit-b-32 rn50; also siglip-b-16 eva02-b-16;
+#                                         needs the venv of scripts/fixtures/requirements.txt,
+#                                         PYTHON=its python)
 #
 # ROUNDS=N (default 1) alternates the two sides N times and keeps each side's best throughput
 # per case: on a machine shared with other work, the best round is the one least disturbed.
@@ -44,7 +46,9 @@ print(f"{name}, random weights, f32, {ours['threads']} threads, best of {ours['r
 print(f"CPU: {ours['cpu']}; our kernels: {ours['simd']}; torch's ATen: {theirs.get('cpu_capability', '?')}; 1-minute load average at each round's start: {', '.join(loads)}")
 if ours.get("parity"):
     p = ours["parity"]
-    print(f"full-size parity: max abs diff {p['max_abs_diff']:.3e} on embeddings up to {p['max_abs_reference']:.3e}")
+    print(f"full-size parity: max abs diff {p['max_abs_diff']:.3e} on image embeddings up to {p['max_abs_reference']:.3e}")
+    if "text_max_abs_diff" in p:
+        print(f"full-size text parity: max abs diff {p['text_max_abs_diff']:.3e} on text embeddings up to {p['text_max_abs_reference']:.3e}")
 print()
 print(f"| GEMM (M x K x N) | ours (GFLOP/s) | torch (GFLOP/s) | ratio |")
 print("|---|---|---|---|")
@@ -54,7 +58,7 @@ for case, v in sorted(ours["gflops"].items(), key=lambda kv: -int(kv[0].split()[
 large = "gemm 2048x2048x2048"
 peak = max(ours["gflops"][large], theirs["gflops"][large])
 print()
-print(f"Effective rate: the reference's FLOPs per item (torch.utils.flop_counter, all 77 text positions) x items/s,")
+print(f"Effective rate: the reference's FLOPs per item (torch.utils.flop_counter, every text position: 77, SigLIP 64) x items/s,")
 print(f"as a fraction of the machine's large-GEMM rate: the better side's 2048^3 above ({peak:.0f} GFLOP/s).")
 print()
 print(f"| case | {ours['impl']} (/s) | {theirs['impl']} (/s) | ratio | GFLOP per item | ours GFLOP/s (fraction) | torch GFLOP/s (fraction) |")

@@ -1,5 +1,6 @@
-"""PyTorch side of the encoder benchmark, on the same weights as ours: transformers.CLIPModel for
-a transformers-layout directory, open_clip's CLIP for an open_clip-layout one.
+"""PyTorch side of the encoder benchmark, on the same weights as ours: transformers.CLIPModel or
+SiglipModel for a transformers-layout directory, open_clip's CLIP (CustomTextCLIP for a timm
+tower such as EVA02's) for an open_clip-layout one.
 
     venv/bin/python bench/torch_encoders.py MODEL_DIR THREADS
 Prints one JSON object: throughput per case (median over repeats), the GEMM rate on the shapes
@@ -22,13 +23,33 @@ model_dir, threads = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(threads)
 tok = open_clip.get_tokenizer("ViT-B-32")
 open_clip_cfg = os.path.join(model_dir, "open_clip_config.json")
+hf_cfg = os.path.join(model_dir, "config.json")
 if os.path.exists(open_clip_cfg):
     cfg = json.load(open(open_clip_cfg))["model_cfg"]
-    model = open_clip.CLIP(**cfg).eval()
-    model.load_state_dict(load_file(os.path.join(model_dir, "open_clip_model.safetensors")))
+    # EVA02-B-16 and the like: a timm image tower in a CustomTextCLIP.
+    cls = open_clip.CustomTextCLIP if cfg.get("custom_text") else open_clip.CLIP
+    model = cls(**{k: v for k, v in cfg.items() if k != "custom_text"}).eval()
+    state = load_file(os.path.join(model_dir, "open_clip_model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # bench/make_weights.py leaves out only buffers the model computes (rotary tables, masks).
+    assert not unexpected and all(".rope." in k or k.endswith("attn_mask") for k in missing), (
+        missing, unexpected)
     encode_image, encode_text = model.encode_image, model.encode_text
     impl = f"open_clip {open_clip.__version__} / torch {torch.__version__}"
     size = cfg["vision_cfg"]["image_size"]
+elif json.load(open(hf_cfg)).get("model_type") == "siglip":
+    import transformers
+    from transformers.models.siglip import SiglipTokenizer
+
+    model = transformers.SiglipModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    encode_image = lambda x: model.get_image_features(pixel_values=x)  # noqa: E731
+    encode_text = lambda ids: model.get_text_features(input_ids=ids)  # noqa: E731
+    impl = f"transformers {transformers.__version__} / torch {torch.__version__}"
+    size = model.config.vision_config.image_size
+    siglip_tok = SiglipTokenizer.from_pretrained(model_dir)
+    # SigLIP's rows: 64 positions, padded to the maximum length as the model was trained.
+    tok = lambda texts: torch.tensor(siglip_tok(  # noqa: E731
+        texts, padding="max_length", max_length=64, truncation=True)["input_ids"])
 else:
     import transformers
 

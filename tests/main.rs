@@ -29,6 +29,7 @@ mod parity_eva;
 mod parity_open_clip;
 mod parity_shape_rules;
 mod parity_siglip;
+mod parity_siglip2;
 mod parity_siglip_open_clip;
 mod preprocess;
 mod preprocess_jpeg_simd;

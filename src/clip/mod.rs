@@ -156,11 +156,62 @@ impl ModelFiles {
                 if self.layout == Layout::OpenClipTimm && t.sentencepiece().is_some() {
                     return open_clip_sentencepiece(t, config);
                 }
+                if t.gemma().is_some() {
+                    return self.siglip2_tokenizer(t, config);
+                }
                 return Ok(t);
             }
         }
         Ok(Tokenizer::openai()?)
     }
+}
+
+impl ModelFiles {
+    /// SigLIP 2: Gemma's tokenizer beside a SigLIP config (a `SiglipModel` `config.json`, or an
+    /// open_clip config with a SigLIP tower). In open_clip's layout it runs behind open_clip's
+    /// text cleaner (`text_cfg.tokenizer_kwargs.clean`, `whitespace` when absent).
+    fn siglip2_tokenizer(&self, t: Tokenizer, config: &Path) -> Result<Tokenizer> {
+        let model = self.read_config()?;
+        if !model.is_siglip() {
+            return Err(Error::Config {
+                path: self.dir.join("tokenizer.json"),
+                msg: format!(
+                    "a Gemma tokenizer (byte-fallback BPE, SigLIP 2's) beside a model that is not \
+                     SigLIP ({}); SigLIP 2 checkpoints are SiglipModel (config.json model_type \
+                     `siglip`) or open_clip SigLIP towers",
+                    config.display()
+                ),
+            });
+        }
+        if self.layout != Layout::OpenClipTimm {
+            return Ok(t);
+        }
+        let doc = read_json(config)?;
+        let clean = &doc["model_cfg"]["text_cfg"]["tokenizer_kwargs"]["clean"];
+        let name = match clean {
+            serde_json::Value::Null => "whitespace",
+            v => v.as_str().unwrap_or(""),
+        };
+        match crate::tokenizer::gemma::OpenClipClean::from_name(name) {
+            Some(c) => Ok(t.with_open_clip_clean(c)),
+            None => Err(Error::Config {
+                path: config.into(),
+                msg: format!(
+                    "text_cfg.tokenizer_kwargs.clean is {clean}: open_clip's clean functions are \
+                     \"whitespace\", \"lower\" and \"canonicalize\""
+                ),
+            }),
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?).map_err(
+        |source| Error::Json {
+            path: path.into(),
+            source,
+        },
+    )
 }
 
 /// open_clip runs a hub tokenizer behind its own text cleaner (`text_cfg.tokenizer_kwargs.clean`,

@@ -70,6 +70,45 @@ pub(crate) fn quick_gelu(x: f32) -> f32 {
     x / (1.0 + (-1.702 * x).exp())
 }
 
+/// The tanh GELU as a sigmoid gate: `0.5 x (1 + tanh(u)) = x σ(2u)` with
+/// `u = √(2/π) (x + 0.044715 x³)`, so `2u = x (GELU_TANH_LINEAR + GELU_TANH_CUBIC x²)`.
+const GELU_TANH_LINEAR: f32 = 1.595_769_2;
+const GELU_TANH_CUBIC: f32 = 0.071_354_814;
+
+/// `row[i] = gelu_tanh(row[i] + bias[i])`: `gelu_pytorch_tanh` / `gelu_new` (SigLIP's towers),
+/// on the vector `exp` rather than a scalar `tanhf` per element.
+pub(crate) fn bias_gelu_tanh(row: &mut [f32], bias: Option<&[f32]>) {
+    bias_gelu_tanh_at(simd_level(), row, bias)
+}
+
+/// [`bias_gelu_tanh`] at level `simd`, which must be available.
+pub(crate) fn bias_gelu_tanh_at(simd: Simd, row: &mut [f32], bias: Option<&[f32]>) {
+    assert!(simd.available(), "gelu_tanh: {simd:?} not available");
+    if let Some(b) = bias {
+        assert!(b.len() >= row.len(), "bias shorter than the row");
+    }
+    let (linear, cubic) = (GELU_TANH_LINEAR, GELU_TANH_CUBIC);
+    match simd {
+        // SAFETY: the CPU has the level's features (checked above), the bias is long enough.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512::bias_gate(row, bias, linear, cubic) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::bias_gate(row, bias, linear, cubic) },
+        _ => match bias {
+            Some(b) => row
+                .iter_mut()
+                .zip(b)
+                .for_each(|(x, b)| *x = gelu_tanh(*x + b)),
+            None => row.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
+        },
+    }
+}
+
+#[inline]
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    x / (1.0 + (-x * (GELU_TANH_LINEAR + GELU_TANH_CUBIC * x * x)).exp())
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -130,6 +169,12 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
+        bias_gate(row, bias, 1.702, 0.0)
+    }
+
+    /// `x / (1 + exp(-z))` with `z = x · linear` (`cubic` 0) or `x · (linear + cubic · x²)`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn bias_gate(row: &mut [f32], bias: Option<&[f32]>, linear: f32, cubic: f32) {
         let n = row.len();
         if let Some(b) = bias {
             assert!(b.len() >= n, "bias shorter than the row");
@@ -146,7 +191,15 @@ mod avx512 {
             if let Some(b) = bias {
                 x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)));
             }
-            let e = exp(_mm512_mul_ps(x, _mm512_set1_ps(-1.702)));
+            let k = match cubic == 0.0 {
+                true => _mm512_set1_ps(-linear),
+                false => _mm512_fmadd_ps(
+                    _mm512_mul_ps(x, x),
+                    _mm512_set1_ps(-cubic),
+                    _mm512_set1_ps(-linear),
+                ),
+            };
+            let e = exp(_mm512_mul_ps(x, k));
             let y = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e));
             _mm512_mask_storeu_ps(p, mask, y);
             i += 16;
@@ -241,6 +294,15 @@ mod avx2 {
     /// `bias`, when given, is at least as long as `row`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
+        bias_gate(row, bias, 1.702, 0.0)
+    }
+
+    /// `x / (1 + exp(-z))` with `z = x · linear` (`cubic` 0) or `x · (linear + cubic · x²)`.
+    ///
+    /// # Safety
+    /// `bias`, when given, is at least as long as `row`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bias_gate(row: &mut [f32], bias: Option<&[f32]>, linear: f32, cubic: f32) {
         let n = row.len();
         let mut i = 0;
         while i < n {
@@ -250,7 +312,15 @@ mod avx2 {
             if let Some(b) = bias {
                 x = _mm256_add_ps(x, _mm256_maskload_ps(b.as_ptr().add(i), m));
             }
-            let e = exp(_mm256_mul_ps(x, _mm256_set1_ps(-1.702)));
+            let k = match cubic == 0.0 {
+                true => _mm256_set1_ps(-linear),
+                false => _mm256_fmadd_ps(
+                    _mm256_mul_ps(x, x),
+                    _mm256_set1_ps(-cubic),
+                    _mm256_set1_ps(-linear),
+                ),
+            };
+            let e = exp(_mm256_mul_ps(x, k));
             let y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
             _mm256_maskstore_ps(p, m, y);
             i += 8;
@@ -333,6 +403,35 @@ mod tests {
                 assert!((s - v.iter().sum::<f32>()).abs() < 1e-6, "{simd:?} {len}");
             }
         }
+    }
+
+    #[test]
+    fn vector_gelu_tanh_matches_the_tanh_definition() {
+        let xs: Vec<f32> = (0..1003).map(|i| (i as f32 - 501.0) * 0.03).collect();
+        let bias: Vec<f32> = (0..1003).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        // gelu_pytorch_tanh as transformers writes it.
+        let reference = |x: f32| {
+            let x = f64::from(x);
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+        };
+        for simd in levels() {
+            for b in [None, Some(&bias[..])] {
+                for len in [1003, 17, 9, 8, 7, 1] {
+                    let mut got = xs[..len].to_vec();
+                    bias_gelu_tanh_at(simd, &mut got, b.map(|b| &b[..len]));
+                    for (i, (x, g)) in xs.iter().zip(&got).enumerate() {
+                        let want = reference(x + b.map_or(0.0, |b| b[i]));
+                        assert!(
+                            (f64::from(*g) - want).abs() <= 1e-6 * want.abs().max(1.0),
+                            "{simd:?}: gelu_tanh({x}) = {g}, want {want}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(gelu_tanh(-1e30), 0.0);
+        assert_eq!(gelu_tanh(1e30), 1e30);
     }
 
     #[test]

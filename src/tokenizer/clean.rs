@@ -68,6 +68,14 @@ impl Cleaner {
             })
     }
 
+    /// open_clip's `basic_clean`: `ftfy.fix_text`, `html.unescape` twice, strip.
+    pub fn open_clip_basic(&self, text: &str) -> String {
+        let text = self.fix_text(text);
+        let text = self.html.python_unescape(&self.tables, &text);
+        let text = self.html.python_unescape(&self.tables, &text);
+        text.trim_matches(is_python_space).to_string()
+    }
+
     /// open_clip's `_clean_lower`.
     pub fn open_clip(&self, text: &str) -> String {
         let text = self.fix_text(text);

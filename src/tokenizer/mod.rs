@@ -37,6 +37,7 @@
 
 pub(crate) mod bpe;
 mod clean;
+pub mod gemma;
 mod html;
 mod mojibake;
 pub mod sentencepiece;
@@ -54,6 +55,7 @@ use serde::Deserialize;
 
 use bpe::{byte_tokens_in_vocab_order, bytes_to_unicode, Bpe, Merge, END_OF_WORD};
 use clean::Cleaner;
+use gemma::{is_gemma_json, Gemma, OpenClipClean};
 use sentencepiece::{SentencePiece, SiglipOptions};
 
 /// CLIP's text context: start token, at most 75 BPE tokens, end token.
@@ -498,8 +500,8 @@ impl ClipBpe {
     }
 }
 
-/// A model's tokenizer: CLIP's byte-level BPE, or SigLIP's SentencePiece. Cloning is cheap
-/// (the vocabulary is shared).
+/// A model's tokenizer: CLIP's byte-level BPE, SigLIP's SentencePiece, or SigLIP 2's Gemma BPE.
+/// Cloning is cheap (the vocabulary is shared).
 #[derive(Clone)]
 pub struct Tokenizer {
     kind: Kind,
@@ -509,6 +511,7 @@ pub struct Tokenizer {
 enum Kind {
     Bpe(ClipBpe),
     SentencePiece(Arc<SentencePiece>),
+    Gemma(Arc<Gemma>),
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -516,6 +519,7 @@ impl std::fmt::Debug for Tokenizer {
         match &self.kind {
             Kind::Bpe(b) => b.fmt(f),
             Kind::SentencePiece(s) => s.fmt(f),
+            Kind::Gemma(g) => g.fmt(f),
         }
     }
 }
@@ -541,13 +545,17 @@ impl Tokenizer {
     /// A `tokenizers` `tokenizer.json`: CLIP's BPE (`end_of_word_suffix` `</w>`; only the
     /// vocabulary, the merges and the special tokens' ids and `normalized` flags are read, the
     /// text pipeline is CLIP's), or a SentencePiece Unigram model (`model.type` `Unigram`),
-    /// run as SigLIP's tokenizer.
+    /// run as SigLIP's tokenizer, or Gemma's byte-fallback BPE (SigLIP 2's), run as
+    /// `GemmaTokenizer` with its defaults.
     pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
         let json: serde_json::Value =
             serde_json::from_slice(&read(path)?).map_err(|source| TokenizerError::Json {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if is_gemma_json(&json) {
+            return Ok(Gemma::from_tokenizer_json(path)?.into());
+        }
         if json["model"]["type"] == "Unigram" {
             let options = SiglipOptions::default();
             return Ok(SentencePiece::from_tokenizer_json(path, &json, &options)?.into());
@@ -560,6 +568,9 @@ impl Tokenizer {
     /// - SigLIP's SentencePiece: `spiece.model` (what `SiglipTokenizer` saves), else a
     ///   `tokenizer.json` whose model is Unigram; `tokenizer_config.json`'s special tokens and
     ///   `do_lower_case` apply;
+    /// - SigLIP 2's Gemma BPE: a `tokenizer.json` whose model is BPE with byte fallback;
+    ///   `tokenizer_config.json`'s special tokens, `add_bos_token` / `add_eos_token` and
+    ///   padding and truncation sides apply;
     /// - CLIP's BPE: `tokenizer.json`, else `vocab.json` + `merges.txt`, with
     ///   [`Cleaning::OpenClip`] like every constructor's; pick another with
     ///   [`Tokenizer::with_cleaning`].
@@ -580,6 +591,9 @@ impl Tokenizer {
                         source,
                     }
                 })?;
+            if is_gemma_json(&json) {
+                return Ok(Some(Gemma::from_model_dir(dir)?.into()));
+            }
             if json["model"]["type"] == "Unigram" {
                 let options = SiglipOptions::from_model_dir(dir)?;
                 let sp = SentencePiece::from_tokenizer_json(&tokenizer_json, &json, &options)?;
@@ -605,8 +619,17 @@ impl Tokenizer {
         }
     }
 
-    /// The same vocabulary with another reference's text handling (BPE only: SentencePiece
-    /// has one way, SigLIP's).
+    /// The same Gemma tokenizer behind open_clip's `HFTokenizer` clean function
+    /// (`text_cfg.tokenizer_kwargs.clean`); other tokenizers are returned unchanged.
+    pub fn with_open_clip_clean(self, clean: OpenClipClean) -> Tokenizer {
+        match self.kind {
+            Kind::Gemma(g) => Arc::unwrap_or_clone(g).with_open_clip_clean(clean).into(),
+            other => Tokenizer { kind: other },
+        }
+    }
+
+    /// The same vocabulary with another reference's text handling (CLIP's BPE only:
+    /// SentencePiece and Gemma have one way each).
     pub fn with_cleaning(self, cleaning: Cleaning) -> Tokenizer {
         match self.kind {
             Kind::Bpe(b) => b.with_cleaning(cleaning).into(),
@@ -617,31 +640,40 @@ impl Tokenizer {
     pub fn cleaning(&self) -> Cleaning {
         match &self.kind {
             Kind::Bpe(b) => b.cleaning(),
-            Kind::SentencePiece(_) => Cleaning::default(),
+            Kind::SentencePiece(_) | Kind::Gemma(_) => Cleaning::default(),
         }
     }
 
     /// The SentencePiece tokenizer, when this is one (SigLIP).
     pub fn sentencepiece(&self) -> Option<&SentencePiece> {
         match &self.kind {
-            Kind::Bpe(_) => None,
             Kind::SentencePiece(s) => Some(s),
+            _ => None,
         }
     }
 
-    /// The start-of-text id; SentencePiece (SigLIP) has none.
+    /// Gemma's BPE, when this is it (SigLIP 2).
+    pub fn gemma(&self) -> Option<&Gemma> {
+        match &self.kind {
+            Kind::Gemma(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The start-of-text id; SentencePiece (SigLIP) and Gemma (SigLIP 2) rows have none.
     pub fn sot_id(&self) -> Option<u32> {
         match &self.kind {
             Kind::Bpe(b) => Some(b.sot_id()),
-            Kind::SentencePiece(_) => None,
+            Kind::SentencePiece(_) | Kind::Gemma(_) => None,
         }
     }
 
-    /// The end-of-text id (SentencePiece: `</s>`).
+    /// The end-of-text id (SentencePiece: `</s>`; Gemma: `<eos>`).
     pub fn eot_id(&self) -> u32 {
         match &self.kind {
             Kind::Bpe(b) => b.eot_id(),
             Kind::SentencePiece(s) => s.eos_id(),
+            Kind::Gemma(g) => g.eos_id(),
         }
     }
 
@@ -651,6 +683,7 @@ impl Tokenizer {
         match &self.kind {
             Kind::Bpe(_) => 0,
             Kind::SentencePiece(s) => s.pad_id(),
+            Kind::Gemma(g) => g.pad_id(),
         }
     }
 
@@ -659,6 +692,7 @@ impl Tokenizer {
         match &self.kind {
             Kind::Bpe(b) => b.vocab_size(),
             Kind::SentencePiece(s) => s.vocab_size(),
+            Kind::Gemma(g) => g.vocab_size(),
         }
     }
 
@@ -668,6 +702,7 @@ impl Tokenizer {
         match &self.kind {
             Kind::Bpe(b) => b.encode(text),
             Kind::SentencePiece(s) => s.encode(text),
+            Kind::Gemma(g) => g.encode(text),
         }
     }
 
@@ -678,6 +713,7 @@ impl Tokenizer {
         match &self.kind {
             Kind::Bpe(b) => b.tokenize(text, context_length),
             Kind::SentencePiece(s) => s.tokenize(text, context_length),
+            Kind::Gemma(g) => g.tokenize(text, context_length),
         }
     }
 
@@ -687,6 +723,7 @@ impl Tokenizer {
         match &self.kind {
             Kind::Bpe(b) => b.tokenize_padded(text, context_length, pad_id),
             Kind::SentencePiece(s) => s.tokenize_padded(text, context_length, pad_id),
+            Kind::Gemma(g) => g.tokenize_padded(text, context_length, pad_id),
         }
     }
 
@@ -709,6 +746,15 @@ impl Tokenizer {
         match &self.kind {
             Kind::Bpe(b) => b.decode(ids),
             Kind::SentencePiece(s) => s.decode(ids),
+            Kind::Gemma(g) => g.decode(ids),
+        }
+    }
+}
+
+impl From<Gemma> for Tokenizer {
+    fn from(g: Gemma) -> Self {
+        Tokenizer {
+            kind: Kind::Gemma(Arc::new(g)),
         }
     }
 }

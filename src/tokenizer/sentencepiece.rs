@@ -197,6 +197,18 @@ pub fn canonicalize(text: &str, lower: bool) -> String {
     out
 }
 
+/// open_clip's `_clean_canonicalize` after `basic_clean` (big_vision's `canonicalize_text`):
+/// `_` made a space, ASCII punctuation removed, then Python's `str.lower` (in this order: a final
+/// sigma is judged without the punctuation), whitespace runs made one space, stripped.
+pub fn open_clip_canonicalize(text: &str) -> String {
+    let kept: String = text
+        .replace('_', " ")
+        .chars()
+        .filter(|c| !PUNCTUATION.contains(*c))
+        .collect();
+    canonicalize(&kept.to_lowercase(), false)
+}
+
 /// A SentencePiece Unigram model with SigLIP's text handling.
 #[derive(Clone)]
 pub struct SentencePiece {
@@ -521,9 +533,9 @@ impl SentencePiece {
     }
 
     /// The same model behind open_clip's `HFTokenizer` with `clean='canonicalize'` (open_clip's
-    /// SigLIP models): the raw text is canonicalised once more before anything else, `_` first
-    /// made a space, so special-token strings in the text lose their punctuation and are read
-    /// as words.
+    /// SigLIP models): the raw text goes through `basic_clean` (ftfy, HTML unescaping) and is
+    /// canonicalised once more before anything else ([`open_clip_canonicalize`]), so
+    /// special-token strings in the text lose their punctuation and are read as words.
     pub fn with_open_clip_canonicalize(mut self) -> Self {
         self.open_clip_clean = true;
         self
@@ -534,7 +546,11 @@ impl SentencePiece {
         let cleaned;
         let text = match self.open_clip_clean {
             true => {
-                cleaned = canonicalize(&text.replace('_', " "), true);
+                let basic = match super::clean::Cleaner::get() {
+                    Ok(c) => c.open_clip_basic(text),
+                    Err(_) => text.to_string(),
+                };
+                cleaned = open_clip_canonicalize(&basic);
                 cleaned.as_str()
             }
             false => text,
@@ -610,5 +626,14 @@ mod tests {
         );
         assert_eq!(canonicalize("don't-stop", false), "dontstop");
         assert_eq!(canonicalize("!!!", true), "");
+    }
+
+    #[test]
+    fn open_clip_canonicalize_removes_punctuation_before_lowering() {
+        assert_eq!(open_clip_canonicalize(" Snake_Case, OK! "), "snake case ok");
+        // Python: "Α&Σ x".translate(...) is "ΑΣ x", whose sigma is final ("ας x"); lower-cased
+        // first (SiglipTokenizer's order) the `&` keeps it medial ("ασ x").
+        assert_eq!(open_clip_canonicalize("Α&Σ x"), "ας x");
+        assert_eq!(canonicalize("Α&Σ x", true), "ασ x");
     }
 }

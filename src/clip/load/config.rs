@@ -347,6 +347,17 @@ impl ClipConfig {
         };
         match raw.model_type.as_deref() {
             None | Some("clip") => {}
+            Some("siglip2") => {
+                return Err(err(
+                    "unsupported architecture: model_type is `siglip2` (transformers \
+                     `Siglip2Model`, SigLIP 2's NaFlex variant: a Linear patch embedding over \
+                     variable-length patch sequences, position embeddings resized per image to \
+                     its aspect ratio); supported are `clip` (CLIPModel) and `siglip` \
+                     (SiglipModel, the layout of SigLIP 2's fixed-resolution checkpoints such as \
+                     google/siglip2-base-patch16-224)"
+                        .into(),
+                ))
+            }
             Some(kind) => {
                 return Err(err(format!(
                     "unsupported architecture: model_type is `{kind}`; supported are `clip` \

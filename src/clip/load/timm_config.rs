@@ -165,6 +165,7 @@ pub fn from_model_cfg(
             "proj_bias",
             "pool_type",
             "norm_kwargs",
+            "act_kwargs",
         ],
     )?;
     let siglip = matches!(family, Family::Siglip { .. });
@@ -225,10 +226,8 @@ pub fn from_model_cfg(
         .into());
     }
 
-    let text_activation = match top.get("quick_gelu").and_then(Value::as_bool) {
-        Some(true) => Activation::QuickGelu,
-        _ => Activation::Gelu,
-    };
+    let quick_gelu = top.get("quick_gelu").and_then(Value::as_bool) == Some(true);
+    let text_activation = text_activation(text, quick_gelu)?;
     let mut text_config = text_tower(text, text_activation)?;
     text_config.layer_norm_eps = norm_eps(text)?;
     if siglip {
@@ -327,6 +326,45 @@ fn expect(
         show(found),
         show(want)
     ))
+}
+
+/// The text tower's activation: `nn.GELU`, or `QuickGELU` with `quick_gelu`, given
+/// `text_cfg.act_kwargs` (SigLIP 2's `{"approximate": "tanh"}`).
+fn text_activation(
+    text: &Map<String, Value>,
+    quick_gelu: bool,
+) -> std::result::Result<Activation, String> {
+    let Some(kwargs) = text.get("act_kwargs").filter(|v| !v.is_null()) else {
+        return Ok(match quick_gelu {
+            true => Activation::QuickGelu,
+            false => Activation::Gelu,
+        });
+    };
+    let kwargs = kwargs
+        .as_object()
+        .ok_or_else(|| format!("text_cfg.act_kwargs must be an object, found {kwargs}"))?;
+    if quick_gelu && !kwargs.is_empty() {
+        return Err(
+            "unsupported text_cfg.act_kwargs with quick_gelu (QuickGELU takes none)".into(),
+        );
+    }
+    if let Some(key) = kwargs.keys().find(|k| *k != "approximate") {
+        return Err(format!(
+            "unsupported text_cfg.act_kwargs.{key} (only approximate is supported)"
+        ));
+    }
+    match kwargs.get("approximate").map(|v| v.as_str()) {
+        None | Some(Some("none")) => Ok(if quick_gelu {
+            Activation::QuickGelu
+        } else {
+            Activation::Gelu
+        }),
+        Some(Some("tanh")) => Ok(Activation::GeluTanh),
+        Some(_) => Err(format!(
+            "text_cfg.act_kwargs.approximate must be \"none\" or \"tanh\", found {}",
+            kwargs["approximate"]
+        )),
+    }
 }
 
 /// `text_cfg.norm_kwargs`: only `eps` changes anything we run.
@@ -491,6 +529,24 @@ mod tests {
         assert_eq!((e.width, e.heads, e.intermediate_size), (64, 16, 80));
         assert_eq!(e.rope_reference_grid, Some([16, 16]));
         assert_eq!(c.text.pooling, Pooling::Argmax);
+    }
+
+    /// SigLIP 2's text towers: `act_kwargs: {"approximate": "tanh"}` is tanh GELU.
+    #[test]
+    fn text_act_kwargs_choose_the_gelu() {
+        let activation = |kwargs: Value| {
+            let mut cfg = siglip_cfg();
+            cfg["text_cfg"]["act_kwargs"] = kwargs;
+            from_model_cfg(&cfg, &shapes(true)).map(|c| c.text.activation)
+        };
+        let tanh = serde_json::json!({"approximate": "tanh"});
+        assert_eq!(activation(tanh).unwrap(), Activation::GeluTanh);
+        let none = serde_json::json!({"approximate": "none"});
+        assert_eq!(activation(none).unwrap(), Activation::Gelu);
+        assert_eq!(activation(Value::Null).unwrap(), Activation::Gelu);
+        let other = serde_json::json!({"inplace": true});
+        let msg = activation(other).unwrap_err().to_string();
+        assert!(msg.contains("act_kwargs.inplace"), "{msg}");
     }
 
     #[test]
