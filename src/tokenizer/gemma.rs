@@ -37,6 +37,7 @@ use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{PostProcessor, SplitDelimiterBehavior, TruncationDirection};
 
 use super::clean::{is_python_space, Cleaner};
+use super::config::TokenizerConfig;
 use super::sentencepiece::{open_clip_canonicalize, SPACE};
 use super::TokenizerError;
 
@@ -98,41 +99,23 @@ impl GemmaOptions {
     /// The defaults, then the directory's `tokenizer_config.json` when there is one.
     fn from_model_dir(dir: &Path) -> Result<Self, TokenizerError> {
         let mut o = GemmaOptions::default();
-        let path = dir.join("tokenizer_config.json");
-        if !path.is_file() {
+        let Some(config) = TokenizerConfig::read(dir)? else {
             return Ok(o);
-        }
-        let bytes = std::fs::read(&path).map_err(|source| TokenizerError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| TokenizerError::Json {
-                path: path.clone(),
-                source,
-            })?;
-        let token = |key: &str| match &json[key] {
-            serde_json::Value::String(s) => Some(s.clone()),
-            v => v["content"].as_str().map(str::to_string),
         };
-        for (key, slot) in [
+        config.tokens_into([
             ("pad_token", &mut o.pad_token),
             ("unk_token", &mut o.unk_token),
             ("bos_token", &mut o.bos_token),
             ("eos_token", &mut o.eos_token),
-        ] {
-            if let Some(t) = token(key) {
-                *slot = t;
-            }
-        }
-        o.add_bos_token = json["add_bos_token"].as_bool();
-        o.add_eos_token = json["add_eos_token"].as_bool();
-        let side = |key: &str, default_left: bool| match json[key].as_str() {
+        ]);
+        o.add_bos_token = config.bool("add_bos_token");
+        o.add_eos_token = config.bool("add_eos_token");
+        let side = |key: &str, default_left: bool| match config.str(key) {
             None => Ok(default_left),
             Some("left") => Ok(true),
             Some("right") => Ok(false),
             Some(other) => Err(TokenizerError::Format {
-                path: path.clone(),
+                path: config.path.clone(),
                 location: key.into(),
                 expected: format!("\"left\" or \"right\", found {other:?}"),
             }),

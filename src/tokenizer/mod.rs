@@ -37,6 +37,7 @@
 
 pub(crate) mod bpe;
 mod clean;
+mod config;
 pub mod gemma;
 mod html;
 mod mojibake;

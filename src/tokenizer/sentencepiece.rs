@@ -29,6 +29,7 @@ use std::path::Path;
 use tokenizers::models::unigram::Unigram;
 use tokenizers::Model;
 
+use super::config::TokenizerConfig;
 use super::spm_model::{ModelProto, NormalizerSpec};
 use super::TokenizerError;
 
@@ -266,34 +267,16 @@ impl SiglipOptions {
     /// objects with a `content`) and `do_lower_case`, over [`SiglipOptions::default`]; the
     /// defaults when the file is absent.
     pub fn from_model_dir(dir: &Path) -> Result<Self, TokenizerError> {
-        let path = dir.join("tokenizer_config.json");
         let mut options = SiglipOptions::default();
-        if !path.is_file() {
+        let Some(config) = TokenizerConfig::read(dir)? else {
             return Ok(options);
-        }
-        let bytes = std::fs::read(&path).map_err(|source| TokenizerError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| TokenizerError::Json {
-                path: path.clone(),
-                source,
-            })?;
-        let token = |key: &str| match &json[key] {
-            serde_json::Value::String(s) => Some(s.clone()),
-            v => v["content"].as_str().map(str::to_string),
         };
-        if let Some(t) = token("eos_token") {
-            options.eos_token = t;
-        }
-        if let Some(t) = token("unk_token") {
-            options.unk_token = t;
-        }
-        if let Some(t) = token("pad_token") {
-            options.pad_token = t;
-        }
-        if let Some(lower) = json["do_lower_case"].as_bool() {
+        config.tokens_into([
+            ("eos_token", &mut options.eos_token),
+            ("unk_token", &mut options.unk_token),
+            ("pad_token", &mut options.pad_token),
+        ]);
+        if let Some(lower) = config.bool("do_lower_case") {
             options.lower = lower;
         }
         Ok(options)
