@@ -872,6 +872,10 @@ impl HeadModel for AdapterModel {
         self.classes.cols
     }
 
+    fn image_features(&self, x: &Matrix) -> Option<Matrix> {
+        self.adapted_features(x)
+    }
+
     fn write(&self, w: &mut HeadWriter) {
         w.matrix("classes", &self.classes);
         w.scalar("logit_scale", self.logit_scale);

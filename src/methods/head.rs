@@ -55,6 +55,11 @@ pub trait HeadModel: fmt::Debug + Send + Sync + 'static {
     fn for_classes(&self, _text: &TextClassifier) -> Option<Box<dyn HeadModel>> {
         None
     }
+    /// The image features its logits classify, when it changes them (CLIP-Adapter's visual
+    /// adapter); `None` for a head that classifies the features it is given.
+    fn image_features(&self, _x: &Matrix) -> Option<Matrix> {
+        None
+    }
 }
 
 /// Reads a head's tensors, given its anchor tensor.
@@ -81,6 +86,11 @@ impl fmt::Debug for HeadCodec {
 pub struct Head(Box<dyn HeadModel>);
 
 impl Head {
+    /// The image features its logits classify: `x` itself unless the head changes them.
+    pub fn image_features(&self, x: &Matrix) -> Matrix {
+        self.0.image_features(x).unwrap_or_else(|| x.clone())
+    }
+
     pub fn new(head: impl HeadModel) -> Self {
         Head(Box::new(head))
     }

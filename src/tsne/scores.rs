@@ -20,7 +20,6 @@ use super::{
     separation, trustworthiness, Metric, Separation, SpaceView, TsneError, TsneOptions, KNN_K,
 };
 use crate::figure::scatter::{Panel, Scatter};
-use crate::methods::clip_adapter::AdapterModel;
 use crate::methods::head::Head;
 use crate::methods::linalg::Matrix;
 use crate::methods::FeatureSpace;
@@ -65,17 +64,6 @@ pub fn centred_scores(head: &Head, features: &Matrix) -> Matrix {
         row.iter_mut().for_each(|v| *v -= mean);
     }
     s
-}
-
-/// The image features `head` scores: CLIP-Adapter's adapted features, or `features` unchanged
-/// for a head that classifies the frozen features (zero-shot, CoOp, a linear probe, ...).
-pub fn image_features(head: &Head, features: &Matrix) -> Matrix {
-    match head.downcast_ref::<AdapterModel>() {
-        Some(a) => a
-            .adapted_features(features)
-            .unwrap_or_else(|| features.clone()),
-        None => features.clone(),
-    }
 }
 
 /// Maps `features` (N × D, as the cache stores them) in the class-score space of every head of
@@ -166,7 +154,7 @@ pub fn score_tsne(
                 accuracy: crate::methods::eval::accuracy(s, labels) / 100.0,
                 view: v?,
                 image_features: separation(
-                    &image_features(h.head, features),
+                    &h.head.image_features(features),
                     labels,
                     Metric::Cosine,
                     KNN_K,
