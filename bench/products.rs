@@ -1,4 +1,5 @@
-//! The matrix products of the trained heads and of CoOp's text tower: our `kernels::matmul::gemm`
+//! The matrix products of the trained heads, of CoOp's text tower and of one image through a
+//! ViT's linear layers: our `kernels::matmul::gemm`
 //! (which routes each shape to the few-row tiles or the blocked GEMM) against each of its two
 //! routes forced (the `gemm` crate's blocked GEMM, and the few-row tiles), at the SIMD level of
 //! `kernels::matmul::simd_level`, same operands, all on rayon's pool (one thread per core),
@@ -21,7 +22,7 @@ mod cpu;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// (what, m, k, n, a transposed, b transposed)
-const SHAPES: [(&str, usize, usize, usize, bool, bool); 16] = [
+const SHAPES: [(&str, usize, usize, usize, bool, bool); 20] = [
     ("adapter x·W1, batch 32", 32, 1024, 256, false, false),
     (
         "logits f·Wᵀ, batch 32, 1000 classes",
@@ -51,6 +52,10 @@ const SHAPES: [(&str, usize, usize, usize, bool, bool); 16] = [
     ("CoOp fc, 10 prompts × 26", 260, 512, 2048, false, true),
     ("CoOp proj, 10 prompts × 26", 260, 2048, 512, false, true),
     ("CoOp fc, 100 prompts × 26", 2600, 512, 2048, false, true),
+    ("ViT-B/16 qkv, one image", 197, 768, 2304, false, true),
+    ("ViT-B/16 fc1, one image", 197, 768, 3072, false, true),
+    ("ViT-B/16 fc2, one image", 197, 3072, 768, false, true),
+    ("ViT-L/14 fc1, one image", 257, 1024, 4096, false, true),
     (
         "linear probe, 1600 × 100 classes",
         1600,

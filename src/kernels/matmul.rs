@@ -31,6 +31,15 @@ pub const FEW_ROWS: usize = 80;
 /// portable tiles stop at [`FEW_ROWS`].
 pub const DOT_ROWS: usize = 512;
 
+/// Up to how many rows [`gemm`] sends `x · wᵀ` through the dot tiles at this CPU's level:
+/// [`DOT_ROWS`] with AVX-512, [`FEW_ROWS`] below it.
+pub fn dot_rows() -> usize {
+    match simd_level() {
+        Simd::Avx512 => DOT_ROWS,
+        _ => FEW_ROWS,
+    }
+}
+
 /// The vector instructions the few-row kernels use on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Simd {
@@ -248,12 +257,7 @@ pub fn gemm(
     // blocked kernels pad such products to their tall tiles; dot products do not. Up to a few
     // hundred rows, blocks of them through the dot tiles still beat the blocked GEMM, whose
     // packing of a transposed `b` costs it half its rate at these sizes (docs/benchmarks.md).
-    let dot_rows = if simd == Simd::Avx512 {
-        DOT_ROWS
-    } else {
-        FEW_ROWS
-    };
-    if !ta && tb && m <= dot_rows {
+    if !ta && tb && m <= dot_rows() {
         for i0 in (0..m).step_by(FEW_ROWS) {
             let rows = FEW_ROWS.min(m - i0);
             few_rows_abt_into(
@@ -542,10 +546,11 @@ impl Out {
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// `x · wᵀ` for few rows of `x` (M×K) and `w` (N×K): see [`FEW_ROWS`].
-pub fn few_rows_abt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+/// `x · wᵀ` for `x` (M×K) and `w` (N×K), routed as [`gemm`] routes it: the dot tiles up to
+/// [`dot_rows`] rows, the blocked GEMM beyond.
+pub fn abt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
-    few_rows_abt_into(simd_level(), x, w, &mut y, m, k, n, false);
+    gemm(x, false, w, true, &mut y, m, k, n, false);
     y
 }
 

@@ -205,7 +205,7 @@ impl CustomOp2 for FewRowMatmul {
             candle_core::bail!("few-row-matmul: x has {k} columns, w has {k2}");
         }
         Ok((
-            CpuStorage::F32(super::matmul::few_rows_abt(x, w, m, k, n)),
+            CpuStorage::F32(super::matmul::abt(x, w, m, k, n)),
             Shape::from((m, n)),
         ))
     }
