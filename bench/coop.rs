@@ -17,6 +17,10 @@ use clip_adapter::methods::linalg::seeded_rng;
 use clip_adapter::methods::optim::Sgd;
 use clip_adapter::methods::Matrix;
 
+// The allocator and setting of the `clip-adapter` binary, whose `fit` this step is part of.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -27,6 +31,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    clip_adapter::kernels::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
