@@ -327,13 +327,26 @@ fn decode_other(bytes: &[u8], ctx: &Ctx) -> Result<RgbImage, ImageError> {
         Format::Jpeg => ::image::ImageFormat::Jpeg,
     };
     // The reader's default limits (512 MiB per allocation) stop decompression bombs.
-    let decoded = ::image::ImageReader::with_format(Cursor::new(bytes), image_format)
-        .decode()
-        .map_err(|e| image_crate_error(e, ctx))?;
+    let read = || ::image::ImageReader::with_format(Cursor::new(bytes), image_format).decode();
+    let decoded = catch_decoder_panic(read, ctx)?.map_err(|e| image_crate_error(e, ctx))?;
     // Pillow opens 16-bit greyscale PNGs (colour type 0) as mode I;16 even with a tRNS chunk,
     // while the `image` crate then hands out grey+alpha.
     let png_grey16 = ctx.format == Format::Png && bytes.get(24..26) == Some(&[16, 0]);
     to_rgb(decoded, png_grey16, ctx)
+}
+
+/// Runs a pure-Rust decoder of the `image` crate family, turning a panic inside it into the
+/// corrupt-file error it should have been: one bad file must not end an extraction of thousands.
+/// Fuzzing found one (image-webp 0.2.4, `huffman.rs`: an overflowing `u16` sum of code-length
+/// counts in a lossless WebP's Huffman table, a panic wherever overflow checks are on, as in
+/// debug and test builds; release builds wrap and then reject the table).
+fn catch_decoder_panic<T>(decode: impl FnOnce() -> T, ctx: &Ctx) -> Result<T, ImageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).map_err(|panic| {
+        let message = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        ctx.corrupt(format!("the {} decoder failed on it ({message})", ctx.format))
+    })
 }
 
 fn image_crate_error(e: ::image::ImageError, ctx: &Ctx) -> ImageError {
@@ -411,6 +424,34 @@ fn hi(v: u16) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_inside_a_decoder_is_a_corrupt_file_error() {
+        let ctx = Ctx {
+            path: Path::new("x.webp"),
+            format: Format::Webp,
+        };
+        let err = catch_decoder_panic(|| panic!("attempt to add with overflow"), &ctx);
+        let msg = err.expect_err("a panic is an error").to_string();
+        assert!(msg.starts_with("x.webp: corrupt WebP file: the WebP decoder failed on it ("));
+        assert!(msg.contains("attempt to add with overflow"), "{msg}");
+        assert_eq!(catch_decoder_panic(|| 7, &ctx).ok(), Some(7));
+    }
+
+    #[test]
+    fn the_lossless_webp_that_overflows_image_webp_is_refused_in_every_build() {
+        // Panics inside image-webp where overflow checks are on (this test's build), wraps and
+        // is rejected where they are off: a corrupt-file error either way.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fuzz/image_decode/webp-huffman-count-overflow.webp"
+        );
+        let bytes = std::fs::read(path).expect("the fixture is committed");
+        match decode_bytes(&bytes, "x.webp") {
+            Err(ImageError::Corrupt { format, .. }) => assert_eq!(format, Format::Webp),
+            other => panic!("expected a corrupt-WebP error, got {other:?}"),
+        }
+    }
 
     #[test]
     fn sniffing_ignores_extensions_and_names_unsupported_formats() {
