@@ -19,6 +19,13 @@ mod spelling;
 
 use pyo3::prelude::*;
 
+// The command line's allocator and setting (`kernels::alloc`): the encoders' activations stay
+// mapped between batches instead of being faulted in and zeroed again. The module's own
+// allocations only: Python's objects keep Python's allocator, and numpy arrays made from Rust
+// vectors are freed by this one.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sets the number of worker threads for image decoding and tensor math (the command line's
 /// `--threads`); call it before anything else computes (the pool starts once, with all cores
 /// by default).
@@ -40,6 +47,7 @@ fn set_threads(threads: usize) -> PyResult<()> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    clip_adapter::kernels::alloc::keep_freed_memory();
     spelling::install();
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
