@@ -185,3 +185,40 @@ fn unsupported_model_types_are_named() {
         "{err}"
     );
 }
+
+/// `google/siglip-so400m-patch14-384`'s rule at a tiny size: 38-pixel images over 8-pixel
+/// patches, so the patch convolution sees the top-left 32 × 32 pixels and drops 6 rows and
+/// columns (the SO400M model drops 6 of 384). Fixture: tests/fixtures/models/
+/// tiny-siglip-valid-patches/ (scripts/fixtures/siglip_valid_patches.py), whose tokenizer files
+/// are tiny-siglip's, copied beside it here.
+#[test]
+fn an_image_size_past_the_last_whole_patch_drops_those_pixels_as_transformers_does() {
+    const VALID: &str = "tiny-siglip-valid-patches";
+    let dir = tempfile::tempdir().unwrap();
+    for (from, names) in [
+        (MODEL, &["spiece.model", "tokenizer.json", "tokenizer_config.json"][..]),
+        (
+            VALID,
+            &["config.json", "model.safetensors", "preprocessor_config.json"][..],
+        ),
+    ] {
+        for name in names {
+            let src = fixture(&format!("models/{from}/{name}"));
+            std::fs::copy(&src, dir.path().join(name)).unwrap();
+        }
+    }
+    let files = ModelFiles::in_dir(dir.path()).unwrap();
+    let clip = Clip::load(&files, &Device::Cpu).unwrap();
+    assert_eq!(clip.image_size(), 38);
+    let expected = load_expected(VALID);
+    let pixels = &expected["pixel_values"];
+    assert_eq!(pixels.dims(), &[4, 3, 38, 38]);
+    let image = clip.encode_image(pixels).unwrap();
+    assert_rel("image embeds (38 px, 8-px patches)", &image, &expected["image_embeds"]);
+    let text = clip.encode_tokens(&ids(&expected["input_ids"])).unwrap();
+    assert_rel("text embeds", &text, &expected["text_embeds"]);
+    // From the files: resized to 38 × 38 by the processor's rule, then cut by the convolution.
+    let images = input_images(VALID);
+    let from_files = encode_image_files(&clip, &images, 4, &mut |_, _| {}).unwrap();
+    assert_rel("image embeds from files", &from_files, &expected["image_embeds"]);
+}

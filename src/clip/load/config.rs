@@ -528,7 +528,11 @@ impl ClipConfig {
                         v.width, v.heads
                     ));
                 }
-                if v.image_size % v.patch_size != 0 {
+                // SigLIP's patch convolution ("valid", stride = kernel) drops the pixels past
+                // the last whole patch, as `google/siglip-so400m-patch14-384` relies on (384 px
+                // over 14-px patches: 27 × 27 patches of the top-left 378 × 378 pixels).
+                let siglip = matches!(self.vision, VisionTower::Siglip(_));
+                if !siglip && v.image_size % v.patch_size != 0 {
                     return Err(format!(
                         "image size {} is not a multiple of the patch size {}",
                         v.image_size, v.patch_size

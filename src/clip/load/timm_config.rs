@@ -243,7 +243,13 @@ pub fn from_model_cfg(
         &limits::IMAGE_SIZE,
     )?;
     let tower = Tower::read(shapes, name, siglip)?;
-    if tower.image_size() != image_size {
+    // timm's patch embedding takes `image_size // patch` patches a side and, for SigLIP towers
+    // (`vit_so400m_patch14_siglip_384`: 27 patches of 14 over 384 px), drops the rest.
+    let fits = match siglip {
+        true => image_size / tower.patch == tower.grid,
+        false => image_size == tower.image_size(),
+    };
+    if !fits {
         return Err(format!(
             "vision_cfg.image_size is {image_size}, but the `{name}` tower's tensors take \
              {0} x {0} pixels ({1} x {1} patches of {2})",
@@ -529,6 +535,33 @@ mod tests {
         assert_eq!((e.width, e.heads, e.intermediate_size), (64, 16, 80));
         assert_eq!(e.rope_reference_grid, Some([16, 16]));
         assert_eq!(c.text.pooling, Pooling::Argmax);
+    }
+
+    /// `ViT-SO400M-14-SigLIP-384`'s rule (384 px, 27 patches of 14): a SigLIP tower's image size
+    /// may run past its last whole patch, up to a patch less one pixel; EVA02's may not.
+    #[test]
+    fn a_siglip_image_size_may_leave_pixels_past_the_last_patch() {
+        let with_size = |mut cfg: Value, size: usize| {
+            cfg["vision_cfg"]["image_size"] = size.into();
+            cfg
+        };
+        for size in [32, 35, 39] {
+            let c = from_model_cfg(&with_size(siglip_cfg(), size), &shapes(true)).unwrap();
+            let VisionTower::Siglip(v) = &c.vision else {
+                panic!("{c:?}")
+            };
+            assert_eq!((v.image_size, v.grid()), (size, 4));
+        }
+        let err = from_model_cfg(&with_size(siglip_cfg(), 40), &shapes(true)).unwrap_err();
+        assert!(err.to_string().contains("vision_cfg.image_size is 40"), "{err}");
+        let eva = serde_json::json!({
+            "embed_dim": 16, "custom_text": true,
+            "vision_cfg": {"image_size": 35, "timm_model_name": "eva02_large_patch14_clip_224",
+                           "timm_pool": "token", "timm_proj": null},
+            "text_cfg": {"width": 8, "heads": 2, "layers": 2}
+        });
+        let err = from_model_cfg(&eva, &shapes(false)).unwrap_err();
+        assert!(err.to_string().contains("vision_cfg.image_size is 35"), "{err}");
     }
 
     /// SigLIP 2's text towers: `act_kwargs: {"approximate": "tanh"}` is tanh GELU.

@@ -147,6 +147,12 @@ impl SiglipVisionTransformer {
             .into());
         }
         let (g, p) = (c.grid(), c.patch_size);
+        // The patch convolution has no padding: pixels past the last whole patch (right and
+        // bottom) never reach it.
+        let pixels = match g * p == h {
+            true => pixels.clone(),
+            false => pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?,
+        };
         let patches = pixels
             .reshape((b, channels, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
