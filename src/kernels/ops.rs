@@ -182,7 +182,8 @@ impl CustomOp1 for FusedAttention {
 /// image's 50 tokens, a batch of short prompts) most of their work is padding, and the AVX-512
 /// path of the `gemm` crate was measured 2–3× slower here than this: every output is a dot
 /// product of two contiguous rows, so each task streams one block of weight rows once and
-/// reuses it for all M inputs (AVX-512 or AVX2 tiles, see `kernels::matmul`).
+/// reuses it for all M inputs (AVX-512 or AVX2 tiles, see `kernels::matmul`). Routed by
+/// `kernels::matmul::gemm`: with AVX-512, up to `DOT_ROWS` rows in blocks of `FEW_ROWS`.
 pub struct FewRowMatmul;
 
 impl CustomOp2 for FewRowMatmul {
