@@ -28,7 +28,7 @@ use super::{
     Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, ImageContext,
     LabelledSet, Method, MethodCard, MethodError, Needs, Progress,
 };
-use crate::clip::train::lora::{LoraClip, LoraOptions};
+use crate::clip::train::lora::{LoraClip, LoraOptions, TextPrefix};
 use crate::clip::Clip;
 use crate::image::augment::{Augment, ViewRng};
 
@@ -48,6 +48,15 @@ pub fn cosine_lr(base: f32, floor: f32, step: usize, total: usize) -> f32 {
 pub enum StepImages<'a> {
     Pixels(&'a Tensor),
     Features(&'a Tensor),
+}
+
+/// What a step's class prompts are: token rows through the whole text tower, or their hidden
+/// states entering the first layer that must run at every step, computed once
+/// ([`LoraClip::text_prefix`]); both give the same logits and gradients.
+#[derive(Clone, Copy)]
+pub enum StepText<'a> {
+    Ids(&'a [Vec<u32>]),
+    Prefix(&'a TextPrefix),
 }
 
 /// The optimiser and schedule over a model's LoRA matrices.
@@ -82,14 +91,16 @@ impl<'m> LoraTrainer<'m> {
         cosine_lr(self.base_lr, FLOOR_LR, self.steps, self.total)
     }
 
-    /// `logit_scale · cos(image, class)` of a batch, `(B, K)`; `prompts` are the class
-    /// prompts' token rows.
-    pub fn logits(&self, images: StepImages, prompts: &[Vec<u32>]) -> Result<Tensor, MethodError> {
+    /// `logit_scale · cos(image, class)` of a batch, `(B, K)`, one column per class prompt.
+    pub fn logits(&self, images: StepImages, prompts: StepText) -> Result<Tensor, MethodError> {
         let img = match images {
             StepImages::Pixels(p) => self.model.encode_image(p)?,
             StepImages::Features(f) => f.clone(),
         };
-        let txt = self.model.encode_tokens(prompts)?;
+        let txt = match prompts {
+            StepText::Ids(ids) => self.model.encode_tokens(ids)?,
+            StepText::Prefix(p) => self.model.encode_prefix(p)?,
+        };
         let logits = unit_rows(&img)?.matmul(&unit_rows(&txt)?.t()?)?;
         Ok((logits * self.model.logit_scale() as f64)?)
     }
@@ -98,7 +109,7 @@ impl<'m> LoraTrainer<'m> {
     pub fn step(
         &mut self,
         images: StepImages,
-        prompts: &[Vec<u32>],
+        prompts: StepText,
         labels: &[u32],
     ) -> Result<f32, MethodError> {
         let logits = self.logits(images, prompts)?;
@@ -259,6 +270,10 @@ pub fn fit(
         false => ImageSide::Frozen(Box::new(Clip::load(&cx.model, &Device::Cpu)?)),
     };
     let prompts = prompt_ids(cx, &model, &task.classnames)?;
+    // The prompts are fixed, so the frozen text layers below the first adapted one (all of
+    // them when the text tower is not adapted) give the same states at every step.
+    let prefix = model.text_prefix(&prompts)?;
+    let text = StepText::Prefix(&prefix);
     let total = opts.iters_per_shot * task.shots().max(1);
     let augment = Augment::coop(cx.images.preprocess.size as u32);
     let n = train.len();
@@ -284,10 +299,10 @@ pub fn fit(
             let labels: Vec<u32> = rows.iter().map(|&i| task.train.labels[i] as u32).collect();
             let pixels = batch_pixels(&paths, cx, Some((&augment, opts.seed, step as u32)))?;
             let loss = match &side {
-                ImageSide::Adapted => trainer.step(StepImages::Pixels(&pixels), &prompts, &labels)?,
+                ImageSide::Adapted => trainer.step(StepImages::Pixels(&pixels), text, &labels)?,
                 ImageSide::Frozen(_) => {
                     let f = image_features(&model, &side, &pixels)?;
-                    trainer.step(StepImages::Features(&f), &prompts, &labels)?
+                    trainer.step(StepImages::Features(&f), text, &labels)?
                 }
             };
             if !loss.is_finite() {
@@ -502,6 +517,7 @@ pub static CARD: MethodCard = MethodCard {
         "lora-params",
         "lora-encoder",
         "lora-position",
+        "lora-last",
         "iters-per-shot",
     ],
     configure,
@@ -521,7 +537,7 @@ fn configure(o: &MethodOverrides, _dataset: &str, seed: u64) -> Method {
             dropout: o.lora_dropout.unwrap_or(l.dropout),
             params: o.lora_params.unwrap_or(l.params),
             encoder: o.lora_encoder.unwrap_or(l.encoder),
-            position: o.lora_position.unwrap_or(l.position),
+            position: o.lora_layers().unwrap_or(l.position),
         },
         lr: o.lr.unwrap_or(d.lr),
         iters_per_shot: o.iters_per_shot.unwrap_or(d.iters_per_shot),

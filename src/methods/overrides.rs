@@ -150,6 +150,14 @@ pub const OPTIONS: &[OptionSpec] = &[
                3) [default: all].",
     },
     OptionSpec {
+        name: "lora-last",
+        value: OptionValue::Count,
+        help: "CLIP-LoRA, our variant (not the reference's): updates in the last K layers of the \
+               adapted tower(s) only, the text prompts' states entering them computed once \
+               instead of at every step (exact: the rows of the same layers at full depth); \
+               replaces --lora-position (recorded as position last:K).",
+    },
+    OptionSpec {
         name: "iters-per-shot",
         value: OptionValue::Count,
         help: "CLIP-LoRA: training steps per shot, `n_iters` [default: 500, i.e. 8000 steps at 16 \
@@ -189,6 +197,12 @@ pub enum OptionError {
         name: &'static str,
         given: String,
         expected: String,
+    },
+    #[error("options {name} and {other} cannot be given together: {why}")]
+    Conflict {
+        name: &'static str,
+        other: &'static str,
+        why: &'static str,
     },
 }
 
@@ -241,6 +255,8 @@ pub struct MethodOverrides {
     pub lora_params: Option<LoraParams>,
     pub lora_encoder: Option<LoraEncoder>,
     pub lora_position: Option<LoraPosition>,
+    /// CLIP-LoRA in the last K layers only (ours; [`LoraPosition::Last`]).
+    pub lora_last: Option<usize>,
     /// CLIP-LoRA's `n_iters`.
     pub iters_per_shot: Option<usize>,
 }
@@ -282,6 +298,7 @@ impl MethodOverrides {
         put("lora-params", self.lora_params.map(|v| v.to_string()));
         put("lora-encoder", self.lora_encoder.map(|v| v.to_string()));
         put("lora-position", self.lora_position.map(|v| v.to_string()));
+        put("lora-last", self.lora_last.map(|v| v.to_string()));
         put("iters-per-shot", self.iters_per_shot.map(|v| v.to_string()));
         put("n-ctx", self.n_ctx.map(|v| v.to_string()));
         // Quoted: a phrase has spaces, and the options column is space-separated.
@@ -339,7 +356,15 @@ impl MethodOverrides {
             }
             "lora-params" => self.lora_params = Some(v.parse().map_err(|_| invalid())?),
             "lora-encoder" => self.lora_encoder = Some(v.parse().map_err(choice)?),
-            "lora-position" => self.lora_position = Some(v.parse().map_err(choice)?),
+            "lora-position" => {
+                let position: LoraPosition = v.parse().map_err(choice)?;
+                // `last:K` is `lora-last`'s, which says it is our variant.
+                if matches!(position, LoraPosition::Last(_)) {
+                    return Err(invalid());
+                }
+                self.set_layers(Some(position), self.lora_last)?
+            }
+            "lora-last" => self.set_layers(self.lora_position, Some(count()?))?,
             "iters-per-shot" => self.iters_per_shot = Some(count()?),
             "n-ctx" => self.n_ctx = Some(count()?),
             "ctx-init" if !v.is_empty() => self.ctx_init = Some(value.to_string()),
@@ -348,6 +373,31 @@ impl MethodOverrides {
             _ => return Err(invalid()),
         }
         Ok(())
+    }
+
+    /// Sets CLIP-LoRA's layers, refusing both ways of choosing them at once (one would hide the
+    /// other).
+    fn set_layers(
+        &mut self,
+        position: Option<LoraPosition>,
+        last: Option<usize>,
+    ) -> Result<(), OptionError> {
+        if position.is_some() && last.is_some() {
+            return Err(OptionError::Conflict {
+                name: "lora-last",
+                other: "lora-position",
+                why: "both choose the adapted layers",
+            });
+        }
+        (self.lora_position, self.lora_last) = (position, last);
+        Ok(())
+    }
+
+    /// CLIP-LoRA's layers: `last:K` from `lora-last`, else `lora-position`.
+    pub fn lora_layers(&self) -> Option<LoraPosition> {
+        self.lora_last
+            .map(LoraPosition::Last)
+            .or(self.lora_position)
     }
 
     /// The epochs CoOp's schedule gives on `dataset` unless the user set them: 50 on ImageNet,
