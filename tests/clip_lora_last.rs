@@ -389,3 +389,67 @@ fn bad_lora_last_values_are_refused_naming_the_value_and_the_limit() {
     assert_eq!(named.status.code(), Some(2));
     assert_fails_with(&named, &["last:1"]);
 }
+
+/// `--lora-views` (ours): the image side on fixed views. With `--lora-last 1` the tokens
+/// entering the last image layer are cached per view, and the rows equal those of the same
+/// views run from the first layer (`half-up`, tiny-clip's last layer of two); view `v` is the
+/// crop step `v` of the fresh-crop rule draws, so one view gives the fresh-crop run's first
+/// step.
+#[test]
+fn fixed_views_cache_the_image_tokens_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    crate::features::image_folder(&tmp.path().join("data"), 3, 8);
+    let dataset = crate::common::extract_two_shots(tmp.path());
+    let fit = |extra: &[&str]| {
+        let mut args = vec!["fit", "--method", "clip-lora", "--dataset", &dataset];
+        args.extend_from_slice(&["--shots", "2", "--seed", "1", "--cache", "cache"]);
+        args.extend_from_slice(&["--iters-per-shot", "4", "--lr", "0.01", "--json"]);
+        args.extend_from_slice(extra);
+        let out = cli_in(tmp.path(), &args);
+        serde_json::from_str::<serde_json::Value>(&ok(&out)).unwrap()
+    };
+    let both = ["--lora-encoder", "both", "--lora-views", "2"];
+    let last = fit(&[&both[..], &["--lora-last", "1"]].concat());
+    let full = fit(&[&both[..], &["--lora-position", "half-up"]].concat());
+    let floats = crate::common::floats;
+    let (a, b) = (floats(&last["epoch_losses"]), floats(&full["epoch_losses"]));
+    assert_eq!(a.len(), 8, "{last}");
+    for (s, (x, y)) in a.iter().zip(&b).enumerate() {
+        let rel = ((x - y).abs() / y.abs().max(1e-3)) as f64;
+        println!("views epoch {s}: last:1 {x:.7} half-up {y:.7} (rel {rel:.1e})");
+        assert!(rel <= LOSS_TOL, "epoch {s}: {x} vs {y}");
+    }
+    assert_eq!(last["test_accuracy"], full["test_accuracy"]);
+    let options = last["options"].as_str().unwrap_or_default();
+    assert!(
+        options.contains("position=last:1") && options.contains("views=2"),
+        "{last}"
+    );
+
+    let text = ["--lora-encoder", "text"];
+    let one = floats(&fit(&[&text[..], &["--lora-views", "1"]].concat())["epoch_losses"]);
+    let fresh = floats(&fit(&text)["epoch_losses"]);
+    println!("one view {one:?}\nfresh crops {fresh:?}");
+    assert!(
+        (one[0] - fresh[0]).abs() <= 1e-6 * fresh[0].abs(),
+        "{one:?} vs {fresh:?}"
+    );
+    assert_ne!(one, fresh, "later steps see other crops");
+
+    let zero = cli_in(
+        tmp.path(),
+        &[
+            "fit",
+            "--method",
+            "clip-lora",
+            "--dataset",
+            &dataset,
+            "--cache",
+            "cache",
+            "--lora-views",
+            "0",
+        ],
+    );
+    assert_eq!(zero.status.code(), Some(2));
+    assert_fails_with(&zero, &["lora-views", "`0`", "at least 1"]);
+}

@@ -158,6 +158,15 @@ pub const OPTIONS: &[OptionSpec] = &[
                replaces --lora-position (recorded as position last:K).",
     },
     OptionSpec {
+        name: "lora-views",
+        value: OptionValue::Count,
+        help: "CLIP-LoRA, our variant (not the reference's protocol, which crops afresh at every \
+               step): train on V fixed augmented views per image (the same crop and flip rule), \
+               encoded once up to the first layer that runs at every step (with --lora-last, \
+               the last K; with only the text tower adapted, the whole frozen image tower); \
+               each step picks one view per image.",
+    },
+    OptionSpec {
         name: "iters-per-shot",
         value: OptionValue::Count,
         help: "CLIP-LoRA: training steps per shot, `n_iters` [default: 500, i.e. 8000 steps at 16 \
@@ -257,6 +266,8 @@ pub struct MethodOverrides {
     pub lora_position: Option<LoraPosition>,
     /// CLIP-LoRA in the last K layers only (ours; [`LoraPosition::Last`]).
     pub lora_last: Option<usize>,
+    /// CLIP-LoRA on this many fixed views per image (ours).
+    pub lora_views: Option<usize>,
     /// CLIP-LoRA's `n_iters`.
     pub iters_per_shot: Option<usize>,
 }
@@ -299,6 +310,7 @@ impl MethodOverrides {
         put("lora-encoder", self.lora_encoder.map(|v| v.to_string()));
         put("lora-position", self.lora_position.map(|v| v.to_string()));
         put("lora-last", self.lora_last.map(|v| v.to_string()));
+        put("lora-views", self.lora_views.map(|v| v.to_string()));
         put("iters-per-shot", self.iters_per_shot.map(|v| v.to_string()));
         put("n-ctx", self.n_ctx.map(|v| v.to_string()));
         // Quoted: a phrase has spaces, and the options column is space-separated.
@@ -365,6 +377,7 @@ impl MethodOverrides {
                 self.set_layers(Some(position), self.lora_last)?
             }
             "lora-last" => self.set_layers(self.lora_position, Some(count()?))?,
+            "lora-views" => self.lora_views = Some(count()?),
             "iters-per-shot" => self.iters_per_shot = Some(count()?),
             "n-ctx" => self.n_ctx = Some(count()?),
             "ctx-init" if !v.is_empty() => self.ctx_init = Some(value.to_string()),

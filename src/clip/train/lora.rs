@@ -518,16 +518,8 @@ impl LoraClip {
     /// # Shapes
     /// `(B, 3, S, S) -> (B, embed_dim)`
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        match (&self.vision, &self.vision_adapters) {
-            (Some(v), Some(a)) => v.forward_with(pixels, a),
-            _ => Err(Error::Lora {
-                why: format!(
-                    "the image tower is not adapted (encoder `{}`): its features are the frozen \
-                     model's",
-                    self.options.encoder
-                ),
-            }),
-        }
+        let (v, a) = self.adapted_vision()?;
+        v.forward_with(pixels, a)
     }
 
     /// Projected, un-normalised text features of token rows (same length, each with an end
@@ -575,6 +567,49 @@ impl LoraClip {
         match &self.text_adapters {
             Some(a) => self.text.encode_from(x, eot, start, a),
             None => self.text.encode_from(x, eot, start, &NoDelta),
+        }
+    }
+
+    /// The first image layer that runs at every step in training: `n - k` for `last:k`, 0 for
+    /// the reference's placements (and when the image tower is not adapted, which has no layer
+    /// here).
+    pub fn image_start(&self) -> usize {
+        match &self.vision {
+            Some(v) => self.options.position.frozen_below(v.config().layers),
+            None => 0,
+        }
+    }
+
+    /// The tokens of `pixels` entering layer [`Self::image_start`] of the adapted ViT,
+    /// computed through the frozen layers below it: constants for fixed views.
+    ///
+    /// # Shapes
+    /// `(B, 3, S, S) -> (B, T, width)`
+    pub fn image_tokens(&self, pixels: &Tensor) -> Result<Tensor> {
+        let v = self.adapted_vision()?.0;
+        Ok(v.tokens_before(pixels, self.image_start())?.detach())
+    }
+
+    /// [`Self::encode_image`] of the pixels `tokens` were made from ([`Self::image_tokens`]),
+    /// running only the layers from [`Self::image_start`].
+    ///
+    /// # Shapes
+    /// `(B, T, width) -> (B, embed_dim)`
+    pub fn encode_image_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (v, a) = self.adapted_vision()?;
+        v.forward_from(tokens, self.image_start(), a)
+    }
+
+    fn adapted_vision(&self) -> Result<(&FrozenVisionTower, &TowerAdapters)> {
+        match (&self.vision, &self.vision_adapters) {
+            (Some(v), Some(a)) => Ok((v, a)),
+            _ => Err(Error::Lora {
+                why: format!(
+                    "the image tower is not adapted (encoder `{}`): its features are the frozen \
+                     model's",
+                    self.options.encoder
+                ),
+            }),
         }
     }
 
