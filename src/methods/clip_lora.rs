@@ -11,6 +11,11 @@
 //! - AdamW (betas 0.9/0.999, weight decay 1e-2) at lr 2e-4 on the LoRA matrices, cosine to 1e-6
 //!   over `500 × shots` steps of batch 32 (`n_iters × shots`), the schedule stepped every step;
 //! - the last step is kept: the reference's validation is switched off (`VALIDATION = False`).
+//!
+//! Two options of ours, not the reference's, make steps cheaper: `last:K` placements
+//! (`--lora-last`) run the frozen text layers below the updates once for the fixed prompts
+//! (exact), and [`ClipLoraOptions::views`] (`--lora-views`) trains on fixed views encoded once
+//! (`ViewPool`) instead of fresh crops.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -156,7 +161,7 @@ pub struct ClipLoraOptions {
     pub batch_size: usize,
     pub seed: u64,
     /// Ours, not the reference's: `Some(V)` trains on V fixed augmented views per training
-    /// image, encoded once up to the first layer that runs at every step ([`ViewPool`]);
+    /// image, encoded once up to the first layer that runs at every step (`ViewPool`);
     /// `None` crops afresh at every step, as the reference does.
     pub views: Option<usize>,
 }
