@@ -152,18 +152,18 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "lora-last",
         value: OptionValue::Count,
-        help: "CLIP-LoRA, our variant (not the reference's): updates in the last K layers of the \
+        help: "CLIP-LoRA, our variant (not the reference's): updates in the last N layers of the \
                adapted tower(s) only, the text prompts' states entering them computed once \
                instead of at every step (exact: the rows of the same layers at full depth); \
-               replaces --lora-position (recorded as position last:K).",
+               replaces --lora-position (recorded as position last:N).",
     },
     OptionSpec {
         name: "lora-views",
         value: OptionValue::Count,
         help: "CLIP-LoRA, our variant (not the reference's protocol, which crops afresh at every \
-               step): train on V fixed augmented views per image (the same crop and flip rule), \
+               step): train on N fixed augmented views per image (the same crop and flip rule), \
                encoded once up to the first layer that runs at every step (with --lora-last, \
-               the last K; with only the text tower adapted, the whole frozen image tower); \
+               the last layers; with only the text tower adapted, the whole frozen image tower); \
                each step picks one view per image.",
     },
     OptionSpec {
