@@ -284,7 +284,7 @@ impl ViewPool {
                 if parts.is_empty() {
                     // Checked on the first part, before the rest is allocated.
                     let per_row = rows.elem_count() / rows.dim(0)?.max(1);
-                    let bytes = (per_row * 4).checked_mul(views * train.len());
+                    let bytes = (views.checked_mul(train.len())).and_then(|n| n.checked_mul(per_row * 4));
                     if bytes.is_none_or(|b| b > VIEW_POOL_BYTES) {
                         return Err(MethodError::option(
                             "lora-views",

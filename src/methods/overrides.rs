@@ -343,6 +343,17 @@ impl MethodOverrides {
                 .filter(|&n| n >= 1)
                 .ok_or_else(invalid)
         };
+        // A count that sizes an allocation, within its limit of the one table.
+        let bounded = |limit: crate::limits::Limit| {
+            count().and_then(|n| match n as u64 <= limit.max {
+                true => Ok(n),
+                false => Err(OptionError::Invalid {
+                    name: spec.name,
+                    given: value.to_string(),
+                    expected: format!("a whole number from 1 to {} ({})", limit.max, limit.why),
+                }),
+            })
+        };
         let number =
             |x: &str| (x.trim().parse::<f32>().ok().filter(|x| x.is_finite())).ok_or_else(invalid);
         let choice = |_| invalid();
@@ -376,8 +387,10 @@ impl MethodOverrides {
                 }
                 self.set_layers(Some(position), self.lora_last)?
             }
-            "lora-last" => self.set_layers(self.lora_position, Some(count()?))?,
-            "lora-views" => self.lora_views = Some(count()?),
+            "lora-last" => {
+                self.set_layers(self.lora_position, Some(bounded(crate::limits::LAYERS)?))?
+            }
+            "lora-views" => self.lora_views = Some(bounded(crate::limits::VIEWS)?),
             "iters-per-shot" => self.iters_per_shot = Some(count()?),
             "n-ctx" => self.n_ctx = Some(count()?),
             "ctx-init" if !v.is_empty() => self.ctx_init = Some(value.to_string()),
@@ -475,6 +488,11 @@ mod tests {
             ("branch", "left", "visual, text, both"),
             ("csc", "yes", "true or false"),
             ("ctx-init", " ", "non-empty"),
+            ("lora-last", "0", "at least 1"),
+            ("lora-last", "257", "from 1 to 256"),
+            ("lora-views", "1001", "from 1 to 1000"),
+            // `last:K` is spelt `lora-last`, which says it is ours.
+            ("lora-position", "last:1", "one of"),
         ] {
             let e = o.set(name, value).unwrap_err();
             assert!(matches!(e, OptionError::Invalid { .. }), "{name}");
@@ -488,5 +506,24 @@ mod tests {
             MethodOverrides::default(),
             "a refused value leaves the options as they were"
         );
+    }
+
+    #[test]
+    fn lora_last_and_lora_position_are_not_given_together() {
+        for order in [
+            ["lora-last", "lora-position"],
+            ["lora-position", "lora-last"],
+        ] {
+            let mut o = MethodOverrides::default();
+            let value = |name: &str| if name == "lora-last" { "2" } else { "up" };
+            o.set(order[0], value(order[0])).unwrap();
+            let e = o.set(order[1], value(order[1])).unwrap_err();
+            assert!(matches!(e, OptionError::Conflict { .. }), "{order:?}: {e}");
+            assert!(e.to_string().contains("lora-last and lora-position"), "{e}");
+        }
+        let mut o = MethodOverrides::default();
+        o.set("lora-last", "2").unwrap();
+        assert_eq!(o.lora_layers(), Some(LoraPosition::Last(2)));
+        assert_eq!(o.given(), [("lora-last", "2".to_string())]);
     }
 }
