@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use clip_adapter::clip::train::lora::{LoraClip, LoraOptions};
 use clip_adapter::clip::ModelFiles;
-use clip_adapter::methods::clip_lora::{LoraTrainer, StepImages};
+use clip_adapter::methods::clip_lora::{LoraTrainer, StepImages, StepText};
 use clip_adapter::methods::linalg::seeded_rng;
 
 // The allocator and setting of the `clip-adapter` binary, whose `fit` this step is part of.
@@ -66,7 +66,11 @@ fn main() -> anyhow::Result<()> {
     let labels: Vec<u32> = (0..32).map(|i| (i % k) as u32).collect();
     let mut trainer = LoraTrainer::new(&model, 2e-4, 1000);
     let mut step = || -> anyhow::Result<()> {
-        trainer.step(StepImages::Pixels(&pixels), &prompts, &labels)?;
+        trainer.step(
+            StepImages::Pixels(&pixels),
+            StepText::Ids(&prompts),
+            &labels,
+        )?;
         Ok(())
     };
     step()?;

@@ -8,10 +8,13 @@
 //! cargo run --release --example lora_settings -- new_colours,textures 16 10,0.002 5,0.004
 //! ```
 //!
-//! A setting is `ITERS_PER_SHOT,RATE`; the updates are the demo's (rank 2 on q, k, v of the
-//! text tower: the world model's image tower is a ResNet).
+//! A setting is `ITERS_PER_SHOT,RATE[,POSITION[,VIEWS]]`; the updates are the demo's (rank 2 on
+//! q, k, v of the text tower: the world model's image tower is a ResNet), in every layer unless
+//! `POSITION` says otherwise (`half-up`, or `last:1`: our variant, `--lora-last 1`), on fresh
+//! crops at every step unless `VIEWS` fixes that many per image (our `--lora-views`).
 
 use anyhow::{bail, Context, Result};
+use clip_adapter::clip::train::lora::LoraOptions;
 use clip_adapter::demo::{all_methods, demo_clip_lora, run_demo, DemoMethod, DemoOptions};
 use clip_adapter::experiment::Protocol;
 use clip_adapter::methods::clip_lora::ClipLoraOptions;
@@ -19,15 +22,39 @@ use clip_adapter::methods::Method;
 
 fn setting(text: &str) -> Result<ClipLoraOptions> {
     let parts: Vec<&str> = text.split(',').collect();
-    let [iters, lr] = parts[..] else {
-        bail!("setting `{text}`: expected ITERS_PER_SHOT,RATE, e.g. 10,0.002");
+    let (iters, lr, position, views) = match parts[..] {
+        [iters, lr] => (iters, lr, None, None),
+        [iters, lr, position] => (iters, lr, Some(position), None),
+        [iters, lr, position, views] => (iters, lr, Some(position), Some(views)),
+        _ => bail!(
+            "setting `{text}`: expected ITERS_PER_SHOT,RATE[,POSITION[,VIEWS]], e.g. 10,0.002"
+        ),
+    };
+    let views = match views {
+        Some(v) => Some(
+            v.parse()
+                .with_context(|| format!("views `{v}` in `{text}`"))?,
+        ),
+        None => None,
+    };
+    let base = demo_clip_lora();
+    let position = match position {
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("position `{p}` in `{text}`"))?,
+        None => base.lora.position,
     };
     Ok(ClipLoraOptions {
+        lora: LoraOptions {
+            position,
+            ..base.lora
+        },
         iters_per_shot: (iters.parse()).with_context(|| format!("iters `{iters}` in `{text}`"))?,
         lr: lr
             .parse()
             .with_context(|| format!("rate `{lr}` in `{text}`"))?,
-        ..demo_clip_lora()
+        views,
+        ..base
     })
 }
 

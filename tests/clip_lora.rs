@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use clip_adapter::clip::train::lora::{LoraClip, LoraOptions};
 use clip_adapter::clip::{Clip, ModelFiles};
-use clip_adapter::methods::clip_lora::{LoraTrainer, StepImages};
+use clip_adapter::methods::clip_lora::{LoraTrainer, StepImages, StepText};
 
 use crate::common::{assert_close, fixture};
 
@@ -122,7 +122,7 @@ fn training_matches_the_reference_step_by_step() {
                 true => StepImages::Pixels(&px),
                 false => StepImages::Features(&px),
             };
-            let loss = trainer.step(images, &prompts, &y).unwrap();
+            let loss = trainer.step(images, StepText::Ids(&prompts), &y).unwrap();
             let rel = (loss as f64 - want).abs() / want.abs().max(1e-3);
             println!("{name} step {s}: loss {loss:.6} reference {want:.6} (rel {rel:.1e})");
             assert!(rel < LOSS_TOL as f64, "{name} step {s}: {loss} vs {want}");
@@ -142,7 +142,7 @@ fn training_matches_the_reference_step_by_step() {
             true => StepImages::Pixels(&test),
             false => StepImages::Features(&test),
         };
-        let logits = trainer.logits(images, &prompts).unwrap();
+        let logits = trainer.logits(images, StepText::Ids(&prompts)).unwrap();
         assert_close(
             &format!("{name} test logits"),
             &logits,
@@ -154,7 +154,9 @@ fn training_matches_the_reference_step_by_step() {
 
 fn loss_of(model: &LoraClip, px: &Tensor, prompts: &[Vec<u32>], labels: &[u32]) -> Tensor {
     let trainer = LoraTrainer::new(model, 0.0, 1);
-    let logits = trainer.logits(StepImages::Pixels(px), prompts).unwrap();
+    let logits = trainer
+        .logits(StepImages::Pixels(px), StepText::Ids(prompts))
+        .unwrap();
     let targets = Tensor::from_slice(labels, labels.len(), &Device::Cpu).unwrap();
     candle_nn::loss::cross_entropy(&logits, &targets).unwrap()
 }

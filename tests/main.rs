@@ -8,6 +8,7 @@ mod checkpoint_errors;
 mod cli;
 mod cli_data;
 mod clip_lora;
+mod clip_lora_last;
 mod common;
 mod coop;
 mod crash_commands;

@@ -275,6 +275,8 @@ fn short_names() -> Vec<&'static str> {
         lora_params: Some("q".parse().unwrap()),
         lora_encoder: Some("both".parse().unwrap()),
         lora_position: Some("all".parse().unwrap()),
+        lora_last: Some(1),
+        lora_views: Some(1),
         iters_per_shot: Some(1),
     };
     every.given().into_iter().map(|(k, _)| k).collect()

@@ -11,6 +11,11 @@
 //! - AdamW (betas 0.9/0.999, weight decay 1e-2) at lr 2e-4 on the LoRA matrices, cosine to 1e-6
 //!   over `500 × shots` steps of batch 32 (`n_iters × shots`), the schedule stepped every step;
 //! - the last step is kept: the reference's validation is switched off (`VALIDATION = False`).
+//!
+//! Two options of ours, not the reference's, make steps cheaper: `last:K` placements
+//! (`--lora-last`) run the frozen text layers below the updates once for the fixed prompts
+//! (exact), and [`ClipLoraOptions::views`] (`--lora-views`) trains on fixed views encoded once
+//! (`ViewPool`) instead of fresh crops.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,7 +33,7 @@ use super::{
     Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, ImageContext,
     LabelledSet, Method, MethodCard, MethodError, Needs, Progress,
 };
-use crate::clip::train::lora::{LoraClip, LoraOptions};
+use crate::clip::train::lora::{LoraClip, LoraOptions, TextPrefix};
 use crate::clip::Clip;
 use crate::image::augment::{Augment, ViewRng};
 
@@ -43,11 +48,22 @@ pub fn cosine_lr(base: f32, floor: f32, step: usize, total: usize) -> f32 {
     (floor as f64 + (base - floor) as f64 * 0.5 * (1.0 + t.cos())) as f32
 }
 
-/// What a step's images are: pixels through the adapted image tower, or features the frozen
-/// image tower made (when only the text tower is adapted).
+/// What a step's images are: pixels through the adapted image tower, the tokens entering its
+/// first layer that runs at every step ([`LoraClip::image_tokens`], for fixed views), or
+/// features the frozen image tower made (when only the text tower is adapted).
 pub enum StepImages<'a> {
     Pixels(&'a Tensor),
+    Tokens(&'a Tensor),
     Features(&'a Tensor),
+}
+
+/// What a step's class prompts are: token rows through the whole text tower, or their hidden
+/// states entering the first layer that must run at every step, computed once
+/// ([`LoraClip::text_prefix`]); both give the same logits and gradients.
+#[derive(Clone, Copy)]
+pub enum StepText<'a> {
+    Ids(&'a [Vec<u32>]),
+    Prefix(&'a TextPrefix),
 }
 
 /// The optimiser and schedule over a model's LoRA matrices.
@@ -82,14 +98,17 @@ impl<'m> LoraTrainer<'m> {
         cosine_lr(self.base_lr, FLOOR_LR, self.steps, self.total)
     }
 
-    /// `logit_scale · cos(image, class)` of a batch, `(B, K)`; `prompts` are the class
-    /// prompts' token rows.
-    pub fn logits(&self, images: StepImages, prompts: &[Vec<u32>]) -> Result<Tensor, MethodError> {
+    /// `logit_scale · cos(image, class)` of a batch, `(B, K)`, one column per class prompt.
+    pub fn logits(&self, images: StepImages, prompts: StepText) -> Result<Tensor, MethodError> {
         let img = match images {
             StepImages::Pixels(p) => self.model.encode_image(p)?,
+            StepImages::Tokens(t) => self.model.encode_image_tokens(t)?,
             StepImages::Features(f) => f.clone(),
         };
-        let txt = self.model.encode_tokens(prompts)?;
+        let txt = match prompts {
+            StepText::Ids(ids) => self.model.encode_tokens(ids)?,
+            StepText::Prefix(p) => self.model.encode_prefix(p)?,
+        };
         let logits = unit_rows(&img)?.matmul(&unit_rows(&txt)?.t()?)?;
         Ok((logits * self.model.logit_scale() as f64)?)
     }
@@ -98,7 +117,7 @@ impl<'m> LoraTrainer<'m> {
     pub fn step(
         &mut self,
         images: StepImages,
-        prompts: &[Vec<u32>],
+        prompts: StepText,
         labels: &[u32],
     ) -> Result<f32, MethodError> {
         let logits = self.logits(images, prompts)?;
@@ -141,6 +160,10 @@ pub struct ClipLoraOptions {
     pub iters_per_shot: usize,
     pub batch_size: usize,
     pub seed: u64,
+    /// Ours, not the reference's: `Some(V)` trains on V fixed augmented views per training
+    /// image, encoded once up to the first layer that runs at every step (`ViewPool`);
+    /// `None` crops afresh at every step, as the reference does.
+    pub views: Option<usize>,
 }
 
 impl Default for ClipLoraOptions {
@@ -151,6 +174,7 @@ impl Default for ClipLoraOptions {
             iters_per_shot: ITERS_PER_SHOT,
             batch_size: 32,
             seed: 1,
+            views: None,
         }
     }
 }
@@ -219,17 +243,129 @@ fn to_matrix(t: &Tensor) -> Result<Matrix, MethodError> {
     })
 }
 
-pub fn fit(
-    task: &FewShotTask,
-    opts: &ClipLoraOptions,
+/// Salt of the stream that picks each step's cached view of each image.
+const VIEW_PICK_SALT: u64 = 0x7669_6577_2d70_6963;
+/// The most memory the cached views may take.
+const VIEW_POOL_BYTES: usize = 8 << 30;
+
+/// Our image-side rule for `--lora-views V`, not the reference's protocol (which crops afresh
+/// at every step): V augmented views of each training image, drawn once with the fresh-crop
+/// rule (view `v` of an image is the crop step `v` would draw), each run once through the
+/// frozen layers below the first adapted one (the whole frozen tower when only the text
+/// tower is adapted); every step picks one cached view per image at random.
+struct ViewPool {
+    /// View-major: row `v·N + i` is view `v` of training image `i`.
+    rows: Tensor,
+    images: usize,
+    views: usize,
+    pick: crate::rng::SplitMix64,
+}
+
+impl ViewPool {
+    fn build(
+        model: &LoraClip,
+        side: &ImageSide,
+        cx: &ImageContext,
+        (views, seed): (usize, u64),
+    ) -> Result<Self, MethodError> {
+        let (train, keys) = (&cx.images.train, &cx.images.train_keys);
+        let augment = Augment::coop(cx.images.preprocess.size as u32);
+        let mut parts = Vec::new();
+        for view in 0..views {
+            for (c, chunk) in train.chunks(EVAL_BATCH).enumerate() {
+                let first = c * EVAL_BATCH;
+                let paths: Vec<(&PathBuf, &str)> =
+                    (chunk.iter().enumerate()).map(|(j, p)| (p, keys[first + j].as_str())).collect();
+                let pixels = batch_pixels(&paths, cx, Some((&augment, seed, view as u32)))?;
+                let rows = match side {
+                    ImageSide::Adapted => model.image_tokens(&pixels)?,
+                    ImageSide::Frozen(clip) => clip.encode_image(&pixels)?.detach(),
+                };
+                if parts.is_empty() {
+                    // Checked on the first part, before the rest is allocated.
+                    let per_row = rows.elem_count() / rows.dim(0)?.max(1);
+                    let bytes = (views.checked_mul(train.len())).and_then(|n| n.checked_mul(per_row * 4));
+                    if bytes.is_none_or(|b| b > VIEW_POOL_BYTES) {
+                        return Err(MethodError::option(
+                            "lora-views",
+                            views,
+                            "the cached views would take more than 8 GiB of memory; use fewer",
+                        ));
+                    }
+                }
+                parts.push(rows);
+            }
+        }
+        Ok(ViewPool {
+            rows: Tensor::cat(&parts, 0)?,
+            images: train.len(),
+            views,
+            pick: crate::rng::SplitMix64::salted(seed, VIEW_PICK_SALT),
+        })
+    }
+
+    /// One cached view of each of `images` (training image indices), drawn afresh.
+    fn batch(&mut self, images: &[usize]) -> Result<Tensor, MethodError> {
+        let index: Vec<u32> = (images.iter())
+            .map(|&i| (self.pick.below(self.views) * self.images + i) as u32)
+            .collect();
+        let index = Tensor::from_vec(index, images.len(), self.rows.device())?;
+        Ok(self.rows.index_select(&index, 0)?)
+    }
+}
+
+/// What one step's batch of images becomes before the step.
+enum BatchImages {
+    Pixels(Tensor),
+    Tokens(Tensor),
+    Features(Tensor),
+}
+
+impl BatchImages {
+    fn as_step(&self) -> StepImages<'_> {
+        match self {
+            BatchImages::Pixels(t) => StepImages::Pixels(t),
+            BatchImages::Tokens(t) => StepImages::Tokens(t),
+            BatchImages::Features(t) => StepImages::Features(t),
+        }
+    }
+}
+
+/// The images of training rows `rows` at step `step`: cached views when there is a pool, a
+/// fresh crop of each otherwise.
+fn batch_images(
+    (model, side, pool): (&LoraClip, &ImageSide, Option<&mut ViewPool>),
     cx: &ImageContext,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Fit, MethodError> {
+    rows: &[usize],
+    (seed, step): (u64, usize),
+) -> Result<BatchImages, MethodError> {
+    if let Some(pool) = pool {
+        let cached = pool.batch(rows)?;
+        return Ok(match side {
+            ImageSide::Adapted => BatchImages::Tokens(cached),
+            ImageSide::Frozen(_) => BatchImages::Features(cached),
+        });
+    }
+    let (train, keys) = (&cx.images.train, &cx.images.train_keys);
+    let paths: Vec<(&PathBuf, &str)> = rows.iter().map(|&i| (&train[i], keys[i].as_str())).collect();
+    let augment = Augment::coop(cx.images.preprocess.size as u32);
+    let pixels = batch_pixels(&paths, cx, Some((&augment, seed, step as u32)))?;
+    Ok(match side {
+        ImageSide::Adapted => BatchImages::Pixels(pixels),
+        ImageSide::Frozen(_) => BatchImages::Features(image_features(model, side, &pixels)?),
+    })
+}
+
+/// Refuses options and inputs a fit cannot run on, before the model is read.
+fn check_fit(task: &FewShotTask, opts: &ClipLoraOptions, cx: &ImageContext) -> Result<(), MethodError> {
     if !(opts.lr > 0.0 && opts.lr.is_finite()) {
         return Err(MethodError::option("lr", opts.lr, "must be positive"));
     }
     if !(0.0..1.0).contains(&opts.lora.dropout) {
         return Err(MethodError::option("lora-dropout", opts.lora.dropout, "must be in [0, 1)"));
+    }
+    if opts.views == Some(0) {
+        return Err(MethodError::option("lora-views", 0, "must be at least 1"));
     }
     let (train, test) = (&cx.images.train, &cx.images.test);
     if train.len() != task.train.labels.len() {
@@ -253,15 +389,32 @@ pub fn fit(
             labels: task.test.labels.len(),
         });
     }
+    Ok(())
+}
+
+pub fn fit(
+    task: &FewShotTask,
+    opts: &ClipLoraOptions,
+    cx: &ImageContext,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fit, MethodError> {
+    check_fit(task, opts, cx)?;
     let model = LoraClip::load(&cx.model, &opts.lora, opts.seed, &Device::Cpu)?;
     let side = match opts.lora.encoder.vision() {
         true => ImageSide::Adapted,
         false => ImageSide::Frozen(Box::new(Clip::load(&cx.model, &Device::Cpu)?)),
     };
     let prompts = prompt_ids(cx, &model, &task.classnames)?;
+    // The prompts are fixed, so the frozen text layers below the first adapted one (all of
+    // them when the text tower is not adapted) give the same states at every step.
+    let prefix = model.text_prefix(&prompts)?;
+    let text = StepText::Prefix(&prefix);
+    let mut pool = match opts.views {
+        Some(v) => Some(ViewPool::build(&model, &side, cx, (v, opts.seed))?),
+        None => None,
+    };
     let total = opts.iters_per_shot * task.shots().max(1);
-    let augment = Augment::coop(cx.images.preprocess.size as u32);
-    let n = train.len();
+    let n = cx.images.train.len();
     let batch = opts.batch_size.min(n).max(1);
     // The reference's loader drops the last incomplete batch when a full one exists.
     let per_epoch = (n / batch).max(1);
@@ -279,17 +432,9 @@ pub fn fit(
             if step == total {
                 break;
             }
-            let keys = &cx.images.train_keys;
-            let paths: Vec<(&PathBuf, &str)> = rows.iter().map(|&i| (&train[i], keys[i].as_str())).collect();
             let labels: Vec<u32> = rows.iter().map(|&i| task.train.labels[i] as u32).collect();
-            let pixels = batch_pixels(&paths, cx, Some((&augment, opts.seed, step as u32)))?;
-            let loss = match &side {
-                ImageSide::Adapted => trainer.step(StepImages::Pixels(&pixels), &prompts, &labels)?,
-                ImageSide::Frozen(_) => {
-                    let f = image_features(&model, &side, &pixels)?;
-                    trainer.step(StepImages::Features(&f), &prompts, &labels)?
-                }
-            };
+            let images = batch_images((&model, &side, pool.as_mut()), cx, rows, (opts.seed, step))?;
+            let loss = trainer.step(images.as_step(), text, &labels)?;
             if !loss.is_finite() {
                 return Err(MethodError::Diverged { epoch, loss });
             }
@@ -306,8 +451,19 @@ pub fn fit(
         });
     }
     model.set_training(None)?;
-    let classes = unit_rows(&model.encode_tokens(&prompts)?)?;
-    let features = test_features(&model, &side, cx)?;
+    fitted(&model, &side, cx, (task, opts, &prompts), (step, losses))
+}
+
+/// The fit's head, chosen values and adapted test features, once training is done.
+fn fitted(
+    model: &LoraClip,
+    side: &ImageSide,
+    cx: &ImageContext,
+    (task, opts, prompts): (&FewShotTask, &ClipLoraOptions, &[Vec<u32>]),
+    (step, losses): (usize, Vec<f32>),
+) -> Result<Fit, MethodError> {
+    let classes = unit_rows(&model.encode_tokens(prompts)?)?;
+    let features = test_features(model, side, cx)?;
     let head = LoraHead {
         classes: to_matrix(&classes)?,
         logit_scale: model.logit_scale(),
@@ -502,6 +658,8 @@ pub static CARD: MethodCard = MethodCard {
         "lora-params",
         "lora-encoder",
         "lora-position",
+        "lora-last",
+        "lora-views",
         "iters-per-shot",
     ],
     configure,
@@ -521,12 +679,13 @@ fn configure(o: &MethodOverrides, _dataset: &str, seed: u64) -> Method {
             dropout: o.lora_dropout.unwrap_or(l.dropout),
             params: o.lora_params.unwrap_or(l.params),
             encoder: o.lora_encoder.unwrap_or(l.encoder),
-            position: o.lora_position.unwrap_or(l.position),
+            position: o.lora_layers().unwrap_or(l.position),
         },
         lr: o.lr.unwrap_or(d.lr),
         iters_per_shot: o.iters_per_shot.unwrap_or(d.iters_per_shot),
         batch_size: o.batch_size.unwrap_or(d.batch_size),
         seed,
+        views: o.lora_views,
     })
 }
 
@@ -535,10 +694,15 @@ impl FewShotMethod for ClipLoraOptions {
 
     fn describe(&self) -> String {
         let l = &self.lora;
-        format!(
+        let mut out = format!(
             "rank={} alpha={} dropout={} params={} encoder={} position={} lr={} iters_per_shot={} batch={}",
             l.rank, l.alpha, l.dropout, l.params, l.encoder, l.position, self.lr, self.iters_per_shot, self.batch_size
-        )
+        );
+        // Only when set: the reference's fresh crops leave the description as it was.
+        if let Some(v) = self.views {
+            out.push_str(&format!(" views={v}"));
+        }
+        out
     }
 
     fn fit(&self, task: &FewShotTask, cx: &mut FitContext) -> Result<Fit, MethodError> {

@@ -150,6 +150,23 @@ pub const OPTIONS: &[OptionSpec] = &[
                3) [default: all].",
     },
     OptionSpec {
+        name: "lora-last",
+        value: OptionValue::Count,
+        help: "CLIP-LoRA, our variant (not the reference's): updates in the last N layers of the \
+               adapted tower(s) only, the text prompts' states entering them computed once \
+               instead of at every step (exact: the rows of the same layers at full depth); \
+               replaces --lora-position (recorded as position last:N).",
+    },
+    OptionSpec {
+        name: "lora-views",
+        value: OptionValue::Count,
+        help: "CLIP-LoRA, our variant (not the reference's protocol, which crops afresh at every \
+               step): train on N fixed augmented views per image (the same crop and flip rule), \
+               encoded once up to the first layer that runs at every step (with --lora-last, \
+               the last layers; with only the text tower adapted, the whole frozen image tower); \
+               each step picks one view per image.",
+    },
+    OptionSpec {
         name: "iters-per-shot",
         value: OptionValue::Count,
         help: "CLIP-LoRA: training steps per shot, `n_iters` [default: 500, i.e. 8000 steps at 16 \
@@ -189,6 +206,12 @@ pub enum OptionError {
         name: &'static str,
         given: String,
         expected: String,
+    },
+    #[error("options {name} and {other} cannot be given together: {why}")]
+    Conflict {
+        name: &'static str,
+        other: &'static str,
+        why: &'static str,
     },
 }
 
@@ -241,6 +264,10 @@ pub struct MethodOverrides {
     pub lora_params: Option<LoraParams>,
     pub lora_encoder: Option<LoraEncoder>,
     pub lora_position: Option<LoraPosition>,
+    /// CLIP-LoRA in the last K layers only (ours; [`LoraPosition::Last`]).
+    pub lora_last: Option<usize>,
+    /// CLIP-LoRA on this many fixed views per image (ours).
+    pub lora_views: Option<usize>,
     /// CLIP-LoRA's `n_iters`.
     pub iters_per_shot: Option<usize>,
 }
@@ -282,6 +309,8 @@ impl MethodOverrides {
         put("lora-params", self.lora_params.map(|v| v.to_string()));
         put("lora-encoder", self.lora_encoder.map(|v| v.to_string()));
         put("lora-position", self.lora_position.map(|v| v.to_string()));
+        put("lora-last", self.lora_last.map(|v| v.to_string()));
+        put("lora-views", self.lora_views.map(|v| v.to_string()));
         put("iters-per-shot", self.iters_per_shot.map(|v| v.to_string()));
         put("n-ctx", self.n_ctx.map(|v| v.to_string()));
         // Quoted: a phrase has spaces, and the options column is space-separated.
@@ -314,6 +343,17 @@ impl MethodOverrides {
                 .filter(|&n| n >= 1)
                 .ok_or_else(invalid)
         };
+        // A count that sizes an allocation, within its limit of the one table.
+        let bounded = |limit: crate::limits::Limit| {
+            count().and_then(|n| match n as u64 <= limit.max {
+                true => Ok(n),
+                false => Err(OptionError::Invalid {
+                    name: spec.name,
+                    given: value.to_string(),
+                    expected: format!("a whole number from 1 to {} ({})", limit.max, limit.why),
+                }),
+            })
+        };
         let number =
             |x: &str| (x.trim().parse::<f32>().ok().filter(|x| x.is_finite())).ok_or_else(invalid);
         let choice = |_| invalid();
@@ -339,7 +379,18 @@ impl MethodOverrides {
             }
             "lora-params" => self.lora_params = Some(v.parse().map_err(|_| invalid())?),
             "lora-encoder" => self.lora_encoder = Some(v.parse().map_err(choice)?),
-            "lora-position" => self.lora_position = Some(v.parse().map_err(choice)?),
+            "lora-position" => {
+                let position: LoraPosition = v.parse().map_err(choice)?;
+                // `last:K` is `lora-last`'s, which says it is our variant.
+                if matches!(position, LoraPosition::Last(_)) {
+                    return Err(invalid());
+                }
+                self.set_layers(Some(position), self.lora_last)?
+            }
+            "lora-last" => {
+                self.set_layers(self.lora_position, Some(bounded(crate::limits::LAYERS)?))?
+            }
+            "lora-views" => self.lora_views = Some(bounded(crate::limits::VIEWS)?),
             "iters-per-shot" => self.iters_per_shot = Some(count()?),
             "n-ctx" => self.n_ctx = Some(count()?),
             "ctx-init" if !v.is_empty() => self.ctx_init = Some(value.to_string()),
@@ -348,6 +399,31 @@ impl MethodOverrides {
             _ => return Err(invalid()),
         }
         Ok(())
+    }
+
+    /// Sets CLIP-LoRA's layers, refusing both ways of choosing them at once (one would hide the
+    /// other).
+    fn set_layers(
+        &mut self,
+        position: Option<LoraPosition>,
+        last: Option<usize>,
+    ) -> Result<(), OptionError> {
+        if position.is_some() && last.is_some() {
+            return Err(OptionError::Conflict {
+                name: "lora-last",
+                other: "lora-position",
+                why: "both choose the adapted layers",
+            });
+        }
+        (self.lora_position, self.lora_last) = (position, last);
+        Ok(())
+    }
+
+    /// CLIP-LoRA's layers: `last:K` from `lora-last`, else `lora-position`.
+    pub fn lora_layers(&self) -> Option<LoraPosition> {
+        self.lora_last
+            .map(LoraPosition::Last)
+            .or(self.lora_position)
     }
 
     /// The epochs CoOp's schedule gives on `dataset` unless the user set them: 50 on ImageNet,
@@ -412,6 +488,11 @@ mod tests {
             ("branch", "left", "visual, text, both"),
             ("csc", "yes", "true or false"),
             ("ctx-init", " ", "non-empty"),
+            ("lora-last", "0", "at least 1"),
+            ("lora-last", "257", "from 1 to 256"),
+            ("lora-views", "1001", "from 1 to 1000"),
+            // `last:K` is spelt `lora-last`, which says it is ours.
+            ("lora-position", "last:1", "one of"),
         ] {
             let e = o.set(name, value).unwrap_err();
             assert!(matches!(e, OptionError::Invalid { .. }), "{name}");
@@ -425,5 +506,24 @@ mod tests {
             MethodOverrides::default(),
             "a refused value leaves the options as they were"
         );
+    }
+
+    #[test]
+    fn lora_last_and_lora_position_are_not_given_together() {
+        for order in [
+            ["lora-last", "lora-position"],
+            ["lora-position", "lora-last"],
+        ] {
+            let mut o = MethodOverrides::default();
+            let value = |name: &str| if name == "lora-last" { "2" } else { "up" };
+            o.set(order[0], value(order[0])).unwrap();
+            let e = o.set(order[1], value(order[1])).unwrap_err();
+            assert!(matches!(e, OptionError::Conflict { .. }), "{order:?}: {e}");
+            assert!(e.to_string().contains("lora-last and lora-position"), "{e}");
+        }
+        let mut o = MethodOverrides::default();
+        o.set("lora-last", "2").unwrap();
+        assert_eq!(o.lora_layers(), Some(LoraPosition::Last(2)));
+        assert_eq!(o.given(), [("lora-last", "2".to_string())]);
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
-use super::frozen::{block_forward, linear2d, ProjectionDelta};
+use super::frozen::{block_forward, linear2d, NoDelta, ProjectionDelta};
 use super::fused::FrozenLayerNorm;
 use super::{ImageTower, LayerNorm, Linear};
 use crate::clip::error::Result;
@@ -101,6 +101,15 @@ impl FrozenVisionTower {
         pixels: &Tensor,
         delta: &dyn ProjectionDelta,
     ) -> Result<Tensor> {
+        let x = self.tokens_before(pixels, 0)?;
+        self.forward_from(&x, 0, delta)
+    }
+
+    /// The tokens entering block `start` of the frozen tower (no update below it).
+    ///
+    /// # Shapes
+    /// `(B, 3, S, S) -> (B, T, width)`
+    pub(super) fn tokens_before(&self, pixels: &Tensor, start: usize) -> Result<Tensor> {
         let patches = self.tower.patches(pixels)?;
         let kernel = Linear {
             weight: (self.tower.patch_embedding).reshape((self.config.width, patches.dim(2)?))?,
@@ -108,7 +117,36 @@ impl FrozenVisionTower {
         };
         let x = self.tower.tokens(&linear2d(&kernel, &patches)?)?;
         let mut x = self.pre_norm.forward(&x)?;
-        for (i, (layer, norms)) in self.tower.layers.iter().zip(&self.norms).enumerate() {
+        for (i, (layer, norms)) in self
+            .tower
+            .layers
+            .iter()
+            .zip(&self.norms)
+            .enumerate()
+            .take(start)
+        {
+            x = block_forward(layer, norms, &x, false, (i, &NoDelta))?;
+        }
+        Ok(x)
+    }
+
+    /// Blocks `start..` with `delta`, then pooling and projection, from the tokens entering
+    /// block `start` ([`Self::tokens_before`]).
+    pub(super) fn forward_from(
+        &self,
+        tokens: &Tensor,
+        start: usize,
+        delta: &dyn ProjectionDelta,
+    ) -> Result<Tensor> {
+        let mut x = tokens.clone();
+        for (i, (layer, norms)) in self
+            .tower
+            .layers
+            .iter()
+            .zip(&self.norms)
+            .enumerate()
+            .skip(start)
+        {
             x = block_forward(layer, norms, &x, false, (i, delta))?;
         }
         let pooled = self.post_norm.forward(&x.i((.., 0, ..))?.contiguous()?)?;

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use candle_core::{Device, Tensor, Var};
 
 use super::dropped_low_rank::DroppedLowRank;
-use super::frozen::{Projection, ProjectionDelta};
+use super::frozen::{NoDelta, Projection, ProjectionDelta};
 use super::frozen_vit::FrozenVisionTower;
 use super::prompt_text::PromptTextEncoder;
 use crate::clip::error::{Error, Result};
@@ -134,6 +134,10 @@ impl fmt::Display for LoraParams {
 /// list 12-layer towers; for another depth the same fractions are taken (thirds for bottom, mid
 /// and up, halves for half-bottom and half-up), and `all` is every layer (the reference's ViT-L
 /// entry lists 21 of 24).
+///
+/// `Last(k)` (`--lora-last k`, written `last:k`) is ours, not the reference's: the last `k`
+/// layers, with the frozen layers below them run once instead of at every step (see
+/// [`LoraClip::text_prefix`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoraPosition {
     Bottom,
@@ -143,7 +147,11 @@ pub enum LoraPosition {
     HalfBottom,
     All,
     Top3,
+    Last(usize),
 }
+
+/// How [`LoraPosition::Last`] is written: `last:k`.
+const LAST_PREFIX: &str = "last:";
 
 const POSITIONS: [(&str, LoraPosition); 7] = [
     ("bottom", LoraPosition::Bottom),
@@ -168,18 +176,49 @@ impl LoraPosition {
             LoraPosition::HalfBottom => 0..half,
             LoraPosition::All => 0..n,
             LoraPosition::Top3 => n.saturating_sub(3)..n,
+            LoraPosition::Last(k) => n.saturating_sub(k)..n,
         };
         range.collect()
+    }
+
+    /// Refuses a placement a tower of `n` layers cannot take (`tower` names it): `last:k` with
+    /// `k` of 0 or more than `n`.
+    pub fn check(self, n: usize, tower: &str) -> Result<()> {
+        match self {
+            LoraPosition::Last(k) if k == 0 || k > n => Err(Error::Lora {
+                why: format!(
+                    "LoRA in the last {k} layers (`{self}`): the {tower} has {n} layers, so the \
+                     count must be from 1 to {n}"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The first layer whose input is the same at every step when the layers below it are
+    /// frozen and fed the same input: where `last:k` starts; 0 (every layer runs at every step,
+    /// as the reference runs them) for the reference's placements.
+    pub fn frozen_below(self, n: usize) -> usize {
+        match self {
+            LoraPosition::Last(k) => n.saturating_sub(k),
+            _ => 0,
+        }
     }
 }
 
 impl FromStr for LoraPosition {
     type Err = UnknownName;
     fn from_str(s: &str) -> std::result::Result<Self, UnknownName> {
+        if let Some(k) = s.strip_prefix(LAST_PREFIX) {
+            if let Some(k) = k.parse::<usize>().ok().filter(|&k| k >= 1) {
+                return Ok(LoraPosition::Last(k));
+            }
+        }
         (POSITIONS.iter().find(|(n, _)| *n == s))
             .map(|(_, p)| *p)
             .ok_or_else(|| {
-                let names: Vec<&str> = POSITIONS.iter().map(|(n, _)| *n).collect();
+                let mut names: Vec<&str> = POSITIONS.iter().map(|(n, _)| *n).collect();
+                names.push("last:K (K ≥ 1)");
                 UnknownName::new("LoRA position", s, &names)
             })
     }
@@ -187,6 +226,9 @@ impl FromStr for LoraPosition {
 
 impl fmt::Display for LoraPosition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let LoraPosition::Last(k) = self {
+            return write!(f, "{LAST_PREFIX}{k}");
+        }
         let name = POSITIONS.iter().find(|(_, p)| p == self).map(|(n, _)| *n);
         f.write_str(name.unwrap_or("all"))
     }
@@ -264,6 +306,11 @@ impl TowerAdapters {
         seed: u64,
         device: &Device,
     ) -> Result<Self> {
+        let name = match tower {
+            "text_model" => "text tower",
+            _ => "image tower",
+        };
+        options.position.check(layers, name)?;
         let chosen = options.position.layers(layers);
         let r = options.rank;
         let bound = 1.0 / (width as f32).sqrt();
@@ -337,6 +384,22 @@ impl ProjectionDelta for TowerAdapters {
             *last = adapter.b.dim(0)?;
         }
         Ok(Some(y.reshape(out)?))
+    }
+}
+
+/// Fixed token rows (the class prompts) run through the text tower's frozen layers below the
+/// first adapted one: what enters that layer is the same at every step, so it is computed once
+/// and each step runs only the layers from `start` up ([`LoraClip::encode_prefix`]).
+pub struct TextPrefix {
+    hidden: Tensor,
+    eot: Vec<usize>,
+    start: usize,
+}
+
+impl TextPrefix {
+    /// The first layer that runs at every step.
+    pub fn start(&self) -> usize {
+        self.start
     }
 }
 
@@ -455,16 +518,8 @@ impl LoraClip {
     /// # Shapes
     /// `(B, 3, S, S) -> (B, embed_dim)`
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        match (&self.vision, &self.vision_adapters) {
-            (Some(v), Some(a)) => v.forward_with(pixels, a),
-            _ => Err(Error::Lora {
-                why: format!(
-                    "the image tower is not adapted (encoder `{}`): its features are the frozen \
-                     model's",
-                    self.options.encoder
-                ),
-            }),
-        }
+        let (v, a) = self.adapted_vision()?;
+        v.forward_with(pixels, a)
     }
 
     /// Projected, un-normalised text features of token rows (same length, each with an end
@@ -478,6 +533,83 @@ impl LoraClip {
         match &self.text_adapters {
             Some(a) => self.text.encode_embeddings_with(&x, &eot, a),
             None => self.text.encode_embeddings(&x, &eot),
+        }
+    }
+
+    /// The first text layer that runs at every step in training: `n - k` for `last:k`, every
+    /// layer (0) for the reference's placements, none (`n`) when the text tower is not adapted
+    /// (its features are then constants, as the reference computes them once).
+    pub fn text_start(&self) -> usize {
+        let n = self.text.config().layers;
+        match &self.text_adapters {
+            Some(_) => self.options.position.frozen_below(n),
+            None => n,
+        }
+    }
+
+    /// The hidden states of `ids` (as [`Self::encode_tokens`] takes them) entering layer
+    /// [`Self::text_start`], computed once through the frozen layers below it.
+    pub fn text_prefix(&self, ids: &[Vec<u32>]) -> Result<TextPrefix> {
+        let c = self.text.config();
+        crate::clip::model::text::check_ids(ids, c)?;
+        let eot = eot_positions(ids, c.pooling)?;
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let x = (self.text.token_embeddings(&flat)?).reshape((ids.len(), ids[0].len(), c.width))?;
+        let start = self.text_start();
+        let hidden = self.text.hidden_before(&x, &eot, start)?.detach();
+        Ok(TextPrefix { hidden, eot, start })
+    }
+
+    /// [`Self::encode_tokens`] of the rows `prefix` was made from, running only the layers from
+    /// its start: the same features, and the same gradients to the updates.
+    pub fn encode_prefix(&self, prefix: &TextPrefix) -> Result<Tensor> {
+        let (x, eot, start) = (&prefix.hidden, &prefix.eot, prefix.start);
+        match &self.text_adapters {
+            Some(a) => self.text.encode_from(x, eot, start, a),
+            None => self.text.encode_from(x, eot, start, &NoDelta),
+        }
+    }
+
+    /// The first image layer that runs at every step in training: `n - k` for `last:k`, 0 for
+    /// the reference's placements (and when the image tower is not adapted, which has no layer
+    /// here).
+    pub fn image_start(&self) -> usize {
+        match &self.vision {
+            Some(v) => self.options.position.frozen_below(v.config().layers),
+            None => 0,
+        }
+    }
+
+    /// The tokens of `pixels` entering layer [`Self::image_start`] of the adapted ViT,
+    /// computed through the frozen layers below it: constants for fixed views.
+    ///
+    /// # Shapes
+    /// `(B, 3, S, S) -> (B, T, width)`
+    pub fn image_tokens(&self, pixels: &Tensor) -> Result<Tensor> {
+        let v = self.adapted_vision()?.0;
+        Ok(v.tokens_before(pixels, self.image_start())?.detach())
+    }
+
+    /// [`Self::encode_image`] of the pixels `tokens` were made from ([`Self::image_tokens`]),
+    /// running only the layers from [`Self::image_start`].
+    ///
+    /// # Shapes
+    /// `(B, T, width) -> (B, embed_dim)`
+    pub fn encode_image_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (v, a) = self.adapted_vision()?;
+        v.forward_from(tokens, self.image_start(), a)
+    }
+
+    fn adapted_vision(&self) -> Result<(&FrozenVisionTower, &TowerAdapters)> {
+        match (&self.vision, &self.vision_adapters) {
+            (Some(v), Some(a)) => Ok((v, a)),
+            _ => Err(Error::Lora {
+                why: format!(
+                    "the image tower is not adapted (encoder `{}`): its features are the frozen \
+                     model's",
+                    self.options.encoder
+                ),
+            }),
         }
     }
 

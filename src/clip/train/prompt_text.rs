@@ -169,6 +169,57 @@ impl PromptTextEncoder {
         eot: &[usize],
         delta: &dyn ProjectionDelta,
     ) -> Result<Tensor> {
+        let x = self.embed_positions(x, eot)?;
+        self.encode_from(&x, eot, 0, delta)
+    }
+
+    /// The hidden states entering block `start` of the frozen tower (no update below it), cut
+    /// after the last end position as [`Self::encode_embeddings`] cuts them.
+    ///
+    /// # Shapes
+    /// `(B, L, width) -> (B, max(eot) + 1, width)`
+    pub(super) fn hidden_before(&self, x: &Tensor, eot: &[usize], start: usize) -> Result<Tensor> {
+        let mut x = self.embed_positions(x, eot)?;
+        for (i, (layer, norms)) in self
+            .tower
+            .layers
+            .iter()
+            .zip(&self.norms)
+            .enumerate()
+            .take(start)
+        {
+            x = block_forward(layer, norms, &x, true, (i, &NoDelta))?;
+        }
+        Ok(x)
+    }
+
+    /// Blocks `start..` with `delta`, then pooling and projection, from the hidden states
+    /// entering block `start` ([`Self::hidden_before`]).
+    pub(super) fn encode_from(
+        &self,
+        hidden: &Tensor,
+        eot: &[usize],
+        start: usize,
+        delta: &dyn ProjectionDelta,
+    ) -> Result<Tensor> {
+        let mut x = hidden.clone();
+        for (i, (layer, norms)) in self
+            .tower
+            .layers
+            .iter()
+            .zip(&self.norms)
+            .enumerate()
+            .skip(start)
+        {
+            x = block_forward(layer, norms, &x, true, (i, delta))?;
+        }
+        let pooled = crate::clip::model::text::gather_positions(&x, eot)?;
+        let pooled = self.final_norm.forward(&pooled)?;
+        linear2d(&self.text_projection, &pooled)
+    }
+
+    /// Checked embeddings cut after the last end position, positions added.
+    fn embed_positions(&self, x: &Tensor, eot: &[usize]) -> Result<Tensor> {
         let c = &self.config;
         let (b, len, width) = x.dims3()?;
         if width != c.width || len == 0 || len > c.context_length || eot.len() != b {
@@ -189,13 +240,7 @@ impl PromptTextEncoder {
         }
         let used = eot.iter().max().map_or(len, |&p| p + 1);
         let x = x.narrow(1, 0, used)?;
-        let mut x = x.broadcast_add(&self.tower.position_embedding.narrow(0, 0, used)?)?;
-        for (i, (layer, norms)) in self.tower.layers.iter().zip(&self.norms).enumerate() {
-            x = block_forward(layer, norms, &x, true, (i, delta))?;
-        }
-        let pooled = crate::clip::model::text::gather_positions(&x, eot)?;
-        let pooled = self.final_norm.forward(&pooled)?;
-        linear2d(&self.text_projection, &pooled)
+        Ok(x.broadcast_add(&self.tower.position_embedding.narrow(0, 0, used)?)?)
     }
 }
 
