@@ -196,10 +196,17 @@ fn an_image_size_past_the_last_whole_patch_drops_those_pixels_as_transformers_do
     const VALID: &str = "tiny-siglip-valid-patches";
     let dir = tempfile::tempdir().unwrap();
     for (from, names) in [
-        (MODEL, &["spiece.model", "tokenizer.json", "tokenizer_config.json"][..]),
+        (
+            MODEL,
+            &["spiece.model", "tokenizer.json", "tokenizer_config.json"][..],
+        ),
         (
             VALID,
-            &["config.json", "model.safetensors", "preprocessor_config.json"][..],
+            &[
+                "config.json",
+                "model.safetensors",
+                "preprocessor_config.json",
+            ][..],
         ),
     ] {
         for name in names {
@@ -214,11 +221,19 @@ fn an_image_size_past_the_last_whole_patch_drops_those_pixels_as_transformers_do
     let pixels = &expected["pixel_values"];
     assert_eq!(pixels.dims(), &[4, 3, 38, 38]);
     let image = clip.encode_image(pixels).unwrap();
-    assert_rel("image embeds (38 px, 8-px patches)", &image, &expected["image_embeds"]);
+    assert_rel(
+        "image embeds (38 px, 8-px patches)",
+        &image,
+        &expected["image_embeds"],
+    );
     let text = clip.encode_tokens(&ids(&expected["input_ids"])).unwrap();
     assert_rel("text embeds", &text, &expected["text_embeds"]);
     // From the files: resized to 38 × 38 by the processor's rule, then cut by the convolution.
     let images = input_images(VALID);
     let from_files = encode_image_files(&clip, &images, 4, &mut |_, _| {}).unwrap();
-    assert_rel("image embeds from files", &from_files, &expected["image_embeds"]);
+    assert_rel(
+        "image embeds from files",
+        &from_files,
+        &expected["image_embeds"],
+    );
 }

@@ -345,7 +345,10 @@ fn catch_decoder_panic<T>(decode: impl FnOnce() -> T, ctx: &Ctx) -> Result<T, Im
         let message = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_string());
-        ctx.corrupt(format!("the {} decoder failed on it ({message})", ctx.format))
+        ctx.corrupt(format!(
+            "the {} decoder failed on it ({message})",
+            ctx.format
+        ))
     })
 }
 

@@ -553,7 +553,10 @@ mod tests {
             assert_eq!((v.image_size, v.grid()), (size, 4));
         }
         let err = from_model_cfg(&with_size(siglip_cfg(), 40), &shapes(true)).unwrap_err();
-        assert!(err.to_string().contains("vision_cfg.image_size is 40"), "{err}");
+        assert!(
+            err.to_string().contains("vision_cfg.image_size is 40"),
+            "{err}"
+        );
         let eva = serde_json::json!({
             "embed_dim": 16, "custom_text": true,
             "vision_cfg": {"image_size": 35, "timm_model_name": "eva02_large_patch14_clip_224",
@@ -561,7 +564,10 @@ mod tests {
             "text_cfg": {"width": 8, "heads": 2, "layers": 2}
         });
         let err = from_model_cfg(&eva, &shapes(false)).unwrap_err();
-        assert!(err.to_string().contains("vision_cfg.image_size is 35"), "{err}");
+        assert!(
+            err.to_string().contains("vision_cfg.image_size is 35"),
+            "{err}"
+        );
     }
 
     /// SigLIP 2's text towers: `act_kwargs: {"approximate": "tanh"}` is tanh GELU.
