@@ -19,12 +19,18 @@ fn allow_caught_decoder_panics() {
         let abort = std::panic::take_hook();
         let seen = Mutex::new(HashSet::new());
         std::panic::set_hook(Box::new(move |info| {
-            let place = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            let place = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()));
             let place = place.unwrap_or_default();
             if !CAUGHT.iter().any(|c| place.contains(c)) {
                 return abort(info);
             }
-            if seen.lock().map(|mut s| s.insert(place.clone())).unwrap_or(false) {
+            if seen
+                .lock()
+                .map(|mut s| s.insert(place.clone()))
+                .unwrap_or(false)
+            {
                 eprintln!("caught decoder panic at {place}: {info}");
             }
         }));
