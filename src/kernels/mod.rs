@@ -3,6 +3,7 @@
 //! heads, the fused transformer ops, and vectorised element-wise math.
 
 pub mod alloc;
+pub(crate) mod eva_ops;
 pub mod matmul;
 pub(crate) mod ops;
 pub(crate) mod vmath;

@@ -70,6 +70,18 @@ pub(crate) fn quick_gelu(x: f32) -> f32 {
     x / (1.0 + (-1.702 * x).exp())
 }
 
+/// `row[i] = silu(row[i]) = x · σ(x)` (PyTorch's `F.silu`, SwiGLU's gate), on the vector `exp`.
+pub(crate) fn silu(row: &mut [f32]) {
+    match simd_level() {
+        // SAFETY: `simd_level` only returns levels the CPU has; no bias is read.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512::bias_gate(row, None, 1.0, 0.0) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::bias_gate(row, None, 1.0, 0.0) },
+        _ => row.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp()),
+    }
+}
+
 /// The tanh GELU as a sigmoid gate: `0.5 x (1 + tanh(u)) = x σ(2u)` with
 /// `u = √(2/π) (x + 0.044715 x³)`, so `2u = x (GELU_TANH_LINEAR + GELU_TANH_CUBIC x²)`.
 const GELU_TANH_LINEAR: f32 = 1.595_769_2;

@@ -18,6 +18,7 @@ use super::transformer::{LayerNorm, Linear};
 use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::EvaConfig;
+use crate::kernels::eva_ops::{RotaryInPlace, SwiGluGate};
 use crate::kernels::ops::FusedAttention;
 
 /// timm's `RotaryEmbeddingCat` for a fixed patch grid, in its interleaved layout: channel pair
@@ -25,9 +26,11 @@ use crate::kernels::ops::FusedAttention;
 /// pairs follow the row coordinate and the second half the column coordinate, each over
 /// `head_dim / 4` frequencies `temperature^(-j / (head_dim / 4))`.
 pub struct RotaryEmbedding {
-    /// `(1, N, 1, head_dim)`, each angle's value repeated for both channels of its pair.
-    sin: Tensor,
-    cos: Tensor,
+    /// `N × head_dim`, each angle's value repeated for both channels of its pair.
+    sin: Vec<f32>,
+    cos: Vec<f32>,
+    head_dim: usize,
+    device: Device,
 }
 
 impl RotaryEmbedding {
@@ -58,38 +61,33 @@ impl RotaryEmbedding {
                 }
             }
         }
-        let shape = (1, g * g, 1, hd);
         Ok(RotaryEmbedding {
-            sin: Tensor::from_vec(sin, shape, device)?,
-            cos: Tensor::from_vec(cos, shape, device)?,
+            sin,
+            cos,
+            head_dim: hd,
+            device: device.clone(),
         })
     }
 
     /// The `(N, 2 · head_dim)` table timm's `get_embed()` returns: sines, then cosines.
     pub fn table(&self) -> Result<Tensor> {
-        let (_, n, _, hd) = self.sin.dims4()?;
-        Ok(Tensor::cat(
-            &[self.sin.reshape((n, hd))?, self.cos.reshape((n, hd))?],
-            1,
-        )?)
+        let (n, hd) = (self.sin.len() / self.head_dim, self.head_dim);
+        let table = |v: &[f32]| Tensor::from_slice(v, (n, hd), &self.device);
+        Ok(Tensor::cat(&[table(&self.sin)?, table(&self.cos)?], 1)?)
     }
 
-    /// Rotates the tokens after the first `prefix` (the class token), per head.
+    /// Rotates the queries and keys of the tokens after the first `prefix` (the class token),
+    /// per head, in place in the `qkv` projection's fresh output.
     ///
     /// # Shapes
-    /// `(B, prefix + N, D) -> (B, prefix + N, D)` with `D = heads · head_dim`
-    pub fn apply(&self, x: &Tensor, prefix: usize) -> Result<Tensor> {
-        let (b, _, d) = x.dims3()?;
-        let (_, n, _, hd) = self.sin.dims4()?;
-        let h = d / hd;
-        let patches = x.narrow(1, prefix, n)?.reshape((b, n, h, hd))?;
-        // [x0, x1, x2, x3, ...] -> [-x1, x0, -x3, x2, ...] (timm's `rot`).
-        let pairs = patches.reshape((b, n, h, hd / 2, 2))?;
-        let rotated = Tensor::cat(&[pairs.narrow(4, 1, 1)?.neg()?, pairs.narrow(4, 0, 1)?], 4)?
-            .reshape((b, n, h, hd))?;
-        let out = (patches.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?
-            .reshape((b, n, d))?;
-        Ok(Tensor::cat(&[&x.narrow(1, 0, prefix)?, &out], 1)?)
+    /// `(B, prefix + N, 3 · D)` laid out `[q | k | v]`, `D = heads · head_dim`
+    pub fn apply_to_qkv(&self, qkv: &Tensor, heads: usize, prefix: usize) -> Result<()> {
+        Ok(qkv.inplace_op1(&RotaryInPlace {
+            sin: &self.sin,
+            cos: &self.cos,
+            heads,
+            prefix,
+        })?)
     }
 }
 
@@ -100,7 +98,6 @@ pub struct EvaAttention {
     norm: LayerNorm,
     proj: Linear,
     kernel: FusedAttention,
-    width: usize,
 }
 
 impl EvaAttention {
@@ -128,18 +125,14 @@ impl EvaAttention {
                 heads: c.heads,
                 causal: false,
             },
-            width: d,
         })
     }
 
     /// # Shapes
     /// `(B, 1 + N, D) -> (B, 1 + N, D)`
     pub fn forward(&self, x: &Tensor, rope: &RotaryEmbedding) -> Result<Tensor> {
-        let d = self.width;
-        let qkv = self.qkv.forward(x)?; // (B, L, 3D)
-        let q = rope.apply(&qkv.narrow(2, 0, d)?, 1)?;
-        let k = rope.apply(&qkv.narrow(2, d, d)?, 1)?;
-        let qkv = Tensor::cat(&[&q, &k, &qkv.narrow(2, 2 * d, d)?], 2)?.contiguous()?;
+        let qkv = self.qkv.forward(x)?.contiguous()?; // (B, L, 3D), fresh
+        rope.apply_to_qkv(&qkv, self.kernel.heads, 1)?;
         let attended = qkv.apply_op1_no_bwd(&self.kernel)?; // (B, L, D)
         self.proj.forward(&self.norm.forward(&attended)?)
     }
@@ -173,10 +166,10 @@ impl SwiGlu {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.hidden;
         let both = self.fc1.forward(x)?;
-        let last = both.rank() - 1;
-        let gated = (both.narrow(last, 0, h)?.silu()? * both.narrow(last, h, h)?)?;
+        let gated = both.apply_op1_no_bwd(&SwiGluGate {
+            hidden: self.hidden,
+        })?;
         self.fc2.forward(&self.norm.forward(&gated)?)
     }
 }
