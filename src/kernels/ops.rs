@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Shape, T
 use rayon::prelude::*;
 
 use super::matmul::{broadcast_block, dot_block, simd_level, Operands, Out, Strided};
-use super::vmath::{bias_gelu_tanh, bias_quick_gelu, exp_scaled_sum};
+use super::vmath::{bias_gelu_erf, bias_gelu_tanh, bias_quick_gelu, exp_scaled_sum};
 
 /// The activation inside each transformer MLP; the checkpoint's config names it
 /// (`clip::load::config` reads it).
@@ -78,6 +78,7 @@ impl InplaceOp1 for BiasAct {
                 match (bias, act) {
                     (_, Some(Activation::QuickGelu)) => bias_quick_gelu(row, bias),
                     (_, Some(Activation::GeluTanh)) => bias_gelu_tanh(row, bias),
+                    (_, Some(Activation::Gelu)) => bias_gelu_erf(row, bias),
                     (Some(b), Some(a)) => row
                         .iter_mut()
                         .zip(b)

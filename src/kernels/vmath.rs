@@ -82,6 +82,65 @@ pub(crate) fn silu(row: &mut [f32]) {
     }
 }
 
+/// The exact GELU through erfc: `gelu(x) = 0.5 x (1 + erf(x/√2))` is `x (1 − c/2)` for x ≥ 0
+/// and `x c / 2` below, with `c = erfc(|x|/√2)` (no cancellation in the negative tail).
+/// `erfc(z) ≈ t exp(−z² + P(t))`, `t = 1 / (1 + z/2)`, P of degree 9: the Chebyshev fit of
+/// Numerical Recipes (`erfcc`, fractional error below 1.2e-7 for every z ≥ 0), on the vector
+/// `exp`. Coefficients of P from t⁰ up.
+const ERFC_P: [f32; 10] = [
+    -1.265_512_2,
+    1.000_023_7,
+    0.374_091_96,
+    0.096_784_18,
+    -0.186_288_06,
+    0.278_868_07,
+    -1.135_204,
+    1.488_515_9,
+    -0.822_152_2,
+    0.170_872_77,
+];
+
+/// `row[i] = gelu(row[i] + bias[i])`, the exact (erf) GELU of `nn.GELU()`: open_clip's LAION
+/// towers, EVA02's text tower, timm's exact-GELU SigLIP towers. Within 1e-6 relative of the
+/// erf definition (tests below), where a scalar `erff` per element cost 8 % of a text batch.
+pub(crate) fn bias_gelu_erf(row: &mut [f32], bias: Option<&[f32]>) {
+    bias_gelu_erf_at(simd_level(), row, bias)
+}
+
+/// [`bias_gelu_erf`] at level `simd`, which must be available.
+pub(crate) fn bias_gelu_erf_at(simd: Simd, row: &mut [f32], bias: Option<&[f32]>) {
+    assert!(simd.available(), "gelu: {simd:?} not available");
+    if let Some(b) = bias {
+        assert!(b.len() >= row.len(), "bias shorter than the row");
+    }
+    match simd {
+        // SAFETY: the CPU has the level's features (checked above), the bias is long enough.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512::bias_gelu_erf(row, bias) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::bias_gelu_erf(row, bias) },
+        _ => {
+            let add = |x: &mut f32, b: f32| *x = gelu_erf(*x + b);
+            match bias {
+                Some(b) => row.iter_mut().zip(b).for_each(|(x, b)| add(x, *b)),
+                None => row.iter_mut().for_each(|x| add(x, 0.0)),
+            }
+        }
+    }
+}
+
+/// The scalar form of [`bias_gelu_erf`]'s formula.
+pub(crate) fn gelu_erf(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = ERFC_P.iter().rev().fold(0.0, |p, c| p * t + c);
+    let c = t * (-z * z + p).exp();
+    match x < 0.0 {
+        true => 0.5 * x * c,
+        false => x * (1.0 - 0.5 * c),
+    }
+}
+
 /// The tanh GELU as a sigmoid gate: `0.5 x (1 + tanh(u)) = x σ(2u)` with
 /// `u = √(2/π) (x + 0.044715 x³)`, so `2u = x (GELU_TANH_LINEAR + GELU_TANH_CUBIC x²)`.
 const GELU_TANH_LINEAR: f32 = 1.595_769_2;
@@ -217,6 +276,42 @@ mod avx512 {
             i += 16;
         }
     }
+
+    /// The exact GELU of `x + bias` (see `super::ERFC_P`).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn bias_gelu_erf(row: &mut [f32], bias: Option<&[f32]>) {
+        let n = row.len();
+        let (one, half) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
+        let mut i = 0;
+        while i < n {
+            let mask = if n - i >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (n - i)) - 1) as __mmask16
+            };
+            let p = row.as_mut_ptr().add(i);
+            let mut x = _mm512_maskz_loadu_ps(mask, p);
+            if let Some(b) = bias {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)));
+            }
+            let z = _mm512_mul_ps(
+                _mm512_abs_ps(x),
+                _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+            );
+            let t = _mm512_div_ps(one, _mm512_fmadd_ps(z, half, one));
+            let mut poly = _mm512_set1_ps(super::ERFC_P[9]);
+            for c in super::ERFC_P[..9].iter().rev() {
+                poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(*c));
+            }
+            let c = _mm512_mul_ps(t, exp(_mm512_fnmadd_ps(z, z, poly)));
+            let positive = _mm512_mul_ps(x, _mm512_fnmadd_ps(half, c, one));
+            let negative = _mm512_mul_ps(_mm512_mul_ps(half, x), c);
+            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+            let y = _mm512_mask_blend_ps(below, positive, negative);
+            _mm512_mask_storeu_ps(p, mask, y);
+            i += 16;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -338,6 +433,41 @@ mod avx2 {
             i += 8;
         }
     }
+
+    /// The exact GELU of `x + bias` (see `super::ERFC_P`).
+    ///
+    /// # Safety
+    /// `bias`, when given, is at least as long as `row`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bias_gelu_erf(row: &mut [f32], bias: Option<&[f32]>) {
+        let n = row.len();
+        let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+        let sign = _mm256_set1_ps(-0.0);
+        let mut i = 0;
+        while i < n {
+            let m = mask(n - i);
+            let p = row.as_mut_ptr().add(i);
+            let mut x = _mm256_maskload_ps(p, m);
+            if let Some(b) = bias {
+                x = _mm256_add_ps(x, _mm256_maskload_ps(b.as_ptr().add(i), m));
+            }
+            let z = _mm256_mul_ps(
+                _mm256_andnot_ps(sign, x),
+                _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+            );
+            let t = _mm256_div_ps(one, _mm256_fmadd_ps(z, half, one));
+            let mut poly = _mm256_set1_ps(super::ERFC_P[9]);
+            for c in super::ERFC_P[..9].iter().rev() {
+                poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(*c));
+            }
+            let c = _mm256_mul_ps(t, exp(_mm256_fnmadd_ps(z, z, poly)));
+            let positive = _mm256_mul_ps(x, _mm256_fnmadd_ps(half, c, one));
+            let negative = _mm256_mul_ps(_mm256_mul_ps(half, x), c);
+            let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+            _mm256_maskstore_ps(p, m, _mm256_blendv_ps(positive, negative, below));
+            i += 8;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -353,6 +483,52 @@ mod tests {
 
     fn levels() -> Vec<Simd> {
         Simd::ALL.into_iter().filter(|s| s.available()).collect()
+    }
+
+    #[test]
+    fn vector_gelu_is_the_erf_gelu_at_every_level() {
+        // Every 1/64 from -16 to 16, with a bias, against the erf definition in f64.
+        let xs: Vec<f32> = (-1024..=1024).map(|i| i as f32 / 64.0).collect();
+        let bias: Vec<f32> = xs.iter().map(|x| 0.01 * x).collect();
+        for simd in levels() {
+            let mut row = xs.clone();
+            bias_gelu_erf_at(simd, &mut row, Some(&bias));
+            for ((x, b), y) in xs.iter().zip(&bias).zip(&row) {
+                let v = (x + b) as f64;
+                let reference = 0.5 * v * (1.0 + erf_f64(v / std::f64::consts::SQRT_2));
+                let d = (*y as f64 - reference).abs();
+                assert!(
+                    d <= 1e-6 * reference.abs() + 1e-7,
+                    "{simd:?} gelu({v}) = {y}, expected {reference}"
+                );
+            }
+        }
+        // An odd length exercises the masked tail.
+        let mut row = vec![0.5f32; 19];
+        bias_gelu_erf(&mut row, None);
+        assert!(row.iter().all(|y| (y - 0.345_731_3).abs() < 1e-6), "{row:?}");
+    }
+
+    /// erf in f64 by its Taylor series (|x| ≤ 3) or continued fraction of erfc.
+    fn erf_f64(x: f64) -> f64 {
+        let a = x.abs();
+        let r = if a <= 3.0 {
+            let (mut term, mut sum, mut k) = (a, a, 0.0);
+            while term.abs() > 1e-17 * sum.abs() {
+                k += 1.0;
+                term *= -a * a / k;
+                sum += term / (2.0 * k + 1.0);
+            }
+            2.0 / std::f64::consts::PI.sqrt() * sum
+        } else {
+            // erfc(a) = exp(-a²)/√π · 1/(a + 1/2/(a + 1/(a + 3/2/(a + 2/(a + …)))))
+            let mut f = a;
+            for k in (1..60).rev() {
+                f = a + (k as f64 / 2.0) / f;
+            }
+            1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / f
+        };
+        r.copysign(x)
     }
 
     #[test]
