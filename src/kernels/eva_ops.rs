@@ -34,8 +34,10 @@ impl InplaceOp1 for RotaryInPlace<'_> {
         let d = three_d / 3;
         let hd = d / self.heads.max(1);
         let patches = l.saturating_sub(self.prefix);
-        if three_d % 3 != 0 || hd * self.heads != d || hd % 2 != 0 {
-            candle_core::bail!("rotary-in-place: {three_d} channels are not [q | k | v] of even heads");
+        if !three_d.is_multiple_of(3) || hd * self.heads != d || !hd.is_multiple_of(2) {
+            candle_core::bail!(
+                "rotary-in-place: {three_d} channels are not [q | k | v] of even heads"
+            );
         }
         if self.sin.len() != patches * hd || self.cos.len() != patches * hd {
             candle_core::bail!(

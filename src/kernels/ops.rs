@@ -36,20 +36,6 @@ pub(crate) fn contiguous<'a>(
     }
 }
 
-#[inline]
-fn activate(x: f32, act: Activation) -> f32 {
-    match act {
-        Activation::QuickGelu => super::vmath::quick_gelu(x),
-        Activation::Gelu => {
-            0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-        }
-        Activation::GeluTanh => {
-            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-            0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
-        }
-    }
-}
-
 /// `x[.., c] = act(x[.., c] + bias[c])`, in place, rows in parallel.
 pub struct BiasAct {
     pub bias: Option<Vec<f32>>,
@@ -75,17 +61,15 @@ impl InplaceOp1 for BiasAct {
         let rows_per_task = (16384 / cols).max(1);
         data.par_chunks_mut(cols * rows_per_task).for_each(|chunk| {
             for row in chunk.chunks_mut(cols) {
-                match (bias, act) {
-                    (_, Some(Activation::QuickGelu)) => bias_quick_gelu(row, bias),
-                    (_, Some(Activation::GeluTanh)) => bias_gelu_tanh(row, bias),
-                    (_, Some(Activation::Gelu)) => bias_gelu_erf(row, bias),
-                    (Some(b), Some(a)) => row
-                        .iter_mut()
-                        .zip(b)
-                        .for_each(|(x, b)| *x = activate(*x + b, a)),
-                    (Some(b), None) => row.iter_mut().zip(b).for_each(|(x, b)| *x += b),
-                    (None, Some(a)) => row.iter_mut().for_each(|x| *x = activate(*x, a)),
-                    (None, None) => {}
+                match act {
+                    Some(Activation::QuickGelu) => bias_quick_gelu(row, bias),
+                    Some(Activation::GeluTanh) => bias_gelu_tanh(row, bias),
+                    Some(Activation::Gelu) => bias_gelu_erf(row, bias),
+                    None => {
+                        if let Some(b) = bias {
+                            row.iter_mut().zip(b).for_each(|(x, b)| *x += b)
+                        }
+                    }
                 }
             }
         });

@@ -506,7 +506,10 @@ mod tests {
         // An odd length exercises the masked tail.
         let mut row = vec![0.5f32; 19];
         bias_gelu_erf(&mut row, None);
-        assert!(row.iter().all(|y| (y - 0.345_731_3).abs() < 1e-6), "{row:?}");
+        assert!(
+            row.iter().all(|y| (y - 0.345_731_3).abs() < 1e-6),
+            "{row:?}"
+        );
     }
 
     /// erf in f64 by its Taylor series (|x| ≤ 3) or continued fraction of erfc.
