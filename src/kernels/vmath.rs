@@ -45,22 +45,47 @@ pub(crate) fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
 
 /// [`bias_quick_gelu`] at level `simd`, which must be available.
 pub(crate) fn bias_quick_gelu_at(simd: Simd, row: &mut [f32], bias: Option<&[f32]>) {
-    assert!(simd.available(), "quick_gelu: {simd:?} not available");
+    let kernels = Kernels {
+        #[cfg(target_arch = "x86_64")]
+        avx512: avx512::bias_quick_gelu,
+        #[cfg(target_arch = "x86_64")]
+        avx2: avx2::bias_quick_gelu,
+        scalar: quick_gelu,
+    };
+    bias_map_at(simd, row, bias, &kernels)
+}
+
+/// One element-wise map `x ↦ f(x + bias)` at each level: the vector kernels take the bias
+/// themselves, the scalar `f` gets it added.
+struct Kernels {
+    #[cfg(target_arch = "x86_64")]
+    avx512: unsafe fn(&mut [f32], Option<&[f32]>),
+    #[cfg(target_arch = "x86_64")]
+    avx2: unsafe fn(&mut [f32], Option<&[f32]>),
+    scalar: fn(f32) -> f32,
+}
+
+/// Runs `kernels` at level `simd` over `row`, checking what the vector kernels assume.
+fn bias_map_at(simd: Simd, row: &mut [f32], bias: Option<&[f32]>, kernels: &Kernels) {
+    assert!(
+        simd.available(),
+        "element-wise kernel: {simd:?} not available"
+    );
     if let Some(b) = bias {
         assert!(b.len() >= row.len(), "bias shorter than the row");
     }
     match simd {
         // SAFETY: the CPU has the level's features (checked above), the bias is long enough.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { avx512::bias_quick_gelu(row, bias) },
+        Simd::Avx512 => unsafe { (kernels.avx512)(row, bias) },
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { avx2::bias_quick_gelu(row, bias) },
+        Simd::Avx2 => unsafe { (kernels.avx2)(row, bias) },
         _ => match bias {
             Some(b) => row
                 .iter_mut()
                 .zip(b)
-                .for_each(|(x, b)| *x = quick_gelu(*x + b)),
-            None => row.iter_mut().for_each(|x| *x = quick_gelu(*x)),
+                .for_each(|(x, b)| *x = (kernels.scalar)(*x + b)),
+            None => row.iter_mut().for_each(|x| *x = (kernels.scalar)(*x)),
         },
     }
 }
@@ -109,24 +134,14 @@ pub(crate) fn bias_gelu_erf(row: &mut [f32], bias: Option<&[f32]>) {
 
 /// [`bias_gelu_erf`] at level `simd`, which must be available.
 pub(crate) fn bias_gelu_erf_at(simd: Simd, row: &mut [f32], bias: Option<&[f32]>) {
-    assert!(simd.available(), "gelu: {simd:?} not available");
-    if let Some(b) = bias {
-        assert!(b.len() >= row.len(), "bias shorter than the row");
-    }
-    match simd {
-        // SAFETY: the CPU has the level's features (checked above), the bias is long enough.
+    let kernels = Kernels {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { avx512::bias_gelu_erf(row, bias) },
+        avx512: avx512::bias_gelu_erf,
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { avx2::bias_gelu_erf(row, bias) },
-        _ => {
-            let add = |x: &mut f32, b: f32| *x = gelu_erf(*x + b);
-            match bias {
-                Some(b) => row.iter_mut().zip(b).for_each(|(x, b)| add(x, *b)),
-                None => row.iter_mut().for_each(|x| add(x, 0.0)),
-            }
-        }
-    }
+        avx2: avx2::bias_gelu_erf,
+        scalar: gelu_erf,
+    };
+    bias_map_at(simd, row, bias, &kernels)
 }
 
 /// The scalar form of [`bias_gelu_erf`]'s formula.
@@ -154,25 +169,14 @@ pub(crate) fn bias_gelu_tanh(row: &mut [f32], bias: Option<&[f32]>) {
 
 /// [`bias_gelu_tanh`] at level `simd`, which must be available.
 pub(crate) fn bias_gelu_tanh_at(simd: Simd, row: &mut [f32], bias: Option<&[f32]>) {
-    assert!(simd.available(), "gelu_tanh: {simd:?} not available");
-    if let Some(b) = bias {
-        assert!(b.len() >= row.len(), "bias shorter than the row");
-    }
-    let (linear, cubic) = (GELU_TANH_LINEAR, GELU_TANH_CUBIC);
-    match simd {
-        // SAFETY: the CPU has the level's features (checked above), the bias is long enough.
+    let kernels = Kernels {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { avx512::bias_gate(row, bias, linear, cubic) },
+        avx512: avx512::bias_gelu_tanh,
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { avx2::bias_gate(row, bias, linear, cubic) },
-        _ => match bias {
-            Some(b) => row
-                .iter_mut()
-                .zip(b)
-                .for_each(|(x, b)| *x = gelu_tanh(*x + b)),
-            None => row.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
-        },
-    }
+        avx2: avx2::bias_gelu_tanh,
+        scalar: gelu_tanh,
+    };
+    bias_map_at(simd, row, bias, &kernels)
 }
 
 #[inline]
@@ -241,6 +245,11 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
         bias_gate(row, bias, 1.702, 0.0)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn bias_gelu_tanh(row: &mut [f32], bias: Option<&[f32]>) {
+        bias_gate(row, bias, super::GELU_TANH_LINEAR, super::GELU_TANH_CUBIC)
     }
 
     /// `x / (1 + exp(-z))` with `z = x · linear` (`cubic` 0) or `x · (linear + cubic · x²)`.
@@ -402,6 +411,11 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
         bias_gate(row, bias, 1.702, 0.0)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bias_gelu_tanh(row: &mut [f32], bias: Option<&[f32]>) {
+        bias_gate(row, bias, super::GELU_TANH_LINEAR, super::GELU_TANH_CUBIC)
     }
 
     /// `x / (1 + exp(-z))` with `z = x · linear` (`cubic` 0) or `x · (linear + cubic · x²)`.

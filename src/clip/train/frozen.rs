@@ -175,3 +175,20 @@ pub(super) fn block_forward(
     };
     Ok((x + linear2d(&block.fc2, &hidden)?)?)
 }
+
+/// Blocks `range` of a frozen tower (`blocks[i]` with its norms `norms[i]`), each through
+/// [`block_forward`] with `delta` and its own index: the part of a tower below the first adapted
+/// block runs once with [`NoDelta`], the rest at every step.
+pub(super) fn blocks_forward(
+    (blocks, norms): (&[Block], &[[FrozenLayerNorm; 2]]),
+    x: &Tensor,
+    range: std::ops::Range<usize>,
+    causal: bool,
+    delta: &dyn ProjectionDelta,
+) -> Result<Tensor> {
+    let mut x = x.clone();
+    for i in range {
+        x = block_forward(&blocks[i], &norms[i], &x, causal, (i, delta))?;
+    }
+    Ok(x)
+}

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
-use super::frozen::{block_forward, linear2d, NoDelta, ProjectionDelta};
+use super::frozen::{blocks_forward, linear2d, NoDelta, ProjectionDelta};
 use super::fused::FrozenLayerNorm;
+use super::Block;
 use super::{ImageTower, LayerNorm, Linear};
 use crate::clip::error::Result;
 use crate::clip::load::checkpoint::Checkpoint;
@@ -105,6 +106,11 @@ impl FrozenVisionTower {
         self.forward_from(&x, 0, delta)
     }
 
+    /// The tower's blocks with their norms, for [`blocks_forward`].
+    fn blocks(&self) -> (&[Block], &[[FrozenLayerNorm; 2]]) {
+        (&self.tower.layers, &self.norms)
+    }
+
     /// The tokens entering block `start` of the frozen tower (no update below it).
     ///
     /// # Shapes
@@ -116,18 +122,8 @@ impl FrozenVisionTower {
             bias: None,
         };
         let x = self.tower.tokens(&linear2d(&kernel, &patches)?)?;
-        let mut x = self.pre_norm.forward(&x)?;
-        for (i, (layer, norms)) in self
-            .tower
-            .layers
-            .iter()
-            .zip(&self.norms)
-            .enumerate()
-            .take(start)
-        {
-            x = block_forward(layer, norms, &x, false, (i, &NoDelta))?;
-        }
-        Ok(x)
+        let x = self.pre_norm.forward(&x)?;
+        blocks_forward(self.blocks(), &x, 0..start, false, &NoDelta)
     }
 
     /// Blocks `start..` with `delta`, then pooling and projection, from the tokens entering
@@ -138,17 +134,8 @@ impl FrozenVisionTower {
         start: usize,
         delta: &dyn ProjectionDelta,
     ) -> Result<Tensor> {
-        let mut x = tokens.clone();
-        for (i, (layer, norms)) in self
-            .tower
-            .layers
-            .iter()
-            .zip(&self.norms)
-            .enumerate()
-            .skip(start)
-        {
-            x = block_forward(layer, norms, &x, false, (i, delta))?;
-        }
+        let blocks = start..self.norms.len();
+        let x = blocks_forward(self.blocks(), tokens, blocks, false, delta)?;
         let pooled = self.post_norm.forward(&x.i((.., 0, ..))?.contiguous()?)?;
         linear2d(&self.projection, &pooled)
     }

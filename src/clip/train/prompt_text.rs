@@ -20,8 +20,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::frozen::{block_forward, linear2d, NoDelta, ProjectionDelta};
+use super::frozen::{blocks_forward, linear2d, NoDelta, ProjectionDelta};
 use super::fused::FrozenLayerNorm;
+use super::Block;
 use super::{LayerNorm, Linear, TextTower};
 use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Checkpoint;
@@ -173,24 +174,19 @@ impl PromptTextEncoder {
         self.encode_from(&x, eot, 0, delta)
     }
 
+    /// The tower's blocks with their norms, for [`blocks_forward`].
+    fn blocks(&self) -> (&[Block], &[[FrozenLayerNorm; 2]]) {
+        (&self.tower.layers, &self.norms)
+    }
+
     /// The hidden states entering block `start` of the frozen tower (no update below it), cut
     /// after the last end position as [`Self::encode_embeddings`] cuts them.
     ///
     /// # Shapes
     /// `(B, L, width) -> (B, max(eot) + 1, width)`
     pub(super) fn hidden_before(&self, x: &Tensor, eot: &[usize], start: usize) -> Result<Tensor> {
-        let mut x = self.embed_positions(x, eot)?;
-        for (i, (layer, norms)) in self
-            .tower
-            .layers
-            .iter()
-            .zip(&self.norms)
-            .enumerate()
-            .take(start)
-        {
-            x = block_forward(layer, norms, &x, true, (i, &NoDelta))?;
-        }
-        Ok(x)
+        let x = self.embed_positions(x, eot)?;
+        blocks_forward(self.blocks(), &x, 0..start, true, &NoDelta)
     }
 
     /// Blocks `start..` with `delta`, then pooling and projection, from the hidden states
@@ -202,17 +198,8 @@ impl PromptTextEncoder {
         start: usize,
         delta: &dyn ProjectionDelta,
     ) -> Result<Tensor> {
-        let mut x = hidden.clone();
-        for (i, (layer, norms)) in self
-            .tower
-            .layers
-            .iter()
-            .zip(&self.norms)
-            .enumerate()
-            .skip(start)
-        {
-            x = block_forward(layer, norms, &x, true, (i, delta))?;
-        }
+        let blocks = start..self.norms.len();
+        let x = blocks_forward(self.blocks(), hidden, blocks, true, delta)?;
         let pooled = crate::clip::model::text::gather_positions(&x, eot)?;
         let pooled = self.final_norm.forward(&pooled)?;
         linear2d(&self.text_projection, &pooled)
