@@ -252,6 +252,23 @@ mod avx512 {
         bias_gate(row, bias, super::GELU_TANH_LINEAR, super::GELU_TANH_CUBIC)
     }
 
+    /// The (up to) 16 values of `row + bias` from `i`, and the mask of those inside the row.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_biased(row: &[f32], bias: Option<&[f32]>, i: usize) -> (__mmask16, __m512) {
+        let n = row.len();
+        let mask = if n - i >= 16 {
+            0xffff
+        } else {
+            ((1u32 << (n - i)) - 1) as __mmask16
+        };
+        let mut x = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
+        if let Some(b) = bias {
+            x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)));
+        }
+        (mask, x)
+    }
+
     /// `x / (1 + exp(-z))` with `z = x · linear` (`cubic` 0) or `x · (linear + cubic · x²)`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn bias_gate(row: &mut [f32], bias: Option<&[f32]>, linear: f32, cubic: f32) {
@@ -261,16 +278,8 @@ mod avx512 {
         }
         let mut i = 0;
         while i < n {
-            let mask = if n - i >= 16 {
-                0xffff
-            } else {
-                ((1u32 << (n - i)) - 1) as __mmask16
-            };
+            let (mask, x) = load_biased(row, bias, i);
             let p = row.as_mut_ptr().add(i);
-            let mut x = _mm512_maskz_loadu_ps(mask, p);
-            if let Some(b) = bias {
-                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)));
-            }
             let k = match cubic == 0.0 {
                 true => _mm512_set1_ps(-linear),
                 false => _mm512_fmadd_ps(
@@ -293,16 +302,8 @@ mod avx512 {
         let (one, half) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
         let mut i = 0;
         while i < n {
-            let mask = if n - i >= 16 {
-                0xffff
-            } else {
-                ((1u32 << (n - i)) - 1) as __mmask16
-            };
+            let (mask, x) = load_biased(row, bias, i);
             let p = row.as_mut_ptr().add(i);
-            let mut x = _mm512_maskz_loadu_ps(mask, p);
-            if let Some(b) = bias {
-                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)));
-            }
             let z = _mm512_mul_ps(
                 _mm512_abs_ps(x),
                 _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
@@ -418,6 +419,18 @@ mod avx2 {
         bias_gate(row, bias, super::GELU_TANH_LINEAR, super::GELU_TANH_CUBIC)
     }
 
+    /// The (up to) 8 values of `row + bias` from `i`, and the mask of those inside the row.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_biased(row: &[f32], bias: Option<&[f32]>, i: usize) -> (__m256i, __m256) {
+        let m = mask(row.len() - i);
+        let mut x = _mm256_maskload_ps(row.as_ptr().add(i), m);
+        if let Some(b) = bias {
+            x = _mm256_add_ps(x, _mm256_maskload_ps(b.as_ptr().add(i), m));
+        }
+        (m, x)
+    }
+
     /// `x / (1 + exp(-z))` with `z = x · linear` (`cubic` 0) or `x · (linear + cubic · x²)`.
     ///
     /// # Safety
@@ -427,12 +440,8 @@ mod avx2 {
         let n = row.len();
         let mut i = 0;
         while i < n {
-            let m = mask(n - i);
+            let (m, x) = load_biased(row, bias, i);
             let p = row.as_mut_ptr().add(i);
-            let mut x = _mm256_maskload_ps(p, m);
-            if let Some(b) = bias {
-                x = _mm256_add_ps(x, _mm256_maskload_ps(b.as_ptr().add(i), m));
-            }
             let k = match cubic == 0.0 {
                 true => _mm256_set1_ps(-linear),
                 false => _mm256_fmadd_ps(
@@ -459,12 +468,8 @@ mod avx2 {
         let sign = _mm256_set1_ps(-0.0);
         let mut i = 0;
         while i < n {
-            let m = mask(n - i);
+            let (m, x) = load_biased(row, bias, i);
             let p = row.as_mut_ptr().add(i);
-            let mut x = _mm256_maskload_ps(p, m);
-            if let Some(b) = bias {
-                x = _mm256_add_ps(x, _mm256_maskload_ps(b.as_ptr().add(i), m));
-            }
             let z = _mm256_mul_ps(
                 _mm256_andnot_ps(sign, x),
                 _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
