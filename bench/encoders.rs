@@ -92,6 +92,24 @@ fn gemm_rate(m: usize, k: usize, n: usize, tb: bool) -> f64 {
 /// Full-size parity bound: the largest difference relative to the largest reference magnitude.
 const PARITY_REL: f32 = 1e-4;
 
+/// Our embeddings against the reference's: prints and checks the largest difference, and
+/// returns it with the largest reference magnitude. `what` is "image" or "text".
+fn full_size_parity(what: &str, ours: Tensor, want: &Tensor) -> anyhow::Result<(f32, f32)> {
+    let diff = (ours - want)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    // "full-size parity" (image) and "full-size text parity": the lines run.sh's readers know.
+    let kind = if what == "image" { "" } else { "text " };
+    eprintln!(
+        "full-size {kind}parity: max |ours - reference| = {diff:.3e} (max |reference| = {scale:.3e})"
+    );
+    check_parity(what, diff, scale)?;
+    Ok((diff, scale))
+}
+
 fn check_parity(what: &str, diff: f32, scale: f32) -> anyhow::Result<()> {
     let rel = diff / scale.max(f32::MIN_POSITIVE);
     anyhow::ensure!(
@@ -130,17 +148,7 @@ fn main() -> anyhow::Result<()> {
     let check = if check_file.is_file() {
         let t = candle_core::safetensors::load(&check_file, &Device::Cpu)?;
         let ours = clip.encode_image(&t["pixel_values"])?;
-        let want = &t["image_embeds"];
-        let diff = (ours - want)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
-        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        eprintln!(
-            "full-size parity: max |ours - reference| = {diff:.3e} (max |reference| = {scale:.3e})"
-        );
-        check_parity("image", diff, scale)?;
+        let (diff, scale) = full_size_parity("image", ours, &t["image_embeds"])?;
         let mut parity = serde_json::json!({"max_abs_diff": diff, "max_abs_reference": scale});
         // Text embeddings of the reference's own token ids, when the file has them.
         if let (Some(ids), Some(want)) = (t.get("input_ids"), t.get("text_embeds")) {
@@ -150,17 +158,7 @@ fn main() -> anyhow::Result<()> {
                 .map(|r| r.into_iter().map(|i| i as u32).collect())
                 .collect();
             let ours = clip.encode_tokens(&rows)?;
-            let diff = (ours - want)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
-            let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            eprintln!(
-                "full-size text parity: max |ours - reference| = {diff:.3e} (max |reference| = \
-                 {scale:.3e})"
-            );
-            check_parity("text", diff, scale)?;
+            let (diff, scale) = full_size_parity("text", ours, want)?;
             parity["text_max_abs_diff"] = diff.into();
             parity["text_max_abs_reference"] = scale.into();
         }
