@@ -170,3 +170,50 @@ pub fn usizes(v: &serde_json::Value) -> Vec<usize> {
         .map(|x| x.as_u64().expect("index") as usize)
         .collect()
 }
+
+/// Checks the gradient of `loss` with respect to the first, middle and last entries of every
+/// variable against central differences (step 1e-2; |analytic − numeric| ≤ 2e-3 + 2e-2 |numeric|),
+/// restoring each entry after; returns how many entries it checked.
+pub fn check_central_differences(
+    vars: &[(String, candle_core::Var)],
+    grads: &candle_core::backprop::GradStore,
+    loss: impl Fn() -> f32,
+) -> usize {
+    let mut checked = 0;
+    for (name, var) in vars {
+        let g = grads
+            .get(var.as_tensor())
+            .expect("a gradient for every variable");
+        let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let values = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for j in [0, values.len() / 2, values.len() - 1] {
+            let at = |delta: f32| {
+                let mut v = values.clone();
+                v[j] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss()
+            };
+            let eps = 1e-2;
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            at(0.0);
+            let diff = (numeric - g[j]).abs();
+            println!(
+                "{name}[{j}]: analytic {} numeric {numeric} (diff {diff:.1e})",
+                g[j]
+            );
+            assert!(
+                diff <= 2e-3 + 2e-2 * numeric.abs(),
+                "{name}[{j}]: analytic {} numeric {numeric}",
+                g[j]
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
