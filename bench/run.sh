@@ -10,6 +10,8 @@
 # ROUNDS=N (default 1) alternates the two sides N times and keeps each side's best throughput
 # per case: on a machine shared with other work, the best round is the one least disturbed.
 # Writes bench/out/encoders-<model>.md (and the raw rounds to bench/out/encoders-<model>.rounds).
+# PRECISION=bf16 runs both sides in bfloat16: ours `--precision bf16`, PyTorch's bf16 autocast
+# (files encoders-<model>-bf16.*); the parity lines then measure bfloat16's cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/simd.sh
@@ -29,9 +31,10 @@ for m in $MODELS; do
     theirs+=("$(OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$PYTHON" bench/torch_encoders.py "$dir" "$THREADS")")
   done
   # The raw rounds, kept so that the table can be rebuilt or checked.
-  printf 'ours %s\n' "${ours[@]}" > "bench/out/encoders-$m.rounds"
-  printf 'theirs %s\n' "${theirs[@]}" >> "bench/out/encoders-$m.rounds"
-  "$PYTHON" - "$m" "$(printf '%s\n' "${ours[@]}")" "$(printf '%s\n' "${theirs[@]}")" "${loads[*]}" <<'PY' | tee "bench/out/encoders-$m.md"
+  out=bench/out/encoders-$m${PRECISION:+-$PRECISION}
+  printf 'ours %s\n' "${ours[@]}" > "$out.rounds"
+  printf 'theirs %s\n' "${theirs[@]}" >> "$out.rounds"
+  "$PYTHON" - "$m" "$(printf '%s\n' "${ours[@]}")" "$(printf '%s\n' "${theirs[@]}")" "${loads[*]}" <<'PY' | tee "$out.md"
 import json, sys
 def best(lines):
     runs = [json.loads(l) for l in lines.splitlines() if l.strip()]
@@ -42,7 +45,7 @@ def best(lines):
     out["rounds"] = len(runs)
     return out
 name, ours, theirs, loads = sys.argv[1], best(sys.argv[2]), best(sys.argv[3]), sys.argv[4].split()
-print(f"{name}, random weights, f32, {ours['threads']} threads, best of {ours['rounds']} alternating round(s)")
+print(f"{name}, random weights, {ours.get('precision', 'f32')}, {ours['threads']} threads, best of {ours['rounds']} alternating round(s)")
 print(f"CPU: {ours['cpu']}; our kernels: {ours['simd']}; torch's ATen: {theirs.get('cpu_capability', '?')}; 1-minute load average at each round's start: {', '.join(loads)}")
 if ours.get("parity"):
     p = ours["parity"]

@@ -2,10 +2,12 @@
 SiglipModel for a transformers-layout directory, open_clip's CLIP (CustomTextCLIP for a timm
 tower such as EVA02's) for an open_clip-layout one.
 
-    venv/bin/python bench/torch_encoders.py MODEL_DIR THREADS
+    [PRECISION=bf16] venv/bin/python bench/torch_encoders.py MODEL_DIR THREADS
 Prints one JSON object: throughput per case (median over repeats), the GEMM rate on the shapes
 of bench/encoders.rs (GFLOP/s, best of repeats), the floating-point operations of one item of each
-case (torch.utils.flop_counter: matmuls and convolutions), and peak RSS.
+case (torch.utils.flop_counter: matmuls and convolutions), and peak RSS. PRECISION=bf16 runs the
+encoders under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's own bfloat16 inference
+(oneDNN's AVX512-BF16/AMX kernels where the CPU has them); the GEMM rates stay f32.
 """
 
 import json
@@ -105,9 +107,15 @@ def flops_per_item(fn, batch):
     return counter.get_total_flops() / batch
 
 
+precision = os.environ.get("PRECISION", "f32")
+assert precision in ("f32", "bf16"), f"PRECISION={precision}: expected f32 or bf16"
+if precision == "bf16":
+    impl += " (bf16 autocast)"
 results, flops = {}, {}
 with torch.inference_mode():
     gflops = {name: gemm_rate(m, k, n, tb) for name, m, k, n, tb in GEMMS}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast.__enter__()
     for batch, repeats in ((1, 10), (32, 3)):
         x = torch.randn(batch, 3, size, size)
         s = timed(lambda: encode_image(x), repeats)
@@ -120,12 +128,14 @@ with torch.inference_mode():
             s = timed(lambda: encode_text(ids), repeats)
             results[f"text {name} b{batch}"] = batch / s
             flops[f"text {name} b{batch}"] = flops_per_item(lambda: encode_text(ids), batch)
+    autocast.__exit__(None, None, None)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(
     json.dumps(
         {
             "impl": impl,
             "threads": threads,
+            "precision": precision,
             "per_s": results,
             "gflops": gflops,
             "flops_per_item": flops,

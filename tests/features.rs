@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use clip_adapter::clip::{Clip, ModelFiles};
+use clip_adapter::clip::{Clip, ModelFiles, Precision};
 use clip_adapter::data::folder::{from_class_folders, SeededSplit};
 use clip_adapter::data::{Dataset, FewShot};
 use clip_adapter::features::extract::{extract_set, extract_sets, Hooks};
@@ -72,6 +72,7 @@ fn options(cache: &Path, shard: Option<Shard>) -> ExtractOptions {
         shard,
         model_name: "tiny-clip".into(),
         source: None,
+        precision: Precision::F32,
     }
 }
 

@@ -32,6 +32,7 @@ mod parity_shape_rules;
 mod parity_siglip;
 mod parity_siglip2;
 mod parity_siglip_open_clip;
+mod precision;
 mod preprocess;
 mod preprocess_jpeg_simd;
 mod pretrain;

@@ -95,6 +95,7 @@ fn folded_and_unfolded_batch_norm_agree() {
         &Device::Cpu,
         LoadOptions {
             fold_batch_norm: true,
+            ..LoadOptions::default()
         },
     )
     .unwrap();
@@ -103,6 +104,7 @@ fn folded_and_unfolded_batch_norm_agree() {
         &Device::Cpu,
         LoadOptions {
             fold_batch_norm: false,
+            ..LoadOptions::default()
         },
     )
     .unwrap();

@@ -15,6 +15,7 @@ pub mod fingerprint;
 pub mod hub;
 pub mod load;
 pub mod model;
+pub mod precision;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ use model::siglip::SiglipVisionTransformer;
 use model::text::TextTransformer;
 use model::transformer::Linear;
 use model::vit::VisionTransformer;
+pub use precision::Precision;
 
 /// Config and weight file names of each layout, weights in order of preference.
 pub const LAYOUT_FILES: &[(Layout, &str, &[&str])] = &[
@@ -297,12 +299,25 @@ enum ImageEncoder {
 pub struct LoadOptions {
     /// Fold ResNet batch norms into the convolutions (faster; identical up to rounding).
     pub fold_batch_norm: bool,
+    /// The arithmetic of the transformer towers' linear layers.
+    pub precision: Precision,
+}
+
+impl LoadOptions {
+    /// The defaults, at `precision`.
+    pub fn at(precision: Precision) -> Self {
+        LoadOptions {
+            precision,
+            ..LoadOptions::default()
+        }
+    }
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             fold_batch_norm: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -316,6 +331,7 @@ pub struct Clip {
     logit_bias: Option<f32>,
     tokenizer: Tokenizer,
     device: Device,
+    precision: Precision,
 }
 
 impl Clip {
@@ -326,7 +342,8 @@ impl Clip {
     }
 
     pub fn load_with(files: &ModelFiles, device: &Device, options: LoadOptions) -> Result<Self> {
-        let ckpt = Checkpoint::open(&files.weights, files.layout, device)?;
+        let ckpt = Checkpoint::open(&files.weights, files.layout, device)?
+            .with_precision(options.precision);
         let config = files.config_with(&ckpt)?;
         let clip = Self::from_checkpoint(&config, &ckpt, files.tokenizer()?, device, options)?;
         check_openai_buffers(&config, &ckpt)?;
@@ -400,11 +417,17 @@ impl Clip {
             tokenizer,
             config: config.clone(),
             device: device.clone(),
+            precision: root.precision(),
         })
     }
 
     pub fn config(&self) -> &ClipConfig {
         &self.config
+    }
+
+    /// The arithmetic of the towers' linear layers ([`LoadOptions::precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn device(&self) -> &Device {

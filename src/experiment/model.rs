@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{ExperimentError, RowSource};
 use crate::clip::load::config::{ClipConfig, VisionTower};
-use crate::clip::ModelFiles;
+use crate::clip::{ModelFiles, Precision};
 use crate::methods::coop::PromptModel;
 use crate::methods::head::HeadInfo;
 
@@ -74,6 +74,7 @@ pub fn prompt_model(
     given: &str,
     source: &RowSource,
 ) -> Result<PromptModel, ExperimentError> {
+    refuse_bf16(source)?;
     let model = PromptModel::load(files, &model_reference(given), &candle_core::Device::Cpu)
         .map_err(|e| ExperimentError::Coop(Box::new(e)))?;
     if model.fingerprint != source.model {
@@ -85,4 +86,14 @@ pub fn prompt_model(
         });
     }
     Ok(model)
+}
+
+/// Refuses features made at bfloat16 for a method that runs the model's towers in f32.
+pub fn refuse_bf16(source: &RowSource) -> Result<(), ExperimentError> {
+    match Precision::of_fingerprint(&source.model) {
+        Precision::Bf16 => Err(ExperimentError::Bf16Features {
+            model: source.model_name.clone(),
+        }),
+        Precision::F32 => Ok(()),
+    }
 }

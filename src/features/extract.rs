@@ -26,7 +26,7 @@ use super::cache::{
 };
 use super::error::Result;
 use super::{lock, FeatureError};
-use crate::clip::Clip;
+use crate::clip::{Clip, Precision};
 use crate::data::{Dataset, FewShot, Sample, Split};
 use crate::image::augment::{Augment, ViewRng};
 use crate::image::{decode_file, ImageError, Preprocess};
@@ -78,6 +78,9 @@ pub struct ExtractOptions {
     /// Where the images came from, recorded in the files so a later message can print an
     /// `extract` command for missing sets.
     pub source: Option<DataSource>,
+    /// The arithmetic of the model's linear layers; bfloat16 features are cached under their
+    /// own key ([`Precision::fingerprint`]).
+    pub precision: Precision,
 }
 
 /// One set of images to encode with one transform.

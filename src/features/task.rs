@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::clip::Precision;
 use crate::features::cache::{DataSource, FeatureFile, Meta};
 use crate::features::projection::{projection_path, read_projection};
 use crate::features::text::read_text;
@@ -103,7 +104,7 @@ pub struct CacheQuery {
     /// The run seed: the few-shot draw and the augmented views' seed.
     pub seed: u64,
     /// When the cache holds features of several models: the model's name as given to the
-    /// extraction, or its fingerprint.
+    /// extraction (`NAME+bf16` for its `--precision bf16` features), or its fingerprint.
     pub model: Option<String>,
     /// When the cache holds several extractions of the dataset (other splits): a prefix of
     /// the split identity the ambiguity error lists.
@@ -175,8 +176,12 @@ fn entries(dir: &Path) -> Result<Vec<Entry>, FeatureError> {
     Ok(out)
 }
 
+/// Whether a set of the model `name` with `fingerprint` is the one asked for: by fingerprint,
+/// or by name, which for bfloat16 features is `NAME+bf16` (so that the name alone keeps
+/// meaning the f32 features when a cache holds both).
 fn matches_model(q: &Option<String>, fingerprint: &str, name: &str) -> bool {
-    q.as_ref().is_none_or(|m| m == fingerprint || m == name)
+    let named = Precision::of_fingerprint(fingerprint).fingerprint(name);
+    q.as_ref().is_none_or(|m| *m == fingerprint || *m == named)
 }
 
 fn labels(f: &FeatureFile) -> Result<Vec<usize>, FeatureError> {
@@ -569,7 +574,10 @@ fn one_model(s: &Survey) -> Result<(String, String), FeatureError> {
         .map(|c| (c.meta.key.model.clone(), c.meta.model_name.clone()))
         .collect();
     if models.len() > 1 {
-        let models = models.into_iter().map(|(fp, n)| (n, fp)).collect();
+        // Each listed by the name `--model` takes (`NAME+bf16` for bfloat16 features).
+        let models = (models.into_iter())
+            .map(|(fp, n)| (Precision::of_fingerprint(&fp).fingerprint(&n), fp))
+            .collect();
         return Err(s.fail(CacheProblem::SeveralModels { models }));
     }
     (models.into_iter().next()).ok_or_else(|| s.missing(Missing::Draw(s.train_part.clone())))

@@ -197,6 +197,29 @@ impl CustomOp2 for FewRowMatmul {
     }
 }
 
+/// `x · wᵀ` with bfloat16 operands and f32 sums (`x` f32, `(m, k)`; the weight packed once).
+pub struct Bf16Matmul(pub std::sync::Arc<super::bf16::PackedWeight>);
+
+impl CustomOp1 for Bf16Matmul {
+    fn name(&self) -> &'static str {
+        "bf16-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(storage, layout, "bf16-matmul")?;
+        let (m, k) = layout.shape().dims2()?;
+        let w = &self.0;
+        if k != w.k() {
+            candle_core::bail!("bf16-matmul: x has {k} columns, the weight {}", w.k());
+        }
+        Ok((CpuStorage::F32(w.abt(x, m)), Shape::from((m, w.n()))))
+    }
+}
+
 /// Applies [`BiasAct`] to a fresh (uniquely owned) tensor and returns it.
 pub fn bias_act(x: Tensor, op: &BiasAct) -> candle_core::Result<Tensor> {
     if op.bias.is_none() && op.act.is_none() {

@@ -12,24 +12,30 @@ use rayon::prelude::*;
 use super::{resolve_model, RunError, RunObserver};
 use crate::clip::error::{Error, InputError};
 use crate::clip::hub::HubOptions;
-use crate::clip::{Clip, ModelFiles};
+use crate::clip::{Clip, LoadOptions, ModelFiles, Precision};
 use crate::image::RgbImage;
 use crate::tokenizer::{Tokenizer, CONTEXT_LENGTH};
 use crate::zero_shot::ZeroShotClassifier;
 
 /// Finds and loads a model (`--model`'s forms: a directory, an OpenAI `.pt` file,
-/// `openai:NAME`, a hub id), reporting downloads; returns its files too (fingerprint, config).
+/// `openai:NAME`, a hub id) at `precision`, reporting downloads; returns its files too
+/// (fingerprint, config).
 pub fn load_model(
     spec: &str,
     hub: &HubOptions,
+    precision: Precision,
     observer: &mut dyn RunObserver,
 ) -> std::result::Result<(Clip, ModelFiles), RunError> {
     let files = resolve_model(spec, hub, observer)?;
-    let clip =
-        Clip::load(&files, &candle_core::Device::Cpu).map_err(|source| RunError::LoadModel {
-            dir: files.dir.clone(),
-            source: Box::new(source),
-        })?;
+    let clip = Clip::load_with(
+        &files,
+        &candle_core::Device::Cpu,
+        LoadOptions::at(precision),
+    )
+    .map_err(|source| RunError::LoadModel {
+        dir: files.dir.clone(),
+        source: Box::new(source),
+    })?;
     Ok((clip, files))
 }
 

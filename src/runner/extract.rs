@@ -3,7 +3,7 @@
 
 use super::{resolve_model, RunError, RunObserver};
 use crate::clip::hub::HubOptions;
-use crate::clip::Clip;
+use crate::clip::{Clip, LoadOptions};
 use crate::data::benchmarks::TemplateSet;
 use crate::data::check::check;
 use crate::data::{Benchmark, Dataset, FewShot};
@@ -60,12 +60,17 @@ pub fn extract(
     }
     let model = &spec.options.model_name;
     let files = resolve_model(model, &spec.hub, &mut Downloads(observer))?;
-    let fingerprint = model_fingerprint(&files)?;
-    let clip =
-        Clip::load(&files, &candle_core::Device::Cpu).map_err(|source| RunError::LoadModel {
-            dir: files.dir.clone(),
-            source: Box::new(source),
-        })?;
+    let precision = spec.options.precision;
+    let fingerprint = precision.fingerprint(&model_fingerprint(&files)?);
+    let clip = Clip::load_with(
+        &files,
+        &candle_core::Device::Cpu,
+        LoadOptions::at(precision),
+    )
+    .map_err(|source| RunError::LoadModel {
+        dir: files.dir.clone(),
+        source: Box::new(source),
+    })?;
     let job = ExtractJob {
         clip: &clip,
         fingerprint: &fingerprint,

@@ -157,6 +157,7 @@ fn features_model(
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<ModelFiles, RunError> {
+    experiment::model::refuse_bf16(source)?;
     let spec = match given {
         Some(g) if g != source.model => g.to_string(),
         _ => source.model_name.clone(),
@@ -216,6 +217,7 @@ fn coop_model(
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<PromptModel, RunError> {
+    experiment::model::refuse_bf16(source)?;
     let spec = match given {
         Some(g) if g != source.model => g.to_string(),
         _ => source.model_name.clone(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{resolve_model, RunError, RunObserver};
 use crate::clip::hub::HubOptions;
 use crate::clip::train::lora::LoraClip;
-use crate::clip::{Clip, ModelFiles};
+use crate::clip::{Clip, LoadOptions, ModelFiles, Precision};
 use crate::experiment;
 use crate::features::model_fingerprint;
 use crate::methods::clip_lora::LoraHead;
@@ -59,10 +59,14 @@ pub fn predict(
     let (loaded, info) = read_head(&spec.head)?;
     let model = spec.model.clone().unwrap_or_else(|| info.model.clone());
     let files = resolve_model(&model, &spec.hub, observer)?;
+    // The images are encoded at the precision of the features the head was trained on.
+    let precision =
+        (info.model_fingerprint.as_deref()).map_or(Precision::F32, Precision::of_fingerprint);
     let fingerprint = model_fingerprint(&files).map_err(|source| RunError::Fingerprint {
         dir: files.dir.clone(),
         source: Box::new(source),
     })?;
+    let fingerprint = precision.fingerprint(&fingerprint);
     if let Err(e) = experiment::check_head_model(&info, &model, &fingerprint) {
         if !spec.allow_model_mismatch {
             return Err(RunError::HeadModel {
@@ -77,11 +81,15 @@ pub fn predict(
         // The learned prompts encoded through the model, now that it is checked.
         Loaded::Coop(c) => coop_head(&c, &files, &model, &spec.head)?,
     };
-    let clip =
-        Clip::load(&files, &candle_core::Device::Cpu).map_err(|source| RunError::LoadModel {
-            dir: files.dir.clone(),
-            source: Box::new(source),
-        })?;
+    let clip = Clip::load_with(
+        &files,
+        &candle_core::Device::Cpu,
+        LoadOptions::at(precision),
+    )
+    .map_err(|source| RunError::LoadModel {
+        dir: files.dir.clone(),
+        source: Box::new(source),
+    })?;
     // A CLIP-LoRA head scores the features of the model with its own updates.
     let lora = match head.downcast_ref::<LoraHead>() {
         Some(h) => Some(lora_model(h, &files)?),

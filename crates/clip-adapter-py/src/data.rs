@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clip_adapter::clip::hub::HubOptions;
+use clip_adapter::clip::Precision;
 use clip_adapter::data::benchmarks::{TemplateSet, BENCHMARKS};
 use clip_adapter::data::{Benchmark, Dataset, FewShot, Sample, Split};
 use clip_adapter::encode::DEFAULT_BATCH;
@@ -285,7 +286,7 @@ pub fn benchmarks() -> Vec<&'static str> {
     model, dataset, *, shots = None, seed = 1, views = None, crop_scale = (0.5, 1.0),
     templates = "custom", pre_projection = false, cache = PathBuf::from("clip-adapter-cache"),
     batch_size = DEFAULT_BATCH, chunk_batches = DEFAULT_CHUNK_BATCHES, shard = None,
-    skip_bad = false, progress = None
+    skip_bad = false, precision = None, progress = None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn extract<'py>(
@@ -303,13 +304,22 @@ pub fn extract<'py>(
     chunk_batches: usize,
     shard: Option<&str>,
     skip_bad: bool,
+    precision: Option<&str>,
     progress: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let model_name = match model.cast::<crate::model::PyClip>() {
-        Ok(clip) => clip.get().spec.clone(),
-        Err(_) => model
-            .extract::<String>()
-            .map_err(|_| input("model must be a model name (directory, file, hub id) or a Clip"))?,
+    // A loaded Clip brings its precision unless one is given.
+    let (model_name, model_precision) = match model.cast::<crate::model::PyClip>() {
+        Ok(clip) => (clip.get().spec.clone(), clip.get().clip.precision()),
+        Err(_) => (
+            model.extract::<String>().map_err(|_| {
+                input("model must be a model name (directory, file, hub id) or a Clip")
+            })?,
+            Precision::F32,
+        ),
+    };
+    let precision = match precision {
+        Some(p) => crate::model::parse_precision(p)?,
+        None => model_precision,
     };
     if shots == Some(0) {
         return Err(input("shots = 0: expected at least 1 image per class"));
@@ -349,10 +359,14 @@ pub fn extract<'py>(
             shard,
             model_name,
             source: Some(d.source.clone()),
+            precision,
         },
         hub: HubOptions::from_env(),
     };
     let mut p = Progress::new(py, progress)?;
+    if let Some(notice) = precision.notice() {
+        p.warn(&notice);
+    }
     let outcome = py.detach(|| runner::extract(&spec, &mut p));
     p.finish(py)?;
     let outcome = outcome.or_raise(Kind::Model)?;

@@ -354,7 +354,10 @@ fn given_model(model: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Py<PyClip>>>
         return Ok(Some(clip.clone().unbind()));
     }
     if let Ok(spec) = m.extract::<String>() {
-        return Ok(Some(Py::new(m.py(), PyClip::load(m.py(), &spec, None)?)?));
+        return Ok(Some(Py::new(
+            m.py(),
+            PyClip::load(m.py(), &spec, "f32", None)?,
+        )?));
     }
     Err(input(
         "model must be a Clip or a model name (directory, file, hub id)",

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use clip_adapter::clip::hub::HubOptions;
-use clip_adapter::clip::{Clip, ModelFiles};
+use clip_adapter::clip::{Clip, ModelFiles, Precision};
 use clip_adapter::encode::DEFAULT_BATCH;
 use clip_adapter::features::model_fingerprint;
 use clip_adapter::runner::encode::{self, ImageSource};
@@ -141,8 +141,16 @@ fn strings(items: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<String>> {
         .map_err(|_| input(format!("{what} must be a list of strings")))
 }
 
+/// A `precision` argument, or a ValueError naming the accepted ones.
+pub fn parse_precision(value: &str) -> PyResult<Precision> {
+    value
+        .parse::<Precision>()
+        .map_err(|e| input(format!("precision = {value:?}: {e}")))
+}
+
 impl PyClip {
-    /// The model's content fingerprint (what the feature cache and heads record).
+    /// The model's content fingerprint at its precision (what the feature cache and heads
+    /// record).
     pub fn fingerprint_of(&self, py: Python<'_>) -> PyResult<String> {
         if let Some(f) = self.fingerprint.get() {
             return Ok(f.clone());
@@ -150,6 +158,7 @@ impl PyClip {
         let f = py
             .detach(|| model_fingerprint(&self.files))
             .or_raise(Kind::Model)?;
+        let f = self.clip.precision().fingerprint(&f);
         Ok(self.fingerprint.get_or_init(|| f).clone())
     }
 }
@@ -157,17 +166,23 @@ impl PyClip {
 #[pymethods]
 impl PyClip {
     /// Finds and loads a model: a directory, an OpenAI `.pt` file, `openai:NAME` or a hub id
-    /// (downloaded into the Hugging Face cache unless HF_HUB_OFFLINE is set).
+    /// (downloaded into the Hugging Face cache unless HF_HUB_OFFLINE is set), its transformer
+    /// towers' linear layers at `precision` (`"f32"` or `"bf16"`).
     #[staticmethod]
-    #[pyo3(signature = (model, *, progress = None))]
+    #[pyo3(signature = (model, *, precision = "f32", progress = None))]
     pub fn load(
         py: Python<'_>,
         model: &str,
+        precision: &str,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let precision = parse_precision(precision)?;
         let mut p = Progress::new(py, progress)?;
+        if let Some(notice) = precision.notice() {
+            p.warn(&notice);
+        }
         let hub = HubOptions::from_env();
-        let loaded = py.detach(|| encode::load_model(model, &hub, &mut p));
+        let loaded = py.detach(|| encode::load_model(model, &hub, precision, &mut p));
         p.finish(py)?;
         let (clip, files) = loaded.or_raise(Kind::Model)?;
         Ok(PyClip {
@@ -182,6 +197,12 @@ impl PyClip {
     #[getter]
     fn name(&self) -> &str {
         &self.spec
+    }
+
+    /// `"f32"` or `"bf16"`: the arithmetic of the towers' linear layers.
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.clip.precision().name()
     }
 
     /// The folder of the model's files.

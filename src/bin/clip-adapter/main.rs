@@ -21,7 +21,7 @@ use candle_core::Tensor;
 use anyhow::{Context, Result};
 use clap::Parser;
 use clip_adapter::clip::hub::{self, HubOptions};
-use clip_adapter::clip::{Clip, ModelFiles};
+use clip_adapter::clip::{Clip, LoadOptions, ModelFiles, Precision};
 use clip_adapter::encode::{display_paths, encode_image_files};
 use clip_adapter::tokenizer::Tokenizer;
 use clip_adapter::zero_shot::ZeroShotClassifier;
@@ -99,10 +99,22 @@ pub(crate) fn resolve_model(spec: &str, progress: &Progress) -> Result<ModelFile
         .with_context(|| format!("finding model `{spec}`"))
 }
 
-pub(crate) fn load_model(spec: &str, progress: &Progress) -> Result<Clip> {
+pub(crate) fn load_model(spec: &str, precision: Precision, progress: &Progress) -> Result<Clip> {
     let files = resolve_model(spec, progress)?;
-    Clip::load(&files, &candle_core::Device::Cpu)
-        .with_context(|| format!("loading model from {}", files.dir.display()))
+    warn_precision(precision);
+    Clip::load_with(
+        &files,
+        &candle_core::Device::Cpu,
+        LoadOptions::at(precision),
+    )
+    .with_context(|| format!("loading model from {}", files.dir.display()))
+}
+
+/// What `--precision` means on this CPU, when the user should know.
+pub(crate) fn warn_precision(precision: Precision) {
+    if let Some(notice) = precision.notice() {
+        eprintln!("warning: {notice}");
+    }
 }
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
@@ -149,7 +161,7 @@ fn embed(a: EmbedArgs, progress: &Progress) -> Result<()> {
     if a.images.is_empty() && a.texts.is_empty() {
         anyhow::bail!("nothing to embed: give at least one --image or --text");
     }
-    let clip = load_model(&a.model, progress)?;
+    let clip = load_model(&a.model, a.precision, progress)?;
     let images = match a.images.is_empty() {
         true => Vec::new(),
         false => encode_images(&clip, &a.images, a.batch_size, progress)?.to_vec2::<f32>()?,
@@ -188,7 +200,7 @@ fn classify(a: ClassifyArgs, progress: &Progress) -> Result<()> {
     if a.images.is_empty() {
         anyhow::bail!("no images to classify");
     }
-    let clip = load_model(&a.model, progress)?;
+    let clip = load_model(&a.model, a.precision, progress)?;
     let bar = progress.bar("encoding prompts", labels.len() * a.templates.len());
     let classifier = ZeroShotClassifier::build(&clip, &labels, &a.templates, &mut |d, _| {
         bar.set_position(d as u64)

@@ -80,8 +80,8 @@ pub struct CacheArgs {
     /// The feature cache `extract` wrote.
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
     pub cache: PathBuf,
-    /// Pick the model's features when the cache holds several (the name given to extract, or
-    /// the fingerprint). CoOp trains through this model's text tower [default: the model the
+    /// Pick the model's features when the cache holds several (the name given to extract,
+    /// NAME+bf16 for its `--precision bf16` features, or the fingerprint). CoOp trains through this model's text tower [default: the model the
     /// cache records]; one whose content differs from the features' model is refused.
     #[arg(long)]
     pub model: Option<String>,

@@ -60,8 +60,8 @@ pub struct TsneArgs {
     /// t-SNE iterations.
     #[arg(long, default_value_t = 1000, value_parser = positive)]
     pub epochs: usize,
-    /// Pick the model's features when the cache holds several (the name given to extract, or
-    /// the fingerprint); it must be the model the head was trained on.
+    /// Pick the model's features when the cache holds several (the name given to extract,
+    /// NAME+bf16 for its `--precision bf16` features, or the fingerprint); it must be the model the head was trained on.
     #[arg(long)]
     pub model: Option<String>,
     /// Where the figure goes: FILE_STEM.svg and FILE_STEM.png (an extension given is replaced).

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use super::layout::{source_key, Layout, Transform};
 use super::torch_archive::{ArchiveKind, TorchArchive};
 use crate::clip::error::{Error, Result};
+use crate::clip::precision::Precision;
 
 /// Buffers that PyTorch saves beside the parameters but that carry no learned value.
 const IGNORED_SUFFIXES: &[&str] = &["position_ids", "attn_mask", "num_batches_tracked"];
@@ -36,6 +37,7 @@ pub struct Checkpoint {
     shapes: BTreeMap<String, Vec<usize>>,
     used: RefCell<BTreeSet<String>>,
     device: Device,
+    precision: Precision,
 }
 
 impl Checkpoint {
@@ -88,6 +90,7 @@ impl Checkpoint {
             shapes,
             used: RefCell::new(BTreeSet::new()),
             device: device.clone(),
+            precision: Precision::F32,
         })
     }
 
@@ -221,6 +224,12 @@ impl Checkpoint {
         }
     }
 
+    /// The arithmetic the model built from this checkpoint multiplies in (f32 unless set).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
     /// A view that prefixes every name with `prefix.`, as the model tree descends.
     pub fn scope(&self, prefix: &str) -> Scope<'_> {
         Scope {
@@ -302,5 +311,10 @@ impl<'a> Scope<'a> {
 
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.checkpoint.shape(&self.pp(name).prefix)
+    }
+
+    /// The precision the model's linear layers are built for.
+    pub fn precision(&self) -> Precision {
+        self.checkpoint.precision
     }
 }

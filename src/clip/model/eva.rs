@@ -118,7 +118,7 @@ impl EvaAttention {
         ]
         .concat();
         Ok(EvaAttention {
-            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(bias), None),
+            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(bias), None).at(vb.precision())?,
             norm: LayerNorm::load(&vb.pp("norm"), d, c.layer_norm_eps)?,
             proj: Linear::load(&vb.pp("proj"), d, d, true)?,
             kernel: FusedAttention {
@@ -158,7 +158,7 @@ impl SwiGlu {
         ]
         .concat();
         Ok(SwiGlu {
-            fc1: Linear::new(weight, Some(bias), None),
+            fc1: Linear::new(weight, Some(bias), None).at(vb.precision())?,
             norm: LayerNorm::load(&vb.pp("norm"), h, c.layer_norm_eps)?,
             fc2: Linear::load(&vb.pp("fc2"), h, d, true)?,
             hidden: h,
@@ -223,7 +223,8 @@ impl Eva {
                 conv.get("weight", &[d, 3, p, p])?.reshape((d, 3 * p * p))?,
                 Some(conv.get("bias", &[d])?.to_vec1::<f32>()?),
                 None,
-            ),
+            )
+            .at(vb.precision())?,
             cls_token: vb.get("cls_token", &[1, 1, d])?,
             pos_embed: vb
                 .get("pos_embed", &[1, config.num_positions(), d])?

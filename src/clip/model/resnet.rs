@@ -180,7 +180,7 @@ impl AttentionPool {
         Ok(AttentionPool {
             positional_embedding,
             q_proj: Linear::load(&vb.pp("q_proj"), c, c, true)?,
-            kv_proj: Linear::new(kv_weight, Some(kv_bias), None),
+            kv_proj: Linear::new(kv_weight, Some(kv_bias), None).at(vb.precision())?,
             c_proj: Linear::load(&vb.pp("c_proj"), c, output_dim, true)?,
             heads: config.heads,
         })

@@ -55,7 +55,8 @@ impl AttentionPoolingHead {
                 Tensor::cat(&[&k_w, &v_w], 0)?,
                 Some([k_b, v_b].concat()),
                 None,
-            ),
+            )
+            .at(vb.precision())?,
             out_proj: Linear::load(&attn.pp("out_proj"), d, d, true)?,
             layernorm: LayerNorm::load(&vb.pp("layernorm"), d, c.layer_norm_eps)?,
             mlp: Mlp::load(&vb.pp("mlp"), d, c.intermediate_size, c.activation)?,
@@ -121,7 +122,8 @@ impl SiglipVisionTransformer {
                 conv.get("weight", &[d, c, p, p])?.reshape((d, c * p * p))?,
                 Some(conv.get("bias", &[d])?.to_vec1::<f32>()?),
                 None,
-            ),
+            )
+            .at(vb.precision())?,
             position_embedding: emb
                 .pp("position_embedding")
                 .get("weight", &[config.num_patches(), d])?,

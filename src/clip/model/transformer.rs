@@ -4,35 +4,57 @@
 //! Reference: transformers/models/clip/modeling_clip.py, `CLIPEncoderLayer`:
 //! `x = x + attn(layer_norm1(x)); x = x + mlp(layer_norm2(x))`.
 
+use std::sync::Arc;
+
 use candle_core::{Tensor, D};
 
 use crate::clip::error::Result;
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::Activation;
+use crate::clip::precision::Precision;
+use crate::kernels::bf16::PackedWeight;
 use crate::kernels::matmul::dot_rows;
-use crate::kernels::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention};
+use crate::kernels::ops::{bias_act, Bf16Matmul, BiasAct, FewRowMatmul, FusedAttention};
 
 /// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
 pub struct Linear {
     weight: Tensor,
+    /// The weight rounded to bfloat16 and packed, when the model runs at [`Precision::Bf16`].
+    packed: Option<Arc<PackedWeight>>,
     epilogue: BiasAct,
 }
 
 impl Linear {
+    /// Reads `weight` (and `bias`), at the precision of the checkpoint's model.
     pub fn load(vb: &Scope, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get("weight", &[out_dim, in_dim])?;
         let bias = match bias {
             true => Some(vb.get("bias", &[out_dim])?.to_vec1::<f32>()?),
             false => None,
         };
-        Ok(Self::new(weight, bias, None))
+        Self::new(weight, bias, None).at(vb.precision())
     }
 
+    /// An f32 layer; [`Linear::at`] changes its precision.
     pub fn new(weight: Tensor, bias: Option<Vec<f32>>, act: Option<Activation>) -> Self {
         Linear {
             weight,
+            packed: None,
             epilogue: BiasAct { bias, act },
         }
+    }
+
+    /// This layer multiplying at `precision`: bfloat16 packs the weight once, here.
+    pub fn at(mut self, precision: Precision) -> Result<Self> {
+        self.packed = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => {
+                let (n, k) = self.weight.dims2()?;
+                let w = self.weight.flatten_all()?.to_vec1::<f32>()?;
+                Some(Arc::new(PackedWeight::pack(&w, n, k)))
+            }
+        };
+        Ok(self)
     }
 
     /// `(out, in)`.
@@ -53,13 +75,17 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
         let x = x.reshape((rows, in_dim))?;
-        // Up to a few hundred rows (one image's 197 ViT-B/16 tokens, a batch of prompts) the dot
-        // tiles beat the blocked GEMM, which packs the transposed weight on every call.
-        let y = if rows <= dot_rows() && x.device().is_cpu() {
-            x.contiguous()?
-                .apply_op2_no_bwd(&self.weight, &FewRowMatmul)?
-        } else {
-            x.matmul(&self.weight.t()?)?
+        let y = match &self.packed {
+            Some(packed) if x.device().is_cpu() => x
+                .contiguous()?
+                .apply_op1_no_bwd(&Bf16Matmul(packed.clone()))?,
+            // Up to a few hundred rows (one image's 197 ViT-B/16 tokens, a batch of prompts)
+            // the dot tiles beat the blocked GEMM, which packs the transposed weight on every
+            // call.
+            _ if rows <= dot_rows() && x.device().is_cpu() => x
+                .contiguous()?
+                .apply_op2_no_bwd(&self.weight, &FewRowMatmul)?,
+            _ => x.matmul(&self.weight.t()?)?,
         };
         let y = bias_act(y, &self.epilogue)?;
         let mut out_dims = dims;
@@ -113,7 +139,7 @@ impl Attention {
             biases.extend(vb.pp(name).get("bias", &[dim])?.to_vec1::<f32>()?);
         }
         Ok(Attention {
-            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(biases), None),
+            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(biases), None).at(vb.precision())?,
             out_proj: Linear::load(&vb.pp("out_proj"), dim, dim, true)?,
             kernel: FusedAttention { heads, causal },
         })
@@ -141,7 +167,8 @@ impl Mlp {
                 fc1.get("weight", &[hidden, dim])?,
                 Some(fc1.get("bias", &[hidden])?.to_vec1::<f32>()?),
                 Some(act),
-            ),
+            )
+            .at(vb.precision())?,
             fc2: Linear::load(&vb.pp("fc2"), hidden, dim, true)?,
         })
     }

@@ -53,7 +53,8 @@ impl VisionTransformer {
         };
         Ok(VisionTransformer {
             config: config.clone(),
-            patch_embedding: Linear::new(conv.reshape((d, c * p * p))?, None, None),
+            patch_embedding: Linear::new(conv.reshape((d, c * p * p))?, None, None)
+                .at(vb.precision())?,
             class_embedding: emb.get("class_embedding", &[d])?,
             position_embedding,
             pre_layrnorm: LayerNorm::load(&vb.pp("pre_layrnorm"), d, config.layer_norm_eps)?,
