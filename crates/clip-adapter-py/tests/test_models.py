@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -30,6 +31,32 @@ def test_image_and_text_embeddings_are_the_command_lines(clip, cli):
     # Paths as pathlib objects, and a batch size that splits the list, give the same rows.
     np.testing.assert_array_equal(clip.encode_images(IMAGES, batch_size=len(IMAGES)), got)
     np.testing.assert_array_equal(clip.encode_texts(texts), want_texts)
+
+
+def test_bf16_precision_is_the_command_lines_and_near_f32(clip, cli):
+    texts = ["a red square", "a photo of a blue circle."]
+    args = ["embed", "--model", TINY_CLIP, "--precision", "bf16", "--json"]
+    for p in IMAGES:
+        args += ["--image", p]
+    for t in texts:
+        args += ["--text", t]
+    doc = cli(*args)
+    with warnings.catch_warnings():
+        # A CPU without AVX512-BF16 is told the products run on the f32 kernels.
+        warnings.simplefilter("ignore")
+        low = ca.Clip.load(str(TINY_CLIP), precision="bf16", progress=False)
+    assert low.precision == "bf16" and clip.precision == "f32"
+    got = low.encode_images(IMAGES)
+    np.testing.assert_array_equal(
+        got, np.array([i["embedding"] for i in doc["images"]], dtype=np.float32))
+    np.testing.assert_array_equal(
+        low.encode_texts(texts), np.array([t["embedding"] for t in doc["texts"]], dtype=np.float32))
+    # bfloat16 operands cost about 1e-3 to 1e-2 relative on the fixture, never nothing.
+    full = clip.encode_images(IMAGES)
+    rel = np.linalg.norm(got - full, axis=1) / np.linalg.norm(full, axis=1)
+    assert (rel > 1e-4).all() and (rel < 2e-2).all(), rel
+    with pytest.raises(ca.InputError, match="fp16"):
+        ca.Clip.load(str(TINY_CLIP), precision="fp16", progress=False)
 
 
 def test_arrays_and_pil_images_encode_as_their_files():
