@@ -27,10 +27,10 @@ fn worst_row_error(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Every transformer family's image and text embeddings at bf16 stay within bfloat16's cost of
+/// Every family's image and text embeddings at bf16 (the ResNet's convolutions included) stay within bfloat16's cost of
 /// the f32 ones, and differ from them (the bf16 products did run).
 #[test]
-fn bf16_embeddings_stay_within_bfloat16s_cost_on_every_transformer_family() {
+fn bf16_embeddings_stay_within_bfloat16s_cost_on_every_family() {
     let texts = ["a photo of a cat.", "a satellite image of a river", "x"];
     for model in [
         "tiny-clip",
@@ -38,6 +38,7 @@ fn bf16_embeddings_stay_within_bfloat16s_cost_on_every_transformer_family() {
         "tiny-siglip",
         "tiny-siglip2",
         "tiny-eva02",
+        "tiny-rn",
     ] {
         let (f32_clip, bf16_clip) = (load(model, Precision::F32), load(model, Precision::Bf16));
         assert_eq!(bf16_clip.precision(), Precision::Bf16);
@@ -68,12 +69,59 @@ fn bf16_embeddings_stay_within_bfloat16s_cost_on_every_transformer_family() {
         );
         for (what, err) in [("image", image), ("text", text)] {
             // Operands keep 8 significant bits (2^-9 relative rounding): a few layers of such
-            // errors give 1e-3 to 1e-2; far below would mean the f32 path ran.
+            // errors give 1e-3 to 1e-2; far below would mean the f32 path ran. The random tiny
+            // ResNet's folded batch norms amplify them (5e-2 on its fixture; the kernels are
+            // checked against the rounded f32 products below).
+            let bound = if model == "tiny-rn" && what == "image" {
+                1e-1
+            } else {
+                2e-2
+            };
             assert!(
-                (1e-4..2e-2).contains(&err),
-                "{model} {what}: bf16 is {err:.2e} off f32, expected 1e-4 to 2e-2"
+                (1e-4..bound).contains(&err),
+                "{model} {what}: bf16 is {err:.2e} off f32, expected 1e-4 to {bound:.0e}"
             );
         }
+    }
+}
+
+/// The AVX512-BF16 kernels give the products of the rounded operands: `embed --precision bf16`
+/// equals the same command with the f32 kernels forced (`CLIP_ADAPTER_SIMD=avx2`, which runs
+/// bfloat16-rounded operands through f32 products) within f32 summation order. On a CPU without
+/// AVX512-BF16 both runs take the f32 kernels.
+#[test]
+fn bf16_kernels_equal_the_rounded_f32_products() {
+    let image = fixture("images/good/grey.png");
+    for model in ["tiny-clip", "tiny-rn", "tiny-eva02"] {
+        let model = fixture(&format!("models/{model}"));
+        let embed = |env: &[(&str, &str)]| {
+            let args = [
+                "--quiet",
+                "embed",
+                "--model",
+                model.to_str().unwrap(),
+                "--image",
+                image.to_str().unwrap(),
+                "--text",
+                "a photo of a cat",
+                "--precision",
+                "bf16",
+                "--json",
+            ];
+            let doc = crate::common::stdout_json(&crate::common::clip_adapter_env(&args, env));
+            let mut v = crate::common::floats(&doc["images"][0]["embedding"]);
+            v.extend(crate::common::floats(&doc["texts"][0]["embedding"]));
+            v
+        };
+        let (native, rounded) = (embed(&[]), embed(&[("CLIP_ADAPTER_SIMD", "avx2")]));
+        let diff: f32 = native
+            .iter()
+            .zip(&rounded)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum();
+        let norm: f32 = rounded.iter().map(|a| a * a).sum();
+        let rel = (diff / norm).sqrt();
+        assert!(rel < 1e-5, "{}: {rel:.2e}", model.display());
     }
 }
 

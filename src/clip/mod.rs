@@ -299,7 +299,7 @@ enum ImageEncoder {
 pub struct LoadOptions {
     /// Fold ResNet batch norms into the convolutions (faster; identical up to rounding).
     pub fold_batch_norm: bool,
-    /// The arithmetic of the transformer towers' linear layers.
+    /// The arithmetic of the towers' linear layers and convolutions.
     pub precision: Precision,
 }
 
@@ -425,7 +425,7 @@ impl Clip {
         &self.config
     }
 
-    /// The arithmetic of the towers' linear layers ([`LoadOptions::precision`]).
+    /// The arithmetic of the towers' linear layers and convolutions ([`LoadOptions::precision`]).
     pub fn precision(&self) -> Precision {
         self.precision
     }

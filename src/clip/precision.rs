@@ -1,13 +1,14 @@
 //! The arithmetic of the frozen encoders' matrix products: f32 (the default, within 1e-5 of the
 //! reference implementations) or, as an opt-in, bfloat16 operands with f32 sums.
 //!
-//! bfloat16 rounds each operand of a transformer's linear layers (the weights once at load
-//! time, the activations at each product) to 8 significant bits, as PyTorch's
-//! `torch.autocast("cpu", dtype=torch.bfloat16)` does; everything else (LayerNorm, softmax,
-//! GELU, attention's two products, the ResNet convolutions) stays f32. On a CPU with
+//! bfloat16 rounds each operand of the towers' linear layers and ResNet convolutions (the
+//! weights once at load time, the activations at each product) to 8 significant bits, as
+//! PyTorch's `torch.autocast("cpu", dtype=torch.bfloat16)` does, but keeps every sum and every
+//! product's output in f32 (autocast rounds outputs to bfloat16 too); everything else
+//! (LayerNorm, softmax, GELU, attention's two products, pooling) stays f32. On a CPU with
 //! AVX512-BF16 the products run at up to twice the f32 rate. Features made this way differ
-//! from f32 ones by about 1e-2 relative (docs/benchmarks.md measures it), so they carry their
-//! own fingerprint: caches, heads and predictions never mix the two.
+//! from f32 ones by 1e-3 to 1e-2 relative (docs/benchmarks.md measures it), so they carry
+//! their own fingerprint: caches, heads and predictions never mix the two.
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,7 +22,7 @@ pub enum Precision {
     /// f32 throughout.
     #[default]
     F32,
-    /// bfloat16 operands, f32 sums, in the transformer towers' linear layers.
+    /// bfloat16 operands, f32 sums, in the towers' linear layers and convolutions.
     Bf16,
 }
 

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{abt, simd_level, Simd};
+use super::matmul::{gemm, simd_level, Simd};
 
 /// Output columns per packed panel: two 16-lane vectors.
 pub const NR: usize = 32;
@@ -71,12 +71,14 @@ pub fn native() -> bool {
 }
 
 /// A weight `(n, k)` rounded to bfloat16, ready for `x · wᵀ`.
+#[derive(Debug)]
 pub struct PackedWeight {
     n: usize,
     k: usize,
     kernel: Kernel,
 }
 
+#[derive(Debug)]
 enum Kernel {
     /// The `vdpbf16ps` panels: `n.div_ceil(NR)` panels of `k.div_ceil(2) · 2 · NR` values.
     Panels(Vec<u16>),
@@ -117,22 +119,32 @@ impl PackedWeight {
     /// # Panics
     /// If `x` holds fewer than `m · k` values.
     pub fn abt(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * self.n];
+        self.abt_into(x, m, &mut y);
+        y
+    }
+
+    /// [`PackedWeight::abt`] into the first `m · n` values of `y`.
+    ///
+    /// # Panics
+    /// If `x` holds fewer than `m · k` values or `y` fewer than `m · n`.
+    pub fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k, "bf16 matmul: input too small");
+        assert!(y.len() >= m * n, "bf16 matmul: output too small");
+        if m == 0 || n == 0 {
+            return;
+        }
         match &self.kernel {
             Kernel::Rounded(w) => {
                 let x: Vec<f32> = x[..m * k].par_iter().map(|&v| round_bf16(v)).collect();
-                abt(&x, w, m, k, n)
+                gemm(&x, false, w, true, y, m, k, n, false);
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Panels(panels) => {
-                let mut y = vec![0f32; m * n];
-                if m > 0 && n > 0 {
-                    let xb = rows_to_bf16(x, m, k);
-                    // SAFETY: `Panels` is only built when `native()` held: AVX512-BF16 is there.
-                    unsafe { panels_abt(&xb, panels, &mut y, m, k, n) };
-                }
-                y
+                let xb = rows_to_bf16(x, m, k);
+                // SAFETY: `Panels` is only built when `native()` held: AVX512-BF16 is there.
+                unsafe { panels_abt(&xb, panels, y, m, k, n) };
             }
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Panels(_) => unreachable!("bf16 panels are only packed on x86-64"),

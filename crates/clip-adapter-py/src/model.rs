@@ -167,7 +167,7 @@ impl PyClip {
 impl PyClip {
     /// Finds and loads a model: a directory, an OpenAI `.pt` file, `openai:NAME` or a hub id
     /// (downloaded into the Hugging Face cache unless HF_HUB_OFFLINE is set), its transformer
-    /// towers' linear layers at `precision` (`"f32"` or `"bf16"`).
+    /// towers' linear layers and convolutions at `precision` (`"f32"` or `"bf16"`).
     #[staticmethod]
     #[pyo3(signature = (model, *, precision = "f32", progress = None))]
     pub fn load(
@@ -199,7 +199,7 @@ impl PyClip {
         &self.spec
     }
 
-    /// `"f32"` or `"bf16"`: the arithmetic of the towers' linear layers.
+    /// `"f32"` or `"bf16"`: the arithmetic of the towers' linear layers and convolutions.
     #[getter]
     fn precision(&self) -> &'static str {
         self.clip.precision().name()

@@ -7,8 +7,12 @@
 //! are applied in the same parallel pass afterwards.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use rayon::prelude::*;
+
+use crate::clip::precision::Precision;
+use crate::kernels::bf16::PackedWeight;
 
 thread_local! {
     /// Buffers of dropped feature maps, reused by the next layers. A ResNet forward allocates
@@ -161,6 +165,8 @@ pub struct ConvShape {
 pub struct Conv2d {
     /// `(k·k·C_in, C_out)`, rows ordered (ky, kx, c_in) to match NHWC patches.
     weight: Vec<f32>,
+    /// The weight rounded to bfloat16 and packed, at [`Precision::Bf16`].
+    packed: Option<Arc<PackedWeight>>,
     c_in: usize,
     c_out: usize,
     kernel: usize,
@@ -191,6 +197,7 @@ impl Conv2d {
         }
         Conv2d {
             weight,
+            packed: None,
             c_in,
             c_out,
             kernel,
@@ -201,8 +208,45 @@ impl Conv2d {
         }
     }
 
+    /// This convolution multiplying at `precision`: bfloat16 packs the weight once, here.
+    pub fn at(mut self, precision: Precision) -> Self {
+        self.packed = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => {
+                let (n, k) = (self.c_out, self.weight.len() / self.c_out.max(1));
+                // The packing takes `(C_out, k·k·C_in)` rows.
+                let mut rows = vec![0f32; n * k];
+                for (i, row) in self.weight.chunks(n).enumerate() {
+                    for (o, &w) in row.iter().enumerate() {
+                        rows[o * k + i] = w;
+                    }
+                }
+                Some(Arc::new(PackedWeight::pack(&rows, n, k)))
+            }
+        };
+        self
+    }
+
     pub fn c_out(&self) -> usize {
         self.c_out
+    }
+
+    /// `out (m × C_out) = patches (m × depth) · weight`, at the layer's precision.
+    fn product(&self, patches: &[f32], m: usize, depth: usize, out: &mut [f32]) {
+        match &self.packed {
+            Some(packed) => packed.abt_into(patches, m, out),
+            None => crate::kernels::matmul::gemm(
+                patches,
+                false,
+                &self.weight,
+                false,
+                out,
+                m,
+                depth,
+                self.c_out,
+                false,
+            ),
+        }
     }
 
     pub fn forward(&self, x: &Nhwc) -> Nhwc {
@@ -214,34 +258,14 @@ impl Conv2d {
         let depth = k * k * x.c;
         let mut out = take_buffer(rows * self.c_out);
         if k == 1 && s == 1 && p == 0 {
-            crate::kernels::matmul::gemm(
-                &x.data,
-                false,
-                &self.weight,
-                false,
-                &mut out,
-                rows,
-                depth,
-                self.c_out,
-                false,
-            );
+            self.product(&x.data, rows, depth, &mut out);
         } else {
             let chunk = (PATCH_BUDGET / depth).clamp(1, rows);
             let mut patches = take_buffer(chunk * depth);
             for start in (0..rows).step_by(chunk) {
                 let m = chunk.min(rows - start);
                 self.gather(x, ho, wo, start, &mut patches[..m * depth]);
-                crate::kernels::matmul::gemm(
-                    &patches,
-                    false,
-                    &self.weight,
-                    false,
-                    &mut out[start * self.c_out..],
-                    m,
-                    depth,
-                    self.c_out,
-                    false,
-                );
+                self.product(&patches, m, depth, &mut out[start * self.c_out..]);
             }
             give_buffer(patches);
         }

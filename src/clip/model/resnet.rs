@@ -72,7 +72,7 @@ fn conv_bn(
         stride,
         padding: kernel / 2,
     };
-    Ok(Conv2d::new(&weight, shape, epilogue, relu))
+    Ok(Conv2d::new(&weight, shape, epilogue, relu).at(conv.precision()))
 }
 
 pub struct Bottleneck {

@@ -46,7 +46,7 @@ class Clip:
     def load(model: str, *, precision: str = "f32", progress: ProgressArg = None) -> Clip:
         """Finds and loads a model: a directory (transformers or open_clip layout), an OpenAI
         ``.pt`` file, ``openai:NAME`` or a hub id (downloaded into the Hugging Face cache unless
-        HF_HUB_OFFLINE is set). ``precision="bf16"``: the transformer towers' linear layers
+        HF_HUB_OFFLINE is set). ``precision="bf16"``: the towers' linear layers and convolutions
         multiply bfloat16-rounded operands with f32 sums (faster on CPUs with AVX512-BF16;
         embeddings about 1e-2 off the f32 ones)."""
     @property
