@@ -6,11 +6,16 @@
 //! alternating, best of 30 calls each, GFLOP/s. The last two columns show where a routing
 //! threshold (`FEW_ROWS`, `DOT_ROWS`) belongs at this level on this CPU.
 //!
+//! A second table puts the encoders' `x · wᵀ` shapes through the bfloat16 products of
+//! `--precision bf16` (`kernels::bf16`, weight packed once, outside the timing) beside ours in
+//! f32.
+//!
 //!     cargo bench --bench products
 //!     CLIP_ADAPTER_SIMD=avx2 cargo bench --no-default-features --bench products
 
 use std::time::Instant;
 
+use clip_adapter::kernels::bf16::{self, PackedWeight};
 use clip_adapter::kernels::matmul::{
     blocked_gemm, broadcast_gemm, few_rows_abt_into, gemm, simd_level, simd_summary, FEW_ROWS,
 };
@@ -122,6 +127,50 @@ fn main() {
             "| {what} | {m} × {k} × {n} | {:.0} | {:.0} | {tiles} |",
             flop / ours / 1e9,
             flop / blocked / 1e9,
+        );
+    }
+    bf16_table();
+}
+
+/// The encoders' products (`x · wᵀ`, weight `(n, k)`) in f32 and in bfloat16.
+fn bf16_table() {
+    let kernel = match bf16::native() {
+        true => "AVX512-BF16",
+        false => "no AVX512-BF16: rounded operands on the f32 kernels",
+    };
+    println!();
+    println!("bfloat16 products ({kernel}), best of 30 alternating calls:");
+    println!();
+    println!("| product | m × k × n | f32 (GFLOP/s) | bf16 (GFLOP/s) | bf16 / f32 |");
+    println!("|---|---|---:|---:|---:|");
+    let mut shapes: Vec<(&str, usize, usize, usize)> = (SHAPES.iter())
+        .filter(|s| s.5 && !s.4)
+        .map(|&(what, m, k, n, ..)| (what, m, k, n))
+        .collect();
+    shapes.extend([
+        ("ViT-B/32 fc1, batch 32", 1600, 768, 3072),
+        ("ViT-B/16 qkv, batch 32", 6304, 768, 2304),
+        ("ViT-B/16 fc2, batch 32", 6304, 3072, 768),
+    ]);
+    for (what, m, k, n) in shapes {
+        let (x, w) = (values(m * k, 1), values(n * k, 2));
+        let packed = PackedWeight::pack(&w, n, k);
+        let mut c = vec![0f32; m * n];
+        let flop = 2.0 * (m * k * n) as f64;
+        let (mut full, mut low) = (f64::MAX, f64::MAX);
+        for _ in 0..30 {
+            let t = Instant::now();
+            gemm(&x, false, &w, true, &mut c, m, k, n, false);
+            full = full.min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            packed.abt_into(&x, m, &mut c);
+            low = low.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "| {what} | {m} × {k} × {n} | {:.0} | {:.0} | {:.2} |",
+            flop / full / 1e9,
+            flop / low / 1e9,
+            full / low
         );
     }
 }
