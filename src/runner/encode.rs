@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::{resolve_model, RunError, RunObserver};
 use crate::clip::error::{Error, InputError};
 use crate::clip::hub::HubOptions;
-use crate::clip::{Clip, LoadOptions, ModelFiles, Precision};
+use crate::clip::{Clip, ModelFiles, Precision};
 use crate::image::RgbImage;
 use crate::tokenizer::{Tokenizer, CONTEXT_LENGTH};
 use crate::zero_shot::ZeroShotClassifier;
@@ -27,15 +27,7 @@ pub fn load_model(
     observer: &mut dyn RunObserver,
 ) -> std::result::Result<(Clip, ModelFiles), RunError> {
     let files = resolve_model(spec, hub, observer)?;
-    let clip = Clip::load_with(
-        &files,
-        &candle_core::Device::Cpu,
-        LoadOptions::at(precision),
-    )
-    .map_err(|source| RunError::LoadModel {
-        dir: files.dir.clone(),
-        source: Box::new(source),
-    })?;
+    let clip = super::load_clip(&files, precision)?;
     Ok((clip, files))
 }
 

@@ -3,7 +3,6 @@
 
 use super::{resolve_model, RunError, RunObserver};
 use crate::clip::hub::HubOptions;
-use crate::clip::{Clip, LoadOptions};
 use crate::data::benchmarks::TemplateSet;
 use crate::data::check::check;
 use crate::data::{Benchmark, Dataset, FewShot};
@@ -62,15 +61,7 @@ pub fn extract(
     let files = resolve_model(model, &spec.hub, &mut Downloads(observer))?;
     let precision = spec.options.precision;
     let fingerprint = precision.fingerprint(&model_fingerprint(&files)?);
-    let clip = Clip::load_with(
-        &files,
-        &candle_core::Device::Cpu,
-        LoadOptions::at(precision),
-    )
-    .map_err(|source| RunError::LoadModel {
-        dir: files.dir.clone(),
-        source: Box::new(source),
-    })?;
+    let clip = super::load_clip(&files, precision)?;
     let job = ExtractJob {
         clip: &clip,
         fingerprint: &fingerprint,

@@ -45,7 +45,7 @@ pub use run::{run, RunOutcome, RunSpec};
 pub use sweep::{sweep, SweepOutcome, SweepSpec};
 
 use crate::clip::hub::{self, HubOptions};
-use crate::clip::ModelFiles;
+use crate::clip::{Clip, LoadOptions, ModelFiles, Precision};
 use crate::experiment::{self, GridEvent, Published, ResultRow, RowSource};
 use crate::features::model_fingerprint;
 use crate::features::task::{load_task, CacheQuery, Shots};
@@ -80,6 +80,16 @@ pub fn resolve_model(
         spec: spec.to_string(),
         source: Box::new(source),
     })
+}
+
+/// Loads the model of `files` on the CPU at `precision`; an error names its folder.
+pub fn load_clip(files: &ModelFiles, precision: Precision) -> Result<Clip, RunError> {
+    Clip::load_with(files, &candle_core::Device::Cpu, LoadOptions::at(precision)).map_err(
+        |source| RunError::LoadModel {
+            dir: files.dir.clone(),
+            source: Box::new(source),
+        },
+    )
 }
 
 /// The datasets the cache holds (its sub-folders), sorted.

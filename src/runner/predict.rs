@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{resolve_model, RunError, RunObserver};
 use crate::clip::hub::HubOptions;
 use crate::clip::train::lora::LoraClip;
-use crate::clip::{Clip, LoadOptions, ModelFiles, Precision};
+use crate::clip::{Clip, ModelFiles, Precision};
 use crate::experiment;
 use crate::features::model_fingerprint;
 use crate::methods::clip_lora::LoraHead;
@@ -81,15 +81,7 @@ pub fn predict(
         // The learned prompts encoded through the model, now that it is checked.
         Loaded::Coop(c) => coop_head(&c, &files, &model, &spec.head)?,
     };
-    let clip = Clip::load_with(
-        &files,
-        &candle_core::Device::Cpu,
-        LoadOptions::at(precision),
-    )
-    .map_err(|source| RunError::LoadModel {
-        dir: files.dir.clone(),
-        source: Box::new(source),
-    })?;
+    let clip = super::load_clip(&files, precision)?;
     // A CLIP-LoRA head scores the features of the model with its own updates.
     let lora = match head.downcast_ref::<LoraHead>() {
         Some(h) => Some(lora_model(h, &files)?),
