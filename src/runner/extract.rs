@@ -60,12 +60,21 @@ pub fn extract(
     }
     let model = &spec.options.model_name;
     let files = resolve_model(model, &spec.hub, &mut Downloads(observer))?;
-    let fingerprint = model_fingerprint(&files)?;
-    let clip =
-        Clip::load(&files, &candle_core::Device::Cpu).map_err(|source| RunError::LoadModel {
-            dir: files.dir.clone(),
-            source: Box::new(source),
-        })?;
+    // Hashing reads the whole weight file once more; the load leaves a core idle while it
+    // builds the towers from the copied tensors, so the hash runs beside it.
+    let (fingerprint, clip) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| model_fingerprint(&files));
+        let clip = Clip::load(&files, &candle_core::Device::Cpu);
+        let fingerprint = hashing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (fingerprint, clip)
+    });
+    let fingerprint = fingerprint?;
+    let clip = clip.map_err(|source| RunError::LoadModel {
+        dir: files.dir.clone(),
+        source: Box::new(source),
+    })?;
     let job = ExtractJob {
         clip: &clip,
         fingerprint: &fingerprint,
