@@ -39,6 +39,8 @@ pub struct Checkpoint {
     /// Tensors already copied out of the file by [`Checkpoint::preload`], by stored name: the
     /// stored dtype and the tensor, floats already as f32.
     preloaded: RefCell<HashMap<String, (DType, Tensor)>>,
+    /// How many parts of each preloaded fused tensor have been handed out.
+    parts_taken: RefCell<HashMap<String, usize>>,
     device: Device,
 }
 
@@ -92,6 +94,7 @@ impl Checkpoint {
             shapes,
             used: RefCell::new(BTreeSet::new()),
             preloaded: RefCell::new(HashMap::new()),
+            parts_taken: RefCell::new(HashMap::new()),
             device: device.clone(),
         })
     }
@@ -200,11 +203,7 @@ impl Checkpoint {
             file: self.file.clone(),
             msg: format!("tensor `{key}`: {e}"),
         };
-        // A part of a fused tensor is asked for once per part: the whole stays until the last.
-        let preloaded = match transform {
-            Transform::Part { .. } => self.preloaded.borrow().get(&key).cloned(),
-            _ => self.preloaded.borrow_mut().remove(&key),
-        };
+        let preloaded = self.take_preloaded(&key, transform);
         let (dtype, tensor) = match (preloaded, &self.source) {
             (Some(found), _) => found,
             (None, Source::Safetensors(st)) => {
@@ -242,6 +241,24 @@ impl Checkpoint {
             Transform::Unsqueezed => tensor.squeeze(0)?,
         };
         Ok(tensor.contiguous()?)
+    }
+
+    /// The preloaded tensor stored under `key`, if any, handed out once: a fused tensor is
+    /// asked for once per part and stays until its last part is taken, so that the copies
+    /// never hold the whole and all its parts longer than the load of one layer.
+    fn take_preloaded(&self, key: &str, transform: Transform) -> Option<(DType, Tensor)> {
+        let mut preloaded = self.preloaded.borrow_mut();
+        let Transform::Part { of, .. } = transform else {
+            return preloaded.remove(key);
+        };
+        let found = preloaded.get(key).cloned()?;
+        let mut parts = self.parts_taken.borrow_mut();
+        let taken = parts.entry(key.to_string()).or_insert(0);
+        *taken += 1;
+        if *taken >= of {
+            preloaded.remove(key);
+        }
+        Some(found)
     }
 
     /// The tensor stored under `key` (the file's own name), as stored: its dtype and shape.
