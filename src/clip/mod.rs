@@ -344,6 +344,7 @@ impl Clip {
     pub fn load_with(files: &ModelFiles, device: &Device, options: LoadOptions) -> Result<Self> {
         let ckpt = Checkpoint::open(&files.weights, files.layout, device)?
             .with_precision(options.precision);
+        ckpt.preload();
         let config = files.config_with(&ckpt)?;
         let clip = Self::from_checkpoint(&config, &ckpt, files.tokenizer()?, device, options)?;
         check_openai_buffers(&config, &ckpt)?;

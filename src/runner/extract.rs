@@ -60,8 +60,18 @@ pub fn extract(
     let model = &spec.options.model_name;
     let files = resolve_model(model, &spec.hub, &mut Downloads(observer))?;
     let precision = spec.options.precision;
-    let fingerprint = precision.fingerprint(&model_fingerprint(&files)?);
-    let clip = super::load_clip(&files, precision)?;
+    // Hashing reads the whole weight file once more; the load leaves a core idle while it
+    // builds the towers from the copied tensors, so the hash runs beside it.
+    let (fingerprint, clip) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| model_fingerprint(&files));
+        let clip = super::load_clip(&files, precision);
+        let fingerprint = hashing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (fingerprint, clip)
+    });
+    let fingerprint = precision.fingerprint(&fingerprint?);
+    let clip = clip?;
     let job = ExtractJob {
         clip: &clip,
         fingerprint: &fingerprint,

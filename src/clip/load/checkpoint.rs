@@ -6,10 +6,11 @@
 //! never silently half-used.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use super::layout::{source_key, Layout, Transform};
 use super::torch_archive::{ArchiveKind, TorchArchive};
@@ -36,6 +37,11 @@ pub struct Checkpoint {
     source: Source,
     shapes: BTreeMap<String, Vec<usize>>,
     used: RefCell<BTreeSet<String>>,
+    /// Tensors already copied out of the file by [`Checkpoint::preload`], by stored name: the
+    /// stored dtype and the tensor, floats already as f32.
+    preloaded: RefCell<HashMap<String, (DType, Tensor)>>,
+    /// How many parts of each preloaded fused tensor have been handed out.
+    parts_taken: RefCell<HashMap<String, usize>>,
     device: Device,
     precision: Precision,
 }
@@ -89,9 +95,40 @@ impl Checkpoint {
             source,
             shapes,
             used: RefCell::new(BTreeSet::new()),
+            preloaded: RefCell::new(HashMap::new()),
+            parts_taken: RefCell::new(HashMap::new()),
             device: device.clone(),
             precision: Precision::F32,
         })
+    }
+
+    /// Copies every tensor of a safetensors file out of the map at once, on all of rayon's
+    /// threads, for a caller about to ask for all of them ([`Clip::load`]): the model asks
+    /// one tensor at a time, and most of a load is the kernel handing out and zeroing fresh
+    /// pages for the copies, which one thread does at a fraction of the rate of several. A
+    /// tensor that fails to load here is left to [`Checkpoint::get`], which reports it; other
+    /// sources are read on demand as before.
+    ///
+    /// [`Clip::load`]: crate::clip::Clip::load
+    pub fn preload(&self) {
+        let Source::Safetensors(st) = &self.source else {
+            return;
+        };
+        let device = &self.device;
+        let names: Vec<&String> = self.shapes.keys().collect();
+        let loaded: Vec<(String, (DType, Tensor))> = names
+            .into_par_iter()
+            .filter_map(|name| {
+                let stored = st.load(name, device).ok()?;
+                let dtype = stored.dtype();
+                let tensor = match dtype {
+                    DType::F16 | DType::BF16 | DType::F64 => stored.to_dtype(DType::F32).ok()?,
+                    _ => stored,
+                };
+                Some((name.clone(), (dtype, tensor)))
+            })
+            .collect();
+        self.preloaded.borrow_mut().extend(loaded);
     }
 
     pub fn file(&self) -> &Path {
@@ -169,29 +206,30 @@ impl Checkpoint {
             file: self.file.clone(),
             msg: format!("tensor `{key}`: {e}"),
         };
-        let tensor = match &self.source {
-            Source::Safetensors(st) => st.load(&key, &self.device).map_err(bad)?,
-            Source::Archive(archive) => {
-                archive
+        let preloaded = self.take_preloaded(&key, transform);
+        let (dtype, tensor) = match (preloaded, &self.source) {
+            (Some(found), _) => found,
+            (None, Source::Safetensors(st)) => {
+                let t = st.load(&key, &self.device).map_err(bad)?;
+                (t.dtype(), t)
+            }
+            (None, Source::Archive(archive)) => {
+                let t = archive
                     .load(&key, &self.device)
                     .map_err(|source| Error::Archive {
                         file: self.file.clone(),
                         source: Box::new(source),
-                    })?
+                    })?;
+                (t.dtype(), t)
             }
         };
         // Integer storage converts to f32 without complaint, but a weight stored as integers
         // (a wrong dtype written by a broken converter) holds nothing a model can use.
-        if !integers
-            && !matches!(
-                tensor.dtype(),
-                DType::F32 | DType::F16 | DType::BF16 | DType::F64
-            )
-        {
+        if !integers && !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
             return Err(Error::TensorDtype {
                 file: self.file.clone(),
                 name: key,
-                dtype: format!("{:?}", tensor.dtype()),
+                dtype: format!("{dtype:?}"),
             });
         }
         self.used.borrow_mut().insert(key);
@@ -206,6 +244,24 @@ impl Checkpoint {
             Transform::Unsqueezed => tensor.squeeze(0)?,
         };
         Ok(tensor.contiguous()?)
+    }
+
+    /// The preloaded tensor stored under `key`, if any, handed out once: a fused tensor is
+    /// asked for once per part and stays until its last part is taken, so that the copies
+    /// never hold the whole and all its parts longer than the load of one layer.
+    fn take_preloaded(&self, key: &str, transform: Transform) -> Option<(DType, Tensor)> {
+        let mut preloaded = self.preloaded.borrow_mut();
+        let Transform::Part { of, .. } = transform else {
+            return preloaded.remove(key);
+        };
+        let found = preloaded.get(key).cloned()?;
+        let mut parts = self.parts_taken.borrow_mut();
+        let taken = parts.entry(key.to_string()).or_insert(0);
+        *taken += 1;
+        if *taken >= of {
+            preloaded.remove(key);
+        }
+        Some(found)
     }
 
     /// The tensor stored under `key` (the file's own name), as stored: its dtype and shape.
