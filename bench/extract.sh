@@ -5,6 +5,8 @@
 # same thread count, one after the other.
 #
 #   bench/extract.sh [THREADS] [WORKERS] [N_IMAGES]    (default: 2 2 256; PYTHON=venv python)
+#
+# PRECISION=bf16 runs ours with --precision bf16 and PyTorch under its bfloat16 autocast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
@@ -29,14 +31,16 @@ print(json.dumps({"train": rows[:1], "val": [], "test": rows}))
 PY
 start=$(date +%s.%N)
 RAYON_NUM_THREADS=$THREADS target/release/clip-adapter --quiet --threads "$THREADS" extract \
-  --model "$MODEL" --split "$CACHE/split.json" --root "$IMAGES" --cache "$CACHE/c" --batch-size 32 >/dev/null
+  --model "$MODEL" --split "$CACHE/split.json" --root "$IMAGES" --cache "$CACHE/c" --batch-size 32 \
+  --precision "${PRECISION:-f32}" >/dev/null
 end=$(date +%s.%N)
 ours=$("$PYTHON" -c "print($N / ($end - $start))")
-theirs=$(OMP_NUM_THREADS=$THREADS "$PYTHON" bench/torch_extract.py "$MODEL" "$IMAGES" "$THREADS" "$WORKERS" 32)
+theirs=$(OMP_NUM_THREADS=$THREADS PRECISION=${PRECISION:-f32} "$PYTHON" bench/torch_extract.py "$MODEL" "$IMAGES" "$THREADS" "$WORKERS" 32)
 "$PYTHON" - "$ours" "$theirs" "$THREADS" "$WORKERS" "$N" <<'PY'
 import json, sys
 ours, theirs = float(sys.argv[1]), json.loads(sys.argv[2])
-print(f"{sys.argv[5]} JPEGs, ViT-B/32 (random weights), batch 32, {sys.argv[3]} threads, {sys.argv[4]} DataLoader workers")
+import os
+print(f"{sys.argv[5]} JPEGs, ViT-B/32 (random weights), {os.environ.get('PRECISION', 'f32')}, batch 32, {sys.argv[3]} threads, {sys.argv[4]} DataLoader workers")
 print("| pipeline | images/s |")
 print("|---|---|")
 print(f"| clip-adapter extract (whole command: model load, hashing, 1 train image, text, test set) | {ours:.2f} |")

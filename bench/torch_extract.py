@@ -1,7 +1,8 @@
 """The PyTorch reference pipeline for `bench/extract.sh`: PIL + torchvision's CLIP transform
 (Resize(224, BICUBIC), CenterCrop(224), ToTensor, Normalize) in a DataLoader with WORKERS worker
 processes, and transformers' CLIPModel.get_image_features on batches of BATCH, f32, THREADS
-torch threads. Prints {"impl", "images", "seconds", "per_s"} as JSON.
+torch threads (PRECISION=bf16: under torch.autocast("cpu", dtype=torch.bfloat16)). Prints
+{"impl", "images", "seconds", "per_s"} as JSON.
 
     python bench/torch_extract.py MODEL_DIR IMAGE_DIR THREADS WORKERS BATCH
 """
@@ -48,13 +49,15 @@ def main():
     loader = DataLoader(data, batch_size=batch, num_workers=workers, shuffle=False)
     start = time.perf_counter()
     n = 0
-    with torch.inference_mode():
+    bf16 = os.environ.get("PRECISION", "f32") == "bf16"
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for pixels in loader:
             model.get_image_features(pixel_values=pixels)
             n += pixels.shape[0]
     seconds = time.perf_counter() - start
     print(json.dumps({
-        "impl": f"PIL {Image.__version__} + torchvision + transformers / torch {torch.__version__.split('+')[0]}",
+        "impl": f"PIL {Image.__version__} + torchvision + transformers / torch {torch.__version__.split('+')[0]}"
+                + (" (bf16 autocast)" if bf16 else ""),
         "images": n, "seconds": seconds, "per_s": n / seconds,
     }))
 
