@@ -124,25 +124,7 @@ pub fn ok(out: &Output) -> String {
 /// Extracts 2-shot features (seed 1) of the image folder `dir/data` with tiny-clip into
 /// `dir/cache`; returns the dataset's name, as the cache names it.
 pub fn extract_two_shots(dir: &std::path::Path) -> String {
-    let model = fixture("models/tiny-clip");
-    let doc: serde_json::Value = serde_json::from_str(&ok(&cli_in(
-        dir,
-        &[
-            "extract",
-            "--model",
-            model.to_str().unwrap(),
-            "--folder",
-            "data",
-            "--shots",
-            "2",
-            "--seed",
-            "1",
-            "--cache",
-            "cache",
-            "--json",
-        ],
-    )))
-    .unwrap();
+    let doc = extract_two_shots_with(dir, &[]);
     let first = std::path::PathBuf::from(doc["sets"][0]["path"].as_str().unwrap());
     first
         .parent()
@@ -151,6 +133,27 @@ pub fn extract_two_shots(dir: &std::path::Path) -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
+}
+
+/// [`extract_two_shots`] with `extra` arguments; returns `extract --json`'s document.
+pub fn extract_two_shots_with(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let model = fixture("models/tiny-clip");
+    let mut args = vec![
+        "extract",
+        "--model",
+        model.to_str().unwrap(),
+        "--folder",
+        "data",
+        "--shots",
+        "2",
+        "--seed",
+        "1",
+        "--cache",
+        "cache",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&cli_in(dir, &args))).unwrap()
 }
 
 /// A JSON array of numbers as f32 (the fixtures' vectors).
