@@ -158,24 +158,8 @@ fn bf16_features_are_cached_apart_and_predict_follows_the_head() {
     let dir = tmp.path();
     crate::features::image_folder(&dir.join("data"), 3, 6);
     let model = fixture("models/tiny-clip");
-    let extract = |precision: &str| -> serde_json::Value {
-        let args = [
-            "extract",
-            "--model",
-            model.to_str().unwrap(),
-            "--folder",
-            "data",
-            "--shots",
-            "2",
-            "--views",
-            "0",
-            "--cache",
-            "cache",
-            "--precision",
-            precision,
-            "--json",
-        ];
-        serde_json::from_str(&ok(&cli_in(dir, &args))).unwrap()
+    let extract = |precision: &str| {
+        crate::common::extract_two_shots_with(dir, &["--views", "0", "--precision", precision])
     };
     let (f32_doc, bf16_doc) = (extract("f32"), extract("bf16"));
     let (f32_path, f32_file) = first_set(dir, &f32_doc);
@@ -242,8 +226,10 @@ fn bf16_features_are_cached_apart_and_predict_follows_the_head() {
         )
     };
     // The towers' methods train in f32: bf16 features are refused by name.
-    let coop = fit("coop", &bf16_name);
-    crate::common::assert_fails_with(&coop, &["--precision bf16", "CoOp"]);
+    for method in ["coop", "clip-lora"] {
+        let refused = fit(method, &bf16_name);
+        crate::common::assert_fails_with(&refused, &["--precision bf16", "CoOp, CLIP-LoRA"]);
+    }
     let fit = ok(&fit("tip-adapter", &bf16_name));
     let row: serde_json::Value = serde_json::from_str(&fit).unwrap();
     let images: Vec<String> = std::fs::read_dir(dir.join("data/class_1"))

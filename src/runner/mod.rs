@@ -167,6 +167,7 @@ fn features_model(
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<ModelFiles, RunError> {
+    // Before the model is resolved: `--model NAME+bf16` names features, not a model to load.
     experiment::model::refuse_bf16(source)?;
     let spec = match given {
         Some(g) if g != source.model => g.to_string(),
@@ -227,6 +228,7 @@ fn coop_model(
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<PromptModel, RunError> {
+    // Before the model is resolved: `--model NAME+bf16` names features, not a model to load.
     experiment::model::refuse_bf16(source)?;
     let spec = match given {
         Some(g) if g != source.model => g.to_string(),

@@ -182,7 +182,7 @@ pub struct EmbedArgs {
 
     /// Arithmetic of the towers' linear layers and convolutions: f32, or bf16 (bfloat16 operands,
     /// f32 sums, as PyTorch's bfloat16 autocast; faster on CPUs with AVX512-BF16, features
-    /// about 1e-2 off the f32 ones).
+    /// 1e-3 to 1e-2 off the f32 ones).
     #[arg(long, default_value = "f32", value_name = "f32|bf16")]
     pub precision: Precision,
 
@@ -224,7 +224,7 @@ pub struct ClassifyArgs {
 
     /// Arithmetic of the towers' linear layers and convolutions: f32, or bf16 (bfloat16 operands,
     /// f32 sums, as PyTorch's bfloat16 autocast; faster on CPUs with AVX512-BF16, features
-    /// about 1e-2 off the f32 ones).
+    /// 1e-3 to 1e-2 off the f32 ones).
     #[arg(long, default_value = "f32", value_name = "f32|bf16")]
     pub precision: Precision,
 

@@ -262,7 +262,7 @@ pub struct ExtractArgs {
 
     /// Arithmetic of the towers' linear layers and convolutions: f32, or bf16 (bfloat16 operands,
     /// f32 sums, as PyTorch's bfloat16 autocast; faster on CPUs with AVX512-BF16, features
-    /// about 1e-2 off the f32 ones, cached under their own key; CoOp and CLIP-LoRA refuse them).
+    /// 1e-3 to 1e-2 off the f32 ones, cached under their own key; CoOp and CLIP-LoRA refuse them).
     #[arg(long, default_value = "f32", value_name = "f32|bf16")]
     pub precision: Precision,
 

@@ -48,7 +48,7 @@ class Clip:
         ``.pt`` file, ``openai:NAME`` or a hub id (downloaded into the Hugging Face cache unless
         HF_HUB_OFFLINE is set). ``precision="bf16"``: the towers' linear layers and convolutions
         multiply bfloat16-rounded operands with f32 sums (faster on CPUs with AVX512-BF16;
-        embeddings about 1e-2 off the f32 ones)."""
+        embeddings 1e-3 to 1e-2 off the f32 ones)."""
     @property
     def precision(self) -> str:
         """``"f32"`` or ``"bf16"``."""
