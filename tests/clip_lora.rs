@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use clip_adapter::clip::train::lora::{LoraClip, LoraOptions};
-use clip_adapter::clip::{Clip, ModelFiles};
+use clip_adapter::clip::{Clip, ModelFiles, Precision};
 use clip_adapter::methods::clip_lora::{LoraTrainer, StepImages, StepText};
 
 use crate::common::{assert_close, check_central_differences, fixture};
@@ -191,6 +191,71 @@ fn gradients_match_finite_differences() {
     assert!(checked >= 30, "only {checked} entries checked");
 }
 
+/// A model with non-zero `B` everywhere (fresh `B` is zero, which leaves `A` without a
+/// gradient), both towers, every layer.
+fn model_with_updates(case: &Case, precision: Precision) -> LoraClip {
+    let mut opts = options(&case.meta);
+    opts.encoder = "both".parse().unwrap();
+    opts.position = "all".parse().unwrap();
+    let model = LoraClip::load(&model_files(), &opts, 3, &Device::Cpu)
+        .unwrap()
+        .at(precision)
+        .unwrap();
+    for (i, (_, var)) in model.vars().iter().enumerate() {
+        let n = var.elem_count();
+        let v: Vec<f32> = (0..n)
+            .map(|j| 0.05 * ((i * 31 + j * 7) as f32 * 0.37).sin())
+            .collect();
+        var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    model
+}
+
+/// With its frozen products at bfloat16 (forward `x Wᵀ` and input gradient `g W` on rounded
+/// operands) a step's loss and every LoRA matrix's gradient stay within bfloat16's cost of the
+/// f32 step's (which the test above checks against finite differences), and differ from it (the
+/// rounded path ran).
+#[test]
+fn bf16_steps_stay_within_bfloat16s_cost_of_the_f32_gradients() {
+    let case = case("vision-qkvo-up");
+    let px = pixels(0, 3, 48, 5.0);
+    let prompts = ids(&case);
+    let labels = [0u32, 2, 1];
+    let run = |precision| {
+        let model = model_with_updates(&case, precision);
+        let loss = loss_of(&model, &px, &prompts, &labels);
+        let grads = loss.backward().unwrap();
+        let per_var: Vec<(String, Tensor)> = (model.vars().into_iter())
+            .map(|(name, var)| (name, grads.get(var.as_tensor()).unwrap().clone()))
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), per_var)
+    };
+    let (loss32, grads32) = run(Precision::F32);
+    let (loss16, grads16) = run(Precision::Bf16);
+    let rel = (loss16 - loss32).abs() / loss32.abs();
+    println!("loss f32 {loss32} bf16 {loss16} (rel {rel:.1e})");
+    assert!(rel < 1e-2, "loss {loss16} vs {loss32}");
+    let mut largest = 0f32;
+    for ((name, g32), (_, g16)) in grads32.iter().zip(&grads16) {
+        let scale = g32
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = crate::common::max_abs_diff(g16, g32) / scale.max(1e-12);
+        println!("{name}: largest |bf16 - f32| / largest |f32| = {diff:.2e}");
+        assert!(diff < 5e-2, "{name}: {diff}");
+        largest = largest.max(diff);
+    }
+    assert!(
+        largest > 1e-5,
+        "the bf16 gradients equal the f32 ones: {largest}"
+    );
+}
+
 /// Training mode drops a quarter of the low-rank path's inputs (scaled by 4/3); evaluation
 /// drops none, so it is deterministic and equals the merged weights.
 #[test]
@@ -283,7 +348,6 @@ fn a_merged_checkpoint_encodes_as_the_adapted_model() {
 #[test]
 fn fit_trains_on_the_images_and_predict_scores_as_the_fit_did() {
     use crate::common::{cli_in, ok};
-    use clip_adapter::features::task::{draw_images, CacheQuery, Shots};
     let tmp = tempfile::tempdir().unwrap();
     crate::features::image_folder(&tmp.path().join("data"), 3, 8);
     let dataset = crate::common::extract_two_shots(tmp.path());
@@ -327,32 +391,8 @@ fn fit_trains_on_the_images_and_predict_scores_as_the_fit_did() {
     // The same fit again gives the same row (seeded crops, dropout, A).
     assert_eq!(fit(&[])["epoch_losses"], row["epoch_losses"]);
 
-    let q = CacheQuery::new(tmp.path().join("cache"), &dataset, Shots::K(2), 1);
-    let images = draw_images(&q).unwrap();
-    let mut args = vec!["predict", "--adapter", "lora.safetensors", "--json"];
-    let paths: Vec<String> = images
-        .test
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    args.extend(paths.iter().map(String::as_str));
-    let predicted: serde_json::Value =
-        serde_json::from_str(&ok(&cli_in(tmp.path(), &args))).unwrap();
-    // The folders `class_<c>` are labels c, in order.
-    let correct = (predicted["results"].as_array().unwrap().iter())
-        .zip(&images.test)
-        .filter(|(r, path)| {
-            let class = path
-                .parent()
-                .unwrap()
-                .file_name()
-                .unwrap()
-                .to_string_lossy();
-            let label = class.trim_start_matches("class_").parse::<u64>().unwrap();
-            r["predictions"][0]["index"].as_u64() == Some(label)
-        })
-        .count();
-    let accuracy = 100.0 * correct as f64 / images.test.len() as f64;
+    let (accuracy, paths, predicted) =
+        crate::common::predict_test_images(tmp.path(), (&dataset, None), "lora.safetensors");
     let reported = row["test_accuracy"].as_f64().unwrap();
     assert!(
         (accuracy - reported).abs() < 1e-3,

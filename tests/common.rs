@@ -135,6 +135,44 @@ pub fn extract_two_shots(dir: &std::path::Path) -> String {
         .into_owned()
 }
 
+/// `predict --json` with the head `head` (in `dir`) on the test images of
+/// [`extract_two_shots`]' draw of `dataset` (features of `model` when the cache holds several):
+/// its accuracy in percent (`class_<c>` holds label c), which a `fit` row with that head reports
+/// as its test accuracy, the images and the document.
+pub fn predict_test_images(
+    dir: &std::path::Path,
+    (dataset, model): (&str, Option<&str>),
+    head: &str,
+) -> (f64, Vec<String>, serde_json::Value) {
+    use clip_adapter::features::task::{draw_images, CacheQuery, Shots};
+    let q = CacheQuery {
+        model: model.map(str::to_string),
+        ..CacheQuery::new(dir.join("cache"), dataset, Shots::K(2), 1)
+    };
+    let images = draw_images(&q).unwrap();
+    let paths: Vec<String> = (images.test.iter())
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut args = vec!["predict", "--adapter", head, "--json"];
+    args.extend(paths.iter().map(String::as_str));
+    let predicted: serde_json::Value = serde_json::from_str(&ok(&cli_in(dir, &args))).unwrap();
+    let correct = (predicted["results"].as_array().unwrap().iter())
+        .zip(&images.test)
+        .filter(|(r, path)| {
+            let class = path
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy();
+            let label = class.trim_start_matches("class_").parse::<u64>().unwrap();
+            r["predictions"][0]["index"].as_u64() == Some(label)
+        })
+        .count();
+    let accuracy = 100.0 * correct as f64 / images.test.len() as f64;
+    (accuracy, paths, predicted)
+}
+
 /// [`extract_two_shots`] with `extra` arguments; returns `extract --json`'s document.
 pub fn extract_two_shots_with(dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let model = fixture("models/tiny-clip");

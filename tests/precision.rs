@@ -202,36 +202,58 @@ fn bf16_features_are_cached_apart_and_predict_follows_the_head() {
     let dataset = bf16_path.parent().unwrap().file_name().unwrap();
     let dataset = dataset.to_string_lossy().into_owned();
     let bf16_name = format!("{}+bf16", model.display());
-    let fit = |method: &str, model: &str| {
-        cli_in(
-            dir,
-            &[
-                "fit",
-                "--method",
-                method,
-                "--dataset",
-                &dataset,
-                "--shots",
-                "2",
-                "--cache",
-                "cache",
-                "--model",
-                model,
-                "--validation",
-                "none",
-                "--save",
-                "head.safetensors",
-                "--json",
-            ],
-        )
+    let fit = |method: &str, model: &str, extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "--method",
+            method,
+            "--dataset",
+            &dataset,
+            "--shots",
+            "2",
+            "--cache",
+            "cache",
+            "--model",
+            model,
+            "--validation",
+            "none",
+            "--save",
+            "head.safetensors",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let doc = ok(&cli_in(dir, &args));
+        serde_json::from_str::<serde_json::Value>(&doc).unwrap()
     };
-    // The towers' methods train in f32: bf16 features are refused by name.
-    for method in ["coop", "clip-lora"] {
-        let refused = fit(method, &bf16_name);
-        crate::common::assert_fails_with(&refused, &["--precision bf16", "CoOp, CLIP-LoRA"]);
+    // The methods that run the model's towers run them at the features' precision: their
+    // losses stay within bfloat16's cost of the f32 run's, and differ from them.
+    let f32_name = model.display().to_string();
+    for (method, extra) in [
+        ("coop", &["--epochs", "3"][..]),
+        ("clip-lora", &["--iters-per-shot", "3", "--lr", "0.005"][..]),
+    ] {
+        let losses = |name: &str| crate::common::floats(&fit(method, name, extra)["epoch_losses"]);
+        let (l32, l16) = (losses(&f32_name), losses(&bf16_name));
+        assert_eq!(l32.len(), l16.len(), "{method}");
+        let worst = (l32.iter().zip(&l16)).fold(0f32, |w, (a, b)| w.max((a - b).abs() / a.abs()));
+        println!("{method}: losses at bf16 within {worst:.2e} of f32");
+        assert!(
+            (1e-6..2e-2).contains(&worst),
+            "{method}: {l32:?} vs {l16:?}"
+        );
+        // The row records the bf16 model, and `predict` (at the head's precision) scores the
+        // test images as the fit did.
+        let row = fit(method, &bf16_name, extra);
+        assert!(row["model"].as_str().unwrap().ends_with("+bf16"), "{row}");
+        let at = (dataset.as_str(), Some(bf16_name.as_str()));
+        let (accuracy, ..) = crate::common::predict_test_images(dir, at, "head.safetensors");
+        let reported = row["test_accuracy"].as_f64().unwrap();
+        assert!(
+            (accuracy - reported).abs() < 1e-3,
+            "{method}: predict {accuracy} vs fit {reported}"
+        );
     }
-    let fit = ok(&fit("tip-adapter", &bf16_name));
-    let row: serde_json::Value = serde_json::from_str(&fit).unwrap();
+    let row = fit("tip-adapter", &bf16_name, &[]);
     let images: Vec<String> = std::fs::read_dir(dir.join("data/class_1"))
         .unwrap()
         .map(|e| e.unwrap().path().display().to_string())

@@ -51,9 +51,15 @@ impl Precision {
 
     /// The precision a recorded fingerprint was made at ([`Precision::fingerprint`]'s inverse).
     pub fn of_fingerprint(fingerprint: &str) -> Precision {
-        match fingerprint.ends_with(BF16_TAG) {
-            true => Precision::Bf16,
-            false => Precision::F32,
+        Precision::split(fingerprint).1
+    }
+
+    /// A recorded fingerprint or a `--model` name (`NAME+bf16` names bfloat16 features) split
+    /// into the model it names and the precision ([`Precision::fingerprint`]'s inverse).
+    pub fn split(tagged: &str) -> (&str, Precision) {
+        match tagged.strip_suffix(BF16_TAG) {
+            Some(model) => (model, Precision::Bf16),
+            None => (tagged, Precision::F32),
         }
     }
 
@@ -106,6 +112,11 @@ mod tests {
         }
         assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::Bf16);
         assert_eq!(Precision::F32.fingerprint("abc"), "abc");
+        assert_eq!(
+            Precision::split("ViT-B-32+bf16"),
+            ("ViT-B-32", Precision::Bf16)
+        );
+        assert_eq!(Precision::split("abc"), ("abc", Precision::F32));
         assert_ne!(Precision::Bf16.fingerprint("abc"), "abc");
         let e = "fp16".parse::<Precision>().unwrap_err().to_string();
         assert!(e.contains("fp16") && e.contains("bf16"), "{e}");

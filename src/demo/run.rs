@@ -617,6 +617,7 @@ pub fn run_demo(o: &DemoOptions, progress: &mut dyn FnMut(DemoEvent)) -> Result<
                 preprocess: preprocess.clone(),
             },
             templates: vec![crate::world::PROMPT.to_string()],
+            precision: crate::clip::Precision::F32,
         })
     };
     let mut finished = 0;

@@ -99,6 +99,7 @@ impl SplitRows {
                 preprocess: d.preprocess.clone(),
             },
             templates: whole.templates.clone(),
+            precision: whole.precision,
         };
         let base = ImageContext {
             images: DrawImages {

@@ -211,13 +211,6 @@ pub enum ExperimentError {
         expected_fingerprint: String,
     },
 
-    #[error(
-        "the features of `{model}` were extracted with --precision bf16; the methods that run \
-         the model's towers (CoOp, CLIP-LoRA) train in f32 against f32 features: extract them \
-         again without --precision bf16"
-    )]
-    Bf16Features { model: String },
-
     /// Loading the model CoOp trains through.
     #[error(transparent)]
     Coop(Box<crate::methods::coop::CoopError>),

@@ -68,14 +68,16 @@ pub fn check_head_model(
 
 /// The text side of model `given` (resolved to `files`) for CoOp, refused unless it is the model
 /// that made the features of `source`: CoOp's prompts are scored against those image features,
-/// so another model's text tower would train prompts for the wrong embedding space.
+/// so another model's text tower would train prompts for the wrong embedding space. Its
+/// frozen products run at the precision the features were made at.
 pub fn prompt_model(
     files: &ModelFiles,
     given: &str,
     source: &RowSource,
 ) -> Result<PromptModel, ExperimentError> {
-    refuse_bf16(source)?;
-    let model = PromptModel::load(files, &model_reference(given), &candle_core::Device::Cpu)
+    let precision = Precision::of_fingerprint(&source.model);
+    let name = model_reference(Precision::split(given).0);
+    let model = PromptModel::load_at(files, &name, precision, &candle_core::Device::Cpu)
         .map_err(|e| ExperimentError::Coop(Box::new(e)))?;
     if model.fingerprint != source.model {
         return Err(ExperimentError::FeaturesModel {
@@ -86,14 +88,4 @@ pub fn prompt_model(
         });
     }
     Ok(model)
-}
-
-/// Refuses features made at bfloat16 for a method that runs the model's towers in f32.
-pub fn refuse_bf16(source: &RowSource) -> Result<(), ExperimentError> {
-    match Precision::of_fingerprint(&source.model) {
-        Precision::Bf16 => Err(ExperimentError::Bf16Features {
-            model: source.model_name.clone(),
-        }),
-        Precision::F32 => Ok(()),
-    }
 }

@@ -353,6 +353,7 @@ fn on_target(protocol: Protocol, source: &ImageContext, target: ImageContext) ->
             _ => target.templates,
         },
         images: target.images,
+        precision: source.precision,
     }
 }
 

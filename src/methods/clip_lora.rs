@@ -186,6 +186,19 @@ enum ImageSide {
     Frozen(Box<Clip>),
 }
 
+impl ImageSide {
+    /// Where `model`'s image features come from, at the precision of `cx`'s features.
+    fn of(model: &LoraClip, cx: &ImageContext) -> Result<Self, MethodError> {
+        Ok(match model.options().encoder.vision() {
+            true => ImageSide::Adapted,
+            false => {
+                let options = crate::clip::LoadOptions::at(cx.precision);
+                ImageSide::Frozen(Box::new(Clip::load_with(&cx.model, &Device::Cpu, options)?))
+            }
+        })
+    }
+}
+
 /// The model inputs of a batch of images, each with the key that seeds its crops (`augment`: a
 /// fresh random crop and flip per image and step, as the reference's loader draws them).
 fn batch_pixels(
@@ -399,11 +412,8 @@ pub fn fit(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Fit, MethodError> {
     check_fit(task, opts, cx)?;
-    let model = LoraClip::load(&cx.model, &opts.lora, opts.seed, &Device::Cpu)?;
-    let side = match opts.lora.encoder.vision() {
-        true => ImageSide::Adapted,
-        false => ImageSide::Frozen(Box::new(Clip::load(&cx.model, &Device::Cpu)?)),
-    };
+    let model = LoraClip::load(&cx.model, &opts.lora, opts.seed, &Device::Cpu)?.at(cx.precision)?;
+    let side = ImageSide::of(&model, cx)?;
     let prompts = prompt_ids(cx, &model, &task.classnames)?;
     // The prompts are fixed, so the frozen text layers below the first adapted one (all of
     // them when the text tower is not adapted) give the same states at every step.
@@ -528,12 +538,9 @@ pub fn accuracy_on(
             labels: labels.len(),
         });
     }
-    let model = LoraClip::load(&cx.model, &head.lora, 0, &Device::Cpu)?;
+    let model = LoraClip::load(&cx.model, &head.lora, 0, &Device::Cpu)?.at(cx.precision)?;
     model.set_vars(&head.tensors()?)?;
-    let side = match head.lora.encoder.vision() {
-        true => ImageSide::Adapted,
-        false => ImageSide::Frozen(Box::new(Clip::load(&cx.model, &Device::Cpu)?)),
-    };
+    let side = ImageSide::of(&model, cx)?;
     let prompts = prompt_ids(cx, &model, classnames)?;
     let classes = to_matrix(&unit_rows(&model.encode_tokens(&prompts)?.detach())?)?;
     let features = test_features(&model, &side, cx)?;

@@ -78,6 +78,9 @@ pub struct ImageContext {
     pub images: DrawImages,
     /// The prompt templates of the task's text features, in order.
     pub templates: Vec<String>,
+    /// The arithmetic the features were made at, which a method running the model's towers
+    /// runs them at too.
+    pub precision: crate::clip::Precision,
 }
 
 /// What the registry knows about a method before any option is set.

@@ -155,22 +155,22 @@ fn image_context(
     observer: &mut dyn RunObserver,
 ) -> Result<crate::methods::ImageContext, RunError> {
     let files = features_model(given, source, hub, observer)?;
-    draw_context(files, given, cache, dataset, draw, templates)
+    let at = (files, Precision::of_fingerprint(&source.model));
+    draw_context(at, given, cache, dataset, draw, templates)
 }
 
 /// The files of the model that made the features of `source`: `given` when it names one
-/// (rather than a fingerprint), else the one the cache records; refused unless its
-/// fingerprint is theirs.
+/// (rather than a fingerprint; `NAME+bf16` names the model `NAME`), else the one the cache
+/// records; refused unless its fingerprint, at the features' precision, is theirs.
 fn features_model(
     given: Option<&str>,
     source: &RowSource,
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<ModelFiles, RunError> {
-    // Before the model is resolved: `--model NAME+bf16` names features, not a model to load.
-    experiment::model::refuse_bf16(source)?;
+    let precision = Precision::of_fingerprint(&source.model);
     let spec = match given {
-        Some(g) if g != source.model => g.to_string(),
+        Some(g) if g != source.model => Precision::split(g).0.to_string(),
         _ => source.model_name.clone(),
     };
     let wrap = |e: RunError| RunError::PromptModel {
@@ -179,11 +179,11 @@ fn features_model(
     };
     let files = resolve_model(&spec, hub, observer).map_err(wrap)?;
     let fingerprint = model_fingerprint(&files).map_err(|e| wrap(e.into()))?;
-    if fingerprint != source.model {
+    if precision.fingerprint(&fingerprint) != source.model {
         return Err(wrap(RunError::from(
             experiment::ExperimentError::FeaturesModel {
                 given: spec.clone(),
-                found: fingerprint,
+                found: precision.fingerprint(&fingerprint),
                 expected: source.model_name.clone(),
                 expected_fingerprint: source.model.clone(),
             },
@@ -193,9 +193,9 @@ fn features_model(
 }
 
 /// A draw's [`ImageContext`](crate::methods::ImageContext) with the model `files` (checked by
-/// [`features_model`]): the images the cache records for its rows.
+/// [`features_model`]) at the features' `precision`: the images the cache records for its rows.
 fn draw_context(
-    files: ModelFiles,
+    (files, precision): (ModelFiles, Precision),
     given: Option<&str>,
     cache: &Path,
     dataset: &str,
@@ -216,6 +216,7 @@ fn draw_context(
         model: files,
         images,
         templates: templates.to_vec(),
+        precision,
     })
 }
 
@@ -228,10 +229,8 @@ fn coop_model(
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<PromptModel, RunError> {
-    // Before the model is resolved: `--model NAME+bf16` names features, not a model to load.
-    experiment::model::refuse_bf16(source)?;
     let spec = match given {
-        Some(g) if g != source.model => g.to_string(),
+        Some(g) if g != source.model => Precision::split(g).0.to_string(),
         _ => source.model_name.clone(),
     };
     let load = |observer: &mut dyn RunObserver| -> Result<PromptModel, RunError> {

@@ -59,9 +59,7 @@ pub fn predict(
     let (loaded, info) = read_head(&spec.head)?;
     let model = spec.model.clone().unwrap_or_else(|| info.model.clone());
     let files = resolve_model(&model, &spec.hub, observer)?;
-    // The images are encoded at the precision of the features the head was trained on.
-    let precision =
-        (info.model_fingerprint.as_deref()).map_or(Precision::F32, Precision::of_fingerprint);
+    let precision = head_precision(&info);
     let fingerprint = model_fingerprint(&files).map_err(|source| RunError::Fingerprint {
         dir: files.dir.clone(),
         source: Box::new(source),
@@ -79,12 +77,12 @@ pub fn predict(
     let head = match loaded {
         Loaded::Features(h) => *h,
         // The learned prompts encoded through the model, now that it is checked.
-        Loaded::Coop(c) => coop_head(&c, &files, &model, &spec.head)?,
+        Loaded::Coop(c) => coop_head(&c, (&files, precision), &model, &spec.head)?,
     };
     let clip = super::load_clip(&files, precision)?;
     // A CLIP-LoRA head scores the features of the model with its own updates.
     let lora = match head.downcast_ref::<LoraHead>() {
-        Some(h) => Some(lora_model(h, &files)?),
+        Some(h) => Some(lora_model(h, &files, precision)?),
         None => None,
     };
     let x = encode(&clip, &head, lora.as_ref(), spec, observer)?;
@@ -129,10 +127,12 @@ pub fn load_head(
     };
     let model = model.map_or_else(|| info.model.clone(), str::to_string);
     let files = resolve_model(&model, hub, observer)?;
+    let precision = head_precision(&info);
     let fingerprint = model_fingerprint(&files).map_err(|source| RunError::Fingerprint {
         dir: files.dir.clone(),
         source: Box::new(source),
     })?;
+    let fingerprint = precision.fingerprint(&fingerprint);
     if let Err(e) = experiment::check_head_model(&info, &model, &fingerprint) {
         if !allow_model_mismatch {
             return Err(RunError::HeadModel {
@@ -142,7 +142,7 @@ pub fn load_head(
         }
         observer.model_mismatch(&e);
     }
-    Ok((coop_head(&c, &files, &model, path)?, info))
+    Ok((coop_head(&c, (&files, precision), &model, path)?, info))
 }
 
 fn read_head(path: &Path) -> Result<(Loaded, HeadInfo), RunError> {
@@ -156,9 +156,21 @@ fn read_head(path: &Path) -> Result<(Loaded, HeadInfo), RunError> {
     }
 }
 
-/// CoOp's head as a zero-shot head: its prompts encoded through the model's text tower.
-fn coop_head(c: &CoopHead, files: &ModelFiles, model: &str, path: &Path) -> Result<Head, RunError> {
-    let prompt = PromptModel::load(files, model, &candle_core::Device::Cpu).map_err(|source| {
+/// The precision of the features a head was trained on, at which its model runs again.
+fn head_precision(info: &HeadInfo) -> Precision {
+    (info.model_fingerprint.as_deref()).map_or(Precision::F32, Precision::of_fingerprint)
+}
+
+/// CoOp's head as a zero-shot head: its prompts encoded through the model's text tower at the
+/// precision it was trained at.
+fn coop_head(
+    c: &CoopHead,
+    (files, precision): (&ModelFiles, Precision),
+    model: &str,
+    path: &Path,
+) -> Result<Head, RunError> {
+    let device = candle_core::Device::Cpu;
+    let prompt = PromptModel::load_at(files, model, precision, &device).map_err(|source| {
         RunError::TextTower {
             dir: files.dir.clone(),
             source: Box::new(source),
@@ -175,10 +187,15 @@ fn coop_head(c: &CoopHead, files: &ModelFiles, model: &str, path: &Path) -> Resu
     Ok(Head::new(crate::methods::zero_shot::ZeroShot::new(&text)))
 }
 
-/// The model with a CLIP-LoRA head's updates, in evaluation.
-fn lora_model(h: &LoraHead, files: &ModelFiles) -> Result<LoraClip, RunError> {
+/// The model with a CLIP-LoRA head's updates, in evaluation, its frozen products at the
+/// `precision` it was trained at.
+fn lora_model(
+    h: &LoraHead,
+    files: &ModelFiles,
+    precision: Precision,
+) -> Result<LoraClip, RunError> {
     let load = || -> Result<LoraClip, crate::methods::MethodError> {
-        let model = LoraClip::load(files, &h.lora, 0, &candle_core::Device::Cpu)?;
+        let model = LoraClip::load(files, &h.lora, 0, &candle_core::Device::Cpu)?.at(precision)?;
         model.set_vars(&h.tensors()?)?;
         Ok(model)
     };

@@ -11,7 +11,7 @@ use super::{
     published_numbers, read_published, RunError, RunObserver,
 };
 use crate::clip::hub::HubOptions;
-use crate::clip::ModelFiles;
+use crate::clip::{ModelFiles, Precision};
 use crate::experiment::grid::run_grid_share;
 use crate::experiment::shard::{self, Shard, ShardManifest, ShardSink};
 use crate::experiment::transfer::{run_transfer_share, Transfer};
@@ -163,7 +163,8 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
         let templates = templates.borrow().get(dataset).cloned().unwrap_or_default();
         let draw = (Shots::K(shots), seed);
         let model = spec.model.as_deref();
-        draw_context(files, model, &spec.cache, dataset, draw, &templates)
+        let at = (files, Precision::of_fingerprint(&source.model));
+        draw_context(at, model, &spec.cache, dataset, draw, &templates)
     };
     let mut configure =
         |i: usize, dataset: &str, seed| spec.overrides.method(kinds[i], dataset, seed);
@@ -474,7 +475,7 @@ fn first_image_model(
     let source = RowSource::of_task(&source);
     let files = features_model(model, &source, &spec.hub, observer)?;
     draw_context(
-        files.clone(),
+        (files.clone(), Precision::of_fingerprint(&source.model)),
         model,
         &spec.cache,
         d,

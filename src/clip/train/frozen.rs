@@ -6,6 +6,13 @@
 //! `xᵀ g`, a third of a step's arithmetic that nobody reads when `W` is a constant). Layer norms,
 //! softmax and quick-GELU are the fused ops of [`super::fused`], which have a backward where
 //! candle's own fused ops have none.
+//!
+//! At [`Precision::Bf16`] both products of a frozen layer, `x Wᵀ` forward and `g W` backward,
+//! round their operands to bfloat16 and sum in f32 ([`crate::kernels::bf16`]), as a step under
+//! `torch.autocast` multiplies (the CLIP-LoRA reference trains under float16 autocast); the
+//! low-rank updates, attention's two products and every other op stay f32.
+
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 
@@ -13,13 +20,77 @@ use super::fused::{FrozenLayerNorm, QuickGelu, Softmax};
 use super::{activate, Block, Linear};
 use crate::clip::error::Result;
 use crate::clip::load::config::Activation;
+use crate::clip::Precision;
+use crate::kernels::bf16::PackedWeight;
+use crate::kernels::ops::Bf16Matmul;
+
+/// A frozen weight `W` (`out × in`) packed twice for bfloat16 products: as itself for the
+/// forward `x Wᵀ`, and transposed for the input gradient `g W`. Packing costs one pass over the
+/// weight at load time; both copies together take the f32 weight's memory again.
+#[derive(Clone)]
+pub(super) struct Bf16Weights {
+    forward: Arc<PackedWeight>,
+    backward: Arc<PackedWeight>,
+}
+
+impl Bf16Weights {
+    fn pack(weight: &Tensor) -> Result<Self> {
+        let (n, k) = weight.dims2()?;
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        let wt = weight.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Bf16Weights {
+            forward: Arc::new(PackedWeight::pack(&w, n, k)),
+            backward: Arc::new(PackedWeight::pack(&wt, k, n)),
+        })
+    }
+}
+
+impl Linear {
+    /// This frozen layer multiplying at `precision` (bfloat16 packs its weight, here, once).
+    pub(super) fn freeze_at(&mut self, precision: Precision) -> Result<()> {
+        self.bf16 = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(Bf16Weights::pack(&self.weight)?),
+        };
+        Ok(())
+    }
+}
+
+impl Block {
+    /// Every linear layer of this frozen block at `precision`.
+    pub(super) fn freeze_at(&mut self, precision: Precision) -> Result<()> {
+        for l in [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.out,
+            &mut self.fc1,
+            &mut self.fc2,
+        ] {
+            l.freeze_at(precision)?;
+        }
+        Ok(())
+    }
+}
 
 /// `x Wᵀ (+ b)` for a frozen `W` (`out × in`, contiguous f32 on the CPU) and bias. The backward
 /// returns the input gradient `g W` only; `W` and `b` get none, being constants. The bias is
 /// the product's starting value, which saves a pass and an output-sized allocation per layer.
+/// With `bf16` both products run on the packed bfloat16 weights.
 struct FrozenMatmul {
     weight: Tensor,
     bias: Option<Vec<f32>>,
+    bf16: Option<Bf16Weights>,
+}
+
+impl FrozenMatmul {
+    fn start(&self, m: usize, n: usize) -> candle_core::Result<Vec<f32>> {
+        Ok(match &self.bias {
+            Some(b) if b.len() == n => b.repeat(m),
+            Some(b) => candle_core::bail!("frozen-matmul: bias of {} for {n} outputs", b.len()),
+            None => vec![0f32; m * n],
+        })
+    }
 }
 
 impl CustomOp1 for FrozenMatmul {
@@ -28,39 +99,30 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = xs.as_slice::<f32>()?;
-        let Some((start, end)) = xl.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul: the input must be contiguous");
-        };
+        let x = crate::kernels::ops::contiguous(xs, xl, "frozen-matmul")?;
         let (m, k) = xl.shape().dims2()?;
         let (n, k2) = self.weight.dims2()?;
         if k != k2 {
             candle_core::bail!("frozen-matmul: input has {k} columns, the weight {k2}");
         }
+        if let Some(p) = &self.bf16 {
+            let mut out = p.forward.abt(x, m);
+            if let Some(b) = &self.bias {
+                if b.len() != n {
+                    candle_core::bail!("frozen-matmul: bias of {} for {n} outputs", b.len());
+                }
+                out.chunks_mut(n)
+                    .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+            }
+            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+        }
         let (storage, wl) = self.weight.storage_and_layout();
         let w = match &*storage {
-            Storage::Cpu(s) => s.as_slice::<f32>()?,
+            Storage::Cpu(s) => crate::kernels::ops::contiguous(s, wl, "frozen-matmul")?,
             _ => candle_core::bail!("frozen-matmul: the weight must be on the CPU"),
         };
-        let Some((ws, we)) = wl.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul: the weight must be contiguous");
-        };
-        let mut out = match &self.bias {
-            Some(b) if b.len() == n => b.repeat(m),
-            Some(b) => candle_core::bail!("frozen-matmul: bias of {} for {n} outputs", b.len()),
-            None => vec![0f32; m * n],
-        };
-        crate::kernels::matmul::gemm(
-            &x[start..end],
-            false,
-            &w[ws..we],
-            true,
-            &mut out,
-            m,
-            k,
-            n,
-            self.bias.is_some(),
-        );
+        let mut out = self.start(m, n)?;
+        crate::kernels::matmul::gemm(x, false, w, true, &mut out, m, k, n, self.bias.is_some());
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -70,7 +132,12 @@ impl CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight)?))
+        Ok(Some(match &self.bf16 {
+            Some(p) => grad
+                .contiguous()?
+                .apply_op1(Bf16Matmul(p.backward.clone()))?,
+            None => grad.matmul(&self.weight)?,
+        }))
     }
 }
 
@@ -88,6 +155,7 @@ pub(super) fn linear2d(l: &Linear, x: &Tensor) -> Result<Tensor> {
         x.apply_op1(FrozenMatmul {
             weight: l.weight.clone(),
             bias,
+            bf16: l.bf16.clone(),
         })?
     } else {
         let y = x.matmul(&l.weight.t()?)?;
@@ -191,4 +259,81 @@ pub(super) fn blocks_forward(
         x = block_forward(&blocks[i], &norms[i], &x, causal, (i, delta))?;
     }
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::bf16::round_bf16;
+    use candle_core::{Device, Var};
+
+    /// `a (m × k) · b (k × n)` in f64 of the bfloat16-rounded operands.
+    fn rounded_product(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|p| round_bf16(a[i * k + p]) as f64 * round_bf16(b[p * n + j]) as f64)
+                    .sum();
+            }
+        }
+        out
+    }
+
+    fn worst(got: &[f32], want: &[f64]) -> f64 {
+        let scale = want.iter().fold(0f64, |s, v| s.max(v.abs()));
+        let diff = (got.iter().zip(want)).fold(0f64, |s, (g, w)| s.max((*g as f64 - w).abs()));
+        diff / scale
+    }
+
+    /// At bfloat16 the forward is `round(x) round(W)ᵀ + b` and the input gradient
+    /// `round(g) round(W)`, both summed in f32: shapes past a kernel tile (13 rows, 37 outputs,
+    /// 21 inputs, an odd count).
+    #[test]
+    fn bf16_products_round_both_operands_forward_and_backward() {
+        let (m, k, n) = (13, 21, 37);
+        let val = |i: usize, s: f32| (i as f32 * s).sin() * 1.3 + 0.01 * i as f32;
+        let w: Vec<f32> = (0..n * k).map(|i| val(i, 0.37)).collect();
+        let b: Vec<f32> = (0..n).map(|i| val(i, 1.1)).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| val(i, 0.61)).collect();
+        let g: Vec<f32> = (0..m * n).map(|i| val(i, 0.23)).collect();
+        let dev = Device::Cpu;
+        let mut layer = Linear {
+            weight: Tensor::from_vec(w.clone(), (n, k), &dev).unwrap(),
+            bias: Some(Tensor::from_vec(b.clone(), n, &dev).unwrap()),
+            bf16: None,
+        };
+        layer.freeze_at(Precision::Bf16).unwrap();
+        let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (m, k), &dev).unwrap()).unwrap();
+        let y = linear2d(&layer, xv.as_tensor()).unwrap();
+        let gt = Tensor::from_vec(g.clone(), (m, n), &dev).unwrap();
+        let grads = (y.clone() * &gt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = grads.get(xv.as_tensor()).unwrap();
+
+        let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        let mut want_y = rounded_product(&x, &wt, (m, k, n));
+        want_y
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v += b[i % n] as f64);
+        let want_dx = rounded_product(&g, &w, (m, n, k));
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let dx = dx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(worst(&y, &want_y) < 1e-6, "forward {}", worst(&y, &want_y));
+        assert!(
+            worst(&dx, &want_dx) < 1e-6,
+            "backward {}",
+            worst(&dx, &want_dx)
+        );
+        // Not the f32 products: those differ from the rounded ones by ~1e-3.
+        layer.freeze_at(Precision::F32).unwrap();
+        let y32 = linear2d(&layer, xv.as_tensor()).unwrap();
+        let y32 = y32.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(worst(&y32, &want_y) > 1e-4, "f32 {}", worst(&y32, &want_y));
+    }
 }

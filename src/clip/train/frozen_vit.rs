@@ -18,6 +18,7 @@ use super::{ImageTower, LayerNorm, Linear};
 use crate::clip::error::Result;
 use crate::clip::load::checkpoint::Checkpoint;
 use crate::clip::load::config::VisionConfig;
+use crate::clip::Precision;
 
 /// A frozen CLIP ViT and its projection.
 pub struct FrozenVisionTower {
@@ -27,6 +28,8 @@ pub struct FrozenVisionTower {
     /// `[layer_norm1, layer_norm2]` per layer.
     norms: Vec<[FrozenLayerNorm; 2]>,
     post_norm: FrozenLayerNorm,
+    /// The patch convolution as one product over flattened patches.
+    patch: Linear,
     projection: Linear,
 }
 
@@ -78,7 +81,14 @@ impl FrozenVisionTower {
         let norms = (tower.layers.iter())
             .map(|b| Ok([frozen(&b.layer_norm1)?, frozen(&b.layer_norm2)?]))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let kernel = &tower.patch_embedding;
+        let patch = Linear {
+            weight: kernel.reshape((c.width, kernel.elem_count() / c.width.max(1)))?,
+            bias: None,
+            bf16: None,
+        };
         Ok(FrozenVisionTower {
+            patch,
             pre_norm: frozen(&tower.pre_layrnorm)?,
             post_norm: frozen(&tower.post_layernorm)?,
             norms,
@@ -90,6 +100,16 @@ impl FrozenVisionTower {
 
     pub fn config(&self) -> &VisionConfig {
         &self.config
+    }
+
+    /// Every frozen product of the tower (patches, blocks, projection) at `precision`.
+    pub fn freeze_at(&mut self, precision: Precision) -> Result<()> {
+        self.patch.freeze_at(precision)?;
+        self.projection.freeze_at(precision)?;
+        for block in &mut self.tower.layers {
+            block.freeze_at(precision)?;
+        }
+        Ok(())
     }
 
     /// Projected, un-normalised image features with `delta` added to the attention
@@ -117,11 +137,7 @@ impl FrozenVisionTower {
     /// `(B, 3, S, S) -> (B, T, width)`
     pub(super) fn tokens_before(&self, pixels: &Tensor, start: usize) -> Result<Tensor> {
         let patches = self.tower.patches(pixels)?;
-        let kernel = Linear {
-            weight: (self.tower.patch_embedding).reshape((self.config.width, patches.dim(2)?))?,
-            bias: None,
-        };
-        let x = self.tower.tokens(&linear2d(&kernel, &patches)?)?;
+        let x = self.tower.tokens(&linear2d(&self.patch, &patches)?)?;
         let x = self.pre_norm.forward(&x)?;
         blocks_forward(self.blocks(), &x, 0..start, false, &NoDelta)
     }

@@ -24,7 +24,7 @@ use crate::clip::error::{Error, Result};
 use crate::clip::load::checkpoint::Checkpoint;
 use crate::clip::load::config::{ClipConfig, VisionTower};
 use crate::clip::model::text::eot_positions;
-use crate::clip::ModelFiles;
+use crate::clip::{ModelFiles, Precision};
 use crate::rng::SplitMix64;
 use crate::unknown_name::UnknownName;
 
@@ -412,6 +412,7 @@ pub struct LoraClip {
     vision: Option<FrozenVisionTower>,
     text_adapters: Option<TowerAdapters>,
     vision_adapters: Option<TowerAdapters>,
+    precision: Precision,
 }
 
 impl LoraClip {
@@ -483,7 +484,24 @@ impl LoraClip {
             vision,
             text_adapters,
             vision_adapters,
+            precision: Precision::F32,
         })
+    }
+
+    /// This model with its frozen products (both towers' linear layers, forward and backward)
+    /// at `precision`; the updates, attention's products and the norms stay f32.
+    pub fn at(mut self, precision: Precision) -> Result<Self> {
+        self.text.freeze_at(precision)?;
+        if let Some(v) = &mut self.vision {
+            v.freeze_at(precision)?;
+        }
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The arithmetic of the frozen products ([`LoraClip::at`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn options(&self) -> &LoraOptions {

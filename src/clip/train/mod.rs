@@ -78,6 +78,11 @@ fn init_std(name: &str, c: &ClipConfig) -> Option<f64> {
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The frozen weight packed for bfloat16 products ([`frozen::Bf16Weights`]); only the
+    /// frozen towers of CLIP-LoRA and CoOp, run at [`Precision::Bf16`], set it.
+    ///
+    /// [`Precision::Bf16`]: crate::clip::Precision::Bf16
+    bf16: Option<frozen::Bf16Weights>,
 }
 
 impl Linear {
@@ -88,6 +93,7 @@ impl Linear {
                 true => Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?),
                 false => None,
             },
+            bf16: None,
         })
     }
 

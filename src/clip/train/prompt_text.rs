@@ -27,7 +27,7 @@ use super::{LayerNorm, Linear, TextTower};
 use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Checkpoint;
 use crate::clip::load::config::{ClipConfig, TextConfig};
-use crate::clip::ModelFiles;
+use crate::clip::{ModelFiles, Precision};
 
 /// A frozen CLIP text tower and projection that back-propagates into its input embeddings.
 pub struct PromptTextEncoder {
@@ -119,6 +119,15 @@ impl PromptTextEncoder {
 
     pub fn config(&self) -> &TextConfig {
         &self.config
+    }
+
+    /// Every frozen product of the tower (blocks, projection) at `precision`.
+    pub fn freeze_at(&mut self, precision: Precision) -> Result<()> {
+        self.text_projection.freeze_at(precision)?;
+        for block in &mut self.tower.layers {
+            block.freeze_at(precision)?;
+        }
+        Ok(())
     }
 
     /// The width of the joint embedding space.

@@ -37,7 +37,7 @@ use super::{
     MethodCard, MethodError, MethodOverrides, Needs, Progress, TextClassifier,
 };
 use crate::clip::train::prompt_text::PromptTextEncoder;
-use crate::clip::ModelFiles;
+use crate::clip::{ModelFiles, Precision};
 use crate::tokenizer::Tokenizer;
 
 /// Where the class name sits among the context vectors (CoOp's `CLASS_TOKEN_POSITION`).
@@ -150,7 +150,19 @@ impl PromptModel {
     /// Loads the text side of a model directory (either layout) and its tokenizer (the
     /// directory's own, else OpenAI's).
     pub fn load(files: &ModelFiles, name: &str, device: &Device) -> Result<Self, CoopError> {
-        let encoder = PromptTextEncoder::load(files, device)?;
+        Self::load_at(files, name, Precision::F32, device)
+    }
+
+    /// [`PromptModel::load`] with the text tower's frozen products at `precision`, which the
+    /// fingerprint then records (as the features made at it do).
+    pub fn load_at(
+        files: &ModelFiles,
+        name: &str,
+        precision: Precision,
+        device: &Device,
+    ) -> Result<Self, CoopError> {
+        let mut encoder = PromptTextEncoder::load(files, device)?;
+        encoder.freeze_at(precision)?;
         let tokenizer = match Tokenizer::from_model_dir(&files.dir).map_err(crate::Error::from)? {
             Some(t) => t,
             None => Tokenizer::openai().map_err(crate::Error::from)?,
@@ -165,7 +177,7 @@ impl PromptModel {
         }
         Ok(PromptModel {
             name: name.to_string(),
-            fingerprint: crate::clip::fingerprint::model_fingerprint(files)?,
+            fingerprint: precision.fingerprint(&crate::clip::fingerprint::model_fingerprint(files)?),
             encoder,
             tokenizer,
         })
