@@ -6,10 +6,11 @@ bench/clip_lora.sh).
 
 `weights` writes open_clip's ViT-B-32 and ViT-B-16 shapes (QuickGELU, as OpenAI's) with random
 weights in the open_clip layout. `time` runs the reference's step (`run_lora` of
-MaxZanella/CLIP-LoRA) in f32 on the CPU: LoRA r 2, α 1, dropout 0.25 on q, k, v of every layer of
-both towers (the attention written as the reference's `PlainMultiheadAttentionLoRA`, the module
-of scripts/fixtures/clip_lora.py), K class prompts "a photo of a {}." through the text tower, a
-batch of 32 images of 224 × 224, cross-entropy of `logit_scale · cos`, backward, AdamW.
+MaxZanella/CLIP-LoRA) on the CPU, in f32 (PRECISION=bf16: under bfloat16 autocast): LoRA r 2,
+α 1, dropout 0.25 on q, k, v of every layer of both towers (the attention written as the
+reference's `PlainMultiheadAttentionLoRA`, the module of scripts/fixtures/clip_lora.py), K class
+prompts "a photo of a {}." through the text tower, a batch of 32 images of 224 × 224,
+cross-entropy of `logit_scale · cos`, backward, AdamW.
 """
 
 import importlib.util
@@ -81,9 +82,15 @@ def time_steps(d, k, threads, steps):
     opt = torch.optim.AdamW(list(named.values()), lr=2e-4, weight_decay=1e-2)
     scale = model.logit_scale.exp().item()
 
+    # PRECISION=bf16: the encoders under CPU autocast, as the reference trains under CUDA
+    # float16 autocast (the loss in f32, as there).
+    precision = os.environ.get("PRECISION", "f32")
+    assert precision in ("f32", "bf16"), f"PRECISION={precision}: expected f32 or bf16"
+
     def step():
-        img = F.normalize(model.encode_image(pixels), dim=-1)
-        txt = F.normalize(model.encode_text(ids), dim=-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            img, txt = model.encode_image(pixels), model.encode_text(ids)
+        img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
         loss = F.cross_entropy(scale * img @ txt.T, labels)
         opt.zero_grad()
         loss.backward()
@@ -95,7 +102,8 @@ def time_steps(d, k, threads, steps):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    print(json.dumps({"impl": "torch", "model": pathlib.Path(d).name, "k": k, "threads": threads,
+    print(json.dumps({"impl": "torch", "model": pathlib.Path(d).name, "precision": precision, "k": k,
+                      "threads": threads,
                       "torch": torch.__version__, "s_per_step": round(statistics.median(times), 4),
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 

@@ -6,14 +6,15 @@
 //! prompts "a photo of a {}." for ImageNet's first K class names, and times the training step
 //! on a batch of 32 random 224 × 224 images: both towers forward and backward, cross-entropy of
 //! `logit_scale · cos`, AdamW. Prints one JSON line with the median seconds per step after one
-//! warm-up step and the peak RSS.
+//! warm-up step and the peak RSS. `PRECISION=bf16` runs the frozen products at bfloat16 (what
+//! `fit` does on features extracted with `--precision bf16`).
 
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clip_adapter::clip::train::lora::{LoraClip, LoraOptions};
-use clip_adapter::clip::ModelFiles;
+use clip_adapter::clip::{ModelFiles, Precision};
 use clip_adapter::methods::clip_lora::{LoraTrainer, StepImages, StepText};
 use clip_adapter::methods::linalg::seeded_rng;
 
@@ -46,7 +47,10 @@ fn main() -> anyhow::Result<()> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/datasets/imagenet_classnames.txt"),
     )?;
     let files = ModelFiles::in_dir(dir)?;
-    let model = LoraClip::load(&files, &LoraOptions::default(), 0, &Device::Cpu)?;
+    let precision: Precision = std::env::var("PRECISION")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()?;
+    let model = LoraClip::load(&files, &LoraOptions::default(), 0, &Device::Cpu)?.at(precision)?;
     model.set_training(Some(1))?;
     let tokenizer = files.tokenizer()?;
     let ctx = model.config().text.context_length;
@@ -84,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     let median = times[times.len() / 2];
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(
-        "{{\"impl\":\"rust\",\"model\":\"{}\",\"k\":{k},\"threads\":\"{threads}\",\"s_per_step\":{median:.4},\"peak_rss_mib\":{:.0}}}",
+        "{{\"impl\":\"rust\",\"model\":\"{}\",\"precision\":\"{precision}\",\"k\":{k},\"threads\":\"{threads}\",\"s_per_step\":{median:.4},\"peak_rss_mib\":{:.0}}}",
         dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
         peak_rss_mib()
     );

@@ -2,6 +2,8 @@
 # CLIP-LoRA training step, ours vs PyTorch, on full-size random ViT-B/32 and ViT-B/16 models
 # (both towers adapted, batch 32, 10 class prompts); the two sides alternate ROUNDS times.
 # Usage: THREADS=2 ROUNDS=2 bench/clip_lora.sh    (PYTHON=path/to/python, default python3)
+# PRECISION=bf16 runs both sides' frozen products in bfloat16: ours as `fit` does on features
+# extracted with --precision bf16, PyTorch's encoders under torch.autocast("cpu", bfloat16).
 set -e
 PY=${PYTHON:-python3}
 THREADS=${THREADS:-2}

@@ -1,8 +1,8 @@
 //! CLIP-LoRA's first low-rank product with its dropout, `(drop(x)) Aᵀ`, as one op: the dropout
-//! mask is kept as one bit per input rather than as a full-size mask tensor and a masked copy
-//! of `x` (two allocations of the activations' size per adapted projection and step, forward
-//! and backward), and the backward forms `dx = (g A) ⊙ mask` and `dA = gᵀ (x ⊙ mask)` in one
-//! pass each. Checked against the composite (mask tensor, product) and finite differences in
+//! mask is kept as one byte per input rather than as a full-size f32 mask tensor and a masked
+//! copy of `x` (two allocations of the activations' size per adapted projection and step,
+//! forward and backward), and the backward forms `dx = (g A) ⊙ mask` and `dA = gᵀ (x ⊙ mask)`
+//! in one pass each. Checked against the composite (mask tensor, product) and finite differences in
 //! the tests below.
 
 use std::sync::Arc;
@@ -10,45 +10,61 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::matmul::dot;
 use crate::kernels::ops::contiguous;
 use crate::rng::SplitMix64;
 
 /// `x` (`N × in`) with inverted dropout, times `Aᵀ` (`A`: `r × in`).
 #[derive(Clone)]
 pub(super) struct DroppedLowRank {
-    /// Bit `n·in + c` set: `x[n, c]` is kept (and scaled by `scale`).
-    keep: Arc<Vec<u64>>,
+    /// 1 where `x[n, c]` (index `n·in + c`) is kept (and scaled by `scale`), 0 where dropped:
+    /// bytes, so that a row's factors unpack in one vectorised pass.
+    keep: Arc<Vec<u8>>,
     scale: f32,
 }
 
 impl DroppedLowRank {
-    /// A fresh mask for `len` inputs, each dropped with probability `p`.
+    /// A fresh mask for `len` inputs, each dropped with probability `p` (one uniform draw per
+    /// input, in order).
     pub(super) fn draw(len: usize, p: f32, rng: &mut SplitMix64) -> Self {
-        let keep = (0..len.div_ceil(64))
-            .map(|_| {
-                (0..64).fold(0u64, |bits, i| match rng.uniform() < p {
-                    true => bits,
-                    false => bits | (1 << i),
-                })
-            })
-            .collect();
+        let keep = (0..len).map(|_| u8::from(rng.uniform() >= p)).collect();
         DroppedLowRank {
             keep: Arc::new(keep),
             scale: 1.0 / (1.0 - p),
         }
     }
 
+    #[cfg(test)]
     fn factor(&self, i: usize) -> f32 {
-        match (self.keep[i / 64] >> (i % 64)) & 1 {
-            1 => self.scale,
-            _ => 0.0,
+        f32::from(self.keep[i]) * self.scale
+    }
+
+    /// Row `row`'s factors (`scale` where kept, 0 where dropped) into `m`, one per input,
+    /// unpacked once per row so that the products below run on plain slices.
+    fn row_factors(&self, row: usize, m: &mut [f32]) {
+        let keep = &self.keep[row * m.len()..][..m.len()];
+        for (f, &k) in m.iter_mut().zip(keep) {
+            *f = f32::from(k) * self.scale;
         }
+    }
+
+    /// `xm = x[row] ⊙ mask[row]`.
+    fn masked_row(&self, x: &[f32], row: usize, xm: &mut [f32]) {
+        let width = xm.len();
+        self.row_factors(row, xm);
+        (xm.iter_mut())
+            .zip(&x[row * width..][..width])
+            .for_each(|(m, v)| *m *= v);
     }
 
     pub(super) fn forward(&self, x: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
         x.contiguous()?.apply_op2(&a.contiguous()?, self.clone())
     }
 }
+
+/// Rows per task of the backward's `dA` sums: fixed, so that the partial sums, and their
+/// order, do not depend on the thread count (a fit is reproducible across machines).
+const ROWS_PER_SUM: usize = 64;
 
 fn dims(xl: &Layout, al: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     let (n, width) = xl.shape().dims2()?;
@@ -76,19 +92,22 @@ impl CustomOp2 for DroppedLowRank {
             contiguous(xs, xl, self.name())?,
             contiguous(as_, al, self.name())?,
         );
-        if self.keep.len() * 64 < n * width {
+        if self.keep.len() < n * width {
             candle_core::bail!("dropped-low-rank: the mask covers fewer inputs than x has");
         }
         let mut out = vec![0f32; n * r];
-        out.par_chunks_mut(r).enumerate().for_each(|(row, o)| {
-            let xr = &x[row * width..(row + 1) * width];
-            for (j, oj) in o.iter_mut().enumerate() {
-                let ar = &a[j * width..(j + 1) * width];
-                *oj = (0..width)
-                    .map(|c| xr[c] * self.factor(row * width + c) * ar[c])
-                    .sum();
-            }
-        });
+        out.par_chunks_mut(r.max(1))
+            .enumerate()
+            .with_min_len(16)
+            .for_each_init(
+                || vec![0f32; width],
+                |xm, (row, o)| {
+                    self.masked_row(x, row, xm);
+                    for (j, oj) in o.iter_mut().enumerate() {
+                        *oj = dot(xm, &a[j * width..][..width]);
+                    }
+                },
+            );
         Ok((CpuStorage::F32(out), Shape::from((n, r))))
     }
 
@@ -101,34 +120,52 @@ impl CustomOp2 for DroppedLowRank {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, width) = x.dims2()?;
         let r = a.dim(0)?;
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
         let av = a.flatten_all()?.to_vec1::<f32>()?;
         let gv = g.flatten_all()?.to_vec1::<f32>()?;
         // dx[n, c] = mask · Σ_j g[n, j] A[j, c]
         let mut dx = vec![0f32; n * width];
-        dx.par_chunks_mut(width).enumerate().for_each(|(row, d)| {
-            let gr = &gv[row * r..(row + 1) * r];
-            for (c, dc) in d.iter_mut().enumerate() {
-                let f = self.factor(row * width + c);
-                if f != 0.0 {
-                    *dc = f * (0..r).map(|j| gr[j] * av[j * width + c]).sum::<f32>();
+        dx.par_chunks_mut(width.max(1))
+            .enumerate()
+            .with_min_len(8)
+            .for_each_init(
+                || vec![0f32; width],
+                |m, (row, d)| {
+                    for j in 0..r {
+                        let gj = gv[row * r + j];
+                        let aj = &av[j * width..][..width];
+                        d.iter_mut().zip(aj).for_each(|(d, a)| *d += gj * a);
+                    }
+                    self.row_factors(row, m);
+                    d.iter_mut().zip(m.iter()).for_each(|(d, m)| *d *= m);
+                },
+            );
+        // dA[j, c] = Σ_n g[n, j] · mask · x[n, c]: partial sums over fixed row blocks, added
+        // in block order.
+        let (storage, xl) = x.storage_and_layout();
+        let xv = match &*storage {
+            candle_core::Storage::Cpu(s) => contiguous(s, xl, self.name())?,
+            _ => candle_core::bail!("dropped-low-rank: x must be on the CPU"),
+        };
+        let partials: Vec<Vec<f32>> = (0..n.div_ceil(ROWS_PER_SUM))
+            .into_par_iter()
+            .map(|block| {
+                let mut da = vec![0f32; r * width];
+                let mut xm = vec![0f32; width];
+                for row in block * ROWS_PER_SUM..((block + 1) * ROWS_PER_SUM).min(n) {
+                    self.masked_row(xv, row, &mut xm);
+                    for (j, daj) in da.chunks_mut(width.max(1)).enumerate() {
+                        let gj = gv[row * r + j];
+                        daj.iter_mut().zip(&xm).for_each(|(d, v)| *d += gj * v);
+                    }
                 }
-            }
-        });
-        // dA[j, c] = Σ_n g[n, j] · mask · x[n, c], by column blocks so that rows stay streamed.
+                da
+            })
+            .collect();
+        drop(storage);
         let mut da = vec![0f32; r * width];
-        da.par_chunks_mut(width).enumerate().for_each(|(j, d)| {
-            for row in 0..n {
-                let gj = gv[row * r + j];
-                if gj == 0.0 {
-                    continue;
-                }
-                let xr = &xv[row * width..(row + 1) * width];
-                for (c, dc) in d.iter_mut().enumerate() {
-                    *dc += gj * self.factor(row * width + c) * xr[c];
-                }
-            }
-        });
+        for p in partials {
+            da.iter_mut().zip(&p).for_each(|(d, v)| *d += v);
+        }
         let dx = Tensor::from_vec(dx, (n, width), x.device())?;
         let da = Tensor::from_vec(da, (r, width), a.device())?;
         Ok((Some(dx), Some(da)))

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 use crate::kernels::ops::contiguous;
+use crate::kernels::vmath;
 
 /// Rows per rayon task: small rows are cheap, and too fine a split costs more than it saves.
 const ROWS_PER_TASK: usize = 16;
@@ -245,10 +246,6 @@ pub struct QuickGelu;
 
 const QUICK_GELU_K: f32 = 1.702;
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 impl QuickGelu {
     pub fn forward(x: &Tensor) -> candle_core::Result<Tensor> {
         x.contiguous()?.apply_op1(QuickGelu)
@@ -262,9 +259,8 @@ impl CustomOp1 for QuickGelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         rowwise(self.name(), s, l, |_, row, out| {
-            for (o, v) in out.iter_mut().zip(row) {
-                *o = v * sigmoid(QUICK_GELU_K * v);
-            }
+            out.copy_from_slice(row);
+            vmath::bias_quick_gelu(out, None);
         })
     }
 
@@ -291,8 +287,11 @@ impl CustomOp2 for QuickGeluInputGrad {
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         rowwise2(self.name(), (xs, xl), (gs, gl), |xr, gr, out| {
+            // exp(-1.702 x) on the vector `exp`, then σ and the product in a plain loop.
+            out.copy_from_slice(xr);
+            vmath::exp_scaled_sum(out, -QUICK_GELU_K, 0.0);
             for ((o, v), gv) in out.iter_mut().zip(xr).zip(gr) {
-                let s = sigmoid(QUICK_GELU_K * v);
+                let s = 1.0 / (1.0 + *o);
                 *o = gv * (s + QUICK_GELU_K * v * s * (1.0 - s));
             }
         })
