@@ -92,8 +92,16 @@ def time_steps(d, k, threads, steps, batch=32, n_ctx=16):
     labels = torch.randint(0, k, (batch,), generator=g)
     scale = text.logit_scale().detach()
 
+    # PRECISION=bf16: the text tower under CPU bfloat16 autocast (CoOp's reference trains its
+    # CLIP in float16 by default, `TRAINER.COOP.PREC fp16`, or under autocast with `amp`); the
+    # loss in f32.
+    precision = os.environ.get("PRECISION", "f32")
+    assert precision in ("f32", "bf16"), f"PRECISION={precision}: expected f32 or bf16"
+
     def step():
-        txt = F.normalize(text.encode(learner(ctx), learner.tokenized), dim=-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            txt = text.encode(learner(ctx), learner.tokenized)
+        txt = F.normalize(txt.float(), dim=-1)
         loss = F.cross_entropy(scale * F.normalize(img, dim=-1) @ txt.t(), labels)
         opt.zero_grad()
         loss.backward()
@@ -106,7 +114,8 @@ def time_steps(d, k, threads, steps, batch=32, n_ctx=16):
         step()
         times.append(time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"impl": "pytorch", "model": os.path.basename(d.rstrip("/")), "k": k,
+    print(json.dumps({"impl": "pytorch", "model": os.path.basename(d.rstrip("/")),
+                      "precision": precision, "k": k,
                       "threads": threads, "tokens": int(learner.tokenized.shape[1]),
                       "s_per_step": statistics.median(times), "peak_rss_mib": round(rss),
                       "cpu_capability": torch.backends.cpu.get_cpu_capability()}))

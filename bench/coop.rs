@@ -5,12 +5,14 @@
 //! end), and times the training step: prompts cut at their end token, text features, logits of a
 //! batch of 32 image features, cross-entropy, backward into the context, SGD. Prints one JSON
 //! line with the median seconds per step after one warm-up step and the peak RSS.
+//! `PRECISION=bf16` runs the text tower's frozen products at bfloat16 (what `fit` does on
+//! features extracted with `--precision bf16`).
 
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
-use clip_adapter::clip::ModelFiles;
+use clip_adapter::clip::{ModelFiles, Precision};
 use clip_adapter::methods::coop::prompt_learner::initial_context;
 use clip_adapter::methods::coop::{loss_and_grad, ClassPosition, PromptModel};
 use clip_adapter::methods::linalg::seeded_rng;
@@ -51,7 +53,11 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|l| l.split_once(' ').map(|(_, n)| n.to_string()))
         .collect();
     let files = ModelFiles::in_dir(dir)?;
-    let model = PromptModel::load(&files, &dir.display().to_string(), &Device::Cpu)?;
+    let precision: Precision = std::env::var("PRECISION")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()?;
+    let name = dir.display().to_string();
+    let model = PromptModel::load_at(&files, &name, precision, &Device::Cpu)?;
     let (mut ctx, n_ctx) = initial_context(&model.encoder, &model.tokenizer, None, 16, None, 1)?;
     let learner = model.learner(&classnames, n_ctx, false, ClassPosition::End)?;
     let e = model.encoder.embed_dim();
@@ -76,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     let median = times[times.len() / 2];
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(
-        "{{\"impl\":\"rust\",\"model\":\"{}\",\"k\":{k},\"threads\":\"{threads}\",\"tokens\":{},\"s_per_step\":{median:.4},\"peak_rss_mib\":{:.0},\"simd\":\"{}\"}}",
+        "{{\"impl\":\"rust\",\"model\":\"{}\",\"precision\":\"{precision}\",\"k\":{k},\"threads\":\"{threads}\",\"tokens\":{},\"s_per_step\":{median:.4},\"peak_rss_mib\":{:.0},\"simd\":\"{}\"}}",
         dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
         learner.prompt_len(),
         peak_rss_mib(),

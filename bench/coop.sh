@@ -2,6 +2,8 @@
 # CoOp training step, ours vs PyTorch, on full-size random ViT-B/32 and RN50 text towers,
 # 10 and 100 classes, batch 32, 16 context vectors; the two sides alternate ROUNDS times.
 # Usage: THREADS=2 ROUNDS=2 bench/coop.sh    (PYTHON=path/to/python, default python3)
+# PRECISION=bf16 runs both text towers' products in bfloat16: ours as `fit` does on features
+# extracted with --precision bf16, PyTorch's under torch.autocast("cpu", bfloat16).
 set -e
 PY=${PYTHON:-python3}
 THREADS=${THREADS:-2}
