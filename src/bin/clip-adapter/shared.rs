@@ -81,7 +81,8 @@ pub struct CacheArgs {
     #[arg(long, default_value = "clip-adapter-cache", value_name = "DIR")]
     pub cache: PathBuf,
     /// Pick the model's features when the cache holds several (the name given to extract,
-    /// NAME+bf16 for its `--precision bf16` features, or the fingerprint). CoOp trains through this model's text tower [default: the model the
+    /// NAME+bf16 for its `--precision bf16` features, or the fingerprint). CoOp and CLIP-LoRA
+    /// train through this model's towers, at bf16 on bf16 features [default: the model the
     /// cache records]; one whose content differs from the features' model is refused.
     #[arg(long)]
     pub model: Option<String>,
