@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor, D};
 use clip_adapter::clip::hub::HubOptions;
-use clip_adapter::clip::ModelFiles;
+use clip_adapter::clip::{ModelFiles, Precision};
 use clip_adapter::experiment::{
     fit_row, model_reference, ExperimentError, FitInputs, GridMethod, MethodOverrides, RowSource,
     RowSpec, Validation,
@@ -419,14 +419,14 @@ pub fn fit(
         .map(|m| float_rows(m, "text_mean").map(|r| r.to_matrix()))
         .transpose()?;
     let classnames = classnames_of(classnames, k)?;
-    let (clip_scale, model_name, fingerprint, files) = match &model {
+    let (clip_scale, model_name, fingerprint, at) = match &model {
         Some(m) => {
             let m = m.get();
             (
                 Some(m.clip.logit_scale()),
                 m.spec.clone(),
                 Some(m.fingerprint_of(py)?),
-                Some(m.files.clone()),
+                Some((m.files.clone(), m.clip.precision())),
             )
         }
         None => (None, String::new(), None, None),
@@ -460,7 +460,7 @@ pub fn fit(
     };
     let mut p = Progress::new(py, progress)?;
     let fitted = py.detach(|| -> PyResult<_> {
-        let prompt = text_tower(kind, files.as_ref(), &model_name)?;
+        let prompt = text_tower(kind, at.as_ref(), &model_name)?;
         let spec = RowSpec {
             method: &grid_method,
             dataset,
@@ -533,16 +533,22 @@ fn configure(
     ))
 }
 
-/// The text tower a method trains through (CoOp), from the model given to `fit`.
+/// The text tower a method trains through (CoOp), from the model given to `fit`, at that
+/// model's precision (its features' arithmetic).
 fn text_tower(
     kind: MethodKind,
-    files: Option<&ModelFiles>,
+    model: Option<&(ModelFiles, Precision)>,
     model_name: &str,
 ) -> PyResult<Option<PromptModel>> {
-    match (kind.card().needs, files) {
-        (clip_adapter::methods::Needs::TextTower, Some(files)) => Ok(Some(
-            PromptModel::load(files, &model_reference(model_name), &Device::Cpu)
-                .or_raise(Kind::Model)?,
+    match (kind.card().needs, model) {
+        (clip_adapter::methods::Needs::TextTower, Some((files, precision))) => Ok(Some(
+            PromptModel::load_at(
+                files,
+                &model_reference(model_name),
+                *precision,
+                &Device::Cpu,
+            )
+            .or_raise(Kind::Model)?,
         )),
         (clip_adapter::methods::Needs::TextTower, None) => Err(input(format!(
             "{} trains prompts through the model's text tower: pass model= (the Clip that made \

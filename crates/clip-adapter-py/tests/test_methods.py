@@ -5,6 +5,7 @@ errors are the documented exceptions; large inputs are read in place."""
 from __future__ import annotations
 
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -210,3 +211,21 @@ def test_prolip_takes_the_models_projection(workdir, clip):
     assert a.input == "pre-projection"
     b = ca.fit("prolip", **task.fit_arguments(), epochs=2, progress=False)
     np.testing.assert_array_equal(a.logits(pre["test"]), b.logits(pre["test"]))
+
+
+def test_coop_on_arrays_trains_through_the_text_tower_at_the_models_precision(workdir, clip):
+    # Features encoded at bf16 come with a bf16 model: CoOp's text tower then multiplies in
+    # bfloat16 too, and the head records the bf16 model.
+    task = ca.load_cached_task(DATASET, 2, 1, cache=workdir / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU without AVX512-BF16 is warned
+        low = ca.Clip.load(str(TINY_CLIP), precision="bf16", progress=False)
+    args = dict(**task.fit_arguments(), dataset=DATASET, seed=1, epochs=3, progress=False)
+    full = ca.fit("coop", **args, model=clip)
+    half = ca.fit("coop", **args, model=low)
+    assert half.info["model_fingerprint"] == low.fingerprint
+    assert low.fingerprint == clip.fingerprint + "+bf16"
+    test_x = task.test[0]
+    a, b = full.logits(test_x), half.logits(test_x)
+    rel = np.abs(a - b).max() / np.abs(a).max()
+    assert 1e-6 < rel < 2e-2, rel
