@@ -166,19 +166,7 @@ fn loss_of(model: &LoraClip, px: &Tensor, prompts: &[Vec<u32>], labels: &[u32]) 
 #[test]
 fn gradients_match_finite_differences() {
     let case = case("vision-qkvo-up");
-    let mut opts = options(&case.meta);
-    opts.encoder = "both".parse().unwrap();
-    opts.position = "all".parse().unwrap();
-    let model = LoraClip::load(&model_files(), &opts, 3, &Device::Cpu).unwrap();
-    // Non-zero B everywhere (fresh B is zero).
-    for (i, (_, var)) in model.vars().iter().enumerate() {
-        let n = var.elem_count();
-        let v: Vec<f32> = (0..n)
-            .map(|j| 0.05 * ((i * 31 + j * 7) as f32 * 0.37).sin())
-            .collect();
-        var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-            .unwrap();
-    }
+    let model = model_with_updates(&case, Precision::F32);
     let px = pixels(0, 3, 48, 5.0);
     let prompts = ids(&case);
     let labels = [0u32, 2, 1];

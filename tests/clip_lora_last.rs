@@ -269,32 +269,8 @@ fn fit_with_lora_last_gives_the_full_depth_row_and_its_head_round_trips() {
         .and_then(|m| m.get("lora_position").cloned());
     assert_eq!(position.as_deref(), Some("last:1"));
 
-    let q = clip_adapter::features::task::CacheQuery::new(
-        tmp.path().join("cache"),
-        &dataset,
-        clip_adapter::features::task::Shots::K(2),
-        1,
-    );
-    let test = clip_adapter::features::task::draw_images(&q).unwrap().test;
-    let paths: Vec<String> = test.iter().map(|p| p.display().to_string()).collect();
-    let mut args = vec!["predict", "--adapter", "last.safetensors", "--json"];
-    args.extend(paths.iter().map(String::as_str));
-    let predicted: serde_json::Value =
-        serde_json::from_str(&ok(&cli_in(tmp.path(), &args))).unwrap();
-    let correct = (predicted["results"].as_array().unwrap().iter())
-        .zip(&test)
-        .filter(|(r, path)| {
-            let class = path
-                .parent()
-                .unwrap()
-                .file_name()
-                .unwrap()
-                .to_string_lossy();
-            let label = class.trim_start_matches("class_").parse::<u64>().unwrap();
-            r["predictions"][0]["index"].as_u64() == Some(label)
-        })
-        .count();
-    let accuracy = 100.0 * correct as f64 / test.len() as f64;
+    let (accuracy, ..) =
+        crate::common::predict_test_images(tmp.path(), (&dataset, None), "last.safetensors");
     let reported = last["test_accuracy"].as_f64().unwrap();
     assert!(
         (accuracy - reported).abs() < 1e-3,
