@@ -14,22 +14,16 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clip_adapter::clip::train::lora::{LoraClip, LoraOptions};
-use clip_adapter::clip::{ModelFiles, Precision};
+use clip_adapter::clip::ModelFiles;
 use clip_adapter::methods::clip_lora::{LoraTrainer, StepImages, StepText};
 use clip_adapter::methods::linalg::seeded_rng;
+
+#[path = "process.rs"]
+mod process;
 
 // The allocator and setting of the `clip-adapter` binary, whose `fit` this step is part of.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() -> anyhow::Result<()> {
     clip_adapter::kernels::alloc::keep_freed_memory();
@@ -47,9 +41,7 @@ fn main() -> anyhow::Result<()> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/datasets/imagenet_classnames.txt"),
     )?;
     let files = ModelFiles::in_dir(dir)?;
-    let precision: Precision = std::env::var("PRECISION")
-        .unwrap_or_else(|_| "f32".into())
-        .parse()?;
+    let precision = process::precision()?;
     let model = LoraClip::load(&files, &LoraOptions::default(), 0, &Device::Cpu)?.at(precision)?;
     model.set_training(Some(1))?;
     let tokenizer = files.tokenizer()?;
@@ -90,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{{\"impl\":\"rust\",\"model\":\"{}\",\"precision\":\"{precision}\",\"k\":{k},\"threads\":\"{threads}\",\"s_per_step\":{median:.4},\"peak_rss_mib\":{:.0}}}",
         dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-        peak_rss_mib()
+        process::peak_rss_mib()
     );
     Ok(())
 }

@@ -12,25 +12,19 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
-use clip_adapter::clip::{ModelFiles, Precision};
+use clip_adapter::clip::ModelFiles;
 use clip_adapter::methods::coop::prompt_learner::initial_context;
 use clip_adapter::methods::coop::{loss_and_grad, ClassPosition, PromptModel};
 use clip_adapter::methods::linalg::seeded_rng;
 use clip_adapter::methods::optim::Sgd;
 use clip_adapter::methods::Matrix;
 
+#[path = "process.rs"]
+mod process;
+
 // The allocator and setting of the `clip-adapter` binary, whose `fit` this step is part of.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() -> anyhow::Result<()> {
     clip_adapter::kernels::alloc::keep_freed_memory();
@@ -53,9 +47,7 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|l| l.split_once(' ').map(|(_, n)| n.to_string()))
         .collect();
     let files = ModelFiles::in_dir(dir)?;
-    let precision: Precision = std::env::var("PRECISION")
-        .unwrap_or_else(|_| "f32".into())
-        .parse()?;
+    let precision = process::precision()?;
     let name = dir.display().to_string();
     let model = PromptModel::load_at(&files, &name, precision, &Device::Cpu)?;
     let (mut ctx, n_ctx) = initial_context(&model.encoder, &model.tokenizer, None, 16, None, 1)?;
@@ -85,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         "{{\"impl\":\"rust\",\"model\":\"{}\",\"precision\":\"{precision}\",\"k\":{k},\"threads\":\"{threads}\",\"tokens\":{},\"s_per_step\":{median:.4},\"peak_rss_mib\":{:.0},\"simd\":\"{}\"}}",
         dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()),
         learner.prompt_len(),
-        peak_rss_mib(),
+        process::peak_rss_mib(),
         clip_adapter::kernels::matmul::simd_summary()
     );
     Ok(())

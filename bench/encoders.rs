@@ -19,6 +19,8 @@ use clip_adapter::kernels::matmul::{gemm, simd_summary};
 
 #[path = "cpu.rs"]
 mod cpu;
+#[path = "process.rs"]
+mod process;
 use cpu::cpu_model;
 
 #[global_allocator]
@@ -133,15 +135,6 @@ fn check_parity(what: &str, diff: f32, scale: f32, bound: f32) -> anyhow::Result
     Ok(())
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() -> anyhow::Result<()> {
     clip_adapter::kernels::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args()
@@ -156,9 +149,7 @@ fn main() -> anyhow::Result<()> {
         .num_threads(threads)
         .build_global()?;
     // PRECISION=bf16: the opt-in bfloat16 products (bench/run.sh passes it to both sides).
-    let precision: Precision = std::env::var("PRECISION")
-        .unwrap_or_else(|_| "f32".into())
-        .parse()?;
+    let precision = process::precision()?;
     let options = LoadOptions::at(precision);
     let clip = Clip::load_with(&ModelFiles::in_dir(dir.as_ref())?, &Device::Cpu, options)?;
     // Full-size parity: the reference's embeddings of two random images (bench/make_weights.py).
@@ -242,7 +233,7 @@ fn main() -> anyhow::Result<()> {
         "page_faults_per_call": faults,
         "cpu": cpu_model(),
         "simd": simd_summary(),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": process::peak_rss_mib(),
         "parity": check,
     });
     println!("{doc}");
