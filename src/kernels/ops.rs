@@ -56,25 +56,30 @@ impl InplaceOp1 for BiasAct {
             CpuStorage::F32(data) => &mut data[start..end],
             _ => candle_core::bail!("bias-act: expected f32"),
         };
-        let (bias, act) = (self.bias.as_deref(), self.act);
-        // Rows of at least ~16k values per task keep rayon's overhead negligible.
-        let rows_per_task = (16384 / cols).max(1);
-        data.par_chunks_mut(cols * rows_per_task).for_each(|chunk| {
-            for row in chunk.chunks_mut(cols) {
-                match act {
-                    Some(Activation::QuickGelu) => bias_quick_gelu(row, bias),
-                    Some(Activation::GeluTanh) => bias_gelu_tanh(row, bias),
-                    Some(Activation::Gelu) => bias_gelu_erf(row, bias),
-                    None => {
-                        if let Some(b) = bias {
-                            row.iter_mut().zip(b).for_each(|(x, b)| *x += b)
-                        }
+        bias_act_rows(data, cols, self.bias.as_deref(), self.act);
+        Ok(())
+    }
+}
+
+/// `row = act(row + bias)` for each row of `cols` values of `data`, rows in parallel.
+pub fn bias_act_rows(data: &mut [f32], cols: usize, bias: Option<&[f32]>, act: Option<Activation>) {
+    let cols = cols.max(1);
+    // Rows of at least ~16k values per task keep rayon's overhead negligible.
+    let rows_per_task = (16384 / cols).max(1);
+    data.par_chunks_mut(cols * rows_per_task).for_each(|chunk| {
+        for row in chunk.chunks_mut(cols) {
+            match act {
+                Some(Activation::QuickGelu) => bias_quick_gelu(row, bias),
+                Some(Activation::GeluTanh) => bias_gelu_tanh(row, bias),
+                Some(Activation::Gelu) => bias_gelu_erf(row, bias),
+                None => {
+                    if let Some(b) = bias {
+                        row.iter_mut().zip(b).for_each(|(x, b)| *x += b)
                     }
                 }
             }
-        });
-        Ok(())
-    }
+        }
+    });
 }
 
 /// Scaled dot-product attention over `qkv` of shape (B, L, 3·D) laid out as [q | k | v], each

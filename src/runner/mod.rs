@@ -154,48 +154,58 @@ fn image_context(
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<crate::methods::ImageContext, RunError> {
-    let files = features_model(given, source, hub, observer)?;
-    let at = (files, Precision::of_fingerprint(&source.model));
-    draw_context(at, given, cache, dataset, draw, templates)
+    let model = features_model(given, source, hub, observer)?;
+    draw_context(model, given, cache, dataset, draw, templates)
 }
 
-/// The files of the model that made the features of `source`: `given` when it names one
-/// (rather than a fingerprint; `NAME+bf16` names the model `NAME`), else the one the cache
-/// records; refused unless its fingerprint, at the features' precision, is theirs.
+/// The model to load for the features of `source`: `given` when it names one rather than a
+/// fingerprint (`NAME+bf16`, which names bfloat16 features, names the model `NAME`), else the
+/// one the cache records.
+fn model_spec(given: Option<&str>, source: &RowSource) -> String {
+    match given {
+        Some(g) if g != source.model => Precision::split(g).0.to_string(),
+        _ => source.model_name.clone(),
+    }
+}
+
+/// A model's files and the precision its features were made at, which a method running its
+/// towers runs them at.
+type ModelAt = (ModelFiles, Precision);
+
+/// The model that made the features of `source` ([`model_spec`]), at their precision; refused
+/// unless its fingerprint, at that precision, is theirs.
 fn features_model(
     given: Option<&str>,
     source: &RowSource,
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
-) -> Result<ModelFiles, RunError> {
+) -> Result<ModelAt, RunError> {
     let precision = Precision::of_fingerprint(&source.model);
-    let spec = match given {
-        Some(g) if g != source.model => Precision::split(g).0.to_string(),
-        _ => source.model_name.clone(),
-    };
+    let spec = model_spec(given, source);
     let wrap = |e: RunError| RunError::PromptModel {
         spec: spec.clone(),
         source: Box::new(e),
     };
     let files = resolve_model(&spec, hub, observer).map_err(wrap)?;
     let fingerprint = model_fingerprint(&files).map_err(|e| wrap(e.into()))?;
-    if precision.fingerprint(&fingerprint) != source.model {
+    let fingerprint = precision.fingerprint(&fingerprint);
+    if fingerprint != source.model {
         return Err(wrap(RunError::from(
             experiment::ExperimentError::FeaturesModel {
                 given: spec.clone(),
-                found: precision.fingerprint(&fingerprint),
+                found: fingerprint,
                 expected: source.model_name.clone(),
                 expected_fingerprint: source.model.clone(),
             },
         )));
     }
-    Ok(files)
+    Ok((files, precision))
 }
 
-/// A draw's [`ImageContext`](crate::methods::ImageContext) with the model `files` (checked by
-/// [`features_model`]) at the features' `precision`: the images the cache records for its rows.
+/// A draw's [`ImageContext`](crate::methods::ImageContext) with the model found by
+/// [`features_model`]: the images the cache records for its rows.
 fn draw_context(
-    (files, precision): (ModelFiles, Precision),
+    (files, precision): ModelAt,
     given: Option<&str>,
     cache: &Path,
     dataset: &str,
@@ -220,19 +230,15 @@ fn draw_context(
     })
 }
 
-/// The model CoOp trains through: `given` when it names one (rather than a fingerprint), else
-/// the one the cache records as having made the features; refused unless its fingerprint is
-/// theirs.
+/// The model CoOp trains through ([`model_spec`]), at the features' precision; refused unless
+/// its fingerprint is theirs.
 fn coop_model(
     given: Option<&str>,
     source: &RowSource,
     hub: &HubOptions,
     observer: &mut dyn RunObserver,
 ) -> Result<PromptModel, RunError> {
-    let spec = match given {
-        Some(g) if g != source.model => Precision::split(g).0.to_string(),
-        _ => source.model_name.clone(),
-    };
+    let spec = model_spec(given, source);
     let load = |observer: &mut dyn RunObserver| -> Result<PromptModel, RunError> {
         let files = resolve_model(&spec, hub, observer)?;
         Ok(experiment::prompt_model(&files, &spec, source)?)

@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use super::{
     check_cached, coop_model, create_out, draw_context, features_model, load_draw,
-    published_numbers, read_published, RunError, RunObserver,
+    published_numbers, read_published, ModelAt, RunError, RunObserver,
 };
 use crate::clip::hub::HubOptions;
-use crate::clip::{ModelFiles, Precision};
 use crate::experiment::grid::run_grid_share;
 use crate::experiment::shard::{self, Shard, ShardManifest, ShardSink};
 use crate::experiment::transfer::{run_transfer_share, Transfer};
@@ -151,19 +150,18 @@ pub fn run(spec: &RunSpec, observer: &mut dyn RunObserver) -> Result<RunOutcome,
     };
     // The model is checked once; each draw's images are read from the cache's record.
     let mut images = |dataset: &str, shots, seed, source: &RowSource| {
-        let files = match image_model.as_ref().filter(|(f, _)| *f == source.model) {
-            Some((_, files)) => files.clone(),
+        let at = match image_model.as_ref().filter(|(f, _)| *f == source.model) {
+            Some((_, at)) => at.clone(),
             None => {
                 let obs = &mut **observer.borrow_mut();
-                let files = features_model(spec.model.as_deref(), source, &spec.hub, obs)?;
-                image_model = Some((source.model.clone(), files.clone()));
-                files
+                let at = features_model(spec.model.as_deref(), source, &spec.hub, obs)?;
+                image_model = Some((source.model.clone(), at.clone()));
+                at
             }
         };
         let templates = templates.borrow().get(dataset).cloned().unwrap_or_default();
         let draw = (Shots::K(shots), seed);
         let model = spec.model.as_deref();
-        let at = (files, Precision::of_fingerprint(&source.model));
         draw_context(at, model, &spec.cache, dataset, draw, &templates)
     };
     let mut configure =
@@ -459,7 +457,7 @@ fn first_image_model(
     spec: &RunSpec,
     kinds: &[MethodKind],
     observer: &mut dyn RunObserver,
-) -> Result<Option<(String, ModelFiles)>, RunError> {
+) -> Result<Option<(String, ModelAt)>, RunError> {
     let needs_images = kinds.iter().any(|k| k.card().needs == Needs::Images);
     let trained_on = spec.trained_on();
     let (true, Some(d), Some(&k), Some(&seed)) = (
@@ -473,14 +471,7 @@ fn first_image_model(
     let model = spec.model.as_deref();
     let (_, source) = load_draw(&spec.cache, model, d, Shots::K(k), seed)?;
     let source = RowSource::of_task(&source);
-    let files = features_model(model, &source, &spec.hub, observer)?;
-    draw_context(
-        (files.clone(), Precision::of_fingerprint(&source.model)),
-        model,
-        &spec.cache,
-        d,
-        (Shots::K(k), seed),
-        &[],
-    )?;
-    Ok(Some((source.model, files)))
+    let at = features_model(model, &source, &spec.hub, observer)?;
+    draw_context(at.clone(), model, &spec.cache, d, (Shots::K(k), seed), &[])?;
+    Ok(Some((source.model, at)))
 }

@@ -75,22 +75,13 @@ impl Block {
 
 /// `x Wᵀ (+ b)` for a frozen `W` (`out × in`, contiguous f32 on the CPU) and bias. The backward
 /// returns the input gradient `g W` only; `W` and `b` get none, being constants. The bias is
-/// the product's starting value, which saves a pass and an output-sized allocation per layer.
-/// With `bf16` both products run on the packed bfloat16 weights.
+/// the f32 product's starting value, which saves a pass and an output-sized allocation per
+/// layer. With `bf16` both products run on the packed bfloat16 weights (whose kernel writes its
+/// output, so the bias is added after, rows in parallel).
 struct FrozenMatmul {
     weight: Tensor,
     bias: Option<Vec<f32>>,
     bf16: Option<Bf16Weights>,
-}
-
-impl FrozenMatmul {
-    fn start(&self, m: usize, n: usize) -> candle_core::Result<Vec<f32>> {
-        Ok(match &self.bias {
-            Some(b) if b.len() == n => b.repeat(m),
-            Some(b) => candle_core::bail!("frozen-matmul: bias of {} for {n} outputs", b.len()),
-            None => vec![0f32; m * n],
-        })
-    }
 }
 
 impl CustomOp1 for FrozenMatmul {
@@ -105,15 +96,13 @@ impl CustomOp1 for FrozenMatmul {
         if k != k2 {
             candle_core::bail!("frozen-matmul: input has {k} columns, the weight {k2}");
         }
+        let bias = self.bias.as_deref();
+        if let Some(b) = bias.filter(|b| b.len() != n) {
+            candle_core::bail!("frozen-matmul: bias of {} for {n} outputs", b.len());
+        }
         if let Some(p) = &self.bf16 {
             let mut out = p.forward.abt(x, m);
-            if let Some(b) = &self.bias {
-                if b.len() != n {
-                    candle_core::bail!("frozen-matmul: bias of {} for {n} outputs", b.len());
-                }
-                out.chunks_mut(n)
-                    .for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
-            }
+            crate::kernels::ops::bias_act_rows(&mut out, n, bias, None);
             return Ok((CpuStorage::F32(out), Shape::from((m, n))));
         }
         let (storage, wl) = self.weight.storage_and_layout();
@@ -121,8 +110,11 @@ impl CustomOp1 for FrozenMatmul {
             Storage::Cpu(s) => crate::kernels::ops::contiguous(s, wl, "frozen-matmul")?,
             _ => candle_core::bail!("frozen-matmul: the weight must be on the CPU"),
         };
-        let mut out = self.start(m, n)?;
-        crate::kernels::matmul::gemm(x, false, w, true, &mut out, m, k, n, self.bias.is_some());
+        let mut out = match bias {
+            Some(b) => b.repeat(m),
+            None => vec![0f32; m * n],
+        };
+        crate::kernels::matmul::gemm(x, false, w, true, &mut out, m, k, n, bias.is_some());
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
