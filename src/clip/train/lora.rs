@@ -412,7 +412,6 @@ pub struct LoraClip {
     vision: Option<FrozenVisionTower>,
     text_adapters: Option<TowerAdapters>,
     vision_adapters: Option<TowerAdapters>,
-    precision: Precision,
 }
 
 impl LoraClip {
@@ -484,7 +483,6 @@ impl LoraClip {
             vision,
             text_adapters,
             vision_adapters,
-            precision: Precision::F32,
         })
     }
 
@@ -495,13 +493,7 @@ impl LoraClip {
         if let Some(v) = &mut self.vision {
             v.freeze_at(precision)?;
         }
-        self.precision = precision;
         Ok(self)
-    }
-
-    /// The arithmetic of the frozen products ([`LoraClip::at`]).
-    pub fn precision(&self) -> Precision {
-        self.precision
     }
 
     pub fn options(&self) -> &LoraOptions {
