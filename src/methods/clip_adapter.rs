@@ -19,7 +19,8 @@ use super::head::{
 };
 use super::hyper_network::{row_mean, with_summary, RatioCache, RatioNet};
 use super::linalg::{
-    cross_entropy_backward, gemm, normalize_rows, normalize_rows_backward, seeded_rng, Matrix,
+    gemm, map_rows, normalize_rows, normalize_rows_backward, scaled_cross_entropy_backward,
+    seeded_rng, Matrix,
 };
 use super::method::method_boilerplate;
 use super::epochs::{epochs_for_shots, Batching, EpochLoop};
@@ -353,7 +354,8 @@ struct Forward {
     /// Normalised `W*` and norms, when the text adapter is on (otherwise the frozen
     /// normalised classifier of [`FrozenText`] is used).
     w: Option<(Matrix, Vec<f32>)>,
-    logits: Matrix,
+    /// `f̂ ŵᵀ`: the logits before the logit scale, which the loss applies.
+    cosines: Matrix,
 }
 
 /// The normalised class embeddings, computed once per training run or prediction when the
@@ -363,11 +365,12 @@ struct FrozenText(Option<Matrix>);
 /// `r_i·a_i + (1 − r_i)·x_i` row-wise.
 fn mix(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> Matrix {
     let mut out = Matrix::zeros(x.rows, x.cols);
-    for (i, &r) in ratios.iter().enumerate() {
-        for ((o, &a), &v) in out.row_mut(i).iter_mut().zip(adapted.row(i)).zip(x.row(i)) {
+    map_rows(&mut out.data, x.cols, |i, o| {
+        let r = ratios[i];
+        for ((o, &a), &v) in o.iter_mut().zip(adapted.row(i)).zip(x.row(i)) {
             *o = r * a + (1.0 - r) * v;
         }
-    }
+    });
     out
 }
 
@@ -375,19 +378,17 @@ fn mix(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> Matrix {
 fn mix_backward(adapted: &Matrix, x: &Matrix, ratios: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let d = x.cols;
     let mut d_adapted = vec![0f32; g.len()];
-    let mut d_ratio = vec![0f32; ratios.len()];
-    for (i, &r) in ratios.iter().enumerate() {
-        let gi = &g[i * d..(i + 1) * d];
-        for (o, &v) in d_adapted[i * d..(i + 1) * d].iter_mut().zip(gi) {
+    let d_ratio = map_rows(&mut d_adapted, d, |i, out| {
+        let (r, gi) = (ratios[i], &g[i * d..(i + 1) * d]);
+        for (o, &v) in out.iter_mut().zip(gi) {
             *o = r * v;
         }
-        d_ratio[i] = gi
-            .iter()
+        gi.iter()
             .zip(adapted.row(i))
             .zip(x.row(i))
             .map(|((g, a), v)| g * (a - v))
-            .sum();
-    }
+            .sum()
+    });
     (d_adapted, d_ratio)
 }
 
@@ -477,40 +478,52 @@ impl AdapterModel {
             (None, Some(w)) => w,
             (None, None) => unreachable!("FrozenText is built for a model without a text adapter"),
         };
-        let mut logits = Matrix::zeros(x.rows, t.rows);
+        let mut cosines = Matrix::zeros(x.rows, t.rows);
         gemm(
             &f.data,
             false,
             &w_mat.data,
             true,
-            &mut logits.data,
+            &mut cosines.data,
             f.rows,
             f.cols,
             w_mat.rows,
             false,
         );
-        logits.data.iter_mut().for_each(|v| *v *= self.logit_scale);
         Forward {
             visual,
             text,
             f,
             f_norms,
             w,
-            logits,
+            cosines,
         }
     }
 
-    /// Gradients of the loss given `∂L/∂logits` (B × K): the bottlenecks' written into `grad`,
+    /// Mean cross-entropy of the scaled logits; turns the forward's cosines into the loss's
+    /// gradient with respect to them (the scale folded in).
+    fn loss(&self, fw: &mut Forward, labels: &[usize]) -> (f32, Vec<f32>) {
+        let mut d_cosines = std::mem::take(&mut fw.cosines.data);
+        let loss = scaled_cross_entropy_backward(
+            &mut d_cosines,
+            labels,
+            self.classes.rows,
+            self.logit_scale,
+        );
+        (loss, d_cosines)
+    }
+
+    /// Gradients of the loss given `∂L/∂(f̂ ŵᵀ)` (B × K): the bottlenecks' written into `grad`,
     /// the ratios' added to it.
     fn backward(
         &self,
         x: &Matrix,
         fw: &Forward,
         frozen: &FrozenText,
-        d_logits: &[f32],
+        d_cosines: &[f32],
         grad: &mut AdapterParams,
     ) {
-        let (b, k, d, s) = (x.rows, self.classes.rows, x.cols, self.logit_scale);
+        let (b, k, d) = (x.rows, self.classes.rows, x.cols);
         let w = match (&fw.w, &frozen.0) {
             (Some((w, _)), _) => w,
             (None, Some(w)) => w,
@@ -520,8 +533,7 @@ impl AdapterModel {
             (&self.params.visual, &fw.visual, grad.visual.as_mut())
         {
             let mut du = vec![0f32; b * d];
-            gemm(d_logits, false, &w.data, false, &mut du, b, k, d, false);
-            du.iter_mut().for_each(|v| *v *= s);
+            gemm(d_cosines, false, &w.data, false, &mut du, b, k, d, false);
             let df = normalize_rows_backward(&fw.f.data, &fw.f_norms, &du, d);
             let (d_adapted, d_ratio) = mix_backward(&cache.out, x, ratios, &df);
             bn.backward(x, cache, d_adapted, g);
@@ -533,8 +545,7 @@ impl AdapterModel {
             (&self.params.text, &fw.text, grad.text.as_mut(), &fw.w)
         {
             let mut dv = vec![0f32; k * d];
-            gemm(d_logits, true, &fw.f.data, false, &mut dv, k, b, d, false);
-            dv.iter_mut().for_each(|v| *v *= s);
+            gemm(d_cosines, true, &fw.f.data, false, &mut dv, k, b, d, false);
             let dw = normalize_rows_backward(&w.data, w_norms, &dv, d);
             let (d_adapted, d_ratio) = mix_backward(&cache.out, &self.classes, ratios, &dw);
             bn.backward(&self.classes, cache, d_adapted, g);
@@ -548,10 +559,9 @@ impl AdapterModel {
     pub fn loss_and_grad(&self, x: &Matrix, labels: &[usize]) -> (f32, AdapterParams) {
         let frozen = self.frozen_text();
         let mut fw = self.forward(x, &frozen);
-        let mut d_logits = std::mem::take(&mut fw.logits.data);
-        let loss = cross_entropy_backward(&mut d_logits, labels, self.classes.rows);
+        let (loss, d_cosines) = self.loss(&mut fw, labels);
         let mut grad = self.params.zeros_like();
-        self.backward(x, &fw, &frozen, &d_logits, &mut grad);
+        self.backward(x, &fw, &frozen, &d_cosines, &mut grad);
         (loss, grad)
     }
 
@@ -564,8 +574,12 @@ impl AdapterModel {
         while start < x.rows {
             let end = (start + CHUNK).min(x.rows);
             let idx: Vec<usize> = (start..end).collect();
-            let l = self.forward(&x.gather_rows(&idx), &frozen).logits;
-            out.data[start * out.cols..end * out.cols].copy_from_slice(&l.data);
+            let cosines = self.forward(&x.gather_rows(&idx), &frozen).cosines;
+            // The same product then scale as `zero_shot::cosine_logits`.
+            let logits = &mut out.data[start * out.cols..end * out.cols];
+            for (l, c) in logits.iter_mut().zip(&cosines.data) {
+                *l = c * self.logit_scale;
+            }
             start = end;
         }
         out
@@ -604,10 +618,9 @@ pub fn train(
         let x = views[epoch % views.len()].gather_rows(batch);
         let y: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
         let mut fw = model.forward(&x, &frozen);
-        let mut d_logits = std::mem::take(&mut fw.logits.data);
-        let loss = cross_entropy_backward(&mut d_logits, &y, model.classes.rows);
+        let (loss, d_cosines) = model.loss(&mut fw, &y);
         grad.clear_ratio_grads();
-        model.backward(&x, &fw, &frozen, &d_logits, &mut grad);
+        model.backward(&x, &fw, &frozen, &d_cosines, &mut grad);
         let grads: Vec<&[f32]> = grad.params_mut().into_iter().map(|g| &*g).collect();
         sgd.step(&mut model.params.params_mut(), &grads, schedule.lr(epoch));
         Ok(loss)
