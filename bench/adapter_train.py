@@ -48,11 +48,31 @@ def reference(x, labels, w, epochs, batch):
     return (time.perf_counter() - start) / epochs
 
 
+def flop_per_epoch(n, d, k, batch):
+    """As bench/adapter_train.rs: 10·D·H + 4·D·K per sample of the full batches."""
+    samples = n // batch * batch if n >= batch else n
+    return samples * (10 * d * max(d // 4, 1) + 4 * d * k)
+
+
+def gemm_rate():
+    """torch's large-GEMM rate on this machine (2048³ float32, best of 5), GFLOP/s."""
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048 ** 3 / best / 1e9
+
+
 def main():
     n, d, k, epochs, batch = (int(a) for a in (sys.argv[1:] + ["16000", "1024", "1000", "2", "32"][len(sys.argv) - 1:])[:5])
     x, labels, w = synthetic(n, d, k)
     s = reference(x, labels, w, epochs, batch)
+    rate = flop_per_epoch(n, d, k, batch) / s / 1e9
+    gemm = gemm_rate()
     print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(), "n": n, "d": d, "k": k, "epochs": epochs, "batch": batch, "s_per_epoch": round(s, 5),
+                      "gflop_per_s": round(rate, 1), "gemm_gflop_per_s": round(gemm, 1), "fraction_of_gemm": round(rate / gemm, 3),
                       "cpu_capability": torch.backends.cpu.get_cpu_capability()}))
 
 

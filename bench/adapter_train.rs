@@ -67,6 +67,33 @@ fn time(n: usize, d: usize, k: usize, epochs: usize, batch: usize) -> f64 {
     start.elapsed().as_secs_f64() / epochs as f64
 }
 
+/// Floating-point operations of one epoch of the default adapter (visual, hidden width D/4):
+/// per sample `x·W1`, `a1·W2`, the logits and, backward, their input gradient, the two weight
+/// gradients and `dOut·W2ᵀ`: `10·D·H + 4·D·K`; over the samples of the full batches (the last
+/// incomplete batch is dropped, as Dassl's loader does, unless it is the only one).
+fn flop_per_epoch(n: usize, d: usize, k: usize, batch: usize) -> f64 {
+    let samples = if n >= batch { n / batch * batch } else { n };
+    let h = (d / 4).max(1);
+    samples as f64 * (10 * d * h + 4 * d * k) as f64
+}
+
+/// This machine's large-GEMM rate through our `gemm` (2048³, best of 5), GFLOP/s: the rate
+/// a training case's products could reach at best.
+fn gemm_rate() -> f64 {
+    let n = 2048;
+    let mut rng = seeded_rng(9);
+    let (a, b) = (rng.uniform_vec(n * n, 1.0), rng.uniform_vec(n * n, 1.0));
+    let mut c = vec![0f32; n * n];
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            clip_adapter::kernels::matmul::gemm(&a, false, &b, false, &mut c, n, n, n, false);
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
 /// Wall seconds of one grid group: CLIP-Adapter on seeds 1-3 of a draw of `n` images, `epochs`
 /// epochs each, through `run_grid` (the fits concurrent, as in `run`).
 fn time_group(name: &str, n: usize, d: usize, k: usize, shots: usize, epochs: usize) -> f64 {
@@ -167,8 +194,11 @@ fn main() {
         num(4, 32),
     );
     let s = time(n, d, k, epochs, batch);
+    let rate = flop_per_epoch(n, d, k, batch) / s / 1e9;
+    let gemm = gemm_rate();
     println!(
-        "{{\"impl\":\"rust\",\"n\":{n},\"d\":{d},\"k\":{k},\"epochs\":{epochs},\"batch\":{batch},\"s_per_epoch\":{s:.5},\"cpu\":\"{}\",\"simd\":\"{}\"}}",
+        "{{\"impl\":\"rust\",\"n\":{n},\"d\":{d},\"k\":{k},\"epochs\":{epochs},\"batch\":{batch},\"s_per_epoch\":{s:.5},\"gflop_per_s\":{rate:.1},\"gemm_gflop_per_s\":{gemm:.1},\"fraction_of_gemm\":{:.3},\"cpu\":\"{}\",\"simd\":\"{}\"}}",
+        rate / gemm,
         cpu::cpu_model(),
         simd_summary()
     );

@@ -190,11 +190,11 @@ impl Bottleneck {
         let (n, d, h) = (x.rows, self.dim, self.hidden);
         let mut a1 = vec![0f32; n * h];
         gemm(&x.data, false, &self.w1, false, &mut a1, n, d, h, false);
-        a1.iter_mut().for_each(|v| *v = v.max(0.0));
+        relu(&mut a1, h);
         let mut out = Matrix::zeros(n, d);
         gemm(&a1, false, &self.w2, false, &mut out.data, n, h, d, false);
         if self.relu_out {
-            out.data.iter_mut().for_each(|v| *v = v.max(0.0));
+            relu(&mut out.data, d);
         }
         BottleneckCache { a1, out }
     }
@@ -209,22 +209,31 @@ impl Bottleneck {
         grad: &mut Bottleneck,
     ) {
         let (n, d, h) = (x.rows, self.dim, self.hidden);
-        // ReLU passes the gradient where its output is positive. Written as a select rather
-        // than a conditional store, so that it compiles to vector blends.
-        let relu_mask = |g: &mut [f32], out: &[f32]| {
-            g.iter_mut()
-                .zip(out)
-                .for_each(|(g, &o)| *g = if o <= 0.0 { 0.0 } else { *g });
-        };
         if self.relu_out {
-            relu_mask(&mut d_out, &cache.out.data);
+            relu_backward(&mut d_out, &cache.out.data, d);
         }
         gemm(&cache.a1, true, &d_out, false, &mut grad.w2, h, n, d, false);
         let mut d_a1 = vec![0f32; n * h];
         gemm(&d_out, false, &self.w2, true, &mut d_a1, n, d, h, false);
-        relu_mask(&mut d_a1, &cache.a1);
+        relu_backward(&mut d_a1, &cache.a1, h);
         gemm(&x.data, true, &d_a1, false, &mut grad.w1, d, n, h, false);
     }
+}
+
+/// `max(x, 0)` in place, over rows of `cols`.
+fn relu(x: &mut [f32], cols: usize) {
+    map_rows(x, cols, |_, r| r.iter_mut().for_each(|v| *v = v.max(0.0)));
+}
+
+/// Zeroes the gradient `g` where the ReLU's output `out` is not positive. Written as a select
+/// rather than a conditional store, so that it compiles to vector blends.
+fn relu_backward(g: &mut [f32], out: &[f32], cols: usize) {
+    map_rows(g, cols, |i, g| {
+        let out = &out[i * cols..(i + 1) * cols];
+        g.iter_mut()
+            .zip(out)
+            .for_each(|(g, &o)| *g = if o <= 0.0 { 0.0 } else { *g });
+    });
 }
 
 /// A residual ratio.

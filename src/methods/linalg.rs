@@ -71,9 +71,9 @@ impl Matrix {
     /// The rows at `idx`, in that order.
     pub fn gather_rows(&self, idx: &[usize]) -> Matrix {
         let mut out = Matrix::zeros(idx.len(), self.cols);
-        for (o, &i) in idx.iter().enumerate() {
-            out.row_mut(o).copy_from_slice(self.row(i));
-        }
+        map_rows(&mut out.data, self.cols, |o, row| {
+            row.copy_from_slice(self.row(idx[o]))
+        });
         out
     }
 
