@@ -24,6 +24,7 @@ use candle_core::{Device, Tensor};
 
 use crate::clip::error::{Error, NotFound, Result};
 use crate::image::Preprocess;
+use crate::kernels::pool::on_pool;
 use crate::tokenizer::Tokenizer;
 use load::checkpoint::Checkpoint;
 pub use load::config::{
@@ -471,12 +472,13 @@ impl Clip {
     /// # Shapes
     /// `(B, 3, S, S) -> (B, E)`
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        match &self.image {
+        // On a pool worker: the forward's products then start without a hand-off each.
+        on_pool(|| match &self.image {
             ImageEncoder::Vit { tower, projection } => projection.forward(&tower.forward(pixels)?),
             ImageEncoder::ResNet(resnet) => resnet.forward(pixels),
             ImageEncoder::Siglip { tower, .. } => tower.forward(pixels),
             ImageEncoder::Eva { tower, projection } => projection.forward(&tower.forward(pixels)?),
-        }
+        })
     }
 
     /// The image tower's output before its last projection (ViT: the pooled, post-LayerNorm
@@ -486,6 +488,10 @@ impl Clip {
     /// # Shapes
     /// `(B, 3, S, S) -> ((B, W), (B, E))`
     pub fn encode_image_parts(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
+        on_pool(|| self.image_parts(pixels))
+    }
+
+    fn image_parts(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
         let pre = match &self.image {
             ImageEncoder::Vit { tower, .. } => tower.forward(pixels)?,
             ImageEncoder::ResNet(resnet) => resnet.forward_pre_projection(pixels)?,
@@ -523,8 +529,10 @@ impl Clip {
 
     /// Projected, un-normalised text embeddings (`get_text_features`) of token sequences.
     pub fn encode_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        self.text_projection
-            .forward(&self.text.forward(ids, &self.device)?)
+        on_pool(|| {
+            self.text_projection
+                .forward(&self.text.forward(ids, &self.device)?)
+        })
     }
 
     /// Tokenizes and encodes texts (`get_text_features` of the reference tokenization).

@@ -36,6 +36,7 @@ use super::{
 use crate::clip::train::lora::{LoraClip, LoraOptions, TextPrefix};
 use crate::clip::Clip;
 use crate::image::augment::{Augment, ViewRng};
+use crate::kernels::pool::on_pool;
 
 /// The reference's AdamW weight decay.
 pub const WEIGHT_DECAY: f32 = 1e-2;
@@ -113,8 +114,19 @@ impl<'m> LoraTrainer<'m> {
         Ok((logits * self.model.logit_scale() as f64)?)
     }
 
-    /// One AdamW step on the cross-entropy of a batch; returns the loss before the step.
+    /// One AdamW step on the cross-entropy of a batch; returns the loss before the step. Runs
+    /// on a worker of rayon's pool ([`on_pool`]): the step's hundreds of products and passes
+    /// then start without a hand-off each.
     pub fn step(
+        &mut self,
+        images: StepImages,
+        prompts: StepText,
+        labels: &[u32],
+    ) -> Result<f32, MethodError> {
+        on_pool(|| self.step_here(images, prompts, labels))
+    }
+
+    fn step_here(
         &mut self,
         images: StepImages,
         prompts: StepText,

@@ -4,6 +4,7 @@
 //! backward, the optimiser) stays in the method's file.
 
 use super::{MethodError, Progress};
+use crate::kernels::pool::on_pool;
 
 /// CoOp's epochs by shot count (`configs/trainers/CoOp/*.yaml`), which CLIP-Adapter's Dassl
 /// trainer uses too.
@@ -75,12 +76,10 @@ impl EpochLoop {
     /// `end(state, epoch)`. Returns the mean batch loss of every epoch; a loss that is not
     /// finite stops training with [`MethodError::Diverged`].
     ///
-    /// Each epoch's steps run on a worker of rayon's pool (the caller's thread waits, and keeps
-    /// `order`, `end` and `progress`, which need not be `Send`). A step's products split their
-    /// work over the pool: started from outside it, every product is a hand-off to a sleeping
-    /// worker and back, a few tens of microseconds each, and a batch-32 step of CLIP-Adapter
-    /// makes seven products in about two milliseconds (a quarter of its time, measured on
-    /// an AMD EPYC Zen 4 with 2 cores). From a worker the first half starts at once.
+    /// Each epoch's steps run on a worker of rayon's pool ([`on_pool`]; the caller's thread
+    /// waits, and keeps `order`, `end` and `progress`, which need not be `Send`): a batch-32
+    /// step of CLIP-Adapter makes seven products in about two milliseconds, and their hand-offs
+    /// from outside the pool were a quarter of its time (AMD EPYC Zen 4, 2 cores).
     pub fn run<S: ?Sized + Send, E: From<MethodError> + Send>(
         &self,
         state: &mut S,
@@ -120,16 +119,6 @@ impl EpochLoop {
             end(state, epoch);
         }
         Ok(losses)
-    }
-}
-
-/// `f()` on a worker of the current rayon pool: at once when this thread is one, else on the
-/// global pool while this thread waits.
-fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
     }
 }
 
