@@ -518,7 +518,7 @@ impl Clip {
     /// (output × input; a ViT's `visual.proj` transposed), `bias` the ModifiedResNet's.
     pub fn image_projection(&self) -> Result<(Vec<f32>, usize, Option<Vec<f32>>)> {
         let layer = self.image_projection_layer();
-        let w = layer.weight().to_dtype(candle_core::DType::F32)?;
+        let w = layer.weight()?.to_dtype(candle_core::DType::F32)?;
         let (_, input) = w.dims2()?;
         Ok((
             w.flatten_all()?.to_vec1::<f32>()?,

@@ -7,5 +7,6 @@ pub mod bf16;
 pub(crate) mod eva_ops;
 pub mod matmul;
 pub(crate) mod ops;
+pub mod panels;
 pub mod pool;
 pub(crate) mod vmath;

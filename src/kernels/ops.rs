@@ -225,6 +225,31 @@ impl CustomOp1 for Bf16Matmul {
     }
 }
 
+/// `x · wᵀ` in f32 with the weight packed once into panels (`x` f32, `(m, k)`).
+pub struct PanelMatmul(pub std::sync::Arc<super::panels::PanelWeight>);
+
+impl CustomOp1 for PanelMatmul {
+    fn name(&self) -> &'static str {
+        "panel-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(storage, layout, "panel-matmul")?;
+        let (m, k) = layout.shape().dims2()?;
+        let w = &self.0;
+        if k != w.k() {
+            candle_core::bail!("panel-matmul: x has {k} columns, the weight {}", w.k());
+        }
+        let mut y = vec![0f32; m * w.n()];
+        w.abt_into(x, m, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((m, w.n()))))
+    }
+}
+
 /// Applies [`BiasAct`] to a fresh (uniquely owned) tensor and returns it.
 pub fn bias_act(x: Tensor, op: &BiasAct) -> candle_core::Result<Tensor> {
     if op.bias.is_none() && op.act.is_none() {

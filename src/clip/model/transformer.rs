@@ -14,14 +14,30 @@ use crate::clip::load::config::Activation;
 use crate::clip::precision::Precision;
 use crate::kernels::bf16::PackedWeight;
 use crate::kernels::matmul::dot_rows;
-use crate::kernels::ops::{bias_act, Bf16Matmul, BiasAct, FewRowMatmul, FusedAttention};
+use crate::kernels::ops::{
+    bias_act, Bf16Matmul, BiasAct, FewRowMatmul, FusedAttention, PanelMatmul,
+};
+use crate::kernels::panels::{PanelWeight, PANEL_COLUMNS};
 
 /// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
 pub struct Linear {
-    weight: Tensor,
-    /// The weight rounded to bfloat16 and packed, when the model runs at [`Precision::Bf16`].
-    packed: Option<Arc<PackedWeight>>,
+    weight: Weight,
     epilogue: BiasAct,
+}
+
+/// How a layer holds its weight.
+enum Weight {
+    /// `(out, in)` as loaded: off the CPU, and layers narrower than a panel.
+    Loaded(Tensor),
+    /// f32 on the CPU, packed once into 64-column panels for the broadcast tiles (the loaded
+    /// tensor is dropped: the panels are the weight).
+    Panels(Arc<PanelWeight>),
+    /// bfloat16 on the CPU, packed once; the loaded f32 tensor is kept for
+    /// [`Linear::weight`].
+    Bf16 {
+        loaded: Tensor,
+        packed: Arc<PackedWeight>,
+    },
 }
 
 impl Linear {
@@ -35,31 +51,54 @@ impl Linear {
         Self::new(weight, bias, None).at(vb.precision())
     }
 
-    /// An f32 layer; [`Linear::at`] changes its precision.
+    /// A layer holding `weight` as loaded; [`Linear::at`] packs it for the CPU's kernels.
     pub fn new(weight: Tensor, bias: Option<Vec<f32>>, act: Option<Activation>) -> Self {
         Linear {
-            weight,
-            packed: None,
+            weight: Weight::Loaded(weight),
             epilogue: BiasAct { bias, act },
         }
     }
 
-    /// This layer multiplying at `precision`: bfloat16 packs the weight once, here.
+    /// This layer multiplying at `precision` on the CPU: f32 packs the weight into panels
+    /// (from 64 output columns; narrower layers keep the dot tiles), bfloat16 packs it rounded.
+    /// Off the CPU the weight stays as loaded.
     pub fn at(mut self, precision: Precision) -> Result<Self> {
-        self.packed = match precision {
-            Precision::F32 => None,
-            Precision::Bf16 => {
-                let (n, k) = self.weight.dims2()?;
-                let w = self.weight.flatten_all()?.to_vec1::<f32>()?;
-                Some(Arc::new(PackedWeight::pack(&w, n, k)))
+        let loaded = self.weight()?;
+        if !loaded.device().is_cpu() {
+            self.weight = Weight::Loaded(loaded);
+            return Ok(self);
+        }
+        let (n, k) = loaded.dims2()?;
+        let w = || -> Result<Vec<f32>> { Ok(loaded.flatten_all()?.to_vec1::<f32>()?) };
+        self.weight = match precision {
+            Precision::F32 if n >= PANEL_COLUMNS => {
+                Weight::Panels(Arc::new(PanelWeight::pack(&w()?, n, k)))
             }
+            Precision::F32 => Weight::Loaded(loaded),
+            Precision::Bf16 => Weight::Bf16 {
+                packed: Arc::new(PackedWeight::pack(&w()?, n, k)),
+                loaded,
+            },
         };
         Ok(self)
     }
 
-    /// `(out, in)`.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// `(out, in)`, f32 (unpacked from the panels when the layer holds them).
+    pub fn weight(&self) -> Result<Tensor> {
+        Ok(match &self.weight {
+            Weight::Loaded(w) | Weight::Bf16 { loaded: w, .. } => w.clone(),
+            Weight::Panels(p) => {
+                Tensor::from_vec(p.unpack(), (p.n(), p.k()), &candle_core::Device::Cpu)?
+            }
+        })
+    }
+
+    /// Output columns.
+    fn out_dim(&self) -> Result<usize> {
+        Ok(match &self.weight {
+            Weight::Loaded(w) | Weight::Bf16 { loaded: w, .. } => w.dim(0)?,
+            Weight::Panels(p) => p.n(),
+        })
     }
 
     pub fn bias(&self) -> Option<&[f32]> {
@@ -75,22 +114,26 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
         let x = x.reshape((rows, in_dim))?;
-        let y = match &self.packed {
-            Some(packed) if x.device().is_cpu() => x
+        let cpu = x.device().is_cpu();
+        let y = match &self.weight {
+            Weight::Panels(p) if cpu => {
+                x.contiguous()?.apply_op1_no_bwd(&PanelMatmul(p.clone()))?
+            }
+            Weight::Bf16 { packed, .. } if cpu => x
                 .contiguous()?
                 .apply_op1_no_bwd(&Bf16Matmul(packed.clone()))?,
-            // Up to a few hundred rows (one image's 197 ViT-B/16 tokens, a batch of prompts)
-            // the dot tiles beat the blocked GEMM, which packs the transposed weight on every
-            // call.
-            _ if rows <= dot_rows() && x.device().is_cpu() => x
-                .contiguous()?
-                .apply_op2_no_bwd(&self.weight, &FewRowMatmul)?,
-            _ => x.matmul(&self.weight.t()?)?,
+            // Up to a few hundred rows the dot tiles beat the blocked GEMM, which packs the
+            // transposed weight on every call.
+            Weight::Loaded(w) if cpu && rows <= dot_rows() => {
+                x.contiguous()?.apply_op2_no_bwd(w, &FewRowMatmul)?
+            }
+            Weight::Loaded(w) | Weight::Bf16 { loaded: w, .. } => x.matmul(&w.t()?)?,
+            Weight::Panels(_) => unreachable!("panels are only packed on the CPU"),
         };
         let y = bias_act(y, &self.epilogue)?;
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
-            *last = self.weight.dim(0)?;
+            *last = self.out_dim()?;
         }
         Ok(y.reshape(out_dims)?)
     }

@@ -1,0 +1,173 @@
+//! A frozen f32 weight packed once into 64-column panels, for `y = x · wᵀ` with the broadcast
+//! tiles of [`super::matmul`].
+//!
+//! The broadcast tile (R rows × 64 columns, R broadcasts of `x` and four loads of `wᵀ` per step
+//! of the inner dimension) runs our products closest to the FMA units' rate, but it reads `wᵀ`
+//! by rows: a checkpoint's weight `w` (`n × k`, output × input) would need packing on every call,
+//! which is what the `gemm` crate does and why the dot tiles took these shapes instead. A frozen
+//! encoder's weight never changes, so it is packed here once, at load: panel `q` holds columns
+//! `64q..64q + 64` of `wᵀ` for every input, `k` rows of 64 contiguous floats (zeros past `n`),
+//! and a pass of 512 inputs over one panel (128 KiB) stays in L2 while the row tiles reuse it.
+
+use rayon::prelude::*;
+
+use super::matmul::{broadcast_block, simd_level, Operands, Out};
+
+/// Columns per panel: the AVX-512 broadcast tile's width (the AVX2 and portable tiles take 16
+/// of them at a time).
+pub const PANEL_COLUMNS: usize = 64;
+const PANEL: usize = PANEL_COLUMNS;
+/// Rows of `x` per parallel task.
+const TASK_ROWS: usize = 48;
+/// Panels per parallel task (256 output columns).
+const TASK_PANELS: usize = 4;
+
+/// `w` (`n × k`) as `wᵀ` in 64-column panels.
+#[derive(Debug, Clone)]
+pub struct PanelWeight {
+    n: usize,
+    k: usize,
+    panels: Vec<f32>,
+}
+
+impl PanelWeight {
+    /// Packs `w`, `n × k` row-major.
+    ///
+    /// # Panics
+    /// If `w` holds fewer than `n · k` values.
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert!(w.len() >= n * k, "panel pack: weight too small");
+        let count = n.div_ceil(PANEL);
+        let mut panels = vec![0f32; count * k * PANEL];
+        panels
+            .par_chunks_mut((k * PANEL).max(1))
+            .enumerate()
+            .for_each(|(q, panel)| {
+                for (c, j) in (q * PANEL..((q + 1) * PANEL).min(n)).enumerate() {
+                    for (p, &v) in w[j * k..(j + 1) * k].iter().enumerate() {
+                        panel[p * PANEL + c] = v;
+                    }
+                }
+            });
+        PanelWeight { n, k, panels }
+    }
+
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `w` back, `n × k` row-major.
+    pub fn unpack(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut w = vec![0f32; n * k];
+        for (j, row) in w.chunks_mut(k.max(1)).enumerate().take(n) {
+            let panel = &self.panels[(j / PANEL) * k * PANEL..];
+            for (p, v) in row.iter_mut().enumerate() {
+                *v = panel[p * PANEL + j % PANEL];
+            }
+        }
+        w
+    }
+
+    /// `y (m × n) = x · wᵀ`, `x` being `m × k` row-major; `y` is overwritten.
+    ///
+    /// # Panics
+    /// If `x` or `y` is too small.
+    pub fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k, "panel matmul: input too small");
+        assert!(y.len() >= m * n, "panel matmul: output too small");
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            y[..m * n].fill(0.0);
+            return;
+        }
+        let simd = simd_level();
+        let out = Out(y.as_mut_ptr());
+        let panel_count = n.div_ceil(PANEL);
+        let row_blocks = m.div_ceil(TASK_ROWS);
+        let panel_blocks = panel_count.div_ceil(TASK_PANELS);
+        let task = |t: usize| {
+            let (ib, pb) = (t / panel_blocks, t % panel_blocks);
+            let rows = (ib * TASK_ROWS, ((ib + 1) * TASK_ROWS).min(m));
+            for q in pb * TASK_PANELS..((pb + 1) * TASK_PANELS).min(panel_count) {
+                let cols = PANEL.min(n - q * PANEL);
+                // SAFETY: rows and columns are inside x, the panel and y (checked above); this
+                // task alone writes its rows × this panel's columns of y; `simd` is available.
+                unsafe {
+                    broadcast_block(
+                        simd,
+                        Operands {
+                            a: x.as_ptr(),
+                            a_rs: k,
+                            a_cs: 1,
+                            b: self.panels.as_ptr().add(q * k * PANEL),
+                            ldb: PANEL,
+                            c: out.add(q * PANEL),
+                            ldc: n,
+                            k,
+                        },
+                        rows,
+                        (0, cols),
+                        false,
+                    )
+                }
+            }
+        };
+        let tasks = row_blocks * panel_blocks;
+        if m * n * k < 1 << 18 || tasks == 1 {
+            (0..tasks).for_each(task);
+        } else {
+            (0..tasks).into_par_iter().for_each(task);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::matmul::gemm_f64_abt;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        crate::methods::linalg::seeded_rng(seed).uniform_vec(len, 0.5)
+    }
+
+    #[test]
+    fn panels_match_f64_products_at_every_edge() {
+        // Rows past a 6-row tile and a 48-row task, columns past a panel and a task, inputs
+        // past a 512-deep pass; plus the degenerate shapes.
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 13, 65),
+            (49, 515, 300),
+            (197, 64, 257),
+            (3, 1030, 64),
+        ] {
+            let (x, w) = (values(m * k, 1), values(n * k, 2));
+            let packed = PanelWeight::pack(&w, n, k);
+            assert_eq!(packed.unpack(), w);
+            let mut y = vec![f32::NAN; m * n];
+            packed.abt_into(&x, m, &mut y);
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            let mut want = vec![0f64; m * n];
+            gemm_f64_abt(&x64, &w64, &mut want, m, k, n);
+            for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                // f32 summation's worst case over k terms of |x·w| ≤ 1/4.
+                let bound = (k + 2) as f64 * 2f64.powi(-24) * k as f64 * 0.25;
+                assert!(
+                    (got as f64 - want).abs() <= bound,
+                    "{m}×{k}×{n} at {i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
