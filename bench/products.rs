@@ -6,9 +6,10 @@
 //! alternating, best of 30 calls each, GFLOP/s. The last two columns show where a routing
 //! threshold (`FEW_ROWS`, `DOT_ROWS`) belongs at this level on this CPU.
 //!
-//! A second table puts the encoders' `x · wᵀ` shapes through the bfloat16 products of
-//! `--precision bf16` (`kernels::bf16`, weight packed once, outside the timing) beside ours in
-//! f32.
+//! A second table puts the encoders' `x · wᵀ` shapes through the f32 panels the encoders' linear
+//! layers use (`kernels::panels`) and the bfloat16 products of `--precision bf16`
+//! (`kernels::bf16`), each weight packed once, outside the timing, beside our `gemm` on the
+//! unpacked weight.
 //!
 //!     cargo bench --bench products
 //!     CLIP_ADAPTER_SIMD=avx2 cargo bench --no-default-features --bench products
@@ -140,7 +141,7 @@ fn bf16_table() {
         false => "no AVX512-BF16: rounded operands on the f32 kernels",
     };
     println!();
-    println!("bfloat16 products ({kernel}), best of 30 alternating calls:");
+    println!("The encoders' products with the weight packed once: f32 panels and bfloat16 ({kernel}), best of 30 alternating calls:");
     println!();
     println!("| product | m × k × n | f32 (GFLOP/s) | f32 panels (GFLOP/s) | bf16 (GFLOP/s) | bf16 / f32 |");
     println!("|---|---|---:|---:|---:|---:|");
@@ -149,6 +150,12 @@ fn bf16_table() {
         .map(|&(what, m, k, n, ..)| (what, m, k, n))
         .collect();
     shapes.extend([
+        ("CLIP text qkv, one 77-token text", 77, 512, 1536),
+        ("CLIP text out_proj, one 77-token text", 77, 512, 512),
+        ("CLIP text fc1, one 77-token text", 77, 512, 2048),
+        ("CLIP text fc2, one 77-token text", 77, 2048, 512),
+        ("ViT-B/32 fc1, one image", 50, 768, 3072),
+        ("ViT-B/32 fc2, one image", 50, 3072, 768),
         ("ViT-B/32 fc1, batch 32", 1600, 768, 3072),
         ("ViT-B/16 qkv, batch 32", 6304, 768, 2304),
         ("ViT-B/16 fc2, batch 32", 6304, 3072, 768),
