@@ -202,35 +202,49 @@ impl CustomOp2 for FewRowMatmul {
     }
 }
 
-/// `x · wᵀ` with bfloat16 operands and f32 sums (`x` f32, `(m, k)`; the weight packed once).
-pub struct Bf16Matmul(pub std::sync::Arc<super::bf16::PackedWeight>);
+/// A weight packed once for `x · wᵀ`: the bfloat16 panels of `--precision bf16`
+/// ([`super::bf16::PackedWeight`]) or the f32 panels ([`super::panels::PanelWeight`]).
+pub trait PackedAbt: Send + Sync + 'static {
+    /// The op's name, for candle's errors.
+    const NAME: &'static str;
+    fn n(&self) -> usize;
+    fn k(&self) -> usize;
+    /// `y (m × n) = x · wᵀ`, `x` `m × k` row-major, `y` overwritten.
+    fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]);
+}
 
-impl CustomOp1 for Bf16Matmul {
-    fn name(&self) -> &'static str {
-        "bf16-matmul"
+impl PackedAbt for super::bf16::PackedWeight {
+    const NAME: &'static str = "bf16-matmul";
+    fn n(&self) -> usize {
+        self.n()
     }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(storage, layout, "bf16-matmul")?;
-        let (m, k) = layout.shape().dims2()?;
-        let w = &self.0;
-        if k != w.k() {
-            candle_core::bail!("bf16-matmul: x has {k} columns, the weight {}", w.k());
-        }
-        Ok((CpuStorage::F32(w.abt(x, m)), Shape::from((m, w.n()))))
+    fn k(&self) -> usize {
+        self.k()
+    }
+    fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        self.abt_into(x, m, y)
     }
 }
 
-/// `x · wᵀ` in f32 with the weight packed once into panels (`x` f32, `(m, k)`).
-pub struct PanelMatmul(pub std::sync::Arc<super::panels::PanelWeight>);
+impl PackedAbt for super::panels::PanelWeight {
+    const NAME: &'static str = "panel-matmul";
+    fn n(&self) -> usize {
+        self.n()
+    }
+    fn k(&self) -> usize {
+        self.k()
+    }
+    fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        self.abt_into(x, m, y)
+    }
+}
 
-impl CustomOp1 for PanelMatmul {
+/// `x · wᵀ` with the weight packed once (`x` f32, `(m, k)`).
+pub struct PackedMatmul<W>(pub std::sync::Arc<W>);
+
+impl<W: PackedAbt> CustomOp1 for PackedMatmul<W> {
     fn name(&self) -> &'static str {
-        "panel-matmul"
+        W::NAME
     }
 
     fn cpu_fwd(
@@ -238,11 +252,11 @@ impl CustomOp1 for PanelMatmul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous(storage, layout, "panel-matmul")?;
+        let x = contiguous(storage, layout, W::NAME)?;
         let (m, k) = layout.shape().dims2()?;
         let w = &self.0;
         if k != w.k() {
-            candle_core::bail!("panel-matmul: x has {k} columns, the weight {}", w.k());
+            candle_core::bail!("{}: x has {k} columns, the weight {}", W::NAME, w.k());
         }
         let mut y = vec![0f32; m * w.n()];
         w.abt_into(x, m, &mut y);

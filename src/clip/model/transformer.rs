@@ -14,9 +14,7 @@ use crate::clip::load::config::Activation;
 use crate::clip::precision::Precision;
 use crate::kernels::bf16::PackedWeight;
 use crate::kernels::matmul::{dot_rows, simd_level, Simd};
-use crate::kernels::ops::{
-    bias_act, Bf16Matmul, BiasAct, FewRowMatmul, FusedAttention, PanelMatmul,
-};
+use crate::kernels::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention, PackedMatmul};
 use crate::kernels::panels::{PanelWeight, PANEL_COLUMNS};
 
 /// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
@@ -122,11 +120,11 @@ impl Linear {
         let cpu = x.device().is_cpu();
         let y = match &self.weight {
             Weight::Panels(p) if cpu => {
-                x.contiguous()?.apply_op1_no_bwd(&PanelMatmul(p.clone()))?
+                x.contiguous()?.apply_op1_no_bwd(&PackedMatmul(p.clone()))?
             }
             Weight::Bf16 { packed, .. } if cpu => x
                 .contiguous()?
-                .apply_op1_no_bwd(&Bf16Matmul(packed.clone()))?,
+                .apply_op1_no_bwd(&PackedMatmul(packed.clone()))?,
             // Up to a few hundred rows the dot tiles beat the blocked GEMM, which packs the
             // transposed weight on every call.
             Weight::Loaded(w) if cpu && rows <= dot_rows() => {

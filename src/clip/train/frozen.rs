@@ -22,7 +22,7 @@ use crate::clip::error::Result;
 use crate::clip::load::config::Activation;
 use crate::clip::Precision;
 use crate::kernels::bf16::PackedWeight;
-use crate::kernels::ops::Bf16Matmul;
+use crate::kernels::ops::PackedMatmul;
 
 /// A frozen weight `W` (`out × in`) packed twice for bfloat16 products: as itself for the
 /// forward `x Wᵀ`, and transposed for the input gradient `g W`. Packing costs one pass over the
@@ -127,7 +127,7 @@ impl CustomOp1 for FrozenMatmul {
         Ok(Some(match &self.bf16 {
             Some(p) => grad
                 .contiguous()?
-                .apply_op1(Bf16Matmul(p.backward.clone()))?,
+                .apply_op1(PackedMatmul(p.backward.clone()))?,
             None => grad.matmul(&self.weight)?,
         }))
     }
