@@ -213,31 +213,25 @@ pub trait PackedAbt: Send + Sync + 'static {
     fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]);
 }
 
-impl PackedAbt for super::bf16::PackedWeight {
-    const NAME: &'static str = "bf16-matmul";
-    fn n(&self) -> usize {
-        self.n()
-    }
-    fn k(&self) -> usize {
-        self.k()
-    }
-    fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        self.abt_into(x, m, y)
-    }
+/// Both packed kinds already have these as inherent methods.
+macro_rules! packed_abt {
+    ($t:ty, $name:literal) => {
+        impl PackedAbt for $t {
+            const NAME: &'static str = $name;
+            fn n(&self) -> usize {
+                <$t>::n(self)
+            }
+            fn k(&self) -> usize {
+                <$t>::k(self)
+            }
+            fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
+                <$t>::abt_into(self, x, m, y)
+            }
+        }
+    };
 }
-
-impl PackedAbt for super::panels::PanelWeight {
-    const NAME: &'static str = "panel-matmul";
-    fn n(&self) -> usize {
-        self.n()
-    }
-    fn k(&self) -> usize {
-        self.k()
-    }
-    fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        self.abt_into(x, m, y)
-    }
-}
+packed_abt!(super::bf16::PackedWeight, "bf16-matmul");
+packed_abt!(super::panels::PanelWeight, "panel-matmul");
 
 /// `x · wᵀ` with the weight packed once (`x` f32, `(m, k)`).
 pub struct PackedMatmul<W>(pub std::sync::Arc<W>);
