@@ -131,7 +131,10 @@ impl Linear {
                 x.contiguous()?.apply_op2_no_bwd(w, &FewRowMatmul)?
             }
             Weight::Loaded(w) | Weight::Bf16 { loaded: w, .. } => x.matmul(&w.t()?)?,
-            Weight::Panels(_) => unreachable!("panels are only packed on the CPU"),
+            Weight::Panels(_) => Err(candle_core::Error::Msg(format!(
+                "a weight packed for the CPU met an input on {:?}",
+                x.device()
+            )))?,
         };
         let y = bias_act(y, &self.epilogue)?;
         let mut out_dims = dims;
