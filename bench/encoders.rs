@@ -2,7 +2,8 @@
 //! inputs as bench/torch_encoders.py, same thread count.
 //!
 //!     cargo bench --bench encoders -- MODEL_DIR THREADS
-//! An optional third argument runs only the cases whose name contains it (for profiling).
+//! An optional third argument runs only the cases whose name contains it (for profiling);
+//! `REPEAT_SCALE=N` repeats every case N times as often (a longer steady state for `perf`).
 //! With `MODEL_DIR/check.safetensors` (bench/make_weights.py) it first checks full-size parity
 //! (image embeddings, and text embeddings when the file has token ids) and stops if the largest
 //! difference exceeds 1e-4 of the largest reference value. A filter matching no case
@@ -189,8 +190,9 @@ fn main() -> anyhow::Result<()> {
             gflops.insert(name.to_string(), rate.into());
         }
     }
+    let scale: usize = std::env::var("REPEAT_SCALE").map_or(Ok(1), |s| s.parse())?;
     let (mut results, mut faults) = (serde_json::Map::new(), serde_json::Map::new());
-    for (batch, repeats) in [(1, 10), (32, 3)] {
+    for (batch, repeats) in [(1, 10 * scale), (32, 3 * scale)] {
         if !wanted(&format!("image b{batch}")) {
             continue;
         }
@@ -204,7 +206,7 @@ fn main() -> anyhow::Result<()> {
         faults.insert(format!("image b{batch}"), f.into());
     }
     for (name, texts) in [("short", &short), ("77-token", &long)] {
-        for (batch, repeats) in [(1, 10), (32, 3)] {
+        for (batch, repeats) in [(1, 10 * scale), (32, 3 * scale)] {
             if !wanted(&format!("text {name} b{batch}")) {
                 continue;
             }

@@ -17,10 +17,33 @@ use super::matmul::{broadcast_block, simd_level, Operands, Out};
 /// of them at a time).
 pub const PANEL_COLUMNS: usize = 64;
 const PANEL: usize = PANEL_COLUMNS;
-/// Rows of `x` per parallel task.
-const TASK_ROWS: usize = 48;
-/// Panels per parallel task (256 output columns).
-const TASK_PANELS: usize = 4;
+/// At most this many rows of `x` per parallel task. Every row block reads the whole weight, so
+/// the blocks are few, as even as the tiles allow, and never a remainder of a few rows: with 48
+/// rows per task, one image of ViT-B/32 (50 rows) read each weight twice, once for 2 rows, and
+/// one thread waited on the other.
+const TASK_ROWS: usize = 96;
+/// Panels per parallel task (128 output columns): enough tasks for the threads to balance on a
+/// single row block (768 outputs are 6 tasks).
+const TASK_PANELS: usize = 2;
+/// The broadcast tile's rows: row blocks are multiples of it.
+const TILE_ROWS: usize = 6;
+
+/// Row blocks for `m` rows: one up to [`TASK_ROWS`], else the fewest of at most that many.
+fn row_blocks(m: usize) -> usize {
+    m.div_ceil(TASK_ROWS).max(1)
+}
+
+/// Rows of block `b` of `blocks`: even shares, their starts on whole tiles.
+fn row_range(b: usize, blocks: usize, m: usize) -> (usize, usize) {
+    let start = |b: usize| {
+        if b >= blocks {
+            m
+        } else {
+            b * m / blocks / TILE_ROWS * TILE_ROWS
+        }
+    };
+    (start(b), start(b + 1))
+}
 
 /// `w` (`n × k`) as `wᵀ` in 64-column panels.
 #[derive(Debug, Clone)]
@@ -93,11 +116,11 @@ impl PanelWeight {
         let simd = simd_level();
         let out = Out(y.as_mut_ptr());
         let panel_count = n.div_ceil(PANEL);
-        let row_blocks = m.div_ceil(TASK_ROWS);
+        let row_blocks = row_blocks(m);
         let panel_blocks = panel_count.div_ceil(TASK_PANELS);
         let task = |t: usize| {
             let (ib, pb) = (t / panel_blocks, t % panel_blocks);
-            let rows = (ib * TASK_ROWS, ((ib + 1) * TASK_ROWS).min(m));
+            let rows = row_range(ib, row_blocks, m);
             for q in pb * TASK_PANELS..((pb + 1) * TASK_PANELS).min(panel_count) {
                 let cols = PANEL.min(n - q * PANEL);
                 // SAFETY: rows and columns are inside x, the panel and y (checked above); this
@@ -141,13 +164,42 @@ mod tests {
     }
 
     #[test]
+    fn row_blocks_cover_every_row_evenly_without_a_small_remainder() {
+        for m in 1..3000 {
+            let blocks = row_blocks(m);
+            let mut next = 0;
+            for b in 0..blocks {
+                let (i0, i1) = row_range(b, blocks, m);
+                assert_eq!(i0, next, "m = {m}, block {b}");
+                assert!(
+                    i1 - i0 <= TASK_ROWS + TILE_ROWS,
+                    "m = {m}, block {b}: {i0}..{i1}"
+                );
+                // No block of a few rows: each holds close to its share.
+                assert!(
+                    i1 - i0 + TILE_ROWS >= m / blocks,
+                    "m = {m}, block {b}: {i0}..{i1}"
+                );
+                if b + 1 < blocks {
+                    assert_eq!(i1 % TILE_ROWS, 0, "m = {m}, block {b}");
+                }
+                next = i1;
+            }
+            assert_eq!(next, m, "m = {m}");
+        }
+        assert_eq!(row_blocks(50), 1);
+        assert_eq!((row_blocks(197), row_range(1, 3, 197)), (3, (60, 126)));
+    }
+
+    #[test]
     fn panels_match_f64_products_at_every_edge() {
-        // Rows past a 6-row tile and a 48-row task, columns past a panel and a task, inputs
-        // past a 512-deep pass; plus the degenerate shapes.
+        // Rows past a 6-row tile and a 96-row task (two and three row blocks), columns past a
+        // panel and a task, inputs past a 512-deep pass; plus the degenerate shapes.
         for &(m, k, n) in &[
             (1, 1, 1),
             (7, 13, 65),
             (49, 515, 300),
+            (101, 40, 200),
             (197, 64, 257),
             (3, 1030, 64),
         ] {
