@@ -38,6 +38,21 @@ enum Weight {
     },
 }
 
+/// `f` of a CPU tensor's f32 values, read in place: a copy of every weight at load was a
+/// second pass over the whole model's memory, every page of it faulted in and zeroed first.
+fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => {
+            Ok(f(crate::kernels::ops::contiguous(s, layout, "linear")?))
+        }
+        _ => Err(
+            candle_core::Error::Msg("linear: packing needs the weight on the CPU".into()).into(),
+        ),
+    }
+}
+
 impl Linear {
     /// Reads `weight` (and `bias`), at the precision of the checkpoint's model.
     pub fn load(vb: &Scope, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
@@ -72,14 +87,14 @@ impl Linear {
             return Ok(self);
         }
         let (n, k) = loaded.dims2()?;
-        let w = || -> Result<Vec<f32>> { Ok(loaded.flatten_all()?.to_vec1::<f32>()?) };
         self.weight = match precision {
             Precision::F32 if n >= PANEL_COLUMNS && simd_level() == Simd::Avx512 => {
-                Weight::Panels(Arc::new(PanelWeight::pack(&w()?, n, k)))
+                let panels = with_values(&loaded, |w| PanelWeight::pack(w, n, k))?;
+                Weight::Panels(Arc::new(panels))
             }
             Precision::F32 => Weight::Loaded(loaded),
             Precision::Bf16 => Weight::Bf16 {
-                packed: Arc::new(PackedWeight::pack(&w()?, n, k)),
+                packed: Arc::new(with_values(&loaded, |w| PackedWeight::pack(w, n, k))?),
                 loaded,
             },
         };
