@@ -250,12 +250,7 @@ unsafe fn panels_abt(xb: &[u16], panels: &[u16], y: &mut [f32], m: usize, k: usi
         // SAFETY: rows and panels are inside the buffers; this task alone writes this tile.
         unsafe { task_abt(xb, panels, out, rows, cols, kp, n) }
     };
-    let tasks = row_chunks * groups;
-    if m * n * k < 1 << 18 {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
+    super::matmul::run_tasks(row_chunks * groups, m * n * k, task);
 }
 
 /// Rows `r0..r1` against panels `p0..p1`, in passes of [`KC`] input pairs.

@@ -598,12 +598,7 @@ pub fn few_rows_abt_into(
         // above); this task alone writes columns j0..j1 of c; `simd` is available.
         unsafe { dot_block(simd, rows, m, (j0, j1), accumulate) }
     };
-    // One task per block, unless the whole product is too small to be worth a hand-off.
-    if m * n * k < 1 << 18 || blocks == 1 {
-        (0..blocks).for_each(task);
-    } else {
-        (0..blocks).into_par_iter().for_each(task);
-    }
+    run_tasks(blocks, m * n * k, task);
 }
 
 /// Rows of length `k` of `x` and `w`, and the output `c`, each with its own row stride.
@@ -845,6 +840,21 @@ unsafe fn dot_tile_avx2_n<const R: usize, const C: usize>(
     out
 }
 
+/// Products of fewer multiply-adds (`m·n·k`) run on the calling thread: handing them to the pool
+/// costs more than it saves.
+const PARALLEL_WORK: usize = 1 << 18;
+
+/// `task(t)` for every `t < tasks`, over the pool unless there is one task or the product's
+/// `work` (`m·n·k`) is below [`PARALLEL_WORK`]. Every product kernel splits its output into
+/// tasks that write disjoint tiles and runs them through here.
+pub(crate) fn run_tasks(tasks: usize, work: usize, task: impl Fn(usize) + Send + Sync) {
+    if work < PARALLEL_WORK || tasks <= 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
 /// Columns of `b` (and `c`) per parallel task of the broadcast kernel.
 const BROADCAST_COLS: usize = 256;
 /// Rows of `op(a)` per parallel task when there are many (a weight gradient's `d` rows).
@@ -920,12 +930,7 @@ pub fn broadcast_gemm(
             )
         }
     };
-    let tasks = row_blocks * col_blocks;
-    if m * n * k < 1 << 18 || tasks == 1 {
-        (0..tasks).for_each(task);
-    } else {
-        (0..tasks).into_par_iter().for_each(task);
-    }
+    run_tasks(row_blocks * col_blocks, m * n * k, task);
 }
 
 /// `op(a)` (`m×k`, any strides), `b` (`k×n`, row stride `ldb`) and `c` (row stride `ldc`).

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{broadcast_block, simd_level, Operands, Out};
+use super::matmul::{broadcast_block, run_tasks, simd_level, Operands, Out};
 
 /// Columns per panel: the AVX-512 broadcast tile's width (the AVX2 and portable tiles take 16
 /// of them at a time).
@@ -147,12 +147,7 @@ impl PanelWeight {
                 }
             }
         };
-        let tasks = row_blocks * panel_blocks;
-        if m * n * k < 1 << 18 || tasks == 1 {
-            (0..tasks).for_each(task);
-        } else {
-            (0..tasks).into_par_iter().for_each(task);
-        }
+        run_tasks(row_blocks * panel_blocks, m * n * k, task);
     }
 }
 
