@@ -973,23 +973,27 @@ pub(crate) unsafe fn broadcast_block(
         Simd::Avx2 => (6, 16),
         Simd::Portable => (4, 16),
     };
+    let pack = packs_b(i1 - i0, mr, ldb, nr);
     for p0 in (0..k).step_by(BROADCAST_DEPTH) {
         let depth = BROADCAST_DEPTH.min(k - p0);
         // The first pass over the inner dimension stores, the later ones add.
         let add = accumulate || p0 > 0;
         for j in (j0..j1).step_by(nr) {
             let cols = nr.min(j1 - j);
+            let (bj, ldbj) = match pack {
+                true => (pack_panel(b.add(p0 * ldb + j), ldb, depth, cols, nr), nr),
+                false => (b.add(p0 * ldb + j), ldb),
+            };
             for i in (i0..i1).step_by(mr) {
                 let rows = mr.min(i1 - i);
                 let ai = a.add(i * a_rs + p0 * a_cs);
-                let bj = b.add(p0 * ldb + j);
                 let cij = c.0.add(i * ldc + j);
                 let t = Tile {
                     a: ai,
                     a_rs,
                     a_cs,
                     b: bj,
-                    ldb,
+                    ldb: ldbj,
                     c: cij,
                     ldc,
                     depth,
@@ -1007,6 +1011,47 @@ pub(crate) unsafe fn broadcast_block(
             }
         }
     }
+}
+
+/// Whether [`broadcast_block`] copies each `depth × nr` panel of `b` into contiguous rows before
+/// its row tiles pass over it: when several tiles share the panel and its rows lie a page or
+/// more apart (`dY · W` against a 1000 × 1024 classifier: 256 bytes per row, 4 KiB apart). Each
+/// row then sits in its own page, which neither the hardware prefetchers (they stop at page
+/// boundaries) nor the first-level TLB (512 rows, 512 pages) follow, and every tile paid for it.
+fn packs_b(rows: usize, mr: usize, ldb: usize, nr: usize) -> bool {
+    rows > mr && ldb * std::mem::size_of::<f32>() >= PAGE_BYTES && ldb != nr
+}
+
+const PAGE_BYTES: usize = 4096;
+
+thread_local! {
+    /// Each thread's copy of the panel of `b` its current block works on.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Copies `depth` rows of `cols` floats (row stride `ldb`) into this thread's panel buffer with
+/// row stride `nr`, and returns the buffer's start. The pointer stays valid until this thread's
+/// next call.
+///
+/// # Safety
+/// The rows must be inside `b`'s allocation.
+unsafe fn pack_panel(
+    b: *const f32,
+    ldb: usize,
+    depth: usize,
+    cols: usize,
+    nr: usize,
+) -> *const f32 {
+    PANEL.with_borrow_mut(|panel| {
+        if panel.len() < depth * nr {
+            panel.resize(depth * nr, 0.0);
+        }
+        for p in 0..depth {
+            let src = std::slice::from_raw_parts(b.add(p * ldb), cols);
+            panel[p * nr..p * nr + cols].copy_from_slice(src);
+        }
+        panel.as_ptr()
+    })
 }
 
 /// One output tile of the broadcast kernel: `c[r][q] (+)= Σ_p a[r·a_rs + p·a_cs] · b[p·ldb + q]`.
@@ -1311,9 +1356,10 @@ mod tests {
     #[test]
     fn broadcast_tiles_match_the_gemm_crate_on_odd_shapes_and_strides() {
         // (m, k, n): few rows, short inner dimensions, column tails of every width, several
-        // depth passes (k > 512).
+        // depth passes (k > 512), rows of `b` a page apart (copied into panels) with a tail.
         let shapes = [
             (1, 1, 1),
+            (20, 600, 1030),
             (1, 5, 17),
             (3, 7, 63),
             (6, 16, 64),
