@@ -19,7 +19,7 @@ use super::head::{
 };
 use super::hyper_network::{row_mean, with_summary, RatioCache, RatioNet};
 use super::linalg::{
-    gemm, map_rows, normalize_rows, normalize_rows_backward, scaled_cross_entropy_backward,
+    gemm, FrozenMatrix, map_rows, normalize_rows, normalize_rows_backward, scaled_cross_entropy_backward,
     seeded_rng, Matrix,
 };
 use super::method::method_boilerplate;
@@ -367,9 +367,10 @@ struct Forward {
     cosines: Matrix,
 }
 
-/// The normalised class embeddings, computed once per training run or prediction when the
-/// text side is frozen (re-normalising K×D every step would cost as much as the adapter).
-struct FrozenText(Option<Matrix>);
+/// The normalised class embeddings, computed (and packed for the products) once per training
+/// run or prediction when the text side is frozen (re-normalising K×D every step would cost as
+/// much as the adapter).
+struct FrozenText(Option<FrozenMatrix>);
 
 /// `r_i·a_i + (1 − r_i)·x_i` row-wise.
 fn mix(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> Matrix {
@@ -430,13 +431,17 @@ impl AdapterModel {
         }
     }
 
-    fn frozen_text(&self) -> FrozenText {
-        FrozenText(
-            self.params
-                .text
-                .is_none()
-                .then(|| self.classes.normalized()),
-        )
+    /// The frozen classifier for training (`packed`: both products on panels) or for prediction
+    /// (unpacked: the product of `zero_shot::cosine_logits`, so that ratio 0 gives the zero-shot
+    /// logits bit for bit).
+    fn frozen_text(&self, packed: bool) -> FrozenText {
+        FrozenText(self.params.text.is_none().then(|| {
+            let w = self.classes.normalized();
+            match packed {
+                true => FrozenMatrix::new(w),
+                false => FrozenMatrix::unpacked(w),
+            }
+        }))
     }
 
     /// The visual branch: `f* = α·A_v(f) + (1 − α)·f` (before normalisation) and its
@@ -482,23 +487,22 @@ impl AdapterModel {
         };
         // The same operations, in the same order, as `zero_shot::cosine_logits`.
         let f_norms = normalize_rows(&mut f.data, f.cols);
-        let w_mat = match (&w, &frozen.0) {
-            (Some((w, _)), _) => w,
-            (None, Some(w)) => w,
-            (None, None) => unreachable!("FrozenText is built for a model without a text adapter"),
-        };
         let mut cosines = Matrix::zeros(x.rows, t.rows);
-        gemm(
-            &f.data,
-            false,
-            &w_mat.data,
-            true,
-            &mut cosines.data,
-            f.rows,
-            f.cols,
-            w_mat.rows,
-            false,
-        );
+        match (&w, &frozen.0) {
+            (Some((w, _)), _) => gemm(
+                &f.data,
+                false,
+                &w.data,
+                true,
+                &mut cosines.data,
+                f.rows,
+                f.cols,
+                w.rows,
+                false,
+            ),
+            (None, Some(w)) => w.times_transposed(&f.data, f.rows, &mut cosines.data),
+            (None, None) => unreachable!("FrozenText is built for a model without a text adapter"),
+        }
         Forward {
             visual,
             text,
@@ -535,14 +539,17 @@ impl AdapterModel {
         let (b, k, d) = (x.rows, self.classes.rows, x.cols);
         let w = match (&fw.w, &frozen.0) {
             (Some((w, _)), _) => w,
-            (None, Some(w)) => w,
+            (None, Some(w)) => &w.matrix,
             (None, None) => return,
         };
         if let (Some(bn), Some((cache, ratios, hyper)), Some(g)) =
             (&self.params.visual, &fw.visual, grad.visual.as_mut())
         {
             let mut du = vec![0f32; b * d];
-            gemm(d_cosines, false, &w.data, false, &mut du, b, k, d, false);
+            match &frozen.0 {
+                Some(frozen) => frozen.times(d_cosines, b, &mut du),
+                _ => gemm(d_cosines, false, &w.data, false, &mut du, b, k, d, false),
+            }
             let df = normalize_rows_backward(&fw.f.data, &fw.f_norms, &du, d);
             let (d_adapted, d_ratio) = mix_backward(&cache.out, x, ratios, &df);
             bn.backward(x, cache, d_adapted, g);
@@ -566,7 +573,7 @@ impl AdapterModel {
 
     /// Mean cross-entropy on `(x, labels)` and its gradient.
     pub fn loss_and_grad(&self, x: &Matrix, labels: &[usize]) -> (f32, AdapterParams) {
-        let frozen = self.frozen_text();
+        let frozen = self.frozen_text(true);
         let mut fw = self.forward(x, &frozen);
         let (loss, d_cosines) = self.loss(&mut fw, labels);
         let mut grad = self.params.zeros_like();
@@ -578,7 +585,7 @@ impl AdapterModel {
     pub fn logits(&self, x: &Matrix) -> Matrix {
         const CHUNK: usize = 1024;
         let mut out = Matrix::zeros(x.rows, self.classes.rows);
-        let frozen = self.frozen_text();
+        let frozen = self.frozen_text(false);
         let mut start = 0;
         while start < x.rows {
             let end = (start + CHUNK).min(x.rows);
@@ -616,7 +623,7 @@ pub fn train(
     };
     let mut sgd = Sgd::new(opts.momentum, opts.weight_decay);
     let mut grad = model.params.zeros_like();
-    let frozen = model.frozen_text();
+    let frozen = model.frozen_text(true);
     let epoch_loop = EpochLoop {
         epochs,
         batching: Batching::DropLast {
