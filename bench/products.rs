@@ -150,6 +150,9 @@ fn bf16_table() {
         .map(|&(what, m, k, n, ..)| (what, m, k, n))
         .collect();
     shapes.extend([
+        ("logits f·Wᵀ, batch 32, 100 classes", 32, 1024, 100),
+        ("logits f·Wᵀ, batch 32, 397 classes", 32, 1024, 397),
+        ("logits f·Wᵀ, batch 256, 397 classes", 256, 1024, 397),
         ("CLIP text qkv, one 77-token text", 77, 512, 1536),
         ("CLIP text out_proj, one 77-token text", 77, 512, 512),
         ("CLIP text fc1, one 77-token text", 77, 512, 2048),

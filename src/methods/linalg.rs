@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 pub use crate::kernels::matmul::{gemm, gemm_f64_abt};
 use crate::kernels::matmul::{simd_level, Simd};
-use crate::kernels::panels::PanelWeight;
+use crate::kernels::panels::{PanelWeight, PANEL_COLUMNS};
 use crate::kernels::vmath::exp_scaled_sum;
 use crate::rng::SplitMix64;
 
@@ -139,17 +139,26 @@ pub struct FrozenMatrix {
     packed: Option<Packed>,
 }
 
-/// `M` for `x · Mᵀ` and `Mᵀ` for `y · M`, as panels.
+/// `M` for `x · Mᵀ` (when its rows fill the panels) and `Mᵀ` for `y · M`, as panels.
 #[derive(Debug, Clone)]
 struct Packed {
-    rows: PanelWeight,
+    rows: Option<PanelWeight>,
     columns: PanelWeight,
+}
+
+/// Whether `n` outputs fill 64-column panels to within an eighth. A padded panel still costs its
+/// full width: with 10 classes (EuroSAT) the panels ran `x · Mᵀ` at 23-33 GFLOP/s against the dot
+/// tiles' 130, with 397 (SUN397) at batch 32 at 206-211 against 216-224; with 1000 they won
+/// (252-264 against 224-246). Intel Xeon (Emerald Rapids), AVX-512, `cargo bench --bench products`.
+fn fills_panels(n: usize) -> bool {
+    n.div_ceil(PANEL_COLUMNS) * PANEL_COLUMNS * 8 <= n * 9
 }
 
 impl FrozenMatrix {
     pub fn new(matrix: Matrix) -> Self {
         let packed = (simd_level() == Simd::Avx512).then(|| Packed {
-            rows: PanelWeight::pack(&matrix.data, matrix.rows, matrix.cols),
+            rows: fills_panels(matrix.rows)
+                .then(|| PanelWeight::pack(&matrix.data, matrix.rows, matrix.cols)),
             columns: PanelWeight::pack(&matrix.transposed().data, matrix.cols, matrix.rows),
         });
         FrozenMatrix { matrix, packed }
@@ -166,8 +175,8 @@ impl FrozenMatrix {
     /// `x · Mᵀ`, `x` having `rows` rows of `M.cols`; `out` (`rows × M.rows`) is overwritten.
     pub fn times_transposed(&self, x: &[f32], rows: usize, out: &mut [f32]) {
         let m = &self.matrix;
-        match &self.packed {
-            Some(p) => p.rows.abt_into(x, rows, out),
+        match self.packed.as_ref().and_then(|p| p.rows.as_ref()) {
+            Some(panels) => panels.abt_into(x, rows, out),
             None => gemm(x, false, &m.data, true, out, rows, m.cols, m.rows, false),
         }
     }
@@ -359,8 +368,14 @@ mod tests {
 
     #[test]
     fn a_frozen_matrix_multiplies_as_f64_products_packed_or_not() {
-        // 70 columns: a panel and a tail; 600 rows: two passes of the inner dimension in `times`.
-        let (k, d, b) = (600, 70, 13);
+        // 70 columns: a panel and a tail; 600 rows: two passes of the inner dimension in `times`
+        // (and panels for `times_transposed`); 10 rows: too few to fill a panel.
+        for (k, d, b) in [(600, 70, 13), (10, 70, 13)] {
+            frozen_products_match(k, d, b);
+        }
+    }
+
+    fn frozen_products_match(k: usize, d: usize, b: usize) {
         let mut rng = seeded_rng(3);
         let m = Matrix::from_vec(k, d, rng.uniform_vec(k * d, 1.0)).unwrap();
         let x = rng.uniform_vec(b * d, 1.0);
@@ -370,7 +385,10 @@ mod tests {
         gemm_f64_abt(&f64s(&x), &f64s(&m.data), &mut want_xt, b, d, k);
         let mut want_y = vec![0f64; b * d];
         gemm_f64_abt(&f64s(&y), &f64s(&m.transposed().data), &mut want_y, b, k, d);
-        for frozen in [FrozenMatrix::new(m.clone()), FrozenMatrix::unpacked(m.clone())] {
+        for frozen in [
+            FrozenMatrix::new(m.clone()),
+            FrozenMatrix::unpacked(m.clone()),
+        ] {
             let mut xt = vec![0f32; b * k];
             frozen.times_transposed(&x, b, &mut xt);
             let mut ym = vec![0f32; b * d];
