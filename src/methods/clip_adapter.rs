@@ -485,7 +485,8 @@ impl AdapterModel {
                 (Some((w, norms)), Some((cache, ratios, hyper)))
             }
         };
-        // The same operations, in the same order, as `zero_shot::cosine_logits`.
+        // The same operations, in the same order, as `zero_shot::cosine_logits` (with the
+        // unpacked classifier of prediction; training's packed one sums in another order).
         let f_norms = normalize_rows(&mut f.data, f.cols);
         let mut cosines = Matrix::zeros(x.rows, t.rows);
         match (&w, &frozen.0) {
@@ -548,7 +549,7 @@ impl AdapterModel {
             let mut du = vec![0f32; b * d];
             match &frozen.0 {
                 Some(frozen) => frozen.times(d_cosines, b, &mut du),
-                _ => gemm(d_cosines, false, &w.data, false, &mut du, b, k, d, false),
+                None => gemm(d_cosines, false, &w.data, false, &mut du, b, k, d, false),
             }
             let df = normalize_rows_backward(&fw.f.data, &fw.f_norms, &du, d);
             let (d_adapted, d_ratio) = mix_backward(&cache.out, x, ratios, &df);
