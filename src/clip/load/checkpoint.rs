@@ -26,6 +26,32 @@ enum Source {
     Archive(TorchArchive),
 }
 
+/// Drops the pages of a file map under `bytes` from this process's resident set once they have
+/// been copied out. A file-backed page comes back from the page cache if touched again, so no
+/// value changes; without it a load held the checkpoint twice, the touched map and the copies
+/// (SigLIP-B/16: a peak RSS of 1763 MiB for an 812 MB file). Only whole pages inside `bytes` are
+/// released: a page shared with a neighbouring tensor stays.
+fn release_mapped(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => return,
+        };
+        let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: [start, end) lies inside a read-only file map that no one writes; dropping
+            // its resident pages only makes the next read fetch them from the page cache. A
+            // failure leaves the pages resident, which is harmless.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}
+
 /// The zip local-file-header signature that starts every PyTorch archive.
 const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
 
@@ -120,6 +146,9 @@ impl Checkpoint {
             .into_par_iter()
             .filter_map(|name| {
                 let stored = st.load(name, device).ok()?;
+                if let Ok(view) = st.get(name) {
+                    release_mapped(view.data());
+                }
                 let dtype = stored.dtype();
                 let tensor = match dtype {
                     DType::F16 | DType::BF16 | DType::F64 => stored.to_dtype(DType::F32).ok()?,
@@ -372,5 +401,54 @@ impl<'a> Scope<'a> {
     /// The precision the model's linear layers are built for.
     pub fn precision(&self) -> Precision {
         self.checkpoint.precision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of F32 tensors `(name, shape, values)`, in order.
+    fn safetensors(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+        let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
+        for (name, shape, values) in tensors {
+            let start = data.len();
+            data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            header.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+            );
+        }
+        let h = serde_json::Value::Object(header).to_string().into_bytes();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend(h);
+        out.extend(data);
+        out
+    }
+
+    #[test]
+    fn preloading_releases_the_map_without_changing_a_value() {
+        // Tensors over several pages, starting off page boundaries, with a small one between.
+        let big = |seed: usize| (0..3 * 5000).map(move |i| ((i * 31 + seed) % 997) as f32 - 498.0);
+        let tensors = [
+            ("a", vec![3, 5000], big(1).collect::<Vec<f32>>()),
+            ("b", vec![7], (0..7).map(|i| i as f32 * 0.5).collect()),
+            ("c", vec![3, 5000], big(2).collect()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        std::fs::write(&path, safetensors(&tensors)).unwrap();
+        let cp = Checkpoint::open(&path, Layout::Transformers, &Device::Cpu).unwrap();
+        cp.preload();
+        for (name, shape, values) in &tensors {
+            let got = cp.get(name, shape).unwrap().flatten_all().unwrap();
+            assert_eq!(&got.to_vec1::<f32>().unwrap(), values, "{name}");
+            // The released pages read back from the file as they were.
+            let Source::Safetensors(st) = &cp.source else {
+                unreachable!()
+            };
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(st.get(name).unwrap().data(), &bytes[..], "{name}");
+        }
     }
 }
