@@ -11,12 +11,11 @@
 
 use rayon::prelude::*;
 
-use super::matmul::{broadcast_block, run_tasks, simd_level, Operands, Out};
+use super::matmul::{broadcast_block, run_tasks, simd_level, Operands, Out, Simd};
 
 /// Columns per panel: the AVX-512 broadcast tile's width (the AVX2 and portable tiles take 16
 /// of them at a time).
-pub const PANEL_COLUMNS: usize = 64;
-const PANEL: usize = PANEL_COLUMNS;
+const PANEL: usize = 64;
 /// At most this many rows of `x` per parallel task. Every row block reads the whole weight, so
 /// the blocks are few, as even as the tiles allow, and never a remainder of a few rows: with 48
 /// rows per task, one image of ViT-B/32 (50 rows) read each weight twice, once for 2 rows, and
@@ -24,6 +23,21 @@ const PANEL: usize = PANEL_COLUMNS;
 /// Intel Xeon (Emerald Rapids), 200 rows beat 96 by 6-15 % there and by 2-4 % at batch 32 (200
 /// rows of a 512-deep pass are 400 KiB of `x`, in L2 beside the 128 KiB panel).
 const TASK_ROWS: usize = 200;
+/// Whether a frozen weight with `n` outputs is worth packing into panels on this CPU: at
+/// AVX-512 only, and only when its outputs fill the 64-column panels to within an eighth (a
+/// padded panel costs its full width).
+///
+/// AVX-512 because that is where the panels won everywhere: on an AMD EPYC Zen 4 (`cargo bench
+/// --bench products`) they beat the dot tiles and the `gemm` crate on every encoder shape at
+/// AVX-512, while with AVX2 forced they won up to 80 rows but lost 4–8 % to the crate's AVX2
+/// kernels on one ViT-B/16 or ViT-L/14 image and on 1600-row batches. The fill: a classifier's
+/// `x · Wᵀ` on an Intel Xeon (Emerald Rapids) ran on panels at 23–33 GFLOP/s against the dot
+/// tiles' 130 with 10 classes, 206–211 against 216–224 with 397 (batch 32), and won with 1000
+/// (252–264 against 224–246).
+pub fn worth_packing(n: usize) -> bool {
+    simd_level() == Simd::Avx512 && n.div_ceil(PANEL) * PANEL * 8 <= n * 9
+}
+
 /// Panels per parallel task (128 output columns): enough tasks for the threads to balance on a
 /// single row block (768 outputs are 6 tasks).
 const TASK_PANELS: usize = 2;

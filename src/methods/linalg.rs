@@ -6,8 +6,7 @@
 use rayon::prelude::*;
 
 pub use crate::kernels::matmul::{gemm, gemm_f64_abt};
-use crate::kernels::matmul::{simd_level, Simd};
-use crate::kernels::panels::{PanelWeight, PANEL_COLUMNS};
+use crate::kernels::panels::{worth_packing, PanelWeight};
 use crate::kernels::vmath::exp_scaled_sum;
 use crate::rng::SplitMix64;
 
@@ -130,8 +129,8 @@ impl Matrix {
 /// `y · M` (their gradient back to the features). Unpacked, `y · M` reads `M`'s rows 4 KiB
 /// apart (1024 floats each) and `x · Mᵀ` takes the dot tiles; packed, both run on the
 /// broadcast tiles over contiguous panels (on an Intel Xeon, Emerald Rapids: 32 × 1024 × 1000
-/// at 263 GFLOP/s against 228, `cargo bench --bench products`). Packed at AVX-512 only, where
-/// the encoders' frozen weights are too (`transformer::Linear::at`); below it the products go
+/// at 263 GFLOP/s against 228, `cargo bench --bench products`). Packed where
+/// [`worth_packing`] says, as the encoders' frozen weights are; otherwise the products go
 /// through [`gemm`].
 #[derive(Debug, Clone)]
 pub struct FrozenMatrix {
@@ -146,18 +145,10 @@ struct Packed {
     columns: PanelWeight,
 }
 
-/// Whether `n` outputs fill 64-column panels to within an eighth. A padded panel still costs its
-/// full width: with 10 classes (EuroSAT) the panels ran `x · Mᵀ` at 23-33 GFLOP/s against the dot
-/// tiles' 130, with 397 (SUN397) at batch 32 at 206-211 against 216-224; with 1000 they won
-/// (252-264 against 224-246). Intel Xeon (Emerald Rapids), AVX-512, `cargo bench --bench products`.
-fn fills_panels(n: usize) -> bool {
-    n.div_ceil(PANEL_COLUMNS) * PANEL_COLUMNS * 8 <= n * 9
-}
-
 impl FrozenMatrix {
     pub fn new(matrix: Matrix) -> Self {
-        let packed = (simd_level() == Simd::Avx512).then(|| Packed {
-            rows: fills_panels(matrix.rows)
+        let packed = worth_packing(matrix.cols).then(|| Packed {
+            rows: worth_packing(matrix.rows)
                 .then(|| PanelWeight::pack(&matrix.data, matrix.rows, matrix.cols)),
             columns: PanelWeight::pack(&matrix.transposed().data, matrix.cols, matrix.rows),
         });
@@ -368,9 +359,9 @@ mod tests {
 
     #[test]
     fn a_frozen_matrix_multiplies_as_f64_products_packed_or_not() {
-        // 70 columns: a panel and a tail; 600 rows: two passes of the inner dimension in `times`
-        // (and panels for `times_transposed`); 10 rows: too few to fill a panel.
-        for (k, d, b) in [(600, 70, 13), (10, 70, 13)] {
+        // 250 columns: panels and a tail, full enough to pack; 600 rows: two passes of the inner
+        // dimension in `times` (and panels for `times_transposed`); 10 rows: too few to fill one.
+        for (k, d, b) in [(600, 250, 13), (10, 250, 13)] {
             frozen_products_match(k, d, b);
         }
     }

@@ -145,10 +145,9 @@ impl Checkpoint {
         let loaded: Vec<(String, (DType, Tensor))> = names
             .into_par_iter()
             .filter_map(|name| {
-                let stored = st.load(name, device).ok()?;
-                if let Ok(view) = st.get(name) {
-                    release_mapped(view.data());
-                }
+                let view = st.get(name).ok()?;
+                let stored = candle_core::safetensors::Load::load(&view, device).ok()?;
+                release_mapped(view.data());
                 let dtype = stored.dtype();
                 let tensor = match dtype {
                     DType::F16 | DType::BF16 | DType::F64 => stored.to_dtype(DType::F32).ok()?,

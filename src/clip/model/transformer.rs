@@ -13,9 +13,9 @@ use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::Activation;
 use crate::clip::precision::Precision;
 use crate::kernels::bf16::PackedWeight;
-use crate::kernels::matmul::{dot_rows, simd_level, Simd};
+use crate::kernels::matmul::dot_rows;
 use crate::kernels::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention, PackedMatmul};
-use crate::kernels::panels::{PanelWeight, PANEL_COLUMNS};
+use crate::kernels::panels::{worth_packing, PanelWeight};
 
 /// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
 pub struct Linear {
@@ -72,14 +72,9 @@ impl Linear {
         }
     }
 
-    /// This layer multiplying at `precision` on the CPU: f32 packs the weight into panels
-    /// (from 64 output columns, with AVX-512; otherwise it keeps the dot tiles and the blocked
-    /// GEMM), bfloat16 packs it rounded. Off the CPU the weight stays as loaded.
-    ///
-    /// Panels need AVX-512 because that is where they won everywhere: on an AMD EPYC Zen 4
-    /// (`cargo bench --bench products`) they beat the dot tiles and the `gemm` crate on every
-    /// encoder shape at AVX-512, while with AVX2 forced they won up to 80 rows but lost 4–8 % to
-    /// the crate's AVX2 kernels on one ViT-B/16 or ViT-L/14 image and on 1600-row batches.
+    /// This layer multiplying at `precision` on the CPU: f32 packs the weight into panels where
+    /// [`worth_packing`] says (otherwise it keeps the dot tiles and the blocked GEMM), bfloat16
+    /// packs it rounded. Off the CPU the weight stays as loaded.
     pub fn at(mut self, precision: Precision) -> Result<Self> {
         let loaded = self.weight()?;
         if !loaded.device().is_cpu() {
@@ -88,7 +83,7 @@ impl Linear {
         }
         let (n, k) = loaded.dims2()?;
         self.weight = match precision {
-            Precision::F32 if n >= PANEL_COLUMNS && simd_level() == Simd::Avx512 => {
+            Precision::F32 if worth_packing(n) => {
                 let panels = with_values(&loaded, |w| PanelWeight::pack(w, n, k))?;
                 Weight::Panels(Arc::new(panels))
             }
