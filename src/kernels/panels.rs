@@ -119,6 +119,23 @@ impl PanelWeight {
     /// # Panics
     /// If `x` or `y` is too small.
     pub fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        self.abt_into_then(x, m, y, &|_, _, _| {})
+    }
+
+    /// [`PanelWeight::abt_into`], then `after(segment, row, column)` on each row's segment of
+    /// each panel's columns (`column` its first), by the task that computed it, while it is
+    /// still in that core's cache: a layer's bias, activation and residual, which as passes of
+    /// their own read the whole output back from the other core's cache or from memory.
+    ///
+    /// # Panics
+    /// If `x` or `y` is too small.
+    pub fn abt_into_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        after: &(dyn Fn(&mut [f32], usize, usize) + Sync),
+    ) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k, "panel matmul: input too small");
         assert!(y.len() >= m * n, "panel matmul: output too small");
@@ -127,6 +144,10 @@ impl PanelWeight {
         }
         if k == 0 {
             y[..m * n].fill(0.0);
+            y[..m * n]
+                .chunks_mut(n)
+                .enumerate()
+                .for_each(|(r, row)| after(row, r, 0));
             return;
         }
         let simd = simd_level();
@@ -157,7 +178,12 @@ impl PanelWeight {
                         rows,
                         (0, cols),
                         false,
-                    )
+                    );
+                    for r in rows.0..rows.1 {
+                        let segment =
+                            std::slice::from_raw_parts_mut(out.add(r * n + q * PANEL).0, cols);
+                        after(segment, r, q * PANEL);
+                    }
                 }
             }
         };
@@ -200,6 +226,28 @@ mod tests {
         }
         assert_eq!(row_blocks(197), 1);
         assert_eq!((row_blocks(1600), row_range(1, 8, 1600)), (8, (198, 396)));
+    }
+
+    #[test]
+    fn the_epilogue_sees_each_output_once_with_its_column() {
+        // Adds 1000 · row + column to every output: each segment once, at its own place, past a
+        // panel, a task and a row block.
+        for &(m, k, n) in &[(7, 13, 65), (203, 40, 300), (3, 0, 70)] {
+            let (x, w) = (values(m * k, 3), values(n * k, 4));
+            let packed = PanelWeight::pack(&w, n, k);
+            let mut plain = vec![f32::NAN; m * n];
+            packed.abt_into(&x, m, &mut plain);
+            let mut fused = vec![f32::NAN; m * n];
+            packed.abt_into_then(&x, m, &mut fused, &|segment, row, column| {
+                for (c, v) in segment.iter_mut().enumerate() {
+                    *v += (1000 * row + column + c) as f32;
+                }
+            });
+            for (i, (f, p)) in fused.iter().zip(&plain).enumerate() {
+                let (row, column) = (i / n, i % n);
+                assert_eq!(*f, p + (1000 * row + column) as f32, "{m}×{k}×{n} at {i}");
+            }
+        }
     }
 
     #[test]

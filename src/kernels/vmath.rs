@@ -37,6 +37,31 @@ pub(crate) fn exp_scaled_sum_at(simd: Simd, xs: &mut [f32], scale: f32, shift: f
     }
 }
 
+/// `xs ↦ softmax(scale · xs)` in place, `scale > 0` (attention's `1/√d`): the row's largest
+/// value, the shifted exponentials and their sum, and the normalisation, each at the CPU's
+/// vector width (the crate's baseline build compiles a plain loop four floats wide, the
+/// maximum's fold one at a time: on one image's attention rows that was most of the softmax).
+pub(crate) fn softmax_scaled(xs: &mut [f32], scale: f32) {
+    softmax_scaled_at(simd_level(), xs, scale)
+}
+
+/// [`softmax_scaled`] at level `simd`, which must be available.
+pub(crate) fn softmax_scaled_at(simd: Simd, xs: &mut [f32], scale: f32) {
+    assert!(simd.available(), "softmax: {simd:?} not available");
+    match simd {
+        // SAFETY: the CPU has the level's features (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512::softmax_scaled(xs, scale) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::softmax_scaled(xs, scale) },
+        _ => {
+            let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let inv = 1.0 / exp_scaled_sum_at(simd, xs, scale, max * scale);
+            xs.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+}
+
 /// `row[i] = quick_gelu(row[i] + bias[i])` where `quick_gelu(x) = x · σ(1.702 x)`, as CLIP's
 /// `QuickGELU` (`x * torch.sigmoid(1.702 * x)`, here `x / (1 + exp(-1.702 x))`).
 pub(crate) fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
@@ -243,6 +268,30 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn softmax_scaled(xs: &mut [f32], scale: f32) {
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut chunks = xs.chunks_exact(16);
+        for c in &mut chunks {
+            max = _mm512_max_ps(max, _mm512_loadu_ps(c.as_ptr()));
+        }
+        let tail = chunks.remainder();
+        let mask = ((1u32 << tail.len()) - 1) as __mmask16;
+        max = _mm512_mask_max_ps(max, mask, max, _mm512_maskz_loadu_ps(mask, tail.as_ptr()));
+        let max = _mm512_reduce_max_ps(max);
+        let inv = _mm512_set1_ps(1.0 / exp_scaled_sum(xs, scale, max * scale));
+        let mut chunks = xs.chunks_exact_mut(16);
+        for c in &mut chunks {
+            _mm512_storeu_ps(
+                c.as_mut_ptr(),
+                _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), inv),
+            );
+        }
+        let tail = chunks.into_remainder();
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, tail.as_ptr()), inv);
+        _mm512_mask_storeu_ps(tail.as_mut_ptr(), mask, v);
+    }
+
+    #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
         bias_gate(row, bias, 1.702, 0.0)
     }
@@ -409,6 +458,34 @@ mod avx2 {
 
     /// # Safety
     /// `bias`, when given, is at least as long as `row`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_scaled(xs: &mut [f32], scale: f32) {
+        let low = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut max = low;
+        let mut chunks = xs.chunks_exact(8);
+        for c in &mut chunks {
+            max = _mm256_max_ps(max, _mm256_loadu_ps(c.as_ptr()));
+        }
+        let tail = chunks.remainder();
+        let m = mask(tail.len());
+        let v = _mm256_maskload_ps(tail.as_ptr(), m);
+        max = _mm256_max_ps(max, _mm256_blendv_ps(low, v, _mm256_castsi256_ps(m)));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), max);
+        let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv = _mm256_set1_ps(1.0 / exp_scaled_sum(xs, scale, max * scale));
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            _mm256_storeu_ps(
+                c.as_mut_ptr(),
+                _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), inv),
+            );
+        }
+        let tail = chunks.into_remainder();
+        let v = _mm256_mul_ps(_mm256_maskload_ps(tail.as_ptr(), m), inv);
+        _mm256_maskstore_ps(tail.as_mut_ptr(), m, v);
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
         bias_gate(row, bias, 1.702, 0.0)
@@ -611,6 +688,43 @@ mod tests {
                 assert!(v.get(1).is_none_or(|&x| x < 1e-37), "{simd:?}");
                 assert!(v.get(4).is_none_or(|&x| x == 1.0), "{simd:?}");
                 assert!((s - v.iter().sum::<f32>()).abs() < 1e-6, "{simd:?} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn vector_softmax_is_the_f64_softmax_at_every_level() {
+        // Lengths around the vector widths (a masked tail, none, an empty row); the largest
+        // value anywhere in the row, so that every lane's maximum is exercised.
+        for len in [0usize, 1, 7, 8, 15, 16, 17, 50, 196, 197] {
+            for top in [0, len / 2, len.saturating_sub(1)] {
+                let xs: Vec<f32> = (0..len)
+                    .map(|i| {
+                        if i == top {
+                            9.0
+                        } else {
+                            ((i * 37) % 23) as f32 * 0.4 - 4.0
+                        }
+                    })
+                    .collect();
+                let scale = 0.125f32;
+                let max = xs.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+                let e: Vec<f64> = xs
+                    .iter()
+                    .map(|&x| ((x as f64 - max) * scale as f64).exp())
+                    .collect();
+                let sum: f64 = e.iter().sum();
+                for simd in levels() {
+                    let mut got = xs.clone();
+                    softmax_scaled_at(simd, &mut got, scale);
+                    for (i, (g, w)) in got.iter().zip(&e).enumerate() {
+                        let w = w / sum;
+                        assert!(
+                            (*g as f64 - w).abs() <= 1e-6 * w + 1e-9,
+                            "{simd:?} len {len}, top {top}, at {i}: {g} vs {w}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -130,11 +130,18 @@ impl EvaAttention {
 
     /// # Shapes
     /// `(B, 1 + N, D) -> (B, 1 + N, D)`
-    pub fn forward(&self, x: &Tensor, rope: &RotaryEmbedding) -> Result<Tensor> {
+    /// `attention(x) + residual`, the sum made as the output projection writes its result.
+    pub fn forward_plus(
+        &self,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?.contiguous()?; // (B, L, 3D), fresh
         rope.apply_to_qkv(&qkv, self.kernel.heads, 1)?;
         let attended = qkv.apply_op1_no_bwd(&self.kernel)?; // (B, L, D)
-        self.proj.forward(&self.norm.forward(&attended)?)
+        self.proj
+            .forward_plus(&self.norm.forward(&attended)?, residual)
     }
 }
 
@@ -165,12 +172,13 @@ impl SwiGlu {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `swiglu(x) + residual`, the sum made as `fc2` writes its result.
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let both = self.fc1.forward(x)?;
         let gated = both.apply_op1_no_bwd(&SwiGluGate {
             hidden: self.hidden,
         })?;
-        self.fc2.forward(&self.norm.forward(&gated)?)
+        self.fc2.forward_plus(&self.norm.forward(&gated)?, residual)
     }
 }
 
@@ -192,8 +200,8 @@ impl EvaBlock {
     }
 
     pub fn forward(&self, x: &Tensor, rope: &RotaryEmbedding) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?, rope)?)?;
-        Ok((&x + self.mlp.forward(&self.norm2.forward(&x)?)?)?)
+        let x = self.attn.forward_plus(&self.norm1.forward(x)?, rope, x)?;
+        self.mlp.forward_plus(&self.norm2.forward(&x)?, &x)
     }
 }
 

@@ -14,7 +14,9 @@ use crate::clip::load::config::Activation;
 use crate::clip::precision::Precision;
 use crate::kernels::bf16::PackedWeight;
 use crate::kernels::matmul::dot_rows;
-use crate::kernels::ops::{bias_act, BiasAct, FewRowMatmul, FusedAttention, PackedMatmul};
+use crate::kernels::ops::{
+    bias_act, BiasAct, FewRowMatmul, FusedAttention, PackedAbt, PackedLinear,
+};
 use crate::kernels::panels::{worth_packing, PanelWeight};
 
 /// `y = x Wᵀ + b`, with an optional activation fused into the bias pass.
@@ -121,37 +123,74 @@ impl Linear {
     /// # Shapes
     /// `(.., in) -> (.., out)`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // One 2-D GEMM over all leading dimensions: candle's broadcast batched matmul splits
-        // the same work into one small GEMM per batch element.
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim.max(1);
-        let x = x.reshape((rows, in_dim))?;
+        let (x, out_dims) = self.flatten(x)?;
+        let rows = x.dim(0)?;
         let cpu = x.device().is_cpu();
         let y = match &self.weight {
-            Weight::Panels(p) if cpu => {
-                x.contiguous()?.apply_op1_no_bwd(&PackedMatmul(p.clone()))?
-            }
-            Weight::Bf16 { packed, .. } if cpu => x
-                .contiguous()?
-                .apply_op1_no_bwd(&PackedMatmul(packed.clone()))?,
+            Weight::Panels(p) if cpu => self.packed(&x, p.as_ref(), None)?,
+            Weight::Bf16 { packed, .. } if cpu => self.packed(&x, packed.as_ref(), None)?,
             // Up to a few hundred rows the dot tiles beat the blocked GEMM, which packs the
             // transposed weight on every call.
-            Weight::Loaded(w) if cpu && rows <= dot_rows() => {
-                x.contiguous()?.apply_op2_no_bwd(w, &FewRowMatmul)?
+            Weight::Loaded(w) if cpu && rows <= dot_rows() => bias_act(
+                x.contiguous()?.apply_op2_no_bwd(w, &FewRowMatmul)?,
+                &self.epilogue,
+            )?,
+            Weight::Loaded(w) | Weight::Bf16 { loaded: w, .. } => {
+                bias_act(x.matmul(&w.t()?)?, &self.epilogue)?
             }
-            Weight::Loaded(w) | Weight::Bf16 { loaded: w, .. } => x.matmul(&w.t()?)?,
             Weight::Panels(_) => Err(candle_core::Error::Msg(format!(
                 "a weight packed for the CPU met an input on {:?}",
                 x.device()
             )))?,
         };
-        let y = bias_act(y, &self.epilogue)?;
-        let mut out_dims = dims;
-        if let Some(last) = out_dims.last_mut() {
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// `forward(x) + residual`, the residual (`(.., out)`) added by a packed weight's kernel
+    /// as it writes the output, where the layer has one.
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (flat, out_dims) = self.flatten(x)?;
+        if residual.dims() != out_dims.as_slice() || !x.device().is_cpu() {
+            return Ok((self.forward(x)? + residual)?);
+        }
+        let r = residual.reshape((flat.dim(0)?, self.out_dim()?))?;
+        let y = match &self.weight {
+            Weight::Panels(p) => self.packed(&flat, p.as_ref(), Some(&r))?,
+            Weight::Bf16 { packed, .. } => self.packed(&flat, packed.as_ref(), Some(&r))?,
+            Weight::Loaded(_) => return Ok((self.forward(x)? + residual)?),
+        };
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// `x` as one 2-D matrix over all its leading dimensions, and the output's dimensions: one
+    /// GEMM, where candle's broadcast batched matmul splits the same work into one small GEMM
+    /// per batch element.
+    fn flatten(&self, x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+        let mut dims = x.dims().to_vec();
+        let in_dim = dims.last().copied().unwrap_or(1);
+        let rows = x.elem_count() / in_dim.max(1);
+        if let Some(last) = dims.last_mut() {
             *last = self.out_dim()?;
         }
-        Ok(y.reshape(out_dims)?)
+        Ok((x.reshape((rows, in_dim))?, dims))
+    }
+
+    /// `act(x · wᵀ + b) (+ residual)` through a packed weight's kernel, `x` 2-D.
+    fn packed<W: PackedAbt>(
+        &self,
+        x: &Tensor,
+        weight: &W,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let op = PackedLinear {
+            weight,
+            epilogue: &self.epilogue,
+        };
+        let x = x.contiguous()?;
+        Ok(match residual {
+            Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op)?,
+            None => x.apply_op1_no_bwd(&op)?,
+        })
     }
 }
 
@@ -204,12 +243,14 @@ impl Attention {
         })
     }
 
+    /// `attention(x) + residual`, the sum made as the output projection writes its result.
+    ///
     /// # Shapes
-    /// `(B, L, D) -> (B, L, D)`
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `(B, L, D), (B, L, D) -> (B, L, D)`
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?; // (B, L, 3D)
         let attended = qkv.apply_op1_no_bwd(&self.kernel)?; // (B, L, D)
-        self.out_proj.forward(&attended)
+        self.out_proj.forward_plus(&attended, residual)
     }
 }
 
@@ -234,6 +275,11 @@ impl Mlp {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.fc1.forward(x)?)
+    }
+
+    /// `forward(x) + residual`, the sum made as `fc2` writes its result.
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.fc2.forward_plus(&self.fc1.forward(x)?, residual)
     }
 }
 
@@ -266,10 +312,10 @@ impl EncoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let residual = x;
-        let x = (residual + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        let residual = &x;
-        Ok((residual + self.mlp.forward(&self.layer_norm2.forward(&x)?)?)?)
+        let x = self
+            .self_attn
+            .forward_plus(&self.layer_norm1.forward(x)?, x)?;
+        self.mlp.forward_plus(&self.layer_norm2.forward(&x)?, &x)
     }
 }
 
@@ -300,4 +346,40 @@ impl Encoder {
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
     Ok(x.broadcast_div(&norm)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn tensor(shape: &[usize], seed: u64) -> Tensor {
+        let len = shape.iter().product();
+        let v = crate::methods::linalg::seeded_rng(seed).uniform_vec(len, 0.5);
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn the_residual_added_in_the_epilogue_equals_the_sum_after() {
+        // 128 outputs fill two panels (packed at AVX-512, loaded elsewhere); a bias and each
+        // activation, over a batch of two sequences (200 rows: two of the bias pass's tasks);
+        // both precisions' kernels.
+        for precision in [Precision::F32, Precision::Bf16] {
+            for act in [None, Some(Activation::GeluTanh)] {
+                let bias = tensor(&[128], 2).to_vec1::<f32>().unwrap();
+                let layer = Linear::new(tensor(&[128, 40], 1), Some(bias), act)
+                    .at(precision)
+                    .unwrap();
+                let (x, residual) = (tensor(&[2, 100, 40], 3), tensor(&[2, 100, 128], 4));
+                let fused = layer.forward_plus(&x, &residual).unwrap();
+                let after = (layer.forward(&x).unwrap() + &residual).unwrap();
+                assert_eq!(fused.dims(), &[2, 100, 128]);
+                assert_eq!(
+                    fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    after.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    "{precision:?}, {act:?}"
+                );
+            }
+        }
+    }
 }
