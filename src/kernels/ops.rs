@@ -9,7 +9,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Shape, T
 use rayon::prelude::*;
 
 use super::matmul::{broadcast_block, simd_level, Operands, Out};
-use super::vmath::{bias_gelu_erf, bias_gelu_tanh, bias_quick_gelu, softmax_scaled};
+use super::vmath::{
+    bias_gelu_erf, bias_gelu_tanh, bias_quick_gelu, layer_norm_row, softmax_scaled,
+};
 
 /// The activation inside each transformer MLP; the checkpoint's config names it
 /// (`clip::load::config` reads it).
@@ -93,6 +95,49 @@ pub fn bias_act_rows(data: &mut [f32], cols: usize, bias: Option<&[f32]>, act: O
             bias_act_row(row, bias, act)
         }
     });
+}
+
+/// PyTorch's `LayerNorm` over the last dimension (`weight` and `bias` as long), rows in
+/// parallel, each through [`layer_norm_row`].
+pub struct LayerNormOp<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub eps: f32,
+}
+
+impl CustomOp1 for LayerNormOp<'_> {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(storage, layout, "layer-norm")?;
+        let cols = layout.dims().last().copied().unwrap_or(1);
+        if cols != self.weight.len() || cols != self.bias.len() {
+            candle_core::bail!(
+                "layer-norm: rows of {cols}, weight of {}, bias of {}",
+                self.weight.len(),
+                self.bias.len()
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        if cols > 0 {
+            // Tasks of at least ~16k values keep rayon's overhead negligible.
+            let chunk = cols * (16384 / cols).max(1);
+            y.par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk))
+                .for_each(|(y, x)| {
+                    for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
+                        layer_norm_row(x, y, self.weight, self.bias, self.eps);
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
 }
 
 /// Scaled dot-product attention over `qkv` of shape (B, L, 3·D) laid out as [q | k | v], each

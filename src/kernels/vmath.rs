@@ -63,6 +63,54 @@ pub(crate) fn softmax_scaled_at(simd: Simd, xs: &mut [f32], scale: f32) {
     }
 }
 
+/// `y = (x − mean) / √(var + eps) · weight + bias` over one row (PyTorch's `LayerNorm`), the
+/// mean and then the variance of the deviations in two passes, at the CPU's vector width. The
+/// tensor library's kernel runs one float at a time and takes the variance as `E[x²] − mean²`.
+pub(crate) fn layer_norm_row(x: &[f32], y: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_row_at(simd_level(), x, y, weight, bias, eps)
+}
+
+/// [`layer_norm_row`] at level `simd`, which must be available.
+///
+/// # Panics
+/// If `y`, `weight` or `bias` is shorter than `x`.
+pub(crate) fn layer_norm_row_at(
+    simd: Simd,
+    x: &[f32],
+    y: &mut [f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) {
+    assert!(simd.available(), "layer norm: {simd:?} not available");
+    let n = x.len();
+    assert!(
+        y.len() >= n && weight.len() >= n && bias.len() >= n,
+        "layer norm: row of {n}, output {}, weight {}, bias {}",
+        y.len(),
+        weight.len(),
+        bias.len()
+    );
+    if n == 0 {
+        return;
+    }
+    match simd {
+        // SAFETY: the CPU has the level's features; every slice holds n values (both checked).
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512::layer_norm_row(x, y, weight, bias, eps) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::layer_norm_row(x, y, weight, bias, eps) },
+        _ => {
+            let mean = x.iter().sum::<f32>() / n as f32;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let r = 1.0 / (var + eps).sqrt();
+            for (i, y) in y[..n].iter_mut().enumerate() {
+                *y = (x[i] - mean) * r * weight[i] + bias[i];
+            }
+        }
+    }
+}
+
 /// `row[i] = quick_gelu(row[i] + bias[i])` where `quick_gelu(x) = x · σ(1.702 x)`, as CLIP's
 /// `QuickGELU` (`x * torch.sigmoid(1.702 * x)`, here `x / (1 + exp(-1.702 x))`).
 pub(crate) fn bias_quick_gelu(row: &mut [f32], bias: Option<&[f32]>) {
@@ -268,6 +316,37 @@ mod avx512 {
         _mm512_reduce_add_ps(acc)
     }
 
+    /// `x`, `y`, `w`, `b` hold at least `x.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn layer_norm_row(x: &[f32], y: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        let n = x.len();
+        let full = n / 16 * 16;
+        let mask = ((1u32 << (n - full)) - 1) as __mmask16;
+        let at = |s: &[f32], i: usize| _mm512_loadu_ps(s.as_ptr().add(i));
+        let tail = |s: &[f32]| _mm512_maskz_loadu_ps(mask, s.as_ptr().add(full));
+        let mut sum = tail(x);
+        for i in (0..full).step_by(16) {
+            sum = _mm512_add_ps(sum, at(x, i));
+        }
+        let mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / n as f32);
+        let d = _mm512_maskz_sub_ps(mask, tail(x), mean);
+        let mut sq = _mm512_mul_ps(d, d);
+        for i in (0..full).step_by(16) {
+            let d = _mm512_sub_ps(at(x, i), mean);
+            sq = _mm512_fmadd_ps(d, d, sq);
+        }
+        let var = _mm512_reduce_add_ps(sq) / n as f32;
+        let r = _mm512_set1_ps(1.0 / (var + eps).sqrt());
+        let norm = |v: __m512, w: __m512, b: __m512| {
+            _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(v, mean), r), w, b)
+        };
+        for i in (0..full).step_by(16) {
+            _mm512_storeu_ps(y.as_mut_ptr().add(i), norm(at(x, i), at(w, i), at(b, i)));
+        }
+        let v = norm(tail(x), tail(w), tail(b));
+        _mm512_mask_storeu_ps(y.as_mut_ptr().add(full), mask, v);
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn softmax_scaled(xs: &mut [f32], scale: f32) {
         let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
@@ -459,6 +538,46 @@ mod avx2 {
 
     /// # Safety
     /// `bias`, when given, is at least as long as `row`.
+    /// `x`, `y`, `w`, `b` hold at least `x.len()` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn layer_norm_row(x: &[f32], y: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        let n = x.len();
+        let full = n / 8 * 8;
+        let m = mask(n - full);
+        let at = |s: &[f32], i: usize| _mm256_loadu_ps(s.as_ptr().add(i));
+        let tail = |s: &[f32]| _mm256_maskload_ps(s.as_ptr().add(full), m);
+        let mut sum = tail(x);
+        for i in (0..full).step_by(8) {
+            sum = _mm256_add_ps(sum, at(x, i));
+        }
+        let mean = lanes_sum(sum) / n as f32;
+        let mv = _mm256_set1_ps(mean);
+        let d = _mm256_and_ps(_mm256_sub_ps(tail(x), mv), _mm256_castsi256_ps(m));
+        let mut sq = _mm256_mul_ps(d, d);
+        for i in (0..full).step_by(8) {
+            let d = _mm256_sub_ps(at(x, i), mv);
+            sq = _mm256_fmadd_ps(d, d, sq);
+        }
+        let var = lanes_sum(sq) / n as f32;
+        let r = _mm256_set1_ps(1.0 / (var + eps).sqrt());
+        let norm = |v: __m256, w: __m256, b: __m256| {
+            _mm256_fmadd_ps(_mm256_mul_ps(_mm256_sub_ps(v, mv), r), w, b)
+        };
+        for i in (0..full).step_by(8) {
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), norm(at(x, i), at(w, i), at(b, i)));
+        }
+        let v = norm(tail(x), tail(w), tail(b));
+        _mm256_maskstore_ps(y.as_mut_ptr().add(full), m, v);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn lanes_sum(v: __m256) -> f32 {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        lanes.iter().sum()
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn softmax_scaled(xs: &mut [f32], scale: f32) {
         let low = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -689,6 +808,36 @@ mod tests {
                 assert!(v.get(1).is_none_or(|&x| x < 1e-37), "{simd:?}");
                 assert!(v.get(4).is_none_or(|&x| x == 1.0), "{simd:?}");
                 assert!((s - v.iter().sum::<f32>()).abs() < 1e-6, "{simd:?} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn vector_layer_norm_is_the_f64_layer_norm_at_every_level() {
+        // Lengths around the vector widths, values off zero (the mean matters), a weight and a
+        // bias that differ per column.
+        for len in [1usize, 7, 8, 15, 16, 17, 40, 768, 770] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| 3.0 + ((i * 37) % 29) as f32 * 0.25)
+                .collect();
+            let w: Vec<f32> = (0..len).map(|i| 0.5 + (i % 5) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i % 3) as f32 - 1.0).collect();
+            let eps = 1e-5;
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+            let r = 1.0 / (var + eps as f64).sqrt();
+            for simd in levels() {
+                let mut y = vec![f32::NAN; len + 1];
+                layer_norm_row_at(simd, &x, &mut y, &w, &b, eps);
+                for i in 0..len {
+                    let want = (x[i] as f64 - mean) * r * w[i] as f64 + b[i] as f64;
+                    assert!(
+                        (y[i] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{simd:?} len {len} at {i}: {} vs {want}",
+                        y[i]
+                    );
+                }
+                assert!(y[len].is_nan(), "{simd:?} len {len}: wrote past the row");
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::clip::precision::Precision;
 use crate::kernels::bf16::PackedWeight;
 use crate::kernels::matmul::dot_rows;
 use crate::kernels::ops::{
-    bias_act, BiasAct, FewRowMatmul, FusedAttention, PackedAbt, PackedLinear,
+    bias_act, BiasAct, FewRowMatmul, FusedAttention, LayerNormOp, PackedAbt, PackedLinear,
 };
 use crate::kernels::panels::{worth_packing, PanelWeight};
 
@@ -197,23 +197,36 @@ impl Linear {
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    /// The same, read once for the CPU kernel.
+    values: (Vec<f32>, Vec<f32>),
     eps: f32,
 }
 
 impl LayerNorm {
     pub fn load(vb: &Scope, dim: usize, eps: f64) -> Result<Self> {
+        let (weight, bias) = (vb.get("weight", &[dim])?, vb.get("bias", &[dim])?);
         Ok(LayerNorm {
-            weight: vb.get("weight", &[dim])?,
-            bias: vb.get("bias", &[dim])?,
+            values: (weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?),
+            weight,
+            bias,
             eps: eps as f32,
         })
     }
 
+    /// Neither kernel records a backward pass, which is fine for frozen encoders (see
+    /// docs/tensor-library.md for trained paths).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The fused kernel is parallel and exact in f32; it has no backward pass, which is
-        // fine for frozen encoders (see docs/tensor-library.md for trained paths).
+        let x = x.contiguous()?;
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            let op = LayerNormOp {
+                weight: &self.values.0,
+                bias: &self.values.1,
+                eps: self.eps,
+            };
+            return Ok(x.apply_op1_no_bwd(&op)?);
+        }
         Ok(candle_nn::ops::layer_norm(
-            &x.contiguous()?,
+            &x,
             &self.weight,
             &self.bias,
             self.eps,
