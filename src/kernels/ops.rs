@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::matmul::{broadcast_block, simd_level, Operands, Out};
 use super::vmath::{
-    bias_gelu_erf, bias_gelu_tanh, bias_quick_gelu, layer_norm_row, softmax_scaled,
+    add_assign, bias_gelu_erf, bias_gelu_tanh, bias_quick_gelu, layer_norm_row, softmax_scaled,
 };
 
 /// The activation inside each transformer MLP; the checkpoint's config names it
@@ -79,7 +79,7 @@ fn bias_act_row(row: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>) 
         Some(Activation::Gelu) => bias_gelu_erf(row, bias),
         None => {
             if let Some(b) = bias {
-                row.iter_mut().zip(b).for_each(|(x, b)| *x += b)
+                add_assign(row, b)
             }
         }
     }
@@ -278,6 +278,21 @@ pub trait PackedAbt: Send + Sync + 'static {
     fn k(&self) -> usize;
     /// `y (m × n) = x · wᵀ`, `x` `m × k` row-major, `y` overwritten.
     fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]);
+    /// `act(x · wᵀ + bias) (+ residual)` (the bare product without an epilogue) into a fresh
+    /// `m × n` vector.
+    fn linear(
+        &self,
+        x: &[f32],
+        m: usize,
+        epilogue: Option<(&BiasAct, Option<&[f32]>)>,
+    ) -> Vec<f32> {
+        let mut y = vec![0f32; m * self.n()];
+        match epilogue {
+            Some((e, residual)) => self.linear_into(x, m, &mut y, e, residual),
+            None => self.abt_into(x, m, &mut y),
+        }
+        y
+    }
     /// `y = act(x · wᵀ + bias) (+ residual)`: the product, then a pass over `y`, unless the
     /// kernel applies the epilogue itself.
     fn linear_into(
@@ -298,8 +313,7 @@ pub trait PackedAbt: Send + Sync + 'static {
                 for (i, row) in chunk.chunks_mut(n).enumerate() {
                     epilogue.apply(row, 0);
                     if let Some(r) = residual {
-                        let r = &r[(t * rows_per_task + i) * n..][..n];
-                        row.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+                        add_assign(row, &r[(t * rows_per_task + i) * n..][..n]);
                     }
                 }
             });
@@ -338,14 +352,33 @@ impl PackedAbt for super::panels::PanelWeight {
         epilogue: &BiasAct,
         residual: Option<&[f32]>,
     ) {
-        let n = self.n();
-        self.abt_into_then(x, m, y, &|segment, row, column| {
-            epilogue.apply(segment, column);
-            if let Some(r) = residual {
-                let r = &r[row * n + column..][..segment.len()];
-                segment.iter_mut().zip(r).for_each(|(y, r)| *y += r);
-            }
-        })
+        self.abt_into_then(x, m, y, &panel_epilogue(self.n(), epilogue, residual))
+    }
+    fn linear(
+        &self,
+        x: &[f32],
+        m: usize,
+        epilogue: Option<(&BiasAct, Option<&[f32]>)>,
+    ) -> Vec<f32> {
+        match epilogue {
+            Some((e, residual)) => self.abt_then(x, m, &panel_epilogue(self.n(), e, residual)),
+            None => self.abt_then(x, m, &|_, _, _| {}),
+        }
+    }
+}
+
+/// A layer's epilogue on one panel's segment of output row `row` (`n` outputs per row), from
+/// output `column` on.
+fn panel_epilogue<'a>(
+    n: usize,
+    epilogue: &'a BiasAct,
+    residual: Option<&'a [f32]>,
+) -> impl Fn(&mut [f32], usize, usize) + Sync + 'a {
+    move |segment, row, column| {
+        epilogue.apply(segment, column);
+        if let Some(r) = residual {
+            add_assign(segment, &r[row * n + column..][..segment.len()]);
+        }
     }
 }
 
@@ -424,12 +457,10 @@ fn packed_forward<W: PackedAbt>(
     if k != w.k() {
         candle_core::bail!("{}: x has {k} columns, the weight {}", W::NAME, w.k());
     }
-    let mut y = vec![0f32; m * w.n()];
-    match epilogue {
-        Some((e, residual)) => w.linear_into(x, m, &mut y, e, residual),
-        None => w.abt_into(x, m, &mut y),
-    }
-    Ok((CpuStorage::F32(y), Shape::from((m, w.n()))))
+    Ok((
+        CpuStorage::F32(w.linear(x, m, epilogue)),
+        Shape::from((m, w.n())),
+    ))
 }
 
 /// Applies [`BiasAct`] to a fresh (uniquely owned) tensor and returns it.

@@ -136,22 +136,58 @@ impl PanelWeight {
         y: &mut [f32],
         after: &(dyn Fn(&mut [f32], usize, usize) + Sync),
     ) {
+        assert!(y.len() >= m * self.n, "panel matmul: output too small");
+        self.abt_to(x, m, Out(y.as_mut_ptr()), after)
+    }
+
+    /// [`PanelWeight::abt_into_then`] into a fresh `m × n` vector, which is written once, by the
+    /// kernel, rather than zeroed first.
+    ///
+    /// # Panics
+    /// If `x` is too small.
+    pub fn abt_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        after: &(dyn Fn(&mut [f32], usize, usize) + Sync),
+    ) -> Vec<f32> {
+        let len = m * self.n;
+        let mut y = Vec::with_capacity(len);
+        self.abt_to(x, m, Out(y.as_mut_ptr()), after);
+        // SAFETY: `abt_to` wrote all m × n values (every row block × every panel, the first
+        // pass over the inner dimension storing, or the zeros of an empty one).
+        unsafe { y.set_len(len) };
+        y
+    }
+
+    /// The product into `y`, which must hold `m × n` values (initialised or not); each value
+    /// is written before `after` sees it.
+    fn abt_to(
+        &self,
+        x: &[f32],
+        m: usize,
+        y: Out,
+        after: &(dyn Fn(&mut [f32], usize, usize) + Sync),
+    ) {
         let (n, k) = (self.n, self.k);
         assert!(x.len() >= m * k, "panel matmul: input too small");
-        assert!(y.len() >= m * n, "panel matmul: output too small");
         if m == 0 || n == 0 {
             return;
         }
         if k == 0 {
-            y[..m * n].fill(0.0);
-            y[..m * n]
-                .chunks_mut(n)
-                .enumerate()
-                .for_each(|(r, row)| after(row, r, 0));
+            for r in 0..m {
+                // SAFETY: y holds m × n values (the callers' contract); row r is written whole
+                // before the slice over it is made.
+                let row = unsafe {
+                    std::ptr::write_bytes(y.add(r * n).0, 0, n);
+                    std::slice::from_raw_parts_mut(y.add(r * n).0, n)
+                };
+                after(row, r, 0);
+            }
             return;
         }
         let simd = simd_level();
-        let out = Out(y.as_mut_ptr());
+        let out = y;
         let panel_count = n.div_ceil(PANEL);
         let row_blocks = row_blocks(m);
         let panel_blocks = panel_count.div_ceil(TASK_PANELS);
@@ -237,12 +273,15 @@ mod tests {
             let packed = PanelWeight::pack(&w, n, k);
             let mut plain = vec![f32::NAN; m * n];
             packed.abt_into(&x, m, &mut plain);
-            let mut fused = vec![f32::NAN; m * n];
-            packed.abt_into_then(&x, m, &mut fused, &|segment, row, column| {
+            let epilogue = |segment: &mut [f32], row: usize, column: usize| {
                 for (c, v) in segment.iter_mut().enumerate() {
                     *v += (1000 * row + column + c) as f32;
                 }
-            });
+            };
+            let mut fused = vec![f32::NAN; m * n];
+            packed.abt_into_then(&x, m, &mut fused, &epilogue);
+            // Into a fresh, unzeroed vector: the same values.
+            assert_eq!(packed.abt_then(&x, m, &epilogue), fused, "{m}×{k}×{n}");
             for (i, (f, p)) in fused.iter().zip(&plain).enumerate() {
                 let (row, column) = (i / n, i % n);
                 assert_eq!(*f, p + (1000 * row + column) as f32, "{m}×{k}×{n} at {i}");

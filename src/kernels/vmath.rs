@@ -37,6 +37,37 @@ pub(crate) fn exp_scaled_sum_at(simd: Simd, xs: &mut [f32], scale: f32, shift: f
     }
 }
 
+/// `y[i] += x[i]` over the shorter of the two (a bias, a residual), at the CPU's vector width:
+/// the loop is written once and compiled for each level, where the crate's baseline build
+/// adds four floats at a time. The same bits at every level.
+pub(crate) fn add_assign(y: &mut [f32], x: &[f32]) {
+    match simd_level() {
+        // SAFETY: the level is available (`simd_level` checked the CPU).
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { add_assign_avx512(y, x) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { add_assign_avx2(y, x) },
+        _ => add_assign_plain(y, x),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_assign_avx512(y: &mut [f32], x: &[f32]) {
+    add_assign_plain(y, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_assign_avx2(y: &mut [f32], x: &[f32]) {
+    add_assign_plain(y, x)
+}
+
+#[inline(always)]
+fn add_assign_plain(y: &mut [f32], x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += x)
+}
+
 /// `xs ↦ softmax(scale · xs)` in place, `scale > 0` (attention's `1/√d`): the row's largest
 /// value, the shifted exponentials and their sum, and the normalisation, each at the CPU's
 /// vector width. The crate's baseline build compiles a plain loop four floats wide and the
@@ -839,6 +870,17 @@ mod tests {
                 }
                 assert!(y[len].is_nan(), "{simd:?} len {len}: wrote past the row");
             }
+        }
+    }
+
+    #[test]
+    fn vector_add_is_the_plain_sum() {
+        for len in [0usize, 1, 15, 16, 17, 33, 770] {
+            let x: Vec<f32> = (0..len).map(|i| i as f32 * 0.37).collect();
+            let mut y: Vec<f32> = (0..len).map(|i| 1.0 - i as f32 * 0.11).collect();
+            let want: Vec<f32> = y.iter().zip(&x).map(|(y, x)| y + x).collect();
+            add_assign(&mut y, &x);
+            assert_eq!(y, want, "len {len}");
         }
     }
 
