@@ -87,14 +87,21 @@ fn bias_act_row(row: &mut [f32], bias: Option<&[f32]>, act: Option<Activation>) 
 
 /// `row = act(row + bias)` for each row of `cols` values of `data`, rows in parallel.
 pub fn bias_act_rows(data: &mut [f32], cols: usize, bias: Option<&[f32]>, act: Option<Activation>) {
-    let cols = cols.max(1);
-    // Rows of at least ~16k values per task keep rayon's overhead negligible.
-    let rows_per_task = (16384 / cols).max(1);
-    data.par_chunks_mut(cols * rows_per_task).for_each(|chunk| {
-        for row in chunk.chunks_mut(cols) {
-            bias_act_row(row, bias, act)
-        }
-    });
+    par_rows(data, cols, |_, row| bias_act_row(row, bias, act))
+}
+
+/// `f(i, row)` for each row `i` of `n` values of `y`, rows in parallel.
+fn par_rows(y: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let n = n.max(1);
+    // Tasks of at least ~16k values keep rayon's overhead negligible.
+    let rows_per_task = (16384 / n).max(1);
+    y.par_chunks_mut(n * rows_per_task)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            for (i, row) in chunk.chunks_mut(n).enumerate() {
+                f(t * rows_per_task + i, row)
+            }
+        });
 }
 
 /// PyTorch's `LayerNorm` over the last dimension (`weight` and `bias` as long), rows in
@@ -125,17 +132,15 @@ impl CustomOp1 for LayerNormOp<'_> {
             );
         }
         let mut y = vec![0f32; x.len()];
-        if cols > 0 {
-            // Tasks of at least ~16k values keep rayon's overhead negligible.
-            let chunk = cols * (16384 / cols).max(1);
-            y.par_chunks_mut(chunk)
-                .zip(x.par_chunks(chunk))
-                .for_each(|(y, x)| {
-                    for (y, x) in y.chunks_mut(cols).zip(x.chunks(cols)) {
-                        layer_norm_row(x, y, self.weight, self.bias, self.eps);
-                    }
-                });
-        }
+        par_rows(&mut y, cols, |i, row| {
+            layer_norm_row(
+                &x[i * cols..][..cols],
+                row,
+                self.weight,
+                self.bias,
+                self.eps,
+            )
+        });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 }
@@ -279,81 +284,58 @@ pub trait PackedAbt: Send + Sync + 'static {
     /// `y (m × n) = x · wᵀ`, `x` `m × k` row-major, `y` overwritten.
     fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]);
     /// `act(x · wᵀ + bias) (+ residual)` (the bare product without an epilogue) into a fresh
-    /// `m × n` vector.
+    /// `m × n` vector: by default the product, then a pass over its rows.
     fn linear(
         &self,
         x: &[f32],
         m: usize,
         epilogue: Option<(&BiasAct, Option<&[f32]>)>,
     ) -> Vec<f32> {
-        let mut y = vec![0f32; m * self.n()];
-        match epilogue {
-            Some((e, residual)) => self.linear_into(x, m, &mut y, e, residual),
-            None => self.abt_into(x, m, &mut y),
+        let n = self.n();
+        let mut y = vec![0f32; m * n];
+        self.abt_into(x, m, &mut y);
+        if let Some((e, residual)) = epilogue {
+            epilogue_rows(&mut y, n, e, residual);
         }
         y
     }
-    /// `y = act(x · wᵀ + bias) (+ residual)`: the product, then a pass over `y`, unless the
-    /// kernel applies the epilogue itself.
-    fn linear_into(
-        &self,
-        x: &[f32],
-        m: usize,
-        y: &mut [f32],
-        epilogue: &BiasAct,
-        residual: Option<&[f32]>,
-    ) {
-        self.abt_into(x, m, y);
-        let n = self.n().max(1);
-        let rows_per_task = (16384 / n).max(1);
-        y[..m * n]
-            .par_chunks_mut(n * rows_per_task)
-            .enumerate()
-            .for_each(|(t, chunk)| {
-                for (i, row) in chunk.chunks_mut(n).enumerate() {
-                    epilogue.apply(row, 0);
-                    if let Some(r) = residual {
-                        add_assign(row, &r[(t * rows_per_task + i) * n..][..n]);
-                    }
-                }
-            });
-    }
 }
 
-impl PackedAbt for super::bf16::PackedWeight {
-    const NAME: &'static str = "bf16-matmul";
-    fn n(&self) -> usize {
-        self.n()
-    }
-    fn k(&self) -> usize {
-        self.k()
-    }
-    fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        self.abt_into(x, m, y)
-    }
+/// `row = act(row + bias) (+ residual row)` for each row of `n` values of `y`, rows in parallel.
+fn epilogue_rows(y: &mut [f32], n: usize, epilogue: &BiasAct, residual: Option<&[f32]>) {
+    par_rows(y, n, |i, row| {
+        epilogue.apply(row, 0);
+        if let Some(r) = residual {
+            add_assign(row, &r[i * n..][..n]);
+        }
+    })
 }
 
-impl PackedAbt for super::panels::PanelWeight {
-    const NAME: &'static str = "panel-matmul";
-    fn n(&self) -> usize {
-        self.n()
-    }
-    fn k(&self) -> usize {
-        self.k()
-    }
-    fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        self.abt_into(x, m, y)
-    }
-    fn linear_into(
-        &self,
-        x: &[f32],
-        m: usize,
-        y: &mut [f32],
-        epilogue: &BiasAct,
-        residual: Option<&[f32]>,
-    ) {
-        self.abt_into_then(x, m, y, &panel_epilogue(self.n(), epilogue, residual))
-    }
+/// Both packed kinds have these as inherent methods; the tokens after the name are further
+/// items of the impl.
+macro_rules! packed_abt {
+    ($t:ty, $name:literal $(, $($extra:tt)*)?) => {
+        impl PackedAbt for $t {
+            const NAME: &'static str = $name;
+            fn n(&self) -> usize {
+                <$t>::n(self)
+            }
+            fn k(&self) -> usize {
+                <$t>::k(self)
+            }
+            fn abt_into(&self, x: &[f32], m: usize, y: &mut [f32]) {
+                <$t>::abt_into(self, x, m, y)
+            }
+            $($($extra)*)?
+        }
+    };
+}
+packed_abt!(super::bf16::PackedWeight, "bf16-matmul");
+// The panels apply the epilogue as each panel of the output is written, into a vector the
+// kernel fills once.
+packed_abt!(
+    super::panels::PanelWeight,
+    "panel-matmul",
     fn linear(
         &self,
         x: &[f32],
@@ -365,7 +347,7 @@ impl PackedAbt for super::panels::PanelWeight {
             None => self.abt_then(x, m, &|_, _, _| {}),
         }
     }
-}
+);
 
 /// A layer's epilogue on one panel's segment of output row `row` (`n` outputs per row), from
 /// output `column` on.
