@@ -303,12 +303,8 @@ pub trait PackedAbt: Send + Sync + 'static {
 
 /// `row = act(row + bias) (+ residual row)` for each row of `n` values of `y`, rows in parallel.
 fn epilogue_rows(y: &mut [f32], n: usize, epilogue: &BiasAct, residual: Option<&[f32]>) {
-    par_rows(y, n, |i, row| {
-        epilogue.apply(row, 0);
-        if let Some(r) = residual {
-            add_assign(row, &r[i * n..][..n]);
-        }
-    })
+    let apply = layer_epilogue(n, epilogue, residual);
+    par_rows(y, n, |i, row| apply(row, i, 0))
 }
 
 /// Both packed kinds have these as inherent methods; the tokens after the name are further
@@ -343,15 +339,15 @@ packed_abt!(
         epilogue: Option<(&BiasAct, Option<&[f32]>)>,
     ) -> Vec<f32> {
         match epilogue {
-            Some((e, residual)) => self.abt_then(x, m, &panel_epilogue(self.n(), e, residual)),
+            Some((e, residual)) => self.abt_then(x, m, &layer_epilogue(self.n(), e, residual)),
             None => self.abt_then(x, m, &|_, _, _| {}),
         }
     }
 );
 
-/// A layer's epilogue on one panel's segment of output row `row` (`n` outputs per row), from
-/// output `column` on.
-fn panel_epilogue<'a>(
+/// A layer's epilogue on a segment of output row `row` (`n` outputs per row) from output
+/// `column` on: a whole row, or one panel's part of it.
+fn layer_epilogue<'a>(
     n: usize,
     epilogue: &'a BiasAct,
     residual: Option<&'a [f32]>,
@@ -416,7 +412,7 @@ impl<W: PackedAbt> CustomOp2 for PackedLinear<'_, W> {
         rl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let residual = contiguous(rs, rl, W::NAME)?;
-        let want = (xl.dims()[0], self.weight.n());
+        let want = (xl.shape().dims2()?.0, self.weight.n());
         if rl.shape().dims2()? != want {
             candle_core::bail!(
                 "{}: the residual is {:?}, the output {want:?}",

@@ -128,9 +128,10 @@ impl EvaAttention {
         })
     }
 
-    /// # Shapes
-    /// `(B, 1 + N, D) -> (B, 1 + N, D)`
     /// `attention(x) + residual`, the sum made as the output projection writes its result.
+    ///
+    /// # Shapes
+    /// `(B, 1 + N, D), (B, 1 + N, D) -> (B, 1 + N, D)`
     pub fn forward_plus(
         &self,
         x: &Tensor,

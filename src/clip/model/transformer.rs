@@ -197,8 +197,9 @@ impl Linear {
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
-    /// The same, read once for the CPU kernel.
-    values: (Vec<f32>, Vec<f32>),
+    /// The same values, read once for the CPU kernel.
+    cpu_weight: Vec<f32>,
+    cpu_bias: Vec<f32>,
     eps: f32,
 }
 
@@ -206,7 +207,8 @@ impl LayerNorm {
     pub fn load(vb: &Scope, dim: usize, eps: f64) -> Result<Self> {
         let (weight, bias) = (vb.get("weight", &[dim])?, vb.get("bias", &[dim])?);
         Ok(LayerNorm {
-            values: (weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?),
+            cpu_weight: weight.to_vec1::<f32>()?,
+            cpu_bias: bias.to_vec1::<f32>()?,
             weight,
             bias,
             eps: eps as f32,
@@ -219,8 +221,8 @@ impl LayerNorm {
         let x = x.contiguous()?;
         if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
             let op = LayerNormOp {
-                weight: &self.values.0,
-                bias: &self.values.1,
+                weight: &self.cpu_weight,
+                bias: &self.cpu_bias,
                 eps: self.eps,
             };
             return Ok(x.apply_op1_no_bwd(&op)?);
