@@ -19,8 +19,8 @@ use super::head::{
 };
 use super::hyper_network::{row_mean, with_summary, RatioCache, RatioNet};
 use super::linalg::{
-    gemm, FrozenMatrix, map_rows, normalize_rows, normalize_rows_backward, scaled_cross_entropy_backward,
-    seeded_rng, Matrix,
+    gemm, map_rows, normalize_row, normalize_row_backward, normalize_rows,
+    scaled_cross_entropy_backward, seeded_rng, FrozenMatrix, Matrix,
 };
 use super::method::method_boilerplate;
 use super::epochs::{epochs_for_shots, Batching, EpochLoop};
@@ -29,6 +29,7 @@ use super::{
     eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
     MethodCard, MethodError, MethodOverrides, Needs, Progress, TextClassifier,
 };
+use crate::kernels::vmath::dot_diff;
 use crate::rng::SplitMix64;
 
 /// Which features get an adapter (the paper's three variants).
@@ -384,20 +385,39 @@ fn mix(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> Matrix {
     out
 }
 
-/// Gradients of the mix: `∂L/∂a_i = r_i·g_i` and `∂L/∂r_i = g_i·(a_i − x_i)`.
-fn mix_backward(adapted: &Matrix, x: &Matrix, ratios: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let d = x.cols;
-    let mut d_adapted = vec![0f32; g.len()];
-    let d_ratio = map_rows(&mut d_adapted, d, |i, out| {
-        let (r, gi) = (ratios[i], &g[i * d..(i + 1) * d]);
-        for (o, &v) in out.iter_mut().zip(gi) {
-            *o = r * v;
+/// [`mix`], each row then scaled to unit norm as [`normalize_rows`] scales it (the same bits),
+/// in one pass over the row while it is in cache; returns the norms too.
+fn mix_normalized(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> (Matrix, Vec<f32>) {
+    let mut out = Matrix::zeros(x.rows, x.cols);
+    let norms = map_rows(&mut out.data, x.cols, |i, o| {
+        let r = ratios[i];
+        for ((o, &a), &v) in o.iter_mut().zip(adapted.row(i)).zip(x.row(i)) {
+            *o = r * a + (1.0 - r) * v;
         }
-        gi.iter()
-            .zip(adapted.row(i))
-            .zip(x.row(i))
-            .map(|((g, a), v)| g * (a - v))
-            .sum()
+        normalize_row(o)
+    });
+    (out, norms)
+}
+
+/// Back through [`mix_normalized`] given `∂L/∂f̂` (`du`), `f̂` its output and `norms`, one pass
+/// over each row: with `g` the gradient at the mix (through the normalisation),
+/// `∂L/∂a_i = r_i·g_i` and `∂L/∂r_i = g_i·(a_i − x_i)`.
+fn mix_normalized_backward(
+    unit: &Matrix,
+    norms: &[f32],
+    adapted: &Matrix,
+    x: &Matrix,
+    ratios: &[f32],
+    du: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let d = x.cols;
+    let mut d_adapted = vec![0f32; du.len()];
+    let d_ratio = map_rows(&mut d_adapted, d, |i, out| {
+        normalize_row_backward(unit.row(i), norms[i], &du[i * d..(i + 1) * d], out);
+        let d_ratio = dot_diff(out, adapted.row(i), x.row(i));
+        let r = ratios[i];
+        out.iter_mut().for_each(|g| *g *= r);
+        d_ratio
     });
     (d_adapted, d_ratio)
 }
@@ -444,14 +464,14 @@ impl AdapterModel {
         }))
     }
 
-    /// The visual branch: `f* = α·A_v(f) + (1 − α)·f` (before normalisation) and its
-    /// intermediates.
-    fn adapt_visual(&self, b: &Bottleneck, x: &Matrix) -> (Matrix, BranchCache) {
-        let cache = b.forward(x);
-        let (ratios, hyper) = self.params.alpha.values(x.rows, || {
-            with_summary(&x.normalized(), &row_mean(&self.classes.normalized()))
+    /// One adapter branch on `input` (the images' features, or the class embeddings): the
+    /// bottleneck's output and intermediates, and each row's residual ratio.
+    fn branch(&self, b: &Bottleneck, ratio: &Ratio, input: &Matrix) -> BranchCache {
+        let cache = b.forward(input);
+        let (ratios, hyper) = ratio.values(input.rows, || {
+            with_summary(&input.normalized(), &row_mean(&self.classes.normalized()))
         });
-        (mix(&cache.out, x, &ratios), (cache, ratios, hyper))
+        (cache, ratios, hyper)
     }
 
     /// The adapted image features `α·A_v(f) + (1 − α)·f` (N×D, before the normalisation the
@@ -459,35 +479,33 @@ impl AdapterModel {
     /// visual adapter.
     pub fn adapted_features(&self, x: &Matrix) -> Option<Matrix> {
         let b = self.params.visual.as_ref()?;
-        Some(self.adapt_visual(b, x).0)
+        let (cache, ratios, _) = self.branch(b, &self.params.alpha, x);
+        Some(mix(&cache.out, x, &ratios))
     }
 
     fn forward(&self, x: &Matrix, frozen: &FrozenText) -> Forward {
-        let summary = || row_mean(&self.classes.normalized());
-        let (mut f, visual) = match &self.params.visual {
-            None => (x.clone(), None),
+        // The same operations, in the same order, as `zero_shot::cosine_logits` (with the
+        // unpacked classifier of prediction; training's packed one sums in another order).
+        let ((f, f_norms), visual) = match &self.params.visual {
+            None => {
+                let mut f = x.clone();
+                let norms = normalize_rows(&mut f.data, f.cols);
+                ((f, norms), None)
+            }
             Some(b) => {
-                let (f, cache) = self.adapt_visual(b, x);
-                (f, Some(cache))
+                let branch = self.branch(b, &self.params.alpha, x);
+                (mix_normalized(&branch.0.out, x, &branch.1), Some(branch))
             }
         };
         let t = &self.classes;
         let (w, text) = match &self.params.text {
             None => (None, None),
             Some(b) => {
-                let cache = b.forward(t);
-                let (ratios, hyper) = self
-                    .params
-                    .beta
-                    .values(t.rows, || with_summary(&t.normalized(), &summary()));
-                let mut w = mix(&cache.out, t, &ratios);
-                let norms = normalize_rows(&mut w.data, w.cols);
-                (Some((w, norms)), Some((cache, ratios, hyper)))
+                let branch = self.branch(b, &self.params.beta, t);
+                let w = mix_normalized(&branch.0.out, t, &branch.1);
+                (Some(w), Some(branch))
             }
         };
-        // The same operations, in the same order, as `zero_shot::cosine_logits` (with the
-        // unpacked classifier of prediction; training's packed one sums in another order).
-        let f_norms = normalize_rows(&mut f.data, f.cols);
         let mut cosines = Matrix::zeros(x.rows, t.rows);
         match (&w, &frozen.0) {
             (Some((w, _)), _) => gemm(
@@ -551,8 +569,8 @@ impl AdapterModel {
                 Some(frozen) => frozen.times(d_cosines, b, &mut du),
                 None => gemm(d_cosines, false, &w.data, false, &mut du, b, k, d, false),
             }
-            let df = normalize_rows_backward(&fw.f.data, &fw.f_norms, &du, d);
-            let (d_adapted, d_ratio) = mix_backward(&cache.out, x, ratios, &df);
+            let (d_adapted, d_ratio) =
+                mix_normalized_backward(&fw.f, &fw.f_norms, &cache.out, x, ratios, &du);
             bn.backward(x, cache, d_adapted, g);
             self.params
                 .alpha
@@ -563,8 +581,8 @@ impl AdapterModel {
         {
             let mut dv = vec![0f32; k * d];
             gemm(d_cosines, true, &fw.f.data, false, &mut dv, k, b, d, false);
-            let dw = normalize_rows_backward(&w.data, w_norms, &dv, d);
-            let (d_adapted, d_ratio) = mix_backward(&cache.out, &self.classes, ratios, &dw);
+            let (d_adapted, d_ratio) =
+                mix_normalized_backward(w, w_norms, &cache.out, &self.classes, ratios, &dv);
             bn.backward(&self.classes, cache, d_adapted, g);
             self.params
                 .beta

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 pub use crate::kernels::matmul::{gemm, gemm_f64_abt};
 use crate::kernels::panels::{worth_packing, PanelWeight};
-use crate::kernels::vmath::exp_scaled_sum;
+use crate::kernels::vmath::{dot, exp_scaled_sum, max_scaled};
 use crate::rng::SplitMix64;
 
 /// Elements from which a row-wise pass splits its rows over the pool: a batch of 64 features of
@@ -185,13 +185,16 @@ impl FrozenMatrix {
 /// Scales each `cols`-wide row of `x` to unit L2 norm; returns the norms. A zero row stays
 /// zero (its norm is reported as 0).
 pub fn normalize_rows(x: &mut [f32], cols: usize) -> Vec<f32> {
-    map_rows(x, cols, |_, r| {
-        let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if n > 0.0 {
-            r.iter_mut().for_each(|v| *v /= n);
-        }
-        n
-    })
+    map_rows(x, cols, |_, r| normalize_row(r))
+}
+
+/// Scales `r` to unit L2 norm and returns the norm; a zero row stays zero.
+pub fn normalize_row(r: &mut [f32]) -> f32 {
+    let n = dot(r, r).sqrt();
+    if n > 0.0 {
+        r.iter_mut().for_each(|v| *v /= n);
+    }
+    n
 }
 
 /// Back-propagates through `u = x / ‖x‖` row-wise: given `u`, the norms and `du`, returns
@@ -199,18 +202,22 @@ pub fn normalize_rows(x: &mut [f32], cols: usize) -> Vec<f32> {
 pub fn normalize_rows_backward(u: &[f32], norms: &[f32], du: &[f32], cols: usize) -> Vec<f32> {
     let mut dx = vec![0f32; du.len()];
     map_rows(&mut dx, cols, |i, dx| {
-        let n = norms[i];
-        if n == 0.0 {
-            return;
-        }
         let r = i * cols..(i + 1) * cols;
-        let (u, du) = (&u[r.clone()], &du[r]);
-        let dot: f32 = u.iter().zip(du).map(|(a, b)| a * b).sum();
-        for ((dx, &du), &u) in dx.iter_mut().zip(du).zip(u) {
-            *dx = (du - u * dot) / n;
-        }
+        normalize_row_backward(&u[r.clone()], norms[i], &du[r], dx)
     });
     dx
+}
+
+/// One row of [`normalize_rows_backward`] into `dx`: zeros where the norm `n` is 0.
+pub fn normalize_row_backward(u: &[f32], n: f32, du: &[f32], dx: &mut [f32]) {
+    if n == 0.0 {
+        dx.fill(0.0);
+        return;
+    }
+    let along = dot(u, du);
+    for ((dx, &du), &u) in dx.iter_mut().zip(du).zip(u) {
+        *dx = (du - u * along) / n;
+    }
 }
 
 /// The mean cross-entropy of the cosine logits `scale · f̂ ŵᵀ` of raw features `x` (B×D)
@@ -264,7 +271,7 @@ pub fn scaled_cross_entropy_backward(z: &mut [f32], labels: &[usize], k: usize, 
     let scale_b = scale / b as f32;
     let losses = map_rows(&mut z[..b * k], k, |i, row| {
         let y = labels[i];
-        let shift = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(scale * v));
+        let shift = max_scaled(row, scale);
         let target = scale * row[y] - shift;
         let sum = exp_scaled_sum(row, scale, shift);
         let g = scale_b / sum;
