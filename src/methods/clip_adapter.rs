@@ -506,22 +506,15 @@ impl AdapterModel {
                 (Some(w), Some(branch))
             }
         };
-        let mut cosines = Matrix::zeros(x.rows, t.rows);
-        match (&w, &frozen.0) {
-            (Some((w, _)), _) => gemm(
-                &f.data,
-                false,
-                &w.data,
-                true,
-                &mut cosines.data,
-                f.rows,
-                f.cols,
-                w.rows,
-                false,
-            ),
-            (None, Some(w)) => w.times_transposed(&f.data, f.rows, &mut cosines.data),
+        let cosines = match (&w, &frozen.0) {
+            (Some((w, _)), _) => f.matmul(false, w, true),
+            (None, Some(w)) => Matrix {
+                rows: x.rows,
+                cols: t.rows,
+                data: w.times_transposed(&f.data, f.rows),
+            },
             (None, None) => unreachable!("FrozenText is built for a model without a text adapter"),
-        }
+        };
         Forward {
             visual,
             text,
@@ -564,11 +557,14 @@ impl AdapterModel {
         if let (Some(bn), Some((cache, ratios, hyper)), Some(g)) =
             (&self.params.visual, &fw.visual, grad.visual.as_mut())
         {
-            let mut du = vec![0f32; b * d];
-            match &frozen.0 {
-                Some(frozen) => frozen.times(d_cosines, b, &mut du),
-                None => gemm(d_cosines, false, &w.data, false, &mut du, b, k, d, false),
-            }
+            let du = match &frozen.0 {
+                Some(frozen) => frozen.times(d_cosines, b),
+                None => {
+                    let mut du = vec![0f32; b * d];
+                    gemm(d_cosines, false, &w.data, false, &mut du, b, k, d, false);
+                    du
+                }
+            };
             let (d_adapted, d_ratio) =
                 mix_normalized_backward(&fw.f, &fw.f_norms, &cache.out, x, ratios, &du);
             bn.backward(x, cache, d_adapted, g);

@@ -163,21 +163,35 @@ impl FrozenMatrix {
         }
     }
 
-    /// `x · Mᵀ`, `x` having `rows` rows of `M.cols`; `out` (`rows × M.rows`) is overwritten.
-    pub fn times_transposed(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+    /// `x · Mᵀ` (`rows × M.rows`), `x` having `rows` rows of `M.cols`. Through the panels the
+    /// output is written once, by the kernel, rather than zeroed first.
+    pub fn times_transposed(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let m = &self.matrix;
         match self.packed.as_ref().and_then(|p| p.rows.as_ref()) {
-            Some(panels) => panels.abt_into(x, rows, out),
-            None => gemm(x, false, &m.data, true, out, rows, m.cols, m.rows, false),
+            Some(panels) => panels.abt_then(x, rows, &|_, _, _| {}),
+            None => {
+                let mut out = vec![0f32; rows * m.rows];
+                gemm(
+                    x, false, &m.data, true, &mut out, rows, m.cols, m.rows, false,
+                );
+                out
+            }
         }
     }
 
-    /// `y · M`, `y` having `rows` rows of `M.rows`; `out` (`rows × M.cols`) is overwritten.
-    pub fn times(&self, y: &[f32], rows: usize, out: &mut [f32]) {
+    /// `y · M` (`rows × M.cols`), `y` having `rows` rows of `M.rows`; as
+    /// [`FrozenMatrix::times_transposed`].
+    pub fn times(&self, y: &[f32], rows: usize) -> Vec<f32> {
         let m = &self.matrix;
         match &self.packed {
-            Some(p) => p.columns.abt_into(y, rows, out),
-            None => gemm(y, false, &m.data, false, out, rows, m.rows, m.cols, false),
+            Some(p) => p.columns.abt_then(y, rows, &|_, _, _| {}),
+            None => {
+                let mut out = vec![0f32; rows * m.cols];
+                gemm(
+                    y, false, &m.data, false, &mut out, rows, m.rows, m.cols, false,
+                );
+                out
+            }
         }
     }
 }
@@ -387,10 +401,9 @@ mod tests {
             FrozenMatrix::new(m.clone()),
             FrozenMatrix::unpacked(m.clone()),
         ] {
-            let mut xt = vec![0f32; b * k];
-            frozen.times_transposed(&x, b, &mut xt);
-            let mut ym = vec![0f32; b * d];
-            frozen.times(&y, b, &mut ym);
+            let xt = frozen.times_transposed(&x, b);
+            let ym = frozen.times(&y, b);
+            assert_eq!((xt.len(), ym.len()), (b * k, b * d));
             // Sums of d or k terms of magnitude ≤ 1: f32 rounding ≤ ~depth · 2⁻²⁴ each.
             for (got, want, depth) in [(&xt, &want_xt, d), (&ym, &want_y, k)] {
                 for (g, w) in got.iter().zip(want) {
