@@ -380,7 +380,7 @@ pub fn run_grid_share<E: From<ExperimentError>>(
 /// when a group holds between one and two fits per core, else one per core. With one per core,
 /// the fits beyond a multiple of the cores ran at the group's end alone, their products split
 /// over the idle cores at a fraction of separate fits' throughput: three seeds on two cores took
-/// the 11-dataset CLIP-Adapter grid 4–5 % longer than three threads time-sliced on them (five
+/// the 11-dataset CLIP-Adapter grid 2–9 % longer than three threads time-sliced on them (seven
 /// alternated runs, Intel Xeon Emerald Rapids, 2 cores; not measured elsewhere). The rows are
 /// the same whatever the count (every kernel's split leaves each sum's order unchanged).
 fn fit_threads(cores: usize, fits: usize) -> usize {

@@ -74,18 +74,23 @@ fn add_assign_plain(y: &mut [f32], x: &[f32]) {
 /// cycles per element: the row norms of a 256-row batch of 1024-wide features took longer than
 /// a product of the CLIP-Adapter step on an Intel Xeon, Emerald Rapids).
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_diff_at(simd_level(), a, b, None)
+    // SAFETY: `simd_level` checked the CPU.
+    unsafe { dot_diff_at(simd_level(), a, b, None) }
 }
 
 /// `Σ g[i]·(a[i] − b[i])` over the shortest of the three, in the lanes of [`dot`].
 pub(crate) fn dot_diff(g: &[f32], a: &[f32], b: &[f32]) -> f32 {
-    dot_diff_at(simd_level(), g, a, Some(b))
+    // SAFETY: `simd_level` checked the CPU.
+    unsafe { dot_diff_at(simd_level(), g, a, Some(b)) }
 }
 
-/// `Σ a[i]·b[i]`, or with `Some(c)` `Σ a[i]·(b[i] − c[i])`, at level `simd` (available).
-fn dot_diff_at(simd: Simd, a: &[f32], b: &[f32], c: Option<&[f32]>) -> f32 {
+/// `Σ a[i]·b[i]`, or with `Some(c)` `Σ a[i]·(b[i] − c[i])`, at level `simd`. Unchecked, as it
+/// runs once per row of a batch.
+///
+/// # Safety
+/// `simd` must be available on this CPU.
+unsafe fn dot_diff_at(simd: Simd, a: &[f32], b: &[f32], c: Option<&[f32]>) -> f32 {
     match simd {
-        // SAFETY: the level is available (the callers checked the CPU).
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { dot_avx512(a, b, c) },
         #[cfg(target_arch = "x86_64")]
@@ -1035,7 +1040,8 @@ mod tests {
                     "len {len}: {plain} vs {want}"
                 );
                 for simd in Simd::ALL.into_iter().filter(|s| s.available()) {
-                    let got = dot_diff_at(simd, &a, &b, third);
+                    // SAFETY: the level is available.
+                    let got = unsafe { dot_diff_at(simd, &a, &b, third) };
                     assert_eq!(got.to_bits(), plain.to_bits(), "len {len} at {simd:?}");
                 }
             }
