@@ -3,7 +3,10 @@
 //! (which routes each shape to the few-row tiles or the blocked GEMM) against each of its two
 //! routes forced (the `gemm` crate's blocked GEMM, and the few-row tiles), at the SIMD level of
 //! `kernels::matmul::simd_level`, same operands, all on rayon's pool (one thread per core),
-//! alternating, best of 30 calls each, GFLOP/s. The last two columns show where a routing
+//! alternating, best of 30 calls each, GFLOP/s. Every call starts on a worker of the pool, as
+//! the encoders' forwards and the training steps do (`kernels::pool::on_pool`): from the main
+//! thread each call also paid for handing its work to the pool and waiting to be woken, which
+//! halved the rate of a 32-row product on one thread. The last two columns show where a routing
 //! threshold (`FEW_ROWS`, `DOT_ROWS`) belongs at this level on this CPU.
 //!
 //! A second table puts the encoders' `x · wᵀ` shapes through the f32 panels the encoders' linear
@@ -82,6 +85,10 @@ fn values(n: usize, salt: usize) -> Vec<f32> {
 
 fn main() {
     clip_adapter::kernels::alloc::keep_freed_memory();
+    clip_adapter::kernels::pool::on_pool(tables)
+}
+
+fn tables() {
     println!(
         "# {}, {} SIMD, {} threads",
         cpu::cpu_model(),
