@@ -39,6 +39,7 @@ pub(crate) fn contiguous<'a>(
 }
 
 /// `x[.., c] = act(x[.., c] + bias[c])`, in place, rows in parallel.
+#[derive(Default)]
 pub struct BiasAct {
     pub bias: Option<Vec<f32>>,
     pub act: Option<Activation>,
@@ -64,6 +65,11 @@ impl InplaceOp1 for BiasAct {
 }
 
 impl BiasAct {
+    /// Neither a bias nor an activation: the op changes nothing.
+    pub fn is_identity(&self) -> bool {
+        self.bias.is_none() && self.act.is_none()
+    }
+
     /// `segment = act(segment + bias[column..])`: part of one row, from output `column` on.
     pub fn apply(&self, segment: &mut [f32], column: usize) {
         let bias = self.bias.as_deref().map(|b| &b[column..]);
@@ -360,26 +366,10 @@ fn layer_epilogue<'a>(
     }
 }
 
-/// `x · wᵀ` with the weight packed once (`x` f32, `(m, k)`).
-pub struct PackedMatmul<W>(pub std::sync::Arc<W>);
-
-impl<W: PackedAbt> CustomOp1 for PackedMatmul<W> {
-    fn name(&self) -> &'static str {
-        W::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        packed_forward(self.0.as_ref(), storage, layout, None)
-    }
-}
-
 /// A linear layer's `act(x · wᵀ + bias)` with the weight packed once, the bias and activation
-/// applied by the product's kernel where it can (`x` f32, `(m, k)`). As a two-input op, the
-/// second input (`(m, n)`) is a residual added to the result the same way.
+/// applied by the product's kernel where it can (`x` f32, `(m, k)`); with an identity epilogue,
+/// the bare product. As a two-input op, the second input (`(m, n)`) is a residual added to the
+/// result the same way.
 pub struct PackedLinear<'a, W> {
     pub weight: &'a W,
     pub epilogue: &'a BiasAct,
@@ -395,7 +385,8 @@ impl<W: PackedAbt> CustomOp1 for PackedLinear<'_, W> {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        packed_forward(self.weight, storage, layout, Some((self.epilogue, None)))
+        let epilogue = (!self.epilogue.is_identity()).then_some((self.epilogue, None));
+        packed_forward(self.weight, storage, layout, epilogue)
     }
 }
 
@@ -443,7 +434,7 @@ fn packed_forward<W: PackedAbt>(
 
 /// Applies [`BiasAct`] to a fresh (uniquely owned) tensor and returns it.
 pub fn bias_act(x: Tensor, op: &BiasAct) -> candle_core::Result<Tensor> {
-    if op.bias.is_none() && op.act.is_none() {
+    if op.is_identity() {
         return Ok(x);
     }
     let x = x.contiguous()?;

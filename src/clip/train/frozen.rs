@@ -22,7 +22,7 @@ use crate::clip::error::Result;
 use crate::clip::load::config::Activation;
 use crate::clip::Precision;
 use crate::kernels::bf16::PackedWeight;
-use crate::kernels::ops::PackedMatmul;
+use crate::kernels::ops::{BiasAct, PackedLinear};
 
 /// A frozen weight `W` (`out × in`) packed twice for bfloat16 products: as itself for the
 /// forward `x Wᵀ`, and transposed for the input gradient `g W`. Packing costs one pass over the
@@ -125,9 +125,11 @@ impl CustomOp1 for FrozenMatmul {
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(match &self.bf16 {
-            Some(p) => grad
-                .contiguous()?
-                .apply_op1(PackedMatmul(p.backward.clone()))?,
+            // The gradient's own graph is not needed: no second derivative is taken.
+            Some(p) => grad.contiguous()?.apply_op1_no_bwd(&PackedLinear {
+                weight: p.backward.as_ref(),
+                epilogue: &BiasAct::default(),
+            })?,
             None => grad.matmul(&self.weight)?,
         }))
     }
