@@ -377,12 +377,16 @@ struct FrozenText(Option<FrozenMatrix>);
 fn mix(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> Matrix {
     let mut out = Matrix::zeros(x.rows, x.cols);
     map_rows(&mut out.data, x.cols, |i, o| {
-        let r = ratios[i];
-        for ((o, &a), &v) in o.iter_mut().zip(adapted.row(i)).zip(x.row(i)) {
-            *o = r * a + (1.0 - r) * v;
-        }
+        mix_row(o, adapted.row(i), x.row(i), ratios[i])
     });
     out
+}
+
+/// One row of [`mix`].
+fn mix_row(out: &mut [f32], adapted: &[f32], x: &[f32], r: f32) {
+    for ((o, &a), &v) in out.iter_mut().zip(adapted).zip(x) {
+        *o = r * a + (1.0 - r) * v;
+    }
 }
 
 /// [`mix`], each row then scaled to unit norm as [`normalize_rows`] scales it (the same bits),
@@ -390,10 +394,7 @@ fn mix(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> Matrix {
 fn mix_normalized(adapted: &Matrix, x: &Matrix, ratios: &[f32]) -> (Matrix, Vec<f32>) {
     let mut out = Matrix::zeros(x.rows, x.cols);
     let norms = map_rows(&mut out.data, x.cols, |i, o| {
-        let r = ratios[i];
-        for ((o, &a), &v) in o.iter_mut().zip(adapted.row(i)).zip(x.row(i)) {
-            *o = r * a + (1.0 - r) * v;
-        }
+        mix_row(o, adapted.row(i), x.row(i), ratios[i]);
         normalize_row(o)
     });
     (out, norms)
