@@ -3,9 +3,11 @@
 //!
 //! `cargo bench --bench adapter_train -- N D K EPOCHS BATCH` trains the default adapter
 //! (visual, official form, r = 4, SGD momentum + warm-up cosine) and prints one JSON line with
-//! the seconds per epoch. `cargo bench --bench adapter_train -- grid` runs every (dataset, shots)
-//! group of the 11-dataset grid (3 seeds) through `experiment::run_grid`, as `run` does (its fits
-//! concurrent), for 2 epochs, and extrapolates the whole grid from the groups' wall times.
+//! the seconds per epoch. `cargo bench --bench adapter_train -- grid [DIVISOR]` runs the
+//! 11-dataset grid (5 shot counts, 3 seeds) in one `experiment::run_grid`, as `run` does (one
+//! pool for the whole grid, the fits of a group concurrent), with the protocol's epochs divided
+//! by DIVISOR (default 1: the whole grid, minutes; a group's time is multiplied back, which also
+//! multiplies its fixed costs), and prints each group's wall seconds and the total.
 
 use std::time::Instant;
 
@@ -14,9 +16,13 @@ use clip_adapter::experiment::{
 };
 use clip_adapter::kernels::matmul::simd_summary;
 use clip_adapter::methods::clip_adapter::{self as ca, AdapterModel, AdapterOptions};
+use std::cell::Cell;
+
+use clip_adapter::experiment::GridEvent;
 use clip_adapter::methods::epochs::epochs_for_shots;
 use clip_adapter::methods::linalg::seeded_rng;
-use clip_adapter::methods::{FewShotTask, LabelledSet, Matrix, Method, TextClassifier};
+use clip_adapter::methods::registry::CLIP_ADAPTER;
+use clip_adapter::methods::{FewShotTask, LabelledSet, Matrix, MethodOverrides, TextClassifier};
 
 #[path = "cpu.rs"]
 mod cpu;
@@ -94,16 +100,43 @@ fn gemm_rate() -> f64 {
     2.0 * (n * n * n) as f64 / best / 1e9
 }
 
-/// Wall seconds of one grid group: CLIP-Adapter on seeds 1-3 of a draw of `n` images, `epochs`
-/// epochs each, through `run_grid` (the fits concurrent, as in `run`).
-fn time_group(name: &str, n: usize, d: usize, k: usize, shots: usize, epochs: usize) -> f64 {
+/// The grid's datasets and their classes; D = 1024 (RN50's features).
+const DATASETS: [(&str, usize); 11] = [
+    ("imagenet", 1000),
+    ("caltech101", 100),
+    ("dtd", 47),
+    ("eurosat", 10),
+    ("fgvc_aircraft", 100),
+    ("oxford_flowers", 102),
+    ("food101", 101),
+    ("oxford_pets", 37),
+    ("sun397", 397),
+    ("stanford_cars", 196),
+    ("ucf101", 101),
+];
+const SHOTS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// The protocol's epochs: CoOp's 50 on ImageNet at every shot count, by shots elsewhere.
+fn protocol_epochs(dataset: &str, shots: usize) -> usize {
+    match dataset {
+        "imagenet" => 50,
+        _ => epochs_for_shots(shots),
+    }
+}
+
+/// The whole CLIP-Adapter grid in one `run_grid`, as `run` fits it, on synthetic draws made in
+/// `load` (their making is timed and left out). Each group's seconds run from the previous
+/// group's last row to its own; with `divisor > 1` every fit trains `epochs / divisor` epochs
+/// and the group's seconds are multiplied by the ratio. Prints one JSON line per group and the
+/// total.
+fn whole_grid(divisor: usize) {
     let grid = Grid {
         methods: vec![GridMethod {
             label: "clip-adapter".into(),
             options: String::new(),
         }],
-        datasets: vec![name.to_string()],
-        shots: vec![shots],
+        datasets: DATASETS.iter().map(|(name, _)| name.to_string()).collect(),
+        shots: SHOTS.to_vec(),
         seeds: vec![1, 2, 3],
         validation: Validation::None,
         protocol: clip_adapter::experiment::Protocol::FewShot,
@@ -113,30 +146,63 @@ fn time_group(name: &str, n: usize, d: usize, k: usize, shots: usize, epochs: us
         model_name: "synthetic".into(),
         features: "synthetic".into(),
     };
-    // Drawn before the clock starts; the loader hands each over.
-    let mut tasks: Vec<Option<FewShotTask>> = (grid.seeds.iter())
-        .map(|&seed| Some(task(n, d, k, seed)))
-        .collect();
+    let trained = |dataset: &str, shots: usize| (protocol_epochs(dataset, shots) / divisor).max(1);
+    let loading = Cell::new(0.0f64);
+    let shots_now = Cell::new(0usize);
     let mut rows = Vec::new();
+    let (mut last, mut total) = (0.0f64, 0.0f64);
+    let mut group_rows = 0;
     let start = Instant::now();
     let io = GridIo {
-        load: &mut |_, _, seed| {
-            let t = tasks[seed as usize - 1].take().expect("one load per seed");
-            Ok((t, source.clone()))
+        load: &mut |dataset, shots, seed| {
+            let t = Instant::now();
+            let k = DATASETS
+                .iter()
+                .find(|(name, _)| *name == dataset)
+                .map(|&(_, k)| k)
+                .expect("a dataset of the grid");
+            shots_now.set(shots);
+            let task = task(k * shots, 1024, k, seed);
+            loading.set(loading.get() + t.elapsed().as_secs_f64());
+            Ok((task, source.clone()))
         },
         model: &mut |_| unreachable!("no CoOp in this grid"),
         images: &mut |_, _, _, _| unreachable!("no CLIP-LoRA in this grid"),
-        configure: &mut |_, _, seed| {
-            Method::new(AdapterOptions {
-                epochs: Some(epochs),
-                seed,
+        configure: &mut |_, dataset, seed| {
+            let overrides = MethodOverrides {
+                epochs: Some(trained(dataset, shots_now.get())),
                 ..Default::default()
-            })
+            };
+            overrides.method(CLIP_ADAPTER, dataset, seed)
         },
-        events: &mut |_| {},
+        events: &mut |event| {
+            let GridEvent::Row { row, .. } = event else {
+                return;
+            };
+            group_rows += 1;
+            if group_rows < 3 {
+                return;
+            }
+            group_rows = 0;
+            let now = start.elapsed().as_secs_f64() - loading.get();
+            let (epochs, ran) = (
+                protocol_epochs(&row.dataset, row.shots),
+                trained(&row.dataset, row.shots),
+            );
+            let secs = (now - last) * epochs as f64 / ran as f64;
+            (last, total) = (now, total + secs);
+            println!(
+                "{{\"dataset\":\"{}\",\"shots\":{},\"epochs\":{epochs},\"trained\":{ran},\"s_3_seeds\":{secs:.2}}}",
+                row.dataset, row.shots
+            );
+        },
     };
     run_grid::<ExperimentError>(&grid, &mut rows, io).expect("grid");
-    start.elapsed().as_secs_f64()
+    println!(
+        "{{\"grid_seconds\":{total:.1},\"divisor\":{divisor},\"cpu\":\"{}\",\"simd\":\"{}\"}}",
+        cpu::cpu_model(),
+        simd_summary()
+    );
 }
 
 // As the command line: mimalloc, keeping freed memory.
@@ -150,38 +216,7 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     if args.first().map(String::as_str) == Some("grid") {
-        // (dataset, classes); D = 1024 (RN50). ImageNet trains 50 epochs at every shot (CoOp).
-        let datasets = [
-            ("imagenet", 1000),
-            ("caltech101", 100),
-            ("dtd", 47),
-            ("eurosat", 10),
-            ("fgvc_aircraft", 100),
-            ("oxford_flowers", 102),
-            ("food101", 101),
-            ("oxford_pets", 37),
-            ("sun397", 397),
-            ("stanford_cars", 196),
-            ("ucf101", 101),
-        ];
-        let mut total = 0.0;
-        for (name, k) in datasets {
-            for shots in [1, 2, 4, 8, 16] {
-                let epochs = if name == "imagenet" {
-                    50
-                } else {
-                    epochs_for_shots(shots)
-                };
-                let secs = time_group(name, k * shots, 1024, k, shots, 2) * epochs as f64 / 2.0;
-                total += secs;
-                println!("{{\"dataset\":\"{name}\",\"shots\":{shots},\"epochs\":{epochs},\"s_3_seeds\":{secs:.2}}}");
-            }
-        }
-        println!(
-            "{{\"grid_seconds\":{total:.1},\"cpu\":\"{}\",\"simd\":\"{}\"}}",
-            cpu::cpu_model(),
-            simd_summary()
-        );
+        whole_grid(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1));
         return;
     }
     let num =

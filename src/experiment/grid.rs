@@ -2,13 +2,13 @@
 //! method is fitted on it; a row already in the results (same identity, see [`RowKey`]) is
 //! not fitted again.
 //!
-//! The fits of one dataset and shot count (every seed and method) run concurrently on a rayon
-//! pool of the caller's size (or one thread per fit, up to two per core: [`fit_threads`]), one
-//! per thread, while the calling thread waits for their rows
-//! (blocking, no polling) and keeps the sink and the events: a head's training step is a few products of 32 rows, too small to
-//! keep two cores busy by itself, while fits are independent. Every kernel splits its work the
-//! same way whatever the other fits do, so the rows are identical to fitting one at a time, and
-//! they reach the sink in grid order, each as soon as the ones before it are done.
+//! The fits of one dataset and shot count (every seed and method) run concurrently, one per
+//! thread ([`super::fit_pool`]), while the calling thread waits for their rows (blocking, no
+//! polling) and keeps the sink and the events: a head's training step is a few products of 32
+//! rows, too small to keep two cores busy by itself, while fits are independent. Every kernel
+//! splits its work the same way whatever the other fits do, so the rows are identical to
+//! fitting one at a time, and they reach the sink in grid order, each as soon as the ones before
+//! it are done.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use super::base_to_new::{new_class_accuracy, BaseToNew, NewClassTest, SplitRows, Towers};
+use super::fit_pool::{FitJob, FitPool};
 use super::protocol::Protocol;
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::methods::coop::PromptModel;
@@ -319,14 +320,10 @@ pub fn run_grid_share<E: From<ExperimentError>>(
     sink: &mut dyn RowSink,
     mut io: GridIo<E>,
 ) -> Result<GridOutcome, E> {
-    // The fits run on a pool of their own, so that this thread (perhaps a worker of the
+    // The fits run on threads of their own, so that this thread (perhaps a worker of the
     // caller's pool) can wait for their rows without polling.
     let fits = grid.seeds.len() * grid.methods.len();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(fit_threads(rayon::current_num_threads(), fits))
-        .thread_name(|i| format!("grid-fit-{i}"))
-        .build()
-        .map_err(ExperimentError::from)?;
+    let pool = FitPool::new(rayon::current_num_threads(), fits).map_err(ExperimentError::from)?;
     let share = Share::new(mine, grid.cells());
     let mut out = GridOutcome {
         rows: Vec::with_capacity(share.total),
@@ -374,21 +371,6 @@ pub fn run_grid_share<E: From<ExperimentError>>(
         }
     }
     Ok(out)
-}
-
-/// Threads of the pool a group's `fits` run on, given the caller's `cores` threads: one per fit
-/// when a group holds between one and two fits per core, else one per core. With one per core,
-/// the fits beyond a multiple of the cores ran at the group's end alone, their products split
-/// over the idle cores at a fraction of separate fits' throughput: three seeds on two cores took
-/// the 11-dataset CLIP-Adapter grid 2–9 % longer than three threads time-sliced on them (seven
-/// alternated runs, Intel Xeon Emerald Rapids, 2 cores; not measured elsewhere). The rows are
-/// the same whatever the count (every kernel's split leaves each sum's order unchanged).
-fn fit_threads(cores: usize, fits: usize) -> usize {
-    if fits > cores && fits <= 2 * cores {
-        fits
-    } else {
-        cores.max(1)
-    }
 }
 
 /// Which cells of a grid (by grid position) a run fits, and how many.
@@ -494,7 +476,7 @@ impl Group<'_> {
 
     fn run<E: From<ExperimentError>>(
         &self,
-        pool: &rayon::ThreadPool,
+        pool: &FitPool,
         sink: &mut dyn RowSink,
         io: &mut GridIo<E>,
         out: &mut GridOutcome,
@@ -564,7 +546,7 @@ impl Group<'_> {
     #[allow(clippy::too_many_arguments)]
     fn run_concurrent<E: From<ExperimentError>>(
         &self,
-        pool: &rayon::ThreadPool,
+        pool: &FitPool,
         concurrent: &[(usize, Method)],
         sequential: Vec<(usize, Method)>,
         (model, images): (&mut ModelLoader<E>, &mut ImagesLoader<E>),
@@ -576,12 +558,14 @@ impl Group<'_> {
         let stop = AtomicUsize::new(usize::MAX);
         let (tx, rx) = mpsc::channel();
         let mut sink_error = None;
-        pool.in_place_scope(|scope| {
-            for (c, method) in concurrent {
+        let fits: Vec<FitJob> = (concurrent.iter())
+            .map(|(c, method)| {
                 let (c, tx, stop) = (*c, tx.clone(), &stop);
-                scope.spawn(move |_| self.fit_cell(c, method, stop, &tx));
-            }
-            drop(tx);
+                Box::new(move || self.fit_cell(c, method, stop, &tx)) as FitJob
+            })
+            .collect();
+        drop(tx);
+        pool.run(fits, || {
             // A text-tower fit would leave a core idle if the pool waited for it: it runs
             // beside the pool's fits instead.
             for (c, method) in sequential {
@@ -848,17 +832,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_group_between_one_and_two_fits_per_core_gets_a_thread_per_fit() {
-        assert_eq!(fit_threads(2, 3), 3);
-        assert_eq!(fit_threads(2, 4), 4);
-        assert_eq!(fit_threads(2, 2), 2);
-        assert_eq!(fit_threads(2, 1), 2);
-        assert_eq!(fit_threads(2, 5), 2);
-        assert_eq!(fit_threads(8, 3), 8);
-        assert_eq!(fit_threads(0, 3), 1);
-    }
-
     /// Runs the grid in a pool of `threads` threads; `reduction` of seed 2's adapter (0 fails).
     /// Returns the outcome and the rows in the order the sink and the events saw them.
     fn run(
@@ -912,14 +885,17 @@ mod tests {
         let (mut one, mut two) = (Vec::new(), Vec::new());
         let (a, done_a) = run(1, 4, &mut one);
         let (b, done_b) = run(2, 4, &mut two);
-        // Six fits on three threads: a pool of six, time-sliced ([`fit_threads`]).
-        let mut three = Vec::new();
+        // Six fits on three threads: six threads of their own, time-sliced; on eight, fewer
+        // fits than threads: one shared pool (`fit_pool`).
+        let (mut three, mut eight) = (Vec::new(), Vec::new());
         let (c, done_c) = run(3, 4, &mut three);
-        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
-        assert_eq!((a.fitted, b.fitted, c.fitted), (6, 6, 6));
+        let (d, done_d) = run(8, 4, &mut eight);
+        let (a, b, c, d) = (a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap());
+        assert_eq!((a.fitted, b.fitted, c.fitted, d.fitted), (6, 6, 6, 6));
         assert_eq!(strip(&one), strip(&two));
         assert_eq!(strip(&one), strip(&three));
-        assert_eq!(done_c, done_a);
+        assert_eq!(strip(&one), strip(&eight));
+        assert_eq!((&done_c, &done_d), (&done_a, &done_a));
         assert_eq!(strip(&a.rows), strip(&one));
         let order: Vec<(String, u64)> = one.iter().map(|r| (r.method.clone(), r.seed)).collect();
         let expected: Vec<(String, u64)> = [1, 2, 3]

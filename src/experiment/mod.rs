@@ -26,6 +26,7 @@
 
 pub mod base_to_new;
 mod error;
+mod fit_pool;
 pub mod grid;
 pub mod join;
 pub mod model;
