@@ -153,13 +153,17 @@ fn extract_caches_reuses_reports_bad_images_and_merges_shards() {
     assert!(sets.iter().all(
         |s| s["reused"] == false && std::path::Path::new(s["path"].as_str().unwrap()).is_file()
     ));
+    // Every image of a fresh set was encoded by this run, in a measured time.
+    assert!(sets.iter().all(|s| s["encoded"] == s["rows"]
+        && s["rows"].as_u64().unwrap() > 0
+        && s["seconds"].as_f64().unwrap() > 0.0));
     assert!(std::path::Path::new(doc["text"].as_str().unwrap()).is_file());
     let again = json(&run(with(&["--cache", cache.to_str().unwrap()])));
     assert!(again["sets"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|s| s["reused"] == true));
+        .all(|s| s["reused"] == true && s["encoded"] == 0 && s["seconds"] == 0.0));
 
     // Shards on "two machines", then merge: the same files.
     let sharded = tmp.path().join("sharded");

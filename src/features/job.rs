@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use super::error::Result;
 use super::extract::{extract_sets, plan, with_pre_projection, Event, ExtractOptions, Hooks};
@@ -61,6 +62,12 @@ pub struct SetSummary {
     pub skipped: Vec<String>,
     /// Whether the file was already cached.
     pub reused: bool,
+    /// Images decoded and encoded by this run (none for a reused file; fewer than `rows` when
+    /// an interrupted run had written the others).
+    pub encoded: usize,
+    /// Wall seconds from the set's start to its file complete: decoding, preprocessing,
+    /// encoding and writing those images.
+    pub seconds: f64,
 }
 
 /// What an extraction wrote.
@@ -116,16 +123,29 @@ pub fn extract(job: &ExtractJob, observer: &mut dyn ExtractObserver) -> Result<E
         Some(s) if s.index != 0 => None,
         _ => Some(extract_prompts(job, observer)?),
     };
-    let mut finished = BTreeMap::new();
+    let (mut started, mut finished) = (BTreeMap::new(), BTreeMap::new());
     let mut on_event = |e: &Event| {
-        if let Event::Done {
-            set,
-            path,
-            reused,
-            skipped,
-        } = e
-        {
-            finished.insert(set.clone(), (path.clone(), *reused, skipped.clone()));
+        match e {
+            Event::Start { set, total, done } => {
+                started.insert(set.clone(), (Instant::now(), total - done));
+            }
+            Event::Done {
+                set,
+                path,
+                reused,
+                skipped,
+            } => {
+                let (encoded, seconds) = match started.remove(set) {
+                    Some((at, todo)) => (
+                        todo.saturating_sub(skipped.len()),
+                        at.elapsed().as_secs_f64(),
+                    ),
+                    None => (0, 0.0),
+                };
+                let done = (path.clone(), *reused, skipped.clone(), encoded, seconds);
+                finished.insert(set.clone(), done);
+            }
+            _ => {}
         }
         observer.event(e);
     };
@@ -136,13 +156,15 @@ pub fn extract(job: &ExtractJob, observer: &mut dyn ExtractObserver) -> Result<E
     extract_sets(job.clip, &sets, &job.options, &mut hooks)?;
     let mut summaries = Vec::new();
     for set in &sets {
-        if let Some((path, reused, skipped)) = finished.remove(&set.name()) {
+        if let Some((path, reused, skipped, encoded, seconds)) = finished.remove(&set.name()) {
             summaries.push(SetSummary {
                 name: set.name(),
                 path,
                 rows: set.samples.len() - skipped.len(),
                 skipped,
                 reused,
+                encoded,
+                seconds,
             });
         }
     }

@@ -507,8 +507,16 @@ fn print_extracted(outcome: &ExtractOutcome, as_json: bool) -> Result<()> {
     }
     for s in &outcome.sets {
         let how = if s.reused { "cached" } else { "encoded" };
+        let speed = match s.encoded {
+            0 => String::new(),
+            n => format!(
+                ", {n} in {:.1} s ({:.1} images/s)",
+                s.seconds,
+                n as f64 / s.seconds.max(1e-9)
+            ),
+        };
         outln!(
-            "{}\t{}\t{} images {how}, {} skipped",
+            "{}\t{}\t{} images {how}, {} skipped{speed}",
             s.name,
             s.path.display(),
             s.rows,
