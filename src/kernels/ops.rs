@@ -186,7 +186,10 @@ impl CustomOp1 for FusedAttention {
         let scale = (hd as f32).powf(-0.5);
         let (heads, causal) = (self.heads, self.causal);
         let simd = simd_level();
-        let mut out = vec![0f32; b * l * d];
+        // Every value is written by one head's `p · v` below, so the output is not zeroed first
+        // (a 77-token batch of 32 zeroed 5 MB per layer: 3 % of the text tower's time).
+        let len = b * l * d;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
         let dst = Out(out.as_mut_ptr());
         (0..b * heads).into_par_iter().for_each(|bh| {
             let (bi, h) = (bh / heads, bh % heads);
@@ -240,6 +243,9 @@ impl CustomOp1 for FusedAttention {
                 broadcast_block(simd, values, (0, l), (0, hd), false);
             }
         });
+        // SAFETY: the tasks above wrote all `len` values: batch element bi's rows × head h's
+        // columns for every (bi, h), which cover the b × l × d output (d = heads · hd).
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
     }
 }
