@@ -6,7 +6,9 @@
 //! on that thread: on a shared pool a fit waiting for a product's stolen half would steal a
 //! piece of another fit's, and the workers woke and preempted each other tens of thousands of
 //! times a second (three CLIP-Adapter fits on two cores: 0.5–0.9 million involuntary context
-//! switches in 25 s, against 24 thousand on threads of their own, docs/benchmarks.md).
+//! switches in 25 s, against 24 thousand on threads of their own, docs/benchmarks.md). The
+//! rows are the same whichever threads run them: every kernel's split leaves each sum's order
+//! unchanged.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};

@@ -127,7 +127,7 @@ pub fn extract(job: &ExtractJob, observer: &mut dyn ExtractObserver) -> Result<E
     let mut on_event = |e: &Event| {
         match e {
             Event::Start { set, total, done } => {
-                started.insert(set.clone(), (Instant::now(), total - done));
+                started.insert(set.clone(), (Instant::now(), total.saturating_sub(*done)));
             }
             Event::Done {
                 set,

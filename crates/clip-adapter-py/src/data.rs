@@ -280,7 +280,9 @@ pub fn benchmarks() -> Vec<&'static str> {
 /// Encodes a dataset into the feature cache (`clip-adapter extract`): the few-shot draw of
 /// train and val (`shots`, `seed`; the whole splits without `shots`), the test split, the
 /// augmented views and the class prompts. Resumes an interrupted run; files already there are
-/// reused. Returns `{"text": path, "sets": [{"name", "path", "rows", "skipped", "reused"}]}`.
+/// reused. Returns `{"text": path, "sets": [{"name", "path", "rows", "skipped", "reused",
+/// "encoded", "seconds"}]}`: `encoded` images decoded and encoded by this call in `seconds` of
+/// wall time.
 #[pyfunction]
 #[pyo3(signature = (
     model, dataset, *, shots = None, seed = 1, views = None, crop_scale = (0.5, 1.0),
@@ -380,6 +382,8 @@ pub fn extract<'py>(
         set.set_item("rows", s.rows)?;
         set.set_item("skipped", &s.skipped)?;
         set.set_item("reused", s.reused)?;
+        set.set_item("encoded", s.encoded)?;
+        set.set_item("seconds", s.seconds)?;
         sets.append(set)?;
     }
     out.set_item("sets", sets)?;

@@ -33,6 +33,7 @@ def test_extract_writes_the_command_lines_cache(workdir, tmp_path):
                      pre_projection=True, cache=tmp_path / "cache",
                      progress=lambda stage, done, total: bars.append((stage, done, total)))
     assert out["text"] is not None and all(not s["reused"] for s in out["sets"])
+    assert all(s["encoded"] == s["rows"] > 0 and s["seconds"] > 0 for s in out["sets"])
     assert bars and all(total is None or done <= total for _, done, total in bars)
     # The same images as the session's folder: the same features as the command line's.
     mine = ca.load_cached_task(DATASET, 2, 1, cache=tmp_path / "cache")
@@ -44,7 +45,7 @@ def test_extract_writes_the_command_lines_cache(workdir, tmp_path):
     # A second extraction reuses every file.
     again = ca.extract(str(TINY_CLIP), ca.Dataset.folder(data), shots=2, seed=1, views=2,
                        pre_projection=True, cache=tmp_path / "cache", progress=False)
-    assert all(s["reused"] for s in again["sets"])
+    assert all(s["reused"] and s["encoded"] == 0 for s in again["sets"])
 
 
 def test_data_errors(tmp_path):

@@ -284,7 +284,8 @@ pub struct ExtractArgs {
     pub skip_bad: bool,
 
     /// Print a JSON summary: `{"text": PATH, "sets": [{"name", "path", "rows", "skipped",
-    /// "reused"}]}`.
+    /// "reused", "encoded", "seconds"}]}` (`encoded` images decoded and encoded by this run in
+    /// `seconds` of wall time).
     #[arg(long)]
     pub json: bool,
 }

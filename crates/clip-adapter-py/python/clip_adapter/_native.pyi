@@ -259,7 +259,9 @@ def extract(
 ) -> Dict[str, Any]:
     """Encodes a dataset into the feature cache (``clip-adapter extract``); resumable.
     ``precision``: ``"f32"`` or ``"bf16"`` (default: a given Clip's, else f32); bfloat16
-    features are cached under their own key. Returns ``{"text": path, "sets": [{"name", "path", "rows", "skipped", "reused"}]}``."""
+    features are cached under their own key. Returns ``{"text": path, "sets": [{"name", "path", "rows", "skipped", "reused", "encoded",
+    "seconds"}]}``: ``encoded`` images decoded and encoded by this call in ``seconds`` of wall
+    time."""
 
 #: An array argument of ``import_features``: a numpy array (or anything ``numpy.asarray``
 #: takes) or a file (``"FILE"``, ``"FILE#NAME"``, an ``os.PathLike``).
