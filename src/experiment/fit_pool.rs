@@ -61,15 +61,18 @@ impl FitPool {
         }
         // Each thread takes the next fit not yet started whenever it is free.
         let queue = Mutex::new(VecDeque::from(fits));
-        let take = || loop {
-            // The lock is released at the end of this statement, before the fit runs.
-            let next = queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front();
-            match next {
-                Some(fit) => fit(),
-                None => break,
+        let take = || {
+            let _drain = DrainOnPanic(&queue);
+            loop {
+                // The lock is released at the end of this statement, before the fit runs.
+                let next = queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop_front();
+                match next {
+                    Some(fit) => fit(),
+                    None => break,
+                }
             }
         };
         nested(&self.alone[..self.alone.len().min(n)], &take, body)
@@ -78,6 +81,20 @@ impl FitPool {
 
 /// One fit, as [`FitPool::run`] takes it.
 pub(crate) type FitJob<'s> = Box<dyn FnOnce() + Send + 's>;
+
+/// Drops the fits not yet started when a fit panics on the thread that holds it: a fit may own
+/// what `body` waits on (the sender of its rows), so fits left queued would keep `body`
+/// waiting, and the panic, which the scope raises once `body` returns, would never arrive.
+struct DrainOnPanic<'q, 's>(&'q Mutex<VecDeque<FitJob<'s>>>);
+
+impl Drop for DrainOnPanic<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let left = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+            drop(left);
+        }
+    }
+}
 
 /// `body` on this thread inside a scope of every pool of `pools`, each of which runs `work`.
 fn nested<R>(pools: &[ThreadPool], work: &(dyn Fn() + Sync), body: impl FnOnce() -> R) -> R {
@@ -156,5 +173,32 @@ mod tests {
         assert!(pool.alone.is_empty());
         assert_eq!(threads_seen(&pool, 1), (7, vec![4]));
         assert_eq!(threads_seen(&pool, 0), (7, vec![]));
+    }
+
+    #[test]
+    fn a_panicking_fit_reaches_the_caller_while_the_body_waits_on_the_others() {
+        // Five fits on two threads, each holding a sender that the body waits on, as the
+        // grid's fits hold the sender of their rows; the first two panic, ending both threads'
+        // turns while three fits are still queued.
+        let pool = FitPool::new(2, 5).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        let fits: Vec<FitJob> = (0..5)
+            .map(|i| {
+                let tx = tx.clone();
+                Box::new(move || {
+                    if i < 2 {
+                        panic!("a fit failed");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let _ = tx.send(i);
+                }) as FitJob
+            })
+            .collect();
+        drop(tx);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(fits, || rx.iter().count())
+        }));
+        let message = outcome.unwrap_err();
+        assert_eq!(message.downcast_ref::<&str>(), Some(&"a fit failed"));
     }
 }
