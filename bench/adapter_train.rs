@@ -5,20 +5,19 @@
 //! (visual, official form, r = 4, SGD momentum + warm-up cosine) and prints one JSON line with
 //! the seconds per epoch. `cargo bench --bench adapter_train -- grid [DIVISOR]` runs the
 //! 11-dataset grid (5 shot counts, 3 seeds) in one `experiment::run_grid`, as `run` does (one
-//! pool for the whole grid, the fits of a group concurrent), with the protocol's epochs divided
-//! by DIVISOR (default 1: the whole grid, minutes; a group's time is multiplied back, which also
-//! multiplies its fixed costs), and prints each group's wall seconds and the total.
+//! set of threads for the whole grid, the fits of a group concurrent), with the protocol's
+//! epochs divided by DIVISOR (default 1: the whole grid, minutes; a group's time is multiplied
+//! back, which also multiplies its fixed costs), and prints each group's wall seconds and the
+//! total.
 
+use std::cell::Cell;
 use std::time::Instant;
 
 use clip_adapter::experiment::{
-    run_grid, ExperimentError, Grid, GridIo, GridMethod, RowSource, Validation,
+    run_grid, ExperimentError, Grid, GridEvent, GridIo, GridMethod, RowSource, Validation,
 };
 use clip_adapter::kernels::matmul::simd_summary;
 use clip_adapter::methods::clip_adapter::{self as ca, AdapterModel, AdapterOptions};
-use std::cell::Cell;
-
-use clip_adapter::experiment::GridEvent;
 use clip_adapter::methods::epochs::epochs_for_shots;
 use clip_adapter::methods::linalg::seeded_rng;
 use clip_adapter::methods::registry::CLIP_ADAPTER;
@@ -116,12 +115,10 @@ const DATASETS: [(&str, usize); 11] = [
 ];
 const SHOTS: [usize; 5] = [1, 2, 4, 8, 16];
 
-/// The protocol's epochs: CoOp's 50 on ImageNet at every shot count, by shots elsewhere.
+/// The protocol's epochs, as `run` trains them: CoOp's 50 on ImageNet at every shot count, by
+/// shots elsewhere.
 fn protocol_epochs(dataset: &str, shots: usize) -> usize {
-    match dataset {
-        "imagenet" => 50,
-        _ => epochs_for_shots(shots),
-    }
+    (MethodOverrides::default().coop_epochs(dataset)).unwrap_or_else(|| epochs_for_shots(shots))
 }
 
 /// The whole CLIP-Adapter grid in one `run_grid`, as `run` fits it, on synthetic draws made in
