@@ -5,10 +5,10 @@
 //! With at least as many fits as cores every fit runs alone on a thread of its own, its products
 //! on that thread: on a shared pool a fit waiting for a product's stolen half would steal a
 //! piece of another fit's, and the workers woke and preempted each other tens of thousands of
-//! times a second (three CLIP-Adapter fits on two cores: 0.5–0.9 million involuntary context
-//! switches in 25 s, against 24 thousand on threads of their own, docs/benchmarks.md). The
-//! rows are the same whichever threads run them: every kernel's split leaves each sum's order
-//! unchanged.
+//! times a second (the CLIP-Adapter grid's three seeds on two cores, a tenth of its epochs:
+//! 1.6–1.8 million involuntary context switches per run, against 22–23 thousand on threads of
+//! their own; Intel Xeon Emerald Rapids, docs/benchmarks.md). The rows are the same whichever
+//! threads run them: every kernel's split leaves each sum's order unchanged.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
