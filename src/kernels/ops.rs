@@ -158,9 +158,106 @@ impl CustomOp1 for LayerNormOp<'_> {
 /// One task per (batch element, head): `q · kᵀ` through the broadcast tiles (q read in place,
 /// row stride 3·D, against the head's keys transposed), the softmax at the vector width, and
 /// `p · v` through the broadcast tiles, written straight into the head's columns of the output.
+#[derive(Debug, Clone, Copy)]
 pub struct FusedAttention {
     pub heads: usize,
     pub causal: bool,
+}
+
+impl FusedAttention {
+    /// The same attention for one query per sequence, at `positions[b]` of sequence `b`
+    /// (every key it may see still takes part): `(B, L, 3·D) -> (B, 1, D)`. A tower that pools
+    /// one position needs no other query in its last layer.
+    pub fn at(self, positions: &[usize]) -> PooledAttention<'_> {
+        PooledAttention {
+            attention: self,
+            positions,
+        }
+    }
+
+    /// The attention of the queries `first(b)..first(b) + queries` of each sequence `b`, into
+    /// a fresh `(B, queries, D)` vector.
+    fn attend(
+        self,
+        qkv: &[f32],
+        (b, l, d3): (usize, usize, usize),
+        queries: usize,
+        first: impl Fn(usize) -> usize + Sync,
+    ) -> candle_core::Result<Vec<f32>> {
+        let d = d3 / 3;
+        if d3 % 3 != 0 || d % self.heads != 0 {
+            candle_core::bail!(
+                "fused-attention: last dim {d3} does not split into 3 x {} heads",
+                self.heads
+            );
+        }
+        let hd = d / self.heads;
+        let scale = (hd as f32).powf(-0.5);
+        let (heads, causal) = (self.heads, self.causal);
+        let simd = simd_level();
+        // Every value is written by one head's `p · v` below, so the output is not zeroed first
+        // (a 77-token batch of 32 zeroed 5 MB per layer: 3 % of the text tower's time).
+        let len = b * queries * d;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let dst = Out(out.as_mut_ptr());
+        (0..b * heads).into_par_iter().for_each(|bh| {
+            let (bi, h) = (bh / heads, bh % heads);
+            let q0 = first(bi);
+            let sequence = &qkv[bi * l * d3..][..l * d3];
+            let mut probs = vec![0f32; queries * l];
+            // kᵀ (hd × l), so that the scores go through the broadcast tiles: the dot tiles
+            // reduce their lanes after every hd = 64 inputs, and one ViT-B/16 image's attention
+            // took 1.3 ms per layer through them against 1.0 this way (Intel Emerald Rapids).
+            let mut keys_t = vec![0f32; hd * l];
+            for (j, key) in sequence[d + h * hd..].chunks(d3).take(l).enumerate() {
+                for (p, &v) in key[..hd].iter().enumerate() {
+                    keys_t[p * l + j] = v;
+                }
+            }
+            // SAFETY: `sequence` is this element's l rows of 3·D (its length was checked by the
+            // slice); the queries q0.. q0 + queries are among them (the callers check), and q
+            // and v of this head are hd columns at row stride 3·D; `keys_t` is hd×l and `probs`
+            // queries×l; this task alone writes the columns h·hd.. of batch element bi's rows
+            // of `out`; `simd` is available.
+            unsafe {
+                let scores = Operands {
+                    a: sequence[q0 * d3 + h * hd..].as_ptr(),
+                    a_rs: d3,
+                    a_cs: 1,
+                    b: keys_t.as_ptr(),
+                    ldb: l,
+                    c: Out(probs.as_mut_ptr()),
+                    ldc: l,
+                    k: hd,
+                };
+                broadcast_block(simd, scores, (0, queries), (0, l), false);
+            }
+            for (i, row) in probs.chunks_exact_mut(l).enumerate() {
+                let keys = if causal { q0 + i + 1 } else { l };
+                let (live, masked) = row.split_at_mut(keys);
+                softmax_scaled(live, scale);
+                masked.fill(0.0);
+            }
+            // SAFETY: as above; `probs` is queries×l with row stride l.
+            unsafe {
+                let values = Operands {
+                    a: probs.as_ptr(),
+                    a_rs: l,
+                    a_cs: 1,
+                    b: sequence[2 * d + h * hd..].as_ptr(),
+                    ldb: d3,
+                    c: dst.add(bi * queries * d + h * hd),
+                    ldc: d,
+                    k: l,
+                };
+                broadcast_block(simd, values, (0, queries), (0, hd), false);
+            }
+        });
+        // SAFETY: the tasks above wrote all `len` values: batch element bi's rows × head h's
+        // columns for every (bi, h), which cover the b × queries × d output (d = heads · hd).
+        unsafe { out.set_len(len) };
+        Ok(out)
+    }
 }
 
 impl CustomOp1 for FusedAttention {
@@ -175,78 +272,37 @@ impl CustomOp1 for FusedAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = contiguous(storage, layout, "fused-attention")?;
         let (b, l, d3) = layout.shape().dims3()?;
-        let d = d3 / 3;
-        if d3 % 3 != 0 || d % self.heads != 0 {
+        let out = self.attend(qkv, (b, l, d3), l, |_| 0)?;
+        Ok((CpuStorage::F32(out), Shape::from((b, l, d3 / 3))))
+    }
+}
+
+/// [`FusedAttention`] for one query per sequence (see [`FusedAttention::at`]).
+pub struct PooledAttention<'a> {
+    attention: FusedAttention,
+    positions: &'a [usize],
+}
+
+impl CustomOp1 for PooledAttention<'_> {
+    fn name(&self) -> &'static str {
+        "pooled-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = contiguous(storage, layout, "pooled-attention")?;
+        let (b, l, d3) = layout.shape().dims3()?;
+        let p = self.positions;
+        if p.len() != b || p.iter().any(|&i| i >= l) {
             candle_core::bail!(
-                "fused-attention: last dim {d3} does not split into 3 x {} heads",
-                self.heads
+                "pooled-attention: positions {p:?} for {b} sequences of {l} tokens (one each, below {l})"
             );
         }
-        let hd = d / self.heads;
-        let scale = (hd as f32).powf(-0.5);
-        let (heads, causal) = (self.heads, self.causal);
-        let simd = simd_level();
-        // Every value is written by one head's `p · v` below, so the output is not zeroed first
-        // (a 77-token batch of 32 zeroed 5 MB per layer: 3 % of the text tower's time).
-        let len = b * l * d;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        let dst = Out(out.as_mut_ptr());
-        (0..b * heads).into_par_iter().for_each(|bh| {
-            let (bi, h) = (bh / heads, bh % heads);
-            let part = |p: usize| qkv[bi * l * d3 + p * d + h * hd..].as_ptr();
-            let mut probs = vec![0f32; l * l];
-            // kᵀ (hd × l), so that the scores go through the broadcast tiles: the dot tiles
-            // reduce their lanes after every hd = 64 inputs, and one ViT-B/16 image's attention
-            // took 1.3 ms per layer through them against 1.0 this way (Intel Emerald Rapids).
-            let mut keys_t = vec![0f32; hd * l];
-            let key_rows = &qkv[bi * l * d3 + d + h * hd..];
-            for (j, key) in key_rows.chunks(d3).take(l).enumerate() {
-                for (p, &v) in key[..hd].iter().enumerate() {
-                    keys_t[p * l + j] = v;
-                }
-            }
-            // SAFETY: q and v of this head are l rows of hd floats at row stride 3·D inside
-            // `qkv` (its shape was checked above); `keys_t` is hd×l and `probs` l×l; this task
-            // alone writes the columns h·hd.. of batch element bi's rows of `out`; `simd` is
-            // available.
-            unsafe {
-                let scores = Operands {
-                    a: part(0),
-                    a_rs: d3,
-                    a_cs: 1,
-                    b: keys_t.as_ptr(),
-                    ldb: l,
-                    c: Out(probs.as_mut_ptr()),
-                    ldc: l,
-                    k: hd,
-                };
-                broadcast_block(simd, scores, (0, l), (0, l), false);
-            }
-            for (i, row) in probs.chunks_exact_mut(l).enumerate() {
-                let keys = if causal { i + 1 } else { l };
-                let (live, masked) = row.split_at_mut(keys);
-                softmax_scaled(live, scale);
-                masked.fill(0.0);
-            }
-            // SAFETY: as above; `probs` is l×l with row stride l.
-            unsafe {
-                let values = Operands {
-                    a: probs.as_ptr(),
-                    a_rs: l,
-                    a_cs: 1,
-                    b: part(2),
-                    ldb: d3,
-                    c: dst.add(bi * l * d + h * hd),
-                    ldc: d,
-                    k: l,
-                };
-                broadcast_block(simd, values, (0, l), (0, hd), false);
-            }
-        });
-        // SAFETY: the tasks above wrote all `len` values: batch element bi's rows × head h's
-        // columns for every (bi, h), which cover the b × l × d output (d = heads · hd).
-        unsafe { out.set_len(len) };
-        Ok((CpuStorage::F32(out), Shape::from((b, l, d))))
+        let out = self.attention.attend(qkv, (b, l, d3), 1, |bi| p[bi])?;
+        Ok((CpuStorage::F32(out), Shape::from((b, 1, d3 / 3))))
     }
 }
 
@@ -446,4 +502,50 @@ pub fn bias_act(x: Tensor, op: &BiasAct) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
     x.inplace_op1(op)?;
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    #[test]
+    fn one_query_per_sequence_is_that_row_of_the_whole_attention() {
+        // Three sequences of 70 tokens (more than a row tile), four heads of 16; the pooled
+        // positions at the start, inside and at the end, causal and not.
+        let (b, l, heads, hd) = (3, 70, 4, 16);
+        let d3 = 3 * heads * hd;
+        let values = crate::methods::linalg::seeded_rng(7).uniform_vec(b * l * d3, 1.0);
+        let qkv = Tensor::from_vec(values, (b, l, d3), &Device::Cpu).unwrap();
+        let positions = [0, 33, l - 1];
+        for causal in [false, true] {
+            let attention = FusedAttention { heads, causal };
+            let all = qkv.apply_op1_no_bwd(&attention).unwrap();
+            let pooled = qkv.apply_op1_no_bwd(&attention.at(&positions)).unwrap();
+            assert_eq!(pooled.dims(), &[b, 1, heads * hd]);
+            for (i, &p) in positions.iter().enumerate() {
+                assert_eq!(
+                    pooled.i((i, 0)).unwrap().to_vec1::<f32>().unwrap(),
+                    all.i((i, p)).unwrap().to_vec1::<f32>().unwrap(),
+                    "sequence {i}, position {p}, causal {causal}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_pooled_position_outside_the_sequence_is_an_error() {
+        let qkv = Tensor::zeros((2, 5, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let attention = FusedAttention {
+            heads: 2,
+            causal: false,
+        };
+        for positions in [&[0, 5][..], &[0][..]] {
+            let err = qkv
+                .apply_op1_no_bwd(&attention.at(positions))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("positions"), "{err}");
+        }
+    }
 }

@@ -14,7 +14,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::transformer::{LayerNorm, Linear};
+use super::transformer::{gather_positions, LayerNorm, Linear};
 use crate::clip::error::{InputError, Result};
 use crate::clip::load::checkpoint::Scope;
 use crate::clip::load::config::EvaConfig;
@@ -138,11 +138,35 @@ impl EvaAttention {
         rope: &RotaryEmbedding,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x)?.contiguous()?; // (B, L, 3D), fresh
-        rope.apply_to_qkv(&qkv, self.kernel.heads, 1)?;
-        let attended = qkv.apply_op1_no_bwd(&self.kernel)?; // (B, L, D)
+        let attended = self.qkv(x, rope)?.apply_op1_no_bwd(&self.kernel)?; // (B, L, D)
         self.proj
             .forward_plus(&self.norm.forward(&attended)?, residual)
+    }
+
+    /// [`EvaAttention::forward_plus`] for the query at `positions[b]` of each sequence only,
+    /// with `residual` that position's input.
+    ///
+    /// # Shapes
+    /// `(B, 1 + N, D), (B, 1, D) -> (B, 1, D)`
+    pub fn forward_at_plus(
+        &self,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        positions: &[usize],
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let attended = self
+            .qkv(x, rope)?
+            .apply_op1_no_bwd(&self.kernel.at(positions))?; // (B, 1, D)
+        self.proj
+            .forward_plus(&self.norm.forward(&attended)?, residual)
+    }
+
+    /// q, k and v of every position, the rotary embedding applied.
+    fn qkv(&self, x: &Tensor, rope: &RotaryEmbedding) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?.contiguous()?; // (B, L, 3D), fresh
+        rope.apply_to_qkv(&qkv, self.kernel.heads, 1)?;
+        Ok(qkv)
     }
 }
 
@@ -202,6 +226,25 @@ impl EvaBlock {
 
     pub fn forward(&self, x: &Tensor, rope: &RotaryEmbedding) -> Result<Tensor> {
         let x = self.attn.forward_plus(&self.norm1.forward(x)?, rope, x)?;
+        self.mlp.forward_plus(&self.norm2.forward(&x)?, &x)
+    }
+
+    /// The block's output at `positions[b]` of each sequence alone (see
+    /// `transformer::EncoderLayer::forward_at`).
+    ///
+    /// # Shapes
+    /// `(B, 1 + N, D) -> (B, 1, D)`
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        positions: &[usize],
+    ) -> Result<Tensor> {
+        let (b, _, d) = x.dims3()?;
+        let residual = gather_positions(x, positions)?.reshape((b, 1, d))?;
+        let x = self
+            .attn
+            .forward_at_plus(&self.norm1.forward(x)?, rope, positions, &residual)?;
         self.mlp.forward_plus(&self.norm2.forward(&x)?, &x)
     }
 }
@@ -272,10 +315,15 @@ impl Eva {
         let patches = self.patch_embed.forward(&patches)?;
         let class = self.cls_token.broadcast_as((b, 1, d))?;
         let mut x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.pos_embed)?;
-        for block in &self.blocks {
+        // Only the class token is pooled: the last block runs for that row alone.
+        let Some((last, blocks)) = self.blocks.split_last() else {
+            return self.norm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?);
+        };
+        for block in blocks {
             x = block.forward(&x, &self.rope)?;
         }
         // The norm is per token: normalising the pooled token alone is the same.
-        self.norm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)
+        let pooled = last.forward_at(&x, &self.rope, &vec![0; b])?;
+        self.norm.forward(&pooled.squeeze(1)?)
     }
 }

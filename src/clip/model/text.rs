@@ -68,21 +68,6 @@ pub(crate) fn check_ids(ids: &[Vec<u32>], c: &TextConfig) -> Result<()> {
     Ok(())
 }
 
-/// Row `positions[i]` of sequence `i` of `x`.
-///
-/// # Shapes
-/// `(B, L, D) -> (B, D)`
-pub(crate) fn gather_positions(x: &Tensor, positions: &[usize]) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    let index: Vec<u32> = positions
-        .iter()
-        .enumerate()
-        .map(|(i, &p)| (i * l + p) as u32)
-        .collect();
-    let index = Tensor::from_vec(index, (b,), x.device())?;
-    Ok(x.reshape((b * l, d))?.index_select(&index, 0)?)
-}
-
 impl TextTransformer {
     pub fn load(vb: &Scope, config: &TextConfig) -> Result<Self> {
         let d = config.width;
@@ -140,8 +125,8 @@ impl TextTransformer {
             .index_select(&tokens, 0)?
             .reshape((b, used, c.width))?;
         let x = x.broadcast_add(&self.position_embedding.narrow(0, 0, used)?)?;
-        let x = self.encoder.forward(&x)?;
         // Pool before the final LayerNorm: it is per-position, so the order does not matter.
-        self.final_layer_norm.forward(&gather_positions(&x, &eot)?)
+        self.final_layer_norm
+            .forward(&self.encoder.forward_at(&x, &eot)?)
     }
 }

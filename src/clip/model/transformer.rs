@@ -267,6 +267,22 @@ impl Attention {
         let attended = qkv.apply_op1_no_bwd(&self.kernel)?; // (B, L, D)
         self.out_proj.forward_plus(&attended, residual)
     }
+
+    /// [`Attention::forward_plus`] for the query at `positions[b]` of each sequence only, with
+    /// `residual` that position's input.
+    ///
+    /// # Shapes
+    /// `(B, L, D), (B, 1, D) -> (B, 1, D)`
+    pub fn forward_at_plus(
+        &self,
+        x: &Tensor,
+        positions: &[usize],
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?; // (B, L, 3D): every key and value
+        let attended = qkv.apply_op1_no_bwd(&self.kernel.at(positions))?; // (B, 1, D)
+        self.out_proj.forward_plus(&attended, residual)
+    }
 }
 
 pub struct Mlp {
@@ -332,6 +348,20 @@ impl EncoderLayer {
             .forward_plus(&self.layer_norm1.forward(x)?, x)?;
         self.mlp.forward_plus(&self.layer_norm2.forward(&x)?, &x)
     }
+
+    /// The layer's output at `positions[b]` of each sequence: every position's keys and values,
+    /// the rest (query, output projection, MLP) for those rows alone.
+    ///
+    /// # Shapes
+    /// `(B, L, D) -> (B, 1, D)`
+    pub fn forward_at(&self, x: &Tensor, positions: &[usize]) -> Result<Tensor> {
+        let (b, _, d) = x.dims3()?;
+        let residual = gather_positions(x, positions)?.reshape((b, 1, d))?;
+        let x =
+            self.self_attn
+                .forward_at_plus(&self.layer_norm1.forward(x)?, positions, &residual)?;
+        self.mlp.forward_plus(&self.layer_norm2.forward(&x)?, &x)
+    }
 }
 
 pub struct Encoder {
@@ -355,6 +385,40 @@ impl Encoder {
         }
         Ok(x)
     }
+
+    /// The output at `positions[b]` of each sequence, as [`Encoder::forward`] then
+    /// [`gather_positions`] would give it: a tower that pools one position (the class token,
+    /// the end-of-text token) reads nothing else of the last layer, whose query, output
+    /// projection and MLP then run for that row alone (one twelfth of a 12-layer tower's
+    /// products, less the keys and values).
+    ///
+    /// # Shapes
+    /// `(B, L, D) -> (B, D)`
+    pub fn forward_at(&self, x: &Tensor, positions: &[usize]) -> Result<Tensor> {
+        let Some((last, layers)) = self.layers.split_last() else {
+            return gather_positions(x, positions);
+        };
+        let mut x = x.clone();
+        for layer in layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(last.forward_at(&x, positions)?.squeeze(1)?)
+    }
+}
+
+/// Row `positions[i]` of sequence `i` of `x`.
+///
+/// # Shapes
+/// `(B, L, D) -> (B, D)`
+pub(crate) fn gather_positions(x: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    let index: Vec<u32> = positions
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i * l + p) as u32)
+        .collect();
+    let index = Tensor::from_vec(index, (b,), x.device())?;
+    Ok(x.reshape((b * l, d))?.index_select(&index, 0)?)
 }
 
 /// L2-normalises the last dimension.

@@ -5,7 +5,7 @@
 //! `CLIPVisionTransformer.forward` (`pooled_output = last_hidden_state[:, 0, :]`); for another
 //! input size than the positions were trained at, open_clip's `resize_pos_embed`.
 
-use candle_core::{IndexOp, Tensor};
+use candle_core::Tensor;
 
 use super::positions::{resize_positions, Interpolation};
 use super::transformer::{Encoder, EncoderShape, LayerNorm, Linear};
@@ -93,8 +93,7 @@ impl VisionTransformer {
         let x = Tensor::cat(&[&class, &patches], 1)?; // (B, g² + 1, D)
         let x = x.broadcast_add(&self.position_embedding)?;
         let x = self.pre_layrnorm.forward(&x)?;
-        let x = self.encoder.forward(&x)?;
-        let pooled = x.i((.., 0, ..))?; // (B, D)
+        let pooled = self.encoder.forward_at(&x, &vec![0; b])?; // (B, D): the class token
         self.post_layernorm.forward(&pooled)
     }
 }

@@ -379,7 +379,7 @@ impl TextTower {
         for layer in &self.layers {
             x = layer.forward(&x, Some(&mask))?;
         }
-        let pooled = crate::clip::model::text::gather_positions(&x, &eot)?;
+        let pooled = crate::clip::model::transformer::gather_positions(&x, &eot)?;
         self.final_layer_norm.forward(&pooled)
     }
 }

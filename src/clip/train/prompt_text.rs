@@ -209,7 +209,7 @@ impl PromptTextEncoder {
     ) -> Result<Tensor> {
         let blocks = start..self.norms.len();
         let x = blocks_forward(self.blocks(), hidden, blocks, true, delta)?;
-        let pooled = crate::clip::model::text::gather_positions(&x, eot)?;
+        let pooled = crate::clip::model::transformer::gather_positions(&x, eot)?;
         let pooled = self.final_norm.forward(&pooled)?;
         linear2d(&self.text_projection, &pooled)
     }
