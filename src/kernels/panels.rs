@@ -24,18 +24,23 @@ const PANEL: usize = 64;
 /// rows of a 512-deep pass are 400 KiB of `x`, in L2 beside the 128 KiB panel).
 const TASK_ROWS: usize = 200;
 /// Whether a frozen weight with `n` outputs is worth packing into panels on this CPU: at
-/// AVX-512 only, and only when its outputs fill the 64-column panels to within an eighth (a
-/// padded panel costs its full width).
+/// AVX-512 and AVX2 + FMA (not the portable level), and only when its outputs fill the
+/// 64-column panels to within an eighth (a padded panel costs its full width).
 ///
-/// AVX-512 because that is where the panels won everywhere: on an AMD EPYC Zen 4 (`cargo bench
-/// --bench products`) they beat the dot tiles and the `gemm` crate on every encoder shape at
-/// AVX-512, while with AVX2 forced they won up to 80 rows but lost 4–8 % to the crate's AVX2
-/// kernels on one ViT-B/16 or ViT-L/14 image and on 1600-row batches. The fill: a classifier's
-/// `x · Wᵀ` on an Intel Xeon (Emerald Rapids) ran on panels at 23–33 GFLOP/s against the dot
-/// tiles' 130 with 10 classes, 206–211 against 216–224 with 397 (batch 32), and won with 1000
-/// (252–264 against 224–246).
+/// AVX-512: on an AMD EPYC Zen 4 and an Intel Xeon (Emerald Rapids) the panels beat the dot
+/// tiles and the `gemm` crate on every encoder shape (`cargo bench --bench products`). AVX2 +
+/// FMA, measured on that Intel Xeon with the level forced (`CLIP_ADAPTER_SIMD=avx2`, a build
+/// without the `gemm` crate's AVX-512 kernels): the bare products on panels win 25–30 % on one
+/// 77-token text's and 3–7 % on one image's, and lose 3–6 % from 1,600 rows on, but whole
+/// encoders win throughout, the bias, activation and residual applied as each panel is written
+/// (ViT-B/32 image b32 14.9 → 17.6/s, 77-token text b1 17.3 → 19.2, b32 22.4 → 24.8; best of
+/// three alternated runs), and a CLIP-Adapter epoch is unchanged. On AMD Zen 4 at AVX2 an
+/// earlier panel layout (48-row blocks) lost 4–8 % above 80 rows: not re-measured there.
+/// The fill: a classifier's `x · Wᵀ` on the Intel Xeon ran on panels at 23–33 GFLOP/s
+/// against the dot tiles' 130 with 10 classes, 206–211 against 216–224 with 397 (batch 32),
+/// and won with 1000 (252–264 against 224–246).
 pub fn worth_packing(n: usize) -> bool {
-    simd_level() == Simd::Avx512 && n.div_ceil(PANEL) * PANEL * 8 <= n * 9
+    matches!(simd_level(), Simd::Avx512 | Simd::Avx2) && n.div_ceil(PANEL) * PANEL * 8 <= n * 9
 }
 
 /// Panels per parallel task (128 output columns): enough tasks for the threads to balance on a
