@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 . bench/simd.sh
 # Built once; each round runs the binary itself, as PyTorch's side runs its script: cargo's
 # freshness checks just before a run that lasts a fraction of a second slowed it by 10-20 %.
+# The bench's own artifact: a build that also links the command-line binary lists it too.
 BIN=$(cargo bench $CARGO_FEATURES --bench adapter_train --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  grep '"name":"adapter_train"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$BIN" ] || { echo "adapter_train.sh: the benchmark did not build" >&2; exit 1; }
 for size in "16000 1024 1000" "160 1024 10"; do
   for batch in 32 256; do
