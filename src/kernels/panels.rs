@@ -31,11 +31,12 @@ const TASK_ROWS: usize = 200;
 /// tiles and the `gemm` crate on every encoder shape (`cargo bench --bench products`). AVX2 +
 /// FMA, measured on that Intel Xeon with the level forced (`CLIP_ADAPTER_SIMD=avx2`, a build
 /// without the `gemm` crate's AVX-512 kernels): the bare products on panels win 25–30 % on one
-/// 77-token text's and 3–7 % on one image's, and lose 3–6 % from 1,600 rows on, but whole
-/// encoders win throughout, the bias, activation and residual applied as each panel is written
-/// (ViT-B/32 image b32 14.9 → 17.6/s, 77-token text b1 17.3 → 19.2, b32 22.4 → 24.8; best of
-/// three alternated runs), and a CLIP-Adapter epoch is unchanged. On AMD Zen 4 at AVX2 an
-/// earlier panel layout (48-row blocks) lost 4–8 % above 80 rows: not re-measured there.
+/// 77-token text's and 3–7 % on one image's, and lose 3–6 % from 1,600 rows on; in whole
+/// encoders, whose bias, activation and residual the panels apply as they write, one 77-token
+/// text gains ≈ 10 % (ViT-B/32, best of three alternated runs, twice: 17.3 → 19.2/s, 18.4 →
+/// 20.2) and the other cases stay within the host's spread, as does a CLIP-Adapter epoch. On
+/// AMD Zen 4 at AVX2 an earlier panel layout (48-row blocks) lost 4–8 % above 80 rows: not
+/// re-measured there.
 /// The fill: a classifier's `x · Wᵀ` on the Intel Xeon ran on panels at 23–33 GFLOP/s
 /// against the dot tiles' 130 with 10 classes, 206–211 against 216–224 with 397 (batch 32),
 /// and won with 1000 (252–264 against 224–246).
