@@ -218,3 +218,15 @@ fn every_openai_vit_config_shape_is_read() {
         );
     }
 }
+
+#[test]
+fn an_empty_image_batch_encodes_to_no_rows() {
+    // The image tower runs its last layer for the pooled rows alone; with no image there are
+    // none, and the result is an empty matrix of the embedding's width.
+    let clip = load("tiny-clip");
+    let expected = load_expected("tiny-clip");
+    let pixels = expected["pixel_values"].narrow(0, 0, 0).unwrap();
+    let images = clip.encode_image(&pixels).unwrap();
+    let dim = expected["image_embeds"].dim(1).unwrap();
+    assert_eq!(images.dims(), &[0, dim]);
+}

@@ -96,6 +96,9 @@ fn eva02_embeddings_match_open_clip() {
         &from_files,
         &expected["image_embeds"],
     );
+    // The last block runs for the class token alone: none in an empty batch.
+    let empty = clip.encode_image(&pixels.narrow(0, 0, 0).unwrap()).unwrap();
+    assert_eq!(empty.dims(), &[0, expected["image_embeds"].dim(1).unwrap()]);
 }
 
 #[test]
