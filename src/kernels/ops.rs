@@ -191,6 +191,9 @@ impl FusedAttention {
                 self.heads
             );
         }
+        if b * l * queries == 0 {
+            return Ok(Vec::new());
+        }
         let hd = d / self.heads;
         let scale = (hd as f32).powf(-0.5);
         let (heads, causal) = (self.heads, self.causal);
@@ -531,6 +534,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn sequences_without_tokens_attend_to_nothing() {
+        let qkv = Tensor::zeros((2, 0, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let attention = FusedAttention {
+            heads: 2,
+            causal: true,
+        };
+        let out = qkv.apply_op1_no_bwd(&attention).unwrap();
+        assert_eq!(out.dims(), &[2, 0, 4]);
     }
 
     #[test]
