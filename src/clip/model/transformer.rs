@@ -349,8 +349,8 @@ impl EncoderLayer {
         self.mlp.forward_plus(&self.layer_norm2.forward(&x)?, &x)
     }
 
-    /// The layer's output at `positions[b]` of each sequence: every position's keys and values,
-    /// the rest (query, output projection, MLP) for those rows alone.
+    /// The layer's output at `positions[b]` of each sequence: q, k and v of every position (one
+    /// fused product), the rest (attention, output projection, MLP) for those rows alone.
     ///
     /// # Shapes
     /// `(B, L, D) -> (B, 1, D)`
@@ -388,9 +388,9 @@ impl Encoder {
 
     /// The output at `positions[b]` of each sequence, as [`Encoder::forward`] then
     /// [`gather_positions`] would give it: a tower that pools one position (the class token,
-    /// the end-of-text token) reads nothing else of the last layer, whose query, output
-    /// projection and MLP then run for that row alone (one twelfth of a 12-layer tower's
-    /// products, less the keys and values).
+    /// the end-of-text token) reads nothing else of the last layer, whose attention, output
+    /// projection and MLP then run for that row alone (three quarters of the last layer's
+    /// products: ≈ 6 % of a 12-layer tower's).
     ///
     /// # Shapes
     /// `(B, L, D) -> (B, D)`
