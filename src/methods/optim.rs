@@ -37,17 +37,12 @@ impl Sgd {
     }
 
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], lr: f32) {
-        let first = self.buffers.is_empty();
-        if first {
-            self.buffers = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        }
-        // The first step (and momentum 0) copies the gradient into the buffer.
-        let momentum = if first { 0.0 } else { self.momentum };
-        let wd = self.weight_decay;
-        let simd = simd_level();
-        for ((p, g), buf) in params.iter_mut().zip(grads).zip(&mut self.buffers) {
+        let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        let step = self.begin(&lens, lr);
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let buf = &mut step.buffers[i][..];
             let update = |(p, (g, b)): (&mut [f32], (&[f32], &mut [f32]))| {
-                sgd_update(simd, p, g, b, [lr, wd, momentum])
+                sgd_update(step.simd, p, g, b, step.hyper)
             };
             // An adapter's weights are megabytes: a pass over them (five streams) is memory
             // bound, and each core brings its own bandwidth. Element-wise, so the split changes
@@ -63,6 +58,39 @@ impl Sgd {
                 update((p, (g, buf)));
             }
         }
+    }
+
+    /// One step applied piece by piece ([`SgdStep::update`]), for parameters of `lens` values
+    /// (the same list at every step): a gradient can then be used while its block is still in
+    /// cache, and never stored whole.
+    pub fn begin(&mut self, lens: &[usize], lr: f32) -> SgdStep<'_> {
+        let first = self.buffers.is_empty();
+        if first {
+            self.buffers = lens.iter().map(|&n| vec![0.0; n]).collect();
+        }
+        // The first step (and momentum 0) copies the gradient into the buffer.
+        let momentum = if first { 0.0 } else { self.momentum };
+        SgdStep {
+            buffers: &mut self.buffers,
+            hyper: [lr, self.weight_decay, momentum],
+            simd: simd_level(),
+        }
+    }
+}
+
+/// One [`Sgd`] step in progress: every parameter's values must be updated exactly once.
+pub struct SgdStep<'a> {
+    buffers: &'a mut [Vec<f32>],
+    hyper: [f32; 3],
+    simd: Simd,
+}
+
+impl SgdStep<'_> {
+    /// Updates values `offset..offset + p.len()` of parameter `param` (`p` those values) with
+    /// their gradient `g`: the same bits as [`Sgd::step`] gives them.
+    pub fn update(&mut self, param: usize, offset: usize, p: &mut [f32], g: &[f32]) {
+        let buf = &mut self.buffers[param][offset..offset + p.len()];
+        sgd_update(self.simd, p, g, buf, self.hyper)
     }
 }
 
