@@ -3,21 +3,22 @@
 //! not fitted again.
 //!
 //! The fits of one dataset and shot count (every seed and method) run concurrently, one per
-//! thread ([`super::fit_pool`]), while the calling thread waits for their rows (blocking, no
-//! polling) and keeps the sink and the events: a head's training step is a few products of 32
+//! thread ([`super::fit_pool`]; the next group's start as threads free up), while the calling
+//! thread loads the next group, waits for the rows (blocking, no polling) and keeps the sink
+//! and the events: a head's training step is a few products of 32
 //! rows, too small to keep two cores busy by itself, while fits are independent. Every kernel
 //! splits its work the same way whatever the other fits do, so the rows are identical to
 //! fitting one at a time, and they reach the sink in grid order, each as soon as the ones before
 //! it are done.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use super::base_to_new::{new_class_accuracy, BaseToNew, NewClassTest, SplitRows, Towers};
-use super::fit_pool::{FitJob, FitPool};
+use super::fit_pool::{FitPool, Lanes};
 use super::protocol::Protocol;
 use super::{ExperimentError, ResultRow, RowKey, RowSource, Validation};
 use crate::methods::coop::PromptModel;
@@ -298,8 +299,12 @@ impl std::fmt::Display for TrainedOn {
 ///
 /// The draws of one dataset and shot count are loaded first, then their fits run concurrently
 /// (CoOp's and CLIP-LoRA's, which train through a model loaded by this thread, one at a time
-/// on it, beside the pool's).
+/// on it, beside the pool's). When each fit runs on a thread of its own, the next group is
+/// loaded and its fits queued while a group's run, so that no core waits for a group's last
+/// fit or for the next draws to load; the rows are handed on in grid order all the same.
 /// `io.events` sees the progress of the earliest unfinished fit and every row in grid order.
+/// After a failure no later cell starts, except those of the next group already running,
+/// whose rows are not handed on.
 ///
 /// The error type is the caller's, so that `load` reports its own failures unchanged.
 pub fn run_grid<E: From<ExperimentError>>(
@@ -323,54 +328,202 @@ pub fn run_grid_share<E: From<ExperimentError>>(
     // The fits run on threads of their own, so that this thread (perhaps a worker of the
     // caller's pool) can wait for their rows without polling.
     let fits = grid.seeds.len() * grid.methods.len();
-    let pool = FitPool::new(rayon::current_num_threads(), fits).map_err(ExperimentError::from)?;
+    let keys: Vec<(&str, usize)> = (grid.datasets.iter())
+        .flat_map(|d| grid.shots.iter().map(move |&shots| (d.as_str(), shots)))
+        .collect();
+    let pool = FitPool::new(rayon::current_num_threads(), fits, keys.len())
+        .map_err(ExperimentError::from)?;
     let share = Share::new(mine, grid.cells());
     let mut out = GridOutcome {
         rows: Vec::with_capacity(share.total),
         fitted: 0,
     };
-    let m = grid.methods.len();
-    let mut first = 0;
-    for dataset in &grid.datasets {
-        for &shots in &grid.shots {
-            let mut draws = Vec::with_capacity(grid.seeds.len());
-            for (e, &seed) in grid.seeds.iter().enumerate() {
-                let first = first + e * m;
-                if !(first..first + m).any(|c| share.has(c)) {
-                    continue;
-                }
-                // Loaded even when every row is done: the rows' identity includes the features.
-                let (task, source) = (io.load)(dataset, shots, seed)?;
-                let (task, new, rows) = match grid.protocol {
-                    Protocol::BaseToNew => {
-                        let split =
-                            BaseToNew::split(&task, dataset).map_err(ExperimentError::from)?;
-                        (split.base, Some(split.new), Some(split.rows))
+    pool.scope(|lanes| {
+        let (tx, messages) = mpsc::channel();
+        let mut run = Run {
+            grid,
+            share: &share,
+            keys: &keys,
+            next: 0,
+            started: VecDeque::new(),
+            halted: false,
+            tx,
+            messages,
+        };
+        let outcome = run.drive(&pool, lanes, sink, &mut io, &mut out);
+        if outcome.is_err() {
+            // Nothing more starts; the running fits finish unobserved.
+            run.halt_after(0);
+        }
+        outcome
+    })?;
+    Ok(out)
+}
+
+/// Draws loaded ahead of the earliest unfinished group, at most (in floats): enough for the
+/// threads to take the next groups' fits while a long fit of that group still runs, without
+/// holding a whole grid's features.
+const AHEAD_FLOATS: usize = 256 << 20;
+/// Groups started at once, at most.
+const AHEAD_GROUPS: usize = 16;
+
+/// A grid run: the groups started, earliest first, and the next to load.
+struct Run<'a, 'k> {
+    grid: &'a Grid,
+    share: &'a Share<'a>,
+    /// Every group's dataset and shot count, in grid order.
+    keys: &'k [(&'a str, usize)],
+    next: usize,
+    started: VecDeque<Started<'a>>,
+    /// After a failure (or a lost fit): no more groups are started.
+    halted: bool,
+    /// Where every concurrent fit reports, with its group's index among `keys`.
+    tx: mpsc::Sender<(usize, Message)>,
+    messages: mpsc::Receiver<(usize, Message)>,
+}
+
+impl<'a> Run<'a, '_> {
+    /// Starts groups while the threads would otherwise run dry, hands the earliest group's
+    /// rows on as they complete, and returns once every group is done or one failed.
+    fn drive<'s, E: From<ExperimentError>>(
+        &mut self,
+        pool: &FitPool,
+        lanes: &Lanes<'_, 's>,
+        sink: &mut dyn RowSink,
+        io: &mut GridIo<E>,
+        out: &mut GridOutcome,
+    ) -> Result<(), E>
+    where
+        'a: 's,
+    {
+        let mut load_error = None;
+        loop {
+            while load_error.is_none() && self.wants_more(pool, lanes) {
+                let g = self.next;
+                let (dataset, shots) = self.keys[g];
+                let first = g * self.grid.seeds.len() * self.grid.methods.len();
+                match load_group(self.grid, self.share, first, dataset, shots, io) {
+                    Ok(draws) => {
+                        let group = Group {
+                            grid: self.grid,
+                            dataset,
+                            shots,
+                            draws,
+                            share: self.share,
+                            index: g,
+                            stop: AtomicUsize::new(usize::MAX),
+                        };
+                        let started = Arc::new(group).start(lanes, sink, io.configure, &self.tx);
+                        self.started.push_back(started);
+                        self.next += 1;
                     }
-                    _ => (task, None, None),
-                };
-                // Dropped once for every method of the draw.
-                draws.push(Draw {
-                    seed,
-                    first,
-                    task: grid.validation.apply(task),
-                    new,
-                    rows,
-                    source,
-                });
+                    // The groups before it are finished first: their rows are handed on.
+                    Err(e) => load_error = Some(e),
+                }
             }
-            first += grid.seeds.len() * m;
-            let group = Group {
-                grid,
-                dataset,
-                shots,
-                draws: &draws,
-                share: &share,
+            let Some(front) = self.started.front_mut() else {
+                return load_error.map_or(Ok(()), Err);
             };
-            group.run(&pool, sink, &mut io, &mut out)?;
+            if !front.active {
+                front.activate(sink, io, out)?;
+                if front.progress.failure.is_some() {
+                    let after = front.group.index + 1;
+                    self.halt_after(after);
+                }
+                continue;
+            }
+            if front.outstanding == 0 {
+                if let Some((_, e)) = self.started.pop_front().and_then(|d| d.progress.failure) {
+                    return Err(e.into());
+                }
+                continue;
+            }
+            // A message always comes: the earliest group has fits not finished.
+            let Ok((g, message)) = self.messages.recv() else {
+                return Ok(());
+            };
+            // Every message of a group comes before its last fit's last one, which the group
+            // waits for before it leaves `started`.
+            let base = self.started.front().map_or(g, |f| f.group.index);
+            let Some(group) = (g.checked_sub(base)).and_then(|i| self.started.get_mut(i)) else {
+                continue;
+            };
+            match group.receive(message, sink, io.events, out)? {
+                Received::Row => {}
+                // Later cells of this group are not started (`fit_cell`), nor later groups'.
+                Received::Failure => self.halt_after(g + 1),
+                // A fit panicked: the panic reaches the caller when the pool's scope ends.
+                Received::Lost => {
+                    self.halt_after(0);
+                    return Ok(());
+                }
+            }
         }
     }
-    Ok(out)
+
+    /// Whether to load and start the next group: when none is started, else when the
+    /// threads may take another group's fits and would find few queued, within the
+    /// look-ahead's bounds.
+    fn wants_more(&self, pool: &FitPool, lanes: &Lanes) -> bool {
+        if self.halted || self.next >= self.keys.len() {
+            return false;
+        }
+        if self.started.is_empty() {
+            return true;
+        }
+        let ahead: usize = self.started.iter().skip(1).map(|s| s.group.floats()).sum();
+        pool.overlaps_groups()
+            && lanes.queued() < pool.threads()
+            && self.started.len() < AHEAD_GROUPS
+            && ahead < AHEAD_FLOATS
+    }
+
+    /// Stops every started group from index `g` on (nothing of theirs starts any more) and
+    /// starts no further group.
+    fn halt_after(&mut self, g: usize) {
+        self.halted = true;
+        for s in self.started.iter().filter(|s| s.group.index >= g) {
+            s.group.stop.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The draws of a group that hold at least one cell of the share (its first cell at grid
+/// position `first`), each loaded once for every method.
+fn load_group<E: From<ExperimentError>>(
+    grid: &Grid,
+    share: &Share,
+    first: usize,
+    dataset: &str,
+    shots: usize,
+    io: &mut GridIo<E>,
+) -> Result<Vec<Draw>, E> {
+    let m = grid.methods.len();
+    let mut draws = Vec::with_capacity(grid.seeds.len());
+    for (e, &seed) in grid.seeds.iter().enumerate() {
+        let first = first + e * m;
+        if !(first..first + m).any(|c| share.has(c)) {
+            continue;
+        }
+        // Loaded even when every row is done: the rows' identity includes the features.
+        let (task, source) = (io.load)(dataset, shots, seed)?;
+        let (task, new, rows) = match grid.protocol {
+            Protocol::BaseToNew => {
+                let split = BaseToNew::split(&task, dataset).map_err(ExperimentError::from)?;
+                (split.base, Some(split.new), Some(split.rows))
+            }
+            _ => (task, None, None),
+        };
+        draws.push(Draw {
+            seed,
+            first,
+            task: grid.validation.apply(task),
+            new,
+            rows,
+            source,
+        });
+    }
+    Ok(draws)
 }
 
 /// Which cells of a grid (by grid position) a run fits, and how many.
@@ -412,8 +565,27 @@ struct Group<'a> {
     dataset: &'a str,
     shots: usize,
     /// The draws that hold at least one cell of the share.
-    draws: &'a [Draw],
+    draws: Vec<Draw>,
     share: &'a Share<'a>,
+    /// The group's index in grid order.
+    index: usize,
+    /// Cells from this one on are not started: after a failure (the cell after it), or when
+    /// the run stops (0).
+    stop: AtomicUsize,
+}
+
+/// A group whose concurrent fits are handed on.
+struct Started<'a> {
+    group: Arc<Group<'a>>,
+    progress: Progress,
+    /// The fits that train through the model's towers, run on this thread once the group is
+    /// the earliest.
+    sequential: Vec<(usize, Method)>,
+    /// Concurrent fits not finished.
+    outstanding: usize,
+    /// Whether the group has been the earliest unfinished one: its found rows handed on, its
+    /// sequential fits run, and its events reported.
+    active: bool,
 }
 
 /// What a concurrent fit tells the thread that owns the sink and the events.
@@ -422,6 +594,11 @@ enum Message {
     Progress(usize, methods::Progress),
     // Boxed: a row is large beside the other messages.
     Finished(usize, Box<Result<ResultRow, ExperimentError>>),
+    /// The fit did not start: the group stopped before it.
+    NotStarted,
+    /// The fit was dropped unfinished (a fit panicked, and the fits queued behind it with it);
+    /// the panic reaches the caller when the pool's scope ends.
+    Lost,
 }
 
 /// Where a group's cells stand: their rows, how many were handed on, the first failure in
@@ -433,7 +610,7 @@ struct Progress {
     running: BTreeSet<usize>,
 }
 
-impl Group<'_> {
+impl<'a> Group<'a> {
     fn cells(&self) -> usize {
         self.draws.len() * self.grid.methods.len()
     }
@@ -474,47 +651,6 @@ impl Group<'_> {
         }
     }
 
-    fn run<E: From<ExperimentError>>(
-        &self,
-        pool: &FitPool,
-        sink: &mut dyn RowSink,
-        io: &mut GridIo<E>,
-        out: &mut GridOutcome,
-    ) -> Result<(), E> {
-        let events = &mut *io.events;
-        // Each cell's row once it is known: (row, found in the sink).
-        let mut rows: Vec<Option<(ResultRow, bool)>> = (0..self.cells())
-            .map(|c| match self.mine(c) {
-                true => sink.find(&self.spec(c).key()).map(|r| (r.clone(), true)),
-                false => None,
-            })
-            .collect();
-        let (sequential, concurrent) = self.plan(&rows, io.configure);
-        let mut committed = 0;
-        self.commit(&mut rows, &mut committed, sink, events, out)?;
-        let mut progress = Progress {
-            rows,
-            committed,
-            failure: None,
-            running: BTreeSet::new(),
-        };
-        let loaders = (&mut *io.model, &mut *io.images);
-        let sink_error = self.run_concurrent(
-            pool,
-            &concurrent,
-            sequential,
-            loaders,
-            &mut progress,
-            sink,
-            events,
-            out,
-        )?;
-        match sink_error.or(progress.failure.map(|(_, e)| e)) {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
-    }
-
     /// The methods of the cells not in the sink yet: those that train through the model's
     /// towers (run on this thread, which loads the model), and the others (run on the pool).
     #[allow(clippy::type_complexity)]
@@ -537,116 +673,73 @@ impl Group<'_> {
         (sequential, concurrent)
     }
 
-    /// Fits the cells of `concurrent` on `pool` while this thread, which is not one of the
-    /// pool's, fits those of `sequential` (the methods that train through the model's towers:
-    /// the model stays on this thread) one at a time, then waits for the pool's messages; rows
-    /// are handed on in grid order. Cells after the first failure in grid order are not
-    /// started; those before it are fitted: the rows a one-at-a-time grid would have written
-    /// before failing. Returns the sink's error, if writing failed, and the loaders'.
-    #[allow(clippy::too_many_arguments)]
-    fn run_concurrent<E: From<ExperimentError>>(
-        &self,
-        pool: &FitPool,
-        concurrent: &[(usize, Method)],
-        sequential: Vec<(usize, Method)>,
-        (model, images): (&mut ModelLoader<E>, &mut ImagesLoader<E>),
-        progress: &mut Progress,
-        sink: &mut dyn RowSink,
-        events: &mut dyn FnMut(GridEvent),
-        out: &mut GridOutcome,
-    ) -> Result<Option<ExperimentError>, E> {
-        let stop = AtomicUsize::new(usize::MAX);
-        let (tx, rx) = mpsc::channel();
-        let mut sink_error = None;
-        let fits: Vec<FitJob> = (concurrent.iter())
-            .map(|(c, method)| {
-                let (c, tx, stop) = (*c, tx.clone(), &stop);
-                Box::new(move || self.fit_cell(c, method, stop, &tx)) as FitJob
+    /// Looks the group's cells up in the sink and hands its concurrent fits on to `lanes`
+    /// (they start as threads free up, and report to `tx`); the rest is [`Started`]'s.
+    fn start<'s>(
+        self: Arc<Self>,
+        lanes: &Lanes<'_, 's>,
+        sink: &dyn RowSink,
+        configure: &mut dyn FnMut(usize, &str, u64) -> Method,
+        tx: &mpsc::Sender<(usize, Message)>,
+    ) -> Started<'a>
+    where
+        'a: 's,
+    {
+        let rows: Vec<Option<(ResultRow, bool)>> = (0..self.cells())
+            .map(|c| match self.mine(c) {
+                true => sink.find(&self.spec(c).key()).map(|r| (r.clone(), true)),
+                false => None,
             })
             .collect();
-        drop(tx);
-        pool.run(fits, || {
-            // A text-tower fit would leave a core idle if the pool waited for it: it runs
-            // beside the pool's fits instead.
-            for (c, method) in sequential {
-                if c > stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                events(self.fitting_event(c));
-                let (draw, _) = self.cell(c);
-                let loaded = match method.card().needs {
-                    Needs::Images => images(self.dataset, self.shots, draw.seed, &draw.source)
-                        .map(|cx| (None, Some(self.split_images(draw, cx)))),
-                    _ => model(&draw.source).map(|m| (Some(m), None)),
-                };
-                let (prompt_model, cell_images) = match loaded {
-                    Ok(l) => l,
-                    Err(e) => {
-                        // Nothing more is started; the scope waits for the running fits.
-                        stop.store(0, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                };
-                let inputs = FitInputs {
-                    text_tower: prompt_model.as_deref(),
-                    images: cell_images.as_ref().map(|(fit, _)| fit),
-                    new_images: cell_images.as_ref().and_then(|(_, new)| new.as_ref()),
-                };
-                let fitted = fit_row(&method, &draw.task, &self.spec(c), inputs, &mut |p| {
-                    events(GridEvent::Method(p))
-                });
-                match fitted {
-                    Ok((_, row)) => progress.rows[c] = Some((row, false)),
-                    Err(e) => {
-                        stop.fetch_min(c, Ordering::Relaxed);
-                        if progress.failure.as_ref().is_none_or(|(f, _)| c < *f) {
-                            progress.failure = Some((c, e));
-                        }
-                    }
-                }
-            }
-            // The text-tower fits' rows may wait on none of the pool's; then every sender is
-            // a spawned fit, and the channel closes when the last one is done.
-            let mut handed = self.commit(
-                &mut progress.rows,
-                &mut progress.committed,
-                sink,
-                events,
-                out,
-            );
-            let mut messages = rx.iter();
-            while handed.is_ok() {
-                let Some(message) = messages.next() else {
-                    break;
-                };
-                handed = self.receive(message, progress, sink, events, out);
-            }
-            if let Err(e) = handed {
-                // Nothing more is started; the scope waits for the running fits.
-                stop.store(0, Ordering::Relaxed);
-                sink_error = Some(e);
-            }
-            Ok(())
-        })?;
-        Ok(sink_error)
+        let (sequential, concurrent) = self.plan(&rows, configure);
+        let outstanding = concurrent.len();
+        for (c, method) in concurrent {
+            let report = Report {
+                group: self.index,
+                cell: c,
+                tx: tx.clone(),
+                ended: false,
+            };
+            let group = Arc::clone(&self);
+            lanes.start(Box::new(move || group.fit_cell(&method, report)));
+        }
+        Started {
+            group: self,
+            progress: Progress {
+                rows,
+                committed: 0,
+                failure: None,
+                running: BTreeSet::new(),
+            },
+            sequential,
+            outstanding,
+            active: false,
+        }
     }
 
     /// One concurrent fit, reporting to the thread that owns the sink. A send fails only
     /// when the receiver is gone; the fit then finishes unobserved.
-    fn fit_cell(&self, c: usize, method: &Method, stop: &AtomicUsize, tx: &mpsc::Sender<Message>) {
-        if c > stop.load(Ordering::Relaxed) {
+    fn fit_cell(&self, method: &Method, mut report: Report) {
+        let c = report.cell;
+        if c >= self.stop.load(Ordering::Relaxed) {
+            report.end(Message::NotStarted);
             return;
         }
-        let _ = tx.send(Message::Started(c));
+        report.send(Message::Started(c));
         let (draw, _) = self.cell(c);
         let inputs = FitInputs::default();
         let result = fit_row(method, &draw.task, &self.spec(c), inputs, &mut |p| {
-            let _ = tx.send(Message::Progress(c, p));
+            report.send(Message::Progress(c, p));
         });
         if result.is_err() {
-            stop.fetch_min(c, Ordering::Relaxed);
+            self.stop.fetch_min(c + 1, Ordering::Relaxed);
         }
-        let _ = tx.send(Message::Finished(c, Box::new(result.map(|(_, row)| row))));
+        report.end(Message::Finished(c, Box::new(result.map(|(_, row)| row))));
+    }
+
+    /// The floats of the group's draws' features: what holding it ahead costs.
+    fn floats(&self) -> usize {
+        (self.draws.iter()).map(|d| task_floats(&d.task)).sum()
     }
 
     /// The images a draw's CLIP-LoRA fit trains and is tested on, from the whole draw's: under
@@ -665,67 +758,16 @@ impl Group<'_> {
         }
     }
 
-    /// Takes one message of a concurrent fit: progress of the earliest running fit, and rows
-    /// handed on in grid order as they complete.
-    fn receive(
+    /// Hands the rows known from `committed` on to the sink and the events, in grid order,
+    /// up to the first cell of the share still fitting (cells of other shards are passed).
+    fn commit(
         &self,
-        message: Message,
         progress: &mut Progress,
         sink: &mut dyn RowSink,
         events: &mut dyn FnMut(GridEvent),
         out: &mut GridOutcome,
     ) -> Result<(), ExperimentError> {
-        let running = &mut progress.running;
-        match message {
-            Message::Started(c) => {
-                if running.first().is_none_or(|&first| c < first) {
-                    events(self.fitting_event(c));
-                }
-                running.insert(c);
-            }
-            Message::Progress(c, p) => {
-                if running.first() == Some(&c) {
-                    events(GridEvent::Method(p));
-                }
-            }
-            Message::Finished(c, result) => {
-                running.remove(&c);
-                if let Some(&next) = running.first() {
-                    if next > c {
-                        events(self.fitting_event(next));
-                    }
-                }
-                match *result {
-                    Ok(row) => progress.rows[c] = Some((row, false)),
-                    // The first failure in grid order is the one reported.
-                    Err(e) => {
-                        if progress.failure.as_ref().is_none_or(|(f, _)| c < *f) {
-                            progress.failure = Some((c, e));
-                        }
-                    }
-                }
-                self.commit(
-                    &mut progress.rows,
-                    &mut progress.committed,
-                    sink,
-                    events,
-                    out,
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands the rows known from `committed` on to the sink and the events, in grid order,
-    /// up to the first cell of the share still fitting (cells of other shards are passed).
-    fn commit(
-        &self,
-        rows: &mut [Option<(ResultRow, bool)>],
-        committed: &mut usize,
-        sink: &mut dyn RowSink,
-        events: &mut dyn FnMut(GridEvent),
-        out: &mut GridOutcome,
-    ) -> Result<(), ExperimentError> {
+        let (rows, committed) = (&mut progress.rows, &mut progress.committed);
         loop {
             if *committed < rows.len() && !self.mine(*committed) {
                 *committed += 1;
@@ -750,6 +792,182 @@ impl Group<'_> {
         }
         Ok(())
     }
+}
+
+impl Started<'_> {
+    /// Makes this the earliest unfinished group: hands the rows found in the sink (and those
+    /// already fitted) on, fits the sequential cells on this thread (the methods that train
+    /// through the model's towers: the model stays on this thread) one at a time beside the
+    /// concurrent fits, hands their rows on, and reports the earliest running fit. Cells after
+    /// the first failure in grid order are not started; those before it are fitted: the rows
+    /// a one-at-a-time grid would have written before failing.
+    fn activate<E: From<ExperimentError>>(
+        &mut self,
+        sink: &mut dyn RowSink,
+        io: &mut GridIo<E>,
+        out: &mut GridOutcome,
+    ) -> Result<(), E> {
+        self.active = true;
+        let (group, progress) = (&self.group, &mut self.progress);
+        let events = &mut *io.events;
+        group.commit(progress, sink, events, out)?;
+        for (c, method) in std::mem::take(&mut self.sequential) {
+            if c >= group.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            events(group.fitting_event(c));
+            let (draw, _) = group.cell(c);
+            let loaded = match method.card().needs {
+                Needs::Images => (io.images)(group.dataset, group.shots, draw.seed, &draw.source)
+                    .map(|cx| (None, Some(group.split_images(draw, cx)))),
+                _ => (io.model)(&draw.source).map(|m| (Some(m), None)),
+            };
+            let (prompt_model, cell_images) = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    // Nothing more of this group starts; the caller stops the rest.
+                    group.stop.store(0, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            let inputs = FitInputs {
+                text_tower: prompt_model.as_deref(),
+                images: cell_images.as_ref().map(|(fit, _)| fit),
+                new_images: cell_images.as_ref().and_then(|(_, new)| new.as_ref()),
+            };
+            let fitted = fit_row(&method, &draw.task, &group.spec(c), inputs, &mut |p| {
+                events(GridEvent::Method(p))
+            });
+            match fitted {
+                Ok((_, row)) => progress.rows[c] = Some((row, false)),
+                Err(e) => {
+                    group.stop.fetch_min(c + 1, Ordering::Relaxed);
+                    progress.fail(c, e);
+                }
+            }
+        }
+        group.commit(progress, sink, events, out)?;
+        if let Some(&c) = progress.running.first() {
+            events(group.fitting_event(c));
+        }
+        Ok(())
+    }
+
+    /// Takes one message of a concurrent fit of this group. While the group is the earliest:
+    /// reports the progress of its earliest running fit and hands rows on in grid order as
+    /// they complete; before, keeps them.
+    fn receive(
+        &mut self,
+        message: Message,
+        sink: &mut dyn RowSink,
+        events: &mut dyn FnMut(GridEvent),
+        out: &mut GridOutcome,
+    ) -> Result<Received, ExperimentError> {
+        let (group, progress, active) = (&self.group, &mut self.progress, self.active);
+        let running = &mut progress.running;
+        match message {
+            Message::Started(c) => {
+                if active && running.first().is_none_or(|&first| c < first) {
+                    events(group.fitting_event(c));
+                }
+                running.insert(c);
+            }
+            Message::Progress(c, p) => {
+                if active && running.first() == Some(&c) {
+                    events(GridEvent::Method(p));
+                }
+            }
+            Message::Finished(c, result) => {
+                self.outstanding -= 1;
+                running.remove(&c);
+                if let (true, Some(&next)) = (active, running.first()) {
+                    if next > c {
+                        events(group.fitting_event(next));
+                    }
+                }
+                let failed = match *result {
+                    Ok(row) => {
+                        progress.rows[c] = Some((row, false));
+                        false
+                    }
+                    Err(e) => {
+                        progress.fail(c, e);
+                        true
+                    }
+                };
+                if active {
+                    group.commit(progress, sink, events, out)?;
+                }
+                if failed {
+                    return Ok(Received::Failure);
+                }
+            }
+            Message::NotStarted => self.outstanding -= 1,
+            Message::Lost => {
+                self.outstanding -= 1;
+                return Ok(Received::Lost);
+            }
+        }
+        Ok(Received::Row)
+    }
+}
+
+/// What a message meant for the run.
+enum Received {
+    /// Progress, or a row.
+    Row,
+    /// A fit failed.
+    Failure,
+    /// A fit was dropped unfinished.
+    Lost,
+}
+
+impl Progress {
+    /// Records the failure of cell `c`; the first in grid order is the one reported.
+    fn fail(&mut self, c: usize, e: ExperimentError) {
+        if self.failure.as_ref().is_none_or(|(f, _)| c < *f) {
+            self.failure = Some((c, e));
+        }
+    }
+}
+
+/// How a concurrent fit reports to the thread that owns the sink: exactly one of its last
+/// messages (`Finished`, `NotStarted`, or `Lost` when dropped unfinished) reaches it, which
+/// the thread counts the group's fits by.
+struct Report {
+    group: usize,
+    cell: usize,
+    tx: mpsc::Sender<(usize, Message)>,
+    ended: bool,
+}
+
+impl Report {
+    fn send(&self, message: Message) {
+        let _ = self.tx.send((self.group, message));
+    }
+
+    fn end(&mut self, message: Message) {
+        self.ended = true;
+        self.send(message);
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.send(Message::Lost);
+        }
+    }
+}
+
+/// The floats of a task's features and classifier.
+fn task_floats(t: &FewShotTask) -> usize {
+    let views: usize = t.train_views.iter().map(|v| v.data.len()).sum();
+    t.train.features.data.len()
+        + views
+        + t.val.features.data.len()
+        + t.test.features.data.len()
+        + t.text.weights.data.len()
 }
 
 #[cfg(test)]
@@ -839,6 +1057,18 @@ mod tests {
         reduction_seed_2: usize,
         sink: &mut Vec<ResultRow>,
     ) -> (Result<GridOutcome, ExperimentError>, Vec<usize>) {
+        let reduction = |_: &str, seed| if seed == 2 { reduction_seed_2 } else { 4 };
+        run_on(&grid(), threads, &reduction, sink)
+    }
+
+    /// Runs `grid` in a pool of `threads` threads, each adapter with `reduction(dataset,
+    /// seed)` (0 fails); returns as [`run`].
+    fn run_on(
+        grid: &Grid,
+        threads: usize,
+        reduction: &(dyn Fn(&str, u64) -> usize + Sync),
+        sink: &mut Vec<ResultRow>,
+    ) -> (Result<GridOutcome, ExperimentError>, Vec<usize>) {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -854,17 +1084,14 @@ mod tests {
                 load: &mut |_, _, seed| Ok((draw(seed), source.clone())),
                 model: &mut |_| unreachable!("no CoOp in this grid"),
                 images: &mut |_, _, _, _| unreachable!("no CLIP-LoRA in this grid"),
-                configure: &mut |i, _, seed| {
-                    let r = if seed == 2 { reduction_seed_2 } else { 4 };
-                    method(i, seed, r)
-                },
+                configure: &mut |i, dataset, seed| method(i, seed, reduction(dataset, seed)),
                 events: &mut |event| {
                     if let GridEvent::Row { done: d, .. } = event {
                         done.push(d)
                     }
                 },
             };
-            run_grid::<ExperimentError>(&grid(), sink, io)
+            run_grid::<ExperimentError>(grid, sink, io)
         });
         (outcome, done)
     }
@@ -877,6 +1104,134 @@ mod tests {
                 (c.method, c.seed, c.val_accuracy, c.test_accuracy, c.chosen)
             })
             .collect()
+    }
+
+    /// Three datasets × two shot counts × three seeds × two methods: six groups.
+    fn groups() -> Grid {
+        Grid {
+            datasets: vec!["a".into(), "b".into(), "c".into()],
+            shots: vec![4, 8],
+            ..grid()
+        }
+    }
+
+    /// With the next group's fits queued behind a group's, the rows, their order and the
+    /// progress are those of one fit at a time.
+    #[test]
+    fn groups_overlapping_give_the_rows_of_one_fit_at_a_time_in_grid_order() {
+        let reduction = |_: &str, _| 4;
+        let mut one = Vec::new();
+        let (a, done_a) = run_on(&groups(), 1, &reduction, &mut one);
+        assert_eq!(a.unwrap().fitted, 36);
+        let identity = |rows: &[ResultRow]| -> Vec<(String, usize, u64, String)> {
+            (rows.iter())
+                .map(|r| (r.dataset.clone(), r.shots, r.seed, r.method.clone()))
+                .collect()
+        };
+        let mut expected = Vec::new();
+        for d in ["a", "b", "c"] {
+            for shots in [4, 8] {
+                for seed in 1..=3 {
+                    for m in ["zero-shot", "clip-adapter"] {
+                        expected.push((d.to_string(), shots, seed, m.to_string()));
+                    }
+                }
+            }
+        }
+        assert_eq!(identity(&one), expected);
+        assert_eq!(done_a, (1..=36).collect::<Vec<_>>());
+        for threads in [2, 3, 8] {
+            let mut sink = Vec::new();
+            let (outcome, done) = run_on(&groups(), threads, &reduction, &mut sink);
+            assert_eq!(outcome.unwrap().fitted, 36, "{threads} threads");
+            assert_eq!(identity(&sink), expected, "{threads} threads");
+            assert_eq!(strip(&sink), strip(&one), "{threads} threads");
+            assert_eq!(done, done_a, "{threads} threads");
+        }
+    }
+
+    /// A method whose fit panics (a bug, not a failure).
+    #[derive(Debug, Clone)]
+    struct Panics;
+
+    impl methods::FewShotMethod for Panics {
+        fn card(&self) -> &'static methods::MethodCard {
+            &methods::zero_shot::CARD
+        }
+        fn describe(&self) -> String {
+            String::new()
+        }
+        fn fit(&self, _: &FewShotTask, _: &mut FitContext) -> Result<Fit, methods::MethodError> {
+            panic!("a fit panicked")
+        }
+        fn clone_box(&self) -> Box<dyn methods::FewShotMethod> {
+            Box::new(self.clone())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// A fit that panics while later groups' fits are queued reaches the caller as a panic,
+    /// on every number of threads, instead of leaving the run waiting for its row.
+    #[test]
+    fn a_panicking_fit_reaches_the_caller_from_any_group() {
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let source = RowSource {
+                model: "m".into(),
+                model_name: "m".into(),
+                features: "f".into(),
+            };
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    let mut sink = Vec::new();
+                    let io = GridIo {
+                        load: &mut |_, _, seed| Ok((draw(seed), source.clone())),
+                        model: &mut |_| unreachable!("no CoOp in this grid"),
+                        images: &mut |_, _, _, _| unreachable!("no CLIP-LoRA in this grid"),
+                        configure: &mut |i, dataset, seed| match (i, dataset, seed) {
+                            (1, "b", 2) => Method::new(Panics),
+                            _ => method(i, seed, 4),
+                        },
+                        events: &mut |_| {},
+                    };
+                    run_grid::<ExperimentError>(&groups(), &mut sink, io)
+                })
+            }));
+            let message = outcome.expect_err("the panic reaches the caller");
+            assert_eq!(
+                message.downcast_ref::<&str>(),
+                Some(&"a fit panicked"),
+                "{threads} threads"
+            );
+        }
+    }
+
+    /// A failure in one group keeps every row before it, the earlier groups' included, and
+    /// none after it, although the next group's fits may have started.
+    #[test]
+    fn a_failing_fit_in_a_later_group_keeps_the_earlier_groups_rows() {
+        let reduction = |dataset: &str, seed| if (dataset, seed) == ("b", 2) { 0 } else { 4 };
+        for threads in [1, 2, 3] {
+            let mut sink = Vec::new();
+            let (outcome, _) = run_on(&groups(), threads, &reduction, &mut sink);
+            assert!(outcome.is_err(), "{threads} threads");
+            let kept: Vec<(String, usize, u64)> = (sink.iter())
+                .map(|r| (r.dataset.clone(), r.shots, r.seed))
+                .collect();
+            // Dataset a's twelve rows, then b at 4 shots: seed 1's two and seed 2's zero-shot.
+            assert_eq!(kept.len(), 15, "{threads} threads: {kept:?}");
+            assert!(kept[..12].iter().all(|(d, _, _)| d == "a"));
+            assert_eq!(
+                kept[12..],
+                [("b".into(), 4, 1), ("b".into(), 4, 1), ("b".into(), 4, 2)],
+                "{threads} threads"
+            );
+        }
     }
 
     /// Fits running side by side give the rows of fitting one at a time, in grid order.
