@@ -3,10 +3,9 @@
 //! not fitted again.
 //!
 //! The fits of one dataset and shot count (every seed and method) run concurrently, one per
-//! thread ([`super::fit_pool`]; the next group's start as threads free up), while the calling
-//! thread loads the next group, waits for the rows (blocking, no polling) and keeps the sink
-//! and the events: a head's training step is a few products of 32
-//! rows, too small to keep two cores busy by itself, while fits are independent. Every kernel
+//! thread ([`super::fit_pool`]; the next groups' fits start as threads free up), while the
+//! calling thread loads the next groups, waits for the rows (blocking, no polling) and keeps
+//! the sink and the events: a head's training step is a few products of 32 rows, too small to keep two cores busy by itself, while fits are independent. Every kernel
 //! splits its work the same way whatever the other fits do, so the rows are identical to
 //! fitting one at a time, and they reach the sink in grid order, each as soon as the ones before
 //! it are done.
@@ -299,12 +298,13 @@ impl std::fmt::Display for TrainedOn {
 ///
 /// The draws of one dataset and shot count are loaded first, then their fits run concurrently
 /// (CoOp's and CLIP-LoRA's, which train through a model loaded by this thread, one at a time
-/// on it, beside the pool's). When each fit runs on a thread of its own, the next group is
-/// loaded and its fits queued while a group's run, so that no core waits for a group's last
-/// fit or for the next draws to load; the rows are handed on in grid order all the same.
+/// on it, beside the pool's). When each fit runs on a thread of its own, the next groups are
+/// loaded and their fits queued whenever fewer fits than threads wait, so that no core waits
+/// for a group's last fit or for the next draws to load; the rows are handed on in grid order
+/// all the same.
 /// `io.events` sees the progress of the earliest unfinished fit and every row in grid order.
-/// After a failure no later cell starts, except those of the next group already running,
-/// whose rows are not handed on.
+/// After a failure no later cell starts, except those of later groups already running, whose
+/// rows are not handed on.
 ///
 /// The error type is the caller's, so that `load` reports its own failures unchanged.
 pub fn run_grid<E: From<ExperimentError>>(
