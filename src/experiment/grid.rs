@@ -1058,15 +1058,23 @@ mod tests {
         sink: &mut Vec<ResultRow>,
     ) -> (Result<GridOutcome, ExperimentError>, Vec<usize>) {
         let reduction = |_: &str, seed| if seed == 2 { reduction_seed_2 } else { 4 };
-        run_on(&grid(), threads, &reduction, sink)
+        let configure = reducing(&reduction);
+        run_on(&grid(), threads, &configure, sink)
     }
 
-    /// Runs `grid` in a pool of `threads` threads, each adapter with `reduction(dataset,
-    /// seed)` (0 fails); returns as [`run`].
+    /// The grid's methods, each adapter with `reduction(dataset, seed)` (0 fails).
+    fn reducing(
+        reduction: &(dyn Fn(&str, u64) -> usize + Sync),
+    ) -> impl Fn(usize, &str, u64) -> Method + Sync + '_ {
+        move |i, dataset, seed| method(i, seed, reduction(dataset, seed))
+    }
+
+    /// Runs `grid` in a pool of `threads` threads with the methods of `configure`; returns as
+    /// [`run`].
     fn run_on(
         grid: &Grid,
         threads: usize,
-        reduction: &(dyn Fn(&str, u64) -> usize + Sync),
+        configure: &(dyn Fn(usize, &str, u64) -> Method + Sync),
         sink: &mut Vec<ResultRow>,
     ) -> (Result<GridOutcome, ExperimentError>, Vec<usize>) {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -1084,7 +1092,7 @@ mod tests {
                 load: &mut |_, _, seed| Ok((draw(seed), source.clone())),
                 model: &mut |_| unreachable!("no CoOp in this grid"),
                 images: &mut |_, _, _, _| unreachable!("no CLIP-LoRA in this grid"),
-                configure: &mut |i, dataset, seed| method(i, seed, reduction(dataset, seed)),
+                configure: &mut |i, dataset, seed| configure(i, dataset, seed),
                 events: &mut |event| {
                     if let GridEvent::Row { done: d, .. } = event {
                         done.push(d)
@@ -1121,7 +1129,7 @@ mod tests {
     fn groups_overlapping_give_the_rows_of_one_fit_at_a_time_in_grid_order() {
         let reduction = |_: &str, _| 4;
         let mut one = Vec::new();
-        let (a, done_a) = run_on(&groups(), 1, &reduction, &mut one);
+        let (a, done_a) = run_on(&groups(), 1, &reducing(&reduction), &mut one);
         assert_eq!(a.unwrap().fitted, 36);
         let identity = |rows: &[ResultRow]| -> Vec<(String, usize, u64, String)> {
             (rows.iter())
@@ -1142,7 +1150,7 @@ mod tests {
         assert_eq!(done_a, (1..=36).collect::<Vec<_>>());
         for threads in [2, 3, 8] {
             let mut sink = Vec::new();
-            let (outcome, done) = run_on(&groups(), threads, &reduction, &mut sink);
+            let (outcome, done) = run_on(&groups(), threads, &reducing(&reduction), &mut sink);
             assert_eq!(outcome.unwrap().fitted, 36, "{threads} threads");
             assert_eq!(identity(&sink), expected, "{threads} threads");
             assert_eq!(strip(&sink), strip(&one), "{threads} threads");
@@ -1176,31 +1184,13 @@ mod tests {
     /// on every number of threads, instead of leaving the run waiting for its row.
     #[test]
     fn a_panicking_fit_reaches_the_caller_from_any_group() {
+        let configure = |i, dataset: &str, seed| match (i, dataset, seed) {
+            (1, "b", 2) => Method::new(Panics),
+            _ => method(i, seed, 4),
+        };
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let source = RowSource {
-                model: "m".into(),
-                model_name: "m".into(),
-                features: "f".into(),
-            };
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pool.install(|| {
-                    let mut sink = Vec::new();
-                    let io = GridIo {
-                        load: &mut |_, _, seed| Ok((draw(seed), source.clone())),
-                        model: &mut |_| unreachable!("no CoOp in this grid"),
-                        images: &mut |_, _, _, _| unreachable!("no CLIP-LoRA in this grid"),
-                        configure: &mut |i, dataset, seed| match (i, dataset, seed) {
-                            (1, "b", 2) => Method::new(Panics),
-                            _ => method(i, seed, 4),
-                        },
-                        events: &mut |_| {},
-                    };
-                    run_grid::<ExperimentError>(&groups(), &mut sink, io)
-                })
+                run_on(&groups(), threads, &configure, &mut Vec::new())
             }));
             let message = outcome.expect_err("the panic reaches the caller");
             assert_eq!(
@@ -1218,7 +1208,7 @@ mod tests {
         let reduction = |dataset: &str, seed| if (dataset, seed) == ("b", 2) { 0 } else { 4 };
         for threads in [1, 2, 3] {
             let mut sink = Vec::new();
-            let (outcome, _) = run_on(&groups(), threads, &reduction, &mut sink);
+            let (outcome, _) = run_on(&groups(), threads, &reducing(&reduction), &mut sink);
             assert!(outcome.is_err(), "{threads} threads");
             let kept: Vec<(String, usize, u64)> = (sink.iter())
                 .map(|r| (r.dataset.clone(), r.shots, r.seed))
