@@ -270,15 +270,26 @@ fn weight_step(
     param: usize,
 ) {
     let block = (GRADIENT_BLOCK / cols.max(1)).clamp(1, rows.max(1));
-    let mut g = vec![0f32; block * cols];
     let simd = simd_level();
-    for r0 in (0..rows).step_by(block) {
-        let r = block.min(rows - r0);
-        let g = &mut g[..r * cols];
-        // Rows r0.. of aᵀ: column r0 onwards of `a`, as `gemm` reads a transposed `a`.
-        broadcast_gemm(simd, &a[r0..], (1, rows), b, g, r, n, cols, false);
-        step.update(param, r0 * cols, &mut w[r0 * cols..(r0 + r) * cols], g);
-    }
+    GRADIENT.with_borrow_mut(|g| {
+        // Every block's product overwrites its part: the buffer is zeroed once per thread,
+        // not at every step.
+        if g.len() < block * cols {
+            g.resize(block * cols, 0.0);
+        }
+        for r0 in (0..rows).step_by(block) {
+            let r = block.min(rows - r0);
+            let g = &mut g[..r * cols];
+            // Rows r0.. of aᵀ: column r0 onwards of `a`, as `gemm` reads a transposed `a`.
+            broadcast_gemm(simd, &a[r0..], (1, rows), b, g, r, n, cols, false);
+            step.update(param, r0 * cols, &mut w[r0 * cols..(r0 + r) * cols], g);
+        }
+    })
+}
+
+thread_local! {
+    /// Each thread's block of a weight gradient ([`weight_step`]).
+    static GRADIENT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `max(x, 0)` in place, over rows of `cols`.
