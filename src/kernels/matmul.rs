@@ -865,7 +865,7 @@ const BROADCAST_COLS: usize = 256;
 const BROADCAST_ROWS: usize = 48;
 /// Steps of the inner dimension per pass: 512 rows of a 64-column panel of `b` are 128 KiB, which
 /// stay in L2 while every row tile passes over them.
-const BROADCAST_DEPTH: usize = 512;
+pub(crate) const BROADCAST_DEPTH: usize = 512;
 
 /// `c (m×n) = op(a) · b` (or `+=`), `op(a)` with strides `(a_rs, a_cs)`, `b` row-major `k×n`,
 /// with the broadcast-tile kernel of level `simd`.
@@ -993,15 +993,17 @@ pub(crate) unsafe fn broadcast_block(
                 let ai = a.add(i * a_rs + p0 * a_cs);
                 let cij = c.0.add(i * ldc + j);
                 let t = Tile {
-                    a: ai,
-                    a_rs,
-                    a_cs,
-                    b: bj,
-                    ldb: ldbj,
+                    sums: TileSums {
+                        a: ai,
+                        a_rs,
+                        a_cs,
+                        b: bj,
+                        ldb: ldbj,
+                        depth,
+                        cols,
+                    },
                     c: cij,
                     ldc,
-                    depth,
-                    cols,
                     add,
                     first: i == i0,
                 };
@@ -1058,18 +1060,25 @@ unsafe fn pack_panel(
     })
 }
 
-/// One output tile of the broadcast kernel: `c[r][q] (+)= Σ_p a[r·a_rs + p·a_cs] · b[p·ldb + q]`.
+/// What one tile of the broadcast kernel sums: `Σ_p a[r·a_rs + p·a_cs] · b[p·ldb + q]` for its
+/// rows `r` and its first `cols` columns `q`.
+#[derive(Clone, Copy)]
+pub(crate) struct TileSums {
+    pub a: *const f32,
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub depth: usize,
+    pub cols: usize,
+}
+
+/// One output tile of the broadcast kernel: `c[r][q] (+)=` its sums.
 #[derive(Clone, Copy)]
 struct Tile {
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
-    b: *const f32,
-    ldb: usize,
+    sums: TileSums,
     c: *mut f32,
     ldc: usize,
-    depth: usize,
-    cols: usize,
     add: bool,
     /// The first row tile over this block of `b`, whose rows come from beyond L2; the AVX-512
     /// tile then prefetches them itself. Measured on an Intel Xeon (Emerald Rapids) only: the
@@ -1083,11 +1092,21 @@ struct Tile {
 const PREFETCH_ROWS: usize = 24;
 
 unsafe fn broadcast_tile_portable(t: Tile, rows: usize) {
-    for r in 0..rows {
-        let crow = std::slice::from_raw_parts_mut(t.c.add(r * t.ldc), t.cols);
-        if !t.add {
-            crow.fill(0.0);
+    if !t.add {
+        for r in 0..rows {
+            std::slice::from_raw_parts_mut(t.c.add(r * t.ldc), t.sums.cols).fill(0.0);
         }
+    }
+    broadcast_add_portable(&t.sums, rows, t.c, t.ldc);
+}
+
+/// Adds a tile's sums, row by row in the order of the inner dimension, to `c` (row stride `ldc`).
+///
+/// # Safety
+/// The tile's operands and `rows` rows of `cols` floats of `c` must be inside their allocations.
+pub(crate) unsafe fn broadcast_add_portable(t: &TileSums, rows: usize, c: *mut f32, ldc: usize) {
+    for r in 0..rows {
+        let crow = std::slice::from_raw_parts_mut(c.add(r * ldc), t.cols);
         for p in 0..t.depth {
             let av = *t.a.add(r * t.a_rs + p * t.a_cs);
             let brow = std::slice::from_raw_parts(t.b.add(p * t.ldb), t.cols);
@@ -1119,18 +1138,48 @@ unsafe fn broadcast_tile_avx512(t: Tile, rows: usize) {
 
 /// R rows × 64 columns: 4R accumulators (24 of the 32 registers at R = 6); per step 4 loads of
 /// `b` and R broadcasts of `a` feed 4R FMAs. Columns past `cols` are masked off.
-// Indexed loops over register arrays unroll into named registers.
-#[allow(clippy::needless_range_loop)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn broadcast_tile_avx512_n<const R: usize, const PREFETCH: bool>(t: Tile) {
     use std::arch::x86_64::*;
-    let mut mask = [0 as __mmask16; 4];
-    for (q, m) in mask.iter_mut().enumerate() {
-        let left = t.cols.saturating_sub(16 * q).min(16);
-        *m = ((1u32 << left) - 1) as __mmask16;
+    let mask = tile_masks_avx512(t.sums.cols);
+    let acc = broadcast_acc_avx512::<R, PREFETCH>(&t.sums, &mask);
+    for (r, acc) in acc.iter().enumerate() {
+        let crow = t.c.add(r * t.ldc);
+        for (q, &v) in acc.iter().enumerate() {
+            let v = match t.add {
+                true => _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[q], crow.add(16 * q))),
+                false => v,
+            };
+            _mm512_mask_storeu_ps(crow.add(16 * q), mask[q], v);
+        }
     }
+}
+
+/// The masks of an AVX-512 tile's four vectors for its first `cols` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn tile_masks_avx512(cols: usize) -> [std::arch::x86_64::__mmask16; 4] {
+    std::array::from_fn(|q| {
+        let left = cols.saturating_sub(16 * q).min(16);
+        ((1u32 << left) - 1) as std::arch::x86_64::__mmask16
+    })
+}
+
+/// The sums of an R-row AVX-512 tile, `Σ_p a[r][p] · b[p][16q..16q + 16]`, in registers (its
+/// epilogue is the caller's: a store, or an optimiser's step in `kernels::sgd_tiles`).
+// Indexed loops over register arrays unroll into named registers.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn broadcast_acc_avx512<const R: usize, const PREFETCH: bool>(
+    t: &TileSums,
+    mask: &[std::arch::x86_64::__mmask16; 4],
+) -> [[std::arch::x86_64::__m512; 4]; R] {
+    use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     if t.cols == 64 {
         for p in 0..t.depth {
@@ -1170,16 +1219,7 @@ unsafe fn broadcast_tile_avx512_n<const R: usize, const PREFETCH: bool>(t: Tile)
             }
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        let crow = t.c.add(r * t.ldc);
-        for q in 0..4 {
-            let mut v = acc[q];
-            if t.add {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[q], crow.add(16 * q)));
-            }
-            _mm512_mask_storeu_ps(crow.add(16 * q), mask[q], v);
-        }
-    }
+    acc
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1207,11 +1247,53 @@ unsafe fn broadcast_tile_avx2(t: Tile, rows: usize) {
 #[inline]
 unsafe fn broadcast_tile_avx2_n<const R: usize>(t: Tile) {
     use std::arch::x86_64::*;
+    let cols = t.sums.cols;
+    let mask = tile_masks_avx2(cols);
+    let acc = broadcast_acc_avx2::<R>(&t.sums, &mask);
+    for (r, acc) in acc.iter().enumerate() {
+        let crow = t.c.add(r * t.ldc);
+        for q in 0..2 {
+            let mut v = acc[q];
+            // A masked store is microcoded on AMD cores: with a short inner dimension (a weight
+            // gradient over a 32-row batch) it costs as much as the tile's FMAs.
+            if cols == 16 {
+                if t.add {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(crow.add(8 * q)));
+                }
+                _mm256_storeu_ps(crow.add(8 * q), v);
+            } else {
+                if t.add {
+                    v = _mm256_add_ps(v, _mm256_maskload_ps(crow.add(8 * q), mask[q]));
+                }
+                _mm256_maskstore_ps(crow.add(8 * q), mask[q], v);
+            }
+        }
+    }
+}
+
+/// The masks of an AVX2 tile's two vectors for its first `cols` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn tile_masks_avx2(cols: usize) -> [std::arch::x86_64::__m256i; 2] {
+    use std::arch::x86_64::*;
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let mask = [
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(t.cols.min(8) as i32), lane),
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(t.cols.saturating_sub(8) as i32), lane),
-    ];
+    [
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(cols.min(8) as i32), lane),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(cols.saturating_sub(8) as i32), lane),
+    ]
+}
+
+/// The sums of an R-row AVX2 tile, `Σ_p a[r][p] · b[p][8q..8q + 8]`, in registers.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn broadcast_acc_avx2<const R: usize>(
+    t: &TileSums,
+    mask: &[std::arch::x86_64::__m256i; 2],
+) -> [[std::arch::x86_64::__m256; 2]; R] {
+    use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     if t.cols == 16 {
         for p in 0..t.depth {
@@ -1237,25 +1319,7 @@ unsafe fn broadcast_tile_avx2_n<const R: usize>(t: Tile) {
             }
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        let crow = t.c.add(r * t.ldc);
-        for q in 0..2 {
-            let mut v = acc[q];
-            // A masked store is microcoded on AMD cores: with a short inner dimension (a weight
-            // gradient over a 32-row batch) it costs as much as the tile's FMAs.
-            if t.cols == 16 {
-                if t.add {
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(crow.add(8 * q)));
-                }
-                _mm256_storeu_ps(crow.add(8 * q), v);
-            } else {
-                if t.add {
-                    v = _mm256_add_ps(v, _mm256_maskload_ps(crow.add(8 * q), mask[q]));
-                }
-                _mm256_maskstore_ps(crow.add(8 * q), mask[q], v);
-            }
-        }
-    }
+    acc
 }
 
 #[cfg(test)]

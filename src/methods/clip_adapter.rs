@@ -29,7 +29,8 @@ use super::{
     eval, Augmentation, FewShotMethod, FewShotTask, Fit, FitContext, Fitted, Head, Method,
     MethodCard, MethodError, MethodOverrides, Needs, Progress, TextClassifier,
 };
-use crate::kernels::matmul::{broadcast_gemm, simd_level, FEW_ROWS};
+use crate::kernels::matmul::FEW_ROWS;
+use crate::kernels::sgd::GradientProduct;
 use crate::kernels::vmath::dot_diff;
 use crate::rng::SplitMix64;
 
@@ -228,9 +229,9 @@ impl Bottleneck {
         WeightGradParts { d_out, d_a1 }
     }
 
-    /// One SGD step of both weights from `parts`, each weight's gradient made a block of rows
-    /// at a time and applied while the block is in cache: the gradient is never stored whole,
-    /// and the step's pass over the weights reads no gradient back from memory. `first` is
+    /// One SGD step of both weights from `parts`, each weight's gradient made a tile at a time
+    /// and applied while the tile is in registers (`kernels::sgd`): the gradient is never
+    /// stored, and reading the weights and momenta overlaps the next tiles' FMAs. `first` is
     /// W1's index in the optimiser's parameters, W2's the next. The products are the ones
     /// [`Bottleneck::backward`] takes for a batch of at most `FEW_ROWS` (the broadcast tiles),
     /// so the weights get the same bits.
@@ -255,12 +256,8 @@ struct WeightGradParts {
     d_a1: Vec<f32>,
 }
 
-/// Floats of one block of a weight gradient in [`weight_step`]: 128 KiB, in L2 beside the
-/// block of the weight and momentum it updates.
-const GRADIENT_BLOCK: usize = 32 * 1024;
-
 /// SGD on `w` (`rows × cols`) with the gradient `aᵀ · b` (`a` `n × rows`, `b` `n × cols`,
-/// `n` at most `FEW_ROWS`), a block of rows at a time.
+/// `n` at most `FEW_ROWS`), made and applied a tile at a time.
 fn weight_step(
     w: &mut [f32],
     a: &[f32],
@@ -269,27 +266,15 @@ fn weight_step(
     step: &mut SgdStep,
     param: usize,
 ) {
-    let block = (GRADIENT_BLOCK / cols.max(1)).clamp(1, rows.max(1));
-    let simd = simd_level();
-    GRADIENT.with_borrow_mut(|g| {
-        // Every block's product overwrites its part: the buffer is zeroed once per thread,
-        // not at every step.
-        if g.len() < block * cols {
-            g.resize(block * cols, 0.0);
-        }
-        for r0 in (0..rows).step_by(block) {
-            let r = block.min(rows - r0);
-            let g = &mut g[..r * cols];
-            // Rows r0.. of aᵀ: column r0 onwards of `a`, as `gemm` reads a transposed `a`.
-            broadcast_gemm(simd, &a[r0..], (1, rows), b, g, r, n, cols, false);
-            step.update(param, r0 * cols, &mut w[r0 * cols..(r0 + r) * cols], g);
-        }
-    })
-}
-
-thread_local! {
-    /// Each thread's block of a weight gradient ([`weight_step`]).
-    static GRADIENT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    let product = GradientProduct {
+        a,
+        a_strides: (1, rows),
+        b,
+        rows,
+        k: n,
+        cols,
+    };
+    step.update_product(param, w, product)
 }
 
 /// `max(x, 0)` in place, over rows of `cols`.
@@ -763,6 +748,22 @@ pub fn train(
     order: &mut dyn FnMut(usize) -> Vec<usize>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<f32>, MethodError> {
+    train_with(task, opts, epochs, model, order, progress, true)
+}
+
+/// [`train`], with `fuse_sgd`: whether each bottleneck weight gradient's tile is applied as it
+/// is made, for batches of at most `FEW_ROWS` (whose stored gradients come from the same
+/// broadcast tiles, so the bits are the same); otherwise every gradient is stored, then
+/// [`Sgd::step`] (what the fused step is tested against, and larger batches).
+fn train_with(
+    task: &FewShotTask,
+    opts: &AdapterOptions,
+    epochs: usize,
+    model: &mut AdapterModel,
+    order: &mut dyn FnMut(usize) -> Vec<usize>,
+    progress: &mut dyn FnMut(Progress),
+    fuse_sgd: bool,
+) -> Result<Vec<f32>, MethodError> {
     let views = task.training_views();
     let labels = &task.train.labels;
     let schedule = WarmupCosine {
@@ -788,11 +789,9 @@ pub fn train(
         let (loss, d_cosines) = model.loss(&mut fw, &y);
         grad.clear_ratio_grads();
         let lr = schedule.lr(epoch);
-        // On one thread (a grid's fit) the weight gradients are applied as they are made: the
-        // step's SGD pass streamed 20 bytes a parameter through L3, 15–21 % of the step on an
-        // Intel Xeon (Emerald Rapids). On more threads each block's product would be a
-        // parallel region of its own.
-        if x.rows <= FEW_ROWS && rayon::current_num_threads() == 1 {
+        // A separate SGD pass streamed 20 bytes a parameter through L3, 15–21 % of the step
+        // on an Intel Xeon (Emerald Rapids); fused, the weights' reads overlap the FMAs.
+        if fuse_sgd && x.rows <= FEW_ROWS {
             let mut step = sgd.begin(&lens, lr);
             model.backward_sgd(&x, &fw, &frozen, &d_cosines, &mut grad, &mut step);
         } else {
@@ -1193,12 +1192,12 @@ mod tests {
     }
 
     #[test]
-    fn sgd_applied_block_by_block_gives_the_same_weights() {
-        // One thread takes the step that applies each weight gradient as it is made, two the
-        // step that stores the gradients then updates: the parameters must agree to the bit,
-        // for every branch and ratio, with a weight gradient of several blocks (D = 256, H =
-        // 128: W1 is 256 × 128, two blocks of GRADIENT_BLOCK floats) and momentum past the
-        // first step.
+    fn sgd_applied_tile_by_tile_gives_the_same_weights() {
+        // The step that applies each weight gradient's tile as it is made, on one thread and
+        // on two, and the step that stores the gradients then updates: the parameters must
+        // agree to the bit, for every branch and ratio, with weights of many tiles (D = 256,
+        // H = 128, a partial row tile: 128 rows of W2 are 21 tiles of six and one of two) and
+        // momentum past the first step.
         let (x, labels, text) = toy(48, 5, 256, 21);
         let empty = super::super::LabelledSet {
             features: Matrix::zeros(0, 256),
@@ -1226,7 +1225,7 @@ mod tests {
                     batch_size: 16,
                     ..Default::default()
                 };
-                let trained = |threads: usize| {
+                let trained = |threads: usize, fuse_sgd: bool| {
                     let mut model =
                         AdapterModel::new(&task.text, &opts, 0.4, 0.3, &mut seeded_rng(3));
                     let pool = rayon::ThreadPoolBuilder::new()
@@ -1239,14 +1238,20 @@ mod tests {
                         order
                     };
                     let losses = pool
-                        .install(|| train(&task, &opts, 3, &mut model, &mut order, &mut |_| {}))
+                        .install(|| {
+                            let progress = &mut |_| {};
+                            train_with(&task, &opts, 3, &mut model, &mut order, progress, fuse_sgd)
+                        })
                         .unwrap();
                     (model.params, losses)
                 };
-                let (fused, fused_losses) = trained(1);
-                let (stored, stored_losses) = trained(2);
-                assert_eq!(fused_losses, stored_losses, "{branch:?} {ratio:?}");
-                assert!(fused == stored, "{branch:?} {ratio:?}: the parameters differ");
+                let (stored, stored_losses) = trained(1, false);
+                for threads in [1, 2] {
+                    let (fused, fused_losses) = trained(threads, true);
+                    let what = format!("{branch:?} {ratio:?} on {threads} threads");
+                    assert_eq!(fused_losses, stored_losses, "{what}");
+                    assert!(fused == stored, "{what}: the parameters differ");
+                }
             }
         }
     }

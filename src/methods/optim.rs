@@ -17,6 +17,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::matmul::{simd_level, Simd};
+use crate::kernels::sgd::{sgd_product, sgd_update, GradientProduct, SgdHyper};
 
 /// `torch.optim.SGD(params, lr, momentum, weight_decay)` with dampening 0, `nesterov=False`:
 /// `g ← g + wd·p; buf ← g` (first step) or `buf ← μ·buf + g`; `p ← p − lr·buf`.
@@ -81,7 +82,7 @@ impl Sgd {
 /// One [`Sgd`] step in progress: every parameter's values must be updated exactly once.
 pub struct SgdStep<'a> {
     buffers: &'a mut [Vec<f32>],
-    hyper: [f32; 3],
+    hyper: SgdHyper,
     simd: Simd,
 }
 
@@ -92,55 +93,19 @@ impl SgdStep<'_> {
         let buf = &mut self.buffers[param][offset..offset + p.len()];
         sgd_update(self.simd, p, g, buf, self.hyper)
     }
+
+    /// Updates all of parameter `param` (`p`) with the gradient `product`, made and applied a
+    /// tile at a time (`kernels::sgd`): the same bits as the product stored by the broadcast
+    /// kernel and then [`SgdStep::update`]. The product's batch must be at most
+    /// `kernels::sgd::MAX_BATCH` rows.
+    pub fn update_product(&mut self, param: usize, p: &mut [f32], product: GradientProduct) {
+        let buf = &mut self.buffers[param][..p.len()];
+        sgd_product(self.simd, product, p, buf, self.hyper)
+    }
 }
 
 /// Parameters per slice from which [`Sgd::step`] runs in parallel.
 const PARALLEL_STEP: usize = 1 << 16;
-
-/// One SGD update of `p` with gradient `g` and momentum buffer `b`, `[lr, wd, momentum]`, with
-/// the vector width of `simd`. The loop is written once and compiled for each level, the
-/// momentum test outside it: the plain build ran it four floats at a time with the test in
-/// every iteration, a tenth of a batch-32 CLIP-Adapter step on an Intel Xeon (Emerald Rapids).
-/// No operation fuses into an FMA (Rust never contracts), so every level gives the same bits.
-fn sgd_update(simd: Simd, p: &mut [f32], g: &[f32], b: &mut [f32], hyper: [f32; 3]) {
-    match simd {
-        // SAFETY: the level is available (`simd_level` checked the CPU).
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { sgd_update_avx512(p, g, b, hyper) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { sgd_update_avx2(p, g, b, hyper) },
-        _ => sgd_update_plain(p, g, b, hyper),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn sgd_update_avx512(p: &mut [f32], g: &[f32], b: &mut [f32], hyper: [f32; 3]) {
-    sgd_update_plain(p, g, b, hyper)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sgd_update_avx2(p: &mut [f32], g: &[f32], b: &mut [f32], hyper: [f32; 3]) {
-    sgd_update_plain(p, g, b, hyper)
-}
-
-#[inline(always)]
-fn sgd_update_plain(p: &mut [f32], g: &[f32], b: &mut [f32], [lr, wd, momentum]: [f32; 3]) {
-    let n = p.len().min(g.len()).min(b.len());
-    let (p, g, b) = (&mut p[..n], &g[..n], &mut b[..n]);
-    if momentum == 0.0 {
-        for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
-            *b = g + wd * *p;
-            *p -= lr * *b;
-        }
-    } else {
-        for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
-            *b = momentum * *b + (g + wd * *p);
-            *p -= lr * *b;
-        }
-    }
-}
 
 /// `torch.optim.AdamW(params, lr, betas, eps, weight_decay)` (no amsgrad): decoupled decay
 /// `p ← p·(1 − lr·wd)`, then the bias-corrected Adam step.
@@ -312,37 +277,6 @@ pub fn cosine_annealing(base_lr: f32, step: usize, total: usize) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_level_updates_to_the_same_bits_as_the_formula() {
-        let mut rng = crate::methods::linalg::seeded_rng(9);
-        // 1003: vector tails at every width.
-        let (p0, g, b0) = (
-            rng.uniform_vec(1003, 1.0),
-            rng.uniform_vec(1003, 1.0),
-            rng.uniform_vec(1003, 1.0),
-        );
-        for momentum in [0.0, 0.9] {
-            let (lr, wd) = (0.01, 5e-4);
-            let mut want_p = p0.clone();
-            let mut want_b = b0.clone();
-            for i in 0..p0.len() {
-                let gi = g[i] + wd * want_p[i];
-                want_b[i] = if momentum == 0.0 {
-                    gi
-                } else {
-                    momentum * want_b[i] + gi
-                };
-                want_p[i] -= lr * want_b[i];
-            }
-            for simd in Simd::ALL.into_iter().filter(|s| s.available()) {
-                let (mut p, mut b) = (p0.clone(), b0.clone());
-                sgd_update(simd, &mut p, &g, &mut b, [lr, wd, momentum]);
-                assert_eq!(p, want_p, "{simd:?} momentum {momentum}");
-                assert_eq!(b, want_b, "{simd:?} momentum {momentum}");
-            }
-        }
-    }
 
     #[test]
     fn sgd_matches_torch_by_hand() {
