@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 pub use crate::kernels::matmul::{gemm, gemm_f64_abt};
-use crate::kernels::panels::{worth_packing, PanelWeight};
+use crate::kernels::panels::{worth_packing, worth_packing_classifier, PanelWeight};
 use crate::kernels::vmath::{dot, exp_scaled_sum, max_scaled};
 use crate::rng::SplitMix64;
 
@@ -129,9 +129,9 @@ impl Matrix {
 /// `y · M` (their gradient back to the features). Unpacked, `y · M` reads `M`'s rows 4 KiB
 /// apart (1024 floats each) and `x · Mᵀ` takes the dot tiles; packed, both run on the
 /// broadcast tiles over contiguous panels (on an Intel Xeon, Emerald Rapids: 32 × 1024 × 1000
-/// at 263 GFLOP/s against 228, `cargo bench --bench products`). Packed where
-/// [`worth_packing`] says, as the encoders' frozen weights are; otherwise the products go
-/// through [`gemm`].
+/// at 263 GFLOP/s against 228, `cargo bench --bench products`). `y · M` is packed where
+/// [`worth_packing`] says, as the encoders' frozen weights are, `x · Mᵀ` where
+/// [`worth_packing_classifier`] says; otherwise the products go through [`gemm`].
 #[derive(Debug, Clone)]
 pub struct FrozenMatrix {
     pub matrix: Matrix,
@@ -148,7 +148,7 @@ struct Packed {
 impl FrozenMatrix {
     pub fn new(matrix: Matrix) -> Self {
         let packed = worth_packing(matrix.cols).then(|| Packed {
-            rows: worth_packing(matrix.rows)
+            rows: worth_packing_classifier(matrix.rows)
                 .then(|| PanelWeight::pack(&matrix.data, matrix.rows, matrix.cols)),
             columns: PanelWeight::pack(&matrix.transposed().data, matrix.cols, matrix.rows),
         });
